@@ -1,0 +1,318 @@
+//! Shared machinery that turns a provider's stream items into well-ordered
+//! [`StreamEvent`]s, so each wire decoder only says what its chunks mean.
+
+use std::collections::BTreeMap;
+
+use freehold_protocol::{LlmError, StopReason, StreamEvent, Usage};
+use futures::StreamExt;
+
+use crate::http::BoxStream;
+use crate::provider::EventStream;
+
+/// Collects events in the order [`StreamEvent`] documents: it closes tool
+/// calls that the protocol never closes explicitly, keeps the latest usage,
+/// and holds the stop reason back until the stream ends, so that a usage
+/// chunk arriving after `finish_reason` (OpenAI's `include_usage`) still comes
+/// before [`StreamEvent::Stop`].
+#[derive(Debug, Default)]
+pub struct StreamAssembler {
+    ready: Vec<StreamEvent>,
+    started: bool,
+    /// Open tool calls: stream index → assigned to whether args were seen.
+    open_calls: BTreeMap<u32, ()>,
+    next_call_index: u32,
+    usage: Option<Usage>,
+    stop: Option<StopReason>,
+    finished: bool,
+}
+
+impl StreamAssembler {
+    /// An empty assembler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the start of the answer (only the first call emits).
+    pub fn start(&mut self, id: Option<String>, model: Option<String>) {
+        if !self.started {
+            self.started = true;
+            self.ready.push(StreamEvent::Start { id, model });
+        }
+    }
+
+    /// Answer text.
+    pub fn text(&mut self, text: &str) {
+        if !text.is_empty() {
+            self.ready.push(StreamEvent::TextDelta {
+                text: text.to_owned(),
+            });
+        }
+    }
+
+    /// Reasoning text.
+    pub fn reasoning(&mut self, text: &str) {
+        if !text.is_empty() {
+            self.ready.push(StreamEvent::ReasoningDelta {
+                text: text.to_owned(),
+            });
+        }
+    }
+
+    /// A reasoning signature (or redacted reasoning data).
+    pub fn reasoning_signature(&mut self, signature: &str, redacted: bool) {
+        self.ready.push(StreamEvent::ReasoningSignature {
+            signature: signature.to_owned(),
+            redacted,
+        });
+    }
+
+    /// Opens a tool call and returns its index in the answer (indexes are
+    /// assigned in order of starts, whatever the provider numbered them).
+    pub fn tool_start(&mut self, id: &str, name: &str) -> u32 {
+        let index = self.next_call_index;
+        self.next_call_index += 1;
+        self.open_calls.insert(index, ());
+        self.ready.push(StreamEvent::ToolCallStart {
+            index,
+            id: id.to_owned(),
+            name: name.to_owned(),
+        });
+        index
+    }
+
+    /// More arguments of an open call.
+    pub fn tool_args(&mut self, index: u32, delta: &str) {
+        if !delta.is_empty() && self.open_calls.contains_key(&index) {
+            self.ready.push(StreamEvent::ToolCallArgsDelta {
+                index,
+                delta: delta.to_owned(),
+            });
+        }
+    }
+
+    /// Closes a call (a no-op when it is not open).
+    pub fn tool_end(&mut self, index: u32, signature: Option<String>) {
+        if self.open_calls.remove(&index).is_some() {
+            self.ready
+                .push(StreamEvent::ToolCallEnd { index, signature });
+        }
+    }
+
+    /// Closes every open call.
+    pub fn close_tool_calls(&mut self) {
+        let open: Vec<u32> = self.open_calls.keys().copied().collect();
+        for index in open {
+            self.tool_end(index, None);
+        }
+    }
+
+    /// Whether any tool call was started.
+    pub fn has_tool_calls(&self) -> bool {
+        self.next_call_index > 0
+    }
+
+    /// Replaces the usage reported so far (providers send cumulative usage).
+    pub fn usage(&mut self, usage: Usage) {
+        self.usage = Some(usage);
+    }
+
+    /// Merges a partial usage report: fields that are non-zero replace the
+    /// earlier ones (Anthropic sends input counts at the start and output
+    /// counts at the end).
+    pub fn merge_usage(&mut self, usage: Usage) {
+        let current = self.usage.get_or_insert_with(Usage::default);
+        let pick = |new: u64, old: u64| if new > 0 { new } else { old };
+        *current = Usage {
+            input_tokens: pick(usage.input_tokens, current.input_tokens),
+            cached_input_tokens: pick(usage.cached_input_tokens, current.cached_input_tokens),
+            cache_write_tokens: pick(usage.cache_write_tokens, current.cache_write_tokens),
+            output_tokens: pick(usage.output_tokens, current.output_tokens),
+            reasoning_tokens: pick(usage.reasoning_tokens, current.reasoning_tokens),
+        };
+    }
+
+    /// Records why the answer stopped; emitted by [`StreamAssembler::finish`].
+    pub fn stop(&mut self, reason: StopReason) {
+        self.stop = Some(reason);
+    }
+
+    /// Whether a stop reason was recorded.
+    pub fn is_stopped(&self) -> bool {
+        self.stop.is_some()
+    }
+
+    /// The events completed so far.
+    pub fn take(&mut self) -> Vec<StreamEvent> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Ends the answer: closes open calls, then emits usage and stop.
+    /// Returns `None` when no stop reason was ever recorded — the stream was
+    /// cut short.
+    pub fn finish(&mut self) -> Option<Vec<StreamEvent>> {
+        let reason = self.stop.take()?;
+        self.finished = true;
+        self.close_tool_calls();
+        // Providers that report "stop" after a tool call mean "tool use".
+        let reason = match reason {
+            StopReason::EndTurn if self.has_tool_calls() => StopReason::ToolUse,
+            other => other,
+        };
+        if let Some(usage) = self.usage.take() {
+            self.ready.push(StreamEvent::Usage(usage));
+        }
+        self.ready.push(StreamEvent::Stop { reason });
+        Some(self.take())
+    }
+}
+
+/// Decodes one protocol's stream items (SSE events, NDJSON values) into
+/// answer events.
+pub trait WireDecoder<T>: Send + 'static {
+    /// Handles one item. Returning `Ok(true)` in [`Decoded::done`] ends the
+    /// stream (a `[DONE]` marker or a final chunk).
+    ///
+    /// # Errors
+    /// A malformed item, or an error the provider sent mid-stream.
+    fn decode(&mut self, item: T, out: &mut StreamAssembler) -> Result<Decoded, LlmError>;
+
+    /// The error to report when the stream ends without a stop reason.
+    fn truncated(&self) -> LlmError;
+}
+
+/// Whether a decoded item ended the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded {
+    /// More items may follow.
+    More,
+    /// The answer is complete; the rest of the connection is ignored.
+    Done,
+}
+
+/// Runs `decoder` over `items`, yielding well-ordered events; after an error
+/// the stream ends.
+pub fn decode_stream<T, D>(items: BoxStream<T>, decoder: D) -> EventStream
+where
+    T: Send + 'static,
+    D: WireDecoder<T>,
+{
+    struct State<T, D> {
+        items: BoxStream<T>,
+        decoder: D,
+        assembler: StreamAssembler,
+        done: bool,
+    }
+    let state = State {
+        items,
+        decoder,
+        assembler: StreamAssembler::new(),
+        done: false,
+    };
+    let events = futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if state.done {
+                return None;
+            }
+            let batch: Vec<Result<StreamEvent, LlmError>> = match state.items.next().await {
+                Some(Ok(item)) => match state.decoder.decode(item, &mut state.assembler) {
+                    Ok(Decoded::More) => state.assembler.take().into_iter().map(Ok).collect(),
+                    Ok(Decoded::Done) => {
+                        state.done = true;
+                        finish(&mut state.assembler, &state.decoder)
+                    }
+                    Err(error) => {
+                        state.done = true;
+                        let mut batch: Vec<_> =
+                            state.assembler.take().into_iter().map(Ok).collect();
+                        batch.push(Err(error));
+                        batch
+                    }
+                },
+                Some(Err(error)) => {
+                    state.done = true;
+                    vec![Err(error)]
+                }
+                None => {
+                    state.done = true;
+                    finish(&mut state.assembler, &state.decoder)
+                }
+            };
+            if !batch.is_empty() {
+                return Some((futures::stream::iter(batch), state));
+            }
+        }
+    })
+    .flatten();
+    Box::pin(events)
+}
+
+fn finish<T, D: WireDecoder<T>>(
+    assembler: &mut StreamAssembler,
+    decoder: &D,
+) -> Vec<Result<StreamEvent, LlmError>> {
+    match assembler.finish() {
+        Some(events) => events.into_iter().map(Ok).collect(),
+        None => {
+            let mut batch: Vec<_> = assembler.take().into_iter().map(Ok).collect();
+            batch.push(Err(decoder.truncated()));
+            batch
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_after_stop_still_precedes_stop_and_calls_are_closed() {
+        let mut assembler = StreamAssembler::new();
+        assembler.start(None, None);
+        let call = assembler.tool_start("c1", "read");
+        assembler.tool_args(call, "{}");
+        assembler.stop(StopReason::EndTurn);
+        assembler.usage(Usage {
+            input_tokens: 3,
+            output_tokens: 2,
+            ..Usage::default()
+        });
+        let events = assembler.finish().unwrap();
+        assert_eq!(
+            events,
+            vec![
+                StreamEvent::Start {
+                    id: None,
+                    model: None
+                },
+                StreamEvent::ToolCallStart {
+                    index: 0,
+                    id: "c1".into(),
+                    name: "read".into()
+                },
+                StreamEvent::ToolCallArgsDelta {
+                    index: 0,
+                    delta: "{}".into()
+                },
+                StreamEvent::ToolCallEnd {
+                    index: 0,
+                    signature: None
+                },
+                StreamEvent::Usage(Usage {
+                    input_tokens: 3,
+                    output_tokens: 2,
+                    ..Usage::default()
+                }),
+                StreamEvent::Stop {
+                    reason: StopReason::ToolUse
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn finish_without_stop_reports_truncation() {
+        let mut assembler = StreamAssembler::new();
+        assembler.text("partial");
+        assert!(assembler.finish().is_none());
+    }
+}

@@ -1,0 +1,524 @@
+//! The HTTP transport every client shares: retries, idle timeouts, status
+//! mapping into [`ErrorKind`]s and key redaction.
+//!
+//! There is deliberately no total deadline on a request: a local model may
+//! spend minutes reading a long prompt before its first token. What is bounded
+//! is *silence*: no bytes for [`HttpSettings::idle_timeout`] ends the request
+//! with [`ErrorKind::Timeout`].
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use freehold_protocol::{ErrorKind, LlmError};
+use futures::{Stream, StreamExt};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::ndjson::NdjsonDecoder;
+use crate::retry::RetryPolicy;
+use crate::secret::{ApiKey, redact_all};
+use crate::sse::{SseDecoder, SseEvent};
+
+/// Timeouts and retries of one provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSettings {
+    /// How long to wait for a TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// How long the server may stay silent: before the response headers,
+    /// and between any two chunks of the body.
+    pub idle_timeout: Duration,
+    /// Retries of failed requests, before any byte of the answer was read.
+    pub retry: RetryPolicy,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// A boxed stream of results, as the transport returns them.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, LlmError>> + Send>>;
+
+/// An HTTP client bound to one provider: it names that provider in errors and
+/// redacts that provider's keys from everything it reports.
+#[derive(Clone)]
+pub struct Transport {
+    provider: String,
+    client: reqwest::Client,
+    settings: HttpSettings,
+    secrets: Vec<ApiKey>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("provider", &self.provider)
+            .field("settings", &self.settings)
+            .field("secrets", &self.secrets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// A transport for `provider`; `secrets` are the keys to redact.
+    ///
+    /// # Errors
+    /// Fails when the TLS backend cannot be initialised.
+    pub fn new(
+        provider: impl Into<String>,
+        settings: HttpSettings,
+        secrets: Vec<ApiKey>,
+    ) -> Result<Self, LlmError> {
+        let provider = provider.into();
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .user_agent(concat!("freehold/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| {
+                LlmError::new(
+                    ErrorKind::Connection,
+                    provider.clone(),
+                    format!("cannot build the HTTP client: {error}"),
+                )
+            })?;
+        Ok(Self {
+            provider,
+            client,
+            settings,
+            secrets,
+        })
+    }
+
+    /// The provider this transport serves.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The transport's settings.
+    pub fn settings(&self) -> &HttpSettings {
+        &self.settings
+    }
+
+    /// An error of this provider, with keys redacted from the message.
+    pub fn error(&self, kind: ErrorKind, message: impl AsRef<str>) -> LlmError {
+        LlmError::new(kind, self.provider.clone(), self.redact(message.as_ref()))
+    }
+
+    /// `text` with this provider's keys removed.
+    pub fn redact(&self, text: &str) -> String {
+        redact_all(text, &self.secrets)
+    }
+
+    /// POSTs a JSON body, retrying retryable failures. Returns the response
+    /// once its status is a success; any other status becomes an error.
+    ///
+    /// # Errors
+    /// The mapped [`LlmError`] of the last attempt.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, LlmError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|error| self.error(ErrorKind::InvalidRequest, error.to_string()))?;
+        self.send_with_retries(|| {
+            self.client
+                .post(url)
+                .headers(headers.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        })
+        .await
+    }
+
+    /// GETs `url`, retrying retryable failures.
+    ///
+    /// # Errors
+    /// The mapped [`LlmError`] of the last attempt.
+    pub async fn get(&self, url: &str, headers: &HeaderMap) -> Result<reqwest::Response, LlmError> {
+        self.send_with_retries(|| self.client.get(url).headers(headers.clone()))
+            .await
+    }
+
+    async fn send_with_retries(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, LlmError> {
+        let mut attempt = 0;
+        loop {
+            let error = match self.send_once(build()).await {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            };
+            attempt += 1;
+            match self.settings.retry.delay(attempt, &error) {
+                Some(delay) => {
+                    tracing::warn!(
+                        provider = %self.provider,
+                        error = %error,
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        "retrying model request"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(error),
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, LlmError> {
+        let response = match tokio::time::timeout(self.settings.idle_timeout, request.send()).await
+        {
+            Err(_) => return Err(self.idle_timeout_error("waiting for the response")),
+            Ok(Err(error)) => return Err(self.transport_error(&error)),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let headers = response.headers().clone();
+        let body = match tokio::time::timeout(self.settings.idle_timeout, response.bytes()).await {
+            Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            _ => String::new(),
+        };
+        Err(self.status_error(status.as_u16(), &headers, &body))
+    }
+
+    /// Maps a failed HTTP status and its body to an error.
+    pub fn status_error(&self, status: u16, headers: &HeaderMap, body: &str) -> LlmError {
+        let message = self.redact(&error_message_from_body(body));
+        let kind = classify_status(status, headers, &message);
+        LlmError::new(kind, self.provider.clone(), message).with_status(status)
+    }
+
+    /// Maps a reqwest failure (connection refused, reset, TLS…) to an error.
+    pub fn transport_error(&self, error: &reqwest::Error) -> LlmError {
+        let kind = if error.is_timeout() {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Connection
+        };
+        // reqwest's Display omits the root cause ("connection refused");
+        // walk the chain so the user sees it.
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        self.error(kind, message)
+    }
+
+    fn idle_timeout_error(&self, doing: &str) -> LlmError {
+        self.error(
+            ErrorKind::Timeout,
+            format!(
+                "no data for {} s while {doing}",
+                self.settings.idle_timeout.as_secs_f64()
+            ),
+        )
+    }
+
+    /// The body's bytes, each chunk awaited at most the idle timeout.
+    pub fn body_stream(&self, response: reqwest::Response) -> BoxStream<Bytes> {
+        let transport = self.clone();
+        let idle = self.settings.idle_timeout;
+        let chunks = response.bytes_stream();
+        Box::pin(futures::stream::unfold(
+            (Box::pin(chunks), transport, false),
+            move |(mut chunks, transport, done)| async move {
+                if done {
+                    return None;
+                }
+                match tokio::time::timeout(idle, chunks.next()).await {
+                    Err(_) => Some((
+                        Err(transport.idle_timeout_error("streaming the answer")),
+                        (chunks, transport, true),
+                    )),
+                    Ok(None) => None,
+                    Ok(Some(Ok(bytes))) => Some((Ok(bytes), (chunks, transport, false))),
+                    Ok(Some(Err(error))) => {
+                        let error = transport.transport_error(&error);
+                        Some((Err(error), (chunks, transport, true)))
+                    }
+                }
+            },
+        ))
+    }
+
+    /// Reads a whole JSON body (under the idle timeout between chunks).
+    ///
+    /// # Errors
+    /// A timeout, a broken connection, or a body that is not JSON.
+    pub async fn read_json(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<serde_json::Value, LlmError> {
+        let mut body = Vec::new();
+        let mut chunks = self.body_stream(response);
+        while let Some(chunk) = chunks.next().await {
+            body.extend_from_slice(&chunk?);
+        }
+        serde_json::from_slice(&body).map_err(|error| {
+            let preview = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            self.error(
+                ErrorKind::Server,
+                format!("the response is not JSON ({error}): {preview}"),
+            )
+        })
+    }
+
+    /// The body decoded as Server-Sent Events.
+    pub fn sse_stream(&self, response: reqwest::Response) -> BoxStream<SseEvent> {
+        let mut decoder = SseDecoder::new();
+        let body = self.body_stream(response);
+        let events = body
+            .map(Some)
+            .chain(futures::stream::once(async { None }))
+            .flat_map(move |chunk| {
+                let events: Vec<Result<SseEvent, LlmError>> = match chunk {
+                    Some(Ok(bytes)) => decoder.feed(&bytes).into_iter().map(Ok).collect(),
+                    Some(Err(error)) => vec![Err(error)],
+                    None => decoder.finish().into_iter().map(Ok).collect(),
+                };
+                futures::stream::iter(events)
+            });
+        Box::pin(events)
+    }
+
+    /// The body decoded as newline-delimited JSON.
+    pub fn ndjson_stream(&self, response: reqwest::Response) -> BoxStream<serde_json::Value> {
+        let mut decoder = NdjsonDecoder::new();
+        let transport = self.clone();
+        let body = self.body_stream(response);
+        let values = body
+            .map(Some)
+            .chain(futures::stream::once(async { None }))
+            .flat_map(move |chunk| {
+                let values: Vec<_> = match chunk {
+                    Some(Ok(bytes)) => decoder.feed(&bytes),
+                    Some(Err(error)) => return futures::stream::iter(vec![Err(error)]),
+                    None => decoder.finish().into_iter().collect(),
+                };
+                let values: Vec<Result<serde_json::Value, LlmError>> = values
+                    .into_iter()
+                    .map(|value| {
+                        value.map_err(|error| transport.error(ErrorKind::Server, error.to_string()))
+                    })
+                    .collect();
+                futures::stream::iter(values)
+            });
+        Box::pin(values)
+    }
+}
+
+/// Builds a header map from name/value pairs, marking values that carry
+/// credentials as sensitive so that they never appear in debug output.
+///
+/// # Errors
+/// A name or value that is not valid in an HTTP header.
+pub fn headers<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    provider: &str,
+) -> Result<HeaderMap, LlmError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        let invalid = |what: &str| {
+            LlmError::new(
+                ErrorKind::InvalidRequest,
+                provider,
+                format!(
+                    "header `{name}` has an invalid {what}; check `headers` and the API key variable"
+                ),
+            )
+        };
+        let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid("name"))?;
+        let mut header_value = HeaderValue::from_str(value).map_err(|_| invalid("value"))?;
+        let lower = name.to_ascii_lowercase();
+        if lower == "authorization" || lower.contains("key") || lower.contains("token") {
+            header_value.set_sensitive(true);
+        }
+        map.insert(header_name, header_value);
+    }
+    Ok(map)
+}
+
+/// The human-readable message in an error body, whatever the provider's
+/// shape: `{"error":{"message":…}}` (OpenAI, Anthropic, Gemini),
+/// `{"error":"…"}` (Ollama), `{"message":…}` or `{"detail":…}` (others), or
+/// the raw text, shortened.
+pub fn error_message_from_body(body: &str) -> String {
+    let trimmed = body.trim();
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(trimmed) {
+        let candidates = [
+            json.pointer("/error/message"),
+            json.get("error").filter(|e| e.is_string()),
+            json.get("message"),
+            json.get("detail"),
+            json.pointer("/0/error/message"), // Gemini sometimes wraps errors in an array.
+        ];
+        if let Some(message) = candidates.into_iter().flatten().find_map(|v| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        }) {
+            return message;
+        }
+    }
+    let mut text: String = trimmed.chars().take(500).collect();
+    if trimmed.chars().count() > 500 {
+        text.push('…');
+    }
+    text
+}
+
+/// The error kind of an HTTP status, refined by the message (a 400 that says
+/// the prompt is too long is a context-length error).
+pub fn classify_status(status: u16, headers: &HeaderMap, message: &str) -> ErrorKind {
+    match status {
+        400 | 413 | 422 if is_context_length_message(message) => context_length_kind(message),
+        400 | 405 | 409 | 413 | 415 | 422 => ErrorKind::InvalidRequest,
+        401 => ErrorKind::Authentication,
+        402 | 403 => ErrorKind::Permission,
+        404 => ErrorKind::NotFound,
+        408 | 504 => ErrorKind::Timeout,
+        429 => ErrorKind::RateLimited {
+            retry_after: retry_after(headers),
+        },
+        503 | 529 => ErrorKind::Overloaded,
+        500..=599 => ErrorKind::Server,
+        _ => ErrorKind::InvalidRequest,
+    }
+}
+
+/// Whether an error message says the prompt does not fit the context.
+pub fn is_context_length_message(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    [
+        "context length",
+        "context_length",
+        "context window",
+        "maximum context",
+        "prompt is too long",
+        "input is too long",
+        "too many tokens",
+        "exceeds the context",
+        "exceed context",
+        "input token count",
+        "reduce the length",
+    ]
+    .iter()
+    .any(|needle| lower.contains(needle))
+}
+
+/// A context-length kind with the token counts a message mentions, when it
+/// mentions two (`… 9000 tokens … maximum context length is 8192 …`).
+pub fn context_length_kind(message: &str) -> ErrorKind {
+    let numbers: Vec<u64> = message
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| s.len() >= 3)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let (needed, allowed) = match numbers.as_slice() {
+        [a, b, ..] if a != b => (Some(*a.max(b)), Some(*a.min(b))),
+        _ => (None, None),
+    };
+    ErrorKind::ContextLengthExceeded { needed, allowed }
+}
+
+/// The wait a response asks for: `retry-after-ms` (OpenAI), else
+/// `Retry-After` in seconds or as an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let value = text("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(
+        date.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_statuses_and_context_errors() {
+        let none = HeaderMap::new();
+        assert_eq!(classify_status(401, &none, ""), ErrorKind::Authentication);
+        assert_eq!(classify_status(529, &none, ""), ErrorKind::Overloaded);
+        assert_eq!(classify_status(500, &none, ""), ErrorKind::Server);
+        assert_eq!(
+            classify_status(
+                400,
+                &none,
+                "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens"
+            ),
+            ErrorKind::ContextLengthExceeded {
+                needed: Some(9000),
+                allowed: Some(8192)
+            }
+        );
+        assert_eq!(
+            classify_status(400, &none, "bad field"),
+            ErrorKind::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn reads_retry_after_in_all_its_forms() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("150"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_millis(150)));
+        let mut dated = HeaderMap::new();
+        dated.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&dated), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn extracts_messages_from_every_error_shape() {
+        assert_eq!(
+            error_message_from_body(r#"{"error":{"message":"m1","type":"x"}}"#),
+            "m1"
+        );
+        assert_eq!(
+            error_message_from_body(
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"m2"}}"#
+            ),
+            "m2"
+        );
+        assert_eq!(error_message_from_body(r#"{"error":"m3"}"#), "m3");
+        assert_eq!(error_message_from_body(r#"{"detail":"m4"}"#), "m4");
+        assert_eq!(error_message_from_body("plain"), "plain");
+    }
+}

@@ -1,0 +1,32 @@
+//! The any-LLM client layer: one [`Provider`] trait and a client for each
+//! wire protocol behind it, so that switching between a local model and a
+//! hosted one is a change of name, not of code.
+//!
+//! What it owns:
+//! - [`Provider`]: stream, complete, list models, capabilities;
+//! - the transport ([`http::Transport`]): retries with backoff honouring
+//!   `Retry-After`, an idle (never total) timeout, key redaction;
+//! - the SSE and NDJSON decoders ([`sse`], [`ndjson`]);
+//! - [`secret::ApiKey`], which never prints itself.
+//!
+//! What it must not do: know about agents, terminals or HTTP servers. The
+//! gateway reuses its wire types in the other direction; the agent only sees
+//! [`Provider`].
+//!
+//! ```
+//! use freehold_llm::secret::ApiKey;
+//!
+//! let key = ApiKey::new("sk-live-0123456789");
+//! assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
+//! ```
+
+pub mod assemble;
+pub mod client;
+pub mod http;
+pub mod ndjson;
+mod provider;
+pub mod retry;
+pub mod secret;
+pub mod sse;
+
+pub use provider::{EventStream, Provider, collect_stream};

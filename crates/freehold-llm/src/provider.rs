@@ -1,0 +1,72 @@
+//! The one interface every model source implements.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use freehold_protocol::{
+    Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo, ResponseBuilder,
+    StreamEvent,
+};
+use futures::{Stream, StreamExt};
+
+/// A stream of answer events. Dropping it cancels the request: the connection
+/// is closed and the provider stops generating.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, LlmError>> + Send>>;
+
+/// A source of model answers: a hosted API, a local server, the embedded
+/// engine, or a router over several of them.
+///
+/// Cancellation is by dropping: dropping the future of [`Provider::stream`]
+/// or [`Provider::complete`], or the returned [`EventStream`], aborts the
+/// request.
+#[async_trait]
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// The configured name of this provider (`openai`, `gpu-box`…).
+    fn name(&self) -> &str;
+
+    /// What `model` can do on this provider.
+    fn capabilities(&self, model: &str) -> Capabilities;
+
+    /// Starts a streamed answer. The stream follows the order documented on
+    /// [`StreamEvent`].
+    ///
+    /// # Errors
+    /// Failures before the answer starts; later ones arrive in the stream.
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError>;
+
+    /// A complete answer, requested without streaming where the protocol
+    /// allows.
+    ///
+    /// # Errors
+    /// Any failure of the request.
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError>;
+
+    /// The models this provider serves.
+    ///
+    /// # Errors
+    /// The provider is unreachable or refuses the key.
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError>;
+}
+
+/// Drains a stream into a complete answer. A stream that ends without a
+/// [`StreamEvent::Stop`] is an error: the connection broke mid-answer.
+///
+/// # Errors
+/// The first error in the stream, or a connection error for a truncated one.
+pub async fn collect_stream(
+    provider: &str,
+    mut stream: EventStream,
+) -> Result<ChatResponse, LlmError> {
+    let mut builder = ResponseBuilder::default();
+    while let Some(event) = stream.next().await {
+        builder.push(&event?);
+    }
+    if !builder.is_stopped() {
+        return Err(LlmError::new(
+            ErrorKind::Connection,
+            provider,
+            "the stream ended before the answer was complete",
+        ));
+    }
+    Ok(builder.finish())
+}

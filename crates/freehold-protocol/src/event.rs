@@ -1,0 +1,400 @@
+//! Streaming events and the complete answer they add up to.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::{ContentPart, Message, Reasoning, Role, ToolCall};
+use crate::usage::Usage;
+
+/// Why the model stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// It finished its answer.
+    EndTurn,
+    /// It reached `max_tokens`.
+    MaxTokens,
+    /// It produced one of the stop sequences.
+    StopSequence,
+    /// It called one or more tools and waits for their results.
+    ToolUse,
+    /// The provider's safety filter stopped it.
+    ContentFilter,
+    /// The provider refused to answer.
+    Refusal,
+    /// The caller cancelled the request.
+    Cancelled,
+    /// A reason this crate does not know, as the provider spelled it.
+    Other(String),
+}
+
+/// One event of a streamed answer.
+///
+/// Every stream a client returns follows this order: at most one
+/// [`StreamEvent::Start`] first; then text, reasoning and tool-call events; then
+/// at most one [`StreamEvent::Usage`]; and exactly one [`StreamEvent::Stop`]
+/// last. Tool-call events carry an `index` that is unique within the answer:
+/// `ToolCallStart` comes before the call's argument deltas and `ToolCallEnd`
+/// after them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// The provider accepted the request.
+    Start {
+        /// The provider's id for this answer, where it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The model actually answering, where the provider says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+    },
+    /// More answer text.
+    TextDelta {
+        /// The new text.
+        text: String,
+    },
+    /// More reasoning text.
+    ReasoningDelta {
+        /// The new reasoning text.
+        text: String,
+    },
+    /// The opaque signature closing the current reasoning block; it must be
+    /// sent back with the reasoning on the next turn.
+    ReasoningSignature {
+        /// The signature (or, for redacted reasoning, the opaque data).
+        signature: String,
+        /// True when the reasoning was redacted by the provider.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        redacted: bool,
+    },
+    /// A tool call begins.
+    ToolCallStart {
+        /// Position of this call within the answer.
+        index: u32,
+        /// The call's id.
+        id: String,
+        /// The tool's name.
+        name: String,
+    },
+    /// More of a tool call's JSON arguments.
+    ToolCallArgsDelta {
+        /// Which call.
+        index: u32,
+        /// The next fragment of the JSON text.
+        delta: String,
+    },
+    /// A tool call is complete.
+    ToolCallEnd {
+        /// Which call.
+        index: u32,
+        /// An opaque signature to send back with the call (Gemini).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+    },
+    /// Token usage of the whole answer.
+    Usage(Usage),
+    /// The answer is complete.
+    Stop {
+        /// Why it ended.
+        reason: StopReason,
+    },
+}
+
+/// A complete (non-streamed) answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    /// The provider's id for this answer, where it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The model that answered, where the provider says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The assistant message: reasoning, text and tool calls in order.
+    pub message: Message,
+    /// Tokens used.
+    pub usage: Usage,
+    /// Why the answer ended.
+    pub stop_reason: StopReason,
+}
+
+impl ChatResponse {
+    /// The answer's stream of events, in the order a stream would carry them;
+    /// the inverse of [`ResponseBuilder`].
+    pub fn to_events(&self) -> Vec<StreamEvent> {
+        let mut events = vec![StreamEvent::Start {
+            id: self.id.clone(),
+            model: self.model.clone(),
+        }];
+        let mut index = 0u32;
+        for part in &self.message.content {
+            match part {
+                ContentPart::Text { text } => {
+                    events.push(StreamEvent::TextDelta { text: text.clone() })
+                }
+                ContentPart::Reasoning(reasoning) => {
+                    if !reasoning.text.is_empty() {
+                        events.push(StreamEvent::ReasoningDelta {
+                            text: reasoning.text.clone(),
+                        });
+                    }
+                    if let Some(signature) = &reasoning.signature {
+                        events.push(StreamEvent::ReasoningSignature {
+                            signature: signature.clone(),
+                            redacted: reasoning.redacted,
+                        });
+                    }
+                }
+                ContentPart::ToolCall(call) => {
+                    events.push(StreamEvent::ToolCallStart {
+                        index,
+                        id: call.id.clone(),
+                        name: call.name.clone(),
+                    });
+                    if !call.arguments.is_empty() {
+                        events.push(StreamEvent::ToolCallArgsDelta {
+                            index,
+                            delta: call.arguments.clone(),
+                        });
+                    }
+                    events.push(StreamEvent::ToolCallEnd {
+                        index,
+                        signature: call.signature.clone(),
+                    });
+                    index += 1;
+                }
+                ContentPart::Image { .. } | ContentPart::ToolResult(_) => {}
+            }
+        }
+        events.push(StreamEvent::Usage(self.usage));
+        events.push(StreamEvent::Stop {
+            reason: self.stop_reason.clone(),
+        });
+        events
+    }
+}
+
+/// Folds stream events into a [`ChatResponse`].
+///
+/// Consecutive text deltas join into one text part and consecutive reasoning
+/// deltas into one reasoning part; tool calls keep the order of their starts.
+#[derive(Debug, Default)]
+pub struct ResponseBuilder {
+    id: Option<String>,
+    model: Option<String>,
+    parts: Vec<ContentPart>,
+    /// Maps a stream's tool-call index to the position of its part.
+    open_calls: Vec<(u32, usize)>,
+    usage: Usage,
+    stop_reason: Option<StopReason>,
+}
+
+impl ResponseBuilder {
+    /// Adds one event.
+    pub fn push(&mut self, event: &StreamEvent) {
+        match event {
+            StreamEvent::Start { id, model } => {
+                self.id = id.clone().or(self.id.take());
+                self.model = model.clone().or(self.model.take());
+            }
+            StreamEvent::TextDelta { text } => match self.parts.last_mut() {
+                Some(ContentPart::Text { text: last }) => last.push_str(text),
+                _ => self.parts.push(ContentPart::Text { text: text.clone() }),
+            },
+            StreamEvent::ReasoningDelta { text } => match self.parts.last_mut() {
+                Some(ContentPart::Reasoning(last)) if last.signature.is_none() => {
+                    last.text.push_str(text)
+                }
+                _ => self.parts.push(ContentPart::Reasoning(Reasoning {
+                    text: text.clone(),
+                    ..Reasoning::default()
+                })),
+            },
+            StreamEvent::ReasoningSignature {
+                signature,
+                redacted,
+            } => match self.parts.last_mut() {
+                Some(ContentPart::Reasoning(last)) if last.signature.is_none() && !redacted => {
+                    last.signature = Some(signature.clone());
+                }
+                _ => self.parts.push(ContentPart::Reasoning(Reasoning {
+                    text: String::new(),
+                    signature: Some(signature.clone()),
+                    redacted: *redacted,
+                    id: None,
+                })),
+            },
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.open_calls.push((*index, self.parts.len()));
+                self.parts.push(ContentPart::ToolCall(ToolCall::new(
+                    id.clone(),
+                    name.clone(),
+                    "",
+                )));
+            }
+            StreamEvent::ToolCallArgsDelta { index, delta } => {
+                if let Some(call) = self.call_mut(*index) {
+                    call.arguments.push_str(delta);
+                }
+            }
+            StreamEvent::ToolCallEnd { index, signature } => {
+                if let (Some(call), Some(signature)) = (self.call_mut(*index), signature) {
+                    call.signature = Some(signature.clone());
+                }
+            }
+            StreamEvent::Usage(usage) => self.usage = *usage,
+            StreamEvent::Stop { reason } => self.stop_reason = Some(reason.clone()),
+        }
+    }
+
+    fn call_mut(&mut self, index: u32) -> Option<&mut ToolCall> {
+        let position = self
+            .open_calls
+            .iter()
+            .rev()
+            .find(|(open, _)| *open == index)
+            .map(|(_, position)| *position)?;
+        match self.parts.get_mut(position) {
+            Some(ContentPart::ToolCall(call)) => Some(call),
+            _ => None,
+        }
+    }
+
+    /// Whether a [`StreamEvent::Stop`] was pushed.
+    pub fn is_stopped(&self) -> bool {
+        self.stop_reason.is_some()
+    }
+
+    /// The answer so far. Without a stop event, the stop reason is
+    /// [`StopReason::ToolUse`] when tool calls were made and
+    /// [`StopReason::EndTurn`] otherwise.
+    pub fn finish(self) -> ChatResponse {
+        let has_calls = self
+            .parts
+            .iter()
+            .any(|part| matches!(part, ContentPart::ToolCall(_)));
+        let stop_reason = self.stop_reason.unwrap_or(if has_calls {
+            StopReason::ToolUse
+        } else {
+            StopReason::EndTurn
+        });
+        ChatResponse {
+            id: self.id,
+            model: self.model,
+            message: Message {
+                role: Role::Assistant,
+                content: self.parts,
+            },
+            usage: self.usage,
+            stop_reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_joins_deltas_and_round_trips_through_events() {
+        let events = vec![
+            StreamEvent::Start {
+                id: Some("r1".into()),
+                model: Some("m".into()),
+            },
+            StreamEvent::ReasoningDelta {
+                text: "think".into(),
+            },
+            StreamEvent::ReasoningDelta { text: "ing".into() },
+            StreamEvent::ReasoningSignature {
+                signature: "sig".into(),
+                redacted: false,
+            },
+            StreamEvent::TextDelta { text: "a".into() },
+            StreamEvent::TextDelta { text: "b".into() },
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "c0".into(),
+                name: "read".into(),
+            },
+            StreamEvent::ToolCallStart {
+                index: 1,
+                id: "c1".into(),
+                name: "grep".into(),
+            },
+            StreamEvent::ToolCallArgsDelta {
+                index: 1,
+                delta: "{\"q\":".into(),
+            },
+            StreamEvent::ToolCallArgsDelta {
+                index: 0,
+                delta: "{}".into(),
+            },
+            StreamEvent::ToolCallArgsDelta {
+                index: 1,
+                delta: "1}".into(),
+            },
+            StreamEvent::ToolCallEnd {
+                index: 0,
+                signature: None,
+            },
+            StreamEvent::ToolCallEnd {
+                index: 1,
+                signature: Some("g".into()),
+            },
+            StreamEvent::Usage(Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                ..Usage::default()
+            }),
+            StreamEvent::Stop {
+                reason: StopReason::ToolUse,
+            },
+        ];
+        let mut builder = ResponseBuilder::default();
+        for event in &events {
+            builder.push(event);
+        }
+        let response = builder.finish();
+        assert_eq!(response.message.text(), "ab");
+        let calls: Vec<_> = response.message.tool_calls().cloned().collect();
+        assert_eq!(
+            calls,
+            vec![
+                ToolCall::new("c0", "read", "{}"),
+                ToolCall {
+                    signature: Some("g".into()),
+                    ..ToolCall::new("c1", "grep", "{\"q\":1}")
+                },
+            ]
+        );
+        assert_eq!(
+            response.message.content[0],
+            ContentPart::Reasoning(Reasoning {
+                text: "thinking".into(),
+                signature: Some("sig".into()),
+                redacted: false,
+                id: None,
+            })
+        );
+
+        let mut again = ResponseBuilder::default();
+        for event in response.to_events() {
+            again.push(&event);
+        }
+        assert_eq!(again.finish(), response);
+    }
+
+    #[test]
+    fn stop_reason_defaults_from_content() {
+        let mut builder = ResponseBuilder::default();
+        builder.push(&StreamEvent::ToolCallStart {
+            index: 0,
+            id: "x".into(),
+            name: "t".into(),
+        });
+        assert_eq!(builder.finish().stop_reason, StopReason::ToolUse);
+        assert_eq!(
+            ResponseBuilder::default().finish().stop_reason,
+            StopReason::EndTurn
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! Conversation messages and their content parts.
+
+use serde::{Deserialize, Serialize};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Instructions for the model. Providers with a separate system field
+    /// (Anthropic, Gemini) receive all system messages joined there.
+    System,
+    /// The person (or program) talking to the model.
+    User,
+    /// The model.
+    Assistant,
+    /// Results of tool calls, sent back to the model.
+    Tool,
+}
+
+/// One message of a conversation: a role and an ordered list of parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// What it contains, in order.
+    pub content: Vec<ContentPart>,
+}
+
+impl Message {
+    /// A message with the given role holding one text part.
+    pub fn from_text(role: Role, text: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: vec![ContentPart::Text { text: text.into() }],
+        }
+    }
+
+    /// A system message.
+    pub fn system(text: impl Into<String>) -> Self {
+        Self::from_text(Role::System, text)
+    }
+
+    /// A user message.
+    pub fn user(text: impl Into<String>) -> Self {
+        Self::from_text(Role::User, text)
+    }
+
+    /// An assistant message.
+    pub fn assistant(text: impl Into<String>) -> Self {
+        Self::from_text(Role::Assistant, text)
+    }
+
+    /// A tool message carrying one tool result.
+    pub fn tool_result(call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Tool,
+            content: vec![ContentPart::ToolResult(ToolResult {
+                call_id: call_id.into(),
+                content: content.into(),
+                is_error: false,
+            })],
+        }
+    }
+
+    /// All text parts concatenated (reasoning, tool calls and images skipped).
+    pub fn text_content(&self) -> String {
+        self.content
+            .iter()
+            .filter_map(|part| match part {
+                ContentPart::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Alias of [`Message::text_content`], reads better on responses.
+    pub fn text(&self) -> String {
+        self.text_content()
+    }
+
+    /// The tool calls this message makes, in order.
+    pub fn tool_calls(&self) -> impl Iterator<Item = &ToolCall> {
+        self.content.iter().filter_map(|part| match part {
+            ContentPart::ToolCall(call) => Some(call),
+            _ => None,
+        })
+    }
+}
+
+/// One piece of a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    /// Plain text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// An image, inline or by URL.
+    Image {
+        /// Where the image bytes are.
+        source: ImageSource,
+    },
+    /// A call of a tool, made by the assistant.
+    ToolCall(ToolCall),
+    /// The result of a tool call, sent back in a [`Role::Tool`] message.
+    ToolResult(ToolResult),
+    /// The model's reasoning ("thinking"), with the opaque signature some
+    /// providers require to be sent back unchanged on the next turn.
+    Reasoning(Reasoning),
+}
+
+/// Where an image comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ImageSource {
+    /// Base64-encoded bytes with their media type (`image/png`…).
+    Base64 {
+        /// The MIME type, such as `image/png`.
+        media_type: String,
+        /// The base64 text (no `data:` prefix).
+        data: String,
+    },
+    /// An `https://` or `data:` URL.
+    Url {
+        /// The URL.
+        url: String,
+    },
+}
+
+/// A call of a tool by the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The provider's id of this call; tool results refer to it.
+    pub id: String,
+    /// The tool's name, one of the request's [`crate::ToolSpec`]s.
+    pub name: String,
+    /// The arguments as JSON text, exactly as the model produced them (it may
+    /// be invalid JSON: the caller decides what to do with that).
+    pub arguments: String,
+    /// An opaque signature that must be sent back with this call (Gemini's
+    /// `thoughtSignature`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl ToolCall {
+    /// A call without a signature.
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        arguments: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            arguments: arguments.into(),
+            signature: None,
+        }
+    }
+}
+
+/// The outcome of a tool call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolResult {
+    /// The [`ToolCall::id`] this answers.
+    pub call_id: String,
+    /// The result, as text.
+    pub content: String,
+    /// Whether the tool failed (the content then describes the failure).
+    #[serde(default)]
+    pub is_error: bool,
+}
+
+/// Reasoning produced by a model before its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Reasoning {
+    /// The readable reasoning text (may be empty when the provider hides it).
+    pub text: String,
+    /// An opaque signature (Anthropic `signature`, OpenAI `encrypted_content`)
+    /// that must be sent back unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// True when the provider redacted the reasoning; `signature` then holds the
+    /// opaque data to send back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
+    /// The provider's id for this reasoning item, where it has one (OpenAI
+    /// Responses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}

@@ -1,0 +1,234 @@
+//! What a caller asks of a model, and what a model can do.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::Message;
+
+/// A request for one model answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// The model, as the provider names it (the router strips the
+    /// `provider:` prefix before a client sees the request).
+    pub model: String,
+    /// The conversation so far, oldest first.
+    pub messages: Vec<Message>,
+    /// Tools the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+    /// Whether and which tool the model must call.
+    #[serde(default)]
+    pub tool_choice: ToolChoice,
+    /// Whether the model may call several tools in one answer (`None`: the
+    /// provider's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// Sampling parameters.
+    #[serde(default)]
+    pub sampling: Sampling,
+    /// The most tokens the answer may have (`None`: the provider's default,
+    /// or the catalog's maximum where the protocol requires a value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Sequences that end the answer when generated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// Structured output: the answer must match this format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    /// How much the model should reason, for models that can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<ReasoningEffort>,
+}
+
+impl ChatRequest {
+    /// A request with defaults for everything but the model and messages.
+    pub fn new(model: impl Into<String>, messages: Vec<Message>) -> Self {
+        Self {
+            model: model.into(),
+            messages,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+            parallel_tool_calls: None,
+            sampling: Sampling::default(),
+            max_tokens: None,
+            stop: Vec::new(),
+            response_format: None,
+            reasoning: None,
+        }
+    }
+
+    /// A rough count of the request's tokens (about four bytes a token), for
+    /// sizing contexts and budgets before a tokenizer is at hand.
+    pub fn estimated_input_tokens(&self) -> u64 {
+        let mut bytes = 0usize;
+        for message in &self.messages {
+            bytes += 8;
+            for part in &message.content {
+                bytes += match part {
+                    crate::ContentPart::Text { text } => text.len(),
+                    // An image costs about a thousand tokens on most providers.
+                    crate::ContentPart::Image { .. } => 4_000,
+                    crate::ContentPart::ToolCall(call) => call.name.len() + call.arguments.len(),
+                    crate::ContentPart::ToolResult(result) => result.content.len(),
+                    crate::ContentPart::Reasoning(reasoning) => reasoning.text.len(),
+                };
+            }
+        }
+        for tool in &self.tools {
+            bytes += tool.name.len() + tool.description.len() + tool.parameters.to_string().len();
+        }
+        (bytes as u64).div_ceil(4)
+    }
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// The name the model calls it by.
+    pub name: String,
+    /// What it does and when to use it.
+    #[serde(default)]
+    pub description: String,
+    /// A JSON Schema (an `object` schema) for its arguments.
+    pub parameters: serde_json::Value,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToolChoice {
+    /// The model decides.
+    #[default]
+    Auto,
+    /// The model must not call a tool.
+    None,
+    /// The model must call at least one tool.
+    Required,
+    /// The model must call this tool.
+    Tool {
+        /// The tool's name.
+        name: String,
+    },
+}
+
+/// Sampling parameters; `None` leaves the provider's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// Randomness, usually 0–2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Top-k sampling (not every provider has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// A seed for reproducible sampling, where supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Penalty for tokens already present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// Penalty proportional to how often a token appeared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+}
+
+/// A required shape for the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching a schema.
+    JsonSchema {
+        /// A name for the schema (OpenAI requires one).
+        name: String,
+        /// The JSON Schema.
+        schema: serde_json::Value,
+        /// Whether the provider must enforce the schema strictly.
+        #[serde(default)]
+        strict: bool,
+    },
+}
+
+/// How hard a reasoning model should think.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasoningEffort {
+    /// As little as the model allows.
+    Minimal,
+    /// A little.
+    Low,
+    /// The usual.
+    Medium,
+    /// A lot.
+    High,
+}
+
+impl ReasoningEffort {
+    /// The lowercase name used by OpenAI-style APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minimal => "minimal",
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+        }
+    }
+
+    /// A thinking-token budget for APIs that take one (Anthropic, Gemini).
+    pub fn budget_tokens(self) -> u32 {
+        match self {
+            Self::Minimal => 1_024,
+            Self::Low => 2_048,
+            Self::Medium => 8_192,
+            Self::High => 24_576,
+        }
+    }
+}
+
+/// A model a provider serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The model's id at its provider.
+    pub id: String,
+    /// The configured provider serving it.
+    pub provider: String,
+    /// The context window in tokens, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u32>,
+    /// The most output tokens, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+}
+
+/// What a provider (or one of its models) can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Streams answers.
+    pub streaming: bool,
+    /// Calls tools natively.
+    pub tools: bool,
+    /// Calls several tools in one answer.
+    pub parallel_tool_calls: bool,
+    /// Reads images.
+    pub vision: bool,
+    /// Produces reasoning.
+    pub reasoning: bool,
+    /// Enforces a JSON Schema on the answer.
+    pub structured_output: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            streaming: true,
+            tools: true,
+            parallel_tool_calls: true,
+            vision: false,
+            reasoning: false,
+            structured_output: false,
+        }
+    }
+}

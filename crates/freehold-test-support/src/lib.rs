@@ -1,0 +1,304 @@
+//! Test helpers for Freehold: HTTP servers on 127.0.0.1 that answer with
+//! scripted bytes, so that clients are tested against the exact wire format,
+//! split at awkward places, slowed down or stalled.
+//!
+//! It must only ever bind loopback addresses.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use freehold_test_support::{MockServer, Scripted};
+//!
+//! let server = MockServer::start(vec![Scripted::json(200, serde_json::json!({"ok": true}))]).await;
+//! let url = format!("{}/v1/models", server.url());
+//! # let _ = url;
+//! assert_eq!(server.requests().len(), 0);
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::response::Response;
+use futures::StreamExt;
+
+/// One scripted HTTP response.
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    /// The status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+    /// The body, sent chunk by chunk (each chunk flushed on its own).
+    pub chunks: Vec<Vec<u8>>,
+    /// Pause before sending the response headers.
+    pub delay_before_headers: Duration,
+    /// Pause between chunks.
+    pub chunk_delay: Duration,
+    /// After this many chunks, go silent for `stall_for` (to fire idle timeouts).
+    pub stall_after: Option<usize>,
+    /// How long a stall lasts.
+    pub stall_for: Duration,
+}
+
+impl Scripted {
+    /// A response with the given status, content type and body chunks.
+    pub fn chunks(status: u16, content_type: &str, chunks: Vec<Vec<u8>>) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            chunks,
+            delay_before_headers: Duration::ZERO,
+            chunk_delay: Duration::from_millis(1),
+            stall_after: None,
+            stall_for: Duration::from_secs(30),
+        }
+    }
+
+    /// A JSON response.
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        Self::chunks(
+            status,
+            "application/json",
+            vec![body.to_string().into_bytes()],
+        )
+    }
+
+    /// A `text/event-stream` response of `text`, cut into the given chunks.
+    pub fn sse(text: &str, split: Split) -> Self {
+        Self::chunks(200, "text/event-stream", split.apply(text.as_bytes()))
+    }
+
+    /// An `application/x-ndjson` response of `text`, cut into the given chunks.
+    pub fn ndjson(text: &str, split: Split) -> Self {
+        Self::chunks(200, "application/x-ndjson", split.apply(text.as_bytes()))
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Waits before answering.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay_before_headers = delay;
+        self
+    }
+
+    /// Goes silent for `duration` after sending `chunks` chunks.
+    pub fn stall_after(mut self, chunks: usize, duration: Duration) -> Self {
+        self.stall_after = Some(chunks);
+        self.stall_for = duration;
+        self
+    }
+}
+
+/// How to cut a body into chunks.
+#[derive(Debug, Clone)]
+pub enum Split {
+    /// One chunk.
+    Whole,
+    /// Every `n` bytes (1 splits every byte, UTF-8 sequences included).
+    Every(usize),
+    /// At these byte offsets.
+    At(Vec<usize>),
+}
+
+impl Split {
+    /// The chunks of `bytes`.
+    pub fn apply(&self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        match self {
+            Split::Whole => vec![bytes.to_vec()],
+            Split::Every(n) => bytes.chunks((*n).max(1)).map(<[u8]>::to_vec).collect(),
+            Split::At(offsets) => {
+                let mut chunks = Vec::new();
+                let mut last = 0;
+                for &offset in offsets {
+                    let offset = offset.clamp(last, bytes.len());
+                    chunks.push(bytes[last..offset].to_vec());
+                    last = offset;
+                }
+                chunks.push(bytes[last..].to_vec());
+                chunks.retain(|chunk| !chunk.is_empty());
+                chunks
+            }
+        }
+    }
+}
+
+/// A request the server received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The method.
+    pub method: Method,
+    /// The path and query.
+    pub uri: String,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// The body parsed as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    script: VecDeque<Scripted>,
+    recorded: Vec<Recorded>,
+}
+
+/// An HTTP server on 127.0.0.1 that answers requests with its script, in
+/// order; the last scripted response is repeated once the others are used.
+/// It stops when dropped.
+#[derive(Debug)]
+pub struct MockServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Starts a server on a free loopback port.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound (a broken test machine).
+    #[allow(clippy::expect_used)]
+    pub async fn start(script: Vec<Scripted>) -> Self {
+        let state = Arc::new(Mutex::new(State {
+            script: script.into(),
+            recorded: Vec::new(),
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let app = Router::new().fallback({
+            let state = state.clone();
+            move |request: Request<Body>| answer(state.clone(), request)
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, state, task }
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state
+            .lock()
+            .map(|state| state.recorded.clone())
+            .unwrap_or_default()
+    }
+
+    /// Appends responses to the script.
+    pub fn push(&self, scripted: Scripted) {
+        if let Ok(mut state) = self.state.lock() {
+            state.script.push_back(scripted);
+        }
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(state: Arc<Mutex<State>>, request: Request<Body>) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .map(|bytes| bytes.to_vec())
+        .unwrap_or_default();
+    let scripted = {
+        let Ok(mut state) = state.lock() else {
+            return plain(500, "mock server state poisoned");
+        };
+        state.recorded.push(Recorded {
+            method: parts.method.clone(),
+            uri: parts.uri.to_string(),
+            headers: parts.headers.clone(),
+            body,
+        });
+        if state.script.len() > 1 {
+            state.script.pop_front()
+        } else {
+            state.script.front().cloned()
+        }
+    };
+    let Some(scripted) = scripted else {
+        return plain(500, "mock server has no scripted response");
+    };
+    tokio::time::sleep(scripted.delay_before_headers).await;
+    let chunk_delay = scripted.chunk_delay;
+    let stall_after = scripted.stall_after;
+    let stall_for = scripted.stall_for;
+    let chunks = futures::stream::iter(scripted.chunks.into_iter().enumerate()).then(
+        move |(i, chunk)| async move {
+            if stall_after == Some(i) {
+                tokio::time::sleep(stall_for).await;
+            } else if i > 0 {
+                tokio::time::sleep(chunk_delay).await;
+            }
+            Ok::<_, std::io::Error>(Bytes::from(chunk))
+        },
+    );
+    let mut response = Response::new(Body::from_stream(chunks));
+    *response.status_mut() = StatusCode::from_u16(scripted.status).unwrap_or(StatusCode::OK);
+    for (name, value) in scripted.headers {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            axum::http::HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+fn plain(status: u16, text: &'static str) -> Response {
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+}
+
+/// Formats SSE events: `(event name or "", data)` pairs, each closed by a
+/// blank line.
+pub fn sse_text(events: &[(&str, &str)]) -> String {
+    let mut text = String::new();
+    for (event, data) in events {
+        if !event.is_empty() {
+            text.push_str("event: ");
+            text.push_str(event);
+            text.push('\n');
+        }
+        text.push_str("data: ");
+        text.push_str(data);
+        text.push_str("\n\n");
+    }
+    text
+}
