@@ -28,5 +28,6 @@ mod provider;
 pub mod retry;
 pub mod secret;
 pub mod sse;
+pub mod wire;
 
 pub use provider::{EventStream, Provider, collect_stream};

@@ -1,5 +1,9 @@
 //! One client per wire protocol, each a [`crate::Provider`].
 
+mod openai_chat;
+
+pub use openai_chat::OpenAiChatClient;
+
 use crate::http::HttpSettings;
 use crate::secret::ApiKey;
 
@@ -44,5 +48,46 @@ impl ClientOptions {
     /// The keys a transport must redact.
     pub fn secrets(&self) -> Vec<ApiKey> {
         self.api_key.iter().cloned().collect()
+    }
+}
+
+/// How a protocol sends the API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHeader {
+    /// `Authorization: Bearer KEY` (OpenAI and compatible servers).
+    Bearer,
+    /// The key as the value of a named header (`x-api-key`, `x-goog-api-key`).
+    Named(&'static str),
+}
+
+impl ClientOptions {
+    /// The headers of every request: the key (if any) as `key_header` says,
+    /// then `fixed` protocol headers, then the configured extra headers.
+    ///
+    /// # Errors
+    /// A header name or value that HTTP does not allow.
+    pub fn headers(
+        &self,
+        key_header: KeyHeader,
+        fixed: &[(&str, &str)],
+    ) -> Result<reqwest::header::HeaderMap, freehold_protocol::LlmError> {
+        let bearer;
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        if let Some(key) = &self.api_key {
+            match key_header {
+                KeyHeader::Bearer => {
+                    bearer = format!("Bearer {}", key.expose());
+                    pairs.push(("authorization", bearer.as_str()));
+                }
+                KeyHeader::Named(name) => pairs.push((name, key.expose())),
+            }
+        }
+        pairs.extend_from_slice(fixed);
+        pairs.extend(
+            self.extra_headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        );
+        crate::http::headers(pairs, &self.name)
     }
 }

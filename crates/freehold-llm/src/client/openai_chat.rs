@@ -1,0 +1,129 @@
+//! The OpenAI Chat Completions client, for OpenAI and every compatible server.
+
+use async_trait::async_trait;
+use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+
+use crate::assemble::decode_stream;
+use crate::client::{ClientOptions, KeyHeader};
+use crate::http::Transport;
+use crate::provider::{EventStream, Provider};
+use crate::wire::openai_chat::{self, ChunkDecoder, CompletionResponse, Dialect};
+
+/// A client of `POST {base_url}/chat/completions`.
+#[derive(Debug, Clone)]
+pub struct OpenAiChatClient {
+    options: ClientOptions,
+    dialect: Dialect,
+    transport: Transport,
+    headers: HeaderMap,
+}
+
+impl OpenAiChatClient {
+    /// A client speaking `dialect` to `options.base_url`.
+    ///
+    /// # Errors
+    /// Invalid extra headers or an unusable TLS backend.
+    pub fn new(options: ClientOptions, dialect: Dialect) -> Result<Self, LlmError> {
+        let transport = Transport::new(
+            options.name.clone(),
+            options.http.clone(),
+            options.secrets(),
+        )?;
+        let headers = options.headers(KeyHeader::Bearer, &[])?;
+        Ok(Self {
+            options,
+            dialect,
+            transport,
+            headers,
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for OpenAiChatClient {
+    fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    fn capabilities(&self, _model: &str) -> Capabilities {
+        Capabilities {
+            structured_output: true,
+            vision: true,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+        let body = openai_chat::encode_request(&request, self.dialect, true);
+        let body = serde_json::to_value(&body).map_err(|error| {
+            self.transport
+                .error(ErrorKind::InvalidRequest, error.to_string())
+        })?;
+        let response = self
+            .transport
+            .post_json(&self.options.url("/chat/completions"), &self.headers, &body)
+            .await?;
+        let events = self.transport.sse_stream(response);
+        Ok(decode_stream(
+            events,
+            ChunkDecoder::new(self.options.name.clone()),
+        ))
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let body = openai_chat::encode_request(&request, self.dialect, false);
+        let body = serde_json::to_value(&body).map_err(|error| {
+            self.transport
+                .error(ErrorKind::InvalidRequest, error.to_string())
+        })?;
+        let response = self
+            .transport
+            .post_json(&self.options.url("/chat/completions"), &self.headers, &body)
+            .await?;
+        let json = self.transport.read_json(response).await?;
+        let response: CompletionResponse = serde_json::from_value(json).map_err(|error| {
+            self.transport.error(
+                ErrorKind::Server,
+                format!("unexpected response shape: {error}"),
+            )
+        })?;
+        openai_chat::decode_response(&self.options.name, response)
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        #[derive(Deserialize)]
+        struct ModelList {
+            #[serde(default)]
+            data: Vec<Model>,
+        }
+        #[derive(Deserialize)]
+        struct Model {
+            id: String,
+            #[serde(default)]
+            context_length: Option<u32>,
+            #[serde(default)]
+            max_model_len: Option<u32>,
+        }
+        let response = self
+            .transport
+            .get(&self.options.url("/models"), &self.headers)
+            .await?;
+        let json = self.transport.read_json(response).await?;
+        let list: ModelList = serde_json::from_value(json).map_err(|error| {
+            self.transport
+                .error(ErrorKind::Server, format!("unexpected model list: {error}"))
+        })?;
+        Ok(list
+            .data
+            .into_iter()
+            .map(|model| ModelInfo {
+                context_window: model.context_length.or(model.max_model_len),
+                id: model.id,
+                provider: self.options.name.clone(),
+                max_output_tokens: None,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,10 @@
+//! Wire formats, one module per protocol: the exact JSON each API sends and
+//! receives, as serde types, with conversions to and from
+//! [`freehold_protocol`] types.
+//!
+//! The types derive both `Serialize` and `Deserialize` so that they serve in
+//! both directions: the clients in [`crate::client`] encode requests and
+//! decode responses with them, and the gateway decodes its own clients'
+//! requests and encodes responses with the same types.
+
+pub mod openai_chat;

@@ -1,0 +1,857 @@
+//! OpenAI Chat Completions (`POST /v1/chat/completions`), the format most
+//! servers speak: OpenAI, vLLM, SGLang, llama.cpp's server, LM Studio,
+//! Mistral, Groq, Together, DeepSeek, OpenRouter, Fireworks, Ollama's `/v1`.
+
+use std::collections::HashMap;
+
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
+    ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
+use crate::http::{context_length_kind, is_context_length_message};
+use crate::sse::SseEvent;
+
+/// A request body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    /// The model.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<WireMessage>,
+    /// Tools offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<WireTool>>,
+    /// `"auto"`, `"none"`, `"required"` or `{"type":"function","function":{"name":…}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    /// Whether several calls may come in one answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Top-k (an extension vLLM, SGLang and llama.cpp accept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// Sampling seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Presence penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// Frequency penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// The output limit, as most servers name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// The output limit, as OpenAI names it for current models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopField>,
+    /// Whether to stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+    /// Stream options (`include_usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// Structured output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+    /// Reasoning effort for reasoning models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
+    /// End-user id, passed through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// `stop` may be one string or a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    /// One sequence.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl StopField {
+    /// The sequences as a list.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many,
+        }
+    }
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    /// Ask for a final chunk carrying usage.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// A message on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// A string, an array of parts, or null (assistant messages with calls).
+    #[serde(default)]
+    pub content: Option<WireContent>,
+    /// Reasoning text (DeepSeek, vLLM, llama.cpp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// Tool calls of an assistant message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<WireToolCall>>,
+    /// The call a tool message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A participant name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A refusal (OpenAI structured outputs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+}
+
+/// Message content: plain text or typed parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WireContent {
+    /// Plain text.
+    Text(String),
+    /// Typed parts.
+    Parts(Vec<WirePart>),
+}
+
+/// A typed content part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WirePart {
+    /// Text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// An image by URL (`https://` or `data:`).
+    ImageUrl {
+        /// The image.
+        image_url: ImageUrl,
+    },
+    /// Anything else (audio, files…), kept as it came.
+    #[serde(untagged)]
+    Other(Value),
+}
+
+/// `image_url` of an image part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageUrl {
+    /// The URL.
+    pub url: String,
+    /// `low`, `high` or `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A tool definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireTool {
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function.
+    pub function: WireFunction,
+}
+
+/// A function definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireFunction {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema of its arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    /// Strict schema adherence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// A tool call in an assistant message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireToolCall {
+    /// The call id.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    /// Name and arguments.
+    pub function: WireCallFunction,
+}
+
+fn function_type() -> String {
+    "function".into()
+}
+
+/// Name and arguments of a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireCallFunction {
+    /// The tool's name.
+    pub name: String,
+    /// JSON text of the arguments. Some servers send an object instead;
+    /// [`arguments_text`] normalises.
+    #[serde(default)]
+    pub arguments: Value,
+}
+
+/// Arguments as JSON text, whether the server sent text or an object.
+pub fn arguments_text(arguments: &Value) -> String {
+    match arguments {
+        Value::String(text) => text.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// A complete (non-streamed) response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionResponse {
+    /// Response id.
+    #[serde(default)]
+    pub id: String,
+    /// Always `chat.completion`.
+    #[serde(default)]
+    pub object: String,
+    /// Creation time (Unix seconds).
+    #[serde(default)]
+    pub created: u64,
+    /// The model that answered.
+    #[serde(default)]
+    pub model: String,
+    /// The answers (Freehold asks for one).
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    /// Token usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<WireUsage>,
+}
+
+/// One answer of a response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    /// Its index.
+    #[serde(default)]
+    pub index: u32,
+    /// The message.
+    pub message: WireMessage,
+    /// Why it ended.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// A streamed chunk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionChunk {
+    /// Response id, the same on every chunk.
+    #[serde(default)]
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    #[serde(default)]
+    pub object: String,
+    /// Creation time.
+    #[serde(default)]
+    pub created: u64,
+    /// The model.
+    #[serde(default)]
+    pub model: String,
+    /// Deltas (empty on the usage-only final chunk).
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    /// Usage: on the final chunk with `include_usage`; vLLM sends `null` on
+    /// every other chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<WireUsage>,
+}
+
+/// A delta of one answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    /// Which answer.
+    #[serde(default)]
+    pub index: u32,
+    /// What is new.
+    #[serde(default)]
+    pub delta: Delta,
+    /// Set on the answer's last delta.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// What a chunk adds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// `assistant` on the first chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// More text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// More reasoning (DeepSeek, vLLM, llama.cpp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// More reasoning (OpenRouter, Ollama, LM Studio spell it this way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    /// Tool-call fragments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+    /// A refusal fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+}
+
+/// A fragment of a streamed tool call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    /// Which call of the answer (Ollama sends 0 for every call).
+    #[serde(default)]
+    pub index: u32,
+    /// The id, on the call's first fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name (first fragment) and argument text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionDelta>,
+}
+
+/// Name and argument fragment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDelta {
+    /// The tool's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The next piece of the argument text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
+/// Usage as OpenAI reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireUsage {
+    /// Input tokens, cached included.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Output tokens, reasoning included.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Their sum.
+    #[serde(default)]
+    pub total_tokens: u64,
+    /// Cached input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptDetails>,
+    /// Reasoning output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionDetails>,
+    /// DeepSeek's name for cached input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache_hit_tokens: Option<u64>,
+}
+
+/// `prompt_tokens_details`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptDetails {
+    /// Input served from the cache.
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+}
+
+/// `completion_tokens_details`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionDetails {
+    /// Output spent reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+}
+
+impl From<&WireUsage> for Usage {
+    fn from(wire: &WireUsage) -> Self {
+        let cached = wire
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|details| details.cached_tokens)
+            .or(wire.prompt_cache_hit_tokens)
+            .unwrap_or(0);
+        Usage {
+            input_tokens: wire.prompt_tokens,
+            cached_input_tokens: cached,
+            cache_write_tokens: 0,
+            output_tokens: wire.completion_tokens,
+            reasoning_tokens: wire
+                .completion_tokens_details
+                .as_ref()
+                .and_then(|details| details.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+impl From<&Usage> for WireUsage {
+    fn from(usage: &Usage) -> Self {
+        WireUsage {
+            prompt_tokens: usage.input_tokens,
+            completion_tokens: usage.output_tokens,
+            total_tokens: usage.total_tokens(),
+            prompt_tokens_details: Some(PromptDetails {
+                cached_tokens: Some(usage.cached_input_tokens),
+            }),
+            completion_tokens_details: Some(CompletionDetails {
+                reasoning_tokens: Some(usage.reasoning_tokens),
+            }),
+            prompt_cache_hit_tokens: None,
+        }
+    }
+}
+
+/// Which field carries the output limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MaxTokensField {
+    /// `max_tokens`: what compatible servers read.
+    #[default]
+    MaxTokens,
+    /// `max_completion_tokens`: what OpenAI requires for reasoning models.
+    MaxCompletionTokens,
+}
+
+/// Differences between servers that speak this protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialect {
+    /// The output-limit field.
+    pub max_tokens_field: MaxTokensField,
+    /// Whether to send `stream_options.include_usage` (a few strict servers
+    /// reject unknown fields).
+    pub stream_usage: bool,
+}
+
+impl Default for Dialect {
+    fn default() -> Self {
+        Self {
+            max_tokens_field: MaxTokensField::MaxTokens,
+            stream_usage: true,
+        }
+    }
+}
+
+/// Encodes a request.
+pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> CompletionRequest {
+    let tools = (!request.tools.is_empty()).then(|| {
+        request
+            .tools
+            .iter()
+            .map(|tool| WireTool {
+                kind: "function".into(),
+                function: WireFunction {
+                    name: tool.name.clone(),
+                    description: (!tool.description.is_empty()).then(|| tool.description.clone()),
+                    parameters: Some(tool.parameters.clone()),
+                    strict: None,
+                },
+            })
+            .collect()
+    });
+    let tool_choice = tools.as_ref().map(|_| match &request.tool_choice {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::None => json!("none"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Tool { name } => json!({"type": "function", "function": {"name": name}}),
+    });
+    let (max_tokens, max_completion_tokens) = match dialect.max_tokens_field {
+        MaxTokensField::MaxTokens => (request.max_tokens, None),
+        MaxTokensField::MaxCompletionTokens => (None, request.max_tokens),
+    };
+    CompletionRequest {
+        model: request.model.clone(),
+        messages: encode_messages(&request.messages),
+        parallel_tool_calls: tools.as_ref().and(request.parallel_tool_calls),
+        tools,
+        tool_choice,
+        temperature: request.sampling.temperature,
+        top_p: request.sampling.top_p,
+        top_k: request.sampling.top_k,
+        seed: request.sampling.seed,
+        presence_penalty: request.sampling.presence_penalty,
+        frequency_penalty: request.sampling.frequency_penalty,
+        max_tokens,
+        max_completion_tokens,
+        stop: (!request.stop.is_empty()).then(|| StopField::Many(request.stop.clone())),
+        stream,
+        stream_options: (stream && dialect.stream_usage).then_some(StreamOptions {
+            include_usage: true,
+        }),
+        response_format: request.response_format.as_ref().map(encode_response_format),
+        reasoning_effort: request.reasoning.map(|effort| effort.as_str().to_owned()),
+        user: None,
+    }
+}
+
+/// `response_format` for a structured-output request.
+pub fn encode_response_format(format: &ResponseFormat) -> Value {
+    match format {
+        ResponseFormat::JsonObject => json!({"type": "json_object"}),
+        ResponseFormat::JsonSchema {
+            name,
+            schema,
+            strict,
+        } => json!({
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": schema, "strict": strict},
+        }),
+    }
+}
+
+fn encode_messages(messages: &[Message]) -> Vec<WireMessage> {
+    let mut out = Vec::new();
+    for message in messages {
+        match message.role {
+            Role::System | Role::User => {
+                let role = if message.role == Role::System {
+                    "system"
+                } else {
+                    "user"
+                };
+                out.push(WireMessage {
+                    role: role.into(),
+                    content: Some(encode_content(&message.content)),
+                    ..WireMessage::default()
+                });
+                // Tool results inside a user message (as Anthropic-style
+                // callers put them) still become tool messages.
+                push_tool_results(&message.content, &mut out);
+            }
+            Role::Assistant => {
+                let text = message.text_content();
+                let calls: Vec<WireToolCall> = message
+                    .tool_calls()
+                    .map(|call| WireToolCall {
+                        id: call.id.clone(),
+                        kind: "function".into(),
+                        function: WireCallFunction {
+                            name: call.name.clone(),
+                            arguments: Value::String(if call.arguments.is_empty() {
+                                "{}".into()
+                            } else {
+                                call.arguments.clone()
+                            }),
+                        },
+                    })
+                    .collect();
+                // Reasoning is not sent back: DeepSeek rejects
+                // `reasoning_content` in input, and OpenAI ignores it.
+                out.push(WireMessage {
+                    role: "assistant".into(),
+                    content: (!text.is_empty() || calls.is_empty())
+                        .then_some(WireContent::Text(text)),
+                    tool_calls: (!calls.is_empty()).then_some(calls),
+                    ..WireMessage::default()
+                });
+            }
+            Role::Tool => push_tool_results(&message.content, &mut out),
+        }
+    }
+    out
+}
+
+fn push_tool_results(parts: &[ContentPart], out: &mut Vec<WireMessage>) {
+    for part in parts {
+        if let ContentPart::ToolResult(result) = part {
+            out.push(WireMessage {
+                role: "tool".into(),
+                content: Some(WireContent::Text(result.content.clone())),
+                tool_call_id: Some(result.call_id.clone()),
+                ..WireMessage::default()
+            });
+        }
+    }
+}
+
+fn encode_content(parts: &[ContentPart]) -> WireContent {
+    let has_image = parts
+        .iter()
+        .any(|part| matches!(part, ContentPart::Image { .. }));
+    if !has_image {
+        let text: String = parts
+            .iter()
+            .filter_map(|part| match part {
+                ContentPart::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        return WireContent::Text(text);
+    }
+    WireContent::Parts(
+        parts
+            .iter()
+            .filter_map(|part| match part {
+                ContentPart::Text { text } => Some(WirePart::Text { text: text.clone() }),
+                ContentPart::Image { source } => Some(WirePart::ImageUrl {
+                    image_url: ImageUrl {
+                        url: image_url(source),
+                        detail: None,
+                    },
+                }),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// An image as a URL, turning inline bytes into a `data:` URL.
+pub fn image_url(source: &ImageSource) -> String {
+    match source {
+        ImageSource::Url { url } => url.clone(),
+        ImageSource::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
+    }
+}
+
+/// Maps `finish_reason`.
+pub fn stop_reason(finish_reason: &str) -> StopReason {
+    match finish_reason {
+        "stop" | "eos" | "end_turn" => StopReason::EndTurn,
+        "length" | "max_tokens" => StopReason::MaxTokens,
+        "tool_calls" | "function_call" | "tool_use" => StopReason::ToolUse,
+        "content_filter" => StopReason::ContentFilter,
+        other => StopReason::Other(other.to_owned()),
+    }
+}
+
+/// Decodes a complete response.
+///
+/// # Errors
+/// A response without choices.
+pub fn decode_response(
+    provider: &str,
+    response: CompletionResponse,
+) -> Result<ChatResponse, LlmError> {
+    let Some(choice) = response.choices.into_iter().next() else {
+        return Err(LlmError::new(
+            ErrorKind::Server,
+            provider,
+            "the response has no choices",
+        ));
+    };
+    let message = choice.message;
+    let mut content = Vec::new();
+    if let Some(reasoning) = message.reasoning_content.filter(|text| !text.is_empty()) {
+        content.push(ContentPart::Reasoning(Reasoning {
+            text: reasoning,
+            ..Reasoning::default()
+        }));
+    }
+    let text = match message.content {
+        Some(WireContent::Text(text)) => text,
+        Some(WireContent::Parts(parts)) => parts
+            .into_iter()
+            .filter_map(|part| match part {
+                WirePart::Text { text } => Some(text),
+                _ => None,
+            })
+            .collect(),
+        None => String::new(),
+    };
+    let text = if text.is_empty() {
+        message.refusal.unwrap_or_default()
+    } else {
+        text
+    };
+    if !text.is_empty() {
+        content.push(ContentPart::Text { text });
+    }
+    for call in message.tool_calls.unwrap_or_default() {
+        content.push(ContentPart::ToolCall(ToolCall::new(
+            call.id,
+            call.function.name,
+            arguments_text(&call.function.arguments),
+        )));
+    }
+    let has_calls = content
+        .iter()
+        .any(|part| matches!(part, ContentPart::ToolCall(_)));
+    let stop_reason = match choice.finish_reason.as_deref().map(stop_reason) {
+        Some(StopReason::EndTurn) | None if has_calls => StopReason::ToolUse,
+        Some(reason) => reason,
+        None => StopReason::EndTurn,
+    };
+    Ok(ChatResponse {
+        id: (!response.id.is_empty()).then_some(response.id),
+        model: (!response.model.is_empty()).then_some(response.model),
+        message: Message {
+            role: Role::Assistant,
+            content,
+        },
+        usage: response.usage.as_ref().map(Usage::from).unwrap_or_default(),
+        stop_reason,
+    })
+}
+
+/// Decodes a Chat Completions SSE stream.
+#[derive(Debug)]
+pub struct ChunkDecoder {
+    provider: String,
+    /// The wire index of each open call → (our index, its id).
+    calls: HashMap<u32, (u32, String)>,
+}
+
+impl ChunkDecoder {
+    /// A decoder for `provider`'s stream.
+    pub fn new(provider: impl Into<String>) -> Self {
+        Self {
+            provider: provider.into(),
+            calls: HashMap::new(),
+        }
+    }
+
+    fn tool_delta(&mut self, delta: ToolCallDelta, out: &mut StreamAssembler) {
+        let function = delta.function.unwrap_or_default();
+        let id = delta.id.filter(|id| !id.is_empty());
+        let open = self.calls.get(&delta.index).cloned();
+        // A new id at a known index is a new call: Ollama numbers every
+        // parallel call 0.
+        let starts_new = match (&open, &id) {
+            (None, _) => true,
+            (Some((_, open_id)), Some(id)) => open_id != id,
+            (Some(_), None) => false,
+        };
+        let index = if starts_new {
+            if let Some((previous, _)) = open {
+                out.tool_end(previous, None);
+            }
+            let id = id.unwrap_or_else(generated_call_id);
+            let index = out.tool_start(&id, function.name.as_deref().unwrap_or_default());
+            self.calls.insert(delta.index, (index, id));
+            index
+        } else {
+            open.map(|(index, _)| index).unwrap_or_default()
+        };
+        if let Some(arguments) = function.arguments {
+            out.tool_args(index, &arguments);
+        }
+    }
+}
+
+/// An id for a call whose server sent none.
+pub fn generated_call_id() -> String {
+    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(24)
+        .collect();
+    format!("call_{suffix}")
+}
+
+impl WireDecoder<SseEvent> for ChunkDecoder {
+    fn decode(&mut self, event: SseEvent, out: &mut StreamAssembler) -> Result<Decoded, LlmError> {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            return Ok(Decoded::Done);
+        }
+        if data.is_empty() {
+            return Ok(Decoded::More);
+        }
+        let value: Value = serde_json::from_str(data).map_err(|error| {
+            LlmError::new(
+                ErrorKind::Server,
+                self.provider.clone(),
+                format!("invalid stream chunk ({error}): {}", preview(data)),
+            )
+        })?;
+        if let Some(error) = value.get("error") {
+            return Err(stream_error(&self.provider, error));
+        }
+        let chunk: CompletionChunk = serde_json::from_value(value).map_err(|error| {
+            LlmError::new(
+                ErrorKind::Server,
+                self.provider.clone(),
+                format!("unexpected stream chunk ({error}): {}", preview(data)),
+            )
+        })?;
+        out.start(
+            (!chunk.id.is_empty()).then(|| chunk.id.clone()),
+            (!chunk.model.is_empty()).then(|| chunk.model.clone()),
+        );
+        if let Some(usage) = &chunk.usage {
+            out.usage(Usage::from(usage));
+        }
+        for choice in chunk.choices.into_iter().filter(|choice| choice.index == 0) {
+            let delta = choice.delta;
+            if let Some(reasoning) = delta
+                .reasoning_content
+                .as_deref()
+                .or(delta.reasoning.as_deref())
+            {
+                out.reasoning(reasoning);
+            }
+            if let Some(text) = &delta.content {
+                out.text(text);
+            }
+            if let Some(refusal) = &delta.refusal {
+                out.text(refusal);
+            }
+            for call in delta.tool_calls.unwrap_or_default() {
+                self.tool_delta(call, out);
+            }
+            if let Some(reason) = choice.finish_reason.as_deref() {
+                out.stop(stop_reason(reason));
+            }
+        }
+        Ok(Decoded::More)
+    }
+
+    fn truncated(&self) -> LlmError {
+        LlmError::new(
+            ErrorKind::Connection,
+            self.provider.clone(),
+            "the stream ended before a finish_reason",
+        )
+    }
+}
+
+/// An `error` object sent inside a stream.
+fn stream_error(provider: &str, error: &Value) -> LlmError {
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| error.to_string());
+    let kind = if is_context_length_message(&message) {
+        context_length_kind(&message)
+    } else {
+        match error.get("code").and_then(Value::as_u64) {
+            Some(429) => ErrorKind::RateLimited { retry_after: None },
+            Some(503) | Some(529) => ErrorKind::Overloaded,
+            Some(400) => ErrorKind::InvalidRequest,
+            _ => ErrorKind::Server,
+        }
+    };
+    LlmError::new(kind, provider, message)
+}
+
+fn preview(text: &str) -> String {
+    text.chars().take(120).collect()
+}

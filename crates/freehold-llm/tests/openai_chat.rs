@@ -1,0 +1,535 @@
+//! Contract suite of the OpenAI Chat Completions client against scripted
+//! servers on 127.0.0.1 speaking the exact wire format.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_well_ordered, drain, options, text_of};
+use freehold_llm::client::OpenAiChatClient;
+use freehold_llm::secret::ApiKey;
+use freehold_llm::wire::openai_chat::{Dialect, MaxTokensField};
+use freehold_llm::{Provider, collect_stream};
+use freehold_protocol::{
+    ChatRequest, ErrorKind, Message, ResponseFormat, StopReason, StreamEvent, ToolCall, ToolChoice,
+    ToolSpec, Usage,
+};
+use freehold_test_support::{MockServer, Scripted, Split, sse_text};
+use serde_json::json;
+
+fn client(server: &MockServer) -> OpenAiChatClient {
+    let options = options("test-openai", format!("{}/v1", server.url()))
+        .with_key(ApiKey::new("sk-test-key-0123456789"));
+    OpenAiChatClient::new(options, Dialect::default()).unwrap()
+}
+
+fn request() -> ChatRequest {
+    ChatRequest::new(
+        "gpt-test",
+        vec![Message::system("Be brief."), Message::user("Hi")],
+    )
+}
+
+fn read_tool() -> ToolSpec {
+    ToolSpec {
+        name: "read".into(),
+        description: "Read a file".into(),
+        parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+    }
+}
+
+fn chunk(delta: serde_json::Value, finish: Option<&str>) -> String {
+    json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-test",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+    })
+    .to_string()
+}
+
+fn text_stream() -> String {
+    let usage = json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-test", "choices": [],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15,
+                  "prompt_tokens_details": {"cached_tokens": 8}, "completion_tokens_details": {"reasoning_tokens": 0}}
+    })
+    .to_string();
+    sse_text(&[
+        (
+            "",
+            &chunk(json!({"role": "assistant", "content": ""}), None),
+        ),
+        ("", &chunk(json!({"content": "Héllo"}), None)),
+        ("", &chunk(json!({"content": ", wörld ✓"}), None)),
+        ("", &chunk(json!({}), Some("stop"))),
+        ("", &usage),
+        ("", "[DONE]"),
+    ])
+}
+
+#[tokio::test]
+async fn streams_text_and_usage_split_at_every_byte() {
+    let server = MockServer::start(vec![Scripted::sse(&text_stream(), Split::Every(1))]).await;
+    let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_well_ordered(&events);
+    assert_eq!(text_of(&events), "Héllo, wörld ✓");
+    assert_eq!(
+        events[events.len() - 2..],
+        [
+            StreamEvent::Usage(Usage {
+                input_tokens: 12,
+                cached_input_tokens: 8,
+                output_tokens: 3,
+                ..Usage::default()
+            }),
+            StreamEvent::Stop {
+                reason: StopReason::EndTurn
+            }
+        ]
+    );
+
+    let sent = &server.requests()[0];
+    assert_eq!(sent.uri, "/v1/chat/completions");
+    assert_eq!(
+        sent.header("authorization").as_deref(),
+        Some("Bearer sk-test-key-0123456789")
+    );
+    let body = sent.json();
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["stream_options"], json!({"include_usage": true}));
+    assert_eq!(
+        body["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    );
+}
+
+fn parallel_tool_stream() -> String {
+    sse_text(&[
+        (
+            "",
+            &chunk(json!({"role": "assistant", "content": null}), None),
+        ),
+        (
+            "",
+            &chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "read", "arguments": ""}}]}),
+                None,
+            ),
+        ),
+        (
+            "",
+            &chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"pa"}}]}),
+                None,
+            ),
+        ),
+        (
+            "",
+            &chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "th\": \"a.rs\"}"}}]}),
+                None,
+            ),
+        ),
+        (
+            "",
+            &chunk(
+                json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "read", "arguments": "{\"path\""}}]}),
+                None,
+            ),
+        ),
+        (
+            "",
+            &chunk(
+                json!({"tool_calls": [{"index": 1, "function": {"arguments": ": \"b.rs\"}"}}]}),
+                None,
+            ),
+        ),
+        ("", &chunk(json!({}), Some("tool_calls"))),
+        ("", "[DONE]"),
+    ])
+}
+
+#[tokio::test]
+async fn parallel_tool_calls_survive_any_split() {
+    let text = parallel_tool_stream();
+    // Cut at a few awkward places: inside `data:`, inside escapes, between \n\n.
+    for split in [
+        Split::Every(1),
+        Split::Every(7),
+        Split::At(vec![3, 50, 51, 130, 131, 400]),
+    ] {
+        let server = MockServer::start(vec![Scripted::sse(&text, split.clone())]).await;
+        let mut req = request();
+        req.tools = vec![read_tool()];
+        let stream = client(&server).stream(req).await.unwrap();
+        let response = collect_stream("test", stream).await.unwrap();
+        let calls: Vec<_> = response.message.tool_calls().cloned().collect();
+        assert_eq!(
+            calls,
+            vec![
+                ToolCall::new("call_a", "read", r#"{"path": "a.rs"}"#),
+                ToolCall::new("call_b", "read", r#"{"path": "b.rs"}"#),
+            ],
+            "{split:?}"
+        );
+        assert_eq!(response.stop_reason, StopReason::ToolUse);
+    }
+}
+
+#[tokio::test]
+async fn ollama_reusing_index_zero_gives_two_calls() {
+    let text = sse_text(&[
+        (
+            "",
+            &chunk(
+                json!({"role": "assistant", "content": "", "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "read", "arguments": "{\"path\":\"a\"}"}}]}),
+                None,
+            ),
+        ),
+        (
+            "",
+            &chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_2", "type": "function", "function": {"name": "read", "arguments": "{\"path\":\"b\"}"}}]}),
+                None,
+            ),
+        ),
+        ("", &chunk(json!({}), Some("stop"))),
+        ("", "[DONE]"),
+    ]);
+    let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+    let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    assert!(error.is_none());
+    assert_well_ordered(&events);
+    let starts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolCallStart { index, id, .. } => Some((*index, id.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        starts,
+        vec![(0, "call_1".to_owned()), (1, "call_2".to_owned())]
+    );
+    // "stop" after tool calls means tool use.
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Stop {
+            reason: StopReason::ToolUse
+        })
+    );
+}
+
+#[tokio::test]
+async fn vllm_null_usage_on_every_chunk_is_ignored_until_the_real_one() {
+    let with_null = |delta: serde_json::Value, finish: Option<&str>| {
+        let mut value: serde_json::Value = serde_json::from_str(&chunk(delta, finish)).unwrap();
+        value["usage"] = serde_json::Value::Null;
+        value.to_string()
+    };
+    let last = json!({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                      "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+    .to_string();
+    let text = sse_text(&[
+        ("", &with_null(json!({"content": "ok"}), None)),
+        ("", &with_null(json!({}), Some("length"))),
+        ("", &last),
+        ("", "[DONE]"),
+    ]);
+    let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+    let response = collect_stream("t", client(&server).stream(request()).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.message.text(), "ok");
+    assert_eq!(response.stop_reason, StopReason::MaxTokens);
+    assert_eq!(response.usage.input_tokens, 5);
+    assert_eq!(response.usage.output_tokens, 2);
+}
+
+#[tokio::test]
+async fn complete_decodes_a_non_streamed_answer_and_encodes_options() {
+    let body = json!({
+        "id": "chatcmpl-9", "object": "chat.completion", "created": 1, "model": "gpt-test",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": null, "reasoning_content": "Need the file.",
+            "tool_calls": [{"id": "call_z", "type": "function", "function": {"name": "read", "arguments": "{\"path\":\"x\"}"}}]}}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29,
+                  "completion_tokens_details": {"reasoning_tokens": 4}}
+    });
+    let server = MockServer::start(vec![Scripted::json(200, body)]).await;
+    let options = options("o", format!("{}/v1", server.url()));
+    let client = OpenAiChatClient::new(
+        options,
+        Dialect {
+            max_tokens_field: MaxTokensField::MaxCompletionTokens,
+            stream_usage: true,
+        },
+    )
+    .unwrap();
+    let mut req = request();
+    req.tools = vec![read_tool()];
+    req.tool_choice = ToolChoice::Tool {
+        name: "read".into(),
+    };
+    req.max_tokens = Some(64);
+    req.stop = vec!["END".into()];
+    req.sampling.temperature = Some(0.2);
+    req.response_format = Some(ResponseFormat::JsonSchema {
+        name: "answer".into(),
+        schema: json!({"type": "object"}),
+        strict: true,
+    });
+    let response = client.complete(req).await.unwrap();
+    assert_eq!(response.stop_reason, StopReason::ToolUse);
+    assert_eq!(
+        response.message.tool_calls().cloned().collect::<Vec<_>>(),
+        vec![ToolCall::new("call_z", "read", r#"{"path":"x"}"#)]
+    );
+    assert_eq!(response.usage.reasoning_tokens, 4);
+
+    let sent = server.requests()[0].json();
+    assert_eq!(
+        sent.get("stream"),
+        None,
+        "non-streaming requests omit `stream`"
+    );
+    assert_eq!(sent["max_completion_tokens"], 64);
+    assert_eq!(sent.get("max_tokens"), None);
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "function", "function": {"name": "read"}})
+    );
+    assert_eq!(sent["tools"][0]["function"]["name"], "read");
+    assert_eq!(sent["stop"], json!(["END"]));
+    assert_eq!(sent["response_format"]["type"], "json_schema");
+    assert_eq!(sent["response_format"]["json_schema"]["strict"], true);
+    assert!(
+        server.requests()[0].header("authorization").is_none(),
+        "no key, no header"
+    );
+}
+
+#[tokio::test]
+async fn assistant_tool_calls_and_results_are_encoded_for_the_next_turn() {
+    let server = MockServer::start(vec![Scripted::sse(&text_stream(), Split::Whole)]).await;
+    let mut req = request();
+    req.messages.push(freehold_protocol::Message {
+        role: freehold_protocol::Role::Assistant,
+        content: vec![freehold_protocol::ContentPart::ToolCall(ToolCall::new(
+            "c1",
+            "read",
+            "{\"path\":\"a\"}",
+        ))],
+    });
+    req.messages
+        .push(Message::tool_result("c1", "fn main() {}"));
+    let _ = drain(client(&server).stream(req).await.unwrap()).await;
+    let messages = server.requests()[0].json()["messages"].clone();
+    assert_eq!(
+        messages[2],
+        json!({"role": "assistant", "content": null,
+               "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{\"path\":\"a\"}"}}]})
+    );
+    assert_eq!(
+        messages[3],
+        json!({"role": "tool", "content": "fn main() {}", "tool_call_id": "c1"})
+    );
+}
+
+#[tokio::test]
+async fn every_error_status_maps_to_its_kind() {
+    let cases: Vec<(u16, serde_json::Value, ErrorKind)> = vec![
+        (
+            400,
+            json!({"error": {"message": "bad", "type": "invalid_request_error"}}),
+            ErrorKind::InvalidRequest,
+        ),
+        (
+            400,
+            json!({"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9100 tokens.", "code": "context_length_exceeded"}}),
+            ErrorKind::ContextLengthExceeded {
+                needed: Some(9100),
+                allowed: Some(8192),
+            },
+        ),
+        (
+            401,
+            json!({"error": {"message": "no"}}),
+            ErrorKind::Authentication,
+        ),
+        (
+            403,
+            json!({"error": {"message": "no"}}),
+            ErrorKind::Permission,
+        ),
+        (
+            404,
+            json!({"error": {"message": "model not found"}}),
+            ErrorKind::NotFound,
+        ),
+        (
+            422,
+            json!({"detail": "unprocessable"}),
+            ErrorKind::InvalidRequest,
+        ),
+        (
+            429,
+            json!({"error": {"message": "slow"}}),
+            ErrorKind::RateLimited { retry_after: None },
+        ),
+        (
+            500,
+            json!({"error": {"message": "boom"}}),
+            ErrorKind::Server,
+        ),
+        (
+            503,
+            json!({"error": {"message": "busy"}}),
+            ErrorKind::Overloaded,
+        ),
+        (
+            529,
+            json!({"error": {"message": "busy"}}),
+            ErrorKind::Overloaded,
+        ),
+    ];
+    for (status, body, kind) in cases {
+        let server = MockServer::start(vec![Scripted::json(status, body)]).await;
+        let mut options = options("o", format!("{}/v1", server.url()));
+        options.http.retry = freehold_llm::retry::RetryPolicy::none();
+        let client = OpenAiChatClient::new(options, Dialect::default()).unwrap();
+        let Err(error) = client.stream(request()).await else {
+            panic!("status {status} must fail")
+        };
+        assert_eq!(error.kind, kind, "status {status}");
+        assert_eq!(error.status, Some(status));
+        let error = client.complete(request()).await.unwrap_err();
+        assert_eq!(error.kind, kind, "status {status} (complete)");
+    }
+}
+
+#[tokio::test]
+async fn retries_server_errors_and_honours_retry_after() {
+    let ok = Scripted::sse(&text_stream(), Split::Whole);
+    let server = MockServer::start(vec![
+        Scripted::json(500, json!({"error": {"message": "boom"}})),
+        Scripted::json(429, json!({"error": {"message": "slow down"}})).header("retry-after", "1"),
+        ok,
+    ])
+    .await;
+    let started = Instant::now();
+    let stream = client(&server).stream(request()).await.unwrap();
+    let response = collect_stream("t", stream).await.unwrap();
+    assert_eq!(response.message.text(), "Héllo, wörld ✓");
+    assert_eq!(server.requests().len(), 3);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was not honoured"
+    );
+}
+
+#[tokio::test]
+async fn gives_up_after_max_retries_with_the_last_error() {
+    let server = MockServer::start(vec![Scripted::json(
+        503,
+        json!({"error": {"message": "busy"}}),
+    )])
+    .await;
+    let Err(error) = client(&server).stream(request()).await else {
+        panic!("must fail")
+    };
+    assert_eq!(error.kind, ErrorKind::Overloaded);
+    assert_eq!(server.requests().len(), 3, "one attempt and two retries");
+}
+
+#[tokio::test]
+async fn idle_timeout_fires_when_the_stream_goes_silent() {
+    let script =
+        Scripted::sse(&text_stream(), Split::Every(40)).stall_after(2, Duration::from_secs(30));
+    let server = MockServer::start(vec![script]).await;
+    let mut options = options("o", format!("{}/v1", server.url()));
+    options.http.idle_timeout = Duration::from_millis(300);
+    let client = OpenAiChatClient::new(options, Dialect::default()).unwrap();
+    let started = Instant::now();
+    let (_events, error) = drain(client.stream(request()).await.unwrap()).await;
+    let error = error.expect("a timeout");
+    assert_eq!(error.kind, ErrorKind::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn slow_but_steady_streams_are_never_cut() {
+    // 30 chunks 100 ms apart: 3 s in total, far over the 300 ms idle timeout,
+    // but never silent for long: a total deadline would kill it, an idle
+    // timeout must not.
+    let mut script = Scripted::sse(&text_stream(), Split::Every(text_stream().len() / 30 + 1));
+    script.chunk_delay = Duration::from_millis(100);
+    let server = MockServer::start(vec![script]).await;
+    let mut options = options("o", format!("{}/v1", server.url()));
+    options.http.idle_timeout = Duration::from_millis(300);
+    let client = OpenAiChatClient::new(options, Dialect::default()).unwrap();
+    let response = collect_stream("o", client.stream(request()).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.message.text(), "Héllo, wörld ✓");
+}
+
+#[tokio::test]
+async fn error_object_mid_stream_is_reported() {
+    let text = sse_text(&[
+        ("", &chunk(json!({"content": "par"}), None)),
+        (
+            "",
+            &json!({"error": {"message": "upstream overloaded", "code": 503}}).to_string(),
+        ),
+    ]);
+    let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+    let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    assert_eq!(text_of(&events), "par");
+    let error = error.unwrap();
+    assert_eq!(error.kind, ErrorKind::Overloaded);
+    assert!(error.message.contains("upstream overloaded"));
+}
+
+#[tokio::test]
+async fn a_stream_cut_before_finish_is_a_connection_error() {
+    let text = sse_text(&[("", &chunk(json!({"content": "half"}), None))]);
+    let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+    let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    assert_eq!(text_of(&events), "half");
+    assert_eq!(error.unwrap().kind, ErrorKind::Connection);
+}
+
+#[tokio::test]
+async fn connection_refused_is_a_connection_error() {
+    let server = MockServer::start(vec![]).await;
+    let url = server.url();
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut options = options("o", format!("{url}/v1"));
+    options.http.retry = freehold_llm::retry::RetryPolicy::none();
+    let client = OpenAiChatClient::new(options, Dialect::default()).unwrap();
+    let error = client.complete(request()).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Connection);
+    assert!(
+        error.to_string().contains("is the server running"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn lists_models() {
+    let server = MockServer::start(vec![Scripted::json(
+        200,
+        json!({"object": "list", "data": [{"id": "qwen2.5-coder", "object": "model", "max_model_len": 32768}, {"id": "b", "object": "model"}]}),
+    )])
+    .await;
+    let models = client(&server).list_models().await.unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0].id, "qwen2.5-coder");
+    assert_eq!(models[0].context_window, Some(32768));
+    assert_eq!(models[0].provider, "test-openai");
+    assert_eq!(server.requests()[0].uri, "/v1/models");
+}
