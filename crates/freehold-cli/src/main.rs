@@ -1,1 +1,80 @@
-fn main() {}
+//! `freehold`: one binary for owning your AI — chat with any model, local or
+//! hosted, through one interface.
+//!
+//! This crate only parses arguments, loads configuration and renders
+//! results; what it calls lives in the library crates.
+
+mod chat;
+mod config;
+mod providers;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Own your AI: a local-first coding agent, model engine and LLM gateway.
+#[derive(Debug, Parser)]
+#[command(name = "freehold", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file to use instead of ~/.config/freehold/config.toml
+    /// and .freehold/config.toml.
+    #[arg(long, global = true, env = "FREEHOLD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log more (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask a model once and stream its answer.
+    Chat(chat::ChatArgs),
+    /// List the configured providers, or check that they answer.
+    Providers(providers::ProvidersArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Chat(args) => chat::run(args, cli.config.as_deref()).await,
+            Command::Providers(args) => providers::run(args, cli.config.as_deref()).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

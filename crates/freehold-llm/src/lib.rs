@@ -25,6 +25,7 @@ pub mod client;
 pub mod http;
 pub mod ndjson;
 mod provider;
+pub mod presets;
 pub mod retry;
 pub mod secret;
 pub mod sse;

@@ -1,0 +1,165 @@
+//! Turning the configuration into providers and a router, and finding a
+//! model when none was named.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use freehold_llm::Provider;
+use freehold_llm::catalog::Catalog;
+use freehold_llm::config::{ProviderConfig, ResolvedProvider};
+use freehold_llm::presets::PRESETS;
+use freehold_llm::retry::RetryPolicy;
+use freehold_llm::router::Router;
+
+use crate::config::{self, ConfigFile};
+
+/// Where a provider's definition came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A `[providers.NAME]` table.
+    Config,
+    /// A built-in preset nobody configured.
+    Preset,
+}
+
+/// The loaded configuration, its providers and the router over them.
+pub(crate) struct Setup {
+    pub(crate) config: ConfigFile,
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) providers: Vec<(ResolvedProvider, Origin)>,
+    pub(crate) router: Router,
+}
+
+/// Models to use on hosted presets when nothing else says which.
+const DEFAULT_HOSTED_MODELS: &[(&str, &str)] = &[
+    ("anthropic", "claude-sonnet-4-5"),
+    ("openai", "gpt-5-mini"),
+    ("gemini", "gemini-2.5-flash"),
+    ("mistral", "mistral-medium-latest"),
+    ("deepseek", "deepseek-chat"),
+    ("groq", "llama-3.3-70b-versatile"),
+    ("openrouter", "openrouter/auto"),
+    ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+    ("fireworks", "accounts/fireworks/models/llama-v3p3-70b-instruct"),
+];
+
+impl Setup {
+    /// Loads the configuration and builds every provider.
+    pub(crate) fn load(explicit: Option<&Path>) -> anyhow::Result<Self> {
+        let loaded = config::load(explicit)?;
+        let config = loaded.config;
+        let mut providers = Vec::new();
+        for (name, provider) in &config.providers {
+            let resolved = provider
+                .resolve(name)
+                .with_context(|| format!("in the configuration ({})", describe(&loaded.files)))?;
+            providers.push((resolved, Origin::Config));
+        }
+        for preset in PRESETS {
+            if !config.providers.contains_key(preset.name) {
+                let resolved = ProviderConfig::default()
+                    .resolve(preset.name)
+                    .with_context(|| format!("built-in preset {}", preset.name))?;
+                providers.push((resolved, Origin::Preset));
+            }
+        }
+        let mut catalog = Catalog::builtin().context("the built-in model catalog is invalid")?;
+        for (key, entry) in &config.models {
+            catalog.apply_override(key, entry);
+        }
+        let mut built = std::collections::BTreeMap::new();
+        for (resolved, _) in &providers {
+            // A `local` provider needs the embedded engine, which this build
+            // lacks: it is listed, but requests to it explain why they fail.
+            match resolved.build() {
+                Ok(provider) => {
+                    built.insert(resolved.name.clone(), provider);
+                }
+                Err(error) => tracing::debug!(%error, "provider not built"),
+            }
+        }
+        let router = Router::new(built, config.aliases.clone(), catalog, config.router.clone())
+            .context("invalid [aliases]")?;
+        Ok(Self {
+            config,
+            files: loaded.files,
+            providers,
+            router,
+        })
+    }
+
+    /// The first model that answers: a local server first (nothing leaves
+    /// the machine), then a hosted API whose key is set.
+    pub(crate) async fn detect_model(&self) -> anyhow::Result<String> {
+        let local: Vec<&ResolvedProvider> = self
+            .providers
+            .iter()
+            .map(|(resolved, _)| resolved)
+            .filter(|resolved| resolved.local && resolved.missing_key().is_none())
+            .collect();
+        let probes = local.iter().map(|resolved| async move {
+            let provider = quick_probe(resolved)?;
+            let models = provider.list_models().await.ok()?;
+            let first = models.into_iter().next()?;
+            Some(format!("{}:{}", resolved.name, first.id))
+        });
+        for found in futures::future::join_all(probes).await.into_iter().flatten() {
+            return Ok(found);
+        }
+        for (provider, model) in DEFAULT_HOSTED_MODELS {
+            let ready = self
+                .providers
+                .iter()
+                .any(|(resolved, _)| resolved.name == *provider && resolved.missing_key().is_none());
+            if ready {
+                return Ok(format!("{provider}:{model}"));
+            }
+        }
+        let tried: Vec<String> = local
+            .iter()
+            .filter_map(|resolved| resolved.base_urls.first().map(|url| format!("{} ({url})", resolved.name)))
+            .collect();
+        let keys: Vec<&str> = PRESETS
+            .iter()
+            .filter(|preset| preset.key_required)
+            .filter_map(|preset| preset.api_key_env)
+            .collect();
+        anyhow::bail!(
+            "no model is reachable.\n  No local server answered: {}.\n  No API key is set: {}.\n\
+             Start a local server (for example `ollama serve`), export a key, or pass \
+             --model provider:model; see docs/providers.md to configure others.",
+            tried.join(", "),
+            dedup(keys).join(", ")
+        )
+    }
+}
+
+/// A copy of a provider with short timeouts and no retries, for probing.
+pub(crate) fn quick_probe(resolved: &ResolvedProvider) -> Option<Arc<dyn Provider>> {
+    let mut quick = resolved.clone();
+    quick.http.connect_timeout = Duration::from_millis(800);
+    quick.http.idle_timeout = Duration::from_secs(3);
+    quick.http.retry = RetryPolicy::none();
+    quick.recover_text_tool_calls = false;
+    quick.build().ok()
+}
+
+fn dedup(mut items: Vec<&str>) -> Vec<&str> {
+    let mut seen = std::collections::HashSet::new();
+    items.retain(|item| seen.insert(*item));
+    items
+}
+
+fn describe(files: &[PathBuf]) -> String {
+    if files.is_empty() {
+        "no configuration file".into()
+    } else {
+        files
+            .iter()
+            .map(|file| file.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

@@ -1,0 +1,173 @@
+//! End-to-end tests of the `freehold` binary against scripted servers on
+//! 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use freehold_test_support::{MockServer, Scripted, Split, sse_text};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `freehold` with `args`, in an empty home so that no user
+/// configuration or key interferes, feeding `stdin` when given.
+async fn freehold(args: &[&str], config: Option<&str>, stdin: Option<&str>) -> Run {
+    let home = tempdir();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_freehold"));
+    command
+        .args(args)
+        .current_dir(&home)
+        .env_clear()
+        .env("HOME", &home)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(config) = config {
+        let path = home.join("freehold.toml");
+        std::fs::write(&path, config).unwrap();
+        command.env("FREEHOLD_CONFIG", &path);
+    }
+    let mut child = command.spawn().unwrap();
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).await.unwrap();
+        drop(pipe);
+    }
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("freehold finished within 60 s")
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("freehold-cli-{}-{}", std::process::id(), fastrand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::time::SystemTime::now().elapsed().map(|d| d.as_nanos() as u64).unwrap_or(0));
+    hasher.finish()
+}
+
+fn chunk(delta: serde_json::Value, finish: Option<&str>) -> String {
+    json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "mock-model",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    .to_string()
+}
+
+fn answer_stream(text: &str) -> Scripted {
+    let usage = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "mock-model", "choices": [],
+                       "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}})
+    .to_string();
+    let body = sse_text(&[
+        ("", &chunk(json!({"role": "assistant", "reasoning_content": "thinking…"}), None)),
+        ("", &chunk(json!({"content": text}), None)),
+        ("", &chunk(json!({}), Some("stop"))),
+        ("", &usage),
+        ("", "[DONE]"),
+    ]);
+    Scripted::sse(&body, Split::Every(5))
+}
+
+fn config_for(server: &MockServer) -> String {
+    format!(
+        "[providers.box]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n[aliases]\nfast = \"box:mock-model\"\n",
+        server.url()
+    )
+}
+
+#[tokio::test]
+async fn chat_streams_the_answer_and_reports_usage() {
+    let server = MockServer::start(vec![answer_stream("Own it.")]).await;
+    let run = freehold(&["chat", "--model", "box:mock-model", "Why", "own?"], Some(&config_for(&server)), None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Piped output carries the answer alone: no reasoning, no styling.
+    assert_eq!(run.stdout, "Own it.\n");
+    assert!(run.stderr.contains("11 in"), "{}", run.stderr);
+    assert!(run.stderr.contains("4 out"), "{}", run.stderr);
+    let sent = server.requests()[0].json();
+    assert_eq!(sent["model"], "mock-model");
+    assert_eq!(sent["messages"][0]["content"], "Why own?");
+}
+
+#[tokio::test]
+async fn chat_reads_the_prompt_from_stdin_and_resolves_aliases() {
+    let server = MockServer::start(vec![answer_stream("Piped.")]).await;
+    let run = freehold(&["chat", "--model", "fast", "Summarise:"], Some(&config_for(&server)), Some("line one\nline two\n")).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "Piped.\n");
+    let sent = server.requests()[0].json();
+    assert_eq!(sent["messages"][0]["content"], "Summarise:\n\nline one\nline two");
+}
+
+#[tokio::test]
+async fn chat_failures_are_clear_and_exit_non_zero() {
+    let server = MockServer::start(vec![Scripted::json(401, json!({"error": {"message": "bad key"}}))]).await;
+    let run = freehold(&["chat", "--model", "box:mock-model", "hi"], Some(&config_for(&server)), None).await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("authentication failed"), "{}", run.stderr);
+
+    let run = freehold(&["chat", "--model", "nowhere:x", "hi"], Some(&config_for(&server)), None).await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("nowhere"), "{}", run.stderr);
+
+    let run = freehold(&["chat", "--model", "box:mock-model"], Some(&config_for(&server)), None).await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("no prompt"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn a_hosted_preset_without_its_key_says_which_variable_to_set() {
+    let run = freehold(&["chat", "--model", "groq:llama-3.3-70b-versatile", "hi"], None, None).await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("GROQ_API_KEY"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn a_bad_config_names_file_line_and_key() {
+    let run = freehold(&["providers"], Some("[providers.gpu-box]\nkind = \"openia\"\n"), None).await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("freehold.toml:2:"), "{}", run.stderr);
+    assert!(run.stderr.contains("providers.gpu-box.kind"), "{}", run.stderr);
+    assert!(run.stderr.contains("expected one of"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn providers_lists_and_checks() {
+    let server = MockServer::start(vec![Scripted::json(200, json!({"object": "list", "data": [{"id": "mock-model", "object": "model"}]}))]).await;
+    let config = format!(
+        "{}\n[providers.down]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[providers.keyed]\npreset = \"openai\"\napi_key_env = \"FREEHOLD_TEST_UNSET_KEY\"\n",
+        config_for(&server)
+    );
+    let run = freehold(&["providers"], Some(&config), None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("box"), "{}", run.stdout);
+    assert!(run.stdout.contains(&server.url()), "{}", run.stdout);
+    assert!(run.stdout.contains("FREEHOLD_TEST_UNSET_KEY (not set)"), "{}", run.stdout);
+    assert!(run.stdout.contains("fast = box:mock-model"), "{}", run.stdout);
+
+    let run = freehold(&["providers", "check"], Some(&config), None).await;
+    assert_ne!(run.code, 0, "a configured provider is down");
+    let line = |name: &str| run.stdout.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_owned();
+    assert!(line("box").contains("ok, 1 model"), "{}", run.stdout);
+    assert!(line("down").contains("unreachable"), "{}", run.stdout);
+    assert!(line("keyed").contains("key missing: set FREEHOLD_TEST_UNSET_KEY"), "{}", run.stdout);
+}

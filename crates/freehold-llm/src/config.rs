@@ -1,0 +1,391 @@
+//! Provider configuration (`[providers.NAME]` tables) and the factory that
+//! turns it into [`Provider`]s.
+//!
+//! ```toml
+//! [providers.gpu-box]
+//! kind = "openai"              # openai | openai-responses | anthropic | gemini | ollama | local
+//! base_url = "http://10.0.0.5:8000/v1"
+//! api_key_env = "GPU_BOX_KEY"  # optional
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use serde::{Deserialize, Serialize};
+
+use crate::client::{ClientOptions, OpenAiChatClient};
+use crate::http::HttpSettings;
+use crate::presets::{Preset, ProviderKind, preset, preset_names};
+use crate::provider::{EventStream, Provider};
+use crate::retry::RetryPolicy;
+use crate::secret::ApiKey;
+use crate::wire::openai_chat::{Dialect, MaxTokensField};
+
+/// One `[providers.NAME]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// The wire protocol. Optional when `preset` (or the table's name) is a
+    /// preset, which implies it.
+    #[serde(default)]
+    pub kind: Option<ProviderKind>,
+    /// A preset supplying defaults: `vllm`, `groq`, `ollama`… (see
+    /// [`crate::presets::PRESETS`]). Defaults to the table's name when that
+    /// is a preset's name.
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// The API's base URL.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Several base URLs serving the same models: requests are balanced
+    /// across them (least outstanding requests) with passive health checks.
+    #[serde(default)]
+    pub base_urls: Vec<String>,
+    /// The environment variable holding the API key. Keys are never read
+    /// from the configuration file itself.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Extra headers sent with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Seconds of silence after which a request fails (default 120, 600 for
+    /// local servers, whose prefill can be long).
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds to wait for a connection (default 10).
+    #[serde(default)]
+    pub connect_timeout_secs: Option<u64>,
+    /// Retries of retryable failures (default 3).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Recover tool calls that models print as text (default: on for local
+    /// providers, off for hosted ones).
+    #[serde(default)]
+    pub recover_text_tool_calls: Option<bool>,
+    /// Chat Completions only: `max_tokens` or `max_completion_tokens`.
+    #[serde(default)]
+    pub max_tokens_field: Option<MaxTokensFieldName>,
+    /// Chat Completions only: send `stream_options.include_usage`.
+    #[serde(default)]
+    pub stream_usage: Option<bool>,
+}
+
+/// The spelling of the output-limit field, in configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensFieldName {
+    /// `max_tokens`.
+    MaxTokens,
+    /// `max_completion_tokens`.
+    MaxCompletionTokens,
+}
+
+/// A configuration that cannot be turned into a provider.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `preset` names no preset.
+    #[error("provider `{provider}`: unknown preset `{preset}`; known presets: {known}")]
+    UnknownPreset {
+        /// The provider's name.
+        provider: String,
+        /// What was written.
+        preset: String,
+        /// The presets there are.
+        known: String,
+    },
+    /// Neither `kind` nor a preset says which protocol to speak.
+    #[error(
+        "provider `{provider}`: missing `kind`; set kind = \"openai\" | \"openai-responses\" | \"anthropic\" | \"gemini\" | \"ollama\" | \"local\", or a `preset`"
+    )]
+    MissingKind {
+        /// The provider's name.
+        provider: String,
+    },
+    /// No base URL, and no preset to supply one.
+    #[error("provider `{provider}`: missing `base_url` (for example base_url = \"http://127.0.0.1:8000/v1\")")]
+    MissingBaseUrl {
+        /// The provider's name.
+        provider: String,
+    },
+    /// A base URL that is not http(s).
+    #[error("provider `{provider}`: base_url `{url}` must start with http:// or https://")]
+    InvalidBaseUrl {
+        /// The provider's name.
+        provider: String,
+        /// What was written.
+        url: String,
+    },
+    /// The kind is valid but not built into this binary.
+    #[error("provider `{provider}`: kind \"{kind}\" is not available in this build ({why})")]
+    Unavailable {
+        /// The provider's name.
+        provider: String,
+        /// The kind.
+        kind: String,
+        /// Why.
+        why: String,
+    },
+    /// A client refused its options (bad header…).
+    #[error("provider `{provider}`: {message}")]
+    Client {
+        /// The provider's name.
+        provider: String,
+        /// The client's complaint.
+        message: String,
+    },
+}
+
+/// A provider configuration with defaults and preset filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedProvider {
+    /// The provider's name.
+    pub name: String,
+    /// The protocol.
+    pub kind: ProviderKind,
+    /// Base URLs (one, or several replicas).
+    pub base_urls: Vec<String>,
+    /// The key variable, if any.
+    pub api_key_env: Option<String>,
+    /// Whether requests fail without the key.
+    pub key_required: bool,
+    /// Whether the server is local.
+    pub local: bool,
+    /// Whether text tool-call recovery is on.
+    pub recover_text_tool_calls: bool,
+    /// Chat Completions differences.
+    pub dialect: Dialect,
+    /// Timeouts and retries.
+    pub http: HttpSettings,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl ProviderConfig {
+    /// Fills in defaults from the preset (named, or implied by the provider's
+    /// name) and checks the result.
+    ///
+    /// # Errors
+    /// An unknown preset, a missing kind or base URL, a malformed URL.
+    pub fn resolve(&self, name: &str) -> Result<ResolvedProvider, ConfigError> {
+        let preset: Option<&Preset> = match &self.preset {
+            Some(wanted) => Some(preset(wanted).ok_or_else(|| ConfigError::UnknownPreset {
+                provider: name.to_owned(),
+                preset: wanted.clone(),
+                known: preset_names().join(", "),
+            })?),
+            // `[providers.groq]` with only a key variable means the groq preset.
+            None => preset(name).filter(|p| self.kind.is_none() || self.kind == Some(p.kind)),
+        };
+        let kind = self
+            .kind
+            .or(preset.map(|p| p.kind))
+            .ok_or_else(|| ConfigError::MissingKind {
+                provider: name.to_owned(),
+            })?;
+        let mut base_urls = self.base_urls.clone();
+        if let Some(url) = &self.base_url {
+            base_urls.insert(0, url.clone());
+        }
+        if base_urls.is_empty() {
+            match preset {
+                Some(preset) => base_urls.push(preset.base_url.to_owned()),
+                None if kind == ProviderKind::Local => {}
+                None => {
+                    return Err(ConfigError::MissingBaseUrl {
+                        provider: name.to_owned(),
+                    });
+                }
+            }
+        }
+        for url in &mut base_urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::InvalidBaseUrl {
+                    provider: name.to_owned(),
+                    url: url.clone(),
+                });
+            }
+            *url = url.trim_end_matches('/').to_owned();
+        }
+        let local = match preset {
+            Some(preset) => preset.local,
+            None => matches!(kind, ProviderKind::Ollama | ProviderKind::Local) || base_urls.iter().all(|u| is_private_url(u)),
+        };
+        let api_key_env = self
+            .api_key_env
+            .clone()
+            .or(preset.and_then(|p| p.api_key_env.map(str::to_owned)));
+        // A key variable the user named is required; a preset's is required
+        // only for hosted APIs.
+        let key_required = self.api_key_env.is_some() || preset.is_some_and(|p| p.key_required);
+        let mut dialect = preset.map(|p| p.dialect).unwrap_or_default();
+        if let Some(field) = self.max_tokens_field {
+            dialect.max_tokens_field = match field {
+                MaxTokensFieldName::MaxTokens => MaxTokensField::MaxTokens,
+                MaxTokensFieldName::MaxCompletionTokens => MaxTokensField::MaxCompletionTokens,
+            };
+        }
+        if let Some(stream_usage) = self.stream_usage {
+            dialect.stream_usage = stream_usage;
+        }
+        let default_idle = if local { 600 } else { 120 };
+        let http = HttpSettings {
+            connect_timeout: Duration::from_secs(self.connect_timeout_secs.unwrap_or(10)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.unwrap_or(default_idle)),
+            retry: RetryPolicy {
+                max_retries: self.max_retries.unwrap_or(3),
+                ..RetryPolicy::default()
+            },
+        };
+        Ok(ResolvedProvider {
+            name: name.to_owned(),
+            kind,
+            base_urls,
+            api_key_env,
+            key_required,
+            local,
+            recover_text_tool_calls: self.recover_text_tool_calls.unwrap_or(local),
+            dialect,
+            http,
+            headers: self.headers.clone().into_iter().collect(),
+        })
+    }
+}
+
+/// Whether a URL points at this machine or a private network.
+fn is_private_url(url: &str) -> bool {
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or_default()
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default();
+    host == "localhost"
+        || host.starts_with("127.")
+        || host.starts_with("10.")
+        || host.starts_with("192.168.")
+        || (host.starts_with("172.")
+            && host
+                .split('.')
+                .nth(1)
+                .and_then(|octet| octet.parse::<u8>().ok())
+                .is_some_and(|octet| (16..=31).contains(&octet)))
+        || host.ends_with(".local")
+        || host.ends_with(".lan")
+        || url.contains("://[::1]")
+}
+
+impl ResolvedProvider {
+    /// Client options for one of the base URLs, with the key read from the
+    /// environment.
+    pub fn client_options(&self, base_url: &str) -> ClientOptions {
+        let mut options = ClientOptions::new(self.name.clone(), base_url);
+        options.api_key = self.api_key_env.as_deref().and_then(ApiKey::from_env);
+        options.extra_headers = self.headers.clone();
+        options.http = self.http.clone();
+        options
+    }
+
+    /// Whether the key this provider needs is missing from the environment.
+    pub fn missing_key(&self) -> Option<&str> {
+        let variable = self.api_key_env.as_deref()?;
+        (self.key_required && ApiKey::from_env(variable).is_none()).then_some(variable)
+    }
+
+    /// Builds the provider: one client per base URL, balanced when there are
+    /// several, wrapped for text tool-call recovery when that is on.
+    ///
+    /// # Errors
+    /// A client that refuses its options, or an unavailable kind.
+    pub fn build(&self) -> Result<Arc<dyn Provider>, ConfigError> {
+        if let Some(variable) = self.missing_key() {
+            return Ok(Arc::new(MissingKey {
+                provider: self.name.clone(),
+                variable: variable.to_owned(),
+            }));
+        }
+        let mut replicas = Vec::new();
+        for url in &self.base_urls {
+            replicas.push(self.build_client(url)?);
+        }
+        if self.kind == ProviderKind::Local {
+            return Err(ConfigError::Unavailable {
+                provider: self.name.clone(),
+                kind: "local".into(),
+                why: "the embedded llama.cpp engine is not part of this build yet; use an Ollama or llama.cpp server meanwhile".into(),
+            });
+        }
+        let provider = crate::balance::replicas(replicas);
+        Ok(if self.recover_text_tool_calls {
+            Arc::new(crate::text_tools::RecoveringProvider::new(provider))
+        } else {
+            provider
+        })
+    }
+
+    fn build_client(&self, base_url: &str) -> Result<Arc<dyn Provider>, ConfigError> {
+        let options = self.client_options(base_url);
+        let client_error = |error: LlmError| ConfigError::Client {
+            provider: self.name.clone(),
+            message: error.message,
+        };
+        Ok(match self.kind {
+            ProviderKind::Openai => Arc::new(OpenAiChatClient::new(options, self.dialect).map_err(client_error)?),
+            ProviderKind::OpenaiResponses => Arc::new(crate::client::OpenAiResponsesClient::new(options).map_err(client_error)?),
+            ProviderKind::Anthropic => Arc::new(crate::client::AnthropicClient::new(options).map_err(client_error)?),
+            ProviderKind::Gemini => Arc::new(crate::client::GeminiClient::new(options).map_err(client_error)?),
+            ProviderKind::Ollama => Arc::new(crate::client::OllamaClient::new(options).map_err(client_error)?),
+            ProviderKind::Local => {
+                return Err(ConfigError::Unavailable {
+                    provider: self.name.clone(),
+                    kind: "local".into(),
+                    why: "the embedded llama.cpp engine is not part of this build yet".into(),
+                });
+            }
+        })
+    }
+}
+
+/// A provider whose key variable is not set: every request fails with an
+/// authentication error naming the variable, without touching the network.
+#[derive(Debug)]
+struct MissingKey {
+    provider: String,
+    variable: String,
+}
+
+impl MissingKey {
+    fn error(&self) -> LlmError {
+        LlmError::new(
+            ErrorKind::Authentication,
+            self.provider.clone(),
+            format!("the environment variable {} is not set", self.variable),
+        )
+    }
+}
+
+#[async_trait]
+impl Provider for MissingKey {
+    fn name(&self) -> &str {
+        &self.provider
+    }
+
+    fn capabilities(&self, _model: &str) -> Capabilities {
+        Capabilities::default()
+    }
+
+    async fn stream(&self, _request: ChatRequest) -> Result<EventStream, LlmError> {
+        Err(self.error())
+    }
+
+    async fn complete(&self, _request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        Err(self.error())
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        Err(self.error())
+    }
+}

@@ -1,0 +1,166 @@
+//! Named presets: where well-known servers listen, which variable holds
+//! their key, and how they differ from each other.
+//!
+//! Every preset is also a provider that needs no configuration:
+//! `--model groq:llama-3.3-70b-versatile` works as soon as `GROQ_API_KEY` is
+//! set, and `--model ollama:qwen3:8b` as soon as Ollama runs locally.
+
+use crate::wire::openai_chat::{Dialect, MaxTokensField};
+
+/// The wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions and every compatible server.
+    Openai,
+    /// The OpenAI Responses API.
+    OpenaiResponses,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini `generateContent`.
+    Gemini,
+    /// Ollama's native `/api/chat`.
+    Ollama,
+    /// The embedded engine (llama.cpp in-process).
+    Local,
+}
+
+impl ProviderKind {
+    /// The name used in configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::OpenaiResponses => "openai-responses",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::Ollama => "ollama",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// A well-known server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset {
+    /// Its name, usable as a provider name and as `preset = "…"`.
+    pub name: &'static str,
+    /// The protocol it speaks.
+    pub kind: ProviderKind,
+    /// Where it listens by default.
+    pub base_url: &'static str,
+    /// The variable holding its key, if it takes one.
+    pub api_key_env: Option<&'static str>,
+    /// Whether a key is required (hosted APIs) or optional (local servers).
+    pub key_required: bool,
+    /// Whether it runs on the user's own machine or network: local providers
+    /// get long idle timeouts and text tool-call recovery by default.
+    pub local: bool,
+    /// Chat Completions differences.
+    pub dialect: Dialect,
+}
+
+const COMPATIBLE: Dialect = Dialect {
+    max_tokens_field: MaxTokensField::MaxTokens,
+    stream_usage: true,
+};
+
+const fn hosted(name: &'static str, kind: ProviderKind, base_url: &'static str, key: &'static str) -> Preset {
+    Preset {
+        name,
+        kind,
+        base_url,
+        api_key_env: Some(key),
+        key_required: true,
+        local: false,
+        dialect: COMPATIBLE,
+    }
+}
+
+const fn local(name: &'static str, kind: ProviderKind, base_url: &'static str, key: Option<&'static str>) -> Preset {
+    Preset {
+        name,
+        kind,
+        base_url,
+        api_key_env: key,
+        key_required: false,
+        local: true,
+        dialect: COMPATIBLE,
+    }
+}
+
+/// Every preset, local servers first.
+pub const PRESETS: &[Preset] = &[
+    local("ollama", ProviderKind::Ollama, "http://127.0.0.1:11434", Some("OLLAMA_API_KEY")),
+    local("llamacpp", ProviderKind::Openai, "http://127.0.0.1:8080/v1", Some("LLAMACPP_API_KEY")),
+    local("lmstudio", ProviderKind::Openai, "http://127.0.0.1:1234/v1", None),
+    local("vllm", ProviderKind::Openai, "http://127.0.0.1:8000/v1", Some("VLLM_API_KEY")),
+    local("sglang", ProviderKind::Openai, "http://127.0.0.1:30000/v1", Some("SGLANG_API_KEY")),
+    Preset {
+        dialect: Dialect {
+            max_tokens_field: MaxTokensField::MaxCompletionTokens,
+            stream_usage: true,
+        },
+        ..hosted("openai", ProviderKind::Openai, "https://api.openai.com/v1", "OPENAI_API_KEY")
+    },
+    hosted(
+        "openai-responses",
+        ProviderKind::OpenaiResponses,
+        "https://api.openai.com/v1",
+        "OPENAI_API_KEY",
+    ),
+    hosted("anthropic", ProviderKind::Anthropic, "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
+    hosted(
+        "gemini",
+        ProviderKind::Gemini,
+        "https://generativelanguage.googleapis.com/v1beta",
+        "GEMINI_API_KEY",
+    ),
+    Preset {
+        // Mistral rejects fields it does not know, `stream_options` among
+        // them; it sends usage on the last chunk unasked.
+        dialect: Dialect {
+            max_tokens_field: MaxTokensField::MaxTokens,
+            stream_usage: false,
+        },
+        ..hosted("mistral", ProviderKind::Openai, "https://api.mistral.ai/v1", "MISTRAL_API_KEY")
+    },
+    hosted("groq", ProviderKind::Openai, "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+    hosted("together", ProviderKind::Openai, "https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+    hosted("deepseek", ProviderKind::Openai, "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
+    hosted("openrouter", ProviderKind::Openai, "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+    hosted(
+        "fireworks",
+        ProviderKind::Openai,
+        "https://api.fireworks.ai/inference/v1",
+        "FIREWORKS_API_KEY",
+    ),
+];
+
+/// The preset with this name.
+pub fn preset(name: &str) -> Option<&'static Preset> {
+    PRESETS.iter().find(|preset| preset.name == name)
+}
+
+/// The names of every preset, for error messages.
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|preset| preset.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_hosted_presets_need_keys() {
+        let mut names = preset_names();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), PRESETS.len());
+        for preset in PRESETS {
+            assert_eq!(preset.local, !preset.key_required, "{}", preset.name);
+            assert!(preset.local || preset.base_url.starts_with("https://"), "{}", preset.name);
+            assert!(!preset.base_url.ends_with('/'), "{}", preset.name);
+        }
+        assert_eq!(preset("groq").map(|p| p.kind), Some(ProviderKind::Openai));
+    }
+}
