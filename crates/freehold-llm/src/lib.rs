@@ -21,12 +21,20 @@
 //! ```
 
 pub mod assemble;
+pub mod balance;
+pub mod catalog;
 pub mod client;
+pub mod cost;
 pub mod http;
 pub mod ndjson;
 mod provider;
 pub mod retry;
+pub mod router;
 pub mod secret;
 pub mod sse;
 
+pub use balance::{HealthSettings, ReplicaSet};
+pub use catalog::{Catalog, CatalogError, ModelEntry, ModelOverride, Pricing};
+pub use cost::{CostDisplay, cost};
 pub use provider::{EventStream, Provider, collect_stream};
+pub use router::{AliasTarget, Router, RouterSettings, Target};
