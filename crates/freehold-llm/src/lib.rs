@@ -21,14 +21,22 @@
 //! ```
 
 pub mod assemble;
+pub mod balance;
+pub mod catalog;
 pub mod client;
+pub mod cost;
 pub mod http;
 pub mod ndjson;
 mod provider;
 pub mod presets;
 pub mod retry;
+pub mod router;
 pub mod secret;
 pub mod sse;
 pub mod wire;
 
+pub use balance::{HealthSettings, ReplicaSet};
+pub use catalog::{Catalog, CatalogError, ModelEntry, ModelOverride, Pricing};
+pub use cost::{CostDisplay, cost};
 pub use provider::{EventStream, Provider, collect_stream};
+pub use router::{AliasTarget, Router, RouterSettings, Target};

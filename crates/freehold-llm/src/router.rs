@@ -1,0 +1,471 @@
+//! One [`Provider`] in front of many: `provider:model` names, aliases,
+//! fallback chains, the model catalog and cost.
+//!
+//! A request's `model` is either `provider:model`, split at the first `:`
+//! (`ollama:qwen3:8b` is model `qwen3:8b` of provider `ollama`), or an alias
+//! from the configuration. An alias names one model or a fallback chain of
+//! them, and may name other aliases:
+//!
+//! ```toml
+//! [aliases]
+//! fast = "ollama:qwen3:8b"
+//! smart = ["anthropic:claude-sonnet-4-5", "openai:gpt-5", "fast"]
+//! ```
+//!
+//! When a target of a chain fails with a retryable error (overloaded, rate
+//! limited, server, timeout, connection) before its first answer event, the
+//! next target gets the request; other errors, and errors after the answer
+//! started, go to the caller. Each provider may itself be a
+//! [`crate::balance::ReplicaSet`].
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use freehold_llm::catalog::Catalog;
+//! use freehold_llm::router::{AliasTarget, Router, Target};
+//!
+//! let aliases = BTreeMap::from([("fast".to_owned(), AliasTarget::One("ollama:qwen3:8b".into()))]);
+//! let router = Router::new(BTreeMap::new(), aliases, Catalog::new());
+//! // No provider is configured, so the alias cannot resolve.
+//! assert!(router.resolve("fast").is_err());
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use freehold_protocol::{
+    Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo, Usage,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::balance::{HealthSettings, first_content};
+use crate::catalog::Catalog;
+use crate::cost::cost;
+use crate::provider::{EventStream, Provider};
+
+/// The name the router reports as its own.
+const ROUTER: &str = "router";
+
+/// What an alias stands for, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AliasTarget {
+    /// One model (`provider:model`) or another alias.
+    One(String),
+    /// A fallback chain, tried in order.
+    Chain(Vec<String>),
+}
+
+impl AliasTarget {
+    /// The names it lists, in order.
+    pub fn names(&self) -> &[String] {
+        match self {
+            Self::One(name) => std::slice::from_ref(name),
+            Self::Chain(names) => names,
+        }
+    }
+}
+
+/// One concrete model of one configured provider.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    /// The configured provider name.
+    pub provider: String,
+    /// The model id at that provider.
+    pub model: String,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.provider, self.model)
+    }
+}
+
+/// The router's configuration (`[router]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSettings {
+    /// Consecutive failures that eject a replica (0: never).
+    #[serde(default = "default_eject_after_failures")]
+    pub eject_after_failures: u32,
+    /// Seconds an ejected replica rests before it is tried again.
+    #[serde(default = "default_cooldown_secs")]
+    pub cooldown_secs: u64,
+}
+
+fn default_eject_after_failures() -> u32 {
+    HealthSettings::default().eject_after_failures
+}
+
+fn default_cooldown_secs() -> u64 {
+    HealthSettings::default().cooldown.as_secs()
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            eject_after_failures: default_eject_after_failures(),
+            cooldown_secs: default_cooldown_secs(),
+        }
+    }
+}
+
+impl From<&RouterSettings> for HealthSettings {
+    fn from(settings: &RouterSettings) -> Self {
+        Self {
+            eject_after_failures: settings.eject_after_failures,
+            cooldown: Duration::from_secs(settings.cooldown_secs),
+        }
+    }
+}
+
+impl From<RouterSettings> for HealthSettings {
+    fn from(settings: RouterSettings) -> Self {
+        Self::from(&settings)
+    }
+}
+
+/// Routes each request to a configured provider by model name.
+#[derive(Debug)]
+pub struct Router {
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+    aliases: BTreeMap<String, AliasTarget>,
+    catalog: Catalog,
+}
+
+impl Router {
+    /// A router over `providers` (by configured name) with `aliases`.
+    /// Call [`Router::validate`] to check every alias at start-up.
+    pub fn new(
+        providers: BTreeMap<String, Arc<dyn Provider>>,
+        aliases: BTreeMap<String, AliasTarget>,
+        catalog: Catalog,
+    ) -> Self {
+        Self {
+            providers,
+            aliases,
+            catalog,
+        }
+    }
+
+    /// Checks that every alias resolves.
+    ///
+    /// # Errors
+    /// The first alias that does not: a cycle, an empty chain, or a name that
+    /// is neither an alias nor `provider:model` of a configured provider.
+    pub fn validate(&self) -> Result<(), LlmError> {
+        for alias in self.aliases.keys() {
+            self.resolve(alias)?;
+        }
+        Ok(())
+    }
+
+    /// The targets `name` stands for, in the order to try them, each once.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for an unknown provider or a bare name that is
+    /// no alias (the message lists the providers and aliases);
+    /// [`ErrorKind::InvalidRequest`] for an alias cycle, an empty chain or an
+    /// empty model id.
+    pub fn resolve(&self, name: &str) -> Result<Vec<Target>, LlmError> {
+        let mut targets = Vec::new();
+        self.expand(name, &mut Vec::new(), &mut targets)?;
+        let mut unique: Vec<Target> = Vec::with_capacity(targets.len());
+        for target in targets {
+            if !unique.contains(&target) {
+                unique.push(target);
+            }
+        }
+        Ok(unique)
+    }
+
+    /// The model catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The configured providers, by name.
+    pub fn providers(&self) -> &BTreeMap<String, Arc<dyn Provider>> {
+        &self.providers
+    }
+
+    /// The configured aliases, by name.
+    pub fn aliases(&self) -> &BTreeMap<String, AliasTarget> {
+        &self.aliases
+    }
+
+    /// What `usage` cost on `model` of provider `provider`, in USD; `None`
+    /// when the catalog does not know its price.
+    pub fn cost_of(&self, provider: &str, model: &str, usage: &Usage) -> Option<f64> {
+        let pricing = self
+            .catalog
+            .lookup(provider, model)
+            .and_then(|entry| entry.pricing.as_ref());
+        cost(usage, pricing)
+    }
+
+    /// Streams an answer like [`Provider::stream`] and says which target
+    /// gave it (for cost accounting).
+    ///
+    /// # Errors
+    /// A resolution error, a non-retryable error, or the last target's error.
+    pub async fn stream_routed(
+        &self,
+        request: ChatRequest,
+    ) -> Result<(Target, EventStream), LlmError> {
+        let targets = self.resolve(&request.model)?;
+        let last = targets.len().saturating_sub(1);
+        let mut last_error = None;
+        for (attempt, target) in targets.into_iter().enumerate() {
+            let provider = self.provider(&target)?;
+            let result = match provider.stream(target_request(&request, &target)).await {
+                Ok(stream) if attempt < last => first_content(stream, &target.provider).await,
+                other => other,
+            };
+            match result {
+                Ok(stream) => {
+                    answered(&request.model, &target, attempt);
+                    return Ok((target, stream));
+                }
+                Err(error) if error.is_retryable() && attempt < last => {
+                    falling_back(&request.model, &target, &error);
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| self.unknown(&request.model)))
+    }
+
+    /// A complete answer like [`Provider::complete`], and the target that
+    /// gave it.
+    ///
+    /// # Errors
+    /// A resolution error, a non-retryable error, or the last target's error.
+    pub async fn complete_routed(
+        &self,
+        request: ChatRequest,
+    ) -> Result<(Target, ChatResponse), LlmError> {
+        let targets = self.resolve(&request.model)?;
+        let last = targets.len().saturating_sub(1);
+        let mut last_error = None;
+        for (attempt, target) in targets.into_iter().enumerate() {
+            let provider = self.provider(&target)?;
+            match provider.complete(target_request(&request, &target)).await {
+                Ok(response) => {
+                    answered(&request.model, &target, attempt);
+                    return Ok((target, response));
+                }
+                Err(error) if error.is_retryable() && attempt < last => {
+                    falling_back(&request.model, &target, &error);
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| self.unknown(&request.model)))
+    }
+
+    fn provider(&self, target: &Target) -> Result<&Arc<dyn Provider>, LlmError> {
+        self.providers
+            .get(&target.provider)
+            .ok_or_else(|| self.unknown(&target.to_string()))
+    }
+
+    /// Appends the targets of `name` to `out`; `stack` holds the aliases
+    /// being expanded, to catch cycles.
+    fn expand(
+        &self,
+        name: &str,
+        stack: &mut Vec<String>,
+        out: &mut Vec<Target>,
+    ) -> Result<(), LlmError> {
+        let Some(alias) = self.aliases.get(name) else {
+            out.push(self.parse(name, stack.last().map(String::as_str))?);
+            return Ok(());
+        };
+        if let Some(position) = stack.iter().position(|seen| seen == name) {
+            let mut cycle = stack[position..].to_vec();
+            cycle.push(name.to_owned());
+            return Err(LlmError::new(
+                ErrorKind::InvalidRequest,
+                ROUTER,
+                format!(
+                    "the aliases form a cycle: {}; make one of them name `provider:model`",
+                    cycle.join(" -> ")
+                ),
+            ));
+        }
+        if alias.names().is_empty() {
+            return Err(LlmError::new(
+                ErrorKind::InvalidRequest,
+                ROUTER,
+                format!("alias `{name}` lists no models; give it at least one `provider:model`"),
+            ));
+        }
+        stack.push(name.to_owned());
+        for next in alias.names() {
+            self.expand(next, stack, out)?;
+        }
+        stack.pop();
+        Ok(())
+    }
+
+    /// Parses `provider:model`; `alias` is the alias that named it, if any.
+    fn parse(&self, name: &str, alias: Option<&str>) -> Result<Target, LlmError> {
+        let context = alias
+            .map(|alias| format!(" (named by alias `{alias}`)"))
+            .unwrap_or_default();
+        let Some((provider, model)) = name.split_once(':') else {
+            return Err(LlmError::new(
+                ErrorKind::NotFound,
+                ROUTER,
+                format!(
+                    "unknown model `{name}`{context}: it is no alias, and models are named \
+                     `provider:model`; {}",
+                    self.known()
+                ),
+            ));
+        };
+        if !self.providers.contains_key(provider) {
+            return Err(LlmError::new(
+                ErrorKind::NotFound,
+                ROUTER,
+                format!(
+                    "unknown provider `{provider}` in `{name}`{context}; {}",
+                    self.known()
+                ),
+            ));
+        }
+        if model.is_empty() {
+            return Err(LlmError::new(
+                ErrorKind::InvalidRequest,
+                ROUTER,
+                format!("`{name}`{context} names no model; use `{provider}:<model>`"),
+            ));
+        }
+        Ok(Target {
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+        })
+    }
+
+    fn unknown(&self, name: &str) -> LlmError {
+        LlmError::new(
+            ErrorKind::NotFound,
+            ROUTER,
+            format!("unknown model `{name}`; {}", self.known()),
+        )
+    }
+
+    /// The configured providers and aliases, for error messages.
+    fn known(&self) -> String {
+        let list = |names: Vec<&str>| {
+            if names.is_empty() {
+                "(none)".to_owned()
+            } else {
+                names.join(", ")
+            }
+        };
+        format!(
+            "configured providers: {}; aliases: {}; use `provider:model` (such as \
+             `ollama:qwen3:8b`) or an alias",
+            list(self.providers.keys().map(String::as_str).collect()),
+            list(self.aliases.keys().map(String::as_str).collect()),
+        )
+    }
+}
+
+#[async_trait]
+impl Provider for Router {
+    fn name(&self) -> &str {
+        ROUTER
+    }
+
+    fn capabilities(&self, model: &str) -> Capabilities {
+        self.resolve(model)
+            .ok()
+            .and_then(|targets| {
+                let target = targets.into_iter().next()?;
+                let provider = self.providers.get(&target.provider)?;
+                Some(provider.capabilities(&target.model))
+            })
+            .unwrap_or_default()
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+        self.stream_routed(request).await.map(|(_, stream)| stream)
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.complete_routed(request)
+            .await
+            .map(|(_, response)| response)
+    }
+
+    /// Every provider's models, as `provider` = the configured name, with
+    /// context windows from the catalog where the provider gives none. A
+    /// provider that fails is skipped with a warning; only when every
+    /// provider fails is the first error returned.
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        let answers = futures::future::join_all(
+            self.providers
+                .iter()
+                .map(|(name, provider)| async move { (name, provider.list_models().await) }),
+        )
+        .await;
+        let mut models = Vec::new();
+        let mut first_error = None;
+        let mut answered = false;
+        for (name, answer) in answers {
+            match answer {
+                Ok(listed) => {
+                    answered = true;
+                    for mut model in listed {
+                        model.provider.clone_from(name);
+                        if let Some(entry) = self.catalog.lookup(name, &model.id) {
+                            model.context_window = model.context_window.or(entry.context_window);
+                            model.max_output_tokens =
+                                model.max_output_tokens.or(entry.max_output_tokens);
+                        }
+                        models.push(model);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(provider = %name, error = %error, "cannot list models; skipping");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match first_error {
+            Some(error) if !answered => Err(error),
+            _ => Ok(models),
+        }
+    }
+}
+
+/// `request` addressed to `target`'s model.
+fn target_request(request: &ChatRequest, target: &Target) -> ChatRequest {
+    let mut request = request.clone();
+    request.model.clone_from(&target.model);
+    request
+}
+
+fn answered(requested: &str, target: &Target, attempt: usize) {
+    if attempt == 0 {
+        tracing::debug!(requested, target = %target, "routed");
+    } else {
+        tracing::info!(requested, target = %target, attempt, "answered by a fallback target");
+    }
+}
+
+fn falling_back(requested: &str, target: &Target, error: &LlmError) {
+    tracing::warn!(
+        requested,
+        target = %target,
+        error = %error,
+        "target failed before its first token; falling back"
+    );
+}

@@ -1,0 +1,867 @@
+//! The router and the replica set against scripted fake providers.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use freehold_llm::balance::{HealthSettings, ReplicaHealth, ReplicaSet};
+use freehold_llm::catalog::Catalog;
+use freehold_llm::router::{AliasTarget, Router, RouterSettings, Target};
+use freehold_llm::{EventStream, Provider, collect_stream};
+use freehold_protocol::{
+    Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, Message, ModelInfo, StopReason,
+    StreamEvent, Usage,
+};
+use futures::StreamExt;
+
+/// Locks a fake's state (a panicking test thread may poison it).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a fake answers to one call.
+#[derive(Debug, Clone)]
+enum Reply {
+    /// `stream`/`complete` fail at once.
+    Fail(ErrorKind),
+    /// The stream yields these, then ends.
+    Events(Vec<Result<StreamEvent, ErrorKind>>),
+    /// The stream yields `Start` and one text delta, then stays open.
+    Hold,
+}
+
+fn answer(text: &str) -> Reply {
+    Reply::Events(vec![
+        Ok(StreamEvent::Start {
+            id: None,
+            model: None,
+        }),
+        Ok(StreamEvent::TextDelta { text: text.into() }),
+        Ok(StreamEvent::Usage(Usage {
+            input_tokens: 10,
+            output_tokens: 2,
+            ..Usage::default()
+        })),
+        Ok(StreamEvent::Stop {
+            reason: StopReason::EndTurn,
+        }),
+    ])
+}
+
+/// A provider that answers from a script and counts its calls.
+#[derive(Debug)]
+struct Fake {
+    name: String,
+    script: Mutex<VecDeque<Reply>>,
+    default: Mutex<Reply>,
+    calls: AtomicUsize,
+    models: Mutex<Vec<String>>,
+    listing: Option<Vec<&'static str>>,
+}
+
+impl Fake {
+    fn new(name: &str, default: Reply) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            script: Mutex::new(VecDeque::new()),
+            default: Mutex::new(default),
+            calls: AtomicUsize::new(0),
+            models: Mutex::new(Vec::new()),
+            listing: None,
+        })
+    }
+
+    fn scripted(name: &str, replies: Vec<Reply>, default: Reply) -> Arc<Self> {
+        let fake = Self::new(name, default);
+        lock(&fake.script).extend(replies);
+        fake
+    }
+
+    fn listing(name: &str, listing: Option<Vec<&'static str>>) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            script: Mutex::new(VecDeque::new()),
+            default: Mutex::new(answer(name)),
+            calls: AtomicUsize::new(0),
+            models: Mutex::new(Vec::new()),
+            listing,
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn set_default(&self, reply: Reply) {
+        *lock(&self.default) = reply;
+    }
+
+    fn models_seen(&self) -> Vec<String> {
+        lock(&self.models).clone()
+    }
+
+    fn next(&self, request: &ChatRequest) -> Reply {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        lock(&self.models).push(request.model.clone());
+        let scripted = lock(&self.script).pop_front();
+        scripted.unwrap_or_else(|| lock(&self.default).clone())
+    }
+
+    fn error(&self, kind: ErrorKind) -> LlmError {
+        LlmError::new(kind, self.name.clone(), "scripted")
+    }
+}
+
+#[async_trait]
+impl Provider for Fake {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self, _model: &str) -> Capabilities {
+        Capabilities::default()
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+        let name = self.name.clone();
+        match self.next(&request) {
+            Reply::Fail(kind) => Err(self.error(kind)),
+            Reply::Events(events) => {
+                let events = events
+                    .into_iter()
+                    .map(move |event| event.map_err(|kind| LlmError::new(kind, name.clone(), "x")));
+                Ok(Box::pin(futures::stream::iter(events)))
+            }
+            Reply::Hold => {
+                let events = vec![
+                    Ok(StreamEvent::Start {
+                        id: None,
+                        model: None,
+                    }),
+                    Ok(StreamEvent::TextDelta { text: name.clone() }),
+                ];
+                Ok(Box::pin(
+                    futures::stream::iter(events).chain(futures::stream::pending()),
+                ))
+            }
+        }
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        match self.next(&request) {
+            Reply::Fail(kind) => Err(self.error(kind)),
+            Reply::Events(events) => {
+                let name = self.name.clone();
+                let events = events
+                    .into_iter()
+                    .map(move |event| event.map_err(|kind| LlmError::new(kind, name.clone(), "x")));
+                collect_stream(&self.name, Box::pin(futures::stream::iter(events))).await
+            }
+            Reply::Hold => futures::future::pending().await,
+        }
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        match &self.listing {
+            Some(ids) => Ok(ids
+                .iter()
+                .map(|id| ModelInfo {
+                    id: (*id).into(),
+                    provider: self.name.clone(),
+                    context_window: None,
+                    max_output_tokens: None,
+                })
+                .collect()),
+            None => Err(self.error(ErrorKind::Connection)),
+        }
+    }
+}
+
+/// The error of a stream request that must fail before streaming.
+async fn stream_error(provider: &dyn Provider, request: ChatRequest) -> LlmError {
+    match provider.stream(request).await {
+        Ok(_) => panic!("the request streamed"),
+        Err(error) => error,
+    }
+}
+
+fn request(model: &str) -> ChatRequest {
+    ChatRequest::new(model, vec![Message::user("hi")])
+}
+
+fn router(providers: &[(&str, &Arc<Fake>)], aliases: &[(&str, AliasTarget)]) -> Router {
+    let providers = providers
+        .iter()
+        .map(|(name, fake)| ((*name).to_owned(), Arc::clone(*fake) as Arc<dyn Provider>))
+        .collect();
+    let aliases = aliases
+        .iter()
+        .map(|(name, target)| ((*name).to_owned(), target.clone()))
+        .collect();
+    Router::new(providers, aliases, builtin())
+}
+
+fn builtin() -> Catalog {
+    Catalog::builtin().unwrap_or_else(|error| panic!("{error}"))
+}
+
+fn chain(names: &[&str]) -> AliasTarget {
+    AliasTarget::Chain(names.iter().map(|name| (*name).to_owned()).collect())
+}
+
+fn target(provider: &str, model: &str) -> Target {
+    Target {
+        provider: provider.into(),
+        model: model.into(),
+    }
+}
+
+// --- Router -------------------------------------------------------------------
+
+#[tokio::test]
+async fn chain_falls_back_on_overloaded_and_connection_before_the_first_token() {
+    let a = Fake::new("a", Reply::Fail(ErrorKind::Overloaded));
+    // `b` accepts the request, then drops the connection before any token.
+    let b = Fake::new(
+        "b",
+        Reply::Events(vec![
+            Ok(StreamEvent::Start {
+                id: Some("from-b".into()),
+                model: None,
+            }),
+            Err(ErrorKind::Connection),
+        ]),
+    );
+    let c = Fake::new("c", answer("from c"));
+    let router = router(
+        &[("a", &a), ("b", &b), ("c", &c)],
+        &[("smart", chain(&["a:m1", "b:m2", "c:m3"]))],
+    );
+
+    let (answered_by, stream) = router.stream_routed(request("smart")).await.unwrap();
+    assert_eq!(answered_by, target("c", "m3"));
+    let response = collect_stream("router", stream).await.unwrap();
+    assert_eq!(response.message.text(), "from c");
+    // `b`'s Start was not passed on.
+    assert_eq!(response.id, None);
+    assert_eq!((a.calls(), b.calls(), c.calls()), (1, 1, 1));
+    assert_eq!(a.models_seen(), ["m1"]);
+    assert_eq!(b.models_seen(), ["m2"]);
+    assert_eq!(c.models_seen(), ["m3"]);
+}
+
+#[tokio::test]
+async fn chain_does_not_fall_back_on_authentication() {
+    let a = Fake::new("a", Reply::Fail(ErrorKind::Authentication));
+    let b = Fake::new("b", answer("from b"));
+    let router = router(
+        &[("a", &a), ("b", &b)],
+        &[("smart", chain(&["a:m", "b:m"]))],
+    );
+
+    let error = stream_error(&router, request("smart")).await;
+    assert_eq!(error.kind, ErrorKind::Authentication);
+    assert_eq!(error.provider, "a");
+    let error = router.complete(request("smart")).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Authentication);
+    assert_eq!(b.calls(), 0);
+}
+
+#[tokio::test]
+async fn chain_does_not_fall_back_after_a_text_delta() {
+    let a = Fake::new(
+        "a",
+        Reply::Events(vec![
+            Ok(StreamEvent::Start {
+                id: None,
+                model: None,
+            }),
+            Ok(StreamEvent::TextDelta {
+                text: "partial".into(),
+            }),
+            Err(ErrorKind::Connection),
+        ]),
+    );
+    let b = Fake::new("b", answer("from b"));
+    let router = router(
+        &[("a", &a), ("b", &b)],
+        &[("smart", chain(&["a:m", "b:m"]))],
+    );
+
+    let stream = router.stream(request("smart")).await.unwrap();
+    let events: Vec<_> = stream.collect().await;
+    assert_eq!(events.len(), 3);
+    assert!(matches!(events[0], Ok(StreamEvent::Start { .. })));
+    assert_eq!(
+        events[1],
+        Ok(StreamEvent::TextDelta {
+            text: "partial".into()
+        })
+    );
+    assert!(matches!(&events[2], Err(error) if error.kind == ErrorKind::Connection));
+    assert_eq!(b.calls(), 0);
+}
+
+#[tokio::test]
+async fn complete_falls_back_on_retryable_errors_only() {
+    let a = Fake::scripted(
+        "a",
+        vec![
+            Reply::Fail(ErrorKind::RateLimited { retry_after: None }),
+            Reply::Fail(ErrorKind::InvalidRequest),
+        ],
+        answer("from a"),
+    );
+    let b = Fake::new("b", answer("from b"));
+    let router = router(
+        &[("a", &a), ("b", &b)],
+        &[("smart", chain(&["a:m", "b:n"]))],
+    );
+
+    let (answered_by, response) = router.complete_routed(request("smart")).await.unwrap();
+    assert_eq!(answered_by, target("b", "n"));
+    assert_eq!(response.message.text(), "from b");
+    let error = router.complete(request("smart")).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest);
+    assert_eq!(b.calls(), 1);
+}
+
+#[tokio::test]
+async fn the_last_target_error_is_returned_when_every_target_fails() {
+    let a = Fake::new("a", Reply::Fail(ErrorKind::Overloaded));
+    let b = Fake::new("b", Reply::Fail(ErrorKind::Server));
+    let router = router(
+        &[("a", &a), ("b", &b)],
+        &[("smart", chain(&["a:m", "b:m"]))],
+    );
+    let error = stream_error(&router, request("smart")).await;
+    assert_eq!(
+        (error.kind, error.provider.as_str()),
+        (ErrorKind::Server, "b")
+    );
+    assert_eq!((a.calls(), b.calls()), (1, 1));
+}
+
+#[tokio::test]
+async fn provider_model_splits_at_the_first_colon() {
+    let ollama = Fake::new("ollama", answer("local"));
+    let router = router(&[("ollama", &ollama)], &[]);
+    assert_eq!(
+        router.resolve("ollama:qwen3:8b").unwrap(),
+        [target("ollama", "qwen3:8b")]
+    );
+    let response = router.complete(request("ollama:qwen3:8b")).await.unwrap();
+    assert_eq!(response.message.text(), "local");
+    assert_eq!(ollama.models_seen(), ["qwen3:8b"]);
+}
+
+#[test]
+fn aliases_may_name_aliases_and_repeats_are_dropped() {
+    let a = Fake::new("a", answer("a"));
+    let b = Fake::new("b", answer("b"));
+    let router = router(
+        &[("a", &a), ("b", &b)],
+        &[
+            ("fast", AliasTarget::One("b:small".into())),
+            ("smart", chain(&["a:big", "fast"])),
+            ("everything", chain(&["smart", "fast", "a:other"])),
+        ],
+    );
+    assert_eq!(
+        router.resolve("everything").unwrap(),
+        [
+            target("a", "big"),
+            target("b", "small"),
+            target("a", "other")
+        ]
+    );
+    router.validate().unwrap();
+}
+
+#[test]
+fn alias_cycles_are_reported_with_their_path() {
+    let a = Fake::new("a", answer("a"));
+    let router = router(
+        &[("a", &a)],
+        &[
+            ("one", chain(&["a:m", "two"])),
+            ("two", AliasTarget::One("three".into())),
+            ("three", AliasTarget::One("one".into())),
+            ("me", AliasTarget::One("me".into())),
+        ],
+    );
+    let error = router.resolve("one").unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest);
+    assert!(
+        error.message.contains("one -> two -> three -> one"),
+        "{error}"
+    );
+    let error = router.resolve("me").unwrap_err();
+    assert!(error.message.contains("me -> me"), "{error}");
+    assert!(router.validate().is_err());
+}
+
+#[test]
+fn unknown_names_list_providers_and_aliases() {
+    let a = Fake::new("a", answer("a"));
+    let router = router(
+        &[("anthropic", &a), ("ollama", &a)],
+        &[("fast", AliasTarget::One("ollama:qwen3:8b".into()))],
+    );
+    for name in ["qwen3", "openai:gpt-5"] {
+        let error = router.resolve(name).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::NotFound, "{name}");
+        assert_eq!(error.provider, "router");
+        let text = error.to_string();
+        assert!(
+            text.contains("configured providers: anthropic, ollama"),
+            "{text}"
+        );
+        assert!(text.contains("aliases: fast"), "{text}");
+        assert!(text.contains("`provider:model`"), "{text}");
+    }
+    assert!(
+        router
+            .resolve("openai:gpt-5")
+            .unwrap_err()
+            .message
+            .contains("unknown provider `openai`")
+    );
+    let bad_alias = router_with_bad_alias();
+    let error = bad_alias.validate().unwrap_err();
+    assert!(error.message.contains("named by alias `broken`"), "{error}");
+}
+
+fn router_with_bad_alias() -> Router {
+    let a = Fake::new("a", answer("a"));
+    router(&[("a", &a)], &[("broken", chain(&["a:m", "nowhere:m"]))])
+}
+
+#[test]
+fn empty_chains_and_empty_models_are_invalid() {
+    let a = Fake::new("a", answer("a"));
+    let router = router(&[("a", &a)], &[("none", chain(&[]))]);
+    assert_eq!(
+        router.resolve("none").unwrap_err().kind,
+        ErrorKind::InvalidRequest
+    );
+    assert_eq!(
+        router.resolve("a:").unwrap_err().kind,
+        ErrorKind::InvalidRequest
+    );
+}
+
+#[tokio::test]
+async fn list_models_aggregates_and_skips_failing_providers() {
+    let gpu = Fake::listing("vllm-replica", Some(vec!["qwen3:8b", "mystery"]));
+    let down = Fake::listing("down", None);
+    let router = router(&[("gpu-box", &gpu), ("down", &down)], &[]);
+    let models = router.list_models().await.unwrap();
+    assert_eq!(
+        models,
+        [
+            ModelInfo {
+                id: "qwen3:8b".into(),
+                provider: "gpu-box".into(),
+                // From the catalog's `ollama:qwen3:8b`.
+                context_window: Some(40_960),
+                max_output_tokens: None,
+            },
+            ModelInfo {
+                id: "mystery".into(),
+                provider: "gpu-box".into(),
+                context_window: None,
+                max_output_tokens: None,
+            },
+        ]
+    );
+    let only_down = router_of_down();
+    assert_eq!(
+        only_down.list_models().await.unwrap_err().kind,
+        ErrorKind::Connection
+    );
+}
+
+fn router_of_down() -> Router {
+    let down = Fake::listing("down", None);
+    router(&[("down", &down)], &[])
+}
+
+#[test]
+fn cost_of_uses_the_catalog_and_unknown_stays_unknown() {
+    let a = Fake::new("a", answer("a"));
+    let router = router(&[("openai", &a)], &[]);
+    let usage = Usage {
+        input_tokens: 10_000,
+        cached_input_tokens: 4_000,
+        output_tokens: 1_000,
+        ..Usage::default()
+    };
+    assert_eq!(router.cost_of("openai", "gpt-5", &usage), Some(0.018));
+    assert_eq!(router.cost_of("ollama", "qwen3:8b", &usage), Some(0.0));
+    assert_eq!(router.cost_of("openai", "gpt-unreleased", &usage), None);
+    assert_eq!(
+        router.cost_of("mistral", "mistral-large-latest", &usage),
+        None
+    );
+}
+
+#[test]
+fn router_settings_have_defaults_and_reject_unknown_fields() {
+    let settings: RouterSettings = toml::from_str("").unwrap();
+    assert_eq!(settings, RouterSettings::default());
+    assert_eq!(HealthSettings::from(settings), HealthSettings::default());
+    let settings: RouterSettings = toml::from_str("cooldown_secs = 5").unwrap();
+    assert_eq!(
+        HealthSettings::from(&settings),
+        HealthSettings {
+            eject_after_failures: 3,
+            cooldown: Duration::from_secs(5),
+        }
+    );
+    assert!(toml::from_str::<RouterSettings>("cooldown = 5").is_err());
+    let alias: BTreeMap<String, AliasTarget> =
+        toml::from_str("fast = \"a:m\"\nsmart = [\"a:m\", \"fast\"]").unwrap();
+    assert_eq!(alias["fast"], AliasTarget::One("a:m".into()));
+    assert_eq!(alias["smart"], chain(&["a:m", "fast"]));
+}
+
+// --- Replica set ----------------------------------------------------------------
+
+fn replica_set(replicas: &[&Arc<Fake>], settings: HealthSettings) -> ReplicaSet {
+    let replicas = replicas
+        .iter()
+        .map(|fake| Arc::clone(*fake) as Arc<dyn Provider>)
+        .collect();
+    ReplicaSet::new("gpu-box", replicas, settings)
+}
+
+fn fast_health(eject_after_failures: u32) -> HealthSettings {
+    HealthSettings {
+        eject_after_failures,
+        cooldown: Duration::from_millis(50),
+    }
+}
+
+fn outstanding(set: &ReplicaSet) -> Vec<usize> {
+    set.health()
+        .iter()
+        .map(|health| health.outstanding)
+        .collect()
+}
+
+fn calls(fakes: &[&Arc<Fake>]) -> Vec<usize> {
+    fakes.iter().map(|fake| fake.calls()).collect()
+}
+
+/// Reads a held stream's first answer event: the text names its replica.
+async fn replica_of(stream: &mut EventStream) -> String {
+    loop {
+        match stream.next().await {
+            Some(Ok(StreamEvent::TextDelta { text })) => return text,
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn new_requests_go_to_the_replica_with_fewest_outstanding() {
+    let r0 = Fake::new("r0", Reply::Hold);
+    let r1 = Fake::new("r1", Reply::Hold);
+    let r2 = Fake::new("r2", Reply::Hold);
+    let set = replica_set(&[&r0, &r1, &r2], HealthSettings::default());
+
+    // Three requests held open land on three different replicas.
+    let mut open = BTreeMap::new();
+    for expected_busy in 1..=3 {
+        let mut stream = set.stream(request("m")).await.unwrap();
+        open.insert(replica_of(&mut stream).await, stream);
+        assert_eq!(outstanding(&set).iter().sum::<usize>(), expected_busy);
+    }
+    assert_eq!(calls(&[&r0, &r1, &r2]), [1, 1, 1]);
+    assert_eq!(outstanding(&set), [1, 1, 1]);
+
+    // Closing r1's stream makes it the idle one: the next request goes there,
+    // whatever the rotation says.
+    drop(open.remove("r1"));
+    assert_eq!(outstanding(&set), [1, 0, 1]);
+    let mut next = set.stream(request("m")).await.unwrap();
+    assert_eq!(replica_of(&mut next).await, "r1");
+    assert_eq!(calls(&[&r0, &r1, &r2]), [1, 2, 1]);
+
+    // Again with r2, twice in a row while the others stay busy.
+    drop(open.remove("r2"));
+    let mut again = set.stream(request("m")).await.unwrap();
+    assert_eq!(replica_of(&mut again).await, "r2");
+    assert_eq!(outstanding(&set), [1, 1, 1]);
+
+    drop((open, next, again));
+    assert_eq!(outstanding(&set), [0, 0, 0]);
+}
+
+#[tokio::test]
+async fn a_busy_replica_gets_no_work_while_another_is_idle() {
+    let busy = Fake::new("busy", Reply::Hold);
+    let idle = Fake::new("idle", answer("idle"));
+    let set = replica_set(&[&busy, &idle], HealthSettings::default());
+    // Route until `busy` holds a request open (answers from `idle` finish).
+    let mut held = None;
+    while held.is_none() {
+        let mut stream = set.stream(request("m")).await.unwrap();
+        if replica_of(&mut stream).await == "busy" {
+            held = Some(stream);
+        }
+    }
+    assert_eq!(outstanding(&set), [1, 0]);
+    for _ in 0..5 {
+        let response = set.complete(request("m")).await.unwrap();
+        assert_eq!(response.message.text(), "idle");
+    }
+    assert_eq!(busy.calls(), 1, "the busy replica got more work");
+    drop(held);
+    assert_eq!(outstanding(&set), [0, 0]);
+}
+
+#[tokio::test]
+async fn a_finished_stream_is_no_longer_outstanding() {
+    let r0 = Fake::new("r0", answer("done"));
+    let set = replica_set(&[&r0], HealthSettings::default());
+    let stream = set.stream(request("m")).await.unwrap();
+    assert_eq!(outstanding(&set), [1]);
+    let response = collect_stream("gpu-box", stream).await.unwrap();
+    assert_eq!(response.message.text(), "done");
+    assert_eq!(outstanding(&set), [0]);
+    set.complete(request("m")).await.unwrap();
+    assert_eq!(outstanding(&set), [0]);
+}
+
+#[tokio::test]
+async fn replicas_are_ejected_after_three_failures_and_readmitted_after_cooldown() {
+    let flaky = Fake::new("flaky", Reply::Fail(ErrorKind::Overloaded));
+    let good = Fake::new("good", answer("good"));
+    // Short, but far longer than the handful of in-memory requests below.
+    let set = replica_set(
+        &[&flaky, &good],
+        HealthSettings {
+            eject_after_failures: 3,
+            cooldown: Duration::from_millis(150),
+        },
+    );
+
+    for _ in 0..10 {
+        let stream = set.stream(request("m")).await.unwrap();
+        let response = collect_stream("gpu-box", stream).await.unwrap();
+        assert_eq!(response.message.text(), "good");
+    }
+    assert_eq!(flaky.calls(), 3, "an ejected replica got requests");
+    assert_eq!(good.calls(), 10);
+    assert_eq!(
+        set.health()[0],
+        ReplicaHealth {
+            name: "flaky".into(),
+            outstanding: 0,
+            consecutive_failures: 3,
+            ejected: true,
+        }
+    );
+
+    // After the cooldown one trial request goes through; it fails, and the
+    // replica is ejected again at once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!set.health()[0].ejected);
+    for _ in 0..6 {
+        set.complete(request("m")).await.unwrap();
+    }
+    assert_eq!(flaky.calls(), 4);
+    assert!(set.health()[0].ejected);
+
+    // After another cooldown it has recovered: one success readmits it.
+    flaky.set_default(answer("flaky"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(set.complete(request("m")).await.unwrap().message.text());
+    }
+    assert!(
+        answers.iter().filter(|text| *text == "flaky").count() >= 2,
+        "{answers:?}"
+    );
+    assert_eq!(set.health()[0].consecutive_failures, 0);
+    assert!(!set.health()[0].ejected);
+}
+
+#[tokio::test]
+async fn a_success_resets_the_failure_count() {
+    let flaky = Fake::scripted(
+        "flaky",
+        vec![
+            Reply::Fail(ErrorKind::Timeout),
+            Reply::Fail(ErrorKind::Timeout),
+            answer("ok"),
+            Reply::Fail(ErrorKind::Timeout),
+            Reply::Fail(ErrorKind::Timeout),
+        ],
+        answer("ok"),
+    );
+    let set = replica_set(&[&flaky], fast_health(3));
+    for expected in [false, false, true, false, false, true] {
+        assert_eq!(set.complete(request("m")).await.is_ok(), expected);
+    }
+    assert_eq!(set.health()[0].consecutive_failures, 0);
+    assert!(!set.health()[0].ejected);
+}
+
+#[tokio::test]
+async fn all_ejected_still_serves_starting_with_the_longest_ejected() {
+    let a = Fake::new("a", Reply::Fail(ErrorKind::Connection));
+    let b = Fake::new("b", Reply::Fail(ErrorKind::Connection));
+    let set = replica_set(
+        &[&a, &b],
+        HealthSettings {
+            eject_after_failures: 1,
+            cooldown: Duration::from_secs(3600),
+        },
+    );
+    // The first request tries both and ejects both, `a` first.
+    let error = stream_error(&set, request("m")).await;
+    assert_eq!(error.kind, ErrorKind::Connection);
+    assert_eq!(calls(&[&a, &b]), [1, 1]);
+    assert!(set.health().iter().all(|health| health.ejected));
+
+    // With every replica ejected, the one ejected longest ago serves, once.
+    a.set_default(answer("a again"));
+    let response = set.complete(request("m")).await.unwrap();
+    assert_eq!(response.message.text(), "a again");
+    assert_eq!(calls(&[&a, &b]), [2, 1]);
+    // Its success readmitted it.
+    assert!(!set.health()[0].ejected);
+    set.complete(request("m")).await.unwrap();
+    assert_eq!(calls(&[&a, &b]), [3, 1]);
+}
+
+#[tokio::test]
+async fn all_ejected_rotates_through_the_dead() {
+    let only = Fake::new("only", Reply::Fail(ErrorKind::Server));
+    let set = replica_set(
+        &[&only],
+        HealthSettings {
+            eject_after_failures: 3,
+            cooldown: Duration::from_secs(3600),
+        },
+    );
+    for _ in 0..5 {
+        let error = set.complete(request("m")).await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Server);
+    }
+    // Ejected after three, yet still asked rather than failing without trying.
+    assert_eq!(only.calls(), 5);
+    assert!(set.health()[0].ejected);
+}
+
+#[tokio::test]
+async fn failover_is_bounded_by_the_replica_count() {
+    let fakes: Vec<Arc<Fake>> = (0..3)
+        .map(|i| Fake::new(&format!("r{i}"), Reply::Fail(ErrorKind::Overloaded)))
+        .collect();
+    let set = replica_set(&fakes.iter().collect::<Vec<_>>(), fast_health(100));
+    let error = stream_error(&set, request("m")).await;
+    assert_eq!(error.kind, ErrorKind::Overloaded);
+    assert_eq!(calls(&fakes.iter().collect::<Vec<_>>()), [1, 1, 1]);
+    let error = set.complete(request("m")).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Overloaded);
+    assert_eq!(calls(&fakes.iter().collect::<Vec<_>>()), [2, 2, 2]);
+}
+
+#[tokio::test]
+async fn replica_failover_happens_only_before_the_first_token_and_for_retryable_errors() {
+    let cut = Fake::new(
+        "cut",
+        Reply::Events(vec![
+            Ok(StreamEvent::Start {
+                id: None,
+                model: None,
+            }),
+            Ok(StreamEvent::TextDelta { text: "par".into() }),
+            Err(ErrorKind::Connection),
+        ]),
+    );
+    let refused = Fake::new("refused", Reply::Fail(ErrorKind::Authentication));
+    let set = replica_set(&[&cut, &refused], fast_health(3));
+    // Each request lands on one of them and none is moved: the cut stream had
+    // already delivered text, and authentication is not retryable.
+    for _ in 0..4 {
+        match set.stream(request("m")).await {
+            Ok(stream) => {
+                let error = collect_stream("gpu-box", stream).await.unwrap_err();
+                assert_eq!(error.kind, ErrorKind::Connection);
+            }
+            Err(error) => assert_eq!(error.kind, ErrorKind::Authentication),
+        }
+    }
+    assert_eq!(cut.calls() + refused.calls(), 4);
+    // Authentication failures are not health failures.
+    assert_eq!(set.health()[1].consecutive_failures, 0);
+}
+
+#[tokio::test]
+async fn rate_limits_move_requests_without_ejecting() {
+    let limited = Fake::new(
+        "limited",
+        Reply::Fail(ErrorKind::RateLimited { retry_after: None }),
+    );
+    let good = Fake::new("good", answer("good"));
+    let set = replica_set(&[&limited, &good], fast_health(1));
+    for _ in 0..6 {
+        assert_eq!(
+            set.complete(request("m")).await.unwrap().message.text(),
+            "good"
+        );
+    }
+    assert_eq!(good.calls(), 6);
+    assert!(limited.calls() >= 2, "rotation never reached it");
+    assert!(!set.health()[0].ejected);
+}
+
+#[tokio::test]
+async fn list_models_asks_replicas_in_turn() {
+    let down = Fake::listing("down", None);
+    let up = Fake::listing("up", Some(vec!["qwen3:8b"]));
+    let set = replica_set(&[&down, &up], HealthSettings::default());
+    let models = set.list_models().await.unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!(
+        (models[0].id.as_str(), models[0].provider.as_str()),
+        ("qwen3:8b", "gpu-box")
+    );
+    let none = replica_set(&[], HealthSettings::default());
+    assert!(none.stream(request("m")).await.is_err());
+}
+
+#[tokio::test]
+async fn a_router_over_replica_sets_balances_and_falls_back() {
+    let r0 = Fake::new("r0", Reply::Fail(ErrorKind::Overloaded));
+    let r1 = Fake::new("r1", Reply::Fail(ErrorKind::Overloaded));
+    let cloud = Fake::new("cloud", answer("cloud"));
+    let set: Arc<dyn Provider> = Arc::new(replica_set(&[&r0, &r1], fast_health(3)));
+    let providers = BTreeMap::from([
+        ("gpu-box".to_owned(), set),
+        ("openai".to_owned(), Arc::clone(&cloud) as Arc<dyn Provider>),
+    ]);
+    let aliases = BTreeMap::from([(
+        "default".to_owned(),
+        chain(&["gpu-box:qwen3:8b", "openai:gpt-5-mini"]),
+    )]);
+    let router = Router::new(providers, aliases, Catalog::builtin().unwrap());
+    let (answered_by, stream) = router.stream_routed(request("default")).await.unwrap();
+    assert_eq!(answered_by, target("openai", "gpt-5-mini"));
+    let response = collect_stream("router", stream).await.unwrap();
+    assert_eq!(response.message.text(), "cloud");
+    assert_eq!(calls(&[&r0, &r1]), [1, 1]);
+    assert_eq!(r0.models_seen(), ["qwen3:8b"]);
+    let cost = router.cost_of(&answered_by.provider, &answered_by.model, &response.usage);
+    // 10 input × 0.25 + 2 output × 2.0 = 6.5 µ$.
+    assert_eq!(cost, Some(6.5e-6));
+}
