@@ -1,7 +1,9 @@
 //! One client per wire protocol, each a [`crate::Provider`].
 
+mod ollama;
 mod openai_chat;
 
+pub use ollama::{OllamaClient, OllamaSettings};
 pub use openai_chat::OpenAiChatClient;
 
 use crate::http::HttpSettings;

@@ -1,0 +1,302 @@
+//! The client of Ollama's native API (`/api/chat`), which, unlike Ollama's
+//! OpenAI-compatible `/v1`, lets each request size the model's context.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use futures::StreamExt;
+use reqwest::header::HeaderMap;
+
+use crate::assemble::decode_stream;
+use crate::client::{ClientOptions, KeyHeader};
+use crate::http::Transport;
+use crate::provider::{EventStream, Provider};
+use crate::wire::ollama::{
+    self, ChatLineDecoder, KeepAlive, NumCtxPolicy, ShowRequest, ShowResponse, TagsResponse,
+    WireChatResponse,
+};
+
+/// What an [`OllamaClient`] does beyond the HTTP options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OllamaSettings {
+    /// How `options.num_ctx` is sized for each request.
+    pub num_ctx: NumCtxPolicy,
+    /// How long the model stays loaded after a request (`"5m"`, `"-1"`);
+    /// `None` leaves the server's default.
+    pub keep_alive: Option<String>,
+    /// Whether to ask `/api/show` (once per model) for the model's trained
+    /// context, which then caps `num_ctx` instead of
+    /// [`NumCtxPolicy::max`].
+    pub probe_context: bool,
+}
+
+impl Default for OllamaSettings {
+    fn default() -> Self {
+        Self {
+            num_ctx: NumCtxPolicy::default(),
+            keep_alive: None,
+            probe_context: true,
+        }
+    }
+}
+
+/// A client of `POST {base_url}/api/chat` (default base URL
+/// [`ollama::DEFAULT_BASE_URL`]).
+///
+/// Every request carries an `options.num_ctx` sized by
+/// [`ollama::num_ctx_for`]; a request that cannot fit the model's context
+/// fails with [`ErrorKind::ContextLengthExceeded`] before anything is sent.
+/// Ollama has no `tool_choice`: [`freehold_protocol::ToolChoice::None`] sends
+/// no tools, and a required or named tool cannot be forced (a named tool is
+/// offered alone).
+#[derive(Debug, Clone)]
+pub struct OllamaClient {
+    options: ClientOptions,
+    settings: OllamaSettings,
+    transport: Transport,
+    headers: HeaderMap,
+    /// Trained context of each model asked about (`None`: the server did
+    /// not say), shared by clones.
+    contexts: Arc<Mutex<HashMap<String, Option<u32>>>>,
+}
+
+impl OllamaClient {
+    /// A client with default [`OllamaSettings`]. An empty `base_url` means
+    /// [`ollama::DEFAULT_BASE_URL`]. A key, when given, is sent as a bearer
+    /// token (Ollama's cloud, or a proxy in front of a server).
+    ///
+    /// # Errors
+    /// Invalid extra headers or an unusable TLS backend.
+    pub fn new(options: ClientOptions) -> Result<Self, LlmError> {
+        Self::with_settings(options, OllamaSettings::default())
+    }
+
+    /// A client with the given settings.
+    ///
+    /// # Errors
+    /// Invalid extra headers or an unusable TLS backend.
+    pub fn with_settings(
+        mut options: ClientOptions,
+        settings: OllamaSettings,
+    ) -> Result<Self, LlmError> {
+        if options.base_url.is_empty() {
+            options.base_url = ollama::DEFAULT_BASE_URL.to_owned();
+        }
+        let transport = Transport::new(
+            options.name.clone(),
+            options.http.clone(),
+            options.secrets(),
+        )?;
+        let headers = options.headers(KeyHeader::Bearer, &[])?;
+        Ok(Self {
+            options,
+            settings,
+            transport,
+            headers,
+            contexts: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The client's settings.
+    pub fn settings(&self) -> &OllamaSettings {
+        &self.settings
+    }
+
+    /// The context `model` was trained with, from `POST /api/show`
+    /// (`model_info["<arch>.context_length"]`); `None` when the server does
+    /// not say. Each model is asked about once; answers are cached.
+    ///
+    /// # Errors
+    /// The request failed (unknown model, server unreachable…); failures are
+    /// not cached.
+    pub async fn context_length(&self, model: &str) -> Result<Option<u32>, LlmError> {
+        if let Some(known) = self.cached_context(model) {
+            return Ok(known);
+        }
+        let body = serde_json::to_value(ShowRequest {
+            model: model.to_owned(),
+        })
+        .map_err(|error| {
+            self.transport
+                .error(ErrorKind::InvalidRequest, error.to_string())
+        })?;
+        let response = self
+            .transport
+            .post_json(&self.options.url("/api/show"), &self.headers, &body)
+            .await?;
+        let json = self.transport.read_json(response).await?;
+        let show: ShowResponse = serde_json::from_value(json).map_err(|error| {
+            self.transport.error(
+                ErrorKind::Server,
+                format!("unexpected /api/show answer: {error}"),
+            )
+        })?;
+        let context = show.context_length();
+        if let Ok(mut contexts) = self.contexts.lock() {
+            contexts.insert(model.to_owned(), context);
+        }
+        Ok(context)
+    }
+
+    fn cached_context(&self, model: &str) -> Option<Option<u32>> {
+        self.contexts
+            .lock()
+            .ok()
+            .and_then(|contexts| contexts.get(model).copied())
+    }
+
+    /// The `num_ctx` this client sends with `request`: see
+    /// [`ollama::num_ctx_for`], capped by the model's trained context when
+    /// [`OllamaSettings::probe_context`] is on and the server reports it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::ContextLengthExceeded`] when the request cannot fit;
+    /// [`ErrorKind::NotFound`] (and connection or key errors) from
+    /// `/api/show`. Other `/api/show` failures (old servers) only leave the
+    /// model's context unknown.
+    pub async fn num_ctx(&self, request: &ChatRequest) -> Result<u32, LlmError> {
+        let model_context = if self.settings.probe_context {
+            match self.context_length(&request.model).await {
+                Ok(context) => context,
+                Err(error)
+                    if matches!(
+                        error.kind,
+                        ErrorKind::NotFound
+                            | ErrorKind::Connection
+                            | ErrorKind::Authentication
+                            | ErrorKind::Permission
+                    ) =>
+                {
+                    return Err(error);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        provider = %self.options.name,
+                        model = %request.model,
+                        error = %error,
+                        "cannot read the model's context from /api/show; capping num_ctx by the policy"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        ollama::num_ctx_for(request, &self.settings.num_ctx, model_context).map_err(|overflow| {
+            self.transport
+                .error(overflow.kind(), format!("`{}`: {overflow}", request.model))
+        })
+    }
+
+    /// Sizes the context, then encodes the body.
+    async fn body(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<serde_json::Value, LlmError> {
+        let num_ctx = self.num_ctx(request).await?;
+        let mut body = ollama::encode_request(request, num_ctx, stream).map_err(|error| {
+            self.transport
+                .error(ErrorKind::InvalidRequest, error.to_string())
+        })?;
+        body.keep_alive = self.settings.keep_alive.clone().map(KeepAlive::Duration);
+        serde_json::to_value(&body).map_err(|error| {
+            self.transport
+                .error(ErrorKind::InvalidRequest, error.to_string())
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for OllamaClient {
+    fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    /// What Ollama's API allows; whether `model` itself can see images, call
+    /// tools or think depends on the model.
+    fn capabilities(&self, _model: &str) -> Capabilities {
+        Capabilities {
+            structured_output: true,
+            vision: true,
+            reasoning: true,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+        let body = self.body(&request, true).await?;
+        let response = self
+            .transport
+            .post_json(&self.options.url("/api/chat"), &self.headers, &body)
+            .await?;
+        let lines = self.transport.ndjson_stream(response);
+        let events = decode_stream(lines, ChatLineDecoder::new(self.options.name.clone()));
+        // Errors sent inside the stream are the server's text: redact it.
+        let transport = self.transport.clone();
+        Ok(Box::pin(events.map(move |item| {
+            item.map_err(|mut error| {
+                error.message = transport.redact(&error.message);
+                error
+            })
+        })))
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let body = self.body(&request, false).await?;
+        let response = self
+            .transport
+            .post_json(&self.options.url("/api/chat"), &self.headers, &body)
+            .await?;
+        let json = self.transport.read_json(response).await?;
+        if let Some(error) = ollama::error_in(&self.options.name, &json) {
+            return Err(self.transport.error(error.kind, error.message));
+        }
+        let response: WireChatResponse = serde_json::from_value(json).map_err(|error| {
+            self.transport.error(
+                ErrorKind::Server,
+                format!("unexpected response shape: {error}"),
+            )
+        })?;
+        if !response.done {
+            return Err(self.transport.error(
+                ErrorKind::Server,
+                "the answer is not marked `\"done\": true`",
+            ));
+        }
+        Ok(ollama::decode_response(response))
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        let response = self
+            .transport
+            .get(&self.options.url("/api/tags"), &self.headers)
+            .await?;
+        let json = self.transport.read_json(response).await?;
+        let tags: TagsResponse = serde_json::from_value(json).map_err(|error| {
+            self.transport
+                .error(ErrorKind::Server, format!("unexpected model list: {error}"))
+        })?;
+        Ok(tags
+            .models
+            .into_iter()
+            .map(|model| {
+                let id = if model.name.is_empty() {
+                    model.model
+                } else {
+                    model.name
+                };
+                ModelInfo {
+                    // Known only for models already asked about: one
+                    // /api/show per model would make listing slow.
+                    context_window: self.cached_context(&id).flatten(),
+                    id,
+                    provider: self.options.name.clone(),
+                    max_output_tokens: None,
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,1032 @@
+//! Ollama's native API: `POST /api/chat` (NDJSON when streaming),
+//! `GET /api/tags` and `POST /api/show`.
+//!
+//! Ollama differs from the OpenAI-style protocols in ways that matter:
+//! - Its context window is a *request option* (`options.num_ctx`) with a
+//!   small default (2048 or 4096 tokens, depending on the version), and a
+//!   prompt longer than it is silently cut from the front. [`num_ctx_for`]
+//!   sizes it from what each request needs, under a [`NumCtxPolicy`].
+//! - Tool calls arrive whole (arguments as a JSON object), possibly several
+//!   in one line, and without ids: ids are generated.
+//! - Images are base64 strings in a per-message `images` array; there are no
+//!   image URLs.
+//! - There is no `tool_choice`: [`ToolChoice::None`] sends no tools, and
+//!   [`ToolChoice::Required`] or a named tool cannot be enforced (a named
+//!   tool is sent alone, which is the most Ollama can do).
+//! - Reasoning ("thinking") is plain text in `message.thinking`, without a
+//!   signature; it is sent back the same way.
+
+use std::collections::HashMap;
+
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
+    ResponseFormat, Role, StopReason, ToolCall, ToolChoice, ToolSpec, Usage,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
+use crate::http::{context_length_kind, is_context_length_message};
+use crate::wire::openai_chat::generated_call_id;
+
+/// Where a local Ollama listens unless told otherwise.
+pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:11434";
+
+// ---------------------------------------------------------------------------
+// Context sizing.
+// ---------------------------------------------------------------------------
+
+/// How [`num_ctx_for`] sizes `options.num_ctx`.
+///
+/// Every request carries a `num_ctx` large enough for its estimated prompt
+/// plus its answer, because Ollama otherwise loads the model with a small
+/// default context and silently drops the start of longer prompts (the system
+/// prompt and tool definitions first), which is the most common way agents
+/// fail on local models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumCtxPolicy {
+    /// The smallest context ever requested (default 8192), so that short
+    /// conversations do not reload the model at every size step.
+    pub min: u32,
+    /// The largest context requested when the model's trained context is
+    /// unknown (default 131072). When `/api/show` reports the model's
+    /// context, that is the limit instead.
+    pub max: u32,
+    /// The context is rounded up to a multiple of this (default 2048).
+    pub round_to: u32,
+    /// The answer allowance when the request sets no `max_tokens`
+    /// (default 4096).
+    pub default_output: u32,
+}
+
+impl Default for NumCtxPolicy {
+    fn default() -> Self {
+        Self {
+            min: 8_192,
+            max: 131_072,
+            round_to: 2_048,
+            default_output: 4_096,
+        }
+    }
+}
+
+/// The estimated prompt is multiplied by `INPUT_MARGIN_NUM / INPUT_MARGIN_DEN`
+/// (×1.25): [`ChatRequest::estimated_input_tokens`] counts about four bytes a
+/// token, and code, non-English text and chat templates cost more than that.
+const INPUT_MARGIN_NUM: u64 = 5;
+const INPUT_MARGIN_DEN: u64 = 4;
+
+/// A request that does not fit the model's context, found before sending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the request needs about {needed} tokens (its estimated prompt with a 25% margin, plus the \
+     answer allowance) but the context allows at most {allowed}"
+)]
+pub struct ContextOverflow {
+    /// Tokens the request needs: estimated prompt with its margin plus the
+    /// answer allowance.
+    pub needed: u64,
+    /// Tokens the model (or the policy's cap) allows.
+    pub allowed: u64,
+}
+
+impl ContextOverflow {
+    /// The matching [`ErrorKind::ContextLengthExceeded`].
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(self.needed),
+            allowed: Some(self.allowed),
+        }
+    }
+}
+
+/// The `num_ctx` to send with `request`.
+///
+/// The need is the estimated prompt ×1.25 plus the answer allowance
+/// (`max_tokens`, else [`NumCtxPolicy::default_output`]). It is rounded up to
+/// a multiple of [`NumCtxPolicy::round_to`]: Ollama reloads the model (and
+/// reallocates its KV cache) whenever `num_ctx` changes, so a conversation
+/// that grows by a few hundred tokens a turn must keep asking for the same
+/// size rather than a new one every turn. The result is at least
+/// [`NumCtxPolicy::min`] and at most the model's trained context
+/// (`model_context`, from `/api/show`) or, when that is unknown,
+/// [`NumCtxPolicy::max`].
+///
+/// # Errors
+/// [`ContextOverflow`] when the need exceeds that limit: sending the request
+/// anyway would let Ollama truncate the prompt silently.
+pub fn num_ctx_for(
+    request: &ChatRequest,
+    policy: &NumCtxPolicy,
+    model_context: Option<u32>,
+) -> Result<u32, ContextOverflow> {
+    let input = request
+        .estimated_input_tokens()
+        .saturating_mul(INPUT_MARGIN_NUM)
+        .div_ceil(INPUT_MARGIN_DEN);
+    let output = u64::from(request.max_tokens.unwrap_or(policy.default_output));
+    let needed = input.saturating_add(output);
+    let allowed = u64::from(
+        model_context
+            .filter(|context| *context > 0)
+            .unwrap_or(policy.max),
+    );
+    if needed > allowed {
+        return Err(ContextOverflow { needed, allowed });
+    }
+    let step = u64::from(policy.round_to.max(1));
+    let rounded = needed.div_ceil(step).saturating_mul(step);
+    let num_ctx = rounded.max(u64::from(policy.min)).min(allowed);
+    // `allowed` came from a u32, so this never saturates.
+    Ok(u32::try_from(num_ctx).unwrap_or(u32::MAX))
+}
+
+// ---------------------------------------------------------------------------
+// Wire types.
+// ---------------------------------------------------------------------------
+
+/// A `POST /api/chat` body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireChatRequest {
+    /// The model (`qwen2.5-coder:7b`).
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<WireMessage>,
+    /// Tools offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<WireTool>>,
+    /// Structured output: `"json"` or a JSON Schema object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Value>,
+    /// Runtime and sampling options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<WireOptions>,
+    /// Whether to stream; Ollama streams unless told `false`, so it is
+    /// always sent.
+    #[serde(default = "default_stream")]
+    pub stream: bool,
+    /// How long the model stays loaded after the request (`"5m"`, `0`, `-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<KeepAlive>,
+    /// Whether the model should think (`true`/`false`, or a level such as
+    /// `"high"` for models that take one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub think: Option<Think>,
+}
+
+fn default_stream() -> bool {
+    true
+}
+
+/// `keep_alive`: a duration string or a number of seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KeepAlive {
+    /// A Go duration (`"5m"`, `"1h"`, `"-1"`).
+    Duration(String),
+    /// Seconds (negative: forever).
+    Seconds(i64),
+}
+
+/// `think`: on/off, or a level for models that take one (gpt-oss).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Think {
+    /// Thinking on or off.
+    Enabled(bool),
+    /// `"low"`, `"medium"` or `"high"`.
+    Level(String),
+}
+
+/// `options` of a request. Only the fields Freehold sets are typed; the
+/// others (`repeat_penalty`, `min_p`…) are kept in `other`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireOptions {
+    /// The context window to load the model with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_ctx: Option<u32>,
+    /// The most tokens to generate (`-1`: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_predict: Option<i64>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Top-k sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// Sampling seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// Presence penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// Frequency penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+    /// Every other option, as sent.
+    #[serde(flatten, default)]
+    pub other: Map<String, Value>,
+}
+
+/// A message, in requests and in answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    #[serde(default)]
+    pub role: String,
+    /// The text (empty on messages that only call tools).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub content: String,
+    /// Reasoning text of thinking models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
+    /// Base64-encoded images (no `data:` prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<String>>,
+    /// Tool calls of an assistant message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<WireToolCall>>,
+    /// The tool whose result a `tool` message carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
+    /// The call a `tool` message answers (newer servers; older ones ignore
+    /// it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// A tool call: whole, with its arguments as a JSON object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireToolCall {
+    /// The call's id: absent from most servers' answers (Freehold then
+    /// generates one); sent back so that servers that read it can pair
+    /// results with calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Name and arguments.
+    pub function: WireFunctionCall,
+}
+
+/// Name and arguments of a call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireFunctionCall {
+    /// The call's position in the answer (newer servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments: a JSON object (some proxies send JSON text instead).
+    #[serde(default)]
+    pub arguments: Value,
+}
+
+/// A tool definition (the OpenAI shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireTool {
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function.
+    pub function: WireFunction,
+}
+
+/// A function definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireFunction {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema of its arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+}
+
+/// One line of a streamed answer, or a whole non-streamed answer: the same
+/// shape, the last (or only) one with `done: true` and the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireChatResponse {
+    /// The model answering.
+    #[serde(default)]
+    pub model: String,
+    /// When this line was produced (RFC 3339).
+    #[serde(default)]
+    pub created_at: String,
+    /// What is new (the whole message when not streaming).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<WireMessage>,
+    /// Whether the answer is complete.
+    #[serde(default)]
+    pub done: bool,
+    /// Why it ended: `stop`, `length`, `load`, `unload`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_reason: Option<String>,
+    /// Nanoseconds spent on the whole request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_duration: Option<u64>,
+    /// Nanoseconds spent loading the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_duration: Option<u64>,
+    /// Prompt tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_eval_count: Option<u64>,
+    /// Nanoseconds spent reading the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_eval_duration: Option<u64>,
+    /// Generated tokens (thinking included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_count: Option<u64>,
+    /// Nanoseconds spent generating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_duration: Option<u64>,
+}
+
+/// `GET /api/tags`: the models pulled on the server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TagsResponse {
+    /// The models.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub models: Vec<TagModel>,
+}
+
+/// One model of [`TagsResponse`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TagModel {
+    /// Its name (`llama3.2:latest`).
+    #[serde(default)]
+    pub name: String,
+    /// Its name again (newer servers).
+    #[serde(default)]
+    pub model: String,
+    /// Last modification time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_at: Option<String>,
+    /// Size on disk in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// Content digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Family, size and quantisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<ModelDetails>,
+}
+
+/// `details` of a model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelDetails {
+    /// The model it was derived from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_model: Option<String>,
+    /// `gguf`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// `llama`, `qwen2`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// Every family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub families: Option<Vec<String>>,
+    /// `7.6B`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter_size: Option<String>,
+    /// `Q4_K_M`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_level: Option<String>,
+}
+
+/// `POST /api/show` body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShowRequest {
+    /// The model.
+    pub model: String,
+}
+
+/// `POST /api/show` answer (the fields Freehold reads).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShowResponse {
+    /// GGUF metadata: `general.architecture`, `<arch>.context_length`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_info: Option<Map<String, Value>>,
+    /// Family, size and quantisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<ModelDetails>,
+    /// `completion`, `tools`, `vision`, `thinking`… (newer servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
+    /// The Modelfile's parameters, one per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<String>,
+}
+
+impl ShowResponse {
+    /// The context the model was trained with: `<arch>.context_length`,
+    /// where `<arch>` is `general.architecture`, else any
+    /// `*.context_length` entry.
+    pub fn context_length(&self) -> Option<u32> {
+        let info = self.model_info.as_ref()?;
+        let as_u32 = |value: &Value| value.as_u64().and_then(|n| u32::try_from(n).ok());
+        let by_arch = info
+            .get("general.architecture")
+            .and_then(Value::as_str)
+            .and_then(|arch| info.get(&format!("{arch}.context_length")))
+            .and_then(as_u32);
+        by_arch.or_else(|| {
+            info.iter()
+                .filter(|(key, _)| key.ends_with(".context_length"))
+                .find_map(|(_, value)| as_u32(value))
+        })
+    }
+}
+
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+// ---------------------------------------------------------------------------
+// Encoding.
+// ---------------------------------------------------------------------------
+
+/// A request Ollama cannot represent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// An image given by URL: Ollama only takes image bytes.
+    #[error(
+        "Ollama takes images only as base64 bytes, not by URL ({url}); download the image and \
+         send it as base64"
+    )]
+    ImageUrl {
+        /// The URL, shortened.
+        url: String,
+    },
+}
+
+/// Encodes a request with the given `num_ctx` (from [`num_ctx_for`]).
+/// `keep_alive` is left unset: it is a client setting.
+///
+/// # Errors
+/// [`EncodeError::ImageUrl`] for an image given by `https://` URL (`data:`
+/// URLs are decoded into base64).
+pub fn encode_request(
+    request: &ChatRequest,
+    num_ctx: u32,
+    stream: bool,
+) -> Result<WireChatRequest, EncodeError> {
+    let tools: Vec<WireTool> = match &request.tool_choice {
+        ToolChoice::None => Vec::new(),
+        ToolChoice::Auto | ToolChoice::Required => request.tools.iter().map(encode_tool).collect(),
+        // Ollama cannot force a call; offering only the named tool is the
+        // closest it gets.
+        ToolChoice::Tool { name } => request
+            .tools
+            .iter()
+            .filter(|tool| &tool.name == name)
+            .map(encode_tool)
+            .collect(),
+    };
+    let sampling = &request.sampling;
+    let options = WireOptions {
+        num_ctx: Some(num_ctx),
+        num_predict: request.max_tokens.map(i64::from),
+        temperature: sampling.temperature,
+        top_p: sampling.top_p,
+        top_k: sampling.top_k,
+        // Ollama's seed is a signed integer; the top bit is dropped.
+        seed: sampling
+            .seed
+            .map(|seed| i64::try_from(seed & (i64::MAX as u64)).unwrap_or_default()),
+        presence_penalty: sampling.presence_penalty,
+        frequency_penalty: sampling.frequency_penalty,
+        stop: (!request.stop.is_empty()).then(|| request.stop.clone()),
+        other: Map::new(),
+    };
+    Ok(WireChatRequest {
+        model: request.model.clone(),
+        messages: encode_messages(&request.messages)?,
+        tools: (!tools.is_empty()).then_some(tools),
+        format: request.response_format.as_ref().map(encode_format),
+        options: Some(options),
+        stream,
+        keep_alive: None,
+        think: request.reasoning.map(|_| Think::Enabled(true)),
+    })
+}
+
+fn encode_tool(tool: &ToolSpec) -> WireTool {
+    WireTool {
+        kind: "function".into(),
+        function: WireFunction {
+            name: tool.name.clone(),
+            description: (!tool.description.is_empty()).then(|| tool.description.clone()),
+            parameters: Some(tool.parameters.clone()),
+        },
+    }
+}
+
+/// `format` for a structured-output request: `"json"` or the schema itself.
+pub fn encode_format(format: &ResponseFormat) -> Value {
+    match format {
+        ResponseFormat::JsonObject => Value::String("json".into()),
+        ResponseFormat::JsonSchema { schema, .. } => schema.clone(),
+    }
+}
+
+fn encode_messages(messages: &[Message]) -> Result<Vec<WireMessage>, EncodeError> {
+    // Ollama names the tool in a result message; Freehold's results only
+    // carry the call id, so remember each call's tool.
+    let mut tool_names: HashMap<&str, &str> = HashMap::new();
+    let mut out = Vec::new();
+    for message in messages {
+        match message.role {
+            Role::System | Role::User => {
+                // Tool results inside a user message (as Anthropic-style
+                // callers put them) become tool messages first: they answer
+                // the preceding assistant calls.
+                push_tool_results(&message.content, &tool_names, &mut out);
+                let images = encode_images(&message.content)?;
+                let text = message.text_content();
+                let only_results = message
+                    .content
+                    .iter()
+                    .all(|part| matches!(part, ContentPart::ToolResult(_)));
+                if message.content.is_empty() || !only_results {
+                    out.push(WireMessage {
+                        role: if message.role == Role::System {
+                            "system"
+                        } else {
+                            "user"
+                        }
+                        .into(),
+                        content: text,
+                        images: (!images.is_empty()).then_some(images),
+                        ..WireMessage::default()
+                    });
+                }
+            }
+            Role::Assistant => {
+                let thinking: String = message
+                    .content
+                    .iter()
+                    .filter_map(|part| match part {
+                        ContentPart::Reasoning(reasoning) => Some(reasoning.text.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                let calls: Vec<WireToolCall> = message
+                    .tool_calls()
+                    .map(|call| {
+                        tool_names.insert(call.id.as_str(), call.name.as_str());
+                        WireToolCall {
+                            id: (!call.id.is_empty()).then(|| call.id.clone()),
+                            function: WireFunctionCall {
+                                index: None,
+                                name: call.name.clone(),
+                                arguments: arguments_object(&call.arguments),
+                            },
+                        }
+                    })
+                    .collect();
+                out.push(WireMessage {
+                    role: "assistant".into(),
+                    content: message.text_content(),
+                    thinking: (!thinking.is_empty()).then_some(thinking),
+                    tool_calls: (!calls.is_empty()).then_some(calls),
+                    ..WireMessage::default()
+                });
+            }
+            Role::Tool => push_tool_results(&message.content, &tool_names, &mut out),
+        }
+    }
+    Ok(out)
+}
+
+fn push_tool_results(
+    parts: &[ContentPart],
+    tool_names: &HashMap<&str, &str>,
+    out: &mut Vec<WireMessage>,
+) {
+    for part in parts {
+        if let ContentPart::ToolResult(result) = part {
+            out.push(WireMessage {
+                role: "tool".into(),
+                content: result.content.clone(),
+                tool_name: tool_names
+                    .get(result.call_id.as_str())
+                    .map(|name| (*name).to_owned()),
+                tool_call_id: (!result.call_id.is_empty()).then(|| result.call_id.clone()),
+                ..WireMessage::default()
+            });
+        }
+    }
+}
+
+/// Ollama wants call arguments as an object. Text that is not a JSON object
+/// (the model produced invalid JSON on an earlier turn) is sent as `{}`:
+/// Ollama would reject the whole request otherwise.
+fn arguments_object(arguments: &str) -> Value {
+    if arguments.trim().is_empty() {
+        return Value::Object(Map::new());
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(value @ Value::Object(_)) => value,
+        _ => {
+            tracing::warn!(
+                arguments = %preview(arguments),
+                "tool-call arguments are not a JSON object; sending {{}} to Ollama"
+            );
+            Value::Object(Map::new())
+        }
+    }
+}
+
+fn encode_images(parts: &[ContentPart]) -> Result<Vec<String>, EncodeError> {
+    parts
+        .iter()
+        .filter_map(|part| match part {
+            ContentPart::Image { source } => Some(image_base64(source)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An image's base64 text: inline bytes as they are, a `data:…;base64,` URL
+/// decoded to its payload.
+///
+/// # Errors
+/// Any other URL.
+pub fn image_base64(source: &ImageSource) -> Result<String, EncodeError> {
+    match source {
+        ImageSource::Base64 { data, .. } => Ok(data.clone()),
+        ImageSource::Url { url } => url
+            .strip_prefix("data:")
+            .and_then(|rest| rest.split_once(','))
+            .filter(|(header, _)| header.ends_with(";base64"))
+            .map(|(_, data)| data.to_owned())
+            .ok_or_else(|| EncodeError::ImageUrl { url: preview(url) }),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Decoding.
+// ---------------------------------------------------------------------------
+
+/// Maps `done_reason` (absent on old servers: a normal end).
+pub fn stop_reason(done_reason: Option<&str>) -> StopReason {
+    match done_reason {
+        None | Some("") | Some("stop") => StopReason::EndTurn,
+        Some("length") => StopReason::MaxTokens,
+        Some(other) => StopReason::Other(other.to_owned()),
+    }
+}
+
+/// Usage of a final line: `prompt_eval_count` in, `eval_count` out. Ollama
+/// reports neither cached nor reasoning tokens separately.
+pub fn usage(response: &WireChatResponse) -> Usage {
+    Usage {
+        input_tokens: response.prompt_eval_count.unwrap_or(0),
+        output_tokens: response.eval_count.unwrap_or(0),
+        ..Usage::default()
+    }
+}
+
+/// Call arguments as JSON text, whether the server sent an object or text.
+pub fn arguments_text(arguments: &Value) -> String {
+    match arguments {
+        Value::String(text) => text.clone(),
+        Value::Null => "{}".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The kind of an error Ollama reports as `{"error": "…"}` inside a stream
+/// or a successful response.
+pub fn error_kind(message: &str) -> ErrorKind {
+    let lower = message.to_ascii_lowercase();
+    if is_context_length_message(message) {
+        context_length_kind(message)
+    } else if lower.contains("busy") || lower.contains("overloaded") {
+        ErrorKind::Overloaded
+    } else if lower.contains("not found") {
+        ErrorKind::NotFound
+    } else if lower.contains("does not support") || lower.contains("invalid") {
+        ErrorKind::InvalidRequest
+    } else {
+        ErrorKind::Server
+    }
+}
+
+/// The `{"error": "…"}` of a line or body, as an error of `provider`.
+pub fn error_in(provider: &str, value: &Value) -> Option<LlmError> {
+    let error = value.get("error")?;
+    if error.is_null() {
+        return None;
+    }
+    let message = match error {
+        Value::String(text) => text.clone(),
+        other => other
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| other.to_string()),
+    };
+    Some(LlmError::new(error_kind(&message), provider, message))
+}
+
+/// Decodes a complete (non-streamed) answer.
+pub fn decode_response(response: WireChatResponse) -> ChatResponse {
+    let usage = usage(&response);
+    let message = response.message.unwrap_or_default();
+    let mut content = Vec::new();
+    if let Some(thinking) = message.thinking.filter(|text| !text.is_empty()) {
+        content.push(ContentPart::Reasoning(Reasoning {
+            text: thinking,
+            ..Reasoning::default()
+        }));
+    }
+    if !message.content.is_empty() {
+        content.push(ContentPart::Text {
+            text: message.content,
+        });
+    }
+    for call in message.tool_calls.unwrap_or_default() {
+        content.push(ContentPart::ToolCall(ToolCall::new(
+            call.id
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(generated_call_id),
+            call.function.name,
+            arguments_text(&call.function.arguments),
+        )));
+    }
+    let has_calls = content
+        .iter()
+        .any(|part| matches!(part, ContentPart::ToolCall(_)));
+    let stop_reason = match stop_reason(response.done_reason.as_deref()) {
+        StopReason::EndTurn if has_calls => StopReason::ToolUse,
+        other => other,
+    };
+    ChatResponse {
+        id: None,
+        model: (!response.model.is_empty()).then_some(response.model),
+        message: Message {
+            role: Role::Assistant,
+            content,
+        },
+        usage,
+        stop_reason,
+    }
+}
+
+/// Decodes the NDJSON lines of a streamed `/api/chat` answer.
+#[derive(Debug)]
+pub struct ChatLineDecoder {
+    provider: String,
+}
+
+impl ChatLineDecoder {
+    /// A decoder for `provider`'s stream.
+    pub fn new(provider: impl Into<String>) -> Self {
+        Self {
+            provider: provider.into(),
+        }
+    }
+}
+
+impl WireDecoder<Value> for ChatLineDecoder {
+    fn decode(&mut self, value: Value, out: &mut StreamAssembler) -> Result<Decoded, LlmError> {
+        if let Some(error) = error_in(&self.provider, &value) {
+            return Err(error);
+        }
+        let line: WireChatResponse = serde_json::from_value(value).map_err(|error| {
+            LlmError::new(
+                ErrorKind::Server,
+                self.provider.clone(),
+                format!("unexpected stream line: {error}"),
+            )
+        })?;
+        out.start(None, (!line.model.is_empty()).then(|| line.model.clone()));
+        if let Some(message) = &line.message {
+            if let Some(thinking) = &message.thinking {
+                out.reasoning(thinking);
+            }
+            out.text(&message.content);
+            // Calls come whole, several per line at times: each opens and
+            // closes here.
+            for call in message.tool_calls.iter().flatten() {
+                let id = call
+                    .id
+                    .clone()
+                    .filter(|id| !id.is_empty())
+                    .unwrap_or_else(generated_call_id);
+                let index = out.tool_start(&id, &call.function.name);
+                out.tool_args(index, &arguments_text(&call.function.arguments));
+                out.tool_end(index, None);
+            }
+        }
+        if !line.done {
+            return Ok(Decoded::More);
+        }
+        out.usage(usage(&line));
+        out.stop(stop_reason(line.done_reason.as_deref()));
+        Ok(Decoded::Done)
+    }
+
+    fn truncated(&self) -> LlmError {
+        LlmError::new(
+            ErrorKind::Connection,
+            self.provider.clone(),
+            "the stream ended before its final `\"done\": true` line",
+        )
+    }
+}
+
+fn preview(text: &str) -> String {
+    let mut short: String = text.chars().take(80).collect();
+    if text.chars().count() > 80 {
+        short.push('…');
+    }
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request_of_bytes(bytes: usize) -> ChatRequest {
+        // One message costs 8 bytes of overhead in the estimate.
+        ChatRequest::new("m", vec![Message::user("x".repeat(bytes - 8))])
+    }
+
+    #[test]
+    fn short_requests_get_the_minimum() {
+        let request = ChatRequest::new("m", vec![Message::user("Hi")]);
+        assert_eq!(
+            num_ctx_for(&request, &NumCtxPolicy::default(), None),
+            Ok(8192)
+        );
+    }
+
+    #[test]
+    fn need_is_prompt_with_margin_plus_output_rounded_up() {
+        // 40_000 bytes ≈ 10_000 tokens, ×1.25 = 12_500, + 4096 = 16_596,
+        // rounded up to 2048s = 18_432.
+        let request = request_of_bytes(40_000);
+        assert_eq!(request.estimated_input_tokens(), 10_000);
+        assert_eq!(
+            num_ctx_for(&request, &NumCtxPolicy::default(), None),
+            Ok(18_432)
+        );
+        // An explicit max_tokens replaces the default allowance:
+        // 12_500 + 1000 = 13_500 → 14_336.
+        let mut request = request;
+        request.max_tokens = Some(1000);
+        assert_eq!(
+            num_ctx_for(&request, &NumCtxPolicy::default(), None),
+            Ok(14_336)
+        );
+    }
+
+    #[test]
+    fn small_growth_keeps_the_same_size() {
+        let policy = NumCtxPolicy::default();
+        let a = num_ctx_for(&request_of_bytes(40_000), &policy, None);
+        let b = num_ctx_for(&request_of_bytes(40_800), &policy, None);
+        assert_eq!(a, b, "a few hundred more bytes must not change num_ctx");
+    }
+
+    #[test]
+    fn model_context_caps_and_overflow_is_an_error() {
+        let policy = NumCtxPolicy::default();
+        // Needs 16_596, rounded 18_432, but the model has 17_000: capped.
+        assert_eq!(
+            num_ctx_for(&request_of_bytes(40_000), &policy, Some(17_000)),
+            Ok(17_000)
+        );
+        // Needs 16_596 > 16_384.
+        assert_eq!(
+            num_ctx_for(&request_of_bytes(40_000), &policy, Some(16_384)),
+            Err(ContextOverflow {
+                needed: 16_596,
+                allowed: 16_384
+            })
+        );
+        // A model with a context under the minimum gets its own context.
+        let mut tiny = ChatRequest::new("m", vec![Message::user("Hi")]);
+        tiny.max_tokens = Some(256);
+        assert_eq!(num_ctx_for(&tiny, &policy, Some(2048)), Ok(2048));
+    }
+
+    #[test]
+    fn policy_max_applies_only_when_the_model_is_unknown() {
+        let policy = NumCtxPolicy {
+            max: 16_384,
+            ..NumCtxPolicy::default()
+        };
+        let request = request_of_bytes(40_000);
+        assert_eq!(
+            num_ctx_for(&request, &policy, None),
+            Err(ContextOverflow {
+                needed: 16_596,
+                allowed: 16_384
+            })
+        );
+        assert_eq!(num_ctx_for(&request, &policy, Some(32_768)), Ok(18_432));
+        let error = ContextOverflow {
+            needed: 2,
+            allowed: 1,
+        };
+        assert_eq!(
+            error.kind(),
+            ErrorKind::ContextLengthExceeded {
+                needed: Some(2),
+                allowed: Some(1)
+            }
+        );
+    }
+
+    #[test]
+    fn odd_policies_do_not_panic() {
+        let policy = NumCtxPolicy {
+            min: 0,
+            max: 0,
+            round_to: 0,
+            default_output: 0,
+        };
+        let request = ChatRequest::new("m", vec![]);
+        assert_eq!(num_ctx_for(&request, &policy, None), Ok(0));
+        let mut huge = ChatRequest::new("m", vec![Message::user("x")]);
+        huge.max_tokens = Some(u32::MAX);
+        assert!(num_ctx_for(&huge, &NumCtxPolicy::default(), Some(u32::MAX)).is_err());
+    }
+
+    #[test]
+    fn show_response_context_length() {
+        let show: ShowResponse = serde_json::from_value(json!({
+            "model_info": {"general.architecture": "qwen2", "qwen2.context_length": 32768,
+                           "llama.context_length": 4096}
+        }))
+        .unwrap();
+        assert_eq!(show.context_length(), Some(32768));
+        let show: ShowResponse = serde_json::from_value(json!({
+            "model_info": {"gemma3.context_length": 131072}
+        }))
+        .unwrap();
+        assert_eq!(show.context_length(), Some(131072));
+        assert_eq!(ShowResponse::default().context_length(), None);
+    }
+
+    #[test]
+    fn data_urls_become_base64_and_other_urls_fail() {
+        assert_eq!(
+            image_base64(&ImageSource::Url {
+                url: "data:image/png;base64,iVBOR".into()
+            }),
+            Ok("iVBOR".into())
+        );
+        assert!(matches!(
+            image_base64(&ImageSource::Url {
+                url: "https://example.com/cat.png".into()
+            }),
+            Err(EncodeError::ImageUrl { url }) if url == "https://example.com/cat.png"
+        ));
+    }
+
+    #[test]
+    fn invalid_arguments_are_sent_as_an_empty_object() {
+        assert_eq!(arguments_object(""), json!({}));
+        assert_eq!(arguments_object("{\"a\":1}"), json!({"a": 1}));
+        assert_eq!(arguments_object("{\"a\":"), json!({}));
+        assert_eq!(arguments_object("[1]"), json!({}));
+    }
+
+    #[test]
+    fn stream_errors_are_classified() {
+        assert_eq!(
+            error_kind("server busy, please try again. maximum pending requests exceeded"),
+            ErrorKind::Overloaded
+        );
+        assert_eq!(error_kind("model 'x' not found"), ErrorKind::NotFound);
+        assert_eq!(
+            error_kind("the input length exceeds the context length"),
+            ErrorKind::ContextLengthExceeded {
+                needed: None,
+                allowed: None
+            }
+        );
+        assert_eq!(
+            error_kind("an error was encountered while running the model"),
+            ErrorKind::Server
+        );
+    }
+}
