@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use freehold_llm::Provider;
 use freehold_llm::cost::CostDisplay;
 use freehold_protocol::{ChatRequest, Message, ReasoningEffort, ResponseBuilder, StreamEvent};
 use futures::StreamExt;
@@ -75,8 +74,8 @@ pub(crate) async fn run(args: ChatArgs, config: Option<&Path>) -> anyhow::Result
 
     let router = setup.router;
     let style = Style::detect();
-    let mut stream = tokio::select! {
-        stream = router.stream(request) => stream.with_context(|| format!("cannot ask {model}"))?,
+    let (target, mut stream) = tokio::select! {
+        routed = router.stream_routed(request) => routed.with_context(|| format!("cannot ask {model}"))?,
         _ = tokio::signal::ctrl_c() => return Ok(cancelled()),
     };
     let mut out = Renderer::new(style);
@@ -104,8 +103,7 @@ pub(crate) async fn run(args: ChatArgs, config: Option<&Path>) -> anyhow::Result
     out.finish();
     let response = builder.finish();
     if !args.quiet {
-        let (provider, model_name) = model.split_once(':').unwrap_or(("", model.as_str()));
-        let cost = router.cost_of(provider, model_name, &response.usage);
+        let cost = router.cost_of(&target.provider, &target.model, &response.usage);
         let usage = response.usage;
         let cached = if usage.cached_input_tokens > 0 {
             format!(" ({} cached)", usage.cached_input_tokens)
@@ -115,7 +113,7 @@ pub(crate) async fn run(args: ChatArgs, config: Option<&Path>) -> anyhow::Result
         eprintln!(
             "{}[{} · {} in{} · {} out · {} · stop: {:?}]{}",
             style.dim_on(),
-            response.model.as_deref().unwrap_or(&model),
+            target,
             usage.input_tokens,
             cached,
             usage.output_tokens,

@@ -75,7 +75,7 @@ fn list(setup: &Setup, all: bool) -> anyhow::Result<ExitCode> {
         println!();
         println!("aliases:");
         for (alias, target) in &setup.config.aliases {
-            println!("  {alias} = {target}");
+            println!("  {alias} = {}", target.names().join(" → "));
         }
     }
     Ok(ExitCode::SUCCESS)

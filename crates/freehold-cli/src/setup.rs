@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use freehold_llm::Provider;
+use freehold_llm::{HealthSettings, Provider};
 use freehold_llm::catalog::Catalog;
 use freehold_llm::config::{ProviderConfig, ResolvedProvider};
 use freehold_llm::presets::PRESETS;
@@ -67,21 +67,26 @@ impl Setup {
         }
         let mut catalog = Catalog::builtin().context("the built-in model catalog is invalid")?;
         for (key, entry) in &config.models {
-            catalog.apply_override(key, entry);
+            catalog
+                .apply_override(key, entry)
+                .with_context(|| format!("invalid [models.\"{key}\"] in the configuration"))?;
         }
+        let health = HealthSettings::from(&config.router);
         let mut built = std::collections::BTreeMap::new();
         for (resolved, _) in &providers {
             // A `local` provider needs the embedded engine, which this build
             // lacks: it is listed, but requests to it explain why they fail.
-            match resolved.build() {
+            match resolved.build(&health) {
                 Ok(provider) => {
                     built.insert(resolved.name.clone(), provider);
                 }
                 Err(error) => tracing::debug!(%error, "provider not built"),
             }
         }
-        let router = Router::new(built, config.aliases.clone(), catalog, config.router.clone())
-            .context("invalid [aliases]")?;
+        let router = Router::new(built, config.aliases.clone(), catalog);
+        router
+            .validate()
+            .map_err(|error| anyhow::anyhow!("invalid [aliases] in the configuration: {}", error.message))?;
         Ok(Self {
             config,
             files: loaded.files,
@@ -143,7 +148,7 @@ pub(crate) fn quick_probe(resolved: &ResolvedProvider) -> Option<Arc<dyn Provide
     quick.http.idle_timeout = Duration::from_secs(3);
     quick.http.retry = RetryPolicy::none();
     quick.recover_text_tool_calls = false;
-    quick.build().ok()
+    quick.build(&HealthSettings::default()).ok()
 }
 
 fn dedup(mut items: Vec<&str>) -> Vec<&str> {

@@ -169,7 +169,7 @@ impl StreamAssembler {
 /// Decodes one protocol's stream items (SSE events, NDJSON values) into
 /// answer events.
 pub trait WireDecoder<T>: Send + 'static {
-    /// Handles one item. Returning `Ok(true)` in [`Decoded::done`] ends the
+    /// Handles one item. Returning [`Decoded::Done`] ends the
     /// stream (a `[DONE]` marker or a final chunk).
     ///
     /// # Errors

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
 use serde::{Deserialize, Serialize};
 
+use crate::balance::{HealthSettings, ReplicaSet};
 use crate::client::{ClientOptions, OpenAiChatClient};
 use crate::http::HttpSettings;
 use crate::presets::{Preset, ProviderKind, preset, preset_names};
@@ -300,7 +301,7 @@ impl ResolvedProvider {
     ///
     /// # Errors
     /// A client that refuses its options, or an unavailable kind.
-    pub fn build(&self) -> Result<Arc<dyn Provider>, ConfigError> {
+    pub fn build(&self, health: &HealthSettings) -> Result<Arc<dyn Provider>, ConfigError> {
         if let Some(variable) = self.missing_key() {
             return Ok(Arc::new(MissingKey {
                 provider: self.name.clone(),
@@ -318,7 +319,11 @@ impl ResolvedProvider {
                 why: "the embedded llama.cpp engine is not part of this build yet; use an Ollama or llama.cpp server meanwhile".into(),
             });
         }
-        let provider = crate::balance::replicas(replicas);
+        let provider = if replicas.len() == 1 {
+            replicas.remove(0)
+        } else {
+            Arc::new(ReplicaSet::new(self.name.clone(), replicas, health.clone()))
+        };
         Ok(if self.recover_text_tool_calls {
             Arc::new(crate::text_tools::RecoveringProvider::new(provider))
         } else {
