@@ -1,8 +1,10 @@
 //! One client per wire protocol, each a [`crate::Provider`].
 
 mod openai_chat;
+mod openai_responses;
 
 pub use openai_chat::OpenAiChatClient;
+pub use openai_responses::OpenAiResponsesClient;
 
 use crate::http::HttpSettings;
 use crate::secret::ApiKey;

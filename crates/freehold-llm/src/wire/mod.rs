@@ -8,3 +8,4 @@
 //! requests and encodes responses with the same types.
 
 pub mod openai_chat;
+pub mod openai_responses;
