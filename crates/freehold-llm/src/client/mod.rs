@@ -2,9 +2,11 @@
 
 mod ollama;
 mod openai_chat;
+mod openai_responses;
 
 pub use ollama::{OllamaClient, OllamaSettings};
 pub use openai_chat::OpenAiChatClient;
+pub use openai_responses::OpenAiResponsesClient;
 
 use crate::http::HttpSettings;
 use crate::secret::ApiKey;

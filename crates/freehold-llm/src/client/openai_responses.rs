@@ -1,0 +1,156 @@
+//! The OpenAI Responses client (`POST {base_url}/responses`), used
+//! statelessly: the whole conversation goes with every request and nothing
+//! is stored at the provider.
+
+use async_trait::async_trait;
+use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use futures::StreamExt;
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+
+use crate::assemble::decode_stream;
+use crate::client::{ClientOptions, KeyHeader};
+use crate::http::Transport;
+use crate::provider::{EventStream, Provider};
+use crate::wire::openai_responses::{self, ResponseObject, ResponsesDecoder};
+
+/// A client of the OpenAI Responses API.
+///
+/// Requests carry `store: false` and the full conversation as `input`;
+/// reasoning items come back with their `encrypted_content` (when reasoning
+/// is requested) and are sent back on the next turn. Stop sequences, top-k,
+/// seed and penalties have no field in this API and are ignored (logged at
+/// debug level).
+#[derive(Debug, Clone)]
+pub struct OpenAiResponsesClient {
+    options: ClientOptions,
+    transport: Transport,
+    headers: HeaderMap,
+}
+
+impl OpenAiResponsesClient {
+    /// OpenAI's base URL, for [`ClientOptions::new`].
+    pub const DEFAULT_BASE_URL: &'static str = "https://api.openai.com/v1";
+
+    /// A client of `options.base_url` (`Authorization: Bearer` with the key).
+    ///
+    /// # Errors
+    /// Invalid extra headers or an unusable TLS backend.
+    pub fn new(options: ClientOptions) -> Result<Self, LlmError> {
+        let transport = Transport::new(
+            options.name.clone(),
+            options.http.clone(),
+            options.secrets(),
+        )?;
+        let headers = options.headers(KeyHeader::Bearer, &[])?;
+        Ok(Self {
+            options,
+            transport,
+            headers,
+        })
+    }
+
+    async fn post(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::Response, LlmError> {
+        let body = openai_responses::encode_request(request, stream);
+        let body = serde_json::to_value(&body).map_err(|error| {
+            self.transport
+                .error(ErrorKind::InvalidRequest, error.to_string())
+        })?;
+        self.transport
+            .post_json(&self.options.url("/responses"), &self.headers, &body)
+            .await
+    }
+
+    /// The same error with this provider's keys removed from its message.
+    fn redacted(transport: &Transport, error: LlmError) -> LlmError {
+        LlmError {
+            message: transport.redact(&error.message),
+            ..error
+        }
+    }
+}
+
+/// Whether `model` is one of OpenAI's reasoning models.
+fn is_reasoning_model(model: &str) -> bool {
+    let model = model.rsplit('/').next().unwrap_or(model);
+    ["o1", "o3", "o4", "gpt-5", "codex", "gpt-oss"]
+        .iter()
+        .any(|prefix| model.starts_with(prefix))
+}
+
+#[async_trait]
+impl Provider for OpenAiResponsesClient {
+    fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    fn capabilities(&self, model: &str) -> Capabilities {
+        Capabilities {
+            vision: true,
+            reasoning: is_reasoning_model(model),
+            structured_output: true,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+        let response = self.post(&request, true).await?;
+        let events = self.transport.sse_stream(response);
+        let transport = self.transport.clone();
+        let events = decode_stream(events, ResponsesDecoder::new(self.options.name.clone()))
+            .map(move |item| item.map_err(|error| Self::redacted(&transport, error)));
+        Ok(Box::pin(events))
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let response = self.post(&request, false).await?;
+        let json = self.transport.read_json(response).await?;
+        let response: ResponseObject = serde_json::from_value(json).map_err(|error| {
+            self.transport.error(
+                ErrorKind::Server,
+                format!("unexpected response shape: {error}"),
+            )
+        })?;
+        openai_responses::decode_response(&self.options.name, response)
+            .map_err(|error| Self::redacted(&self.transport, error))
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        #[derive(Deserialize)]
+        struct ModelList {
+            #[serde(default)]
+            data: Vec<Model>,
+        }
+        #[derive(Deserialize)]
+        struct Model {
+            id: String,
+            #[serde(default)]
+            context_length: Option<u32>,
+            #[serde(default)]
+            max_model_len: Option<u32>,
+        }
+        let response = self
+            .transport
+            .get(&self.options.url("/models"), &self.headers)
+            .await?;
+        let json = self.transport.read_json(response).await?;
+        let list: ModelList = serde_json::from_value(json).map_err(|error| {
+            self.transport
+                .error(ErrorKind::Server, format!("unexpected model list: {error}"))
+        })?;
+        Ok(list
+            .data
+            .into_iter()
+            .map(|model| ModelInfo {
+                context_window: model.context_length.or(model.max_model_len),
+                id: model.id,
+                provider: self.options.name.clone(),
+                max_output_tokens: None,
+            })
+            .collect())
+    }
+}
