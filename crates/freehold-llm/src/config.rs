@@ -17,7 +17,7 @@ use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmE
 use serde::{Deserialize, Serialize};
 
 use crate::balance::{HealthSettings, ReplicaSet};
-use crate::client::{ClientOptions, OpenAiChatClient};
+use crate::client::{ClientOptions, OllamaSettings, OpenAiChatClient};
 use crate::http::HttpSettings;
 use crate::presets::{Preset, ProviderKind, preset, preset_names};
 use crate::provider::{EventStream, Provider};
@@ -72,6 +72,20 @@ pub struct ProviderConfig {
     /// Chat Completions only: send `stream_options.include_usage`.
     #[serde(default)]
     pub stream_usage: Option<bool>,
+    /// Anthropic only: `max_tokens` when a request sets none (the API
+    /// requires one; default 8192).
+    #[serde(default)]
+    pub default_max_tokens: Option<u32>,
+    /// Ollama only: the smallest `num_ctx` requested (default 8192).
+    #[serde(default)]
+    pub num_ctx_min: Option<u32>,
+    /// Ollama only: the largest `num_ctx` requested when the model's trained
+    /// context is unknown (default 131072).
+    #[serde(default)]
+    pub num_ctx_max: Option<u32>,
+    /// Ollama only: how long the model stays loaded (`"5m"`, `"-1"`).
+    #[serde(default)]
+    pub keep_alive: Option<String>,
 }
 
 /// The spelling of the output-limit field, in configuration.
@@ -162,6 +176,10 @@ pub struct ResolvedProvider {
     pub http: HttpSettings,
     /// Extra headers.
     pub headers: Vec<(String, String)>,
+    /// Anthropic's default `max_tokens`.
+    pub default_max_tokens: Option<u32>,
+    /// Ollama's settings.
+    pub ollama: OllamaSettings,
 }
 
 impl ProviderConfig {
@@ -251,7 +269,21 @@ impl ProviderConfig {
             dialect,
             http,
             headers: self.headers.clone().into_iter().collect(),
+            default_max_tokens: self.default_max_tokens,
+            ollama: self.ollama_settings(),
         })
+    }
+
+    fn ollama_settings(&self) -> OllamaSettings {
+        let mut settings = OllamaSettings::default();
+        if let Some(min) = self.num_ctx_min {
+            settings.num_ctx.min = min;
+        }
+        if let Some(max) = self.num_ctx_max {
+            settings.num_ctx.max = max;
+        }
+        settings.keep_alive = self.keep_alive.clone();
+        settings
     }
 }
 
@@ -342,7 +374,9 @@ impl ResolvedProvider {
             ProviderKind::OpenaiResponses => Arc::new(crate::client::OpenAiResponsesClient::new(options).map_err(client_error)?),
             ProviderKind::Anthropic => Arc::new(crate::client::AnthropicClient::new(options).map_err(client_error)?),
             ProviderKind::Gemini => Arc::new(crate::client::GeminiClient::new(options).map_err(client_error)?),
-            ProviderKind::Ollama => Arc::new(crate::client::OllamaClient::new(options).map_err(client_error)?),
+            ProviderKind::Ollama => Arc::new(
+                crate::client::OllamaClient::with_settings(options, self.ollama.clone()).map_err(client_error)?,
+            ),
             ProviderKind::Local => {
                 return Err(ConfigError::Unavailable {
                     provider: self.name.clone(),
