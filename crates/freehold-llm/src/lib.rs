@@ -28,5 +28,6 @@ mod provider;
 pub mod retry;
 pub mod secret;
 pub mod sse;
+pub mod text_tools;
 
 pub use provider::{EventStream, Provider, collect_stream};
