@@ -65,6 +65,16 @@ impl Setup {
                 providers.push((resolved, Origin::Preset));
             }
         }
+        // `[models."provider:model"] recover_text_tool_calls = …` switches
+        // recovery per model.
+        for (resolved, _) in &mut providers {
+            let prefix = format!("{}:", resolved.name);
+            for (key, entry) in &config.models {
+                if let (Some(model), Some(on)) = (key.strip_prefix(&prefix), entry.recover_text_tool_calls) {
+                    resolved.recover_per_model.insert(model.to_owned(), on);
+                }
+            }
+        }
         let mut catalog = Catalog::builtin().context("the built-in model catalog is invalid")?;
         for (key, entry) in &config.models {
             catalog

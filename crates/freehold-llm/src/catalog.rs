@@ -125,6 +125,11 @@ pub struct ModelOverride {
     /// USD per million output tokens.
     #[serde(default)]
     pub output: Option<f64>,
+    /// Whether to recover tool calls this model prints as text (overrides
+    /// the provider's `recover_text_tool_calls`). Not a catalog field: the
+    /// provider factory reads it.
+    #[serde(default)]
+    pub recover_text_tool_calls: Option<bool>,
 }
 
 /// Known models by `provider:model` key.

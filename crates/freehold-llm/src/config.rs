@@ -23,6 +23,7 @@ use crate::presets::{Preset, ProviderKind, preset, preset_names};
 use crate::provider::{EventStream, Provider};
 use crate::retry::RetryPolicy;
 use crate::secret::ApiKey;
+use crate::text_tools::RecoveringProvider;
 use crate::wire::openai_chat::{Dialect, MaxTokensField};
 
 /// One `[providers.NAME]` table.
@@ -170,6 +171,8 @@ pub struct ResolvedProvider {
     pub local: bool,
     /// Whether text tool-call recovery is on.
     pub recover_text_tool_calls: bool,
+    /// Per-model exceptions to `recover_text_tool_calls` (model id → on).
+    pub recover_per_model: BTreeMap<String, bool>,
     /// Chat Completions differences.
     pub dialect: Dialect,
     /// Timeouts and retries.
@@ -266,6 +269,7 @@ impl ProviderConfig {
             key_required,
             local,
             recover_text_tool_calls: self.recover_text_tool_calls.unwrap_or(local),
+            recover_per_model: BTreeMap::new(),
             dialect,
             http,
             headers: self.headers.clone().into_iter().collect(),
@@ -356,8 +360,14 @@ impl ResolvedProvider {
         } else {
             Arc::new(ReplicaSet::new(self.name.clone(), replicas, health.clone()))
         };
-        Ok(if self.recover_text_tool_calls {
-            Arc::new(crate::text_tools::RecoveringProvider::new(provider))
+        let recovers_somewhere =
+            self.recover_text_tool_calls || self.recover_per_model.values().any(|on| *on);
+        Ok(if recovers_somewhere {
+            Arc::new(RecoveringProvider::with_policy(
+                provider,
+                self.recover_text_tool_calls,
+                self.recover_per_model.clone(),
+            ))
         } else {
             provider
         })

@@ -24,6 +24,7 @@ pub mod assemble;
 pub mod balance;
 pub mod catalog;
 pub mod client;
+pub mod config;
 pub mod cost;
 pub mod http;
 pub mod ndjson;
@@ -34,6 +35,7 @@ pub mod router;
 pub mod secret;
 pub mod sse;
 pub mod wire;
+pub mod text_tools;
 
 pub use balance::{HealthSettings, ReplicaSet};
 pub use catalog::{Catalog, CatalogError, ModelEntry, ModelOverride, Pricing};
