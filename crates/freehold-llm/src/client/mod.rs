@@ -1,7 +1,9 @@
 //! One client per wire protocol, each a [`crate::Provider`].
 
+mod anthropic;
 mod openai_chat;
 
+pub use anthropic::AnthropicClient;
 pub use openai_chat::OpenAiChatClient;
 
 use crate::http::HttpSettings;
