@@ -382,7 +382,13 @@ impl ResolvedProvider {
         Ok(match self.kind {
             ProviderKind::Openai => Arc::new(OpenAiChatClient::new(options, self.dialect).map_err(client_error)?),
             ProviderKind::OpenaiResponses => Arc::new(crate::client::OpenAiResponsesClient::new(options).map_err(client_error)?),
-            ProviderKind::Anthropic => Arc::new(crate::client::AnthropicClient::new(options).map_err(client_error)?),
+            ProviderKind::Anthropic => {
+                let client = crate::client::AnthropicClient::new(options).map_err(client_error)?;
+                Arc::new(match self.default_max_tokens {
+                    Some(max) => client.with_default_max_tokens(max),
+                    None => client,
+                })
+            }
             ProviderKind::Gemini => Arc::new(crate::client::GeminiClient::new(options).map_err(client_error)?),
             ProviderKind::Ollama => Arc::new(
                 crate::client::OllamaClient::with_settings(options, self.ollama.clone()).map_err(client_error)?,

@@ -1,10 +1,12 @@
 //! One client per wire protocol, each a [`crate::Provider`].
 
 mod ollama;
+mod anthropic;
 mod openai_chat;
 mod openai_responses;
 
 pub use ollama::{OllamaClient, OllamaSettings};
+pub use anthropic::AnthropicClient;
 pub use openai_chat::OpenAiChatClient;
 pub use openai_responses::OpenAiResponsesClient;
 

@@ -8,5 +8,6 @@
 //! requests and encodes responses with the same types.
 
 pub mod ollama;
+pub mod anthropic;
 pub mod openai_chat;
 pub mod openai_responses;

@@ -1,0 +1,194 @@
+//! The Anthropic Messages client, for Claude and servers that speak its API.
+
+use async_trait::async_trait;
+use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use reqwest::header::HeaderMap;
+use serde::Serialize;
+
+use crate::assemble::decode_stream;
+use crate::client::{ClientOptions, KeyHeader};
+use crate::http::Transport;
+use crate::provider::{EventStream, Provider};
+use crate::wire::anthropic::{
+    self, ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS, EncodeOptions, ErrorResponse, EventDecoder,
+    MessagesResponse, ModelList,
+};
+
+/// Pages of `GET /v1/models` read at most (of up to 1000 models each).
+const MAX_MODEL_PAGES: usize = 20;
+
+/// A client of `POST {base_url}/v1/messages`.
+///
+/// `base_url` is the API root (`https://api.anthropic.com`, see
+/// [`anthropic::DEFAULT_BASE_URL`]); one that already ends in `/v1` is accepted too. The
+/// key goes in `x-api-key`, with `anthropic-version: 2023-06-01`.
+///
+/// The API requires `max_tokens`; requests that set none get
+/// [`DEFAULT_MAX_TOKENS`] (8192), which [`AnthropicClient::with_default_max_tokens`]
+/// changes.
+#[derive(Debug, Clone)]
+pub struct AnthropicClient {
+    options: ClientOptions,
+    transport: Transport,
+    headers: HeaderMap,
+    default_max_tokens: u32,
+}
+
+impl AnthropicClient {
+    /// A client of `options.base_url`.
+    ///
+    /// # Errors
+    /// Invalid extra headers or an unusable TLS backend.
+    pub fn new(options: ClientOptions) -> Result<Self, LlmError> {
+        let transport = Transport::new(
+            options.name.clone(),
+            options.http.clone(),
+            options.secrets(),
+        )?;
+        let headers = options.headers(
+            KeyHeader::Named("x-api-key"),
+            &[("anthropic-version", ANTHROPIC_VERSION)],
+        )?;
+        Ok(Self {
+            options,
+            transport,
+            headers,
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+        })
+    }
+
+    /// The same client, sending `max_tokens: n` when a request sets none.
+    pub fn with_default_max_tokens(mut self, n: u32) -> Self {
+        self.default_max_tokens = n.max(1);
+        self
+    }
+
+    /// The `max_tokens` sent when a request sets none.
+    pub fn default_max_tokens(&self) -> u32 {
+        self.default_max_tokens
+    }
+
+    /// `base_url` joined with an API path (`/messages`, `/models`).
+    fn url(&self, path: &str) -> String {
+        if self.options.base_url.ends_with("/v1") {
+            self.options.url(path)
+        } else {
+            self.options.url(&format!("/v1{path}"))
+        }
+    }
+
+    fn body(&self, request: &ChatRequest, stream: bool) -> Result<serde_json::Value, LlmError> {
+        let body = anthropic::encode_request(
+            request,
+            EncodeOptions {
+                default_max_tokens: self.default_max_tokens,
+                stream,
+            },
+        );
+        to_json(&self.transport, &body)
+    }
+}
+
+fn to_json(transport: &Transport, body: &impl Serialize) -> Result<serde_json::Value, LlmError> {
+    serde_json::to_value(body)
+        .map_err(|error| transport.error(ErrorKind::InvalidRequest, error.to_string()))
+}
+
+#[async_trait]
+impl Provider for AnthropicClient {
+    fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    fn capabilities(&self, model: &str) -> Capabilities {
+        // Extended thinking arrived with Claude 3.7 Sonnet; older models lack it.
+        let old = [
+            "claude-2",
+            "claude-instant",
+            "claude-3-haiku",
+            "claude-3-opus",
+            "claude-3-sonnet",
+            "claude-3-5",
+        ]
+        .iter()
+        .any(|prefix| model.starts_with(prefix));
+        Capabilities {
+            streaming: true,
+            tools: true,
+            parallel_tool_calls: true,
+            vision: true,
+            reasoning: !old,
+            // Emulated with a forced tool call (see `structured_output_tool`).
+            structured_output: true,
+        }
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+        let body = self.body(&request, true)?;
+        let response = self
+            .transport
+            .post_json(&self.url("/messages"), &self.headers, &body)
+            .await?;
+        let events = self.transport.sse_stream(response);
+        let decoder = EventDecoder::new(self.options.name.clone())
+            .with_structured_tool(anthropic::structured_output_tool(&request));
+        Ok(decode_stream(events, decoder))
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let body = self.body(&request, false)?;
+        let response = self
+            .transport
+            .post_json(&self.url("/messages"), &self.headers, &body)
+            .await?;
+        let json = self.transport.read_json(response).await?;
+        if json.get("type").and_then(serde_json::Value::as_str) == Some("error") {
+            let error: ErrorResponse = serde_json::from_value(json).unwrap_or_default();
+            let error = anthropic::api_error(&self.options.name, &error.error);
+            return Err(self.transport.error(error.kind, error.message));
+        }
+        let response: MessagesResponse = serde_json::from_value(json).map_err(|error| {
+            self.transport.error(
+                ErrorKind::Server,
+                format!("unexpected response shape: {error}"),
+            )
+        })?;
+        let structured = anthropic::structured_output_tool(&request);
+        Ok(anthropic::decode_response(response, structured.as_deref()))
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        let mut models = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_MODEL_PAGES {
+            let mut url = self.url("/models?limit=1000");
+            if let Some(after) = &after {
+                url.push_str("&after_id=");
+                url.push_str(after);
+            }
+            let response = self.transport.get(&url, &self.headers).await?;
+            let json = self.transport.read_json(response).await?;
+            let page: ModelList = serde_json::from_value(json).map_err(|error| {
+                self.transport
+                    .error(ErrorKind::Server, format!("unexpected model list: {error}"))
+            })?;
+            let last = page
+                .last_id
+                .clone()
+                .or_else(|| page.data.last().map(|model| model.id.clone()));
+            models.extend(page.data.into_iter().map(|model| ModelInfo {
+                id: model.id,
+                provider: self.options.name.clone(),
+                context_window: None,
+                max_output_tokens: None,
+            }));
+            match last {
+                Some(last) if page.has_more && after.as_deref() != Some(last.as_str()) => {
+                    after = Some(last)
+                }
+                _ => break,
+            }
+        }
+        Ok(models)
+    }
+}

@@ -1,0 +1,1301 @@
+//! Anthropic Messages (`POST /v1/messages`): Claude's native protocol, also
+//! spoken by proxies and gateways that front it.
+//!
+//! How Freehold's neutral types map onto it:
+//! - every [`Role::System`] message is joined (with a blank line) into the
+//!   top-level `system` string;
+//! - roles must alternate, so consecutive user-side messages ([`Role::User`]
+//!   and [`Role::Tool`], whose results become `tool_result` blocks) merge into
+//!   one `user` message, tool results first as the API requires, and
+//!   consecutive assistant messages merge likewise;
+//! - tool calls are `tool_use` blocks whose `input` is a JSON object (the
+//!   call's argument text parsed; invalid or empty text sends `{}`);
+//! - reasoning round-trips as `thinking` blocks with their `signature`, or
+//!   `redacted_thinking` blocks with their opaque `data`; unsigned reasoning
+//!   (from another provider) is not sent, as the API would reject it;
+//! - `max_tokens` is required: the request's value, else a default
+//!   ([`DEFAULT_MAX_TOKENS`], configurable on the client);
+//! - structured output ([`ResponseFormat`]) has no native mode in this API, so
+//!   it is emulated with a tool: see [`structured_output_tool`].
+
+use std::collections::HashMap;
+
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
+    ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
+use crate::http::{context_length_kind, is_context_length_message};
+use crate::sse::SseEvent;
+
+/// The API's public base URL (the client appends `/v1/messages`).
+pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+
+/// The `anthropic-version` header every request carries.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The `max_tokens` sent when a request sets none (the API requires one).
+pub const DEFAULT_MAX_TOKENS: u32 = 8192;
+
+/// The name of the structured-output tool when the format's own name cannot
+/// be used (invalid characters, or a clash with a caller's tool).
+pub const STRUCTURED_OUTPUT_TOOL: &str = "structured_output";
+
+/// A request body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessagesRequest {
+    /// The model.
+    pub model: String,
+    /// The conversation, alternating `user` and `assistant`.
+    pub messages: Vec<WireMessage>,
+    /// System instructions: a string, or text blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemPrompt>,
+    /// The most tokens to generate (required by the API; it includes the
+    /// thinking budget).
+    pub max_tokens: u32,
+    /// Sequences that end the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_sequences: Option<Vec<String>>,
+    /// Whether to stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+    /// Sampling temperature (0–1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Top-k sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// Tools offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<WireTool>>,
+    /// Whether and which tool the model must call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<WireToolChoice>,
+    /// Extended thinking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<ThinkingConfig>,
+    /// Request metadata (`user_id`), passed through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    /// Other fields (`service_tier`, `container`…), passed through.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// `system`: the API takes a string or an array of text blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SystemPrompt {
+    /// Plain text (what Freehold sends).
+    Text(String),
+    /// Text blocks (which may carry `cache_control`).
+    Blocks(Vec<ContentBlock>),
+}
+
+impl SystemPrompt {
+    /// The text of the prompt, blocks joined with a blank line.
+    pub fn text(&self) -> String {
+        match self {
+            Self::Text(text) => text.clone(),
+            Self::Blocks(blocks) => blocks
+                .iter()
+                .filter_map(|block| match block {
+                    ContentBlock::Text { text, .. } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        }
+    }
+}
+
+/// A message on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireMessage {
+    /// `user` or `assistant`.
+    pub role: String,
+    /// A string, or content blocks (what Freehold sends).
+    pub content: MessageContent,
+}
+
+/// Message content: plain text or blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    /// Plain text.
+    Text(String),
+    /// Typed blocks.
+    Blocks(Vec<ContentBlock>),
+}
+
+impl MessageContent {
+    /// The content as blocks (text becomes one text block).
+    pub fn into_blocks(self) -> Vec<ContentBlock> {
+        match self {
+            Self::Text(text) => vec![ContentBlock::text(text)],
+            Self::Blocks(blocks) => blocks,
+        }
+    }
+}
+
+/// A content block, in requests and responses alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentBlock {
+    /// Text.
+    Text {
+        /// The text.
+        text: String,
+        /// Citations of documents (responses), kept as they came.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        citations: Option<Value>,
+        /// A prompt-caching breakpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+    },
+    /// An image.
+    Image {
+        /// Where its bytes are.
+        source: WireImageSource,
+        /// A prompt-caching breakpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+    },
+    /// A tool call by the assistant.
+    ToolUse {
+        /// The call's id (`toolu_…`).
+        id: String,
+        /// The tool's name.
+        name: String,
+        /// The arguments, a JSON object.
+        #[serde(default)]
+        input: Value,
+        /// A prompt-caching breakpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+    },
+    /// A tool's result, in a user message.
+    ToolResult {
+        /// The [`ContentBlock::ToolUse`] id it answers.
+        tool_use_id: String,
+        /// The result: a string or blocks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<ToolResultContent>,
+        /// Whether the tool failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        is_error: Option<bool>,
+        /// A prompt-caching breakpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+    },
+    /// Extended-thinking text with its signature, to be sent back unchanged.
+    Thinking {
+        /// The reasoning text.
+        thinking: String,
+        /// The opaque signature.
+        #[serde(default)]
+        signature: String,
+    },
+    /// Thinking the provider encrypted; `data` must be sent back unchanged.
+    RedactedThinking {
+        /// The opaque data.
+        data: String,
+    },
+    /// Any other block (documents, server tools, search results…), kept as it
+    /// came.
+    #[serde(untagged)]
+    Other(Value),
+}
+
+impl ContentBlock {
+    /// A plain text block.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::Text {
+            text: text.into(),
+            citations: None,
+            cache_control: None,
+        }
+    }
+}
+
+/// `content` of a tool result: a string or blocks (text and images).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ToolResultContent {
+    /// Plain text.
+    Text(String),
+    /// Blocks.
+    Blocks(Vec<ContentBlock>),
+}
+
+impl ToolResultContent {
+    /// The text of the result (text blocks concatenated).
+    pub fn text(&self) -> String {
+        match self {
+            Self::Text(text) => text.clone(),
+            Self::Blocks(blocks) => blocks
+                .iter()
+                .filter_map(|block| match block {
+                    ContentBlock::Text { text, .. } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `source` of an image block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WireImageSource {
+    /// Inline bytes.
+    Base64 {
+        /// `image/png`, `image/jpeg`, `image/gif` or `image/webp`.
+        media_type: String,
+        /// The base64 text.
+        data: String,
+    },
+    /// An `https://` URL the API fetches.
+    Url {
+        /// The URL.
+        url: String,
+    },
+}
+
+/// A tool definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireTool {
+    /// Set for Anthropic-defined tools (`web_search_20250305`…); absent for
+    /// client tools.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The name (`^[a-zA-Z0-9_-]{1,64}$`).
+    pub name: String,
+    /// What it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema of its input (an object schema); required for client tools.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub input_schema: Value,
+    /// A prompt-caching breakpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<Value>,
+    /// Other fields (the parameters of Anthropic-defined tools, such as
+    /// `max_uses`), passed through.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// `tool_choice`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WireToolChoice {
+    /// The model decides.
+    Auto {
+        /// At most one call per answer when true.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disable_parallel_tool_use: Option<bool>,
+    },
+    /// The model must call some tool.
+    Any {
+        /// At most one call per answer when true.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disable_parallel_tool_use: Option<bool>,
+    },
+    /// The model must call this tool.
+    Tool {
+        /// The tool.
+        name: String,
+        /// At most one call per answer when true.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disable_parallel_tool_use: Option<bool>,
+    },
+    /// The model must not call tools.
+    None {},
+}
+
+/// `thinking`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ThinkingConfig {
+    /// Extended thinking with a token budget (at least 1024, below
+    /// `max_tokens`).
+    Enabled {
+        /// Tokens the model may spend thinking.
+        budget_tokens: u32,
+    },
+    /// No thinking.
+    Disabled {},
+}
+
+/// A complete (non-streamed) response; also the `message` of a
+/// `message_start` event (then with empty content).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessagesResponse {
+    /// The message id (`msg_…`).
+    #[serde(default)]
+    pub id: String,
+    /// Always `message`.
+    #[serde(rename = "type", default = "message_type")]
+    pub kind: String,
+    /// Always `assistant`.
+    #[serde(default = "assistant_role")]
+    pub role: String,
+    /// The model that answered.
+    #[serde(default)]
+    pub model: String,
+    /// The answer's blocks.
+    #[serde(default)]
+    pub content: Vec<ContentBlock>,
+    /// Why it ended (`null` in `message_start`).
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    /// The stop sequence that ended it, if one did.
+    #[serde(default)]
+    pub stop_sequence: Option<String>,
+    /// Tokens used.
+    #[serde(default)]
+    pub usage: WireUsage,
+}
+
+fn message_type() -> String {
+    "message".into()
+}
+
+fn assistant_role() -> String {
+    "assistant".into()
+}
+
+/// Usage as Anthropic reports it: `input_tokens` EXCLUDES cache reads and
+/// writes, which are counted apart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireUsage {
+    /// Input tokens processed at the full price (neither read from nor
+    /// written to the cache).
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// Output tokens (thinking included). Cumulative in `message_delta`.
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_creation_input_tokens: Option<u64>,
+    /// Input tokens read from the prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_input_tokens: Option<u64>,
+}
+
+impl From<&WireUsage> for Usage {
+    fn from(wire: &WireUsage) -> Self {
+        let read = wire.cache_read_input_tokens.unwrap_or(0);
+        let write = wire.cache_creation_input_tokens.unwrap_or(0);
+        Usage {
+            input_tokens: wire.input_tokens + read + write,
+            cached_input_tokens: read,
+            cache_write_tokens: write,
+            output_tokens: wire.output_tokens,
+            reasoning_tokens: 0,
+        }
+    }
+}
+
+impl From<&Usage> for WireUsage {
+    fn from(usage: &Usage) -> Self {
+        WireUsage {
+            input_tokens: usage
+                .input_tokens
+                .saturating_sub(usage.cached_input_tokens)
+                .saturating_sub(usage.cache_write_tokens),
+            output_tokens: usage.output_tokens,
+            cache_creation_input_tokens: Some(usage.cache_write_tokens),
+            cache_read_input_tokens: Some(usage.cached_input_tokens),
+        }
+    }
+}
+
+/// One server-sent event of a streamed answer (the SSE `data`, whose `type`
+/// repeats the SSE `event` name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MessageStreamEvent {
+    /// The answer begins: id, model, input usage.
+    MessageStart {
+        /// The message so far (no content yet).
+        message: MessagesResponse,
+    },
+    /// A content block begins.
+    ContentBlockStart {
+        /// The block's position in the answer.
+        index: u32,
+        /// The block, empty (`text: ""`, `input: {}`).
+        content_block: ContentBlock,
+    },
+    /// More of a block.
+    ContentBlockDelta {
+        /// Which block.
+        index: u32,
+        /// What is new.
+        delta: BlockDelta,
+    },
+    /// A block is complete.
+    ContentBlockStop {
+        /// Which block.
+        index: u32,
+    },
+    /// Top-level changes: the stop reason and cumulative usage.
+    MessageDelta {
+        /// Stop reason and sequence.
+        delta: MessageDeltaBody,
+        /// Cumulative usage (`output_tokens` at least).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<WireUsage>,
+    },
+    /// The answer is complete.
+    MessageStop {},
+    /// A keep-alive.
+    Ping {},
+    /// An error after the stream began.
+    Error {
+        /// What went wrong.
+        error: ApiError,
+    },
+    /// An event type this crate does not know, kept as it came (the API
+    /// may add new ones and promises that clients ignore them).
+    #[serde(untagged)]
+    Other(Value),
+}
+
+/// `delta` of a `content_block_delta` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BlockDelta {
+    /// More text.
+    TextDelta {
+        /// The text.
+        text: String,
+    },
+    /// More thinking.
+    ThinkingDelta {
+        /// The reasoning text.
+        thinking: String,
+    },
+    /// The thinking block's signature (sent just before it stops).
+    SignatureDelta {
+        /// The signature.
+        signature: String,
+    },
+    /// A fragment of a tool call's input JSON.
+    InputJsonDelta {
+        /// The next piece of the JSON text.
+        partial_json: String,
+    },
+    /// Any other delta (citations…), kept as it came.
+    #[serde(untagged)]
+    Other(Value),
+}
+
+/// `delta` of a `message_delta` event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessageDeltaBody {
+    /// Why the answer ended.
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    /// The stop sequence that ended it.
+    #[serde(default)]
+    pub stop_sequence: Option<String>,
+}
+
+/// The `error` object of an error body or event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// `invalid_request_error`, `overloaded_error`, `rate_limit_error`…
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// A human-readable message.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// An error body: `{"type":"error","error":{…}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// Always `error`.
+    #[serde(rename = "type", default = "error_type")]
+    pub kind: String,
+    /// The error.
+    pub error: ApiError,
+}
+
+fn error_type() -> String {
+    "error".into()
+}
+
+/// `GET /v1/models` response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// The models of this page.
+    #[serde(default)]
+    pub data: Vec<WireModel>,
+    /// Whether another page follows.
+    #[serde(default)]
+    pub has_more: bool,
+    /// The first id of this page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_id: Option<String>,
+    /// The last id of this page (`after_id` of the next request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_id: Option<String>,
+}
+
+/// One model of a [`ModelList`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireModel {
+    /// The model id (`claude-sonnet-4-20250514`).
+    pub id: String,
+    /// A readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// RFC 3339 release time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// Always `model`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// How a request is encoded beyond what [`ChatRequest`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// `max_tokens` when the request sets none.
+    pub default_max_tokens: u32,
+    /// Whether to stream.
+    pub stream: bool,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self {
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            stream: false,
+        }
+    }
+}
+
+/// The name of the tool that carries structured output for `request`, or
+/// `None` when it asks for none.
+///
+/// The Messages API has no JSON-schema mode, so a [`ResponseFormat`] is
+/// emulated: the request offers one extra tool whose `input_schema` is the
+/// schema (`{"type":"object"}` for [`ResponseFormat::JsonObject`]) and forces
+/// the model to call it; the call's input is then turned back into the
+/// answer's TEXT, streamed as text deltas, and the `tool_use` stop reason
+/// into `end_turn`. The tool is named after the format when that name is a
+/// valid tool name that no caller tool has, else [`STRUCTURED_OUTPUT_TOOL`]
+/// (suffixed with `_` until unique).
+pub fn structured_output_tool(request: &ChatRequest) -> Option<String> {
+    let format = request.response_format.as_ref()?;
+    let taken = |name: &str| request.tools.iter().any(|tool| tool.name == name);
+    if let ResponseFormat::JsonSchema { name, .. } = format {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if valid && !taken(name) {
+            return Some(name.clone());
+        }
+    }
+    let mut name = STRUCTURED_OUTPUT_TOOL.to_owned();
+    while taken(&name) {
+        name.push('_');
+    }
+    Some(name)
+}
+
+/// Encodes a request.
+///
+/// Besides the mapping described in the module docs:
+/// - with `request.reasoning` set, `thinking` is enabled with
+///   [`freehold_protocol::ReasoningEffort::budget_tokens`]; as the budget must
+///   stay below `max_tokens`, a defaulted `max_tokens` grows to budget +
+///   default, and an explicit one that is too small shrinks the budget (never
+///   under the API's minimum of 1024). Thinking forbids `temperature` and
+///   `top_k` and limits `top_p` to 0.95–1, so those are dropped or clamped;
+/// - `parallel_tool_calls: Some(false)` sets `disable_parallel_tool_use`.
+pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> MessagesRequest {
+    let structured = structured_output_tool(request);
+    let mut max_tokens = request.max_tokens.unwrap_or(options.default_max_tokens);
+    let thinking = request.reasoning.map(|effort| {
+        let mut budget = effort.budget_tokens();
+        if max_tokens <= budget {
+            match request.max_tokens {
+                None => max_tokens = budget.saturating_add(options.default_max_tokens),
+                Some(explicit) => budget = explicit.saturating_sub(1).max(MIN_THINKING_BUDGET),
+            }
+        }
+        ThinkingConfig::Enabled {
+            budget_tokens: budget,
+        }
+    });
+    let thinking_on = thinking.is_some();
+
+    let mut system = request
+        .messages
+        .iter()
+        .filter(|message| message.role == Role::System)
+        .map(Message::text_content)
+        .filter(|text| !text.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n");
+
+    let mut tools: Vec<WireTool> = request
+        .tools
+        .iter()
+        .map(|tool| WireTool {
+            kind: None,
+            name: tool.name.clone(),
+            description: (!tool.description.is_empty()).then(|| tool.description.clone()),
+            input_schema: tool.parameters.clone(),
+            cache_control: None,
+            extra: serde_json::Map::new(),
+        })
+        .collect();
+    let disable_parallel = (request.parallel_tool_calls == Some(false)).then_some(true);
+    let mut tool_choice = (!tools.is_empty()).then(|| match &request.tool_choice {
+        ToolChoice::Auto => WireToolChoice::Auto {
+            disable_parallel_tool_use: disable_parallel,
+        },
+        ToolChoice::Required => WireToolChoice::Any {
+            disable_parallel_tool_use: disable_parallel,
+        },
+        ToolChoice::Tool { name } => WireToolChoice::Tool {
+            name: name.clone(),
+            disable_parallel_tool_use: disable_parallel,
+        },
+        ToolChoice::None => WireToolChoice::None {},
+    });
+
+    if let (Some(name), Some(format)) = (&structured, &request.response_format) {
+        let (schema, description) = match format {
+            ResponseFormat::JsonSchema { schema, .. } => (
+                schema.clone(),
+                "Give the final answer by calling this tool; its input is the answer.",
+            ),
+            ResponseFormat::JsonObject => (
+                json!({"type": "object"}),
+                "Give the final answer by calling this tool with the answer as a JSON object.",
+            ),
+        };
+        tools.push(WireTool {
+            kind: None,
+            name: name.clone(),
+            description: Some(description.to_owned()),
+            input_schema: schema,
+            cache_control: None,
+            extra: serde_json::Map::new(),
+        });
+        let caller_tools = !request.tools.is_empty();
+        tool_choice = Some(match (&request.tool_choice, caller_tools) {
+            // Forced tool use is not allowed with thinking: ask instead.
+            _ if thinking_on => {
+                if !system.is_empty() {
+                    system.push_str("\n\n");
+                }
+                system.push_str(&format!(
+                    "Give your final answer by calling the `{name}` tool; its input is the answer."
+                ));
+                WireToolChoice::Auto {
+                    disable_parallel_tool_use: disable_parallel,
+                }
+            }
+            // The caller forces a tool of theirs: keep that.
+            (ToolChoice::Tool { name: forced }, true) => WireToolChoice::Tool {
+                name: forced.clone(),
+                disable_parallel_tool_use: disable_parallel,
+            },
+            // The model may still call the caller's tools, or answer.
+            (ToolChoice::Auto | ToolChoice::Required, true) => WireToolChoice::Any {
+                disable_parallel_tool_use: disable_parallel,
+            },
+            _ => WireToolChoice::Tool {
+                name: name.clone(),
+                disable_parallel_tool_use: Some(true),
+            },
+        });
+    }
+
+    let (temperature, top_p, top_k) = if thinking_on {
+        (
+            None,
+            request.sampling.top_p.map(|p| p.clamp(0.95, 1.0)),
+            None,
+        )
+    } else {
+        (
+            request.sampling.temperature,
+            request.sampling.top_p,
+            request.sampling.top_k,
+        )
+    };
+
+    MessagesRequest {
+        model: request.model.clone(),
+        messages: encode_messages(&request.messages),
+        system: (!system.is_empty()).then_some(SystemPrompt::Text(system)),
+        max_tokens,
+        stop_sequences: (!request.stop.is_empty()).then(|| request.stop.clone()),
+        stream: options.stream,
+        temperature,
+        top_p,
+        top_k,
+        tools: (!tools.is_empty()).then_some(tools),
+        tool_choice,
+        thinking,
+        metadata: None,
+        extra: serde_json::Map::new(),
+    }
+}
+
+/// The smallest thinking budget the API accepts.
+const MIN_THINKING_BUDGET: u32 = 1024;
+
+/// The blocks of the conversation, in alternating `user`/`assistant`
+/// messages.
+pub fn encode_messages(messages: &[Message]) -> Vec<WireMessage> {
+    let mut out: Vec<(bool, Vec<ContentBlock>)> = Vec::new();
+    for message in messages {
+        let assistant = match message.role {
+            Role::System => continue,
+            Role::User | Role::Tool => false,
+            Role::Assistant => true,
+        };
+        let blocks: Vec<ContentBlock> = message
+            .content
+            .iter()
+            .filter_map(|part| encode_part(part, assistant))
+            .collect();
+        if blocks.is_empty() {
+            continue;
+        }
+        match out.last_mut() {
+            Some((last_assistant, last)) if *last_assistant == assistant => last.extend(blocks),
+            _ => out.push((assistant, blocks)),
+        }
+    }
+    out.into_iter()
+        .map(|(assistant, mut blocks)| {
+            if !assistant {
+                // Tool results must open a user message.
+                blocks.sort_by_key(|block| !matches!(block, ContentBlock::ToolResult { .. }));
+            }
+            WireMessage {
+                role: if assistant { "assistant" } else { "user" }.into(),
+                content: MessageContent::Blocks(blocks),
+            }
+        })
+        .collect()
+}
+
+fn encode_part(part: &ContentPart, assistant: bool) -> Option<ContentBlock> {
+    match part {
+        // The API rejects empty text blocks.
+        ContentPart::Text { text } if text.is_empty() => None,
+        ContentPart::Text { text } => Some(ContentBlock::text(text.clone())),
+        ContentPart::Image { source } if !assistant => Some(ContentBlock::Image {
+            source: encode_image(source),
+            cache_control: None,
+        }),
+        ContentPart::Image { .. } => None,
+        ContentPart::ToolCall(call) if assistant => Some(ContentBlock::ToolUse {
+            id: call.id.clone(),
+            name: call.name.clone(),
+            input: arguments_object(&call.arguments),
+            cache_control: None,
+        }),
+        ContentPart::ToolCall(_) => None,
+        ContentPart::ToolResult(result) if !assistant => Some(ContentBlock::ToolResult {
+            tool_use_id: result.call_id.clone(),
+            content: (!result.content.is_empty())
+                .then(|| ToolResultContent::Text(result.content.clone())),
+            is_error: result.is_error.then_some(true),
+            cache_control: None,
+        }),
+        ContentPart::ToolResult(_) => None,
+        ContentPart::Reasoning(reasoning) if assistant => encode_reasoning(reasoning),
+        ContentPart::Reasoning(_) => None,
+    }
+}
+
+fn encode_reasoning(reasoning: &Reasoning) -> Option<ContentBlock> {
+    let signature = reasoning.signature.clone()?;
+    Some(if reasoning.redacted {
+        ContentBlock::RedactedThinking { data: signature }
+    } else {
+        ContentBlock::Thinking {
+            thinking: reasoning.text.clone(),
+            signature,
+        }
+    })
+}
+
+/// A call's argument text as the JSON object `input` must be: anything that
+/// is not a JSON object (empty, invalid, an array…) becomes `{}`.
+pub fn arguments_object(arguments: &str) -> Value {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(value @ Value::Object(_)) => value,
+        _ => Value::Object(serde_json::Map::new()),
+    }
+}
+
+/// An image source; `data:` URLs become inline base64.
+pub fn encode_image(source: &ImageSource) -> WireImageSource {
+    match source {
+        ImageSource::Base64 { media_type, data } => WireImageSource::Base64 {
+            media_type: media_type.clone(),
+            data: data.clone(),
+        },
+        ImageSource::Url { url } => match parse_data_url(url) {
+            Some((media_type, data)) => WireImageSource::Base64 {
+                media_type: media_type.to_owned(),
+                data: data.to_owned(),
+            },
+            None => WireImageSource::Url { url: url.clone() },
+        },
+    }
+}
+
+/// `(media type, base64 data)` of a `data:<type>;base64,<data>` URL.
+fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (header, data) = rest.split_once(',')?;
+    let media_type = header.strip_suffix(";base64")?;
+    Some((media_type, data))
+}
+
+/// Maps `stop_reason`.
+pub fn stop_reason(reason: &str) -> StopReason {
+    match reason {
+        "end_turn" => StopReason::EndTurn,
+        "max_tokens" => StopReason::MaxTokens,
+        "stop_sequence" => StopReason::StopSequence,
+        "tool_use" => StopReason::ToolUse,
+        "refusal" => StopReason::Refusal,
+        other => StopReason::Other(other.to_owned()),
+    }
+}
+
+/// The `stop_reason` spelling of a [`StopReason`] (for the gateway direction).
+pub fn stop_reason_name(reason: &StopReason) -> String {
+    match reason {
+        StopReason::EndTurn | StopReason::Cancelled => "end_turn".into(),
+        StopReason::MaxTokens => "max_tokens".into(),
+        StopReason::StopSequence => "stop_sequence".into(),
+        StopReason::ToolUse => "tool_use".into(),
+        StopReason::ContentFilter | StopReason::Refusal => "refusal".into(),
+        StopReason::Other(other) => other.clone(),
+    }
+}
+
+/// Decodes a complete response. `structured_tool` is the name returned by
+/// [`structured_output_tool`] for the request, whose call becomes the
+/// answer's text.
+///
+/// A `tool_use` stop reason without any remaining tool call (only the
+/// structured-output tool was called) becomes `end_turn`.
+pub fn decode_response(response: MessagesResponse, structured_tool: Option<&str>) -> ChatResponse {
+    let structured_used = structured_tool.is_some_and(|name| {
+        response
+            .content
+            .iter()
+            .any(|block| matches!(block, ContentBlock::ToolUse { name: n, .. } if n == name))
+    });
+    let mut content = Vec::new();
+    for block in response.content {
+        match block {
+            // The structured answer replaces any preamble text.
+            ContentBlock::Text { .. } if structured_used => {}
+            ContentBlock::Text { text, .. } if text.is_empty() => {}
+            ContentBlock::Text { text, .. } => push_text(&mut content, text),
+            ContentBlock::ToolUse { name, input, .. } if Some(name.as_str()) == structured_tool => {
+                push_text(&mut content, input_text(&input))
+            }
+            ContentBlock::ToolUse {
+                id, name, input, ..
+            } => content.push(ContentPart::ToolCall(ToolCall::new(
+                id,
+                name,
+                input_text(&input),
+            ))),
+            ContentBlock::Thinking {
+                thinking,
+                signature,
+            } => content.push(ContentPart::Reasoning(Reasoning {
+                text: thinking,
+                signature: (!signature.is_empty()).then_some(signature),
+                ..Reasoning::default()
+            })),
+            ContentBlock::RedactedThinking { data } => {
+                content.push(ContentPart::Reasoning(Reasoning {
+                    text: String::new(),
+                    signature: Some(data),
+                    redacted: true,
+                    id: None,
+                }))
+            }
+            ContentBlock::Image { .. }
+            | ContentBlock::ToolResult { .. }
+            | ContentBlock::Other(_) => {}
+        }
+    }
+    let has_calls = content
+        .iter()
+        .any(|part| matches!(part, ContentPart::ToolCall(_)));
+    let stop_reason = match response.stop_reason.as_deref().map(stop_reason) {
+        Some(StopReason::ToolUse) if !has_calls => StopReason::EndTurn,
+        Some(reason) => reason,
+        None if has_calls => StopReason::ToolUse,
+        None => StopReason::EndTurn,
+    };
+    ChatResponse {
+        id: (!response.id.is_empty()).then_some(response.id),
+        model: (!response.model.is_empty()).then_some(response.model),
+        message: Message {
+            role: Role::Assistant,
+            content,
+        },
+        usage: Usage::from(&response.usage),
+        stop_reason,
+    }
+}
+
+fn push_text(content: &mut Vec<ContentPart>, text: String) {
+    match content.last_mut() {
+        Some(ContentPart::Text { text: last }) => last.push_str(&text),
+        _ => content.push(ContentPart::Text { text }),
+    }
+}
+
+/// A `tool_use` input as argument text (`{}` when absent).
+fn input_text(input: &Value) -> String {
+    match input {
+        Value::Null => "{}".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Maps an API error (`error.type` and message) to an [`LlmError`].
+pub fn api_error(provider: &str, error: &ApiError) -> LlmError {
+    let message = if error.message.is_empty() {
+        error.kind.clone()
+    } else {
+        error.message.clone()
+    };
+    let kind = match error.kind.as_str() {
+        "overloaded_error" => ErrorKind::Overloaded,
+        "rate_limit_error" => ErrorKind::RateLimited { retry_after: None },
+        "invalid_request_error" | "request_too_large" if is_context_length_message(&message) => {
+            context_length_kind(&message)
+        }
+        "invalid_request_error" | "request_too_large" => ErrorKind::InvalidRequest,
+        "authentication_error" => ErrorKind::Authentication,
+        "permission_error" | "billing_error" => ErrorKind::Permission,
+        "not_found_error" => ErrorKind::NotFound,
+        "timeout_error" => ErrorKind::Timeout,
+        _ => ErrorKind::Server,
+    };
+    LlmError::new(kind, provider, message)
+}
+
+/// What a streamed content block is, by its wire index.
+#[derive(Debug)]
+enum Block {
+    Text,
+    Thinking {
+        signature: String,
+    },
+    Redacted,
+    Tool {
+        index: u32,
+        args_seen: bool,
+        start_input: Option<String>,
+    },
+    Structured {
+        args_seen: bool,
+        start_input: Option<String>,
+    },
+    Other,
+}
+
+/// Decodes a Messages SSE stream into answer events.
+///
+/// Text, thinking and tool-input fragments are passed on as they arrive (a
+/// tool call is closed at its `content_block_stop`); a thinking block's
+/// signature is emitted when the block stops. `ping` and unknown event types
+/// are ignored; an `error` event ends the stream with its mapped error (see
+/// [`api_error`]). The answer is complete only at `message_stop`: a stream
+/// that ends before it is a [`ErrorKind::Connection`] error, even after
+/// `message_delta`.
+#[derive(Debug)]
+pub struct EventDecoder {
+    provider: String,
+    structured_tool: Option<String>,
+    blocks: HashMap<u32, Block>,
+    /// Text held back while a structured answer may still replace it.
+    held_text: String,
+    structured_used: bool,
+    /// The stop reason of `message_delta`, recorded at `message_stop`.
+    stop: Option<StopReason>,
+}
+
+impl EventDecoder {
+    /// A decoder for `provider`'s stream.
+    pub fn new(provider: impl Into<String>) -> Self {
+        Self {
+            provider: provider.into(),
+            structured_tool: None,
+            blocks: HashMap::new(),
+            held_text: String::new(),
+            structured_used: false,
+            stop: None,
+        }
+    }
+
+    /// The same decoder, turning calls of `tool` (the request's
+    /// [`structured_output_tool`]) into answer text.
+    pub fn with_structured_tool(mut self, tool: Option<String>) -> Self {
+        self.structured_tool = tool;
+        self
+    }
+
+    fn error(&self, message: String) -> LlmError {
+        LlmError::new(ErrorKind::Server, self.provider.clone(), message)
+    }
+
+    fn text(&mut self, text: &str, out: &mut StreamAssembler) {
+        if self.structured_tool.is_some() {
+            // The structured answer must be the whole text; hold any preamble
+            // until it is known whether the tool was called.
+            if !self.structured_used {
+                self.held_text.push_str(text);
+            }
+        } else {
+            out.text(text);
+        }
+    }
+
+    fn block_start(&mut self, index: u32, block: ContentBlock, out: &mut StreamAssembler) {
+        let state = match block {
+            ContentBlock::Text { text, .. } => {
+                self.text(&text, out);
+                Block::Text
+            }
+            ContentBlock::Thinking {
+                thinking,
+                signature,
+            } => {
+                out.reasoning(&thinking);
+                Block::Thinking { signature }
+            }
+            ContentBlock::RedactedThinking { data } => {
+                out.reasoning_signature(&data, true);
+                Block::Redacted
+            }
+            ContentBlock::ToolUse {
+                id, name, input, ..
+            } => {
+                let start_input = match &input {
+                    Value::Object(map) if !map.is_empty() => Some(input.to_string()),
+                    _ => None,
+                };
+                if self.structured_tool.as_deref() == Some(name.as_str()) {
+                    self.structured_used = true;
+                    self.held_text.clear();
+                    Block::Structured {
+                        args_seen: false,
+                        start_input,
+                    }
+                } else {
+                    Block::Tool {
+                        index: out.tool_start(&id, &name),
+                        args_seen: false,
+                        start_input,
+                    }
+                }
+            }
+            ContentBlock::Image { .. }
+            | ContentBlock::ToolResult { .. }
+            | ContentBlock::Other(_) => Block::Other,
+        };
+        self.blocks.insert(index, state);
+    }
+
+    fn block_delta(&mut self, index: u32, delta: BlockDelta, out: &mut StreamAssembler) {
+        match (self.blocks.get_mut(&index), delta) {
+            (Some(Block::Text) | None, BlockDelta::TextDelta { text }) => self.text(&text, out),
+            (Some(Block::Thinking { .. }) | None, BlockDelta::ThinkingDelta { thinking }) => {
+                out.reasoning(&thinking)
+            }
+            (
+                Some(Block::Thinking { signature }),
+                BlockDelta::SignatureDelta { signature: more },
+            ) => signature.push_str(&more),
+            (
+                Some(Block::Tool {
+                    index, args_seen, ..
+                }),
+                BlockDelta::InputJsonDelta { partial_json },
+            ) if !partial_json.is_empty() => {
+                *args_seen = true;
+                out.tool_args(*index, &partial_json);
+            }
+            (
+                Some(Block::Structured { args_seen, .. }),
+                BlockDelta::InputJsonDelta { partial_json },
+            ) if !partial_json.is_empty() => {
+                *args_seen = true;
+                out.text(&partial_json);
+            }
+            // Citations, deltas of unknown blocks, mismatched deltas.
+            _ => {}
+        }
+    }
+
+    fn block_stop(&mut self, index: u32, out: &mut StreamAssembler) {
+        match self.blocks.remove(&index) {
+            Some(Block::Thinking { signature }) if !signature.is_empty() => {
+                out.reasoning_signature(&signature, false)
+            }
+            Some(Block::Tool {
+                index,
+                args_seen,
+                start_input,
+            }) => {
+                if !args_seen {
+                    out.tool_args(index, start_input.as_deref().unwrap_or("{}"));
+                }
+                out.tool_end(index, None);
+            }
+            Some(Block::Structured {
+                args_seen: false,
+                start_input,
+            }) => out.text(start_input.as_deref().unwrap_or("{}")),
+            _ => {}
+        }
+    }
+
+    fn message_delta(
+        &mut self,
+        delta: MessageDeltaBody,
+        usage: Option<WireUsage>,
+        out: &mut StreamAssembler,
+    ) {
+        if !self.held_text.is_empty() {
+            out.text(&std::mem::take(&mut self.held_text));
+        }
+        if let Some(usage) = &usage {
+            out.merge_usage(Usage::from(usage));
+        }
+        if let Some(reason) = delta.stop_reason.as_deref() {
+            self.stop = Some(match stop_reason(reason) {
+                // Only the structured-output tool was called: that is the answer.
+                StopReason::ToolUse if !out.has_tool_calls() => StopReason::EndTurn,
+                other => other,
+            });
+        }
+    }
+}
+
+/// SSE event types this decoder knows; one of them failing to parse is an
+/// error, not an unknown event.
+const KNOWN_EVENTS: &[&str] = &[
+    "message_start",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+    "ping",
+    "error",
+];
+
+impl WireDecoder<SseEvent> for EventDecoder {
+    fn decode(&mut self, event: SseEvent, out: &mut StreamAssembler) -> Result<Decoded, LlmError> {
+        let data = event.data.trim();
+        if data.is_empty() {
+            return Ok(Decoded::More);
+        }
+        let mut value: Value = serde_json::from_str(data).map_err(|error| {
+            self.error(format!("invalid stream event ({error}): {}", preview(data)))
+        })?;
+        // The `type` field repeats the SSE event name; fill it in if absent.
+        if let Value::Object(map) = &mut value {
+            if !map.contains_key("type") && !event.event.is_empty() {
+                map.insert("type".into(), Value::String(event.event.clone()));
+            }
+        }
+        let parsed: MessageStreamEvent = serde_json::from_value(value).map_err(|error| {
+            self.error(format!(
+                "unexpected stream event ({error}): {}",
+                preview(data)
+            ))
+        })?;
+        match parsed {
+            MessageStreamEvent::MessageStart { message } => {
+                out.start(
+                    (!message.id.is_empty()).then_some(message.id),
+                    (!message.model.is_empty()).then_some(message.model),
+                );
+                out.merge_usage(Usage::from(&message.usage));
+            }
+            MessageStreamEvent::ContentBlockStart {
+                index,
+                content_block,
+            } => self.block_start(index, content_block, out),
+            MessageStreamEvent::ContentBlockDelta { index, delta } => {
+                self.block_delta(index, delta, out)
+            }
+            MessageStreamEvent::ContentBlockStop { index } => self.block_stop(index, out),
+            MessageStreamEvent::MessageDelta { delta, usage } => {
+                self.message_delta(delta, usage, out)
+            }
+            MessageStreamEvent::MessageStop {} => {
+                if !self.held_text.is_empty() {
+                    out.text(&std::mem::take(&mut self.held_text));
+                }
+                // The end marker: only now is the answer complete (a server
+                // that skipped `message_delta` still ended it).
+                out.stop(self.stop.take().unwrap_or(StopReason::EndTurn));
+                return Ok(Decoded::Done);
+            }
+            MessageStreamEvent::Ping {} => {}
+            MessageStreamEvent::Error { error } => return Err(api_error(&self.provider, &error)),
+            MessageStreamEvent::Other(value) => {
+                let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+                if KNOWN_EVENTS.contains(&kind) {
+                    return Err(self.error(format!("malformed `{kind}` event: {}", preview(data))));
+                }
+                tracing::debug!(provider = %self.provider, kind, "ignoring unknown stream event");
+            }
+        }
+        Ok(Decoded::More)
+    }
+
+    fn truncated(&self) -> LlmError {
+        LlmError::new(
+            ErrorKind::Connection,
+            self.provider.clone(),
+            "the stream ended before message_stop",
+        )
+    }
+}
+
+fn preview(text: &str) -> String {
+    text.chars().take(120).collect()
+}

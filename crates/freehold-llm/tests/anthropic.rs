@@ -1,0 +1,1193 @@
+//! Contract suite of the Anthropic Messages client against scripted servers
+//! on 127.0.0.1 speaking the exact wire format.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_well_ordered, drain, options, text_of};
+use freehold_llm::client::AnthropicClient;
+use freehold_llm::retry::RetryPolicy;
+use freehold_llm::secret::ApiKey;
+use freehold_llm::{Provider, collect_stream};
+use freehold_protocol::{
+    ChatRequest, ContentPart, ErrorKind, ImageSource, Message, Reasoning, ReasoningEffort,
+    ResponseFormat, Role, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult, ToolSpec,
+    Usage,
+};
+use freehold_test_support::{MockServer, Scripted, Split, sse_text};
+use serde_json::{Value, json};
+
+const KEY: &str = "sk-ant-test-key-0123456789";
+
+fn client(server: &MockServer) -> AnthropicClient {
+    let options = options("test-anthropic", server.url()).with_key(ApiKey::new(KEY));
+    AnthropicClient::new(options).unwrap()
+}
+
+fn client_without_retries(server: &MockServer) -> AnthropicClient {
+    let mut options = options("test-anthropic", server.url()).with_key(ApiKey::new(KEY));
+    options.http.retry = RetryPolicy::none();
+    AnthropicClient::new(options).unwrap()
+}
+
+fn request() -> ChatRequest {
+    ChatRequest::new(
+        "claude-sonnet-4-20250514",
+        vec![Message::system("Be brief."), Message::user("Hi")],
+    )
+}
+
+fn read_tool() -> ToolSpec {
+    ToolSpec {
+        name: "read".into(),
+        description: "Read a file".into(),
+        parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+    }
+}
+
+/// SSE text of events, each named after its `type` as the API does.
+fn sse(events: &[Value]) -> String {
+    let pairs: Vec<(String, String)> = events
+        .iter()
+        .map(|event| {
+            (
+                event["type"].as_str().unwrap().to_owned(),
+                event.to_string(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(name, data)| (name.as_str(), data.as_str()))
+        .collect();
+    sse_text(&refs)
+}
+
+fn message_start(usage: Value) -> Value {
+    json!({"type": "message_start", "message": {
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant", "content": [],
+        "model": "claude-sonnet-4-20250514", "stop_reason": null, "stop_sequence": null, "usage": usage}})
+}
+
+fn block_start(index: u32, block: Value) -> Value {
+    json!({"type": "content_block_start", "index": index, "content_block": block})
+}
+
+fn delta(index: u32, delta: Value) -> Value {
+    json!({"type": "content_block_delta", "index": index, "delta": delta})
+}
+
+fn text_delta(index: u32, text: &str) -> Value {
+    delta(index, json!({"type": "text_delta", "text": text}))
+}
+
+fn json_delta(index: u32, partial: &str) -> Value {
+    delta(
+        index,
+        json!({"type": "input_json_delta", "partial_json": partial}),
+    )
+}
+
+fn block_stop(index: u32) -> Value {
+    json!({"type": "content_block_stop", "index": index})
+}
+
+fn message_delta(reason: &str, output_tokens: u64) -> Value {
+    json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": null},
+           "usage": {"output_tokens": output_tokens}})
+}
+
+/// A float sent as f32, compared loosely.
+fn assert_close(value: &Value, expected: f64) {
+    let actual = value.as_f64().unwrap_or(f64::NAN);
+    assert!((actual - expected).abs() < 1e-6, "{value} != {expected}");
+}
+
+fn ping() -> Value {
+    json!({"type": "ping"})
+}
+
+fn message_stop() -> Value {
+    json!({"type": "message_stop"})
+}
+
+fn text_stream() -> String {
+    sse(&[
+        message_start(
+            json!({"input_tokens": 12, "cache_creation_input_tokens": 30,
+                             "cache_read_input_tokens": 100, "output_tokens": 1}),
+        ),
+        block_start(0, json!({"type": "text", "text": ""})),
+        ping(),
+        text_delta(0, "Héllo"),
+        ping(),
+        text_delta(0, ", wörld ✓"),
+        block_stop(0),
+        message_delta("end_turn", 7),
+        ping(),
+        message_stop(),
+    ])
+}
+
+#[tokio::test]
+async fn streams_text_and_cache_usage_split_at_every_byte() {
+    let server = MockServer::start(vec![Scripted::sse(&text_stream(), Split::Every(1))]).await;
+    let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_well_ordered(&events);
+    assert_eq!(
+        events[0],
+        StreamEvent::Start {
+            id: Some("msg_01XFDUDYJgAACzvnptvVoYEL".into()),
+            model: Some("claude-sonnet-4-20250514".into()),
+        }
+    );
+    assert_eq!(text_of(&events), "Héllo, wörld ✓");
+    assert_eq!(
+        events[events.len() - 2..],
+        [
+            StreamEvent::Usage(Usage {
+                input_tokens: 142,
+                cached_input_tokens: 100,
+                cache_write_tokens: 30,
+                output_tokens: 7,
+                reasoning_tokens: 0,
+            }),
+            StreamEvent::Stop {
+                reason: StopReason::EndTurn
+            }
+        ]
+    );
+
+    let sent = &server.requests()[0];
+    assert_eq!(sent.method, "POST");
+    assert_eq!(sent.uri, "/v1/messages");
+    assert_eq!(sent.header("x-api-key").as_deref(), Some(KEY));
+    assert_eq!(sent.header("authorization"), None);
+    assert_eq!(
+        sent.header("anthropic-version").as_deref(),
+        Some("2023-06-01")
+    );
+    assert_eq!(
+        sent.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        sent.json(),
+        json!({
+            "model": "claude-sonnet-4-20250514",
+            "system": "Be brief.",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+            "max_tokens": 8192,
+            "stream": true,
+        })
+    );
+}
+
+fn parallel_tool_stream() -> String {
+    sse(&[
+        message_start(json!({"input_tokens": 400, "output_tokens": 1})),
+        block_start(0, json!({"type": "text", "text": ""})),
+        text_delta(0, "Reading both."),
+        block_stop(0),
+        block_start(
+            1,
+            json!({"type": "tool_use", "id": "toolu_01A", "name": "read", "input": {}}),
+        ),
+        json_delta(1, ""),
+        json_delta(1, "{\"pa"),
+        json_delta(1, "th\": \"a\\\"q\\\".rs"),
+        json_delta(1, "\"}"),
+        block_stop(1),
+        ping(),
+        block_start(
+            2,
+            json!({"type": "tool_use", "id": "toolu_01B", "name": "read", "input": {}}),
+        ),
+        json_delta(2, "{\"path\""),
+        json_delta(2, ": \"b/ü.rs\"}"),
+        block_stop(2),
+        block_start(
+            3,
+            json!({"type": "tool_use", "id": "toolu_01C", "name": "now", "input": {}}),
+        ),
+        block_stop(3),
+        message_delta("tool_use", 90),
+        message_stop(),
+    ])
+}
+
+#[tokio::test]
+async fn parallel_tool_calls_stream_their_arguments_under_any_split() {
+    let text = parallel_tool_stream();
+    for split in [
+        Split::Every(1),
+        Split::Every(7),
+        Split::At(vec![3, 50, 51, 300, 301, 302, 700, 1000]),
+    ] {
+        let server = MockServer::start(vec![Scripted::sse(&text, split.clone())]).await;
+        let mut req = request();
+        req.tools = vec![read_tool()];
+        let (events, error) = drain(client(&server).stream(req).await.unwrap()).await;
+        assert!(error.is_none(), "{split:?}: {error:?}");
+        assert_well_ordered(&events);
+        // The arguments are streamed as they arrive, not buffered.
+        let deltas: Vec<_> = events
+            .iter()
+            .filter_map(|event| match event {
+                StreamEvent::ToolCallArgsDelta { index, delta } => Some((*index, delta.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            deltas,
+            vec![
+                (0, "{\"pa"),
+                (0, "th\": \"a\\\"q\\\".rs"),
+                (0, "\"}"),
+                (1, "{\"path\""),
+                (1, ": \"b/ü.rs\"}"),
+                (2, "{}"),
+            ],
+            "{split:?}"
+        );
+        // Each call is closed at its content_block_stop, before the next starts.
+        let position = |wanted: &StreamEvent| events.iter().position(|e| e == wanted).unwrap();
+        assert!(
+            position(&StreamEvent::ToolCallEnd {
+                index: 0,
+                signature: None
+            }) < position(&StreamEvent::ToolCallStart {
+                index: 1,
+                id: "toolu_01B".into(),
+                name: "read".into()
+            })
+        );
+
+        let mut builder = freehold_protocol::ResponseBuilder::default();
+        events.iter().for_each(|event| builder.push(event));
+        let response = builder.finish();
+        assert_eq!(response.message.text(), "Reading both.");
+        assert_eq!(
+            response.message.tool_calls().cloned().collect::<Vec<_>>(),
+            vec![
+                ToolCall::new("toolu_01A", "read", r#"{"path": "a\"q\".rs"}"#),
+                ToolCall::new("toolu_01B", "read", r#"{"path": "b/ü.rs"}"#),
+                ToolCall::new("toolu_01C", "now", "{}"),
+            ],
+            "{split:?}"
+        );
+        assert_eq!(response.stop_reason, StopReason::ToolUse);
+        assert_eq!(response.usage.input_tokens, 400);
+        assert_eq!(response.usage.output_tokens, 90);
+    }
+}
+
+fn thinking_stream() -> String {
+    sse(&[
+        message_start(json!({"input_tokens": 50, "output_tokens": 3})),
+        block_start(0, json!({"type": "thinking", "thinking": ""})),
+        delta(
+            0,
+            json!({"type": "thinking_delta", "thinking": "Let me think: "}),
+        ),
+        ping(),
+        delta(
+            0,
+            json!({"type": "thinking_delta", "thinking": "2 + 2 = 4."}),
+        ),
+        delta(
+            0,
+            json!({"type": "signature_delta", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h+/sig=="}),
+        ),
+        block_stop(0),
+        block_start(
+            1,
+            json!({"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"}),
+        ),
+        block_stop(1),
+        block_start(2, json!({"type": "text", "text": ""})),
+        text_delta(2, "4"),
+        block_stop(2),
+        message_delta("end_turn", 120),
+        message_stop(),
+    ])
+}
+
+#[tokio::test]
+async fn thinking_and_redacted_thinking_stream_and_round_trip_unchanged() {
+    let server = MockServer::start(vec![Scripted::sse(&thinking_stream(), Split::Every(5))]).await;
+    let mut req = request();
+    req.reasoning = Some(ReasoningEffort::Medium);
+    req.sampling.temperature = Some(0.7);
+    req.sampling.top_k = Some(40);
+    req.sampling.top_p = Some(0.5);
+    let client = client(&server);
+    let (events, error) = drain(client.stream(req.clone()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_well_ordered(&events);
+    assert_eq!(
+        events[1..5],
+        [
+            StreamEvent::ReasoningDelta {
+                text: "Let me think: ".into()
+            },
+            StreamEvent::ReasoningDelta {
+                text: "2 + 2 = 4.".into()
+            },
+            StreamEvent::ReasoningSignature {
+                signature: "EqQBCgIYAhIM1gbcDa9GJwZA2b3h+/sig==".into(),
+                redacted: false
+            },
+            StreamEvent::ReasoningSignature {
+                signature: "EmwKAhgBEgy3va3pzix/LafPsn4a".into(),
+                redacted: true
+            },
+        ]
+    );
+
+    // The thinking request: budget from the effort, room for the answer,
+    // sampling the API forbids with thinking left out.
+    let sent = server.requests()[0].json();
+    assert_eq!(
+        sent["thinking"],
+        json!({"type": "enabled", "budget_tokens": 8192})
+    );
+    assert_eq!(sent["max_tokens"], 8192 + 8192);
+    assert_eq!(sent.get("temperature"), None);
+    assert_eq!(sent.get("top_k"), None);
+    assert_close(&sent["top_p"], 0.95);
+
+    // The next turn sends the blocks back exactly as they came.
+    let mut builder = freehold_protocol::ResponseBuilder::default();
+    events.iter().for_each(|event| builder.push(event));
+    let answer = builder.finish();
+    let mut next = req;
+    next.messages.push(answer.message);
+    next.messages.push(Message::user("And 3 + 3?"));
+    let _ = drain(client.stream(next).await.unwrap()).await;
+    let sent = server.requests()[1].json();
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Let me think: 2 + 2 = 4.",
+                 "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h+/sig=="},
+                {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"},
+                {"type": "text", "text": "4"},
+            ]},
+            {"role": "user", "content": [{"type": "text", "text": "And 3 + 3?"}]},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn an_explicit_small_max_tokens_shrinks_the_thinking_budget() {
+    let server = MockServer::start(vec![Scripted::sse(&text_stream(), Split::Whole)]).await;
+    let mut req = request();
+    req.reasoning = Some(ReasoningEffort::High);
+    req.max_tokens = Some(4000);
+    let _ = drain(client(&server).stream(req).await.unwrap()).await;
+    let sent = server.requests()[0].json();
+    assert_eq!(sent["max_tokens"], 4000);
+    assert_eq!(
+        sent["thinking"],
+        json!({"type": "enabled", "budget_tokens": 3999})
+    );
+}
+
+#[tokio::test]
+async fn the_conversation_is_encoded_field_by_field() {
+    let server = MockServer::start(vec![Scripted::sse(&text_stream(), Split::Whole)]).await;
+    let mut req = ChatRequest::new(
+        "claude-sonnet-4-20250514",
+        vec![
+            Message::system("Be brief."),
+            Message {
+                role: Role::User,
+                content: vec![
+                    ContentPart::Text {
+                        text: "What is in these?".into(),
+                    },
+                    ContentPart::Image {
+                        source: ImageSource::Base64 {
+                            media_type: "image/png".into(),
+                            data: "iVBORw0KGgo=".into(),
+                        },
+                    },
+                    ContentPart::Image {
+                        source: ImageSource::Url {
+                            url: "https://example.com/cat.jpg".into(),
+                        },
+                    },
+                    ContentPart::Image {
+                        source: ImageSource::Url {
+                            url: "data:image/webp;base64,UklGRg==".into(),
+                        },
+                    },
+                ],
+            },
+            Message::system("Use tools."),
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    ContentPart::Reasoning(Reasoning {
+                        text: "unsigned, from another provider".into(),
+                        ..Reasoning::default()
+                    }),
+                    ContentPart::Text {
+                        text: "Looking.".into(),
+                    },
+                    ContentPart::ToolCall(ToolCall::new("toolu_1", "read", r#"{"path":"a"}"#)),
+                    ContentPart::ToolCall(ToolCall::new("toolu_2", "read", "{\"path\":")),
+                    ContentPart::ToolCall(ToolCall::new("toolu_3", "read", "")),
+                ],
+            },
+            Message::tool_result("toolu_1", "fn main() {}"),
+            Message {
+                role: Role::Tool,
+                content: vec![ContentPart::ToolResult(ToolResult {
+                    call_id: "toolu_2".into(),
+                    content: "bad arguments".into(),
+                    is_error: true,
+                })],
+            },
+            Message::user("Also this one."),
+            Message::tool_result("toolu_3", ""),
+        ],
+    );
+    req.tools = vec![read_tool()];
+    req.parallel_tool_calls = Some(false);
+    req.stop = vec!["END".into(), "\n\nHuman:".into()];
+    req.max_tokens = Some(512);
+    req.sampling.temperature = Some(0.2);
+    req.sampling.top_p = Some(0.9);
+    req.sampling.top_k = Some(5);
+    let _ = drain(client(&server).stream(req).await.unwrap()).await;
+    let sent = server.requests()[0].json();
+    assert_eq!(sent["system"], "Be brief.\n\nUse tools.");
+    assert_eq!(sent["max_tokens"], 512);
+    assert_eq!(sent["stop_sequences"], json!(["END", "\n\nHuman:"]));
+    assert_close(&sent["temperature"], 0.2);
+    assert_close(&sent["top_p"], 0.9);
+    assert_eq!(sent["top_k"], 5);
+    assert_eq!(sent.get("thinking"), None);
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "read", "description": "Read a file",
+                "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}])
+    );
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "auto", "disable_parallel_tool_use": true})
+    );
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is in these?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/webp", "data": "UklGRg=="}},
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Looking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {"path": "a"}},
+                {"type": "tool_use", "id": "toolu_2", "name": "read", "input": {}},
+                {"type": "tool_use", "id": "toolu_3", "name": "read", "input": {}},
+            ]},
+            // Tool and user messages merge into one user turn, results first.
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "fn main() {}"},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": "bad arguments", "is_error": true},
+                {"type": "tool_result", "tool_use_id": "toolu_3"},
+                {"type": "text", "text": "Also this one."},
+            ]},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn tool_choice_maps_every_variant() {
+    let cases = [
+        (ToolChoice::Auto, None, json!({"type": "auto"})),
+        (ToolChoice::Required, None, json!({"type": "any"})),
+        (
+            ToolChoice::Required,
+            Some(false),
+            json!({"type": "any", "disable_parallel_tool_use": true}),
+        ),
+        (
+            ToolChoice::Tool {
+                name: "read".into(),
+            },
+            Some(true),
+            json!({"type": "tool", "name": "read"}),
+        ),
+        (ToolChoice::None, Some(false), json!({"type": "none"})),
+    ];
+    let server = MockServer::start(vec![Scripted::sse(&text_stream(), Split::Whole)]).await;
+    let client = client(&server);
+    for (i, (choice, parallel, expected)) in cases.into_iter().enumerate() {
+        let mut req = request();
+        req.tools = vec![read_tool()];
+        req.tool_choice = choice;
+        req.parallel_tool_calls = parallel;
+        let _ = drain(client.stream(req).await.unwrap()).await;
+        assert_eq!(server.requests()[i].json()["tool_choice"], expected);
+    }
+    // No tools: neither `tools` nor `tool_choice`.
+    let mut req = request();
+    req.tool_choice = ToolChoice::Required;
+    let _ = drain(client.stream(req).await.unwrap()).await;
+    let sent = server.requests().last().unwrap().json();
+    assert_eq!(sent.get("tools"), None);
+    assert_eq!(sent.get("tool_choice"), None);
+}
+
+fn schema_format() -> ResponseFormat {
+    ResponseFormat::JsonSchema {
+        name: "answer".into(),
+        schema: json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+        strict: true,
+    }
+}
+
+#[tokio::test]
+async fn structured_output_streams_the_forced_tool_input_as_text() {
+    let text = sse(&[
+        message_start(json!({"input_tokens": 30, "output_tokens": 1})),
+        block_start(
+            0,
+            json!({"type": "tool_use", "id": "toolu_S", "name": "answer", "input": {}}),
+        ),
+        json_delta(0, "{\"city\": "),
+        json_delta(0, "\"Zürich\"}"),
+        block_stop(0),
+        message_delta("tool_use", 12),
+        message_stop(),
+    ]);
+    let server = MockServer::start(vec![Scripted::sse(&text, Split::Every(3))]).await;
+    let mut req = request();
+    req.response_format = Some(schema_format());
+    let (events, error) = drain(client(&server).stream(req).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_well_ordered(&events);
+    assert_eq!(text_of(&events), "{\"city\": \"Zürich\"}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, StreamEvent::ToolCallStart { .. })),
+        "the structured-output tool is not a tool call: {events:?}"
+    );
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Stop {
+            reason: StopReason::EndTurn
+        })
+    );
+    let sent = server.requests()[0].json();
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "answer",
+                "description": "Give the final answer by calling this tool; its input is the answer.",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}])
+    );
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": "answer", "disable_parallel_tool_use": true})
+    );
+}
+
+#[tokio::test]
+async fn structured_output_with_thinking_asks_instead_of_forcing_and_drops_preamble() {
+    let text = sse(&[
+        message_start(json!({"input_tokens": 30, "output_tokens": 1})),
+        block_start(0, json!({"type": "thinking", "thinking": ""})),
+        delta(0, json!({"type": "thinking_delta", "thinking": "Zürich."})),
+        delta(0, json!({"type": "signature_delta", "signature": "c2ln"})),
+        block_stop(0),
+        block_start(1, json!({"type": "text", "text": ""})),
+        text_delta(1, "Here is the answer:"),
+        block_stop(1),
+        block_start(
+            2,
+            json!({"type": "tool_use", "id": "toolu_S", "name": "structured_output", "input": {}}),
+        ),
+        json_delta(2, "{\"city\": \"Zürich\"}"),
+        block_stop(2),
+        message_delta("tool_use", 12),
+        message_stop(),
+    ]);
+    let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+    let mut req = request();
+    req.reasoning = Some(ReasoningEffort::Low);
+    // A caller tool already named `answer`: the format's name is not reused.
+    req.tools = vec![ToolSpec {
+        name: "answer".into(),
+        ..read_tool()
+    }];
+    req.response_format = Some(schema_format());
+    let response = collect_stream("t", client(&server).stream(req).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.message.text(), "{\"city\": \"Zürich\"}");
+    assert_eq!(response.stop_reason, StopReason::EndTurn);
+    assert_eq!(response.message.tool_calls().count(), 0);
+    let sent = server.requests()[0].json();
+    assert_eq!(sent["tools"][1]["name"], "structured_output");
+    assert_eq!(sent["tool_choice"], json!({"type": "auto"}));
+    assert!(
+        sent["system"].as_str().unwrap().starts_with(
+            "Be brief.\n\nGive your final answer by calling the `structured_output` tool"
+        ),
+        "{}",
+        sent["system"]
+    );
+}
+
+#[tokio::test]
+async fn complete_decodes_a_non_streamed_answer_and_encodes_options() {
+    let body = json!({
+        "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF", "type": "message", "role": "assistant",
+        "model": "claude-sonnet-4-20250514",
+        "content": [
+            {"type": "thinking", "thinking": "Need the file.", "signature": "WaUjzkypQ2mUEVM36O2T"},
+            {"type": "redacted_thinking", "data": "EmwKAhgBEgy3"},
+            {"type": "text", "text": "Reading it.", "citations": null},
+            {"type": "tool_use", "id": "toolu_01Z", "name": "read", "input": {"path": "x"}}
+        ],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 20, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 1000,
+                  "output_tokens": 9, "service_tier": "standard"}
+    });
+    let server = MockServer::start(vec![Scripted::json(200, body)]).await;
+    let mut req = request();
+    req.tools = vec![read_tool()];
+    req.tool_choice = ToolChoice::Tool {
+        name: "read".into(),
+    };
+    req.parallel_tool_calls = Some(false);
+    req.max_tokens = Some(64);
+    req.stop = vec!["END".into()];
+    let response = client(&server).complete(req).await.unwrap();
+    assert_eq!(response.id.as_deref(), Some("msg_013Zva2CMHLNnXjNJJKqJ2EF"));
+    assert_eq!(response.stop_reason, StopReason::ToolUse);
+    assert_eq!(
+        response.message.content,
+        vec![
+            ContentPart::Reasoning(Reasoning {
+                text: "Need the file.".into(),
+                signature: Some("WaUjzkypQ2mUEVM36O2T".into()),
+                ..Reasoning::default()
+            }),
+            ContentPart::Reasoning(Reasoning {
+                signature: Some("EmwKAhgBEgy3".into()),
+                redacted: true,
+                ..Reasoning::default()
+            }),
+            ContentPart::Text {
+                text: "Reading it.".into()
+            },
+            ContentPart::ToolCall(ToolCall::new("toolu_01Z", "read", r#"{"path":"x"}"#)),
+        ]
+    );
+    assert_eq!(
+        response.usage,
+        Usage {
+            input_tokens: 1025,
+            cached_input_tokens: 1000,
+            cache_write_tokens: 5,
+            output_tokens: 9,
+            reasoning_tokens: 0,
+        }
+    );
+
+    let sent = server.requests()[0].json();
+    assert_eq!(
+        sent.get("stream"),
+        None,
+        "non-streaming requests omit `stream`"
+    );
+    assert_eq!(sent["max_tokens"], 64);
+    assert_eq!(sent["stop_sequences"], json!(["END"]));
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": "read", "disable_parallel_tool_use": true})
+    );
+}
+
+#[tokio::test]
+async fn complete_turns_the_structured_tool_into_text() {
+    let body = json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+        "content": [{"type": "tool_use", "id": "toolu_S", "name": "answer", "input": {"city": "Zürich"}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 10, "output_tokens": 4}
+    });
+    let server = MockServer::start(vec![Scripted::json(200, body)]).await;
+    let mut req = request();
+    req.response_format = Some(schema_format());
+    let response = client(&server).complete(req).await.unwrap();
+    let answer: Value = serde_json::from_str(&response.message.text()).unwrap();
+    assert_eq!(answer, json!({"city": "Zürich"}));
+    assert_eq!(response.stop_reason, StopReason::EndTurn);
+    assert_eq!(response.message.tool_calls().count(), 0);
+}
+
+#[tokio::test]
+async fn every_error_status_maps_to_its_kind() {
+    let error = |kind: &str, message: &str| json!({"type": "error", "error": {"type": kind, "message": message}});
+    let cases: Vec<(u16, Value, ErrorKind)> = vec![
+        (
+            400,
+            error("invalid_request_error", "messages: roles must alternate"),
+            ErrorKind::InvalidRequest,
+        ),
+        (
+            400,
+            error(
+                "invalid_request_error",
+                "prompt is too long: 208310 tokens > 200000 maximum",
+            ),
+            ErrorKind::ContextLengthExceeded {
+                needed: Some(208310),
+                allowed: Some(200000),
+            },
+        ),
+        (
+            401,
+            error("authentication_error", &format!("invalid x-api-key {KEY}")),
+            ErrorKind::Authentication,
+        ),
+        (
+            403,
+            error("permission_error", "no access"),
+            ErrorKind::Permission,
+        ),
+        (
+            404,
+            error("not_found_error", "model: claude-nope"),
+            ErrorKind::NotFound,
+        ),
+        (
+            413,
+            error("request_too_large", "Request exceeds the maximum size"),
+            ErrorKind::InvalidRequest,
+        ),
+        (
+            429,
+            error("rate_limit_error", "slow down"),
+            ErrorKind::RateLimited { retry_after: None },
+        ),
+        (500, error("api_error", "boom"), ErrorKind::Server),
+        (
+            503,
+            error("overloaded_error", "busy"),
+            ErrorKind::Overloaded,
+        ),
+        (
+            529,
+            error("overloaded_error", "Overloaded"),
+            ErrorKind::Overloaded,
+        ),
+    ];
+    for (status, body, kind) in cases {
+        let server = MockServer::start(vec![Scripted::json(status, body)]).await;
+        let client = client_without_retries(&server);
+        let Err(error) = client.stream(request()).await else {
+            panic!("status {status} must fail")
+        };
+        assert_eq!(error.kind, kind, "status {status}");
+        assert_eq!(error.status, Some(status));
+        assert!(!error.to_string().contains(KEY), "key leaked: {error}");
+        let error = client.complete(request()).await.unwrap_err();
+        assert_eq!(error.kind, kind, "status {status} (complete)");
+        assert_eq!(server.requests().len(), 2, "no retries were configured");
+    }
+}
+
+#[tokio::test]
+async fn retries_server_errors_and_honours_retry_after() {
+    let server = MockServer::start(vec![
+        Scripted::json(
+            500,
+            json!({"type": "error", "error": {"type": "api_error", "message": "boom"}}),
+        ),
+        Scripted::json(
+            429,
+            json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}),
+        )
+        .header("retry-after", "1"),
+        Scripted::sse(&text_stream(), Split::Whole),
+    ])
+    .await;
+    let started = Instant::now();
+    let stream = client(&server).stream(request()).await.unwrap();
+    let response = collect_stream("t", stream).await.unwrap();
+    assert_eq!(response.message.text(), "Héllo, wörld ✓");
+    assert_eq!(server.requests().len(), 3);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was not honoured"
+    );
+}
+
+#[tokio::test]
+async fn overloaded_529_is_retried_then_reported() {
+    let server = MockServer::start(vec![Scripted::json(
+        529,
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    )])
+    .await;
+    let error = client(&server).complete(request()).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Overloaded);
+    assert_eq!(error.status, Some(529));
+    assert!(error.message.contains("Overloaded"));
+    assert_eq!(server.requests().len(), 3, "one attempt and two retries");
+}
+
+#[tokio::test]
+async fn idle_timeout_fires_when_the_stream_goes_silent() {
+    let script =
+        Scripted::sse(&text_stream(), Split::Every(40)).stall_after(2, Duration::from_secs(30));
+    let server = MockServer::start(vec![script]).await;
+    let mut options = options("o", server.url());
+    options.http.idle_timeout = Duration::from_millis(300);
+    let client = AnthropicClient::new(options).unwrap();
+    let started = Instant::now();
+    let (_events, error) = drain(client.stream(request()).await.unwrap()).await;
+    assert_eq!(error.expect("a timeout").kind, ErrorKind::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn error_events_mid_stream_map_to_their_kinds() {
+    let cases = [
+        ("overloaded_error", "Overloaded", ErrorKind::Overloaded),
+        (
+            "rate_limit_error",
+            "Number of request tokens has exceeded your rate limit",
+            ErrorKind::RateLimited { retry_after: None },
+        ),
+        (
+            "invalid_request_error",
+            "prompt is too long: 210000 tokens > 200000 maximum",
+            ErrorKind::ContextLengthExceeded {
+                needed: Some(210000),
+                allowed: Some(200000),
+            },
+        ),
+        (
+            "invalid_request_error",
+            "bad thinking signature",
+            ErrorKind::InvalidRequest,
+        ),
+        ("api_error", "Internal server error", ErrorKind::Server),
+    ];
+    for (kind_name, message, kind) in cases {
+        let text = sse(&[
+            message_start(json!({"input_tokens": 5, "output_tokens": 1})),
+            block_start(0, json!({"type": "text", "text": ""})),
+            text_delta(0, "par"),
+            ping(),
+            json!({"type": "error", "error": {"type": kind_name, "message": message}}),
+        ]);
+        let server = MockServer::start(vec![Scripted::sse(&text, Split::Every(11))]).await;
+        let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+        assert_eq!(text_of(&events), "par");
+        let error = error.expect("an error");
+        assert_eq!(error.kind, kind, "{kind_name}: {message}");
+        assert_eq!(error.message, message);
+        assert_eq!(error.provider, "test-anthropic");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_cut_before_message_stop_is_a_connection_error() {
+    let full = [
+        message_start(json!({"input_tokens": 5, "output_tokens": 1})),
+        block_start(0, json!({"type": "text", "text": ""})),
+        text_delta(0, "half"),
+        block_stop(0),
+        message_delta("end_turn", 2),
+        message_stop(),
+    ];
+    // Cut mid-block, and cut after message_delta but before message_stop.
+    for kept in [3, 5] {
+        let text = sse(&full[..kept]);
+        let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+        let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+        assert_eq!(text_of(&events), "half");
+        assert!(
+            !events.iter().any(|e| matches!(e, StreamEvent::Stop { .. })),
+            "{events:?}"
+        );
+        let error = error.expect("a truncation error");
+        assert_eq!(error.kind, ErrorKind::Connection);
+        assert!(error.message.contains("message_stop"), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_events_and_blocks_are_ignored_but_malformed_known_ones_fail() {
+    let text = sse(&[
+        message_start(json!({"input_tokens": 5, "output_tokens": 1})),
+        json!({"type": "some_future_event", "x": 1}),
+        block_start(
+            0,
+            json!({"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}),
+        ),
+        json_delta(0, "{\"query\": \"x\"}"),
+        block_stop(0),
+        block_start(1, json!({"type": "text", "text": ""})),
+        delta(
+            1,
+            json!({"type": "citations_delta", "citation": {"type": "char_location"}}),
+        ),
+        text_delta(1, "ok"),
+        block_stop(1),
+        message_delta("pause_turn", 3),
+        message_stop(),
+    ]);
+    let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+    let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_well_ordered(&events);
+    assert_eq!(text_of(&events), "ok");
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Stop {
+            reason: StopReason::Other("pause_turn".into())
+        })
+    );
+
+    let text = sse(&[
+        message_start(json!({"input_tokens": 5, "output_tokens": 1})),
+        json!({"type": "content_block_delta", "index": "zero"}),
+    ]);
+    let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+    let (_events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    let error = error.expect("a protocol error");
+    assert_eq!(error.kind, ErrorKind::Server);
+    assert!(error.message.contains("content_block_delta"), "{error}");
+}
+
+#[tokio::test]
+async fn stop_reasons_map() {
+    let cases = [
+        ("end_turn", StopReason::EndTurn),
+        ("max_tokens", StopReason::MaxTokens),
+        ("stop_sequence", StopReason::StopSequence),
+        ("refusal", StopReason::Refusal),
+        ("pause_turn", StopReason::Other("pause_turn".into())),
+    ];
+    for (wire, reason) in cases {
+        let text = sse(&[
+            message_start(json!({"input_tokens": 5, "output_tokens": 1})),
+            block_start(0, json!({"type": "text", "text": ""})),
+            text_delta(0, "x"),
+            block_stop(0),
+            message_delta(wire, 2),
+            message_stop(),
+        ]);
+        let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+        let response = collect_stream("t", client(&server).stream(request()).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.stop_reason, reason, "{wire}");
+    }
+}
+
+#[tokio::test]
+async fn lists_models_across_pages() {
+    let server = MockServer::start(vec![
+        Scripted::json(
+            200,
+            json!({"data": [
+                {"type": "model", "id": "claude-opus-4-1-20250805", "display_name": "Claude Opus 4.1", "created_at": "2025-08-05T00:00:00Z"},
+                {"type": "model", "id": "claude-sonnet-4-20250514", "display_name": "Claude Sonnet 4", "created_at": "2025-05-22T00:00:00Z"}
+            ], "has_more": true, "first_id": "claude-opus-4-1-20250805", "last_id": "claude-sonnet-4-20250514"}),
+        ),
+        Scripted::json(
+            200,
+            json!({"data": [{"type": "model", "id": "claude-3-5-haiku-20241022", "display_name": "Claude Haiku 3.5", "created_at": "2024-10-22T00:00:00Z"}],
+                   "has_more": false, "first_id": "claude-3-5-haiku-20241022", "last_id": "claude-3-5-haiku-20241022"}),
+        ),
+    ])
+    .await;
+    let client = client(&server);
+    let models = client.list_models().await.unwrap();
+    let ids: Vec<_> = models.iter().map(|model| model.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            "claude-opus-4-1-20250805",
+            "claude-sonnet-4-20250514",
+            "claude-3-5-haiku-20241022"
+        ]
+    );
+    assert!(
+        models
+            .iter()
+            .all(|model| model.provider == "test-anthropic")
+    );
+    let requests = server.requests();
+    assert_eq!(requests[0].uri, "/v1/models?limit=1000");
+    assert_eq!(
+        requests[1].uri,
+        "/v1/models?limit=1000&after_id=claude-sonnet-4-20250514"
+    );
+    assert_eq!(requests[1].header("x-api-key").as_deref(), Some(KEY));
+    assert!(client.capabilities("claude-sonnet-4-20250514").reasoning);
+    assert!(!client.capabilities("claude-3-5-haiku-20241022").reasoning);
+}
+
+#[tokio::test]
+async fn a_base_url_ending_in_v1_and_a_custom_default_max_tokens() {
+    let server = MockServer::start(vec![Scripted::sse(&text_stream(), Split::Whole)]).await;
+    let options = options("o", format!("{}/v1/", server.url()));
+    let client = AnthropicClient::new(options)
+        .unwrap()
+        .with_default_max_tokens(1234);
+    assert_eq!(client.default_max_tokens(), 1234);
+    let _ = drain(client.stream(request()).await.unwrap()).await;
+    let sent = &server.requests()[0];
+    assert_eq!(sent.uri, "/v1/messages");
+    assert_eq!(sent.json()["max_tokens"], 1234);
+    assert_eq!(sent.header("x-api-key"), None, "no key, no header");
+}
+
+mod wire {
+    use freehold_llm::wire::anthropic::{
+        self, ContentBlock, MessageStreamEvent, MessagesRequest, MessagesResponse, WireUsage,
+    };
+    use freehold_protocol::{StopReason, Usage};
+    use serde_json::{Value, json};
+
+    /// Parses `value` as `T` and writes it back: the result must be identical.
+    fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(value: Value) -> T {
+        let parsed: T = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), value);
+        parsed
+    }
+
+    #[test]
+    fn requests_as_other_clients_send_them_round_trip() {
+        let request: MessagesRequest = round_trip(json!({
+            "model": "claude-sonnet-4-20250514",
+            "max_tokens": 1024,
+            "system": [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hm", "signature": "sig"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {"path": "a"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1",
+                     "content": [{"type": "text", "text": "ok"}], "is_error": false},
+                    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc"}}
+                ]}
+            ],
+            "tools": [
+                {"name": "read", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}},
+                {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+            ],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+            "thinking": {"type": "enabled", "budget_tokens": 2048},
+            "metadata": {"user_id": "u-1"},
+            "service_tier": "auto",
+            "stream": true
+        }));
+        assert_eq!(request.system.unwrap().text(), "You are terse.");
+        // An unknown block (a document) is kept as it came.
+        assert!(matches!(
+            request.messages[2].content.clone().into_blocks()[1],
+            ContentBlock::Other(_)
+        ));
+    }
+
+    #[test]
+    fn stream_events_round_trip() {
+        for event in [
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                "model": "m", "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 3, "output_tokens": 1, "cache_read_input_tokens": 2}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "redacted_thinking", "data": "x"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "s"}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "citations_delta", "citation": {}}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                   "usage": {"input_tokens": 0, "output_tokens": 15}}),
+            json!({"type": "message_stop"}),
+            json!({"type": "ping"}),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ] {
+            let parsed: MessageStreamEvent = round_trip(event.clone());
+            assert!(
+                !matches!(parsed, MessageStreamEvent::Other(_)),
+                "{event} fell through to Other"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_converts_both_ways() {
+        let wire = WireUsage {
+            input_tokens: 10,
+            output_tokens: 4,
+            cache_creation_input_tokens: Some(20),
+            cache_read_input_tokens: Some(300),
+        };
+        let usage = Usage::from(&wire);
+        assert_eq!(
+            usage,
+            Usage {
+                input_tokens: 330,
+                cached_input_tokens: 300,
+                cache_write_tokens: 20,
+                output_tokens: 4,
+                reasoning_tokens: 0,
+            }
+        );
+        assert_eq!(WireUsage::from(&usage), wire);
+    }
+
+    #[test]
+    fn stop_reason_names_invert_the_mapping() {
+        for name in [
+            "end_turn",
+            "max_tokens",
+            "stop_sequence",
+            "tool_use",
+            "refusal",
+            "pause_turn",
+        ] {
+            assert_eq!(
+                anthropic::stop_reason_name(&anthropic::stop_reason(name)),
+                name
+            );
+        }
+        assert_eq!(
+            anthropic::stop_reason("pause_turn"),
+            StopReason::Other("pause_turn".into())
+        );
+    }
+
+    #[test]
+    fn a_response_without_stop_reason_but_with_calls_is_tool_use() {
+        let response: MessagesResponse = serde_json::from_value(json!({
+            "id": "msg_1", "content": [{"type": "tool_use", "id": "t", "name": "read", "input": null}],
+            "usage": {"input_tokens": 1, "output_tokens": 1}
+        }))
+        .unwrap();
+        let decoded = anthropic::decode_response(response, None);
+        assert_eq!(decoded.stop_reason, StopReason::ToolUse);
+        assert_eq!(decoded.message.tool_calls().next().unwrap().arguments, "{}");
+    }
+}
