@@ -280,6 +280,26 @@ impl Transport {
         })
     }
 
+    /// Runs a wire decoder over stream items (see
+    /// [`crate::assemble::decode_stream`]), redacting this provider's keys
+    /// from any error the stream reports: errors sent inside a stream are the
+    /// server's own text and may echo a key.
+    pub fn decode_stream<T, D>(&self, items: BoxStream<T>, decoder: D) -> crate::provider::EventStream
+    where
+        T: Send + 'static,
+        D: crate::assemble::WireDecoder<T>,
+    {
+        let transport = self.clone();
+        Box::pin(
+            crate::assemble::decode_stream(items, decoder).map(move |item| {
+                item.map_err(|mut error| {
+                    error.message = transport.redact(&error.message);
+                    error
+                })
+            }),
+        )
+    }
+
     /// The body decoded as Server-Sent Events.
     pub fn sse_stream(&self, response: reqwest::Response) -> BoxStream<SseEvent> {
         let mut decoder = SseDecoder::new();

@@ -5,7 +5,6 @@ use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmE
 use reqwest::header::HeaderMap;
 use serde::Serialize;
 
-use crate::assemble::decode_stream;
 use crate::client::{ClientOptions, KeyHeader};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
@@ -132,7 +131,7 @@ impl Provider for AnthropicClient {
         let events = self.transport.sse_stream(response);
         let decoder = EventDecoder::new(self.options.name.clone())
             .with_structured_tool(anthropic::structured_output_tool(&request));
-        Ok(decode_stream(events, decoder))
+        Ok(self.transport.decode_stream(events, decoder))
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {

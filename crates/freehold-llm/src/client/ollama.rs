@@ -9,7 +9,6 @@ use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmE
 use futures::StreamExt;
 use reqwest::header::HeaderMap;
 
-use crate::assemble::decode_stream;
 use crate::client::{ClientOptions, KeyHeader};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
@@ -233,15 +232,9 @@ impl Provider for OllamaClient {
             .post_json(&self.options.url("/api/chat"), &self.headers, &body)
             .await?;
         let lines = self.transport.ndjson_stream(response);
-        let events = decode_stream(lines, ChatLineDecoder::new(self.options.name.clone()));
-        // Errors sent inside the stream are the server's text: redact it.
-        let transport = self.transport.clone();
-        Ok(Box::pin(events.map(move |item| {
-            item.map_err(|mut error| {
-                error.message = transport.redact(&error.message);
-                error
-            })
-        })))
+        Ok(self
+            .transport
+            .decode_stream(lines, ChatLineDecoder::new(self.options.name.clone())))
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {

@@ -5,7 +5,6 @@ use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmE
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
-use crate::assemble::decode_stream;
 use crate::client::{ClientOptions, KeyHeader};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
@@ -66,10 +65,9 @@ impl Provider for OpenAiChatClient {
             .post_json(&self.options.url("/chat/completions"), &self.headers, &body)
             .await?;
         let events = self.transport.sse_stream(response);
-        Ok(decode_stream(
-            events,
-            ChunkDecoder::new(self.options.name.clone()),
-        ))
+        Ok(self
+            .transport
+            .decode_stream(events, ChunkDecoder::new(self.options.name.clone())))
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {

@@ -8,7 +8,6 @@ use futures::StreamExt;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
-use crate::assemble::decode_stream;
 use crate::client::{ClientOptions, KeyHeader};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
@@ -100,10 +99,9 @@ impl Provider for OpenAiResponsesClient {
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
         let response = self.post(&request, true).await?;
         let events = self.transport.sse_stream(response);
-        let transport = self.transport.clone();
-        let events = decode_stream(events, ResponsesDecoder::new(self.options.name.clone()))
-            .map(move |item| item.map_err(|error| Self::redacted(&transport, error)));
-        Ok(Box::pin(events))
+        Ok(self
+            .transport
+            .decode_stream(events, ResponsesDecoder::new(self.options.name.clone())))
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
