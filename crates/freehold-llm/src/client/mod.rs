@@ -1,7 +1,9 @@
 //! One client per wire protocol, each a [`crate::Provider`].
 
+mod gemini;
 mod openai_chat;
 
+pub use gemini::GeminiClient;
 pub use openai_chat::OpenAiChatClient;
 
 use crate::http::HttpSettings;

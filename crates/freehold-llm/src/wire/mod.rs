@@ -7,4 +7,5 @@
 //! decode responses with them, and the gateway decodes its own clients'
 //! requests and encodes responses with the same types.
 
+pub mod gemini;
 pub mod openai_chat;
