@@ -2,11 +2,13 @@
 
 mod ollama;
 mod anthropic;
+mod gemini;
 mod openai_chat;
 mod openai_responses;
 
 pub use ollama::{OllamaClient, OllamaSettings};
 pub use anthropic::AnthropicClient;
+pub use gemini::GeminiClient;
 pub use openai_chat::OpenAiChatClient;
 pub use openai_responses::OpenAiResponsesClient;
 

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
-use futures::StreamExt;
 use reqwest::header::HeaderMap;
 
 use crate::client::{ClientOptions, KeyHeader};

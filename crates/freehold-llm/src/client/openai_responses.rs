@@ -4,7 +4,6 @@
 
 use async_trait::async_trait;
 use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
-use futures::StreamExt;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 

@@ -9,5 +9,6 @@
 
 pub mod ollama;
 pub mod anthropic;
+pub mod gemini;
 pub mod openai_chat;
 pub mod openai_responses;

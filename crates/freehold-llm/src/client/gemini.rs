@@ -1,0 +1,190 @@
+//! The Google Gemini API client (`generateContent`, `streamGenerateContent`).
+//!
+//! The key travels in the `x-goog-api-key` header, never in the URL's
+//! `?key=` (URLs end up in error messages and logs).
+
+use std::fmt::Write as _;
+
+use async_trait::async_trait;
+use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use reqwest::header::HeaderMap;
+
+use crate::client::{ClientOptions, KeyHeader};
+use crate::http::Transport;
+use crate::provider::{EventStream, Provider};
+use crate::wire::gemini::{
+    self, ChunkDecoder, GenerateContentResponse, ModelList, model_path, stream_error,
+};
+
+/// How many pages of `GET models` are read at most.
+const MAX_MODEL_PAGES: usize = 10;
+
+/// A client of the Gemini API at `options.base_url`
+/// ([`gemini::DEFAULT_BASE_URL`] for Google's).
+#[derive(Debug, Clone)]
+pub struct GeminiClient {
+    options: ClientOptions,
+    transport: Transport,
+    headers: HeaderMap,
+}
+
+impl GeminiClient {
+    /// A client of `options.base_url`, sending `options.api_key` as
+    /// `x-goog-api-key`.
+    ///
+    /// # Errors
+    /// Invalid extra headers or an unusable TLS backend.
+    pub fn new(options: ClientOptions) -> Result<Self, LlmError> {
+        let transport = Transport::new(
+            options.name.clone(),
+            options.http.clone(),
+            options.secrets(),
+        )?;
+        let headers = options.headers(KeyHeader::Named("x-goog-api-key"), &[])?;
+        Ok(Self {
+            options,
+            transport,
+            headers,
+        })
+    }
+
+    fn redacted(&self, mut error: LlmError) -> LlmError {
+        error.message = self.transport.redact(&error.message);
+        error
+    }
+
+    fn body(&self, request: &ChatRequest) -> Result<serde_json::Value, LlmError> {
+        serde_json::to_value(gemini::encode_request(request)).map_err(|error| {
+            self.transport
+                .error(ErrorKind::InvalidRequest, error.to_string())
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for GeminiClient {
+    fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    fn capabilities(&self, model: &str) -> Capabilities {
+        let model = model.to_ascii_lowercase();
+        Capabilities {
+            vision: true,
+            structured_output: true,
+            reasoning: model.contains("2.5")
+                || model.contains("gemini-3")
+                || model.contains("thinking"),
+            ..Capabilities::default()
+        }
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+        let body = self.body(&request)?;
+        let url = self.options.url(&format!(
+            "{}?alt=sse",
+            model_path(&request.model, "streamGenerateContent")
+        ));
+        let response = self
+            .transport
+            .post_json(&url, &self.headers, &body)
+            .await
+            .map_err(refine)?;
+        let events = self.transport.sse_stream(response);
+        Ok(self
+            .transport
+            .decode_stream(events, ChunkDecoder::new(self.options.name.clone())))
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let body = self.body(&request)?;
+        let url = self
+            .options
+            .url(&model_path(&request.model, "generateContent"));
+        let response = self
+            .transport
+            .post_json(&url, &self.headers, &body)
+            .await
+            .map_err(refine)?;
+        let json = self.transport.read_json(response).await?;
+        if let Some(error) = json.get("error") {
+            return Err(self.redacted(stream_error(&self.options.name, error)));
+        }
+        let response: GenerateContentResponse = serde_json::from_value(json).map_err(|error| {
+            self.transport.error(
+                ErrorKind::Server,
+                format!("unexpected response shape: {error}"),
+            )
+        })?;
+        gemini::decode_response(&self.options.name, response)
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        let mut models = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_MODEL_PAGES {
+            let mut url = self.options.url("/models?pageSize=1000");
+            if let Some(token) = &token {
+                url.push_str("&pageToken=");
+                url.push_str(&percent_encode(token));
+            }
+            let response = self
+                .transport
+                .get(&url, &self.headers)
+                .await
+                .map_err(refine)?;
+            let json = self.transport.read_json(response).await?;
+            let page: ModelList = serde_json::from_value(json).map_err(|error| {
+                self.transport
+                    .error(ErrorKind::Server, format!("unexpected model list: {error}"))
+            })?;
+            models.extend(
+                page.models
+                    .iter()
+                    .filter(|model| model.generates_content())
+                    .map(|model| ModelInfo {
+                        id: model.id().to_owned(),
+                        provider: self.options.name.clone(),
+                        context_window: model.input_token_limit,
+                        max_output_tokens: model.output_token_limit,
+                    }),
+            );
+            token = page.next_page_token.filter(|token| !token.is_empty());
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(models)
+    }
+}
+
+/// Gemini answers a wrong or expired key with `400 INVALID_ARGUMENT` ("API
+/// key not valid. Please pass a valid API key."): that is an authentication
+/// failure, not a malformed request.
+fn refine(error: LlmError) -> LlmError {
+    let lower = error.message.to_ascii_lowercase();
+    let bad_key = ["api key not valid", "api key expired", "api key invalid"]
+        .iter()
+        .any(|needle| lower.contains(needle));
+    if error.kind == ErrorKind::InvalidRequest && bad_key {
+        LlmError {
+            kind: ErrorKind::Authentication,
+            ..error
+        }
+    } else {
+        error
+    }
+}
+
+/// `text` with everything but RFC 3986 unreserved characters percent-encoded.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
