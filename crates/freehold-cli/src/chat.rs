@@ -51,14 +51,20 @@ fn parse_effort(text: &str) -> Result<ReasoningEffort, String> {
         "low" => Ok(ReasoningEffort::Low),
         "medium" => Ok(ReasoningEffort::Medium),
         "high" => Ok(ReasoningEffort::High),
-        other => Err(format!("`{other}` is not one of minimal, low, medium, high")),
+        other => Err(format!(
+            "`{other}` is not one of minimal, low, medium, high"
+        )),
     }
 }
 
 pub(crate) async fn run(args: ChatArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let prompt = read_prompt(&args.prompt)?;
     let setup = Setup::load(config)?;
-    let model = match args.model.clone().or_else(|| setup.config.default_model.clone()) {
+    let model = match args
+        .model
+        .clone()
+        .or_else(|| setup.config.default_model.clone())
+    {
         Some(model) => model,
         None => setup.detect_model().await?,
     };
@@ -148,7 +154,9 @@ fn read_prompt(words: &[String]) -> anyhow::Result<String> {
         }
     }
     if prompt.trim().is_empty() {
-        bail!("no prompt: pass one as an argument (freehold chat \"…\") or pipe it on standard input");
+        bail!(
+            "no prompt: pass one as an argument (freehold chat \"…\") or pipe it on standard input"
+        );
     }
     Ok(prompt)
 }
@@ -220,7 +228,11 @@ impl Renderer {
             }
             StreamEvent::ToolCallStart { name, .. } => {
                 self.end_reasoning()?;
-                let note = format!("{}[tool call: {name}]{}\n", self.style.dim_on(), self.style.dim_off());
+                let note = format!(
+                    "{}[tool call: {name}]{}\n",
+                    self.style.dim_on(),
+                    self.style.dim_off()
+                );
                 self.write(&note)?;
             }
             _ => {}

@@ -66,14 +66,17 @@ pub(crate) fn load(explicit: Option<&Path>) -> anyhow::Result<Loaded> {
         // Each layer is checked on its own first, so that an error names the
         // file and line it is in.
         parse(&text, file)?;
-        let table: toml::Table = toml::from_str(&text)
-            .with_context(|| format!("invalid TOML in {}", file.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("invalid TOML in {}", file.display()))?;
         merge(&mut merged, table);
     }
     let mut config: ConfigFile = toml::Value::Table(merged)
         .try_into()
         .context("the merged configuration layers are inconsistent")?;
-    if let Some(model) = std::env::var("FREEHOLD_MODEL").ok().filter(|m| !m.trim().is_empty()) {
+    if let Some(model) = std::env::var("FREEHOLD_MODEL")
+        .ok()
+        .filter(|m| !m.trim().is_empty())
+    {
         config.default_model = Some(model);
     }
     Ok(Loaded { config, files })
@@ -165,14 +168,20 @@ mod tests {
     use super::*;
 
     fn error_of(text: &str) -> String {
-        parse(text, Path::new("/etc/f.toml")).unwrap_err().to_string()
+        parse(text, Path::new("/etc/f.toml"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn a_bad_kind_names_file_line_key_and_expectation() {
-        let text = "[providers.gpu-box]\nkind = \"openia\"\nbase_url = \"http://10.0.0.5:8000/v1\"\n";
+        let text =
+            "[providers.gpu-box]\nkind = \"openia\"\nbase_url = \"http://10.0.0.5:8000/v1\"\n";
         let error = error_of(text);
-        assert!(error.starts_with("invalid configuration at /etc/f.toml:2:"), "{error}");
+        assert!(
+            error.starts_with("invalid configuration at /etc/f.toml:2:"),
+            "{error}"
+        );
         assert!(error.contains("key `providers.gpu-box.kind`"), "{error}");
         assert!(error.contains("unknown variant `openia`"), "{error}");
         assert!(error.contains("`openai`"), "{error}");

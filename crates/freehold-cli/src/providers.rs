@@ -53,12 +53,21 @@ fn list(setup: &Setup, all: bool) -> anyhow::Result<ExitCode> {
         }
     }
     println!();
-    println!("{:<18} {:<17} {:<8} {:<44} KEY", "NAME", "KIND", "SOURCE", "BASE URL");
+    println!(
+        "{:<18} {:<17} {:<8} {:<44} KEY",
+        "NAME", "KIND", "SOURCE", "BASE URL"
+    );
     for (resolved, origin) in shown(setup, all) {
         let key = match &resolved.api_key_env {
             None => "-".to_owned(),
-            Some(variable) if resolved.missing_key().is_some() => format!("{variable} (not set)"),
-            Some(variable) => format!("{variable} (set)"),
+            Some(variable) => {
+                let set = freehold_llm::secret::ApiKey::from_env(variable).is_some();
+                match (set, resolved.key_required) {
+                    (true, _) => format!("{variable} (set)"),
+                    (false, true) => format!("{variable} (not set)"),
+                    (false, false) => format!("{variable} (optional, not set)"),
+                }
+            }
         };
         let urls = if resolved.base_urls.is_empty() {
             "(embedded)".to_owned()
@@ -69,7 +78,13 @@ fn list(setup: &Setup, all: bool) -> anyhow::Result<ExitCode> {
             Origin::Config => "config",
             Origin::Preset => "preset",
         };
-        println!("{:<18} {:<17} {:<8} {:<44} {key}", resolved.name, resolved.kind.as_str(), origin, urls);
+        println!(
+            "{:<18} {:<17} {:<8} {:<44} {key}",
+            resolved.name,
+            resolved.kind.as_str(),
+            origin,
+            urls
+        );
     }
     if !setup.config.aliases.is_empty() {
         println!();
@@ -91,9 +106,12 @@ async fn check(setup: &Setup, all: bool) -> anyhow::Result<ExitCode> {
                 Some(provider) => match provider.list_models().await {
                     Ok(models) => Ok(format!("ok, {} model(s)", models.len())),
                     Err(error) => Err(match error.kind {
-                        freehold_protocol::ErrorKind::Authentication => format!("reachable, key rejected: {error}"),
-                        freehold_protocol::ErrorKind::Connection | freehold_protocol::ErrorKind::Timeout => {
-                            format!("unreachable: {error}")
+                        freehold_protocol::ErrorKind::Authentication => {
+                            format!("reachable, key rejected: {error}")
+                        }
+                        freehold_protocol::ErrorKind::Connection
+                        | freehold_protocol::ErrorKind::Timeout => {
+                            format!("unreachable: {}", error.message)
                         }
                         _ => format!("error: {error}"),
                     }),

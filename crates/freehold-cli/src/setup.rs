@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use freehold_llm::{HealthSettings, Provider};
 use freehold_llm::catalog::Catalog;
 use freehold_llm::config::{ProviderConfig, ResolvedProvider};
 use freehold_llm::presets::PRESETS;
 use freehold_llm::retry::RetryPolicy;
 use freehold_llm::router::Router;
+use freehold_llm::{HealthSettings, Provider};
 
 use crate::config::{self, ConfigFile};
 
@@ -42,7 +42,10 @@ const DEFAULT_HOSTED_MODELS: &[(&str, &str)] = &[
     ("groq", "llama-3.3-70b-versatile"),
     ("openrouter", "openrouter/auto"),
     ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
-    ("fireworks", "accounts/fireworks/models/llama-v3p3-70b-instruct"),
+    (
+        "fireworks",
+        "accounts/fireworks/models/llama-v3p3-70b-instruct",
+    ),
 ];
 
 impl Setup {
@@ -70,7 +73,9 @@ impl Setup {
         for (resolved, _) in &mut providers {
             let prefix = format!("{}:", resolved.name);
             for (key, entry) in &config.models {
-                if let (Some(model), Some(on)) = (key.strip_prefix(&prefix), entry.recover_text_tool_calls) {
+                if let (Some(model), Some(on)) =
+                    (key.strip_prefix(&prefix), entry.recover_text_tool_calls)
+                {
                     resolved.recover_per_model.insert(model.to_owned(), on);
                 }
             }
@@ -94,9 +99,9 @@ impl Setup {
             }
         }
         let router = Router::new(built, config.aliases.clone(), catalog);
-        router
-            .validate()
-            .map_err(|error| anyhow::anyhow!("invalid [aliases] in the configuration: {}", error.message))?;
+        router.validate().map_err(|error| {
+            anyhow::anyhow!("invalid [aliases] in the configuration: {}", error.message)
+        })?;
         Ok(Self {
             config,
             files: loaded.files,
@@ -120,21 +125,29 @@ impl Setup {
             let first = models.into_iter().next()?;
             Some(format!("{}:{}", resolved.name, first.id))
         });
-        for found in futures::future::join_all(probes).await.into_iter().flatten() {
+        for found in futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+        {
             return Ok(found);
         }
         for (provider, model) in DEFAULT_HOSTED_MODELS {
-            let ready = self
-                .providers
-                .iter()
-                .any(|(resolved, _)| resolved.name == *provider && resolved.missing_key().is_none());
+            let ready = self.providers.iter().any(|(resolved, _)| {
+                resolved.name == *provider && resolved.missing_key().is_none()
+            });
             if ready {
                 return Ok(format!("{provider}:{model}"));
             }
         }
         let tried: Vec<String> = local
             .iter()
-            .filter_map(|resolved| resolved.base_urls.first().map(|url| format!("{} ({url})", resolved.name)))
+            .filter_map(|resolved| {
+                resolved
+                    .base_urls
+                    .first()
+                    .map(|url| format!("{} ({url})", resolved.name))
+            })
             .collect();
         let keys: Vec<&str> = PRESETS
             .iter()

@@ -28,7 +28,11 @@ async fn freehold(args: &[&str], config: Option<&str>, stdin: Option<&str>) -> R
         .env("HOME", &home)
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("NO_COLOR", "1")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(config) = config {
@@ -55,7 +59,11 @@ async fn freehold(args: &[&str], config: Option<&str>, stdin: Option<&str>) -> R
 }
 
 fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("freehold-cli-{}-{}", std::process::id(), fastrand_u64()));
+    let dir = std::env::temp_dir().join(format!(
+        "freehold-cli-{}-{}",
+        std::process::id(),
+        fastrand_u64()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -63,7 +71,12 @@ fn tempdir() -> PathBuf {
 fn fastrand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(std::time::SystemTime::now().elapsed().map(|d| d.as_nanos() as u64).unwrap_or(0));
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
     hasher.finish()
 }
 
@@ -78,7 +91,13 @@ fn answer_stream(text: &str) -> Scripted {
                        "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}})
     .to_string();
     let body = sse_text(&[
-        ("", &chunk(json!({"role": "assistant", "reasoning_content": "thinking…"}), None)),
+        (
+            "",
+            &chunk(
+                json!({"role": "assistant", "reasoning_content": "thinking…"}),
+                None,
+            ),
+        ),
         ("", &chunk(json!({"content": text}), None)),
         ("", &chunk(json!({}), Some("stop"))),
         ("", &usage),
@@ -97,7 +116,12 @@ fn config_for(server: &MockServer) -> String {
 #[tokio::test]
 async fn chat_streams_the_answer_and_reports_usage() {
     let server = MockServer::start(vec![answer_stream("Own it.")]).await;
-    let run = freehold(&["chat", "--model", "box:mock-model", "Why", "own?"], Some(&config_for(&server)), None).await;
+    let run = freehold(
+        &["chat", "--model", "box:mock-model", "Why", "own?"],
+        Some(&config_for(&server)),
+        None,
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     // Piped output carries the answer alone: no reasoning, no styling.
     assert_eq!(run.stdout, "Own it.\n");
@@ -111,48 +135,97 @@ async fn chat_streams_the_answer_and_reports_usage() {
 #[tokio::test]
 async fn chat_reads_the_prompt_from_stdin_and_resolves_aliases() {
     let server = MockServer::start(vec![answer_stream("Piped.")]).await;
-    let run = freehold(&["chat", "--model", "fast", "Summarise:"], Some(&config_for(&server)), Some("line one\nline two\n")).await;
+    let run = freehold(
+        &["chat", "--model", "fast", "Summarise:"],
+        Some(&config_for(&server)),
+        Some("line one\nline two\n"),
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stdout, "Piped.\n");
     let sent = server.requests()[0].json();
-    assert_eq!(sent["messages"][0]["content"], "Summarise:\n\nline one\nline two");
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "Summarise:\n\nline one\nline two"
+    );
 }
 
 #[tokio::test]
 async fn chat_failures_are_clear_and_exit_non_zero() {
-    let server = MockServer::start(vec![Scripted::json(401, json!({"error": {"message": "bad key"}}))]).await;
-    let run = freehold(&["chat", "--model", "box:mock-model", "hi"], Some(&config_for(&server)), None).await;
+    let server = MockServer::start(vec![Scripted::json(
+        401,
+        json!({"error": {"message": "bad key"}}),
+    )])
+    .await;
+    let run = freehold(
+        &["chat", "--model", "box:mock-model", "hi"],
+        Some(&config_for(&server)),
+        None,
+    )
+    .await;
     assert_ne!(run.code, 0);
-    assert!(run.stderr.contains("authentication failed"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("authentication failed"),
+        "{}",
+        run.stderr
+    );
 
-    let run = freehold(&["chat", "--model", "nowhere:x", "hi"], Some(&config_for(&server)), None).await;
+    let run = freehold(
+        &["chat", "--model", "nowhere:x", "hi"],
+        Some(&config_for(&server)),
+        None,
+    )
+    .await;
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("nowhere"), "{}", run.stderr);
 
-    let run = freehold(&["chat", "--model", "box:mock-model"], Some(&config_for(&server)), None).await;
+    let run = freehold(
+        &["chat", "--model", "box:mock-model"],
+        Some(&config_for(&server)),
+        None,
+    )
+    .await;
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("no prompt"), "{}", run.stderr);
 }
 
 #[tokio::test]
 async fn a_hosted_preset_without_its_key_says_which_variable_to_set() {
-    let run = freehold(&["chat", "--model", "groq:llama-3.3-70b-versatile", "hi"], None, None).await;
+    let run = freehold(
+        &["chat", "--model", "groq:llama-3.3-70b-versatile", "hi"],
+        None,
+        None,
+    )
+    .await;
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("GROQ_API_KEY"), "{}", run.stderr);
 }
 
 #[tokio::test]
 async fn a_bad_config_names_file_line_and_key() {
-    let run = freehold(&["providers"], Some("[providers.gpu-box]\nkind = \"openia\"\n"), None).await;
+    let run = freehold(
+        &["providers"],
+        Some("[providers.gpu-box]\nkind = \"openia\"\n"),
+        None,
+    )
+    .await;
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("freehold.toml:2:"), "{}", run.stderr);
-    assert!(run.stderr.contains("providers.gpu-box.kind"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("providers.gpu-box.kind"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("expected one of"), "{}", run.stderr);
 }
 
 #[tokio::test]
 async fn providers_lists_and_checks() {
-    let server = MockServer::start(vec![Scripted::json(200, json!({"object": "list", "data": [{"id": "mock-model", "object": "model"}]}))]).await;
+    let server = MockServer::start(vec![Scripted::json(
+        200,
+        json!({"object": "list", "data": [{"id": "mock-model", "object": "model"}]}),
+    )])
+    .await;
     let config = format!(
         "{}\n[providers.down]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[providers.keyed]\npreset = \"openai\"\napi_key_env = \"FREEHOLD_TEST_UNSET_KEY\"\n",
         config_for(&server)
@@ -161,13 +234,50 @@ async fn providers_lists_and_checks() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("box"), "{}", run.stdout);
     assert!(run.stdout.contains(&server.url()), "{}", run.stdout);
-    assert!(run.stdout.contains("FREEHOLD_TEST_UNSET_KEY (not set)"), "{}", run.stdout);
-    assert!(run.stdout.contains("fast = box:mock-model"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("FREEHOLD_TEST_UNSET_KEY (not set)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("fast = box:mock-model"),
+        "{}",
+        run.stdout
+    );
 
     let run = freehold(&["providers", "check"], Some(&config), None).await;
     assert_ne!(run.code, 0, "a configured provider is down");
-    let line = |name: &str| run.stdout.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_owned();
+    let line = |name: &str| {
+        run.stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
     assert!(line("box").contains("ok, 1 model"), "{}", run.stdout);
     assert!(line("down").contains("unreachable"), "{}", run.stdout);
-    assert!(line("keyed").contains("key missing: set FREEHOLD_TEST_UNSET_KEY"), "{}", run.stdout);
+    assert!(
+        line("keyed").contains("key missing: set FREEHOLD_TEST_UNSET_KEY"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test]
+async fn an_alias_chain_falls_back_when_the_first_model_is_down() {
+    let server = MockServer::start(vec![answer_stream("From the fallback.")]).await;
+    let config = format!(
+        "[providers.box]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
+         [providers.down]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmax_retries = 0\n\n\
+         [aliases]\nsmart = [\"down:big-model\", \"box:mock-model\"]\n",
+        server.url()
+    );
+    let run = freehold(&["chat", "--model", "smart", "hi"], Some(&config), None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "From the fallback.\n");
+    assert!(
+        run.stderr.contains("box:mock-model"),
+        "the usage line names the model that answered: {}",
+        run.stderr
+    );
 }

@@ -121,7 +121,9 @@ pub enum ConfigError {
         provider: String,
     },
     /// No base URL, and no preset to supply one.
-    #[error("provider `{provider}`: missing `base_url` (for example base_url = \"http://127.0.0.1:8000/v1\")")]
+    #[error(
+        "provider `{provider}`: missing `base_url` (for example base_url = \"http://127.0.0.1:8000/v1\")"
+    )]
     MissingBaseUrl {
         /// The provider's name.
         provider: String,
@@ -201,12 +203,12 @@ impl ProviderConfig {
             // `[providers.groq]` with only a key variable means the groq preset.
             None => preset(name).filter(|p| self.kind.is_none() || self.kind == Some(p.kind)),
         };
-        let kind = self
-            .kind
-            .or(preset.map(|p| p.kind))
-            .ok_or_else(|| ConfigError::MissingKind {
-                provider: name.to_owned(),
-            })?;
+        let kind =
+            self.kind
+                .or(preset.map(|p| p.kind))
+                .ok_or_else(|| ConfigError::MissingKind {
+                    provider: name.to_owned(),
+                })?;
         let mut base_urls = self.base_urls.clone();
         if let Some(url) = &self.base_url {
             base_urls.insert(0, url.clone());
@@ -233,7 +235,10 @@ impl ProviderConfig {
         }
         let local = match preset {
             Some(preset) => preset.local,
-            None => matches!(kind, ProviderKind::Ollama | ProviderKind::Local) || base_urls.iter().all(|u| is_private_url(u)),
+            None => {
+                matches!(kind, ProviderKind::Ollama | ProviderKind::Local)
+                    || base_urls.iter().all(|u| is_private_url(u))
+            }
         };
         let api_key_env = self
             .api_key_env
@@ -344,9 +349,16 @@ impl ResolvedProvider {
                 variable: variable.to_owned(),
             }));
         }
+        // With several replicas, a failed request moves to the next replica
+        // at once (the replica set does that) instead of retrying the same,
+        // possibly dead, one with backoff.
+        let mut http = self.http.clone();
+        if self.base_urls.len() > 1 {
+            http.retry = RetryPolicy::none();
+        }
         let mut replicas = Vec::new();
         for url in &self.base_urls {
-            replicas.push(self.build_client(url)?);
+            replicas.push(self.build_client(url, &http)?);
         }
         if self.kind == ProviderKind::Local {
             return Err(ConfigError::Unavailable {
@@ -373,15 +385,24 @@ impl ResolvedProvider {
         })
     }
 
-    fn build_client(&self, base_url: &str) -> Result<Arc<dyn Provider>, ConfigError> {
-        let options = self.client_options(base_url);
+    fn build_client(
+        &self,
+        base_url: &str,
+        http: &HttpSettings,
+    ) -> Result<Arc<dyn Provider>, ConfigError> {
+        let mut options = self.client_options(base_url);
+        options.http = http.clone();
         let client_error = |error: LlmError| ConfigError::Client {
             provider: self.name.clone(),
             message: error.message,
         };
         Ok(match self.kind {
-            ProviderKind::Openai => Arc::new(OpenAiChatClient::new(options, self.dialect).map_err(client_error)?),
-            ProviderKind::OpenaiResponses => Arc::new(crate::client::OpenAiResponsesClient::new(options).map_err(client_error)?),
+            ProviderKind::Openai => {
+                Arc::new(OpenAiChatClient::new(options, self.dialect).map_err(client_error)?)
+            }
+            ProviderKind::OpenaiResponses => {
+                Arc::new(crate::client::OpenAiResponsesClient::new(options).map_err(client_error)?)
+            }
             ProviderKind::Anthropic => {
                 let client = crate::client::AnthropicClient::new(options).map_err(client_error)?;
                 Arc::new(match self.default_max_tokens {
@@ -389,9 +410,12 @@ impl ResolvedProvider {
                     None => client,
                 })
             }
-            ProviderKind::Gemini => Arc::new(crate::client::GeminiClient::new(options).map_err(client_error)?),
+            ProviderKind::Gemini => {
+                Arc::new(crate::client::GeminiClient::new(options).map_err(client_error)?)
+            }
             ProviderKind::Ollama => Arc::new(
-                crate::client::OllamaClient::with_settings(options, self.ollama.clone()).map_err(client_error)?,
+                crate::client::OllamaClient::with_settings(options, self.ollama.clone())
+                    .map_err(client_error)?,
             ),
             ProviderKind::Local => {
                 return Err(ConfigError::Unavailable {

@@ -198,7 +198,13 @@ impl Transport {
     /// Maps a failed HTTP status and its body to an error.
     pub fn status_error(&self, status: u16, headers: &HeaderMap, body: &str) -> LlmError {
         let message = self.redact(&error_message_from_body(body));
-        let kind = classify_status(status, headers, &message);
+        let kind = match classify_status(status, headers, &message) {
+            // Google sends the wait in the body, not in a header.
+            ErrorKind::RateLimited { retry_after: None } => ErrorKind::RateLimited {
+                retry_after: retry_delay_in_body(body),
+            },
+            kind => kind,
+        };
         LlmError::new(kind, self.provider.clone(), message).with_status(status)
     }
 
@@ -209,15 +215,20 @@ impl Transport {
         } else {
             ErrorKind::Connection
         };
-        // reqwest's Display omits the root cause ("connection refused");
-        // walk the chain so the user sees it.
-        let mut message = error.to_string();
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
+        // reqwest's Display omits the root cause ("connection refused"),
+        // which is what the user needs to see.
+        let mut root: &dyn std::error::Error = error;
+        while let Some(cause) = root.source() {
+            root = cause;
         }
+        let url = error.url().map(|url| url.as_str()).unwrap_or("the server");
+        let message = if error.is_connect() {
+            format!("cannot connect to {url}: {root}")
+        } else if std::ptr::addr_eq(root, error as &dyn std::error::Error) {
+            format!("request to {url} failed: {error}")
+        } else {
+            format!("request to {url} failed: {error}: {root}")
+        };
         self.error(kind, message)
     }
 
@@ -284,7 +295,11 @@ impl Transport {
     /// [`crate::assemble::decode_stream`]), redacting this provider's keys
     /// from any error the stream reports: errors sent inside a stream are the
     /// server's own text and may echo a key.
-    pub fn decode_stream<T, D>(&self, items: BoxStream<T>, decoder: D) -> crate::provider::EventStream
+    pub fn decode_stream<T, D>(
+        &self,
+        items: BoxStream<T>,
+        decoder: D,
+    ) -> crate::provider::EventStream
     where
         T: Send + 'static,
         D: crate::assemble::WireDecoder<T>,
@@ -458,6 +473,18 @@ pub fn context_length_kind(message: &str) -> ErrorKind {
     ErrorKind::ContextLengthExceeded { needed, allowed }
 }
 
+/// Google's `RetryInfo` in an error body:
+/// `{"error":{"details":[{"@type":"…RetryInfo","retryDelay":"37s"}]}}`.
+pub fn retry_delay_in_body(body: &str) -> Option<Duration> {
+    let json: serde_json::Value = serde_json::from_str(body).ok()?;
+    let details = json.pointer("/error/details")?.as_array()?;
+    details.iter().find_map(|detail| {
+        let text = detail.get("retryDelay")?.as_str()?;
+        let secs: f64 = text.strip_suffix('s')?.parse().ok()?;
+        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    })
+}
+
 /// The wait a response asks for: `retry-after-ms` (OpenAI), else
 /// `Retry-After` in seconds or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -523,6 +550,13 @@ mod tests {
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
         assert_eq!(retry_after(&dated), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn reads_googles_retry_delay_from_the_body() {
+        let body = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1.5s"}]}}"#;
+        assert_eq!(retry_delay_in_body(body), Some(Duration::from_millis(1500)));
+        assert_eq!(retry_delay_in_body("{}"), None);
     }
 
     #[test]

@@ -28,14 +28,14 @@ pub mod config;
 pub mod cost;
 pub mod http;
 pub mod ndjson;
-mod provider;
 pub mod presets;
+mod provider;
 pub mod retry;
 pub mod router;
 pub mod secret;
 pub mod sse;
-pub mod wire;
 pub mod text_tools;
+pub mod wire;
 
 pub use balance::{HealthSettings, ReplicaSet};
 pub use catalog::{Catalog, CatalogError, ModelEntry, ModelOverride, Pricing};

@@ -64,7 +64,12 @@ const COMPATIBLE: Dialect = Dialect {
     stream_usage: true,
 };
 
-const fn hosted(name: &'static str, kind: ProviderKind, base_url: &'static str, key: &'static str) -> Preset {
+const fn hosted(
+    name: &'static str,
+    kind: ProviderKind,
+    base_url: &'static str,
+    key: &'static str,
+) -> Preset {
     Preset {
         name,
         kind,
@@ -76,7 +81,12 @@ const fn hosted(name: &'static str, kind: ProviderKind, base_url: &'static str, 
     }
 }
 
-const fn local(name: &'static str, kind: ProviderKind, base_url: &'static str, key: Option<&'static str>) -> Preset {
+const fn local(
+    name: &'static str,
+    kind: ProviderKind,
+    base_url: &'static str,
+    key: Option<&'static str>,
+) -> Preset {
     Preset {
         name,
         kind,
@@ -90,17 +100,47 @@ const fn local(name: &'static str, kind: ProviderKind, base_url: &'static str, k
 
 /// Every preset, local servers first.
 pub const PRESETS: &[Preset] = &[
-    local("ollama", ProviderKind::Ollama, "http://127.0.0.1:11434", Some("OLLAMA_API_KEY")),
-    local("llamacpp", ProviderKind::Openai, "http://127.0.0.1:8080/v1", Some("LLAMACPP_API_KEY")),
-    local("lmstudio", ProviderKind::Openai, "http://127.0.0.1:1234/v1", None),
-    local("vllm", ProviderKind::Openai, "http://127.0.0.1:8000/v1", Some("VLLM_API_KEY")),
-    local("sglang", ProviderKind::Openai, "http://127.0.0.1:30000/v1", Some("SGLANG_API_KEY")),
+    local(
+        "ollama",
+        ProviderKind::Ollama,
+        "http://127.0.0.1:11434",
+        Some("OLLAMA_API_KEY"),
+    ),
+    local(
+        "llamacpp",
+        ProviderKind::Openai,
+        "http://127.0.0.1:8080/v1",
+        Some("LLAMACPP_API_KEY"),
+    ),
+    local(
+        "lmstudio",
+        ProviderKind::Openai,
+        "http://127.0.0.1:1234/v1",
+        None,
+    ),
+    local(
+        "vllm",
+        ProviderKind::Openai,
+        "http://127.0.0.1:8000/v1",
+        Some("VLLM_API_KEY"),
+    ),
+    local(
+        "sglang",
+        ProviderKind::Openai,
+        "http://127.0.0.1:30000/v1",
+        Some("SGLANG_API_KEY"),
+    ),
     Preset {
         dialect: Dialect {
             max_tokens_field: MaxTokensField::MaxCompletionTokens,
             stream_usage: true,
         },
-        ..hosted("openai", ProviderKind::Openai, "https://api.openai.com/v1", "OPENAI_API_KEY")
+        ..hosted(
+            "openai",
+            ProviderKind::Openai,
+            "https://api.openai.com/v1",
+            "OPENAI_API_KEY",
+        )
     },
     hosted(
         "openai-responses",
@@ -108,7 +148,12 @@ pub const PRESETS: &[Preset] = &[
         "https://api.openai.com/v1",
         "OPENAI_API_KEY",
     ),
-    hosted("anthropic", ProviderKind::Anthropic, "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
+    hosted(
+        "anthropic",
+        ProviderKind::Anthropic,
+        "https://api.anthropic.com",
+        "ANTHROPIC_API_KEY",
+    ),
     hosted(
         "gemini",
         ProviderKind::Gemini,
@@ -122,12 +167,37 @@ pub const PRESETS: &[Preset] = &[
             max_tokens_field: MaxTokensField::MaxTokens,
             stream_usage: false,
         },
-        ..hosted("mistral", ProviderKind::Openai, "https://api.mistral.ai/v1", "MISTRAL_API_KEY")
+        ..hosted(
+            "mistral",
+            ProviderKind::Openai,
+            "https://api.mistral.ai/v1",
+            "MISTRAL_API_KEY",
+        )
     },
-    hosted("groq", ProviderKind::Openai, "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
-    hosted("together", ProviderKind::Openai, "https://api.together.xyz/v1", "TOGETHER_API_KEY"),
-    hosted("deepseek", ProviderKind::Openai, "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
-    hosted("openrouter", ProviderKind::Openai, "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+    hosted(
+        "groq",
+        ProviderKind::Openai,
+        "https://api.groq.com/openai/v1",
+        "GROQ_API_KEY",
+    ),
+    hosted(
+        "together",
+        ProviderKind::Openai,
+        "https://api.together.xyz/v1",
+        "TOGETHER_API_KEY",
+    ),
+    hosted(
+        "deepseek",
+        ProviderKind::Openai,
+        "https://api.deepseek.com/v1",
+        "DEEPSEEK_API_KEY",
+    ),
+    hosted(
+        "openrouter",
+        ProviderKind::Openai,
+        "https://openrouter.ai/api/v1",
+        "OPENROUTER_API_KEY",
+    ),
     hosted(
         "fireworks",
         ProviderKind::Openai,
@@ -158,7 +228,11 @@ mod tests {
         assert_eq!(names.len(), PRESETS.len());
         for preset in PRESETS {
             assert_eq!(preset.local, !preset.key_required, "{}", preset.name);
-            assert!(preset.local || preset.base_url.starts_with("https://"), "{}", preset.name);
+            assert!(
+                preset.local || preset.base_url.starts_with("https://"),
+                "{}",
+                preset.name
+            );
             assert!(!preset.base_url.ends_with('/'), "{}", preset.name);
         }
         assert_eq!(preset("groq").map(|p| p.kind), Some(ProviderKind::Openai));

@@ -9,7 +9,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use freehold_llm::Provider;
-use freehold_llm::client::{AnthropicClient, GeminiClient, OllamaClient, OpenAiChatClient, OpenAiResponsesClient};
+use freehold_llm::client::{
+    AnthropicClient, GeminiClient, OllamaClient, OpenAiChatClient, OpenAiResponsesClient,
+};
 use freehold_llm::secret::ApiKey;
 use freehold_llm::wire::openai_chat::Dialect;
 use freehold_protocol::{ChatRequest, Message};
@@ -45,15 +47,30 @@ fn clients(base: &str) -> Vec<(&'static str, Arc<dyn Provider>)> {
     vec![
         (
             "openai",
-            Arc::new(OpenAiChatClient::new(options("openai", format!("{base}/v1")), Dialect::default()).unwrap()),
+            Arc::new(
+                OpenAiChatClient::new(options("openai", format!("{base}/v1")), Dialect::default())
+                    .unwrap(),
+            ),
         ),
         (
             "openai-responses",
-            Arc::new(OpenAiResponsesClient::new(options("openai-responses", format!("{base}/v1"))).unwrap()),
+            Arc::new(
+                OpenAiResponsesClient::new(options("openai-responses", format!("{base}/v1")))
+                    .unwrap(),
+            ),
         ),
-        ("anthropic", Arc::new(AnthropicClient::new(options("anthropic", base.to_owned())).unwrap())),
-        ("gemini", Arc::new(GeminiClient::new(options("gemini", format!("{base}/v1beta"))).unwrap())),
-        ("ollama", Arc::new(OllamaClient::new(options("ollama", base.to_owned())).unwrap())),
+        (
+            "anthropic",
+            Arc::new(AnthropicClient::new(options("anthropic", base.to_owned())).unwrap()),
+        ),
+        (
+            "gemini",
+            Arc::new(GeminiClient::new(options("gemini", format!("{base}/v1beta"))).unwrap()),
+        ),
+        (
+            "ollama",
+            Arc::new(OllamaClient::new(options("ollama", base.to_owned())).unwrap()),
+        ),
     ]
 }
 
@@ -77,7 +94,10 @@ async fn keys_stay_out_of_errors_logs_and_debug_output() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let echo = format!("Incorrect API key provided: {KEY}. Also seen: sk-live-****{}", &KEY[KEY.len() - 12..]);
+    let echo = format!(
+        "Incorrect API key provided: {KEY}. Also seen: sk-live-****{}",
+        &KEY[KEY.len() - 12..]
+    );
     for (status, kind) in [(401, "authentication"), (500, "server")] {
         // The body echoes the key in every shape a provider might.
         let body = json!({"error": {"message": echo, "type": kind, "code": status}});
@@ -98,16 +118,25 @@ async fn keys_stay_out_of_errors_logs_and_debug_output() {
         }
         // The key did reach the server (so the test proves redaction, not absence).
         let sent_somewhere = server.requests().iter().any(|request| {
-            request.headers.values().any(|value| value.to_str().unwrap_or_default().contains(KEY))
+            request
+                .headers
+                .values()
+                .any(|value| value.to_str().unwrap_or_default().contains(KEY))
         });
         assert!(sent_somewhere, "no client sent the key");
     }
 
     // An error event inside a stream that echoes the key.
-    let stream_error = sse_text(&[("", &json!({"error": {"message": format!("bad key {KEY}"), "code": 500}}).to_string())]);
+    let stream_error = sse_text(&[(
+        "",
+        &json!({"error": {"message": format!("bad key {KEY}"), "code": 500}}).to_string(),
+    )]);
     let server = MockServer::start(vec![Scripted::sse(&stream_error, Split::Whole)]).await;
     let (_, client) = clients(&server.url()).remove(0);
-    let mut stream = client.stream(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap();
+    let mut stream = client
+        .stream(ChatRequest::new("m", vec![Message::user("hi")]))
+        .await
+        .unwrap();
     let mut saw_error = false;
     while let Some(item) = stream.next().await {
         if let Err(error) = item {

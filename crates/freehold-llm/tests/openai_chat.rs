@@ -533,3 +533,37 @@ async fn lists_models() {
     assert_eq!(models[0].provider, "test-openai");
     assert_eq!(server.requests()[0].uri, "/v1/models");
 }
+
+#[tokio::test]
+async fn dropping_the_stream_cancels_the_request_at_the_server() {
+    // A long answer, one chunk every 20 ms (6 s in all): the client reads a
+    // few events and drops the stream; the server must see the connection
+    // go away long before the answer would have ended.
+    let deltas: Vec<String> = (0..300)
+        .map(|i| chunk(json!({"content": format!("w{i} ")}), None))
+        .collect();
+    let events: Vec<(&str, &str)> = deltas.iter().map(|d| ("", d.as_str())).collect();
+    let mut script = Scripted::sse(&sse_text(&events), Split::Every(deltas[0].len() + 8));
+    script.chunk_delay = Duration::from_millis(20);
+    let server = MockServer::start(vec![script]).await;
+    let mut stream = client(&server).stream(request()).await.unwrap();
+    for _ in 0..3 {
+        let event = futures::StreamExt::next(&mut stream).await;
+        assert!(matches!(event, Some(Ok(_))), "{event:?}");
+    }
+    let dropped_at = Instant::now();
+    drop(stream);
+    while server.aborted() == 0 && dropped_at.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.aborted(), 1, "the server never saw the cancellation");
+}
+
+#[tokio::test]
+async fn a_finished_stream_is_not_counted_as_cancelled() {
+    let server = MockServer::start(vec![Scripted::sse(&text_stream(), Split::Every(60))]).await;
+    let (_, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    assert!(error.is_none());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(server.aborted(), 0);
+}

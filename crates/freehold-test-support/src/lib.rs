@@ -163,6 +163,27 @@ impl Recorded {
 struct State {
     script: VecDeque<Scripted>,
     recorded: Vec<Recorded>,
+    /// Responses whose body the client stopped reading before the end.
+    aborted: usize,
+    /// Set by [`MockServer::kill`]: every request is cut off.
+    killed: bool,
+}
+
+/// Counts a response as aborted when its body is dropped unfinished (the
+/// client closed the connection).
+struct AbortWatch {
+    state: Arc<Mutex<State>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for AbortWatch {
+    fn drop(&mut self) {
+        if !self.done.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(mut state) = self.state.lock() {
+                state.aborted += 1;
+            }
+        }
+    }
 }
 
 /// An HTTP server on 127.0.0.1 that answers requests with its script, in
@@ -185,6 +206,8 @@ impl MockServer {
         let state = Arc::new(Mutex::new(State {
             script: script.into(),
             recorded: Vec::new(),
+            aborted: 0,
+            killed: false,
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -211,6 +234,25 @@ impl MockServer {
             .lock()
             .map(|state| state.recorded.clone())
             .unwrap_or_default()
+    }
+
+    /// How many responses the client abandoned before their body ended
+    /// (by closing the connection: a cancelled stream).
+    pub fn aborted(&self) -> usize {
+        self.state
+            .lock()
+            .map(|state| state.aborted)
+            .unwrap_or_default()
+    }
+
+    /// Kills the server as a crash would: it stops accepting connections,
+    /// and requests on connections a client kept open are cut off without a
+    /// complete answer.
+    pub fn kill(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.killed = true;
+        }
+        self.task.abort();
     }
 
     /// Appends responses to the script.
@@ -243,6 +285,17 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Body>) -> Response {
             headers: parts.headers.clone(),
             body,
         });
+        if state.killed {
+            // A body that fails at once makes the server drop the
+            // connection mid-response.
+            let broken = futures::stream::once(async {
+                Err::<Bytes, _>(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "killed",
+                ))
+            });
+            return Response::new(Body::from_stream(broken));
+        }
         if state.script.len() > 1 {
             state.script.pop_front()
         } else {
@@ -256,16 +309,30 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Body>) -> Response {
     let chunk_delay = scripted.chunk_delay;
     let stall_after = scripted.stall_after;
     let stall_for = scripted.stall_for;
-    let chunks = futures::stream::iter(scripted.chunks.into_iter().enumerate()).then(
-        move |(i, chunk)| async move {
-            if stall_after == Some(i) {
-                tokio::time::sleep(stall_for).await;
-            } else if i > 0 {
-                tokio::time::sleep(chunk_delay).await;
+    let last = scripted.chunks.len().saturating_sub(1);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(
+        scripted.chunks.is_empty(),
+    ));
+    let watch = AbortWatch {
+        state: state.clone(),
+        done: done.clone(),
+    };
+    let chunks =
+        futures::stream::iter(scripted.chunks.into_iter().enumerate()).then(move |(i, chunk)| {
+            let done = done.clone();
+            let _watch = &watch;
+            async move {
+                if stall_after == Some(i) {
+                    tokio::time::sleep(stall_for).await;
+                } else if i > 0 {
+                    tokio::time::sleep(chunk_delay).await;
+                }
+                if i == last {
+                    done.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok::<_, std::io::Error>(Bytes::from(chunk))
             }
-            Ok::<_, std::io::Error>(Bytes::from(chunk))
-        },
-    );
+        });
     let mut response = Response::new(Body::from_stream(chunks));
     *response.status_mut() = StatusCode::from_u16(scripted.status).unwrap_or(StatusCode::OK);
     for (name, value) in scripted.headers {

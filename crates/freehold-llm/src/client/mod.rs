@@ -1,14 +1,14 @@
 //! One client per wire protocol, each a [`crate::Provider`].
 
-mod ollama;
 mod anthropic;
 mod gemini;
+mod ollama;
 mod openai_chat;
 mod openai_responses;
 
-pub use ollama::{OllamaClient, OllamaSettings};
 pub use anthropic::AnthropicClient;
 pub use gemini::GeminiClient;
+pub use ollama::{OllamaClient, OllamaSettings};
 pub use openai_chat::OpenAiChatClient;
 pub use openai_responses::OpenAiResponsesClient;
 

@@ -35,7 +35,11 @@ impl RecoveringProvider {
 
     /// Wraps `inner`, recovering for models whose entry in `per_model` is
     /// true, and for other models when `enabled_by_default` is.
-    pub fn with_policy(inner: Arc<dyn Provider>, enabled_by_default: bool, per_model: BTreeMap<String, bool>) -> Self {
+    pub fn with_policy(
+        inner: Arc<dyn Provider>,
+        enabled_by_default: bool,
+        per_model: BTreeMap<String, bool>,
+    ) -> Self {
         Self {
             inner,
             enabled_by_default,
@@ -45,7 +49,10 @@ impl RecoveringProvider {
 
     /// Whether recovery is on for `model`.
     pub fn enabled_for(&self, model: &str) -> bool {
-        self.per_model.get(model).copied().unwrap_or(self.enabled_by_default)
+        self.per_model
+            .get(model)
+            .copied()
+            .unwrap_or(self.enabled_by_default)
     }
 
     fn wants_recovery(&self, request: &ChatRequest) -> bool {

@@ -7,8 +7,8 @@
 //! decode responses with them, and the gateway decodes its own clients'
 //! requests and encodes responses with the same types.
 
-pub mod ollama;
 pub mod anthropic;
 pub mod gemini;
+pub mod ollama;
 pub mod openai_chat;
 pub mod openai_responses;

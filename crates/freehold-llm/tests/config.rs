@@ -1,0 +1,193 @@
+//! Provider configuration: presets, defaults, errors, and providers built
+//! from it talking to real servers on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use freehold_llm::HealthSettings;
+use freehold_llm::Provider;
+use freehold_llm::config::{ConfigError, ProviderConfig};
+use freehold_llm::presets::ProviderKind;
+use freehold_protocol::{ChatRequest, ErrorKind, Message};
+use freehold_test_support::{MockServer, Scripted};
+use serde_json::json;
+
+fn config(text: &str) -> ProviderConfig {
+    toml::from_str(text).unwrap()
+}
+
+#[test]
+fn a_preset_name_needs_no_other_setting() {
+    let groq = ProviderConfig::default().resolve("groq").unwrap();
+    assert_eq!(groq.kind, ProviderKind::Openai);
+    assert_eq!(groq.base_urls, vec!["https://api.groq.com/openai/v1"]);
+    assert_eq!(groq.api_key_env.as_deref(), Some("GROQ_API_KEY"));
+    assert!(groq.key_required && !groq.local && !groq.recover_text_tool_calls);
+    assert_eq!(groq.http.idle_timeout, Duration::from_secs(120));
+
+    let ollama = ProviderConfig::default().resolve("ollama").unwrap();
+    assert_eq!(ollama.kind, ProviderKind::Ollama);
+    assert!(ollama.local && ollama.recover_text_tool_calls && !ollama.key_required);
+    assert_eq!(ollama.http.idle_timeout, Duration::from_secs(600));
+}
+
+#[test]
+fn a_preset_can_be_pointed_elsewhere_and_tuned() {
+    let resolved = config(
+        r#"
+        preset = "vllm"
+        base_url = "http://10.0.0.5:8000/v1/"
+        idle_timeout_secs = 900
+        max_retries = 1
+        recover_text_tool_calls = false
+        headers = { "x-team" = "infra" }
+        "#,
+    )
+    .resolve("gpu-box")
+    .unwrap();
+    assert_eq!(resolved.kind, ProviderKind::Openai);
+    assert_eq!(
+        resolved.base_urls,
+        vec!["http://10.0.0.5:8000/v1"],
+        "trailing slash trimmed"
+    );
+    assert_eq!(resolved.http.idle_timeout, Duration::from_secs(900));
+    assert_eq!(resolved.http.retry.max_retries, 1);
+    assert!(!resolved.recover_text_tool_calls);
+    assert_eq!(
+        resolved.headers,
+        vec![("x-team".to_owned(), "infra".to_owned())]
+    );
+}
+
+#[test]
+fn a_custom_server_on_a_private_address_counts_as_local() {
+    let resolved = config("kind = \"openai\"\nbase_url = \"http://192.168.1.20:8080/v1\"")
+        .resolve("lan")
+        .unwrap();
+    assert!(resolved.local);
+    assert!(resolved.recover_text_tool_calls);
+    let hosted = config("kind = \"openai\"\nbase_url = \"https://llm.example.com/v1\"")
+        .resolve("corp")
+        .unwrap();
+    assert!(!hosted.local);
+}
+
+#[test]
+fn bad_configurations_say_what_to_do() {
+    assert_eq!(
+        config("preset = \"vlm\"").resolve("x").unwrap_err(),
+        ConfigError::UnknownPreset {
+            provider: "x".into(),
+            preset: "vlm".into(),
+            known: freehold_llm::presets::preset_names().join(", "),
+        }
+    );
+    let missing_kind = config("base_url = \"http://h/v1\"")
+        .resolve("x")
+        .unwrap_err();
+    assert!(
+        missing_kind.to_string().contains("missing `kind`"),
+        "{missing_kind}"
+    );
+    let missing_url = config("kind = \"openai\"").resolve("x").unwrap_err();
+    assert!(
+        missing_url.to_string().contains("missing `base_url`"),
+        "{missing_url}"
+    );
+    let bad_url = config("kind = \"openai\"\nbase_url = \"localhost:8000\"")
+        .resolve("x")
+        .unwrap_err();
+    assert!(
+        bad_url.to_string().contains("must start with http://"),
+        "{bad_url}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_variable_that_is_not_set_fails_without_touching_the_network() {
+    let server = MockServer::start(vec![Scripted::json(200, json!({}))]).await;
+    let resolved = config(&format!(
+        "kind = \"openai\"\nbase_url = \"{}/v1\"\napi_key_env = \"FREEHOLD_TEST_KEY_THAT_IS_NEVER_SET\"",
+        server.url()
+    ))
+    .resolve("team")
+    .unwrap();
+    assert_eq!(
+        resolved.missing_key(),
+        Some("FREEHOLD_TEST_KEY_THAT_IS_NEVER_SET")
+    );
+    let provider = resolved.build(&HealthSettings::default()).unwrap();
+    let error = provider
+        .complete(ChatRequest::new("m", vec![Message::user("hi")]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Authentication);
+    assert!(
+        error
+            .to_string()
+            .contains("FREEHOLD_TEST_KEY_THAT_IS_NEVER_SET is not set"),
+        "{error}"
+    );
+    assert!(server.requests().is_empty());
+}
+
+fn answer() -> Scripted {
+    Scripted::json(
+        200,
+        json!({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}),
+    )
+}
+
+#[tokio::test]
+async fn replicas_survive_one_being_killed_mid_test() {
+    let servers = [
+        MockServer::start(vec![answer()]).await,
+        MockServer::start(vec![answer()]).await,
+        MockServer::start(vec![answer()]).await,
+    ];
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| format!("\"{}/v1\"", s.url()))
+        .collect();
+    let resolved = config(&format!(
+        "kind = \"openai\"\nbase_urls = [{}]",
+        urls.join(", ")
+    ))
+    .resolve("pool")
+    .unwrap();
+    let health = HealthSettings {
+        eject_after_failures: 2,
+        cooldown: Duration::from_secs(60),
+    };
+    let provider: Arc<dyn Provider> = resolved.build(&health).unwrap();
+    let ask = |provider: Arc<dyn Provider>| async move {
+        provider
+            .complete(ChatRequest::new("m", vec![Message::user("hi")]))
+            .await
+    };
+
+    let first: Vec<_> = futures::future::join_all((0..9).map(|_| ask(provider.clone()))).await;
+    assert!(first.iter().all(Result::is_ok), "{first:?}");
+    for server in &servers {
+        assert!(!server.requests().is_empty(), "every replica got work");
+    }
+
+    servers[1].kill();
+    let before = servers[1].requests().len();
+    let second: Vec<_> = futures::future::join_all((0..30).map(|_| ask(provider.clone()))).await;
+    let failures: Vec<_> = second.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "no request a retry could save may fail: {failures:?}"
+    );
+    // The dead replica is ejected after two failures and gets no more work.
+    assert!(
+        servers[1].requests().len() - before <= 2,
+        "the dead replica kept getting requests"
+    );
+}
