@@ -125,10 +125,11 @@ impl Setup {
             let first = models.into_iter().next()?;
             Some(format!("{}:{}", resolved.name, first.id))
         });
-        for found in futures::future::join_all(probes)
+        if let Some(found) = futures::future::join_all(probes)
             .await
             .into_iter()
             .flatten()
+            .next()
         {
             return Ok(found);
         }
