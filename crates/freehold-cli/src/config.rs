@@ -203,6 +203,31 @@ mod tests {
         assert!(error.contains("/etc/f.toml:2:"), "{error}");
     }
 
+    /// Every TOML example in the documentation parses, and every provider in
+    /// it resolves: the docs promise working configurations.
+    #[test]
+    fn documented_configurations_are_valid() {
+        let docs = [
+            ("docs/providers.md", include_str!("../../../docs/providers.md")),
+            ("docs/configuration.md", include_str!("../../../docs/configuration.md")),
+            ("README.md", include_str!("../../../README.md")),
+        ];
+        let mut blocks = 0;
+        for (name, text) in docs {
+            for block in text.split("```toml\n").skip(1) {
+                let block = block.split("```").next().unwrap();
+                let config = parse(block, Path::new(name)).unwrap_or_else(|e| panic!("{e}\n{block}"));
+                for (provider, settings) in &config.providers {
+                    settings
+                        .resolve(provider)
+                        .unwrap_or_else(|e| panic!("{name}: {e}\n{block}"));
+                }
+                blocks += 1;
+            }
+        }
+        assert!(blocks >= 10, "only {blocks} examples found");
+    }
+
     #[test]
     fn layers_merge_tables_and_replace_values() {
         let mut base: toml::Table = toml::from_str("a = 1\n[t]\nx = 1\ny = 2\n").unwrap();
