@@ -24,6 +24,7 @@ pub struct StreamAssembler {
     usage: Option<Usage>,
     stop: Option<StopReason>,
     finished: bool,
+    origin: Option<&'static str>,
 }
 
 impl StreamAssembler {
@@ -58,11 +59,24 @@ impl StreamAssembler {
         }
     }
 
+    /// Names the wire protocol this stream speaks, stamped on every
+    /// reasoning signature (see [`freehold_protocol::Reasoning::origin`]).
+    pub fn set_origin(&mut self, protocol: &'static str) {
+        self.origin = Some(protocol);
+    }
+
     /// A reasoning signature (or redacted reasoning data).
     pub fn reasoning_signature(&mut self, signature: &str, redacted: bool) {
+        self.reasoning_signature_with_id(signature, redacted, None);
+    }
+
+    /// A reasoning signature with the provider's id of the reasoning item.
+    pub fn reasoning_signature_with_id(&mut self, signature: &str, redacted: bool, id: Option<String>) {
         self.ready.push(StreamEvent::ReasoningSignature {
             signature: signature.to_owned(),
             redacted,
+            id,
+            origin: self.origin.map(str::to_owned),
         });
     }
 

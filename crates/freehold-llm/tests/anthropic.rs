@@ -340,11 +340,15 @@ async fn thinking_and_redacted_thinking_stream_and_round_trip_unchanged() {
             },
             StreamEvent::ReasoningSignature {
                 signature: "EqQBCgIYAhIM1gbcDa9GJwZA2b3h+/sig==".into(),
-                redacted: false
+                redacted: false,
+                id: None,
+                origin: Some("anthropic".into()),
             },
             StreamEvent::ReasoningSignature {
                 signature: "EmwKAhgBEgy3va3pzix/LafPsn4a".into(),
-                redacted: true
+                redacted: true,
+                id: None,
+                origin: Some("anthropic".into()),
             },
         ]
     );
@@ -683,11 +687,13 @@ async fn complete_decodes_a_non_streamed_answer_and_encodes_options() {
             ContentPart::Reasoning(Reasoning {
                 text: "Need the file.".into(),
                 signature: Some("WaUjzkypQ2mUEVM36O2T".into()),
+                origin: Some("anthropic".into()),
                 ..Reasoning::default()
             }),
             ContentPart::Reasoning(Reasoning {
                 signature: Some("EmwKAhgBEgy3".into()),
                 redacted: true,
+                origin: Some("anthropic".into()),
                 ..Reasoning::default()
             }),
             ContentPart::Text {

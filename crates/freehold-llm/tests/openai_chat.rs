@@ -567,3 +567,72 @@ async fn a_finished_stream_is_not_counted_as_cancelled() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(server.aborted(), 0);
 }
+
+#[tokio::test]
+async fn tool_results_in_a_user_message_come_right_after_the_calls() {
+    let server = MockServer::start(vec![Scripted::sse(&text_stream(), Split::Whole)]).await;
+    let mut req = request();
+    req.messages.push(freehold_protocol::Message {
+        role: freehold_protocol::Role::Assistant,
+        content: vec![freehold_protocol::ContentPart::ToolCall(ToolCall::new("c1", "read", "{}"))],
+    });
+    // Anthropic-style: the results travel in a user message, with text.
+    req.messages.push(freehold_protocol::Message {
+        role: freehold_protocol::Role::User,
+        content: vec![
+            freehold_protocol::ContentPart::ToolResult(freehold_protocol::ToolResult {
+                call_id: "c1".into(),
+                content: "data".into(),
+                is_error: false,
+            }),
+            freehold_protocol::ContentPart::Text { text: "and now?".into() },
+        ],
+    });
+    let _ = drain(client(&server).stream(req).await.unwrap()).await;
+    let messages = server.requests()[0].json()["messages"].clone();
+    assert_eq!(messages[3], json!({"role": "tool", "content": "data", "tool_call_id": "c1"}));
+    assert_eq!(messages[4], json!({"role": "user", "content": "and now?"}));
+    assert_eq!(messages.as_array().unwrap().len(), 5, "no empty user message: {messages}");
+}
+
+#[tokio::test]
+async fn tolerant_of_null_fields_and_ids_repeated_on_continuations() {
+    // `"model": null` (some local servers) and a continuation chunk that
+    // carries a different id but no name: still one call.
+    let mut first: serde_json::Value = serde_json::from_str(&chunk(
+        json!({"tool_calls": [{"index": 0, "id": "call_x", "type": "function", "function": {"name": "read", "arguments": "{\"path\":"}}]}),
+        None,
+    ))
+    .unwrap();
+    first["model"] = serde_json::Value::Null;
+    first["id"] = serde_json::Value::Null;
+    let text = sse_text(&[
+        ("", &first.to_string()),
+        ("", &chunk(json!({"tool_calls": [{"index": 0, "id": "call_y", "function": {"arguments": "\"a\"}"}}]}), None)),
+        ("", &chunk(json!({}), Some("tool_calls"))),
+        ("", "[DONE]"),
+    ]);
+    let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+    let response = collect_stream("t", client(&server).stream(request()).await.unwrap()).await.unwrap();
+    assert_eq!(
+        response.message.tool_calls().cloned().collect::<Vec<_>>(),
+        vec![ToolCall::new("call_x", "read", r#"{"path":"a"}"#)]
+    );
+}
+
+#[tokio::test]
+async fn non_streamed_reasoning_is_read_under_either_name() {
+    let body = json!({"id": "r", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "4", "reasoning": "2+2"}}]});
+    let server = MockServer::start(vec![Scripted::json(200, body)]).await;
+    let response = client(&server).complete(request()).await.unwrap();
+    assert_eq!(
+        response.message.content[0],
+        freehold_protocol::ContentPart::Reasoning(freehold_protocol::Reasoning {
+            text: "2+2".into(),
+            ..Default::default()
+        })
+    );
+    assert_eq!(response.message.text(), "4");
+}

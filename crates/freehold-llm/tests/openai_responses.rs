@@ -405,7 +405,9 @@ async fn reasoning_summary_and_encrypted_content_round_trip_into_the_next_reques
     assert_well_ordered(&events);
     assert!(events.contains(&StreamEvent::ReasoningSignature {
         signature: "gAAAAABo-ENCRYPTED+/=".into(),
-        redacted: false
+        redacted: false,
+        id: Some("rs_68af".into()),
+        origin: Some("openai-responses".into()),
     }));
     let response = collect_events(events);
     assert_eq!(
@@ -415,7 +417,8 @@ async fn reasoning_summary_and_encrypted_content_round_trip_into_the_next_reques
                 text: "**Planning** the read\n\nThen answer.".into(),
                 signature: Some("gAAAAABo-ENCRYPTED+/=".into()),
                 redacted: false,
-                id: None,
+                id: Some("rs_68af".into()),
+                origin: Some("openai-responses".into()),
             }),
             ContentPart::ToolCall(ToolCall::new("call_1", "read", r#"{"path":"src/main.rs"}"#)),
         ]
@@ -452,7 +455,7 @@ async fn reasoning_summary_and_encrypted_content_round_trip_into_the_next_reques
         body["input"],
         json!([
             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
-            {"type": "reasoning",
+            {"type": "reasoning", "id": "rs_68af",
              "summary": [{"type": "summary_text", "text": "**Planning** the read\n\nThen answer."}],
              "encrypted_content": "gAAAAABo-ENCRYPTED+/="},
             {"type": "function_call", "call_id": "call_1", "name": "read", "arguments": "{\"path\":\"src/main.rs\"}"},
@@ -936,6 +939,7 @@ async fn complete_decodes_a_non_streamed_answer_and_encodes_every_option() {
                         signature: Some("gAAAAAB-secret".into()),
                         redacted: false,
                         id: Some("rs_9".into()),
+                        origin: Some("openai-responses".into()),
                     }),
                     ContentPart::Text {
                         text: "Reading it.".into()

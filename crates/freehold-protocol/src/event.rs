@@ -65,6 +65,13 @@ pub enum StreamEvent {
         /// True when the reasoning was redacted by the provider.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         redacted: bool,
+        /// The provider's id of the reasoning item (OpenAI Responses).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The wire protocol that produced the signature (see
+        /// [`crate::Reasoning::origin`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
     },
     /// A tool call begins.
     ToolCallStart {
@@ -140,6 +147,8 @@ impl ChatResponse {
                         events.push(StreamEvent::ReasoningSignature {
                             signature: signature.clone(),
                             redacted: reasoning.redacted,
+                            id: reasoning.id.clone(),
+                            origin: reasoning.origin.clone(),
                         });
                     }
                 }
@@ -211,15 +220,20 @@ impl ResponseBuilder {
             StreamEvent::ReasoningSignature {
                 signature,
                 redacted,
+                id,
+                origin,
             } => match self.parts.last_mut() {
                 Some(ContentPart::Reasoning(last)) if last.signature.is_none() && !redacted => {
                     last.signature = Some(signature.clone());
+                    last.id = id.clone().or(last.id.take());
+                    last.origin = origin.clone();
                 }
                 _ => self.parts.push(ContentPart::Reasoning(Reasoning {
                     text: String::new(),
                     signature: Some(signature.clone()),
                     redacted: *redacted,
-                    id: None,
+                    id: id.clone(),
+                    origin: origin.clone(),
                 })),
             },
             StreamEvent::ToolCallStart { index, id, name } => {
@@ -307,6 +321,8 @@ mod tests {
             StreamEvent::ReasoningSignature {
                 signature: "sig".into(),
                 redacted: false,
+                id: None,
+                origin: Some("anthropic".into()),
             },
             StreamEvent::TextDelta { text: "a".into() },
             StreamEvent::TextDelta { text: "b".into() },
@@ -373,6 +389,7 @@ mod tests {
                 signature: Some("sig".into()),
                 redacted: false,
                 id: None,
+                origin: Some("anthropic".into()),
             })
         );
 

@@ -189,4 +189,19 @@ pub struct Reasoning {
     /// Responses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Which wire protocol produced `signature` (`anthropic`,
+    /// `openai-responses`, `gemini`). A signature only means something to
+    /// the protocol that made it: clients send signed reasoning back only
+    /// when the origin is theirs (or unknown), so a conversation can move
+    /// between providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+impl Reasoning {
+    /// Whether this reasoning's signature may be sent to `protocol`: it came
+    /// from that protocol, or its origin is unknown.
+    pub fn signed_for(&self, protocol: &str) -> bool {
+        self.signature.is_some() && self.origin.as_deref().is_none_or(|origin| origin == protocol)
+    }
 }

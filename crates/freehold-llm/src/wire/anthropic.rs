@@ -34,6 +34,9 @@ use crate::sse::SseEvent;
 /// The API's public base URL (the client appends `/v1/messages`).
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 
+/// The origin stamped on reasoning signatures this protocol produces.
+pub const ORIGIN: &str = "anthropic";
+
 /// The `anthropic-version` header every request carries.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
@@ -834,6 +837,10 @@ fn encode_part(part: &ContentPart, assistant: bool) -> Option<ContentBlock> {
 }
 
 fn encode_reasoning(reasoning: &Reasoning) -> Option<ContentBlock> {
+    // Another provider's signature would be rejected: leave it out.
+    if !reasoning.signed_for(ORIGIN) {
+        return None;
+    }
     let signature = reasoning.signature.clone()?;
     Some(if reasoning.redacted {
         ContentBlock::RedactedThinking { data: signature }
@@ -939,6 +946,7 @@ pub fn decode_response(response: MessagesResponse, structured_tool: Option<&str>
             } => content.push(ContentPart::Reasoning(Reasoning {
                 text: thinking,
                 signature: (!signature.is_empty()).then_some(signature),
+                origin: Some(ORIGIN.into()),
                 ..Reasoning::default()
             })),
             ContentBlock::RedactedThinking { data } => {
@@ -947,6 +955,7 @@ pub fn decode_response(response: MessagesResponse, structured_tool: Option<&str>
                     signature: Some(data),
                     redacted: true,
                     id: None,
+                    origin: Some(ORIGIN.into()),
                 }))
             }
             ContentBlock::Image { .. }
@@ -1227,6 +1236,7 @@ const KNOWN_EVENTS: &[&str] = &[
 
 impl WireDecoder<SseEvent> for EventDecoder {
     fn decode(&mut self, event: SseEvent, out: &mut StreamAssembler) -> Result<Decoded, LlmError> {
+        out.set_origin(ORIGIN);
         let data = event.data.trim();
         if data.is_empty() {
             return Ok(Decoded::More);

@@ -38,6 +38,9 @@ pub use schema::sanitize_schema;
 /// The public endpoint of the Gemini API.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
 
+/// The origin stamped on reasoning signatures this protocol produces.
+pub const ORIGIN: &str = "gemini";
+
 /// The signature Google documents for function calls that Gemini 3 did not
 /// produce itself (carried over from another model, or written by hand); it
 /// tells Gemini 3's strict validation to let them through.
@@ -701,9 +704,13 @@ fn model_parts(content: &[ContentPart], needs_signatures: bool) -> Vec<Part> {
                 thought_signature: call.signature.clone(),
                 ..Part::default()
             }),
-            // Redacted reasoning and reasoning with an item id come from other
-            // providers (Anthropic, OpenAI Responses): Gemini cannot read them.
-            ContentPart::Reasoning(reasoning) if reasoning.redacted || reasoning.id.is_some() => {}
+            // Redacted reasoning, reasoning with an item id, and reasoning
+            // signed by another protocol come from other providers
+            // (Anthropic, OpenAI Responses): Gemini cannot read them.
+            ContentPart::Reasoning(reasoning)
+                if reasoning.redacted
+                    || reasoning.id.is_some()
+                    || reasoning.origin.as_deref().is_some_and(|origin| origin != ORIGIN) => {}
             ContentPart::Reasoning(reasoning) if !reasoning.text.is_empty() => parts.push(Part {
                 text: Some(reasoning.text.clone()),
                 thought: Some(true),
@@ -949,6 +956,7 @@ impl ChunkDecoder {
 
 impl WireDecoder<SseEvent> for ChunkDecoder {
     fn decode(&mut self, event: SseEvent, out: &mut StreamAssembler) -> Result<Decoded, LlmError> {
+        out.set_origin(ORIGIN);
         let data = event.data.trim();
         if data.is_empty() {
             return Ok(Decoded::More);

@@ -114,6 +114,9 @@ pub struct WireMessage {
     /// Reasoning text (DeepSeek, vLLM, llama.cpp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Reasoning text, as OpenRouter, LM Studio and Ollama's `/v1` name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
     /// Tool calls of an assistant message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<WireToolCall>>,
@@ -220,6 +223,16 @@ pub struct WireCallFunction {
     pub arguments: Value,
 }
 
+/// Reads `null` as the type's default: compatible servers send `null` for
+/// fields OpenAI always fills (`"model": null`).
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// Arguments as JSON text, whether the server sent text or an object.
 pub fn arguments_text(arguments: &Value) -> String {
     match arguments {
@@ -233,19 +246,19 @@ pub fn arguments_text(arguments: &Value) -> String {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompletionResponse {
     /// Response id.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub id: String,
     /// Always `chat.completion`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub object: String,
     /// Creation time (Unix seconds).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub created: u64,
     /// The model that answered.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub model: String,
     /// The answers (Freehold asks for one).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub choices: Vec<Choice>,
     /// Token usage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,7 +269,7 @@ pub struct CompletionResponse {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
     /// Its index.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub index: u32,
     /// The message.
     pub message: WireMessage,
@@ -269,19 +282,19 @@ pub struct Choice {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompletionChunk {
     /// Response id, the same on every chunk.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub id: String,
     /// Always `chat.completion.chunk`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub object: String,
     /// Creation time.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub created: u64,
     /// The model.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub model: String,
     /// Deltas (empty on the usage-only final chunk).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub choices: Vec<ChunkChoice>,
     /// Usage: on the final chunk with `include_usage`; vLLM sends `null` on
     /// every other chunk.
@@ -293,10 +306,10 @@ pub struct CompletionChunk {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChunkChoice {
     /// Which answer.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub index: u32,
     /// What is new.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub delta: Delta,
     /// Set on the answer's last delta.
     #[serde(default)]
@@ -330,7 +343,7 @@ pub struct Delta {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ToolCallDelta {
     /// Which call of the answer (Ollama sends 0 for every call).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub index: u32,
     /// The id, on the call's first fragment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -533,19 +546,26 @@ fn encode_messages(messages: &[Message]) -> Vec<WireMessage> {
     for message in messages {
         match message.role {
             Role::System | Role::User => {
-                let role = if message.role == Role::System {
-                    "system"
-                } else {
-                    "user"
-                };
-                out.push(WireMessage {
-                    role: role.into(),
-                    content: Some(encode_content(&message.content)),
-                    ..WireMessage::default()
-                });
                 // Tool results inside a user message (as Anthropic-style
-                // callers put them) still become tool messages.
+                // callers put them) become tool messages, and they must come
+                // first: OpenAI requires the tool messages right after the
+                // assistant message that made the calls.
                 push_tool_results(&message.content, &mut out);
+                let has_content = message.content.iter().any(|part| {
+                    matches!(part, ContentPart::Text { .. } | ContentPart::Image { .. })
+                });
+                if has_content {
+                    let role = if message.role == Role::System {
+                        "system"
+                    } else {
+                        "user"
+                    };
+                    out.push(WireMessage {
+                        role: role.into(),
+                        content: Some(encode_content(&message.content)),
+                        ..WireMessage::default()
+                    });
+                }
             }
             Role::Assistant => {
                 let text = message.text_content();
@@ -660,7 +680,11 @@ pub fn decode_response(
     };
     let message = choice.message;
     let mut content = Vec::new();
-    if let Some(reasoning) = message.reasoning_content.filter(|text| !text.is_empty()) {
+    if let Some(reasoning) = message
+        .reasoning_content
+        .or(message.reasoning)
+        .filter(|text| !text.is_empty())
+    {
         content.push(ContentPart::Reasoning(Reasoning {
             text: reasoning,
             ..Reasoning::default()
@@ -733,11 +757,13 @@ impl ChunkDecoder {
         let function = delta.function.unwrap_or_default();
         let id = delta.id.filter(|id| !id.is_empty());
         let open = self.calls.get(&delta.index).cloned();
-        // A new id at a known index is a new call: Ollama numbers every
-        // parallel call 0.
+        // A new id *with a name* at a known index is a new call: Ollama
+        // numbers every parallel call 0. Some servers vary the id on
+        // continuation chunks; without a name those continue the same call.
+        let has_name = function.name.as_deref().is_some_and(|name| !name.is_empty());
         let starts_new = match (&open, &id) {
             (None, _) => true,
-            (Some((_, open_id)), Some(id)) => open_id != id,
+            (Some((_, open_id)), Some(id)) => open_id != id && has_name,
             (Some(_), None) => false,
         };
         let index = if starts_new {

@@ -45,6 +45,9 @@ use crate::wire::openai_chat::{generated_call_id, image_url};
 /// What `include` must name for reasoning items to carry `encrypted_content`.
 pub const INCLUDE_ENCRYPTED_REASONING: &str = "reasoning.encrypted_content";
 
+/// The origin stamped on reasoning signatures this protocol produces.
+pub const ORIGIN: &str = "openai-responses";
+
 /// A request body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResponsesRequest {
@@ -969,6 +972,10 @@ fn encode_assistant(parts: &[ContentPart], items: &mut Vec<Item>) {
                 let Some(signature) = &reasoning.signature else {
                     continue;
                 };
+                // Another provider's signature is not encrypted content.
+                if !reasoning.signed_for(ORIGIN) {
+                    continue;
+                }
                 flush(&mut text, items);
                 items.push(Item::Reasoning(ReasoningItem {
                     id: reasoning.id.clone(),
@@ -1146,6 +1153,7 @@ pub fn decode_response(provider: &str, response: ResponseObject) -> Result<ChatR
                         signature,
                         redacted: false,
                         id: reasoning.id.clone(),
+                        origin: Some(ORIGIN.into()),
                     }));
                 }
             }
@@ -1381,7 +1389,7 @@ impl ResponsesDecoder {
                     .as_deref()
                     .filter(|data| !data.is_empty())
                 {
-                    out.reasoning_signature(data, false);
+                    out.reasoning_signature_with_id(data, false, reasoning.id.clone());
                 }
             }
             Item::FunctionCallOutput(_) | Item::Other => {}
@@ -1548,6 +1556,7 @@ impl ResponsesDecoder {
 
 impl WireDecoder<SseEvent> for ResponsesDecoder {
     fn decode(&mut self, event: SseEvent, out: &mut StreamAssembler) -> Result<Decoded, LlmError> {
+        out.set_origin(ORIGIN);
         let data = event.data.trim();
         if data.is_empty() {
             return Ok(Decoded::More);
