@@ -108,6 +108,27 @@ pub(crate) fn parse(text: &str, file: &Path) -> anyhow::Result<ConfigFile> {
     })
 }
 
+/// Where `[providers.NAME]` (or another `[SECTION.NAME]` table) is defined:
+/// `FILE:LINE`, from the last layer that defines it, for errors found after
+/// parsing (a provider without a base URL, say).
+pub(crate) fn locate_table(files: &[PathBuf], section: &str, name: &str) -> Option<String> {
+    let headers = [
+        format!("[{section}.{name}]"),
+        format!("[{section}.\"{name}\"]"),
+        format!("[{section}.'{name}']"),
+    ];
+    files.iter().rev().find_map(|file| {
+        let text = std::fs::read_to_string(file).ok()?;
+        let line = text.lines().position(|line| {
+            let line = line.trim();
+            headers
+                .iter()
+                .any(|header| line.starts_with(header.as_str()))
+        })?;
+        Some(format!("{}:{}", file.display(), line + 1))
+    })
+}
+
 /// 1-based line and column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -208,15 +229,22 @@ mod tests {
     #[test]
     fn documented_configurations_are_valid() {
         let docs = [
-            ("docs/providers.md", include_str!("../../../docs/providers.md")),
-            ("docs/configuration.md", include_str!("../../../docs/configuration.md")),
+            (
+                "docs/providers.md",
+                include_str!("../../../docs/providers.md"),
+            ),
+            (
+                "docs/configuration.md",
+                include_str!("../../../docs/configuration.md"),
+            ),
             ("README.md", include_str!("../../../README.md")),
         ];
         let mut blocks = 0;
         for (name, text) in docs {
             for block in text.split("```toml\n").skip(1) {
                 let block = block.split("```").next().unwrap();
-                let config = parse(block, Path::new(name)).unwrap_or_else(|e| panic!("{e}\n{block}"));
+                let config =
+                    parse(block, Path::new(name)).unwrap_or_else(|e| panic!("{e}\n{block}"));
                 for (provider, settings) in &config.providers {
                     settings
                         .resolve(provider)

@@ -78,6 +78,10 @@ fn list(setup: &Setup, all: bool) -> anyhow::Result<ExitCode> {
             Origin::Config => "config",
             Origin::Preset => "preset",
         };
+        let key = match setup.unusable.get(&resolved.name) {
+            Some(reason) => format!("{key}  UNUSABLE: {reason}"),
+            None => key,
+        };
         println!(
             "{:<18} {:<17} {:<8} {:<44} {key}",
             resolved.name,

@@ -1,13 +1,14 @@
 //! Turning the configuration into providers and a router, and finding a
 //! model when none was named.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use freehold_llm::catalog::Catalog;
-use freehold_llm::config::{ProviderConfig, ResolvedProvider};
+use freehold_llm::config::{ProviderConfig, ResolvedProvider, unusable_provider};
 use freehold_llm::presets::PRESETS;
 use freehold_llm::retry::RetryPolicy;
 use freehold_llm::router::Router;
@@ -29,6 +30,8 @@ pub(crate) struct Setup {
     pub(crate) config: ConfigFile,
     pub(crate) files: Vec<PathBuf>,
     pub(crate) providers: Vec<(ResolvedProvider, Origin)>,
+    /// Providers that could not be built, with the reason.
+    pub(crate) unusable: BTreeMap<String, String>,
     pub(crate) router: Router,
 }
 
@@ -55,9 +58,11 @@ impl Setup {
         let config = loaded.config;
         let mut providers = Vec::new();
         for (name, provider) in &config.providers {
-            let resolved = provider
-                .resolve(name)
-                .with_context(|| format!("in the configuration ({})", describe(&loaded.files)))?;
+            let resolved = provider.resolve(name).with_context(|| {
+                let place = config::locate_table(&loaded.files, "providers", name)
+                    .unwrap_or_else(|| describe(&loaded.files));
+                format!("invalid configuration at {place}")
+            })?;
             providers.push((resolved, Origin::Config));
         }
         for preset in PRESETS {
@@ -82,21 +87,27 @@ impl Setup {
         }
         let mut catalog = Catalog::builtin().context("the built-in model catalog is invalid")?;
         for (key, entry) in &config.models {
-            catalog
-                .apply_override(key, entry)
-                .with_context(|| format!("invalid [models.\"{key}\"] in the configuration"))?;
+            catalog.apply_override(key, entry).with_context(|| {
+                let place = config::locate_table(&loaded.files, "models", key)
+                    .unwrap_or_else(|| describe(&loaded.files));
+                format!("invalid [models.\"{key}\"] at {place}")
+            })?;
         }
         let health = HealthSettings::from(&config.router);
-        let mut built = std::collections::BTreeMap::new();
+        let mut built = BTreeMap::new();
+        let mut unusable = BTreeMap::new();
         for (resolved, _) in &providers {
-            // A `local` provider needs the embedded engine, which this build
-            // lacks: it is listed, but requests to it explain why they fail.
-            match resolved.build(&health) {
-                Ok(provider) => {
-                    built.insert(resolved.name.clone(), provider);
+            // A provider that cannot be built (a `local` one in a build
+            // without the engine, a key with characters HTTP forbids) stays
+            // routable: requests to it fail saying why.
+            let provider = match resolved.build(&health) {
+                Ok(provider) => provider,
+                Err(error) => {
+                    unusable.insert(resolved.name.clone(), error.to_string());
+                    unusable_provider(&resolved.name, &error)
                 }
-                Err(error) => tracing::debug!(%error, "provider not built"),
-            }
+            };
+            built.insert(resolved.name.clone(), provider);
         }
         let router = Router::new(built, config.aliases.clone(), catalog);
         router.validate().map_err(|error| {
@@ -106,6 +117,7 @@ impl Setup {
             config,
             files: loaded.files,
             providers,
+            unusable,
             router,
         })
     }
@@ -122,7 +134,10 @@ impl Setup {
         let probes = local.iter().map(|resolved| async move {
             let provider = quick_probe(resolved)?;
             let models = provider.list_models().await.ok()?;
-            let first = models.into_iter().next()?;
+            // An embedding model cannot chat.
+            let first = models
+                .into_iter()
+                .find(|model| !model.id.to_ascii_lowercase().contains("embed"))?;
             Some(format!("{}:{}", resolved.name, first.id))
         });
         if let Some(found) = futures::future::join_all(probes)

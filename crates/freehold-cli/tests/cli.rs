@@ -217,6 +217,17 @@ async fn a_bad_config_names_file_line_and_key() {
         run.stderr
     );
     assert!(run.stderr.contains("expected one of"), "{}", run.stderr);
+
+    // Errors found after parsing still point at the table.
+    let run = freehold(
+        &["providers"],
+        Some("default_model = \"x\"\n\n[providers.box]\nkind = \"openai\"\n"),
+        None,
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("freehold.toml:3"), "{}", run.stderr);
+    assert!(run.stderr.contains("missing `base_url`"), "{}", run.stderr);
 }
 
 #[tokio::test]

@@ -71,7 +71,12 @@ impl StreamAssembler {
     }
 
     /// A reasoning signature with the provider's id of the reasoning item.
-    pub fn reasoning_signature_with_id(&mut self, signature: &str, redacted: bool, id: Option<String>) {
+    pub fn reasoning_signature_with_id(
+        &mut self,
+        signature: &str,
+        redacted: bool,
+        id: Option<String>,
+    ) {
         self.ready.push(StreamEvent::ReasoningSignature {
             signature: signature.to_owned(),
             redacted,

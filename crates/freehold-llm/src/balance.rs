@@ -508,7 +508,9 @@ impl Stream for Tracked {
                 None => {}
             }
         }
-        if item.is_none() {
+        // The request is over at `Stop` (or the end): release the lease
+        // then, not when the caller gets round to dropping the stream.
+        if item.is_none() || this.stopped {
             this.lease = None;
         }
         Poll::Ready(item)

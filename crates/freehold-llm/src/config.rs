@@ -53,6 +53,11 @@ pub struct ProviderConfig {
     /// Extra headers sent with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Extra headers whose values are secrets, read from the named
+    /// environment variables (`headers_env = { "api-key" = "AZURE_KEY" }`);
+    /// they are redacted from errors like the API key.
+    #[serde(default)]
+    pub headers_env: BTreeMap<String, String>,
     /// Seconds of silence after which a request fails (default 120, 600 for
     /// local servers, whose prefill can be long).
     #[serde(default)]
@@ -60,6 +65,10 @@ pub struct ProviderConfig {
     /// Seconds to wait for a connection (default 10).
     #[serde(default)]
     pub connect_timeout_secs: Option<u64>,
+    /// Seconds a non-streamed request may take to answer (default 600, 1800
+    /// for local servers): such servers are silent until the answer is done.
+    #[serde(default)]
+    pub response_timeout_secs: Option<u64>,
     /// Retries of retryable failures (default 3).
     #[serde(default)]
     pub max_retries: Option<u32>,
@@ -181,6 +190,8 @@ pub struct ResolvedProvider {
     pub http: HttpSettings,
     /// Extra headers.
     pub headers: Vec<(String, String)>,
+    /// Secret headers: header name → environment variable.
+    pub headers_env: Vec<(String, String)>,
     /// Anthropic's default `max_tokens`.
     pub default_max_tokens: Option<u32>,
     /// Ollama's settings.
@@ -261,6 +272,11 @@ impl ProviderConfig {
         let http = HttpSettings {
             connect_timeout: Duration::from_secs(self.connect_timeout_secs.unwrap_or(10)),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.unwrap_or(default_idle)),
+            response_timeout: Duration::from_secs(self.response_timeout_secs.unwrap_or(if local {
+                1800
+            } else {
+                600
+            })),
             retry: RetryPolicy {
                 max_retries: self.max_retries.unwrap_or(3),
                 ..RetryPolicy::default()
@@ -278,6 +294,7 @@ impl ProviderConfig {
             dialect,
             http,
             headers: self.headers.clone().into_iter().collect(),
+            headers_env: self.headers_env.clone().into_iter().collect(),
             default_max_tokens: self.default_max_tokens,
             ollama: self.ollama_settings(),
         })
@@ -327,14 +344,29 @@ impl ResolvedProvider {
         let mut options = ClientOptions::new(self.name.clone(), base_url);
         options.api_key = self.api_key_env.as_deref().and_then(ApiKey::from_env);
         options.extra_headers = self.headers.clone();
+        options.secret_headers = self
+            .headers_env
+            .iter()
+            .filter_map(|(name, variable)| Some((name.clone(), ApiKey::from_env(variable)?)))
+            .collect();
         options.http = self.http.clone();
         options
     }
 
-    /// Whether the key this provider needs is missing from the environment.
+    /// The variable, of those this provider needs (its key, its secret
+    /// headers), that is missing from the environment.
     pub fn missing_key(&self) -> Option<&str> {
-        let variable = self.api_key_env.as_deref()?;
-        (self.key_required && ApiKey::from_env(variable).is_none()).then_some(variable)
+        let key = self
+            .api_key_env
+            .as_deref()
+            .filter(|variable| self.key_required && ApiKey::from_env(variable).is_none());
+        // Secret headers the user named are required too.
+        key.or_else(|| {
+            self.headers_env
+                .iter()
+                .map(|(_, variable)| variable.as_str())
+                .find(|variable| ApiKey::from_env(variable).is_none())
+        })
     }
 
     /// Builds the provider: one client per base URL, balanced when there are
@@ -344,9 +376,10 @@ impl ResolvedProvider {
     /// A client that refuses its options, or an unavailable kind.
     pub fn build(&self, health: &HealthSettings) -> Result<Arc<dyn Provider>, ConfigError> {
         if let Some(variable) = self.missing_key() {
-            return Ok(Arc::new(MissingKey {
+            return Ok(Arc::new(Unusable {
                 provider: self.name.clone(),
-                variable: variable.to_owned(),
+                kind: ErrorKind::Authentication,
+                message: format!("the environment variable {variable} is not set"),
             }));
         }
         // With several replicas, a failed request moves to the next replica
@@ -428,26 +461,38 @@ impl ResolvedProvider {
     }
 }
 
-/// A provider whose key variable is not set: every request fails with an
-/// authentication error naming the variable, without touching the network.
+/// A provider standing in for one that cannot work — its key variable is
+/// not set, or it could not be built: every request fails at once with an
+/// error saying why, without touching the network.
 #[derive(Debug)]
-struct MissingKey {
+struct Unusable {
     provider: String,
-    variable: String,
+    kind: ErrorKind,
+    message: String,
 }
 
-impl MissingKey {
+/// A provider whose every request fails with `error`: configured providers
+/// that cannot be built stay visible, and say why, instead of vanishing.
+pub fn unusable_provider(name: &str, error: &ConfigError) -> Arc<dyn Provider> {
+    Arc::new(Unusable {
+        provider: name.to_owned(),
+        kind: ErrorKind::InvalidRequest,
+        message: error.to_string(),
+    })
+}
+
+impl Unusable {
     fn error(&self) -> LlmError {
         LlmError::new(
-            ErrorKind::Authentication,
+            self.kind.clone(),
             self.provider.clone(),
-            format!("the environment variable {} is not set", self.variable),
+            self.message.clone(),
         )
     }
 }
 
 #[async_trait]
-impl Provider for MissingKey {
+impl Provider for Unusable {
     fn name(&self) -> &str {
         &self.provider
     }

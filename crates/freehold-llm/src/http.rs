@@ -27,6 +27,10 @@ pub struct HttpSettings {
     /// How long the server may stay silent: before the response headers,
     /// and between any two chunks of the body.
     pub idle_timeout: Duration,
+    /// How long a non-streamed request may take to answer: such servers
+    /// send nothing until the whole answer is generated, so silence there is
+    /// expected and only this bounds it.
+    pub response_timeout: Duration,
     /// Retries of failed requests, before any byte of the answer was read.
     pub retry: RetryPolicy,
 }
@@ -36,10 +40,17 @@ impl Default for HttpSettings {
         Self {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            response_timeout: Duration::from_secs(600),
             retry: RetryPolicy::default(),
         }
     }
 }
+
+/// The most bytes of an error body read (the message is near the start).
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// The most bytes of a non-streamed JSON answer.
+pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// A boxed stream of results, as the transport returns them.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, LlmError>> + Send>>;
@@ -78,6 +89,10 @@ impl Transport {
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .user_agent(concat!("freehold/", env!("CARGO_PKG_VERSION")))
+            // No model API needs redirects, and following one could carry a
+            // key in `x-api-key` or `x-goog-api-key` to another host (reqwest
+            // strips only `Authorization` on cross-host redirects).
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| {
                 LlmError::new(
@@ -114,8 +129,10 @@ impl Transport {
         redact_all(text, &self.secrets)
     }
 
-    /// POSTs a JSON body, retrying retryable failures. Returns the response
-    /// once its status is a success; any other status becomes an error.
+    /// POSTs a JSON body for a streamed answer, retrying retryable
+    /// failures. Returns the response once its status is a success; any
+    /// other status becomes an error. The wait for the response headers is
+    /// bounded by the idle timeout.
     ///
     /// # Errors
     /// The mapped [`LlmError`] of the last attempt.
@@ -125,15 +142,49 @@ impl Transport {
         headers: &HeaderMap,
         body: &serde_json::Value,
     ) -> Result<reqwest::Response, LlmError> {
+        self.post(url, headers, body, self.settings.idle_timeout)
+            .await
+    }
+
+    /// POSTs a JSON body for an answer that comes whole (not streamed): the
+    /// server is silent until the answer is generated, so the wait is
+    /// bounded by [`HttpSettings::response_timeout`] instead of the idle
+    /// timeout.
+    ///
+    /// # Errors
+    /// The mapped [`LlmError`] of the last attempt.
+    pub async fn post_json_whole(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, LlmError> {
+        let wait = self
+            .settings
+            .response_timeout
+            .max(self.settings.idle_timeout);
+        self.post(url, headers, body, wait).await
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        body: &serde_json::Value,
+        header_wait: Duration,
+    ) -> Result<reqwest::Response, LlmError> {
         let body = serde_json::to_vec(body)
             .map_err(|error| self.error(ErrorKind::InvalidRequest, error.to_string()))?;
-        self.send_with_retries(|| {
-            self.client
-                .post(url)
-                .headers(headers.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-        })
+        self.send_with_retries(
+            || {
+                self.client
+                    .post(url)
+                    .headers(headers.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            },
+            header_wait,
+        )
         .await
     }
 
@@ -142,17 +193,21 @@ impl Transport {
     /// # Errors
     /// The mapped [`LlmError`] of the last attempt.
     pub async fn get(&self, url: &str, headers: &HeaderMap) -> Result<reqwest::Response, LlmError> {
-        self.send_with_retries(|| self.client.get(url).headers(headers.clone()))
-            .await
+        self.send_with_retries(
+            || self.client.get(url).headers(headers.clone()),
+            self.settings.idle_timeout,
+        )
+        .await
     }
 
     async fn send_with_retries(
         &self,
         build: impl Fn() -> reqwest::RequestBuilder,
+        header_wait: Duration,
     ) -> Result<reqwest::Response, LlmError> {
         let mut attempt = 0;
         loop {
-            let error = match self.send_once(build()).await {
+            let error = match self.send_once(build(), header_wait).await {
                 Ok(response) => return Ok(response),
                 Err(error) => error,
             };
@@ -176,10 +231,15 @@ impl Transport {
     async fn send_once(
         &self,
         request: reqwest::RequestBuilder,
+        header_wait: Duration,
     ) -> Result<reqwest::Response, LlmError> {
-        let response = match tokio::time::timeout(self.settings.idle_timeout, request.send()).await
-        {
-            Err(_) => return Err(self.idle_timeout_error("waiting for the response")),
+        let response = match tokio::time::timeout(header_wait, request.send()).await {
+            Err(_) => {
+                return Err(self.error(
+                    ErrorKind::Timeout,
+                    format!("no response within {} s", header_wait.as_secs_f64()),
+                ));
+            }
             Ok(Err(error)) => return Err(self.transport_error(&error)),
             Ok(Ok(response)) => response,
         };
@@ -188,11 +248,11 @@ impl Transport {
             return Ok(response);
         }
         let headers = response.headers().clone();
-        let body = match tokio::time::timeout(self.settings.idle_timeout, response.bytes()).await {
-            Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
-            _ => String::new(),
-        };
-        Err(self.status_error(status.as_u16(), &headers, &body))
+        let body = self
+            .read_capped(response, MAX_ERROR_BODY_BYTES)
+            .await
+            .unwrap_or_default();
+        Err(self.status_error(status.as_u16(), &headers, &String::from_utf8_lossy(&body)))
     }
 
     /// Maps a failed HTTP status and its body to an error.
@@ -205,7 +265,14 @@ impl Transport {
             },
             kind => kind,
         };
-        LlmError::new(kind, self.provider.clone(), message).with_status(status)
+        // A 503 or 529 may say when to come back, as a rate limit does.
+        let wait = match kind {
+            ErrorKind::Overloaded | ErrorKind::Server => retry_after(headers),
+            _ => None,
+        };
+        LlmError::new(kind, self.provider.clone(), message)
+            .with_status(status)
+            .with_wait(wait)
     }
 
     /// Maps a reqwest failure (connection refused, reset, TLS…) to an error.
@@ -269,19 +336,39 @@ impl Transport {
         ))
     }
 
-    /// Reads a whole JSON body (under the idle timeout between chunks).
+    /// Reads at most `limit` bytes of a body (under the idle timeout between
+    /// chunks); a longer body is an error rather than unbounded memory.
+    async fn read_capped(
+        &self,
+        response: reqwest::Response,
+        limit: usize,
+    ) -> Result<Vec<u8>, LlmError> {
+        let mut body = Vec::new();
+        let mut chunks = self.body_stream(response);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            if body.len() + chunk.len() > limit {
+                return Err(self.error(
+                    ErrorKind::Server,
+                    format!("the response is larger than {limit} bytes"),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// Reads a whole JSON body (under the idle timeout between chunks, at
+    /// most [`MAX_JSON_BODY_BYTES`]).
     ///
     /// # Errors
-    /// A timeout, a broken connection, or a body that is not JSON.
+    /// A timeout, a broken connection, an oversized body, or a body that is
+    /// not JSON.
     pub async fn read_json(
         &self,
         response: reqwest::Response,
     ) -> Result<serde_json::Value, LlmError> {
-        let mut body = Vec::new();
-        let mut chunks = self.body_stream(response);
-        while let Some(chunk) = chunks.next().await {
-            body.extend_from_slice(&chunk?);
-        }
+        let body = self.read_capped(response, MAX_JSON_BODY_BYTES).await?;
         serde_json::from_slice(&body).map_err(|error| {
             let preview = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
             self.error(
@@ -481,7 +568,7 @@ pub fn retry_delay_in_body(body: &str) -> Option<Duration> {
     details.iter().find_map(|detail| {
         let text = detail.get("retryDelay")?.as_str()?;
         let secs: f64 = text.strip_suffix('s')?.parse().ok()?;
-        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+        Duration::try_from_secs_f64(secs).ok()
     })
 }
 
@@ -494,14 +581,16 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
+    // `try_from_secs_f64` rejects negative, infinite and absurdly large
+    // values, which a hostile server could send to make us panic.
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+        if let Ok(wait) = Duration::try_from_secs_f64(ms / 1000.0) {
+            return Some(wait);
         }
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return Duration::try_from_secs_f64(secs).ok();
     }
     let date = httpdate::parse_http_date(value).ok()?;
     Some(
@@ -550,6 +639,13 @@ mod tests {
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
         assert_eq!(retry_after(&dated), Some(Duration::ZERO));
+        // Hostile values are ignored, never a panic.
+        for hostile in ["1e30", "-5", "inf", "NaN"] {
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", HeaderValue::from_static(hostile));
+            headers.insert("retry-after-ms", HeaderValue::from_static(hostile));
+            assert_eq!(retry_after(&headers), None, "{hostile}");
+        }
     }
 
     #[test]

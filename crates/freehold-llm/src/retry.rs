@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use freehold_protocol::LlmError;
+use freehold_protocol::{ErrorKind, LlmError};
 
 /// Exponential backoff with jitter, honouring the provider's `Retry-After`.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,7 +41,10 @@ impl RetryPolicy {
     /// How long to wait before retry number `attempt` (1-based) after `error`,
     /// or `None` when the request must not be retried.
     pub fn delay(&self, attempt: u32, error: &LlmError) -> Option<Duration> {
-        if attempt > self.max_retries || !error.is_retryable() {
+        // A timeout is not retried here: the server may still be generating
+        // the first answer, and asking again would pay for it twice. (The
+        // router may still fall back to another model.)
+        if attempt > self.max_retries || !error.is_retryable() || error.kind == ErrorKind::Timeout {
             return None;
         }
         if let Some(wait) = error.retry_after() {

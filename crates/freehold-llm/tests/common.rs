@@ -18,6 +18,7 @@ pub fn options(name: &str, base_url: String) -> ClientOptions {
     options.http = HttpSettings {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(5),
+        response_timeout: Duration::from_secs(10),
         retry: RetryPolicy {
             max_retries: 2,
             initial_delay: Duration::from_millis(10),

@@ -34,7 +34,9 @@ fn history() -> ChatRequest {
                     signed("anthropic", "SIG-ANTHROPIC"),
                     signed("openai-responses", "SIG-OPENAI"),
                     signed("gemini", "SIG-GEMINI"),
-                    ContentPart::Text { text: "answer".into() },
+                    ContentPart::Text {
+                        text: "answer".into(),
+                    },
                 ],
             },
             Message::user("second"),
@@ -55,7 +57,11 @@ async fn each_protocol_gets_only_its_own_signatures() {
         ("gemini", "SIG-GEMINI"),
     ];
     for (protocol, own) in cases {
-        let server = MockServer::start(vec![Scripted::json(500, json!({"error": {"message": "stop here"}}))]).await;
+        let server = MockServer::start(vec![Scripted::json(
+            500,
+            json!({"error": {"message": "stop here"}}),
+        )])
+        .await;
         let mut options = common::options(protocol, server.url());
         options.http.retry = freehold_llm::retry::RetryPolicy::none();
         let provider: Box<dyn Provider> = match protocol {
@@ -64,10 +70,20 @@ async fn each_protocol_gets_only_its_own_signatures() {
             _ => Box::new(GeminiClient::new(options).unwrap()),
         };
         let body = sent_body(&server, provider.as_ref()).await;
-        assert!(body.contains(own), "{protocol} lost its own signature: {body}");
-        for (_, foreign) in [("a", "SIG-ANTHROPIC"), ("o", "SIG-OPENAI"), ("g", "SIG-GEMINI")] {
+        assert!(
+            body.contains(own),
+            "{protocol} lost its own signature: {body}"
+        );
+        for (_, foreign) in [
+            ("a", "SIG-ANTHROPIC"),
+            ("o", "SIG-OPENAI"),
+            ("g", "SIG-GEMINI"),
+        ] {
             if foreign != own {
-                assert!(!body.contains(foreign), "{protocol} was sent {foreign}: {body}");
+                assert!(
+                    !body.contains(foreign),
+                    "{protocol} was sent {foreign}: {body}"
+                );
             }
         }
     }

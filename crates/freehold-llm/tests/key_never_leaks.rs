@@ -158,3 +158,19 @@ fn api_key_debug_is_redacted() {
     let options = common::options("p", "http://127.0.0.1:1".into()).with_key(key);
     assert_clean("ClientOptions Debug", &format!("{options:?}"));
 }
+
+#[tokio::test]
+async fn secret_headers_are_sent_and_redacted_like_keys() {
+    let body = json!({"error": {"message": format!("bad api-key {KEY}")}});
+    let server = MockServer::start(vec![Scripted::json(401, body)]).await;
+    let mut options = common::options("azure", format!("{}/v1", server.url()));
+    options.secret_headers = vec![("api-key".into(), ApiKey::new(KEY))];
+    assert_clean("ClientOptions Debug", &format!("{options:?}"));
+    let client = OpenAiChatClient::new(options, Dialect::default()).unwrap();
+    let error = client
+        .complete(ChatRequest::new("m", vec![Message::user("hi")]))
+        .await
+        .unwrap_err();
+    assert_clean("secret header error", &error.to_string());
+    assert_eq!(server.requests()[0].header("api-key").as_deref(), Some(KEY));
+}

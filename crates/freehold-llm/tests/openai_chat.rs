@@ -574,7 +574,9 @@ async fn tool_results_in_a_user_message_come_right_after_the_calls() {
     let mut req = request();
     req.messages.push(freehold_protocol::Message {
         role: freehold_protocol::Role::Assistant,
-        content: vec![freehold_protocol::ContentPart::ToolCall(ToolCall::new("c1", "read", "{}"))],
+        content: vec![freehold_protocol::ContentPart::ToolCall(ToolCall::new(
+            "c1", "read", "{}",
+        ))],
     });
     // Anthropic-style: the results travel in a user message, with text.
     req.messages.push(freehold_protocol::Message {
@@ -585,14 +587,23 @@ async fn tool_results_in_a_user_message_come_right_after_the_calls() {
                 content: "data".into(),
                 is_error: false,
             }),
-            freehold_protocol::ContentPart::Text { text: "and now?".into() },
+            freehold_protocol::ContentPart::Text {
+                text: "and now?".into(),
+            },
         ],
     });
     let _ = drain(client(&server).stream(req).await.unwrap()).await;
     let messages = server.requests()[0].json()["messages"].clone();
-    assert_eq!(messages[3], json!({"role": "tool", "content": "data", "tool_call_id": "c1"}));
+    assert_eq!(
+        messages[3],
+        json!({"role": "tool", "content": "data", "tool_call_id": "c1"})
+    );
     assert_eq!(messages[4], json!({"role": "user", "content": "and now?"}));
-    assert_eq!(messages.as_array().unwrap().len(), 5, "no empty user message: {messages}");
+    assert_eq!(
+        messages.as_array().unwrap().len(),
+        5,
+        "no empty user message: {messages}"
+    );
 }
 
 #[tokio::test]
@@ -608,12 +619,20 @@ async fn tolerant_of_null_fields_and_ids_repeated_on_continuations() {
     first["id"] = serde_json::Value::Null;
     let text = sse_text(&[
         ("", &first.to_string()),
-        ("", &chunk(json!({"tool_calls": [{"index": 0, "id": "call_y", "function": {"arguments": "\"a\"}"}}]}), None)),
+        (
+            "",
+            &chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_y", "function": {"arguments": "\"a\"}"}}]}),
+                None,
+            ),
+        ),
         ("", &chunk(json!({}), Some("tool_calls"))),
         ("", "[DONE]"),
     ]);
     let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
-    let response = collect_stream("t", client(&server).stream(request()).await.unwrap()).await.unwrap();
+    let response = collect_stream("t", client(&server).stream(request()).await.unwrap())
+        .await
+        .unwrap();
     assert_eq!(
         response.message.tool_calls().cloned().collect::<Vec<_>>(),
         vec![ToolCall::new("call_x", "read", r#"{"path":"a"}"#)]

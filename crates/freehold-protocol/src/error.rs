@@ -135,6 +135,11 @@ pub struct LlmError {
     /// The HTTP status, when the error came from one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// How long the provider asked to wait before trying again, when it said
+    /// so on an error other than a rate limit (a 503 or 529 with
+    /// `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
+    pub wait: Option<Duration>,
 }
 
 impl LlmError {
@@ -145,6 +150,7 @@ impl LlmError {
             provider: provider.into(),
             message: message.into(),
             status: None,
+            wait: None,
         }
     }
 
@@ -159,11 +165,17 @@ impl LlmError {
         self.kind.is_retryable()
     }
 
-    /// How long the provider asked to wait, for rate limits.
+    /// The same error with the wait the provider asked for.
+    pub fn with_wait(mut self, wait: Option<Duration>) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// How long the provider asked to wait before trying again.
     pub fn retry_after(&self) -> Option<Duration> {
         match self.kind {
-            ErrorKind::RateLimited { retry_after } => retry_after,
-            _ => None,
+            ErrorKind::RateLimited { retry_after } => retry_after.or(self.wait),
+            _ => self.wait,
         }
     }
 }
@@ -204,9 +216,7 @@ mod opt_secs {
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         let secs = Option::<f64>::deserialize(d)?;
-        Ok(secs
-            .filter(|secs| secs.is_finite() && *secs >= 0.0)
-            .map(Duration::from_secs_f64))
+        Ok(secs.and_then(|secs| Duration::try_from_secs_f64(secs).ok()))
     }
 }
 

@@ -202,6 +202,10 @@ impl Reasoning {
     /// Whether this reasoning's signature may be sent to `protocol`: it came
     /// from that protocol, or its origin is unknown.
     pub fn signed_for(&self, protocol: &str) -> bool {
-        self.signature.is_some() && self.origin.as_deref().is_none_or(|origin| origin == protocol)
+        self.signature.is_some()
+            && self
+                .origin
+                .as_deref()
+                .is_none_or(|origin| origin == protocol)
     }
 }

@@ -138,7 +138,7 @@ impl Provider for AnthropicClient {
         let body = self.body(&request, false)?;
         let response = self
             .transport
-            .post_json(&self.url("/messages"), &self.headers, &body)
+            .post_json_whole(&self.url("/messages"), &self.headers, &body)
             .await?;
         let json = self.transport.read_json(response).await?;
         if json.get("type").and_then(serde_json::Value::as_str) == Some("error") {

@@ -103,7 +103,7 @@ impl Provider for GeminiClient {
             .url(&model_path(&request.model, "generateContent"));
         let response = self
             .transport
-            .post_json(&url, &self.headers, &body)
+            .post_json_whole(&url, &self.headers, &body)
             .await
             .map_err(refine)?;
         let json = self.transport.read_json(response).await?;

@@ -26,6 +26,9 @@ pub struct ClientOptions {
     pub api_key: Option<ApiKey>,
     /// Extra headers sent with every request.
     pub extra_headers: Vec<(String, String)>,
+    /// Extra headers whose values are secrets (read from the environment):
+    /// sent like `extra_headers`, redacted like the key.
+    pub secret_headers: Vec<(String, ApiKey)>,
     /// Timeouts and retries.
     pub http: HttpSettings,
 }
@@ -38,6 +41,7 @@ impl ClientOptions {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             api_key: None,
             extra_headers: Vec::new(),
+            secret_headers: Vec::new(),
             http: HttpSettings::default(),
         }
     }
@@ -55,7 +59,11 @@ impl ClientOptions {
 
     /// The keys a transport must redact.
     pub fn secrets(&self) -> Vec<ApiKey> {
-        self.api_key.iter().cloned().collect()
+        self.api_key
+            .iter()
+            .chain(self.secret_headers.iter().map(|(_, value)| value))
+            .cloned()
+            .collect()
     }
 }
 
@@ -94,7 +102,12 @@ impl ClientOptions {
         pairs.extend(
             self.extra_headers
                 .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str())),
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
+        pairs.extend(
+            self.secret_headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.expose())),
         );
         crate::http::headers(pairs, &self.name)
     }

@@ -78,7 +78,7 @@ impl Provider for OpenAiChatClient {
         })?;
         let response = self
             .transport
-            .post_json(&self.options.url("/chat/completions"), &self.headers, &body)
+            .post_json_whole(&self.options.url("/chat/completions"), &self.headers, &body)
             .await?;
         let json = self.transport.read_json(response).await?;
         let response: CompletionResponse = serde_json::from_value(json).map_err(|error| {

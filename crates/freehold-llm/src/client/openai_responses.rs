@@ -58,9 +58,14 @@ impl OpenAiResponsesClient {
             self.transport
                 .error(ErrorKind::InvalidRequest, error.to_string())
         })?;
-        self.transport
-            .post_json(&self.options.url("/responses"), &self.headers, &body)
-            .await
+        let url = self.options.url("/responses");
+        if stream {
+            self.transport.post_json(&url, &self.headers, &body).await
+        } else {
+            self.transport
+                .post_json_whole(&url, &self.headers, &body)
+                .await
+        }
     }
 
     /// The same error with this provider's keys removed from its message.

@@ -710,7 +710,10 @@ fn model_parts(content: &[ContentPart], needs_signatures: bool) -> Vec<Part> {
             ContentPart::Reasoning(reasoning)
                 if reasoning.redacted
                     || reasoning.id.is_some()
-                    || reasoning.origin.as_deref().is_some_and(|origin| origin != ORIGIN) => {}
+                    || reasoning
+                        .origin
+                        .as_deref()
+                        .is_some_and(|origin| origin != ORIGIN) => {}
             ContentPart::Reasoning(reasoning) if !reasoning.text.is_empty() => parts.push(Part {
                 text: Some(reasoning.text.clone()),
                 thought: Some(true),
@@ -1047,8 +1050,7 @@ pub fn retry_delay(details: &[Value]) -> Option<std::time::Duration> {
         .filter_map(|detail| detail.get("retryDelay")?.as_str())
         .find_map(|delay| {
             let seconds: f64 = delay.trim().strip_suffix('s')?.parse().ok()?;
-            (seconds.is_finite() && seconds >= 0.0)
-                .then(|| std::time::Duration::from_secs_f64(seconds))
+            std::time::Duration::try_from_secs_f64(seconds).ok()
         })
 }
 

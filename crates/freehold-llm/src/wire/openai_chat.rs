@@ -760,7 +760,10 @@ impl ChunkDecoder {
         // A new id *with a name* at a known index is a new call: Ollama
         // numbers every parallel call 0. Some servers vary the id on
         // continuation chunks; without a name those continue the same call.
-        let has_name = function.name.as_deref().is_some_and(|name| !name.is_empty());
+        let has_name = function
+            .name
+            .as_deref()
+            .is_some_and(|name| !name.is_empty());
         let starts_new = match (&open, &id) {
             (None, _) => true,
             (Some((_, open_id)), Some(id)) => open_id != id && has_name,

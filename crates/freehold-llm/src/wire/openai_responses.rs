@@ -1106,7 +1106,7 @@ pub fn retry_after_in_message(message: &str) -> Option<Duration> {
     } else {
         return None;
     };
-    Some(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// An error object as an [`LlmError`] of `provider`. The message is not
