@@ -162,7 +162,12 @@ async fn streams_text_and_thinking_split_at_every_byte() {
         body["messages"],
         json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
     );
-    assert_eq!(body["options"], json!({"num_ctx": 8192}));
+    // Without max_tokens the answer is still bounded, by the default
+    // allowance, so that Ollama never shifts the context while answering.
+    assert_eq!(
+        body["options"],
+        json!({"num_ctx": 8192, "num_predict": 4096})
+    );
     assert_eq!(body.get("tools"), None);
     assert_eq!(body.get("think"), None);
     assert_eq!(body.get("format"), None);
@@ -311,7 +316,7 @@ async fn num_ctx_grows_with_the_request() {
     // Short: the minimum.
     let _ = drain(client.stream(request()).await.unwrap()).await;
     // Long: 200_000 bytes ≈ 50_000 tokens, ×1.25 = 62_500, + 4096 answer
-    // tokens = 66_596, rounded up to a multiple of 2048 = 67_584.
+    // tokens = 66_596, rounded up to the next power of two = 131_072.
     let long = ChatRequest::new(MODEL, vec![Message::user("x".repeat(200_000 - 8))]);
     assert_eq!(long.estimated_input_tokens(), 50_000);
     let _ = drain(client.stream(long.clone()).await.unwrap()).await;
@@ -322,8 +327,8 @@ async fn num_ctx_grows_with_the_request() {
 
     let bodies: Vec<Value> = server.requests().iter().map(|r| r.json()).collect();
     assert_eq!(bodies[0]["options"]["num_ctx"], 8192);
-    assert_eq!(bodies[1]["options"]["num_ctx"], 67_584);
-    assert_eq!(bodies[1]["options"].get("num_predict"), None);
+    assert_eq!(bodies[1]["options"]["num_ctx"], 131_072);
+    assert_eq!(bodies[1]["options"]["num_predict"], 4096);
     assert_eq!(bodies[2]["options"]["num_ctx"], 65_536);
     assert_eq!(bodies[2]["options"]["num_predict"], 1000);
 }
@@ -340,14 +345,27 @@ async fn policy_cap_rejects_before_sending_when_the_model_is_unknown() {
         ..OllamaSettings::default()
     };
     let client = OllamaClient::with_settings(opts(&server, true), settings).unwrap();
+    // The prompt alone (62_500 tokens with the margin) overflows: the need
+    // named is the prompt plus the smallest answer room, 256 tokens.
     let long = ChatRequest::new(MODEL, vec![Message::user("x".repeat(200_000 - 8))]);
-    let Err(error) = client.stream(long).await else {
+    let Err(error) = client.stream(long.clone()).await else {
         panic!("must not fit")
     };
     assert_eq!(
         error.kind,
         ErrorKind::ContextLengthExceeded {
-            needed: Some(66_596),
+            needed: Some(62_756),
+            allowed: Some(32_768)
+        }
+    );
+    // With max_tokens the need is the prompt plus all of it.
+    let mut limited = long;
+    limited.max_tokens = Some(1000);
+    let error = client.complete(limited).await.unwrap_err();
+    assert_eq!(
+        error.kind,
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(63_500),
             allowed: Some(32_768)
         }
     );
@@ -369,7 +387,8 @@ async fn model_context_from_api_show_caps_num_ctx_and_is_cached() {
     short.max_tokens = Some(512);
     let _ = drain(client.stream(short).await.unwrap()).await;
 
-    // A request that cannot fit fails before anything is sent.
+    // A request that cannot fit fails before anything is sent: its prompt
+    // alone (4000 tokens, 5000 with the margin) is over the model's 4096.
     let long = ChatRequest::new(MODEL, vec![Message::user("x".repeat(16_000 - 8))]);
     let Err(error) = client.stream(long.clone()).await else {
         panic!("must not fit")
@@ -377,7 +396,7 @@ async fn model_context_from_api_show_caps_num_ctx_and_is_cached() {
     assert_eq!(
         error.kind,
         ErrorKind::ContextLengthExceeded {
-            needed: Some(5000 + 4096),
+            needed: Some(5000 + 256),
             allowed: Some(4096)
         }
     );
@@ -397,19 +416,95 @@ async fn model_context_from_api_show_caps_num_ctx_and_is_cached() {
 }
 
 #[tokio::test]
+async fn a_small_model_answers_without_max_tokens_in_the_room_left() {
+    let server = MockServer::start(vec![
+        show(4096),
+        Scripted::ndjson(&text_stream(), Split::Whole),
+    ])
+    .await;
+    let client = probing_client(&server);
+    // 27 bytes ≈ 7 tokens, 9 with the margin: the answer gets the other
+    // 4087 of the model's 4096 (not the 4096 default, which would not fit).
+    let short = request();
+    assert_eq!(short.estimated_input_tokens(), 7);
+    let response = collect_stream("t", client.stream(short).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.message.text(), "Héllo, wörld ✓");
+
+    // A prompt that alone overflows still fails before sending.
+    let long = ChatRequest::new(MODEL, vec![Message::user("x".repeat(16_000 - 8))]);
+    let error = client.complete(long).await.unwrap_err();
+    assert_eq!(
+        error.kind,
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(5256),
+            allowed: Some(4096)
+        }
+    );
+
+    let requests = server.requests();
+    let uris: Vec<&str> = requests.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(
+        uris,
+        vec!["/api/show", "/api/chat"],
+        "no chat for the overflow"
+    );
+    assert_eq!(
+        requests[1].json()["options"],
+        json!({"num_ctx": 4096, "num_predict": 4087})
+    );
+}
+
+#[tokio::test]
+async fn a_long_prompt_on_an_8k_model_gets_a_shorter_answer_not_an_error() {
+    let server = MockServer::start(vec![
+        show(8192),
+        Scripted::ndjson(&text_stream(), Split::Whole),
+    ])
+    .await;
+    // 20 KB ≈ 5000 tokens, 6250 with the margin: 6250 + 4096 would not fit
+    // 8192, so the answer gets the 1942 tokens left.
+    let long = ChatRequest::new(MODEL, vec![Message::user("x".repeat(20_000 - 8))]);
+    let _ = drain(probing_client(&server).stream(long).await.unwrap()).await;
+    let requests = server.requests();
+    assert_eq!(requests[1].uri, "/api/chat");
+    assert_eq!(
+        requests[1].json()["options"],
+        json!({"num_ctx": 8192, "num_predict": 1942})
+    );
+}
+
+#[tokio::test]
+async fn a_need_of_9000_tokens_asks_for_16384() {
+    let server = MockServer::start(vec![Scripted::ndjson(&text_stream(), Split::Whole)]).await;
+    // 16_000 bytes = 4000 tokens, 5000 with the margin, + 4000 = 9000: the
+    // next power of two, not the next multiple of 2048 (10_240).
+    let mut req = ChatRequest::new(MODEL, vec![Message::user("x".repeat(16_000 - 8))]);
+    req.max_tokens = Some(4000);
+    let _ = drain(client(&server).stream(req).await.unwrap()).await;
+    assert_eq!(
+        server.requests()[0].json()["options"],
+        json!({"num_ctx": 16_384, "num_predict": 4000})
+    );
+}
+
+#[tokio::test]
 async fn a_first_request_that_does_not_fit_sends_no_chat() {
     let server = MockServer::start(vec![show(8192)]).await;
     let long = ChatRequest::new(MODEL, vec![Message::user("é".repeat(20_000))]);
     let Err(error) = probing_client(&server).stream(long).await else {
         panic!("must not fit")
     };
-    assert!(matches!(
+    // 40_008 bytes (with the message's 8) ≈ 10_002 tokens, 12_503 with the
+    // margin, + 256 for the answer.
+    assert_eq!(
         error.kind,
         ErrorKind::ContextLengthExceeded {
-            allowed: Some(8192),
-            ..
+            needed: Some(12_759),
+            allowed: Some(8192)
         }
-    ));
+    );
     let uris: Vec<String> = server.requests().into_iter().map(|r| r.uri).collect();
     assert_eq!(uris, vec!["/api/show".to_owned()], "no /api/chat request");
 }

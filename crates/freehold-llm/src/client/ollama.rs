@@ -12,14 +12,15 @@ use crate::client::{ClientOptions, KeyHeader};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
 use crate::wire::ollama::{
-    self, ChatLineDecoder, KeepAlive, NumCtxPolicy, ShowRequest, ShowResponse, TagsResponse,
-    WireChatResponse,
+    self, ChatLineDecoder, ContextSize, KeepAlive, NumCtxPolicy, ShowRequest, ShowResponse,
+    TagsResponse, WireChatResponse,
 };
 
 /// What an [`OllamaClient`] does beyond the HTTP options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OllamaSettings {
-    /// How `options.num_ctx` is sized for each request.
+    /// How `options.num_ctx` (and, without `max_tokens`,
+    /// `options.num_predict`) is sized for each request.
     pub num_ctx: NumCtxPolicy,
     /// How long the model stays loaded after a request (`"5m"`, `"-1"`);
     /// `None` leaves the server's default.
@@ -43,9 +44,10 @@ impl Default for OllamaSettings {
 /// A client of `POST {base_url}/api/chat` (default base URL
 /// [`ollama::DEFAULT_BASE_URL`]).
 ///
-/// Every request carries an `options.num_ctx` sized by
-/// [`ollama::num_ctx_for`]; a request that cannot fit the model's context
-/// fails with [`ErrorKind::ContextLengthExceeded`] before anything is sent.
+/// Every request carries an `options.num_ctx` and an `options.num_predict`
+/// sized by [`ollama::size_context`]; a request that cannot fit the model's
+/// context fails with [`ErrorKind::ContextLengthExceeded`] before anything is
+/// sent.
 /// Ollama has no `tool_choice`: [`freehold_protocol::ToolChoice::None`] sends
 /// no tools, and a required or named tool cannot be forced (a named tool is
 /// offered alone).
@@ -145,8 +147,8 @@ impl OllamaClient {
             .and_then(|contexts| contexts.get(model).copied())
     }
 
-    /// The `num_ctx` this client sends with `request`: see
-    /// [`ollama::num_ctx_for`], capped by the model's trained context when
+    /// The `num_ctx` and `num_predict` this client sends with `request`: see
+    /// [`ollama::size_context`], capped by the model's trained context when
     /// [`OllamaSettings::probe_context`] is on and the server reports it.
     ///
     /// # Errors
@@ -154,7 +156,7 @@ impl OllamaClient {
     /// [`ErrorKind::NotFound`] (and connection or key errors) from
     /// `/api/show`. Other `/api/show` failures (old servers) only leave the
     /// model's context unknown.
-    pub async fn num_ctx(&self, request: &ChatRequest) -> Result<u32, LlmError> {
+    pub async fn size_context(&self, request: &ChatRequest) -> Result<ContextSize, LlmError> {
         let model_context = if self.settings.probe_context {
             match self.context_length(&request.model).await {
                 Ok(context) => context,
@@ -182,7 +184,7 @@ impl OllamaClient {
         } else {
             None
         };
-        ollama::num_ctx_for(request, &self.settings.num_ctx, model_context).map_err(|overflow| {
+        ollama::size_context(request, &self.settings.num_ctx, model_context).map_err(|overflow| {
             self.transport
                 .error(overflow.kind(), format!("`{}`: {overflow}", request.model))
         })
@@ -194,8 +196,8 @@ impl OllamaClient {
         request: &ChatRequest,
         stream: bool,
     ) -> Result<serde_json::Value, LlmError> {
-        let num_ctx = self.num_ctx(request).await?;
-        let mut body = ollama::encode_request(request, num_ctx, stream).map_err(|error| {
+        let size = self.size_context(request).await?;
+        let mut body = ollama::encode_request(request, size, stream).map_err(|error| {
             self.transport
                 .error(ErrorKind::InvalidRequest, error.to_string())
         })?;

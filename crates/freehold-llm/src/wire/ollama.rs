@@ -4,8 +4,10 @@
 //! Ollama differs from the OpenAI-style protocols in ways that matter:
 //! - Its context window is a *request option* (`options.num_ctx`) with a
 //!   small default (2048 or 4096 tokens, depending on the version), and a
-//!   prompt longer than it is silently cut from the front. [`num_ctx_for`]
-//!   sizes it from what each request needs, under a [`NumCtxPolicy`].
+//!   prompt longer than it is silently cut from the front. [`size_context`]
+//!   sizes it from what each request needs, under a [`NumCtxPolicy`], and
+//!   bounds the answer (`options.num_predict`) to the room left, so that
+//!   Ollama never shifts the context while generating either.
 //! - Tool calls arrive whole (arguments as a JSON object), possibly several
 //!   in one line, and without ids: ids are generated.
 //! - Images are base64 strings in a per-message `images` array; there are no
@@ -36,7 +38,7 @@ pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:11434";
 // Context sizing.
 // ---------------------------------------------------------------------------
 
-/// How [`num_ctx_for`] sizes `options.num_ctx`.
+/// How [`size_context`] sizes `options.num_ctx` and `options.num_predict`.
 ///
 /// Every request carries a `num_ctx` large enough for its estimated prompt
 /// plus its answer, because Ollama otherwise loads the model with a small
@@ -52,10 +54,9 @@ pub struct NumCtxPolicy {
     /// unknown (default 131072). When `/api/show` reports the model's
     /// context, that is the limit instead.
     pub max: u32,
-    /// The context is rounded up to a multiple of this (default 2048).
-    pub round_to: u32,
-    /// The answer allowance when the request sets no `max_tokens`
-    /// (default 4096).
+    /// The most answer tokens allowed when the request sets no `max_tokens`
+    /// (default 4096). Less is allowed when the prompt leaves less room in
+    /// the context, down to [`MIN_ANSWER_TOKENS`].
     pub default_output: u32,
 }
 
@@ -64,11 +65,16 @@ impl Default for NumCtxPolicy {
         Self {
             min: 8_192,
             max: 131_072,
-            round_to: 2_048,
             default_output: 4_096,
         }
     }
 }
+
+/// The least room for the answer a request without `max_tokens` must leave
+/// in the context (or [`NumCtxPolicy::default_output`], when that is
+/// smaller): a prompt leaving less fails with [`ContextOverflow`] rather than
+/// being sent for an answer cut off after a few words.
+pub const MIN_ANSWER_TOKENS: u32 = 256;
 
 /// The estimated prompt is multiplied by `INPUT_MARGIN_NUM / INPUT_MARGIN_DEN`
 /// (×1.25): [`ChatRequest::estimated_input_tokens`] counts about four bytes a
@@ -79,12 +85,13 @@ const INPUT_MARGIN_DEN: u64 = 4;
 /// A request that does not fit the model's context, found before sending it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the request needs about {needed} tokens (its estimated prompt with a 25% margin, plus the \
-     answer allowance) but the context allows at most {allowed}"
+    "the request needs about {needed} tokens (its estimated prompt with a 25% margin, plus room \
+     for the answer) but the context allows at most {allowed}"
 )]
 pub struct ContextOverflow {
     /// Tokens the request needs: estimated prompt with its margin plus the
-    /// answer allowance.
+    /// answer's room (`max_tokens` when the request sets it, else the
+    /// smallest room accepted, [`MIN_ANSWER_TOKENS`]).
     pub needed: u64,
     /// Tokens the model (or the policy's cap) allows.
     pub allowed: u64,
@@ -100,45 +107,83 @@ impl ContextOverflow {
     }
 }
 
-/// The `num_ctx` to send with `request`.
+/// The context options sent with a request, from [`size_context`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextSize {
+    /// `options.num_ctx`: the context window to load the model with.
+    pub num_ctx: u32,
+    /// `options.num_predict`: the most tokens to generate, which always fits
+    /// in `num_ctx` after the (estimated) prompt, so that Ollama never shifts
+    /// the context (silently dropping its start) while answering.
+    pub num_predict: u32,
+}
+
+/// The `num_ctx` and `num_predict` to send with `request`.
 ///
-/// The need is the estimated prompt ×1.25 plus the answer allowance
-/// (`max_tokens`, else [`NumCtxPolicy::default_output`]). It is rounded up to
-/// a multiple of [`NumCtxPolicy::round_to`]: Ollama reloads the model (and
-/// reallocates its KV cache) whenever `num_ctx` changes, so a conversation
-/// that grows by a few hundred tokens a turn must keep asking for the same
-/// size rather than a new one every turn. The result is at least
-/// [`NumCtxPolicy::min`] and at most the model's trained context
-/// (`model_context`, from `/api/show`) or, when that is unknown,
+/// The prompt needs its estimate ×1.25. The limit is the model's trained
+/// context (`model_context`, from `/api/show`) or, when that is unknown,
 /// [`NumCtxPolicy::max`].
+/// - With `max_tokens`, the answer gets exactly that, and prompt plus answer
+///   must fit the limit.
+/// - Without, the answer gets [`NumCtxPolicy::default_output`] or whatever
+///   room the prompt leaves under the limit, if less; the prompt must leave
+///   at least [`MIN_ANSWER_TOKENS`] (or `default_output`, if smaller).
+///
+/// `num_ctx` is prompt plus answer rounded up to the next power of two, at
+/// least [`NumCtxPolicy::min`] and at most the limit.
 ///
 /// # Errors
-/// [`ContextOverflow`] when the need exceeds that limit: sending the request
+/// [`ContextOverflow`] when the request does not fit that limit: sending it
 /// anyway would let Ollama truncate the prompt silently.
-pub fn num_ctx_for(
+pub fn size_context(
     request: &ChatRequest,
     policy: &NumCtxPolicy,
     model_context: Option<u32>,
-) -> Result<u32, ContextOverflow> {
+) -> Result<ContextSize, ContextOverflow> {
     let input = request
         .estimated_input_tokens()
         .saturating_mul(INPUT_MARGIN_NUM)
         .div_ceil(INPUT_MARGIN_DEN);
-    let output = u64::from(request.max_tokens.unwrap_or(policy.default_output));
-    let needed = input.saturating_add(output);
     let allowed = u64::from(
         model_context
             .filter(|context| *context > 0)
             .unwrap_or(policy.max),
     );
-    if needed > allowed {
-        return Err(ContextOverflow { needed, allowed });
-    }
-    let step = u64::from(policy.round_to.max(1));
-    let rounded = needed.div_ceil(step).saturating_mul(step);
-    let num_ctx = rounded.max(u64::from(policy.min)).min(allowed);
-    // `allowed` came from a u32, so this never saturates.
-    Ok(u32::try_from(num_ctx).unwrap_or(u32::MAX))
+    let output = match request.max_tokens {
+        Some(max_tokens) => {
+            let needed = input.saturating_add(u64::from(max_tokens));
+            if needed > allowed {
+                return Err(ContextOverflow { needed, allowed });
+            }
+            u64::from(max_tokens)
+        }
+        None => {
+            let floor = u64::from(MIN_ANSWER_TOKENS.min(policy.default_output));
+            let room = allowed.saturating_sub(input);
+            if input > allowed || room < floor {
+                return Err(ContextOverflow {
+                    needed: input.saturating_add(floor),
+                    allowed,
+                });
+            }
+            room.min(u64::from(policy.default_output))
+        }
+    };
+    let needed = input.saturating_add(output);
+    // Powers of two, not finer steps: Ollama reloads the model (and
+    // reallocates its KV cache) whenever `num_ctx` changes, which takes
+    // seconds to minutes on a local machine. Doubling buckets mean a
+    // conversation growing from 8k to 32k tokens changes size twice (16k,
+    // 32k) instead of at every 2048-token step, for at most twice the memory
+    // the request strictly needs, and never more than the limit.
+    let bucket = needed.checked_next_power_of_two().unwrap_or(u64::MAX);
+    let num_ctx = bucket.max(u64::from(policy.min)).min(allowed);
+    // `allowed` came from a u32 and `output` is at most a u32 (`max_tokens`
+    // or at most `default_output`), so neither saturates.
+    Ok(ContextSize {
+        num_ctx: u32::try_from(num_ctx).unwrap_or(u32::MAX),
+        num_predict: u32::try_from(output).unwrap_or(u32::MAX),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -472,7 +517,8 @@ pub enum EncodeError {
     },
 }
 
-/// Encodes a request with the given `num_ctx` (from [`num_ctx_for`]).
+/// Encodes a request with the given context options (from
+/// [`size_context`]): `options.num_ctx` and `options.num_predict`.
 /// `keep_alive` is left unset: it is a client setting.
 ///
 /// # Errors
@@ -480,7 +526,7 @@ pub enum EncodeError {
 /// URLs are decoded into base64).
 pub fn encode_request(
     request: &ChatRequest,
-    num_ctx: u32,
+    size: ContextSize,
     stream: bool,
 ) -> Result<WireChatRequest, EncodeError> {
     let tools: Vec<WireTool> = match &request.tool_choice {
@@ -497,8 +543,8 @@ pub fn encode_request(
     };
     let sampling = &request.sampling;
     let options = WireOptions {
-        num_ctx: Some(num_ctx),
-        num_predict: request.max_tokens.map(i64::from),
+        num_ctx: Some(size.num_ctx),
+        num_predict: Some(i64::from(size.num_predict)),
         temperature: sampling.temperature,
         top_p: sampling.top_p,
         top_k: sampling.top_k,
@@ -868,63 +914,176 @@ mod tests {
         ChatRequest::new("m", vec![Message::user("x".repeat(bytes - 8))])
     }
 
+    fn sized(num_ctx: u32, num_predict: u32) -> Result<ContextSize, ContextOverflow> {
+        Ok(ContextSize {
+            num_ctx,
+            num_predict,
+        })
+    }
+
     #[test]
-    fn short_requests_get_the_minimum() {
+    fn short_requests_get_the_minimum_and_the_default_answer() {
         let request = ChatRequest::new("m", vec![Message::user("Hi")]);
         assert_eq!(
-            num_ctx_for(&request, &NumCtxPolicy::default(), None),
-            Ok(8192)
+            size_context(&request, &NumCtxPolicy::default(), None),
+            sized(8192, 4096)
         );
     }
 
     #[test]
-    fn need_is_prompt_with_margin_plus_output_rounded_up() {
+    fn need_is_prompt_with_margin_plus_answer_rounded_to_a_power_of_two() {
         // 40_000 bytes ≈ 10_000 tokens, ×1.25 = 12_500, + 4096 = 16_596,
-        // rounded up to 2048s = 18_432.
+        // rounded up to the next power of two = 32_768.
         let request = request_of_bytes(40_000);
         assert_eq!(request.estimated_input_tokens(), 10_000);
         assert_eq!(
-            num_ctx_for(&request, &NumCtxPolicy::default(), None),
-            Ok(18_432)
+            size_context(&request, &NumCtxPolicy::default(), None),
+            sized(32_768, 4096)
         );
         // An explicit max_tokens replaces the default allowance:
-        // 12_500 + 1000 = 13_500 → 14_336.
+        // 12_500 + 1000 = 13_500 → 16_384.
         let mut request = request;
         request.max_tokens = Some(1000);
         assert_eq!(
-            num_ctx_for(&request, &NumCtxPolicy::default(), None),
-            Ok(14_336)
+            size_context(&request, &NumCtxPolicy::default(), None),
+            sized(16_384, 1000)
         );
+    }
+
+    #[test]
+    fn a_need_of_9000_tokens_gets_16384() {
+        // 16_000 bytes = 4000 tokens, ×1.25 = 5000, + 4000 = 9000.
+        let mut request = request_of_bytes(16_000);
+        request.max_tokens = Some(4000);
+        let policy = NumCtxPolicy::default();
+        assert_eq!(size_context(&request, &policy, None), sized(16_384, 4000));
+        // Every need from 8193 to 16_384 shares that size; one more doubles.
+        for (max_tokens, num_ctx) in [(3193, 16_384), (11_384, 16_384), (11_385, 32_768)] {
+            request.max_tokens = Some(max_tokens);
+            assert_eq!(
+                size_context(&request, &policy, None),
+                sized(num_ctx, max_tokens),
+                "max_tokens {max_tokens}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_growing_conversation_changes_size_only_at_powers_of_two() {
+        // Needs from about 8k to 32k tokens, growing 1000 bytes a turn.
+        let policy = NumCtxPolicy::default();
+        let mut sizes: Vec<u32> = (12_000..=89_000)
+            .step_by(1000)
+            .map(|bytes| {
+                size_context(&request_of_bytes(bytes), &policy, None)
+                    .map(|size| size.num_ctx)
+                    .unwrap_or_default()
+            })
+            .collect();
+        sizes.dedup();
+        assert_eq!(sizes, vec![8192, 16_384, 32_768]);
     }
 
     #[test]
     fn small_growth_keeps_the_same_size() {
         let policy = NumCtxPolicy::default();
-        let a = num_ctx_for(&request_of_bytes(40_000), &policy, None);
-        let b = num_ctx_for(&request_of_bytes(40_800), &policy, None);
+        let a = size_context(&request_of_bytes(40_000), &policy, None);
+        let b = size_context(&request_of_bytes(40_800), &policy, None);
         assert_eq!(a, b, "a few hundred more bytes must not change num_ctx");
     }
 
     #[test]
-    fn model_context_caps_and_overflow_is_an_error() {
+    fn without_max_tokens_the_answer_takes_the_room_left() {
         let policy = NumCtxPolicy::default();
-        // Needs 16_596, rounded 18_432, but the model has 17_000: capped.
+        // A 4096-token model: "Hi" is 3 tokens, 4 with the margin; the
+        // answer gets the rest rather than the request being refused.
+        let hi = ChatRequest::new("m", vec![Message::user("Hi")]);
+        assert_eq!(size_context(&hi, &policy, Some(4096)), sized(4096, 4092));
+        assert_eq!(size_context(&hi, &policy, Some(2048)), sized(2048, 2044));
+        // An 8192-token model and a 20 KB prompt (5000 tokens, 6250 with
+        // the margin): 1942 tokens are left for the answer.
         assert_eq!(
-            num_ctx_for(&request_of_bytes(40_000), &policy, Some(17_000)),
-            Ok(17_000)
+            size_context(&request_of_bytes(20_000), &policy, Some(8192)),
+            sized(8192, 1942)
         );
-        // Needs 16_596 > 16_384.
+        // 12_500 + 4096 = 16_596 fits 17_000: the whole default answer, and
+        // the power of two (32_768) is cut to the model's context.
+        let request = request_of_bytes(40_000);
         assert_eq!(
-            num_ctx_for(&request_of_bytes(40_000), &policy, Some(16_384)),
+            size_context(&request, &policy, Some(17_000)),
+            sized(17_000, 4096)
+        );
+        // 16_384 leaves 3884 tokens after the prompt.
+        assert_eq!(
+            size_context(&request, &policy, Some(16_384)),
+            sized(16_384, 3884)
+        );
+    }
+
+    #[test]
+    fn a_prompt_leaving_too_little_room_is_an_overflow() {
+        let policy = NumCtxPolicy::default();
+        let request = request_of_bytes(40_000);
+        // 12_500 prompt tokens leave 200 < 256 of 12_700.
+        assert_eq!(
+            size_context(&request, &policy, Some(12_700)),
+            Err(ContextOverflow {
+                needed: 12_756,
+                allowed: 12_700
+            })
+        );
+        // Exactly the floor is enough.
+        assert_eq!(
+            size_context(&request, &policy, Some(12_756)),
+            sized(12_756, MIN_ANSWER_TOKENS)
+        );
+        // The prompt alone overflows.
+        assert_eq!(
+            size_context(&request, &policy, Some(8192)),
+            Err(ContextOverflow {
+                needed: 12_756,
+                allowed: 8192
+            })
+        );
+        // A default answer under the floor is the floor.
+        let small = NumCtxPolicy {
+            default_output: 100,
+            ..NumCtxPolicy::default()
+        };
+        assert_eq!(
+            size_context(&request, &small, Some(12_600)),
+            sized(12_600, 100)
+        );
+        assert_eq!(
+            size_context(&request, &small, Some(12_599)),
+            Err(ContextOverflow {
+                needed: 12_600,
+                allowed: 12_599
+            })
+        );
+    }
+
+    #[test]
+    fn an_explicit_max_tokens_must_fit_whole() {
+        let policy = NumCtxPolicy::default();
+        let mut request = request_of_bytes(40_000);
+        request.max_tokens = Some(4096);
+        // 12_500 + 4096 = 16_596 > 16_384: max_tokens is never shrunk.
+        assert_eq!(
+            size_context(&request, &policy, Some(16_384)),
             Err(ContextOverflow {
                 needed: 16_596,
                 allowed: 16_384
             })
         );
+        assert_eq!(
+            size_context(&request, &policy, Some(17_000)),
+            sized(17_000, 4096)
+        );
         // A model with a context under the minimum gets its own context.
         let mut tiny = ChatRequest::new("m", vec![Message::user("Hi")]);
         tiny.max_tokens = Some(256);
-        assert_eq!(num_ctx_for(&tiny, &policy, Some(2048)), Ok(2048));
+        assert_eq!(size_context(&tiny, &policy, Some(2048)), sized(2048, 256));
     }
 
     #[test]
@@ -933,15 +1092,21 @@ mod tests {
             max: 16_384,
             ..NumCtxPolicy::default()
         };
-        let request = request_of_bytes(40_000);
+        let mut request = request_of_bytes(40_000);
+        request.max_tokens = Some(4096);
         assert_eq!(
-            num_ctx_for(&request, &policy, None),
+            size_context(&request, &policy, None),
             Err(ContextOverflow {
                 needed: 16_596,
                 allowed: 16_384
             })
         );
-        assert_eq!(num_ctx_for(&request, &policy, Some(32_768)), Ok(18_432));
+        assert_eq!(
+            size_context(&request, &policy, Some(32_768)),
+            sized(32_768, 4096)
+        );
+        request.max_tokens = None;
+        assert_eq!(size_context(&request, &policy, None), sized(16_384, 3884));
         let error = ContextOverflow {
             needed: 2,
             allowed: 1,
@@ -953,6 +1118,10 @@ mod tests {
                 allowed: Some(1)
             }
         );
+        assert!(
+            error.to_string().contains("needs about 2 tokens"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -960,14 +1129,33 @@ mod tests {
         let policy = NumCtxPolicy {
             min: 0,
             max: 0,
-            round_to: 0,
             default_output: 0,
         };
         let request = ChatRequest::new("m", vec![]);
-        assert_eq!(num_ctx_for(&request, &policy, None), Ok(0));
+        assert_eq!(size_context(&request, &policy, None), sized(0, 0));
         let mut huge = ChatRequest::new("m", vec![Message::user("x")]);
         huge.max_tokens = Some(u32::MAX);
-        assert!(num_ctx_for(&huge, &NumCtxPolicy::default(), Some(u32::MAX)).is_err());
+        assert!(size_context(&huge, &NumCtxPolicy::default(), Some(u32::MAX)).is_err());
+        huge.max_tokens = None;
+        assert_eq!(
+            size_context(&huge, &NumCtxPolicy::default(), Some(u32::MAX)),
+            sized(8192, 4096)
+        );
+    }
+
+    #[test]
+    fn encoding_sends_both_context_options() {
+        let request = ChatRequest::new("m", vec![Message::user("Hi")]);
+        let size = ContextSize {
+            num_ctx: 4096,
+            num_predict: 4092,
+        };
+        let body = encode_request(&request, size, true).unwrap();
+        let options = body.options.unwrap();
+        assert_eq!(
+            (options.num_ctx, options.num_predict),
+            (Some(4096), Some(4092))
+        );
     }
 
     #[test]
