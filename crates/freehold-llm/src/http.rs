@@ -405,16 +405,23 @@ impl Transport {
     /// The body decoded as Server-Sent Events.
     pub fn sse_stream(&self, response: reqwest::Response) -> BoxStream<SseEvent> {
         let mut decoder = SseDecoder::new();
+        let transport = self.clone();
         let body = self.body_stream(response);
         let events = body
             .map(Some)
             .chain(futures::stream::once(async { None }))
             .flat_map(move |chunk| {
-                let events: Vec<Result<SseEvent, LlmError>> = match chunk {
+                // A decoder past a size limit ignores its input: report its
+                // error once, after the events that came before it.
+                let failed = decoder.error().is_some();
+                let mut events: Vec<Result<SseEvent, LlmError>> = match chunk {
                     Some(Ok(bytes)) => decoder.feed(&bytes).into_iter().map(Ok).collect(),
                     Some(Err(error)) => vec![Err(error)],
                     None => decoder.finish().into_iter().map(Ok).collect(),
                 };
+                if let (false, Some(error)) = (failed, decoder.error()) {
+                    events.push(Err(transport.error(ErrorKind::Server, error.to_string())));
+                }
                 futures::stream::iter(events)
             });
         Box::pin(events)

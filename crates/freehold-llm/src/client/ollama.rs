@@ -242,7 +242,7 @@ impl Provider for OllamaClient {
         let body = self.body(&request, false).await?;
         let response = self
             .transport
-            .post_json(&self.options.url("/api/chat"), &self.headers, &body)
+            .post_json_whole(&self.options.url("/api/chat"), &self.headers, &body)
             .await?;
         let json = self.transport.read_json(response).await?;
         if let Some(error) = ollama::error_in(&self.options.name, &json) {
