@@ -635,17 +635,23 @@ pub fn structured_output_tool(request: &ChatRequest) -> Option<String> {
 pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> MessagesRequest {
     let structured = structured_output_tool(request);
     let mut max_tokens = request.max_tokens.unwrap_or(options.default_max_tokens);
-    let thinking = request.reasoning.map(|effort| {
+    let thinking = request.reasoning.and_then(|effort| {
         let mut budget = effort.budget_tokens();
         if max_tokens <= budget {
             match request.max_tokens {
                 None => max_tokens = budget.saturating_add(options.default_max_tokens),
+                // The budget must be at least 1024 and below max_tokens: an
+                // answer limit that small leaves no room to think at all.
+                Some(explicit) if explicit <= MIN_THINKING_BUDGET => {
+                    tracing::debug!(explicit, "max_tokens too small for thinking; thinking off");
+                    return None;
+                }
                 Some(explicit) => budget = explicit.saturating_sub(1).max(MIN_THINKING_BUDGET),
             }
         }
-        ThinkingConfig::Enabled {
+        Some(ThinkingConfig::Enabled {
             budget_tokens: budget,
-        }
+        })
     });
     let thinking_on = thinking.is_some();
 
@@ -672,6 +678,14 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
         .collect();
     let disable_parallel = (request.parallel_tool_calls == Some(false)).then_some(true);
     let mut tool_choice = (!tools.is_empty()).then(|| match &request.tool_choice {
+        // With thinking on the API accepts only `auto` and `none`: a forced
+        // choice becomes `auto` rather than a rejected request.
+        ToolChoice::Required | ToolChoice::Tool { .. } if thinking_on => {
+            tracing::debug!("forced tool choice is not allowed with thinking; using auto");
+            WireToolChoice::Auto {
+                disable_parallel_tool_use: disable_parallel,
+            }
+        }
         ToolChoice::Auto => WireToolChoice::Auto {
             disable_parallel_tool_use: disable_parallel,
         },
@@ -1308,4 +1322,58 @@ impl WireDecoder<SseEvent> for EventDecoder {
 
 fn preview(text: &str) -> String {
     text.chars().take(120).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use freehold_protocol::{ReasoningEffort, ToolSpec};
+
+    use super::*;
+
+    fn thinking_request(choice: ToolChoice, max_tokens: Option<u32>) -> ChatRequest {
+        let mut request = ChatRequest::new("claude", vec![Message::user("hi")]);
+        request.reasoning = Some(ReasoningEffort::Low);
+        request.max_tokens = max_tokens;
+        request.tools = vec![ToolSpec {
+            name: "read".into(),
+            description: String::new(),
+            parameters: json!({"type": "object"}),
+        }];
+        request.tool_choice = choice;
+        request
+    }
+
+    fn options() -> EncodeOptions {
+        EncodeOptions {
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            stream: false,
+        }
+    }
+
+    #[test]
+    fn forced_tool_choice_becomes_auto_with_thinking() {
+        for choice in [
+            ToolChoice::Required,
+            ToolChoice::Tool {
+                name: "read".into(),
+            },
+        ] {
+            let encoded = encode_request(&thinking_request(choice, None), options());
+            assert!(encoded.thinking.is_some());
+            let choice = serde_json::to_value(&encoded.tool_choice).unwrap();
+            assert_eq!(choice["type"], "auto", "{choice}");
+        }
+    }
+
+    #[test]
+    fn a_tiny_max_tokens_turns_thinking_off() {
+        let encoded = encode_request(&thinking_request(ToolChoice::Auto, Some(1024)), options());
+        assert!(encoded.thinking.is_none());
+        assert_eq!(encoded.max_tokens, 1024);
+        let encoded = encode_request(&thinking_request(ToolChoice::Auto, Some(1500)), options());
+        assert_eq!(
+            serde_json::to_value(&encoded.thinking).unwrap(),
+            json!({"type": "enabled", "budget_tokens": 1499})
+        );
+    }
 }
