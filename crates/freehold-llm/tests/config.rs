@@ -191,3 +191,47 @@ async fn replicas_survive_one_being_killed_mid_test() {
         "the dead replica kept getting requests"
     );
 }
+
+fn printed_call() -> Scripted {
+    Scripted::json(
+        200,
+        json!({"id": "x", "object": "chat.completion", "created": 1, "model": "qwen",
+               "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                 "content": "<tool_call>\n{\"name\": \"read\", \"arguments\": {\"path\": \"a.rs\"}}\n</tool_call>"}}]}),
+    )
+}
+
+fn tool_request(model: &str) -> ChatRequest {
+    let mut request = ChatRequest::new(model, vec![Message::user("read a.rs")]);
+    request.tools = vec![freehold_protocol::ToolSpec {
+        name: "read".into(),
+        description: "Read a file".into(),
+        parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+    }];
+    request
+}
+
+#[tokio::test]
+async fn a_local_server_gets_printed_tool_calls_recovered_unless_a_model_opts_out() {
+    let server = MockServer::start(vec![printed_call()]).await;
+    let mut resolved = config(&format!(
+        "kind = \"openai\"\nbase_url = \"{}/v1\"",
+        server.url()
+    ))
+    .resolve("lan")
+    .unwrap();
+    assert!(resolved.local && resolved.recover_text_tool_calls);
+    resolved.recover_per_model.insert("raw-model".into(), false);
+    let provider = resolved.build(&HealthSettings::default()).unwrap();
+
+    let response = provider.complete(tool_request("qwen")).await.unwrap();
+    let calls: Vec<_> = response.message.tool_calls().cloned().collect();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].name, "read");
+    assert_eq!(calls[0].arguments, r#"{"path":"a.rs"}"#);
+    assert_eq!(response.stop_reason, freehold_protocol::StopReason::ToolUse);
+
+    let response = provider.complete(tool_request("raw-model")).await.unwrap();
+    assert_eq!(response.message.tool_calls().count(), 0);
+    assert!(response.message.text().contains("<tool_call>"));
+}
