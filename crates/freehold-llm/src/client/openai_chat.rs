@@ -91,37 +91,44 @@ impl Provider for OpenAiChatClient {
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
-        #[derive(Deserialize)]
-        struct ModelList {
-            #[serde(default)]
-            data: Vec<Model>,
-        }
-        #[derive(Deserialize)]
-        struct Model {
-            id: String,
-            #[serde(default)]
-            context_length: Option<u32>,
-            #[serde(default)]
-            max_model_len: Option<u32>,
-        }
-        let response = self
-            .transport
-            .get(&self.options.url("/models"), &self.headers)
-            .await?;
-        let json = self.transport.read_json(response).await?;
-        let list: ModelList = serde_json::from_value(json).map_err(|error| {
-            self.transport
-                .error(ErrorKind::Server, format!("unexpected model list: {error}"))
-        })?;
-        Ok(list
-            .data
-            .into_iter()
-            .map(|model| ModelInfo {
-                context_window: model.context_length.or(model.max_model_len),
-                id: model.id,
-                provider: self.options.name.clone(),
-                max_output_tokens: None,
-            })
-            .collect())
+        list_openai_models(&self.transport, &self.options, &self.headers).await
     }
+}
+
+/// `GET {base_url}/models` as OpenAI and compatible servers answer it
+/// (vLLM adds `max_model_len`, others `context_length`); shared with the
+/// Responses client.
+pub(crate) async fn list_openai_models(
+    transport: &Transport,
+    options: &ClientOptions,
+    headers: &HeaderMap,
+) -> Result<Vec<ModelInfo>, LlmError> {
+    #[derive(Deserialize)]
+    struct ModelList {
+        #[serde(default)]
+        data: Vec<Model>,
+    }
+    #[derive(Deserialize)]
+    struct Model {
+        id: String,
+        #[serde(default)]
+        context_length: Option<u32>,
+        #[serde(default)]
+        max_model_len: Option<u32>,
+    }
+    let response = transport.get(&options.url("/models"), headers).await?;
+    let json = transport.read_json(response).await?;
+    let list: ModelList = serde_json::from_value(json).map_err(|error| {
+        transport.error(ErrorKind::Server, format!("unexpected model list: {error}"))
+    })?;
+    Ok(list
+        .data
+        .into_iter()
+        .map(|model| ModelInfo {
+            context_window: model.context_length.or(model.max_model_len),
+            id: model.id,
+            provider: options.name.clone(),
+            max_output_tokens: None,
+        })
+        .collect())
 }

@@ -5,7 +5,6 @@
 use async_trait::async_trait;
 use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
 use reqwest::header::HeaderMap;
-use serde::Deserialize;
 
 use crate::client::{ClientOptions, KeyHeader};
 use crate::http::Transport;
@@ -122,37 +121,6 @@ impl Provider for OpenAiResponsesClient {
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
-        #[derive(Deserialize)]
-        struct ModelList {
-            #[serde(default)]
-            data: Vec<Model>,
-        }
-        #[derive(Deserialize)]
-        struct Model {
-            id: String,
-            #[serde(default)]
-            context_length: Option<u32>,
-            #[serde(default)]
-            max_model_len: Option<u32>,
-        }
-        let response = self
-            .transport
-            .get(&self.options.url("/models"), &self.headers)
-            .await?;
-        let json = self.transport.read_json(response).await?;
-        let list: ModelList = serde_json::from_value(json).map_err(|error| {
-            self.transport
-                .error(ErrorKind::Server, format!("unexpected model list: {error}"))
-        })?;
-        Ok(list
-            .data
-            .into_iter()
-            .map(|model| ModelInfo {
-                context_window: model.context_length.or(model.max_model_len),
-                id: model.id,
-                provider: self.options.name.clone(),
-                max_output_tokens: None,
-            })
-            .collect())
+        super::openai_chat::list_openai_models(&self.transport, &self.options, &self.headers).await
     }
 }
