@@ -9,4 +9,5 @@
 //! inference) runs on its own threads or is `async`.
 
 pub mod gguf;
+pub mod hardware;
 pub mod store;
