@@ -6,6 +6,7 @@
 
 mod chat;
 mod config;
+mod models;
 mod providers;
 mod setup;
 
@@ -37,6 +38,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// List the configured providers, or check that they answer.
     Providers(providers::ProvidersArgs),
+    /// Local GGUF models: metadata, and what this machine can run.
+    Models(models::ModelsArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Chat(args) => chat::run(args, cli.config.as_deref()).await,
             Command::Providers(args) => providers::run(args, cli.config.as_deref()).await,
+            Command::Models(args) => models::run(args).await,
         }
     });
     match result {

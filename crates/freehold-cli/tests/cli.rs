@@ -292,3 +292,33 @@ async fn an_alias_chain_falls_back_when_the_first_model_is_down() {
         run.stderr
     );
 }
+
+#[tokio::test]
+async fn models_info_reads_the_real_test_model() {
+    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
+        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
+        return;
+    };
+    let model = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = model.to_str().unwrap();
+    let run = freehold(&["models", "info", "--json", model], None, None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["architecture"], "llama");
+    assert_eq!(summary["quantization"], "Q4_1");
+    assert_eq!(summary["context_length"], 8192);
+
+    let run = freehold(&["models", "info", model], None, None).await;
+    assert!(
+        run.stdout.contains("tokenizer.chat_template"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test]
+async fn models_info_refuses_what_is_not_gguf() {
+    let run = freehold(&["models", "info", "/etc/hostname"], None, None).await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("not a GGUF file"), "{}", run.stderr);
+}
