@@ -165,21 +165,19 @@ pub(crate) fn config_dir() -> Option<PathBuf> {
 
 fn default_layers() -> Vec<PathBuf> {
     let mut files = Vec::new();
-    if let Some(user) = config_dir().map(|dir| dir.join("config.toml")) {
-        if user.is_file() {
-            files.push(user);
-        }
+    if let Some(user) = config_dir().map(|dir| dir.join("config.toml"))
+        && user.is_file()
+    {
+        files.push(user);
     }
-    if let Ok(cwd) = std::env::current_dir() {
-        if let Some(project) = cwd
+    if let Ok(cwd) = std::env::current_dir()
+        && let Some(project) = cwd
             .ancestors()
             .map(|dir| dir.join(".freehold").join("config.toml"))
             .find(|path| path.is_file())
-        {
-            if !files.contains(&project) {
-                files.push(project);
-            }
-        }
+        && !files.contains(&project)
+    {
+        files.push(project);
     }
     files
 }

@@ -590,10 +590,10 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     };
     // `try_from_secs_f64` rejects negative, infinite and absurdly large
     // values, which a hostile server could send to make us panic.
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if let Ok(wait) = Duration::try_from_secs_f64(ms / 1000.0) {
-            return Some(wait);
-        }
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && let Ok(wait) = Duration::try_from_secs_f64(ms / 1000.0)
+    {
+        return Some(wait);
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {

@@ -178,10 +178,10 @@ struct AbortWatch {
 
 impl Drop for AbortWatch {
     fn drop(&mut self) {
-        if !self.done.load(std::sync::atomic::Ordering::SeqCst) {
-            if let Ok(mut state) = self.state.lock() {
-                state.aborted += 1;
-            }
+        if !self.done.load(std::sync::atomic::Ordering::SeqCst)
+            && let Ok(mut state) = self.state.lock()
+        {
+            state.aborted += 1;
         }
     }
 }

@@ -502,12 +502,11 @@ fn calls_from_json(value: &Value, tools: &[ToolSpec], strict: bool) -> Option<Ve
 /// `{"type": "function", "function": {…}}`.
 fn call_from_object(value: &Value, tools: &[ToolSpec], strict: bool) -> Option<ToolCall> {
     let object = value.as_object()?;
-    if strict {
-        if let Some(kind) = object.get("type") {
-            if kind.as_str() != Some("function") {
-                return None;
-            }
-        }
+    if strict
+        && let Some(kind) = object.get("type")
+        && kind.as_str() != Some("function")
+    {
+        return None;
     }
     if let Some(function) = object.get("function") {
         if strict

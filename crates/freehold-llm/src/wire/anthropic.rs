@@ -1259,10 +1259,11 @@ impl WireDecoder<SseEvent> for EventDecoder {
             self.error(format!("invalid stream event ({error}): {}", preview(data)))
         })?;
         // The `type` field repeats the SSE event name; fill it in if absent.
-        if let Value::Object(map) = &mut value {
-            if !map.contains_key("type") && !event.event.is_empty() {
-                map.insert("type".into(), Value::String(event.event.clone()));
-            }
+        if let Value::Object(map) = &mut value
+            && !map.contains_key("type")
+            && !event.event.is_empty()
+        {
+            map.insert("type".into(), Value::String(event.event.clone()));
         }
         let parsed: MessageStreamEvent = serde_json::from_value(value).map_err(|error| {
             self.error(format!(

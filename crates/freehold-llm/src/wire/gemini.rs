@@ -746,10 +746,11 @@ fn model_parts(content: &[ContentPart], needs_signatures: bool) -> Vec<Part> {
     let has_signed_call = parts
         .iter()
         .any(|part| part.function_call.is_some() && part.thought_signature.is_some());
-    if needs_signatures && !has_signed_call {
-        if let Some(first) = parts.iter_mut().find(|part| part.function_call.is_some()) {
-            first.thought_signature = Some(SKIP_SIGNATURE_VALIDATION.into());
-        }
+    if needs_signatures
+        && !has_signed_call
+        && let Some(first) = parts.iter_mut().find(|part| part.function_call.is_some())
+    {
+        first.thought_signature = Some(SKIP_SIGNATURE_VALIDATION.into());
     }
     parts
 }

@@ -1572,10 +1572,11 @@ impl WireDecoder<SseEvent> for ResponsesDecoder {
         })?;
         // The type is in the data; a server that only names it in `event:`
         // is still understood.
-        if let Some(object) = value.as_object_mut() {
-            if !object.contains_key("type") && !event.event.is_empty() {
-                object.insert("type".into(), Value::String(event.event.clone()));
-            }
+        if let Some(object) = value.as_object_mut()
+            && !object.contains_key("type")
+            && !event.event.is_empty()
+        {
+            object.insert("type".into(), Value::String(event.event.clone()));
         }
         let parsed: ServerEvent = serde_json::from_value(value).map_err(|error| {
             self.error(
