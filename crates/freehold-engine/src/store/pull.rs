@@ -245,7 +245,7 @@ impl Store {
                     });
                 }
                 Err(error) if error.is_source_failure() && count > 1 => {
-                    tracing::warn!(name = %plan.name, %source, %error, "source failed");
+                    tracing::info!(name = %plan.name, %source, %error, "source failed");
                     progress(Progress::SourceFailed {
                         source: source.to_string(),
                         error: error.to_string(),
