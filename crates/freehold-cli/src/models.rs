@@ -56,6 +56,13 @@ enum ModelsAction {
     /// Show what this machine has for running models: memory, cores, CPU
     /// features, GPUs.
     Hardware,
+    /// Name the largest catalog model that fits this machine, with an
+    /// estimate of its decode speed from the measured memory bandwidth.
+    Recommend {
+        /// Print the whole ranking as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) async fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
@@ -73,6 +80,7 @@ pub(crate) async fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
         }
         ModelsAction::Info { model, json } => info(&resolve_model_path(&model)?, json),
         ModelsAction::Hardware => hardware(),
+        ModelsAction::Recommend { json } => recommend(json),
     }
 }
 
@@ -232,6 +240,46 @@ fn list(all: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn recommend(json: bool) -> anyhow::Result<ExitCode> {
+    let store = open_store()?;
+    let hardware = Hardware::probe();
+    let bandwidth = freehold_engine::recommend::measure_bandwidth();
+    let recommendation =
+        freehold_engine::recommend::recommend(store.catalog(), &hardware, bandwidth);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&recommendation)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} available in {}; memory bandwidth {:.1} GB/s (measured)",
+        human_bytes(recommendation.memory),
+        recommendation.memory_kind,
+        recommendation.bandwidth / 1e9
+    );
+    println!();
+    println!(
+        "{:<22} {:>9} {:>9}  {:<5} {:>12}",
+        "MODEL", "SIZE", "NEEDS", "FITS", "DECODE (est)"
+    );
+    for fit in &recommendation.fits {
+        println!(
+            "{:<22} {:>9} {:>9}  {:<5} {:>8.0} tok/s",
+            fit.name,
+            human_bytes(fit.size),
+            human_bytes(fit.needs),
+            if fit.fits { "yes" } else { "no" },
+            fit.estimated_decode_tok_s
+        );
+    }
+    println!();
+    match &recommendation.best {
+        Some(best) => println!("recommended: {best}   (freehold models pull {best})"),
+        None => println!("no catalog model fits in the memory available"),
+    }
+    println!("Estimates assume decoding reads every weight once per token; real speed is lower.");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,4 +10,5 @@
 
 pub mod gguf;
 pub mod hardware;
+pub mod recommend;
 pub mod store;
