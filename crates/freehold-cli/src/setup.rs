@@ -172,7 +172,8 @@ impl Setup {
             .collect();
         anyhow::bail!(
             "no model is reachable.\n  No local server answered: {}.\n  No API key is set: {}.\n\
-             Start a local server (for example `ollama serve`), export a key, or pass \
+             Start a local server (for example `ollama serve`, or `llama-server -m MODEL.gguf` with a \
+             model from `freehold models pull smollm2-135m`), export a key, or pass \
              --model provider:model; see docs/providers.md to configure others.",
             tried.join(", "),
             dedup(keys).join(", ")
