@@ -248,17 +248,26 @@ fn recommend(json: bool) -> anyhow::Result<ExitCode> {
     let hardware = Hardware::probe();
     let bandwidth = freehold_engine::recommend::measure_bandwidth();
     let recommendation =
-        freehold_engine::recommend::recommend(store.catalog(), &hardware, bandwidth);
+        // The engine has no GPU offload yet: GPUs do not count.
+        freehold_engine::recommend::recommend(store.catalog(), &hardware, bandwidth, false);
     if json {
         println!("{}", serde_json::to_string_pretty(&recommendation)?);
         return Ok(ExitCode::SUCCESS);
     }
+    if recommendation.memory == 0 {
+        anyhow::bail!(
+            "cannot tell how much memory is available (only Linux's /proc/meminfo is read); \
+             pick a model by size: `freehold models list --all`"
+        );
+    }
     println!(
-        "{} available in {}; memory bandwidth {:.1} GB/s (measured)",
+        "{} of RAM available; memory bandwidth {:.1} GB/s (measured on one core: a lower bound)",
         human_bytes(recommendation.memory),
-        recommendation.memory_kind,
         recommendation.bandwidth / 1e9
     );
+    if !hardware.gpus.is_empty() {
+        println!("(GPUs found, but this build runs models on the CPU, so they do not count)");
+    }
     println!();
     println!(
         "{:<22} {:>9} {:>9}  {:<5} {:>12}",

@@ -382,6 +382,19 @@ async fn models_pull_list_info_and_rm_through_a_local_server() {
         .to_owned();
     assert_eq!(sha.len(), 64);
 
+    // The same source again is already there; another file under the same
+    // name is refused rather than silently ignored.
+    let run = freehold_with_env(&["models", "pull", &url], None, None, &env).await;
+    assert!(run.stdout.contains("already installed"), "{}", run.stdout);
+    let elsewhere = format!("{}/mirror/tiny.gguf", server.url());
+    let run = freehold_with_env(&["models", "pull", &elsewhere], None, None, &env).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("already installed from"),
+        "{}",
+        run.stderr
+    );
+
     let run = freehold_with_env(&["models", "list"], None, None, &env).await;
     let line = run
         .stdout

@@ -42,9 +42,14 @@ impl Hardware {
     /// Probes this machine. Never fails: what cannot be read is reported as
     /// zero or empty.
     pub fn probe() -> Self {
-        let (memory_total, memory_available) = std::fs::read_to_string("/proc/meminfo")
+        let (memory_total, mut memory_available) = std::fs::read_to_string("/proc/meminfo")
             .map(|text| parse_meminfo(&text))
             .unwrap_or((0, 0));
+        // In a container, /proc/meminfo shows the host: the cgroup's limit
+        // is what this process may really use.
+        if let Some(room) = cgroup_room(Path::new("/sys/fs/cgroup")) {
+            memory_available = memory_available.min(room);
+        }
         let logical_cores = std::thread::available_parallelism().map_or(1, usize::from);
         let physical_cores = physical_cores(Path::new("/sys/devices/system/cpu"))
             .filter(|&cores| cores > 0)
@@ -75,6 +80,15 @@ pub fn parse_meminfo(text: &str) -> (u64, u64) {
             .map_or(0, |kib| kib.saturating_mul(1024))
     };
     (field("MemTotal"), field("MemAvailable"))
+}
+
+/// Memory left under a cgroup v2 limit (`memory.max - memory.current`), or
+/// `None` without a limit.
+fn cgroup_room(cgroup: &Path) -> Option<u64> {
+    let read = |file: &str| std::fs::read_to_string(cgroup.join(file)).ok();
+    let max: u64 = read("memory.max")?.trim().parse().ok()?; // "max" means no limit
+    let current: u64 = read("memory.current")?.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
 }
 
 /// Counts distinct (package, core) pairs under `/sys/devices/system/cpu`.

@@ -54,12 +54,26 @@ pub fn memory_needed(size: u64) -> u64 {
 }
 
 /// Ranks the catalog's models for this machine, given a measured
-/// `bandwidth` (bytes per second).
-pub fn recommend(catalog: &Catalog, hardware: &Hardware, bandwidth: f64) -> Recommendation {
-    // With a GPU the weights live in its memory, and its bandwidth is far
-    // above what the CPU measurement shows; the CPU estimate stays a floor.
-    let (memory, memory_kind) = match hardware.gpus.iter().max_by_key(|gpu| gpu.memory_free) {
-        Some(gpu) => (gpu.memory_free, gpu.name.clone()),
+/// `bandwidth` (bytes per second). `gpu_offload` says whether the engine
+/// can put weights in GPU memory; without it a GPU does not count.
+pub fn recommend(
+    catalog: &Catalog,
+    hardware: &Hardware,
+    bandwidth: f64,
+    gpu_offload: bool,
+) -> Recommendation {
+    // With offload the weights live in GPU memory, but llama.cpp still maps
+    // the file in RAM: a model must fit both.
+    let gpu = hardware
+        .gpus
+        .iter()
+        .max_by_key(|gpu| gpu.memory_free)
+        .filter(|_| gpu_offload);
+    let (memory, memory_kind) = match gpu {
+        Some(gpu) => (
+            gpu.memory_free.min(hardware.memory_available),
+            gpu.name.clone(),
+        ),
         None => (hardware.memory_available, "RAM".to_owned()),
     };
     let mut fits: Vec<Fit> = catalog
@@ -140,13 +154,13 @@ mod tests {
     #[test]
     fn picks_the_largest_model_that_fits_with_headroom() {
         let catalog = Catalog::builtin().unwrap();
-        let small = recommend(&catalog, &machine(2, vec![]), 10e9);
+        let small = recommend(&catalog, &machine(2, vec![]), 10e9, false);
         assert_eq!(
             small.best.as_deref(),
             Some("qwen2.5-coder-0.5b"),
             "{small:#?}"
         );
-        let laptop = recommend(&catalog, &machine(16, vec![]), 10e9);
+        let laptop = recommend(&catalog, &machine(16, vec![]), 10e9, false);
         let best = laptop.best.clone().unwrap();
         let best_fit = laptop.fits.iter().find(|fit| fit.name == best).unwrap();
         assert!(best_fit.needs <= 16 << 30);
@@ -167,26 +181,30 @@ mod tests {
     }
 
     #[test]
-    fn a_gpu_decides_by_its_own_memory() {
+    fn a_gpu_counts_only_with_offload_and_ram_still_bounds() {
         let catalog = Catalog::builtin().unwrap();
         let gpu = Gpu {
             name: "NVIDIA H100".into(),
             memory_total: 80 << 30,
             memory_free: 80 << 30,
         };
-        let recommendation = recommend(&catalog, &machine(8, vec![gpu]), 10e9);
-        assert_eq!(recommendation.memory_kind, "NVIDIA H100");
-        let best = recommendation.best.unwrap();
-        let size = recommendation
-            .fits
-            .iter()
-            .find(|fit| fit.name == best)
-            .unwrap()
-            .size;
-        assert!(
-            size > 8 << 30,
-            "an 80 GB GPU runs more than 8 GB of RAM would: {best}"
-        );
+        // Without offload in the engine, the GPU does not count.
+        let cpu_only = recommend(&catalog, &machine(64, vec![gpu.clone()]), 10e9, false);
+        assert_eq!(cpu_only.memory_kind, "RAM");
+        // With offload its memory counts, but the file must fit RAM too.
+        let offload = recommend(&catalog, &machine(8, vec![gpu.clone()]), 10e9, true);
+        assert_eq!(offload.memory_kind, "NVIDIA H100");
+        assert_eq!(offload.memory, 8 << 30);
+        let big_ram = recommend(&catalog, &machine(256, vec![gpu]), 10e9, true);
+        assert_eq!(big_ram.memory, 80 << 30);
+    }
+
+    #[test]
+    fn unknown_memory_recommends_nothing() {
+        let catalog = Catalog::builtin().unwrap();
+        let recommendation = recommend(&catalog, &machine(0, vec![]), 10e9, false);
+        assert_eq!(recommendation.memory, 0);
+        assert_eq!(recommendation.best, None);
     }
 
     #[test]

@@ -68,6 +68,17 @@ pub(crate) async fn download(
         offset = 0;
     }
     let mut validator = info.and_then(|info| info.validator).filter(|_| offset > 0);
+    // Without a validator the server cannot tell us whether the file changed
+    // since the partial download; appending to it could splice two
+    // versions. Start over instead.
+    if offset > 0 && validator.is_none() {
+        progress(Progress::Restarting {
+            reason:
+                "the server gave no ETag or Last-Modified to check the partial download against"
+                    .into(),
+        });
+        offset = 0;
+    }
     let mut hasher = Sha256::new();
     if offset > 0 {
         progress(Progress::Resuming { from: offset });
@@ -111,6 +122,8 @@ pub(crate) async fn download(
             Start::Append { total } => break (response, total),
             Start::Fresh { total } => {
                 offset = 0;
+                // The old validator described the old bytes.
+                validator = None;
                 hasher = Sha256::new();
                 break (response, total);
             }

@@ -192,6 +192,21 @@ pub enum StoreError {
         wanted: String,
     },
 
+    /// The name is taken by a model from another source, and nothing pins
+    /// which file is wanted.
+    #[error(
+        "`{name}` is already installed from {installed_source}, not from {wanted_source}; \
+         remove it with `freehold models rm {name}` or pull under another name with --name"
+    )]
+    NameTakenBySource {
+        /// The name.
+        name: String,
+        /// Where the installed model came from.
+        installed_source: String,
+        /// Where this pull would take it from.
+        wanted_source: String,
+    },
+
     /// Another process holds the model's lock.
     #[error("model `{name}` is being pulled by another process; try again when it has finished")]
     Busy {

