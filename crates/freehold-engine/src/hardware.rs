@@ -51,7 +51,15 @@ impl Hardware {
             memory_available = memory_available.min(room);
         }
         let logical_cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let physical_cores = physical_cores(Path::new("/sys/devices/system/cpu"))
+        let allowed = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+                    .map(parse_cpu_list)
+            });
+        let physical_cores = physical_cores(Path::new("/sys/devices/system/cpu"), allowed.as_ref())
             .filter(|&cores| cores > 0)
             .unwrap_or(logical_cores)
             .min(logical_cores);
@@ -91,16 +99,41 @@ fn cgroup_room(cgroup: &Path) -> Option<u64> {
     Some(max.saturating_sub(current))
 }
 
-/// Counts distinct (package, core) pairs under `/sys/devices/system/cpu`.
-fn physical_cores(cpu_dir: &Path) -> Option<usize> {
+/// Parses a CPU list such as `0-3,8,10-11`.
+pub fn parse_cpu_list(text: &str) -> BTreeSet<usize> {
+    let mut cpus = BTreeSet::new();
+    for range in text.trim().split(',').filter(|r| !r.is_empty()) {
+        let mut ends = range.splitn(2, '-').map(|n| n.trim().parse::<usize>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(first)), None) => {
+                cpus.insert(first);
+            }
+            // Bounded: a CPU list never names more than a few thousand CPUs.
+            (Some(Ok(first)), Some(Ok(last))) if last >= first && last - first < 65_536 => {
+                cpus.extend(first..=last);
+            }
+            _ => {}
+        }
+    }
+    cpus
+}
+
+/// Counts distinct (package, core) pairs under `/sys/devices/system/cpu`,
+/// among the CPUs this process may run on (`allowed`; all when `None`), so
+/// that two hyper-threads of one core, all a container was given, count once.
+fn physical_cores(cpu_dir: &Path, allowed: Option<&BTreeSet<usize>>) -> Option<usize> {
     let mut cores = BTreeSet::new();
     for entry in std::fs::read_dir(cpu_dir).ok()?.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !name
+        let Some(id) = name
             .strip_prefix("cpu")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        {
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if allowed.is_some_and(|allowed| !allowed.contains(&id)) {
             continue;
         }
         let topology = entry.path().join("topology");
@@ -198,6 +231,16 @@ mod tests {
             "MemTotal:       24576000 kB\nMemFree:         1000 kB\nMemAvailable:   20000000 kB\n";
         assert_eq!(parse_meminfo(text), (24_576_000 * 1024, 20_000_000 * 1024));
         assert_eq!(parse_meminfo("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn reads_cpu_lists() {
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n"),
+            BTreeSet::from([0, 1, 2, 3, 8, 10, 11])
+        );
+        assert_eq!(parse_cpu_list("5"), BTreeSet::from([5]));
+        assert!(parse_cpu_list("garbage,3-1").is_empty());
     }
 
     #[test]

@@ -101,6 +101,29 @@ pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
     })
 }
 
+/// Moves `from` to `to` without ever replacing a file at `to`: a hard link
+/// fails if `to` exists (atomically, unlike checking first), then `from` is
+/// removed. Falls back to check-and-rename where hard links are not
+/// supported.
+pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
+    match fs::hard_link(from, to) {
+        Ok(()) => fs::remove_file(from).map_err(StoreError::io("remove", from)),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(StoreError::FileInTheWay {
+                path: to.to_owned(),
+            })
+        }
+        Err(_) => {
+            if to.exists() {
+                return Err(StoreError::FileInTheWay {
+                    path: to.to_owned(),
+                });
+            }
+            rename(from, to)
+        }
+    }
+}
+
 /// Now, as RFC 3339 UTC to the second (`2025-01-31T12:00:00Z`).
 pub(crate) fn now_rfc3339() -> String {
     let secs = SystemTime::now()

@@ -304,8 +304,11 @@ impl Store {
         }
         let model_path = self.model_path(name);
         let freed = fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0);
-        files::remove_if_exists(&manifest)?;
+        // The file first: interrupted here, a manifest without its file is
+        // reported (and removable), whereas a file without its manifest
+        // would look like a stranger's and block the next pull.
         files::remove_if_exists(&model_path)?;
+        files::remove_if_exists(&manifest)?;
         files::sync_dir(&self.dir)?;
         tracing::info!(name, freed, "model removed");
         drop(lock);

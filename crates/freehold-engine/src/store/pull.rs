@@ -584,10 +584,7 @@ impl Store {
         })?;
         let pending = self.pending_manifest_path(name);
         files::write_synced(&pending, &json)?;
-        if model_path.exists() {
-            return Err(StoreError::FileInTheWay { path: model_path });
-        }
-        files::rename(file, &model_path)?;
+        files::rename_no_replace(file, &model_path)?;
         files::sync_dir(&self.dir)?;
         files::rename(&pending, &self.manifest_path(name))?;
         files::sync_dir(&self.dir)?;
