@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use freehold_engine::local::{LocalProvider, LocalSettings};
 use freehold_llm::catalog::Catalog;
 use freehold_llm::config::{ProviderConfig, ResolvedProvider, unusable_provider};
-use freehold_llm::presets::PRESETS;
+use freehold_llm::presets::{PRESETS, ProviderKind};
 use freehold_llm::retry::RetryPolicy;
 use freehold_llm::router::Router;
 use freehold_llm::{HealthSettings, Provider};
@@ -73,6 +74,20 @@ impl Setup {
                 providers.push((resolved, Origin::Preset));
             }
         }
+        // Installed GGUF models run in process through the `local` provider,
+        // there even when nobody configured it.
+        let has_local = providers
+            .iter()
+            .any(|(resolved, _)| resolved.kind == ProviderKind::Local);
+        if !has_local && !config.providers.contains_key(LOCAL) {
+            let resolved = ProviderConfig {
+                kind: Some(ProviderKind::Local),
+                ..ProviderConfig::default()
+            }
+            .resolve(LOCAL)
+            .context("the built-in local provider")?;
+            providers.push((resolved, Origin::Preset));
+        }
         // `[models."provider:model"] recover_text_tool_calls = …` switches
         // recovery per model.
         for (resolved, _) in &mut providers {
@@ -100,7 +115,7 @@ impl Setup {
             // A provider that cannot be built (a `local` one in a build
             // without the engine, a key with characters HTTP forbids) stays
             // routable: requests to it fail saying why.
-            let provider = match resolved.build(&health) {
+            let provider = match build(resolved, &health) {
                 Ok(provider) => provider,
                 Err(error) => {
                     unusable.insert(resolved.name.clone(), error.to_string());
@@ -181,8 +196,26 @@ impl Setup {
     }
 }
 
+/// The name of the in-process provider.
+const LOCAL: &str = "local";
+
+/// Builds a provider; `kind = "local"` ones run in process through the
+/// engine (freehold-llm cannot depend on it, so they are built here).
+fn build(
+    resolved: &ResolvedProvider,
+    health: &HealthSettings,
+) -> Result<Arc<dyn Provider>, freehold_llm::config::ConfigError> {
+    if resolved.kind == ProviderKind::Local {
+        return Ok(Arc::new(LocalProvider::new(LocalSettings::default())));
+    }
+    resolved.build(health)
+}
+
 /// A copy of a provider with short timeouts and no retries, for probing.
 pub(crate) fn quick_probe(resolved: &ResolvedProvider) -> Option<Arc<dyn Provider>> {
+    if resolved.kind == ProviderKind::Local {
+        return build(resolved, &HealthSettings::default()).ok();
+    }
     let mut quick = resolved.clone();
     quick.http.connect_timeout = Duration::from_millis(800);
     quick.http.idle_timeout = Duration::from_secs(3);

@@ -2,13 +2,16 @@
 //!
 //! This crate owns the model store (pulling models from Hugging Face, an
 //! `https://` URL, a `pip:` package or a local file; verifying them by
-//! sha256; listing and removing them) and reading GGUF metadata. The
-//! in-process llama.cpp provider arrives next, built on them.
+//! sha256; listing and removing them), reads GGUF metadata, and runs
+//! installed models in process with llama.cpp: [`local::LocalProvider`]
+//! implements `freehold_llm::Provider` (freehold-llm must never depend on
+//! this crate; the CLI wires the two together).
 //!
 //! It must not block an async runtime: long work (downloads, hashing,
 //! inference) runs on its own threads or is `async`.
 
 pub mod gguf;
 pub mod hardware;
+pub mod local;
 pub mod recommend;
 pub mod store;

@@ -1,0 +1,223 @@
+//! The `local` provider: GGUF models run in process by llama.cpp (through
+//! `llama-cpp-2`).
+//!
+//! A request's `model` is an installed store name (`smollm2-135m`) or a path
+//! to a `.gguf` file. Loaded models are cached, one per path; the llama.cpp
+//! backend is initialised once per process. Each generation runs on its own
+//! thread and sends events through a channel; dropping the returned stream
+//! stops decoding within one token.
+//!
+//! Scope for now: text chat, streaming, stop sequences, honest context
+//! errors. No tool calls, grammars, embeddings or prefix caching yet.
+
+mod generate;
+pub mod template;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use freehold_llm::{EventStream, Provider, collect_stream};
+use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+
+use crate::hardware::Hardware;
+use crate::store::Store;
+
+/// The provider's name.
+pub const PROVIDER_NAME: &str = "local";
+
+/// The answer length when a request sets no `max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u32 = 512;
+
+/// The temperature when a request sets none (0 means greedy decoding).
+pub const DEFAULT_TEMPERATURE: f32 = 0.7;
+
+/// How a [`LocalProvider`] runs models.
+#[derive(Debug, Clone, Default)]
+pub struct LocalSettings {
+    /// Where installed models are found; `None`: [`Store::open_default`].
+    pub store: Option<Store>,
+    /// CPU threads for decoding; `None`: [`Hardware::default_threads`].
+    pub threads: Option<usize>,
+    /// The largest context to allocate, in tokens; `None`: the model's
+    /// trained context.
+    pub context_cap: Option<u32>,
+}
+
+/// Runs GGUF models in process. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct LocalProvider {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Option<Store>,
+    threads: usize,
+    context_cap: Option<u32>,
+    models: Mutex<HashMap<PathBuf, Arc<LlamaModel>>>,
+    active: Arc<AtomicUsize>,
+}
+
+impl LocalProvider {
+    /// A provider with these settings; nothing is loaded until a request.
+    pub fn new(settings: LocalSettings) -> Self {
+        let threads = settings
+            .threads
+            .unwrap_or_else(|| Hardware::probe().default_threads())
+            .max(1);
+        Self {
+            inner: Arc::new(Inner {
+                store: settings.store,
+                threads,
+                context_cap: settings.context_cap,
+                models: Mutex::new(HashMap::new()),
+                active: Arc::new(AtomicUsize::new(0)),
+            }),
+        }
+    }
+
+    /// How many generation threads are running now (for tests and status).
+    pub fn active_generations(&self) -> usize {
+        self.inner.active.load(Ordering::SeqCst)
+    }
+
+    fn store(&self) -> Result<Store, LlmError> {
+        match &self.inner.store {
+            Some(store) => Ok(store.clone()),
+            None => Store::open_default().map_err(|e| error(ErrorKind::InvalidRequest, e)),
+        }
+    }
+
+    /// The file a request's `model` names: a `.gguf` path or a store name.
+    fn resolve(&self, model: &str) -> Result<PathBuf, LlmError> {
+        let path = Path::new(model);
+        if model.ends_with(".gguf") || path.components().count() > 1 {
+            if path.is_file() {
+                return Ok(path.to_path_buf());
+            }
+            return Err(error(
+                ErrorKind::NotFound,
+                format!("no model file at {}", path.display()),
+            ));
+        }
+        match self.store()?.get(model) {
+            Ok(Some(installed)) => Ok(installed.path),
+            Ok(None) => Err(error(
+                ErrorKind::NotFound,
+                format!("model `{model}` is not installed (try `freehold models pull {model}`)"),
+            )),
+            Err(e) => Err(error(ErrorKind::InvalidRequest, e)),
+        }
+    }
+
+    /// The cached model for `path`, loading it on first use.
+    fn load(&self, path: &Path) -> Result<Arc<LlamaModel>, LlmError> {
+        let backend = backend()?;
+        let mut models = self
+            .inner
+            .models
+            .lock()
+            .map_err(|_| error(ErrorKind::Server, "the model cache is poisoned"))?;
+        if let Some(model) = models.get(path) {
+            return Ok(Arc::clone(model));
+        }
+        tracing::info!(path = %path.display(), "loading model");
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+            .map_err(|e| {
+                error(
+                    ErrorKind::InvalidRequest,
+                    format!("cannot load {}: {e}", path.display()),
+                )
+            })?;
+        let model = Arc::new(model);
+        models.insert(path.to_path_buf(), Arc::clone(&model));
+        Ok(model)
+    }
+}
+
+/// The process-wide llama.cpp backend, initialised on first use.
+fn backend() -> Result<&'static LlamaBackend, LlmError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| error(ErrorKind::Server, format!("llama.cpp failed to start: {e}")))
+}
+
+pub(crate) fn error(kind: ErrorKind, message: impl ToString) -> LlmError {
+    LlmError::new(kind, PROVIDER_NAME, message.to_string())
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &str {
+        PROVIDER_NAME
+    }
+
+    fn capabilities(&self, _model: &str) -> Capabilities {
+        Capabilities {
+            streaming: true,
+            tools: false,
+            parallel_tool_calls: false,
+            vision: false,
+            reasoning: false,
+            structured_output: false,
+        }
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+        let this = self.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let path = this.resolve(&request.model)?;
+            let model = this.load(&path)?;
+            generate::prepare(model, &request, this.inner.threads, this.inner.context_cap)
+        })
+        .await
+        .map_err(|e| error(ErrorKind::Server, e))??;
+        Ok(generate::spawn(
+            prepared,
+            backend()?,
+            Arc::clone(&self.inner.active),
+        ))
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let stream = self.stream(request).await?;
+        collect_stream(PROVIDER_NAME, stream).await
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        let store = self.store()?;
+        tokio::task::spawn_blocking(move || {
+            let listing = store
+                .list()
+                .map_err(|e| error(ErrorKind::InvalidRequest, e))?;
+            Ok::<_, LlmError>(
+                listing
+                    .models
+                    .into_iter()
+                    .map(|model| ModelInfo {
+                        context_window: crate::gguf::read_metadata(&model.path)
+                            .ok()
+                            .and_then(|gguf| gguf.context_length())
+                            .and_then(|n| u32::try_from(n).ok()),
+                        id: model.name,
+                        provider: PROVIDER_NAME.to_string(),
+                        max_output_tokens: None,
+                    })
+                    .collect(),
+            )
+        })
+        .await
+        .map_err(|e| error(ErrorKind::Server, e))?
+    }
+}

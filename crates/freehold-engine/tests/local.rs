@@ -1,0 +1,174 @@
+//! The `local` provider against SmolLM2-135M (skipped unless
+//! `FREEHOLD_TEST_MODELS` names the directory holding its GGUF).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use freehold_engine::local::{LocalProvider, LocalSettings};
+use freehold_llm::Provider;
+use freehold_protocol::{ChatRequest, ErrorKind, Message, Role, StopReason, StreamEvent};
+use futures::StreamExt;
+
+const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn model_path() -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
+        eprintln!("skipped: FREEHOLD_TEST_MODELS is unset");
+        return None;
+    };
+    Some(PathBuf::from(dir).join(MODEL_FILE))
+}
+
+/// One provider for the whole test binary, so the model loads once.
+fn provider() -> &'static LocalProvider {
+    static PROVIDER: OnceLock<LocalProvider> = OnceLock::new();
+    PROVIDER.get_or_init(|| {
+        LocalProvider::new(LocalSettings {
+            threads: Some(2),
+            ..LocalSettings::default()
+        })
+    })
+}
+
+fn request(path: &std::path::Path, prompt: &str) -> ChatRequest {
+    let mut request = ChatRequest::new(
+        path.to_string_lossy(),
+        vec![Message::from_text(Role::User, prompt)],
+    );
+    request.max_tokens = Some(24);
+    request.sampling.temperature = Some(0.0);
+    request
+}
+
+async fn bounded<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(120), future)
+        .await
+        .expect("the test took too long")
+}
+
+async fn events(request: ChatRequest) -> Vec<StreamEvent> {
+    let stream = provider().stream(request).await.unwrap();
+    stream.map(|event| event.unwrap()).collect().await
+}
+
+fn text_of(events: &[StreamEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            StreamEvent::TextDelta { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_a_short_chat() {
+    let Some(path) = model_path() else { return };
+    let response =
+        bounded(provider().complete(request(&path, "What is the capital of France?"))).await;
+    let response = response.unwrap();
+    assert!(!response.message.text().trim().is_empty(), "{response:?}");
+    assert!(response.usage.input_tokens > 0);
+    assert!(response.usage.output_tokens > 0);
+    assert!(response.usage.output_tokens <= 24);
+    assert!(matches!(
+        response.stop_reason,
+        StopReason::EndTurn | StopReason::MaxTokens
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_in_order() {
+    let Some(path) = model_path() else { return };
+    let events = bounded(events(request(&path, "Tell me about the sea."))).await;
+    assert!(matches!(events.first(), Some(StreamEvent::Start { .. })));
+    assert!(matches!(events.last(), Some(StreamEvent::Stop { .. })));
+    assert!(matches!(events[events.len() - 2], StreamEvent::Usage(_)));
+    let deltas = events
+        .iter()
+        .filter(|event| matches!(event, StreamEvent::TextDelta { .. }))
+        .count();
+    assert!(deltas >= 3, "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_sequence_ends_the_answer_without_its_text() {
+    let Some(path) = model_path() else { return };
+    let prompt = "Name three colours.";
+    let greedy = text_of(&bounded(events(request(&path, prompt))).await);
+    // A word from the middle of the greedy answer: generation must hit it.
+    let words: Vec<&str> = greedy.split_whitespace().filter(|w| w.len() >= 3).collect();
+    assert!(words.len() >= 2, "greedy answer too short: {greedy:?}");
+    let stop = words[1].to_string();
+    let mut stopped = request(&path, prompt);
+    stopped.stop = vec![stop.clone()];
+    let events = bounded(events(stopped)).await;
+    let text = text_of(&events);
+    assert!(!text.contains(&stop), "{text:?} contains {stop:?}");
+    assert!(greedy.starts_with(&text), "{text:?} vs {greedy:?}");
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Stop {
+            reason: StopReason::StopSequence
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_stream_stops_the_generation() {
+    let Some(path) = model_path() else { return };
+    let mut long = request(&path, "Write a long story about a dragon.");
+    long.max_tokens = Some(400);
+    let mut stream = bounded(provider().stream(long)).await.unwrap();
+    loop {
+        match bounded(stream.next()).await {
+            Some(Ok(StreamEvent::TextDelta { .. })) => break,
+            Some(Ok(_)) => {}
+            other => panic!("no text: {other:?}"),
+        }
+    }
+    drop(stream);
+    // Other tests share the provider: wait for every generation to end.
+    bounded(async {
+        while provider().active_generations() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let response = bounded(provider().complete(request(&path, "Hi"))).await;
+    assert!(response.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_long_prompt_is_refused() {
+    let Some(path) = model_path() else { return };
+    let prompt = "apple banana cherry ".repeat(5000);
+    let error = bounded(provider().stream(request(&path, &prompt)))
+        .await
+        .err()
+        .expect("an over-long prompt must fail");
+    match &error.kind {
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(needed),
+            allowed: Some(allowed),
+        } => {
+            assert_eq!(*allowed, 8192);
+            assert!(needed > allowed);
+        }
+        other => panic!("unexpected {other:?}: {error}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_model_is_not_found() {
+    let error = provider()
+        .stream(ChatRequest::new(
+            "/nonexistent/model.gguf",
+            vec![Message::from_text(Role::User, "hi")],
+        ))
+        .await
+        .err()
+        .expect("must fail");
+    assert_eq!(error.kind, ErrorKind::NotFound);
+}
