@@ -1,6 +1,8 @@
 //! The `local` provider against SmolLM2-135M (skipped unless
 //! `FREEHOLD_TEST_MODELS` names the directory holding its GGUF).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
