@@ -213,15 +213,12 @@ fn build(
 
 /// A copy of a provider with short timeouts and no retries, for probing.
 pub(crate) fn quick_probe(resolved: &ResolvedProvider) -> Option<Arc<dyn Provider>> {
-    if resolved.kind == ProviderKind::Local {
-        return build(resolved, &HealthSettings::default()).ok();
-    }
     let mut quick = resolved.clone();
     quick.http.connect_timeout = Duration::from_millis(800);
     quick.http.idle_timeout = Duration::from_secs(3);
     quick.http.retry = RetryPolicy::none();
     quick.recover_text_tool_calls = false;
-    quick.build(&HealthSettings::default()).ok()
+    build(&quick, &HealthSettings::default()).ok()
 }
 
 fn dedup(mut items: Vec<&str>) -> Vec<&str> {

@@ -124,6 +124,13 @@ impl Transport {
         LlmError::new(kind, self.provider.clone(), self.redact(message.as_ref()))
     }
 
+    /// The same error with this provider's keys removed from its message
+    /// (for errors built from a server's own text).
+    pub fn redact_error(&self, mut error: LlmError) -> LlmError {
+        error.message = self.redact(&error.message);
+        error
+    }
+
     /// `text` with this provider's keys removed.
     pub fn redact(&self, text: &str) -> String {
         redact_all(text, &self.secrets)
@@ -393,12 +400,8 @@ impl Transport {
     {
         let transport = self.clone();
         Box::pin(
-            crate::assemble::decode_stream(items, decoder).map(move |item| {
-                item.map_err(|mut error| {
-                    error.message = transport.redact(&error.message);
-                    error
-                })
-            }),
+            crate::assemble::decode_stream(items, decoder)
+                .map(move |item| item.map_err(|error| transport.redact_error(error))),
         )
     }
 

@@ -48,11 +48,6 @@ impl GeminiClient {
         })
     }
 
-    fn redacted(&self, mut error: LlmError) -> LlmError {
-        error.message = self.transport.redact(&error.message);
-        error
-    }
-
     fn body(&self, request: &ChatRequest) -> Result<serde_json::Value, LlmError> {
         serde_json::to_value(gemini::encode_request(request)).map_err(|error| {
             self.transport
@@ -108,7 +103,9 @@ impl Provider for GeminiClient {
             .map_err(refine)?;
         let json = self.transport.read_json(response).await?;
         if let Some(error) = json.get("error") {
-            return Err(self.redacted(stream_error(&self.options.name, error)));
+            return Err(self
+                .transport
+                .redact_error(stream_error(&self.options.name, error)));
         }
         let response: GenerateContentResponse = serde_json::from_value(json).map_err(|error| {
             self.transport.error(

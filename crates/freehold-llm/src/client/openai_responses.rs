@@ -66,14 +66,6 @@ impl OpenAiResponsesClient {
                 .await
         }
     }
-
-    /// The same error with this provider's keys removed from its message.
-    fn redacted(transport: &Transport, error: LlmError) -> LlmError {
-        LlmError {
-            message: transport.redact(&error.message),
-            ..error
-        }
-    }
 }
 
 /// Whether `model` is one of OpenAI's reasoning models.
@@ -117,7 +109,7 @@ impl Provider for OpenAiResponsesClient {
             )
         })?;
         openai_responses::decode_response(&self.options.name, response)
-            .map_err(|error| Self::redacted(&self.transport, error))
+            .map_err(|error| self.transport.redact_error(error))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
