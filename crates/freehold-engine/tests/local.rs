@@ -86,7 +86,12 @@ async fn streams_in_order() {
     let events = bounded(events(request(&path, "Tell me about the sea."))).await;
     assert!(matches!(events.first(), Some(StreamEvent::Start { .. })));
     assert!(matches!(events.last(), Some(StreamEvent::Stop { .. })));
-    assert!(matches!(events[events.len() - 2], StreamEvent::Usage(_)));
+    assert!(matches!(events[events.len() - 3], StreamEvent::Usage(_)));
+    let StreamEvent::Timings(timings) = &events[events.len() - 2] else {
+        panic!("no timings before the stop: {events:?}")
+    };
+    assert!(timings.generated_tokens > 0 && timings.generation_us > 0);
+    assert!(timings.first_token_us > 0);
     let deltas = events
         .iter()
         .filter(|event| matches!(event, StreamEvent::TextDelta { .. }))

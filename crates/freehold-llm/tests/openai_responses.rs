@@ -955,6 +955,7 @@ async fn complete_decodes_a_non_streamed_answer_and_encodes_every_option() {
                 reasoning_tokens: 128,
             },
             stop_reason: StopReason::ToolUse,
+            timings: None,
         }
     );
 

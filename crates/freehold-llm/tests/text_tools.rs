@@ -810,6 +810,7 @@ impl Canned {
             message: Message::assistant(self.text.clone()),
             usage: Usage::default(),
             stop_reason: StopReason::EndTurn,
+            timings: None,
         }
     }
 }
@@ -918,6 +919,7 @@ fn recover_in_response_matches_recover() {
             message: Message::assistant(sample.text),
             usage: Usage::default(),
             stop_reason: StopReason::EndTurn,
+            timings: None,
         };
         let changed = recover_in_response(&mut response, &tools);
         assert_eq!(changed, sample.expected.is_some(), "{}", sample.name);

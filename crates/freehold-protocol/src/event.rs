@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::message::{ContentPart, Message, Reasoning, Role, ToolCall};
-use crate::usage::Usage;
+use crate::usage::{Timings, Usage};
 
 /// Why the model stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +99,8 @@ pub enum StreamEvent {
     },
     /// Token usage of the whole answer.
     Usage(Usage),
+    /// How long the answer took (providers that measure it; before `Stop`).
+    Timings(Timings),
     /// The answer is complete.
     Stop {
         /// Why it ended.
@@ -121,6 +123,9 @@ pub struct ChatResponse {
     pub usage: Usage,
     /// Why the answer ended.
     pub stop_reason: StopReason,
+    /// How long it took, where the provider measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
 }
 
 impl ChatResponse {
@@ -174,6 +179,9 @@ impl ChatResponse {
             }
         }
         events.push(StreamEvent::Usage(self.usage));
+        if let Some(timings) = self.timings {
+            events.push(StreamEvent::Timings(timings));
+        }
         events.push(StreamEvent::Stop {
             reason: self.stop_reason.clone(),
         });
@@ -193,6 +201,7 @@ pub struct ResponseBuilder {
     /// Maps a stream's tool-call index to the position of its part.
     open_calls: Vec<(u32, usize)>,
     usage: Usage,
+    timings: Option<Timings>,
     stop_reason: Option<StopReason>,
 }
 
@@ -255,6 +264,7 @@ impl ResponseBuilder {
                 }
             }
             StreamEvent::Usage(usage) => self.usage = *usage,
+            StreamEvent::Timings(timings) => self.timings = Some(*timings),
             StreamEvent::Stop { reason } => self.stop_reason = Some(reason.clone()),
         }
     }
@@ -299,6 +309,7 @@ impl ResponseBuilder {
             },
             usage: self.usage,
             stop_reason,
+            timings: self.timings,
         }
     }
 }

@@ -41,4 +41,4 @@ pub use request::{
     Capabilities, ChatRequest, ModelInfo, ReasoningEffort, ResponseFormat, Sampling, ToolChoice,
     ToolSpec,
 };
-pub use usage::Usage;
+pub use usage::{Timings, Usage};

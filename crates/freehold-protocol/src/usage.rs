@@ -41,3 +41,42 @@ impl Usage {
         self.reasoning_tokens += other.reasoning_tokens;
     }
 }
+
+/// How long an answer took, where the provider measures it (the embedded
+/// engine does; HTTP providers mostly do not).
+///
+/// Durations are in microseconds so that the type stays exact and `Eq`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Prompt tokens evaluated (cached ones are not: they cost nothing).
+    pub prompt_tokens: u64,
+    /// Time spent evaluating them.
+    pub prompt_us: u64,
+    /// Tokens generated.
+    pub generated_tokens: u64,
+    /// Time spent generating them (after the first one was sampled).
+    pub generation_us: u64,
+    /// From the request reaching the engine to the first generated token.
+    pub first_token_us: u64,
+}
+
+impl Timings {
+    /// Prompt evaluation speed (prefill), tokens per second.
+    pub fn prompt_tokens_per_second(&self) -> Option<f64> {
+        per_second(self.prompt_tokens, self.prompt_us)
+    }
+
+    /// Generation speed (decode), tokens per second.
+    pub fn generation_tokens_per_second(&self) -> Option<f64> {
+        per_second(self.generated_tokens, self.generation_us)
+    }
+
+    /// The time to the first token.
+    pub fn time_to_first_token(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.first_token_us)
+    }
+}
+
+fn per_second(tokens: u64, micros: u64) -> Option<f64> {
+    (tokens > 0 && micros > 0).then(|| tokens as f64 * 1e6 / micros as f64)
+}

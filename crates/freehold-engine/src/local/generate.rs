@@ -1,58 +1,63 @@
 //! One generation: prompt rendering and tokenization, context sizing,
 //! then decoding on its own thread.
 
-use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::time::Instant;
 
 use freehold_llm::EventStream;
-use freehold_protocol::{ChatRequest, ErrorKind, LlmError, StopReason, StreamEvent, Usage};
-use llama_cpp_2::context::params::LlamaContextParams;
+use freehold_protocol::{
+    ChatRequest, ErrorKind, LlmError, StopReason, StreamEvent, Timings, ToolCall, Usage,
+};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use tokio::sync::mpsc;
 
+use super::slots::{BATCH, ContextSpec, Slot, SlotPool};
 use super::template::{self, CHATML_TEMPLATE, TemplateMessage};
+use super::tools::{self, CallFormat, Constraint};
 use super::{DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, error};
-
-/// Context sizes are rounded up to a multiple of this.
-const CONTEXT_STEP: u32 = 256;
-/// Prompt tokens decoded per batch.
-const BATCH: usize = 512;
 
 /// Everything a generation needs, checked before it starts.
 pub(super) struct Prepared {
-    model: Arc<LlamaModel>,
+    model: &'static LlamaModel,
+    model_path: PathBuf,
     model_name: String,
     tokens: Vec<LlamaToken>,
-    n_ctx: u32,
+    /// Prompt plus answer, in tokens.
+    needed: u32,
+    /// The largest context allowed.
+    allowed: u32,
     max_new: u32,
     threads: usize,
     sampling: freehold_protocol::Sampling,
     stop: Vec<String>,
+    constraint: Constraint,
 }
 
 /// Renders and tokenizes the prompt and sizes the context.
 ///
 /// # Errors
-/// A template that fails, or [`ErrorKind::ContextLengthExceeded`] when the
-/// prompt leaves no room for one token.
+/// A template that fails, a tool choice or schema that cannot be honoured,
+/// or [`ErrorKind::ContextLengthExceeded`] when the prompt leaves no room for
+/// one token.
 pub(super) fn prepare(
-    model: Arc<LlamaModel>,
+    model: &'static LlamaModel,
+    model_path: PathBuf,
     request: &ChatRequest,
     threads: usize,
     context_cap: Option<u32>,
 ) -> Result<Prepared, LlmError> {
-    if !request.tools.is_empty() {
-        tracing::debug!(
-            tools = request.tools.len(),
-            "the local provider does not offer tools yet; ignoring them"
-        );
-    }
-    let prompt = render_prompt(&model, request)?;
+    let template = chat_template(model);
+    let plan = tools::plan(&template, request)?;
+    let prompt = render_prompt(model, &template, &plan)?;
     let vocab = model.vocab();
     let bos = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
     let mut tokens = Vec::new();
@@ -77,15 +82,12 @@ pub(super) fn prepare(
             ),
         ));
     }
-    let total = prompt_len.saturating_add(wanted);
-    let n_ctx = total
-        .div_ceil(CONTEXT_STEP)
-        .saturating_mul(CONTEXT_STEP)
-        .min(allowed);
+    let needed = prompt_len.saturating_add(wanted).min(allowed);
     Ok(Prepared {
         model_name: request.model.clone(),
-        max_new: wanted.min(n_ctx - prompt_len),
-        n_ctx,
+        max_new: wanted.min(needed - prompt_len),
+        needed,
+        allowed,
         tokens,
         threads,
         sampling: request.sampling.clone(),
@@ -95,14 +97,16 @@ pub(super) fn prepare(
             .filter(|s| !s.is_empty())
             .cloned()
             .collect(),
+        constraint: plan.constraint,
         model,
+        model_path,
     })
 }
 
-/// The chat prompt from the model's template, or ChatML when it has none.
-fn render_prompt(model: &LlamaModel, request: &ChatRequest) -> Result<String, LlmError> {
+/// The model's own chat template, or ChatML when it has none.
+fn chat_template(model: &LlamaModel) -> String {
     static FALLBACK_LOGGED: Once = Once::new();
-    let template = match model.meta_val_str("tokenizer.chat_template") {
+    match model.meta_val_str("tokenizer.chat_template") {
         Ok(template) => template,
         Err(_) => {
             FALLBACK_LOGGED.call_once(|| {
@@ -110,18 +114,28 @@ fn render_prompt(model: &LlamaModel, request: &ChatRequest) -> Result<String, Ll
             });
             CHATML_TEMPLATE.to_string()
         }
-    };
+    }
+}
+
+/// The chat prompt: the planned conversation through the template.
+fn render_prompt(
+    model: &LlamaModel,
+    template: &str,
+    plan: &tools::Plan,
+) -> Result<String, LlmError> {
     let vocab = model.vocab();
     let piece =
         |token| String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned();
-    let messages: Vec<TemplateMessage> = request
-        .messages
+    let messages = TemplateMessage::from_messages(&plan.messages);
+    let tools: Vec<serde_json::Value> = plan
+        .template_tools
         .iter()
-        .map(TemplateMessage::from_message)
+        .map(template::template_tool)
         .collect();
     template::render(
-        &template,
+        template,
         &messages,
+        &tools,
         &piece(vocab.bos()),
         &piece(vocab.eos()),
     )
@@ -133,17 +147,20 @@ fn render_prompt(model: &LlamaModel, request: &ChatRequest) -> Result<String, Ll
     })
 }
 
+/// What a generation thread shares with its provider.
+pub(super) struct Shared {
+    pub(super) backend: &'static LlamaBackend,
+    pub(super) slots: Arc<SlotPool>,
+    pub(super) active: Arc<AtomicUsize>,
+}
+
 /// Starts the generation thread; the stream ends it when dropped.
-pub(super) fn spawn(
-    prepared: Prepared,
-    backend: &'static LlamaBackend,
-    active: Arc<AtomicUsize>,
-) -> EventStream {
+pub(super) fn spawn(prepared: Prepared, shared: Shared) -> EventStream {
     let (tx, rx) = mpsc::channel(64);
-    active.fetch_add(1, Ordering::SeqCst);
+    shared.active.fetch_add(1, Ordering::SeqCst);
     std::thread::spawn(move || {
-        let _guard = ActiveGuard(active);
-        if let Err(e) = run(&prepared, backend, &tx) {
+        let _guard = ActiveGuard(Arc::clone(&shared.active));
+        if let Err(e) = run(&prepared, &shared, &tx) {
             let _ = tx.blocking_send(Err(e));
         }
     });
@@ -162,65 +179,87 @@ impl Drop for ActiveGuard {
 
 type Sender = mpsc::Sender<Result<StreamEvent, LlmError>>;
 
-/// Creating contexts in parallel is unsound in llama.cpp (it may write the
-/// model's trained context); creation is serialised.
-static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
-
-/// Decodes the prompt, then samples until a stop; returns `Ok` also when the
-/// receiver went away (the generation was cancelled).
-fn run(p: &Prepared, backend: &LlamaBackend, tx: &Sender) -> Result<(), LlmError> {
-    let send = |event: StreamEvent| tx.blocking_send(Ok(event)).is_ok();
-    if !send(StreamEvent::Start {
-        id: None,
-        model: Some(p.model_name.clone()),
-    }) {
+/// Takes a slot, runs the generation in it, and gives the slot back unless
+/// decoding failed (its cache is then in an unknown state).
+fn run(p: &Prepared, shared: &Shared, tx: &Sender) -> Result<(), LlmError> {
+    let started = Instant::now();
+    if tx
+        .blocking_send(Ok(StreamEvent::Start {
+            id: None,
+            model: Some(p.model_name.clone()),
+        }))
+        .is_err()
+    {
         return Ok(());
     }
-    let threads = i32::try_from(p.threads).unwrap_or(1);
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(p.n_ctx))
-        .with_n_batch(BATCH as u32)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads);
-    let mut ctx = {
-        let _lock = CONTEXT_CREATION.lock().unwrap_or_else(|e| e.into_inner());
-        p.model
-            .new_context(backend, params)
-            .map_err(|e| error(ErrorKind::Server, format!("cannot create a context: {e}")))?
+    let spec = ContextSpec {
+        model_path: &p.model_path,
+        model: p.model,
+        backend: shared.backend,
+        needed: p.needed,
+        allowed: p.allowed,
+        threads: p.threads,
     };
-    let decode_failed = |e| error(ErrorKind::Server, format!("decoding failed: {e}"));
+    let mut slot = shared.slots.acquire(&spec, &p.tokens)?;
+    let result = generate(p, &mut slot, tx, started);
+    if result.is_ok() {
+        shared.slots.release(slot);
+    }
+    result
+}
 
-    let mut batch = LlamaBatch::new(BATCH, 1);
-    let last = p.tokens.len().saturating_sub(1);
-    for (chunk_index, chunk) in p.tokens.chunks(BATCH).enumerate() {
+/// Evaluates the prompt after the cached prefix, then samples until a stop;
+/// returns `Ok` also when the receiver went away (the generation was
+/// cancelled).
+fn generate(p: &Prepared, slot: &mut Slot, tx: &Sender, started: Instant) -> Result<(), LlmError> {
+    let send = |event: StreamEvent| tx.blocking_send(Ok(event)).is_ok();
+    let decode_failed = |e| error(ErrorKind::Server, format!("decoding failed: {e}"));
+    let batch_error = |e| error(ErrorKind::Server, e);
+
+    let cached = slot.keep_prefix(&p.tokens);
+    let prompt_started = Instant::now();
+    let mut batch = LlamaBatch::new(BATCH as usize, 1);
+    let fresh = &p.tokens[cached..];
+    for (chunk_index, chunk) in fresh.chunks(BATCH as usize).enumerate() {
         batch.clear();
         for (i, token) in chunk.iter().enumerate() {
-            let pos = chunk_index * BATCH + i;
+            let pos = cached + chunk_index * BATCH as usize + i;
             batch
-                .add(*token, pos as i32, &[0], pos == last)
-                .map_err(|e| error(ErrorKind::Server, e))?;
+                .add(*token, pos as i32, &[0], pos == p.tokens.len() - 1)
+                .map_err(batch_error)?;
         }
-        ctx.decode(&mut batch).map_err(decode_failed)?;
+        slot.ctx.decode(&mut batch).map_err(decode_failed)?;
+        slot.tokens.extend_from_slice(chunk);
         if tx.is_closed() {
             return Ok(());
         }
     }
+    let prompt_us = elapsed_us(prompt_started);
 
-    let mut sampler = sampler(&p.sampling);
+    let mut sampler = Sampler::new(p)?;
     let vocab = p.model.vocab();
-    let mut text = TextBuffer::new(&p.stop);
-    let mut pos = p.tokens.len();
+    let mut output = Output::new(&p.stop, &p.constraint);
     let mut generated: u32 = 0;
+    let mut first_token: Option<Instant> = None;
+    let mut first_token_us = 0;
     let reason = loop {
         if generated >= p.max_new {
             break StopReason::MaxTokens;
         }
-        let token = sampler.sample(&ctx, batch.n_tokens() - 1);
+        let token = sampler.sample(&slot.ctx, batch.n_tokens() - 1)?;
+        if first_token.is_none() {
+            first_token = Some(Instant::now());
+            first_token_us = elapsed_us(started);
+        }
         if vocab.is_eog(token) {
             break StopReason::EndTurn;
         }
+        sampler.accept(token)?;
         generated += 1;
-        let (delta, stopped) = text.push(&vocab.token_to_piece(token, false, None));
+        // Special tokens are text only where they can start a tool call
+        // (`<tool_call>` is one in Qwen's vocabulary).
+        let piece = vocab.token_to_piece(token, output.has_tools(), None);
+        let (delta, stopped) = output.push(&piece);
         if !delta.is_empty() && !send(StreamEvent::TextDelta { text: delta }) {
             return Ok(());
         }
@@ -232,29 +271,159 @@ fn run(p: &Prepared, backend: &LlamaBackend, tx: &Sender) -> Result<(), LlmError
         }
         batch.clear();
         batch
-            .add(token, pos as i32, &[0], true)
-            .map_err(|e| error(ErrorKind::Server, e))?;
-        pos += 1;
-        ctx.decode(&mut batch).map_err(decode_failed)?;
+            .add(token, slot.tokens.len() as i32, &[0], true)
+            .map_err(batch_error)?;
+        slot.ctx.decode(&mut batch).map_err(decode_failed)?;
+        slot.tokens.push(token);
     };
-    if reason != StopReason::StopSequence {
-        let rest = text.finish();
-        if !rest.is_empty() && !send(StreamEvent::TextDelta { text: rest }) {
-            return Ok(());
+    let generation_us = first_token.map_or(0, elapsed_us);
+
+    let (rest, calls) = output.finish(reason == StopReason::StopSequence);
+    if !rest.is_empty() && !send(StreamEvent::TextDelta { text: rest }) {
+        return Ok(());
+    }
+    let called = !calls.is_empty();
+    for (index, call) in calls.into_iter().enumerate() {
+        let index = index as u32;
+        let events = [
+            StreamEvent::ToolCallStart {
+                index,
+                id: call.id,
+                name: call.name,
+            },
+            StreamEvent::ToolCallArgsDelta {
+                index,
+                delta: call.arguments,
+            },
+            StreamEvent::ToolCallEnd {
+                index,
+                signature: None,
+            },
+        ];
+        for event in events {
+            if !send(event) {
+                return Ok(());
+            }
         }
     }
     let _ = send(StreamEvent::Usage(Usage {
         input_tokens: p.tokens.len() as u64,
+        cached_input_tokens: cached as u64,
         output_tokens: u64::from(generated),
         ..Usage::default()
     }));
+    let _ = send(StreamEvent::Timings(Timings {
+        prompt_tokens: (p.tokens.len() - cached) as u64,
+        prompt_us,
+        // The first token's time is in `first_token_us`.
+        generated_tokens: u64::from(generated.saturating_sub(1)),
+        generation_us,
+        first_token_us,
+    }));
+    let reason = if called && reason == StopReason::EndTurn {
+        StopReason::ToolUse
+    } else {
+        reason
+    };
     let _ = send(StreamEvent::Stop { reason });
     Ok(())
 }
 
+fn elapsed_us(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The request's sampler chain, and the grammar that constrains it (if any).
+struct Sampler {
+    chain: LlamaSampler,
+    grammar: Option<LlamaSampler>,
+}
+
+impl Sampler {
+    fn new(p: &Prepared) -> Result<Self, LlmError> {
+        let grammar_error = |e| {
+            error(
+                ErrorKind::InvalidRequest,
+                format!("llama.cpp refused the grammar built for this request: {e}"),
+            )
+        };
+        let grammar = match &p.constraint {
+            Constraint::None => None,
+            Constraint::Json { grammar } => {
+                Some(LlamaSampler::grammar(p.model, grammar, "root").map_err(grammar_error)?)
+            }
+            Constraint::Tools {
+                grammar,
+                trigger_patterns,
+                lazy: true,
+                ..
+            } => Some(
+                LlamaSampler::grammar_lazy_patterns(
+                    p.model,
+                    grammar,
+                    "root",
+                    trigger_patterns,
+                    &[],
+                )
+                .map_err(grammar_error)?,
+            ),
+            Constraint::Tools { grammar, .. } => {
+                Some(LlamaSampler::grammar(p.model, grammar, "root").map_err(grammar_error)?)
+            }
+        };
+        Ok(Self {
+            chain: chain(&p.sampling),
+            grammar,
+        })
+    }
+
+    /// The next token. The unconstrained choice is checked against the
+    /// grammar first and the whole vocabulary is filtered only when it is
+    /// refused: filtering every step halves decoding speed, and most tokens
+    /// of a valid call are what the model would have chosen anyway.
+    fn sample(
+        &mut self,
+        ctx: &llama_cpp_2::context::LlamaContext<'_>,
+        idx: i32,
+    ) -> Result<LlamaToken, LlmError> {
+        let token = self.chain.sample(ctx, idx);
+        let Some(grammar) = &mut self.grammar else {
+            return Ok(token);
+        };
+        let mut single =
+            LlamaTokenDataArray::from_iter([LlamaTokenData::new(token, 1.0, 0.0)], false);
+        grammar.apply(&mut single);
+        if single.data.first().is_some_and(|d| d.logit().is_finite()) {
+            return Ok(token);
+        }
+        let mut all = ctx.token_data_array_ith(idx);
+        grammar.apply(&mut all);
+        self.chain.apply(&mut all);
+        all.selected_token().ok_or_else(|| {
+            error(
+                ErrorKind::Server,
+                "the grammar left no token to choose (the model cannot continue a valid answer)",
+            )
+        })
+    }
+
+    /// Records a chosen (non end-of-generation) token in the grammar.
+    fn accept(&mut self, token: LlamaToken) -> Result<(), LlmError> {
+        if let Some(grammar) = &mut self.grammar {
+            grammar.try_accept(token).map_err(|e| {
+                error(
+                    ErrorKind::Server,
+                    format!("the grammar refused a sampled token: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// Greedy at temperature 0; otherwise top-k, top-p, temperature and a
 /// seeded draw (random seed unless the request sets one).
-fn sampler(sampling: &freehold_protocol::Sampling) -> LlamaSampler {
+fn chain(sampling: &freehold_protocol::Sampling) -> LlamaSampler {
     let temperature = sampling.temperature.unwrap_or(DEFAULT_TEMPERATURE);
     if temperature <= 0.0 {
         return LlamaSampler::greedy();
@@ -273,26 +442,113 @@ fn sampler(sampling: &freehold_protocol::Sampling) -> LlamaSampler {
     LlamaSampler::chain_simple(chain)
 }
 
+/// Splits the generated text into what is shown as text and what is a tool
+/// call (from the format's marker on).
+struct Output<'a> {
+    text: TextBuffer<'a>,
+    /// The call format and its tools, when tools are offered.
+    tools: Option<(CallFormat, &'a [freehold_protocol::ToolSpec])>,
+    /// The call text once the marker was seen.
+    call: Option<Vec<u8>>,
+}
+
+impl<'a> Output<'a> {
+    fn new(stop: &'a [String], constraint: &'a Constraint) -> Self {
+        let tools = match constraint {
+            Constraint::Tools { format, tools, .. } => Some((*format, tools.as_slice())),
+            _ => None,
+        };
+        let markers = tools.map_or(&[][..], |(format, _)| format.markers());
+        Self {
+            text: TextBuffer::new(stop, markers),
+            tools,
+            call: None,
+        }
+    }
+
+    /// Whether tools are offered.
+    fn has_tools(&self) -> bool {
+        self.tools.is_some()
+    }
+
+    /// Adds a token's bytes; returns the text to emit and whether a stop
+    /// sequence ended the answer.
+    fn push(&mut self, piece: &[u8]) -> (String, bool) {
+        if let Some(call) = &mut self.call {
+            call.extend_from_slice(piece);
+            return (String::new(), false);
+        }
+        match self.text.push(piece) {
+            Pushed::Text(text) => (text, false),
+            Pushed::Stop(text) => (text, true),
+            Pushed::Marker(text, rest) => {
+                self.call = Some(rest.into_bytes());
+                (text, false)
+            }
+        }
+    }
+
+    /// The text still held and the calls read from the call text (which is
+    /// returned as text when no call can be read from it).
+    fn finish(&mut self, stopped: bool) -> (String, Vec<ToolCall>) {
+        let mut rest = if stopped {
+            String::new()
+        } else {
+            self.text.finish()
+        };
+        let (Some(call), Some((format, tools))) = (self.call.take(), self.tools) else {
+            return (rest, Vec::new());
+        };
+        let call = String::from_utf8_lossy(&call).into_owned();
+        match tools::parse_calls(format, &call, tools) {
+            Some(calls) => (rest, calls),
+            None => {
+                tracing::debug!("a tool call was started but could not be read; kept as text");
+                rest.push_str(&call);
+                (rest, Vec::new())
+            }
+        }
+    }
+}
+
+/// What [`TextBuffer::push`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Pushed {
+    /// Text safe to emit.
+    Text(String),
+    /// A stop sequence: the text before it; the answer ends.
+    Stop(String),
+    /// The tool-call marker: the text before it, and the text from it on.
+    Marker(String, String),
+}
+
 /// Turns token bytes into text deltas: holds back partial UTF-8 sequences
-/// and any tail that could be the start of a stop sequence.
+/// and any tail that could be the start of a stop sequence or of the
+/// tool-call marker.
 struct TextBuffer<'a> {
     bytes: Vec<u8>,
     pending: String,
     stop: &'a [String],
+    /// The tool-call markers, each with whether it counts only at the start.
+    markers: &'static [(&'static str, bool)],
+    /// Whether anything but whitespace was emitted (a start-only marker can
+    /// no longer appear).
+    started: bool,
 }
 
 impl<'a> TextBuffer<'a> {
-    fn new(stop: &'a [String]) -> Self {
+    fn new(stop: &'a [String], markers: &'static [(&'static str, bool)]) -> Self {
         Self {
             bytes: Vec::new(),
             pending: String::new(),
             stop,
+            markers,
+            started: false,
         }
     }
 
-    /// Adds a token's bytes; returns the text safe to emit and whether a
-    /// stop sequence was reached (the text then ends before it).
-    fn push(&mut self, piece: &[u8]) -> (String, bool) {
+    /// Adds a token's bytes.
+    fn push(&mut self, piece: &[u8]) -> Pushed {
         self.bytes.extend_from_slice(piece);
         let valid = match std::str::from_utf8(&self.bytes) {
             Ok(_) => self.bytes.len(),
@@ -305,26 +561,67 @@ impl<'a> TextBuffer<'a> {
         let done: Vec<u8> = self.bytes.drain(..valid).collect();
         self.pending.push_str(&String::from_utf8_lossy(&done));
 
-        if let Some(at) = self
+        let stop_at = self
             .stop
             .iter()
             .filter_map(|stop| self.pending.find(stop.as_str()))
-            .min()
-        {
-            let out = self.pending[..at].to_string();
-            self.pending.clear();
-            return (out, true);
+            .min();
+        let marker_at = self.marker_position();
+        match (stop_at, marker_at) {
+            (Some(stop), marker) if marker.is_none_or(|m| stop < m) => {
+                let out = self.pending[..stop].to_string();
+                self.pending.clear();
+                return Pushed::Stop(out);
+            }
+            (_, Some(at)) => {
+                let rest = self.pending.split_off(at);
+                let out = std::mem::take(&mut self.pending);
+                return Pushed::Marker(out, rest);
+            }
+            _ => {}
         }
-        let hold = self
+        let mut hold = self
             .stop
             .iter()
             .map(|stop| held_prefix(&self.pending, stop))
             .max()
             .unwrap_or(0);
+        for &(marker, start_only) in self.markers {
+            if !start_only {
+                hold = hold.max(held_prefix(&self.pending, marker));
+            } else if !self.started {
+                // Hold leading whitespace until the first character says
+                // whether this is a call.
+                if self.pending.trim_start().is_empty() {
+                    hold = self.pending.len();
+                }
+            }
+        }
+        if !self.pending.trim_start().is_empty() {
+            self.started = true;
+        }
         let cut = self.pending.len() - hold;
         let out = self.pending[..cut].to_string();
         self.pending.drain(..cut);
-        (out, false)
+        Pushed::Text(out)
+    }
+
+    /// Where the first tool-call marker starts in the pending text, if one
+    /// is there.
+    fn marker_position(&self) -> Option<usize> {
+        self.markers
+            .iter()
+            .filter_map(|&(marker, start_only)| {
+                if !start_only {
+                    return self.pending.find(marker);
+                }
+                if self.started {
+                    return None;
+                }
+                // The whitespace before it goes with the call, not the text.
+                self.pending.trim_start().starts_with(marker).then_some(0)
+            })
+            .min()
     }
 
     /// What is left at the end (held text and incomplete bytes).
@@ -354,28 +651,62 @@ mod tests {
     #[test]
     fn utf8_split_across_tokens_is_held() {
         let stop: Vec<String> = Vec::new();
-        let mut buf = TextBuffer::new(&stop);
+        let mut buf = TextBuffer::new(&stop, &[]);
         let euro = "€".as_bytes();
-        assert_eq!(buf.push(&euro[..1]), (String::new(), false));
-        assert_eq!(buf.push(&euro[1..]), ("€".to_string(), false));
+        assert_eq!(buf.push(&euro[..1]), Pushed::Text(String::new()));
+        assert_eq!(buf.push(&euro[1..]), Pushed::Text("€".to_string()));
     }
 
     #[test]
     fn stop_sequence_split_across_tokens_is_never_emitted() {
         let stop = vec!["END".to_string()];
-        let mut buf = TextBuffer::new(&stop);
-        assert_eq!(buf.push(b"hello E"), ("hello ".to_string(), false));
-        assert_eq!(buf.push(b"N"), (String::new(), false));
-        assert_eq!(buf.push(b"D more"), (String::new(), true));
+        let mut buf = TextBuffer::new(&stop, &[]);
+        assert_eq!(buf.push(b"hello E"), Pushed::Text("hello ".to_string()));
+        assert_eq!(buf.push(b"N"), Pushed::Text(String::new()));
+        assert_eq!(buf.push(b"D more"), Pushed::Stop(String::new()));
     }
 
     #[test]
     fn held_text_is_released_when_it_does_not_match() {
         let stop = vec!["END".to_string()];
-        let mut buf = TextBuffer::new(&stop);
-        assert_eq!(buf.push(b"a E"), ("a ".to_string(), false));
-        assert_eq!(buf.push(b"x"), ("Ex".to_string(), false));
-        assert_eq!(buf.push(b"E"), (String::new(), false));
+        let mut buf = TextBuffer::new(&stop, &[]);
+        assert_eq!(buf.push(b"a E"), Pushed::Text("a ".to_string()));
+        assert_eq!(buf.push(b"x"), Pushed::Text("Ex".to_string()));
+        assert_eq!(buf.push(b"E"), Pushed::Text(String::new()));
         assert_eq!(buf.finish(), "E");
+    }
+
+    #[test]
+    fn a_marker_split_across_tokens_switches_to_the_call() {
+        let stop: Vec<String> = Vec::new();
+        let mut buf = TextBuffer::new(&stop, &[("<tool_call>", false)]);
+        assert_eq!(
+            buf.push(b"Let me look. <tool"),
+            Pushed::Text("Let me look. ".into())
+        );
+        assert_eq!(
+            buf.push(b"_call>\n{"),
+            Pushed::Marker(String::new(), "<tool_call>\n{".into())
+        );
+    }
+
+    #[test]
+    fn a_start_only_marker_counts_only_at_the_start() {
+        let stop: Vec<String> = Vec::new();
+        let mut buf = TextBuffer::new(&stop, &[("{", true)]);
+        assert_eq!(buf.push(b" \n"), Pushed::Text(String::new()));
+        assert_eq!(
+            buf.push(b"{\"name\""),
+            Pushed::Marker(String::new(), " \n{\"name\"".into())
+        );
+        let mut buf = TextBuffer::new(&stop, &[("{", true)]);
+        assert_eq!(buf.push(b"Use {x}"), Pushed::Text("Use {x}".into()));
+    }
+
+    #[test]
+    fn a_stop_before_the_marker_wins() {
+        let stop = vec!["END".to_string()];
+        let mut buf = TextBuffer::new(&stop, &[("<tool_call>", false)]);
+        assert_eq!(buf.push(b"a END <tool_call>"), Pushed::Stop("a ".into()));
     }
 }

@@ -2,16 +2,20 @@
 //! `llama-cpp-2`).
 //!
 //! A request's `model` is an installed store name (`smollm2-135m`) or a path
-//! to a `.gguf` file. Loaded models are cached, one per path; the llama.cpp
-//! backend is initialised once per process. Each generation runs on its own
-//! thread and sends events through a channel; dropping the returned stream
-//! stops decoding within one token.
+//! to a `.gguf` file. Loaded models stay loaded for the life of the process,
+//! one per path; the llama.cpp backend is initialised once per process. Each
+//! generation runs on its own thread and sends events through a channel;
+//! dropping the returned stream stops decoding within one token.
 //!
-//! Scope for now: text chat, streaming, stop sequences, honest context
-//! errors. No tool calls, grammars, embeddings or prefix caching yet.
+//! - Prompts are rendered with the model's own chat template ([`template`]).
+//! - Tool calls and JSON output are constrained by grammars ([`tools`]).
+//! - Contexts are kept in slots between requests so that a conversation's
+//!   next turn evaluates only its new tokens ([`slots`]).
 
 mod generate;
+mod slots;
 pub mod template;
+mod tools;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,7 +51,14 @@ pub struct LocalSettings {
     /// The largest context to allocate, in tokens; `None`: the model's
     /// trained context.
     pub context_cap: Option<u32>,
+    /// How many idle contexts to keep for prefix reuse; `None`:
+    /// [`DEFAULT_SLOTS`]. 0 turns prefix caching off.
+    pub slots: Option<usize>,
 }
+
+/// Idle contexts kept for prefix reuse when the settings name no number:
+/// a few concurrent conversations without holding much memory.
+pub const DEFAULT_SLOTS: usize = 4;
 
 /// Runs GGUF models in process. See the [module docs](self).
 #[derive(Debug, Clone)]
@@ -60,7 +71,10 @@ struct Inner {
     store: Option<Store>,
     threads: usize,
     context_cap: Option<u32>,
-    models: Mutex<HashMap<PathBuf, Arc<LlamaModel>>>,
+    /// Loaded models. They are leaked on purpose: contexts kept in slots
+    /// borrow them for as long as the process lives.
+    models: Mutex<HashMap<PathBuf, &'static LlamaModel>>,
+    slots: Arc<slots::SlotPool>,
     active: Arc<AtomicUsize>,
 }
 
@@ -77,6 +91,9 @@ impl LocalProvider {
                 threads,
                 context_cap: settings.context_cap,
                 models: Mutex::new(HashMap::new()),
+                slots: Arc::new(slots::SlotPool::new(
+                    settings.slots.unwrap_or(DEFAULT_SLOTS),
+                )),
                 active: Arc::new(AtomicUsize::new(0)),
             }),
         }
@@ -85,6 +102,11 @@ impl LocalProvider {
     /// How many generation threads are running now (for tests and status).
     pub fn active_generations(&self) -> usize {
         self.inner.active.load(Ordering::SeqCst)
+    }
+
+    /// How many idle contexts are kept for prefix reuse now.
+    pub fn idle_slots(&self) -> usize {
+        self.inner.slots.idle_count()
     }
 
     fn store(&self) -> Result<Store, LlmError> {
@@ -117,7 +139,7 @@ impl LocalProvider {
     }
 
     /// The cached model for `path`, loading it on first use.
-    fn load(&self, path: &Path) -> Result<Arc<LlamaModel>, LlmError> {
+    fn load(&self, path: &Path) -> Result<&'static LlamaModel, LlmError> {
         let backend = backend()?;
         let mut models = self
             .inner
@@ -125,7 +147,7 @@ impl LocalProvider {
             .lock()
             .map_err(|_| error(ErrorKind::Server, "the model cache is poisoned"))?;
         if let Some(model) = models.get(path) {
-            return Ok(Arc::clone(model));
+            return Ok(*model);
         }
         tracing::info!(path = %path.display(), "loading model");
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
@@ -135,8 +157,8 @@ impl LocalProvider {
                     format!("cannot load {}: {e}", path.display()),
                 )
             })?;
-        let model = Arc::new(model);
-        models.insert(path.to_path_buf(), Arc::clone(&model));
+        let model: &'static LlamaModel = Box::leak(Box::new(model));
+        models.insert(path.to_path_buf(), model);
         Ok(model)
     }
 }
@@ -166,11 +188,11 @@ impl Provider for LocalProvider {
     fn capabilities(&self, _model: &str) -> Capabilities {
         Capabilities {
             streaming: true,
-            tools: false,
-            parallel_tool_calls: false,
+            tools: true,
+            parallel_tool_calls: true,
             vision: false,
             reasoning: false,
-            structured_output: false,
+            structured_output: true,
         }
     }
 
@@ -179,14 +201,23 @@ impl Provider for LocalProvider {
         let prepared = tokio::task::spawn_blocking(move || {
             let path = this.resolve(&request.model)?;
             let model = this.load(&path)?;
-            generate::prepare(model, &request, this.inner.threads, this.inner.context_cap)
+            generate::prepare(
+                model,
+                path,
+                &request,
+                this.inner.threads,
+                this.inner.context_cap,
+            )
         })
         .await
         .map_err(|e| error(ErrorKind::Server, e))??;
         Ok(generate::spawn(
             prepared,
-            backend()?,
-            Arc::clone(&self.inner.active),
+            generate::Shared {
+                backend: backend()?,
+                slots: Arc::clone(&self.inner.slots),
+                active: Arc::clone(&self.inner.active),
+            },
         ))
     }
 

@@ -1,7 +1,9 @@
 //! Chat templates: a GGUF's `tokenizer.chat_template` (Jinja) rendered with
 //! minijinja, with a ChatML fallback for models that carry none.
 
-use freehold_protocol::{Message, Role};
+use std::collections::HashMap;
+
+use freehold_protocol::{ContentPart, Message, Role, ToolSpec};
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 use serde::Serialize;
 
@@ -10,30 +12,138 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}\
 {{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}\
 {% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
-/// One message as chat templates expect it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One message as chat templates expect it (the shape of OpenAI's Chat
+/// Completions messages, which is what Hugging Face templates are written
+/// against).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TemplateMessage {
     /// `system`, `user`, `assistant` or `tool`.
     pub role: &'static str,
     /// The message's text.
     pub content: String,
+    /// The calls an assistant message made (absent when none, so that
+    /// `{% if message.tool_calls %}` reads false).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<TemplateToolCall>,
+    /// For a `tool` message: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// For a `tool` message: the name of the tool that was called.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A tool call inside an assistant [`TemplateMessage`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TemplateToolCall {
+    /// The call's id.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The name and arguments.
+    pub function: TemplateFunction,
+}
+
+/// The function of a [`TemplateToolCall`]; `arguments` is a JSON object (not
+/// a string), which is what templates that `tojson` it expect.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TemplateFunction {
+    /// The tool's name.
+    pub name: String,
+    /// The arguments.
+    pub arguments: serde_json::Value,
 }
 
 impl TemplateMessage {
-    /// The template form of a protocol message (text parts only; tool calls
-    /// and images are out of scope for now).
-    pub fn from_message(message: &Message) -> Self {
-        let role = match message.role {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-            Role::Tool => "tool",
-        };
+    /// A plain text message.
+    pub fn text(role: &'static str, content: impl Into<String>) -> Self {
         Self {
             role,
-            content: message.text_content(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
         }
     }
+
+    /// The template form of a conversation. Tool results become one `tool`
+    /// message each (Anthropic-style results inside a user message are split
+    /// out, before that message's text); images are left out.
+    pub fn from_messages(messages: &[Message]) -> Vec<Self> {
+        let mut out: Vec<Self> = Vec::with_capacity(messages.len());
+        let mut call_names: HashMap<String, String> = HashMap::new();
+        for message in messages {
+            let role = match message.role {
+                Role::System => "system",
+                Role::User => "user",
+                Role::Assistant => "assistant",
+                Role::Tool => "tool",
+            };
+            let mut text = String::new();
+            let mut calls = Vec::new();
+            for part in &message.content {
+                match part {
+                    ContentPart::Text { text: t } => text.push_str(t),
+                    ContentPart::ToolCall(call) => {
+                        call_names.insert(call.id.clone(), call.name.clone());
+                        // Arguments that are not JSON are passed as a string
+                        // rather than dropped.
+                        let arguments = serde_json::from_str(&call.arguments)
+                            .unwrap_or_else(|_| serde_json::Value::String(call.arguments.clone()));
+                        calls.push(TemplateToolCall {
+                            id: call.id.clone(),
+                            kind: "function",
+                            function: TemplateFunction {
+                                name: call.name.clone(),
+                                arguments,
+                            },
+                        });
+                    }
+                    ContentPart::ToolResult(result) => out.push(Self {
+                        role: "tool",
+                        content: result.content.clone(),
+                        tool_calls: Vec::new(),
+                        tool_call_id: Some(result.call_id.clone()),
+                        name: call_names.get(&result.call_id).cloned(),
+                    }),
+                    ContentPart::Reasoning(_) | ContentPart::Image { .. } => {}
+                }
+            }
+            if role == "tool" && text.is_empty() && calls.is_empty() {
+                continue;
+            }
+            if !text.is_empty() || !calls.is_empty() || role != "user" || out.is_empty() {
+                out.push(Self {
+                    role,
+                    content: text,
+                    tool_calls: calls,
+                    tool_call_id: None,
+                    name: None,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A tool as templates expect it: `{"type": "function", "function": {name,
+/// description, parameters}}`.
+pub fn template_tool(tool: &ToolSpec) -> serde_json::Value {
+    serde_json::json!({
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.parameters,
+        }
+    })
+}
+
+/// Whether a template renders the `tools` it is given (if not, tools have to
+/// be described in the system prompt instead).
+pub fn supports_tools(template: &str) -> bool {
+    template.contains("tools")
 }
 
 /// Renders `template` for `messages`, ending with the generation prompt.
@@ -43,6 +153,7 @@ impl TemplateMessage {
 pub fn render(
     template: &str,
     messages: &[TemplateMessage],
+    tools: &[serde_json::Value],
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String, Error> {
@@ -50,10 +161,14 @@ pub fn render(
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
+    env.add_filter("tojson", tojson);
     env.add_template("chat", template)?;
     let tmpl = env.get_template("chat")?;
     tmpl.render(context! {
         messages => Value::from_serialize(messages),
+        // `none` rather than an empty list when there are none: templates
+        // test `{% if tools %}` but also `{% if tools is not none %}`.
+        tools => if tools.is_empty() { Value::from(()) } else { Value::from_serialize(tools) },
         add_generation_prompt => true,
         bos_token => bos_token,
         eos_token => eos_token,
@@ -64,26 +179,83 @@ fn raise_exception(message: String) -> Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
 
+/// `tojson` as Hugging Face renders it (Python's `json.dumps`): `", "` and
+/// `": "` separators, non-ASCII kept, nothing HTML-escaped, `indent=N`
+/// honoured. Models are trained on exactly this text, and earlier calls must
+/// render as the model wrote them for the prefix cache to hit.
+fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let result = match indent {
+        Some(width) => {
+            let spaces = " ".repeat(width);
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(spaces.as_bytes());
+            value.serialize(&mut serde_json::Serializer::with_formatter(
+                &mut out, formatter,
+            ))
+        }
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out,
+            PythonFormatter,
+        )),
+    };
+    result.map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let text = String::from_utf8(out)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    Ok(Value::from_safe_string(text))
+}
+
+/// Compact JSON with Python's default separators.
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn messages() -> Vec<TemplateMessage> {
         vec![
-            TemplateMessage {
-                role: "system",
-                content: "Be brief.".into(),
-            },
-            TemplateMessage {
-                role: "user",
-                content: "Hi".into(),
-            },
+            TemplateMessage::text("system", "Be brief."),
+            TemplateMessage::text("user", "Hi"),
         ]
     }
 
     #[test]
     fn chatml_fallback_renders() {
-        let out = render(CHATML_TEMPLATE, &messages(), "", "").unwrap();
+        let out = render(CHATML_TEMPLATE, &messages(), &[], "", "").unwrap();
         assert_eq!(
             out,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -91,8 +263,24 @@ mod tests {
     }
 
     #[test]
+    fn tojson_writes_what_python_writes() {
+        let out = render(
+            "{{ messages[0] | tojson }}|{{ {'a': [1, 2]} | tojson(indent=2) }}",
+            &[TemplateMessage::text("user", "<é>")],
+            &[],
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "{\"role\": \"user\", \"content\": \"<é>\"}|{\n  \"a\": [\n    1,\n    2\n  ]\n}"
+        );
+    }
+
+    #[test]
     fn raise_exception_fails_the_render() {
-        let err = render("{{ raise_exception('no') }}", &messages(), "", "").unwrap_err();
+        let err = render("{{ raise_exception('no') }}", &messages(), &[], "", "").unwrap_err();
         assert!(err.to_string().contains("no"));
     }
 
@@ -105,11 +293,8 @@ mod tests {
         let path = std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
         let gguf = crate::gguf::read_metadata(&path).unwrap();
         let template = gguf.chat_template().unwrap();
-        let user = [TemplateMessage {
-            role: "user",
-            content: "Hello there".into(),
-        }];
-        let out = render(template, &user, "", "").unwrap();
+        let user = [TemplateMessage::text("user", "Hello there")];
+        let out = render(template, &user, &[], "", "").unwrap();
         assert!(
             out.ends_with("<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"),
             "{out:?}"

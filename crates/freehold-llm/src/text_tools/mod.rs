@@ -146,6 +146,7 @@ mod tests {
             },
             usage: Usage::default(),
             stop_reason: StopReason::EndTurn,
+            timings: None,
         }
     }
 

@@ -995,6 +995,7 @@ pub fn decode_response(response: MessagesResponse, structured_tool: Option<&str>
         },
         usage: Usage::from(&response.usage),
         stop_reason,
+        timings: None,
     }
 }
 

@@ -830,6 +830,7 @@ pub fn decode_response(response: WireChatResponse) -> ChatResponse {
         },
         usage,
         stop_reason,
+        timings: None,
     }
 }
 

@@ -733,6 +733,7 @@ pub fn decode_response(
         },
         usage: response.usage.as_ref().map(Usage::from).unwrap_or_default(),
         stop_reason,
+        timings: None,
     })
 }
 

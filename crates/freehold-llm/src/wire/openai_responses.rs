@@ -1207,6 +1207,7 @@ pub fn decode_response(provider: &str, response: ResponseObject) -> Result<ChatR
         },
         usage: response.usage.as_ref().map(Usage::from).unwrap_or_default(),
         stop_reason,
+        timings: None,
     })
 }
 
