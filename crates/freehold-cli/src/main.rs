@@ -72,8 +72,10 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: u8) {
+    // llama.cpp's own warnings (odd tokens in a model's vocabulary…) are for
+    // developers, not users: shown from -v on.
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,llama-cpp-2=error",
         1 => "info",
         _ => "debug",
     };

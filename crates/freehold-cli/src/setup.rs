@@ -206,7 +206,13 @@ fn build(
     health: &HealthSettings,
 ) -> Result<Arc<dyn Provider>, freehold_llm::config::ConfigError> {
     if resolved.kind == ProviderKind::Local {
-        return Ok(Arc::new(LocalProvider::new(LocalSettings::default())));
+        let engine = resolved.engine;
+        return Ok(Arc::new(LocalProvider::new(LocalSettings {
+            store: None,
+            threads: engine.threads,
+            context_cap: engine.max_context,
+            slots: engine.cache_slots,
+        })));
     }
     resolved.build(health)
 }

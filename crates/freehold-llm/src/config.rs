@@ -96,6 +96,29 @@ pub struct ProviderConfig {
     /// Ollama only: how long the model stays loaded (`"5m"`, `"-1"`).
     #[serde(default)]
     pub keep_alive: Option<String>,
+    /// `kind = "local"` only: CPU threads (default: the physical cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// `kind = "local"` only: the largest context to allocate, in tokens
+    /// (default: the model's trained context).
+    #[serde(default)]
+    pub max_context: Option<u32>,
+    /// `kind = "local"` only: idle contexts kept for prefix reuse (default
+    /// 4; 0 turns prefix caching off).
+    #[serde(default)]
+    pub cache_slots: Option<usize>,
+}
+
+/// Settings of the embedded engine (`kind = "local"`); `None` leaves the
+/// engine's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// CPU threads.
+    pub threads: Option<usize>,
+    /// The largest context to allocate, in tokens.
+    pub max_context: Option<u32>,
+    /// Idle contexts kept for prefix reuse.
+    pub cache_slots: Option<usize>,
 }
 
 /// The spelling of the output-limit field, in configuration.
@@ -155,6 +178,26 @@ pub enum ConfigError {
         /// Why.
         why: String,
     },
+    /// A setting of the embedded engine on another kind of provider.
+    #[error(
+        "provider `{provider}`: `{key}` applies only to kind = \"local\" (the embedded engine); remove it or set kind = \"local\""
+    )]
+    LocalOnly {
+        /// The provider's name.
+        provider: String,
+        /// The setting.
+        key: &'static str,
+    },
+    /// A setting with a value that cannot work.
+    #[error("provider `{provider}`: `{key}` {problem}")]
+    InvalidValue {
+        /// The provider's name.
+        provider: String,
+        /// The setting.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// A client refused its options (bad header…).
     #[error("provider `{provider}`: {message}")]
     Client {
@@ -196,6 +239,8 @@ pub struct ResolvedProvider {
     pub default_max_tokens: Option<u32>,
     /// Ollama's settings.
     pub ollama: OllamaSettings,
+    /// The embedded engine's settings (`kind = "local"`).
+    pub engine: EngineSettings,
 }
 
 impl ProviderConfig {
@@ -268,6 +313,38 @@ impl ProviderConfig {
         if let Some(stream_usage) = self.stream_usage {
             dialect.stream_usage = stream_usage;
         }
+        let engine = EngineSettings {
+            threads: self.threads,
+            max_context: self.max_context,
+            cache_slots: self.cache_slots,
+        };
+        if kind != ProviderKind::Local {
+            let set = [
+                ("threads", engine.threads.is_some()),
+                ("max_context", engine.max_context.is_some()),
+                ("cache_slots", engine.cache_slots.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::LocalOnly {
+                    provider: name.to_owned(),
+                    key,
+                });
+            }
+        }
+        if engine.threads == Some(0) {
+            return Err(ConfigError::InvalidValue {
+                provider: name.to_owned(),
+                key: "threads",
+                problem: "must be at least 1",
+            });
+        }
+        if engine.max_context.is_some_and(|n| n < 256) {
+            return Err(ConfigError::InvalidValue {
+                provider: name.to_owned(),
+                key: "max_context",
+                problem: "must be at least 256 tokens",
+            });
+        }
         let default_idle = if local { 600 } else { 120 };
         let http = HttpSettings {
             connect_timeout: Duration::from_secs(self.connect_timeout_secs.unwrap_or(10)),
@@ -297,6 +374,7 @@ impl ProviderConfig {
             headers_env: self.headers_env.clone().into_iter().collect(),
             default_max_tokens: self.default_max_tokens,
             ollama: self.ollama_settings(),
+            engine,
         })
     }
 
