@@ -8,8 +8,10 @@
 //! stops decoding within one token.
 //!
 //! Scope for now: text chat, streaming, stop sequences, honest context
-//! errors. No tool calls, grammars, embeddings or prefix caching yet.
+//! errors, and embeddings ([`Provider::embed`], see `embed.rs`). No tool
+//! calls, grammars or prefix caching yet.
 
+mod embed;
 mod generate;
 pub mod template;
 
@@ -20,7 +22,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use freehold_llm::{EventStream, Provider, collect_stream};
-use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use freehold_protocol::{
+    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
+    ModelInfo,
+};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -153,6 +158,12 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
         .map_err(|e| error(ErrorKind::Server, format!("llama.cpp failed to start: {e}")))
 }
 
+/// Creating contexts in parallel is unsound in llama.cpp (it may write the
+/// model's trained context), so every context creation of this provider
+/// takes this lock (embeddings now; `generate.rs` keeps its own copy until
+/// the two are merged into this one).
+pub(crate) static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
+
 pub(crate) fn error(kind: ErrorKind, message: impl ToString) -> LlmError {
     LlmError::new(kind, PROVIDER_NAME, message.to_string())
 }
@@ -193,6 +204,12 @@ impl Provider for LocalProvider {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let stream = self.stream(request).await?;
         collect_stream(PROVIDER_NAME, stream).await
+    }
+
+    /// One L2-normalised vector per input, on a blocking thread (see
+    /// `embed.rs`).
+    async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
+        embed::embed(self, request).await
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
