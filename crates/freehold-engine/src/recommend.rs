@@ -53,6 +53,26 @@ pub fn memory_needed(size: u64) -> u64 {
     size + (size as f64 * HEADROOM_SHARE) as u64 + HEADROOM_FIXED
 }
 
+/// The memory models must fit in, in bytes (0 when unknown), and where it
+/// is (`RAM`, or the GPU's name). `gpu_offload` says whether the engine can
+/// put weights in GPU memory; without it a GPU does not count.
+pub fn model_memory(hardware: &Hardware, gpu_offload: bool) -> (u64, String) {
+    // With offload the weights live in GPU memory, but llama.cpp still maps
+    // the file in RAM: a model must fit both.
+    let gpu = hardware
+        .gpus
+        .iter()
+        .max_by_key(|gpu| gpu.memory_free)
+        .filter(|_| gpu_offload);
+    match gpu {
+        Some(gpu) => (
+            gpu.memory_free.min(hardware.memory_available),
+            gpu.name.clone(),
+        ),
+        None => (hardware.memory_available, "RAM".to_owned()),
+    }
+}
+
 /// Ranks the catalog's models for this machine, given a measured
 /// `bandwidth` (bytes per second). `gpu_offload` says whether the engine
 /// can put weights in GPU memory; without it a GPU does not count.
@@ -62,20 +82,7 @@ pub fn recommend(
     bandwidth: f64,
     gpu_offload: bool,
 ) -> Recommendation {
-    // With offload the weights live in GPU memory, but llama.cpp still maps
-    // the file in RAM: a model must fit both.
-    let gpu = hardware
-        .gpus
-        .iter()
-        .max_by_key(|gpu| gpu.memory_free)
-        .filter(|_| gpu_offload);
-    let (memory, memory_kind) = match gpu {
-        Some(gpu) => (
-            gpu.memory_free.min(hardware.memory_available),
-            gpu.name.clone(),
-        ),
-        None => (hardware.memory_available, "RAM".to_owned()),
-    };
+    let (memory, memory_kind) = model_memory(hardware, gpu_offload);
     let mut fits: Vec<Fit> = catalog
         .entries()
         .iter()
