@@ -6,10 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use freehold_engine::default_model::Purpose;
 use freehold_llm::cost::CostDisplay;
 use freehold_protocol::{ChatRequest, Message, ReasoningEffort, ResponseBuilder, StreamEvent};
 use futures::StreamExt;
 
+use crate::local_model;
 use crate::setup::Setup;
 
 /// Arguments of `freehold chat`.
@@ -20,7 +22,11 @@ pub(crate) struct ChatArgs {
     prompt: Vec<String>,
 
     /// The model, as `provider:model` (`ollama:qwen3:8b`,
-    /// `openai:gpt-5-mini`) or an alias from the configuration.
+    /// `openai:gpt-5-mini`, `local:smollm2-135m`), an alias from the
+    /// configuration, a `.gguf` file, or `local` for the embedded engine's
+    /// default. Default: `default_model` from the configuration, else
+    /// `local` (the best installed model, pulling the recommended one when
+    /// none is).
     #[arg(short, long, env = "FREEHOLD_MODEL")]
     model: Option<String>,
 
@@ -60,14 +66,11 @@ fn parse_effort(text: &str) -> Result<ReasoningEffort, String> {
 pub(crate) async fn run(args: ChatArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let prompt = read_prompt(&args.prompt)?;
     let setup = Setup::load(config)?;
-    let model = match args
+    let named = args
         .model
-        .clone()
-        .or_else(|| setup.config.default_model.clone())
-    {
-        Some(model) => model,
-        None => setup.detect_model().await?,
-    };
+        .as_deref()
+        .or(setup.config.default_model.as_deref());
+    let model = local_model::model_name(named, Purpose::Chat).await?;
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(Message::system(system.clone()));

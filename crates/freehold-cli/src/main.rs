@@ -6,6 +6,8 @@
 
 mod chat;
 mod config;
+mod embed;
+mod local_model;
 mod models;
 mod providers;
 mod setup;
@@ -36,6 +38,8 @@ struct Cli {
 enum Command {
     /// Ask a model once and stream its answer.
     Chat(chat::ChatArgs),
+    /// Embed texts: one JSON array (the vector) per text.
+    Embed(embed::EmbedArgs),
     /// List the configured providers, or check that they answer.
     Providers(providers::ProvidersArgs),
     /// Local GGUF models: metadata, and what this machine can run.
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Chat(args) => chat::run(args, cli.config.as_deref()).await,
+            Command::Embed(args) => embed::run(args, cli.config.as_deref()).await,
             Command::Providers(args) => providers::run(args, cli.config.as_deref()).await,
             Command::Models(args) => models::run(args).await,
         }

@@ -84,7 +84,7 @@ pub(crate) async fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn open_store() -> anyhow::Result<Store> {
+pub(crate) fn open_store() -> anyhow::Result<Store> {
     Store::open_default()
         .context("cannot open the model store (FREEHOLD_MODELS_DIR overrides its place)")
 }
@@ -113,6 +113,38 @@ async fn pull(
     let mut options = PullOptions::from_env();
     options.name = name;
     options.sha256 = sha256;
+    let bar = pull_bar();
+    let report = |progress: Progress| report_pull(&bar, progress);
+    let pulled = store.pull(&reference, &options, &report).await;
+    bar.finish_and_clear();
+    let pulled = pulled?;
+    let model = &pulled.model;
+    if pulled.already_installed {
+        println!(
+            "{} is already installed ({})",
+            model.name,
+            model.path.display()
+        );
+    } else {
+        println!(
+            "installed {} ({}, sha256 {}{}) from {}",
+            model.name,
+            human_bytes(model.size),
+            model.sha256,
+            if model.sha256_pinned {
+                ", verified"
+            } else {
+                ", recorded"
+            },
+            pulled.source
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar for a pull (on standard error; hidden when that is not a
+/// terminal).
+pub(crate) fn pull_bar() -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -120,7 +152,12 @@ async fn pull(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = |progress: Progress| match progress {
+    bar
+}
+
+/// Shows one step of a pull on `bar`.
+pub(crate) fn report_pull(bar: &ProgressBar, progress: Progress) {
+    match progress {
         Progress::Waiting { name } => {
             bar.set_message(format!("waiting for another pull of {name}"))
         }
@@ -158,32 +195,7 @@ async fn pull(
             bar.println(format!("{source} failed: {error}"))
         }
         _ => {}
-    };
-    let pulled = store.pull(&reference, &options, &report).await;
-    bar.finish_and_clear();
-    let pulled = pulled?;
-    let model = &pulled.model;
-    if pulled.already_installed {
-        println!(
-            "{} is already installed ({})",
-            model.name,
-            model.path.display()
-        );
-    } else {
-        println!(
-            "installed {} ({}, sha256 {}{}) from {}",
-            model.name,
-            human_bytes(model.size),
-            model.sha256,
-            if model.sha256_pinned {
-                ", verified"
-            } else {
-                ", recorded"
-            },
-            pulled.source
-        );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn list(all: bool) -> anyhow::Result<ExitCode> {
@@ -292,7 +304,7 @@ fn recommend(json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut value = bytes as f64;
     let mut unit = 0;

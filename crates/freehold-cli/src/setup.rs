@@ -1,5 +1,4 @@
-//! Turning the configuration into providers and a router, and finding a
-//! model when none was named.
+//! Turning the configuration into providers and a router.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,22 +34,6 @@ pub(crate) struct Setup {
     pub(crate) unusable: BTreeMap<String, String>,
     pub(crate) router: Router,
 }
-
-/// Models to use on hosted presets when nothing else says which.
-const DEFAULT_HOSTED_MODELS: &[(&str, &str)] = &[
-    ("anthropic", "claude-sonnet-4-5"),
-    ("openai", "gpt-5-mini"),
-    ("gemini", "gemini-2.5-flash"),
-    ("mistral", "mistral-medium-latest"),
-    ("deepseek", "deepseek-chat"),
-    ("groq", "llama-3.3-70b-versatile"),
-    ("openrouter", "openrouter/auto"),
-    ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
-    (
-        "fireworks",
-        "accounts/fireworks/models/llama-v3p3-70b-instruct",
-    ),
-];
 
 impl Setup {
     /// Loads the configuration and builds every provider.
@@ -136,64 +119,6 @@ impl Setup {
             router,
         })
     }
-
-    /// The first model that answers: a local server first (nothing leaves
-    /// the machine), then a hosted API whose key is set.
-    pub(crate) async fn detect_model(&self) -> anyhow::Result<String> {
-        let local: Vec<&ResolvedProvider> = self
-            .providers
-            .iter()
-            .map(|(resolved, _)| resolved)
-            .filter(|resolved| resolved.local && resolved.missing_key().is_none())
-            .collect();
-        let probes = local.iter().map(|resolved| async move {
-            let provider = quick_probe(resolved)?;
-            let models = provider.list_models().await.ok()?;
-            // An embedding model cannot chat.
-            let first = models
-                .into_iter()
-                .find(|model| !model.id.to_ascii_lowercase().contains("embed"))?;
-            Some(format!("{}:{}", resolved.name, first.id))
-        });
-        if let Some(found) = futures::future::join_all(probes)
-            .await
-            .into_iter()
-            .flatten()
-            .next()
-        {
-            return Ok(found);
-        }
-        for (provider, model) in DEFAULT_HOSTED_MODELS {
-            let ready = self.providers.iter().any(|(resolved, _)| {
-                resolved.name == *provider && resolved.missing_key().is_none()
-            });
-            if ready {
-                return Ok(format!("{provider}:{model}"));
-            }
-        }
-        let tried: Vec<String> = local
-            .iter()
-            .filter_map(|resolved| {
-                resolved
-                    .base_urls
-                    .first()
-                    .map(|url| format!("{} ({url})", resolved.name))
-            })
-            .collect();
-        let keys: Vec<&str> = PRESETS
-            .iter()
-            .filter(|preset| preset.key_required)
-            .filter_map(|preset| preset.api_key_env)
-            .collect();
-        anyhow::bail!(
-            "no model is reachable.\n  No local server answered: {}.\n  No API key is set: {}.\n\
-             Start a local server (for example `ollama serve`, or `llama-server -m MODEL.gguf` with a \
-             model from `freehold models pull smollm2-135m`), export a key, or pass \
-             --model provider:model; see docs/providers.md to configure others.",
-            tried.join(", "),
-            dedup(keys).join(", ")
-        )
-    }
 }
 
 /// The name of the in-process provider.
@@ -225,12 +150,6 @@ pub(crate) fn quick_probe(resolved: &ResolvedProvider) -> Option<Arc<dyn Provide
     quick.http.retry = RetryPolicy::none();
     quick.recover_text_tool_calls = false;
     build(&quick, &HealthSettings::default()).ok()
-}
-
-fn dedup(mut items: Vec<&str>) -> Vec<&str> {
-    let mut seen = std::collections::HashSet::new();
-    items.retain(|item| seen.insert(*item));
-    items
 }
 
 fn describe(files: &[PathBuf]) -> String {

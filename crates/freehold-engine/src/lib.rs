@@ -5,11 +5,13 @@
 //! sha256; listing and removing them), reads GGUF metadata, and runs
 //! installed models in process with llama.cpp: [`local::LocalProvider`]
 //! implements `freehold_llm::Provider` (freehold-llm must never depend on
-//! this crate; the CLI wires the two together).
+//! this crate; the CLI wires the two together), for chat and embeddings.
+//! [`default_model`] decides which local model runs when none is named.
 //!
 //! It must not block an async runtime: long work (downloads, hashing,
 //! inference) runs on its own threads or is `async`.
 
+pub mod default_model;
 pub mod gguf;
 pub mod hardware;
 pub mod local;

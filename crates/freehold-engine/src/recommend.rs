@@ -53,6 +53,31 @@ pub fn memory_needed(size: u64) -> u64 {
     size + (size as f64 * HEADROOM_SHARE) as u64 + HEADROOM_FIXED
 }
 
+/// The memory models must fit in, in bytes (0 when unknown), and where it
+/// is (`RAM`, or the GPU's name). `gpu_offload` says whether the engine can
+/// put weights in GPU memory; without it a GPU does not count.
+pub fn model_memory(hardware: &Hardware, gpu_offload: bool) -> (u64, String) {
+    // With offload the weights live in GPU memory, but llama.cpp still maps
+    // the file in RAM: a model must fit both.
+    let gpu = hardware
+        .gpus
+        .iter()
+        .max_by_key(|gpu| gpu.memory_free)
+        .filter(|_| gpu_offload);
+    match gpu {
+        Some(gpu) => (
+            gpu.memory_free.min(hardware.memory_available),
+            gpu.name.clone(),
+        ),
+        None => (hardware.memory_available, "RAM".to_owned()),
+    }
+}
+
+/// The slowest estimated decode speed, in tokens per second, at which a
+/// model is recommended. The estimate errs low (it measures one thread's
+/// bandwidth), so this keeps models that are pleasant to use.
+pub const MIN_USABLE_TOK_S: f64 = 8.0;
+
 /// Ranks the catalog's models for this machine, given a measured
 /// `bandwidth` (bytes per second). `gpu_offload` says whether the engine
 /// can put weights in GPU memory; without it a GPU does not count.
@@ -62,20 +87,7 @@ pub fn recommend(
     bandwidth: f64,
     gpu_offload: bool,
 ) -> Recommendation {
-    // With offload the weights live in GPU memory, but llama.cpp still maps
-    // the file in RAM: a model must fit both.
-    let gpu = hardware
-        .gpus
-        .iter()
-        .max_by_key(|gpu| gpu.memory_free)
-        .filter(|_| gpu_offload);
-    let (memory, memory_kind) = match gpu {
-        Some(gpu) => (
-            gpu.memory_free.min(hardware.memory_available),
-            gpu.name.clone(),
-        ),
-        None => (hardware.memory_available, "RAM".to_owned()),
-    };
+    let (memory, memory_kind) = model_memory(hardware, gpu_offload);
     let mut fits: Vec<Fit> = catalog
         .entries()
         .iter()
@@ -96,10 +108,16 @@ pub fn recommend(
         })
         .collect();
     fits.sort_by_key(|fit| fit.size);
+    // The largest that fits and decodes fast enough to work with (when the
+    // bandwidth is known): a 12 GB model that fits a CPU-only laptop's RAM
+    // but writes one token a second is not a recommendation.
+    let usable = |fit: &&Fit| bandwidth <= 0.0 || fit.estimated_decode_tok_s >= MIN_USABLE_TOK_S;
     let best = fits
         .iter()
         .rev()
-        .find(|fit| fit.fits)
+        .filter(|fit| fit.fits)
+        .find(usable)
+        .or_else(|| fits.iter().find(|fit| fit.fits))
         .map(|fit| fit.name.clone());
     Recommendation {
         memory,
@@ -160,7 +178,8 @@ mod tests {
             Some("qwen2.5-coder-0.5b"),
             "{small:#?}"
         );
-        let laptop = recommend(&catalog, &machine(16, vec![]), 10e9, false);
+        // Bandwidth unknown: the largest that fits.
+        let laptop = recommend(&catalog, &machine(16, vec![]), 0.0, false);
         let best = laptop.best.clone().unwrap();
         let best_fit = laptop.fits.iter().find(|fit| fit.name == best).unwrap();
         assert!(best_fit.needs <= 16 << 30);
@@ -172,12 +191,26 @@ mod tests {
                 .all(|fit| !fit.fits)
         );
         // Decode estimate: bandwidth over size.
+        let laptop = recommend(&catalog, &machine(16, vec![]), 10e9, false);
         let smol = laptop
             .fits
             .iter()
             .find(|fit| fit.name == "smollm2-135m")
             .unwrap();
         assert!((smol.estimated_decode_tok_s - 10e9 / smol.size as f64).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_model_too_slow_to_use_is_not_recommended() {
+        let catalog = Catalog::builtin().unwrap();
+        // 64 GiB of RAM but the bandwidth of a small CPU (11 GB/s measured
+        // here): the 1.1 GB Qwen2.5-Coder-1.5B decodes ≈ 10 tok/s by the
+        // estimate, anything larger under 8.
+        let cpu = recommend(&catalog, &machine(64, vec![]), 11.1e9, false);
+        assert_eq!(cpu.best.as_deref(), Some("qwen2.5-coder-1.5b"), "{cpu:#?}");
+        // When nothing is fast enough, the smallest that fits.
+        let crawl = recommend(&catalog, &machine(64, vec![]), 1e8, false);
+        assert_eq!(crawl.best.as_deref(), Some("smollm2-135m"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! same models (three vLLM boxes, two Ollama hosts). Each request goes to the
 //! healthy replica with the fewest requests outstanding; a request counts
 //! until its [`EventStream`] ends or is dropped, or until
-//! [`Provider::complete`] returns.
+//! [`Provider::complete`] (or [`Provider::embed`]) returns.
 //!
 //! Health is learnt from the traffic itself, with no probing requests of its
 //! own: after [`HealthSettings::eject_after_failures`] consecutive failures
@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use freehold_protocol::{
-    Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo, StreamEvent,
+    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
+    ModelInfo, StreamEvent,
 };
 use futures::{Stream, StreamExt};
 
@@ -153,6 +154,46 @@ impl ReplicaSet {
         }
         Some(lease)
     }
+
+    /// Runs a request whose answer comes whole ([`Provider::complete`],
+    /// [`Provider::embed`]) on the best replica, moving to another on a
+    /// retryable failure, each replica at most once.
+    async fn whole<T, F, Fut>(&self, call: F) -> Result<T, LlmError>
+    where
+        F: Fn(Arc<dyn Provider>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, LlmError>>,
+    {
+        let count = self.replicas.len();
+        let mut tried = vec![false; count];
+        let mut last_error = None;
+        for attempt in 0..count {
+            let Some(mut lease) = self.acquire(&tried, attempt) else {
+                break;
+            };
+            let index = lease.index;
+            tried[index] = true;
+            match call(Arc::clone(&self.replicas[index])).await {
+                Ok(answer) => {
+                    lease.success();
+                    return Ok(answer);
+                }
+                Err(error) => {
+                    lease.failure(&error.kind);
+                    if !error.is_retryable() || tried.iter().all(|tried| *tried) {
+                        return Err(error);
+                    }
+                    tracing::warn!(
+                        replica_set = %self.name,
+                        replica = index,
+                        error = %error,
+                        "replica failed"
+                    );
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| self.no_replicas()))
+    }
 }
 
 #[async_trait]
@@ -216,36 +257,19 @@ impl Provider for ReplicaSet {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let count = self.replicas.len();
-        let mut tried = vec![false; count];
-        let mut last_error = None;
-        for attempt in 0..count {
-            let Some(mut lease) = self.acquire(&tried, attempt) else {
-                break;
-            };
-            let index = lease.index;
-            tried[index] = true;
-            match self.replicas[index].complete(request.clone()).await {
-                Ok(response) => {
-                    lease.success();
-                    return Ok(response);
-                }
-                Err(error) => {
-                    lease.failure(&error.kind);
-                    if !error.is_retryable() || tried.iter().all(|tried| *tried) {
-                        return Err(error);
-                    }
-                    tracing::warn!(
-                        replica_set = %self.name,
-                        replica = index,
-                        error = %error,
-                        "replica failed"
-                    );
-                    last_error = Some(error);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| self.no_replicas()))
+        self.whole(|replica| {
+            let request = request.clone();
+            async move { replica.complete(request).await }
+        })
+        .await
+    }
+
+    async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
+        self.whole(|replica| {
+            let request = request.clone();
+            async move { replica.embed(request).await }
+        })
+        .await
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use freehold_protocol::{
+    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
+    ModelInfo,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::balance::{HealthSettings, ReplicaSet};
@@ -588,6 +591,10 @@ impl Provider for Unusable {
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        Err(self.error())
+    }
+
+    async fn embed(&self, _request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
         Err(self.error())
     }
 }

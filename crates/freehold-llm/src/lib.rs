@@ -3,7 +3,7 @@
 //! hosted one is a change of name, not of code.
 //!
 //! What it owns:
-//! - [`Provider`]: stream, complete, list models, capabilities;
+//! - [`Provider`]: stream, complete, embed, list models, capabilities;
 //! - the transport ([`http::Transport`]): retries with backoff honouring
 //!   `Retry-After`, an idle (never total) timeout, key redaction;
 //! - the SSE and NDJSON decoders ([`sse`], [`ndjson`]);
@@ -40,5 +40,5 @@ pub mod wire;
 pub use balance::{HealthSettings, ReplicaSet};
 pub use catalog::{Catalog, CatalogError, ModelEntry, ModelOverride, Pricing};
 pub use cost::{CostDisplay, cost};
-pub use provider::{EventStream, Provider, collect_stream};
+pub use provider::{EventStream, Provider, check_embed_request, collect_stream, no_embeddings};
 pub use router::{AliasTarget, Router, RouterSettings, Target};

@@ -4,8 +4,8 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use freehold_protocol::{
-    Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo, ResponseBuilder,
-    StreamEvent,
+    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
+    ModelInfo, ResponseBuilder, StreamEvent,
 };
 use futures::{Stream, StreamExt};
 
@@ -46,6 +46,46 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// The provider is unreachable or refuses the key.
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError>;
+
+    /// The embeddings of `request.inputs`, one vector per input in their
+    /// order. Providers without embeddings keep this default, which refuses.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRequest`] from providers that offer no
+    /// embeddings; otherwise any failure of the request.
+    async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
+        Err(no_embeddings(self.name(), &request.model))
+    }
+}
+
+/// Checks what every provider refuses alike: a request with no inputs.
+///
+/// # Errors
+/// [`ErrorKind::InvalidRequest`] when `request.inputs` is empty.
+pub fn check_embed_request(provider: &str, request: &EmbedRequest) -> Result<(), LlmError> {
+    if request.inputs.is_empty() {
+        return Err(LlmError::new(
+            ErrorKind::InvalidRequest,
+            provider,
+            format!(
+                "nothing to embed: the request for `{}` has no inputs; give at least one text",
+                request.model
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The error of a provider that offers no embeddings.
+pub fn no_embeddings(provider: &str, model: &str) -> LlmError {
+    LlmError::new(
+        ErrorKind::InvalidRequest,
+        provider,
+        format!(
+            "provider {provider} does not offer embeddings (asked for `{model}`); use an \
+             OpenAI-compatible server, Ollama or `local:` for embeddings"
+        ),
+    )
 }
 
 /// Drains a stream into a complete answer. A stream that ends without a

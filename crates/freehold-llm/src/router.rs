@@ -15,7 +15,8 @@
 //! When a target of a chain fails with a retryable error (overloaded, rate
 //! limited, server, timeout, connection) before its first answer event, the
 //! next target gets the request; other errors, and errors after the answer
-//! started, go to the caller. Each provider may itself be a
+//! started, go to the caller. Embeddings ([`Router::embed_routed`]) route
+//! and fall back the same way. Each provider may itself be a
 //! [`crate::balance::ReplicaSet`].
 //!
 //! ```
@@ -36,7 +37,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use freehold_protocol::{
-    Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo, Usage,
+    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
+    ModelInfo, Usage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -248,24 +250,58 @@ impl Router {
         &self,
         request: ChatRequest,
     ) -> Result<(Target, ChatResponse), LlmError> {
-        let targets = self.resolve(&request.model)?;
+        self.whole(&request.model, |provider, target| {
+            let request = target_request(&request, target);
+            async move { provider.complete(request).await }
+        })
+        .await
+    }
+
+    /// Embeddings like [`Provider::embed`], and the target that gave them.
+    /// `request.model` resolves like a chat model (`provider:model` or an
+    /// alias), and a fallback chain moves to its next target on a
+    /// retryable error, as for chat.
+    ///
+    /// # Errors
+    /// A resolution error, a non-retryable error (a provider without
+    /// embeddings says so), or the last target's error.
+    pub async fn embed_routed(
+        &self,
+        request: EmbedRequest,
+    ) -> Result<(Target, EmbedResponse), LlmError> {
+        self.whole(&request.model, |provider, target| {
+            let mut request = request.clone();
+            request.model.clone_from(&target.model);
+            async move { provider.embed(request).await }
+        })
+        .await
+    }
+
+    /// Tries `name`'s targets in order with a request whose answer comes
+    /// whole, falling back on retryable errors.
+    async fn whole<T, F, Fut>(&self, name: &str, call: F) -> Result<(Target, T), LlmError>
+    where
+        F: Fn(Arc<dyn Provider>, &Target) -> Fut,
+        Fut: std::future::Future<Output = Result<T, LlmError>>,
+    {
+        let targets = self.resolve(name)?;
         let last = targets.len().saturating_sub(1);
         let mut last_error = None;
         for (attempt, target) in targets.into_iter().enumerate() {
-            let provider = self.provider(&target)?;
-            match provider.complete(target_request(&request, &target)).await {
-                Ok(response) => {
-                    answered(&request.model, &target, attempt);
-                    return Ok((target, response));
+            let provider = Arc::clone(self.provider(&target)?);
+            match call(provider, &target).await {
+                Ok(answer) => {
+                    answered(name, &target, attempt);
+                    return Ok((target, answer));
                 }
                 Err(error) if error.is_retryable() && attempt < last => {
-                    falling_back(&request.model, &target, &error);
+                    falling_back(name, &target, &error);
                     last_error = Some(error);
                 }
                 Err(error) => return Err(error),
             }
         }
-        Err(last_error.unwrap_or_else(|| self.unknown(&request.model)))
+        Err(last_error.unwrap_or_else(|| self.unknown(name)))
     }
 
     fn provider(&self, target: &Target) -> Result<&Arc<dyn Provider>, LlmError> {
@@ -401,6 +437,12 @@ impl Provider for Router {
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         self.complete_routed(request)
+            .await
+            .map(|(_, response)| response)
+    }
+
+    async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
+        self.embed_routed(request)
             .await
             .map(|(_, response)| response)
     }

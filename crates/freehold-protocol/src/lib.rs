@@ -11,6 +11,7 @@
 //!   structured output ([`ResponseFormat`]).
 //! - [`StreamEvent`]: what a streaming answer is made of; a [`ResponseBuilder`]
 //!   folds a stream of them into a [`ChatResponse`].
+//! - [`EmbedRequest`] and [`EmbedResponse`]: texts in, one vector each out.
 //! - [`Usage`] and [`StopReason`].
 //! - [`LlmError`]: the typed error taxonomy ([`ErrorKind`]).
 //!
@@ -28,12 +29,14 @@
 //! assert_eq!(response.message.text(), "Hello");
 //! ```
 
+mod embed;
 mod error;
 mod event;
 mod message;
 mod request;
 mod usage;
 
+pub use embed::{EmbedRequest, EmbedResponse};
 pub use error::{ErrorKind, LlmError};
 pub use event::{ChatResponse, ResponseBuilder, StopReason, StreamEvent};
 pub use message::{ContentPart, ImageSource, Message, Reasoning, Role, ToolCall, ToolResult};

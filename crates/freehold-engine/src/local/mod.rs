@@ -8,10 +8,13 @@
 //! dropping the returned stream stops decoding within one token.
 //!
 //! - Prompts are rendered with the model's own chat template ([`template`]).
-//! - Tool calls and JSON output are constrained by grammars ([`tools`]).
+//! - Tool calls and JSON output are constrained by grammars (`tools.rs`).
 //! - Contexts are kept in slots between requests so that a conversation's
-//!   next turn evaluates only its new tokens ([`slots`]).
+//!   next turn evaluates only its new tokens (`slots.rs`).
+//! - Embedding models (and others, mean-pooled) embed texts through
+//!   [`Provider::embed`] (`embed.rs`).
 
+mod embed;
 mod generate;
 mod slots;
 pub mod template;
@@ -24,7 +27,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use freehold_llm::{EventStream, Provider, collect_stream};
-use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use freehold_protocol::{
+    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
+    ModelInfo,
+};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -175,6 +181,11 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
         .map_err(|e| error(ErrorKind::Server, format!("llama.cpp failed to start: {e}")))
 }
 
+/// Creating contexts in parallel is unsound in llama.cpp (it may write the
+/// model's trained context), so every context creation of this provider
+/// (chat slots and embeddings) takes this lock.
+pub(crate) static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
+
 pub(crate) fn error(kind: ErrorKind, message: impl ToString) -> LlmError {
     LlmError::new(kind, PROVIDER_NAME, message.to_string())
 }
@@ -224,6 +235,12 @@ impl Provider for LocalProvider {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let stream = self.stream(request).await?;
         collect_stream(PROVIDER_NAME, stream).await
+    }
+
+    /// One L2-normalised vector per input, on a blocking thread (see
+    /// `embed.rs`).
+    async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
+        embed::embed(self, request).await
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {

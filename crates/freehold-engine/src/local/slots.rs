@@ -19,7 +19,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use super::error;
+use super::{CONTEXT_CREATION, error};
 
 /// Prompt tokens decoded per batch.
 pub(crate) const BATCH: u32 = 512;
@@ -27,10 +27,6 @@ pub(crate) const BATCH: u32 = 512;
 /// The smallest context a slot allocates: small enough to cost little, large
 /// enough that a short conversation grows in it without reallocating.
 const MIN_CONTEXT: u32 = 1024;
-
-/// Creating contexts in parallel is unsound in llama.cpp (it may write the
-/// model's trained context); creation is serialised.
-static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
 
 /// A context and what its KV cache (sequence 0) holds.
 pub(crate) struct Slot {

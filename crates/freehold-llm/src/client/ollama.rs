@@ -5,12 +5,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use freehold_protocol::{
+    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
+    ModelInfo,
+};
 use reqwest::header::HeaderMap;
 
 use crate::client::{ClientOptions, KeyHeader};
 use crate::http::Transport;
-use crate::provider::{EventStream, Provider};
+use crate::provider::{EventStream, Provider, check_embed_request};
+use crate::wire::embeddings::{self, OllamaEmbedResponse};
 use crate::wire::ollama::{
     self, ChatLineDecoder, ContextSize, KeepAlive, NumCtxPolicy, ShowRequest, ShowResponse,
     TagsResponse, WireChatResponse,
@@ -292,5 +296,37 @@ impl Provider for OllamaClient {
                 }
             })
             .collect())
+    }
+
+    /// `POST /api/embed`, with `"truncate": false`: an input longer than
+    /// the model's context is an error, never cut.
+    async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
+        check_embed_request(&self.options.name, &request)?;
+        let body = embeddings::encode_ollama_request(&request, self.settings.keep_alive.clone());
+        let body = serde_json::to_value(&body).map_err(|error| {
+            self.transport
+                .error(ErrorKind::InvalidRequest, error.to_string())
+        })?;
+        let response = self
+            .transport
+            .post_json_whole(&self.options.url("/api/embed"), &self.headers, &body)
+            .await?;
+        let json = self.transport.read_json(response).await?;
+        if let Some(error) = ollama::error_in(&self.options.name, &json) {
+            return Err(self.transport.error(error.kind, error.message));
+        }
+        let response: OllamaEmbedResponse = serde_json::from_value(json).map_err(|error| {
+            self.transport.error(
+                ErrorKind::Server,
+                format!("unexpected /api/embed answer: {error}"),
+            )
+        })?;
+        embeddings::decode_ollama_response(
+            &self.options.name,
+            &request.model,
+            request.inputs.len(),
+            response,
+        )
+        .map_err(|error| self.transport.redact_error(error))
     }
 }

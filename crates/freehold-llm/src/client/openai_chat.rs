@@ -1,13 +1,17 @@
 //! The OpenAI Chat Completions client, for OpenAI and every compatible server.
 
 use async_trait::async_trait;
-use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use freehold_protocol::{
+    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
+    ModelInfo,
+};
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
 use crate::client::{ClientOptions, KeyHeader};
 use crate::http::Transport;
-use crate::provider::{EventStream, Provider};
+use crate::provider::{EventStream, Provider, check_embed_request};
+use crate::wire::embeddings::{self, OpenAiEmbeddingsResponse};
 use crate::wire::openai_chat::{self, ChunkDecoder, CompletionResponse, Dialect};
 
 /// A client of `POST {base_url}/chat/completions`.
@@ -93,6 +97,41 @@ impl Provider for OpenAiChatClient {
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
         list_openai_models(&self.transport, &self.options, &self.headers).await
     }
+
+    /// `POST {base_url}/embeddings`.
+    async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
+        openai_embed(&self.transport, &self.options, &self.headers, request).await
+    }
+}
+
+/// `POST {base_url}/embeddings` as OpenAI and compatible servers answer it;
+/// shared with the Responses client.
+pub(crate) async fn openai_embed(
+    transport: &Transport,
+    options: &ClientOptions,
+    headers: &HeaderMap,
+    request: EmbedRequest,
+) -> Result<EmbedResponse, LlmError> {
+    check_embed_request(&options.name, &request)?;
+    let body = serde_json::to_value(embeddings::encode_openai_request(&request))
+        .map_err(|error| transport.error(ErrorKind::InvalidRequest, error.to_string()))?;
+    let response = transport
+        .post_json_whole(&options.url("/embeddings"), headers, &body)
+        .await?;
+    let json = transport.read_json(response).await?;
+    let response: OpenAiEmbeddingsResponse = serde_json::from_value(json).map_err(|error| {
+        transport.error(
+            ErrorKind::Server,
+            format!("unexpected embeddings answer: {error}"),
+        )
+    })?;
+    embeddings::decode_openai_response(
+        &options.name,
+        &request.model,
+        request.inputs.len(),
+        response,
+    )
+    .map_err(|error| transport.redact_error(error))
 }
 
 /// `GET {base_url}/models` as OpenAI and compatible servers answer it

@@ -3,7 +3,10 @@
 //! is stored at the provider.
 
 use async_trait::async_trait;
-use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use freehold_protocol::{
+    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
+    ModelInfo,
+};
 use reqwest::header::HeaderMap;
 
 use crate::client::{ClientOptions, KeyHeader};
@@ -114,5 +117,11 @@ impl Provider for OpenAiResponsesClient {
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
         super::openai_chat::list_openai_models(&self.transport, &self.options, &self.headers).await
+    }
+
+    /// `POST {base_url}/embeddings`: the same API serves both.
+    async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
+        super::openai_chat::openai_embed(&self.transport, &self.options, &self.headers, request)
+            .await
     }
 }

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, LlmError, ModelInfo, ToolChoice};
+use freehold_protocol::{
+    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, LlmError, ModelInfo,
+    ToolChoice,
+};
 
 use super::{recover_in_response, recover_in_stream};
 use crate::provider::{EventStream, Provider};
@@ -14,8 +17,8 @@ use crate::provider::{EventStream, Provider};
 ///
 /// Recovery applies to requests that offer tools and do not forbid them
 /// ([`ToolChoice::None`]); other requests go to the inner provider
-/// untouched. Everything else (name, capabilities, models) is the inner
-/// provider's.
+/// untouched. Everything else (name, capabilities, models, embeddings) is
+/// the inner provider's.
 #[derive(Debug, Clone)]
 pub struct RecoveringProvider {
     inner: Arc<dyn Provider>,
@@ -101,5 +104,9 @@ impl Provider for RecoveringProvider {
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
         self.inner.list_models().await
+    }
+
+    async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
+        self.inner.embed(request).await
     }
 }

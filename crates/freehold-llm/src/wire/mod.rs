@@ -8,6 +8,7 @@
 //! requests and encodes responses with the same types.
 
 pub mod anthropic;
+pub mod embeddings;
 pub mod gemini;
 pub mod ollama;
 pub mod openai_chat;
