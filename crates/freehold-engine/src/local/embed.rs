@@ -84,7 +84,7 @@ impl Job {
         request: &EmbedRequest,
         context_cap: Option<u32>,
     ) -> Result<Self, LlmError> {
-        let pooling = pooling(&model, &request.model)?;
+        let pooling = pooling(model, &request.model)?;
         let trained = model.n_ctx_train().max(1);
         let allowed = context_cap.map_or(trained, |cap| cap.min(trained));
         let vocab = model.vocab();
