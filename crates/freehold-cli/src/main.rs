@@ -4,6 +4,7 @@
 //! This crate only parses arguments, loads configuration and renders
 //! results; what it calls lives in the library crates.
 
+mod bench;
 mod chat;
 mod config;
 mod models;
@@ -40,6 +41,9 @@ enum Command {
     Providers(providers::ProvidersArgs),
     /// Local GGUF models: metadata, and what this machine can run.
     Models(models::ModelsArgs),
+    /// Measure throughput: `bench engine` runs the embedded engine like
+    /// llama.cpp's llama-bench.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
             Command::Chat(args) => chat::run(args, cli.config.as_deref()).await,
             Command::Providers(args) => providers::run(args, cli.config.as_deref()).await,
             Command::Models(args) => models::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

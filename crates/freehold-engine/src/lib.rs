@@ -5,11 +5,14 @@
 //! sha256; listing and removing them), reads GGUF metadata, and runs
 //! installed models in process with llama.cpp: [`local::LocalProvider`]
 //! implements `freehold_llm::Provider` (freehold-llm must never depend on
-//! this crate; the CLI wires the two together).
+//! this crate; the CLI wires the two together). [`bench`] measures that
+//! engine's prompt and generation throughput the way llama.cpp's
+//! `llama-bench` does.
 //!
 //! It must not block an async runtime: long work (downloads, hashing,
 //! inference) runs on its own threads or is `async`.
 
+pub mod bench;
 pub mod gguf;
 pub mod hardware;
 pub mod local;
