@@ -4,6 +4,8 @@
 //! This crate only parses arguments, loads configuration and renders
 //! results; what it calls lives in the library crates.
 
+mod bench;
+mod bench_conversation;
 mod chat;
 mod config;
 mod embed;
@@ -44,6 +46,9 @@ enum Command {
     Providers(providers::ProvidersArgs),
     /// Local GGUF models: metadata, and what this machine can run.
     Models(models::ModelsArgs),
+    /// Measure throughput: `bench engine` runs the embedded engine like
+    /// llama.cpp's llama-bench.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
             Command::Embed(args) => embed::run(args, cli.config.as_deref()).await,
             Command::Providers(args) => providers::run(args, cli.config.as_deref()).await,
             Command::Models(args) => models::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -712,3 +712,127 @@ async fn a_configured_default_model_still_wins_over_the_embedded_default() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stdout, "From the config.\n");
 }
+
+#[tokio::test]
+async fn bench_engine_rejects_bad_arguments_before_loading_anything() {
+    let run = freehold(&["bench", "engine", "--reps", "0"], None, None).await;
+    assert_eq!(run.code, 2, "clap's usage error: {}", run.stderr);
+    assert!(
+        run.stderr.contains("'0'")
+            && run.stderr.contains("--reps")
+            && run.stderr.contains("1..=1000"),
+        "{}",
+        run.stderr
+    );
+
+    let run = freehold(&["bench", "engine", "--threads", "0"], None, None).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--threads"), "{}", run.stderr);
+
+    let run = freehold(
+        &[
+            "bench", "engine", "--pp", "0", "--tg", "0", "--model", "x.gguf",
+        ],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("nothing to measure"), "{}", run.stderr);
+
+    let run = freehold(&["bench"], None, None).await;
+    assert_eq!(run.code, 2, "a target is required: {}", run.stderr);
+    assert!(run.stderr.contains("engine"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn bench_engine_says_how_to_get_a_model() {
+    // No model installed (an empty home): the error names the pull command.
+    let run = freehold(&["bench", "engine"], None, None).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no model is installed")
+            && run.stderr.contains("freehold models pull smollm2-135m"),
+        "{}",
+        run.stderr
+    );
+
+    let run = freehold(&["bench", "engine", "--model", "qwen-nonesuch"], None, None).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("`qwen-nonesuch` is not installed")
+            && run.stderr.contains("freehold models pull qwen-nonesuch"),
+        "{}",
+        run.stderr
+    );
+
+    let run = freehold(
+        &["bench", "engine", "--model", "/nonexistent/model.gguf"],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("no model file at /nonexistent/model.gguf"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn bench_engine_measures_the_real_test_model() {
+    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
+        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
+        return;
+    };
+    let model = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = model.to_str().unwrap();
+    let args = [
+        "bench",
+        "engine",
+        "--model",
+        model,
+        "--pp",
+        "16",
+        "--tg",
+        "4",
+        "--reps",
+        "1",
+        "--threads",
+        "2",
+    ];
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let run = freehold(&json_args, None, None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["threads"], 2);
+    assert_eq!(
+        report["model"]["file_name"],
+        "SmolLM2-135M-Instruct.Q4_1.gguf"
+    );
+    let tests = report["tests"].as_array().unwrap();
+    let names: Vec<&str> = tests.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["pp16", "tg4"]);
+    for test in tests {
+        let median = test["median_ts"].as_f64().unwrap();
+        assert!(median.is_finite() && median > 0.0, "{test}");
+    }
+    assert!(
+        run.stderr.contains("pp16: repetition 1/1"),
+        "{}",
+        run.stderr
+    );
+
+    let run = freehold(&args, None, None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<&str> = run.stdout.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(rows.len(), 4, "header, rule and two tests: {}", run.stdout);
+    assert!(
+        rows[2].contains("pp16") && rows[3].contains("tg4"),
+        "{}",
+        run.stdout
+    );
+}

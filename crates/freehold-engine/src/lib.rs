@@ -6,11 +6,14 @@
 //! installed models in process with llama.cpp: [`local::LocalProvider`]
 //! implements `freehold_llm::Provider` (freehold-llm must never depend on
 //! this crate; the CLI wires the two together), for chat and embeddings.
-//! [`default_model`] decides which local model runs when none is named.
+//! [`default_model`] decides which local model runs when none is named;
+//! [`bench`] measures the engine's prompt and generation throughput the
+//! way llama.cpp's `llama-bench` does.
 //!
 //! It must not block an async runtime: long work (downloads, hashing,
 //! inference) runs on its own threads or is `async`.
 
+pub mod bench;
 pub mod default_model;
 pub mod gguf;
 pub mod hardware;

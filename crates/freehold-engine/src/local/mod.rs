@@ -170,7 +170,7 @@ impl LocalProvider {
 }
 
 /// The process-wide llama.cpp backend, initialised on first use.
-fn backend() -> Result<&'static LlamaBackend, LlmError> {
+pub(crate) fn backend() -> Result<&'static LlamaBackend, LlmError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
