@@ -836,3 +836,46 @@ async fn bench_engine_measures_the_real_test_model() {
         run.stdout
     );
 }
+
+#[tokio::test]
+async fn bench_conversation_reuses_the_prefix_from_the_second_turn() {
+    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
+        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
+        return;
+    };
+    let model = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let args = [
+        "bench",
+        "conversation",
+        "--model",
+        model.to_str().unwrap(),
+        "--turns",
+        "3",
+        "--answer-tokens",
+        "4",
+        "--threads",
+        "2",
+        "--json",
+    ];
+    let run = freehold(&args, None, None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let turns = report["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 3);
+    assert_eq!(turns[0]["cached_tokens"], 0);
+    for pair in turns.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        // Everything the previous turn evaluated is reused; only the new
+        // message (and the answer's tail) is evaluated.
+        assert!(
+            after["cached_tokens"].as_u64() >= before["prompt_tokens"].as_u64(),
+            "{report}"
+        );
+        assert!(
+            after["evaluated_tokens"].as_u64().unwrap()
+                < after["prompt_tokens"].as_u64().unwrap() / 2,
+            "{report}"
+        );
+        assert!(after["ttft_uncached_ms"].as_f64().unwrap() > 0.0);
+    }
+}
