@@ -40,6 +40,7 @@ async fn default(purpose: Purpose) -> anyhow::Result<String> {
     match &resolved.how {
         How::Installed => {}
         How::Pulled { source } | How::FellBack { source, .. } => {
+            let source = crate::models::short_source(&source.to_string());
             eprintln!("installed {} from {source}", resolved.name);
         }
     }

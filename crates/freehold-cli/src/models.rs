@@ -136,7 +136,7 @@ async fn pull(
             } else {
                 ", recorded"
             },
-            pulled.source
+            short_source(&pulled.source.to_string())
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -357,4 +357,28 @@ fn hardware() -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A source for one line of output: a split package's parts (`a+b+…`)
+/// shown as the first part and how many follow.
+pub(crate) fn short_source(source: &str) -> String {
+    let parts: Vec<&str> = source.split('+').collect();
+    match parts.as_slice() {
+        [first, _, ..] => format!("{first} + {} more parts", parts.len() - 1),
+        _ => source.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod short_source_tests {
+    use super::short_source;
+
+    #[test]
+    fn split_sources_are_shortened() {
+        assert_eq!(short_source("pip:a==1#x"), "pip:a==1#x");
+        assert_eq!(
+            short_source("pip:a-part1==1#p1+pip:a-part2==1#p2+pip:a-part3==1#p3"),
+            "pip:a-part1==1#p1 + 2 more parts"
+        );
+    }
 }
