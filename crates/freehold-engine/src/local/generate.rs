@@ -704,6 +704,31 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_that_is_json_but_no_call_stays_text() {
+        let constraint = Constraint::Tools {
+            format: CallFormat::Hermes,
+            grammar: String::new(),
+            trigger_patterns: Vec::new(),
+            lazy: true,
+            tools: vec![freehold_protocol::ToolSpec {
+                name: "read".into(),
+                description: String::new(),
+                parameters: serde_json::json!({"type": "object"}),
+            }],
+        };
+        let stop: Vec<String> = Vec::new();
+        let mut output = Output::new(&stop, &constraint);
+        assert_eq!(output.push(b"{\"a\": "), (String::new(), false));
+        assert_eq!(output.push(b"1}"), (String::new(), false));
+        assert_eq!(output.finish(false), ("{\"a\": 1}".to_string(), Vec::new()));
+
+        let mut output = Output::new(&stop, &constraint);
+        output.push(b"{\"name\": \"read\", \"arguments\": {}}");
+        let (text, calls) = output.finish(false);
+        assert_eq!((text.as_str(), calls[0].name.as_str()), ("", "read"));
+    }
+
+    #[test]
     fn a_stop_before_the_marker_wins() {
         let stop = vec!["END".to_string()];
         let mut buf = TextBuffer::new(&stop, &[("<tool_call>", false)]);

@@ -74,7 +74,9 @@ impl CallFormat {
     /// grammar applies from the first capture group (or the whole match).
     fn trigger_patterns(self) -> Vec<String> {
         // Anchored at both ends: llama.cpp then matches the whole output.
-        let bare_json_at_start = r"^\s*(\{)[\s\S]*$".to_owned();
+        // `"name"` must follow, so that an answer that merely is JSON is not
+        // forced into a call.
+        let bare_json_at_start = r#"^\s*(\{\s*"name"\s*:)[\s\S]*$"#.to_owned();
         match self {
             CallFormat::Hermes | CallFormat::Generic => {
                 vec!["<tool_call>".to_owned(), bare_json_at_start]
