@@ -5,9 +5,8 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 
-use freehold_test_support::{MockServer, Scripted, Split, sse_text};
+use freehold_test_support::{FileServer, MockServer, Scripted, Split, sse_text};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -549,52 +548,6 @@ async fn embed_runs_a_gguf_file_in_process() {
 
 // ------------------------------------------------ the default local model
 
-/// An HTTP server on 127.0.0.1 standing in for Hugging Face: it serves
-/// `body` for any path ending in `file` and answers 404 to anything else.
-/// Returns its base URL and the paths asked for.
-async fn hf_mirror(file: &'static str, body: Vec<u8>) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let paths = Arc::new(Mutex::new(Vec::new()));
-    let seen = paths.clone();
-    let body = Arc::new(body);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let body = body.clone();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
-                let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
-                seen.lock().unwrap().push(path.clone());
-                if path.ends_with(file) {
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = stream.write_all(head.as_bytes()).await;
-                    let _ = stream.write_all(&body).await;
-                } else {
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        )
-                        .await;
-                }
-            });
-        }
-    });
-    (base, paths)
-}
-
 #[tokio::test]
 async fn model_local_pulls_a_model_when_none_is_installed_and_answers() {
     let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
@@ -606,7 +559,9 @@ async fn model_local_pulls_a_model_when_none_is_installed_and_answers() {
     // The mirror has SmolLM2 only: whatever this machine's recommended
     // model is, it is not there (unless it is SmolLM2 itself), and its pip
     // sources cannot run, so the default falls back to SmolLM2.
-    let (mirror, paths) = hf_mirror(FILE, bytes).await;
+    // A stand-in for Hugging Face on 127.0.0.1.
+    let mirror_server = FileServer::start(vec![(FILE, bytes)]).await;
+    let mirror = mirror_server.url();
     let store = tempdir();
     let env = [
         ("FREEHOLD_MODELS_DIR", store.to_str().unwrap()),
@@ -646,17 +601,16 @@ async fn model_local_pulls_a_model_when_none_is_installed_and_answers() {
     );
     assert!(store.join("smollm2-135m.gguf").is_file());
     assert!(
-        paths
-            .lock()
-            .unwrap()
+        mirror_server
+            .paths()
             .iter()
             .any(|path| path.contains("/resolve/")),
         "{:?}",
-        paths.lock().unwrap()
+        mirror_server.paths()
     );
 
     // Installed now: no --model at all uses it, without asking any server.
-    let asked = paths.lock().unwrap().len();
+    let asked = mirror_server.paths().len();
     let no_model = [&args[..1], &args[3..]].concat();
     let run = freehold_with_env(&no_model, None, None, &env).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -666,7 +620,7 @@ async fn model_local_pulls_a_model_when_none_is_installed_and_answers() {
         "{}",
         run.stderr
     );
-    assert_eq!(paths.lock().unwrap().len(), asked);
+    assert_eq!(mirror_server.paths().len(), asked);
     let _ = std::fs::remove_dir_all(&store);
 }
 

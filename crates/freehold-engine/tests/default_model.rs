@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freehold_engine::default_model::{
@@ -14,8 +14,7 @@ use freehold_engine::default_model::{
 };
 use freehold_engine::hardware::Hardware;
 use freehold_engine::store::{Catalog, PullOptions, Store};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use freehold_test_support::FileServer;
 
 /// A directory removed when dropped.
 struct TestDir(PathBuf);
@@ -61,44 +60,8 @@ fn tiny_gguf() -> Vec<u8> {
 
 /// Serves `body` at `/present.gguf` and 404 everywhere else; records the
 /// paths asked for.
-async fn server(body: Vec<u8>) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let paths = Arc::new(Mutex::new(Vec::new()));
-    let seen = paths.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let body = body.clone();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
-                let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
-                seen.lock().unwrap().push(path.clone());
-                let reply = if path == "/present.gguf" {
-                    let mut reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    reply.extend(&body);
-                    reply
-                } else {
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .to_vec()
-                };
-                let _ = stream.write_all(&reply).await;
-            });
-        }
-    });
-    (base, paths)
+async fn server(body: Vec<u8>) -> FileServer {
+    FileServer::start(vec![("/present.gguf", body)]).await
 }
 
 /// A catalog of a "big" model (which fits a 4 GiB machine and is larger
@@ -154,7 +117,8 @@ async fn run(store: &Store) -> (Result<Resolved, DefaultModelError>, Vec<Step>) 
 
 #[tokio::test]
 async fn pulls_the_recommended_model_then_uses_it_installed() {
-    let (base, paths) = server(tiny_gguf()).await;
+    let server = server(tiny_gguf()).await;
+    let base = server.url();
     let dir = TestDir::new();
     let store = Store::open(&dir.0).unwrap().with_catalog(catalog(
         &format!("{base}/present.gguf"),
@@ -173,7 +137,7 @@ async fn pulls_the_recommended_model_then_uses_it_installed() {
     );
 
     // The second time it is installed: nothing is fetched.
-    let asked = paths.lock().unwrap().len();
+    let asked = server.paths().len();
     let (result, steps) = run(&store).await;
     assert_eq!(result.unwrap().how, How::Installed);
     assert_eq!(
@@ -182,12 +146,13 @@ async fn pulls_the_recommended_model_then_uses_it_installed() {
             name: "big-coder".into()
         }]
     );
-    assert_eq!(paths.lock().unwrap().len(), asked);
+    assert_eq!(server.paths().len(), asked);
 }
 
 #[tokio::test]
 async fn falls_back_when_no_source_of_the_recommended_model_answers() {
-    let (base, paths) = server(tiny_gguf()).await;
+    let server = server(tiny_gguf()).await;
+    let base = server.url();
     let dir = TestDir::new();
     let store = Store::open(&dir.0).unwrap().with_catalog(catalog(
         &format!("{base}/missing.gguf"),
@@ -218,7 +183,7 @@ async fn falls_back_when_no_source_of_the_recommended_model_answers() {
     assert_eq!(fallback, FALLBACK_MODEL);
     assert!(error.contains("404"), "{error}");
     assert_eq!(
-        *paths.lock().unwrap(),
+        server.paths(),
         vec!["/missing.gguf".to_owned(), "/present.gguf".to_owned()]
     );
     assert!(store.get(FALLBACK_MODEL).unwrap().is_some());

@@ -369,3 +369,79 @@ pub fn sse_text(events: &[(&str, &str)]) -> String {
     }
     text
 }
+
+/// A static file server on 127.0.0.1 (a stand-in for Hugging Face or any
+/// download host): a GET whose path ends with one of the given suffixes gets
+/// that file, anything else a 404. Records every path asked for.
+pub struct FileServer {
+    addr: SocketAddr,
+    paths: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FileServer {
+    /// Starts serving `files` (path suffix, contents) on a free loopback
+    /// port.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound (a broken test machine).
+    #[allow(clippy::expect_used)]
+    pub async fn start(files: Vec<(&str, Vec<u8>)>) -> Self {
+        let files: Arc<Vec<(String, Bytes)>> = Arc::new(
+            files
+                .into_iter()
+                .map(|(suffix, body)| (suffix.to_owned(), Bytes::from(body)))
+                .collect(),
+        );
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let app = Router::new().fallback({
+            let paths = paths.clone();
+            move |request: Request<Body>| {
+                let path = request.uri().path().to_owned();
+                if let Ok(mut seen) = paths.lock() {
+                    seen.push(path.clone());
+                }
+                let file = files
+                    .iter()
+                    .find(|(suffix, _)| path.ends_with(suffix.as_str()))
+                    .map(|(_, body)| body.clone());
+                async move {
+                    let (status, body) = match file {
+                        Some(body) => (StatusCode::OK, Body::from(body)),
+                        None => (StatusCode::NOT_FOUND, Body::empty()),
+                    };
+                    let mut response = Response::new(body);
+                    *response.status_mut() = status;
+                    response
+                }
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, paths, task }
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The paths asked for so far, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.paths
+            .lock()
+            .map(|paths| paths.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
