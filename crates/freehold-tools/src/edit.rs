@@ -1,0 +1,40 @@
+//! The `edit` tool.
+
+use async_trait::async_trait;
+use freehold_protocol::ToolSpec;
+
+use crate::{Tool, ToolContext, ToolError, ToolKind, ToolOutput};
+
+/// The `edit` tool (to be implemented).
+pub(crate) struct Edit;
+
+#[async_trait]
+impl Tool for Edit {
+    fn name(&self) -> &'static str {
+        "edit"
+    }
+
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: "edit".into(),
+            description: String::new(),
+            parameters: serde_json::json!({"type": "object", "properties": {}}),
+        }
+    }
+
+    fn kind(&self) -> ToolKind {
+        ToolKind::Read
+    }
+
+    fn subject(&self, _arguments: &serde_json::Value) -> Option<String> {
+        None
+    }
+
+    async fn run(
+        &self,
+        _arguments: serde_json::Value,
+        _context: &ToolContext,
+    ) -> Result<ToolOutput, ToolError> {
+        Err(ToolError::failed("not implemented"))
+    }
+}

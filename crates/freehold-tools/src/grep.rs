@@ -1,0 +1,40 @@
+//! The `grep` tool.
+
+use async_trait::async_trait;
+use freehold_protocol::ToolSpec;
+
+use crate::{Tool, ToolContext, ToolError, ToolKind, ToolOutput};
+
+/// The `grep` tool (to be implemented).
+pub(crate) struct Grep;
+
+#[async_trait]
+impl Tool for Grep {
+    fn name(&self) -> &'static str {
+        "grep"
+    }
+
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: "grep".into(),
+            description: String::new(),
+            parameters: serde_json::json!({"type": "object", "properties": {}}),
+        }
+    }
+
+    fn kind(&self) -> ToolKind {
+        ToolKind::Read
+    }
+
+    fn subject(&self, _arguments: &serde_json::Value) -> Option<String> {
+        None
+    }
+
+    async fn run(
+        &self,
+        _arguments: serde_json::Value,
+        _context: &ToolContext,
+    ) -> Result<ToolOutput, ToolError> {
+        Err(ToolError::failed("not implemented"))
+    }
+}

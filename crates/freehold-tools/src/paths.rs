@@ -1,0 +1,1 @@
+//! Resolving the model's paths against the project root.
