@@ -1,0 +1,11 @@
+"""Small helpers for working with text."""
+
+
+def word_count(text):
+    """Number of whitespace-separated words in `text`."""
+    return len(text.split())
+
+
+def capitalize_words(text):
+    """Upper-case the first letter of every word."""
+    return " ".join(word[:1].upper() + word[1:] for word in text.split())

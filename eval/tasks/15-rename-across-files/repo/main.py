@@ -1,0 +1,9 @@
+from shop import Cart
+from shop import calc_total
+from shop.invoice import invoice_lines
+
+cart = Cart()
+cart.add(2.50, 4)
+cart.add(1.25)
+assert cart.total() == calc_total(cart.items)
+print("\n".join(invoice_lines(cart.items)))

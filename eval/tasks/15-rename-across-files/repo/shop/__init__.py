@@ -1,0 +1,4 @@
+"""A tiny shop: carts, taxes and invoices."""
+from shop.cart import Cart, calc_tax, calc_total
+
+__all__ = ["Cart", "calc_tax", "calc_total"]

@@ -1,0 +1,6 @@
+//! Areas of simple shapes, and a text report about them.
+
+pub mod report;
+pub mod shapes;
+
+pub use shapes::{calc_area, Shape};
