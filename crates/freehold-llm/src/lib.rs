@@ -32,6 +32,7 @@ pub mod presets;
 mod provider;
 pub mod retry;
 pub mod router;
+pub mod scripted;
 pub mod secret;
 pub mod sse;
 pub mod text_tools;

@@ -29,6 +29,7 @@
 //! assert_eq!(response.message.text(), "Hello");
 //! ```
 
+mod agent;
 mod embed;
 mod error;
 mod event;
@@ -36,6 +37,7 @@ mod message;
 mod request;
 mod usage;
 
+pub use agent::{AgentEvent, AgentStop, AgentSummary};
 pub use embed::{EmbedRequest, EmbedResponse};
 pub use error::{ErrorKind, LlmError};
 pub use event::{ChatResponse, ResponseBuilder, StopReason, StreamEvent};
