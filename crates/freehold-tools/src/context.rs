@@ -106,14 +106,18 @@ pub struct TodoItem {
     pub status: TodoStatus,
 }
 
-/// Where a step of the plan stands.
+/// Where a step of the plan stands. Reads the usual synonyms small models
+/// use too (`done`, `in-progress`…).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TodoStatus {
     /// Not started.
+    #[serde(alias = "todo")]
     Pending,
     /// Being worked on (at most one at a time).
+    #[serde(alias = "in-progress", alias = "active")]
     InProgress,
     /// Finished.
+    #[serde(alias = "done", alias = "complete")]
     Completed,
 }

@@ -1,12 +1,23 @@
-//! The `edit` tool.
+//! The `edit` tool: replace an exact piece of a file.
 
 use async_trait::async_trait;
 use freehold_protocol::ToolSpec;
+use serde::Deserialize;
 
-use crate::{Tool, ToolContext, ToolError, ToolKind, ToolOutput};
+use crate::files::{Text, blocking, io_error, read_text, unified_diff, write_atomic};
+use crate::{Tool, ToolContext, ToolError, ToolKind, ToolOutput, args, matching, paths};
 
-/// The `edit` tool (to be implemented).
+/// The `edit` tool.
 pub(crate) struct Edit;
+
+#[derive(Debug, Deserialize)]
+struct Args {
+    path: String,
+    old_string: String,
+    new_string: String,
+    #[serde(default, deserialize_with = "args::lenient_bool")]
+    replace_all: bool,
+}
 
 #[async_trait]
 impl Tool for Edit {
@@ -17,24 +28,225 @@ impl Tool for Edit {
     fn spec(&self) -> ToolSpec {
         ToolSpec {
             name: "edit".into(),
-            description: String::new(),
-            parameters: serde_json::json!({"type": "object", "properties": {}}),
+            description: "Replace old_string with new_string in a file. old_string must match the file exactly, indentation included, and only once unless replace_all is true.".into(),
+            parameters: serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string"},
+                    "old_string": {"type": "string"},
+                    "new_string": {"type": "string"},
+                    "replace_all": {"type": "boolean"}
+                },
+                "required": ["path", "old_string", "new_string"],
+                "additionalProperties": false
+            }),
         }
     }
 
     fn kind(&self) -> ToolKind {
-        ToolKind::Read
+        ToolKind::Edit
     }
 
-    fn subject(&self, _arguments: &serde_json::Value) -> Option<String> {
-        None
+    fn subject(&self, arguments: &serde_json::Value) -> Option<String> {
+        args::string_field(arguments, "path")
     }
 
     async fn run(
         &self,
-        _arguments: serde_json::Value,
-        _context: &ToolContext,
+        arguments: serde_json::Value,
+        context: &ToolContext,
     ) -> Result<ToolOutput, ToolError> {
-        Err(ToolError::failed("not implemented"))
+        let args: Args = args::parse("edit", arguments)?;
+        let context = context.clone();
+        blocking(move || edit(&context, args)).await
+    }
+}
+
+fn edit(context: &ToolContext, args: Args) -> Result<ToolOutput, ToolError> {
+    if args.old_string == args.new_string {
+        return Err(ToolError::failed(
+            "old_string and new_string are the same; nothing to change",
+        ));
+    }
+    let path = paths::resolve(&context.root, &args.path)?;
+    let shown = paths::display(&context.root, &path);
+    // An empty old_string creates a missing (or fills an empty) file.
+    let text = if args.old_string.is_empty() && !path.exists() {
+        Text {
+            bom: false,
+            crlf: false,
+            body: String::new(),
+        }
+    } else {
+        read_text(&path, &shown)?
+    };
+    // The model writes `\n`; the file's own line endings come back on write.
+    let old = args.old_string.replace("\r\n", "\n");
+    let new = args.new_string.replace("\r\n", "\n");
+
+    let (body, count) = if old.is_empty() {
+        if !text.body.is_empty() {
+            return Err(ToolError::failed(format!(
+                "old_string is empty but {shown} is not; give the text to replace"
+            )));
+        }
+        (new, 1)
+    } else {
+        let count = text.body.matches(old.as_str()).count();
+        if count == 0 {
+            return Err(no_match(&text.body, &old, &shown));
+        }
+        if count > 1 && !args.replace_all {
+            return Err(ToolError::failed(format!(
+                "old_string occurs {count} times in {shown}; include more surrounding lines to make it unique, or set replace_all to true"
+            )));
+        }
+        if args.replace_all {
+            (text.body.replace(&old, &new), count)
+        } else {
+            (text.body.replacen(&old, &new, 1), 1)
+        }
+    };
+
+    write_atomic(&path, &text.encode(&body)).map_err(io_error(format!("writing {shown}")))?;
+    context.files.mark_seen(&path);
+    let plural = if count == 1 { "" } else { "s" };
+    Ok(ToolOutput {
+        content: format!("Edited {shown}: replaced {count} occurrence{plural}."),
+        diff: Some(unified_diff(&shown, &shown, &text.body, &body)),
+        changed_files: vec![shown],
+    })
+}
+
+/// The error for an old_string that is not in the file, pointing at a
+/// near miss (same lines, different whitespace) when there is one.
+fn no_match(body: &str, old: &str, shown: &str) -> ToolError {
+    let lines: Vec<&str> = body.lines().collect();
+    let wanted: Vec<&str> = old.trim_matches('\n').lines().collect();
+    let near = matching::seek(&lines, &wanted, 0, false).filter(|_| !wanted.is_empty());
+    let hint = match near {
+        Some(at) => format!(
+            " Lines {}-{} match except for whitespace; copy them exactly as the file has them.",
+            at + 1,
+            at + wanted.len()
+        ),
+        None => {
+            " Check whitespace and indentation, or read the file again and copy the text exactly."
+                .to_owned()
+        }
+    };
+    ToolError::failed(format!("old_string was not found in {shown}.{hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{call, get, project, put};
+
+    fn args(path: &str, old: &str, new: &str) -> serde_json::Value {
+        json!({"path": path, "old_string": old, "new_string": new})
+    }
+
+    #[tokio::test]
+    async fn replaces_a_unique_match() {
+        let (dir, context) = project();
+        put(dir.path(), "a.rs", "fn a() {\n    1\n}\n");
+        let out = call(&Edit, &context, args("a.rs", "    1\n", "    2\n"))
+            .await
+            .unwrap();
+        assert_eq!(out.content, "Edited a.rs: replaced 1 occurrence.");
+        assert_eq!(out.changed_files, ["a.rs"]);
+        assert!(out.diff.unwrap().contains("-    1\n+    2\n"));
+        assert_eq!(get(dir.path(), "a.rs"), "fn a() {\n    2\n}\n");
+    }
+
+    #[tokio::test]
+    async fn refuses_a_non_unique_match_unless_replace_all() {
+        let (dir, context) = project();
+        put(dir.path(), "a.txt", "x = 1\nx = 1\nx = 1\n");
+        let error = call(&Edit, &context, args("a.txt", "x = 1", "x = 2"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("occurs 3 times"), "{error}");
+        assert!(error.to_string().contains("replace_all"), "{error}");
+        assert_eq!(get(dir.path(), "a.txt"), "x = 1\nx = 1\nx = 1\n");
+
+        let mut all = args("a.txt", "x = 1", "x = 2");
+        all["replace_all"] = json!(true);
+        let out = call(&Edit, &context, all).await.unwrap();
+        assert_eq!(out.content, "Edited a.txt: replaced 3 occurrences.");
+        assert_eq!(get(dir.path(), "a.txt"), "x = 2\nx = 2\nx = 2\n");
+    }
+
+    #[tokio::test]
+    async fn no_match_explains_and_points_at_near_misses() {
+        let (dir, context) = project();
+        put(dir.path(), "a.py", "def f():\n    return 1\n");
+        let error = call(&Edit, &context, args("a.py", "missing", "x"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("not found in a.py"), "{error}");
+        assert!(
+            error.to_string().contains("whitespace and indentation"),
+            "{error}"
+        );
+        let error = call(&Edit, &context, args("a.py", "def f():\n  return 1", "x"))
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("Lines 1-2 match except for whitespace"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn preserves_crlf_and_bom() {
+        let (dir, context) = project();
+        put(dir.path(), "w.txt", "\u{feff}one\r\ntwo\r\nthree\r\n");
+        call(&Edit, &context, args("w.txt", "one\ntwo\n", "1\n2\n"))
+            .await
+            .unwrap();
+        assert_eq!(get(dir.path(), "w.txt"), "\u{feff}1\r\n2\r\nthree\r\n");
+        // CRLF sent by the model matches too.
+        call(&Edit, &context, args("w.txt", "2\r\nthree", "3"))
+            .await
+            .unwrap();
+        assert_eq!(get(dir.path(), "w.txt"), "\u{feff}1\r\n3\r\n");
+    }
+
+    #[tokio::test]
+    async fn refuses_non_utf8_same_strings_and_missing_files() {
+        let (dir, context) = project();
+        put(dir.path(), "latin1.txt", b"caf\xe9\n");
+        let error = call(&Edit, &context, args("latin1.txt", "caf", "cafe"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("not UTF-8"), "{error}");
+        let error = call(&Edit, &context, args("latin1.txt", "a", "a"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("the same"), "{error}");
+        let error = call(&Edit, &context, args("none.txt", "a", "b"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("does not exist"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn empty_old_string_creates_a_missing_file() {
+        let (dir, context) = project();
+        let out = call(&Edit, &context, args("new/f.txt", "", "hello\n"))
+            .await
+            .unwrap();
+        assert_eq!(out.changed_files, ["new/f.txt"]);
+        assert_eq!(get(dir.path(), "new/f.txt"), "hello\n");
+        let error = call(&Edit, &context, args("new/f.txt", "", "again"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("old_string is empty"), "{error}");
     }
 }

@@ -24,16 +24,23 @@
 //! ```
 
 mod apply_patch;
+mod args;
 mod context;
 mod edit;
 mod error;
+mod files;
 mod glob;
 mod grep;
+mod matching;
+mod patch;
 mod paths;
 mod read;
 mod shell;
+#[cfg(test)]
+mod testing;
 mod todo;
 mod toolbox;
+mod walk;
 mod write;
 
 pub use context::{FileTracker, TodoItem, TodoStatus, ToolContext};
