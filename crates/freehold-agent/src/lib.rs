@@ -1,1 +1,3 @@
 //! The coding agent.
+
+pub mod checkpoint;
