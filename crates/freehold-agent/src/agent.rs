@@ -17,7 +17,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget;
-use crate::checkpoint::{Checkpoints, RestoreReport};
+use crate::checkpoint::{self, Checkpoints, RestoreReport};
 use crate::error::AgentError;
 use crate::frontend::{Approval, ApprovalRequest, Frontend};
 use crate::memory;
@@ -44,7 +44,8 @@ pub struct AgentOptions {
     pub temperature: Option<f32>,
     /// The user's configuration directory, for the user's `AGENTS.md`.
     pub user_config_dir: Option<PathBuf>,
-    /// Where shadow repositories for checkpoints of non-git projects go;
+    /// The data directory: checkpoints of projects that are not git
+    /// repositories go in shadow repositories under `<dir>/checkpoints`.
     /// `None` turns checkpoints off.
     pub checkpoint_dir: Option<PathBuf>,
     /// Default time limit of a shell command, in seconds.
@@ -143,11 +144,6 @@ impl Agent {
         let system = prompt::system_prompt(&memory, &root);
         let mut tool_context = ToolContext::new(&options.cwd);
         tool_context.shell_timeout_secs = options.shell_timeout_secs;
-        let checkpoints = options.checkpoint_dir.as_ref().and_then(|dir| {
-            Checkpoints::open(&options.cwd, dir)
-                .map_err(|error| tracing::info!(%error, "checkpoints are off"))
-                .ok()
-        });
         let (messages, totals) = match loaded {
             Some(loaded) => (
                 loaded.messages,
@@ -175,7 +171,7 @@ impl Agent {
             session,
             totals,
             last_prompt: None,
-            checkpoints,
+            checkpoints: None,
             repeated: HashMap::new(),
         }
     }
@@ -264,11 +260,23 @@ impl Agent {
     ///
     /// # Errors
     /// When checkpoints are off or there is none.
-    pub fn undo(&mut self) -> Result<RestoreReport, AgentError> {
-        match &self.checkpoints {
-            Some(checkpoints) => Ok(checkpoints.restore_last()?),
-            None => Err(AgentError::CheckpointsOff),
+    pub async fn undo(&mut self) -> Result<RestoreReport, AgentError> {
+        let checkpoints = self.checkpoints().await?;
+        Ok(checkpoints.restore_last().await?)
+    }
+
+    /// The checkpoint store, opened on first use (it runs git).
+    async fn checkpoints(&mut self) -> Result<&Checkpoints, AgentError> {
+        if self.checkpoints.is_none() {
+            let dir = self
+                .options
+                .checkpoint_dir
+                .as_ref()
+                .ok_or(AgentError::CheckpointsOff)?;
+            let shadow = checkpoint::default_shadow_dir(dir, &self.options.cwd);
+            self.checkpoints = Some(Checkpoints::open(&self.options.cwd, &shadow).await?);
         }
+        self.checkpoints.as_ref().ok_or(AgentError::CheckpointsOff)
     }
 
     /// Run one task: `prompt` from the user, then model calls and tool
@@ -697,7 +705,7 @@ impl Agent {
                         Ok(()) => {
                             if !*checkpointed {
                                 *checkpointed = true;
-                                self.checkpoint(label, frontend);
+                                self.checkpoint(label, frontend).await;
                             }
                             Prepared::Run {
                                 tool,
@@ -846,11 +854,19 @@ impl Agent {
         }
     }
 
-    fn checkpoint(&mut self, label: &str, frontend: &mut dyn Frontend) {
-        let Some(checkpoints) = &self.checkpoints else {
+    async fn checkpoint(&mut self, label: &str, frontend: &mut dyn Frontend) {
+        if self.options.checkpoint_dir.is_none() {
             return;
+        }
+        let session = self.session.id().to_owned();
+        let taken = match self.checkpoints().await {
+            Ok(checkpoints) => checkpoints
+                .snapshot(&session, label)
+                .await
+                .map_err(AgentError::from),
+            Err(error) => Err(error),
         };
-        match checkpoints.snapshot(self.session.id(), label) {
+        match taken {
             Ok(checkpoint) => {
                 if let Err(error) = self.session.append(&Record::Checkpoint {
                     id: checkpoint.id.clone(),

@@ -9,7 +9,8 @@
 //! A shell command is split at `&&`, `||`, `;`, `|` and newlines: an allow
 //! rule must match every part (so `git status && rm -rf ~` is not allowed
 //! by `shell(git status:*)`), a deny rule any part. Commands with `$(`, a
-//! backtick or redirections to files are never allowed by a rule alone.
+//! backtick or a redirection are only allowed by a rule for the whole tool
+//! or for exactly that command.
 
 use std::fmt;
 use std::str::FromStr;
@@ -267,11 +268,20 @@ impl Permissions {
         if kind == ToolKind::Edit && self.mode == PermissionMode::AcceptEdits {
             return Decision::Allow;
         }
+        // A command with substitution or redirection is only allowed by a
+        // rule for the whole tool or for exactly this command: its first
+        // words say nothing about what it does.
         let risky = kind == ToolKind::Execute && subject.is_some_and(has_substitution);
-        let allowed = !risky
-            && parts
+        let allowed = if risky {
+            self.allow.iter().any(|rule| {
+                matches!(rule.pattern, None | Some(Pattern::Exact(_)))
+                    && rule.matches_one(tool, subject)
+            })
+        } else {
+            parts
                 .iter()
-                .all(|part| self.allow.iter().any(|rule| rule.matches_one(tool, *part)));
+                .all(|part| self.allow.iter().any(|rule| rule.matches_one(tool, *part)))
+        };
         if allowed {
             Decision::Allow
         } else {
@@ -378,6 +388,14 @@ mod tests {
         assert_eq!(shell("git status; rm x"), Decision::Ask);
         assert_eq!(shell("git status $(rm x)"), Decision::Ask);
         assert_eq!(shell("git status > out"), Decision::Ask);
+        let exact = Permissions {
+            allow: vec![Rule::exact("shell", "echo a > b")],
+            ..Permissions::default()
+        };
+        assert_eq!(
+            exact.decide("shell", ToolKind::Execute, Some("echo a > b")),
+            Decision::Allow
+        );
         // Quoted separators do not split.
         let q = Permissions {
             allow: rules(&["shell(echo:*)"]),

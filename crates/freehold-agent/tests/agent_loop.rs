@@ -581,7 +581,7 @@ async fn undo_restores_the_tree_from_before_the_turn() {
     assert!(project.join("added/new.txt").exists());
     assert!(!project.join("gone.txt").exists());
 
-    agent.undo().unwrap();
+    agent.undo().await.unwrap();
     assert_eq!(fixture.read("src.txt"), "one\nuncommitted\n");
     assert!(!project.join("added/new.txt").exists());
     assert_eq!(fixture.read("gone.txt"), "bye\n");
