@@ -1,6 +1,8 @@
 //! The loop, end to end with real tools on a real directory and a scripted
 //! model: every behaviour here is deterministic.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
