@@ -43,4 +43,4 @@ pub use agent::{Agent, AgentOptions, Totals};
 pub use error::AgentError;
 pub use frontend::{Approval, ApprovalRequest, Collect, Frontend, headless_denial};
 pub use permissions::{PermissionMode, Permissions, Rule};
-pub use session::SessionStore;
+pub use session::{SessionStore, data_dir};

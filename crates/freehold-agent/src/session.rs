@@ -115,19 +115,9 @@ impl SessionStore {
         Self { dir: dir.into() }
     }
 
-    /// The default directory: `$FREEHOLD_DATA_DIR/sessions`, else
-    /// `$XDG_DATA_HOME/freehold/sessions`, else
-    /// `~/.local/share/freehold/sessions`.
+    /// The default directory: `sessions` in [`data_dir`].
     pub fn default_dir() -> Option<PathBuf> {
-        let var = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty());
-        let data = if let Some(dir) = var("FREEHOLD_DATA_DIR") {
-            PathBuf::from(dir)
-        } else if let Some(xdg) = var("XDG_DATA_HOME") {
-            PathBuf::from(xdg).join("freehold")
-        } else {
-            PathBuf::from(var("HOME")?).join(".local/share/freehold")
-        };
-        Some(data.join("sessions"))
+        data_dir().map(|dir| dir.join("sessions"))
     }
 
     /// Where the transcripts are.
@@ -270,6 +260,19 @@ impl SessionStore {
             dir: self.dir.clone(),
         })
     }
+}
+
+/// Where Freehold keeps sessions and checkpoints: `$FREEHOLD_DATA_DIR`,
+/// else `$XDG_DATA_HOME/freehold`, else `~/.local/share/freehold`.
+pub fn data_dir() -> Option<PathBuf> {
+    let var = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty());
+    if let Some(dir) = var("FREEHOLD_DATA_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(xdg) = var("XDG_DATA_HOME") {
+        return Some(PathBuf::from(xdg).join("freehold"));
+    }
+    Some(PathBuf::from(var("HOME")?).join(".local/share/freehold"))
 }
 
 /// Appends records to one transcript.

@@ -64,7 +64,7 @@ fn parse_effort(text: &str) -> Result<ReasoningEffort, String> {
 }
 
 pub(crate) async fn run(args: ChatArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let prompt = read_prompt(&args.prompt)?;
+    let prompt = read_prompt(&args.prompt, "freehold chat \"…\"")?;
     let setup = Setup::load(config)?;
     let named = args
         .model
@@ -159,7 +159,7 @@ fn cancelled() -> ExitCode {
 }
 
 /// The prompt from the arguments, standard input, or both.
-fn read_prompt(words: &[String]) -> anyhow::Result<String> {
+pub(crate) fn read_prompt(words: &[String], usage: &str) -> anyhow::Result<String> {
     let mut prompt = words.join(" ");
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
@@ -176,9 +176,7 @@ fn read_prompt(words: &[String]) -> anyhow::Result<String> {
         }
     }
     if prompt.trim().is_empty() {
-        bail!(
-            "no prompt: pass one as an argument (freehold chat \"…\") or pipe it on standard input"
-        );
+        bail!("no prompt: pass one as an argument ({usage}) or pipe it on standard input");
     }
     Ok(prompt)
 }

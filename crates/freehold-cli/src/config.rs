@@ -35,6 +35,36 @@ pub(crate) struct ConfigFile {
     /// `[router]`: health-check settings.
     #[serde(default)]
     pub(crate) router: RouterSettings,
+    /// `[agent]`: the coding agent's defaults.
+    #[serde(default)]
+    pub(crate) agent: AgentConfig,
+}
+
+/// The `[agent]` table: defaults for `freehold`, `freehold -p` and `run`;
+/// flags override them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentConfig {
+    /// `default`, `acceptEdits`, `plan` or `bypassPermissions`.
+    pub(crate) permission_mode: Option<String>,
+    /// Rules that allow calls without asking (`shell(git status:*)`).
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
+    /// Rules that refuse calls; they beat `allow`.
+    #[serde(default)]
+    pub(crate) deny: Vec<String>,
+    /// The most model calls for one task.
+    pub(crate) max_turns: Option<u32>,
+    /// The context budget in tokens (default: the model's window, at most
+    /// 16,384 for local models).
+    pub(crate) context_window: Option<u32>,
+    /// The most tokens one answer may have.
+    pub(crate) max_output_tokens: Option<u32>,
+    /// Sampling temperature (default 0.2 for local models, the provider's
+    /// own otherwise).
+    pub(crate) temperature: Option<f32>,
+    /// Default time limit of a shell command, in seconds.
+    pub(crate) shell_timeout_secs: Option<u64>,
 }
 
 /// The configuration with the files it came from.

@@ -1,9 +1,10 @@
-//! `freehold`: one binary for owning your AI — chat with any model, local or
-//! hosted, through one interface.
+//! `freehold`: one binary for owning your AI — a coding agent on the
+//! embedded engine or any provider, chat, models and benchmarks.
 //!
 //! This crate only parses arguments, loads configuration and renders
 //! results; what it calls lives in the library crates.
 
+mod agent;
 mod bench;
 mod bench_conversation;
 mod chat;
@@ -12,7 +13,9 @@ mod embed;
 mod local_model;
 mod models;
 mod providers;
+mod sessions;
 mod setup;
+mod undo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,12 +35,23 @@ struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 
+    #[command(flatten)]
+    agent: agent::AgentArgs,
+
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run one task with the coding agent and print the answer (the same
+    /// as `freehold -p`).
+    Run(agent::RunArgs),
+    /// List the agent's sessions (continue one with --resume ID).
+    Sessions(sessions::SessionsArgs),
+    /// Restore the files to the checkpoint taken before the agent's last
+    /// change.
+    Undo(undo::UndoArgs),
     /// Ask a model once and stream its answer.
     Chat(chat::ChatArgs),
     /// Embed texts: one JSON array (the vector) per text.
@@ -66,11 +80,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Chat(args) => chat::run(args, cli.config.as_deref()).await,
-            Command::Embed(args) => embed::run(args, cli.config.as_deref()).await,
-            Command::Providers(args) => providers::run(args, cli.config.as_deref()).await,
-            Command::Models(args) => models::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
+            None => agent::run(cli.agent, cli.config.as_deref()).await,
+            Some(Command::Run(args)) => agent::run_task(args, cli.config.as_deref()).await,
+            Some(Command::Sessions(args)) => sessions::run(args),
+            Some(Command::Undo(args)) => undo::run(args).await,
+            Some(Command::Chat(args)) => chat::run(args, cli.config.as_deref()).await,
+            Some(Command::Embed(args)) => embed::run(args, cli.config.as_deref()).await,
+            Some(Command::Providers(args)) => providers::run(args, cli.config.as_deref()).await,
+            Some(Command::Models(args)) => models::run(args).await,
+            Some(Command::Bench(args)) => bench::run(args).await,
         }
     });
     match result {
