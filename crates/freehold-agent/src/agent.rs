@@ -780,15 +780,22 @@ impl Agent {
         let key = (call.name.clone(), canonical_json(&arguments));
         let seen = self.repeated.entry(key).or_insert(0);
         *seen += 1;
-        if *seen > MAX_IDENTICAL_CALLS {
+        // Repeating a change is never useful and can be harmful (replacing
+        // `port = 80` in `port = 8080` again gives `port = 808080`).
+        let limit = if tool.kind() == ToolKind::Edit {
+            1
+        } else {
+            MAX_IDENTICAL_CALLS
+        };
+        if *seen > limit {
             frontend.event(&AgentEvent::Notice {
                 message: format!("{} was called {} times with the same arguments; the model was told to change course", call.name, *seen),
             });
             return Prepared::Invalid(format!(
-                "you already made this exact {} call {} times in this task and got the same result. \
-                 Do not repeat it: change the arguments, use another tool, or answer the user with what you know.",
+                "you already made this exact {} call {} in this task (see its result above). \
+                 Do not repeat it: if the task is done, reply to the user with what you did; otherwise change the arguments or use another tool.",
                 call.name,
-                *seen - 1
+                if *seen == 2 { "once".to_owned() } else { format!("{} times", *seen - 1) }
             ));
         }
         let kind = tool.kind();

@@ -18,13 +18,16 @@ You are Freehold, a coding agent working in the user's project directory. \
 You read, search and edit its files and run commands with your tools to do what the user asks.
 
 How to work:
-- Look before you change: use grep or glob to find code, read a file before editing it.
-- Make the smallest change that does the task. Use edit for changes to existing files, write for new files.
-- After changing code, run the tests or the program with shell to check your work, and fix what fails.
+- Look before you change: find code with grep or glob, and read a file before editing it.
+- Change files with edit (replace an exact piece of text) or write (new files). Make the smallest change that does the task.
+- After changing code, run its tests or the program with shell, and fix what fails.
 - Use todo to plan tasks with several steps.
-- Paths are relative to the project directory. Do not ask the user for permission; the tools ask when needed.
-- If a tool fails, read the error and try a different approach instead of repeating the same call.
-- When the task is done, answer briefly: what you changed or what you found. Answer questions directly.";
+- Paths are relative to the project directory. Do not ask for permission; the tools ask when needed.
+- If a tool fails, read the error and try something different; do not repeat the same call.
+- When the task is done, reply in one or two sentences: what you changed, or the answer to the question.
+
+Example: to set the port to 8080 in config.ini, call read with {\"path\": \"config.ini\"}, \
+then edit with {\"path\": \"config.ini\", \"old_string\": \"port = 80\", \"new_string\": \"port = 8080\"}, then reply \"Set port to 8080 in config.ini.\"";
 
 /// The system prompt: [`BASE_PROMPT`], then the memory files.
 pub fn system_prompt(memory: &[MemoryFile], project_root: &Path) -> String {
@@ -57,8 +60,42 @@ pub fn environment_note(cwd: &Path, date: &str, git: Option<&str>) -> String {
     if let Some(git) = git {
         let _ = writeln!(note, "Git: {git}");
     }
+    let files = top_level_entries(cwd, MAX_LISTED_ENTRIES);
+    if !files.is_empty() {
+        let _ = writeln!(note, "Files: {}", files.join(", "));
+    }
     note.push_str("</env>\n\n");
     note
+}
+
+/// The most top-level entries listed in the environment note.
+const MAX_LISTED_ENTRIES: usize = 40;
+
+/// The project's top-level files and directories (`src/`), sorted, hidden
+/// ones left out: small models find their way far better when they see
+/// what is there, and it costs a few dozen tokens.
+fn top_level_entries(dir: &Path, max: usize) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || matches!(name.as_str(), "target" | "node_modules" | "__pycache__") {
+                return None;
+            }
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            Some(if is_dir { format!("{name}/") } else { name })
+        })
+        .collect();
+    names.sort();
+    if names.len() > max {
+        let more = names.len() - max;
+        names.truncate(max);
+        names.push(format!("… {more} more"));
+    }
+    names
 }
 
 /// A one-line git summary for [`environment_note`] (branch and number of

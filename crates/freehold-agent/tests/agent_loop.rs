@@ -591,3 +591,25 @@ async fn undo_restores_the_tree_from_before_the_turn() {
     assert_eq!(git(project, &["rev-parse", "HEAD"]), head);
     assert_eq!(git(project, &["diff", "--cached", "--name-only"]), "");
 }
+
+#[tokio::test]
+async fn a_repeated_edit_is_stopped_at_once() {
+    let edit = || {
+        ScriptedAnswer::call(
+            "edit",
+            json!({"path": "config.ini", "old_string": "port = 80", "new_string": "port = 8080"}),
+        )
+    };
+    let fixture = Fixture::new(vec![edit(), edit(), ScriptedAnswer::text("done")]);
+    fixture.write("config.ini", "port = 80\n");
+    let mut agent = fixture.agent(PermissionMode::AcceptEdits);
+    let mut frontend = Collect::default();
+    agent
+        .run("set the port", &mut frontend, CancellationToken::new())
+        .await;
+    // Run twice, the edit would have given `port = 808080`.
+    assert_eq!(fixture.read("config.ini"), "port = 8080\n");
+    let results = tool_results(&frontend.events);
+    assert!(!results[0].2 && results[1].2, "{results:?}");
+    assert!(results[1].1.contains("reply to the user"), "{results:?}");
+}

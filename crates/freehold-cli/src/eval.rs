@@ -14,7 +14,6 @@ use freehold_eval::{
     Filter, Progress, RunSettings, SuiteReport, TaskReport, load_suite, run_suite,
 };
 use freehold_llm::cost::CostDisplay;
-use freehold_llm::router::Router;
 use freehold_protocol::AgentStop;
 
 use crate::local_model;
@@ -106,7 +105,10 @@ async fn evaluate(args: EvalArgs, config: Option<&Path>) -> anyhow::Result<u8> {
     let router = Arc::new(setup.router);
 
     let mut settings = RunSettings::new(model.clone());
-    settings.context_window = context_window(&router, &model);
+    let tuning = crate::agent::tuning(&router, &model, &setup.config.agent).await;
+    settings.context_window = tuning.context_window;
+    settings.max_output_tokens = Some(tuning.max_output_tokens);
+    settings.temperature = tuning.temperature;
     settings.max_turns = args.max_turns;
     settings.timeout = Duration::from_secs(args.timeout);
     settings.keep = args.keep;
@@ -226,26 +228,3 @@ fn print_totals(report: &SuiteReport) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
-/// The model's context window: 16,384 for the embedded engine, else the
-/// catalog's, else 8,192.
-// TODO: replace with the shared resolver once it exists.
-fn context_window(router: &Router, model: &str) -> u32 {
-    const LOCAL_WINDOW: u32 = 16_384;
-    const FALLBACK_WINDOW: u32 = 8_192;
-    if model.starts_with("local:") {
-        return LOCAL_WINDOW;
-    }
-    // An alias stands for its first target.
-    let target = router
-        .resolve(model)
-        .ok()
-        .and_then(|targets| targets.into_iter().next());
-    target
-        .and_then(|target| {
-            router
-                .catalog()
-                .lookup(&target.provider, &target.model)
-                .and_then(|entry| entry.context_window)
-        })
-        .unwrap_or(FALLBACK_WINDOW)
-}

@@ -10,6 +10,7 @@ mod bench_conversation;
 mod chat;
 mod config;
 mod embed;
+mod eval;
 mod local_model;
 mod models;
 mod providers;
@@ -49,6 +50,9 @@ enum Command {
     Run(agent::RunArgs),
     /// List the agent's sessions (continue one with --resume ID).
     Sessions(sessions::SessionsArgs),
+    /// Run a suite of agent tasks (eval/tasks) and report pass rate,
+    /// turns, tokens, time and cost.
+    Eval(eval::EvalArgs),
     /// Restore the files to the checkpoint taken before the agent's last
     /// change.
     Undo(undo::UndoArgs),
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             Some(Command::Run(args)) => agent::run_task(args, cli.config.as_deref()).await,
             Some(Command::Sessions(args)) => sessions::run(args),
             Some(Command::Undo(args)) => undo::run(args).await,
+            Some(Command::Eval(args)) => eval::run(args, cli.config.as_deref()).await,
             Some(Command::Chat(args)) => chat::run(args, cli.config.as_deref()).await,
             Some(Command::Embed(args)) => embed::run(args, cli.config.as_deref()).await,
             Some(Command::Providers(args)) => providers::run(args, cli.config.as_deref()).await,

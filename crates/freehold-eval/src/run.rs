@@ -38,6 +38,10 @@ pub struct RunSettings {
     pub model: String,
     /// The model's context window in tokens.
     pub context_window: u32,
+    /// The most tokens one answer may have (`None`: the agent's default).
+    pub max_output_tokens: Option<u32>,
+    /// Sampling temperature (`None`: the provider's default).
+    pub temperature: Option<f32>,
     /// The agent's turn limit for tasks whose `task.toml` sets none.
     pub max_turns: u32,
     /// The agent's time limit per task; past it the agent is cancelled.
@@ -66,6 +70,8 @@ impl RunSettings {
         Self {
             model: model.into(),
             context_window: 8192,
+            max_output_tokens: None,
+            temperature: None,
             max_turns: DEFAULT_MAX_TURNS,
             timeout: DEFAULT_TIMEOUT,
             check_timeout: DEFAULT_CHECK_TIMEOUT,
@@ -281,6 +287,10 @@ async fn run_agent(
     options.permissions.mode = PermissionMode::BypassPermissions;
     options.max_turns = task.max_turns.unwrap_or(settings.max_turns);
     options.context_window = settings.context_window;
+    if let Some(max) = settings.max_output_tokens {
+        options.max_output_tokens = max;
+    }
+    options.temperature = settings.temperature;
     // The user's own AGENTS.md must not change the results.
     options.user_config_dir = None;
     options.checkpoint_dir = None;

@@ -188,15 +188,12 @@ async fn options(
     cwd: &Path,
     interactive: bool,
 ) -> anyhow::Result<AgentOptions> {
-    let window = context_window(router, &model, config.context_window).await;
-    let local = model.starts_with("local:");
+    let tuning = tuning(router, &model, config).await;
     let mut options = AgentOptions::new(model, cwd);
-    options.context_window = window;
-    options.max_output_tokens = config
-        .max_output_tokens
-        .unwrap_or((window / 4).clamp(512, 4096));
+    options.context_window = tuning.context_window;
+    options.max_output_tokens = tuning.max_output_tokens;
+    options.temperature = tuning.temperature;
     options.max_turns = args.max_turns.or(config.max_turns).unwrap_or(40);
-    options.temperature = config.temperature.or(local.then_some(0.2));
     if let Some(secs) = config.shell_timeout_secs {
         options.shell_timeout_secs = secs;
     }
@@ -259,6 +256,30 @@ fn split_rules(text: &str) -> Vec<String> {
         rules.push(current);
     }
     rules
+}
+
+/// Budget and sampling for a model.
+pub(crate) struct Tuning {
+    pub(crate) context_window: u32,
+    pub(crate) max_output_tokens: u32,
+    pub(crate) temperature: Option<f32>,
+}
+
+/// The budget and sampling for `model`: the configuration's, else a
+/// quarter of the window for answers (512–4,096 tokens), and temperature
+/// 0.2 for local models (small models call tools more reliably when they
+/// sample close to greedy).
+pub(crate) async fn tuning(router: &Router, model: &str, config: &AgentConfig) -> Tuning {
+    let context_window = context_window(router, model, config.context_window).await;
+    Tuning {
+        context_window,
+        max_output_tokens: config
+            .max_output_tokens
+            .unwrap_or((context_window / 4).clamp(512, 4096)),
+        temperature: config
+            .temperature
+            .or(model.starts_with("local:").then_some(0.2)),
+    }
 }
 
 /// The context window to budget for: the configured one, else the model's

@@ -58,6 +58,7 @@ pub(super) fn prepare(
     let template = chat_template(model);
     let plan = tools::plan(&template, request)?;
     let prompt = render_prompt(model, &template, &plan)?;
+    tracing::trace!(prompt = %prompt, "rendered prompt");
     let vocab = model.vocab();
     let bos = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
     let mut tokens = Vec::new();
@@ -251,7 +252,12 @@ fn generate(p: &Prepared, slot: &mut Slot, tx: &Sender, started: Instant) -> Res
             first_token = Some(Instant::now());
             first_token_us = elapsed_us(started);
         }
-        if vocab.is_eog(token) {
+        // A control token that does not end the turn (Qwen's
+        // `<|im_start|>`) means the model is starting another turn of the
+        // chat on its own: the answer is over, and the token must not leak
+        // into it as text. (Tool-call tags such as `<tool_call>` are not
+        // control tokens.)
+        if vocab.is_eog(token) || vocab.is_control(token) {
             break StopReason::EndTurn;
         }
         sampler.accept(token)?;
@@ -590,14 +596,21 @@ impl<'a> TextBuffer<'a> {
             if !start_only {
                 hold = hold.max(held_prefix(&self.pending, marker));
             } else if !self.started {
-                // Hold leading whitespace until the first character says
-                // whether this is a call.
-                if self.pending.trim_start().is_empty() {
+                // Hold leading whitespace (and the start of a multi-byte
+                // marker such as a code fence) until the text says whether
+                // this is a call.
+                let trimmed = self.pending.trim_start();
+                if trimmed.is_empty() || (trimmed.len() < marker.len() && marker.starts_with(trimmed))
+                {
                     hold = self.pending.len();
                 }
             }
         }
-        if !self.pending.trim_start().is_empty() {
+        let trimmed = self.pending.trim_start();
+        let maybe_marker = self.markers.iter().any(|&(marker, start_only)| {
+            start_only && trimmed.len() < marker.len() && marker.starts_with(trimmed)
+        });
+        if !trimmed.is_empty() && !maybe_marker {
             self.started = true;
         }
         let cut = self.pending.len() - hold;
@@ -701,6 +714,42 @@ mod tests {
         );
         let mut buf = TextBuffer::new(&stop, &[("{", true)]);
         assert_eq!(buf.push(b"Use {x}"), Pushed::Text("Use {x}".into()));
+    }
+
+    #[test]
+    fn a_fenced_call_opening_the_answer_is_a_call_and_other_fences_stay_text() {
+        let stop: Vec<String> = Vec::new();
+        let markers: &[(&str, bool)] = &[("{", true), ("```", true)];
+        let mut buf = TextBuffer::new(&stop, markers);
+        assert_eq!(buf.push(b"``"), Pushed::Text(String::new()));
+        assert_eq!(
+            buf.push(b"`json\n{"),
+            Pushed::Marker(String::new(), "```json\n{".into())
+        );
+        // A back-tick in prose is no fence.
+        let mut buf = TextBuffer::new(&stop, markers);
+        assert_eq!(buf.push(b"`x` is"), Pushed::Text("`x` is".into()));
+
+        let constraint = Constraint::Tools {
+            format: CallFormat::Hermes,
+            grammar: String::new(),
+            trigger_patterns: Vec::new(),
+            lazy: true,
+            tools: vec![freehold_protocol::ToolSpec {
+                name: "read".into(),
+                description: String::new(),
+                parameters: serde_json::json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+            }],
+        };
+        let mut output = Output::new(&stop, &constraint);
+        output.push(b"```json\n{\"name\": \"read\", \"arguments\": {\"path\": \"a\"}}");
+        let (text, calls) = output.finish(false);
+        assert_eq!(text, "");
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].name, "read");
+        let mut output = Output::new(&stop, &constraint);
+        output.push(b"```python\nprint(1)\n```");
+        assert_eq!(output.finish(false), ("```python\nprint(1)\n```".to_string(), Vec::new()));
     }
 
     #[test]

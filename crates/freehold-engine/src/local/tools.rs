@@ -61,12 +61,16 @@ impl CallFormat {
     /// The texts that start a call, each with whether it counts only at the
     /// start of the answer (after whitespace): a `{` later in prose is not a
     /// call. Small Qwen models often print a Hermes call without its tags,
-    /// so a bare JSON object opening the answer is a call in that format too.
+    /// so a bare JSON object opening the answer is a call in that format too,
+    /// and so is one in a Markdown code fence (an answer opening with a
+    /// fence that holds no call is given back as text at the end).
     pub(crate) fn markers(self) -> &'static [(&'static str, bool)] {
         match self {
-            CallFormat::Hermes | CallFormat::Generic => &[("<tool_call>", false), ("{", true)],
+            CallFormat::Hermes | CallFormat::Generic => {
+                &[("<tool_call>", false), ("{", true), ("```", true)]
+            }
             CallFormat::Mistral => &[("[TOOL_CALLS]", false)],
-            CallFormat::Llama3 => &[("{", true)],
+            CallFormat::Llama3 => &[("{", true), ("```", true)],
         }
     }
 
@@ -77,12 +81,19 @@ impl CallFormat {
         // `"name"` must follow, so that an answer that merely is JSON is not
         // forced into a call.
         let bare_json_at_start = r#"^\s*(\{\s*"name"\s*:)[\s\S]*$"#.to_owned();
+        // Qwen2.5-Coder-0.5B often wraps its call in ```json … ```: the
+        // grammar then applies from the object on, so the tool's name and
+        // arguments are still constrained.
+        let fenced_json_at_start =
+            r#"^\s*```(?:json)?\s*(\{\s*"name"\s*:)[\s\S]*$"#.to_owned();
         match self {
-            CallFormat::Hermes | CallFormat::Generic => {
-                vec!["<tool_call>".to_owned(), bare_json_at_start]
-            }
+            CallFormat::Hermes | CallFormat::Generic => vec![
+                "<tool_call>".to_owned(),
+                bare_json_at_start,
+                fenced_json_at_start,
+            ],
             CallFormat::Mistral => vec![r"\[TOOL_CALLS\]".to_owned()],
-            CallFormat::Llama3 => vec![bare_json_at_start],
+            CallFormat::Llama3 => vec![bare_json_at_start, fenced_json_at_start],
         }
     }
 
