@@ -795,7 +795,11 @@ impl Agent {
                 "you already made this exact {} call {} in this task (see its result above). \
                  Do not repeat it: if the task is done, reply to the user with what you did; otherwise change the arguments or use another tool.",
                 call.name,
-                if *seen == 2 { "once".to_owned() } else { format!("{} times", *seen - 1) }
+                if *seen == 2 {
+                    "once".to_owned()
+                } else {
+                    format!("{} times", *seen - 1)
+                }
             ));
         }
         let kind = tool.kind();

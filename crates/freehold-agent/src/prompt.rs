@@ -82,7 +82,9 @@ fn top_level_entries(dir: &Path, max: usize) -> Vec<String> {
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || matches!(name.as_str(), "target" | "node_modules" | "__pycache__") {
+            if name.starts_with('.')
+                || matches!(name.as_str(), "target" | "node_modules" | "__pycache__")
+            {
                 return None;
             }
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());

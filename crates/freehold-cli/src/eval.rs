@@ -227,4 +227,3 @@ fn print_totals(report: &SuiteReport) {
     }
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
-

@@ -19,8 +19,9 @@ pub(crate) struct SessionsArgs {
 }
 
 pub(crate) fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
-    let dir = SessionStore::default_dir()
-        .context("cannot tell where sessions are kept: set FREEHOLD_DATA_DIR, XDG_DATA_HOME or HOME")?;
+    let dir = SessionStore::default_dir().context(
+        "cannot tell where sessions are kept: set FREEHOLD_DATA_DIR, XDG_DATA_HOME or HOME",
+    )?;
     let store = SessionStore::new(&dir);
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let cwd = cwd.canonicalize().unwrap_or(cwd);

@@ -17,8 +17,9 @@ pub(crate) struct UndoArgs {
 
 pub(crate) async fn run(args: UndoArgs) -> anyhow::Result<ExitCode> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let data = freehold_agent::data_dir()
-        .context("cannot tell where checkpoints are kept: set FREEHOLD_DATA_DIR, XDG_DATA_HOME or HOME")?;
+    let data = freehold_agent::data_dir().context(
+        "cannot tell where checkpoints are kept: set FREEHOLD_DATA_DIR, XDG_DATA_HOME or HOME",
+    )?;
     let shadow = checkpoint::default_shadow_dir(&data, &cwd);
     let checkpoints = Checkpoints::open(&cwd, &shadow).await?;
     if args.list {

@@ -124,6 +124,22 @@ fn read(context: &ToolContext, args: &Args) -> Result<ToolOutput, ToolError> {
         .unwrap_or(DEFAULT_LIMIT);
     let window = Window::collect(std::io::Cursor::new(probe).chain(file), first, limit, huge)
         .map_err(io_error(format!("reading {shown}")))?;
+    // Small models fill optional arguments with any number: an offset past
+    // the end of a short file shows the file from the start (with a note)
+    // rather than an error that teaches them nothing.
+    if window.last == 0 && first > 1 && !huge {
+        if let Some(total) = window.total {
+            let again = File::open(&path).map_err(io_error(format!("reading {shown}")))?;
+            let whole = Window::collect(BufReader::new(again), 1, limit, false)
+                .map_err(io_error(format!("reading {shown}")))?;
+            let mut output = whole.render(&shown, 1)?;
+            output.content = format!(
+                "(offset {first} is past the end of {shown}, which has {total} lines; showing it from line 1)\n{}",
+                output.content
+            );
+            return Ok(output);
+        }
+    }
     window.render(&shown, first)
 }
 
@@ -250,12 +266,15 @@ mod tests {
             out.content,
             "     4\tline 4\n     5\tline 5\n(showing lines 4-5 of 10; use offset to read more)\n"
         );
-        let error = call(&Read, &context, json!({"path": "a.txt", "offset": 11}))
+        let out = call(&Read, &context, json!({"path": "a.txt", "offset": 11}))
             .await
-            .unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "a.txt has 10 lines; offset 11 is past the end"
+            .unwrap();
+        assert!(
+            out.content.starts_with(
+                "(offset 11 is past the end of a.txt, which has 10 lines; showing it from line 1)\n     1\tline 1\n"
+            ),
+            "{}",
+            out.content
         );
     }
 

@@ -102,8 +102,13 @@ impl Frontend for Printer {
                 is_error,
                 diff,
                 ..
-            } => eprint!("{}", painter.tool_result(content, *is_error, diff.as_deref())),
-            AgentEvent::Notice { message } => eprintln!("{}", painter.dim(&format!("note: {message}"))),
+            } => eprint!(
+                "{}",
+                painter.tool_result(content, *is_error, diff.as_deref())
+            ),
+            AgentEvent::Notice { message } => {
+                eprintln!("{}", painter.dim(&format!("note: {message}")))
+            }
             AgentEvent::Compacted {
                 tokens_before,
                 tokens_after,

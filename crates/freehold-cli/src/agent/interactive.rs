@@ -39,7 +39,10 @@ pub(crate) async fn run(mut session: Session) -> anyhow::Result<ExitCode> {
         "{} {} {}",
         painter.bold("freehold"),
         painter.dim(&format!("· {} ·", agent.model())),
-        painter.dim(&format!("session {} · /help for commands", agent.session_id()))
+        painter.dim(&format!(
+            "session {} · /help for commands",
+            agent.session_id()
+        ))
     );
     if session.resumed {
         println!(
@@ -120,7 +123,10 @@ async fn command_outcome(
             Ok(model) => {
                 let window = session.window_for(&model).await;
                 session.agent.set_model(model.clone(), Some(window));
-                println!("{}", painter.dim(&format!("now using {model} ({window}-token budget)")));
+                println!(
+                    "{}",
+                    painter.dim(&format!("now using {model} ({window}-token budget)"))
+                );
             }
             Err(error) => println!("{}", painter.red(&format!("error: {error:#}"))),
         },
@@ -149,7 +155,10 @@ async fn command_outcome(
         "undo" => match agent.undo().await {
             Ok(report) => {
                 if report.restored.is_empty() && report.deleted.is_empty() {
-                    println!("{}", painter.dim("nothing changed since the last checkpoint"));
+                    println!(
+                        "{}",
+                        painter.dim("nothing changed since the last checkpoint")
+                    );
                 }
                 for path in &report.restored {
                     println!("  {} {path}", painter.green("restored"));
@@ -317,7 +326,9 @@ impl Frontend for Terminal<'_> {
             self.painter.bold("Allow"),
             self.painter.cyan(&request.tool),
             what,
-            self.painter.dim(&format!("[y]es / [n]o / [a]lways ({always}) / or say what to do instead: "))
+            self.painter.dim(&format!(
+                "[y]es / [n]o / [a]lways ({always}) / or say what to do instead: "
+            ))
         ));
         let answer = tokio::select! {
             line = self.input.line() => line,

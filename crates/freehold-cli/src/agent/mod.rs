@@ -135,7 +135,11 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    async fn open(args: &AgentArgs, config: Option<&Path>, interactive: bool) -> anyhow::Result<Self> {
+    async fn open(
+        args: &AgentArgs,
+        config: Option<&Path>,
+        interactive: bool,
+    ) -> anyhow::Result<Self> {
         let setup = Setup::load(config)?;
         let agent_config = setup.config.agent.clone();
         let named = args
@@ -147,11 +151,9 @@ impl Session {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
         let cwd = cwd.canonicalize().unwrap_or(cwd);
         let options = options(args, &agent_config, &router, model, &cwd, interactive).await?;
-        let store = SessionStore::new(
-            SessionStore::default_dir().context(
-                "cannot tell where to keep sessions: set FREEHOLD_DATA_DIR, XDG_DATA_HOME or HOME",
-            )?,
-        );
+        let store = SessionStore::new(SessionStore::default_dir().context(
+            "cannot tell where to keep sessions: set FREEHOLD_DATA_DIR, XDG_DATA_HOME or HOME",
+        )?);
         let (agent, resumed) = if let Some(id) = &args.resume {
             (Agent::resume(router.clone(), options, &store, id)?, true)
         } else if args.continue_last {
@@ -161,7 +163,10 @@ impl Session {
                     cwd.display()
                 );
             };
-            (Agent::resume(router.clone(), options, &store, &latest.meta.id)?, true)
+            (
+                Agent::resume(router.clone(), options, &store, &latest.meta.id)?,
+                true,
+            )
         } else {
             (Agent::start(router.clone(), options, &store)?, false)
         };
@@ -209,19 +214,16 @@ async fn options(
 fn permissions(args: &AgentArgs, config: &AgentConfig) -> anyhow::Result<Permissions> {
     let mode = match (args.permission_mode, &config.permission_mode) {
         (Some(mode), _) => mode,
-        (None, Some(text)) => text
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("[agent] permission_mode in the configuration: {e}"))?,
+        (None, Some(text)) => text.parse().map_err(|e: String| {
+            anyhow::anyhow!("[agent] permission_mode in the configuration: {e}")
+        })?,
         (None, None) => PermissionMode::Default,
     };
     let parse = |texts: &[String], origin: &str| -> anyhow::Result<Vec<Rule>> {
         texts
             .iter()
             .flat_map(|text| split_rules(text))
-            .map(|rule| {
-                rule.parse::<Rule>()
-                    .with_context(|| format!("in {origin}"))
-            })
+            .map(|rule| rule.parse::<Rule>().with_context(|| format!("in {origin}")))
             .collect()
     };
     let mut allow = parse(&config.allow, "[agent] allow")?;
@@ -331,6 +333,9 @@ mod tests {
             split_rules("shell(git status:*),edit read"),
             ["shell(git status:*)", "edit", "read"]
         );
-        assert_eq!(split_rules("shell(cargo test --all)"), ["shell(cargo test --all)"]);
+        assert_eq!(
+            split_rules("shell(cargo test --all)"),
+            ["shell(cargo test --all)"]
+        );
     }
 }

@@ -70,11 +70,19 @@ impl Painter {
     pub(crate) fn tool_result(self, content: &str, is_error: bool, diff: Option<&str>) -> String {
         let mut out = String::new();
         let lines: Vec<&str> = content.lines().collect();
-        let shown = if diff.is_some() && !is_error { 1 } else { RESULT_LINES };
+        let shown = if diff.is_some() && !is_error {
+            1
+        } else {
+            RESULT_LINES
+        };
         for (index, line) in lines.iter().take(shown).enumerate() {
             let prefix = if index == 0 { "  ⎿ " } else { "    " };
             let line = shorten(line, 160);
-            let line = if is_error { self.red(&line) } else { self.dim(&line) };
+            let line = if is_error {
+                self.red(&line)
+            } else {
+                self.dim(&line)
+            };
             out.push_str(&format!("{prefix}{line}\n"));
         }
         if lines.len() > shown {
@@ -134,7 +142,12 @@ impl Painter {
 
 /// What a call acts on, in a few words.
 pub(crate) fn describe_call(name: &str, arguments: &serde_json::Value) -> String {
-    let field = |key: &str| arguments.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let field = |key: &str| {
+        arguments
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
     let text = match name {
         "shell" => field("command"),
         "grep" => field("pattern").map(|p| match field("path") {
@@ -182,14 +195,23 @@ mod tests {
 
     #[test]
     fn calls_are_described_by_what_they_touch() {
-        assert_eq!(describe_call("shell", &json!({"command": "cargo test"})), "cargo test");
-        assert_eq!(describe_call("read", &json!({"path": "src/a.rs"})), "src/a.rs");
+        assert_eq!(
+            describe_call("shell", &json!({"command": "cargo test"})),
+            "cargo test"
+        );
+        assert_eq!(
+            describe_call("read", &json!({"path": "src/a.rs"})),
+            "src/a.rs"
+        );
         assert_eq!(
             describe_call("grep", &json!({"pattern": "fn main", "path": "src"})),
             "fn main  in src"
         );
         let patch = "*** Begin Patch\n*** Update File: a.rs\n*** Add File: b.rs\n*** End Patch";
-        assert_eq!(describe_call("apply_patch", &json!({"patch": patch})), "a.rs, b.rs");
+        assert_eq!(
+            describe_call("apply_patch", &json!({"patch": patch})),
+            "a.rs, b.rs"
+        );
     }
 
     #[test]
@@ -198,7 +220,8 @@ mod tests {
         let text = painter.tool_result("1\n2\n3\n4\n5\n6", false, None);
         assert!(text.starts_with("  ⎿ 1\n"));
         assert!(text.contains("… 2 more lines"));
-        let text = painter.tool_result("Edited a.rs", false, Some("--- a/a.rs\n+++ b/a.rs\n-x\n+y"));
+        let text =
+            painter.tool_result("Edited a.rs", false, Some("--- a/a.rs\n+++ b/a.rs\n-x\n+y"));
         assert!(text.contains("    +y\n"));
     }
 }

@@ -600,7 +600,8 @@ impl<'a> TextBuffer<'a> {
                 // marker such as a code fence) until the text says whether
                 // this is a call.
                 let trimmed = self.pending.trim_start();
-                if trimmed.is_empty() || (trimmed.len() < marker.len() && marker.starts_with(trimmed))
+                if trimmed.is_empty()
+                    || (trimmed.len() < marker.len() && marker.starts_with(trimmed))
                 {
                     hold = self.pending.len();
                 }
@@ -749,7 +750,10 @@ mod tests {
         assert_eq!(calls[0].name, "read");
         let mut output = Output::new(&stop, &constraint);
         output.push(b"```python\nprint(1)\n```");
-        assert_eq!(output.finish(false), ("```python\nprint(1)\n```".to_string(), Vec::new()));
+        assert_eq!(
+            output.finish(false),
+            ("```python\nprint(1)\n```".to_string(), Vec::new())
+        );
     }
 
     #[test]

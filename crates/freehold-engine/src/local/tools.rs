@@ -84,8 +84,7 @@ impl CallFormat {
         // Qwen2.5-Coder-0.5B often wraps its call in ```json … ```: the
         // grammar then applies from the object on, so the tool's name and
         // arguments are still constrained.
-        let fenced_json_at_start =
-            r#"^\s*```(?:json)?\s*(\{\s*"name"\s*:)[\s\S]*$"#.to_owned();
+        let fenced_json_at_start = r#"^\s*```(?:json)?\s*(\{\s*"name"\s*:)[\s\S]*$"#.to_owned();
         match self {
             CallFormat::Hermes | CallFormat::Generic => vec![
                 "<tool_call>".to_owned(),
