@@ -5,7 +5,9 @@
 //! results; what it calls lives in the library crates.
 
 mod bench;
+mod bench_agent;
 mod bench_conversation;
+mod bench_grep;
 mod chat;
 mod config;
 mod embed;
