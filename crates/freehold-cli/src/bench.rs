@@ -34,6 +34,15 @@ enum BenchTarget {
     /// engine's prefix cache and without it, measured turn by turn in the
     /// same run.
     Conversation(crate::bench_conversation::ConversationArgs),
+    /// The coding agent's own overhead per model turn, with a scripted
+    /// model and the real tools in a temporary project: wall time minus
+    /// the time inside tools and provider, against the provider called
+    /// directly in the same run.
+    Agent(crate::bench_agent::AgentBenchArgs),
+    /// Run the agent's grep tool once over a directory and print the
+    /// number of matching lines (bench/grep-vs-ripgrep times it against
+    /// ripgrep).
+    Grep(crate::bench_grep::GrepBenchArgs),
 }
 
 /// Arguments of `freehold bench engine`.
@@ -68,6 +77,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.target {
         BenchTarget::Engine(args) => engine(args).await,
         BenchTarget::Conversation(args) => crate::bench_conversation::conversation(args).await,
+        BenchTarget::Agent(args) => crate::bench_agent::agent(args).await,
+        BenchTarget::Grep(args) => crate::bench_grep::grep(args).await,
     }
 }
 

@@ -6,7 +6,9 @@
 
 mod agent;
 mod bench;
+mod bench_agent;
 mod bench_conversation;
+mod bench_grep;
 mod chat;
 mod config;
 mod embed;
