@@ -100,6 +100,9 @@ pub struct Totals {
     pub model_calls: u32,
 }
 
+/// Appended to the result of every successful change.
+const AFTER_CHANGE: &str = "\nIf this completes the task, check it if you can, then reply to the user in one or two sentences.";
+
 /// How many times the same call (tool and arguments) may run in one task
 /// before the model is told to change course.
 const MAX_IDENTICAL_CALLS: u32 = 2;
@@ -909,9 +912,16 @@ impl Agent {
                 self.add_result(call, Err(reason), None, frontend);
             }
             (Prepared::Invalid(reason), _) => self.add_result(call, Err(reason), None, frontend),
-            (Prepared::Run { .. }, Some(Ok(output))) => {
+            (Prepared::Run { kind, .. }, Some(Ok(output))) => {
                 let diff = output.diff.clone();
-                self.add_result(call, Ok(output.content), diff, frontend);
+                let mut content = output.content;
+                if kind == ToolKind::Edit {
+                    // Small models often go on editing after the work is
+                    // done; a reminder in the result they just read is
+                    // what they follow best.
+                    content.push_str(AFTER_CHANGE);
+                }
+                self.add_result(call, Ok(content), diff, frontend);
             }
             (Prepared::Run { .. }, Some(Err(error))) => {
                 self.add_result(call, Err(error.to_string()), None, frontend);

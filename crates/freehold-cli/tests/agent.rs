@@ -48,6 +48,10 @@ impl Sandbox {
     }
 
     async fn freehold(&self, args: &[&str], config: &str) -> Run {
+        self.freehold_with_input(args, config, None).await
+    }
+
+    async fn freehold_with_input(&self, args: &[&str], config: &str, input: Option<&str>) -> Run {
         let config_path = self.base.join("config.toml");
         std::fs::write(&config_path, config).unwrap();
         let home = self.base.join("home");
@@ -61,11 +65,22 @@ impl Sandbox {
             .env("FREEHOLD_CONFIG", &config_path)
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut child = child;
+        if let Some(input) = input {
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(input.as_bytes()).await.unwrap();
+            drop(stdin);
+        }
         let output = tokio::time::timeout(
             std::time::Duration::from_secs(600),
             child.wait_with_output(),
@@ -377,6 +392,41 @@ async fn undo_restores_the_files_the_agent_changed() {
     assert!(undo.stdout.contains("deleted  new.txt"), "{}", undo.stdout);
     let again = sandbox.freehold(&["undo"], &config).await;
     assert_ne!(again.code, 0);
+}
+
+#[tokio::test]
+async fn interactive_session_asks_before_commands_and_takes_slash_commands() {
+    let server = MockServer::start(vec![
+        call_answer("shell", json!({"command": "echo ran > ran.txt"})),
+        text_answer("Ran it."),
+        call_answer("shell", json!({"command": "touch refused.txt"})),
+        text_answer("Understood, I did not."),
+    ])
+    .await;
+    let sandbox = Sandbox::new();
+    let input =
+        "run the command\ny\n/cost\nnow the other\nno, leave it\n/mode plan\n/mode\n/nope\n/exit\n";
+    let run = sandbox
+        .freehold_with_input(&["-m", "box:mock-model"], &config_for(&server), Some(input))
+        .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    assert!(out.contains("/help for commands"), "{out}");
+    assert!(out.contains("● shell echo ran > ran.txt"), "{out}");
+    assert!(out.contains("Allow shell echo ran > ran.txt?"), "{out}");
+    assert!(out.contains("Ran it."), "{out}");
+    assert_eq!(sandbox.read("ran.txt"), "ran\n");
+    // /cost: two model calls of 100 + 10 tokens each so far.
+    assert!(out.contains("2 model calls · 200 input tokens"), "{out}");
+    // Declined with words: the model is told what the user said.
+    assert!(!sandbox.project().join("refused.txt").exists());
+    let told = tool_messages(&server, 3);
+    assert!(
+        told[1].contains("the user declined this call and said: no, leave it"),
+        "{told:?}"
+    );
+    assert!(out.contains("permission mode: plan"), "{out}");
+    assert!(out.contains("unknown command /nope"), "{out}");
 }
 
 #[tokio::test]

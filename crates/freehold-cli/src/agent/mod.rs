@@ -65,6 +65,10 @@ pub(crate) struct AgentArgs {
     /// Continue the session with this id (see `freehold sessions`).
     #[arg(short = 'r', long, value_name = "ID")]
     pub(crate) resume: Option<String>,
+
+    /// Work in this directory instead of the current one.
+    #[arg(short = 'C', long = "directory", value_name = "DIR")]
+    pub(crate) directory: Option<std::path::PathBuf>,
 }
 
 /// `freehold run`: the same as `freehold -p`.
@@ -148,8 +152,18 @@ impl Session {
             .or(setup.config.default_model.as_deref());
         let model = local_model::model_name(named, Purpose::Chat).await?;
         let router = Arc::new(setup.router);
-        let cwd = std::env::current_dir().context("cannot read the current directory")?;
-        let cwd = cwd.canonicalize().unwrap_or(cwd);
+        let cwd = match &args.directory {
+            Some(dir) => dir
+                .canonicalize()
+                .with_context(|| format!("cannot work in {} (given with -C)", dir.display()))?,
+            None => {
+                let cwd = std::env::current_dir().context("cannot read the current directory")?;
+                cwd.canonicalize().unwrap_or(cwd)
+            }
+        };
+        if !cwd.is_dir() {
+            bail!("{} is not a directory (given with -C)", cwd.display());
+        }
         let options = options(args, &agent_config, &router, model, &cwd, interactive).await?;
         let store = SessionStore::new(SessionStore::default_dir().context(
             "cannot tell where to keep sessions: set FREEHOLD_DATA_DIR, XDG_DATA_HOME or HOME",
@@ -268,7 +282,8 @@ pub(crate) struct Tuning {
 }
 
 /// The budget and sampling for `model`: the configuration's, else a
-/// quarter of the window for answers (512–4,096 tokens), and temperature
+/// quarter of the window for answers (512–4,096 tokens; local models at
+/// most 2,048), and temperature
 /// 0.2 for local models (small models call tools more reliably when they
 /// sample close to greedy).
 pub(crate) async fn tuning(router: &Router, model: &str, config: &AgentConfig) -> Tuning {
@@ -277,7 +292,13 @@ pub(crate) async fn tuning(router: &Router, model: &str, config: &AgentConfig) -
         context_window,
         max_output_tokens: config
             .max_output_tokens
-            .unwrap_or((context_window / 4).clamp(512, 4096)),
+            .unwrap_or(if model.starts_with("local:") {
+                // On a CPU, a small model that rambles to 4,096 tokens costs
+                // minutes; 2,048 still fits a file of a few hundred lines.
+                (context_window / 4).clamp(512, 2048)
+            } else {
+                (context_window / 4).clamp(512, 4096)
+            }),
         temperature: config
             .temperature
             .or(model.starts_with("local:").then_some(0.2)),
