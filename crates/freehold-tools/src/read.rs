@@ -127,18 +127,20 @@ fn read(context: &ToolContext, args: &Args) -> Result<ToolOutput, ToolError> {
     // Small models fill optional arguments with any number: an offset past
     // the end of a short file shows the file from the start (with a note)
     // rather than an error that teaches them nothing.
-    if window.last == 0 && first > 1 && !huge {
-        if let Some(total) = window.total {
-            let again = File::open(&path).map_err(io_error(format!("reading {shown}")))?;
-            let whole = Window::collect(BufReader::new(again), 1, limit, false)
-                .map_err(io_error(format!("reading {shown}")))?;
-            let mut output = whole.render(&shown, 1)?;
-            output.content = format!(
-                "(offset {first} is past the end of {shown}, which has {total} lines; showing it from line 1)\n{}",
-                output.content
-            );
-            return Ok(output);
-        }
+    if window.last == 0
+        && first > 1
+        && !huge
+        && let Some(total) = window.total
+    {
+        let again = File::open(&path).map_err(io_error(format!("reading {shown}")))?;
+        let whole = Window::collect(BufReader::new(again), 1, limit, false)
+            .map_err(io_error(format!("reading {shown}")))?;
+        let mut output = whole.render(&shown, 1)?;
+        output.content = format!(
+            "(offset {first} is past the end of {shown}, which has {total} lines; showing it from line 1)\n{}",
+            output.content
+        );
+        return Ok(output);
     }
     window.render(&shown, first)
 }
