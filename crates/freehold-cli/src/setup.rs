@@ -12,6 +12,7 @@ use freehold_llm::config::{ProviderConfig, ResolvedProvider, unusable_provider};
 use freehold_llm::presets::{PRESETS, ProviderKind};
 use freehold_llm::retry::RetryPolicy;
 use freehold_llm::router::Router;
+use freehold_llm::text_tools::RecoveringProvider;
 use freehold_llm::{HealthSettings, Provider};
 
 use crate::config::{self, ConfigFile};
@@ -132,12 +133,27 @@ fn build(
 ) -> Result<Arc<dyn Provider>, freehold_llm::config::ConfigError> {
     if resolved.kind == ProviderKind::Local {
         let engine = resolved.engine;
-        return Ok(Arc::new(LocalProvider::new(LocalSettings {
+        let local: Arc<dyn Provider> = Arc::new(LocalProvider::new(LocalSettings {
             store: None,
             threads: engine.threads,
             context_cap: engine.max_context,
             slots: engine.cache_slots,
-        })));
+        }));
+        // The engine constrains calls that open the answer; a small model
+        // that first explains itself and then prints a call in a fenced
+        // block or in tags gets it recovered from the text (on by default
+        // for local providers, `recover_text_tool_calls` switches it).
+        let recovers =
+            resolved.recover_text_tool_calls || resolved.recover_per_model.values().any(|on| *on);
+        return Ok(if recovers {
+            Arc::new(RecoveringProvider::with_policy(
+                local,
+                resolved.recover_text_tool_calls,
+                resolved.recover_per_model.clone(),
+            ))
+        } else {
+            local
+        });
     }
     resolved.build(health)
 }
