@@ -305,7 +305,7 @@ impl Agent {
             prompt.to_owned()
         };
         let label = prompt.lines().next().unwrap_or_default().to_owned();
-        self.push(Message::user(text), frontend);
+        self.push(Message::user(text));
         let mut turns = 0;
         let mut checkpointed = false;
         let mut last_text = String::new();
@@ -329,7 +329,7 @@ impl Agent {
                 last_text = text;
             }
             let calls: Vec<ToolCall> = response.message.tool_calls().cloned().collect();
-            self.push(response.message, frontend);
+            self.push(response.message);
             if calls.is_empty() {
                 break AgentStop::Completed;
             }
@@ -341,10 +341,9 @@ impl Agent {
             }
         };
         if stop == AgentStop::Cancelled {
-            self.push(
-                Message::user("[The user interrupted. Stop and wait for their next message.]"),
-                frontend,
-            );
+            self.push(Message::user(
+                "[The user interrupted. Stop and wait for their next message.]",
+            ));
         }
         let mut usage = self.totals.usage;
         subtract(&mut usage, &before.usage);
@@ -386,7 +385,7 @@ impl Agent {
         Ok(())
     }
 
-    fn push(&mut self, message: Message, _frontend: &mut dyn Frontend) {
+    fn push(&mut self, message: Message) {
         if let Err(error) = self.session.append(&Record::Message {
             message: message.clone(),
         }) {
@@ -570,7 +569,7 @@ impl Agent {
                         let partial = builder.finish().message;
                         let text = partial.text();
                         if !text.is_empty() {
-                            self.push(Message::assistant(text), frontend);
+                            self.push(Message::assistant(text));
                         }
                         return Ok(None);
                     }
@@ -702,7 +701,7 @@ impl Agent {
                     subject,
                 } if matches!(kind, ToolKind::Edit | ToolKind::Execute) => {
                     match self
-                        .authorize(&call, &tool, &arguments, kind, subject.clone(), frontend)
+                        .authorize(&call, &arguments, kind, subject.clone(), frontend)
                         .await
                     {
                         Ok(()) => {
@@ -827,7 +826,6 @@ impl Agent {
     async fn authorize(
         &mut self,
         call: &ToolCall,
-        _tool: &Arc<dyn Tool>,
         arguments: &serde_json::Value,
         kind: ToolKind,
         subject: Option<String>,
@@ -961,17 +959,14 @@ impl Agent {
             is_error,
             diff,
         });
-        self.push(
-            Message {
-                role: Role::Tool,
-                content: vec![ContentPart::ToolResult(ToolResult {
-                    call_id: call.id.clone(),
-                    content,
-                    is_error,
-                })],
-            },
-            frontend,
-        );
+        self.push(Message {
+            role: Role::Tool,
+            content: vec![ContentPart::ToolResult(ToolResult {
+                call_id: call.id.clone(),
+                content,
+                is_error,
+            })],
+        });
     }
 }
 
