@@ -1,0 +1,17 @@
+//! `freehold serve`: one HTTP endpoint that speaks the OpenAI and Anthropic
+//! wire protocols to clients and routes every request through
+//! [`freehold_llm::Router`] to the configured providers.
+//!
+//! What it owns:
+//! - the axum application: `/v1/chat/completions`, `/v1/responses`,
+//!   `/v1/messages` (+ `count_tokens`), `/v1/models`, `/v1/embeddings`,
+//!   `/health`, `/metrics`;
+//! - access control: the master key and virtual keys ([`store`]), per-key
+//!   rate limits;
+//! - the usage ledger and budgets ([`store`]), on SQLite or PostgreSQL;
+//! - privacy routing.
+//!
+//! What it must not do: hold provider keys anywhere a client or a log can
+//! see them, or know how a provider speaks (that is freehold-llm's job).
+
+pub mod store;
