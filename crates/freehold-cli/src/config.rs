@@ -38,6 +38,9 @@ pub(crate) struct ConfigFile {
     /// `[agent]`: the coding agent's defaults.
     #[serde(default)]
     pub(crate) agent: AgentConfig,
+    /// `[gateway]`: `freehold serve`.
+    #[serde(default)]
+    pub(crate) gateway: freehold_gateway::settings::GatewaySettings,
 }
 
 /// The `[agent]` table: defaults for `freehold`, `freehold -p` and `run`;

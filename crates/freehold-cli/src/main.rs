@@ -16,6 +16,7 @@ mod eval;
 mod local_model;
 mod models;
 mod providers;
+mod serve;
 mod sessions;
 mod setup;
 mod undo;
@@ -69,6 +70,9 @@ enum Command {
     /// Measure throughput: `bench engine` runs the embedded engine like
     /// llama.cpp's llama-bench.
     Bench(bench::BenchArgs),
+    /// Serve the OpenAI and Anthropic APIs over the configured providers,
+    /// with keys, budgets and a usage ledger.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
             Some(Command::Providers(args)) => providers::run(args, cli.config.as_deref()).await,
             Some(Command::Models(args)) => models::run(args).await,
             Some(Command::Bench(args)) => bench::run(args).await,
+            Some(Command::Serve(args)) => serve::run(args, cli.config.as_deref()).await,
         }
     });
     match result {

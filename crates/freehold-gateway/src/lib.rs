@@ -14,4 +14,13 @@
 //! What it must not do: hold provider keys anywhere a client or a log can
 //! see them, or know how a provider speaks (that is freehold-llm's job).
 
+pub mod auth;
+mod chat;
+pub mod error;
+pub mod ledger;
+pub mod limits;
+pub mod metrics;
+pub mod routes;
+pub mod settings;
+pub mod state;
 pub mod store;

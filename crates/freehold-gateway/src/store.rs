@@ -145,3 +145,38 @@ pub struct UsageRow {
     /// USD.
     pub cost_usd: f64,
 }
+
+/// TEMPORARY stand-in (replaced by the store implementation on merge).
+#[derive(Debug, Clone)]
+pub struct Store;
+
+#[allow(missing_docs, clippy::unused_async)]
+impl Store {
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Err(StoreError::Database(format!("not built yet: {url}")))
+    }
+    pub fn backend(&self) -> &'static str {
+        "none"
+    }
+    pub async fn create_key(&self, _new: NewKey) -> Result<(KeyRecord, String), StoreError> {
+        Err(StoreError::Database("stub".into()))
+    }
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    pub async fn key_by_secret(&self, _secret: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(None)
+    }
+    pub async fn reserve(&self, key_id: &str, amount_usd: f64) -> Result<Reservation, StoreError> {
+        Ok(Reservation {
+            key_id: key_id.into(),
+            amount_usd,
+        })
+    }
+    pub async fn settle(&self, _r: &Reservation, _actual_usd: f64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    pub async fn record(&self, _records: &[UsageRecord]) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

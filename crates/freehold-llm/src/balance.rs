@@ -202,6 +202,10 @@ impl Provider for ReplicaSet {
         &self.name
     }
 
+    fn replica_health(&self) -> Vec<ReplicaHealth> {
+        self.health()
+    }
+
     fn capabilities(&self, model: &str) -> Capabilities {
         self.replicas
             .first()

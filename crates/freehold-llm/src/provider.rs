@@ -56,6 +56,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
         Err(no_embeddings(self.name(), &request.model))
     }
+
+    /// The state of each replica behind this provider, for status pages
+    /// (`freehold serve`'s `/health`); empty for a single endpoint.
+    fn replica_health(&self) -> Vec<crate::balance::ReplicaHealth> {
+        Vec::new()
+    }
 }
 
 /// Checks what every provider refuses alike: a request with no inputs.

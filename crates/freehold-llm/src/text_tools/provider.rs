@@ -83,6 +83,10 @@ impl Provider for RecoveringProvider {
         self.inner.capabilities(model)
     }
 
+    fn replica_health(&self) -> Vec<crate::balance::ReplicaHealth> {
+        self.inner.replica_health()
+    }
+
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
         if !self.wants_recovery(&request) {
             return self.inner.stream(request).await;

@@ -1,0 +1,221 @@
+//! `freehold serve`: the gateway, with its configuration reloaded on SIGHUP.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use freehold_gateway::ledger::Ledger;
+use freehold_gateway::settings::GatewaySettings;
+use freehold_gateway::state::{Gateway, Routes};
+use freehold_gateway::store::Store;
+
+use crate::setup::Setup;
+
+/// `freehold serve` flags; each overrides the `[gateway]` table.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:4141). Anything but loopback
+    /// exposes the gateway to the network: keys are required then.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The usage database: a SQLite file or a postgres:// URL (default
+    /// gateway.db in the data directory).
+    #[arg(long, env = "FREEHOLD_DATABASE", value_name = "URL")]
+    database: Option<String>,
+    /// Serve without keys (loopback only): for one person on one machine.
+    #[arg(long)]
+    no_auth: bool,
+    /// Model for requests naming a model no route knows (Claude Code asks
+    /// for claude-… ids).
+    #[arg(long, value_name = "MODEL")]
+    default_model: Option<String>,
+}
+
+/// Runs the gateway until Ctrl-C or SIGTERM.
+pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let setup = Setup::load(config)?;
+    let mut settings = setup.config.gateway.clone();
+    if let Some(listen) = args.listen {
+        settings.listen = listen;
+    }
+    if args.database.is_some() {
+        settings.database = args.database;
+    }
+    if args.no_auth {
+        settings.require_key = false;
+    }
+    if args.default_model.is_some() {
+        settings.default_model = args.default_model;
+    }
+    if !settings.require_key && !settings.listen.ip().is_loopback() {
+        bail!(
+            "refusing to serve without keys on {}: anyone on the network could use it; \
+             listen on 127.0.0.1 or drop --no-auth / require_key = false",
+            settings.listen
+        );
+    }
+    let master_key = std::env::var(&settings.master_key_env)
+        .ok()
+        .filter(|k| !k.is_empty());
+    let database = database_url(&settings)?;
+    let store = Store::open(&database)
+        .await
+        .with_context(|| format!("opening the usage database ({})", describe_url(&database)))?;
+    let (ledger, ledger_task) = Ledger::start(store.clone());
+    let routes = routes(setup, &settings)?;
+    let provider_count = routes.router.providers().len();
+    let alias_count = routes.router.aliases().len();
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    let access = match (&master_key, settings.require_key) {
+        (_, false) => "open (no keys)".to_owned(),
+        (Some(_), true) => format!(
+            "master key from ${} and virtual keys",
+            settings.master_key_env
+        ),
+        (None, true) => format!(
+            "virtual keys only (${} is not set)",
+            settings.master_key_env
+        ),
+    };
+    let gateway = Arc::new(Gateway::new(
+        settings,
+        routes,
+        master_key,
+        Some(store.clone()),
+        ledger,
+    ));
+    eprintln!(
+        "freehold serve: http://{address} · {provider_count} providers, {alias_count} aliases · \
+         access: {access} · ledger: {} ({})",
+        store.backend(),
+        describe_url(&database)
+    );
+    tokio::spawn(reload_on_hangup(
+        Arc::clone(&gateway),
+        config.map(Path::to_path_buf),
+    ));
+    let app = freehold_gateway::routes::app(Arc::clone(&gateway));
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    server.await.context("the HTTP server failed")?;
+    // Requests still streaming get the grace period, then the ledger
+    // writer drains its queue.
+    drop(gateway);
+    if tokio::time::timeout(grace, ledger_task).await.is_err() {
+        eprintln!("freehold serve: usage lines still queued after {grace:?} were not written");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The routing table from a loaded configuration.
+fn routes(setup: Setup, settings: &GatewaySettings) -> anyhow::Result<Routes> {
+    let local_providers: BTreeSet<String> = setup
+        .providers
+        .iter()
+        .filter(|(resolved, _)| resolved.local)
+        .map(|(resolved, _)| resolved.name.clone())
+        .collect();
+    if let Some(default) = &settings.default_model {
+        setup
+            .router
+            .resolve(default)
+            .map_err(|error| anyhow::anyhow!("[gateway] default_model: {}", error.message))?;
+    }
+    Ok(Routes {
+        router: setup.router,
+        local_providers,
+    })
+}
+
+/// Reloads providers, aliases and models on SIGHUP; requests in flight
+/// keep the table they started with.
+async fn reload_on_hangup(gateway: Arc<Gateway>, config: Option<PathBuf>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: configuration reload is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let reloaded =
+            Setup::load(config.as_deref()).and_then(|setup| routes(setup, gateway.settings()));
+        match reloaded {
+            Ok(routes) => {
+                let (providers, aliases) = (
+                    routes.router.providers().len(),
+                    routes.router.aliases().len(),
+                );
+                gateway.reload(routes);
+                eprintln!(
+                    "freehold serve: configuration reloaded ({providers} providers, {aliases} aliases)"
+                );
+            }
+            Err(error) => eprintln!(
+                "freehold serve: configuration NOT reloaded, the running one stays: {error:#}"
+            ),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    eprintln!("freehold serve: shutting down; finishing requests in flight");
+}
+
+/// The database URL: the configured one, or `gateway.db` in the data
+/// directory.
+pub(crate) fn database_url(settings: &GatewaySettings) -> anyhow::Result<String> {
+    if let Some(url) = &settings.database {
+        return Ok(url.clone());
+    }
+    let dir = freehold_agent::session::data_dir()
+        .context("no data directory: set FREEHOLD_DATA_DIR or HOME, or pass --database")?;
+    Ok(format!("sqlite:{}", dir.join("gateway.db").display()))
+}
+
+/// A URL fit for logs: the password (if any) replaced.
+pub(crate) fn describe_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            describe_url("postgres://app:hunter2@db:5432/freehold"),
+            "postgres://app:***@db:5432/freehold"
+        );
+        assert_eq!(describe_url("sqlite:/x/gateway.db"), "sqlite:/x/gateway.db");
+    }
+}

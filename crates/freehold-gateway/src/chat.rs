@@ -1,0 +1,503 @@
+//! The path every chat request takes, whatever protocol it came in:
+//! admission (key, model, rate limit, caps, route, budget), the call, and
+//! the accounting afterwards (budget settled, ledger line, metrics).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::HeaderMap;
+use freehold_llm::{EventStream, Target};
+use freehold_protocol::{ChatRequest, ChatResponse, ErrorKind, StreamEvent, Usage};
+use futures::StreamExt;
+
+use crate::auth::Caller;
+use crate::error::GatewayError;
+use crate::metrics::{ErrorLabels, LatencyLabels, RequestLabels, TokenLabels};
+use crate::state::{Gateway, Routes};
+use crate::store::{Reservation, StoreError, UsageRecord};
+
+/// A request that passed admission, with what its accounting needs.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub(crate) request: ChatRequest,
+    pub(crate) accounting: Accounting,
+    routes: Arc<Routes>,
+}
+
+/// Checks a request before any provider sees it.
+///
+/// # Errors
+/// The first check that fails, as the client should see it.
+pub(crate) async fn admit(
+    gateway: &Arc<Gateway>,
+    caller: Caller,
+    endpoint: &'static str,
+    mut request: ChatRequest,
+    started: Instant,
+) -> Result<Admitted, GatewayError> {
+    let asked = request.model.clone();
+    let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, started);
+    let result = admit_inner(gateway, &caller, &mut request, &mut accounting).await;
+    match result {
+        Ok(routes) => Ok(Admitted {
+            request,
+            accounting,
+            routes,
+        }),
+        Err(error) => {
+            accounting.fail(&error);
+            Err(error)
+        }
+    }
+}
+
+async fn admit_inner(
+    gateway: &Arc<Gateway>,
+    caller: &Caller,
+    request: &mut ChatRequest,
+    accounting: &mut Accounting,
+) -> Result<Arc<Routes>, GatewayError> {
+    caller.check_model(&request.model)?;
+    if let Some(key) = caller.key() {
+        gateway
+            .limits
+            .admit(&key.id, key.rpm, key.tpm)
+            .map_err(|limited| GatewayError::rate_limited(&limited))?;
+    }
+    let cap = gateway.settings.max_tokens_cap;
+    request.max_tokens = Some(request.max_tokens.map_or(cap, |asked| asked.min(cap)));
+    let routes = gateway.routes();
+    let targets = match routes.router.resolve(&request.model) {
+        Ok(targets) => targets,
+        Err(error) if error.kind == ErrorKind::NotFound => {
+            let Some(default) = &gateway.settings.default_model else {
+                return Err(GatewayError::not_found(format!(
+                    "no route for model `{}`: ask for `provider:model` or an alias from \
+                     GET /v1/models, or set [gateway] default_model",
+                    request.model
+                )));
+            };
+            request.model.clone_from(default);
+            routes
+                .router
+                .resolve(default)
+                .map_err(|error| GatewayError::upstream(&error))?
+        }
+        Err(error) => return Err(GatewayError::upstream(&error)),
+    };
+    if let Some(key) = caller.key()
+        && key.local_only
+    {
+        keep_local(request, &targets, &routes)?;
+    }
+    if let (Some(key), Some(store)) = (caller.key(), &gateway.store)
+        && key.budget_usd.is_some()
+    {
+        let estimate = estimated_cost(&routes, request, &targets);
+        let reservation = store
+            .reserve(&key.id, estimate)
+            .await
+            .map_err(|error| match error {
+                StoreError::BudgetExhausted { .. } => GatewayError::budget_exhausted(format!(
+                    "key `{}`: {error}; this request needs up to ${estimate:.6}",
+                    key.name
+                )),
+                other => {
+                    tracing::error!(error = %other, "reserving budget");
+                    GatewayError::internal("the gateway could not reach its usage database")
+                }
+            })?;
+        accounting.reservation = Some(reservation);
+    }
+    Ok(routes)
+}
+
+/// Narrows a local-only request to the local targets of its route.
+fn keep_local(
+    request: &mut ChatRequest,
+    targets: &[Target],
+    routes: &Routes,
+) -> Result<(), GatewayError> {
+    let local: Vec<&Target> = targets
+        .iter()
+        .filter(|t| routes.local_providers.contains(&t.provider))
+        .collect();
+    match local.first() {
+        Some(first) if local.len() == targets.len() => {
+            let _ = first;
+            Ok(())
+        }
+        Some(first) => {
+            tracing::info!(model = %request.model, to = %first, "privacy: kept on local provider");
+            request.model = first.to_string();
+            Ok(())
+        }
+        None => Err(GatewayError::forbidden(format!(
+            "this request must stay on this machine, but model `{}` only routes to hosted \
+             providers ({}); ask for a local model",
+            request.model,
+            targets
+                .iter()
+                .map(|t| t.provider.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// The most the request can cost on any of its targets: the prompt
+/// estimate plus every allowed output token.
+fn estimated_cost(routes: &Routes, request: &ChatRequest, targets: &[Target]) -> f64 {
+    let usage = Usage {
+        input_tokens: request.estimated_input_tokens(),
+        output_tokens: u64::from(request.max_tokens.unwrap_or(0)),
+        ..Usage::default()
+    };
+    targets
+        .iter()
+        .filter_map(|t| routes.router.cost_of(&t.provider, &t.model, &usage))
+        .fold(0.0, f64::max)
+}
+
+impl Admitted {
+    /// Calls the provider for a whole answer.
+    ///
+    /// # Errors
+    /// The provider's error, mapped for the client (and accounted).
+    pub(crate) async fn complete(mut self) -> Result<(ChatResponse, Accounting), GatewayError> {
+        let timeout = self.accounting.gateway.settings.request_timeout();
+        let call = self.routes.router.complete_routed(self.request);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok((target, response))) => {
+                self.accounting.target = Some(target);
+                self.accounting.usage = response.usage.clone();
+                Ok((response, self.accounting))
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "upstream failed");
+                let sent = GatewayError::upstream(&error);
+                self.accounting.fail(&sent);
+                Err(sent)
+            }
+            Err(_) => {
+                let sent = request_timeout(timeout);
+                self.accounting.fail(&sent);
+                Err(sent)
+            }
+        }
+    }
+
+    /// Calls the provider for a stream of events. The accounting travels
+    /// with the stream and runs when it ends or is dropped.
+    ///
+    /// # Errors
+    /// The provider's error before the first event, mapped for the client.
+    pub(crate) async fn stream(mut self) -> Result<AccountedStream, GatewayError> {
+        let timeout = self.accounting.gateway.settings.request_timeout();
+        let call = self.routes.router.stream_routed(self.request);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok((target, stream))) => {
+                self.accounting.target = Some(target);
+                Ok(AccountedStream {
+                    inner: stream,
+                    accounting: self.accounting,
+                    deadline: Instant::now() + timeout,
+                })
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "upstream failed");
+                let sent = GatewayError::upstream(&error);
+                self.accounting.fail(&sent);
+                Err(sent)
+            }
+            Err(_) => {
+                let sent = request_timeout(timeout);
+                self.accounting.fail(&sent);
+                Err(sent)
+            }
+        }
+    }
+}
+
+fn request_timeout(timeout: std::time::Duration) -> GatewayError {
+    GatewayError::upstream(&freehold_protocol::LlmError::new(
+        ErrorKind::Timeout,
+        "gateway",
+        format!(
+            "no answer within {} s ([gateway] request_timeout_secs)",
+            timeout.as_secs()
+        ),
+    ))
+}
+
+/// A provider's event stream that records usage as it passes and settles
+/// the accounting when it ends, fails or is dropped (client gone).
+pub(crate) struct AccountedStream {
+    inner: EventStream,
+    accounting: Accounting,
+    deadline: Instant,
+}
+
+impl AccountedStream {
+    /// The next event; `None` at the end. An error ends the stream (the
+    /// protocol encoder turns it into the protocol's in-stream error).
+    pub(crate) async fn next(&mut self) -> Option<Result<StreamEvent, GatewayError>> {
+        if self.accounting.finished {
+            return None;
+        }
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let next = match tokio::time::timeout(remaining, self.inner.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                let error = request_timeout(self.accounting.gateway.settings.request_timeout());
+                self.accounting.fail(&error);
+                return Some(Err(error));
+            }
+        };
+        match next {
+            Some(Ok(event)) => {
+                if self.accounting.first_byte.is_none() {
+                    self.accounting.first_byte = Some(self.accounting.started.elapsed());
+                }
+                if let StreamEvent::Usage(usage) = &event {
+                    self.accounting.usage = usage.clone();
+                }
+                Some(Ok(event))
+            }
+            Some(Err(error)) => {
+                tracing::warn!(error = %error, "upstream stream failed");
+                let sent = GatewayError::upstream(&error);
+                self.accounting.fail(&sent);
+                Some(Err(sent))
+            }
+            None => {
+                self.accounting.succeed();
+                None
+            }
+        }
+    }
+}
+
+/// What a finished request must leave behind: settled budget, a ledger
+/// line, metrics and rate-limit tokens. Runs once, on success, on failure,
+/// or when dropped unfinished (the client went away: status 499).
+#[derive(Debug)]
+pub(crate) struct Accounting {
+    gateway: Arc<Gateway>,
+    caller: Caller,
+    endpoint: &'static str,
+    model: String,
+    started: Instant,
+    at_ms: i64,
+    first_byte: Option<std::time::Duration>,
+    reservation: Option<Reservation>,
+    target: Option<Target>,
+    usage: Usage,
+    finished: bool,
+}
+
+impl Accounting {
+    pub(crate) fn new(
+        gateway: &Arc<Gateway>,
+        caller: Caller,
+        endpoint: &'static str,
+        model: &str,
+        started: Instant,
+    ) -> Self {
+        gateway.metrics.in_flight.inc();
+        Self {
+            gateway: Arc::clone(gateway),
+            caller,
+            endpoint,
+            model: model.to_owned(),
+            started,
+            at_ms: now_ms(),
+            first_byte: None,
+            reservation: None,
+            target: None,
+            usage: Usage::default(),
+            finished: false,
+        }
+    }
+
+    /// Records which target answered, with what usage.
+    pub(crate) fn answered(&mut self, target: Target, usage: Usage) {
+        self.target = Some(target);
+        self.usage = usage;
+    }
+
+    /// The request succeeded with the usage recorded so far.
+    pub(crate) fn succeed(&mut self) {
+        self.finish(200, None);
+    }
+
+    /// The request failed with `error` (already sent, or about to be).
+    pub(crate) fn fail(&mut self, error: &GatewayError) {
+        self.gateway
+            .metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                endpoint: self.endpoint.to_owned(),
+                model: self.model.clone(),
+                kind: error.kind,
+            })
+            .inc();
+        self.finish(error.status.as_u16(), Some(error.kind));
+    }
+
+    fn finish(&mut self, status: u16, error: Option<&'static str>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let gateway = &self.gateway;
+        let metrics = &gateway.metrics;
+        metrics.in_flight.dec();
+        let elapsed = self.started.elapsed();
+        let key = self.caller.label().to_owned();
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: self.endpoint.to_owned(),
+                model: self.model.clone(),
+                key: key.clone(),
+                status,
+            })
+            .inc();
+        let latency_labels = LatencyLabels {
+            endpoint: self.endpoint.to_owned(),
+            model: self.model.clone(),
+        };
+        metrics
+            .latency
+            .get_or_create(&latency_labels)
+            .observe(elapsed.as_secs_f64());
+        if let Some(first) = self.first_byte {
+            metrics
+                .first_byte
+                .get_or_create(&latency_labels)
+                .observe(first.as_secs_f64());
+        }
+        let usage = std::mem::take(&mut self.usage);
+        for (direction, count) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+        ] {
+            if count > 0 {
+                metrics
+                    .tokens
+                    .get_or_create(&TokenLabels {
+                        model: self.model.clone(),
+                        key: key.clone(),
+                        direction,
+                    })
+                    .inc_by(count);
+            }
+        }
+        let (provider, provider_model) = self
+            .target
+            .as_ref()
+            .map(|t| (t.provider.clone(), t.model.clone()))
+            .unwrap_or_default();
+        let routes = gateway.routes();
+        let cost = self
+            .target
+            .as_ref()
+            .and_then(|t| routes.router.cost_of(&t.provider, &t.model, &usage));
+        let key_id = self.caller.key().map(|k| k.id.clone());
+        if let Some(id) = &key_id {
+            gateway
+                .limits
+                .record_tokens(id, usage.input_tokens + usage.output_tokens);
+        }
+        let record = UsageRecord {
+            at_ms: self.at_ms,
+            key_id,
+            model: self.model.clone(),
+            provider,
+            provider_model,
+            endpoint: self.endpoint.to_owned(),
+            input_tokens: usage.input_tokens,
+            cached_input_tokens: usage.cached_input_tokens,
+            output_tokens: usage.output_tokens,
+            cost_usd: cost,
+            latency_ms: elapsed.as_millis() as u64,
+            status,
+            error: error.map(str::to_owned),
+            body: None,
+        };
+        tracing::info!(
+            endpoint = self.endpoint,
+            model = %self.model,
+            key = %key,
+            status,
+            input_tokens = usage.input_tokens,
+            output_tokens = usage.output_tokens,
+            ms = record.latency_ms,
+            "request"
+        );
+        let reservation = self.reservation.take();
+        let store = gateway.store.clone();
+        let ledger = gateway.ledger.clone();
+        // Settling and writing happen off the response path; dropping an
+        // unfinished request (the client hung up) lands here too, so the
+        // reservation is always released.
+        let work = async move {
+            if let (Some(reservation), Some(store)) = (reservation, store)
+                && let Err(error) = store.settle(&reservation, cost.unwrap_or(0.0)).await
+            {
+                tracing::error!(%error, "settling a budget reservation");
+            }
+            ledger.record(record).await;
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(work);
+        }
+    }
+}
+
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(499, Some("client_closed"));
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Parses a JSON body into `T`, naming the field that was wrong.
+///
+/// # Errors
+/// 400 with the JSON path and serde's reason.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, GatewayError> {
+    if let Some(kind) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        let essence = kind.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") && !essence.ends_with("+json") {
+            return Err(GatewayError::unsupported_media_type(kind));
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if path.is_empty() || path == "." {
+            GatewayError::bad_request(format!(
+                "the body is not valid JSON for this endpoint: {inner}"
+            ))
+        } else {
+            GatewayError::bad_request(format!("invalid request body at `{path}`: {inner}"))
+        }
+    })
+}

@@ -1,0 +1,316 @@
+//! Errors the gateway sends, in the shape of the protocol the client speaks.
+//!
+//! Messages are written for the client: what was wrong and how to fix it.
+//! Upstream failures that could reveal the gateway's insides (addresses of
+//! inference servers, upstream bodies) reach the client as a short summary;
+//! the detail goes to the log.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use freehold_protocol::{ErrorKind, LlmError};
+use serde_json::json;
+
+use crate::limits::Limited;
+
+/// The wire protocol a client speaks, which decides the error shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+    OpenAi,
+    /// Anthropic's `{"type": "error", "error": {"type", "message"}}`.
+    Anthropic,
+}
+
+/// A failed request, ready to be sent in either protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What the client is told.
+    pub message: String,
+    /// A short stable kind for metrics and the ledger.
+    pub kind: &'static str,
+    /// OpenAI's `error.type`.
+    openai_type: &'static str,
+    /// OpenAI's `error.code`.
+    openai_code: Option<&'static str>,
+    /// Anthropic's `error.type`.
+    anthropic_type: &'static str,
+    /// Sent as `Retry-After` (whole seconds, at least 1).
+    pub retry_after: Option<Duration>,
+}
+
+impl GatewayError {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        openai_type: &'static str,
+        anthropic_type: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            openai_type,
+            openai_code: None,
+            anthropic_type,
+            retry_after: None,
+        }
+    }
+
+    fn code(mut self, code: &'static str) -> Self {
+        self.openai_code = Some(code);
+        self
+    }
+
+    /// 400: the request is malformed or asks for something unsupported.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "invalid_request_error",
+            "invalid_request_error",
+            message,
+        )
+    }
+
+    /// 401: no key, or one that is wrong, revoked or expired.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication",
+            "invalid_request_error",
+            "authentication_error",
+            message,
+        )
+        .code("invalid_api_key")
+    }
+
+    /// 403: the key may not do this (a model it is not allowed, a request
+    /// that must stay local and cannot).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission",
+            "permission_error",
+            "permission_error",
+            message,
+        )
+    }
+
+    /// 404: no such model or route.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "invalid_request_error",
+            "not_found_error",
+            message,
+        )
+        .code("model_not_found")
+    }
+
+    /// 413: the body is over the configured limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "invalid_request_error",
+            "request_too_large",
+            format!(
+                "the request body is over this gateway's limit of {limit} bytes \
+                 ([gateway] max_body_bytes)"
+            ),
+        )
+    }
+
+    /// 415: the body is not JSON.
+    pub fn unsupported_media_type(found: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "invalid_request_error",
+            "invalid_request_error",
+            format!("expected a JSON body (Content-Type: application/json), got `{found}`"),
+        )
+    }
+
+    /// 429: a per-key rate limit.
+    pub fn rate_limited(limited: &Limited) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "rate_limit_exceeded",
+            "rate_limit_error",
+            limited.to_string(),
+        )
+        .code("rate_limit_exceeded");
+        error.retry_after = Some(limited.retry_after);
+        error
+    }
+
+    /// 402 (Anthropic's billing error) / 429 `insufficient_quota` (what
+    /// OpenAI sends for an exhausted quota): the key's budget is spent.
+    pub fn budget_exhausted(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "budget",
+            "insufficient_quota",
+            "billing_error",
+            message,
+        )
+        .code("insufficient_quota")
+    }
+
+    /// 500: the gateway itself failed (its database, most likely).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "server_error",
+            "api_error",
+            message,
+        )
+    }
+
+    /// An upstream provider's error, mapped to the status a client of the
+    /// real API would see. Transport failures are summarised so that the
+    /// addresses of inference servers stay private; the caller logs the
+    /// detail.
+    pub fn upstream(error: &LlmError) -> Self {
+        let provider = &error.provider;
+        match &error.kind {
+            ErrorKind::Authentication => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_auth",
+                "server_error",
+                "api_error",
+                format!(
+                    "the gateway's credentials for provider `{provider}` were refused; \
+                     the operator must fix its API key"
+                ),
+            ),
+            ErrorKind::Permission => Self::forbidden(error.message.clone()),
+            ErrorKind::NotFound => Self::not_found(error.message.clone()),
+            ErrorKind::RateLimited { retry_after } => {
+                let mut limited = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "upstream_rate_limited",
+                    "rate_limit_exceeded",
+                    "rate_limit_error",
+                    format!("provider `{provider}` is rate limiting requests; retry later"),
+                );
+                limited.retry_after = *retry_after;
+                limited
+            }
+            ErrorKind::ContextLengthExceeded { .. } => {
+                Self::bad_request(error.message.clone()).code("context_length_exceeded")
+            }
+            ErrorKind::InvalidRequest => Self::bad_request(error.message.clone()),
+            ErrorKind::Overloaded => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "server_error",
+                "overloaded_error",
+                format!("provider `{provider}` is overloaded; retry later"),
+            ),
+            ErrorKind::Timeout => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "server_error",
+                "api_error",
+                format!("provider `{provider}` did not answer in time"),
+            ),
+            ErrorKind::Server | ErrorKind::Connection => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream",
+                "server_error",
+                "api_error",
+                format!("provider `{provider}` failed ({})", error.kind.name()),
+            ),
+            ErrorKind::Cancelled => Self::new(
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "cancelled",
+                "server_error",
+                "api_error",
+                "the request was cancelled",
+            ),
+        }
+    }
+
+    /// The JSON body in `protocol`'s shape.
+    pub fn body(&self, protocol: Protocol) -> serde_json::Value {
+        match protocol {
+            Protocol::OpenAi => json!({
+                "error": {
+                    "message": self.message,
+                    "type": self.openai_type,
+                    "param": null,
+                    "code": self.openai_code,
+                }
+            }),
+            Protocol::Anthropic => json!({
+                "type": "error",
+                "error": {"type": self.anthropic_type, "message": self.message},
+            }),
+        }
+    }
+
+    /// The HTTP response in `protocol`'s shape.
+    pub fn into_response(self, protocol: Protocol) -> Response {
+        let mut response = (self.status, axum::Json(self.body(protocol))).into_response();
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_follow_each_protocol() {
+        let error = GatewayError::unauthorized("no key");
+        assert_eq!(
+            error.body(Protocol::OpenAi),
+            json!({"error": {"message": "no key", "type": "invalid_request_error",
+                             "param": null, "code": "invalid_api_key"}})
+        );
+        assert_eq!(
+            error.body(Protocol::Anthropic),
+            json!({"type": "error", "error": {"type": "authentication_error", "message": "no key"}})
+        );
+    }
+
+    #[test]
+    fn transport_failures_hide_upstream_details() {
+        let error = LlmError::new(
+            ErrorKind::Connection,
+            "vllm",
+            "error sending request for url (http://10.1.2.3:8000/v1/chat/completions)",
+        );
+        let sent = GatewayError::upstream(&error);
+        assert_eq!(sent.status, StatusCode::BAD_GATEWAY);
+        assert!(!sent.message.contains("10.1.2.3"), "{}", sent.message);
+    }
+
+    #[test]
+    fn rate_limits_carry_retry_after() {
+        let response = GatewayError::rate_limited(&Limited {
+            limit: crate::limits::LimitKind::Requests,
+            per_minute: 2,
+            retry_after: Duration::from_millis(1500),
+        })
+        .into_response(Protocol::OpenAi);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+}

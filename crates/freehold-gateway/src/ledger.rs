@@ -1,0 +1,68 @@
+//! The usage ledger's writer: requests hand their lines to a background
+//! task, which writes them in batches (one transaction each), so a busy
+//! gateway does not pay one database write per request.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::store::{Store, UsageRecord};
+
+/// The most lines written in one transaction.
+const BATCH: usize = 512;
+
+/// Lines waiting to be written before senders wait.
+const QUEUE: usize = 16_384;
+
+/// A handle to the writer.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    sender: Option<mpsc::Sender<UsageRecord>>,
+}
+
+impl Ledger {
+    /// A ledger writing to `store`, and the task doing it (it ends once
+    /// every handle is dropped and the queue is written).
+    pub fn start(store: Store) -> (Self, JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(write_batches(store, receiver));
+        (
+            Self {
+                sender: Some(sender),
+            },
+            task,
+        )
+    }
+
+    /// A ledger that keeps nothing (no database).
+    pub fn disabled() -> Self {
+        Self { sender: None }
+    }
+
+    /// Queues a line; waits when the writer is far behind.
+    pub async fn record(&self, record: UsageRecord) {
+        if let Some(sender) = &self.sender
+            && sender.send(record).await.is_err()
+        {
+            tracing::warn!("the usage ledger writer has stopped; a usage line was not written");
+        }
+    }
+}
+
+async fn write_batches(store: Store, mut receiver: mpsc::Receiver<UsageRecord>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        let mut attempt = 0;
+        while let Err(error) = store.record(&batch).await {
+            attempt += 1;
+            if attempt >= 3 {
+                tracing::error!(%error, lines = batch.len(), "usage ledger lines lost");
+                break;
+            }
+            tracing::warn!(%error, "writing the usage ledger; retrying");
+            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        }
+        batch.clear();
+    }
+}

@@ -1,0 +1,164 @@
+//! Prometheus metrics for `GET /metrics`: requests, latency, tokens, cost
+//! and errors, per endpoint, model and key.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of a finished request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route (`/v1/messages`).
+    pub endpoint: String,
+    /// The model the client asked for.
+    pub model: String,
+    /// The key's name (`master`, `open` when no key is needed).
+    pub key: String,
+    /// The HTTP status sent.
+    pub status: u16,
+}
+
+/// Labels of latency histograms (status and key left out to keep the
+/// number of series small).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    /// The route.
+    pub endpoint: String,
+    /// The model asked for.
+    pub model: String,
+}
+
+/// Labels of token counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// The model asked for.
+    pub model: String,
+    /// The key's name.
+    pub key: String,
+    /// `input` or `output`.
+    pub direction: &'static str,
+}
+
+/// Labels of error counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The route.
+    pub endpoint: String,
+    /// The model asked for.
+    pub model: String,
+    /// A short kind (`rate_limited`, `upstream`, `budget`, …).
+    pub kind: &'static str,
+}
+
+/// Every metric the gateway exports, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Finished requests.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Seconds from arrival to the last byte.
+    pub latency: Family<LatencyLabels, Histogram>,
+    /// Seconds from arrival to the first streamed byte.
+    pub first_byte: Family<LatencyLabels, Histogram>,
+    /// Tokens in and out.
+    pub tokens: Family<TokenLabels, Counter>,
+    /// Failed requests by kind.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Requests being served now.
+    pub in_flight: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to about 100 s: the gateway's own overhead sits at the low
+    // end, local models' long answers at the high end.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.5, 16,
+    ))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("freehold_gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let first_byte = Family::<LatencyLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let in_flight = Gauge::default();
+        registry.register("requests", "Requests answered", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Seconds from a request's arrival to its last byte",
+            latency.clone(),
+        );
+        registry.register(
+            "first_byte_seconds",
+            "Seconds from a streamed request's arrival to its first byte",
+            first_byte.clone(),
+        );
+        registry.register("tokens", "Tokens read and generated", tokens.clone());
+        registry.register("errors", "Requests that failed, by kind", errors.clone());
+        registry.register("in_flight", "Requests being served", in_flight.clone());
+        Self {
+            registry,
+            requests,
+            latency,
+            first_byte,
+            tokens,
+            errors,
+            in_flight,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counted_requests() {
+        let metrics = Metrics::default();
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: "/v1/messages".into(),
+                model: "m".into(),
+                key: "ci".into(),
+                status: 200,
+            })
+            .inc();
+        metrics
+            .latency
+            .get_or_create(&LatencyLabels {
+                endpoint: "/v1/messages".into(),
+                model: "m".into(),
+            })
+            .observe(0.002);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"freehold_gateway_requests_total{endpoint="/v1/messages",model="m",key="ci",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("freehold_gateway_request_duration_seconds_bucket"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

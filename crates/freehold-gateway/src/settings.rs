@@ -1,0 +1,135 @@
+//! The `[gateway]` configuration table.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[gateway]`: how `freehold serve` listens, authenticates and limits.
+/// Flags of `freehold serve` override these.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// The address to listen on. Loopback unless told otherwise: exposing
+    /// the gateway to a network is a decision, not a default.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The environment variable holding the master key. With neither a
+    /// master key nor a database of virtual keys the gateway refuses to
+    /// start on a non-loopback address.
+    #[serde(default = "default_master_key_env")]
+    pub master_key_env: String,
+    /// Whether requests need a key at all. On by default; `false` is for a
+    /// single user on loopback.
+    #[serde(default = "default_true")]
+    pub require_key: bool,
+    /// The usage database: a SQLite path or `postgres://…` URL (default:
+    /// `gateway.db` in the data directory).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// The largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// The largest `max_tokens` a client may ask for; larger requests are
+    /// capped to it (not refused), and requests without one get it.
+    #[serde(default = "default_max_tokens_cap")]
+    pub max_tokens_cap: u32,
+    /// Seconds a whole request may take, streaming included.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// The model used when a client asks for one no route knows (Claude Code
+    /// asks for `claude-…` ids); `None`: such requests fail with 404.
+    #[serde(default)]
+    pub default_model: Option<String>,
+    /// Write request and response bodies to the usage ledger. Off by
+    /// default: the ledger holds who used what, not what they said.
+    #[serde(default)]
+    pub log_bodies: bool,
+    /// Serve HTTPS with this certificate chain (PEM) and `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds to let requests in flight finish at shutdown.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4141))
+}
+
+fn default_master_key_env() -> String {
+    "FREEHOLD_MASTER_KEY".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_body_bytes() -> usize {
+    // Coding agents send tens of thousands of tokens of prompt and tools,
+    // and images travel as base64: 32 MiB holds that with room to spare.
+    32 * 1024 * 1024
+}
+
+fn default_max_tokens_cap() -> u32 {
+    32_768
+}
+
+fn default_request_timeout_secs() -> u64 {
+    600
+}
+
+fn default_shutdown_grace_secs() -> u64 {
+    30
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            master_key_env: default_master_key_env(),
+            require_key: true,
+            database: None,
+            max_body_bytes: default_max_body_bytes(),
+            max_tokens_cap: default_max_tokens_cap(),
+            request_timeout_secs: default_request_timeout_secs(),
+            default_model: None,
+            log_bodies: false,
+            tls_cert: None,
+            tls_key: None,
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// The whole-request time limit.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_bind_loopback_and_need_a_key() {
+        let settings: GatewaySettings = serde_json::from_str("{}").unwrap();
+        assert_eq!(settings, GatewaySettings::default());
+        assert!(settings.listen.ip().is_loopback());
+        assert!(settings.require_key);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let error = serde_json::from_str::<GatewaySettings>(r#"{"lisen": "0.0.0.0:1"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("lisen"), "{error}");
+    }
+}

@@ -1,0 +1,81 @@
+//! The gateway's shared state: settings, the routing table (swapped whole
+//! on reload), keys, limits, metrics and the ledger.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use freehold_llm::Router;
+
+use crate::auth::Authenticator;
+use crate::ledger::Ledger;
+use crate::limits::RateLimiter;
+use crate::metrics::Metrics;
+use crate::settings::GatewaySettings;
+use crate::store::Store;
+
+/// What a configuration (re)load produces: the router and which of its
+/// providers keep data on this machine.
+#[derive(Debug)]
+pub struct Routes {
+    /// Providers, aliases, fallbacks and replicas.
+    pub router: Router,
+    /// Names of providers that run on this machine (the embedded engine, or
+    /// servers on loopback): the only ones a local-only request may use.
+    pub local_providers: BTreeSet<String>,
+}
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct Gateway {
+    pub(crate) settings: GatewaySettings,
+    routes: ArcSwap<Routes>,
+    pub(crate) auth: Authenticator,
+    pub(crate) store: Option<Store>,
+    pub(crate) limits: RateLimiter,
+    pub(crate) metrics: Metrics,
+    pub(crate) ledger: Ledger,
+}
+
+impl Gateway {
+    /// A gateway over `routes`. `master_key` is the secret itself; `store`
+    /// holds virtual keys and budgets; `ledger` writes usage lines.
+    pub fn new(
+        settings: GatewaySettings,
+        routes: Routes,
+        master_key: Option<String>,
+        store: Option<Store>,
+        ledger: Ledger,
+    ) -> Self {
+        Self {
+            auth: Authenticator::new(settings.require_key, master_key, store.clone()),
+            settings,
+            routes: ArcSwap::from_pointee(routes),
+            store,
+            limits: RateLimiter::default(),
+            metrics: Metrics::default(),
+            ledger,
+        }
+    }
+
+    /// The routing table now. Requests hold the one they started with, so a
+    /// reload never changes a request in flight.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.load_full()
+    }
+
+    /// Replaces the routing table (on SIGHUP).
+    pub fn reload(&self, routes: Routes) {
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &GatewaySettings {
+        &self.settings
+    }
+
+    /// The metrics, rendered for Prometheus.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+}
