@@ -1,5 +1,6 @@
 //! The HTTP surface: which handler answers which route.
 
+mod chat;
 mod ops;
 
 use std::sync::Arc;
@@ -19,6 +20,10 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/", get(ops::root).head(ops::root))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/responses", post(chat::responses))
+        .route("/v1/messages", post(chat::messages))
+        .route("/v1/messages/count_tokens", post(chat::count_tokens))
         .route("/v1/models", get(ops::models))
         .route("/v1/embeddings", post(ops::embeddings))
         .fallback(unknown_route)

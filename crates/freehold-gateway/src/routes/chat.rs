@@ -1,0 +1,299 @@
+//! The chat endpoints: `/v1/chat/completions`, `/v1/responses` (OpenAI)
+//! and `/v1/messages` (Anthropic). Each protocol only decodes its request
+//! and encodes the answer; everything between is [`crate::chat`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use freehold_llm::wire::serve::{DecodeError, SseFrame};
+use freehold_llm::wire::{anthropic, openai_chat, openai_responses};
+use freehold_protocol::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEvent};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::chat::{AccountedStream, admit, parse_body};
+use crate::error::{GatewayError, Protocol};
+use crate::routes::read_body;
+use crate::state::Gateway;
+
+/// A stream encoder of one protocol.
+trait StreamEncoder: Send + 'static {
+    fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame>;
+    fn finish(&mut self) -> Vec<SseFrame>;
+    fn error(&mut self, error: &LlmError) -> Vec<SseFrame>;
+}
+
+macro_rules! stream_encoder {
+    ($type:ty) => {
+        impl StreamEncoder for $type {
+            fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
+                <$type>::push(self, event)
+            }
+            fn finish(&mut self) -> Vec<SseFrame> {
+                <$type>::finish(self)
+            }
+            fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
+                <$type>::error(self, error)
+            }
+        }
+    };
+}
+
+stream_encoder!(openai_chat::ChunkEncoder);
+stream_encoder!(anthropic::MessageStreamEncoder);
+stream_encoder!(openai_responses::ResponseStreamEncoder);
+
+/// What differs between the chat protocols.
+trait ChatProtocol {
+    /// The route, for metrics and the ledger.
+    const ENDPOINT: &'static str;
+    /// The error shape.
+    const PROTOCOL: Protocol;
+    /// The request body.
+    type Wire: DeserializeOwned;
+    /// What the request asks of delivery (`stream`…).
+    type Options: Copy;
+    /// The complete answer's body.
+    type Response: Serialize;
+    /// The streamed answer's encoder.
+    type Encoder: StreamEncoder;
+
+    fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError>;
+    fn streams(options: Self::Options) -> bool;
+    fn encode(response: &ChatResponse, model: &str) -> Self::Response;
+    fn encoder(model: &str, options: Self::Options, request: &ChatRequest) -> Self::Encoder;
+}
+
+struct ChatCompletions;
+
+impl ChatProtocol for ChatCompletions {
+    const ENDPOINT: &'static str = "/v1/chat/completions";
+    const PROTOCOL: Protocol = Protocol::OpenAi;
+    type Wire = openai_chat::CompletionRequest;
+    type Options = openai_chat::ServeOptions;
+    type Response = openai_chat::CompletionResponse;
+    type Encoder = openai_chat::ChunkEncoder;
+
+    fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError> {
+        openai_chat::decode_request(wire)
+    }
+    fn streams(options: Self::Options) -> bool {
+        options.stream
+    }
+    fn encode(response: &ChatResponse, model: &str) -> Self::Response {
+        openai_chat::encode_response(response, model)
+    }
+    fn encoder(model: &str, options: Self::Options, _: &ChatRequest) -> Self::Encoder {
+        openai_chat::ChunkEncoder::new(model, None, options.include_usage)
+    }
+}
+
+struct Messages;
+
+impl ChatProtocol for Messages {
+    const ENDPOINT: &'static str = "/v1/messages";
+    const PROTOCOL: Protocol = Protocol::Anthropic;
+    type Wire = anthropic::MessagesRequest;
+    type Options = anthropic::ServeOptions;
+    type Response = anthropic::MessagesResponse;
+    type Encoder = anthropic::MessageStreamEncoder;
+
+    fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError> {
+        anthropic::decode_request(wire)
+    }
+    fn streams(options: Self::Options) -> bool {
+        options.stream
+    }
+    fn encode(response: &ChatResponse, model: &str) -> Self::Response {
+        anthropic::encode_response(response, model)
+    }
+    fn encoder(model: &str, _: Self::Options, request: &ChatRequest) -> Self::Encoder {
+        // message_start goes out before the provider reports usage: it
+        // carries the estimate, and message_delta the real count.
+        anthropic::MessageStreamEncoder::new(model, None, request.estimated_input_tokens())
+    }
+}
+
+struct Responses;
+
+impl ChatProtocol for Responses {
+    const ENDPOINT: &'static str = "/v1/responses";
+    const PROTOCOL: Protocol = Protocol::OpenAi;
+    type Wire = openai_responses::ResponsesRequest;
+    type Options = openai_responses::ServeOptions;
+    type Response = openai_responses::ResponseObject;
+    type Encoder = openai_responses::ResponseStreamEncoder;
+
+    fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError> {
+        openai_responses::decode_request(wire)
+    }
+    fn streams(options: Self::Options) -> bool {
+        options.stream
+    }
+    fn encode(response: &ChatResponse, model: &str) -> Self::Response {
+        openai_responses::encode_response(response, model)
+    }
+    fn encoder(model: &str, _: Self::Options, _: &ChatRequest) -> Self::Encoder {
+        openai_responses::ResponseStreamEncoder::new(model, None)
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve::<ChatCompletions>(gateway, headers, body).await
+}
+
+/// `POST /v1/messages` (also with `?beta=true`, as Claude Code sends it).
+pub(crate) async fn messages(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve::<Messages>(gateway, headers, body).await
+}
+
+/// `POST /v1/responses`.
+pub(crate) async fn responses(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve::<Responses>(gateway, headers, body).await
+}
+
+/// `POST /v1/messages/count_tokens`: an estimate from the request's size
+/// (providers behind the gateway have no common tokenizer endpoint).
+pub(crate) async fn count_tokens(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let protocol = Protocol::Anthropic;
+    let result = async {
+        let caller = gateway.auth.authenticate(&headers).await?;
+        let body = read_body(body, gateway.settings.max_body_bytes).await?;
+        let mut value: serde_json::Value = parse_body(&headers, &body)?;
+        // The counting request has no max_tokens; the Messages type needs one.
+        if let Some(object) = value.as_object_mut() {
+            object
+                .entry("max_tokens")
+                .or_insert(serde_json::Value::from(1));
+        }
+        let wire: anthropic::MessagesRequest = serde_json::from_value(value)
+            .map_err(|error| GatewayError::bad_request(format!("invalid request body: {error}")))?;
+        let (request, _) = anthropic::decode_request(wire).map_err(decode_error)?;
+        caller.check_model(&request.model)?;
+        Ok::<_, GatewayError>(request.estimated_input_tokens())
+    }
+    .await;
+    match result {
+        Ok(tokens) => Json(serde_json::json!({"input_tokens": tokens})).into_response(),
+        Err(error) => error.into_response(protocol),
+    }
+}
+
+fn decode_error(error: DecodeError) -> GatewayError {
+    GatewayError::bad_request(error.to_string())
+}
+
+/// The whole path of one chat request in protocol `P`.
+async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    // Authenticate before reading the body: an unauthenticated client
+    // cannot make the gateway parse megabytes.
+    let caller = match gateway.auth.authenticate(&headers).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(P::PROTOCOL),
+    };
+    let decoded = async {
+        let body = read_body(body, gateway.settings.max_body_bytes).await?;
+        let wire: P::Wire = parse_body(&headers, &body)?;
+        P::decode(wire).map_err(decode_error)
+    }
+    .await;
+    let (request, options) = match decoded {
+        Ok(decoded) => decoded,
+        Err(error) => return error.into_response(P::PROTOCOL),
+    };
+    let model = request.model.clone();
+    let admitted = match admit(&gateway, caller, P::ENDPOINT, request, started).await {
+        Ok(admitted) => admitted,
+        Err(error) => return error.into_response(P::PROTOCOL),
+    };
+    if P::streams(options) {
+        let encoder = P::encoder(&model, options, &admitted.request);
+        match admitted.stream().await {
+            Ok(stream) => sse_response(stream, encoder),
+            Err(error) => error.into_response(P::PROTOCOL),
+        }
+    } else {
+        match admitted.complete().await {
+            Ok((response, mut accounting)) => {
+                accounting.succeed();
+                (StatusCode::OK, Json(P::encode(&response, &model))).into_response()
+            }
+            Err(error) => error.into_response(P::PROTOCOL),
+        }
+    }
+}
+
+/// A `text/event-stream` response: each provider event encoded as it
+/// arrives; an error mid-stream becomes the protocol's error event.
+fn sse_response<E: StreamEncoder>(stream: AccountedStream, encoder: E) -> Response {
+    let state = Some((stream, encoder));
+    let body = futures::stream::unfold(state, |state| async move {
+        let (mut stream, mut encoder) = state?;
+        loop {
+            let (frames, more) = match stream.next().await {
+                Some(Ok(event)) => (encoder.push(&event), true),
+                Some(Err(error)) => (encoder.error(&stream_error(&error)), false),
+                None => (encoder.finish(), false),
+            };
+            if frames.is_empty() && more {
+                continue;
+            }
+            let mut text = String::new();
+            for frame in &frames {
+                text.push_str(&frame.to_sse_text());
+            }
+            let next = more.then_some((stream, encoder));
+            return Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), next));
+        }
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Proxies such as nginx must pass events on as they come.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The error an encoder writes into a stream, from the sanitised one.
+fn stream_error(error: &GatewayError) -> LlmError {
+    let kind = match error.status.as_u16() {
+        400 => ErrorKind::InvalidRequest,
+        401 => ErrorKind::Authentication,
+        403 => ErrorKind::Permission,
+        404 => ErrorKind::NotFound,
+        429 => ErrorKind::RateLimited {
+            retry_after: error.retry_after,
+        },
+        503 => ErrorKind::Overloaded,
+        504 => ErrorKind::Timeout,
+        _ => ErrorKind::Server,
+    };
+    LlmError::new(kind, "gateway", error.message.clone()).with_status(error.status.as_u16())
+}

@@ -1,0 +1,273 @@
+"""Drives `freehold serve` with the official OpenAI and Anthropic SDKs.
+
+Usage: python clients.py SCENARIO
+Environment: FREEHOLD_URL (http://127.0.0.1:PORT), FREEHOLD_KEY, FREEHOLD_MODEL,
+and per scenario FREEHOLD_BAD_KEY / FREEHOLD_EXPECT_TEXT.
+
+Each scenario asserts what a real client relies on and prints one JSON line
+with what it saw; a failed assertion exits non-zero with the reason.
+"""
+
+import json
+import os
+import sys
+
+import anthropic
+import openai
+
+URL = os.environ["FREEHOLD_URL"]
+KEY = os.environ.get("FREEHOLD_KEY", "none")
+MODEL = os.environ.get("FREEHOLD_MODEL", "mock")
+EXPECT = os.environ.get("FREEHOLD_EXPECT_TEXT")
+
+WEATHER_OPENAI = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+WEATHER_ANTHROPIC = {
+    "name": "get_weather",
+    "description": "The current weather in a city.",
+    "input_schema": WEATHER_OPENAI["function"]["parameters"],
+}
+TOOL_PROMPT = "What is the weather in Paris? Please call the get_weather tool."
+
+
+def oai(key=KEY):
+    return openai.OpenAI(base_url=URL + "/v1", api_key=key, max_retries=0, timeout=600)
+
+
+def ant(key=KEY):
+    return anthropic.Anthropic(base_url=URL, api_key=key, max_retries=0, timeout=600)
+
+
+def check_text(text):
+    assert isinstance(text, str) and text, f"empty answer: {text!r}"
+    if EXPECT is not None:
+        assert text == EXPECT, f"expected {EXPECT!r}, got {text!r}"
+
+
+def openai_chat():
+    reply = oai().chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "Say hello."},
+        ],
+        max_tokens=32,
+    )
+    text = reply.choices[0].message.content
+    check_text(text)
+    assert reply.choices[0].finish_reason in ("stop", "length"), reply.choices[0].finish_reason
+    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0, reply.usage
+    return {"text": text, "usage": reply.usage.model_dump()}
+
+
+def openai_stream():
+    stream = oai().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=32,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    parts, usage, finish = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                parts.append(choice.delta.content)
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    text = "".join(parts)
+    check_text(text)
+    assert finish in ("stop", "length"), finish
+    assert usage is not None and usage.completion_tokens > 0, usage
+    return {"text": text, "chunks": len(parts)}
+
+
+def openai_tools():
+    client = oai()
+    messages = [{"role": "user", "content": TOOL_PROMPT}]
+    reply = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_OPENAI], tool_choice="required",
+        max_tokens=64,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather", call
+    arguments = json.loads(call.function.arguments)
+    assert isinstance(arguments.get("city"), str), arguments
+    # The result goes back, and the model answers in text.
+    messages.append(choice.message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"})
+    final = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_OPENAI],
+                                           max_tokens=64)
+    assert final.choices[0].message.content, final
+    # Streamed, the call arrives in fragments that add up to valid JSON.
+    stream = client.chat.completions.create(
+        model=MODEL, messages=messages[:1], tools=[WEATHER_OPENAI], tool_choice="required",
+        max_tokens=64, stream=True,
+    )
+    names, fragments, finish = [], [], None
+    for chunk in stream:
+        for c in chunk.choices:
+            for delta in c.delta.tool_calls or []:
+                if delta.function and delta.function.name:
+                    names.append(delta.function.name)
+                if delta.function and delta.function.arguments:
+                    fragments.append(delta.function.arguments)
+            finish = c.finish_reason or finish
+    assert names == ["get_weather"], names
+    assert isinstance(json.loads("".join(fragments)).get("city"), str), fragments
+    assert finish == "tool_calls", finish
+    return {"arguments": arguments, "final": final.choices[0].message.content}
+
+
+def openai_errors():
+    seen = {}
+    try:
+        oai(os.environ.get("FREEHOLD_BAD_KEY", "wrong")).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        raise AssertionError("a wrong key was accepted")
+    except openai.AuthenticationError as error:
+        seen["auth"] = error.status_code
+    try:
+        oai().chat.completions.create(model="no-such-model",
+                                      messages=[{"role": "user", "content": "hi"}])
+        raise AssertionError("an unknown model was accepted")
+    except openai.NotFoundError as error:
+        seen["not_found"] = error.status_code
+        assert "no-such-model" in str(error), str(error)
+    try:
+        oai().chat.completions.create(model=MODEL, messages="not a list")
+        raise AssertionError("a malformed body was accepted")
+    except openai.BadRequestError as error:
+        seen["bad_request"] = error.status_code
+        assert "messages" in str(error), str(error)
+    return seen
+
+
+def openai_models():
+    ids = [m.id for m in oai().models.list()]
+    assert MODEL in ids or any(i.endswith(MODEL) for i in ids), ids
+    return {"models": ids}
+
+
+def openai_embeddings():
+    reply = oai().embeddings.create(model=MODEL, input=["one", "two"])
+    assert len(reply.data) == 2 and len(reply.data[0].embedding) > 0, reply
+    return {"dimension": len(reply.data[0].embedding)}
+
+
+def openai_responses():
+    client = oai()
+    reply = client.responses.create(model=MODEL, input="Say hello.", max_output_tokens=32)
+    check_text(reply.output_text)
+    assert reply.usage.output_tokens > 0, reply.usage
+    stream = client.responses.create(model=MODEL, input="Say hello.", max_output_tokens=32,
+                                     stream=True)
+    deltas, kinds, completed = [], [], None
+    for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        if event.type == "response.completed":
+            completed = event.response
+    assert kinds[0] == "response.created", kinds
+    assert completed is not None, kinds
+    check_text("".join(deltas))
+    assert completed.output_text == "".join(deltas), completed
+    return {"text": reply.output_text, "events": len(kinds)}
+
+
+def anthropic_messages():
+    client = ant()
+    reply = client.messages.create(
+        model=MODEL, max_tokens=32, system="Answer briefly.",
+        messages=[{"role": "user", "content": "Say hello."}],
+    )
+    assert reply.type == "message" and reply.role == "assistant", reply
+    text = "".join(b.text for b in reply.content if b.type == "text")
+    check_text(text)
+    assert reply.stop_reason in ("end_turn", "max_tokens"), reply.stop_reason
+    assert reply.usage.input_tokens > 0 and reply.usage.output_tokens > 0, reply.usage
+    with client.messages.stream(model=MODEL, max_tokens=32,
+                                messages=[{"role": "user", "content": "Say hello."}]) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    check_text(streamed)
+    assert final.usage.output_tokens > 0, final.usage
+    count = client.messages.count_tokens(model=MODEL,
+                                         messages=[{"role": "user", "content": "Say hello."}])
+    assert count.input_tokens > 0, count
+    return {"text": text, "streamed": streamed, "count": count.input_tokens}
+
+
+def anthropic_tools():
+    client = ant()
+    messages = [{"role": "user", "content": TOOL_PROMPT}]
+    reply = client.messages.create(model=MODEL, max_tokens=64, tools=[WEATHER_ANTHROPIC],
+                                   tool_choice={"type": "any"}, messages=messages)
+    assert reply.stop_reason == "tool_use", reply
+    use = next(b for b in reply.content if b.type == "tool_use")
+    assert use.name == "get_weather" and isinstance(use.input.get("city"), str), use
+    messages.append({"role": "assistant", "content": [b.model_dump(exclude_none=True)
+                                                      for b in reply.content]})
+    messages.append({"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": use.id, "content": "Sunny, 21 C"}]})
+    final = client.messages.create(model=MODEL, max_tokens=64, tools=[WEATHER_ANTHROPIC],
+                                   messages=messages)
+    assert any(b.type == "text" and b.text for b in final.content), final
+    with client.messages.stream(model=MODEL, max_tokens=64, tools=[WEATHER_ANTHROPIC],
+                                tool_choice={"type": "any"},
+                                messages=messages[:1]) as stream:
+        streamed = stream.get_final_message()
+    use = next(b for b in streamed.content if b.type == "tool_use")
+    assert use.name == "get_weather" and isinstance(use.input.get("city"), str), streamed
+    return {"input": use.input}
+
+
+def anthropic_errors():
+    seen = {}
+    try:
+        ant(os.environ.get("FREEHOLD_BAD_KEY", "wrong")).messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+        raise AssertionError("a wrong key was accepted")
+    except anthropic.AuthenticationError as error:
+        seen["auth"] = error.status_code
+    try:
+        ant().messages.create(model="no-such-model", max_tokens=8,
+                              messages=[{"role": "user", "content": "hi"}])
+        raise AssertionError("an unknown model was accepted")
+    except anthropic.NotFoundError as error:
+        seen["not_found"] = error.status_code
+    try:
+        ant().messages.create(model=MODEL, max_tokens=8, messages=[{"role": "robot",
+                                                                    "content": "hi"}])
+        raise AssertionError("a bad role was accepted")
+    except anthropic.BadRequestError as error:
+        seen["bad_request"] = error.status_code
+    models = [m.id for m in ant().models.list()]
+    assert models, models
+    return seen
+
+
+SCENARIOS = {f.__name__: f for f in [
+    openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
+    openai_responses, anthropic_messages, anthropic_tools, anthropic_errors,
+]}
+
+if __name__ == "__main__":
+    name = sys.argv[1]
+    result = SCENARIOS[name]()
+    print(json.dumps({"scenario": name, "result": result}))
