@@ -31,6 +31,15 @@ use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
 use crate::http::{context_length_kind, is_context_length_message};
 use crate::sse::SseEvent;
 
+mod serve;
+#[cfg(test)]
+mod serve_tests;
+
+pub use serve::{
+    MessageStreamEncoder, ServeOptions, decode_request, effort_for_budget, encode_error,
+    encode_response,
+};
+
 /// The API's public base URL (the client appends `/v1/messages`).
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 

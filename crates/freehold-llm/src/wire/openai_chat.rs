@@ -15,6 +15,18 @@ use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
 use crate::http::{context_length_kind, is_context_length_message};
 use crate::sse::SseEvent;
 
+mod serve;
+#[cfg(test)]
+mod serve_tests;
+
+pub use serve::{
+    ChunkEncoder, ErrorBody, ErrorObject, ServeOptions, decode_request, encode_error,
+    encode_response, finish_reason_name,
+};
+pub(crate) use serve::{
+    decode_effort, decode_tool_choice, openai_error_message, openai_error_parts,
+};
+
 /// A request body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompletionRequest {

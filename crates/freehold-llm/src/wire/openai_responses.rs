@@ -42,6 +42,14 @@ use crate::http::{context_length_kind, is_context_length_message};
 use crate::sse::SseEvent;
 use crate::wire::openai_chat::{generated_call_id, image_url};
 
+mod serve;
+#[cfg(test)]
+mod serve_tests;
+
+pub use serve::{
+    ResponseStreamEncoder, ServeOptions, decode_request, encode_error, encode_response,
+};
+
 /// What `include` must name for reasoning items to carry `encrypted_content`.
 pub const INCLUDE_ENCRYPTED_REASONING: &str = "reasoning.encrypted_content";
 

@@ -1,0 +1,796 @@
+//! The gateway direction of the Messages API: decode a client's request,
+//! encode the answer (whole or streamed) and errors.
+
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
+    ReasoningEffort, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult,
+    ToolSpec, Usage,
+};
+use serde_json::Value;
+
+use super::{
+    ApiError, BlockDelta, ContentBlock, ErrorResponse, MessageContent, MessageDeltaBody,
+    MessageStreamEvent, MessagesRequest, MessagesResponse, ThinkingConfig, ToolResultContent,
+    WireImageSource, WireToolChoice, WireUsage, arguments_object, input_text, stop_reason_name,
+};
+use crate::wire::serve::{DecodeError, SseFrame, client_message, generated_id};
+
+/// What a Messages request asks of the answer's delivery, beyond the
+/// [`ChatRequest`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Answer as a stream of named events.
+    pub stream: bool,
+}
+
+/// The reasoning effort whose budget ([`ReasoningEffort::budget_tokens`]) is
+/// the smallest at least `budget`, or [`ReasoningEffort::High`].
+pub fn effort_for_budget(budget: u32) -> ReasoningEffort {
+    [
+        ReasoningEffort::Minimal,
+        ReasoningEffort::Low,
+        ReasoningEffort::Medium,
+    ]
+    .into_iter()
+    .find(|effort| budget <= effort.budget_tokens())
+    .unwrap_or(ReasoningEffort::High)
+}
+
+/// Decodes a client's request.
+///
+/// - `system` (a string, or text blocks whose `cache_control` is ignored)
+///   becomes one leading [`Role::System`] message, blocks joined by a blank
+///   line;
+/// - a user message's `tool_result` blocks (which need `tool_use_id`)
+///   become a [`Role::Tool`] message placed before the rest of the user
+///   message; their text blocks are joined by newlines, and images inside
+///   them move to the user message that follows;
+/// - `thinking` blocks become reasoning with their signature, and
+///   `redacted_thinking` blocks redacted reasoning; the signature's origin
+///   is left unknown (`None`): the client only hands back what the gateway
+///   sent, whichever provider made it;
+/// - `thinking.budget_tokens` becomes the nearest [`ReasoningEffort`]
+///   ([`effort_for_budget`]); `disable_parallel_tool_use: true` becomes
+///   `parallel_tool_calls: Some(false)`;
+/// - tools with a `type` other than `custom` (server tools such as
+///   `web_search_20250305`, and Anthropic-defined client tools such as
+///   `bash_20250124`) are rejected; so are content blocks other than text,
+///   image, tool_use, tool_result, thinking and redacted_thinking
+///   (documents, server tool results…).
+///
+/// # Errors
+/// A [`DecodeError`] naming the field at fault.
+pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOptions), DecodeError> {
+    let mut messages = Vec::new();
+    if let Some(system) = &wire.system {
+        if let super::SystemPrompt::Blocks(blocks) = system {
+            for (index, block) in blocks.iter().enumerate() {
+                if !matches!(block, ContentBlock::Text { .. }) {
+                    return Err(DecodeError::unsupported(
+                        format!("system[{index}]"),
+                        format!("a `{}` block in the system prompt", block_type(block)),
+                    ));
+                }
+            }
+        }
+        let text = system.text();
+        if !text.is_empty() {
+            messages.push(Message::system(text));
+        }
+    }
+    for (index, message) in wire.messages.into_iter().enumerate() {
+        let field = format!("messages[{index}]");
+        match message.role.as_str() {
+            "user" => decode_user(message.content, &field, &mut messages)?,
+            "assistant" => messages.push(decode_assistant(message.content, &field)?),
+            other => {
+                return Err(DecodeError::invalid(
+                    format!("{field}.role"),
+                    format!(
+                        "unknown role `{other}` (expected user or assistant; the system prompt \
+                         goes in the top-level `system` field)"
+                    ),
+                ));
+            }
+        }
+    }
+    let tools = wire
+        .tools
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(index, tool)| {
+            let field = format!("tools[{index}]");
+            if let Some(kind) = tool.kind.filter(|kind| kind != "custom") {
+                return Err(DecodeError::UnsupportedTool { field, kind });
+            }
+            if tool.name.is_empty() {
+                return Err(DecodeError::missing(
+                    format!("{field}.name"),
+                    "a tool needs a name",
+                ));
+            }
+            if tool.input_schema.is_null() {
+                return Err(DecodeError::missing(
+                    format!("{field}.input_schema"),
+                    "a client tool needs input_schema (a JSON Schema of its input)",
+                ));
+            }
+            Ok(ToolSpec {
+                name: tool.name,
+                description: tool.description.unwrap_or_default(),
+                parameters: tool.input_schema,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (tool_choice, disable_parallel) = match wire.tool_choice {
+        None => (ToolChoice::Auto, None),
+        Some(WireToolChoice::Auto {
+            disable_parallel_tool_use,
+        }) => (ToolChoice::Auto, disable_parallel_tool_use),
+        Some(WireToolChoice::Any {
+            disable_parallel_tool_use,
+        }) => (ToolChoice::Required, disable_parallel_tool_use),
+        Some(WireToolChoice::Tool {
+            name,
+            disable_parallel_tool_use,
+        }) => (ToolChoice::Tool { name }, disable_parallel_tool_use),
+        Some(WireToolChoice::None {}) => (ToolChoice::None, None),
+    };
+    let reasoning = match wire.thinking {
+        Some(ThinkingConfig::Enabled { budget_tokens }) => Some(effort_for_budget(budget_tokens)),
+        Some(ThinkingConfig::Disabled {}) | None => None,
+    };
+    let request = ChatRequest {
+        model: wire.model,
+        messages,
+        tools,
+        tool_choice,
+        parallel_tool_calls: (disable_parallel == Some(true)).then_some(false),
+        sampling: Sampling {
+            temperature: wire.temperature,
+            top_p: wire.top_p,
+            top_k: wire.top_k,
+            ..Sampling::default()
+        },
+        max_tokens: Some(wire.max_tokens),
+        stop: wire.stop_sequences.unwrap_or_default(),
+        response_format: None,
+        reasoning,
+    };
+    Ok((
+        request,
+        ServeOptions {
+            stream: wire.stream,
+        },
+    ))
+}
+
+/// The `type` of a block, for error messages.
+fn block_type(block: &ContentBlock) -> String {
+    match block {
+        ContentBlock::Text { .. } => "text".into(),
+        ContentBlock::Image { .. } => "image".into(),
+        ContentBlock::ToolUse { .. } => "tool_use".into(),
+        ContentBlock::ToolResult { .. } => "tool_result".into(),
+        ContentBlock::Thinking { .. } => "thinking".into(),
+        ContentBlock::RedactedThinking { .. } => "redacted_thinking".into(),
+        ContentBlock::Other(value) => value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("(untyped)")
+            .to_owned(),
+    }
+}
+
+/// The error for a block that did not parse as its own type (a missing
+/// required field makes it an [`ContentBlock::Other`]), or that has no place
+/// in this message.
+fn bad_block(value: &Value, field: &str, role: &str) -> DecodeError {
+    let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+    match kind {
+        "tool_result" => DecodeError::missing(
+            field,
+            "tool_result needs tool_use_id (the id of the tool_use block it answers)",
+        ),
+        "tool_use" => DecodeError::missing(field, "tool_use needs an id and a name"),
+        "text" => DecodeError::missing(field, "a text block needs `text`"),
+        "image" => DecodeError::invalid(
+            format!("{field}.source"),
+            "an image needs a source of type base64 (media_type, data) or url",
+        ),
+        "thinking" => DecodeError::missing(field, "a thinking block needs `thinking`"),
+        "redacted_thinking" => DecodeError::missing(field, "redacted_thinking needs `data`"),
+        "" => DecodeError::missing(format!("{field}.type"), "a content block needs a type"),
+        other => DecodeError::unsupported(field, format!("a `{other}` block in a {role} message")),
+    }
+}
+
+fn decode_image(source: WireImageSource) -> ImageSource {
+    match source {
+        WireImageSource::Base64 { media_type, data } => ImageSource::Base64 { media_type, data },
+        WireImageSource::Url { url } => ImageSource::Url { url },
+    }
+}
+
+fn decode_user(
+    content: MessageContent,
+    field: &str,
+    messages: &mut Vec<Message>,
+) -> Result<(), DecodeError> {
+    let mut results = Vec::new();
+    let mut result_images = Vec::new();
+    let mut parts = Vec::new();
+    for (index, block) in content.into_blocks().into_iter().enumerate() {
+        let block_field = format!("{field}.content[{index}]");
+        match block {
+            ContentBlock::Text { text, .. } if text.is_empty() => {}
+            ContentBlock::Text { text, .. } => parts.push(ContentPart::Text { text }),
+            ContentBlock::Image { source, .. } => parts.push(ContentPart::Image {
+                source: decode_image(source),
+            }),
+            ContentBlock::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+                ..
+            } => {
+                if tool_use_id.is_empty() {
+                    return Err(bad_block(
+                        &serde_json::json!({"type": "tool_result"}),
+                        &block_field,
+                        "user",
+                    ));
+                }
+                let text = match content {
+                    None => String::new(),
+                    Some(ToolResultContent::Text(text)) => text,
+                    Some(ToolResultContent::Blocks(blocks)) => {
+                        let mut texts = Vec::new();
+                        for (inner, block) in blocks.into_iter().enumerate() {
+                            match block {
+                                ContentBlock::Text { text, .. } => texts.push(text),
+                                ContentBlock::Image { source, .. } => {
+                                    result_images.push(ContentPart::Image {
+                                        source: decode_image(source),
+                                    })
+                                }
+                                other => {
+                                    return Err(DecodeError::unsupported(
+                                        format!("{block_field}.content[{inner}]"),
+                                        format!(
+                                            "a `{}` block in a tool result (only text and \
+                                             image are)",
+                                            block_type(&other)
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
+                        texts.join("\n")
+                    }
+                };
+                results.push(ContentPart::ToolResult(ToolResult {
+                    call_id: tool_use_id,
+                    content: text,
+                    is_error: is_error.unwrap_or(false),
+                }));
+            }
+            ContentBlock::Other(value) => return Err(bad_block(&value, &block_field, "user")),
+            other => {
+                return Err(DecodeError::unsupported(
+                    block_field,
+                    format!("a `{}` block in a user message", block_type(&other)),
+                ));
+            }
+        }
+    }
+    if !results.is_empty() {
+        messages.push(Message {
+            role: Role::Tool,
+            content: results,
+        });
+    }
+    result_images.extend(parts);
+    if !result_images.is_empty() {
+        messages.push(Message {
+            role: Role::User,
+            content: result_images,
+        });
+    }
+    Ok(())
+}
+
+fn decode_assistant(content: MessageContent, field: &str) -> Result<Message, DecodeError> {
+    let mut parts = Vec::new();
+    for (index, block) in content.into_blocks().into_iter().enumerate() {
+        let block_field = format!("{field}.content[{index}]");
+        match block {
+            ContentBlock::Text { text, .. } if text.is_empty() => {}
+            ContentBlock::Text { text, .. } => parts.push(ContentPart::Text { text }),
+            ContentBlock::ToolUse {
+                id, name, input, ..
+            } => {
+                if id.is_empty() || name.is_empty() {
+                    return Err(bad_block(
+                        &serde_json::json!({"type": "tool_use"}),
+                        &block_field,
+                        "assistant",
+                    ));
+                }
+                parts.push(ContentPart::ToolCall(ToolCall::new(
+                    id,
+                    name,
+                    input_text(&input),
+                )));
+            }
+            ContentBlock::Thinking {
+                thinking,
+                signature,
+            } => parts.push(ContentPart::Reasoning(Reasoning {
+                text: thinking,
+                signature: (!signature.is_empty()).then_some(signature),
+                ..Reasoning::default()
+            })),
+            ContentBlock::RedactedThinking { data } => {
+                parts.push(ContentPart::Reasoning(Reasoning {
+                    signature: Some(data),
+                    redacted: true,
+                    ..Reasoning::default()
+                }))
+            }
+            ContentBlock::Other(value) => {
+                return Err(bad_block(&value, &block_field, "assistant"));
+            }
+            other => {
+                return Err(DecodeError::unsupported(
+                    block_field,
+                    format!("a `{}` block in an assistant message", block_type(&other)),
+                ));
+            }
+        }
+    }
+    Ok(Message {
+        role: Role::Assistant,
+        content: parts,
+    })
+}
+
+/// The blocks of an answer: text, `thinking` (with its signature, or an
+/// empty one for unsigned reasoning), `redacted_thinking`, and `tool_use`
+/// (arguments that are not a JSON object become `{}`).
+fn encode_blocks(parts: &[ContentPart]) -> Vec<ContentBlock> {
+    parts
+        .iter()
+        .filter_map(|part| match part {
+            ContentPart::Text { text } if text.is_empty() => None,
+            ContentPart::Text { text } => Some(ContentBlock::text(text.clone())),
+            ContentPart::Reasoning(reasoning) if reasoning.redacted => reasoning
+                .signature
+                .clone()
+                .map(|data| ContentBlock::RedactedThinking { data }),
+            ContentPart::Reasoning(reasoning) => Some(ContentBlock::Thinking {
+                thinking: reasoning.text.clone(),
+                signature: reasoning.signature.clone().unwrap_or_default(),
+            }),
+            ContentPart::ToolCall(call) => Some(ContentBlock::ToolUse {
+                id: call.id.clone(),
+                name: call.name.clone(),
+                input: arguments_object(&call.arguments),
+                cache_control: None,
+            }),
+            ContentPart::Image { .. } | ContentPart::ToolResult(_) => None,
+        })
+        .collect()
+}
+
+/// The stop reason the client sees: `end_turn` after tool calls means
+/// `tool_use`.
+fn final_reason(reason: &StopReason, has_calls: bool) -> String {
+    match reason {
+        StopReason::EndTurn if has_calls => "tool_use".into(),
+        other => stop_reason_name(other),
+    }
+}
+
+/// Encodes a complete answer as a `message` object.
+///
+/// The id is the response's, else a new `msg_…`; `model` is the name the
+/// client asked for; usage is split the Anthropic way (`input_tokens`
+/// without the cache reads and writes, which have their own fields).
+pub fn encode_response(response: &ChatResponse, model: &str) -> MessagesResponse {
+    let has_calls = response.message.tool_calls().next().is_some();
+    MessagesResponse {
+        id: response.id.clone().unwrap_or_else(|| generated_id("msg_")),
+        kind: "message".into(),
+        role: "assistant".into(),
+        model: model.to_owned(),
+        content: encode_blocks(&response.message.content),
+        stop_reason: Some(final_reason(&response.stop_reason, has_calls)),
+        stop_sequence: None,
+        usage: WireUsage::from(&response.usage),
+    }
+}
+
+/// The kind of the content block the encoder has open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenBlock {
+    Text,
+    Thinking,
+    /// A `tool_use` block, with the [`StreamEvent`] index of its call.
+    Tool(u32),
+}
+
+/// Encodes a streamed answer as Messages events, each with its `event:`
+/// name.
+///
+/// What it emits:
+/// 1. `message_start` first (on the first event), with empty content and
+///    `usage.input_tokens` set to the estimate given to [`Self::new`]: the
+///    real count usually arrives only at the end;
+/// 2. one block per run of text (`text_delta`), of reasoning
+///    (`thinking_delta`, closed by a `signature_delta` when a signature
+///    comes), per redacted reasoning (`redacted_thinking`, no deltas), and
+///    per tool call (`tool_use` with `input: {}`, then `input_json_delta`s),
+///    each as `content_block_start`, deltas, `content_block_stop`, indexes
+///    counting from 0;
+/// 3. `message_delta` with the stop reason (`tool_use` when calls were
+///    made), `stop_sequence: null` and the cumulative usage (input and
+///    cache counts included, so that SDKs that merge it get the real
+///    numbers; input falls back to the estimate when the provider gave
+///    none), then `message_stop`.
+///
+/// Blocks cannot interleave in this protocol, so while a tool call is open
+/// (between its `ToolCallStart` and `ToolCallEnd`), events that belong
+/// elsewhere (another call starting, text) are held back and replayed in
+/// order when it ends. Providers that close calls only at the end of the
+/// answer (OpenAI Chat Completions) therefore have their later calls sent
+/// whole at the end.
+#[derive(Debug)]
+pub struct MessageStreamEncoder {
+    id: Option<String>,
+    model: String,
+    input_estimate: u64,
+    started: bool,
+    finished: bool,
+    next_block: u32,
+    open: Option<OpenBlock>,
+    held: Vec<StreamEvent>,
+    has_calls: bool,
+    usage: Option<Usage>,
+}
+
+impl MessageStreamEncoder {
+    /// An encoder for an answer named `model` (the name the client asked
+    /// for). `id` `None` takes the id of a leading [`StreamEvent::Start`],
+    /// else a new `msg_…`. `input_tokens` is the estimate `message_start`
+    /// carries (`ChatRequest::estimated_input_tokens`, or 0).
+    pub fn new(model: impl Into<String>, id: Option<String>, input_tokens: u64) -> Self {
+        Self {
+            id,
+            model: model.into(),
+            input_estimate: input_tokens,
+            started: false,
+            finished: false,
+            next_block: 0,
+            open: None,
+            held: Vec::new(),
+            has_calls: false,
+            usage: None,
+        }
+    }
+
+    /// The message id (fixed once `message_start` is out).
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    fn frame(event: MessageStreamEvent) -> SseFrame {
+        let value = serde_json::to_value(&event).unwrap_or(Value::Null);
+        let name = value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message")
+            .to_owned();
+        SseFrame::named(name, value)
+    }
+
+    fn start(&mut self, id: Option<&String>, out: &mut Vec<SseFrame>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let id = self
+            .id
+            .clone()
+            .or_else(|| id.filter(|id| !id.is_empty()).cloned())
+            .unwrap_or_else(|| generated_id("msg_"));
+        self.id = Some(id.clone());
+        out.push(Self::frame(MessageStreamEvent::MessageStart {
+            message: MessagesResponse {
+                id,
+                kind: "message".into(),
+                role: "assistant".into(),
+                model: self.model.clone(),
+                content: Vec::new(),
+                stop_reason: None,
+                stop_sequence: None,
+                usage: WireUsage {
+                    input_tokens: self.input_estimate,
+                    output_tokens: 0,
+                    cache_creation_input_tokens: None,
+                    cache_read_input_tokens: None,
+                },
+            },
+        }));
+    }
+
+    fn close(&mut self, out: &mut Vec<SseFrame>) {
+        if self.open.take().is_some() {
+            out.push(Self::frame(MessageStreamEvent::ContentBlockStop {
+                index: self.next_block - 1,
+            }));
+        }
+    }
+
+    fn open(&mut self, kind: OpenBlock, block: ContentBlock, out: &mut Vec<SseFrame>) {
+        self.close(out);
+        out.push(Self::frame(MessageStreamEvent::ContentBlockStart {
+            index: self.next_block,
+            content_block: block,
+        }));
+        self.next_block += 1;
+        self.open = Some(kind);
+    }
+
+    fn delta(&self, delta: BlockDelta, out: &mut Vec<SseFrame>) {
+        out.push(Self::frame(MessageStreamEvent::ContentBlockDelta {
+            index: self.next_block.saturating_sub(1),
+            delta,
+        }));
+    }
+
+    /// The frames for one event (none after the answer finished).
+    pub fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        if self.finished {
+            return out;
+        }
+        if let Some(OpenBlock::Tool(call)) = self.open {
+            let belongs = match event {
+                StreamEvent::ToolCallArgsDelta { index, .. }
+                | StreamEvent::ToolCallEnd { index, .. } => *index == call,
+                StreamEvent::Usage(_)
+                | StreamEvent::Timings(_)
+                | StreamEvent::Start { .. }
+                | StreamEvent::Stop { .. } => true,
+                _ => false,
+            };
+            if !belongs {
+                self.held.push(event.clone());
+                return out;
+            }
+        }
+        match event {
+            StreamEvent::Start { id, .. } => self.start(id.as_ref(), &mut out),
+            StreamEvent::TextDelta { text } => {
+                self.start(None, &mut out);
+                if self.open != Some(OpenBlock::Text) {
+                    self.open(OpenBlock::Text, ContentBlock::text(""), &mut out);
+                }
+                self.delta(BlockDelta::TextDelta { text: text.clone() }, &mut out);
+            }
+            StreamEvent::ReasoningDelta { text } => {
+                self.start(None, &mut out);
+                if self.open != Some(OpenBlock::Thinking) {
+                    self.open(OpenBlock::Thinking, empty_thinking(), &mut out);
+                }
+                self.delta(
+                    BlockDelta::ThinkingDelta {
+                        thinking: text.clone(),
+                    },
+                    &mut out,
+                );
+            }
+            StreamEvent::ReasoningSignature {
+                signature,
+                redacted: true,
+                ..
+            } => {
+                self.start(None, &mut out);
+                self.open(
+                    OpenBlock::Thinking,
+                    ContentBlock::RedactedThinking {
+                        data: signature.clone(),
+                    },
+                    &mut out,
+                );
+                self.close(&mut out);
+            }
+            StreamEvent::ReasoningSignature { signature, .. } => {
+                self.start(None, &mut out);
+                if self.open != Some(OpenBlock::Thinking) {
+                    self.open(OpenBlock::Thinking, empty_thinking(), &mut out);
+                }
+                self.delta(
+                    BlockDelta::SignatureDelta {
+                        signature: signature.clone(),
+                    },
+                    &mut out,
+                );
+                self.close(&mut out);
+            }
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.start(None, &mut out);
+                self.has_calls = true;
+                self.open(
+                    OpenBlock::Tool(*index),
+                    ContentBlock::ToolUse {
+                        id: id.clone(),
+                        name: name.clone(),
+                        input: Value::Object(serde_json::Map::new()),
+                        cache_control: None,
+                    },
+                    &mut out,
+                );
+            }
+            StreamEvent::ToolCallArgsDelta { index, delta } => {
+                if self.open == Some(OpenBlock::Tool(*index)) {
+                    self.delta(
+                        BlockDelta::InputJsonDelta {
+                            partial_json: delta.clone(),
+                        },
+                        &mut out,
+                    );
+                } else {
+                    tracing::warn!(index, "tool call arguments after the call ended; dropped");
+                }
+            }
+            StreamEvent::ToolCallEnd { index, .. } => {
+                if self.open == Some(OpenBlock::Tool(*index)) {
+                    self.close(&mut out);
+                    out.extend(self.replay());
+                }
+            }
+            StreamEvent::Usage(usage) => self.usage = Some(*usage),
+            StreamEvent::Timings(_) => {}
+            StreamEvent::Stop { reason } => {
+                out.extend(self.drain());
+                if !self.finished {
+                    out.extend(self.end(reason));
+                }
+            }
+        }
+        out
+    }
+
+    /// Closes an open tool call and replays what it held back, until
+    /// nothing is held.
+    fn drain(&mut self) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        while !self.finished {
+            if matches!(self.open, Some(OpenBlock::Tool(_))) {
+                self.close(&mut out);
+            }
+            if self.held.is_empty() {
+                break;
+            }
+            out.extend(self.replay());
+        }
+        out
+    }
+
+    /// Replays the held events (which may hold some back again).
+    fn replay(&mut self) -> Vec<SseFrame> {
+        let held = std::mem::take(&mut self.held);
+        held.iter().flat_map(|event| self.push(event)).collect()
+    }
+
+    fn end(&mut self, reason: &StopReason) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        self.start(None, &mut out);
+        self.close(&mut out);
+        self.finished = true;
+        let mut usage = self.usage.unwrap_or_default();
+        if usage.input_tokens == 0 {
+            usage.input_tokens = self.input_estimate;
+        }
+        out.push(Self::frame(MessageStreamEvent::MessageDelta {
+            delta: MessageDeltaBody {
+                stop_reason: Some(final_reason(reason, self.has_calls)),
+                stop_sequence: None,
+            },
+            usage: Some(WireUsage::from(&usage)),
+        }));
+        out.push(Self::frame(MessageStreamEvent::MessageStop {}));
+        out
+    }
+
+    /// Ends the stream if no [`StreamEvent::Stop`] did: closes an open tool
+    /// call, replays what it held back, then `message_delta` (`tool_use`
+    /// when calls were made, else `end_turn`) and `message_stop`. Nothing
+    /// when the stream already ended.
+    pub fn finish(&mut self) -> Vec<SseFrame> {
+        let mut out = self.drain();
+        if !self.finished {
+            let reason = if self.has_calls {
+                StopReason::ToolUse
+            } else {
+                StopReason::EndTurn
+            };
+            out.extend(self.end(&reason));
+        }
+        out
+    }
+
+    /// The `event: error` frame reporting an error after the stream began
+    /// (what the API sends for an overload mid-stream). The encoder emits
+    /// nothing more afterwards.
+    pub fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
+        if self.finished {
+            return Vec::new();
+        }
+        self.finished = true;
+        let (_, body) = encode_error(error);
+        vec![Self::frame(MessageStreamEvent::Error { error: body.error })]
+    }
+}
+
+fn empty_thinking() -> ContentBlock {
+    ContentBlock::Thinking {
+        thinking: String::new(),
+        signature: String::new(),
+    }
+}
+
+/// Encodes an error as an HTTP status and the API's error body
+/// (`{"type":"error","error":{"type","message"}}`).
+///
+/// | kind | status | `error.type` |
+/// |---|---|---|
+/// | authentication | 401 | `authentication_error` |
+/// | permission | 403 | `permission_error` |
+/// | not found | 404 | `not_found_error` |
+/// | rate limited | 429 | `rate_limit_error` |
+/// | context length | 400 | `invalid_request_error`, "prompt is too long: N tokens > M maximum" |
+/// | invalid request | 400, or 413 `request_too_large` when the error's status is 413 | `invalid_request_error` |
+/// | overloaded | 529 (the API's own status) | `overloaded_error` |
+/// | server, connection | 502 | `api_error` |
+/// | timeout | 504 | `timeout_error` |
+/// | cancelled | 500 | `api_error` |
+pub fn encode_error(error: &LlmError) -> (u16, ErrorResponse) {
+    let message = client_message(error);
+    let (status, kind, message) = match &error.kind {
+        ErrorKind::Authentication => (401, "authentication_error", message),
+        ErrorKind::Permission => (403, "permission_error", message),
+        ErrorKind::NotFound => (404, "not_found_error", message),
+        ErrorKind::RateLimited { .. } => (429, "rate_limit_error", message),
+        ErrorKind::ContextLengthExceeded { needed, allowed } => {
+            let text = match (needed, allowed) {
+                (Some(needed), Some(allowed)) => {
+                    format!("prompt is too long: {needed} tokens > {allowed} maximum")
+                }
+                _ => "prompt is too long".to_owned(),
+            };
+            (400, "invalid_request_error", format!("{text} ({message})"))
+        }
+        ErrorKind::InvalidRequest if error.status == Some(413) => {
+            (413, "request_too_large", message)
+        }
+        ErrorKind::InvalidRequest => (400, "invalid_request_error", message),
+        ErrorKind::Overloaded => (529, "overloaded_error", message),
+        ErrorKind::Server | ErrorKind::Connection => (502, "api_error", message),
+        ErrorKind::Timeout => (504, "timeout_error", message),
+        ErrorKind::Cancelled => (500, "api_error", message),
+    };
+    (
+        status,
+        ErrorResponse {
+            kind: "error".into(),
+            error: ApiError {
+                kind: kind.into(),
+                message,
+            },
+        },
+    )
+}

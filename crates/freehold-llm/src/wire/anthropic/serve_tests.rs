@@ -1,0 +1,600 @@
+//! Tests of the gateway direction: round trips through the client side.
+
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
+    ReasoningEffort, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult,
+    ToolSpec, Usage,
+};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::wire::serve::test_support::replay;
+use crate::wire::serve::{DecodeError, SseData, SseFrame};
+
+fn tool(name: &str) -> ToolSpec {
+    ToolSpec {
+        name: name.into(),
+        description: format!("The {name} tool"),
+        parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+    }
+}
+
+fn conversation() -> Vec<Message> {
+    vec![
+        Message::system("You are a coding agent.\n\nBe careful."),
+        Message {
+            role: Role::User,
+            content: vec![
+                ContentPart::Text {
+                    text: "Look at these".into(),
+                },
+                ContentPart::Image {
+                    source: ImageSource::Base64 {
+                        media_type: "image/png".into(),
+                        data: "iVBORw0KGgo=".into(),
+                    },
+                },
+                ContentPart::Image {
+                    source: ImageSource::Url {
+                        url: "https://example.com/a.jpg".into(),
+                    },
+                },
+            ],
+        },
+        Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentPart::Reasoning(Reasoning {
+                    text: "Need to read a.".into(),
+                    signature: Some("sig-1".into()),
+                    ..Reasoning::default()
+                }),
+                ContentPart::Reasoning(Reasoning {
+                    signature: Some("opaque".into()),
+                    redacted: true,
+                    ..Reasoning::default()
+                }),
+                ContentPart::Text {
+                    text: "Reading.".into(),
+                },
+                ContentPart::ToolCall(ToolCall::new("toolu_1", "read", r#"{"path":"a"}"#)),
+                ContentPart::ToolCall(ToolCall::new("toolu_2", "read", r#"{"path":"b"}"#)),
+            ],
+        },
+        Message {
+            role: Role::Tool,
+            content: vec![
+                ContentPart::ToolResult(ToolResult {
+                    call_id: "toolu_1".into(),
+                    content: "contents of a".into(),
+                    is_error: false,
+                }),
+                ContentPart::ToolResult(ToolResult {
+                    call_id: "toolu_2".into(),
+                    content: "no such file".into(),
+                    is_error: true,
+                }),
+            ],
+        },
+        Message::user("Go on"),
+        Message::assistant("Done."),
+        Message::user("Thanks"),
+    ]
+}
+
+#[test]
+fn requests_round_trip_through_the_client_encoder() {
+    let request = ChatRequest {
+        model: "claude-x".into(),
+        messages: conversation(),
+        tools: vec![tool("read"), tool("write")],
+        tool_choice: ToolChoice::Tool {
+            name: "read".into(),
+        },
+        parallel_tool_calls: Some(false),
+        sampling: Sampling {
+            temperature: Some(0.25),
+            top_p: Some(0.5),
+            top_k: Some(10),
+            ..Sampling::default()
+        },
+        max_tokens: Some(1000),
+        stop: vec!["END".into()],
+        response_format: None,
+        reasoning: None,
+    };
+    let options = EncodeOptions {
+        stream: true,
+        ..EncodeOptions::default()
+    };
+    let wire = encode_request(&request, options);
+    let wire: MessagesRequest =
+        serde_json::from_value(serde_json::to_value(&wire).unwrap()).unwrap();
+    let (decoded, serve) = decode_request(wire).unwrap();
+    assert_eq!(decoded, request);
+    assert!(serve.stream);
+
+    // Thinking and the other tool choices.
+    for (effort, choice) in [
+        (ReasoningEffort::Minimal, ToolChoice::Auto),
+        (ReasoningEffort::Low, ToolChoice::None),
+        (ReasoningEffort::Medium, ToolChoice::Auto),
+        (ReasoningEffort::High, ToolChoice::Auto),
+    ] {
+        let request = ChatRequest {
+            reasoning: Some(effort),
+            tool_choice: choice,
+            parallel_tool_calls: None,
+            sampling: Sampling::default(),
+            max_tokens: Some(32_000),
+            ..request.clone()
+        };
+        let (decoded, serve) =
+            decode_request(encode_request(&request, EncodeOptions::default())).unwrap();
+        assert_eq!(decoded, request);
+        assert!(!serve.stream);
+    }
+    let required = ChatRequest {
+        tool_choice: ToolChoice::Required,
+        ..request
+    };
+    let (decoded, _) = decode_request(encode_request(&required, options)).unwrap();
+    assert_eq!(decoded, required);
+}
+
+fn full_response() -> ChatResponse {
+    ChatResponse {
+        id: Some("msg_abc".into()),
+        model: Some("claude-x".into()),
+        message: Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentPart::Reasoning(Reasoning {
+                    text: "Let me think.".into(),
+                    signature: Some("sig".into()),
+                    origin: Some(ORIGIN.into()),
+                    ..Reasoning::default()
+                }),
+                ContentPart::Text {
+                    text: "I will read both.".into(),
+                },
+                ContentPart::ToolCall(ToolCall::new("toolu_1", "read", r#"{"path":"a"}"#)),
+                ContentPart::ToolCall(ToolCall::new("toolu_2", "grep", r#"{"path":"b","q":"x"}"#)),
+            ],
+        },
+        usage: Usage {
+            input_tokens: 1000,
+            cached_input_tokens: 600,
+            cache_write_tokens: 100,
+            output_tokens: 50,
+            reasoning_tokens: 0,
+        },
+        stop_reason: StopReason::ToolUse,
+        timings: None,
+    }
+}
+
+#[test]
+fn responses_round_trip_through_the_client_decoder() {
+    let response = full_response();
+    let wire = encode_response(&response, "claude-x");
+    let json = serde_json::to_value(&wire).unwrap();
+    assert_eq!(json["type"], "message");
+    assert_eq!(json["role"], "assistant");
+    assert_eq!(json["stop_reason"], "tool_use");
+    assert!(json["stop_sequence"].is_null());
+    assert_eq!(json["usage"]["input_tokens"], 300);
+    assert_eq!(json["usage"]["cache_read_input_tokens"], 600);
+    assert_eq!(json["content"][2]["input"], json!({"path": "a"}));
+    let back = decode_response(serde_json::from_value(json).unwrap(), None);
+    assert_eq!(back, response);
+
+    let plain = ChatResponse {
+        id: None,
+        message: Message::assistant("hi"),
+        stop_reason: StopReason::MaxTokens,
+        ..full_response()
+    };
+    let wire = encode_response(&plain, "claude-x");
+    assert!(wire.id.starts_with("msg_"), "{}", wire.id);
+    assert_eq!(wire.stop_reason.as_deref(), Some("max_tokens"));
+}
+
+fn encode_stream(events: &[StreamEvent], estimate: u64) -> Vec<SseFrame> {
+    let mut encoder = MessageStreamEncoder::new("claude-x", None, estimate);
+    let mut frames: Vec<SseFrame> = events.iter().flat_map(|e| encoder.push(e)).collect();
+    frames.extend(encoder.finish());
+    frames
+}
+
+fn json_of(frame: &SseFrame) -> Value {
+    match &frame.data {
+        SseData::Json(value) => value.clone(),
+        SseData::Done => panic!("no [DONE] in this protocol"),
+    }
+}
+
+/// The `type` of each frame, checking that it matches the `event:` name.
+fn types(frames: &[SseFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|frame| {
+            let kind = json_of(frame)["type"].as_str().unwrap().to_owned();
+            assert_eq!(frame.event.as_deref(), Some(kind.as_str()));
+            kind
+        })
+        .collect()
+}
+
+#[test]
+fn streams_round_trip_through_the_client_decoder() {
+    let response = full_response();
+    let frames = encode_stream(&response.to_events(), 0);
+    assert_eq!(
+        types(&frames),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    let start = json_of(&frames[0]);
+    assert_eq!(start["message"]["id"], "msg_abc");
+    assert_eq!(start["message"]["content"], json!([]));
+    assert!(start["message"]["stop_reason"].is_null());
+    let indexes: Vec<u64> = frames
+        .iter()
+        .filter_map(|frame| json_of(frame)["index"].as_u64())
+        .collect();
+    assert_eq!(indexes, [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]);
+    let delta = json_of(&frames[14]);
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    assert_eq!(delta["usage"]["output_tokens"], 50);
+
+    let back = replay(&frames, EventDecoder::new("p")).unwrap();
+    assert_eq!(back, response);
+}
+
+#[test]
+fn the_estimate_stands_in_until_usage_comes() {
+    let events = [
+        StreamEvent::TextDelta { text: "hi".into() },
+        StreamEvent::Stop {
+            reason: StopReason::EndTurn,
+        },
+    ];
+    let frames = encode_stream(&events, 42);
+    assert_eq!(json_of(&frames[0])["message"]["usage"]["input_tokens"], 42);
+    let back = replay(&frames, EventDecoder::new("p")).unwrap();
+    assert_eq!(back.usage.input_tokens, 42);
+    assert_eq!(back.message, Message::assistant("hi"));
+    assert!(back.id.unwrap().starts_with("msg_"));
+}
+
+#[test]
+fn calls_closed_only_at_the_end_are_sent_one_block_at_a_time() {
+    // The order an OpenAI Chat Completions upstream produces: calls are
+    // closed after the last one, and arguments may interleave.
+    let events = vec![
+        StreamEvent::Start {
+            id: Some("chatcmpl-1".into()),
+            model: None,
+        },
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: "c0".into(),
+            name: "read".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: "{\"path\":".into(),
+        },
+        StreamEvent::ToolCallStart {
+            index: 1,
+            id: "c1".into(),
+            name: "grep".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 1,
+            delta: "{\"q\":".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: "\"a\"}".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 1,
+            delta: "1}".into(),
+        },
+        StreamEvent::ToolCallEnd {
+            index: 0,
+            signature: None,
+        },
+        StreamEvent::ToolCallEnd {
+            index: 1,
+            signature: None,
+        },
+        StreamEvent::Usage(Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            ..Usage::default()
+        }),
+        StreamEvent::Stop {
+            reason: StopReason::EndTurn,
+        },
+    ];
+    let frames = encode_stream(&events, 0);
+    assert_eq!(
+        types(&frames),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    let back = replay(&frames, EventDecoder::new("p")).unwrap();
+    assert_eq!(back.id.as_deref(), Some("chatcmpl-1"));
+    assert_eq!(
+        back.message.tool_calls().cloned().collect::<Vec<_>>(),
+        vec![
+            ToolCall::new("c0", "read", "{\"path\":\"a\"}"),
+            ToolCall::new("c1", "grep", "{\"q\":1}"),
+        ]
+    );
+    assert_eq!(back.stop_reason, StopReason::ToolUse);
+    assert_eq!(back.usage.input_tokens, 10);
+    assert_eq!(back.usage.output_tokens, 5);
+
+    // Without ToolCallEnd nor Stop, finish closes everything.
+    let frames = encode_stream(&events[..7], 0);
+    let back = replay(&frames, EventDecoder::new("p")).unwrap();
+    assert_eq!(back.message.tool_calls().count(), 2);
+    assert_eq!(back.stop_reason, StopReason::ToolUse);
+}
+
+#[test]
+fn claude_code_requests_decode() {
+    // The shape Claude Code sends: system blocks with cache_control,
+    // tool results with content blocks (text and an image), thinking.
+    let body = json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 32000,
+        "stream": true,
+        "metadata": {"user_id": "user_abc"},
+        "system": [
+            {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "Work carefully.", "cache_control": {"type": "ephemeral"}}
+        ],
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "tools": [
+            {"name": "Read", "description": "Reads a file", "input_schema": {
+                "type": "object", "properties": {"file_path": {"type": "string"}},
+                "required": ["file_path"], "additionalProperties": false,
+                "$schema": "http://json-schema.org/draft-07/schema#"},
+             "cache_control": {"type": "ephemeral"}}
+        ],
+        "tool_choice": {"type": "auto"},
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "<system-reminder>ctx</system-reminder>"},
+                {"type": "text", "text": "read a.png", "cache_control": {"type": "ephemeral"}}
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Use Read.", "signature": "EqQB"},
+                {"type": "tool_use", "id": "toolu_01", "name": "Read", "input": {"file_path": "a.png"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01", "content": [
+                    {"type": "text", "text": "An image:"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+                ]},
+                {"type": "text", "text": "What is it?"}
+            ]},
+            {"role": "assistant", "content": "A cat."},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_02", "content": "boom", "is_error": true}
+            ]}
+        ]
+    });
+    let wire: MessagesRequest = serde_json::from_value(body).unwrap();
+    let (request, options) = decode_request(wire).unwrap();
+    assert!(options.stream);
+    assert_eq!(request.max_tokens, Some(32000));
+    assert_eq!(request.reasoning, Some(ReasoningEffort::Low));
+    assert_eq!(request.tools.len(), 1);
+    assert_eq!(request.tools[0].name, "Read");
+    assert_eq!(
+        request.messages,
+        vec![
+            Message::system("You are Claude Code.\n\nWork carefully."),
+            Message {
+                role: Role::User,
+                content: vec![
+                    ContentPart::Text {
+                        text: "<system-reminder>ctx</system-reminder>".into()
+                    },
+                    ContentPart::Text {
+                        text: "read a.png".into()
+                    },
+                ],
+            },
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    ContentPart::Reasoning(Reasoning {
+                        text: "Use Read.".into(),
+                        signature: Some("EqQB".into()),
+                        ..Reasoning::default()
+                    }),
+                    ContentPart::ToolCall(ToolCall::new(
+                        "toolu_01",
+                        "Read",
+                        r#"{"file_path":"a.png"}"#
+                    )),
+                ],
+            },
+            Message::tool_result("toolu_01", "An image:"),
+            Message {
+                role: Role::User,
+                content: vec![
+                    ContentPart::Image {
+                        source: ImageSource::Base64 {
+                            media_type: "image/png".into(),
+                            data: "AAAA".into()
+                        }
+                    },
+                    ContentPart::Text {
+                        text: "What is it?".into()
+                    },
+                ],
+            },
+            Message::assistant("A cat."),
+            Message {
+                role: Role::Tool,
+                content: vec![ContentPart::ToolResult(ToolResult {
+                    call_id: "toolu_02".into(),
+                    content: "boom".into(),
+                    is_error: true,
+                })],
+            },
+        ]
+    );
+}
+
+fn decode_json(body: Value) -> Result<(ChatRequest, ServeOptions), DecodeError> {
+    decode_request(serde_json::from_value::<MessagesRequest>(body).unwrap())
+}
+
+#[test]
+fn bad_requests_name_the_field() {
+    let error = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "x", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "content": "r"}]}
+    ]}))
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "messages[2].content[0]: tool_result needs tool_use_id (the id of the tool_use block it answers)"
+    );
+
+    let error = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [],
+        "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]}))
+    .unwrap_err();
+    assert!(
+        matches!(&error, DecodeError::UnsupportedTool { field, kind } if field == "tools[0]" && kind == "web_search_20250305"),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("server-side tool"), "{error}");
+
+    let error = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [],
+        "tools": [{"name": "x"}]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "tools[0].input_schema");
+
+    let error = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": [{"type": "document", "source": {"type": "text", "data": "x", "media_type": "text/plain"}}]}
+    ]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "messages[0].content[0]");
+    assert!(error.to_string().contains("`document`"), "{error}");
+
+    let error = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [
+        {"role": "system", "content": "x"}
+    ]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "messages[0].role");
+}
+
+#[test]
+fn errors_map_to_statuses_and_types() {
+    let context = LlmError::new(
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(208_310),
+            allowed: Some(200_000),
+        },
+        "local",
+        "too long",
+    );
+    let (status, body) = encode_error(&context);
+    assert_eq!(status, 400);
+    assert_eq!(body.kind, "error");
+    assert_eq!(body.error.kind, "invalid_request_error");
+    assert!(
+        body.error
+            .message
+            .starts_with("prompt is too long: 208310 tokens > 200000 maximum"),
+        "{}",
+        body.error.message
+    );
+    assert_eq!(api_error("p", &body.error).kind, context.kind);
+
+    let cases = [
+        (ErrorKind::Authentication, 401, "authentication_error"),
+        (ErrorKind::Permission, 403, "permission_error"),
+        (ErrorKind::NotFound, 404, "not_found_error"),
+        (
+            ErrorKind::RateLimited { retry_after: None },
+            429,
+            "rate_limit_error",
+        ),
+        (ErrorKind::Overloaded, 529, "overloaded_error"),
+        (ErrorKind::InvalidRequest, 400, "invalid_request_error"),
+        (ErrorKind::Server, 502, "api_error"),
+        (ErrorKind::Connection, 502, "api_error"),
+        (ErrorKind::Timeout, 504, "timeout_error"),
+        (ErrorKind::Cancelled, 500, "api_error"),
+    ];
+    for (kind, expected_status, expected_type) in cases {
+        let error = LlmError::new(kind.clone(), "p", "m");
+        let (status, body) = encode_error(&error);
+        assert_eq!(
+            (status, body.error.kind.as_str()),
+            (expected_status, expected_type)
+        );
+        // The client side reads the kind back.
+        if !matches!(kind, ErrorKind::Connection | ErrorKind::Cancelled) {
+            assert_eq!(api_error("p", &body.error).kind, kind);
+        }
+    }
+    let (status, body) =
+        encode_error(&LlmError::new(ErrorKind::InvalidRequest, "p", "big").with_status(413));
+    assert_eq!(
+        (status, body.error.kind.as_str()),
+        (413, "request_too_large")
+    );
+}
+
+#[test]
+fn a_stream_error_is_an_error_event() {
+    let mut encoder = MessageStreamEncoder::new("claude-x", None, 0);
+    let mut frames = encoder.push(&StreamEvent::TextDelta { text: "par".into() });
+    frames.extend(encoder.error(&LlmError::new(ErrorKind::Overloaded, "up", "busy")));
+    assert!(encoder.finish().is_empty());
+    let last = frames.last().unwrap();
+    assert_eq!(last.event.as_deref(), Some("error"));
+    assert_eq!(json_of(last)["error"]["type"], "overloaded_error");
+    let error = replay(&frames, EventDecoder::new("p")).unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Overloaded);
+}

@@ -1,0 +1,791 @@
+//! The gateway direction of Chat Completions: decode a client's request,
+//! encode the answer (whole or streamed) and errors.
+
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, Message, ReasoningEffort,
+    ResponseFormat, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult,
+    ToolSpec, Usage,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{
+    Choice, ChunkChoice, CompletionChunk, CompletionRequest, CompletionResponse, Delta,
+    FunctionDelta, ToolCallDelta, WireCallFunction, WireContent, WireMessage, WirePart,
+    WireToolCall, WireUsage, arguments_text,
+};
+use crate::wire::serve::{
+    DecodeError, SseFrame, client_message, generated_id, image_from_url, unix_now,
+};
+
+/// What a Chat Completions request asks of the answer's delivery, beyond
+/// the [`ChatRequest`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Answer as a stream of `chat.completion.chunk` events.
+    pub stream: bool,
+    /// `stream_options.include_usage`: end the stream with a chunk carrying
+    /// usage and no choices.
+    pub include_usage: bool,
+}
+
+/// Decodes a client's request.
+///
+/// - `system` and `developer` messages become [`Role::System`] messages;
+/// - `tool` messages (which need `tool_call_id`) become [`Role::Tool`]
+///   messages, consecutive ones merged into one;
+/// - `data:` image URLs become inline (base64) images;
+/// - an assistant's `reasoning_content` (or `reasoning`) becomes a
+///   reasoning part before its text;
+/// - `max_completion_tokens` wins over `max_tokens`;
+/// - `reasoning_effort` `none` means no reasoning setting, `xhigh` is
+///   [`ReasoningEffort::High`];
+/// - tools other than `function` are rejected.
+///
+/// # Errors
+/// A [`DecodeError`] naming the field at fault.
+pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOptions), DecodeError> {
+    let options = ServeOptions {
+        stream: wire.stream,
+        include_usage: wire.stream
+            && wire
+                .stream_options
+                .as_ref()
+                .is_some_and(|options| options.include_usage),
+    };
+    let mut messages: Vec<Message> = Vec::new();
+    for (index, message) in wire.messages.into_iter().enumerate() {
+        let field = format!("messages[{index}]");
+        let decoded = decode_message(message, &field)?;
+        match (messages.last_mut(), decoded.role) {
+            (Some(last), Role::Tool) if last.role == Role::Tool => {
+                last.content.extend(decoded.content)
+            }
+            _ => messages.push(decoded),
+        }
+    }
+    let tools = wire
+        .tools
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(index, tool)| {
+            let field = format!("tools[{index}]");
+            if tool.kind != "function" {
+                return Err(DecodeError::UnsupportedTool {
+                    field,
+                    kind: tool.kind,
+                });
+            }
+            if tool.function.name.is_empty() {
+                return Err(DecodeError::missing(
+                    format!("{field}.function.name"),
+                    "a function tool needs a name",
+                ));
+            }
+            Ok(ToolSpec {
+                name: tool.function.name,
+                description: tool.function.description.unwrap_or_default(),
+                parameters: tool
+                    .function
+                    .parameters
+                    .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tool_choice = match wire.tool_choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(value) => decode_tool_choice(&value, "tool_choice")?,
+    };
+    let response_format = match wire.response_format {
+        None | Some(Value::Null) => None,
+        Some(value) => decode_response_format(&value)?,
+    };
+    let reasoning = match wire.reasoning_effort.as_deref() {
+        None => None,
+        Some(effort) => decode_effort(effort, "reasoning_effort")?,
+    };
+    let request = ChatRequest {
+        model: wire.model,
+        messages,
+        tools,
+        tool_choice,
+        parallel_tool_calls: wire.parallel_tool_calls,
+        sampling: Sampling {
+            temperature: wire.temperature,
+            top_p: wire.top_p,
+            top_k: wire.top_k,
+            seed: wire.seed,
+            presence_penalty: wire.presence_penalty,
+            frequency_penalty: wire.frequency_penalty,
+        },
+        max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
+        stop: wire
+            .stop
+            .map(super::StopField::into_vec)
+            .unwrap_or_default(),
+        response_format,
+        reasoning,
+    };
+    Ok((request, options))
+}
+
+fn decode_message(message: WireMessage, field: &str) -> Result<Message, DecodeError> {
+    match message.role.as_str() {
+        "system" | "developer" => Ok(Message {
+            role: Role::System,
+            content: decode_content(message.content, field, false)?,
+        }),
+        "user" => Ok(Message {
+            role: Role::User,
+            content: decode_content(message.content, field, true)?,
+        }),
+        "assistant" => {
+            let mut content = Vec::new();
+            if let Some(reasoning) = message
+                .reasoning_content
+                .or(message.reasoning)
+                .filter(|text| !text.is_empty())
+            {
+                content.push(ContentPart::Reasoning(freehold_protocol::Reasoning {
+                    text: reasoning,
+                    ..freehold_protocol::Reasoning::default()
+                }));
+            }
+            content.extend(decode_content(message.content, field, false)?);
+            for (index, call) in message
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                let call_field = format!("{field}.tool_calls[{index}]");
+                if call.id.is_empty() {
+                    return Err(DecodeError::missing(call_field, "a tool call needs an id"));
+                }
+                if call.function.name.is_empty() {
+                    return Err(DecodeError::missing(
+                        format!("{call_field}.function.name"),
+                        "a tool call needs the tool's name",
+                    ));
+                }
+                content.push(ContentPart::ToolCall(ToolCall::new(
+                    call.id,
+                    call.function.name,
+                    arguments_text(&call.function.arguments),
+                )));
+            }
+            Ok(Message {
+                role: Role::Assistant,
+                content,
+            })
+        }
+        "tool" => {
+            let call_id = message
+                .tool_call_id
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| {
+                    DecodeError::missing(
+                        field,
+                        "a tool message needs tool_call_id (the id of the call it answers)",
+                    )
+                })?;
+            let content = match message.content {
+                None => String::new(),
+                Some(WireContent::Text(text)) => text,
+                Some(WireContent::Parts(parts)) => parts
+                    .into_iter()
+                    .filter_map(|part| match part {
+                        WirePart::Text { text } => Some(text),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            };
+            Ok(Message {
+                role: Role::Tool,
+                content: vec![ContentPart::ToolResult(ToolResult {
+                    call_id,
+                    content,
+                    is_error: false,
+                })],
+            })
+        }
+        "function" => Err(DecodeError::unsupported(
+            format!("{field}.role"),
+            "the deprecated `function` role (use `tool` messages with tool_call_id)",
+        )),
+        other => Err(DecodeError::invalid(
+            format!("{field}.role"),
+            format!("unknown role `{other}` (expected system, developer, user, assistant or tool)"),
+        )),
+    }
+}
+
+fn decode_content(
+    content: Option<WireContent>,
+    field: &str,
+    images: bool,
+) -> Result<Vec<ContentPart>, DecodeError> {
+    match content {
+        None => Ok(Vec::new()),
+        Some(WireContent::Text(text)) if text.is_empty() => Ok(Vec::new()),
+        Some(WireContent::Text(text)) => Ok(vec![ContentPart::Text { text }]),
+        Some(WireContent::Parts(parts)) => {
+            let mut out: Vec<ContentPart> = Vec::new();
+            for (index, part) in parts.into_iter().enumerate() {
+                let part_field = format!("{field}.content[{index}]");
+                match part {
+                    WirePart::Text { text } if text.is_empty() => {}
+                    WirePart::Text { text } => out.push(ContentPart::Text { text }),
+                    WirePart::ImageUrl { image_url } if images => {
+                        if image_url.url.is_empty() {
+                            return Err(DecodeError::missing(
+                                format!("{part_field}.image_url.url"),
+                                "an image part needs a URL",
+                            ));
+                        }
+                        out.push(ContentPart::Image {
+                            source: image_from_url(&image_url.url),
+                        });
+                    }
+                    WirePart::ImageUrl { .. } => {
+                        return Err(DecodeError::unsupported(
+                            part_field,
+                            "an image outside a user message",
+                        ));
+                    }
+                    WirePart::Other(value) => {
+                        let kind = value.get("type").and_then(Value::as_str).unwrap_or("?");
+                        // A refusal part of an assistant message is its text.
+                        if kind == "refusal"
+                            && let Some(text) = value.get("refusal").and_then(Value::as_str)
+                        {
+                            out.push(ContentPart::Text {
+                                text: text.to_owned(),
+                            });
+                            continue;
+                        }
+                        return Err(DecodeError::unsupported(
+                            part_field,
+                            format!("a `{kind}` content part (only text and image_url are)"),
+                        ));
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Decodes `tool_choice`: `"auto"`, `"none"`, `"required"`,
+/// `{"type":"function","function":{"name":…}}` (or the Responses form
+/// `{"type":"function","name":…}`).
+pub(crate) fn decode_tool_choice(value: &Value, field: &str) -> Result<ToolChoice, DecodeError> {
+    match value {
+        Value::String(text) => match text.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(DecodeError::invalid(
+                field,
+                format!("unknown value `{other}` (expected auto, none, required or an object)"),
+            )),
+        },
+        Value::Object(map) => {
+            let name = map
+                .get("function")
+                .and_then(|function| function.get("name"))
+                .or_else(|| map.get("name"))
+                .and_then(Value::as_str)
+                .filter(|name| !name.is_empty());
+            match (map.get("type").and_then(Value::as_str), name) {
+                (Some("function"), Some(name)) => Ok(ToolChoice::Tool {
+                    name: name.to_owned(),
+                }),
+                (Some("function"), None) => Err(DecodeError::missing(
+                    format!("{field}.function.name"),
+                    "a forced tool choice needs the tool's name",
+                )),
+                (Some(mode @ ("auto" | "none" | "required")), _) => {
+                    decode_tool_choice(&Value::String(mode.to_owned()), field)
+                }
+                (kind, _) => Err(DecodeError::invalid(
+                    format!("{field}.type"),
+                    format!(
+                        "unsupported tool choice type {} (expected `function`)",
+                        kind.map_or_else(|| "(none)".to_owned(), |kind| format!("`{kind}`"))
+                    ),
+                )),
+            }
+        }
+        _ => Err(DecodeError::invalid(
+            field,
+            "expected a string or an object",
+        )),
+    }
+}
+
+fn decode_response_format(value: &Value) -> Result<Option<ResponseFormat>, DecodeError> {
+    match value.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(ResponseFormat::JsonObject)),
+        Some("json_schema") => {
+            let spec = value.get("json_schema").ok_or_else(|| {
+                DecodeError::missing(
+                    "response_format.json_schema",
+                    "a json_schema format needs its json_schema object",
+                )
+            })?;
+            let name = spec
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|name| !name.is_empty())
+                .ok_or_else(|| {
+                    DecodeError::missing(
+                        "response_format.json_schema.name",
+                        "a json_schema format needs a name",
+                    )
+                })?;
+            Ok(Some(ResponseFormat::JsonSchema {
+                name: name.to_owned(),
+                schema: spec
+                    .get("schema")
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+                strict: spec.get("strict").and_then(Value::as_bool).unwrap_or(false),
+            }))
+        }
+        other => Err(DecodeError::invalid(
+            "response_format.type",
+            format!(
+                "unsupported format {} (expected text, json_object or json_schema)",
+                other.map_or_else(|| "(none)".to_owned(), |kind| format!("`{kind}`"))
+            ),
+        )),
+    }
+}
+
+/// Decodes an OpenAI reasoning effort: `none` is no setting, `xhigh` is
+/// [`ReasoningEffort::High`].
+pub(crate) fn decode_effort(
+    effort: &str,
+    field: &str,
+) -> Result<Option<ReasoningEffort>, DecodeError> {
+    match effort {
+        "none" => Ok(None),
+        "minimal" => Ok(Some(ReasoningEffort::Minimal)),
+        "low" => Ok(Some(ReasoningEffort::Low)),
+        "medium" => Ok(Some(ReasoningEffort::Medium)),
+        "high" | "xhigh" => Ok(Some(ReasoningEffort::High)),
+        other => Err(DecodeError::invalid(
+            field,
+            format!("unknown effort `{other}` (expected none, minimal, low, medium or high)"),
+        )),
+    }
+}
+
+/// The `finish_reason` spelling of a [`StopReason`].
+pub fn finish_reason_name(reason: &StopReason) -> String {
+    match reason {
+        StopReason::EndTurn
+        | StopReason::StopSequence
+        | StopReason::Cancelled
+        | StopReason::Refusal => "stop".into(),
+        StopReason::MaxTokens => "length".into(),
+        StopReason::ToolUse => "tool_calls".into(),
+        StopReason::ContentFilter => "content_filter".into(),
+        StopReason::Other(other) => other.clone(),
+    }
+}
+
+/// Encodes a complete answer as a `chat.completion` object.
+///
+/// The id is the response's, else a new `chatcmpl-…`; `created` is now;
+/// `model` is the name the client asked for. Reasoning text goes in
+/// `reasoning_content` (signatures are dropped: the protocol has no field
+/// for them); text parts are joined; a tool-calls-only answer has
+/// `content: null`.
+pub fn encode_response(response: &ChatResponse, model: &str) -> CompletionResponse {
+    let text = response.message.text_content();
+    let reasoning: String = response
+        .message
+        .content
+        .iter()
+        .filter_map(|part| match part {
+            ContentPart::Reasoning(reasoning) => Some(reasoning.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let calls: Vec<WireToolCall> = response
+        .message
+        .tool_calls()
+        .map(|call| WireToolCall {
+            id: call.id.clone(),
+            kind: "function".into(),
+            function: WireCallFunction {
+                name: call.name.clone(),
+                arguments: Value::String(call.arguments.clone()),
+            },
+        })
+        .collect();
+    let refusal = matches!(response.stop_reason, StopReason::Refusal) && !text.is_empty();
+    CompletionResponse {
+        id: response
+            .id
+            .clone()
+            .unwrap_or_else(|| generated_id("chatcmpl-")),
+        object: "chat.completion".into(),
+        created: unix_now(),
+        model: model.to_owned(),
+        choices: vec![Choice {
+            index: 0,
+            message: WireMessage {
+                role: "assistant".into(),
+                content: (!text.is_empty() || calls.is_empty())
+                    .then(|| WireContent::Text(text.clone())),
+                reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+                tool_calls: (!calls.is_empty()).then_some(calls),
+                refusal: refusal.then_some(text),
+                ..WireMessage::default()
+            },
+            finish_reason: Some(finish_reason_name(&response.stop_reason)),
+        }],
+        usage: Some(WireUsage::from(&response.usage)),
+    }
+}
+
+/// Encodes a streamed answer as `chat.completion.chunk` events.
+///
+/// What it emits, in order:
+/// 1. on the first event, a chunk with `delta: {"role":"assistant","content":""}`;
+/// 2. text as `delta.content`, reasoning as `delta.reasoning_content`;
+/// 3. a tool call's start as `delta.tool_calls: [{index, id, type:
+///    "function", function: {name, arguments: ""}}]`, then its argument
+///    fragments as `delta.tool_calls: [{index, function: {arguments}}]`
+///    (the index is the [`StreamEvent`]'s, so parallel calls may
+///    interleave);
+/// 4. on [`StreamEvent::Stop`], a chunk with an empty delta and
+///    `finish_reason`; with `include_usage`, a chunk with `choices: []` and
+///    `usage`; then the `[DONE]` marker ([`SseFrame::done`]): **the encoder
+///    emits `[DONE]`**, the server writes the frames as they come.
+///
+/// Every chunk carries the same id, `created` and model. Reasoning
+/// signatures and `ToolCallEnd` produce nothing (the protocol has no field
+/// for them).
+#[derive(Debug)]
+pub struct ChunkEncoder {
+    id: Option<String>,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    started: bool,
+    has_calls: bool,
+    usage: Option<Usage>,
+    finished: bool,
+}
+
+impl ChunkEncoder {
+    /// An encoder for an answer named `model` (the name the client asked
+    /// for). `id` `None` takes the id of a leading [`StreamEvent::Start`],
+    /// else a new `chatcmpl-…`.
+    pub fn new(model: impl Into<String>, id: Option<String>, include_usage: bool) -> Self {
+        Self {
+            id,
+            model: model.into(),
+            created: unix_now(),
+            include_usage,
+            started: false,
+            has_calls: false,
+            usage: None,
+            finished: false,
+        }
+    }
+
+    /// The answer's id (fixed once the first chunk is out).
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<WireUsage>) -> SseFrame {
+        let chunk = CompletionChunk {
+            id: self.id.clone().unwrap_or_default(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        };
+        SseFrame::data(serde_json::to_value(chunk).unwrap_or(Value::Null))
+    }
+
+    fn delta(&self, delta: Delta, finish_reason: Option<String>) -> SseFrame {
+        self.chunk(
+            vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+            }],
+            None,
+        )
+    }
+
+    fn start(&mut self, id: Option<&String>, out: &mut Vec<SseFrame>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        if self.id.is_none() {
+            self.id = Some(
+                id.filter(|id| !id.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| generated_id("chatcmpl-")),
+            );
+        }
+        out.push(self.delta(
+            Delta {
+                role: Some("assistant".into()),
+                content: Some(String::new()),
+                ..Delta::default()
+            },
+            None,
+        ));
+    }
+
+    /// The frames for one event (none after the answer finished).
+    pub fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        if self.finished {
+            return out;
+        }
+        match event {
+            StreamEvent::Start { id, .. } => self.start(id.as_ref(), &mut out),
+            StreamEvent::TextDelta { text } => {
+                self.start(None, &mut out);
+                out.push(self.delta(
+                    Delta {
+                        content: Some(text.clone()),
+                        ..Delta::default()
+                    },
+                    None,
+                ));
+            }
+            StreamEvent::ReasoningDelta { text } => {
+                self.start(None, &mut out);
+                out.push(self.delta(
+                    Delta {
+                        reasoning_content: Some(text.clone()),
+                        ..Delta::default()
+                    },
+                    None,
+                ));
+            }
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.start(None, &mut out);
+                self.has_calls = true;
+                out.push(self.delta(
+                    Delta {
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index: *index,
+                            id: Some(id.clone()),
+                            kind: Some("function".into()),
+                            function: Some(FunctionDelta {
+                                name: Some(name.clone()),
+                                arguments: Some(String::new()),
+                            }),
+                        }]),
+                        ..Delta::default()
+                    },
+                    None,
+                ));
+            }
+            StreamEvent::ToolCallArgsDelta { index, delta } => {
+                self.start(None, &mut out);
+                out.push(self.delta(
+                    Delta {
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index: *index,
+                            id: None,
+                            kind: None,
+                            function: Some(FunctionDelta {
+                                name: None,
+                                arguments: Some(delta.clone()),
+                            }),
+                        }]),
+                        ..Delta::default()
+                    },
+                    None,
+                ));
+            }
+            StreamEvent::Usage(usage) => self.usage = Some(*usage),
+            StreamEvent::Stop { reason } => out.extend(self.stop(reason)),
+            StreamEvent::ReasoningSignature { .. }
+            | StreamEvent::ToolCallEnd { .. }
+            | StreamEvent::Timings(_) => {}
+        }
+        out
+    }
+
+    fn stop(&mut self, reason: &StopReason) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        self.start(None, &mut out);
+        self.finished = true;
+        let reason = match reason {
+            StopReason::EndTurn if self.has_calls => StopReason::ToolUse,
+            other => other.clone(),
+        };
+        out.push(self.delta(Delta::default(), Some(finish_reason_name(&reason))));
+        if self.include_usage {
+            let usage = self.usage.unwrap_or_default();
+            out.push(self.chunk(Vec::new(), Some(WireUsage::from(&usage))));
+        }
+        out.push(SseFrame::done());
+        out
+    }
+
+    /// Ends the stream if no [`StreamEvent::Stop`] did (`tool_calls` when a
+    /// call was made, else `stop`); nothing when it already ended.
+    pub fn finish(&mut self) -> Vec<SseFrame> {
+        if self.finished {
+            return Vec::new();
+        }
+        let reason = if self.has_calls {
+            StopReason::ToolUse
+        } else {
+            StopReason::EndTurn
+        };
+        self.stop(&reason)
+    }
+
+    /// The frames reporting an error after the stream began: a chunk
+    /// holding only `{"error": {…}}` (what OpenAI sends), then `[DONE]`.
+    /// The encoder emits nothing more afterwards.
+    pub fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
+        if self.finished {
+            return Vec::new();
+        }
+        self.finished = true;
+        let (_, body) = encode_error(error);
+        vec![
+            SseFrame::data(serde_json::to_value(body).unwrap_or(Value::Null)),
+            SseFrame::done(),
+        ]
+    }
+}
+
+/// An OpenAI error body: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorObject,
+}
+
+/// The `error` object of an [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorObject {
+    /// A human-readable message.
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `rate_limit_error`,
+    /// `server_error`…
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request field at fault, where known.
+    pub param: Option<String>,
+    /// A machine-readable code (`context_length_exceeded`,
+    /// `rate_limit_exceeded`…), where one fits.
+    pub code: Option<String>,
+}
+
+/// The HTTP status, error `type` and `code` of an error kind, as OpenAI
+/// spells them. An [`LlmError::status`] of 413 keeps 413 for invalid
+/// requests.
+pub(crate) fn openai_error_parts(error: &LlmError) -> (u16, &'static str, Option<&'static str>) {
+    match error.kind {
+        ErrorKind::Authentication => (401, "authentication_error", Some("invalid_api_key")),
+        ErrorKind::Permission => (403, "permission_error", Some("permission_denied")),
+        ErrorKind::NotFound => (404, "invalid_request_error", Some("model_not_found")),
+        ErrorKind::RateLimited { .. } => (429, "rate_limit_error", Some("rate_limit_exceeded")),
+        ErrorKind::ContextLengthExceeded { .. } => (
+            400,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+        ),
+        ErrorKind::Overloaded => (503, "server_error", Some("server_is_overloaded")),
+        ErrorKind::InvalidRequest if error.status == Some(413) => {
+            (413, "invalid_request_error", Some("request_too_large"))
+        }
+        ErrorKind::InvalidRequest => (400, "invalid_request_error", None),
+        ErrorKind::Server | ErrorKind::Connection => (502, "server_error", Some("server_error")),
+        ErrorKind::Timeout => (504, "server_error", Some("timeout")),
+        ErrorKind::Cancelled => (500, "server_error", Some("cancelled")),
+    }
+}
+
+/// The message an OpenAI client sees: context-length errors in OpenAI's own
+/// words (clients match on them), rate limits with "try again in …".
+pub(crate) fn openai_error_message(error: &LlmError) -> String {
+    let message = client_message(error);
+    match &error.kind {
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(needed),
+            allowed: Some(allowed),
+        } => format!(
+            "This model's maximum context length is {allowed} tokens. However, your messages \
+             resulted in {needed} tokens. Please reduce the length of the messages. ({message})"
+        ),
+        ErrorKind::ContextLengthExceeded { .. } => format!(
+            "This model's maximum context length was exceeded. Please reduce the length of the \
+             messages. ({message})"
+        ),
+        ErrorKind::RateLimited { .. } => match error.retry_after() {
+            Some(wait) => format!("{message}. Please try again in {:.3}s.", wait.as_secs_f64()),
+            None => message,
+        },
+        _ => message,
+    }
+}
+
+/// Encodes an error as an HTTP status and OpenAI's error body.
+///
+/// | kind | status | `type` | `code` |
+/// |---|---|---|---|
+/// | authentication | 401 | `authentication_error` | `invalid_api_key` |
+/// | permission | 403 | `permission_error` | `permission_denied` |
+/// | not found | 404 | `invalid_request_error` | `model_not_found` |
+/// | rate limited | 429 | `rate_limit_error` | `rate_limit_exceeded` |
+/// | context length | 400 | `invalid_request_error` | `context_length_exceeded` |
+/// | overloaded | 503 | `server_error` | `server_is_overloaded` |
+/// | invalid request | 400 (413 when the error's status is) | `invalid_request_error` | — |
+/// | server, connection | 502 | `server_error` | `server_error` |
+/// | timeout | 504 | `server_error` | `timeout` |
+/// | cancelled | 500 | `server_error` | `cancelled` |
+///
+/// `param` is the field of a [`DecodeError`] when the message starts with
+/// one (`messages[2].content: …`).
+pub fn encode_error(error: &LlmError) -> (u16, ErrorBody) {
+    let (status, kind, code) = openai_error_parts(error);
+    (
+        status,
+        ErrorBody {
+            error: ErrorObject {
+                message: openai_error_message(error),
+                kind: kind.into(),
+                param: decode_error_param(error),
+                code: code.map(str::to_owned),
+            },
+        },
+    )
+}
+
+/// The field path that a gateway decode error's message starts with.
+pub(crate) fn decode_error_param(error: &LlmError) -> Option<String> {
+    if error.provider != crate::wire::serve::GATEWAY_PROVIDER {
+        return None;
+    }
+    let (field, _) = error.message.split_once(": ")?;
+    let looks_like_path = !field.is_empty()
+        && field
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
+    looks_like_path.then(|| field.to_owned())
+}

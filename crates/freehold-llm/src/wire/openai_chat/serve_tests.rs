@@ -1,0 +1,475 @@
+//! Tests of the gateway direction: round trips through the client side.
+
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
+    ReasoningEffort, ResponseFormat, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice,
+    ToolResult, ToolSpec, Usage,
+};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::wire::serve::test_support::replay;
+use crate::wire::serve::{DecodeError, SseFrame};
+
+fn tool(name: &str) -> ToolSpec {
+    ToolSpec {
+        name: name.into(),
+        description: format!("The {name} tool"),
+        parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+    }
+}
+
+fn full_request() -> ChatRequest {
+    ChatRequest {
+        model: "gpt-x".into(),
+        messages: vec![
+            Message::system("Be brief."),
+            Message {
+                role: Role::User,
+                content: vec![
+                    ContentPart::Text {
+                        text: "What is in these?".into(),
+                    },
+                    ContentPart::Image {
+                        source: ImageSource::Base64 {
+                            media_type: "image/png".into(),
+                            data: "iVBORw0KGgo=".into(),
+                        },
+                    },
+                    ContentPart::Image {
+                        source: ImageSource::Url {
+                            url: "https://example.com/a.jpg".into(),
+                        },
+                    },
+                ],
+            },
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    ContentPart::Text {
+                        text: "Let me look.".into(),
+                    },
+                    ContentPart::ToolCall(ToolCall::new("call_1", "read", r#"{"path":"a"}"#)),
+                    ContentPart::ToolCall(ToolCall::new("call_2", "grep", r#"{"q":"b"}"#)),
+                ],
+            },
+            Message {
+                role: Role::Tool,
+                content: vec![
+                    ContentPart::ToolResult(ToolResult {
+                        call_id: "call_1".into(),
+                        content: "contents of a".into(),
+                        is_error: false,
+                    }),
+                    ContentPart::ToolResult(ToolResult {
+                        call_id: "call_2".into(),
+                        content: "no match".into(),
+                        is_error: false,
+                    }),
+                ],
+            },
+            Message::assistant("Done."),
+            Message::user("Thanks"),
+        ],
+        tools: vec![tool("read"), tool("grep")],
+        tool_choice: ToolChoice::Tool {
+            name: "read".into(),
+        },
+        parallel_tool_calls: Some(false),
+        sampling: Sampling {
+            temperature: Some(0.5),
+            top_p: Some(0.9),
+            top_k: Some(40),
+            seed: Some(7),
+            presence_penalty: Some(0.1),
+            frequency_penalty: Some(0.2),
+        },
+        max_tokens: Some(512),
+        stop: vec!["END".into(), "STOP".into()],
+        response_format: Some(ResponseFormat::JsonSchema {
+            name: "answer".into(),
+            schema: json!({"type": "object"}),
+            strict: true,
+        }),
+        reasoning: Some(ReasoningEffort::High),
+    }
+}
+
+#[test]
+fn requests_round_trip_through_the_client_encoder() {
+    let request = full_request();
+    for field in [
+        MaxTokensField::MaxTokens,
+        MaxTokensField::MaxCompletionTokens,
+    ] {
+        let dialect = Dialect {
+            max_tokens_field: field,
+            stream_usage: true,
+        };
+        let wire = encode_request(&request, dialect, true);
+        // Through JSON, as a server receives it.
+        let wire: CompletionRequest =
+            serde_json::from_value(serde_json::to_value(&wire).unwrap()).unwrap();
+        let (decoded, options) = decode_request(wire).unwrap();
+        assert_eq!(decoded, request);
+        assert_eq!(
+            options,
+            ServeOptions {
+                stream: true,
+                include_usage: true
+            }
+        );
+    }
+    let simple = ChatRequest::new("m", vec![Message::user("hi")]);
+    let (decoded, options) =
+        decode_request(encode_request(&simple, Dialect::default(), false)).unwrap();
+    assert_eq!(decoded, simple);
+    assert_eq!(options, ServeOptions::default());
+}
+
+fn full_response() -> ChatResponse {
+    ChatResponse {
+        id: Some("chatcmpl-abc".into()),
+        model: Some("gpt-x".into()),
+        message: Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentPart::Reasoning(Reasoning {
+                    text: "thinking it over".into(),
+                    ..Reasoning::default()
+                }),
+                ContentPart::Text {
+                    text: "Reading both.".into(),
+                },
+                ContentPart::ToolCall(ToolCall::new("call_1", "read", r#"{"path":"a"}"#)),
+                ContentPart::ToolCall(ToolCall::new("call_2", "grep", r#"{"q":"b"}"#)),
+            ],
+        },
+        usage: Usage {
+            input_tokens: 120,
+            cached_input_tokens: 100,
+            cache_write_tokens: 0,
+            output_tokens: 30,
+            reasoning_tokens: 12,
+        },
+        stop_reason: StopReason::ToolUse,
+        timings: None,
+    }
+}
+
+#[test]
+fn responses_round_trip_through_the_client_decoder() {
+    let response = full_response();
+    let wire = encode_response(&response, "gpt-x");
+    let json = serde_json::to_value(&wire).unwrap();
+    assert_eq!(json["object"], "chat.completion");
+    assert_eq!(json["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        json["choices"][0]["message"]["tool_calls"][0]["type"],
+        "function"
+    );
+    assert_eq!(json["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
+    assert_eq!(json["usage"]["total_tokens"], 150);
+    let back = decode_response("p", serde_json::from_value(json).unwrap()).unwrap();
+    assert_eq!(back, response);
+
+    // Text only; no id: one is generated.
+    let mut plain = full_response();
+    plain.id = None;
+    plain.message = Message::assistant("hi");
+    plain.stop_reason = StopReason::MaxTokens;
+    let wire = encode_response(&plain, "gpt-x");
+    assert!(wire.id.starts_with("chatcmpl-"), "{}", wire.id);
+    assert!(wire.created > 1_600_000_000);
+    let back = decode_response("p", wire).unwrap();
+    assert_eq!(back.message, plain.message);
+    assert_eq!(back.stop_reason, StopReason::MaxTokens);
+}
+
+fn encode_stream(events: &[StreamEvent], include_usage: bool) -> Vec<SseFrame> {
+    let mut encoder = ChunkEncoder::new("gpt-x", None, include_usage);
+    let mut frames: Vec<SseFrame> = events.iter().flat_map(|e| encoder.push(e)).collect();
+    frames.extend(encoder.finish());
+    frames
+}
+
+#[test]
+fn streams_round_trip_through_the_client_decoder() {
+    let response = full_response();
+    let frames = encode_stream(&response.to_events(), true);
+    assert!(frames.last().unwrap().is_done());
+    let first = match &frames[0].data {
+        crate::wire::serve::SseData::Json(value) => value.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(first["id"], "chatcmpl-abc");
+    let back = replay(&frames, ChunkDecoder::new("p")).unwrap();
+    assert_eq!(back, response);
+
+    // Without include_usage the usage is not sent.
+    let frames = encode_stream(&response.to_events(), false);
+    let back = replay(&frames, ChunkDecoder::new("p")).unwrap();
+    assert_eq!(back.usage, Usage::default());
+    assert_eq!(back.message, response.message);
+}
+
+#[test]
+fn interleaved_parallel_calls_keep_their_indexes() {
+    let events = vec![
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: "c0".into(),
+            name: "read".into(),
+        },
+        StreamEvent::ToolCallStart {
+            index: 1,
+            id: "c1".into(),
+            name: "grep".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 1,
+            delta: "{\"q\":".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: "{}".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 1,
+            delta: "1}".into(),
+        },
+        StreamEvent::Stop {
+            reason: StopReason::EndTurn,
+        },
+    ];
+    let frames = encode_stream(&events, false);
+    let back = replay(&frames, ChunkDecoder::new("p")).unwrap();
+    assert_eq!(
+        back.message.tool_calls().cloned().collect::<Vec<_>>(),
+        vec![
+            ToolCall::new("c0", "read", "{}"),
+            ToolCall::new("c1", "grep", "{\"q\":1}")
+        ]
+    );
+    assert_eq!(back.stop_reason, StopReason::ToolUse);
+}
+
+#[test]
+fn a_stream_error_reaches_the_client_as_its_error() {
+    let mut encoder = ChunkEncoder::new("gpt-x", None, true);
+    let mut frames = encoder.push(&StreamEvent::TextDelta { text: "par".into() });
+    frames.extend(encoder.error(&LlmError::new(
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(9000),
+            allowed: Some(8192),
+        },
+        "local",
+        "too long",
+    )));
+    assert!(encoder.finish().is_empty());
+    let error = replay(&frames, ChunkDecoder::new("p")).unwrap_err();
+    assert_eq!(
+        error.kind,
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(9000),
+            allowed: Some(8192)
+        }
+    );
+}
+
+#[test]
+fn sdk_requests_decode() {
+    // As the openai Python SDK sends it.
+    let body = json!({
+        "model": "gpt-5",
+        "messages": [
+            {"role": "developer", "content": "You are terse."},
+            {"role": "system", "content": [{"type": "text", "text": "Answer in English."}]},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Describe"},
+                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ", "detail": "high"}}
+            ]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_9", "type": "function", "function": {"name": "look", "arguments": "{\"x\":1}"}}
+            ], "refusal": null},
+            {"role": "tool", "tool_call_id": "call_9", "content": [{"type": "text", "text": "a cat"}]},
+            {"role": "user", "content": "And?", "name": "bob"}
+        ],
+        "max_completion_tokens": 1000,
+        "max_tokens": 50,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "tools": [{"type": "function", "function": {"name": "look", "strict": true,
+                   "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"], "additionalProperties": false}}}],
+        "tool_choice": "required",
+        "response_format": {"type": "json_object"},
+        "reasoning_effort": "low",
+        "stop": "\n\n",
+        "n": 1,
+        "logprobs": false,
+        "metadata": {"k": "v"},
+        "service_tier": "auto"
+    });
+    let (request, options) =
+        decode_request(serde_json::from_value::<CompletionRequest>(body).unwrap()).unwrap();
+    assert_eq!(
+        options,
+        ServeOptions {
+            stream: true,
+            include_usage: true
+        }
+    );
+    assert_eq!(request.max_tokens, Some(1000));
+    assert_eq!(request.stop, vec!["\n\n".to_owned()]);
+    assert_eq!(request.tool_choice, ToolChoice::Required);
+    assert_eq!(request.response_format, Some(ResponseFormat::JsonObject));
+    assert_eq!(request.reasoning, Some(ReasoningEffort::Low));
+    assert_eq!(request.tools[0].name, "look");
+    assert_eq!(
+        request.messages,
+        vec![
+            Message::system("You are terse."),
+            Message::system("Answer in English."),
+            Message {
+                role: Role::User,
+                content: vec![
+                    ContentPart::Text {
+                        text: "Describe".into()
+                    },
+                    ContentPart::Image {
+                        source: ImageSource::Base64 {
+                            media_type: "image/jpeg".into(),
+                            data: "/9j/4AAQ".into()
+                        }
+                    },
+                ],
+            },
+            Message {
+                role: Role::Assistant,
+                content: vec![ContentPart::ToolCall(ToolCall::new(
+                    "call_9",
+                    "look",
+                    "{\"x\":1}"
+                ))],
+            },
+            Message::tool_result("call_9", "a cat"),
+            Message::user("And?"),
+        ]
+    );
+}
+
+fn decode_json(body: Value) -> Result<(ChatRequest, ServeOptions), DecodeError> {
+    decode_request(serde_json::from_value::<CompletionRequest>(body).unwrap())
+}
+
+#[test]
+fn bad_requests_name_the_field() {
+    let error = decode_json(json!({"model": "m", "messages": [
+        {"role": "user", "content": "x"},
+        {"role": "tool", "content": "r"}
+    ]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "messages[1]");
+    assert!(error.to_string().contains("tool_call_id"), "{error}");
+
+    let error = decode_json(json!({"model": "m", "messages": [],
+        "tools": [{"type": "web_search", "function": {"name": "w"}}]}))
+    .unwrap_err();
+    assert!(
+        matches!(&error, DecodeError::UnsupportedTool { field, kind } if field == "tools[0]" && kind == "web_search"),
+        "{error:?}"
+    );
+
+    let error = decode_json(json!({"model": "m", "messages": [
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}
+    ]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "messages[0].content[0]");
+    assert!(error.to_string().contains("input_audio"), "{error}");
+
+    let error =
+        decode_json(json!({"model": "m", "messages": [], "tool_choice": "sometimes"})).unwrap_err();
+    assert_eq!(error.field(), "tool_choice");
+
+    let error =
+        decode_json(json!({"model": "m", "messages": [], "reasoning_effort": "max"})).unwrap_err();
+    assert_eq!(error.field(), "reasoning_effort");
+
+    let error = decode_json(json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}))
+        .unwrap_err();
+    assert_eq!(error.field(), "messages[0].role");
+}
+
+#[test]
+fn errors_map_to_statuses_and_codes() {
+    let (status, body) = encode_error(&LlmError::new(
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(9000),
+            allowed: Some(8192),
+        },
+        "local",
+        "too long",
+    ));
+    assert_eq!(status, 400);
+    let json = serde_json::to_value(&body).unwrap();
+    assert_eq!(json["error"]["code"], "context_length_exceeded");
+    assert_eq!(json["error"]["type"], "invalid_request_error");
+    assert!(json["error"]["param"].is_null());
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("maximum context length is 8192 tokens"),
+        "{message}"
+    );
+    assert_eq!(
+        crate::http::context_length_kind(message),
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(9000),
+            allowed: Some(8192)
+        }
+    );
+
+    let cases = [
+        (ErrorKind::Authentication, 401),
+        (ErrorKind::Permission, 403),
+        (ErrorKind::NotFound, 404),
+        (ErrorKind::RateLimited { retry_after: None }, 429),
+        (ErrorKind::Overloaded, 503),
+        (ErrorKind::InvalidRequest, 400),
+        (ErrorKind::Server, 502),
+        (ErrorKind::Connection, 502),
+        (ErrorKind::Timeout, 504),
+        (ErrorKind::Cancelled, 500),
+    ];
+    for (kind, expected) in cases {
+        let (status, _) = encode_error(&LlmError::new(kind.clone(), "p", "m"));
+        assert_eq!(status, expected, "{kind:?}");
+    }
+    let (status, _) =
+        encode_error(&LlmError::new(ErrorKind::InvalidRequest, "p", "big").with_status(413));
+    assert_eq!(status, 413);
+
+    let decode = decode_json(json!({"model": "m", "messages": [{"role": "tool", "content": "r"}]}))
+        .unwrap_err();
+    let (status, body) = encode_error(&LlmError::from(decode));
+    assert_eq!(status, 400);
+    assert_eq!(body.error.param.as_deref(), Some("messages[0]"));
+    assert!(
+        body.error.message.starts_with("messages[0]: "),
+        "{}",
+        body.error.message
+    );
+
+    let (_, body) = encode_error(&LlmError::new(
+        ErrorKind::RateLimited {
+            retry_after: Some(std::time::Duration::from_millis(1500)),
+        },
+        "p",
+        "slow down",
+    ));
+    assert_eq!(
+        crate::wire::openai_responses::retry_after_in_message(&body.error.message),
+        Some(std::time::Duration::from_millis(1500))
+    );
+}

@@ -1,0 +1,914 @@
+//! The gateway direction of the Responses API: decode a client's request,
+//! encode the answer (whole or streamed) and errors.
+
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, LlmError, Message, Reasoning, ResponseFormat, Role,
+    Sampling, StopReason, StreamEvent, ToolCall, ToolResult, ToolSpec, Usage,
+};
+use serde_json::{Value, json};
+
+use super::{
+    ArgumentsDoneEvent, ContentItem, DeltaEvent, FunctionCallItem, IncompleteDetails, Item,
+    ItemContent, ItemEvent, MessageItem, PartEvent, ReasoningItem, ResponseError, ResponseEvent,
+    ResponseInput, ResponseObject, ResponseSnapshot, ResponseUsage, ResponsesRequest, ServerEvent,
+    SummaryPartEvent, TextDoneEvent, TextFormat, TextPart,
+};
+use crate::wire::openai_chat::{
+    self, ErrorBody, decode_effort, decode_tool_choice, openai_error_message, openai_error_parts,
+};
+use crate::wire::serve::{DecodeError, SseFrame, generated_id, image_from_url, unix_now};
+
+/// What a Responses request asks of the answer's delivery, beyond the
+/// [`ChatRequest`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Answer as a stream of `response.*` events.
+    pub stream: bool,
+}
+
+/// Decodes a client's request.
+///
+/// - `instructions` becomes a leading [`Role::System`] message, and so do
+///   `system` and `developer` message items; a plain-string `input` is one
+///   user message;
+/// - `function_call` items (which need a `call_id` or an `id`) and
+///   `reasoning` items join the assistant message around them (the
+///   encrypted content is the reasoning's signature, its origin left unknown
+///   as the client only hands back what the gateway sent); consecutive
+///   `function_call_output` items become one [`Role::Tool`] message, their
+///   text parts joined by newlines and their images moved to a user message
+///   after them;
+/// - `text.format` becomes the response format; `reasoning.effort` the
+///   reasoning effort (`none`: none);
+/// - tools other than `function` (`web_search`, `file_search`,
+///   `local_shell`, `custom`…) are rejected, and so is
+///   `previous_response_id`: the gateway keeps no responses, the client must
+///   send the whole conversation (as Codex does, with `store: false`);
+/// - input items of other types (`web_search_call`, `item_reference`…) are
+///   skipped, as are content parts of unknown types in assistant messages.
+///
+/// # Errors
+/// A [`DecodeError`] naming the field at fault.
+pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptions), DecodeError> {
+    if wire.previous_response_id.is_some() {
+        return Err(DecodeError::unsupported(
+            "previous_response_id",
+            "continuing a stored response (send the whole conversation in `input`)",
+        ));
+    }
+    let mut messages: Vec<Message> = Vec::new();
+    if let Some(instructions) = wire.instructions.filter(|text| !text.is_empty()) {
+        messages.push(Message::system(instructions));
+    }
+    match wire.input {
+        ResponseInput::Text(text) => messages.push(Message::user(text)),
+        ResponseInput::Items(items) => {
+            for (index, item) in items.into_iter().enumerate() {
+                decode_item(item, &format!("input[{index}]"), &mut messages)?;
+            }
+        }
+    }
+    let tools = wire
+        .tools
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(index, tool)| {
+            let field = format!("tools[{index}]");
+            if tool.kind != "function" {
+                return Err(DecodeError::UnsupportedTool {
+                    field,
+                    kind: tool.kind,
+                });
+            }
+            if tool.name.is_empty() {
+                return Err(DecodeError::missing(
+                    format!("{field}.name"),
+                    "a function tool needs a name",
+                ));
+            }
+            Ok(ToolSpec {
+                name: tool.name,
+                description: tool.description.unwrap_or_default(),
+                parameters: tool
+                    .parameters
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tool_choice = match &wire.tool_choice {
+        None | Some(Value::Null) => freehold_protocol::ToolChoice::Auto,
+        Some(value) => decode_tool_choice(value, "tool_choice")?,
+    };
+    let response_format = match wire.text.and_then(|text| text.format) {
+        None | Some(TextFormat::Text) => None,
+        Some(TextFormat::JsonObject) => Some(ResponseFormat::JsonObject),
+        Some(TextFormat::JsonSchema {
+            name,
+            schema,
+            strict,
+            ..
+        }) => {
+            if name.is_empty() {
+                return Err(DecodeError::missing(
+                    "text.format.name",
+                    "a json_schema format needs a name",
+                ));
+            }
+            Some(ResponseFormat::JsonSchema {
+                name,
+                schema,
+                strict: strict.unwrap_or(false),
+            })
+        }
+    };
+    let reasoning = match wire.reasoning.and_then(|reasoning| reasoning.effort) {
+        None => None,
+        Some(effort) => decode_effort(&effort, "reasoning.effort")?,
+    };
+    let request = ChatRequest {
+        model: wire.model,
+        messages,
+        tools,
+        tool_choice,
+        parallel_tool_calls: wire.parallel_tool_calls,
+        sampling: Sampling {
+            temperature: wire.temperature,
+            top_p: wire.top_p,
+            ..Sampling::default()
+        },
+        max_tokens: wire.max_output_tokens,
+        stop: Vec::new(),
+        response_format,
+        reasoning,
+    };
+    Ok((
+        request,
+        ServeOptions {
+            stream: wire.stream,
+        },
+    ))
+}
+
+/// Appends `part` to the last message when it has `role`, else to a new one.
+fn push_part(messages: &mut Vec<Message>, role: Role, part: ContentPart) {
+    match messages.last_mut() {
+        Some(last) if last.role == role => last.content.push(part),
+        _ => messages.push(Message {
+            role,
+            content: vec![part],
+        }),
+    }
+}
+
+fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(), DecodeError> {
+    match item {
+        Item::Message(message) => {
+            let (role, images) = match message.role.as_str() {
+                "system" | "developer" => (Role::System, false),
+                "user" => (Role::User, true),
+                "assistant" => (Role::Assistant, false),
+                other => {
+                    return Err(DecodeError::invalid(
+                        format!("{field}.role"),
+                        format!(
+                            "unknown role `{other}` (expected system, developer, user or \
+                             assistant)"
+                        ),
+                    ));
+                }
+            };
+            let parts = decode_parts(message.content, field, images, role == Role::Assistant)?;
+            if role == Role::Assistant {
+                for part in parts {
+                    push_part(messages, Role::Assistant, part);
+                }
+            } else if !parts.is_empty() {
+                messages.push(Message {
+                    role,
+                    content: parts,
+                });
+            }
+        }
+        Item::FunctionCall(call) => {
+            let call_id = if call.call_id.is_empty() {
+                call.id.clone().filter(|id| !id.is_empty())
+            } else {
+                Some(call.call_id.clone())
+            };
+            let Some(call_id) = call_id else {
+                return Err(DecodeError::missing(
+                    format!("{field}.call_id"),
+                    "a function_call needs call_id (function_call_output items refer to it)",
+                ));
+            };
+            if call.name.is_empty() {
+                return Err(DecodeError::missing(
+                    format!("{field}.name"),
+                    "a function_call needs the function's name",
+                ));
+            }
+            push_part(
+                messages,
+                Role::Assistant,
+                ContentPart::ToolCall(ToolCall::new(call_id, call.name, call.arguments)),
+            );
+        }
+        Item::FunctionCallOutput(output) => {
+            if output.call_id.is_empty() {
+                return Err(DecodeError::missing(
+                    format!("{field}.call_id"),
+                    "a function_call_output needs call_id (the call it answers)",
+                ));
+            }
+            let mut images = Vec::new();
+            let content = match output.output {
+                ItemContent::Text(text) => text,
+                ItemContent::Parts(parts) => {
+                    let mut texts = Vec::new();
+                    for part in parts {
+                        match part {
+                            ContentItem::InputText { text }
+                            | ContentItem::OutputText { text, .. } => texts.push(text),
+                            ContentItem::InputImage {
+                                image_url: Some(url),
+                                ..
+                            } => images.push(ContentPart::Image {
+                                source: image_from_url(&url),
+                            }),
+                            _ => {}
+                        }
+                    }
+                    texts.join("\n")
+                }
+            };
+            push_part(
+                messages,
+                Role::Tool,
+                ContentPart::ToolResult(ToolResult {
+                    call_id: output.call_id,
+                    content,
+                    is_error: false,
+                }),
+            );
+            if !images.is_empty() {
+                messages.push(Message {
+                    role: Role::User,
+                    content: images,
+                });
+            }
+        }
+        Item::Reasoning(reasoning) => {
+            let text = reasoning.text();
+            let signature = reasoning.encrypted_content.filter(|data| !data.is_empty());
+            if !text.is_empty() || signature.is_some() {
+                push_part(
+                    messages,
+                    Role::Assistant,
+                    ContentPart::Reasoning(Reasoning {
+                        text,
+                        signature,
+                        redacted: false,
+                        id: reasoning.id,
+                        origin: None,
+                    }),
+                );
+            }
+        }
+        Item::Other => {
+            tracing::debug!(field, "skipping an input item of an unsupported type");
+        }
+    }
+    Ok(())
+}
+
+fn decode_parts(
+    content: ItemContent,
+    field: &str,
+    images: bool,
+    assistant: bool,
+) -> Result<Vec<ContentPart>, DecodeError> {
+    let parts = match content {
+        ItemContent::Text(text) if text.is_empty() => return Ok(Vec::new()),
+        ItemContent::Text(text) => return Ok(vec![ContentPart::Text { text }]),
+        ItemContent::Parts(parts) => parts,
+    };
+    let mut out: Vec<ContentPart> = Vec::new();
+    for (index, part) in parts.into_iter().enumerate() {
+        let part_field = format!("{field}.content[{index}]");
+        match part {
+            ContentItem::InputText { text }
+            | ContentItem::OutputText { text, .. }
+            | ContentItem::Refusal { refusal: text } => {
+                if !text.is_empty() {
+                    out.push(ContentPart::Text { text });
+                }
+            }
+            ContentItem::InputImage { image_url, .. } if images => match image_url {
+                Some(url) if !url.is_empty() => out.push(ContentPart::Image {
+                    source: image_from_url(&url),
+                }),
+                _ => {
+                    return Err(DecodeError::unsupported(
+                        part_field,
+                        "an input_image without image_url (uploaded files)",
+                    ));
+                }
+            },
+            ContentItem::InputImage { .. } => {
+                return Err(DecodeError::unsupported(
+                    part_field,
+                    "an image outside a user message",
+                ));
+            }
+            ContentItem::Other if assistant => {}
+            ContentItem::Other => {
+                return Err(DecodeError::unsupported(
+                    part_field,
+                    "a content part of this type (only input_text and input_image are)",
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The status and `incomplete_details` of a finished response.
+fn final_status(reason: &StopReason) -> (&'static str, Option<IncompleteDetails>) {
+    let incomplete = |reason: &str| {
+        Some(IncompleteDetails {
+            reason: Some(reason.to_owned()),
+        })
+    };
+    match reason {
+        StopReason::MaxTokens => ("incomplete", incomplete("max_output_tokens")),
+        StopReason::ContentFilter => ("incomplete", incomplete("content_filter")),
+        StopReason::Cancelled => ("cancelled", None),
+        _ => ("completed", None),
+    }
+}
+
+fn message_item(id: String, text: &str, refusal: bool, status: &str) -> Item {
+    let part = if refusal {
+        ContentItem::Refusal {
+            refusal: text.to_owned(),
+        }
+    } else {
+        ContentItem::OutputText {
+            text: text.to_owned(),
+            annotations: Vec::new(),
+        }
+    };
+    Item::Message(MessageItem {
+        id: Some(id),
+        role: "assistant".into(),
+        content: ItemContent::Parts(if status == "in_progress" {
+            Vec::new()
+        } else {
+            vec![part]
+        }),
+        status: Some(status.into()),
+    })
+}
+
+fn reasoning_item(id: String, text: &str, encrypted: Option<String>) -> Item {
+    Item::Reasoning(ReasoningItem {
+        id: Some(id),
+        summary: if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![TextPart::summary(text)]
+        },
+        content: None,
+        encrypted_content: encrypted,
+        status: None,
+    })
+}
+
+fn call_item(id: String, call: &ToolCall, status: &str) -> Item {
+    Item::FunctionCall(FunctionCallItem {
+        id: Some(id),
+        call_id: call.id.clone(),
+        name: call.name.clone(),
+        arguments: call.arguments.clone(),
+        status: Some(status.into()),
+    })
+}
+
+/// Encodes a complete answer as a `response` object.
+///
+/// The id is the response's, else a new `resp_…`; `created_at` is now;
+/// `model` is the name the client asked for. Output items, in the order of
+/// the message's parts: `reasoning` (summary from the text, the signature as
+/// `encrypted_content`, the reasoning's id or a new `rs_…`), `message`
+/// (consecutive text joined in one `output_text` part, a `refusal` part when
+/// the stop reason is a refusal) and `function_call` items. The status is
+/// `completed`, or `incomplete` with `incomplete_details.reason`
+/// `max_output_tokens` / `content_filter`.
+pub fn encode_response(response: &ChatResponse, model: &str) -> ResponseObject {
+    let refusal = response.stop_reason == StopReason::Refusal;
+    let mut output = Vec::new();
+    let mut text = String::new();
+    let flush = |text: &mut String, output: &mut Vec<Item>| {
+        if !text.is_empty() {
+            output.push(message_item(
+                generated_id("msg_"),
+                &std::mem::take(text),
+                refusal,
+                "completed",
+            ));
+        }
+    };
+    for part in &response.message.content {
+        match part {
+            ContentPart::Text { text: more } => text.push_str(more),
+            ContentPart::Reasoning(reasoning) => {
+                flush(&mut text, &mut output);
+                output.push(reasoning_item(
+                    reasoning.id.clone().unwrap_or_else(|| generated_id("rs_")),
+                    &reasoning.text,
+                    reasoning.signature.clone(),
+                ));
+            }
+            ContentPart::ToolCall(call) => {
+                flush(&mut text, &mut output);
+                output.push(call_item(generated_id("fc_"), call, "completed"));
+            }
+            ContentPart::Image { .. } | ContentPart::ToolResult(_) => {}
+        }
+    }
+    flush(&mut text, &mut output);
+    let (status, incomplete_details) = final_status(&response.stop_reason);
+    ResponseObject {
+        id: response.id.clone().unwrap_or_else(|| generated_id("resp_")),
+        object: "response".into(),
+        created_at: Some(unix_now().into()),
+        status: Some(status.into()),
+        model: model.to_owned(),
+        output,
+        error: None,
+        incomplete_details,
+        usage: Some(ResponseUsage::from(&response.usage)),
+    }
+}
+
+/// The output item the stream encoder has open.
+#[derive(Debug)]
+enum OpenItem {
+    Message {
+        id: String,
+        text: String,
+    },
+    Reasoning {
+        id: String,
+        text: String,
+    },
+    /// A function call, with its [`StreamEvent`] index.
+    Call {
+        index: u32,
+        id: String,
+        call: ToolCall,
+    },
+}
+
+/// Encodes a streamed answer as Responses events, each with its `event:`
+/// name and a `sequence_number` counting from 0.
+///
+/// What it emits:
+/// 1. `response.created` and `response.in_progress` (status `in_progress`,
+///    no output) on the first event;
+/// 2. one output item per run of text: `response.output_item.added` (a
+///    `message` item), `response.content_part.added` (an empty
+///    `output_text`), `response.output_text.delta`s, then
+///    `response.output_text.done`, `response.content_part.done` and
+///    `response.output_item.done` with the whole text;
+/// 3. one per run of reasoning: a `reasoning` item with one summary part
+///    (`response.reasoning_summary_part.added`,
+///    `response.reasoning_summary_text.delta`s, `….done`s), whose
+///    `output_item.done` carries the signature as `encrypted_content` and
+///    the reasoning's own id when the signature event names one;
+/// 4. one per tool call: a `function_call` item (`id` `fc_…`, `call_id` the
+///    call's id, empty arguments), `response.function_call_arguments.delta`s,
+///    then `response.function_call_arguments.done` and
+///    `response.output_item.done`;
+/// 5. `response.completed` with the whole response and its usage, or
+///    `response.incomplete` (max tokens, content filter).
+///
+/// Items are emitted one after the other: while a tool call is open, events
+/// that belong elsewhere are held back and replayed when it ends (see
+/// [`crate::wire::anthropic::MessageStreamEncoder`]). No `[DONE]` marker:
+/// the stream ends after the final event.
+#[derive(Debug)]
+pub struct ResponseStreamEncoder {
+    id: Option<String>,
+    model: String,
+    created_at: u64,
+    sequence: u64,
+    started: bool,
+    finished: bool,
+    open: Option<OpenItem>,
+    output: Vec<Item>,
+    held: Vec<StreamEvent>,
+    has_calls: bool,
+    usage: Option<Usage>,
+}
+
+impl ResponseStreamEncoder {
+    /// An encoder for an answer named `model` (the name the client asked
+    /// for). `id` `None` takes the id of a leading [`StreamEvent::Start`],
+    /// else a new `resp_…`.
+    pub fn new(model: impl Into<String>, id: Option<String>) -> Self {
+        Self {
+            id,
+            model: model.into(),
+            created_at: unix_now(),
+            sequence: 0,
+            started: false,
+            finished: false,
+            open: None,
+            output: Vec::new(),
+            held: Vec::new(),
+            has_calls: false,
+            usage: None,
+        }
+    }
+
+    /// The response id (fixed once `response.created` is out).
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    fn frame(&mut self, event: ResponseEvent) -> SseFrame {
+        let event = ServerEvent {
+            sequence_number: Some(self.sequence),
+            event,
+        };
+        self.sequence += 1;
+        let value = serde_json::to_value(&event).unwrap_or(Value::Null);
+        let name = value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message")
+            .to_owned();
+        SseFrame::named(name, value)
+    }
+
+    fn snapshot(&self, status: &str) -> ResponseSnapshot {
+        ResponseSnapshot {
+            response: ResponseObject {
+                id: self.id.clone().unwrap_or_default(),
+                object: "response".into(),
+                created_at: Some(self.created_at.into()),
+                status: Some(status.into()),
+                model: self.model.clone(),
+                output: self.output.clone(),
+                error: None,
+                incomplete_details: None,
+                usage: None,
+            },
+        }
+    }
+
+    fn start(&mut self, id: Option<&String>, out: &mut Vec<SseFrame>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let id = self
+            .id
+            .clone()
+            .or_else(|| id.filter(|id| !id.is_empty()).cloned())
+            .unwrap_or_else(|| generated_id("resp_"));
+        self.id = Some(id);
+        let created = ResponseEvent::Created(self.snapshot("in_progress"));
+        out.push(self.frame(created));
+        let in_progress = ResponseEvent::InProgress(self.snapshot("in_progress"));
+        out.push(self.frame(in_progress));
+    }
+
+    fn output_index(&self) -> u32 {
+        u32::try_from(self.output.len()).unwrap_or(u32::MAX)
+    }
+
+    fn added(&mut self, item: Item, out: &mut Vec<SseFrame>) {
+        let event = ResponseEvent::OutputItemAdded(ItemEvent {
+            output_index: self.output_index(),
+            item,
+        });
+        out.push(self.frame(event));
+    }
+
+    /// Closes the open item, with `encrypted` as a reasoning item's
+    /// encrypted content and `reasoning_id` its id.
+    fn close_with(
+        &mut self,
+        encrypted: Option<String>,
+        reasoning_id: Option<String>,
+        out: &mut Vec<SseFrame>,
+    ) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        let output_index = self.output_index();
+        let item = match open {
+            OpenItem::Message { id, text } => {
+                let done = ResponseEvent::OutputTextDone(TextDoneEvent {
+                    item_id: id.clone(),
+                    output_index,
+                    content_index: Some(0),
+                    summary_index: None,
+                    text: text.clone(),
+                });
+                out.push(self.frame(done));
+                let part = ResponseEvent::ContentPartDone(PartEvent {
+                    item_id: id.clone(),
+                    output_index,
+                    content_index: 0,
+                    part: ContentItem::OutputText {
+                        text: text.clone(),
+                        annotations: Vec::new(),
+                    },
+                });
+                out.push(self.frame(part));
+                message_item(id, &text, false, "completed")
+            }
+            OpenItem::Reasoning { id, text } => {
+                if !text.is_empty() {
+                    let done = ResponseEvent::ReasoningSummaryTextDone(TextDoneEvent {
+                        item_id: id.clone(),
+                        output_index,
+                        content_index: None,
+                        summary_index: Some(0),
+                        text: text.clone(),
+                    });
+                    out.push(self.frame(done));
+                    let part = ResponseEvent::ReasoningSummaryPartDone(SummaryPartEvent {
+                        item_id: id.clone(),
+                        output_index,
+                        summary_index: 0,
+                        part: TextPart::summary(text.clone()),
+                    });
+                    out.push(self.frame(part));
+                }
+                reasoning_item(reasoning_id.unwrap_or(id), &text, encrypted)
+            }
+            OpenItem::Call { id, call, .. } => {
+                let done = ResponseEvent::FunctionCallArgumentsDone(ArgumentsDoneEvent {
+                    item_id: id.clone(),
+                    output_index,
+                    arguments: call.arguments.clone(),
+                });
+                out.push(self.frame(done));
+                call_item(id, &call, "completed")
+            }
+        };
+        let done = ResponseEvent::OutputItemDone(ItemEvent {
+            output_index,
+            item: item.clone(),
+        });
+        out.push(self.frame(done));
+        self.output.push(item);
+    }
+
+    fn close(&mut self, out: &mut Vec<SseFrame>) {
+        self.close_with(None, None, out);
+    }
+
+    fn open_reasoning(&mut self, out: &mut Vec<SseFrame>) -> String {
+        if let Some(OpenItem::Reasoning { id, .. }) = &self.open {
+            return id.clone();
+        }
+        self.close(out);
+        let id = generated_id("rs_");
+        self.added(reasoning_item(id.clone(), "", None), out);
+        self.open = Some(OpenItem::Reasoning {
+            id: id.clone(),
+            text: String::new(),
+        });
+        id
+    }
+
+    /// The frames for one event (none after the answer finished).
+    pub fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        if self.finished {
+            return out;
+        }
+        if let Some(OpenItem::Call { index: open, .. }) = &self.open {
+            let belongs = match event {
+                StreamEvent::ToolCallArgsDelta { index, .. }
+                | StreamEvent::ToolCallEnd { index, .. } => index == open,
+                StreamEvent::Usage(_)
+                | StreamEvent::Timings(_)
+                | StreamEvent::Start { .. }
+                | StreamEvent::Stop { .. } => true,
+                _ => false,
+            };
+            if !belongs {
+                self.held.push(event.clone());
+                return out;
+            }
+        }
+        match event {
+            StreamEvent::Start { id, .. } => self.start(id.as_ref(), &mut out),
+            StreamEvent::TextDelta { text } => {
+                self.start(None, &mut out);
+                let id = match &self.open {
+                    Some(OpenItem::Message { id, .. }) => id.clone(),
+                    _ => {
+                        self.close(&mut out);
+                        let id = generated_id("msg_");
+                        self.added(message_item(id.clone(), "", false, "in_progress"), &mut out);
+                        let part = ResponseEvent::ContentPartAdded(PartEvent {
+                            item_id: id.clone(),
+                            output_index: self.output_index(),
+                            content_index: 0,
+                            part: ContentItem::OutputText {
+                                text: String::new(),
+                                annotations: Vec::new(),
+                            },
+                        });
+                        out.push(self.frame(part));
+                        self.open = Some(OpenItem::Message {
+                            id: id.clone(),
+                            text: String::new(),
+                        });
+                        id
+                    }
+                };
+                if let Some(OpenItem::Message { text: all, .. }) = &mut self.open {
+                    all.push_str(text);
+                }
+                let delta = ResponseEvent::OutputTextDelta(DeltaEvent {
+                    item_id: id,
+                    output_index: self.output_index(),
+                    content_index: Some(0),
+                    summary_index: None,
+                    delta: text.clone(),
+                });
+                out.push(self.frame(delta));
+            }
+            StreamEvent::ReasoningDelta { text } => {
+                self.start(None, &mut out);
+                let fresh = !matches!(self.open, Some(OpenItem::Reasoning { .. }));
+                let id = self.open_reasoning(&mut out);
+                if fresh {
+                    let part = ResponseEvent::ReasoningSummaryPartAdded(SummaryPartEvent {
+                        item_id: id.clone(),
+                        output_index: self.output_index(),
+                        summary_index: 0,
+                        part: TextPart::summary(""),
+                    });
+                    out.push(self.frame(part));
+                }
+                if let Some(OpenItem::Reasoning { text: all, .. }) = &mut self.open {
+                    all.push_str(text);
+                }
+                let delta = ResponseEvent::ReasoningSummaryTextDelta(DeltaEvent {
+                    item_id: id,
+                    output_index: self.output_index(),
+                    content_index: None,
+                    summary_index: Some(0),
+                    delta: text.clone(),
+                });
+                out.push(self.frame(delta));
+            }
+            StreamEvent::ReasoningSignature { signature, id, .. } => {
+                self.start(None, &mut out);
+                self.open_reasoning(&mut out);
+                self.close_with(Some(signature.clone()), id.clone(), &mut out);
+            }
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.start(None, &mut out);
+                self.close(&mut out);
+                self.has_calls = true;
+                let item_id = generated_id("fc_");
+                let call = ToolCall::new(id.clone(), name.clone(), "");
+                self.added(call_item(item_id.clone(), &call, "in_progress"), &mut out);
+                self.open = Some(OpenItem::Call {
+                    index: *index,
+                    id: item_id,
+                    call,
+                });
+            }
+            StreamEvent::ToolCallArgsDelta { index, delta } => {
+                let output_index = self.output_index();
+                match &mut self.open {
+                    Some(OpenItem::Call {
+                        index: open,
+                        id,
+                        call,
+                    }) if open == index => {
+                        call.arguments.push_str(delta);
+                        let event = ResponseEvent::FunctionCallArgumentsDelta(DeltaEvent {
+                            item_id: id.clone(),
+                            output_index,
+                            content_index: None,
+                            summary_index: None,
+                            delta: delta.clone(),
+                        });
+                        out.push(self.frame(event));
+                    }
+                    _ => {
+                        tracing::warn!(index, "tool call arguments after the call ended; dropped")
+                    }
+                }
+            }
+            StreamEvent::ToolCallEnd { index, .. } => {
+                if matches!(&self.open, Some(OpenItem::Call { index: open, .. }) if open == index) {
+                    self.close(&mut out);
+                    out.extend(self.replay());
+                }
+            }
+            StreamEvent::Usage(usage) => self.usage = Some(*usage),
+            StreamEvent::Timings(_) => {}
+            StreamEvent::Stop { reason } => {
+                out.extend(self.drain());
+                if !self.finished {
+                    out.extend(self.end(reason));
+                }
+            }
+        }
+        out
+    }
+
+    fn replay(&mut self) -> Vec<SseFrame> {
+        let held = std::mem::take(&mut self.held);
+        held.iter().flat_map(|event| self.push(event)).collect()
+    }
+
+    /// Closes an open tool call and replays what it held back, until
+    /// nothing is held.
+    fn drain(&mut self) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        while !self.finished {
+            if matches!(self.open, Some(OpenItem::Call { .. })) {
+                self.close(&mut out);
+            }
+            if self.held.is_empty() {
+                break;
+            }
+            out.extend(self.replay());
+        }
+        out
+    }
+
+    fn end(&mut self, reason: &StopReason) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        self.start(None, &mut out);
+        self.close(&mut out);
+        self.finished = true;
+        let (status, incomplete_details) = final_status(reason);
+        let mut snapshot = self.snapshot(status);
+        snapshot.response.incomplete_details = incomplete_details;
+        snapshot.response.usage = Some(ResponseUsage::from(&self.usage.unwrap_or_default()));
+        let event = if status == "incomplete" {
+            ResponseEvent::Incomplete(snapshot)
+        } else {
+            ResponseEvent::Completed(snapshot)
+        };
+        out.push(self.frame(event));
+        out
+    }
+
+    /// Ends the stream if no [`StreamEvent::Stop`] did (closing an open
+    /// call and replaying what it held back), with `response.completed`;
+    /// nothing when the stream already ended.
+    pub fn finish(&mut self) -> Vec<SseFrame> {
+        let mut out = self.drain();
+        if !self.finished {
+            out.extend(self.end(&StopReason::EndTurn));
+        }
+        out
+    }
+
+    /// The `response.failed` event reporting an error after the stream
+    /// began, its `error` holding OpenAI's code (`context_length_exceeded`,
+    /// `rate_limit_exceeded`…) and message (see [`encode_error`]). The
+    /// encoder emits nothing more afterwards.
+    pub fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        if self.finished {
+            return out;
+        }
+        self.start(None, &mut out);
+        self.finished = true;
+        let (_, kind, code) = openai_error_parts(error);
+        let mut snapshot = self.snapshot("failed");
+        snapshot.response.error = Some(ResponseError {
+            code: Some(code.unwrap_or(kind).to_owned()),
+            message: Some(openai_error_message(error)),
+            kind: Some(kind.to_owned()),
+            param: None,
+        });
+        let event = ResponseEvent::Failed(snapshot);
+        out.push(self.frame(event));
+        out
+    }
+}
+
+/// Encodes an error as an HTTP status and OpenAI's error body, exactly as
+/// [`openai_chat::encode_error`] (the Responses API shares it).
+pub fn encode_error(error: &LlmError) -> (u16, ErrorBody) {
+    openai_chat::encode_error(error)
+}

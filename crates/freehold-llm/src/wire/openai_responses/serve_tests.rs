@@ -1,0 +1,480 @@
+//! Tests of the gateway direction: round trips through the client side.
+
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
+    ReasoningEffort, ResponseFormat, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice,
+    ToolResult, ToolSpec, Usage,
+};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::wire::serve::test_support::replay;
+use crate::wire::serve::{DecodeError, SseData, SseFrame};
+
+fn tool(name: &str) -> ToolSpec {
+    ToolSpec {
+        name: name.into(),
+        description: format!("The {name} tool"),
+        parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+    }
+}
+
+fn full_request() -> ChatRequest {
+    ChatRequest {
+        model: "gpt-5".into(),
+        messages: vec![
+            Message::system("You are Codex."),
+            Message {
+                role: Role::User,
+                content: vec![
+                    ContentPart::Text {
+                        text: "Look".into(),
+                    },
+                    ContentPart::Image {
+                        source: ImageSource::Base64 {
+                            media_type: "image/png".into(),
+                            data: "iVBORw0KGgo=".into(),
+                        },
+                    },
+                    ContentPart::Image {
+                        source: ImageSource::Url {
+                            url: "https://example.com/a.jpg".into(),
+                        },
+                    },
+                ],
+            },
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    ContentPart::Reasoning(Reasoning {
+                        text: "Plan: read a.".into(),
+                        signature: Some("gAAAA".into()),
+                        id: Some("rs_1".into()),
+                        ..Reasoning::default()
+                    }),
+                    ContentPart::Text {
+                        text: "Reading.".into(),
+                    },
+                    ContentPart::ToolCall(ToolCall::new("call_1", "read", r#"{"path":"a"}"#)),
+                    ContentPart::ToolCall(ToolCall::new("call_2", "read", r#"{"path":"b"}"#)),
+                ],
+            },
+            Message {
+                role: Role::Tool,
+                content: vec![
+                    ContentPart::ToolResult(ToolResult {
+                        call_id: "call_1".into(),
+                        content: "contents of a".into(),
+                        is_error: false,
+                    }),
+                    ContentPart::ToolResult(ToolResult {
+                        call_id: "call_2".into(),
+                        content: "contents of b".into(),
+                        is_error: false,
+                    }),
+                ],
+            },
+            Message::user("Go on"),
+            Message::assistant("Done."),
+            Message::user("Thanks"),
+        ],
+        tools: vec![tool("read"), tool("write")],
+        tool_choice: ToolChoice::Tool {
+            name: "read".into(),
+        },
+        parallel_tool_calls: Some(false),
+        sampling: Sampling {
+            temperature: Some(0.5),
+            top_p: Some(0.75),
+            ..Sampling::default()
+        },
+        max_tokens: Some(2048),
+        stop: Vec::new(),
+        response_format: Some(ResponseFormat::JsonSchema {
+            name: "answer".into(),
+            schema: json!({"type": "object"}),
+            strict: true,
+        }),
+        reasoning: Some(ReasoningEffort::Medium),
+    }
+}
+
+#[test]
+fn requests_round_trip_through_the_client_encoder() {
+    let request = full_request();
+    let wire = encode_request(&request, true);
+    let wire: ResponsesRequest =
+        serde_json::from_value(serde_json::to_value(&wire).unwrap()).unwrap();
+    let (decoded, options) = decode_request(wire).unwrap();
+    assert_eq!(decoded, request);
+    assert!(options.stream);
+
+    for choice in [ToolChoice::Auto, ToolChoice::None, ToolChoice::Required] {
+        let request = ChatRequest {
+            tool_choice: choice,
+            response_format: Some(ResponseFormat::JsonObject),
+            reasoning: None,
+            ..full_request()
+        };
+        let (decoded, options) = decode_request(encode_request(&request, false)).unwrap();
+        assert_eq!(decoded, request);
+        assert!(!options.stream);
+    }
+}
+
+fn full_response() -> ChatResponse {
+    ChatResponse {
+        id: Some("resp_abc".into()),
+        model: Some("gpt-5".into()),
+        message: Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentPart::Reasoning(Reasoning {
+                    text: "Plan it.".into(),
+                    signature: Some("gAAAA".into()),
+                    id: Some("rs_1".into()),
+                    origin: Some(ORIGIN.into()),
+                    ..Reasoning::default()
+                }),
+                ContentPart::Text {
+                    text: "Reading both.".into(),
+                },
+                ContentPart::ToolCall(ToolCall::new("call_1", "read", r#"{"path":"a"}"#)),
+                ContentPart::ToolCall(ToolCall::new("call_2", "read", r#"{"path":"b"}"#)),
+            ],
+        },
+        usage: Usage {
+            input_tokens: 500,
+            cached_input_tokens: 300,
+            cache_write_tokens: 0,
+            output_tokens: 80,
+            reasoning_tokens: 40,
+        },
+        stop_reason: StopReason::ToolUse,
+        timings: None,
+    }
+}
+
+#[test]
+fn responses_round_trip_through_the_client_decoder() {
+    let response = full_response();
+    let wire = encode_response(&response, "gpt-5");
+    let json = serde_json::to_value(&wire).unwrap();
+    assert_eq!(json["object"], "response");
+    assert_eq!(json["status"], "completed");
+    assert_eq!(json["output"][0]["type"], "reasoning");
+    assert_eq!(json["output"][1]["type"], "message");
+    assert_eq!(json["output"][1]["content"][0]["type"], "output_text");
+    assert_eq!(json["output"][2]["type"], "function_call");
+    assert_eq!(json["output"][2]["call_id"], "call_1");
+    assert_eq!(json["usage"]["input_tokens_details"]["cached_tokens"], 300);
+    let back = decode_response("p", serde_json::from_value(json).unwrap()).unwrap();
+    assert_eq!(back, response);
+
+    let cut = ChatResponse {
+        id: None,
+        message: Message::assistant("partial"),
+        stop_reason: StopReason::MaxTokens,
+        ..full_response()
+    };
+    let wire = encode_response(&cut, "gpt-5");
+    assert!(wire.id.starts_with("resp_"), "{}", wire.id);
+    assert_eq!(wire.status.as_deref(), Some("incomplete"));
+    let back = decode_response("p", wire).unwrap();
+    assert_eq!(back.stop_reason, StopReason::MaxTokens);
+    assert_eq!(back.message, cut.message);
+
+    let refused = ChatResponse {
+        message: Message::assistant("I can't help with that."),
+        stop_reason: StopReason::Refusal,
+        ..full_response()
+    };
+    let back = decode_response("p", encode_response(&refused, "gpt-5")).unwrap();
+    assert_eq!(back.stop_reason, StopReason::Refusal);
+    assert_eq!(back.message, refused.message);
+}
+
+fn encode_stream(events: &[StreamEvent]) -> Vec<SseFrame> {
+    let mut encoder = ResponseStreamEncoder::new("gpt-5", None);
+    let mut frames: Vec<SseFrame> = events.iter().flat_map(|e| encoder.push(e)).collect();
+    frames.extend(encoder.finish());
+    frames
+}
+
+fn json_of(frame: &SseFrame) -> Value {
+    match &frame.data {
+        SseData::Json(value) => value.clone(),
+        SseData::Done => panic!("no [DONE] in this protocol"),
+    }
+}
+
+/// The `type` of each frame, checking the `event:` name and that the
+/// sequence numbers count from 0.
+fn types(frames: &[SseFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(index, frame)| {
+            let json = json_of(frame);
+            assert_eq!(json["sequence_number"], index as u64);
+            let kind = json["type"].as_str().unwrap().to_owned();
+            assert_eq!(frame.event.as_deref(), Some(kind.as_str()));
+            kind
+        })
+        .collect()
+}
+
+#[test]
+fn streams_round_trip_through_the_client_decoder() {
+    let response = full_response();
+    let frames = encode_stream(&response.to_events());
+    assert_eq!(
+        types(&frames),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.reasoning_summary_part.added",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.done",
+            "response.reasoning_summary_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let completed = json_of(frames.last().unwrap());
+    assert_eq!(completed["response"]["id"], "resp_abc");
+    assert_eq!(completed["response"]["status"], "completed");
+    assert_eq!(completed["response"]["output"].as_array().unwrap().len(), 4);
+    assert_eq!(completed["response"]["usage"]["output_tokens"], 80);
+    let reasoning_done = json_of(&frames[7]);
+    assert_eq!(reasoning_done["item"]["encrypted_content"], "gAAAA");
+    assert_eq!(reasoning_done["item"]["id"], "rs_1");
+
+    let back = replay(&frames, ResponsesDecoder::new("p")).unwrap();
+    assert_eq!(back, response);
+}
+
+#[test]
+fn max_tokens_ends_with_response_incomplete() {
+    let events = [
+        StreamEvent::TextDelta { text: "par".into() },
+        StreamEvent::TextDelta {
+            text: "tial".into(),
+        },
+        StreamEvent::Stop {
+            reason: StopReason::MaxTokens,
+        },
+    ];
+    let frames = encode_stream(&events);
+    let last = json_of(frames.last().unwrap());
+    assert_eq!(last["type"], "response.incomplete");
+    assert_eq!(
+        last["response"]["incomplete_details"]["reason"],
+        "max_output_tokens"
+    );
+    let back = replay(&frames, ResponsesDecoder::new("p")).unwrap();
+    assert_eq!(back.message, Message::assistant("partial"));
+    assert_eq!(back.stop_reason, StopReason::MaxTokens);
+}
+
+#[test]
+fn calls_closed_only_at_the_end_are_sent_one_item_at_a_time() {
+    let events = vec![
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: "c0".into(),
+            name: "read".into(),
+        },
+        StreamEvent::ToolCallStart {
+            index: 1,
+            id: "c1".into(),
+            name: "grep".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 1,
+            delta: "{\"q\":1}".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: "{}".into(),
+        },
+        StreamEvent::TextDelta {
+            text: "after".into(),
+        },
+    ];
+    let frames = encode_stream(&events);
+    let back = replay(&frames, ResponsesDecoder::new("p")).unwrap();
+    assert_eq!(
+        back.message.content,
+        vec![
+            ContentPart::ToolCall(ToolCall::new("c0", "read", "{}")),
+            ContentPart::ToolCall(ToolCall::new("c1", "grep", "{\"q\":1}")),
+            ContentPart::Text {
+                text: "after".into()
+            },
+        ]
+    );
+    assert_eq!(back.stop_reason, StopReason::ToolUse);
+}
+
+#[test]
+fn codex_requests_decode() {
+    // The shape Codex CLI sends (stateless, store: false).
+    let body = json!({
+        "model": "gpt-5-codex",
+        "instructions": "You are Codex, a coding agent.",
+        "input": [
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "<permissions>"}]},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "<environment_context/>"}]},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list files"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "**Listing**"}], "content": null, "encrypted_content": "gAAA"},
+            {"type": "function_call", "id": "fc_1", "name": "shell", "arguments": "{\"command\":[\"ls\"]}", "call_id": "call_1"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "a.txt\n"},
+            {"type": "message", "role": "assistant", "id": "msg_1", "content": [{"type": "output_text", "text": "One file.", "annotations": []}]},
+            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "thanks"}]}
+        ],
+        "tools": [{"type": "function", "name": "shell", "description": "Runs a command", "strict": false,
+                   "parameters": {"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}},
+                                  "required": ["command"], "additionalProperties": false}}],
+        "tool_choice": "auto",
+        "parallel_tool_calls": false,
+        "reasoning": {"effort": "high", "summary": "auto"},
+        "store": false,
+        "stream": true,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "0199-abcd",
+        "text": {"verbosity": "medium"}
+    });
+    let (request, options) =
+        decode_request(serde_json::from_value::<ResponsesRequest>(body).unwrap()).unwrap();
+    assert!(options.stream);
+    assert_eq!(request.reasoning, Some(ReasoningEffort::High));
+    assert_eq!(request.parallel_tool_calls, Some(false));
+    assert_eq!(request.response_format, None);
+    assert_eq!(request.tools[0].name, "shell");
+    assert_eq!(
+        request.messages,
+        vec![
+            Message::system("You are Codex, a coding agent."),
+            Message::system("<permissions>"),
+            Message::user("<environment_context/>"),
+            Message::user("list files"),
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    ContentPart::Reasoning(Reasoning {
+                        text: "**Listing**".into(),
+                        signature: Some("gAAA".into()),
+                        id: Some("rs_1".into()),
+                        ..Reasoning::default()
+                    }),
+                    ContentPart::ToolCall(ToolCall::new(
+                        "call_1",
+                        "shell",
+                        "{\"command\":[\"ls\"]}"
+                    )),
+                ],
+            },
+            Message::tool_result("call_1", "a.txt\n"),
+            Message::assistant("One file."),
+            Message::user("thanks"),
+        ]
+    );
+}
+
+fn decode_json(body: Value) -> Result<(ChatRequest, ServeOptions), DecodeError> {
+    decode_request(serde_json::from_value::<ResponsesRequest>(body).unwrap())
+}
+
+#[test]
+fn bad_requests_name_the_field() {
+    let error = decode_json(json!({"model": "m", "input": "hi",
+        "tools": [{"type": "web_search"}]}))
+    .unwrap_err();
+    assert!(
+        matches!(&error, DecodeError::UnsupportedTool { field, kind } if field == "tools[0]" && kind == "web_search"),
+        "{error:?}"
+    );
+
+    let error = decode_json(json!({"model": "m", "input": "hi", "previous_response_id": "resp_1"}))
+        .unwrap_err();
+    assert_eq!(error.field(), "previous_response_id");
+
+    let error = decode_json(json!({"model": "m", "input": [
+        {"type": "function_call_output", "call_id": "", "output": "x"}
+    ]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "input[0].call_id");
+
+    let error = decode_json(json!({"model": "m", "input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}
+    ]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "input[0].content[0]");
+
+    let error = decode_json(json!({"model": "m", "input": "x", "reasoning": {"effort": "max"}}))
+        .unwrap_err();
+    assert_eq!(error.field(), "reasoning.effort");
+}
+
+#[test]
+fn a_stream_error_is_response_failed() {
+    let mut encoder = ResponseStreamEncoder::new("gpt-5", None);
+    let mut frames = encoder.push(&StreamEvent::TextDelta { text: "par".into() });
+    frames.extend(encoder.error(&LlmError::new(
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(300_000),
+            allowed: Some(272_000),
+        },
+        "up",
+        "too long",
+    )));
+    assert!(encoder.finish().is_empty());
+    let last = json_of(frames.last().unwrap());
+    assert_eq!(last["type"], "response.failed");
+    assert_eq!(last["response"]["error"]["code"], "context_length_exceeded");
+    let error = replay(&frames, ResponsesDecoder::new("p")).unwrap_err();
+    assert_eq!(
+        error.kind,
+        ErrorKind::ContextLengthExceeded {
+            needed: Some(300_000),
+            allowed: Some(272_000)
+        }
+    );
+
+    let mut encoder = ResponseStreamEncoder::new("gpt-5", None);
+    let frames = encoder.error(&LlmError::new(
+        ErrorKind::RateLimited {
+            retry_after: Some(std::time::Duration::from_secs(2)),
+        },
+        "up",
+        "slow down",
+    ));
+    assert_eq!(types(&frames)[0], "response.created");
+    let error = replay(&frames, ResponsesDecoder::new("p")).unwrap_err();
+    assert_eq!(
+        error.kind,
+        ErrorKind::RateLimited {
+            retry_after: Some(std::time::Duration::from_secs(2))
+        }
+    );
+    let (status, body) = encode_error(&LlmError::new(ErrorKind::Overloaded, "up", "busy"));
+    assert_eq!(status, 503);
+    assert_eq!(body.error.code.as_deref(), Some("server_is_overloaded"));
+}

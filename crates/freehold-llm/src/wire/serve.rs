@@ -1,0 +1,313 @@
+//! What the gateway direction of the wire modules shares: the error a
+//! client's request can fail to decode with, and the server-sent events the
+//! stream encoders produce.
+//!
+//! Each protocol module ([`super::openai_chat`], [`super::anthropic`],
+//! [`super::openai_responses`]) has, next to its client-side conversions:
+//! - `decode_request`: a client's wire request → [`freehold_protocol::ChatRequest`]
+//!   plus the protocol's serve options (`stream`…);
+//! - `encode_response`: a complete [`freehold_protocol::ChatResponse`] → the
+//!   protocol's response body;
+//! - a stream encoder turning [`freehold_protocol::StreamEvent`]s into
+//!   [`SseFrame`]s;
+//! - `encode_error`: an [`freehold_protocol::LlmError`] → an HTTP status and
+//!   the protocol's error body.
+//!
+//! Server-side tools (Anthropic `web_search_20250305`, Responses
+//! `web_search`, `local_shell`, `custom`…) are rejected with
+//! [`DecodeError::UnsupportedTool`]: the gateway has no server to run them,
+//! and dropping them silently would leave the client waiting for a search
+//! that never happens.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use freehold_protocol::{ErrorKind, ImageSource, LlmError};
+use serde_json::Value;
+
+/// The provider name an [`LlmError`] made from a [`DecodeError`] carries.
+pub const GATEWAY_PROVIDER: &str = "gateway";
+
+/// Why a client's request could not be turned into a
+/// [`freehold_protocol::ChatRequest`]. Every variant names the field at
+/// fault as a path into the request body (`messages[2].content[0]`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A field the request needs is missing or empty.
+    #[error("{field}: {what}")]
+    Missing {
+        /// The path of the field (or of the object lacking it).
+        field: String,
+        /// What is missing and why it is needed.
+        what: String,
+    },
+    /// A field has a value this protocol does not allow.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The path of the field.
+        field: String,
+        /// What is wrong with it and what is expected.
+        reason: String,
+    },
+    /// The request uses something valid in the protocol that the gateway
+    /// cannot serve (a content type, a message role).
+    #[error("{field}: {what} is not supported by this gateway")]
+    Unsupported {
+        /// The path of the field.
+        field: String,
+        /// What is not supported.
+        what: String,
+    },
+    /// A server-side (built-in) tool: the gateway only serves tools that the
+    /// client runs itself.
+    #[error(
+        "{field}: the server-side tool type `{kind}` is not supported by this gateway; \
+         offer only client tools (functions with a JSON schema) that the client runs itself"
+    )]
+    UnsupportedTool {
+        /// The path of the tool (`tools[1]`).
+        field: String,
+        /// The tool's `type`.
+        kind: String,
+    },
+}
+
+impl DecodeError {
+    /// The path of the field at fault (`messages[2].content[0]`).
+    pub fn field(&self) -> &str {
+        match self {
+            Self::Missing { field, .. }
+            | Self::Invalid { field, .. }
+            | Self::Unsupported { field, .. }
+            | Self::UnsupportedTool { field, .. } => field,
+        }
+    }
+
+    pub(crate) fn missing(field: impl Into<String>, what: impl Into<String>) -> Self {
+        Self::Missing {
+            field: field.into(),
+            what: what.into(),
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn unsupported(field: impl Into<String>, what: impl Into<String>) -> Self {
+        Self::Unsupported {
+            field: field.into(),
+            what: what.into(),
+        }
+    }
+}
+
+impl From<DecodeError> for LlmError {
+    /// An [`ErrorKind::InvalidRequest`] of provider [`GATEWAY_PROVIDER`] with
+    /// status 400, ready for the protocols' `encode_error`.
+    fn from(error: DecodeError) -> Self {
+        LlmError::new(
+            ErrorKind::InvalidRequest,
+            GATEWAY_PROVIDER,
+            error.to_string(),
+        )
+        .with_status(400)
+    }
+}
+
+/// One server-sent event, ready to be written to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseFrame {
+    /// The `event:` line (Anthropic and Responses name every event; OpenAI
+    /// Chat Completions names none).
+    pub event: Option<String>,
+    /// The `data:` payload.
+    pub data: SseData,
+}
+
+/// The payload of an [`SseFrame`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum SseData {
+    /// A JSON object, written on one `data:` line.
+    Json(Value),
+    /// The `[DONE]` marker that ends an OpenAI Chat Completions stream.
+    Done,
+}
+
+impl SseFrame {
+    /// A frame with an `event:` name.
+    pub fn named(event: impl Into<String>, data: Value) -> Self {
+        Self {
+            event: Some(event.into()),
+            data: SseData::Json(data),
+        }
+    }
+
+    /// A frame without an `event:` name.
+    pub fn data(data: Value) -> Self {
+        Self {
+            event: None,
+            data: SseData::Json(data),
+        }
+    }
+
+    /// The `data: [DONE]` frame.
+    pub fn done() -> Self {
+        Self {
+            event: None,
+            data: SseData::Done,
+        }
+    }
+
+    /// Whether this is the `[DONE]` marker.
+    pub fn is_done(&self) -> bool {
+        self.data == SseData::Done
+    }
+
+    /// The frame as `text/event-stream` text: an optional `event:` line, one
+    /// `data:` line (JSON has no raw newlines) and the blank line that ends
+    /// the event.
+    pub fn to_sse_text(&self) -> String {
+        let mut text = String::new();
+        if let Some(event) = &self.event {
+            text.push_str("event: ");
+            text.push_str(event);
+            text.push('\n');
+        }
+        text.push_str("data: ");
+        match &self.data {
+            SseData::Json(value) => text.push_str(&value.to_string()),
+            SseData::Done => text.push_str("[DONE]"),
+        }
+        text.push_str("\n\n");
+        text
+    }
+}
+
+/// The current time in Unix seconds (0 if the clock is before 1970).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// `prefix` followed by 24 random alphanumerics (`chatcmpl-…`, `msg_…`).
+pub(crate) fn generated_id(prefix: &str) -> String {
+    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(24)
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+/// An image URL as an [`ImageSource`]: `data:<type>;base64,<data>` URLs
+/// become [`ImageSource::Base64`], anything else [`ImageSource::Url`].
+pub(crate) fn image_from_url(url: &str) -> ImageSource {
+    let inline = url.strip_prefix("data:").and_then(|rest| {
+        let (header, data) = rest.split_once(',')?;
+        let media_type = header.strip_suffix(";base64")?;
+        Some((media_type, data))
+    });
+    match inline {
+        Some((media_type, data)) => ImageSource::Base64 {
+            media_type: media_type.to_owned(),
+            data: data.to_owned(),
+        },
+        None => ImageSource::Url {
+            url: url.to_owned(),
+        },
+    }
+}
+
+/// The message of an error as a client should see it: the provider, kind and
+/// message, without the operator hint when the error came from decoding.
+pub(crate) fn client_message(error: &LlmError) -> String {
+    if error.provider == GATEWAY_PROVIDER && !error.message.is_empty() {
+        error.message.clone()
+    } else {
+        error.to_string()
+    }
+}
+
+/// Helpers for the protocol modules' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use freehold_protocol::{ChatResponse, LlmError, ResponseBuilder};
+
+    use super::SseFrame;
+    use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
+    use crate::sse::{SseDecoder, SseEvent};
+
+    /// Writes the frames as SSE text and reads them back with the client's
+    /// decoder, one byte at a time.
+    pub(crate) fn replay<D: WireDecoder<SseEvent>>(
+        frames: &[SseFrame],
+        mut decoder: D,
+    ) -> Result<ChatResponse, LlmError> {
+        let text: String = frames.iter().map(SseFrame::to_sse_text).collect();
+        let mut sse = SseDecoder::new();
+        let mut assembler = StreamAssembler::new();
+        let mut events = Vec::new();
+        'outer: for byte in text.as_bytes() {
+            for event in sse.feed(std::slice::from_ref(byte)) {
+                match decoder.decode(event, &mut assembler)? {
+                    Decoded::More => events.extend(assembler.take()),
+                    Decoded::Done => break 'outer,
+                }
+            }
+        }
+        events.extend(assembler.finish().ok_or_else(|| decoder.truncated())?);
+        let mut builder = ResponseBuilder::default();
+        for event in &events {
+            builder.push(event);
+        }
+        Ok(builder.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_render_as_event_stream_text() {
+        assert_eq!(
+            SseFrame::named("ping", serde_json::json!({"type": "ping"})).to_sse_text(),
+            "event: ping\ndata: {\"type\":\"ping\"}\n\n"
+        );
+        assert_eq!(SseFrame::done().to_sse_text(), "data: [DONE]\n\n");
+    }
+
+    #[test]
+    fn decode_errors_name_the_field() {
+        let error = DecodeError::missing("messages[2].content[0]", "tool_result needs tool_use_id");
+        assert_eq!(
+            error.to_string(),
+            "messages[2].content[0]: tool_result needs tool_use_id"
+        );
+        let llm = LlmError::from(error);
+        assert_eq!(llm.kind, ErrorKind::InvalidRequest);
+        assert_eq!(
+            client_message(&llm),
+            "messages[2].content[0]: tool_result needs tool_use_id"
+        );
+    }
+
+    #[test]
+    fn data_urls_become_inline_images() {
+        assert_eq!(
+            image_from_url("data:image/png;base64,AAAA"),
+            ImageSource::Base64 {
+                media_type: "image/png".into(),
+                data: "AAAA".into()
+            }
+        );
+        assert_eq!(
+            image_from_url("https://x/y.png"),
+            ImageSource::Url {
+                url: "https://x/y.png".into()
+            }
+        );
+    }
+}
