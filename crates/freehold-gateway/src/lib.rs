@@ -14,4 +14,5 @@
 //! What it must not do: hold provider keys anywhere a client or a log can
 //! see them, or know how a provider speaks (that is freehold-llm's job).
 
+pub mod privacy;
 pub mod store;
