@@ -2075,6 +2075,35 @@ mod tests {
     }
 
     #[test]
+    fn a_match_that_survives_redaction_keeps_the_request_local() {
+        // A pattern that matches its own replacement can never be redacted
+        // away: the request stays on this machine instead.
+        let privacy = with(serde_json::json!({
+            "action": "redact",
+            "patterns": [{ "name": "shouting", "regex": "[A-Z]{5,}" }],
+        }));
+        let decision = privacy.decide(&request("PLEASE help"), None, false);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=local_only trigger=content detectors=shouting:1 redaction=incomplete"
+        );
+    }
+
+    #[test]
+    fn multibyte_text_around_matches() {
+        let privacy = with(redact_settings());
+        let text = format!("clé: «{}» — ünïcode ✓ bob@corp.io…", aws_key());
+        let Decision::Redacted { request, .. } = privacy.decide(&request(&text), None, false)
+        else {
+            panic!("not redacted");
+        };
+        assert_eq!(
+            request.messages[1].text(),
+            "clé: «[REDACTED:aws_access_key]» — ünïcode ✓ [REDACTED:email]…"
+        );
+    }
+
+    #[test]
     fn bad_patterns_are_named() {
         let error = |patterns: serde_json::Value| {
             Privacy::new(
@@ -2264,6 +2293,26 @@ mod tests {
             );
         }
         let prose = request(&prose);
+        let redacting = with(redact_settings());
+        let mut secret = small.clone();
+        secret.messages.push(Message::user(format!(
+            "my key is {} and mail me at bob@corp.io",
+            aws_key()
+        )));
+        let runs = 20_000;
+        let mut times: Vec<std::time::Duration> = (0..runs)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                std::hint::black_box(redacting.decide(std::hint::black_box(&secret), None, false));
+                start.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!(
+            "small, redacted: p50 {:?}, p99 {:?}",
+            times[runs / 2],
+            times[runs * 99 / 100]
+        );
         for (name, chat, runs) in [
             ("small", &small, 20_000u32),
             ("100kb prose", &prose, 200),
