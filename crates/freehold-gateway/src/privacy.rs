@@ -1,0 +1,2337 @@
+//! Privacy routing: keep requests that carry secrets or personal data on
+//! local providers, redact them before they leave the machine, or refuse
+//! them, and say why in one secret-free line for the audit log.
+//!
+//! ```toml
+//! [gateway.privacy]
+//! # Built-in detectors that are on (default: all of them).
+//! detectors = ["aws_access_key", "private_key", "github_token", "openai_key",
+//!              "anthropic_key", "slack_token", "google_api_key",
+//!              "password_assignment", "jwt", "email", "credit_card", "iban", "us_ssn"]
+//! # What a match does: local_only (default) | redact | block | off.
+//! action = "local_only"
+//! # A client sending `x-freehold-privacy: local-only` forces local routing
+//! # ("" turns the header off).
+//! header = "x-freehold-privacy"
+//!
+//! # Per-detector overrides of `action`.
+//! [gateway.privacy.actions]
+//! private_key = "block"
+//! email = "redact"
+//!
+//! # Your own patterns. A group named `secret` limits redaction to it.
+//! [[gateway.privacy.patterns]]
+//! name = "employee_id"
+//! regex = '\bEMP-[0-9]{6}\b'
+//! action = "redact"          # optional, default: `action`
+//! ```
+//!
+//! What is inspected: text parts, tool-call arguments, tool results and
+//! reasoning text of every message. Images, tool definitions, the model name
+//! and stop sequences are not.
+//!
+//! Cost: one [`RegexSet`] pass over each inspected text; the individual
+//! detectors run only on texts the set matched, so a clean request costs one
+//! scan and no allocation.
+//!
+//! Phone numbers have no detector: their formats are too close to ids,
+//! dates, versions and amounts to match with a low false-positive rate.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use freehold_protocol::{ChatRequest, ContentPart};
+use regex::{Regex, RegexSet, RegexSetBuilder};
+use serde::{Deserialize, Serialize};
+
+/// The header a client sends to force local routing, unless configured.
+pub const DEFAULT_HEADER: &str = "x-freehold-privacy";
+
+/// A built-in detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detector {
+    /// AWS access key ids (`AKIA…`, `ASIA…`).
+    AwsAccessKey,
+    /// PEM private key blocks (`-----BEGIN … PRIVATE KEY-----` to its END
+    /// line, or to the end of the text when it is cut).
+    PrivateKey,
+    /// GitHub tokens (`ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_`, `github_pat_`).
+    GithubToken,
+    /// OpenAI-style keys (`sk-…`, `sk-proj-…`) that look random.
+    OpenaiKey,
+    /// Anthropic keys (`sk-ant-api03-…`).
+    AnthropicKey,
+    /// Slack tokens (`xoxb-`, `xoxp-`, `xoxa-`, `xoxr-`, `xoxs-`).
+    SlackToken,
+    /// Google API keys (`AIza…`).
+    GoogleApiKey,
+    /// `password = "…"`, `DB_PASSWORD=…`, `"api_key": "…"` and the like, with
+    /// a value that is not a placeholder, a variable or a type.
+    PasswordAssignment,
+    /// JSON Web Tokens (`eyJ….eyJ….…`).
+    Jwt,
+    /// E-mail addresses.
+    Email,
+    /// Payment card numbers: 13 to 19 digits, known issuer prefixes,
+    /// consistent grouping, Luhn-checked.
+    CreditCard,
+    /// IBANs: known country, its length, mod-97 checksum.
+    Iban,
+    /// US social security numbers written `ddd-dd-dddd`.
+    UsSsn,
+}
+
+impl Detector {
+    /// Every built-in detector.
+    pub const ALL: [Detector; 13] = [
+        Detector::AwsAccessKey,
+        Detector::PrivateKey,
+        Detector::GithubToken,
+        Detector::OpenaiKey,
+        Detector::AnthropicKey,
+        Detector::SlackToken,
+        Detector::GoogleApiKey,
+        Detector::PasswordAssignment,
+        Detector::Jwt,
+        Detector::Email,
+        Detector::CreditCard,
+        Detector::Iban,
+        Detector::UsSsn,
+    ];
+
+    /// The name used in configuration, findings and `[REDACTED:<name>]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::AwsAccessKey => "aws_access_key",
+            Detector::PrivateKey => "private_key",
+            Detector::GithubToken => "github_token",
+            Detector::OpenaiKey => "openai_key",
+            Detector::AnthropicKey => "anthropic_key",
+            Detector::SlackToken => "slack_token",
+            Detector::GoogleApiKey => "google_api_key",
+            Detector::PasswordAssignment => "password_assignment",
+            Detector::Jwt => "jwt",
+            Detector::Email => "email",
+            Detector::CreditCard => "credit_card",
+            Detector::Iban => "iban",
+            Detector::UsSsn => "us_ssn",
+        }
+    }
+}
+
+impl fmt::Display for Detector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a match does to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Route the request to local providers only.
+    #[default]
+    LocalOnly,
+    /// Replace the matches with `[REDACTED:<detector>]`; the request may then
+    /// go anywhere.
+    Redact,
+    /// Refuse the request.
+    Block,
+    /// Ignore matches (the detector does not run).
+    Off,
+}
+
+impl Action {
+    /// The configuration name (`local_only`, `redact`, `block`, `off`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::LocalOnly => "local_only",
+            Action::Redact => "redact",
+            Action::Block => "block",
+            Action::Off => "off",
+        }
+    }
+
+    /// How strict the action is: the strictest action among the findings
+    /// decides (block > local_only > redact > off).
+    fn strictness(self) -> u8 {
+        match self {
+            Action::Off => 0,
+            Action::Redact => 1,
+            Action::LocalOnly => 2,
+            Action::Block => 3,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `[gateway.privacy]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// The built-in detectors that are on (default: all).
+    #[serde(default = "all_detectors")]
+    pub detectors: Vec<Detector>,
+    /// What a match does, for detectors without an override (default
+    /// `local_only`).
+    #[serde(default)]
+    pub action: Action,
+    /// Per-detector overrides of [`PrivacySettings::action`]; each detector
+    /// named must be on.
+    #[serde(default)]
+    pub actions: BTreeMap<Detector, Action>,
+    /// The request header a client sets to `local-only` to force local
+    /// routing (default `x-freehold-privacy`; empty: no header).
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// Patterns of your own, checked with the built-in detectors.
+    #[serde(default)]
+    pub patterns: Vec<CustomPattern>,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        Self {
+            detectors: all_detectors(),
+            action: Action::default(),
+            actions: BTreeMap::new(),
+            header: default_header(),
+            patterns: Vec::new(),
+        }
+    }
+}
+
+fn all_detectors() -> Vec<Detector> {
+    Detector::ALL.to_vec()
+}
+
+fn default_header() -> String {
+    DEFAULT_HEADER.to_owned()
+}
+
+/// One `[[gateway.privacy.patterns]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomPattern {
+    /// The name in findings and in `[REDACTED:<name>]`: lowercase ASCII
+    /// letters, digits, `_` and `-`, not a built-in detector's name.
+    pub name: String,
+    /// A regular expression ([`regex`] syntax; `(?i)` for case-insensitive).
+    /// When it has a group named `secret`, only that group is redacted.
+    pub regex: String,
+    /// What a match does (default: the table's `action`).
+    #[serde(default)]
+    pub action: Option<Action>,
+}
+
+/// What can be wrong with the privacy settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrivacyError {
+    /// A custom pattern does not compile.
+    #[error("[gateway.privacy] pattern `{name}` is not a valid regular expression: {message}")]
+    InvalidPattern {
+        /// The pattern's name.
+        name: String,
+        /// The regex compiler's explanation.
+        message: String,
+    },
+    /// A custom pattern matches the empty string, so it would match
+    /// everything.
+    #[error(
+        "[gateway.privacy] pattern `{name}` matches the empty string; make it require at least one character"
+    )]
+    EmptyMatch {
+        /// The pattern's name.
+        name: String,
+    },
+    /// A custom pattern's name is unusable.
+    #[error("[gateway.privacy] pattern name `{name}`: {reason}")]
+    InvalidName {
+        /// The name as configured.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An `actions` entry names a detector that is not in `detectors`.
+    #[error(
+        "[gateway.privacy] actions.{detector} is set but `{detector}` is not in `detectors`; add it there or remove the override"
+    )]
+    OverrideForDisabled {
+        /// The detector.
+        detector: Detector,
+    },
+    /// The header name is not a valid HTTP header name.
+    #[error("[gateway.privacy] header `{0}` is not a valid HTTP header name")]
+    InvalidHeader(String),
+    /// A built-in detector failed to compile (a bug, reported rather than
+    /// panicking).
+    #[error("[gateway.privacy] built-in detector `{detector}` failed to compile: {message}")]
+    Builtin {
+        /// The detector.
+        detector: &'static str,
+        /// The regex compiler's explanation.
+        message: String,
+    },
+    /// The patterns together are too large to compile into one set.
+    #[error("[gateway.privacy] the detectors and patterns together are too large: {0}")]
+    TooLarge(String),
+}
+
+/// Where in a request a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    /// The message's index in [`ChatRequest::messages`].
+    pub message: usize,
+    /// The part's index in that message's content.
+    pub part: usize,
+    /// Which text of the part.
+    pub field: Field,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "m{}.p{}.{}", self.message, self.part, self.field)
+    }
+}
+
+/// The inspected text of a content part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    /// [`ContentPart::Text`].
+    Text,
+    /// The arguments of a [`ContentPart::ToolCall`].
+    ToolArguments,
+    /// The content of a [`ContentPart::ToolResult`].
+    ToolResult,
+    /// The text of a [`ContentPart::Reasoning`].
+    Reasoning,
+}
+
+impl Field {
+    /// A short name (`text`, `tool_arguments`, `tool_result`, `reasoning`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::Text => "text",
+            Field::ToolArguments => "tool_arguments",
+            Field::ToolResult => "tool_result",
+            Field::Reasoning => "reasoning",
+        }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Matches of one detector in one place. It never holds the matched text,
+/// so findings are safe to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The detector's or custom pattern's name.
+    pub detector: Arc<str>,
+    /// The action configured for it.
+    pub action: Action,
+    /// Where the matches are.
+    pub location: Location,
+    /// How many matches there.
+    pub count: usize,
+}
+
+/// Everything the detectors found in a request (never the matched text).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    items: Vec<Finding>,
+}
+
+impl Findings {
+    /// Whether nothing matched.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The findings, in request order.
+    pub fn iter(&self) -> impl Iterator<Item = &Finding> {
+        self.items.iter()
+    }
+
+    /// The number of matches in all.
+    pub fn total(&self) -> usize {
+        self.items.iter().map(|finding| finding.count).sum()
+    }
+
+    /// Matches per detector, sorted by name.
+    pub fn by_detector(&self) -> Vec<(&str, usize)> {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for finding in &self.items {
+            *counts.entry(&*finding.detector).or_default() += finding.count;
+        }
+        counts.into_iter().collect()
+    }
+
+    /// The strictest action among the findings (`None` when empty).
+    pub fn strictest(&self) -> Option<Action> {
+        self.items
+            .iter()
+            .map(|finding| finding.action)
+            .max_by_key(|action| action.strictness())
+    }
+
+    fn has(&self, action: Action) -> bool {
+        self.items.iter().any(|finding| finding.action == action)
+    }
+}
+
+/// `aws_access_key:1,email:2`, or `none`.
+impl fmt::Display for Findings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.items.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, (name, count)) in self.by_detector().into_iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{name}:{count}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What led to a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Trigger {
+    /// The request's content matched a detector.
+    Content,
+    /// The client sent the privacy header.
+    Header,
+    /// The virtual key is `local_only`.
+    Key,
+}
+
+impl Trigger {
+    /// `content`, `header` or `key`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Content => "content",
+            Trigger::Header => "header",
+            Trigger::Key => "key",
+        }
+    }
+}
+
+/// Why a request was not simply passed on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reasons {
+    /// What forced the outcome (each of them alone would have).
+    pub triggers: Vec<Trigger>,
+    /// All the findings, including ones with a milder action.
+    pub findings: Findings,
+    /// Redaction was asked for but some match survived it, so the request
+    /// was kept local instead.
+    pub redaction_incomplete: bool,
+}
+
+/// `trigger=key+content detectors=email:2`.
+impl fmt::Display for Reasons {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("trigger=")?;
+        for (i, trigger) in self.triggers.iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            f.write_str(trigger.as_str())?;
+        }
+        if !self.findings.is_empty() {
+            write!(f, " detectors={}", self.findings)?;
+        }
+        if self.redaction_incomplete {
+            f.write_str(" redaction=incomplete")?;
+        }
+        Ok(())
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Nothing matched and nothing forces local routing: route as usual.
+    Pass,
+    /// Route to local providers only.
+    LocalOnly {
+        /// Why.
+        reasons: Reasons,
+    },
+    /// Send this request instead of the original: every match is replaced
+    /// by `[REDACTED:<detector>]`.
+    Redacted {
+        /// The redacted request.
+        request: Box<ChatRequest>,
+        /// Why.
+        reasons: Reasons,
+    },
+    /// Refuse the request.
+    Block {
+        /// Why.
+        reasons: Reasons,
+    },
+}
+
+impl Decision {
+    /// `pass`, `local_only`, `redacted` or `block`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Decision::Pass => "pass",
+            Decision::LocalOnly { .. } => "local_only",
+            Decision::Redacted { .. } => "redacted",
+            Decision::Block { .. } => "block",
+        }
+    }
+
+    /// The reasons, for every outcome but [`Decision::Pass`].
+    pub fn reasons(&self) -> Option<&Reasons> {
+        match self {
+            Decision::Pass => None,
+            Decision::LocalOnly { reasons }
+            | Decision::Redacted { reasons, .. }
+            | Decision::Block { reasons } => Some(reasons),
+        }
+    }
+
+    /// Whether the request must stay on local providers.
+    pub fn is_local_only(&self) -> bool {
+        matches!(self, Decision::LocalOnly { .. })
+    }
+
+    /// Writes the decision to the log: [`Decision::Pass`] at debug level,
+    /// the others at info, as the secret-free line of [`fmt::Display`].
+    pub fn log(&self) {
+        match self {
+            Decision::Pass => tracing::debug!(outcome = self.outcome(), "{self}"),
+            _ => tracing::info!(outcome = self.outcome(), "{self}"),
+        }
+    }
+}
+
+/// One line for the audit log, without any matched text:
+/// `privacy=local_only trigger=content detectors=aws_access_key:1,email:2`.
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "privacy={}", self.outcome())?;
+        if let Some(reasons) = self.reasons() {
+            write!(f, " {reasons}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The compiled privacy policy: build it once with [`Privacy::new`], then
+/// call [`Privacy::decide`] on every request.
+#[derive(Debug)]
+pub struct Privacy {
+    /// All rules' regexes, in `rules` order: the prefilter.
+    set: RegexSet,
+    rules: Vec<Rule>,
+    /// The header name, lowercase; `None` when off.
+    header: Option<String>,
+    /// Object keys whose string value is a secret in JSON tool arguments
+    /// (present when `password_assignment` is on).
+    secret_key: Option<Regex>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: Arc<str>,
+    regex: Regex,
+    /// The group to redact (named `secret`); the whole match when `None`.
+    secret_group: Option<usize>,
+    check: Check,
+    action: Action,
+}
+
+/// The validation a candidate match must pass.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    None,
+    OpenaiKey,
+    QuotedValue,
+    BareValue,
+    Email,
+    CreditCard,
+    Iban,
+    UsSsn,
+}
+
+/// Key names whose value is a secret, as a regex alternation. `pwd` is left
+/// out (`PWD=/home/…` is in every environment dump).
+macro_rules! secret_keys {
+    () => {
+        "password|passwd|passphrase|secret|secret[_-]?key|api[_-]?key|access[_-]?key|access[_-]?token|auth[_-]?token"
+    };
+}
+
+/// The built-in rules; `\b` is made ASCII-only when compiled (Unicode word
+/// boundaries would keep the set off its fast DFA).
+const BUILTIN_RULES: &[(Detector, &str, Check)] = &[
+    (
+        Detector::AwsAccessKey,
+        r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
+        Check::None,
+    ),
+    (
+        Detector::PrivateKey,
+        r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|\z)",
+        Check::None,
+    ),
+    (
+        Detector::GithubToken,
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{50,255})\b",
+        Check::None,
+    ),
+    (
+        Detector::AnthropicKey,
+        r"\bsk-ant-[a-z]+[0-9]{2}-[A-Za-z0-9_-]{32,}",
+        Check::None,
+    ),
+    (
+        Detector::OpenaiKey,
+        r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}",
+        Check::OpenaiKey,
+    ),
+    (
+        Detector::SlackToken,
+        r"\bxox[abprs]-[0-9]{6,}-[A-Za-z0-9-]{8,}",
+        Check::None,
+    ),
+    (
+        Detector::GoogleApiKey,
+        r"\bAIza[0-9A-Za-z_-]{35}",
+        Check::None,
+    ),
+    (
+        Detector::PasswordAssignment,
+        concat!(
+            r"(?i)\b(?:[a-z0-9]+[_-])*(?:",
+            secret_keys!(),
+            r#")\b\\?["']?\s*(?::=|=>|[:=])\s*\\?["'](?P<secret>[^"'\\\r\n]{4,200})\\?["']"#
+        ),
+        Check::QuotedValue,
+    ),
+    (
+        Detector::PasswordAssignment,
+        concat!(
+            r"(?i)\b(?:[a-z0-9]+[_-])*(?:",
+            secret_keys!(),
+            r#")\b\\?["']?\s*(?::=|[:=])\s*(?P<secret>[^\s"'`,;&\\)\]}]{4,200})"#
+        ),
+        Check::BareValue,
+    ),
+    (
+        Detector::Jwt,
+        r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}",
+        Check::None,
+    ),
+    (
+        Detector::Email,
+        r"\b[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}\b",
+        Check::Email,
+    ),
+    (
+        Detector::CreditCard,
+        r"\b[0-9](?:[ -]?[0-9]){12,18}\b",
+        Check::CreditCard,
+    ),
+    (
+        Detector::Iban,
+        r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
+        Check::Iban,
+    ),
+    (
+        Detector::UsSsn,
+        r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b",
+        Check::UsSsn,
+    ),
+];
+
+impl Privacy {
+    /// Compiles the settings: every regex once, checked, with errors that
+    /// name the bad pattern.
+    pub fn new(settings: PrivacySettings) -> Result<Self, PrivacyError> {
+        let header = header_name(&settings.header)?;
+        if let Some(&detector) = settings
+            .actions
+            .keys()
+            .find(|detector| !settings.detectors.contains(detector))
+        {
+            return Err(PrivacyError::OverrideForDisabled { detector });
+        }
+
+        let mut rules = Vec::new();
+        let mut password_on = false;
+        for detector in Detector::ALL {
+            if !settings.detectors.contains(&detector) {
+                continue;
+            }
+            let action = settings
+                .actions
+                .get(&detector)
+                .copied()
+                .unwrap_or(settings.action);
+            if action == Action::Off {
+                continue;
+            }
+            password_on |= detector == Detector::PasswordAssignment;
+            let name: Arc<str> = Arc::from(detector.name());
+            for &(_, pattern, check) in BUILTIN_RULES.iter().filter(|rule| rule.0 == detector) {
+                let regex = builtin_regex(detector, pattern)?;
+                rules.push(Rule {
+                    name: Arc::clone(&name),
+                    secret_group: secret_group(&regex),
+                    regex,
+                    check,
+                    action,
+                });
+            }
+        }
+
+        for (index, pattern) in settings.patterns.iter().enumerate() {
+            check_pattern_name(&pattern.name, &settings.patterns[..index])?;
+            let regex =
+                Regex::new(&pattern.regex).map_err(|error| PrivacyError::InvalidPattern {
+                    name: pattern.name.clone(),
+                    message: error.to_string(),
+                })?;
+            if regex.is_match("") {
+                return Err(PrivacyError::EmptyMatch {
+                    name: pattern.name.clone(),
+                });
+            }
+            let action = pattern.action.unwrap_or(settings.action);
+            if action == Action::Off {
+                continue;
+            }
+            rules.push(Rule {
+                name: Arc::from(pattern.name.as_str()),
+                secret_group: secret_group(&regex),
+                regex,
+                check: Check::None,
+                action,
+            });
+        }
+
+        let set = RegexSetBuilder::new(rules.iter().map(|rule| rule.regex.as_str()))
+            .build()
+            .map_err(|error| PrivacyError::TooLarge(error.to_string()))?;
+        let secret_key = if password_on {
+            let pattern = concat!("(?i)^(?:[a-z0-9]+[_-])*(?:", secret_keys!(), ")$");
+            Some(builtin_regex(Detector::PasswordAssignment, pattern)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            set,
+            rules,
+            header,
+            secret_key,
+        })
+    }
+
+    /// The request header to pass to [`Privacy::decide`] (lowercase), or
+    /// `None` when the header is off.
+    pub fn header_name(&self) -> Option<&str> {
+        self.header.as_deref()
+    }
+
+    /// The detectors and custom patterns that run, with their actions.
+    pub fn active(&self) -> Vec<(&str, Action)> {
+        let mut active: Vec<(&str, Action)> = Vec::new();
+        for rule in &self.rules {
+            if !active.iter().any(|(name, _)| **name == *rule.name) {
+                active.push((&rule.name, rule.action));
+            }
+        }
+        active
+    }
+
+    /// Runs the detectors over the request's texts. The findings say which
+    /// detector matched where and how often, never what.
+    pub fn inspect(&self, request: &ChatRequest) -> Findings {
+        let mut findings = Findings::default();
+        if self.rules.is_empty() {
+            return findings;
+        }
+        for (message_index, message) in request.messages.iter().enumerate() {
+            for (part_index, part) in message.content.iter().enumerate() {
+                let Some((field, text)) = part_text(part) else {
+                    continue;
+                };
+                let location = Location {
+                    message: message_index,
+                    part: part_index,
+                    field,
+                };
+                self.inspect_text(text, location, &mut findings);
+            }
+        }
+        findings
+    }
+
+    /// Decides what happens to a request. `header` is the value of the
+    /// [`Privacy::header_name`] header, if the client sent it;
+    /// `key_local_only` is the virtual key's `local_only` setting.
+    ///
+    /// The strictest outcome wins: a `block` match blocks; otherwise the
+    /// header, the key or a `local_only` match keeps the request local;
+    /// otherwise `redact` matches are redacted (kept local instead if a
+    /// match survives redaction); otherwise it passes.
+    pub fn decide(
+        &self,
+        request: &ChatRequest,
+        header: Option<&str>,
+        key_local_only: bool,
+    ) -> Decision {
+        let header_local = self.header.is_some() && header.is_some_and(forces_local);
+        let findings = self.inspect(request);
+
+        if findings.has(Action::Block) {
+            return Decision::Block {
+                reasons: Reasons {
+                    triggers: vec![Trigger::Content],
+                    findings,
+                    redaction_incomplete: false,
+                },
+            };
+        }
+        let content_local = findings.has(Action::LocalOnly);
+        if key_local_only || header_local || content_local {
+            let mut triggers = Vec::with_capacity(3);
+            if key_local_only {
+                triggers.push(Trigger::Key);
+            }
+            if header_local {
+                triggers.push(Trigger::Header);
+            }
+            if content_local {
+                triggers.push(Trigger::Content);
+            }
+            return Decision::LocalOnly {
+                reasons: Reasons {
+                    triggers,
+                    findings,
+                    redaction_incomplete: false,
+                },
+            };
+        }
+        if findings.is_empty() {
+            return Decision::Pass;
+        }
+
+        let redacted = self.redact(request);
+        let incomplete = !self.inspect(&redacted).is_empty();
+        let reasons = Reasons {
+            triggers: vec![Trigger::Content],
+            findings,
+            redaction_incomplete: incomplete,
+        };
+        if incomplete {
+            Decision::LocalOnly { reasons }
+        } else {
+            Decision::Redacted {
+                request: Box::new(redacted),
+                reasons,
+            }
+        }
+    }
+
+    /// A copy of the request with every match replaced by
+    /// `[REDACTED:<detector>]`: in text, tool results and reasoning text
+    /// (whose signature is then dropped, as it no longer signs the text);
+    /// in tool-call arguments inside JSON strings only, so valid JSON stays
+    /// valid.
+    fn redact(&self, request: &ChatRequest) -> ChatRequest {
+        let mut request = request.clone();
+        for message in &mut request.messages {
+            for part in &mut message.content {
+                match part {
+                    ContentPart::Text { text } => {
+                        if let Some(redacted) = self.redact_text(text) {
+                            *text = redacted;
+                        }
+                    }
+                    ContentPart::ToolCall(call) => {
+                        if let Some(redacted) = self.redact_arguments(&call.arguments) {
+                            call.arguments = redacted;
+                        }
+                    }
+                    ContentPart::ToolResult(result) => {
+                        if let Some(redacted) = self.redact_text(&result.content) {
+                            result.content = redacted;
+                        }
+                    }
+                    ContentPart::Reasoning(reasoning) => {
+                        if let Some(redacted) = self.redact_text(&reasoning.text) {
+                            reasoning.text = redacted;
+                            reasoning.signature = None;
+                            reasoning.origin = None;
+                        }
+                    }
+                    ContentPart::Image { .. } => {}
+                }
+            }
+        }
+        request
+    }
+
+    fn inspect_text(&self, text: &str, location: Location, findings: &mut Findings) {
+        if text.is_empty() || !self.set.is_match(text) {
+            return;
+        }
+        let first = findings.items.len();
+        for index in self.set.matches(text).iter() {
+            let mut count = 0;
+            self.each_match(index, text, |_| count += 1);
+            if count == 0 {
+                continue;
+            }
+            let rule = &self.rules[index];
+            match findings.items[first..]
+                .iter_mut()
+                .find(|finding| Arc::ptr_eq(&finding.detector, &rule.name))
+            {
+                Some(finding) => finding.count += count,
+                None => findings.items.push(Finding {
+                    detector: Arc::clone(&rule.name),
+                    action: rule.action,
+                    location,
+                    count,
+                }),
+            }
+        }
+    }
+
+    /// Calls `found` with the span to redact of each validated match of
+    /// rule `index`.
+    fn each_match(&self, index: usize, text: &str, mut found: impl FnMut(Range<usize>)) {
+        let rule = &self.rules[index];
+        match rule.secret_group {
+            None => {
+                for m in rule.regex.find_iter(text) {
+                    if m.is_empty() {
+                        continue;
+                    }
+                    if let Some(span) = rule.check.validate(text, m.range()) {
+                        found(span);
+                    }
+                }
+            }
+            Some(group) => {
+                for captures in rule.regex.captures_iter(text) {
+                    let Some(m) = captures.get(group).or_else(|| captures.get(0)) else {
+                        continue;
+                    };
+                    if m.is_empty() {
+                        continue;
+                    }
+                    if let Some(span) = rule.check.validate(text, m.range()) {
+                        found(span);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The text with every match replaced, or `None` when nothing matched.
+    fn redact_text(&self, text: &str) -> Option<String> {
+        if text.is_empty() || !self.set.is_match(text) {
+            return None;
+        }
+        let mut spans: Vec<(Range<usize>, usize)> = Vec::new();
+        for index in self.set.matches(text).iter() {
+            self.each_match(index, text, |span| spans.push((span, index)));
+        }
+        if spans.is_empty() {
+            return None;
+        }
+        spans.sort_by(|(a, _), (b, _)| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+        let mut out = String::with_capacity(text.len());
+        let mut copied = 0;
+        let mut last: Option<(Range<usize>, usize)> = None;
+        for (span, index) in spans {
+            match &mut last {
+                Some((current, _)) if span.start < current.end => {
+                    current.end = current.end.max(span.end);
+                }
+                _ => {
+                    if let Some((current, rule)) = last.take() {
+                        push_redacted(&mut out, text, &mut copied, current, &self.rules[rule].name);
+                    }
+                    last = Some((span, index));
+                }
+            }
+        }
+        if let Some((current, rule)) = last {
+            push_redacted(&mut out, text, &mut copied, current, &self.rules[rule].name);
+        }
+        out.push_str(&text[copied..]);
+        Some(out)
+    }
+
+    /// Tool-call arguments with every match replaced. Valid JSON is redacted
+    /// inside its strings only (a secret-like number becomes a string), and
+    /// a string or number under a password-like key is redacted whole; text
+    /// that is not JSON is redacted as text.
+    fn redact_arguments(&self, arguments: &str) -> Option<String> {
+        if arguments.is_empty() || !self.set.is_match(arguments) {
+            return None;
+        }
+        if serde_json::from_str::<serde::de::IgnoredAny>(arguments).is_err() {
+            return self.redact_text(arguments);
+        }
+        let bytes = arguments.as_bytes();
+        let mut out = String::with_capacity(arguments.len());
+        let mut copied = 0;
+        let mut changed = false;
+        let mut under_secret_key = false;
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'"' => {
+                    let end = string_end(bytes, i);
+                    let literal = &arguments[i..end];
+                    let mut next = end;
+                    while next < bytes.len() && bytes[next].is_ascii_whitespace() {
+                        next += 1;
+                    }
+                    if bytes.get(next) == Some(&b':') {
+                        under_secret_key = self.is_secret_key(literal);
+                    } else {
+                        if let Some(replacement) =
+                            self.redact_json_string(literal, under_secret_key)
+                        {
+                            out.push_str(&arguments[copied..i]);
+                            out.push_str(&replacement);
+                            copied = end;
+                            changed = true;
+                        }
+                        under_secret_key = false;
+                    }
+                    i = end;
+                }
+                b'-' | b'0'..=b'9' => {
+                    let mut end = i + 1;
+                    while end < bytes.len()
+                        && matches!(bytes[end], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                    {
+                        end += 1;
+                    }
+                    let number = &arguments[i..end];
+                    let replacement = if under_secret_key && number.len() >= 4 {
+                        Some(format!(
+                            "\"[REDACTED:{}]\"",
+                            Detector::PasswordAssignment.name()
+                        ))
+                    } else {
+                        self.redact_text(number)
+                            .and_then(|text| serde_json::to_string(&text).ok())
+                    };
+                    if let Some(replacement) = replacement {
+                        out.push_str(&arguments[copied..i]);
+                        out.push_str(&replacement);
+                        copied = end;
+                        changed = true;
+                    }
+                    under_secret_key = false;
+                    i = end;
+                }
+                b'{' | b'[' | b't' | b'f' | b'n' => {
+                    under_secret_key = false;
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        if !changed {
+            return None;
+        }
+        out.push_str(&arguments[copied..]);
+        Some(out)
+    }
+
+    /// Whether a JSON key literal (with its quotes) names a secret.
+    fn is_secret_key(&self, literal: &str) -> bool {
+        let Some(secret_key) = &self.secret_key else {
+            return false;
+        };
+        serde_json::from_str::<String>(literal).is_ok_and(|key| secret_key.is_match(&key))
+    }
+
+    /// A JSON string literal's replacement literal, or `None` to keep it.
+    fn redact_json_string(&self, literal: &str, under_secret_key: bool) -> Option<String> {
+        let value = serde_json::from_str::<String>(literal).ok()?;
+        if under_secret_key
+            && value.chars().count() >= 4
+            && Check::QuotedValue
+                .validate(&value, 0..value.len())
+                .is_some()
+        {
+            return Some(format!(
+                "\"[REDACTED:{}]\"",
+                Detector::PasswordAssignment.name()
+            ));
+        }
+        let redacted = self.redact_text(&value)?;
+        serde_json::to_string(&redacted).ok()
+    }
+}
+
+/// The part's inspected text, if it has one.
+fn part_text(part: &ContentPart) -> Option<(Field, &str)> {
+    match part {
+        ContentPart::Text { text } => Some((Field::Text, text)),
+        ContentPart::ToolCall(call) => Some((Field::ToolArguments, &call.arguments)),
+        ContentPart::ToolResult(result) => Some((Field::ToolResult, &result.content)),
+        ContentPart::Reasoning(reasoning) => Some((Field::Reasoning, &reasoning.text)),
+        ContentPart::Image { .. } => None,
+    }
+}
+
+fn push_redacted(out: &mut String, text: &str, copied: &mut usize, span: Range<usize>, name: &str) {
+    out.push_str(&text[*copied..span.start]);
+    out.push_str("[REDACTED:");
+    out.push_str(name);
+    out.push(']');
+    *copied = span.end;
+}
+
+/// The index just past the JSON string literal starting at `start`.
+fn string_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+/// Whether a privacy header value asks for local routing.
+fn forces_local(value: &str) -> bool {
+    let value = value.trim();
+    value.eq_ignore_ascii_case("local-only") || value.eq_ignore_ascii_case("local_only")
+}
+
+fn header_name(configured: &str) -> Result<Option<String>, PrivacyError> {
+    let name = configured.trim();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let token = |byte: u8| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte);
+    if !name.bytes().all(token) {
+        return Err(PrivacyError::InvalidHeader(configured.to_owned()));
+    }
+    Ok(Some(name.to_ascii_lowercase()))
+}
+
+fn check_pattern_name(name: &str, earlier: &[CustomPattern]) -> Result<(), PrivacyError> {
+    let invalid = |reason| PrivacyError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    };
+    if name.is_empty() || name.len() > 64 {
+        return Err(invalid("must have 1 to 64 characters"));
+    }
+    if !name.bytes().all(|byte| {
+        byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_' || byte == b'-'
+    }) {
+        return Err(invalid(
+            "may only hold lowercase ASCII letters, digits, `_` and `-`",
+        ));
+    }
+    if Detector::ALL.iter().any(|detector| detector.name() == name) {
+        return Err(invalid("is a built-in detector's name"));
+    }
+    if earlier.iter().any(|pattern| pattern.name == name) {
+        return Err(invalid("is used by two patterns"));
+    }
+    Ok(())
+}
+
+fn builtin_regex(detector: Detector, pattern: &str) -> Result<Regex, PrivacyError> {
+    Regex::new(&pattern.replace(r"\b", r"(?-u:\b)")).map_err(|error| PrivacyError::Builtin {
+        detector: detector.name(),
+        message: error.to_string(),
+    })
+}
+
+fn secret_group(regex: &Regex) -> Option<usize> {
+    regex
+        .capture_names()
+        .position(|name| name == Some("secret"))
+}
+
+impl Check {
+    /// The span to redact when the candidate at `span` is a real match.
+    fn validate(self, text: &str, span: Range<usize>) -> Option<Range<usize>> {
+        let candidate = &text[span.clone()];
+        let ok = match self {
+            Check::None => true,
+            Check::OpenaiKey => openai_key(candidate),
+            Check::QuotedValue => quoted_value(candidate),
+            Check::BareValue => bare_value(candidate),
+            Check::Email => email(candidate),
+            Check::CreditCard => credit_card(text, &span),
+            Check::Iban => return iban(text, span),
+            Check::UsSsn => us_ssn(text, &span),
+        };
+        ok.then_some(span)
+    }
+}
+
+/// An `sk-` key: not Anthropic's, and random-looking (digits and both
+/// cases), which slugs such as `sk-learn-…` are not.
+fn openai_key(candidate: &str) -> bool {
+    if candidate.starts_with("sk-ant-") {
+        return false;
+    }
+    let bytes = candidate.as_bytes();
+    bytes.iter().any(u8::is_ascii_digit)
+        && bytes.iter().any(u8::is_ascii_uppercase)
+        && bytes.iter().any(u8::is_ascii_lowercase)
+}
+
+/// Values that stand for a secret rather than being one.
+fn placeholder(value: &str) -> bool {
+    const WORDS: [&str; 10] = [
+        "password",
+        "passwd",
+        "changeme",
+        "secret",
+        "example",
+        "redacted",
+        "null",
+        "none",
+        "undefined",
+        "your_password",
+    ];
+    let first = value.chars().next();
+    value.chars().all(|c| Some(c) == first)
+        || value.starts_with('$')
+        || value.starts_with('<')
+        || value.starts_with("{{")
+        || value.starts_with("%(")
+        || value.starts_with("[REDACTED")
+        || WORDS.iter().any(|word| value.eq_ignore_ascii_case(word))
+}
+
+/// A quoted value: not a placeholder, and not prose (words without digits
+/// or symbols, such as a label `"Enter your password"`).
+fn quoted_value(value: &str) -> bool {
+    if placeholder(value) {
+        return false;
+    }
+    let prose = value.contains(' ')
+        && value
+            .chars()
+            .all(|c| c.is_alphabetic() || c == ' ' || matches!(c, '.' | ',' | '!' | '?' | '-'));
+    !prose
+}
+
+/// An unquoted value: not a placeholder, not an expression (calls, indexes,
+/// generics, variables) and not a bare identifier or dotted path without
+/// digits (`password=password`, `secret: String`, `self.password`).
+fn bare_value(value: &str) -> bool {
+    if placeholder(value)
+        || value.contains(['(', ')', '[', ']', '{', '}', '<', '>', '$', '|', '*', '%'])
+    {
+        return false;
+    }
+    let identifier = value
+        .bytes()
+        .all(|b| b.is_ascii_alphabetic() || matches!(b, b'_' | b'.' | b'-' | b':'));
+    !identifier
+}
+
+/// An address whose user is not `git` (SSH remotes) and whose top-level
+/// domain is not a file extension (`icon@2x.png`).
+fn email(candidate: &str) -> bool {
+    const EXTENSIONS: [&str; 20] = [
+        "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "css", "js", "mjs", "ts", "tsx",
+        "jsx", "json", "md", "txt", "html", "lock", "yaml",
+    ];
+    let Some((user, domain)) = candidate.split_once('@') else {
+        return false;
+    };
+    let tld = domain.rsplit('.').next().unwrap_or_default();
+    !user.eq_ignore_ascii_case("git") && !EXTENSIONS.iter().any(|ext| tld.eq_ignore_ascii_case(ext))
+}
+
+/// A card number: not part of a decimal or version, consistently grouped,
+/// an issuer prefix and length that exist, and a valid Luhn digit.
+fn credit_card(text: &str, span: &Range<usize>) -> bool {
+    let bytes = text.as_bytes();
+    let before_dot =
+        span.start >= 2 && bytes[span.start - 1] == b'.' && bytes[span.start - 2].is_ascii_digit();
+    let after_dot = bytes.get(span.end) == Some(&b'.')
+        && bytes.get(span.end + 1).is_some_and(u8::is_ascii_digit);
+    if before_dot || after_dot {
+        return false;
+    }
+
+    let mut digits = [0u8; 19];
+    let mut len = 0;
+    let mut separator = None;
+    let mut groups = [0usize; 19];
+    let mut group_count = 0;
+    let mut group_len = 0;
+    for &byte in &bytes[span.clone()] {
+        if byte.is_ascii_digit() {
+            if len == digits.len() {
+                return false;
+            }
+            digits[len] = byte - b'0';
+            len += 1;
+            group_len += 1;
+        } else {
+            if separator.is_some_and(|s| s != byte) {
+                return false;
+            }
+            separator = Some(byte);
+            groups[group_count] = group_len;
+            group_count += 1;
+            group_len = 0;
+        }
+    }
+    groups[group_count] = group_len;
+    group_count += 1;
+    let digits = &digits[..len];
+    let groups = &groups[..group_count];
+
+    if group_count > 1 {
+        let fours = groups[..group_count - 1].iter().all(|&g| g == 4)
+            && (1..=4).contains(&groups[group_count - 1]);
+        let amex_or_diners = groups == [4, 6, 5] || groups == [4, 6, 4];
+        if !fours && !amex_or_diners {
+            return false;
+        }
+    }
+    issuer_length(digits) && luhn(digits)
+}
+
+/// Whether the prefix belongs to a card network that issues this length.
+fn issuer_length(digits: &[u8]) -> bool {
+    let len = digits.len();
+    let prefix = |n: usize| {
+        digits[..n]
+            .iter()
+            .fold(0u32, |acc, &d| acc * 10 + u32::from(d))
+    };
+    match digits[0] {
+        // Mastercard 2-series.
+        2 => len == 16 && (2221..=2720).contains(&prefix(4)),
+        3 => match prefix(2) {
+            34 | 37 => len == 15,
+            35 => (16..=19).contains(&len),
+            30 | 36 | 38 | 39 => (14..=19).contains(&len),
+            _ => false,
+        },
+        4 => matches!(len, 13 | 16 | 19),
+        5 => match prefix(2) {
+            51..=55 => len == 16,
+            // Maestro.
+            50 | 56..=59 => (13..=19).contains(&len),
+            _ => false,
+        },
+        6 => (13..=19).contains(&len),
+        _ => false,
+    }
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let d = u32::from(d);
+            if i % 2 == 1 {
+                let doubled = d * 2;
+                if doubled > 9 { doubled - 9 } else { doubled }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// IBAN lengths by country (the SWIFT registry).
+const IBAN_LENGTHS: &[(&str, usize)] = &[
+    ("AD", 24),
+    ("AE", 23),
+    ("AL", 28),
+    ("AT", 20),
+    ("AZ", 28),
+    ("BA", 20),
+    ("BE", 16),
+    ("BG", 22),
+    ("BH", 22),
+    ("BR", 29),
+    ("BY", 28),
+    ("CH", 21),
+    ("CR", 22),
+    ("CY", 28),
+    ("CZ", 24),
+    ("DE", 22),
+    ("DK", 18),
+    ("DO", 28),
+    ("EE", 20),
+    ("EG", 29),
+    ("ES", 24),
+    ("FI", 18),
+    ("FO", 18),
+    ("FR", 27),
+    ("GB", 22),
+    ("GE", 22),
+    ("GI", 23),
+    ("GL", 18),
+    ("GR", 27),
+    ("GT", 28),
+    ("HR", 21),
+    ("HU", 28),
+    ("IE", 22),
+    ("IL", 23),
+    ("IQ", 23),
+    ("IS", 26),
+    ("IT", 27),
+    ("JO", 30),
+    ("KW", 30),
+    ("KZ", 20),
+    ("LB", 28),
+    ("LC", 32),
+    ("LI", 21),
+    ("LT", 20),
+    ("LU", 20),
+    ("LV", 21),
+    ("LY", 25),
+    ("MC", 27),
+    ("MD", 24),
+    ("ME", 22),
+    ("MK", 19),
+    ("MR", 27),
+    ("MT", 31),
+    ("MU", 30),
+    ("NL", 18),
+    ("NO", 15),
+    ("PK", 24),
+    ("PL", 28),
+    ("PS", 29),
+    ("PT", 25),
+    ("QA", 29),
+    ("RO", 24),
+    ("RS", 22),
+    ("SA", 24),
+    ("SC", 31),
+    ("SE", 24),
+    ("SI", 19),
+    ("SK", 24),
+    ("SM", 27),
+    ("ST", 25),
+    ("SV", 28),
+    ("TL", 23),
+    ("TN", 24),
+    ("TR", 26),
+    ("UA", 29),
+    ("VA", 22),
+    ("VG", 24),
+    ("XK", 20),
+];
+
+/// An IBAN of its country's length (the candidate is cut there if the
+/// pattern took more) with a valid mod-97 checksum.
+fn iban(text: &str, span: Range<usize>) -> Option<Range<usize>> {
+    let candidate = &text[span.clone()];
+    let country = candidate.get(..2)?;
+    let &(_, length) = IBAN_LENGTHS.iter().find(|(code, _)| *code == country)?;
+    let mut taken = 0;
+    let mut end = span.start;
+    for (offset, byte) in candidate.bytes().enumerate() {
+        if byte != b' ' {
+            taken += 1;
+        }
+        if taken == length {
+            end = span.start + offset + 1;
+            break;
+        }
+    }
+    if taken < length
+        || text
+            .as_bytes()
+            .get(end)
+            .is_some_and(u8::is_ascii_alphanumeric)
+    {
+        return None;
+    }
+    let compact = text[span.start..end].bytes().filter(|&b| b != b' ');
+    let rearranged = compact.clone().skip(4).chain(compact.take(4));
+    let mut remainder = 0u32;
+    for byte in rearranged {
+        let value = match byte {
+            b'0'..=b'9' => u32::from(byte - b'0'),
+            b'A'..=b'Z' => u32::from(byte - b'A') + 10,
+            _ => return None,
+        };
+        remainder = if value >= 10 {
+            (remainder * 100 + value) % 97
+        } else {
+            (remainder * 10 + value) % 97
+        };
+    }
+    (remainder == 1).then_some(span.start..end)
+}
+
+/// An SSN that can be issued (area not 000, 666 or 9xx; group and serial
+/// not zero), not part of a longer dashed number.
+fn us_ssn(text: &str, span: &Range<usize>) -> bool {
+    let bytes = text.as_bytes();
+    let dashed_before =
+        span.start >= 2 && bytes[span.start - 1] == b'-' && bytes[span.start - 2].is_ascii_digit();
+    let dashed_after = bytes.get(span.end) == Some(&b'-')
+        && bytes.get(span.end + 1).is_some_and(u8::is_ascii_digit);
+    if dashed_before || dashed_after {
+        return false;
+    }
+    let candidate = &text[span.clone()];
+    let area = candidate.get(0..3).unwrap_or_default();
+    let group = candidate.get(4..6).unwrap_or_default();
+    let serial = candidate.get(7..11).unwrap_or_default();
+    area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"
+}
+
+#[cfg(test)]
+mod tests {
+    use freehold_protocol::{Message, Reasoning, ToolCall};
+
+    use super::*;
+
+    // Secret-shaped test values are assembled at run time so that no
+    // scanner mistakes this file for a leak.
+    fn aws_key() -> String {
+        format!("{}{}", "AKIA", "Q3EGHX5MZPR7TW2N")
+    }
+    fn private_key() -> String {
+        format!(
+            "-----BEGIN {0}PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7\n-----END {0}PRIVATE KEY-----",
+            "RSA "
+        )
+    }
+    fn github_token() -> String {
+        format!("gh{}_{}", "p", &"a1B2c3D4e5".repeat(4)[..36])
+    }
+    fn openai_key() -> String {
+        format!("sk-{}{}", "proj-", "T3BlbkFJ9x".repeat(5))
+    }
+    fn anthropic_key() -> String {
+        format!("sk-{}-{}", "ant-api03", "Xy7_Qz2-".repeat(12))
+    }
+    fn slack_token() -> String {
+        format!("xo{}-{}-{}", "xb", "123456789012", "AbCdEfGh1234ijKL")
+    }
+    fn google_key() -> String {
+        format!("AI{}{}", "za", &"SyAb3_x-9Q".repeat(4)[..35])
+    }
+    fn jwt() -> String {
+        format!(
+            "{}.{}.{}",
+            "eyJhbGciOiJIUzI1NiJ9",
+            "eyJzdWIiOiIxMjM0NTY3ODkwIn0",
+            "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+        )
+    }
+
+    fn privacy() -> Privacy {
+        Privacy::new(PrivacySettings::default()).unwrap()
+    }
+
+    fn with(settings: serde_json::Value) -> Privacy {
+        Privacy::new(serde_json::from_value(settings).unwrap()).unwrap()
+    }
+
+    fn request(text: &str) -> ChatRequest {
+        ChatRequest::new(
+            "m",
+            vec![Message::system("You are helpful."), Message::user(text)],
+        )
+    }
+
+    /// The detectors that match `text`, sorted.
+    fn detect(privacy: &Privacy, text: &str) -> Vec<String> {
+        privacy
+            .inspect(&request(text))
+            .by_detector()
+            .into_iter()
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
+    fn assert_detects(text: &str, detector: Detector) {
+        let found = detect(&privacy(), text);
+        assert_eq!(found, vec![detector.name().to_owned()], "in {text:?}");
+    }
+
+    fn assert_clean(text: &str) {
+        let found = detect(&privacy(), text);
+        assert!(found.is_empty(), "{found:?} in {text:?}");
+    }
+
+    fn redact_settings() -> serde_json::Value {
+        serde_json::json!({ "action": "redact" })
+    }
+
+    #[test]
+    fn aws_access_keys() {
+        assert_detects(
+            &format!("aws_access_key_id {}", aws_key()),
+            Detector::AwsAccessKey,
+        );
+        assert_detects(
+            &format!("key={}.", aws_key().replace("AKIA", "ASIA")),
+            Detector::AwsAccessKey,
+        );
+        assert_clean(&aws_key()[..19]);
+        assert_clean(&format!("X{}", aws_key()));
+        assert_clean(&aws_key().to_lowercase());
+    }
+
+    #[test]
+    fn private_keys() {
+        assert_detects(
+            &format!("here:\n{}\nthanks", private_key()),
+            Detector::PrivateKey,
+        );
+        // Cut off before its END line: still a key.
+        let cut = private_key();
+        assert_detects(&cut[..60], Detector::PrivateKey);
+        assert_detects(
+            &format!("-----BEGIN {} PRIVATE KEY BLOCK-----\nlQOYBF", "PGP"),
+            Detector::PrivateKey,
+        );
+        assert_clean("-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqh\n-----END PUBLIC KEY-----");
+        assert_clean("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----");
+    }
+
+    #[test]
+    fn github_tokens() {
+        assert_detects(&format!("token: {}", github_token()), Detector::GithubToken);
+        assert_detects(
+            &format!(
+                "github_{}_{}",
+                "pat", "11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV"
+            ),
+            Detector::GithubToken,
+        );
+        assert_clean("ghp_short and gho_ also short");
+        assert_clean("the ghp_ prefix marks personal access tokens");
+    }
+
+    #[test]
+    fn openai_and_anthropic_keys() {
+        assert_detects(&format!("OPENAI {}", openai_key()), Detector::OpenaiKey);
+        assert_detects(
+            &format!(
+                "key {}",
+                format_args!("sk-{}", "aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6kL9n")
+            ),
+            Detector::OpenaiKey,
+        );
+        assert_detects(
+            &format!("ANTHROPIC {}", anthropic_key()),
+            Detector::AnthropicKey,
+        );
+        // Prose and slugs are not keys.
+        assert_clean("Use sk-learn for this, not a task-force of scripts.");
+        assert_clean("see sk-this-is-a-long-slug-without-any-digits-at-all for details");
+        assert_clean("sk-abc123");
+        assert_clean("the risk-management-framework-document-version-two-final is out");
+    }
+
+    #[test]
+    fn slack_google_and_jwt() {
+        assert_detects(&format!("SLACK={}", slack_token()), Detector::SlackToken);
+        assert_clean("xoxb-not-a-token");
+        assert_detects(&format!("key {}", google_key()), Detector::GoogleApiKey);
+        assert_clean("AIzaShort");
+        assert_detects(&format!("Authorization: Bearer {}", jwt()), Detector::Jwt);
+        assert_clean("eyJhbGciOi.eyJ.notajwt");
+    }
+
+    #[test]
+    fn password_assignments() {
+        for text in [
+            "DB_PASSWORD=hunter22",
+            "password: \"s3cr3t!x\"",
+            "{\"api_key\": \"abcd1234efgh\"}",
+            "run it with --password=letmein42",
+            "secret: Xk9#pq2z",
+            "client_secret = 'Zm9vYmFy1'",
+            "$password = 'correct-horse-9';",
+            "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY",
+            "{\"password\": 12345678}",
+            "login(user, password=hunter22)",
+        ] {
+            assert_detects(text, Detector::PasswordAssignment);
+        }
+        for text in [
+            "password: String,",
+            "fn login(password: &str) -> bool",
+            "connect(user=user, password=password)",
+            "self.password = password",
+            "password = os.environ[\"DB_PASSWORD\"]",
+            "password = getpass.getpass()",
+            "PASSWORD=${DB_PASSWORD}",
+            "password: \"<your password>\"",
+            "\"password\": \"Enter your password\"",
+            "\"password\": \"********\"",
+            "password_hash = \"5f4dcc3b5aa765d61d8327deb882cf99\"",
+            "PWD=/home/alice/project",
+            "The secret: patience.",
+            "if password == \"\" { return }",
+        ] {
+            assert_clean(text);
+        }
+    }
+
+    #[test]
+    fn emails() {
+        assert_detects(
+            "write to alice.smith+work@mail.corp.co.uk today",
+            Detector::Email,
+        );
+        assert_clean("git clone git@github.com:freehold-ai/freehold.git");
+        assert_clean("icons: logo@2x.png, logo@3x.png");
+        assert_clean("npm i react@18.2.0 @types/node");
+        assert_clean("@property\ndef name(self): ...");
+    }
+
+    #[test]
+    fn credit_cards() {
+        assert_detects("card 4111 1111 1111 1111 exp 12/29", Detector::CreditCard);
+        assert_detects("card 4111-1111-1111-1111", Detector::CreditCard);
+        assert_detects("amex 3782 822463 10005", Detector::CreditCard);
+        assert_detects("mc 5555555555554444", Detector::CreditCard);
+        // Near misses: Luhn fails, mixed separators, a millisecond timestamp,
+        // a version, an order number of the wrong length.
+        assert_clean("card 4111 1111 1111 1112");
+        assert_clean("card 4111 1111-1111 1111");
+        assert_clean("at 1700000000000 ms");
+        assert_clean("version 3.4111111111111111");
+        assert_clean("order 41111111111111");
+    }
+
+    #[test]
+    fn ibans() {
+        assert_detects("IBAN GB82 WEST 1234 5698 7654 32, thanks", Detector::Iban);
+        assert_detects("pay to DE89370400440532013000", Detector::Iban);
+        // Wrong checksum, wrong length, unknown country.
+        assert_clean("IBAN GB82 WEST 1234 5698 7654 33");
+        assert_clean("IBAN DE8937040044053201300");
+        assert_clean("ZZ82 WEST 1234 5698 7654 32");
+    }
+
+    #[test]
+    fn us_ssns() {
+        assert_detects("SSN 123-45-6789.", Detector::UsSsn);
+        for text in [
+            "000-12-3456",
+            "666-12-3456",
+            "912-34-5678",
+            "123-00-4567",
+            "123-45-0000",
+            "2024-123-45-6789",
+        ] {
+            assert_clean(text);
+        }
+        assert_clean("call 555-123-4567");
+    }
+
+    #[test]
+    fn text_is_redacted_with_the_detector_name() {
+        let privacy = with(redact_settings());
+        let text = format!("use {} and mail bob@corp.io", aws_key());
+        let Decision::Redacted { request, reasons } = privacy.decide(&request(&text), None, false)
+        else {
+            panic!("not redacted");
+        };
+        assert_eq!(
+            request.messages[1].text(),
+            "use [REDACTED:aws_access_key] and mail [REDACTED:email]"
+        );
+        assert_eq!(reasons.triggers, vec![Trigger::Content]);
+        assert_eq!(reasons.findings.total(), 2);
+        assert!(privacy.inspect(&request).is_empty());
+    }
+
+    #[test]
+    fn password_redaction_keeps_the_key() {
+        let privacy = with(redact_settings());
+        let Decision::Redacted { request, .. } =
+            privacy.decide(&request("DB_PASSWORD=hunter22 ok"), None, false)
+        else {
+            panic!("not redacted");
+        };
+        assert_eq!(
+            request.messages[1].text(),
+            "DB_PASSWORD=[REDACTED:password_assignment] ok"
+        );
+    }
+
+    #[test]
+    fn tool_arguments_stay_valid_json() {
+        let privacy = with(redact_settings());
+        let arguments = format!(
+            r#"{{"command": "export KEY={}", "password": "hunter22", "card": 4111111111111111, "n": 3, "nested": {{"to": ["alice@corp.io", "plain"], "token": "quote \" {}"}}}}"#,
+            aws_key(),
+            github_token()
+        );
+        let original: serde_json::Value = serde_json::from_str(&arguments).unwrap();
+        let chat = ChatRequest::new(
+            "m",
+            vec![Message {
+                role: freehold_protocol::Role::Assistant,
+                content: vec![ContentPart::ToolCall(ToolCall::new(
+                    "c1", "shell", arguments,
+                ))],
+            }],
+        );
+        let Decision::Redacted { request, .. } = privacy.decide(&chat, None, false) else {
+            panic!("not redacted");
+        };
+        let ContentPart::ToolCall(call) = &request.messages[0].content[0] else {
+            panic!("not a tool call");
+        };
+        let value: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
+        assert_eq!(value["command"], "export KEY=[REDACTED:aws_access_key]");
+        assert_eq!(value["password"], "[REDACTED:password_assignment]");
+        assert_eq!(value["card"], "[REDACTED:credit_card]");
+        assert_eq!(value["n"], 3);
+        assert_eq!(value["nested"]["to"][0], "[REDACTED:email]");
+        assert_eq!(value["nested"]["to"][1], "plain");
+        assert_eq!(value["nested"]["token"], "quote \" [REDACTED:github_token]");
+        // Nothing else changed: same keys, order and spacing.
+        assert_eq!(
+            call.arguments,
+            r#"{"command": "export KEY=[REDACTED:aws_access_key]", "password": "[REDACTED:password_assignment]", "card": "[REDACTED:credit_card]", "n": 3, "nested": {"to": ["[REDACTED:email]", "plain"], "token": "quote \" [REDACTED:github_token]"}}"#
+        );
+        assert_eq!(
+            value.as_object().map(|o| o.len()),
+            original.as_object().map(|o| o.len())
+        );
+    }
+
+    #[test]
+    fn invalid_json_arguments_are_redacted_as_text() {
+        let privacy = with(redact_settings());
+        let chat = ChatRequest::new(
+            "m",
+            vec![Message {
+                role: freehold_protocol::Role::Assistant,
+                content: vec![ContentPart::ToolCall(ToolCall::new(
+                    "c1",
+                    "shell",
+                    format!("{{\"cmd\": \"{}", aws_key()),
+                ))],
+            }],
+        );
+        let Decision::Redacted { request, .. } = privacy.decide(&chat, None, false) else {
+            panic!("not redacted");
+        };
+        let ContentPart::ToolCall(call) = &request.messages[0].content[0] else {
+            panic!("not a tool call");
+        };
+        assert_eq!(call.arguments, "{\"cmd\": \"[REDACTED:aws_access_key]");
+    }
+
+    #[test]
+    fn tool_results_and_reasoning_are_redacted() {
+        let privacy = with(redact_settings());
+        let chat = ChatRequest::new(
+            "m",
+            vec![
+                Message {
+                    role: freehold_protocol::Role::Assistant,
+                    content: vec![ContentPart::Reasoning(Reasoning {
+                        text: format!("the key is {}", slack_token()),
+                        signature: Some("sig".into()),
+                        origin: Some("anthropic".into()),
+                        ..Reasoning::default()
+                    })],
+                },
+                Message::tool_result("c1", format!("cat .env\nAPI_KEY={}\n", openai_key())),
+            ],
+        );
+        let decision = privacy.decide(&chat, None, false);
+        let Decision::Redacted { request, reasons } = &decision else {
+            panic!("not redacted: {decision}");
+        };
+        let ContentPart::Reasoning(reasoning) = &request.messages[0].content[0] else {
+            panic!("not reasoning");
+        };
+        assert_eq!(reasoning.text, "the key is [REDACTED:slack_token]");
+        assert_eq!(
+            reasoning.signature, None,
+            "the signature no longer signs the text"
+        );
+        let ContentPart::ToolResult(result) = &request.messages[1].content[0] else {
+            panic!("not a tool result");
+        };
+        // Two detectors overlap on the key: one redaction.
+        assert_eq!(result.content, "cat .env\nAPI_KEY=[REDACTED:openai_key]\n");
+        let places: Vec<String> = reasons
+            .findings
+            .iter()
+            .map(|f| format!("{}={}", f.location, f.detector))
+            .collect();
+        assert_eq!(
+            places,
+            [
+                "m0.p0.reasoning=slack_token",
+                "m1.p0.tool_result=openai_key",
+                "m1.p0.tool_result=password_assignment"
+            ]
+        );
+    }
+
+    #[test]
+    fn default_action_keeps_sensitive_requests_local() {
+        let decision =
+            privacy().decide(&request(&format!("deploy with {}", aws_key())), None, false);
+        assert!(decision.is_local_only());
+        assert_eq!(
+            decision.to_string(),
+            "privacy=local_only trigger=content detectors=aws_access_key:1"
+        );
+        assert_eq!(
+            privacy().decide(&request("hello there"), None, false),
+            Decision::Pass
+        );
+    }
+
+    #[test]
+    fn header_and_key_force_local_only() {
+        let privacy = privacy();
+        assert_eq!(privacy.header_name(), Some(DEFAULT_HEADER));
+        let clean = request("What is a monad?");
+        for value in ["local-only", " LOCAL-ONLY ", "local_only"] {
+            let decision = privacy.decide(&clean, Some(value), false);
+            assert_eq!(
+                decision.to_string(),
+                "privacy=local_only trigger=header",
+                "{value}"
+            );
+        }
+        assert_eq!(
+            privacy.decide(&clean, Some("anything"), false),
+            Decision::Pass
+        );
+        let decision = privacy.decide(&clean, None, true);
+        assert_eq!(decision.to_string(), "privacy=local_only trigger=key");
+        let decision = privacy.decide(&request(&jwt()), Some("local-only"), true);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=local_only trigger=key+header+content detectors=jwt:1"
+        );
+        // With redaction configured, a forced request stays local and whole.
+        let redacting = with(redact_settings());
+        let decision = redacting.decide(&request(&jwt()), None, true);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=local_only trigger=key detectors=jwt:1"
+        );
+    }
+
+    #[test]
+    fn header_can_be_renamed_or_turned_off() {
+        let renamed = with(serde_json::json!({ "header": "X-Private" }));
+        assert_eq!(renamed.header_name(), Some("x-private"));
+        let off = with(serde_json::json!({ "header": "" }));
+        assert_eq!(off.header_name(), None);
+        assert_eq!(
+            off.decide(&request("hi"), Some("local-only"), false),
+            Decision::Pass
+        );
+        let error = Privacy::new(
+            serde_json::from_value(serde_json::json!({ "header": "x privacy" })).unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "[gateway.privacy] header `x privacy` is not a valid HTTP header name"
+        );
+    }
+
+    #[test]
+    fn action_off_passes_everything_but_forced_requests() {
+        let privacy = with(serde_json::json!({ "action": "off" }));
+        assert!(privacy.active().is_empty());
+        let text = format!("{} {} 4111 1111 1111 1111", aws_key(), private_key());
+        assert_eq!(privacy.decide(&request(&text), None, false), Decision::Pass);
+        assert!(privacy.decide(&request(&text), None, true).is_local_only());
+    }
+
+    #[test]
+    fn per_detector_actions_and_precedence() {
+        let privacy = with(serde_json::json!({
+            "action": "redact",
+            "actions": { "private_key": "block", "email": "local_only", "jwt": "off" },
+        }));
+        assert_eq!(
+            privacy
+                .active()
+                .into_iter()
+                .filter(|(_, action)| *action != Action::Redact)
+                .collect::<Vec<_>>(),
+            [("private_key", Action::Block), ("email", Action::LocalOnly)]
+        );
+        // Block wins over everything, the header included.
+        let text = format!("{} from bob@corp.io", private_key());
+        let decision = privacy.decide(&request(&text), Some("local-only"), true);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=block trigger=content detectors=email:1,private_key:1"
+        );
+        // local_only wins over redact.
+        let decision = privacy.decide(&request(&format!("{} bob@corp.io", aws_key())), None, false);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=local_only trigger=content detectors=aws_access_key:1,email:1"
+        );
+        // An off detector does not run.
+        assert_eq!(
+            privacy.decide(&request(&jwt()), None, false),
+            Decision::Pass
+        );
+    }
+
+    #[test]
+    fn detectors_can_be_chosen() {
+        let privacy = with(serde_json::json!({ "detectors": ["email"] }));
+        assert_eq!(privacy.active(), [("email", Action::LocalOnly)]);
+        assert_eq!(
+            privacy.decide(&request(&aws_key()), None, false),
+            Decision::Pass
+        );
+        let error = Privacy::new(
+            serde_json::from_value(
+                serde_json::json!({ "detectors": ["email"], "actions": { "jwt": "block" } }),
+            )
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("actions.jwt is set but `jwt` is not in `detectors`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn custom_patterns() {
+        let privacy = with(serde_json::json!({
+            "action": "redact",
+            "patterns": [
+                { "name": "employee_id", "regex": r"\bEMP-[0-9]{6}\b" },
+                { "name": "ticket", "regex": r"ticket=(?P<secret>[0-9]+)", "action": "redact" },
+                { "name": "codename", "regex": r"(?i)\bproject bluebird\b", "action": "block" },
+            ],
+        }));
+        let Decision::Redacted {
+            request: redacted,
+            reasons,
+        } = privacy.decide(&request("EMP-123456 asked about ticket=9876"), None, false)
+        else {
+            panic!("not redacted");
+        };
+        assert_eq!(
+            redacted.messages[1].text(),
+            "[REDACTED:employee_id] asked about ticket=[REDACTED:ticket]"
+        );
+        assert_eq!(reasons.findings.to_string(), "employee_id:1,ticket:1");
+        let decision = privacy.decide(&request("Status of Project Bluebird?"), None, false);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=block trigger=content detectors=codename:1"
+        );
+    }
+
+    #[test]
+    fn a_match_that_survives_redaction_keeps_the_request_local() {
+        // A pattern that matches its own replacement can never be redacted
+        // away: the request stays on this machine instead.
+        let privacy = with(serde_json::json!({
+            "action": "redact",
+            "patterns": [{ "name": "shouting", "regex": "[A-Z]{5,}" }],
+        }));
+        let decision = privacy.decide(&request("PLEASE help"), None, false);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=local_only trigger=content detectors=shouting:1 redaction=incomplete"
+        );
+    }
+
+    #[test]
+    fn multibyte_text_around_matches() {
+        let privacy = with(redact_settings());
+        let text = format!("clé: «{}» — ünïcode ✓ bob@corp.io…", aws_key());
+        let Decision::Redacted { request, .. } = privacy.decide(&request(&text), None, false)
+        else {
+            panic!("not redacted");
+        };
+        assert_eq!(
+            request.messages[1].text(),
+            "clé: «[REDACTED:aws_access_key]» — ünïcode ✓ [REDACTED:email]…"
+        );
+    }
+
+    #[test]
+    fn bad_patterns_are_named() {
+        let error = |patterns: serde_json::Value| {
+            Privacy::new(
+                serde_json::from_value(serde_json::json!({ "patterns": patterns })).unwrap(),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let message = error(serde_json::json!([{ "name": "broken", "regex": "EMP-[0-9" }]));
+        assert!(
+            message.starts_with(
+                "[gateway.privacy] pattern `broken` is not a valid regular expression:"
+            ),
+            "{message}"
+        );
+        let message = error(serde_json::json!([{ "name": "everything", "regex": "x*" }]));
+        assert!(
+            message.contains("pattern `everything` matches the empty string"),
+            "{message}"
+        );
+        let message = error(serde_json::json!([{ "name": "Bad Name", "regex": "x" }]));
+        assert!(
+            message.contains("pattern name `Bad Name`: may only hold"),
+            "{message}"
+        );
+        let message = error(serde_json::json!([{ "name": "email", "regex": "x" }]));
+        assert!(
+            message.contains("is a built-in detector's name"),
+            "{message}"
+        );
+        let message = error(
+            serde_json::json!([{ "name": "a", "regex": "x" }, { "name": "a", "regex": "y" }]),
+        );
+        assert!(message.contains("is used by two patterns"), "{message}");
+    }
+
+    #[test]
+    fn settings_parse_strictly_with_defaults() {
+        let settings: PrivacySettings = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(settings, PrivacySettings::default());
+        assert_eq!(settings.detectors.len(), Detector::ALL.len());
+        assert_eq!(settings.action, Action::LocalOnly);
+        assert_eq!(settings.header, "x-freehold-privacy");
+        let unknown =
+            serde_json::from_value::<PrivacySettings>(serde_json::json!({ "acton": "redact" }));
+        assert!(
+            unknown
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `acton`")
+        );
+        let detector = serde_json::from_value::<PrivacySettings>(
+            serde_json::json!({ "detectors": ["phone"] }),
+        );
+        assert!(
+            detector
+                .unwrap_err()
+                .to_string()
+                .contains("unknown variant `phone`")
+        );
+        let action =
+            serde_json::from_value::<PrivacySettings>(serde_json::json!({ "action": "drop" }));
+        assert!(
+            action
+                .unwrap_err()
+                .to_string()
+                .contains("unknown variant `drop`")
+        );
+    }
+
+    #[test]
+    fn findings_and_decisions_never_hold_the_secret() {
+        let secrets = [
+            aws_key(),
+            private_key(),
+            github_token(),
+            openai_key(),
+            anthropic_key(),
+            slack_token(),
+            google_key(),
+            "hunter22xyz".to_owned(),
+            jwt(),
+            "alice@corp.io".to_owned(),
+            "4111 1111 1111 1111".to_owned(),
+            "GB82 WEST 1234 5698 7654 32".to_owned(),
+            "123-45-6789".to_owned(),
+        ];
+        let text = format!(
+            "{} {} {} {} {} {} {} password=hunter22xyz {} {} {} {} {}",
+            secrets[0],
+            secrets[1],
+            secrets[2],
+            secrets[3],
+            secrets[4],
+            secrets[5],
+            secrets[6],
+            secrets[8],
+            secrets[9],
+            secrets[10],
+            secrets[11],
+            secrets[12]
+        );
+        let chat = request(&text);
+        for action in ["local_only", "redact", "block"] {
+            let privacy = with(serde_json::json!({ "action": action }));
+            let findings = privacy.inspect(&chat);
+            assert_eq!(
+                findings.by_detector().len(),
+                Detector::ALL.len(),
+                "{findings}"
+            );
+            let decision = privacy.decide(&chat, None, false);
+            assert_eq!(
+                decision.outcome(),
+                if action == "redact" {
+                    "redacted"
+                } else {
+                    action
+                }
+            );
+            let outputs = [
+                format!("{findings}"),
+                format!("{findings:?}"),
+                format!("{decision}"),
+                format!("{decision:?}"),
+            ];
+            for output in &outputs {
+                for secret in &secrets {
+                    assert!(
+                        !output.contains(secret.as_str()),
+                        "{action}: {output} holds {secret}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn clean_100kb_request_has_no_findings() {
+        let chat = large_clean_request();
+        assert!(chat.estimated_input_tokens() > 25_000);
+        let privacy = privacy();
+        let findings = privacy.inspect(&chat);
+        assert!(findings.is_empty(), "{findings}");
+        assert_eq!(privacy.decide(&chat, None, false), Decision::Pass);
+    }
+
+    /// About 100 KB of code, prose, numbers and JSON with nothing to find.
+    fn large_clean_request() -> ChatRequest {
+        let chunk = "fn login(user: &str, password: &str) -> Result<Session, Error> {\n    \
+             let hash = sha256(password); // 2024-05-17, v1.2.3, order 41111111111111\n    \
+             db.query(\"SELECT id FROM users WHERE name = $1\", &[&user])?;\n}\n\
+             The task-force met at 10:30; see sk-learn and git@github.com:org/repo.git, logo@2x.png.\n\
+             {\"id\": 1700000000000, \"price\": 12.50, \"tags\": [\"a\", \"b\"], \"ok\": true}\n";
+        let mut text = String::new();
+        while text.len() < 100_000 {
+            text.push_str(chunk);
+        }
+        let mut chat = request(&text);
+        chat.messages
+            .push(Message::tool_result("c1", text[..20_000].to_owned()));
+        chat
+    }
+
+    /// Rough cost of `inspect`; run with
+    /// `cargo test -p freehold-gateway --lib privacy::tests::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "prints timings, asserts nothing"]
+    fn timing() {
+        let privacy = privacy();
+        let small = ChatRequest::new(
+            "m",
+            vec![
+                Message::system("You are a careful coding assistant. Answer briefly."),
+                Message::user(
+                    "Why does my Rust build fail with E0502 when I push to a Vec while iterating over it?",
+                ),
+            ],
+        );
+        // Near misses everywhere: the prefilter matches, the detectors run.
+        let near_misses = large_clean_request();
+        // Plain prose: the prefilter alone.
+        let mut prose = String::new();
+        while prose.len() < 100_000 {
+            prose.push_str(
+                "The gateway routes each request to the provider that serves its model. ",
+            );
+        }
+        let prose = request(&prose);
+        let redacting = with(redact_settings());
+        let mut secret = small.clone();
+        secret.messages.push(Message::user(format!(
+            "my key is {} and mail me at bob@corp.io",
+            aws_key()
+        )));
+        let runs = 20_000;
+        let mut times: Vec<std::time::Duration> = (0..runs)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                std::hint::black_box(redacting.decide(std::hint::black_box(&secret), None, false));
+                start.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!(
+            "small, redacted: p50 {:?}, p99 {:?}",
+            times[runs / 2],
+            times[runs * 99 / 100]
+        );
+        for (name, chat, runs) in [
+            ("small", &small, 20_000u32),
+            ("100kb prose", &prose, 200),
+            ("100kb near misses", &near_misses, 50),
+        ] {
+            let bytes: usize = chat.estimated_input_tokens() as usize * 4;
+            let mut times: Vec<std::time::Duration> = (0..runs)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    std::hint::black_box(privacy.decide(std::hint::black_box(chat), None, false));
+                    start.elapsed()
+                })
+                .collect();
+            times.sort();
+            println!(
+                "{name} (~{bytes} bytes): p50 {:?}, p99 {:?}",
+                times[times.len() / 2],
+                times[times.len() * 99 / 100]
+            );
+        }
+    }
+}
