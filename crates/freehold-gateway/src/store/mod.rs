@@ -1,0 +1,1044 @@
+//! Keys, budgets and the usage ledger, in SQLite (default) or PostgreSQL.
+//!
+//! One [`Store`] serves both backends with the same SQL (numbered `$1`
+//! parameters work in both); the schema is created and upgraded by
+//! versioned migrations ([`migrate`]) when a store opens.
+//!
+//! - Secrets are never stored: a key keeps the SHA-256 of its secret and
+//!   the first characters (the prefix) to recognise it.
+//! - Money is stored as integer micro-dollars (1 USD = 1 000 000) so that
+//!   sums never drift; the API speaks `f64` USD.
+//! - Budgets are enforced with reservations: [`Store::reserve`] holds an
+//!   estimate with one conditional `UPDATE` (race-free across tasks and
+//!   across processes sharing a database), [`Store::settle`] replaces the
+//!   hold by the actual cost.
+
+mod migrate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened, migrated or queried.
+    #[error("usage database: {0}")]
+    Database(String),
+    /// No key has that id or prefix.
+    #[error("no virtual key matches `{0}`; `freehold keys list` shows them")]
+    UnknownKey(String),
+    /// The reservation would take the key over its budget.
+    #[error("budget exhausted: ${spent:.6} spent and ${reserved:.6} reserved of ${budget:.6}")]
+    BudgetExhausted {
+        /// The key's budget in USD.
+        budget: f64,
+        /// Spent so far.
+        spent: f64,
+        /// Reserved by requests in flight.
+        reserved: f64,
+    },
+    /// Several keys match a name or prefix.
+    #[error(
+        "`{which}` matches {} virtual keys ({}); name one by its id",
+        .matches.len(),
+        .matches.join(", ")
+    )]
+    AmbiguousKey {
+        /// What was asked for.
+        which: String,
+        /// The ids of the keys it matches.
+        matches: Vec<String>,
+    },
+    /// An active (not revoked) key already has that name.
+    #[error("an active virtual key is already named `{0}`; choose another name or revoke it first")]
+    NameTaken(String),
+    /// An argument is out of range (a negative amount, an empty name…).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A new virtual key's settings (`freehold keys create`).
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    /// A human name (`ci`, `alice`).
+    pub name: String,
+    /// Unix seconds after which the key stops working.
+    pub expires_at: Option<i64>,
+    /// Model names (as clients ask for them) the key may use; empty: all.
+    pub allowed_models: Vec<String>,
+    /// Requests per minute; `None`: unlimited.
+    pub rpm: Option<u32>,
+    /// Tokens (input + output) per minute; `None`: unlimited.
+    pub tpm: Option<u32>,
+    /// Spend cap in USD over the key's life; `None`: unlimited.
+    pub budget_usd: Option<f64>,
+    /// Requests with this key never leave the machine (local providers only).
+    pub local_only: bool,
+}
+
+/// A stored virtual key (never the secret itself: only its hash is kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Stable id (`key_…`).
+    pub id: String,
+    /// The human name.
+    pub name: String,
+    /// The first characters of the secret (`fh-…` + 8), to recognise it.
+    pub prefix: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds, if it expires.
+    pub expires_at: Option<i64>,
+    /// Unix seconds, once revoked.
+    pub revoked_at: Option<i64>,
+    /// Allowed models; empty: all.
+    pub allowed_models: Vec<String>,
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    pub tpm: Option<u32>,
+    /// Budget in USD.
+    pub budget_usd: Option<f64>,
+    /// Spent so far in USD (settled requests).
+    pub spent_usd: f64,
+    /// Reserved by requests in flight, in USD.
+    pub reserved_usd: f64,
+    /// Keep this key's requests on local providers.
+    pub local_only: bool,
+}
+
+/// A hold on part of a key's budget, taken before a call and settled after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    /// The key.
+    pub key_id: String,
+    /// The amount held, in USD.
+    pub amount_usd: f64,
+}
+
+/// One line of the usage ledger.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// Unix milliseconds when the request arrived.
+    pub at_ms: i64,
+    /// The virtual key id; `None` for the master key or an open gateway.
+    pub key_id: Option<String>,
+    /// The model the client asked for.
+    pub model: String,
+    /// The provider that answered (or was last tried).
+    pub provider: String,
+    /// The model id at that provider.
+    pub provider_model: String,
+    /// The endpoint (`/v1/messages`, …).
+    pub endpoint: String,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Prompt tokens served from a cache.
+    pub cached_input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+    /// USD; `None` when the price is unknown.
+    pub cost_usd: Option<f64>,
+    /// Milliseconds from arrival to the last byte.
+    pub latency_ms: u64,
+    /// The HTTP status sent to the client.
+    pub status: u16,
+    /// A short error kind when it failed.
+    pub error: Option<String>,
+    /// The request and response bodies, only when body logging is on.
+    pub body: Option<String>,
+}
+
+/// How `freehold usage` groups the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    /// Per virtual key (name).
+    Key,
+    /// Per model asked for.
+    Model,
+    /// Per UTC day.
+    Day,
+}
+
+/// One row of a usage report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// The key name, model or day.
+    pub group: String,
+    /// Requests.
+    pub requests: u64,
+    /// Failed requests (status ≥ 400).
+    pub errors: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+    /// USD.
+    pub cost_usd: f64,
+}
+
+/// Whether a key works now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Neither revoked nor expired.
+    Active,
+    /// Revoked with `freehold keys revoke`.
+    Revoked,
+    /// Past its expiry time.
+    Expired,
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyState::Active => "active",
+            KeyState::Revoked => "revoked",
+            KeyState::Expired => "expired",
+        })
+    }
+}
+
+impl KeyRecord {
+    /// The key's state at `now` (Unix seconds): revoked wins over expired.
+    pub fn state(&self, now: i64) -> KeyState {
+        if self.revoked_at.is_some() {
+            KeyState::Revoked
+        } else if self.expires_at.is_some_and(|at| now > at) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+}
+
+/// The current time in Unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The largest amount of money the store accepts in one value, in USD.
+const MAX_USD: f64 = 1e9;
+
+/// How long a SQLite connection waits for another writer before failing.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long to wait for a PostgreSQL server to answer, or for a pooled
+/// connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The key columns, in the order of [`KeyRow`].
+macro_rules! key_columns {
+    () => {
+        "id, name, prefix, created_at, expires_at, revoked_at, allowed_models, \
+         rpm, tpm, budget_micros, spent_micros, reserved_micros, local_only"
+    };
+}
+
+/// One `freehold_keys` row as selected by [`key_columns`].
+type KeyRow = (
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    i64,
+    bool,
+);
+
+/// Runs the same code against whichever pool the store holds: the SQL is
+/// written once, the compiler checks it against both drivers' types.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The keys, budgets and usage ledger of `freehold serve`, on SQLite or
+/// PostgreSQL. Cheap to clone (a handle to one connection pool).
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    /// Where the database is, without any password.
+    location: Arc<str>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url`: `sqlite:PATH`,
+    /// `sqlite::memory:`, a bare file path (SQLite), or `postgres://…` /
+    /// `postgresql://…`.
+    ///
+    /// SQLite files (and their parent directories) are created when
+    /// missing; tables are created or upgraded by versioned migrations,
+    /// which are safe to run from several processes at once.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let url = url.trim();
+        if url.is_empty() {
+            return Err(StoreError::Invalid(
+                "the database URL is empty: give sqlite:PATH, a file path or postgres://…".into(),
+            ));
+        }
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return Self::open_postgres(url).await;
+        }
+        let options = if lower.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(url).map_err(|e| {
+                StoreError::Invalid(format!("invalid SQLite database URL `{url}`: {e}"))
+            })?
+        } else if let Some((scheme, _)) = url.split_once("://") {
+            return Err(StoreError::Invalid(format!(
+                "unsupported database `{scheme}://…`: use sqlite:PATH, a file path, or postgres://…"
+            )));
+        } else {
+            SqliteConnectOptions::new().filename(url)
+        };
+        let in_memory = lower.contains(":memory:") || lower.contains("mode=memory");
+        Self::open_sqlite(options, in_memory).await
+    }
+
+    async fn open_sqlite(
+        options: SqliteConnectOptions,
+        in_memory: bool,
+    ) -> Result<Store, StoreError> {
+        let path = options.get_filename().to_path_buf();
+        let location = if in_memory {
+            ":memory:".to_owned()
+        } else {
+            path.display().to_string()
+        };
+        if !in_memory
+            && let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Database(format!(
+                    "cannot open the database at {location}: cannot create {}: {e}",
+                    parent.display()
+                ))
+            })?;
+        }
+        let options = options
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        let pool_options = if in_memory {
+            // Every connection to `:memory:` is its own database, and it
+            // vanishes with its last connection: keep exactly one.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            // WAL: readers never block the writer; writes are serialised by
+            // SQLite itself, so a few connections are plenty.
+            SqlitePoolOptions::new().max_connections(4)
+        };
+        let options = if in_memory {
+            options
+        } else {
+            options
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+        };
+        let pool = pool_options
+            .acquire_timeout(SQLITE_BUSY_TIMEOUT + CONNECT_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                StoreError::Database(format!("cannot open the database at {location}: {e}"))
+            })?;
+        migrate::sqlite(&pool).await.map_err(|e| {
+            StoreError::Database(format!("cannot migrate the database at {location}: {e}"))
+        })?;
+        Ok(Store {
+            pool: Pool::Sqlite(pool),
+            location: location.into(),
+        })
+    }
+
+    async fn open_postgres(url: &str) -> Result<Store, StoreError> {
+        // The parser's errors never repeat the URL, so no password leaks.
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Invalid(format!("invalid PostgreSQL URL: {e}")))?;
+        let location = format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or(options.get_username()),
+        );
+        // One direct connection first: the pool retries refused connections
+        // until its timeout and then reports only the timeout.
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Err(_) => {
+                return Err(StoreError::Database(format!(
+                    "PostgreSQL unreachable at {location}: no answer in {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(Err(sqlx::Error::Io(e))) => {
+                return Err(StoreError::Database(format!(
+                    "PostgreSQL unreachable at {location}: {e}"
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(StoreError::Database(format!(
+                    "cannot connect to PostgreSQL at {location}: {e}"
+                )));
+            }
+            Ok(Ok(connection)) => {
+                // Closing is a courtesy to the server; a failure changes nothing.
+                let _ = connection.close().await;
+            }
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options);
+        migrate::postgres(&pool).await.map_err(|e| {
+            StoreError::Database(format!("cannot migrate the database at {location}: {e}"))
+        })?;
+        Ok(Store {
+            pool: Pool::Postgres(pool),
+            location: location.into(),
+        })
+    }
+
+    /// Which backend holds the data: `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Where the database is, fit for logs: a file path, `:memory:`, or
+    /// `postgres://USER@HOST:PORT/DB` (never a password).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Closes the pool's connections (SQLite folds its write-ahead log back
+    /// into the database file when the last one closes).
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await);
+    }
+
+    /// Creates a key and returns it with its secret (`fh-` and 48 base-62
+    /// characters). The secret is not stored (only its SHA-256): this is the
+    /// only time it is seen.
+    pub async fn create_key(&self, new: NewKey) -> Result<(KeyRecord, String), StoreError> {
+        let name = validate_name(&new.name)?;
+        let budget = new
+            .budget_usd
+            .map(|usd| usd_to_micros(usd, "the budget"))
+            .transpose()?;
+        let mut models: Vec<String> = Vec::new();
+        for model in &new.allowed_models {
+            let model = model.trim();
+            if !model.is_empty() && !models.iter().any(|m| m == model) {
+                models.push(model.to_owned());
+            }
+        }
+        let models = serde_json::to_string(&models)
+            .map_err(|e| StoreError::Invalid(format!("cannot encode the model list: {e}")))?;
+        let secret = random_secret()?;
+        let prefix: String = secret.chars().take(SHOWN_PREFIX).collect();
+        let id = format!("key_{}", random_hex(8)?);
+        let hash = sha256_hex(&secret);
+
+        let taken: Option<String> = with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT id FROM freehold_keys WHERE name = $1 AND revoked_at IS NULL",
+            )
+            .bind(&name)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(db("cannot create the key"))?;
+        if taken.is_some() {
+            return Err(StoreError::NameTaken(name));
+        }
+        let row: KeyRow = with_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "INSERT INTO freehold_keys (id, name, prefix, secret_sha256, created_at, \
+                 expires_at, allowed_models, rpm, tpm, budget_micros, local_only) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ",
+                key_columns!()
+            ))
+            .bind(&id)
+            .bind(&name)
+            .bind(&prefix)
+            .bind(&hash)
+            .bind(unix_now())
+            .bind(new.expires_at)
+            .bind(&models)
+            .bind(new.rpm.map(i64::from))
+            .bind(new.tpm.map(i64::from))
+            .bind(budget)
+            .bind(new.local_only)
+            .fetch_one(pool)
+            .await
+        })
+        .map_err(|e| match &e {
+            // Another process took the name between the check and the insert.
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::NameTaken(name.clone())
+            }
+            _ => db("cannot create the key")(e),
+        })?;
+        Ok((key_record(row)?, secret))
+    }
+
+    /// Every key, oldest first (then by name), revoked and expired ones
+    /// included.
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows: Vec<KeyRow> = with_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                key_columns!(),
+                " FROM freehold_keys ORDER BY created_at, name, id"
+            ))
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(db("cannot list the keys"))?;
+        rows.into_iter().map(key_record).collect()
+    }
+
+    /// Revokes the key named by `which`: its id, its name or its shown
+    /// prefix. A name or prefix shared by several keys picks the only active
+    /// one, else fails with [`StoreError::AmbiguousKey`]. Revoking a revoked
+    /// key changes nothing and returns it.
+    pub async fn revoke_key(&self, which: &str) -> Result<KeyRecord, StoreError> {
+        let which = which.trim();
+        let rows: Vec<KeyRow> = with_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                key_columns!(),
+                " FROM freehold_keys WHERE id = $1 OR name = $1 OR prefix = $1 \
+                 ORDER BY created_at, name, id"
+            ))
+            .bind(which)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(db("cannot revoke the key"))?;
+        let keys = rows
+            .into_iter()
+            .map(key_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = pick_key(which, keys)?;
+        if key.revoked_at.is_some() {
+            return Ok(key);
+        }
+        let row: Option<KeyRow> = with_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "UPDATE freehold_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
+                 RETURNING ",
+                key_columns!()
+            ))
+            .bind(&key.id)
+            .bind(unix_now())
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(db("cannot revoke the key"))?;
+        match row {
+            Some(row) => key_record(row),
+            // Revoked by someone else meanwhile: report it as it is now.
+            None => self
+                .key_by_id(&key.id)
+                .await?
+                .ok_or_else(|| StoreError::UnknownKey(which.to_owned())),
+        }
+    }
+
+    /// The key with id `id`, if any.
+    pub async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row: Option<KeyRow> = with_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                key_columns!(),
+                " FROM freehold_keys WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(db("cannot read the key"))?;
+        row.map(key_record).transpose()
+    }
+
+    /// The key whose secret is `secret`, if any. Revoked and expired keys are
+    /// returned too: the caller decides, and can say why it refuses
+    /// ([`KeyRecord::state`]).
+    pub async fn key_by_secret(&self, secret: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let hash = sha256_hex(secret);
+        let row: Option<KeyRow> = with_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                key_columns!(),
+                " FROM freehold_keys WHERE secret_sha256 = $1"
+            ))
+            .bind(&hash)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(db("cannot look the key up"))?;
+        row.map(key_record).transpose()
+    }
+
+    /// Holds `amount_usd` of the key's budget for a request in flight.
+    ///
+    /// Succeeds only if spent + reserved + amount stays within the budget
+    /// (keys without a budget always succeed, and still count what they
+    /// reserve). One conditional `UPDATE`: concurrent callers, in this
+    /// process or another sharing the database, can never together exceed
+    /// the budget. Amounts are rounded to the micro-dollar.
+    pub async fn reserve(&self, key_id: &str, amount_usd: f64) -> Result<Reservation, StoreError> {
+        let amount = usd_to_micros(amount_usd, "the amount to reserve")?;
+        let reserved: Option<String> = with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "UPDATE freehold_keys SET reserved_micros = reserved_micros + $2 \
+                 WHERE id = $1 \
+                 AND (budget_micros IS NULL \
+                      OR spent_micros + reserved_micros + $2 <= budget_micros) \
+                 RETURNING id",
+            )
+            .bind(key_id)
+            .bind(amount)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(db("cannot reserve budget"))?;
+        if reserved.is_some() {
+            return Ok(Reservation {
+                key_id: key_id.to_owned(),
+                amount_usd: micros_to_usd(amount),
+            });
+        }
+        // Refused: read the key only to explain why.
+        let row: Option<(Option<i64>, i64, i64)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT budget_micros, spent_micros, reserved_micros \
+                 FROM freehold_keys WHERE id = $1",
+            )
+            .bind(key_id)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(db("cannot reserve budget"))?;
+        match row {
+            None => Err(StoreError::UnknownKey(key_id.to_owned())),
+            Some((budget, spent, reserved)) => Err(StoreError::BudgetExhausted {
+                budget: micros_to_usd(budget.unwrap_or(0)),
+                spent: micros_to_usd(spent),
+                reserved: micros_to_usd(reserved),
+            }),
+        }
+    }
+
+    /// Releases `reservation` and adds `actual_usd` to the key's spend, in
+    /// one statement. The actual cost may exceed the reservation (a longer
+    /// answer than estimated): spend then goes over the budget by that much,
+    /// and later reservations fail until the budget is raised. Settling with
+    /// `0.0` just releases the hold (a failed request).
+    pub async fn settle(
+        &self,
+        reservation: &Reservation,
+        actual_usd: f64,
+    ) -> Result<(), StoreError> {
+        let held = usd_to_micros(reservation.amount_usd, "the reservation")?;
+        let actual = usd_to_micros(actual_usd, "the actual cost")?;
+        let done = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE freehold_keys SET \
+                 reserved_micros = CASE WHEN reserved_micros > $2 \
+                                        THEN reserved_micros - $2 ELSE 0 END, \
+                 spent_micros = spent_micros + $3 \
+                 WHERE id = $1",
+            )
+            .bind(&reservation.key_id)
+            .bind(held)
+            .bind(actual)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(db("cannot settle the reservation"))?;
+        if done == 0 {
+            return Err(StoreError::UnknownKey(reservation.key_id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Appends `records` to the ledger in one transaction: all or none.
+    /// A record's `key_id`, when set, must name an existing key.
+    pub async fn record(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let costs = records
+            .iter()
+            .map(|r| {
+                r.cost_usd
+                    .map(|usd| usd_to_micros(usd, "a request's cost"))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        with_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            for (r, cost) in records.iter().zip(&costs) {
+                sqlx::query(
+                    "INSERT INTO freehold_usage (at_ms, key_id, model, provider, \
+                     provider_model, endpoint, input_tokens, cached_input_tokens, \
+                     output_tokens, cost_micros, latency_ms, status, error, body) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                )
+                .bind(r.at_ms)
+                .bind(r.key_id.as_deref())
+                .bind(&r.model)
+                .bind(&r.provider)
+                .bind(&r.provider_model)
+                .bind(&r.endpoint)
+                .bind(to_i64(r.input_tokens))
+                .bind(to_i64(r.cached_input_tokens))
+                .bind(to_i64(r.output_tokens))
+                .bind(*cost)
+                .bind(to_i64(r.latency_ms))
+                .bind(i32::from(r.status))
+                .bind(r.error.as_deref())
+                .bind(r.body.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        }
+        .await)
+        .map_err(db("cannot record usage"))
+    }
+
+    /// Sums the ledger by key, model or UTC day, from `since_ms` (Unix
+    /// milliseconds) on when given. Days come newest first; keys and models
+    /// by cost, largest first. Requests without a key are grouped as
+    /// `(no key)`; two keys sharing a name show their ids.
+    pub async fn usage(
+        &self,
+        by: GroupBy,
+        since_ms: Option<i64>,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let group = match by {
+            GroupBy::Key => "u.key_id, k.name, CAST(NULL AS BIGINT)",
+            GroupBy::Model => "u.model, CAST(NULL AS TEXT), CAST(NULL AS BIGINT)",
+            GroupBy::Day => "CAST(NULL AS TEXT), CAST(NULL AS TEXT), u.at_ms / 86400000",
+        };
+        let group_by = match by {
+            GroupBy::Key => "u.key_id, k.name",
+            GroupBy::Model => "u.model",
+            GroupBy::Day => "u.at_ms / 86400000",
+        };
+        let sql = format!(
+            "SELECT {group}, COUNT(*), \
+             CAST(COALESCE(SUM(CASE WHEN u.status >= 400 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(u.input_tokens), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(u.output_tokens), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(u.cost_micros), 0) AS BIGINT) \
+             FROM freehold_usage u LEFT JOIN freehold_keys k ON k.id = u.key_id \
+             WHERE u.at_ms >= $1 GROUP BY {group_by}"
+        );
+        type Row = (
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+        );
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(since_ms.unwrap_or(i64::MIN))
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(db("cannot read usage"))?;
+
+        // Labels: a key's name (its id too when names repeat), the model,
+        // or the day.
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        if by == GroupBy::Key {
+            for (id, name, ..) in &rows {
+                if id.is_some() {
+                    let name = name.as_deref().or(id.as_deref()).unwrap_or_default();
+                    *names.entry(name).or_default() += 1;
+                }
+            }
+        }
+        let mut sorted: Vec<(i64, i64, UsageRow)> = rows
+            .iter()
+            .map(|(a, b, day, requests, errors, input, output, cost)| {
+                let group = match by {
+                    GroupBy::Key => match (a, b) {
+                        (None, _) => "(no key)".to_owned(),
+                        (Some(id), None) => id.clone(),
+                        (Some(id), Some(name)) if names.get(name.as_str()) > Some(&1) => {
+                            format!("{name} ({id})")
+                        }
+                        (Some(_), Some(name)) => name.clone(),
+                    },
+                    GroupBy::Model => a.clone().unwrap_or_default(),
+                    GroupBy::Day => day_label(day.unwrap_or(0)),
+                };
+                let row = UsageRow {
+                    group,
+                    requests: to_u64(*requests),
+                    errors: to_u64(*errors),
+                    input_tokens: to_u64(*input),
+                    output_tokens: to_u64(*output),
+                    cost_usd: micros_to_usd(*cost),
+                };
+                (day.unwrap_or(0), *cost, row)
+            })
+            .collect();
+        match by {
+            GroupBy::Day => sorted.sort_by_key(|row| std::cmp::Reverse(row.0)),
+            GroupBy::Key | GroupBy::Model => sorted.sort_by(|a, b| {
+                b.1.cmp(&a.1)
+                    .then(b.2.requests.cmp(&a.2.requests))
+                    .then_with(|| a.2.group.cmp(&b.2.group))
+            }),
+        }
+        Ok(sorted.into_iter().map(|(_, _, row)| row).collect())
+    }
+}
+
+/// How many characters of a secret are kept and shown: `fh-` and 8.
+const SHOWN_PREFIX: usize = 11;
+
+/// Maps a database error to [`StoreError::Database`] with what was being done.
+fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| StoreError::Database(format!("{doing}: {e}"))
+}
+
+fn key_record(row: KeyRow) -> Result<KeyRecord, StoreError> {
+    let (
+        id,
+        name,
+        prefix,
+        created_at,
+        expires_at,
+        revoked_at,
+        models,
+        rpm,
+        tpm,
+        budget,
+        spent,
+        reserved,
+        local_only,
+    ) = row;
+    let allowed_models: Vec<String> = serde_json::from_str(&models)
+        .map_err(|e| StoreError::Database(format!("key {id} has an unreadable model list: {e}")))?;
+    let limit = |v: Option<i64>| v.map(|v| u32::try_from(v.max(0)).unwrap_or(u32::MAX));
+    Ok(KeyRecord {
+        id,
+        name,
+        prefix,
+        created_at,
+        expires_at,
+        revoked_at,
+        allowed_models,
+        rpm: limit(rpm),
+        tpm: limit(tpm),
+        budget_usd: budget.map(micros_to_usd),
+        spent_usd: micros_to_usd(spent),
+        reserved_usd: micros_to_usd(reserved),
+        local_only,
+    })
+}
+
+/// Chooses among the keys matching `which` (by id, name or prefix).
+fn pick_key(which: &str, mut keys: Vec<KeyRecord>) -> Result<KeyRecord, StoreError> {
+    if let Some(i) = keys.iter().position(|k| k.id == which) {
+        return Ok(keys.swap_remove(i));
+    }
+    if keys.len() > 1 {
+        let active: Vec<usize> = (0..keys.len())
+            .filter(|&i| keys[i].revoked_at.is_none())
+            .collect();
+        if let [only] = active[..] {
+            return Ok(keys.swap_remove(only));
+        }
+        return Err(StoreError::AmbiguousKey {
+            which: which.to_owned(),
+            matches: keys.into_iter().map(|k| k.id).collect(),
+        });
+    }
+    keys.pop()
+        .ok_or_else(|| StoreError::UnknownKey(which.to_owned()))
+}
+
+fn validate_name(name: &str) -> Result<String, StoreError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(StoreError::Invalid("a key needs a name".into()));
+    }
+    if name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(StoreError::Invalid(format!(
+            "invalid key name `{}`: at most 64 printable characters",
+            name.escape_debug()
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// USD to micro-dollars, refusing what cannot be money.
+fn usd_to_micros(usd: f64, what: &str) -> Result<i64, StoreError> {
+    if !usd.is_finite() || !(0.0..=MAX_USD).contains(&usd) {
+        return Err(StoreError::Invalid(format!(
+            "{what} must be between 0 and {MAX_USD} USD, not {usd}"
+        )));
+    }
+    // In range by the check above: at most 1e15, exact in an i64.
+    Ok((usd * 1e6).round() as i64)
+}
+
+fn micros_to_usd(micros: i64) -> f64 {
+    micros as f64 / 1e6
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn sha256_hex(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    hex
+}
+
+fn random_bytes(buf: &mut [u8]) -> Result<(), StoreError> {
+    getrandom::fill(buf)
+        .map_err(|e| StoreError::Invalid(format!("the operating system gave no random bytes: {e}")))
+}
+
+fn random_hex(bytes: usize) -> Result<String, StoreError> {
+    let mut buf = vec![0u8; bytes];
+    random_bytes(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `fh-` and 48 base-62 characters (about 285 bits).
+fn random_secret() -> Result<String, StoreError> {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    const LEN: usize = 48;
+    let mut secret = String::with_capacity(3 + LEN);
+    secret.push_str("fh-");
+    let mut buf = [0u8; 64];
+    while secret.len() < 3 + LEN {
+        random_bytes(&mut buf)?;
+        // 248 = 4 × 62: bytes above it are dropped so that every character
+        // is equally likely.
+        for &b in buf.iter().filter(|&&b| b < 248) {
+            if secret.len() == 3 + LEN {
+                break;
+            }
+            secret.push(char::from(ALPHABET[usize::from(b % 62)]));
+        }
+    }
+    Ok(secret)
+}
+
+/// `YYYY-MM-DD` of a count of days since 1970-01-01.
+fn day_label(days: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days() {
+        assert_eq!(day_label(0), "1970-01-01");
+        assert_eq!(day_label(11_016), "2000-02-29");
+        assert_eq!(day_label(20_454), "2026-01-01");
+    }
+
+    #[test]
+    fn secrets() {
+        let a = random_secret().unwrap();
+        let b = random_secret().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 51);
+        assert!(a.starts_with("fh-"));
+        assert!(a[3..].bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(sha256_hex("abc").len(), 64);
+    }
+
+    #[test]
+    fn money() {
+        assert_eq!(usd_to_micros(1.5, "x").unwrap(), 1_500_000);
+        assert_eq!(usd_to_micros(0.000_000_4, "x").unwrap(), 0);
+        assert!(usd_to_micros(-1.0, "x").is_err());
+        assert!(usd_to_micros(f64::NAN, "x").is_err());
+        assert_eq!(micros_to_usd(usd_to_micros(0.1, "x").unwrap()), 0.1);
+    }
+}

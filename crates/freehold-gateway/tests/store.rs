@@ -1,0 +1,706 @@
+//! The store on real databases: SQLite in a temporary directory, and
+//! PostgreSQL at `FREEHOLD_TEST_POSTGRES` (`scripts/postgres-test start`
+//! prints one; `scripts/test` starts it). Each PostgreSQL test creates its
+//! own database there (the URL's user needs CREATEDB) and drops it after.
+//! Without the variable the PostgreSQL tests print "skipped", except under
+//! CI, where they fail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use freehold_gateway::store::{
+    GroupBy, KeyState, NewKey, Store, StoreError, UsageRecord, unix_now,
+};
+use sqlx::Connection;
+
+/// One database for one test.
+enum TestDb {
+    Sqlite {
+        dir: tempfile::TempDir,
+        url: String,
+    },
+    Postgres {
+        /// The server's URL, for creating and dropping the test's database.
+        admin: String,
+        url: String,
+        name: String,
+    },
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        // A parent that does not exist yet: open creates it.
+        let path = dir.path().join("nested/dir/gateway.db");
+        TestDb::Sqlite {
+            url: format!("sqlite:{}", path.display()),
+            dir,
+        }
+    }
+
+    /// A fresh database on the test server, or `None` (skipped) without one.
+    async fn postgres() -> Option<TestDb> {
+        let Some(admin) = std::env::var("FREEHOLD_TEST_POSTGRES")
+            .ok()
+            .filter(|v| !v.is_empty())
+        else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "FREEHOLD_TEST_POSTGRES must be set in CI (scripts/test starts a server)"
+            );
+            eprintln!("skipped: set FREEHOLD_TEST_POSTGRES (scripts/postgres-test start)");
+            return None;
+        };
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "freehold_t{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        let mut admin_conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin_conn)
+            .await
+            .unwrap();
+        admin_conn.close().await.unwrap();
+        let url = with_database(&admin, &name);
+        Some(TestDb::Postgres { admin, url, name })
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+        }
+    }
+
+    /// Everything stored about keys, as text, to look for secrets in.
+    async fn raw_keys(&self) -> String {
+        match self {
+            TestDb::Sqlite { dir, .. } => {
+                // The database and its write-ahead log, byte for byte.
+                let mut all = Vec::new();
+                for entry in std::fs::read_dir(dir.path().join("nested/dir")).unwrap() {
+                    all.extend(std::fs::read(entry.unwrap().path()).unwrap());
+                }
+                String::from_utf8_lossy(&all).into_owned()
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let rows: Vec<String> =
+                    sqlx::query_scalar("SELECT CAST(k AS TEXT) FROM freehold_keys k")
+                        .fetch_all(&mut conn)
+                        .await
+                        .unwrap();
+                conn.close().await.unwrap();
+                rows.join("\n")
+            }
+        }
+    }
+
+    async fn finish(self) {
+        if let TestDb::Postgres { admin, name, .. } = self {
+            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::raw_sql(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+    }
+}
+
+/// `url` with its database replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+/// Each check runs on SQLite and on PostgreSQL.
+macro_rules! on_both {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let db = super::TestDb::sqlite().await;
+                    super::$check(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let Some(db) = super::TestDb::postgres().await else { return };
+                    super::$check(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    keys_lifecycle,
+    expired_and_revoked_keys_are_returned,
+    reserve_and_settle,
+    concurrent_reservations_never_exceed_the_budget,
+    two_stores_share_one_budget,
+    usage_by_key_model_and_day,
+    reopening_keeps_data_and_migrates_once,
+);
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+async fn keys_lifecycle(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let expected_backend = match db {
+        TestDb::Sqlite { .. } => "sqlite",
+        TestDb::Postgres { .. } => "postgres",
+    };
+    assert_eq!(store.backend(), expected_backend);
+    assert!(store.list_keys().await.unwrap().is_empty());
+
+    let (alice, secret) = store
+        .create_key(NewKey {
+            name: "alice".into(),
+            expires_at: Some(unix_now() + 3600),
+            allowed_models: vec![
+                "gpt-4o".into(),
+                " claude ".into(),
+                "gpt-4o".into(),
+                String::new(),
+            ],
+            rpm: Some(60),
+            tpm: Some(100_000),
+            budget_usd: Some(12.5),
+            local_only: true,
+        })
+        .await
+        .unwrap();
+    assert!(secret.starts_with("fh-") && secret.len() >= 43, "{secret}");
+    assert!(secret[3..].chars().all(|c| c.is_ascii_alphanumeric()));
+    assert!(alice.id.starts_with("key_"));
+    assert_eq!(alice.prefix, secret[..11]);
+    assert_eq!(alice.name, "alice");
+    assert_eq!(alice.allowed_models, ["gpt-4o", "claude"]);
+    assert_eq!((alice.rpm, alice.tpm), (Some(60), Some(100_000)));
+    assert_eq!(alice.budget_usd, Some(12.5));
+    assert_eq!((alice.spent_usd, alice.reserved_usd), (0.0, 0.0));
+    assert!(alice.local_only);
+    assert!(alice.revoked_at.is_none());
+    assert!((alice.created_at - unix_now()).abs() < 60);
+    assert_eq!(alice.state(unix_now()), KeyState::Active);
+
+    let (bob, bob_secret) = store
+        .create_key(NewKey {
+            name: "bob".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    assert_ne!(secret, bob_secret);
+    assert!(bob.allowed_models.is_empty());
+    assert_eq!(
+        (bob.rpm, bob.budget_usd, bob.expires_at),
+        (None, None, None)
+    );
+
+    // The secret is not stored anywhere; the key is.
+    let raw = db.raw_keys().await;
+    assert!(raw.contains("alice"), "the dump shows the stored keys");
+    assert!(!raw.contains(&secret), "the secret must not be stored");
+    assert!(!raw.contains(&bob_secret), "the secret must not be stored");
+
+    assert_eq!(
+        store.list_keys().await.unwrap(),
+        [alice.clone(), bob.clone()]
+    );
+    assert_eq!(
+        store.key_by_secret(&secret).await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(
+        store.key_by_secret(&bob_secret).await.unwrap(),
+        Some(bob.clone())
+    );
+    assert_eq!(store.key_by_secret("fh-nope").await.unwrap(), None);
+    assert_eq!(store.key_by_id(&bob.id).await.unwrap(), Some(bob.clone()));
+
+    // One active key per name.
+    let taken = store
+        .create_key(NewKey {
+            name: "alice".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(taken, StoreError::NameTaken(ref n) if n == "alice"),
+        "{taken}"
+    );
+    let empty = store.create_key(NewKey::default()).await.unwrap_err();
+    assert!(matches!(empty, StoreError::Invalid(_)), "{empty}");
+
+    // Revoke by name, by prefix and by id.
+    let revoked = store.revoke_key("alice").await.unwrap();
+    assert_eq!(revoked.id, alice.id);
+    let revoked_at = revoked.revoked_at.expect("revoked_at is set");
+    assert_eq!(revoked.state(unix_now()), KeyState::Revoked);
+    // Again: nothing changes.
+    assert_eq!(store.revoke_key(&alice.id).await.unwrap(), revoked);
+    assert_eq!(store.revoke_key(&bob.prefix).await.unwrap().id, bob.id);
+
+    let listed = store.list_keys().await.unwrap();
+    assert_eq!(listed[0].revoked_at, Some(revoked_at));
+    assert!(listed.iter().all(|k| k.revoked_at.is_some()));
+
+    // The name is free again; revoking it picks the active one.
+    let (alice2, _) = store
+        .create_key(NewKey {
+            name: "alice".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.revoke_key("alice").await.unwrap().id, alice2.id);
+    // Now two revoked keys are named alice: ambiguous.
+    let ambiguous = store.revoke_key("alice").await.unwrap_err();
+    match &ambiguous {
+        StoreError::AmbiguousKey { which, matches } => {
+            assert_eq!(which, "alice");
+            assert_eq!(matches.len(), 2);
+        }
+        other => panic!("expected AmbiguousKey, got {other}"),
+    }
+    assert!(ambiguous.to_string().contains(&alice.id), "{ambiguous}");
+
+    let unknown = store.revoke_key("carol").await.unwrap_err();
+    assert!(matches!(unknown, StoreError::UnknownKey(_)), "{unknown}");
+    assert!(unknown.to_string().contains("freehold keys list"));
+    store.close().await;
+}
+
+async fn expired_and_revoked_keys_are_returned(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let now = unix_now();
+    let (old, secret) = store
+        .create_key(NewKey {
+            name: "old".into(),
+            expires_at: Some(now - 10),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let found = store.key_by_secret(&secret).await.unwrap().unwrap();
+    assert_eq!(found.id, old.id);
+    assert_eq!(found.expires_at, Some(now - 10));
+    assert_eq!(found.state(now), KeyState::Expired);
+    // Revoked wins over expired.
+    store.revoke_key(&old.id).await.unwrap();
+    let found = store.key_by_secret(&secret).await.unwrap().unwrap();
+    assert!(found.revoked_at.is_some());
+    assert_eq!(found.state(now), KeyState::Revoked);
+    store.close().await;
+}
+
+async fn reserve_and_settle(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "capped".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let first = store.reserve(&key.id, 0.4).await.unwrap();
+    assert_eq!(first.key_id, key.id);
+    assert!(close(first.amount_usd, 0.4));
+    let second = store.reserve(&key.id, 0.4).await.unwrap();
+    let refused = store.reserve(&key.id, 0.4).await.unwrap_err();
+    match refused {
+        StoreError::BudgetExhausted {
+            budget,
+            spent,
+            reserved,
+        } => {
+            assert!(close(budget, 1.0) && close(spent, 0.0) && close(reserved, 0.8));
+        }
+        other => panic!("expected BudgetExhausted, got {other}"),
+    }
+
+    // Settling releases the hold and adds the actual cost.
+    store.settle(&first, 0.5).await.unwrap();
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(close(now.spent_usd, 0.5) && close(now.reserved_usd, 0.4));
+    // Exactly up to the budget: 0.5 + 0.4 + 0.1 = 1.0.
+    let third = store.reserve(&key.id, 0.1).await.unwrap();
+    assert!(store.reserve(&key.id, 0.000_001).await.is_err());
+    // A failed request: released, nothing spent.
+    store.settle(&third, 0.0).await.unwrap();
+    // An answer dearer than its reservation takes spent over the budget.
+    store.settle(&second, 0.7).await.unwrap();
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(close(now.spent_usd, 1.2) && close(now.reserved_usd, 0.0));
+    assert!(store.reserve(&key.id, 0.0).await.is_err());
+
+    // No budget: always granted, still counted.
+    let (free, _) = store
+        .create_key(NewKey {
+            name: "free".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let hold = store.reserve(&free.id, 1000.0).await.unwrap();
+    store.settle(&hold, 2.25).await.unwrap();
+    let now = store.key_by_id(&free.id).await.unwrap().unwrap();
+    assert!(close(now.spent_usd, 2.25) && close(now.reserved_usd, 0.0));
+
+    let unknown = store.reserve("key_nope", 0.1).await.unwrap_err();
+    assert!(matches!(unknown, StoreError::UnknownKey(_)), "{unknown}");
+    let negative = store.reserve(&free.id, -1.0).await.unwrap_err();
+    assert!(matches!(negative, StoreError::Invalid(_)), "{negative}");
+    assert!(store.reserve(&free.id, f64::NAN).await.is_err());
+    store.close().await;
+}
+
+/// 50 callers race for a budget that holds exactly 7 reservations.
+async fn concurrent_reservations_never_exceed_the_budget(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "race".into(),
+            budget_usd: Some(0.7),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let store = store.clone();
+            let id = key.id.clone();
+            tokio::spawn(async move { store.reserve(&id, 0.1).await })
+        })
+        .collect();
+    let mut granted = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(reservation) => granted.push(reservation),
+            Err(StoreError::BudgetExhausted { .. }) => {}
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(granted.len(), 7);
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(close(now.reserved_usd, 0.7), "{}", now.reserved_usd);
+
+    let settles: Vec<_> = granted
+        .into_iter()
+        .map(|r| {
+            let store = store.clone();
+            tokio::spawn(async move { store.settle(&r, 0.1).await })
+        })
+        .collect();
+    for settle in settles {
+        settle.await.unwrap().unwrap();
+    }
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(close(now.spent_usd, 0.7) && close(now.reserved_usd, 0.0));
+    store.close().await;
+}
+
+/// Two stores (as two gateway processes would open) enforce one budget.
+async fn two_stores_share_one_budget(db: &TestDb) {
+    let a = Store::open(db.url()).await.unwrap();
+    let b = Store::open(db.url()).await.unwrap();
+    let (key, _) = a
+        .create_key(NewKey {
+            name: "shared".into(),
+            budget_usd: Some(1.3),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let id = key.id.clone();
+            tokio::spawn(async move { store.reserve(&id, 0.1).await.is_ok() })
+        })
+        .collect();
+    let mut granted = 0;
+    for task in tasks {
+        granted += usize::from(task.await.unwrap());
+    }
+    assert_eq!(granted, 13);
+    for store in [&a, &b] {
+        let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+        assert!(close(now.reserved_usd, 1.3), "{}", now.reserved_usd);
+    }
+    a.close().await;
+    b.close().await;
+}
+
+fn line(
+    at_ms: i64,
+    key_id: Option<&str>,
+    model: &str,
+    cost: Option<f64>,
+    status: u16,
+) -> UsageRecord {
+    UsageRecord {
+        at_ms,
+        key_id: key_id.map(str::to_owned),
+        model: model.into(),
+        provider: "openai".into(),
+        provider_model: format!("{model}-2024"),
+        endpoint: "/v1/chat/completions".into(),
+        input_tokens: 100,
+        cached_input_tokens: 10,
+        output_tokens: 20,
+        cost_usd: cost,
+        latency_ms: 250,
+        status,
+        error: (status >= 400).then(|| "upstream".into()),
+        body: None,
+    }
+}
+
+async fn usage_by_key_model_and_day(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    assert!(store.usage(GroupBy::Key, None).await.unwrap().is_empty());
+    store.record(&[]).await.unwrap();
+
+    let (a, _) = store
+        .create_key(NewKey {
+            name: "a".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let (b, _) = store
+        .create_key(NewKey {
+            name: "b".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    // 2026-01-01 and 2026-01-02, UTC.
+    let day1 = 20_454 * 86_400_000;
+    let day2 = day1 + 86_400_000;
+    store
+        .record(&[
+            line(day1 + 1000, Some(&a.id), "gpt", Some(0.25), 200),
+            line(day1 + 2000, Some(&a.id), "claude", Some(0.5), 200),
+            line(day2 + 5, Some(&b.id), "gpt", Some(1.0), 200),
+            line(day2 + 6, Some(&b.id), "gpt", None, 502),
+            line(day2 + 7, None, "claude", Some(0.125), 200),
+        ])
+        .await
+        .unwrap();
+
+    let by_key = store.usage(GroupBy::Key, None).await.unwrap();
+    let groups: Vec<_> = by_key.iter().map(|r| r.group.as_str()).collect();
+    assert_eq!(groups, ["b", "a", "(no key)"]);
+    assert_eq!(
+        (
+            by_key[0].requests,
+            by_key[0].errors,
+            by_key[0].input_tokens,
+            by_key[0].output_tokens
+        ),
+        (2, 1, 200, 40)
+    );
+    assert!(close(by_key[0].cost_usd, 1.0));
+    assert!(close(by_key[1].cost_usd, 0.75));
+    assert!(close(by_key[2].cost_usd, 0.125));
+
+    let by_model = store.usage(GroupBy::Model, None).await.unwrap();
+    let groups: Vec<_> = by_model
+        .iter()
+        .map(|r| (r.group.as_str(), r.requests))
+        .collect();
+    assert_eq!(groups, [("gpt", 3), ("claude", 2)]);
+    assert!(close(by_model[0].cost_usd, 1.25) && close(by_model[1].cost_usd, 0.625));
+
+    let by_day = store.usage(GroupBy::Day, None).await.unwrap();
+    let groups: Vec<_> = by_day
+        .iter()
+        .map(|r| (r.group.as_str(), r.requests))
+        .collect();
+    assert_eq!(groups, [("2026-01-02", 3), ("2026-01-01", 2)]);
+    assert!(close(by_day[0].cost_usd, 1.125) && close(by_day[1].cost_usd, 0.75));
+
+    let since = store.usage(GroupBy::Day, Some(day2)).await.unwrap();
+    assert_eq!(since.len(), 1);
+    assert_eq!(since[0].group, "2026-01-02");
+
+    // A batch is all or nothing: an unknown key fails it whole.
+    let bad = store
+        .record(&[
+            line(day2 + 8, Some(&a.id), "gpt", Some(1.0), 200),
+            line(day2 + 9, Some("key_missing"), "gpt", Some(1.0), 200),
+        ])
+        .await;
+    assert!(bad.is_err());
+    assert_eq!(store.usage(GroupBy::Model, None).await.unwrap(), by_model);
+
+    // Two keys sharing a name (one revoked) are told apart.
+    store.revoke_key(&a.id).await.unwrap();
+    let (a2, _) = store
+        .create_key(NewKey {
+            name: "a".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    store
+        .record(&[line(day2 + 10, Some(&a2.id), "gpt", Some(0.01), 200)])
+        .await
+        .unwrap();
+    let by_key = store.usage(GroupBy::Key, None).await.unwrap();
+    let groups: Vec<_> = by_key.iter().map(|r| r.group.clone()).collect();
+    assert!(groups.contains(&format!("a ({})", a.id)), "{groups:?}");
+    assert!(groups.contains(&format!("a ({})", a2.id)), "{groups:?}");
+    store.close().await;
+}
+
+async fn reopening_keeps_data_and_migrates_once(db: &TestDb) {
+    // Two processes opening a fresh database at once both succeed.
+    let (first, second) = tokio::join!(Store::open(db.url()), Store::open(db.url()));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let (key, secret) = first
+        .create_key(NewKey {
+            name: "kept".into(),
+            budget_usd: Some(5.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let hold = first.reserve(&key.id, 1.0).await.unwrap();
+    first.settle(&hold, 0.75).await.unwrap();
+    first
+        .record(&[line(1_000, Some(&key.id), "gpt", Some(0.75), 200)])
+        .await
+        .unwrap();
+    first.close().await;
+    second.close().await;
+
+    let again = Store::open(db.url()).await.unwrap();
+    let found = again.key_by_secret(&secret).await.unwrap().unwrap();
+    assert_eq!(found.id, key.id);
+    assert!(close(found.spent_usd, 0.75));
+    assert_eq!(again.usage(GroupBy::Model, None).await.unwrap().len(), 1);
+    again.close().await;
+    // And once more: migrations already applied are skipped.
+    let third = Store::open(db.url()).await.unwrap();
+    assert_eq!(third.list_keys().await.unwrap().len(), 1);
+    third.close().await;
+}
+
+#[tokio::test]
+async fn in_memory_sqlite() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    assert_eq!(store.location(), ":memory:");
+    let (key, secret) = store
+        .create_key(NewKey {
+            name: "mem".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.key_by_secret(&secret).await.unwrap().unwrap().id,
+        key.id
+    );
+    assert_eq!(store.list_keys().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bare_path_is_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/gateway.db");
+    let store = Store::open(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    assert!(path.exists());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn open_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let path = file.join("gateway.db");
+    let err = Store::open(path.to_str().unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot open the database at"), "{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+
+    let err = Store::open("mysql://u:p@host/db")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unsupported database"), "{err}");
+    let err = Store::open("  ").await.unwrap_err().to_string();
+    assert!(err.contains("empty"), "{err}");
+
+    // Nothing listens on port 1; the password is never shown.
+    let err = Store::open("postgres://alice:s3cr3t-pw@127.0.0.1:1/ledger")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PostgreSQL unreachable at"), "{err}");
+    assert!(err.contains("postgres://alice@127.0.0.1:1/ledger"), "{err}");
+    assert!(!err.contains("s3cr3t-pw"), "{err}");
+}
+
+#[tokio::test]
+async fn postgres_handle_hides_the_password() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = Store::open(db.url()).await.unwrap();
+    let password = db
+        .url()
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(auth, _)| auth.split_once(':'))
+        .map(|(_, password)| password.to_owned());
+    if let Some(password) = password {
+        assert!(!format!("{store:?}").contains(&password));
+        assert!(!store.location().contains(&password));
+    }
+    assert!(store.location().starts_with("postgres://"));
+    store.close().await;
+    db.finish().await;
+}
+
+#[test]
+fn database_urls() {
+    assert_eq!(
+        with_database("postgres://u:p@h:5/db?sslmode=disable", "x"),
+        "postgres://u:p@h:5/x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+}
