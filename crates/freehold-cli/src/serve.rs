@@ -86,13 +86,10 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
             settings.master_key_env
         ),
     };
-    let gateway = Arc::new(Gateway::new(
-        settings,
-        routes,
-        master_key,
-        Some(store.clone()),
-        ledger,
-    ));
+    let gateway = Arc::new(
+        Gateway::new(settings, routes, master_key, Some(store.clone()), ledger)
+            .context("invalid [gateway.privacy] table")?,
+    );
     eprintln!(
         "freehold serve: http://{address} · {provider_count} providers, {alias_count} aliases · \
          access: {access} · ledger: {} ({})",
@@ -129,9 +126,16 @@ fn routes(setup: Setup, settings: &GatewaySettings) -> anyhow::Result<Routes> {
             .resolve(default)
             .map_err(|error| anyhow::anyhow!("[gateway] default_model: {}", error.message))?;
     }
+    let listed_providers = setup
+        .providers
+        .iter()
+        .filter(|(_, origin)| *origin == crate::setup::Origin::Config)
+        .map(|(resolved, _)| resolved.name.clone())
+        .collect();
     Ok(Routes {
         router: setup.router,
         local_providers,
+        listed_providers,
     })
 }
 

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::metrics::{ErrorLabels, LatencyLabels, RequestLabels, TokenLabels};
+use crate::privacy::Decision;
 use crate::state::{Gateway, Routes};
 use crate::store::{Reservation, StoreError, UsageRecord};
 
@@ -30,6 +31,7 @@ pub(crate) struct Admitted {
 /// The first check that fails, as the client should see it.
 pub(crate) async fn admit(
     gateway: &Arc<Gateway>,
+    headers: &HeaderMap,
     caller: Caller,
     endpoint: &'static str,
     mut request: ChatRequest,
@@ -37,7 +39,19 @@ pub(crate) async fn admit(
 ) -> Result<Admitted, GatewayError> {
     let asked = request.model.clone();
     let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, started);
-    let result = admit_inner(gateway, &caller, &mut request, &mut accounting).await;
+    let privacy_header = gateway
+        .privacy
+        .header_name()
+        .and_then(|name| headers.get(name))
+        .and_then(|value| value.to_str().ok());
+    let result = admit_inner(
+        gateway,
+        &caller,
+        privacy_header,
+        &mut request,
+        &mut accounting,
+    )
+    .await;
     match result {
         Ok(routes) => Ok(Admitted {
             request,
@@ -54,6 +68,7 @@ pub(crate) async fn admit(
 async fn admit_inner(
     gateway: &Arc<Gateway>,
     caller: &Caller,
+    privacy_header: Option<&str>,
     request: &mut ChatRequest,
     accounting: &mut Accounting,
 ) -> Result<Arc<Routes>, GatewayError> {
@@ -85,10 +100,32 @@ async fn admit_inner(
         }
         Err(error) => return Err(GatewayError::upstream(&error)),
     };
-    if let Some(key) = caller.key()
-        && key.local_only
-    {
-        keep_local(request, &targets, &routes)?;
+    let local_only_key = caller.key().is_some_and(|key| key.local_only);
+    let decision = gateway
+        .privacy
+        .decide(request, privacy_header, local_only_key);
+    decision.log();
+    match decision {
+        Decision::Pass => {}
+        Decision::LocalOnly { .. } => keep_local(request, &targets, &routes)?,
+        Decision::Redacted {
+            request: redacted, ..
+        } => {
+            // Redaction only matters for requests that leave the machine.
+            let leaves = targets
+                .iter()
+                .any(|t| !routes.local_providers.contains(&t.provider));
+            if leaves {
+                *request = *redacted;
+            }
+        }
+        Decision::Block { reasons } => {
+            return Err(GatewayError::forbidden(format!(
+                "this request was blocked by the gateway's privacy policy ({}); remove the \
+                 sensitive data and send it again",
+                reasons.findings
+            )));
+        }
     }
     if let (Some(key), Some(store)) = (caller.key(), &gateway.store)
         && key.budget_usd.is_some()
@@ -123,10 +160,7 @@ fn keep_local(
         .filter(|t| routes.local_providers.contains(&t.provider))
         .collect();
     match local.first() {
-        Some(first) if local.len() == targets.len() => {
-            let _ = first;
-            Ok(())
-        }
+        Some(_) if local.len() == targets.len() => Ok(()),
         Some(first) => {
             tracing::info!(model = %request.model, to = %first, "privacy: kept on local provider");
             request.model = first.to_string();

@@ -156,7 +156,10 @@ async fn chat(State(requests): State<Arc<AtomicU64>>, body: Bytes) -> Response {
                 "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             })
         };
-        events.push(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+        events.push(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ));
         match &tool {
             Some(name) => {
                 events.push(chunk(

@@ -55,6 +55,11 @@ pub struct GatewaySettings {
     /// Seconds to let requests in flight finish at shutdown.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// `[gateway.privacy]`: detectors that keep requests local, redact or
+    /// block them. Absent: no content is inspected (a key's `local_only`
+    /// and the privacy header still keep requests local).
+    #[serde(default)]
+    pub privacy: Option<crate::privacy::PrivacySettings>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -102,6 +107,7 @@ impl Default for GatewaySettings {
             tls_cert: None,
             tls_key: None,
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            privacy: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::auth::Authenticator;
 use crate::ledger::Ledger;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
+use crate::privacy::{Action, Privacy, PrivacyError, PrivacySettings};
 use crate::settings::GatewaySettings;
 use crate::store::Store;
 
@@ -23,6 +24,9 @@ pub struct Routes {
     /// Names of providers that run on this machine (the embedded engine, or
     /// servers on loopback): the only ones a local-only request may use.
     pub local_providers: BTreeSet<String>,
+    /// Providers whose models `GET /v1/models` lists (the configured ones:
+    /// built-in presets nobody set up would only time out).
+    pub listed_providers: BTreeSet<String>,
 }
 
 /// Everything a request handler needs.
@@ -35,19 +39,27 @@ pub struct Gateway {
     pub(crate) limits: RateLimiter,
     pub(crate) metrics: Metrics,
     pub(crate) ledger: Ledger,
+    pub(crate) privacy: Privacy,
 }
 
 impl Gateway {
     /// A gateway over `routes`. `master_key` is the secret itself; `store`
     /// holds virtual keys and budgets; `ledger` writes usage lines.
+    ///
+    /// # Errors
+    /// An invalid `[gateway.privacy]` table (a bad pattern, say).
     pub fn new(
         settings: GatewaySettings,
         routes: Routes,
         master_key: Option<String>,
         store: Option<Store>,
         ledger: Ledger,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, PrivacyError> {
+        let privacy = Privacy::new(settings.privacy.clone().unwrap_or_else(|| PrivacySettings {
+            action: Action::Off,
+            ..PrivacySettings::default()
+        }))?;
+        Ok(Self {
             auth: Authenticator::new(settings.require_key, master_key, store.clone()),
             settings,
             routes: ArcSwap::from_pointee(routes),
@@ -55,7 +67,8 @@ impl Gateway {
             limits: RateLimiter::default(),
             metrics: Metrics::default(),
             ledger,
-        }
+            privacy,
+        })
     }
 
     /// The routing table now. Requests hold the one they started with, so a

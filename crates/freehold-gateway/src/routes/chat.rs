@@ -225,7 +225,7 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
         Err(error) => return error.into_response(P::PROTOCOL),
     };
     let model = request.model.clone();
-    let admitted = match admit(&gateway, caller, P::ENDPOINT, request, started).await {
+    let admitted = match admit(&gateway, &headers, caller, P::ENDPOINT, request, started).await {
         Ok(admitted) => admitted,
         Err(error) => return error.into_response(P::PROTOCOL),
     };

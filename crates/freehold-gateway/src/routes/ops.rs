@@ -127,7 +127,12 @@ async fn model_ids(gateway: &Gateway) -> Vec<String> {
     {
         ids.push(default.clone());
     }
-    let listings = routes.router.providers().iter().map(|(name, provider)| {
+    let listed = routes
+        .router
+        .providers()
+        .iter()
+        .filter(|(name, _)| routes.listed_providers.contains(*name));
+    let listings = listed.map(|(name, provider)| {
         let provider = Arc::clone(provider);
         async move {
             match tokio::time::timeout(LIST_TIMEOUT, provider.list_models()).await {

@@ -1,0 +1,215 @@
+//! `freehold serve` through the real binary, driven by the official
+//! `openai` and `anthropic` Python SDKs (tests/python/clients.py), backed by
+//! a mock upstream on 127.0.0.1 and by the real test models.
+//!
+//! The SDKs come from `scripts/python-sdks` (scripts/test sets
+//! FREEHOLD_TEST_PYTHON); without it these tests say so and pass.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use freehold_gateway::mock::{MOCK_TEXT, MockUpstream};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const MASTER: &str = "fh-test-master-key-0123456789";
+
+/// A running `freehold serve` with its own home and configuration.
+struct Served {
+    child: Child,
+    url: String,
+    base: PathBuf,
+}
+
+impl Served {
+    async fn start(config: &str, extra_args: &[&str]) -> Self {
+        let base = std::env::temp_dir().join(format!(
+            "freehold-serve-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(base.join("home")).unwrap();
+        let config_path = base.join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_freehold"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .env_clear()
+            .env("HOME", base.join("home"))
+            .env("FREEHOLD_DATA_DIR", base.join("home/data"))
+            .env("FREEHOLD_MODELS_DIR", base.join("home/models"))
+            .env("FREEHOLD_CONFIG", &config_path)
+            .env("FREEHOLD_MASTER_KEY", MASTER)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(rest) = line.strip_prefix("freehold serve: http://") {
+                    let address = rest.split_whitespace().next().unwrap();
+                    return format!("http://{address}");
+                }
+                eprintln!("serve: {line}");
+            }
+            panic!("freehold serve exited before listening");
+        })
+        .await
+        .expect("freehold serve listened within 60 s");
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("serve: {line}");
+            }
+        });
+        Self { child, url, base }
+    }
+
+    /// Runs one scenario of clients.py; returns its result object.
+    async fn scenario(&self, python: &Path, name: &str, env: &[(&str, &str)]) -> Value {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/clients.py");
+        let mut command = Command::new(python);
+        command
+            .arg(script)
+            .arg(name)
+            .env("FREEHOLD_URL", &self.url)
+            .env("FREEHOLD_KEY", MASTER);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = tokio::time::timeout(Duration::from_secs(900), command.output())
+            .await
+            .expect("the scenario finished within 15 minutes")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "scenario {name} failed:\n{stdout}\n{stderr}"
+        );
+        let line: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        line["result"].clone()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn python() -> Option<PathBuf> {
+    match std::env::var_os("FREEHOLD_TEST_PYTHON") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => {
+            eprintln!(
+                "FREEHOLD_TEST_PYTHON is not set (scripts/test sets it from \
+                 scripts/python-sdks): skipped"
+            );
+            None
+        }
+    }
+}
+
+fn test_model(file: &str) -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
+        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
+        return None;
+    };
+    Some(Path::new(&dir).join(file))
+}
+
+fn mock_config(upstream: &MockUpstream) -> String {
+    format!(
+        "[providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\n\n[aliases]\nmock = \"mock:mock-model\"\n",
+        upstream.base_url()
+    )
+}
+
+#[tokio::test]
+async fn official_sdks_against_a_mock_upstream() {
+    let Some(python) = python() else { return };
+    let upstream = MockUpstream::start().await.unwrap();
+    let served = Served::start(&mock_config(&upstream), &[]).await;
+    let expect = [("FREEHOLD_EXPECT_TEXT", MOCK_TEXT)];
+    for scenario in [
+        "openai_chat",
+        "openai_stream",
+        "openai_tools",
+        "openai_models",
+        "openai_embeddings",
+        "openai_responses",
+        "anthropic_messages",
+        "anthropic_tools",
+    ] {
+        let result = served.scenario(&python, scenario, &expect).await;
+        eprintln!("{scenario}: {result}");
+    }
+    let errors = served.scenario(&python, "openai_errors", &[]).await;
+    assert_eq!(errors["auth"], 401);
+    assert_eq!(errors["not_found"], 404);
+    assert_eq!(errors["bad_request"], 400);
+    let errors = served.scenario(&python, "anthropic_errors", &[]).await;
+    assert_eq!(errors["auth"], 401);
+    assert_eq!(errors["not_found"], 404);
+    assert_eq!(errors["bad_request"], 400);
+    // Every chat, tool and embedding call reached the upstream
+    // (count_tokens is answered by the gateway itself).
+    assert_eq!(upstream.requests(), 13);
+}
+
+#[tokio::test]
+async fn official_sdks_against_smollm2_in_process() {
+    let Some(python) = python() else { return };
+    let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let config = format!(
+        "[aliases]\nsmol = \"local:{}\"\n\n[providers.local]\nkind = \"local\"\nthreads = 2\n",
+        model.display()
+    );
+    let served = Served::start(&config, &[]).await;
+    let env = [("FREEHOLD_MODEL", "smol")];
+    for scenario in [
+        "openai_chat",
+        "openai_stream",
+        "anthropic_messages",
+        "openai_responses",
+    ] {
+        let result = served.scenario(&python, scenario, &env).await;
+        eprintln!("{scenario}: {result}");
+    }
+}
+
+#[tokio::test]
+async fn tool_calls_round_trip_through_qwen_in_both_protocols() {
+    let Some(python) = python() else { return };
+    let Some(model) = test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
+        return;
+    };
+    let config = format!(
+        "[aliases]\nqwen = \"local:{}\"\n\n[providers.local]\nkind = \"local\"\nthreads = 2\n",
+        model.display()
+    );
+    let served = Served::start(&config, &[]).await;
+    let env = [("FREEHOLD_MODEL", "qwen")];
+    for scenario in ["openai_tools", "anthropic_tools"] {
+        let result = served.scenario(&python, scenario, &env).await;
+        eprintln!("{scenario}: {result}");
+    }
+}
