@@ -1,0 +1,570 @@
+//! The gateway in process on 127.0.0.1, over mock upstreams: keys, rate
+//! limits, budgets under concurrency (SQLite, and two gateways sharing one
+//! PostgreSQL), load balancing with a replica killed mid-test, and the
+//! errors malformed requests get, in each protocol's shape.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use freehold_gateway::ledger::Ledger;
+use freehold_gateway::mock::{MOCK_TEXT, MockUpstream};
+use freehold_gateway::settings::GatewaySettings;
+use freehold_gateway::state::{Gateway, Routes};
+use freehold_gateway::store::{GroupBy, NewKey, Store};
+use freehold_llm::catalog::{Catalog, ModelEntry, Pricing};
+use freehold_llm::config::ProviderConfig;
+use freehold_llm::presets::ProviderKind;
+use freehold_llm::router::{AliasTarget, Router};
+use freehold_llm::{HealthSettings, Provider};
+use serde_json::{Value, json};
+
+const MASTER: &str = "fh-master-for-tests";
+
+/// A routing table over one provider `mock` with the given replicas; the
+/// model `mock:mock-model` costs $1 per million input and output tokens.
+fn routes(base_urls: Vec<String>) -> Routes {
+    let provider: Arc<dyn Provider> = ProviderConfig {
+        kind: Some(ProviderKind::Openai),
+        base_urls,
+        ..ProviderConfig::default()
+    }
+    .resolve("mock")
+    .unwrap()
+    .build(&HealthSettings {
+        eject_after_failures: 1,
+        cooldown: Duration::from_secs(60),
+    })
+    .unwrap();
+    let mut catalog = Catalog::new();
+    catalog
+        .insert(
+            "mock:mock-model",
+            ModelEntry {
+                pricing: Some(Pricing {
+                    input: 1.0,
+                    cached_input: None,
+                    cache_write: None,
+                    output: 1.0,
+                }),
+                ..ModelEntry::default()
+            },
+        )
+        .unwrap();
+    let aliases = BTreeMap::from([(
+        "mock".to_owned(),
+        AliasTarget::One("mock:mock-model".into()),
+    )]);
+    Routes {
+        router: Router::new(
+            BTreeMap::from([("mock".to_owned(), provider)]),
+            aliases,
+            catalog,
+        ),
+        local_providers: BTreeSet::new(),
+        listed_providers: BTreeSet::from(["mock".to_owned()]),
+    }
+}
+
+/// A gateway serving on a free loopback port.
+struct Running {
+    url: String,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(routes: Routes, settings: GatewaySettings, database: Option<String>) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database.unwrap_or_else(|| format!("sqlite:{}", dir.path().join("g.db").display()));
+    let store = Store::open(&url).await.unwrap();
+    let (ledger, _task) = Ledger::start(store.clone());
+    let gateway = Arc::new(
+        Gateway::new(
+            settings,
+            routes,
+            Some(MASTER.into()),
+            Some(store.clone()),
+            ledger,
+        )
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = freehold_gateway::routes::app(gateway);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Running {
+        url: format!("http://{address}"),
+        store,
+        _dir: dir,
+    }
+}
+
+fn chat_body(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100})
+}
+
+async fn post(url: &str, path: &str, key: Option<&str>, body: &Value) -> (u16, Value, String) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .json(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body, retry_after)
+}
+
+#[tokio::test]
+async fn keys_missing_wrong_revoked_expired_and_model_not_allowed() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (status, body, _) = post(&gw.url, "/v1/chat/completions", None, &chat_body("mock")).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no API key")
+    );
+    let (status, _, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some("fh-wrong"),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], MOCK_TEXT);
+
+    // A key allowed one model only.
+    let (_, secret) = gw
+        .store
+        .create_key(NewKey {
+            name: "narrow".into(),
+            allowed_models: vec!["mock".into()],
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let (status, _, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(&secret),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/messages",
+        Some(&secret),
+        &chat_body("mock:mock-model"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "permission_error");
+
+    // Revoked: refused once the key cache (one second) has expired.
+    gw.store.revoke_key("narrow").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(&secret),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+
+    // Expired.
+    let (_, expired) = gw
+        .store
+        .create_key(NewKey {
+            name: "old".into(),
+            expires_at: Some(1),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(&expired),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_keys_get_429_with_retry_after() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (_, secret) = gw
+        .store
+        .create_key(NewKey {
+            name: "slow".into(),
+            rpm: Some(2),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let (status, _, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(&secret),
+            &chat_body("mock"),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let (status, body, retry_after) =
+        post(&gw.url, "/v1/messages", Some(&secret), &chat_body("mock")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let seconds: u64 = retry_after.parse().unwrap();
+    assert!((1..=60).contains(&seconds), "{retry_after}");
+}
+
+/// Fires `count` concurrent requests with `key`; returns how many passed.
+async fn concurrent(url: &str, key: &str, count: usize) -> (usize, usize) {
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let (url, key) = (url.to_owned(), key.to_owned());
+        tasks.push(tokio::spawn(async move {
+            post(&url, "/v1/chat/completions", Some(&key), &chat_body("mock"))
+                .await
+                .0
+        }));
+    }
+    let mut passed = 0;
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            200 => passed += 1,
+            429 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (passed, refused)
+}
+
+/// The most one request may cost: its prompt estimate plus 100 output
+/// tokens at $1 per million, so a budget of $0.00125 admits about ten.
+const BUDGET: f64 = 0.00125;
+
+async fn assert_budget_held(store: &Store, key_id: &str, passed: usize) {
+    // Settling happens just after each response: give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = store
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.id == key_id)
+        .unwrap();
+    assert!(key.spent_usd <= BUDGET + 1e-9, "spent {}", key.spent_usd);
+    assert!(key.spent_usd > 0.0);
+    assert!(
+        key.reserved_usd.abs() < 1e-9,
+        "left reserved {}",
+        key.reserved_usd
+    );
+    assert!((1..50).contains(&passed), "{passed} passed");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_requests_spend_at_most_the_budget() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (key, secret) = gw
+        .store
+        .create_key(NewKey {
+            name: "capped".into(),
+            budget_usd: Some(BUDGET),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let (passed, refused) = concurrent(&gw.url, &secret, 50).await;
+    eprintln!("budget: {passed} passed, {refused} refused");
+    assert_eq!(passed + refused, 50);
+    assert_budget_held(&gw.store, &key.id, passed).await;
+    // Requests cost less than their reservation (7 tokens out of 100
+    // allowed), so what is left admits more, one at a time, until the
+    // budget is spent: then the refusal says so.
+    let mut later = 0;
+    let body = loop {
+        let (status, body, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(&secret),
+            &chat_body("mock"),
+        )
+        .await;
+        later += 1;
+        if status == 429 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(later < 1000, "the budget never ran out");
+    };
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    assert_budget_held(&gw.store, &key.id, passed).await;
+    // The ledger has one line per request.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let usage = gw.store.usage(GroupBy::Key, None).await.unwrap();
+    let row = usage.iter().find(|r| r.group == "capped").unwrap();
+    assert_eq!(row.requests as usize, 50 + later);
+    assert_eq!(row.errors as usize, refused + 1);
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_postgres_enforce_one_budget() {
+    let Some(admin) = std::env::var("FREEHOLD_TEST_POSTGRES")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "FREEHOLD_TEST_POSTGRES must be set in CI"
+        );
+        eprintln!("skipped: FREEHOLD_TEST_POSTGRES is not set");
+        return;
+    };
+    let upstream = MockUpstream::start().await.unwrap();
+    let first = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        Some(admin.clone()),
+    )
+    .await;
+    let second = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        Some(admin),
+    )
+    .await;
+    let name = format!("shared-{}", std::process::id());
+    let (key, secret) = first
+        .store
+        .create_key(NewKey {
+            name,
+            budget_usd: Some(BUDGET),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(
+        concurrent(&first.url, &secret, 25),
+        concurrent(&second.url, &secret, 25)
+    );
+    eprintln!("shared budget: {a:?} and {b:?}");
+    assert_budget_held(&first.store, &key.id, a.0 + b.0).await;
+    assert!(a.0 + b.0 > 0);
+}
+
+#[tokio::test]
+async fn a_killed_replica_fails_no_request() {
+    let replicas = [
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    ];
+    let gw = start(
+        routes(replicas.iter().map(MockUpstream::base_url).collect()),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for round in 0..60 {
+        if round == 20 {
+            replicas[1].kill();
+        }
+        let streamed = round % 2 == 0;
+        let mut body = chat_body("mock");
+        body["stream"] = json!(streamed);
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        let text = response.text().await.unwrap();
+        if streamed {
+            assert!(text.contains("[DONE]"), "{text}");
+        } else {
+            assert!(text.contains(MOCK_TEXT), "{text}");
+        }
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let served: Vec<u64> = replicas.iter().map(MockUpstream::requests).collect();
+    eprintln!("requests per replica: {served:?}");
+    assert!(served.iter().all(|n| *n > 0), "{served:?}");
+    let health: Value = reqwest::get(format!("{}/health", gw.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let replicas_health = health["providers"]["mock"]["replicas"].as_array().unwrap();
+    assert_eq!(replicas_health.len(), 3);
+    assert_eq!(
+        replicas_health
+            .iter()
+            .filter(|r| r["healthy"] == false)
+            .count(),
+        1,
+        "{health}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_the_protocols_own_errors() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let settings = GatewaySettings {
+        max_body_bytes: 4096,
+        ..GatewaySettings::default()
+    };
+    let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
+    let client = reqwest::Client::new();
+    // Not JSON.
+    let response = client
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", MASTER)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    // The wrong content type.
+    let response = client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(MASTER)
+        .header("content-type", "text/plain")
+        .body(chat_body("mock").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("JSON"));
+    // Too large.
+    let mut big = chat_body("mock");
+    big["messages"][0]["content"] = json!("x".repeat(10_000));
+    let (status, body, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &big).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("4096"));
+    // A field of the wrong type is named.
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &json!({"model": "mock", "messages": [{"role": "user", "content": 5}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("messages[0]"),
+        "{body}"
+    );
+    // Unknown models and routes.
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/messages",
+        Some(MASTER),
+        &chat_body("claude-sonnet-4-5"),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["type"], "not_found_error");
+    let (status, body, _) = post(&gw.url, "/v1/nothing", Some(MASTER), &json!({})).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test]
+async fn default_model_catches_unknown_names_and_metrics_count_them() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let settings = GatewaySettings {
+        default_model: Some("mock".into()),
+        ..GatewaySettings::default()
+    };
+    let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/messages",
+        Some(MASTER),
+        &chat_body("claude-sonnet-4-5"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["content"][0]["text"], MOCK_TEXT);
+    let metrics = reqwest::get(format!("{}/metrics", gw.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"freehold_gateway_requests_total{endpoint="/v1/messages",model="claude-sonnet-4-5",key="master",status="200"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("freehold_gateway_tokens_total"));
+}
