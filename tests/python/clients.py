@@ -265,7 +265,46 @@ def anthropic_errors():
     return seen
 
 
+def long_prompts():
+    """What coding agents send: a system prompt and tool list of tens of
+    thousands of tokens, streamed. The answer is either complete or the
+    protocol's own context-length error, as each SDK's exception type."""
+    system = "You are a coding agent working in a large repository. " + (
+        "Read the relevant files before you change them, and keep the style. " * 5000)
+    tools = [{
+        "name": f"tool_{i}",
+        "description": f"Tool number {i}: does one precise thing to the repository. " * 20,
+        "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}},
+    } for i in range(60)]
+    outcome = {}
+    try:
+        with ant().messages.stream(model=MODEL, max_tokens=16, system=system, tools=tools,
+                                   messages=[{"role": "user", "content": "hi"}]) as stream:
+            final = stream.get_final_message()
+        assert final.content, final
+        outcome["anthropic"] = "answered"
+    except anthropic.BadRequestError as error:
+        message = str(error)
+        assert "too long" in message, message
+        assert error.body["error"]["type"] == "invalid_request_error", error.body
+        outcome["anthropic"] = "context_length"
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "hi"}]
+    openai_tools = [{"type": "function", "function": {
+        "name": t["name"], "description": t["description"], "parameters": t["input_schema"]}}
+        for t in tools]
+    try:
+        stream = oai().chat.completions.create(model=MODEL, messages=messages, tools=openai_tools,
+                                               max_tokens=16, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        outcome["openai"] = "answered"
+    except openai.BadRequestError as error:
+        assert error.code == "context_length_exceeded", (error.code, str(error))
+        outcome["openai"] = "context_length"
+    return outcome
+
+
 SCENARIOS = {f.__name__: f for f in [
+    long_prompts,
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
     openai_responses, anthropic_messages, anthropic_tools, anthropic_errors,
 ]}

@@ -327,6 +327,8 @@ pub(crate) struct Accounting {
     reservation: Option<Reservation>,
     target: Option<Target>,
     usage: Usage,
+    /// The request (and a whole answer) when `log_bodies` is on.
+    body: Option<String>,
     finished: bool,
 }
 
@@ -350,7 +352,20 @@ impl Accounting {
             reservation: None,
             target: None,
             usage: Usage::default(),
+            body: None,
             finished: false,
+        }
+    }
+
+    /// Keeps `text` (a request or response body) for the ledger, when the
+    /// gateway logs bodies.
+    pub(crate) fn log_body(&mut self, text: &str) {
+        if self.gateway.settings.log_bodies {
+            let body = self.body.get_or_insert_with(String::new);
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            body.push_str(text);
         }
     }
 
@@ -458,7 +473,7 @@ impl Accounting {
             latency_ms: elapsed.as_millis() as u64,
             status,
             error: error.map(str::to_owned),
-            body: None,
+            body: self.body.take(),
         };
         tracing::info!(
             endpoint = self.endpoint,

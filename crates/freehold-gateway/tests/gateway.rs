@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -567,4 +568,121 @@ async fn default_model_catches_unknown_names_and_metrics_count_them() {
         "{metrics}"
     );
     assert!(metrics.contains("freehold_gateway_tokens_total"));
+}
+
+/// The ledger's `body` column for every request, oldest first.
+async fn ledger_bodies(database: &Path) -> Vec<Option<String>> {
+    use sqlx::Connection;
+    let mut connection = sqlx::SqliteConnection::connect(&format!("sqlite:{}", database.display()))
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT body FROM freehold_usage ORDER BY id")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bodies_reach_the_ledger_only_when_switched_on() {
+    let upstream = MockUpstream::start().await.unwrap();
+    for log_bodies in [false, true] {
+        let settings = GatewaySettings {
+            log_bodies,
+            ..GatewaySettings::default()
+        };
+        let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
+        let mut body = chat_body("mock");
+        body["messages"][0]["content"] = json!("the secret recipe");
+        let (status, _, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &body).await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let bodies = ledger_bodies(&gw._dir.path().join("g.db")).await;
+        assert_eq!(bodies.len(), 1);
+        match &bodies[0] {
+            Some(text) => {
+                assert!(log_bodies);
+                assert!(text.contains("the secret recipe"), "{text}");
+                assert!(text.contains(MOCK_TEXT), "{text}");
+            }
+            None => assert!(!log_bodies),
+        }
+    }
+}
+
+#[tokio::test]
+async fn privacy_keeps_requests_local_or_redacts_them() {
+    use freehold_gateway::privacy::{Action, PrivacySettings};
+    use freehold_test_support::{MockServer, Scripted};
+
+    let completion = json!({
+        "id": "c", "object": "chat.completion", "created": 0, "model": "mock-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    });
+    let upstream = MockServer::start(vec![Scripted::json(200, completion.clone())]).await;
+    let settings = GatewaySettings {
+        privacy: Some(PrivacySettings {
+            action: Action::Redact,
+            ..PrivacySettings::default()
+        }),
+        ..GatewaySettings::default()
+    };
+    let gw = start(
+        routes(vec![format!("{}/v1", upstream.url())]),
+        settings,
+        None,
+    )
+    .await;
+    // An AWS key id, assembled so this file holds none.
+    let secret = format!("AKIA{}", "Q7XZ2LMN4PRT8VWY");
+    let mut body = chat_body("mock");
+    body["messages"][0]["content"] = json!(format!("deploy with {secret} please"));
+    let (status, answer, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = upstream.requests()[0].json().to_string();
+    assert!(!sent.contains(&secret), "{sent}");
+    assert!(sent.contains("[REDACTED:aws_access_key]"), "{sent}");
+
+    // The header asks for local providers only; `mock` is hosted here.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", MASTER)
+        .header("x-freehold-privacy", "local-only")
+        .json(&chat_body("mock"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let refused: Value = response.json().await.unwrap();
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must stay on this machine"),
+        "{refused}"
+    );
+
+    // A local-only key on a gateway where `mock` is local: served.
+    let mut local_routes = routes(vec![format!("{}/v1", upstream.url())]);
+    local_routes.local_providers.insert("mock".into());
+    upstream.push(Scripted::json(200, completion));
+    let local = start(local_routes, GatewaySettings::default(), None).await;
+    let (_, key) = local
+        .store
+        .create_key(NewKey {
+            name: "private".into(),
+            local_only: true,
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let (status, answer, _) = post(
+        &local.url,
+        "/v1/chat/completions",
+        Some(&key),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
 }

@@ -217,29 +217,49 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
     let decoded = async {
         let body = read_body(body, gateway.settings.max_body_bytes).await?;
         let wire: P::Wire = parse_body(&headers, &body)?;
-        P::decode(wire).map_err(decode_error)
+        let (request, options) = P::decode(wire).map_err(decode_error)?;
+        Ok::<_, GatewayError>((request, options, body))
     }
     .await;
-    let (request, options) = match decoded {
+    let (request, options, body) = match decoded {
         Ok(decoded) => decoded,
         Err(error) => return error.into_response(P::PROTOCOL),
     };
     let model = request.model.clone();
-    let admitted = match admit(&gateway, &headers, caller, P::ENDPOINT, request, started).await {
+    let mut admitted = match admit(&gateway, &headers, caller, P::ENDPOINT, request, started).await
+    {
         Ok(admitted) => admitted,
         Err(error) => return error.into_response(P::PROTOCOL),
     };
+    admitted
+        .accounting
+        .log_body(&String::from_utf8_lossy(&body));
     if P::streams(options) {
         let encoder = P::encoder(&model, options, &admitted.request);
-        match admitted.stream().await {
-            Ok(stream) => sse_response(stream, encoder),
-            Err(error) => error.into_response(P::PROTOCOL),
+        let mut stream = match admitted.stream().await {
+            Ok(stream) => stream,
+            Err(error) => return error.into_response(P::PROTOCOL),
+        };
+        // The status line waits for the provider's first event, so that a
+        // request failing at once (a prompt over the context window) gets
+        // its real status and the protocol's error body, which SDKs turn
+        // into their own exception types; later failures can only be
+        // error events in the stream.
+        match stream.next().await {
+            Some(Err(error)) => error.into_response(P::PROTOCOL),
+            first => sse_response(first, stream, encoder),
         }
     } else {
         match admitted.complete().await {
             Ok((response, mut accounting)) => {
+                let encoded = P::encode(&response, &model);
+                if gateway.settings.log_bodies
+                    && let Ok(text) = serde_json::to_string(&encoded)
+                {
+                    accounting.log_body(&text);
+                }
                 accounting.succeed();
-                (StatusCode::OK, Json(P::encode(&response, &model))).into_response()
+                (StatusCode::OK, Json(encoded)).into_response()
             }
             Err(error) => error.into_response(P::PROTOCOL),
         }
@@ -248,12 +268,20 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
 
 /// A `text/event-stream` response: each provider event encoded as it
 /// arrives; an error mid-stream becomes the protocol's error event.
-fn sse_response<E: StreamEncoder>(stream: AccountedStream, encoder: E) -> Response {
-    let state = Some((stream, encoder));
+fn sse_response<E: StreamEncoder>(
+    first: Option<Result<StreamEvent, GatewayError>>,
+    stream: AccountedStream,
+    encoder: E,
+) -> Response {
+    let state = Some((first, stream, encoder));
     let body = futures::stream::unfold(state, |state| async move {
-        let (mut stream, mut encoder) = state?;
+        let (mut first, mut stream, mut encoder) = state?;
         loop {
-            let (frames, more) = match stream.next().await {
+            let next = match first.take() {
+                Some(event) => Some(event),
+                None => stream.next().await,
+            };
+            let (frames, more) = match next {
                 Some(Ok(event)) => (encoder.push(&event), true),
                 Some(Err(error)) => (encoder.error(&stream_error(&error)), false),
                 None => (encoder.finish(), false),
@@ -265,7 +293,7 @@ fn sse_response<E: StreamEncoder>(stream: AccountedStream, encoder: E) -> Respon
             for frame in &frames {
                 text.push_str(&frame.to_sse_text());
             }
-            let next = more.then_some((stream, encoder));
+            let next = more.then_some((None, stream, encoder));
             return Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), next));
         }
     });
