@@ -15,6 +15,9 @@ use crate::store::{KeyRecord, Store};
 /// again: revocations reach every replica within this time.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 
+/// Looked-up secrets: when, and the key (or `None`: no such key).
+type KeyCache = HashMap<String, (Instant, Option<Arc<KeyRecord>>)>;
+
 /// The identity a request runs under.
 #[derive(Debug, Clone)]
 pub enum Caller {
@@ -88,7 +91,7 @@ pub struct Authenticator {
     require_key: bool,
     master_key: Option<String>,
     store: Option<Store>,
-    cache: Mutex<HashMap<String, (Instant, Option<Arc<KeyRecord>>)>>,
+    cache: Mutex<KeyCache>,
 }
 
 impl Authenticator {
@@ -177,9 +180,7 @@ impl Authenticator {
         Ok(key)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Option<Arc<KeyRecord>>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeyCache> {
         self.cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

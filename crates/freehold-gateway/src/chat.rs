@@ -204,7 +204,7 @@ impl Admitted {
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok((target, response))) => {
                 self.accounting.target = Some(target);
-                self.accounting.usage = response.usage.clone();
+                self.accounting.usage = response.usage;
                 Ok((response, self.accounting))
             }
             Ok(Err(error)) => {
@@ -294,7 +294,7 @@ impl AccountedStream {
                     self.accounting.first_byte = Some(self.accounting.started.elapsed());
                 }
                 if let StreamEvent::Usage(usage) = &event {
-                    self.accounting.usage = usage.clone();
+                    self.accounting.usage = *usage;
                 }
                 Some(Ok(event))
             }

@@ -191,7 +191,7 @@ pub(crate) async fn embeddings(
     let routes = gateway.routes();
     match routes.router.embed_routed(request).await {
         Ok((target, response)) => {
-            accounting.answered(target, response.usage.clone());
+            accounting.answered(target, response.usage);
             accounting.succeed();
             (StatusCode::OK, Json(encode_openai_response(&response))).into_response()
         }
