@@ -686,3 +686,61 @@ async fn privacy_keeps_requests_local_or_redacts_them() {
     .await;
     assert_eq!(status, 200, "{answer}");
 }
+
+#[tokio::test]
+async fn anthropic_beta_headers_reach_anthropic_upstreams() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let upstream = MockServer::start(vec![Scripted::json(
+        200,
+        json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+            "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1},
+        }),
+    )])
+    .await;
+    let provider: Arc<dyn Provider> = ProviderConfig {
+        kind: Some(ProviderKind::Anthropic),
+        base_url: Some(format!("{}/v1", upstream.url())),
+        ..ProviderConfig::default()
+    }
+    .resolve("claude")
+    .unwrap()
+    .build(&HealthSettings::default())
+    .unwrap();
+    let routes = Routes {
+        router: Router::new(
+            BTreeMap::from([("claude".to_owned(), provider)]),
+            BTreeMap::new(),
+            Catalog::new(),
+        ),
+        local_providers: BTreeSet::new(),
+        listed_providers: BTreeSet::new(),
+    };
+    let gw = start(routes, GatewaySettings::default(), None).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages?beta=true", gw.url))
+        .header("x-api-key", MASTER)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "interleaved-thinking-2025-05-14")
+        .json(&chat_body("claude:claude-x"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["content"][0]["text"], "hi");
+    let sent = &upstream.requests()[0];
+    assert_eq!(
+        sent.header("anthropic-beta").as_deref(),
+        Some("interleaved-thinking-2025-05-14")
+    );
+    assert_eq!(
+        sent.header("anthropic-version").as_deref(),
+        Some("2023-06-01")
+    );
+    // The gateway's master key is not what the upstream gets.
+    assert_ne!(sent.header("x-api-key").as_deref(), Some(MASTER));
+}

@@ -38,6 +38,11 @@ pub struct ChatRequest {
     /// How much the model should reason, for models that can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<ReasoningEffort>,
+    /// Protocol headers a gateway's client sent that an upstream speaking
+    /// the same protocol should receive too (`anthropic-beta` turns on beta
+    /// features); clients of other protocols ignore them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwarded_headers: Vec<(String, String)>,
 }
 
 impl ChatRequest {
@@ -54,6 +59,7 @@ impl ChatRequest {
             stop: Vec::new(),
             response_format: None,
             reasoning: None,
+            forwarded_headers: Vec::new(),
         }
     }
 

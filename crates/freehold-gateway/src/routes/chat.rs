@@ -221,10 +221,23 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
         Ok::<_, GatewayError>((request, options, body))
     }
     .await;
-    let (request, options, body) = match decoded {
+    let (mut request, options, body) = match decoded {
         Ok(decoded) => decoded,
         Err(error) => return error.into_response(P::PROTOCOL),
     };
+    if P::PROTOCOL == Protocol::Anthropic {
+        // Beta features an Anthropic client asks for reach Anthropic
+        // upstreams; other providers ignore them.
+        for name in ["anthropic-version", "anthropic-beta"] {
+            for value in headers.get_all(name) {
+                if let Ok(value) = value.to_str() {
+                    request
+                        .forwarded_headers
+                        .push((name.to_owned(), value.to_owned()));
+                }
+            }
+        }
+    }
     let model = request.model.clone();
     let mut admitted = match admit(&gateway, &headers, caller, P::ENDPOINT, request, started).await
     {

@@ -34,6 +34,35 @@ pub struct AnthropicClient {
 }
 
 impl AnthropicClient {
+    /// The client's headers plus the Anthropic headers a gateway's client
+    /// sent (`anthropic-beta`, `anthropic-version`), which replace the
+    /// client's own.
+    fn request_headers(&self, request: &ChatRequest) -> std::borrow::Cow<'_, HeaderMap> {
+        let forwarded: Vec<_> = request
+            .forwarded_headers
+            .iter()
+            .filter(|(name, _)| {
+                name.eq_ignore_ascii_case("anthropic-beta")
+                    || name.eq_ignore_ascii_case("anthropic-version")
+            })
+            .filter_map(|(name, value)| {
+                Some((
+                    reqwest::header::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                        .ok()?,
+                    reqwest::header::HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect();
+        if forwarded.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.headers);
+        }
+        let mut headers = self.headers.clone();
+        for (name, value) in forwarded {
+            headers.insert(name, value);
+        }
+        std::borrow::Cow::Owned(headers)
+    }
+
     /// A client of `options.base_url`.
     ///
     /// # Errors
@@ -126,7 +155,11 @@ impl Provider for AnthropicClient {
         let body = self.body(&request, true)?;
         let response = self
             .transport
-            .post_json(&self.url("/messages"), &self.headers, &body)
+            .post_json(
+                &self.url("/messages"),
+                &self.request_headers(&request),
+                &body,
+            )
             .await?;
         let events = self.transport.sse_stream(response);
         let decoder = EventDecoder::new(self.options.name.clone())
@@ -138,7 +171,11 @@ impl Provider for AnthropicClient {
         let body = self.body(&request, false)?;
         let response = self
             .transport
-            .post_json_whole(&self.url("/messages"), &self.headers, &body)
+            .post_json_whole(
+                &self.url("/messages"),
+                &self.request_headers(&request),
+                &body,
+            )
             .await?;
         let json = self.transport.read_json(response).await?;
         if json.get("type").and_then(serde_json::Value::as_str) == Some("error") {

@@ -157,6 +157,7 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         stop: wire.stop_sequences.unwrap_or_default(),
         response_format: None,
         reasoning,
+        forwarded_headers: Vec::new(),
     };
     Ok((
         request,

@@ -102,6 +102,7 @@ fn requests_round_trip_through_the_client_encoder() {
         stop: vec!["END".into()],
         response_format: None,
         reasoning: None,
+        forwarded_headers: Vec::new(),
     };
     let options = EncodeOptions {
         stream: true,

@@ -96,6 +96,7 @@ fn full_request() -> ChatRequest {
             strict: true,
         }),
         reasoning: Some(ReasoningEffort::Medium),
+        forwarded_headers: Vec::new(),
     }
 }
 
