@@ -34,6 +34,12 @@ pub(crate) struct ServeArgs {
     /// for claude-… ids).
     #[arg(long, value_name = "MODEL")]
     default_model: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Runs the gateway until Ctrl-C or SIGTERM.
@@ -52,6 +58,15 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
     if args.default_model.is_some() {
         settings.default_model = args.default_model;
     }
+    if args.tls_cert.is_some() {
+        settings.tls_cert = args.tls_cert;
+        settings.tls_key = args.tls_key;
+    }
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(freehold_gateway::tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => bail!("[gateway] tls_cert and tls_key go together: set both or neither"),
+    };
     if !settings.require_key && !settings.listen.ip().is_loopback() {
         bail!(
             "refusing to serve without keys on {}: anyone on the network could use it; \
@@ -90,8 +105,9 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         Gateway::new(settings, routes, master_key, Some(store.clone()), ledger)
             .context("invalid [gateway.privacy] table")?,
     );
+    let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
-        "freehold serve: http://{address} · {provider_count} providers, {alias_count} aliases · \
+        "freehold serve: {scheme}://{address} · {provider_count} providers, {alias_count} aliases · \
          access: {access} · ledger: {} ({})",
         store.backend(),
         describe_url(&database)
@@ -101,8 +117,15 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         config.map(Path::to_path_buf),
     ));
     let app = freehold_gateway::routes::app(Arc::clone(&gateway));
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
-    server.await.context("the HTTP server failed")?;
+    match tls {
+        Some(config) => {
+            freehold_gateway::tls::serve(listener, app, config, shutdown_signal()).await
+        }
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("the HTTP server failed")?,
+    }
     // Requests still streaming get the grace period, then the ledger
     // writer drains its queue.
     drop(gateway);

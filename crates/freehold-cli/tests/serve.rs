@@ -117,6 +117,10 @@ fn python() -> Option<PathBuf> {
     match std::env::var_os("FREEHOLD_TEST_PYTHON") {
         Some(path) => Some(PathBuf::from(path)),
         None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "FREEHOLD_TEST_PYTHON must be set in CI (scripts/test sets it)"
+            );
             eprintln!(
                 "FREEHOLD_TEST_PYTHON is not set (scripts/test sets it from \
                  scripts/python-sdks): skipped"

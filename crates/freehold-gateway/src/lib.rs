@@ -26,3 +26,4 @@ pub mod routes;
 pub mod settings;
 pub mod state;
 pub mod store;
+pub mod tls;

@@ -744,3 +744,76 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
     // The gateway's master key is not what the upstream gets.
     assert_ne!(sent.header("x-api-key").as_deref(), Some(MASTER));
 }
+
+#[tokio::test]
+async fn serves_https_with_a_pem_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    // A self-signed certificate for 127.0.0.1 (openssl: scripts/setup
+    // installs it for the tests).
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=freehold-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed (scripts/setup --tests)");
+    assert!(made.status.success(), "{made:?}");
+    let config = freehold_gateway::tls::server_config(&cert, &key).unwrap();
+    let upstream = MockUpstream::start().await.unwrap();
+    let store = Store::open(&format!("sqlite:{}", dir.path().join("g.db").display()))
+        .await
+        .unwrap();
+    let gateway = Arc::new(
+        Gateway::new(
+            GatewaySettings::default(),
+            routes(vec![upstream.base_url()]),
+            Some(MASTER.into()),
+            Some(store),
+            Ledger::disabled(),
+        )
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = freehold_gateway::routes::app(gateway);
+    tokio::spawn(freehold_gateway::tls::serve(
+        listener,
+        app,
+        config,
+        std::future::pending(),
+    ));
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let url = format!("https://{address}");
+    let response = client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(MASTER)
+        .json(&chat_body("mock"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], MOCK_TEXT);
+    // Plain HTTP on the TLS port gets nowhere.
+    assert!(
+        reqwest::get(format!("http://{address}/health"))
+            .await
+            .is_err()
+    );
+}
