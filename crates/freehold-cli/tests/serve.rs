@@ -217,3 +217,97 @@ async fn tool_calls_round_trip_through_qwen_in_both_protocols() {
         eprintln!("{scenario}: {result}");
     }
 }
+
+/// A chat completion streamed slowly: ten words, 300 ms apart.
+fn slow_stream() -> freehold_test_support::Scripted {
+    use freehold_test_support::{Scripted, Split, sse_text};
+    let mut events = Vec::new();
+    for word in 0..10 {
+        events.push(
+            serde_json::json!({
+                "id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": format!("w{word} ")},
+                             "finish_reason": null}],
+            })
+            .to_string(),
+        );
+    }
+    events.push(
+        serde_json::json!({
+            "id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        })
+        .to_string(),
+    );
+    events.push("[DONE]".into());
+    let pairs: Vec<(&str, &str)> = events.iter().map(|e| ("", e.as_str())).collect();
+    let text = sse_text(&pairs);
+    let cuts: Vec<usize> = text.match_indices("\n\n").map(|(i, _)| i + 2).collect();
+    let mut scripted = Scripted::sse(&text, Split::At(cuts));
+    scripted.chunk_delay = Duration::from_millis(300);
+    scripted
+}
+
+#[tokio::test]
+async fn sighup_reloads_routes_without_dropping_requests_in_flight() {
+    use freehold_test_support::MockServer;
+
+    let slow = MockServer::start(vec![slow_stream()]).await;
+    let second = MockUpstream::start().await.unwrap();
+    let config = |base: &str| {
+        format!(
+            "[providers.up]\nkind = \"openai\"\nbase_url = \"{base}\"\n\n[aliases]\nm = \"up:m\"\n"
+        )
+    };
+    let served = Served::start(&config(&format!("{}/v1", slow.url())), &[]).await;
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({
+        "model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}],
+    });
+    // A slow stream starts on the first configuration…
+    let in_flight = {
+        let request = client
+            .post(format!("{}/v1/chat/completions", served.url))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send();
+        tokio::spawn(async move { request.await.unwrap().text().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // …the configuration changes and the gateway is told…
+    std::fs::write(served.base.join("config.toml"), config(&second.base_url())).unwrap();
+    let pid = served.child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // …new requests go to the new upstream…
+    let mut moved = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answer: Value = client
+            .post(format!("{}/v1/chat/completions", served.url))
+            .bearer_auth(MASTER)
+            .json(
+                &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if answer["choices"][0]["message"]["content"] == MOCK_TEXT {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "requests never reached the reloaded upstream");
+    // …and the stream that started before finishes whole.
+    let streamed = in_flight.await.unwrap();
+    for word in 0..10 {
+        assert!(streamed.contains(&format!("w{word} ")), "{streamed}");
+    }
+    assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+}

@@ -39,11 +39,7 @@ pub(crate) async fn admit(
 ) -> Result<Admitted, GatewayError> {
     let asked = request.model.clone();
     let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, started);
-    let privacy_header = gateway
-        .privacy
-        .header_name()
-        .and_then(|name| headers.get(name))
-        .and_then(|value| value.to_str().ok());
+    let privacy_header = privacy_header(gateway, headers);
     let result = admit_inner(
         gateway,
         &caller,
@@ -63,6 +59,15 @@ pub(crate) async fn admit(
             Err(error)
         }
     }
+}
+
+/// The privacy header's value on a request, if the policy has a header.
+pub(crate) fn privacy_header<'a>(gateway: &Gateway, headers: &'a HeaderMap) -> Option<&'a str> {
+    gateway
+        .privacy
+        .header_name()
+        .and_then(|name| headers.get(name))
+        .and_then(|value| value.to_str().ok())
 }
 
 async fn admit_inner(
@@ -107,7 +112,7 @@ async fn admit_inner(
     decision.log();
     match decision {
         Decision::Pass => {}
-        Decision::LocalOnly { .. } => keep_local(request, &targets, &routes)?,
+        Decision::LocalOnly { .. } => keep_local(&mut request.model, &targets, &routes)?,
         Decision::Redacted {
             request: redacted, ..
         } => {
@@ -150,8 +155,8 @@ async fn admit_inner(
 }
 
 /// Narrows a local-only request to the local targets of its route.
-fn keep_local(
-    request: &mut ChatRequest,
+pub(crate) fn keep_local(
+    model: &mut String,
     targets: &[Target],
     routes: &Routes,
 ) -> Result<(), GatewayError> {
@@ -162,14 +167,14 @@ fn keep_local(
     match local.first() {
         Some(_) if local.len() == targets.len() => Ok(()),
         Some(first) => {
-            tracing::info!(model = %request.model, to = %first, "privacy: kept on local provider");
-            request.model = first.to_string();
+            tracing::info!(model = %model, to = %first, "privacy: kept on local provider");
+            *model = first.to_string();
             Ok(())
         }
         None => Err(GatewayError::forbidden(format!(
             "this request must stay on this machine, but model `{}` only routes to hosted \
              providers ({}); ask for a local model",
-            request.model,
+            model,
             targets
                 .iter()
                 .map(|t| t.provider.as_str())

@@ -663,6 +663,17 @@ async fn privacy_keeps_requests_local_or_redacts_them() {
         "{refused}"
     );
 
+    // Embeddings follow the same policy.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/embeddings", gw.url))
+        .bearer_auth(MASTER)
+        .header("x-freehold-privacy", "local-only")
+        .json(&json!({"model": "mock", "input": ["private notes"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+
     // A local-only key on a gateway where `mock` is local: served.
     let mut local_routes = routes(vec![format!("{}/v1", upstream.url())]);
     local_routes.local_providers.insert("mock".into());

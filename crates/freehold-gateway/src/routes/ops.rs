@@ -16,9 +16,11 @@ use freehold_llm::wire::embeddings::{
 };
 use serde_json::{Value, json};
 
-use crate::chat::{Accounting, parse_body};
+use crate::chat::{Accounting, keep_local, parse_body, privacy_header};
 use crate::error::{GatewayError, Protocol};
+use crate::privacy::Decision;
 use crate::state::Gateway;
+use freehold_protocol::{ChatRequest, EmbedRequest, Message};
 
 /// How long `/v1/models` waits for a provider to list its models.
 const LIST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -169,7 +171,7 @@ pub(crate) async fn embeddings(
         Ok(wire) => wire,
         Err(error) => return error.into_response(Protocol::OpenAi),
     };
-    let request = decode_openai_request(wire);
+    let mut request = decode_openai_request(wire);
     let mut accounting = Accounting::new(
         &gateway,
         caller.clone(),
@@ -189,6 +191,10 @@ pub(crate) async fn embeddings(
         return error.into_response(Protocol::OpenAi);
     }
     let routes = gateway.routes();
+    if let Err(error) = embeddings_privacy(&gateway, &headers, &caller, &routes, &mut request) {
+        accounting.fail(&error);
+        return error.into_response(Protocol::OpenAi);
+    }
     match routes.router.embed_routed(request).await {
         Ok((target, response)) => {
             accounting.answered(target, response.usage);
@@ -201,5 +207,50 @@ pub(crate) async fn embeddings(
             accounting.fail(&sent);
             sent.into_response(Protocol::OpenAi)
         }
+    }
+}
+
+/// The privacy policy for texts to embed: the same detectors, header and
+/// key setting as chat (the texts are inspected as user messages).
+fn embeddings_privacy(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    caller: &crate::auth::Caller,
+    routes: &crate::state::Routes,
+    request: &mut EmbedRequest,
+) -> Result<(), GatewayError> {
+    let as_chat = ChatRequest::new(
+        request.model.clone(),
+        request.inputs.iter().map(Message::user).collect(),
+    );
+    let local_only_key = caller.key().is_some_and(|key| key.local_only);
+    let decision =
+        gateway
+            .privacy
+            .decide(&as_chat, privacy_header(gateway, headers), local_only_key);
+    decision.log();
+    let targets = || {
+        routes
+            .router
+            .resolve(&request.model)
+            .map_err(|error| GatewayError::upstream(&error))
+    };
+    match decision {
+        Decision::Pass => Ok(()),
+        Decision::LocalOnly { .. } => {
+            let targets = targets()?;
+            keep_local(&mut request.model, &targets, routes)
+        }
+        Decision::Redacted {
+            request: redacted, ..
+        } => {
+            request.inputs = redacted.messages.iter().map(Message::text).collect();
+            Ok(())
+        }
+        Decision::Block { reasons } => Err(GatewayError::forbidden(format!(
+            "this request was blocked by the gateway's privacy policy ({}); remove the \
+             sensitive data and send it again",
+            reasons.findings
+        ))),
     }
 }
