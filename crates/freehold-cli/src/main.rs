@@ -13,12 +13,14 @@ mod chat;
 mod config;
 mod embed;
 mod eval;
+mod keys;
 mod local_model;
 mod models;
 mod providers;
 mod sessions;
 mod setup;
 mod undo;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +71,10 @@ enum Command {
     /// Measure throughput: `bench engine` runs the embedded engine like
     /// llama.cpp's llama-bench.
     Bench(bench::BenchArgs),
+    /// The gateway's virtual keys: create, list, revoke.
+    Keys(keys::KeysArgs),
+    /// What the gateway's requests cost, by key, model or day.
+    Usage(usage::UsageArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +102,8 @@ fn main() -> ExitCode {
             Some(Command::Providers(args)) => providers::run(args, cli.config.as_deref()).await,
             Some(Command::Models(args)) => models::run(args).await,
             Some(Command::Bench(args)) => bench::run(args).await,
+            Some(Command::Keys(args)) => keys::run(args).await,
+            Some(Command::Usage(args)) => usage::run(args).await,
         }
     });
     match result {
