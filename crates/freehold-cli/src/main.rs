@@ -13,6 +13,7 @@ mod chat;
 mod config;
 mod embed;
 mod eval;
+mod keys;
 mod local_model;
 mod models;
 mod providers;
@@ -20,6 +21,7 @@ mod serve;
 mod sessions;
 mod setup;
 mod undo;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +75,10 @@ enum Command {
     /// Serve the OpenAI and Anthropic APIs over the configured providers,
     /// with keys, budgets and a usage ledger.
     Serve(serve::ServeArgs),
+    /// The gateway's virtual keys: create, list, revoke.
+    Keys(keys::KeysArgs),
+    /// What the gateway's requests cost, by key, model or day.
+    Usage(usage::UsageArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +107,8 @@ fn main() -> ExitCode {
             Some(Command::Models(args)) => models::run(args).await,
             Some(Command::Bench(args)) => bench::run(args).await,
             Some(Command::Serve(args)) => serve::run(args, cli.config.as_deref()).await,
+            Some(Command::Keys(args)) => keys::run(args).await,
+            Some(Command::Usage(args)) => usage::run(args).await,
         }
     });
     match result {

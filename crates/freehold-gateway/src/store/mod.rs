@@ -33,7 +33,7 @@ use sqlx::sqlite::{
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened, migrated or queried.
-    #[error("usage database: {0}")]
+    #[error("gateway database: {0}")]
     Database(String),
     /// No key has that id or prefix.
     #[error("no virtual key matches `{0}`; `freehold keys list` shows them")]
@@ -713,7 +713,8 @@ impl Store {
     }
 
     /// Appends `records` to the ledger in one transaction: all or none.
-    /// A record's `key_id`, when set, must name an existing key.
+    /// A record's `key_id`, when set, must name an existing key. The ledger
+    /// is for reports: it does not touch budgets ([`Store::settle`] does).
     pub async fn record(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());

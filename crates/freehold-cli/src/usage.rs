@@ -1,0 +1,118 @@
+//! `freehold usage`: what the gateway's requests cost, from its ledger.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+use freehold_gateway::store::{GroupBy, unix_now};
+
+use crate::keys::{DatabaseArg, parse_date, parse_duration, print_table};
+
+/// Arguments of `freehold usage`.
+#[derive(Debug, Args)]
+pub(crate) struct UsageArgs {
+    /// Group requests by virtual key, by model asked for, or by UTC day.
+    #[arg(long, value_enum, default_value_t = By::Key)]
+    by: By,
+
+    /// Only requests since then: a duration back from now (7d, 24h) or a
+    /// date (2026-01-31, from its start, UTC).
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    #[command(flatten)]
+    database: DatabaseArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum By {
+    Key,
+    Model,
+    Day,
+}
+
+pub(crate) async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
+    let since_ms = args
+        .since
+        .as_deref()
+        .map(|when| parse_since(when, unix_now()))
+        .transpose()?;
+    let (by, title) = match args.by {
+        By::Key => (GroupBy::Key, "KEY"),
+        By::Model => (GroupBy::Model, "MODEL"),
+        By::Day => (GroupBy::Day, "DAY"),
+    };
+    let store = args.database.open().await?;
+    let rows = store.usage(by, since_ms).await;
+    store.close().await;
+    let rows = rows?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        match &args.since {
+            Some(since) => println!("no requests recorded since {since}"),
+            None => println!("no requests recorded yet (`freehold serve` records them)"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let header = [title, "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "COST"].map(str::to_owned);
+    let mut table: Vec<[String; 6]> = rows
+        .iter()
+        .map(|row| {
+            [
+                row.group.clone(),
+                row.requests.to_string(),
+                row.errors.to_string(),
+                row.input_tokens.to_string(),
+                row.output_tokens.to_string(),
+                format!("${:.4}", row.cost_usd),
+            ]
+        })
+        .collect();
+    if rows.len() > 1 {
+        let total = |f: fn(&freehold_gateway::store::UsageRow) -> u64| {
+            rows.iter().map(f).sum::<u64>().to_string()
+        };
+        table.push([
+            "total".to_owned(),
+            total(|r| r.requests),
+            total(|r| r.errors),
+            total(|r| r.input_tokens),
+            total(|r| r.output_tokens),
+            format!("${:.4}", rows.iter().map(|r| r.cost_usd).sum::<f64>()),
+        ]);
+    }
+    print_table(&header, &table, &[1, 2, 3, 4, 5]);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--since` in Unix milliseconds.
+fn parse_since(when: &str, now: i64) -> anyhow::Result<i64> {
+    if let Some(seconds) = parse_duration(when) {
+        Ok(now.saturating_sub(seconds).saturating_mul(1000))
+    } else if let Some(day) = parse_date(when) {
+        Ok(day * 86_400_000)
+    } else {
+        bail!(
+            "invalid --since `{when}`: give a duration back from now (7d, 24h) or a date (2026-01-31)"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since() {
+        assert_eq!(parse_since("1d", 86_400 * 3).unwrap(), 86_400_000 * 2);
+        assert_eq!(parse_since("1970-01-02", 0).unwrap(), 86_400_000);
+        assert!(parse_since("yesterday", 0).is_err());
+    }
+}
