@@ -1,9 +1,10 @@
 //! `freehold keys`: the gateway's virtual keys (create, list, revoke), and
 //! the `--database` option shared with `freehold usage`.
 
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use freehold_gateway::store::{KeyRecord, KeyState, NewKey, Store, unix_now};
 use serde::Serialize;
@@ -25,16 +26,15 @@ pub(crate) struct DatabaseArg {
 }
 
 impl DatabaseArg {
-    /// Opens the database (creating it, and its tables, when missing).
-    pub(crate) async fn open(&self) -> anyhow::Result<Store> {
+    /// Opens the database (creating it, and its tables, when missing):
+    /// `--database`, else the configuration's `[gateway] database`, else
+    /// `gateway.db` in the data directory — the one `freehold serve` uses.
+    pub(crate) async fn open(&self, config: Option<&Path>) -> anyhow::Result<Store> {
         let url = match &self.database {
             Some(url) => url.clone(),
             None => {
-                let dir = freehold_agent::data_dir().context(
-                    "cannot tell where the gateway database is: set FREEHOLD_DATA_DIR, \
-                     XDG_DATA_HOME or HOME, or give --database",
-                )?;
-                dir.join("gateway.db").display().to_string()
+                let loaded = crate::config::load(config)?;
+                crate::serve::database_url(&loaded.config.gateway)?
             }
         };
         Ok(Store::open(&url).await?)
@@ -120,7 +120,7 @@ struct KeyJson<'a> {
     state: KeyState,
 }
 
-pub(crate) async fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: KeysArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     // Validate before touching the database.
     let expires_at = match &args.command {
         KeysCommand::Create(create) => create
@@ -130,7 +130,7 @@ pub(crate) async fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
             .transpose()?,
         _ => None,
     };
-    let store = args.database.open().await?;
+    let store = args.database.open(config).await?;
     let result = match args.command {
         KeysCommand::Create(create) => create_key(&store, create, expires_at).await,
         KeysCommand::List(list) => list_keys(&store, list.json).await,

@@ -107,8 +107,8 @@ fn main() -> ExitCode {
             Some(Command::Models(args)) => models::run(args).await,
             Some(Command::Bench(args)) => bench::run(args).await,
             Some(Command::Serve(args)) => serve::run(args, cli.config.as_deref()).await,
-            Some(Command::Keys(args)) => keys::run(args).await,
-            Some(Command::Usage(args)) => usage::run(args).await,
+            Some(Command::Keys(args)) => keys::run(args, cli.config.as_deref()).await,
+            Some(Command::Usage(args)) => usage::run(args, cli.config.as_deref()).await,
         }
     });
     match result {

@@ -35,7 +35,10 @@ enum By {
     Day,
 }
 
-pub(crate) async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    args: UsageArgs,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
     let since_ms = args
         .since
         .as_deref()
@@ -46,7 +49,7 @@ pub(crate) async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
         By::Model => (GroupBy::Model, "MODEL"),
         By::Day => (GroupBy::Day, "DAY"),
     };
-    let store = args.database.open().await?;
+    let store = args.database.open(config).await?;
     let rows = store.usage(by, since_ms).await;
     store.close().await;
     let rows = rows?;

@@ -100,6 +100,25 @@ impl Served {
     }
 }
 
+impl Served {
+    /// Runs another `freehold` command with this gateway's home and
+    /// configuration; returns its stdout.
+    async fn freehold(&self, args: &[&str]) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_freehold"))
+            .args(args)
+            .env_clear()
+            .env("HOME", self.base.join("home"))
+            .env("FREEHOLD_DATA_DIR", self.base.join("home/data"))
+            .env("FREEHOLD_CONFIG", self.base.join("config.toml"))
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
@@ -175,6 +194,44 @@ async fn official_sdks_against_a_mock_upstream() {
     // Every chat, tool and embedding call reached the upstream
     // (count_tokens is answered by the gateway itself).
     assert_eq!(upstream.requests(), 13);
+
+    // A virtual key made with `freehold keys` works with the SDK at once,
+    // and `freehold usage` shows what it did.
+    let created: Value = serde_json::from_str(
+        &served
+            .freehold(&["keys", "create", "--name", "sdk", "--json"])
+            .await,
+    )
+    .unwrap();
+    let secret = created["secret"].as_str().unwrap();
+    served
+        .scenario(
+            &python,
+            "openai_chat",
+            &[
+                ("FREEHOLD_KEY", secret),
+                ("FREEHOLD_EXPECT_TEXT", MOCK_TEXT),
+            ],
+        )
+        .await;
+    let mut rows = Value::Null;
+    for _ in 0..20 {
+        // The ledger is written in batches, just after the answer.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rows = serde_json::from_str(&served.freehold(&["usage", "--by", "key", "--json"]).await)
+            .unwrap();
+        if rows.as_array().unwrap().iter().any(|r| r["group"] == "sdk") {
+            break;
+        }
+    }
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["group"] == "sdk")
+        .unwrap_or_else(|| panic!("no usage for key sdk: {rows}"));
+    assert_eq!(row["requests"], 1, "{row}");
+    assert!(row["input_tokens"].as_u64().unwrap() > 0, "{row}");
 }
 
 #[tokio::test]
