@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 use crate::auth::Caller;
 use crate::error::GatewayError;
-use crate::metrics::{ErrorLabels, LatencyLabels, RequestLabels, TokenLabels};
+use crate::metrics::{LatencyLabels, RequestLabels, TokenLabels};
 use crate::privacy::Decision;
 use crate::state::{Gateway, Routes};
 use crate::store::{Reservation, StoreError, UsageRecord};
@@ -389,13 +389,7 @@ impl Accounting {
     pub(crate) fn fail(&mut self, error: &GatewayError) {
         self.gateway
             .metrics
-            .errors
-            .get_or_create(&ErrorLabels {
-                endpoint: self.endpoint.to_owned(),
-                model: self.model.clone(),
-                kind: error.kind,
-            })
-            .inc();
+            .count_error(self.endpoint, &self.model, error.kind);
         self.finish(error.status.as_u16(), Some(error.kind));
     }
 

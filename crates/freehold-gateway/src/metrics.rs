@@ -119,6 +119,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a failed request of `endpoint` for `model`.
+    pub fn count_error(&self, endpoint: &str, model: &str, kind: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                endpoint: endpoint.to_owned(),
+                model: model.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut text = String::new();

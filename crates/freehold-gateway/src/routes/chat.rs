@@ -16,7 +16,7 @@ use freehold_protocol::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEv
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::chat::{AccountedStream, admit, parse_body};
+use crate::chat::{AccountedStream, Accounting, admit, parse_body};
 use crate::error::{GatewayError, Protocol};
 use crate::routes::read_body;
 use crate::state::Gateway;
@@ -212,7 +212,11 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
     // cannot make the gateway parse megabytes.
     let caller = match gateway.auth.authenticate(&headers).await {
         Ok(caller) => caller,
-        Err(error) => return error.into_response(P::PROTOCOL),
+        Err(error) => {
+            // Counted, not written to the ledger: anyone can send these.
+            gateway.metrics.count_error(P::ENDPOINT, "", error.kind);
+            return error.into_response(P::PROTOCOL);
+        }
     };
     let decoded = async {
         let body = read_body(body, gateway.settings.max_body_bytes).await?;
@@ -223,7 +227,11 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
     .await;
     let (mut request, options, body) = match decoded {
         Ok(decoded) => decoded,
-        Err(error) => return error.into_response(P::PROTOCOL),
+        Err(error) => {
+            // A key's malformed requests are in its ledger too.
+            Accounting::new(&gateway, caller, P::ENDPOINT, "", started).fail(&error);
+            return error.into_response(P::PROTOCOL);
+        }
     };
     if P::PROTOCOL == Protocol::Anthropic {
         // Beta features an Anthropic client asks for reach Anthropic
