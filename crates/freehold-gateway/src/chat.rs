@@ -84,8 +84,10 @@ async fn admit_inner(
             .admit(&key.id, key.rpm, key.tpm)
             .map_err(|limited| GatewayError::rate_limited(&limited))?;
     }
+    // Larger asks are lowered to the cap; a request without one keeps the
+    // provider's default (the local engine's is 512 tokens).
     let cap = gateway.settings.max_tokens_cap;
-    request.max_tokens = Some(request.max_tokens.map_or(cap, |asked| asked.min(cap)));
+    request.max_tokens = request.max_tokens.map(|asked| asked.min(cap));
     let routes = gateway.routes();
     let targets = match routes.router.resolve(&request.model) {
         Ok(targets) => targets,
@@ -135,7 +137,7 @@ async fn admit_inner(
     if let (Some(key), Some(store)) = (caller.key(), &gateway.store)
         && key.budget_usd.is_some()
     {
-        let estimate = estimated_cost(&routes, request, &targets);
+        let estimate = estimated_cost(&routes, request, &targets, cap);
         let reservation = store
             .reserve(&key.id, estimate)
             .await
@@ -185,11 +187,11 @@ pub(crate) fn keep_local(
 }
 
 /// The most the request can cost on any of its targets: the prompt
-/// estimate plus every allowed output token.
-fn estimated_cost(routes: &Routes, request: &ChatRequest, targets: &[Target]) -> f64 {
+/// estimate plus every allowed output token (`cap` when it names no limit).
+fn estimated_cost(routes: &Routes, request: &ChatRequest, targets: &[Target], cap: u32) -> f64 {
     let usage = Usage {
         input_tokens: request.estimated_input_tokens(),
-        output_tokens: u64::from(request.max_tokens.unwrap_or(0)),
+        output_tokens: u64::from(request.max_tokens.unwrap_or(cap)),
         ..Usage::default()
     };
     targets

@@ -32,7 +32,8 @@ pub struct GatewaySettings {
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// The largest `max_tokens` a client may ask for; larger requests are
-    /// capped to it (not refused), and requests without one get it.
+    /// capped to it (not refused). Budgets assume it for requests that set
+    /// no limit.
     #[serde(default = "default_max_tokens_cap")]
     pub max_tokens_cap: u32,
     /// Seconds a whole request may take, streaming included.
