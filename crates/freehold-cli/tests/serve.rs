@@ -368,3 +368,77 @@ async fn sighup_reloads_routes_without_dropping_requests_in_flight() {
     }
     assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
 }
+
+#[tokio::test]
+async fn two_gateway_processes_on_one_postgres_enforce_one_budget() {
+    let Some(database) = std::env::var("FREEHOLD_TEST_POSTGRES")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "FREEHOLD_TEST_POSTGRES must be set in CI (scripts/test starts a server)"
+        );
+        eprintln!("FREEHOLD_TEST_POSTGRES is not set: skipped");
+        return;
+    };
+    let upstream = MockUpstream::start().await.unwrap();
+    // $1 per million tokens: a request reserves about $0.00011 (its prompt
+    // and 100 output tokens), so $0.00125 admits about ten at once.
+    let config = format!(
+        "{}\n[models.\"mock:mock-model\"]\ninput = 1.0\noutput = 1.0\n\n[gateway]\ndatabase = \"{database}\"\n",
+        mock_config(&upstream)
+    );
+    let first = Served::start(&config, &[]).await;
+    let second = Served::start(&config, &[]).await;
+    let name = format!("shared-{}-{}", std::process::id(), unique());
+    let created: Value = serde_json::from_str(
+        &first
+            .freehold(&[
+                "keys", "create", "--name", &name, "--budget", "0.00125", "--json",
+            ])
+            .await,
+    )
+    .unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let url = if i % 2 == 0 { &first.url } else { &second.url };
+        let request = client
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&serde_json::json!({
+                "model": "mock", "max_tokens": 100,
+                "messages": [{"role": "user", "content": "hi"}],
+            }))
+            .send();
+        tasks.push(tokio::spawn(async move {
+            request.await.unwrap().status().as_u16()
+        }));
+    }
+    let mut passed = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            200 => passed += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let keys: Value =
+        serde_json::from_str(&second.freehold(&["keys", "list", "--json"]).await).unwrap();
+    let key = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == name.as_str())
+        .unwrap();
+    eprintln!("two gateways: {passed} of 50 passed; {key}");
+    assert!((1..50).contains(&passed), "{passed}");
+    assert!(
+        key["spent_usd"].as_f64().unwrap() <= 0.00125 + 1e-9,
+        "{key}"
+    );
+    assert!(key["reserved_usd"].as_f64().unwrap().abs() < 1e-9, "{key}");
+}
