@@ -38,6 +38,10 @@ pub(crate) struct GatewayBenchArgs {
     /// Unmeasured time before each phase.
     #[arg(short, long, value_name = "TIME", default_value = "2s", value_parser = parse_duration)]
     warmup: Duration,
+    /// Requests per second in all offered in the paced phases, where the
+    /// latency goals are judged (0 leaves them out).
+    #[arg(short, long, value_name = "N", default_value_t = bench::goals::REQUESTS_PER_S)]
+    rate: f64,
     /// Serve the gateway in this process instead of running `freehold
     /// serve` (its memory is not measured then).
     #[arg(long)]
@@ -75,6 +79,7 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
         clients: args.clients as usize,
         duration: args.duration,
         warmup: args.warmup,
+        rate: (args.rate != 0.0).then_some(args.rate),
     };
     options.validate()?;
     let mock = MockUpstream::start()
@@ -214,12 +219,17 @@ fn render(report: &Report) -> String {
         report.clients, report.warmup_s, report.duration_s, report.cores, report.gateway
     );
     out.push_str(
-        "| phase | requests/s | p50 µs | p90 µs | p99 µs | max µs | first byte p50 / p99 µs | errors | gateway CPU µs/request |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| phase | offered/s | requests/s | p50 µs | p90 µs | p99 µs | max µs | first byte p50 / p99 µs | errors | gateway CPU µs/request |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for m in &report.phases {
         out.push_str(&row(m));
     }
+    out.push_str(
+        "\n`max` phases: each client sends again as soon as it is answered (the most the loop \
+         reaches; latency there is mostly queueing); the others are paced at the offered rate \
+         in all.\n",
+    );
     out.push_str(
         "\nadded by the gateway (gateway − direct, same run):\n\n\
          | phase | reference | metric | added p50 µs | added p99 µs | ratio p50 | ratio p99 | ratio requests/s |\n\
@@ -247,7 +257,7 @@ fn render(report: &Report) -> String {
         ));
     }
     if let Some(cpu) = report
-        .phase("gateway")
+        .phase("gateway max")
         .and_then(|m| m.gateway_cpu_us_per_request)
         .filter(|cpu| *cpu > 0.0)
     {
@@ -285,9 +295,13 @@ fn row(m: &Measurement) -> String {
     let cpu = m
         .gateway_cpu_us_per_request
         .map_or_else(|| "–".to_owned(), |c| format!("{c:.0}"));
+    let offered = m
+        .offered_per_s
+        .map_or_else(|| "max".to_owned(), |r| format!("{r:.0}"));
     format!(
-        "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
         m.name,
+        offered,
         m.requests_per_s,
         m.latency.p50_us,
         m.latency.p90_us,

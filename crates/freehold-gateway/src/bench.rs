@@ -8,14 +8,25 @@
 //! re-encoding the answer, metrics and the usage ledger. A load generator
 //! of `clients` concurrent clients, each looping one request after another
 //! over its own keep-alive HTTP/1.1 connection, measures every request's
-//! latency (and, for streams, the time to the first body byte):
+//! latency (and, for streams, the time to the first body byte).
 //!
-//! 1. direct to the mock, non-streaming (the reference);
-//! 2. through the gateway, `/v1/chat/completions`, non-streaming;
-//! 3. direct to the mock, streaming;
-//! 4. through the gateway, `/v1/chat/completions`, streaming;
-//! 5. through the gateway, `/v1/messages` (Anthropic), non-streaming,
-//!    against reference 1.
+//! Two kinds of phases, each direct to the mock and through the gateway:
+//!
+//! - **max**: every client sends its next request as soon as the last one
+//!   is answered (a closed loop). This finds the most requests per second
+//!   the loop reaches; latency there is mostly queueing (with `clients`
+//!   requests always in flight, latency ≈ clients / throughput), so the
+//!   latency added at saturation says how much throughput the gateway
+//!   costs, not what one request pays.
+//! - **paced** at `rate` requests per second in all (by default the
+//!   throughput goal, 5,000/s), spread evenly over the clients (an open
+//!   loop): below saturation, latency is what one request pays. The
+//!   latency goals are judged here. If a side cannot keep up, its
+//!   achieved rate falls short of the offered one and the report shows it.
+//!
+//! Paced phases: non-streaming `/v1/chat/completions`, streaming (time to
+//! first byte and to the end), and `/v1/messages` (Anthropic) through the
+//! gateway against the direct non-streaming reference.
 //!
 //! Each phase runs `warmup` unmeasured, then `duration` measured. The
 //! generator, the mock and the gateway share the machine's cores, so the
@@ -95,7 +106,7 @@ pub enum BenchError {
 }
 
 /// How hard and how long to load each phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoadOptions {
     /// Concurrent clients, each with its own connection.
     pub clients: usize,
@@ -103,6 +114,9 @@ pub struct LoadOptions {
     pub duration: Duration,
     /// Unmeasured time before it.
     pub warmup: Duration,
+    /// Requests per second in all offered in the paced phases; `None`
+    /// leaves them out.
+    pub rate: Option<f64>,
 }
 
 impl Default for LoadOptions {
@@ -111,6 +125,7 @@ impl Default for LoadOptions {
             clients: DEFAULT_CLIENTS,
             duration: DEFAULT_DURATION,
             warmup: DEFAULT_WARMUP,
+            rate: Some(goals::REQUESTS_PER_S),
         }
     }
 }
@@ -129,6 +144,13 @@ impl LoadOptions {
         }
         if self.duration.is_zero() {
             return Err(BenchError::Options("the duration must not be zero".into()));
+        }
+        if let Some(rate) = self.rate
+            && !(rate.is_finite() && rate > 0.0 && rate <= 1e7)
+        {
+            return Err(BenchError::Options(format!(
+                "the rate must be above 0 and at most 10,000,000 requests/s, not {rate}"
+            )));
         }
         Ok(())
     }
@@ -189,6 +211,9 @@ pub struct Target {
     pub call: Call,
     /// The model asked for.
     pub model: String,
+    /// Requests per second offered in all (paced), or `None`: each client
+    /// sends as soon as it has its answer.
+    pub rate: Option<f64>,
 }
 
 /// Latency percentiles over one phase's successful requests, in
@@ -250,6 +275,8 @@ pub struct Measurement {
     pub first_error: Option<String>,
     /// The measured time, in seconds.
     pub seconds: f64,
+    /// Requests per second offered (paced phases).
+    pub offered_per_s: Option<f64>,
     /// Successful requests per second.
     pub requests_per_s: f64,
     /// From sending the request to the answer's last byte.
@@ -301,7 +328,7 @@ pub struct Memory {
 #[derive(Debug, Clone, Serialize)]
 pub struct Goal {
     /// What is held to the goal.
-    pub name: &'static str,
+    pub name: String,
     /// The goal, in words.
     pub target: String,
     /// What was measured, in words.
@@ -384,28 +411,29 @@ pub async fn run(
 ) -> Result<Report, BenchError> {
     options.validate()?;
     let direct_url = format!("http://{}", mock.address());
-    let phase = |name: &str, base_url: &str, key: Option<&str>, call: Call, model: &str| Target {
-        name: name.to_owned(),
-        base_url: base_url.to_owned(),
-        key: key.map(str::to_owned),
-        call,
-        model: model.to_owned(),
-    };
     let key = Some(gateway.key.as_str());
     let gateway_url = gateway.base_url.as_str();
-    let targets = [
-        phase("direct", &direct_url, None, Call::Chat, UPSTREAM_MODEL),
-        phase("gateway", gateway_url, key, Call::Chat, ALIAS),
-        phase(
-            "direct stream",
-            &direct_url,
-            None,
-            Call::ChatStream,
-            UPSTREAM_MODEL,
-        ),
-        phase("gateway stream", gateway_url, key, Call::ChatStream, ALIAS),
-        phase("gateway messages", gateway_url, key, Call::Messages, ALIAS),
+    let phase = |name: &str, through: bool, call: Call, rate: Option<f64>| Target {
+        name: name.to_owned(),
+        base_url: if through { gateway_url } else { &direct_url }.to_owned(),
+        key: if through { key } else { None }.map(str::to_owned),
+        call,
+        model: if through { ALIAS } else { UPSTREAM_MODEL }.to_owned(),
+        rate,
+    };
+    let mut targets = vec![
+        phase("direct max", false, Call::Chat, None),
+        phase("gateway max", true, Call::Chat, None),
     ];
+    if let Some(rate) = options.rate {
+        targets.extend([
+            phase("direct", false, Call::Chat, Some(rate)),
+            phase("gateway", true, Call::Chat, Some(rate)),
+            phase("direct stream", false, Call::ChatStream, Some(rate)),
+            phase("gateway stream", true, Call::ChatStream, Some(rate)),
+            phase("gateway messages", true, Call::Messages, Some(rate)),
+        ]);
+    }
     let idle_rss = gateway
         .pid
         .and_then(process_memory)
@@ -452,6 +480,7 @@ pub async fn run(
         goals: Vec::new(),
     };
     report.added = [
+        ("gateway max", "direct max", "latency"),
         ("gateway", "direct", "latency"),
         ("gateway stream", "direct stream", "latency"),
         ("gateway stream", "direct stream", "first byte"),
@@ -492,31 +521,38 @@ fn judge(report: &Report) -> Vec<Goal> {
             .iter()
             .find(|a| a.phase == phase && a.metric == metric)
     };
-    let chat = find("gateway", "latency");
+    // Paced when there are paced phases, at saturation otherwise.
+    let chat = find("gateway", "latency").or_else(|| find("gateway max", "latency"));
     let first_byte = find("gateway stream", "first byte");
+    let paced = report
+        .phase("gateway")
+        .and_then(|m| m.offered_per_s)
+        .map_or_else(String::new, |rate| format!(", paced at {rate:.0}/s"));
+    let added_p50 = format!("added latency p50 ({} clients{paced})", report.clients);
+    let added_p99 = format!("added latency p99 ({} clients{paced})", report.clients);
     let mut out = vec![
         Goal {
-            name: "added latency p50",
+            name: added_p50,
             target: format!("< {} µs", goals::ADDED_P50_US),
             measured: chat.map_or("not measured".into(), |a| format!("{:.0} µs", a.p50_us)),
             met: chat.map(|a| a.p50_us < goals::ADDED_P50_US),
         },
         Goal {
-            name: "added latency p99",
+            name: added_p99,
             target: format!("< {} µs", goals::ADDED_P99_US),
             measured: chat.map_or("not measured".into(), |a| format!("{:.0} µs", a.p99_us)),
             met: chat.map(|a| a.p99_us < goals::ADDED_P99_US),
         },
     ];
-    let rps = report.phase("gateway").map(|m| m.requests_per_s);
+    let rps = report.phase("gateway max").map(|m| m.requests_per_s);
     out.push(Goal {
-        name: "non-streaming throughput",
+        name: format!("non-streaming throughput ({} clients, max)", report.clients),
         target: format!("≥ {} requests/s", goals::REQUESTS_PER_S),
         measured: rps.map_or("not measured".into(), |r| format!("{r:.0} requests/s")),
         met: rps.map(|r| r >= goals::REQUESTS_PER_S),
     });
     out.push(Goal {
-        name: "gateway resident memory",
+        name: "gateway resident memory under load".into(),
         target: format!("< {} MB", goals::RSS_BYTES / 1_000_000),
         measured: report.memory.map_or_else(
             || "not measured (gateway in process)".into(),
@@ -532,7 +568,7 @@ fn judge(report: &Report) -> Vec<Goal> {
             .map(|m| m.hwm_bytes.max(m.peak_rss_bytes) < goals::RSS_BYTES),
     });
     out.push(Goal {
-        name: "added time to first byte (stream) p50",
+        name: format!("added time to first byte, streaming, p50{paced}"),
         target: format!("< {} µs", goals::ADDED_FIRST_BYTE_US),
         measured: first_byte.map_or("not measured".into(), |a| format!("{:.0} µs", a.p50_us)),
         met: first_byte.map(|a| a.p50_us < goals::ADDED_FIRST_BYTE_US),
@@ -592,8 +628,17 @@ pub async fn measure(
     let record_from = start + options.warmup;
     let end = record_from + options.duration;
     let mut tasks = JoinSet::new();
-    for _ in 0..options.clients {
-        tasks.spawn(client_loop(Arc::clone(&shared), record_from, end));
+    // Paced: each client sends every `clients / rate` seconds, the clients
+    // staggered evenly over that interval.
+    let interval = target
+        .rate
+        .map(|rate| Duration::from_secs_f64(options.clients as f64 / rate));
+    for client in 0..options.clients {
+        let pace = interval.map(|every| Pace {
+            first: start + every.mul_f64(client as f64 / options.clients as f64),
+            every,
+        });
+        tasks.spawn(client_loop(Arc::clone(&shared), pace, record_from, end));
     }
     let mut all = ClientSamples::default();
     while let Some(joined) = tasks.join_next().await {
@@ -628,6 +673,7 @@ pub async fn measure(
         errors: all.errors,
         first_error: all.first_error,
         seconds,
+        offered_per_s: target.rate,
         requests_per_s: latency.samples as f64 / seconds,
         latency,
         first_byte: Percentiles::from_samples(&mut all.first_byte_us),
@@ -645,12 +691,36 @@ struct Shared {
     body: Bytes,
 }
 
-async fn client_loop(shared: Arc<Shared>, record_from: Instant, end: Instant) -> ClientSamples {
+/// When a paced client sends: at `first`, then every `every`.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    first: Instant,
+    every: Duration,
+}
+
+async fn client_loop(
+    shared: Arc<Shared>,
+    pace: Option<Pace>,
+    record_from: Instant,
+    end: Instant,
+) -> ClientSamples {
     let mut samples = ClientSamples {
         latency_us: Vec::with_capacity(64 * 1024),
         ..ClientSamples::default()
     };
+    let mut next = pace.map(|pace| pace.first);
     loop {
+        if let (Some(at), Some(pace)) = (next, pace) {
+            if at >= end {
+                break;
+            }
+            // Deadlines are absolute, so the timer's coarseness (1 ms)
+            // delays single requests, not the rate. A client that falls
+            // behind sends at once until it has caught up. Latency is
+            // measured from the actual send.
+            tokio::time::sleep_until(at.into()).await;
+            next = Some(at + pace.every);
+        }
         let sent = Instant::now();
         if sent >= end {
             break;

@@ -40,6 +40,7 @@ async fn a_short_run_reports_every_phase() {
         clients: 4,
         duration: Duration::from_millis(300),
         warmup: Duration::from_millis(100),
+        rate: Some(400.0),
     };
     let phases = std::sync::Mutex::new(Vec::new());
     let report = bench::run(&mock, &under_test, &options, &|progress| {
@@ -54,6 +55,8 @@ async fn a_short_run_reports_every_phase() {
     assert_eq!(
         names,
         [
+            "direct max",
+            "gateway max",
             "direct",
             "gateway",
             "direct stream",
@@ -89,7 +92,13 @@ async fn a_short_run_reports_every_phase() {
             .gateway_cpu_us_per_request
             .is_none()
     );
-    assert_eq!(report.added.len(), 4);
+    assert_eq!(report.added.len(), 5);
+    // Paced phases are offered the rate and stay near it (well below what
+    // the loop can do); the others are not paced.
+    let paced = report.phase("gateway").unwrap();
+    assert_eq!(paced.offered_per_s, Some(400.0));
+    assert!(paced.requests_per_s < 800.0, "{paced:?}");
+    assert_eq!(report.phase("gateway max").unwrap().offered_per_s, None);
     assert_eq!(report.goals.len(), 5);
     assert!(report.goals.iter().all(|goal| goal.met.is_some()));
     let memory = report.memory.unwrap();
@@ -99,8 +108,8 @@ async fn a_short_run_reports_every_phase() {
     assert!(database.exists());
     // The report serializes whole.
     let json = serde_json::to_value(&report).unwrap();
-    assert_eq!(json["phases"][1]["name"], "gateway");
-    assert!(json["phases"][3]["first_byte"]["p50_us"].is_u64());
+    assert_eq!(json["phases"][3]["name"], "gateway");
+    assert!(json["phases"][5]["first_byte"]["p50_us"].is_u64());
 }
 
 #[tokio::test]
@@ -120,11 +129,15 @@ async fn a_gateway_that_refuses_is_an_error_not_a_figure() {
         clients: 2,
         duration: Duration::from_millis(100),
         warmup: Duration::ZERO,
+        rate: None,
     };
     let error = bench::run(&mock, &under_test, &options, &|_| {})
         .await
         .unwrap_err()
         .to_string();
-    assert!(error.contains("gateway: no request succeeded"), "{error}");
+    assert!(
+        error.contains("gateway max: no request succeeded"),
+        "{error}"
+    );
     assert!(error.contains("401"), "{error}");
 }
