@@ -42,6 +42,10 @@ pub(crate) struct GatewayBenchArgs {
     /// latency goals are judged (0 leaves them out).
     #[arg(short, long, value_name = "N", default_value_t = bench::goals::REQUESTS_PER_S)]
     rate: f64,
+    /// Worker threads of the gateway's async runtime (its
+    /// `TOKIO_WORKER_THREADS`); default: one per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    gateway_threads: Option<u32>,
     /// Serve the gateway in this process instead of running `freehold
     /// serve` (its memory is not measured then).
     #[arg(long)]
@@ -99,7 +103,8 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
         };
         (under_test, Some(gateway), None)
     } else {
-        let (child, base_url) = spawn_serve(dir.path(), &mock, &key, &database).await?;
+        let (child, base_url) =
+            spawn_serve(dir.path(), &mock, &key, &database, args.gateway_threads).await?;
         let pid = child.id();
         let under_test = GatewayUnderTest {
             base_url,
@@ -107,8 +112,10 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
             pid,
             description: format!(
                 "`freehold serve` as a child process (pid {}), master key required, \
-                 ledger on SQLite, default log level",
-                pid.map_or_else(|| "?".into(), |p| p.to_string())
+                 ledger on SQLite, default log level, {} worker threads",
+                pid.map_or_else(|| "?".into(), |p| p.to_string()),
+                args.gateway_threads
+                    .map_or_else(|| "default".into(), |n| n.to_string())
             ),
         };
         (under_test, None, Some(child))
@@ -160,13 +167,15 @@ async fn spawn_serve(
     mock: &MockUpstream,
     key: &str,
     database: &Path,
+    threads: Option<u32>,
 ) -> anyhow::Result<(Child, String)> {
     let config = dir.join("config.toml");
     std::fs::write(&config, bench::serve_config(&mock.base_url(), database))
         .context("writing the gateway's configuration")?;
     let exe = std::env::current_exe().context("finding the freehold binary")?;
     let home = dir.join("home");
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("--config")
         .arg(&config)
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -181,9 +190,11 @@ async fn spawn_serve(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting freehold serve")?;
+        .kill_on_drop(true);
+    if let Some(threads) = threads {
+        command.env("TOKIO_WORKER_THREADS", threads.to_string());
+    }
+    let mut child = command.spawn().context("starting freehold serve")?;
     let stderr = child
         .stderr
         .take()
