@@ -43,6 +43,10 @@ enum BenchTarget {
     /// number of matching lines (bench/grep-vs-ripgrep times it against
     /// ripgrep).
     Grep(crate::bench_grep::GrepBenchArgs),
+    /// What `freehold serve` adds to a request (latency, time to first
+    /// byte, throughput, memory) in front of an in-process mock upstream,
+    /// against direct calls to that upstream in the same run.
+    Gateway(crate::bench_gateway::GatewayBenchArgs),
 }
 
 /// Arguments of `freehold bench engine`.
@@ -79,6 +83,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchTarget::Conversation(args) => crate::bench_conversation::conversation(args).await,
         BenchTarget::Agent(args) => crate::bench_agent::agent(args).await,
         BenchTarget::Grep(args) => crate::bench_grep::grep(args).await,
+        BenchTarget::Gateway(args) => crate::bench_gateway::gateway(args).await,
     }
 }
 

@@ -8,6 +8,7 @@ mod agent;
 mod bench;
 mod bench_agent;
 mod bench_conversation;
+mod bench_gateway;
 mod bench_grep;
 mod chat;
 mod config;

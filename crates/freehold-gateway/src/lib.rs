@@ -15,6 +15,7 @@
 //! see them, or know how a provider speaks (that is freehold-llm's job).
 
 pub mod auth;
+pub mod bench;
 mod chat;
 pub mod error;
 pub mod ledger;

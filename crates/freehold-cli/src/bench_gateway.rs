@@ -1,0 +1,340 @@
+//! `freehold bench gateway`: what `freehold serve` adds to a request,
+//! against direct calls to the same upstream in the same run.
+//!
+//! This process starts the mock upstream (`freehold_gateway::mock`) and the
+//! load generator; the gateway is this very binary's `freehold serve`, run
+//! as a child process with a generated configuration (one OpenAI-kind
+//! provider at the mock, the master key required, the usage ledger on a
+//! SQLite file in a temporary directory), so that its resident memory and
+//! CPU time are its own. `--in-process` serves the gateway in this process
+//! instead (no memory figure then). The measuring itself is
+//! `freehold_gateway::bench`.
+
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use freehold_gateway::bench::{
+    self, DEFAULT_CLIENTS, GatewayUnderTest, InProcessGateway, LoadOptions, MAX_CLIENTS,
+    Measurement, Progress, Report,
+};
+use freehold_gateway::mock::MockUpstream;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Arguments of `freehold bench gateway`.
+#[derive(Debug, Args)]
+pub(crate) struct GatewayBenchArgs {
+    /// Concurrent clients, each looping requests over its own keep-alive
+    /// connection.
+    #[arg(short, long, value_name = "N", default_value_t = DEFAULT_CLIENTS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CLIENTS as i64))]
+    clients: u32,
+    /// Measured time per phase (`10s`, `500ms`, `1.5` seconds).
+    #[arg(short, long, value_name = "TIME", default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before each phase.
+    #[arg(short, long, value_name = "TIME", default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Requests per second in all offered in the paced phases, where the
+    /// latency goals are judged (0 leaves them out).
+    #[arg(short, long, value_name = "N", default_value_t = bench::goals::REQUESTS_PER_S)]
+    rate: f64,
+    /// Worker threads of the gateway's async runtime (its
+    /// `TOKIO_WORKER_THREADS`); default: one per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    gateway_threads: Option<u32>,
+    /// Serve the gateway in this process instead of running `freehold
+    /// serve` (its memory is not measured then).
+    #[arg(long)]
+    in_process: bool,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `10s`, `500ms`, `2m` or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (10s, 500ms, 2m)"))?;
+    if !value.is_finite() || value < 0.0 || value * scale > 86_400.0 {
+        return Err(format!("`{text}` is out of range (0 to 24 h)"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+/// `freehold bench gateway`.
+pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> {
+    let options = LoadOptions {
+        clients: args.clients as usize,
+        duration: args.duration,
+        warmup: args.warmup,
+        rate: (args.rate != 0.0).then_some(args.rate),
+    };
+    options.validate()?;
+    let mock = MockUpstream::start()
+        .await
+        .context("starting the mock upstream")?;
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let key = bench_key();
+    let database = dir.path().join("gateway.db");
+    // Whichever runs, it lives until the report is made.
+    let (under_test, _in_process, mut child) = if args.in_process {
+        let gateway = InProcessGateway::start(&mock.base_url(), &key, &database).await?;
+        let under_test = GatewayUnderTest {
+            base_url: gateway.base_url(),
+            key: key.clone(),
+            pid: None,
+            description: "served in this process (memory not measured: --in-process)".into(),
+        };
+        (under_test, Some(gateway), None)
+    } else {
+        let (child, base_url) =
+            spawn_serve(dir.path(), &mock, &key, &database, args.gateway_threads).await?;
+        let pid = child.id();
+        let under_test = GatewayUnderTest {
+            base_url,
+            key: key.clone(),
+            pid,
+            description: format!(
+                "`freehold serve` as a child process (pid {}), master key required, \
+                 ledger on SQLite, default log level, {} worker threads",
+                pid.map_or_else(|| "?".into(), |p| p.to_string()),
+                args.gateway_threads
+                    .map_or_else(|| "default".into(), |n| n.to_string())
+            ),
+        };
+        (under_test, None, Some(child))
+    };
+    eprintln!(
+        "freehold bench gateway: {} clients, {:?} warm-up + {:?} per phase; gateway: {}",
+        options.clients, options.warmup, options.duration, under_test.description
+    );
+    let report = bench::run(&mock, &under_test, &options, &|progress| match progress {
+        Progress::Phase { name, index, of } => eprintln!("[{index}/{of}] {name}…"),
+        Progress::Done(m) => eprintln!(
+            "      {:.0} requests/s, p50 {} µs, p99 {} µs{}",
+            m.requests_per_s,
+            m.latency.p50_us,
+            m.latency.p99_us,
+            if m.errors > 0 {
+                format!(", {} errors", m.errors)
+            } else {
+                String::new()
+            }
+        ),
+    })
+    .await;
+    if let Some(child) = &mut child {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A master key for this run only (the gateway listens on loopback).
+fn bench_key() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("fh-bench-{:x}-{nanos:x}", std::process::id())
+}
+
+/// Runs `freehold serve` on a free loopback port in front of `mock`, with
+/// its own home in `dir`; returns it and its URL once it listens.
+async fn spawn_serve(
+    dir: &Path,
+    mock: &MockUpstream,
+    key: &str,
+    database: &Path,
+    threads: Option<u32>,
+) -> anyhow::Result<(Child, String)> {
+    let config = dir.join("config.toml");
+    std::fs::write(&config, bench::serve_config(&mock.base_url(), database))
+        .context("writing the gateway's configuration")?;
+    let exe = std::env::current_exe().context("finding the freehold binary")?;
+    let home = dir.join("home");
+    let mut command = Command::new(exe);
+    command
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        // Nothing from this environment (a RUST_LOG, a user's
+        // configuration) changes what is measured.
+        .env_clear()
+        .env("HOME", &home)
+        .env("FREEHOLD_DATA_DIR", home.join("data"))
+        .env("FREEHOLD_MODELS_DIR", home.join("models"))
+        .env("FREEHOLD_MASTER_KEY", key)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(threads) = threads {
+        command.env("TOKIO_WORKER_THREADS", threads.to_string());
+    }
+    let mut child = command.spawn().context("starting freehold serve")?;
+    let stderr = child
+        .stderr
+        .take()
+        .context("reading freehold serve's output")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("freehold serve: http://")
+                && let Some(address) = rest.split_whitespace().next()
+            {
+                return Ok(format!("http://{address}"));
+            }
+            eprintln!("serve: {line}");
+        }
+        bail!("freehold serve exited before listening")
+    })
+    .await
+    .context("freehold serve did not listen within 60 s")??;
+    // Keep reading its log, so that it never blocks on a full pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("serve: {line}");
+        }
+    });
+    Ok((child, url))
+}
+
+/// The report as tables.
+fn render(report: &Report) -> String {
+    let mut out = format!(
+        "{} clients, {} s warm-up + {} s measured per phase, {} cores shared by the load \
+         generator, the mock upstream and the gateway\ngateway: {}\n\n",
+        report.clients, report.warmup_s, report.duration_s, report.cores, report.gateway
+    );
+    out.push_str(
+        "| phase | offered/s | requests/s | p50 µs | p90 µs | p99 µs | max µs | first byte p50 / p99 µs | errors | gateway CPU µs/request |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for m in &report.phases {
+        out.push_str(&row(m));
+    }
+    out.push_str(
+        "\n`max` phases: each client sends again as soon as it is answered (the most the loop \
+         reaches; latency there is mostly queueing); the others are paced at the offered rate \
+         in all.\n",
+    );
+    out.push_str(
+        "\nadded by the gateway (gateway − direct, same run):\n\n\
+         | phase | reference | metric | added p50 µs | added p99 µs | ratio p50 | ratio p99 | ratio requests/s |\n\
+         | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for a in &report.added {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+            a.phase,
+            a.reference,
+            a.metric,
+            a.p50_us,
+            a.p99_us,
+            a.ratio_p50,
+            a.ratio_p99,
+            a.ratio_requests_per_s
+        ));
+    }
+    if let Some(memory) = &report.memory {
+        out.push_str(&format!(
+            "\ngateway memory: {:.1} MB resident idle, {:.1} MB peak under load (VmHWM {:.1} MB)\n",
+            memory.idle_rss_bytes as f64 / 1e6,
+            memory.peak_rss_bytes as f64 / 1e6,
+            memory.hwm_bytes as f64 / 1e6,
+        ));
+    }
+    if let Some(cpu) = report
+        .phase("gateway max")
+        .and_then(|m| m.gateway_cpu_us_per_request)
+        .filter(|cpu| *cpu > 0.0)
+    {
+        out.push_str(&format!(
+            "gateway CPU: {cpu:.0} µs per non-streaming request, i.e. about {:.0} requests/s \
+             per core if it had the core to itself\n",
+            1e6 / cpu
+        ));
+    }
+    out.push_str("\ngoals:\n");
+    for goal in &report.goals {
+        let verdict = match goal.met {
+            Some(true) => "pass",
+            Some(false) => "MISS",
+            None => "n/a ",
+        };
+        out.push_str(&format!(
+            "  [{verdict}] {}: {} (goal {})\n",
+            goal.name, goal.measured, goal.target
+        ));
+    }
+    out.push_str(
+        "\nThe load generator and the mock run on the same cores as the gateway: requests/s \
+         is what the whole loop reaches on this machine, and direct calls pay the generator's \
+         share too.\n",
+    );
+    out
+}
+
+fn row(m: &Measurement) -> String {
+    let first_byte = m.first_byte.map_or_else(
+        || "–".to_owned(),
+        |f| format!("{} / {}", f.p50_us, f.p99_us),
+    );
+    let cpu = m
+        .gateway_cpu_us_per_request
+        .map_or_else(|| "–".to_owned(), |c| format!("{c:.0}"));
+    let offered = m
+        .offered_per_s
+        .map_or_else(|| "max".to_owned(), |r| format!("{r:.0}"));
+    format!(
+        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+        m.name,
+        offered,
+        m.requests_per_s,
+        m.latency.p50_us,
+        m.latency.p90_us,
+        m.latency.p99_us,
+        m.latency.max_us,
+        first_byte,
+        m.errors,
+        cpu
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}
