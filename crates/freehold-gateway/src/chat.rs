@@ -486,22 +486,22 @@ impl Accounting {
             ms = record.latency_ms,
             "request"
         );
-        let reservation = self.reservation.take();
-        let store = gateway.store.clone();
-        let ledger = gateway.ledger.clone();
-        // Settling and writing happen off the response path; dropping an
+        // The ledger line is queued at once, never by a task waiting for
+        // room: when the database falls behind, a full queue drops lines
+        // (logged and counted) instead of piling up tasks and memory.
+        gateway.ledger.try_record(record, &gateway.metrics);
+        // Settling is a database call: off the response path. Dropping an
         // unfinished request (the client hung up) lands here too, so the
         // reservation is always released.
-        let work = async move {
-            if let (Some(reservation), Some(store)) = (reservation, store)
-                && let Err(error) = store.settle(&reservation, cost.unwrap_or(0.0)).await
-            {
-                tracing::error!(%error, "settling a budget reservation");
-            }
-            ledger.record(record).await;
-        };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(work);
+        if let (Some(reservation), Some(store)) = (self.reservation.take(), gateway.store.clone())
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let actual = cost.unwrap_or(0.0);
+            handle.spawn(async move {
+                if let Err(error) = store.settle(&reservation, actual).await {
+                    tracing::error!(%error, "settling a budget reservation");
+                }
+            });
         }
     }
 }

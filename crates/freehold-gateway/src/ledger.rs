@@ -7,13 +7,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::metrics::Metrics;
 use crate::store::{Store, UsageRecord};
 
 /// The most lines written in one transaction.
 const BATCH: usize = 512;
 
-/// Lines waiting to be written before senders wait.
-const QUEUE: usize = 16_384;
+/// Lines waiting to be written before new ones are dropped.
+const QUEUE: usize = 65_536;
 
 /// A handle to the writer.
 #[derive(Debug, Clone)]
@@ -40,12 +41,25 @@ impl Ledger {
         Self { sender: None }
     }
 
-    /// Queues a line; waits when the writer is far behind.
-    pub async fn record(&self, record: UsageRecord) {
-        if let Some(sender) = &self.sender
-            && sender.send(record).await.is_err()
-        {
-            tracing::warn!("the usage ledger writer has stopped; a usage line was not written");
+    /// Queues a line without waiting. When the writer is `QUEUE` lines
+    /// behind (the database cannot keep up), the line is dropped, logged
+    /// and counted in `freehold_gateway_ledger_dropped_total`.
+    pub fn try_record(&self, record: UsageRecord, metrics: &Metrics) {
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        if let Err(error) = sender.try_send(record) {
+            metrics.ledger_dropped.inc();
+            match error {
+                mpsc::error::TrySendError::Full(_) => tracing::error!(
+                    "the usage ledger is {QUEUE} lines behind its database; a usage line was dropped"
+                ),
+                mpsc::error::TrySendError::Closed(_) => {
+                    tracing::error!(
+                        "the usage ledger writer has stopped; a usage line was dropped"
+                    );
+                }
+            }
         }
     }
 }

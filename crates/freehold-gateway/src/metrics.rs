@@ -69,6 +69,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// Requests being served now.
     pub in_flight: Gauge,
+    /// Usage lines dropped because the ledger's database fell behind.
+    pub ledger_dropped: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -92,6 +94,7 @@ impl Default for Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let ledger_dropped = Counter::default();
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -106,6 +109,11 @@ impl Default for Metrics {
         registry.register("tokens", "Tokens read and generated", tokens.clone());
         registry.register("errors", "Requests that failed, by kind", errors.clone());
         registry.register("in_flight", "Requests being served", in_flight.clone());
+        registry.register(
+            "ledger_dropped",
+            "Usage lines dropped because the ledger's database fell behind",
+            ledger_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -114,6 +122,7 @@ impl Default for Metrics {
             tokens,
             errors,
             in_flight,
+            ledger_dropped,
         }
     }
 }
