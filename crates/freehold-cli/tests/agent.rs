@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use freehold_test_support::{MockServer, Scripted, Split, sse_text};
+use freehold_test_support::{MockServer, Scripted, Split, sse_text, test_model};
 use serde_json::{Value, json};
 
 struct Run {
@@ -445,15 +445,6 @@ async fn bad_flags_are_explained() {
         .await;
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("closing parenthesis"), "{}", run.stderr);
-}
-
-/// The real test models, fetched by scripts/fetch-test-models.
-fn test_model(file: &str) -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
-        return None;
-    };
-    Some(Path::new(&dir).join(file))
 }
 
 fn stream_events(stdout: &str) -> Vec<Value> {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use freehold_test_support::{FileServer, MockServer, Scripted, Split, sse_text};
+use freehold_test_support::{FileServer, MockServer, Scripted, Split, sse_text, test_model};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -308,11 +308,9 @@ async fn an_alias_chain_falls_back_when_the_first_model_is_down() {
 
 #[tokio::test]
 async fn models_info_reads_the_real_test_model() {
-    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
+    let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let model = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let model = model.to_str().unwrap();
     let run = freehold(&["models", "info", "--json", model], None, None).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -514,11 +512,9 @@ async fn embed_prints_one_vector_per_text_or_one_object() {
 
 #[tokio::test]
 async fn embed_runs_a_gguf_file_in_process() {
-    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
+    let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let model = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
     // A bare path to a .gguf file means `local:PATH`.
     let run = freehold(
         &[
@@ -550,12 +546,11 @@ async fn embed_runs_a_gguf_file_in_process() {
 
 #[tokio::test]
 async fn model_local_pulls_a_model_when_none_is_installed_and_answers() {
-    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
+    const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    let Some(model) = test_model(FILE) else {
         return;
     };
-    const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    let bytes = std::fs::read(PathBuf::from(dir).join(FILE)).unwrap();
+    let bytes = std::fs::read(model).unwrap();
     // The mirror has SmolLM2 only: whatever this machine's recommended
     // model is, it is not there (unless it is SmolLM2 itself), and its pip
     // sources cannot run, so the default falls back to SmolLM2.
@@ -737,11 +732,9 @@ async fn bench_engine_says_how_to_get_a_model() {
 
 #[tokio::test]
 async fn bench_engine_measures_the_real_test_model() {
-    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
+    let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let model = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let model = model.to_str().unwrap();
     let args = [
         "bench",
@@ -793,11 +786,9 @@ async fn bench_engine_measures_the_real_test_model() {
 
 #[tokio::test]
 async fn bench_conversation_reuses_the_prefix_from_the_second_turn() {
-    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
+    let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let model = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let args = [
         "bench",
         "conversation",

@@ -11,11 +11,7 @@ use freehold_engine::bench::{self, BenchError, BenchOptions, BenchProgress, Test
 const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn model_path() -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-        eprintln!("skipped: FREEHOLD_TEST_MODELS is unset");
-        return None;
-    };
-    Some(PathBuf::from(dir).join(MODEL_FILE))
+    freehold_test_support::test_model(MODEL_FILE)
 }
 
 #[test]

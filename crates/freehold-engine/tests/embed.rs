@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -17,16 +16,7 @@ const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const SMOLLM2_DIMENSION: usize = 576;
 
 fn model() -> Option<String> {
-    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-        eprintln!("skipped: FREEHOLD_TEST_MODELS is unset");
-        return None;
-    };
-    Some(
-        PathBuf::from(dir)
-            .join(MODEL_FILE)
-            .to_string_lossy()
-            .into_owned(),
-    )
+    freehold_test_support::test_model(MODEL_FILE).map(|path| path.to_string_lossy().into_owned())
 }
 
 /// One provider for the whole test binary, so the model loads once.

@@ -744,15 +744,9 @@ fn invalid_utf8_is_replaced_not_refused() {
 
 #[test]
 fn real_smollm2_model() {
-    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-        eprintln!("skipping: FREEHOLD_TEST_MODELS is not set");
+    let Some(path) = freehold_test_support::test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let path = Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        eprintln!("skipping: {} does not exist", path.display());
-        return;
-    }
 
     let gguf = read_metadata(&path).expect("read the SmolLM2 header");
     assert_eq!(gguf.version, 3);

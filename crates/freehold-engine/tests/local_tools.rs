@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -20,17 +19,7 @@ const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
 fn model(file: &str) -> Option<String> {
-    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-        eprintln!("skipped: FREEHOLD_TEST_MODELS is unset");
-        return None;
-    };
-    let path = PathBuf::from(dir).join(file);
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-test-models",
-        path.display()
-    );
-    Some(path.to_string_lossy().into_owned())
+    freehold_test_support::test_model(file).map(|path| path.to_string_lossy().into_owned())
 }
 
 /// One provider for the test binary, so that each model loads once.

@@ -41,17 +41,7 @@ impl TestDb {
 
     /// A fresh database on the test server, or `None` (skipped) without one.
     async fn postgres() -> Option<TestDb> {
-        let Some(admin) = std::env::var("FREEHOLD_TEST_POSTGRES")
-            .ok()
-            .filter(|v| !v.is_empty())
-        else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "FREEHOLD_TEST_POSTGRES must be set in CI (scripts/test starts a server)"
-            );
-            eprintln!("skipped: set FREEHOLD_TEST_POSTGRES (scripts/postgres-test start)");
-            return None;
-        };
+        let admin = freehold_test_support::test_postgres()?;
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "freehold_t{}_{}_{}",
@@ -161,6 +151,7 @@ on_both!(
     concurrent_reservations_never_exceed_the_budget,
     two_stores_share_one_budget,
     usage_by_key_model_and_day,
+    requests_list_the_latest_lines,
     reopening_keeps_data_and_migrates_once,
 );
 
@@ -480,6 +471,7 @@ fn line(
         latency_ms: 250,
         status,
         error: (status >= 400).then(|| "upstream".into()),
+        privacy: None,
         body: None,
     }
 }
@@ -580,6 +572,48 @@ async fn usage_by_key_model_and_day(db: &TestDb) {
     let groups: Vec<_> = by_key.iter().map(|r| r.group.clone()).collect();
     assert!(groups.contains(&format!("a ({})", a.id)), "{groups:?}");
     assert!(groups.contains(&format!("a ({})", a2.id)), "{groups:?}");
+    store.close().await;
+}
+
+async fn requests_list_the_latest_lines(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    assert!(store.requests(None, 10).await.unwrap().is_empty());
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "ci".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let mut private = line(3_000, Some(&key.id), "gpt", Some(0.25), 200);
+    private.privacy = Some("redacted trigger=content detectors=email:1".into());
+    private.body = Some("kept in the database, not listed".into());
+    store
+        .record(&[
+            line(1_000, None, "claude", None, 502),
+            line(2_000, Some(&key.id), "gpt", Some(0.5), 200),
+            private.clone(),
+        ])
+        .await
+        .unwrap();
+    let lines = store.requests(None, 2).await.unwrap();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0].key_name.as_deref(), Some("ci"));
+    assert_eq!(
+        lines[0].record,
+        UsageRecord {
+            body: None,
+            ..private
+        }
+    );
+    assert_eq!(lines[1].record.at_ms, 2_000);
+    let since = store.requests(Some(500), 10).await.unwrap();
+    assert_eq!(since.len(), 3);
+    let last = &since[2];
+    assert_eq!((last.key_name.as_deref(), last.record.status), (None, 502));
+    assert_eq!(last.record.cost_usd, None);
+    assert_eq!(last.record.error.as_deref(), Some("upstream"));
+    assert_eq!(store.requests(Some(2_500), 10).await.unwrap().len(), 1);
     store.close().await;
 }
 

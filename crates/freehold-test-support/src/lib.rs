@@ -1,6 +1,8 @@
 //! Test helpers for Freehold: HTTP servers on 127.0.0.1 that answer with
 //! scripted bytes, so that clients are tested against the exact wire format,
-//! split at awkward places, slowed down or stalled.
+//! split at awkward places, slowed down or stalled; and the fixtures from
+//! outside the repository (test models, the SDKs' Python, PostgreSQL), which
+//! skip a test on a developer's machine but fail it under CI.
 //!
 //! It must only ever bind loopback addresses.
 //!
@@ -14,6 +16,10 @@
 //! assert_eq!(server.requests().len(), 0);
 //! # }
 //! ```
+
+mod fixtures;
+
+pub use fixtures::{test_model, test_postgres, test_python};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

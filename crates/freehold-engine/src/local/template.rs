@@ -286,11 +286,10 @@ mod tests {
 
     #[test]
     fn smollm2_template_from_the_gguf() {
-        let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-            eprintln!("skipped: FREEHOLD_TEST_MODELS is unset");
+        let Some(path) = freehold_test_support::test_model("SmolLM2-135M-Instruct.Q4_1.gguf")
+        else {
             return;
         };
-        let path = std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
         let gguf = crate::gguf::read_metadata(&path).unwrap();
         let template = gguf.chat_template().unwrap();
         let user = [TemplateMessage::text("user", "Hello there")];

@@ -1,0 +1,72 @@
+//! What tests need from outside the repository: the real test models, the
+//! Python interpreter with the official SDKs, a PostgreSQL server. Each is
+//! named by an environment variable that `scripts/test` sets.
+//!
+//! On a developer's machine a missing fixture skips the test with a note on
+//! stderr. Under CI (`CI` set) it fails the test instead: a test of a real
+//! part must never pass by skipping it.
+
+use std::path::PathBuf;
+
+/// A file in the test models' folder (`FREEHOLD_TEST_MODELS`, filled by
+/// `scripts/fetch-test-models`), for example
+/// `"SmolLM2-135M-Instruct.Q4_1.gguf"`.
+///
+/// # Panics
+/// Under CI, when the variable is unset or the file is missing.
+pub fn test_model(file: &str) -> Option<PathBuf> {
+    let dir = fixture(
+        "FREEHOLD_TEST_MODELS",
+        "the folder of test models (scripts/fetch-test-models prints it)",
+    )?;
+    let path = PathBuf::from(dir).join(file);
+    if path.is_file() {
+        return Some(path);
+    }
+    missing(&format!(
+        "{} does not exist: run scripts/fetch-test-models",
+        path.display()
+    ))
+}
+
+/// The Python interpreter of a virtual environment holding the official
+/// `openai` and `anthropic` SDKs (`FREEHOLD_TEST_PYTHON`, made by
+/// `scripts/python-sdks`).
+///
+/// # Panics
+/// Under CI, when the variable is unset.
+pub fn test_python() -> Option<PathBuf> {
+    fixture(
+        "FREEHOLD_TEST_PYTHON",
+        "a Python with the official SDKs (scripts/python-sdks prints it)",
+    )
+    .map(PathBuf::from)
+}
+
+/// The URL of a PostgreSQL server whose user may create databases
+/// (`FREEHOLD_TEST_POSTGRES`, from `scripts/postgres-test start`).
+///
+/// # Panics
+/// Under CI, when the variable is unset.
+pub fn test_postgres() -> Option<String> {
+    fixture(
+        "FREEHOLD_TEST_POSTGRES",
+        "a PostgreSQL server's URL (scripts/postgres-test start prints it)",
+    )
+}
+
+fn fixture(variable: &str, what: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => missing(&format!("{variable} is not set; it names {what}")),
+    }
+}
+
+fn missing<T>(why: &str) -> Option<T> {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{why}. Under CI every fixture must be present (scripts/test provides them all)"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
