@@ -84,7 +84,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, matches!(cli.command, Some(Command::Serve(_))));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -121,12 +121,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, serving: bool) {
     // llama.cpp's own warnings (odd tokens in a model's vocabulary…) are for
-    // developers, not users: shown from -v on.
-    let default = match verbose {
-        0 => "warn,llama-cpp-2=error",
-        1 => "info",
+    // developers, not users: shown from -v on. A gateway's privacy decisions
+    // (a request kept local, redacted or blocked) are an audit trail its
+    // operator expects to see without asking for it.
+    let default = match (verbose, serving) {
+        (0, false) => "warn,llama-cpp-2=error",
+        (0, true) => "warn,llama-cpp-2=error,freehold_gateway::privacy=info",
+        (1, _) => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -117,22 +117,59 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         config.map(Path::to_path_buf),
     ));
     let app = freehold_gateway::routes::app(Arc::clone(&gateway));
+    // On Ctrl-C or SIGTERM the server stops accepting; requests in flight
+    // (a long stream, say) get the grace period to finish, then are cut off.
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let on_signal = {
+        let signalled = Arc::clone(&signalled);
+        async move {
+            shutdown_signal().await;
+            signalled.notify_one();
+        }
+    };
     match tls {
         Some(config) => {
-            freehold_gateway::tls::serve(listener, app, config, shutdown_signal()).await
+            // The TLS server returns at the signal; its connections run on.
+            freehold_gateway::tls::serve(listener, app, config, on_signal).await;
+            drain(&gateway, grace).await;
         }
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("the HTTP server failed")?,
+        None => {
+            let serving = axum::serve(listener, app).with_graceful_shutdown(on_signal);
+            tokio::select! {
+                served = serving => served.context("the HTTP server failed")?,
+                () = async {
+                    signalled.notified().await;
+                    tokio::time::sleep(grace).await;
+                } => report_cut_off(&gateway, grace),
+            }
+        }
     }
-    // Requests still streaming get the grace period, then the ledger
-    // writer drains its queue.
+    // Then the ledger writer writes what is queued, within the same grace.
     drop(gateway);
     if tokio::time::timeout(grace, ledger_task).await.is_err() {
         eprintln!("freehold serve: usage lines still queued after {grace:?} were not written");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until no request is in flight, or `grace` has passed.
+async fn drain(gateway: &Gateway, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while gateway.requests_in_flight() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            report_cut_off(gateway, grace);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn report_cut_off(gateway: &Gateway, grace: Duration) {
+    eprintln!(
+        "freehold serve: {} requests still running after the {grace:?} grace period \
+         ([gateway] shutdown_grace_secs) were cut off",
+        gateway.requests_in_flight()
+    );
 }
 
 /// The routing table from a loaded configuration.

@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 use freehold_gateway::store::{GroupBy, unix_now};
 
-use crate::keys::{DatabaseArg, parse_date, parse_duration, print_table};
+use crate::keys::{DatabaseArg, date, parse_date, parse_duration, print_table};
 
 /// Arguments of `freehold usage`.
 #[derive(Debug, Args)]
@@ -19,6 +19,12 @@ pub(crate) struct UsageArgs {
     /// date (2026-01-31, from its start, UTC).
     #[arg(long, value_name = "WHEN")]
     since: Option<String>,
+
+    /// List the latest N requests, one a line (time, key, model, what
+    /// answered, status, tokens, cost, latency, privacy decision), instead
+    /// of totals.
+    #[arg(long, value_name = "N")]
+    requests: Option<u32>,
 
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -44,6 +50,9 @@ pub(crate) async fn run(
         .as_deref()
         .map(|when| parse_since(when, unix_now()))
         .transpose()?;
+    if let Some(limit) = args.requests {
+        return list_requests(&args, since_ms, limit, config).await;
+    }
     let (by, title) = match args.by {
         By::Key => (GroupBy::Key, "KEY"),
         By::Model => (GroupBy::Model, "MODEL"),
@@ -95,6 +104,88 @@ pub(crate) async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `freehold usage --requests N`: the latest lines of the ledger.
+async fn list_requests(
+    args: &UsageArgs,
+    since_ms: Option<i64>,
+    limit: u32,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let store = args.database.open(config).await?;
+    let lines = store.requests(since_ms, limit).await;
+    store.close().await;
+    let lines = lines?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if lines.is_empty() {
+        println!("no requests recorded yet (`freehold serve` records them)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let header = [
+        "TIME (UTC)",
+        "KEY",
+        "MODEL",
+        "ANSWERED BY",
+        "STATUS",
+        "IN",
+        "OUT",
+        "COST",
+        "MS",
+        "PRIVACY",
+    ]
+    .map(str::to_owned);
+    let table: Vec<[String; 10]> = lines
+        .iter()
+        .map(|line| {
+            let r = &line.record;
+            let key = match (&line.key_name, &r.key_id) {
+                (Some(name), _) => name.clone(),
+                (None, Some(id)) => id.clone(),
+                (None, None) => "(no key)".to_owned(),
+            };
+            let answered = if r.provider.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{}:{}", r.provider, r.provider_model)
+            };
+            let status = match &r.error {
+                Some(error) => format!("{} {error}", r.status),
+                None => r.status.to_string(),
+            };
+            [
+                timestamp(r.at_ms),
+                key,
+                r.model.clone(),
+                answered,
+                status,
+                r.input_tokens.to_string(),
+                r.output_tokens.to_string(),
+                r.cost_usd
+                    .map_or("-".to_owned(), |usd| format!("${usd:.4}")),
+                r.latency_ms.to_string(),
+                r.privacy.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(&header, &table, &[5, 6, 7, 8]);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of Unix milliseconds.
+fn timestamp(at_ms: i64) -> String {
+    let seconds = at_ms.div_euclid(1000);
+    let of_day = seconds.rem_euclid(86_400);
+    format!(
+        "{} {:02}:{:02}:{:02}",
+        date(seconds),
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
+}
+
 /// `--since` in Unix milliseconds.
 fn parse_since(when: &str, now: i64) -> anyhow::Result<i64> {
     if let Some(seconds) = parse_duration(when) {
@@ -117,5 +208,11 @@ mod tests {
         assert_eq!(parse_since("1d", 86_400 * 3).unwrap(), 86_400_000 * 2);
         assert_eq!(parse_since("1970-01-02", 0).unwrap(), 86_400_000);
         assert!(parse_since("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00");
+        assert_eq!(timestamp(951_827_696_789), "2000-02-29 12:34:56");
     }
 }

@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use freehold_gateway::mock::{MOCK_TEXT, MockUpstream};
+use freehold_test_support::{test_model, test_postgres, test_python};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -132,31 +133,6 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-fn python() -> Option<PathBuf> {
-    match std::env::var_os("FREEHOLD_TEST_PYTHON") {
-        Some(path) => Some(PathBuf::from(path)),
-        None => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "FREEHOLD_TEST_PYTHON must be set in CI (scripts/test sets it)"
-            );
-            eprintln!(
-                "FREEHOLD_TEST_PYTHON is not set (scripts/test sets it from \
-                 scripts/python-sdks): skipped"
-            );
-            None
-        }
-    }
-}
-
-fn test_model(file: &str) -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("FREEHOLD_TEST_MODELS") else {
-        eprintln!("FREEHOLD_TEST_MODELS is not set (scripts/fetch-test-models sets it): skipped");
-        return None;
-    };
-    Some(Path::new(&dir).join(file))
-}
-
 fn mock_config(upstream: &MockUpstream) -> String {
     format!(
         "[providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\n\n[aliases]\nmock = \"mock:mock-model\"\n",
@@ -166,7 +142,7 @@ fn mock_config(upstream: &MockUpstream) -> String {
 
 #[tokio::test]
 async fn official_sdks_against_a_mock_upstream() {
-    let Some(python) = python() else { return };
+    let Some(python) = test_python() else { return };
     let upstream = MockUpstream::start().await.unwrap();
     let served = Served::start(&mock_config(&upstream), &[]).await;
     let expect = [("FREEHOLD_EXPECT_TEXT", MOCK_TEXT)];
@@ -194,6 +170,13 @@ async fn official_sdks_against_a_mock_upstream() {
     // Every chat, tool and embedding call reached the upstream
     // (count_tokens is answered by the gateway itself).
     assert_eq!(upstream.requests(), 13);
+    // A coding agent's request (a system prompt and tools of about 100,000
+    // tokens) goes through whole when the upstream takes it.
+    let long = served.scenario(&python, "long_prompts", &[]).await;
+    assert_eq!(
+        long,
+        serde_json::json!({"anthropic": "answered", "openai": "answered"})
+    );
 
     // A virtual key made with `freehold keys` works with the SDK at once,
     // and `freehold usage` shows what it did.
@@ -236,7 +219,7 @@ async fn official_sdks_against_a_mock_upstream() {
 
 #[tokio::test]
 async fn official_sdks_against_smollm2_in_process() {
-    let Some(python) = python() else { return };
+    let Some(python) = test_python() else { return };
     let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
@@ -255,11 +238,18 @@ async fn official_sdks_against_smollm2_in_process() {
         let result = served.scenario(&python, scenario, &env).await;
         eprintln!("{scenario}: {result}");
     }
+    // The same agent-sized request is over SmolLM2's 8,192-token window:
+    // each SDK gets its protocol's own context-length error.
+    let long = served.scenario(&python, "long_prompts", &env).await;
+    assert_eq!(
+        long,
+        serde_json::json!({"anthropic": "context_length", "openai": "context_length"})
+    );
 }
 
 #[tokio::test]
 async fn tool_calls_round_trip_through_qwen_in_both_protocols() {
-    let Some(python) = python() else { return };
+    let Some(python) = test_python() else { return };
     let Some(model) = test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
         return;
     };
@@ -371,15 +361,7 @@ async fn sighup_reloads_routes_without_dropping_requests_in_flight() {
 
 #[tokio::test]
 async fn two_gateway_processes_on_one_postgres_enforce_one_budget() {
-    let Some(database) = std::env::var("FREEHOLD_TEST_POSTGRES")
-        .ok()
-        .filter(|v| !v.is_empty())
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "FREEHOLD_TEST_POSTGRES must be set in CI (scripts/test starts a server)"
-        );
-        eprintln!("FREEHOLD_TEST_POSTGRES is not set: skipped");
+    let Some(database) = test_postgres() else {
         return;
     };
     let upstream = MockUpstream::start().await.unwrap();
@@ -441,4 +423,85 @@ async fn two_gateway_processes_on_one_postgres_enforce_one_budget() {
         "{key}"
     );
     assert!(key["reserved_usd"].as_f64().unwrap().abs() < 1e-9, "{key}");
+}
+
+#[tokio::test]
+async fn shutdown_cuts_off_requests_after_the_grace_period() {
+    // The upstream would take 30 s; the grace period is 1 s.
+    let upstream = MockUpstream::start_slow(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let config = format!(
+        "{}\n[gateway]\nshutdown_grace_secs = 1\n",
+        mock_config(&upstream)
+    );
+    let mut served = Served::start(&config, &[]).await;
+    let request = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", served.url))
+            .bearer_auth(MASTER)
+            .json(&serde_json::json!({
+                "model": "mock", "messages": [{"role": "user", "content": "hi"}],
+            }))
+            .send(),
+    );
+    for _ in 0..250 {
+        if upstream.requests() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        upstream.requests(),
+        1,
+        "the request never reached the upstream"
+    );
+    let pid = served.child.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(20), served.child.wait())
+        .await
+        .expect("freehold serve exited after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // One grace period for the request, at most one more for the ledger.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let answer = request.await.unwrap();
+    assert!(
+        answer.is_err(),
+        "the request in flight was cut off: {answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn serving_without_keys_is_refused_off_loopback() {
+    let base = std::env::temp_dir().join(format!("freehold-noauth-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("config.toml"), "").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_freehold"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--no-auth"])
+        .env_clear()
+        .env("HOME", &base)
+        .env("FREEHOLD_DATA_DIR", base.join("data"))
+        .env("FREEHOLD_CONFIG", base.join("config.toml"))
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&base);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refusing to serve without keys on 0.0.0.0:0"),
+        "{stderr}"
+    );
 }

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::metrics::{LatencyLabels, RequestLabels, TokenLabels};
-use crate::privacy::Decision;
+use crate::privacy::{Decision, Reasons};
 use crate::state::{Gateway, Routes};
 use crate::store::{Reservation, StoreError, UsageRecord};
 
@@ -77,17 +77,7 @@ async fn admit_inner(
     request: &mut ChatRequest,
     accounting: &mut Accounting,
 ) -> Result<Arc<Routes>, GatewayError> {
-    caller.check_model(&request.model)?;
-    if let Some(key) = caller.key() {
-        gateway
-            .limits
-            .admit(&key.id, key.rpm, key.tpm)
-            .map_err(|limited| GatewayError::rate_limited(&limited))?;
-    }
-    // Larger asks are lowered to the cap; a request without one keeps the
-    // provider's default (the local engine's is 512 tokens).
-    let cap = gateway.settings.max_tokens_cap;
-    request.max_tokens = request.max_tokens.map(|asked| asked.min(cap));
+    let asked = request.model.clone();
     let routes = gateway.routes();
     let targets = match routes.router.resolve(&request.model) {
         Ok(targets) => targets,
@@ -107,11 +97,25 @@ async fn admit_inner(
         }
         Err(error) => return Err(GatewayError::upstream(&error)),
     };
+    accounting.routed = true;
+    // Keys allow models by the name the client asked for.
+    caller.check_model(&asked)?;
+    if let Some(key) = caller.key() {
+        gateway
+            .limits
+            .admit(&key.id, key.rpm, key.tpm)
+            .map_err(|limited| GatewayError::rate_limited(&limited))?;
+    }
+    // Larger asks are lowered to the cap; a request without one keeps the
+    // provider's default (the local engine's is 512 tokens).
+    let cap = gateway.settings.max_tokens_cap;
+    request.max_tokens = request.max_tokens.map(|asked| asked.min(cap));
     let local_only_key = caller.key().is_some_and(|key| key.local_only);
     let decision = gateway
         .privacy
         .decide(request, privacy_header, local_only_key);
     decision.log();
+    accounting.privacy = decision.audit_line();
     match decision {
         Decision::Pass => {}
         Decision::LocalOnly { .. } => keep_local(&mut request.model, &targets, &routes)?,
@@ -119,41 +123,97 @@ async fn admit_inner(
             request: redacted, ..
         } => {
             // Redaction only matters for requests that leave the machine.
-            let leaves = targets
-                .iter()
-                .any(|t| !routes.local_providers.contains(&t.provider));
-            if leaves {
+            if leaves_the_machine(&targets, &routes) {
                 *request = *redacted;
+            } else if let Some(line) = &mut accounting.privacy {
+                line.push_str(" sent=unredacted route=local");
             }
         }
-        Decision::Block { reasons } => {
-            return Err(GatewayError::forbidden(format!(
-                "this request was blocked by the gateway's privacy policy ({}); remove the \
-                 sensitive data and send it again",
-                reasons.findings
-            )));
+        Decision::Block { reasons } => return Err(blocked(&reasons)),
+    }
+    // The most the request can cost: the prompt's estimate and every output
+    // token it may ask for (the cap when it names no limit).
+    let usage = Usage {
+        input_tokens: request.estimated_input_tokens(),
+        output_tokens: u64::from(request.max_tokens.unwrap_or(cap)),
+        ..Usage::default()
+    };
+    reserve_budget(gateway, caller, &routes, &targets, &usage, accounting).await?;
+    Ok(routes)
+}
+
+/// Holds the most a request can cost (`usage` priced on the dearest of its
+/// `targets`) on the caller's budget, when its key has one. Providers on
+/// this machine cost nothing; a hosted target without a price would spend
+/// the budget uncounted, so it is refused.
+///
+/// # Errors
+/// 403 for a hosted target without a price; 429 when the budget cannot
+/// cover the request; 500 when the database fails.
+pub(crate) async fn reserve_budget(
+    gateway: &Gateway,
+    caller: &Caller,
+    routes: &Routes,
+    targets: &[Target],
+    usage: &Usage,
+    accounting: &mut Accounting,
+) -> Result<(), GatewayError> {
+    let (Some(key), Some(store)) = (caller.key(), &gateway.store) else {
+        return Ok(());
+    };
+    if key.budget_usd.is_none() {
+        return Ok(());
+    }
+    let mut estimate: f64 = 0.0;
+    for target in targets {
+        match routes
+            .router
+            .cost_of(&target.provider, &target.model, usage)
+        {
+            Some(cost) => estimate = estimate.max(cost),
+            None if routes.local_providers.contains(&target.provider) => {}
+            None => {
+                return Err(GatewayError::forbidden(format!(
+                    "key `{}` has a budget, but `{target}` has no price, so what it spends \
+                     could not be counted; the operator must set its prices in \
+                     [models.\"{target}\"] (input and output, USD per million tokens; 0 for \
+                     a free model)",
+                    key.name
+                )));
+            }
         }
     }
-    if let (Some(key), Some(store)) = (caller.key(), &gateway.store)
-        && key.budget_usd.is_some()
-    {
-        let estimate = estimated_cost(&routes, request, &targets, cap);
-        let reservation = store
-            .reserve(&key.id, estimate)
-            .await
-            .map_err(|error| match error {
-                StoreError::BudgetExhausted { .. } => GatewayError::budget_exhausted(format!(
-                    "key `{}`: {error}; this request needs up to ${estimate:.6}",
-                    key.name
-                )),
-                other => {
-                    tracing::error!(error = %other, "reserving budget");
-                    GatewayError::internal("the gateway could not reach its usage database")
-                }
-            })?;
-        accounting.reservation = Some(reservation);
-    }
-    Ok(routes)
+    let reservation = store
+        .reserve(&key.id, estimate)
+        .await
+        .map_err(|error| match error {
+            StoreError::BudgetExhausted { .. } => GatewayError::budget_exhausted(format!(
+                "key `{}`: {error}; this request needs up to ${estimate:.6}",
+                key.name
+            )),
+            other => {
+                tracing::error!(error = %other, "reserving budget");
+                GatewayError::internal("the gateway could not reach its usage database")
+            }
+        })?;
+    accounting.reservation = Some(reservation);
+    Ok(())
+}
+
+/// The refusal of a request the privacy policy blocks.
+pub(crate) fn blocked(reasons: &Reasons) -> GatewayError {
+    GatewayError::forbidden(format!(
+        "this request was blocked by the gateway's privacy policy ({}); remove the sensitive \
+         data and send it again",
+        reasons.findings
+    ))
+}
+
+/// Whether any target of a route is a provider off this machine.
+pub(crate) fn leaves_the_machine(targets: &[Target], routes: &Routes) -> bool {
+    targets
+        .iter()
+        .any(|t| !routes.local_providers.contains(&t.provider))
 }
 
 /// Narrows a local-only request to the local targets of its route.
@@ -186,20 +246,6 @@ pub(crate) fn keep_local(
     }
 }
 
-/// The most the request can cost on any of its targets: the prompt
-/// estimate plus every allowed output token (`cap` when it names no limit).
-fn estimated_cost(routes: &Routes, request: &ChatRequest, targets: &[Target], cap: u32) -> f64 {
-    let usage = Usage {
-        input_tokens: request.estimated_input_tokens(),
-        output_tokens: u64::from(request.max_tokens.unwrap_or(cap)),
-        ..Usage::default()
-    };
-    targets
-        .iter()
-        .filter_map(|t| routes.router.cost_of(&t.provider, &t.model, &usage))
-        .fold(0.0, f64::max)
-}
-
 impl Admitted {
     /// Calls the provider for a whole answer.
     ///
@@ -221,7 +267,7 @@ impl Admitted {
                 Err(sent)
             }
             Err(_) => {
-                let sent = request_timeout(timeout);
+                let sent = GatewayError::request_timeout(timeout);
                 self.accounting.fail(&sent);
                 Err(sent)
             }
@@ -252,23 +298,12 @@ impl Admitted {
                 Err(sent)
             }
             Err(_) => {
-                let sent = request_timeout(timeout);
+                let sent = GatewayError::request_timeout(timeout);
                 self.accounting.fail(&sent);
                 Err(sent)
             }
         }
     }
-}
-
-fn request_timeout(timeout: std::time::Duration) -> GatewayError {
-    GatewayError::upstream(&freehold_protocol::LlmError::new(
-        ErrorKind::Timeout,
-        "gateway",
-        format!(
-            "no answer within {} s ([gateway] request_timeout_secs)",
-            timeout.as_secs()
-        ),
-    ))
 }
 
 /// A provider's event stream that records usage as it passes and settles
@@ -290,7 +325,9 @@ impl AccountedStream {
         let next = match tokio::time::timeout(remaining, self.inner.next()).await {
             Ok(next) => next,
             Err(_) => {
-                let error = request_timeout(self.accounting.gateway.settings.request_timeout());
+                let error = GatewayError::request_timeout(
+                    self.accounting.gateway.settings.request_timeout(),
+                );
                 self.accounting.fail(&error);
                 return Some(Err(error));
             }
@@ -334,6 +371,12 @@ pub(crate) struct Accounting {
     reservation: Option<Reservation>,
     target: Option<Target>,
     usage: Usage,
+    /// Whether the model asked for has a route. Metrics label requests by
+    /// model only then: names clients make up must not grow the series
+    /// without bound (the ledger keeps them).
+    pub(crate) routed: bool,
+    /// The privacy decision's audit line, when it did anything.
+    pub(crate) privacy: Option<String>,
     /// The request (and a whole answer) when `log_bodies` is on.
     body: Option<String>,
     finished: bool,
@@ -359,6 +402,8 @@ impl Accounting {
             reservation: None,
             target: None,
             usage: Usage::default(),
+            routed: false,
+            privacy: None,
             body: None,
             finished: false,
         }
@@ -389,9 +434,12 @@ impl Accounting {
 
     /// The request failed with `error` (already sent, or about to be).
     pub(crate) fn fail(&mut self, error: &GatewayError) {
-        self.gateway
-            .metrics
-            .count_error(self.endpoint, &self.model, error.kind);
+        self.gateway.metrics.count_error(
+            self.endpoint,
+            self.metrics_model(),
+            self.caller.label(),
+            error.kind,
+        );
         self.finish(error.status.as_u16(), Some(error.kind));
     }
 
@@ -405,18 +453,19 @@ impl Accounting {
         metrics.in_flight.dec();
         let elapsed = self.started.elapsed();
         let key = self.caller.label().to_owned();
+        let model = self.metrics_model().to_owned();
         metrics
             .requests
             .get_or_create(&RequestLabels {
                 endpoint: self.endpoint.to_owned(),
-                model: self.model.clone(),
+                model: model.clone(),
                 key: key.clone(),
                 status,
             })
             .inc();
         let latency_labels = LatencyLabels {
             endpoint: self.endpoint.to_owned(),
-            model: self.model.clone(),
+            model: model.clone(),
         };
         metrics
             .latency
@@ -437,7 +486,7 @@ impl Accounting {
                 metrics
                     .tokens
                     .get_or_create(&TokenLabels {
-                        model: self.model.clone(),
+                        model: model.clone(),
                         key: key.clone(),
                         direction,
                     })
@@ -474,6 +523,7 @@ impl Accounting {
             latency_ms: elapsed.as_millis() as u64,
             status,
             error: error.map(str::to_owned),
+            privacy: self.privacy.take(),
             body: self.body.take(),
         };
         tracing::info!(
@@ -505,6 +555,16 @@ impl Accounting {
         }
     }
 }
+
+impl Accounting {
+    /// The model label of this request's metrics.
+    fn metrics_model(&self) -> &str {
+        if self.routed { &self.model } else { UNROUTED }
+    }
+}
+
+/// The model label of requests for a model without a route (or none).
+pub(crate) const UNROUTED: &str = "(none)";
 
 impl Drop for Accounting {
     fn drop(&mut self) {

@@ -165,6 +165,20 @@ impl GatewayError {
         .code("insufficient_quota")
     }
 
+    /// 504: the whole request ran past `[gateway] request_timeout_secs`.
+    pub fn request_timeout(timeout: Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "server_error",
+            "api_error",
+            format!(
+                "no answer from the model within {} s ([gateway] request_timeout_secs)",
+                timeout.as_secs()
+            ),
+        )
+    }
+
     /// 500: the gateway itself failed (its database, most likely).
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
@@ -206,8 +220,23 @@ impl GatewayError {
                 limited.retry_after = *retry_after;
                 limited
             }
-            ErrorKind::ContextLengthExceeded { .. } => {
-                Self::bad_request(error.message.clone()).code("context_length_exceeded")
+            ErrorKind::ContextLengthExceeded { needed, allowed } => {
+                // Written here, not passed on: clients recognise the
+                // phrasing of the real APIs (Claude Code looks for "prompt
+                // is too long"), and an engine's message may name a model
+                // file's path on this machine.
+                let message = match (needed, allowed) {
+                    (Some(needed), Some(allowed)) => format!(
+                        "prompt is too long: {needed} tokens > {allowed} maximum (this model's \
+                         maximum context length is {allowed} tokens)"
+                    ),
+                    (_, Some(allowed)) => format!(
+                        "prompt is too long: this model's maximum context length is {allowed} \
+                         tokens"
+                    ),
+                    _ => "prompt is too long for this model's context window".to_owned(),
+                };
+                Self::bad_request(message).code("context_length_exceeded")
             }
             ErrorKind::InvalidRequest => Self::bad_request(error.message.clone()),
             ErrorKind::Overloaded => Self::new(
@@ -287,6 +316,31 @@ mod tests {
         assert_eq!(
             error.body(Protocol::Anthropic),
             json!({"type": "error", "error": {"type": "authentication_error", "message": "no key"}})
+        );
+    }
+
+    #[test]
+    fn context_errors_read_like_the_real_apis_and_hide_paths() {
+        let error = LlmError::new(
+            ErrorKind::ContextLengthExceeded {
+                needed: Some(89_087),
+                allowed: Some(8192),
+            },
+            "local",
+            "the prompt has 89087 tokens; /srv/models/secret-project.gguf allows 8192",
+        );
+        let sent = GatewayError::upstream(&error);
+        assert_eq!(sent.status, StatusCode::BAD_REQUEST);
+        assert!(!sent.message.contains("/srv"), "{}", sent.message);
+        assert!(
+            sent.message
+                .starts_with("prompt is too long: 89087 tokens > 8192 maximum"),
+            "{}",
+            sent.message
+        );
+        assert_eq!(
+            sent.body(Protocol::OpenAi)["error"]["code"],
+            "context_length_exceeded"
         );
     }
 

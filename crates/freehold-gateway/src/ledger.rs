@@ -1,6 +1,12 @@
 //! The usage ledger's writer: requests hand their lines to a background
 //! task, which writes them in batches (one transaction each), so a busy
 //! gateway does not pay one database write per request.
+//!
+//! After the first line of a batch the writer waits [`GATHER`] for more
+//! before it writes. While it waits, queuing a line wakes nobody: the cost
+//! a request pays for its line is a push onto a queue, not a thread
+//! woken (on a loaded machine each wake-up costs tens of microseconds)
+//! and a transaction of its own.
 
 use std::time::Duration;
 
@@ -15,6 +21,10 @@ const BATCH: usize = 512;
 
 /// Lines waiting to be written before new ones are dropped.
 const QUEUE: usize = 65_536;
+
+/// How long the writer gathers lines after the first one of a batch: how
+/// late a line may reach the database.
+const GATHER: Duration = Duration::from_millis(50);
 
 /// A handle to the writer.
 #[derive(Debug, Clone)]
@@ -67,6 +77,16 @@ impl Ledger {
 async fn write_batches(store: Store, mut receiver: mpsc::Receiver<UsageRecord>) {
     let mut batch = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        if batch.len() < BATCH {
+            tokio::time::sleep(GATHER).await;
+            // Whatever came meanwhile, without waiting again.
+            while batch.len() < BATCH {
+                match receiver.try_recv() {
+                    Ok(line) => batch.push(line),
+                    Err(_) => break,
+                }
+            }
+        }
         let mut attempt = 0;
         while let Err(error) = store.record(&batch).await {
             attempt += 1;

@@ -1,5 +1,7 @@
 //! Prometheus metrics for `GET /metrics`: requests, latency, tokens, cost
-//! and errors, per endpoint, model and key.
+//! and errors, per endpoint, model and key. The model label is the name a
+//! client asked for only when it has a route (`(none)` otherwise), so
+//! made-up names cannot grow the number of series without bound.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -49,6 +51,8 @@ pub struct ErrorLabels {
     pub endpoint: String,
     /// The model asked for.
     pub model: String,
+    /// The key's name (empty when no key was recognised).
+    pub key: String,
     /// A short kind (`rate_limited`, `upstream`, `budget`, …).
     pub kind: &'static str,
 }
@@ -128,12 +132,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a failed request of `endpoint` for `model`.
-    pub fn count_error(&self, endpoint: &str, model: &str, kind: &'static str) {
+    /// Counts a failed request of `endpoint` for `model` by `key`.
+    pub fn count_error(&self, endpoint: &str, model: &str, key: &str, kind: &'static str) {
         self.errors
             .get_or_create(&ErrorLabels {
                 endpoint: endpoint.to_owned(),
                 model: model.to_owned(),
+                key: key.to_owned(),
                 kind,
             })
             .inc();

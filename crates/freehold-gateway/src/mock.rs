@@ -4,11 +4,15 @@
 //!
 //! It answers every chat request with the same short text, or, when the
 //! request offers tools and its last message contains `call`, with a call
-//! of the first tool; usage counts are derived from the body's size.
+//! of the first tool; usage counts are derived from the body's size. It can
+//! be slowed down (requests are then in flight for a while) and killed
+//! (every connection, open ones included, is closed at once), to stand for
+//! a replica that dies.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -16,8 +20,11 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// The answer text.
 pub const MOCK_TEXT: &str = "Hello from the mock upstream.";
@@ -26,8 +33,16 @@ pub const MOCK_TEXT: &str = "Hello from the mock upstream.";
 #[derive(Debug)]
 pub struct MockUpstream {
     address: SocketAddr,
-    requests: Arc<AtomicU64>,
+    state: Arc<MockState>,
     task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct MockState {
+    /// Chat and embedding requests answered (or being answered).
+    requests: AtomicU64,
+    /// How long each chat request waits before its answer.
+    delay: Duration,
 }
 
 impl MockUpstream {
@@ -39,11 +54,24 @@ impl MockUpstream {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
+    /// Starts one on a free port of 127.0.0.1 that waits `delay` before
+    /// answering each chat request.
+    ///
+    /// # Errors
+    /// When no port can be bound.
+    pub async fn start_slow(delay: Duration) -> std::io::Result<Self> {
+        Self::serve(SocketAddr::from(([127, 0, 0, 1], 0)), delay).await
+    }
+
     /// Starts one on `address` (which must be a loopback address).
     ///
     /// # Errors
     /// A non-loopback address, or one that cannot be bound.
     pub async fn start_on(address: SocketAddr) -> std::io::Result<Self> {
+        Self::serve(address, Duration::ZERO).await
+    }
+
+    async fn serve(address: SocketAddr, delay: Duration) -> std::io::Result<Self> {
         if !address.ip().is_loopback() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -52,18 +80,37 @@ impl MockUpstream {
         }
         let listener = tokio::net::TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
-        let requests = Arc::new(AtomicU64::new(0));
+        let state = Arc::new(MockState {
+            requests: AtomicU64::new(0),
+            delay,
+        });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(models))
             .route("/v1/embeddings", post(embeddings))
-            .with_state(Arc::clone(&requests));
+            .with_state(Arc::clone(&state));
+        // Each connection is a task of this one's set, so that aborting
+        // this task (kill, drop) closes the open connections too.
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let service = TowerToHyperService::new(app.clone());
+                        connections.spawn(async move {
+                            let _ = Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
         });
         Ok(Self {
             address,
-            requests,
+            state,
             task,
         })
     }
@@ -80,10 +127,11 @@ impl MockUpstream {
 
     /// Chat and embedding requests answered so far.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.state.requests.load(Ordering::Relaxed)
     }
 
-    /// Stops it: connections are refused from now on (a replica dying).
+    /// Stops it as a dying replica stops: new connections are refused and
+    /// open ones are closed, requests in flight included.
     pub fn kill(&self) {
         self.task.abort();
     }
@@ -103,8 +151,8 @@ async fn models() -> Response {
     .into_response()
 }
 
-async fn embeddings(State(requests): State<Arc<AtomicU64>>, body: Bytes) -> Response {
-    requests.fetch_add(1, Ordering::Relaxed);
+async fn embeddings(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    state.requests.fetch_add(1, Ordering::Relaxed);
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "bad json").into_response();
     };
@@ -122,8 +170,11 @@ async fn embeddings(State(requests): State<Arc<AtomicU64>>, body: Bytes) -> Resp
     .into_response()
 }
 
-async fn chat(State(requests): State<Arc<AtomicU64>>, body: Bytes) -> Response {
-    requests.fetch_add(1, Ordering::Relaxed);
+async fn chat(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    if !state.delay.is_zero() {
+        tokio::time::sleep(state.delay).await;
+    }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return (
             StatusCode::BAD_REQUEST,

@@ -512,6 +512,14 @@ impl Decision {
         matches!(self, Decision::LocalOnly { .. })
     }
 
+    /// The decision as the usage ledger keeps it (`local_only
+    /// trigger=content detectors=email:1`), or `None` for
+    /// [`Decision::Pass`]. Like [`fmt::Display`], it holds no matched text.
+    pub fn audit_line(&self) -> Option<String> {
+        self.reasons()
+            .map(|reasons| format!("{} {reasons}", self.outcome()))
+    }
+
     /// Writes the decision to the log: [`Decision::Pass`] at debug level,
     /// the others at info, as the secret-free line of [`fmt::Display`].
     pub fn log(&self) {

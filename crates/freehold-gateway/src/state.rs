@@ -87,6 +87,11 @@ impl Gateway {
         &self.settings
     }
 
+    /// Requests being served now (streams until their last event).
+    pub fn requests_in_flight(&self) -> i64 {
+        self.metrics.in_flight.get()
+    }
+
     /// The metrics, rendered for Prometheus.
     pub fn metrics_text(&self) -> String {
         self.metrics.render()

@@ -14,7 +14,7 @@ use freehold_gateway::ledger::Ledger;
 use freehold_gateway::mock::{MOCK_TEXT, MockUpstream};
 use freehold_gateway::settings::GatewaySettings;
 use freehold_gateway::state::{Gateway, Routes};
-use freehold_gateway::store::{GroupBy, NewKey, Store};
+use freehold_gateway::store::{GroupBy, LedgerLine, NewKey, Store};
 use freehold_llm::catalog::{Catalog, ModelEntry, Pricing};
 use freehold_llm::config::ProviderConfig;
 use freehold_llm::presets::ProviderKind;
@@ -266,6 +266,169 @@ async fn rate_limited_keys_get_429_with_retry_after() {
     assert_eq!(body["error"]["type"], "rate_limit_error");
     let seconds: u64 = retry_after.parse().unwrap();
     assert!((1..=60).contains(&seconds), "{retry_after}");
+
+    // Tokens per minute: the first request spends more than 10 tokens (the
+    // mock counts a quarter of the body's bytes, plus 7 out), so the next
+    // one waits.
+    let (_, secret) = gw
+        .store
+        .create_key(NewKey {
+            name: "hungry".into(),
+            tpm: Some(10),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(&secret),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, retry_after) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(&secret),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("token"),
+        "{body}"
+    );
+    let seconds: u64 = retry_after.parse().unwrap();
+    assert!((1..=60).contains(&seconds), "{retry_after}");
+}
+
+#[tokio::test]
+async fn budgets_refuse_hosted_models_without_a_price() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (_, budgeted) = gw
+        .store
+        .create_key(NewKey {
+            name: "budgeted".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    // `mock:mock-model` has a price; `mock:unpriced` does not.
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(&budgeted),
+        &chat_body("mock:mock-model"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(&budgeted),
+        &chat_body("mock:unpriced"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(r#"[models."mock:unpriced"]"#), "{message}");
+    // A key without a budget may use it.
+    let (_, unlimited) = gw
+        .store
+        .create_key(NewKey {
+            name: "unlimited".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(&unlimited),
+        &chat_body("mock:unpriced"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn max_tokens_are_capped_and_slow_upstreams_time_out() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let completion = json!({
+        "id": "c", "object": "chat.completion", "created": 0, "model": "mock-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    });
+    let upstream = MockServer::start(vec![Scripted::json(200, completion)]).await;
+    let settings = GatewaySettings {
+        max_tokens_cap: 50,
+        ..GatewaySettings::default()
+    };
+    let gw = start(
+        routes(vec![format!("{}/v1", upstream.url())]),
+        settings,
+        None,
+    )
+    .await;
+    // chat_body asks for 100.
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = upstream.requests()[0].json();
+    let asked = sent
+        .get("max_completion_tokens")
+        .or_else(|| sent.get("max_tokens"))
+        .cloned();
+    assert_eq!(asked, Some(json!(50)), "{sent}");
+
+    // An upstream slower than request_timeout_secs: 504, in each
+    // protocol's shape, streamed or not.
+    let slow = MockUpstream::start_slow(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let settings = GatewaySettings {
+        request_timeout_secs: 1,
+        ..GatewaySettings::default()
+    };
+    let gw = start(routes(vec![slow.base_url()]), settings, None).await;
+    let started = std::time::Instant::now();
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("request_timeout_secs"),
+        "{body}"
+    );
+    let mut streamed = chat_body("mock");
+    streamed["stream"] = json!(true);
+    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &streamed).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["type"], "error", "{body}");
+    // Both gave up after about a second each, not after the upstream's 5.
+    assert!(started.elapsed() < Duration::from_secs(4));
 }
 
 /// Fires `count` concurrent requests with `key`; returns how many passed.
@@ -368,15 +531,7 @@ async fn fifty_concurrent_requests_spend_at_most_the_budget() {
 
 #[tokio::test]
 async fn two_gateways_sharing_postgres_enforce_one_budget() {
-    let Some(admin) = std::env::var("FREEHOLD_TEST_POSTGRES")
-        .ok()
-        .filter(|v| !v.is_empty())
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "FREEHOLD_TEST_POSTGRES must be set in CI"
-        );
-        eprintln!("skipped: FREEHOLD_TEST_POSTGRES is not set");
+    let Some(admin) = freehold_test_support::test_postgres() else {
         return;
     };
     let upstream = MockUpstream::start().await.unwrap();
@@ -413,10 +568,13 @@ async fn two_gateways_sharing_postgres_enforce_one_budget() {
 
 #[tokio::test]
 async fn a_killed_replica_fails_no_request() {
+    // Each answer takes 20 ms, so requests are in flight on every replica
+    // when one of them dies, its open connections with it.
+    let delay = Duration::from_millis(20);
     let replicas = [
-        MockUpstream::start().await.unwrap(),
-        MockUpstream::start().await.unwrap(),
-        MockUpstream::start().await.unwrap(),
+        MockUpstream::start_slow(delay).await.unwrap(),
+        MockUpstream::start_slow(delay).await.unwrap(),
+        MockUpstream::start_slow(delay).await.unwrap(),
     ];
     let gw = start(
         routes(replicas.iter().map(MockUpstream::base_url).collect()),
@@ -424,30 +582,57 @@ async fn a_killed_replica_fails_no_request() {
         None,
     )
     .await;
-    let mut statuses = Vec::new();
-    for round in 0..60 {
-        if round == 20 {
-            replicas[1].kill();
+    let client = reqwest::Client::new();
+    let send = |round: usize| {
+        let client = client.clone();
+        let url = format!("{}/v1/chat/completions", gw.url);
+        async move {
+            let streamed = round.is_multiple_of(2);
+            let mut body = chat_body("mock");
+            body["stream"] = json!(streamed);
+            let response = client
+                .post(url)
+                .bearer_auth(MASTER)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            let whole = if streamed {
+                text.contains("[DONE]")
+            } else {
+                text.contains(MOCK_TEXT)
+            };
+            (status, whole, text)
         }
-        let streamed = round % 2 == 0;
-        let mut body = chat_body("mock");
-        body["stream"] = json!(streamed);
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/chat/completions", gw.url))
-            .bearer_auth(MASTER)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        statuses.push(response.status().as_u16());
-        let text = response.text().await.unwrap();
-        if streamed {
-            assert!(text.contains("[DONE]"), "{text}");
-        } else {
-            assert!(text.contains(MOCK_TEXT), "{text}");
+    };
+    // 16 clients, 15 requests each; the kill lands while the first rounds
+    // are in flight.
+    let clients = (0..16).map(|client| {
+        let send = &send;
+        async move {
+            let mut results = Vec::new();
+            for round in 0..15 {
+                results.push(send(client + round).await);
+            }
+            results
         }
+    });
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(70)).await;
+        let before = replicas[1].requests();
+        replicas[1].kill();
+        before
+    };
+    let (results, answered_before_kill) = tokio::join!(futures::future::join_all(clients), kill);
+    assert!(answered_before_kill > 0, "the kill came before any request");
+    let results: Vec<_> = results.into_iter().flatten().collect();
+    assert_eq!(results.len(), 240);
+    for (status, whole, text) in &results {
+        assert_eq!(*status, 200, "{text}");
+        assert!(whole, "{text}");
     }
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let served: Vec<u64> = replicas.iter().map(MockUpstream::requests).collect();
     eprintln!("requests per replica: {served:?}");
     assert!(served.iter().all(|n| *n > 0), "{served:?}");
@@ -536,6 +721,21 @@ async fn malformed_requests_get_the_protocols_own_errors() {
     assert_eq!(body["error"]["type"], "not_found_error");
     let (status, body, _) = post(&gw.url, "/v1/nothing", Some(MASTER), &json!({})).await;
     assert_eq!(status, 404, "{body}");
+    // Embeddings: the key is checked before the body is read, and the body
+    // is held to the same limit.
+    let large = json!({"model": "mock", "input": ["x".repeat(10_000)]});
+    let (status, body, _) = post(&gw.url, "/v1/embeddings", None, &large).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body, _) = post(&gw.url, "/v1/embeddings", Some(MASTER), &large).await;
+    assert_eq!(status, 413, "{body}");
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/embeddings",
+        Some(MASTER),
+        &json!({"model": "mock", "input": ["a short text"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
@@ -568,6 +768,38 @@ async fn default_model_catches_unknown_names_and_metrics_count_them() {
         "{metrics}"
     );
     assert!(metrics.contains("freehold_gateway_tokens_total"));
+
+    // Without a default, made-up names are 404s, counted under `(none)`:
+    // clients cannot grow the number of series.
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    for name in ["made-up-1", "made-up-2"] {
+        let (status, body, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(MASTER),
+            &chat_body(name),
+        )
+        .await;
+        assert_eq!(status, 404, "{body}");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", gw.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("made-up"), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"freehold_gateway_errors_total{endpoint="/v1/chat/completions",model="(none)",key="master",kind="not_found"} 2"#
+        ),
+        "{metrics}"
+    );
 }
 
 /// The ledger's `body` column for every request, oldest first.
@@ -696,6 +928,46 @@ async fn privacy_keeps_requests_local_or_redacts_them() {
     )
     .await;
     assert_eq!(status, 200, "{answer}");
+
+    // Every decision is in the ledger, the audit trail, without the text
+    // that matched.
+    let lines = ledger_lines(&gw.store, 3).await;
+    let privacy: Vec<(&str, Option<&str>)> = lines
+        .iter()
+        .rev()
+        .map(|l| (l.record.endpoint.as_str(), l.record.privacy.as_deref()))
+        .collect();
+    assert_eq!(
+        privacy,
+        [
+            (
+                "/v1/chat/completions",
+                Some("redacted trigger=content detectors=aws_access_key:1")
+            ),
+            ("/v1/messages", Some("local_only trigger=header")),
+            ("/v1/embeddings", Some("local_only trigger=header")),
+        ]
+    );
+    assert!(lines.iter().all(|l| !format!("{l:?}").contains(&secret)));
+    let lines = ledger_lines(&local.store, 1).await;
+    assert_eq!(
+        lines[0].record.privacy.as_deref(),
+        Some("local_only trigger=key")
+    );
+    assert_eq!(lines[0].key_name.as_deref(), Some("private"));
+}
+
+/// The latest `count` lines of the ledger, newest first, once the writer
+/// has written them (it writes in batches, just after each answer).
+async fn ledger_lines(store: &Store, count: usize) -> Vec<LedgerLine> {
+    for _ in 0..100 {
+        let lines = store.requests(None, 100).await.unwrap();
+        if lines.len() >= count {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the ledger never held {count} lines");
 }
 
 #[tokio::test]

@@ -22,6 +22,13 @@ impl EmbedRequest {
             inputs,
         }
     }
+
+    /// A rough count of the tokens the inputs hold (about 4 bytes a
+    /// token), for budgets before the provider reports the real one.
+    pub fn estimated_input_tokens(&self) -> u64 {
+        let bytes: usize = self.inputs.iter().map(String::len).sum();
+        (bytes as u64).div_ceil(4)
+    }
 }
 
 /// The embeddings of a request's inputs.

@@ -16,7 +16,7 @@ use freehold_protocol::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEv
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::chat::{AccountedStream, Accounting, admit, parse_body};
+use crate::chat::{AccountedStream, Accounting, UNROUTED, admit, parse_body};
 use crate::error::{GatewayError, Protocol};
 use crate::routes::read_body;
 use crate::state::Gateway;
@@ -214,7 +214,9 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
         Ok(caller) => caller,
         Err(error) => {
             // Counted, not written to the ledger: anyone can send these.
-            gateway.metrics.count_error(P::ENDPOINT, "", error.kind);
+            gateway
+                .metrics
+                .count_error(P::ENDPOINT, UNROUTED, "", error.kind);
             return error.into_response(P::PROTOCOL);
         }
     };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,11 +16,15 @@ use freehold_llm::wire::embeddings::{
 };
 use serde_json::{Value, json};
 
-use crate::chat::{Accounting, keep_local, parse_body, privacy_header};
+use crate::chat::{
+    Accounting, UNROUTED, blocked, keep_local, leaves_the_machine, parse_body, privacy_header,
+    reserve_budget,
+};
 use crate::error::{GatewayError, Protocol};
 use crate::privacy::Decision;
+use crate::routes::read_body;
 use crate::state::Gateway;
-use freehold_protocol::{ChatRequest, EmbedRequest, Message};
+use freehold_protocol::{ChatRequest, EmbedRequest, Message, Usage};
 
 /// How long `/v1/models` waits for a provider to list its models.
 const LIST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -156,69 +160,99 @@ async fn model_ids(gateway: &Gateway) -> Vec<String> {
     ids
 }
 
-/// `POST /v1/embeddings` (OpenAI).
+/// `POST /v1/embeddings` (OpenAI): the same admission as chat (key, model,
+/// rate limit, privacy, budget), then the routed call under the request
+/// timeout.
 pub(crate) async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    const ENDPOINT: &str = "/v1/embeddings";
     let started = Instant::now();
+    // Authenticate before reading the body, as chat does.
     let caller = match gateway.auth.authenticate(&headers).await {
         Ok(caller) => caller,
-        Err(error) => return error.into_response(Protocol::OpenAi),
+        Err(error) => {
+            gateway
+                .metrics
+                .count_error(ENDPOINT, UNROUTED, "", error.kind);
+            return error.into_response(Protocol::OpenAi);
+        }
     };
-    let wire: OpenAiEmbeddingsRequest = match parse_body(&headers, &body) {
-        Ok(wire) => wire,
-        Err(error) => return error.into_response(Protocol::OpenAi),
+    let decoded = async {
+        let body = read_body(body, gateway.settings.max_body_bytes).await?;
+        let wire: OpenAiEmbeddingsRequest = parse_body(&headers, &body)?;
+        Ok::<_, GatewayError>(decode_openai_request(wire))
+    }
+    .await;
+    let mut request = match decoded {
+        Ok(request) => request,
+        Err(error) => {
+            Accounting::new(&gateway, caller, ENDPOINT, "", started).fail(&error);
+            return error.into_response(Protocol::OpenAi);
+        }
     };
-    let mut request = decode_openai_request(wire);
-    let mut accounting = Accounting::new(
-        &gateway,
-        caller.clone(),
-        "/v1/embeddings",
-        &request.model,
-        started,
-    );
-    if let Err(error) = caller.check_model(&request.model) {
-        accounting.fail(&error);
-        return error.into_response(Protocol::OpenAi);
-    }
-    if let Some(key) = caller.key()
-        && let Err(limited) = gateway.limits.admit(&key.id, key.rpm, key.tpm)
-    {
-        let error = GatewayError::rate_limited(&limited);
-        accounting.fail(&error);
-        return error.into_response(Protocol::OpenAi);
-    }
+    let mut accounting =
+        Accounting::new(&gateway, caller.clone(), ENDPOINT, &request.model, started);
     let routes = gateway.routes();
-    if let Err(error) = embeddings_privacy(&gateway, &headers, &caller, &routes, &mut request) {
+    let admitted = admit_embeddings(
+        &gateway,
+        &headers,
+        &caller,
+        &routes,
+        &mut request,
+        &mut accounting,
+    )
+    .await;
+    if let Err(error) = admitted {
         accounting.fail(&error);
         return error.into_response(Protocol::OpenAi);
     }
-    match routes.router.embed_routed(request).await {
-        Ok((target, response)) => {
+    let timeout = gateway.settings.request_timeout();
+    match tokio::time::timeout(timeout, routes.router.embed_routed(request)).await {
+        Ok(Ok((target, response))) => {
             accounting.answered(target, response.usage);
             accounting.succeed();
             (StatusCode::OK, Json(encode_openai_response(&response))).into_response()
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             tracing::warn!(error = %error, "embeddings failed");
             let sent = GatewayError::upstream(&error);
+            accounting.fail(&sent);
+            sent.into_response(Protocol::OpenAi)
+        }
+        Err(_) => {
+            let sent = GatewayError::request_timeout(timeout);
             accounting.fail(&sent);
             sent.into_response(Protocol::OpenAi)
         }
     }
 }
 
-/// The privacy policy for texts to embed: the same detectors, header and
-/// key setting as chat (the texts are inspected as user messages).
-fn embeddings_privacy(
+/// Admission of an embeddings request: the key may use the model and is
+/// within its rate limit, the privacy policy is applied (the texts are
+/// inspected as user messages), and the budget holds the input's cost.
+async fn admit_embeddings(
     gateway: &Gateway,
     headers: &HeaderMap,
     caller: &crate::auth::Caller,
     routes: &crate::state::Routes,
     request: &mut EmbedRequest,
+    accounting: &mut Accounting,
 ) -> Result<(), GatewayError> {
+    let targets = routes
+        .router
+        .resolve(&request.model)
+        .map_err(|error| GatewayError::upstream(&error))?;
+    accounting.routed = true;
+    caller.check_model(&request.model)?;
+    if let Some(key) = caller.key() {
+        gateway
+            .limits
+            .admit(&key.id, key.rpm, key.tpm)
+            .map_err(|limited| GatewayError::rate_limited(&limited))?;
+    }
     let as_chat = ChatRequest::new(
         request.model.clone(),
         request.inputs.iter().map(Message::user).collect(),
@@ -229,28 +263,25 @@ fn embeddings_privacy(
             .privacy
             .decide(&as_chat, privacy_header(gateway, headers), local_only_key);
     decision.log();
-    let targets = || {
-        routes
-            .router
-            .resolve(&request.model)
-            .map_err(|error| GatewayError::upstream(&error))
-    };
+    accounting.privacy = decision.audit_line();
     match decision {
-        Decision::Pass => Ok(()),
-        Decision::LocalOnly { .. } => {
-            let targets = targets()?;
-            keep_local(&mut request.model, &targets, routes)
-        }
+        Decision::Pass => {}
+        Decision::LocalOnly { .. } => keep_local(&mut request.model, &targets, routes)?,
         Decision::Redacted {
             request: redacted, ..
         } => {
-            request.inputs = redacted.messages.iter().map(Message::text).collect();
-            Ok(())
+            // As for chat: only texts that leave the machine are redacted.
+            if leaves_the_machine(&targets, routes) {
+                request.inputs = redacted.messages.iter().map(Message::text).collect();
+            } else if let Some(line) = &mut accounting.privacy {
+                line.push_str(" sent=unredacted route=local");
+            }
         }
-        Decision::Block { reasons } => Err(GatewayError::forbidden(format!(
-            "this request was blocked by the gateway's privacy policy ({}); remove the \
-             sensitive data and send it again",
-            reasons.findings
-        ))),
+        Decision::Block { reasons } => return Err(blocked(&reasons)),
     }
+    let usage = Usage {
+        input_tokens: request.estimated_input_tokens(),
+        ..Usage::default()
+    };
+    reserve_budget(gateway, caller, routes, &targets, &usage, accounting).await
 }

@@ -156,8 +156,23 @@ pub struct UsageRecord {
     pub status: u16,
     /// A short error kind when it failed.
     pub error: Option<String>,
+    /// The privacy policy's decision when it did anything (kept local,
+    /// redacted, blocked), as its audit line: which triggers and detectors,
+    /// never the matched text. `None` when the request passed untouched.
+    pub privacy: Option<String>,
     /// The request and response bodies, only when body logging is on.
     pub body: Option<String>,
+}
+
+/// One request as `freehold usage --requests` lists it: a ledger line
+/// (without its body) and the name of its key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LedgerLine {
+    /// The virtual key's name; `None` for the master key or an open gateway.
+    pub key_name: Option<String>,
+    /// The line.
+    #[serde(flatten)]
+    pub record: UsageRecord,
 }
 
 /// How `freehold usage` groups the ledger.
@@ -733,8 +748,8 @@ impl Store {
                 sqlx::query(
                     "INSERT INTO freehold_usage (at_ms, key_id, model, provider, \
                      provider_model, endpoint, input_tokens, cached_input_tokens, \
-                     output_tokens, cost_micros, latency_ms, status, error, body) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                     output_tokens, cost_micros, latency_ms, status, error, privacy, body) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(r.at_ms)
                 .bind(r.key_id.as_deref())
@@ -749,6 +764,7 @@ impl Store {
                 .bind(to_i64(r.latency_ms))
                 .bind(i32::from(r.status))
                 .bind(r.error.as_deref())
+                .bind(r.privacy.as_deref())
                 .bind(r.body.as_deref())
                 .execute(&mut *tx)
                 .await?;
@@ -851,6 +867,68 @@ impl Store {
             }),
         }
         Ok(sorted.into_iter().map(|(_, _, row)| row).collect())
+    }
+
+    /// The latest `limit` requests of the ledger, from `since_ms` (Unix
+    /// milliseconds) on when given, newest first. Bodies are left out.
+    pub async fn requests(
+        &self,
+        since_ms: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<LedgerLine>, StoreError> {
+        type Row = (
+            i64,
+            Option<String>,
+            Option<String>,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            i64,
+            i32,
+            Option<String>,
+            Option<String>,
+        );
+        const SQL: &str = "SELECT u.at_ms, u.key_id, k.name, u.model, u.provider, \
+             u.provider_model, u.endpoint, u.input_tokens, u.cached_input_tokens, \
+             u.output_tokens, u.cost_micros, u.latency_ms, u.status, u.error, u.privacy \
+             FROM freehold_usage u LEFT JOIN freehold_keys k ON k.id = u.key_id \
+             WHERE u.at_ms >= $1 ORDER BY u.at_ms DESC, u.id DESC LIMIT $2";
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(SQL)
+                .bind(since_ms.unwrap_or(i64::MIN))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(db("cannot read the ledger"))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| LedgerLine {
+                key_name: row.2,
+                record: UsageRecord {
+                    at_ms: row.0,
+                    key_id: row.1,
+                    model: row.3,
+                    provider: row.4,
+                    provider_model: row.5,
+                    endpoint: row.6,
+                    input_tokens: to_u64(row.7),
+                    cached_input_tokens: to_u64(row.8),
+                    output_tokens: to_u64(row.9),
+                    cost_usd: row.10.map(micros_to_usd),
+                    latency_ms: to_u64(row.11),
+                    status: u16::try_from(row.12).unwrap_or(0),
+                    error: row.13,
+                    privacy: row.14,
+                    body: None,
+                },
+            })
+            .collect())
     }
 }
 

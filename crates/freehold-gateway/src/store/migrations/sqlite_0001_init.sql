@@ -37,6 +37,7 @@ CREATE TABLE freehold_usage (
     latency_ms          BIGINT  NOT NULL,
     status              INTEGER NOT NULL,
     error               TEXT,
+    privacy             TEXT,
     body                TEXT
 );
 
