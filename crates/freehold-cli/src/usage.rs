@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 use freehold_gateway::store::{GroupBy, unix_now};
 
-use crate::keys::{DatabaseArg, date, parse_date, parse_duration, print_table};
+use crate::keys::{DatabaseArg, parse_date, parse_duration, print_table};
 
 /// Arguments of `freehold usage`.
 #[derive(Debug, Args)]
@@ -175,15 +175,10 @@ async fn list_requests(
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of Unix milliseconds.
 fn timestamp(at_ms: i64) -> String {
-    let seconds = at_ms.div_euclid(1000);
-    let of_day = seconds.rem_euclid(86_400);
-    format!(
-        "{} {:02}:{:02}:{:02}",
-        date(seconds),
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60
-    )
+    freehold_protocol::time::utc_rfc3339(at_ms.div_euclid(1000))
+        .replacen('T', " ", 1)
+        .trim_end_matches('Z')
+        .to_owned()
 }
 
 /// `--since` in Unix milliseconds.

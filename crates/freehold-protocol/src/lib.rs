@@ -35,6 +35,7 @@ mod error;
 mod event;
 mod message;
 mod request;
+pub mod time;
 mod usage;
 
 pub use agent::{AgentEvent, AgentStop, AgentSummary};
