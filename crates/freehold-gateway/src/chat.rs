@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::http::HeaderMap;
 use freehold_llm::{EventStream, Target};
-use freehold_protocol::{ChatRequest, ChatResponse, ErrorKind, StreamEvent, Usage};
+use freehold_protocol::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEvent, Usage};
 use futures::StreamExt;
 
 use crate::auth::Caller;
@@ -59,6 +59,27 @@ pub(crate) async fn admit(
             Err(error)
         }
     }
+}
+
+/// Checks a request's key. Refusals are counted in the metrics but not
+/// written to the ledger: anyone can send them.
+///
+/// # Errors
+/// 401 without a valid key.
+pub(crate) async fn authenticate(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    endpoint: &str,
+) -> Result<Caller, GatewayError> {
+    gateway
+        .auth
+        .authenticate(headers)
+        .await
+        .inspect_err(|error| {
+            gateway
+                .metrics
+                .count_error(endpoint, UNROUTED, "", error.kind);
+        })
 }
 
 /// The privacy header's value on a request, if the policy has a header.
@@ -252,26 +273,11 @@ impl Admitted {
     /// # Errors
     /// The provider's error, mapped for the client (and accounted).
     pub(crate) async fn complete(mut self) -> Result<(ChatResponse, Accounting), GatewayError> {
-        let timeout = self.accounting.gateway.settings.request_timeout();
         let call = self.routes.router.complete_routed(self.request);
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok((target, response))) => {
-                self.accounting.target = Some(target);
-                self.accounting.usage = response.usage;
-                Ok((response, self.accounting))
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(error = %error, "upstream failed");
-                let sent = GatewayError::upstream(&error);
-                self.accounting.fail(&sent);
-                Err(sent)
-            }
-            Err(_) => {
-                let sent = GatewayError::request_timeout(timeout);
-                self.accounting.fail(&sent);
-                Err(sent)
-            }
-        }
+        let (target, response) = call_upstream(&mut self.accounting, call).await?;
+        self.accounting.target = Some(target);
+        self.accounting.usage = response.usage;
+        Ok((response, self.accounting))
     }
 
     /// Calls the provider for a stream of events. The accounting travels
@@ -282,28 +288,36 @@ impl Admitted {
     pub(crate) async fn stream(mut self) -> Result<AccountedStream, GatewayError> {
         let timeout = self.accounting.gateway.settings.request_timeout();
         let call = self.routes.router.stream_routed(self.request);
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok((target, stream))) => {
-                self.accounting.target = Some(target);
-                Ok(AccountedStream {
-                    inner: stream,
-                    accounting: self.accounting,
-                    deadline: Instant::now() + timeout,
-                })
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(error = %error, "upstream failed");
-                let sent = GatewayError::upstream(&error);
-                self.accounting.fail(&sent);
-                Err(sent)
-            }
-            Err(_) => {
-                let sent = GatewayError::request_timeout(timeout);
-                self.accounting.fail(&sent);
-                Err(sent)
-            }
-        }
+        let (target, stream) = call_upstream(&mut self.accounting, call).await?;
+        self.accounting.target = Some(target);
+        Ok(AccountedStream {
+            inner: stream,
+            accounting: self.accounting,
+            deadline: Instant::now() + timeout,
+        })
     }
+}
+
+/// Runs a provider call under `[gateway] request_timeout_secs`; a failure
+/// is mapped for the client and accounted.
+///
+/// # Errors
+/// The provider's error, or 504 when the time ran out.
+pub(crate) async fn call_upstream<T>(
+    accounting: &mut Accounting,
+    call: impl Future<Output = Result<T, LlmError>>,
+) -> Result<T, GatewayError> {
+    let timeout = accounting.gateway.settings.request_timeout();
+    let sent = match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(answer)) => return Ok(answer),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, "upstream failed");
+            GatewayError::upstream(&error)
+        }
+        Err(_) => GatewayError::request_timeout(timeout),
+    };
+    accounting.fail(&sent);
+    Err(sent)
 }
 
 /// A provider's event stream that records usage as it passes and settles

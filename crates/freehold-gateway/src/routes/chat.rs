@@ -16,7 +16,7 @@ use freehold_protocol::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEv
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::chat::{AccountedStream, Accounting, UNROUTED, admit, parse_body};
+use crate::chat::{AccountedStream, Accounting, admit, authenticate, parse_body};
 use crate::error::{GatewayError, Protocol};
 use crate::routes::read_body;
 use crate::state::Gateway;
@@ -210,15 +210,9 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
     let started = Instant::now();
     // Authenticate before reading the body: an unauthenticated client
     // cannot make the gateway parse megabytes.
-    let caller = match gateway.auth.authenticate(&headers).await {
+    let caller = match authenticate(&gateway, &headers, P::ENDPOINT).await {
         Ok(caller) => caller,
-        Err(error) => {
-            // Counted, not written to the ledger: anyone can send these.
-            gateway
-                .metrics
-                .count_error(P::ENDPOINT, UNROUTED, "", error.kind);
-            return error.into_response(P::PROTOCOL);
-        }
+        Err(error) => return error.into_response(P::PROTOCOL),
     };
     let decoded = async {
         let body = read_body(body, gateway.settings.max_body_bytes).await?;

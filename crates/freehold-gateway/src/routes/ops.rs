@@ -17,8 +17,8 @@ use freehold_llm::wire::embeddings::{
 use serde_json::{Value, json};
 
 use crate::chat::{
-    Accounting, UNROUTED, blocked, keep_local, leaves_the_machine, parse_body, privacy_header,
-    reserve_budget,
+    Accounting, authenticate, blocked, call_upstream, keep_local, leaves_the_machine, parse_body,
+    privacy_header, reserve_budget,
 };
 use crate::error::{GatewayError, Protocol};
 use crate::privacy::Decision;
@@ -171,14 +171,9 @@ pub(crate) async fn embeddings(
     const ENDPOINT: &str = "/v1/embeddings";
     let started = Instant::now();
     // Authenticate before reading the body, as chat does.
-    let caller = match gateway.auth.authenticate(&headers).await {
+    let caller = match authenticate(&gateway, &headers, ENDPOINT).await {
         Ok(caller) => caller,
-        Err(error) => {
-            gateway
-                .metrics
-                .count_error(ENDPOINT, UNROUTED, "", error.kind);
-            return error.into_response(Protocol::OpenAi);
-        }
+        Err(error) => return error.into_response(Protocol::OpenAi),
     };
     let decoded = async {
         let body = read_body(body, gateway.settings.max_body_bytes).await?;
@@ -209,24 +204,14 @@ pub(crate) async fn embeddings(
         accounting.fail(&error);
         return error.into_response(Protocol::OpenAi);
     }
-    let timeout = gateway.settings.request_timeout();
-    match tokio::time::timeout(timeout, routes.router.embed_routed(request)).await {
-        Ok(Ok((target, response))) => {
+    let call = routes.router.embed_routed(request);
+    match call_upstream(&mut accounting, call).await {
+        Ok((target, response)) => {
             accounting.answered(target, response.usage);
             accounting.succeed();
             (StatusCode::OK, Json(encode_openai_response(&response))).into_response()
         }
-        Ok(Err(error)) => {
-            tracing::warn!(error = %error, "embeddings failed");
-            let sent = GatewayError::upstream(&error);
-            accounting.fail(&sent);
-            sent.into_response(Protocol::OpenAi)
-        }
-        Err(_) => {
-            let sent = GatewayError::request_timeout(timeout);
-            accounting.fail(&sent);
-            sent.into_response(Protocol::OpenAi)
-        }
+        Err(error) => error.into_response(Protocol::OpenAi),
     }
 }
 
