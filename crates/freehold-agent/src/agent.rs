@@ -50,6 +50,11 @@ pub struct AgentOptions {
     pub checkpoint_dir: Option<PathBuf>,
     /// Default time limit of a shell command, in seconds.
     pub shell_timeout_secs: u64,
+    /// Scaffolding for small models, which often answer in prose instead
+    /// of working: the first model call of each task must call a tool, and
+    /// an answer that shows code while no file was changed (or an empty
+    /// answer) gets one reminder to do the work with the tools.
+    pub guided: bool,
 }
 
 impl AgentOptions {
@@ -67,6 +72,7 @@ impl AgentOptions {
             user_config_dir: None,
             checkpoint_dir: None,
             shell_timeout_secs: 120,
+            guided: false,
         }
     }
 }
@@ -87,6 +93,8 @@ pub struct Agent {
     checkpoints: Option<Checkpoints>,
     /// Identical calls seen in the current task, for loop detection.
     repeated: HashMap<(String, String), u32>,
+    /// Successful changes (edit, write, apply_patch) in the current task.
+    changes: u32,
 }
 
 /// Usage summed over a session.
@@ -102,6 +110,13 @@ pub struct Totals {
 
 /// Appended to the result of every successful change.
 const AFTER_CHANGE: &str = "\nIf this completes the task, check it if you can, then reply to the user in one or two sentences.";
+
+/// The reminder a guided model gets when it shows code instead of changing
+/// a file.
+const SHOWN_NOT_MADE: &str = "[You showed code but changed no file. If the task asks for a change, make it now with edit (old_string copied exactly from the file), or write for a new file. If it was only a question, read what you need and answer in one or two sentences.]";
+
+/// The reminder a guided model gets when it ends with an empty answer.
+const EMPTY_ANSWER: &str = "[Your reply was empty. If the task is done, reply with what you changed or the answer; otherwise go on with your tools.]";
 
 /// How many times the same call (tool and arguments) may run in one task
 /// before the model is told to change course.
@@ -176,6 +191,7 @@ impl Agent {
             last_prompt: None,
             checkpoints: None,
             repeated: HashMap::new(),
+            changes: 0,
         }
     }
 
@@ -294,21 +310,38 @@ impl Agent {
         let started = Instant::now();
         let before = self.totals;
         self.repeated.clear();
-        let text = if self.messages.is_empty() {
+        self.changes = 0;
+        let mut text = if self.messages.is_empty() {
             let date = crate::clock::date(crate::clock::unix_now());
             let git = prompt::git_summary(&self.options.cwd);
-            format!(
-                "{}{prompt}",
-                prompt::environment_note(&self.options.cwd, &date, git.as_deref())
-            )
+            prompt::environment_note(&self.options.cwd, &date, git.as_deref())
         } else {
-            prompt.to_owned()
+            String::new()
         };
+        // `@path` always attaches a file; guided models get every file the
+        // task names, since they tend to answer before reading.
+        let attached =
+            freehold_tools::attach_mentioned_files(&self.tool_context, prompt, self.options.guided);
+        if !attached.is_empty() {
+            let names: Vec<&str> = attached.iter().map(|a| a.path.as_str()).collect();
+            frontend.event(&AgentEvent::Notice {
+                message: format!("attached {}", names.join(", ")),
+            });
+            text.push_str(&freehold_tools::render_attachments(&attached));
+            text.push('\n');
+        }
+        text.push_str(prompt);
         let label = prompt.lines().next().unwrap_or_default().to_owned();
         self.push(Message::user(text));
         let mut turns = 0;
         let mut checkpointed = false;
         let mut last_text = String::new();
+        let mut reminded = false;
+        // A guided model must look before it answers, unless the files the
+        // task names are already in front of it: then it may first say what
+        // it will change (small models edit better after writing the fix
+        // out), and is reminded to make the change if it stops there.
+        let mut require_tool = self.options.guided && attached.is_empty();
         let stop = loop {
             if cancel.is_cancelled() {
                 break AgentStop::Cancelled;
@@ -319,18 +352,38 @@ impl Agent {
             turns += 1;
             frontend.event(&AgentEvent::TurnStarted { turn: turns });
             self.compact_if_needed(frontend, &cancel).await;
-            let response = match self.call_model(frontend, &cancel).await {
+            let tool_choice = if std::mem::take(&mut require_tool) {
+                ToolChoice::Required
+            } else {
+                ToolChoice::Auto
+            };
+            let response = match self.call_model(tool_choice, frontend, &cancel).await {
                 Ok(Some(response)) => response,
                 Ok(None) => break AgentStop::Cancelled,
                 Err(error) => break AgentStop::Error(error.to_string()),
             };
             let text = response.message.text();
             if !text.trim().is_empty() {
-                last_text = text;
+                last_text.clone_from(&text);
             }
             let calls: Vec<ToolCall> = response.message.tool_calls().cloned().collect();
             self.push(response.message);
             if calls.is_empty() {
+                if self.options.guided
+                    && !reminded
+                    && turns < self.options.max_turns
+                    && let Some(reminder) = self.reminder_for(&text)
+                {
+                    reminded = true;
+                    // Showing code means the model meant to change
+                    // something: make the next call a tool call.
+                    require_tool = reminder == SHOWN_NOT_MADE;
+                    frontend.event(&AgentEvent::Notice {
+                        message: "the model answered without doing the work; it was reminded to use its tools".into(),
+                    });
+                    self.push(Message::user(reminder));
+                    continue;
+                }
                 break AgentStop::Completed;
             }
             let cancelled = self
@@ -517,13 +570,25 @@ impl Agent {
         Ok(response.message.text())
     }
 
-    fn request(&self) -> ChatRequest {
+    /// The reminder a guided model gets for answering `text` without a
+    /// tool call, if any: see [`AgentOptions::guided`].
+    fn reminder_for(&self, text: &str) -> Option<&'static str> {
+        if text.trim().is_empty() {
+            Some(EMPTY_ANSWER)
+        } else if self.changes == 0 && text.contains("```") {
+            Some(SHOWN_NOT_MADE)
+        } else {
+            None
+        }
+    }
+
+    fn request(&self, tool_choice: ToolChoice) -> ChatRequest {
         let mut messages = Vec::with_capacity(self.messages.len() + 1);
         messages.push(Message::system(self.system.clone()));
         messages.extend(self.messages.iter().cloned());
         let mut request = ChatRequest::new(self.options.model.clone(), messages);
         request.tools = self.toolbox.specs();
-        request.tool_choice = ToolChoice::Auto;
+        request.tool_choice = tool_choice;
         request.max_tokens = Some(self.options.max_output_tokens);
         request.sampling.temperature = self.options.temperature;
         request
@@ -532,12 +597,13 @@ impl Agent {
     /// One model call, streamed to the front end. `Ok(None)` on cancel.
     async fn call_model(
         &mut self,
+        tool_choice: ToolChoice,
         frontend: &mut dyn Frontend,
         cancel: &CancellationToken,
     ) -> Result<Option<freehold_protocol::ChatResponse>, LlmError> {
         let mut retried_after_compaction = false;
         loop {
-            let request = self.request();
+            let request = self.request(tool_choice.clone());
             let seen = self.messages.len();
             let routed = tokio::select! {
                 routed = self.router.stream_routed(request) => routed,
@@ -914,6 +980,7 @@ impl Agent {
                 let diff = output.diff.clone();
                 let mut content = output.content;
                 if kind == ToolKind::Edit {
+                    self.changes += 1;
                     // Small models often go on editing after the work is
                     // done; a reminder in the result they just read is
                     // what they follow best.

@@ -14,7 +14,7 @@ use freehold_agent::{
 use freehold_llm::Catalog;
 use freehold_llm::router::Router;
 use freehold_llm::scripted::{ScriptedAnswer, ScriptedProvider};
-use freehold_protocol::{AgentEvent, AgentStop, ContentPart, Role};
+use freehold_protocol::{AgentEvent, AgentStop, ContentPart, Role, ToolChoice};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -612,4 +612,127 @@ async fn a_repeated_edit_is_stopped_at_once() {
     let results = tool_results(&frontend.events);
     assert!(!results[0].2 && results[1].2, "{results:?}");
     assert!(results[1].1.contains("reply to the user"), "{results:?}");
+}
+
+#[tokio::test]
+async fn guided_models_look_first_and_are_reminded_to_make_changes() {
+    let fixture = Fixture::new(vec![
+        // Asked to look first: a tool call is required.
+        ScriptedAnswer::call("read", json!({"path": "calc.py"})),
+        // Describes the fix instead of making it.
+        ScriptedAnswer::text("Change it to:\n```python\nreturn a + b\n```"),
+        // Reminded, and required to call a tool: makes it.
+        ScriptedAnswer::call(
+            "edit",
+            json!({"path": "calc.py", "old_string": "a - b", "new_string": "a + b"}),
+        ),
+        ScriptedAnswer::text("Fixed:\n```python\nreturn a + b\n```"),
+    ]);
+    fixture.write("calc.py", "def add(a, b):\n    return a - b\n");
+    let mut options = fixture.options(PermissionMode::BypassPermissions);
+    options.guided = true;
+    let mut agent = Agent::start(fixture.router.clone(), options, &fixture.store).unwrap();
+    let mut frontend = Collect::default();
+    let summary = agent
+        .run(
+            "Fix the add function",
+            &mut frontend,
+            CancellationToken::new(),
+        )
+        .await;
+
+    assert_eq!(summary.stop_reason, AgentStop::Completed);
+    assert_eq!(summary.turns, 4);
+    assert_eq!(
+        fixture.read("calc.py"),
+        "def add(a, b):\n    return a + b\n"
+    );
+    let choices: Vec<ToolChoice> = fixture
+        .provider
+        .requests()
+        .iter()
+        .map(|r| r.tool_choice.clone())
+        .collect();
+    assert_eq!(
+        choices,
+        [
+            ToolChoice::Required,
+            ToolChoice::Auto,
+            ToolChoice::Required,
+            ToolChoice::Auto
+        ]
+    );
+    // The reminder went to the model once, as a user message; code shown
+    // after a change is a normal answer.
+    let last = fixture.provider.requests().pop().unwrap();
+    let reminders = last
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::User && m.text().contains("changed no file"))
+        .count();
+    assert_eq!(reminders, 1);
+    assert!(frontend.events.iter().any(|e| matches!(
+        e,
+        AgentEvent::Notice { message } if message.contains("reminded to use its tools")
+    )));
+}
+
+#[tokio::test]
+async fn named_files_are_attached_and_unguided_models_answer_freely() {
+    let fixture = Fixture::new(vec![
+        ScriptedAnswer::text("It returns 8731."),
+        ScriptedAnswer::text("Still 8731."),
+        ScriptedAnswer::text(""),
+    ]);
+    fixture.write("server.py", "PORT = 8731\n");
+    fixture.write("notes.txt", "unrelated\n");
+    // Guided: the file named by its path is attached, and with it in view
+    // the first call may answer.
+    let mut options = fixture.options(PermissionMode::Default);
+    options.guided = true;
+    let mut agent = Agent::start(fixture.router.clone(), options, &fixture.store).unwrap();
+    let mut frontend = Collect::default();
+    let summary = agent
+        .run(
+            "What port does server.py use?",
+            &mut frontend,
+            CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(summary.result, "It returns 8731.");
+    let first = fixture.provider.requests()[0].clone();
+    assert_eq!(first.tool_choice, ToolChoice::Auto);
+    let text = first.messages[1].text();
+    assert!(
+        text.ends_with(
+            "<file path=\"server.py\">\nPORT = 8731\n</file>\n\nWhat port does server.py use?"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("unrelated"));
+
+    // Unguided: only `@` mentions attach, no call is required, and an
+    // empty answer is final.
+    let mut agent = fixture.agent(PermissionMode::Default);
+    let summary = agent
+        .run(
+            "Compare server.py with @notes.txt",
+            &mut frontend,
+            CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(summary.result, "Still 8731.");
+    let second = fixture.provider.requests()[1].clone();
+    assert_eq!(second.tool_choice, ToolChoice::Auto);
+    let text = second.messages[1].text();
+    assert!(
+        text.contains("<file path=\"notes.txt\">\nunrelated\n</file>"),
+        "{text}"
+    );
+    assert!(!text.contains("PORT"), "{text}");
+    let summary = agent
+        .run("And now?", &mut frontend, CancellationToken::new())
+        .await;
+    assert_eq!(summary.turns, 1);
+    assert_eq!(fixture.provider.remaining(), 0);
 }

@@ -68,6 +68,10 @@ pub(crate) struct AgentConfig {
     pub(crate) temperature: Option<f32>,
     /// Default time limit of a shell command, in seconds.
     pub(crate) shell_timeout_secs: Option<u64>,
+    /// Scaffolding for small models: each task's first call must be a tool
+    /// call, and an answer that shows code without changing a file is sent
+    /// back once (default: on for local models, off otherwise).
+    pub(crate) guided: Option<bool>,
 }
 
 /// The configuration with the files it came from.

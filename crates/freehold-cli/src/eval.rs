@@ -109,6 +109,7 @@ async fn evaluate(args: EvalArgs, config: Option<&Path>) -> anyhow::Result<u8> {
     settings.context_window = tuning.context_window;
     settings.max_output_tokens = Some(tuning.max_output_tokens);
     settings.temperature = tuning.temperature;
+    settings.guided = tuning.guided;
     settings.max_turns = args.max_turns;
     settings.timeout = Duration::from_secs(args.timeout);
     settings.keep = args.keep;

@@ -42,6 +42,8 @@ pub struct RunSettings {
     pub max_output_tokens: Option<u32>,
     /// Sampling temperature (`None`: the provider's default).
     pub temperature: Option<f32>,
+    /// Small-model scaffolding (see `AgentOptions::guided`).
+    pub guided: bool,
     /// The agent's turn limit for tasks whose `task.toml` sets none.
     pub max_turns: u32,
     /// The agent's time limit per task; past it the agent is cancelled.
@@ -72,6 +74,7 @@ impl RunSettings {
             context_window: 8192,
             max_output_tokens: None,
             temperature: None,
+            guided: false,
             max_turns: DEFAULT_MAX_TURNS,
             timeout: DEFAULT_TIMEOUT,
             check_timeout: DEFAULT_CHECK_TIMEOUT,
@@ -291,6 +294,7 @@ async fn run_agent(
         options.max_output_tokens = max;
     }
     options.temperature = settings.temperature;
+    options.guided = settings.guided;
     // The user's own AGENTS.md must not change the results.
     options.user_config_dir = None;
     options.checkpoint_dir = None;

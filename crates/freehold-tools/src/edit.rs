@@ -94,6 +94,17 @@ fn edit(context: &ToolContext, args: Args) -> Result<ToolOutput, ToolError> {
     } else {
         let count = text.body.matches(old.as_str()).count();
         if count == 0 {
+            if let Some(forgiven) = forgiving_replace(&text.body, &old, &new) {
+                return finish(
+                    context,
+                    &path,
+                    &shown,
+                    &text,
+                    forgiven.body,
+                    1,
+                    forgiven.note,
+                );
+            }
             return Err(no_match(&text.body, &old, &shown));
         }
         if count > 1 && !args.replace_all {
@@ -108,29 +119,149 @@ fn edit(context: &ToolContext, args: Args) -> Result<ToolOutput, ToolError> {
         }
     };
 
-    write_atomic(&path, &text.encode(&body)).map_err(io_error(format!("writing {shown}")))?;
-    context.files.mark_seen(&path);
+    finish(context, &path, &shown, &text, body, count, String::new())
+}
+
+/// Write the edited `body` and describe the change (`note` appended).
+fn finish(
+    context: &ToolContext,
+    path: &std::path::Path,
+    shown: &str,
+    text: &Text,
+    body: String,
+    count: usize,
+    note: String,
+) -> Result<ToolOutput, ToolError> {
+    write_atomic(path, &text.encode(&body)).map_err(io_error(format!("writing {shown}")))?;
+    context.files.mark_seen(path);
     let plural = if count == 1 { "" } else { "s" };
     Ok(ToolOutput {
-        content: format!("Edited {shown}: replaced {count} occurrence{plural}."),
-        diff: Some(unified_diff(&shown, &shown, &text.body, &body)),
-        changed_files: vec![shown],
+        content: format!("Edited {shown}: replaced {count} occurrence{plural}.{note}"),
+        diff: Some(unified_diff(shown, shown, &text.body, &body)),
+        changed_files: vec![shown.to_owned()],
+    })
+}
+
+/// The most file lines an old_string may leave out and still be applied.
+const MAX_LINES_LEFT_OUT: usize = 5;
+
+/// An edit applied although old_string was not exact.
+struct Forgiven {
+    body: String,
+    /// Says what was forgiven, for the model.
+    note: String,
+}
+
+/// Apply `old` → `new` where `old` left out a few lines of the file (small
+/// models drop a docstring or a blank line when they copy code): the
+/// change between `old` and `new` is applied line by line to the one run
+/// of the file that holds `old`'s lines in order, and the lines `old` left
+/// out stay where they are. `None` when there is no such single run.
+fn forgiving_replace(body: &str, old: &str, new: &str) -> Option<Forgiven> {
+    let file: Vec<&str> = body.split_inclusive('\n').collect();
+    let old_lines: Vec<&str> = old.trim_matches('\n').lines().collect();
+    let new_lines: Vec<&str> = new.trim_matches('\n').lines().collect();
+    let mapped = matching::with_lines_left_out(&file, &old_lines, MAX_LINES_LEFT_OUT)?;
+    let (first, last) = (mapped[0], mapped[mapped.len() - 1]);
+
+    // For each line of `old`: keep it or not, and what comes before it
+    // (index `old_lines.len()`: what comes after the last).
+    let mut keep = vec![false; old_lines.len()];
+    let mut before: Vec<Vec<&str>> = vec![Vec::new(); old_lines.len() + 1];
+    for op in similar::capture_diff_slices(similar::Algorithm::Myers, &old_lines, &new_lines) {
+        match op {
+            similar::DiffOp::Equal { old_index, len, .. } => {
+                keep[old_index..old_index + len].fill(true);
+            }
+            similar::DiffOp::Delete { .. } => {}
+            similar::DiffOp::Insert {
+                old_index,
+                new_index,
+                new_len,
+            }
+            | similar::DiffOp::Replace {
+                old_index,
+                new_index,
+                new_len,
+                ..
+            } => before[old_index].extend(&new_lines[new_index..new_index + new_len]),
+        }
+    }
+    // The file's indentation before `old`'s first line, when `old` started
+    // after it (as an exact match inside the line would have kept it).
+    let indent = {
+        let line = file[first].trim_end();
+        &line[..line.len() - old_lines[0].trim_end().len()]
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut next = 0;
+    for (at, line) in file.iter().enumerate().take(last + 1).skip(first) {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        if mapped.get(next) == Some(&at) {
+            out.extend(before[next].iter().map(|l| (*l).to_owned()));
+            if keep[next] {
+                out.push(line.to_owned());
+            }
+            next += 1;
+        } else {
+            out.push(line.to_owned());
+        }
+    }
+    out.extend(before[old_lines.len()].iter().map(|l| (*l).to_owned()));
+    if let Some(first_new) = out.first_mut().filter(|_| !indent.is_empty() && !keep[0]) {
+        first_new.insert_str(0, indent);
+    }
+
+    let left_out: Vec<String> = (first..=last)
+        .filter(|at| !mapped.contains(at))
+        .map(|at| (at + 1).to_string())
+        .collect();
+    let mut result: String = file[..first].concat();
+    result.push_str(&out.join("\n"));
+    if file[last].ends_with('\n') || last + 1 < file.len() {
+        result.push('\n');
+    }
+    result.push_str(&file[last + 1..].concat());
+    Some(Forgiven {
+        body: result,
+        note: format!(
+            " old_string left out line{} {} of the file; {} kept as {}.",
+            if left_out.len() == 1 { "" } else { "s" },
+            left_out.join(", "),
+            if left_out.len() == 1 {
+                "it was"
+            } else {
+                "they were"
+            },
+            if left_out.len() == 1 {
+                "it is"
+            } else {
+                "they are"
+            },
+        ),
     })
 }
 
 /// The error for an old_string that is not in the file, pointing at a
-/// near miss (same lines, different whitespace) when there is one.
+/// near miss (same lines, different whitespace) when there is one, else
+/// showing the text most like it, which the model can copy.
 fn no_match(body: &str, old: &str, shown: &str) -> ToolError {
     let lines: Vec<&str> = body.lines().collect();
     let wanted: Vec<&str> = old.trim_matches('\n').lines().collect();
     let near = matching::seek(&lines, &wanted, 0, false).filter(|_| !wanted.is_empty());
-    let hint = match near {
-        Some(at) => format!(
+    let hint = match (near, matching::closest(&lines, &wanted)) {
+        (Some(at), _) => format!(
             " Lines {}-{} match except for whitespace; copy them exactly as the file has them.",
             at + 1,
             at + wanted.len()
         ),
-        None => {
+        (None, Some(range)) => format!(
+            " The closest text is lines {}-{}; to change it, use exactly this as old_string:\n{}",
+            range.start + 1,
+            range.end,
+            lines[range.clone()].join("\n")
+        ),
+        (None, None) => {
             " Check whitespace and indentation, or read the file again and copy the text exactly."
                 .to_owned()
         }
@@ -201,6 +332,86 @@ mod tests {
                 .contains("Lines 1-2 match except for whitespace"),
             "{error}"
         );
+        // A changed line: the error shows the real text to copy.
+        put(dir.path(), "b.py", "def g(xs):\n    return len(xs) - 1\n");
+        let error = call(
+            &Edit,
+            &context,
+            args("b.py", "def g(xs):\n    return len(xs) + 1", "x"),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            error.to_string().ends_with(
+                "lines 1-2; to change it, use exactly this as old_string:\ndef g(xs):\n    return len(xs) - 1"
+            ),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn forgives_lines_left_out_of_old_string() {
+        let (dir, context) = project();
+        let file = "def add(a, b):\n    return a + b\n\n\ndef average(numbers):\n    \"\"\"The mean.\"\"\"\n    return sum(numbers) / (len(numbers) - 1)\n";
+        put(dir.path(), "calc.py", file);
+        let output = call(
+            &Edit,
+            &context,
+            args(
+                "calc.py",
+                "def average(numbers):\n    return sum(numbers) / (len(numbers) - 1)",
+                "def average(numbers):\n    return sum(numbers) / len(numbers)",
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            get(dir.path(), "calc.py"),
+            file.replace("(len(numbers) - 1)", "len(numbers)")
+        );
+        assert!(
+            output
+                .content
+                .ends_with("old_string left out line 6 of the file; it was kept as it is."),
+            "{}",
+            output.content
+        );
+
+        // Lines added and removed around a kept comment; CRLF kept.
+        put(dir.path(), "b.txt", "a\r\n# note\r\nb\r\nc\r\nd\r\n");
+        call(&Edit, &context, args("b.txt", "a\nb\nc", "a\nB\nc\nc2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            get(dir.path(), "b.txt"),
+            "a\r\n# note\r\nB\r\nc\r\nc2\r\nd\r\n"
+        );
+
+        // The first line may lack its indentation.
+        put(
+            dir.path(),
+            "c.py",
+            "if x:\n    y = 1\n    # why\n    z = 2\n",
+        );
+        call(
+            &Edit,
+            &context,
+            args("c.py", "y = 1\n    z = 2", "y = 3\n    z = 2"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            get(dir.path(), "c.py"),
+            "if x:\n    y = 3\n    # why\n    z = 2\n"
+        );
+
+        // Two places that fit: refused, nothing written.
+        put(dir.path(), "d.txt", "a\nx\nb\na\ny\nb\n");
+        let error = call(&Edit, &context, args("d.txt", "a\nb", "q"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("not found"), "{error}");
+        assert_eq!(get(dir.path(), "d.txt"), "a\nx\nb\na\ny\nb\n");
     }
 
     #[tokio::test]

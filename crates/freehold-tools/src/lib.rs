@@ -1,5 +1,6 @@
 //! The tools the coding agent calls: `read`, `write`, `edit`, `apply_patch`,
-//! `glob`, `grep`, `shell` and `todo`.
+//! `glob`, `grep`, `shell` and `todo`; and the files a prompt names, which
+//! the agent attaches to it ([`attach_mentioned_files`]).
 //!
 //! Each tool implements [`Tool`]: a name, a [`ToolSpec`] (a short description
 //! small models can follow and a JSON Schema for its arguments), a
@@ -32,6 +33,7 @@ mod files;
 mod glob;
 mod grep;
 mod matching;
+mod mentions;
 mod patch;
 mod paths;
 mod read;
@@ -45,6 +47,10 @@ mod write;
 
 pub use context::{FileTracker, TodoItem, TodoStatus, ToolContext};
 pub use error::ToolError;
+pub use mentions::{
+    Attachment, MAX_ATTACHED_BYTES, MAX_ATTACHED_FILE_BYTES, MAX_ATTACHED_FILES,
+    attach_mentioned_files, render_attachments,
+};
 pub use toolbox::Toolbox;
 
 use async_trait::async_trait;

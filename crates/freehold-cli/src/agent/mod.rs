@@ -212,6 +212,7 @@ async fn options(
     options.context_window = tuning.context_window;
     options.max_output_tokens = tuning.max_output_tokens;
     options.temperature = tuning.temperature;
+    options.guided = tuning.guided;
     options.max_turns = args.max_turns.or(config.max_turns).unwrap_or(40);
     if let Some(secs) = config.shell_timeout_secs {
         options.shell_timeout_secs = secs;
@@ -279,13 +280,15 @@ pub(crate) struct Tuning {
     pub(crate) context_window: u32,
     pub(crate) max_output_tokens: u32,
     pub(crate) temperature: Option<f32>,
+    pub(crate) guided: bool,
 }
 
 /// The budget and sampling for `model`: the configuration's, else a
 /// quarter of the window for answers (512–4,096 tokens; local models at
 /// most 2,048), and temperature
 /// 0.2 for local models (small models call tools more reliably when they
-/// sample close to greedy).
+/// sample close to greedy), and guidance ([`AgentOptions::guided`]) for
+/// local models.
 pub(crate) async fn tuning(router: &Router, model: &str, config: &AgentConfig) -> Tuning {
     let context_window = context_window(router, model, config.context_window).await;
     Tuning {
@@ -302,6 +305,7 @@ pub(crate) async fn tuning(router: &Router, model: &str, config: &AgentConfig) -
         temperature: config
             .temperature
             .or(model.starts_with("local:").then_some(0.2)),
+        guided: config.guided.unwrap_or(model.starts_with("local:")),
     }
 }
 
