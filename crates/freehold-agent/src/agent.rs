@@ -51,9 +51,11 @@ pub struct AgentOptions {
     /// Default time limit of a shell command, in seconds.
     pub shell_timeout_secs: u64,
     /// Scaffolding for small models, which often answer in prose instead
-    /// of working: the first model call of each task must call a tool, and
-    /// an answer that shows code while no file was changed (or an empty
-    /// answer) gets one reminder to do the work with the tools.
+    /// of working: files the task names by path are attached to it (not
+    /// only `@path` mentions); when none is, the first model call of the
+    /// task must call a tool; and an answer that shows code while no file
+    /// was changed (or an empty answer) gets one reminder to do the work
+    /// with the tools.
     pub guided: bool,
 }
 

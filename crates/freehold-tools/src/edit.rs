@@ -208,7 +208,9 @@ fn forgiving_replace(body: &str, old: &str, new: &str) -> Option<Forgiven> {
         }
     }
     out.extend(before[old_lines.len()].iter().map(|l| (*l).to_owned()));
-    if let Some(first_new) = out.first_mut().filter(|_| !indent.is_empty() && !keep[0]) {
+    // Only new text opening the run takes the indentation: a kept first
+    // line has its own.
+    if let Some(first_new) = out.first_mut().filter(|_| !before[0].is_empty()) {
         first_new.insert_str(0, indent);
     }
 
@@ -224,21 +226,17 @@ fn forgiving_replace(body: &str, old: &str, new: &str) -> Option<Forgiven> {
     result.push_str(&file[last + 1..].concat());
     Some(Forgiven {
         body: result,
-        note: format!(
-            " old_string left out line{} {} of the file; {} kept as {}.",
-            if left_out.len() == 1 { "" } else { "s" },
-            left_out.join(", "),
-            if left_out.len() == 1 {
-                "it was"
-            } else {
-                "they were"
-            },
-            if left_out.len() == 1 {
-                "it is"
-            } else {
-                "they are"
-            },
-        ),
+        note: if left_out.len() == 1 {
+            format!(
+                " old_string left out line {} of the file; it was kept as it is.",
+                left_out[0]
+            )
+        } else {
+            format!(
+                " old_string left out lines {} of the file; they were kept as they are.",
+                left_out.join(", ")
+            )
+        },
     })
 }
 
@@ -404,6 +402,21 @@ mod tests {
             get(dir.path(), "c.py"),
             "if x:\n    y = 3\n    # why\n    z = 2\n"
         );
+
+        // Its first line deleted: no indentation is added to what follows.
+        put(
+            dir.path(),
+            "e.py",
+            "if x:\n    y = 1\n    # why\n    z = 2\n",
+        );
+        call(
+            &Edit,
+            &context,
+            args("e.py", "y = 1\n    z = 2", "    z = 2"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(get(dir.path(), "e.py"), "if x:\n    # why\n    z = 2\n");
 
         // Two places that fit: refused, nothing written.
         put(dir.path(), "d.txt", "a\nx\nb\na\ny\nb\n");
