@@ -122,7 +122,7 @@ mod tests {
         put(
             dir.path(),
             "big.txt",
-            &"x".repeat(MAX_ATTACHED_FILE_BYTES + 1),
+            "x".repeat(MAX_ATTACHED_FILE_BYTES + 1),
         );
         std::fs::write(dir.path().join("blob.bin"), [0u8, 159, 146, 150]).unwrap();
         let prompt =
