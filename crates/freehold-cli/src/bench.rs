@@ -47,6 +47,10 @@ enum BenchTarget {
     /// byte, throughput, memory) in front of an in-process mock upstream,
     /// against direct calls to that upstream in the same run.
     Gateway(crate::bench_gateway::GatewayBenchArgs),
+    /// A byte relay for `bench gateway`'s `relay` phase (run by it as a
+    /// child process; not for direct use).
+    #[command(hide = true)]
+    Relay(crate::bench_gateway::RelayArgs),
 }
 
 /// Arguments of `freehold bench engine`.
@@ -84,6 +88,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchTarget::Agent(args) => crate::bench_agent::agent(args).await,
         BenchTarget::Grep(args) => crate::bench_grep::grep(args).await,
         BenchTarget::Gateway(args) => crate::bench_gateway::gateway(args).await,
+        BenchTarget::Relay(args) => crate::bench_gateway::relay(args).await,
     }
 }
 

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use freehold_gateway::bench::{
     self, DEFAULT_CLIENTS, GatewayUnderTest, InProcessGateway, LoadOptions, MAX_CLIENTS,
-    Measurement, Progress, Report,
+    Measurement, Progress, RelayUnderTest, Report,
 };
 use freehold_gateway::mock::MockUpstream;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -53,6 +53,25 @@ pub(crate) struct GatewayBenchArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+}
+
+/// Arguments of the hidden `freehold bench relay`.
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
+    /// Where to relay to (`127.0.0.1:PORT`).
+    #[arg(long, value_name = "ADDR")]
+    to: std::net::SocketAddr,
+}
+
+/// `freehold bench relay`: relays a free loopback port to `--to`, after
+/// printing `relay: http://ADDR` for the parent.
+pub(crate) async fn relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the relay to a loopback port")?;
+    println!("relay: http://{}", listener.local_addr()?);
+    bench::relay(listener, args.to).await;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `10s`, `500ms`, `2m` or a number of seconds.
@@ -93,6 +112,7 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
     let key = bench_key();
     let database = dir.path().join("gateway.db");
     // Whichever runs, it lives until the report is made.
+    let mut relay_child = None;
     let (under_test, _in_process, mut child) = if args.in_process {
         let gateway = InProcessGateway::start(&mock.base_url(), &key, &database).await?;
         let under_test = GatewayUnderTest {
@@ -100,16 +120,25 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
             key: key.clone(),
             pid: None,
             description: "served in this process (memory not measured: --in-process)".into(),
+            relay: None,
         };
         (under_test, Some(gateway), None)
     } else {
         let (child, base_url) =
             spawn_serve(dir.path(), &mock, &key, &database, args.gateway_threads).await?;
         let pid = child.id();
+        relay_child = Some(spawn_relay(&mock, args.gateway_threads).await?);
+        let relay = relay_child
+            .as_ref()
+            .map(|(child, base_url)| RelayUnderTest {
+                base_url: base_url.clone(),
+                pid: child.id(),
+            });
         let under_test = GatewayUnderTest {
             base_url,
             key: key.clone(),
             pid,
+            relay,
             description: format!(
                 "`freehold serve` as a child process (pid {}), master key required, \
                  ledger on SQLite, default log level, {} worker threads",
@@ -139,7 +168,7 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
         ),
     })
     .await;
-    if let Some(child) = &mut child {
+    for child in child.iter_mut().chain(relay_child.as_mut().map(|(c, _)| c)) {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
@@ -150,6 +179,40 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
         print!("{}", render(&report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `freehold bench relay` in front of `mock`, with the gateway's
+/// worker threads, so that both run as alike as they can; returns it and
+/// its URL once it listens.
+async fn spawn_relay(mock: &MockUpstream, threads: Option<u32>) -> anyhow::Result<(Child, String)> {
+    let exe = std::env::current_exe().context("finding the freehold binary")?;
+    let mut command = Command::new(exe);
+    command
+        .args(["bench", "relay", "--to"])
+        .arg(mock.address().to_string())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(threads) = threads {
+        command.env("TOKIO_WORKER_THREADS", threads.to_string());
+    }
+    let mut child = command.spawn().context("starting the relay")?;
+    let stdout = child.stdout.take().context("reading the relay's output")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(url) = line.strip_prefix("relay: ") {
+                return Ok(url.trim().to_owned());
+            }
+        }
+        bail!("the relay exited before listening")
+    })
+    .await
+    .context("the relay did not listen within 30 s")??;
+    Ok((child, url))
 }
 
 /// A master key for this run only (the gateway listens on loopback).
@@ -230,7 +293,7 @@ fn render(report: &Report) -> String {
         report.clients, report.warmup_s, report.duration_s, report.cores, report.gateway
     );
     out.push_str(
-        "| phase | offered/s | requests/s | p50 µs | p90 µs | p99 µs | max µs | first byte p50 / p99 µs | errors | gateway CPU µs/request |\n\
+        "| phase | offered/s | requests/s | p50 µs | p90 µs | p99 µs | max µs | first byte p50 / p99 µs | errors | gateway (relay) CPU µs/request |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for m in &report.phases {
@@ -239,10 +302,11 @@ fn render(report: &Report) -> String {
     out.push_str(
         "\n`max` phases: each client sends again as soon as it is answered (the most the loop \
          reaches; latency there is mostly queueing); the others are paced at the offered rate \
-         in all.\n",
+         in all. `relay` goes through a process that copies bytes without reading them: what \
+         one more process on the path costs on this machine.\n",
     );
     out.push_str(
-        "\nadded by the gateway (gateway − direct, same run):\n\n\
+        "\nadded over the reference (phase − reference, same run):\n\n\
          | phase | reference | metric | added p50 µs | added p99 µs | ratio p50 | ratio p99 | ratio requests/s |\n\
          | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
     );

@@ -284,8 +284,9 @@ pub struct Measurement {
     /// From sending the request to the first byte of the body (streams
     /// only).
     pub first_byte: Option<Percentiles>,
-    /// CPU time of the gateway process per request, warm-up included, in
-    /// microseconds (when the gateway runs as its own process).
+    /// CPU time per request, warm-up included, in microseconds, of the
+    /// process in front of the mock when it runs as its own: the gateway,
+    /// or in the `relay` phase the relay.
     pub gateway_cpu_us_per_request: Option<f64>,
     /// CPU time of this process (load generator and mock, and the gateway
     /// too when it runs in process) per request, in microseconds.
@@ -348,6 +349,50 @@ pub struct GatewayUnderTest {
     pub pid: Option<u32>,
     /// How it runs, in words, for the report.
     pub description: String,
+    /// A [`relay`] in front of the mock, when the run has one: the paced
+    /// `relay` phase measures what one more process on the path costs on
+    /// this machine without any of a gateway's work, so that the gateway's
+    /// figures can be read against that floor as well as against direct
+    /// calls.
+    pub relay: Option<RelayUnderTest>,
+}
+
+/// A byte relay a run measures (see [`GatewayUnderTest::relay`]).
+#[derive(Debug, Clone)]
+pub struct RelayUnderTest {
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// Its process, when it runs as its own (for its CPU time).
+    pub pid: Option<u32>,
+}
+
+/// Copies bytes both ways between each connection accepted on `listener`
+/// and a new connection of its own to `upstream`, until either side
+/// closes. It reads nothing of what it carries, so what a request through
+/// it costs beyond a direct call is the price of one more process on the
+/// path on this machine: two more loopback hops and the wake-ups they take.
+/// Runs until its task is dropped; accepting errors are logged and retried.
+pub async fn relay(listener: tokio::net::TcpListener, upstream: SocketAddr) {
+    loop {
+        let mut inbound = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, for instance: wait, don't spin.
+                tracing::warn!(%error, "relay: accepting a connection");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                return;
+            };
+            // As the gateway's own sockets: no Nagle delay on small writes.
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        });
+    }
 }
 
 /// A whole run's figures.
@@ -411,27 +456,48 @@ pub async fn run(
 ) -> Result<Report, BenchError> {
     options.validate()?;
     let direct_url = format!("http://{}", mock.address());
-    let key = Some(gateway.key.as_str());
-    let gateway_url = gateway.base_url.as_str();
-    let phase = |name: &str, through: bool, call: Call, rate: Option<f64>| Target {
-        name: name.to_owned(),
-        base_url: if through { gateway_url } else { &direct_url }.to_owned(),
-        key: if through { key } else { None }.map(str::to_owned),
-        call,
-        model: if through { ALIAS } else { UPSTREAM_MODEL }.to_owned(),
-        rate,
+    let phase = |name: &str, via: Via, call: Call, rate: Option<f64>| {
+        let target = Target {
+            name: name.to_owned(),
+            base_url: match via {
+                Via::Direct => direct_url.clone(),
+                Via::Relay => gateway
+                    .relay
+                    .as_ref()
+                    .map_or_else(String::new, |relay| relay.base_url.clone()),
+                Via::Gateway => gateway.base_url.clone(),
+            },
+            key: (via == Via::Gateway).then(|| gateway.key.clone()),
+            call,
+            model: if via == Via::Gateway {
+                ALIAS
+            } else {
+                UPSTREAM_MODEL
+            }
+            .to_owned(),
+            rate,
+        };
+        let watched = match via {
+            Via::Direct => None,
+            Via::Relay => gateway.relay.as_ref().and_then(|relay| relay.pid),
+            Via::Gateway => gateway.pid,
+        };
+        (target, watched)
     };
     let mut targets = vec![
-        phase("direct max", false, Call::Chat, None),
-        phase("gateway max", true, Call::Chat, None),
+        phase("direct max", Via::Direct, Call::Chat, None),
+        phase("gateway max", Via::Gateway, Call::Chat, None),
     ];
     if let Some(rate) = options.rate {
+        targets.push(phase("direct", Via::Direct, Call::Chat, Some(rate)));
+        if gateway.relay.is_some() {
+            targets.push(phase("relay", Via::Relay, Call::Chat, Some(rate)));
+        }
         targets.extend([
-            phase("direct", false, Call::Chat, Some(rate)),
-            phase("gateway", true, Call::Chat, Some(rate)),
-            phase("direct stream", false, Call::ChatStream, Some(rate)),
-            phase("gateway stream", true, Call::ChatStream, Some(rate)),
-            phase("gateway messages", true, Call::Messages, Some(rate)),
+            phase("gateway", Via::Gateway, Call::Chat, Some(rate)),
+            phase("direct stream", Via::Direct, Call::ChatStream, Some(rate)),
+            phase("gateway stream", Via::Gateway, Call::ChatStream, Some(rate)),
+            phase("gateway messages", Via::Gateway, Call::Messages, Some(rate)),
         ]);
     }
     let idle_rss = gateway
@@ -441,18 +507,13 @@ pub async fn run(
         .unwrap_or(0);
     let sampler = gateway.pid.map(MemorySampler::start);
     let mut phases = Vec::with_capacity(targets.len());
-    for (index, target) in targets.iter().enumerate() {
+    for (index, (target, watched)) in targets.iter().enumerate() {
         progress(Progress::Phase {
             name: &target.name,
             index: index + 1,
             of: targets.len(),
         });
-        let watched = if target.base_url == direct_url {
-            None
-        } else {
-            gateway.pid
-        };
-        let measurement = measure(target, options, watched).await?;
+        let measurement = measure(target, options, *watched).await?;
         progress(Progress::Done(&measurement));
         phases.push(measurement);
     }
@@ -482,6 +543,8 @@ pub async fn run(
     report.added = [
         ("gateway max", "direct max", "latency"),
         ("gateway", "direct", "latency"),
+        ("relay", "direct", "latency"),
+        ("gateway", "relay", "latency"),
         ("gateway stream", "direct stream", "latency"),
         ("gateway stream", "direct stream", "first byte"),
         ("gateway messages", "direct", "latency"),
@@ -491,6 +554,14 @@ pub async fn run(
     .collect();
     report.goals = judge(&report);
     Ok(report)
+}
+
+/// Where a phase's requests go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Direct,
+    Relay,
+    Gateway,
 }
 
 fn added(report: &Report, phase: &str, reference: &str, metric: &'static str) -> Option<Added> {
@@ -515,11 +586,12 @@ fn added(report: &Report, phase: &str, reference: &str, metric: &'static str) ->
 }
 
 fn judge(report: &Report) -> Vec<Goal> {
+    // Goals are judged against direct calls, never against the relay.
     let find = |phase: &str, metric: &str| {
         report
             .added
             .iter()
-            .find(|a| a.phase == phase && a.metric == metric)
+            .find(|a| a.phase == phase && a.metric == metric && a.reference.starts_with("direct"))
     };
     // Paced when there are paced phases, at saturation otherwise.
     let chat = find("gateway", "latency").or_else(|| find("gateway max", "latency"));

@@ -612,6 +612,11 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
             return Err(GatewayError::unsupported_media_type(kind));
         }
     }
+    // The path of a bad field is only worth its bookkeeping when there is
+    // an error to report: the body is read again for it then.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use freehold_gateway::bench::{
-    self, GatewayUnderTest, InProcessGateway, LoadOptions, Percentiles, Progress,
+    self, GatewayUnderTest, InProcessGateway, LoadOptions, Percentiles, Progress, RelayUnderTest,
 };
 use freehold_gateway::mock::MockUpstream;
 
@@ -29,12 +29,19 @@ async fn a_short_run_reports_every_phase() {
     let gateway = InProcessGateway::start(&mock.base_url(), MASTER, &database)
         .await
         .unwrap();
+    let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_address = relay_listener.local_addr().unwrap();
+    let relay = tokio::spawn(bench::relay(relay_listener, mock.address()));
     let under_test = GatewayUnderTest {
         base_url: gateway.base_url(),
         key: MASTER.into(),
         // Its own process, to exercise the memory and CPU readings.
         pid: Some(std::process::id()),
         description: "in process".into(),
+        relay: Some(RelayUnderTest {
+            base_url: format!("http://{relay_address}"),
+            pid: Some(std::process::id()),
+        }),
     };
     let options = LoadOptions {
         clients: 4,
@@ -58,6 +65,7 @@ async fn a_short_run_reports_every_phase() {
             "direct max",
             "gateway max",
             "direct",
+            "relay",
             "gateway",
             "direct stream",
             "gateway stream",
@@ -92,7 +100,32 @@ async fn a_short_run_reports_every_phase() {
             .gateway_cpu_us_per_request
             .is_none()
     );
-    assert_eq!(report.added.len(), 5);
+    // Against direct calls: gateway max, gateway, relay, gateway stream
+    // (latency and first byte), gateway messages; and gateway against relay.
+    assert_eq!(report.added.len(), 7);
+    let over_relay = report
+        .added
+        .iter()
+        .find(|a| a.phase == "gateway" && a.reference == "relay")
+        .unwrap();
+    let relay_phase = report.phase("relay").unwrap();
+    assert_eq!(
+        over_relay.p50_us,
+        f64::from(report.phase("gateway").unwrap().latency.p50_us)
+            - f64::from(relay_phase.latency.p50_us)
+    );
+    assert!(relay_phase.gateway_cpu_us_per_request.is_some());
+    // The goals are judged against direct calls, not against the relay.
+    let direct_added = report
+        .added
+        .iter()
+        .find(|a| a.phase == "gateway" && a.reference == "direct")
+        .unwrap();
+    assert!(
+        report.goals[0]
+            .measured
+            .starts_with(&format!("{:.0} µs", direct_added.p50_us))
+    );
     // Paced phases are offered the rate and stay near it (well below what
     // the loop can do); the others are not paced.
     let paced = report.phase("gateway").unwrap();
@@ -108,8 +141,9 @@ async fn a_short_run_reports_every_phase() {
     assert!(database.exists());
     // The report serializes whole.
     let json = serde_json::to_value(&report).unwrap();
-    assert_eq!(json["phases"][3]["name"], "gateway");
-    assert!(json["phases"][5]["first_byte"]["p50_us"].is_u64());
+    assert_eq!(json["phases"][4]["name"], "gateway");
+    assert!(json["phases"][6]["first_byte"]["p50_us"].is_u64());
+    relay.abort();
 }
 
 #[tokio::test]
@@ -124,6 +158,7 @@ async fn a_gateway_that_refuses_is_an_error_not_a_figure() {
         key: "not-the-key".into(),
         pid: None,
         description: "in process".into(),
+        relay: None,
     };
     let options = LoadOptions {
         clients: 2,

@@ -152,6 +152,7 @@ on_both!(
     two_stores_share_one_budget,
     usage_by_key_model_and_day,
     requests_list_the_latest_lines,
+    large_batches_are_written_whole,
     reopening_keeps_data_and_migrates_once,
 );
 
@@ -614,6 +615,48 @@ async fn requests_list_the_latest_lines(db: &TestDb) {
     assert_eq!(last.record.cost_usd, None);
     assert_eq!(last.record.error.as_deref(), Some("upstream"));
     assert_eq!(store.requests(Some(2_500), 10).await.unwrap().len(), 1);
+    store.close().await;
+}
+
+/// A batch larger than one INSERT statement (the writer sends up to 512
+/// lines at once) is written whole, every field kept, and a bad line in its
+/// last statement leaves none of the batch behind.
+async fn large_batches_are_written_whole(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "batch".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let lines: Vec<UsageRecord> = (0..300)
+        .map(|i| {
+            let mut record = line(10_000 + i, Some(&key.id), "gpt", Some(0.001), 200);
+            record.privacy = (i % 7 == 0).then(|| format!("redacted line={i}"));
+            record
+        })
+        .collect();
+    store.record(&lines).await.unwrap();
+    let by_key = store.usage(GroupBy::Key, None).await.unwrap();
+    assert_eq!(by_key.len(), 1);
+    assert_eq!(by_key[0].requests, 300);
+    assert!(close(by_key[0].cost_usd, 0.3), "{by_key:?}");
+    let listed = store.requests(None, 1000).await.unwrap();
+    assert_eq!(listed.len(), 300);
+    // Newest first: the last line written comes back as it was (no body).
+    assert_eq!(listed[0].record, lines[299]);
+    assert_eq!(listed[299].record, lines[0]);
+    assert_eq!(listed[160].record, lines[139]);
+
+    let mut failing: Vec<UsageRecord> = (0..200)
+        .map(|i| line(20_000 + i, Some(&key.id), "claude", Some(1.0), 200))
+        .collect();
+    failing[199].key_id = Some("key_missing".into());
+    assert!(store.record(&failing).await.is_err());
+    let by_model = store.usage(GroupBy::Model, None).await.unwrap();
+    assert_eq!(by_model.len(), 1, "{by_model:?}");
+    assert_eq!(by_model[0].requests, 300);
     store.close().await;
 }
 

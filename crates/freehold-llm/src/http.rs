@@ -13,6 +13,8 @@ use bytes::Bytes;
 use freehold_protocol::{ErrorKind, LlmError};
 use futures::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::ndjson::NdjsonDecoder;
 use crate::retry::RetryPolicy;
@@ -145,9 +147,9 @@ impl Transport {
     /// The mapped [`LlmError`] of the last attempt.
     pub async fn post_json(
         &self,
-        url: &str,
+        url: impl reqwest::IntoUrl + Clone,
         headers: &HeaderMap,
-        body: &serde_json::Value,
+        body: &(impl Serialize + ?Sized),
     ) -> Result<reqwest::Response, LlmError> {
         self.post(url, headers, body, self.settings.idle_timeout)
             .await
@@ -162,9 +164,9 @@ impl Transport {
     /// The mapped [`LlmError`] of the last attempt.
     pub async fn post_json_whole(
         &self,
-        url: &str,
+        url: impl reqwest::IntoUrl + Clone,
         headers: &HeaderMap,
-        body: &serde_json::Value,
+        body: &(impl Serialize + ?Sized),
     ) -> Result<reqwest::Response, LlmError> {
         let wait = self
             .settings
@@ -175,17 +177,21 @@ impl Transport {
 
     async fn post(
         &self,
-        url: &str,
+        url: impl reqwest::IntoUrl + Clone,
         headers: &HeaderMap,
-        body: &serde_json::Value,
+        body: &(impl Serialize + ?Sized),
         header_wait: Duration,
     ) -> Result<reqwest::Response, LlmError> {
-        let body = serde_json::to_vec(body)
-            .map_err(|error| self.error(ErrorKind::InvalidRequest, error.to_string()))?;
+        // Straight to bytes: a body built as a `serde_json::Value` first
+        // would cost a second pass over the whole request.
+        let body = Bytes::from(
+            serde_json::to_vec(body)
+                .map_err(|error| self.error(ErrorKind::InvalidRequest, error.to_string()))?,
+        );
         self.send_with_retries(
             || {
                 self.client
-                    .post(url)
+                    .post(url.clone())
                     .headers(headers.clone())
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.clone())
@@ -376,13 +382,38 @@ impl Transport {
         response: reqwest::Response,
     ) -> Result<serde_json::Value, LlmError> {
         let body = self.read_capped(response, MAX_JSON_BODY_BYTES).await?;
+        serde_json::from_slice(&body).map_err(|error| self.not_json(&body, &error))
+    }
+
+    /// Reads a JSON body straight into `T` (no `serde_json::Value` in
+    /// between), as [`Transport::read_json`] reads it.
+    ///
+    /// # Errors
+    /// As [`Transport::read_json`]; a JSON body that is not a `T` is an
+    /// "unexpected response shape".
+    pub async fn read_json_as<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, LlmError> {
+        let body = self.read_capped(response, MAX_JSON_BODY_BYTES).await?;
         serde_json::from_slice(&body).map_err(|error| {
-            let preview = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            self.error(
-                ErrorKind::Server,
-                format!("the response is not JSON ({error}): {preview}"),
-            )
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
+                self.error(
+                    ErrorKind::Server,
+                    format!("unexpected response shape: {error}"),
+                )
+            } else {
+                self.not_json(&body, &error)
+            }
         })
+    }
+
+    fn not_json(&self, body: &[u8], error: &serde_json::Error) -> LlmError {
+        let preview = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        self.error(
+            ErrorKind::Server,
+            format!("the response is not JSON ({error}): {preview}"),
+        )
     }
 
     /// Runs a wire decoder over stream items (see

@@ -30,7 +30,7 @@
 //! assert!(router.resolve("fast").is_err());
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +43,7 @@ use freehold_protocol::{
 use serde::{Deserialize, Serialize};
 
 use crate::balance::{HealthSettings, first_content};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Pricing};
 use crate::cost::cost;
 use crate::provider::{EventStream, Provider};
 
@@ -135,6 +135,51 @@ pub struct Router {
     providers: BTreeMap<String, Arc<dyn Provider>>,
     aliases: BTreeMap<String, AliasTarget>,
     catalog: Catalog,
+    prices: PriceCache,
+}
+
+/// The prices [`Router::cost_of`] found, by provider and model: a gateway
+/// prices every request, and a model the catalog does not list by its exact
+/// key costs a scan of every entry to look up.
+#[derive(Debug, Default)]
+struct PriceCache {
+    by_provider: std::sync::RwLock<HashMap<String, HashMap<String, Option<Pricing>>>>,
+}
+
+impl PriceCache {
+    /// Models remembered at most; clients choose model names, so the
+    /// cache must not grow without bound.
+    const MAX_MODELS: usize = 4096;
+
+    fn get_or_find(
+        &self,
+        provider: &str,
+        model: &str,
+        find: impl FnOnce() -> Option<Pricing>,
+    ) -> Option<Pricing> {
+        // A poisoned lock only means another thread panicked mid-insert;
+        // the map itself is still whole.
+        let cached = self
+            .by_provider
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(provider)
+            .and_then(|models| models.get(model).copied());
+        if let Some(pricing) = cached {
+            return pricing;
+        }
+        let pricing = find();
+        let mut map = self
+            .by_provider
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.values().map(HashMap::len).sum::<usize>() < Self::MAX_MODELS {
+            map.entry(provider.to_owned())
+                .or_default()
+                .insert(model.to_owned(), pricing);
+        }
+        pricing
+    }
 }
 
 impl Router {
@@ -149,6 +194,7 @@ impl Router {
             providers,
             aliases,
             catalog,
+            prices: PriceCache::default(),
         }
     }
 
@@ -201,11 +247,12 @@ impl Router {
     /// What `usage` cost on `model` of provider `provider`, in USD; `None`
     /// when the catalog does not know its price.
     pub fn cost_of(&self, provider: &str, model: &str, usage: &Usage) -> Option<f64> {
-        let pricing = self
-            .catalog
-            .lookup(provider, model)
-            .and_then(|entry| entry.pricing.as_ref());
-        cost(usage, pricing)
+        let pricing = self.prices.get_or_find(provider, model, || {
+            self.catalog
+                .lookup(provider, model)
+                .and_then(|entry| entry.pricing)
+        });
+        cost(usage, pricing.as_ref())
     }
 
     /// Streams an answer like [`Provider::stream`] and says which target

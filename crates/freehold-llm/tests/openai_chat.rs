@@ -494,12 +494,44 @@ async fn error_object_mid_stream_is_reported() {
 }
 
 #[tokio::test]
+async fn text_that_mentions_error_is_text_and_a_finish_reason_of_error_is_read() {
+    // The decoder reads chunks straight into their type unless the text may
+    // hold an `"error"` key: neither of these is an error object.
+    let text = sse_text(&[
+        ("", &chunk(json!({"content": "the \"error\" key: "}), None)),
+        ("", &chunk(json!({"content": "error"}), Some("stop"))),
+    ]);
+    let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+    let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text_of(&events), "the \"error\" key: error");
+}
+
+#[tokio::test]
 async fn a_stream_cut_before_finish_is_a_connection_error() {
     let text = sse_text(&[("", &chunk(json!({"content": "half"}), None))]);
     let server = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
     let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
     assert_eq!(text_of(&events), "half");
     assert_eq!(error.unwrap().kind, ErrorKind::Connection);
+}
+
+#[tokio::test]
+async fn a_base_url_that_is_not_a_url_is_named_in_the_error() {
+    let client =
+        OpenAiChatClient::new(options("o", "no scheme/v1".into()), Dialect::default()).unwrap();
+    for error in [
+        client.complete(request()).await.unwrap_err(),
+        client.stream(request()).await.err().unwrap(),
+    ] {
+        assert_eq!(error.kind, ErrorKind::InvalidRequest);
+        assert!(
+            error
+                .message
+                .contains("base_url `no scheme/v1` is not a usable URL"),
+            "{error}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -306,9 +306,9 @@ fn sse_response<E: StreamEncoder>(
             if frames.is_empty() && more {
                 continue;
             }
-            let mut text = String::new();
+            let mut text = Vec::with_capacity(256 * frames.len());
             for frame in &frames {
-                text.push_str(&frame.to_sse_text());
+                frame.write_sse(&mut text);
             }
             let next = more.then_some((None, stream, encoder));
             return Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), next));

@@ -282,6 +282,10 @@ type KeyRow = (
 
 /// Runs the same code against whichever pool the store holds: the SQL is
 /// written once, the compiler checks it against both drivers' types.
+/// Ledger lines per INSERT statement: 15 parameters each, so a full
+/// statement stays under SQLite's oldest limit of 999 parameters.
+const LINES_PER_INSERT: usize = 64;
+
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
@@ -742,32 +746,39 @@ impl Store {
                     .transpose()
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // One multi-row INSERT per chunk instead of one per line: each
+        // statement is a round trip to the database (for SQLite, a wake-up
+        // of its worker thread), which is what a busy gateway paid per
+        // request before.
         with_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
-            for (r, cost) in records.iter().zip(&costs) {
-                sqlx::query(
+            for (chunk, chunk_costs) in records
+                .chunks(LINES_PER_INSERT)
+                .zip(costs.chunks(LINES_PER_INSERT))
+            {
+                let mut insert = sqlx::QueryBuilder::new(
                     "INSERT INTO freehold_usage (at_ms, key_id, model, provider, \
                      provider_model, endpoint, input_tokens, cached_input_tokens, \
-                     output_tokens, cost_micros, latency_ms, status, error, privacy, body) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                )
-                .bind(r.at_ms)
-                .bind(r.key_id.as_deref())
-                .bind(&r.model)
-                .bind(&r.provider)
-                .bind(&r.provider_model)
-                .bind(&r.endpoint)
-                .bind(to_i64(r.input_tokens))
-                .bind(to_i64(r.cached_input_tokens))
-                .bind(to_i64(r.output_tokens))
-                .bind(*cost)
-                .bind(to_i64(r.latency_ms))
-                .bind(i32::from(r.status))
-                .bind(r.error.as_deref())
-                .bind(r.privacy.as_deref())
-                .bind(r.body.as_deref())
-                .execute(&mut *tx)
-                .await?;
+                     output_tokens, cost_micros, latency_ms, status, error, privacy, body) ",
+                );
+                insert.push_values(chunk.iter().zip(chunk_costs), |mut row, (r, cost)| {
+                    row.push_bind(r.at_ms)
+                        .push_bind(r.key_id.as_deref())
+                        .push_bind(r.model.as_str())
+                        .push_bind(r.provider.as_str())
+                        .push_bind(r.provider_model.as_str())
+                        .push_bind(r.endpoint.as_str())
+                        .push_bind(to_i64(r.input_tokens))
+                        .push_bind(to_i64(r.cached_input_tokens))
+                        .push_bind(to_i64(r.output_tokens))
+                        .push_bind(*cost)
+                        .push_bind(to_i64(r.latency_ms))
+                        .push_bind(i32::from(r.status))
+                        .push_bind(r.error.as_deref())
+                        .push_bind(r.privacy.as_deref())
+                        .push_bind(r.body.as_deref());
+                });
+                insert.build().execute(&mut *tx).await?;
             }
             tx.commit().await
         }

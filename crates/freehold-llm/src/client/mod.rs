@@ -57,6 +57,18 @@ impl ClientOptions {
         format!("{}{}", self.base_url, path)
     }
 
+    /// `base_url` joined with `path`, parsed; the error names the base URL
+    /// to fix.
+    pub fn parsed_url(&self, path: &str) -> Result<reqwest::Url, String> {
+        reqwest::Url::parse(&self.url(path)).map_err(|error| {
+            format!(
+                "provider `{}`: base_url `{}` is not a usable URL ({error}); set it to \
+                 something like `http://127.0.0.1:8000/v1`",
+                self.name, self.base_url
+            )
+        })
+    }
+
     /// The keys a transport must redact.
     pub fn secrets(&self) -> Vec<ApiKey> {
         self.api_key

@@ -21,6 +21,9 @@ pub struct OpenAiChatClient {
     dialect: Dialect,
     transport: Transport,
     headers: HeaderMap,
+    /// `{base_url}/chat/completions`, parsed once: reqwest would parse the
+    /// text again on every request. The error is reported on each request.
+    completions_url: Result<reqwest::Url, String>,
 }
 
 impl OpenAiChatClient {
@@ -35,12 +38,22 @@ impl OpenAiChatClient {
             options.secrets(),
         )?;
         let headers = options.headers(KeyHeader::Bearer, &[])?;
+        let completions_url = options.parsed_url("/chat/completions");
         Ok(Self {
             options,
             dialect,
             transport,
             headers,
+            completions_url,
         })
+    }
+}
+
+impl OpenAiChatClient {
+    fn completions_url(&self) -> Result<reqwest::Url, LlmError> {
+        self.completions_url
+            .clone()
+            .map_err(|error| self.transport.error(ErrorKind::InvalidRequest, error))
     }
 }
 
@@ -60,13 +73,9 @@ impl Provider for OpenAiChatClient {
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
         let body = openai_chat::encode_request(&request, self.dialect, true);
-        let body = serde_json::to_value(&body).map_err(|error| {
-            self.transport
-                .error(ErrorKind::InvalidRequest, error.to_string())
-        })?;
         let response = self
             .transport
-            .post_json(&self.options.url("/chat/completions"), &self.headers, &body)
+            .post_json(self.completions_url()?, &self.headers, &body)
             .await?;
         let events = self.transport.sse_stream(response);
         Ok(self
@@ -76,21 +85,11 @@ impl Provider for OpenAiChatClient {
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let body = openai_chat::encode_request(&request, self.dialect, false);
-        let body = serde_json::to_value(&body).map_err(|error| {
-            self.transport
-                .error(ErrorKind::InvalidRequest, error.to_string())
-        })?;
         let response = self
             .transport
-            .post_json_whole(&self.options.url("/chat/completions"), &self.headers, &body)
+            .post_json_whole(self.completions_url()?, &self.headers, &body)
             .await?;
-        let json = self.transport.read_json(response).await?;
-        let response: CompletionResponse = serde_json::from_value(json).map_err(|error| {
-            self.transport.error(
-                ErrorKind::Server,
-                format!("unexpected response shape: {error}"),
-            )
-        })?;
+        let response: CompletionResponse = self.transport.read_json_as(response).await?;
         openai_chat::decode_response(&self.options.name, response)
     }
 

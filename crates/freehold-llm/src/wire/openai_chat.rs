@@ -807,15 +807,10 @@ pub fn generated_call_id() -> String {
     format!("call_{suffix}")
 }
 
-impl WireDecoder<SseEvent> for ChunkDecoder {
-    fn decode(&mut self, event: SseEvent, out: &mut StreamAssembler) -> Result<Decoded, LlmError> {
-        let data = event.data.trim();
-        if data == "[DONE]" {
-            return Ok(Decoded::Done);
-        }
-        if data.is_empty() {
-            return Ok(Decoded::More);
-        }
+impl ChunkDecoder {
+    /// A chunk read through a `Value`: an error the server sent in the
+    /// stream, or text that is not a chunk, each with its own message.
+    fn decode_slowly(&self, data: &str) -> Result<CompletionChunk, LlmError> {
         let value: Value = serde_json::from_str(data).map_err(|error| {
             LlmError::new(
                 ErrorKind::Server,
@@ -826,13 +821,32 @@ impl WireDecoder<SseEvent> for ChunkDecoder {
         if let Some(error) = value.get("error") {
             return Err(stream_error(&self.provider, error));
         }
-        let chunk: CompletionChunk = serde_json::from_value(value).map_err(|error| {
+        serde_json::from_value(value).map_err(|error| {
             LlmError::new(
                 ErrorKind::Server,
                 self.provider.clone(),
                 format!("unexpected stream chunk ({error}): {}", preview(data)),
             )
-        })?;
+        })
+    }
+}
+
+impl WireDecoder<SseEvent> for ChunkDecoder {
+    fn decode(&mut self, event: SseEvent, out: &mut StreamAssembler) -> Result<Decoded, LlmError> {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            return Ok(Decoded::Done);
+        }
+        if data.is_empty() {
+            return Ok(Decoded::More);
+        }
+        // Most chunks are straight into the typed form. Only text that may
+        // hold an `"error"` key (a quote inside a JSON string is escaped,
+        // so content cannot fake one) goes through a `Value` first to look.
+        let chunk: CompletionChunk = match serde_json::from_str(data) {
+            Ok(chunk) if !data.contains("\"error\"") => chunk,
+            _ => self.decode_slowly(data)?,
+        };
         out.start(
             (!chunk.id.is_empty()).then(|| chunk.id.clone()),
             (!chunk.model.is_empty()).then(|| chunk.model.clone()),

@@ -170,19 +170,30 @@ impl SseFrame {
     /// `data:` line (JSON has no raw newlines) and the blank line that ends
     /// the event.
     pub fn to_sse_text(&self) -> String {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
+        self.write_sse(&mut bytes);
+        // Only JSON and ASCII were written.
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Appends the frame as `text/event-stream` text (see
+    /// [`SseFrame::to_sse_text`]) to `out`, serializing the JSON in place.
+    pub fn write_sse(&self, out: &mut Vec<u8>) {
         if let Some(event) = &self.event {
-            text.push_str("event: ");
-            text.push_str(event);
-            text.push('\n');
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(event.as_bytes());
+            out.push(b'\n');
         }
-        text.push_str("data: ");
+        out.extend_from_slice(b"data: ");
         match &self.data {
-            SseData::Json(value) => text.push_str(&value.to_string()),
-            SseData::Done => text.push_str("[DONE]"),
+            // Writing a `Value` to a `Vec` cannot fail: its keys are
+            // strings and the writer takes every byte.
+            SseData::Json(value) => {
+                let _ = serde_json::to_writer(&mut *out, value);
+            }
+            SseData::Done => out.extend_from_slice(b"[DONE]"),
         }
-        text.push_str("\n\n");
-        text
+        out.extend_from_slice(b"\n\n");
     }
 }
 
