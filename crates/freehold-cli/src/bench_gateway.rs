@@ -185,20 +185,12 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
 /// worker threads, so that both run as alike as they can; returns it and
 /// its URL once it listens.
 async fn spawn_relay(mock: &MockUpstream, threads: Option<u32>) -> anyhow::Result<(Child, String)> {
-    let exe = std::env::current_exe().context("finding the freehold binary")?;
-    let mut command = Command::new(exe);
+    let mut command = child_command(threads)?;
     command
         .args(["bench", "relay", "--to"])
         .arg(mock.address().to_string())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    if let Some(threads) = threads {
-        command.env("TOKIO_WORKER_THREADS", threads.to_string());
-    }
+        .stderr(Stdio::inherit());
     let mut child = command.spawn().context("starting the relay")?;
     let stdout = child.stdout.take().context("reading the relay's output")?;
     let mut lines = BufReader::new(stdout).lines();
@@ -223,6 +215,24 @@ fn bench_key() -> String {
     format!("fh-bench-{:x}-{nanos:x}", std::process::id())
 }
 
+/// This binary as a child process with a clean environment (nothing of
+/// this one, a `RUST_LOG` or a user's configuration, changes what is
+/// measured), `threads` async worker threads when given, and no stdin;
+/// killed when dropped.
+fn child_command(threads: Option<u32>) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("finding the freehold binary")?;
+    let mut command = Command::new(exe);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(threads) = threads {
+        command.env("TOKIO_WORKER_THREADS", threads.to_string());
+    }
+    Ok(command)
+}
+
 /// Runs `freehold serve` on a free loopback port in front of `mock`, with
 /// its own home in `dir`; returns it and its URL once it listens.
 async fn spawn_serve(
@@ -235,28 +245,18 @@ async fn spawn_serve(
     let config = dir.join("config.toml");
     std::fs::write(&config, bench::serve_config(&mock.base_url(), database))
         .context("writing the gateway's configuration")?;
-    let exe = std::env::current_exe().context("finding the freehold binary")?;
     let home = dir.join("home");
-    let mut command = Command::new(exe);
+    let mut command = child_command(threads)?;
     command
         .arg("--config")
         .arg(&config)
         .args(["serve", "--listen", "127.0.0.1:0"])
-        // Nothing from this environment (a RUST_LOG, a user's
-        // configuration) changes what is measured.
-        .env_clear()
         .env("HOME", &home)
         .env("FREEHOLD_DATA_DIR", home.join("data"))
         .env("FREEHOLD_MODELS_DIR", home.join("models"))
         .env("FREEHOLD_MASTER_KEY", key)
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(threads) = threads {
-        command.env("TOKIO_WORKER_THREADS", threads.to_string());
-    }
+        .stderr(Stdio::piped());
     let mut child = command.spawn().context("starting freehold serve")?;
     let stderr = child
         .stderr

@@ -695,6 +695,62 @@ async fn bench_engine_rejects_bad_arguments_before_loading_anything() {
 }
 
 #[tokio::test]
+async fn bench_gateway_runs_serve_and_the_relay_as_child_processes() {
+    // A very short run: the figures are whatever they are, but every phase
+    // must have gone through its own process and the report be whole.
+    let run = freehold(
+        &[
+            "bench", "gateway", "-c", "2", "-d", "200ms", "-w", "0s", "-r", "200", "--json",
+        ],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|phase| phase["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "direct max",
+            "gateway max",
+            "direct",
+            "relay",
+            "gateway",
+            "direct stream",
+            "gateway stream",
+            "gateway messages"
+        ]
+    );
+    for phase in report["phases"].as_array().unwrap() {
+        assert_eq!(phase["errors"], 0, "{phase}");
+        let through_a_child = ["relay", "gateway"]
+            .iter()
+            .any(|name| phase["name"].as_str().unwrap().starts_with(name));
+        // CPU time is read from the child's /proc entry: the relay's and
+        // the gateway's are their own processes.
+        assert_eq!(
+            phase["gateway_cpu_us_per_request"].is_number(),
+            through_a_child,
+            "{phase}"
+        );
+    }
+    assert!(report["memory"]["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        report["added"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["phase"] == "gateway" && a["reference"] == "relay")
+    );
+}
+
+#[tokio::test]
 async fn bench_engine_says_how_to_get_a_model() {
     // No model installed (an empty home): the error names the pull command.
     let run = freehold(&["bench", "engine"], None, None).await;
