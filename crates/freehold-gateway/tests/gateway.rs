@@ -27,6 +27,18 @@ const MASTER: &str = "fh-master-for-tests";
 /// A routing table over one provider `mock` with the given replicas; the
 /// model `mock:mock-model` costs $1 per million input and output tokens.
 fn routes(base_urls: Vec<String>) -> Routes {
+    routes_with(
+        base_urls,
+        &HealthSettings {
+            eject_after_failures: 1,
+            cooldown: Duration::from_secs(60),
+            probe: false,
+        },
+    )
+}
+
+/// [`routes`] with its replicas' health settings.
+fn routes_with(base_urls: Vec<String>, health: &HealthSettings) -> Routes {
     let provider: Arc<dyn Provider> = ProviderConfig {
         kind: Some(ProviderKind::Openai),
         base_urls,
@@ -34,10 +46,7 @@ fn routes(base_urls: Vec<String>) -> Routes {
     }
     .resolve("mock")
     .unwrap()
-    .build(&HealthSettings {
-        eject_after_failures: 1,
-        cooldown: Duration::from_secs(60),
-    })
+    .build(health)
     .unwrap();
     let mut catalog = Catalog::new();
     catalog
@@ -651,6 +660,90 @@ async fn a_killed_replica_fails_no_request() {
             .count(),
         1,
         "{health}"
+    );
+}
+
+#[tokio::test]
+async fn a_probe_readmits_a_replica_that_came_back_without_a_client_request() {
+    let replicas = [
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    ];
+    let address = replicas[1].address();
+    let health = HealthSettings {
+        eject_after_failures: 1,
+        cooldown: Duration::from_millis(100),
+        probe: true,
+    };
+    let gw = start(
+        routes_with(
+            replicas.iter().map(MockUpstream::base_url).collect(),
+            &health,
+        ),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let healthy = |url: String| async move {
+        let health: Value = reqwest::get(format!("{url}/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        health["providers"]["mock"]["replicas"][1]["healthy"] == true
+    };
+    replicas[1].kill();
+    // Every request succeeds: the first one the dead replica gets ejects it
+    // and moves on to the other.
+    for _ in 0..4 {
+        let (status, body, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(MASTER),
+            &chat_body("mock"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(!healthy(gw.url.clone()).await);
+    // Its probes fail while it is down: still out after a few cooldowns.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(!healthy(gw.url.clone()).await);
+
+    // It comes back on the same address, with no client request to it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let revived = loop {
+        match MockUpstream::start_on(address).await {
+            Ok(revived) => break revived,
+            // The killed server's listener may take a moment to close.
+            Err(error) => {
+                assert!(std::time::Instant::now() < deadline, "{error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    while !healthy(gw.url.clone()).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe never readmitted the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(revived.requests(), 0, "a client request was the trial");
+    for _ in 0..6 {
+        let (status, body, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(MASTER),
+            &chat_body("mock"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(
+        revived.requests() > 0,
+        "the readmitted replica got no request"
     );
 }
 

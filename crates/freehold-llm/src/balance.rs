@@ -1,4 +1,5 @@
-//! Load balancing over replicas of one model server, with passive health.
+//! Load balancing over replicas of one model server, with passive health and,
+//! when asked for, background probes of ejected replicas.
 //!
 //! A [`ReplicaSet`] is a [`Provider`] made of several providers that serve the
 //! same models (three vLLM boxes, two Ollama hosts). Each request goes to the
@@ -11,7 +12,9 @@
 //! (connection, timeout, server error, overloaded) a replica is ejected for
 //! [`HealthSettings::cooldown`]; then one request is let through, and a
 //! success (the first answer event, or a complete answer) readmits it while
-//! a failure ejects it again. Rate limits move a request to another replica
+//! a failure ejects it again. With [`HealthSettings::probe`], no client request
+//! is that trial: a background task asks the rested replica for its model
+//! list instead, and only an answer readmits it. Rate limits move a request to another replica
 //! but say nothing about health. When every replica is ejected the one
 //! ejected longest ago is used rather than failing outright.
 //!
@@ -30,7 +33,7 @@
 //! ```
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -50,6 +53,11 @@ pub struct HealthSettings {
     pub eject_after_failures: u32,
     /// How long an ejected replica rests before it is tried again.
     pub cooldown: Duration,
+    /// Whether a rested replica is tried by a background probe (its model
+    /// list asked for) rather than with a client request, so that no client
+    /// waits on a replica that may still be down. Needs a tokio runtime
+    /// when the set is built; without one, trials are client requests.
+    pub probe: bool,
 }
 
 impl Default for HealthSettings {
@@ -57,9 +65,13 @@ impl Default for HealthSettings {
         Self {
             eject_after_failures: 3,
             cooldown: Duration::from_secs(30),
+            probe: false,
         }
     }
 }
+
+/// The longest a probe waits for a replica's model list.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A snapshot of one replica's state, for status pages and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,16 +104,29 @@ impl ReplicaSet {
     ) -> Self {
         let name = name.into();
         let states = replicas.iter().map(|_| ReplicaState::default()).collect();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let probes = settings.probe && runtime.is_some();
+        if settings.probe && !probes {
+            tracing::warn!(
+                replica_set = %name,
+                "no async runtime to probe ejected replicas from; client requests are their trials"
+            );
+        }
+        let shared = Arc::new(Shared {
+            name: name.clone(),
+            settings,
+            probes,
+            inner: Mutex::new(Inner {
+                replicas: states,
+                rotation: 0,
+            }),
+        });
+        if let Some(runtime) = runtime.filter(|_| probes) {
+            runtime.spawn(probe_ejected(Arc::downgrade(&shared), replicas.clone()));
+        }
         Self {
             replicas,
-            shared: Arc::new(Shared {
-                name: name.clone(),
-                settings,
-                inner: Mutex::new(Inner {
-                    replicas: states,
-                    rotation: 0,
-                }),
-            }),
+            shared,
             name,
         }
     }
@@ -127,7 +152,7 @@ impl ReplicaSet {
                 name: provider.name().to_owned(),
                 outstanding: state.outstanding,
                 consecutive_failures: state.failures,
-                ejected: !state.available(now, self.shared.settings.cooldown),
+                ejected: !self.shared.available(state, now),
             })
             .collect()
     }
@@ -341,12 +366,86 @@ fn is_health_failure(kind: &ErrorKind) -> bool {
     )
 }
 
+/// Asks each ejected replica whose cooldown is over for its model list,
+/// every tick, until the set is dropped: an answer readmits it, anything
+/// else rests it for another cooldown.
+async fn probe_ejected(shared: Weak<Shared>, replicas: Vec<Arc<dyn Provider>>) {
+    let tick = match shared.upgrade() {
+        Some(shared) => {
+            (shared.settings.cooldown / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        }
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let due: Vec<usize> = {
+            let now = Instant::now();
+            let cooldown = shared.settings.cooldown;
+            let mut inner = shared.lock();
+            inner
+                .replicas
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, state)| {
+                    !state.probing
+                        && state
+                            .ejected_at
+                            .is_some_and(|at| now.saturating_duration_since(at) >= cooldown)
+                })
+                .map(|(index, state)| {
+                    state.probing = true;
+                    index
+                })
+                .collect()
+        };
+        for index in due {
+            let Some(replica) = replicas.get(index) else {
+                continue;
+            };
+            let answered = matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, replica.list_models()).await,
+                Ok(Ok(_))
+            );
+            let mut inner = shared.lock();
+            let state = &mut inner.replicas[index];
+            state.probing = false;
+            // A client request may have readmitted it meanwhile (every
+            // replica ejected: the one ejected longest ago is used).
+            if state.ejected_at.is_none() {
+                continue;
+            }
+            if answered {
+                tracing::info!(
+                    replica_set = %shared.name,
+                    replica = index,
+                    "probe: replica answered; readmitting it"
+                );
+                state.failures = 0;
+                state.ejected_at = None;
+            } else {
+                tracing::debug!(
+                    replica_set = %shared.name,
+                    replica = index,
+                    "probe: replica still down; resting it again"
+                );
+                state.ejected_at = Some(Instant::now());
+            }
+        }
+    }
+}
+
 /// State shared by the set and its leases.
 #[derive(Debug)]
 struct Shared {
     /// The set's name, for logs.
     name: String,
     settings: HealthSettings,
+    /// Whether a background task probes ejected replicas (then no client
+    /// request is sent to one while another replica is available).
+    probes: bool,
     inner: Mutex<Inner>,
 }
 
@@ -367,17 +466,21 @@ struct ReplicaState {
     probing: bool,
 }
 
-impl ReplicaState {
-    /// Whether a request may go to it now.
-    fn available(&self, now: Instant, cooldown: Duration) -> bool {
-        match self.ejected_at {
+impl Shared {
+    /// Whether a client request may go to `state`'s replica now: a healthy
+    /// one, or a rested one whose trial is not under way when client
+    /// requests are the trials.
+    fn available(&self, state: &ReplicaState, now: Instant) -> bool {
+        match state.ejected_at {
             None => true,
-            Some(at) => !self.probing && now.saturating_duration_since(at) >= cooldown,
+            Some(at) => {
+                !self.probes
+                    && !state.probing
+                    && now.saturating_duration_since(at) >= self.settings.cooldown
+            }
         }
     }
-}
 
-impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -398,7 +501,7 @@ impl Shared {
         for offset in 0..count {
             let index = (start + offset) % count;
             let state = &inner.replicas[index];
-            if tried[index] || !state.available(now, self.settings.cooldown) {
+            if tried[index] || !self.available(state, now) {
                 continue;
             }
             if best.is_none_or(|(_, outstanding)| state.outstanding < outstanding) {

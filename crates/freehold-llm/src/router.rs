@@ -95,6 +95,10 @@ pub struct RouterSettings {
     /// Seconds an ejected replica rests before it is tried again.
     #[serde(default = "default_cooldown_secs")]
     pub cooldown_secs: u64,
+    /// Whether a rested replica is tried by a background probe (its model
+    /// list) instead of a client request.
+    #[serde(default)]
+    pub probe_ejected: bool,
 }
 
 fn default_eject_after_failures() -> u32 {
@@ -110,6 +114,7 @@ impl Default for RouterSettings {
         Self {
             eject_after_failures: default_eject_after_failures(),
             cooldown_secs: default_cooldown_secs(),
+            probe_ejected: false,
         }
     }
 }
@@ -119,6 +124,7 @@ impl From<&RouterSettings> for HealthSettings {
         Self {
             eject_after_failures: settings.eject_after_failures,
             cooldown: Duration::from_secs(settings.cooldown_secs),
+            probe: settings.probe_ejected,
         }
     }
 }

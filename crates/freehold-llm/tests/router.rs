@@ -519,6 +519,7 @@ fn router_settings_have_defaults_and_reject_unknown_fields() {
         HealthSettings {
             eject_after_failures: 3,
             cooldown: Duration::from_secs(5),
+            probe: false,
         }
     );
     assert!(toml::from_str::<RouterSettings>("cooldown = 5").is_err());
@@ -542,6 +543,7 @@ fn fast_health(eject_after_failures: u32) -> HealthSettings {
     HealthSettings {
         eject_after_failures,
         cooldown: Duration::from_millis(50),
+        probe: false,
     }
 }
 
@@ -648,6 +650,7 @@ async fn replicas_are_ejected_after_three_failures_and_readmitted_after_cooldown
         HealthSettings {
             eject_after_failures: 3,
             cooldown: Duration::from_millis(150),
+            probe: false,
         },
     );
 
@@ -694,6 +697,40 @@ async fn replicas_are_ejected_after_three_failures_and_readmitted_after_cooldown
 }
 
 #[tokio::test]
+async fn with_probes_a_rested_replica_gets_no_client_request_until_it_answers_one() {
+    // `down` cannot list its models either (no listing), so its probes fail.
+    let down = Fake::new("down", Reply::Fail(ErrorKind::Connection));
+    let good = Fake::new("good", answer("good"));
+    let set = replica_set(
+        &[&down, &good],
+        HealthSettings {
+            eject_after_failures: 1,
+            cooldown: Duration::from_millis(30),
+            probe: true,
+        },
+    );
+    for _ in 0..3 {
+        let response = set.complete(request("m")).await.unwrap();
+        assert_eq!(response.message.text(), "good");
+    }
+    assert_eq!(down.calls(), 1, "ejected by its first failure");
+    assert!(set.health()[0].ejected);
+    // Several cooldowns later: without probes one of these would be its
+    // trial; with them, it stays out while its probes fail.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        let response = set.complete(request("m")).await.unwrap();
+        assert_eq!(response.message.text(), "good");
+    }
+    assert_eq!(
+        down.calls(),
+        1,
+        "a client request went to the rested replica"
+    );
+    assert!(set.health()[0].ejected);
+}
+
+#[tokio::test]
 async fn a_success_resets_the_failure_count() {
     let flaky = Fake::scripted(
         "flaky",
@@ -723,6 +760,7 @@ async fn all_ejected_still_serves_starting_with_the_longest_ejected() {
         HealthSettings {
             eject_after_failures: 1,
             cooldown: Duration::from_secs(3600),
+            probe: false,
         },
     );
     // The first request tries both and ejects both, `a` first.
@@ -750,6 +788,7 @@ async fn all_ejected_rotates_through_the_dead() {
         HealthSettings {
             eject_after_failures: 3,
             cooldown: Duration::from_secs(3600),
+            probe: false,
         },
     );
     for _ in 0..5 {
