@@ -24,6 +24,8 @@ use freehold_gateway::mock::MockUpstream;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::cpu_affinity::{self, CpuList};
+
 /// Arguments of `freehold bench gateway`.
 #[derive(Debug, Args)]
 pub(crate) struct GatewayBenchArgs {
@@ -46,6 +48,12 @@ pub(crate) struct GatewayBenchArgs {
     /// `TOKIO_WORKER_THREADS`); default: one per core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     gateway_threads: Option<u32>,
+    /// Run the gateway (and the relay) on these CPUs only (`0,1`, `0-1`),
+    /// and the load generator and mock upstream on the others: on a
+    /// many-core machine, the gateway measured with N cores of its own.
+    /// Linux only.
+    #[arg(long, value_name = "LIST", conflicts_with = "in_process")]
+    gateway_cpus: Option<CpuList>,
     /// Serve the gateway in this process instead of running `freehold
     /// serve` (its memory is not measured then).
     #[arg(long)]
@@ -105,6 +113,11 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
         rate: (args.rate != 0.0).then_some(args.rate),
     };
     options.validate()?;
+    let load_cpus = args
+        .gateway_cpus
+        .as_ref()
+        .map(cpu_affinity::split)
+        .transpose()?;
     let mock = MockUpstream::start()
         .await
         .context("starting the mock upstream")?;
@@ -124,10 +137,21 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
         };
         (under_test, Some(gateway), None)
     } else {
-        let (child, base_url) =
-            spawn_serve(dir.path(), &mock, &key, &database, args.gateway_threads).await?;
+        let cpus = args.gateway_cpus.as_ref();
+        let (child, base_url) = spawn_serve(
+            dir.path(),
+            &mock,
+            &key,
+            &database,
+            args.gateway_threads,
+            cpus,
+        )
+        .await?;
         let pid = child.id();
-        relay_child = Some(spawn_relay(&mock, args.gateway_threads).await?);
+        relay_child = Some(spawn_relay(&mock, args.gateway_threads, cpus).await?);
+        if let Some(load_cpus) = &load_cpus {
+            cpu_affinity::confine_this_process(load_cpus)?;
+        }
         let relay = relay_child
             .as_ref()
             .map(|(child, base_url)| RelayUnderTest {
@@ -141,10 +165,17 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
             relay,
             description: format!(
                 "`freehold serve` as a child process (pid {}), master key required, \
-                 ledger on SQLite, default log level, {} worker threads",
+                 ledger on SQLite, default log level, {} worker threads, {}",
                 pid.map_or_else(|| "?".into(), |p| p.to_string()),
                 args.gateway_threads
-                    .map_or_else(|| "default".into(), |n| n.to_string())
+                    .map_or_else(|| "default".into(), |n| n.to_string()),
+                match (&args.gateway_cpus, &load_cpus) {
+                    (Some(gateway), Some(load)) => format!(
+                        "on CPUs {gateway} (load and mock on CPUs {})",
+                        CpuList::from(load.clone())
+                    ),
+                    _ => "CPUs shared with the load".into(),
+                }
             ),
         };
         (under_test, None, Some(child))
@@ -176,22 +207,26 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render(&report));
+        print!("{}", render(&report, args.gateway_cpus.is_some()));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `freehold bench relay` in front of `mock`, with the gateway's
-/// worker threads, so that both run as alike as they can; returns it and
-/// its URL once it listens.
-async fn spawn_relay(mock: &MockUpstream, threads: Option<u32>) -> anyhow::Result<(Child, String)> {
+/// worker threads and CPUs, so that both run as alike as they can; returns
+/// it and its URL once it listens.
+async fn spawn_relay(
+    mock: &MockUpstream,
+    threads: Option<u32>,
+    cpus: Option<&CpuList>,
+) -> anyhow::Result<(Child, String)> {
     let mut command = child_command(threads)?;
     command
         .args(["bench", "relay", "--to"])
         .arg(mock.address().to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let mut child = command.spawn().context("starting the relay")?;
+    let mut child = spawn_on(&mut command, cpus).context("starting the relay")?;
     let stdout = child.stdout.take().context("reading the relay's output")?;
     let mut lines = BufReader::new(stdout).lines();
     let url = tokio::time::timeout(Duration::from_secs(30), async {
@@ -233,6 +268,14 @@ fn child_command(threads: Option<u32>) -> anyhow::Result<Command> {
     Ok(command)
 }
 
+/// Spawns `command`, on `cpus` when given.
+fn spawn_on(command: &mut Command, cpus: Option<&CpuList>) -> anyhow::Result<Child> {
+    match cpus {
+        Some(cpus) => cpu_affinity::spawn_on(cpus, || Ok(command.spawn()?)),
+        None => Ok(command.spawn()?),
+    }
+}
+
 /// Runs `freehold serve` on a free loopback port in front of `mock`, with
 /// its own home in `dir`; returns it and its URL once it listens.
 async fn spawn_serve(
@@ -241,6 +284,7 @@ async fn spawn_serve(
     key: &str,
     database: &Path,
     threads: Option<u32>,
+    cpus: Option<&CpuList>,
 ) -> anyhow::Result<(Child, String)> {
     let config = dir.join("config.toml");
     std::fs::write(&config, bench::serve_config(&mock.base_url(), database))
@@ -257,7 +301,7 @@ async fn spawn_serve(
         .env("FREEHOLD_MASTER_KEY", key)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = command.spawn().context("starting freehold serve")?;
+    let mut child = spawn_on(&mut command, cpus).context("starting freehold serve")?;
     let stderr = child
         .stderr
         .take()
@@ -286,10 +330,16 @@ async fn spawn_serve(
 }
 
 /// The report as tables.
-fn render(report: &Report) -> String {
+/// The report as tables; `cpus_split` when the gateway had CPUs of its own
+/// (`--gateway-cpus`).
+fn render(report: &Report, cpus_split: bool) -> String {
+    let sharing = if cpus_split {
+        "for the load generator and the mock upstream (the gateway's own are below)"
+    } else {
+        "shared by the load generator, the mock upstream and the gateway"
+    };
     let mut out = format!(
-        "{} clients, {} s warm-up + {} s measured per phase, {} cores shared by the load \
-         generator, the mock upstream and the gateway\ngateway: {}\n\n",
+        "{} clients, {} s warm-up + {} s measured per phase, {} cores {sharing}\ngateway: {}\n\n",
         report.clients, report.warmup_s, report.duration_s, report.cores, report.gateway
     );
     out.push_str(
@@ -354,11 +404,13 @@ fn render(report: &Report) -> String {
             goal.name, goal.measured, goal.target
         ));
     }
-    out.push_str(
-        "\nThe load generator and the mock run on the same cores as the gateway: requests/s \
-         is what the whole loop reaches on this machine, and direct calls pay the generator's \
-         share too.\n",
-    );
+    if !cpus_split {
+        out.push_str(
+            "\nThe load generator and the mock run on the same cores as the gateway: requests/s \
+             is what the whole loop reaches on this machine, and direct calls pay the generator's \
+             share too.\n",
+        );
+    }
     out
 }
 

@@ -12,6 +12,7 @@ mod bench_gateway;
 mod bench_grep;
 mod chat;
 mod config;
+mod cpu_affinity;
 mod embed;
 mod eval;
 mod keys;

@@ -751,6 +751,67 @@ async fn bench_gateway_runs_serve_and_the_relay_as_child_processes() {
 }
 
 #[tokio::test]
+async fn bench_gateway_can_give_the_gateway_cpus_of_its_own() {
+    let taken = freehold(
+        &["bench", "gateway", "--gateway-cpus", "1000-1001"],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(taken.code, 1, "{}", taken.stderr);
+    assert!(
+        taken
+            .stderr
+            .contains("CPU 1000 of --gateway-cpus 1000,1001 is not one this process may use"),
+        "{}",
+        taken.stderr
+    );
+    let malformed = freehold(&["bench", "gateway", "--gateway-cpus", "0-x"], None, None).await;
+    assert_eq!(malformed.code, 2, "{}", malformed.stderr);
+    assert!(
+        malformed.stderr.contains("is not a CPU number or range"),
+        "{}",
+        malformed.stderr
+    );
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("one CPU: nothing to split");
+        return;
+    }
+    let run = freehold(
+        &[
+            "bench",
+            "gateway",
+            "-c",
+            "2",
+            "-d",
+            "200ms",
+            "-w",
+            "0s",
+            "-r",
+            "0",
+            "--json",
+            "--gateway-cpus",
+            "0",
+        ],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let gateway = report["gateway"].as_str().unwrap();
+    assert!(
+        gateway.contains("on CPUs 0 (load and mock on CPUs 1"),
+        "{gateway}"
+    );
+    for phase in report["phases"].as_array().unwrap() {
+        assert_eq!(phase["errors"], 0, "{phase}");
+    }
+}
+
+#[tokio::test]
 async fn bench_engine_says_how_to_get_a_model() {
     // No model installed (an empty home): the error names the pull command.
     let run = freehold(&["bench", "engine"], None, None).await;
