@@ -64,6 +64,10 @@ struct EngineArgs {
     /// core.
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     threads: Option<u32>,
+    /// Model layers to offload to the GPU (`llama-bench -ngl`); default:
+    /// all of them when this binary has a GPU back end. 0 measures the CPU.
+    #[arg(long, value_name = "N")]
+    gpu_layers: Option<u32>,
     /// Prompt tokens decoded in one batch per repetition (0 skips the test).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PP,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_TOKENS)))]
@@ -98,6 +102,7 @@ async fn engine(args: EngineArgs) -> anyhow::Result<ExitCode> {
         tg: args.tg,
         reps: args.reps,
         threads: args.threads.map(|t| t as usize),
+        gpu_layers: args.gpu_layers,
     };
     bench::validate(&options)?;
     let path = resolve_model(args.model.as_deref())?;
@@ -173,9 +178,10 @@ fn open_store() -> anyhow::Result<Store> {
 fn table(report: &BenchReport) -> String {
     let model = &report.model;
     let mut out = format!(
-        "{} ({}); CPU, {} threads, n_batch {}, n_ubatch {}, flash-attn {}, {} repetitions\n\n",
+        "{} ({}); {}, {} threads, n_batch {}, n_ubatch {}, flash-attn {}, {} repetitions\n\n",
         model.file_name,
         model.path.display(),
+        devices_line(report),
         report.threads,
         report.n_batch,
         report.n_ubatch,
@@ -212,6 +218,22 @@ fn table(report: &BenchReport) -> String {
     out
 }
 
+/// Where the model ran: the CPU alone, or the devices llama.cpp found and
+/// how many layers were asked for.
+fn devices_line(report: &BenchReport) -> String {
+    let gpus: Vec<&str> = report
+        .devices
+        .iter()
+        .map(String::as_str)
+        .filter(|d| !d.starts_with("CPU"))
+        .collect();
+    match (gpus.is_empty(), report.gpu_layers) {
+        (true, _) | (false, Some(0)) => "CPU".to_owned(),
+        (false, Some(layers)) => format!("{} ({layers} layers offloaded)", gpus.join(", ")),
+        (false, None) => format!("{} (every layer offloaded)", gpus.join(", ")),
+    }
+}
+
 /// Bytes as llama-bench shows them: MiB below a GiB, GiB above.
 fn mib_or_gib(bytes: u64) -> String {
     const MIB: f64 = 1024.0 * 1024.0;
@@ -241,6 +263,8 @@ mod tests {
                 params: 134_515_008,
             },
             threads: 2,
+            devices: vec!["CPU (Intel Xeon)".into()],
+            gpu_layers: None,
             n_batch: 2048,
             n_ubatch: 512,
             flash_attn: "auto".into(),
@@ -264,6 +288,42 @@ mod tests {
             "| llama 135M Q4_1 |  85.83 MiB |   134.52 M |       2 |   pp512 |     256.00 |      256.00 ± 0.00 |"
         );
         assert!(table.starts_with("SmolLM2.gguf (/m/SmolLM2.gguf); CPU, 2 threads"));
+    }
+
+    #[test]
+    fn the_header_names_the_gpu_only_when_layers_go_there() {
+        let mut report = BenchReport {
+            model: BenchModel {
+                path: PathBuf::from("/m/q.gguf"),
+                file_name: "q.gguf".into(),
+                description: "qwen2 1.5B F16".into(),
+                size: 1,
+                file_size: 1,
+                params: 1,
+            },
+            threads: 16,
+            devices: vec!["CPU (AMD EPYC)".into(), "CUDA0 (NVIDIA H200)".into()],
+            gpu_layers: None,
+            n_batch: 2048,
+            n_ubatch: 512,
+            flash_attn: "auto".into(),
+            reps: 1,
+            tests: Vec::new(),
+        };
+        assert_eq!(
+            devices_line(&report),
+            "CUDA0 (NVIDIA H200) (every layer offloaded)"
+        );
+        report.gpu_layers = Some(10);
+        assert_eq!(
+            devices_line(&report),
+            "CUDA0 (NVIDIA H200) (10 layers offloaded)"
+        );
+        report.gpu_layers = Some(0);
+        assert_eq!(devices_line(&report), "CPU");
+        report.devices.truncate(1);
+        report.gpu_layers = None;
+        assert_eq!(devices_line(&report), "CPU");
     }
 
     #[test]

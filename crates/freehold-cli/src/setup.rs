@@ -138,6 +138,7 @@ fn build(
             threads: engine.threads,
             context_cap: engine.max_context,
             slots: engine.cache_slots,
+            gpu_layers: engine.gpu_layers,
         }));
         // The engine constrains calls that open the answer; a small model
         // that first explains itself and then prints a call in a fenced

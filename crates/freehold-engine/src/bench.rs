@@ -44,7 +44,6 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 
@@ -78,6 +77,9 @@ pub struct BenchOptions {
     pub reps: u32,
     /// CPU threads for both tests; `None`: [`Hardware::default_threads`].
     pub threads: Option<usize>,
+    /// Model layers offloaded to a GPU (`llama-bench -ngl`); `None`:
+    /// llama.cpp's default, every layer where a GPU back end is built in.
+    pub gpu_layers: Option<u32>,
 }
 
 impl Default for BenchOptions {
@@ -87,6 +89,7 @@ impl Default for BenchOptions {
             tg: DEFAULT_TG,
             reps: DEFAULT_REPS,
             threads: None,
+            gpu_layers: None,
         }
     }
 }
@@ -228,6 +231,11 @@ pub struct BenchReport {
     pub model: BenchModel,
     /// CPU threads used for both prompt batches and single tokens.
     pub threads: usize,
+    /// The compute devices llama.cpp found (the CPU, and each GPU when the
+    /// binary has a GPU back end).
+    pub devices: Vec<String>,
+    /// Layers offloaded to a GPU as asked (`None`: llama.cpp's default).
+    pub gpu_layers: Option<u32>,
     /// The logical batch ([`N_BATCH`]).
     pub n_batch: u32,
     /// The physical batch ([`N_UBATCH`]).
@@ -276,13 +284,15 @@ pub fn run(
         path: path.to_path_buf(),
     });
     tracing::info!(path = %path.display(), threads, "loading model for the benchmark");
-    let model =
-        LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| {
-            BenchError::Load {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            }
-        })?;
+    let model = LlamaModel::load_from_file(
+        backend,
+        path,
+        &crate::local::model_params(options.gpu_layers),
+    )
+    .map_err(|e| BenchError::Load {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let bench_model = describe(path, &model);
 
     let mut tokens = TokenSource::new(&model);
@@ -320,6 +330,8 @@ pub fn run(
     Ok(BenchReport {
         model: bench_model,
         threads,
+        devices: crate::local::devices(),
+        gpu_layers: options.gpu_layers,
         n_batch: N_BATCH,
         n_ubatch: N_UBATCH,
         flash_attn: "auto".to_owned(),

@@ -22,6 +22,7 @@ fn a_tiny_bench_measures_both_tests() {
         tg: 4,
         reps: 2,
         threads: Some(2),
+        gpu_layers: None,
     };
     let seen = Mutex::new(Vec::new());
     let report = bench::run(&path, &options, &|progress| {
@@ -108,6 +109,11 @@ fn a_tiny_bench_measures_both_tests() {
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["tests"][0]["kind"], "pp");
     assert_eq!(json["tests"][1]["tokens"], 4);
+    assert!(
+        report.devices.iter().any(|d| d.starts_with("CPU")),
+        "llama.cpp lists the CPU among its devices: {:?}",
+        report.devices
+    );
 }
 
 #[test]
@@ -118,6 +124,7 @@ fn a_skipped_test_is_left_out() {
         tg: 2,
         reps: 1,
         threads: Some(1),
+        gpu_layers: None,
     };
     let report = bench::run(&path, &options, &|_| {}).unwrap();
     let names: Vec<&str> = report.tests.iter().map(|t| t.name.as_str()).collect();
@@ -159,6 +166,7 @@ fn a_file_that_is_not_a_model_fails_to_load() {
         tg: 1,
         reps: 1,
         threads: Some(1),
+        gpu_layers: None,
     };
     let error = bench::run(&path, &options, &|_| {}).unwrap_err();
     std::fs::remove_dir_all(&dir).unwrap();

@@ -110,6 +110,11 @@ pub struct ProviderConfig {
     /// 4; 0 turns prefix caching off).
     #[serde(default)]
     pub cache_slots: Option<usize>,
+    /// `kind = "local"` only: model layers offloaded to the GPU when the
+    /// binary is built with a GPU back end (default: all of them; 0 keeps
+    /// the model on the CPU). Without one it changes nothing.
+    #[serde(default)]
+    pub gpu_layers: Option<u32>,
 }
 
 /// Settings of the embedded engine (`kind = "local"`); `None` leaves the
@@ -122,6 +127,8 @@ pub struct EngineSettings {
     pub max_context: Option<u32>,
     /// Idle contexts kept for prefix reuse.
     pub cache_slots: Option<usize>,
+    /// Layers offloaded to a GPU.
+    pub gpu_layers: Option<u32>,
 }
 
 /// The spelling of the output-limit field, in configuration.
@@ -320,12 +327,14 @@ impl ProviderConfig {
             threads: self.threads,
             max_context: self.max_context,
             cache_slots: self.cache_slots,
+            gpu_layers: self.gpu_layers,
         };
         if kind != ProviderKind::Local {
             let set = [
                 ("threads", engine.threads.is_some()),
                 ("max_context", engine.max_context.is_some()),
                 ("cache_slots", engine.cache_slots.is_some()),
+                ("gpu_layers", engine.gpu_layers.is_some()),
             ];
             if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
                 return Err(ConfigError::LocalOnly {

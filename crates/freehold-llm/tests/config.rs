@@ -106,6 +106,38 @@ fn bad_configurations_say_what_to_do() {
     );
 }
 
+#[test]
+fn engine_settings_are_read_for_local_and_refused_elsewhere() {
+    let local = config(
+        "kind = \"local\"\nthreads = 4\nmax_context = 8192\ncache_slots = 0\ngpu_layers = 20",
+    )
+    .resolve("local")
+    .unwrap();
+    assert_eq!(local.engine.threads, Some(4));
+    assert_eq!(local.engine.max_context, Some(8192));
+    assert_eq!(local.engine.cache_slots, Some(0));
+    assert_eq!(local.engine.gpu_layers, Some(20));
+    for key in [
+        "threads = 4",
+        "max_context = 8192",
+        "cache_slots = 0",
+        "gpu_layers = 0",
+    ] {
+        let error = config(&format!("preset = \"vllm\"\n{key}"))
+            .resolve("team")
+            .unwrap_err();
+        let name = key.split(' ').next().unwrap();
+        assert_eq!(
+            error,
+            ConfigError::LocalOnly {
+                provider: "team".into(),
+                key: name,
+            },
+            "{key}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_key_variable_that_is_not_set_fails_without_touching_the_network() {
     let server = MockServer::start(vec![Scripted::json(200, json!({}))]).await;

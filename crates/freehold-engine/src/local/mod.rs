@@ -60,6 +60,10 @@ pub struct LocalSettings {
     /// How many idle contexts to keep for prefix reuse; `None`:
     /// [`DEFAULT_SLOTS`]. 0 turns prefix caching off.
     pub slots: Option<usize>,
+    /// Model layers to offload to a GPU; `None`: all of them when the
+    /// binary has a GPU back end (llama.cpp's default). 0 keeps the model
+    /// on the CPU. Without a GPU back end it changes nothing.
+    pub gpu_layers: Option<u32>,
 }
 
 /// Idle contexts kept for prefix reuse when the settings name no number:
@@ -77,6 +81,7 @@ struct Inner {
     store: Option<Store>,
     threads: usize,
     context_cap: Option<u32>,
+    gpu_layers: Option<u32>,
     /// Loaded models. They are leaked on purpose: contexts kept in slots
     /// borrow them for as long as the process lives.
     models: Mutex<HashMap<PathBuf, &'static LlamaModel>>,
@@ -96,6 +101,7 @@ impl LocalProvider {
                 store: settings.store,
                 threads,
                 context_cap: settings.context_cap,
+                gpu_layers: settings.gpu_layers,
                 models: Mutex::new(HashMap::new()),
                 slots: Arc::new(slots::SlotPool::new(
                     settings.slots.unwrap_or(DEFAULT_SLOTS),
@@ -155,8 +161,8 @@ impl LocalProvider {
         if let Some(model) = models.get(path) {
             return Ok(*model);
         }
-        tracing::info!(path = %path.display(), "loading model");
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+        tracing::info!(path = %path.display(), gpu_layers = ?self.inner.gpu_layers, "loading model");
+        let model = LlamaModel::load_from_file(backend, path, &model_params(self.inner.gpu_layers))
             .map_err(|e| {
                 error(
                     ErrorKind::InvalidRequest,
@@ -167,6 +173,28 @@ impl LocalProvider {
         models.insert(path.to_path_buf(), model);
         Ok(model)
     }
+}
+
+/// How to load a model: `gpu_layers` offloaded, or llama.cpp's default
+/// (every layer, where a GPU back end is built in) when `None`.
+pub(crate) fn model_params(gpu_layers: Option<u32>) -> LlamaModelParams {
+    let params = LlamaModelParams::default();
+    match gpu_layers {
+        Some(layers) => params.with_n_gpu_layers(layers),
+        None => params,
+    }
+}
+
+/// The compute devices llama.cpp found, as `NAME (DESCRIPTION)`: the CPU
+/// always, and each GPU when the binary has a GPU back end.
+pub fn devices() -> Vec<String> {
+    if backend().is_err() {
+        return Vec::new();
+    }
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .map(|d| format!("{} ({})", d.name, d.description))
+        .collect()
 }
 
 /// The process-wide llama.cpp backend, initialised on first use.
