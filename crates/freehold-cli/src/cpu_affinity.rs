@@ -103,27 +103,41 @@ mod imp {
     }
 
     /// Confines every thread of this process to `cpus`; threads started
-    /// later inherit it from the thread that starts them.
+    /// later inherit it from the thread that starts them. The threads are
+    /// listed again until a listing shows none left out, since one may start
+    /// another, from a set not confined yet, while the first listing is read.
     pub(crate) fn confine_this_process(cpus: &[usize]) -> anyhow::Result<()> {
         let set = set_of(cpus)?;
-        let tasks =
-            std::fs::read_dir("/proc/self/task").context("listing this process's threads")?;
-        for task in tasks {
-            let task = task.context("listing this process's threads")?;
-            let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|t| t.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            // A thread may have ended since the listing: not an error.
-            match sched_setaffinity(Pid::from_raw(tid), &set) {
-                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                Err(e) => return Err(e).context(format!("confining thread {tid} to its CPUs")),
+        let mut confined = std::collections::HashSet::new();
+        loop {
+            let mut found_new = false;
+            let tasks =
+                std::fs::read_dir("/proc/self/task").context("listing this process's threads")?;
+            for task in tasks {
+                let task = task.context("listing this process's threads")?;
+                let Some(tid) = task
+                    .file_name()
+                    .to_str()
+                    .and_then(|t| t.parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                if !confined.insert(tid) {
+                    continue;
+                }
+                found_new = true;
+                // A thread may have ended since the listing: not an error.
+                match sched_setaffinity(Pid::from_raw(tid), &set) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(e) => {
+                        return Err(e).context(format!("confining thread {tid} to its CPUs"));
+                    }
+                }
+            }
+            if !found_new {
+                return Ok(());
             }
         }
-        Ok(())
     }
 }
 
@@ -208,6 +222,48 @@ mod tests {
             "the child's CPU set: {text}"
         );
         assert_eq!(imp::allowed().unwrap(), before);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn confining_the_process_reaches_threads_started_before_and_after() {
+        // Confining a process confines every test running in it: the checks
+        // run in a child process of this test binary, this test alone.
+        const CHILD: &str = "FREEHOLD_TEST_CONFINE_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let output = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "cpu_affinity::tests::confining_the_process_reaches_threads_started_before_and_after",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(text.contains("1 passed"), "the child ran no test: {text}");
+            return;
+        }
+        let first = imp::allowed().unwrap()[0];
+        let (started, ready) = std::sync::mpsc::channel();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let earlier = std::thread::spawn(move || {
+            started.send(()).unwrap();
+            wait.recv().unwrap();
+            imp::allowed().unwrap()
+        });
+        ready.recv().unwrap();
+        confine_this_process(&[first]).unwrap();
+        let later = std::thread::spawn(|| imp::allowed().unwrap());
+        release.send(()).unwrap();
+        assert_eq!(earlier.join().unwrap(), [first]);
+        assert_eq!(later.join().unwrap(), [first]);
     }
 
     #[cfg(target_os = "linux")]
