@@ -280,12 +280,12 @@ type KeyRow = (
     bool,
 );
 
-/// Runs the same code against whichever pool the store holds: the SQL is
-/// written once, the compiler checks it against both drivers' types.
 /// Ledger lines per INSERT statement: 15 parameters each, so a full
 /// statement stays under SQLite's oldest limit of 999 parameters.
 const LINES_PER_INSERT: usize = 64;
 
+/// Runs the same code against whichever pool the store holds: the SQL is
+/// written once, the compiler checks it against both drivers' types.
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
