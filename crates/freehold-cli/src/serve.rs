@@ -134,6 +134,7 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
             drain(&gateway, grace).await;
         }
         None => {
+            let listener = freehold_gateway::listen::prepared(listener);
             let serving = axum::serve(listener, app).with_graceful_shutdown(on_signal);
             tokio::select! {
                 served = serving => served.context("the HTTP server failed")?,

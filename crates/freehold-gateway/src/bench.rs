@@ -1061,7 +1061,7 @@ impl InProcessGateway {
             .map_err(|error| BenchError::Setup(format!("reading the bound address: {error}")))?;
         let app = crate::routes::app(Arc::new(gateway));
         let server = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
+            if let Err(error) = axum::serve(crate::listen::prepared(listener), app).await {
                 tracing::error!(%error, "the benchmark's gateway stopped");
             }
         });

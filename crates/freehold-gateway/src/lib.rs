@@ -20,6 +20,7 @@ mod chat;
 pub mod error;
 pub mod ledger;
 pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod mock;
 pub mod privacy;

@@ -105,6 +105,7 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
+        crate::listen::prepare_accepted(&stream);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
