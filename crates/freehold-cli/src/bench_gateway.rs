@@ -21,6 +21,7 @@ use freehold_gateway::bench::{
     Measurement, Progress, RelayUnderTest, Report,
 };
 use freehold_gateway::mock::MockUpstream;
+use freehold_gateway::settings::ServeRuntime;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -48,6 +49,10 @@ pub(crate) struct GatewayBenchArgs {
     /// `TOKIO_WORKER_THREADS`); default: one per core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     gateway_threads: Option<u32>,
+    /// How the gateway schedules requests on threads: `shared` or
+    /// `per-core` (its `freehold serve --runtime`).
+    #[arg(long, value_name = "KIND", conflicts_with = "in_process")]
+    gateway_runtime: Option<ServeRuntime>,
     /// Run the gateway (and the relay) on these CPUs only (`0,1`, `0-1`),
     /// and the load generator and mock upstream on the others: on a
     /// many-core machine, the gateway measured with N cores of its own.
@@ -144,6 +149,7 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
             &key,
             &database,
             args.gateway_threads,
+            args.gateway_runtime,
             cpus,
         )
         .await?;
@@ -165,8 +171,9 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
             relay,
             description: format!(
                 "`freehold serve` as a child process (pid {}), master key required, \
-                 ledger on SQLite, default log level, {} worker threads, {}",
+                 ledger on SQLite, default log level, {} runtime, {} worker threads, {}",
                 pid.map_or_else(|| "?".into(), |p| p.to_string()),
+                args.gateway_runtime.unwrap_or_default(),
                 args.gateway_threads
                     .map_or_else(|| "default".into(), |n| n.to_string()),
                 match (&args.gateway_cpus, &load_cpus) {
@@ -284,6 +291,7 @@ async fn spawn_serve(
     key: &str,
     database: &Path,
     threads: Option<u32>,
+    runtime: Option<ServeRuntime>,
     cpus: Option<&CpuList>,
 ) -> anyhow::Result<(Child, String)> {
     let config = dir.join("config.toml");
@@ -295,6 +303,7 @@ async fn spawn_serve(
         .arg("--config")
         .arg(&config)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(runtime.map(|runtime| format!("--runtime={runtime}")))
         .env("HOME", &home)
         .env("FREEHOLD_DATA_DIR", home.join("data"))
         .env("FREEHOLD_MODELS_DIR", home.join("models"))

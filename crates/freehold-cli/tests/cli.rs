@@ -812,6 +812,65 @@ async fn bench_gateway_can_give_the_gateway_cpus_of_its_own() {
 }
 
 #[tokio::test]
+async fn bench_gateway_measures_the_per_core_runtime() {
+    let refused = freehold(
+        &[
+            "bench",
+            "gateway",
+            "--in-process",
+            "--gateway-runtime",
+            "per-core",
+        ],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("cannot be used with"),
+        "{}",
+        refused.stderr
+    );
+    let unknown = freehold(
+        &["bench", "gateway", "--gateway-runtime", "percore"],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("`per-core`"), "{}", unknown.stderr);
+
+    let run = freehold(
+        &[
+            "bench",
+            "gateway",
+            "-c",
+            "2",
+            "-d",
+            "200ms",
+            "-w",
+            "0s",
+            "-r",
+            "0",
+            "--json",
+            "--gateway-runtime",
+            "per-core",
+        ],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let gateway = report["gateway"].as_str().unwrap();
+    assert!(gateway.contains("per-core runtime"), "{gateway}");
+    for phase in report["phases"].as_array().unwrap() {
+        assert_eq!(phase["errors"], 0, "{phase}");
+        assert!(phase["requests"].as_u64().unwrap() > 0, "{phase}");
+    }
+}
+
+#[tokio::test]
 async fn bench_engine_says_how_to_get_a_model() {
     // No model installed (an empty home): the error names the pull command.
     let run = freehold(&["bench", "engine"], None, None).await;

@@ -55,9 +55,10 @@ impl Served {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let url = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(rest) = line.strip_prefix("freehold serve: http://") {
-                    let address = rest.split_whitespace().next().unwrap();
-                    return format!("http://{address}");
+                if let Some(rest) = line.strip_prefix("freehold serve: ")
+                    && (rest.starts_with("http://") || rest.starts_with("https://"))
+                {
+                    return rest.split_whitespace().next().unwrap().to_owned();
                 }
                 eprintln!("serve: {line}");
             }
@@ -480,6 +481,234 @@ async fn shutdown_cuts_off_requests_after_the_grace_period() {
         answer.is_err(),
         "the request in flight was cut off: {answer:?}"
     );
+}
+
+#[tokio::test]
+async fn sigterm_with_nothing_in_flight_exits_at_once_with_the_ledger_written() {
+    let upstream = MockUpstream::start().await.unwrap();
+    // The default grace period (30 s) is what an idle gateway must not wait.
+    let mut served = Served::start(&mock_config(&upstream), &[]).await;
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", served.url))
+        .bearer_auth(MASTER)
+        .json(&serde_json::json!({
+            "model": "mock", "messages": [{"role": "user", "content": "hi"}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let pid = served.child.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), served.child.wait())
+        .await
+        .expect("an idle gateway exits well within its grace period")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let rows: Value =
+        serde_json::from_str(&served.freehold(&["usage", "--by", "model", "--json"]).await)
+            .unwrap();
+    assert_eq!(rows[0]["group"], "mock", "{rows}");
+    assert_eq!(rows[0]["requests"], 1, "{rows}");
+}
+
+#[tokio::test]
+async fn per_core_runtime_serves_every_connection_and_shuts_down_within_the_grace() {
+    let fast = MockUpstream::start().await.unwrap();
+    let slow = MockUpstream::start_slow(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let config = format!(
+        "[providers.fast]\nkind = \"openai\"\nbase_url = \"{}\"\n\n\
+         [providers.slow]\nkind = \"openai\"\nbase_url = \"{}\"\n\n\
+         [aliases]\nfast = \"fast:mock-model\"\nslow = \"slow:mock-model\"\n\n\
+         [gateway]\nshutdown_grace_secs = 1\n",
+        fast.base_url(),
+        slow.base_url()
+    );
+    let mut served = Served::start(&config, &["--runtime", "per-core"]).await;
+    let pid = served.child.id().unwrap();
+    // The runtimes are threads of their own (started just after the
+    // address is printed).
+    let thread_names = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect()
+    };
+    let mut threads = thread_names();
+    for _ in 0..100 {
+        if threads.iter().any(|name| name == "serve-core-0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        threads = thread_names();
+    }
+    assert!(
+        threads.iter().any(|name| name == "serve-core-0"),
+        "{threads:?}"
+    );
+    // Concurrent connections, whole answers and streams, all answered.
+    let url = format!("{}/v1/chat/completions", served.url);
+    let mut requests = tokio::task::JoinSet::new();
+    for index in 0..24 {
+        let url = url.clone();
+        requests.spawn(async move {
+            // A client each: one connection each, spread over the runtimes.
+            let stream = index % 2 == 1;
+            let answer = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(MASTER)
+                .json(&serde_json::json!({
+                    "model": "fast", "stream": stream,
+                    "messages": [{"role": "user", "content": "hi"}],
+                }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200);
+            (stream, answer.text().await.unwrap())
+        });
+    }
+    while let Some(answered) = requests.join_next().await {
+        let (stream, text) = answered.unwrap();
+        if stream {
+            assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        } else {
+            let body: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(body["choices"][0]["message"]["content"], MOCK_TEXT);
+        }
+    }
+    assert_eq!(fast.requests(), 24);
+    // A request still running at SIGTERM is cut off after the grace.
+    let in_flight = tokio::spawn(
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(MASTER)
+            .json(&serde_json::json!({
+                "model": "slow", "messages": [{"role": "user", "content": "hi"}],
+            }))
+            .send(),
+    );
+    for _ in 0..250 {
+        if slow.requests() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(slow.requests(), 1, "the request never reached the upstream");
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(20), served.child.wait())
+        .await
+        .expect("freehold serve exited after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(in_flight.await.unwrap().is_err(), "the request was cut off");
+    // Every answered request is in the ledger, written before the exit.
+    let rows: Value =
+        serde_json::from_str(&served.freehold(&["usage", "--by", "model", "--json"]).await)
+            .unwrap();
+    let fast_row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["group"] == "fast")
+        .unwrap_or_else(|| panic!("no usage for model fast: {rows}"));
+    assert_eq!(fast_row["requests"], 24, "{fast_row}");
+}
+
+#[tokio::test]
+async fn per_core_runtime_serves_https_too() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir =
+        std::env::temp_dir().join(format!("freehold-tls-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    // A self-signed certificate for 127.0.0.1 (openssl: scripts/setup
+    // installs it for the tests).
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=freehold-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed (scripts/setup --tests)");
+    assert!(made.status.success(), "{made:?}");
+    let mut served = Served::start(
+        &mock_config(&upstream),
+        &[
+            "--runtime",
+            "per-core",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(served.url.starts_with("https://"), "{}", served.url);
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        let answer: Value = client
+            .post(format!("{}/v1/chat/completions", served.url))
+            .bearer_auth(MASTER)
+            .json(&serde_json::json!({
+                "model": "mock", "messages": [{"role": "user", "content": "hi"}],
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["choices"][0]["message"]["content"], MOCK_TEXT);
+    }
+    // Nothing in flight: SIGTERM ends it at once.
+    let pid = served.child.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), served.child.wait())
+        .await
+        .expect("freehold serve exited after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

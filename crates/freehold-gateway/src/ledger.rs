@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::store::{Store, UsageRecord};
@@ -30,17 +31,21 @@ const GATHER: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct Ledger {
     sender: Option<mpsc::Sender<UsageRecord>>,
+    closing: CancellationToken,
 }
 
 impl Ledger {
-    /// A ledger writing to `store`, and the task doing it (it ends once
-    /// every handle is dropped and the queue is written).
+    /// A ledger writing to `store`, and the task doing it. The task ends
+    /// once [`Ledger::close`] is called or every handle is dropped, after
+    /// writing what is queued.
     pub fn start(store: Store) -> (Self, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_batches(store, receiver));
+        let closing = CancellationToken::new();
+        let task = tokio::spawn(write_batches(store, receiver, closing.clone()));
         (
             Self {
                 sender: Some(sender),
+                closing,
             },
             task,
         )
@@ -48,7 +53,18 @@ impl Ledger {
 
     /// A ledger that keeps nothing (no database).
     pub fn disabled() -> Self {
-        Self { sender: None }
+        Self {
+            sender: None,
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// Tells the writer to write the lines queued now and stop (at
+    /// shutdown: handles held elsewhere, by a reload task say, would
+    /// otherwise keep it waiting for more). Lines queued later are dropped
+    /// and counted.
+    pub fn close(&self) {
+        self.closing.cancel();
     }
 
     /// Queues a line without waiting. When the writer is `QUEUE` lines
@@ -74,9 +90,32 @@ impl Ledger {
     }
 }
 
-async fn write_batches(store: Store, mut receiver: mpsc::Receiver<UsageRecord>) {
+async fn write_batches(
+    store: Store,
+    mut receiver: mpsc::Receiver<UsageRecord>,
+    closing: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(BATCH);
-    while receiver.recv_many(&mut batch, BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            received = receiver.recv_many(&mut batch, BATCH) => received,
+            () = closing.cancelled() => {
+                // No more lines; write those already queued.
+                receiver.close();
+                while let Ok(line) = receiver.try_recv() {
+                    batch.push(line);
+                    if batch.len() == BATCH {
+                        write_batch(&store, &mut batch).await;
+                    }
+                }
+                write_batch(&store, &mut batch).await;
+                return;
+            }
+        };
+        if received == 0 {
+            // Every handle is gone and the queue is empty.
+            return;
+        }
         if batch.len() < BATCH {
             tokio::time::sleep(GATHER).await;
             // Whatever came meanwhile, without waiting again.
@@ -87,16 +126,59 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<UsageRecord>) 
                 }
             }
         }
-        let mut attempt = 0;
-        while let Err(error) = store.record(&batch).await {
-            attempt += 1;
-            if attempt >= 3 {
-                tracing::error!(%error, lines = batch.len(), "usage ledger lines lost");
-                break;
-            }
-            tracing::warn!(%error, "writing the usage ledger; retrying");
-            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        write_batch(&store, &mut batch).await;
+    }
+}
+
+/// Writes `batch` in one transaction (retried twice) and empties it.
+async fn write_batch(store: &Store, batch: &mut Vec<UsageRecord>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut attempt = 0;
+    while let Err(error) = store.record(batch).await {
+        attempt += 1;
+        if attempt >= 3 {
+            tracing::error!(%error, lines = batch.len(), "usage ledger lines lost");
+            break;
         }
-        batch.clear();
+        tracing::warn!(%error, "writing the usage ledger; retrying");
+        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+    }
+    batch.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn closing_writes_what_is_queued_though_handles_remain() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let (ledger, writer) = Ledger::start(store.clone());
+        let metrics = Metrics::default();
+        for at_ms in 0..3 {
+            let record = UsageRecord {
+                at_ms,
+                model: "m".into(),
+                endpoint: "/v1/chat/completions".into(),
+                status: 200,
+                ..UsageRecord::default()
+            };
+            ledger.try_record(record, &metrics);
+        }
+        // A clone stays alive, as the gateway's state does at shutdown.
+        let kept = ledger.clone();
+        kept.close();
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("the writer stopped when closed")
+            .unwrap();
+        assert_eq!(store.requests(None, 10).await.unwrap().len(), 3);
+        // Later lines are refused and counted, not lost silently.
+        ledger.try_record(UsageRecord::default(), &metrics);
+        assert_eq!(metrics.ledger_dropped.get(), 1);
     }
 }

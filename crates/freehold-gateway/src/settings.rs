@@ -56,11 +56,61 @@ pub struct GatewaySettings {
     /// Seconds to let requests in flight finish at shutdown.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// How requests are scheduled on threads (`freehold serve --runtime`).
+    #[serde(default)]
+    pub runtime: ServeRuntime,
     /// `[gateway.privacy]`: detectors that keep requests local, redact or
     /// block them. Absent: no content is inspected (a key's `local_only`
     /// and the privacy header still keep requests local).
     #[serde(default)]
     pub privacy: Option<crate::privacy::PrivacySettings>,
+}
+
+/// How `freehold serve` schedules requests on threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServeRuntime {
+    /// One work-stealing runtime whose threads share every connection: a
+    /// busy thread's work is taken over by an idle one.
+    #[default]
+    Shared,
+    /// One single-threaded runtime per core. Each accepts connections and
+    /// serves them to the end, so a request never moves between threads:
+    /// less CPU per request under heavy load (threads do not wake each
+    /// other), but a connection waits for its own thread when that one is
+    /// busy.
+    PerCore,
+}
+
+impl ServeRuntime {
+    /// The name used in the configuration and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Shared => "shared",
+            Self::PerCore => "per-core",
+        }
+    }
+}
+
+impl std::fmt::Display for ServeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ServeRuntime {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "shared" => Ok(Self::Shared),
+            "per-core" => Ok(Self::PerCore),
+            other => Err(format!(
+                "unknown runtime `{other}`: use `shared` (one work-stealing runtime) or \
+                 `per-core` (one single-threaded runtime per core)"
+            )),
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -108,6 +158,7 @@ impl Default for GatewaySettings {
             tls_cert: None,
             tls_key: None,
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            runtime: ServeRuntime::Shared,
             privacy: None,
         }
     }
@@ -130,6 +181,25 @@ mod tests {
         assert_eq!(settings, GatewaySettings::default());
         assert!(settings.listen.ip().is_loopback());
         assert!(settings.require_key);
+    }
+
+    #[test]
+    fn the_runtime_is_named_alike_in_the_file_and_on_the_command_line() {
+        let settings: GatewaySettings = serde_json::from_str(r#"{"runtime": "per-core"}"#).unwrap();
+        assert_eq!(settings.runtime, ServeRuntime::PerCore);
+        for runtime in [ServeRuntime::Shared, ServeRuntime::PerCore] {
+            assert_eq!(runtime.name().parse::<ServeRuntime>(), Ok(runtime));
+            assert_eq!(runtime.to_string(), runtime.name());
+        }
+        let error = "percore".parse::<ServeRuntime>().unwrap_err();
+        assert!(
+            error.contains("`percore`") && error.contains("`per-core`"),
+            "{error}"
+        );
+        let error = serde_json::from_str::<GatewaySettings>(r#"{"runtime": "percore"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("per-core"), "{error}");
     }
 
     #[test]
