@@ -779,26 +779,7 @@ async fn bench_gateway_can_give_the_gateway_cpus_of_its_own() {
         eprintln!("one CPU: nothing to split");
         return;
     }
-    let run = freehold(
-        &[
-            "bench",
-            "gateway",
-            "-c",
-            "2",
-            "-d",
-            "200ms",
-            "-w",
-            "0s",
-            "-r",
-            "0",
-            "--json",
-            "--gateway-cpus",
-            "0",
-        ],
-        None,
-        None,
-    )
-    .await;
+    let run = short_gateway_bench(&["--gateway-cpus", "0"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let gateway = report["gateway"].as_str().unwrap();
@@ -840,26 +821,7 @@ async fn bench_gateway_measures_the_per_core_runtime() {
     assert_eq!(unknown.code, 2, "{}", unknown.stderr);
     assert!(unknown.stderr.contains("`per-core`"), "{}", unknown.stderr);
 
-    let run = freehold(
-        &[
-            "bench",
-            "gateway",
-            "-c",
-            "2",
-            "-d",
-            "200ms",
-            "-w",
-            "0s",
-            "-r",
-            "0",
-            "--json",
-            "--gateway-runtime",
-            "per-core",
-        ],
-        None,
-        None,
-    )
-    .await;
+    let run = short_gateway_bench(&["--gateway-runtime", "per-core"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let gateway = report["gateway"].as_str().unwrap();
@@ -868,6 +830,16 @@ async fn bench_gateway_measures_the_per_core_runtime() {
         assert_eq!(phase["errors"], 0, "{phase}");
         assert!(phase["requests"].as_u64().unwrap() > 0, "{phase}");
     }
+}
+
+/// A short `bench gateway` run (2 clients, 200 ms phases, no paced
+/// phases, JSON out) with `extra` flags.
+async fn short_gateway_bench(extra: &[&str]) -> Run {
+    let mut args = vec![
+        "bench", "gateway", "-c", "2", "-d", "200ms", "-w", "0s", "-r", "0", "--json",
+    ];
+    args.extend_from_slice(extra);
+    freehold(&args, None, None).await
 }
 
 #[tokio::test]

@@ -121,11 +121,88 @@ impl Served {
     }
 }
 
+impl Served {
+    /// The row of `group` in `freehold usage --by BY --json`, if it has one.
+    async fn usage_row(&self, by: &str, group: &str) -> Option<Value> {
+        let rows: Value =
+            serde_json::from_str(&self.freehold(&["usage", "--by", by, "--json"]).await).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["group"] == group)
+            .cloned()
+    }
+
+    /// Sends SIGTERM and waits for a successful exit, at most `within`;
+    /// returns how long it took.
+    async fn terminate(&mut self, within: Duration) -> Duration {
+        let pid = self.child.id().unwrap().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let started = std::time::Instant::now();
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("freehold serve still running {within:?} after SIGTERM"))
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+        started.elapsed()
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.base);
     }
+}
+
+/// A one-message chat request for `model` to the gateway at `url`, with
+/// the master key.
+fn chat(client: &reqwest::Client, url: &str, model: &str) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(MASTER)
+        .json(&serde_json::json!({
+            "model": model, "messages": [{"role": "user", "content": "hi"}],
+        }))
+}
+
+/// The JSON answer to [`chat`].
+async fn chat_answer(client: &reqwest::Client, url: &str, model: &str) -> Value {
+    chat(client, url, model)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Sends a chat request for `model` in the background and waits until
+/// `upstream` has it; returns the pending answer.
+async fn request_in_flight(
+    url: &str,
+    model: &str,
+    upstream: &MockUpstream,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let before = upstream.requests();
+    let request = tokio::spawn(chat(&reqwest::Client::new(), url, model).send());
+    for _ in 0..250 {
+        if upstream.requests() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        upstream.requests(),
+        before + 1,
+        "the request never reached the upstream"
+    );
+    request
 }
 
 fn unique() -> u64 {
@@ -198,22 +275,16 @@ async fn official_sdks_against_a_mock_upstream() {
             ],
         )
         .await;
-    let mut rows = Value::Null;
+    let mut row = None;
     for _ in 0..20 {
         // The ledger is written in batches, just after the answer.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        rows = serde_json::from_str(&served.freehold(&["usage", "--by", "key", "--json"]).await)
-            .unwrap();
-        if rows.as_array().unwrap().iter().any(|r| r["group"] == "sdk") {
+        row = served.usage_row("key", "sdk").await;
+        if row.is_some() {
             break;
         }
     }
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["group"] == "sdk")
-        .unwrap_or_else(|| panic!("no usage for key sdk: {rows}"));
+    let row = row.expect("usage for key sdk");
     assert_eq!(row["requests"], 1, "{row}");
     assert!(row["input_tokens"].as_u64().unwrap() > 0, "{row}");
 }
@@ -334,18 +405,7 @@ async fn sighup_reloads_routes_without_dropping_requests_in_flight() {
     let mut moved = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let answer: Value = client
-            .post(format!("{}/v1/chat/completions", served.url))
-            .bearer_auth(MASTER)
-            .json(
-                &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = chat_answer(&client, &served.url, "m").await;
         if answer["choices"][0]["message"]["content"] == MOCK_TEXT {
             moved = true;
             break;
@@ -437,45 +497,10 @@ async fn shutdown_cuts_off_requests_after_the_grace_period() {
         mock_config(&upstream)
     );
     let mut served = Served::start(&config, &[]).await;
-    let request = tokio::spawn(
-        reqwest::Client::new()
-            .post(format!("{}/v1/chat/completions", served.url))
-            .bearer_auth(MASTER)
-            .json(&serde_json::json!({
-                "model": "mock", "messages": [{"role": "user", "content": "hi"}],
-            }))
-            .send(),
-    );
-    for _ in 0..250 {
-        if upstream.requests() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        upstream.requests(),
-        1,
-        "the request never reached the upstream"
-    );
-    let pid = served.child.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let started = std::time::Instant::now();
-    let status = tokio::time::timeout(Duration::from_secs(20), served.child.wait())
-        .await
-        .expect("freehold serve exited after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    let request = request_in_flight(&served.url, "mock", &upstream).await;
+    let elapsed = served.terminate(Duration::from_secs(20)).await;
     // One grace period for the request, at most one more for the ledger.
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     let answer = request.await.unwrap();
     assert!(
         answer.is_err(),
@@ -488,33 +513,14 @@ async fn sigterm_with_nothing_in_flight_exits_at_once_with_the_ledger_written() 
     let upstream = MockUpstream::start().await.unwrap();
     // The default grace period (30 s) is what an idle gateway must not wait.
     let mut served = Served::start(&mock_config(&upstream), &[]).await;
-    let answer = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", served.url))
-        .bearer_auth(MASTER)
-        .json(&serde_json::json!({
-            "model": "mock", "messages": [{"role": "user", "content": "hi"}],
-        }))
+    let answer = chat(&reqwest::Client::new(), &served.url, "mock")
         .send()
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
-    let pid = served.child.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), served.child.wait())
-        .await
-        .expect("an idle gateway exits well within its grace period")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-    let rows: Value =
-        serde_json::from_str(&served.freehold(&["usage", "--by", "model", "--json"]).await)
-            .unwrap();
-    assert_eq!(rows[0]["group"], "mock", "{rows}");
-    assert_eq!(rows[0]["requests"], 1, "{rows}");
+    served.terminate(Duration::from_secs(10)).await;
+    let row = served.usage_row("model", "mock").await;
+    assert_eq!(row.expect("usage for model mock")["requests"], 1);
 }
 
 #[tokio::test]
@@ -587,51 +593,13 @@ async fn per_core_runtime_serves_every_connection_and_shuts_down_within_the_grac
     }
     assert_eq!(fast.requests(), 24);
     // A request still running at SIGTERM is cut off after the grace.
-    let in_flight = tokio::spawn(
-        reqwest::Client::new()
-            .post(url)
-            .bearer_auth(MASTER)
-            .json(&serde_json::json!({
-                "model": "slow", "messages": [{"role": "user", "content": "hi"}],
-            }))
-            .send(),
-    );
-    for _ in 0..250 {
-        if slow.requests() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(slow.requests(), 1, "the request never reached the upstream");
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let started = std::time::Instant::now();
-    let status = tokio::time::timeout(Duration::from_secs(20), served.child.wait())
-        .await
-        .expect("freehold serve exited after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    let in_flight = request_in_flight(&served.url, "slow", &slow).await;
+    let elapsed = served.terminate(Duration::from_secs(20)).await;
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     assert!(in_flight.await.unwrap().is_err(), "the request was cut off");
     // Every answered request is in the ledger, written before the exit.
-    let rows: Value =
-        serde_json::from_str(&served.freehold(&["usage", "--by", "model", "--json"]).await)
-            .unwrap();
-    let fast_row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|row| row["group"] == "fast")
-        .unwrap_or_else(|| panic!("no usage for model fast: {rows}"));
-    assert_eq!(fast_row["requests"], 24, "{fast_row}");
+    let row = served.usage_row("model", "fast").await;
+    assert_eq!(row.expect("usage for model fast")["requests"], 24);
 }
 
 #[tokio::test]
@@ -640,27 +608,7 @@ async fn per_core_runtime_serves_https_too() {
     let dir =
         std::env::temp_dir().join(format!("freehold-tls-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    // A self-signed certificate for 127.0.0.1 (openssl: scripts/setup
-    // installs it for the tests).
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=freehold-test",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is installed (scripts/setup --tests)");
-    assert!(made.status.success(), "{made:?}");
+    let (cert, key) = freehold_test_support::self_signed_certificate(&dir);
     let mut served = Served::start(
         &mock_config(&upstream),
         &[
@@ -681,33 +629,11 @@ async fn per_core_runtime_serves_https_too() {
         .build()
         .unwrap();
     for _ in 0..4 {
-        let answer: Value = client
-            .post(format!("{}/v1/chat/completions", served.url))
-            .bearer_auth(MASTER)
-            .json(&serde_json::json!({
-                "model": "mock", "messages": [{"role": "user", "content": "hi"}],
-            }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = chat_answer(&client, &served.url, "mock").await;
         assert_eq!(answer["choices"][0]["message"]["content"], MOCK_TEXT);
     }
     // Nothing in flight: SIGTERM ends it at once.
-    let pid = served.child.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(20), served.child.wait())
-        .await
-        .expect("freehold serve exited after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    served.terminate(Duration::from_secs(20)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1124,27 +1124,7 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
 #[tokio::test]
 async fn serves_https_with_a_pem_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    // A self-signed certificate for 127.0.0.1 (openssl: scripts/setup
-    // installs it for the tests).
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=freehold-test",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is installed (scripts/setup --tests)");
-    assert!(made.status.success(), "{made:?}");
+    let (cert, key) = freehold_test_support::self_signed_certificate(dir.path());
     let config = freehold_gateway::tls::server_config(&cert, &key).unwrap();
     let upstream = MockUpstream::start().await.unwrap();
     let store = Store::open(&format!("sqlite:{}", dir.path().join("g.db").display()))

@@ -6,7 +6,7 @@
 //! stderr. Under CI (`CI` set) it fails the test instead: a test of a real
 //! part must never pass by skipping it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A file in the test models' folder (`FREEHOLD_TEST_MODELS`, filled by
 /// `scripts/fetch-test-models`), for example
@@ -69,4 +69,32 @@ fn missing<T>(why: &str) -> Option<T> {
     );
     eprintln!("skipped: {why}");
     None
+}
+
+/// Makes a self-signed certificate for 127.0.0.1 and its private key (PEM)
+/// in `dir` with `openssl` (which `scripts/setup --tests` installs); returns
+/// their paths, certificate first.
+///
+/// # Panics
+/// When `openssl` is missing or fails.
+pub fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = match std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=freehold-test", "-addext"])
+        .arg("subjectAltName=IP:127.0.0.1")
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+    {
+        Ok(made) => made,
+        Err(error) => panic!("cannot run openssl ({error}): scripts/setup --tests installs it"),
+    };
+    assert!(made.status.success(), "openssl failed: {made:?}");
+    (cert, key)
 }

@@ -19,7 +19,7 @@
 
 mod fixtures;
 
-pub use fixtures::{test_model, test_postgres, test_python};
+pub use fixtures::{self_signed_certificate, test_model, test_postgres, test_python};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
