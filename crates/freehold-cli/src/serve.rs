@@ -182,6 +182,7 @@ async fn finish(
 /// Where per-core serving is in its shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Accepting connections.
     Serving,
     /// No new connections; requests in flight finish.
     Draining,
