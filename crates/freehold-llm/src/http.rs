@@ -1,5 +1,7 @@
 //! The HTTP transport every client shares: retries, idle timeouts, status
-//! mapping into [`ErrorKind`]s and key redaction.
+//! mapping into [`ErrorKind`]s and key redaction, over two HTTP clients:
+//! reqwest for `https://` (and for everything when a proxy is set), and
+//! [`crate::inline`] for plain `http://` servers.
 //!
 //! There is deliberately no total deadline on a request: a local model may
 //! spend minutes reading a long prompt before its first token. What is bounded
@@ -16,6 +18,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::inline::{InlineBody, InlineClient, InlineError};
 use crate::ndjson::NdjsonDecoder;
 use crate::retry::RetryPolicy;
 use crate::secret::{ApiKey, redact_all};
@@ -57,12 +60,76 @@ pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// A boxed stream of results, as the transport returns them.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, LlmError>> + Send>>;
 
+/// A URL a request can go to: parsed already ([`reqwest::Url`]), or text
+/// parsed for the call (an error then names the URL).
+pub trait RequestUrl {
+    /// The parsed URL.
+    ///
+    /// # Errors
+    /// Text that is not a URL.
+    fn request_url(self, transport: &Transport) -> Result<reqwest::Url, LlmError>;
+}
+
+impl RequestUrl for reqwest::Url {
+    fn request_url(self, _: &Transport) -> Result<reqwest::Url, LlmError> {
+        Ok(self)
+    }
+}
+
+impl RequestUrl for &str {
+    fn request_url(self, transport: &Transport) -> Result<reqwest::Url, LlmError> {
+        reqwest::Url::parse(self).map_err(|error| {
+            transport.error(
+                ErrorKind::InvalidRequest,
+                format!("`{self}` is not a usable URL ({error}); check the provider's base_url"),
+            )
+        })
+    }
+}
+
+impl RequestUrl for &String {
+    fn request_url(self, transport: &Transport) -> Result<reqwest::Url, LlmError> {
+        self.as_str().request_url(transport)
+    }
+}
+
+/// A response with a success status, its body still to be read (with
+/// [`Transport::sse_stream`], [`Transport::read_json`] and the like).
+#[derive(Debug)]
+pub struct Response {
+    url: reqwest::Url,
+    headers: HeaderMap,
+    body: ResponseBody,
+}
+
+impl Response {
+    /// The response's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
+/// Which HTTP client a body arrives through.
+#[derive(Debug)]
+enum ResponseBody {
+    Reqwest(reqwest::Response),
+    // Boxed: it holds the connection, several times reqwest's handle.
+    Inline(Box<InlineBody>),
+}
+
 /// An HTTP client bound to one provider: it names that provider in errors and
 /// redacts that provider's keys from everything it reports.
+///
+/// Plain `http://` requests (local engines and servers on the network) go
+/// through [`InlineClient`], which drives each connection in the calling
+/// task; `https://` requests, and every request when a proxy is set in the
+/// environment (`HTTP_PROXY`, `ALL_PROXY`, lower case too), go through
+/// reqwest, which honours the proxy.
 #[derive(Clone)]
 pub struct Transport {
     provider: String,
     client: reqwest::Client,
+    inline: Option<InlineClient>,
     settings: HttpSettings,
     secrets: Vec<ApiKey>,
 }
@@ -71,10 +138,22 @@ impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transport")
             .field("provider", &self.provider)
+            .field("inline", &self.inline.is_some())
             .field("settings", &self.settings)
             .field("secrets", &self.secrets)
             .finish_non_exhaustive()
     }
+}
+
+/// The `User-Agent` of every request.
+const USER_AGENT: &str = concat!("freehold/", env!("CARGO_PKG_VERSION"));
+
+/// Whether the environment names a proxy for plain HTTP, which reqwest
+/// would use (and [`InlineClient`] would not).
+fn proxy_for_http_in_environment() -> bool {
+    ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()))
 }
 
 impl Transport {
@@ -87,10 +166,30 @@ impl Transport {
         settings: HttpSettings,
         secrets: Vec<ApiKey>,
     ) -> Result<Self, LlmError> {
+        let mut transport = Self::through_reqwest(provider, settings, secrets)?;
+        if !proxy_for_http_in_environment() {
+            transport.inline = Some(InlineClient::new(
+                transport.settings.connect_timeout,
+                HeaderValue::from_static(USER_AGENT),
+            ));
+        }
+        Ok(transport)
+    }
+
+    /// A transport that sends every request through reqwest, `http://`
+    /// ones too (as it does when a proxy is set).
+    ///
+    /// # Errors
+    /// Fails when the TLS backend cannot be initialised.
+    pub fn through_reqwest(
+        provider: impl Into<String>,
+        settings: HttpSettings,
+        secrets: Vec<ApiKey>,
+    ) -> Result<Self, LlmError> {
         let provider = provider.into();
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
-            .user_agent(concat!("freehold/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             // No model API needs redirects, and following one could carry a
             // key in `x-api-key` or `x-goog-api-key` to another host (reqwest
             // strips only `Authorization` on cross-host redirects).
@@ -106,6 +205,7 @@ impl Transport {
         Ok(Self {
             provider,
             client,
+            inline: None,
             settings,
             secrets,
         })
@@ -147,10 +247,10 @@ impl Transport {
     /// The mapped [`LlmError`] of the last attempt.
     pub async fn post_json(
         &self,
-        url: impl reqwest::IntoUrl + Clone,
+        url: impl RequestUrl,
         headers: &HeaderMap,
         body: &(impl Serialize + ?Sized),
-    ) -> Result<reqwest::Response, LlmError> {
+    ) -> Result<Response, LlmError> {
         self.post(url, headers, body, self.settings.idle_timeout)
             .await
     }
@@ -164,10 +264,10 @@ impl Transport {
     /// The mapped [`LlmError`] of the last attempt.
     pub async fn post_json_whole(
         &self,
-        url: impl reqwest::IntoUrl + Clone,
+        url: impl RequestUrl,
         headers: &HeaderMap,
         body: &(impl Serialize + ?Sized),
-    ) -> Result<reqwest::Response, LlmError> {
+    ) -> Result<Response, LlmError> {
         let wait = self
             .settings
             .response_timeout
@@ -177,50 +277,59 @@ impl Transport {
 
     async fn post(
         &self,
-        url: impl reqwest::IntoUrl + Clone,
+        url: impl RequestUrl,
         headers: &HeaderMap,
         body: &(impl Serialize + ?Sized),
         header_wait: Duration,
-    ) -> Result<reqwest::Response, LlmError> {
+    ) -> Result<Response, LlmError> {
+        let url = url.request_url(self)?;
         // Straight to bytes: a body built as a `serde_json::Value` first
         // would cost a second pass over the whole request.
         let body = Bytes::from(
             serde_json::to_vec(body)
                 .map_err(|error| self.error(ErrorKind::InvalidRequest, error.to_string()))?,
         );
-        self.send_with_retries(
-            || {
-                self.client
-                    .post(url.clone())
-                    .headers(headers.clone())
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.clone())
-            },
-            header_wait,
-        )
-        .await
+        let mut headers = headers.clone();
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let request = Outgoing {
+            method: reqwest::Method::POST,
+            url,
+            headers,
+            body,
+        };
+        self.send_with_retries(&request, header_wait).await
     }
 
     /// GETs `url`, retrying retryable failures.
     ///
     /// # Errors
     /// The mapped [`LlmError`] of the last attempt.
-    pub async fn get(&self, url: &str, headers: &HeaderMap) -> Result<reqwest::Response, LlmError> {
-        self.send_with_retries(
-            || self.client.get(url).headers(headers.clone()),
-            self.settings.idle_timeout,
-        )
-        .await
+    pub async fn get(
+        &self,
+        url: impl RequestUrl,
+        headers: &HeaderMap,
+    ) -> Result<Response, LlmError> {
+        let request = Outgoing {
+            method: reqwest::Method::GET,
+            url: url.request_url(self)?,
+            headers: headers.clone(),
+            body: Bytes::new(),
+        };
+        self.send_with_retries(&request, self.settings.idle_timeout)
+            .await
     }
 
     async fn send_with_retries(
         &self,
-        build: impl Fn() -> reqwest::RequestBuilder,
+        request: &Outgoing,
         header_wait: Duration,
-    ) -> Result<reqwest::Response, LlmError> {
+    ) -> Result<Response, LlmError> {
         let mut attempt = 0;
         loop {
-            let error = match self.send_once(build(), header_wait).await {
+            let error = match self.send_once(request, header_wait).await {
                 Ok(response) => return Ok(response),
                 Err(error) => error,
             };
@@ -243,24 +352,63 @@ impl Transport {
 
     async fn send_once(
         &self,
-        request: reqwest::RequestBuilder,
+        request: &Outgoing,
         header_wait: Duration,
-    ) -> Result<reqwest::Response, LlmError> {
-        let response = match tokio::time::timeout(header_wait, request.send()).await {
+    ) -> Result<Response, LlmError> {
+        let sent = async {
+            match &self.inline {
+                Some(inline) if request.url.scheme() == "http" => inline
+                    .send(
+                        request.method.clone(),
+                        &request.url,
+                        &request.headers,
+                        request.body.clone(),
+                    )
+                    .await
+                    .map(|response| {
+                        (
+                            response.status,
+                            Response {
+                                url: request.url.clone(),
+                                headers: response.headers,
+                                body: ResponseBody::Inline(Box::new(response.body)),
+                            },
+                        )
+                    })
+                    .map_err(|error| self.inline_error(&request.url, &error)),
+                _ => self
+                    .client
+                    .request(request.method.clone(), request.url.clone())
+                    .headers(request.headers.clone())
+                    .body(request.body.clone())
+                    .send()
+                    .await
+                    .map(|mut response| {
+                        (
+                            response.status(),
+                            Response {
+                                url: request.url.clone(),
+                                headers: std::mem::take(response.headers_mut()),
+                                body: ResponseBody::Reqwest(response),
+                            },
+                        )
+                    })
+                    .map_err(|error| self.transport_error(&error)),
+            }
+        };
+        let (status, response) = match tokio::time::timeout(header_wait, sent).await {
             Err(_) => {
                 return Err(self.error(
                     ErrorKind::Timeout,
                     format!("no response within {} s", header_wait.as_secs_f64()),
                 ));
             }
-            Ok(Err(error)) => return Err(self.transport_error(&error)),
-            Ok(Ok(response)) => response,
+            Ok(result) => result?,
         };
-        let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
-        let headers = response.headers().clone();
+        let headers = response.headers.clone();
         let body = self
             .read_capped(response, MAX_ERROR_BODY_BYTES)
             .await
@@ -312,6 +460,42 @@ impl Transport {
         self.error(kind, message)
     }
 
+    /// Maps a failure of the inline client to an error worded like
+    /// [`Transport::transport_error`]'s.
+    fn inline_error(&self, url: &reqwest::Url, error: &InlineError) -> LlmError {
+        let (kind, message) = match error {
+            InlineError::Connect(cause) => (
+                ErrorKind::Connection,
+                format!("cannot connect to {url}: {cause}"),
+            ),
+            InlineError::ConnectTimeout(_) => (
+                ErrorKind::Timeout,
+                format!("cannot connect to {url}: {error}"),
+            ),
+            InlineError::Url(_) | InlineError::Request(_) => (
+                ErrorKind::InvalidRequest,
+                format!("cannot send a request to {url}: {error}"),
+            ),
+            InlineError::Http(cause) => {
+                let mut root: &dyn std::error::Error = cause;
+                while let Some(next) = root.source() {
+                    root = next;
+                }
+                let message = if std::ptr::addr_eq(root, cause as &dyn std::error::Error) {
+                    format!("request to {url} failed: {cause}")
+                } else {
+                    format!("request to {url} failed: {cause}: {root}")
+                };
+                (ErrorKind::Connection, message)
+            }
+            InlineError::ClosedEarly => (
+                ErrorKind::Connection,
+                format!("request to {url} failed: {error}"),
+            ),
+        };
+        self.error(kind, message)
+    }
+
     fn idle_timeout_error(&self, doing: &str) -> LlmError {
         self.error(
             ErrorKind::Timeout,
@@ -323,12 +507,27 @@ impl Transport {
     }
 
     /// The body's bytes, each chunk awaited at most the idle timeout.
-    pub fn body_stream(&self, response: reqwest::Response) -> BoxStream<Bytes> {
+    pub fn body_stream(&self, response: Response) -> BoxStream<Bytes> {
         let transport = self.clone();
         let idle = self.settings.idle_timeout;
-        let chunks = response.bytes_stream();
+        let chunks: BoxStream<Bytes> = match response.body {
+            ResponseBody::Reqwest(body) => {
+                let transport = self.clone();
+                Box::pin(
+                    body.bytes_stream()
+                        .map(move |chunk| chunk.map_err(|error| transport.transport_error(&error))),
+                )
+            }
+            ResponseBody::Inline(body) => {
+                let transport = self.clone();
+                let url = response.url;
+                Box::pin(body.map(move |chunk| {
+                    chunk.map_err(|error| transport.inline_error(&url, &InlineError::Http(error)))
+                }))
+            }
+        };
         Box::pin(futures::stream::unfold(
-            (Box::pin(chunks), transport, false),
+            (chunks, transport, false),
             move |(mut chunks, transport, done)| async move {
                 if done {
                     return None;
@@ -340,10 +539,7 @@ impl Transport {
                     )),
                     Ok(None) => None,
                     Ok(Some(Ok(bytes))) => Some((Ok(bytes), (chunks, transport, false))),
-                    Ok(Some(Err(error))) => {
-                        let error = transport.transport_error(&error);
-                        Some((Err(error), (chunks, transport, true)))
-                    }
+                    Ok(Some(Err(error))) => Some((Err(error), (chunks, transport, true))),
                 }
             },
         ))
@@ -351,11 +547,7 @@ impl Transport {
 
     /// Reads at most `limit` bytes of a body (under the idle timeout between
     /// chunks); a longer body is an error rather than unbounded memory.
-    async fn read_capped(
-        &self,
-        response: reqwest::Response,
-        limit: usize,
-    ) -> Result<Vec<u8>, LlmError> {
+    async fn read_capped(&self, response: Response, limit: usize) -> Result<Vec<u8>, LlmError> {
         let mut body = Vec::new();
         let mut chunks = self.body_stream(response);
         while let Some(chunk) = chunks.next().await {
@@ -377,10 +569,7 @@ impl Transport {
     /// # Errors
     /// A timeout, a broken connection, an oversized body, or a body that is
     /// not JSON.
-    pub async fn read_json(
-        &self,
-        response: reqwest::Response,
-    ) -> Result<serde_json::Value, LlmError> {
+    pub async fn read_json(&self, response: Response) -> Result<serde_json::Value, LlmError> {
         let body = self.read_capped(response, MAX_JSON_BODY_BYTES).await?;
         serde_json::from_slice(&body).map_err(|error| self.not_json(&body, &error))
     }
@@ -393,7 +582,7 @@ impl Transport {
     /// "unexpected response shape".
     pub async fn read_json_as<T: DeserializeOwned>(
         &self,
-        response: reqwest::Response,
+        response: Response,
     ) -> Result<T, LlmError> {
         let body = self.read_capped(response, MAX_JSON_BODY_BYTES).await?;
         serde_json::from_slice(&body).map_err(|error| {
@@ -437,7 +626,7 @@ impl Transport {
     }
 
     /// The body decoded as Server-Sent Events.
-    pub fn sse_stream(&self, response: reqwest::Response) -> BoxStream<SseEvent> {
+    pub fn sse_stream(&self, response: Response) -> BoxStream<SseEvent> {
         let mut decoder = SseDecoder::new();
         let transport = self.clone();
         let body = self.body_stream(response);
@@ -462,7 +651,7 @@ impl Transport {
     }
 
     /// The body decoded as newline-delimited JSON.
-    pub fn ndjson_stream(&self, response: reqwest::Response) -> BoxStream<serde_json::Value> {
+    pub fn ndjson_stream(&self, response: Response) -> BoxStream<serde_json::Value> {
         let mut decoder = NdjsonDecoder::new();
         let transport = self.clone();
         let body = self.body_stream(response);
@@ -485,6 +674,14 @@ impl Transport {
             });
         Box::pin(values)
     }
+}
+
+/// A request as the transport sends it, once per attempt.
+struct Outgoing {
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
 /// Builds a header map from name/value pairs, marking values that carry

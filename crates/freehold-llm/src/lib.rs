@@ -5,7 +5,9 @@
 //! What it owns:
 //! - [`Provider`]: stream, complete, embed, list models, capabilities;
 //! - the transport ([`http::Transport`]): retries with backoff honouring
-//!   `Retry-After`, an idle (never total) timeout, key redaction;
+//!   `Retry-After`, an idle (never total) timeout, key redaction; plain
+//!   `http://` servers are reached through [`inline::InlineClient`], which
+//!   drives each connection in the calling task;
 //! - the SSE and NDJSON decoders ([`sse`], [`ndjson`]);
 //! - [`secret::ApiKey`], which never prints itself.
 //!
@@ -27,6 +29,7 @@ pub mod client;
 pub mod config;
 pub mod cost;
 pub mod http;
+pub mod inline;
 pub mod ndjson;
 pub mod presets;
 mod provider;

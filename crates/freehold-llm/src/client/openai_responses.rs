@@ -54,7 +54,7 @@ impl OpenAiResponsesClient {
         &self,
         request: &ChatRequest,
         stream: bool,
-    ) -> Result<reqwest::Response, LlmError> {
+    ) -> Result<crate::http::Response, LlmError> {
         let body = openai_responses::encode_request(request, stream);
         let body = serde_json::to_value(&body).map_err(|error| {
             self.transport
