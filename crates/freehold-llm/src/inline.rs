@@ -10,10 +10,13 @@
 //! connection while it waits for the response head and while it reads the
 //! body, so nothing else runs on its behalf.
 //!
-//! Idle connections wait in a pool kept per thread and per server. A
-//! runtime with one thread per core then reuses the connections its own
-//! reactor watches; under a work-stealing runtime any thread may drive any
-//! connection, so the split costs nothing there.
+//! Idle connections wait in a pool kept per runtime, thread and server. A
+//! connection waits for its socket through the reactor of the runtime that
+//! made it, so only that runtime may reuse it: with one runtime per core,
+//! each core keeps its own connections. Under a work-stealing runtime any
+//! thread may drive any connection, so the split by thread costs nothing
+//! there. Connections idle for longer than 30 s are closed when a request
+//! next uses the pool.
 //!
 //! [`crate::http::Transport`] sends `http://` requests here when no proxy
 //! is set in the environment; `https://` and proxied requests go through
@@ -94,12 +97,31 @@ pub struct InlineClient {
 struct Inner {
     connect_timeout: Duration,
     user_agent: HeaderValue,
-    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    idle: Mutex<Pool>,
 }
 
-/// Which idle list a connection belongs to: the thread that gave it back
-/// and the server's `host:port`.
-type PoolKey = (ThreadId, String);
+/// The idle connections, in lists by [`PoolKey`].
+struct Pool {
+    lists: HashMap<PoolKey, Vec<Idle>>,
+    /// When connections idle for too long were last closed in every list
+    /// (a list whose runtime or thread is gone is never checked out again).
+    swept: Instant,
+}
+
+/// Which idle list a connection belongs to: the runtime and thread that
+/// gave it back, and the server's `host:port`.
+type PoolKey = (tokio::runtime::Id, ThreadId, String);
+
+/// The idle list for `address` on the current runtime and thread; `None`
+/// outside a runtime (where nothing can be reused).
+fn pool_key(address: &str) -> Option<PoolKey> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    Some((
+        runtime.id(),
+        std::thread::current().id(),
+        address.to_owned(),
+    ))
+}
 
 /// A connection waiting for its next request.
 struct Idle {
@@ -135,7 +157,10 @@ impl InlineClient {
             inner: Arc::new(Inner {
                 connect_timeout,
                 user_agent,
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(Pool {
+                    lists: HashMap::new(),
+                    swept: Instant::now(),
+                }),
             }),
         }
     }
@@ -219,12 +244,12 @@ impl InlineClient {
         Ok(http1::handshake(TokioIo::new(stream)).await?)
     }
 
-    /// An idle connection to `address` given back on this thread that is
-    /// still open, if any.
+    /// An idle connection to `address` given back on this runtime and
+    /// thread that is still open, if any.
     fn checkout(&self, address: &str) -> Option<Idle> {
-        let key = (std::thread::current().id(), address.to_owned());
+        let key = pool_key(address)?;
         loop {
-            let mut idle = self.inner.lock().get_mut(&key)?.pop()?;
+            let mut idle = self.inner.lock().lists.get_mut(&key)?.pop()?;
             if idle.since.elapsed() > MAX_IDLE_TIME {
                 continue;
             }
@@ -246,19 +271,38 @@ impl InlineClient {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
         // A poisoned lock only means another thread panicked between a
         // push and a pop; the lists themselves are whole.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn give_back(&self, address: String, idle: Idle) {
-        let key = (std::thread::current().id(), address);
+    /// Keeps `idle` for the next request to `address` on this runtime and
+    /// thread; outside a runtime, or when the list is full, it is closed.
+    fn give_back(&self, address: &str, idle: Idle) {
+        let Some(key) = pool_key(address) else {
+            return;
+        };
         let mut pool = self.lock();
-        let list = pool.entry(key).or_default();
+        if pool.swept.elapsed() > MAX_IDLE_TIME {
+            pool.close_stale();
+        }
+        let list = pool.lists.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_SERVER {
             list.push(idle);
         }
+    }
+}
+
+impl Pool {
+    /// Closes the connections idle for longer than [`MAX_IDLE_TIME`] in
+    /// every list, and forgets the lists left empty.
+    fn close_stale(&mut self) {
+        self.lists.retain(|_, list| {
+            list.retain(|idle| idle.since.elapsed() <= MAX_IDLE_TIME);
+            !list.is_empty()
+        });
+        self.swept = Instant::now();
     }
 }
 
@@ -446,7 +490,7 @@ impl Link {
             return;
         }
         self.pool.give_back(
-            self.address,
+            &self.address,
             Idle {
                 sender: self.sender,
                 connection: self.connection,

@@ -260,3 +260,36 @@ async fn both_http_clients_word_a_refused_connection_alike() {
         assert!(error.message.to_lowercase().contains("refused"), "{error}");
     }
 }
+
+/// A connection waits for its socket through the reactor of the runtime
+/// that made it. Another runtime on the same thread must not reuse it: that
+/// reactor may never run again, and the request would wait forever.
+#[test]
+fn a_connection_is_not_reused_by_another_runtime_on_the_same_thread() {
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = server_runtime.block_on(Server::start(AfterAnswer::KeepOpen));
+    let client = client(&server);
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (current_thread(), current_thread());
+    let answer = first.block_on(client.complete(request())).unwrap();
+    assert_eq!(answer.message.text(), "Hi");
+    // `first` is still alive, but nothing drives its reactor any more.
+    let answer = second
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), client.complete(request())).await
+        })
+        .expect("the second runtime's request must not wait on the first's reactor")
+        .unwrap();
+    assert_eq!(answer.message.text(), "Hi");
+    assert_eq!(server.connections(), 2);
+    drop(server);
+}
