@@ -191,7 +191,7 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
         "freehold bench gateway: {} clients, {:?} warm-up + {:?} per phase; gateway: {}",
         options.clients, options.warmup, options.duration, under_test.description
     );
-    let report = bench::run(&mock, &under_test, &options, &|progress| match progress {
+    let run = bench::run(&mock, &under_test, &options, &|progress| match progress {
         Progress::Phase { name, index, of } => eprintln!("[{index}/{of}] {name}…"),
         Progress::Done(m) => eprintln!(
             "      {:.0} requests/s, p50 {} µs, p99 {} µs{}",
@@ -204,8 +204,16 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
                 String::new()
             }
         ),
-    })
-    .await;
+    });
+    // Stopped by a signal, the bench still stops the gateway and the relay
+    // it started and removes their temporary directory, instead of leaving
+    // them running.
+    let report = tokio::select! {
+        report = run => report.map_err(anyhow::Error::from),
+        () = crate::serve::termination() => Err(anyhow::anyhow!(
+            "interrupted: the gateway and relay this bench started were stopped"
+        )),
+    };
     for child in child.iter_mut().chain(relay_child.as_mut().map(|(c, _)| c)) {
         let _ = child.start_kill();
         let _ = child.wait().await;

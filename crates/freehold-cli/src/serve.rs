@@ -366,6 +366,12 @@ async fn reload_on_hangup(gateway: Arc<Gateway>, config: Option<PathBuf>) {
 }
 
 async fn shutdown_signal() {
+    termination().await;
+    eprintln!("freehold serve: shutting down; finishing requests in flight");
+}
+
+/// Returns at the first SIGINT (Ctrl-C) or SIGTERM.
+pub(crate) async fn termination() {
     use tokio::signal::unix::{SignalKind, signal};
     let terminate = async {
         match signal(SignalKind::terminate()) {
@@ -379,7 +385,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
-    eprintln!("freehold serve: shutting down; finishing requests in flight");
 }
 
 /// The database URL: the configured one, or `gateway.db` in the data

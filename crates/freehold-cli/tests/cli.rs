@@ -832,6 +832,84 @@ async fn bench_gateway_measures_the_per_core_runtime() {
     }
 }
 
+#[tokio::test]
+async fn bench_gateway_stopped_by_sigterm_stops_what_it_started() {
+    use tokio::io::AsyncBufReadExt;
+    let home = tempdir();
+    let scratch = home.join("tmp");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_freehold"))
+        .args([
+            "bench", "gateway", "-c", "2", "-d", "60s", "-w", "0s", "-r", "0",
+        ])
+        .current_dir(&home)
+        .env_clear()
+        .env("HOME", &home)
+        .env("TMPDIR", &scratch)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(bench.stderr.take().unwrap()).lines();
+    let mut said = Vec::new();
+    // The gateway's pid is named before the first phase starts.
+    let gateway_pid = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let mut pid = None;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            said.push(line.clone());
+            if let Some(rest) = line.split("child process (pid ").nth(1) {
+                pid = rest.split(')').next().map(str::to_owned);
+            }
+            if line.starts_with("[1/") {
+                break;
+            }
+        }
+        pid
+    })
+    .await
+    .expect("the bench did not start its first phase within 60 s")
+    .unwrap_or_else(|| panic!("no gateway pid in: {said:?}"));
+    assert!(
+        std::path::Path::new(&format!("/proc/{gateway_pid}")).exists(),
+        "the gateway is not running: {said:?}"
+    );
+
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &bench.id().unwrap().to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(15), bench.wait())
+        .await
+        .expect("the bench still ran 15 s after SIGTERM")
+        .unwrap();
+    // The relay writes to the same stderr: if it outlived the bench, the
+    // pipe would never close.
+    tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            said.push(line);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("a child of the bench still holds its stderr: {said:?}"));
+    assert_eq!(status.code(), Some(1), "{said:?}");
+    assert!(
+        said.iter().any(|line| line.contains("interrupted")),
+        "{said:?}"
+    );
+    // The bench waited for its gateway, so no process has that pid now.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{gateway_pid}")).exists(),
+        "the gateway outlived the bench: {said:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
+}
+
 /// A short `bench gateway` run (2 clients, 200 ms phases, no paced
 /// phases, JSON out) with `extra` flags.
 async fn short_gateway_bench(extra: &[&str]) -> Run {
