@@ -255,12 +255,7 @@ impl InlineClient {
             }
             // One poll reads what came while it sat idle: the end of the
             // stream when the server closed it.
-            let mut context = Context::from_waker(Waker::noop());
-            if idle
-                .connection
-                .poll_without_shutdown(&mut context)
-                .is_ready()
-            {
+            if is_done(&mut idle.connection) {
                 continue;
             }
             if idle.sender.is_ready() {
@@ -457,11 +452,7 @@ impl Drop for InlineBody {
         // dropping it closes the connection.
         let mut context = Context::from_waker(Waker::noop());
         for _ in 0..4 {
-            if link
-                .connection
-                .poll_without_shutdown(&mut context)
-                .is_ready()
-            {
+            if is_done(&mut link.connection) {
                 return;
             }
             match Pin::new(&mut self.body).poll_frame(&mut context) {
@@ -481,12 +472,7 @@ impl Link {
     fn release(mut self) {
         // One more poll moves the connection from the finished answer to
         // waiting for the next request.
-        let mut context = Context::from_waker(Waker::noop());
-        if self
-            .connection
-            .poll_without_shutdown(&mut context)
-            .is_ready()
-        {
+        if is_done(&mut self.connection) {
             return;
         }
         self.pool.give_back(
@@ -498,4 +484,12 @@ impl Link {
             },
         );
     }
+}
+
+/// Polls `connection` once, with no task to wake: it reads what has already
+/// arrived and moves a finished exchange along. True when the connection is
+/// done: closed by the server, failed, or not fit for another request.
+fn is_done(connection: &mut Connection) -> bool {
+    let mut context = Context::from_waker(Waker::noop());
+    connection.poll_without_shutdown(&mut context).is_ready()
 }
