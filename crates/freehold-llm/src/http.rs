@@ -443,19 +443,11 @@ impl Transport {
         } else {
             ErrorKind::Connection
         };
-        // reqwest's Display omits the root cause ("connection refused"),
-        // which is what the user needs to see.
-        let mut root: &dyn std::error::Error = error;
-        while let Some(cause) = root.source() {
-            root = cause;
-        }
         let url = error.url().map(|url| url.as_str()).unwrap_or("the server");
         let message = if error.is_connect() {
-            format!("cannot connect to {url}: {root}")
-        } else if std::ptr::addr_eq(root, error as &dyn std::error::Error) {
-            format!("request to {url} failed: {error}")
+            format!("cannot connect to {url}: {}", root_cause(error))
         } else {
-            format!("request to {url} failed: {error}: {root}")
+            failed_request(url, error)
         };
         self.error(kind, message)
     }
@@ -477,16 +469,7 @@ impl Transport {
                 format!("cannot send a request to {url}: {error}"),
             ),
             InlineError::Http(cause) => {
-                let mut root: &dyn std::error::Error = cause;
-                while let Some(next) = root.source() {
-                    root = next;
-                }
-                let message = if std::ptr::addr_eq(root, cause as &dyn std::error::Error) {
-                    format!("request to {url} failed: {cause}")
-                } else {
-                    format!("request to {url} failed: {cause}: {root}")
-                };
-                (ErrorKind::Connection, message)
+                (ErrorKind::Connection, failed_request(url.as_str(), cause))
             }
             InlineError::ClosedEarly => (
                 ErrorKind::Connection,
@@ -673,6 +656,28 @@ impl Transport {
                 futures::stream::iter(values)
             });
         Box::pin(values)
+    }
+}
+
+/// The innermost cause of `error`: the clients' own Display omits it
+/// ("connection refused"), and it is what the user needs to see.
+fn root_cause<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    let mut root = error;
+    while let Some(cause) = root.source() {
+        root = cause;
+    }
+    root
+}
+
+/// "request to URL failed: ERROR", with the root cause when it is another.
+fn failed_request(url: &str, error: &(dyn std::error::Error + 'static)) -> String {
+    let root = root_cause(error);
+    if std::ptr::addr_eq(root, error) {
+        format!("request to {url} failed: {error}")
+    } else {
+        format!("request to {url} failed: {error}: {root}")
     }
 }
 
