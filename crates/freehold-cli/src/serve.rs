@@ -140,23 +140,13 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         serve_per_core(listener, app, tls, &gateway, grace, on_signal).await?;
         return finish(gateway, &ledger_writer, ledger_task, grace).await;
     }
-    match tls {
-        Some(config) => {
-            // The TLS server returns at the signal; its connections run on.
-            freehold_gateway::tls::serve(listener, app, config, on_signal).await;
-            drain(&gateway, grace).await;
-        }
-        None => {
-            let listener = freehold_gateway::listen::prepared(listener);
-            let serving = axum::serve(listener, app).with_graceful_shutdown(on_signal);
-            tokio::select! {
-                served = serving => served.context("the HTTP server failed")?,
-                () = async {
-                    signalled.notified().await;
-                    tokio::time::sleep(grace).await;
-                } => report_cut_off(&gateway, grace),
-            }
-        }
+    let client_timeout = gateway.settings().client_timeout();
+    tokio::select! {
+        () = freehold_gateway::listen::serve(listener, app, tls, client_timeout, on_signal) => {}
+        () = async {
+            signalled.notified().await;
+            tokio::time::sleep(grace).await;
+        } => report_cut_off(&gateway, grace),
     }
     finish(gateway, &ledger_writer, ledger_task, grace).await
 }
@@ -224,7 +214,13 @@ async fn serve_per_core(
                 .and_then(tokio::net::TcpListener::from_std)
                 .context("sharing the listening socket")?
         };
-        let shard = serve_one_core(socket, app.clone(), tls.clone(), watched.clone());
+        let shard = serve_one_core(
+            socket,
+            app.clone(),
+            tls.clone(),
+            gateway.settings().client_timeout(),
+            watched.clone(),
+        );
         std::thread::Builder::new()
             .name(format!("serve-core-{index}"))
             .spawn(move || runtime.block_on(shard))
@@ -256,6 +252,7 @@ async fn serve_one_core(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls: Option<Arc<freehold_gateway::tls::ServerConfig>>,
+    client_timeout: Duration,
     phase: tokio::sync::watch::Receiver<Phase>,
 ) {
     let reaches = |wanted: fn(&Phase) -> bool| {
@@ -267,24 +264,8 @@ async fn serve_one_core(
     };
     let draining = reaches(|phase| *phase != Phase::Serving);
     let closed = reaches(|phase| *phase == Phase::Closed);
-    let serving = async {
-        match tls {
-            Some(config) => {
-                freehold_gateway::tls::serve(listener, app, config, draining).await;
-                // Its connections run on as tasks of this runtime.
-                std::future::pending::<()>().await;
-            }
-            None => {
-                let listener = freehold_gateway::listen::prepared(listener);
-                let served = axum::serve(listener, app).with_graceful_shutdown(draining);
-                if let Err(error) = served.await {
-                    eprintln!("freehold serve: a per-core server failed: {error}");
-                }
-            }
-        }
-    };
     tokio::select! {
-        () = serving => {}
+        () = freehold_gateway::listen::serve(listener, app, tls, client_timeout, draining) => {}
         () = closed => {}
     }
 }

@@ -128,9 +128,16 @@ async fn admit_inner(
             .map_err(|limited| GatewayError::rate_limited(&limited))?;
     }
     // Larger asks are lowered to the cap; a request without one keeps the
-    // provider's default (the local engine's is 512 tokens).
+    // provider's default (the local engine's is 512 tokens)...
     let cap = gateway.settings.max_tokens_cap;
     request.max_tokens = request.max_tokens.map(|asked| asked.min(cap));
+    // ...unless a budget pays for it on a hosted model: a hosted default
+    // can be far above what the budget reserves below, so the answer is
+    // held to the bound the reservation assumes.
+    let budgeted = caller.key().is_some_and(|key| key.budget_usd.is_some());
+    if budgeted && request.max_tokens.is_none() && leaves_the_machine(&targets, &routes) {
+        request.max_tokens = Some(output_bound(&targets, &routes, cap));
+    }
     let local_only_key = caller.key().is_some_and(|key| key.local_only);
     let decision = gateway
         .privacy
@@ -219,6 +226,19 @@ pub(crate) async fn reserve_budget(
         })?;
     accounting.reservation = Some(reservation);
     Ok(())
+}
+
+/// The most output tokens a request without `max_tokens` is given when a
+/// budget pays for it: the cap, or less when a model of its route is known
+/// to allow fewer (a larger ask would be refused by that provider).
+fn output_bound(targets: &[Target], routes: &Routes, cap: u32) -> u32 {
+    let catalog = routes.router.catalog();
+    targets
+        .iter()
+        .filter_map(|target| catalog.lookup(&target.provider, &target.model))
+        .filter_map(|entry| entry.max_output_tokens)
+        .fold(cap, u32::min)
+        .max(1)
 }
 
 /// The refusal of a request the privacy policy blocks.

@@ -113,6 +113,17 @@ impl GatewayError {
         .code("model_not_found")
     }
 
+    /// 405: the route exists, but not for this method.
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "invalid_request_error",
+            "invalid_request_error",
+            message,
+        )
+    }
+
     /// 413: the body is over the configured limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(
@@ -165,6 +176,20 @@ impl GatewayError {
         .code("insufficient_quota")
     }
 
+    /// 408: the client stopped sending its request's body.
+    pub fn body_timeout(timeout: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "invalid_request_error",
+            "invalid_request_error",
+            format!(
+                "the request body stopped arriving for {} s ([gateway] client_timeout_secs)",
+                timeout.as_secs()
+            ),
+        )
+    }
+
     /// 504: the whole request ran past `[gateway] request_timeout_secs`.
     pub fn request_timeout(timeout: Duration) -> Self {
         Self::new(
@@ -207,7 +232,19 @@ impl GatewayError {
                      the operator must fix its API key"
                 ),
             ),
-            ErrorKind::Permission => Self::forbidden(error.message.clone()),
+            // Like a refused key, a refused permission is about the
+            // operator's account at the provider (its plan, project or
+            // region), not the client's request: the client gets a summary,
+            // the gateway's log the provider's words.
+            ErrorKind::Permission => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_permission",
+                "server_error",
+                "api_error",
+                format!(
+                    "provider `{provider}` refused this request with the gateway's credentials                      (permission denied); the operator must check that account's access to the                      model"
+                ),
+            ),
             ErrorKind::NotFound => Self::not_found(error.message.clone()),
             ErrorKind::RateLimited { retry_after } => {
                 let mut limited = Self::new(
@@ -317,6 +354,22 @@ mod tests {
             error.body(Protocol::Anthropic),
             json!({"type": "error", "error": {"type": "authentication_error", "message": "no key"}})
         );
+    }
+
+    #[test]
+    fn refused_credentials_are_summarised_for_the_client() {
+        for kind in [ErrorKind::Authentication, ErrorKind::Permission] {
+            let error = LlmError::new(
+                kind,
+                "openai",
+                "Project proj_Secret123 does not have access to model gpt-x (billing hold)",
+            );
+            let sent = GatewayError::upstream(&error);
+            assert_eq!(sent.status, StatusCode::BAD_GATEWAY);
+            assert!(!sent.message.contains("proj_"), "{}", sent.message);
+            assert!(sent.message.contains("`openai`"), "{}", sent.message);
+            assert!(sent.message.contains("operator"), "{}", sent.message);
+        }
     }
 
     #[test]

@@ -43,7 +43,14 @@ struct MockState {
     requests: AtomicU64,
     /// How long each chat request waits before its answer.
     delay: Duration,
+    /// The `max_tokens` (or `max_completion_tokens`) of the last chat
+    /// request, [`NO_MAX_TOKENS`] when it had neither.
+    last_max_tokens: AtomicU64,
 }
+
+/// [`MockState::last_max_tokens`] before any request, or after one without
+/// `max_tokens`.
+const NO_MAX_TOKENS: u64 = u64::MAX;
 
 impl MockUpstream {
     /// Starts one on a free port of 127.0.0.1.
@@ -83,6 +90,7 @@ impl MockUpstream {
         let state = Arc::new(MockState {
             requests: AtomicU64::new(0),
             delay,
+            last_max_tokens: AtomicU64::new(NO_MAX_TOKENS),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -128,6 +136,13 @@ impl MockUpstream {
     /// Chat and embedding requests answered so far.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// The `max_tokens` the last chat request asked for, if it had one: what
+    /// the gateway forwarded.
+    pub fn last_max_tokens(&self) -> Option<u64> {
+        let last = self.state.last_max_tokens.load(Ordering::Relaxed);
+        (last != NO_MAX_TOKENS).then_some(last)
     }
 
     /// Stops it as a dying replica stops: new connections are refused and
@@ -182,6 +197,13 @@ async fn chat(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
         )
             .into_response();
     };
+    state.last_max_tokens.store(
+        request["max_tokens"]
+            .as_u64()
+            .or_else(|| request["max_completion_tokens"].as_u64())
+            .unwrap_or(NO_MAX_TOKENS),
+        Ordering::Relaxed,
+    );
     let model = request["model"].as_str().unwrap_or("mock-model").to_owned();
     let prompt_tokens = (body.len() as u64 / 4).max(1);
     let last = request["messages"]

@@ -53,6 +53,11 @@ pub struct GatewaySettings {
     /// The private key (PEM) for `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Seconds a client may take to send a request's head, or between two
+    /// pieces of its body; also how long an idle keep-alive connection is
+    /// kept. At least 1.
+    #[serde(default = "default_client_timeout_secs")]
+    pub client_timeout_secs: u64,
     /// Seconds to let requests in flight finish at shutdown.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
@@ -139,6 +144,10 @@ fn default_request_timeout_secs() -> u64 {
     600
 }
 
+fn default_client_timeout_secs() -> u64 {
+    30
+}
+
 fn default_shutdown_grace_secs() -> u64 {
     30
 }
@@ -153,6 +162,7 @@ impl Default for GatewaySettings {
             max_body_bytes: default_max_body_bytes(),
             max_tokens_cap: default_max_tokens_cap(),
             request_timeout_secs: default_request_timeout_secs(),
+            client_timeout_secs: default_client_timeout_secs(),
             default_model: None,
             log_bodies: false,
             tls_cert: None,
@@ -168,6 +178,12 @@ impl GatewaySettings {
     /// The whole-request time limit.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// How long a client may leave a connection silent while the gateway
+    /// waits for its request (`client_timeout_secs`, at least a second).
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_secs(self.client_timeout_secs.max(1))
     }
 }
 

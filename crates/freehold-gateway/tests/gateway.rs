@@ -39,6 +39,16 @@ fn routes(base_urls: Vec<String>) -> Routes {
 
 /// [`routes`] with its replicas' health settings.
 fn routes_with(base_urls: Vec<String>, health: &HealthSettings) -> Routes {
+    routes_with_model(base_urls, health, None)
+}
+
+/// [`routes_with`], the catalog saying how many output tokens the model
+/// allows.
+fn routes_with_model(
+    base_urls: Vec<String>,
+    health: &HealthSettings,
+    max_output_tokens: Option<u32>,
+) -> Routes {
     let provider: Arc<dyn Provider> = ProviderConfig {
         kind: Some(ProviderKind::Openai),
         base_urls,
@@ -59,6 +69,7 @@ fn routes_with(base_urls: Vec<String>, health: &HealthSettings) -> Routes {
                     cache_write: None,
                     output: 1.0,
                 }),
+                max_output_tokens,
                 ..ModelEntry::default()
             },
         )
@@ -102,8 +113,15 @@ async fn start(routes: Routes, settings: GatewaySettings, database: Option<Strin
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let client_timeout = gateway.settings().client_timeout();
     let app = freehold_gateway::routes::app(gateway);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(freehold_gateway::listen::serve(
+        listener,
+        app,
+        None,
+        client_timeout,
+        std::future::pending(),
+    ));
     Running {
         url: format!("http://{address}"),
         store,
@@ -538,6 +556,74 @@ async fn fifty_concurrent_requests_spend_at_most_the_budget() {
     assert_eq!(row.errors as usize, refused + 1);
 }
 
+/// A budget reserves the cap's worth of output for a request without
+/// `max_tokens`; the request must then not be allowed more upstream.
+#[tokio::test]
+async fn a_budgeted_request_without_max_tokens_is_held_to_what_was_reserved() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let no_max_tokens = json!({"model": "mock", "messages": [{"role": "user", "content": "hi"}]});
+    let health = HealthSettings::default();
+    for (max_output_tokens, expected) in [(None, 50), (Some(40), 40)] {
+        let gw = start(
+            routes_with_model(vec![upstream.base_url()], &health, max_output_tokens),
+            GatewaySettings {
+                max_tokens_cap: 50,
+                ..GatewaySettings::default()
+            },
+            None,
+        )
+        .await;
+        let (_, budgeted) = gw
+            .store
+            .create_key(NewKey {
+                name: "budgeted".into(),
+                budget_usd: Some(1.0),
+                ..NewKey::default()
+            })
+            .await
+            .unwrap();
+        let (_, unbudgeted) = gw
+            .store
+            .create_key(NewKey {
+                name: "free".into(),
+                ..NewKey::default()
+            })
+            .await
+            .unwrap();
+
+        let (status, body, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(&budgeted),
+            &no_max_tokens,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(upstream.last_max_tokens(), Some(expected));
+
+        // An ask of its own is only capped; without a budget, the
+        // provider's default stands.
+        let (status, body, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(&budgeted),
+            &chat_body("mock"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(upstream.last_max_tokens(), Some(50));
+        let (status, body, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(&unbudgeted),
+            &no_max_tokens,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(upstream.last_max_tokens(), None);
+    }
+}
+
 #[tokio::test]
 async fn two_gateways_sharing_postgres_enforce_one_budget() {
     let Some(admin) = freehold_test_support::test_postgres() else {
@@ -814,6 +900,32 @@ async fn malformed_requests_get_the_protocols_own_errors() {
     assert_eq!(body["error"]["type"], "not_found_error");
     let (status, body, _) = post(&gw.url, "/v1/nothing", Some(MASTER), &json!({})).await;
     assert_eq!(status, 404, "{body}");
+    // A known route with the wrong method: 405, in each protocol's shape.
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "GET is not allowed on /v1/chat/completions; use POST"
+    );
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let response = client
+        .put(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", MASTER)
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
     // Embeddings: the key is checked before the body is read, and the body
     // is held to the same limit.
     let large = json!({"model": "mock", "input": ["x".repeat(10_000)]});
@@ -1100,6 +1212,7 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
         .header("x-api-key", MASTER)
         .header("anthropic-version", "2023-06-01")
         .header("anthropic-beta", "interleaved-thinking-2025-05-14")
+        .header("anthropic-beta", "context-1m-2025-08-07")
         .json(&chat_body("claude:claude-x"))
         .send()
         .await
@@ -1109,9 +1222,16 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["content"][0]["text"], "hi");
     let sent = &upstream.requests()[0];
+    // Each beta the client named, none lost to the one after it.
+    let betas: Vec<&str> = sent
+        .headers
+        .get_all("anthropic-beta")
+        .iter()
+        .map(|value| value.to_str().unwrap())
+        .collect();
     assert_eq!(
-        sent.header("anthropic-beta").as_deref(),
-        Some("interleaved-thinking-2025-05-14")
+        betas,
+        ["interleaved-thinking-2025-05-14", "context-1m-2025-08-07"]
     );
     assert_eq!(
         sent.header("anthropic-version").as_deref(),
@@ -1119,6 +1239,74 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
     );
     // The gateway's master key is not what the upstream gets.
     assert_ne!(sent.header("x-api-key").as_deref(), Some(MASTER));
+}
+
+/// Sends `head` (and `body`) on a new connection to `url`'s server, then
+/// reads until the server closes the connection; `None` if it is still
+/// open after 10 s.
+async fn send_and_wait_for_close(url: &str, head: &str, body: &[u8]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let address = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    match read {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn clients_that_stop_sending_are_cut_off() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings {
+            client_timeout_secs: 1,
+            ..GatewaySettings::default()
+        },
+        None,
+    )
+    .await;
+    // A request head that never ends: the connection is closed.
+    let started = std::time::Instant::now();
+    let closed = send_and_wait_for_close(
+        &gw.url,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nx-slow: ",
+        b"",
+    )
+    .await;
+    assert!(closed.is_some(), "a half-sent head kept its connection");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // A body that stops arriving: 408 in the protocol's shape.
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {MASTER}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n"
+    );
+    let answer = send_and_wait_for_close(&gw.url, &head, b"{\"model\": ")
+        .await
+        .expect("a stalled body kept its connection");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("client_timeout_secs"), "{answer}");
+    assert!(answer.contains("\"invalid_request_error\""), "{answer}");
+
+    // An idle keep-alive connection is closed after the same time; a
+    // request sent in time is answered.
+    let body = serde_json::to_string(&chat_body("mock")).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {MASTER}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = send_and_wait_for_close(&gw.url, &head, body.as_bytes())
+        .await
+        .expect("an idle connection was kept");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(MOCK_TEXT), "{answer}");
 }
 
 #[tokio::test]
@@ -1143,10 +1331,11 @@ async fn serves_https_with_a_pem_certificate() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let app = freehold_gateway::routes::app(gateway);
-    tokio::spawn(freehold_gateway::tls::serve(
+    tokio::spawn(freehold_gateway::listen::serve(
         listener,
         app,
-        config,
+        Some(config),
+        Duration::from_secs(30),
         std::future::pending(),
     ));
     let client = reqwest::Client::builder()

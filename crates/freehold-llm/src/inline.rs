@@ -197,8 +197,17 @@ impl InlineClient {
                 .map_err(|error| InlineError::Url(format!("bad host in `{url}`: {error}")))?;
             request_headers.insert(header::HOST, host);
             request_headers.insert(header::USER_AGENT, self.inner.user_agent.clone());
+            // A name's values come one after another: the first replaces
+            // a default (`user-agent`), the rest join it, so a header sent
+            // several times (`anthropic-beta`) keeps every value.
+            let mut previous = None;
             for (name, value) in headers {
-                request_headers.insert(name, value.clone());
+                if previous == Some(name) {
+                    request_headers.append(name, value.clone());
+                } else {
+                    request_headers.insert(name, value.clone());
+                }
+                previous = Some(name);
             }
             Ok::<_, InlineError>(request)
         };

@@ -180,7 +180,7 @@ pub(crate) async fn count_tokens(
     let protocol = Protocol::Anthropic;
     let result = async {
         let caller = gateway.auth.authenticate(&headers).await?;
-        let body = read_body(body, gateway.settings.max_body_bytes).await?;
+        let body = read_body(body, &gateway.settings).await?;
         let mut value: serde_json::Value = parse_body(&headers, &body)?;
         // The counting request has no max_tokens; the Messages type needs one.
         if let Some(object) = value.as_object_mut() {
@@ -215,7 +215,7 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
         Err(error) => return error.into_response(P::PROTOCOL),
     };
     let decoded = async {
-        let body = read_body(body, gateway.settings.max_body_bytes).await?;
+        let body = read_body(body, &gateway.settings).await?;
         let wire: P::Wire = parse_body(&headers, &body)?;
         let (request, options) = P::decode(wire).map_err(decode_error)?;
         Ok::<_, GatewayError>((request, options, body))

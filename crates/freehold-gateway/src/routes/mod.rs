@@ -7,11 +7,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 
 use crate::error::{GatewayError, Protocol};
+use crate::settings::GatewaySettings;
 use crate::state::Gateway;
 
 /// The gateway's axum application.
@@ -27,28 +30,60 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/v1/models", get(ops::models))
         .route("/v1/embeddings", post(ops::embeddings))
         .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         // Bodies are read (and limited) by the handlers themselves, so
         // that an oversized one gets the protocol's own error shape.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(gateway)
 }
 
-/// Reads a request body up to `limit` bytes.
+/// Reads a request body up to `[gateway] max_body_bytes`, each piece of it
+/// within `client_timeout_secs` of the one before.
 ///
 /// # Errors
-/// 413 in the caller's protocol when it is larger.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| GatewayError::too_large(limit))
+/// 413 when it is larger, 408 when the client stops sending it, 400 when
+/// the connection fails while it is read.
+pub(crate) async fn read_body(
+    body: Body,
+    settings: &GatewaySettings,
+) -> Result<Bytes, GatewayError> {
+    let limit = settings.max_body_bytes;
+    let timeout = settings.client_timeout();
+    let mut body = http_body_util::Limited::new(body, limit);
+    let mut read = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(timeout, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => return Ok(read.freeze()),
+            Ok(Some(Err(error))) => {
+                return Err(if error.is::<http_body_util::LengthLimitError>() {
+                    GatewayError::too_large(limit)
+                } else {
+                    GatewayError::bad_request(format!(
+                        "the request body could not be read: {error}"
+                    ))
+                });
+            }
+            Err(_) => return Err(GatewayError::body_timeout(timeout)),
+        };
+        if let Ok(data) = frame.into_data() {
+            read.extend_from_slice(&data);
+        }
+    }
 }
 
-async fn unknown_route(headers: HeaderMap, uri: Uri) -> Response {
-    let protocol = if ops::speaks_anthropic(&headers) {
+/// The error shape a request without a protocol of its own gets: the
+/// Anthropic one when it carries Anthropic's headers.
+fn protocol_of(headers: &HeaderMap) -> Protocol {
+    if ops::speaks_anthropic(headers) {
         Protocol::Anthropic
     } else {
         Protocol::OpenAi
-    };
+    }
+}
+
+async fn unknown_route(headers: HeaderMap, uri: Uri) -> Response {
+    let protocol = protocol_of(&headers);
     let mut error = GatewayError::not_found(format!(
         "no such endpoint: {}; this gateway serves /v1/chat/completions, /v1/responses, \
          /v1/messages, /v1/messages/count_tokens, /v1/models, /v1/embeddings, /health and /metrics",
@@ -56,4 +91,19 @@ async fn unknown_route(headers: HeaderMap, uri: Uri) -> Response {
     ));
     error.kind = "no_route";
     error.into_response(protocol).into_response()
+}
+
+/// A known route asked with the wrong method (`GET /v1/chat/completions`):
+/// 405 in the protocol's shape, naming the method to use, instead of an
+/// empty body.
+async fn wrong_method(headers: HeaderMap, method: Method, uri: Uri) -> Response {
+    let path = uri.path();
+    let allowed = match path {
+        "/" => "GET or HEAD",
+        "/health" | "/metrics" | "/v1/models" => "GET",
+        _ => "POST",
+    };
+    GatewayError::method_not_allowed(format!("{method} is not allowed on {path}; use {allowed}"))
+        .into_response(protocol_of(&headers))
+        .into_response()
 }

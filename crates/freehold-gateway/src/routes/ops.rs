@@ -176,7 +176,7 @@ pub(crate) async fn embeddings(
         Err(error) => return error.into_response(Protocol::OpenAi),
     };
     let decoded = async {
-        let body = read_body(body, gateway.settings.max_body_bytes).await?;
+        let body = read_body(body, &gateway.settings).await?;
         let wire: OpenAiEmbeddingsRequest = parse_body(&headers, &body)?;
         Ok::<_, GatewayError>(decode_openai_request(wire))
     }

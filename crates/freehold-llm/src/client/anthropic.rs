@@ -56,9 +56,15 @@ impl AnthropicClient {
         if forwarded.is_empty() {
             return std::borrow::Cow::Borrowed(&self.headers);
         }
+        // The client's values replace the configured ones of the same name;
+        // a header the client sent several times (one `anthropic-beta` per
+        // feature) keeps every value.
         let mut headers = self.headers.clone();
+        for (name, _) in &forwarded {
+            headers.remove(name);
+        }
         for (name, value) in forwarded {
-            headers.insert(name, value);
+            headers.append(name, value);
         }
         std::borrow::Cow::Owned(headers)
     }
