@@ -159,6 +159,12 @@ async fn finish(
     ledger_task: tokio::task::JoinHandle<()>,
     grace: Duration,
 ) -> anyhow::Result<ExitCode> {
+    if !gateway.settlements_written(grace).await {
+        eprintln!(
+            "freehold serve: budget settlements still running after {grace:?} were cut off; \
+             their reservations stay held"
+        );
+    }
     // Told, not left to notice that every handle is gone: the reload task
     // holds the gateway (and so a handle) to the end.
     ledger.close();
@@ -230,6 +236,9 @@ async fn serve_per_core(
     signal.await;
     let _ = phase.send(Phase::Draining);
     drain(gateway, grace).await;
+    // Budget settlements run on the per-core runtimes: they must be written
+    // before those stop.
+    let _ = gateway.settlements_written(grace).await;
     // The runtimes end with their threads; their connections are dropped.
     let _ = phase.send(Phase::Closed);
     Ok(())

@@ -581,11 +581,11 @@ impl Accounting {
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             let actual = cost.unwrap_or(0.0);
-            handle.spawn(async move {
+            handle.spawn(gateway.settling.track_future(async move {
                 if let Err(error) = store.settle(&reservation, actual).await {
                     tracing::error!(%error, "settling a budget reservation");
                 }
-            });
+            }));
         }
     }
 }

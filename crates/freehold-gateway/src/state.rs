@@ -3,9 +3,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use freehold_llm::Router;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::ledger::Ledger;
@@ -40,6 +42,10 @@ pub struct Gateway {
     pub(crate) metrics: Metrics,
     pub(crate) ledger: Ledger,
     pub(crate) privacy: Privacy,
+    /// The budget settlements under way (database calls spawned after each
+    /// response), which shutdown waits for: one cut off would hold its
+    /// reservation for good.
+    pub(crate) settling: TaskTracker,
 }
 
 impl Gateway {
@@ -68,6 +74,7 @@ impl Gateway {
             metrics: Metrics::default(),
             ledger,
             privacy,
+            settling: TaskTracker::new(),
         })
     }
 
@@ -90,6 +97,17 @@ impl Gateway {
     /// Requests being served now (streams until their last event).
     pub fn requests_in_flight(&self) -> i64 {
         self.metrics.in_flight.get()
+    }
+
+    /// Waits until the budget settlements under way are written, up to
+    /// `timeout`; says whether they all were. For shutdown, once requests
+    /// have stopped: settlements started after it has begun are waited for
+    /// too.
+    pub async fn settlements_written(&self, timeout: Duration) -> bool {
+        self.settling.close();
+        tokio::time::timeout(timeout, self.settling.wait())
+            .await
+            .is_ok()
     }
 
     /// The metrics, rendered for Prometheus.

@@ -93,6 +93,7 @@ fn routes_with_model(
 struct Running {
     url: String,
     store: Store,
+    gateway: Arc<Gateway>,
     _dir: tempfile::TempDir,
 }
 
@@ -114,7 +115,7 @@ async fn start(routes: Routes, settings: GatewaySettings, database: Option<Strin
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let client_timeout = gateway.settings().client_timeout();
-    let app = freehold_gateway::routes::app(gateway);
+    let app = freehold_gateway::routes::app(Arc::clone(&gateway));
     tokio::spawn(freehold_gateway::listen::serve(
         listener,
         app,
@@ -125,6 +126,7 @@ async fn start(routes: Routes, settings: GatewaySettings, database: Option<Strin
     Running {
         url: format!("http://{address}"),
         store,
+        gateway,
         _dir: dir,
     }
 }
@@ -485,10 +487,19 @@ async fn concurrent(url: &str, key: &str, count: usize) -> (usize, usize) {
 /// tokens at $1 per million, so a budget of $0.00125 admits about ten.
 const BUDGET: f64 = 0.00125;
 
-async fn assert_budget_held(store: &Store, key_id: &str, passed: usize) {
-    // Settling happens just after each response: give it a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let key = store
+async fn assert_budget_held(gateways: &[&Running], key_id: &str, passed: usize) {
+    // Settling happens just after each response, in the background: what
+    // shutdown waits for.
+    for running in gateways {
+        assert!(
+            running
+                .gateway
+                .settlements_written(Duration::from_secs(10))
+                .await
+        );
+    }
+    let key = gateways[0]
+        .store
         .list_keys()
         .await
         .unwrap()
@@ -526,7 +537,7 @@ async fn fifty_concurrent_requests_spend_at_most_the_budget() {
     let (passed, refused) = concurrent(&gw.url, &secret, 50).await;
     eprintln!("budget: {passed} passed, {refused} refused");
     assert_eq!(passed + refused, 50);
-    assert_budget_held(&gw.store, &key.id, passed).await;
+    assert_budget_held(&[&gw], &key.id, passed).await;
     // Requests cost less than their reservation (7 tokens out of 100
     // allowed), so what is left admits more, one at a time, until the
     // budget is spent: then the refusal says so.
@@ -547,7 +558,7 @@ async fn fifty_concurrent_requests_spend_at_most_the_budget() {
         assert!(later < 1000, "the budget never ran out");
     };
     assert_eq!(body["error"]["code"], "insufficient_quota");
-    assert_budget_held(&gw.store, &key.id, passed).await;
+    assert_budget_held(&[&gw], &key.id, passed).await;
     // The ledger has one line per request.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let usage = gw.store.usage(GroupBy::Key, None).await.unwrap();
@@ -657,7 +668,7 @@ async fn two_gateways_sharing_postgres_enforce_one_budget() {
         concurrent(&second.url, &secret, 25)
     );
     eprintln!("shared budget: {a:?} and {b:?}");
-    assert_budget_held(&first.store, &key.id, a.0 + b.0).await;
+    assert_budget_held(&[&first, &second], &key.id, a.0 + b.0).await;
     assert!(a.0 + b.0 > 0);
 }
 
