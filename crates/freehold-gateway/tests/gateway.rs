@@ -748,6 +748,7 @@ async fn a_killed_replica_fails_no_request() {
         .json()
         .await
         .unwrap();
+    assert_eq!(health["providers"]["mock"]["state"], "up", "{health}");
     let replicas_health = health["providers"]["mock"]["replicas"].as_array().unwrap();
     assert_eq!(replicas_health.len(), 3);
     assert_eq!(
@@ -758,6 +759,48 @@ async fn a_killed_replica_fails_no_request() {
         1,
         "{health}"
     );
+}
+
+#[tokio::test]
+async fn health_says_which_providers_are_tracked_and_which_cannot_send() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let build = |name: &str, key_env: Option<&str>| {
+        ProviderConfig {
+            kind: Some(ProviderKind::Openai),
+            base_urls: vec![upstream.base_url()],
+            api_key_env: key_env.map(str::to_owned),
+            ..ProviderConfig::default()
+        }
+        .resolve(name)
+        .unwrap()
+        .build(&HealthSettings::default())
+        .unwrap()
+    };
+    let providers = BTreeMap::from([
+        ("single".to_owned(), build("single", None)),
+        (
+            "keyless".to_owned(),
+            build("keyless", Some("FREEHOLD_TEST_KEY_THAT_IS_NEVER_SET")),
+        ),
+    ]);
+    let routes = Routes {
+        router: Router::new(providers, BTreeMap::new(), Catalog::new()),
+        local_providers: BTreeSet::new(),
+        listed_providers: BTreeSet::new(),
+    };
+    let gw = start(routes, GatewaySettings::default(), None).await;
+    let health: Value = reqwest::get(format!("{}/health", gw.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let single = &health["providers"]["single"];
+    assert_eq!(single["state"], "untracked", "{health}");
+    assert_eq!(single["healthy"], true, "{health}");
+    let keyless = &health["providers"]["keyless"];
+    assert_eq!(keyless["state"], "unusable", "{health}");
+    assert_eq!(keyless["healthy"], false, "{health}");
 }
 
 #[tokio::test]

@@ -606,4 +606,8 @@ impl Provider for Unusable {
     async fn embed(&self, _request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
         Err(self.error())
     }
+
+    fn usable(&self) -> bool {
+        false
+    }
 }

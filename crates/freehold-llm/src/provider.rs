@@ -62,6 +62,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn replica_health(&self) -> Vec<crate::balance::ReplicaHealth> {
         Vec::new()
     }
+
+    /// Whether requests can be sent at all: `false` for a provider that
+    /// could not be built (its API key is not set, say), whose every
+    /// request fails at once.
+    fn usable(&self) -> bool {
+        true
+    }
 }
 
 /// Checks what every provider refuses alike: a request with no inputs.

@@ -51,17 +51,60 @@ pub(crate) async fn health(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
                 })
             })
             .collect();
-        let healthy = replicas.is_empty() || replicas.iter().any(|r| r["healthy"] == true);
+        let state = ProviderState::of(provider.usable(), &replicas);
         providers.insert(
             name.clone(),
             json!({
-                "healthy": healthy,
+                "state": state.name(),
+                "healthy": state.healthy(),
                 "local": routes.local_providers.contains(name),
                 "replicas": replicas,
             }),
         );
     }
     Json(json!({"status": "ok", "providers": providers}))
+}
+
+/// What `/health` says of a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProviderState {
+    /// At least one of its replicas is taking requests.
+    Up,
+    /// Every replica is ejected after failures (until its cooldown ends).
+    Down,
+    /// A single endpoint: the gateway keeps no health for it (its failures
+    /// show in the metrics), so it is assumed up.
+    Untracked,
+    /// It cannot send requests (its API key is not set, say).
+    Unusable,
+}
+
+impl ProviderState {
+    fn of(usable: bool, replicas: &[Value]) -> Self {
+        if !usable {
+            Self::Unusable
+        } else if replicas.is_empty() {
+            Self::Untracked
+        } else if replicas.iter().any(|replica| replica["healthy"] == true) {
+            Self::Up
+        } else {
+            Self::Down
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Untracked => "untracked",
+            Self::Unusable => "unusable",
+        }
+    }
+
+    /// Whether requests routed to it can be expected to get through.
+    fn healthy(self) -> bool {
+        matches!(self, Self::Up | Self::Untracked)
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.

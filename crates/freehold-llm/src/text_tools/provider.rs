@@ -87,6 +87,10 @@ impl Provider for RecoveringProvider {
         self.inner.replica_health()
     }
 
+    fn usable(&self) -> bool {
+        self.inner.usable()
+    }
+
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
         if !self.wants_recovery(&request) {
             return self.inner.stream(request).await;
