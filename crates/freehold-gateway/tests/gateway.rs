@@ -1295,6 +1295,149 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
     assert_ne!(sent.header("x-api-key").as_deref(), Some(MASTER));
 }
 
+/// The Anthropic events of an answer that says a word and calls
+/// `get_weather` for Paris, its arguments cut across two deltas.
+const ANTHROPIC_TOOL_STREAM: &str = "event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+event: content_block_start\n\
+data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Checking.\"}}\n\n\
+event: content_block_stop\n\
+data: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: content_block_start\n\
+data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"get_weather\",\"input\":{}}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\": \"}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}\n\n\
+event: content_block_stop\n\
+data: {\"type\":\"content_block_stop\",\"index\":1}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":12}}\n\n\
+event: message_stop\n\
+data: {\"type\":\"message_stop\"}\n\n";
+
+/// An OpenAI client's tool call through an Anthropic upstream, whole and
+/// streamed: the request reaches the upstream in Anthropic's shape, and
+/// the tool call, stop reason and usage come back in OpenAI's.
+#[tokio::test]
+async fn openai_clients_call_tools_through_an_anthropic_upstream() {
+    use freehold_test_support::{MockServer, Scripted, Split};
+
+    let upstream = MockServer::start(vec![
+        Scripted::json(
+            200,
+            json!({
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                             "input": {"city": "Paris"}}],
+                "stop_reason": "tool_use", "stop_sequence": null,
+                "usage": {"input_tokens": 25, "output_tokens": 12},
+            }),
+        ),
+        Scripted::sse(ANTHROPIC_TOOL_STREAM, Split::Every(37)),
+    ])
+    .await;
+    let provider: Arc<dyn Provider> = ProviderConfig {
+        kind: Some(ProviderKind::Anthropic),
+        base_url: Some(format!("{}/v1", upstream.url())),
+        ..ProviderConfig::default()
+    }
+    .resolve("claude")
+    .unwrap()
+    .build(&HealthSettings::default())
+    .unwrap();
+    let routes = Routes {
+        router: Router::new(
+            BTreeMap::from([("claude".to_owned(), provider)]),
+            BTreeMap::new(),
+            Catalog::new(),
+        ),
+        local_providers: BTreeSet::new(),
+        listed_providers: BTreeSet::new(),
+    };
+    let gw = start(routes, GatewaySettings::default(), None).await;
+    let mut request = json!({
+        "model": "claude:claude-x",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "What is the weather in Paris? call the tool"}],
+        "tools": [{"type": "function", "function": {
+            "name": "get_weather", "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}}],
+    });
+
+    let (status, body, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &request).await;
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{body}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["id"], "toolu_1");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"city": "Paris"}));
+    assert_eq!(body["usage"]["prompt_tokens"], 25, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 12, "{body}");
+    // What the upstream got is an Anthropic request.
+    let sent = upstream.requests()[0].json();
+    assert_eq!(sent["tools"][0]["name"], "get_weather", "{sent}");
+    assert_eq!(sent["tools"][0]["input_schema"]["required"][0], "city");
+    assert_eq!(sent["max_tokens"], 100);
+    assert_eq!(sent["messages"][0]["role"], "user");
+
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(MASTER)
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let mut content = String::new();
+    let mut name = String::new();
+    let mut arguments = String::new();
+    let mut finish = Value::Null;
+    let mut usage = Value::Null;
+    for chunk in &chunks {
+        if !chunk["usage"].is_null() {
+            usage = chunk["usage"].clone();
+        }
+        let Some(choice) = chunk["choices"].get(0) else {
+            continue;
+        };
+        content.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        if let Some(call) = choice["delta"]["tool_calls"].get(0) {
+            name.push_str(call["function"]["name"].as_str().unwrap_or(""));
+            arguments.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+        }
+        if !choice["finish_reason"].is_null() {
+            finish = choice["finish_reason"].clone();
+        }
+    }
+    assert_eq!(content, "Checking.", "{text}");
+    assert_eq!(name, "get_weather", "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Paris"})
+    );
+    assert_eq!(finish, "tool_calls", "{text}");
+    assert_eq!(usage["prompt_tokens"], 25, "{text}");
+    assert_eq!(usage["completion_tokens"], 12, "{text}");
+    assert_eq!(upstream.requests()[1].json()["stream"], true);
+}
+
 /// Sends `head` (and `body`) on a new connection to `url`'s server, then
 /// reads until the server closes the connection; `None` if it is still
 /// open after 10 s.
