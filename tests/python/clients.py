@@ -265,6 +265,27 @@ def anthropic_errors():
     return seen
 
 
+def rate_limited():
+    """A key allowed one request a minute: the next ones get each SDK's own
+    rate-limit exception, with the gateway's Retry-After."""
+    hello = [{"role": "user", "content": "hi"}]
+    oai().chat.completions.create(model=MODEL, max_tokens=8, messages=hello)
+    seen = {}
+    try:
+        oai().chat.completions.create(model=MODEL, max_tokens=8, messages=hello)
+        raise AssertionError("a second request within the minute was accepted")
+    except openai.RateLimitError as error:
+        seen["openai"] = error.status_code
+        seen["openai_retry_after"] = int(error.response.headers["retry-after"])
+    try:
+        ant().messages.create(model=MODEL, max_tokens=8, messages=hello)
+        raise AssertionError("a third request within the minute was accepted")
+    except anthropic.RateLimitError as error:
+        seen["anthropic"] = error.status_code
+        assert error.body["error"]["type"] == "rate_limit_error", error.body
+    return seen
+
+
 def long_prompts():
     """What coding agents send: a system prompt and tool list of tens of
     thousands of tokens, streamed. The answer is either complete or the
@@ -304,7 +325,7 @@ def long_prompts():
 
 
 SCENARIOS = {f.__name__: f for f in [
-    long_prompts,
+    long_prompts, rate_limited,
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
     openai_responses, anthropic_messages, anthropic_tools, anthropic_errors,
 ]}

@@ -287,6 +287,26 @@ async fn official_sdks_against_a_mock_upstream() {
     let row = row.expect("usage for key sdk");
     assert_eq!(row["requests"], 1, "{row}");
     assert!(row["input_tokens"].as_u64().unwrap() > 0, "{row}");
+
+    // A key over its requests per minute: each SDK raises its own
+    // rate-limit error.
+    let created: Value = serde_json::from_str(
+        &served
+            .freehold(&["keys", "create", "--name", "slow", "--rpm", "1", "--json"])
+            .await,
+    )
+    .unwrap();
+    let limited = served
+        .scenario(
+            &python,
+            "rate_limited",
+            &[("FREEHOLD_KEY", created["secret"].as_str().unwrap())],
+        )
+        .await;
+    assert_eq!(limited["openai"], 429, "{limited}");
+    assert_eq!(limited["anthropic"], 429, "{limited}");
+    let retry_after = limited["openai_retry_after"].as_u64().unwrap();
+    assert!((1..=60).contains(&retry_after), "{limited}");
 }
 
 #[tokio::test]
