@@ -260,8 +260,17 @@ def anthropic_errors():
         raise AssertionError("a bad role was accepted")
     except anthropic.BadRequestError as error:
         seen["bad_request"] = error.status_code
-    models = [m.id for m in ant().models.list()]
+    # Anthropic's shape (the SDK reads it into its own ModelInfo), with the
+    # same names as OpenAI's list.
+    page = ant().models.list()
+    models = list(page)
     assert models, models
+    assert all(m.type == "model" and m.display_name and m.created_at for m in models), models
+    assert page.first_id == models[0].id and page.last_id == models[-1].id, page
+    assert page.has_more is False, page
+    ids = [m.id for m in models]
+    assert sorted(ids) == sorted(m.id for m in oai().models.list()), ids
+    assert MODEL in ids or any(i.endswith(MODEL) for i in ids), ids
     return seen
 
 
