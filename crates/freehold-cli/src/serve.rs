@@ -121,6 +121,7 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         store.backend(),
         describe_url(&database)
     );
+    tokio::spawn(release_expired_reservations(store.clone()));
     tokio::spawn(reload_on_hangup(
         Arc::clone(&gateway),
         config.map(Path::to_path_buf),
@@ -324,6 +325,27 @@ fn routes(setup: Setup, settings: &GatewaySettings) -> anyhow::Result<Routes> {
         local_providers,
         listed_providers,
     })
+}
+
+/// How often the gateway looks for budget reservations left by a dead one.
+const RESERVATION_SWEEP: Duration = Duration::from_secs(60);
+
+/// At start and every [`RESERVATION_SWEEP`], releases the budget
+/// reservations that a gateway which died mid-request left held (this one
+/// before a crash, or another sharing the database).
+async fn release_expired_reservations(store: Store) {
+    let mut sweeps = tokio::time::interval(RESERVATION_SWEEP);
+    loop {
+        sweeps.tick().await;
+        match store.release_expired_reservations().await {
+            Ok(0) => {}
+            Ok(released) => tracing::warn!(
+                released,
+                "released budget reservations left by a gateway that stopped mid-request"
+            ),
+            Err(error) => tracing::warn!(%error, "releasing expired budget reservations"),
+        }
+    }
 }
 
 /// Reloads providers, aliases and models on SIGHUP; requests in flight

@@ -3,7 +3,7 @@
 //! the accounting afterwards (budget settled, ledger line, metrics).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use freehold_llm::{EventStream, Target};
@@ -211,19 +211,25 @@ pub(crate) async fn reserve_budget(
             }
         }
     }
-    let reservation = store
-        .reserve(&key.id, estimate)
-        .await
-        .map_err(|error| match error {
-            StoreError::BudgetExhausted { .. } => GatewayError::budget_exhausted(format!(
-                "key `{}`: {error}; this request needs up to ${estimate:.6}",
-                key.name
-            )),
-            other => {
-                tracing::error!(error = %other, "reserving budget");
-                GatewayError::internal("the gateway could not reach its usage database")
-            }
-        })?;
+    // Held for longer than any request can take here, so that only a hold
+    // whose gateway died is ever released as expired.
+    let hold = gateway.settings.request_timeout()
+        + Duration::from_secs(gateway.settings.shutdown_grace_secs)
+        + RESERVATION_MARGIN;
+    let reservation =
+        store
+            .reserve_for(&key.id, estimate, hold)
+            .await
+            .map_err(|error| match error {
+                StoreError::BudgetExhausted { .. } => GatewayError::budget_exhausted(format!(
+                    "key `{}`: {error}; this request needs up to ${estimate:.6}",
+                    key.name
+                )),
+                other => {
+                    tracing::error!(error = %other, "reserving budget");
+                    GatewayError::internal("the gateway could not reach its usage database")
+                }
+            })?;
     accounting.reservation = Some(reservation);
     Ok(())
 }
@@ -240,6 +246,10 @@ fn output_bound(targets: &[Target], routes: &Routes, cap: u32) -> u32 {
         .fold(cap, u32::min)
         .max(1)
 }
+
+/// How much longer than the longest request a budget reservation is held
+/// before any gateway may release it as left by a dead one.
+const RESERVATION_MARGIN: Duration = Duration::from_secs(300);
 
 /// The refusal of a request the privacy policy blocks.
 pub(crate) fn blocked(reasons: &Reasons) -> GatewayError {

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use freehold_gateway::store::{
     GroupBy, KeyState, NewKey, Store, StoreError, UsageRecord, unix_now,
@@ -154,6 +155,7 @@ on_both!(
     requests_list_the_latest_lines,
     large_batches_are_written_whole,
     reopening_keeps_data_and_migrates_once,
+    expired_reservations_are_released_once,
 );
 
 fn close(a: f64, b: f64) -> bool {
@@ -691,6 +693,102 @@ async fn reopening_keeps_data_and_migrates_once(db: &TestDb) {
     let third = Store::open(db.url()).await.unwrap();
     assert_eq!(third.list_keys().await.unwrap().len(), 1);
     third.close().await;
+}
+
+/// A gateway that died mid-request left a hold: past its expiry, one of
+/// the gateways sharing the database releases it, once; holds of requests
+/// still in flight stay.
+async fn expired_reservations_are_released_once(db: &TestDb) {
+    let (first, second) = tokio::join!(Store::open(db.url()), Store::open(db.url()));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let (key, _) = first
+        .create_key(NewKey {
+            name: "held".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let lost = first
+        .reserve_for(&key.id, 0.4, Duration::ZERO)
+        .await
+        .unwrap();
+    let live = first
+        .reserve_for(&key.id, 0.3, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_ne!(lost.id, live.id);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (a, b) = tokio::join!(
+        first.release_expired_reservations(),
+        second.release_expired_reservations()
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 1);
+    assert_eq!(second.release_expired_reservations().await.unwrap(), 0);
+    let now = first.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.reserved_usd, 0.3) && close(now.spent_usd, 0.0),
+        "{now:?}"
+    );
+    // The budget has room again for what the dead request held.
+    let again = second.reserve(&key.id, 0.7).await.unwrap();
+    second.settle(&again, 0.0).await.unwrap();
+
+    // A request in flight settles as usual; a released one that settles
+    // after all adds its cost without releasing its hold a second time.
+    first.settle(&live, 0.2).await.unwrap();
+    first.settle(&lost, 0.1).await.unwrap();
+    let now = first.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.reserved_usd, 0.0) && close(now.spent_usd, 0.3),
+        "{now:?}"
+    );
+    first.close().await;
+    second.close().await;
+}
+
+/// A database made by a Freehold from before reservations had rows (schema
+/// version 1) is upgraded in place, its keys and holds kept.
+#[tokio::test]
+async fn a_version_1_database_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("old.db").display());
+    {
+        let options: sqlx::sqlite::SqliteConnectOptions = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .unwrap()
+            .create_if_missing(true);
+        let mut old = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::raw_sql(include_str!("../src/store/migrations/sqlite_0001_init.sql"))
+            .execute(&mut old)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE freehold_migrations (version BIGINT PRIMARY KEY, \
+             description TEXT NOT NULL, applied_at BIGINT NOT NULL); \
+             INSERT INTO freehold_migrations VALUES (1, 'keys and usage ledger', 0); \
+             INSERT INTO freehold_keys (id, name, prefix, secret_sha256, created_at, \
+             budget_micros, reserved_micros) VALUES ('key_old', 'old', 'fh-old', 'x', 0, \
+             2000000, 500000);",
+        )
+        .execute(&mut old)
+        .await
+        .unwrap();
+        old.close().await.unwrap();
+    }
+    let store = Store::open(&url).await.unwrap();
+    let key = store.key_by_id("key_old").await.unwrap().unwrap();
+    assert!(close(key.reserved_usd, 0.5), "{key:?}");
+    let hold = store.reserve(&key.id, 1.0).await.unwrap();
+    store.settle(&hold, 0.25).await.unwrap();
+    let key = store.key_by_id("key_old").await.unwrap().unwrap();
+    assert!(
+        close(key.reserved_usd, 0.5) && close(key.spent_usd, 0.25),
+        "{key:?}"
+    );
+    store.close().await;
 }
 
 #[tokio::test]

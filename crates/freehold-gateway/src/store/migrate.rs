@@ -19,12 +19,20 @@ struct Migration {
 }
 
 /// Every migration, oldest first. Never edit a released one: add another.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "keys and usage ledger",
-    sqlite: include_str!("migrations/sqlite_0001_init.sql"),
-    postgres: include_str!("migrations/postgres_0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "keys and usage ledger",
+        sqlite: include_str!("migrations/sqlite_0001_init.sql"),
+        postgres: include_str!("migrations/postgres_0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "budget reservations that outlive a dead gateway are released",
+        sqlite: include_str!("migrations/sqlite_0002_reservations.sql"),
+        postgres: include_str!("migrations/postgres_0002_reservations.sql"),
+    },
+];
 
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS freehold_migrations (\
      version BIGINT PRIMARY KEY, \

@@ -11,7 +11,9 @@
 //! - Budgets are enforced with reservations: [`Store::reserve`] holds an
 //!   estimate with one conditional `UPDATE` (race-free across tasks and
 //!   across processes sharing a database), [`Store::settle`] replaces the
-//!   hold by the actual cost.
+//!   hold by the actual cost. Each hold is also a row with an expiry, so
+//!   that [`Store::release_expired_reservations`] can free the holds of a
+//!   gateway that died before settling them.
 
 mod migrate;
 
@@ -121,6 +123,8 @@ pub struct KeyRecord {
 /// A hold on part of a key's budget, taken before a call and settled after.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
+    /// Its row in `freehold_reservations` (`res_…`).
+    pub id: String,
     /// The key.
     pub key_id: String,
     /// The amount held, in USD.
@@ -243,6 +247,17 @@ pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The current time in Unix milliseconds.
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, duration_ms)
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The largest amount of money the store accepts in one value, in USD.
@@ -647,17 +662,44 @@ impl Store {
         row.map(key_record).transpose()
     }
 
-    /// Holds `amount_usd` of the key's budget for a request in flight.
+    /// [`Store::reserve_for`] with a hold of [`Store::DEFAULT_HOLD`].
+    ///
+    /// # Errors
+    /// As [`Store::reserve_for`].
+    pub async fn reserve(&self, key_id: &str, amount_usd: f64) -> Result<Reservation, StoreError> {
+        self.reserve_for(key_id, amount_usd, Self::DEFAULT_HOLD)
+            .await
+    }
+
+    /// How long [`Store::reserve`] holds a reservation that is not settled.
+    pub const DEFAULT_HOLD: Duration = Duration::from_secs(3600);
+
+    /// Holds `amount_usd` of the key's budget for a request in flight, for
+    /// at most `hold`: a hold not settled by then (its gateway died) is
+    /// released by [`Store::release_expired_reservations`]. `hold` must
+    /// outlast the longest request.
     ///
     /// Succeeds only if spent + reserved + amount stays within the budget
     /// (keys without a budget always succeed, and still count what they
     /// reserve). One conditional `UPDATE`: concurrent callers, in this
     /// process or another sharing the database, can never together exceed
     /// the budget. Amounts are rounded to the micro-dollar.
-    pub async fn reserve(&self, key_id: &str, amount_usd: f64) -> Result<Reservation, StoreError> {
+    ///
+    /// # Errors
+    /// [`StoreError::BudgetExhausted`], [`StoreError::UnknownKey`], an
+    /// amount out of range, or a database failure.
+    pub async fn reserve_for(
+        &self,
+        key_id: &str,
+        amount_usd: f64,
+        hold: Duration,
+    ) -> Result<Reservation, StoreError> {
         let amount = usd_to_micros(amount_usd, "the amount to reserve")?;
-        let reserved: Option<String> = with_pool!(self, pool => {
-            sqlx::query_scalar(
+        let id = format!("res_{}", random_hex(12)?);
+        let expires_at_ms = unix_now_ms().saturating_add(duration_ms(hold));
+        let reserved: Option<String> = with_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let reserved: Option<String> = sqlx::query_scalar(
                 "UPDATE freehold_keys SET reserved_micros = reserved_micros + $2 \
                  WHERE id = $1 \
                  AND (budget_micros IS NULL \
@@ -666,12 +708,28 @@ impl Store {
             )
             .bind(key_id)
             .bind(amount)
-            .fetch_optional(pool)
-            .await
-        })
+            .fetch_optional(&mut *tx)
+            .await?;
+            if reserved.is_some() {
+                sqlx::query(
+                    "INSERT INTO freehold_reservations (id, key_id, micros, expires_at_ms) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&id)
+                .bind(key_id)
+                .bind(amount)
+                .bind(expires_at_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(reserved)
+        }
+        .await)
         .map_err(db("cannot reserve budget"))?;
         if reserved.is_some() {
             return Ok(Reservation {
+                id,
                 key_id: key_id.to_owned(),
                 amount_usd: micros_to_usd(amount),
             });
@@ -698,19 +756,32 @@ impl Store {
     }
 
     /// Releases `reservation` and adds `actual_usd` to the key's spend, in
-    /// one statement. The actual cost may exceed the reservation (a longer
+    /// one transaction. The actual cost may exceed the reservation (a longer
     /// answer than estimated): spend then goes over the budget by that much,
     /// and later reservations fail until the budget is raised. Settling with
     /// `0.0` just releases the hold (a failed request).
+    ///
+    /// A hold already released as expired is not released twice: only the
+    /// cost is added then.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownKey`], a cost out of range, or a database
+    /// failure.
     pub async fn settle(
         &self,
         reservation: &Reservation,
         actual_usd: f64,
     ) -> Result<(), StoreError> {
-        let held = usd_to_micros(reservation.amount_usd, "the reservation")?;
         let actual = usd_to_micros(actual_usd, "the actual cost")?;
-        let done = with_pool!(self, pool => {
-            sqlx::query(
+        let done = with_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let held: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM freehold_reservations WHERE id = $1 RETURNING micros",
+            )
+            .bind(&reservation.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let done = sqlx::query(
                 "UPDATE freehold_keys SET \
                  reserved_micros = CASE WHEN reserved_micros > $2 \
                                         THEN reserved_micros - $2 ELSE 0 END, \
@@ -718,17 +789,70 @@ impl Store {
                  WHERE id = $1",
             )
             .bind(&reservation.key_id)
-            .bind(held)
+            .bind(held.unwrap_or(0))
             .bind(actual)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(done)
+        }
+        .await)
         .map_err(db("cannot settle the reservation"))?;
         if done == 0 {
             return Err(StoreError::UnknownKey(reservation.key_id.clone()));
         }
         Ok(())
+    }
+
+    /// Releases the holds past their expiry: reservations of requests whose
+    /// gateway died before settling them. Each is released once, whichever
+    /// of the gateways sharing the database gets to it first. Returns how
+    /// many it released.
+    ///
+    /// # Errors
+    /// A database failure (the holds then stay, for the next call).
+    pub async fn release_expired_reservations(&self) -> Result<u64, StoreError> {
+        let now = unix_now_ms();
+        let released = with_pool!(self, pool => async {
+            let expired: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT id, key_id, micros FROM freehold_reservations \
+                 WHERE expires_at_ms < $1 ORDER BY expires_at_ms LIMIT 1000",
+            )
+            .bind(now)
+            .fetch_all(pool)
+            .await?;
+            let mut released = 0;
+            for (id, key_id, micros) in expired {
+                let mut tx = pool.begin().await?;
+                // Another gateway (or the settlement, just in time) may
+                // have taken it since: only the one that deletes the row
+                // releases the hold.
+                let deleted = sqlx::query("DELETE FROM freehold_reservations WHERE id = $1")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if deleted == 1 {
+                    sqlx::query(
+                        "UPDATE freehold_keys SET \
+                         reserved_micros = CASE WHEN reserved_micros > $2 \
+                                                THEN reserved_micros - $2 ELSE 0 END \
+                         WHERE id = $1",
+                    )
+                    .bind(&key_id)
+                    .bind(micros)
+                    .execute(&mut *tx)
+                    .await?;
+                    released += 1;
+                }
+                tx.commit().await?;
+            }
+            Ok::<_, sqlx::Error>(released)
+        }
+        .await)
+        .map_err(db("cannot release expired reservations"))?;
+        Ok(released)
     }
 
     /// Appends `records` to the ledger in one transaction: all or none.
