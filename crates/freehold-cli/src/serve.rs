@@ -1,6 +1,6 @@
 //! `freehold serve`: the gateway, with its configuration reloaded on SIGHUP.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -301,6 +301,13 @@ fn report_cut_off(gateway: &Gateway, grace: Duration) {
 }
 
 /// The routing table from a loaded configuration.
+///
+/// A hosted provider is routable only when the configuration names it: a
+/// `[providers.NAME]` table, an alias's target or `[gateway] default_model`.
+/// A built-in preset whose key merely happens to be in the gateway's
+/// environment (`OPENAI_API_KEY` exported for something else) is left out,
+/// so that requests leave the machine only where the operator said so.
+/// Local providers (the embedded engine, local servers) stay.
 fn routes(setup: Setup, settings: &GatewaySettings) -> anyhow::Result<Routes> {
     let local_providers: BTreeSet<String> = setup
         .providers
@@ -308,9 +315,26 @@ fn routes(setup: Setup, settings: &GatewaySettings) -> anyhow::Result<Routes> {
         .filter(|(resolved, _)| resolved.local)
         .map(|(resolved, _)| resolved.name.clone())
         .collect();
+    let named = named_providers(&setup, settings);
+    let routable: BTreeMap<String, Arc<dyn freehold_llm::Provider>> = setup
+        .router
+        .providers()
+        .iter()
+        .filter(|(name, _)| {
+            let configured = setup.providers.iter().any(|(resolved, origin)| {
+                resolved.name == **name && *origin == crate::setup::Origin::Config
+            });
+            configured || local_providers.contains(*name) || named.contains(name.as_str())
+        })
+        .map(|(name, provider)| (name.clone(), Arc::clone(provider)))
+        .collect();
+    let router = freehold_llm::Router::new(
+        routable,
+        setup.router.aliases().clone(),
+        setup.router.catalog().clone(),
+    );
     if let Some(default) = &settings.default_model {
-        setup
-            .router
+        router
             .resolve(default)
             .map_err(|error| anyhow::anyhow!("[gateway] default_model: {}", error.message))?;
     }
@@ -321,10 +345,23 @@ fn routes(setup: Setup, settings: &GatewaySettings) -> anyhow::Result<Routes> {
         .map(|(resolved, _)| resolved.name.clone())
         .collect();
     Ok(Routes {
-        router: setup.router,
+        router,
         local_providers,
         listed_providers,
     })
+}
+
+/// The providers the configuration's aliases and `default_model` name
+/// (`provider` of each `provider:model`).
+fn named_providers<'a>(setup: &'a Setup, settings: &'a GatewaySettings) -> BTreeSet<&'a str> {
+    setup
+        .router
+        .aliases()
+        .values()
+        .flat_map(|target| target.names())
+        .chain(settings.default_model.as_ref())
+        .filter_map(|name| name.split_once(':').map(|(provider, _)| provider))
+        .collect()
 }
 
 /// How often the gateway looks for budget reservations left by a dead one.

@@ -28,6 +28,11 @@ struct Served {
 
 impl Served {
     async fn start(config: &str, extra_args: &[&str]) -> Self {
+        Self::start_with_env(config, extra_args, &[]).await
+    }
+
+    /// [`Served::start`] with these variables in the gateway's environment.
+    async fn start_with_env(config: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let base = std::env::temp_dir().join(format!(
             "freehold-serve-{}-{}",
             std::process::id(),
@@ -47,6 +52,7 @@ impl Served {
             .env("FREEHOLD_CONFIG", &config_path)
             .env("FREEHOLD_MASTER_KEY", MASTER)
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -216,6 +222,48 @@ fn mock_config(upstream: &MockUpstream) -> String {
         "[providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\n\n[aliases]\nmock = \"mock:mock-model\"\n",
         upstream.base_url()
     )
+}
+
+/// An API key exported in the gateway's environment does not open its
+/// hosted provider to every client: only providers the configuration names
+/// (a table, an alias) are routed, with local ones.
+#[tokio::test]
+async fn hosted_presets_are_routed_only_when_the_configuration_names_them() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let config = mock_config(&upstream) + "claude = \"anthropic:claude-x\"\n";
+    let served = Served::start_with_env(
+        &config,
+        &[],
+        &[
+            ("OPENAI_API_KEY", "sk-exported-for-something-else"),
+            ("ANTHROPIC_API_KEY", "sk-ant-named-by-an-alias"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let health: Value = client
+        .get(format!("{}/health", served.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let providers = health["providers"].as_object().unwrap();
+    assert!(providers.contains_key("mock"), "{health}");
+    assert!(providers.contains_key("anthropic"), "{health}");
+    assert!(providers.contains_key("local"), "{health}");
+    assert!(!providers.contains_key("openai"), "{health}");
+    // Asked for by name, it is unknown (and nothing left the machine).
+    let response = chat(&client, &served.url, "openai:gpt-4o")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("openai:gpt-4o"), "{message}");
+    assert!(message.contains("[providers.NAME]"), "{message}");
 }
 
 #[tokio::test]

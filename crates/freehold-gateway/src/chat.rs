@@ -105,8 +105,10 @@ async fn admit_inner(
         Err(error) if error.kind == ErrorKind::NotFound => {
             let Some(default) = &gateway.settings.default_model else {
                 return Err(GatewayError::not_found(format!(
-                    "no route for model `{}`: ask for `provider:model` or an alias from \
-                     GET /v1/models, or set [gateway] default_model",
+                    "no route for model `{}`: ask for an alias or `provider:model` from \
+                     GET /v1/models (a hosted provider is routed only when the gateway's \
+                     configuration names it, in [providers.NAME] or an alias), or set \
+                     [gateway] default_model",
                     request.model
                 )));
             };
