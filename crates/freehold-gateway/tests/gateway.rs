@@ -1229,6 +1229,28 @@ async fn ledger_lines(store: &Store, count: usize) -> Vec<LedgerLine> {
     panic!("the ledger never held {count} lines");
 }
 
+/// A routing table over one Anthropic provider, `claude`, at `url`.
+fn anthropic_routes(url: &str) -> Routes {
+    let provider: Arc<dyn Provider> = ProviderConfig {
+        kind: Some(ProviderKind::Anthropic),
+        base_url: Some(format!("{url}/v1")),
+        ..ProviderConfig::default()
+    }
+    .resolve("claude")
+    .unwrap()
+    .build(&HealthSettings::default())
+    .unwrap();
+    Routes {
+        router: Router::new(
+            BTreeMap::from([("claude".to_owned(), provider)]),
+            BTreeMap::new(),
+            Catalog::new(),
+        ),
+        local_providers: BTreeSet::new(),
+        listed_providers: BTreeSet::new(),
+    }
+}
+
 #[tokio::test]
 async fn anthropic_beta_headers_reach_anthropic_upstreams() {
     use freehold_test_support::{MockServer, Scripted};
@@ -1242,25 +1264,12 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
         }),
     )])
     .await;
-    let provider: Arc<dyn Provider> = ProviderConfig {
-        kind: Some(ProviderKind::Anthropic),
-        base_url: Some(format!("{}/v1", upstream.url())),
-        ..ProviderConfig::default()
-    }
-    .resolve("claude")
-    .unwrap()
-    .build(&HealthSettings::default())
-    .unwrap();
-    let routes = Routes {
-        router: Router::new(
-            BTreeMap::from([("claude".to_owned(), provider)]),
-            BTreeMap::new(),
-            Catalog::new(),
-        ),
-        local_providers: BTreeSet::new(),
-        listed_providers: BTreeSet::new(),
-    };
-    let gw = start(routes, GatewaySettings::default(), None).await;
+    let gw = start(
+        anthropic_routes(&upstream.url()),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
     let response = reqwest::Client::new()
         .post(format!("{}/v1/messages?beta=true", gw.url))
         .header("x-api-key", MASTER)
@@ -1339,25 +1348,12 @@ async fn openai_clients_call_tools_through_an_anthropic_upstream() {
         Scripted::sse(ANTHROPIC_TOOL_STREAM, Split::Every(37)),
     ])
     .await;
-    let provider: Arc<dyn Provider> = ProviderConfig {
-        kind: Some(ProviderKind::Anthropic),
-        base_url: Some(format!("{}/v1", upstream.url())),
-        ..ProviderConfig::default()
-    }
-    .resolve("claude")
-    .unwrap()
-    .build(&HealthSettings::default())
-    .unwrap();
-    let routes = Routes {
-        router: Router::new(
-            BTreeMap::from([("claude".to_owned(), provider)]),
-            BTreeMap::new(),
-            Catalog::new(),
-        ),
-        local_providers: BTreeSet::new(),
-        listed_providers: BTreeSet::new(),
-    };
-    let gw = start(routes, GatewaySettings::default(), None).await;
+    let gw = start(
+        anthropic_routes(&upstream.url()),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
     let mut request = json!({
         "model": "claude:claude-x",
         "max_tokens": 100,
