@@ -129,25 +129,13 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
     let app = freehold_gateway::routes::app(Arc::clone(&gateway));
     // On Ctrl-C or SIGTERM the server stops accepting; requests in flight
     // (a long stream, say) get the grace period to finish, then are cut off.
-    let signalled = Arc::new(tokio::sync::Notify::new());
-    let on_signal = {
-        let signalled = Arc::clone(&signalled);
-        async move {
-            shutdown_signal().await;
-            signalled.notify_one();
-        }
-    };
+    let limits = gateway.settings().time_limits();
     if gateway.settings().runtime == ServeRuntime::PerCore {
-        serve_per_core(listener, app, tls, &gateway, grace, on_signal).await?;
-        return finish(gateway, &ledger_writer, ledger_task, grace).await;
-    }
-    let client_timeout = gateway.settings().client_timeout();
-    tokio::select! {
-        () = freehold_gateway::listen::serve(listener, app, tls, client_timeout, on_signal) => {}
-        () = async {
-            signalled.notified().await;
-            tokio::time::sleep(grace).await;
-        } => report_cut_off(&gateway, grace),
+        serve_per_core(listener, app, tls, &gateway, shutdown_signal()).await?;
+    } else {
+        let cut_off =
+            freehold_gateway::listen::serve(listener, app, tls, limits, shutdown_signal()).await;
+        report_cut_off(cut_off, grace);
     }
     finish(gateway, &ledger_writer, ledger_task, grace).await
 }
@@ -176,22 +164,13 @@ async fn finish(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where per-core serving is in its shutdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Accepting connections.
-    Serving,
-    /// No new connections; requests in flight finish.
-    Draining,
-    /// The grace period is over: every runtime stops.
-    Closed,
-}
-
 /// Serves with one single-threaded runtime per core (`--runtime per-core`),
 /// each on a thread of its own that accepts from the shared listener and
 /// serves its connections to the end. The gateway's state (routes, keys,
 /// ledger, metrics) is shared as with one runtime. At `signal` every
-/// runtime stops accepting; requests in flight get `grace` to finish.
+/// runtime stops accepting; requests in flight get the grace period to
+/// finish, and each runtime waits for its budget settlements before its
+/// thread ends.
 ///
 /// # Errors
 /// A runtime or thread that cannot be started.
@@ -199,15 +178,15 @@ async fn serve_per_core(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls: Option<Arc<freehold_gateway::tls::ServerConfig>>,
-    gateway: &Gateway,
-    grace: Duration,
+    gateway: &Arc<Gateway>,
     signal: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let threads = per_core_threads();
     let listener = listener
         .into_std()
         .context("taking over the listening socket")?;
-    let (phase, watched) = tokio::sync::watch::channel(Phase::Serving);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut cores = Vec::with_capacity(threads);
     for index in 0..threads {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -221,27 +200,37 @@ async fn serve_per_core(
                 .and_then(tokio::net::TcpListener::from_std)
                 .context("sharing the listening socket")?
         };
+        let mut stopping = stopping.clone();
+        let stopped = async move {
+            // A dropped sender (serve returned early) stops it too.
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
         let shard = serve_one_core(
             socket,
             app.clone(),
             tls.clone(),
-            gateway.settings().client_timeout(),
-            watched.clone(),
+            Arc::clone(gateway),
+            stopped,
         );
-        std::thread::Builder::new()
+        let core = std::thread::Builder::new()
             .name(format!("serve-core-{index}"))
             .spawn(move || runtime.block_on(shard))
             .context("starting a per-core thread")?;
+        cores.push(core);
     }
     eprintln!("freehold serve: {threads} single-threaded runtimes, one per core");
     signal.await;
-    let _ = phase.send(Phase::Draining);
-    drain(gateway, grace).await;
-    // Budget settlements run on the per-core runtimes: they must be written
-    // before those stop.
-    let _ = gateway.settlements_written(grace).await;
-    // The runtimes end with their threads; their connections are dropped.
-    let _ = phase.send(Phase::Closed);
+    let _ = stop.send(true);
+    // Each core stops within the grace period, its settlements within as
+    // much again.
+    let joined = tokio::task::spawn_blocking(move || {
+        cores
+            .into_iter()
+            .map(|core| core.join().unwrap_or(0))
+            .sum::<usize>()
+    });
+    let cut_off = joined.await.unwrap_or(0);
+    report_cut_off(cut_off, gateway.settings().time_limits().grace);
     Ok(())
 }
 
@@ -256,48 +245,30 @@ fn per_core_threads() -> usize {
         .unwrap_or(1)
 }
 
-/// One core's server: accepts until the phase leaves `Serving`, then
-/// finishes its requests in flight, until the phase is `Closed`.
+/// One core's server: accepts until `stopped`, finishes its requests in
+/// flight within the grace period, and waits for the budget settlements
+/// they leave (which run on this core's runtime). Returns how many
+/// connections it cut off.
 async fn serve_one_core(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls: Option<Arc<freehold_gateway::tls::ServerConfig>>,
-    client_timeout: Duration,
-    phase: tokio::sync::watch::Receiver<Phase>,
-) {
-    let reaches = |wanted: fn(&Phase) -> bool| {
-        let mut phase = phase.clone();
-        // A dropped sender (serve returned early) ends everything.
-        async move {
-            let _ = phase.wait_for(wanted).await;
-        }
-    };
-    let draining = reaches(|phase| *phase != Phase::Serving);
-    let closed = reaches(|phase| *phase == Phase::Closed);
-    tokio::select! {
-        () = freehold_gateway::listen::serve(listener, app, tls, client_timeout, draining) => {}
-        () = closed => {}
-    }
+    gateway: Arc<Gateway>,
+    stopped: impl Future<Output = ()>,
+) -> usize {
+    let limits = gateway.settings().time_limits();
+    let cut_off = freehold_gateway::listen::serve(listener, app, tls, limits, stopped).await;
+    let _ = gateway.settlements_written(limits.grace).await;
+    cut_off
 }
 
-/// Waits until no request is in flight, or `grace` has passed.
-async fn drain(gateway: &Gateway, grace: Duration) {
-    let deadline = tokio::time::Instant::now() + grace;
-    while gateway.requests_in_flight() > 0 {
-        if tokio::time::Instant::now() >= deadline {
-            report_cut_off(gateway, grace);
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+fn report_cut_off(connections: usize, grace: Duration) {
+    if connections > 0 {
+        eprintln!(
+            "freehold serve: {connections} connections still answering requests after the \
+             {grace:?} grace period ([gateway] shutdown_grace_secs) were cut off"
+        );
     }
-}
-
-fn report_cut_off(gateway: &Gateway, grace: Duration) {
-    eprintln!(
-        "freehold serve: {} requests still running after the {grace:?} grace period \
-         ([gateway] shutdown_grace_secs) were cut off",
-        gateway.requests_in_flight()
-    );
 }
 
 /// The routing table from a loaded configuration.

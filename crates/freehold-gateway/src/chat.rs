@@ -214,9 +214,14 @@ pub(crate) async fn reserve_budget(
         }
     }
     // Held for longer than any request can take here, so that only a hold
-    // whose gateway died is ever released as expired.
-    let hold = gateway.settings.request_timeout()
-        + Duration::from_secs(gateway.settings.shutdown_grace_secs)
+    // whose gateway died is ever released as expired: a request ends by
+    // `request_timeout` (upstream call and stream together), its last write
+    // to a client that stopped reading fails after `client_timeout`, and at
+    // shutdown it is cut off after the grace.
+    let settings = &gateway.settings;
+    let hold = settings.request_timeout()
+        + settings.client_timeout()
+        + Duration::from_secs(settings.shutdown_grace_secs)
         + RESERVATION_MARGIN;
     let reservation =
         store
@@ -318,14 +323,16 @@ impl Admitted {
     /// # Errors
     /// The provider's error before the first event, mapped for the client.
     pub(crate) async fn stream(mut self) -> Result<AccountedStream, GatewayError> {
-        let timeout = self.accounting.gateway.settings.request_timeout();
+        // One deadline for the whole request, the wait for the first event
+        // included.
+        let deadline = self.accounting.started + self.accounting.gateway.settings.request_timeout();
         let call = self.routes.router.stream_routed(self.request);
         let (target, stream) = call_upstream(&mut self.accounting, call).await?;
         self.accounting.target = Some(target);
         Ok(AccountedStream {
             inner: stream,
             accounting: self.accounting,
-            deadline: Instant::now() + timeout,
+            deadline,
         })
     }
 }
@@ -340,7 +347,9 @@ pub(crate) async fn call_upstream<T>(
     call: impl Future<Output = Result<T, LlmError>>,
 ) -> Result<T, GatewayError> {
     let timeout = accounting.gateway.settings.request_timeout();
-    let sent = match tokio::time::timeout(timeout, call).await {
+    // What is left of the request's time once it was admitted.
+    let left = timeout.saturating_sub(accounting.started.elapsed());
+    let sent = match tokio::time::timeout(left, call).await {
         Ok(Ok(answer)) => return Ok(answer),
         Ok(Err(error)) => {
             tracing::warn!(error = %error, "upstream failed");

@@ -242,7 +242,9 @@ impl GatewayError {
                 "server_error",
                 "api_error",
                 format!(
-                    "provider `{provider}` refused this request with the gateway's credentials                      (permission denied); the operator must check that account's access to the                      model"
+                    "provider `{provider}` refused this request with the gateway's credentials \
+                     (permission denied); the operator must check that account's access to the \
+                     model"
                 ),
             ),
             ErrorKind::NotFound => Self::not_found(error.message.clone()),
@@ -369,6 +371,7 @@ mod tests {
             assert!(!sent.message.contains("proj_"), "{}", sent.message);
             assert!(sent.message.contains("`openai`"), "{}", sent.message);
             assert!(sent.message.contains("operator"), "{}", sent.message);
+            assert!(!sent.message.contains("  "), "{}", sent.message);
         }
     }
 

@@ -180,6 +180,14 @@ impl GatewaySettings {
         Duration::from_secs(self.request_timeout_secs)
     }
 
+    /// The time limits of the gateway's HTTP server.
+    pub fn time_limits(&self) -> crate::listen::TimeLimits {
+        crate::listen::TimeLimits {
+            client: self.client_timeout(),
+            grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
+    }
+
     /// How long a client may leave a connection silent while the gateway
     /// waits for its request (`client_timeout_secs`, at least a second).
     pub fn client_timeout(&self) -> Duration {

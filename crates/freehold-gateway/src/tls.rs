@@ -43,8 +43,7 @@ pub enum TlsError {
     Config(String),
 }
 
-/// A rustls server configuration from PEM files, offering HTTP/1.1 and
-/// HTTP/2.
+/// A rustls server configuration from PEM files, offering HTTP/1.1.
 ///
 /// # Errors
 /// [`TlsError`] naming the file at fault.
@@ -76,7 +75,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_no_client_auth()
         .with_single_cert(chain, private)
         .map_err(|error| TlsError::Config(error.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: see `crate::listen::serve`.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -114,13 +114,13 @@ async fn start(routes: Routes, settings: GatewaySettings, database: Option<Strin
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let client_timeout = gateway.settings().client_timeout();
+    let limits = gateway.settings().time_limits();
     let app = freehold_gateway::routes::app(Arc::clone(&gateway));
     tokio::spawn(freehold_gateway::listen::serve(
         listener,
         app,
         None,
-        client_timeout,
+        limits,
         std::future::pending(),
     ));
     Running {
@@ -1464,6 +1464,17 @@ async fn clients_that_stop_sending_are_cut_off() {
         None,
     )
     .await;
+    // A client that connects and sends nothing: closed.
+    let closed = send_and_wait_for_close(&gw.url, "", b"").await;
+    assert_eq!(
+        closed.as_deref(),
+        Some(""),
+        "a silent client kept its connection"
+    );
+    // Nor does HTTP/2's preface buy it more time: this gateway speaks
+    // HTTP/1.1, which has a timer for request heads.
+    let closed = send_and_wait_for_close(&gw.url, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"").await;
+    assert!(closed.is_some(), "an HTTP/2 preface kept its connection");
     // A request head that never ends: the connection is closed.
     let started = std::time::Instant::now();
     let closed = send_and_wait_for_close(
@@ -1502,6 +1513,87 @@ async fn clients_that_stop_sending_are_cut_off() {
     assert!(answer.contains(MOCK_TEXT), "{answer}");
 }
 
+/// At shutdown, a request still running after the grace period is cut
+/// off, and its budget reservation is released all the same.
+#[tokio::test]
+async fn a_request_cut_off_at_shutdown_releases_its_reservation() {
+    let upstream = MockUpstream::start_slow(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite:{}", dir.path().join("g.db").display()))
+        .await
+        .unwrap();
+    let (key, secret) = store
+        .create_key(NewKey {
+            name: "in-flight".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let gateway = Arc::new(
+        Gateway::new(
+            GatewaySettings {
+                shutdown_grace_secs: 1,
+                ..GatewaySettings::default()
+            },
+            routes(vec![upstream.base_url()]),
+            Some(MASTER.into()),
+            Some(store.clone()),
+            Ledger::disabled(),
+        )
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let serving = tokio::spawn(freehold_gateway::listen::serve(
+        listener,
+        freehold_gateway::routes::app(Arc::clone(&gateway)),
+        None,
+        gateway.settings().time_limits(),
+        {
+            let stop = Arc::clone(&stop);
+            async move { stop.notified().await }
+        },
+    ));
+    let in_flight = tokio::spawn({
+        let url = url.clone();
+        async move {
+            post(
+                &url,
+                "/v1/chat/completions",
+                Some(&secret),
+                &chat_body("mock"),
+            )
+            .await
+        }
+    });
+    // Wait until its reservation is held.
+    let mut held = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+        if now.reserved_usd > 0.0 {
+            held = true;
+            break;
+        }
+    }
+    assert!(held, "the request never reserved its budget");
+    stop.notify_one();
+    let cut_off = tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("serve returned within the grace period and a little more")
+        .unwrap();
+    assert_eq!(cut_off, 1);
+    assert!(gateway.settlements_written(Duration::from_secs(10)).await);
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(now.reserved_usd.abs() < 1e-9, "left reserved: {now:?}");
+    assert!(now.spent_usd.abs() < 1e-9, "{now:?}");
+    in_flight.abort();
+}
+
 #[tokio::test]
 async fn serves_https_with_a_pem_certificate() {
     let dir = tempfile::tempdir().unwrap();
@@ -1528,7 +1620,7 @@ async fn serves_https_with_a_pem_certificate() {
         listener,
         app,
         Some(config),
-        Duration::from_secs(30),
+        GatewaySettings::default().time_limits(),
         std::future::pending(),
     ));
     let client = reqwest::Client::builder()

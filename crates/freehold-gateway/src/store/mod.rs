@@ -249,6 +249,16 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Whether SQLite answered SQLITE_BUSY (any of its extended codes):
+/// another connection holds the lock.
+fn is_busy(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == 5)
+}
+
 /// The current time in Unix milliseconds.
 fn unix_now_ms() -> i64 {
     SystemTime::now()
@@ -413,13 +423,25 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
         };
-        let pool = pool_options
-            .acquire_timeout(SQLITE_BUSY_TIMEOUT + CONNECT_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(|e| {
-                StoreError::Database(format!("cannot open the database at {location}: {e}"))
-            })?;
+        let pool_options = pool_options.acquire_timeout(SQLITE_BUSY_TIMEOUT + CONNECT_TIMEOUT);
+        // A file another process is creating at this very moment can refuse
+        // a first connection at once with SQLITE_BUSY: switching it to WAL,
+        // or recovering its WAL, does not wait for the busy timeout. So
+        // the first connection is retried for as long as that timeout.
+        let retry_until = std::time::Instant::now() + SQLITE_BUSY_TIMEOUT;
+        let pool = loop {
+            match pool_options.clone().connect_with(options.clone()).await {
+                Ok(pool) => break pool,
+                Err(error) if is_busy(&error) && std::time::Instant::now() < retry_until => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(error) => {
+                    return Err(StoreError::Database(format!(
+                        "cannot open the database at {location}: {error}"
+                    )));
+                }
+            }
+        };
         migrate::sqlite(&pool).await.map_err(|e| {
             StoreError::Database(format!("cannot migrate the database at {location}: {e}"))
         })?;
