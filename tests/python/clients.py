@@ -274,6 +274,40 @@ def anthropic_errors():
     return seen
 
 
+def gateway_errors():
+    """What a gateway adds to the SDKs' exception types: a body over its size
+    limit (413), and an upstream that is down (502). FREEHOLD_DEAD_MODEL
+    routes to a server that refuses connections."""
+    big = [{"role": "user", "content": "x" * 200_000}]
+    seen = {}
+    try:
+        oai().chat.completions.create(model=MODEL, messages=big)
+        raise AssertionError("an oversized body was accepted")
+    except openai.APIStatusError as error:
+        seen["openai_too_large"] = error.status_code
+        assert "max_body_bytes" in str(error), str(error)
+    try:
+        ant().messages.create(model=MODEL, max_tokens=8, messages=big)
+        raise AssertionError("an oversized body was accepted")
+    except anthropic.APIStatusError as error:
+        seen["anthropic_too_large"] = error.status_code
+        assert error.body["error"]["type"] == "request_too_large", error.body
+    dead = os.environ["FREEHOLD_DEAD_MODEL"]
+    hello = [{"role": "user", "content": "hi"}]
+    try:
+        oai().chat.completions.create(model=dead, messages=hello)
+        raise AssertionError("a request to a dead upstream succeeded")
+    except openai.InternalServerError as error:
+        seen["openai_upstream_down"] = error.status_code
+    try:
+        ant().messages.create(model=dead, max_tokens=8, messages=hello)
+        raise AssertionError("a request to a dead upstream succeeded")
+    except anthropic.InternalServerError as error:
+        seen["anthropic_upstream_down"] = error.status_code
+        assert error.body["type"] == "error", error.body
+    return seen
+
+
 def rate_limited():
     """A key allowed one request a minute: the next ones get each SDK's own
     rate-limit exception, with the gateway's Retry-After."""
@@ -334,7 +368,7 @@ def long_prompts():
 
 
 SCENARIOS = {f.__name__: f for f in [
-    long_prompts, rate_limited,
+    long_prompts, rate_limited, gateway_errors,
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
     openai_responses, anthropic_messages, anthropic_tools, anthropic_errors,
 ]}

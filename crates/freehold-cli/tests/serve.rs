@@ -224,6 +224,35 @@ fn mock_config(upstream: &MockUpstream) -> String {
     )
 }
 
+/// A body over the gateway's limit and an upstream that is down surface as
+/// each SDK's own exception types (413, 502).
+#[tokio::test]
+async fn gateway_errors_reach_the_sdks_as_their_own_exceptions() {
+    let Some(python) = test_python() else { return };
+    let upstream = MockUpstream::start().await.unwrap();
+    // A port that refuses connections: bound, then closed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/v1", dead.local_addr().unwrap());
+    drop(dead);
+    let config = format!(
+        "[gateway]\nmax_body_bytes = 100000\n\n{}down = \"dead:model\"\n\n\
+         [providers.dead]\nkind = \"openai\"\nbase_url = \"{dead_url}\"\n",
+        mock_config(&upstream)
+    );
+    let served = Served::start(&config, &[]).await;
+    let seen = served
+        .scenario(
+            &python,
+            "gateway_errors",
+            &[("FREEHOLD_DEAD_MODEL", "down")],
+        )
+        .await;
+    assert_eq!(seen["openai_too_large"], 413, "{seen}");
+    assert_eq!(seen["anthropic_too_large"], 413, "{seen}");
+    assert_eq!(seen["openai_upstream_down"], 502, "{seen}");
+    assert_eq!(seen["anthropic_upstream_down"], 502, "{seen}");
+}
+
 /// An API key exported in the gateway's environment does not open its
 /// hosted provider to every client: only providers the configuration names
 /// (a table, an alias) are routed, with local ones.
