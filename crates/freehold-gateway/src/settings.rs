@@ -58,6 +58,11 @@ pub struct GatewaySettings {
     /// kept. At least 1.
     #[serde(default = "default_client_timeout_secs")]
     pub client_timeout_secs: u64,
+    /// Whether `/metrics` and the provider details of `/health` answer
+    /// without a key. Default: only when listening on loopback, since they
+    /// name keys, providers and upstream addresses.
+    #[serde(default)]
+    pub open_status: Option<bool>,
     /// Seconds to let requests in flight finish at shutdown.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
@@ -163,6 +168,7 @@ impl Default for GatewaySettings {
             max_tokens_cap: default_max_tokens_cap(),
             request_timeout_secs: default_request_timeout_secs(),
             client_timeout_secs: default_client_timeout_secs(),
+            open_status: None,
             default_model: None,
             log_bodies: false,
             tls_cert: None,
@@ -178,6 +184,13 @@ impl GatewaySettings {
     /// The whole-request time limit.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// Whether `/metrics` and `/health`'s details need no key
+    /// (`open_status`, by default whether it listens on loopback).
+    pub fn status_is_open(&self) -> bool {
+        self.open_status
+            .unwrap_or_else(|| self.listen.ip().is_loopback())
     }
 
     /// The time limits of the gateway's HTTP server.

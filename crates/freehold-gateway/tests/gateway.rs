@@ -803,6 +803,69 @@ async fn health_says_which_providers_are_tracked_and_which_cannot_send() {
     assert_eq!(keyless["healthy"], false, "{health}");
 }
 
+/// Off loopback, `/metrics` and `/health`'s details (key names, upstream
+/// addresses) need a key; a load balancer's probe still gets its answer.
+#[tokio::test]
+async fn status_pages_need_a_key_off_loopback() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let exposed = GatewaySettings {
+        listen: "0.0.0.0:4141".parse().unwrap(),
+        ..GatewaySettings::default()
+    };
+    for (settings, open) in [
+        (exposed.clone(), false),
+        (
+            GatewaySettings {
+                open_status: Some(true),
+                ..exposed
+            },
+            true,
+        ),
+        (GatewaySettings::default(), true),
+    ] {
+        let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
+        let client = reqwest::Client::new();
+        let metrics = client
+            .get(format!("{}/metrics", gw.url))
+            .send()
+            .await
+            .unwrap();
+        let health: Value = client
+            .get(format!("{}/health", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["status"], "ok");
+        if open {
+            assert_eq!(metrics.status(), 200);
+            assert!(health["providers"]["mock"].is_object(), "{health}");
+            continue;
+        }
+        assert_eq!(metrics.status(), 401);
+        assert!(health.get("providers").is_none(), "{health}");
+        let metrics = client
+            .get(format!("{}/metrics", gw.url))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), 200);
+        let health: Value = client
+            .get(format!("{}/health", gw.url))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(health["providers"]["mock"].is_object(), "{health}");
+    }
+}
+
 #[tokio::test]
 async fn a_probe_readmits_a_replica_that_came_back_without_a_client_request() {
     let replicas = [

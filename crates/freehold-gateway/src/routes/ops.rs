@@ -34,8 +34,22 @@ pub(crate) async fn root() -> &'static str {
     "freehold gateway\n"
 }
 
-/// `GET /health`: liveness, and each provider's replicas.
-pub(crate) async fn health(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
+/// Whether a request may see `/metrics` and `/health`'s details: always
+/// when they are open (a gateway on loopback, or `open_status = true`),
+/// otherwise with a valid key.
+async fn may_see_status(gateway: &Gateway, headers: &HeaderMap) -> Result<(), GatewayError> {
+    if gateway.settings.status_is_open() {
+        return Ok(());
+    }
+    gateway.auth.authenticate(headers).await.map(|_| ())
+}
+
+/// `GET /health`: liveness, and each provider's replicas (those only to a
+/// caller allowed to see them: a load balancer's probe needs no key).
+pub(crate) async fn health(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Json<Value> {
+    if may_see_status(&gateway, &headers).await.is_err() {
+        return Json(json!({"status": "ok"}));
+    }
     let routes = gateway.routes();
     let mut providers = serde_json::Map::new();
     for (name, provider) in routes.router.providers() {
@@ -108,7 +122,10 @@ impl ProviderState {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub(crate) async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(error) = may_see_status(&gateway, &headers).await {
+        return error.into_response(Protocol::OpenAi);
+    }
     (
         [(
             header::CONTENT_TYPE,
