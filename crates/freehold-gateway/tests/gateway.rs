@@ -153,6 +153,18 @@ async fn post(url: &str, path: &str, key: Option<&str>, body: &Value) -> (u16, V
     (status, body, retry_after)
 }
 
+/// `GET url` (with `key`, if any): the status and the body as JSON (`Null`
+/// when it is not JSON).
+async fn get(url: &str, key: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 #[tokio::test]
 async fn keys_missing_wrong_revoked_expired_and_model_not_allowed() {
     let upstream = MockUpstream::start().await.unwrap();
@@ -742,12 +754,7 @@ async fn a_killed_replica_fails_no_request() {
     let served: Vec<u64> = replicas.iter().map(MockUpstream::requests).collect();
     eprintln!("requests per replica: {served:?}");
     assert!(served.iter().all(|n| *n > 0), "{served:?}");
-    let health: Value = reqwest::get(format!("{}/health", gw.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, health) = get(&format!("{}/health", gw.url), None).await;
     assert_eq!(health["providers"]["mock"]["state"], "up", "{health}");
     let replicas_health = health["providers"]["mock"]["replicas"].as_array().unwrap();
     assert_eq!(replicas_health.len(), 3);
@@ -789,12 +796,7 @@ async fn health_says_which_providers_are_tracked_and_which_cannot_send() {
         listed_providers: BTreeSet::new(),
     };
     let gw = start(routes, GatewaySettings::default(), None).await;
-    let health: Value = reqwest::get(format!("{}/health", gw.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, health) = get(&format!("{}/health", gw.url), None).await;
     let single = &health["providers"]["single"];
     assert_eq!(single["state"], "untracked", "{health}");
     assert_eq!(single["healthy"], true, "{health}");
@@ -824,44 +826,19 @@ async fn status_pages_need_a_key_off_loopback() {
         (GatewaySettings::default(), true),
     ] {
         let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
-        let client = reqwest::Client::new();
-        let metrics = client
-            .get(format!("{}/metrics", gw.url))
-            .send()
-            .await
-            .unwrap();
-        let health: Value = client
-            .get(format!("{}/health", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (metrics, _) = get(&format!("{}/metrics", gw.url), None).await;
+        let (_, health) = get(&format!("{}/health", gw.url), None).await;
         assert_eq!(health["status"], "ok");
         if open {
-            assert_eq!(metrics.status(), 200);
+            assert_eq!(metrics, 200);
             assert!(health["providers"]["mock"].is_object(), "{health}");
             continue;
         }
-        assert_eq!(metrics.status(), 401);
+        assert_eq!(metrics, 401);
         assert!(health.get("providers").is_none(), "{health}");
-        let metrics = client
-            .get(format!("{}/metrics", gw.url))
-            .bearer_auth(MASTER)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(metrics.status(), 200);
-        let health: Value = client
-            .get(format!("{}/health", gw.url))
-            .bearer_auth(MASTER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (metrics, _) = get(&format!("{}/metrics", gw.url), Some(MASTER)).await;
+        assert_eq!(metrics, 200);
+        let (_, health) = get(&format!("{}/health", gw.url), Some(MASTER)).await;
         assert!(health["providers"]["mock"].is_object(), "{health}");
     }
 }
