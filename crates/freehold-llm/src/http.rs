@@ -418,8 +418,8 @@ impl Transport {
 
     /// Maps a failed HTTP status and its body to an error.
     pub fn status_error(&self, status: u16, headers: &HeaderMap, body: &str) -> LlmError {
-        let message = self.redact(&error_message_from_body(body));
-        let kind = match classify_status(status, headers, &message) {
+        let full = self.redact(&error_message_from_body(body));
+        let kind = match classify_status(status, headers, &full) {
             // Google sends the wait in the body, not in a header.
             ErrorKind::RateLimited { retry_after: None } => ErrorKind::RateLimited {
                 retry_after: retry_delay_in_body(body),
@@ -431,7 +431,10 @@ impl Transport {
             ErrorKind::Overloaded | ErrorKind::Server => retry_after(headers),
             _ => None,
         };
-        LlmError::new(kind, self.provider.clone(), message)
+        // Classified on the whole message, kept short: a server may echo the
+        // request in its error (FastAPI's 422 `detail` carries the input),
+        // and the message reaches logs.
+        LlmError::new(kind, self.provider.clone(), clip(&full))
             .with_status(status)
             .with_wait(wait)
     }
@@ -742,11 +745,19 @@ pub fn error_message_from_body(body: &str) -> String {
             return message;
         }
     }
-    let mut text: String = trimmed.chars().take(500).collect();
-    if trimmed.chars().count() > 500 {
-        text.push('…');
+    clip(trimmed)
+}
+
+/// The most characters of an upstream's error message kept.
+const MAX_ERROR_MESSAGE_CHARS: usize = 500;
+
+/// `text`, cut to [`MAX_ERROR_MESSAGE_CHARS`] with `…` when longer.
+fn clip(text: &str) -> String {
+    let mut clipped: String = text.chars().take(MAX_ERROR_MESSAGE_CHARS).collect();
+    if text.chars().nth(MAX_ERROR_MESSAGE_CHARS).is_some() {
+        clipped.push('…');
     }
-    text
+    clipped
 }
 
 /// The error kind of an HTTP status, refined by the message (a 400 that says
@@ -847,6 +858,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn long_upstream_messages_are_classified_whole_and_kept_short() {
+        let transport = Transport::new("vllm", HttpSettings::default(), Vec::new()).unwrap();
+        let none = HeaderMap::new();
+        // A validation error that echoes a long prompt back.
+        let echo =
+            serde_json::json!({"detail": [{"type": "missing", "input": "secret ".repeat(400)}]});
+        let error = transport.status_error(422, &none, &echo.to_string());
+        assert_eq!(error.kind, ErrorKind::InvalidRequest);
+        assert_eq!(error.message.chars().count(), MAX_ERROR_MESSAGE_CHARS + 1);
+        // A context-length message whose numbers come after the cut is
+        // still recognised.
+        let long = format!(
+            "{} This model's maximum context length is 8192 tokens. However, you requested 9000 tokens",
+            "Padding. ".repeat(80)
+        );
+        let body = serde_json::json!({"error": {"message": long}});
+        let error = transport.status_error(400, &none, &body.to_string());
+        assert_eq!(
+            error.kind,
+            ErrorKind::ContextLengthExceeded {
+                needed: Some(9000),
+                allowed: Some(8192)
+            }
+        );
+    }
+
+    #[test]
     fn classifies_statuses_and_context_errors() {
         let none = HeaderMap::new();
         assert_eq!(classify_status(401, &none, ""), ErrorKind::Authentication);
@@ -913,5 +951,9 @@ mod tests {
         assert_eq!(error_message_from_body(r#"{"error":"m3"}"#), "m3");
         assert_eq!(error_message_from_body(r#"{"detail":"m4"}"#), "m4");
         assert_eq!(error_message_from_body("plain"), "plain");
+        assert_eq!(
+            error_message_from_body(&"x".repeat(600)).chars().count(),
+            501
+        );
     }
 }
