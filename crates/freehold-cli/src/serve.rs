@@ -49,6 +49,7 @@ pub(crate) struct ServeArgs {
 
 /// Runs the gateway until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    raise_open_files_limit();
     let setup = Setup::load(config)?;
     let mut settings = setup.config.gateway.clone();
     if let Some(listen) = args.listen {
@@ -333,6 +334,25 @@ fn named_providers<'a>(setup: &'a Setup, settings: &'a GatewaySettings) -> BTree
         .chain(settings.default_model.as_ref())
         .filter_map(|name| name.split_once(':').map(|(provider, _)| provider))
         .collect()
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as Go
+/// programs and nginx do. Every client connection and every pooled upstream
+/// connection is a file, and a busy gateway (per-core runtimes, several
+/// upstreams) can need more than the common soft limit of 1,024, which
+/// exists for old programs that use `select`. Where the limit cannot be
+/// raised, the gateway runs with what it has.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!(%error, soft, hard, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "cannot read the open files limit"),
+    }
 }
 
 /// How often the gateway looks for budget reservations left by a dead one.

@@ -224,6 +224,65 @@ fn mock_config(upstream: &MockUpstream) -> String {
     )
 }
 
+/// `freehold serve` raises its soft limit on open files to the hard one:
+/// each connection, client or upstream, is a file.
+#[tokio::test]
+async fn serve_raises_its_open_files_limit() {
+    if Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .await
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "prlimit (util-linux) is missing"
+        );
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("freehold-nofile-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("config.toml"), "").unwrap();
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=256:")
+        .arg(env!("CARGO_BIN_EXE_freehold"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-auth"])
+        .env_clear()
+        .env("HOME", &base)
+        .env("FREEHOLD_DATA_DIR", base.join("data"))
+        .env("FREEHOLD_CONFIG", base.join("config.toml"))
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("http://127.0.0.1:") {
+                return;
+            }
+        }
+        panic!("freehold serve exited before listening");
+    })
+    .await
+    .expect("freehold serve listened within 60 s");
+    // prlimit execs freehold in place: the pid is the gateway's.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // "Max open files SOFT HARD files"
+    assert_eq!(open_files[3], open_files[4], "{limits}");
+    assert_ne!(open_files[3], "256", "{limits}");
+    let _ = child.start_kill();
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 /// A body over the gateway's limit and an upstream that is down surface as
 /// each SDK's own exception types (413, 502).
 #[tokio::test]
