@@ -33,6 +33,17 @@ impl Served {
 
     /// [`Served::start`] with these variables in the gateway's environment.
     async fn start_with_env(config: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_under(&[], config, extra_args, env).await
+    }
+
+    /// [`Served::start_with_env`], run through `wrapper` (a command that
+    /// execs the one after it, such as `prlimit --nofile=256:`), if any.
+    async fn start_under(
+        wrapper: &[&str],
+        config: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let base = std::env::temp_dir().join(format!(
             "freehold-serve-{}-{}",
             std::process::id(),
@@ -41,7 +52,16 @@ impl Served {
         std::fs::create_dir_all(base.join("home")).unwrap();
         let config_path = base.join("config.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_freehold"))
+        let freehold = env!("CARGO_BIN_EXE_freehold");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(freehold);
+                command
+            }
+            None => Command::new(freehold),
+        };
+        let mut child = command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(extra_args)
@@ -240,36 +260,10 @@ async fn serve_raises_its_open_files_limit() {
         );
         return;
     }
-    let base = std::env::temp_dir().join(format!("freehold-nofile-{}", std::process::id()));
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::write(base.join("config.toml"), "").unwrap();
-    let mut child = Command::new("prlimit")
-        .arg("--nofile=256:")
-        .arg(env!("CARGO_BIN_EXE_freehold"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-auth"])
-        .env_clear()
-        .env("HOME", &base)
-        .env("FREEHOLD_DATA_DIR", base.join("data"))
-        .env("FREEHOLD_CONFIG", base.join("config.toml"))
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("http://127.0.0.1:") {
-                return;
-            }
-        }
-        panic!("freehold serve exited before listening");
-    })
-    .await
-    .expect("freehold serve listened within 60 s");
+    let served = Served::start_under(&["prlimit", "--nofile=256:"], "", &[], &[]).await;
     // prlimit execs freehold in place: the pid is the gateway's.
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", served.child.id().unwrap())).unwrap();
     let open_files: Vec<&str> = limits
         .lines()
         .find(|line| line.starts_with("Max open files"))
@@ -279,8 +273,6 @@ async fn serve_raises_its_open_files_limit() {
     // "Max open files SOFT HARD files"
     assert_eq!(open_files[3], open_files[4], "{limits}");
     assert_ne!(open_files[3], "256", "{limits}");
-    let _ = child.start_kill();
-    let _ = std::fs::remove_dir_all(&base);
 }
 
 /// A body over the gateway's limit and an upstream that is down surface as
