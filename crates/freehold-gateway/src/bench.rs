@@ -1059,11 +1059,11 @@ impl InProcessGateway {
         let address = listener
             .local_addr()
             .map_err(|error| BenchError::Setup(format!("reading the bound address: {error}")))?;
+        let limits = gateway.settings().time_limits();
         let app = crate::routes::app(Arc::new(gateway));
+        // The server `freehold serve` runs, stopped by dropping it.
         let server = tokio::spawn(async move {
-            if let Err(error) = axum::serve(crate::listen::prepared(listener), app).await {
-                tracing::error!(%error, "the benchmark's gateway stopped");
-            }
+            crate::listen::serve(listener, app, None, limits, std::future::pending()).await;
         });
         Ok(Self { address, server })
     }

@@ -33,16 +33,6 @@ pub fn prepare_accepted(stream: &TcpStream) {
     }
 }
 
-/// `listener` for `axum::serve`, each accepted connection prepared by
-/// [`prepare_accepted`]. For servers without the gateway's time limits
-/// (the benchmark's in-process gateway); `freehold serve` uses [`serve`].
-pub fn prepared(
-    listener: TcpListener,
-) -> impl axum::serve::Listener<Io = TcpStream, Addr = SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|stream| prepare_accepted(stream))
-}
-
 /// The time limits [`serve`] holds clients and its own stop to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeLimits {
@@ -276,20 +266,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WriteLimit<I> {
 
 #[cfg(test)]
 mod tests {
-    use axum::serve::Listener;
-
     use super::*;
 
     #[tokio::test]
     async fn accepted_connections_send_small_writes_at_once() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let mut listener = prepared(listener);
-        let client = TcpStream::connect(address).await.unwrap();
-        let (accepted, peer) = listener.accept().await;
-        assert_eq!(peer, client.local_addr().unwrap());
-        assert!(accepted.nodelay().unwrap());
-        // A connection accepted by hand (the TLS server's loop) too.
         let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(plain.local_addr().unwrap())
             .await
