@@ -3,7 +3,7 @@
 //! the accounting afterwards (budget settled, ledger line, metrics).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::http::HeaderMap;
 use freehold_llm::{EventStream, Target};
@@ -213,16 +213,7 @@ pub(crate) async fn reserve_budget(
             }
         }
     }
-    // Held for longer than any request can take here, so that only a hold
-    // whose gateway died is ever released as expired: a request ends by
-    // `request_timeout` (upstream call and stream together), its last write
-    // to a client that stopped reading fails after `client_timeout`, and at
-    // shutdown it is cut off after the grace.
-    let settings = &gateway.settings;
-    let hold = settings.request_timeout()
-        + settings.client_timeout()
-        + Duration::from_secs(settings.shutdown_grace_secs)
-        + RESERVATION_MARGIN;
+    let hold = gateway.settings.reservation_hold();
     let reservation =
         store
             .reserve_for(&key.id, estimate, hold)
@@ -253,10 +244,6 @@ fn output_bound(targets: &[Target], routes: &Routes, cap: u32) -> u32 {
         .fold(cap, u32::min)
         .max(1)
 }
-
-/// How much longer than the longest request a budget reservation is held
-/// before any gateway may release it as left by a dead one.
-const RESERVATION_MARGIN: Duration = Duration::from_secs(300);
 
 /// The refusal of a request the privacy policy blocks.
 pub(crate) fn blocked(reasons: &Reasons) -> GatewayError {

@@ -193,6 +193,17 @@ impl GatewaySettings {
             .unwrap_or_else(|| self.listen.ip().is_loopback())
     }
 
+    /// How long a budget reservation is held before any gateway may
+    /// release it as left by a dead one: longer than a request can take
+    /// here. A request ends by `request_timeout` (upstream call and stream
+    /// together), its last write to a client that stopped reading fails
+    /// after `client_timeout`, and at shutdown it is cut off after the
+    /// grace; five minutes more cover clocks a little apart.
+    pub fn reservation_hold(&self) -> Duration {
+        let limits = self.time_limits();
+        self.request_timeout() + limits.client + limits.grace + Duration::from_secs(300)
+    }
+
     /// The time limits of the gateway's HTTP server.
     pub fn time_limits(&self) -> crate::listen::TimeLimits {
         crate::listen::TimeLimits {

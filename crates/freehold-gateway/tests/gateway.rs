@@ -1474,16 +1474,19 @@ async fn openai_clients_call_tools_through_an_anthropic_upstream() {
     assert_eq!(upstream.requests()[1].json()["stream"], true);
 }
 
-/// Sends `head` (and `body`) on a new connection to `url`'s server, then
-/// reads until the server closes the connection; `None` if it is still
-/// open after 10 s.
-async fn send_and_wait_for_close(url: &str, head: &str, body: &[u8]) -> Option<String> {
+/// Sends `head`, then the pieces of `body` 50 ms apart, on a new connection
+/// to `url`'s server, then reads until the server closes the connection;
+/// `None` if it is still open after 10 s.
+async fn send_and_wait_for_close(url: &str, head: &str, body: &[&[u8]]) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let address = url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
+    for piece in body {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.write_all(piece).await.unwrap();
+    }
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
     match read {
@@ -1505,7 +1508,7 @@ async fn clients_that_stop_sending_are_cut_off() {
     )
     .await;
     // A client that connects and sends nothing: closed.
-    let closed = send_and_wait_for_close(&gw.url, "", b"").await;
+    let closed = send_and_wait_for_close(&gw.url, "", &[]).await;
     assert_eq!(
         closed.as_deref(),
         Some(""),
@@ -1513,14 +1516,14 @@ async fn clients_that_stop_sending_are_cut_off() {
     );
     // Nor does HTTP/2's preface buy it more time: this gateway speaks
     // HTTP/1.1, which has a timer for request heads.
-    let closed = send_and_wait_for_close(&gw.url, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"").await;
+    let closed = send_and_wait_for_close(&gw.url, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &[]).await;
     assert!(closed.is_some(), "an HTTP/2 preface kept its connection");
     // A request head that never ends: the connection is closed.
     let started = std::time::Instant::now();
     let closed = send_and_wait_for_close(
         &gw.url,
         "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nx-slow: ",
-        b"",
+        &[],
     )
     .await;
     assert!(closed.is_some(), "a half-sent head kept its connection");
@@ -1531,22 +1534,23 @@ async fn clients_that_stop_sending_are_cut_off() {
         "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {MASTER}\r\n\
          content-type: application/json\r\ncontent-length: 100\r\n\r\n"
     );
-    let answer = send_and_wait_for_close(&gw.url, &head, b"{\"model\": ")
+    let answer = send_and_wait_for_close(&gw.url, &head, &[b"{\"model\": "])
         .await
         .expect("a stalled body kept its connection");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("client_timeout_secs"), "{answer}");
     assert!(answer.contains("\"invalid_request_error\""), "{answer}");
 
-    // An idle keep-alive connection is closed after the same time; a
-    // request sent in time is answered.
+    // A body sent in pieces within the limit is answered (and read whole);
+    // the idle keep-alive connection is then closed after the same time.
     let body = serde_json::to_string(&chat_body("mock")).unwrap();
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {MASTER}\r\n\
          content-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
-    let answer = send_and_wait_for_close(&gw.url, &head, body.as_bytes())
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    let answer = send_and_wait_for_close(&gw.url, &head, &[first, rest])
         .await
         .expect("an idle connection was kept");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

@@ -10,7 +10,6 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::BytesMut;
 use http_body_util::BodyExt;
 
 use crate::error::{GatewayError, Protocol};
@@ -50,11 +49,13 @@ pub(crate) async fn read_body(
     let limit = settings.max_body_bytes;
     let timeout = settings.client_timeout();
     let mut body = http_body_util::Limited::new(body, limit);
-    let mut read = BytesMut::new();
+    // A body usually comes in one piece: kept as it is, not copied.
+    let mut pieces: Vec<Bytes> = Vec::new();
     loop {
         let frame = match tokio::time::timeout(timeout, body.frame()).await {
             Ok(Some(Ok(frame))) => frame,
-            Ok(None) => return Ok(read.freeze()),
+            Ok(None) if pieces.len() == 1 => return Ok(pieces.swap_remove(0)),
+            Ok(None) => return Ok(Bytes::from(pieces.concat())),
             Ok(Some(Err(error))) => {
                 return Err(if error.is::<http_body_util::LengthLimitError>() {
                     GatewayError::too_large(limit)
@@ -67,7 +68,7 @@ pub(crate) async fn read_body(
             Err(_) => return Err(GatewayError::body_timeout(timeout)),
         };
         if let Ok(data) = frame.into_data() {
-            read.extend_from_slice(&data);
+            pieces.push(data);
         }
     }
 }
