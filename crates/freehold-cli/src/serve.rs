@@ -99,7 +99,6 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
-    let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let access = match (&master_key, settings.require_key) {
         (_, false) => "open (no keys)".to_owned(),
         (Some(_), true) => format!(
@@ -131,14 +130,19 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
     // On Ctrl-C or SIGTERM the server stops accepting; requests in flight
     // (a long stream, say) get the grace period to finish, then are cut off.
     let limits = gateway.settings().time_limits();
-    if gateway.settings().runtime == ServeRuntime::PerCore {
-        serve_per_core(listener, app, tls, &gateway, shutdown_signal()).await?;
+    let cut_off = if gateway.settings().runtime == ServeRuntime::PerCore {
+        serve_per_core(listener, app, tls, &gateway, shutdown_signal()).await?
     } else {
-        let cut_off =
-            freehold_gateway::listen::serve(listener, app, tls, limits, shutdown_signal()).await;
-        report_cut_off(cut_off, grace);
+        freehold_gateway::listen::serve(listener, app, tls, limits, shutdown_signal()).await
+    };
+    if cut_off > 0 {
+        eprintln!(
+            "freehold serve: {cut_off} connections still answering requests after the \
+             {:?} grace period ([gateway] shutdown_grace_secs) were cut off",
+            limits.grace
+        );
     }
-    finish(gateway, &ledger_writer, ledger_task, grace).await
+    finish(gateway, &ledger_writer, ledger_task, limits.grace).await
 }
 
 /// Once serving has stopped: has the ledger writer write what is queued and
@@ -173,6 +177,8 @@ async fn finish(
 /// finish, and each runtime waits for its budget settlements before its
 /// thread ends.
 ///
+/// Returns how many connections were cut off.
+///
 /// # Errors
 /// A runtime or thread that cannot be started.
 async fn serve_per_core(
@@ -181,7 +187,7 @@ async fn serve_per_core(
     tls: Option<Arc<freehold_gateway::tls::ServerConfig>>,
     gateway: &Arc<Gateway>,
     signal: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     let threads = per_core_threads();
     let listener = listener
         .into_std()
@@ -230,9 +236,7 @@ async fn serve_per_core(
             .map(|core| core.join().unwrap_or(0))
             .sum::<usize>()
     });
-    let cut_off = joined.await.unwrap_or(0);
-    report_cut_off(cut_off, gateway.settings().time_limits().grace);
-    Ok(())
+    Ok(joined.await.unwrap_or(0))
 }
 
 /// The runtimes `--runtime per-core` starts: one per core this process may
@@ -261,15 +265,6 @@ async fn serve_one_core(
     let cut_off = freehold_gateway::listen::serve(listener, app, tls, limits, stopped).await;
     let _ = gateway.settlements_written(limits.grace).await;
     cut_off
-}
-
-fn report_cut_off(connections: usize, grace: Duration) {
-    if connections > 0 {
-        eprintln!(
-            "freehold serve: {connections} connections still answering requests after the \
-             {grace:?} grace period ([gateway] shutdown_grace_secs) were cut off"
-        );
-    }
 }
 
 /// The routing table from a loaded configuration.
