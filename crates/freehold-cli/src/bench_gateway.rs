@@ -53,6 +53,11 @@ pub(crate) struct GatewayBenchArgs {
     /// `per-core` (its `freehold serve --runtime`).
     #[arg(long, value_name = "KIND", conflicts_with = "in_process")]
     gateway_runtime: Option<ServeRuntime>,
+    /// The gateway's `--busy-poll-us`: microseconds each of its per-core
+    /// runtimes keeps polling after a request starts or ends (needs
+    /// `--gateway-runtime per-core`).
+    #[arg(long, value_name = "MICROS", conflicts_with = "in_process")]
+    gateway_busy_poll_us: Option<u64>,
     /// Run the gateway (and the relay) on these CPUs only (`0,1`, `0-1`),
     /// and the load generator and mock upstream on the others: on a
     /// many-core machine, the gateway measured with N cores of its own.
@@ -149,7 +154,10 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
             &key,
             &database,
             args.gateway_threads,
-            args.gateway_runtime,
+            ServeFlags {
+                runtime: args.gateway_runtime,
+                busy_poll_us: args.gateway_busy_poll_us,
+            },
             cpus,
         )
         .await?;
@@ -171,9 +179,14 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
             relay,
             description: format!(
                 "`freehold serve` as a child process (pid {}), master key required, \
-                 ledger on SQLite, default log level, {} runtime, {} worker threads, {}",
+                 ledger on SQLite, default log level, {} runtime{}, {} worker threads, {}",
                 pid.map_or_else(|| "?".into(), |p| p.to_string()),
                 args.gateway_runtime.unwrap_or_default(),
+                args.gateway_busy_poll_us
+                    .filter(|&micros| micros > 0)
+                    .map_or_else(String::new, |micros| format!(
+                        " busy-polling {micros} µs after each request start and end"
+                    )),
                 args.gateway_threads
                     .map_or_else(|| "default".into(), |n| n.to_string()),
                 match (&args.gateway_cpus, &load_cpus) {
@@ -291,6 +304,12 @@ fn spawn_on(command: &mut Command, cpus: Option<&CpuList>) -> anyhow::Result<Chi
     }
 }
 
+/// The `freehold serve` flags a run passes on.
+struct ServeFlags {
+    runtime: Option<ServeRuntime>,
+    busy_poll_us: Option<u64>,
+}
+
 /// Runs `freehold serve` on a free loopback port in front of `mock`, with
 /// its own home in `dir`; returns it and its URL once it listens.
 async fn spawn_serve(
@@ -299,7 +318,7 @@ async fn spawn_serve(
     key: &str,
     database: &Path,
     threads: Option<u32>,
-    runtime: Option<ServeRuntime>,
+    flags: ServeFlags,
     cpus: Option<&CpuList>,
 ) -> anyhow::Result<(Child, String)> {
     let config = dir.join("config.toml");
@@ -311,7 +330,12 @@ async fn spawn_serve(
         .arg("--config")
         .arg(&config)
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(runtime.map(|runtime| format!("--runtime={runtime}")))
+        .args(flags.runtime.map(|runtime| format!("--runtime={runtime}")))
+        .args(
+            flags
+                .busy_poll_us
+                .map(|micros| format!("--busy-poll-us={micros}")),
+        )
         .env("HOME", &home)
         .env("FREEHOLD_DATA_DIR", home.join("data"))
         .env("FREEHOLD_MODELS_DIR", home.join("models"))

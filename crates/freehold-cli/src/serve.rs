@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use freehold_gateway::busy_poll::BusyPoll;
 use freehold_gateway::ledger::Ledger;
 use freehold_gateway::settings::{GatewaySettings, ServeRuntime};
 use freehold_gateway::state::{Gateway, Routes};
@@ -45,6 +46,12 @@ pub(crate) struct ServeArgs {
     /// core: less CPU per request under heavy load).
     #[arg(long, value_name = "KIND")]
     runtime: Option<ServeRuntime>,
+    /// Keep each per-core runtime polling its sockets for this many
+    /// microseconds after a request starts or ends, instead of sleeping:
+    /// lower latency on machines whose idle cores are slow to wake, for a
+    /// core's worth of CPU while requests flow (0: never).
+    #[arg(long, value_name = "MICROS")]
+    busy_poll_us: Option<u64>,
 }
 
 /// Runs the gateway until Ctrl-C or SIGTERM.
@@ -71,6 +78,10 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
     if let Some(runtime) = args.runtime {
         settings.runtime = runtime;
     }
+    if let Some(micros) = args.busy_poll_us {
+        settings.busy_poll_us = micros;
+    }
+    let busy_poll = settings.busy_poll_window().map_err(anyhow::Error::msg)?;
     let tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(freehold_gateway::tls::server_config(cert, key)?),
         (None, None) => None,
@@ -131,7 +142,7 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
     // (a long stream, say) get the grace period to finish, then are cut off.
     let limits = gateway.settings().time_limits();
     let cut_off = if gateway.settings().runtime == ServeRuntime::PerCore {
-        serve_per_core(listener, app, tls, &gateway, shutdown_signal()).await?
+        serve_per_core(listener, app, tls, &gateway, busy_poll, shutdown_signal()).await?
     } else {
         freehold_gateway::listen::serve(listener, app, tls, limits, shutdown_signal()).await
     };
@@ -175,7 +186,8 @@ async fn finish(
 /// ledger, metrics) is shared as with one runtime. At `signal` every
 /// runtime stops accepting; requests in flight get the grace period to
 /// finish, and each runtime waits for its budget settlements before its
-/// thread ends.
+/// thread ends. With a `busy_poll` window, each runtime keeps polling for
+/// that long after its requests start and end ([`BusyPoll`]).
 ///
 /// Returns how many connections were cut off.
 ///
@@ -186,6 +198,7 @@ async fn serve_per_core(
     app: axum::Router,
     tls: Option<Arc<freehold_gateway::tls::ServerConfig>>,
     gateway: &Arc<Gateway>,
+    busy_poll: Option<Duration>,
     signal: impl Future<Output = ()>,
 ) -> anyhow::Result<usize> {
     let threads = per_core_threads();
@@ -212,20 +225,30 @@ async fn serve_per_core(
             // A dropped sender (serve returned early) stops it too.
             let _ = stopping.wait_for(|stop| *stop).await;
         };
-        let shard = serve_one_core(
-            socket,
-            app.clone(),
-            tls.clone(),
-            Arc::clone(gateway),
-            stopped,
-        );
+        let app = match busy_poll {
+            Some(window) => {
+                let poller = BusyPoll::new(window);
+                // Dropped with the runtime when the thread ends.
+                runtime.spawn(Arc::clone(&poller).run());
+                poller.track(app.clone())
+            }
+            None => app.clone(),
+        };
+        let shard = serve_one_core(socket, app, tls.clone(), Arc::clone(gateway), stopped);
         let core = std::thread::Builder::new()
             .name(format!("serve-core-{index}"))
             .spawn(move || runtime.block_on(shard))
             .context("starting a per-core thread")?;
         cores.push(core);
     }
-    eprintln!("freehold serve: {threads} single-threaded runtimes, one per core");
+    match busy_poll {
+        Some(window) => eprintln!(
+            "freehold serve: {threads} single-threaded runtimes, one per core, each polling \
+             for {} µs after a request starts or ends",
+            window.as_micros()
+        ),
+        None => eprintln!("freehold serve: {threads} single-threaded runtimes, one per core"),
+    }
     signal.await;
     let _ = stop.send(true);
     // Each core stops within the grace period, its settlements within as

@@ -821,11 +821,20 @@ async fn bench_gateway_measures_the_per_core_runtime() {
     assert_eq!(unknown.code, 2, "{}", unknown.stderr);
     assert!(unknown.stderr.contains("`per-core`"), "{}", unknown.stderr);
 
-    let run = short_gateway_bench(&["--gateway-runtime", "per-core"]).await;
+    let run = short_gateway_bench(&[
+        "--gateway-runtime",
+        "per-core",
+        "--gateway-busy-poll-us",
+        "200",
+    ])
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let gateway = report["gateway"].as_str().unwrap();
-    assert!(gateway.contains("per-core runtime"), "{gateway}");
+    assert!(
+        gateway.contains("per-core runtime busy-polling 200 µs"),
+        "{gateway}"
+    );
     for phase in report["phases"].as_array().unwrap() {
         assert_eq!(phase["errors"], 0, "{phase}");
         assert!(phase["requests"].as_u64().unwrap() > 0, "{phase}");

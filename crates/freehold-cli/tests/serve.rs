@@ -808,3 +808,77 @@ async fn serving_without_keys_is_refused_off_loopback() {
         "{stderr}"
     );
 }
+
+/// CPU time all of `pid`'s threads have used (Linux's schedstat).
+fn process_cpu_time(pid: u32) -> Duration {
+    let nanos = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+#[tokio::test]
+async fn busy_polling_keeps_a_per_core_runtime_polling_after_requests_only() {
+    // Refused with the shared runtime, saying how to fix it.
+    let base = std::env::temp_dir().join(format!("freehold-busy-poll-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("config.toml"), "").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_freehold"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--busy-poll-us", "500"])
+        .env_clear()
+        .env("HOME", &base)
+        .env("FREEHOLD_DATA_DIR", base.join("data"))
+        .env("FREEHOLD_CONFIG", base.join("config.toml"))
+        .env("FREEHOLD_MASTER_KEY", MASTER)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&base);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("busy_poll_us = 500 needs the per-core runtime")
+            && stderr.contains("--runtime per-core"),
+        "{stderr}"
+    );
+
+    // With one per-core runtime polling 300 ms after each request start and
+    // end: idle, it sleeps; after a request, it keeps its core busy.
+    let upstream = MockUpstream::start().await.unwrap();
+    let served = Served::start_with_env(
+        &mock_config(&upstream),
+        &["--runtime", "per-core", "--busy-poll-us", "300000"],
+        &[("TOKIO_WORKER_THREADS", "1")],
+    )
+    .await;
+    let pid = served.child.id().unwrap();
+    let client = reqwest::Client::new();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = process_cpu_time(pid);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = process_cpu_time(pid) - before;
+    assert!(idle < Duration::from_millis(30), "idle: {idle:?}");
+
+    let before = process_cpu_time(pid);
+    let answer = chat_answer(&client, &served.url, "mock").await;
+    assert_eq!(answer["choices"][0]["message"]["content"], MOCK_TEXT);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let polling = process_cpu_time(pid) - before;
+    // A fifth of the window: other tests may share the CPUs.
+    assert!(
+        polling > Duration::from_millis(60),
+        "after a request: {polling:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = process_cpu_time(pid);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = process_cpu_time(pid) - before;
+    assert!(
+        after < Duration::from_millis(30),
+        "after the window: {after:?}"
+    );
+}

@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod busy_poll;
 mod chat;
 pub mod error;
 pub mod ledger;

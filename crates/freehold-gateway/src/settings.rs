@@ -69,6 +69,12 @@ pub struct GatewaySettings {
     /// How requests are scheduled on threads (`freehold serve --runtime`).
     #[serde(default)]
     pub runtime: ServeRuntime,
+    /// Microseconds each runtime keeps polling its sockets after a request
+    /// starts or ends instead of sleeping ([`crate::busy_poll`]); 0 (the
+    /// default) never. Needs `runtime = "per-core"`. Trades CPU time for
+    /// latency on machines whose idle cores are slow to wake.
+    #[serde(default)]
+    pub busy_poll_us: u64,
     /// `[gateway.privacy]`: detectors that keep requests local, redact or
     /// block them. Absent: no content is inspected (a key's `local_only`
     /// and the privacy header still keep requests local).
@@ -175,6 +181,7 @@ impl Default for GatewaySettings {
             tls_key: None,
             shutdown_grace_secs: default_shutdown_grace_secs(),
             runtime: ServeRuntime::Shared,
+            busy_poll_us: 0,
             privacy: None,
         }
     }
@@ -209,6 +216,23 @@ impl GatewaySettings {
         crate::listen::TimeLimits {
             client: self.client_timeout(),
             grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
+    }
+
+    /// How long each runtime polls after a request starts or ends
+    /// (`busy_poll_us`), when it does.
+    ///
+    /// # Errors
+    /// Busy polling asked of the shared runtime, which cannot keep each of
+    /// its threads polling.
+    pub fn busy_poll_window(&self) -> Result<Option<Duration>, String> {
+        match (self.busy_poll_us, self.runtime) {
+            (0, _) => Ok(None),
+            (micros, ServeRuntime::PerCore) => Ok(Some(Duration::from_micros(micros))),
+            (micros, ServeRuntime::Shared) => Err(format!(
+                "[gateway] busy_poll_us = {micros} needs the per-core runtime: set \
+                 runtime = \"per-core\" (or pass --runtime per-core), or busy_poll_us = 0"
+            )),
         }
     }
 
@@ -248,6 +272,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("per-core"), "{error}");
+    }
+
+    #[test]
+    fn busy_polling_is_for_the_per_core_runtime_only() {
+        assert_eq!(GatewaySettings::default().busy_poll_window(), Ok(None));
+        let settings: GatewaySettings =
+            serde_json::from_str(r#"{"runtime": "per-core", "busy_poll_us": 250}"#).unwrap();
+        assert_eq!(
+            settings.busy_poll_window(),
+            Ok(Some(Duration::from_micros(250)))
+        );
+        let shared: GatewaySettings = serde_json::from_str(r#"{"busy_poll_us": 250}"#).unwrap();
+        let error = shared.busy_poll_window().unwrap_err();
+        assert!(
+            error.contains("busy_poll_us = 250") && error.contains("--runtime per-core"),
+            "{error}"
+        );
     }
 
     #[test]
