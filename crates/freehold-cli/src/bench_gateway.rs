@@ -123,6 +123,14 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
         rate: (args.rate != 0.0).then_some(args.rate),
     };
     options.validate()?;
+    if args.gateway_busy_poll_us.is_some_and(|micros| micros > 0)
+        && args.gateway_runtime != Some(ServeRuntime::PerCore)
+    {
+        bail!(
+            "--gateway-busy-poll-us needs --gateway-runtime per-core: busy polling keeps \
+             single-threaded runtimes polling"
+        );
+    }
     let load_cpus = args
         .gateway_cpus
         .as_ref()

@@ -821,23 +821,42 @@ async fn bench_gateway_measures_the_per_core_runtime() {
     assert_eq!(unknown.code, 2, "{}", unknown.stderr);
     assert!(unknown.stderr.contains("`per-core`"), "{}", unknown.stderr);
 
-    let run = short_gateway_bench(&[
-        "--gateway-runtime",
-        "per-core",
-        "--gateway-busy-poll-us",
-        "200",
-    ])
+    let without_per_core = freehold(
+        &["bench", "gateway", "--gateway-busy-poll-us", "200"],
+        None,
+        None,
+    )
     .await;
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let gateway = report["gateway"].as_str().unwrap();
+    assert_eq!(without_per_core.code, 1, "{}", without_per_core.stderr);
     assert!(
-        gateway.contains("per-core runtime busy-polling 200 µs"),
-        "{gateway}"
+        without_per_core
+            .stderr
+            .contains("--gateway-busy-poll-us needs --gateway-runtime per-core"),
+        "{}",
+        without_per_core.stderr
     );
-    for phase in report["phases"].as_array().unwrap() {
-        assert_eq!(phase["errors"], 0, "{phase}");
-        assert!(phase["requests"].as_u64().unwrap() > 0, "{phase}");
+
+    for (flags, described) in [
+        (&["--gateway-runtime", "per-core"][..], "per-core runtime,"),
+        (
+            &[
+                "--gateway-runtime",
+                "per-core",
+                "--gateway-busy-poll-us",
+                "200",
+            ][..],
+            "per-core runtime busy-polling 200 µs",
+        ),
+    ] {
+        let run = short_gateway_bench(flags).await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let gateway = report["gateway"].as_str().unwrap();
+        assert!(gateway.contains(described), "{gateway}");
+        for phase in report["phases"].as_array().unwrap() {
+            assert_eq!(phase["errors"], 0, "{phase}");
+            assert!(phase["requests"].as_u64().unwrap() > 0, "{phase}");
+        }
     }
 }
 

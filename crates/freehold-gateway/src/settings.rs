@@ -71,8 +71,9 @@ pub struct GatewaySettings {
     pub runtime: ServeRuntime,
     /// Microseconds each runtime keeps polling its sockets after a request
     /// starts or ends instead of sleeping ([`crate::busy_poll`]); 0 (the
-    /// default) never. Needs `runtime = "per-core"`. Trades CPU time for
-    /// latency on machines whose idle cores are slow to wake.
+    /// default) never; at most [`MAX_BUSY_POLL_US`]. Needs
+    /// `runtime = "per-core"`. Trades CPU time for latency on machines
+    /// whose idle cores are slow to wake.
     #[serde(default)]
     pub busy_poll_us: u64,
     /// `[gateway.privacy]`: detectors that keep requests local, redact or
@@ -81,6 +82,9 @@ pub struct GatewaySettings {
     #[serde(default)]
     pub privacy: Option<crate::privacy::PrivacySettings>,
 }
+
+/// The longest `busy_poll_us` accepted: one second.
+pub const MAX_BUSY_POLL_US: u64 = 1_000_000;
 
 /// How `freehold serve` schedules requests on threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -223,11 +227,16 @@ impl GatewaySettings {
     /// (`busy_poll_us`), when it does.
     ///
     /// # Errors
-    /// Busy polling asked of the shared runtime, which cannot keep each of
-    /// its threads polling.
+    /// A window over [`MAX_BUSY_POLL_US`], or busy polling asked of the
+    /// shared runtime, which cannot keep each of its threads polling.
     pub fn busy_poll_window(&self) -> Result<Option<Duration>, String> {
         match (self.busy_poll_us, self.runtime) {
             (0, _) => Ok(None),
+            (micros, _) if micros > MAX_BUSY_POLL_US => Err(format!(
+                "[gateway] busy_poll_us = {micros} is above the maximum of \
+                 {MAX_BUSY_POLL_US} µs (one second): a window that long keeps a core busy \
+                 between requests far apart; a few hundred to a few thousand µs is usual"
+            )),
             (micros, ServeRuntime::PerCore) => Ok(Some(Duration::from_micros(micros))),
             (micros, ServeRuntime::Shared) => Err(format!(
                 "[gateway] busy_poll_us = {micros} needs the per-core runtime: set \
@@ -289,6 +298,12 @@ mod tests {
             error.contains("busy_poll_us = 250") && error.contains("--runtime per-core"),
             "{error}"
         );
+        let too_long = GatewaySettings {
+            busy_poll_us: MAX_BUSY_POLL_US + 1,
+            ..settings
+        };
+        let error = too_long.busy_poll_window().unwrap_err();
+        assert!(error.contains("1000001 is above the maximum"), "{error}");
     }
 
     #[test]
