@@ -785,24 +785,39 @@ async fn per_core_runtime_serves_https_too() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
-async fn serving_without_keys_is_refused_off_loopback() {
-    let base = std::env::temp_dir().join(format!("freehold-noauth-{}", std::process::id()));
+/// Runs `freehold serve ARGS` with an empty configuration, expecting it to
+/// refuse to start; returns what it printed on stderr.
+async fn refused_serve(args: &[&str]) -> String {
+    let base = std::env::temp_dir().join(format!(
+        "freehold-refused-{}-{}",
+        std::process::id(),
+        unique()
+    ));
     std::fs::create_dir_all(&base).unwrap();
     std::fs::write(base.join("config.toml"), "").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_freehold"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--no-auth"])
+        .arg("serve")
+        .args(args)
         .env_clear()
         .env("HOME", &base)
         .env("FREEHOLD_DATA_DIR", base.join("data"))
         .env("FREEHOLD_CONFIG", base.join("config.toml"))
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
         .await
+        .expect("freehold serve refused to start within 60 s")
         .unwrap();
     let _ = std::fs::remove_dir_all(&base);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "{stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn serving_without_keys_is_refused_off_loopback() {
+    let stderr = refused_serve(&["--listen", "0.0.0.0:0", "--no-auth"]).await;
     assert!(
         stderr.contains("refusing to serve without keys on 0.0.0.0:0"),
         "{stderr}"
@@ -826,26 +841,7 @@ fn process_cpu_time(pid: u32) -> Duration {
 #[tokio::test]
 async fn busy_polling_keeps_a_per_core_runtime_polling_after_requests_only() {
     // Refused with the shared runtime, saying how to fix it.
-    let base = std::env::temp_dir().join(format!("freehold-busy-poll-{}", std::process::id()));
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::write(base.join("config.toml"), "").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_freehold"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--busy-poll-us", "500"])
-        .env_clear()
-        .env("HOME", &base)
-        .env("FREEHOLD_DATA_DIR", base.join("data"))
-        .env("FREEHOLD_CONFIG", base.join("config.toml"))
-        .env("FREEHOLD_MASTER_KEY", MASTER)
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), output)
-        .await
-        .expect("freehold serve refused to start within 60 s")
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&base);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    let stderr = refused_serve(&["--listen", "127.0.0.1:0", "--busy-poll-us", "500"]).await;
     assert!(
         stderr.contains("busy_poll_us = 500 needs the per-core runtime")
             && stderr.contains("--runtime per-core"),
