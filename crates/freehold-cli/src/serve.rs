@@ -48,8 +48,8 @@ pub(crate) struct ServeArgs {
     runtime: Option<ServeRuntime>,
     /// Keep each per-core runtime polling its sockets for this many
     /// microseconds after a request starts or ends, instead of sleeping:
-    /// lower latency on machines whose idle cores are slow to wake, for a
-    /// core's worth of CPU while requests flow (0: never).
+    /// lower latency on machines whose idle cores are slow to wake, paid in
+    /// CPU time spent polling (0: never; at most 1000000).
     #[arg(long, value_name = "MICROS")]
     busy_poll_us: Option<u64>,
 }
