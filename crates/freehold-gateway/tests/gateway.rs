@@ -14,7 +14,7 @@ use freehold_gateway::ledger::Ledger;
 use freehold_gateway::mock::{MOCK_TEXT, MockUpstream};
 use freehold_gateway::settings::GatewaySettings;
 use freehold_gateway::state::{Gateway, Routes};
-use freehold_gateway::store::{GroupBy, LedgerLine, NewKey, Store};
+use freehold_gateway::store::{GroupBy, KeyRecord, LedgerLine, NewKey, Store};
 use freehold_llm::catalog::{Catalog, ModelEntry, Pricing};
 use freehold_llm::config::ProviderConfig;
 use freehold_llm::presets::ProviderKind;
@@ -95,6 +95,14 @@ struct Running {
     store: Store,
     gateway: Arc<Gateway>,
     _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Creates a virtual key in this gateway's store; returns it and its
+    /// secret.
+    async fn key(&self, key: NewKey) -> (KeyRecord, String) {
+        self.store.create_key(key).await.unwrap()
+    }
 }
 
 async fn start(routes: Routes, settings: GatewaySettings, database: Option<String>) -> Running {
@@ -202,14 +210,12 @@ async fn keys_missing_wrong_revoked_expired_and_model_not_allowed() {
 
     // A key allowed one model only.
     let (_, secret) = gw
-        .store
-        .create_key(NewKey {
+        .key(NewKey {
             name: "narrow".into(),
             allowed_models: vec!["mock".into()],
             ..NewKey::default()
         })
-        .await
-        .unwrap();
+        .await;
     let (status, _, _) = post(
         &gw.url,
         "/v1/chat/completions",
@@ -249,14 +255,12 @@ async fn keys_missing_wrong_revoked_expired_and_model_not_allowed() {
 
     // Expired.
     let (_, expired) = gw
-        .store
-        .create_key(NewKey {
+        .key(NewKey {
             name: "old".into(),
             expires_at: Some(1),
             ..NewKey::default()
         })
-        .await
-        .unwrap();
+        .await;
     let (status, body, _) = post(
         &gw.url,
         "/v1/chat/completions",
@@ -283,14 +287,12 @@ async fn rate_limited_keys_get_429_with_retry_after() {
     )
     .await;
     let (_, secret) = gw
-        .store
-        .create_key(NewKey {
+        .key(NewKey {
             name: "slow".into(),
             rpm: Some(2),
             ..NewKey::default()
         })
-        .await
-        .unwrap();
+        .await;
     for _ in 0..2 {
         let (status, _, _) = post(
             &gw.url,
@@ -312,14 +314,12 @@ async fn rate_limited_keys_get_429_with_retry_after() {
     // mock counts a quarter of the body's bytes, plus 7 out), so the next
     // one waits.
     let (_, secret) = gw
-        .store
-        .create_key(NewKey {
+        .key(NewKey {
             name: "hungry".into(),
             tpm: Some(10),
             ..NewKey::default()
         })
-        .await
-        .unwrap();
+        .await;
     let (status, body, _) = post(
         &gw.url,
         "/v1/chat/completions",
@@ -354,14 +354,12 @@ async fn budgets_refuse_hosted_models_without_a_price() {
     )
     .await;
     let (_, budgeted) = gw
-        .store
-        .create_key(NewKey {
+        .key(NewKey {
             name: "budgeted".into(),
             budget_usd: Some(1.0),
             ..NewKey::default()
         })
-        .await
-        .unwrap();
+        .await;
     // `mock:mock-model` has a price; `mock:unpriced` does not.
     let (status, body, _) = post(
         &gw.url,
@@ -383,13 +381,11 @@ async fn budgets_refuse_hosted_models_without_a_price() {
     assert!(message.contains(r#"[models."mock:unpriced"]"#), "{message}");
     // A key without a budget may use it.
     let (_, unlimited) = gw
-        .store
-        .create_key(NewKey {
+        .key(NewKey {
             name: "unlimited".into(),
             ..NewKey::default()
         })
-        .await
-        .unwrap();
+        .await;
     let (status, body, _) = post(
         &gw.url,
         "/v1/chat/completions",
@@ -538,14 +534,12 @@ async fn fifty_concurrent_requests_spend_at_most_the_budget() {
     )
     .await;
     let (key, secret) = gw
-        .store
-        .create_key(NewKey {
+        .key(NewKey {
             name: "capped".into(),
             budget_usd: Some(BUDGET),
             ..NewKey::default()
         })
-        .await
-        .unwrap();
+        .await;
     let (passed, refused) = concurrent(&gw.url, &secret, 50).await;
     eprintln!("budget: {passed} passed, {refused} refused");
     assert_eq!(passed + refused, 50);
@@ -597,22 +591,18 @@ async fn a_budgeted_request_without_max_tokens_is_held_to_what_was_reserved() {
         )
         .await;
         let (_, budgeted) = gw
-            .store
-            .create_key(NewKey {
+            .key(NewKey {
                 name: "budgeted".into(),
                 budget_usd: Some(1.0),
                 ..NewKey::default()
             })
-            .await
-            .unwrap();
+            .await;
         let (_, unbudgeted) = gw
-            .store
-            .create_key(NewKey {
+            .key(NewKey {
                 name: "free".into(),
                 ..NewKey::default()
             })
-            .await
-            .unwrap();
+            .await;
 
         let (status, body, _) = post(
             &gw.url,
@@ -667,14 +657,12 @@ async fn two_gateways_sharing_postgres_enforce_one_budget() {
     .await;
     let name = format!("shared-{}", std::process::id());
     let (key, secret) = first
-        .store
-        .create_key(NewKey {
+        .key(NewKey {
             name,
             budget_usd: Some(BUDGET),
             ..NewKey::default()
         })
-        .await
-        .unwrap();
+        .await;
     let (a, b) = tokio::join!(
         concurrent(&first.url, &secret, 25),
         concurrent(&second.url, &secret, 25)
@@ -1211,14 +1199,12 @@ async fn privacy_keeps_requests_local_or_redacts_them() {
     upstream.push(Scripted::json(200, completion));
     let local = start(local_routes, GatewaySettings::default(), None).await;
     let (_, key) = local
-        .store
-        .create_key(NewKey {
+        .key(NewKey {
             name: "private".into(),
             local_only: true,
             ..NewKey::default()
         })
-        .await
-        .unwrap();
+        .await;
     let (status, answer, _) = post(
         &local.url,
         "/v1/chat/completions",
