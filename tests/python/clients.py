@@ -210,10 +210,18 @@ def anthropic_messages():
         final = stream.get_final_message()
     check_text(streamed)
     assert final.usage.output_tokens > 0, final.usage
-    count = client.messages.count_tokens(model=MODEL,
-                                         messages=[{"role": "user", "content": "Say hello."}])
+    raw = client.messages.with_raw_response.count_tokens(
+        model=MODEL, system="Answer briefly.",
+        messages=[{"role": "user", "content": "Say hello."}])
+    count = raw.parse()
     assert count.input_tokens > 0, count
-    return {"text": text, "streamed": streamed, "count": count.input_tokens}
+    return {"text": text, "streamed": streamed, "count": count.input_tokens,
+            "count_source": raw.headers.get("x-freehold-token-count"),
+            # Anthropic's input_tokens leaves out what was read from or
+            # written to the prompt cache; the count is the whole prompt.
+            "prompt_tokens": reply.usage.input_tokens
+            + (reply.usage.cache_read_input_tokens or 0)
+            + (reply.usage.cache_creation_input_tokens or 0)}
 
 
 def anthropic_tools():

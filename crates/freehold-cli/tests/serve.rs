@@ -24,6 +24,8 @@ struct Served {
     child: Child,
     url: String,
     base: PathBuf,
+    /// Every line the gateway wrote to stderr (its log) so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Served {
@@ -79,6 +81,7 @@ impl Served {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let url = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(rest) = line.strip_prefix("freehold serve: ")
@@ -87,18 +90,42 @@ impl Served {
                     return rest.split_whitespace().next().unwrap().to_owned();
                 }
                 eprintln!("serve: {line}");
+                log.lock().unwrap().push(line);
             }
             panic!("freehold serve exited before listening");
         })
         .await
         .expect("freehold serve listened within 60 s");
         // Keep draining its log so it never blocks on a full pipe.
+        let kept = std::sync::Arc::clone(&log);
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("serve: {line}");
+                kept.lock().unwrap().push(line);
             }
         });
-        Self { child, url, base }
+        Self {
+            child,
+            url,
+            base,
+            log,
+        }
+    }
+
+    /// Waits up to 10 s for a line of the gateway's log that contains
+    /// `needle`; returns the whole log so far.
+    async fn log_with(&self, needle: &str) -> String {
+        for _ in 0..200 {
+            let log = self.log.lock().unwrap().join("\n");
+            if log.contains(needle) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the gateway never logged {needle:?}; its log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
     }
 
     /// Runs one scenario of clients.py; returns its result object.
@@ -244,6 +271,56 @@ fn mock_config(upstream: &MockUpstream) -> String {
     )
 }
 
+/// A validation error that echoes the request (FastAPI's 422, as vLLM
+/// sends) reaches the client, but the prompt in it stays out of the
+/// gateway's log unless the operator logs bodies.
+#[tokio::test]
+async fn an_upstream_error_that_echoes_the_prompt_keeps_it_out_of_the_log() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    const PROMPT: &str = "the launch code is canary-7731";
+    let echo = serde_json::json!({"detail": [{
+        "type": "extra_forbidden", "loc": ["body", "foo"], "msg": "Extra inputs are not permitted",
+        "input": {"messages": [{"role": "user", "content": PROMPT}]},
+    }]});
+    let upstream = MockServer::start(vec![Scripted::json(422, echo)]).await;
+    let config = format!(
+        "[providers.vllm]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n",
+        upstream.url()
+    );
+    let body = serde_json::json!({
+        "model": "vllm:qwen", "messages": [{"role": "user", "content": PROMPT}],
+    });
+    for log_bodies in [false, true] {
+        let served = Served::start(
+            &format!("{config}\n[gateway]\nlog_bodies = {log_bodies}\n"),
+            &[],
+        )
+        .await;
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", served.url))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let answer: Value = response.json().await.unwrap();
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(PROMPT), "the client sees why: {message}");
+        let log = served.log_with("upstream failed").await;
+        assert!(
+            log.contains("422"),
+            "the status is logged either way: {log}"
+        );
+        assert_eq!(
+            log.contains(PROMPT),
+            log_bodies,
+            "log_bodies = {log_bodies}:\n{log}"
+        );
+    }
+}
+
 /// `freehold serve` raises its soft limit on open files to the hard one:
 /// each connection, client or upstream, is a file.
 #[tokio::test]
@@ -359,12 +436,17 @@ async fn official_sdks_against_a_mock_upstream() {
         "openai_models",
         "openai_embeddings",
         "openai_responses",
-        "anthropic_messages",
         "anthropic_tools",
     ] {
         let result = served.scenario(&python, scenario, &expect).await;
         eprintln!("{scenario}: {result}");
     }
+    // An OpenAI-compatible upstream has no tokenizer to ask: count_tokens
+    // is the gateway's estimate, and says so.
+    let messages = served
+        .scenario(&python, "anthropic_messages", &expect)
+        .await;
+    assert_eq!(messages["count_source"], "estimate", "{messages}");
     let errors = served.scenario(&python, "openai_errors", &[]).await;
     assert_eq!(errors["auth"], 401);
     assert_eq!(errors["not_found"], 404);
@@ -374,7 +456,7 @@ async fn official_sdks_against_a_mock_upstream() {
     assert_eq!(errors["not_found"], 404);
     assert_eq!(errors["bad_request"], 400);
     // Every chat, tool and embedding call reached the upstream
-    // (count_tokens is answered by the gateway itself).
+    // (count_tokens was estimated by the gateway itself).
     assert_eq!(upstream.requests(), 13);
     // A coding agent's request (a system prompt and tools of about 100,000
     // tokens) goes through whole when the upstream takes it.
@@ -449,15 +531,15 @@ async fn official_sdks_against_smollm2_in_process() {
     );
     let served = Served::start(&config, &[]).await;
     let env = [("FREEHOLD_MODEL", "smol")];
-    for scenario in [
-        "openai_chat",
-        "openai_stream",
-        "anthropic_messages",
-        "openai_responses",
-    ] {
+    for scenario in ["openai_chat", "openai_stream", "openai_responses"] {
         let result = served.scenario(&python, scenario, &env).await;
         eprintln!("{scenario}: {result}");
     }
+    // count_tokens counts with the model's own tokenizer: what the model
+    // read for the same messages.
+    let messages = served.scenario(&python, "anthropic_messages", &env).await;
+    assert_eq!(messages["count_source"], "tokenizer", "{messages}");
+    assert_eq!(messages["count"], messages["prompt_tokens"], "{messages}");
     // The same agent-sized request is over SmolLM2's 8,192-token window:
     // each SDK gets its protocol's own context-length error.
     let long = served.scenario(&python, "long_prompts", &env).await;

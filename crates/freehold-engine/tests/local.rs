@@ -175,3 +175,39 @@ async fn an_unknown_model_is_not_found() {
         .expect("must fail");
     assert_eq!(error.kind, ErrorKind::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_the_prompt_as_a_generation_reads_it() {
+    let Some(path) = model_path() else { return };
+    let mut asked = request(&path, "What is the capital of France?");
+    asked
+        .messages
+        .insert(0, Message::system("Answer in one word."));
+    asked.max_tokens = Some(1);
+    let counted = bounded(provider().count_input_tokens(asked.clone()))
+        .await
+        .unwrap()
+        .expect("the local provider counts with the model's tokenizer");
+    let answered = bounded(provider().complete(asked.clone())).await.unwrap();
+    assert_eq!(
+        counted, answered.usage.input_tokens,
+        "the count is the prompt the generation evaluated"
+    );
+
+    // Counting needs no room for an answer: a prompt too long to answer
+    // is counted, so a client can see by how much it is over.
+    let long = request(&path, &"apple banana cherry ".repeat(5000));
+    let long_count = bounded(provider().count_input_tokens(long))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(long_count > 8192, "{long_count}");
+
+    let error = bounded(provider().count_input_tokens(ChatRequest::new(
+        "/nonexistent/model.gguf",
+        vec![Message::from_text(Role::User, "hi")],
+    )))
+    .await
+    .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::NotFound);
+}

@@ -100,26 +100,7 @@ async fn admit_inner(
 ) -> Result<Arc<Routes>, GatewayError> {
     let asked = request.model.clone();
     let routes = gateway.routes();
-    let targets = match routes.router.resolve(&request.model) {
-        Ok(targets) => targets,
-        Err(error) if error.kind == ErrorKind::NotFound => {
-            let Some(default) = &gateway.settings.default_model else {
-                return Err(GatewayError::not_found(format!(
-                    "no route for model `{}`: ask for an alias or `provider:model` from \
-                     GET /v1/models (a hosted provider is routed only when the gateway's \
-                     configuration names it, in [providers.NAME] or an alias), or set \
-                     [gateway] default_model",
-                    request.model
-                )));
-            };
-            request.model.clone_from(default);
-            routes
-                .router
-                .resolve(default)
-                .map_err(|error| GatewayError::upstream(&error))?
-        }
-        Err(error) => return Err(GatewayError::upstream(&error)),
-    };
+    let targets = route(gateway, &routes, request)?;
     accounting.routed = true;
     // Keys allow models by the name the client asked for.
     caller.check_model(&asked)?;
@@ -140,27 +121,15 @@ async fn admit_inner(
     if budgeted && request.max_tokens.is_none() && leaves_the_machine(&targets, &routes) {
         request.max_tokens = Some(output_bound(&targets, &routes, cap));
     }
-    let local_only_key = caller.key().is_some_and(|key| key.local_only);
-    let decision = gateway
-        .privacy
-        .decide(request, privacy_header, local_only_key);
-    decision.log();
-    accounting.privacy = decision.audit_line();
-    match decision {
-        Decision::Pass => {}
-        Decision::LocalOnly { .. } => keep_local(&mut request.model, &targets, &routes)?,
-        Decision::Redacted {
-            request: redacted, ..
-        } => {
-            // Redaction only matters for requests that leave the machine.
-            if leaves_the_machine(&targets, &routes) {
-                *request = *redacted;
-            } else if let Some(line) = &mut accounting.privacy {
-                line.push_str(" sent=unredacted route=local");
-            }
-        }
-        Decision::Block { reasons } => return Err(blocked(&reasons)),
-    }
+    apply_privacy(
+        gateway,
+        caller,
+        privacy_header,
+        request,
+        &targets,
+        &routes,
+        accounting,
+    )?;
     // The most the request can cost: the prompt's estimate and every output
     // token it may ask for (the cap when it names no limit).
     let usage = Usage {
@@ -170,6 +139,154 @@ async fn admit_inner(
     };
     reserve_budget(gateway, caller, &routes, &targets, &usage, accounting).await?;
     Ok(routes)
+}
+
+/// The targets `request`'s model routes to. A model without a route goes
+/// to `[gateway] default_model` when one is set, and `request.model`
+/// becomes it.
+///
+/// # Errors
+/// 404 for a model without a route when there is no default; the router's
+/// error for an alias that cannot be resolved.
+fn route(
+    gateway: &Gateway,
+    routes: &Routes,
+    request: &mut ChatRequest,
+) -> Result<Vec<Target>, GatewayError> {
+    match routes.router.resolve(&request.model) {
+        Ok(targets) => Ok(targets),
+        Err(error) if error.kind == ErrorKind::NotFound => {
+            let Some(default) = &gateway.settings.default_model else {
+                return Err(GatewayError::not_found(format!(
+                    "no route for model `{}`: ask for an alias or `provider:model` from \
+                     GET /v1/models (a hosted provider is routed only when the gateway's \
+                     configuration names it, in [providers.NAME] or an alias), or set \
+                     [gateway] default_model",
+                    request.model
+                )));
+            };
+            request.model.clone_from(default);
+            routes
+                .router
+                .resolve(default)
+                .map_err(|error| GatewayError::upstream(&error))
+        }
+        Err(error) => Err(GatewayError::upstream(&error)),
+    }
+}
+
+/// Applies the privacy policy to a request routed to `targets`: keeps it
+/// on this machine, redacts what it found before the request leaves, or
+/// refuses it. The decision is logged and its audit line goes to the
+/// ledger through `accounting`.
+///
+/// # Errors
+/// 403 when the policy blocks the request, or keeps it local and its
+/// route has no local target.
+fn apply_privacy(
+    gateway: &Gateway,
+    caller: &Caller,
+    privacy_header: Option<&str>,
+    request: &mut ChatRequest,
+    targets: &[Target],
+    routes: &Routes,
+    accounting: &mut Accounting,
+) -> Result<(), GatewayError> {
+    let local_only_key = caller.key().is_some_and(|key| key.local_only);
+    let decision = gateway
+        .privacy
+        .decide(request, privacy_header, local_only_key);
+    decision.log();
+    accounting.privacy = decision.audit_line();
+    match decision {
+        Decision::Pass => {}
+        Decision::LocalOnly { .. } => keep_local(&mut request.model, targets, routes)?,
+        Decision::Redacted {
+            request: redacted, ..
+        } => {
+            // Redaction only matters for requests that leave the machine.
+            if leaves_the_machine(targets, routes) {
+                *request = *redacted;
+            } else if let Some(line) = &mut accounting.privacy {
+                line.push_str(" sent=unredacted route=local");
+            }
+        }
+        Decision::Block { reasons } => return Err(blocked(&reasons)),
+    }
+    Ok(())
+}
+
+/// A request's input tokens, as `count_tokens` answers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TokenCount {
+    /// The count.
+    pub(crate) input_tokens: u64,
+    /// Whether the provider that would answer counted it with its own
+    /// tokenizer; `false` for the gateway's estimate.
+    pub(crate) exact: bool,
+}
+
+/// Counts a request's input tokens. It is routed, checked against the
+/// caller's key and the privacy policy like the request itself, so that a
+/// count never sends a hosted provider what the request could not send;
+/// then the provider that would answer counts it when it can (the local
+/// engine with the model's tokenizer, Anthropic and Gemini with their own
+/// endpoints), and the gateway estimates otherwise. Counting takes no
+/// rate-limit token and no budget; the ledger gets a line without tokens.
+///
+/// # Errors
+/// The first check that fails, or the provider's error, as the client
+/// should see it.
+pub(crate) async fn count_input_tokens(
+    gateway: &Arc<Gateway>,
+    headers: &HeaderMap,
+    caller: Caller,
+    endpoint: &'static str,
+    mut request: ChatRequest,
+    started: Instant,
+) -> Result<TokenCount, GatewayError> {
+    let asked = request.model.clone();
+    let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, started);
+    let checked = async {
+        let routes = gateway.routes();
+        let targets = route(gateway, &routes, &mut request)?;
+        accounting.routed = true;
+        caller.check_model(&asked)?;
+        let privacy_header = privacy_header(gateway, headers);
+        apply_privacy(
+            gateway,
+            &caller,
+            privacy_header,
+            &mut request,
+            &targets,
+            &routes,
+            &mut accounting,
+        )?;
+        Ok::<_, GatewayError>(routes)
+    }
+    .await;
+    let routes = match checked {
+        Ok(routes) => routes,
+        Err(error) => {
+            accounting.fail(&error);
+            return Err(error);
+        }
+    };
+    let estimate = request.estimated_input_tokens();
+    let call = routes.router.count_input_tokens_routed(request);
+    let (target, counted) = call_upstream(&mut accounting, call).await?;
+    accounting.answered(target, Usage::default());
+    accounting.succeed();
+    Ok(match counted {
+        Some(input_tokens) => TokenCount {
+            input_tokens,
+            exact: true,
+        },
+        None => TokenCount {
+            input_tokens: estimate,
+            exact: false,
+        },
+    })
 }
 
 /// Holds the most a request can cost (`usage` priced on the dearest of its
@@ -339,13 +456,37 @@ pub(crate) async fn call_upstream<T>(
     let sent = match tokio::time::timeout(left, call).await {
         Ok(Ok(answer)) => return Ok(answer),
         Ok(Err(error)) => {
-            tracing::warn!(error = %error, "upstream failed");
+            log_upstream_failure(&accounting.gateway, &error, "upstream failed");
             GatewayError::upstream(&error)
         }
         Err(_) => GatewayError::request_timeout(timeout),
     };
     accounting.fail(&sent);
     Err(sent)
+}
+
+/// Logs a provider's failure at `warn`. For errors in the client's
+/// request (invalid, or too long for the model) what the provider said is
+/// logged only at `debug`, or with `log_bodies` on: the client gets it in
+/// its answer, and servers that echo their input in validation errors
+/// (FastAPI's 422, as vLLM sends) would otherwise put fragments of prompts
+/// in the gateway's log.
+pub(crate) fn log_upstream_failure(gateway: &Gateway, error: &LlmError, what: &'static str) {
+    let echoes_the_request = matches!(
+        error.kind,
+        ErrorKind::InvalidRequest | ErrorKind::ContextLengthExceeded { .. }
+    );
+    if echoes_the_request && !gateway.settings.log_bodies {
+        tracing::warn!(
+            provider = %error.provider,
+            kind = error.kind.name(),
+            status = ?error.status,
+            "{what} (what it said is logged at debug level)"
+        );
+        tracing::debug!(error = %error, "{what}");
+    } else {
+        tracing::warn!(error = %error, "{what}");
+    }
 }
 
 /// A provider's event stream that records usage as it passes and settles
@@ -385,7 +526,7 @@ impl AccountedStream {
                 Some(Ok(event))
             }
             Some(Err(error)) => {
-                tracing::warn!(error = %error, "upstream stream failed");
+                log_upstream_failure(&self.accounting.gateway, &error, "upstream stream failed");
                 let sent = GatewayError::upstream(&error);
                 self.accounting.fail(&sent);
                 Some(Err(sent))

@@ -43,7 +43,8 @@ pub struct GatewaySettings {
     /// asks for `claude-…` ids); `None`: such requests fail with 404.
     #[serde(default)]
     pub default_model: Option<String>,
-    /// Write request and response bodies to the usage ledger. Off by
+    /// Write request and response bodies to the usage ledger, and what an
+    /// upstream said of a request it refused as invalid to the log. Off by
     /// default: the ledger holds who used what, not what they said.
     #[serde(default)]
     pub log_bodies: bool,

@@ -1330,6 +1330,147 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
     assert_ne!(sent.header("x-api-key").as_deref(), Some(MASTER));
 }
 
+/// `POST /v1/messages/count_tokens` with the master key and `headers`:
+/// the status, the body, and the `x-freehold-token-count` header.
+async fn count_tokens(url: &str, headers: &[(&str, &str)], body: &Value) -> (u16, Value, String) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{url}/v1/messages/count_tokens"))
+        .header("x-api-key", MASTER)
+        .json(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let source = response
+        .headers()
+        .get("x-freehold-token-count")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, response.json().await.unwrap_or(Value::Null), source)
+}
+
+#[tokio::test]
+async fn count_tokens_asks_a_provider_that_can_count_and_estimates_otherwise() {
+    use freehold_gateway::privacy::{Action, PrivacySettings};
+    use freehold_test_support::{MockServer, Scripted};
+
+    // An Anthropic upstream counts for itself; the privacy policy applies
+    // to what the count sends, as to the request.
+    let upstream = MockServer::start(vec![
+        Scripted::json(200, json!({"input_tokens": 4242})),
+        Scripted::json(
+            404,
+            json!({"type": "error", "error": {"type": "not_found_error", "message": "model: claude-x"}}),
+        ),
+    ])
+    .await;
+    let settings = GatewaySettings {
+        privacy: Some(PrivacySettings {
+            action: Action::Redact,
+            ..PrivacySettings::default()
+        }),
+        ..GatewaySettings::default()
+    };
+    let gw = start(anthropic_routes(&upstream.url()), settings, None).await;
+    let secret = format!("AKIA{}", "Q7XZ2LMN4PRT8VWY");
+    let body = json!({
+        "model": "claude:claude-x",
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": format!("deploy with {secret}")}],
+        "tools": [{"name": "read", "description": "Read a file",
+                   "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}],
+    });
+    let (status, counted, source) = count_tokens(
+        &gw.url,
+        &[("anthropic-beta", "context-1m-2025-08-07")],
+        &body,
+    )
+    .await;
+    assert_eq!((status, &counted), (200, &json!({"input_tokens": 4242})));
+    assert_eq!(source, "tokenizer");
+    let sent = &upstream.requests()[0];
+    assert_eq!(sent.uri, "/v1/messages/count_tokens");
+    assert_eq!(
+        sent.header("anthropic-beta").as_deref(),
+        Some("context-1m-2025-08-07")
+    );
+    let sent = sent.json();
+    assert_eq!(sent["model"], "claude-x");
+    assert_eq!(sent["tools"][0]["name"], "read");
+    assert_eq!(sent.get("max_tokens"), None, "{sent}");
+    assert!(!sent.to_string().contains(&secret), "{sent}");
+
+    // Kept local by the header, with no local target: refused, and
+    // nothing sent.
+    let (status, refused, _) =
+        count_tokens(&gw.url, &[("x-freehold-privacy", "local-only")], &body).await;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["type"], "error");
+    assert_eq!(upstream.requests().len(), 1);
+
+    // What the upstream refuses reaches the client in Anthropic's shape.
+    let (status, refused, _) = count_tokens(&gw.url, &[], &body).await;
+    assert_eq!(status, 404, "{refused}");
+    assert_eq!(refused["error"]["type"], "not_found_error");
+
+    // Counts are in the ledger, with the privacy decision and no tokens.
+    let lines = ledger_lines(&gw.store, 3).await;
+    let seen: Vec<(&str, u16, Option<&str>, u64)> = lines
+        .iter()
+        .rev()
+        .map(|l| {
+            (
+                l.record.endpoint.as_str(),
+                l.record.status,
+                l.record.privacy.as_deref(),
+                l.record.input_tokens,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "/v1/messages/count_tokens",
+                200,
+                Some("redacted trigger=content detectors=aws_access_key:1"),
+                0
+            ),
+            (
+                "/v1/messages/count_tokens",
+                403,
+                Some("local_only trigger=header detectors=aws_access_key:1"),
+                0
+            ),
+            (
+                "/v1/messages/count_tokens",
+                404,
+                Some("redacted trigger=content detectors=aws_access_key:1"),
+                0
+            ),
+        ]
+    );
+
+    // An OpenAI-compatible upstream has no count: the gateway estimates,
+    // and says so, without calling it.
+    let openai = MockServer::start(Vec::new()).await;
+    let gw = start(
+        routes(vec![format!("{}/v1", openai.url())]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let body =
+        json!({"model": "mock", "messages": [{"role": "user", "content": "x ".repeat(400)}]});
+    let (status, counted, source) = count_tokens(&gw.url, &[], &body).await;
+    assert_eq!(status, 200, "{counted}");
+    assert_eq!(source, "estimate");
+    let estimate = counted["input_tokens"].as_u64().unwrap();
+    assert!((100..=1000).contains(&estimate), "{counted}");
+    assert!(openai.requests().is_empty());
+}
+
 /// The Anthropic events of an answer that says a word and calls
 /// `get_weather` for Paris, its arguments cut across two deltas.
 const ANTHROPIC_TOOL_STREAM: &str = "event: message_start\n\

@@ -301,6 +301,14 @@ impl Provider for ReplicaSet {
         .await
     }
 
+    async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        self.whole(|replica| {
+            let request = request.clone();
+            async move { replica.count_input_tokens(request).await }
+        })
+        .await
+    }
+
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
         let mut last_error = None;
         for replica in &self.replicas {

@@ -607,6 +607,10 @@ impl Provider for Unusable {
         Err(self.error())
     }
 
+    async fn count_input_tokens(&self, _request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        Err(self.error())
+    }
+
     fn usable(&self) -> bool {
         false
     }

@@ -57,6 +57,20 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         Err(no_embeddings(self.name(), &request.model))
     }
 
+    /// How many input tokens `request` (its system prompt, messages and
+    /// tools) comes to on this provider's own tokenizer, for clients that
+    /// size their context before they send (Anthropic's `count_tokens`).
+    /// `Ok(None)` when the provider has no way to count, which is this
+    /// default; the caller then estimates
+    /// ([`ChatRequest::estimated_input_tokens`]).
+    ///
+    /// # Errors
+    /// The provider refused the request or could not be reached.
+    async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        let _ = request;
+        Ok(None)
+    }
+
     /// The state of each replica behind this provider, for status pages
     /// (`freehold serve`'s `/health`); empty for a single endpoint.
     fn replica_health(&self) -> Vec<crate::balance::ReplicaHealth> {

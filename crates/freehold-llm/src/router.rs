@@ -330,6 +330,24 @@ impl Router {
         .await
     }
 
+    /// Counts `request`'s input tokens like [`Provider::count_input_tokens`]
+    /// on the target that would answer it, and says which target that was.
+    /// A fallback chain moves to its next target on a retryable error, as
+    /// for chat; `None` means that target cannot count.
+    ///
+    /// # Errors
+    /// A resolution error, a non-retryable error, or the last target's error.
+    pub async fn count_input_tokens_routed(
+        &self,
+        request: ChatRequest,
+    ) -> Result<(Target, Option<u64>), LlmError> {
+        self.whole(&request.model, |provider, target| {
+            let request = target_request(&request, target);
+            async move { provider.count_input_tokens(request).await }
+        })
+        .await
+    }
+
     /// Tries `name`'s targets in order with a request whose answer comes
     /// whole, falling back on retryable errors.
     async fn whole<T, F, Fut>(&self, name: &str, call: F) -> Result<(Target, T), LlmError>
@@ -498,6 +516,12 @@ impl Provider for Router {
         self.embed_routed(request)
             .await
             .map(|(_, response)| response)
+    }
+
+    async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        self.count_input_tokens_routed(request)
+            .await
+            .map(|(_, tokens)| tokens)
     }
 
     /// Every provider's models, as `provider` = the configured name, with

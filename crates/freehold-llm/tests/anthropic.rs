@@ -1068,6 +1068,58 @@ async fn a_base_url_ending_in_v1_and_a_custom_default_max_tokens() {
     assert_eq!(sent.header("x-api-key"), None, "no key, no header");
 }
 
+#[tokio::test]
+async fn counts_input_tokens_with_anthropics_own_endpoint() {
+    let server = MockServer::start(vec![Scripted::json(200, json!({"input_tokens": 2095}))]).await;
+    let mut req = request();
+    req.tools = vec![read_tool()];
+    req.max_tokens = Some(64);
+    req.stop = vec!["END".into()];
+    req.forwarded_headers = vec![("anthropic-beta".into(), "token-efficient-tools".into())];
+    let counted = client(&server).count_input_tokens(req).await.unwrap();
+    assert_eq!(counted, Some(2095));
+
+    let sent = &server.requests()[0];
+    assert_eq!(sent.uri, "/v1/messages/count_tokens");
+    assert_eq!(sent.header("x-api-key").as_deref(), Some(KEY));
+    assert_eq!(
+        sent.header("anthropic-beta").as_deref(),
+        Some("token-efficient-tools")
+    );
+    let body = sent.json();
+    assert_eq!(body["model"], "claude-sonnet-4-20250514");
+    assert_eq!(body["system"], "Be brief.");
+    assert_eq!(body["messages"][0]["role"], "user");
+    assert_eq!(body["tools"][0]["name"], "read");
+    let mut fields: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["messages", "model", "system", "tool_choice", "tools"],
+        "count_tokens refuses max_tokens, stop_sequences and the like"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_count_is_the_apis_own_error() {
+    let server = MockServer::start(vec![Scripted::json(
+        404,
+        json!({"type": "error", "error": {"type": "not_found_error", "message": "model: claude-nope"}}),
+    )])
+    .await;
+    let error = client_without_retries(&server)
+        .count_input_tokens(request())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::NotFound);
+    assert!(error.message.contains("claude-nope"), "{error}");
+}
+
 mod wire {
     use freehold_llm::wire::anthropic::{
         self, ContentBlock, MessageStreamEvent, MessagesRequest, MessagesResponse, WireUsage,

@@ -840,6 +840,39 @@ async fn a_stream_cut_before_finish_reason_is_a_connection_error() {
 }
 
 #[tokio::test]
+async fn counts_input_tokens_with_googles_own_endpoint() {
+    let server = MockServer::start(vec![Scripted::json(
+        200,
+        json!({"totalTokens": 31, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 31}]}),
+    )])
+    .await;
+    let mut req = request();
+    req.tools = vec![read_tool()];
+    let counted = client(&server).count_input_tokens(req).await.unwrap();
+    assert_eq!(counted, Some(31));
+
+    let sent = &server.requests()[0];
+    assert_eq!(sent.uri, "/v1beta/models/gemini-2.5-flash:countTokens");
+    assert_eq!(sent.header("x-goog-api-key").as_deref(), Some(KEY));
+    let inner = &sent.json()["generateContentRequest"];
+    assert_eq!(inner["model"], "models/gemini-2.5-flash");
+    assert_eq!(inner["contents"][0]["parts"][0]["text"], "Hi");
+    assert_eq!(inner["systemInstruction"]["parts"][0]["text"], "Be brief.");
+    assert_eq!(inner["tools"][0]["functionDeclarations"][0]["name"], "read");
+}
+
+#[tokio::test]
+async fn a_count_without_total_tokens_is_a_server_error() {
+    let server = MockServer::start(vec![Scripted::json(200, json!({"tokens": 31}))]).await;
+    let error = no_retry_client(&server)
+        .count_input_tokens(request())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Server);
+    assert!(error.message.contains("totalTokens"), "{error}");
+}
+
+#[tokio::test]
 async fn lists_models_across_pages() {
     let server = MockServer::start(vec![
         Scripted::json(

@@ -55,18 +55,7 @@ pub(super) fn prepare(
     threads: usize,
     context_cap: Option<u32>,
 ) -> Result<Prepared, LlmError> {
-    let template = chat_template(model);
-    let plan = tools::plan(&template, request)?;
-    let prompt = render_prompt(model, &template, &plan)?;
-    tracing::trace!(prompt = %prompt, "rendered prompt");
-    let vocab = model.vocab();
-    let bos = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
-    let mut tokens = Vec::new();
-    if vocab.should_add_bos() && (bos.is_empty() || !prompt.starts_with(&bos)) {
-        tokens.push(vocab.bos());
-    }
-    tokens.extend(vocab.tokenize(prompt.as_bytes(), false, true));
-
+    let (tokens, constraint) = prompt_tokens(model, request)?;
     let trained = model.n_ctx_train().max(1);
     let allowed = context_cap.map_or(trained, |cap| cap.min(trained));
     let prompt_len = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
@@ -98,10 +87,35 @@ pub(super) fn prepare(
             .filter(|s| !s.is_empty())
             .cloned()
             .collect(),
-        constraint: plan.constraint,
+        constraint,
         model,
         model_path,
     })
+}
+
+/// The request's prompt as the model reads it: the conversation and tools
+/// rendered by the model's chat template, then tokenized; and how the
+/// answer must be constrained (tool calls, JSON).
+///
+/// # Errors
+/// A template that fails, or a tool choice or schema that cannot be
+/// honoured.
+pub(super) fn prompt_tokens(
+    model: &LlamaModel,
+    request: &ChatRequest,
+) -> Result<(Vec<LlamaToken>, Constraint), LlmError> {
+    let template = chat_template(model);
+    let plan = tools::plan(&template, request)?;
+    let prompt = render_prompt(model, &template, &plan)?;
+    tracing::trace!(prompt = %prompt, "rendered prompt");
+    let vocab = model.vocab();
+    let bos = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
+    let mut tokens = Vec::new();
+    if vocab.should_add_bos() && (bos.is_empty() || !prompt.starts_with(&bos)) {
+        tokens.push(vocab.bos());
+    }
+    tokens.extend(vocab.tokenize(prompt.as_bytes(), false, true));
+    Ok((tokens, plan.constraint))
 }
 
 /// The model's own chat template, or ChatML when it has none.

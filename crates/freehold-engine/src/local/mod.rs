@@ -271,6 +271,21 @@ impl Provider for LocalProvider {
         embed::embed(self, request).await
     }
 
+    /// The prompt's length in the model's own tokens, rendered by its chat
+    /// template exactly as a generation would be (loading the model if it
+    /// is not loaded yet).
+    async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let path = this.resolve(&request.model)?;
+            let model = this.load(&path)?;
+            let (tokens, _) = generate::prompt_tokens(model, &request)?;
+            Ok(Some(u64::try_from(tokens.len()).unwrap_or(u64::MAX)))
+        })
+        .await
+        .map_err(|e| error(ErrorKind::Server, e))?
+    }
+
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
         let store = self.store()?;
         tokio::task::spawn_blocking(move || {

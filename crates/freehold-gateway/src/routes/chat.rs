@@ -16,7 +16,9 @@ use freehold_protocol::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEv
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::chat::{AccountedStream, Accounting, admit, authenticate, parse_body};
+use crate::chat::{
+    AccountedStream, Accounting, admit, authenticate, count_input_tokens, parse_body,
+};
 use crate::error::{GatewayError, Protocol};
 use crate::routes::read_body;
 use crate::state::Gateway;
@@ -170,16 +172,23 @@ pub(crate) async fn responses(
     serve::<Responses>(gateway, headers, body).await
 }
 
-/// `POST /v1/messages/count_tokens`: an estimate from the request's size
-/// (providers behind the gateway have no common tokenizer endpoint).
+/// `POST /v1/messages/count_tokens`: the request's input tokens, counted
+/// by the provider that would answer it where it can, estimated otherwise
+/// (see [`crate::chat::count_input_tokens`]). The `x-freehold-token-count`
+/// header says which: `tokenizer` or `estimate`.
 pub(crate) async fn count_tokens(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    const ENDPOINT: &str = "/v1/messages/count_tokens";
+    let started = Instant::now();
     let protocol = Protocol::Anthropic;
-    let result = async {
-        let caller = gateway.auth.authenticate(&headers).await?;
+    let caller = match authenticate(&gateway, &headers, ENDPOINT).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(protocol),
+    };
+    let decoded = async {
         let body = read_body(body, &gateway.settings).await?;
         let mut value: serde_json::Value = parse_body(&headers, &body)?;
         // The counting request has no max_tokens; the Messages type needs one.
@@ -191,13 +200,45 @@ pub(crate) async fn count_tokens(
         let wire: anthropic::MessagesRequest = serde_json::from_value(value)
             .map_err(|error| GatewayError::bad_request(format!("invalid request body: {error}")))?;
         let (request, _) = anthropic::decode_request(wire).map_err(decode_error)?;
-        caller.check_model(&request.model)?;
-        Ok::<_, GatewayError>(request.estimated_input_tokens())
+        Ok::<_, GatewayError>(request)
     }
     .await;
-    match result {
-        Ok(tokens) => Json(serde_json::json!({"input_tokens": tokens})).into_response(),
+    let mut request = match decoded {
+        Ok(request) => request,
+        Err(error) => {
+            Accounting::new(&gateway, caller, ENDPOINT, "", started).fail(&error);
+            return error.into_response(protocol);
+        }
+    };
+    forward_anthropic_headers(&headers, &mut request);
+    match count_input_tokens(&gateway, &headers, caller, ENDPOINT, request, started).await {
+        Ok(count) => {
+            let source = if count.exact { "tokenizer" } else { "estimate" };
+            (
+                [("x-freehold-token-count", source)],
+                Json(anthropic::CountTokensResponse {
+                    input_tokens: count.input_tokens,
+                }),
+            )
+                .into_response()
+        }
         Err(error) => error.into_response(protocol),
+    }
+}
+
+/// Copies the Anthropic headers a client sent (`anthropic-version`,
+/// `anthropic-beta`) onto its request, so that they reach Anthropic
+/// upstreams (other providers ignore them): beta features are asked for
+/// that way.
+fn forward_anthropic_headers(headers: &HeaderMap, request: &mut ChatRequest) {
+    for name in ["anthropic-version", "anthropic-beta"] {
+        for value in headers.get_all(name) {
+            if let Ok(value) = value.to_str() {
+                request
+                    .forwarded_headers
+                    .push((name.to_owned(), value.to_owned()));
+            }
+        }
     }
 }
 
@@ -230,17 +271,7 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
         }
     };
     if P::PROTOCOL == Protocol::Anthropic {
-        // Beta features an Anthropic client asks for reach Anthropic
-        // upstreams; other providers ignore them.
-        for name in ["anthropic-version", "anthropic-beta"] {
-            for value in headers.get_all(name) {
-                if let Ok(value) = value.to_str() {
-                    request
-                        .forwarded_headers
-                        .push((name.to_owned(), value.to_owned()));
-                }
-            }
-        }
+        forward_anthropic_headers(&headers, &mut request);
     }
     let model = request.model.clone();
     let mut admitted = match admit(&gateway, &headers, caller, P::ENDPOINT, request, started).await

@@ -9,8 +9,8 @@ use crate::client::{ClientOptions, KeyHeader};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
 use crate::wire::anthropic::{
-    self, ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS, EncodeOptions, ErrorResponse, EventDecoder,
-    MessagesResponse, ModelList,
+    self, ANTHROPIC_VERSION, COUNT_TOKENS_FIELDS, CountTokensResponse, DEFAULT_MAX_TOKENS,
+    EncodeOptions, ErrorResponse, EventDecoder, MessagesResponse, ModelList,
 };
 
 /// Pages of `GET /v1/models` read at most (of up to 1000 models each).
@@ -123,6 +123,23 @@ impl AnthropicClient {
     }
 }
 
+impl AnthropicClient {
+    /// A JSON answer, or the error it carries: Anthropic's error shape can
+    /// come with a success status from servers that imitate the API.
+    async fn read_answer(
+        &self,
+        response: crate::http::Response,
+    ) -> Result<serde_json::Value, LlmError> {
+        let json = self.transport.read_json(response).await?;
+        if json.get("type").and_then(serde_json::Value::as_str) == Some("error") {
+            let error: ErrorResponse = serde_json::from_value(json).unwrap_or_default();
+            let error = anthropic::api_error(&self.options.name, &error.error);
+            return Err(self.transport.error(error.kind, error.message));
+        }
+        Ok(json)
+    }
+}
+
 fn to_json(transport: &Transport, body: &impl Serialize) -> Result<serde_json::Value, LlmError> {
     serde_json::to_value(body)
         .map_err(|error| transport.error(ErrorKind::InvalidRequest, error.to_string()))
@@ -183,12 +200,7 @@ impl Provider for AnthropicClient {
                 &body,
             )
             .await?;
-        let json = self.transport.read_json(response).await?;
-        if json.get("type").and_then(serde_json::Value::as_str) == Some("error") {
-            let error: ErrorResponse = serde_json::from_value(json).unwrap_or_default();
-            let error = anthropic::api_error(&self.options.name, &error.error);
-            return Err(self.transport.error(error.kind, error.message));
-        }
+        let json = self.read_answer(response).await?;
         let response: MessagesResponse = serde_json::from_value(json).map_err(|error| {
             self.transport.error(
                 ErrorKind::Server,
@@ -197,6 +209,31 @@ impl Provider for AnthropicClient {
         })?;
         let structured = anthropic::structured_output_tool(&request);
         Ok(anthropic::decode_response(response, structured.as_deref()))
+    }
+
+    /// Anthropic's own count: `POST /v1/messages/count_tokens` with the
+    /// request's model, system prompt, messages and tools.
+    async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        let mut body = self.body(&request, false)?;
+        if let Some(fields) = body.as_object_mut() {
+            fields.retain(|name, _| COUNT_TOKENS_FIELDS.contains(&name.as_str()));
+        }
+        let response = self
+            .transport
+            .post_json_whole(
+                &self.url("/messages/count_tokens"),
+                &self.request_headers(&request),
+                &body,
+            )
+            .await?;
+        let json = self.read_answer(response).await?;
+        let counted: CountTokensResponse = serde_json::from_value(json).map_err(|error| {
+            self.transport.error(
+                ErrorKind::Server,
+                format!("unexpected count_tokens response: {error}"),
+            )
+        })?;
+        Ok(Some(counted.input_tokens))
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {

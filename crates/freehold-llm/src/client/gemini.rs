@@ -116,6 +116,44 @@ impl Provider for GeminiClient {
         gemini::decode_response(&self.options.name, response)
     }
 
+    /// Google's own count: `models/{model}:countTokens` with the whole
+    /// `generateContent` request (system instruction and tools included).
+    async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        let mut generate = self.body(&request)?;
+        if let Some(fields) = generate.as_object_mut() {
+            let model = request.model.trim_start_matches('/');
+            let model = if model.contains('/') {
+                model.to_owned()
+            } else {
+                format!("models/{model}")
+            };
+            fields.insert("model".into(), serde_json::Value::String(model));
+        }
+        let body = serde_json::json!({ "generateContentRequest": generate });
+        let url = self.options.url(&model_path(&request.model, "countTokens"));
+        let response = self
+            .transport
+            .post_json_whole(&url, &self.headers, &body)
+            .await
+            .map_err(refine)?;
+        let json = self.transport.read_json(response).await?;
+        if let Some(error) = json.get("error") {
+            return Err(self
+                .transport
+                .redact_error(stream_error(&self.options.name, error)));
+        }
+        let total = json
+            .get("totalTokens")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| {
+                self.transport.error(
+                    ErrorKind::Server,
+                    "unexpected countTokens response: no `totalTokens`",
+                )
+            })?;
+        Ok(Some(total))
+    }
+
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
         let mut models = Vec::new();
         let mut token: Option<String> = None;

@@ -117,4 +117,8 @@ impl Provider for RecoveringProvider {
     async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
         self.inner.embed(request).await
     }
+
+    async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        self.inner.count_input_tokens(request).await
+    }
 }

@@ -549,6 +549,25 @@ fn error_type() -> String {
     "error".into()
 }
 
+/// The fields of a Messages request that `POST /v1/messages/count_tokens`
+/// accepts; it refuses the others (`max_tokens`, `stream`, sampling).
+pub const COUNT_TOKENS_FIELDS: [&str; 7] = [
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+];
+
+/// `POST /v1/messages/count_tokens` response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountTokensResponse {
+    /// The request's input tokens: system prompt, messages and tools.
+    pub input_tokens: u64,
+}
+
 /// `GET /v1/models` response.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelList {
