@@ -226,13 +226,14 @@ pub(crate) struct TokenCount {
     pub(crate) exact: bool,
 }
 
-/// Counts a request's input tokens. It is routed, checked against the
-/// caller's key and the privacy policy like the request itself, so that a
-/// count never sends a hosted provider what the request could not send;
-/// then the provider that would answer counts it when it can (the local
-/// engine with the model's tokenizer, Anthropic and Gemini with their own
-/// endpoints), and the gateway estimates otherwise. Counting takes no
-/// rate-limit token and no budget; the ledger gets a line without tokens.
+/// Counts a request's input tokens. It is routed, and checked against the
+/// key's models and the privacy policy like the request itself (kept
+/// local, redacted or refused alike); then the provider that would answer
+/// counts it when it can (the local engine with the model's tokenizer,
+/// Anthropic and Gemini with their own endpoints), and the gateway
+/// estimates otherwise. Counting takes no rate-limit token and no budget;
+/// the ledger gets a line without tokens, naming the provider only when
+/// one counted.
 ///
 /// # Errors
 /// The first check that fails, or the provider's error, as the client
@@ -275,7 +276,10 @@ pub(crate) async fn count_input_tokens(
     let estimate = request.estimated_input_tokens();
     let call = routes.router.count_input_tokens_routed(request);
     let (target, counted) = call_upstream(&mut accounting, call).await?;
-    accounting.answered(target, Usage::default());
+    if counted.is_some() {
+        // An estimate was made here: no provider is named for it.
+        accounting.answered(target, Usage::default());
+    }
     accounting.succeed();
     Ok(match counted {
         Some(input_tokens) => TokenCount {
@@ -465,18 +469,17 @@ pub(crate) async fn call_upstream<T>(
     Err(sent)
 }
 
-/// Logs a provider's failure at `warn`. For errors in the client's
-/// request (invalid, or too long for the model) what the provider said is
-/// logged only at `debug`, or with `log_bodies` on: the client gets it in
-/// its answer, and servers that echo their input in validation errors
-/// (FastAPI's 422, as vLLM sends) would otherwise put fragments of prompts
-/// in the gateway's log.
+/// Logs a provider's failure at `warn`. When an upstream refused the
+/// request as invalid (HTTP 400, 413, 422), what it said is logged only at
+/// `debug`, or with `log_bodies` on: the client gets it in its answer, and
+/// servers that echo their input in validation errors (FastAPI's 422, as
+/// vLLM sends) would otherwise put fragments of prompts in the gateway's
+/// log. Failures of the gateway's own providers (the local engine's, which
+/// carry no status) and other statuses are logged whole: they are the
+/// operator's to fix.
 pub(crate) fn log_upstream_failure(gateway: &Gateway, error: &LlmError, what: &'static str) {
-    let echoes_the_request = matches!(
-        error.kind,
-        ErrorKind::InvalidRequest | ErrorKind::ContextLengthExceeded { .. }
-    );
-    if echoes_the_request && !gateway.settings.log_bodies {
+    let may_echo_the_request = matches!(error.status, Some(400 | 413 | 422));
+    if may_echo_the_request && !gateway.settings.log_bodies {
         tracing::warn!(
             provider = %error.provider,
             kind = error.kind.name(),

@@ -1380,6 +1380,7 @@ async fn count_tokens_asks_a_provider_that_can_count_and_estimates_otherwise() {
         "messages": [{"role": "user", "content": format!("deploy with {secret}")}],
         "tools": [{"name": "read", "description": "Read a file",
                    "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}],
+        "thinking": {"type": "enabled", "budget_tokens": 4096},
     });
     let (status, counted, source) = count_tokens(
         &gw.url,
@@ -1399,6 +1400,9 @@ async fn count_tokens_asks_a_provider_that_can_count_and_estimates_otherwise() {
     assert_eq!(sent["model"], "claude-x");
     assert_eq!(sent["tools"][0]["name"], "read");
     assert_eq!(sent.get("max_tokens"), None, "{sent}");
+    // Thinking stays on, as it would be sent (the budget is the nearest
+    // effort's: the gateway's requests carry an effort, not a budget).
+    assert_eq!(sent["thinking"]["type"], "enabled", "{sent}");
     assert!(!sent.to_string().contains(&secret), "{sent}");
 
     // Kept local by the header, with no local target: refused, and
@@ -1469,6 +1473,72 @@ async fn count_tokens_asks_a_provider_that_can_count_and_estimates_otherwise() {
     let estimate = counted["input_tokens"].as_u64().unwrap();
     assert!((100..=1000).contains(&estimate), "{counted}");
     assert!(openai.requests().is_empty());
+    // The ledger names no provider for an estimate: none was asked.
+    let line = &ledger_lines(&gw.store, 1).await[0];
+    assert_eq!(
+        (line.record.status, line.record.provider.as_str()),
+        (200, "")
+    );
+}
+
+#[tokio::test]
+async fn count_tokens_follows_a_keys_models_and_a_local_only_route() {
+    use freehold_gateway::privacy::PrivacySettings;
+    use freehold_test_support::{MockServer, Scripted};
+
+    // `coder` falls back from a hosted Anthropic upstream to a server on
+    // this machine (OpenAI-compatible: it cannot count).
+    let claude = MockServer::start(vec![Scripted::json(200, json!({"input_tokens": 11}))]).await;
+    let nearby = MockServer::start(Vec::new()).await;
+    let mut mixed = anthropic_routes(&claude.url());
+    let near = routes(vec![format!("{}/v1", nearby.url())]);
+    let mut providers = mixed.router.providers().clone();
+    providers.extend(near.router.providers().clone());
+    mixed.router = Router::new(
+        providers,
+        BTreeMap::from([(
+            "coder".to_owned(),
+            AliasTarget::Chain(vec!["claude:claude-x".into(), "mock:mock-model".into()]),
+        )]),
+        Catalog::new(),
+    );
+    mixed.local_providers.insert("mock".into());
+    let settings = GatewaySettings {
+        privacy: Some(PrivacySettings::default()),
+        ..GatewaySettings::default()
+    };
+    let gw = start(mixed, settings, None).await;
+    let body =
+        json!({"model": "coder", "messages": [{"role": "user", "content": "private notes"}]});
+
+    // Kept local: counted for the local target, nothing sent to Claude.
+    let (status, counted, source) =
+        count_tokens(&gw.url, &[("x-freehold-privacy", "local-only")], &body).await;
+    assert_eq!((status, source.as_str()), (200, "estimate"), "{counted}");
+    assert!(claude.requests().is_empty());
+    assert!(nearby.requests().is_empty());
+    // Otherwise the first target counts.
+    let (status, counted, source) = count_tokens(&gw.url, &[], &body).await;
+    assert_eq!((status, source.as_str()), (200, "tokenizer"), "{counted}");
+    assert_eq!(counted["input_tokens"], 11);
+
+    // A key allowed other models only may not count for this one.
+    let (_, key) = gw
+        .key(NewKey {
+            name: "narrow".into(),
+            allowed_models: vec!["other".into()],
+            ..NewKey::default()
+        })
+        .await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages/count_tokens", gw.url))
+        .header("x-api-key", &key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(claude.requests().len(), 1);
 }
 
 /// The Anthropic events of an answer that says a word and calls

@@ -188,6 +188,23 @@ impl ReplicaSet {
         F: Fn(Arc<dyn Provider>) -> Fut,
         Fut: std::future::Future<Output = Result<T, LlmError>>,
     {
+        self.whole_reporting(call, |_| true).await
+    }
+
+    /// [`ReplicaSet::whole`], where `reached(answer)` says whether a
+    /// successful answer came from the replica's server: one that did not
+    /// (a count the replica's protocol has no way to ask for) says nothing
+    /// of its health, so it neither readmits an ejected replica nor clears
+    /// its failures.
+    async fn whole_reporting<T, F, Fut>(
+        &self,
+        call: F,
+        reached: impl Fn(&T) -> bool,
+    ) -> Result<T, LlmError>
+    where
+        F: Fn(Arc<dyn Provider>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, LlmError>>,
+    {
         let count = self.replicas.len();
         let mut tried = vec![false; count];
         let mut last_error = None;
@@ -199,7 +216,9 @@ impl ReplicaSet {
             tried[index] = true;
             match call(Arc::clone(&self.replicas[index])).await {
                 Ok(answer) => {
-                    lease.success();
+                    if reached(&answer) {
+                        lease.success();
+                    }
                     return Ok(answer);
                 }
                 Err(error) => {
@@ -302,10 +321,13 @@ impl Provider for ReplicaSet {
     }
 
     async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
-        self.whole(|replica| {
-            let request = request.clone();
-            async move { replica.count_input_tokens(request).await }
-        })
+        self.whole_reporting(
+            |replica| {
+                let request = request.clone();
+                async move { replica.count_input_tokens(request).await }
+            },
+            Option::is_some,
+        )
         .await
     }
 

@@ -1106,14 +1106,47 @@ async fn counts_input_tokens_with_anthropics_own_endpoint() {
 }
 
 #[tokio::test]
+async fn a_count_keeps_thinking_when_the_request_sets_no_limit() {
+    let server = MockServer::start(vec![Scripted::json(200, json!({"input_tokens": 12}))]).await;
+    let mut req = request();
+    req.reasoning = Some(ReasoningEffort::High);
+    assert_eq!(
+        client(&server).count_input_tokens(req).await.unwrap(),
+        Some(12)
+    );
+    let body = server.requests()[0].json();
+    assert_eq!(body["thinking"]["type"], "enabled", "{body}");
+    assert_eq!(body.get("max_tokens"), None, "{body}");
+}
+
+#[tokio::test]
+async fn a_server_without_the_count_endpoint_cannot_count() {
+    // An Anthropic-compatible server that lacks the route: no count, no
+    // error; the caller estimates.
+    for (status, body) in [
+        (404, json!({"detail": "Not Found"})),
+        (405, json!({"error": "method not allowed"})),
+    ] {
+        let server = MockServer::start(vec![Scripted::json(status, body)]).await;
+        let counted = client_without_retries(&server)
+            .count_input_tokens(request())
+            .await
+            .unwrap();
+        assert_eq!(counted, None, "HTTP {status}");
+    }
+}
+
+#[tokio::test]
 async fn a_refused_count_is_the_apis_own_error() {
     let server = MockServer::start(vec![Scripted::json(
         404,
         json!({"type": "error", "error": {"type": "not_found_error", "message": "model: claude-nope"}}),
     )])
     .await;
+    let mut req = request();
+    req.model = "claude-nope".into();
     let error = client_without_retries(&server)
-        .count_input_tokens(request())
+        .count_input_tokens(req)
         .await
         .unwrap_err();
     assert_eq!(error.kind, ErrorKind::NotFound);

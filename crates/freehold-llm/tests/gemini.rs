@@ -862,14 +862,18 @@ async fn counts_input_tokens_with_googles_own_endpoint() {
 }
 
 #[tokio::test]
-async fn a_count_without_total_tokens_is_a_server_error() {
-    let server = MockServer::start(vec![Scripted::json(200, json!({"tokens": 31}))]).await;
-    let error = no_retry_client(&server)
-        .count_input_tokens(request())
-        .await
-        .unwrap_err();
+async fn a_count_without_total_tokens_is_zero_and_a_wrong_one_an_error() {
+    // Google's JSON leaves zero fields out.
+    let server = MockServer::start(vec![
+        Scripted::json(200, json!({})),
+        Scripted::json(200, json!({"totalTokens": "many"})),
+    ])
+    .await;
+    let client = no_retry_client(&server);
+    assert_eq!(client.count_input_tokens(request()).await.unwrap(), Some(0));
+    let error = client.count_input_tokens(request()).await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::Server);
-    assert!(error.message.contains("totalTokens"), "{error}");
+    assert!(error.message.contains("many"), "{error}");
 }
 
 #[tokio::test]

@@ -59,6 +59,9 @@ struct Fake {
     calls: AtomicUsize,
     models: Mutex<Vec<String>>,
     listing: Option<Vec<&'static str>>,
+    /// Whether it counts tokens (answering 7, or failing as scripted);
+    /// otherwise it cannot count, like an OpenAI-compatible server.
+    counts: std::sync::atomic::AtomicBool,
 }
 
 impl Fake {
@@ -70,6 +73,7 @@ impl Fake {
             calls: AtomicUsize::new(0),
             models: Mutex::new(Vec::new()),
             listing: None,
+            counts: Default::default(),
         })
     }
 
@@ -87,11 +91,17 @@ impl Fake {
             calls: AtomicUsize::new(0),
             models: Mutex::new(Vec::new()),
             listing,
+            counts: Default::default(),
         })
     }
 
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Makes it count tokens from now on.
+    fn count(&self) {
+        self.counts.store(true, Ordering::SeqCst);
     }
 
     fn set_default(&self, reply: Reply) {
@@ -160,6 +170,16 @@ impl Provider for Fake {
                 collect_stream(&self.name, Box::pin(futures::stream::iter(events))).await
             }
             Reply::Hold => futures::future::pending().await,
+        }
+    }
+
+    async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        if !self.counts.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        match self.next(&request) {
+            Reply::Fail(kind) => Err(self.error(kind)),
+            _ => Ok(Some(7)),
         }
     }
 
@@ -903,4 +923,73 @@ async fn a_router_over_replica_sets_balances_and_falls_back() {
     let cost = router.cost_of(&answered_by.provider, &answered_by.model, &response.usage);
     // 10 input × 0.25 + 2 output × 2.0 = 6.5 µ$.
     assert_eq!(cost, Some(6.5e-6));
+}
+
+#[tokio::test]
+async fn a_count_the_replicas_cannot_make_says_nothing_of_their_health() {
+    let a = Fake::new("a", Reply::Fail(ErrorKind::Connection));
+    let b = Fake::new("b", Reply::Fail(ErrorKind::Connection));
+    let set = replica_set(
+        &[&a, &b],
+        HealthSettings {
+            eject_after_failures: 1,
+            cooldown: Duration::from_secs(3600),
+            probe: false,
+        },
+    );
+    stream_error(&set, request("m")).await;
+    assert!(set.health().iter().all(|health| health.ejected));
+    // OpenAI-compatible replicas cannot count: nothing is sent, and the
+    // answer readmits no one.
+    assert_eq!(set.count_input_tokens(request("m")).await.unwrap(), None);
+    assert_eq!(calls(&[&a, &b]), [1, 1]);
+    assert!(set.health().iter().all(|health| health.ejected));
+
+    // Nor does it clear failures: three in a row still eject, counts
+    // between them.
+    let flaky = Fake::new("flaky", Reply::Fail(ErrorKind::Timeout));
+    let set = replica_set(&[&flaky], fast_health(3));
+    for _ in 0..3 {
+        set.complete(request("m")).await.unwrap_err();
+        assert_eq!(set.count_input_tokens(request("m")).await.unwrap(), None);
+    }
+    assert_eq!(set.health()[0].consecutive_failures, 3);
+    assert!(set.health()[0].ejected);
+}
+
+#[tokio::test]
+async fn counts_move_to_another_replica_or_target_on_retryable_errors() {
+    let down = Fake::new("down", Reply::Fail(ErrorKind::Connection));
+    let up = Fake::new("up", answer("up"));
+    down.count();
+    up.count();
+    let set = replica_set(&[&down, &up], fast_health(1));
+    for _ in 0..2 {
+        assert_eq!(set.count_input_tokens(request("m")).await.unwrap(), Some(7));
+    }
+    assert!(set.health()[0].ejected, "{:?}", set.health());
+    assert!(!set.health()[1].ejected);
+
+    // Through a router: a fallback chain moves on as for chat, and says
+    // which target counted; a refusal is not retried.
+    let first = Fake::new("first", Reply::Fail(ErrorKind::Overloaded));
+    let second = Fake::new("second", answer("second"));
+    first.count();
+    second.count();
+    let routed = router(
+        &[("first", &first), ("second", &second)],
+        &[("coder", chain(&["first:m1", "second:m2"]))],
+    );
+    let (counted_by, counted) = routed
+        .count_input_tokens_routed(request("coder"))
+        .await
+        .unwrap();
+    assert_eq!((counted_by, counted), (target("second", "m2"), Some(7)));
+    first.set_default(Reply::Fail(ErrorKind::InvalidRequest));
+    let error = routed
+        .count_input_tokens_routed(request("coder"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest);
+    assert_eq!(calls(&[&first, &second]), [2, 1]);
 }

@@ -191,15 +191,23 @@ pub(crate) async fn count_tokens(
     let decoded = async {
         let body = read_body(body, &gateway.settings).await?;
         let mut value: serde_json::Value = parse_body(&headers, &body)?;
-        // The counting request has no max_tokens; the Messages type needs one.
-        if let Some(object) = value.as_object_mut() {
-            object
-                .entry("max_tokens")
-                .or_insert(serde_json::Value::from(1));
+        // The counting request has no max_tokens; the Messages type needs
+        // one, so a placeholder goes in, and out again once decoded: a
+        // provider must count the request as it would be sent without a
+        // limit (a small one turns Anthropic's thinking off).
+        let mut placeholder = false;
+        if let Some(object) = value.as_object_mut()
+            && !object.contains_key("max_tokens")
+        {
+            object.insert("max_tokens".into(), serde_json::Value::from(1));
+            placeholder = true;
         }
         let wire: anthropic::MessagesRequest = serde_json::from_value(value)
             .map_err(|error| GatewayError::bad_request(format!("invalid request body: {error}")))?;
-        let (request, _) = anthropic::decode_request(wire).map_err(decode_error)?;
+        let (mut request, _) = anthropic::decode_request(wire).map_err(decode_error)?;
+        if placeholder {
+            request.max_tokens = None;
+        }
         Ok::<_, GatewayError>(request)
     }
     .await;

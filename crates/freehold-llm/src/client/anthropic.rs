@@ -212,20 +212,33 @@ impl Provider for AnthropicClient {
     }
 
     /// Anthropic's own count: `POST /v1/messages/count_tokens` with the
-    /// request's model, system prompt, messages and tools.
+    /// request's model, system prompt, messages and tools. A server that
+    /// speaks the Messages API without that endpoint (404, 405 or 501 that
+    /// does not name the model) cannot count: `None`.
     async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
         let mut body = self.body(&request, false)?;
         if let Some(fields) = body.as_object_mut() {
             fields.retain(|name, _| COUNT_TOKENS_FIELDS.contains(&name.as_str()));
         }
-        let response = self
+        let sent = self
             .transport
             .post_json_whole(
                 &self.url("/messages/count_tokens"),
                 &self.request_headers(&request),
                 &body,
             )
-            .await?;
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error)
+                if matches!(error.status, Some(404 | 405 | 501))
+                    && !error.message.contains(&request.model) =>
+            {
+                tracing::debug!(provider = %self.options.name, %error, "no count_tokens endpoint");
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
         let json = self.read_answer(response).await?;
         let counted: CountTokensResponse = serde_json::from_value(json).map_err(|error| {
             self.transport.error(

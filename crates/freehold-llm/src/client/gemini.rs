@@ -142,16 +142,16 @@ impl Provider for GeminiClient {
                 .transport
                 .redact_error(stream_error(&self.options.name, error)));
         }
-        let total = json
-            .get("totalTokens")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| {
-                self.transport.error(
-                    ErrorKind::Server,
-                    "unexpected countTokens response: no `totalTokens`",
-                )
-            })?;
-        Ok(Some(total))
+        // Google's JSON leaves out fields that are zero: an answer without
+        // `totalTokens` counted none.
+        match json.get("totalTokens") {
+            None if json.is_object() => Ok(Some(0)),
+            Some(total) if total.is_u64() => Ok(total.as_u64()),
+            _ => Err(self.transport.error(
+                ErrorKind::Server,
+                format!("unexpected countTokens response: {}", clip_json(&json)),
+            )),
+        }
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
@@ -222,4 +222,13 @@ fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// A JSON value as text, cut to 200 characters, for error messages.
+fn clip_json(json: &serde_json::Value) -> String {
+    let text = json.to_string();
+    match text.char_indices().nth(200) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
 }
