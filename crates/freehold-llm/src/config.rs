@@ -85,6 +85,10 @@ pub struct ProviderConfig {
     /// Chat Completions only: send `stream_options.include_usage`.
     #[serde(default)]
     pub stream_usage: Option<bool>,
+    /// Chat Completions only: count tokens with the server's `/tokenize`
+    /// (vLLM's; on for the `vllm` preset).
+    #[serde(default)]
+    pub tokenize: Option<bool>,
     /// Anthropic only: `max_tokens` when a request sets none (the API
     /// requires one; default 8192).
     #[serde(default)]
@@ -322,6 +326,9 @@ impl ProviderConfig {
         }
         if let Some(stream_usage) = self.stream_usage {
             dialect.stream_usage = stream_usage;
+        }
+        if let Some(tokenize) = self.tokenize {
+            dialect.tokenize = tokenize;
         }
         let engine = EngineSettings {
             threads: self.threads,

@@ -62,6 +62,7 @@ pub struct Preset {
 const COMPATIBLE: Dialect = Dialect {
     max_tokens_field: MaxTokensField::MaxTokens,
     stream_usage: true,
+    tokenize: false,
 };
 
 const fn hosted(
@@ -118,12 +119,19 @@ pub const PRESETS: &[Preset] = &[
         "http://127.0.0.1:1234/v1",
         None,
     ),
-    local(
-        "vllm",
-        ProviderKind::Openai,
-        "http://127.0.0.1:8000/v1",
-        Some("VLLM_API_KEY"),
-    ),
+    Preset {
+        // vLLM counts a chat's tokens, tools included, at `/tokenize`.
+        dialect: Dialect {
+            tokenize: true,
+            ..COMPATIBLE
+        },
+        ..local(
+            "vllm",
+            ProviderKind::Openai,
+            "http://127.0.0.1:8000/v1",
+            Some("VLLM_API_KEY"),
+        )
+    },
     local(
         "sglang",
         ProviderKind::Openai,
@@ -134,6 +142,7 @@ pub const PRESETS: &[Preset] = &[
         dialect: Dialect {
             max_tokens_field: MaxTokensField::MaxCompletionTokens,
             stream_usage: true,
+            tokenize: false,
         },
         ..hosted(
             "openai",
@@ -166,6 +175,7 @@ pub const PRESETS: &[Preset] = &[
         dialect: Dialect {
             max_tokens_field: MaxTokensField::MaxTokens,
             stream_usage: false,
+            tokenize: false,
         },
         ..hosted(
             "mistral",

@@ -264,7 +264,7 @@ async fn complete_decodes_a_non_streamed_answer_and_encodes_options() {
         options,
         Dialect {
             max_tokens_field: MaxTokensField::MaxCompletionTokens,
-            stream_usage: true,
+            ..Dialect::default()
         },
     )
     .unwrap();
@@ -686,4 +686,57 @@ async fn non_streamed_reasoning_is_read_under_either_name() {
         })
     );
     assert_eq!(response.message.text(), "4");
+}
+
+/// A provider built from configuration, as `freehold serve` builds them.
+fn configured(config: &str, server: &MockServer) -> std::sync::Arc<dyn Provider> {
+    let mut config: freehold_llm::config::ProviderConfig = toml::from_str(config).unwrap();
+    config.base_url = Some(format!("{}/v1", server.url()));
+    config
+        .resolve("gpu")
+        .unwrap()
+        .build(&freehold_llm::HealthSettings::default())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn vllm_counts_a_chat_with_its_tokenize_endpoint() {
+    let server = MockServer::start(vec![Scripted::json(
+        200,
+        json!({"count": 57, "max_model_len": 32768, "tokens": [1, 2, 3]}),
+    )])
+    .await;
+    let vllm = configured("preset = \"vllm\"", &server);
+    let mut req = request();
+    req.tools = vec![read_tool()];
+    req.max_tokens = Some(10);
+    assert_eq!(vllm.count_input_tokens(req).await.unwrap(), Some(57));
+    let sent = &server.requests()[0];
+    assert_eq!(
+        sent.uri, "/tokenize",
+        "beside the /v1 root, as vLLM serves it"
+    );
+    let body = sent.json();
+    assert_eq!(body["model"], "gpt-test");
+    assert_eq!(body["add_generation_prompt"], true);
+    assert_eq!(body["messages"][0]["content"], "Be brief.");
+    assert_eq!(body["tools"][0]["function"]["name"], "read");
+    assert_eq!(body.get("max_tokens"), None, "{body}");
+
+    // A server that is not vLLM (or an old one) has no such endpoint: no
+    // count, no error.
+    let server = MockServer::start(vec![Scripted::json(404, json!({"detail": "Not Found"}))]).await;
+    let vllm = configured("preset = \"vllm\"\nmax_retries = 0", &server);
+    assert_eq!(vllm.count_input_tokens(request()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn other_compatible_servers_count_only_when_told_to() {
+    let server = MockServer::start(vec![Scripted::json(200, json!({"count": 9}))]).await;
+    let plain = configured("kind = \"openai\"", &server);
+    assert_eq!(plain.count_input_tokens(request()).await.unwrap(), None);
+    assert!(server.requests().is_empty());
+    let told = configured("kind = \"openai\"\ntokenize = true", &server);
+    assert_eq!(told.count_input_tokens(request()).await.unwrap(), Some(9));
+    assert_eq!(server.requests()[0].uri, "/tokenize");
 }

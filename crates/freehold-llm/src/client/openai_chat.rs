@@ -101,6 +101,55 @@ impl Provider for OpenAiChatClient {
     async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
         openai_embed(&self.transport, &self.options, &self.headers, request).await
     }
+
+    /// With a dialect that has it (vLLM's), `POST /tokenize` beside the
+    /// `/v1` root: the chat rendered by the server's own template, tools
+    /// included. A server without the endpoint (404, 405 or 501 that does
+    /// not name the model) cannot count: `None`, as without the dialect.
+    async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        if !self.dialect.tokenize {
+            return Ok(None);
+        }
+        let encoded = openai_chat::encode_request(&request, self.dialect, false);
+        let mut body = serde_json::Map::new();
+        body.insert("add_generation_prompt".into(), true.into());
+        if let serde_json::Value::Object(fields) =
+            serde_json::to_value(&encoded).map_err(|error| {
+                self.transport
+                    .error(ErrorKind::InvalidRequest, error.to_string())
+            })?
+        {
+            for (name, value) in fields {
+                if matches!(name.as_str(), "model" | "messages" | "tools") {
+                    body.insert(name, value);
+                }
+            }
+        }
+        let root = self.options.base_url.trim_end_matches("/v1");
+        let sent = self
+            .transport
+            .post_json_whole(&format!("{root}/tokenize"), &self.headers, &body)
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error)
+                if matches!(error.status, Some(404 | 405 | 501))
+                    && !error.message.contains(&request.model) =>
+            {
+                tracing::debug!(provider = %self.options.name, %error, "no /tokenize endpoint");
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
+        let counted: TokenizeResponse = self.transport.read_json_as(response).await?;
+        Ok(Some(counted.count))
+    }
+}
+
+/// What vLLM's `/tokenize` answers (the token ids too, unread).
+#[derive(Deserialize)]
+struct TokenizeResponse {
+    count: u64,
 }
 
 /// `POST {base_url}/embeddings` as OpenAI and compatible servers answer it;

@@ -475,6 +475,10 @@ pub struct Dialect {
     /// Whether to send `stream_options.include_usage` (a few strict servers
     /// reject unknown fields).
     pub stream_usage: bool,
+    /// Whether the server counts a chat's tokens at `POST /tokenize` beside
+    /// its `/v1` root, as vLLM does: `{"model", "messages", "tools",
+    /// "add_generation_prompt": true}` answered by `{"count", …}`.
+    pub tokenize: bool,
 }
 
 impl Default for Dialect {
@@ -482,6 +486,7 @@ impl Default for Dialect {
         Self {
             max_tokens_field: MaxTokensField::MaxTokens,
             stream_usage: true,
+            tokenize: false,
         }
     }
 }

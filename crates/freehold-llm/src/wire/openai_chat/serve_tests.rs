@@ -105,7 +105,7 @@ fn requests_round_trip_through_the_client_encoder() {
     ] {
         let dialect = Dialect {
             max_tokens_field: field,
-            stream_usage: true,
+            ..Dialect::default()
         };
         let wire = encode_request(&request, dialect, true);
         // Through JSON, as a server receives it.
