@@ -5,7 +5,7 @@ use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmE
 use reqwest::header::HeaderMap;
 use serde::Serialize;
 
-use crate::client::{ClientOptions, KeyHeader};
+use crate::client::{ClientOptions, KeyHeader, lacks_endpoint};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
 use crate::wire::anthropic::{
@@ -230,10 +230,7 @@ impl Provider for AnthropicClient {
             .await;
         let response = match sent {
             Ok(response) => response,
-            Err(error)
-                if matches!(error.status, Some(404 | 405 | 501))
-                    && !error.message.contains(&request.model) =>
-            {
+            Err(error) if lacks_endpoint(&error, &request.model) => {
                 tracing::debug!(provider = %self.options.name, %error, "no count_tokens endpoint");
                 return Ok(None);
             }

@@ -48,6 +48,27 @@ impl GeminiClient {
         })
     }
 
+    /// `POST url` with `body`, the answer read whole as JSON, or the error
+    /// it carries (Google can send one with a success status).
+    async fn post_whole(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, LlmError> {
+        let response = self
+            .transport
+            .post_json_whole(url, &self.headers, body)
+            .await
+            .map_err(refine)?;
+        let json = self.transport.read_json(response).await?;
+        if let Some(error) = json.get("error") {
+            return Err(self
+                .transport
+                .redact_error(stream_error(&self.options.name, error)));
+        }
+        Ok(json)
+    }
+
     fn body(&self, request: &ChatRequest) -> Result<serde_json::Value, LlmError> {
         serde_json::to_value(gemini::encode_request(request)).map_err(|error| {
             self.transport
@@ -96,17 +117,7 @@ impl Provider for GeminiClient {
         let url = self
             .options
             .url(&model_path(&request.model, "generateContent"));
-        let response = self
-            .transport
-            .post_json_whole(&url, &self.headers, &body)
-            .await
-            .map_err(refine)?;
-        let json = self.transport.read_json(response).await?;
-        if let Some(error) = json.get("error") {
-            return Err(self
-                .transport
-                .redact_error(stream_error(&self.options.name, error)));
-        }
+        let json = self.post_whole(&url, &body).await?;
         let response: GenerateContentResponse = serde_json::from_value(json).map_err(|error| {
             self.transport.error(
                 ErrorKind::Server,
@@ -131,17 +142,7 @@ impl Provider for GeminiClient {
         }
         let body = serde_json::json!({ "generateContentRequest": generate });
         let url = self.options.url(&model_path(&request.model, "countTokens"));
-        let response = self
-            .transport
-            .post_json_whole(&url, &self.headers, &body)
-            .await
-            .map_err(refine)?;
-        let json = self.transport.read_json(response).await?;
-        if let Some(error) = json.get("error") {
-            return Err(self
-                .transport
-                .redact_error(stream_error(&self.options.name, error)));
-        }
+        let json = self.post_whole(&url, &body).await?;
         // Google's JSON leaves out fields that are zero: an answer without
         // `totalTokens` counted none.
         match json.get("totalTokens") {

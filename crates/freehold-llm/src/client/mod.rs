@@ -124,3 +124,11 @@ impl ClientOptions {
         crate::http::headers(pairs, &self.name)
     }
 }
+
+/// Whether `error` says the server has no such endpoint (404, 405 or 501)
+/// rather than no such model (a 404 that names `model`): a server that
+/// speaks a protocol without one of its optional endpoints, such as a
+/// token count.
+pub(crate) fn lacks_endpoint(error: &freehold_protocol::LlmError, model: &str) -> bool {
+    matches!(error.status, Some(404 | 405 | 501)) && !error.message.contains(model)
+}

@@ -8,7 +8,7 @@ use freehold_protocol::{
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
-use crate::client::{ClientOptions, KeyHeader};
+use crate::client::{ClientOptions, KeyHeader, lacks_endpoint};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider, check_embed_request};
 use crate::wire::embeddings::{self, OpenAiEmbeddingsResponse};
@@ -132,10 +132,7 @@ impl Provider for OpenAiChatClient {
             .await;
         let response = match sent {
             Ok(response) => response,
-            Err(error)
-                if matches!(error.status, Some(404 | 405 | 501))
-                    && !error.message.contains(&request.model) =>
-            {
+            Err(error) if lacks_endpoint(&error, &request.model) => {
                 tracing::debug!(provider = %self.options.name, %error, "no /tokenize endpoint");
                 return Ok(None);
             }
