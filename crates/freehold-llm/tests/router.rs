@@ -771,8 +771,9 @@ async fn a_success_resets_the_failure_count() {
     assert!(!set.health()[0].ejected);
 }
 
-#[tokio::test]
-async fn all_ejected_still_serves_starting_with_the_longest_ejected() {
+/// Two replicas that cannot be reached, each ejected after one failure
+/// for an hour.
+fn two_unreachable_replicas() -> (Arc<Fake>, Arc<Fake>, ReplicaSet) {
     let a = Fake::new("a", Reply::Fail(ErrorKind::Connection));
     let b = Fake::new("b", Reply::Fail(ErrorKind::Connection));
     let set = replica_set(
@@ -783,6 +784,12 @@ async fn all_ejected_still_serves_starting_with_the_longest_ejected() {
             probe: false,
         },
     );
+    (a, b, set)
+}
+
+#[tokio::test]
+async fn all_ejected_still_serves_starting_with_the_longest_ejected() {
+    let (a, b, set) = two_unreachable_replicas();
     // The first request tries both and ejects both, `a` first.
     let error = stream_error(&set, request("m")).await;
     assert_eq!(error.kind, ErrorKind::Connection);
@@ -927,16 +934,7 @@ async fn a_router_over_replica_sets_balances_and_falls_back() {
 
 #[tokio::test]
 async fn a_count_the_replicas_cannot_make_says_nothing_of_their_health() {
-    let a = Fake::new("a", Reply::Fail(ErrorKind::Connection));
-    let b = Fake::new("b", Reply::Fail(ErrorKind::Connection));
-    let set = replica_set(
-        &[&a, &b],
-        HealthSettings {
-            eject_after_failures: 1,
-            cooldown: Duration::from_secs(3600),
-            probe: false,
-        },
-    );
+    let (a, b, set) = two_unreachable_replicas();
     stream_error(&set, request("m")).await;
     assert!(set.health().iter().all(|health| health.ejected));
     // OpenAI-compatible replicas cannot count: nothing is sent, and the
