@@ -230,7 +230,7 @@ pub(crate) struct TokenCount {
 /// key's models and the privacy policy like the request itself (kept
 /// local, redacted or refused alike); then the provider that would answer
 /// counts it when it can (the local engine with the model's tokenizer,
-/// Anthropic and Gemini with their own endpoints), and the gateway
+/// vLLM, Anthropic and Gemini with their own endpoints), and the gateway
 /// estimates otherwise. Counting takes no rate-limit token and no budget;
 /// the ledger gets a line without tokens, naming the provider only when
 /// one counted.
@@ -276,8 +276,9 @@ pub(crate) async fn count_input_tokens(
     let estimate = request.estimated_input_tokens();
     let call = routes.router.count_input_tokens_routed(request);
     let (target, counted) = call_upstream(&mut accounting, call).await?;
+    // Only a provider that counted is named in the ledger; an estimate
+    // is the gateway's own.
     if counted.is_some() {
-        // An estimate was made here: no provider is named for it.
         accounting.answered(target, Usage::default());
     }
     accounting.succeed();

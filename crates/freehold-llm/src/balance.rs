@@ -188,18 +188,19 @@ impl ReplicaSet {
         F: Fn(Arc<dyn Provider>) -> Fut,
         Fut: std::future::Future<Output = Result<T, LlmError>>,
     {
-        self.whole_reporting(call, |_| true).await
+        self.whole_reporting(call, true).await
     }
 
-    /// [`ReplicaSet::whole`], where `reached(answer)` says whether a
-    /// successful answer came from the replica's server: one that did not
-    /// (a count the replica's protocol has no way to ask for) says nothing
-    /// of its health, so it neither readmits an ejected replica nor clears
-    /// its failures.
+    /// [`ReplicaSet::whole`]; `success_is_health` says whether a successful
+    /// answer shows the replica can serve. A token count does not: most
+    /// replicas cannot count and answer without asking their server, and
+    /// vLLM counts in its API process even while its engine is stuck. So a
+    /// count's success neither readmits an ejected replica nor clears its
+    /// failures; its failures (the server unreachable) still count.
     async fn whole_reporting<T, F, Fut>(
         &self,
         call: F,
-        reached: impl Fn(&T) -> bool,
+        success_is_health: bool,
     ) -> Result<T, LlmError>
     where
         F: Fn(Arc<dyn Provider>) -> Fut,
@@ -216,7 +217,7 @@ impl ReplicaSet {
             tried[index] = true;
             match call(Arc::clone(&self.replicas[index])).await {
                 Ok(answer) => {
-                    if reached(&answer) {
+                    if success_is_health {
                         lease.success();
                     }
                     return Ok(answer);
@@ -326,7 +327,7 @@ impl Provider for ReplicaSet {
                 let request = request.clone();
                 async move { replica.count_input_tokens(request).await }
             },
-            Option::is_some,
+            false,
         )
         .await
     }

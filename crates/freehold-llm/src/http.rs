@@ -774,6 +774,8 @@ pub fn classify_status(status: u16, headers: &HeaderMap, message: &str) -> Error
             retry_after: retry_after(headers),
         },
         503 | 529 => ErrorKind::Overloaded,
+        // Not Implemented: asking again cannot help.
+        501 => ErrorKind::InvalidRequest,
         500..=599 => ErrorKind::Server,
         _ => ErrorKind::InvalidRequest,
     }
@@ -890,6 +892,8 @@ mod tests {
         assert_eq!(classify_status(401, &none, ""), ErrorKind::Authentication);
         assert_eq!(classify_status(529, &none, ""), ErrorKind::Overloaded);
         assert_eq!(classify_status(500, &none, ""), ErrorKind::Server);
+        // Not Implemented is not worth asking again.
+        assert_eq!(classify_status(501, &none, ""), ErrorKind::InvalidRequest);
         assert_eq!(
             classify_status(
                 400,

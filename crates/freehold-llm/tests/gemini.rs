@@ -862,15 +862,16 @@ async fn counts_input_tokens_with_googles_own_endpoint() {
 }
 
 #[tokio::test]
-async fn a_count_without_total_tokens_is_zero_and_a_wrong_one_an_error() {
-    // Google's JSON leaves zero fields out.
+async fn a_count_without_total_tokens_is_no_count_and_a_wrong_one_an_error() {
+    // Google's JSON leaves zero fields out, but a prompt always has tokens:
+    // an answer without any is not Google's, and the caller estimates.
     let server = MockServer::start(vec![
         Scripted::json(200, json!({})),
         Scripted::json(200, json!({"totalTokens": "many"})),
     ])
     .await;
     let client = no_retry_client(&server);
-    assert_eq!(client.count_input_tokens(request()).await.unwrap(), Some(0));
+    assert_eq!(client.count_input_tokens(request()).await.unwrap(), None);
     let error = client.count_input_tokens(request()).await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::Server);
     assert!(error.message.contains("many"), "{error}");

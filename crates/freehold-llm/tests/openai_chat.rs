@@ -723,11 +723,33 @@ async fn vllm_counts_a_chat_with_its_tokenize_endpoint() {
     assert_eq!(body["tools"][0]["function"]["name"], "read");
     assert_eq!(body.get("max_tokens"), None, "{body}");
 
-    // A server that is not vLLM (or an old one) has no such endpoint: no
-    // count, no error.
-    let server = MockServer::start(vec![Scripted::json(404, json!({"detail": "Not Found"}))]).await;
-    let vllm = configured("preset = \"vllm\"\nmax_retries = 0", &server);
-    assert_eq!(vllm.count_input_tokens(request()).await.unwrap(), None);
+    // A server without such an endpoint: no count, no error, and no retry
+    // of a 501. A /tokenize of another kind (llama.cpp's answers
+    // `{"tokens"}` to a body without `content`) gives no count either.
+    for (status, answer) in [
+        (404, json!({"detail": "Not Found"})),
+        (501, json!({"error": "not implemented"})),
+        (200, json!({"tokens": []})),
+    ] {
+        let server = MockServer::start(vec![Scripted::json(status, answer)]).await;
+        let vllm = configured("preset = \"vllm\"", &server);
+        assert_eq!(
+            vllm.count_input_tokens(request()).await.unwrap(),
+            None,
+            "HTTP {status}"
+        );
+        assert_eq!(server.requests().len(), 1, "HTTP {status}");
+    }
+    // A model the server does not have is an error, as for chat.
+    let server = MockServer::start(vec![Scripted::json(
+        404,
+        json!({"object": "error", "message": "The model `gpt-test` does not exist.",
+               "type": "NotFoundError", "param": null, "code": 404}),
+    )])
+    .await;
+    let vllm = configured("preset = \"vllm\"", &server);
+    let error = vllm.count_input_tokens(request()).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::NotFound);
 }
 
 #[tokio::test]

@@ -933,7 +933,7 @@ async fn a_router_over_replica_sets_balances_and_falls_back() {
 }
 
 #[tokio::test]
-async fn a_count_the_replicas_cannot_make_says_nothing_of_their_health() {
+async fn counts_say_nothing_of_a_replicas_health() {
     let (a, b, set) = two_unreachable_replicas();
     stream_error(&set, request("m")).await;
     assert!(set.health().iter().all(|health| health.ejected));
@@ -953,6 +953,28 @@ async fn a_count_the_replicas_cannot_make_says_nothing_of_their_health() {
     }
     assert_eq!(set.health()[0].consecutive_failures, 3);
     assert!(set.health()[0].ejected);
+
+    // A replica that counts (vLLM counts in its API process even while its
+    // engine is stuck) is not made healthy by its counts either.
+    let stuck = Fake::scripted(
+        "stuck",
+        vec![
+            Reply::Fail(ErrorKind::Timeout),
+            answer("counted"),
+            Reply::Fail(ErrorKind::Timeout),
+            answer("counted"),
+            Reply::Fail(ErrorKind::Timeout),
+        ],
+        answer("late"),
+    );
+    stuck.count();
+    let set = replica_set(&[&stuck], fast_health(3));
+    for _ in 0..2 {
+        set.complete(request("m")).await.unwrap_err();
+        assert_eq!(set.count_input_tokens(request("m")).await.unwrap(), Some(7));
+    }
+    set.complete(request("m")).await.unwrap_err();
+    assert!(set.health()[0].ejected, "{:?}", set.health());
 }
 
 #[tokio::test]

@@ -143,10 +143,11 @@ impl Provider for GeminiClient {
         let body = serde_json::json!({ "generateContentRequest": generate });
         let url = self.options.url(&model_path(&request.model, "countTokens"));
         let json = self.post_whole(&url, &body).await?;
-        // Google's JSON leaves out fields that are zero: an answer without
-        // `totalTokens` counted none.
+        // Google's JSON leaves out zero fields, but a prompt always has
+        // tokens: an answer without `totalTokens` comes from something
+        // else (a proxy, a compatible server), and the caller estimates.
         match json.get("totalTokens") {
-            None if json.is_object() => Ok(Some(0)),
+            None if json.is_object() => Ok(None),
             Some(total) if total.is_u64() => Ok(total.as_u64()),
             _ => Err(self.transport.error(
                 ErrorKind::Server,

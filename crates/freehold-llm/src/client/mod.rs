@@ -130,5 +130,34 @@ impl ClientOptions {
 /// speaks a protocol without one of its optional endpoints, such as a
 /// token count.
 pub(crate) fn lacks_endpoint(error: &freehold_protocol::LlmError, model: &str) -> bool {
-    matches!(error.status, Some(404 | 405 | 501)) && !error.message.contains(model)
+    matches!(error.status, Some(404 | 405 | 501))
+        && (model.is_empty() || !error.message.contains(model))
+}
+
+#[cfg(test)]
+mod tests {
+    use freehold_protocol::{ErrorKind, LlmError};
+
+    use super::lacks_endpoint;
+
+    fn refused(status: u16, message: &str) -> LlmError {
+        LlmError::new(ErrorKind::NotFound, "p", message).with_status(status)
+    }
+
+    #[test]
+    fn a_missing_endpoint_is_told_from_a_missing_model() {
+        assert!(lacks_endpoint(&refused(404, "Not Found"), "qwen"));
+        assert!(lacks_endpoint(&refused(405, "Method Not Allowed"), "qwen"));
+        assert!(lacks_endpoint(&refused(501, ""), "qwen"));
+        assert!(!lacks_endpoint(
+            &refused(404, "The model `qwen` does not exist."),
+            "qwen"
+        ));
+        assert!(!lacks_endpoint(&refused(400, "bad"), "qwen"));
+        assert!(!lacks_endpoint(
+            &LlmError::new(ErrorKind::Connection, "p", "refused"),
+            "qwen"
+        ));
+        assert!(lacks_endpoint(&refused(404, "Not Found"), ""));
+    }
 }

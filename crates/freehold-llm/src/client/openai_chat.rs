@@ -125,7 +125,8 @@ impl Provider for OpenAiChatClient {
                 }
             }
         }
-        let root = self.options.base_url.trim_end_matches("/v1");
+        let base = self.options.base_url.as_str();
+        let root = base.strip_suffix("/v1").unwrap_or(base);
         let sent = self
             .transport
             .post_json_whole(&format!("{root}/tokenize"), &self.headers, &body)
@@ -138,15 +139,11 @@ impl Provider for OpenAiChatClient {
             }
             Err(error) => return Err(error),
         };
-        let counted: TokenizeResponse = self.transport.read_json_as(response).await?;
-        Ok(Some(counted.count))
+        // A server whose `/tokenize` is another (llama.cpp's takes text and
+        // answers `{"tokens"}`) gives no count: the caller estimates.
+        let answer = self.transport.read_json(response).await?;
+        Ok(answer.get("count").and_then(serde_json::Value::as_u64))
     }
-}
-
-/// What vLLM's `/tokenize` answers (the token ids too, unread).
-#[derive(Deserialize)]
-struct TokenizeResponse {
-    count: u64,
 }
 
 /// `POST {base_url}/embeddings` as OpenAI and compatible servers answer it;

@@ -900,17 +900,27 @@ fn stream_error(provider: &str, error: &Value) -> LlmError {
         .and_then(Value::as_str)
         .map(str::to_owned)
         .unwrap_or_else(|| error.to_string());
+    let code = error
+        .get("code")
+        .and_then(Value::as_u64)
+        .and_then(|code| u16::try_from(code).ok())
+        .filter(|code| (400..600).contains(code));
     let kind = if is_context_length_message(&message) {
         context_length_kind(&message)
     } else {
-        match error.get("code").and_then(Value::as_u64) {
+        match code {
             Some(429) => ErrorKind::RateLimited { retry_after: None },
             Some(503) | Some(529) => ErrorKind::Overloaded,
             Some(400) => ErrorKind::InvalidRequest,
             _ => ErrorKind::Server,
         }
     };
-    LlmError::new(kind, provider, message)
+    // vLLM sends the HTTP status it would have answered as `code`.
+    let error = LlmError::new(kind, provider, message);
+    match code {
+        Some(code) => error.with_status(code),
+        None => error,
+    }
 }
 
 fn preview(text: &str) -> String {
