@@ -202,6 +202,21 @@ pub enum ConfigError {
         /// The setting.
         key: &'static str,
     },
+    /// A setting of one protocol's client on a provider of another kind,
+    /// where it would do nothing.
+    #[error(
+        "provider `{provider}`: `{key}` applies only to kind = \"{applies_to}\", and this provider's kind is \"{kind}\"; remove it"
+    )]
+    OtherKindOnly {
+        /// The provider's name.
+        provider: String,
+        /// The setting.
+        key: &'static str,
+        /// The kind it is for.
+        applies_to: &'static str,
+        /// The provider's kind.
+        kind: &'static str,
+    },
     /// A setting with a value that cannot work.
     #[error("provider `{provider}`: `{key}` {problem}")]
     InvalidValue {
@@ -336,6 +351,52 @@ impl ProviderConfig {
             cache_slots: self.cache_slots,
             gpu_layers: self.gpu_layers,
         };
+        // Settings of one protocol's client would do nothing elsewhere; a
+        // user who set one meant something by it.
+        let protocol_settings = [
+            (
+                "max_tokens_field",
+                ProviderKind::Openai,
+                self.max_tokens_field.is_some(),
+            ),
+            (
+                "stream_usage",
+                ProviderKind::Openai,
+                self.stream_usage.is_some(),
+            ),
+            ("tokenize", ProviderKind::Openai, self.tokenize.is_some()),
+            (
+                "default_max_tokens",
+                ProviderKind::Anthropic,
+                self.default_max_tokens.is_some(),
+            ),
+            (
+                "num_ctx_min",
+                ProviderKind::Ollama,
+                self.num_ctx_min.is_some(),
+            ),
+            (
+                "num_ctx_max",
+                ProviderKind::Ollama,
+                self.num_ctx_max.is_some(),
+            ),
+            (
+                "keep_alive",
+                ProviderKind::Ollama,
+                self.keep_alive.is_some(),
+            ),
+        ];
+        if let Some((key, applies_to, _)) = protocol_settings
+            .iter()
+            .find(|(_, applies_to, set)| *set && *applies_to != kind)
+        {
+            return Err(ConfigError::OtherKindOnly {
+                provider: name.to_owned(),
+                key,
+                applies_to: applies_to.as_str(),
+                kind: kind.as_str(),
+            });
+        }
         if kind != ProviderKind::Local {
             let set = [
                 ("threads", engine.threads.is_some()),

@@ -138,6 +138,72 @@ fn engine_settings_are_read_for_local_and_refused_elsewhere() {
     }
 }
 
+#[test]
+fn a_protocols_settings_are_refused_on_another_kind() {
+    for (table, key, applies_to, kind) in [
+        (
+            "preset = \"anthropic\"",
+            "stream_usage = false",
+            "openai",
+            "anthropic",
+        ),
+        (
+            "kind = \"openai-responses\"\nbase_url = \"http://127.0.0.1:1/v1\"",
+            "tokenize = true",
+            "openai",
+            "openai-responses",
+        ),
+        (
+            "preset = \"vllm\"",
+            "keep_alive = \"5m\"",
+            "ollama",
+            "openai",
+        ),
+        (
+            "preset = \"ollama\"",
+            "default_max_tokens = 100",
+            "anthropic",
+            "ollama",
+        ),
+        (
+            "preset = \"gemini\"",
+            "max_tokens_field = \"max_tokens\"",
+            "openai",
+            "gemini",
+        ),
+        (
+            "preset = \"anthropic\"",
+            "num_ctx_min = 4096",
+            "ollama",
+            "anthropic",
+        ),
+    ] {
+        let error = config(&format!("{table}\n{key}"))
+            .resolve("team")
+            .unwrap_err();
+        let name = key.split(' ').next().unwrap();
+        assert_eq!(
+            error,
+            ConfigError::OtherKindOnly {
+                provider: "team".into(),
+                key: name,
+                applies_to,
+                kind,
+            },
+            "{key}"
+        );
+        assert!(error.to_string().contains("remove it"), "{error}");
+    }
+    // On their own kind they are taken.
+    for (table, key) in [
+        ("preset = \"vllm\"", "tokenize = false"),
+        ("preset = \"anthropic\"", "default_max_tokens = 100"),
+        ("preset = \"ollama\"", "keep_alive = \"5m\""),
+    ] {
+        config(&format!("{table}\n{key}")).resolve("team").unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_key_variable_that_is_not_set_fails_without_touching_the_network() {
     let server = MockServer::start(vec![Scripted::json(200, json!({}))]).await;
