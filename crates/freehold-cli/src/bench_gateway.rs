@@ -131,6 +131,9 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
              single-threaded runtimes polling"
         );
     }
+    // Listened for before any child starts: a signal that came before the
+    // wait below would otherwise kill this process and leave them running.
+    let termination = crate::serve::Termination::listen();
     let load_cpus = args
         .gateway_cpus
         .as_ref()
@@ -231,7 +234,7 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
     // them running.
     let report = tokio::select! {
         report = run => report.map_err(anyhow::Error::from),
-        () = crate::serve::termination() => Err(anyhow::anyhow!(
+        () = termination.wait() => Err(anyhow::anyhow!(
             "interrupted: the gateway and relay this bench started were stopped"
         )),
     };

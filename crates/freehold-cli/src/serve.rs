@@ -125,6 +125,11 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         Gateway::new(settings, routes, master_key, Some(store.clone()), ledger)
             .context("invalid [gateway.privacy] table")?,
     );
+    // Signals are listened for before the address is announced: whoever
+    // reads it may signal at once, and a signal nobody listens for yet
+    // kills the process (SIGTERM) or, for SIGHUP, ends it too.
+    let termination = Termination::listen();
+    let hangups = hangups();
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
         "freehold serve: {scheme}://{address} · {provider_count} providers, {alias_count} aliases · \
@@ -134,6 +139,7 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
     );
     tokio::spawn(release_expired_reservations(store.clone()));
     tokio::spawn(reload_on_hangup(
+        hangups,
         Arc::clone(&gateway),
         config.map(Path::to_path_buf),
     ));
@@ -142,9 +148,18 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
     // (a long stream, say) get the grace period to finish, then are cut off.
     let limits = gateway.settings().time_limits();
     let cut_off = if gateway.settings().runtime == ServeRuntime::PerCore {
-        serve_per_core(listener, app, tls, &gateway, busy_poll, shutdown_signal()).await?
+        serve_per_core(
+            listener,
+            app,
+            tls,
+            &gateway,
+            busy_poll,
+            shutdown_signal(termination),
+        )
+        .await?
     } else {
-        freehold_gateway::listen::serve(listener, app, tls, limits, shutdown_signal()).await
+        freehold_gateway::listen::serve(listener, app, tls, limits, shutdown_signal(termination))
+            .await
     };
     if cut_off > 0 {
         eprintln!(
@@ -394,14 +409,25 @@ async fn release_expired_reservations(store: Store) {
     }
 }
 
-/// Reloads providers, aliases and models on SIGHUP; requests in flight
-/// keep the table they started with.
-async fn reload_on_hangup(gateway: Arc<Gateway>, config: Option<PathBuf>) {
+/// SIGHUP, listened for from now on; `None` (logged) when the process
+/// cannot listen for it.
+fn hangups() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: configuration reload is off");
-        return;
-    };
+    signal(SignalKind::hangup())
+        .inspect_err(|error| {
+            tracing::warn!(%error, "cannot listen for SIGHUP: configuration reload is off");
+        })
+        .ok()
+}
+
+/// Reloads providers, aliases and models on each of `hangups`; requests
+/// in flight keep the table they started with.
+async fn reload_on_hangup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    gateway: Arc<Gateway>,
+    config: Option<PathBuf>,
+) {
+    let Some(mut hangups) = hangups else { return };
     while hangups.recv().await.is_some() {
         let reloaded =
             Setup::load(config.as_deref()).and_then(|setup| routes(setup, gateway.settings()));
@@ -423,25 +449,43 @@ async fn reload_on_hangup(gateway: Arc<Gateway>, config: Option<PathBuf>) {
     }
 }
 
-async fn shutdown_signal() {
-    termination().await;
+async fn shutdown_signal(termination: Termination) {
+    termination.wait().await;
     eprintln!("freehold serve: shutting down; finishing requests in flight");
 }
 
-/// Returns at the first SIGINT (Ctrl-C) or SIGTERM.
-pub(crate) async fn termination() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from the moment this is made,
+/// so that one that comes before [`Termination::wait`] is awaited is kept
+/// rather than killing the process. Make it inside a tokio runtime.
+pub(crate) struct Termination {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Termination {
+    /// Starts listening.
+    pub(crate) fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+    }
+
+    /// Returns at the first signal (at once for one already received).
+    pub(crate) async fn wait(mut self) {
+        async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            () = next(self.interrupt.as_mut()) => {}
+            () = next(self.terminate.as_mut()) => {}
+        }
     }
 }
 
