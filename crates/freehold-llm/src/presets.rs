@@ -63,6 +63,7 @@ const COMPATIBLE: Dialect = Dialect {
     max_tokens_field: MaxTokensField::MaxTokens,
     stream_usage: true,
     tokenize: false,
+    responses_input_tokens: false,
 };
 
 const fn hosted(
@@ -143,6 +144,9 @@ pub const PRESETS: &[Preset] = &[
             max_tokens_field: MaxTokensField::MaxCompletionTokens,
             stream_usage: true,
             tokenize: false,
+            // OpenAI counts a request's tokens for the Responses API, which
+            // sees the same conversation.
+            responses_input_tokens: true,
         },
         ..hosted(
             "openai",
@@ -176,6 +180,7 @@ pub const PRESETS: &[Preset] = &[
             max_tokens_field: MaxTokensField::MaxTokens,
             stream_usage: false,
             tokenize: false,
+            responses_input_tokens: false,
         },
         ..hosted(
             "mistral",

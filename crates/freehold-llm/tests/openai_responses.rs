@@ -1189,3 +1189,60 @@ async fn lists_models() {
         "https://api.openai.com/v1"
     );
 }
+
+#[tokio::test]
+async fn counts_input_tokens_with_openais_own_endpoint() {
+    let server = MockServer::start(vec![Scripted::json(
+        200,
+        json!({"object": "response.input_tokens", "input_tokens": 81}),
+    )])
+    .await;
+    let mut req = request();
+    req.tools = vec![read_tool()];
+    req.max_tokens = Some(50);
+    req.reasoning = Some(ReasoningEffort::Low);
+    assert_eq!(
+        client(&server).count_input_tokens(req).await.unwrap(),
+        Some(81)
+    );
+    let sent = &server.requests()[0];
+    assert_eq!(sent.uri, "/v1/responses/input_tokens");
+    assert_eq!(
+        sent.header("authorization").as_deref(),
+        Some(&*format!("Bearer {KEY}"))
+    );
+    let body = sent.json();
+    assert_eq!(body["model"], "gpt-5");
+    assert_eq!(body["instructions"], "Be brief.");
+    assert_eq!(body["tools"][0]["name"], "read");
+    assert_eq!(body["reasoning"]["effort"], "low");
+    for refused in ["stream", "store", "max_output_tokens", "include"] {
+        assert_eq!(body.get(refused), None, "{refused} in {body}");
+    }
+
+    // A Responses-compatible server without the endpoint: no count.
+    let server = MockServer::start(vec![Scripted::json(404, json!({"detail": "Not Found"}))]).await;
+    assert_eq!(
+        client(&server).count_input_tokens(request()).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn the_openai_preset_counts_chat_completions_with_the_responses_endpoint() {
+    use freehold_llm::client::OpenAiChatClient;
+    use freehold_llm::presets::preset;
+
+    let dialect = preset("openai").unwrap().dialect;
+    assert!(dialect.responses_input_tokens);
+    assert!(!preset("groq").unwrap().dialect.responses_input_tokens);
+    let server = MockServer::start(vec![Scripted::json(
+        200,
+        json!({"object": "response.input_tokens", "input_tokens": 12}),
+    )])
+    .await;
+    let options = options("openai", format!("{}/v1", server.url())).with_key(ApiKey::new(KEY));
+    let chat = OpenAiChatClient::new(options, dialect).unwrap();
+    assert_eq!(chat.count_input_tokens(request()).await.unwrap(), Some(12));
+    assert_eq!(server.requests()[0].uri, "/v1/responses/input_tokens");
+}

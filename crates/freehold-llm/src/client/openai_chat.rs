@@ -102,11 +102,21 @@ impl Provider for OpenAiChatClient {
         openai_embed(&self.transport, &self.options, &self.headers, request).await
     }
 
-    /// With a dialect that has it (vLLM's), `POST /tokenize` beside the
-    /// `/v1` root: the chat rendered by the server's own template, tools
-    /// included. A server without the endpoint (404, 405 or 501 that does
-    /// not name the model) cannot count: `None`, as without the dialect.
+    /// With a dialect that has one: OpenAI's `POST /responses/input_tokens`,
+    /// or vLLM's `POST /tokenize` beside the `/v1` root (the chat rendered
+    /// by the server's own template, tools included). A server without the
+    /// endpoint (404, 405 or 501 that does not name the model) cannot
+    /// count: `None`, as without the dialect.
     async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        if self.dialect.responses_input_tokens {
+            return super::openai_responses::count_with_input_tokens(
+                &self.transport,
+                &self.options,
+                &self.headers,
+                &request,
+            )
+            .await;
+        }
         if !self.dialect.tokenize {
             return Ok(None);
         }

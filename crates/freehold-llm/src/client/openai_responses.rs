@@ -9,7 +9,7 @@ use freehold_protocol::{
 };
 use reqwest::header::HeaderMap;
 
-use crate::client::{ClientOptions, KeyHeader};
+use crate::client::{ClientOptions, KeyHeader, lacks_endpoint};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
 use crate::wire::openai_responses::{self, ResponseObject, ResponsesDecoder};
@@ -124,4 +124,58 @@ impl Provider for OpenAiResponsesClient {
         super::openai_chat::openai_embed(&self.transport, &self.options, &self.headers, request)
             .await
     }
+
+    /// OpenAI's own count: `POST {base_url}/responses/input_tokens`.
+    async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        count_with_input_tokens(&self.transport, &self.options, &self.headers, &request).await
+    }
+}
+
+/// The fields of a Responses request that `POST /responses/input_tokens`
+/// takes; OpenAI refuses parameters it does not know (`stream`, `store`,
+/// `max_output_tokens`…).
+const INPUT_TOKENS_FIELDS: [&str; 9] = [
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning",
+    "text",
+    "truncation",
+];
+
+/// Counts `request` with `POST {base_url}/responses/input_tokens`, which
+/// takes a Responses request and answers `{"input_tokens": N}`; shared with
+/// the Chat Completions client for OpenAI's own API. A server without the
+/// endpoint (404, 405 or 501 that does not name the model), or an answer
+/// without `input_tokens`, gives `None`: the caller estimates.
+pub(crate) async fn count_with_input_tokens(
+    transport: &Transport,
+    options: &ClientOptions,
+    headers: &HeaderMap,
+    request: &ChatRequest,
+) -> Result<Option<u64>, LlmError> {
+    let encoded = openai_responses::encode_request(request, false);
+    let mut body = serde_json::to_value(&encoded)
+        .map_err(|error| transport.error(ErrorKind::InvalidRequest, error.to_string()))?;
+    if let Some(fields) = body.as_object_mut() {
+        fields.retain(|name, _| INPUT_TOKENS_FIELDS.contains(&name.as_str()));
+    }
+    let sent = transport
+        .post_json_whole(&options.url("/responses/input_tokens"), headers, &body)
+        .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(error) if lacks_endpoint(&error, &request.model) => {
+            tracing::debug!(provider = %options.name, %error, "no /responses/input_tokens endpoint");
+            return Ok(None);
+        }
+        Err(error) => return Err(error),
+    };
+    let answer = transport.read_json(response).await?;
+    Ok(answer
+        .get("input_tokens")
+        .and_then(serde_json::Value::as_u64))
 }

@@ -479,6 +479,9 @@ pub struct Dialect {
     /// its `/v1` root, as vLLM does: `{"model", "messages", "tools",
     /// "add_generation_prompt": true}` answered by `{"count", …}`.
     pub tokenize: bool,
+    /// Whether the server counts tokens at `POST /responses/input_tokens`,
+    /// as OpenAI's API does (the request in the Responses API's shape).
+    pub responses_input_tokens: bool,
 }
 
 impl Default for Dialect {
@@ -487,6 +490,7 @@ impl Default for Dialect {
             max_tokens_field: MaxTokensField::MaxTokens,
             stream_usage: true,
             tokenize: false,
+            responses_input_tokens: false,
         }
     }
 }
