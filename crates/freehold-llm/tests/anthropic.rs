@@ -910,6 +910,15 @@ async fn error_events_mid_stream_map_to_their_kinds() {
         assert_eq!(error.kind, kind, "{kind_name}: {message}");
         assert_eq!(error.message, message);
         assert_eq!(error.provider, "test-anthropic");
+        // The status Anthropic documents for the type, as if it had come
+        // with one.
+        let status = match kind_name {
+            "overloaded_error" => 529,
+            "rate_limit_error" => 429,
+            "invalid_request_error" => 400,
+            _ => 500,
+        };
+        assert_eq!(error.status, Some(status), "{kind_name}");
     }
 }
 

@@ -1062,7 +1062,27 @@ pub fn api_error(provider: &str, error: &ApiError) -> LlmError {
         "timeout_error" => ErrorKind::Timeout,
         _ => ErrorKind::Server,
     };
-    LlmError::new(kind, provider, message)
+    // The HTTP status Anthropic documents for each type, so that an error
+    // sent inside a stream (or with a success status) reads like one sent
+    // with its status.
+    let status = match error.kind.as_str() {
+        "invalid_request_error" => Some(400),
+        "authentication_error" => Some(401),
+        "billing_error" => Some(402),
+        "permission_error" => Some(403),
+        "not_found_error" => Some(404),
+        "request_too_large" => Some(413),
+        "rate_limit_error" => Some(429),
+        "api_error" => Some(500),
+        "timeout_error" => Some(504),
+        "overloaded_error" => Some(529),
+        _ => None,
+    };
+    let error = LlmError::new(kind, provider, message);
+    match status {
+        Some(status) => error.with_status(status),
+        None => error,
+    }
 }
 
 /// What a streamed content block is, by its wire index.
