@@ -752,7 +752,7 @@ pub fn error_message_from_body(body: &str) -> String {
 const MAX_ERROR_MESSAGE_CHARS: usize = 500;
 
 /// `text`, cut to [`MAX_ERROR_MESSAGE_CHARS`] with `…` when longer.
-fn clip(text: &str) -> String {
+pub(crate) fn clip(text: &str) -> String {
     let mut clipped: String = text.chars().take(MAX_ERROR_MESSAGE_CHARS).collect();
     if text.chars().nth(MAX_ERROR_MESSAGE_CHARS).is_some() {
         clipped.push('…');

@@ -5,7 +5,7 @@ use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmE
 use reqwest::header::HeaderMap;
 use serde::Serialize;
 
-use crate::client::{ClientOptions, KeyHeader, lacks_endpoint};
+use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
 use crate::wire::anthropic::{
@@ -134,7 +134,7 @@ impl AnthropicClient {
         if json.get("type").and_then(serde_json::Value::as_str) == Some("error") {
             let error: ErrorResponse = serde_json::from_value(json).unwrap_or_default();
             let error = anthropic::api_error(&self.options.name, &error.error);
-            return Err(self.transport.error(error.kind, error.message));
+            return Err(self.transport.redact_error(error));
         }
         Ok(json)
     }
@@ -220,21 +220,16 @@ impl Provider for AnthropicClient {
         if let Some(fields) = body.as_object_mut() {
             fields.retain(|name, _| COUNT_TOKENS_FIELDS.contains(&name.as_str()));
         }
-        let sent = self
-            .transport
-            .post_json_whole(
-                &self.url("/messages/count_tokens"),
-                &self.request_headers(&request),
-                &body,
-            )
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(error) if lacks_endpoint(&error, &request.model) => {
-                tracing::debug!(provider = %self.options.name, %error, "no count_tokens endpoint");
-                return Ok(None);
-            }
-            Err(error) => return Err(error),
+        let sent = post_to_optional_endpoint(
+            &self.transport,
+            &self.url("/messages/count_tokens"),
+            &self.request_headers(&request),
+            &body,
+            &request.model,
+        )
+        .await?;
+        let Some(response) = sent else {
+            return Ok(None);
         };
         let json = self.read_answer(response).await?;
         let counted: CountTokensResponse = serde_json::from_value(json).map_err(|error| {

@@ -10,10 +10,11 @@ use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmE
 use reqwest::header::HeaderMap;
 
 use crate::client::{ClientOptions, KeyHeader};
-use crate::http::Transport;
+use crate::http::{Transport, clip};
 use crate::provider::{EventStream, Provider};
 use crate::wire::gemini::{
-    self, ChunkDecoder, GenerateContentResponse, ModelList, model_path, stream_error,
+    self, ChunkDecoder, GenerateContentResponse, ModelList, model_path, model_resource,
+    stream_error,
 };
 
 /// How many pages of `GET models` are read at most.
@@ -132,13 +133,7 @@ impl Provider for GeminiClient {
     async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
         let mut generate = self.body(&request)?;
         if let Some(fields) = generate.as_object_mut() {
-            let model = request.model.trim_start_matches('/');
-            let model = if model.contains('/') {
-                model.to_owned()
-            } else {
-                format!("models/{model}")
-            };
-            fields.insert("model".into(), serde_json::Value::String(model));
+            fields.insert("model".into(), model_resource(&request.model).into());
         }
         let body = serde_json::json!({ "generateContentRequest": generate });
         let url = self.options.url(&model_path(&request.model, "countTokens"));
@@ -151,7 +146,10 @@ impl Provider for GeminiClient {
             Some(total) if total.is_u64() => Ok(total.as_u64()),
             _ => Err(self.transport.error(
                 ErrorKind::Server,
-                format!("unexpected countTokens response: {}", clip_json(&json)),
+                format!(
+                    "unexpected countTokens response: {}",
+                    clip(&json.to_string())
+                ),
             )),
         }
     }
@@ -224,13 +222,4 @@ fn percent_encode(text: &str) -> String {
         }
     }
     out
-}
-
-/// A JSON value as text, cut to 200 characters, for error messages.
-fn clip_json(json: &serde_json::Value) -> String {
-    let text = json.to_string();
-    match text.char_indices().nth(200) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text,
-    }
 }

@@ -125,6 +125,29 @@ impl ClientOptions {
     }
 }
 
+/// `POST url` with `body` for an endpoint a server of the protocol may
+/// lack (a token count): `None` when it does ([`lacks_endpoint`], logged
+/// at debug level), the answer otherwise.
+///
+/// # Errors
+/// Any other failure of the request.
+pub(crate) async fn post_to_optional_endpoint(
+    transport: &crate::http::Transport,
+    url: &str,
+    headers: &reqwest::header::HeaderMap,
+    body: &serde_json::Value,
+    model: &str,
+) -> Result<Option<crate::http::Response>, freehold_protocol::LlmError> {
+    match transport.post_json_whole(url, headers, body).await {
+        Ok(response) => Ok(Some(response)),
+        Err(error) if lacks_endpoint(&error, model) => {
+            tracing::debug!(provider = %transport.provider(), url, %error, "no such endpoint");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// Whether `error` says the server has no such endpoint (404, 405 or 501)
 /// rather than no such model (a 404 that names `model`): a server that
 /// speaks a protocol without one of its optional endpoints, such as a

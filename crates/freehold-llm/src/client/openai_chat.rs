@@ -8,7 +8,7 @@ use freehold_protocol::{
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
-use crate::client::{ClientOptions, KeyHeader, lacks_endpoint};
+use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider, check_embed_request};
 use crate::wire::embeddings::{self, OpenAiEmbeddingsResponse};
@@ -121,33 +121,22 @@ impl Provider for OpenAiChatClient {
             return Ok(None);
         }
         let encoded = openai_chat::encode_request(&request, self.dialect, false);
-        let mut body = serde_json::Map::new();
-        body.insert("add_generation_prompt".into(), true.into());
-        if let serde_json::Value::Object(fields) =
-            serde_json::to_value(&encoded).map_err(|error| {
-                self.transport
-                    .error(ErrorKind::InvalidRequest, error.to_string())
-            })?
-        {
-            for (name, value) in fields {
-                if matches!(name.as_str(), "model" | "messages" | "tools") {
-                    body.insert(name, value);
-                }
-            }
+        let mut body = serde_json::to_value(&encoded).map_err(|error| {
+            self.transport
+                .error(ErrorKind::InvalidRequest, error.to_string())
+        })?;
+        if let Some(fields) = body.as_object_mut() {
+            fields.retain(|name, _| matches!(name.as_str(), "model" | "messages" | "tools"));
+            fields.insert("add_generation_prompt".into(), true.into());
         }
         let base = self.options.base_url.as_str();
         let root = base.strip_suffix("/v1").unwrap_or(base);
-        let sent = self
-            .transport
-            .post_json_whole(&format!("{root}/tokenize"), &self.headers, &body)
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(error) if lacks_endpoint(&error, &request.model) => {
-                tracing::debug!(provider = %self.options.name, %error, "no /tokenize endpoint");
-                return Ok(None);
-            }
-            Err(error) => return Err(error),
+        let url = format!("{root}/tokenize");
+        let sent =
+            post_to_optional_endpoint(&self.transport, &url, &self.headers, &body, &request.model)
+                .await?;
+        let Some(response) = sent else {
+            return Ok(None);
         };
         // A server whose `/tokenize` is another (llama.cpp's takes text and
         // answers `{"tokens"}`) gives no count: the caller estimates.

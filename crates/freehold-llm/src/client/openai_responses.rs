@@ -9,7 +9,7 @@ use freehold_protocol::{
 };
 use reqwest::header::HeaderMap;
 
-use crate::client::{ClientOptions, KeyHeader, lacks_endpoint};
+use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
 use crate::wire::openai_responses::{self, ResponseObject, ResponsesDecoder};
@@ -163,16 +163,10 @@ pub(crate) async fn count_with_input_tokens(
     if let Some(fields) = body.as_object_mut() {
         fields.retain(|name, _| INPUT_TOKENS_FIELDS.contains(&name.as_str()));
     }
-    let sent = transport
-        .post_json_whole(&options.url("/responses/input_tokens"), headers, &body)
-        .await;
-    let response = match sent {
-        Ok(response) => response,
-        Err(error) if lacks_endpoint(&error, &request.model) => {
-            tracing::debug!(provider = %options.name, %error, "no /responses/input_tokens endpoint");
-            return Ok(None);
-        }
-        Err(error) => return Err(error),
+    let url = options.url("/responses/input_tokens");
+    let sent = post_to_optional_endpoint(transport, &url, headers, &body, &request.model).await?;
+    let Some(response) = sent else {
+        return Ok(None);
     };
     let answer = transport.read_json(response).await?;
     Ok(answer

@@ -488,11 +488,17 @@ pub struct WireError {
 /// The path (under the base URL) of a model's `method`: `/models/{model}:{method}`.
 /// A model already naming its collection (`models/…`, `tunedModels/…`) keeps it.
 pub fn model_path(model: &str, method: &str) -> String {
+    format!("/{}:{method}", model_resource(model))
+}
+
+/// A model's resource name, as request bodies name it: `models/{model}`,
+/// or the model as given when it names its collection already.
+pub fn model_resource(model: &str) -> String {
     let model = model.trim_start_matches('/');
     if model.starts_with("models/") || model.starts_with("tunedModels/") {
-        format!("/{model}:{method}")
+        model.to_owned()
     } else {
-        format!("/models/{model}:{method}")
+        format!("models/{model}")
     }
 }
 
