@@ -474,8 +474,8 @@ impl Checkpoints {
 
     /// Fills a scratch index so that `git add` has little to re-hash.
     async fn seed(&self, index: &ScratchIndex) -> Result<(), CheckpointError> {
-        match std::fs::copy(&self.seed_index, &index.path) {
-            Ok(_) => return Ok(()),
+        match copy_keeping_mtime(&self.seed_index, &index.path) {
+            Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 let context = format!("cannot copy the git index into {}", index.path.display());
@@ -675,6 +675,22 @@ impl Checkpoints {
             CheckpointError::io(context, e)
         }
     }
+}
+
+/// Copies a git index, keeping its modification time. Git trusts an entry
+/// whose size and timestamps match the file unless the entry is "racy": not
+/// older than the index file. A copy stamped with the time of copying would
+/// make every entry look settled, and a same-size edit made within the
+/// timestamp granularity (whole seconds, for some git builds) of the entry
+/// would go unseen. The time is read before the copy: if the index is
+/// replaced in between, the older time only makes more entries racy.
+fn copy_keeping_mtime(from: &Path, to: &Path) -> std::io::Result<()> {
+    let modified = std::fs::metadata(from)?.modified()?;
+    std::fs::copy(from, to)?;
+    std::fs::File::options()
+        .write(true)
+        .open(to)?
+        .set_modified(modified)
 }
 
 /// Creates the shadow repository if needed; returns its canonical path.

@@ -268,6 +268,51 @@ async fn non_git_directory_uses_a_shadow_repository() {
     assert_eq!(again.list().await.unwrap().len(), 1);
 }
 
+/// Git trusts a file whose size and timestamps match its index entry,
+/// unless the entry is "racy": not older than the index file itself. On a
+/// clock with coarse ticks, a same-size rewrite inside the tick in which git
+/// indexed the file is caught only that way. Snapshots seed their scratch
+/// index from the last one, so the copy must keep the original's timestamp,
+/// or git stops seeing such entries as racy and undo misses the edit.
+///
+/// The tick is simulated: the file's mtime is set to a moment after the
+/// first snapshot and before the undo, and ctime (which a test cannot set)
+/// is left out of git's comparison by `core.trustctime`.
+#[tokio::test]
+async fn an_edit_that_keeps_size_and_mtime_is_still_undone() {
+    let dir = TestDir::new();
+    let data = TestDir::new();
+    let shadow = shadow_for(&data, dir.path());
+    let tick = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+    let write_at_tick = |text: &str| {
+        dir.write("main.py", text);
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("main.py"))
+            .unwrap();
+        file.set_modified(tick).unwrap();
+    };
+    write_at_tick("print(1)\n");
+
+    let checkpoints = Checkpoints::open(dir.path(), &shadow).await.unwrap();
+    let shadow_dir = format!("--git-dir={}", shadow.display());
+    git(
+        dir.path(),
+        &[&shadow_dir, "config", "core.trustctime", "false"],
+    );
+    checkpoints.snapshot("s", "turn 1").await.unwrap();
+    write_at_tick("print(2)\n");
+    let wait = tick
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    // Git may compare whole seconds only: the undo must come a second later.
+    tokio::time::sleep(wait + std::time::Duration::from_millis(1050)).await;
+
+    let report = checkpoints.restore_last().await.unwrap();
+    assert_eq!(report.restored, ["main.py"]);
+    assert_eq!(dir.read("main.py").as_deref(), Some("print(1)\n"));
+}
+
 #[tokio::test]
 async fn each_undo_steps_one_checkpoint_back_until_none_is_left() {
     let dir = repo();
