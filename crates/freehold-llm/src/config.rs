@@ -27,7 +27,7 @@ use crate::provider::{EventStream, Provider};
 use crate::retry::RetryPolicy;
 use crate::secret::ApiKey;
 use crate::text_tools::RecoveringProvider;
-use crate::wire::openai_chat::{Dialect, MaxTokensField};
+use crate::wire::openai_chat::{Dialect, MaxTokensField, TokenCountEndpoint};
 
 /// One `[providers.NAME]` table.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -85,10 +85,11 @@ pub struct ProviderConfig {
     /// Chat Completions only: send `stream_options.include_usage`.
     #[serde(default)]
     pub stream_usage: Option<bool>,
-    /// Chat Completions only: count tokens with the server's `/tokenize`
-    /// (vLLM's; on for the `vllm` preset).
+    /// Chat Completions only: where the server counts a request's tokens
+    /// for the gateway's `count_tokens` (presets set it for vLLM,
+    /// llama.cpp and OpenAI).
     #[serde(default)]
-    pub tokenize: Option<bool>,
+    pub token_count: Option<TokenCountName>,
     /// Anthropic only: `max_tokens` when a request sets none (the API
     /// requires one; default 8192).
     #[serde(default)]
@@ -143,6 +144,32 @@ pub enum MaxTokensFieldName {
     MaxTokens,
     /// `max_completion_tokens`.
     MaxCompletionTokens,
+}
+
+/// The endpoint a Chat Completions server counts tokens at, in
+/// configuration (see [`TokenCountEndpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenCountName {
+    /// None: the gateway estimates.
+    None,
+    /// vLLM's `POST /tokenize`.
+    Tokenize,
+    /// Anthropic's `POST /v1/messages/count_tokens`, as llama.cpp serves it.
+    MessagesCountTokens,
+    /// OpenAI's `POST /v1/responses/input_tokens`.
+    ResponsesInputTokens,
+}
+
+impl From<TokenCountName> for TokenCountEndpoint {
+    fn from(name: TokenCountName) -> Self {
+        match name {
+            TokenCountName::None => TokenCountEndpoint::None,
+            TokenCountName::Tokenize => TokenCountEndpoint::Tokenize,
+            TokenCountName::MessagesCountTokens => TokenCountEndpoint::MessagesCountTokens,
+            TokenCountName::ResponsesInputTokens => TokenCountEndpoint::ResponsesInputTokens,
+        }
+    }
 }
 
 /// A configuration that cannot be turned into a provider.
@@ -342,8 +369,8 @@ impl ProviderConfig {
         if let Some(stream_usage) = self.stream_usage {
             dialect.stream_usage = stream_usage;
         }
-        if let Some(tokenize) = self.tokenize {
-            dialect.tokenize = tokenize;
+        if let Some(endpoint) = self.token_count {
+            dialect.token_count = endpoint.into();
         }
         let engine = EngineSettings {
             threads: self.threads,
@@ -364,7 +391,11 @@ impl ProviderConfig {
                 ProviderKind::Openai,
                 self.stream_usage.is_some(),
             ),
-            ("tokenize", ProviderKind::Openai, self.tokenize.is_some()),
+            (
+                "token_count",
+                ProviderKind::Openai,
+                self.token_count.is_some(),
+            ),
             (
                 "default_max_tokens",
                 ProviderKind::Anthropic,

@@ -5,7 +5,7 @@
 //! `--model groq:llama-3.3-70b-versatile` works as soon as `GROQ_API_KEY` is
 //! set, and `--model ollama:qwen3:8b` as soon as Ollama runs locally.
 
-use crate::wire::openai_chat::{Dialect, MaxTokensField};
+use crate::wire::openai_chat::{Dialect, MaxTokensField, TokenCountEndpoint};
 
 /// The wire protocol a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -62,8 +62,7 @@ pub struct Preset {
 const COMPATIBLE: Dialect = Dialect {
     max_tokens_field: MaxTokensField::MaxTokens,
     stream_usage: true,
-    tokenize: false,
-    responses_input_tokens: false,
+    token_count: TokenCountEndpoint::None,
 };
 
 const fn hosted(
@@ -108,12 +107,20 @@ pub const PRESETS: &[Preset] = &[
         "http://127.0.0.1:11434",
         Some("OLLAMA_API_KEY"),
     ),
-    local(
-        "llamacpp",
-        ProviderKind::Openai,
-        "http://127.0.0.1:8080/v1",
-        Some("LLAMACPP_API_KEY"),
-    ),
+    Preset {
+        // llama-server counts a chat's tokens, tools included, at
+        // Anthropic's count endpoint, which it also serves.
+        dialect: Dialect {
+            token_count: TokenCountEndpoint::MessagesCountTokens,
+            ..COMPATIBLE
+        },
+        ..local(
+            "llamacpp",
+            ProviderKind::Openai,
+            "http://127.0.0.1:8080/v1",
+            Some("LLAMACPP_API_KEY"),
+        )
+    },
     local(
         "lmstudio",
         ProviderKind::Openai,
@@ -123,7 +130,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         // vLLM counts a chat's tokens, tools included, at `/tokenize`.
         dialect: Dialect {
-            tokenize: true,
+            token_count: TokenCountEndpoint::Tokenize,
             ..COMPATIBLE
         },
         ..local(
@@ -143,10 +150,9 @@ pub const PRESETS: &[Preset] = &[
         dialect: Dialect {
             max_tokens_field: MaxTokensField::MaxCompletionTokens,
             stream_usage: true,
-            tokenize: false,
             // OpenAI counts a request's tokens for the Responses API, which
             // sees the same conversation.
-            responses_input_tokens: true,
+            token_count: TokenCountEndpoint::ResponsesInputTokens,
         },
         ..hosted(
             "openai",
@@ -179,8 +185,7 @@ pub const PRESETS: &[Preset] = &[
         dialect: Dialect {
             max_tokens_field: MaxTokensField::MaxTokens,
             stream_usage: false,
-            tokenize: false,
-            responses_input_tokens: false,
+            token_count: TokenCountEndpoint::None,
         },
         ..hosted(
             "mistral",

@@ -149,7 +149,7 @@ fn a_protocols_settings_are_refused_on_another_kind() {
         ),
         (
             "kind = \"openai-responses\"\nbase_url = \"http://127.0.0.1:1/v1\"",
-            "tokenize = true",
+            "token_count = \"tokenize\"",
             "openai",
             "openai-responses",
         ),
@@ -196,7 +196,7 @@ fn a_protocols_settings_are_refused_on_another_kind() {
     }
     // On their own kind they are taken.
     for (table, key) in [
-        ("preset = \"vllm\"", "tokenize = false"),
+        ("preset = \"vllm\"", "token_count = \"none\""),
         ("preset = \"anthropic\"", "default_max_tokens = 100"),
         ("preset = \"ollama\"", "keep_alive = \"5m\""),
     ] {

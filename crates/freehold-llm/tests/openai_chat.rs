@@ -758,7 +758,70 @@ async fn other_compatible_servers_count_only_when_told_to() {
     let plain = configured("kind = \"openai\"", &server);
     assert_eq!(plain.count_input_tokens(request()).await.unwrap(), None);
     assert!(server.requests().is_empty());
-    let told = configured("kind = \"openai\"\ntokenize = true", &server);
+    let told = configured("kind = \"openai\"\ntoken_count = \"tokenize\"", &server);
     assert_eq!(told.count_input_tokens(request()).await.unwrap(), Some(9));
     assert_eq!(server.requests()[0].uri, "/tokenize");
+
+    // A preset's endpoint can be turned off.
+    let server = MockServer::start(vec![Scripted::json(200, json!({"count": 9}))]).await;
+    let off = configured("preset = \"vllm\"\ntoken_count = \"none\"", &server);
+    assert_eq!(off.count_input_tokens(request()).await.unwrap(), None);
+    assert!(server.requests().is_empty());
+
+    // An unknown endpoint is refused with the ones there are.
+    let error = toml::from_str::<freehold_llm::config::ProviderConfig>(
+        "kind = \"openai\"\ntoken_count = \"count\"",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("messages_count_tokens"), "{error}");
+}
+
+#[tokio::test]
+async fn llama_cpp_counts_a_chat_at_anthropics_count_endpoint() {
+    // llama-server serves Anthropic's count_tokens beside its Chat
+    // Completions: the chat rendered by its template and tokenized as a
+    // generation would be, answered by `{"input_tokens"}`.
+    let server = MockServer::start(vec![Scripted::json(200, json!({"input_tokens": 41}))]).await;
+    let llama = configured("preset = \"llamacpp\"", &server);
+    let mut req = request();
+    req.tools = vec![read_tool()];
+    req.max_tokens = Some(10);
+    assert_eq!(llama.count_input_tokens(req).await.unwrap(), Some(41));
+    let sent = &server.requests()[0];
+    assert_eq!(sent.uri, "/v1/messages/count_tokens");
+    let body = sent.json();
+    assert_eq!(body["model"], "gpt-test");
+    assert_eq!(body["system"], "Be brief.", "{body}");
+    assert_eq!(body["messages"][0]["content"][0]["text"], "Hi", "{body}");
+    assert_eq!(body["tools"][0]["name"], "read");
+    assert_eq!(body["tools"][0]["input_schema"]["required"][0], "path");
+    for refused in ["max_tokens", "stream"] {
+        assert_eq!(body.get(refused), None, "{body}");
+    }
+
+    // A llama-server from before the endpoint (404), or a server answering
+    // something else there: no count, and the gateway estimates.
+    for (status, answer) in [
+        (
+            404,
+            json!({"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}),
+        ),
+        (200, json!({"tokens": [1, 2]})),
+    ] {
+        let server = MockServer::start(vec![Scripted::json(status, answer)]).await;
+        let llama = configured("preset = \"llamacpp\"", &server);
+        assert_eq!(
+            llama.count_input_tokens(request()).await.unwrap(),
+            None,
+            "HTTP {status}"
+        );
+    }
+    // A count that is not a number is the server's error.
+    let server =
+        MockServer::start(vec![Scripted::json(200, json!({"input_tokens": "many"}))]).await;
+    let llama = configured("preset = \"llamacpp\"", &server);
+    let error = llama.count_input_tokens(request()).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Server);
+    assert!(error.message.contains("many"), "{error}");
 }

@@ -1233,9 +1233,17 @@ async fn the_openai_preset_counts_chat_completions_with_the_responses_endpoint()
     use freehold_llm::client::OpenAiChatClient;
     use freehold_llm::presets::preset;
 
+    use freehold_llm::wire::openai_chat::TokenCountEndpoint;
+
     let dialect = preset("openai").unwrap().dialect;
-    assert!(dialect.responses_input_tokens);
-    assert!(!preset("groq").unwrap().dialect.responses_input_tokens);
+    assert_eq!(
+        dialect.token_count,
+        TokenCountEndpoint::ResponsesInputTokens
+    );
+    assert_eq!(
+        preset("groq").unwrap().dialect.token_count,
+        TokenCountEndpoint::None
+    );
     let server = MockServer::start(vec![Scripted::json(
         200,
         json!({"object": "response.input_tokens", "input_tokens": 12}),

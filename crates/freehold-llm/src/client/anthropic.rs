@@ -9,8 +9,8 @@ use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
 use crate::wire::anthropic::{
-    self, ANTHROPIC_VERSION, COUNT_TOKENS_FIELDS, CountTokensResponse, DEFAULT_MAX_TOKENS,
-    EncodeOptions, ErrorResponse, EventDecoder, MessagesResponse, ModelList,
+    self, ANTHROPIC_VERSION, COUNT_TOKENS_FIELDS, DEFAULT_MAX_TOKENS, EncodeOptions, ErrorResponse,
+    EventDecoder, MessagesResponse, ModelList,
 };
 
 /// Pages of `GET /v1/models` read at most (of up to 1000 models each).
@@ -124,19 +124,67 @@ impl AnthropicClient {
 }
 
 impl AnthropicClient {
-    /// A JSON answer, or the error it carries: Anthropic's error shape can
-    /// come with a success status from servers that imitate the API.
+    /// A JSON answer, or the error it carries.
     async fn read_answer(
         &self,
         response: crate::http::Response,
     ) -> Result<serde_json::Value, LlmError> {
-        let json = self.transport.read_json(response).await?;
-        if json.get("type").and_then(serde_json::Value::as_str) == Some("error") {
-            let error: ErrorResponse = serde_json::from_value(json).unwrap_or_default();
-            let error = anthropic::api_error(&self.options.name, &error.error);
-            return Err(self.transport.redact_error(error));
-        }
-        Ok(json)
+        read_answer(&self.transport, &self.options.name, response).await
+    }
+}
+
+/// A JSON answer, or the error it carries: Anthropic's error shape can come
+/// with a success status from servers that imitate the API.
+async fn read_answer(
+    transport: &Transport,
+    provider: &str,
+    response: crate::http::Response,
+) -> Result<serde_json::Value, LlmError> {
+    let json = transport.read_json(response).await?;
+    if json.get("type").and_then(serde_json::Value::as_str) == Some("error") {
+        let error: ErrorResponse = serde_json::from_value(json).unwrap_or_default();
+        let error = anthropic::api_error(provider, &error.error);
+        return Err(transport.redact_error(error));
+    }
+    Ok(json)
+}
+
+/// Counts `request`'s input tokens at an Anthropic `count_tokens` endpoint
+/// (`url`): the Messages request with only the fields that endpoint takes,
+/// answered by `{"input_tokens"}`. `None` when the server has no such
+/// endpoint. Shared with Chat Completions servers that serve Anthropic's
+/// endpoint too (llama.cpp's `llama-server`).
+pub(crate) async fn count_with_messages_endpoint(
+    transport: &Transport,
+    provider: &str,
+    url: &str,
+    headers: &HeaderMap,
+    request: &ChatRequest,
+) -> Result<Option<u64>, LlmError> {
+    // `max_tokens` is filled in and then left out with the other fields the
+    // endpoint refuses, so the default does not matter.
+    let mut body = to_json(
+        transport,
+        &anthropic::encode_request(request, EncodeOptions::default()),
+    )?;
+    if let Some(fields) = body.as_object_mut() {
+        fields.retain(|name, _| COUNT_TOKENS_FIELDS.contains(&name.as_str()));
+    }
+    let sent = post_to_optional_endpoint(transport, url, headers, &body, &request.model).await?;
+    let Some(response) = sent else {
+        return Ok(None);
+    };
+    let json = read_answer(transport, provider, response).await?;
+    match json.get("input_tokens") {
+        // Another kind of endpoint at that path: no count, the caller
+        // estimates.
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(count) => count.as_u64().map(Some).ok_or_else(|| {
+            transport.error(
+                ErrorKind::Server,
+                format!("unexpected count_tokens response: input_tokens {count}"),
+            )
+        }),
     }
 }
 
@@ -216,29 +264,14 @@ impl Provider for AnthropicClient {
     /// speaks the Messages API without that endpoint (404, 405 or 501 that
     /// does not name the model) cannot count: `None`.
     async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
-        let mut body = self.body(&request, false)?;
-        if let Some(fields) = body.as_object_mut() {
-            fields.retain(|name, _| COUNT_TOKENS_FIELDS.contains(&name.as_str()));
-        }
-        let sent = post_to_optional_endpoint(
+        count_with_messages_endpoint(
             &self.transport,
+            &self.options.name,
             &self.url("/messages/count_tokens"),
             &self.request_headers(&request),
-            &body,
-            &request.model,
+            &request,
         )
-        .await?;
-        let Some(response) = sent else {
-            return Ok(None);
-        };
-        let json = self.read_answer(response).await?;
-        let counted: CountTokensResponse = serde_json::from_value(json).map_err(|error| {
-            self.transport.error(
-                ErrorKind::Server,
-                format!("unexpected count_tokens response: {error}"),
-            )
-        })?;
-        Ok(Some(counted.input_tokens))
+        .await
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {

@@ -12,7 +12,9 @@ use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider, check_embed_request};
 use crate::wire::embeddings::{self, OpenAiEmbeddingsResponse};
-use crate::wire::openai_chat::{self, ChunkDecoder, CompletionResponse, Dialect};
+use crate::wire::openai_chat::{
+    self, ChunkDecoder, CompletionResponse, Dialect, TokenCountEndpoint,
+};
 
 /// A client of `POST {base_url}/chat/completions`.
 #[derive(Debug, Clone)]
@@ -102,25 +104,44 @@ impl Provider for OpenAiChatClient {
         openai_embed(&self.transport, &self.options, &self.headers, request).await
     }
 
-    /// With a dialect that has one: OpenAI's `POST /responses/input_tokens`,
-    /// or vLLM's `POST /tokenize` beside the `/v1` root (the chat rendered
-    /// by the server's own template, tools included). A server without the
-    /// endpoint (404, 405 or 501 that does not name the model) cannot
-    /// count: `None`, as without the dialect.
+    /// At the endpoint the dialect names (see [`TokenCountEndpoint`]):
+    /// vLLM's `POST /tokenize` beside the `/v1` root (the chat rendered by
+    /// the server's own template, tools included), Anthropic's
+    /// `/messages/count_tokens` (llama.cpp's `llama-server`), or OpenAI's
+    /// `POST /responses/input_tokens`. A server without the endpoint (404,
+    /// 405 or 501 that does not name the model) cannot count: `None`, as
+    /// without one.
     async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
-        if self.dialect.responses_input_tokens {
-            return super::openai_responses::count_with_input_tokens(
-                &self.transport,
-                &self.options,
-                &self.headers,
-                &request,
-            )
-            .await;
+        match self.dialect.token_count {
+            TokenCountEndpoint::None => Ok(None),
+            TokenCountEndpoint::Tokenize => self.count_with_tokenize(&request).await,
+            TokenCountEndpoint::MessagesCountTokens => {
+                super::anthropic::count_with_messages_endpoint(
+                    &self.transport,
+                    &self.options.name,
+                    &self.options.url("/messages/count_tokens"),
+                    &self.headers,
+                    &request,
+                )
+                .await
+            }
+            TokenCountEndpoint::ResponsesInputTokens => {
+                super::openai_responses::count_with_input_tokens(
+                    &self.transport,
+                    &self.options,
+                    &self.headers,
+                    &request,
+                )
+                .await
+            }
         }
-        if !self.dialect.tokenize {
-            return Ok(None);
-        }
-        let encoded = openai_chat::encode_request(&request, self.dialect, false);
+    }
+}
+
+impl OpenAiChatClient {
+    /// vLLM's `POST /tokenize`, beside the `/v1` root.
+    async fn count_with_tokenize(&self, request: &ChatRequest) -> Result<Option<u64>, LlmError> {
+        let encoded = openai_chat::encode_request(request, self.dialect, false);
         let mut body = serde_json::to_value(&encoded).map_err(|error| {
             self.transport
                 .error(ErrorKind::InvalidRequest, error.to_string())

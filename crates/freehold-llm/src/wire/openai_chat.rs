@@ -475,13 +475,29 @@ pub struct Dialect {
     /// Whether to send `stream_options.include_usage` (a few strict servers
     /// reject unknown fields).
     pub stream_usage: bool,
-    /// Whether the server counts a chat's tokens at `POST /tokenize` beside
-    /// its `/v1` root, as vLLM does: `{"model", "messages", "tools",
-    /// "add_generation_prompt": true}` answered by `{"count", …}`.
-    pub tokenize: bool,
-    /// Whether the server counts tokens at `POST /responses/input_tokens`,
-    /// as OpenAI's API does (the request in the Responses API's shape).
-    pub responses_input_tokens: bool,
+    /// Where the server counts a request's input tokens, if anywhere.
+    pub token_count: TokenCountEndpoint,
+}
+
+/// Where a Chat Completions server counts a request's input tokens without
+/// answering it. The protocol has no such endpoint of its own, so each
+/// server that has one borrows another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenCountEndpoint {
+    /// Nowhere: the caller estimates.
+    #[default]
+    None,
+    /// `POST /tokenize` beside the `/v1` root, as vLLM has it:
+    /// `{"model", "messages", "tools", "add_generation_prompt": true}`
+    /// answered by `{"count", …}`.
+    Tokenize,
+    /// `POST {base}/messages/count_tokens`, Anthropic's, as llama.cpp's
+    /// `llama-server` has it: the request in the Messages API's shape,
+    /// answered by `{"input_tokens"}`.
+    MessagesCountTokens,
+    /// `POST {base}/responses/input_tokens`, as OpenAI's API has it: the
+    /// request in the Responses API's shape.
+    ResponsesInputTokens,
 }
 
 impl Default for Dialect {
@@ -489,8 +505,7 @@ impl Default for Dialect {
         Self {
             max_tokens_field: MaxTokensField::MaxTokens,
             stream_usage: true,
-            tokenize: false,
-            responses_input_tokens: false,
+            token_count: TokenCountEndpoint::None,
         }
     }
 }
