@@ -622,7 +622,11 @@ async fn sighup_reloads_routes_without_dropping_requests_in_flight() {
             .send();
         tokio::spawn(async move { request.await.unwrap().text().await.unwrap() })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while slow.requests().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(slow.requests().len(), 1, "the stream reached its upstream");
     // …the configuration changes and the gateway is told…
     std::fs::write(served.base.join("config.toml"), config(&second.base_url())).unwrap();
     let pid = served.child.id().unwrap().to_string();
@@ -698,15 +702,24 @@ async fn two_gateway_processes_on_one_postgres_enforce_one_budget() {
             other => panic!("unexpected status {other}"),
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let keys: Value =
-        serde_json::from_str(&second.freehold(&["keys", "list", "--json"]).await).unwrap();
-    let key = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["name"] == name.as_str())
-        .unwrap();
+    // Settlements are written just after the answers: read until they are
+    // all in (a loaded machine can hold them up), for at most 10 s.
+    let mut key = Value::Null;
+    for _ in 0..50 {
+        let keys: Value =
+            serde_json::from_str(&second.freehold(&["keys", "list", "--json"]).await).unwrap();
+        key = keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name.as_str())
+            .unwrap()
+            .clone();
+        if key["reserved_usd"].as_f64().unwrap().abs() < 1e-9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     eprintln!("two gateways: {passed} of 50 passed; {key}");
     assert!((1..50).contains(&passed), "{passed}");
     assert!(
@@ -729,8 +742,9 @@ async fn shutdown_cuts_off_requests_after_the_grace_period() {
     let mut served = Served::start(&config, &[]).await;
     let request = request_in_flight(&served.url, "mock", &upstream).await;
     let elapsed = served.terminate(Duration::from_secs(20)).await;
-    // One grace period for the request, at most one more for the ledger.
-    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    // One grace period for the request, at most one more for the ledger:
+    // far less than the upstream's 30 s, with room for a loaded machine.
+    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
     let answer = request.await.unwrap();
     assert!(
         answer.is_err(),
@@ -825,7 +839,8 @@ async fn per_core_runtime_serves_every_connection_and_shuts_down_within_the_grac
     // A request still running at SIGTERM is cut off after the grace.
     let in_flight = request_in_flight(&served.url, "slow", &slow).await;
     let elapsed = served.terminate(Duration::from_secs(20)).await;
-    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    // The 1 s grace, not the upstream's 30 s.
+    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
     assert!(in_flight.await.unwrap().is_err(), "the request was cut off");
     // Every answered request is in the ledger, written before the exit.
     let row = served.usage_row("model", "fast").await;
@@ -941,29 +956,54 @@ async fn busy_polling_keeps_a_per_core_runtime_polling_after_requests_only() {
     .await;
     let pid = served.child.id().unwrap();
     let client = reqwest::Client::new();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = process_cpu_time(pid);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle = process_cpu_time(pid).saturating_sub(before);
-    assert!(idle < Duration::from_millis(30), "idle: {idle:?}");
-
-    let before = process_cpu_time(pid);
-    let answer = chat_answer(&client, &served.url, "mock").await;
-    assert_eq!(answer["choices"][0]["message"]["content"], MOCK_TEXT);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let polling = process_cpu_time(pid).saturating_sub(before);
-    // A fifth of the window: other tests may share the CPUs.
+    // CPU time is shared with whatever else runs: each check takes the best
+    // of a few windows, so that one window crowded by other work (or by the
+    // runtime still starting) does not decide it.
+    let window = Duration::from_millis(300);
+    let cpu_in_window = || async move {
+        let before = process_cpu_time(pid);
+        tokio::time::sleep(window).await;
+        process_cpu_time(pid).saturating_sub(before)
+    };
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(cpu_in_window().await);
+        if idle.last() < Some(&Duration::from_millis(30)) {
+            break;
+        }
+    }
     assert!(
-        polling > Duration::from_millis(60),
+        idle.last() < Some(&Duration::from_millis(30)),
+        "idle: {idle:?}"
+    );
+
+    let mut polling = Vec::new();
+    for _ in 0..3 {
+        let before = process_cpu_time(pid);
+        let answer = chat_answer(&client, &served.url, "mock").await;
+        assert_eq!(answer["choices"][0]["message"]["content"], MOCK_TEXT);
+        tokio::time::sleep(window).await;
+        polling.push(process_cpu_time(pid).saturating_sub(before));
+        // A fifth of the window: other tests may share the CPUs.
+        if polling.last() > Some(&Duration::from_millis(60)) {
+            break;
+        }
+    }
+    assert!(
+        polling.last() > Some(&Duration::from_millis(60)),
         "after a request: {polling:?}"
     );
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let before = process_cpu_time(pid);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = process_cpu_time(pid).saturating_sub(before);
+    let mut after = Vec::new();
+    for _ in 0..5 {
+        after.push(cpu_in_window().await);
+        if after.last() < Some(&Duration::from_millis(30)) {
+            break;
+        }
+    }
     assert!(
-        after < Duration::from_millis(30),
+        after.last() < Some(&Duration::from_millis(30)),
         "after the window: {after:?}"
     );
 }

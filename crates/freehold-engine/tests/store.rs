@@ -260,7 +260,9 @@ async fn serve(
             for chunk in body.chunks(len.div_ceil(10).max(1)) {
                 stream.write_all(chunk).await?;
                 stream.flush().await?;
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                // A second in all: time for a second puller to start,
+                // even on a loaded machine, while this one downloads.
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         Reply::Ranges => {

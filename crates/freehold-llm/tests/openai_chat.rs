@@ -461,14 +461,15 @@ async fn idle_timeout_fires_when_the_stream_goes_silent() {
 
 #[tokio::test]
 async fn slow_but_steady_streams_are_never_cut() {
-    // 30 chunks 100 ms apart: 3 s in total, far over the 300 ms idle timeout,
-    // but never silent for long: a total deadline would kill it, an idle
-    // timeout must not.
+    // 30 chunks 100 ms apart: 3 s in total, three times the 1 s idle
+    // timeout, but never silent for long: a total deadline would kill it, an
+    // idle timeout must not. (The timeout is ten gaps long so that a test
+    // thread held up on a loaded machine does not look like silence.)
     let mut script = Scripted::sse(&text_stream(), Split::Every(text_stream().len() / 30 + 1));
     script.chunk_delay = Duration::from_millis(100);
     let server = MockServer::start(vec![script]).await;
     let mut options = options("o", format!("{}/v1", server.url()));
-    options.http.idle_timeout = Duration::from_millis(300);
+    options.http.idle_timeout = Duration::from_secs(1);
     let client = OpenAiChatClient::new(options, Dialect::default()).unwrap();
     let response = collect_stream("o", client.stream(request()).await.unwrap())
         .await

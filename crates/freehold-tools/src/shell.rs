@@ -1,6 +1,7 @@
 //! The `shell` tool: a command run by bash in the project directory, in
 //! its own process group so a timeout or cancel can kill all it started.
 
+use std::os::fd::AsFd as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -150,7 +151,13 @@ async fn run_command(
                 status = Some(exited);
                 drain_until = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
             },
-            () = drain => open = false,
+            () = drain => {
+                // What is already in the pipe was written before the time
+                // was up: take it, even if this task was held up so long
+                // that the timer fired first.
+                drain_now(&reader, &mut chunk, &mut capture);
+                open = false;
+            },
             () = &mut deadline => {
                 kill_group(&mut child, group).await;
                 let output = capture.finish();
@@ -164,6 +171,21 @@ async fn run_command(
         }
     }
     Ok(ToolOutput::text(render(capture.finish(), status)))
+}
+
+/// Reads what the pipe holds now, without waiting: a pipe's worth (64 KiB
+/// on Linux) a few times over at most, in case background children are
+/// still writing. The read goes to the file descriptor (non-blocking)
+/// rather than through tokio, whose readiness flag may not yet know of data
+/// that came while this task was held up; the reader is not used after.
+fn drain_now(reader: &pipe::Receiver, chunk: &mut [u8], capture: &mut Capture) {
+    const MOST_READS: usize = 16;
+    for _ in 0..MOST_READS {
+        match nix::unistd::read(reader.as_fd(), chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => capture.push(&chunk[..n]),
+        }
+    }
 }
 
 /// The model's view: the output, then how the command ended unless it
