@@ -863,7 +863,9 @@ async fn idle_timeout_fires_when_the_stream_goes_silent() {
         Scripted::sse(&text_stream(), Split::Every(40)).stall_after(2, Duration::from_secs(30));
     let server = MockServer::start(vec![script]).await;
     let mut options = options("o", server.url());
-    options.http.idle_timeout = Duration::from_millis(300);
+    // Long enough that a loaded machine does not mistake slow headers for
+    // silence; the stall is 30 s.
+    options.http.idle_timeout = Duration::from_secs(1);
     let client = AnthropicClient::new(options).unwrap();
     let started = Instant::now();
     let (_events, error) = drain(client.stream(request()).await.unwrap()).await;

@@ -638,7 +638,9 @@ async fn idle_timeout_fires_when_the_stream_goes_silent() {
         Scripted::ndjson(&text_stream(), Split::Every(40)).stall_after(2, Duration::from_secs(30));
     let server = MockServer::start(vec![script]).await;
     let mut options = opts(&server, true);
-    options.http.idle_timeout = Duration::from_millis(300);
+    // Long enough that a loaded machine does not mistake slow headers for
+    // silence; the stall is 30 s.
+    options.http.idle_timeout = Duration::from_secs(1);
     let settings = OllamaSettings {
         probe_context: false,
         ..OllamaSettings::default()
