@@ -773,6 +773,11 @@ pub fn error_kind(message: &str) -> ErrorKind {
 }
 
 /// The `{"error": "…"}` of a line or body, as an error of `provider`.
+///
+/// Such an error comes inside an answer that already had its status (200),
+/// so it has none of its own; a refusal of the request (invalid, or too
+/// long for the context) is given the 400 that Ollama sends for one before
+/// an answer starts, so that it is handled (and logged) the same way.
 pub fn error_in(provider: &str, value: &Value) -> Option<LlmError> {
     let error = value.get("error")?;
     if error.is_null() {
@@ -786,7 +791,17 @@ pub fn error_in(provider: &str, value: &Value) -> Option<LlmError> {
             .map(str::to_owned)
             .unwrap_or_else(|| other.to_string()),
     };
-    Some(LlmError::new(error_kind(&message), provider, message))
+    let kind = error_kind(&message);
+    let refusal = matches!(
+        kind,
+        ErrorKind::InvalidRequest | ErrorKind::ContextLengthExceeded { .. }
+    );
+    let error = LlmError::new(kind, provider, message);
+    Some(if refusal {
+        error.with_status(400)
+    } else {
+        error
+    })
 }
 
 /// Decodes a complete (non-streamed) answer.
@@ -920,6 +935,32 @@ mod tests {
             num_ctx,
             num_predict,
         })
+    }
+
+    #[test]
+    fn an_error_inside_an_answer_is_a_400_only_when_it_refuses_the_request() {
+        let refusal = error_in(
+            "o",
+            &json!({"error": "registry.ollama.ai/library/gemma:2b does not support tools"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (refusal.kind, refusal.status),
+            (ErrorKind::InvalidRequest, Some(400))
+        );
+        let too_long = error_in(
+            "o",
+            &json!({"error": "prompt is too long: 9000 tokens, maximum context length is 8192"}),
+        )
+        .unwrap();
+        assert_eq!(too_long.status, Some(400));
+        let crash = error_in(
+            "o",
+            &json!({"error": {"message": "llama runner process has terminated"}}),
+        )
+        .unwrap();
+        assert_eq!((crash.kind, crash.status), (ErrorKind::Server, None));
+        assert!(error_in("o", &json!({"error": null, "done": true})).is_none());
     }
 
     #[test]
