@@ -475,7 +475,14 @@ impl Checkpoints {
     /// Fills a scratch index so that `git add` has little to re-hash.
     async fn seed(&self, index: &ScratchIndex) -> Result<(), CheckpointError> {
         match copy_keeping_mtime(&self.seed_index, &index.path) {
-            Ok(()) => return Ok(()),
+            Ok(Seeded::Yes) => return Ok(()),
+            Ok(Seeded::NoTimestamp(e)) => {
+                // A seed without its time would hide edits from git (see
+                // `copy_keeping_mtime`): start from no seed, which is only
+                // slower.
+                tracing::debug!("not seeding the scratch index: {e}");
+                let _ = std::fs::remove_file(&index.path);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 let context = format!("cannot copy the git index into {}", index.path.display());
@@ -677,6 +684,15 @@ impl Checkpoints {
     }
 }
 
+/// What [`copy_keeping_mtime`] did.
+enum Seeded {
+    /// The copy has the original's modification time.
+    Yes,
+    /// The copy was made but its time could not be set (the error says
+    /// why); it must not be used.
+    NoTimestamp(std::io::Error),
+}
+
 /// Copies a git index, keeping its modification time. Git trusts an entry
 /// whose size and timestamps match the file unless the entry is "racy": not
 /// older than the index file. A copy stamped with the time of copying would
@@ -684,13 +700,16 @@ impl Checkpoints {
 /// timestamp granularity (whole seconds, for some git builds) of the entry
 /// would go unseen. The time is read before the copy: if the index is
 /// replaced in between, the older time only makes more entries racy.
-fn copy_keeping_mtime(from: &Path, to: &Path) -> std::io::Result<()> {
-    let modified = std::fs::metadata(from)?.modified()?;
+fn copy_keeping_mtime(from: &Path, to: &Path) -> std::io::Result<Seeded> {
+    let modified = std::fs::metadata(from)?.modified();
     std::fs::copy(from, to)?;
-    std::fs::File::options()
-        .write(true)
-        .open(to)?
-        .set_modified(modified)
+    // Setting a given time takes owning the file, not writing to it: the
+    // copy keeps the original's permissions, which may be read-only.
+    let set = modified.and_then(|time| std::fs::File::open(to)?.set_modified(time));
+    Ok(match set {
+        Ok(()) => Seeded::Yes,
+        Err(e) => Seeded::NoTimestamp(e),
+    })
 }
 
 /// Creates the shadow repository if needed; returns its canonical path.

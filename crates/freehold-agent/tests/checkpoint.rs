@@ -275,24 +275,23 @@ async fn non_git_directory_uses_a_shadow_repository() {
 /// index from the last one, so the copy must keep the original's timestamp,
 /// or git stops seeing such entries as racy and undo misses the edit.
 ///
-/// The tick is simulated: the file's mtime is set to a moment after the
-/// first snapshot and before the undo, and ctime (which a test cannot set)
-/// is left out of git's comparison by `core.trustctime`.
+/// The tick is simulated: the file, the snapshot's index and the rewritten
+/// file all get the same mtime, and ctime (which a test cannot set) is left
+/// out of git's comparison by `core.trustctime`.
 #[tokio::test]
 async fn an_edit_that_keeps_size_and_mtime_is_still_undone() {
     let dir = TestDir::new();
     let data = TestDir::new();
     let shadow = shadow_for(&data, dir.path());
-    let tick = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
-    let write_at_tick = |text: &str| {
-        dir.write("main.py", text);
-        let file = std::fs::File::options()
-            .write(true)
-            .open(dir.path().join("main.py"))
+    let tick = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+    let stamp = |path: &Path| {
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(tick)
             .unwrap();
-        file.set_modified(tick).unwrap();
     };
-    write_at_tick("print(1)\n");
+    dir.write("main.py", "print(1)\n");
+    stamp(&dir.path().join("main.py"));
 
     let checkpoints = Checkpoints::open(dir.path(), &shadow).await.unwrap();
     let shadow_dir = format!("--git-dir={}", shadow.display());
@@ -301,12 +300,10 @@ async fn an_edit_that_keeps_size_and_mtime_is_still_undone() {
         &[&shadow_dir, "config", "core.trustctime", "false"],
     );
     checkpoints.snapshot("s", "turn 1").await.unwrap();
-    write_at_tick("print(2)\n");
-    let wait = tick
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    // Git may compare whole seconds only: the undo must come a second later.
-    tokio::time::sleep(wait + std::time::Duration::from_millis(1050)).await;
+    // The index the snapshot kept, and the agent's edit, in the same tick.
+    stamp(&shadow.join("index"));
+    dir.write("main.py", "print(2)\n");
+    stamp(&dir.path().join("main.py"));
 
     let report = checkpoints.restore_last().await.unwrap();
     assert_eq!(report.restored, ["main.py"]);
