@@ -995,8 +995,9 @@ async fn busy_polling_keeps_a_per_core_runtime_polling_after_requests_only() {
     );
 
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // Two tries only: polling that ran on much past its window must fail.
     let mut after = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..2 {
         after.push(cpu_in_window().await);
         if after.last() < Some(&Duration::from_millis(30)) {
             break;

@@ -614,6 +614,34 @@ async fn every_error_status_maps_to_its_kind() {
 }
 
 #[tokio::test]
+async fn a_refusal_inside_a_whole_answer_is_treated_as_a_400() {
+    // Ollama can answer 200 with only `{"error"}`; a refusal of the request
+    // stands for the 400 it sends before an answer starts (and is logged
+    // like one by the gateway), other errors carry no status.
+    for (body, kind, status) in [
+        (
+            json!({"error": "registry.ollama.ai/library/gemma:2b does not support tools"}),
+            ErrorKind::InvalidRequest,
+            Some(400),
+        ),
+        (
+            json!({"error": "llama runner process has terminated: exit status 2"}),
+            ErrorKind::Server,
+            None,
+        ),
+    ] {
+        let server = MockServer::start(vec![Scripted::json(200, body.clone())]).await;
+        let settings = OllamaSettings {
+            probe_context: false,
+            ..OllamaSettings::default()
+        };
+        let client = OllamaClient::with_settings(opts(&server, false), settings).unwrap();
+        let error = client.complete(request()).await.unwrap_err();
+        assert_eq!((error.kind, error.status), (kind, status), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn retries_server_errors_and_honours_retry_after() {
     let server = MockServer::start(vec![
         Scripted::json(500, json!({"error": "boom"})),

@@ -803,28 +803,55 @@ async fn llama_cpp_counts_a_chat_at_anthropics_count_endpoint() {
         assert_eq!(body.get(refused), None, "{body}");
     }
 
-    // A llama-server from before the endpoint (404), or a server answering
-    // something else there: no count, and the gateway estimates.
+    // Configured without `/v1`, as llama-server also serves its chat: the
+    // count still goes where llama-server has it.
+    let server = MockServer::start(vec![Scripted::json(200, json!({"input_tokens": 7}))]).await;
+    let mut config: freehold_llm::config::ProviderConfig =
+        toml::from_str("preset = \"llamacpp\"").unwrap();
+    config.base_url = Some(server.url());
+    let rooted = config
+        .resolve("gpu")
+        .unwrap()
+        .build(&freehold_llm::HealthSettings::default())
+        .unwrap();
+    assert_eq!(rooted.count_input_tokens(request()).await.unwrap(), Some(7));
+    assert_eq!(server.requests()[0].uri, "/v1/messages/count_tokens");
+
+    // A llama-server from before the endpoint (404), a server answering
+    // something else there, or one that refuses or fails on the count (a
+    // template error, say) while its chat may work: no count, no error, and
+    // the gateway estimates.
     for (status, answer) in [
         (
             404,
             json!({"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}),
         ),
         (200, json!({"tokens": [1, 2]})),
+        (200, json!({"input_tokens": "many"})),
+        (
+            400,
+            json!({"error": {"code": 400, "message": "bad template", "type": "invalid_request_error"}}),
+        ),
+        (
+            500,
+            json!({"error": {"code": 500, "message": "no mmproj", "type": "server_error"}}),
+        ),
     ] {
-        let server = MockServer::start(vec![Scripted::json(status, answer)]).await;
-        let llama = configured("preset = \"llamacpp\"", &server);
+        let server = MockServer::start(vec![Scripted::json(status, answer.clone())]).await;
+        let llama = configured("preset = \"llamacpp\"\nmax_retries = 0", &server);
         assert_eq!(
             llama.count_input_tokens(request()).await.unwrap(),
             None,
-            "HTTP {status}"
+            "HTTP {status}: {answer}"
         );
     }
-    // A count that is not a number is the server's error.
-    let server =
-        MockServer::start(vec![Scripted::json(200, json!({"input_tokens": "many"}))]).await;
+    // A wrong key is the server's answer to anything: an error.
+    let server = MockServer::start(vec![Scripted::json(
+        401,
+        json!({"error": {"code": 401, "message": "Invalid API Key", "type": "authentication_error"}}),
+    )])
+    .await;
     let llama = configured("preset = \"llamacpp\"", &server);
     let error = llama.count_input_tokens(request()).await.unwrap_err();
-    assert_eq!(error.kind, ErrorKind::Server);
-    assert!(error.message.contains("many"), "{error}");
+    assert_eq!(error.kind, ErrorKind::Authentication);
 }

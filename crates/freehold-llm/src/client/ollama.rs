@@ -250,7 +250,7 @@ impl Provider for OllamaClient {
             .await?;
         let json = self.transport.read_json(response).await?;
         if let Some(error) = ollama::error_in(&self.options.name, &json) {
-            return Err(self.transport.error(error.kind, error.message));
+            return Err(self.transport.redact_error(error));
         }
         let response: WireChatResponse = serde_json::from_value(json).map_err(|error| {
             self.transport.error(
@@ -313,7 +313,7 @@ impl Provider for OllamaClient {
             .await?;
         let json = self.transport.read_json(response).await?;
         if let Some(error) = ollama::error_in(&self.options.name, &json) {
-            return Err(self.transport.error(error.kind, error.message));
+            return Err(self.transport.redact_error(error));
         }
         let response: OllamaEmbedResponse = serde_json::from_value(json).map_err(|error| {
             self.transport.error(

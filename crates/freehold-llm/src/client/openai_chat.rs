@@ -112,33 +112,54 @@ impl Provider for OpenAiChatClient {
     /// 405 or 501 that does not name the model) cannot count: `None`, as
     /// without one.
     async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
-        match self.dialect.token_count {
-            TokenCountEndpoint::None => Ok(None),
+        let borrowed = match self.dialect.token_count {
+            TokenCountEndpoint::None => return Ok(None),
             TokenCountEndpoint::Tokenize => self.count_with_tokenize(&request).await,
             TokenCountEndpoint::MessagesCountTokens => {
                 super::anthropic::count_with_messages_endpoint(
                     &self.transport,
                     &self.options.name,
-                    &self.options.url("/messages/count_tokens"),
+                    &format!("{}/v1/messages/count_tokens", self.server_root()),
                     &self.headers,
                     &request,
                 )
                 .await
             }
             TokenCountEndpoint::ResponsesInputTokens => {
-                super::openai_responses::count_with_input_tokens(
+                // OpenAI's own endpoint, on OpenAI's own API: its errors
+                // are the request's.
+                return super::openai_responses::count_with_input_tokens(
                     &self.transport,
                     &self.options,
                     &self.headers,
                     &request,
                 )
-                .await
+                .await;
             }
+        };
+        // An endpoint borrowed from another API may refuse or fail on what
+        // the server's chat takes (another validator, another code path): a
+        // count is advisory, so that is no count rather than a failure, and
+        // it must not count against the server's health. Connection, key and
+        // model errors are the server's answer to anything, and stay errors.
+        match borrowed {
+            Err(error) if matches!(error.kind, ErrorKind::InvalidRequest | ErrorKind::Server) => {
+                tracing::debug!(provider = %self.options.name, %error, "no token count");
+                Ok(None)
+            }
+            counted => counted,
         }
     }
 }
 
 impl OpenAiChatClient {
+    /// The server's root: the base URL without its `/v1`, where servers
+    /// put the endpoints that are not OpenAI's.
+    fn server_root(&self) -> &str {
+        let base = self.options.base_url.as_str();
+        base.strip_suffix("/v1").unwrap_or(base)
+    }
+
     /// vLLM's `POST /tokenize`, beside the `/v1` root.
     async fn count_with_tokenize(&self, request: &ChatRequest) -> Result<Option<u64>, LlmError> {
         let encoded = openai_chat::encode_request(request, self.dialect, false);
@@ -150,9 +171,7 @@ impl OpenAiChatClient {
             fields.retain(|name, _| matches!(name.as_str(), "model" | "messages" | "tools"));
             fields.insert("add_generation_prompt".into(), true.into());
         }
-        let base = self.options.base_url.as_str();
-        let root = base.strip_suffix("/v1").unwrap_or(base);
-        let url = format!("{root}/tokenize");
+        let url = format!("{}/tokenize", self.server_root());
         let sent =
             post_to_optional_endpoint(&self.transport, &url, &self.headers, &body, &request.model)
                 .await?;
