@@ -93,6 +93,25 @@ impl TestDb {
         }
     }
 
+    /// The expiries of the held reservations, in Unix milliseconds.
+    async fn reservation_expiries(&self) -> Vec<i64> {
+        let sql = "SELECT expires_at_ms FROM freehold_reservations ORDER BY expires_at_ms";
+        match self {
+            TestDb::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                let rows = sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                rows
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let rows = sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                rows
+            }
+        }
+    }
+
     async fn finish(self) {
         if let TestDb::Postgres { admin, name, .. } = self {
             let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
@@ -718,6 +737,20 @@ async fn expired_reservations_are_released_once(db: &TestDb) {
         .await
         .unwrap();
     assert_ne!(lost.id, live.id);
+    // Timed by the database's clock, in milliseconds: the live hold expires
+    // an hour from now (this machine's clock is the database's here).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let expiries = db.reservation_expiries().await;
+    assert_eq!(expiries.len(), 2);
+    let hour_ms = 3_600_000;
+    assert!(
+        (expiries[1] - (now_ms + hour_ms)).abs() < 60_000,
+        "{expiries:?} against {now_ms}"
+    );
+    assert!((expiries[0] - now_ms).abs() < 60_000, "{expiries:?}");
     tokio::time::sleep(Duration::from_millis(5)).await;
     let (a, b) = tokio::join!(
         first.release_expired_reservations(),

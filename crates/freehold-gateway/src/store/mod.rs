@@ -259,13 +259,6 @@ fn is_busy(error: &sqlx::Error) -> bool {
         .is_some_and(|code| code & 0xff == 5)
 }
 
-/// The current time in Unix milliseconds.
-fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, duration_ms)
-}
-
 fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -507,6 +500,19 @@ impl Store {
         }
     }
 
+    /// SQL for the database's own clock, in Unix milliseconds. Holds are
+    /// timed by it, the one clock that every gateway sharing the database
+    /// sees, so replicas whose clocks disagree cannot release each other's
+    /// holds early.
+    fn now_ms_sql(&self) -> &'static str {
+        match self.pool {
+            // `julianday('now')` counts days with millisecond precision;
+            // 2440587.5 is the Unix epoch's.
+            Pool::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Pool::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
     /// Where the database is, fit for logs: a file path, `:memory:`, or
     /// `postgres://USER@HOST:PORT/DB` (never a password).
     pub fn location(&self) -> &str {
@@ -718,7 +724,12 @@ impl Store {
     ) -> Result<Reservation, StoreError> {
         let amount = usd_to_micros(amount_usd, "the amount to reserve")?;
         let id = format!("res_{}", random_hex(12)?);
-        let expires_at_ms = unix_now_ms().saturating_add(duration_ms(hold));
+        let hold_ms = duration_ms(hold);
+        let insert = format!(
+            "INSERT INTO freehold_reservations (id, key_id, micros, expires_at_ms) \
+             VALUES ($1, $2, $3, {} + $4)",
+            self.now_ms_sql()
+        );
         let reserved: Option<String> = with_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
             let reserved: Option<String> = sqlx::query_scalar(
@@ -733,14 +744,11 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             if reserved.is_some() {
-                sqlx::query(
-                    "INSERT INTO freehold_reservations (id, key_id, micros, expires_at_ms) \
-                     VALUES ($1, $2, $3, $4)",
-                )
+                sqlx::query(&insert)
                 .bind(&id)
                 .bind(key_id)
                 .bind(amount)
-                .bind(expires_at_ms)
+                .bind(hold_ms)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -835,13 +843,13 @@ impl Store {
     /// # Errors
     /// A database failure (the holds then stay, for the next call).
     pub async fn release_expired_reservations(&self) -> Result<u64, StoreError> {
-        let now = unix_now_ms();
+        let select = format!(
+            "SELECT id, key_id, micros FROM freehold_reservations \
+             WHERE expires_at_ms < {} ORDER BY expires_at_ms LIMIT 1000",
+            self.now_ms_sql()
+        );
         let released = with_pool!(self, pool => async {
-            let expired: Vec<(String, String, i64)> = sqlx::query_as(
-                "SELECT id, key_id, micros FROM freehold_reservations \
-                 WHERE expires_at_ms < $1 ORDER BY expires_at_ms LIMIT 1000",
-            )
-            .bind(now)
+            let expired: Vec<(String, String, i64)> = sqlx::query_as(&select)
             .fetch_all(pool)
             .await?;
             let mut released = 0;
