@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{assert_well_ordered, drain, options, text_of};
 use freehold_llm::client::OpenAiChatClient;
 use freehold_llm::secret::ApiKey;
-use freehold_llm::wire::openai_chat::{Dialect, MaxTokensField};
+use freehold_llm::wire::openai_chat::{Dialect, MaxTokensField, TokenCountEndpoint};
 use freehold_llm::{Provider, collect_stream};
 use freehold_protocol::{
     ChatRequest, ErrorKind, Message, ResponseFormat, StopReason, StreamEvent, ToolCall, ToolChoice,
@@ -778,6 +778,29 @@ async fn other_compatible_servers_count_only_when_told_to() {
     .unwrap_err()
     .to_string();
     assert!(error.contains("messages_count_tokens"), "{error}");
+}
+
+#[tokio::test]
+async fn a_count_is_awaited_for_the_idle_timeout_not_a_whole_answers() {
+    // A count generates nothing: a server that has not answered within the
+    // idle timeout is stuck, even though a whole answer may take minutes.
+    let server = MockServer::start(vec![
+        Scripted::json(200, json!({"count": 3})).delay(Duration::from_secs(30)),
+    ])
+    .await;
+    let mut options = options("gpu", format!("{}/v1", server.url()));
+    options.http.idle_timeout = Duration::from_secs(1);
+    options.http.response_timeout = Duration::from_secs(600);
+    options.http.retry.max_retries = 0;
+    let dialect = Dialect {
+        token_count: TokenCountEndpoint::Tokenize,
+        ..Dialect::default()
+    };
+    let vllm = OpenAiChatClient::new(options, dialect).unwrap();
+    let started = Instant::now();
+    let error = vllm.count_input_tokens(request()).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(20));
 }
 
 #[tokio::test]

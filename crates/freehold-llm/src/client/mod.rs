@@ -127,7 +127,9 @@ impl ClientOptions {
 
 /// `POST url` with `body` for an endpoint a server of the protocol may
 /// lack (a token count): `None` when it does ([`lacks_endpoint`], logged
-/// at debug level), the answer otherwise.
+/// at debug level), the answer otherwise. A count generates nothing, so
+/// its answer is awaited for the idle timeout, not for the long time a
+/// whole generated answer may take.
 ///
 /// # Errors
 /// Any other failure of the request.
@@ -138,7 +140,7 @@ pub(crate) async fn post_to_optional_endpoint(
     body: &serde_json::Value,
     model: &str,
 ) -> Result<Option<crate::http::Response>, freehold_protocol::LlmError> {
-    match transport.post_json_whole(url, headers, body).await {
+    match transport.post_json(url, headers, body).await {
         Ok(response) => Ok(Some(response)),
         Err(error) if lacks_endpoint(&error, model) => {
             tracing::debug!(provider = %transport.provider(), url, %error, "no such endpoint");
