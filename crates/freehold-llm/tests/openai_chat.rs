@@ -702,6 +702,15 @@ fn configured(config: &str, server: &MockServer) -> std::sync::Arc<dyn Provider>
         .unwrap()
 }
 
+/// A request to count: with a tool (counted) and `max_tokens` (which the
+/// count endpoints refuse, so it must be left out).
+fn count_request() -> ChatRequest {
+    let mut request = request();
+    request.tools = vec![read_tool()];
+    request.max_tokens = Some(10);
+    request
+}
+
 #[tokio::test]
 async fn vllm_counts_a_chat_with_its_tokenize_endpoint() {
     let server = MockServer::start(vec![Scripted::json(
@@ -710,10 +719,10 @@ async fn vllm_counts_a_chat_with_its_tokenize_endpoint() {
     )])
     .await;
     let vllm = configured("preset = \"vllm\"", &server);
-    let mut req = request();
-    req.tools = vec![read_tool()];
-    req.max_tokens = Some(10);
-    assert_eq!(vllm.count_input_tokens(req).await.unwrap(), Some(57));
+    assert_eq!(
+        vllm.count_input_tokens(count_request()).await.unwrap(),
+        Some(57)
+    );
     let sent = &server.requests()[0];
     assert_eq!(
         sent.uri, "/tokenize",
@@ -810,10 +819,10 @@ async fn llama_cpp_counts_a_chat_at_anthropics_count_endpoint() {
     // generation would be, answered by `{"input_tokens"}`.
     let server = MockServer::start(vec![Scripted::json(200, json!({"input_tokens": 41}))]).await;
     let llama = configured("preset = \"llamacpp\"", &server);
-    let mut req = request();
-    req.tools = vec![read_tool()];
-    req.max_tokens = Some(10);
-    assert_eq!(llama.count_input_tokens(req).await.unwrap(), Some(41));
+    assert_eq!(
+        llama.count_input_tokens(count_request()).await.unwrap(),
+        Some(41)
+    );
     let sent = &server.requests()[0];
     assert_eq!(sent.uri, "/v1/messages/count_tokens");
     let body = sent.json();
