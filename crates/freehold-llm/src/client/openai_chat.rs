@@ -107,10 +107,10 @@ impl Provider for OpenAiChatClient {
     /// At the endpoint the dialect names (see [`TokenCountEndpoint`]):
     /// vLLM's `POST /tokenize` beside the `/v1` root (the chat rendered by
     /// the server's own template, tools included), Anthropic's
-    /// `/messages/count_tokens` (llama.cpp's `llama-server`), or OpenAI's
-    /// `POST /responses/input_tokens`. A server without the endpoint (404,
-    /// 405 or 501 that does not name the model) cannot count: `None`, as
-    /// without one.
+    /// `POST /v1/messages/count_tokens` at the server's root (llama.cpp's
+    /// `llama-server`), or OpenAI's `POST /responses/input_tokens`. A server
+    /// without the endpoint (404, 405 or 501 that does not name the model)
+    /// cannot count: `None`, as without one.
     async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
         let borrowed = match self.dialect.token_count {
             TokenCountEndpoint::None => return Ok(None),
