@@ -229,9 +229,9 @@ pub(crate) struct TokenCount {
 /// Counts a request's input tokens. It is routed, and checked against the
 /// key's models and the privacy policy like the request itself (kept
 /// local, redacted or refused alike); then the provider that would answer
-/// counts it when it can (the local engine with the model's tokenizer,
-/// vLLM, Anthropic and Gemini with their own endpoints), and the gateway
-/// estimates otherwise. Counting takes no rate-limit token and no budget;
+/// counts it when it can (see `Provider::count_input_tokens`: the local
+/// engine with the model's tokenizer, servers and APIs with a count
+/// endpoint), and the gateway estimates otherwise. Counting takes no rate-limit token and no budget;
 /// the ledger gets a line without tokens, naming the provider only when
 /// one counted.
 ///

@@ -864,6 +864,26 @@ async fn counts_input_tokens_with_googles_own_endpoint() {
 }
 
 #[tokio::test]
+async fn a_count_is_awaited_for_the_idle_timeout_not_a_whole_answers() {
+    // countTokens generates nothing: no answer within the idle timeout
+    // means a stuck server, though a generated answer may take minutes.
+    let server = MockServer::start(vec![
+        Scripted::json(200, json!({"totalTokens": 3})).delay(Duration::from_secs(30)),
+    ])
+    .await;
+    let mut options =
+        options("test-gemini", format!("{}/v1beta", server.url())).with_key(ApiKey::new(KEY));
+    options.http.retry = freehold_llm::retry::RetryPolicy::none();
+    options.http.idle_timeout = Duration::from_secs(1);
+    options.http.response_timeout = Duration::from_secs(600);
+    let client = GeminiClient::new(options).unwrap();
+    let started = Instant::now();
+    let error = client.count_input_tokens(request()).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test]
 async fn a_count_without_total_tokens_is_no_count_and_a_wrong_one_an_error() {
     // Google's JSON leaves zero fields out, but a prompt always has tokens:
     // an answer without any is not Google's, and the caller estimates.

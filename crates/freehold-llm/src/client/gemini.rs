@@ -50,17 +50,23 @@ impl GeminiClient {
     }
 
     /// `POST url` with `body`, the answer read whole as JSON, or the error
-    /// it carries (Google can send one with a success status).
-    async fn post_whole(
+    /// it carries (Google can send one with a success status). `generates`
+    /// says whether the answer is generated: then it may take the response
+    /// timeout to come, otherwise (a token count) the idle timeout.
+    async fn post_for_json(
         &self,
         url: &str,
         body: &serde_json::Value,
+        generates: bool,
     ) -> Result<serde_json::Value, LlmError> {
-        let response = self
-            .transport
-            .post_json_whole(url, &self.headers, body)
-            .await
-            .map_err(refine)?;
+        let sent = if generates {
+            self.transport
+                .post_json_whole(url, &self.headers, body)
+                .await
+        } else {
+            self.transport.post_json(url, &self.headers, body).await
+        };
+        let response = sent.map_err(refine)?;
         let json = self.transport.read_json(response).await?;
         if let Some(error) = json.get("error") {
             return Err(self
@@ -118,7 +124,7 @@ impl Provider for GeminiClient {
         let url = self
             .options
             .url(&model_path(&request.model, "generateContent"));
-        let json = self.post_whole(&url, &body).await?;
+        let json = self.post_for_json(&url, &body, true).await?;
         let response: GenerateContentResponse = serde_json::from_value(json).map_err(|error| {
             self.transport.error(
                 ErrorKind::Server,
@@ -137,7 +143,7 @@ impl Provider for GeminiClient {
         }
         let body = serde_json::json!({ "generateContentRequest": generate });
         let url = self.options.url(&model_path(&request.model, "countTokens"));
-        let json = self.post_whole(&url, &body).await?;
+        let json = self.post_for_json(&url, &body, false).await?;
         // Google's JSON leaves out zero fields, but a prompt always has
         // tokens: an answer without `totalTokens` comes from something
         // else (a proxy, a compatible server), and the caller estimates.
