@@ -231,9 +231,9 @@ pub(crate) struct TokenCount {
 /// local, redacted or refused alike); then the provider that would answer
 /// counts it when it can (see `Provider::count_input_tokens`: the local
 /// engine with the model's tokenizer, servers and APIs with a count
-/// endpoint), and the gateway estimates otherwise. Counting takes no rate-limit token and no budget;
-/// the ledger gets a line without tokens, naming the provider only when
-/// one counted.
+/// endpoint), and the gateway estimates otherwise. Counting takes no
+/// rate-limit token and no budget; the ledger gets a line without tokens,
+/// naming the provider only when one counted.
 ///
 /// # Errors
 /// The first check that fails, or the provider's error, as the client

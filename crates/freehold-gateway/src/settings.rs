@@ -210,7 +210,7 @@ impl GatewaySettings {
     /// here. A request ends by `request_timeout` (upstream call and stream
     /// together), its last write to a client that stopped reading fails
     /// after `client_timeout`, and at shutdown it is cut off after the
-    /// grace; five minutes more cover clocks a little apart.
+    /// grace; five minutes more are a margin.
     pub fn reservation_hold(&self) -> Duration {
         let limits = self.time_limits();
         self.request_timeout() + limits.client + limits.grace + Duration::from_secs(300)

@@ -771,6 +771,12 @@ async fn expired_reservations_are_released_once(db: &TestDb) {
     // after all adds its cost without releasing its hold a second time.
     first.settle(&live, 0.2).await.unwrap();
     first.settle(&lost, 0.1).await.unwrap();
+    // A hold as long as a Duration goes is capped, not an SQL overflow.
+    let forever = first
+        .reserve_for(&key.id, 0.1, Duration::MAX)
+        .await
+        .unwrap();
+    first.settle(&forever, 0.0).await.unwrap();
     let now = first.key_by_id(&key.id).await.unwrap().unwrap();
     assert!(
         close(now.reserved_usd, 0.0) && close(now.spent_usd, 0.3),

@@ -724,7 +724,10 @@ impl Store {
     ) -> Result<Reservation, StoreError> {
         let amount = usd_to_micros(amount_usd, "the amount to reserve")?;
         let id = format!("res_{}", random_hex(12)?);
-        let hold_ms = duration_ms(hold);
+        // Added to the database's clock in SQL, where an overflow is an
+        // error: a century is "never" enough.
+        const CENTURY_MS: i64 = 100 * 366 * 24 * 3600 * 1000;
+        let hold_ms = duration_ms(hold).min(CENTURY_MS);
         let insert = format!(
             "INSERT INTO freehold_reservations (id, key_id, micros, expires_at_ms) \
              VALUES ($1, $2, $3, {} + $4)",
