@@ -108,6 +108,7 @@ async fn admit_inner(
         gateway
             .limits
             .admit(&key.id, key.rpm, key.tpm)
+            .await
             .map_err(|limited| GatewayError::rate_limited(&limited))?;
     }
     // Larger asks are lowered to the cap; a request without one keeps the
@@ -692,9 +693,12 @@ impl Accounting {
             .and_then(|t| routes.router.cost_of(&t.provider, &t.model, &usage));
         let key_id = self.caller.key().map(|k| k.id.clone());
         if let Some(id) = &key_id {
-            gateway
-                .limits
-                .record_tokens(id, usage.input_tokens + usage.output_tokens);
+            gateway.limits.record_tokens(
+                id,
+                usage.input_tokens + usage.output_tokens,
+                self.caller.key().and_then(|key| key.tpm),
+                &gateway.settling,
+            );
         }
         let record = UsageRecord {
             at_ms: self.at_ms,

@@ -1,13 +1,20 @@
 //! Per-key rate limits: requests and tokens per minute over a sliding
-//! window, kept in this process's memory.
+//! window.
 //!
-//! Several gateway replicas each enforce the limit on their own share of
-//! the traffic; budgets (which must never be overspent) live in the shared
-//! database instead.
+//! A gateway alone keeps the windows in its memory: an exact log of when
+//! each request and token arrived. Gateways sharing a PostgreSQL database
+//! keep them in it instead ([`Store::admit_rate`]), so that a key's limit
+//! holds across all of them rather than once per replica; the window is
+//! then estimated from two whole minutes, at the cost of a database round
+//! trip for each request of a limited key (as a budget costs one).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use tokio_util::task::TaskTracker;
+
+use crate::store::{RateWindow, Store};
 
 /// The window the limits count over.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -77,22 +84,89 @@ impl Window {
     }
 }
 
-/// Sliding-window counters for every key seen.
+/// Sliding-window counters for every key seen, in memory or in the
+/// database the gateways share.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     windows: Mutex<HashMap<String, Window>>,
+    /// The database the windows are kept in when gateways share them;
+    /// `None` keeps them in `windows`, which is also the fallback while
+    /// that database fails.
+    shared: Option<Shared>,
+}
+
+/// How long the limiter counts in memory after the shared database failed,
+/// before it tries the database again.
+const UNAVAILABLE_FOR: Duration = Duration::from_secs(5);
+
+/// The shared database's side of a [`RateLimiter`].
+#[derive(Debug)]
+struct Shared {
+    store: Store,
+    /// Keys the database refused, with the refusal and when it ends. Until
+    /// then the key is refused here without asking: its count can only go
+    /// up before time brings it down, so asking sooner would only load the
+    /// database every gateway shares (a client that ignores `Retry-After`
+    /// would cost two queries a request).
+    refused: Mutex<HashMap<String, (Instant, Limited)>>,
+    /// Until when the database is not asked, after it failed.
+    unavailable_until: Mutex<Option<Instant>>,
 }
 
 impl RateLimiter {
+    /// Limits counted in this process's memory.
+    pub fn in_memory() -> Self {
+        Self::default()
+    }
+
+    /// Limits counted in `store`, shared with every gateway using it.
+    pub fn shared(store: Store) -> Self {
+        Self {
+            windows: Mutex::default(),
+            shared: Some(Shared {
+                store,
+                refused: Mutex::default(),
+                unavailable_until: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Whether the limits are counted in a shared database.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// Admits a request for `key` if it is under both limits, counting it.
+    /// When the shared database fails, requests are counted in this
+    /// process's memory instead for the next few seconds (and a warning
+    /// logged): a rate limit is not worth refusing service over, unlike a
+    /// budget.
     ///
     /// # Errors
-    /// [`Limited`] with the time until the oldest request or tokens leave
-    /// the window.
-    pub fn admit(&self, key: &str, rpm: Option<u32>, tpm: Option<u32>) -> Result<(), Limited> {
+    /// [`Limited`] with the time until enough of the window has passed.
+    pub async fn admit(
+        &self,
+        key: &str,
+        rpm: Option<u32>,
+        tpm: Option<u32>,
+    ) -> Result<(), Limited> {
         if rpm.is_none() && tpm.is_none() {
             return Ok(());
         }
+        if let Some(shared) = &self.shared
+            && let Some(admitted) = shared.admit(key, rpm, tpm).await
+        {
+            return admitted;
+        }
+        self.admit_in_memory(key, rpm, tpm)
+    }
+
+    fn admit_in_memory(
+        &self,
+        key: &str,
+        rpm: Option<u32>,
+        tpm: Option<u32>,
+    ) -> Result<(), Limited> {
         let now = Instant::now();
         let mut windows = self.lock();
         let window = windows.entry(key.to_owned()).or_default();
@@ -130,11 +204,32 @@ impl RateLimiter {
         Ok(())
     }
 
-    /// Counts `tokens` used by a finished request of `key`.
-    pub fn record_tokens(&self, key: &str, tokens: u64) {
+    /// Counts `tokens` used by a finished request of `key`, whose token
+    /// limit is `tpm`. In a shared database that is a write, spawned and
+    /// tracked by `writes` (shutdown waits for it), and only for keys with
+    /// a token limit.
+    pub(crate) fn record_tokens(
+        &self,
+        key: &str,
+        tokens: u64,
+        tpm: Option<u32>,
+        writes: &TaskTracker,
+    ) {
         if tokens == 0 {
             return;
         }
+        if let Some(shared) = &self.shared
+            && tpm.is_some()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let (store, key) = (shared.store.clone(), key.to_owned());
+            handle.spawn(writes.track_future(async move {
+                if let Err(error) = store.add_rate_tokens(&key, tokens).await {
+                    tracing::warn!(%error, "counting a request's tokens against its key's limit");
+                }
+            }));
+        }
+        // In memory too: the fallback's window, when the database fails.
         let mut windows = self.lock();
         if let Some(window) = windows.get_mut(key) {
             window.tokens.push_back((Instant::now(), tokens));
@@ -143,12 +238,134 @@ impl RateLimiter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Window>> {
-        // A panic while holding the lock leaves counters that are still
-        // usable; keep serving rather than poisoning every later request.
-        self.windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.windows)
     }
+}
+
+impl Shared {
+    /// The database's answer, or `None` when it is unavailable (the caller
+    /// counts in memory then).
+    async fn admit(
+        &self,
+        key: &str,
+        rpm: Option<u32>,
+        tpm: Option<u32>,
+    ) -> Option<Result<(), Limited>> {
+        let now = Instant::now();
+        if lock(&self.unavailable_until).is_some_and(|until| now < until) {
+            return None;
+        }
+        {
+            let mut refused = lock(&self.refused);
+            match refused.get(key) {
+                Some((until, limited)) if now < *until => {
+                    return Some(Err(Limited {
+                        retry_after: *until - now,
+                        ..*limited
+                    }));
+                }
+                Some(_) => {
+                    refused.remove(key);
+                }
+                None => {}
+            }
+        }
+        match self.store.admit_rate(key, rpm, tpm).await {
+            Ok(None) => Some(Ok(())),
+            Ok(Some(window)) => {
+                let limited = refusal(&window, rpm, tpm);
+                lock(&self.refused).insert(key.to_owned(), (now + limited.retry_after, limited));
+                Some(Err(limited))
+            }
+            Err(error) => {
+                let mut until = lock(&self.unavailable_until);
+                // One warning per outage, not one per request.
+                if until.is_none_or(|until| until <= now) {
+                    tracing::warn!(
+                        %error,
+                        "the shared rate limits are unavailable; counting requests in this \
+                         gateway alone for {} s",
+                        UNAVAILABLE_FOR.as_secs()
+                    );
+                }
+                *until = Some(Instant::now() + UNAVAILABLE_FOR);
+                None
+            }
+        }
+    }
+}
+
+/// Locks `mutex`, even one poisoned by a panic: the counters stay usable,
+/// and serving on beats failing every later request.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why the shared `window` refused a request, and when to retry.
+fn refusal(window: &RateWindow, rpm: Option<u32>, tpm: Option<u32>) -> Limited {
+    let elapsed = window.elapsed_ms;
+    if let Some(rpm) = rpm {
+        // The estimate with this request in it, against the limit.
+        let estimate = estimate(window.previous_requests, window.requests, elapsed) + 1.0;
+        if estimate > f64::from(rpm) || tpm.is_none() {
+            return Limited {
+                limit: LimitKind::Requests,
+                per_minute: rpm,
+                retry_after: wait_until_at_most(
+                    window.previous_requests,
+                    window.requests,
+                    elapsed,
+                    f64::from(rpm) - 1.0,
+                ),
+            };
+        }
+    }
+    let tpm = tpm.unwrap_or(0);
+    Limited {
+        limit: LimitKind::Tokens,
+        per_minute: tpm,
+        // Tokens pass while the estimate is under the limit, strictly.
+        retry_after: wait_until_at_most(
+            window.previous_tokens,
+            window.tokens,
+            elapsed,
+            f64::from(tpm) - 1e-6,
+        ),
+    }
+}
+
+/// The count in the sliding minute ending `elapsed_ms` into the current
+/// minute: all of the current one, and the part of the previous one the
+/// window still covers.
+fn estimate(previous: u64, current: u64, elapsed_ms: u64) -> f64 {
+    let window = WINDOW.as_millis() as f64;
+    let covered = (window - elapsed_ms as f64).max(0.0) / window;
+    previous as f64 * covered + current as f64
+}
+
+/// How long until the estimated count falls to `allowance` or below, if
+/// nothing more arrives: the previous minute slides out of the window
+/// first, then (after the next minute starts) the current one.
+fn wait_until_at_most(previous: u64, current: u64, elapsed_ms: u64, allowance: f64) -> Duration {
+    if allowance < 0.0 {
+        // A limit of 0: nothing will ever pass.
+        return WINDOW;
+    }
+    let window = WINDOW.as_millis() as f64;
+    let to_next_minute = (window - elapsed_ms as f64).max(0.0);
+    let (previous, current) = (previous as f64, current as f64);
+    let ms = if current <= allowance {
+        if previous <= 0.0 {
+            0.0
+        } else {
+            (to_next_minute - window * (allowance - current) / previous).max(0.0)
+        }
+    } else {
+        to_next_minute + window * (1.0 - allowance / current)
+    };
+    Duration::from_millis(ms.ceil() as u64).min(2 * WINDOW)
 }
 
 #[cfg(test)]
@@ -159,34 +376,127 @@ mod tests {
     fn requests_per_minute_refuse_the_one_over() {
         let limiter = RateLimiter::default();
         for _ in 0..3 {
-            limiter.admit("k", Some(3), None).unwrap();
+            limiter.admit_in_memory("k", Some(3), None).unwrap();
         }
-        let refused = limiter.admit("k", Some(3), None).unwrap_err();
+        let refused = limiter.admit_in_memory("k", Some(3), None).unwrap_err();
         assert_eq!(refused.limit, LimitKind::Requests);
         assert!(refused.retry_after > Duration::from_secs(55));
         assert!(refused.to_string().contains("3 requests per minute"));
         // Other keys have their own window.
-        limiter.admit("other", Some(3), None).unwrap();
+        limiter.admit_in_memory("other", Some(3), None).unwrap();
     }
 
     #[test]
     fn tokens_per_minute_count_what_was_used() {
         let limiter = RateLimiter::default();
-        limiter.admit("k", None, Some(100)).unwrap();
-        limiter.record_tokens("k", 60);
-        limiter.admit("k", None, Some(100)).unwrap();
-        limiter.record_tokens("k", 60);
-        let refused = limiter.admit("k", None, Some(100)).unwrap_err();
+        limiter.admit_in_memory("k", None, Some(100)).unwrap();
+        limiter.record_tokens("k", 60, Some(100), &TaskTracker::new());
+        limiter.admit_in_memory("k", None, Some(100)).unwrap();
+        limiter.record_tokens("k", 60, Some(100), &TaskTracker::new());
+        let refused = limiter.admit_in_memory("k", None, Some(100)).unwrap_err();
         assert_eq!(refused.limit, LimitKind::Tokens);
         assert!(refused.retry_after <= WINDOW);
     }
 
-    #[test]
-    fn no_limits_keep_no_state() {
+    #[tokio::test]
+    async fn no_limits_keep_no_state() {
         let limiter = RateLimiter::default();
         for _ in 0..1000 {
-            limiter.admit("k", None, None).unwrap();
+            limiter.admit("k", None, None).await.unwrap();
         }
         assert!(limiter.lock().is_empty());
+    }
+
+    #[test]
+    fn shared_refusals_say_when_the_window_has_room() {
+        let window = |previous_requests, requests, elapsed_ms| RateWindow {
+            previous_requests,
+            requests,
+            previous_tokens: 0,
+            tokens: 0,
+            elapsed_ms,
+        };
+        // Three this minute, 10 s in, of 3 a minute: the next minute starts
+        // in 50 s, and then a third of those three must slide out (20 s).
+        let refused = refusal(&window(0, 3, 10_000), Some(3), None);
+        assert_eq!(refused.limit, LimitKind::Requests);
+        assert_eq!(refused.retry_after, Duration::from_secs(70));
+        // Six last minute, halfway through this one: 3 still count; two
+        // must, so 10 s more of the previous minute has to slide out.
+        let refused = refusal(&window(6, 0, 30_000), Some(3), None);
+        assert_eq!(refused.retry_after, Duration::from_secs(10));
+        // Tokens: 100 of 100 this minute.
+        let tokens = RateWindow {
+            tokens: 100,
+            ..window(0, 1, 0)
+        };
+        let refused = refusal(&tokens, Some(10), Some(100));
+        assert_eq!(refused.limit, LimitKind::Tokens);
+        assert_eq!(refused.per_minute, 100);
+        assert!(refused.retry_after > WINDOW && refused.retry_after <= 2 * WINDOW);
+        // Ten tokens last minute, of 10 a minute, at its very end: the
+        // first millisecond of this one takes the estimate under 10.
+        let just_over = RateWindow {
+            previous_tokens: 10,
+            ..window(0, 0, 0)
+        };
+        let refused = refusal(&just_over, None, Some(10));
+        assert_eq!(refused.retry_after, Duration::from_millis(1));
+        // A limit of nothing waits a whole window.
+        assert_eq!(refusal(&window(0, 0, 0), Some(0), None).retry_after, WINDOW);
+        // Never more than two minutes.
+        assert!(refusal(&window(0, 1_000, 0), Some(1), None).retry_after <= 2 * WINDOW);
+    }
+
+    #[test]
+    fn the_estimate_slides_the_previous_minute_out() {
+        assert!((estimate(60, 5, 0) - 65.0).abs() < 1e-9);
+        assert!((estimate(60, 5, 30_000) - 35.0).abs() < 1e-9);
+        assert!((estimate(60, 5, 59_999) - 5.001).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn shared_limits_fall_back_to_memory_when_the_database_fails() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let (key, _) = store
+            .create_key(crate::store::NewKey {
+                name: "k".into(),
+                rpm: Some(2),
+                ..crate::store::NewKey::default()
+            })
+            .await
+            .unwrap();
+        let limiter = RateLimiter::shared(store.clone());
+        assert!(limiter.is_shared());
+        limiter.admit(&key.id, Some(2), None).await.unwrap();
+        // The database goes away: requests are still limited, by memory.
+        store.close().await;
+        limiter.admit(&key.id, Some(2), None).await.unwrap();
+        limiter.admit(&key.id, Some(2), None).await.unwrap();
+        let refused = limiter.admit(&key.id, Some(2), None).await.unwrap_err();
+        assert_eq!(refused.limit, LimitKind::Requests);
+    }
+
+    #[tokio::test]
+    async fn shared_refusals_are_remembered_until_they_end() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let (key, _) = store
+            .create_key(crate::store::NewKey {
+                name: "k".into(),
+                rpm: Some(1),
+                ..crate::store::NewKey::default()
+            })
+            .await
+            .unwrap();
+        let limiter = RateLimiter::shared(store.clone());
+        limiter.admit(&key.id, Some(1), None).await.unwrap();
+        let first = limiter.admit(&key.id, Some(1), None).await.unwrap_err();
+        // Without the database the refusal still stands (memory alone, which
+        // has counted nothing, would admit): it was not asked again.
+        store.close().await;
+        let again = limiter.admit(&key.id, Some(1), None).await.unwrap_err();
+        assert_eq!(again.limit, LimitKind::Requests);
+        assert!(again.retry_after <= first.retry_after);
+        assert!(again.retry_after > Duration::from_secs(50), "{again:?}");
     }
 }

@@ -44,8 +44,19 @@ pub struct Gateway {
     pub(crate) privacy: Privacy,
     /// The budget settlements under way (database calls spawned after each
     /// response), which shutdown waits for: one cut off would hold its
-    /// reservation for good.
+    /// reservation for good. Shared token counts are written here too.
     pub(crate) settling: TaskTracker,
+}
+
+/// Where rate limits are counted: in a PostgreSQL database the gateway
+/// may share with others, so that they enforce one limit between them;
+/// in memory otherwise (SQLite is one gateway's file, and memory is
+/// exact and costs no write per request).
+fn rate_limiter(store: Option<&Store>) -> RateLimiter {
+    match store {
+        Some(store) if store.backend() == "postgres" => RateLimiter::shared(store.clone()),
+        _ => RateLimiter::in_memory(),
+    }
 }
 
 impl Gateway {
@@ -69,8 +80,8 @@ impl Gateway {
             auth: Authenticator::new(settings.require_key, master_key, store.clone()),
             settings,
             routes: ArcSwap::from_pointee(routes),
+            limits: rate_limiter(store.as_ref()),
             store,
-            limits: RateLimiter::default(),
             metrics: Metrics::default(),
             ledger,
             privacy,

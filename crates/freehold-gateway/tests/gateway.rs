@@ -673,6 +673,124 @@ async fn two_gateways_sharing_postgres_enforce_one_budget() {
     assert!(a.0 + b.0 > 0);
 }
 
+/// Rate limits are counted in the PostgreSQL database the gateways share:
+/// a key gets its limit once between them, not once from each.
+#[tokio::test]
+async fn two_gateways_sharing_postgres_enforce_one_rate_limit() {
+    let Some(admin) = freehold_test_support::test_postgres() else {
+        return;
+    };
+    let upstream = MockUpstream::start().await.unwrap();
+    let first = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        Some(admin.clone()),
+    )
+    .await;
+    let second = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        Some(admin),
+    )
+    .await;
+    let (_, secret) = first
+        .key(NewKey {
+            name: format!("limited-{}", std::process::id()),
+            rpm: Some(4),
+            ..NewKey::default()
+        })
+        .await;
+    let send = |url: String| {
+        let secret = secret.clone();
+        async move {
+            post(
+                &url,
+                "/v1/chat/completions",
+                Some(&secret),
+                &chat_body("mock"),
+            )
+            .await
+        }
+    };
+    let results = futures::future::join_all((0..10).map(|i| {
+        send(if i % 2 == 0 {
+            first.url.clone()
+        } else {
+            second.url.clone()
+        })
+    }))
+    .await;
+    let passed = results
+        .iter()
+        .filter(|(status, _, _)| *status == 200)
+        .count();
+    assert_eq!(passed, 4, "{results:?}");
+    for (status, body, retry_after) in results.iter().filter(|(status, _, _)| *status != 200) {
+        assert_eq!(*status, 429, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("4 requests per minute"),
+            "{body}"
+        );
+        let seconds: u64 = retry_after.parse().unwrap();
+        assert!((1..=120).contains(&seconds), "{retry_after}");
+    }
+
+    // Tokens spent through one gateway count at the other: the first
+    // request spends more than 10 (see the test above), so once its count
+    // is written the second gateway refuses the key's first request there.
+    let (hungry, secret) = first
+        .key(NewKey {
+            name: format!("hungry-{}", std::process::id()),
+            tpm: Some(10),
+            ..NewKey::default()
+        })
+        .await;
+    let (status, body, _) = post(
+        &first.url,
+        "/v1/chat/completions",
+        Some(&secret),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The count is written after the answer, off the response path.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rate_tokens(&second.store, &hungry.id).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tokens never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body, _) = post(
+        &second.url,
+        "/v1/chat/completions",
+        Some(&secret),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10 tokens per minute"),
+        "{body}"
+    );
+}
+
+/// The tokens a key's shared rate window holds, as a refusal at the
+/// smallest token limit reports them. Not a plain read: while the count is
+/// 0 the check admits, and counts, a request (harmless for a key limited
+/// by tokens alone).
+async fn rate_tokens(store: &Store, key_id: &str) -> u64 {
+    let window = store.admit_rate(key_id, None, Some(1)).await.unwrap();
+    window.map_or(0, |w| w.tokens + w.previous_tokens)
+}
+
 #[tokio::test]
 async fn a_killed_replica_fails_no_request() {
     // Each answer takes 20 ms, so requests are in flight on every replica

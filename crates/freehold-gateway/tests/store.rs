@@ -112,6 +112,22 @@ impl TestDb {
         }
     }
 
+    /// Runs `sql` on its own connection.
+    async fn execute(&self, sql: &str) {
+        match self {
+            TestDb::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
+
     async fn finish(self) {
         if let TestDb::Postgres { admin, name, .. } = self {
             let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
@@ -175,6 +191,8 @@ on_both!(
     large_batches_are_written_whole,
     reopening_keeps_data_and_migrates_once,
     expired_reservations_are_released_once,
+    rate_limits_hold_across_stores,
+    rate_windows_roll_over_by_the_minute,
 );
 
 fn close(a: f64, b: f64) -> bool {
@@ -470,6 +488,191 @@ async fn two_stores_share_one_budget(db: &TestDb) {
     }
     a.close().await;
     b.close().await;
+}
+
+/// Two stores on one database (two gateways) admit a key's requests
+/// against one limit, however many race for it.
+async fn rate_limits_hold_across_stores(db: &TestDb) {
+    let a = Store::open(db.url()).await.unwrap();
+    let b = Store::open(db.url()).await.unwrap();
+    let (key, _) = a
+        .create_key(NewKey {
+            name: "limited".into(),
+            rpm: Some(5),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let id = key.id.clone();
+            tokio::spawn(async move { store.admit_rate(&id, Some(5), None).await.unwrap() })
+        })
+        .collect();
+    let mut refusals = Vec::new();
+    for task in tasks {
+        if let Some(window) = task.await.unwrap() {
+            refusals.push(window);
+        }
+    }
+    assert_eq!(refusals.len(), 15, "{refusals:?}");
+    // Five counted, in this minute or (across a minute's end) the last.
+    assert!(
+        refusals
+            .iter()
+            .all(|w| w.requests + w.previous_requests == 5),
+        "{refusals:?}"
+    );
+
+    // Tokens counted by one store refuse the next request at the other.
+    let (hungry, _) = a
+        .create_key(NewKey {
+            name: "hungry".into(),
+            tpm: Some(100),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        a.admit_rate(&hungry.id, None, Some(100)).await.unwrap(),
+        None
+    );
+    a.add_rate_tokens(&hungry.id, 99).await.unwrap();
+    assert_eq!(
+        b.admit_rate(&hungry.id, None, Some(100)).await.unwrap(),
+        None
+    );
+    a.add_rate_tokens(&hungry.id, 21).await.unwrap();
+    let refused = b
+        .admit_rate(&hungry.id, None, Some(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refused.tokens + refused.previous_tokens, 120, "{refused:?}");
+    // Without limits nothing is refused; the count still goes on.
+    assert_eq!(b.admit_rate(&hungry.id, None, None).await.unwrap(), None);
+
+    // Tokens of a key that was never limited are not kept.
+    let (free, _) = a
+        .create_key(NewKey {
+            name: "free".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    a.add_rate_tokens(&free.id, 1_000).await.unwrap();
+    assert_eq!(a.admit_rate(&free.id, None, Some(10)).await.unwrap(), None);
+    assert!(matches!(
+        a.admit_rate("key_missing", Some(1), None).await,
+        Err(StoreError::UnknownKey(_))
+    ));
+    a.close().await;
+    b.close().await;
+}
+
+/// The previous minute counts for the part of it the sliding window still
+/// covers; the one before that not at all.
+async fn rate_windows_roll_over_by_the_minute(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "rolling".into(),
+            rpm: Some(10),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.admit_rate(&key.id, Some(10), None).await.unwrap(),
+        None
+    );
+    // Clear of a minute's end, so that "this minute" is the same minute to
+    // the test and to the statements it runs (the database's clock is
+    // this machine's here).
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let into_minute = now_ms() % 60_000;
+    if into_minute > 55_000 {
+        tokio::time::sleep(Duration::from_millis((60_100 - into_minute) as u64)).await;
+    }
+    let minute = now_ms() / 60_000 * 60_000;
+    let elapsed = now_ms() - minute;
+    // 1,000 requests in the previous minute: most of them are still in
+    // the window, so the key is refused...
+    db.execute(&format!(
+        "UPDATE freehold_rate_windows SET window_start_ms = {}, requests = 1000, \
+         prev_requests = 0 WHERE key_id = '{}'",
+        minute - 60_000,
+        key.id
+    ))
+    .await;
+    let refused = store
+        .admit_rate(&key.id, Some(10), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (refused.previous_requests, refused.requests),
+        (1000, 0),
+        "{refused:?}"
+    );
+    assert!(
+        (refused.elapsed_ms as i64 - elapsed).abs() < 5_000,
+        "{refused:?} against {elapsed}"
+    );
+    // ...and the refusal did not count.
+    let again = store
+        .admit_rate(&key.id, Some(10), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.previous_requests, again.requests), (1000, 0));
+    // Two minutes back: nothing of it is left.
+    db.execute(&format!(
+        "UPDATE freehold_rate_windows SET window_start_ms = {}, requests = 1000, \
+         prev_requests = 1000 WHERE key_id = '{}'",
+        minute - 120_000,
+        key.id
+    ))
+    .await;
+    assert_eq!(
+        store.admit_rate(&key.id, Some(10), None).await.unwrap(),
+        None
+    );
+    // A row ahead of the statement's clock (another gateway's statement,
+    // stamped later, ran first) keeps its minute: the statement counts in
+    // it, as at its start, and does not take the row back a minute.
+    db.execute(&format!(
+        "UPDATE freehold_rate_windows SET window_start_ms = {}, requests = 8, \
+         prev_requests = 1 WHERE key_id = '{}'",
+        minute + 60_000,
+        key.id
+    ))
+    .await;
+    assert_eq!(
+        store.admit_rate(&key.id, Some(10), None).await.unwrap(),
+        None
+    );
+    let refused = store
+        .admit_rate(&key.id, Some(10), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            refused.previous_requests,
+            refused.requests,
+            refused.elapsed_ms
+        ),
+        (1, 9, 0),
+        "{refused:?}"
+    );
+    store.close().await;
 }
 
 fn line(

@@ -296,6 +296,7 @@ async fn admit_embeddings(
         gateway
             .limits
             .admit(&key.id, key.rpm, key.tpm)
+            .await
             .map_err(|limited| GatewayError::rate_limited(&limited))?;
     }
     let as_chat = ChatRequest::new(

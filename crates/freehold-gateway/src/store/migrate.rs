@@ -32,6 +32,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite_0002_reservations.sql"),
         postgres: include_str!("migrations/postgres_0002_reservations.sql"),
     },
+    Migration {
+        version: 3,
+        description: "per-key rate limits shared by the gateways using the database",
+        sqlite: include_str!("migrations/sqlite_0003_rate_windows.sql"),
+        postgres: include_str!("migrations/postgres_0003_rate_windows.sql"),
+    },
 ];
 
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS freehold_migrations (\

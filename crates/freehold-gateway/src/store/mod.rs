@@ -14,6 +14,8 @@
 //!   hold by the actual cost. Each hold is also a row with an expiry, so
 //!   that [`Store::release_expired_reservations`] can free the holds of a
 //!   gateway that died before settling them.
+//! - Per-key rate limits can be kept here too ([`Store::admit_rate`]), so
+//!   that gateways sharing a database enforce one limit between them.
 
 mod migrate;
 
@@ -312,6 +314,10 @@ macro_rules! with_pool {
         }
     };
 }
+
+mod rate;
+
+pub use rate::RateWindow;
 
 #[derive(Clone)]
 enum Pool {
