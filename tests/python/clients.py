@@ -162,6 +162,13 @@ def openai_errors():
 def openai_models():
     ids = [m.id for m in oai().models.list()]
     assert MODEL in ids or any(i.endswith(MODEL) for i in ids), ids
+    one = oai().models.retrieve(MODEL)
+    assert one.id == MODEL and one.object == "model", one
+    try:
+        oai().models.retrieve("no-such-model")
+        raise AssertionError("an unknown model was retrieved")
+    except openai.NotFoundError as error:
+        assert "no-such-model" in str(error), str(error)
     return {"models": ids}
 
 
@@ -279,6 +286,13 @@ def anthropic_errors():
     ids = [m.id for m in models]
     assert sorted(ids) == sorted(m.id for m in oai().models.list()), ids
     assert MODEL in ids or any(i.endswith(MODEL) for i in ids), ids
+    one = ant().models.retrieve(MODEL)
+    assert one.id == MODEL and one.type == "model" and one.display_name, one
+    try:
+        ant().models.retrieve("no-such-model")
+        raise AssertionError("an unknown model was retrieved")
+    except anthropic.NotFoundError as error:
+        seen["model_not_found"] = error.status_code
     return seen
 
 

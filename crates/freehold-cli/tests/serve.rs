@@ -455,6 +455,7 @@ async fn official_sdks_against_a_mock_upstream() {
     assert_eq!(errors["auth"], 401);
     assert_eq!(errors["not_found"], 404);
     assert_eq!(errors["bad_request"], 400);
+    assert_eq!(errors["model_not_found"], 404);
     // Every chat, tool and embedding call reached the upstream
     // (count_tokens was estimated by the gateway itself).
     assert_eq!(upstream.requests(), 13);

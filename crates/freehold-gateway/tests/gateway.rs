@@ -277,6 +277,78 @@ async fn keys_missing_wrong_revoked_expired_and_model_not_allowed() {
     );
 }
 
+/// `GET /v1/models/{model}`: a routed model in the protocol's shape; an
+/// unknown one, or one the key may not use, refused in it.
+#[tokio::test]
+async fn one_model_is_retrieved_in_either_protocol() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let fetch = |path: &str, key: &str, anthropic: bool| {
+        let mut request = client.get(format!("{}{path}", gw.url)).bearer_auth(key);
+        if anthropic {
+            request = request.header("anthropic-version", "2023-06-01");
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = fetch("/v1/models/mock", MASTER, false).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"id": "mock", "object": "model", "created": 0, "owned_by": "freehold"})
+    );
+    // A provider's model, its name holding a slash.
+    let (status, body) = fetch("/v1/models/mock:org/some-model", MASTER, true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "mock:org/some-model");
+    assert_eq!(body["type"], "model");
+    assert!(body["display_name"].is_string() && body["created_at"].is_string());
+
+    let (status, body) = fetch("/v1/models/no-such-model", MASTER, false).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-model")
+    );
+    let (status, body) = fetch("/v1/models/no-such-model", MASTER, true).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "not_found_error");
+
+    let (_, narrow) = gw
+        .key(NewKey {
+            name: "narrow".into(),
+            allowed_models: vec!["mock".into()],
+            ..NewKey::default()
+        })
+        .await;
+    assert_eq!(fetch("/v1/models/mock", &narrow, false).await.0, 200);
+    let (status, body) = fetch("/v1/models/mock:mock-model", &narrow, false).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = fetch("/v1/models/mock", "fh-wrong", false).await;
+    assert_eq!(status, 401);
+    // Only GET.
+    let response = client
+        .post(format!("{}/v1/models/mock", gw.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert!(response.text().await.unwrap().contains("use GET"));
+}
+
 #[tokio::test]
 async fn rate_limited_keys_get_429_with_retry_after() {
     let upstream = MockUpstream::start().await.unwrap();

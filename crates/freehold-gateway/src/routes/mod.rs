@@ -27,6 +27,8 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/v1/messages", post(chat::messages))
         .route("/v1/messages/count_tokens", post(chat::count_tokens))
         .route("/v1/models", get(ops::models))
+        // Names may hold slashes (`vllm:Qwen/Qwen2.5-Coder-7B-Instruct`).
+        .route("/v1/models/{*model}", get(ops::model))
         .route("/v1/embeddings", post(ops::embeddings))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
@@ -87,7 +89,8 @@ async fn unknown_route(headers: HeaderMap, uri: Uri) -> Response {
     let protocol = protocol_of(&headers);
     let mut error = GatewayError::not_found(format!(
         "no such endpoint: {}; this gateway serves /v1/chat/completions, /v1/responses, \
-         /v1/messages, /v1/messages/count_tokens, /v1/models, /v1/embeddings, /health and /metrics",
+         /v1/messages, /v1/messages/count_tokens, /v1/models, /v1/models/MODEL, /v1/embeddings, \
+         /health and /metrics",
         uri.path()
     ));
     error.kind = "no_route";
@@ -102,6 +105,7 @@ async fn wrong_method(headers: HeaderMap, method: Method, uri: Uri) -> Response 
     let allowed = match path {
         "/" => "GET or HEAD",
         "/health" | "/metrics" | "/v1/models" => "GET",
+        _ if path.starts_with("/v1/models/") => "GET",
         _ => "POST",
     };
     GatewayError::method_not_allowed(format!("{method} is not allowed on {path}; use {allowed}"))

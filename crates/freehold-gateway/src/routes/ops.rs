@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use freehold_llm::wire::anthropic::{ModelList, WireModel};
@@ -178,6 +178,52 @@ pub(crate) async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderM
             "data": ids.iter().map(|id| json!({
                 "id": id, "object": "model", "created": 0, "owned_by": "freehold",
             })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+    }
+}
+
+/// `GET /v1/models/{model}` (OpenAI's and Anthropic's `models.retrieve`):
+/// the model in the protocol's shape, when a request for it would be
+/// routed (an alias, a `provider:model` of a configured provider, or any
+/// name once `[gateway] default_model` is set) and the caller's key may
+/// use it.
+pub(crate) async fn model(
+    State(gateway): State<Arc<Gateway>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let protocol = if speaks_anthropic(&headers) {
+        Protocol::Anthropic
+    } else {
+        Protocol::OpenAi
+    };
+    let caller = match gateway.auth.authenticate(&headers).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(protocol),
+    };
+    let routed =
+        gateway.routes().router.resolve(&model).is_ok() || gateway.settings.default_model.is_some();
+    if !routed {
+        return GatewayError::not_found(format!(
+            "no model `{model}` here: GET /v1/models lists aliases and each provider's models \
+             (`provider:model`)"
+        ))
+        .into_response(protocol);
+    }
+    if let Err(error) = caller.check_model(&model) {
+        return error.into_response(protocol);
+    }
+    match protocol {
+        Protocol::Anthropic => Json(WireModel {
+            display_name: Some(model.clone()),
+            created_at: Some("1970-01-01T00:00:00Z".into()),
+            kind: Some("model".into()),
+            id: model,
+        })
+        .into_response(),
+        Protocol::OpenAi => Json(json!({
+            "id": model, "object": "model", "created": 0, "owned_by": "freehold",
         }))
         .into_response(),
     }
