@@ -101,6 +101,14 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
     let store = Store::open(&database)
         .await
         .with_context(|| format!("opening the usage database ({})", describe_url(&database)))?;
+    // Its reservations name this gateway, so that they are released soon
+    // after it dies, by whichever gateway sharing the database sweeps next.
+    let store = store.as_gateway(LEASE).await.with_context(|| {
+        format!(
+            "registering with the usage database ({})",
+            describe_url(&database)
+        )
+    })?;
     let (ledger, ledger_task) = Ledger::start(store.clone());
     let ledger_writer = ledger.clone();
     let routes = routes(setup, &settings)?;
@@ -137,7 +145,7 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         store.backend(),
         describe_url(&database)
     );
-    tokio::spawn(release_expired_reservations(store.clone()));
+    tokio::spawn(keep_lease_and_release_holds(store.clone()));
     tokio::spawn(reload_on_hangup(
         hangups,
         Arc::clone(&gateway),
@@ -168,13 +176,14 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
             limits.grace
         );
     }
-    finish(gateway, &ledger_writer, ledger_task, limits.grace).await
+    finish(gateway, &store, &ledger_writer, ledger_task, limits.grace).await
 }
 
 /// Once serving has stopped: has the ledger writer write what is queued and
 /// stop, within the grace period.
 async fn finish(
     gateway: Arc<Gateway>,
+    store: &Store,
     ledger: &Ledger,
     ledger_task: tokio::task::JoinHandle<()>,
     grace: Duration,
@@ -182,8 +191,14 @@ async fn finish(
     if !gateway.settlements_written(grace).await {
         eprintln!(
             "freehold serve: budget settlements still running after {grace:?} were cut off; \
-             their reservations stay held"
+             their reservations are released by the next gateway to start on this database, \
+             or by another already sharing it"
         );
+    }
+    // Nothing this gateway holds is in use any more: ending its lease lets
+    // whatever it still holds (settlements cut off) be released at once.
+    if let Err(error) = store.end_lease().await {
+        tracing::warn!(%error, "ending the gateway's lease");
     }
     // Told, not left to notice that every handle is gone: the reload task
     // holds the gateway (and so a handle) to the end.
@@ -388,16 +403,26 @@ fn raise_open_files_limit() {
     }
 }
 
-/// How often the gateway looks for budget reservations left by a dead one.
-const RESERVATION_SWEEP: Duration = Duration::from_secs(60);
+/// How long a gateway's lease on the database lasts: its reservations are
+/// released once it has not renewed it for this long.
+const LEASE: Duration = Duration::from_secs(60);
 
-/// At start and every [`RESERVATION_SWEEP`], releases the budget
-/// reservations that a gateway which died mid-request left held (this one
-/// before a crash, or another sharing the database).
-async fn release_expired_reservations(store: Store) {
+/// How often the gateway renews its lease and looks for reservations left
+/// by a dead gateway: a quarter of the lease, so that a few failed
+/// renewals in a row (a database restarting) do not end it.
+const RESERVATION_SWEEP: Duration = Duration::from_secs(15);
+
+/// At start and every [`RESERVATION_SWEEP`], renews this gateway's lease
+/// and releases the budget reservations that a gateway which died
+/// mid-request left held (this one before a crash, or another sharing the
+/// database).
+async fn keep_lease_and_release_holds(store: Store) {
     let mut sweeps = tokio::time::interval(RESERVATION_SWEEP);
     loop {
         sweeps.tick().await;
+        if let Err(error) = store.renew_lease(LEASE).await {
+            tracing::warn!(%error, "renewing the gateway's lease on the usage database");
+        }
         match store.release_expired_reservations().await {
             Ok(0) => {}
             Ok(released) => tracing::warn!(

@@ -112,6 +112,24 @@ impl TestDb {
         }
     }
 
+    /// The one integer `sql` selects, on its own connection.
+    async fn scalar(&self, sql: &str) -> i64 {
+        match self {
+            TestDb::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                let value = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                value
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let value = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                value
+            }
+        }
+    }
+
     /// Runs `sql` on its own connection.
     async fn execute(&self, sql: &str) {
         match self {
@@ -193,6 +211,7 @@ on_both!(
     expired_reservations_are_released_once,
     rate_limits_hold_across_stores,
     rate_windows_roll_over_by_the_minute,
+    holds_of_a_gateway_whose_lease_ran_out_are_released,
 );
 
 fn close(a: f64, b: f64) -> bool {
@@ -488,6 +507,65 @@ async fn two_stores_share_one_budget(db: &TestDb) {
     }
     a.close().await;
     b.close().await;
+}
+
+/// A gateway that stops renewing its lease (killed) has its holds
+/// released by the next sweep, long before their own expiry; a live
+/// gateway's, and those of a store that is no gateway, stay.
+async fn holds_of_a_gateway_whose_lease_ran_out_are_released(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "leased".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let dying = store.as_gateway(Duration::ZERO).await.unwrap();
+    let live = store.as_gateway(Duration::from_secs(3600)).await.unwrap();
+    assert!(dying.gateway_id().unwrap().starts_with("gw_"));
+    assert_ne!(dying.gateway_id(), live.gateway_id());
+    assert_eq!(store.gateway_id(), None);
+    let hour = Duration::from_secs(3600);
+    let lost = dying.reserve_for(&key.id, 0.4, hour).await.unwrap();
+    let kept = live.reserve_for(&key.id, 0.3, hour).await.unwrap();
+    let plain = store.reserve_for(&key.id, 0.1, hour).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(live.release_expired_reservations().await.unwrap(), 1);
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(close(now.reserved_usd, 0.4), "{now:?}");
+    // The dead gateway's request settles after all: only its cost counts.
+    dying.settle(&lost, 0.05).await.unwrap();
+
+    // A gateway that stops cleanly ends its lease: what it still holds is
+    // released at once.
+    live.end_lease().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.release_expired_reservations().await.unwrap(), 1);
+    live.settle(&kept, 0.0).await.unwrap();
+    // A renewed lease is taken again, even after it ran out.
+    dying.renew_lease(hour).await.unwrap();
+    let again = dying.reserve_for(&key.id, 0.2, hour).await.unwrap();
+    assert_eq!(store.release_expired_reservations().await.unwrap(), 0);
+    dying.settle(&again, 0.0).await.unwrap();
+    store.settle(&plain, 0.0).await.unwrap();
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.reserved_usd, 0.0) && close(now.spent_usd, 0.05),
+        "{now:?}"
+    );
+
+    // Gateways dead for over an hour are forgotten; the others stay.
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM freehold_gateways").await, 2);
+    db.execute(&format!(
+        "UPDATE freehold_gateways SET alive_until_ms = alive_until_ms - 7200000 WHERE id = '{}'",
+        live.gateway_id().unwrap()
+    ))
+    .await;
+    store.release_expired_reservations().await.unwrap();
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM freehold_gateways").await, 1);
+    store.close().await;
 }
 
 /// Two stores on one database (two gateways) admit a key's requests

@@ -38,6 +38,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite_0003_rate_windows.sql"),
         postgres: include_str!("migrations/postgres_0003_rate_windows.sql"),
     },
+    Migration {
+        version: 4,
+        description: "gateway leases, so that a dead gateway's reservations are released soon",
+        sqlite: include_str!("migrations/sqlite_0004_gateway_leases.sql"),
+        postgres: include_str!("migrations/postgres_0004_gateway_leases.sql"),
+    },
 ];
 
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS freehold_migrations (\

@@ -13,7 +13,8 @@
 //!   across processes sharing a database), [`Store::settle`] replaces the
 //!   hold by the actual cost. Each hold is also a row with an expiry, so
 //!   that [`Store::release_expired_reservations`] can free the holds of a
-//!   gateway that died before settling them.
+//!   gateway that died before settling them: at their expiry, or sooner
+//!   when the gateway held a lease ([`Store::as_gateway`]) that ran out.
 //! - Per-key rate limits can be kept here too ([`Store::admit_rate`]), so
 //!   that gateways sharing a database enforce one limit between them.
 
@@ -261,6 +262,10 @@ fn is_busy(error: &sqlx::Error) -> bool {
         .is_some_and(|code| code & 0xff == 5)
 }
 
+/// Durations are added to the database's clock in SQL, where an overflow
+/// is an error: a century is "never" enough.
+const CENTURY_MS: i64 = 100 * 366 * 24 * 3600 * 1000;
+
 fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -315,6 +320,7 @@ macro_rules! with_pool {
     };
 }
 
+mod lease;
 mod rate;
 
 pub use rate::RateWindow;
@@ -332,6 +338,9 @@ pub struct Store {
     pool: Pool,
     /// Where the database is, without any password.
     location: Arc<str>,
+    /// The gateway whose reservations this handle takes, when it is one
+    /// ([`Store::as_gateway`]).
+    gateway_id: Option<Arc<str>>,
 }
 
 impl fmt::Debug for Store {
@@ -339,6 +348,7 @@ impl fmt::Debug for Store {
         f.debug_struct("Store")
             .field("backend", &self.backend())
             .field("location", &self.location)
+            .field("gateway_id", &self.gateway_id)
             .finish()
     }
 }
@@ -447,6 +457,7 @@ impl Store {
         Ok(Store {
             pool: Pool::Sqlite(pool),
             location: location.into(),
+            gateway_id: None,
         })
     }
 
@@ -495,6 +506,7 @@ impl Store {
         Ok(Store {
             pool: Pool::Postgres(pool),
             location: location.into(),
+            gateway_id: None,
         })
     }
 
@@ -730,13 +742,10 @@ impl Store {
     ) -> Result<Reservation, StoreError> {
         let amount = usd_to_micros(amount_usd, "the amount to reserve")?;
         let id = format!("res_{}", random_hex(12)?);
-        // Added to the database's clock in SQL, where an overflow is an
-        // error: a century is "never" enough.
-        const CENTURY_MS: i64 = 100 * 366 * 24 * 3600 * 1000;
         let hold_ms = duration_ms(hold).min(CENTURY_MS);
         let insert = format!(
-            "INSERT INTO freehold_reservations (id, key_id, micros, expires_at_ms) \
-             VALUES ($1, $2, $3, {} + $4)",
+            "INSERT INTO freehold_reservations (id, key_id, micros, expires_at_ms, gateway_id) \
+             VALUES ($1, $2, $3, {} + $4, $5)",
             self.now_ms_sql()
         );
         let reserved: Option<String> = with_pool!(self, pool => async {
@@ -758,6 +767,7 @@ impl Store {
                 .bind(key_id)
                 .bind(amount)
                 .bind(hold_ms)
+                .bind(self.gateway_id.as_deref())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -844,18 +854,21 @@ impl Store {
         Ok(())
     }
 
-    /// Releases the holds past their expiry: reservations of requests whose
-    /// gateway died before settling them. Each is released once, whichever
-    /// of the gateways sharing the database gets to it first. Returns how
-    /// many it released.
+    /// Releases the holds of requests whose gateway died before settling
+    /// them: holds past their own expiry, and the holds of gateways whose
+    /// lease has run out ([`Store::as_gateway`]). Each is released once,
+    /// whichever of the gateways sharing the database gets to it first.
+    /// Returns how many it released.
     ///
     /// # Errors
     /// A database failure (the holds then stay, for the next call).
     pub async fn release_expired_reservations(&self) -> Result<u64, StoreError> {
+        let now = self.now_ms_sql();
         let select = format!(
             "SELECT id, key_id, micros FROM freehold_reservations \
-             WHERE expires_at_ms < {} ORDER BY expires_at_ms LIMIT 1000",
-            self.now_ms_sql()
+             WHERE expires_at_ms < {now} \
+             OR gateway_id IN (SELECT id FROM freehold_gateways WHERE alive_until_ms < {now}) \
+             ORDER BY expires_at_ms LIMIT 1000"
         );
         let released = with_pool!(self, pool => async {
             let expired: Vec<(String, String, i64)> = sqlx::query_as(&select)
@@ -891,6 +904,7 @@ impl Store {
         }
         .await)
         .map_err(db("cannot release expired reservations"))?;
+        self.forget_dead_gateways().await?;
         Ok(released)
     }
 
