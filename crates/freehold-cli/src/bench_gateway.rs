@@ -22,6 +22,7 @@ use freehold_gateway::bench::{
 };
 use freehold_gateway::mock::MockUpstream;
 use freehold_gateway::settings::ServeRuntime;
+use freehold_gateway::store::{NewKey, Store};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -64,6 +65,21 @@ pub(crate) struct GatewayBenchArgs {
     /// Linux only.
     #[arg(long, value_name = "LIST", conflicts_with = "in_process")]
     gateway_cpus: Option<CpuList>,
+    /// The key the gateway's requests carry: `master` (the master key:
+    /// no lookup, limits or budget), `virtual` (a virtual key without
+    /// limits), or `limited` (a virtual key with requests- and
+    /// tokens-per-minute limits and a budget, all far above what the run
+    /// uses, so that every request pays for its rate-limit check and its
+    /// budget reservation and settlement without being refused).
+    #[arg(long, value_name = "KIND", default_value = "master")]
+    gateway_key: KeyKind,
+    /// The gateway's database (its `[gateway] database`): `postgres://…`
+    /// measures keys, budgets, shared rate limits and the ledger on that
+    /// server. Use a scratch database: the run's key and ledger lines stay
+    /// in it (the key revoked). Default: a SQLite file in a temporary
+    /// directory.
+    #[arg(long, value_name = "URL")]
+    gateway_database: Option<String>,
     /// Serve the gateway in this process instead of running `freehold
     /// serve` (its memory is not measured then).
     #[arg(long)]
@@ -71,6 +87,52 @@ pub(crate) struct GatewayBenchArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+}
+
+/// Which key a run's requests carry (`--gateway-key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KeyKind {
+    /// The master key.
+    Master,
+    /// A virtual key without limits or budget.
+    Virtual,
+    /// A virtual key with limits and a budget that the run never reaches.
+    Limited,
+}
+
+impl KeyKind {
+    /// What the report says about it.
+    fn describe(self) -> &'static str {
+        match self {
+            KeyKind::Master => "master key",
+            KeyKind::Virtual => "a virtual key without limits",
+            KeyKind::Limited => "a virtual key with rpm, tpm and a budget (never reached)",
+        }
+    }
+}
+
+/// Creates the run's virtual key in the gateway's database, before the
+/// gateway starts; returns the store (to revoke it after) and its secret.
+async fn create_bench_key(
+    database_url: &str,
+    kind: KeyKind,
+) -> anyhow::Result<(Store, String, String)> {
+    let store = Store::open(database_url)
+        .await
+        .context("opening the gateway's database to create the run's key")?;
+    // Far above any rate this machine reaches: checked, never hit.
+    let limited = kind == KeyKind::Limited;
+    let (key, secret) = store
+        .create_key(NewKey {
+            name: format!("bench-{}", bench_key().trim_start_matches("fh-bench-")),
+            rpm: limited.then_some(1_000_000_000),
+            tpm: limited.then_some(1_000_000_000),
+            budget_usd: limited.then_some(1_000_000.0),
+            ..NewKey::default()
+        })
+        .await
+        .context("creating the run's virtual key")?;
+    Ok((store, secret, key.id))
 }
 
 /// Arguments of the hidden `freehold bench relay`.
@@ -144,16 +206,37 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
         .context("starting the mock upstream")?;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let key = bench_key();
-    let database = dir.path().join("gateway.db");
+    let database = args
+        .gateway_database
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:{}", dir.path().join("gateway.db").display()));
+    // The key the requests carry: the master key, or a virtual one made
+    // for this run.
+    let virtual_key = match args.gateway_key {
+        KeyKind::Master => None,
+        kind => Some(create_bench_key(&database, kind).await?),
+    };
+    let request_key = virtual_key
+        .as_ref()
+        .map_or_else(|| key.clone(), |(_, secret, _)| secret.clone());
+    let database_kind = if database.starts_with("postgres") {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
     // Whichever runs, it lives until the report is made.
     let mut relay_child = None;
     let (under_test, _in_process, mut child) = if args.in_process {
         let gateway = InProcessGateway::start(&mock.base_url(), &key, &database).await?;
         let under_test = GatewayUnderTest {
             base_url: gateway.base_url(),
-            key: key.clone(),
+            key: request_key.clone(),
             pid: None,
-            description: "served in this process (memory not measured: --in-process)".into(),
+            description: format!(
+                "served in this process (memory not measured: --in-process), requests with {}, \
+                 ledger on {database_kind}",
+                args.gateway_key.describe()
+            ),
             relay: None,
         };
         (under_test, Some(gateway), None)
@@ -185,13 +268,14 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
             });
         let under_test = GatewayUnderTest {
             base_url,
-            key: key.clone(),
+            key: request_key.clone(),
             pid,
             relay,
             description: format!(
-                "`freehold serve` as a child process (pid {}), master key required, \
-                 ledger on SQLite, default log level, {} runtime{}, {} worker threads, {}",
+                "`freehold serve` as a child process (pid {}), requests with {}, \
+                 ledger on {database_kind}, default log level, {} runtime{}, {} worker threads, {}",
                 pid.map_or_else(|| "?".into(), |p| p.to_string()),
+                args.gateway_key.describe(),
                 args.gateway_runtime.unwrap_or_default(),
                 args.gateway_busy_poll_us
                     .filter(|&micros| micros > 0)
@@ -241,6 +325,14 @@ pub(crate) async fn gateway(args: GatewayBenchArgs) -> anyhow::Result<ExitCode> 
     for child in child.iter_mut().chain(relay_child.as_mut().map(|(c, _)| c)) {
         let _ = child.start_kill();
         let _ = child.wait().await;
+    }
+    // A database the run did not create keeps its lines, but not a key
+    // that works.
+    if let Some((store, _, id)) = &virtual_key {
+        if let Err(error) = store.revoke_key(id).await {
+            eprintln!("freehold bench gateway: could not revoke the run's key {id}: {error}");
+        }
+        store.close().await;
     }
     let report = report?;
     if args.json {
@@ -327,7 +419,7 @@ async fn spawn_serve(
     dir: &Path,
     mock: &MockUpstream,
     key: &str,
-    database: &Path,
+    database: &str,
     threads: Option<u32>,
     flags: ServeFlags,
     cpus: Option<&CpuList>,

@@ -145,7 +145,10 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         store.backend(),
         describe_url(&database)
     );
-    tokio::spawn(keep_lease_and_release_holds(store.clone()));
+    // Renewing runs apart from the sweep, so that a long sweep (a dead
+    // gateway's many holds, a slow database) never delays it.
+    let lease = tokio::spawn(keep_lease(store.clone()));
+    tokio::spawn(release_dead_holds(store.clone()));
     tokio::spawn(reload_on_hangup(
         hangups,
         Arc::clone(&gateway),
@@ -176,6 +179,10 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
             limits.grace
         );
     }
+    // Stopped before the lease ends, so that a renewal cannot take it
+    // again afterwards.
+    lease.abort();
+    let _ = lease.await;
     finish(gateway, &store, &ledger_writer, ledger_task, limits.grace).await
 }
 
@@ -407,22 +414,49 @@ fn raise_open_files_limit() {
 /// released once it has not renewed it for this long.
 const LEASE: Duration = Duration::from_secs(60);
 
-/// How often the gateway renews its lease and looks for reservations left
-/// by a dead gateway: a quarter of the lease, so that a few failed
-/// renewals in a row (a database restarting) do not end it.
+/// How often the gateway renews its lease: a quarter of it, so that a few
+/// failed renewals in a row (a database restarting) do not end it.
+const LEASE_RENEWAL: Duration = Duration::from_secs(15);
+
+/// How long one renewal may take before it counts as failed, and how soon
+/// a failed one is tried again.
+const LEASE_RETRY: Duration = Duration::from_secs(2);
+
+/// How often the gateway looks for reservations left by a dead gateway.
 const RESERVATION_SWEEP: Duration = Duration::from_secs(15);
 
-/// At start and every [`RESERVATION_SWEEP`], renews this gateway's lease
-/// and releases the budget reservations that a gateway which died
-/// mid-request left held (this one before a crash, or another sharing the
-/// database).
-async fn keep_lease_and_release_holds(store: Store) {
+/// Renews this gateway's lease every [`LEASE_RENEWAL`], and soon again
+/// after a failure. Runs until aborted (at shutdown, before the lease is
+/// ended).
+async fn keep_lease(store: Store) {
+    loop {
+        let renewed = tokio::time::timeout(LEASE_RETRY * 5, store.renew_lease(LEASE)).await;
+        let wait = match renewed {
+            Ok(Ok(())) => LEASE_RENEWAL,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "renewing the gateway's lease on the usage database");
+                LEASE_RETRY
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "renewing the gateway's lease on the usage database: no answer in {} s",
+                    (LEASE_RETRY * 5).as_secs()
+                );
+                LEASE_RETRY
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// At start and every [`RESERVATION_SWEEP`], releases the budget
+/// reservations that a gateway which died mid-request left held (this one
+/// before a crash, or another sharing the database): those of gateways
+/// whose lease ran out, and any past its own expiry.
+async fn release_dead_holds(store: Store) {
     let mut sweeps = tokio::time::interval(RESERVATION_SWEEP);
     loop {
         sweeps.tick().await;
-        if let Err(error) = store.renew_lease(LEASE).await {
-            tracing::warn!(%error, "renewing the gateway's lease on the usage database");
-        }
         match store.release_expired_reservations().await {
             Ok(0) => {}
             Ok(released) => tracing::warn!(

@@ -750,6 +750,77 @@ async fn bench_gateway_runs_serve_and_the_relay_as_child_processes() {
     );
 }
 
+/// `--gateway-key limited`: the requests carry a virtual key with limits
+/// and a budget, made in the gateway's database for the run, refused
+/// nothing, accounted to it in the ledger, and revoked after.
+#[tokio::test]
+async fn bench_gateway_measures_a_limited_virtual_key() {
+    let dir = tempdir();
+    let database = format!("sqlite:{}", dir.join("gateway.db").display());
+    let run = freehold(
+        &[
+            "bench",
+            "gateway",
+            "-c",
+            "2",
+            "-d",
+            "200ms",
+            "-w",
+            "0s",
+            "-r",
+            "200",
+            "--gateway-key",
+            "limited",
+            "--gateway-database",
+            &database,
+            "--json",
+        ],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let description = report["gateway"].as_str().unwrap();
+    assert!(
+        description.contains("rpm, tpm and a budget"),
+        "{description}"
+    );
+    for phase in report["phases"].as_array().unwrap() {
+        assert_eq!(phase["errors"], 0, "{phase}");
+    }
+    let keys = freehold(
+        &["keys", "list", "--json", "--database", &database],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(keys.code, 0, "{}", keys.stderr);
+    let keys: serde_json::Value = serde_json::from_str(&keys.stdout).unwrap();
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let name = keys[0]["name"].as_str().unwrap();
+    assert!(name.starts_with("bench-"), "{name}");
+    assert_eq!(keys[0]["state"], "revoked");
+    assert_eq!(keys[0]["rpm"], 1_000_000_000);
+    let usage = freehold(
+        &["usage", "--by", "key", "--json", "--database", &database],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(usage.code, 0, "{}", usage.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&usage.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["group"] == name)
+        .unwrap_or_else(|| panic!("{rows}"));
+    assert!(row["requests"].as_u64().unwrap() > 0, "{row}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn bench_gateway_can_give_the_gateway_cpus_of_its_own() {
     let taken = freehold(

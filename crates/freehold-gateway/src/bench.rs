@@ -1008,22 +1008,22 @@ pub fn mock_routes(upstream_base_url: &str) -> Result<Routes, BenchError> {
 }
 
 /// The configuration file `freehold serve` needs to be the gateway under
-/// test: the provider and alias of [`mock_routes`], the ledger on the
-/// SQLite file `database` (a path).
-pub fn serve_config(upstream_base_url: &str, database: &std::path::Path) -> String {
+/// test: the provider and alias of [`mock_routes`], the ledger (and keys)
+/// in the database at `database_url` (`sqlite:PATH` or `postgres://…`).
+pub fn serve_config(upstream_base_url: &str, database_url: &str) -> String {
     let quote = |s: &str| serde_json::Value::from(s).to_string();
     format!(
         "[providers.mock]\nkind = \"openai\"\nbase_url = {}\n\n[aliases]\n{ALIAS} = {}\n\n\
          [gateway]\ndatabase = {}\n",
         quote(upstream_base_url),
         quote(&format!("mock:{UPSTREAM_MODEL}")),
-        quote(&format!("sqlite:{}", database.display())),
+        quote(database_url),
     )
 }
 
 /// A gateway served in this process on a free port of 127.0.0.1, over
-/// [`mock_routes`], with the master key required and the ledger on a
-/// SQLite file: the path `freehold serve` takes, without its process.
+/// [`mock_routes`], with the master key required and the ledger in a
+/// database: the path `freehold serve` takes, without its process.
 #[derive(Debug)]
 pub struct InProcessGateway {
     address: SocketAddr,
@@ -1032,16 +1032,17 @@ pub struct InProcessGateway {
 
 impl InProcessGateway {
     /// Starts one in front of the mock at `upstream_base_url`, accepting
-    /// `master_key`, its ledger in the SQLite file `database` (a path).
+    /// `master_key` (and the virtual keys of its database), its ledger in
+    /// the database at `database_url`.
     ///
     /// # Errors
     /// The database cannot be opened or no port can be bound.
     pub async fn start(
         upstream_base_url: &str,
         master_key: &str,
-        database: &std::path::Path,
+        database_url: &str,
     ) -> Result<Self, BenchError> {
-        let store = Store::open(&format!("sqlite:{}", database.display()))
+        let store = Store::open(database_url)
             .await
             .map_err(|error| BenchError::Setup(format!("opening the ledger: {error}")))?;
         let (ledger, _writer) = Ledger::start(store.clone());
@@ -1124,10 +1125,7 @@ mod tests {
 
     #[test]
     fn the_serve_config_parses_as_toml_strings() {
-        let config = serve_config(
-            "http://127.0.0.1:9/v1",
-            std::path::Path::new("/tmp/a \"b\"/g.db"),
-        );
+        let config = serve_config("http://127.0.0.1:9/v1", "sqlite:/tmp/a \"b\"/g.db");
         assert!(config.contains("base_url = \"http://127.0.0.1:9/v1\""));
         assert!(config.contains("database = \"sqlite:/tmp/a \\\"b\\\"/g.db\""));
     }

@@ -26,7 +26,8 @@ async fn a_short_run_reports_every_phase() {
     let mock = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("gateway.db");
-    let gateway = InProcessGateway::start(&mock.base_url(), MASTER, &database)
+    let database_url = format!("sqlite:{}", database.display());
+    let gateway = InProcessGateway::start(&mock.base_url(), MASTER, &database_url)
         .await
         .unwrap();
     let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -150,7 +151,8 @@ async fn a_short_run_reports_every_phase() {
 async fn a_gateway_that_refuses_is_an_error_not_a_figure() {
     let mock = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let gateway = InProcessGateway::start(&mock.base_url(), MASTER, &dir.path().join("g.db"))
+    let database = format!("sqlite:{}", dir.path().join("g.db").display());
+    let gateway = InProcessGateway::start(&mock.base_url(), MASTER, &database)
         .await
         .unwrap();
     let under_test = GatewayUnderTest {

@@ -535,8 +535,14 @@ async fn holds_of_a_gateway_whose_lease_ran_out_are_released(db: &TestDb) {
     assert_eq!(live.release_expired_reservations().await.unwrap(), 1);
     let now = store.key_by_id(&key.id).await.unwrap().unwrap();
     assert!(close(now.reserved_usd, 0.4), "{now:?}");
-    // The dead gateway's request settles after all: only its cost counts.
+    // The dead gateway's request settles after all: only its cost counts,
+    // its hold is not taken off a second time.
     dying.settle(&lost, 0.05).await.unwrap();
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.reserved_usd, 0.4) && close(now.spent_usd, 0.05),
+        "{now:?}"
+    );
 
     // A gateway that stops cleanly ends its lease: what it still holds is
     // released at once.
