@@ -748,33 +748,63 @@ impl Store {
              VALUES ($1, $2, $3, {} + $4, $5)",
             self.now_ms_sql()
         );
-        let reserved: Option<String> = with_pool!(self, pool => async {
-            let mut tx = pool.begin().await?;
-            let reserved: Option<String> = sqlx::query_scalar(
-                "UPDATE freehold_keys SET reserved_micros = reserved_micros + $2 \
-                 WHERE id = $1 \
-                 AND (budget_micros IS NULL \
-                      OR spent_micros + reserved_micros + $2 <= budget_micros) \
-                 RETURNING id",
-            )
-            .bind(key_id)
-            .bind(amount)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if reserved.is_some() {
-                sqlx::query(&insert)
-                .bind(&id)
-                .bind(key_id)
-                .bind(amount)
-                .bind(hold_ms)
-                .bind(self.gateway_id.as_deref())
-                .execute(&mut *tx)
-                .await?;
+        let reserved: Option<String> = match &self.pool {
+            // One statement, so one round trip, holding the key's row
+            // only for as long as the statement runs.
+            Pool::Postgres(pool) => {
+                let reserve = format!(
+                    "WITH held AS ( \
+                         UPDATE freehold_keys SET reserved_micros = reserved_micros + $3 \
+                         WHERE id = $2 \
+                         AND (budget_micros IS NULL \
+                              OR spent_micros + reserved_micros + $3 <= budget_micros) \
+                         RETURNING id) \
+                     INSERT INTO freehold_reservations \
+                         (id, key_id, micros, expires_at_ms, gateway_id) \
+                     SELECT $1, held.id, $3, {} + $4, $5 FROM held \
+                     RETURNING key_id",
+                    self.now_ms_sql()
+                );
+                sqlx::query_scalar(&reserve)
+                    .bind(&id)
+                    .bind(key_id)
+                    .bind(amount)
+                    .bind(hold_ms)
+                    .bind(self.gateway_id.as_deref())
+                    .fetch_optional(pool)
+                    .await
             }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(reserved)
+            // SQLite has no UPDATE inside a WITH: a transaction.
+            Pool::Sqlite(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    let reserved: Option<String> = sqlx::query_scalar(
+                        "UPDATE freehold_keys SET reserved_micros = reserved_micros + $2 \
+                         WHERE id = $1 \
+                         AND (budget_micros IS NULL \
+                              OR spent_micros + reserved_micros + $2 <= budget_micros) \
+                         RETURNING id",
+                    )
+                    .bind(key_id)
+                    .bind(amount)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if reserved.is_some() {
+                        sqlx::query(&insert)
+                            .bind(&id)
+                            .bind(key_id)
+                            .bind(amount)
+                            .bind(hold_ms)
+                            .bind(self.gateway_id.as_deref())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(reserved)
+                }
+                .await
+            }
         }
-        .await)
         .map_err(db("cannot reserve budget"))?;
         if reserved.is_some() {
             return Ok(Reservation {
@@ -822,31 +852,52 @@ impl Store {
         actual_usd: f64,
     ) -> Result<(), StoreError> {
         let actual = usd_to_micros(actual_usd, "the actual cost")?;
-        let done = with_pool!(self, pool => async {
-            let mut tx = pool.begin().await?;
-            let held: Option<i64> = sqlx::query_scalar(
-                "DELETE FROM freehold_reservations WHERE id = $1 RETURNING micros",
+        let done = match &self.pool {
+            // One statement: the hold deleted (if it still is held) and
+            // the key updated by what it held.
+            Pool::Postgres(pool) => sqlx::query(
+                "WITH released AS ( \
+                     DELETE FROM freehold_reservations WHERE id = $1 RETURNING micros) \
+                 UPDATE freehold_keys SET \
+                 reserved_micros = GREATEST(reserved_micros \
+                     - COALESCE((SELECT micros FROM released), 0), 0), \
+                 spent_micros = spent_micros + $3 \
+                 WHERE id = $2",
             )
             .bind(&reservation.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let done = sqlx::query(
-                "UPDATE freehold_keys SET \
-                 reserved_micros = CASE WHEN reserved_micros > $2 \
-                                        THEN reserved_micros - $2 ELSE 0 END, \
-                 spent_micros = spent_micros + $3 \
-                 WHERE id = $1",
-            )
             .bind(&reservation.key_id)
-            .bind(held.unwrap_or(0))
             .bind(actual)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(done)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()),
+            Pool::Sqlite(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    let held: Option<i64> = sqlx::query_scalar(
+                        "DELETE FROM freehold_reservations WHERE id = $1 RETURNING micros",
+                    )
+                    .bind(&reservation.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let done = sqlx::query(
+                        "UPDATE freehold_keys SET \
+                         reserved_micros = CASE WHEN reserved_micros > $2 \
+                                                THEN reserved_micros - $2 ELSE 0 END, \
+                         spent_micros = spent_micros + $3 \
+                         WHERE id = $1",
+                    )
+                    .bind(&reservation.key_id)
+                    .bind(held.unwrap_or(0))
+                    .bind(actual)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(done)
+                }
+                .await
+            }
         }
-        .await)
         .map_err(db("cannot settle the reservation"))?;
         if done == 0 {
             return Err(StoreError::UnknownKey(reservation.key_id.clone()));
