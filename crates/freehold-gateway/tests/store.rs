@@ -212,6 +212,7 @@ on_both!(
     rate_limits_hold_across_stores,
     rate_windows_roll_over_by_the_minute,
     holds_of_a_gateway_whose_lease_ran_out_are_released,
+    a_settlement_racing_a_release_takes_the_hold_off_once,
 );
 
 fn close(a: f64, b: f64) -> bool {
@@ -507,6 +508,80 @@ async fn two_stores_share_one_budget(db: &TestDb) {
     }
     a.close().await;
     b.close().await;
+}
+
+/// A late settlement and the sweep that releases the same expired hold,
+/// both held up behind a lock on the key (so that they run into each
+/// other), take the hold off once between them and add the cost once.
+async fn a_settlement_racing_a_release_takes_the_hold_off_once(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "raced".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let late = store
+        .reserve_for(&key.id, 0.3, Duration::ZERO)
+        .await
+        .unwrap();
+    let live = store
+        .reserve_for(&key.id, 0.5, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Another connection holds the key's row (PostgreSQL) or the write
+    // lock (SQLite) while both start.
+    let lock = |store: Store, key_id: String| async move {
+        match db {
+            TestDb::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let (settled, released, ()) = tokio::join!(
+                    store.settle(&late, 0.1),
+                    store.release_expired_reservations(),
+                    async {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
+                    }
+                );
+                (settled, released)
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::raw_sql("BEGIN").execute(&mut conn).await.unwrap();
+                sqlx::query("SELECT id FROM freehold_keys WHERE id = $1 FOR UPDATE")
+                    .bind(&key_id)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let (settled, released, ()) = tokio::join!(
+                    store.settle(&late, 0.1),
+                    store.release_expired_reservations(),
+                    async {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
+                    }
+                );
+                (settled, released)
+            }
+        }
+    };
+    let (settled, released) = lock(store.clone(), key.id.clone()).await;
+    settled.unwrap();
+    assert!(released.unwrap() <= 1);
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.reserved_usd, 0.5) && close(now.spent_usd, 0.1),
+        "{now:?}"
+    );
+    store.settle(&live, 0.0).await.unwrap();
+    store.close().await;
 }
 
 /// A gateway that stops renewing its lease (killed) has its holds

@@ -743,11 +743,6 @@ impl Store {
         let amount = usd_to_micros(amount_usd, "the amount to reserve")?;
         let id = format!("res_{}", random_hex(12)?);
         let hold_ms = duration_ms(hold).min(CENTURY_MS);
-        let insert = format!(
-            "INSERT INTO freehold_reservations (id, key_id, micros, expires_at_ms, gateway_id) \
-             VALUES ($1, $2, $3, {} + $4, $5)",
-            self.now_ms_sql()
-        );
         let reserved: Option<String> = match &self.pool {
             // One statement, so one round trip, holding the key's row
             // only for as long as the statement runs.
@@ -776,6 +771,12 @@ impl Store {
             }
             // SQLite has no UPDATE inside a WITH: a transaction.
             Pool::Sqlite(pool) => {
+                let insert = format!(
+                    "INSERT INTO freehold_reservations \
+                         (id, key_id, micros, expires_at_ms, gateway_id) \
+                     VALUES ($1, $2, $3, {} + $4, $5)",
+                    self.now_ms_sql()
+                );
                 async {
                     let mut tx = pool.begin().await?;
                     let reserved: Option<String> = sqlx::query_scalar(
