@@ -54,33 +54,77 @@ impl std::fmt::Display for Limited {
     }
 }
 
+/// How finely the in-memory windows slice time: a key's counts take at
+/// most `WINDOW / SLICE` (600) entries, however fast its requests come.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// A count over the last [`WINDOW`], kept in slices of at most [`SLICE`].
+/// A slice leaves the window only once its latest arrival has, so the
+/// count is never below the true one and at most one slice's worth above.
+#[derive(Debug, Default)]
+struct Counter {
+    /// Per slice: when it began, its latest arrival, and its count.
+    slices: VecDeque<(Instant, Instant, u64)>,
+    /// The sum of the slices' counts.
+    total: u64,
+}
+
+impl Counter {
+    fn add(&mut self, now: Instant, count: u64) {
+        match self.slices.back_mut() {
+            Some((began, latest, slice)) if now.saturating_duration_since(*began) < SLICE => {
+                *latest = now;
+                *slice += count;
+            }
+            _ => self.slices.push_back((now, now, count)),
+        }
+        self.total += count;
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((_, latest, count)) = self.slices.front().copied() {
+            if now.saturating_duration_since(latest) < WINDOW {
+                break;
+            }
+            self.slices.pop_front();
+            self.total -= count;
+        }
+    }
+
+    /// How long until the count falls below `limit`, if nothing more comes.
+    fn wait_until_below(&self, limit: u64, now: Instant) -> Duration {
+        let mut remaining = self.total;
+        for (_, latest, count) in &self.slices {
+            if remaining < limit {
+                break;
+            }
+            remaining -= count;
+            if remaining < limit {
+                return WINDOW.saturating_sub(now.saturating_duration_since(*latest));
+            }
+        }
+        // Already below (or a limit of 0, which nothing gets under).
+        if self.total < limit {
+            Duration::ZERO
+        } else {
+            WINDOW
+        }
+    }
+}
+
 /// One key's recent traffic.
 #[derive(Debug, Default)]
 struct Window {
-    /// When each request in the window arrived.
-    requests: VecDeque<Instant>,
-    /// Tokens used, with when.
-    tokens: VecDeque<(Instant, u64)>,
-    /// The sum of `tokens`.
-    token_total: u64,
+    /// Requests admitted.
+    requests: Counter,
+    /// Tokens used by finished requests.
+    tokens: Counter,
 }
 
 impl Window {
     fn expire(&mut self, now: Instant) {
-        while self
-            .requests
-            .front()
-            .is_some_and(|at| now.duration_since(*at) >= WINDOW)
-        {
-            self.requests.pop_front();
-        }
-        while let Some((at, count)) = self.tokens.front().copied() {
-            if now.duration_since(at) < WINDOW {
-                break;
-            }
-            self.tokens.pop_front();
-            self.token_total -= count;
-        }
+        self.requests.expire(now);
+        self.tokens.expire(now);
     }
 }
 
@@ -172,35 +216,24 @@ impl RateLimiter {
         let window = windows.entry(key.to_owned()).or_default();
         window.expire(now);
         if let Some(rpm) = rpm
-            && window.requests.len() >= rpm as usize
+            && window.requests.total >= u64::from(rpm)
         {
-            let oldest = window.requests.front().copied().unwrap_or(now);
             return Err(Limited {
                 limit: LimitKind::Requests,
                 per_minute: rpm,
-                retry_after: WINDOW.saturating_sub(now.duration_since(oldest)),
+                retry_after: window.requests.wait_until_below(u64::from(rpm), now),
             });
         }
         if let Some(tpm) = tpm
-            && window.token_total >= u64::from(tpm)
+            && window.tokens.total >= u64::from(tpm)
         {
-            // Wait until enough tokens leave the window to get under it.
-            let mut remaining = window.token_total;
-            let mut until = now;
-            for (at, count) in &window.tokens {
-                remaining -= count;
-                until = *at;
-                if remaining < u64::from(tpm) {
-                    break;
-                }
-            }
             return Err(Limited {
                 limit: LimitKind::Tokens,
                 per_minute: tpm,
-                retry_after: WINDOW.saturating_sub(now.duration_since(until)),
+                retry_after: window.tokens.wait_until_below(u64::from(tpm), now),
             });
         }
-        window.requests.push_back(now);
+        window.requests.add(now, 1);
         Ok(())
     }
 
@@ -232,8 +265,7 @@ impl RateLimiter {
         // In memory too: the fallback's window, when the database fails.
         let mut windows = self.lock();
         if let Some(window) = windows.get_mut(key) {
-            window.tokens.push_back((Instant::now(), tokens));
-            window.token_total += tokens;
+            window.tokens.add(Instant::now(), tokens);
         }
     }
 
@@ -498,5 +530,33 @@ mod tests {
         assert_eq!(again.limit, LimitKind::Requests);
         assert!(again.retry_after <= first.retry_after);
         assert!(again.retry_after > Duration::from_secs(50), "{again:?}");
+    }
+
+    #[test]
+    fn a_fast_key_takes_bounded_memory_and_is_counted_in_full() {
+        let start = Instant::now();
+        let mut counter = Counter::default();
+        // Two minutes of a request every millisecond.
+        for ms in 0..120_000u64 {
+            let now = start + Duration::from_millis(ms);
+            counter.expire(now);
+            counter.add(now, 1);
+        }
+        assert!(counter.slices.len() <= 601, "{}", counter.slices.len());
+        // The last minute in full, and at most one slice more.
+        assert!(
+            (60_000..=60_100).contains(&counter.total),
+            "{}",
+            counter.total
+        );
+        let now = start + Duration::from_millis(119_999);
+        // Under a limit of 30,000: half the window has to pass.
+        let wait = counter.wait_until_below(30_000, now);
+        assert!(
+            wait >= Duration::from_millis(29_900) && wait <= Duration::from_millis(30_100),
+            "{wait:?}"
+        );
+        assert_eq!(counter.wait_until_below(100_000, now), Duration::ZERO);
+        assert_eq!(counter.wait_until_below(0, now), WINDOW);
     }
 }
