@@ -710,24 +710,32 @@ async fn a_budgeted_request_without_max_tokens_is_held_to_what_was_reserved() {
     }
 }
 
+/// Two gateways in front of one mock upstream, sharing the test PostgreSQL
+/// server's database; `None` (skipped) without one.
+async fn two_gateways_on_postgres() -> Option<(MockUpstream, Running, Running)> {
+    let admin = freehold_test_support::test_postgres()?;
+    let upstream = MockUpstream::start().await.unwrap();
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        gateways.push(
+            start(
+                routes(vec![upstream.base_url()]),
+                GatewaySettings::default(),
+                Some(admin.clone()),
+            )
+            .await,
+        );
+    }
+    let second = gateways.pop()?;
+    let first = gateways.pop()?;
+    Some((upstream, first, second))
+}
+
 #[tokio::test]
 async fn two_gateways_sharing_postgres_enforce_one_budget() {
-    let Some(admin) = freehold_test_support::test_postgres() else {
+    let Some((_upstream, first, second)) = two_gateways_on_postgres().await else {
         return;
     };
-    let upstream = MockUpstream::start().await.unwrap();
-    let first = start(
-        routes(vec![upstream.base_url()]),
-        GatewaySettings::default(),
-        Some(admin.clone()),
-    )
-    .await;
-    let second = start(
-        routes(vec![upstream.base_url()]),
-        GatewaySettings::default(),
-        Some(admin),
-    )
-    .await;
     let name = format!("shared-{}", std::process::id());
     let (key, secret) = first
         .key(NewKey {
@@ -749,22 +757,9 @@ async fn two_gateways_sharing_postgres_enforce_one_budget() {
 /// a key gets its limit once between them, not once from each.
 #[tokio::test]
 async fn two_gateways_sharing_postgres_enforce_one_rate_limit() {
-    let Some(admin) = freehold_test_support::test_postgres() else {
+    let Some((_upstream, first, second)) = two_gateways_on_postgres().await else {
         return;
     };
-    let upstream = MockUpstream::start().await.unwrap();
-    let first = start(
-        routes(vec![upstream.base_url()]),
-        GatewaySettings::default(),
-        Some(admin.clone()),
-    )
-    .await;
-    let second = start(
-        routes(vec![upstream.base_url()]),
-        GatewaySettings::default(),
-        Some(admin),
-    )
-    .await;
     let (_, secret) = first
         .key(NewKey {
             name: format!("limited-{}", std::process::id()),
