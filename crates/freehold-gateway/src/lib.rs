@@ -4,11 +4,12 @@
 //!
 //! What it owns:
 //! - the axum application: `/v1/chat/completions`, `/v1/responses`,
-//!   `/v1/messages` (+ `count_tokens`), `/v1/models`, `/v1/embeddings`,
-//!   `/health`, `/metrics`;
+//!   `/v1/messages` (+ `count_tokens`), `/v1/models` (+ `/v1/models/{model}`),
+//!   `/v1/embeddings`, `/health`, `/metrics`;
 //! - access control: the master key and virtual keys ([`store`]), per-key
-//!   rate limits;
-//! - the usage ledger and budgets ([`store`]), on SQLite or PostgreSQL;
+//!   rate limits ([`limits`]: in memory, or shared through PostgreSQL);
+//! - the usage ledger and budgets ([`store`]), on SQLite or PostgreSQL, with
+//!   the leases that let one gateway release a dead one's budget holds;
 //! - privacy routing.
 //!
 //! What it must not do: hold provider keys anywhere a client or a log can
