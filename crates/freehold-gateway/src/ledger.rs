@@ -2,7 +2,7 @@
 //! task, which writes them in batches (one transaction each), so a busy
 //! gateway does not pay one database write per request.
 //!
-//! After the first line of a batch the writer waits [`GATHER`] for more
+//! After the first line of a batch the writer waits `GATHER` for more
 //! before it writes. While it waits, queuing a line wakes nobody: the cost
 //! a request pays for its line is a push onto a queue, not a thread
 //! woken (on a loaded machine each wake-up costs tens of microseconds)

@@ -2,7 +2,7 @@
 //!
 //! One [`Store`] serves both backends with the same SQL (numbered `$1`
 //! parameters work in both); the schema is created and upgraded by
-//! versioned migrations ([`migrate`]) when a store opens.
+//! versioned migrations (the private `migrate` module) when a store opens.
 //!
 //! - Secrets are never stored: a key keeps the SHA-256 of its secret and
 //!   the first characters (the prefix) to recognise it.
