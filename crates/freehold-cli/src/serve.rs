@@ -418,20 +418,24 @@ const LEASE: Duration = Duration::from_secs(60);
 /// failed renewals in a row (a database restarting) do not end it.
 const LEASE_RENEWAL: Duration = Duration::from_secs(15);
 
-/// How long one renewal may take before it counts as failed, and how soon
-/// a failed one is tried again.
+/// How soon a failed renewal is tried again.
 const LEASE_RETRY: Duration = Duration::from_secs(2);
+
+/// How long one renewal may take before it counts as failed.
+const LEASE_RENEWAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the gateway looks for reservations left by a dead gateway.
 const RESERVATION_SWEEP: Duration = Duration::from_secs(15);
 
-/// Renews this gateway's lease every [`LEASE_RENEWAL`], and soon again
-/// after a failure. Runs until aborted (at shutdown, before the lease is
-/// ended).
+/// Renews this gateway's lease every [`LEASE_RENEWAL`] (it was taken just
+/// before), and soon again after a failure. Runs until aborted (at
+/// shutdown, before the lease is ended).
 async fn keep_lease(store: Store) {
+    let mut wait = LEASE_RENEWAL;
     loop {
-        let renewed = tokio::time::timeout(LEASE_RETRY * 5, store.renew_lease(LEASE)).await;
-        let wait = match renewed {
+        tokio::time::sleep(wait).await;
+        let renewed = tokio::time::timeout(LEASE_RENEWAL_TIMEOUT, store.renew_lease(LEASE)).await;
+        wait = match renewed {
             Ok(Ok(())) => LEASE_RENEWAL,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "renewing the gateway's lease on the usage database");
@@ -440,12 +444,11 @@ async fn keep_lease(store: Store) {
             Err(_) => {
                 tracing::warn!(
                     "renewing the gateway's lease on the usage database: no answer in {} s",
-                    (LEASE_RETRY * 5).as_secs()
+                    LEASE_RENEWAL_TIMEOUT.as_secs()
                 );
                 LEASE_RETRY
             }
         };
-        tokio::time::sleep(wait).await;
     }
 }
 

@@ -3,8 +3,8 @@
 //!
 //! A gateway alone keeps the windows in its memory, as counts per tenth of
 //! a second (so that a key's memory is bounded, whatever its rate), which
-//! leave the window once their latest arrival has. Gateways sharing a PostgreSQL database
-//! keep them in it instead ([`Store::admit_rate`]), so that a key's limit
+//! leave the window once their latest arrival has. Gateways sharing a
+//! PostgreSQL database keep them in it instead ([`Store::admit_rate`]), so that a key's limit
 //! holds across all of them rather than once per replica; the window is
 //! then estimated from two whole minutes, at the cost of a database round
 //! trip for each request of a limited key (as a budget costs one).

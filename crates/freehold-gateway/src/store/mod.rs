@@ -1,7 +1,9 @@
 //! Keys, budgets and the usage ledger, in SQLite (default) or PostgreSQL.
 //!
 //! One [`Store`] serves both backends with the same SQL (numbered `$1`
-//! parameters work in both); the schema is created and upgraded by
+//! parameters work in both), except where PostgreSQL does in one statement
+//! what SQLite needs a transaction for (a budget's reservation and its
+//! settlement); the schema is created and upgraded by
 //! versioned migrations (the private `migrate` module) when a store opens.
 //!
 //! - Secrets are never stored: a key keeps the SHA-256 of its secret and
@@ -261,6 +263,11 @@ fn is_busy(error: &sqlx::Error) -> bool {
         .and_then(|code| code.parse::<i32>().ok())
         .is_some_and(|code| code & 0xff == 5)
 }
+
+/// SQLite's clock in Unix milliseconds: `julianday('now')` counts days
+/// with millisecond precision, 2440587.5 being the Unix epoch's. It stays
+/// the same for the whole of one statement.
+const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
 /// Durations are added to the database's clock in SQL, where an overflow
 /// is an error: a century is "never" enough.
@@ -524,9 +531,7 @@ impl Store {
     /// holds early.
     fn now_ms_sql(&self) -> &'static str {
         match self.pool {
-            // `julianday('now')` counts days with millisecond precision;
-            // 2440587.5 is the Unix epoch's.
-            Pool::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Pool::Sqlite(_) => SQLITE_NOW_MS,
             Pool::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
         }
     }

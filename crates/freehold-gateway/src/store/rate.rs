@@ -14,7 +14,7 @@
 
 use std::sync::LazyLock;
 
-use super::{Pool, Store, StoreError, db, to_i64, to_u64};
+use super::{Pool, SQLITE_NOW_MS, Store, StoreError, db, to_i64, to_u64};
 
 /// The window limits count over, in milliseconds.
 const WINDOW_MS: i64 = 60_000;
@@ -124,9 +124,7 @@ impl RateSql {
     }
 }
 
-// SQLite's `'now'` is fixed for the whole of one statement's step.
-static SQLITE: LazyLock<RateSql> =
-    LazyLock::new(|| RateSql::new("CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"));
+static SQLITE: LazyLock<RateSql> = LazyLock::new(|| RateSql::new(SQLITE_NOW_MS));
 
 // `statement_timestamp()` is fixed for one statement (`clock_timestamp()`
 // would move between the expressions of one UPDATE).
