@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use freehold_gateway::store::{
-    GroupBy, KeyState, NewKey, Store, StoreError, UsageRecord, unix_now,
+    GroupBy, KeyState, NewKey, Reservation, Store, StoreError, UsageRecord, unix_now,
 };
 use sqlx::Connection;
 
@@ -213,6 +213,8 @@ on_both!(
     rate_windows_roll_over_by_the_minute,
     holds_of_a_gateway_whose_lease_ran_out_are_released,
     a_settlement_racing_a_release_takes_the_hold_off_once,
+    a_hold_taken_by_an_older_gateway_is_counted_once,
+    a_database_from_a_newer_freehold_is_refused,
 );
 
 fn close(a: f64, b: f64) -> bool {
@@ -1279,4 +1281,75 @@ fn database_urls() {
         "postgres://u:p@h:5/x?sslmode=disable"
     );
     assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+}
+
+/// A gateway of an older version, still running when a newer `freehold`
+/// upgraded the schema, takes its holds as it always did: the key's total
+/// updated by its own statement, then the row inserted. They must count
+/// once, and this version must settle and release them.
+async fn a_hold_taken_by_an_older_gateway_is_counted_once(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "upgraded".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let old_hold = |id: &str, micros: i64, expires_at_ms: i64| {
+        format!(
+            "UPDATE freehold_keys SET reserved_micros = reserved_micros + {micros} \
+             WHERE id = '{key}'; \
+             INSERT INTO freehold_reservations (id, key_id, micros, expires_at_ms) \
+             VALUES ('{id}', '{key}', {micros}, {expires_at_ms});",
+            key = key.id
+        )
+    };
+    let far = (unix_now() + 3600) * 1000;
+    db.execute(&old_hold("res_old_settled", 300_000, far)).await;
+    db.execute(&old_hold("res_old_expired", 200_000, 0)).await;
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(close(now.reserved_usd, 0.5), "{}", now.reserved_usd);
+
+    // This version's holds count beside them, up to the budget.
+    let new_hold = store.reserve(&key.id, 0.5).await.unwrap();
+    assert!(store.reserve(&key.id, 0.000_001).await.is_err());
+
+    let old = Reservation {
+        id: "res_old_settled".into(),
+        key_id: key.id.clone(),
+        amount_usd: 0.3,
+    };
+    store.settle(&old, 0.25).await.unwrap();
+    assert_eq!(store.release_expired_reservations().await.unwrap(), 1);
+    store.settle(&new_hold, 0.1).await.unwrap();
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.35) && close(now.reserved_usd, 0.0),
+        "spent {} reserved {}",
+        now.spent_usd,
+        now.reserved_usd
+    );
+    let rows = db
+        .scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_reservations")
+        .await;
+    assert_eq!(rows, 0);
+    store.close().await;
+}
+
+/// A schema newer than this binary knows could change what its statements
+/// mean (a trigger that counts a hold, say): it is refused, not misread.
+async fn a_database_from_a_newer_freehold_is_refused(db: &TestDb) {
+    Store::open(db.url()).await.unwrap().close().await;
+    db.execute(
+        "INSERT INTO freehold_migrations (version, description, applied_at) \
+         VALUES (999, 'from the future', 0)",
+    )
+    .await;
+    let refused = Store::open(db.url()).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("version 999") && refused.contains("upgrade freehold"),
+        "{refused}"
+    );
 }

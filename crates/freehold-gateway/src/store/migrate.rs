@@ -44,6 +44,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite_0004_gateway_leases.sql"),
         postgres: include_str!("migrations/postgres_0004_gateway_leases.sql"),
     },
+    Migration {
+        version: 5,
+        description: "SQLite takes and settles a budget hold in one statement",
+        sqlite: include_str!("migrations/sqlite_0005_budget_triggers.sql"),
+        postgres: include_str!("migrations/postgres_0005_budget_triggers.sql"),
+    },
 ];
 
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS freehold_migrations (\
