@@ -197,6 +197,12 @@ def openai_responses():
     assert completed is not None, kinds
     check_text("".join(deltas))
     assert completed.output_text == "".join(deltas), completed
+    # Messages without a `type`, as in OpenAI's own examples.
+    untyped = client.responses.create(model=MODEL, max_output_tokens=32, input=[
+        {"role": "developer", "content": "Answer in one short sentence."},
+        {"role": "user", "content": "Say hello."},
+    ])
+    check_text(untyped.output_text)
     return {"text": reply.output_text, "events": len(kinds)}
 
 
@@ -217,6 +223,14 @@ def anthropic_messages():
         final = stream.get_final_message()
     check_text(streamed)
     assert final.usage.output_tokens > 0, final.usage
+    # Claude Code on Claude 4.6 and later asks for adaptive thinking, with
+    # its effort in output_config.
+    adaptive = client.messages.create(
+        model=MODEL, max_tokens=32, thinking={"type": "adaptive"},
+        extra_body={"output_config": {"effort": "low"}},
+        messages=[{"role": "user", "content": "Say hello."}],
+    )
+    check_text("".join(b.text for b in adaptive.content if b.type == "text"))
     raw = client.messages.with_raw_response.count_tokens(
         model=MODEL, system="Answer briefly.",
         messages=[{"role": "user", "content": "Say hello."}])

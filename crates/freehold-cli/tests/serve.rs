@@ -458,7 +458,7 @@ async fn official_sdks_against_a_mock_upstream() {
     assert_eq!(errors["model_not_found"], 404);
     // Every chat, tool and embedding call reached the upstream
     // (count_tokens was estimated by the gateway itself).
-    assert_eq!(upstream.requests(), 13);
+    assert_eq!(upstream.requests(), 15);
     // A coding agent's request (a system prompt and tools of about 100,000
     // tokens) goes through whole when the upstream takes it.
     let long = served.scenario(&python, "long_prompts", &[]).await;

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
-    ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
+    ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -36,8 +36,8 @@ mod serve;
 mod serve_tests;
 
 pub use serve::{
-    MessageStreamEncoder, ServeOptions, decode_request, effort_for_budget, encode_error,
-    encode_response,
+    MessageStreamEncoder, ServeOptions, decode_request, effort_for_budget, effort_for_name,
+    encode_error, encode_response,
 };
 
 /// The API's public base URL (the client appends `/v1/messages`).
@@ -93,6 +93,9 @@ pub struct MessagesRequest {
     /// Extended thinking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thinking: Option<ThinkingConfig>,
+    /// Output settings: `effort`, which guides adaptive thinking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_config: Option<OutputConfig>,
     /// Request metadata (`user_id`), passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
@@ -338,13 +341,65 @@ pub enum WireToolChoice {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ThinkingConfig {
     /// Extended thinking with a token budget (at least 1024, below
-    /// `max_tokens`).
+    /// `max_tokens`). Refused by Claude Opus 4.7 and later.
     Enabled {
         /// Tokens the model may spend thinking.
         budget_tokens: u32,
     },
+    /// The model thinks as much as it sees fit, guided by
+    /// `output_config.effort` (Claude 4.6 and later).
+    Adaptive {},
     /// No thinking.
     Disabled {},
+}
+
+/// `output_config`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutputConfig {
+    /// `low`, `medium`, `high` (the API's default), `xhigh` or `max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effort: Option<String>,
+    /// Other settings, kept as they came.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// The `output_config.effort` for an effort level.
+pub fn effort_name(effort: ReasoningEffort) -> &'static str {
+    match effort {
+        ReasoningEffort::Minimal | ReasoningEffort::Low => "low",
+        ReasoningEffort::Medium => "medium",
+        ReasoningEffort::High => "high",
+    }
+}
+
+/// Whether `model` takes `thinking: {"type": "adaptive"}` (Claude 4.6 and
+/// later, which Opus 4.7 and later require) rather than a token budget.
+///
+/// Read from the model's name, as Anthropic, Bedrock and Vertex spell it
+/// (`claude-opus-4-7`, `claude-sonnet-4-6-20260217`,
+/// `anthropic.claude-opus-4-7-v1:0`, `claude-opus-4-7@…`): a family, then
+/// its version. Names in the older order (`claude-3-7-sonnet-…`), or not
+/// Claude's at all (a local model behind an Anthropic-compatible server),
+/// keep the token budget that every version before 4.6 takes.
+pub fn takes_adaptive_thinking(model: &str) -> bool {
+    let Some(start) = model.find("claude-") else {
+        return false;
+    };
+    let mut parts = model[start + "claude-".len()..].split(['-', '@', ':', '.']);
+    if !matches!(parts.next(), Some("opus" | "sonnet" | "haiku")) {
+        return false;
+    }
+    // One or two digits are a version number; eight are a date.
+    let number = |part: Option<&str>| {
+        part.filter(|p| (1..=2).contains(&p.len()))
+            .and_then(|p| p.parse::<u32>().ok())
+    };
+    let Some(major) = number(parts.next()) else {
+        return false;
+    };
+    let minor = number(parts.next()).unwrap_or(0);
+    (major, minor) >= (4, 6)
 }
 
 /// A complete (non-streamed) response; also the `message` of a
@@ -663,7 +718,8 @@ pub fn structured_output_tool(request: &ChatRequest) -> Option<String> {
 pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> MessagesRequest {
     let structured = structured_output_tool(request);
     let mut max_tokens = request.max_tokens.unwrap_or(options.default_max_tokens);
-    let thinking = request.reasoning.and_then(|effort| {
+    let adaptive = takes_adaptive_thinking(&request.model);
+    let thinking = reasoning_for(request).and_then(|effort| {
         let mut budget = effort.budget_tokens();
         if max_tokens <= budget {
             match request.max_tokens {
@@ -677,11 +733,22 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
                 Some(explicit) => budget = explicit.saturating_sub(1).max(MIN_THINKING_BUDGET),
             }
         }
-        Some(ThinkingConfig::Enabled {
-            budget_tokens: budget,
+        Some(if adaptive {
+            ThinkingConfig::Adaptive {}
+        } else {
+            ThinkingConfig::Enabled {
+                budget_tokens: budget,
+            }
         })
     });
     let thinking_on = thinking.is_some();
+    let output_config = request
+        .reasoning
+        .filter(|_| thinking == Some(ThinkingConfig::Adaptive {}))
+        .map(|effort| OutputConfig {
+            effort: Some(effort_name(effort).to_owned()),
+            extra: serde_json::Map::new(),
+        });
 
     let mut system = request
         .messages
@@ -803,6 +870,7 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
         tools: (!tools.is_empty()).then_some(tools),
         tool_choice,
         thinking,
+        output_config,
         metadata: None,
         extra: serde_json::Map::new(),
     }
@@ -810,6 +878,38 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
 
 /// The smallest thinking budget the API accepts.
 const MIN_THINKING_BUDGET: u32 = 1024;
+
+/// The request's reasoning effort, unless thinking cannot be on: with
+/// thinking on, the API requires the last assistant turn, when it called
+/// tools, to start with a signed `thinking` block ("Expected `thinking` or
+/// `redacted_thinking`, but found `tool_use`"). A turn another protocol's
+/// client handed back carries no Anthropic signature, so for that
+/// request thinking is left off rather than refused.
+fn reasoning_for(request: &ChatRequest) -> Option<ReasoningEffort> {
+    let effort = request.reasoning?;
+    let last_assistant = request
+        .messages
+        .iter()
+        .rev()
+        .find(|message| message.role == Role::Assistant);
+    let unsigned_tool_turn = last_assistant.is_some_and(|message| {
+        let calls_tools = message
+            .content
+            .iter()
+            .any(|part| matches!(part, ContentPart::ToolCall(_)));
+        let signed = message.content.iter().any(|part| {
+            matches!(part, ContentPart::Reasoning(reasoning) if encode_reasoning(reasoning).is_some())
+        });
+        calls_tools && !signed
+    });
+    if unsigned_tool_turn {
+        tracing::debug!(
+            "the last assistant turn called tools without signed thinking; thinking off"
+        );
+        return None;
+    }
+    Some(effort)
+}
 
 /// The blocks of the conversation, in alternating `user`/`assistant`
 /// messages.
@@ -1425,5 +1525,88 @@ mod tests {
             serde_json::to_value(&encoded.thinking).unwrap(),
             json!({"type": "enabled", "budget_tokens": 1499})
         );
+    }
+
+    #[test]
+    fn models_from_claude_4_6_on_take_adaptive_thinking() {
+        for model in [
+            "claude-opus-4-7",
+            "claude-sonnet-4-6",
+            "claude-opus-4-6-20260205",
+            "claude-haiku-5",
+            "claude-opus-5-1",
+            "anthropic.claude-opus-4-7-v1:0",
+            "us.anthropic.claude-sonnet-4-6-v1",
+            "claude-opus-4-7@20260416",
+        ] {
+            assert!(takes_adaptive_thinking(model), "{model}");
+        }
+        for model in [
+            "claude-sonnet-4-5",
+            "claude-sonnet-4-5-20250929",
+            "claude-opus-4-20250514",
+            "claude-opus-4-1-20250805",
+            "claude-3-7-sonnet-20250219",
+            "claude-3-5-haiku-latest",
+            "claude",
+            "qwen2.5-coder-7b",
+            "claude-sonnet",
+        ] {
+            assert!(!takes_adaptive_thinking(model), "{model}");
+        }
+    }
+
+    #[test]
+    fn adaptive_thinking_carries_the_effort() {
+        let mut request = thinking_request(ToolChoice::Auto, None);
+        request.model = "claude-opus-4-7".into();
+        request.reasoning = Some(ReasoningEffort::Medium);
+        let encoded = serde_json::to_value(encode_request(&request, options())).unwrap();
+        assert_eq!(encoded["thinking"], json!({"type": "adaptive"}));
+        assert_eq!(encoded["output_config"], json!({"effort": "medium"}));
+        assert!(encoded.get("temperature").is_none(), "{encoded}");
+        // An older model keeps its token budget, and no effort.
+        request.model = "claude-sonnet-4-5".into();
+        let encoded = serde_json::to_value(encode_request(&request, options())).unwrap();
+        assert_eq!(encoded["thinking"]["type"], "enabled");
+        assert!(encoded.get("output_config").is_none(), "{encoded}");
+    }
+
+    /// The API refuses thinking when the last assistant turn called tools
+    /// without a signed thinking block, as one another protocol's client
+    /// handed back has.
+    #[test]
+    fn thinking_is_off_after_a_tool_turn_without_signed_thinking() {
+        let tool_turn = |reasoning: Option<Reasoning>| {
+            let mut request = thinking_request(ToolChoice::Auto, None);
+            let mut content: Vec<ContentPart> =
+                reasoning.map(ContentPart::Reasoning).into_iter().collect();
+            content.push(ContentPart::ToolCall(ToolCall::new(
+                "toolu_1", "read", "{}",
+            )));
+            request.messages.push(Message {
+                role: Role::Assistant,
+                content,
+            });
+            request
+                .messages
+                .push(Message::tool_result("toolu_1", "done"));
+            encode_request(&request, options())
+        };
+        assert!(tool_turn(None).thinking.is_none());
+        let unsigned = Reasoning {
+            text: "plan".into(),
+            ..Reasoning::default()
+        };
+        assert!(tool_turn(Some(unsigned)).thinking.is_none());
+        let signed = Reasoning {
+            text: "plan".into(),
+            signature: Some("sig".into()),
+            ..Reasoning::default()
+        };
+        let encoded = tool_turn(Some(signed));
+        assert!(encoded.thinking.is_some());
+        let turn = serde_json::to_value(&encoded.messages[1]).unwrap();
+        assert_eq!(turn["content"][0]["type"], "thinking", "{turn}");
     }
 }

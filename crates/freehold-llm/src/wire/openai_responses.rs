@@ -109,7 +109,7 @@ pub struct ResponsesRequest {
 }
 
 /// `input`: one user text, or a list of items.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ResponseInput {
     /// A single user message.
@@ -124,8 +124,49 @@ impl Default for ResponseInput {
     }
 }
 
+/// Read by hand rather than untagged, so that a bad item's error reaches
+/// the client instead of "did not match any variant".
+impl<'de> Deserialize<'de> for ResponseInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InputVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for InputVisitor {
+            type Value = ResponseInput;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of input items")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ResponseInput, E> {
+                Ok(ResponseInput::Text(text.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<ResponseInput, E> {
+                Ok(ResponseInput::Text(text))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ResponseInput, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(ResponseInput::Items(items))
+            }
+        }
+
+        deserializer.deserialize_any(InputVisitor)
+    }
+}
+
 /// An input or output item.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// A message may come without its `type`, as `{"role": "user", "content":
+/// "…"}`: OpenAI accepts that shape in `input` (its documentation's own
+/// examples use it), so it reads as a `message` here too.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Item {
     /// A message of the user, the assistant, the system or the developer.
@@ -137,8 +178,52 @@ pub enum Item {
     /// The model's reasoning.
     Reasoning(ReasoningItem),
     /// Any other item (web search, file search, computer use…).
+    Other,
+}
+
+/// [`Item`] as it is read when it has a `type`.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum TypedItem {
+    Message(MessageItem),
+    FunctionCall(FunctionCallItem),
+    FunctionCallOutput(FunctionCallOutputItem),
+    Reasoning(ReasoningItem),
     #[serde(other)]
     Other,
+}
+
+impl From<TypedItem> for Item {
+    fn from(item: TypedItem) -> Self {
+        match item {
+            TypedItem::Message(message) => Self::Message(message),
+            TypedItem::FunctionCall(call) => Self::FunctionCall(call),
+            TypedItem::FunctionCallOutput(output) => Self::FunctionCallOutput(output),
+            TypedItem::Reasoning(reasoning) => Self::Reasoning(reasoning),
+            TypedItem::Other => Self::Other,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut value = Value::deserialize(deserializer)?;
+        if let Value::Object(fields) = &mut value
+            && !fields.contains_key("type")
+        {
+            if !fields.contains_key("role") {
+                return Err(D::Error::custom(
+                    "an input item needs a `type` (`message`, `function_call`, \
+                     `function_call_output`, `reasoning`…), or a `role` for a message",
+                ));
+            }
+            fields.insert("type".into(), Value::String("message".into()));
+        }
+        TypedItem::deserialize(value)
+            .map(Item::from)
+            .map_err(D::Error::custom)
+    }
 }
 
 /// A `message` item.

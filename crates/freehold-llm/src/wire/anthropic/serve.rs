@@ -36,6 +36,17 @@ pub fn effort_for_budget(budget: u32) -> ReasoningEffort {
     .unwrap_or(ReasoningEffort::High)
 }
 
+/// The [`ReasoningEffort`] for adaptive thinking's `output_config.effort`:
+/// `xhigh`, `max` and levels this version does not know are the most there
+/// is ([`ReasoningEffort::High`]), which is also the API's default.
+pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
+    match effort {
+        Some("low") => ReasoningEffort::Low,
+        Some("medium") => ReasoningEffort::Medium,
+        _ => ReasoningEffort::High,
+    }
+}
+
 /// Decodes a client's request.
 ///
 /// - `system` (a string, or text blocks whose `cache_control` is ignored)
@@ -50,7 +61,8 @@ pub fn effort_for_budget(budget: u32) -> ReasoningEffort {
 ///   is left unknown (`None`): the client only hands back what the gateway
 ///   sent, whichever provider made it;
 /// - `thinking.budget_tokens` becomes the nearest [`ReasoningEffort`]
-///   ([`effort_for_budget`]); `disable_parallel_tool_use: true` becomes
+///   ([`effort_for_budget`]), adaptive thinking the effort of
+///   `output_config.effort` ([`effort_for_name`]); `disable_parallel_tool_use: true` becomes
 ///   `parallel_tool_calls: Some(false)`;
 /// - tools with a `type` other than `custom` (server tools such as
 ///   `web_search_20250305`, and Anthropic-defined client tools such as
@@ -139,6 +151,11 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
     };
     let reasoning = match wire.thinking {
         Some(ThinkingConfig::Enabled { budget_tokens }) => Some(effort_for_budget(budget_tokens)),
+        Some(ThinkingConfig::Adaptive {}) => Some(effort_for_name(
+            wire.output_config
+                .as_ref()
+                .and_then(|config| config.effort.as_deref()),
+        )),
         Some(ThinkingConfig::Disabled {}) | None => None,
     };
     let request = ChatRequest {

@@ -487,6 +487,41 @@ fn decode_json(body: Value) -> Result<(ChatRequest, ServeOptions), DecodeError> 
     decode_request(serde_json::from_value::<MessagesRequest>(body).unwrap())
 }
 
+/// Claude Code on Claude 4.6 and later asks for adaptive thinking, with
+/// its effort in `output_config`.
+#[test]
+fn adaptive_thinking_decodes_to_its_effort() {
+    let effort = |extra: Value| {
+        let mut body = json!({"model": "claude-opus-4-7", "max_tokens": 64000,
+            "thinking": {"type": "adaptive"},
+            "messages": [{"role": "user", "content": "hi"}]});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        decode_json(body).unwrap().0.reasoning
+    };
+    assert_eq!(effort(json!({})), Some(ReasoningEffort::High));
+    for (name, expected) in [
+        ("low", ReasoningEffort::Low),
+        ("medium", ReasoningEffort::Medium),
+        ("high", ReasoningEffort::High),
+        ("xhigh", ReasoningEffort::High),
+        ("max", ReasoningEffort::High),
+    ] {
+        assert_eq!(
+            effort(json!({"output_config": {"effort": name}})),
+            Some(expected),
+            "{name}"
+        );
+    }
+    // Effort without thinking does not turn thinking on.
+    let (request, _) = decode_json(json!({"model": "claude-opus-4-7", "max_tokens": 100,
+        "output_config": {"effort": "low"},
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .unwrap();
+    assert_eq!(request.reasoning, None);
+}
+
 #[test]
 fn bad_requests_name_the_field() {
     let error = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [

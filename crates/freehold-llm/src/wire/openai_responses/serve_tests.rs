@@ -403,6 +403,36 @@ fn decode_json(body: Value) -> Result<(ChatRequest, ServeOptions), DecodeError> 
     decode_request(serde_json::from_value::<ResponsesRequest>(body).unwrap())
 }
 
+/// The shape of OpenAI's own examples: messages in `input` without a
+/// `type`, beside typed items.
+#[test]
+fn messages_without_a_type_are_messages() {
+    let (request, _) = decode_json(json!({"model": "m", "input": [
+        {"role": "developer", "content": "Talk like a pirate."},
+        {"role": "user", "content": [{"type": "input_text", "text": "Are semicolons optional?"}]},
+        {"type": "function_call", "call_id": "call_1", "name": "read", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "done"}
+    ]}))
+    .unwrap();
+    let roles: Vec<Role> = request.messages.iter().map(|m| m.role).collect();
+    assert_eq!(
+        roles,
+        [Role::System, Role::User, Role::Assistant, Role::Tool]
+    );
+    assert_eq!(request.messages[0].text_content(), "Talk like a pirate.");
+    assert_eq!(
+        request.messages[1].text_content(),
+        "Are semicolons optional?"
+    );
+
+    // Neither a type nor a role: an error that says what an item needs.
+    let error = serde_json::from_value::<ResponsesRequest>(
+        json!({"model": "m", "input": [{"content": "hi"}]}),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("needs a `type`"), "{error}");
+}
+
 #[test]
 fn bad_requests_name_the_field() {
     let error = decode_json(json!({"model": "m", "input": "hi",
