@@ -66,6 +66,12 @@ impl GatewayError {
         self
     }
 
+    /// OpenAI's `error.code`, where the error has one
+    /// (`context_length_exceeded`, `insufficient_quota`…).
+    pub fn openai_code(&self) -> Option<&'static str> {
+        self.openai_code
+    }
+
     /// 400: the request is malformed or asks for something unsupported.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(

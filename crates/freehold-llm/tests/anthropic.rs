@@ -1168,6 +1168,7 @@ mod wire {
     use freehold_llm::wire::anthropic::{
         self, ContentBlock, MessageStreamEvent, MessagesRequest, MessagesResponse, WireUsage,
     };
+    use freehold_llm::wire::openai_chat;
     use freehold_protocol::{StopReason, Usage};
     use serde_json::{Value, json};
 
@@ -1279,6 +1280,17 @@ mod wire {
             anthropic::stop_reason("pause_turn"),
             StopReason::Other("pause_turn".into())
         );
+        // Other providers' reasons are outside what Anthropic's SDKs know.
+        for other in ["MALFORMED_FUNCTION_CALL", "abort", "load"] {
+            assert_eq!(
+                anthropic::stop_reason_name(&StopReason::Other(other.into())),
+                "end_turn"
+            );
+            assert_eq!(
+                openai_chat::finish_reason_name(&StopReason::Other(other.into())),
+                "stop"
+            );
+        }
     }
 
     #[test]

@@ -366,8 +366,17 @@ fn sse_response<E: StreamEncoder>(
 }
 
 /// The error an encoder writes into a stream, from the sanitised one.
+/// A full context window keeps its kind, so that the client's SDK sees
+/// `context_length_exceeded` (Codex compacts its history on it rather than
+/// retrying).
 fn stream_error(error: &GatewayError) -> LlmError {
     let kind = match error.status.as_u16() {
+        _ if error.openai_code() == Some("context_length_exceeded") => {
+            ErrorKind::ContextLengthExceeded {
+                needed: None,
+                allowed: None,
+            }
+        }
         400 => ErrorKind::InvalidRequest,
         401 => ErrorKind::Authentication,
         403 => ErrorKind::Permission,
@@ -380,4 +389,34 @@ fn stream_error(error: &GatewayError) -> LlmError {
         _ => ErrorKind::Server,
     };
     LlmError::new(kind, "gateway", error.message.clone()).with_status(error.status.as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_context_window_keeps_its_kind_in_a_stream() {
+        let upstream = LlmError::new(
+            ErrorKind::ContextLengthExceeded {
+                needed: Some(300_000),
+                allowed: Some(272_000),
+            },
+            "vllm",
+            "too long",
+        );
+        let sent = stream_error(&GatewayError::upstream(&upstream));
+        assert!(
+            matches!(sent.kind, ErrorKind::ContextLengthExceeded { .. }),
+            "{sent:?}"
+        );
+        assert!(
+            sent.message.contains("300000 tokens > 272000"),
+            "{}",
+            sent.message
+        );
+        // Others still follow their status.
+        let sent = stream_error(&GatewayError::bad_request("no"));
+        assert_eq!(sent.kind, ErrorKind::InvalidRequest);
+    }
 }

@@ -1041,6 +1041,11 @@ pub fn stop_reason(reason: &str) -> StopReason {
 }
 
 /// The `stop_reason` spelling of a [`StopReason`] (for the gateway direction).
+///
+/// A reason of another provider's (Gemini's `MALFORMED_FUNCTION_CALL`,
+/// vLLM's `abort`) is outside the values SDKs know, so it becomes
+/// `end_turn`; Anthropic's own rarer ones (`pause_turn`,
+/// `model_context_window_exceeded`) pass through.
 pub fn stop_reason_name(reason: &StopReason) -> String {
     match reason {
         StopReason::EndTurn | StopReason::Cancelled => "end_turn".into(),
@@ -1048,7 +1053,18 @@ pub fn stop_reason_name(reason: &StopReason) -> String {
         StopReason::StopSequence => "stop_sequence".into(),
         StopReason::ToolUse => "tool_use".into(),
         StopReason::ContentFilter | StopReason::Refusal => "refusal".into(),
-        StopReason::Other(other) => other.clone(),
+        StopReason::Other(other)
+            if matches!(
+                other.as_str(),
+                "pause_turn" | "model_context_window_exceeded"
+            ) =>
+        {
+            other.clone()
+        }
+        StopReason::Other(other) => {
+            tracing::debug!(reason = %other, "an upstream stop reason Anthropic lacks: end_turn");
+            "end_turn".into()
+        }
     }
 }
 

@@ -386,7 +386,9 @@ pub(crate) fn decode_effort(
     }
 }
 
-/// The `finish_reason` spelling of a [`StopReason`].
+/// The `finish_reason` spelling of a [`StopReason`]. A reason of another
+/// provider's (Gemini's `MALFORMED_FUNCTION_CALL`, vLLM's `abort`) is
+/// outside the values SDKs know, so it becomes `stop`.
 pub fn finish_reason_name(reason: &StopReason) -> String {
     match reason {
         StopReason::EndTurn
@@ -396,7 +398,10 @@ pub fn finish_reason_name(reason: &StopReason) -> String {
         StopReason::MaxTokens => "length".into(),
         StopReason::ToolUse => "tool_calls".into(),
         StopReason::ContentFilter => "content_filter".into(),
-        StopReason::Other(other) => other.clone(),
+        StopReason::Other(other) => {
+            tracing::debug!(reason = %other, "an upstream stop reason OpenAI lacks: stop");
+            "stop".into()
+        }
     }
 }
 
