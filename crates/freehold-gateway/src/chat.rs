@@ -112,7 +112,7 @@ async fn admit_inner(
             .map_err(|limited| GatewayError::rate_limited(&limited))?;
     }
     // Larger asks are lowered to the cap; a request without one keeps the
-    // provider's default (the local engine's is 512 tokens)...
+    // provider's default (the local engine gives a quarter of its window, 512 to 2,048 tokens)...
     let cap = gateway.settings.max_tokens_cap;
     request.max_tokens = request.max_tokens.map(|asked| asked.min(cap));
     // ...unless a budget pays for it on a hosted model: a hosted default

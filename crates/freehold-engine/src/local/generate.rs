@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::slots::{BATCH, ContextSpec, Slot, SlotPool};
 use super::template::{self, CHATML_TEMPLATE, TemplateMessage};
 use super::tools::{self, CallFormat, Constraint};
-use super::{DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, error};
+use super::{DEFAULT_TEMPERATURE, default_max_tokens, error};
 
 /// Everything a generation needs, checked before it starts.
 pub(super) struct Prepared {
@@ -59,7 +59,10 @@ pub(super) fn prepare(
     let trained = model.n_ctx_train().max(1);
     let allowed = context_cap.map_or(trained, |cap| cap.min(trained));
     let prompt_len = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
-    let wanted = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).max(1);
+    let wanted = request
+        .max_tokens
+        .unwrap_or_else(|| default_max_tokens(allowed))
+        .max(1);
     if u64::from(prompt_len) + 1 > u64::from(allowed) {
         return Err(error(
             ErrorKind::ContextLengthExceeded {

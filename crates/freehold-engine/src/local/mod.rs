@@ -41,8 +41,16 @@ use crate::store::Store;
 /// The provider's name.
 pub const PROVIDER_NAME: &str = "local";
 
-/// The answer length when a request sets no `max_tokens`.
-pub const DEFAULT_MAX_TOKENS: u32 = 512;
+/// The answer length when a request sets no `max_tokens`, for a context
+/// of `window` tokens: a quarter of it, 512 to 2,048 tokens (the coding
+/// agent's share for local models). Clients of the gateway that never set
+/// a limit (Codex) would otherwise have every answer cut short, and a
+/// limit is still needed: the context allocated grows with it, and a
+/// small model on a CPU that rambles to the end of a large window costs
+/// minutes.
+pub fn default_max_tokens(window: u32) -> u32 {
+    (window / 4).clamp(512, 2048)
+}
 
 /// The temperature when a request sets none (0 means greedy decoding).
 pub const DEFAULT_TEMPERATURE: f32 = 0.7;
@@ -310,5 +318,18 @@ impl Provider for LocalProvider {
         })
         .await
         .map_err(|e| error(ErrorKind::Server, e))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_max_tokens;
+
+    #[test]
+    fn unset_answer_lengths_are_a_quarter_of_the_window_within_bounds() {
+        assert_eq!(default_max_tokens(1024), 512);
+        assert_eq!(default_max_tokens(4096), 1024);
+        assert_eq!(default_max_tokens(8192), 2048);
+        assert_eq!(default_max_tokens(131_072), 2048);
     }
 }
