@@ -1175,6 +1175,15 @@ async fn malformed_requests_get_the_protocols_own_errors() {
     assert_eq!(status, 404, "{body}");
     // A known route with the wrong method: 405, in each protocol's shape.
     let client = reqwest::Client::new();
+    // Claude Code's probes, without a key, see a live server.
+    for path in ["/", "/api/hello"] {
+        let response = client
+            .head(format!("{}{path}", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
     let response = client
         .get(format!("{}/v1/chat/completions", gw.url))
         .bearer_auth(MASTER)

@@ -20,6 +20,8 @@ use crate::state::Gateway;
 pub fn app(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/", get(ops::root).head(ops::root))
+        // Claude Code probes these before its first request.
+        .route("/api/hello", get(ops::root).head(ops::root))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/v1/chat/completions", post(chat::chat_completions))

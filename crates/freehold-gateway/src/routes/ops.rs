@@ -1,6 +1,6 @@
 //! Operational endpoints and the ones that are not chat: `/health`,
-//! `/metrics`, `/v1/models`, `/v1/embeddings`, and `HEAD /` (Claude Code
-//! probes it before its first request).
+//! `/metrics`, `/v1/models`, `/v1/embeddings`, and `HEAD /` and
+//! `/api/hello` (Claude Code probes them before its first request).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +29,8 @@ use freehold_protocol::{ChatRequest, EmbedRequest, Message, Usage};
 /// How long `/v1/models` waits for a provider to list its models.
 const LIST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// `GET /` and `HEAD /`: a plain answer, so probes see a live server.
+/// `GET` and `HEAD` of `/` and `/api/hello`: a plain answer, so probes
+/// (Claude Code sends both before its first request) see a live server.
 pub(crate) async fn root() -> &'static str {
     "freehold gateway\n"
 }
