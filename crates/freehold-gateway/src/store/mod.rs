@@ -589,7 +589,7 @@ impl Store {
             return Err(StoreError::NameTaken(name));
         }
         let row: KeyRow = with_pool!(self, pool => {
-            sqlx::query_as(concat!(
+            sqlx::query_as::<_, KeyRow>(concat!(
                 "INSERT INTO freehold_keys (id, name, prefix, secret_sha256, created_at, \
                  expires_at, allowed_models, rpm, tpm, budget_micros, local_only) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ",
@@ -606,7 +606,10 @@ impl Store {
             .bind(new.tpm.map(i64::from))
             .bind(budget)
             .bind(new.local_only)
-            .fetch_one(pool)
+            // All rows, so that the statement runs to its end: SQLite
+            // commits there, and a statement dropped after its first row
+            // would lose a failed commit.
+            .fetch_all(pool)
             .await
         })
         .map_err(|e| match &e {
@@ -615,7 +618,9 @@ impl Store {
                 StoreError::NameTaken(name.clone())
             }
             _ => db("cannot create the key")(e),
-        })?;
+        })?
+        .pop()
+        .ok_or_else(|| StoreError::Database("cannot create the key: no row was inserted".into()))?;
         Ok((key_record(row)?, secret))
     }
 
@@ -662,17 +667,19 @@ impl Store {
             return Ok(key);
         }
         let row: Option<KeyRow> = with_pool!(self, pool => {
-            sqlx::query_as(concat!(
+            sqlx::query_as::<_, KeyRow>(concat!(
                 "UPDATE freehold_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
                  RETURNING ",
                 key_columns!()
             ))
             .bind(&key.id)
             .bind(unix_now())
-            .fetch_optional(pool)
+            // All rows: see `create_key`.
+            .fetch_all(pool)
             .await
         })
-        .map_err(db("cannot revoke the key"))?;
+        .map_err(db("cannot revoke the key"))?
+        .pop();
         match row {
             Some(row) => key_record(row),
             // Revoked by someone else meanwhile: report it as it is now.

@@ -103,8 +103,7 @@ impl RateSql {
                   <= CAST($2 AS BIGINT) * {WINDOW_MS}) \
              AND (CAST($3 AS BIGINT) IS NULL OR \
                   {prev_tokens} * ({WINDOW_MS} - {elapsed}) + {tokens} * {WINDOW_MS} \
-                  < CAST($3 AS BIGINT) * {WINDOW_MS}) \
-             RETURNING key_id"
+                  < CAST($3 AS BIGINT) * {WINDOW_MS})"
         );
         let read = format!(
             "SELECT {prev_requests}, {requests}, {prev_tokens}, {tokens}, {elapsed} \
@@ -160,17 +159,20 @@ impl Store {
             return Ok(Some(RateWindow::default()));
         }
         let sql = self.rate_sql();
-        let admitted: Result<Option<String>, sqlx::Error> = with_pool!(self, pool => {
-            sqlx::query_scalar(&sql.admit)
+        // Counted, not read back with RETURNING: a statement SQLite drops
+        // after its first row would lose a failed commit.
+        let admitted: Result<u64, sqlx::Error> = with_pool!(self, pool => {
+            sqlx::query(&sql.admit)
                 .bind(key_id)
                 .bind(rpm.map(i64::from))
                 .bind(tpm.map(i64::from))
-                .fetch_optional(pool)
+                .execute(pool)
                 .await
+                .map(|done| done.rows_affected())
         });
         match admitted {
-            Ok(Some(_)) => return Ok(None),
-            Ok(None) => {}
+            Ok(1..) => return Ok(None),
+            Ok(0) => {}
             Err(error) if is_foreign_key_violation(&error) => {
                 return Err(StoreError::UnknownKey(key_id.to_owned()));
             }
