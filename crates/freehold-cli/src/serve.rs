@@ -371,10 +371,17 @@ fn routes(setup: Setup, settings: &GatewaySettings) -> anyhow::Result<Routes> {
         .filter(|(_, origin)| *origin == crate::setup::Origin::Config)
         .map(|(resolved, _)| resolved.name.clone())
         .collect();
+    let engine_providers = setup
+        .providers
+        .iter()
+        .filter(|(resolved, _)| resolved.kind == freehold_llm::presets::ProviderKind::Local)
+        .map(|(resolved, _)| resolved.name.clone())
+        .collect();
     Ok(Routes {
         router,
         local_providers,
         listed_providers,
+        engine_providers,
     })
 }
 

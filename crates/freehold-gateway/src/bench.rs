@@ -1004,6 +1004,7 @@ pub fn mock_routes(upstream_base_url: &str) -> Result<Routes, BenchError> {
         ),
         local_providers: BTreeSet::new(),
         listed_providers: BTreeSet::from(["mock".to_owned()]),
+        engine_providers: BTreeSet::new(),
     })
 }
 

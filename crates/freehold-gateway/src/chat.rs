@@ -155,7 +155,10 @@ fn route(
     request: &mut ChatRequest,
 ) -> Result<Vec<Target>, GatewayError> {
     match routes.router.resolve(&request.model) {
-        Ok(targets) => Ok(targets),
+        Ok(targets) => {
+            refuse_engine_paths(&request.model, &targets, routes)?;
+            Ok(targets)
+        }
         Err(error) if error.kind == ErrorKind::NotFound => {
             let Some(default) = &gateway.settings.default_model else {
                 return Err(GatewayError::not_found(format!(
@@ -173,6 +176,39 @@ fn route(
                 .map_err(|error| GatewayError::upstream(&error))
         }
         Err(error) => Err(GatewayError::upstream(&error)),
+    }
+}
+
+/// Refuses a client's `provider:path` for the embedded engine, which loads
+/// a model from any file path it is given: a client could otherwise load
+/// any GGUF file the gateway can read, learn which files exist, and fill
+/// its memory with copies. Clients name engine models by their store
+/// names; a file path is the operator's to give, in an alias.
+///
+/// # Errors
+/// 404 naming the way to serve such a file.
+pub(crate) fn refuse_engine_paths(
+    asked: &str,
+    targets: &[Target],
+    routes: &Routes,
+) -> Result<(), GatewayError> {
+    if routes.router.aliases().contains_key(asked) {
+        return Ok(());
+    }
+    let names_a_file = |model: &str| {
+        model.contains(['/', '\\']) || model.ends_with(".gguf") || model.starts_with('.')
+    };
+    match targets
+        .iter()
+        .find(|t| routes.engine_providers.contains(&t.provider) && names_a_file(&t.model))
+    {
+        Some(target) => Err(GatewayError::not_found(format!(
+            "no route for model `{}`: the embedded engine serves installed models by their \
+             names (`freehold models list`), not files by path; to serve a file, name it in \
+             an alias of the gateway's configuration",
+            target.provider
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -29,6 +29,10 @@ pub struct Routes {
     /// Providers whose models `GET /v1/models` lists (the configured ones:
     /// built-in presets nobody set up would only time out).
     pub listed_providers: BTreeSet<String>,
+    /// Names of embedded-engine providers (`kind = "local"`), which would
+    /// load a model from any file path they are given: clients may name
+    /// their models only by store name ([`crate::chat`] refuses paths).
+    pub engine_providers: BTreeSet<String>,
 }
 
 /// Everything a request handler needs.

@@ -86,6 +86,7 @@ fn routes_with_model(
         ),
         local_providers: BTreeSet::new(),
         listed_providers: BTreeSet::from(["mock".to_owned()]),
+        engine_providers: BTreeSet::new(),
     }
 }
 
@@ -275,6 +276,74 @@ async fn keys_missing_wrong_revoked_expired_and_model_not_allowed() {
             .unwrap()
             .contains("expired")
     );
+}
+
+/// A client may not name a file for the embedded engine to load; an
+/// operator's alias may. (The mock stands in for an engine provider: the
+/// gateway refuses before any provider is asked.)
+#[tokio::test]
+async fn clients_cannot_load_files_into_the_engine() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let provider: Arc<dyn Provider> = ProviderConfig {
+        kind: Some(ProviderKind::Openai),
+        base_urls: vec![upstream.base_url()],
+        ..ProviderConfig::default()
+    }
+    .resolve("engine")
+    .unwrap()
+    .build(&HealthSettings::default())
+    .unwrap();
+    let routes = Routes {
+        router: Router::new(
+            BTreeMap::from([("engine".to_owned(), provider)]),
+            BTreeMap::from([(
+                "file".to_owned(),
+                AliasTarget::One("engine:/srv/models/coder.gguf".into()),
+            )]),
+            Catalog::new(),
+        ),
+        local_providers: BTreeSet::from(["engine".to_owned()]),
+        listed_providers: BTreeSet::new(),
+        engine_providers: BTreeSet::from(["engine".to_owned()]),
+    };
+    let gw = start(routes, GatewaySettings::default(), None).await;
+    let chat =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    for model in [
+        "engine:/home/bob/private.gguf",
+        "engine:../models/x",
+        "engine:weights.gguf",
+        "engine:C:\\models\\x",
+    ] {
+        let (status, body, _) =
+            post(&gw.url, "/v1/chat/completions", Some(MASTER), &chat(model)).await;
+        assert_eq!(status, 404, "{model}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not files by path"),
+            "{body}"
+        );
+        let (status, _, _) = post(
+            &gw.url,
+            "/v1/embeddings",
+            Some(MASTER),
+            &json!({"model": model, "input": "hi"}),
+        )
+        .await;
+        assert_eq!(status, 404, "{model}");
+        let (status, _) = get(&format!("{}/v1/models/{model}", gw.url), Some(MASTER)).await;
+        assert_eq!(status, 404, "{model}");
+    }
+    assert_eq!(upstream.requests(), 0);
+    // A store name, and the operator's alias to a file, reach the provider.
+    for model in ["engine:qwen2.5-coder-7b", "file"] {
+        let (status, body, _) =
+            post(&gw.url, "/v1/chat/completions", Some(MASTER), &chat(model)).await;
+        assert_eq!(status, 200, "{model}: {body}");
+    }
+    assert_eq!(upstream.requests(), 2);
 }
 
 /// `GET /v1/models/{model}`: a routed model in the protocol's shape; an
@@ -973,6 +1042,7 @@ async fn health_says_which_providers_are_tracked_and_which_cannot_send() {
         router: Router::new(providers, BTreeMap::new(), Catalog::new()),
         local_providers: BTreeSet::new(),
         listed_providers: BTreeSet::new(),
+        engine_providers: BTreeSet::new(),
     };
     let gw = start(routes, GatewaySettings::default(), None).await;
     let (_, health) = get(&format!("{}/health", gw.url), None).await;
@@ -1476,6 +1546,7 @@ fn anthropic_routes(url: &str) -> Routes {
         ),
         local_providers: BTreeSet::new(),
         listed_providers: BTreeSet::new(),
+        engine_providers: BTreeSet::new(),
     }
 }
 

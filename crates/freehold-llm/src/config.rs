@@ -75,6 +75,14 @@ pub struct ProviderConfig {
     /// Retries of retryable failures (default 3).
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Whether the server is on this machine or the private network, which
+    /// the gateway's privacy policy and budgets rely on (local models cost
+    /// nothing; local-only requests go only there). Default: from its base
+    /// URLs: every one a loopback or private address, `localhost`, or a
+    /// `.local` / `.lan` name. Set it for a private server known by a bare
+    /// host name (`http://gpu-box:8000/v1`).
+    #[serde(default)]
+    pub local: Option<bool>,
     /// Recover tool calls that models print as text (default: on for local
     /// providers, off for hosted ones).
     #[serde(default)]
@@ -345,13 +353,13 @@ impl ProviderConfig {
             }
             *url = url.trim_end_matches('/').to_owned();
         }
-        let local = match preset {
-            Some(preset) => preset.local,
-            None => {
-                matches!(kind, ProviderKind::Ollama | ProviderKind::Local)
-                    || base_urls.iter().all(|u| is_private_url(u))
-            }
-        };
+        // Where the requests go decides, not the preset or the kind: a
+        // local preset pointed at a hosted server (`ollama` at
+        // https://ollama.com) is hosted.
+        let local = self.local.unwrap_or_else(|| {
+            kind == ProviderKind::Local
+                || (!base_urls.is_empty() && base_urls.iter().all(|u| is_private_url(u)))
+        });
         let api_key_env = self
             .api_key_env
             .clone()
@@ -504,26 +512,27 @@ impl ProviderConfig {
 
 /// Whether a URL points at this machine or a private network.
 fn is_private_url(url: &str) -> bool {
-    let host = url
-        .split("://")
-        .nth(1)
-        .unwrap_or_default()
-        .split(['/', ':'])
-        .next()
-        .unwrap_or_default();
-    host == "localhost"
-        || host.starts_with("127.")
-        || host.starts_with("10.")
-        || host.starts_with("192.168.")
-        || (host.starts_with("172.")
-            && host
-                .split('.')
-                .nth(1)
-                .and_then(|octet| octet.parse::<u8>().ok())
-                .is_some_and(|octet| (16..=31).contains(&octet)))
-        || host.ends_with(".local")
-        || host.ends_with(".lan")
-        || url.contains("://[::1]")
+    // Parsed, not matched as text: `https://127.0.0.1@api.example.com` is
+    // api.example.com, and `10.example.com` is a name, not an address.
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let Some(host) = parsed.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_private(),
+        // Loopback, and unique local addresses (fc00::/7).
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00,
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost"
+                || name.ends_with(".localhost")
+                || name.ends_with(".local")
+                || name.ends_with(".lan")
+        }
+    }
 }
 
 impl ResolvedProvider {

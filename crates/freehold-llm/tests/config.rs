@@ -75,6 +75,58 @@ fn a_custom_server_on_a_private_address_counts_as_local() {
     assert!(!hosted.local);
 }
 
+/// Locality comes from where requests go, read from the parsed URL: the
+/// privacy policy and budgets rely on it.
+#[test]
+fn locality_is_read_from_the_url_not_the_preset_or_its_spelling() {
+    let local = |table: &str, name: &str| config(table).resolve(name).unwrap().local;
+    for url in [
+        "http://127.0.0.1:8000/v1",
+        "http://localhost:11434",
+        "http://[::1]:8080/v1",
+        "http://10.0.0.5:8000/v1",
+        "http://172.20.1.2/v1",
+        "http://gpu-box.local:8000/v1",
+        "http://[fd12::5]:8000/v1",
+    ] {
+        assert!(
+            local(&format!("kind = \"openai\"\nbase_url = \"{url}\""), "a"),
+            "{url}"
+        );
+    }
+    for url in [
+        "https://127.0.0.1@api.example.com/v1",
+        "https://10.example.com/v1",
+        "https://192.168.example.com/v1",
+        "http://172.32.0.1/v1",
+        "https://localhost.example.com/v1",
+    ] {
+        assert!(
+            !local(&format!("kind = \"openai\"\nbase_url = \"{url}\""), "a"),
+            "{url}"
+        );
+    }
+    // A local preset, or kind, pointed at a hosted server is hosted.
+    assert!(!local(
+        "preset = \"ollama\"\nbase_url = \"https://ollama.com\"",
+        "cloud"
+    ));
+    assert!(!local(
+        "kind = \"ollama\"\nbase_url = \"https://ollama.com\"",
+        "cloud"
+    ));
+    assert!(local("preset = \"ollama\"", "ollama"));
+    // A private server known by a bare host name says so.
+    assert!(!local(
+        "kind = \"openai\"\nbase_url = \"http://gpu-box:8000/v1\"",
+        "gpu"
+    ));
+    assert!(local(
+        "kind = \"openai\"\nbase_url = \"http://gpu-box:8000/v1\"\nlocal = true",
+        "gpu"
+    ));
+}
+
 #[test]
 fn bad_configurations_say_what_to_do() {
     assert_eq!(

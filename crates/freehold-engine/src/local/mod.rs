@@ -158,8 +158,12 @@ impl LocalProvider {
         }
     }
 
-    /// The cached model for `path`, loading it on first use.
+    /// The cached model for `path`, loading it on first use. Models stay
+    /// loaded for the process's life, so they are cached by the file's
+    /// canonical path: two spellings of one file load it once.
     fn load(&self, path: &Path) -> Result<&'static LlamaModel, LlmError> {
+        let canonical = path.canonicalize();
+        let path = canonical.as_deref().unwrap_or(path);
         let backend = backend()?;
         let mut models = self
             .inner

@@ -203,17 +203,22 @@ pub(crate) async fn model(
         Ok(caller) => caller,
         Err(error) => return error.into_response(protocol),
     };
-    let routed =
-        gateway.routes().router.resolve(&model).is_ok() || gateway.settings.default_model.is_some();
+    // The key's list first, so that a key learns nothing of models
+    // outside it.
+    if let Err(error) = caller.check_model(&model) {
+        return error.into_response(protocol);
+    }
+    let routes = gateway.routes();
+    let routed = match routes.router.resolve(&model) {
+        Ok(targets) => crate::chat::refuse_engine_paths(&model, &targets, &routes).is_ok(),
+        Err(_) => gateway.settings.default_model.is_some(),
+    };
     if !routed {
         return GatewayError::not_found(format!(
             "no model `{model}` here: GET /v1/models lists aliases and each provider's models \
              (`provider:model`)"
         ))
         .into_response(protocol);
-    }
-    if let Err(error) = caller.check_model(&model) {
-        return error.into_response(protocol);
     }
     match protocol {
         Protocol::Anthropic => Json(WireModel {
@@ -337,6 +342,7 @@ async fn admit_embeddings(
         .router
         .resolve(&request.model)
         .map_err(|error| GatewayError::upstream(&error))?;
+    crate::chat::refuse_engine_paths(&request.model, &targets, routes)?;
     accounting.routed = true;
     caller.check_model(&request.model)?;
     if let Some(key) = caller.key() {
