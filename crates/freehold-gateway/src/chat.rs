@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use axum::http::HeaderMap;
 use freehold_llm::{EventStream, Target};
-use freehold_protocol::{ChatRequest, ChatResponse, ErrorKind, LlmError, StreamEvent, Usage};
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, StreamEvent, Usage,
+};
 use futures::StreamExt;
 
 use crate::auth::Caller;
@@ -138,6 +140,7 @@ async fn admit_inner(
         output_tokens: u64::from(request.max_tokens.unwrap_or(cap)),
         ..Usage::default()
     };
+    accounting.expect_input(usage.input_tokens, &targets, &routes);
     reserve_budget(gateway, caller, &routes, &targets, &usage, accounting).await?;
     Ok(routes)
 }
@@ -460,6 +463,7 @@ impl Admitted {
         let (target, response) = call_upstream(&mut self.accounting, call).await?;
         self.accounting.target = Some(target);
         self.accounting.usage = response.usage;
+        self.accounting.output_bytes = response.message.content.iter().map(answer_bytes).sum();
         Ok((response, self.accounting))
     }
 
@@ -561,8 +565,15 @@ impl AccountedStream {
                 if self.accounting.first_byte.is_none() {
                     self.accounting.first_byte = Some(self.accounting.started.elapsed());
                 }
-                if let StreamEvent::Usage(usage) = &event {
-                    self.accounting.usage = *usage;
+                match &event {
+                    StreamEvent::Usage(usage) => self.accounting.usage = *usage,
+                    StreamEvent::TextDelta { text } | StreamEvent::ReasoningDelta { text } => {
+                        self.accounting.output_bytes += text.len() as u64;
+                    }
+                    StreamEvent::ToolCallArgsDelta { delta, .. } => {
+                        self.accounting.output_bytes += delta.len() as u64;
+                    }
+                    _ => {}
                 }
                 Some(Ok(event))
             }
@@ -595,6 +606,15 @@ pub(crate) struct Accounting {
     reservation: Option<Reservation>,
     target: Option<Target>,
     usage: Usage,
+    /// The request's input tokens, estimated from its size: what is
+    /// counted when a provider reports no usage.
+    input_estimate: u64,
+    /// The bytes of answer (text, reasoning, tool arguments) received.
+    output_bytes: u64,
+    /// What the request's input costs on the dearest target of its route:
+    /// charged when it is cut off before any answer (the provider had
+    /// the prompt, and may bill for it).
+    unanswered_cost: Option<f64>,
     /// Whether the model asked for has a route. Metrics label requests by
     /// model only then: names clients make up must not grow the series
     /// without bound (the ledger keeps them).
@@ -626,6 +646,9 @@ impl Accounting {
             reservation: None,
             target: None,
             usage: Usage::default(),
+            input_estimate: 0,
+            output_bytes: 0,
+            unanswered_cost: None,
             routed: false,
             privacy: None,
             body: None,
@@ -642,6 +665,41 @@ impl Accounting {
                 body.push('\n');
             }
             body.push_str(text);
+        }
+    }
+
+    /// Notes the request's estimated input tokens, and what they cost on
+    /// the dearest of `targets`, for a request that ends without the
+    /// provider's count ([`Self::billed_usage`]).
+    pub(crate) fn expect_input(&mut self, input_tokens: u64, targets: &[Target], routes: &Routes) {
+        self.input_estimate = input_tokens;
+        let input = Usage {
+            input_tokens,
+            ..Usage::default()
+        };
+        self.unanswered_cost = targets
+            .iter()
+            .filter_map(|t| routes.router.cost_of(&t.provider, &t.model, &input))
+            .reduce(f64::max);
+    }
+
+    /// The usage to account, so that a budget, a token limit and the
+    /// ledger see what a request used even when its provider never said:
+    /// - the provider's count, when it gave one;
+    /// - when it answered without one (a stream cut off before its usage,
+    ///   by the client leaving, a failure or the time limit; a server that
+    ///   never reports usage), the request's estimated input and the
+    ///   answer received so far, at about four bytes a token;
+    /// - nothing when no provider took the request.
+    fn billed_usage(&self, reported: Usage) -> Usage {
+        let counted = reported.input_tokens + reported.output_tokens > 0;
+        if counted || self.target.is_none() {
+            return reported;
+        }
+        Usage {
+            input_tokens: self.input_estimate,
+            output_tokens: self.output_bytes.div_ceil(4),
+            ..Usage::default()
         }
     }
 
@@ -701,7 +759,8 @@ impl Accounting {
                 .get_or_create(&latency_labels)
                 .observe(first.as_secs_f64());
         }
-        let usage = std::mem::take(&mut self.usage);
+        let reported = std::mem::take(&mut self.usage);
+        let usage = self.billed_usage(reported);
         for (direction, count) in [
             ("input", usage.input_tokens),
             ("output", usage.output_tokens),
@@ -723,10 +782,13 @@ impl Accounting {
             .map(|t| (t.provider.clone(), t.model.clone()))
             .unwrap_or_default();
         let routes = gateway.routes();
-        let cost = self
-            .target
-            .as_ref()
-            .and_then(|t| routes.router.cost_of(&t.provider, &t.model, &usage));
+        let cost = match &self.target {
+            Some(t) => routes.router.cost_of(&t.provider, &t.model, &usage),
+            // Cut off before any answer, the client gone (499) or the time
+            // up (504): the provider had the prompt.
+            None if matches!(status, 499 | 504) => self.unanswered_cost,
+            None => None,
+        };
         let key_id = self.caller.key().map(|k| k.id.clone());
         if let Some(id) = &key_id {
             gateway.limits.record_tokens(
@@ -798,6 +860,17 @@ impl Drop for Accounting {
         if !self.finished {
             self.finish(499, Some("client_closed"));
         }
+    }
+}
+
+/// The bytes of answer in a part of a whole answer, as counted from a
+/// stream's deltas.
+fn answer_bytes(part: &ContentPart) -> u64 {
+    match part {
+        ContentPart::Text { text } => text.len() as u64,
+        ContentPart::Reasoning(reasoning) => reasoning.text.len() as u64,
+        ContentPart::ToolCall(call) => call.arguments.len() as u64,
+        _ => 0,
     }
 }
 

@@ -537,6 +537,83 @@ async fn budgets_refuse_hosted_models_without_a_price() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A stream the client leaves before the provider's usage arrives (the
+/// count comes last) is still charged to the key's budget, token limit
+/// and ledger: its estimated input and the answer it received. Before,
+/// it was charged nothing, so a client could spend a budget for free by
+/// hanging up.
+#[tokio::test]
+async fn a_stream_cut_off_before_its_usage_is_charged_an_estimate() {
+    use freehold_test_support::{MockServer, Scripted, Split};
+
+    let answer = "x".repeat(400);
+    let first = format!(
+        "data: {}\n\n",
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 0,
+               "model": "mock-model", "choices": [{"index": 0,
+               "delta": {"role": "assistant", "content": answer}, "finish_reason": null}]})
+    );
+    let rest = "data: [DONE]\n\n";
+    let upstream = MockServer::start(vec![
+        Scripted::sse(&format!("{first}{rest}"), Split::At(vec![first.len()]))
+            .stall_after(1, Duration::from_secs(30)),
+    ])
+    .await;
+    let gw = start(
+        routes(vec![format!("{}/v1", upstream.url())]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (key, secret) = gw
+        .key(NewKey {
+            name: "leaves-early".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await;
+    let prompt = "y".repeat(4_000);
+    let body = json!({"model": "mock", "stream": true, "max_tokens": 1000,
+        "messages": [{"role": "user", "content": prompt}]});
+    let mut response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&secret)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The first piece of the answer, then the client hangs up.
+    let mut seen = String::new();
+    while !seen.contains("xxxx") {
+        let piece = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("the first piece of the answer")
+            .unwrap()
+            .expect("more of the stream");
+        seen.push_str(&String::from_utf8_lossy(&piece));
+    }
+    drop(response);
+    // The gateway sees the connection close at its next write, or when
+    // the upstream's stall ends: poll for the settlement.
+    let mut spent = 0.0;
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = gw.store.key_by_id(&key.id).await.unwrap().unwrap();
+        if now.reserved_usd.abs() < 1e-12 && now.spent_usd > 0.0 {
+            spent = now.spent_usd;
+            break;
+        }
+    }
+    // About 1,000 input tokens (4,000 bytes) and 100 output (400 bytes),
+    // at $1 per million each way.
+    let expected = (1_000.0 + 100.0) / 1e6;
+    assert!(
+        spent >= expected * 0.9 && spent <= expected * 1.2,
+        "spent {spent}, expected about {expected}"
+    );
+}
+
 #[tokio::test]
 async fn max_tokens_are_capped_and_slow_upstreams_time_out() {
     use freehold_test_support::{MockServer, Scripted};
@@ -2104,7 +2181,12 @@ async fn a_request_cut_off_at_shutdown_releases_its_reservation() {
     assert!(gateway.settlements_written(Duration::from_secs(10)).await);
     let now = store.key_by_id(&key.id).await.unwrap().unwrap();
     assert!(now.reserved_usd.abs() < 1e-9, "left reserved: {now:?}");
-    assert!(now.spent_usd.abs() < 1e-9, "{now:?}");
+    // Cut off before any answer, it pays for its input, which the
+    // provider had (a few tokens at $1 per million), and no output.
+    assert!(
+        now.spent_usd > 0.0 && now.spent_usd < 100.0 / 1e6,
+        "{now:?}"
+    );
     in_flight.abort();
 }
 

@@ -382,5 +382,6 @@ async fn admit_embeddings(
         input_tokens: request.estimated_input_tokens(),
         ..Usage::default()
     };
+    accounting.expect_input(usage.input_tokens, &targets, routes);
     reserve_budget(gateway, caller, routes, &targets, &usage, accounting).await
 }
