@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use crate::auth::Caller;
 use crate::error::GatewayError;
-use crate::metrics::{LatencyLabels, RequestLabels, TokenLabels};
+use crate::metrics::{LabelText, LatencyLabels, RequestLabels, TokenLabels};
 use crate::privacy::{Decision, Reasons};
 use crate::state::{Gateway, Routes};
 use crate::store::{Reservation, StoreError, UsageRecord};
@@ -157,6 +157,7 @@ fn route(
     routes: &Routes,
     request: &mut ChatRequest,
 ) -> Result<Vec<Target>, GatewayError> {
+    check_model_name(&request.model)?;
     match routes.router.resolve(&request.model) {
         Ok(targets) => {
             refuse_engine_paths(&request.model, &targets, routes)?;
@@ -180,6 +181,40 @@ fn route(
         }
         Err(error) => Err(GatewayError::upstream(&error)),
     }
+}
+
+/// The longest model name the gateway takes from a client.
+const MAX_MODEL_NAME: usize = 256;
+
+/// Refuses a model name that no provider uses and that would go into the
+/// log, the ledger and the metrics as it came: longer than
+/// [`MAX_MODEL_NAME`] bytes, or with control characters (a line break
+/// would forge log lines).
+///
+/// # Errors
+/// 400 saying what a name may be.
+pub(crate) fn check_model_name(model: &str) -> Result<(), GatewayError> {
+    if model.len() <= MAX_MODEL_NAME && !model.chars().any(char::is_control) {
+        return Ok(());
+    }
+    Err(GatewayError::bad_request(format!(
+        "invalid model name `{}`: at most {MAX_MODEL_NAME} bytes, without control characters",
+        recorded_name(model).escape_debug()
+    )))
+}
+
+/// `model` as the ledger and the log record it: at most
+/// [`MAX_MODEL_NAME`] bytes (cut at a character), control characters
+/// replaced, so that a refused name cannot fill them either.
+fn recorded_name(model: &str) -> String {
+    let mut end = model.len().min(MAX_MODEL_NAME);
+    while !model.is_char_boundary(end) {
+        end -= 1;
+    }
+    model[..end]
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 /// Refuses a client's `provider:path` for the embedded engine, which loads
@@ -639,7 +674,7 @@ impl Accounting {
             gateway: Arc::clone(gateway),
             caller,
             endpoint,
-            model: model.to_owned(),
+            model: recorded_name(model),
             started,
             at_ms: now_ms(),
             first_byte: None,
@@ -734,8 +769,8 @@ impl Accounting {
         let metrics = &gateway.metrics;
         metrics.in_flight.dec();
         let elapsed = self.started.elapsed();
-        let key = self.caller.label().to_owned();
-        let model = self.metrics_model().to_owned();
+        let key = LabelText::from(self.caller.label());
+        let model = metrics.model_label(self.metrics_model());
         metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -818,7 +853,7 @@ impl Accounting {
         tracing::info!(
             endpoint = self.endpoint,
             model = %self.model,
-            key = %key,
+            key = %key.0,
             status,
             input_tokens = usage.input_tokens,
             output_tokens = usage.output_tokens,

@@ -1,14 +1,53 @@
 //! Prometheus metrics for `GET /metrics`: requests, latency, tokens, cost
 //! and errors, per endpoint, model and key. The model label is the name a
-//! client asked for only when it has a route (`(none)` otherwise), so
-//! made-up names cannot grow the number of series without bound.
+//! client asked for only when it has a route (`(none)` otherwise), and
+//! only for the first [`MAX_MODEL_LABELS`] such names (`(other)` after
+//! them), so that made-up names cannot grow the number of series without
+//! bound. Names and key names are escaped as the text format requires.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::RwLock;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// The most distinct model names that get series of their own.
+pub const MAX_MODEL_LABELS: usize = 1000;
+
+/// The model label of names past [`MAX_MODEL_LABELS`].
+pub const OTHER_MODELS: &str = "(other)";
+
+/// A label value that a client or an operator chose (a model's or a key's
+/// name), escaped when written: prometheus-client writes label values as
+/// they are, so a `"` or a line break in a name would otherwise end the
+/// value and let a client write series of its own into the page.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct LabelText(pub String);
+
+impl From<&str> for LabelText {
+    fn from(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+}
+
+impl EncodeLabelValue for LabelText {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Labels of a finished request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -16,9 +55,9 @@ pub struct RequestLabels {
     /// The route (`/v1/messages`).
     pub endpoint: String,
     /// The model the client asked for.
-    pub model: String,
+    pub model: LabelText,
     /// The key's name (`master`, `open` when no key is needed).
-    pub key: String,
+    pub key: LabelText,
     /// The HTTP status sent.
     pub status: u16,
 }
@@ -30,16 +69,16 @@ pub struct LatencyLabels {
     /// The route.
     pub endpoint: String,
     /// The model asked for.
-    pub model: String,
+    pub model: LabelText,
 }
 
 /// Labels of token counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     /// The model asked for.
-    pub model: String,
+    pub model: LabelText,
     /// The key's name.
-    pub key: String,
+    pub key: LabelText,
     /// `input` or `output`.
     pub direction: &'static str,
 }
@@ -50,9 +89,9 @@ pub struct ErrorLabels {
     /// The route.
     pub endpoint: String,
     /// The model asked for.
-    pub model: String,
+    pub model: LabelText,
     /// The key's name (empty when no key was recognised).
-    pub key: String,
+    pub key: LabelText,
     /// A short kind (`rate_limited`, `upstream`, `budget`, …).
     pub kind: &'static str,
 }
@@ -75,6 +114,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Usage lines dropped because the ledger's database fell behind.
     pub ledger_dropped: Counter,
+    /// The model names that have series of their own.
+    models_labelled: RwLock<HashSet<String>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -127,6 +168,7 @@ impl Default for Metrics {
             errors,
             in_flight,
             ledger_dropped,
+            models_labelled: RwLock::new(HashSet::new()),
         }
     }
 }
@@ -137,11 +179,27 @@ impl Metrics {
         self.errors
             .get_or_create(&ErrorLabels {
                 endpoint: endpoint.to_owned(),
-                model: model.to_owned(),
-                key: key.to_owned(),
+                model: self.model_label(model),
+                key: key.into(),
                 kind,
             })
             .inc();
+    }
+
+    /// The label for requests of `model`: its name while fewer than
+    /// [`MAX_MODEL_LABELS`] names have series, [`OTHER_MODELS`] after.
+    pub fn model_label(&self, model: &str) -> LabelText {
+        let known = |names: &HashSet<String>| names.contains(model);
+        if self.models_labelled.read().is_ok_and(|names| known(&names)) {
+            return model.into();
+        }
+        match self.models_labelled.write() {
+            Ok(mut names) if known(&names) || names.len() < MAX_MODEL_LABELS => {
+                names.insert(model.to_owned());
+                model.into()
+            }
+            _ => OTHER_MODELS.into(),
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -185,5 +243,32 @@ mod tests {
         );
         assert!(text.contains("freehold_gateway_request_duration_seconds_bucket"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// A name cannot end its label and write series of its own.
+    #[test]
+    fn names_are_escaped() {
+        let metrics = Metrics::default();
+        let forged = "local:x\"} 1\nfreehold_gateway_tokens_total{model=\"coder\"} 1e12\n\\";
+        metrics.count_error("/v1/messages", forged, "a \"key\"", "upstream");
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"model="local:x\"} 1\nfreehold_gateway_tokens_total{model=\"coder\"} 1e12\n\\",key="a \"key\"""#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("\nfreehold_gateway_tokens_total{"), "{text}");
+    }
+
+    #[test]
+    fn model_names_past_the_bound_share_one_label() {
+        let metrics = Metrics::default();
+        for n in 0..MAX_MODEL_LABELS {
+            assert_eq!(metrics.model_label(&format!("p:m{n}")).0, format!("p:m{n}"));
+        }
+        assert_eq!(metrics.model_label("p:one-more").0, OTHER_MODELS);
+        // Names seen before keep theirs.
+        assert_eq!(metrics.model_label("p:m7").0, "p:m7");
     }
 }

@@ -278,6 +278,56 @@ async fn keys_missing_wrong_revoked_expired_and_model_not_allowed() {
     );
 }
 
+/// Model names go into the log, the ledger and /metrics: one that would
+/// forge lines there, or fill them, is refused.
+#[tokio::test]
+async fn model_names_cannot_forge_metrics_or_log_lines() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let forged = "mock:x\"} 1\nfreehold_gateway_tokens_total{model=\"coder\",key=\"alice\",direction=\"output\"} 1e12";
+    let long = format!("mock:{}", "m".repeat(300));
+    for model in [forged, long.as_str()] {
+        let (status, body, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(MASTER),
+            &chat_body(model),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid model name"),
+            "{body}"
+        );
+    }
+    // A name with quotes that routes is counted, escaped.
+    let quoted = "mock:say \"hi\"";
+    let (status, _, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &chat_body(quoted),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let metrics = reqwest::get(format!("{}/metrics", gw.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"model="mock:say \"hi\"""#), "{metrics}");
+    assert!(!metrics.contains("1e12"), "{metrics}");
+}
+
 /// A client may not name a file for the embedded engine to load; an
 /// operator's alias may. (The mock stands in for an engine provider: the
 /// gateway refuses before any provider is asked.)

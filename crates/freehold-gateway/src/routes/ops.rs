@@ -203,6 +203,9 @@ pub(crate) async fn model(
         Ok(caller) => caller,
         Err(error) => return error.into_response(protocol),
     };
+    if let Err(error) = crate::chat::check_model_name(&model) {
+        return error.into_response(protocol);
+    }
     // The key's list first, so that a key learns nothing of models
     // outside it.
     if let Err(error) = caller.check_model(&model) {
@@ -338,6 +341,7 @@ async fn admit_embeddings(
     request: &mut EmbedRequest,
     accounting: &mut Accounting,
 ) -> Result<(), GatewayError> {
+    crate::chat::check_model_name(&request.model)?;
     let targets = routes
         .router
         .resolve(&request.model)
