@@ -278,6 +278,50 @@ async fn keys_missing_wrong_revoked_expired_and_model_not_allowed() {
     );
 }
 
+/// A web page cannot use a gateway on the user's machine: neither by
+/// posting to it from elsewhere, nor by making its own name point at
+/// this machine (DNS rebinding). Programs, which send neither an `Origin`
+/// nor a foreign `Host`, are served.
+#[tokio::test]
+async fn web_pages_cannot_use_a_gateway_on_loopback() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let settings = GatewaySettings {
+        require_key: false,
+        ..GatewaySettings::default()
+    };
+    let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
+    let address = gw.url.trim_start_matches("http://").to_owned();
+    let client = reqwest::Client::new();
+    let send = |headers: &[(&str, &str)]| {
+        let mut request = client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .json(&chat_body("mock"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(send(&[]).await, 200);
+    let own_origin = format!("http://{address}");
+    assert_eq!(send(&[("origin", own_origin.as_str())]).await, 200);
+    let port = address.rsplit_once(':').unwrap().1;
+    let localhost = format!("localhost:{port}");
+    assert_eq!(send(&[("host", localhost.as_str())]).await, 200);
+    assert_eq!(send(&[("origin", "https://evil.example")]).await, 403);
+    assert_eq!(send(&[("origin", "null")]).await, 403);
+    let rebound = format!("evil.example:{port}");
+    let rebound_origin = format!("http://{rebound}");
+    assert_eq!(
+        send(&[
+            ("host", rebound.as_str()),
+            ("origin", rebound_origin.as_str())
+        ])
+        .await,
+        403
+    );
+    assert_eq!(upstream.requests(), 3);
+}
+
 /// Model names go into the log, the ledger and /metrics: one that would
 /// forge lines there, or fill them, is refused.
 #[tokio::test]
@@ -2119,7 +2163,7 @@ async fn clients_that_stop_sending_are_cut_off() {
     let started = std::time::Instant::now();
     let closed = send_and_wait_for_close(
         &gw.url,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nx-slow: ",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nx-slow: ",
         &[],
     )
     .await;
@@ -2128,7 +2172,7 @@ async fn clients_that_stop_sending_are_cut_off() {
 
     // A body that stops arriving: 408 in the protocol's shape.
     let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {MASTER}\r\n\
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {MASTER}\r\n\
          content-type: application/json\r\ncontent-length: 100\r\n\r\n"
     );
     let answer = send_and_wait_for_close(&gw.url, &head, &[b"{\"model\": "])
@@ -2142,7 +2186,7 @@ async fn clients_that_stop_sending_are_cut_off() {
     // the idle keep-alive connection is then closed after the same time.
     let body = serde_json::to_string(&chat_body("mock")).unwrap();
     let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {MASTER}\r\n\
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {MASTER}\r\n\
          content-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );

@@ -34,6 +34,10 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(ops::embeddings))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&gateway),
+            refuse_web_pages,
+        ))
         // Bodies are read (and limited) by the handlers themselves, so
         // that an oversized one gets the protocol's own error shape.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -75,6 +79,74 @@ pub(crate) async fn read_body(
             pieces.push(data);
         }
     }
+}
+
+/// Refuses requests that only a web page in a browser would send, so that
+/// a page the user visits cannot use a gateway on their machine:
+/// - a request whose `Origin` (which browsers send and SDKs do not) is not
+///   the gateway itself: a page elsewhere posting to it, which needs no
+///   CORS preflight when its body has no JSON content type;
+/// - on a gateway listening on loopback, a request whose `Host` does not
+///   name loopback: a page whose own name was made to resolve to this
+///   machine (DNS rebinding), which would otherwise count as the same
+///   origin and read the answers too.
+async fn refuse_web_pages(
+    axum::extract::State(gateway): axum::extract::State<Arc<Gateway>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let refusal = if gateway.settings().listen.ip().is_loopback() && !names_loopback(host) {
+        Some(format!(
+            "this gateway listens on loopback and is asked for as `{host}`: ask for it as \
+             localhost, 127.0.0.1 or [::1] (a web page whose name was made to point at this \
+             machine is refused)"
+        ))
+    } else {
+        headers
+            .get(axum::http::header::ORIGIN)
+            .and_then(|value| value.to_str().ok())
+            .filter(|origin| !is_origin_of(origin, host))
+            .map(|origin| {
+                format!(
+                    "requests from web pages elsewhere ({origin}) are refused; call the gateway \
+                     from a program, or from a server of your own"
+                )
+            })
+    };
+    match refusal {
+        Some(message) => GatewayError::forbidden(message)
+            .into_response(protocol_of(headers))
+            .into_response(),
+        None => next.run(request).await,
+    }
+}
+
+/// Whether a `Host` header names this machine's loopback: `localhost` (or
+/// a name under it), an address in 127.0.0.0/8, or `[::1]`, with any port.
+fn names_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `origin` (`scheme://host[:port]`) is the gateway's own, as
+/// asked for in `host`.
+fn is_origin_of(origin: &str, host: &str) -> bool {
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }
 
 /// The error shape a request without a protocol of its own gets: the
