@@ -571,16 +571,35 @@ pub(crate) fn database_url(settings: &GatewaySettings) -> anyhow::Result<String>
 
 /// A URL fit for logs: the password (if any) replaced.
 pub(crate) fn describe_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    // Parsed, so that a password holding `@` and one given as
+    // `?password=` (which the PostgreSQL driver reads too) are both found.
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        };
     };
-    match rest.split_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let secret = name.eq_ignore_ascii_case("password");
+                (
+                    name.into_owned(),
+                    if secret {
+                        "***".into()
+                    } else {
+                        value.into_owned()
+                    },
+                )
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -594,5 +613,14 @@ mod tests {
             "postgres://app:***@db:5432/freehold"
         );
         assert_eq!(describe_url("sqlite:/x/gateway.db"), "sqlite:/x/gateway.db");
+        assert_eq!(
+            describe_url("postgres://app:p%40ss@db/freehold"),
+            "postgres://app:***@db/freehold"
+        );
+        assert_eq!(
+            describe_url("postgres://app@db/freehold?sslmode=require&password=hunter2"),
+            "postgres://app@db/freehold?sslmode=require&password=***"
+        );
+        assert!(!describe_url("postgres://app:a@b@db/x").contains("a@b"));
     }
 }

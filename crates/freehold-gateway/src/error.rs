@@ -196,6 +196,21 @@ impl GatewayError {
         )
     }
 
+    /// 408: the request's body took longer than the whole request may.
+    pub fn body_too_slow(timeout: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "invalid_request_error",
+            "invalid_request_error",
+            format!(
+                "the request body took longer than {} s to arrive ([gateway] \
+                 request_timeout_secs)",
+                timeout.as_secs()
+            ),
+        )
+    }
+
     /// 504: the whole request ran past `[gateway] request_timeout_secs`.
     pub fn request_timeout(timeout: Duration) -> Self {
         Self::new(

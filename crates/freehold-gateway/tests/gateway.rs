@@ -2198,6 +2198,50 @@ async fn clients_that_stop_sending_are_cut_off() {
     assert!(answer.contains(MOCK_TEXT), "{answer}");
 }
 
+/// A body that trickles in, a byte just inside each pause, is cut off at
+/// the request's own time limit.
+#[tokio::test]
+async fn a_trickling_body_is_cut_off_at_the_request_time_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings {
+            client_timeout_secs: 1,
+            request_timeout_secs: 2,
+            ..GatewaySettings::default()
+        },
+        None,
+    )
+    .await;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {MASTER}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(gw.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(8) {
+        // Any write may fail once the gateway has answered and closed.
+        let _ = stream.write_all(b" ").await;
+        match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buffer[..n]),
+            Ok(Err(_)) => break,
+            Err(_) => {}
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout_secs"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
 /// At shutdown, a request still running after the grace period is cut
 /// off, and its budget reservation is released all the same.
 #[tokio::test]

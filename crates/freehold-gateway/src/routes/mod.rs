@@ -56,11 +56,19 @@ pub(crate) async fn read_body(
 ) -> Result<Bytes, GatewayError> {
     let limit = settings.max_body_bytes;
     let timeout = settings.client_timeout();
+    // A whole body within the request's own limit too: a client sending a
+    // byte just inside each pause must not hold its request for ever.
+    let whole = settings.request_timeout();
+    let deadline = tokio::time::Instant::now() + whole;
     let mut body = http_body_util::Limited::new(body, limit);
     // A body usually comes in one piece: kept as it is, not copied.
     let mut pieces: Vec<Bytes> = Vec::new();
     loop {
-        let frame = match tokio::time::timeout(timeout, body.frame()).await {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(GatewayError::body_too_slow(whole));
+        }
+        let frame = match tokio::time::timeout(timeout.min(left), body.frame()).await {
             Ok(Some(Ok(frame))) => frame,
             Ok(None) if pieces.len() == 1 => return Ok(pieces.swap_remove(0)),
             Ok(None) => return Ok(Bytes::from(pieces.concat())),
@@ -73,7 +81,8 @@ pub(crate) async fn read_body(
                     ))
                 });
             }
-            Err(_) => return Err(GatewayError::body_timeout(timeout)),
+            Err(_) if timeout < left => return Err(GatewayError::body_timeout(timeout)),
+            Err(_) => return Err(GatewayError::body_too_slow(whole)),
         };
         if let Ok(data) = frame.into_data() {
             pieces.push(data);

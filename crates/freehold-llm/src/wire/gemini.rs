@@ -487,8 +487,25 @@ pub struct WireError {
 
 /// The path (under the base URL) of a model's `method`: `/models/{model}:{method}`.
 /// A model already naming its collection (`models/…`, `tunedModels/…`) keeps it.
+///
+/// The model's own name is percent-encoded where it holds a character
+/// that would change the path (`/`, `?`, `#`, `%`, spaces): a client's
+/// `gemini:../cachedContents#` must name a model that does not exist, not
+/// another endpoint of the API called with the operator's key.
 pub fn model_path(model: &str, method: &str) -> String {
-    format!("/{}:{method}", model_resource(model))
+    let resource = model_resource(model);
+    let (collection, name) = resource.split_once('/').unwrap_or(("models", &resource));
+    let mut path = format!("/{collection}/");
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~:@!$&'()*+,;=".contains(&byte) {
+            path.push(char::from(byte));
+        } else {
+            path.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    path.push(':');
+    path.push_str(method);
+    path
 }
 
 /// A model's resource name, as request bodies name it: `models/{model}`,
@@ -1081,6 +1098,22 @@ mod tests {
                 &json!({"type": "object", "properties": {"a": {"type": "string"}}})
             )
             .is_some()
+        );
+    }
+
+    #[test]
+    fn model_names_cannot_change_the_path() {
+        assert_eq!(
+            model_path("../cachedContents#", "generateContent"),
+            "/models/..%2FcachedContents%23:generateContent"
+        );
+        assert_eq!(
+            model_path("models/x?key=1", "countTokens"),
+            "/models/x%3Fkey=1:countTokens"
+        );
+        assert_eq!(
+            model_path("gemini 2/../y", "generateContent"),
+            "/models/gemini%202%2F..%2Fy:generateContent"
         );
     }
 
