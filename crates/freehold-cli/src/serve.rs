@@ -100,15 +100,15 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
     let database = database_url(&settings)?;
     let store = Store::open(&database)
         .await
-        .with_context(|| format!("opening the usage database ({})", describe_url(&database)))?;
+        // The store's errors name the database without its password.
+        .context("opening the usage database")?;
     // Its reservations name this gateway, so that they are released soon
     // after it dies, by whichever gateway sharing the database sweeps next.
-    let store = store.as_gateway(LEASE).await.with_context(|| {
-        format!(
-            "registering with the usage database ({})",
-            describe_url(&database)
-        )
-    })?;
+    let store_location = store.location().to_owned();
+    let store = store
+        .as_gateway(LEASE)
+        .await
+        .with_context(|| format!("registering with the usage database ({store_location})"))?;
     let (ledger, ledger_task) = Ledger::start(store.clone());
     let ledger_writer = ledger.clone();
     let routes = routes(setup, &settings)?;
@@ -143,7 +143,7 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         "freehold serve: {scheme}://{address} · {provider_count} providers, {alias_count} aliases · \
          access: {access} · ledger: {} ({})",
         store.backend(),
-        describe_url(&database)
+        store.location()
     );
     // Renewing runs apart from the sweep, so that a long sweep (a dead
     // gateway's many holds, a slow database) never delays it.
@@ -567,60 +567,4 @@ pub(crate) fn database_url(settings: &GatewaySettings) -> anyhow::Result<String>
     let dir = freehold_agent::session::data_dir()
         .context("no data directory: set FREEHOLD_DATA_DIR or HOME, or pass --database")?;
     Ok(format!("sqlite:{}", dir.join("gateway.db").display()))
-}
-
-/// A URL fit for logs: the password (if any) replaced.
-pub(crate) fn describe_url(url: &str) -> String {
-    // Parsed, so that a password holding `@` and one given as
-    // `?password=` (which the PostgreSQL driver reads too) are both found.
-    let Ok(mut parsed) = reqwest::Url::parse(url) else {
-        return match url.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => url.to_owned(),
-        };
-    };
-    if parsed.password().is_some() {
-        let _ = parsed.set_password(Some("***"));
-    }
-    if parsed.query().is_some() {
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(name, value)| {
-                let secret = name.eq_ignore_ascii_case("password");
-                (
-                    name.into_owned(),
-                    if secret {
-                        "***".into()
-                    } else {
-                        value.into_owned()
-                    },
-                )
-            })
-            .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    parsed.to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_stay_out_of_logs() {
-        assert_eq!(
-            describe_url("postgres://app:hunter2@db:5432/freehold"),
-            "postgres://app:***@db:5432/freehold"
-        );
-        assert_eq!(describe_url("sqlite:/x/gateway.db"), "sqlite:/x/gateway.db");
-        assert_eq!(
-            describe_url("postgres://app:p%40ss@db/freehold"),
-            "postgres://app:***@db/freehold"
-        );
-        assert_eq!(
-            describe_url("postgres://app@db/freehold?sslmode=require&password=hunter2"),
-            "postgres://app@db/freehold?sslmode=require&password=***"
-        );
-        assert!(!describe_url("postgres://app:a@b@db/x").contains("a@b"));
-    }
 }

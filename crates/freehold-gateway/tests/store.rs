@@ -229,6 +229,36 @@ async fn keys_lifecycle(db: &TestDb) {
     };
     assert_eq!(store.backend(), expected_backend);
     assert!(store.list_keys().await.unwrap().is_empty());
+    // Where the database is, as logs show it: never its password, however
+    // the URL gives it.
+    if let TestDb::Postgres { url, .. } = db {
+        let password = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .and_then(|(credentials, _)| credentials.split_once(':'))
+            .map(|(_, password)| password.to_owned())
+            .expect("the test server's URL holds a password");
+        assert!(
+            !store.location().contains(&password),
+            "{}",
+            store.location()
+        );
+        let (base, query) = url
+            .split_once('?')
+            .map_or((url.as_str(), ""), |(b, q)| (b, q));
+        let moved = format!(
+            "{}?password={password}{}{query}",
+            base.replacen(&format!(":{password}@"), "@", 1),
+            if query.is_empty() { "" } else { "&" }
+        );
+        let again = Store::open(&moved).await.unwrap();
+        assert!(
+            !again.location().contains(&password),
+            "{}",
+            again.location()
+        );
+        again.close().await;
+    }
 
     let (alice, secret) = store
         .create_key(NewKey {
