@@ -140,7 +140,15 @@ async fn admit_inner(
         output_tokens: u64::from(request.max_tokens.unwrap_or(cap)),
         ..Usage::default()
     };
-    accounting.expect_input(usage.input_tokens, &targets, &routes);
+    // Priced on what the request will be sent to: a privacy decision may
+    // have narrowed its route to a local target.
+    let narrowed = accounting
+        .privacy
+        .is_some()
+        .then(|| routes.router.resolve(&request.model).ok())
+        .flatten();
+    let sent_to = narrowed.as_deref().unwrap_or(&targets);
+    accounting.expect_input(usage.input_tokens, sent_to, &routes);
     reserve_budget(gateway, caller, &routes, &targets, &usage, accounting).await?;
     Ok(routes)
 }
@@ -160,7 +168,7 @@ fn route(
     check_model_name(&request.model)?;
     match routes.router.resolve(&request.model) {
         Ok(targets) => {
-            refuse_engine_paths(&request.model, &targets, routes)?;
+            refuse_engine_paths(&request.model, &targets, routes, &gateway.settings)?;
             Ok(targets)
         }
         Err(error) if error.kind == ErrorKind::NotFound => {
@@ -229,8 +237,13 @@ pub(crate) fn refuse_engine_paths(
     asked: &str,
     targets: &[Target],
     routes: &Routes,
+    settings: &crate::settings::GatewaySettings,
 ) -> Result<(), GatewayError> {
-    if routes.router.aliases().contains_key(asked) {
+    // The operator's names: an alias, or the default model (which
+    // `GET /v1/models` lists, so clients may ask for it by name).
+    if routes.router.aliases().contains_key(asked)
+        || settings.default_model.as_deref() == Some(asked)
+    {
         return Ok(());
     }
     let names_a_file = |model: &str| {
@@ -534,9 +547,18 @@ pub(crate) async fn call_upstream<T>(
     let timeout = accounting.gateway.settings.request_timeout();
     // What is left of the request's time once it was admitted.
     let left = timeout.saturating_sub(accounting.started.elapsed());
+    // From here a provider may have the prompt: a request cut off now,
+    // by the client leaving or the gateway's time limit, pays for it.
+    accounting.dispatched = true;
     let sent = match tokio::time::timeout(left, call).await {
-        Ok(Ok(answer)) => return Ok(answer),
+        Ok(Ok(answer)) => {
+            accounting.dispatched = false;
+            return Ok(answer);
+        }
         Ok(Err(error)) => {
+            // The provider failed (a timeout of its own included): it
+            // answered nothing to pay for.
+            accounting.dispatched = false;
             log_upstream_failure(&accounting.gateway, &error, "upstream failed");
             GatewayError::upstream(&error)
         }
@@ -615,6 +637,12 @@ impl AccountedStream {
             Some(Err(error)) => {
                 log_upstream_failure(&self.accounting.gateway, &error, "upstream stream failed");
                 let sent = GatewayError::upstream(&error);
+                if self.accounting.first_byte.is_none() {
+                    // Refused before it answered anything (a stream that
+                    // opens with an error): nothing to estimate, as for
+                    // the same refusal of a whole answer.
+                    self.accounting.target = None;
+                }
                 self.accounting.fail(&sent);
                 Some(Err(sent))
             }
@@ -646,10 +674,14 @@ pub(crate) struct Accounting {
     input_estimate: u64,
     /// The bytes of answer (text, reasoning, tool arguments) received.
     output_bytes: u64,
-    /// What the request's input costs on the dearest target of its route:
-    /// charged when it is cut off before any answer (the provider had
-    /// the prompt, and may bill for it).
+    /// What the request's input costs on the first target it is sent to:
+    /// charged when it is cut off before any answer while a provider had
+    /// it ([`Self::dispatched`]), as the provider may bill for the prompt.
     unanswered_cost: Option<f64>,
+    /// Whether a provider call is under way: set while the gateway waits
+    /// for a provider's answer, so that a request cut off then (status
+    /// 499 or the gateway's 504) is told from one that never left.
+    dispatched: bool,
     /// Whether the model asked for has a route. Metrics label requests by
     /// model only then: names clients make up must not grow the series
     /// without bound (the ledger keeps them).
@@ -684,6 +716,7 @@ impl Accounting {
             input_estimate: 0,
             output_bytes: 0,
             unanswered_cost: None,
+            dispatched: false,
             routed: false,
             privacy: None,
             body: None,
@@ -704,8 +737,9 @@ impl Accounting {
     }
 
     /// Notes the request's estimated input tokens, and what they cost on
-    /// the dearest of `targets`, for a request that ends without the
-    /// provider's count ([`Self::billed_usage`]).
+    /// the first of `targets` (the one it is sent to first), for a
+    /// request that ends without the provider's count
+    /// ([`Self::billed_usage`]).
     pub(crate) fn expect_input(&mut self, input_tokens: u64, targets: &[Target], routes: &Routes) {
         self.input_estimate = input_tokens;
         let input = Usage {
@@ -713,9 +747,8 @@ impl Accounting {
             ..Usage::default()
         };
         self.unanswered_cost = targets
-            .iter()
-            .filter_map(|t| routes.router.cost_of(&t.provider, &t.model, &input))
-            .reduce(f64::max);
+            .first()
+            .and_then(|t| routes.router.cost_of(&t.provider, &t.model, &input));
     }
 
     /// The usage to account, so that a budget, a token limit and the
@@ -724,18 +757,23 @@ impl Accounting {
     /// - when it answered without one (a stream cut off before its usage,
     ///   by the client leaving, a failure or the time limit; a server that
     ///   never reports usage), the request's estimated input and the
-    ///   answer received so far, at about four bytes a token;
-    /// - nothing when no provider took the request.
+    ///   answer received so far, at about four bytes a token, for each
+    ///   side the provider did not count;
+    /// - nothing when no provider answered.
     fn billed_usage(&self, reported: Usage) -> Usage {
-        let counted = reported.input_tokens + reported.output_tokens > 0;
-        if counted || self.target.is_none() {
+        if self.target.is_none() {
             return reported;
         }
-        Usage {
-            input_tokens: self.input_estimate,
-            output_tokens: self.output_bytes.div_ceil(4),
-            ..Usage::default()
+        // Each side on its own: a provider may count one and not the other
+        // (Ollama leaves out the input of a prompt it had cached).
+        let mut usage = reported;
+        if usage.input_tokens == 0 {
+            usage.input_tokens = self.input_estimate;
         }
+        if usage.output_tokens == 0 {
+            usage.output_tokens = self.output_bytes.div_ceil(4);
+        }
+        usage
     }
 
     /// Records which target answered, with what usage.
@@ -819,9 +857,9 @@ impl Accounting {
         let routes = gateway.routes();
         let cost = match &self.target {
             Some(t) => routes.router.cost_of(&t.provider, &t.model, &usage),
-            // Cut off before any answer, the client gone (499) or the time
-            // up (504): the provider had the prompt.
-            None if matches!(status, 499 | 504) => self.unanswered_cost,
+            // Cut off before any answer while a provider had the prompt:
+            // the client gone (499) or the gateway's time limit (504).
+            None if self.dispatched && matches!(status, 499 | 504) => self.unanswered_cost,
             None => None,
         };
         let key_id = self.caller.key().map(|k| k.id.clone());

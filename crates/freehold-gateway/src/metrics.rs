@@ -190,8 +190,11 @@ impl Metrics {
     /// [`MAX_MODEL_LABELS`] names have series, [`OTHER_MODELS`] after.
     pub fn model_label(&self, model: &str) -> LabelText {
         let known = |names: &HashSet<String>| names.contains(model);
-        if self.models_labelled.read().is_ok_and(|names| known(&names)) {
-            return model.into();
+        match self.models_labelled.read() {
+            Ok(names) if known(&names) => return model.into(),
+            // Full: no write lock for every new name after the bound.
+            Ok(names) if names.len() >= MAX_MODEL_LABELS => return OTHER_MODELS.into(),
+            _ => {}
         }
         match self.models_labelled.write() {
             Ok(mut names) if known(&names) || names.len() < MAX_MODEL_LABELS => {

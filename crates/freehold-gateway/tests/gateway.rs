@@ -320,6 +320,38 @@ async fn web_pages_cannot_use_a_gateway_on_loopback() {
         403
     );
     assert_eq!(upstream.requests(), 3);
+
+    // Where a key is needed, a page has none: a reverse proxy passing its
+    // own Host on is served. The status pages, open on loopback without a
+    // key, are still kept from rebound pages.
+    let keyed = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let port = keyed.url.rsplit_once(':').unwrap().1.to_owned();
+    let proxied = format!("gw.example.com:{port}");
+    let status = client
+        .post(format!("{}/v1/chat/completions", keyed.url))
+        .bearer_auth(MASTER)
+        .header("host", proxied.as_str())
+        .json(&chat_body("mock"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    for path in ["/metrics", "/health"] {
+        let status = client
+            .get(format!("{}{path}", keyed.url))
+            .header("host", proxied.as_str())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 403, "{path}");
+    }
 }
 
 /// Model names go into the log, the ledger and /metrics: one that would
@@ -706,6 +738,43 @@ async fn a_stream_cut_off_before_its_usage_is_charged_an_estimate() {
         spent >= expected * 0.9 && spent <= expected * 1.2,
         "spent {spent}, expected about {expected}"
     );
+}
+
+/// What a provider refused, or never got, costs nothing: a stream that
+/// opens with an error, and a provider that cannot be reached.
+#[tokio::test]
+async fn refused_and_unreached_requests_are_not_charged() {
+    use freehold_test_support::{MockServer, Scripted, Split};
+
+    let refusal = "data: {\"error\": {\"message\": \"prompt too long\", \"type\": \
+                   \"invalid_request_error\", \"code\": \"context_length_exceeded\"}}\n\n";
+    let upstream = MockServer::start(vec![Scripted::sse(refusal, Split::Whole)]).await;
+    // A port nothing listens on.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    for base in [format!("{}/v1", upstream.url()), dead] {
+        let gw = start(routes(vec![base.clone()]), GatewaySettings::default(), None).await;
+        let (key, secret) = gw
+            .key(NewKey {
+                name: "refused".into(),
+                budget_usd: Some(1.0),
+                ..NewKey::default()
+            })
+            .await;
+        let body = json!({"model": "mock", "stream": true, "max_tokens": 100,
+            "messages": [{"role": "user", "content": "y".repeat(4_000)}]});
+        let (status, _, _) = post(&gw.url, "/v1/chat/completions", Some(&secret), &body).await;
+        assert!(status >= 400, "{base}: {status}");
+        assert!(
+            gw.gateway
+                .settlements_written(Duration::from_secs(10))
+                .await
+        );
+        let now = gw.store.key_by_id(&key.id).await.unwrap().unwrap();
+        assert!(now.spent_usd.abs() < 1e-12, "{base}: {now:?}");
+        assert!(now.reserved_usd.abs() < 1e-12, "{base}: {now:?}");
+    }
 }
 
 #[tokio::test]

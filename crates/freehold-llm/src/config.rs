@@ -360,6 +360,15 @@ impl ProviderConfig {
             kind == ProviderKind::Local
                 || (!base_urls.is_empty() && base_urls.iter().all(|u| is_private_url(u)))
         });
+        if !local && self.local.is_none() && preset.is_some_and(|p| p.local) {
+            tracing::warn!(
+                provider = name,
+                urls = ?base_urls,
+                "a local server's preset at an address that is not on this machine or a \
+                 private network: treated as hosted (local-only requests refused, prices \
+                 needed for budgets); set `local = true` in [providers.{name}] if it is yours"
+            );
+        }
         let api_key_env = self
             .api_key_env
             .clone()
@@ -527,10 +536,13 @@ fn is_private_url(url: &str) -> bool {
         Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00,
         Err(_) => {
             let name = host.trim_end_matches('.').to_ascii_lowercase();
-            name == "localhost"
-                || name.ends_with(".localhost")
-                || name.ends_with(".local")
-                || name.ends_with(".lan")
+            // A name of one label (`ollama`, `gpu-box`) resolves only
+            // through /etc/hosts, a container network or a search domain;
+            // the others are names kept for private networks.
+            !name.contains('.')
+                || [".localhost", ".local", ".lan", ".internal", ".home.arpa"]
+                    .iter()
+                    .any(|suffix| name.ends_with(suffix))
         }
     }
 }

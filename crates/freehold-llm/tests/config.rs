@@ -88,6 +88,9 @@ fn locality_is_read_from_the_url_not_the_preset_or_its_spelling() {
         "http://172.20.1.2/v1",
         "http://gpu-box.local:8000/v1",
         "http://[fd12::5]:8000/v1",
+        "http://ollama:11434",
+        "http://host.docker.internal:11434",
+        "http://nas.home.arpa:8080/v1",
     ] {
         assert!(
             local(&format!("kind = \"openai\"\nbase_url = \"{url}\""), "a"),
@@ -116,13 +119,13 @@ fn locality_is_read_from_the_url_not_the_preset_or_its_spelling() {
         "cloud"
     ));
     assert!(local("preset = \"ollama\"", "ollama"));
-    // A private server known by a bare host name says so.
+    // A private server known by a public-looking name says so, and a
+    // setting overrides the address either way.
+    let corp = "kind = \"openai\"\nbase_url = \"http://gpu.corp.example:8000/v1\"";
+    assert!(!local(corp, "gpu"));
+    assert!(local(&format!("{corp}\nlocal = true"), "gpu"));
     assert!(!local(
-        "kind = \"openai\"\nbase_url = \"http://gpu-box:8000/v1\"",
-        "gpu"
-    ));
-    assert!(local(
-        "kind = \"openai\"\nbase_url = \"http://gpu-box:8000/v1\"\nlocal = true",
+        "kind = \"openai\"\nbase_url = \"http://127.0.0.1:8000/v1\"\nlocal = false",
         "gpu"
     ));
 }

@@ -159,11 +159,10 @@ impl LocalProvider {
     }
 
     /// The cached model for `path`, loading it on first use. Models stay
-    /// loaded for the process's life, so they are cached by the file's
-    /// canonical path: two spellings of one file load it once.
+    /// loaded for the process's life, cached by the path as given (the
+    /// context slots are keyed by it too, so that a path whose file is
+    /// replaced never reuses a slot of the old model).
     fn load(&self, path: &Path) -> Result<&'static LlamaModel, LlmError> {
-        let canonical = path.canonicalize();
-        let path = canonical.as_deref().unwrap_or(path);
         let backend = backend()?;
         let mut models = self
             .inner

@@ -91,7 +91,10 @@ pub(crate) async fn read_body(
 }
 
 /// Refuses requests that only a web page in a browser would send, so that
-/// a page the user visits cannot use a gateway on their machine:
+/// a page the user visits cannot use a gateway on their machine where no
+/// key protects it (`require_key = false`, or the status pages open on
+/// loopback); where a key is needed, a page has none, and reverse proxies
+/// that pass their own `Host` on must keep working:
 /// - a request whose `Origin` (which browsers send and SDKs do not) is not
 ///   the gateway itself: a page elsewhere posting to it, which needs no
 ///   CORS preflight when its body has no JSON content type;
@@ -104,12 +107,18 @@ async fn refuse_web_pages(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let settings = gateway.settings();
+    let status_page = matches!(request.uri().path(), "/health" | "/metrics");
+    let unprotected = !settings.require_key || (status_page && settings.status_is_open());
+    if !unprotected {
+        return next.run(request).await;
+    }
     let headers = request.headers();
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|value| value.to_str().ok())
         .unwrap_or("");
-    let refusal = if gateway.settings().listen.ip().is_loopback() && !names_loopback(host) {
+    let refusal = if settings.listen.ip().is_loopback() && !names_loopback(host) {
         Some(format!(
             "this gateway listens on loopback and is asked for as `{host}`: ask for it as \
              localhost, 127.0.0.1 or [::1] (a web page whose name was made to point at this \

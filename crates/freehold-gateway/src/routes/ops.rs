@@ -213,7 +213,9 @@ pub(crate) async fn model(
     }
     let routes = gateway.routes();
     let routed = match routes.router.resolve(&model) {
-        Ok(targets) => crate::chat::refuse_engine_paths(&model, &targets, &routes).is_ok(),
+        Ok(targets) => {
+            crate::chat::refuse_engine_paths(&model, &targets, &routes, &gateway.settings).is_ok()
+        }
         Err(_) => gateway.settings.default_model.is_some(),
     };
     if !routed {
@@ -346,7 +348,7 @@ async fn admit_embeddings(
         .router
         .resolve(&request.model)
         .map_err(|error| GatewayError::upstream(&error))?;
-    crate::chat::refuse_engine_paths(&request.model, &targets, routes)?;
+    crate::chat::refuse_engine_paths(&request.model, &targets, routes, &gateway.settings)?;
     accounting.routed = true;
     caller.check_model(&request.model)?;
     if let Some(key) = caller.key() {

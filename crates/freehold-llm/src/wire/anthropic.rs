@@ -708,7 +708,9 @@ pub fn structured_output_tool(request: &ChatRequest) -> Option<String> {
 /// Encodes a request.
 ///
 /// Besides the mapping described in the module docs:
-/// - with `request.reasoning` set, `thinking` is enabled with
+/// - with `request.reasoning` set, `thinking` is adaptive with its effort
+///   on models that take it ([`takes_adaptive_thinking`]), and otherwise
+///   enabled with
 ///   [`freehold_protocol::ReasoningEffort::budget_tokens`]; as the budget must
 ///   stay below `max_tokens`, a defaulted `max_tokens` grows to budget +
 ///   default, and an explicit one that is too small shrinks the budget (never
@@ -720,6 +722,10 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
     let mut max_tokens = request.max_tokens.unwrap_or(options.default_max_tokens);
     let adaptive = takes_adaptive_thinking(&request.model);
     let thinking = reasoning_for(request).and_then(|effort| {
+        // Adaptive thinking has no budget to fit under `max_tokens`.
+        if adaptive {
+            return Some(ThinkingConfig::Adaptive {});
+        }
         let mut budget = effort.budget_tokens();
         if max_tokens <= budget {
             match request.max_tokens {
@@ -733,12 +739,8 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
                 Some(explicit) => budget = explicit.saturating_sub(1).max(MIN_THINKING_BUDGET),
             }
         }
-        Some(if adaptive {
-            ThinkingConfig::Adaptive {}
-        } else {
-            ThinkingConfig::Enabled {
-                budget_tokens: budget,
-            }
+        Some(ThinkingConfig::Enabled {
+            budget_tokens: budget,
         })
     });
     let thinking_on = thinking.is_some();
@@ -1581,6 +1583,12 @@ mod tests {
         assert_eq!(encoded["thinking"], json!({"type": "adaptive"}));
         assert_eq!(encoded["output_config"], json!({"effort": "medium"}));
         assert!(encoded.get("temperature").is_none(), "{encoded}");
+        // No budget to fit: a small answer limit keeps it, unchanged.
+        request.max_tokens = Some(1000);
+        let encoded = serde_json::to_value(encode_request(&request, options())).unwrap();
+        assert_eq!(encoded["thinking"], json!({"type": "adaptive"}));
+        assert_eq!(encoded["max_tokens"], 1000);
+        request.max_tokens = None;
         // An older model keeps its token budget, and no effort.
         request.model = "claude-sonnet-4-5".into();
         let encoded = serde_json::to_value(encode_request(&request, options())).unwrap();
