@@ -149,7 +149,7 @@ async fn admit_inner(
         .flatten();
     let sent_to = narrowed.as_deref().unwrap_or(&targets);
     accounting.expect_input(usage.input_tokens, sent_to, &routes);
-    reserve_budget(gateway, caller, &routes, &targets, &usage, accounting).await?;
+    reserve_budget(gateway, caller, &routes, sent_to, &usage, accounting).await?;
     Ok(routes)
 }
 
@@ -547,6 +547,12 @@ pub(crate) async fn call_upstream<T>(
     let timeout = accounting.gateway.settings.request_timeout();
     // What is left of the request's time once it was admitted.
     let left = timeout.saturating_sub(accounting.started.elapsed());
+    if left.is_zero() {
+        // Admission (a slow body) took all the time: nothing is sent.
+        let sent = GatewayError::request_timeout(timeout);
+        accounting.fail(&sent);
+        return Err(sent);
+    }
     // From here a provider may have the prompt: a request cut off now,
     // by the client leaving or the gateway's time limit, pays for it.
     accounting.dispatched = true;
@@ -674,7 +680,7 @@ pub(crate) struct Accounting {
     input_estimate: u64,
     /// The bytes of answer (text, reasoning, tool arguments) received.
     output_bytes: u64,
-    /// What the request's input costs on the first target it is sent to:
+    /// What the request's input costs on the dearest target of its route:
     /// charged when it is cut off before any answer while a provider had
     /// it ([`Self::dispatched`]), as the provider may bill for the prompt.
     unanswered_cost: Option<f64>,
@@ -737,18 +743,20 @@ impl Accounting {
     }
 
     /// Notes the request's estimated input tokens, and what they cost on
-    /// the first of `targets` (the one it is sent to first), for a
-    /// request that ends without the provider's count
-    /// ([`Self::billed_usage`]).
+    /// the dearest of `targets` (the route it is sent on: any of them may
+    /// be the one it waits on), for a request that ends without the
+    /// provider's count ([`Self::billed_usage`]).
     pub(crate) fn expect_input(&mut self, input_tokens: u64, targets: &[Target], routes: &Routes) {
         self.input_estimate = input_tokens;
         let input = Usage {
             input_tokens,
             ..Usage::default()
         };
+        // The dearest: a fallback may be what the request is waiting on.
         self.unanswered_cost = targets
-            .first()
-            .and_then(|t| routes.router.cost_of(&t.provider, &t.model, &input));
+            .iter()
+            .filter_map(|t| routes.router.cost_of(&t.provider, &t.model, &input))
+            .reduce(f64::max);
     }
 
     /// The usage to account, so that a budget, a token limit and the
@@ -859,6 +867,9 @@ impl Accounting {
             Some(t) => routes.router.cost_of(&t.provider, &t.model, &usage),
             // Cut off before any answer while a provider had the prompt:
             // the client gone (499) or the gateway's time limit (504).
+            // (Also while the gateway is still retrying a provider that
+            // does not answer: it cannot tell that from one that is
+            // reading the prompt.)
             None if self.dispatched && matches!(status, 499 | 504) => self.unanswered_cost,
             None => None,
         };

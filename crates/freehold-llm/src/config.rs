@@ -366,7 +366,8 @@ impl ProviderConfig {
                 urls = ?base_urls,
                 "a local server's preset at an address that is not on this machine or a \
                  private network: treated as hosted (local-only requests refused, prices \
-                 needed for budgets); set `local = true` in [providers.{name}] if it is yours"
+                 needed for budgets); in [providers.{name}], set `local = true` if it is \
+                 yours, or `local = false` to say it is hosted and silence this"
             );
         }
         let api_key_env = self

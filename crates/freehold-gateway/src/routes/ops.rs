@@ -388,6 +388,14 @@ async fn admit_embeddings(
         input_tokens: request.estimated_input_tokens(),
         ..Usage::default()
     };
-    accounting.expect_input(usage.input_tokens, &targets, routes);
-    reserve_budget(gateway, caller, routes, &targets, &usage, accounting).await
+    // Priced on what the texts will be sent to: a privacy decision may
+    // have narrowed the route to a local target.
+    let narrowed = accounting
+        .privacy
+        .is_some()
+        .then(|| routes.router.resolve(&request.model).ok())
+        .flatten();
+    let sent_to = narrowed.as_deref().unwrap_or(&targets);
+    accounting.expect_input(usage.input_tokens, sent_to, routes);
+    reserve_budget(gateway, caller, routes, sent_to, &usage, accounting).await
 }

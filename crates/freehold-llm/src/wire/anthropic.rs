@@ -722,11 +722,16 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
     let mut max_tokens = request.max_tokens.unwrap_or(options.default_max_tokens);
     let adaptive = takes_adaptive_thinking(&request.model);
     let thinking = reasoning_for(request).and_then(|effort| {
-        // Adaptive thinking has no budget to fit under `max_tokens`.
+        let mut budget = effort.budget_tokens();
+        // Adaptive thinking has no budget to fit under `max_tokens`, but it
+        // spends from it: a defaulted limit still grows by the effort's
+        // budget, and an explicit one is kept whatever its size.
         if adaptive {
+            if request.max_tokens.is_none() && max_tokens <= budget {
+                max_tokens = budget.saturating_add(options.default_max_tokens);
+            }
             return Some(ThinkingConfig::Adaptive {});
         }
-        let mut budget = effort.budget_tokens();
         if max_tokens <= budget {
             match request.max_tokens {
                 None => max_tokens = budget.saturating_add(options.default_max_tokens),
@@ -1583,6 +1588,12 @@ mod tests {
         assert_eq!(encoded["thinking"], json!({"type": "adaptive"}));
         assert_eq!(encoded["output_config"], json!({"effort": "medium"}));
         assert!(encoded.get("temperature").is_none(), "{encoded}");
+        // A defaulted limit leaves room for the effort's thinking.
+        request.max_tokens = None;
+        request.reasoning = Some(ReasoningEffort::High);
+        let encoded = encode_request(&request, options());
+        assert!(encoded.max_tokens > ReasoningEffort::High.budget_tokens());
+        request.reasoning = Some(ReasoningEffort::Medium);
         // No budget to fit: a small answer limit keeps it, unchanged.
         request.max_tokens = Some(1000);
         let encoded = serde_json::to_value(encode_request(&request, options())).unwrap();
