@@ -140,17 +140,24 @@ async fn admit_inner(
         output_tokens: u64::from(request.max_tokens.unwrap_or(cap)),
         ..Usage::default()
     };
-    // Priced on what the request will be sent to: a privacy decision may
-    // have narrowed its route to a local target.
-    let narrowed = accounting
-        .privacy
-        .is_some()
-        .then(|| routes.router.resolve(&request.model).ok())
-        .flatten();
+    // Priced on what the request will be sent on.
+    let narrowed = narrowed_route(accounting, &routes, &request.model);
     let sent_to = narrowed.as_deref().unwrap_or(&targets);
     accounting.expect_input(usage.input_tokens, sent_to, &routes);
     reserve_budget(gateway, caller, &routes, sent_to, &usage, accounting).await?;
     Ok(routes)
+}
+
+/// The route a privacy decision narrowed a request to (it rewrites the
+/// model to a local target), or `None` when no decision was taken and the
+/// request goes on the route it asked for.
+pub(crate) fn narrowed_route(
+    accounting: &Accounting,
+    routes: &Routes,
+    model: &str,
+) -> Option<Vec<Target>> {
+    accounting.privacy.as_ref()?;
+    routes.router.resolve(model).ok()
 }
 
 /// The targets `request`'s model routes to. A model without a route goes

@@ -388,13 +388,8 @@ async fn admit_embeddings(
         input_tokens: request.estimated_input_tokens(),
         ..Usage::default()
     };
-    // Priced on what the texts will be sent to: a privacy decision may
-    // have narrowed the route to a local target.
-    let narrowed = accounting
-        .privacy
-        .is_some()
-        .then(|| routes.router.resolve(&request.model).ok())
-        .flatten();
+    // Priced on what the texts will be sent on.
+    let narrowed = crate::chat::narrowed_route(accounting, routes, &request.model);
     let sent_to = narrowed.as_deref().unwrap_or(&targets);
     accounting.expect_input(usage.input_tokens, sent_to, routes);
     reserve_budget(gateway, caller, routes, sent_to, &usage, accounting).await
