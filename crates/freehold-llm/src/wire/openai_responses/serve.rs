@@ -262,6 +262,13 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
         Item::Reasoning(reasoning) => {
             let text = reasoning.text();
             let signature = reasoning.encrypted_content.filter(|data| !data.is_empty());
+            let (signature, redacted) = match signature {
+                Some(data) => match data.strip_prefix(REDACTED_MARK) {
+                    Some(redacted) => (Some(redacted.to_owned()), true),
+                    None => (Some(data), false),
+                },
+                None => (None, false),
+            };
             if !text.is_empty() || signature.is_some() {
                 push_part(
                     messages,
@@ -269,7 +276,7 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
                     ContentPart::Reasoning(Reasoning {
                         text,
                         signature,
-                        redacted: false,
+                        redacted,
                         id: reasoning.id,
                         origin: None,
                     }),
@@ -372,6 +379,21 @@ fn message_item(id: String, text: &str, refusal: bool, status: &str) -> Item {
     })
 }
 
+/// What marks, in a reasoning item's `encrypted_content`, reasoning the
+/// provider redacted (Anthropic's `redacted_thinking`, whose opaque data
+/// is all there is): the client hands the item back unchanged, and the
+/// data must then go back as redacted thinking, not as a signature.
+const REDACTED_MARK: &str = "freehold-redacted:";
+
+/// The `encrypted_content` for a reasoning's signature.
+fn encrypted_content(signature: &str, redacted: bool) -> String {
+    if redacted {
+        format!("{REDACTED_MARK}{signature}")
+    } else {
+        signature.to_owned()
+    }
+}
+
 fn reasoning_item(id: String, text: &str, encrypted: Option<String>) -> Item {
     Item::Reasoning(ReasoningItem {
         id: Some(id),
@@ -428,7 +450,10 @@ pub fn encode_response(response: &ChatResponse, model: &str) -> ResponseObject {
                 output.push(reasoning_item(
                     reasoning.id.clone().unwrap_or_else(|| generated_id("rs_")),
                     &reasoning.text,
-                    reasoning.signature.clone(),
+                    reasoning
+                        .signature
+                        .as_deref()
+                        .map(|signature| encrypted_content(signature, reasoning.redacted)),
                 ));
             }
             ContentPart::ToolCall(call) => {
@@ -774,10 +799,19 @@ impl ResponseStreamEncoder {
                 });
                 out.push(self.frame(delta));
             }
-            StreamEvent::ReasoningSignature { signature, id, .. } => {
+            StreamEvent::ReasoningSignature {
+                signature,
+                redacted,
+                id,
+                ..
+            } => {
                 self.start(None, &mut out);
                 self.open_reasoning(&mut out);
-                self.close_with(Some(signature.clone()), id.clone(), &mut out);
+                self.close_with(
+                    Some(encrypted_content(signature, *redacted)),
+                    id.clone(),
+                    &mut out,
+                );
             }
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.start(None, &mut out);

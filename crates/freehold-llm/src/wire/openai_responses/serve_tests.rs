@@ -403,6 +403,59 @@ fn decode_json(body: Value) -> Result<(ChatRequest, ServeOptions), DecodeError> 
     decode_request(serde_json::from_value::<ResponsesRequest>(body).unwrap())
 }
 
+/// Anthropic's redacted thinking reaches a Responses client (Codex routed
+/// to Claude) as a reasoning item, and comes back from it still redacted:
+/// its data cannot be sent back as a signature.
+#[test]
+fn redacted_reasoning_comes_back_redacted() {
+    let frames = encode_stream(&[
+        StreamEvent::ReasoningSignature {
+            signature: "EmwKAhgBEgy".into(),
+            redacted: true,
+            id: None,
+            origin: Some("anthropic".into()),
+        },
+        StreamEvent::TextDelta { text: "Hi".into() },
+        StreamEvent::Stop {
+            reason: StopReason::EndTurn,
+        },
+    ]);
+    let done = frames
+        .iter()
+        .map(json_of)
+        .find(|frame| {
+            frame["type"] == "response.output_item.done" && frame["item"]["type"] == "reasoning"
+        })
+        .expect("a reasoning item");
+    let item = done["item"].clone();
+    assert_ne!(item["encrypted_content"], "EmwKAhgBEgy", "{item}");
+    let (request, _) = decode_json(json!({"model": "m", "input": [
+        item,
+        {"role": "user", "content": "And?"}
+    ]}))
+    .unwrap();
+    let reasoning = request.messages[0]
+        .content
+        .iter()
+        .find_map(|part| match part {
+            ContentPart::Reasoning(reasoning) => Some(reasoning.clone()),
+            _ => None,
+        })
+        .expect("the reasoning handed back");
+    assert!(reasoning.redacted);
+    assert_eq!(reasoning.signature.as_deref(), Some("EmwKAhgBEgy"));
+    // Ordinary encrypted content is left as it is.
+    let (request, _) = decode_json(json!({"model": "m", "input": [
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA"},
+        {"role": "user", "content": "And?"}
+    ]}))
+    .unwrap();
+    assert!(matches!(
+        &request.messages[0].content[0],
+        ContentPart::Reasoning(r) if !r.redacted && r.signature.as_deref() == Some("gAAAA")
+    ));
+}
+
 /// The shape of OpenAI's own examples: messages in `input` without a
 /// `type`, beside typed items.
 #[test]
