@@ -124,7 +124,7 @@ async fn admit_inner(
     if budgeted && request.max_tokens.is_none() && leaves_the_machine(&targets, &routes) {
         request.max_tokens = Some(output_bound(&targets, &routes, cap));
     }
-    apply_privacy(
+    let narrowed = apply_privacy(
         gateway,
         caller,
         privacy_header,
@@ -141,23 +141,10 @@ async fn admit_inner(
         ..Usage::default()
     };
     // Priced on what the request will be sent on.
-    let narrowed = narrowed_route(accounting, &routes, &request.model);
-    let sent_to = narrowed.as_deref().unwrap_or(&targets);
+    let sent_to = narrowed.as_ref().map_or(&targets[..], std::slice::from_ref);
     accounting.expect_input(usage.input_tokens, sent_to, &routes);
     reserve_budget(gateway, caller, &routes, sent_to, &usage, accounting).await?;
     Ok(routes)
-}
-
-/// The route a privacy decision narrowed a request to (it rewrites the
-/// model to a local target), or `None` when no decision was taken and the
-/// request goes on the route it asked for.
-pub(crate) fn narrowed_route(
-    accounting: &Accounting,
-    routes: &Routes,
-    model: &str,
-) -> Option<Vec<Target>> {
-    accounting.privacy.as_ref()?;
-    routes.router.resolve(model).ok()
 }
 
 /// The targets `request`'s model routes to. A model without a route goes
@@ -273,7 +260,8 @@ pub(crate) fn refuse_engine_paths(
 /// Applies the privacy policy to a request routed to `targets`: keeps it
 /// on this machine, redacts what it found before the request leaves, or
 /// refuses it. The decision is logged and its audit line goes to the
-/// ledger through `accounting`.
+/// ledger through `accounting`. Returns the one local target the request
+/// was narrowed to, when it was ([`keep_local`]).
 ///
 /// # Errors
 /// 403 when the policy blocks the request, or keeps it local and its
@@ -286,7 +274,7 @@ fn apply_privacy(
     targets: &[Target],
     routes: &Routes,
     accounting: &mut Accounting,
-) -> Result<(), GatewayError> {
+) -> Result<Option<Target>, GatewayError> {
     let local_only_key = caller.key().is_some_and(|key| key.local_only);
     let decision = gateway
         .privacy
@@ -295,7 +283,7 @@ fn apply_privacy(
     accounting.privacy = decision.audit_line();
     match decision {
         Decision::Pass => {}
-        Decision::LocalOnly { .. } => keep_local(&mut request.model, targets, routes)?,
+        Decision::LocalOnly { .. } => return keep_local(&mut request.model, targets, routes),
         Decision::Redacted {
             request: redacted, ..
         } => {
@@ -308,7 +296,7 @@ fn apply_privacy(
         }
         Decision::Block { reasons } => return Err(blocked(&reasons)),
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A request's input tokens, as `count_tokens` answers them.
@@ -478,22 +466,23 @@ pub(crate) fn leaves_the_machine(targets: &[Target], routes: &Routes) -> bool {
         .any(|t| !routes.local_providers.contains(&t.provider))
 }
 
-/// Narrows a local-only request to the local targets of its route.
+/// Narrows a local-only request to the local targets of its route:
+/// returns the target it now goes to when that changed its model.
 pub(crate) fn keep_local(
     model: &mut String,
     targets: &[Target],
     routes: &Routes,
-) -> Result<(), GatewayError> {
+) -> Result<Option<Target>, GatewayError> {
     let local: Vec<&Target> = targets
         .iter()
         .filter(|t| routes.local_providers.contains(&t.provider))
         .collect();
     match local.first() {
-        Some(_) if local.len() == targets.len() => Ok(()),
+        Some(_) if local.len() == targets.len() => Ok(None),
         Some(first) => {
             tracing::info!(model = %model, to = %first, "privacy: kept on local provider");
             *model = first.to_string();
-            Ok(())
+            Ok(Some((*first).clone()))
         }
         None => Err(GatewayError::forbidden(format!(
             "this request must stay on this machine, but model `{}` only routes to hosted \

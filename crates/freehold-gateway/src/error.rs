@@ -184,30 +184,28 @@ impl GatewayError {
 
     /// 408: the client stopped sending its request's body.
     pub fn body_timeout(timeout: Duration) -> Self {
-        Self::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            "invalid_request_error",
-            "invalid_request_error",
-            format!(
-                "the request body stopped arriving for {} s ([gateway] client_timeout_secs)",
-                timeout.as_secs()
-            ),
-        )
+        Self::body_late(format!(
+            "the request body stopped arriving for {} s ([gateway] client_timeout_secs)",
+            timeout.as_secs()
+        ))
     }
 
     /// 408: the request's body took longer than the whole request may.
     pub fn body_too_slow(timeout: Duration) -> Self {
+        Self::body_late(format!(
+            "the request body took longer than {} s to arrive ([gateway] request_timeout_secs)",
+            timeout.as_secs()
+        ))
+    }
+
+    /// 408 for a body that came too slowly, saying which limit it broke.
+    fn body_late(message: String) -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",
             "invalid_request_error",
             "invalid_request_error",
-            format!(
-                "the request body took longer than {} s to arrive ([gateway] \
-                 request_timeout_secs)",
-                timeout.as_secs()
-            ),
+            message,
         )
     }
 

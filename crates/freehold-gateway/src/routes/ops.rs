@@ -369,9 +369,12 @@ async fn admit_embeddings(
             .decide(&as_chat, privacy_header(gateway, headers), local_only_key);
     decision.log();
     accounting.privacy = decision.audit_line();
+    let mut narrowed = None;
     match decision {
         Decision::Pass => {}
-        Decision::LocalOnly { .. } => keep_local(&mut request.model, &targets, routes)?,
+        Decision::LocalOnly { .. } => {
+            narrowed = keep_local(&mut request.model, &targets, routes)?;
+        }
         Decision::Redacted {
             request: redacted, ..
         } => {
@@ -389,8 +392,7 @@ async fn admit_embeddings(
         ..Usage::default()
     };
     // Priced on what the texts will be sent on.
-    let narrowed = crate::chat::narrowed_route(accounting, routes, &request.model);
-    let sent_to = narrowed.as_deref().unwrap_or(&targets);
+    let sent_to = narrowed.as_ref().map_or(&targets[..], std::slice::from_ref);
     accounting.expect_input(usage.input_tokens, sent_to, routes);
     reserve_budget(gateway, caller, routes, sent_to, &usage, accounting).await
 }
