@@ -288,10 +288,15 @@ pub(crate) fn print_table<const N: usize>(
     }
 }
 
+/// The latest expiry `--expires` takes: 9999-12-31 23:59:59 UTC.
+const MAX_EXPIRY: i64 = 253_402_300_799;
+
 /// `--expires`: a duration from `now` or a date (valid through its end, UTC).
 fn parse_expiry(when: &str, now: i64) -> anyhow::Result<i64> {
     let at = if let Some(seconds) = parse_duration(when) {
-        now + seconds
+        now.checked_add(seconds)
+            .filter(|at| *at <= MAX_EXPIRY)
+            .ok_or_else(|| anyhow::anyhow!("invalid --expires `{when}`: that is too far ahead"))?
     } else if let Some(day) = parse_date(when) {
         (day + 1) * 86_400 - 1
     } else {

@@ -25,8 +25,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// The usage database: a SQLite file or a postgres:// URL (default
-    /// gateway.db in the data directory).
-    #[arg(long, env = "FREEHOLD_DATABASE", value_name = "URL")]
+    /// gateway.db in the data directory). Its value is never shown in
+    /// `--help`: a postgres:// URL may carry a password.
+    #[arg(
+        long,
+        env = "FREEHOLD_DATABASE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     database: Option<String>,
     /// Serve without keys (loopback only): for one person on one machine.
     #[arg(long)]

@@ -224,3 +224,58 @@ fn database_option_and_environment() {
     assert!(list.stdout.contains(" a "), "{}", list.stdout);
     assert!(!list.stdout.contains(" b "), "{}", list.stdout);
 }
+
+#[test]
+fn an_expiry_too_far_ahead_or_an_empty_model_list_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    // Seconds past what an i64 holds once added to now.
+    let run = freehold(
+        home,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "x",
+            "--expires",
+            "15250284452471w",
+        ],
+        &[],
+    );
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("too far ahead"), "{}", run.stderr);
+    // An empty `--models` (a script's empty variable) is not "every model".
+    let run = freehold(
+        home,
+        &["keys", "create", "--name", "x", "--models", " , "],
+        &[],
+    );
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("list of allowed models is empty"),
+        "{}",
+        run.stderr
+    );
+    let list = freehold(home, &["keys", "list"], &[]);
+    ok(&list);
+    assert!(list.stdout.contains("no keys"), "{}", list.stdout);
+}
+
+#[test]
+fn help_never_shows_the_database_url() {
+    let home = tempfile::tempdir().unwrap();
+    let url = "postgres://freehold:hunter2-secret@db.example/freehold";
+    for command in [
+        &["serve", "--help"][..],
+        &["keys", "--help"],
+        &["usage", "--help"],
+    ] {
+        let run = freehold(home.path(), command, &[("FREEHOLD_DATABASE", url)]);
+        ok(&run);
+        assert!(
+            !run.stdout.contains("hunter2"),
+            "{command:?}:\n{}",
+            run.stdout
+        );
+    }
+}

@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::error::GatewayError;
-use crate::store::{KeyRecord, Store};
+use crate::store::{KeyRecord, KeyState, Store};
 
 /// How long a looked-up key is trusted before the database is asked
 /// again: revocations reach every replica within this time.
@@ -157,7 +157,9 @@ impl Authenticator {
                 key.name, key.prefix
             )));
         }
-        if key.expires_at.is_some_and(|at| at <= now) {
+        // `expires_at` is the last second the key is valid (a date given
+        // to `keys create --expires` lasts through its end).
+        if key.state(now) == KeyState::Expired {
             return Err(GatewayError::unauthorized(format!(
                 "API key `{}` ({}) has expired; create a new one with `freehold keys create`",
                 key.name, key.prefix

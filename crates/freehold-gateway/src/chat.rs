@@ -41,15 +41,19 @@ pub(crate) async fn admit(
 ) -> Result<Admitted, GatewayError> {
     let asked = request.model.clone();
     let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, started);
-    let privacy_header = privacy_header(gateway, headers);
-    let result = admit_inner(
-        gateway,
-        &caller,
-        privacy_header,
-        &mut request,
-        &mut accounting,
-    )
-    .await;
+    let result = match privacy_header(gateway, headers) {
+        Ok(privacy_header) => {
+            admit_inner(
+                gateway,
+                &caller,
+                privacy_header,
+                &mut request,
+                &mut accounting,
+            )
+            .await
+        }
+        Err(error) => Err(error),
+    };
     match result {
         Ok(routes) => Ok(Admitted {
             request,
@@ -85,12 +89,32 @@ pub(crate) async fn authenticate(
 }
 
 /// The privacy header's value on a request, if the policy has a header.
-pub(crate) fn privacy_header<'a>(gateway: &Gateway, headers: &'a HeaderMap) -> Option<&'a str> {
-    gateway
-        .privacy
-        .header_name()
-        .and_then(|name| headers.get(name))
-        .and_then(|value| value.to_str().ok())
+///
+/// # Errors
+/// 400 for a value the header does not take (it is not silently ignored:
+/// the client meant something by it).
+pub(crate) fn privacy_header<'a>(
+    gateway: &Gateway,
+    headers: &'a HeaderMap,
+) -> Result<Option<&'a str>, GatewayError> {
+    let Some(name) = gateway.privacy.header_name() else {
+        return Ok(None);
+    };
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(text) if crate::privacy::known_header_value(text) => Ok(Some(text)),
+        _ => Err(GatewayError::bad_request(format!(
+            "the {name} header takes `local-only` (keep the request on local providers); \
+             it was `{}`",
+            String::from_utf8_lossy(value.as_bytes())
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect::<String>()
+        ))),
+    }
 }
 
 async fn admit_inner(
@@ -281,6 +305,9 @@ fn apply_privacy(
         .decide(request, privacy_header, local_only_key);
     decision.log();
     accounting.privacy = decision.audit_line();
+    accounting.body_has_findings = decision
+        .reasons()
+        .is_some_and(|reasons| reasons.findings.total() > 0);
     match decision {
         Decision::Pass => {}
         Decision::LocalOnly { .. } => return keep_local(&mut request.model, targets, routes),
@@ -336,7 +363,7 @@ pub(crate) async fn count_input_tokens(
         let targets = route(gateway, &routes, &mut request)?;
         accounting.routed = true;
         caller.check_model(&asked)?;
-        let privacy_header = privacy_header(gateway, headers);
+        let privacy_header = privacy_header(gateway, headers)?;
         apply_privacy(
             gateway,
             &caller,
@@ -692,6 +719,10 @@ pub(crate) struct Accounting {
     pub(crate) privacy: Option<String>,
     /// The request (and a whole answer) when `log_bodies` is on.
     body: Option<String>,
+    /// Whether the privacy policy found anything in the request: the
+    /// bodies logged are then redacted
+    /// ([`crate::privacy::Privacy::redacted_for_log`]).
+    pub(crate) body_has_findings: bool,
     finished: bool,
 }
 
@@ -722,6 +753,7 @@ impl Accounting {
             routed: false,
             privacy: None,
             body: None,
+            body_has_findings: false,
             finished: false,
         }
     }
@@ -730,6 +762,13 @@ impl Accounting {
     /// gateway logs bodies.
     pub(crate) fn log_body(&mut self, text: &str) {
         if self.gateway.settings.log_bodies {
+            let redacted;
+            let text = if self.body_has_findings {
+                redacted = self.gateway.privacy.redacted_for_log(text);
+                &redacted
+            } else {
+                text
+            };
             let body = self.body.get_or_insert_with(String::new);
             if !body.is_empty() {
                 body.push('\n');

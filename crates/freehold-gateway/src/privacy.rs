@@ -69,7 +69,10 @@ pub enum Detector {
     /// Google API keys (`AIza…`).
     GoogleApiKey,
     /// `password = "…"`, `DB_PASSWORD=…`, `"api_key": "…"` and the like, with
-    /// a value that is not a placeholder, a variable or a type.
+    /// a value that is not a placeholder, a variable or a type; tokens
+    /// (`HF_TOKEN=…`, `.npmrc`'s `_authToken=…`) with a random-looking value;
+    /// `Authorization: Bearer …` / `Basic …`; a password in a URL
+    /// (`postgres://user:pass@db/x`).
     PasswordAssignment,
     /// JSON Web Tokens (`eyJ….eyJ….…`).
     Jwt,
@@ -573,6 +576,7 @@ enum Check {
     OpenaiKey,
     QuotedValue,
     BareValue,
+    TokenValue,
     Email,
     CreditCard,
     Iban,
@@ -642,6 +646,21 @@ const BUILTIN_RULES: &[(Detector, &str, Check)] = &[
             r#")\b\\?["']?\s*(?::=|[:=])\s*(?P<secret>[^\s"'`,;&\\)\]}]{4,200})"#
         ),
         Check::BareValue,
+    ),
+    (
+        Detector::PasswordAssignment,
+        r#"(?i)\b(?:[a-z0-9]*[_-])*[a-z0-9]*token\b\\?["']?\s*(?::=|=>|[:=])\s*\\?["']?(?P<secret>[A-Za-z0-9._~+/=-]{16,200})"#,
+        Check::TokenValue,
+    ),
+    (
+        Detector::PasswordAssignment,
+        r#"(?i)\bauthorization\b\s*[:=]\s*\\?["']?\s*(?:bearer|basic|token)\s+(?P<secret>[A-Za-z0-9._~+/=-]{12,})"#,
+        Check::TokenValue,
+    ),
+    (
+        Detector::PasswordAssignment,
+        r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:(?P<secret>[^/\s@]{3,200})@",
+        Check::QuotedValue,
     ),
     (
         Detector::Jwt,
@@ -957,6 +976,14 @@ impl Privacy {
         }
     }
 
+    /// `text` with every match of every enabled detector replaced, whatever
+    /// its action: what the ledger keeps of a body (`log_bodies`) when the
+    /// request had findings, so that a secret the policy kept local or
+    /// redacted is not written to a database that may be elsewhere.
+    pub fn redacted_for_log(&self, text: &str) -> String {
+        self.redact_text(text).unwrap_or_else(|| text.to_owned())
+    }
+
     /// The text with every match replaced, or `None` when nothing matched.
     fn redact_text(&self, text: &str) -> Option<String> {
         if text.is_empty() || !self.set.is_match(text) {
@@ -1133,6 +1160,14 @@ fn string_end(bytes: &[u8], start: usize) -> usize {
     bytes.len()
 }
 
+/// Whether `value` is one the privacy header takes: `local-only` (or
+/// `local_only`), or empty (no effect). Anything else is refused rather
+/// than ignored: a client that sends `local` or `true` believes its request
+/// stays on this machine.
+pub fn known_header_value(value: &str) -> bool {
+    value.trim().is_empty() || forces_local(value)
+}
+
 /// Whether a privacy header value asks for local routing.
 fn forces_local(value: &str) -> bool {
     let value = value.trim();
@@ -1197,8 +1232,9 @@ impl Check {
             Check::OpenaiKey => openai_key(candidate),
             Check::QuotedValue => quoted_value(candidate),
             Check::BareValue => bare_value(candidate),
+            Check::TokenValue => token_value(candidate),
             Check::Email => email(candidate),
-            Check::CreditCard => credit_card(text, &span),
+            Check::CreditCard => return card_in(text, span),
             Check::Iban => return iban(text, span),
             Check::UsSsn => us_ssn(text, &span),
         };
@@ -1233,7 +1269,13 @@ fn placeholder(value: &str) -> bool {
         "your_password",
     ];
     let first = value.chars().next();
+    let upper = value.to_ascii_uppercase();
     value.chars().all(|c| Some(c) == first)
+        // `YOUR_API_KEY`, `<your-token>` written plainly, `XXXX-XXXX`.
+        || upper.starts_with("YOUR_")
+        || upper.starts_with("YOUR-")
+        || upper.starts_with("XXXX")
+        || upper.starts_with("REPLACE_")
         || value.starts_with('$')
         || value.starts_with('<')
         || value.starts_with("{{")
@@ -1270,18 +1312,86 @@ fn bare_value(value: &str) -> bool {
     !identifier
 }
 
+/// A token's value: not a placeholder, random-looking (a letter and a
+/// digit), which counts (`max_token = 4096`), names (`token =
+/// next_token_kind`) and paths are not, and not of a kind a detector of
+/// its own reports (a JWT, a GitHub or OpenAI key…).
+fn token_value(value: &str) -> bool {
+    const OWN_DETECTORS: [&str; 9] = [
+        "eyJ",
+        "sk-",
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "github_pat_",
+        "xox",
+    ];
+    !placeholder(value)
+        && value.bytes().any(|b| b.is_ascii_digit())
+        && value.bytes().any(|b| b.is_ascii_alphabetic())
+        && !OWN_DETECTORS.iter().any(|prefix| value.starts_with(prefix))
+        && !value.starts_with("AIza")
+        && !value.starts_with("AKIA")
+        && !value.starts_with("ASIA")
+}
+
+/// An address that is personal data: not an SSH remote's `git@`, not a
+/// file name (`icon@2x.png`), not a no-reply address (commit trailers such
+/// as Claude Code's `Co-Authored-By: Claude <noreply@anthropic.com>` would
+/// otherwise keep a whole conversation local), and not at a domain
+/// reserved for examples (RFC 2606: `example.com`, `.test`, `.invalid`…).
+fn email(candidate: &str) -> bool {
+    let Some((user, domain)) = candidate.split_once('@') else {
+        return false;
+    };
+    let user = user.to_ascii_lowercase();
+    let domain = domain.to_ascii_lowercase();
+    let no_reply = [
+        "noreply",
+        "no-reply",
+        "no_reply",
+        "donotreply",
+        "do-not-reply",
+    ]
+    .iter()
+    .any(|name| user == *name || user.starts_with(&format!("{name}+")))
+        || domain == "users.noreply.github.com";
+    let reserved = ["example", "test", "invalid", "localhost"]
+        .iter()
+        .any(|tld| domain.ends_with(&format!(".{tld}")))
+        || ["example.com", "example.org", "example.net"]
+            .iter()
+            .any(|name| domain == *name || domain.ends_with(&format!(".{name}")));
+    !no_reply && !reserved && not_a_file_or_remote(&user, &domain)
+}
+
 /// An address whose user is not `git` (SSH remotes) and whose top-level
 /// domain is not a file extension (`icon@2x.png`).
-fn email(candidate: &str) -> bool {
+fn not_a_file_or_remote(user: &str, domain: &str) -> bool {
     const EXTENSIONS: [&str; 20] = [
         "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "css", "js", "mjs", "ts", "tsx",
         "jsx", "json", "md", "txt", "html", "lock", "yaml",
     ];
-    let Some((user, domain)) = candidate.split_once('@') else {
-        return false;
-    };
     let tld = domain.rsplit('.').next().unwrap_or_default();
     !user.eq_ignore_ascii_case("git") && !EXTENSIONS.iter().any(|ext| tld.eq_ignore_ascii_case(ext))
+}
+
+/// The card number at the start of `span`: the whole candidate, or else the
+/// longest part of it that ends at a separator (the regex takes as many
+/// digits as it can, so a card followed by its expiry or CVV, `4111 1111
+/// 1111 1111 12/29`, arrives as one 18-digit run that no network issues).
+fn card_in(text: &str, span: Range<usize>) -> Option<Range<usize>> {
+    if credit_card(text, &span) {
+        return Some(span);
+    }
+    let bytes = text.as_bytes();
+    (span.start + 1..span.end)
+        .rev()
+        .filter(|&end| matches!(bytes[end], b' ' | b'-') && bytes[end - 1].is_ascii_digit())
+        .map(|end| span.start..end)
+        .find(|prefix| credit_card(text, prefix))
 }
 
 /// A card number: not part of a decimal or version, consistently grouped,
@@ -1720,6 +1830,35 @@ mod tests {
     }
 
     #[test]
+    fn tokens_authorization_headers_and_urls_with_passwords() {
+        for text in [
+            "HF_TOKEN=hf_aB3dE6gH9jK2mN5pQ8sT1vW4",
+            "export NPM_TOKEN=npm_Zx81Kq02LmPw77RtYu55",
+            "//registry.npmjs.org/:_authToken=npm_Zx81Kq02LmPw77RtYu55",
+            "VAULT_TOKEN: hvs.CAESIJ3x9Kq2Lm8Pw7",
+            "GITLAB_TOKEN=glpat-x9Kq2Lm8Pw7RtYu5Ab",
+            "curl -H 'Authorization: Bearer 9f8e7d6c5b4a39281706f5e4'",
+            "Authorization: Basic dXNlcjpwYXNzd29yZDEyMw==",
+            "DATABASE_URL=postgres://app:S3cret@db:5432/x",
+            "redis://default:pa55word@10.0.0.7:6379",
+        ] {
+            assert_detects(text, Detector::PasswordAssignment);
+        }
+        for text in [
+            "max_token = 4096",
+            "token = next_token_kind",
+            "let token = tokens.next()",
+            "HF_TOKEN=${HF_TOKEN}",
+            "api_token: YOUR_API_TOKEN_HERE",
+            "Authorization: Bearer $OPENAI_API_KEY",
+            "https://user:password@example.com/",
+            "see https://docs.rs/tokio/latest/tokio/ and git@github.com:a/b.git",
+        ] {
+            assert_clean(text);
+        }
+    }
+
+    #[test]
     fn emails() {
         assert_detects(
             "write to alice.smith+work@mail.corp.co.uk today",
@@ -1729,6 +1868,11 @@ mod tests {
         assert_clean("icons: logo@2x.png, logo@3x.png");
         assert_clean("npm i react@18.2.0 @types/node");
         assert_clean("@property\ndef name(self): ...");
+        // No-reply senders and documentation domains are nobody's address.
+        assert_clean("Co-Authored-By: Claude <noreply@anthropic.com>");
+        assert_clean("Author: bot <12345+bot@users.noreply.github.com>");
+        assert_clean("send it to user@example.com or admin@corp.test");
+        assert_detects("ask bob@corp.io", Detector::Email);
     }
 
     #[test]
@@ -1744,6 +1888,10 @@ mod tests {
         assert_clean("at 1700000000000 ms");
         assert_clean("version 3.4111111111111111");
         assert_clean("order 41111111111111");
+        // A card followed by digits of its own (expiry, CVV).
+        assert_detects("card 4111 1111 1111 1111 12/29", Detector::CreditCard);
+        assert_detects("4111111111111111 123", Detector::CreditCard);
+        assert_detects("4242 4242 4242 4242 123", Detector::CreditCard);
     }
 
     #[test]

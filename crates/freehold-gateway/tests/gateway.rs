@@ -1639,6 +1639,38 @@ async fn bodies_reach_the_ledger_only_when_switched_on() {
 }
 
 #[tokio::test]
+async fn a_logged_body_with_findings_is_redacted() {
+    use freehold_gateway::privacy::{Action, PrivacySettings};
+    // The mock is on loopback, so the request itself goes out unredacted
+    // (it stays on this machine); the ledger, which may be a database
+    // elsewhere, still gets the body without the secret.
+    let upstream = MockUpstream::start().await.unwrap();
+    let settings = GatewaySettings {
+        log_bodies: true,
+        privacy: Some(PrivacySettings {
+            action: Action::Redact,
+            ..PrivacySettings::default()
+        }),
+        ..GatewaySettings::default()
+    };
+    let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
+    let secret = format!("AKIA{}", "Q7XZ2LMN4PRT8VWY");
+    let mut body = chat_body("mock");
+    body["messages"][0]["content"] = json!(format!("deploy with {secret} please"));
+    let (status, answer, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    ledger_lines(&gw.store, 1).await;
+    let bodies = ledger_bodies(&gw._dir.path().join("g.db")).await;
+    let logged = bodies[0].as_deref().unwrap_or_default();
+    assert!(!logged.contains(&secret), "{logged}");
+    assert!(
+        logged.contains("deploy with [REDACTED:aws_access_key] please"),
+        "{logged}"
+    );
+    assert!(logged.contains(MOCK_TEXT), "{logged}");
+}
+
+#[tokio::test]
 async fn privacy_keeps_requests_local_or_redacts_them() {
     use freehold_gateway::privacy::{Action, PrivacySettings};
     use freehold_test_support::{MockServer, Scripted};
@@ -1692,6 +1724,25 @@ async fn privacy_keeps_requests_local_or_redacts_them() {
         "{refused}"
     );
 
+    // A value the header does not take is refused, not ignored: the client
+    // believed its request would stay here.
+    let asked = upstream.requests().len();
+    for value in ["local", "true"] {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(MASTER)
+            .header("x-freehold-privacy", value)
+            .json(&chat_body("mock"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{value}");
+        let refused: Value = response.json().await.unwrap();
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(message.contains("takes `local-only`"), "{refused}");
+    }
+    assert_eq!(upstream.requests().len(), asked);
+
     // Embeddings follow the same policy.
     let response = reqwest::Client::new()
         .post(format!("{}/v1/embeddings", gw.url))
@@ -1726,21 +1777,30 @@ async fn privacy_keeps_requests_local_or_redacts_them() {
 
     // Every decision is in the ledger, the audit trail, without the text
     // that matched.
-    let lines = ledger_lines(&gw.store, 3).await;
-    let privacy: Vec<(&str, Option<&str>)> = lines
+    let lines = ledger_lines(&gw.store, 5).await;
+    let privacy: Vec<(&str, Option<&str>, u16)> = lines
         .iter()
         .rev()
-        .map(|l| (l.record.endpoint.as_str(), l.record.privacy.as_deref()))
+        .map(|l| {
+            (
+                l.record.endpoint.as_str(),
+                l.record.privacy.as_deref(),
+                l.record.status,
+            )
+        })
         .collect();
     assert_eq!(
         privacy,
         [
             (
                 "/v1/chat/completions",
-                Some("redacted trigger=content detectors=aws_access_key:1")
+                Some("redacted trigger=content detectors=aws_access_key:1"),
+                200
             ),
-            ("/v1/messages", Some("local_only trigger=header")),
-            ("/v1/embeddings", Some("local_only trigger=header")),
+            ("/v1/messages", Some("local_only trigger=header"), 403),
+            ("/v1/chat/completions", None, 400),
+            ("/v1/chat/completions", None, 400),
+            ("/v1/embeddings", Some("local_only trigger=header"), 403),
         ]
     );
     assert!(lines.iter().all(|l| !format!("{l:?}").contains(&secret)));

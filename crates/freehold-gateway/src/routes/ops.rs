@@ -366,7 +366,7 @@ async fn admit_embeddings(
     let decision =
         gateway
             .privacy
-            .decide(&as_chat, privacy_header(gateway, headers), local_only_key);
+            .decide(&as_chat, privacy_header(gateway, headers)?, local_only_key);
     decision.log();
     accounting.privacy = decision.audit_line();
     let mut narrowed = None;

@@ -569,6 +569,15 @@ impl Store {
                 models.push(model.to_owned());
             }
         }
+        // An empty list means every model: a list that was given but held
+        // only blanks (an empty `$MODELS` in a script) must not mean that.
+        if models.is_empty() && !new.allowed_models.is_empty() {
+            return Err(StoreError::Invalid(
+                "the list of allowed models is empty; name at least one model, or leave the \
+                 option out to allow every model"
+                    .into(),
+            ));
+        }
         let models = serde_json::to_string(&models)
             .map_err(|e| StoreError::Invalid(format!("cannot encode the model list: {e}")))?;
         let secret = random_secret()?;
