@@ -15,7 +15,7 @@ use freehold_gateway::settings::{GatewaySettings, ServeRuntime};
 use freehold_gateway::state::{Gateway, Routes};
 use freehold_gateway::store::Store;
 
-use crate::setup::Setup;
+use crate::setup::{BuiltProviders, Setup};
 
 /// `freehold serve` flags; each overrides the `[gateway]` table.
 #[derive(Debug, Args)]
@@ -117,6 +117,7 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         .with_context(|| format!("registering with the usage database ({store_location})"))?;
     let (ledger, ledger_task) = Ledger::start(store.clone());
     let ledger_writer = ledger.clone();
+    let built = setup.built.clone();
     let routes = routes(setup, &settings)?;
     let provider_count = routes.router.providers().len();
     let alias_count = routes.router.aliases().len();
@@ -159,6 +160,7 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
         hangups,
         Arc::clone(&gateway),
         config.map(Path::to_path_buf),
+        built,
     ));
     let app = freehold_gateway::routes::app(Arc::clone(&gateway));
     // On Ctrl-C or SIGTERM the server stops accepting; requests in flight
@@ -496,23 +498,29 @@ fn hangups() -> Option<tokio::signal::unix::Signal> {
 }
 
 /// Reloads providers, aliases and models on each of `hangups`; requests
-/// in flight keep the table they started with.
+/// in flight keep the table they started with. Providers whose settings did
+/// not change are kept as they are (`built`: the ones running now).
 async fn reload_on_hangup(
     hangups: Option<tokio::signal::unix::Signal>,
     gateway: Arc<Gateway>,
     config: Option<PathBuf>,
+    mut built: BuiltProviders,
 ) {
     let Some(mut hangups) = hangups else { return };
     while hangups.recv().await.is_some() {
-        let reloaded =
-            Setup::load(config.as_deref()).and_then(|setup| routes(setup, gateway.settings()));
+        let reloaded = Setup::load_reusing(config.as_deref(), &built).and_then(|setup| {
+            refuse_broken_providers(&setup, &built)?;
+            let now_built = setup.built.clone();
+            Ok((routes(setup, gateway.settings())?, now_built))
+        });
         match reloaded {
-            Ok(routes) => {
+            Ok((routes, now_built)) => {
                 let (providers, aliases) = (
                     routes.router.providers().len(),
                     routes.router.aliases().len(),
                 );
                 gateway.reload(routes);
+                built = now_built;
                 eprintln!(
                     "freehold serve: configuration reloaded ({providers} providers, {aliases} aliases)"
                 );
@@ -522,6 +530,28 @@ async fn reload_on_hangup(
             ),
         }
     }
+}
+
+/// Refuses a reloaded configuration in which a provider that works now
+/// could not be built (a header value HTTP forbids, say): taking it would
+/// swap a working provider for one that fails every request.
+fn refuse_broken_providers(setup: &Setup, running: &BuiltProviders) -> anyhow::Result<()> {
+    let broken: Vec<String> = setup
+        .unusable
+        .iter()
+        .filter(|(name, _)| running.get(*name).is_some_and(|old| old.usable))
+        .map(|(name, why)| format!("[providers.{name}]: {why}"))
+        .collect();
+    if broken.is_empty() {
+        for (name, why) in &setup.unusable {
+            eprintln!("freehold serve: provider {name} cannot be used: {why}");
+        }
+        return Ok(());
+    }
+    bail!(
+        "it would break providers that work now: {}",
+        broken.join("; ")
+    )
 }
 
 async fn shutdown_signal(termination: Termination) {

@@ -34,11 +34,37 @@ pub(crate) struct Setup {
     /// Providers that could not be built, with the reason.
     pub(crate) unusable: BTreeMap<String, String>,
     pub(crate) router: Router,
+    /// Every provider as built, by name: what a reload may reuse.
+    pub(crate) built: BuiltProviders,
+}
+
+/// Providers as built from their settings, by name.
+pub(crate) type BuiltProviders = BTreeMap<String, BuiltProvider>;
+
+/// One provider as built, with the settings it was built from.
+#[derive(Clone)]
+pub(crate) struct BuiltProvider {
+    resolved: ResolvedProvider,
+    health: HealthSettings,
+    pub(crate) provider: Arc<dyn Provider>,
+    /// Whether it could be built (an unusable one fails every request).
+    pub(crate) usable: bool,
 }
 
 impl Setup {
     /// Loads the configuration and builds every provider.
     pub(crate) fn load(explicit: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_reusing(explicit, &BuiltProviders::new())
+    }
+
+    /// Loads the configuration, reusing each provider of `previous` whose
+    /// settings did not change: a gateway's reload keeps their connection
+    /// pools, their replicas' health and in-flight counts, and the embedded
+    /// engine's context slots, instead of starting them cold.
+    pub(crate) fn load_reusing(
+        explicit: Option<&Path>,
+        previous: &BuiltProviders,
+    ) -> anyhow::Result<Self> {
         let loaded = config::load(explicit)?;
         let config = loaded.config;
         let mut providers = Vec::new();
@@ -93,22 +119,44 @@ impl Setup {
             })?;
         }
         let health = HealthSettings::from(&config.router);
-        let mut built = BTreeMap::new();
+        let mut built = BuiltProviders::new();
         let mut unusable = BTreeMap::new();
         for (resolved, _) in &providers {
+            if let Some(same) = previous
+                .get(&resolved.name)
+                .filter(|old| old.usable && old.resolved == *resolved && old.health == health)
+            {
+                built.insert(resolved.name.clone(), same.clone());
+                continue;
+            }
             // A provider that cannot be built (a `local` one in a build
             // without the engine, a key with characters HTTP forbids) stays
             // routable: requests to it fail saying why.
-            let provider = match build(resolved, &health) {
-                Ok(provider) => provider,
+            let (provider, usable) = match build(resolved, &health) {
+                Ok(provider) => (provider, true),
                 Err(error) => {
                     unusable.insert(resolved.name.clone(), error.to_string());
-                    unusable_provider(&resolved.name, &error)
+                    (unusable_provider(&resolved.name, &error), false)
                 }
             };
-            built.insert(resolved.name.clone(), provider);
+            built.insert(
+                resolved.name.clone(),
+                BuiltProvider {
+                    resolved: resolved.clone(),
+                    health: health.clone(),
+                    provider,
+                    usable,
+                },
+            );
         }
-        let router = Router::new(built, config.aliases.clone(), catalog);
+        let router = Router::new(
+            built
+                .iter()
+                .map(|(name, built)| (name.clone(), Arc::clone(&built.provider)))
+                .collect(),
+            config.aliases.clone(),
+            catalog,
+        );
         router.validate().map_err(|error| {
             anyhow::anyhow!("invalid [aliases] in the configuration: {}", error.message)
         })?;
@@ -118,6 +166,7 @@ impl Setup {
             providers,
             unusable,
             router,
+            built,
         })
     }
 }
@@ -178,5 +227,37 @@ fn describe(files: &[PathBuf]) -> String {
             .map(|file| file.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_reload_keeps_the_providers_whose_settings_did_not_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let write = |a: &str, b: &str| {
+            std::fs::write(
+                &file,
+                format!(
+                    "[providers.a]\nkind = \"openai\"\nbase_url = \"{a}\"\n\n\
+                     [providers.b]\nkind = \"openai\"\nbase_url = \"{b}\"\n"
+                ),
+            )
+            .unwrap();
+        };
+        write("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1");
+        let first = Setup::load(Some(&file)).unwrap();
+        // `b` moves; `a` is the same.
+        write("http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1");
+        let second = Setup::load_reusing(Some(&file), &first.built).unwrap();
+        let same =
+            |name: &str| Arc::ptr_eq(&first.built[name].provider, &second.built[name].provider);
+        assert!(same("a"));
+        assert!(!same("b"));
+        assert!(same(LOCAL) || !first.built[LOCAL].usable);
     }
 }

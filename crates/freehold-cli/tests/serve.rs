@@ -653,6 +653,25 @@ async fn sighup_reloads_routes_without_dropping_requests_in_flight() {
         assert!(streamed.contains(&format!("w{word} ")), "{streamed}");
     }
     assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+
+    // A configuration that would break the working provider (a header
+    // value HTTP forbids) is refused, and the running one keeps answering.
+    let broken = format!(
+        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         headers = {{ \"x-team\" = \"a\\u0007b\" }}\n\n[aliases]\nm = \"up:m\"\n",
+        second.base_url()
+    );
+    std::fs::write(served.base.join("config.toml"), &broken).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let log = served.log_with("would break providers").await;
+    assert!(log.contains("NOT reloaded"), "{log}");
+    assert!(log.contains("[providers.up]"), "{log}");
+    let answer = chat_answer(&client, &served.url, "m").await;
+    assert_eq!(answer["choices"][0]["message"]["content"], MOCK_TEXT);
 }
 
 #[tokio::test]

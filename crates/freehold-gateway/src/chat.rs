@@ -696,6 +696,8 @@ pub(crate) struct Accounting {
     at_ms: i64,
     first_byte: Option<std::time::Duration>,
     reservation: Option<Reservation>,
+    /// The routing table the request was admitted on, which prices it.
+    routes: Option<Arc<Routes>>,
     target: Option<Target>,
     usage: Usage,
     /// The request's input tokens, estimated from its size: what is
@@ -744,6 +746,7 @@ impl Accounting {
             at_ms: now_ms(),
             first_byte: None,
             reservation: None,
+            routes: None,
             target: None,
             usage: Usage::default(),
             input_estimate: 0,
@@ -781,7 +784,16 @@ impl Accounting {
     /// the dearest of `targets` (the route it is sent on: any of them may
     /// be the one it waits on), for a request that ends without the
     /// provider's count ([`Self::billed_usage`]).
-    pub(crate) fn expect_input(&mut self, input_tokens: u64, targets: &[Target], routes: &Routes) {
+    ///
+    /// `routes` is the table the request runs on: it is priced on it when
+    /// it ends, even if a reload has replaced it meanwhile.
+    pub(crate) fn expect_input(
+        &mut self,
+        input_tokens: u64,
+        targets: &[Target],
+        routes: &Arc<Routes>,
+    ) {
+        self.routes = Some(Arc::clone(routes));
         self.input_estimate = input_tokens;
         let input = Usage {
             input_tokens,
@@ -897,7 +909,7 @@ impl Accounting {
             .as_ref()
             .map(|t| (t.provider.clone(), t.model.clone()))
             .unwrap_or_default();
-        let routes = gateway.routes();
+        let routes = self.routes.clone().unwrap_or_else(|| gateway.routes());
         let cost = match &self.target {
             Some(t) => routes.router.cost_of(&t.provider, &t.model, &usage),
             // Cut off before any answer while a provider had the prompt:

@@ -49,6 +49,16 @@ fn routes_with_model(
     health: &HealthSettings,
     max_output_tokens: Option<u32>,
 ) -> Routes {
+    routes_priced(base_urls, health, max_output_tokens, 1.0)
+}
+
+/// [`routes_with_model`] at `usd_per_million` tokens, in and out.
+fn routes_priced(
+    base_urls: Vec<String>,
+    health: &HealthSettings,
+    max_output_tokens: Option<u32>,
+    usd_per_million: f64,
+) -> Routes {
     let provider: Arc<dyn Provider> = ProviderConfig {
         kind: Some(ProviderKind::Openai),
         base_urls,
@@ -64,10 +74,10 @@ fn routes_with_model(
             "mock:mock-model",
             ModelEntry {
                 pricing: Some(Pricing {
-                    input: 1.0,
+                    input: usd_per_million,
                     cached_input: None,
                     cache_write: None,
-                    output: 1.0,
+                    output: usd_per_million,
                 }),
                 max_output_tokens,
                 ..ModelEntry::default()
@@ -661,6 +671,64 @@ async fn budgets_refuse_hosted_models_without_a_price() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// A request is priced on the routing table it was admitted on: a reload
+/// that changes the price while it streams does not change what it costs.
+#[tokio::test]
+async fn a_request_in_flight_is_priced_on_the_table_it_started_with() {
+    use freehold_test_support::{MockServer, Scripted, Split};
+
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 0,
+                   "model": "mock-model", "choices": [{"index": 0, "delta": delta,
+                   "finish_reason": finish}],
+                   "usage": if finish.is_null() { Value::Null } else {
+                       json!({"prompt_tokens": 1000, "completion_tokens": 1000,
+                              "total_tokens": 2000}) }})
+        )
+    };
+    let first = chunk(
+        json!({"role": "assistant", "content": "hello"}),
+        Value::Null,
+    );
+    let last = chunk(json!({}), json!("stop"));
+    let mut slow = Scripted::sse(
+        &format!("{first}{last}data: [DONE]\n\n"),
+        Split::At(vec![first.len()]),
+    );
+    slow.chunk_delay = Duration::from_millis(500);
+    let upstream = MockServer::start(vec![slow]).await;
+    let base = vec![format!("{}/v1", upstream.url())];
+    let health = HealthSettings::default();
+    let gw = start(
+        routes_priced(base.clone(), &health, None, 1.0),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let mut body = chat_body("mock");
+    body["stream"] = json!(true);
+    let request = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(MASTER)
+        .json(&body)
+        .send();
+    let streamed = tokio::spawn(async move { request.await.unwrap().text().await.unwrap() });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while upstream.requests().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The price goes up a hundredfold while the answer streams.
+    gw.gateway.reload(routes_priced(base, &health, None, 100.0));
+    let text = streamed.await.unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    let lines = ledger_lines(&gw.store, 1).await;
+    let cost = lines[0].record.cost_usd.unwrap();
+    // 2,000 tokens at $1 per million.
+    assert!((cost - 0.002).abs() < 1e-9, "{cost}");
 }
 
 /// A stream the client leaves before the provider's usage arrives (the

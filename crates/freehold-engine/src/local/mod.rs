@@ -3,7 +3,10 @@
 //!
 //! A request's `model` is an installed store name (`smollm2-135m`) or a path
 //! to a `.gguf` file. Loaded models stay loaded for the life of the process,
-//! one per path; the llama.cpp backend is initialised once per process. Each
+//! one per path and GPU layer count, shared by every provider of the
+//! process (a gateway's configuration reload builds new providers, and must
+//! not load the same weights again); the llama.cpp backend is initialised
+//! once per process. Each
 //! generation runs on its own thread and sends events through a channel;
 //! dropping the returned stream stops decoding within one token.
 //!
@@ -90,9 +93,6 @@ struct Inner {
     threads: usize,
     context_cap: Option<u32>,
     gpu_layers: Option<u32>,
-    /// Loaded models. They are leaked on purpose: contexts kept in slots
-    /// borrow them for as long as the process lives.
-    models: Mutex<HashMap<PathBuf, &'static LlamaModel>>,
     slots: Arc<slots::SlotPool>,
     active: Arc<AtomicUsize>,
 }
@@ -110,7 +110,6 @@ impl LocalProvider {
                 threads,
                 context_cap: settings.context_cap,
                 gpu_layers: settings.gpu_layers,
-                models: Mutex::new(HashMap::new()),
                 slots: Arc::new(slots::SlotPool::new(
                     settings.slots.unwrap_or(DEFAULT_SLOTS),
                 )),
@@ -164,12 +163,11 @@ impl LocalProvider {
     /// replaced never reuses a slot of the old model).
     fn load(&self, path: &Path) -> Result<&'static LlamaModel, LlmError> {
         let backend = backend()?;
-        let mut models = self
-            .inner
-            .models
+        let key = (path.to_path_buf(), self.inner.gpu_layers);
+        let mut models = loaded_models()
             .lock()
             .map_err(|_| error(ErrorKind::Server, "the model cache is poisoned"))?;
-        if let Some(model) = models.get(path) {
+        if let Some(model) = models.get(&key) {
             return Ok(*model);
         }
         tracing::info!(path = %path.display(), gpu_layers = ?self.inner.gpu_layers, "loading model");
@@ -181,9 +179,20 @@ impl LocalProvider {
                 )
             })?;
         let model: &'static LlamaModel = Box::leak(Box::new(model));
-        models.insert(path.to_path_buf(), model);
+        models.insert(key, model);
         Ok(model)
     }
+}
+
+/// The models loaded in this process, by path and GPU layer count. They
+/// are leaked on purpose: contexts kept in slots borrow them for as long
+/// as the process lives. One cache for the process, not one per provider,
+/// so that providers built again (a configuration reload) reuse them.
+type LoadedModels = Mutex<HashMap<(PathBuf, Option<u32>), &'static LlamaModel>>;
+
+fn loaded_models() -> &'static LoadedModels {
+    static MODELS: OnceLock<LoadedModels> = OnceLock::new();
+    MODELS.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 /// How to load a model: `gpu_layers` offloaded, or llama.cpp's default
@@ -326,7 +335,25 @@ impl Provider for LocalProvider {
 
 #[cfg(test)]
 mod tests {
-    use super::default_max_tokens;
+    #![allow(clippy::unwrap_used)]
+    use super::{LocalProvider, LocalSettings, default_max_tokens};
+
+    #[test]
+    fn providers_built_again_share_the_loaded_model() {
+        // What a gateway's configuration reload does: a second provider
+        // with the same settings. It must not load (and keep) a second copy.
+        let Some(path) = freehold_test_support::test_model("SmolLM2-135M-Instruct.Q4_1.gguf")
+        else {
+            return;
+        };
+        let settings = || LocalSettings {
+            threads: Some(1),
+            ..LocalSettings::default()
+        };
+        let first = LocalProvider::new(settings()).load(&path).unwrap();
+        let again = LocalProvider::new(settings()).load(&path).unwrap();
+        assert!(std::ptr::eq(first, again));
+    }
 
     #[test]
     fn unset_answer_lengths_are_a_quarter_of_the_window_within_bounds() {

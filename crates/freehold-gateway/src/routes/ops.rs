@@ -339,7 +339,7 @@ async fn admit_embeddings(
     gateway: &Gateway,
     headers: &HeaderMap,
     caller: &crate::auth::Caller,
-    routes: &crate::state::Routes,
+    routes: &Arc<crate::state::Routes>,
     request: &mut EmbedRequest,
     accounting: &mut Accounting,
 ) -> Result<(), GatewayError> {
