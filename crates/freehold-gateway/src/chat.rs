@@ -17,7 +17,7 @@ use crate::error::GatewayError;
 use crate::metrics::{LabelText, LatencyLabels, RequestLabels, TokenLabels};
 use crate::privacy::{Decision, Reasons};
 use crate::state::{Gateway, Routes};
-use crate::store::{Reservation, StoreError, UsageRecord};
+use crate::store::{Reservation, Store, StoreError, UsageRecord};
 
 /// A request that passed admission, with what its accounting needs.
 #[derive(Debug)]
@@ -446,22 +446,79 @@ pub(crate) async fn reserve_budget(
         }
     }
     let hold = gateway.settings.reservation_hold();
-    let reservation =
-        store
-            .reserve_for(&key.id, estimate, hold)
-            .await
-            .map_err(|error| match error {
-                StoreError::BudgetExhausted { .. } => GatewayError::budget_exhausted(format!(
-                    "key `{}`: {error}; this request needs up to ${estimate:.6}",
-                    key.name
-                )),
-                other => {
-                    tracing::error!(error = %other, "reserving budget");
-                    GatewayError::internal("the gateway could not reach its usage database")
-                }
-            })?;
+    let reservation = take_hold(gateway, store, &key.id, estimate, hold)
+        .await
+        .map_err(|error| match error {
+            StoreError::BudgetExhausted { .. } => GatewayError::budget_exhausted(format!(
+                "key `{}`: {error}; this request needs up to ${estimate:.6}",
+                key.name
+            )),
+            other => {
+                tracing::error!(error = %other, "reserving budget");
+                GatewayError::internal("the gateway could not reach its usage database")
+            }
+        })?;
     accounting.reservation = Some(reservation);
     Ok(())
+}
+
+/// Takes a hold of `usd` on the key's budget, in a task of its own: a
+/// request cut off while the database is taking it (the client gone, the
+/// server shutting down) would otherwise leave a hold that nobody settles,
+/// and the key short of budget until the hold expires. Whichever side
+/// finds the other gone releases it.
+async fn take_hold(
+    gateway: &Gateway,
+    store: &Store,
+    key_id: &str,
+    usd: f64,
+    hold: std::time::Duration,
+) -> Result<Reservation, StoreError> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let task_store = store.clone();
+    let key_id = key_id.to_owned();
+    tokio::spawn(gateway.settling.track_future(async move {
+        let taken = task_store.reserve_for(&key_id, usd, hold).await;
+        if let Err(Ok(orphan)) = sender.send(taken) {
+            settle(&task_store, &orphan, 0.0).await;
+        }
+    }));
+    let mut pending = PendingHold {
+        receiver: Some(receiver),
+        store: store.clone(),
+    };
+    let receiver = pending
+        .receiver
+        .as_mut()
+        .ok_or_else(|| StoreError::Database("the hold's channel is gone".into()))?;
+    let taken = receiver
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Database("taking the hold was cancelled".into())));
+    pending.receiver = None;
+    taken
+}
+
+/// A hold being taken for a request; dropped before the answer came, it
+/// releases a hold that had arrived in the meantime.
+struct PendingHold {
+    receiver: Option<tokio::sync::oneshot::Receiver<Result<Reservation, StoreError>>>,
+    store: Store,
+}
+
+impl Drop for PendingHold {
+    fn drop(&mut self) {
+        let Some(mut receiver) = self.receiver.take() else {
+            return;
+        };
+        // Closed first, so a hold sent from now on comes back to its task.
+        receiver.close();
+        if let Ok(Ok(orphan)) = receiver.try_recv()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.store.clone();
+            handle.spawn(async move { settle(&store, &orphan, 0.0).await });
+        }
+    }
 }
 
 /// The most output tokens a request without `max_tokens` is given when a
@@ -968,10 +1025,33 @@ impl Accounting {
         {
             let actual = cost.unwrap_or(0.0);
             handle.spawn(gateway.settling.track_future(async move {
-                if let Err(error) = store.settle(&reservation, actual).await {
-                    tracing::error!(%error, "settling a budget reservation");
-                }
+                settle(&store, &reservation, actual).await;
             }));
+        }
+    }
+}
+
+/// Settles `reservation` at `actual` USD. A failure that wrote nothing (the
+/// database busy, or out of reach while it restarts) is retried for up to
+/// a minute: given up, the hold would be released by the sweep once it
+/// expires, and the request's cost never counted.
+async fn settle(store: &Store, reservation: &Reservation, actual: f64) {
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        match store.settle(reservation, actual).await {
+            Ok(()) => return,
+            Err(error)
+                if error.is_retryable() && started.elapsed() < crate::ledger::WRITE_PATIENCE =>
+            {
+                attempt += 1;
+                tracing::warn!(%error, "settling a budget reservation; retrying");
+                tokio::time::sleep(crate::ledger::retry_delay(attempt)).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, usd = actual, "settling a budget reservation");
+                return;
+            }
         }
     }
 }

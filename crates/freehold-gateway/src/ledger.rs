@@ -130,22 +130,38 @@ async fn write_batches(
     }
 }
 
-/// Writes `batch` in one transaction (retried twice) and empties it.
+/// Writes `batch` in one transaction and empties it. A failure that wrote
+/// nothing (the database busy or out of reach: [`StoreError::is_retryable`])
+/// is retried for up to [`WRITE_PATIENCE`], so an outage of that length
+/// loses no line (lines arriving meanwhile wait in the bounded queue);
+/// another failure is retried twice.
 async fn write_batch(store: &Store, batch: &mut Vec<UsageRecord>) {
     if batch.is_empty() {
         return;
     }
-    let mut attempt = 0;
+    let started = std::time::Instant::now();
+    let mut attempt = 0u32;
     while let Err(error) = store.record(batch).await {
         attempt += 1;
-        if attempt >= 3 {
+        let patient = error.is_retryable() && started.elapsed() < WRITE_PATIENCE;
+        if !patient && attempt >= 3 {
             tracing::error!(%error, lines = batch.len(), "usage ledger lines lost");
             break;
         }
         tracing::warn!(%error, "writing the usage ledger; retrying");
-        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        tokio::time::sleep(retry_delay(attempt)).await;
     }
     batch.clear();
+}
+
+/// How long a write that found the database busy or out of reach is
+/// retried before its lines are given up.
+pub(crate) const WRITE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The wait before retry `attempt` (from 1): 200 ms doubling, at most 5 s.
+pub(crate) fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << attempt.saturating_sub(1).min(5)))
+        .min(Duration::from_secs(5))
 }
 
 #[cfg(test)]

@@ -673,6 +673,66 @@ async fn budgets_refuse_hosted_models_without_a_price() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A client that hangs up while the database is taking its budget hold
+/// (a busy SQLite here) leaves no hold behind.
+#[tokio::test]
+async fn a_hold_taken_after_the_client_left_is_released() {
+    use sqlx::Connection;
+
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (key, secret) = gw
+        .key(NewKey {
+            name: "impatient".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await;
+    // Another writer holds the database: the hold waits for it.
+    let mut blocker = sqlx::SqliteConnection::connect(&format!(
+        "sqlite:{}",
+        gw._dir.path().join("g.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let sent = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&secret)
+        .timeout(Duration::from_millis(500))
+        .json(&chat_body("mock"))
+        .send()
+        .await;
+    assert!(
+        sent.is_err(),
+        "the request should still be waiting: {sent:?}"
+    );
+    // The client is gone; the writer lets go and the hold goes through.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+    let mut reserved = f64::NAN;
+    for _ in 0..100 {
+        let now = gw.store.key_by_id(&key.id).await.unwrap().unwrap();
+        reserved = now.reserved_usd;
+        if reserved == 0.0 && gw.store.requests(None, 10).await.unwrap().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reserved, 0.0, "the hold was left behind");
+    // It was cut off at admission: no provider saw it.
+    assert_eq!(upstream.requests(), 0);
+}
+
 /// A request is priced on the routing table it was admitted on: a reload
 /// that changes the price while it streams does not change what it costs.
 #[tokio::test]

@@ -215,6 +215,7 @@ on_both!(
     a_settlement_racing_a_release_takes_the_hold_off_once,
     a_hold_taken_by_an_older_gateway_is_counted_once,
     a_database_from_a_newer_freehold_is_refused,
+    a_cost_out_of_range_is_held_to_the_range,
 );
 
 fn close(a: f64, b: f64) -> bool {
@@ -508,6 +509,27 @@ async fn concurrent_reservations_never_exceed_the_budget(db: &TestDb) {
     let now = store.key_by_id(&key.id).await.unwrap().unwrap();
     assert!(close(now.spent_usd, 0.7) && close(now.reserved_usd, 0.0));
     store.close().await;
+}
+
+/// A database whose default isolation is serializable (set by its
+/// administrator) changes nothing: the store asks for read committed, which
+/// its conditional statements are written for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_serializable_postgres_default_changes_nothing() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let TestDb::Postgres { name, .. } = &db else {
+        unreachable!()
+    };
+    db.execute(&format!(
+        "ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'serializable'"
+    ))
+    .await;
+    // Two stores migrating an empty database at once, then 50 racing holds.
+    reopening_keeps_data_and_migrates_once(&db).await;
+    concurrent_reservations_never_exceed_the_budget(&db).await;
+    db.finish().await;
 }
 
 /// Two stores (as two gateway processes would open) enforce one budget.
@@ -1072,6 +1094,35 @@ async fn large_batches_are_written_whole(db: &TestDb) {
     let by_model = store.usage(GroupBy::Model, None).await.unwrap();
     assert_eq!(by_model.len(), 1, "{by_model:?}");
     assert_eq!(by_model[0].requests, 300);
+    store.close().await;
+}
+
+async fn a_cost_out_of_range_is_held_to_the_range(db: &TestDb) {
+    // An upstream reporting absurd token counts must not cost the lines
+    // batched with its own, nor leave a hold unsettled.
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "absurd".into(),
+            budget_usd: Some(5.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let lines = [
+        line(1_000, Some(&key.id), "gpt", Some(2e9), 200),
+        line(2_000, Some(&key.id), "gpt", Some(0.25), 200),
+        line(3_000, Some(&key.id), "gpt", Some(f64::NAN), 200),
+    ];
+    store.record(&lines).await.unwrap();
+    let by_key = store.usage(GroupBy::Key, None).await.unwrap();
+    assert_eq!(by_key[0].requests, 3);
+    assert!(close(by_key[0].cost_usd, 1e9 + 0.25), "{by_key:?}");
+    let hold = store.reserve(&key.id, 1.0).await.unwrap();
+    store.settle(&hold, f64::INFINITY).await.unwrap();
+    let after = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(close(after.reserved_usd, 0.0), "{after:?}");
+    assert!(close(after.spent_usd, 1e9), "{after:?}");
     store.close().await;
 }
 

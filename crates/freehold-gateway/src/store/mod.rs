@@ -43,6 +43,13 @@ pub enum StoreError {
     /// The database could not be opened, migrated or queried.
     #[error("gateway database: {0}")]
     Database(String),
+    /// The database did not take the statement for now, and wrote
+    /// nothing: it was busy (SQLite), a concurrent transaction won
+    /// (PostgreSQL's serialization failures and deadlocks), or no
+    /// connection could be had in time (the server restarting, a pool
+    /// full). Trying again later is safe ([`StoreError::is_retryable`]).
+    #[error("gateway database (nothing was written; will retry): {0}")]
+    Busy(String),
     /// No key has that id or prefix.
     #[error("no virtual key matches `{0}`; `freehold keys list` shows them")]
     UnknownKey(String),
@@ -476,7 +483,12 @@ impl Store {
     async fn open_postgres(url: &str) -> Result<Store, StoreError> {
         // The parser's errors never repeat the URL, so no password leaks.
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Invalid(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| StoreError::Invalid(format!("invalid PostgreSQL URL: {e}")))?
+            // The conditional statements that take and settle holds rely
+            // on read committed (a concurrent update is re-checked, not a
+            // serialization failure), whatever the server's default.
+            // (The server splits startup options at spaces: `\ ` keeps one.)
+            .options([("default_transaction_isolation", r"read\ committed")]);
         let location = format!(
             "postgres://{}@{}:{}/{}",
             options.get_username(),
@@ -858,7 +870,7 @@ impl Store {
         reservation: &Reservation,
         actual_usd: f64,
     ) -> Result<(), StoreError> {
-        let actual = usd_to_micros(actual_usd, "the actual cost")?;
+        let actual = clamped_micros(actual_usd);
         let done = match &self.pool {
             // One statement: the hold deleted (if it still is held) and
             // the key updated by what it held.
@@ -989,14 +1001,12 @@ impl Store {
         if records.is_empty() {
             return Ok(());
         }
-        let costs = records
+        // A cost out of range (an upstream reporting absurd token counts)
+        // is held to the range, rather than failing the lines batched with it.
+        let costs: Vec<Option<i64>> = records
             .iter()
-            .map(|r| {
-                r.cost_usd
-                    .map(|usd| usd_to_micros(usd, "a request's cost"))
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|r| r.cost_usd.map(clamped_micros))
+            .collect();
         // One multi-row INSERT per chunk instead of one per line: each
         // statement is a round trip to the database (for SQLite, a wake-up
         // of its worker thread), which is what a busy gateway paid per
@@ -1197,9 +1207,41 @@ impl Store {
 /// How many characters of a secret are kept and shown: `fh-` and 8.
 const SHOWN_PREFIX: usize = 11;
 
-/// Maps a database error to [`StoreError::Database`] with what was being done.
+/// Maps a database error to [`StoreError::Database`] (or
+/// [`StoreError::Busy`] when nothing was written) with what was being done.
 fn db(doing: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |e| StoreError::Database(format!("{doing}: {e}"))
+    move |e| {
+        if wrote_nothing(&e) {
+            StoreError::Busy(format!("{doing}: {e}"))
+        } else {
+            StoreError::Database(format!("{doing}: {e}"))
+        }
+    }
+}
+
+/// Whether `error` means the statement certainly did not apply: no
+/// connection was had, or the database refused it before committing
+/// anything. (A connection lost mid-statement is not one of these: the
+/// statement may have been applied.)
+fn wrote_nothing(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(error) => matches!(
+            error.code().as_deref(),
+            // PostgreSQL: serialization failure, deadlock, lock not available.
+            Some("40001" | "40P01" | "55P03")
+            // SQLite: busy and locked, with their extended codes.
+            | Some("5" | "6" | "261" | "262" | "517")
+        ),
+        _ => false,
+    }
+}
+
+impl StoreError {
+    /// Whether the operation wrote nothing and may be tried again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Busy(_))
+    }
 }
 
 fn key_record(row: KeyRow) -> Result<KeyRecord, StoreError> {
@@ -1282,6 +1324,18 @@ fn usd_to_micros(usd: f64, what: &str) -> Result<i64, StoreError> {
     }
     // In range by the check above: at most 1e15, exact in an i64.
     Ok((usd * 1e6).round() as i64)
+}
+
+/// A cost in micro-dollars, held to 0…[`MAX_USD`] (NaN counts as 0): for
+/// costs computed from what an upstream reported, where refusing would
+/// lose the record.
+fn clamped_micros(usd: f64) -> i64 {
+    let usd = if usd.is_nan() {
+        0.0
+    } else {
+        usd.clamp(0.0, MAX_USD)
+    };
+    (usd * 1e6).round() as i64
 }
 
 fn micros_to_usd(micros: i64) -> f64 {
@@ -1371,5 +1425,15 @@ mod tests {
         assert!(usd_to_micros(-1.0, "x").is_err());
         assert!(usd_to_micros(f64::NAN, "x").is_err());
         assert_eq!(micros_to_usd(usd_to_micros(0.1, "x").unwrap()), 0.1);
+        assert_eq!(clamped_micros(2e9), 1_000_000_000_000_000);
+        assert_eq!(clamped_micros(f64::NAN), 0);
+        assert_eq!(clamped_micros(-3.0), 0);
+    }
+
+    #[test]
+    fn only_failures_that_wrote_nothing_are_retryable() {
+        assert!(db("x")(sqlx::Error::PoolTimedOut).is_retryable());
+        assert!(!db("x")(sqlx::Error::RowNotFound).is_retryable());
+        assert!(!db("x")(sqlx::Error::PoolClosed).is_retryable());
     }
 }
