@@ -25,6 +25,9 @@ pub(crate) struct Admitted {
     pub(crate) request: ChatRequest,
     pub(crate) accounting: Accounting,
     routes: Arc<Routes>,
+    /// The targets it may go to when the privacy policy narrowed its
+    /// route (to the local ones); `None`: its model's whole route.
+    narrowed: Option<Vec<Target>>,
 }
 
 /// Checks a request before any provider sees it.
@@ -55,10 +58,11 @@ pub(crate) async fn admit(
         Err(error) => Err(error),
     };
     match result {
-        Ok(routes) => Ok(Admitted {
+        Ok((routes, narrowed)) => Ok(Admitted {
             request,
             accounting,
             routes,
+            narrowed,
         }),
         Err(error) => {
             accounting.fail(&error);
@@ -123,7 +127,7 @@ async fn admit_inner(
     privacy_header: Option<&str>,
     request: &mut ChatRequest,
     accounting: &mut Accounting,
-) -> Result<Arc<Routes>, GatewayError> {
+) -> Result<(Arc<Routes>, Option<Vec<Target>>), GatewayError> {
     let asked = request.model.clone();
     let routes = gateway.routes();
     let targets = route(gateway, &routes, request)?;
@@ -165,10 +169,10 @@ async fn admit_inner(
         ..Usage::default()
     };
     // Priced on what the request will be sent on.
-    let sent_to = narrowed.as_ref().map_or(&targets[..], std::slice::from_ref);
+    let sent_to = narrowed.as_deref().unwrap_or(&targets);
     accounting.expect_input(usage.input_tokens, sent_to, &routes);
     reserve_budget(gateway, caller, &routes, sent_to, &usage, accounting).await?;
-    Ok(routes)
+    Ok((routes, narrowed))
 }
 
 /// The targets `request`'s model routes to. A model without a route goes
@@ -298,7 +302,7 @@ fn apply_privacy(
     targets: &[Target],
     routes: &Routes,
     accounting: &mut Accounting,
-) -> Result<Option<Target>, GatewayError> {
+) -> Result<Option<Vec<Target>>, GatewayError> {
     let local_only_key = caller.key().is_some_and(|key| key.local_only);
     let decision = gateway
         .privacy
@@ -310,7 +314,7 @@ fn apply_privacy(
         .is_some_and(|reasons| reasons.findings.total() > 0);
     match decision {
         Decision::Pass => {}
-        Decision::LocalOnly { .. } => return keep_local(&mut request.model, targets, routes),
+        Decision::LocalOnly { .. } => return keep_local(&request.model, targets, routes),
         Decision::Redacted {
             request: redacted, ..
         } => {
@@ -364,7 +368,7 @@ pub(crate) async fn count_input_tokens(
         accounting.routed = true;
         caller.check_model(&asked)?;
         let privacy_header = privacy_header(gateway, headers)?;
-        apply_privacy(
+        let narrowed = apply_privacy(
             gateway,
             &caller,
             privacy_header,
@@ -373,18 +377,18 @@ pub(crate) async fn count_input_tokens(
             &routes,
             &mut accounting,
         )?;
-        Ok::<_, GatewayError>(routes)
+        Ok::<_, GatewayError>((routes, narrowed.unwrap_or(targets)))
     }
     .await;
-    let routes = match checked {
-        Ok(routes) => routes,
+    let (routes, targets) = match checked {
+        Ok(checked) => checked,
         Err(error) => {
             accounting.fail(&error);
             return Err(error);
         }
     };
     let estimate = request.estimated_input_tokens();
-    let call = routes.router.count_input_tokens_routed(request);
+    let call = routes.router.count_input_tokens_on(targets, request);
     let (target, counted) = call_upstream(&mut accounting, call).await?;
     // Only a provider that counted is named in the ledger; an estimate
     // is the gateway's own.
@@ -550,23 +554,24 @@ pub(crate) fn leaves_the_machine(targets: &[Target], routes: &Routes) -> bool {
         .any(|t| !routes.local_providers.contains(&t.provider))
 }
 
-/// Narrows a local-only request to the local targets of its route:
-/// returns the target it now goes to when that changed its model.
+/// Narrows a local-only request for `model` to the local targets of its
+/// route, in their order (a fallback chain keeps its local fallbacks):
+/// returns them when that left some out.
 pub(crate) fn keep_local(
-    model: &mut String,
+    model: &str,
     targets: &[Target],
     routes: &Routes,
-) -> Result<Option<Target>, GatewayError> {
-    let local: Vec<&Target> = targets
+) -> Result<Option<Vec<Target>>, GatewayError> {
+    let local: Vec<Target> = targets
         .iter()
         .filter(|t| routes.local_providers.contains(&t.provider))
+        .cloned()
         .collect();
     match local.first() {
         Some(_) if local.len() == targets.len() => Ok(None),
         Some(first) => {
-            tracing::info!(model = %model, to = %first, "privacy: kept on local provider");
-            *model = first.to_string();
-            Ok(Some((*first).clone()))
+            tracing::info!(model = %model, to = %first, of = local.len(), "privacy: kept on local providers");
+            Ok(Some(local))
         }
         None => Err(GatewayError::forbidden(format!(
             "this request must stay on this machine, but model `{}` only routes to hosted \
@@ -587,8 +592,17 @@ impl Admitted {
     /// # Errors
     /// The provider's error, mapped for the client (and accounted).
     pub(crate) async fn complete(mut self) -> Result<(ChatResponse, Accounting), GatewayError> {
-        let call = self.routes.router.complete_routed(self.request);
-        let (target, response) = call_upstream(&mut self.accounting, call).await?;
+        let router = &self.routes.router;
+        let (target, response) = match self.narrowed {
+            Some(targets) => {
+                let call = router.complete_on(targets, self.request);
+                call_upstream(&mut self.accounting, call).await?
+            }
+            None => {
+                let call = router.complete_routed(self.request);
+                call_upstream(&mut self.accounting, call).await?
+            }
+        };
         self.accounting.target = Some(target);
         self.accounting.usage = response.usage;
         self.accounting.output_bytes = response.message.content.iter().map(answer_bytes).sum();
@@ -604,8 +618,17 @@ impl Admitted {
         // One deadline for the whole request, the wait for the first event
         // included.
         let deadline = self.accounting.started + self.accounting.gateway.settings.request_timeout();
-        let call = self.routes.router.stream_routed(self.request);
-        let (target, stream) = call_upstream(&mut self.accounting, call).await?;
+        let router = &self.routes.router;
+        let (target, stream) = match self.narrowed {
+            Some(targets) => {
+                let call = router.stream_on(targets, self.request);
+                call_upstream(&mut self.accounting, call).await?
+            }
+            None => {
+                let call = router.stream_routed(self.request);
+                call_upstream(&mut self.accounting, call).await?
+            }
+        };
         self.accounting.target = Some(target);
         Ok(AccountedStream {
             inner: stream,

@@ -1798,6 +1798,76 @@ async fn a_logged_body_with_findings_is_redacted() {
     assert!(logged.contains(MOCK_TEXT), "{logged}");
 }
 
+/// A local-only request keeps every local member of a fallback chain: when
+/// the first local server is down, the next one answers, and the hosted
+/// member is never asked.
+#[tokio::test]
+async fn a_local_only_request_keeps_its_local_fallbacks() {
+    use freehold_gateway::privacy::PrivacySettings;
+
+    let hosted = MockUpstream::start().await.unwrap();
+    let local = MockUpstream::start().await.unwrap();
+    let provider = |name: &str, base: String| -> Arc<dyn Provider> {
+        ProviderConfig {
+            kind: Some(ProviderKind::Openai),
+            base_url: Some(base),
+            ..ProviderConfig::default()
+        }
+        .resolve(name)
+        .unwrap()
+        .build(&HealthSettings::default())
+        .unwrap()
+    };
+    let routes = Routes {
+        router: Router::new(
+            BTreeMap::from([
+                ("hosted".to_owned(), provider("hosted", hosted.base_url())),
+                // Port 9 refuses connections on loopback.
+                (
+                    "down".to_owned(),
+                    provider("down", "http://127.0.0.1:9/v1".into()),
+                ),
+                ("up".to_owned(), provider("up", local.base_url())),
+            ]),
+            BTreeMap::from([(
+                "chain".to_owned(),
+                AliasTarget::Chain(vec!["hosted:m".into(), "down:m".into(), "up:m".into()]),
+            )]),
+            Catalog::new(),
+        ),
+        local_providers: BTreeSet::from(["down".to_owned(), "up".to_owned()]),
+        listed_providers: BTreeSet::new(),
+        engine_providers: BTreeSet::new(),
+    };
+    let settings = GatewaySettings {
+        privacy: Some(PrivacySettings::default()),
+        ..GatewaySettings::default()
+    };
+    let gw = start(routes, settings, None).await;
+    for path in ["/v1/chat/completions", "/v1/embeddings"] {
+        let body = if path == "/v1/embeddings" {
+            json!({"model": "chain", "input": "hello"})
+        } else {
+            chat_body("chain")
+        };
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", gw.url))
+            .bearer_auth(MASTER)
+            .header("x-freehold-privacy", "local-only")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    assert_eq!(local.requests(), 2);
+    assert_eq!(hosted.requests(), 0);
+    let lines = ledger_lines(&gw.store, 2).await;
+    assert!(lines.iter().all(|l| l.record.provider == "up"), "{lines:?}");
+}
+
 #[tokio::test]
 async fn privacy_keeps_requests_local_or_redacts_them() {
     use freehold_gateway::privacy::{Action, PrivacySettings};

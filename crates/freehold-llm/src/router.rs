@@ -271,6 +271,19 @@ impl Router {
         request: ChatRequest,
     ) -> Result<(Target, EventStream), LlmError> {
         let targets = self.resolve(&request.model)?;
+        self.stream_on(targets, request).await
+    }
+
+    /// [`Self::stream_routed`] over `targets` (a route narrowed by the
+    /// caller, say to its local members) instead of `request.model`'s.
+    ///
+    /// # Errors
+    /// A non-retryable error, or the last target's error.
+    pub async fn stream_on(
+        &self,
+        targets: Vec<Target>,
+        request: ChatRequest,
+    ) -> Result<(Target, EventStream), LlmError> {
         let last = targets.len().saturating_sub(1);
         let mut last_error = None;
         for (attempt, target) in targets.into_iter().enumerate() {
@@ -303,7 +316,21 @@ impl Router {
         &self,
         request: ChatRequest,
     ) -> Result<(Target, ChatResponse), LlmError> {
-        self.whole(&request.model, |provider, target| {
+        let targets = self.resolve(&request.model)?;
+        self.complete_on(targets, request).await
+    }
+
+    /// [`Self::complete_routed`] over `targets` instead of
+    /// `request.model`'s.
+    ///
+    /// # Errors
+    /// A non-retryable error, or the last target's error.
+    pub async fn complete_on(
+        &self,
+        targets: Vec<Target>,
+        request: ChatRequest,
+    ) -> Result<(Target, ChatResponse), LlmError> {
+        self.whole(&request.model, targets, |provider, target| {
             let request = target_request(&request, target);
             async move { provider.complete(request).await }
         })
@@ -322,7 +349,20 @@ impl Router {
         &self,
         request: EmbedRequest,
     ) -> Result<(Target, EmbedResponse), LlmError> {
-        self.whole(&request.model, |provider, target| {
+        let targets = self.resolve(&request.model)?;
+        self.embed_on(targets, request).await
+    }
+
+    /// [`Self::embed_routed`] over `targets` instead of `request.model`'s.
+    ///
+    /// # Errors
+    /// A non-retryable error, or the last target's error.
+    pub async fn embed_on(
+        &self,
+        targets: Vec<Target>,
+        request: EmbedRequest,
+    ) -> Result<(Target, EmbedResponse), LlmError> {
+        self.whole(&request.model, targets, |provider, target| {
             let mut request = request.clone();
             request.model.clone_from(&target.model);
             async move { provider.embed(request).await }
@@ -341,21 +381,39 @@ impl Router {
         &self,
         request: ChatRequest,
     ) -> Result<(Target, Option<u64>), LlmError> {
-        self.whole(&request.model, |provider, target| {
+        let targets = self.resolve(&request.model)?;
+        self.count_input_tokens_on(targets, request).await
+    }
+
+    /// [`Self::count_input_tokens_routed`] over `targets` instead of
+    /// `request.model`'s.
+    ///
+    /// # Errors
+    /// A non-retryable error, or the last target's error.
+    pub async fn count_input_tokens_on(
+        &self,
+        targets: Vec<Target>,
+        request: ChatRequest,
+    ) -> Result<(Target, Option<u64>), LlmError> {
+        self.whole(&request.model, targets, |provider, target| {
             let request = target_request(&request, target);
             async move { provider.count_input_tokens(request).await }
         })
         .await
     }
 
-    /// Tries `name`'s targets in order with a request whose answer comes
-    /// whole, falling back on retryable errors.
-    async fn whole<T, F, Fut>(&self, name: &str, call: F) -> Result<(Target, T), LlmError>
+    /// Tries `targets` (those of the model `name`) in order with a request
+    /// whose answer comes whole, falling back on retryable errors.
+    async fn whole<T, F, Fut>(
+        &self,
+        name: &str,
+        targets: Vec<Target>,
+        call: F,
+    ) -> Result<(Target, T), LlmError>
     where
         F: Fn(Arc<dyn Provider>, &Target) -> Fut,
         Fut: std::future::Future<Output = Result<T, LlmError>>,
     {
-        let targets = self.resolve(name)?;
         let last = targets.len().saturating_sub(1);
         let mut last_error = None;
         for (attempt, target) in targets.into_iter().enumerate() {

@@ -317,11 +317,14 @@ pub(crate) async fn embeddings(
         &mut accounting,
     )
     .await;
-    if let Err(error) = admitted {
-        accounting.fail(&error);
-        return error.into_response(Protocol::OpenAi);
-    }
-    let call = routes.router.embed_routed(request);
+    let targets = match admitted {
+        Ok(targets) => targets,
+        Err(error) => {
+            accounting.fail(&error);
+            return error.into_response(Protocol::OpenAi);
+        }
+    };
+    let call = routes.router.embed_on(targets, request);
     match call_upstream(&mut accounting, call).await {
         Ok((target, response)) => {
             accounting.answered(target, response.usage);
@@ -335,6 +338,7 @@ pub(crate) async fn embeddings(
 /// Admission of an embeddings request: the key may use the model and is
 /// within its rate limit, the privacy policy is applied (the texts are
 /// inspected as user messages), and the budget holds the input's cost.
+/// Returns the targets it may go to (its route, narrowed by the policy).
 async fn admit_embeddings(
     gateway: &Gateway,
     headers: &HeaderMap,
@@ -342,7 +346,7 @@ async fn admit_embeddings(
     routes: &Arc<crate::state::Routes>,
     request: &mut EmbedRequest,
     accounting: &mut Accounting,
-) -> Result<(), GatewayError> {
+) -> Result<Vec<freehold_llm::router::Target>, GatewayError> {
     crate::chat::check_model_name(&request.model)?;
     let targets = routes
         .router
@@ -373,7 +377,7 @@ async fn admit_embeddings(
     match decision {
         Decision::Pass => {}
         Decision::LocalOnly { .. } => {
-            narrowed = keep_local(&mut request.model, &targets, routes)?;
+            narrowed = keep_local(&request.model, &targets, routes)?;
         }
         Decision::Redacted {
             request: redacted, ..
@@ -392,7 +396,8 @@ async fn admit_embeddings(
         ..Usage::default()
     };
     // Priced on what the texts will be sent on.
-    let sent_to = narrowed.as_ref().map_or(&targets[..], std::slice::from_ref);
+    let sent_to = narrowed.as_deref().unwrap_or(&targets);
     accounting.expect_input(usage.input_tokens, sent_to, routes);
-    reserve_budget(gateway, caller, routes, sent_to, &usage, accounting).await
+    reserve_budget(gateway, caller, routes, sent_to, &usage, accounting).await?;
+    Ok(narrowed.unwrap_or(targets))
 }
