@@ -24,6 +24,21 @@ use crate::retry::RetryPolicy;
 use crate::secret::{ApiKey, redact_all};
 use crate::sse::{SseDecoder, SseEvent};
 
+tokio::task_local! {
+    /// Set by the router around a call to a target that has another after
+    /// it in a fallback chain.
+    pub(crate) static FALLBACK_FOLLOWS: bool;
+}
+
+/// Whether the request being sent has a fallback after it: failures then
+/// go back at once, for the router to try the next target, instead of
+/// being retried here with backoff (as a replica set's replicas do).
+pub(crate) fn fallback_follows() -> bool {
+    FALLBACK_FOLLOWS
+        .try_with(|follows| *follows)
+        .unwrap_or(false)
+}
+
 /// Timeouts and retries of one provider.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpSettings {
@@ -334,6 +349,9 @@ impl Transport {
                 Err(error) => error,
             };
             attempt += 1;
+            if fallback_follows() {
+                return Err(error);
+            }
             match self.settings.retry.delay(attempt, &error) {
                 Some(delay) => {
                     tracing::warn!(

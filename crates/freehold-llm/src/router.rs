@@ -288,7 +288,8 @@ impl Router {
         let mut last_error = None;
         for (attempt, target) in targets.into_iter().enumerate() {
             let provider = self.provider(&target)?;
-            let result = match provider.stream(target_request(&request, &target)).await {
+            let call = provider.stream(target_request(&request, &target));
+            let result = match with_fallback_after(attempt < last, call).await {
                 Ok(stream) if attempt < last => first_content(stream, &target.provider).await,
                 other => other,
             };
@@ -418,7 +419,7 @@ impl Router {
         let mut last_error = None;
         for (attempt, target) in targets.into_iter().enumerate() {
             let provider = Arc::clone(self.provider(&target)?);
-            match call(provider, &target).await {
+            match with_fallback_after(attempt < last, call(provider, &target)).await {
                 Ok(answer) => {
                     answered(name, &target, attempt);
                     return Ok((target, answer));
@@ -624,6 +625,14 @@ impl Provider for Router {
 }
 
 /// `request` addressed to `target`'s model.
+/// Runs a provider call, telling its HTTP client when another target comes
+/// after it ([`crate::http::fallback_follows`]): such a call is not retried
+/// with backoff (a 429's `Retry-After` could hold a chain up for minutes),
+/// since the next target is tried at once instead.
+async fn with_fallback_after<F: std::future::Future>(follows: bool, call: F) -> F::Output {
+    crate::http::FALLBACK_FOLLOWS.scope(follows, call).await
+}
+
 fn target_request(request: &ChatRequest, target: &Target) -> ChatRequest {
     let mut request = request.clone();
     request.model.clone_from(&target.model);

@@ -1014,3 +1014,68 @@ async fn counts_move_to_another_replica_or_target_on_retryable_errors() {
     assert_eq!(error.kind, ErrorKind::InvalidRequest);
     assert_eq!(calls(&[&first, &second]), [2, 1]);
 }
+
+/// A target with a fallback after it is not retried with backoff: a 429
+/// asking to wait 20 s moves the request to the next target at once.
+#[tokio::test]
+async fn a_rate_limited_target_with_a_fallback_is_not_waited_for() {
+    use freehold_llm::config::ProviderConfig;
+    use freehold_llm::presets::ProviderKind;
+    use freehold_test_support::{MockServer, Scripted};
+
+    let limited = || {
+        Scripted::json(
+            429,
+            serde_json::json!({"error": {"message": "slow down", "type": "rate_limit"}}),
+        )
+        .header("retry-after", "20")
+    };
+    let answer = || {
+        Scripted::json(
+            200,
+            serde_json::json!({
+                "id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "from b"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+            }),
+        )
+    };
+    let a = MockServer::start(vec![limited(), limited()]).await;
+    let b = MockServer::start(vec![answer(), answer()]).await;
+    let provider = |name: &str, url: String| -> Arc<dyn Provider> {
+        ProviderConfig {
+            kind: Some(ProviderKind::Openai),
+            base_url: Some(format!("{url}/v1")),
+            ..ProviderConfig::default()
+        }
+        .resolve(name)
+        .unwrap()
+        .build(&HealthSettings::default())
+        .unwrap()
+    };
+    let router = Router::new(
+        BTreeMap::from([
+            ("a".to_owned(), provider("a", a.url())),
+            ("b".to_owned(), provider("b", b.url())),
+        ]),
+        BTreeMap::from([("smart".to_owned(), chain(&["a:m", "b:m"]))]),
+        builtin(),
+    );
+    let quick = Duration::from_secs(5);
+    let (by, answer) = tokio::time::timeout(quick, router.complete_routed(request("smart")))
+        .await
+        .expect("answered without waiting out the 429")
+        .unwrap();
+    assert_eq!(
+        (by, answer.message.text()),
+        (target("b", "m"), "from b".to_owned())
+    );
+    let (by, _) = tokio::time::timeout(quick, router.stream_routed(request("smart")))
+        .await
+        .expect("streamed without waiting out the 429")
+        .unwrap();
+    assert_eq!(by, target("b", "m"));
+    // One call each: no retry of `a`.
+    assert_eq!(a.requests().len(), 2);
+}
