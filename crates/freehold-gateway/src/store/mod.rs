@@ -947,6 +947,12 @@ impl Store {
              WHERE gateway_id IN (SELECT id FROM freehold_gateways WHERE alive_until_ms < {now}) \
              LIMIT 1000"
         );
+        // The condition again when deleting: a gateway whose lease looked
+        // ended may have renewed it since the lists were read.
+        let delete = format!(
+            "DELETE FROM freehold_reservations WHERE id = $1 AND (expires_at_ms < {now} \
+             OR gateway_id IN (SELECT id FROM freehold_gateways WHERE alive_until_ms < {now}))"
+        );
         let released = with_pool!(self, pool => async {
             let mut expired: Vec<(String, String, i64)> = sqlx::query_as(&past_expiry)
                 .fetch_all(pool)
@@ -964,7 +970,7 @@ impl Store {
                 // Another gateway (or the settlement, just in time) may
                 // have taken it since: only the one that deletes the row
                 // releases the hold.
-                let deleted = sqlx::query("DELETE FROM freehold_reservations WHERE id = $1")
+                let deleted = sqlx::query(&delete)
                     .bind(&id)
                     .execute(&mut *tx)
                     .await?
