@@ -333,8 +333,21 @@ impl Provider for ReplicaSet {
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        // Replicas in rotation first: an ejected one may be a dead host
+        // whose connection timeout outlasts the caller's patience.
+        let order: Vec<usize> = {
+            let inner = self.shared.lock();
+            let mut order: Vec<usize> = (0..self.replicas.len()).collect();
+            order.sort_by_key(|&index| {
+                inner
+                    .replicas
+                    .get(index)
+                    .is_some_and(|state| state.ejected_at.is_some())
+            });
+            order
+        };
         let mut last_error = None;
-        for replica in &self.replicas {
+        for replica in order.iter().filter_map(|&index| self.replicas.get(index)) {
             match replica.list_models().await {
                 Ok(mut models) => {
                     for model in &mut models {

@@ -1079,3 +1079,28 @@ async fn a_rate_limited_target_with_a_fallback_is_not_waited_for() {
     // One call each: no retry of `a`.
     assert_eq!(a.requests().len(), 2);
 }
+
+/// A replica set lists its models from a replica in rotation before an
+/// ejected one (which may be a dead host that takes long to refuse).
+#[tokio::test]
+async fn a_replica_set_lists_models_from_a_healthy_replica_first() {
+    let dead = Fake::listing("dead", Some(vec!["from-dead"]));
+    dead.set_default(Reply::Fail(ErrorKind::Connection));
+    let alive = Fake::listing("alive", Some(vec!["from-alive"]));
+    let set = replica_set(
+        &[&dead, &alive],
+        HealthSettings {
+            eject_after_failures: 1,
+            cooldown: Duration::from_secs(3600),
+            probe: false,
+        },
+    );
+    // Requests until the dead replica has been tried (and ejected).
+    while dead.calls() == 0 {
+        set.complete(request("m")).await.unwrap();
+    }
+    assert!(set.health()[0].ejected);
+    let models = set.list_models().await.unwrap();
+    let ids: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["from-alive"]);
+}
