@@ -648,7 +648,7 @@ impl Agent {
                     StreamEvent::TextDelta { text } => {
                         frontend.event(&AgentEvent::TextDelta { text: text.clone() });
                     }
-                    StreamEvent::ReasoningDelta { text } => {
+                    StreamEvent::ReasoningDelta { text, .. } => {
                         frontend.event(&AgentEvent::ReasoningDelta { text: text.clone() });
                     }
                     _ => {}

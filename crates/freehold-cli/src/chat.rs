@@ -235,7 +235,7 @@ impl Renderer {
 
     fn event(&mut self, event: &StreamEvent) -> anyhow::Result<()> {
         match event {
-            StreamEvent::ReasoningDelta { text } if self.style.color => {
+            StreamEvent::ReasoningDelta { text, .. } if self.style.color => {
                 if !self.in_reasoning {
                     self.in_reasoning = true;
                     self.write(self.style.dim_on())?;

@@ -95,8 +95,10 @@ pub(crate) async fn authenticate(
 /// The privacy header's value on a request, if the policy has a header.
 ///
 /// # Errors
-/// 400 for a value the header does not take (it is not silently ignored:
-/// the client meant something by it).
+/// 400 for a value the default header does not take (it is not silently
+/// ignored: the client meant something by it). A header the operator named
+/// may be one clients already send for other reasons: other values of it
+/// are ignored.
 pub(crate) fn privacy_header<'a>(
     gateway: &Gateway,
     headers: &'a HeaderMap,
@@ -109,6 +111,7 @@ pub(crate) fn privacy_header<'a>(
     };
     match value.to_str() {
         Ok(text) if crate::privacy::known_header_value(text) => Ok(Some(text)),
+        _ if name != crate::privacy::DEFAULT_HEADER => Ok(None),
         _ => Err(GatewayError::bad_request(format!(
             "the {name} header takes `local-only` (keep the request on local providers); \
              it was `{}`",
@@ -490,6 +493,7 @@ async fn take_hold(
     let mut pending = PendingHold {
         receiver: Some(receiver),
         store: store.clone(),
+        settling: gateway.settling.clone(),
     };
     let receiver = pending
         .receiver
@@ -507,6 +511,8 @@ async fn take_hold(
 struct PendingHold {
     receiver: Option<tokio::sync::oneshot::Receiver<Result<Reservation, StoreError>>>,
     store: Store,
+    /// The gateway's settlements, which shutdown waits for.
+    settling: tokio_util::task::TaskTracker,
 }
 
 impl Drop for PendingHold {
@@ -520,7 +526,10 @@ impl Drop for PendingHold {
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             let store = self.store.clone();
-            handle.spawn(async move { settle(&store, &orphan, 0.0).await });
+            handle.spawn(
+                self.settling
+                    .track_future(async move { settle(&store, &orphan, 0.0).await }),
+            );
         }
     }
 }
@@ -733,7 +742,7 @@ impl AccountedStream {
                 }
                 match &event {
                     StreamEvent::Usage(usage) => self.accounting.usage = *usage,
-                    StreamEvent::TextDelta { text } | StreamEvent::ReasoningDelta { text } => {
+                    StreamEvent::TextDelta { text } | StreamEvent::ReasoningDelta { text, .. } => {
                         self.accounting.output_bytes += text.len() as u64;
                     }
                     StreamEvent::ToolCallArgsDelta { delta, .. } => {

@@ -654,12 +654,12 @@ const BUILTIN_RULES: &[(Detector, &str, Check)] = &[
     ),
     (
         Detector::PasswordAssignment,
-        r#"(?i)\bauthorization\b\s*[:=]\s*\\?["']?\s*(?:bearer|basic|token)\s+(?P<secret>[A-Za-z0-9._~+/=-]{12,})"#,
+        r#"(?i)\bauthorization\b\\?["']?\s*[:=]\s*\\?["'`]?\s*(?:bearer|basic|token)\s+(?P<secret>[A-Za-z0-9._~+/=-]{12,})"#,
         Check::TokenValue,
     ),
     (
         Detector::PasswordAssignment,
-        r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:(?P<secret>[^/\s@]{3,200})@",
+        r#"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@"'<>{}\\`,]+:(?P<secret>[^/\s@"'<>{}\\`,]{3,200})@"#,
         Check::QuotedValue,
     ),
     (
@@ -980,8 +980,40 @@ impl Privacy {
     /// its action: what the ledger keeps of a body (`log_bodies`) when the
     /// request had findings, so that a secret the policy kept local or
     /// redacted is not written to a database that may be elsewhere.
+    ///
+    /// A JSON body is redacted value by value, as the detectors read the
+    /// request: in its raw text an escape (`\nAKIA…`) would hide a secret
+    /// from the rules that start at a word boundary.
     pub fn redacted_for_log(&self, text: &str) -> String {
+        if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text) {
+            self.redact_json_strings(&mut value);
+            if let Ok(redacted) = serde_json::to_string(&value) {
+                return redacted;
+            }
+        }
         self.redact_text(text).unwrap_or_else(|| text.to_owned())
+    }
+
+    /// Redacts every string in `value` (object keys are names, not data).
+    fn redact_json_strings(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) => {
+                if let Some(redacted) = self.redact_text(text) {
+                    *text = redacted;
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    self.redact_json_strings(item);
+                }
+            }
+            serde_json::Value::Object(fields) => {
+                for field in fields.values_mut() {
+                    self.redact_json_strings(field);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The text with every match replaced, or `None` when nothing matched.
@@ -1232,7 +1264,9 @@ impl Check {
             Check::OpenaiKey => openai_key(candidate),
             Check::QuotedValue => quoted_value(candidate),
             Check::BareValue => bare_value(candidate),
-            Check::TokenValue => token_value(candidate),
+            Check::TokenValue => {
+                token_value(candidate) && !token_context_says_otherwise(text, &span)
+            }
             Check::Email => email(candidate),
             Check::CreditCard => return card_in(text, span),
             Check::Iban => return iban(text, span),
@@ -1310,6 +1344,32 @@ fn bare_value(value: &str) -> bool {
         .bytes()
         .all(|b| b.is_ascii_alphabetic() || matches!(b, b'_' | b'.' | b'-' | b':'));
     !identifier
+}
+
+/// Whether what surrounds a token's value shows it is not a secret: a call
+/// (`token = base64.b64encode(raw)`), or a pagination or sync token
+/// (`"nextPageToken": "CiAK…"`), which an API hands to anyone who asks.
+fn token_context_says_otherwise(text: &str, span: &Range<usize>) -> bool {
+    if text[span.end..].trim_start().starts_with('(') {
+        return true;
+    }
+    // The key before the value, from a character boundary.
+    let mut start = span.start.saturating_sub(48);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let before = text[start..span.start]
+        .to_ascii_lowercase()
+        .replace(['_', '-'], "");
+    [
+        "pagetoken",
+        "nexttoken",
+        "continuationtoken",
+        "synctoken",
+        "cursortoken",
+    ]
+    .iter()
+    .any(|key| before.contains(key))
 }
 
 /// A token's value: not a placeholder, random-looking (a letter and a
@@ -1853,8 +1913,24 @@ mod tests {
             "Authorization: Bearer $OPENAI_API_KEY",
             "https://user:password@example.com/",
             "see https://docs.rs/tokio/latest/tokio/ and git@github.com:a/b.git",
+            // Calls, pagination tokens, and JSON that only looks like a URL
+            // with credentials.
+            "token = base64.b64encode(raw)",
+            "access_token = oauth2_session.fetch_token(url)",
+            "csrf_token = generate_token_v2(u)",
+            "{\"nextPageToken\": \"CiAKGjBpNDd2Nmp2Zml2cXRwYjBpOXA3\"}",
+            "{\"homepage\":\"https://freehold.dev\",\"repository\":\"git@github.com:a/b.git\"}",
+            "{\"url\":\"http://localhost:3000\",\"pkg\":\"@types/node\"}",
+            "ünïcödé_token = ünïcödé_value",
         ] {
             assert_clean(text);
+        }
+        // Authorization headers written as code.
+        for text in [
+            "headers = {\"Authorization\": \"Bearer 9f8e7d6c5b4a39281706f5e4\"}",
+            "headers: {Authorization: `Bearer 9f8e7d6c5b4a39281706f5e4`}",
+        ] {
+            assert_detects(text, Detector::PasswordAssignment);
         }
     }
 

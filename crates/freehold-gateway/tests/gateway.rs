@@ -1784,7 +1784,9 @@ async fn a_logged_body_with_findings_is_redacted() {
     let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
     let secret = format!("AKIA{}", "Q7XZ2LMN4PRT8VWY");
     let mut body = chat_body("mock");
-    body["messages"][0]["content"] = json!(format!("deploy with {secret} please"));
+    // After a newline: in the raw JSON the key follows `\n`, no word
+    // boundary, so the body is redacted value by value.
+    body["messages"][0]["content"] = json!(format!("deploy with\n{secret} please"));
     let (status, answer, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &body).await;
     assert_eq!(status, 200, "{answer}");
     ledger_lines(&gw.store, 1).await;
@@ -1792,7 +1794,7 @@ async fn a_logged_body_with_findings_is_redacted() {
     let logged = bodies[0].as_deref().unwrap_or_default();
     assert!(!logged.contains(&secret), "{logged}");
     assert!(
-        logged.contains("deploy with [REDACTED:aws_access_key] please"),
+        logged.contains("deploy with\\n[REDACTED:aws_access_key] please"),
         "{logged}"
     );
     assert!(logged.contains(MOCK_TEXT), "{logged}");

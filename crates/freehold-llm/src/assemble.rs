@@ -52,9 +52,15 @@ impl StreamAssembler {
 
     /// Reasoning text.
     pub fn reasoning(&mut self, text: &str) {
+        self.reasoning_with_id(text, None);
+    }
+
+    /// Reasoning text of the reasoning item the provider calls `id`.
+    pub fn reasoning_with_id(&mut self, text: &str, id: Option<&str>) {
         if !text.is_empty() {
             self.ready.push(StreamEvent::ReasoningDelta {
                 text: text.to_owned(),
+                id: id.map(str::to_owned),
             });
         }
     }

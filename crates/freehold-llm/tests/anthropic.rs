@@ -333,10 +333,12 @@ async fn thinking_and_redacted_thinking_stream_and_round_trip_unchanged() {
         events[1..5],
         [
             StreamEvent::ReasoningDelta {
-                text: "Let me think: ".into()
+                text: "Let me think: ".into(),
+                id: None
             },
             StreamEvent::ReasoningDelta {
-                text: "2 + 2 = 4.".into()
+                text: "2 + 2 = 4.".into(),
+                id: None
             },
             StreamEvent::ReasoningSignature {
                 signature: "EqQBCgIYAhIM1gbcDa9GJwZA2b3h+/sig==".into(),

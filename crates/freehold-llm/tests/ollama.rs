@@ -131,7 +131,7 @@ async fn streams_text_and_thinking_split_at_every_byte() {
     let reasoning: String = events
         .iter()
         .filter_map(|e| match e {
-            StreamEvent::ReasoningDelta { text } => Some(text.as_str()),
+            StreamEvent::ReasoningDelta { text, .. } => Some(text.as_str()),
             _ => None,
         })
         .collect();

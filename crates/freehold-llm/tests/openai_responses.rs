@@ -500,10 +500,12 @@ async fn open_weight_reasoning_text_and_delta_less_servers_are_understood() {
         vec![
             start(),
             StreamEvent::ReasoningDelta {
-                text: "The user ".into()
+                text: "The user ".into(),
+                id: Some("rs_1".into())
             },
             StreamEvent::ReasoningDelta {
-                text: "greets.".into()
+                text: "greets.".into(),
+                id: Some("rs_1".into())
             },
             StreamEvent::TextDelta {
                 text: "Hello!".into()

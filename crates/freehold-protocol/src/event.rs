@@ -56,6 +56,11 @@ pub enum StreamEvent {
     ReasoningDelta {
         /// The new reasoning text.
         text: String,
+        /// The provider's id of the reasoning item it belongs to, where the
+        /// provider names it as it starts (OpenAI Responses): an encoder
+        /// can then give the item that id from its first event on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
     },
     /// The opaque signature closing the current reasoning block; it must be
     /// sent back with the reasoning on the next turn.
@@ -146,6 +151,7 @@ impl ChatResponse {
                     if !reasoning.text.is_empty() {
                         events.push(StreamEvent::ReasoningDelta {
                             text: reasoning.text.clone(),
+                            id: reasoning.id.clone(),
                         });
                     }
                     if let Some(signature) = &reasoning.signature {
@@ -217,12 +223,16 @@ impl ResponseBuilder {
                 Some(ContentPart::Text { text: last }) => last.push_str(text),
                 _ => self.parts.push(ContentPart::Text { text: text.clone() }),
             },
-            StreamEvent::ReasoningDelta { text } => match self.parts.last_mut() {
+            StreamEvent::ReasoningDelta { text, id } => match self.parts.last_mut() {
                 Some(ContentPart::Reasoning(last)) if last.signature.is_none() => {
-                    last.text.push_str(text)
+                    last.text.push_str(text);
+                    if last.id.is_none() {
+                        last.id.clone_from(id);
+                    }
                 }
                 _ => self.parts.push(ContentPart::Reasoning(Reasoning {
                     text: text.clone(),
+                    id: id.clone(),
                     ..Reasoning::default()
                 })),
             },
@@ -327,8 +337,12 @@ mod tests {
             },
             StreamEvent::ReasoningDelta {
                 text: "think".into(),
+                id: None,
             },
-            StreamEvent::ReasoningDelta { text: "ing".into() },
+            StreamEvent::ReasoningDelta {
+                text: "ing".into(),
+                id: None,
+            },
             StreamEvent::ReasoningSignature {
                 signature: "sig".into(),
                 redacted: false,

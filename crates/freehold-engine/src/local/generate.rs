@@ -1,7 +1,6 @@
 //! One generation: prompt rendering and tokenization, context sizing,
 //! then decoding on its own thread.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +27,6 @@ use super::{DEFAULT_TEMPERATURE, default_max_tokens, error};
 /// Everything a generation needs, checked before it starts.
 pub(super) struct Prepared {
     model: &'static LlamaModel,
-    model_path: PathBuf,
     model_name: String,
     tokens: Vec<LlamaToken>,
     /// Prompt plus answer, in tokens.
@@ -50,7 +48,6 @@ pub(super) struct Prepared {
 /// one token.
 pub(super) fn prepare(
     model: &'static LlamaModel,
-    model_path: PathBuf,
     request: &ChatRequest,
     threads: usize,
     context_cap: Option<u32>,
@@ -92,7 +89,6 @@ pub(super) fn prepare(
             .collect(),
         constraint,
         model,
-        model_path,
     })
 }
 
@@ -211,7 +207,6 @@ fn run(p: &Prepared, shared: &Shared, tx: &Sender) -> Result<(), LlmError> {
         return Ok(());
     }
     let spec = ContextSpec {
-        model_path: &p.model_path,
         model: p.model,
         backend: shared.backend,
         needed: p.needed,

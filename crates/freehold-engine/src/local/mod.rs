@@ -158,12 +158,27 @@ impl LocalProvider {
     }
 
     /// The cached model for `path`, loading it on first use. Models stay
-    /// loaded for the process's life, cached by the path as given (the
-    /// context slots are keyed by it too, so that a path whose file is
-    /// replaced never reuses a slot of the old model).
+    /// loaded for the process's life, shared by every provider, cached by
+    /// the path as given and the file's size and time (so a file replaced
+    /// at the same path is loaded anew; context slots are matched by the
+    /// model itself, so none made for the old file is reused).
     fn load(&self, path: &Path) -> Result<&'static LlamaModel, LlmError> {
         let backend = backend()?;
-        let key = (path.to_path_buf(), self.inner.gpu_layers);
+        // The file's size and time too: a model pulled again to the same
+        // path (a new revision) is loaded anew, not served from the old one.
+        let file = std::fs::metadata(path)
+            .map(|meta| (meta.len(), meta.modified().ok()))
+            .map_err(|e| {
+                error(
+                    ErrorKind::InvalidRequest,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+        let key = ModelKey {
+            path: path.to_path_buf(),
+            gpu_layers: self.inner.gpu_layers,
+            file,
+        };
         let mut models = loaded_models()
             .lock()
             .map_err(|_| error(ErrorKind::Server, "the model cache is poisoned"))?;
@@ -184,11 +199,20 @@ impl LocalProvider {
     }
 }
 
-/// The models loaded in this process, by path and GPU layer count. They
-/// are leaked on purpose: contexts kept in slots borrow them for as long
-/// as the process lives. One cache for the process, not one per provider,
-/// so that providers built again (a configuration reload) reuse them.
-type LoadedModels = Mutex<HashMap<(PathBuf, Option<u32>), &'static LlamaModel>>;
+/// What identifies a loaded model: its path, GPU layer count, and the
+/// file's size and modification time when it was loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ModelKey {
+    path: PathBuf,
+    gpu_layers: Option<u32>,
+    file: (u64, Option<std::time::SystemTime>),
+}
+
+/// The models loaded in this process. They are leaked on purpose: contexts
+/// kept in slots borrow them for as long as the process lives. One cache
+/// for the process, not one per provider, so that providers built again (a
+/// configuration reload) reuse them.
+type LoadedModels = Mutex<HashMap<ModelKey, &'static LlamaModel>>;
 
 fn loaded_models() -> &'static LoadedModels {
     static MODELS: OnceLock<LoadedModels> = OnceLock::new();
@@ -260,13 +284,7 @@ impl Provider for LocalProvider {
         let prepared = tokio::task::spawn_blocking(move || {
             let path = this.resolve(&request.model)?;
             let model = this.load(&path)?;
-            generate::prepare(
-                model,
-                path,
-                &request,
-                this.inner.threads,
-                this.inner.context_cap,
-            )
+            generate::prepare(model, &request, this.inner.threads, this.inner.context_cap)
         })
         .await
         .map_err(|e| error(ErrorKind::Server, e))??;
@@ -353,6 +371,22 @@ mod tests {
         let first = LocalProvider::new(settings()).load(&path).unwrap();
         let again = LocalProvider::new(settings()).load(&path).unwrap();
         assert!(std::ptr::eq(first, again));
+
+        // A file replaced at the same path (pulled again) is another model.
+        let copy = std::env::temp_dir().join(format!(
+            "freehold-replaced-model-{}.gguf",
+            std::process::id()
+        ));
+        std::fs::copy(&path, &copy).unwrap();
+        let provider = LocalProvider::new(settings());
+        let old = provider.load(&copy).unwrap();
+        let file = std::fs::File::options().write(true).open(&copy).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        file.set_modified(later).unwrap();
+        let new = provider.load(&copy).unwrap();
+        assert!(!std::ptr::eq(old, new));
+        assert!(std::ptr::eq(new, provider.load(&copy).unwrap()));
+        let _ = std::fs::remove_file(&copy);
     }
 
     #[test]

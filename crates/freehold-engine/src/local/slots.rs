@@ -8,7 +8,6 @@
 //! there are more than the configured number.
 
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -34,7 +33,10 @@ pub(crate) struct Slot {
     pub(crate) ctx: LlamaContext<'static>,
     /// The tokens evaluated into the cache, in order from position 0.
     pub(crate) tokens: Vec<LlamaToken>,
-    model: PathBuf,
+    /// The model it was made for, by address: loaded models are never
+    /// freed, so an address names one model for the process's life (a
+    /// file replaced at the same path is another model, at another one).
+    model: usize,
     n_ctx: u32,
     last_used: Instant,
 }
@@ -86,8 +88,7 @@ impl std::fmt::Debug for SlotPool {
 }
 
 /// What a new context is created with.
-pub(crate) struct ContextSpec<'a> {
-    pub(crate) model_path: &'a Path,
+pub(crate) struct ContextSpec {
     pub(crate) model: &'static LlamaModel,
     pub(crate) backend: &'static LlamaBackend,
     /// Tokens the request needs (prompt plus answer).
@@ -110,7 +111,7 @@ impl SlotPool {
     /// and large enough for the request, or a new one.
     pub(crate) fn acquire(
         &self,
-        spec: &ContextSpec<'_>,
+        spec: &ContextSpec,
         prompt: &[LlamaToken],
     ) -> Result<Slot, LlmError> {
         if let Some(slot) = self.take_best(spec, prompt) {
@@ -132,18 +133,20 @@ impl SlotPool {
         Ok(Slot {
             ctx,
             tokens: Vec::new(),
-            model: spec.model_path.to_path_buf(),
+            model: model_address(spec.model),
             n_ctx,
             last_used: Instant::now(),
         })
     }
 
-    fn take_best(&self, spec: &ContextSpec<'_>, prompt: &[LlamaToken]) -> Option<Slot> {
+    fn take_best(&self, spec: &ContextSpec, prompt: &[LlamaToken]) -> Option<Slot> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let (index, shared) = idle
             .iter()
             .enumerate()
-            .filter(|(_, slot)| slot.model == spec.model_path && slot.n_ctx >= spec.needed)
+            .filter(|(_, slot)| {
+                slot.model == model_address(spec.model) && slot.n_ctx >= spec.needed
+            })
             .map(|(index, slot)| {
                 let shared = slot
                     .tokens
@@ -192,6 +195,11 @@ impl SlotPool {
 /// A context for `needed` tokens: the next power of two (so that a growing
 /// conversation reallocates rarely), at least [`MIN_CONTEXT`], at most
 /// `allowed`.
+/// A loaded model's address, which identifies it (see [`Slot`]).
+fn model_address(model: &'static LlamaModel) -> usize {
+    std::ptr::from_ref(model) as usize
+}
+
 fn context_size(needed: u32, allowed: u32) -> u32 {
     needed
         .max(MIN_CONTEXT)

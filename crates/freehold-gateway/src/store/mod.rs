@@ -483,12 +483,7 @@ impl Store {
     async fn open_postgres(url: &str) -> Result<Store, StoreError> {
         // The parser's errors never repeat the URL, so no password leaks.
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Invalid(format!("invalid PostgreSQL URL: {e}")))?
-            // The conditional statements that take and settle holds rely
-            // on read committed (a concurrent update is re-checked, not a
-            // serialization failure), whatever the server's default.
-            // (The server splits startup options at spaces: `\ ` keeps one.)
-            .options([("default_transaction_isolation", r"read\ committed")]);
+            .map_err(|e| StoreError::Invalid(format!("invalid PostgreSQL URL: {e}")))?;
         let location = format!(
             "postgres://{}@{}:{}/{}",
             options.get_username(),
@@ -523,6 +518,21 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(CONNECT_TIMEOUT)
+            // The conditional statements that take and settle holds rely
+            // on read committed (a concurrent update is re-checked, not a
+            // serialization failure), whatever the server's default. Set
+            // on each new connection rather than as a startup option, which
+            // connection poolers (PgBouncer) refuse.
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(
+                        &mut *connection,
+                        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                    )
+                    .await
+                    .map(|_| ())
+                })
+            })
             .connect_lazy_with(options);
         migrate::postgres(&pool).await.map_err(|e| {
             StoreError::Database(format!("cannot migrate the database at {location}: {e}"))

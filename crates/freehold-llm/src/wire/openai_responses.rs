@@ -1476,7 +1476,7 @@ impl ResponsesDecoder {
             }
             Item::Reasoning(reasoning) => {
                 if !streamed {
-                    out.reasoning(&reasoning.text());
+                    out.reasoning_with_id(&reasoning.text(), reasoning.id.as_deref());
                 }
                 if let Some(data) = reasoning
                     .encrypted_content
@@ -1588,17 +1588,19 @@ impl ResponsesDecoder {
                 item.streamed = true;
                 // Summary parts are separate paragraphs.
                 let part = delta.summary_index.unwrap_or_default();
+                let id = Some(delta.item_id.as_str()).filter(|id| !id.is_empty());
                 if item.summary_index.is_some_and(|last| last != part) {
-                    out.reasoning("\n\n");
+                    out.reasoning_with_id("\n\n", id);
                 }
                 item.summary_index = Some(part);
-                out.reasoning(&delta.delta);
+                out.reasoning_with_id(&delta.delta, id);
             }
             ResponseEvent::ReasoningTextDelta(delta) => {
                 out.start(None, None);
                 self.item_mut(delta.output_index, &delta.item_id, ItemKind::Reasoning)
                     .streamed = true;
-                out.reasoning(&delta.delta);
+                let id = Some(delta.item_id.as_str()).filter(|id| !id.is_empty());
+                out.reasoning_with_id(&delta.delta, id);
             }
             ResponseEvent::Completed(snapshot) => {
                 let reason = self.finish(snapshot, false, out);

@@ -598,7 +598,7 @@ impl MessageStreamEncoder {
                 }
                 self.delta(BlockDelta::TextDelta { text: text.clone() }, &mut out);
             }
-            StreamEvent::ReasoningDelta { text } => {
+            StreamEvent::ReasoningDelta { text, .. } => {
                 self.start(None, &mut out);
                 if self.open != Some(OpenBlock::Thinking) {
                     self.open(OpenBlock::Thinking, empty_thinking(), &mut out);

@@ -576,7 +576,7 @@ impl ChunkEncoder {
                     None,
                 ));
             }
-            StreamEvent::ReasoningDelta { text } => {
+            StreamEvent::ReasoningDelta { text, .. } => {
                 self.start(None, &mut out);
                 out.push(self.delta(
                     Delta {

@@ -700,12 +700,14 @@ impl ResponseStreamEncoder {
         self.close_with(None, None, out);
     }
 
-    fn open_reasoning(&mut self, out: &mut Vec<SseFrame>) -> String {
+    /// The open reasoning item's id, opening one (named `upstream_id`, the
+    /// provider's id, when it gave one) if none is open.
+    fn open_reasoning(&mut self, upstream_id: Option<&str>, out: &mut Vec<SseFrame>) -> String {
         if let Some(OpenItem::Reasoning { id, .. }) = &self.open {
             return id.clone();
         }
         self.close(out);
-        let id = generated_id("rs_");
+        let id = upstream_id.map_or_else(|| generated_id("rs_"), str::to_owned);
         self.added(reasoning_item(id.clone(), "", None), out);
         self.open = Some(OpenItem::Reasoning {
             id: id.clone(),
@@ -774,10 +776,16 @@ impl ResponseStreamEncoder {
                 });
                 out.push(self.frame(delta));
             }
-            StreamEvent::ReasoningDelta { text } => {
+            StreamEvent::ReasoningDelta { text, id } => {
                 self.start(None, &mut out);
+                // Another of the provider's reasoning items: a new item here.
+                if let (Some(OpenItem::Reasoning { id: open, .. }), Some(id)) = (&self.open, id)
+                    && open != id
+                {
+                    self.close(&mut out);
+                }
                 let fresh = !matches!(self.open, Some(OpenItem::Reasoning { .. }));
-                let id = self.open_reasoning(&mut out);
+                let id = self.open_reasoning(id.as_deref(), &mut out);
                 if fresh {
                     let part = ResponseEvent::ReasoningSummaryPartAdded(SummaryPartEvent {
                         item_id: id.clone(),
@@ -806,7 +814,7 @@ impl ResponseStreamEncoder {
                 ..
             } => {
                 self.start(None, &mut out);
-                self.open_reasoning(&mut out);
+                self.open_reasoning(id.as_deref(), &mut out);
                 self.close_with(
                     Some(encrypted_content(signature, *redacted)),
                     id.clone(),

@@ -562,3 +562,56 @@ fn a_stream_error_is_response_failed() {
     assert_eq!(status, 503);
     assert_eq!(body.error.code.as_deref(), Some("server_is_overloaded"));
 }
+
+/// A reasoning item from a Responses upstream keeps the upstream's id from
+/// its first event to its last (it is the id the client sends back), with
+/// or without summary text; a gateway id is made only when there is none.
+#[test]
+fn reasoning_items_keep_one_id_from_added_to_done() {
+    let signature = |id: Option<&str>| StreamEvent::ReasoningSignature {
+        signature: "gAAAA".into(),
+        redacted: false,
+        id: id.map(str::to_owned),
+        origin: Some("openai_responses".into()),
+    };
+    let frames = encode_stream(&[
+        StreamEvent::ReasoningDelta {
+            text: "Think".into(),
+            id: Some("rs_up1".into()),
+        },
+        signature(Some("rs_up1")),
+        // Encrypted content alone, no summary.
+        signature(Some("rs_up2")),
+        // No id anywhere: the gateway makes one.
+        StreamEvent::ReasoningDelta {
+            text: "More".into(),
+            id: None,
+        },
+        signature(None),
+        StreamEvent::TextDelta { text: "Hi".into() },
+        StreamEvent::Stop {
+            reason: StopReason::EndTurn,
+        },
+    ]);
+    let ids = |kind: &str| -> Vec<String> {
+        frames
+            .iter()
+            .map(json_of)
+            .filter(|frame| frame["type"] == kind && frame["item"]["type"] == "reasoning")
+            .map(|frame| frame["item"]["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let added = ids("response.output_item.added");
+    assert_eq!(added, ids("response.output_item.done"));
+    assert_eq!(&added[..2], ["rs_up1", "rs_up2"]);
+    assert!(added[2].starts_with("rs_"), "{added:?}");
+    // Every delta names its item's id.
+    for frame in frames.iter().map(json_of) {
+        if frame["type"] == "response.reasoning_summary_text.delta" {
+            assert!(
+                added.iter().any(|id| frame["item_id"] == id.as_str()),
+                "{frame}"
+            );
+        }
+    }
+}
