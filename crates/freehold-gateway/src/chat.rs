@@ -25,9 +25,10 @@ pub(crate) struct Admitted {
     pub(crate) request: ChatRequest,
     pub(crate) accounting: Accounting,
     routes: Arc<Routes>,
-    /// The targets it may go to when the privacy policy narrowed its
-    /// route (to the local ones); `None`: its model's whole route.
-    narrowed: Option<Vec<Target>>,
+    /// The targets it goes to, in order: its model's route, as resolved at
+    /// admission, or the part of it the privacy policy kept (the local
+    /// ones).
+    targets: Vec<Target>,
 }
 
 /// Checks a request before any provider sees it.
@@ -58,11 +59,11 @@ pub(crate) async fn admit(
         Err(error) => Err(error),
     };
     match result {
-        Ok((routes, narrowed)) => Ok(Admitted {
+        Ok((routes, targets)) => Ok(Admitted {
             request,
             accounting,
             routes,
-            narrowed,
+            targets,
         }),
         Err(error) => {
             accounting.fail(&error);
@@ -130,7 +131,7 @@ async fn admit_inner(
     privacy_header: Option<&str>,
     request: &mut ChatRequest,
     accounting: &mut Accounting,
-) -> Result<(Arc<Routes>, Option<Vec<Target>>), GatewayError> {
+) -> Result<(Arc<Routes>, Vec<Target>), GatewayError> {
     let asked = request.model.clone();
     let routes = gateway.routes();
     let targets = route(gateway, &routes, request)?;
@@ -175,7 +176,7 @@ async fn admit_inner(
     let sent_to = narrowed.as_deref().unwrap_or(&targets);
     accounting.expect_input(usage.input_tokens, sent_to, &routes);
     reserve_budget(gateway, caller, &routes, sent_to, &usage, accounting).await?;
-    Ok((routes, narrowed))
+    Ok((routes, narrowed.unwrap_or(targets)))
 }
 
 /// The targets `request`'s model routes to. A model without a route goes
@@ -601,17 +602,8 @@ impl Admitted {
     /// # Errors
     /// The provider's error, mapped for the client (and accounted).
     pub(crate) async fn complete(mut self) -> Result<(ChatResponse, Accounting), GatewayError> {
-        let router = &self.routes.router;
-        let (target, response) = match self.narrowed {
-            Some(targets) => {
-                let call = router.complete_on(targets, self.request);
-                call_upstream(&mut self.accounting, call).await?
-            }
-            None => {
-                let call = router.complete_routed(self.request);
-                call_upstream(&mut self.accounting, call).await?
-            }
-        };
+        let call = self.routes.router.complete_on(self.targets, self.request);
+        let (target, response) = call_upstream(&mut self.accounting, call).await?;
         self.accounting.target = Some(target);
         self.accounting.usage = response.usage;
         self.accounting.output_bytes = response.message.content.iter().map(answer_bytes).sum();
@@ -627,17 +619,8 @@ impl Admitted {
         // One deadline for the whole request, the wait for the first event
         // included.
         let deadline = self.accounting.started + self.accounting.gateway.settings.request_timeout();
-        let router = &self.routes.router;
-        let (target, stream) = match self.narrowed {
-            Some(targets) => {
-                let call = router.stream_on(targets, self.request);
-                call_upstream(&mut self.accounting, call).await?
-            }
-            None => {
-                let call = router.stream_routed(self.request);
-                call_upstream(&mut self.accounting, call).await?
-            }
-        };
+        let call = self.routes.router.stream_on(self.targets, self.request);
+        let (target, stream) = call_upstream(&mut self.accounting, call).await?;
         self.accounting.target = Some(target);
         Ok(AccountedStream {
             inner: stream,
