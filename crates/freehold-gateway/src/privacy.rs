@@ -577,6 +577,7 @@ enum Check {
     QuotedValue,
     BareValue,
     TokenValue,
+    HeaderCredential,
     Email,
     CreditCard,
     Iban,
@@ -655,11 +656,11 @@ const BUILTIN_RULES: &[(Detector, &str, Check)] = &[
     (
         Detector::PasswordAssignment,
         r#"(?i)\bauthorization\b\\?["']?\s*[:=]\s*\\?["'`]?\s*(?:bearer|basic|token)\s+(?P<secret>[A-Za-z0-9._~+/=-]{12,})"#,
-        Check::TokenValue,
+        Check::HeaderCredential,
     ),
     (
         Detector::PasswordAssignment,
-        r#"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@"'<>{}\\`,]+:(?P<secret>[^/\s@"'<>{}\\`,]{3,200})@"#,
+        r#"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@"<>{}\\`]+:(?P<secret>[^/\s@"<>{}\\`]{3,200})@"#,
         Check::QuotedValue,
     ),
     (
@@ -806,7 +807,14 @@ impl Privacy {
                     part: part_index,
                     field,
                 };
-                self.inspect_text(text, location, &mut findings);
+                // Arguments are JSON: read with their strings' escapes
+                // undone, or `"x\nAKIA…"` hides the key from a rule that
+                // starts at a word boundary.
+                let text = match field {
+                    Field::ToolArguments => unescaped_view(text),
+                    _ => std::borrow::Cow::Borrowed(text),
+                };
+                self.inspect_text(&text, location, &mut findings);
             }
         }
         findings
@@ -985,13 +993,16 @@ impl Privacy {
     /// request: in its raw text an escape (`\nAKIA…`) would hide a secret
     /// from the rules that start at a word boundary.
     pub fn redacted_for_log(&self, text: &str) -> String {
-        if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text) {
+        // Value by value first (escapes undone), then the whole text again
+        // for the rules that read a key with its value (`"password": …`).
+        let mut text = std::borrow::Cow::Borrowed(text);
+        if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) {
             self.redact_json_strings(&mut value);
             if let Ok(redacted) = serde_json::to_string(&value) {
-                return redacted;
+                text = std::borrow::Cow::Owned(redacted);
             }
         }
-        self.redact_text(text).unwrap_or_else(|| text.to_owned())
+        self.redact_text(&text).unwrap_or_else(|| text.into_owned())
     }
 
     /// Redacts every string in `value` (object keys are names, not data).
@@ -1057,7 +1068,7 @@ impl Privacy {
     /// a string or number under a password-like key is redacted whole; text
     /// that is not JSON is redacted as text.
     fn redact_arguments(&self, arguments: &str) -> Option<String> {
-        if arguments.is_empty() || !self.set.is_match(arguments) {
+        if arguments.is_empty() || !self.set.is_match(&unescaped_view(arguments)) {
             return None;
         }
         if serde_json::from_str::<serde::de::IgnoredAny>(arguments).is_err() {
@@ -1158,6 +1169,36 @@ impl Privacy {
         let redacted = self.redact_text(&value)?;
         serde_json::to_string(&redacted).ok()
     }
+}
+
+/// JSON text with each string's escapes undone in place (`"a\nb"` becomes
+/// `"a`, a newline, `b"`), keys and structure kept: what the detectors read
+/// of tool arguments. Text without escapes, or not JSON, comes back as it is.
+fn unescaped_view(json: &str) -> std::borrow::Cow<'_, str> {
+    if !json.contains('\\') || serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let bytes = json.as_bytes();
+    let mut out = String::with_capacity(json.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let end = string_end(bytes, i);
+        if let Ok(decoded) = serde_json::from_str::<String>(&json[i..end]) {
+            out.push_str(&json[copied..i]);
+            out.push('"');
+            out.push_str(&decoded);
+            out.push('"');
+            copied = end;
+        }
+        i = end;
+    }
+    out.push_str(&json[copied..]);
+    std::borrow::Cow::Owned(out)
 }
 
 /// The part's inspected text, if it has one.
@@ -1267,6 +1308,7 @@ impl Check {
             Check::TokenValue => {
                 token_value(candidate) && !token_context_says_otherwise(text, &span)
             }
+            Check::HeaderCredential => token_value(candidate),
             Check::Email => email(candidate),
             Check::CreditCard => return card_in(text, span),
             Check::Iban => return iban(text, span),
@@ -1350,17 +1392,20 @@ fn bare_value(value: &str) -> bool {
 /// (`token = base64.b64encode(raw)`), or a pagination or sync token
 /// (`"nextPageToken": "CiAK…"`), which an API hands to anyone who asks.
 fn token_context_says_otherwise(text: &str, span: &Range<usize>) -> bool {
-    if text[span.end..].trim_start().starts_with('(') {
+    if text[span.end..].starts_with('(') {
         return true;
     }
-    // The key before the value, from a character boundary.
+    // This value's own key: what comes before it on its line, back to the
+    // previous field of an object or a list.
     let mut start = span.start.saturating_sub(48);
     while !text.is_char_boundary(start) {
         start += 1;
     }
-    let before = text[start..span.start]
-        .to_ascii_lowercase()
-        .replace(['_', '-'], "");
+    let before = &text[start..span.start];
+    let key = before
+        .rfind(['\n', ',', ';', '{', '&'])
+        .map_or(before, |cut| &before[cut + 1..]);
+    let before = key.to_ascii_lowercase().replace(['_', '-'], "");
     [
         "pagetoken",
         "nexttoken",
@@ -1925,8 +1970,15 @@ mod tests {
         ] {
             assert_clean(text);
         }
-        // Authorization headers written as code.
+        // Authorization headers written as code, keys near a pagination
+        // token's, a note after a value, characters RFC 3986 allows.
         for text in [
+            "NEXT_PAGE_TOKEN=CiAKGjBpNDd2\nHF_TOKEN=hf_aB3dE6gH9jK2mN5pQ8sT1vW4",
+            "{\"nextPageToken\":\"\",\"refresh_token\":\"1//0gAbCdEf123456789xyzQ\"}",
+            "Authorization: Bearer 9f8e7d6c5b4a39281706f5e4 (expires in 1h)",
+            "GITLAB_TOKEN=glpat-x9Kq2Lm8Pw7RtYu5Ab (rotated)",
+            "mysql://root:pa,ss99@db/x",
+            "amqp://guest:it's-9x@mq",
             "headers = {\"Authorization\": \"Bearer 9f8e7d6c5b4a39281706f5e4\"}",
             "headers: {Authorization: `Bearer 9f8e7d6c5b4a39281706f5e4`}",
         ] {
@@ -2068,6 +2120,41 @@ mod tests {
             value.as_object().map(|o| o.len()),
             original.as_object().map(|o| o.len())
         );
+    }
+
+    #[test]
+    fn a_secret_after_an_escape_in_tool_arguments_is_found() {
+        // In the arguments' JSON text the key follows `\n`: no word
+        // boundary there, but there is one in the string they hold.
+        let privacy = with(redact_settings());
+        let arguments = format!(r#"{{"cmd": "echo x\n{}"}}"#, aws_key());
+        let chat = ChatRequest::new(
+            "m",
+            vec![Message {
+                role: freehold_protocol::Role::Assistant,
+                content: vec![ContentPart::ToolCall(ToolCall::new(
+                    "c1", "shell", arguments,
+                ))],
+            }],
+        );
+        let Decision::Redacted { request, .. } = privacy.decide(&chat, None, false) else {
+            panic!("not redacted");
+        };
+        let ContentPart::ToolCall(call) = &request.messages[0].content[0] else {
+            panic!("not a tool call");
+        };
+        assert_eq!(
+            call.arguments,
+            r#"{"cmd": "echo x\n[REDACTED:aws_access_key]"}"#
+        );
+        // A logged body keeps no secret either way: not after an escape,
+        // not under a password key.
+        let logged = privacy.redacted_for_log(&format!(
+            r#"{{"a": "x\n{}", "input": {{"password": "hunter2!x"}}}}"#,
+            aws_key()
+        ));
+        assert!(!logged.contains(&aws_key()), "{logged}");
+        assert!(!logged.contains("hunter2!x"), "{logged}");
     }
 
     #[test]

@@ -224,7 +224,12 @@ impl ResponseBuilder {
                 _ => self.parts.push(ContentPart::Text { text: text.clone() }),
             },
             StreamEvent::ReasoningDelta { text, id } => match self.parts.last_mut() {
-                Some(ContentPart::Reasoning(last)) if last.signature.is_none() => {
+                // The same reasoning block: unsigned yet, and not another of
+                // the provider's items.
+                Some(ContentPart::Reasoning(last))
+                    if last.signature.is_none()
+                        && (last.id.is_none() || id.is_none() || last.id == *id) =>
+                {
                     last.text.push_str(text);
                     if last.id.is_none() {
                         last.id.clone_from(id);

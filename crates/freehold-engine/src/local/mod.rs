@@ -167,7 +167,7 @@ impl LocalProvider {
         // The file's size and time too: a model pulled again to the same
         // path (a new revision) is loaded anew, not served from the old one.
         let file = std::fs::metadata(path)
-            .map(|meta| (meta.len(), meta.modified().ok()))
+            .map(|meta| FileIdentity::of(&meta))
             .map_err(|e| {
                 error(
                     ErrorKind::InvalidRequest,
@@ -184,6 +184,17 @@ impl LocalProvider {
             .map_err(|_| error(ErrorKind::Server, "the model cache is poisoned"))?;
         if let Some(model) = models.get(&key) {
             return Ok(*model);
+        }
+        // The file at this path changed: forget the old copy (it stays in
+        // memory, borrowed by contexts, until the process ends).
+        let before = models.len();
+        models.retain(|old, _| !(old.path == key.path && old.gpu_layers == key.gpu_layers));
+        if models.len() < before {
+            tracing::warn!(
+                path = %path.display(),
+                "the model file changed since it was loaded; loading it again (the old copy \
+                 stays in memory until freehold restarts)"
+            );
         }
         tracing::info!(path = %path.display(), gpu_layers = ?self.inner.gpu_layers, "loading model");
         let model = LlamaModel::load_from_file(backend, path, &model_params(self.inner.gpu_layers))
@@ -205,7 +216,31 @@ impl LocalProvider {
 struct ModelKey {
     path: PathBuf,
     gpu_layers: Option<u32>,
-    file: (u64, Option<std::time::SystemTime>),
+    file: FileIdentity,
+}
+
+/// What tells one file at a path from another put there later: its size,
+/// modification time and (on Unix) inode, so that a copy that keeps the
+/// time (`cp -p`) is still seen as new.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileIdentity {
+    size: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Self {
+            size: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        }
+    }
 }
 
 /// The models loaded in this process. They are leaked on purpose: contexts

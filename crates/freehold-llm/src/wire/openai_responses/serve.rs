@@ -700,6 +700,16 @@ impl ResponseStreamEncoder {
         self.close_with(None, None, out);
     }
 
+    /// Closes the open reasoning item when `id` names another of the
+    /// provider's items: each keeps its own id from first event to last.
+    fn close_other_reasoning(&mut self, id: Option<&str>, out: &mut Vec<SseFrame>) {
+        if let (Some(OpenItem::Reasoning { id: open, .. }), Some(id)) = (&self.open, id)
+            && open != id
+        {
+            self.close(out);
+        }
+    }
+
     /// The open reasoning item's id, opening one (named `upstream_id`, the
     /// provider's id, when it gave one) if none is open.
     fn open_reasoning(&mut self, upstream_id: Option<&str>, out: &mut Vec<SseFrame>) -> String {
@@ -778,12 +788,7 @@ impl ResponseStreamEncoder {
             }
             StreamEvent::ReasoningDelta { text, id } => {
                 self.start(None, &mut out);
-                // Another of the provider's reasoning items: a new item here.
-                if let (Some(OpenItem::Reasoning { id: open, .. }), Some(id)) = (&self.open, id)
-                    && open != id
-                {
-                    self.close(&mut out);
-                }
+                self.close_other_reasoning(id.as_deref(), &mut out);
                 let fresh = !matches!(self.open, Some(OpenItem::Reasoning { .. }));
                 let id = self.open_reasoning(id.as_deref(), &mut out);
                 if fresh {
@@ -814,6 +819,7 @@ impl ResponseStreamEncoder {
                 ..
             } => {
                 self.start(None, &mut out);
+                self.close_other_reasoning(id.as_deref(), &mut out);
                 self.open_reasoning(id.as_deref(), &mut out);
                 self.close_with(
                     Some(encrypted_content(signature, *redacted)),

@@ -582,6 +582,12 @@ fn reasoning_items_keep_one_id_from_added_to_done() {
         signature(Some("rs_up1")),
         // Encrypted content alone, no summary.
         signature(Some("rs_up2")),
+        // An item without encrypted content, then one with only that.
+        StreamEvent::ReasoningDelta {
+            text: "Plain".into(),
+            id: Some("rs_up3".into()),
+        },
+        signature(Some("rs_up4")),
         // No id anywhere: the gateway makes one.
         StreamEvent::ReasoningDelta {
             text: "More".into(),
@@ -603,8 +609,8 @@ fn reasoning_items_keep_one_id_from_added_to_done() {
     };
     let added = ids("response.output_item.added");
     assert_eq!(added, ids("response.output_item.done"));
-    assert_eq!(&added[..2], ["rs_up1", "rs_up2"]);
-    assert!(added[2].starts_with("rs_"), "{added:?}");
+    assert_eq!(&added[..4], ["rs_up1", "rs_up2", "rs_up3", "rs_up4"]);
+    assert!(added[4].starts_with("rs_"), "{added:?}");
     // Every delta names its item's id.
     for frame in frames.iter().map(json_of) {
         if frame["type"] == "response.reasoning_summary_text.delta" {
