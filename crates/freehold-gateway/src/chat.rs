@@ -89,7 +89,7 @@ pub(crate) async fn authenticate(
         .inspect_err(|error| {
             gateway
                 .metrics
-                .count_error(endpoint, UNROUTED, "", error.kind);
+                .count_error(endpoint, UNROUTED.into(), "", error.kind);
         })
 }
 
@@ -935,7 +935,7 @@ impl Accounting {
         metrics.in_flight.dec();
         let elapsed = self.started.elapsed();
         let key = LabelText::from(self.caller.label());
-        let model = metrics.model_label(self.metrics_model());
+        let model = self.metrics_model();
         metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -1072,9 +1072,18 @@ async fn settle(store: &Store, reservation: &Reservation, actual: f64) {
 }
 
 impl Accounting {
-    /// The model label of this request's metrics.
-    fn metrics_model(&self) -> &str {
-        if self.routed { &self.model } else { UNROUTED }
+    /// The model label of this request's metrics: `(none)` without a
+    /// route; the name once a provider has answered for it (this request
+    /// or an earlier one), so that names clients make up, which providers
+    /// refuse, get no series of their own.
+    fn metrics_model(&self) -> LabelText {
+        if self.routed {
+            self.gateway
+                .metrics
+                .model_label(&self.model, self.target.is_some())
+        } else {
+            UNROUTED.into()
+        }
     }
 }
 

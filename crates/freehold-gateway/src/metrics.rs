@@ -1,9 +1,11 @@
 //! Prometheus metrics for `GET /metrics`: requests, latency, tokens, cost
 //! and errors, per endpoint, model and key. The model label is the name a
-//! client asked for only when it has a route (`(none)` otherwise), and
+//! client asked for only when it has a route (`(none)` otherwise) and a
+//! provider has answered for it at least once (`(other)` until then), and
 //! only for the first [`MAX_MODEL_LABELS`] such names (`(other)` after
-//! them), so that made-up names cannot grow the number of series without
-//! bound. Names and key names are escaped as the text format requires.
+//! them): made-up names, which providers refuse, cannot grow the number of
+//! series, nor use up the bound. Names and key names are escaped as the
+//! text format requires.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -175,23 +177,25 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts a failed request of `endpoint` for `model` by `key`.
-    pub fn count_error(&self, endpoint: &str, model: &str, key: &str, kind: &'static str) {
+    pub fn count_error(&self, endpoint: &str, model: LabelText, key: &str, kind: &'static str) {
         self.errors
             .get_or_create(&ErrorLabels {
                 endpoint: endpoint.to_owned(),
-                model: self.model_label(model),
+                model,
                 key: key.into(),
                 kind,
             })
             .inc();
     }
 
-    /// The label for requests of `model`: its name while fewer than
-    /// [`MAX_MODEL_LABELS`] names have series, [`OTHER_MODELS`] after.
-    pub fn model_label(&self, model: &str) -> LabelText {
+    /// The label for requests of `model`: its name once it has one, or
+    /// when `answered` (a provider answered for it) while fewer than
+    /// [`MAX_MODEL_LABELS`] names have series; [`OTHER_MODELS`] otherwise.
+    pub fn model_label(&self, model: &str, answered: bool) -> LabelText {
         let known = |names: &HashSet<String>| names.contains(model);
         match self.models_labelled.read() {
             Ok(names) if known(&names) => return model.into(),
+            Ok(_) if !answered => return OTHER_MODELS.into(),
             // Full: no write lock for every new name after the bound.
             Ok(names) if names.len() >= MAX_MODEL_LABELS => return OTHER_MODELS.into(),
             _ => {}
@@ -253,7 +257,7 @@ mod tests {
     fn names_are_escaped() {
         let metrics = Metrics::default();
         let forged = "local:x\"} 1\nfreehold_gateway_tokens_total{model=\"coder\"} 1e12\n\\";
-        metrics.count_error("/v1/messages", forged, "a \"key\"", "upstream");
+        metrics.count_error("/v1/messages", forged.into(), "a \"key\"", "upstream");
         let text = metrics.render();
         assert!(
             text.contains(
@@ -267,11 +271,16 @@ mod tests {
     #[test]
     fn model_names_past_the_bound_share_one_label() {
         let metrics = Metrics::default();
+        // A name no provider answered for has no series of its own.
+        assert_eq!(metrics.model_label("p:made-up", false).0, OTHER_MODELS);
         for n in 0..MAX_MODEL_LABELS {
-            assert_eq!(metrics.model_label(&format!("p:m{n}")).0, format!("p:m{n}"));
+            assert_eq!(
+                metrics.model_label(&format!("p:m{n}"), true).0,
+                format!("p:m{n}")
+            );
         }
-        assert_eq!(metrics.model_label("p:one-more").0, OTHER_MODELS);
-        // Names seen before keep theirs.
-        assert_eq!(metrics.model_label("p:m7").0, "p:m7");
+        assert_eq!(metrics.model_label("p:one-more", true).0, OTHER_MODELS);
+        // Names seen before keep theirs, answered this time or not.
+        assert_eq!(metrics.model_label("p:m7", false).0, "p:m7");
     }
 }
