@@ -38,6 +38,12 @@ pub struct ChatRequest {
     /// How much the model should reason, for models that can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<ReasoningEffort>,
+    /// The thinking budget in tokens the caller asked for, when it named one
+    /// (Anthropic's `budget_tokens`): APIs that take a budget (Anthropic,
+    /// Gemini) get it as asked; the others get `reasoning`, its nearest
+    /// level. Only read when `reasoning` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_budget: Option<u32>,
     /// Protocol headers a gateway's client sent that an upstream speaking
     /// the same protocol should receive too (`anthropic-beta` turns on beta
     /// features); clients of other protocols ignore them.
@@ -59,6 +65,7 @@ impl ChatRequest {
             stop: Vec::new(),
             response_format: None,
             reasoning: None,
+            reasoning_budget: None,
             forwarded_headers: Vec::new(),
         }
     }

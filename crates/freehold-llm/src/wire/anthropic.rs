@@ -710,7 +710,7 @@ pub fn structured_output_tool(request: &ChatRequest) -> Option<String> {
 /// Besides the mapping described in the module docs:
 /// - with `request.reasoning` set, `thinking` is adaptive with its effort
 ///   on models that take it ([`takes_adaptive_thinking`]), and otherwise
-///   enabled with
+///   enabled with `request.reasoning_budget` (at least 1024), or else
 ///   [`freehold_protocol::ReasoningEffort::budget_tokens`]; as the budget must
 ///   stay below `max_tokens`, a defaulted `max_tokens` grows to budget +
 ///   default, and an explicit one that is too small shrinks the budget (never
@@ -722,7 +722,12 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
     let mut max_tokens = request.max_tokens.unwrap_or(options.default_max_tokens);
     let adaptive = takes_adaptive_thinking(&request.model);
     let thinking = reasoning_for(request).and_then(|effort| {
-        let mut budget = effort.budget_tokens();
+        // The client's own budget when it named one (a client of the
+        // Anthropic protocol), else its level's.
+        let mut budget = request.reasoning_budget.map_or_else(
+            || effort.budget_tokens(),
+            |asked| asked.max(MIN_THINKING_BUDGET),
+        );
         // Adaptive thinking has no budget to fit under `max_tokens`, but it
         // spends from it: a defaulted limit still grows by the effort's
         // budget, and an explicit one is kept whatever its size.
@@ -1536,6 +1541,35 @@ mod tests {
             let choice = serde_json::to_value(&encoded.tool_choice).unwrap();
             assert_eq!(choice["type"], "auto", "{choice}");
         }
+    }
+
+    /// A client's own `budget_tokens` reaches an Anthropic upstream as
+    /// asked (a round trip through the server side's decoder), not as its
+    /// level's budget.
+    #[test]
+    fn a_clients_thinking_budget_travels_as_asked() {
+        let wire: MessagesRequest = serde_json::from_value(json!({
+            "model": "claude-sonnet-4-5", "max_tokens": 16000,
+            "thinking": {"type": "enabled", "budget_tokens": 5000},
+            "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        let (request, _) = decode_request(wire).unwrap();
+        assert_eq!(request.reasoning_budget, Some(5000));
+        assert_eq!(request.reasoning, Some(effort_for_budget(5000)));
+        let encoded = encode_request(&request, options());
+        assert_eq!(
+            serde_json::to_value(&encoded.thinking).unwrap(),
+            json!({"type": "enabled", "budget_tokens": 5000})
+        );
+        // Below the API's minimum it is raised to it.
+        let mut small = request.clone();
+        small.reasoning_budget = Some(100);
+        let encoded = encode_request(&small, options());
+        assert_eq!(
+            serde_json::to_value(&encoded.thinking).unwrap(),
+            json!({"type": "enabled", "budget_tokens": 1024})
+        );
     }
 
     #[test]

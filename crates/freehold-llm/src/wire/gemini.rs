@@ -586,7 +586,10 @@ pub fn encode_request(request: &ChatRequest) -> GenerateContentRequest {
         presence_penalty: sampling.presence_penalty.map(widen),
         frequency_penalty: sampling.frequency_penalty.map(widen),
         thinking_config: request.reasoning.map(|effort| ThinkingConfig {
-            thinking_budget: Some(i32::try_from(effort.budget_tokens()).unwrap_or(i32::MAX)),
+            thinking_budget: Some(
+                i32::try_from(request.reasoning_budget.unwrap_or(effort.budget_tokens()))
+                    .unwrap_or(i32::MAX),
+            ),
             include_thoughts: Some(true),
             thinking_level: None,
         }),
@@ -1085,6 +1088,23 @@ fn preview(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_thinking_budget_is_sent_as_asked() {
+        use freehold_protocol::{Message, ReasoningEffort};
+        let mut request =
+            freehold_protocol::ChatRequest::new("gemini-2.5-flash", vec![Message::user("hi")]);
+        request.reasoning = Some(ReasoningEffort::Medium);
+        let budget = |request: &freehold_protocol::ChatRequest| {
+            encode_request(request)
+                .generation_config
+                .and_then(|config| config.thinking_config)
+                .and_then(|thinking| thinking.thinking_budget)
+        };
+        assert_eq!(budget(&request), Some(8192));
+        request.reasoning_budget = Some(5000);
+        assert_eq!(budget(&request), Some(5000));
+    }
 
     #[test]
     fn tools_without_parameters_send_none() {

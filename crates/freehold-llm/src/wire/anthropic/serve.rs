@@ -158,6 +158,10 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         )),
         Some(ThinkingConfig::Disabled {}) | None => None,
     };
+    let reasoning_budget = match wire.thinking {
+        Some(ThinkingConfig::Enabled { budget_tokens }) => Some(budget_tokens),
+        _ => None,
+    };
     let request = ChatRequest {
         model: wire.model,
         messages,
@@ -174,6 +178,7 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         stop: wire.stop_sequences.unwrap_or_default(),
         response_format: None,
         reasoning,
+        reasoning_budget,
         forwarded_headers: Vec::new(),
     };
     Ok((

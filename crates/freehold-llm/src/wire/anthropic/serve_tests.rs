@@ -102,6 +102,7 @@ fn requests_round_trip_through_the_client_encoder() {
         stop: vec!["END".into()],
         response_format: None,
         reasoning: None,
+        reasoning_budget: None,
         forwarded_headers: Vec::new(),
     };
     let options = EncodeOptions {
@@ -132,7 +133,12 @@ fn requests_round_trip_through_the_client_encoder() {
         };
         let (decoded, serve) =
             decode_request(encode_request(&request, EncodeOptions::default())).unwrap();
-        assert_eq!(decoded, request);
+        // The level's budget comes back as the budget asked for.
+        let expected = ChatRequest {
+            reasoning_budget: Some(effort.budget_tokens()),
+            ..request.clone()
+        };
+        assert_eq!(decoded, expected);
         assert!(!serve.stream);
     }
     let required = ChatRequest {

@@ -126,6 +126,7 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
             .unwrap_or_default(),
         response_format,
         reasoning,
+        reasoning_budget: None,
         forwarded_headers: Vec::new(),
     };
     Ok((request, options))

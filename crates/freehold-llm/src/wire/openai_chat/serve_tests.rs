@@ -92,6 +92,7 @@ fn full_request() -> ChatRequest {
             strict: true,
         }),
         reasoning: Some(ReasoningEffort::High),
+        reasoning_budget: None,
         forwarded_headers: Vec::new(),
     }
 }

@@ -141,6 +141,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         stop: Vec::new(),
         response_format,
         reasoning,
+        reasoning_budget: None,
         forwarded_headers: Vec::new(),
     };
     Ok((

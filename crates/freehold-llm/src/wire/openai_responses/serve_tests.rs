@@ -96,6 +96,7 @@ fn full_request() -> ChatRequest {
             strict: true,
         }),
         reasoning: Some(ReasoningEffort::Medium),
+        reasoning_budget: None,
         forwarded_headers: Vec::new(),
     }
 }
