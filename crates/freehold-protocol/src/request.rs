@@ -44,6 +44,12 @@ pub struct ChatRequest {
     /// level. Only read when `reasoning` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_budget: Option<u32>,
+    /// The effort the caller named, as its protocol spells it, when the
+    /// protocol has levels `reasoning` lacks (Anthropic's `xhigh` and
+    /// `max`): an upstream of the same protocol gets it as named. Only read
+    /// when `reasoning` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort_name: Option<String>,
     /// Protocol headers a gateway's client sent that an upstream speaking
     /// the same protocol should receive too (`anthropic-beta` turns on beta
     /// features); clients of other protocols ignore them.
@@ -66,6 +72,7 @@ impl ChatRequest {
             response_format: None,
             reasoning: None,
             reasoning_budget: None,
+            reasoning_effort_name: None,
             forwarded_headers: Vec::new(),
         }
     }

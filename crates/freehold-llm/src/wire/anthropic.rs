@@ -758,7 +758,12 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
         .reasoning
         .filter(|_| thinking == Some(ThinkingConfig::Adaptive {}))
         .map(|effort| OutputConfig {
-            effort: Some(effort_name(effort).to_owned()),
+            effort: Some(
+                request
+                    .reasoning_effort_name
+                    .clone()
+                    .unwrap_or_else(|| effort_name(effort).to_owned()),
+            ),
             extra: serde_json::Map::new(),
         });
 
@@ -1570,6 +1575,24 @@ mod tests {
             serde_json::to_value(&encoded.thinking).unwrap(),
             json!({"type": "enabled", "budget_tokens": 1024})
         );
+    }
+
+    /// Adaptive thinking's `xhigh` and `max`, which have no level of their
+    /// own, reach an Anthropic upstream as named.
+    #[test]
+    fn an_adaptive_effort_travels_by_name() {
+        for name in ["max", "xhigh", "medium"] {
+            let wire: MessagesRequest = serde_json::from_value(json!({
+                "model": "claude-opus-4-7", "max_tokens": 16000,
+                "thinking": {"type": "adaptive"}, "output_config": {"effort": name},
+                "messages": [{"role": "user", "content": "hi"}]
+            }))
+            .unwrap();
+            let (request, _) = decode_request(wire).unwrap();
+            let encoded = serde_json::to_value(encode_request(&request, options())).unwrap();
+            assert_eq!(encoded["thinking"], json!({"type": "adaptive"}));
+            assert_eq!(encoded["output_config"]["effort"], name, "{encoded}");
+        }
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub fn effort_for_budget(budget: u32) -> ReasoningEffort {
 
 /// The [`ReasoningEffort`] for adaptive thinking's `output_config.effort`:
 /// `xhigh`, `max` and levels this version does not know are the most there
-/// is ([`ReasoningEffort::High`]), which is also the API's default.
+/// is ([`ReasoningEffort::High`]), which is also the API's default. (The
+/// name itself travels in `ChatRequest::reasoning_effort_name`, so an
+/// Anthropic upstream gets it as asked.)
 pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
     match effort {
         Some("low") => ReasoningEffort::Low,
@@ -162,6 +164,15 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         Some(ThinkingConfig::Enabled { budget_tokens }) => Some(budget_tokens),
         _ => None,
     };
+    // The effort's own name, for an Anthropic upstream (`xhigh` and `max`
+    // have no level of their own).
+    let reasoning_effort_name = match wire.thinking {
+        Some(ThinkingConfig::Adaptive {}) => wire
+            .output_config
+            .as_ref()
+            .and_then(|config| config.effort.clone()),
+        _ => None,
+    };
     let request = ChatRequest {
         model: wire.model,
         messages,
@@ -179,6 +190,7 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         response_format: None,
         reasoning,
         reasoning_budget,
+        reasoning_effort_name,
         forwarded_headers: Vec::new(),
     };
     Ok((

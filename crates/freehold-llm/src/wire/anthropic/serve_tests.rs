@@ -103,6 +103,7 @@ fn requests_round_trip_through_the_client_encoder() {
         response_format: None,
         reasoning: None,
         reasoning_budget: None,
+        reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
     };
     let options = EncodeOptions {

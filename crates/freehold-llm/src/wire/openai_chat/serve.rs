@@ -127,6 +127,7 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
         response_format,
         reasoning,
         reasoning_budget: None,
+        reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
     };
     Ok((request, options))

@@ -93,6 +93,7 @@ fn full_request() -> ChatRequest {
         }),
         reasoning: Some(ReasoningEffort::High),
         reasoning_budget: None,
+        reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
     }
 }

@@ -142,6 +142,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         response_format,
         reasoning,
         reasoning_budget: None,
+        reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
     };
     Ok((

@@ -97,6 +97,7 @@ fn full_request() -> ChatRequest {
         }),
         reasoning: Some(ReasoningEffort::Medium),
         reasoning_budget: None,
+        reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
     }
 }
