@@ -2079,15 +2079,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn tool_arguments_stay_valid_json() {
-        let privacy = with(redact_settings());
-        let arguments = format!(
-            r#"{{"command": "export KEY={}", "password": "hunter22", "card": 4111111111111111, "n": 3, "nested": {{"to": ["alice@corp.io", "plain"], "token": "quote \" {}"}}}}"#,
-            aws_key(),
-            github_token()
-        );
-        let original: serde_json::Value = serde_json::from_str(&arguments).unwrap();
+    /// The tool call of an assistant message with `arguments`, as the
+    /// policy redacts it (it must redact something).
+    fn redacted_call(privacy: &Privacy, arguments: String) -> ToolCall {
         let chat = ChatRequest::new(
             "m",
             vec![Message {
@@ -2100,9 +2094,22 @@ mod tests {
         let Decision::Redacted { request, .. } = privacy.decide(&chat, None, false) else {
             panic!("not redacted");
         };
-        let ContentPart::ToolCall(call) = &request.messages[0].content[0] else {
+        let Some(ContentPart::ToolCall(call)) = request.messages[0].content.first() else {
             panic!("not a tool call");
         };
+        call.clone()
+    }
+
+    #[test]
+    fn tool_arguments_stay_valid_json() {
+        let privacy = with(redact_settings());
+        let arguments = format!(
+            r#"{{"command": "export KEY={}", "password": "hunter22", "card": 4111111111111111, "n": 3, "nested": {{"to": ["alice@corp.io", "plain"], "token": "quote \" {}"}}}}"#,
+            aws_key(),
+            github_token()
+        );
+        let original: serde_json::Value = serde_json::from_str(&arguments).unwrap();
+        let call = redacted_call(&privacy, arguments);
         let value: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
         assert_eq!(value["command"], "export KEY=[REDACTED:aws_access_key]");
         assert_eq!(value["password"], "[REDACTED:password_assignment]");
@@ -2128,21 +2135,7 @@ mod tests {
         // boundary there, but there is one in the string they hold.
         let privacy = with(redact_settings());
         let arguments = format!(r#"{{"cmd": "echo x\n{}"}}"#, aws_key());
-        let chat = ChatRequest::new(
-            "m",
-            vec![Message {
-                role: freehold_protocol::Role::Assistant,
-                content: vec![ContentPart::ToolCall(ToolCall::new(
-                    "c1", "shell", arguments,
-                ))],
-            }],
-        );
-        let Decision::Redacted { request, .. } = privacy.decide(&chat, None, false) else {
-            panic!("not redacted");
-        };
-        let ContentPart::ToolCall(call) = &request.messages[0].content[0] else {
-            panic!("not a tool call");
-        };
+        let call = redacted_call(&privacy, arguments);
         assert_eq!(
             call.arguments,
             r#"{"cmd": "echo x\n[REDACTED:aws_access_key]"}"#
@@ -2160,23 +2153,7 @@ mod tests {
     #[test]
     fn invalid_json_arguments_are_redacted_as_text() {
         let privacy = with(redact_settings());
-        let chat = ChatRequest::new(
-            "m",
-            vec![Message {
-                role: freehold_protocol::Role::Assistant,
-                content: vec![ContentPart::ToolCall(ToolCall::new(
-                    "c1",
-                    "shell",
-                    format!("{{\"cmd\": \"{}", aws_key()),
-                ))],
-            }],
-        );
-        let Decision::Redacted { request, .. } = privacy.decide(&chat, None, false) else {
-            panic!("not redacted");
-        };
-        let ContentPart::ToolCall(call) = &request.messages[0].content[0] else {
-            panic!("not a tool call");
-        };
+        let call = redacted_call(&privacy, format!("{{\"cmd\": \"{}", aws_key()));
         assert_eq!(call.arguments, "{\"cmd\": \"[REDACTED:aws_access_key]");
     }
 
