@@ -45,19 +45,7 @@ pub(crate) async fn admit(
 ) -> Result<Admitted, GatewayError> {
     let asked = request.model.clone();
     let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, started);
-    let result = match privacy_header(gateway, headers) {
-        Ok(privacy_header) => {
-            admit_inner(
-                gateway,
-                &caller,
-                privacy_header,
-                &mut request,
-                &mut accounting,
-            )
-            .await
-        }
-        Err(error) => Err(error),
-    };
+    let result = admit_inner(gateway, headers, &caller, &mut request, &mut accounting).await;
     match result {
         Ok((routes, targets)) => Ok(Admitted {
             request,
@@ -127,11 +115,12 @@ pub(crate) fn privacy_header<'a>(
 
 async fn admit_inner(
     gateway: &Arc<Gateway>,
+    headers: &HeaderMap,
     caller: &Caller,
-    privacy_header: Option<&str>,
     request: &mut ChatRequest,
     accounting: &mut Accounting,
 ) -> Result<(Arc<Routes>, Vec<Target>), GatewayError> {
+    let privacy_header = privacy_header(gateway, headers)?;
     let asked = request.model.clone();
     let routes = gateway.routes();
     let targets = route(gateway, &routes, request)?;
@@ -292,8 +281,8 @@ pub(crate) fn refuse_engine_paths(
 /// Applies the privacy policy to a request routed to `targets`: keeps it
 /// on this machine, redacts what it found before the request leaves, or
 /// refuses it. The decision is logged and its audit line goes to the
-/// ledger through `accounting`. Returns the one local target the request
-/// was narrowed to, when it was ([`keep_local`]).
+/// ledger through `accounting`. Returns the local targets the request was
+/// narrowed to, when it was ([`keep_local`]).
 ///
 /// # Errors
 /// 403 when the policy blocks the request, or keeps it local and its
@@ -492,25 +481,24 @@ async fn take_hold(
         }
     }));
     let mut pending = PendingHold {
-        receiver: Some(receiver),
+        receiver,
+        received: false,
         store: store.clone(),
         settling: gateway.settling.clone(),
     };
-    let receiver = pending
-        .receiver
-        .as_mut()
-        .ok_or_else(|| StoreError::Database("the hold's channel is gone".into()))?;
-    let taken = receiver
+    let taken = (&mut pending.receiver)
         .await
         .unwrap_or_else(|_| Err(StoreError::Database("taking the hold was cancelled".into())));
-    pending.receiver = None;
+    pending.received = true;
     taken
 }
 
 /// A hold being taken for a request; dropped before the answer came, it
 /// releases a hold that had arrived in the meantime.
 struct PendingHold {
-    receiver: Option<tokio::sync::oneshot::Receiver<Result<Reservation, StoreError>>>,
+    receiver: tokio::sync::oneshot::Receiver<Result<Reservation, StoreError>>,
+    /// Whether the answer was taken (nothing is left to release).
+    received: bool,
     store: Store,
     /// The gateway's settlements, which shutdown waits for.
     settling: tokio_util::task::TaskTracker,
@@ -518,12 +506,12 @@ struct PendingHold {
 
 impl Drop for PendingHold {
     fn drop(&mut self) {
-        let Some(mut receiver) = self.receiver.take() else {
+        if self.received {
             return;
-        };
+        }
         // Closed first, so a hold sent from now on comes back to its task.
-        receiver.close();
-        if let Ok(Ok(orphan)) = receiver.try_recv()
+        self.receiver.close();
+        if let Ok(Ok(orphan)) = self.receiver.try_recv()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             let store = self.store.clone();

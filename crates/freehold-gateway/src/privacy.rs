@@ -1422,7 +1422,7 @@ fn token_context_says_otherwise(text: &str, span: &Range<usize>) -> bool {
 /// next_token_kind`) and paths are not, and not of a kind a detector of
 /// its own reports (a JWT, a GitHub or OpenAI key…).
 fn token_value(value: &str) -> bool {
-    const OWN_DETECTORS: [&str; 9] = [
+    const OWN_DETECTORS: [&str; 12] = [
         "eyJ",
         "sk-",
         "ghp_",
@@ -1432,14 +1432,14 @@ fn token_value(value: &str) -> bool {
         "ghr_",
         "github_pat_",
         "xox",
+        "AIza",
+        "AKIA",
+        "ASIA",
     ];
     !placeholder(value)
         && value.bytes().any(|b| b.is_ascii_digit())
         && value.bytes().any(|b| b.is_ascii_alphabetic())
         && !OWN_DETECTORS.iter().any(|prefix| value.starts_with(prefix))
-        && !value.starts_with("AIza")
-        && !value.starts_with("AKIA")
-        && !value.starts_with("ASIA")
 }
 
 /// An address that is personal data: not an SSH remote's `git@`, not a
@@ -1453,22 +1453,23 @@ fn email(candidate: &str) -> bool {
     };
     let user = user.to_ascii_lowercase();
     let domain = domain.to_ascii_lowercase();
-    let no_reply = [
-        "noreply",
-        "no-reply",
-        "no_reply",
-        "donotreply",
-        "do-not-reply",
-    ]
-    .iter()
-    .any(|name| user == *name || user.starts_with(&format!("{name}+")))
-        || domain == "users.noreply.github.com";
-    let reserved = ["example", "test", "invalid", "localhost"]
-        .iter()
-        .any(|tld| domain.ends_with(&format!(".{tld}")))
+    // `noreply+tag@…` is a no-reply address too.
+    let mailbox = user.split('+').next().unwrap_or_default();
+    let no_reply = matches!(
+        mailbox,
+        "noreply" | "no-reply" | "no_reply" | "donotreply" | "do-not-reply"
+    ) || domain == "users.noreply.github.com";
+    let tld = domain.rsplit('.').next().unwrap_or_default();
+    let under = |name: &str| {
+        domain == name
+            || domain
+                .strip_suffix(name)
+                .is_some_and(|rest| rest.ends_with('.'))
+    };
+    let reserved = matches!(tld, "example" | "test" | "invalid" | "localhost")
         || ["example.com", "example.org", "example.net"]
-            .iter()
-            .any(|name| domain == *name || domain.ends_with(&format!(".{name}")));
+            .into_iter()
+            .any(under);
     !no_reply && !reserved && not_a_file_or_remote(&user, &domain)
 }
 

@@ -159,13 +159,16 @@ impl LocalProvider {
 
     /// The cached model for `path`, loading it on first use. Models stay
     /// loaded for the process's life, shared by every provider, cached by
-    /// the path as given and the file's size and time (so a file replaced
-    /// at the same path is loaded anew; context slots are matched by the
-    /// model itself, so none made for the old file is reused).
+    /// the file's canonical path (two spellings of one file load it once)
+    /// and its identity (a file replaced at the same path is loaded anew;
+    /// context slots are matched by the model itself, so none made for the
+    /// old file is reused).
     fn load(&self, path: &Path) -> Result<&'static LlamaModel, LlmError> {
         let backend = backend()?;
-        // The file's size and time too: a model pulled again to the same
-        // path (a new revision) is loaded anew, not served from the old one.
+        let canonical = path.canonicalize();
+        let path = canonical.as_deref().unwrap_or(path);
+        // The file's identity too: a model pulled again to the same path
+        // (a new revision) is loaded anew, not served from the old one.
         let file = std::fs::metadata(path)
             .map(|meta| FileIdentity::of(&meta))
             .map_err(|e| {
@@ -210,8 +213,8 @@ impl LocalProvider {
     }
 }
 
-/// What identifies a loaded model: its path, GPU layer count, and the
-/// file's size and modification time when it was loaded.
+/// What identifies a loaded model: its canonical path, GPU layer count,
+/// and the file's identity when it was loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ModelKey {
     path: PathBuf,

@@ -48,7 +48,7 @@ pub enum StoreError {
     /// (PostgreSQL's serialization failures and deadlocks), or no
     /// connection could be had in time (the server restarting, a pool
     /// full). Trying again later is safe ([`StoreError::is_retryable`]).
-    #[error("gateway database (nothing was written; will retry): {0}")]
+    #[error("gateway database (nothing was written): {0}")]
     Busy(String),
     /// No key has that id or prefix.
     #[error("no virtual key matches `{0}`; `freehold keys list` shows them")]
