@@ -33,6 +33,7 @@ fn routes(base_urls: Vec<String>) -> Routes {
             eject_after_failures: 1,
             cooldown: Duration::from_secs(60),
             probe: false,
+            probe_interval: None,
         },
     )
 }
@@ -1471,6 +1472,7 @@ async fn a_probe_readmits_a_replica_that_came_back_without_a_client_request() {
         eject_after_failures: 1,
         cooldown: Duration::from_millis(100),
         probe: true,
+        probe_interval: None,
     };
     let gw = start(
         routes_with(
@@ -1542,6 +1544,73 @@ async fn a_probe_readmits_a_replica_that_came_back_without_a_client_request() {
         revived.requests() > 0,
         "the readmitted replica got no request"
     );
+}
+
+/// A listener on 127.0.0.1 that accepts connections and never answers on
+/// them, like a stopped server process whose socket the kernel still
+/// serves; it keeps them open until dropped.
+async fn unanswering_listener() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (format!("http://{address}/v1"), task)
+}
+
+#[tokio::test]
+async fn a_replica_that_accepts_but_never_answers_is_probed_out_of_rotation() {
+    let up = MockUpstream::start().await.unwrap();
+    let (stuck, listener) = unanswering_listener().await;
+    let health = HealthSettings {
+        eject_after_failures: 2,
+        cooldown: Duration::from_secs(60),
+        probe: false,
+        probe_interval: Some(Duration::from_millis(100)),
+    };
+    // The gateway's own time limit is the default (minutes): a request
+    // sent to the stuck replica would outlast the test's patience below.
+    let gw = start(
+        routes_with(vec![stuck, up.base_url()], &health),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, health) = get(&format!("{}/health", gw.url), Some(MASTER)).await;
+        if health["providers"]["mock"]["replicas"][0]["healthy"] == false {
+            assert_eq!(
+                health["providers"]["mock"]["replicas"][1]["healthy"], true,
+                "{health}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stuck replica was never ejected: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..6 {
+        let (status, body, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            post(
+                &gw.url,
+                "/v1/chat/completions",
+                Some(MASTER),
+                &chat_body("mock"),
+            ),
+        )
+        .await
+        .expect("a request was sent to the replica that never answers");
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(up.requests(), 6);
+    listener.abort();
 }
 
 #[tokio::test]

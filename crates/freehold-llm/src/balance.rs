@@ -1,5 +1,6 @@
 //! Load balancing over replicas of one model server, with passive health and,
-//! when asked for, background probes of ejected replicas.
+//! when asked for, background probes: of ejected replicas, to readmit them,
+//! and of every replica in rotation, to find one that has stopped answering.
 //!
 //! A [`ReplicaSet`] is a [`Provider`] made of several providers that serve the
 //! same models (three vLLM boxes, two Ollama hosts). Each request goes to the
@@ -14,7 +15,12 @@
 //! success (the first answer event, or a complete answer) readmits it while
 //! a failure ejects it again. With [`HealthSettings::probe`], no client request
 //! is that trial: a background task asks the rested replica for its model
-//! list instead, and only an answer readmits it. Rate limits move a request to another replica
+//! list instead, and only an answer readmits it. With
+//! [`HealthSettings::probe_interval`], every replica in rotation is also
+//! asked for its model list that often, and a probe that fails or gets no
+//! answer in time counts as a failure like a failed request: this is what
+//! finds a replica that accepts connections but never answers, whose client
+//! requests end by the caller's time limit and so count as nothing. Rate limits move a request to another replica
 //! but say nothing about health. When every replica is ejected the one
 //! ejected longest ago is used rather than failing outright.
 //!
@@ -57,7 +63,15 @@ pub struct HealthSettings {
     /// list asked for) rather than with a client request, so that no client
     /// waits on a replica that may still be down. Needs a tokio runtime
     /// when the set is built; without one, trials are client requests.
+    /// Implied by [`HealthSettings::probe_interval`].
     pub probe: bool,
+    /// How often each replica in rotation is asked for its model list
+    /// (`None`: never). A probe that fails (connection, server error) or
+    /// gets no answer within the interval (at most 10 s) counts as one
+    /// failure towards [`HealthSettings::eject_after_failures`]; an answer
+    /// clears nothing, since a server's API can list models while its
+    /// engine is stuck. Needs a tokio runtime when the set is built.
+    pub probe_interval: Option<Duration>,
 }
 
 impl Default for HealthSettings {
@@ -66,7 +80,32 @@ impl Default for HealthSettings {
             eject_after_failures: 3,
             cooldown: Duration::from_secs(30),
             probe: false,
+            probe_interval: None,
         }
+    }
+}
+
+impl HealthSettings {
+    /// Whether anything is probed in the background.
+    fn probes_anything(&self) -> bool {
+        self.probe || self.probe_interval.is_some()
+    }
+
+    /// How long a probe of a replica in rotation may wait for its answer:
+    /// at most [`PROBE_TIMEOUT`], and never past the next probe.
+    fn check_timeout(&self) -> Duration {
+        self.probe_interval
+            .map_or(PROBE_TIMEOUT, |interval| interval.min(PROBE_TIMEOUT))
+    }
+
+    /// How often the probing task looks for due probes.
+    fn probe_tick(&self) -> Duration {
+        // Trials of rested replicas are probes whenever checks are.
+        let mut tick = self.cooldown / 2;
+        if let Some(interval) = self.probe_interval {
+            tick = tick.min(interval / 2);
+        }
+        tick.clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 }
 
@@ -105,11 +144,12 @@ impl ReplicaSet {
         let name = name.into();
         let states = replicas.iter().map(|_| ReplicaState::default()).collect();
         let runtime = tokio::runtime::Handle::try_current().ok();
-        let probes = settings.probe && runtime.is_some();
-        if settings.probe && !probes {
+        let probes = settings.probes_anything() && runtime.is_some();
+        if settings.probes_anything() && !probes {
             tracing::warn!(
                 replica_set = %name,
-                "no async runtime to probe ejected replicas from; client requests are their trials"
+                "no async runtime to probe replicas from; client requests are the trials of \
+                 ejected ones, and replicas in rotation are not probed"
             );
         }
         let shared = Arc::new(Shared {
@@ -122,7 +162,7 @@ impl ReplicaSet {
             }),
         });
         if let Some(runtime) = runtime.filter(|_| probes) {
-            runtime.spawn(probe_ejected(Arc::downgrade(&shared), replicas.clone()));
+            runtime.spawn(probe_replicas(Arc::downgrade(&shared), replicas.clone()));
         }
         Self {
             replicas,
@@ -410,73 +450,71 @@ fn is_health_failure(kind: &ErrorKind) -> bool {
     )
 }
 
-/// Asks each ejected replica whose cooldown is over for its model list,
-/// every tick, until the set is dropped: an answer readmits it, anything
-/// else rests it for another cooldown.
-async fn probe_ejected(shared: Weak<Shared>, replicas: Vec<Arc<dyn Provider>>) {
+/// What a background probe is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeKind {
+    /// An ejected replica has rested: an answer readmits it.
+    Trial,
+    /// A replica in rotation: a failure counts against it.
+    Check,
+}
+
+/// Every tick, until the set is dropped, starts the probes that are due:
+/// trials of ejected replicas whose cooldown is over, and checks of
+/// replicas in rotation. Each probe runs in a task of its own, so that a
+/// replica that never answers delays no other.
+async fn probe_replicas(shared: Weak<Shared>, replicas: Vec<Arc<dyn Provider>>) {
     let tick = match shared.upgrade() {
-        Some(shared) => {
-            (shared.settings.cooldown / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
-        }
+        Some(shared) => shared.settings.probe_tick(),
         None => return,
     };
     loop {
         tokio::time::sleep(tick).await;
-        let Some(shared) = shared.upgrade() else {
-            return;
+        // Only upgraded for the moment: a probe in flight holds a weak
+        // reference too, so dropping the set ends this loop.
+        let due = match shared.upgrade() {
+            Some(shared) => shared.due_probes(Instant::now()),
+            None => return,
         };
-        let due: Vec<usize> = {
-            let now = Instant::now();
-            let cooldown = shared.settings.cooldown;
-            let mut inner = shared.lock();
-            inner
-                .replicas
-                .iter_mut()
-                .enumerate()
-                .filter(|(_, state)| {
-                    !state.probing
-                        && state
-                            .ejected_at
-                            .is_some_and(|at| now.saturating_duration_since(at) >= cooldown)
-                })
-                .map(|(index, state)| {
-                    state.probing = true;
-                    index
-                })
-                .collect()
-        };
-        for index in due {
+        for (index, kind) in due {
             let Some(replica) = replicas.get(index) else {
                 continue;
             };
-            let answered = matches!(
-                tokio::time::timeout(PROBE_TIMEOUT, replica.list_models()).await,
-                Ok(Ok(_))
-            );
-            let mut inner = shared.lock();
-            let state = &mut inner.replicas[index];
-            state.probing = false;
-            // A client request may have readmitted it meanwhile (every
-            // replica ejected: the one ejected longest ago is used).
-            if state.ejected_at.is_none() {
-                continue;
-            }
-            if answered {
-                tracing::info!(
-                    replica_set = %shared.name,
-                    replica = index,
-                    "probe: replica answered; readmitting it"
-                );
-                state.failures = 0;
-                state.ejected_at = None;
-            } else {
-                tracing::debug!(
-                    replica_set = %shared.name,
-                    replica = index,
-                    "probe: replica still down; resting it again"
-                );
-                state.ejected_at = Some(Instant::now());
-            }
+            tokio::spawn(probe(
+                Weak::clone(&shared),
+                Arc::clone(replica),
+                index,
+                kind,
+            ));
+        }
+    }
+}
+
+/// Asks one replica for its model list and records the outcome.
+async fn probe(shared: Weak<Shared>, replica: Arc<dyn Provider>, index: usize, kind: ProbeKind) {
+    let limit = match shared.upgrade() {
+        Some(shared) => match kind {
+            ProbeKind::Trial => PROBE_TIMEOUT,
+            ProbeKind::Check => shared.settings.check_timeout(),
+        },
+        None => return,
+    };
+    let outcome = match tokio::time::timeout(limit, replica.list_models()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(LlmError::new(
+            ErrorKind::Timeout,
+            replica.name(),
+            format!(
+                "no model list within {:.1} s of asking",
+                limit.as_secs_f64()
+            ),
+        )),
+    };
+    if let Some(shared) = shared.upgrade() {
+        match kind {
+            ProbeKind::Trial => shared.trial_probed(index, outcome.is_ok()),
+            ProbeKind::Check => shared.checked(index, outcome),
         }
     }
 }
@@ -488,7 +526,8 @@ struct Shared {
     name: String,
     settings: HealthSettings,
     /// Whether a background task probes ejected replicas (then no client
-    /// request is sent to one while another replica is available).
+    /// request is sent to one while another replica is available), and,
+    /// with [`HealthSettings::probe_interval`], replicas in rotation.
     probes: bool,
     inner: Mutex<Inner>,
 }
@@ -508,6 +547,11 @@ struct ReplicaState {
     ejected_at: Option<Instant>,
     /// Whether its trial request after a cooldown is under way.
     probing: bool,
+    /// Whether a probe of it, in rotation, is under way.
+    checking: bool,
+    /// When its last probe in rotation started: probes start one interval
+    /// apart, each ending within the interval.
+    checked_at: Option<Instant>,
 }
 
 impl Shared {
@@ -527,6 +571,110 @@ impl Shared {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The probes due at `now`, each marked as under way.
+    fn due_probes(&self, now: Instant) -> Vec<(usize, ProbeKind)> {
+        if !self.probes {
+            return Vec::new();
+        }
+        let cooldown = self.settings.cooldown;
+        let interval = self.settings.probe_interval;
+        let mut inner = self.lock();
+        let mut due = Vec::new();
+        for (index, state) in inner.replicas.iter_mut().enumerate() {
+            match state.ejected_at {
+                Some(at) => {
+                    if !state.probing && now.saturating_duration_since(at) >= cooldown {
+                        state.probing = true;
+                        due.push((index, ProbeKind::Trial));
+                    }
+                }
+                None => {
+                    let Some(interval) = interval else { continue };
+                    let rested = state
+                        .checked_at
+                        .is_none_or(|at| now.saturating_duration_since(at) >= interval);
+                    if !state.checking && rested {
+                        state.checking = true;
+                        state.checked_at = Some(now);
+                        due.push((index, ProbeKind::Check));
+                    }
+                }
+            }
+        }
+        due
+    }
+
+    /// Records the trial probe of ejected replica `index`: an answer
+    /// readmits it, anything else rests it for another cooldown.
+    fn trial_probed(&self, index: usize, answered: bool) {
+        let mut inner = self.lock();
+        let Some(state) = inner.replicas.get_mut(index) else {
+            return;
+        };
+        state.probing = false;
+        // A client request may have readmitted it meanwhile (every
+        // replica ejected: the one ejected longest ago is used).
+        if state.ejected_at.is_none() {
+            return;
+        }
+        if answered {
+            tracing::info!(
+                replica_set = %self.name,
+                replica = index,
+                "probe: replica answered; readmitting it"
+            );
+            state.failures = 0;
+            state.ejected_at = None;
+        } else {
+            tracing::debug!(
+                replica_set = %self.name,
+                replica = index,
+                "probe: replica still down; resting it again"
+            );
+            state.ejected_at = Some(Instant::now());
+        }
+    }
+
+    /// Records the probe of replica `index` in rotation: a health failure
+    /// counts towards ejection; an answer changes nothing.
+    fn checked(&self, index: usize, outcome: Result<(), LlmError>) {
+        let mut inner = self.lock();
+        let Some(state) = inner.replicas.get_mut(index) else {
+            return;
+        };
+        state.checking = false;
+        let Err(error) = outcome else { return };
+        // Ejected meanwhile by client requests: its trials decide now.
+        if state.ejected_at.is_some() || !is_health_failure(&error.kind) {
+            return;
+        }
+        tracing::warn!(
+            replica_set = %self.name,
+            replica = index,
+            error = %error,
+            "replica failed its health probe"
+        );
+        self.count_failure(state, index);
+    }
+
+    /// Counts one health failure of replica `index`, ejecting it at the
+    /// threshold (or resting an ejected one again).
+    fn count_failure(&self, state: &mut ReplicaState, index: usize) {
+        let threshold = self.settings.eject_after_failures;
+        state.failures = state.failures.saturating_add(1);
+        if threshold > 0 && state.failures >= threshold {
+            if state.ejected_at.is_none() {
+                tracing::warn!(
+                    replica_set = %self.name,
+                    replica = index,
+                    failures = state.failures,
+                    "ejecting replica after consecutive failures"
+                );
+            }
+            state.ejected_at = Some(Instant::now());
+        }
     }
 
     /// Takes a lease on the available untried replica with the fewest
@@ -623,21 +771,9 @@ impl Lease {
             return;
         }
         self.failed = true;
-        let threshold = self.shared.settings.eject_after_failures;
         let mut inner = self.shared.lock();
         let state = &mut inner.replicas[self.index];
-        state.failures = state.failures.saturating_add(1);
-        if threshold > 0 && state.failures >= threshold {
-            if state.ejected_at.is_none() {
-                tracing::warn!(
-                    replica_set = %self.shared.name,
-                    replica = self.index,
-                    failures = state.failures,
-                    "ejecting replica after consecutive failures"
-                );
-            }
-            state.ejected_at = Some(Instant::now());
-        }
+        self.shared.count_failure(state, self.index);
         if self.probe {
             state.probing = false;
             self.probe = false;

@@ -99,6 +99,11 @@ pub struct RouterSettings {
     /// list) instead of a client request.
     #[serde(default)]
     pub probe_ejected: bool,
+    /// Seconds between probes (model lists) of each replica in rotation
+    /// (0: none); a failed or unanswered probe counts as a failure. Implies
+    /// `probe_ejected`.
+    #[serde(default)]
+    pub probe_interval_secs: u64,
 }
 
 fn default_eject_after_failures() -> u32 {
@@ -115,6 +120,7 @@ impl Default for RouterSettings {
             eject_after_failures: default_eject_after_failures(),
             cooldown_secs: default_cooldown_secs(),
             probe_ejected: false,
+            probe_interval_secs: 0,
         }
     }
 }
@@ -125,6 +131,8 @@ impl From<&RouterSettings> for HealthSettings {
             eject_after_failures: settings.eject_after_failures,
             cooldown: Duration::from_secs(settings.cooldown_secs),
             probe: settings.probe_ejected,
+            probe_interval: (settings.probe_interval_secs > 0)
+                .then(|| Duration::from_secs(settings.probe_interval_secs)),
         }
     }
 }

@@ -317,6 +317,7 @@ async fn replicas_survive_one_being_killed_mid_test() {
         eject_after_failures: 2,
         cooldown: Duration::from_secs(60),
         probe: false,
+        probe_interval: None,
     };
     let provider: Arc<dyn Provider> = resolved.build(&health).unwrap();
     let ask = |provider: Arc<dyn Provider>| async move {

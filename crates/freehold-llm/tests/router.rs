@@ -540,7 +540,13 @@ fn router_settings_have_defaults_and_reject_unknown_fields() {
             eject_after_failures: 3,
             cooldown: Duration::from_secs(5),
             probe: false,
+            probe_interval: None,
         }
+    );
+    let settings: RouterSettings = toml::from_str("probe_interval_secs = 10").unwrap();
+    assert_eq!(
+        HealthSettings::from(&settings).probe_interval,
+        Some(Duration::from_secs(10))
     );
     assert!(toml::from_str::<RouterSettings>("cooldown = 5").is_err());
     let alias: BTreeMap<String, AliasTarget> =
@@ -564,6 +570,7 @@ fn fast_health(eject_after_failures: u32) -> HealthSettings {
         eject_after_failures,
         cooldown: Duration::from_millis(50),
         probe: false,
+        probe_interval: None,
     }
 }
 
@@ -672,6 +679,7 @@ async fn replicas_are_ejected_after_three_failures_and_readmitted_after_cooldown
             eject_after_failures: 3,
             cooldown: Duration::from_secs(1),
             probe: false,
+            probe_interval: None,
         },
     );
 
@@ -728,6 +736,7 @@ async fn with_probes_a_rested_replica_gets_no_client_request_until_it_answers_on
             eject_after_failures: 1,
             cooldown: Duration::from_millis(30),
             probe: true,
+            probe_interval: None,
         },
     );
     for _ in 0..3 {
@@ -783,6 +792,7 @@ fn two_unreachable_replicas() -> (Arc<Fake>, Arc<Fake>, ReplicaSet) {
             eject_after_failures: 1,
             cooldown: Duration::from_secs(3600),
             probe: false,
+            probe_interval: None,
         },
     );
     (a, b, set)
@@ -817,6 +827,7 @@ async fn all_ejected_rotates_through_the_dead() {
             eject_after_failures: 3,
             cooldown: Duration::from_secs(3600),
             probe: false,
+            probe_interval: None,
         },
     );
     for _ in 0..5 {
@@ -1093,6 +1104,7 @@ async fn a_replica_set_lists_models_from_a_healthy_replica_first() {
             eject_after_failures: 1,
             cooldown: Duration::from_secs(3600),
             probe: false,
+            probe_interval: None,
         },
     );
     // Requests until the dead replica has been tried (and ejected).
@@ -1103,4 +1115,126 @@ async fn a_replica_set_lists_models_from_a_healthy_replica_first() {
     let models = set.list_models().await.unwrap();
     let ids: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["from-alive"]);
+}
+
+/// A replica that accepts every call and never answers any, like a server
+/// process that is stopped or stuck behind a listening socket.
+#[derive(Debug)]
+struct Unanswering;
+
+#[async_trait]
+impl Provider for Unanswering {
+    fn name(&self) -> &str {
+        "stuck"
+    }
+
+    fn capabilities(&self, _model: &str) -> Capabilities {
+        Capabilities::default()
+    }
+
+    async fn stream(&self, _request: ChatRequest) -> Result<EventStream, LlmError> {
+        std::future::pending().await
+    }
+
+    async fn complete(&self, _request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        std::future::pending().await
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        std::future::pending().await
+    }
+}
+
+fn probing_every(interval: Duration, eject_after_failures: u32) -> HealthSettings {
+    HealthSettings {
+        eject_after_failures,
+        cooldown: Duration::from_secs(60),
+        probe: false,
+        probe_interval: Some(interval),
+    }
+}
+
+/// Waits (up to 5 s) until replica `index` of `set` is ejected.
+async fn until_ejected(set: &ReplicaSet, index: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !set.health()[index].ejected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ejected: {:?}",
+            set.health()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn probes_in_rotation_eject_a_replica_that_never_answers_before_any_client_request() {
+    let stuck: Arc<dyn Provider> = Arc::new(Unanswering);
+    let good = Fake::listing("good", Some(vec!["m"]));
+    let set = ReplicaSet::new(
+        "gpu-box",
+        vec![Arc::clone(&stuck), Arc::clone(&good) as Arc<dyn Provider>],
+        probing_every(Duration::from_millis(20), 2),
+    );
+    // Two probes time out (each after the interval): ejected.
+    until_ejected(&set, 0).await;
+    assert!(!set.health()[1].ejected, "{:?}", set.health());
+    // No client request waits on it: every one goes to the other replica.
+    for _ in 0..6 {
+        let response = tokio::time::timeout(Duration::from_secs(5), set.complete(request("m")))
+            .await
+            .expect("a request went to the replica that never answers")
+            .unwrap();
+        assert_eq!(response.message.text(), "good");
+    }
+    assert_eq!(good.calls(), 6);
+
+    // Dropping the set (a reload) stops its probes: nothing holds the
+    // replica once the last probe has timed out.
+    drop(set);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&stuck) > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probes outlived their set"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn without_a_probe_interval_a_replica_in_rotation_is_not_probed() {
+    // Its model list fails, but nobody asks for it.
+    let quiet = Fake::listing("quiet", None);
+    let set = replica_set(&[&quiet], fast_health(1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!set.health()[0].ejected);
+    assert_eq!(set.health()[0].consecutive_failures, 0);
+    // With one, the failing list ejects it.
+    let set = replica_set(&[&quiet], probing_every(Duration::from_millis(20), 1));
+    until_ejected(&set, 0).await;
+    assert_eq!(quiet.calls(), 0, "no client request was needed");
+}
+
+#[tokio::test]
+async fn a_probe_that_answers_does_not_clear_the_failures_of_client_requests() {
+    // The server's API lists its models while its engine times out every
+    // request, as vLLM's API process does when its engine is stuck.
+    let engine_stuck = Fake::listing("engine-stuck", Some(vec!["m"]));
+    engine_stuck.set_default(Reply::Fail(ErrorKind::Timeout));
+    let good = Fake::listing("good", Some(vec!["m"]));
+    let set = replica_set(
+        &[&engine_stuck, &good],
+        probing_every(Duration::from_millis(10), 2),
+    );
+    let mut sent = 0;
+    while !set.health()[0].ejected {
+        assert!(sent < 20, "never ejected: {:?}", set.health());
+        let response = set.complete(request("m")).await.unwrap();
+        assert_eq!(response.message.text(), "good");
+        sent += 1;
+        // Several probes answer between two requests.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(engine_stuck.calls(), 2, "ejected by its second failure");
 }
