@@ -1,6 +1,8 @@
 //! The gateway direction of the Messages API: decode a client's request,
 //! encode the answer (whole or streamed) and errors.
 
+use std::time::{Duration, Instant};
+
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
     ReasoningEffort, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult,
@@ -466,9 +468,10 @@ enum OpenBlock {
 /// 2. one block per run of text (`text_delta`), of reasoning
 ///    (`thinking_delta`, closed by a `signature_delta` when a signature
 ///    comes), per redacted reasoning (`redacted_thinking`, no deltas), and
-///    per tool call (`tool_use` with `input: {}`, then `input_json_delta`s),
-///    each as `content_block_start`, deltas, `content_block_stop`, indexes
-///    counting from 0;
+///    per tool call (`tool_use` with `input: {}`, then one
+///    `input_json_delta` with the whole arguments), each as
+///    `content_block_start`, deltas, `content_block_stop`, indexes counting
+///    from 0;
 /// 3. `message_delta` with the stop reason (`tool_use` when calls were
 ///    made), `stop_sequence: null` and the cumulative usage (input and
 ///    cache counts included, so that SDKs that merge it get the real
@@ -481,6 +484,17 @@ enum OpenBlock {
 /// order when it ends. Providers that close calls only at the end of the
 /// answer (OpenAI Chat Completions) therefore have their later calls sent
 /// whole at the end.
+///
+/// A tool call's arguments are gathered, not passed on piece by piece, and
+/// sent when the call ends only if they are a JSON object: a client's SDK
+/// parses the pieces it was sent when the block stops, and a model (small
+/// local ones especially) that writes invalid JSON there would make it fail
+/// on the whole answer. Invalid arguments leave the call's `input` at `{}`,
+/// as in a whole answer ([`encode_response`]); the tool then refuses the
+/// call for its missing parameters and the model can try again. While
+/// arguments are gathered, a `ping` goes out every [`Self::PING_EVERY`] without
+/// another frame, so that the client's read does not time out on a long
+/// call.
 #[derive(Debug)]
 pub struct MessageStreamEncoder {
     id: Option<String>,
@@ -493,9 +507,19 @@ pub struct MessageStreamEncoder {
     held: Vec<StreamEvent>,
     has_calls: bool,
     usage: Option<Usage>,
+    /// The open tool call's arguments so far.
+    arguments: String,
+    /// When the last frame went out, for the pings while arguments are
+    /// gathered.
+    last_frame: Instant,
+    ping_every: Duration,
 }
 
 impl MessageStreamEncoder {
+    /// How long a client goes without a frame, while a tool call's
+    /// arguments are gathered, before it is sent a `ping`.
+    pub const PING_EVERY: Duration = Duration::from_secs(5);
+
     /// An encoder for an answer named `model` (the name the client asked
     /// for). `id` `None` takes the id of a leading [`StreamEvent::Start`],
     /// else a new `msg_…`. `input_tokens` is the estimate `message_start`
@@ -512,7 +536,17 @@ impl MessageStreamEncoder {
             held: Vec::new(),
             has_calls: false,
             usage: None,
+            arguments: String::new(),
+            last_frame: Instant::now(),
+            ping_every: Self::PING_EVERY,
         }
+    }
+
+    /// Sends pings every `every` (instead of [`Self::PING_EVERY`]) while a tool
+    /// call's arguments are gathered.
+    pub fn with_ping_every(mut self, every: Duration) -> Self {
+        self.ping_every = every;
+        self
     }
 
     /// The message id (fixed once `message_start` is out).
@@ -561,10 +595,36 @@ impl MessageStreamEncoder {
     }
 
     fn close(&mut self, out: &mut Vec<SseFrame>) {
+        if let Some(OpenBlock::Tool(call)) = self.open {
+            self.send_arguments(call, out);
+        }
         if self.open.take().is_some() {
             out.push(Self::frame(MessageStreamEvent::ContentBlockStop {
                 index: self.next_block - 1,
             }));
+        }
+    }
+
+    /// Sends the gathered arguments of tool call `call` (the open block) as
+    /// one `input_json_delta`, if they are a JSON object; otherwise nothing,
+    /// leaving its `input` at `{}`.
+    fn send_arguments(&mut self, call: u32, out: &mut Vec<SseFrame>) {
+        let arguments = std::mem::take(&mut self.arguments);
+        if arguments.trim().is_empty() {
+            return;
+        }
+        match serde_json::from_str::<Value>(&arguments) {
+            Ok(Value::Object(_)) => self.delta(
+                BlockDelta::InputJsonDelta {
+                    partial_json: arguments,
+                },
+                out,
+            ),
+            Ok(_) | Err(_) => tracing::warn!(
+                index = call,
+                length = arguments.len(),
+                "the model's tool call arguments are not a JSON object; sending `{{}}` instead"
+            ),
         }
     }
 
@@ -587,6 +647,14 @@ impl MessageStreamEncoder {
 
     /// The frames for one event (none after the answer finished).
     pub fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
+        let out = self.encode(event);
+        if !out.is_empty() {
+            self.last_frame = Instant::now();
+        }
+        out
+    }
+
+    fn encode(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
         let mut out = Vec::new();
         if self.finished {
             return out;
@@ -671,12 +739,10 @@ impl MessageStreamEncoder {
             }
             StreamEvent::ToolCallArgsDelta { index, delta } => {
                 if self.open == Some(OpenBlock::Tool(*index)) {
-                    self.delta(
-                        BlockDelta::InputJsonDelta {
-                            partial_json: delta.clone(),
-                        },
-                        &mut out,
-                    );
+                    self.arguments.push_str(delta);
+                    if self.last_frame.elapsed() >= self.ping_every {
+                        out.push(Self::frame(MessageStreamEvent::Ping {}));
+                    }
                 } else {
                     tracing::warn!(index, "tool call arguments after the call ended; dropped");
                 }
@@ -718,7 +784,7 @@ impl MessageStreamEncoder {
     /// Replays the held events (which may hold some back again).
     fn replay(&mut self) -> Vec<SseFrame> {
         let held = std::mem::take(&mut self.held);
-        held.iter().flat_map(|event| self.push(event)).collect()
+        held.iter().flat_map(|event| self.encode(event)).collect()
     }
 
     fn end(&mut self, reason: &StopReason) -> Vec<SseFrame> {

@@ -1,5 +1,7 @@
 //! Tests of the gateway direction: round trips through the client side.
 
+use std::time::Duration;
+
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
     ReasoningEffort, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult,
@@ -351,15 +353,18 @@ fn calls_closed_only_at_the_end_are_sent_one_block_at_a_time() {
             "message_start",
             "content_block_start",
             "content_block_delta",
-            "content_block_delta",
             "content_block_stop",
             "content_block_start",
-            "content_block_delta",
             "content_block_delta",
             "content_block_stop",
             "message_delta",
             "message_stop",
         ]
+    );
+    // Each call's arguments go out whole, in one delta.
+    assert_eq!(
+        json_of(&frames[2])["delta"],
+        json!({"type": "input_json_delta", "partial_json": "{\"path\":\"a\"}"})
     );
     let back = replay(&frames, EventDecoder::new("p")).unwrap();
     assert_eq!(back.id.as_deref(), Some("chatcmpl-1"));
@@ -640,4 +645,102 @@ fn a_stream_error_is_an_error_event() {
     assert_eq!(json_of(last)["error"]["type"], "overloaded_error");
     let error = replay(&frames, EventDecoder::new("p")).unwrap_err();
     assert_eq!(error.kind, ErrorKind::Overloaded);
+}
+
+/// An answer that calls `write` with `arguments` (in pieces of 5 bytes),
+/// stopping for `reason`.
+fn tool_call_events(arguments: &str, reason: StopReason) -> Vec<StreamEvent> {
+    let mut events = vec![
+        StreamEvent::Start {
+            id: None,
+            model: None,
+        },
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: "c0".into(),
+            name: "write".into(),
+        },
+    ];
+    let bytes: Vec<char> = arguments.chars().collect();
+    events.extend(bytes.chunks(5).map(|piece| StreamEvent::ToolCallArgsDelta {
+        index: 0,
+        delta: piece.iter().collect(),
+    }));
+    events.push(StreamEvent::ToolCallEnd {
+        index: 0,
+        signature: None,
+    });
+    events.push(StreamEvent::Stop { reason });
+    events
+}
+
+#[test]
+fn tool_arguments_that_are_not_a_json_object_reach_the_client_as_an_empty_input() {
+    for (arguments, reason) in [
+        // What small models write: a trailing comma, a missing brace.
+        (r#"{"path": "a.py", "content": "x",}"#, StopReason::ToolUse),
+        (
+            r#"{"path": "a.py", "content": "print(1)"#,
+            StopReason::ToolUse,
+        ),
+        // Cut off by the output limit.
+        (r#"{"path": "a.py", "cont"#, StopReason::MaxTokens),
+        // JSON, but not an object.
+        (r#"["a.py"]"#, StopReason::ToolUse),
+        ("", StopReason::ToolUse),
+    ] {
+        let frames = encode_stream(&tool_call_events(arguments, reason.clone()), 0);
+        assert!(
+            !types(&frames)
+                .iter()
+                .any(|kind| kind == "content_block_delta"),
+            "{arguments}: {:?}",
+            types(&frames)
+        );
+        // The block's input stays the `{}` of its start, which the client's
+        // decoder (like the SDKs') reads as the call's input.
+        let back = replay(&frames, EventDecoder::new("p")).unwrap();
+        assert_eq!(
+            back.message.tool_calls().cloned().collect::<Vec<_>>(),
+            vec![ToolCall::new("c0", "write", "{}")],
+            "{arguments}"
+        );
+        assert_eq!(back.stop_reason, reason, "{arguments}");
+    }
+    // A valid object goes out as written, in one delta.
+    let arguments = r#"{"path": "a.py", "content": "print(\"hi\")\n"}"#;
+    let frames = encode_stream(&tool_call_events(arguments, StopReason::ToolUse), 0);
+    let deltas: Vec<Value> = frames
+        .iter()
+        .map(json_of)
+        .filter(|frame| frame["type"] == "content_block_delta")
+        .collect();
+    assert_eq!(deltas.len(), 1, "{deltas:?}");
+    assert_eq!(deltas[0]["delta"]["partial_json"], arguments);
+}
+
+#[test]
+fn pings_keep_the_client_reading_while_arguments_are_gathered() {
+    let events = tool_call_events(
+        r#"{"path": "a.py", "content": "0123456789"}"#,
+        StopReason::ToolUse,
+    );
+    let pieces = events
+        .iter()
+        .filter(|event| matches!(event, StreamEvent::ToolCallArgsDelta { .. }))
+        .count();
+    // At the default interval a quick call gets none.
+    assert!(!types(&encode_stream(&events, 0)).contains(&"ping".to_owned()));
+    // With no interval, one per piece gathered: nothing else went out.
+    let mut encoder =
+        MessageStreamEncoder::new("claude-x", None, 0).with_ping_every(Duration::ZERO);
+    let frames: Vec<SseFrame> = events.iter().flat_map(|e| encoder.push(e)).collect();
+    let kinds = types(&frames);
+    assert_eq!(
+        kinds.iter().filter(|kind| *kind == "ping").count(),
+        pieces,
+        "{kinds:?}"
+    );
+    let back = replay(&frames, EventDecoder::new("p")).unwrap();
+    assert_eq!(back.message.tool_calls().count(), 1);
 }
