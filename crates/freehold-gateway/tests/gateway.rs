@@ -1569,7 +1569,9 @@ async fn a_replica_that_accepts_but_never_answers_is_probed_out_of_rotation() {
         eject_after_failures: 2,
         cooldown: Duration::from_secs(60),
         probe: false,
-        probe_interval: Some(Duration::from_millis(100)),
+        // Long enough that a loaded machine answers the healthy replica's
+        // probes in time (two missed in a row would eject it too).
+        probe_interval: Some(Duration::from_millis(400)),
     };
     // The gateway's own time limit is the default (minutes): a request
     // sent to the stuck replica would outlast the test's patience below.

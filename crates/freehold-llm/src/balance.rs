@@ -17,10 +17,10 @@
 //! is that trial: a background task asks the rested replica for its model
 //! list instead, and only an answer readmits it. With
 //! [`HealthSettings::probe_interval`], every replica in rotation is also
-//! asked for its model list that often, and a probe that fails or gets no
-//! answer in time counts as a failure like a failed request: this is what
-//! finds a replica that accepts connections but never answers, whose client
-//! requests end by the caller's time limit and so count as nothing. Rate limits move a request to another replica
+//! asked for its model list that often, and as many probes in a row as
+//! failed requests would eject it: this is what finds a replica that
+//! accepts connections but never answers, whose client requests end by the
+//! caller's time limit and so count as nothing. Rate limits move a request to another replica
 //! but say nothing about health. When every replica is ejected the one
 //! ejected longest ago is used rather than failing outright.
 //!
@@ -38,7 +38,9 @@
 //! assert_eq!(settings.cooldown, Duration::from_secs(30));
 //! ```
 
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -48,7 +50,7 @@ use freehold_protocol::{
     Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
     ModelInfo, StreamEvent,
 };
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 
 use crate::provider::{EventStream, Provider};
 
@@ -66,11 +68,13 @@ pub struct HealthSettings {
     /// Implied by [`HealthSettings::probe_interval`].
     pub probe: bool,
     /// How often each replica in rotation is asked for its model list
-    /// (`None`: never). A probe that fails (connection, server error) or
-    /// gets no answer within the interval (at most 10 s) counts as one
-    /// failure towards [`HealthSettings::eject_after_failures`]; an answer
-    /// clears nothing, since a server's API can list models while its
-    /// engine is stuck. Needs a tokio runtime when the set is built.
+    /// (`None`, or zero: never). [`HealthSettings::eject_after_failures`]
+    /// probes in a row that fail (connection, server error) or get no
+    /// answer within the interval (at most 10 s) eject it. They are counted
+    /// apart from failed requests: an answered probe clears the probes'
+    /// count but not the requests', since a server's API can list models
+    /// while its engine is stuck. Needs a tokio runtime when the set is
+    /// built.
     pub probe_interval: Option<Duration>,
 }
 
@@ -100,8 +104,13 @@ impl HealthSettings {
 
     /// How often the probing task looks for due probes.
     fn probe_tick(&self) -> Duration {
-        // Trials of rested replicas are probes whenever checks are.
-        let mut tick = self.cooldown / 2;
+        // Trials of rested replicas are probes whenever checks are. A zero
+        // cooldown would make the tick spin: then a trial a second.
+        let mut tick = if self.cooldown.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            self.cooldown / 2
+        };
         if let Some(interval) = self.probe_interval {
             tick = tick.min(interval / 2);
         }
@@ -119,7 +128,8 @@ pub struct ReplicaHealth {
     pub name: String,
     /// Requests in flight on it.
     pub outstanding: usize,
-    /// Failures since its last success.
+    /// Failures since its last success: of requests, or of its probes in
+    /// rotation when that run is longer.
     pub consecutive_failures: u32,
     /// Whether it is out of rotation (resting, or waiting for its trial
     /// request to answer).
@@ -142,6 +152,8 @@ impl ReplicaSet {
         settings: HealthSettings,
     ) -> Self {
         let name = name.into();
+        let mut settings = settings;
+        settings.probe_interval = settings.probe_interval.filter(|every| !every.is_zero());
         let states = replicas.iter().map(|_| ReplicaState::default()).collect();
         let runtime = tokio::runtime::Handle::try_current().ok();
         let probes = settings.probes_anything() && runtime.is_some();
@@ -156,6 +168,7 @@ impl ReplicaSet {
             name: name.clone(),
             settings,
             probes,
+            closed: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 replicas: states,
                 rotation: 0,
@@ -191,7 +204,7 @@ impl ReplicaSet {
             .map(|(provider, state)| ReplicaHealth {
                 name: provider.name().to_owned(),
                 outstanding: state.outstanding,
-                consecutive_failures: state.failures,
+                consecutive_failures: state.failures.max(state.probe_failures),
                 ejected: !self.shared.available(state, now),
             })
             .collect()
@@ -278,6 +291,14 @@ impl ReplicaSet {
             }
         }
         Err(last_error.unwrap_or_else(|| self.no_replicas()))
+    }
+}
+
+impl Drop for ReplicaSet {
+    fn drop(&mut self) {
+        // Leases of streams still open keep the shared state alive; its
+        // probes stop now all the same.
+        self.shared.closed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -472,36 +493,52 @@ async fn probe_replicas(shared: Weak<Shared>, replicas: Vec<Arc<dyn Provider>>) 
         tokio::time::sleep(tick).await;
         // Only upgraded for the moment: a probe in flight holds a weak
         // reference too, so dropping the set ends this loop.
+        // Streams still open after the set was dropped (a reload) keep
+        // its state alive; they need no more probes.
         let due = match shared.upgrade() {
-            Some(shared) => shared.due_probes(Instant::now()),
-            None => return,
+            Some(shared) if !shared.closed.load(Ordering::Relaxed) => {
+                shared.due_probes(Instant::now())
+            }
+            _ => return,
         };
-        for (index, kind) in due {
-            let Some(replica) = replicas.get(index) else {
+        for due in due {
+            let Some(replica) = replicas.get(due.index) else {
                 continue;
             };
-            tokio::spawn(probe(
-                Weak::clone(&shared),
-                Arc::clone(replica),
-                index,
-                kind,
-            ));
+            tokio::spawn(probe(Weak::clone(&shared), Arc::clone(replica), due));
         }
     }
 }
 
+/// A probe to start: which replica, what for, and its
+/// [`ReplicaState::epoch`] when it started.
+#[derive(Debug, Clone, Copy)]
+struct DueProbe {
+    index: usize,
+    kind: ProbeKind,
+    epoch: u64,
+}
+
 /// Asks one replica for its model list and records the outcome.
-async fn probe(shared: Weak<Shared>, replica: Arc<dyn Provider>, index: usize, kind: ProbeKind) {
+async fn probe(shared: Weak<Shared>, replica: Arc<dyn Provider>, due: DueProbe) {
     let limit = match shared.upgrade() {
-        Some(shared) => match kind {
+        Some(shared) => match due.kind {
             ProbeKind::Trial => PROBE_TIMEOUT,
             ProbeKind::Check => shared.settings.check_timeout(),
         },
         None => return,
     };
-    let outcome = match tokio::time::timeout(limit, replica.list_models()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(error),
+    // A provider that panics fails its probe rather than leaving the
+    // replica marked as being probed for ever.
+    let listing = AssertUnwindSafe(replica.list_models()).catch_unwind();
+    let outcome = match tokio::time::timeout(limit, listing).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(error))) => Err(error),
+        Ok(Err(_)) => Err(LlmError::new(
+            ErrorKind::Server,
+            replica.name(),
+            "listing the models panicked",
+        )),
         Err(_) => Err(LlmError::new(
             ErrorKind::Timeout,
             replica.name(),
@@ -512,9 +549,9 @@ async fn probe(shared: Weak<Shared>, replica: Arc<dyn Provider>, index: usize, k
         )),
     };
     if let Some(shared) = shared.upgrade() {
-        match kind {
-            ProbeKind::Trial => shared.trial_probed(index, outcome.is_ok()),
-            ProbeKind::Check => shared.checked(index, outcome),
+        match due.kind {
+            ProbeKind::Trial => shared.trial_probed(due, outcome),
+            ProbeKind::Check => shared.checked(due, outcome),
         }
     }
 }
@@ -529,6 +566,8 @@ struct Shared {
     /// request is sent to one while another replica is available), and,
     /// with [`HealthSettings::probe_interval`], replicas in rotation.
     probes: bool,
+    /// Set when the [`ReplicaSet`] is dropped: probing stops.
+    closed: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -542,7 +581,13 @@ struct Inner {
 #[derive(Debug, Default)]
 struct ReplicaState {
     outstanding: usize,
+    /// Requests failed since its last success.
     failures: u32,
+    /// Probes in rotation failed since its last answered probe or request.
+    probe_failures: u32,
+    /// Changes whenever it is ejected or readmitted, so that a probe that
+    /// started before drops its result.
+    epoch: u64,
     /// When it was (last) ejected; `None` while healthy.
     ejected_at: Option<Instant>,
     /// Whether its trial request after a cooldown is under way.
@@ -552,6 +597,29 @@ struct ReplicaState {
     /// When its last probe in rotation started: probes start one interval
     /// apart, each ending within the interval.
     checked_at: Option<Instant>,
+    /// Whether a probe in rotation got an answer that says nothing of
+    /// health (a 401 or 404 for the model list) and that was logged.
+    probe_refusal_logged: bool,
+}
+
+impl ReplicaState {
+    /// Takes it out of rotation now (or rests it again).
+    fn eject(&mut self) {
+        if self.ejected_at.is_none() {
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        self.ejected_at = Some(Instant::now());
+    }
+
+    /// It answered: back in rotation with no failures counted.
+    fn readmit(&mut self) {
+        if self.ejected_at.is_some() {
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        self.ejected_at = None;
+        self.failures = 0;
+        self.probe_failures = 0;
+    }
 }
 
 impl Shared {
@@ -574,7 +642,7 @@ impl Shared {
     }
 
     /// The probes due at `now`, each marked as under way.
-    fn due_probes(&self, now: Instant) -> Vec<(usize, ProbeKind)> {
+    fn due_probes(&self, now: Instant) -> Vec<DueProbe> {
         if !self.probes {
             return Vec::new();
         }
@@ -587,7 +655,11 @@ impl Shared {
                 Some(at) => {
                     if !state.probing && now.saturating_duration_since(at) >= cooldown {
                         state.probing = true;
-                        due.push((index, ProbeKind::Trial));
+                        due.push(DueProbe {
+                            index,
+                            kind: ProbeKind::Trial,
+                            epoch: state.epoch,
+                        });
                     }
                 }
                 None => {
@@ -598,7 +670,11 @@ impl Shared {
                     if !state.checking && rested {
                         state.checking = true;
                         state.checked_at = Some(now);
-                        due.push((index, ProbeKind::Check));
+                        due.push(DueProbe {
+                            index,
+                            kind: ProbeKind::Check,
+                            epoch: state.epoch,
+                        });
                     }
                 }
             }
@@ -606,75 +682,115 @@ impl Shared {
         due
     }
 
-    /// Records the trial probe of ejected replica `index`: an answer
-    /// readmits it, anything else rests it for another cooldown.
-    fn trial_probed(&self, index: usize, answered: bool) {
+    /// Records the trial probe of an ejected replica: any answer readmits
+    /// it (a refusal to list models, 401 or 404, still shows a server that
+    /// answers), a health failure rests it for another cooldown.
+    fn trial_probed(&self, due: DueProbe, outcome: Result<(), LlmError>) {
         let mut inner = self.lock();
-        let Some(state) = inner.replicas.get_mut(index) else {
+        let Some(state) = inner.replicas.get_mut(due.index) else {
             return;
         };
         state.probing = false;
         // A client request may have readmitted it meanwhile (every
         // replica ejected: the one ejected longest ago is used).
-        if state.ejected_at.is_none() {
+        if state.ejected_at.is_none() || state.epoch != due.epoch {
             return;
         }
-        if answered {
-            tracing::info!(
-                replica_set = %self.name,
-                replica = index,
-                "probe: replica answered; readmitting it"
-            );
-            state.failures = 0;
-            state.ejected_at = None;
-        } else {
-            tracing::debug!(
-                replica_set = %self.name,
-                replica = index,
-                "probe: replica still down; resting it again"
-            );
-            state.ejected_at = Some(Instant::now());
+        match outcome {
+            Err(error) if is_health_failure(&error.kind) => {
+                tracing::debug!(
+                    replica_set = %self.name,
+                    replica = due.index,
+                    error = %error,
+                    "probe: replica still down; resting it again"
+                );
+                state.eject();
+            }
+            _ => {
+                tracing::info!(
+                    replica_set = %self.name,
+                    replica = due.index,
+                    "probe: replica answered; readmitting it"
+                );
+                state.readmit();
+            }
         }
     }
 
-    /// Records the probe of replica `index` in rotation: a health failure
-    /// counts towards ejection; an answer changes nothing.
-    fn checked(&self, index: usize, outcome: Result<(), LlmError>) {
+    /// Records the probe of a replica in rotation: an answer clears the
+    /// probes' count of failures, a health failure adds to it.
+    fn checked(&self, due: DueProbe, outcome: Result<(), LlmError>) {
         let mut inner = self.lock();
-        let Some(state) = inner.replicas.get_mut(index) else {
+        let Some(state) = inner.replicas.get_mut(due.index) else {
             return;
         };
         state.checking = false;
-        let Err(error) = outcome else { return };
-        // Ejected meanwhile by client requests: its trials decide now.
-        if state.ejected_at.is_some() || !is_health_failure(&error.kind) {
+        // Ejected (and perhaps readmitted) since it started: stale.
+        if state.ejected_at.is_some() || state.epoch != due.epoch {
             return;
         }
+        let error = match outcome {
+            Ok(()) => {
+                state.probe_failures = 0;
+                return;
+            }
+            Err(error) if !is_health_failure(&error.kind) => {
+                if !state.probe_refusal_logged {
+                    state.probe_refusal_logged = true;
+                    tracing::warn!(
+                        replica_set = %self.name,
+                        replica = due.index,
+                        error = %error,
+                        "the replica answers its health probe (its model list) with an error; \
+                         probes can only see it stop answering"
+                    );
+                }
+                state.probe_failures = 0;
+                return;
+            }
+            Err(error) => error,
+        };
         tracing::warn!(
             replica_set = %self.name,
-            replica = index,
+            replica = due.index,
             error = %error,
             "replica failed its health probe"
         );
-        self.count_failure(state, index);
+        state.probe_failures = state.probe_failures.saturating_add(1);
+        let failures = state.probe_failures;
+        self.eject_at_threshold(state, due.index, failures, "probes");
     }
 
-    /// Counts one health failure of replica `index`, ejecting it at the
+    /// Counts one failed request of replica `index`, ejecting it at the
     /// threshold (or resting an ejected one again).
     fn count_failure(&self, state: &mut ReplicaState, index: usize) {
-        let threshold = self.settings.eject_after_failures;
         state.failures = state.failures.saturating_add(1);
-        if threshold > 0 && state.failures >= threshold {
-            if state.ejected_at.is_none() {
-                tracing::warn!(
-                    replica_set = %self.name,
-                    replica = index,
-                    failures = state.failures,
-                    "ejecting replica after consecutive failures"
-                );
-            }
-            state.ejected_at = Some(Instant::now());
+        let failures = state.failures;
+        self.eject_at_threshold(state, index, failures, "requests");
+    }
+
+    /// Ejects replica `index` when `failures` in a row (of `what`) reach
+    /// the threshold.
+    fn eject_at_threshold(
+        &self,
+        state: &mut ReplicaState,
+        index: usize,
+        failures: u32,
+        what: &str,
+    ) {
+        let threshold = self.settings.eject_after_failures;
+        if threshold == 0 || failures < threshold {
+            return;
         }
+        if state.ejected_at.is_none() {
+            tracing::warn!(
+                replica_set = %self.name,
+                replica = index,
+                failures,
+                "ejecting replica after consecutive failed {what}"
+            );
+        }
+        state.eject();
     }
 
     /// Takes a lease on the available untried replica with the fewest
@@ -756,8 +872,7 @@ impl Lease {
                 "replica answered again; readmitting it"
             );
         }
-        state.failures = 0;
-        state.ejected_at = None;
+        state.readmit();
         if self.probe {
             state.probing = false;
             self.probe = false;

@@ -62,6 +62,10 @@ struct Fake {
     /// Whether it counts tokens (answering 7, or failing as scripted);
     /// otherwise it cannot count, like an OpenAI-compatible server.
     counts: std::sync::atomic::AtomicBool,
+    /// Model lists asked for.
+    listings: AtomicUsize,
+    /// How the next model lists fail (`None`: as `listing` says).
+    listing_script: Mutex<VecDeque<Option<ErrorKind>>>,
 }
 
 impl Fake {
@@ -74,6 +78,8 @@ impl Fake {
             models: Mutex::new(Vec::new()),
             listing: None,
             counts: Default::default(),
+            listings: AtomicUsize::new(0),
+            listing_script: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -92,11 +98,22 @@ impl Fake {
             models: Mutex::new(Vec::new()),
             listing,
             counts: Default::default(),
+            listings: AtomicUsize::new(0),
+            listing_script: Mutex::new(VecDeque::new()),
         })
     }
 
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    fn listings(&self) -> usize {
+        self.listings.load(Ordering::SeqCst)
+    }
+
+    /// Scripts how the next model lists go (`Some`: failing with it).
+    fn script_listings(&self, outcomes: &[Option<ErrorKind>]) {
+        lock(&self.listing_script).extend(outcomes.iter().cloned());
     }
 
     /// Makes it count tokens from now on.
@@ -184,6 +201,10 @@ impl Provider for Fake {
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        self.listings.fetch_add(1, Ordering::SeqCst);
+        if let Some(Some(kind)) = lock(&self.listing_script).pop_front() {
+            return Err(self.error(kind));
+        }
         match &self.listing {
             Some(ids) => Ok(ids
                 .iter()
@@ -1204,12 +1225,25 @@ async fn probes_in_rotation_eject_a_replica_that_never_answers_before_any_client
 
 #[tokio::test]
 async fn without_a_probe_interval_a_replica_in_rotation_is_not_probed() {
-    // Its model list fails, but nobody asks for it.
+    // Its model list fails, but nobody asks for it: the probes of ejected
+    // replicas run, and it is not one.
     let quiet = Fake::listing("quiet", None);
-    let set = replica_set(&[&quiet], fast_health(1));
+    let set = replica_set(
+        &[&quiet],
+        HealthSettings {
+            probe: true,
+            ..fast_health(1)
+        },
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!set.health()[0].ejected);
     assert_eq!(set.health()[0].consecutive_failures, 0);
+    assert_eq!(quiet.listings(), 0);
+    // Nor with a zero interval, which means none.
+    let set = replica_set(&[&quiet], probing_every(Duration::ZERO, 1));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!set.health()[0].ejected);
+    assert_eq!(quiet.listings(), 0);
     // With one, the failing list ejects it.
     let set = replica_set(&[&quiet], probing_every(Duration::from_millis(20), 1));
     until_ejected(&set, 0).await;
@@ -1237,4 +1271,163 @@ async fn a_probe_that_answers_does_not_clear_the_failures_of_client_requests() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(engine_stuck.calls(), 2, "ejected by its second failure");
+}
+
+#[tokio::test]
+async fn only_probes_that_fail_in_a_row_eject() {
+    let flaky = Fake::listing("flaky", Some(vec!["m"]));
+    let connection = Some(ErrorKind::Connection);
+    // Every other probe fails: never two in a row.
+    flaky.script_listings(&[
+        connection.clone(),
+        None,
+        connection.clone(),
+        None,
+        connection.clone(),
+        None,
+    ]);
+    let set = replica_set(&[&flaky], probing_every(Duration::from_millis(10), 2));
+    while flaky.listings() < 6 {
+        assert!(!set.health()[0].ejected, "{:?}", set.health());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(!set.health()[0].ejected, "{:?}", set.health());
+    // Then two in a row.
+    flaky.script_listings(&[connection.clone(), connection]);
+    until_ejected(&set, 0).await;
+    assert_eq!(flaky.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_rested_replica_that_answers_its_probe_with_a_refusal_is_readmitted() {
+    // Its server answers, but will not list models (a proxy that only
+    // passes chat, a key without that right): a refusal is still an answer.
+    let guarded = Fake::listing("guarded", Some(vec!["m"]));
+    // More refusals than the trials the test can wait for.
+    guarded.script_listings(&vec![Some(ErrorKind::NotFound); 1000]);
+    guarded.set_default(Reply::Fail(ErrorKind::Connection));
+    let good = Fake::listing("good", Some(vec!["m"]));
+    let set = replica_set(
+        &[&guarded, &good],
+        HealthSettings {
+            eject_after_failures: 1,
+            cooldown: Duration::from_millis(30),
+            probe: true,
+            probe_interval: None,
+        },
+    );
+    while !set.health()[0].ejected {
+        set.complete(request("m")).await.unwrap();
+    }
+    guarded.set_default(answer("guarded"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while set.health()[0].ejected {
+        assert!(std::time::Instant::now() < deadline, "never readmitted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(guarded.listings() > 0);
+}
+
+/// A replica whose first model list waits until it is let go, then fails;
+/// the others are answered at once.
+#[derive(Debug)]
+struct FirstListingHeld {
+    chat: Arc<Fake>,
+    release: tokio::sync::Notify,
+    listings: AtomicUsize,
+}
+
+#[async_trait]
+impl Provider for FirstListingHeld {
+    fn name(&self) -> &str {
+        "held"
+    }
+
+    fn capabilities(&self, model: &str) -> Capabilities {
+        self.chat.capabilities(model)
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+        self.chat.stream(request).await
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.chat.complete(request).await
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        if self.listings.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.release.notified().await;
+            return Err(LlmError::new(ErrorKind::Connection, "held", "gone"));
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn a_probe_from_before_an_ejection_does_not_count_after_the_readmission() {
+    let held = Arc::new(FirstListingHeld {
+        chat: Fake::scripted(
+            "held",
+            vec![Reply::Fail(ErrorKind::Connection)],
+            answer("held"),
+        ),
+        release: tokio::sync::Notify::new(),
+        listings: AtomicUsize::new(0),
+    });
+    let set = ReplicaSet::new(
+        "gpu-box",
+        vec![Arc::clone(&held) as Arc<dyn Provider>],
+        HealthSettings {
+            eject_after_failures: 1,
+            cooldown: Duration::from_millis(30),
+            probe: false,
+            // Long enough that the first probe is still waiting below.
+            probe_interval: Some(Duration::from_secs(5)),
+        },
+    );
+    // The first probe has started (and waits).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while held.listings.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no probe started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A failed request ejects it; a trial probe readmits it.
+    assert!(set.complete(request("m")).await.is_err());
+    assert!(set.health()[0].ejected);
+    while set.health()[0].ejected {
+        assert!(std::time::Instant::now() < deadline, "never readmitted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Now the first probe fails: it started before, so it does not count.
+    // (Had it ejected the replica, a trial probe, a third model list, would
+    // soon readmit it: the count shows it.)
+    let listings = held.listings.load(Ordering::SeqCst);
+    held.release.notify_one();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!set.health()[0].ejected, "{:?}", set.health());
+    assert_eq!(set.health()[0].consecutive_failures, 0);
+    assert_eq!(
+        held.listings.load(Ordering::SeqCst),
+        listings,
+        "the stale probe ejected it"
+    );
+}
+
+#[tokio::test]
+async fn probes_stop_when_the_set_is_dropped_even_with_a_stream_open() {
+    let holding = Fake::listing("holding", Some(vec!["m"]));
+    holding.set_default(Reply::Hold);
+    let set = replica_set(&[&holding], probing_every(Duration::from_millis(10), 3));
+    let stream = set.stream(request("m")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(holding.listings() > 0);
+    drop(set);
+    // At most one more round of probes after the drop.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after_drop = holding.listings();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(holding.listings(), after_drop, "probing went on");
+    drop(stream);
 }
