@@ -1421,8 +1421,11 @@ async fn probes_stop_when_the_set_is_dropped_even_with_a_stream_open() {
     holding.set_default(Reply::Hold);
     let set = replica_set(&[&holding], probing_every(Duration::from_millis(10), 3));
     let stream = set.stream(request("m")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(holding.listings() > 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while holding.listings() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never probed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     drop(set);
     // At most one more round of probes after the drop.
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -487,14 +487,17 @@ enum OpenBlock {
 ///
 /// A tool call's arguments are gathered, not passed on piece by piece, and
 /// sent when the call ends only if they are a JSON object: a client's SDK
-/// parses the pieces it was sent when the block stops, and a model (small
-/// local ones especially) that writes invalid JSON there would make it fail
-/// on the whole answer. Invalid arguments leave the call's `input` at `{}`,
-/// as in a whole answer ([`encode_response`]); the tool then refuses the
-/// call for its missing parameters and the model can try again. While
-/// arguments are gathered, a `ping` goes out every [`Self::PING_EVERY`] without
-/// another frame, so that the client's read does not time out on a long
-/// call.
+/// parses the pieces as they come (with a parser for partial JSON), and a
+/// model (small local ones especially) that writes invalid JSON there would
+/// make it fail on the whole answer. Invalid arguments leave the call's
+/// `input` at `{}`, as in a whole answer ([`encode_response`]); the tool then
+/// refuses the call for its missing parameters and the model can try
+/// again. While arguments are gathered (or calls held back), an empty
+/// `input_json_delta` on the open tool block goes out every
+/// [`Self::KEEPALIVE_EVERY`] without another frame: clients that watch for
+/// idle streams (Claude Code does) see an event, where the SDKs drop a
+/// `ping` before it reaches them; an empty piece is what the API itself
+/// sends first in a tool block, and the SDKs parse nothing for it.
 #[derive(Debug)]
 pub struct MessageStreamEncoder {
     id: Option<String>,
@@ -509,16 +512,16 @@ pub struct MessageStreamEncoder {
     usage: Option<Usage>,
     /// The open tool call's arguments so far.
     arguments: String,
-    /// When the last frame went out, for the pings while arguments are
-    /// gathered.
+    /// When the last frame went out, for the keepalives while arguments
+    /// are gathered.
     last_frame: Instant,
-    ping_every: Duration,
+    keepalive_every: Duration,
 }
 
 impl MessageStreamEncoder {
     /// How long a client goes without a frame, while a tool call's
-    /// arguments are gathered, before it is sent a `ping`.
-    pub const PING_EVERY: Duration = Duration::from_secs(5);
+    /// arguments are gathered, before it is sent an empty piece of them.
+    pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 
     /// An encoder for an answer named `model` (the name the client asked
     /// for). `id` `None` takes the id of a leading [`StreamEvent::Start`],
@@ -538,14 +541,15 @@ impl MessageStreamEncoder {
             usage: None,
             arguments: String::new(),
             last_frame: Instant::now(),
-            ping_every: Self::PING_EVERY,
+            keepalive_every: Self::KEEPALIVE_EVERY,
         }
     }
 
-    /// Sends pings every `every` (instead of [`Self::PING_EVERY`]) while a tool
-    /// call's arguments are gathered.
-    pub fn with_ping_every(mut self, every: Duration) -> Self {
-        self.ping_every = every;
+    /// Sends keepalives every `every` (instead of
+    /// [`Self::KEEPALIVE_EVERY`]) while a tool call's arguments are
+    /// gathered.
+    pub fn with_keepalive_every(mut self, every: Duration) -> Self {
+        self.keepalive_every = every;
         self
     }
 
@@ -647,7 +651,21 @@ impl MessageStreamEncoder {
 
     /// The frames for one event (none after the answer finished).
     pub fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
-        let out = self.encode(event);
+        let mut out = self.encode(event);
+        // Nothing to send while a tool block is open: the call's arguments
+        // are being gathered, or other events held back behind it.
+        if out.is_empty()
+            && !self.finished
+            && matches!(self.open, Some(OpenBlock::Tool(_)))
+            && self.last_frame.elapsed() >= self.keepalive_every
+        {
+            self.delta(
+                BlockDelta::InputJsonDelta {
+                    partial_json: String::new(),
+                },
+                &mut out,
+            );
+        }
         if !out.is_empty() {
             self.last_frame = Instant::now();
         }
@@ -740,9 +758,6 @@ impl MessageStreamEncoder {
             StreamEvent::ToolCallArgsDelta { index, delta } => {
                 if self.open == Some(OpenBlock::Tool(*index)) {
                     self.arguments.push_str(delta);
-                    if self.last_frame.elapsed() >= self.ping_every {
-                        out.push(Self::frame(MessageStreamEvent::Ping {}));
-                    }
                 } else {
                     tracing::warn!(index, "tool call arguments after the call ended; dropped");
                 }

@@ -720,7 +720,7 @@ fn tool_arguments_that_are_not_a_json_object_reach_the_client_as_an_empty_input(
 }
 
 #[test]
-fn pings_keep_the_client_reading_while_arguments_are_gathered() {
+fn keepalives_go_out_while_arguments_are_gathered_or_held_back() {
     let events = tool_call_events(
         r#"{"path": "a.py", "content": "0123456789"}"#,
         StopReason::ToolUse,
@@ -729,18 +729,93 @@ fn pings_keep_the_client_reading_while_arguments_are_gathered() {
         .iter()
         .filter(|event| matches!(event, StreamEvent::ToolCallArgsDelta { .. }))
         .count();
+    let empty_pieces = |frames: &[SseFrame]| {
+        frames
+            .iter()
+            .map(json_of)
+            .filter(|frame| {
+                frame["delta"] == json!({"type": "input_json_delta", "partial_json": ""})
+            })
+            .count()
+    };
     // At the default interval a quick call gets none.
-    assert!(!types(&encode_stream(&events, 0)).contains(&"ping".to_owned()));
+    assert_eq!(empty_pieces(&encode_stream(&events, 0)), 0);
     // With no interval, one per piece gathered: nothing else went out.
     let mut encoder =
-        MessageStreamEncoder::new("claude-x", None, 0).with_ping_every(Duration::ZERO);
+        MessageStreamEncoder::new("claude-x", None, 0).with_keepalive_every(Duration::ZERO);
     let frames: Vec<SseFrame> = events.iter().flat_map(|e| encoder.push(e)).collect();
-    let kinds = types(&frames);
-    assert_eq!(
-        kinds.iter().filter(|kind| *kind == "ping").count(),
-        pieces,
-        "{kinds:?}"
-    );
+    assert_eq!(empty_pieces(&frames), pieces, "{:?}", types(&frames));
     let back = replay(&frames, EventDecoder::new("p")).unwrap();
-    assert_eq!(back.message.tool_calls().count(), 1);
+    assert_eq!(
+        back.message.tool_calls().cloned().collect::<Vec<_>>(),
+        vec![ToolCall::new(
+            "c0",
+            "write",
+            r#"{"path": "a.py", "content": "0123456789"}"#
+        )]
+    );
+
+    // Two calls whose arguments interleave (an OpenAI upstream): the
+    // second's events are held back while the first is open, and each
+    // event pushed meanwhile gets one keepalive; none comes out of the
+    // replay.
+    let interleaved = vec![
+        StreamEvent::Start {
+            id: None,
+            model: None,
+        },
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: "c0".into(),
+            name: "read".into(),
+        },
+        StreamEvent::ToolCallStart {
+            index: 1,
+            id: "c1".into(),
+            name: "write".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 1,
+            delta: "{\"path\":".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 1,
+            delta: "\"b\"}".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: "{\"path\":\"a\"}".into(),
+        },
+        StreamEvent::ToolCallEnd {
+            index: 0,
+            signature: None,
+        },
+        StreamEvent::ToolCallEnd {
+            index: 1,
+            signature: None,
+        },
+        StreamEvent::Stop {
+            reason: StopReason::ToolUse,
+        },
+    ];
+    let mut encoder =
+        MessageStreamEncoder::new("claude-x", None, 0).with_keepalive_every(Duration::ZERO);
+    let per_event: Vec<Vec<SseFrame>> = interleaved.iter().map(|e| encoder.push(e)).collect();
+    // Events 2 to 5 (call 1 held back, call 0's arguments) send nothing
+    // but a keepalive each, on call 0's block.
+    for frames in &per_event[2..=5] {
+        assert_eq!(frames.len(), 1, "{:?}", types(frames));
+        assert_eq!(json_of(&frames[0])["index"], 0);
+        assert_eq!(empty_pieces(frames), 1);
+    }
+    let frames: Vec<SseFrame> = per_event.into_iter().flatten().collect();
+    assert_eq!(empty_pieces(&frames), 4, "{:?}", types(&frames));
+    let back = replay(&frames, EventDecoder::new("p")).unwrap();
+    assert_eq!(
+        back.message.tool_calls().cloned().collect::<Vec<_>>(),
+        vec![
+            ToolCall::new("c0", "read", "{\"path\":\"a\"}"),
+            ToolCall::new("c1", "write", "{\"path\":\"b\"}"),
+        ]
+    );
 }
