@@ -206,6 +206,61 @@ def openai_responses():
     return {"text": reply.output_text, "events": len(kinds)}
 
 
+# A freeform tool as Codex declares its patch tool: plain-text input that
+# follows a grammar, not JSON arguments.
+NOTE_TOOL = {
+    "type": "custom",
+    "name": "write_note",
+    "description": "Writes a note. The input is the note itself, one line of plain text.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": "start: /[^\\n]+/"},
+}
+NOTE_PROMPT = "Write a note that says: buy milk. Use the write_note tool."
+
+
+def responses_custom_tools():
+    client = oai()
+    reply = client.responses.create(
+        model=MODEL, input=NOTE_PROMPT, tools=[NOTE_TOOL],
+        tool_choice={"type": "custom", "name": "write_note"}, max_output_tokens=64,
+    )
+    calls = [item for item in reply.output if item.type == "custom_tool_call"]
+    assert len(calls) == 1, reply.output
+    call = calls[0]
+    assert call.name == "write_note", call
+    # The input is the text itself, not JSON wrapping it.
+    assert isinstance(call.input, str) and call.input.strip(), call
+    assert not call.input.lstrip().startswith("{"), call.input
+    # The result goes back as Codex sends it, and the model answers in text.
+    history = [
+        {"role": "user", "content": NOTE_PROMPT},
+        {"type": "custom_tool_call", "call_id": call.call_id, "name": call.name,
+         "input": call.input},
+        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Note saved."},
+    ]
+    final = client.responses.create(model=MODEL, input=history, tools=[NOTE_TOOL],
+                                    tool_choice="none", max_output_tokens=64)
+    check_text(final.output_text)
+    # Streamed: the call's item is announced, its input comes in the
+    # custom tool's own events, and the finished item carries it whole.
+    stream = client.responses.create(
+        model=MODEL, input=NOTE_PROMPT, tools=[NOTE_TOOL],
+        tool_choice={"type": "custom", "name": "write_note"}, max_output_tokens=64, stream=True,
+    )
+    kinds, deltas, done_input, done_item = [], [], None, None
+    for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.custom_tool_call_input.delta":
+            deltas.append(event.delta)
+        if event.type == "response.custom_tool_call_input.done":
+            done_input = event.input
+        if event.type == "response.output_item.done" and event.item.type == "custom_tool_call":
+            done_item = event.item
+    assert done_item is not None, kinds
+    assert done_input == done_item.input == "".join(deltas), (done_input, done_item, deltas)
+    assert done_item.input.strip(), done_item
+    return {"input": call.input, "final": final.output_text, "streamed": done_item.input}
+
+
 def anthropic_messages():
     client = ant()
     reply = client.messages.create(
@@ -406,7 +461,8 @@ def long_prompts():
 SCENARIOS = {f.__name__: f for f in [
     long_prompts, rate_limited, gateway_errors,
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
-    openai_responses, anthropic_messages, anthropic_tools, anthropic_errors,
+    openai_responses, responses_custom_tools, anthropic_messages, anthropic_tools,
+    anthropic_errors,
 ]}
 
 if __name__ == "__main__":

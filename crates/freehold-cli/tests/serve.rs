@@ -551,7 +551,7 @@ async fn official_sdks_against_smollm2_in_process() {
 }
 
 #[tokio::test]
-async fn tool_calls_round_trip_through_qwen_in_both_protocols() {
+async fn tool_calls_round_trip_through_qwen_in_every_protocol() {
     let Some(python) = test_python() else { return };
     let Some(model) = test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
         return;
@@ -562,7 +562,7 @@ async fn tool_calls_round_trip_through_qwen_in_both_protocols() {
     );
     let served = Served::start(&config, &[]).await;
     let env = [("FREEHOLD_MODEL", "qwen")];
-    for scenario in ["openai_tools", "anthropic_tools"] {
+    for scenario in ["openai_tools", "anthropic_tools", "responses_custom_tools"] {
         let result = served.scenario(&python, scenario, &env).await;
         eprintln!("{scenario}: {result}");
     }

@@ -58,16 +58,17 @@ trait ChatProtocol {
     const PROTOCOL: Protocol;
     /// The request body.
     type Wire: DeserializeOwned;
-    /// What the request asks of delivery (`stream`…).
-    type Options: Copy;
+    /// What the request asks of delivery (`stream`…) and of the answer's
+    /// encoding (the Responses API's freeform tools).
+    type Options;
     /// The complete answer's body.
     type Response: Serialize;
     /// The streamed answer's encoder.
     type Encoder: StreamEncoder;
 
     fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError>;
-    fn streams(options: Self::Options) -> bool;
-    fn encode(response: &ChatResponse, model: &str) -> Self::Response;
+    fn streams(options: &Self::Options) -> bool;
+    fn encode(response: &ChatResponse, model: &str, options: &Self::Options) -> Self::Response;
     fn encoder(model: &str, options: Self::Options, request: &ChatRequest) -> Self::Encoder;
 }
 
@@ -84,10 +85,10 @@ impl ChatProtocol for ChatCompletions {
     fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError> {
         openai_chat::decode_request(wire)
     }
-    fn streams(options: Self::Options) -> bool {
+    fn streams(options: &Self::Options) -> bool {
         options.stream
     }
-    fn encode(response: &ChatResponse, model: &str) -> Self::Response {
+    fn encode(response: &ChatResponse, model: &str, _: &Self::Options) -> Self::Response {
         openai_chat::encode_response(response, model)
     }
     fn encoder(model: &str, options: Self::Options, _: &ChatRequest) -> Self::Encoder {
@@ -108,10 +109,10 @@ impl ChatProtocol for Messages {
     fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError> {
         anthropic::decode_request(wire)
     }
-    fn streams(options: Self::Options) -> bool {
+    fn streams(options: &Self::Options) -> bool {
         options.stream
     }
-    fn encode(response: &ChatResponse, model: &str) -> Self::Response {
+    fn encode(response: &ChatResponse, model: &str, _: &Self::Options) -> Self::Response {
         anthropic::encode_response(response, model)
     }
     fn encoder(model: &str, _: Self::Options, request: &ChatRequest) -> Self::Encoder {
@@ -134,14 +135,15 @@ impl ChatProtocol for Responses {
     fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError> {
         openai_responses::decode_request(wire)
     }
-    fn streams(options: Self::Options) -> bool {
+    fn streams(options: &Self::Options) -> bool {
         options.stream
     }
-    fn encode(response: &ChatResponse, model: &str) -> Self::Response {
-        openai_responses::encode_response(response, model)
+    fn encode(response: &ChatResponse, model: &str, options: &Self::Options) -> Self::Response {
+        openai_responses::encode_response_for(response, model, options)
     }
-    fn encoder(model: &str, _: Self::Options, _: &ChatRequest) -> Self::Encoder {
+    fn encoder(model: &str, options: Self::Options, _: &ChatRequest) -> Self::Encoder {
         openai_responses::ResponseStreamEncoder::new(model, None)
+            .with_freeform_tools(options.freeform_tools)
     }
 }
 
@@ -290,7 +292,7 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
     admitted
         .accounting
         .log_body(&String::from_utf8_lossy(&body));
-    if P::streams(options) {
+    if P::streams(&options) {
         let encoder = P::encoder(&model, options, &admitted.request);
         let mut stream = match admitted.stream().await {
             Ok(stream) => stream,
@@ -308,7 +310,7 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
     } else {
         match admitted.complete().await {
             Ok((response, mut accounting)) => {
-                let encoded = P::encode(&response, &model);
+                let encoded = P::encode(&response, &model, &options);
                 if gateway.settings.log_bodies
                     && let Ok(text) = serde_json::to_string(&encoded)
                 {

@@ -48,6 +48,7 @@ mod serve_tests;
 
 pub use serve::{
     ResponseStreamEncoder, ServeOptions, decode_request, encode_error, encode_response,
+    encode_response_for,
 };
 
 /// What `include` must name for reasoning items to carry `encrypted_content`.
@@ -175,6 +176,10 @@ pub enum Item {
     FunctionCall(FunctionCallItem),
     /// The result of a function call.
     FunctionCallOutput(FunctionCallOutputItem),
+    /// A call of a freeform (`custom`) tool: its input is plain text.
+    CustomToolCall(CustomToolCallItem),
+    /// The result of a freeform tool's call.
+    CustomToolCallOutput(FunctionCallOutputItem),
     /// The model's reasoning.
     Reasoning(ReasoningItem),
     /// Any other item (web search, file search, computer use…).
@@ -188,6 +193,8 @@ enum TypedItem {
     Message(MessageItem),
     FunctionCall(FunctionCallItem),
     FunctionCallOutput(FunctionCallOutputItem),
+    CustomToolCall(CustomToolCallItem),
+    CustomToolCallOutput(FunctionCallOutputItem),
     Reasoning(ReasoningItem),
     #[serde(other)]
     Other,
@@ -199,6 +206,8 @@ impl From<TypedItem> for Item {
             TypedItem::Message(message) => Self::Message(message),
             TypedItem::FunctionCall(call) => Self::FunctionCall(call),
             TypedItem::FunctionCallOutput(output) => Self::FunctionCallOutput(output),
+            TypedItem::CustomToolCall(call) => Self::CustomToolCall(call),
+            TypedItem::CustomToolCallOutput(output) => Self::CustomToolCallOutput(output),
             TypedItem::Reasoning(reasoning) => Self::Reasoning(reasoning),
             TypedItem::Other => Self::Other,
         }
@@ -335,7 +344,29 @@ pub struct FunctionCallItem {
     pub status: Option<String>,
 }
 
-/// A `function_call_output` item.
+/// A `custom_tool_call` item: a call of a freeform tool, whose input is
+/// text in the tool's own format rather than JSON arguments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CustomToolCallItem {
+    /// The item id (`ctc_…`), on output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The call id that the output refers to.
+    #[serde(default)]
+    pub call_id: String,
+    /// The tool's name.
+    #[serde(default)]
+    pub name: String,
+    /// The input text (empty while it streams).
+    #[serde(default)]
+    pub input: String,
+    /// `in_progress` or `completed`, on output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// A `function_call_output` item (also the shape of
+/// `custom_tool_call_output`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionCallOutputItem {
     /// The item id, when the provider assigned one.
@@ -430,6 +461,10 @@ pub struct WireTool {
     /// Strict schema adherence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
+    /// A `custom` tool's input format: `{"type": "text"}`, or
+    /// `{"type": "grammar", "syntax": "lark" | "regex", "definition": …}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Value>,
 }
 
 /// `text`: the output format.
@@ -685,6 +720,12 @@ pub enum ResponseEvent {
     /// A function call's arguments are complete.
     #[serde(rename = "response.function_call_arguments.done")]
     FunctionCallArgumentsDone(ArgumentsDoneEvent),
+    /// More of a freeform tool call's input.
+    #[serde(rename = "response.custom_tool_call_input.delta")]
+    CustomToolCallInputDelta(DeltaEvent),
+    /// A freeform tool call's input is complete.
+    #[serde(rename = "response.custom_tool_call_input.done")]
+    CustomToolCallInputDone(InputDoneEvent),
     /// A reasoning summary part begins.
     #[serde(rename = "response.reasoning_summary_part.added")]
     ReasoningSummaryPartAdded(SummaryPartEvent),
@@ -817,6 +858,20 @@ pub struct ArgumentsDoneEvent {
     pub arguments: String,
 }
 
+/// The payload of `response.custom_tool_call_input.done`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InputDoneEvent {
+    /// The call item's id.
+    #[serde(default)]
+    pub item_id: String,
+    /// The item's position in `output`.
+    #[serde(default)]
+    pub output_index: u32,
+    /// The whole input text.
+    #[serde(default)]
+    pub input: String,
+}
+
 /// The payload of `response.reasoning_summary_part.added` and `.done`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SummaryPartEvent {
@@ -906,6 +961,7 @@ pub fn encode_request(request: &ChatRequest, stream: bool) -> ResponsesRequest {
                 description: (!tool.description.is_empty()).then(|| tool.description.clone()),
                 parameters: Some(tool.parameters.clone()),
                 strict: Some(false),
+                format: None,
             })
             .collect()
     });
@@ -1277,7 +1333,10 @@ pub fn decode_response(provider: &str, response: ResponseObject) -> Result<ChatR
                     call.arguments.clone(),
                 )));
             }
-            Item::FunctionCallOutput(_) | Item::Other => {}
+            Item::FunctionCallOutput(_)
+            | Item::CustomToolCall(_)
+            | Item::CustomToolCallOutput(_)
+            | Item::Other => {}
         }
     }
     let has_calls = content
@@ -1416,7 +1475,10 @@ impl ResponsesDecoder {
                 (ItemKind::Call(index), call.id.as_deref())
             }
             Item::Reasoning(reasoning) => (ItemKind::Reasoning, reasoning.id.as_deref()),
-            Item::FunctionCallOutput(_) | Item::Other => (ItemKind::Other, None),
+            Item::FunctionCallOutput(_)
+            | Item::CustomToolCall(_)
+            | Item::CustomToolCallOutput(_)
+            | Item::Other => (ItemKind::Other, None),
         };
         let streamed = matches!(item, Item::FunctionCall(call) if !call.arguments.is_empty());
         self.register(
@@ -1438,7 +1500,10 @@ impl ResponsesDecoder {
             Item::Message(message) => message.id.as_deref(),
             Item::FunctionCall(call) => call.id.as_deref(),
             Item::Reasoning(reasoning) => reasoning.id.as_deref(),
-            Item::FunctionCallOutput(_) | Item::Other => None,
+            Item::FunctionCallOutput(_)
+            | Item::CustomToolCall(_)
+            | Item::CustomToolCallOutput(_)
+            | Item::Other => None,
         };
         let slot = self.find(output_index, id.unwrap_or_default());
         let open = slot.map(|slot| self.items[slot]);
@@ -1486,7 +1551,10 @@ impl ResponsesDecoder {
                     out.reasoning_signature_with_id(data, false, reasoning.id.clone());
                 }
             }
-            Item::FunctionCallOutput(_) | Item::Other => {}
+            Item::FunctionCallOutput(_)
+            | Item::CustomToolCall(_)
+            | Item::CustomToolCallOutput(_)
+            | Item::Other => {}
         }
         let done = OpenItem {
             kind,
@@ -1627,6 +1695,10 @@ impl ResponsesDecoder {
             | ResponseEvent::ReasoningSummaryPartDone(_)
             | ResponseEvent::ReasoningSummaryTextDone(_)
             | ResponseEvent::ReasoningTextDone(_)
+            // Freeform tools are sent to providers as function tools, so
+            // their calls come back as function calls.
+            | ResponseEvent::CustomToolCallInputDelta(_)
+            | ResponseEvent::CustomToolCallInputDone(_)
             | ResponseEvent::Other => {}
         }
         Ok(Decoded::More)

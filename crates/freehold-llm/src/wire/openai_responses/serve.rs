@@ -1,6 +1,8 @@
 //! The gateway direction of the Responses API: decode a client's request,
 //! encode the answer (whole or streamed) and errors.
 
+use std::collections::BTreeSet;
+
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, LlmError, Message, Reasoning, ResponseFormat, Role,
     Sampling, StopReason, StreamEvent, ToolCall, ToolResult, ToolSpec, Usage,
@@ -8,9 +10,10 @@ use freehold_protocol::{
 use serde_json::{Value, json};
 
 use super::{
-    ArgumentsDoneEvent, ContentItem, DeltaEvent, FunctionCallItem, IncompleteDetails, Item,
-    ItemContent, ItemEvent, MessageItem, PartEvent, ReasoningItem, ResponseError, ResponseEvent,
-    ResponseInput, ResponseObject, ResponseSnapshot, ResponseUsage, ResponsesRequest, ServerEvent,
+    ArgumentsDoneEvent, ContentItem, CustomToolCallItem, DeltaEvent, FunctionCallItem,
+    FunctionCallOutputItem, IncompleteDetails, InputDoneEvent, Item, ItemContent, ItemEvent,
+    MessageItem, PartEvent, ReasoningItem, ResponseError, ResponseEvent, ResponseInput,
+    ResponseObject, ResponseSnapshot, ResponseUsage, ResponsesRequest, ServerEvent,
     SummaryPartEvent, TextDoneEvent, TextFormat, TextPart,
 };
 use crate::wire::openai_chat::{
@@ -20,11 +23,19 @@ use crate::wire::serve::{DecodeError, SseFrame, generated_id, image_from_url, un
 
 /// What a Responses request asks of the answer's delivery, beyond the
 /// [`ChatRequest`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServeOptions {
     /// Answer as a stream of `response.*` events.
     pub stream: bool,
+    /// The names of the request's freeform (`custom`) tools. Providers see
+    /// each as a function tool with one string argument, `input`; calls of
+    /// them go back to the client as
+    /// `custom_tool_call` items whose input is that argument.
+    pub freeform_tools: BTreeSet<String>,
 }
+
+/// The one argument of the function tool a freeform tool becomes.
+const FREEFORM_ARGUMENT: &str = "input";
 
 /// Decodes a client's request.
 ///
@@ -40,8 +51,14 @@ pub struct ServeOptions {
 ///   after them;
 /// - `text.format` becomes the response format; `reasoning.effort` the
 ///   reasoning effort (`none`: none);
-/// - tools other than `function` (`web_search`, `file_search`,
-///   `local_shell`, `custom`…) are rejected, and so is
+/// - `custom` (freeform) tools become function tools with one string
+///   argument, `input`, their description saying so and giving the
+///   input's grammar when they have one (no provider other than OpenAI
+///   constrains output to a grammar), and `custom_tool_call` and
+///   `custom_tool_call_output` items become calls with that argument and
+///   their results (see [`ServeOptions::freeform_tools`]);
+/// - other tools (`web_search`, `file_search`, `local_shell`…) are
+///   rejected, and so is
 ///   `previous_response_id`: the gateway keeps no responses, the client must
 ///   send the whole conversation (as Codex does, with `store: false`);
 /// - input items of other types (`web_search_call`, `item_reference`…) are
@@ -68,6 +85,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             }
         }
     }
+    let mut freeform_tools = BTreeSet::new();
     let tools = wire
         .tools
         .unwrap_or_default()
@@ -75,17 +93,32 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         .enumerate()
         .map(|(index, tool)| {
             let field = format!("tools[{index}]");
-            if tool.kind != "function" {
-                return Err(DecodeError::UnsupportedTool {
-                    field,
-                    kind: tool.kind,
-                });
-            }
+            let freeform = match tool.kind.as_str() {
+                "function" => false,
+                "custom" => true,
+                _ => {
+                    return Err(DecodeError::UnsupportedTool {
+                        field,
+                        kind: tool.kind,
+                    });
+                }
+            };
             if tool.name.is_empty() {
                 return Err(DecodeError::missing(
                     format!("{field}.name"),
-                    "a function tool needs a name",
+                    format!("a {} tool needs a name", tool.kind),
                 ));
+            }
+            if freeform {
+                freeform_tools.insert(tool.name.clone());
+                return Ok(ToolSpec {
+                    description: freeform_description(
+                        tool.description.as_deref().unwrap_or_default(),
+                        tool.format.as_ref(),
+                    ),
+                    name: tool.name,
+                    parameters: freeform_parameters(),
+                });
             }
             Ok(ToolSpec {
                 name: tool.name,
@@ -98,6 +131,22 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         .collect::<Result<Vec<_>, _>>()?;
     let tool_choice = match &wire.tool_choice {
         None | Some(Value::Null) => freehold_protocol::ToolChoice::Auto,
+        // A freeform tool forced by name: the function it became.
+        Some(Value::Object(choice))
+            if choice.get("type").and_then(Value::as_str) == Some("custom") =>
+        {
+            match choice.get("name").and_then(Value::as_str) {
+                Some(name) if !name.is_empty() => freehold_protocol::ToolChoice::Tool {
+                    name: name.to_owned(),
+                },
+                _ => {
+                    return Err(DecodeError::missing(
+                        "tool_choice.name",
+                        "a forced tool choice needs the tool's name",
+                    ));
+                }
+            }
+        }
         Some(value) => decode_tool_choice(value, "tool_choice")?,
     };
     let response_format = match wire.text.and_then(|text| text.format) {
@@ -149,8 +198,66 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         request,
         ServeOptions {
             stream: wire.stream,
+            freeform_tools,
         },
     ))
+}
+
+/// The parameters of the function tool a freeform tool becomes.
+fn freeform_parameters() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            FREEFORM_ARGUMENT: {
+                "type": "string",
+                "description": "The tool's whole input, as plain text in its own format (not JSON)."
+            }
+        },
+        "required": [FREEFORM_ARGUMENT],
+        "additionalProperties": false
+    })
+}
+
+/// A freeform tool's description as a function tool: how to pass its input
+/// and, when it has one, the grammar the input must follow.
+fn freeform_description(description: &str, format: Option<&Value>) -> String {
+    let mut text = description.trim_end().to_owned();
+    if !text.is_empty() {
+        text.push_str("\n\n");
+    }
+    text.push_str(&format!(
+        "Pass the tool's whole input as one string argument, `{FREEFORM_ARGUMENT}`, in the \
+         tool's own format (not JSON)."
+    ));
+    let grammar = format
+        .filter(|format| format.get("type").and_then(Value::as_str) == Some("grammar"))
+        .and_then(|format| {
+            let definition = format.get("definition").and_then(Value::as_str)?;
+            let syntax = format
+                .get("syntax")
+                .and_then(Value::as_str)
+                .unwrap_or("lark");
+            Some((syntax, definition))
+        });
+    if let Some((syntax, definition)) = grammar {
+        text.push_str(&format!(
+            " It must match this grammar ({syntax} syntax):\n\n{definition}"
+        ));
+    }
+    text
+}
+
+/// A freeform tool call's input, from the arguments of the function call it
+/// came back as: its `input` argument, or the whole text when the model
+/// wrote the input bare instead of as JSON.
+fn freeform_input(arguments: &str) -> String {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(Value::Object(mut fields)) => match fields.remove(FREEFORM_ARGUMENT) {
+            Some(Value::String(input)) => input,
+            _ => arguments.to_owned(),
+        },
+        _ => arguments.to_owned(),
+    }
 }
 
 /// Appends `part` to the last message when it has `role`, else to a new one.
@@ -217,49 +324,36 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
                 ContentPart::ToolCall(ToolCall::new(call_id, call.name, call.arguments)),
             );
         }
-        Item::FunctionCallOutput(output) => {
-            if output.call_id.is_empty() {
+        Item::CustomToolCall(call) => {
+            let call_id = if call.call_id.is_empty() {
+                call.id.clone().filter(|id| !id.is_empty())
+            } else {
+                Some(call.call_id.clone())
+            };
+            let Some(call_id) = call_id else {
                 return Err(DecodeError::missing(
                     format!("{field}.call_id"),
-                    "a function_call_output needs call_id (the call it answers)",
+                    "a custom_tool_call needs call_id (custom_tool_call_output items refer to it)",
+                ));
+            };
+            if call.name.is_empty() {
+                return Err(DecodeError::missing(
+                    format!("{field}.name"),
+                    "a custom_tool_call needs the tool's name",
                 ));
             }
-            let mut images = Vec::new();
-            let content = match output.output {
-                ItemContent::Text(text) => text,
-                ItemContent::Parts(parts) => {
-                    let mut texts = Vec::new();
-                    for part in parts {
-                        match part {
-                            ContentItem::InputText { text }
-                            | ContentItem::OutputText { text, .. } => texts.push(text),
-                            ContentItem::InputImage {
-                                image_url: Some(url),
-                                ..
-                            } => images.push(ContentPart::Image {
-                                source: image_from_url(&url),
-                            }),
-                            _ => {}
-                        }
-                    }
-                    texts.join("\n")
-                }
-            };
+            let arguments = json!({ FREEFORM_ARGUMENT: call.input }).to_string();
             push_part(
                 messages,
-                Role::Tool,
-                ContentPart::ToolResult(ToolResult {
-                    call_id: output.call_id,
-                    content,
-                    is_error: false,
-                }),
+                Role::Assistant,
+                ContentPart::ToolCall(ToolCall::new(call_id, call.name, arguments)),
             );
-            if !images.is_empty() {
-                messages.push(Message {
-                    role: Role::User,
-                    content: images,
-                });
-            }
+        }
+        Item::FunctionCallOutput(output) => {
+            decode_call_output(output, field, "function_call_output", messages)?;
+        }
+        Item::CustomToolCallOutput(output) => {
+            decode_call_output(output, field, "custom_tool_call_output", messages)?;
         }
         Item::Reasoning(reasoning) => {
             let text = reasoning.text();
@@ -288,6 +382,61 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
         Item::Other => {
             tracing::debug!(field, "skipping an input item of an unsupported type");
         }
+    }
+    Ok(())
+}
+
+/// A `function_call_output` or `custom_tool_call_output` item (`kind`):
+/// a tool result, joining the last [`Role::Tool`] message; its images go
+/// in a user message after it.
+fn decode_call_output(
+    output: FunctionCallOutputItem,
+    field: &str,
+    kind: &str,
+    messages: &mut Vec<Message>,
+) -> Result<(), DecodeError> {
+    if output.call_id.is_empty() {
+        return Err(DecodeError::missing(
+            format!("{field}.call_id"),
+            format!("a {kind} needs call_id (the call it answers)"),
+        ));
+    }
+    let mut images = Vec::new();
+    let content = match output.output {
+        ItemContent::Text(text) => text,
+        ItemContent::Parts(parts) => {
+            let mut texts = Vec::new();
+            for part in parts {
+                match part {
+                    ContentItem::InputText { text } | ContentItem::OutputText { text, .. } => {
+                        texts.push(text)
+                    }
+                    ContentItem::InputImage {
+                        image_url: Some(url),
+                        ..
+                    } => images.push(ContentPart::Image {
+                        source: image_from_url(&url),
+                    }),
+                    _ => {}
+                }
+            }
+            texts.join("\n")
+        }
+    };
+    push_part(
+        messages,
+        Role::Tool,
+        ContentPart::ToolResult(ToolResult {
+            call_id: output.call_id,
+            content,
+            is_error: false,
+        }),
+    );
+    if !images.is_empty() {
+        messages.push(Message {
+            role: Role::User,
+            content: images,
+        });
     }
     Ok(())
 }
@@ -410,6 +559,18 @@ fn reasoning_item(id: String, text: &str, encrypted: Option<String>) -> Item {
     })
 }
 
+/// A `custom_tool_call` item for `call` of a freeform tool, its input
+/// `input`.
+fn custom_call_item(id: String, call: &ToolCall, input: String, status: &str) -> Item {
+    Item::CustomToolCall(CustomToolCallItem {
+        id: Some(id),
+        call_id: call.id.clone(),
+        name: call.name.clone(),
+        input,
+        status: Some(status.into()),
+    })
+}
+
 fn call_item(id: String, call: &ToolCall, status: &str) -> Item {
     Item::FunctionCall(FunctionCallItem {
         id: Some(id),
@@ -429,8 +590,20 @@ fn call_item(id: String, call: &ToolCall, status: &str) -> Item {
 /// (consecutive text joined in one `output_text` part, a `refusal` part when
 /// the stop reason is a refusal) and `function_call` items. The status is
 /// `completed`, or `incomplete` with `incomplete_details.reason`
-/// `max_output_tokens` / `content_filter`.
+/// `max_output_tokens` / `content_filter`. Calls of the request's freeform
+/// tools are `custom_tool_call` items: see [`encode_response_for`].
 pub fn encode_response(response: &ChatResponse, model: &str) -> ResponseObject {
+    encode_response_for(response, model, &ServeOptions::default())
+}
+
+/// [`encode_response`] for a request decoded with `options`: calls of its
+/// freeform tools become `custom_tool_call` items (id `ctc_…`), their input
+/// the call's `input` argument.
+pub fn encode_response_for(
+    response: &ChatResponse,
+    model: &str,
+    options: &ServeOptions,
+) -> ResponseObject {
     let refusal = response.stop_reason == StopReason::Refusal;
     let mut output = Vec::new();
     let mut text = String::new();
@@ -456,6 +629,15 @@ pub fn encode_response(response: &ChatResponse, model: &str) -> ResponseObject {
                         .signature
                         .as_deref()
                         .map(|signature| encrypted_content(signature, reasoning.redacted)),
+                ));
+            }
+            ContentPart::ToolCall(call) if options.freeform_tools.contains(&call.name) => {
+                flush(&mut text, &mut output);
+                output.push(custom_call_item(
+                    generated_id("ctc_"),
+                    call,
+                    freeform_input(&call.arguments),
+                    "completed",
                 ));
             }
             ContentPart::ToolCall(call) => {
@@ -491,11 +673,13 @@ enum OpenItem {
         id: String,
         text: String,
     },
-    /// A function call, with its [`StreamEvent`] index.
+    /// A function call, with its [`StreamEvent`] index; a freeform tool's
+    /// call gathers its arguments and sends its input when it closes.
     Call {
         index: u32,
         id: String,
         call: ToolCall,
+        freeform: bool,
     },
 }
 
@@ -518,7 +702,11 @@ enum OpenItem {
 /// 4. one per tool call: a `function_call` item (`id` `fc_…`, `call_id` the
 ///    call's id, empty arguments), `response.function_call_arguments.delta`s,
 ///    then `response.function_call_arguments.done` and
-///    `response.output_item.done`;
+///    `response.output_item.done`; for a freeform tool's call, a
+///    `custom_tool_call` item (`ctc_…`) whose input, decoded from the
+///    arguments once they are complete, goes out in one
+///    `response.custom_tool_call_input.delta`, then
+///    `response.custom_tool_call_input.done` and `response.output_item.done`;
 /// 5. `response.completed` with the whole response and its usage, or
 ///    `response.incomplete` (max tokens, content filter).
 ///
@@ -539,6 +727,7 @@ pub struct ResponseStreamEncoder {
     held: Vec<StreamEvent>,
     has_calls: bool,
     usage: Option<Usage>,
+    freeform_tools: BTreeSet<String>,
 }
 
 impl ResponseStreamEncoder {
@@ -558,7 +747,15 @@ impl ResponseStreamEncoder {
             held: Vec::new(),
             has_calls: false,
             usage: None,
+            freeform_tools: BTreeSet::new(),
         }
+    }
+
+    /// Encodes calls of these tools (the request's freeform tools,
+    /// [`ServeOptions::freeform_tools`]) as `custom_tool_call` items.
+    pub fn with_freeform_tools(mut self, names: BTreeSet<String>) -> Self {
+        self.freeform_tools = names;
+        self
     }
 
     /// The response id (fixed once `response.created` is out).
@@ -679,6 +876,31 @@ impl ResponseStreamEncoder {
                     out.push(self.frame(part));
                 }
                 reasoning_item(reasoning_id.unwrap_or(id), &text, encrypted)
+            }
+            OpenItem::Call {
+                id,
+                call,
+                freeform: true,
+                ..
+            } => {
+                let input = freeform_input(&call.arguments);
+                if !input.is_empty() {
+                    let delta = ResponseEvent::CustomToolCallInputDelta(DeltaEvent {
+                        item_id: id.clone(),
+                        output_index,
+                        content_index: None,
+                        summary_index: None,
+                        delta: input.clone(),
+                    });
+                    out.push(self.frame(delta));
+                }
+                let done = ResponseEvent::CustomToolCallInputDone(InputDoneEvent {
+                    item_id: id.clone(),
+                    output_index,
+                    input: input.clone(),
+                });
+                out.push(self.frame(done));
+                custom_call_item(id, &call, input, "completed")
             }
             OpenItem::Call { id, call, .. } => {
                 let done = ResponseEvent::FunctionCallArgumentsDone(ArgumentsDoneEvent {
@@ -833,13 +1055,23 @@ impl ResponseStreamEncoder {
                 self.start(None, &mut out);
                 self.close(&mut out);
                 self.has_calls = true;
-                let item_id = generated_id("fc_");
+                let freeform = self.freeform_tools.contains(name);
                 let call = ToolCall::new(id.clone(), name.clone(), "");
-                self.added(call_item(item_id.clone(), &call, "in_progress"), &mut out);
+                let (item_id, item) = if freeform {
+                    let item_id = generated_id("ctc_");
+                    let item =
+                        custom_call_item(item_id.clone(), &call, String::new(), "in_progress");
+                    (item_id, item)
+                } else {
+                    let item_id = generated_id("fc_");
+                    (item_id.clone(), call_item(item_id, &call, "in_progress"))
+                };
+                self.added(item, &mut out);
                 self.open = Some(OpenItem::Call {
                     index: *index,
                     id: item_id,
                     call,
+                    freeform,
                 });
             }
             StreamEvent::ToolCallArgsDelta { index, delta } => {
@@ -847,8 +1079,15 @@ impl ResponseStreamEncoder {
                 match &mut self.open {
                     Some(OpenItem::Call {
                         index: open,
+                        freeform: true,
+                        call,
+                        ..
+                    }) if open == index => call.arguments.push_str(delta),
+                    Some(OpenItem::Call {
+                        index: open,
                         id,
                         call,
+                        freeform: false,
                     }) if open == index => {
                         call.arguments.push_str(delta);
                         let event = ResponseEvent::FunctionCallArgumentsDelta(DeltaEvent {

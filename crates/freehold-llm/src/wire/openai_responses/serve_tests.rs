@@ -1,5 +1,7 @@
 //! Tests of the gateway direction: round trips through the client side.
 
+use std::collections::BTreeSet;
+
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
     ReasoningEffort, ResponseFormat, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice,
@@ -622,4 +624,215 @@ fn reasoning_items_keep_one_id_from_added_to_done() {
             );
         }
     }
+}
+
+/// Codex's patch tool, as it declares it for `gpt-5…` models: freeform,
+/// its input following a Lark grammar.
+fn patch_tool() -> Value {
+    json!({
+        "type": "custom",
+        "name": "apply_patch",
+        "description": "Use the `apply_patch` tool to edit files.",
+        "format": {"type": "grammar", "syntax": "lark",
+                   "definition": "start: begin_patch hunk+ end_patch"}
+    })
+}
+
+const PATCH: &str = "*** Begin Patch\n*** Update File: a.py\n@@\n-x = 1\n+x = 2\n*** End Patch";
+
+#[test]
+fn freeform_tools_reach_providers_as_functions_with_one_text_argument() {
+    let (request, options) = decode_json(json!({
+        "model": "gpt-5-codex",
+        "input": [
+            {"role": "user", "content": "Set x to 2."},
+            {"type": "custom_tool_call", "call_id": "call_1", "name": "apply_patch",
+             "input": PATCH, "status": "completed", "id": "ctc_1"},
+            {"type": "custom_tool_call_output", "call_id": "call_1", "output": "Done!"},
+        ],
+        "tools": [patch_tool(), {"type": "function", "name": "shell",
+                                 "parameters": {"type": "object", "properties": {}}}],
+        "tool_choice": {"type": "custom", "name": "apply_patch"},
+        "stream": true,
+    }))
+    .unwrap();
+    assert_eq!(
+        options.freeform_tools,
+        BTreeSet::from(["apply_patch".to_owned()])
+    );
+    let patch = &request.tools[0];
+    assert_eq!(patch.name, "apply_patch");
+    assert_eq!(
+        patch.parameters["properties"]["input"]["type"], "string",
+        "{}",
+        patch.parameters
+    );
+    assert_eq!(patch.parameters["required"], json!(["input"]));
+    // The description keeps the tool's own, says how to pass the input and
+    // carries the grammar, which only OpenAI would enforce.
+    assert!(
+        patch
+            .description
+            .starts_with("Use the `apply_patch` tool to edit files.\n\n"),
+        "{}",
+        patch.description
+    );
+    assert!(
+        patch
+            .description
+            .ends_with("(lark syntax):\n\nstart: begin_patch hunk+ end_patch"),
+        "{}",
+        patch.description
+    );
+    // A function tool beside it is unchanged.
+    assert_eq!(
+        request.tools[1].parameters,
+        json!({"type": "object", "properties": {}})
+    );
+    assert_eq!(
+        request.tool_choice,
+        ToolChoice::Tool {
+            name: "apply_patch".into()
+        }
+    );
+    // The history: the call with its input as the one argument, then its
+    // result.
+    let call = request.messages[1].tool_calls().next().unwrap();
+    assert_eq!(
+        (call.id.as_str(), call.name.as_str()),
+        ("call_1", "apply_patch")
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&call.arguments).unwrap(),
+        json!({"input": PATCH})
+    );
+    assert_eq!(
+        request.messages[2].content,
+        vec![ContentPart::ToolResult(ToolResult {
+            call_id: "call_1".into(),
+            content: "Done!".into(),
+            is_error: false,
+        })]
+    );
+
+    // A custom tool needs a name, and so does a custom tool choice.
+    let error = decode_json(json!({"model": "m", "input": "hi",
+        "tools": [{"type": "custom", "name": ""}]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "tools[0].name");
+    let error = decode_json(json!({"model": "m", "input": "hi", "tools": [patch_tool()],
+        "tool_choice": {"type": "custom"}}))
+    .unwrap_err();
+    assert_eq!(error.field(), "tool_choice.name");
+    // A text-format tool's description has no grammar.
+    let (request, _) = decode_json(json!({"model": "m", "input": "hi",
+        "tools": [{"type": "custom", "name": "note", "format": {"type": "text"}}]}))
+    .unwrap();
+    assert!(!request.tools[0].description.contains("grammar"));
+}
+
+fn freeform_options() -> ServeOptions {
+    ServeOptions {
+        stream: false,
+        freeform_tools: BTreeSet::from(["apply_patch".to_owned()]),
+    }
+}
+
+#[test]
+fn calls_of_freeform_tools_go_back_as_custom_tool_calls() {
+    let arguments = json!({ "input": PATCH }).to_string();
+    let response = ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentPart::ToolCall(ToolCall::new("call_1", "apply_patch", arguments)),
+                // A model that wrote the patch bare, not as JSON.
+                ContentPart::ToolCall(ToolCall::new("call_2", "apply_patch", PATCH)),
+                ContentPart::ToolCall(ToolCall::new("call_3", "shell", "{}")),
+            ],
+        },
+        stop_reason: StopReason::ToolUse,
+        ..full_response()
+    };
+    let wire = serde_json::to_value(encode_response_for(
+        &response,
+        "gpt-5-codex",
+        &freeform_options(),
+    ))
+    .unwrap();
+    let output = wire["output"].as_array().unwrap();
+    assert_eq!(output.len(), 3, "{wire}");
+    for (item, call_id) in output[..2].iter().zip(["call_1", "call_2"]) {
+        assert_eq!(item["type"], "custom_tool_call", "{item}");
+        assert_eq!(item["call_id"], call_id);
+        assert_eq!(item["name"], "apply_patch");
+        assert_eq!(item["input"], PATCH);
+        assert!(item["id"].as_str().unwrap().starts_with("ctc_"), "{item}");
+    }
+    assert_eq!(output[2]["type"], "function_call");
+    assert_eq!(output[2]["arguments"], "{}");
+    // Without the option (another request), a call is a function call.
+    let plain = serde_json::to_value(encode_response(&response, "m")).unwrap();
+    assert_eq!(plain["output"][0]["type"], "function_call");
+}
+
+#[test]
+fn streamed_calls_of_freeform_tools_send_their_input_whole() {
+    let arguments = json!({ "input": PATCH }).to_string();
+    let (first, rest) = arguments.split_at(12);
+    let events = [
+        StreamEvent::Start {
+            id: Some("resp_1".into()),
+            model: None,
+        },
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: "call_1".into(),
+            name: "apply_patch".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: first.into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: rest.into(),
+        },
+        StreamEvent::ToolCallEnd {
+            index: 0,
+            signature: None,
+        },
+        StreamEvent::Stop {
+            reason: StopReason::ToolUse,
+        },
+    ];
+    let mut encoder = ResponseStreamEncoder::new("gpt-5-codex", None)
+        .with_freeform_tools(freeform_options().freeform_tools);
+    let mut frames: Vec<SseFrame> = events.iter().flat_map(|e| encoder.push(e)).collect();
+    frames.extend(encoder.finish());
+    assert_eq!(
+        types(&frames),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.custom_tool_call_input.delta",
+            "response.custom_tool_call_input.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let added = json_of(&frames[2]);
+    assert_eq!(added["item"]["type"], "custom_tool_call");
+    assert_eq!(added["item"]["input"], "");
+    let item_id = added["item"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(json_of(&frames[3])["delta"], PATCH);
+    assert_eq!(json_of(&frames[3])["item_id"], item_id.as_str());
+    assert_eq!(json_of(&frames[4])["input"], PATCH);
+    let done = json_of(&frames[5]);
+    assert_eq!(done["item"]["input"], PATCH);
+    assert_eq!(done["item"]["call_id"], "call_1");
+    assert_eq!(done["item"]["id"], item_id.as_str());
+    let completed = json_of(&frames[6]);
+    assert_eq!(completed["response"]["output"][0], done["item"]);
 }
