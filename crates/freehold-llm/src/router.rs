@@ -100,14 +100,21 @@ pub struct RouterSettings {
     #[serde(default)]
     pub probe_ejected: bool,
     /// Seconds between probes (model lists) of each replica in rotation
-    /// (0: none); a failed or unanswered probe counts as a failure. Implies
-    /// `probe_ejected`.
-    #[serde(default)]
+    /// (0: none; 10 by default); probes that fail or go unanswered in a row
+    /// eject a replica. Implies `probe_ejected`.
+    #[serde(default = "default_probe_interval_secs")]
     pub probe_interval_secs: u64,
 }
 
 fn default_eject_after_failures() -> u32 {
     HealthSettings::default().eject_after_failures
+}
+
+/// Active health checks by default: without them a replica that accepts
+/// connections and never answers is never ejected, and a configured pool's
+/// servers are the user's own.
+fn default_probe_interval_secs() -> u64 {
+    10
 }
 
 fn default_cooldown_secs() -> u64 {
@@ -120,7 +127,7 @@ impl Default for RouterSettings {
             eject_after_failures: default_eject_after_failures(),
             cooldown_secs: default_cooldown_secs(),
             probe_ejected: false,
-            probe_interval_secs: 0,
+            probe_interval_secs: default_probe_interval_secs(),
         }
     }
 }

@@ -553,8 +553,17 @@ fn cost_of_uses_the_catalog_and_unknown_stays_unknown() {
 fn router_settings_have_defaults_and_reject_unknown_fields() {
     let settings: RouterSettings = toml::from_str("").unwrap();
     assert_eq!(settings, RouterSettings::default());
-    assert_eq!(HealthSettings::from(settings), HealthSettings::default());
-    let settings: RouterSettings = toml::from_str("cooldown_secs = 5").unwrap();
+    // A configuration probes its pools every 10 s unless told otherwise;
+    // the library's own default probes nothing.
+    assert_eq!(
+        HealthSettings::from(settings),
+        HealthSettings {
+            probe_interval: Some(Duration::from_secs(10)),
+            ..HealthSettings::default()
+        }
+    );
+    let settings: RouterSettings =
+        toml::from_str("cooldown_secs = 5\nprobe_interval_secs = 0").unwrap();
     assert_eq!(
         HealthSettings::from(&settings),
         HealthSettings {
@@ -564,10 +573,10 @@ fn router_settings_have_defaults_and_reject_unknown_fields() {
             probe_interval: None,
         }
     );
-    let settings: RouterSettings = toml::from_str("probe_interval_secs = 10").unwrap();
+    let settings: RouterSettings = toml::from_str("probe_interval_secs = 3").unwrap();
     assert_eq!(
         HealthSettings::from(&settings).probe_interval,
-        Some(Duration::from_secs(10))
+        Some(Duration::from_secs(3))
     );
     assert!(toml::from_str::<RouterSettings>("cooldown = 5").is_err());
     let alias: BTreeMap<String, AliasTarget> =
