@@ -14,10 +14,12 @@
 //!   the protocol's error body.
 //!
 //! Server-side tools (Anthropic `web_search_20250305`, Responses
-//! `web_search`, `local_shell`, `custom`…) are rejected with
+//! `file_search`, `local_shell`…) are rejected with
 //! [`DecodeError::UnsupportedTool`]: the gateway has no server to run them,
-//! and dropping them silently would leave the client waiting for a search
-//! that never happens.
+//! and dropping them silently would leave the client waiting for a result
+//! that never comes. One exception: the Responses API's hosted web search,
+//! which Codex offers in every request to `gpt-5…` models whether or not
+//! the task needs it, is left out, so that the model answers without it.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

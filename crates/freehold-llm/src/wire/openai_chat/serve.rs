@@ -316,7 +316,8 @@ pub(crate) fn decode_tool_choice(value: &Value, field: &str) -> Result<ToolChoic
                 (kind, _) => Err(DecodeError::invalid(
                     format!("{field}.type"),
                     format!(
-                        "unsupported tool choice type {} (expected `function`)",
+                        "unsupported tool choice type {} (expected `function`, or `custom` for a \
+                         freeform tool of the Responses API)",
                         kind.map_or_else(|| "(none)".to_owned(), |kind| format!("`{kind}`"))
                     ),
                 )),

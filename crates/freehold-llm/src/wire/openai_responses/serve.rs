@@ -57,7 +57,11 @@ const FREEFORM_ARGUMENT: &str = "input";
 ///   constrains output to a grammar), and `custom_tool_call` and
 ///   `custom_tool_call_output` items become calls with that argument and
 ///   their results (see [`ServeOptions::freeform_tools`]);
-/// - other tools (`web_search`, `file_search`, `local_shell`…) are
+/// - OpenAI's hosted web search (`web_search`, `web_search_preview…`),
+///   which Codex offers `gpt-5…` models in every request, is left out: the
+///   gateway has no search to run, and the model answers without one (a
+///   `tool_choice` that forces it is still refused);
+/// - other tools (`file_search`, `local_shell`, `image_generation`…) are
 ///   rejected, and so is
 ///   `previous_response_id`: the gateway keeps no responses, the client must
 ///   send the whole conversation (as Codex does, with `store: false`);
@@ -86,11 +90,19 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         }
     }
     let mut freeform_tools = BTreeSet::new();
+    let mut names = BTreeSet::new();
     let tools = wire
         .tools
         .unwrap_or_default()
         .into_iter()
         .enumerate()
+        .filter(|(_, tool)| {
+            let hosted_search = tool.kind.starts_with("web_search");
+            if hosted_search {
+                tracing::debug!(kind = %tool.kind, "leaving out a hosted web search tool");
+            }
+            !hosted_search
+        })
         .map(|(index, tool)| {
             let field = format!("tools[{index}]");
             let freeform = match tool.kind.as_str() {
@@ -107,6 +119,14 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
                 return Err(DecodeError::missing(
                     format!("{field}.name"),
                     format!("a {} tool needs a name", tool.kind),
+                ));
+            }
+            // A function and a freeform tool of one name would be two
+            // functions of that name to the provider.
+            if !names.insert(tool.name.clone()) {
+                return Err(DecodeError::invalid(
+                    format!("{field}.name"),
+                    format!("another tool is also named `{}`", tool.name),
                 ));
             }
             if freeform {
@@ -248,14 +268,23 @@ fn freeform_description(description: &str, format: Option<&Value>) -> String {
 }
 
 /// A freeform tool call's input, from the arguments of the function call it
-/// came back as: its `input` argument, or the whole text when the model
-/// wrote the input bare instead of as JSON.
-fn freeform_input(arguments: &str) -> String {
+/// came back as: its `input` argument (or, misnamed, its only one); a JSON
+/// string as that text; nothing for no arguments; and the whole text when
+/// the model wrote the input bare instead of as JSON.
+pub(super) fn freeform_input(arguments: &str) -> String {
+    let text = |value: Value| match value {
+        Value::String(text) => text,
+        other => other.to_string(),
+    };
     match serde_json::from_str::<Value>(arguments) {
         Ok(Value::Object(mut fields)) => match fields.remove(FREEFORM_ARGUMENT) {
-            Some(Value::String(input)) => input,
-            _ => arguments.to_owned(),
+            Some(input) => text(input),
+            None if fields.len() == 1 => fields.into_values().next().map(text).unwrap_or_default(),
+            None if fields.is_empty() => String::new(),
+            None => arguments.to_owned(),
         },
+        Ok(Value::String(input)) => input,
+        _ if arguments.trim().is_empty() => String::new(),
         _ => arguments.to_owned(),
     }
 }

@@ -493,10 +493,10 @@ fn messages_without_a_type_are_messages() {
 #[test]
 fn bad_requests_name_the_field() {
     let error = decode_json(json!({"model": "m", "input": "hi",
-        "tools": [{"type": "web_search"}]}))
+        "tools": [{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}]}))
     .unwrap_err();
     assert!(
-        matches!(&error, DecodeError::UnsupportedTool { field, kind } if field == "tools[0]" && kind == "web_search"),
+        matches!(&error, DecodeError::UnsupportedTool { field, kind } if field == "tools[1]" && kind == "file_search"),
         "{error:?}"
     );
 
@@ -835,4 +835,62 @@ fn streamed_calls_of_freeform_tools_send_their_input_whole() {
     assert_eq!(done["item"]["id"], item_id.as_str());
     let completed = json_of(&frames[6]);
     assert_eq!(completed["response"]["output"][0], done["item"]);
+}
+
+#[test]
+fn hosted_web_search_is_left_out_unless_forced() {
+    // What Codex sends a `gpt-5…` model by default.
+    let (request, _) = decode_json(json!({"model": "gpt-5-codex", "input": "hi", "tools": [
+        {"type": "web_search", "external_web_access": false},
+        {"type": "function", "name": "shell", "parameters": {"type": "object"}},
+        {"type": "web_search_preview"},
+    ]}))
+    .unwrap();
+    let names: Vec<&str> = request
+        .tools
+        .iter()
+        .map(|tool| tool.name.as_str())
+        .collect();
+    assert_eq!(names, ["shell"]);
+    // A request that insists on searching cannot be served.
+    let error = decode_json(json!({"model": "m", "input": "hi",
+        "tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}))
+    .unwrap_err();
+    assert_eq!(error.field(), "tool_choice.type");
+}
+
+#[test]
+fn two_tools_of_one_name_are_refused() {
+    let error = decode_json(json!({"model": "m", "input": "hi", "tools": [
+        {"type": "function", "name": "apply_patch", "parameters": {"type": "object"}},
+        patch_tool(),
+    ]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "tools[1].name");
+    assert!(error.to_string().contains("`apply_patch`"), "{error}");
+}
+
+#[test]
+fn a_freeform_input_is_read_from_whatever_arguments_the_model_wrote() {
+    for (arguments, input) in [
+        (json!({"input": PATCH}).to_string(), PATCH.to_owned()),
+        // Misnamed, but the only argument.
+        (json!({"patch": PATCH}).to_string(), PATCH.to_owned()),
+        // A JSON string, not an object.
+        (json!(PATCH).to_string(), PATCH.to_owned()),
+        // Bare text.
+        (PATCH.to_owned(), PATCH.to_owned()),
+        // Not a string: its JSON text.
+        (json!({"input": 42}).to_string(), "42".to_owned()),
+        // Nothing at all.
+        ("{}".to_owned(), String::new()),
+        (String::new(), String::new()),
+        // Several arguments, none named `input`: all of it.
+        (
+            r#"{"a": "x", "b": "y"}"#.to_owned(),
+            r#"{"a": "x", "b": "y"}"#.to_owned(),
+        ),
+    ] {
+        assert_eq!(serve::freeform_input(&arguments), input, "{arguments}");
+    }
 }
