@@ -1581,6 +1581,22 @@ async fn a_replica_that_accepts_but_never_answers_is_probed_out_of_rotation() {
         None,
     )
     .await;
+    // Two requests before any probe: one of them goes to the stuck replica
+    // and waits there until the probes eject it, then moves on.
+    let early: Vec<_> = (0..2)
+        .map(|_| {
+            let url = gw.url.clone();
+            tokio::spawn(async move {
+                post(
+                    &url,
+                    "/v1/chat/completions",
+                    Some(MASTER),
+                    &chat_body("mock"),
+                )
+                .await
+            })
+        })
+        .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, health) = get(&format!("{}/health", gw.url), Some(MASTER)).await;
@@ -1611,7 +1627,14 @@ async fn a_replica_that_accepts_but_never_answers_is_probed_out_of_rotation() {
         .expect("a request was sent to the replica that never answers");
         assert_eq!(status, 200, "{body}");
     }
-    assert_eq!(up.requests(), 6);
+    for request in early {
+        let (status, body, _) = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .expect("a request still waits on the ejected replica")
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(up.requests(), 8);
     listener.abort();
 }
 

@@ -27,7 +27,9 @@
 //! A retryable failure before the first answer event (anything but
 //! [`StreamEvent::Start`]) moves the request to another healthy replica, each
 //! replica at most once; once an answer event went to the caller, errors go
-//! to the caller too.
+//! to the caller too. So does a request still waiting for its replica's
+//! first answer event when that replica is ejected (by its probes, or by
+//! other requests' failures): its attempt is dropped, counting no failure.
 //!
 //! ```
 //! use std::time::Duration;
@@ -51,6 +53,7 @@ use freehold_protocol::{
     ModelInfo, StreamEvent,
 };
 use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::Notify;
 
 use crate::provider::{EventStream, Provider};
 
@@ -210,6 +213,50 @@ impl ReplicaSet {
             .collect()
     }
 
+    /// Runs `attempt` on replica `index`, unless the replica is ejected
+    /// first (its health probes, or other requests, found it down): then
+    /// the attempt is dropped and `None` says to try another replica. This
+    /// is what moves requests off a replica that accepts them and never
+    /// answers, which could otherwise only end by the caller's time limit.
+    async fn unless_ejected<T>(
+        &self,
+        index: usize,
+        attempt: impl Future<Output = Result<T, LlmError>>,
+    ) -> Option<Result<T, LlmError>> {
+        let Some(signal) = self.shared.ejection_signal(index) else {
+            return Some(attempt.await);
+        };
+        let ejected = signal.notified();
+        tokio::pin!(ejected);
+        // Registered before the attempt starts: an ejection from now on
+        // wakes it.
+        ejected.as_mut().enable();
+        tokio::select! {
+            biased;
+            result = attempt => Some(result),
+            () = &mut ejected => None,
+        }
+    }
+
+    /// The error of a request whose replica `index` was ejected while it
+    /// waited for the replica's answer.
+    fn ejected_meanwhile(&self, index: usize) -> LlmError {
+        let name = self
+            .replicas
+            .get(index)
+            .map_or(self.name.as_str(), |r| r.name());
+        tracing::warn!(
+            replica_set = %self.name,
+            replica = index,
+            "replica ejected while a request waited for its answer; trying another"
+        );
+        LlmError::new(
+            ErrorKind::Connection,
+            name,
+            "the replica was taken out of rotation (it stopped answering) before it answered",
+        )
+    }
+
     fn no_replicas(&self) -> LlmError {
         LlmError::new(
             ErrorKind::InvalidRequest,
@@ -268,7 +315,17 @@ impl ReplicaSet {
             };
             let index = lease.index;
             tried[index] = true;
-            match call(Arc::clone(&self.replicas[index])).await {
+            let attempt = call(Arc::clone(&self.replicas[index]));
+            let outcome = if tried.iter().any(|tried| !tried) {
+                self.unless_ejected(index, attempt).await
+            } else {
+                Some(attempt.await)
+            };
+            let Some(outcome) = outcome else {
+                last_error = Some(self.ejected_meanwhile(index));
+                continue;
+            };
+            match outcome {
                 Ok(answer) => {
                     if success_is_health {
                         lease.success();
@@ -331,23 +388,39 @@ impl Provider for ReplicaSet {
             tried[index] = true;
             let replica = &self.replicas[index];
             let may_move = tried.iter().any(|tried| !tried);
-            let result = match replica.stream(request.clone()).await {
-                Err(error) => {
-                    lease.failure(&error.kind);
-                    Err(error)
-                }
-                Ok(stream) => {
-                    let tracked: EventStream = Box::pin(Tracked {
-                        inner: stream,
-                        lease: Some(lease),
-                        stopped: false,
-                    });
-                    if may_move {
-                        first_content(tracked, replica.name()).await
-                    } else {
-                        Ok(tracked)
+            let request = request.clone();
+            // The lease goes with the attempt: dropped with it when the
+            // replica is ejected meanwhile, counting no failure.
+            let attempt = async move {
+                match replica.stream(request).await {
+                    Err(error) => {
+                        lease.failure(&error.kind);
+                        Err(error)
+                    }
+                    Ok(stream) => {
+                        let tracked: EventStream = Box::pin(Tracked {
+                            inner: stream,
+                            lease: Some(lease),
+                            stopped: false,
+                        });
+                        if may_move {
+                            first_content(tracked, replica.name()).await
+                        } else {
+                            Ok(tracked)
+                        }
                     }
                 }
+            };
+            let result = if may_move {
+                match self.unless_ejected(index, attempt).await {
+                    Some(result) => result,
+                    None => {
+                        last_error = Some(self.ejected_meanwhile(index));
+                        continue;
+                    }
+                }
+            } else {
+                attempt.await
             };
             match result {
                 Ok(stream) => return Ok(stream),
@@ -600,6 +673,9 @@ struct ReplicaState {
     /// Whether a probe in rotation got an answer that says nothing of
     /// health (a 401 or 404 for the model list) and that was logged.
     probe_refusal_logged: bool,
+    /// Wakes the requests waiting on it when it is ejected, so that they
+    /// can move to another replica.
+    ejected_signal: Arc<Notify>,
 }
 
 impl ReplicaState {
@@ -607,6 +683,7 @@ impl ReplicaState {
     fn eject(&mut self) {
         if self.ejected_at.is_none() {
             self.epoch = self.epoch.wrapping_add(1);
+            self.ejected_signal.notify_waiters();
         }
         self.ejected_at = Some(Instant::now());
     }
@@ -639,6 +716,15 @@ impl Shared {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What wakes the requests waiting on replica `index` when it is
+    /// ejected.
+    fn ejection_signal(&self, index: usize) -> Option<Arc<Notify>> {
+        self.lock()
+            .replicas
+            .get(index)
+            .map(|state| Arc::clone(&state.ejected_signal))
     }
 
     /// The probes due at `now`, each marked as under way.

@@ -1443,3 +1443,39 @@ async fn probes_stop_when_the_set_is_dropped_even_with_a_stream_open() {
     assert_eq!(holding.listings(), after_drop, "probing went on");
     drop(stream);
 }
+
+#[tokio::test]
+async fn requests_waiting_on_a_replica_move_on_when_it_is_ejected() {
+    let stuck: Arc<dyn Provider> = Arc::new(Unanswering);
+    let good = Fake::listing("good", Some(vec!["m"]));
+    let set = Arc::new(ReplicaSet::new(
+        "gpu-box",
+        vec![Arc::clone(&stuck), Arc::clone(&good) as Arc<dyn Provider>],
+        probing_every(Duration::from_millis(50), 2),
+    ));
+    // Sent before any probe ran: the first goes to the stuck replica (ties
+    // go to the first), the second to the other, the third to the stuck
+    // one again (one outstanding each).
+    let whole = |set: Arc<ReplicaSet>| async move { set.complete(request("m")).await };
+    let first = tokio::spawn(whole(Arc::clone(&set)));
+    let second = tokio::spawn(whole(Arc::clone(&set)));
+    let streamed = {
+        let set = Arc::clone(&set);
+        tokio::spawn(async move {
+            let stream = set.stream(request("m")).await?;
+            collect_stream("gpu-box", stream).await
+        })
+    };
+    // Once probes eject the stuck replica, each moves to the good one.
+    for handle in [first, second, streamed] {
+        let answer = tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("a request still waits on the ejected replica")
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.message.text(), "good");
+    }
+    assert!(set.health()[0].ejected);
+    assert_eq!(set.health()[0].outstanding, 0, "{:?}", set.health());
+    assert_eq!(good.calls(), 3);
+}
