@@ -63,7 +63,7 @@ pub(crate) struct ServeArgs {
 /// Runs the gateway until Ctrl-C or SIGTERM.
 pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     raise_open_files_limit();
-    let setup = Setup::load(config)?;
+    let setup = Setup::load_for_gateway(config, &BuiltProviders::new())?;
     let mut settings = setup.config.gateway.clone();
     if let Some(listen) = args.listen {
         settings.listen = listen;
@@ -508,7 +508,7 @@ async fn reload_on_hangup(
 ) {
     let Some(mut hangups) = hangups else { return };
     while hangups.recv().await.is_some() {
-        let reloaded = Setup::load_reusing(config.as_deref(), &built).and_then(|setup| {
+        let reloaded = Setup::load_for_gateway(config.as_deref(), &built).and_then(|setup| {
             refuse_broken_providers(&setup, &built)?;
             let now_built = setup.built.clone();
             Ok((routes(setup, gateway.settings())?, now_built))

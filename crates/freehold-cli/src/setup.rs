@@ -11,7 +11,7 @@ use freehold_llm::catalog::Catalog;
 use freehold_llm::config::{ProviderConfig, ResolvedProvider, unusable_provider};
 use freehold_llm::presets::{PRESETS, ProviderKind};
 use freehold_llm::retry::RetryPolicy;
-use freehold_llm::router::Router;
+use freehold_llm::router::{Router, RouterSettings};
 use freehold_llm::text_tools::RecoveringProvider;
 use freehold_llm::{HealthSettings, Provider};
 
@@ -52,18 +52,34 @@ pub(crate) struct BuiltProvider {
 }
 
 impl Setup {
-    /// Loads the configuration and builds every provider.
+    /// Loads the configuration and builds every provider, for a command
+    /// that runs one task: replica pools are probed only if the
+    /// configuration asks (`[router] probe_interval_secs`).
     pub(crate) fn load(explicit: Option<&Path>) -> anyhow::Result<Self> {
-        Self::load_reusing(explicit, &BuiltProviders::new())
+        Self::load_with(explicit, &BuiltProviders::new(), None)
     }
 
-    /// Loads the configuration, reusing each provider of `previous` whose
-    /// settings did not change: a gateway's reload keeps their connection
-    /// pools, their replicas' health and in-flight counts, and the embedded
-    /// engine's context slots, instead of starting them cold.
-    pub(crate) fn load_reusing(
+    /// Loads the configuration for the gateway, reusing each provider of
+    /// `previous` whose settings did not change: a reload keeps their
+    /// connection pools, their replicas' health and in-flight counts, and
+    /// the embedded engine's context slots, instead of starting them cold.
+    /// Replica pools are probed every
+    /// [`RouterSettings::GATEWAY_PROBE_INTERVAL`] unless configured.
+    pub(crate) fn load_for_gateway(
         explicit: Option<&Path>,
         previous: &BuiltProviders,
+    ) -> anyhow::Result<Self> {
+        Self::load_with(
+            explicit,
+            previous,
+            Some(RouterSettings::GATEWAY_PROBE_INTERVAL),
+        )
+    }
+
+    fn load_with(
+        explicit: Option<&Path>,
+        previous: &BuiltProviders,
+        default_probe_interval: Option<Duration>,
     ) -> anyhow::Result<Self> {
         let loaded = config::load(explicit)?;
         let config = loaded.config;
@@ -118,7 +134,7 @@ impl Setup {
                 format!("invalid [models.\"{key}\"] at {place}")
             })?;
         }
-        let health = HealthSettings::from(&config.router);
+        let health = config.router.health(default_probe_interval);
         let mut built = BuiltProviders::new();
         let mut unusable = BTreeMap::new();
         for (resolved, _) in &providers {
@@ -250,10 +266,10 @@ mod tests {
             .unwrap();
         };
         write("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1");
-        let first = Setup::load(Some(&file)).unwrap();
+        let first = Setup::load_for_gateway(Some(&file), &BuiltProviders::new()).unwrap();
         // `b` moves; `a` is the same.
         write("http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1");
-        let second = Setup::load_reusing(Some(&file), &first.built).unwrap();
+        let second = Setup::load_for_gateway(Some(&file), &first.built).unwrap();
         let same =
             |name: &str| Arc::ptr_eq(&first.built[name].provider, &second.built[name].provider);
         assert!(same("a"));

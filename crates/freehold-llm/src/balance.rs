@@ -213,14 +213,20 @@ impl ReplicaSet {
             .collect()
     }
 
-    /// Runs `attempt` on replica `index`, unless the replica is ejected
-    /// first (its health probes, or other requests, found it down): then
-    /// the attempt is dropped and `None` says to try another replica. This
-    /// is what moves requests off a replica that accepts them and never
-    /// answers, which could otherwise only end by the caller's time limit.
+    /// Runs `attempt` on replica `index` (leased at `epoch`), unless its
+    /// health probes find that the replica stopped answering while an
+    /// untried replica (not in `tried`) is available: then the attempt is
+    /// dropped and `None` says to try that one. This is what moves requests
+    /// off a replica that accepts them and never answers, which could
+    /// otherwise only end by the caller's time limit. A replica ejected
+    /// for its requests' failures (errors, overload) may still answer the
+    /// others, and with nowhere else to go the attempt is the best chance:
+    /// both keep waiting.
     async fn unless_ejected<T>(
         &self,
         index: usize,
+        epoch: u64,
+        tried: &[bool],
         attempt: impl Future<Output = Result<T, LlmError>>,
     ) -> Option<Result<T, LlmError>> {
         let Some(signal) = self.shared.ejection_signal(index) else {
@@ -228,13 +234,21 @@ impl ReplicaSet {
         };
         let ejected = signal.notified();
         tokio::pin!(ejected);
-        // Registered before the attempt starts: an ejection from now on
-        // wakes it.
-        ejected.as_mut().enable();
-        tokio::select! {
-            biased;
-            result = attempt => Some(result),
-            () = &mut ejected => None,
+        tokio::pin!(attempt);
+        loop {
+            // Registered before looking: an ejection from now on wakes it,
+            // and one since the lease was taken is seen below.
+            ejected.as_mut().enable();
+            if self.shared.stopped_answering_since(index, epoch)
+                && self.shared.untried_available(tried)
+            {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                result = &mut attempt => return Some(result),
+                () = &mut ejected => ejected.set(signal.notified()),
+            }
         }
     }
 
@@ -317,7 +331,8 @@ impl ReplicaSet {
             tried[index] = true;
             let attempt = call(Arc::clone(&self.replicas[index]));
             let outcome = if tried.iter().any(|tried| !tried) {
-                self.unless_ejected(index, attempt).await
+                self.unless_ejected(index, lease.epoch, &tried, attempt)
+                    .await
             } else {
                 Some(attempt.await)
             };
@@ -389,6 +404,7 @@ impl Provider for ReplicaSet {
             let replica = &self.replicas[index];
             let may_move = tried.iter().any(|tried| !tried);
             let request = request.clone();
+            let epoch = lease.epoch;
             // The lease goes with the attempt: dropped with it when the
             // replica is ejected meanwhile, counting no failure.
             let attempt = async move {
@@ -412,7 +428,7 @@ impl Provider for ReplicaSet {
                 }
             };
             let result = if may_move {
-                match self.unless_ejected(index, attempt).await {
+                match self.unless_ejected(index, epoch, &tried, attempt).await {
                     Some(result) => result,
                     None => {
                         last_error = Some(self.ejected_meanwhile(index));
@@ -673,17 +689,25 @@ struct ReplicaState {
     /// Whether a probe in rotation got an answer that says nothing of
     /// health (a 401 or 404 for the model list) and that was logged.
     probe_refusal_logged: bool,
-    /// Wakes the requests waiting on it when it is ejected, so that they
-    /// can move to another replica.
+    /// Whether its probes ejected it (it stopped answering), not its
+    /// requests' failures.
+    stopped_answering: bool,
+    /// Wakes the requests waiting on it when its probes eject it, so that
+    /// they can move to another replica.
     ejected_signal: Arc<Notify>,
 }
 
 impl ReplicaState {
-    /// Takes it out of rotation now (or rests it again).
-    fn eject(&mut self) {
+    /// Takes it out of rotation now (or rests it again);
+    /// `stopped_answering`: its probes found it so, and requests waiting on
+    /// it are woken to move on.
+    fn eject(&mut self, stopped_answering: bool) {
         if self.ejected_at.is_none() {
             self.epoch = self.epoch.wrapping_add(1);
-            self.ejected_signal.notify_waiters();
+            self.stopped_answering = stopped_answering;
+            if stopped_answering {
+                self.ejected_signal.notify_waiters();
+            }
         }
         self.ejected_at = Some(Instant::now());
     }
@@ -694,6 +718,7 @@ impl ReplicaState {
             self.epoch = self.epoch.wrapping_add(1);
         }
         self.ejected_at = None;
+        self.stopped_answering = false;
         self.failures = 0;
         self.probe_failures = 0;
     }
@@ -790,7 +815,7 @@ impl Shared {
                     error = %error,
                     "probe: replica still down; resting it again"
                 );
-                state.eject();
+                state.eject(true);
             }
             _ => {
                 tracing::info!(
@@ -844,7 +869,7 @@ impl Shared {
         );
         state.probe_failures = state.probe_failures.saturating_add(1);
         let failures = state.probe_failures;
-        self.eject_at_threshold(state, due.index, failures, "probes");
+        self.eject_at_threshold(state, due.index, failures, true);
     }
 
     /// Counts one failed request of replica `index`, ejecting it at the
@@ -852,23 +877,24 @@ impl Shared {
     fn count_failure(&self, state: &mut ReplicaState, index: usize) {
         state.failures = state.failures.saturating_add(1);
         let failures = state.failures;
-        self.eject_at_threshold(state, index, failures, "requests");
+        self.eject_at_threshold(state, index, failures, false);
     }
 
-    /// Ejects replica `index` when `failures` in a row (of `what`) reach
-    /// the threshold.
+    /// Ejects replica `index` when `failures` in a row (of its probes, or
+    /// of its requests) reach the threshold.
     fn eject_at_threshold(
         &self,
         state: &mut ReplicaState,
         index: usize,
         failures: u32,
-        what: &str,
+        by_probes: bool,
     ) {
         let threshold = self.settings.eject_after_failures;
         if threshold == 0 || failures < threshold {
             return;
         }
         if state.ejected_at.is_none() {
+            let what = if by_probes { "probes" } else { "requests" };
             tracing::warn!(
                 replica_set = %self.name,
                 replica = index,
@@ -876,7 +902,26 @@ impl Shared {
                 "ejecting replica after consecutive failed {what}"
             );
         }
-        state.eject();
+        state.eject(by_probes);
+    }
+
+    /// Whether replica `index` was ejected by its probes (it stopped
+    /// answering) since `epoch`.
+    fn stopped_answering_since(&self, index: usize, epoch: u64) -> bool {
+        self.lock().replicas.get(index).is_some_and(|state| {
+            state.ejected_at.is_some() && state.stopped_answering && state.epoch != epoch
+        })
+    }
+
+    /// Whether a replica not in `tried` may take a request now.
+    fn untried_available(&self, tried: &[bool]) -> bool {
+        let now = Instant::now();
+        let inner = self.lock();
+        inner
+            .replicas
+            .iter()
+            .zip(tried)
+            .any(|(state, tried)| !tried && self.available(state, now))
     }
 
     /// Takes a lease on the available untried replica with the fewest
@@ -925,6 +970,7 @@ impl Shared {
             shared: Arc::clone(self),
             index,
             probe,
+            epoch: state.epoch,
             succeeded: false,
             failed: false,
         })
@@ -939,6 +985,8 @@ struct Lease {
     index: usize,
     /// Whether this is the trial request after a cooldown.
     probe: bool,
+    /// The replica's [`ReplicaState::epoch`] when the lease was taken.
+    epoch: u64,
     succeeded: bool,
     failed: bool,
 }

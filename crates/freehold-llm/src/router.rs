@@ -100,21 +100,16 @@ pub struct RouterSettings {
     #[serde(default)]
     pub probe_ejected: bool,
     /// Seconds between probes (model lists) of each replica in rotation
-    /// (0: none; 10 by default); probes that fail or go unanswered in a row
-    /// eject a replica. Implies `probe_ejected`.
-    #[serde(default = "default_probe_interval_secs")]
-    pub probe_interval_secs: u64,
+    /// (0: none); probes that fail or go unanswered in a row eject a
+    /// replica. Implies `probe_ejected`. Unset, the command decides
+    /// ([`RouterSettings::health`]): the gateway probes, a one-off command
+    /// does not.
+    #[serde(default)]
+    pub probe_interval_secs: Option<u64>,
 }
 
 fn default_eject_after_failures() -> u32 {
     HealthSettings::default().eject_after_failures
-}
-
-/// Active health checks by default: without them a replica that accepts
-/// connections and never answers is never ejected, and a configured pool's
-/// servers are the user's own.
-fn default_probe_interval_secs() -> u64 {
-    10
 }
 
 fn default_cooldown_secs() -> u64 {
@@ -127,20 +122,40 @@ impl Default for RouterSettings {
             eject_after_failures: default_eject_after_failures(),
             cooldown_secs: default_cooldown_secs(),
             probe_ejected: false,
-            probe_interval_secs: default_probe_interval_secs(),
+            probe_interval_secs: None,
         }
     }
 }
 
-impl From<&RouterSettings> for HealthSettings {
-    fn from(settings: &RouterSettings) -> Self {
-        Self {
-            eject_after_failures: settings.eject_after_failures,
-            cooldown: Duration::from_secs(settings.cooldown_secs),
-            probe: settings.probe_ejected,
-            probe_interval: (settings.probe_interval_secs > 0)
-                .then(|| Duration::from_secs(settings.probe_interval_secs)),
+impl RouterSettings {
+    /// The replicas' health settings, probing every `default_interval` when
+    /// `probe_interval_secs` is unset (a long-running gateway passes
+    /// [`RouterSettings::GATEWAY_PROBE_INTERVAL`]; a command that runs one
+    /// task, `None`, so that it sends nothing to pools it does not use).
+    pub fn health(&self, default_interval: Option<Duration>) -> HealthSettings {
+        let interval = match self.probe_interval_secs {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => default_interval,
+        };
+        HealthSettings {
+            eject_after_failures: self.eject_after_failures,
+            cooldown: Duration::from_secs(self.cooldown_secs),
+            probe: self.probe_ejected,
+            probe_interval: interval,
         }
+    }
+
+    /// How often the gateway probes each replica in rotation when the
+    /// configuration does not say: without probes a replica that accepts
+    /// connections and never answers is never ejected.
+    pub const GATEWAY_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+}
+
+impl From<&RouterSettings> for HealthSettings {
+    /// [`RouterSettings::health`] with no probes unless configured.
+    fn from(settings: &RouterSettings) -> Self {
+        settings.health(None)
     }
 }
 

@@ -553,19 +553,22 @@ fn cost_of_uses_the_catalog_and_unknown_stays_unknown() {
 fn router_settings_have_defaults_and_reject_unknown_fields() {
     let settings: RouterSettings = toml::from_str("").unwrap();
     assert_eq!(settings, RouterSettings::default());
-    // A configuration probes its pools every 10 s unless told otherwise;
-    // the library's own default probes nothing.
+    // Unset, the command decides whether pools are probed: a gateway passes
+    // its interval, a one-off command none.
+    assert_eq!(HealthSettings::from(&settings), HealthSettings::default());
+    let ten = Duration::from_secs(10);
     assert_eq!(
-        HealthSettings::from(settings),
+        settings.health(Some(ten)),
         HealthSettings {
-            probe_interval: Some(Duration::from_secs(10)),
+            probe_interval: Some(ten),
             ..HealthSettings::default()
         }
     );
+    // Set, it holds for every command; 0 turns probing off.
     let settings: RouterSettings =
         toml::from_str("cooldown_secs = 5\nprobe_interval_secs = 0").unwrap();
     assert_eq!(
-        HealthSettings::from(&settings),
+        settings.health(Some(ten)),
         HealthSettings {
             eject_after_failures: 3,
             cooldown: Duration::from_secs(5),
@@ -574,10 +577,12 @@ fn router_settings_have_defaults_and_reject_unknown_fields() {
         }
     );
     let settings: RouterSettings = toml::from_str("probe_interval_secs = 3").unwrap();
-    assert_eq!(
-        HealthSettings::from(&settings).probe_interval,
-        Some(Duration::from_secs(3))
-    );
+    for default in [None, Some(ten)] {
+        assert_eq!(
+            settings.health(default).probe_interval,
+            Some(Duration::from_secs(3))
+        );
+    }
     assert!(toml::from_str::<RouterSettings>("cooldown = 5").is_err());
     let alias: BTreeMap<String, AliasTarget> =
         toml::from_str("fast = \"a:m\"\nsmart = [\"a:m\", \"fast\"]").unwrap();
@@ -1447,18 +1452,21 @@ async fn probes_stop_when_the_set_is_dropped_even_with_a_stream_open() {
 #[tokio::test]
 async fn requests_waiting_on_a_replica_move_on_when_it_is_ejected() {
     let stuck: Arc<dyn Provider> = Arc::new(Unanswering);
+    let also_stuck: Arc<dyn Provider> = Arc::new(Unanswering);
     let good = Fake::listing("good", Some(vec!["m"]));
     let set = Arc::new(ReplicaSet::new(
         "gpu-box",
-        vec![Arc::clone(&stuck), Arc::clone(&good) as Arc<dyn Provider>],
+        vec![
+            Arc::clone(&stuck),
+            Arc::clone(&also_stuck),
+            Arc::clone(&good) as Arc<dyn Provider>,
+        ],
         probing_every(Duration::from_millis(50), 2),
     ));
-    // Sent before any probe ran: the first goes to the stuck replica (ties
-    // go to the first), the second to the other, the third to the stuck
-    // one again (one outstanding each).
-    let whole = |set: Arc<ReplicaSet>| async move { set.complete(request("m")).await };
-    let first = tokio::spawn(whole(Arc::clone(&set)));
-    let second = tokio::spawn(whole(Arc::clone(&set)));
+    // Sent before any probe ran, in this order: a stream to the first
+    // stuck replica (ties go to the first), a whole answer to the second
+    // (the next in rotation with none outstanding), and a third to the
+    // good one, the only replica with nothing outstanding.
     let streamed = {
         let set = Arc::clone(&set);
         tokio::spawn(async move {
@@ -1466,16 +1474,98 @@ async fn requests_waiting_on_a_replica_move_on_when_it_is_ejected() {
             collect_stream("gpu-box", stream).await
         })
     };
-    // Once probes eject the stuck replica, each moves to the good one.
-    for handle in [first, second, streamed] {
+    let whole = |set: Arc<ReplicaSet>| async move { set.complete(request("m")).await };
+    let second = tokio::spawn(whole(Arc::clone(&set)));
+    let third = tokio::spawn(whole(Arc::clone(&set)));
+    tokio::task::yield_now().await;
+    assert_eq!(outstanding(&set), [1, 1, 0]);
+    // Once probes eject the stuck replicas, each waiting request moves to
+    // the good one.
+    for handle in [streamed, second, third] {
         let answer = tokio::time::timeout(Duration::from_secs(10), handle)
             .await
-            .expect("a request still waits on the ejected replica")
+            .expect("a request still waits on an ejected replica")
             .unwrap()
             .unwrap();
         assert_eq!(answer.message.text(), "good");
     }
-    assert!(set.health()[0].ejected);
-    assert_eq!(set.health()[0].outstanding, 0, "{:?}", set.health());
+    assert!(set.health()[0].ejected && set.health()[1].ejected);
+    assert_eq!(outstanding(&set), [0, 0, 0]);
     assert_eq!(good.calls(), 3);
+}
+
+/// A replica whose first request waits until it is let go, and whose
+/// model list fails once told to.
+#[derive(Debug)]
+struct Gated {
+    chat: Arc<Fake>,
+    release: tokio::sync::Notify,
+    listing_fails: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Provider for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+
+    fn capabilities(&self, model: &str) -> Capabilities {
+        self.chat.capabilities(model)
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+        self.release.notified().await;
+        self.chat.stream(request).await
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.release.notified().await;
+        self.chat.complete(request).await
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        if self.listing_fails.load(Ordering::SeqCst) {
+            return Err(LlmError::new(ErrorKind::Connection, "gated", "down"));
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn a_request_with_nowhere_else_to_go_keeps_waiting_on_an_ejected_replica() {
+    let gated = Arc::new(Gated {
+        chat: Fake::new("gated", answer("gated")),
+        release: tokio::sync::Notify::new(),
+        listing_fails: Default::default(),
+    });
+    let down = Fake::listing("down", None);
+    let set = Arc::new(ReplicaSet::new(
+        "gpu-box",
+        vec![
+            Arc::clone(&gated) as Arc<dyn Provider>,
+            Arc::clone(&down) as Arc<dyn Provider>,
+        ],
+        probing_every(Duration::from_millis(20), 1),
+    ));
+    until_ejected(&set, 1).await;
+    let waiting = {
+        let set = Arc::clone(&set);
+        tokio::spawn(async move { set.complete(request("m")).await })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(outstanding(&set), [1, 0]);
+    // Its replica's probes now fail too: ejected, but the other is out as
+    // well, so the request is not dropped.
+    gated.listing_fails.store(true, Ordering::SeqCst);
+    until_ejected(&set, 0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "the request was dropped");
+    gated.release.notify_one();
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.message.text(), "gated");
+    assert_eq!(down.calls(), 0);
 }
