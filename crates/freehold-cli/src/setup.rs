@@ -52,9 +52,10 @@ pub(crate) struct BuiltProvider {
 }
 
 impl Setup {
-    /// Loads the configuration and builds every provider, for a command
-    /// that runs one task: replica pools are probed only if the
-    /// configuration asks (`[router] probe_interval_secs`).
+    /// Loads the configuration and builds every provider, for any command
+    /// but the gateway: replica pools are probed only if the configuration
+    /// asks (`[router] probe_interval_secs`), so that nothing is sent to
+    /// pools the command does not use.
     pub(crate) fn load(explicit: Option<&Path>) -> anyhow::Result<Self> {
         Self::load_with(explicit, &BuiltProviders::new(), None)
     }

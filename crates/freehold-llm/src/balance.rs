@@ -28,8 +28,9 @@
 //! [`StreamEvent::Start`]) moves the request to another healthy replica, each
 //! replica at most once; once an answer event went to the caller, errors go
 //! to the caller too. So does a request still waiting for its replica's
-//! first answer event when that replica is ejected (by its probes, or by
-//! other requests' failures): its attempt is dropped, counting no failure.
+//! first answer event when that replica's probes find it stopped answering
+//! and another untried replica is in rotation (now, or once one is
+//! readmitted): its attempt is dropped, counting no failure.
 //!
 //! ```
 //! use std::time::Duration;
@@ -708,19 +709,38 @@ impl ReplicaState {
             if stopped_answering {
                 self.ejected_signal.notify_waiters();
             }
+        } else if stopped_answering && !self.stopped_answering {
+            // Ejected for its requests' failures, and now its probe gets
+            // no answer either: the requests it holds may move. The epoch
+            // stays, so leases taken since (every replica out) stay too.
+            self.stopped_answering = true;
+            self.ejected_signal.notify_waiters();
         }
         self.ejected_at = Some(Instant::now());
     }
 
-    /// It answered: back in rotation with no failures counted.
-    fn readmit(&mut self) {
-        if self.ejected_at.is_some() {
+    /// It answered: back in rotation with no failures counted. Returns
+    /// whether it was out of rotation.
+    fn readmit(&mut self) -> bool {
+        let was_out = self.ejected_at.is_some();
+        if was_out {
             self.epoch = self.epoch.wrapping_add(1);
         }
         self.ejected_at = None;
         self.stopped_answering = false;
         self.failures = 0;
         self.probe_failures = 0;
+        was_out
+    }
+}
+
+impl Inner {
+    /// Wakes the requests waiting on replicas that stopped answering: a
+    /// replica back in rotation may be where they can go now.
+    fn wake_stranded_requests(&self) {
+        for state in self.replicas.iter().filter(|state| state.stopped_answering) {
+            state.ejected_signal.notify_waiters();
+        }
     }
 }
 
@@ -823,7 +843,9 @@ impl Shared {
                     replica = due.index,
                     "probe: replica answered; readmitting it"
                 );
-                state.readmit();
+                if state.readmit() {
+                    inner.wake_stranded_requests();
+                }
             }
         }
     }
@@ -1006,10 +1028,13 @@ impl Lease {
                 "replica answered again; readmitting it"
             );
         }
-        state.readmit();
+        let readmitted = state.readmit();
         if self.probe {
             state.probing = false;
             self.probe = false;
+        }
+        if readmitted {
+            inner.wake_stranded_requests();
         }
     }
 

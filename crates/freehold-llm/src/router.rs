@@ -102,8 +102,8 @@ pub struct RouterSettings {
     /// Seconds between probes (model lists) of each replica in rotation
     /// (0: none); probes that fail or go unanswered in a row eject a
     /// replica. Implies `probe_ejected`. Unset, the command decides
-    /// ([`RouterSettings::health`]): the gateway probes, a one-off command
-    /// does not.
+    /// ([`RouterSettings::health`]): the gateway probes, other commands do
+    /// not.
     #[serde(default)]
     pub probe_interval_secs: Option<u64>,
 }
@@ -130,8 +130,8 @@ impl Default for RouterSettings {
 impl RouterSettings {
     /// The replicas' health settings, probing every `default_interval` when
     /// `probe_interval_secs` is unset (a long-running gateway passes
-    /// [`RouterSettings::GATEWAY_PROBE_INTERVAL`]; a command that runs one
-    /// task, `None`, so that it sends nothing to pools it does not use).
+    /// [`RouterSettings::GATEWAY_PROBE_INTERVAL`]; other commands `None`,
+    /// so that they send nothing to pools they do not use).
     pub fn health(&self, default_interval: Option<Duration>) -> HealthSettings {
         let interval = match self.probe_interval_secs {
             Some(0) => None,

@@ -1569,3 +1569,48 @@ async fn a_request_with_nowhere_else_to_go_keeps_waiting_on_an_ejected_replica()
     assert_eq!(answer.message.text(), "gated");
     assert_eq!(down.calls(), 0);
 }
+
+#[tokio::test]
+async fn a_stranded_request_moves_to_a_replica_once_it_is_readmitted() {
+    let gated = Arc::new(Gated {
+        chat: Fake::new("gated", answer("gated")),
+        release: tokio::sync::Notify::new(),
+        listing_fails: Default::default(),
+    });
+    // Its first three model lists fail: ejected by the first, its trials
+    // (every 100 ms) fail twice more, then it is readmitted.
+    let back = Fake::listing("back", Some(vec!["m"]));
+    let connection = Some(ErrorKind::Connection);
+    back.script_listings(&[connection.clone(), connection.clone(), connection]);
+    let set = Arc::new(ReplicaSet::new(
+        "gpu-box",
+        vec![
+            Arc::clone(&gated) as Arc<dyn Provider>,
+            Arc::clone(&back) as Arc<dyn Provider>,
+        ],
+        HealthSettings {
+            eject_after_failures: 1,
+            cooldown: Duration::from_millis(100),
+            probe: false,
+            probe_interval: Some(Duration::from_millis(20)),
+        },
+    ));
+    until_ejected(&set, 1).await;
+    let waiting = {
+        let set = Arc::clone(&set);
+        tokio::spawn(async move { set.complete(request("m")).await })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(outstanding(&set), [1, 0]);
+    // Its replica stops answering while the other is still out: it waits,
+    // and moves once the other is back.
+    gated.listing_fails.store(true, Ordering::SeqCst);
+    until_ejected(&set, 0).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the request was not woken when a replica came back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.message.text(), "back");
+    assert_eq!(back.calls(), 1);
+}
