@@ -1343,53 +1343,17 @@ async fn a_rested_replica_that_answers_its_probe_with_a_refusal_is_readmitted() 
     assert!(guarded.listings() > 0);
 }
 
-/// A replica whose first model list waits until it is let go, then fails;
-/// the others are answered at once.
-#[derive(Debug)]
-struct FirstListingHeld {
-    chat: Arc<Fake>,
-    release: tokio::sync::Notify,
-    listings: AtomicUsize,
-}
-
-#[async_trait]
-impl Provider for FirstListingHeld {
-    fn name(&self) -> &str {
-        "held"
-    }
-
-    fn capabilities(&self, model: &str) -> Capabilities {
-        self.chat.capabilities(model)
-    }
-
-    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        self.chat.stream(request).await
-    }
-
-    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.chat.complete(request).await
-    }
-
-    async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
-        if self.listings.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.release.notified().await;
-            return Err(LlmError::new(ErrorKind::Connection, "held", "gone"));
-        }
-        Ok(Vec::new())
-    }
-}
-
 #[tokio::test]
 async fn a_probe_from_before_an_ejection_does_not_count_after_the_readmission() {
-    let held = Arc::new(FirstListingHeld {
-        chat: Fake::scripted(
+    let held = Controlled::new(
+        Fake::scripted(
             "held",
             vec![Reply::Fail(ErrorKind::Connection)],
             answer("held"),
         ),
-        release: tokio::sync::Notify::new(),
-        listings: AtomicUsize::new(0),
-    });
+        false,
+        true,
+    );
     let set = ReplicaSet::new(
         "gpu-box",
         vec![Arc::clone(&held) as Arc<dyn Provider>],
@@ -1494,19 +1458,39 @@ async fn requests_waiting_on_a_replica_move_on_when_it_is_ejected() {
     assert_eq!(good.calls(), 3);
 }
 
-/// A replica whose first request waits until it is let go, and whose
-/// model list fails once told to.
+/// A replica whose answers and model lists the test holds back or fails
+/// at will.
 #[derive(Debug)]
-struct Gated {
+struct Controlled {
+    /// Answers its requests.
     chat: Arc<Fake>,
+    /// Whether its requests wait for `release` before being answered.
+    requests_wait: bool,
+    /// Whether its first model list waits for `release`, then fails.
+    first_listing_waits: bool,
     release: tokio::sync::Notify,
+    listings: AtomicUsize,
+    /// Whether its model lists fail (from now on).
     listing_fails: std::sync::atomic::AtomicBool,
 }
 
+impl Controlled {
+    fn new(chat: Arc<Fake>, requests_wait: bool, first_listing_waits: bool) -> Arc<Self> {
+        Arc::new(Self {
+            chat,
+            requests_wait,
+            first_listing_waits,
+            release: tokio::sync::Notify::new(),
+            listings: AtomicUsize::new(0),
+            listing_fails: Default::default(),
+        })
+    }
+}
+
 #[async_trait]
-impl Provider for Gated {
+impl Provider for Controlled {
     fn name(&self) -> &str {
-        "gated"
+        "controlled"
     }
 
     fn capabilities(&self, model: &str) -> Capabilities {
@@ -1514,18 +1498,27 @@ impl Provider for Gated {
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        self.release.notified().await;
+        if self.requests_wait {
+            self.release.notified().await;
+        }
         self.chat.stream(request).await
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.release.notified().await;
+        if self.requests_wait {
+            self.release.notified().await;
+        }
         self.chat.complete(request).await
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        let first = self.listings.fetch_add(1, Ordering::SeqCst) == 0;
+        if first && self.first_listing_waits {
+            self.release.notified().await;
+            return Err(LlmError::new(ErrorKind::Connection, "controlled", "gone"));
+        }
         if self.listing_fails.load(Ordering::SeqCst) {
-            return Err(LlmError::new(ErrorKind::Connection, "gated", "down"));
+            return Err(LlmError::new(ErrorKind::Connection, "controlled", "down"));
         }
         Ok(Vec::new())
     }
@@ -1533,11 +1526,7 @@ impl Provider for Gated {
 
 #[tokio::test]
 async fn a_request_with_nowhere_else_to_go_keeps_waiting_on_an_ejected_replica() {
-    let gated = Arc::new(Gated {
-        chat: Fake::new("gated", answer("gated")),
-        release: tokio::sync::Notify::new(),
-        listing_fails: Default::default(),
-    });
+    let gated = Controlled::new(Fake::new("gated", answer("gated")), true, false);
     let down = Fake::listing("down", None);
     let set = Arc::new(ReplicaSet::new(
         "gpu-box",
@@ -1572,11 +1561,7 @@ async fn a_request_with_nowhere_else_to_go_keeps_waiting_on_an_ejected_replica()
 
 #[tokio::test]
 async fn a_stranded_request_moves_to_a_replica_once_it_is_readmitted() {
-    let gated = Arc::new(Gated {
-        chat: Fake::new("gated", answer("gated")),
-        release: tokio::sync::Notify::new(),
-        listing_fails: Default::default(),
-    });
+    let gated = Controlled::new(Fake::new("gated", answer("gated")), true, false);
     // Its first three model lists fail: ejected by the first, its trials
     // (every 100 ms) fail twice more, then it is readmitted.
     let back = Fake::listing("back", Some(vec!["m"]));
