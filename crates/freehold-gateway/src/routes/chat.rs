@@ -144,6 +144,7 @@ impl ChatProtocol for Responses {
     fn encoder(model: &str, options: Self::Options, _: &ChatRequest) -> Self::Encoder {
         openai_responses::ResponseStreamEncoder::new(model, None)
             .with_freeform_tools(options.freeform_tools)
+            .with_namespaced_tools(options.namespaced_tools)
     }
 }
 

@@ -342,6 +342,10 @@ pub struct FunctionCallItem {
     /// `in_progress`, `completed` or `incomplete`, on output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The namespace of a function declared in a `namespace` tool (its
+    /// `name` is then the function's name within it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// A `custom_tool_call` item: a call of a freeform tool, whose input is
@@ -465,6 +469,9 @@ pub struct WireTool {
     /// `{"type": "grammar", "syntax": "lark" | "regex", "definition": …}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Value>,
+    /// A `namespace` tool's functions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<WireTool>>,
 }
 
 /// `text`: the output format.
@@ -962,6 +969,7 @@ pub fn encode_request(request: &ChatRequest, stream: bool) -> ResponsesRequest {
                 parameters: Some(tool.parameters.clone()),
                 strict: Some(false),
                 format: None,
+                tools: None,
             })
             .collect()
     });
@@ -1150,6 +1158,7 @@ fn encode_assistant(parts: &[ContentPart], items: &mut Vec<Item>) {
                         call.arguments.clone()
                     },
                     status: None,
+                    namespace: None,
                 }));
             }
             ContentPart::Image { .. } | ContentPart::ToolResult(_) => {}

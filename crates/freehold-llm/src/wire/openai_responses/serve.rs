@@ -1,7 +1,7 @@
 //! The gateway direction of the Responses API: decode a client's request,
 //! encode the answer (whole or streamed) and errors.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, LlmError, Message, Reasoning, ResponseFormat, Role,
@@ -14,7 +14,7 @@ use super::{
     FunctionCallOutputItem, IncompleteDetails, InputDoneEvent, Item, ItemContent, ItemEvent,
     MessageItem, PartEvent, ReasoningItem, ResponseError, ResponseEvent, ResponseInput,
     ResponseObject, ResponseSnapshot, ResponseUsage, ResponsesRequest, ServerEvent,
-    SummaryPartEvent, TextDoneEvent, TextFormat, TextPart,
+    SummaryPartEvent, TextDoneEvent, TextFormat, TextPart, WireTool,
 };
 use crate::wire::openai_chat::{
     self, ErrorBody, decode_effort, decode_tool_choice, openai_error_message, openai_error_parts,
@@ -32,6 +32,10 @@ pub struct ServeOptions {
     /// them go back to the client as
     /// `custom_tool_call` items whose input is that argument.
     pub freeform_tools: BTreeSet<String>,
+    /// The functions of the request's `namespace` tools, by the name
+    /// providers see them under (`{namespace}__{name}`): their namespace
+    /// and their own name, which calls of them go back to the client with.
+    pub namespaced_tools: BTreeMap<String, (String, String)>,
 }
 
 /// The one argument of the function tool a freeform tool becomes.
@@ -61,6 +65,10 @@ const FREEFORM_ARGUMENT: &str = "input";
 ///   which Codex offers `gpt-5…` models in every request, is left out: the
 ///   gateway has no search to run, and the model answers without one (a
 ///   `tool_choice` that forces it is still refused);
+/// - the functions of a `namespace` tool (as Codex groups an MCP server's
+///   tools) become function tools named `{namespace}__{name}`, and
+///   `function_call` items with a `namespace` calls of them (see
+///   [`ServeOptions::namespaced_tools`]);
 /// - other tools (`file_search`, `local_shell`, `image_generation`…) are
 ///   rejected, and so is
 ///   `previous_response_id`: the gateway keeps no responses, the client must
@@ -89,66 +97,41 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             }
         }
     }
-    let mut freeform_tools = BTreeSet::new();
-    let mut names = BTreeSet::new();
-    let tools = wire
-        .tools
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .filter(|(_, tool)| {
-            let hosted_search = tool.kind.starts_with("web_search");
-            if hosted_search {
-                tracing::debug!(kind = %tool.kind, "leaving out a hosted web search tool");
+    let mut names = ToolNames::default();
+    let mut tools = Vec::new();
+    for (index, tool) in wire.tools.unwrap_or_default().into_iter().enumerate() {
+        let field = format!("tools[{index}]");
+        match tool.kind.as_str() {
+            kind if kind.starts_with("web_search") => {
+                tracing::debug!(kind, "leaving out a hosted web search tool");
             }
-            !hosted_search
-        })
-        .map(|(index, tool)| {
-            let field = format!("tools[{index}]");
-            let freeform = match tool.kind.as_str() {
-                "function" => false,
-                "custom" => true,
-                _ => {
-                    return Err(DecodeError::UnsupportedTool {
-                        field,
-                        kind: tool.kind,
-                    });
+            "function" | "custom" => tools.push(names.decode(tool, &field, None)?),
+            "namespace" => {
+                if tool.name.is_empty() {
+                    return Err(DecodeError::missing(
+                        format!("{field}.name"),
+                        "a namespace tool needs a name",
+                    ));
                 }
-            };
-            if tool.name.is_empty() {
-                return Err(DecodeError::missing(
-                    format!("{field}.name"),
-                    format!("a {} tool needs a name", tool.kind),
-                ));
+                for (inner, function) in tool.tools.unwrap_or_default().into_iter().enumerate() {
+                    let field = format!("{field}.tools[{inner}]");
+                    if function.kind != "function" {
+                        return Err(DecodeError::UnsupportedTool {
+                            field,
+                            kind: function.kind,
+                        });
+                    }
+                    tools.push(names.decode(function, &field, Some(&tool.name))?);
+                }
             }
-            // A function and a freeform tool of one name would be two
-            // functions of that name to the provider.
-            if !names.insert(tool.name.clone()) {
-                return Err(DecodeError::invalid(
-                    format!("{field}.name"),
-                    format!("another tool is also named `{}`", tool.name),
-                ));
-            }
-            if freeform {
-                freeform_tools.insert(tool.name.clone());
-                return Ok(ToolSpec {
-                    description: freeform_description(
-                        tool.description.as_deref().unwrap_or_default(),
-                        tool.format.as_ref(),
-                    ),
-                    name: tool.name,
-                    parameters: freeform_parameters(),
+            _ => {
+                return Err(DecodeError::UnsupportedTool {
+                    field,
+                    kind: tool.kind,
                 });
             }
-            Ok(ToolSpec {
-                name: tool.name,
-                description: tool.description.unwrap_or_default(),
-                parameters: tool
-                    .parameters
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        }
+    }
     let tool_choice = match &wire.tool_choice {
         None | Some(Value::Null) => freehold_protocol::ToolChoice::Auto,
         // A freeform tool forced by name: the function it became.
@@ -218,9 +201,77 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         request,
         ServeOptions {
             stream: wire.stream,
-            freeform_tools,
+            freeform_tools: names.freeform,
+            namespaced_tools: names.namespaced,
         },
     ))
+}
+
+/// The names of a request's tools, as they are decoded.
+#[derive(Default)]
+struct ToolNames {
+    /// Every name a provider sees, to refuse a second tool of one name.
+    taken: BTreeSet<String>,
+    freeform: BTreeSet<String>,
+    namespaced: BTreeMap<String, (String, String)>,
+}
+
+impl ToolNames {
+    /// A `function` or `custom` tool (at `field`, in `namespace` if any)
+    /// as the provider sees it.
+    fn decode(
+        &mut self,
+        tool: WireTool,
+        field: &str,
+        namespace: Option<&str>,
+    ) -> Result<ToolSpec, DecodeError> {
+        if tool.name.is_empty() {
+            return Err(DecodeError::missing(
+                format!("{field}.name"),
+                format!("a {} tool needs a name", tool.kind),
+            ));
+        }
+        let name = match namespace {
+            Some(namespace) => {
+                let flat = namespaced_name(namespace, &tool.name);
+                self.namespaced
+                    .insert(flat.clone(), (namespace.to_owned(), tool.name.clone()));
+                flat
+            }
+            None => tool.name.clone(),
+        };
+        // A function and a freeform tool of one name (or a namespaced one
+        // that flattens to it) would be two functions of that name.
+        if !self.taken.insert(name.clone()) {
+            return Err(DecodeError::invalid(
+                format!("{field}.name"),
+                format!("another tool is also named `{name}`"),
+            ));
+        }
+        if tool.kind == "custom" {
+            self.freeform.insert(name.clone());
+            return Ok(ToolSpec {
+                description: freeform_description(
+                    tool.description.as_deref().unwrap_or_default(),
+                    tool.format.as_ref(),
+                ),
+                name,
+                parameters: freeform_parameters(),
+            });
+        }
+        Ok(ToolSpec {
+            name,
+            description: tool.description.unwrap_or_default(),
+            parameters: tool
+                .parameters
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        })
+    }
+}
+
+/// The name a provider sees for function `name` of namespace `namespace`.
+fn namespaced_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}__{name}")
 }
 
 /// The parameters of the function tool a freeform tool becomes.
@@ -347,10 +398,14 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
                     "a function_call needs the function's name",
                 ));
             }
+            let name = match call.namespace.as_deref().filter(|space| !space.is_empty()) {
+                Some(namespace) => namespaced_name(namespace, &call.name),
+                None => call.name,
+            };
             push_part(
                 messages,
                 Role::Assistant,
-                ContentPart::ToolCall(ToolCall::new(call_id, call.name, call.arguments)),
+                ContentPart::ToolCall(ToolCall::new(call_id, name, call.arguments)),
             );
         }
         Item::CustomToolCall(call) => {
@@ -600,13 +655,25 @@ fn custom_call_item(id: String, call: &ToolCall, input: String, status: &str) ->
     })
 }
 
-fn call_item(id: String, call: &ToolCall, status: &str) -> Item {
+/// A `function_call` item for `call`; a function of a `namespace` tool
+/// (found in `namespaced`) goes back under its namespace and own name.
+fn call_item(
+    id: String,
+    call: &ToolCall,
+    status: &str,
+    namespaced: &BTreeMap<String, (String, String)>,
+) -> Item {
+    let (namespace, name) = match namespaced.get(&call.name) {
+        Some((namespace, name)) => (Some(namespace.clone()), name.clone()),
+        None => (None, call.name.clone()),
+    };
     Item::FunctionCall(FunctionCallItem {
         id: Some(id),
         call_id: call.id.clone(),
-        name: call.name.clone(),
+        name,
         arguments: call.arguments.clone(),
         status: Some(status.into()),
+        namespace,
     })
 }
 
@@ -671,7 +738,12 @@ pub fn encode_response_for(
             }
             ContentPart::ToolCall(call) => {
                 flush(&mut text, &mut output);
-                output.push(call_item(generated_id("fc_"), call, "completed"));
+                output.push(call_item(
+                    generated_id("fc_"),
+                    call,
+                    "completed",
+                    &options.namespaced_tools,
+                ));
             }
             ContentPart::Image { .. } | ContentPart::ToolResult(_) => {}
         }
@@ -757,6 +829,7 @@ pub struct ResponseStreamEncoder {
     has_calls: bool,
     usage: Option<Usage>,
     freeform_tools: BTreeSet<String>,
+    namespaced_tools: BTreeMap<String, (String, String)>,
 }
 
 impl ResponseStreamEncoder {
@@ -777,6 +850,7 @@ impl ResponseStreamEncoder {
             has_calls: false,
             usage: None,
             freeform_tools: BTreeSet::new(),
+            namespaced_tools: BTreeMap::new(),
         }
     }
 
@@ -784,6 +858,14 @@ impl ResponseStreamEncoder {
     /// [`ServeOptions::freeform_tools`]) as `custom_tool_call` items.
     pub fn with_freeform_tools(mut self, names: BTreeSet<String>) -> Self {
         self.freeform_tools = names;
+        self
+    }
+
+    /// Encodes calls of these functions (those of the request's `namespace`
+    /// tools, [`ServeOptions::namespaced_tools`]) under their namespace and
+    /// own name.
+    pub fn with_namespaced_tools(mut self, names: BTreeMap<String, (String, String)>) -> Self {
+        self.namespaced_tools = names;
         self
     }
 
@@ -938,7 +1020,7 @@ impl ResponseStreamEncoder {
                     arguments: call.arguments.clone(),
                 });
                 out.push(self.frame(done));
-                call_item(id, &call, "completed")
+                call_item(id, &call, "completed", &self.namespaced_tools)
             }
         };
         let done = ResponseEvent::OutputItemDone(ItemEvent {
@@ -1093,7 +1175,13 @@ impl ResponseStreamEncoder {
                     (item_id, item)
                 } else {
                     let item_id = generated_id("fc_");
-                    (item_id.clone(), call_item(item_id, &call, "in_progress"))
+                    let item = call_item(
+                        item_id.clone(),
+                        &call,
+                        "in_progress",
+                        &self.namespaced_tools,
+                    );
+                    (item_id, item)
                 };
                 self.added(item, &mut out);
                 self.open = Some(OpenItem::Call {

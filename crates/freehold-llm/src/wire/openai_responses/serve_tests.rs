@@ -1,6 +1,6 @@
 //! Tests of the gateway direction: round trips through the client side.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
@@ -735,6 +735,7 @@ fn freeform_options() -> ServeOptions {
     ServeOptions {
         stream: false,
         freeform_tools: BTreeSet::from(["apply_patch".to_owned()]),
+        namespaced_tools: BTreeMap::new(),
     }
 }
 
@@ -892,5 +893,127 @@ fn a_freeform_input_is_read_from_whatever_arguments_the_model_wrote() {
         ),
     ] {
         assert_eq!(serve::freeform_input(&arguments), input, "{arguments}");
+    }
+}
+
+/// Tools of an MCP server, as recent Codex versions group them.
+fn gmail_namespace() -> Value {
+    json!({
+        "type": "namespace",
+        "name": "mcp__gmail",
+        "description": "Find and reference emails from your inbox.",
+        "tools": [
+            {"type": "function", "name": "search_emails", "description": "Search emails.",
+             "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}},
+            {"type": "function", "name": "read_email",
+             "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}},
+        ]
+    })
+}
+
+#[test]
+fn functions_of_a_namespace_reach_providers_under_one_flat_name_each() {
+    let (request, options) = decode_json(json!({
+        "model": "gpt-5-codex",
+        "input": [
+            {"role": "user", "content": "Find the invoice."},
+            {"type": "function_call", "call_id": "call_1", "name": "search_emails",
+             "namespace": "mcp__gmail", "arguments": "{\"query\":\"invoice\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "name": "search_emails",
+             "namespace": "mcp__gmail", "output": "1 email"},
+        ],
+        "tools": [gmail_namespace(), {"type": "function", "name": "shell",
+                                      "parameters": {"type": "object"}}],
+    }))
+    .unwrap();
+    let names: Vec<&str> = request
+        .tools
+        .iter()
+        .map(|tool| tool.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "mcp__gmail__search_emails",
+            "mcp__gmail__read_email",
+            "shell"
+        ]
+    );
+    assert_eq!(request.tools[0].description, "Search emails.");
+    assert_eq!(
+        options.namespaced_tools["mcp__gmail__read_email"],
+        ("mcp__gmail".to_owned(), "read_email".to_owned())
+    );
+    let call = request.messages[1].tool_calls().next().unwrap();
+    assert_eq!(call.name, "mcp__gmail__search_emails");
+    assert!(
+        matches!(&request.messages[2].content[0], ContentPart::ToolResult(result) if result.call_id == "call_1")
+    );
+
+    // Only functions may sit in a namespace, and flat names must not clash.
+    let error = decode_json(json!({"model": "m", "input": "hi", "tools": [
+        {"type": "namespace", "name": "ns", "tools": [{"type": "web_search"}]}]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "tools[0].tools[0]");
+    let error = decode_json(json!({"model": "m", "input": "hi", "tools": [
+        {"type": "function", "name": "mcp__gmail__read_email"}, gmail_namespace()]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "tools[1].tools[1].name");
+    let error = decode_json(json!({"model": "m", "input": "hi",
+        "tools": [{"type": "namespace", "tools": []}]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "tools[0].name");
+}
+
+#[test]
+fn calls_of_namespaced_functions_go_back_under_their_namespace() {
+    let (_, options) = decode_json(json!({"model": "m", "input": "hi",
+        "tools": [gmail_namespace()]}))
+    .unwrap();
+    let call = ToolCall::new("call_1", "mcp__gmail__read_email", "{\"id\":\"7\"}");
+    let response = ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            content: vec![ContentPart::ToolCall(call.clone())],
+        },
+        stop_reason: StopReason::ToolUse,
+        ..full_response()
+    };
+    let wire = serde_json::to_value(encode_response_for(&response, "m", &options)).unwrap();
+    let item = &wire["output"][0];
+    assert_eq!(item["type"], "function_call");
+    assert_eq!(item["name"], "read_email");
+    assert_eq!(item["namespace"], "mcp__gmail");
+    assert_eq!(item["arguments"], "{\"id\":\"7\"}");
+
+    let events = [
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: call.id.clone(),
+            name: call.name.clone(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: call.arguments.clone(),
+        },
+        StreamEvent::ToolCallEnd {
+            index: 0,
+            signature: None,
+        },
+        StreamEvent::Stop {
+            reason: StopReason::ToolUse,
+        },
+    ];
+    let mut encoder =
+        ResponseStreamEncoder::new("m", None).with_namespaced_tools(options.namespaced_tools);
+    let frames: Vec<SseFrame> = events.iter().flat_map(|e| encoder.push(e)).collect();
+    for kind in ["response.output_item.added", "response.output_item.done"] {
+        let frame = frames
+            .iter()
+            .map(json_of)
+            .find(|frame| frame["type"] == kind)
+            .unwrap();
+        assert_eq!(frame["item"]["name"], "read_email", "{frame}");
+        assert_eq!(frame["item"]["namespace"], "mcp__gmail", "{frame}");
     }
 }
