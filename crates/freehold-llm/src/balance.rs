@@ -214,9 +214,9 @@ impl ReplicaSet {
             .collect()
     }
 
-    /// Runs `attempt` on replica `index` (leased at `epoch`), unless its
-    /// health probes find that the replica stopped answering while an
-    /// untried replica (not in `tried`) is available: then the attempt is
+    /// Runs `attempt` on replica `index`, unless its health probes find
+    /// (or have found) that the replica stopped answering while an untried
+    /// replica (not in `tried`) is available: then the attempt is
     /// dropped and `None` says to try that one. This is what moves requests
     /// off a replica that accepts them and never answers, which could
     /// otherwise only end by the caller's time limit. A replica ejected
@@ -226,7 +226,6 @@ impl ReplicaSet {
     async fn unless_ejected<T>(
         &self,
         index: usize,
-        epoch: u64,
         tried: &[bool],
         attempt: impl Future<Output = Result<T, LlmError>>,
     ) -> Option<Result<T, LlmError>> {
@@ -237,12 +236,12 @@ impl ReplicaSet {
         tokio::pin!(ejected);
         tokio::pin!(attempt);
         loop {
-            // Registered before looking: an ejection from now on wakes it,
-            // and one since the lease was taken is seen below.
+            // Registered before looking: an ejection (or a readmission
+            // elsewhere) from now on wakes it, and one before is seen below.
+            // A replica leased while out (every replica was) counts too:
+            // the request moves once another is back.
             ejected.as_mut().enable();
-            if self.shared.stopped_answering_since(index, epoch)
-                && self.shared.untried_available(tried)
-            {
+            if self.shared.stopped_answering(index) && self.shared.untried_available(tried) {
                 return None;
             }
             tokio::select! {
@@ -332,8 +331,7 @@ impl ReplicaSet {
             tried[index] = true;
             let attempt = call(Arc::clone(&self.replicas[index]));
             let outcome = if tried.iter().any(|tried| !tried) {
-                self.unless_ejected(index, lease.epoch, &tried, attempt)
-                    .await
+                self.unless_ejected(index, &tried, attempt).await
             } else {
                 Some(attempt.await)
             };
@@ -405,7 +403,6 @@ impl Provider for ReplicaSet {
             let replica = &self.replicas[index];
             let may_move = tried.iter().any(|tried| !tried);
             let request = request.clone();
-            let epoch = lease.epoch;
             // The lease goes with the attempt: dropped with it when the
             // replica is ejected meanwhile, counting no failure.
             let attempt = async move {
@@ -429,7 +426,7 @@ impl Provider for ReplicaSet {
                 }
             };
             let result = if may_move {
-                match self.unless_ejected(index, epoch, &tried, attempt).await {
+                match self.unless_ejected(index, &tried, attempt).await {
                     Some(result) => result,
                     None => {
                         last_error = Some(self.ejected_meanwhile(index));
@@ -711,8 +708,7 @@ impl ReplicaState {
             }
         } else if stopped_answering && !self.stopped_answering {
             // Ejected for its requests' failures, and now its probe gets
-            // no answer either: the requests it holds may move. The epoch
-            // stays, so leases taken since (every replica out) stay too.
+            // no answer either: the requests it holds may move.
             self.stopped_answering = true;
             self.ejected_signal.notify_waiters();
         }
@@ -927,12 +923,13 @@ impl Shared {
         state.eject(by_probes);
     }
 
-    /// Whether replica `index` was ejected by its probes (it stopped
-    /// answering) since `epoch`.
-    fn stopped_answering_since(&self, index: usize, epoch: u64) -> bool {
-        self.lock().replicas.get(index).is_some_and(|state| {
-            state.ejected_at.is_some() && state.stopped_answering && state.epoch != epoch
-        })
+    /// Whether replica `index` is out of rotation for not answering its
+    /// probes.
+    fn stopped_answering(&self, index: usize) -> bool {
+        self.lock()
+            .replicas
+            .get(index)
+            .is_some_and(|state| state.ejected_at.is_some() && state.stopped_answering)
     }
 
     /// Whether a replica not in `tried` may take a request now.
@@ -992,7 +989,6 @@ impl Shared {
             shared: Arc::clone(self),
             index,
             probe,
-            epoch: state.epoch,
             succeeded: false,
             failed: false,
         })
@@ -1007,8 +1003,6 @@ struct Lease {
     index: usize,
     /// Whether this is the trial request after a cooldown.
     probe: bool,
-    /// The replica's [`ReplicaState::epoch`] when the lease was taken.
-    epoch: u64,
     succeeded: bool,
     failed: bool,
 }

@@ -1599,3 +1599,42 @@ async fn a_stranded_request_moves_to_a_replica_once_it_is_readmitted() {
     assert_eq!(answer.message.text(), "back");
     assert_eq!(back.calls(), 1);
 }
+
+#[tokio::test]
+async fn a_request_sent_while_every_replica_is_out_moves_once_one_is_back() {
+    // Stuck for good: its requests never end, its model list fails.
+    let stuck = Controlled::new(Fake::new("stuck", answer("stuck")), true, false);
+    stuck.listing_fails.store(true, Ordering::SeqCst);
+    let back = Fake::listing("back", Some(vec!["m"]));
+    let set = Arc::new(ReplicaSet::new(
+        "gpu-box",
+        vec![
+            Arc::clone(&stuck) as Arc<dyn Provider>,
+            Arc::clone(&back) as Arc<dyn Provider>,
+        ],
+        HealthSettings {
+            eject_after_failures: 1,
+            cooldown: Duration::from_millis(100),
+            probe: false,
+            probe_interval: Some(Duration::from_millis(20)),
+        },
+    ));
+    until_ejected(&set, 0).await;
+    // The other goes out after it (its next three model lists fail), so
+    // the stuck one has been out longest and takes the request.
+    let connection = Some(ErrorKind::Connection);
+    back.script_listings(&[connection.clone(), connection.clone(), connection]);
+    until_ejected(&set, 1).await;
+    let waiting = {
+        let set = Arc::clone(&set);
+        tokio::spawn(async move { set.complete(request("m")).await })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(outstanding(&set), [1, 0]);
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the request stayed on the stuck replica")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.message.text(), "back");
+}

@@ -367,6 +367,9 @@ pub struct CustomToolCallItem {
     /// `in_progress` or `completed`, on output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The namespace of a freeform tool declared in a `namespace` tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// A `function_call_output` item (also the shape of

@@ -115,7 +115,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
                 }
                 for (inner, function) in tool.tools.unwrap_or_default().into_iter().enumerate() {
                     let field = format!("{field}.tools[{inner}]");
-                    if function.kind != "function" {
+                    if !matches!(function.kind.as_str(), "function" | "custom") {
                         return Err(DecodeError::UnsupportedTool {
                             field,
                             kind: function.kind,
@@ -269,9 +269,17 @@ impl ToolNames {
     }
 }
 
-/// The name a provider sees for function `name` of namespace `namespace`.
+/// The name a provider sees for tool `name` of namespace `namespace`:
+/// joined by one `__` as Codex flattens them itself (MCP namespaces end
+/// in `__` in some versions, and a doubled separator would both lengthen
+/// names past providers' 64 characters and tempt the model to call the
+/// name without it).
 fn namespaced_name(namespace: &str, name: &str) -> String {
-    format!("{namespace}__{name}")
+    format!(
+        "{}__{}",
+        namespace.trim_end_matches('_'),
+        name.trim_start_matches('_')
+    )
 }
 
 /// The parameters of the function tool a freeform tool becomes.
@@ -427,10 +435,14 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
                 ));
             }
             let arguments = json!({ FREEFORM_ARGUMENT: call.input }).to_string();
+            let name = match call.namespace.as_deref().filter(|space| !space.is_empty()) {
+                Some(namespace) => namespaced_name(namespace, &call.name),
+                None => call.name,
+            };
             push_part(
                 messages,
                 Role::Assistant,
-                ContentPart::ToolCall(ToolCall::new(call_id, call.name, arguments)),
+                ContentPart::ToolCall(ToolCall::new(call_id, name, arguments)),
             );
         }
         Item::FunctionCallOutput(output) => {
@@ -644,15 +656,35 @@ fn reasoning_item(id: String, text: &str, encrypted: Option<String>) -> Item {
 }
 
 /// A `custom_tool_call` item for `call` of a freeform tool, its input
-/// `input`.
-fn custom_call_item(id: String, call: &ToolCall, input: String, status: &str) -> Item {
+/// `input`; one of a `namespace` tool (found in `namespaced`) goes back
+/// under its namespace and own name.
+fn custom_call_item(
+    id: String,
+    call: &ToolCall,
+    input: String,
+    status: &str,
+    namespaced: &BTreeMap<String, (String, String)>,
+) -> Item {
+    let (namespace, name) = split_name(call, namespaced);
     Item::CustomToolCall(CustomToolCallItem {
         id: Some(id),
         call_id: call.id.clone(),
-        name: call.name.clone(),
+        name,
         input,
         status: Some(status.into()),
+        namespace,
     })
+}
+
+/// The namespace and own name of `call`'s tool, as the client declared it.
+fn split_name(
+    call: &ToolCall,
+    namespaced: &BTreeMap<String, (String, String)>,
+) -> (Option<String>, String) {
+    match namespaced.get(&call.name) {
+        Some((namespace, name)) => (Some(namespace.clone()), name.clone()),
+        None => (None, call.name.clone()),
+    }
 }
 
 /// A `function_call` item for `call`; a function of a `namespace` tool
@@ -663,10 +695,7 @@ fn call_item(
     status: &str,
     namespaced: &BTreeMap<String, (String, String)>,
 ) -> Item {
-    let (namespace, name) = match namespaced.get(&call.name) {
-        Some((namespace, name)) => (Some(namespace.clone()), name.clone()),
-        None => (None, call.name.clone()),
-    };
+    let (namespace, name) = split_name(call, namespaced);
     Item::FunctionCall(FunctionCallItem {
         id: Some(id),
         call_id: call.id.clone(),
@@ -734,6 +763,7 @@ pub fn encode_response_for(
                     call,
                     freeform_input(&call.arguments),
                     "completed",
+                    &options.namespaced_tools,
                 ));
             }
             ContentPart::ToolCall(call) => {
@@ -1011,7 +1041,7 @@ impl ResponseStreamEncoder {
                     input: input.clone(),
                 });
                 out.push(self.frame(done));
-                custom_call_item(id, &call, input, "completed")
+                custom_call_item(id, &call, input, "completed", &self.namespaced_tools)
             }
             OpenItem::Call { id, call, .. } => {
                 let done = ResponseEvent::FunctionCallArgumentsDone(ArgumentsDoneEvent {
@@ -1170,8 +1200,13 @@ impl ResponseStreamEncoder {
                 let call = ToolCall::new(id.clone(), name.clone(), "");
                 let (item_id, item) = if freeform {
                     let item_id = generated_id("ctc_");
-                    let item =
-                        custom_call_item(item_id.clone(), &call, String::new(), "in_progress");
+                    let item = custom_call_item(
+                        item_id.clone(),
+                        &call,
+                        String::new(),
+                        "in_progress",
+                        &self.namespaced_tools,
+                    );
                     (item_id, item)
                 } else {
                     let item_id = generated_id("fc_");

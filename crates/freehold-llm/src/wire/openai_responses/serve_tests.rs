@@ -1017,3 +1017,63 @@ fn calls_of_namespaced_functions_go_back_under_their_namespace() {
         assert_eq!(frame["item"]["namespace"], "mcp__gmail", "{frame}");
     }
 }
+
+#[test]
+fn namespaces_hold_freeform_tools_and_flatten_as_codex_does() {
+    let (request, options) = decode_json(json!({
+        "model": "gpt-5-codex",
+        "input": [
+            {"role": "user", "content": "Run it."},
+            {"type": "custom_tool_call", "call_id": "call_1", "name": "exec",
+             "namespace": "code_mode", "input": "print(1)"},
+            {"type": "custom_tool_call_output", "call_id": "call_1", "output": "1"},
+        ],
+        "tools": [
+            // Some Codex versions end MCP namespaces with the separator.
+            {"type": "namespace", "name": "mcp__github__", "tools": [
+                {"type": "function", "name": "create_issue", "parameters": {"type": "object"}}]},
+            {"type": "namespace", "name": "code_mode", "tools": [
+                {"type": "custom", "name": "exec", "description": "Runs code.",
+                 "format": {"type": "text"}}]},
+        ],
+    }))
+    .unwrap();
+    let names: Vec<&str> = request
+        .tools
+        .iter()
+        .map(|tool| tool.name.as_str())
+        .collect();
+    assert_eq!(names, ["mcp__github__create_issue", "code_mode__exec"]);
+    assert!(options.freeform_tools.contains("code_mode__exec"));
+    assert_eq!(
+        request.tools[1].parameters["required"],
+        json!(["input"]),
+        "{}",
+        request.tools[1].parameters
+    );
+    let call = request.messages[1].tool_calls().next().unwrap();
+    assert_eq!(call.name, "code_mode__exec");
+    assert_eq!(
+        serde_json::from_str::<Value>(&call.arguments).unwrap(),
+        json!({"input": "print(1)"})
+    );
+    // Its call goes back as a custom tool call in its namespace.
+    let response = ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            content: vec![ContentPart::ToolCall(ToolCall::new(
+                "call_2",
+                "code_mode__exec",
+                json!({"input": "print(2)"}).to_string(),
+            ))],
+        },
+        stop_reason: StopReason::ToolUse,
+        ..full_response()
+    };
+    let wire = serde_json::to_value(encode_response_for(&response, "m", &options)).unwrap();
+    let item = &wire["output"][0];
+    assert_eq!(item["type"], "custom_tool_call", "{item}");
+    assert_eq!(item["name"], "exec");
+    assert_eq!(item["namespace"], "code_mode");
+    assert_eq!(item["input"], "print(2)");
+}
