@@ -1077,3 +1077,48 @@ fn namespaces_hold_freeform_tools_and_flatten_as_codex_does() {
     assert_eq!(item["namespace"], "code_mode");
     assert_eq!(item["input"], "print(2)");
 }
+
+#[test]
+fn a_streamed_call_of_a_namespaced_freeform_tool_keeps_its_namespace() {
+    let (_, options) = decode_json(json!({"model": "m", "input": "hi", "tools": [
+        {"type": "namespace", "name": "code_mode", "tools": [
+            {"type": "custom", "name": "exec", "format": {"type": "text"}}]}]}))
+    .unwrap();
+    let events = [
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: "call_1".into(),
+            name: "code_mode__exec".into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: json!({"input": "print(1)"}).to_string(),
+        },
+        StreamEvent::ToolCallEnd {
+            index: 0,
+            signature: None,
+        },
+        StreamEvent::Stop {
+            reason: StopReason::ToolUse,
+        },
+    ];
+    let mut encoder = ResponseStreamEncoder::new("m", None)
+        .with_freeform_tools(options.freeform_tools)
+        .with_namespaced_tools(options.namespaced_tools);
+    let frames: Vec<Value> = events
+        .iter()
+        .flat_map(|e| encoder.push(e))
+        .map(|frame| json_of(&frame))
+        .collect();
+    for kind in ["response.output_item.added", "response.output_item.done"] {
+        let frame = frames.iter().find(|frame| frame["type"] == kind).unwrap();
+        assert_eq!(frame["item"]["type"], "custom_tool_call", "{frame}");
+        assert_eq!(frame["item"]["name"], "exec", "{frame}");
+        assert_eq!(frame["item"]["namespace"], "code_mode", "{frame}");
+    }
+    let done = frames
+        .iter()
+        .find(|frame| frame["type"] == "response.custom_tool_call_input.done")
+        .unwrap();
+    assert_eq!(done["input"], "print(1)");
+}
