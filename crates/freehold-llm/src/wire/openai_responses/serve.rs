@@ -99,11 +99,13 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
     }
     let mut names = ToolNames::default();
     let mut tools = Vec::new();
+    let mut left_out = None;
     for (index, tool) in wire.tools.unwrap_or_default().into_iter().enumerate() {
         let field = format!("tools[{index}]");
         match tool.kind.as_str() {
             kind if kind.starts_with("web_search") => {
                 tracing::debug!(kind, "leaving out a hosted web search tool");
+                left_out.get_or_insert((field, tool.kind));
             }
             "function" | "custom" => tools.push(names.decode(tool, &field, None)?),
             "namespace" => {
@@ -152,6 +154,14 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         }
         Some(value) => decode_tool_choice(value, "tool_choice")?,
     };
+    // A request that must call a tool, whose only tools were searches the
+    // gateway cannot run, cannot be served as asked.
+    if tools.is_empty()
+        && tool_choice == freehold_protocol::ToolChoice::Required
+        && let Some((field, kind)) = left_out
+    {
+        return Err(DecodeError::UnsupportedTool { field, kind });
+    }
     let response_format = match wire.text.and_then(|text| text.format) {
         None | Some(TextFormat::Text) => None,
         Some(TextFormat::JsonObject) => Some(ResponseFormat::JsonObject),
@@ -333,6 +343,7 @@ fn freeform_description(description: &str, format: Option<&Value>) -> String {
 pub(super) fn freeform_input(arguments: &str) -> String {
     let text = |value: Value| match value {
         Value::String(text) => text,
+        Value::Null => String::new(),
         other => other.to_string(),
     };
     match serde_json::from_str::<Value>(arguments) {

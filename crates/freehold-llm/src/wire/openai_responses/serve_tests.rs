@@ -858,6 +858,22 @@ fn hosted_web_search_is_left_out_unless_forced() {
         "tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}))
     .unwrap_err();
     assert_eq!(error.field(), "tool_choice.type");
+    // So does one that must call a tool when searching was its only one.
+    let error = decode_json(json!({"model": "m", "input": "hi",
+        "tools": [{"type": "web_search"}], "tool_choice": "required"}))
+    .unwrap_err();
+    assert!(
+        matches!(&error, DecodeError::UnsupportedTool { field, kind } if field == "tools[0]" && kind == "web_search"),
+        "{error:?}"
+    );
+    // With another tool beside it, `required` means that one.
+    let (request, _) = decode_json(
+        json!({"model": "m", "input": "hi", "tool_choice": "required",
+        "tools": [{"type": "web_search"}, {"type": "function", "name": "shell"}]}),
+    )
+    .unwrap();
+    assert_eq!(request.tools.len(), 1);
+    assert_eq!(request.tool_choice, ToolChoice::Required);
 }
 
 #[test]
@@ -881,8 +897,9 @@ fn a_freeform_input_is_read_from_whatever_arguments_the_model_wrote() {
         (json!(PATCH).to_string(), PATCH.to_owned()),
         // Bare text.
         (PATCH.to_owned(), PATCH.to_owned()),
-        // Not a string: its JSON text.
+        // Not a string: its JSON text; null is nothing.
         (json!({"input": 42}).to_string(), "42".to_owned()),
+        (json!({"input": null}).to_string(), String::new()),
         // Nothing at all.
         ("{}".to_owned(), String::new()),
         (String::new(), String::new()),
