@@ -924,12 +924,12 @@ impl Shared {
     }
 
     /// Whether replica `index` is out of rotation for not answering its
-    /// probes.
+    /// probes (readmission clears the flag).
     fn stopped_answering(&self, index: usize) -> bool {
         self.lock()
             .replicas
             .get(index)
-            .is_some_and(|state| state.ejected_at.is_some() && state.stopped_answering)
+            .is_some_and(|state| state.stopped_answering)
     }
 
     /// Whether a replica not in `tried` may take a request now.

@@ -592,6 +592,11 @@ fn router_settings_have_defaults_and_reject_unknown_fields() {
 
 // --- Replica set ----------------------------------------------------------------
 
+/// A replica set over any providers, shared with the tasks that use it.
+fn pool(replicas: Vec<Arc<dyn Provider>>, settings: HealthSettings) -> Arc<ReplicaSet> {
+    Arc::new(ReplicaSet::new("gpu-box", replicas, settings))
+}
+
 fn replica_set(replicas: &[&Arc<Fake>], settings: HealthSettings) -> ReplicaSet {
     let replicas = replicas
         .iter()
@@ -1418,15 +1423,14 @@ async fn requests_waiting_on_a_replica_move_on_when_it_is_ejected() {
     let stuck: Arc<dyn Provider> = Arc::new(Unanswering);
     let also_stuck: Arc<dyn Provider> = Arc::new(Unanswering);
     let good = Fake::listing("good", Some(vec!["m"]));
-    let set = Arc::new(ReplicaSet::new(
-        "gpu-box",
+    let set = pool(
         vec![
             Arc::clone(&stuck),
             Arc::clone(&also_stuck),
             Arc::clone(&good) as Arc<dyn Provider>,
         ],
         probing_every(Duration::from_millis(50), 2),
-    ));
+    );
     // Sent before any probe ran, in this order: a stream to the first
     // stuck replica (ties go to the first), a whole answer to the second
     // (the next in rotation with none outstanding), and a third to the
@@ -1528,14 +1532,13 @@ impl Provider for Controlled {
 async fn a_request_with_nowhere_else_to_go_keeps_waiting_on_an_ejected_replica() {
     let gated = Controlled::new(Fake::new("gated", answer("gated")), true, false);
     let down = Fake::listing("down", None);
-    let set = Arc::new(ReplicaSet::new(
-        "gpu-box",
+    let set = pool(
         vec![
             Arc::clone(&gated) as Arc<dyn Provider>,
             Arc::clone(&down) as Arc<dyn Provider>,
         ],
         probing_every(Duration::from_millis(20), 1),
-    ));
+    );
     until_ejected(&set, 1).await;
     let waiting = {
         let set = Arc::clone(&set);
@@ -1567,19 +1570,16 @@ async fn a_stranded_request_moves_to_a_replica_once_it_is_readmitted() {
     let back = Fake::listing("back", Some(vec!["m"]));
     let connection = Some(ErrorKind::Connection);
     back.script_listings(&[connection.clone(), connection.clone(), connection]);
-    let set = Arc::new(ReplicaSet::new(
-        "gpu-box",
+    let set = pool(
         vec![
             Arc::clone(&gated) as Arc<dyn Provider>,
             Arc::clone(&back) as Arc<dyn Provider>,
         ],
         HealthSettings {
-            eject_after_failures: 1,
             cooldown: Duration::from_millis(100),
-            probe: false,
-            probe_interval: Some(Duration::from_millis(20)),
+            ..probing_every(Duration::from_millis(20), 1)
         },
-    ));
+    );
     until_ejected(&set, 1).await;
     let waiting = {
         let set = Arc::clone(&set);
@@ -1606,19 +1606,16 @@ async fn a_request_sent_while_every_replica_is_out_moves_once_one_is_back() {
     let stuck = Controlled::new(Fake::new("stuck", answer("stuck")), true, false);
     stuck.listing_fails.store(true, Ordering::SeqCst);
     let back = Fake::listing("back", Some(vec!["m"]));
-    let set = Arc::new(ReplicaSet::new(
-        "gpu-box",
+    let set = pool(
         vec![
             Arc::clone(&stuck) as Arc<dyn Provider>,
             Arc::clone(&back) as Arc<dyn Provider>,
         ],
         HealthSettings {
-            eject_after_failures: 1,
             cooldown: Duration::from_millis(500),
-            probe: false,
-            probe_interval: Some(Duration::from_millis(20)),
+            ..probing_every(Duration::from_millis(20), 1)
         },
-    ));
+    );
     until_ejected(&set, 0).await;
     // The other goes out after it (its next model list fails), so the stuck
     // one has been out longest and takes the request (well before either

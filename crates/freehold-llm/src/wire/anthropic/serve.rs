@@ -512,8 +512,8 @@ pub struct MessageStreamEncoder {
     usage: Option<Usage>,
     /// The open tool call's arguments so far.
     arguments: String,
-    /// When the last frame went out, for the keepalives while arguments
-    /// are gathered.
+    /// When the last frame went out while a tool block was open, for the
+    /// keepalives while its arguments are gathered.
     last_frame: Instant,
     keepalive_every: Duration,
 }
@@ -666,7 +666,9 @@ impl MessageStreamEncoder {
                 &mut out,
             );
         }
-        if !out.is_empty() {
+        // Read only while a tool block is open, and a block opens with a
+        // frame: no clock read for the text deltas of an answer.
+        if !out.is_empty() && matches!(self.open, Some(OpenBlock::Tool(_))) {
             self.last_frame = Instant::now();
         }
         out

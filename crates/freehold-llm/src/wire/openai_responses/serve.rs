@@ -32,7 +32,7 @@ pub struct ServeOptions {
     /// them go back to the client as
     /// `custom_tool_call` items whose input is that argument.
     pub freeform_tools: BTreeSet<String>,
-    /// The functions of the request's `namespace` tools, by the name
+    /// The tools of the request's `namespace` tools, by the name
     /// providers see them under (`{namespace}__{name}`): their namespace
     /// and their own name, which calls of them go back to the client with.
     pub namespaced_tools: BTreeMap<String, (String, String)>,
@@ -64,11 +64,11 @@ const FREEFORM_ARGUMENT: &str = "input";
 /// - OpenAI's hosted web search (`web_search`, `web_search_preview…`),
 ///   which Codex offers `gpt-5…` models in every request, is left out: the
 ///   gateway has no search to run, and the model answers without one (a
-///   `tool_choice` that forces it is still refused);
-/// - the functions of a `namespace` tool (as Codex groups an MCP server's
-///   tools) become function tools named `{namespace}__{name}`, and
-///   `function_call` items with a `namespace` calls of them (see
-///   [`ServeOptions::namespaced_tools`]);
+///   request that must search, its `tool_choice` naming the search or
+///   `required` with no other tool, is still refused);
+/// - the tools of a `namespace` tool (as Codex groups an MCP server's
+///   tools) become tools named `{namespace}__{name}`, and call items with a
+///   `namespace` calls of them (see [`ServeOptions::namespaced_tools`]);
 /// - other tools (`file_search`, `local_shell`, `image_generation`…) are
 ///   rejected, and so is
 ///   `previous_response_id`: the gateway keeps no responses, the client must
@@ -400,27 +400,14 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
             }
         }
         Item::FunctionCall(call) => {
-            let call_id = if call.call_id.is_empty() {
-                call.id.clone().filter(|id| !id.is_empty())
-            } else {
-                Some(call.call_id.clone())
-            };
-            let Some(call_id) = call_id else {
-                return Err(DecodeError::missing(
-                    format!("{field}.call_id"),
-                    "a function_call needs call_id (function_call_output items refer to it)",
-                ));
-            };
-            if call.name.is_empty() {
-                return Err(DecodeError::missing(
-                    format!("{field}.name"),
-                    "a function_call needs the function's name",
-                ));
-            }
-            let name = match call.namespace.as_deref().filter(|space| !space.is_empty()) {
-                Some(namespace) => namespaced_name(namespace, &call.name),
-                None => call.name,
-            };
+            let (call_id, name) = call_identity(
+                field,
+                "function_call",
+                &call.call_id,
+                call.id.as_deref(),
+                call.name,
+                call.namespace.as_deref(),
+            )?;
             push_part(
                 messages,
                 Role::Assistant,
@@ -428,28 +415,15 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
             );
         }
         Item::CustomToolCall(call) => {
-            let call_id = if call.call_id.is_empty() {
-                call.id.clone().filter(|id| !id.is_empty())
-            } else {
-                Some(call.call_id.clone())
-            };
-            let Some(call_id) = call_id else {
-                return Err(DecodeError::missing(
-                    format!("{field}.call_id"),
-                    "a custom_tool_call needs call_id (custom_tool_call_output items refer to it)",
-                ));
-            };
-            if call.name.is_empty() {
-                return Err(DecodeError::missing(
-                    format!("{field}.name"),
-                    "a custom_tool_call needs the tool's name",
-                ));
-            }
+            let (call_id, name) = call_identity(
+                field,
+                "custom_tool_call",
+                &call.call_id,
+                call.id.as_deref(),
+                call.name,
+                call.namespace.as_deref(),
+            )?;
             let arguments = json!({ FREEFORM_ARGUMENT: call.input }).to_string();
-            let name = match call.namespace.as_deref().filter(|space| !space.is_empty()) {
-                Some(namespace) => namespaced_name(namespace, &call.name),
-                None => call.name,
-            };
             push_part(
                 messages,
                 Role::Assistant,
@@ -491,6 +465,40 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The call id and tool name of a `function_call` or `custom_tool_call`
+/// item (`kind`, at `field`): its `call_id`, else its item `id`; its name,
+/// flattened with its `namespace` when it has one, as its tool was.
+fn call_identity(
+    field: &str,
+    kind: &str,
+    call_id: &str,
+    id: Option<&str>,
+    name: String,
+    namespace: Option<&str>,
+) -> Result<(String, String), DecodeError> {
+    let call_id = match (call_id, id) {
+        ("", Some(id)) if !id.is_empty() => id.to_owned(),
+        ("", _) => {
+            return Err(DecodeError::missing(
+                format!("{field}.call_id"),
+                format!("a {kind} needs call_id (its output item refers to it)"),
+            ));
+        }
+        (call_id, _) => call_id.to_owned(),
+    };
+    if name.is_empty() {
+        return Err(DecodeError::missing(
+            format!("{field}.name"),
+            format!("a {kind} needs the tool's name"),
+        ));
+    }
+    let name = match namespace.filter(|space| !space.is_empty()) {
+        Some(namespace) => namespaced_name(namespace, &name),
+        None => name,
+    };
+    Ok((call_id, name))
 }
 
 /// A `function_call_output` or `custom_tool_call_output` item (`kind`):
