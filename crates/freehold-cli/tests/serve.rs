@@ -3,7 +3,8 @@
 //! a mock upstream on 127.0.0.1 and by the real test models.
 //!
 //! The SDKs come from `scripts/python-sdks` (scripts/test sets
-//! FREEHOLD_TEST_PYTHON); without it these tests say so and pass.
+//! FREEHOLD_TEST_PYTHON); without it these tests say so and pass (under CI
+//! they fail). The coding agents' tests are in serve/agent_clients.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,6 +17,9 @@ use freehold_test_support::{test_model, test_postgres, test_python};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+#[path = "serve/agent_clients.rs"]
+mod agent_clients;
 
 const MASTER: &str = "fh-test-master-key-0123456789";
 

@@ -887,3 +887,81 @@ async fn llama_cpp_counts_a_chat_at_anthropics_count_endpoint() {
     let error = llama.count_input_tokens(request()).await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::Authentication);
 }
+
+/// vLLM and llama.cpp render the model's own chat template, and Qwen3's,
+/// Gemma's and Mistral's refuse a system message after the first, which
+/// Claude Code sends: the request is sent once more with it as user text.
+#[tokio::test]
+async fn a_refused_late_system_message_is_sent_again_as_user_text() {
+    let refusal = || {
+        Scripted::json(
+            400,
+            json!({"error": {"message": "System message must be at the beginning.",
+                             "type": "BadRequestError", "code": 400}}),
+        )
+    };
+    let conversation = vec![
+        Message::system("Be brief."),
+        Message::user("Hi"),
+        Message::system("cwd: /w"),
+    ];
+    for stream in [true, false] {
+        let (answer, expected) = if stream {
+            (
+                Scripted::sse(&text_stream(), Split::Whole),
+                "Héllo, wörld ✓",
+            )
+        } else {
+            let whole = json!({"id": "c", "object": "chat.completion", "created": 1,
+                "model": "gpt-test", "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "Hello!"}}]});
+            (Scripted::json(200, whole), "Hello!")
+        };
+        let server = MockServer::start(vec![refusal(), answer]).await;
+        let request = ChatRequest::new("gpt-test", conversation.clone());
+        let text = if stream {
+            let (events, error) = drain(client(&server).stream(request).await.unwrap()).await;
+            assert!(error.is_none(), "{error:?}");
+            text_of(&events)
+        } else {
+            client(&server)
+                .complete(request)
+                .await
+                .unwrap()
+                .message
+                .text()
+        };
+        assert_eq!(text, expected, "stream: {stream}");
+        let sent: Vec<serde_json::Value> = server
+            .requests()
+            .iter()
+            .map(|request| request.json()["messages"].clone())
+            .collect();
+        assert_eq!(sent.len(), 2, "stream: {stream}");
+        assert_eq!(sent[0][2]["role"], "system", "first as asked: {}", sent[0]);
+        assert_eq!(
+            sent[1],
+            json!([{"role": "system", "content": "Be brief."},
+                   {"role": "user", "content": "Hi\n\ncwd: /w"}]),
+            "stream: {stream}"
+        );
+    }
+
+    // Without a late system message, a refusal is not sent again; when the
+    // second try fails too, the first refusal is the error.
+    let server = MockServer::start(vec![refusal()]).await;
+    let error = client(&server).complete(request()).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest);
+    assert_eq!(server.requests().len(), 1);
+    let server = MockServer::start(vec![
+        refusal(),
+        Scripted::json(400, json!({"error": {"message": "another thing"}})),
+    ])
+    .await;
+    let error = client(&server)
+        .complete(ChatRequest::new("gpt-test", conversation))
+        .await
+        .unwrap_err();
+    assert!(error.message.contains("System message"), "{error:?}");
+    assert_eq!(server.requests().len(), 2);
+}

@@ -42,7 +42,10 @@ pub use agent::{AgentEvent, AgentStop, AgentSummary};
 pub use embed::{EmbedRequest, EmbedResponse};
 pub use error::{ErrorKind, LlmError};
 pub use event::{ChatResponse, ResponseBuilder, StopReason, StreamEvent};
-pub use message::{ContentPart, ImageSource, Message, Reasoning, Role, ToolCall, ToolResult};
+pub use message::{
+    ContentPart, ImageSource, Message, Reasoning, Role, ToolCall, ToolResult,
+    fold_late_system_messages,
+};
 pub use request::{
     Capabilities, ChatRequest, ModelInfo, ReasoningEffort, ResponseFormat, Sampling, ToolChoice,
     ToolSpec,

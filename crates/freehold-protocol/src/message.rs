@@ -17,6 +17,45 @@ pub enum Role {
     Tool,
 }
 
+/// The conversation with every system message after the leading ones (a
+/// mid-conversation instruction, as Claude Code sends) made a user message,
+/// and user messages that then follow one another joined into one, their
+/// parts separated by a blank line. For chat templates that refuse a system
+/// message anywhere but first, or roles that do not alternate (Qwen3's,
+/// Gemma's, Mistral's). `None` when there is no such system message, so
+/// nothing would change.
+pub fn fold_late_system_messages(messages: &[Message]) -> Option<Vec<Message>> {
+    let leading = messages
+        .iter()
+        .take_while(|message| message.role == Role::System)
+        .count();
+    if !messages[leading..]
+        .iter()
+        .any(|message| message.role == Role::System)
+    {
+        return None;
+    }
+    let mut folded: Vec<Message> = messages[..leading].to_vec();
+    for message in &messages[leading..] {
+        let mut message = message.clone();
+        if message.role == Role::System {
+            message.role = Role::User;
+        }
+        match folded.last_mut() {
+            Some(last) if last.role == Role::User && message.role == Role::User => {
+                if !last.content.is_empty() && !message.content.is_empty() {
+                    last.content.push(ContentPart::Text {
+                        text: "\n\n".into(),
+                    });
+                }
+                last.content.append(&mut message.content);
+            }
+            _ => folded.push(message),
+        }
+    }
+    Some(folded)
+}
+
 /// One message of a conversation: a role and an ordered list of parts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
@@ -207,5 +246,54 @@ impl Reasoning {
                 .origin
                 .as_deref()
                 .is_none_or(|origin| origin == protocol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_system_messages_fold_into_user_messages() {
+        let conversation = [
+            Message::system("Top."),
+            Message::user("hi"),
+            Message::system("Env."),
+            Message::assistant("hello"),
+            Message::tool_result("c1", "out"),
+            Message::system("Now in Go."),
+            Message::user("go"),
+        ];
+        let folded = fold_late_system_messages(&conversation).unwrap();
+        let text = |message: &Message| (message.role, message.text_content());
+        assert_eq!(
+            folded.iter().map(text).collect::<Vec<_>>(),
+            [
+                (Role::System, "Top.".to_owned()),
+                (Role::User, "hi\n\nEnv.".to_owned()),
+                (Role::Assistant, "hello".to_owned()),
+                (Role::Tool, String::new()),
+                (Role::User, "Now in Go.\n\ngo".to_owned()),
+            ]
+        );
+        // A leading run stays as it is; a late one with no user message
+        // beside it becomes one of its own.
+        let folded = fold_late_system_messages(&[
+            Message::system("A."),
+            Message::system("B."),
+            Message::assistant("x"),
+            Message::system("C."),
+        ])
+        .unwrap();
+        let roles: Vec<Role> = folded.iter().map(|message| message.role).collect();
+        assert_eq!(
+            roles,
+            [Role::System, Role::System, Role::Assistant, Role::User]
+        );
+        assert_eq!(
+            fold_late_system_messages(&[Message::system("A."), Message::user("hi")]),
+            None
+        );
+        assert_eq!(fold_late_system_messages(&[]), None);
     }
 }

@@ -1,5 +1,6 @@
 //! What tests need from outside the repository: the real test models, the
-//! Python interpreter with the official SDKs, a PostgreSQL server. Each is
+//! Python interpreter with the official SDKs, the Codex and Claude Code
+//! programs, a PostgreSQL server. Each is
 //! named by an environment variable that `scripts/test` sets.
 //!
 //! On a developer's machine a missing fixture skips the test with a note on
@@ -39,6 +40,20 @@ pub fn test_python() -> Option<PathBuf> {
     fixture(
         "FREEHOLD_TEST_PYTHON",
         "a Python with the official SDKs (scripts/python-sdks prints it)",
+    )
+    .map(PathBuf::from)
+}
+
+/// A folder holding the coding agents that the gateway's tests drive, as
+/// `codex` (OpenAI's Codex CLI) and `claude` (Anthropic's Claude Code)
+/// (`FREEHOLD_TEST_AGENT_CLIENTS`, made by `scripts/agent-clients`).
+///
+/// # Panics
+/// Under CI, when the variable is unset.
+pub fn test_agent_clients() -> Option<PathBuf> {
+    fixture(
+        "FREEHOLD_TEST_AGENT_CLIENTS",
+        "a folder with the codex and claude programs (scripts/agent-clients prints it)",
     )
     .map(PathBuf::from)
 }

@@ -1,8 +1,9 @@
 //! Test helpers for Freehold: HTTP servers on 127.0.0.1 that answer with
 //! scripted bytes, so that clients are tested against the exact wire format,
-//! split at awkward places, slowed down or stalled; and the fixtures from
-//! outside the repository (test models, the SDKs' Python, PostgreSQL), which
-//! skip a test on a developer's machine but fail it under CI.
+//! split at awkward places, slowed down or stalled, or chosen by a function
+//! of each request; and the fixtures from outside the repository (test
+//! models, the SDKs' Python, the coding agents, PostgreSQL), which skip a
+//! test on a developer's machine but fail it under CI.
 //!
 //! It must only ever bind loopback addresses.
 //!
@@ -19,7 +20,9 @@
 
 mod fixtures;
 
-pub use fixtures::{self_signed_certificate, test_model, test_postgres, test_python};
+pub use fixtures::{
+    self_signed_certificate, test_agent_clients, test_model, test_postgres, test_python,
+};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -165,14 +168,32 @@ impl Recorded {
     }
 }
 
-#[derive(Debug, Default)]
+/// Chooses the response to a request from the request itself (see
+/// [`MockServer::answering`]).
+pub type Responder = Arc<dyn Fn(&Recorded) -> Scripted + Send + Sync>;
+
+#[derive(Default)]
 struct State {
     script: VecDeque<Scripted>,
+    /// When set, answers every request instead of the script.
+    responder: Option<Responder>,
     recorded: Vec<Recorded>,
     /// Responses whose body the client stopped reading before the end.
     aborted: usize,
     /// Set by [`MockServer::kill`]: every request is cut off.
     killed: bool,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("script", &self.script)
+            .field("responder", &self.responder.is_some())
+            .field("recorded", &self.recorded.len())
+            .field("aborted", &self.aborted)
+            .field("killed", &self.killed)
+            .finish()
+    }
 }
 
 /// Counts a response as aborted when its body is dropped unfinished (the
@@ -194,7 +215,8 @@ impl Drop for AbortWatch {
 
 /// An HTTP server on 127.0.0.1 that answers requests with its script, in
 /// order; the last scripted response is repeated once the others are used.
-/// It stops when dropped.
+/// Or, made with [`MockServer::answering`], with what a function of each
+/// request returns. It stops when dropped.
 #[derive(Debug)]
 pub struct MockServer {
     addr: SocketAddr,
@@ -207,14 +229,33 @@ impl MockServer {
     ///
     /// # Panics
     /// When no loopback port can be bound (a broken test machine).
-    #[allow(clippy::expect_used)]
     pub async fn start(script: Vec<Scripted>) -> Self {
-        let state = Arc::new(Mutex::new(State {
+        Self::serve(State {
             script: script.into(),
-            recorded: Vec::new(),
-            aborted: 0,
-            killed: false,
-        }));
+            ..State::default()
+        })
+        .await
+    }
+
+    /// Starts a server that answers each request with what `responder`
+    /// returns for it: for clients whose requests vary in number and order
+    /// (a coding agent's side requests beside its turns).
+    ///
+    /// # Panics
+    /// When no loopback port can be bound (a broken test machine).
+    pub async fn answering(
+        responder: impl Fn(&Recorded) -> Scripted + Send + Sync + 'static,
+    ) -> Self {
+        Self::serve(State {
+            responder: Some(Arc::new(responder)),
+            ..State::default()
+        })
+        .await
+    }
+
+    #[allow(clippy::expect_used)]
+    async fn serve(state: State) -> Self {
+        let state = Arc::new(Mutex::new(state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
@@ -281,16 +322,24 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Body>) -> Response {
         .await
         .map(|bytes| bytes.to_vec())
         .unwrap_or_default();
+    let recorded = Recorded {
+        method: parts.method.clone(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body,
+    };
+    // The responder runs outside the lock: if it panics, the next requests
+    // still get its answers rather than a poisoned state's 500.
+    let responder = match state.lock() {
+        Ok(state) => state.responder.clone(),
+        Err(_) => return plain(500, "mock server state poisoned"),
+    };
+    let chosen = responder.map(|responder| responder(&recorded));
     let scripted = {
         let Ok(mut state) = state.lock() else {
             return plain(500, "mock server state poisoned");
         };
-        state.recorded.push(Recorded {
-            method: parts.method.clone(),
-            uri: parts.uri.to_string(),
-            headers: parts.headers.clone(),
-            body,
-        });
+        state.recorded.push(recorded);
         if state.killed {
             // A body that fails at once makes the server drop the
             // connection mid-response.
@@ -302,7 +351,9 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Body>) -> Response {
             });
             return Response::new(Body::from_stream(broken));
         }
-        if state.script.len() > 1 {
+        if chosen.is_some() {
+            chosen
+        } else if state.script.len() > 1 {
             state.script.pop_front()
         } else {
             state.script.front().cloned()

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use freehold_llm::EventStream;
 use freehold_protocol::{
-    ChatRequest, ErrorKind, LlmError, StopReason, StreamEvent, Timings, ToolCall, Usage,
+    ChatRequest, ErrorKind, LlmError, Message, StopReason, StreamEvent, Timings, ToolCall, Usage,
+    fold_late_system_messages,
 };
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -140,25 +141,43 @@ fn render_prompt(
     let vocab = model.vocab();
     let piece =
         |token| String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned();
-    let messages = TemplateMessage::from_messages(&plan.messages);
     let tools: Vec<serde_json::Value> = plan
         .template_tools
         .iter()
         .map(template::template_tool)
         .collect();
-    template::render(
-        template,
-        &messages,
-        &tools,
-        &piece(vocab.bos()),
-        &piece(vocab.eos()),
-    )
-    .map_err(|e| {
-        error(
-            ErrorKind::InvalidRequest,
-            format!("the chat template failed: {e}"),
+    let render = |messages: &[Message]| {
+        template::render(
+            template,
+            &TemplateMessage::from_messages(messages),
+            &tools,
+            &piece(vocab.bos()),
+            &piece(vocab.eos()),
         )
-    })
+    };
+    render(&plan.messages)
+        .or_else(|refused| {
+            // A template that allows a system message only first (or roles
+            // that alternate) gets the later ones as user text rather than
+            // failing the request. If that fails too, the error of what was
+            // asked is the one reported.
+            match fold_late_system_messages(&plan.messages) {
+                Some(folded) => render(&folded)
+                    .inspect(|_| {
+                        tracing::debug!(
+                            "the chat template refused a late system message; sent as user text"
+                        );
+                    })
+                    .map_err(|_| refused),
+                None => Err(refused),
+            }
+        })
+        .map_err(|e| {
+            error(
+                ErrorKind::InvalidRequest,
+                format!("the chat template failed: {e}"),
+            )
+        })
 }
 
 /// What a generation thread shares with its provider.

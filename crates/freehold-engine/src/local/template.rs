@@ -278,6 +278,39 @@ mod tests {
         );
     }
 
+    /// Gemma's rule, in short: roles alternate, and only the first
+    /// message may be a system message.
+    const ALTERNATING: &str = "{% for m in messages %}\
+{% if m['role'] == 'system' and not loop.first %}{{ raise_exception('system only first') }}{% endif %}\
+{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}{{ raise_exception('roles must alternate') }}{% endif %}\
+<{{ m['role'] }}>{{ m['content'] }}{% endfor %}";
+
+    #[test]
+    fn folded_late_system_messages_render_where_they_were_refused() {
+        let conversation = [
+            Message::system("Top."),
+            Message::user("hi"),
+            Message::system("Env."),
+            Message::assistant("hello"),
+            Message::user("go"),
+            Message::system("Now in Go."),
+        ];
+        let as_sent = TemplateMessage::from_messages(&conversation);
+        assert!(render(ALTERNATING, &as_sent, &[], "", "").is_err());
+        let folded = freehold_protocol::fold_late_system_messages(&conversation).unwrap();
+        assert_eq!(
+            render(
+                ALTERNATING,
+                &TemplateMessage::from_messages(&folded),
+                &[],
+                "",
+                ""
+            )
+            .unwrap(),
+            "<system>Top.<user>hi\n\nEnv.<assistant>hello<user>go\n\nNow in Go."
+        );
+    }
+
     #[test]
     fn raise_exception_fails_the_render() {
         let err = render("{{ raise_exception('no') }}", &messages(), &[], "", "").unwrap_err();

@@ -1,9 +1,10 @@
 //! The OpenAI Chat Completions client, for OpenAI and every compatible server.
 
+use crate::http::Response;
 use async_trait::async_trait;
 use freehold_protocol::{
     Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
-    ModelInfo,
+    ModelInfo, fold_late_system_messages,
 };
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
@@ -57,6 +58,51 @@ impl OpenAiChatClient {
             .clone()
             .map_err(|error| self.transport.error(ErrorKind::InvalidRequest, error))
     }
+
+    /// Sends `request` to the completions endpoint, as a stream or whole.
+    async fn post(&self, request: &ChatRequest, stream: bool) -> Result<Response, LlmError> {
+        let body = openai_chat::encode_request(request, self.dialect, stream);
+        let url = self.completions_url()?;
+        if stream {
+            self.transport.post_json(url, &self.headers, &body).await
+        } else {
+            self.transport
+                .post_json_whole(url, &self.headers, &body)
+                .await
+        }
+    }
+
+    /// [`Self::post`]; when the server refuses the request as invalid and
+    /// it holds a system message after the leading ones (Claude Code sends
+    /// them), sends it once more with those made user text
+    /// ([`fold_late_system_messages`]). Servers that render the model's own
+    /// chat template (vLLM, llama.cpp, LM Studio, SGLang) refuse such a
+    /// message for models whose template allows a system message only
+    /// first (Qwen3, Gemma, Mistral). If the second try fails too, the first
+    /// refusal is the error.
+    async fn post_folding_on_refusal(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<Response, LlmError> {
+        match self.post(request, stream).await {
+            Err(refused) if refused.kind == ErrorKind::InvalidRequest => {
+                let Some(messages) = fold_late_system_messages(&request.messages) else {
+                    return Err(refused);
+                };
+                tracing::debug!(
+                    provider = %self.options.name,
+                    "request with a late system message refused; sending it as user text"
+                );
+                let folded = ChatRequest {
+                    messages,
+                    ..request.clone()
+                };
+                self.post(&folded, stream).await.map_err(|_| refused)
+            }
+            answered => answered,
+        }
+    }
 }
 
 #[async_trait]
@@ -74,11 +120,7 @@ impl Provider for OpenAiChatClient {
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        let body = openai_chat::encode_request(&request, self.dialect, true);
-        let response = self
-            .transport
-            .post_json(self.completions_url()?, &self.headers, &body)
-            .await?;
+        let response = self.post_folding_on_refusal(&request, true).await?;
         let events = self.transport.sse_stream(response);
         Ok(self
             .transport
@@ -86,11 +128,7 @@ impl Provider for OpenAiChatClient {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = openai_chat::encode_request(&request, self.dialect, false);
-        let response = self
-            .transport
-            .post_json_whole(self.completions_url()?, &self.headers, &body)
-            .await?;
+        let response = self.post_folding_on_refusal(&request, false).await?;
         let response: CompletionResponse = self.transport.read_json_as(response).await?;
         openai_chat::decode_response(&self.options.name, response)
     }

@@ -55,7 +55,9 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 ///
 /// - `system` (a string, or text blocks whose `cache_control` is ignored)
 ///   becomes one leading [`Role::System`] message, blocks joined by a blank
-///   line;
+///   line; a `system` message inside `messages` (the API's mid-conversation
+///   system messages, which Claude Code sends) becomes a [`Role::System`]
+///   message at its place, likewise from text only;
 /// - a user message's `tool_result` blocks (which need `tool_use_id`)
 ///   become a [`Role::Tool`] message placed before the rest of the user
 ///   message; their text blocks are joined by newlines, and images inside
@@ -99,13 +101,15 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         match message.role.as_str() {
             "user" => decode_user(message.content, &field, &mut messages)?,
             "assistant" => messages.push(decode_assistant(message.content, &field)?),
+            "system" => {
+                if let Some(system) = decode_system(message.content, &field)? {
+                    messages.push(system);
+                }
+            }
             other => {
                 return Err(DecodeError::invalid(
                     format!("{field}.role"),
-                    format!(
-                        "unknown role `{other}` (expected user or assistant; the system prompt \
-                         goes in the top-level `system` field)"
-                    ),
+                    format!("unknown role `{other}` (expected user, assistant or system)"),
                 ));
             }
         }
@@ -248,6 +252,35 @@ fn decode_image(source: WireImageSource) -> ImageSource {
         WireImageSource::Base64 { media_type, data } => ImageSource::Base64 { media_type, data },
         WireImageSource::Url { url } => ImageSource::Url { url },
     }
+}
+
+/// A mid-conversation `system` message: its text blocks joined by a blank
+/// line, as the top-level `system` field's are; `None` when it has no text.
+fn decode_system(content: MessageContent, field: &str) -> Result<Option<Message>, DecodeError> {
+    let mut texts = Vec::new();
+    for (index, block) in content.into_blocks().into_iter().enumerate() {
+        match block {
+            ContentBlock::Text { text, .. } => texts.push(text),
+            ContentBlock::Other(value) => {
+                return Err(bad_block(
+                    &value,
+                    &format!("{field}.content[{index}]"),
+                    "system",
+                ));
+            }
+            other => {
+                return Err(DecodeError::unsupported(
+                    format!("{field}.content[{index}]"),
+                    format!(
+                        "a `{}` block in a system message (only text is)",
+                        block_type(&other)
+                    ),
+                ));
+            }
+        }
+    }
+    texts.retain(|text| !text.is_empty());
+    Ok((!texts.is_empty()).then(|| Message::system(texts.join("\n\n"))))
 }
 
 fn decode_user(

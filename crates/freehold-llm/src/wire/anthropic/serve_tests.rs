@@ -569,10 +569,56 @@ fn bad_requests_name_the_field() {
     assert!(error.to_string().contains("`document`"), "{error}");
 
     let error = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [
-        {"role": "system", "content": "x"}
+        {"role": "developer", "content": "x"}
     ]}))
     .unwrap_err();
     assert_eq!(error.field(), "messages[0].role");
+    assert!(
+        error
+            .to_string()
+            .contains("expected user, assistant or system"),
+        "{error}"
+    );
+
+    let error = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "image", "source": {"type": "url", "url": "http://x/a.png"}}]}
+    ]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "messages[1].content[0]");
+    assert!(error.to_string().contains("only text is"), "{error}");
+}
+
+/// Claude Code (2.1.3xx) sends `role: "system"` messages inside `messages`
+/// (the API's mid-conversation system messages): they keep their place.
+#[test]
+fn mid_conversation_system_messages_decode_in_place() {
+    let (request, _) = decode_json(json!({"model": "m", "max_tokens": 10,
+    "system": "Top.",
+    "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [
+            {"type": "text", "text": "# Environment", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": ""},
+            {"type": "text", "text": "cwd: /w"}
+        ]},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "go on"},
+        {"role": "system", "content": "Now in Go."},
+        {"role": "system", "content": []}
+    ]}))
+    .unwrap();
+    assert_eq!(
+        request.messages,
+        vec![
+            Message::system("Top."),
+            Message::user("hi"),
+            Message::system("# Environment\n\ncwd: /w"),
+            Message::assistant("hello"),
+            Message::user("go on"),
+            Message::system("Now in Go."),
+        ]
+    );
 }
 
 #[test]

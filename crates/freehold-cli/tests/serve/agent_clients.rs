@@ -1,0 +1,352 @@
+//! The real coding agents against `freehold serve`: OpenAI's Codex CLI
+//! (`codex exec`, the Responses API) and Anthropic's Claude Code
+//! (`claude -p`, the Messages API), the versions pinned by
+//! `scripts/agent-clients`.
+//!
+//! Behind the gateway is an OpenAI-compatible upstream on 127.0.0.1 that
+//! plays a model deterministically: asked for the task below, it calls the
+//! agent's shell tool once to write a file; given the tool's output, it
+//! answers with a line quoting it. So each test proves the whole round trip
+//! through two translations (the agent's protocol to Chat Completions and
+//! back): the agent read the gateway's stream, ran the call it carried, sent
+//! the result back in its own shape, and printed the final answer. The
+//! agents' side requests (titles, quota checks) get a short text. A real
+//! model behind the gateway is in docs/gateway.md; it is too slow on CI's
+//! cores for the agents' prompts of 10,000 tokens and more.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use freehold_test_support::{MockServer, Recorded, Scripted, Split, sse_text, test_agent_clients};
+use serde_json::{Value, json};
+
+use super::{MASTER, Served, unique};
+
+/// The task each agent is given; the upstream acts on it only.
+const TASK: &str = "Run the proof command for the freehold gateway test.";
+/// What the shell command writes and prints.
+const PROOF: &str = "freehold-proof-4141";
+/// The id of the upstream's one tool call.
+const CALL_ID: &str = "call_proof_1";
+/// The start of the upstream's final answer, followed by the tool output it saw.
+const VERIFIED: &str = "verified the tool output:";
+
+/// The shell command the upstream asks the agent to run, in the agent's
+/// working directory.
+fn proof_command() -> String {
+    format!("printf %s {PROOF} > proof.txt && cat proof.txt")
+}
+
+/// The shell tools the upstream knows: the tool's name as the agent offers
+/// it, and the arguments that run [`proof_command`].
+fn shell_call(tools: &[&str]) -> Option<(&'static str, Value)> {
+    if tools.contains(&"exec_command") {
+        // Codex's unified exec tool.
+        return Some(("exec_command", json!({"cmd": proof_command()})));
+    }
+    if tools.contains(&"Bash") {
+        // Claude Code's.
+        return Some((
+            "Bash",
+            json!({"command": proof_command(), "description": "Write the proof file"}),
+        ));
+    }
+    None
+}
+
+/// The scripted model: what it answers to one Chat Completions request.
+fn play_model(request: &Recorded) -> Scripted {
+    if !request.uri.ends_with("/chat/completions") {
+        return Scripted::json(
+            200,
+            json!({"object": "list", "data": [{"id": "scripted", "object": "model"}]}),
+        );
+    }
+    let body = request.json();
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let stream = body["stream"] == true;
+    let tool_output = messages
+        .iter()
+        .find(|message| message["role"] == "tool")
+        .map(message_text);
+    if let Some(output) = tool_output {
+        return completion(stream, Reply::Text(format!("{VERIFIED} {}", output.trim())));
+    }
+    let asked = messages
+        .iter()
+        .any(|message| message["role"] == "user" && message_text(message).contains(TASK));
+    let tools: Vec<&str> = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|tool| tool["function"]["name"].as_str())
+        .collect();
+    match shell_call(&tools) {
+        Some((name, arguments)) if asked => completion(stream, Reply::Call(name, arguments)),
+        _ => completion(stream, Reply::Text("ok".into())),
+    }
+}
+
+/// A message's text, whether its content is a string or a list of parts.
+fn message_text(message: &Value) -> String {
+    match &message["content"] {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|part| part["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+enum Reply {
+    Text(String),
+    Call(&'static str, Value),
+}
+
+/// A Chat Completions answer, whole or as an SSE stream with usage.
+fn completion(stream: bool, reply: Reply) -> Scripted {
+    let (message, delta, finish) = match &reply {
+        Reply::Text(text) => (
+            json!({"role": "assistant", "content": text}),
+            json!({"role": "assistant", "content": text}),
+            "stop",
+        ),
+        Reply::Call(name, arguments) => {
+            let call = json!([{
+                "index": 0, "id": CALL_ID, "type": "function",
+                "function": {"name": name, "arguments": arguments.to_string()},
+            }]);
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": call}),
+                json!({"role": "assistant", "tool_calls": call}),
+                "tool_calls",
+            )
+        }
+    };
+    let usage = json!({"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110});
+    if !stream {
+        return Scripted::json(
+            200,
+            json!({
+                "id": "chatcmpl-scripted", "object": "chat.completion", "created": 0,
+                "model": "scripted",
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": usage,
+            }),
+        );
+    }
+    let chunk = |choices: Value, usage: Value| {
+        json!({
+            "id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 0,
+            "model": "scripted", "choices": choices, "usage": usage,
+        })
+        .to_string()
+    };
+    let events = [
+        chunk(
+            json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+            Value::Null,
+        ),
+        chunk(
+            json!([{"index": 0, "delta": {}, "finish_reason": finish}]),
+            Value::Null,
+        ),
+        chunk(json!([]), usage),
+        "[DONE]".to_owned(),
+    ];
+    let pairs: Vec<(&str, &str)> = events.iter().map(|event| ("", event.as_str())).collect();
+    Scripted::sse(&sse_text(&pairs), Split::Whole)
+}
+
+/// A gateway whose model `coder` is the scripted upstream.
+async fn gateway_before_scripted_model() -> (MockServer, Served) {
+    let upstream = MockServer::answering(play_model).await;
+    let config = format!(
+        "[providers.scripted]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
+         [aliases]\ncoder = \"scripted:scripted\"\n",
+        upstream.url()
+    );
+    let served = Served::start(&config, &[]).await;
+    (upstream, served)
+}
+
+/// A fresh, empty folder for one agent run.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "freehold-agent-{name}-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs an agent to completion (at most 3 minutes); returns its stdout, after
+/// checking that it exited successfully.
+async fn run_agent(mut command: tokio::process::Command, what: &str) -> String {
+    command
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 3 minutes"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    eprintln!("{what} stdout:\n{stdout}\n{what} stderr:\n{stderr}");
+    stdout
+}
+
+/// What every agent test checks once the agent has exited: the command ran
+/// in its folder, the upstream got the tool's output back under the call's
+/// id, and the agent printed the final answer.
+fn assert_round_trip(upstream: &MockServer, workdir: &Path, stdout: &str) {
+    let written = std::fs::read_to_string(workdir.join("proof.txt"))
+        .expect("the agent ran the tool call and the command wrote proof.txt");
+    assert_eq!(written, PROOF);
+    let results: Vec<Value> = upstream
+        .requests()
+        .iter()
+        .flat_map(|request| {
+            request.json()["messages"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|message| message["role"] == "tool")
+        .collect();
+    assert!(
+        !results.is_empty(),
+        "no request to the upstream carried the tool's result"
+    );
+    for result in &results {
+        assert_eq!(result["tool_call_id"], CALL_ID, "{result}");
+        assert!(message_text(result).contains(PROOF), "{result}");
+    }
+    let calls: Vec<Value> = upstream
+        .requests()
+        .iter()
+        .flat_map(|request| {
+            request.json()["messages"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|message| message["tool_calls"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert!(
+        !calls.is_empty() && calls.iter().all(|call| call["id"] == CALL_ID),
+        "the history sent back names the call by its id: {calls:?}"
+    );
+    assert!(
+        stdout.contains(VERIFIED) && stdout.contains(PROOF),
+        "the agent printed the final answer: {stdout}"
+    );
+}
+
+/// Waits (at most 5 s: the ledger writes in batches) until the ledger has
+/// at least both turns of `model`.
+async fn assert_ledger_has_both_turns(served: &Served, model: &str) {
+    for _ in 0..50 {
+        let row = served.usage_row("model", model).await;
+        if row.is_some_and(|row| row["requests"].as_u64() >= Some(2)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the ledger lacks the turns of {model}: {:?}",
+        served.usage_row("model", model).await
+    );
+}
+
+#[tokio::test]
+async fn codex_runs_a_tool_call_through_the_gateway() {
+    let Some(agents) = test_agent_clients() else {
+        return;
+    };
+    let (upstream, served) = gateway_before_scripted_model().await;
+    let home = scratch("codex-home");
+    let workdir = scratch("codex-work");
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "model = \"coder\"\nmodel_provider = \"freehold\"\n\n\
+             [model_providers.freehold]\nname = \"Freehold\"\nbase_url = \"{}/v1\"\n\
+             env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n",
+            served.url
+        ),
+    )
+    .unwrap();
+    let mut command = tokio::process::Command::new(agents.join("codex"));
+    command
+        .args(["exec", "--skip-git-repo-check"])
+        // The test is of the protocol, not of Codex's sandbox (which needs
+        // namespaces a CI container may not grant).
+        .arg("--dangerously-bypass-approvals-and-sandbox")
+        .arg("-C")
+        .arg(&workdir)
+        .arg(TASK)
+        .env_clear()
+        .env("HOME", &home)
+        .env("CODEX_HOME", &home)
+        .env("FREEHOLD_KEY", MASTER)
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let stdout = run_agent(command, "codex exec").await;
+
+    assert_round_trip(&upstream, &workdir, &stdout);
+    assert_ledger_has_both_turns(&served, "coder").await;
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&workdir);
+}
+
+#[tokio::test]
+async fn claude_code_runs_a_tool_call_through_the_gateway() {
+    let Some(agents) = test_agent_clients() else {
+        return;
+    };
+    let (upstream, served) = gateway_before_scripted_model().await;
+    let home = scratch("claude-home");
+    let workdir = scratch("claude-work");
+    let mut command = tokio::process::Command::new(agents.join("claude"));
+    command
+        .args(["-p", TASK, "--model", "coder", "--allowedTools", "Bash"])
+        .current_dir(&workdir)
+        .env_clear()
+        .env("HOME", &home)
+        .env("ANTHROPIC_BASE_URL", &served.url)
+        .env("ANTHROPIC_API_KEY", MASTER)
+        // No update checks, telemetry or error reports: nothing but the
+        // gateway to talk to.
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let stdout = run_agent(command, "claude -p").await;
+
+    assert_round_trip(&upstream, &workdir, &stdout);
+    // Claude Code sends its environment as a system message inside
+    // `messages` (which the gateway once refused): it reaches a Chat
+    // Completions upstream in place, after the first user message.
+    let placed = upstream.requests().iter().any(|request| {
+        let messages = request.json()["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let first_user = messages.iter().position(|m| m["role"] == "user");
+        first_user.is_some_and(|first| messages[first..].iter().any(|m| m["role"] == "system"))
+    });
+    assert!(
+        placed,
+        "no request carried a system message after a user message"
+    );
+    assert_ledger_has_both_turns(&served, "coder").await;
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&workdir);
+}
