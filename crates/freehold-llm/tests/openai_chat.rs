@@ -888,9 +888,9 @@ async fn llama_cpp_counts_a_chat_at_anthropics_count_endpoint() {
     assert_eq!(error.kind, ErrorKind::Authentication);
 }
 
-/// vLLM and llama.cpp render the model's own chat template, and Qwen3's,
-/// Gemma's and Mistral's refuse a system message after the first, which
-/// Claude Code sends: the request is sent once more with it as user text.
+/// vLLM and llama.cpp render the model's own chat template, and some (Qwen,
+/// Gemma, Mistral) refuse a system message after the first, which Claude
+/// Code sends: the request is sent once more with it as user text.
 #[tokio::test]
 async fn a_refused_late_system_message_is_sent_again_as_user_text() {
     let refusal = || {
@@ -959,9 +959,61 @@ async fn a_refused_late_system_message_is_sent_again_as_user_text() {
     ])
     .await;
     let error = client(&server)
-        .complete(ChatRequest::new("gpt-test", conversation))
+        .complete(ChatRequest::new("gpt-test", conversation.clone()))
         .await
         .unwrap_err();
     assert!(error.message.contains("System message"), "{error:?}");
     assert_eq!(server.requests().len(), 2);
+
+    // A second try that fails otherwise is reported as itself, so that the
+    // router may retry it or fall back.
+    let server = MockServer::start(vec![
+        refusal(),
+        Scripted::json(401, json!({"error": {"message": "key revoked"}})),
+    ])
+    .await;
+    let error = client(&server)
+        .complete(ChatRequest::new("gpt-test", conversation))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Authentication, "{error:?}");
+
+    // Codex's two leading system messages (instructions and its developer
+    // message) become one; a refusal that is not a 400 or 422 (a 413 body
+    // too large) is not sent again.
+    let two_first = vec![
+        Message::system("Be brief."),
+        Message::system("Skills."),
+        Message::user("Hi"),
+    ];
+    let server = MockServer::start(vec![
+        refusal(),
+        Scripted::json(
+            200,
+            json!({"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-test",
+                   "choices": [{"index": 0, "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "ok"}}]}),
+        ),
+    ])
+    .await;
+    client(&server)
+        .complete(ChatRequest::new("gpt-test", two_first.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        server.requests()[1].json()["messages"],
+        json!([{"role": "system", "content": "Be brief.\n\nSkills."},
+               {"role": "user", "content": "Hi"}])
+    );
+    let server = MockServer::start(vec![Scripted::json(
+        413,
+        json!({"error": {"message": "request entity too large"}}),
+    )])
+    .await;
+    let error = client(&server)
+        .complete(ChatRequest::new("gpt-test", two_first))
+        .await
+        .unwrap_err();
+    assert_eq!(error.status, Some(413), "{error:?}");
+    assert_eq!(server.requests().len(), 1);
 }

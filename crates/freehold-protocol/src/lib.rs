@@ -43,8 +43,7 @@ pub use embed::{EmbedRequest, EmbedResponse};
 pub use error::{ErrorKind, LlmError};
 pub use event::{ChatResponse, ResponseBuilder, StopReason, StreamEvent};
 pub use message::{
-    ContentPart, ImageSource, Message, Reasoning, Role, ToolCall, ToolResult,
-    fold_late_system_messages,
+    ContentPart, ImageSource, Message, Reasoning, Role, ToolCall, ToolResult, fold_system_messages,
 };
 pub use request::{
     Capabilities, ChatRequest, ModelInfo, ReasoningEffort, ResponseFormat, Sampling, ToolChoice,

@@ -17,25 +17,36 @@ pub enum Role {
     Tool,
 }
 
-/// The conversation with every system message after the leading ones (a
-/// mid-conversation instruction, as Claude Code sends) made a user message,
-/// and user messages that then follow one another joined into one, their
-/// parts separated by a blank line. For chat templates that refuse a system
-/// message anywhere but first, or roles that do not alternate (Qwen3's,
-/// Gemma's, Mistral's). `None` when there is no such system message, so
-/// nothing would change.
-pub fn fold_late_system_messages(messages: &[Message]) -> Option<Vec<Message>> {
+/// The conversation with at most one system message, first: the leading
+/// system messages joined into one, every later one (a mid-conversation
+/// instruction, as Claude Code sends) made a user message, and user
+/// messages that then follow one another joined into one; joined parts are
+/// separated by a blank line. For chat templates that allow a system
+/// message only at the start, or roles that only alternate (some Qwen,
+/// Gemma and Mistral templates). `None` when the conversation already has
+/// that shape, so nothing would change.
+pub fn fold_system_messages(messages: &[Message]) -> Option<Vec<Message>> {
     let leading = messages
         .iter()
         .take_while(|message| message.role == Role::System)
         .count();
-    if !messages[leading..]
+    let late = messages[leading..]
         .iter()
-        .any(|message| message.role == Role::System)
-    {
+        .any(|message| message.role == Role::System);
+    if leading <= 1 && !late {
         return None;
     }
-    let mut folded: Vec<Message> = messages[..leading].to_vec();
+    let mut folded: Vec<Message> = Vec::with_capacity(messages.len());
+    if leading > 0 {
+        let mut system = Message {
+            role: Role::System,
+            content: Vec::new(),
+        };
+        for message in &messages[..leading] {
+            join_parts(&mut system.content, message.content.clone());
+        }
+        folded.push(system);
+    }
     for message in &messages[leading..] {
         let mut message = message.clone();
         if message.role == Role::System {
@@ -43,17 +54,30 @@ pub fn fold_late_system_messages(messages: &[Message]) -> Option<Vec<Message>> {
         }
         match folded.last_mut() {
             Some(last) if last.role == Role::User && message.role == Role::User => {
-                if !last.content.is_empty() && !message.content.is_empty() {
-                    last.content.push(ContentPart::Text {
-                        text: "\n\n".into(),
-                    });
-                }
-                last.content.append(&mut message.content);
+                join_parts(&mut last.content, message.content);
             }
             _ => folded.push(message),
         }
     }
     Some(folded)
+}
+
+/// Appends `more` to `content`, with a blank line between when both show
+/// something (text or an image) that would otherwise run together.
+fn join_parts(content: &mut Vec<ContentPart>, mut more: Vec<ContentPart>) {
+    let shows = |parts: &[ContentPart]| {
+        parts.iter().any(|part| match part {
+            ContentPart::Text { text } => !text.is_empty(),
+            ContentPart::Image { .. } => true,
+            _ => false,
+        })
+    };
+    if shows(content) && shows(&more) {
+        content.push(ContentPart::Text {
+            text: "\n\n".into(),
+        });
+    }
+    content.append(&mut more);
 }
 
 /// One message of a conversation: a role and an ordered list of parts.
@@ -254,7 +278,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn late_system_messages_fold_into_user_messages() {
+    fn system_messages_fold_to_one_first() {
         let conversation = [
             Message::system("Top."),
             Message::user("hi"),
@@ -264,7 +288,7 @@ mod tests {
             Message::system("Now in Go."),
             Message::user("go"),
         ];
-        let folded = fold_late_system_messages(&conversation).unwrap();
+        let folded = fold_system_messages(&conversation).unwrap();
         let text = |message: &Message| (message.role, message.text_content());
         assert_eq!(
             folded.iter().map(text).collect::<Vec<_>>(),
@@ -276,24 +300,48 @@ mod tests {
                 (Role::User, "Now in Go.\n\ngo".to_owned()),
             ]
         );
-        // A leading run stays as it is; a late one with no user message
-        // beside it becomes one of its own.
-        let folded = fold_late_system_messages(&[
+        // Leading system messages join (Codex's instructions and developer
+        // message); a late one with no user message beside it becomes one
+        // of its own.
+        let folded = fold_system_messages(&[
             Message::system("A."),
             Message::system("B."),
             Message::assistant("x"),
             Message::system("C."),
         ])
         .unwrap();
-        let roles: Vec<Role> = folded.iter().map(|message| message.role).collect();
         assert_eq!(
-            roles,
-            [Role::System, Role::System, Role::Assistant, Role::User]
+            folded.iter().map(text).collect::<Vec<_>>(),
+            [
+                (Role::System, "A.\n\nB.".to_owned()),
+                (Role::Assistant, "x".to_owned()),
+                (Role::User, "C.".to_owned()),
+            ]
         );
+        let folded = fold_system_messages(&[
+            Message::system("A."),
+            Message::system("B."),
+            Message::user("hi"),
+        ])
+        .unwrap();
+        assert_eq!(folded.len(), 2);
+        // No blank line beside a part that shows nothing: a tool result, an
+        // empty text.
+        let mut results = Message::tool_result("c2", "done");
+        results.role = Role::User;
+        let folded = fold_system_messages(&[
+            Message::assistant("calling"),
+            results,
+            Message::system("S."),
+            Message::system(""),
+        ])
+        .unwrap();
+        assert_eq!(folded.len(), 2);
+        assert_eq!(folded[1].text_content(), "S.");
         assert_eq!(
-            fold_late_system_messages(&[Message::system("A."), Message::user("hi")]),
+            fold_system_messages(&[Message::system("A."), Message::user("hi")]),
             None
         );
-        assert_eq!(fold_late_system_messages(&[]), None);
+        assert_eq!(fold_system_messages(&[]), None);
     }
 }

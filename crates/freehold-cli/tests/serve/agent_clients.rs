@@ -10,9 +10,15 @@
 //! through two translations (the agent's protocol to Chat Completions and
 //! back): the agent read the gateway's stream, ran the call it carried, sent
 //! the result back in its own shape, and printed the final answer. The
-//! agents' side requests (titles, quota checks) get a short text. A real
-//! model behind the gateway is in docs/gateway.md; it is too slow on CI's
-//! cores for the agents' prompts of 10,000 tokens and more.
+//! agents' side requests (titles, quota checks) get a short text.
+//!
+//! Like vLLM serving a model whose chat template allows one system message,
+//! first, the upstream refuses any other conversation, and both agents send
+//! one (Claude Code system messages inside the conversation, Codex two at
+//! its start): the gateway's client sends those again folded.
+//!
+//! A real model behind the gateway is in docs/gateway.md; it is too slow on
+//! CI's cores for the agents' prompts of 10,000 tokens and more.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,6 +60,21 @@ fn shell_call(tools: &[&str]) -> Option<(&'static str, Value)> {
     None
 }
 
+/// What the scripted model's server says to a conversation whose system
+/// messages are not one and first, as vLLM does for models whose chat
+/// template allows only that.
+const STRICT_TEMPLATE_REFUSAL: &str = "System message must be at the beginning.";
+
+/// Whether a Chat Completions body has a system message anywhere but first.
+fn has_late_system_message(body: &Value) -> bool {
+    body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .skip(1)
+        .any(|message| message["role"] == "system")
+}
+
 /// The scripted model: what it answers to one Chat Completions request.
 fn play_model(request: &Recorded) -> Scripted {
     if !request.uri.ends_with("/chat/completions") {
@@ -63,6 +84,13 @@ fn play_model(request: &Recorded) -> Scripted {
         );
     }
     let body = request.json();
+    if has_late_system_message(&body) {
+        return Scripted::json(
+            400,
+            json!({"error": {"message": STRICT_TEMPLATE_REFUSAL, "type": "BadRequestError",
+                             "code": 400}}),
+        );
+    }
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let stream = body["stream"] == true;
     let tool_output = messages
@@ -204,22 +232,26 @@ async fn run_agent(mut command: tokio::process::Command, what: &str) -> String {
     stdout
 }
 
-/// What every agent test checks once the agent has exited: the command ran
-/// in its folder, the upstream got the tool's output back under the call's
-/// id, and the agent printed the final answer.
+/// What every agent test checks once the agent has exited: its first
+/// conversation was refused for its system messages and sent again folded;
+/// the command ran in its folder; the upstream got the tool's output back
+/// under the call's id; and the agent printed the final answer.
 fn assert_round_trip(upstream: &MockServer, workdir: &Path, stdout: &str) {
+    let bodies: Vec<Value> = upstream.requests().iter().map(Recorded::json).collect();
+    assert!(
+        bodies.iter().any(has_late_system_message),
+        "the agent's conversations were refused once, then sent folded"
+    );
     let written = std::fs::read_to_string(workdir.join("proof.txt"))
         .expect("the agent ran the tool call and the command wrote proof.txt");
     assert_eq!(written, PROOF);
-    let results: Vec<Value> = upstream
-        .requests()
+    let answered_messages: Vec<Value> = bodies
         .iter()
-        .flat_map(|request| {
-            request.json()["messages"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
+        .filter(|body| !has_late_system_message(body))
+        .flat_map(|body| body["messages"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let results: Vec<&Value> = answered_messages
+        .iter()
         .filter(|message| message["role"] == "tool")
         .collect();
     assert!(
@@ -230,15 +262,8 @@ fn assert_round_trip(upstream: &MockServer, workdir: &Path, stdout: &str) {
         assert_eq!(result["tool_call_id"], CALL_ID, "{result}");
         assert!(message_text(result).contains(PROOF), "{result}");
     }
-    let calls: Vec<Value> = upstream
-        .requests()
+    let calls: Vec<Value> = answered_messages
         .iter()
-        .flat_map(|request| {
-            request.json()["messages"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
         .filter_map(|message| message["tool_calls"].as_array().cloned())
         .flatten()
         .collect();
@@ -333,7 +358,8 @@ async fn claude_code_runs_a_tool_call_through_the_gateway() {
     assert_round_trip(&upstream, &workdir, &stdout);
     // Claude Code sends its environment as a system message inside
     // `messages` (which the gateway once refused): it reaches a Chat
-    // Completions upstream in place, after the first user message.
+    // Completions upstream in place, after the first user message (and,
+    // refused there, is sent again as user text).
     let placed = upstream.requests().iter().any(|request| {
         let messages = request.json()["messages"]
             .as_array()

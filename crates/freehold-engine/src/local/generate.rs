@@ -9,7 +9,7 @@ use std::time::Instant;
 use freehold_llm::EventStream;
 use freehold_protocol::{
     ChatRequest, ErrorKind, LlmError, Message, StopReason, StreamEvent, Timings, ToolCall, Usage,
-    fold_late_system_messages,
+    fold_system_messages,
 };
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -157,11 +157,11 @@ fn render_prompt(
     };
     render(&plan.messages)
         .or_else(|refused| {
-            // A template that allows a system message only first (or roles
-            // that alternate) gets the later ones as user text rather than
-            // failing the request. If that fails too, the error of what was
-            // asked is the one reported.
-            match fold_late_system_messages(&plan.messages) {
+            // A template that allows one system message, first (or roles
+            // that only alternate), gets the leading ones joined and the
+            // later ones as user text rather than failing the request. If
+            // that fails too, the error of what was asked is reported.
+            match fold_system_messages(&plan.messages) {
                 Some(folded) => render(&folded)
                     .inspect(|_| {
                         tracing::debug!(

@@ -297,7 +297,7 @@ mod tests {
         ];
         let as_sent = TemplateMessage::from_messages(&conversation);
         assert!(render(ALTERNATING, &as_sent, &[], "", "").is_err());
-        let folded = freehold_protocol::fold_late_system_messages(&conversation).unwrap();
+        let folded = freehold_protocol::fold_system_messages(&conversation).unwrap();
         assert_eq!(
             render(
                 ALTERNATING,

@@ -1,10 +1,13 @@
 //! The OpenAI Chat Completions client, for OpenAI and every compatible server.
 
 use crate::http::Response;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use async_trait::async_trait;
 use freehold_protocol::{
     Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
-    ModelInfo, fold_late_system_messages,
+    ModelInfo, fold_system_messages,
 };
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
@@ -27,6 +30,9 @@ pub struct OpenAiChatClient {
     /// `{base_url}/chat/completions`, parsed once: reqwest would parse the
     /// text again on every request. The error is reported on each request.
     completions_url: Result<reqwest::Url, String>,
+    /// Whether the first folded retry ([`Self::post_folding_on_refusal`])
+    /// was logged.
+    folding_logged: Arc<AtomicBool>,
 }
 
 impl OpenAiChatClient {
@@ -48,6 +54,7 @@ impl OpenAiChatClient {
             transport,
             headers,
             completions_url,
+            folding_logged: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -72,33 +79,55 @@ impl OpenAiChatClient {
         }
     }
 
-    /// [`Self::post`]; when the server refuses the request as invalid and
-    /// it holds a system message after the leading ones (Claude Code sends
-    /// them), sends it once more with those made user text
-    /// ([`fold_late_system_messages`]). Servers that render the model's own
-    /// chat template (vLLM, llama.cpp, LM Studio, SGLang) refuse such a
-    /// message for models whose template allows a system message only
-    /// first (Qwen3, Gemma, Mistral). If the second try fails too, the first
-    /// refusal is the error.
+    /// [`Self::post`]; when the server refuses the request as invalid (400
+    /// or 422) and its system messages are more than one, or not first,
+    /// sends it once more with them folded into one system message first
+    /// and user text ([`fold_system_messages`]). Servers that render the
+    /// model's own chat template (vLLM, llama.cpp, LM Studio, SGLang) refuse
+    /// the others for models whose template allows a system message only at
+    /// the start (some Qwen, Gemma and Mistral templates); Claude Code sends
+    /// system messages inside the conversation, Codex two at its start.
+    ///
+    /// If the second try is refused as well, the first refusal is the error
+    /// (it describes what was asked); any other failure of the second try
+    /// (a timeout, a 5xx, a rate limit) is reported as itself, so that the
+    /// router's retries and fallbacks still apply.
     async fn post_folding_on_refusal(
         &self,
         request: &ChatRequest,
         stream: bool,
     ) -> Result<Response, LlmError> {
         match self.post(request, stream).await {
-            Err(refused) if refused.kind == ErrorKind::InvalidRequest => {
-                let Some(messages) = fold_late_system_messages(&request.messages) else {
+            Err(refused)
+                if refused.kind == ErrorKind::InvalidRequest
+                    && matches!(refused.status, Some(400 | 422)) =>
+            {
+                let Some(messages) = fold_system_messages(&request.messages) else {
                     return Err(refused);
                 };
-                tracing::debug!(
-                    provider = %self.options.name,
-                    "request with a late system message refused; sending it as user text"
-                );
+                if !self.folding_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        provider = %self.options.name,
+                        "the server refused a request whose system messages are not one and \
+                         first (its chat template may allow only that); sending such requests \
+                         again with them folded into user text (logged once)"
+                    );
+                }
                 let folded = ChatRequest {
                     messages,
                     ..request.clone()
                 };
-                self.post(&folded, stream).await.map_err(|_| refused)
+                match self.post(&folded, stream).await {
+                    Err(again)
+                        if matches!(
+                            again.kind,
+                            ErrorKind::InvalidRequest | ErrorKind::ContextLengthExceeded { .. }
+                        ) =>
+                    {
+                        Err(refused)
+                    }
+                    answered => answered,
+                }
             }
             answered => answered,
         }
