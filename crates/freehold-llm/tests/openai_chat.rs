@@ -965,6 +965,25 @@ async fn a_refused_late_system_message_is_sent_again_as_user_text() {
     assert!(error.message.contains("System message"), "{error:?}");
     assert_eq!(server.requests().len(), 2);
 
+    // A second try refused for the context's length is reported as such,
+    // so that the agent compacts its conversation.
+    let server = MockServer::start(vec![
+        refusal(),
+        Scripted::json(
+            400,
+            json!({"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9100 tokens.", "code": "context_length_exceeded"}}),
+        ),
+    ])
+    .await;
+    let error = client(&server)
+        .complete(ChatRequest::new("gpt-test", conversation.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error.kind, ErrorKind::ContextLengthExceeded { .. }),
+        "{error:?}"
+    );
+
     // A second try that fails otherwise is reported as itself, so that the
     // router may retry it or fall back.
     let server = MockServer::start(vec![

@@ -24,7 +24,8 @@ pub enum Role {
 /// separated by a blank line. For chat templates that allow a system
 /// message only at the start, or roles that only alternate (some Qwen,
 /// Gemma and Mistral templates). `None` when the conversation already has
-/// that shape, so nothing would change.
+/// that shape, so nothing would change, or when it has no user message to
+/// answer.
 pub fn fold_system_messages(messages: &[Message]) -> Option<Vec<Message>> {
     let leading = messages
         .iter()
@@ -59,7 +60,12 @@ pub fn fold_system_messages(messages: &[Message]) -> Option<Vec<Message>> {
             _ => folded.push(message),
         }
     }
-    Some(folded)
+    // A conversation of system messages only would fold to instructions
+    // with nothing to answer, which some templates drop without a word.
+    folded
+        .iter()
+        .any(|message| message.role == Role::User)
+        .then_some(folded)
 }
 
 /// Appends `more` to `content`, with a blank line between when both show
@@ -343,5 +349,9 @@ mod tests {
             None
         );
         assert_eq!(fold_system_messages(&[]), None);
+        assert_eq!(
+            fold_system_messages(&[Message::system("A."), Message::system("B.")]),
+            None
+        );
     }
 }

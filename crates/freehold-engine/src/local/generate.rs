@@ -165,7 +165,7 @@ fn render_prompt(
                 Some(folded) => render(&folded)
                     .inspect(|_| {
                         tracing::debug!(
-                            "the chat template refused a late system message; sent as user text"
+                            "the chat template refused the conversation; rendered with its system messages folded"
                         );
                     })
                     .map_err(|_| refused),

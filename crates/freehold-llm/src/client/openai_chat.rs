@@ -88,10 +88,13 @@ impl OpenAiChatClient {
     /// the start (some Qwen, Gemma and Mistral templates); Claude Code sends
     /// system messages inside the conversation, Codex two at its start.
     ///
-    /// If the second try is refused as well, the first refusal is the error
-    /// (it describes what was asked); any other failure of the second try
-    /// (a timeout, a 5xx, a rate limit) is reported as itself, so that the
-    /// router's retries and fallbacks still apply.
+    /// If the second try is refused as invalid as well, the first refusal
+    /// is the error (it describes what was asked); any other failure of the
+    /// second try is reported as itself: a context-length error (servers
+    /// render the template before they count, so a long conversation is
+    /// refused for its template first), so that Claude Code and Codex
+    /// compact; a timeout, a 5xx or a rate limit, so that the router's
+    /// retries and fallbacks still apply.
     async fn post_folding_on_refusal(
         &self,
         request: &ChatRequest,
@@ -105,28 +108,31 @@ impl OpenAiChatClient {
                 let Some(messages) = fold_system_messages(&request.messages) else {
                     return Err(refused);
                 };
-                if !self.folding_logged.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        provider = %self.options.name,
-                        "the server refused a request whose system messages are not one and \
-                         first (its chat template may allow only that); sending such requests \
-                         again with them folded into user text (logged once)"
-                    );
-                }
+                tracing::debug!(
+                    provider = %self.options.name,
+                    "refused as invalid; sending again with the system messages folded"
+                );
                 let folded = ChatRequest {
                     messages,
                     ..request.clone()
                 };
                 match self.post(&folded, stream).await {
-                    Err(again)
-                        if matches!(
-                            again.kind,
-                            ErrorKind::InvalidRequest | ErrorKind::ContextLengthExceeded { .. }
-                        ) =>
-                    {
-                        Err(refused)
+                    Err(again) if again.kind == ErrorKind::InvalidRequest => Err(refused),
+                    Err(again) => Err(again),
+                    Ok(answer) => {
+                        // The refusal's text is not logged: a server may
+                        // echo the prompt in it.
+                        if !self.folding_logged.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                provider = %self.options.name,
+                                "the server refused a conversation whose system messages are \
+                                 not one and first (as its model's chat template may require) \
+                                 and answered it folded; such conversations are sent twice \
+                                 (logged once)"
+                            );
+                        }
+                        Ok(answer)
                     }
-                    answered => answered,
                 }
             }
             answered => answered,
