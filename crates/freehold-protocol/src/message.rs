@@ -19,9 +19,10 @@ pub enum Role {
 
 /// The conversation with at most one system message, first: the leading
 /// system messages joined into one, every later one (a mid-conversation
-/// instruction, as Claude Code sends) made a user message, and user
-/// messages that then follow one another joined into one; joined parts are
-/// separated by a blank line. For chat templates that allow a system
+/// instruction, as Claude Code sends) made a user message (after the tool
+/// results, when it came between an assistant's calls and their results),
+/// and user messages that then follow one another joined into one; joined
+/// parts are separated by a blank line. For chat templates that allow a system
 /// message only at the start, or roles that only alternate (some Qwen,
 /// Gemma and Mistral templates). `None` when the conversation already has
 /// that shape, so nothing would change, or when it has no user message to
@@ -48,17 +49,34 @@ pub fn fold_system_messages(messages: &[Message]) -> Option<Vec<Message>> {
         }
         folded.push(system);
     }
+    // A system message that comes between an assistant's tool calls and
+    // their results waits until the results are past: servers want the
+    // results right after the calls.
+    let mut waiting: Option<Message> = None;
     for message in &messages[leading..] {
         let mut message = message.clone();
         if message.role == Role::System {
             message.role = Role::User;
-        }
-        match folded.last_mut() {
-            Some(last) if last.role == Role::User && message.role == Role::User => {
-                join_parts(&mut last.content, message.content);
+            let amid_results = folded.last().is_some_and(|last| {
+                last.role == Role::Tool
+                    || (last.role == Role::Assistant && last.tool_calls().next().is_some())
+            });
+            if amid_results || waiting.is_some() {
+                match &mut waiting {
+                    Some(held) => join_parts(&mut held.content, message.content),
+                    None => waiting = Some(message),
+                }
+                continue;
             }
-            _ => folded.push(message),
+        } else if message.role != Role::Tool
+            && let Some(held) = waiting.take()
+        {
+            push_joining_users(&mut folded, held);
         }
+        push_joining_users(&mut folded, message);
+    }
+    if let Some(held) = waiting {
+        push_joining_users(&mut folded, held);
     }
     // A conversation of system messages only would fold to instructions
     // with nothing to answer, which some templates drop without a word.
@@ -66,6 +84,17 @@ pub fn fold_system_messages(messages: &[Message]) -> Option<Vec<Message>> {
         .iter()
         .any(|message| message.role == Role::User)
         .then_some(folded)
+}
+
+/// Pushes `message`, or joins it to the last one when both are user
+/// messages.
+fn push_joining_users(messages: &mut Vec<Message>, message: Message) {
+    match messages.last_mut() {
+        Some(last) if last.role == Role::User && message.role == Role::User => {
+            join_parts(&mut last.content, message.content);
+        }
+        _ => messages.push(message),
+    }
 }
 
 /// Appends `more` to `content`, with a blank line between when both show
@@ -347,6 +376,90 @@ mod tests {
         assert_eq!(
             fold_system_messages(&[Message::system("A."), Message::user("hi")]),
             None
+        );
+        // Between an assistant's calls and their results, a system message
+        // waits for the results to pass.
+        let calling = Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentPart::ToolCall(ToolCall::new("c1", "read", "{}")),
+                ContentPart::ToolCall(ToolCall::new("c2", "read", "{}")),
+            ],
+        };
+        let folded = fold_system_messages(&[
+            Message::user("q"),
+            calling.clone(),
+            Message::system("Mid."),
+            Message::tool_result("c1", "one"),
+            Message::system("Later."),
+            Message::tool_result("c2", "two"),
+            Message::user("next"),
+        ])
+        .unwrap();
+        assert_eq!(
+            folded,
+            [
+                Message::user("q"),
+                calling.clone(),
+                Message::tool_result("c1", "one"),
+                Message::tool_result("c2", "two"),
+                Message {
+                    role: Role::User,
+                    content: vec![
+                        ContentPart::Text {
+                            text: "Mid.".into()
+                        },
+                        ContentPart::Text {
+                            text: "\n\n".into()
+                        },
+                        ContentPart::Text {
+                            text: "Later.".into()
+                        },
+                        ContentPart::Text {
+                            text: "\n\n".into()
+                        },
+                        ContentPart::Text {
+                            text: "next".into()
+                        },
+                    ],
+                },
+            ]
+        );
+        // Held to the end when nothing follows the results; before an
+        // assistant message, it goes out just before it.
+        let folded = fold_system_messages(&[
+            Message::user("q"),
+            calling.clone(),
+            Message::system("End."),
+            Message::tool_result("c1", "one"),
+        ])
+        .unwrap();
+        assert_eq!(
+            folded.iter().map(text).collect::<Vec<_>>(),
+            [
+                (Role::User, "q".to_owned()),
+                (Role::Assistant, String::new()),
+                (Role::Tool, String::new()),
+                (Role::User, "End.".to_owned()),
+            ]
+        );
+        let folded = fold_system_messages(&[
+            Message::user("q"),
+            calling,
+            Message::system("Env."),
+            Message::tool_result("c1", "one"),
+            Message::assistant("done"),
+        ])
+        .unwrap();
+        assert_eq!(
+            folded.iter().map(text).collect::<Vec<_>>(),
+            [
+                (Role::User, "q".to_owned()),
+                (Role::Assistant, String::new()),
+                (Role::Tool, String::new()),
+                (Role::User, "Env.".to_owned()),
+                (Role::Assistant, "done".to_owned()),
+            ]
         );
         assert_eq!(fold_system_messages(&[]), None);
         assert_eq!(
