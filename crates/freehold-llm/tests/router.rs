@@ -1195,6 +1195,20 @@ fn probing_every(interval: Duration, eject_after_failures: u32) -> HealthSetting
 }
 
 /// Waits (up to 5 s) until replica `index` of `set` is ejected.
+/// Sends a request through `set` in a task of its own, and checks that it
+/// is waiting on the first replica (of two).
+async fn waiting_on_the_first_replica(
+    set: &Arc<ReplicaSet>,
+) -> tokio::task::JoinHandle<Result<ChatResponse, LlmError>> {
+    let waiting = {
+        let set = Arc::clone(set);
+        tokio::spawn(async move { set.complete(request("m")).await })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(outstanding(set), [1, 0]);
+    waiting
+}
+
 async fn until_ejected(set: &ReplicaSet, index: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !set.health()[index].ejected {
@@ -1540,12 +1554,7 @@ async fn a_request_with_nowhere_else_to_go_keeps_waiting_on_an_ejected_replica()
         probing_every(Duration::from_millis(20), 1),
     );
     until_ejected(&set, 1).await;
-    let waiting = {
-        let set = Arc::clone(&set);
-        tokio::spawn(async move { set.complete(request("m")).await })
-    };
-    tokio::task::yield_now().await;
-    assert_eq!(outstanding(&set), [1, 0]);
+    let waiting = waiting_on_the_first_replica(&set).await;
     // Its replica's probes now fail too: ejected, but the other is out as
     // well, so the request is not dropped.
     gated.listing_fails.store(true, Ordering::SeqCst);
@@ -1581,12 +1590,7 @@ async fn a_stranded_request_moves_to_a_replica_once_it_is_readmitted() {
         },
     );
     until_ejected(&set, 1).await;
-    let waiting = {
-        let set = Arc::clone(&set);
-        tokio::spawn(async move { set.complete(request("m")).await })
-    };
-    tokio::task::yield_now().await;
-    assert_eq!(outstanding(&set), [1, 0]);
+    let waiting = waiting_on_the_first_replica(&set).await;
     // Its replica stops answering while the other is still out: it waits,
     // and moves once the other is back.
     gated.listing_fails.store(true, Ordering::SeqCst);
@@ -1622,12 +1626,7 @@ async fn a_request_sent_while_every_replica_is_out_moves_once_one_is_back() {
     // one's trial, half a second after its ejection).
     back.script_listings(&[Some(ErrorKind::Connection)]);
     until_ejected(&set, 1).await;
-    let waiting = {
-        let set = Arc::clone(&set);
-        tokio::spawn(async move { set.complete(request("m")).await })
-    };
-    tokio::task::yield_now().await;
-    assert_eq!(outstanding(&set), [1, 0]);
+    let waiting = waiting_on_the_first_replica(&set).await;
     let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
         .expect("the request stayed on the stuck replica")
