@@ -458,11 +458,51 @@ def long_prompts():
     return outcome
 
 
+def silent_upstream():
+    """Streams from an upstream that says nothing for several seconds: the
+    gateway begins each answer and keeps it alive in the protocol's own way
+    until the text comes, and each SDK, its stream helpers included, reads
+    through to the whole answer."""
+    hello = [{"role": "user", "content": "Say hello."}]
+    seen = {}
+    # Each SDK gives up on a read that waits longer than this: shorter than
+    # the upstream's silence, longer than the gateway's keepalive interval.
+    read_limit = openai.Timeout(600, read=2.5)
+    stream = oai().with_options(timeout=read_limit).chat.completions.create(
+        model=MODEL, messages=hello, max_tokens=32, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    check_text(text)
+    # The helper that gathers the response from its events: the repeated
+    # `response.in_progress` must not upset it.
+    with oai().with_options(timeout=read_limit).responses.stream(
+            model=MODEL, input="Say hello.", max_output_tokens=32) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert kinds[:2] == ["response.created", "response.in_progress"], kinds
+    seen["responses_in_progress"] = kinds.count("response.in_progress")
+    assert seen["responses_in_progress"] >= 2, kinds
+    check_text(final.output_text)
+    # Anthropic's helper, and the raw events (the SDK drops pings).
+    with ant().with_options(timeout=read_limit).messages.stream(
+            model=MODEL, max_tokens=32, messages=hello) as stream:
+        streamed = "".join(stream.text_stream)
+        message = stream.get_final_message()
+    check_text(streamed)
+    assert message.content[0].text == streamed, message
+    assert message.stop_reason == "end_turn", message
+    events = ant().with_options(timeout=read_limit).messages.create(
+        model=MODEL, max_tokens=32, messages=hello, stream=True)
+    kinds = [event.type for event in events]
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop", kinds
+    seen["anthropic_events"] = len(kinds)
+    return seen
+
+
 SCENARIOS = {f.__name__: f for f in [
     long_prompts, rate_limited, gateway_errors,
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
     openai_responses, responses_custom_tools, anthropic_messages, anthropic_tools,
-    anthropic_errors,
+    anthropic_errors, silent_upstream,
 ]}
 
 if __name__ == "__main__":

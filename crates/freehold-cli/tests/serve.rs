@@ -524,6 +524,28 @@ async fn official_sdks_against_a_mock_upstream() {
     assert!((1..=60).contains(&retry_after), "{limited}");
 }
 
+/// An upstream that says nothing for 4 s (a local model reading a long
+/// prompt), behind a gateway sending keepalives every second: each SDK,
+/// stream helpers included, reads through the begun answer and its
+/// keepalives to the whole text.
+#[tokio::test]
+async fn official_sdks_wait_through_a_silent_upstream() {
+    let Some(python) = test_python() else { return };
+    let upstream = MockUpstream::start_slow(Duration::from_secs(4))
+        .await
+        .unwrap();
+    let config = format!(
+        "{}\n[gateway]\nstream_keepalive_secs = 1\n",
+        mock_config(&upstream)
+    );
+    let served = Served::start(&config, &[]).await;
+    let expect = [("FREEHOLD_EXPECT_TEXT", MOCK_TEXT)];
+    let seen = served.scenario(&python, "silent_upstream", &expect).await;
+    // Begun, then kept alive at least once more in 4 s.
+    assert!(seen["responses_in_progress"].as_u64() >= Some(2), "{seen}");
+    assert_eq!(upstream.requests(), 4);
+}
+
 #[tokio::test]
 async fn official_sdks_against_smollm2_in_process() {
     let Some(python) = test_python() else { return };

@@ -691,6 +691,12 @@ pub(crate) struct AccountedStream {
 impl AccountedStream {
     /// The next event; `None` at the end. An error ends the stream (the
     /// protocol encoder turns it into the protocol's in-stream error).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the streaming route drops this future whenever a
+    /// keepalive is due. Its only await is the provider stream's `next`,
+    /// and everything it records happens after that returns, with no await
+    /// between; keep it so.
     pub(crate) async fn next(&mut self) -> Option<Result<StreamEvent, GatewayError>> {
         if self.accounting.finished {
             return None;

@@ -106,7 +106,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Seconds from arrival to the last byte.
     pub latency: Family<LatencyLabels, Histogram>,
-    /// Seconds from arrival to the first streamed byte.
+    /// Seconds from a streamed request's arrival to the provider's first
+    /// event (keepalives sent before it do not count).
     pub first_byte: Family<LatencyLabels, Histogram>,
     /// Tokens in and out.
     pub tokens: Family<TokenLabels, Counter>,
@@ -150,7 +151,7 @@ impl Default for Metrics {
         );
         registry.register(
             "first_byte_seconds",
-            "Seconds from a streamed request's arrival to its first byte",
+            "Seconds from a streamed request's arrival to the provider's first event",
             first_byte.clone(),
         );
         registry.register("tokens", "Tokens read and generated", tokens.clone());

@@ -39,6 +39,14 @@ pub struct GatewaySettings {
     /// Seconds a whole request may take, streaming included.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Seconds a streamed answer may go without sending the client anything
+    /// before the gateway sends the protocol's keepalive; 0: never. Before
+    /// the provider's first event (a local model reading a long prompt)
+    /// the first keepalive also begins the answer: status 200 and the
+    /// protocol's opening event, so a failure after that is an error event
+    /// in the stream rather than an HTTP status.
+    #[serde(default = "default_stream_keepalive_secs")]
+    pub stream_keepalive_secs: u64,
     /// The model used when a client asks for one no route knows (Claude Code
     /// asks for `claude-…` ids); `None`: such requests fail with 404.
     #[serde(default)]
@@ -160,6 +168,19 @@ fn default_request_timeout_secs() -> u64 {
     600
 }
 
+fn default_stream_keepalive_secs() -> u64 {
+    // What servers and proxies commonly use (the SSE specification suggests
+    // about 15 s), well inside the 60 s idle limit of common proxies. Codex
+    // gives up on a Responses stream after 5 minutes without an event;
+    // Claude Code after 5 minutes without one too, but counts bytes that
+    // keep arriving as activity for a while (docs/gateway.md).
+    15
+}
+
+/// The longest time limit honoured: a year. Larger settings mean "never"
+/// in practice, and would overflow the clock's arithmetic.
+const LONGEST_LIMIT_SECS: u64 = 365 * 24 * 3600;
+
 fn default_client_timeout_secs() -> u64 {
     30
 }
@@ -178,6 +199,7 @@ impl Default for GatewaySettings {
             max_body_bytes: default_max_body_bytes(),
             max_tokens_cap: default_max_tokens_cap(),
             request_timeout_secs: default_request_timeout_secs(),
+            stream_keepalive_secs: default_stream_keepalive_secs(),
             client_timeout_secs: default_client_timeout_secs(),
             open_status: None,
             default_model: None,
@@ -195,7 +217,13 @@ impl Default for GatewaySettings {
 impl GatewaySettings {
     /// The whole-request time limit.
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.request_timeout_secs)
+        Duration::from_secs(self.request_timeout_secs.min(LONGEST_LIMIT_SECS))
+    }
+
+    /// How long a stream may stay silent before a keepalive; `None`: never.
+    pub fn stream_keepalive(&self) -> Option<Duration> {
+        (self.stream_keepalive_secs > 0)
+            .then(|| Duration::from_secs(self.stream_keepalive_secs.min(LONGEST_LIMIT_SECS)))
     }
 
     /// Whether `/metrics` and `/health`'s details need no key

@@ -1,7 +1,8 @@
 //! The gateway in process on 127.0.0.1, over mock upstreams: keys, rate
 //! limits, budgets under concurrency (SQLite, and two gateways sharing one
 //! PostgreSQL), load balancing with a replica killed mid-test, and the
-//! errors malformed requests get, in each protocol's shape.
+//! errors malformed requests get, in each protocol's shape. Streams kept
+//! alive while an upstream is silent are in gateway/keepalive.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,6 +22,9 @@ use freehold_llm::presets::ProviderKind;
 use freehold_llm::router::{AliasTarget, Router};
 use freehold_llm::{HealthSettings, Provider};
 use serde_json::{Value, json};
+
+#[path = "gateway/keepalive.rs"]
+mod keepalive;
 
 const MASTER: &str = "fh-master-for-tests";
 

@@ -17,6 +17,15 @@
 //! one (Claude Code system messages inside the conversation, Codex two at
 //! its start): the gateway's client sends those again folded.
 //!
+//! And like a local server whose model reads the agents' long prompts, the
+//! upstream opens its streamed tool call with the role, as vLLM and
+//! llama.cpp do, then says nothing for 8 s, while the gateway keeps the
+//! agent's stream alive (`stream_keepalive_secs = 1`): Codex is told to give
+//! up on a stream silent for 5 s and not to retry, so its test fails unless
+//! it counts the gateway's keepalives (it does fail without them). The
+//! margins are wide: with 2 s of them, one run in a few failed on CI's two
+//! cores while both agents started.
+//!
 //! A real model behind the gateway is in docs/gateway.md; it is too slow on
 //! CI's cores for the agents' prompts of 10,000 tokens and more.
 
@@ -36,6 +45,8 @@ const PROOF: &str = "freehold-proof-4141";
 const CALL_ID: &str = "call_proof_1";
 /// The start of the upstream's final answer, followed by the tool output it saw.
 const VERIFIED: &str = "verified the tool output:";
+/// How long the upstream is silent after opening its streamed tool call.
+const SILENCE: Duration = Duration::from_secs(8);
 
 /// The shell command the upstream asks the agent to run, in the agent's
 /// working directory.
@@ -98,7 +109,8 @@ fn play_model(request: &Recorded) -> Scripted {
         .find(|message| message["role"] == "tool")
         .map(message_text);
     if let Some(output) = tool_output {
-        return completion(stream, Reply::Text(format!("{VERIFIED} {}", output.trim())));
+        let reply = Reply::Text(format!("{VERIFIED} {}", output.trim()));
+        return completion(stream, reply);
     }
     let asked = messages
         .iter()
@@ -110,8 +122,23 @@ fn play_model(request: &Recorded) -> Scripted {
         .filter_map(|tool| tool["function"]["name"].as_str())
         .collect();
     match shell_call(&tools) {
-        Some((name, arguments)) if asked => completion(stream, Reply::Call(name, arguments)),
+        Some((name, arguments)) if asked => {
+            after_a_silence(completion(stream, Reply::Call(name, arguments)))
+        }
         _ => completion(stream, Reply::Text("ok".into())),
+    }
+}
+
+/// `answer`, silent for [`SILENCE`] after its first chunk when it is a
+/// stream (the role, from [`completion`]).
+fn after_a_silence(answer: Scripted) -> Scripted {
+    if answer.chunks.len() < 2 {
+        return answer;
+    }
+    Scripted {
+        stall_after: Some(1),
+        stall_for: SILENCE,
+        ..answer
     }
 }
 
@@ -173,6 +200,11 @@ fn completion(stream: bool, reply: Reply) -> Scripted {
         .to_string()
     };
     let events = [
+        // The role first, as vLLM and llama.cpp send it.
+        chunk(
+            json!([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]),
+            Value::Null,
+        ),
         chunk(
             json!([{"index": 0, "delta": delta, "finish_reason": null}]),
             Value::Null,
@@ -185,7 +217,9 @@ fn completion(stream: bool, reply: Reply) -> Scripted {
         "[DONE]".to_owned(),
     ];
     let pairs: Vec<(&str, &str)> = events.iter().map(|event| ("", event.as_str())).collect();
-    Scripted::sse(&sse_text(&pairs), Split::Whole)
+    // The role in a piece of its own, so that a pause can follow it.
+    let role = sse_text(&pairs[..1]).len();
+    Scripted::sse(&sse_text(&pairs), Split::At(vec![role]))
 }
 
 /// A gateway whose model `coder` is the scripted upstream.
@@ -193,7 +227,8 @@ async fn gateway_before_scripted_model() -> (MockServer, Served) {
     let upstream = MockServer::answering(play_model).await;
     let config = format!(
         "[providers.scripted]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
-         [aliases]\ncoder = \"scripted:scripted\"\n",
+         [aliases]\ncoder = \"scripted:scripted\"\n\n\
+         [gateway]\nstream_keepalive_secs = 1\n",
         upstream.url()
     );
     let served = Served::start(&config, &[]).await;
@@ -306,7 +341,8 @@ async fn codex_runs_a_tool_call_through_the_gateway() {
         format!(
             "model = \"coder\"\nmodel_provider = \"freehold\"\n\n\
              [model_providers.freehold]\nname = \"Freehold\"\nbase_url = \"{}/v1\"\n\
-             env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n",
+             env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n\
+             stream_idle_timeout_ms = 5000\nstream_max_retries = 0\n",
             served.url
         ),
     )

@@ -2,6 +2,7 @@
 //! and `/v1/messages` (Anthropic). Each protocol only decodes its request
 //! and encodes the answer; everything between is [`crate::chat`].
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::chat::{
-    AccountedStream, Accounting, admit, authenticate, count_input_tokens, parse_body,
+    AccountedStream, Accounting, Admitted, admit, authenticate, count_input_tokens, parse_body,
 };
 use crate::error::{GatewayError, Protocol};
 use crate::routes::read_body;
@@ -28,6 +29,7 @@ trait StreamEncoder: Send + 'static {
     fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame>;
     fn finish(&mut self) -> Vec<SseFrame>;
     fn error(&mut self, error: &LlmError) -> Vec<SseFrame>;
+    fn keepalive(&mut self) -> Vec<SseFrame>;
 }
 
 macro_rules! stream_encoder {
@@ -41,6 +43,9 @@ macro_rules! stream_encoder {
             }
             fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
                 <$type>::error(self, error)
+            }
+            fn keepalive(&mut self) -> Vec<SseFrame> {
+                <$type>::keepalive(self)
             }
         }
     };
@@ -295,18 +300,26 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
         .log_body(&String::from_utf8_lossy(&body));
     if P::streams(&options) {
         let encoder = P::encoder(&model, options, &admitted.request);
-        let mut stream = match admitted.stream().await {
-            Ok(stream) => stream,
-            Err(error) => return error.into_response(P::PROTOCOL),
-        };
+        let keepalive = gateway.settings.stream_keepalive();
         // The status line waits for the provider's first event, so that a
         // request failing at once (a prompt over the context window) gets
         // its real status and the protocol's error body, which SDKs turn
         // into their own exception types; later failures can only be
-        // error events in the stream.
-        match stream.next().await {
+        // error events in the stream. It waits one keepalive interval at
+        // most: a provider still silent then (a local model reading a long
+        // prompt) gets the answer begun, so that clients which give up on
+        // silent streams keep waiting.
+        let mut opening = Box::pin(open_stream(admitted));
+        let waited = match keepalive {
+            Some(every) => tokio::time::timeout(every, &mut opening).await.ok(),
+            None => Some((&mut opening).await),
+        };
+        match waited {
             Some(Err(error)) => error.into_response(P::PROTOCOL),
-            first => sse_response(first, stream, encoder),
+            Some(Ok((first, stream))) => {
+                sse_response(Upstream::Open { first, stream }, encoder, keepalive, false)
+            }
+            None => sse_response(Upstream::Opening(opening), encoder, keepalive, true),
         }
     } else {
         match admitted.complete().await {
@@ -325,25 +338,110 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
     }
 }
 
-/// A `text/event-stream` response: each provider event encoded as it
-/// arrives; an error mid-stream becomes the protocol's error event.
-fn sse_response<E: StreamEncoder>(
-    first: Option<Result<StreamEvent, GatewayError>>,
-    stream: AccountedStream,
-    encoder: E,
-) -> Response {
-    let state = Some((first, stream, encoder));
-    let body = futures::stream::unfold(state, |state| async move {
-        let (mut first, mut stream, mut encoder) = state?;
+/// A provider's open stream and its first event (`None`: it ended
+/// without one, and has nothing more to give).
+type Opened = (Option<StreamEvent>, AccountedStream);
+
+/// Opens the provider's stream and waits for its first event; a failure
+/// before that is the error.
+async fn open_stream(admitted: Admitted) -> Result<Opened, GatewayError> {
+    let mut stream = admitted.stream().await?;
+    match stream.next().await {
+        Some(Err(error)) => Err(error),
+        first => Ok((first.and_then(Result::ok), stream)),
+    }
+}
+
+/// Where a streamed answer's events come from.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per streamed answer, kept in its body's state; boxing the open stream \
+              would cost every stream an allocation"
+)]
+enum Upstream {
+    /// The provider has sent nothing yet.
+    Opening(Pin<Box<dyn Future<Output = Result<Opened, GatewayError>> + Send>>),
+    /// Its stream is open; `first` is its first event, not yet encoded.
+    Open {
+        first: Option<StreamEvent>,
+        stream: AccountedStream,
+    },
+}
+
+impl Upstream {
+    /// The next event, or `Err(Silent)` when `deadline` passes first.
+    async fn next(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<Result<StreamEvent, GatewayError>>, Silent> {
         loop {
-            let next = match first.take() {
-                Some(event) => Some(event),
-                None => stream.next().await,
+            match self {
+                Self::Opening(opening) => match until(deadline, opening.as_mut()).await? {
+                    Ok((first, stream)) => *self = Self::Open { first, stream },
+                    Err(error) => return Ok(Some(Err(error))),
+                },
+                Self::Open { first, stream } => {
+                    if let Some(first) = first.take() {
+                        return Ok(Some(Ok(first)));
+                    }
+                    return until(deadline, stream.next()).await;
+                }
+            }
+        }
+    }
+}
+
+/// Nothing came before the keepalive deadline.
+struct Silent;
+
+/// `future`'s output, or `Err(Silent)` if `deadline` passes first. Both
+/// futures it is given are cancel-safe: dropping them loses no event.
+async fn until<T>(
+    deadline: Option<tokio::time::Instant>,
+    future: impl Future<Output = T>,
+) -> Result<T, Silent> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future)
+            .await
+            .map_err(|_| Silent),
+        None => Ok(future.await),
+    }
+}
+
+/// A `text/event-stream` response: each provider event encoded as it
+/// arrives; an error mid-stream becomes the protocol's error event. When
+/// nothing has gone out for `keepalive`, the encoder's keepalive does
+/// (which begins the answer if the provider has not); `silent` says the
+/// client has already waited that long, so one goes out first.
+fn sse_response<E: StreamEncoder>(
+    upstream: Upstream,
+    encoder: E,
+    keepalive: Option<std::time::Duration>,
+    silent: bool,
+) -> Response {
+    let state = Some((upstream, encoder, silent));
+    let body = futures::stream::unfold(state, move |state| async move {
+        let (mut upstream, mut encoder, mut silent) = state?;
+        // Measured from when the last piece went out (this closure runs
+        // when the body asks for the next one), across events that encode
+        // to nothing.
+        let next_deadline = || keepalive.map(|every| tokio::time::Instant::now() + every);
+        let mut deadline = next_deadline();
+        loop {
+            let next = match std::mem::take(&mut silent) {
+                true => Err(Silent),
+                false => upstream.next(deadline).await,
             };
             let (frames, more) = match next {
-                Some(Ok(event)) => (encoder.push(&event), true),
-                Some(Err(error)) => (encoder.error(&stream_error(&error)), false),
-                None => (encoder.finish(), false),
+                Err(Silent) => {
+                    // Nothing to keep alive once the answer ended (the
+                    // provider may still send its usage): wait on.
+                    deadline = next_deadline();
+                    (encoder.keepalive(), true)
+                }
+                Ok(Some(Ok(event))) => (encoder.push(&event), true),
+                Ok(Some(Err(error))) => (encoder.error(&stream_error(&error)), false),
+                Ok(None) => (encoder.finish(), false),
             };
             if frames.is_empty() && more {
                 continue;
@@ -352,7 +450,7 @@ fn sse_response<E: StreamEncoder>(
             for frame in &frames {
                 frame.write_sse(&mut text);
             }
-            let next = more.then_some((None, stream, encoder));
+            let next = more.then_some((upstream, encoder, false));
             return Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), next));
         }
     });
@@ -396,7 +494,61 @@ fn stream_error(error: &GatewayError) -> LlmError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
     use super::*;
+
+    /// An encoder whose answer has ended: keepalives send nothing (and are
+    /// counted), an error is one comment.
+    #[derive(Default)]
+    struct Ended {
+        keepalives: Arc<AtomicUsize>,
+    }
+
+    impl StreamEncoder for Ended {
+        fn push(&mut self, _: &StreamEvent) -> Vec<SseFrame> {
+            Vec::new()
+        }
+        fn finish(&mut self) -> Vec<SseFrame> {
+            Vec::new()
+        }
+        fn error(&mut self, _: &LlmError) -> Vec<SseFrame> {
+            vec![SseFrame::comment("error")]
+        }
+        fn keepalive(&mut self) -> Vec<SseFrame> {
+            self.keepalives.fetch_add(1, Ordering::Relaxed);
+            Vec::new()
+        }
+    }
+
+    /// A provider that goes quiet after the answer ended (before its usage,
+    /// say) is waited on one interval at a time, not polled in a loop. (In
+    /// real time: with the clock paused, a spinning loop would hang the
+    /// test instead of failing it.)
+    #[tokio::test]
+    async fn a_quiet_provider_after_the_end_is_waited_on_not_spun_on() {
+        let late = Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Err(GatewayError::bad_request("late"))
+        });
+        let encoder = Ended::default();
+        let keepalives = Arc::clone(&encoder.keepalives);
+        let response = sse_response(
+            Upstream::Opening(late),
+            encoder,
+            Some(Duration::from_millis(100)),
+            false,
+        );
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b": error\n\n");
+        // One every 100 ms of the 600, or fewer if the machine stalls,
+        // where a spinning loop makes millions.
+        let keepalives = keepalives.load(Ordering::Relaxed);
+        assert!(keepalives <= 8, "{keepalives}");
+    }
 
     #[test]
     fn a_full_context_window_keeps_its_kind_in_a_stream() {

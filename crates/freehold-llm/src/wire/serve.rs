@@ -136,6 +136,9 @@ pub enum SseData {
     Json(Value),
     /// The `[DONE]` marker that ends an OpenAI Chat Completions stream.
     Done,
+    /// A comment line (`: text`), which SSE parsers skip: a keepalive for
+    /// protocols without a keepalive event of their own.
+    Comment(&'static str),
 }
 
 impl SseFrame {
@@ -163,6 +166,15 @@ impl SseFrame {
         }
     }
 
+    /// A comment frame, `: text` (see [`SseData::Comment`]). `text` must
+    /// hold no line break.
+    pub fn comment(text: &'static str) -> Self {
+        Self {
+            event: None,
+            data: SseData::Comment(text),
+        }
+    }
+
     /// Whether this is the `[DONE]` marker.
     pub fn is_done(&self) -> bool {
         self.data == SseData::Done
@@ -170,7 +182,7 @@ impl SseFrame {
 
     /// The frame as `text/event-stream` text: an optional `event:` line, one
     /// `data:` line (JSON has no raw newlines) and the blank line that ends
-    /// the event.
+    /// the event; a comment is its one `: text` line and the blank line.
     pub fn to_sse_text(&self) -> String {
         let mut bytes = Vec::new();
         self.write_sse(&mut bytes);
@@ -181,6 +193,12 @@ impl SseFrame {
     /// Appends the frame as `text/event-stream` text (see
     /// [`SseFrame::to_sse_text`]) to `out`, serializing the JSON in place.
     pub fn write_sse(&self, out: &mut Vec<u8>) {
+        if let SseData::Comment(text) = &self.data {
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(b"\n\n");
+            return;
+        }
         if let Some(event) = &self.event {
             out.extend_from_slice(b"event: ");
             out.extend_from_slice(event.as_bytes());
@@ -194,6 +212,7 @@ impl SseFrame {
                 let _ = serde_json::to_writer(&mut *out, value);
             }
             SseData::Done => out.extend_from_slice(b"[DONE]"),
+            SseData::Comment(_) => {}
         }
         out.extend_from_slice(b"\n\n");
     }
@@ -290,6 +309,10 @@ mod tests {
             "event: ping\ndata: {\"type\":\"ping\"}\n\n"
         );
         assert_eq!(SseFrame::done().to_sse_text(), "data: [DONE]\n\n");
+        assert_eq!(
+            SseFrame::comment("keepalive").to_sse_text(),
+            ": keepalive\n\n"
+        );
     }
 
     #[test]

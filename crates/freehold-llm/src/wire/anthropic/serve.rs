@@ -874,6 +874,34 @@ impl MessageStreamEncoder {
         out
     }
 
+    /// What keeps a client waiting while the provider sends nothing (a
+    /// local model reading a long prompt): `message_start` if the answer
+    /// has not begun; in an open tool block, an empty piece of its
+    /// arguments (an event the SDKs pass on, see the type's docs); else
+    /// `event: ping`, as the API itself sends while a model works, which
+    /// the SDKs drop (Claude Code still counts the bytes as activity, for a
+    /// while); nothing once the answer ended.
+    pub fn keepalive(&mut self) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        if self.finished {
+            return out;
+        }
+        match (self.started, self.open) {
+            (false, _) => self.start(None, &mut out),
+            (true, Some(OpenBlock::Tool(_))) => {
+                self.delta(
+                    BlockDelta::InputJsonDelta {
+                        partial_json: String::new(),
+                    },
+                    &mut out,
+                );
+                self.last_frame = Instant::now();
+            }
+            (true, _) => out.push(Self::frame(MessageStreamEvent::Ping {})),
+        }
+        out
+    }
+
     /// The `event: error` frame reporting an error after the stream began
     /// (what the API sends for an overload mid-stream). The encoder emits
     /// nothing more afterwards.

@@ -220,7 +220,7 @@ fn encode_stream(events: &[StreamEvent], estimate: u64) -> Vec<SseFrame> {
 fn json_of(frame: &SseFrame) -> Value {
     match &frame.data {
         SseData::Json(value) => value.clone(),
-        SseData::Done => panic!("no [DONE] in this protocol"),
+        SseData::Done | SseData::Comment(_) => panic!("no [DONE] or comment in this protocol"),
     }
 }
 
@@ -863,5 +863,51 @@ fn keepalives_go_out_while_arguments_are_gathered_or_held_back() {
             ToolCall::new("c0", "read", "{\"path\":\"a\"}"),
             ToolCall::new("c1", "write", "{\"path\":\"b\"}"),
         ]
+    );
+}
+
+#[test]
+fn keepalives_begin_the_answer_then_ping_until_it_ends() {
+    let response = full_response();
+    let mut encoder = MessageStreamEncoder::new("claude-x", None, 7);
+    // Before the provider's first event the answer begins, with the
+    // estimate; a second keepalive is a ping.
+    let mut frames = encoder.keepalive();
+    assert_eq!(types(&frames), ["message_start"]);
+    assert_eq!(json_of(&frames[0])["message"]["usage"]["input_tokens"], 7);
+    frames.extend(encoder.keepalive());
+    assert_eq!(types(&frames[1..]), ["ping"]);
+    // Pings may come between any two events, inside blocks too; the
+    // upstream's Start does not begin the answer twice.
+    for event in response.to_events() {
+        frames.extend(encoder.push(&event));
+        frames.extend(encoder.keepalive());
+    }
+    frames.extend(encoder.finish());
+    assert!(encoder.keepalive().is_empty(), "nothing after the end");
+    let kinds = types(&frames);
+    assert_eq!(kinds.iter().filter(|k| *k == "message_start").count(), 1);
+    assert_eq!(kinds.last().map(String::as_str), Some("message_stop"));
+    // In an open tool block the keepalive is an empty piece of its
+    // arguments, an event the SDKs pass on; elsewhere a ping.
+    let empty_pieces = frames
+        .iter()
+        .map(json_of)
+        .filter(|frame| frame["delta"] == json!({"type": "input_json_delta", "partial_json": ""}))
+        .count();
+    assert!(empty_pieces >= 2, "{kinds:?}");
+    assert!(
+        kinds.iter().filter(|k| *k == "ping").count() >= 3,
+        "{kinds:?}"
+    );
+    let back = replay(&frames, EventDecoder::new("p")).unwrap();
+    // The id was fixed before the upstream's was known.
+    assert!(back.id.as_deref().unwrap().starts_with("msg_"));
+    assert_eq!(
+        ChatResponse {
+            id: response.id.clone(),
+            ..back
+        },
+        response
     );
 }

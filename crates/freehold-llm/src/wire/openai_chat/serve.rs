@@ -666,6 +666,18 @@ impl ChunkEncoder {
         self.stop(&reason)
     }
 
+    /// What keeps a client waiting while the provider sends nothing (a
+    /// local model reading a long prompt): an SSE comment, `: keepalive`,
+    /// which parsers skip (the protocol has no keepalive event); nothing
+    /// once the answer ended. It keeps proxies and clients' read timeouts
+    /// from cutting the connection.
+    pub fn keepalive(&mut self) -> Vec<SseFrame> {
+        if self.finished {
+            return Vec::new();
+        }
+        vec![SseFrame::comment("keepalive")]
+    }
+
     /// The frames reporting an error after the stream began: a chunk
     /// holding only `{"error": {…}}` (what OpenAI sends), then `[DONE]`.
     /// The encoder emits nothing more afterwards.

@@ -476,3 +476,20 @@ fn errors_map_to_statuses_and_codes() {
         Some(std::time::Duration::from_millis(1500))
     );
 }
+
+#[test]
+fn keepalives_are_comments_that_clients_skip() {
+    let response = full_response();
+    let mut encoder = ChunkEncoder::new("gpt-x", None, true);
+    let mut frames = encoder.keepalive();
+    assert_eq!(frames[0].to_sse_text(), ": keepalive\n\n");
+    for event in response.to_events() {
+        frames.extend(encoder.push(&event));
+        frames.extend(encoder.keepalive());
+    }
+    frames.extend(encoder.finish());
+    assert!(encoder.keepalive().is_empty(), "nothing after [DONE]");
+    assert!(frames.last().unwrap().is_done());
+    let back = replay(&frames, ChunkDecoder::new("p")).unwrap();
+    assert_eq!(back, response);
+}

@@ -1343,6 +1343,29 @@ impl ResponseStreamEncoder {
         out
     }
 
+    /// What keeps a client waiting while the provider sends nothing (a
+    /// local model reading a long prompt): `response.created` and
+    /// `response.in_progress` if the answer has not begun, else another
+    /// `response.in_progress` (its `output` holding the items finished so
+    /// far, not the one open); nothing once the answer ended. Codex gives up on a stream without events for 5
+    /// minutes and does not count SSE comments. OpenAI's own `keepalive`
+    /// event is not used: SDKs from before mid-2026 (openai-node before
+    /// 6.46, openai-php) fail the whole stream on it, while every client
+    /// knows `response.in_progress`.
+    pub fn keepalive(&mut self) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        if self.finished {
+            return out;
+        }
+        if self.started {
+            let in_progress = ResponseEvent::InProgress(self.snapshot("in_progress"));
+            out.push(self.frame(in_progress));
+        } else {
+            self.start(None, &mut out);
+        }
+        out
+    }
+
     /// The `response.failed` event reporting an error after the stream
     /// began, its `error` holding OpenAI's code (`context_length_exceeded`,
     /// `rate_limit_exceeded`…) and message (see [`encode_error`]). The

@@ -209,7 +209,7 @@ fn encode_stream(events: &[StreamEvent]) -> Vec<SseFrame> {
 fn json_of(frame: &SseFrame) -> Value {
     match &frame.data {
         SseData::Json(value) => value.clone(),
-        SseData::Done => panic!("no [DONE] in this protocol"),
+        SseData::Done | SseData::Comment(_) => panic!("no [DONE] or comment in this protocol"),
     }
 }
 
@@ -1138,4 +1138,47 @@ fn a_streamed_call_of_a_namespaced_freeform_tool_keeps_its_namespace() {
         .find(|frame| frame["type"] == "response.custom_tool_call_input.done")
         .unwrap();
     assert_eq!(done["input"], "print(1)");
+}
+
+#[test]
+fn keepalives_begin_the_answer_then_repeat_in_progress_until_it_ends() {
+    let response = full_response();
+    let mut encoder = ResponseStreamEncoder::new("gpt-5", None);
+    let mut frames = encoder.keepalive();
+    assert_eq!(types(&frames), ["response.created", "response.in_progress"]);
+    frames.extend(encoder.keepalive());
+    for event in response.to_events() {
+        frames.extend(encoder.push(&event));
+        frames.extend(encoder.keepalive());
+    }
+    frames.extend(encoder.finish());
+    assert!(encoder.keepalive().is_empty(), "nothing after the end");
+    // Sequence numbers still count from 0 without a gap (checked by
+    // `types`), and the answer begins once.
+    let kinds = types(&frames);
+    assert_eq!(kinds[2], "response.in_progress");
+    assert_eq!(kinds.iter().filter(|k| *k == "response.created").count(), 1);
+    // A keepalive carries the response as it stands.
+    let last_in_progress = frames
+        .iter()
+        .map(json_of)
+        .filter(|frame| frame["type"] == "response.in_progress")
+        .last()
+        .unwrap();
+    assert_eq!(last_in_progress["response"]["status"], "in_progress");
+    assert!(
+        !last_in_progress["response"]["output"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let back = replay(&frames, ResponsesDecoder::new("p")).unwrap();
+    assert!(back.id.as_deref().unwrap().starts_with("resp_"));
+    assert_eq!(
+        ChatResponse {
+            id: response.id.clone(),
+            ..back
+        },
+        response
+    );
 }
