@@ -1158,12 +1158,11 @@ fn keepalives_begin_the_answer_then_repeat_in_progress_until_it_ends() {
     let kinds = types(&frames);
     assert_eq!(kinds[2], "response.in_progress");
     assert_eq!(kinds.iter().filter(|k| *k == "response.created").count(), 1);
-    // A keepalive carries the response as it stands.
+    // A keepalive carries the items finished so far.
     let last_in_progress = frames
         .iter()
         .map(json_of)
-        .filter(|frame| frame["type"] == "response.in_progress")
-        .last()
+        .rfind(|frame| frame["type"] == "response.in_progress")
         .unwrap();
     assert_eq!(last_in_progress["response"]["status"], "in_progress");
     assert!(
