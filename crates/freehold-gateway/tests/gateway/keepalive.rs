@@ -211,6 +211,16 @@ impl Streamed {
     }
 }
 
+/// Waits until `gateway`'s ledger has `count` lines, and checks that each
+/// has `status`.
+async fn assert_ledger_statuses(gateway: &Running, count: usize, status: u16) {
+    let lines = ledger_lines(&gateway.store, count).await;
+    assert!(
+        lines.iter().all(|line| line.record.status == status),
+        "{lines:?}"
+    );
+}
+
 /// Sends every streaming request to `gateway` at once.
 async fn stream_all(gateway: &Running) -> Vec<(&'static str, Streamed)> {
     futures::future::join_all(streaming_requests().into_iter().map(|(path, body)| {
@@ -264,11 +274,7 @@ async fn a_silent_upstream_gets_the_answer_begun_and_kept_alive() {
         }
     }
     // Each was answered, and accounted as such.
-    let lines = ledger_lines(&gateway.store, 3).await;
-    assert!(
-        lines.iter().all(|line| line.record.status == 200),
-        "{lines:?}"
-    );
+    assert_ledger_statuses(&gateway, 3, 200).await;
 }
 
 #[tokio::test]
@@ -305,11 +311,7 @@ async fn a_refusal_after_the_answer_began_is_the_protocols_error_event() {
         }
     }
     // The ledger has the refusal, not the 200 the clients saw.
-    let lines = ledger_lines(&gateway.store, 3).await;
-    assert!(
-        lines.iter().all(|line| line.record.status == 400),
-        "{lines:?}"
-    );
+    assert_ledger_statuses(&gateway, 3, 400).await;
 }
 
 #[tokio::test]
@@ -391,11 +393,7 @@ async fn the_time_limit_after_the_answer_began_is_an_error_event() {
             "{path}: {message}"
         );
     }
-    let lines = ledger_lines(&gateway.store, 3).await;
-    assert!(
-        lines.iter().all(|line| line.record.status == 504),
-        "{lines:?}"
-    );
+    assert_ledger_statuses(&gateway, 3, 504).await;
 }
 
 #[tokio::test]
