@@ -1,6 +1,5 @@
 //! The OpenAI Chat Completions client, for OpenAI and every compatible server.
 
-use crate::http::Response;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -13,7 +12,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
 use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
-use crate::http::Transport;
+use crate::http::{Response, Transport};
 use crate::provider::{EventStream, Provider, check_embed_request};
 use crate::wire::embeddings::{self, OpenAiEmbeddingsResponse};
 use crate::wire::openai_chat::{
