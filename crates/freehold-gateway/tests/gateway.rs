@@ -2808,3 +2808,68 @@ async fn serves_https_with_a_pem_certificate() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn codex_namespaces_with_long_names_reach_a_provider_that_limits_names() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    // The name the gateway gives the first tool below (pinned in
+    // freehold-llm's tests): the namespace's start, a hash, the tool's name.
+    const SHORTENED: &str = "mcp__github_enterpri_a25a0d3e__list_pull_request_review_comments";
+    let upstream = MockServer::start(vec![Scripted::json(
+        200,
+        json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": SHORTENED,
+                         "input": {"pull": 7}}],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 40, "output_tokens": 9},
+        }),
+    )])
+    .await;
+    let gw = start(
+        anthropic_routes(&upstream.url()),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let namespace = "mcp__github_enterprise_server_for_the_platform_team";
+    let request = json!({
+        "model": "claude:claude-x",
+        "input": "Summarise the review of pull request 7.",
+        "tools": [{"type": "namespace", "name": namespace,
+                   "description": "The platform team's GitHub Enterprise server.",
+                   "tools": [
+            {"type": "function", "name": "list_pull_request_review_comments",
+             "parameters": {"type": "object", "properties": {"pull": {"type": "integer"}}}},
+            {"type": "function", "name": "list_pull_request_review_threads",
+             "parameters": {"type": "object"}},
+        ]}],
+    });
+    let (status, body, _) = post(&gw.url, "/v1/responses", Some(MASTER), &request).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Anthropic refuses tool names over 64 characters: none went.
+    let sent = upstream.requests()[0].json();
+    let names: Vec<&str> = sent["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names[0], SHORTENED, "{sent}");
+    assert!(names.iter().all(|name| name.len() <= 64), "{names:?}");
+    assert!(
+        names[1].ends_with("__list_pull_request_review_threads"),
+        "{names:?}"
+    );
+    let description = sent["tools"][0]["description"].as_str().unwrap();
+    assert!(description.contains("GitHub Enterprise server"), "{sent}");
+
+    // The client gets the call under its own namespace and name.
+    let item = &body["output"][0];
+    assert_eq!(item["type"], "function_call", "{body}");
+    assert_eq!(item["namespace"], namespace, "{body}");
+    assert_eq!(item["name"], "list_pull_request_review_comments", "{body}");
+    assert_eq!(item["call_id"], "toolu_1", "{body}");
+}

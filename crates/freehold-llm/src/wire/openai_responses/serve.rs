@@ -67,8 +67,10 @@ const FREEFORM_ARGUMENT: &str = "input";
 ///   request that must search, its `tool_choice` naming the search or
 ///   `required` with no other tool, is still refused);
 /// - the tools of a `namespace` tool (as Codex groups an MCP server's
-///   tools) become tools named `{namespace}__{name}`, and call items with a
-///   `namespace` calls of them (see [`ServeOptions::namespaced_tools`]);
+///   tools) become tools named `{namespace}__{name}` (shortened with a hash
+///   past 64 characters), the namespace's description added to its first
+///   tool's, and call items with a `namespace` calls of them (see
+///   [`ServeOptions::namespaced_tools`]);
 /// - other tools (`file_search`, `local_shell`, `image_generation`…) are
 ///   rejected, and so is
 ///   `previous_response_id`: the gateway keeps no responses, the client must
@@ -123,7 +125,18 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
                             kind: function.kind,
                         });
                     }
-                    tools.push(names.decode(function, &field, Some(&tool.name))?);
+                    let mut spec = names.decode(function, &field, Some(&tool.name))?;
+                    // Providers have no namespaces: what the namespace is
+                    // for goes with its first tool, once rather than with
+                    // each of an MCP server's tens of tools.
+                    if inner == 0
+                        && let Some(about) = tool.description.as_deref().map(str::trim)
+                        && !about.is_empty()
+                    {
+                        spec.description =
+                            namespace_description(&spec.description, &tool.name, about);
+                    }
+                    tools.push(spec);
                 }
             }
             _ => {
@@ -279,17 +292,70 @@ impl ToolNames {
     }
 }
 
+/// The description of a namespace's first tool (`own`): its own, then
+/// what its namespace, `namespace`, is for (`about`).
+fn namespace_description(own: &str, namespace: &str, about: &str) -> String {
+    let own = own.trim_end();
+    let separator = if own.is_empty() { "" } else { "\n\n" };
+    format!("{own}{separator}One of the tools of `{namespace}`: {about}")
+}
+
+/// The longest tool name OpenAI, Anthropic and Gemini accept.
+const PROVIDER_NAME_LIMIT: usize = 64;
+
 /// The name a provider sees for tool `name` of namespace `namespace`:
 /// joined by one `__` as Codex flattens them itself (MCP namespaces end
 /// in `__` in some versions, and a doubled separator would both lengthen
 /// names past providers' 64 characters and tempt the model to call the
 /// name without it).
+///
+/// A joined name longer than providers accept (an MCP server and a tool
+/// with long names) keeps the tool's own name whole, which is what the
+/// model reads to choose it, and gives up the end of the namespace for 8
+/// hex digits of a hash of the whole name:
+/// `mcp__github_enterprise_0f3a9c21__list_pull_request_review_comments`.
+/// The hash makes it the same on every request, so a call in the
+/// conversation's history still names its tool, and distinct for
+/// namespaces that share a start. A tool name too long to keep whole
+/// (over 45 bytes) is cut too. The client never sees these names: calls
+/// go back under their namespace and own name.
 fn namespaced_name(namespace: &str, name: &str) -> String {
-    format!(
-        "{}__{}",
-        namespace.trim_end_matches('_'),
-        name.trim_start_matches('_')
-    )
+    let namespace = namespace.trim_end_matches('_');
+    let name = name.trim_start_matches('_');
+    let joined = format!("{namespace}__{name}");
+    if joined.len() <= PROVIDER_NAME_LIMIT {
+        return joined;
+    }
+    // At least the namespace's start stays, to tell whose tool it is.
+    const NAMESPACE_KEPT_AT_LEAST: usize = 8;
+    let digest = format!("{:08x}", fnv1a_32(joined.as_bytes()));
+    let overhead = 1 + digest.len() + 2;
+    let namespace_room = PROVIDER_NAME_LIMIT
+        .saturating_sub(overhead + name.len())
+        .max(NAMESPACE_KEPT_AT_LEAST);
+    let namespace = start_within(namespace, namespace_room);
+    let name_room = PROVIDER_NAME_LIMIT - overhead - namespace.len();
+    let name = start_within(name, name_room);
+    format!("{namespace}_{digest}__{name}")
+}
+
+/// The longest start of `text` of at most `bytes` bytes that ends on a
+/// character's boundary.
+fn start_within(text: &str, bytes: usize) -> &str {
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The 32-bit FNV-1a hash of `bytes`: stable across runs and builds
+/// (unlike the standard library's hasher), which a name that must match
+/// the same name in a later request needs. Not a defence against anyone.
+fn fnv1a_32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |hash, &byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// The parameters of the function tool a freeform tool becomes.

@@ -956,7 +956,13 @@ fn functions_of_a_namespace_reach_providers_under_one_flat_name_each() {
             "shell"
         ]
     );
-    assert_eq!(request.tools[0].description, "Search emails.");
+    // The namespace's description goes with its first tool only.
+    assert_eq!(
+        request.tools[0].description,
+        "Search emails.\n\nOne of the tools of `mcp__gmail`: Find and reference emails from \
+         your inbox."
+    );
+    assert_eq!(request.tools[1].description, "");
     assert_eq!(
         options.namespaced_tools["mcp__gmail__read_email"],
         ("mcp__gmail".to_owned(), "read_email".to_owned())
@@ -980,6 +986,91 @@ fn functions_of_a_namespace_reach_providers_under_one_flat_name_each() {
         "tools": [{"type": "namespace", "tools": []}]}))
     .unwrap_err();
     assert_eq!(error.field(), "tools[0].name");
+}
+
+#[test]
+fn namespaced_names_past_64_characters_are_shortened_the_same_way_each_time() {
+    let namespace = "mcp__github_enterprise_server_for_the_platform_team";
+    let long = "list_pull_request_review_comments";
+    let sibling = "list_pull_request_review_threads";
+    let request_json = json!({
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "Summarise the review."},
+            {"type": "function_call", "call_id": "call_1", "name": long,
+             "namespace": namespace, "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "[]"},
+        ],
+        "tools": [{"type": "namespace", "name": namespace, "tools": [
+            {"type": "function", "name": long, "parameters": {"type": "object"}},
+            {"type": "function", "name": sibling, "parameters": {"type": "object"}},
+            {"type": "function", "name": "me", "parameters": {"type": "object"}},
+        ]}],
+    });
+    let (request, options) = decode_json(request_json.clone()).unwrap();
+    let names: Vec<&str> = request
+        .tools
+        .iter()
+        .map(|tool| tool.name.as_str())
+        .collect();
+    // Both long ones fit and keep the namespace's start and their own
+    // name whole; a short one is left as it was.
+    for (name, own) in names[..2].iter().zip([long, sibling]) {
+        assert!(name.len() <= 64, "{name}");
+        assert!(name.starts_with("mcp__github_enterpri"), "{name}");
+        assert!(name.ends_with(&format!("__{own}")), "{name}");
+    }
+    assert_eq!(names[2], format!("{namespace}__me"));
+    // Pinned, so that a later build names a tool as an earlier one did
+    // (a provider's prompt cache holds the names it saw).
+    assert_eq!(
+        names[0],
+        "mcp__github_enterpri_a25a0d3e__list_pull_request_review_comments"
+    );
+    // The call in the history names the tool as the tool list does, and
+    // the next request shortens it the same way.
+    assert_eq!(
+        request.messages[1].tool_calls().next().unwrap().name,
+        names[0]
+    );
+    let (again, _) = decode_json(request_json).unwrap();
+    assert_eq!(again.tools[0].name, names[0]);
+
+    // The model's call goes back under the client's own names.
+    let response = ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            content: vec![ContentPart::ToolCall(ToolCall::new(
+                "call_2", names[1], "{}",
+            ))],
+        },
+        stop_reason: StopReason::ToolUse,
+        ..full_response()
+    };
+    let wire = serde_json::to_value(encode_response_for(&response, "m", &options)).unwrap();
+    assert_eq!(wire["output"][0]["name"], sibling);
+    assert_eq!(wire["output"][0]["namespace"], namespace);
+}
+
+#[test]
+fn shortened_names_cut_long_parts_on_character_boundaries() {
+    let cases = [
+        // A namespace of 2-byte characters, cut between two of them.
+        ("é".repeat(40), "read".to_owned(), "__read"),
+        // A tool's own name too long to keep whole: it is cut as well.
+        ("mcp__x".to_owned(), "ü".repeat(40), "__üüü"),
+        ("mcp__x".to_owned(), "a".repeat(70), "__aaa"),
+    ];
+    for (namespace, own, visible) in cases {
+        let (request, options) = decode_json(json!({"model": "m", "input": "hi", "tools": [
+            {"type": "namespace", "name": namespace, "tools": [
+                {"type": "function", "name": own}]}]}))
+        .unwrap();
+        let name = &request.tools[0].name;
+        assert!(name.len() <= 64 && name.len() >= 60, "{name}");
+        assert!(name.contains(visible), "{name}");
+        assert_eq!(options.namespaced_tools[name], (namespace, own));
+    }
 }
 
 #[test]
