@@ -68,7 +68,7 @@ const FREEFORM_ARGUMENT: &str = "input";
 ///   `required` with no other tool, is still refused);
 /// - the tools of a `namespace` tool (as Codex groups an MCP server's
 ///   tools) become tools named `{namespace}__{name}` (shortened with a hash
-///   past 64 characters), the namespace's description added to its first
+///   past 64 bytes), the namespace's description added to its first
 ///   tool's, and call items with a `namespace` calls of them (see
 ///   [`ServeOptions::namespaced_tools`]);
 /// - other tools (`file_search`, `local_shell`, `image_generation`…) are
@@ -149,13 +149,22 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
     }
     let tool_choice = match &wire.tool_choice {
         None | Some(Value::Null) => freehold_protocol::ToolChoice::Auto,
-        // A freeform tool forced by name: the function it became.
+        // A freeform tool forced by name, or a tool of a namespace: the
+        // function it became, under the name providers see.
         Some(Value::Object(choice))
-            if choice.get("type").and_then(Value::as_str) == Some("custom") =>
+            if choice.get("type").and_then(Value::as_str) == Some("custom")
+                || choice
+                    .get("namespace")
+                    .and_then(Value::as_str)
+                    .is_some_and(|space| !space.is_empty()) =>
         {
+            let namespace = choice.get("namespace").and_then(Value::as_str);
             match choice.get("name").and_then(Value::as_str) {
                 Some(name) if !name.is_empty() => freehold_protocol::ToolChoice::Tool {
-                    name: name.to_owned(),
+                    name: match namespace.filter(|space| !space.is_empty()) {
+                        Some(namespace) => namespaced_name(namespace, name),
+                        None => name.to_owned(),
+                    },
                 },
                 _ => {
                     return Err(DecodeError::missing(
@@ -306,18 +315,20 @@ const PROVIDER_NAME_LIMIT: usize = 64;
 /// The name a provider sees for tool `name` of namespace `namespace`:
 /// joined by one `__` as Codex flattens them itself (MCP namespaces end
 /// in `__` in some versions, and a doubled separator would both lengthen
-/// names past providers' 64 characters and tempt the model to call the
+/// names past providers' 64 bytes and tempt the model to call the
 /// name without it).
 ///
 /// A joined name longer than providers accept (an MCP server and a tool
 /// with long names) keeps the tool's own name whole, which is what the
 /// model reads to choose it, and gives up the end of the namespace for 8
 /// hex digits of a hash of the whole name:
-/// `mcp__github_enterprise_0f3a9c21__list_pull_request_review_comments`.
+/// `mcp__github_enterprise_server_for_the_platform_team` and
+/// `list_pull_request_review_comments` become
+/// `mcp__github_enterpri_a25a0d3e__list_pull_request_review_comments`.
 /// The hash makes it the same on every request, so a call in the
 /// conversation's history still names its tool, and distinct for
 /// namespaces that share a start. A tool name too long to keep whole
-/// (over 45 bytes) is cut too. The client never sees these names: calls
+/// beside the namespace's first 8 bytes (over 45 bytes) is cut too. The client never sees these names: calls
 /// go back under their namespace and own name.
 fn namespaced_name(namespace: &str, name: &str) -> String {
     let namespace = namespace.trim_end_matches('_');
@@ -333,7 +344,8 @@ fn namespaced_name(namespace: &str, name: &str) -> String {
     let namespace_room = PROVIDER_NAME_LIMIT
         .saturating_sub(overhead + name.len())
         .max(NAMESPACE_KEPT_AT_LEAST);
-    let namespace = start_within(namespace, namespace_room);
+    // Cut after a `_`, it would end in a doubled separator again.
+    let namespace = start_within(namespace, namespace_room).trim_end_matches(['_', '-']);
     let name_room = PROVIDER_NAME_LIMIT - overhead - namespace.len();
     let name = start_within(name, name_room);
     format!("{namespace}_{digest}__{name}")

@@ -1053,6 +1053,40 @@ fn namespaced_names_past_64_characters_are_shortened_the_same_way_each_time() {
 }
 
 #[test]
+fn a_forced_tool_of_a_namespace_is_named_as_providers_see_it() {
+    let namespace = "mcp__github_enterprise_server_for_the_platform_team";
+    for kind in ["function", "custom"] {
+        let (request, _) = decode_json(json!({"model": "m", "input": "hi",
+            "tools": [{"type": "namespace", "name": namespace, "tools": [
+                {"type": kind, "name": "list_pull_request_review_comments"}]}],
+            "tool_choice": {"type": kind, "namespace": namespace,
+                            "name": "list_pull_request_review_comments"}}))
+        .unwrap();
+        assert_eq!(
+            request.tool_choice,
+            freehold_protocol::ToolChoice::Tool {
+                name: request.tools[0].name.clone()
+            },
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn a_namespace_cut_after_an_underscore_does_not_double_the_separator() {
+    // Cut to 12 bytes, the namespace would end in `_`.
+    let (request, _) = decode_json(json!({"model": "m", "input": "hi", "tools": [
+        {"type": "namespace", "name": "mcp__github_enterprise", "tools": [
+            {"type": "function", "name": "x".repeat(41)}]}]}))
+    .unwrap();
+    let name = &request.tools[0].name;
+    assert!(name.starts_with("mcp__github_"), "{name}");
+    assert!(!name.starts_with("mcp__github__"), "{name}");
+    assert_eq!(name.matches("__").count(), 2, "{name}");
+    assert!(name.len() <= 64, "{name}");
+}
+
+#[test]
 fn shortened_names_cut_long_parts_on_character_boundaries() {
     let cases = [
         // A namespace of 2-byte characters, cut between two of them.
