@@ -784,6 +784,10 @@ pub fn classify_status(status: u16, headers: &HeaderMap, message: &str) -> Error
     match status {
         400 | 413 | 422 if is_context_length_message(message) => context_length_kind(message),
         400 | 405 | 409 | 413 | 415 | 422 => ErrorKind::InvalidRequest,
+        // The model's chat template refused the conversation, which
+        // llama.cpp's server reports as its own failure: asking again, or
+        // another replica of the same model, cannot help.
+        500 if is_template_refusal(message) => ErrorKind::InvalidRequest,
         401 => ErrorKind::Authentication,
         402 | 403 => ErrorKind::Permission,
         404 => ErrorKind::NotFound,
@@ -797,6 +801,14 @@ pub fn classify_status(status: u16, headers: &HeaderMap, message: &str) -> Error
         500..=599 => ErrorKind::Server,
         _ => ErrorKind::InvalidRequest,
     }
+}
+
+/// Whether an error message is a chat template's own refusal of the
+/// conversation (its `raise_exception`, as llama.cpp words it: `Jinja
+/// Exception: System message must be at the beginning.`), rather than a
+/// fault of the server.
+fn is_template_refusal(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("jinja exception")
 }
 
 /// Whether an error message says the prompt does not fit the context.

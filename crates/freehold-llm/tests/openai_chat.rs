@@ -1036,3 +1036,168 @@ async fn a_refused_late_system_message_is_sent_again_as_user_text() {
     assert_eq!(error.status, Some(413), "{error:?}");
     assert_eq!(server.requests().len(), 1);
 }
+
+/// What llama.cpp's server answers when a Qwen3 template refuses a late
+/// system message: a 500 of its own, the template's words inside.
+fn llama_cpp_template_refusal() -> Scripted {
+    Scripted::json(
+        500,
+        json!({"error": {"code": 500, "type": "server_error", "message":
+            "\n------------\nWhile executing CallExpression at line 85, column 32 in source:\n\
+             ...first %}\n    {{- raise_exception('System message must be at the beginnin...\n\
+             Error: Jinja Exception: System message must be at the beginning."}}),
+    )
+}
+
+fn answered(text: &str) -> Scripted {
+    Scripted::json(
+        200,
+        json!({"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-test",
+               "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": text}}]}),
+    )
+}
+
+/// A conversation with a system message inside, as Claude Code sends.
+fn late_system_conversation(model: &str) -> ChatRequest {
+    ChatRequest::new(
+        model,
+        vec![
+            Message::system("Be brief."),
+            Message::user("Hi"),
+            Message::system("cwd: /w"),
+        ],
+    )
+}
+
+fn has_late_system_message(body: &serde_json::Value) -> bool {
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .any(|message| message["role"] == "system")
+}
+
+/// llama.cpp's server reports a template's refusal as a 500: it is the
+/// request's fault, not retried as a server failure, and sent folded.
+#[tokio::test]
+async fn a_template_refusal_reported_as_a_500_is_folded_not_retried() {
+    let server = MockServer::start(vec![llama_cpp_template_refusal(), answered("Hello!")]).await;
+    let answer = client(&server)
+        .complete(late_system_conversation("qwen3"))
+        .await
+        .unwrap();
+    assert_eq!(answer.message.text(), "Hello!");
+    let sent: Vec<serde_json::Value> = server.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(sent.len(), 2, "no retry of the same refusal: {sent:?}");
+    assert!(has_late_system_message(&sent[0]));
+    assert!(!has_late_system_message(&sent[1]), "{}", sent[1]);
+
+    // Refused folded too: the template's refusal is the error, as a
+    // request's (400), not a server's failure.
+    let server = MockServer::start(vec![
+        llama_cpp_template_refusal(),
+        llama_cpp_template_refusal(),
+    ])
+    .await;
+    let error = client(&server)
+        .complete(late_system_conversation("qwen3"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest, "{error:?}");
+    assert!(error.message.contains("System message"), "{error:?}");
+    assert_eq!(server.requests().len(), 2);
+
+    // Any other 500 is still the server's failure, retried, not folded.
+    let server = MockServer::start(vec![Scripted::json(
+        500,
+        json!({"error": {"code": 500, "type": "server_error", "message": "out of memory"}}),
+    )])
+    .await;
+    let error = client(&server)
+        .complete(late_system_conversation("qwen3"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Server, "{error:?}");
+    let sent: Vec<serde_json::Value> = server.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(sent.len(), 3, "one attempt and two retries");
+    assert!(sent.iter().all(has_late_system_message));
+}
+
+/// Once a model's template has taken a conversation only folded, its later
+/// conversations are folded before they are sent, not refused first; other
+/// models still go as asked.
+#[tokio::test]
+async fn a_model_that_needed_folding_is_folded_from_then_on() {
+    let server = MockServer::start(vec![
+        llama_cpp_template_refusal(),
+        answered("one"),
+        answered("two"),
+        answered("three"),
+        answered("four"),
+    ])
+    .await;
+    let client = client(&server);
+    for expected in ["one", "two"] {
+        let answer = client
+            .complete(late_system_conversation("qwen3"))
+            .await
+            .unwrap();
+        assert_eq!(answer.message.text(), expected);
+    }
+    // A clone (as the router holds) shares what was learned.
+    let clone = client.clone();
+    let answer = clone
+        .complete(late_system_conversation("qwen3"))
+        .await
+        .unwrap();
+    assert_eq!(answer.message.text(), "three");
+    let answer = client
+        .complete(late_system_conversation("another-model"))
+        .await
+        .unwrap();
+    assert_eq!(answer.message.text(), "four");
+
+    let sent: Vec<serde_json::Value> = server.requests().iter().map(|r| r.json()).collect();
+    let late: Vec<bool> = sent.iter().map(has_late_system_message).collect();
+    assert_eq!(late, [true, false, false, false, true], "{sent:?}");
+}
+
+/// vLLM's `/tokenize` renders the template as its chat does: a count
+/// refused for a late system message is asked again folded.
+#[tokio::test]
+async fn vllm_counts_a_conversation_its_template_takes_only_folded() {
+    let server = MockServer::start(vec![
+        Scripted::json(
+            400,
+            json!({"object": "error", "type": "BadRequestError", "code": 400,
+                   "message": "System message must be at the beginning."}),
+        ),
+        Scripted::json(
+            200,
+            json!({"count": 31, "max_model_len": 32768, "tokens": []}),
+        ),
+        Scripted::json(
+            200,
+            json!({"count": 31, "max_model_len": 32768, "tokens": []}),
+        ),
+    ])
+    .await;
+    let vllm = configured("preset = \"vllm\"", &server);
+    for _ in 0..2 {
+        assert_eq!(
+            vllm.count_input_tokens(late_system_conversation("qwen3"))
+                .await
+                .unwrap(),
+            Some(31)
+        );
+    }
+    let sent: Vec<serde_json::Value> = server.requests().iter().map(|r| r.json()).collect();
+    let late: Vec<bool> = sent.iter().map(has_late_system_message).collect();
+    assert_eq!(
+        late,
+        [true, false, false],
+        "the second count folded at once"
+    );
+}

@@ -1,13 +1,14 @@
 //! The OpenAI Chat Completions client, for OpenAI and every compatible server.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use freehold_protocol::{
     Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
     ModelInfo, fold_system_messages,
 };
+use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
@@ -29,10 +30,19 @@ pub struct OpenAiChatClient {
     /// `{base_url}/chat/completions`, parsed once: reqwest would parse the
     /// text again on every request. The error is reported on each request.
     completions_url: Result<reqwest::Url, String>,
-    /// Whether the first folded retry ([`Self::post_folding_on_refusal`])
-    /// was logged.
-    folding_logged: Arc<AtomicBool>,
+    /// The models (as the server names them) whose chat template refused a
+    /// conversation that it then took folded ([`Self::with_folding`]):
+    /// their conversations are folded before they are sent. Shared by the
+    /// clones of this client, lost with it (a reload that changes the
+    /// provider builds a new one), and at most [`FOLDED_MODELS_KEPT`], as a server that takes
+    /// any model name would otherwise let its clients grow it.
+    folded_models: Arc<Mutex<BTreeSet<String>>>,
 }
+
+/// How many models [`OpenAiChatClient`] remembers as needing their
+/// conversations folded; past that, the others are still folded, but only
+/// after each refusal.
+const FOLDED_MODELS_KEPT: usize = 64;
 
 impl OpenAiChatClient {
     /// A client speaking `dialect` to `options.base_url`.
@@ -53,7 +63,7 @@ impl OpenAiChatClient {
             transport,
             headers,
             completions_url,
-            folding_logged: Arc::new(AtomicBool::new(false)),
+            folded_models: Arc::default(),
         })
     }
 }
@@ -78,14 +88,22 @@ impl OpenAiChatClient {
         }
     }
 
-    /// [`Self::post`]; when the server refuses the request as invalid (400
-    /// or 422) and its system messages are more than one, or not first,
-    /// sends it once more with them folded into one system message first
-    /// and user text ([`fold_system_messages`]). Servers that render the
-    /// model's own chat template (vLLM, llama.cpp, LM Studio, SGLang) refuse
-    /// the others for models whose template allows a system message only at
-    /// the start (some Qwen, Gemma and Mistral templates); Claude Code sends
-    /// system messages inside the conversation, Codex two at its start.
+    /// Sends `request` with `send` (given this client), folding its system messages when the
+    /// model's chat template is known to want that, or once it refuses
+    /// them.
+    ///
+    /// When the server refuses the request as invalid (400 or 422, or a
+    /// 500 for a template's own refusal, as llama.cpp's server reports
+    /// it) and its system messages are more than one, or not first, it is
+    /// sent once more with them folded into one system message first and
+    /// user text ([`fold_system_messages`]). Servers that render the
+    /// model's own chat template (vLLM, llama.cpp, LM Studio, SGLang)
+    /// refuse the others for models whose template allows a system message
+    /// only at the start (some Qwen, Gemma and Mistral templates); Claude
+    /// Code sends system messages inside the conversation, Codex two at
+    /// its start. A model whose folded conversation is taken is
+    /// remembered, and its later conversations are folded before the first
+    /// try: an agent's every request would otherwise be sent twice.
     ///
     /// If the second try is refused as invalid as well, the first refusal
     /// is the error (it describes what was asked); any other failure of the
@@ -94,15 +112,27 @@ impl OpenAiChatClient {
     /// refused for its template first), so that Claude Code and Codex
     /// compact; a timeout, a 5xx or a rate limit, so that the router's
     /// retries and fallbacks still apply.
-    async fn post_folding_on_refusal(
+    async fn with_folding<T>(
         &self,
         request: &ChatRequest,
-        stream: bool,
-    ) -> Result<Response, LlmError> {
-        match self.post(request, stream).await {
+        send: impl for<'a> Fn(&'a Self, &'a ChatRequest) -> BoxFuture<'a, Result<T, LlmError>>,
+    ) -> Result<T, LlmError> {
+        if self.folds_first(&request.model) {
+            return match fold_system_messages(&request.messages) {
+                Some(messages) => {
+                    let folded = ChatRequest {
+                        messages,
+                        ..request.clone()
+                    };
+                    send(self, &folded).await
+                }
+                None => send(self, request).await,
+            };
+        }
+        match send(self, request).await {
             Err(refused)
                 if refused.kind == ErrorKind::InvalidRequest
-                    && matches!(refused.status, Some(400 | 422)) =>
+                    && matches!(refused.status, Some(400 | 422 | 500)) =>
             {
                 let Some(messages) = fold_system_messages(&request.messages) else {
                     return Err(refused);
@@ -115,27 +145,46 @@ impl OpenAiChatClient {
                     messages,
                     ..request.clone()
                 };
-                match self.post(&folded, stream).await {
+                match send(self, &folded).await {
                     Err(again) if again.kind == ErrorKind::InvalidRequest => Err(refused),
                     Err(again) => Err(again),
                     Ok(answer) => {
-                        // The refusal's text is not logged: a server may
-                        // echo the prompt in it.
-                        if !self.folding_logged.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(
-                                provider = %self.options.name,
-                                "the server refused a conversation whose system messages are \
-                                 not one and first (as its model's chat template may require) \
-                                 and answered it folded; such conversations are sent twice \
-                                 (logged once)"
-                            );
-                        }
+                        self.remember_folding(&request.model);
                         Ok(answer)
                     }
                 }
             }
             answered => answered,
         }
+    }
+
+    /// Whether `model`'s conversations are folded before they are sent.
+    fn folds_first(&self, model: &str) -> bool {
+        self.folded_models
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(model)
+    }
+
+    /// Remembers that `model`'s template took a conversation only folded.
+    fn remember_folding(&self, model: &str) {
+        let mut models = self
+            .folded_models
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if models.len() >= FOLDED_MODELS_KEPT || !models.insert(model.to_owned()) {
+            return;
+        }
+        drop(models);
+        // The refusal's text is not logged: a server may echo the prompt
+        // in it.
+        tracing::warn!(
+            provider = %self.options.name,
+            model,
+            "the server refused a conversation whose system messages are not one and first \
+             (as its model's chat template may require) and answered it folded; this model's \
+             conversations are folded from now on"
+        );
     }
 }
 
@@ -154,7 +203,11 @@ impl Provider for OpenAiChatClient {
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        let response = self.post_folding_on_refusal(&request, true).await?;
+        let response = self
+            .with_folding(&request, |client, request| {
+                Box::pin(client.post(request, true))
+            })
+            .await?;
         let events = self.transport.sse_stream(response);
         Ok(self
             .transport
@@ -162,7 +215,11 @@ impl Provider for OpenAiChatClient {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let response = self.post_folding_on_refusal(&request, false).await?;
+        let response = self
+            .with_folding(&request, |client, request| {
+                Box::pin(client.post(request, false))
+            })
+            .await?;
         let response: CompletionResponse = self.transport.read_json_as(response).await?;
         openai_chat::decode_response(&self.options.name, response)
     }
@@ -232,8 +289,27 @@ impl OpenAiChatClient {
         base.strip_suffix("/v1").unwrap_or(base)
     }
 
-    /// vLLM's `POST /tokenize`, beside the `/v1` root.
+    /// vLLM's `POST /tokenize`, beside the `/v1` root. It renders the
+    /// model's chat template as the chat does, so it is folded as the chat
+    /// is ([`Self::with_folding`]).
     async fn count_with_tokenize(&self, request: &ChatRequest) -> Result<Option<u64>, LlmError> {
+        let sent = self
+            .with_folding(request, |client, request| {
+                Box::pin(client.post_tokenize(request))
+            })
+            .await?;
+        let Some(response) = sent else {
+            return Ok(None);
+        };
+        // A server whose `/tokenize` is another (llama.cpp's takes text and
+        // answers `{"tokens"}`) gives no count: the caller estimates.
+        let answer = self.transport.read_json(response).await?;
+        Ok(answer.get("count").and_then(serde_json::Value::as_u64))
+    }
+
+    /// Sends `request`'s conversation and tools to `POST /tokenize`;
+    /// `None` when the server has no such endpoint.
+    async fn post_tokenize(&self, request: &ChatRequest) -> Result<Option<Response>, LlmError> {
         let encoded = openai_chat::encode_request(request, self.dialect, false);
         let mut body = serde_json::to_value(&encoded).map_err(|error| {
             self.transport
@@ -244,16 +320,7 @@ impl OpenAiChatClient {
             fields.insert("add_generation_prompt".into(), true.into());
         }
         let url = format!("{}/tokenize", self.server_root());
-        let sent =
-            post_to_optional_endpoint(&self.transport, &url, &self.headers, &body, &request.model)
-                .await?;
-        let Some(response) = sent else {
-            return Ok(None);
-        };
-        // A server whose `/tokenize` is another (llama.cpp's takes text and
-        // answers `{"tokens"}`) gives no count: the caller estimates.
-        let answer = self.transport.read_json(response).await?;
-        Ok(answer.get("count").and_then(serde_json::Value::as_u64))
+        post_to_optional_endpoint(&self.transport, &url, &self.headers, &body, &request.model).await
     }
 }
 
