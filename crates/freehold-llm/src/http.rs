@@ -784,9 +784,9 @@ pub fn classify_status(status: u16, headers: &HeaderMap, message: &str) -> Error
     match status {
         400 | 413 | 422 if is_context_length_message(message) => context_length_kind(message),
         400 | 405 | 409 | 413 | 415 | 422 => ErrorKind::InvalidRequest,
-        // The model's chat template refused the conversation, which
-        // llama.cpp's server reports as its own failure: asking again, or
-        // another replica of the same model, cannot help.
+        // The model's chat template refused the conversation's system
+        // messages, which llama.cpp's server reports as its own failure:
+        // asking again, or another replica of the same model, cannot help.
         500 if is_template_refusal(message) => ErrorKind::InvalidRequest,
         401 => ErrorKind::Authentication,
         402 | 403 => ErrorKind::Permission,
@@ -803,12 +803,16 @@ pub fn classify_status(status: u16, headers: &HeaderMap, message: &str) -> Error
     }
 }
 
-/// Whether an error message is a chat template's own refusal of the
-/// conversation (its `raise_exception`, as llama.cpp words it: `Jinja
-/// Exception: System message must be at the beginning.`), rather than a
-/// fault of the server.
+/// Whether an error message is a chat template's own refusal of where
+/// the conversation's system messages are (its `raise_exception`, as
+/// llama.cpp words it: `Jinja Exception: System message must be at the
+/// beginning.`), rather than a fault of the server. Only that refusal:
+/// folding the system messages answers it, and any other template
+/// failure (a broken template, roles that must alternate) stays the
+/// server's, so that the router can still fall back to another provider.
 fn is_template_refusal(message: &str) -> bool {
-    message.to_ascii_lowercase().contains("jinja exception")
+    let lower = message.to_ascii_lowercase();
+    lower.contains("jinja exception") && lower.contains("system message")
 }
 
 /// Whether an error message says the prompt does not fit the context.
@@ -938,6 +942,23 @@ mod tests {
         assert_eq!(
             classify_status(400, &none, "bad field"),
             ErrorKind::InvalidRequest
+        );
+        // A template's refusal of a late system message, which llama.cpp
+        // reports as a 500, is the request's; other template failures and
+        // other statuses stay the server's.
+        let refusal = "Error: JINJA Exception: System message must be at the beginning.";
+        assert_eq!(
+            classify_status(500, &none, refusal),
+            ErrorKind::InvalidRequest
+        );
+        assert_eq!(classify_status(502, &none, refusal), ErrorKind::Server);
+        assert_eq!(
+            classify_status(
+                500,
+                &none,
+                "Jinja Exception: Conversation roles must alternate user/assistant"
+            ),
+            ErrorKind::Server
         );
     }
 

@@ -1164,24 +1164,70 @@ async fn a_model_that_needed_folding_is_folded_from_then_on() {
     assert_eq!(late, [true, false, false, false, true], "{sent:?}");
 }
 
+/// A stream is folded at once too; a remembered model whose folded
+/// conversation is refused gets that refusal, without another try.
+#[tokio::test]
+async fn a_remembered_model_streams_folded_and_its_refusals_are_final() {
+    let server = MockServer::start(vec![
+        llama_cpp_template_refusal(),
+        answered("learned"),
+        Scripted::sse(&text_stream(), Split::Whole),
+        Scripted::json(400, json!({"error": {"message": "tools: invalid schema"}})),
+        answered("never sent"),
+    ])
+    .await;
+    let client = client(&server);
+    client
+        .complete(late_system_conversation("qwen3"))
+        .await
+        .unwrap();
+    let stream = client
+        .stream(late_system_conversation("qwen3"))
+        .await
+        .unwrap();
+    let (events, error) = drain(stream).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text_of(&events), "Héllo, wörld ✓");
+    let error = client
+        .complete(late_system_conversation("qwen3"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest);
+    assert!(error.message.contains("invalid schema"), "{error:?}");
+
+    let sent: Vec<serde_json::Value> = server.requests().iter().map(|r| r.json()).collect();
+    let late: Vec<bool> = sent.iter().map(has_late_system_message).collect();
+    assert_eq!(late, [true, false, false, false], "{sent:?}");
+    assert_eq!(sent[2]["stream"], true);
+}
+
 /// vLLM's `/tokenize` renders the template as its chat does: a count
-/// refused for a late system message is asked again folded.
+/// refused for a late system message is asked again folded. Counts follow
+/// what the chat taught, and teach nothing themselves.
 #[tokio::test]
 async fn vllm_counts_a_conversation_its_template_takes_only_folded() {
-    let server = MockServer::start(vec![
+    let refusal = || {
         Scripted::json(
             400,
             json!({"object": "error", "type": "BadRequestError", "code": 400,
                    "message": "System message must be at the beginning."}),
-        ),
+        )
+    };
+    let count = || {
         Scripted::json(
             200,
             json!({"count": 31, "max_model_len": 32768, "tokens": []}),
-        ),
-        Scripted::json(
-            200,
-            json!({"count": 31, "max_model_len": 32768, "tokens": []}),
-        ),
+        )
+    };
+    let server = MockServer::start(vec![
+        refusal(),
+        count(),
+        refusal(),
+        count(),
+        // The chat, which teaches.
+        refusal(),
+        answered("ok"),
+        count(),
     ])
     .await;
     let vllm = configured("preset = \"vllm\"", &server);
@@ -1193,11 +1239,37 @@ async fn vllm_counts_a_conversation_its_template_takes_only_folded() {
             Some(31)
         );
     }
-    let sent: Vec<serde_json::Value> = server.requests().iter().map(|r| r.json()).collect();
-    let late: Vec<bool> = sent.iter().map(has_late_system_message).collect();
+    vllm.complete(late_system_conversation("qwen3"))
+        .await
+        .unwrap();
     assert_eq!(
-        late,
-        [true, false, false],
-        "the second count folded at once"
+        vllm.count_input_tokens(late_system_conversation("qwen3"))
+            .await
+            .unwrap(),
+        Some(31)
+    );
+    let sent: Vec<(String, bool)> = server
+        .requests()
+        .iter()
+        .map(|request| {
+            (
+                request.uri.clone(),
+                has_late_system_message(&request.json()),
+            )
+        })
+        .collect();
+    let counted = |late| ("/tokenize".to_owned(), late);
+    let chatted = |late| ("/v1/chat/completions".to_owned(), late);
+    assert_eq!(
+        sent,
+        [
+            counted(true),
+            counted(false),
+            counted(true),
+            counted(false),
+            chatted(true),
+            chatted(false),
+            counted(false),
+        ]
     );
 }

@@ -88,22 +88,24 @@ impl OpenAiChatClient {
         }
     }
 
-    /// Sends `request` with `send` (given this client), folding its system messages when the
-    /// model's chat template is known to want that, or once it refuses
-    /// them.
+    /// Sends `request` with `send` (given this client), folding its system
+    /// messages when the model's chat template is known to want that, or
+    /// once it refuses them.
     ///
     /// When the server refuses the request as invalid (400 or 422, or a
-    /// 500 for a template's own refusal, as llama.cpp's server reports
-    /// it) and its system messages are more than one, or not first, it is
-    /// sent once more with them folded into one system message first and
-    /// user text ([`fold_system_messages`]). Servers that render the
-    /// model's own chat template (vLLM, llama.cpp, LM Studio, SGLang)
-    /// refuse the others for models whose template allows a system message
-    /// only at the start (some Qwen, Gemma and Mistral templates); Claude
-    /// Code sends system messages inside the conversation, Codex two at
-    /// its start. A model whose folded conversation is taken is
-    /// remembered, and its later conversations are folded before the first
-    /// try: an agent's every request would otherwise be sent twice.
+    /// 500 for a template's refusal of its system messages, as llama.cpp's
+    /// server reports it) and its system messages are more than one, or
+    /// not first, it is sent once more with them folded into one system
+    /// message first and user text ([`fold_system_messages`]). Servers that
+    /// render the model's own chat template (vLLM, llama.cpp, LM Studio,
+    /// SGLang) refuse the others for models whose template allows a system
+    /// message only at the start (some Qwen, Gemma and Mistral templates);
+    /// Claude Code sends system messages inside the conversation, Codex two
+    /// at its start. With `learn`, a model whose folded conversation is
+    /// taken is remembered, and its later conversations are folded before
+    /// the first try: an agent's every request would otherwise be sent
+    /// twice. Only the chat endpoint teaches that; other endpoints (a token
+    /// count) follow what it taught.
     ///
     /// If the second try is refused as invalid as well, the first refusal
     /// is the error (it describes what was asked); any other failure of the
@@ -114,47 +116,42 @@ impl OpenAiChatClient {
     /// retries and fallbacks still apply.
     async fn with_folding<T>(
         &self,
-        request: &ChatRequest,
+        mut request: ChatRequest,
+        learn: bool,
         send: impl for<'a> Fn(&'a Self, &'a ChatRequest) -> BoxFuture<'a, Result<T, LlmError>>,
     ) -> Result<T, LlmError> {
         if self.folds_first(&request.model) {
-            return match fold_system_messages(&request.messages) {
-                Some(messages) => {
-                    let folded = ChatRequest {
-                        messages,
-                        ..request.clone()
-                    };
-                    send(self, &folded).await
-                }
-                None => send(self, request).await,
-            };
+            if let Some(folded) = fold_system_messages(&request.messages) {
+                request.messages = folded;
+            }
+            return send(self, &request).await;
         }
-        match send(self, request).await {
+        let refused = match send(self, &request).await {
             Err(refused)
                 if refused.kind == ErrorKind::InvalidRequest
                     && matches!(refused.status, Some(400 | 422 | 500)) =>
             {
-                let Some(messages) = fold_system_messages(&request.messages) else {
-                    return Err(refused);
-                };
-                tracing::debug!(
-                    provider = %self.options.name,
-                    "refused as invalid; sending again with the system messages folded"
-                );
-                let folded = ChatRequest {
-                    messages,
-                    ..request.clone()
-                };
-                match send(self, &folded).await {
-                    Err(again) if again.kind == ErrorKind::InvalidRequest => Err(refused),
-                    Err(again) => Err(again),
-                    Ok(answer) => {
-                        self.remember_folding(&request.model);
-                        Ok(answer)
-                    }
-                }
+                refused
             }
-            answered => answered,
+            answered => return answered,
+        };
+        let Some(folded) = fold_system_messages(&request.messages) else {
+            return Err(refused);
+        };
+        tracing::debug!(
+            provider = %self.options.name,
+            "refused as invalid; sending again with the system messages folded"
+        );
+        request.messages = folded;
+        match send(self, &request).await {
+            Err(again) if again.kind == ErrorKind::InvalidRequest => Err(refused),
+            Err(again) => Err(again),
+            Ok(answer) => {
+                if learn {
+                    self.remember_folding(&request.model);
+                }
+                Ok(answer)
+            }
         }
     }
 
@@ -172,19 +169,33 @@ impl OpenAiChatClient {
             .folded_models
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if models.len() >= FOLDED_MODELS_KEPT || !models.insert(model.to_owned()) {
+        if models.contains(model) {
             return;
+        }
+        let full = models.len() >= FOLDED_MODELS_KEPT;
+        if !full {
+            models.insert(model.to_owned());
         }
         drop(models);
         // The refusal's text is not logged: a server may echo the prompt
         // in it.
-        tracing::warn!(
-            provider = %self.options.name,
-            model,
-            "the server refused a conversation whose system messages are not one and first \
-             (as its model's chat template may require) and answered it folded; this model's \
-             conversations are folded from now on"
-        );
+        if full {
+            tracing::warn!(
+                provider = %self.options.name,
+                model,
+                "the server answered a conversation only with its system messages folded; \
+                 {FOLDED_MODELS_KEPT} models are remembered as needing that already, so this \
+                 one's conversations will each be refused once before they are folded"
+            );
+        } else {
+            tracing::warn!(
+                provider = %self.options.name,
+                model,
+                "the server refused a conversation whose system messages are not one and \
+                 first (as its model's chat template may require) and answered it folded; this \
+                 model's conversations are folded from now on"
+            );
+        }
     }
 }
 
@@ -204,7 +215,7 @@ impl Provider for OpenAiChatClient {
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
         let response = self
-            .with_folding(&request, |client, request| {
+            .with_folding(request, true, |client, request| {
                 Box::pin(client.post(request, true))
             })
             .await?;
@@ -216,7 +227,7 @@ impl Provider for OpenAiChatClient {
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let response = self
-            .with_folding(&request, |client, request| {
+            .with_folding(request, true, |client, request| {
                 Box::pin(client.post(request, false))
             })
             .await?;
@@ -243,7 +254,7 @@ impl Provider for OpenAiChatClient {
     async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
         let borrowed = match self.dialect.token_count {
             TokenCountEndpoint::None => return Ok(None),
-            TokenCountEndpoint::Tokenize => self.count_with_tokenize(&request).await,
+            TokenCountEndpoint::Tokenize => self.count_with_tokenize(request).await,
             TokenCountEndpoint::MessagesCountTokens => {
                 super::anthropic::count_with_messages_endpoint(
                     &self.transport,
@@ -291,10 +302,11 @@ impl OpenAiChatClient {
 
     /// vLLM's `POST /tokenize`, beside the `/v1` root. It renders the
     /// model's chat template as the chat does, so it is folded as the chat
-    /// is ([`Self::with_folding`]).
-    async fn count_with_tokenize(&self, request: &ChatRequest) -> Result<Option<u64>, LlmError> {
+    /// is ([`Self::with_folding`]), but teaches nothing: another endpoint
+    /// may validate otherwise.
+    async fn count_with_tokenize(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
         let sent = self
-            .with_folding(request, |client, request| {
+            .with_folding(request, false, |client, request| {
                 Box::pin(client.post_tokenize(request))
             })
             .await?;
