@@ -8,7 +8,6 @@ use freehold_protocol::{
     Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
     ModelInfo, fold_system_messages,
 };
-use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
@@ -31,11 +30,12 @@ pub struct OpenAiChatClient {
     /// text again on every request. The error is reported on each request.
     completions_url: Result<reqwest::Url, String>,
     /// The models (as the server names them) whose chat template refused a
-    /// conversation that it then took folded ([`Self::with_folding`]):
+    /// conversation that it then took folded ([`Self::post_folding`]):
     /// their conversations are folded before they are sent. Shared by the
     /// clones of this client, lost with it (a reload that changes the
-    /// provider builds a new one), and at most [`FOLDED_MODELS_KEPT`], as a server that takes
-    /// any model name would otherwise let its clients grow it.
+    /// provider builds a new one), and at most [`FOLDED_MODELS_KEPT`], as a
+    /// server that takes any model name would otherwise let its clients
+    /// grow it.
     folded_models: Arc<Mutex<BTreeSet<String>>>,
 }
 
@@ -88,9 +88,9 @@ impl OpenAiChatClient {
         }
     }
 
-    /// Sends `request` with `send` (given this client), folding its system
-    /// messages when the model's chat template is known to want that, or
-    /// once it refuses them.
+    /// [`Self::post`], folding the conversation's system messages when the
+    /// model's chat template is known to want that, or once it refuses
+    /// them.
     ///
     /// When the server refuses the request as invalid (400 or 422, or a
     /// 500 for a template's refusal of its system messages, as llama.cpp's
@@ -101,11 +101,9 @@ impl OpenAiChatClient {
     /// SGLang) refuse the others for models whose template allows a system
     /// message only at the start (some Qwen, Gemma and Mistral templates);
     /// Claude Code sends system messages inside the conversation, Codex two
-    /// at its start. With `learn`, a model whose folded conversation is
-    /// taken is remembered, and its later conversations are folded before
-    /// the first try: an agent's every request would otherwise be sent
-    /// twice. Only the chat endpoint teaches that; other endpoints (a token
-    /// count) follow what it taught.
+    /// at its start. A model whose folded conversation is answered is
+    /// remembered, and its later conversations are folded before the first
+    /// try: an agent's every request would otherwise be sent twice.
     ///
     /// If the second try is refused as invalid as well, the first refusal
     /// is the error (it describes what was asked); any other failure of the
@@ -114,45 +112,54 @@ impl OpenAiChatClient {
     /// refused for its template first), so that Claude Code and Codex
     /// compact; a timeout, a 5xx or a rate limit, so that the router's
     /// retries and fallbacks still apply.
-    async fn with_folding<T>(
+    async fn post_folding(
         &self,
         mut request: ChatRequest,
-        learn: bool,
-        send: impl for<'a> Fn(&'a Self, &'a ChatRequest) -> BoxFuture<'a, Result<T, LlmError>>,
-    ) -> Result<T, LlmError> {
-        if self.folds_first(&request.model) {
-            if let Some(folded) = fold_system_messages(&request.messages) {
-                request.messages = folded;
-            }
-            return send(self, &request).await;
+        stream: bool,
+    ) -> Result<Response, LlmError> {
+        if self.fold_if_known(&mut request) {
+            return self.post(&request, stream).await;
         }
-        let refused = match send(self, &request).await {
-            Err(refused)
-                if refused.kind == ErrorKind::InvalidRequest
-                    && matches!(refused.status, Some(400 | 422 | 500)) =>
-            {
-                refused
-            }
+        let refused = match self.post(&request, stream).await {
+            Err(refused) if self.fold_for_second_try(&refused, &mut request) => refused,
             answered => return answered,
         };
+        let again = self.post(&request, stream).await;
+        if again.is_ok() {
+            self.remember_folding(&request.model);
+        }
+        second_try(refused, again)
+    }
+
+    /// Folds `request` in place if its model is known to need it; whether
+    /// it was, which leaves no second try.
+    fn fold_if_known(&self, request: &mut ChatRequest) -> bool {
+        if !self.folds_first(&request.model) {
+            return false;
+        }
+        if let Some(folded) = fold_system_messages(&request.messages) {
+            request.messages = folded;
+        }
+        true
+    }
+
+    /// Folds `request` in place if `refused` is a refusal that folding may
+    /// answer and folding changes it; whether to send it again.
+    fn fold_for_second_try(&self, refused: &LlmError, request: &mut ChatRequest) -> bool {
+        if refused.kind != ErrorKind::InvalidRequest
+            || !matches!(refused.status, Some(400 | 422 | 500))
+        {
+            return false;
+        }
         let Some(folded) = fold_system_messages(&request.messages) else {
-            return Err(refused);
+            return false;
         };
         tracing::debug!(
             provider = %self.options.name,
             "refused as invalid; sending again with the system messages folded"
         );
         request.messages = folded;
-        match send(self, &request).await {
-            Err(again) if again.kind == ErrorKind::InvalidRequest => Err(refused),
-            Err(again) => Err(again),
-            Ok(answer) => {
-                if learn {
-                    self.remember_folding(&request.model);
-                }
-                Ok(answer)
-            }
-        }
+        true
     }
 
     /// Whether `model`'s conversations are folded before they are sent.
@@ -199,6 +206,16 @@ impl OpenAiChatClient {
     }
 }
 
+/// The outcome of a folded second try after `refused`: its answer; the
+/// first refusal if it was refused as well (that one describes what was
+/// asked); any other failure as itself.
+fn second_try<T>(refused: LlmError, again: Result<T, LlmError>) -> Result<T, LlmError> {
+    match again {
+        Err(again) if again.kind == ErrorKind::InvalidRequest => Err(refused),
+        again => again,
+    }
+}
+
 #[async_trait]
 impl Provider for OpenAiChatClient {
     fn name(&self) -> &str {
@@ -214,11 +231,7 @@ impl Provider for OpenAiChatClient {
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        let response = self
-            .with_folding(request, true, |client, request| {
-                Box::pin(client.post(request, true))
-            })
-            .await?;
+        let response = self.post_folding(request, true).await?;
         let events = self.transport.sse_stream(response);
         Ok(self
             .transport
@@ -226,11 +239,7 @@ impl Provider for OpenAiChatClient {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let response = self
-            .with_folding(request, true, |client, request| {
-                Box::pin(client.post(request, false))
-            })
-            .await?;
+        let response = self.post_folding(request, false).await?;
         let response: CompletionResponse = self.transport.read_json_as(response).await?;
         openai_chat::decode_response(&self.options.name, response)
     }
@@ -302,14 +311,19 @@ impl OpenAiChatClient {
 
     /// vLLM's `POST /tokenize`, beside the `/v1` root. It renders the
     /// model's chat template as the chat does, so it is folded as the chat
-    /// is ([`Self::with_folding`]), but teaches nothing: another endpoint
+    /// is ([`Self::post_folding`]), but teaches nothing: another endpoint
     /// may validate otherwise.
-    async fn count_with_tokenize(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
-        let sent = self
-            .with_folding(request, false, |client, request| {
-                Box::pin(client.post_tokenize(request))
-            })
-            .await?;
+    async fn count_with_tokenize(&self, mut request: ChatRequest) -> Result<Option<u64>, LlmError> {
+        let sent = if self.fold_if_known(&mut request) {
+            self.post_tokenize(&request).await
+        } else {
+            match self.post_tokenize(&request).await {
+                Err(refused) if self.fold_for_second_try(&refused, &mut request) => {
+                    second_try(refused, self.post_tokenize(&request).await)
+                }
+                answered => answered,
+            }
+        }?;
         let Some(response) = sent else {
             return Ok(None);
         };
