@@ -953,6 +953,10 @@ mod tests {
         );
         assert_eq!(classify_status(502, &none, refusal), ErrorKind::Server);
         assert_eq!(
+            classify_status(500, &none, "failed to load the system message cache"),
+            ErrorKind::Server
+        );
+        assert_eq!(
             classify_status(
                 500,
                 &none,

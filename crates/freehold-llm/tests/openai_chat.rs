@@ -998,8 +998,9 @@ async fn a_refused_late_system_message_is_sent_again_as_user_text() {
     assert_eq!(error.kind, ErrorKind::Authentication, "{error:?}");
 
     // Codex's two leading system messages (instructions and its developer
-    // message) become one; a refusal that is not a 400 or 422 (a 413 body
-    // too large) is not sent again.
+    // message) become one; a refusal that is not a 400, a 422 or
+    // llama.cpp's 500 for a template (a 413 body too large) is not sent
+    // again.
     let two_first = vec![
         Message::system("Be brief."),
         Message::system("Skills."),
@@ -1162,6 +1163,20 @@ async fn a_model_that_needed_folding_is_folded_from_then_on() {
     let sent: Vec<serde_json::Value> = server.requests().iter().map(|r| r.json()).collect();
     let late: Vec<bool> = sent.iter().map(has_late_system_message).collect();
     assert_eq!(late, [true, false, false, false, true], "{sent:?}");
+
+    // A conversation of the learned model that has nothing to fold goes
+    // once, as it is (the mock repeats its last answer).
+    let plain = ChatRequest::new(
+        "qwen3",
+        vec![Message::system("Be brief."), Message::user("Hi")],
+    );
+    client.complete(plain).await.unwrap();
+    let sent = server.requests();
+    assert_eq!(sent.len(), 6);
+    assert_eq!(
+        sent[5].json()["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    );
 }
 
 /// A stream is folded at once too; a remembered model whose folded
@@ -1272,4 +1287,51 @@ async fn vllm_counts_a_conversation_its_template_takes_only_folded() {
             counted(false),
         ]
     );
+}
+
+/// A server that takes any model name cannot make the client remember
+/// without bound: past 64 models, the others are folded after each
+/// refusal, as before anything was learned.
+#[tokio::test]
+async fn the_memory_of_models_that_need_folding_is_bounded() {
+    let mut script = Vec::new();
+    for _ in 0..66 {
+        script.push(llama_cpp_template_refusal());
+        script.push(answered("ok"));
+    }
+    let server = MockServer::start(script).await;
+    let client = client(&server);
+    for model in 0..65 {
+        client
+            .complete(late_system_conversation(&format!("model-{model}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        server.requests().len(),
+        130,
+        "each refused once, then folded"
+    );
+    // The 65th was not remembered: refused again.
+    client
+        .complete(late_system_conversation("model-64"))
+        .await
+        .unwrap();
+    let sent: Vec<bool> = server
+        .requests()
+        .iter()
+        .skip(130)
+        .map(|request| has_late_system_message(&request.json()))
+        .collect();
+    assert_eq!(sent, [true, false]);
+    // The first is still remembered.
+    client
+        .complete(late_system_conversation("model-0"))
+        .await
+        .unwrap();
+    // (The mock repeats its last answer past its script.)
+    assert!(!has_late_system_message(
+        &server.requests().last().unwrap().json()
+    ));
+    assert_eq!(server.requests().len(), 133);
 }

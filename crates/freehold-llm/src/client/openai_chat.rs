@@ -1,6 +1,7 @@
 //! The OpenAI Chat Completions client, for OpenAI and every compatible server.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
@@ -36,7 +37,7 @@ pub struct OpenAiChatClient {
     /// provider builds a new one), and at most [`FOLDED_MODELS_KEPT`], as a
     /// server that takes any model name would otherwise let its clients
     /// grow it.
-    folded_models: Arc<Mutex<BTreeSet<String>>>,
+    folded_models: Arc<FoldingMemory>,
 }
 
 /// How many models [`OpenAiChatClient`] remembers as needing their
@@ -164,37 +165,34 @@ impl OpenAiChatClient {
 
     /// Whether `model`'s conversations are folded before they are sent.
     fn folds_first(&self, model: &str) -> bool {
+        // Most servers never refuse: their requests take no lock.
+        if !self.folded_models.any.load(Ordering::Acquire) {
+            return false;
+        }
         self.folded_models
+            .learned
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .models
             .contains(model)
     }
 
     /// Remembers that `model`'s template took a conversation only folded.
     fn remember_folding(&self, model: &str) {
-        let mut models = self
+        let mut learned = self
             .folded_models
+            .learned
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if models.contains(model) {
+        if learned.models.contains(model) {
             return;
         }
-        let full = models.len() >= FOLDED_MODELS_KEPT;
-        if !full {
-            models.insert(model.to_owned());
-        }
-        drop(models);
-        // The refusal's text is not logged: a server may echo the prompt
-        // in it.
-        if full {
-            tracing::warn!(
-                provider = %self.options.name,
-                model,
-                "the server answered a conversation only with its system messages folded; \
-                 {FOLDED_MODELS_KEPT} models are remembered as needing that already, so this \
-                 one's conversations will each be refused once before they are folded"
-            );
-        } else {
+        if learned.models.len() < FOLDED_MODELS_KEPT {
+            learned.models.insert(model.to_owned());
+            drop(learned);
+            self.folded_models.any.store(true, Ordering::Release);
+            // The refusal's text is not logged: a server may echo the
+            // prompt in it.
             tracing::warn!(
                 provider = %self.options.name,
                 model,
@@ -202,8 +200,37 @@ impl OpenAiChatClient {
                  first (as its model's chat template may require) and answered it folded; this \
                  model's conversations are folded from now on"
             );
+        } else if !std::mem::replace(&mut learned.full_logged, true) {
+            drop(learned);
+            // Once: past the limit this would come with every request.
+            tracing::warn!(
+                provider = %self.options.name,
+                model,
+                "the server answered a conversation only with its system messages folded; \
+                 {FOLDED_MODELS_KEPT} models are remembered as needing that already, so this \
+                 one's conversations, and those of any other model past them, will each be \
+                 refused once before they are folded (logged once)"
+            );
         }
     }
+}
+
+/// What an [`OpenAiChatClient`] learned about its server's models'
+/// templates.
+#[derive(Debug, Default)]
+struct FoldingMemory {
+    /// Whether any model was learned: until then, no request locks.
+    any: AtomicBool,
+    learned: Mutex<FoldedModels>,
+}
+
+/// The models of [`FoldingMemory`].
+#[derive(Debug, Default)]
+struct FoldedModels {
+    /// The models whose conversations are folded before they are sent.
+    models: BTreeSet<String>,
+    /// Whether it was logged that [`FOLDED_MODELS_KEPT`] were reached.
+    full_logged: bool,
 }
 
 /// The outcome of a folded second try after `refused`: its answer; the
