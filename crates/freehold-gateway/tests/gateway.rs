@@ -2815,7 +2815,7 @@ async fn codex_namespaces_with_long_names_reach_a_provider_that_limits_names() {
 
     // The name the gateway gives the first tool below (pinned in
     // freehold-llm's tests): the namespace's start, a hash, the tool's name.
-    const SHORTENED: &str = "mcp__github_enterpri_a25a0d3e__list_pull_request_review_comments";
+    const SHORTENED: &str = "mcp__github_enterpr_a25a0d3e__list_pull_request_review_comments";
     let upstream = MockServer::start(vec![Scripted::json(
         200,
         json!({
@@ -2849,7 +2849,7 @@ async fn codex_namespaces_with_long_names_reach_a_provider_that_limits_names() {
     let (status, body, _) = post(&gw.url, "/v1/responses", Some(MASTER), &request).await;
     assert_eq!(status, 200, "{body}");
 
-    // Anthropic refuses tool names over 64 characters: none went.
+    // Anthropic refuses tool names over 64 bytes: none went.
     let sent = upstream.requests()[0].json();
     let names: Vec<&str> = sent["tools"]
         .as_array()
@@ -2858,7 +2858,7 @@ async fn codex_namespaces_with_long_names_reach_a_provider_that_limits_names() {
         .map(|tool| tool["name"].as_str().unwrap())
         .collect();
     assert_eq!(names[0], SHORTENED, "{sent}");
-    assert!(names.iter().all(|name| name.len() <= 64), "{names:?}");
+    assert!(names.iter().all(|name| name.len() <= 63), "{names:?}");
     assert!(
         names[1].ends_with("__list_pull_request_review_threads"),
         "{names:?}"

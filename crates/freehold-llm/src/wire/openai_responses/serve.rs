@@ -68,7 +68,7 @@ const FREEFORM_ARGUMENT: &str = "input";
 ///   `required` with no other tool, is still refused);
 /// - the tools of a `namespace` tool (as Codex groups an MCP server's
 ///   tools) become tools named `{namespace}__{name}` (shortened with a hash
-///   past 64 bytes), the namespace's description added to its first
+///   past 63 bytes), the namespace's description added to its first
 ///   tool's, and call items with a `namespace` calls of them (see
 ///   [`ServeOptions::namespaced_tools`]);
 /// - other tools (`file_search`, `local_shell`, `image_generation`…) are
@@ -309,13 +309,15 @@ fn namespace_description(own: &str, namespace: &str, about: &str) -> String {
     format!("{own}{separator}One of the tools of `{namespace}`: {about}")
 }
 
-/// The longest tool name OpenAI, Anthropic and Gemini accept.
-const PROVIDER_NAME_LIMIT: usize = 64;
+/// The longest tool name providers accept: 64 bytes for OpenAI and
+/// Anthropic, and for Gemini 64 in most of Google's references but 63 in
+/// some, so 63.
+const PROVIDER_NAME_LIMIT: usize = 63;
 
 /// The name a provider sees for tool `name` of namespace `namespace`:
 /// joined by one `__` as Codex flattens them itself (MCP namespaces end
 /// in `__` in some versions, and a doubled separator would both lengthen
-/// names past providers' 64 bytes and tempt the model to call the
+/// names past providers' limit and tempt the model to call the
 /// name without it).
 ///
 /// A joined name longer than providers accept (an MCP server and a tool
@@ -324,12 +326,13 @@ const PROVIDER_NAME_LIMIT: usize = 64;
 /// hex digits of a hash of the whole name:
 /// `mcp__github_enterprise_server_for_the_platform_team` and
 /// `list_pull_request_review_comments` become
-/// `mcp__github_enterpri_a25a0d3e__list_pull_request_review_comments`.
+/// `mcp__github_enterpr_a25a0d3e__list_pull_request_review_comments`.
 /// The hash makes it the same on every request, so a call in the
 /// conversation's history still names its tool, and distinct for
 /// namespaces that share a start. A tool name too long to keep whole
-/// beside the namespace's first 8 bytes (over 45 bytes) is cut too. The client never sees these names: calls
-/// go back under their namespace and own name.
+/// beside the namespace's first 8 bytes (over 44 bytes) is cut too. The
+/// client never sees these names: calls go back under their namespace
+/// and own name.
 fn namespaced_name(namespace: &str, name: &str) -> String {
     let namespace = namespace.trim_end_matches('_');
     let name = name.trim_start_matches('_');

@@ -1016,8 +1016,8 @@ fn namespaced_names_past_64_characters_are_shortened_the_same_way_each_time() {
     // Both long ones fit and keep the namespace's start and their own
     // name whole; a short one is left as it was.
     for (name, own) in names[..2].iter().zip([long, sibling]) {
-        assert!(name.len() <= 64, "{name}");
-        assert!(name.starts_with("mcp__github_enterpri"), "{name}");
+        assert!(name.len() <= 63, "{name}");
+        assert!(name.starts_with("mcp__github_enterpr"), "{name}");
         assert!(name.ends_with(&format!("__{own}")), "{name}");
     }
     assert_eq!(names[2], format!("{namespace}__me"));
@@ -1025,7 +1025,7 @@ fn namespaced_names_past_64_characters_are_shortened_the_same_way_each_time() {
     // (a provider's prompt cache holds the names it saw).
     assert_eq!(
         names[0],
-        "mcp__github_enterpri_a25a0d3e__list_pull_request_review_comments"
+        "mcp__github_enterpr_a25a0d3e__list_pull_request_review_comments"
     );
     // The call in the history names the tool as the tool list does, and
     // the next request shortens it the same way.
@@ -1077,13 +1077,13 @@ fn a_namespace_cut_after_an_underscore_does_not_double_the_separator() {
     // Cut to 12 bytes, the namespace would end in `_`.
     let (request, _) = decode_json(json!({"model": "m", "input": "hi", "tools": [
         {"type": "namespace", "name": "mcp__github_enterprise", "tools": [
-            {"type": "function", "name": "x".repeat(41)}]}]}))
+            {"type": "function", "name": "x".repeat(40)}]}]}))
     .unwrap();
     let name = &request.tools[0].name;
     assert!(name.starts_with("mcp__github_"), "{name}");
     assert!(!name.starts_with("mcp__github__"), "{name}");
     assert_eq!(name.matches("__").count(), 2, "{name}");
-    assert!(name.len() <= 64, "{name}");
+    assert!(name.len() <= 63, "{name}");
 }
 
 #[test]
@@ -1101,7 +1101,7 @@ fn shortened_names_cut_long_parts_on_character_boundaries() {
                 {"type": "function", "name": own}]}]}))
         .unwrap();
         let name = &request.tools[0].name;
-        assert!(name.len() <= 64 && name.len() >= 60, "{name}");
+        assert!(name.len() <= 63 && name.len() >= 60, "{name}");
         assert!(name.contains(visible), "{name}");
         assert_eq!(options.namespaced_tools[name], (namespace, own));
     }
