@@ -147,21 +147,25 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             }
         }
     }
+    // The namespace of a forced tool, when the choice names one.
+    let forced_namespace = match &wire.tool_choice {
+        Some(Value::Object(choice)) => choice
+            .get("namespace")
+            .and_then(Value::as_str)
+            .filter(|space| !space.is_empty()),
+        _ => None,
+    };
     let tool_choice = match &wire.tool_choice {
         None | Some(Value::Null) => freehold_protocol::ToolChoice::Auto,
         // A freeform tool forced by name, or a tool of a namespace: the
         // function it became, under the name providers see.
         Some(Value::Object(choice))
             if choice.get("type").and_then(Value::as_str) == Some("custom")
-                || choice
-                    .get("namespace")
-                    .and_then(Value::as_str)
-                    .is_some_and(|space| !space.is_empty()) =>
+                || forced_namespace.is_some() =>
         {
-            let namespace = choice.get("namespace").and_then(Value::as_str);
             match choice.get("name").and_then(Value::as_str) {
                 Some(name) if !name.is_empty() => freehold_protocol::ToolChoice::Tool {
-                    name: match namespace.filter(|space| !space.is_empty()) {
+                    name: match forced_namespace {
                         Some(namespace) => namespaced_name(namespace, name),
                         None => name.to_owned(),
                     },
