@@ -476,8 +476,17 @@ async fn take_hold(
     let key_id = key_id.to_owned();
     tokio::spawn(gateway.settling.track_future(async move {
         let taken = task_store.reserve_for(&key_id, usd, hold).await;
+        // The request is refused at once; the hold, if the database took
+        // it after all, is released here, with a settlement's retries.
+        let unanswered = match &taken {
+            Err(StoreError::HoldUnanswered { reservation, .. }) => Some(reservation.clone()),
+            _ => None,
+        };
         if let Err(Ok(orphan)) = sender.send(taken) {
             settle(&task_store, &orphan, 0.0).await;
+        }
+        if let Some(reservation) = unanswered {
+            settle(&task_store, &reservation, 0.0).await;
         }
     }));
     let mut pending = PendingHold {
@@ -1040,10 +1049,12 @@ impl Accounting {
     }
 }
 
-/// Settles `reservation` at `actual` USD. A failure that wrote nothing (the
-/// database busy, or out of reach while it restarts) is retried for up to
-/// a minute: given up, the hold would be released by the sweep once it
-/// expires, and the request's cost never counted.
+/// Settles `reservation` at `actual` USD. A failure is retried for up to a
+/// minute, whether or not the database may have applied it (a connection
+/// lost mid-statement): a reservation is settled once however often it is
+/// tried ([`Store::settle`]). Given up, the hold would be released by the
+/// sweep, and the request's cost never counted. Not retried: an unknown
+/// key, or a store closed (the gateway has stopped).
 async fn settle(store: &Store, reservation: &Reservation, actual: f64) {
     let started = Instant::now();
     let mut attempt = 0;
@@ -1051,7 +1062,9 @@ async fn settle(store: &Store, reservation: &Reservation, actual: f64) {
         match store.settle(reservation, actual).await {
             Ok(()) => return,
             Err(error)
-                if error.is_retryable() && started.elapsed() < crate::ledger::WRITE_PATIENCE =>
+                if !matches!(error, StoreError::UnknownKey(_))
+                    && !store.is_closed()
+                    && started.elapsed() < crate::ledger::WRITE_PATIENCE =>
             {
                 attempt += 1;
                 tracing::warn!(%error, "settling a budget reservation; retrying");

@@ -216,6 +216,8 @@ on_both!(
     a_hold_taken_by_an_older_gateway_is_counted_once,
     a_database_from_a_newer_freehold_is_refused,
     a_cost_out_of_range_is_held_to_the_range,
+    a_settlement_tried_again_is_applied_once,
+    two_tries_of_one_settlement_at_once_apply_it_once,
 );
 
 fn close(a: f64, b: f64) -> bool {
@@ -564,6 +566,119 @@ async fn two_stores_share_one_budget(db: &TestDb) {
     b.close().await;
 }
 
+/// Another connection holding a key's row (PostgreSQL) or the write lock
+/// (SQLite), so that statements that need it wait.
+enum KeyLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl KeyLock {
+    async fn take(db: &TestDb, key_id: &str) -> KeyLock {
+        match db {
+            TestDb::Sqlite { url, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                KeyLock::Sqlite(conn)
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::raw_sql("BEGIN").execute(&mut conn).await.unwrap();
+                sqlx::query("SELECT id FROM freehold_keys WHERE id = $1 FOR UPDATE")
+                    .bind(key_id)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                KeyLock::Postgres(conn)
+            }
+        }
+    }
+
+    /// Lets go after `delay`, giving what waits on it time to start.
+    async fn release_after(self, delay: Duration) {
+        tokio::time::sleep(delay).await;
+        self.release().await;
+    }
+
+    /// Lets go once `waiters` statements of the test's database wait on a
+    /// lock (on PostgreSQL; on SQLite, after 300 ms), or fails after 30 s.
+    async fn release_once_waited_on(self, db: &TestDb, waiters: i64) {
+        if let TestDb::Postgres { .. } = db {
+            let waiting = "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity \
+                           WHERE datname = current_database() AND wait_event_type = 'Lock'";
+            let mut seen = 0;
+            for _ in 0..3000 {
+                seen = db.scalar(waiting).await;
+                if seen >= waiters {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(seen >= waiters, "{seen} of {waiters} statements waited");
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        self.release().await;
+    }
+
+    async fn release(self) {
+        match self {
+            KeyLock::Sqlite(mut conn) => {
+                sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
+            }
+            KeyLock::Postgres(mut conn) => {
+                sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
+/// Two tries of one settlement at once (the second started while the
+/// first is still running, both held up behind a lock) apply it once, for
+/// a hold still held and for one the sweep released.
+async fn two_tries_of_one_settlement_at_once_apply_it_once(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "twice".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let held = store.reserve(&key.id, 0.4).await.unwrap();
+    let released = store
+        .reserve_for(&key.id, 0.2, Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.release_expired_reservations().await.unwrap(), 1);
+
+    let lock = KeyLock::take(db, &key.id).await;
+    let (a, b, c, d, ()) = tokio::join!(
+        store.settle(&held, 0.3),
+        store.settle(&held, 0.3),
+        store.settle(&released, 0.1),
+        store.settle(&released, 0.1),
+        // On PostgreSQL, once all four wait: each first try on the key's
+        // row, each second on the row the first took. (SQLite runs them
+        // one at a time once the lock is gone.)
+        lock.release_once_waited_on(db, 4)
+    );
+    for result in [a, b, c, d] {
+        result.unwrap();
+    }
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
+        "{now:?}"
+    );
+    store.close().await;
+}
+
 /// A late settlement and the sweep that releases the same expired hold,
 /// both held up behind a lock on the key (so that they run into each
 /// other), take the hold off once between them and add the cost once.
@@ -588,45 +703,12 @@ async fn a_settlement_racing_a_release_takes_the_hold_off_once(db: &TestDb) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     // Another connection holds the key's row (PostgreSQL) or the write
     // lock (SQLite) while both start.
-    let lock = |store: Store, key_id: String| async move {
-        match db {
-            TestDb::Sqlite { url, .. } => {
-                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-                sqlx::raw_sql("BEGIN IMMEDIATE")
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                let (settled, released, ()) = tokio::join!(
-                    store.settle(&late, 0.1),
-                    store.release_expired_reservations(),
-                    async {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
-                    }
-                );
-                (settled, released)
-            }
-            TestDb::Postgres { url, .. } => {
-                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-                sqlx::raw_sql("BEGIN").execute(&mut conn).await.unwrap();
-                sqlx::query("SELECT id FROM freehold_keys WHERE id = $1 FOR UPDATE")
-                    .bind(&key_id)
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                let (settled, released, ()) = tokio::join!(
-                    store.settle(&late, 0.1),
-                    store.release_expired_reservations(),
-                    async {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
-                    }
-                );
-                (settled, released)
-            }
-        }
-    };
-    let (settled, released) = lock(store.clone(), key.id.clone()).await;
+    let lock = KeyLock::take(db, &key.id).await;
+    let (settled, released, ()) = tokio::join!(
+        store.settle(&late, 0.1),
+        store.release_expired_reservations(),
+        lock.release_after(Duration::from_millis(200))
+    );
     settled.unwrap();
     assert!(released.unwrap() <= 1);
     let now = store.key_by_id(&key.id).await.unwrap().unwrap();
@@ -636,6 +718,413 @@ async fn a_settlement_racing_a_release_takes_the_hold_off_once(db: &TestDb) {
     );
     store.settle(&live, 0.0).await.unwrap();
     store.close().await;
+}
+
+/// A settlement tried again (its first answer lost, though the database
+/// applied it) is applied once, whether the hold was still held or had
+/// been released by the sweep; the sweep's record of a released hold is
+/// forgotten an hour past the hold's expiry. A hold released by a gateway
+/// of the previous version (schema 5), which keeps no record, adds
+/// nothing when settled late.
+async fn a_settlement_tried_again_is_applied_once(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "retried".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let held = store.reserve(&key.id, 0.4).await.unwrap();
+    store.settle(&held, 0.3).await.unwrap();
+    store.settle(&held, 0.3).await.unwrap();
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.3) && close(now.reserved_usd, 0.0),
+        "{now:?}"
+    );
+
+    let released = store
+        .reserve_for(&key.id, 0.2, Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.release_expired_reservations().await.unwrap(), 1);
+    store.settle(&released, 0.1).await.unwrap();
+    store.settle(&released, 0.1).await.unwrap();
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
+        "{now:?}"
+    );
+
+    let records = "SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_released_holds";
+    assert_eq!(db.scalar(records).await, 1);
+    db.execute("UPDATE freehold_released_holds SET expires_at_ms = expires_at_ms - 3540000")
+        .await;
+    assert_eq!(store.release_expired_reservations().await.unwrap(), 0);
+    assert_eq!(db.scalar(records).await, 1, "forgotten before its hour");
+    db.execute("UPDATE freehold_released_holds SET expires_at_ms = expires_at_ms - 120000")
+        .await;
+    assert_eq!(store.release_expired_reservations().await.unwrap(), 0);
+    assert_eq!(db.scalar(records).await, 0);
+
+    // Released by the previous version's sweep: a delete and the key's
+    // total, no record.
+    let by_older = store.reserve(&key.id, 0.2).await.unwrap();
+    db.execute(&format!(
+        "DELETE FROM freehold_reservations WHERE id = '{}'; \
+         UPDATE freehold_keys SET reserved_micros = reserved_micros - 200000 \
+         WHERE id = '{}';",
+        by_older.id, key.id
+    ))
+    .await;
+    store.settle(&by_older, 0.05).await.unwrap();
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
+        "{now:?}"
+    );
+
+    // Another key's reservation id does not settle this key's hold.
+    let mine = store.reserve(&key.id, 0.1).await.unwrap();
+    let (other, _) = store
+        .create_key(NewKey {
+            name: "other".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let forged = Reservation {
+        key_id: other.id.clone(),
+        ..mine.clone()
+    };
+    store.settle(&forged, 0.5).await.unwrap();
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.reserved_usd, 0.1) && close(now.spent_usd, 0.4),
+        "{now:?}"
+    );
+    let theirs = store.key_by_id(&other.id).await.unwrap().unwrap();
+    assert!(
+        close(theirs.spent_usd, 0.0) && close(theirs.reserved_usd, 0.0),
+        "{theirs:?}"
+    );
+    store.settle(&mine, 0.0).await.unwrap();
+
+    let unknown = Reservation {
+        id: "res_unknown".into(),
+        key_id: "key_nope".into(),
+        amount_usd: 0.1,
+    };
+    let error = store.settle(&unknown, 0.1).await.unwrap_err();
+    assert!(matches!(error, StoreError::UnknownKey(_)), "{error}");
+    store.close().await;
+}
+
+/// A settlement whose connection is killed while it waits inside its
+/// statement (here for a lock on the key) is not applied, and its error is
+/// not one that says so; tried again, it is applied, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settlement_cut_off_mid_statement_is_applied_when_tried_again() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "cut".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let hold = store.reserve(&key.id, 0.4).await.unwrap();
+
+    let mut locker = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("SELECT id FROM freehold_keys WHERE id = $1 FOR UPDATE")
+        .bind(&key.id)
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let settling = tokio::spawn({
+        let (store, hold) = (store.clone(), hold.clone());
+        async move { store.settle(&hold, 0.3).await }
+    });
+    // The settling statement's server process, once it waits on the lock.
+    let waiting = "SELECT pid FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query LIKE '%RETURNING micros%'";
+    // (Up to 30 s: the whole suite runs at once on as few as two cores.)
+    let mut pid: Option<i32> = None;
+    for _ in 0..3000 {
+        pid = sqlx::query_scalar(waiting)
+            .fetch_optional(&mut locker)
+            .await
+            .unwrap();
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let Some(pid) = pid else {
+        panic!(
+            "the settlement never waited on the key's lock (finished: {})",
+            settling.is_finished()
+        );
+    };
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let error = settling.await.unwrap().unwrap_err();
+    assert!(!error.is_retryable(), "{error}");
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    locker.close().await.unwrap();
+
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.0) && close(now.reserved_usd, 0.4),
+        "{now:?}"
+    );
+    store.settle(&hold, 0.3).await.unwrap();
+    store.settle(&hold, 0.3).await.unwrap();
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.3) && close(now.reserved_usd, 0.0),
+        "{now:?}"
+    );
+    store.close().await;
+    db.finish().await;
+}
+
+/// A TCP relay on 127.0.0.1 in front of the test's PostgreSQL that loses
+/// one answer when armed: the first statement sent whose text contains the
+/// armed marker runs, and the relay withholds the server's answer to it
+/// from its CommandComplete on. Once the server has said it is ready for
+/// the next statement (so this one was committed), the relay closes the
+/// connection, as a network failing at that moment would.
+struct AnswerLosingRelay {
+    /// The test server's URL, through the relay.
+    url: String,
+    armed: std::sync::Arc<std::sync::Mutex<Option<&'static str>>>,
+}
+
+impl AnswerLosingRelay {
+    async fn start(server_url: &str) -> AnswerLosingRelay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // postgres://USER:PASSWORD@HOST:PORT/DB: the relay takes HOST:PORT.
+        let (scheme_and_user, rest) = server_url.rsplit_once('@').unwrap();
+        let (server, database) = rest.split_once('/').unwrap();
+        // Plain TCP, so that the relay can read the statements.
+        let database = match database.split_once('?') {
+            Some((name, query)) => format!("{name}?{query}&sslmode=disable"),
+            None => format!("{database}?sslmode=disable"),
+        };
+        let server = server.to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = std::sync::Arc::new(std::sync::Mutex::new(None::<&'static str>));
+        let relay_armed = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = upstream.into_split();
+                let doomed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (armed, client_doomed) = (relay_armed.clone(), doomed.clone());
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 * 1024];
+                    // The end of what was sent before, so that a marker
+                    // split between two reads is found.
+                    let mut seen = Vec::new();
+                    while let Ok(read) = from_client.read(&mut buffer).await {
+                        if read == 0 {
+                            break;
+                        }
+                        let sent = &buffer[..read];
+                        seen.extend_from_slice(sent);
+                        {
+                            let mut armed = armed.lock().unwrap();
+                            match *armed {
+                                Some(marker)
+                                    if seen
+                                        .windows(marker.len())
+                                        .any(|w| w == marker.as_bytes()) =>
+                                {
+                                    *armed = None;
+                                    client_doomed.store(true, Ordering::SeqCst);
+                                }
+                                Some(_) => {}
+                                None => seen.clear(),
+                            }
+                        }
+                        let keep = seen.len().min(256);
+                        seen.drain(..seen.len() - keep);
+                        if to_server.write_all(sent).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 * 1024];
+                    // Once doomed, the server's messages are read whole:
+                    // those before the statement's CommandComplete pass
+                    // (the answer to preparing it), the rest are withheld.
+                    let mut unread = Vec::new();
+                    let mut completed = false;
+                    while let Ok(read) = from_server.read(&mut buffer).await {
+                        if read == 0 {
+                            break;
+                        }
+                        if !doomed.load(Ordering::SeqCst) {
+                            if to_client.write_all(&buffer[..read]).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        unread.extend_from_slice(&buffer[..read]);
+                        let mut ready = false;
+                        // A message: its type, then its length (itself
+                        // included), then the rest.
+                        while unread.len() >= 5 {
+                            let length = u32::from_be_bytes(unread[1..5].try_into().unwrap());
+                            let end = 1 + length as usize;
+                            if unread.len() < end {
+                                break;
+                            }
+                            let message: Vec<u8> = unread.drain(..end).collect();
+                            completed |= message[0] == b'C';
+                            if !completed {
+                                if to_client.write_all(&message).await.is_err() {
+                                    return;
+                                }
+                            } else if message[0] == b'Z' {
+                                // Ready for the next query: committed.
+                                ready = true;
+                                break;
+                            }
+                        }
+                        if ready {
+                            break;
+                        }
+                    }
+                    // Dropping both halves closes the client's connection.
+                });
+            }
+        });
+        AnswerLosingRelay {
+            url: format!("{scheme_and_user}@127.0.0.1:{port}/{database}"),
+            armed,
+        }
+    }
+
+    /// Loses the answer to the next statement whose text has `marker`.
+    fn lose_the_answer_to(&self, marker: &'static str) {
+        *self.armed.lock().unwrap() = Some(marker);
+    }
+}
+
+/// A settlement the database applied but whose answer was lost is not
+/// applied again when tried again; a reservation whose answer was lost
+/// says so, with the hold it may have taken, which settling at nothing
+/// releases. Each on a store of its own, so that the
+/// statement's text is sent (a connection that prepared it already would
+/// send only its name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn statements_whose_answers_were_lost() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let direct = Store::open(db.url()).await.unwrap();
+    let relay = AnswerLosingRelay::start(db.url()).await;
+    let (key, _) = direct
+        .create_key(NewKey {
+            name: "lossy".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let hold = direct.reserve(&key.id, 0.4).await.unwrap();
+
+    let relayed = Store::open(&relay.url).await.unwrap();
+    relay.lose_the_answer_to("RETURNING micros");
+    let error = relayed.settle(&hold, 0.3).await.unwrap_err();
+    assert!(!error.is_retryable(), "{error}");
+    let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.3) && close(now.reserved_usd, 0.0),
+        "the lost settlement was not applied: {now:?}"
+    );
+    relayed.settle(&hold, 0.3).await.unwrap();
+    let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.3) && close(now.reserved_usd, 0.0),
+        "{now:?}"
+    );
+    relayed.close().await;
+
+    // The late settlement of a hold the sweep released: its charge is
+    // applied, its answer lost, and it is not charged again.
+    let late = direct
+        .reserve_for(&key.id, 0.2, Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(direct.release_expired_reservations().await.unwrap(), 1);
+    let relayed = Store::open(&relay.url).await.unwrap();
+    relay.lose_the_answer_to("SET charged_micros");
+    let error = relayed.settle(&late, 0.1).await.unwrap_err();
+    assert!(!error.is_retryable(), "{error}");
+    relayed.settle(&late, 0.1).await.unwrap();
+    let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
+        "{now:?}"
+    );
+    relayed.close().await;
+
+    let relayed = Store::open(&relay.url).await.unwrap();
+    relay.lose_the_answer_to("INSERT INTO freehold_reservations");
+    let error = relayed.reserve(&key.id, 0.5).await.unwrap_err();
+    let StoreError::HoldUnanswered { reservation, .. } = error else {
+        panic!("expected HoldUnanswered, got {error}");
+    };
+    // It was taken; settling it at nothing, as the gateway does, frees it.
+    let holds = "SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_reservations";
+    assert_eq!(db.scalar(holds).await, 1);
+    let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(close(now.reserved_usd, 0.5), "{now:?}");
+    relayed.settle(&reservation, 0.0).await.unwrap();
+    let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
+        "{now:?}"
+    );
+    assert_eq!(db.scalar(holds).await, 0);
+    // A hold never taken (an id the database never saw): settling it at
+    // nothing changes nothing.
+    let never = Reservation {
+        id: "res_never_taken".into(),
+        ..reservation
+    };
+    relayed.settle(&never, 0.0).await.unwrap();
+    let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
+        "{now:?}"
+    );
+    relayed.close().await;
+    direct.close().await;
+    db.finish().await;
 }
 
 /// A gateway that stops renewing its lease (killed) has its holds

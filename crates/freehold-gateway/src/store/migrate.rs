@@ -50,6 +50,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite_0005_budget_triggers.sql"),
         postgres: include_str!("migrations/postgres_0005_budget_triggers.sql"),
     },
+    Migration {
+        version: 6,
+        description: "holds released by the sweep are remembered, so that a settlement is applied once",
+        sqlite: include_str!("migrations/sqlite_0006_released_holds.sql"),
+        postgres: include_str!("migrations/postgres_0006_released_holds.sql"),
+    },
 ];
 
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS freehold_migrations (\

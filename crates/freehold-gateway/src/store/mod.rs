@@ -14,8 +14,9 @@
 //! - Budgets are enforced with reservations: [`Store::reserve`] holds an
 //!   estimate with one conditional statement (race-free across tasks and
 //!   across processes sharing a database), [`Store::settle`] replaces the
-//!   hold by the actual cost. Each hold is also a row with an expiry, so
-//!   that [`Store::release_expired_reservations`] can free the holds of a
+//!   hold by the actual cost, once however often it is tried. Each hold is
+//!   also a row with an expiry, so that
+//!   [`Store::release_expired_reservations`] can free the holds of a
 //!   gateway that died before settling them: at their expiry, or sooner
 //!   when the gateway held a lease ([`Store::as_gateway`]) that ran out.
 //! - Per-key rate limits can be kept here too ([`Store::admit_rate`]), so
@@ -50,6 +51,17 @@ pub enum StoreError {
     /// full). Trying again later is safe ([`StoreError::is_retryable`]).
     #[error("gateway database (nothing was written): {0}")]
     Busy(String),
+    /// The statement taking a budget hold failed in a way that leaves
+    /// unknown whether the database took the hold (its answer was lost:
+    /// the connection dropped mid-statement). Settling `reservation` at
+    /// nothing releases the hold if it was taken, and does nothing if not.
+    #[error("gateway database: {error} (whether the budget hold was taken is unknown)")]
+    HoldUnanswered {
+        /// The hold that may have been taken.
+        reservation: Reservation,
+        /// What failed.
+        error: String,
+    },
     /// No key has that id or prefix.
     #[error("no virtual key matches `{0}`; `freehold keys list` shows them")]
     UnknownKey(String),
@@ -575,6 +587,11 @@ impl Store {
         with_pool!(self, pool => pool.close().await);
     }
 
+    /// Whether [`Store::close`] was called: nothing more can be written.
+    pub fn is_closed(&self) -> bool {
+        with_pool!(self, pool => pool.is_closed())
+    }
+
     /// Creates a key and returns it with its secret (`fh-` and 48 base-62
     /// characters). The secret is not stored (only its SHA-256): this is the
     /// only time it is seen.
@@ -832,14 +849,31 @@ impl Store {
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected())
-        })
-        .map_err(db("cannot reserve budget"))?;
+        });
+        let reservation = Reservation {
+            id,
+            key_id: key_id.to_owned(),
+            amount_usd: micros_to_usd(amount),
+        };
+        let inserted = match inserted {
+            Ok(inserted) => inserted,
+            // The server's refusal (an error with a code) means that the
+            // statement, its own transaction, took nothing; anything else
+            // (the connection lost) leaves it unknown.
+            Err(error @ sqlx::Error::Database(_)) => {
+                return Err(db("cannot reserve budget")(error));
+            }
+            Err(error) => {
+                return Err(match db("cannot reserve budget")(error) {
+                    StoreError::Database(error) => {
+                        StoreError::HoldUnanswered { reservation, error }
+                    }
+                    wrote_nothing => wrote_nothing,
+                });
+            }
+        };
         if inserted == 1 {
-            return Ok(Reservation {
-                id,
-                key_id: key_id.to_owned(),
-                amount_usd: micros_to_usd(amount),
-            });
+            return Ok(reservation);
         }
         // Refused: read the key only to explain why.
         let row: Option<(Option<i64>, i64, i64)> = with_pool!(self, pool => {
@@ -863,35 +897,38 @@ impl Store {
     }
 
     /// Releases `reservation` and adds `actual_usd` to the key's spend, in
-    /// one statement (on SQLite, two when the hold was already released).
-    /// The actual cost may exceed the reservation (a longer answer than
-    /// estimated): spend then goes over the budget by that much, and later
-    /// reservations fail until the budget is raised. Settling with `0.0`
-    /// just releases the hold (a failed request).
+    /// one statement. The actual cost may exceed the reservation (a longer
+    /// answer than estimated): spend then goes over the budget by that
+    /// much, and later reservations fail until the budget is raised.
+    /// Settling with `0.0` just releases the hold (a failed request).
     ///
-    /// A hold already released as expired is not released twice: only the
-    /// cost is added then.
+    /// A hold already released by [`Store::release_expired_reservations`]
+    /// is not released twice: only the cost is added then, in a second
+    /// statement. A reservation is settled once however often this is
+    /// called for it, so a settlement whose answer was lost (which the
+    /// database may or may not have applied) can be tried again. (A hold
+    /// that the sweep of a gateway older than schema version 6 released is
+    /// not noted: settled here, late, it adds nothing.)
     ///
     /// # Errors
-    /// [`StoreError::UnknownKey`], a cost out of range, or a database
-    /// failure.
+    /// [`StoreError::UnknownKey`], or a database failure.
     pub async fn settle(
         &self,
         reservation: &Reservation,
         actual_usd: f64,
     ) -> Result<(), StoreError> {
         let actual = clamped_micros(actual_usd);
-        let done = match &self.pool {
-            // One statement: the hold deleted (if it still is held) and
-            // the key updated by what it held.
+        let settled = match &self.pool {
+            // The hold deleted, if it still is held, and the key updated
+            // by what it held; nothing if it is not.
             Pool::Postgres(pool) => sqlx::query(
                 "WITH released AS ( \
-                     DELETE FROM freehold_reservations WHERE id = $1 RETURNING micros) \
+                     DELETE FROM freehold_reservations WHERE id = $1 AND key_id = $2 \
+                     RETURNING micros) \
                  UPDATE freehold_keys SET \
-                 reserved_micros = GREATEST(reserved_micros \
-                     - COALESCE((SELECT micros FROM released), 0), 0), \
+                 reserved_micros = GREATEST(reserved_micros - (SELECT micros FROM released), 0), \
                  spent_micros = spent_micros + $3 \
-                 WHERE id = $2",
+                 WHERE id = $2 AND EXISTS (SELECT 1 FROM released)",
             )
             .bind(&reservation.id)
             .bind(&reservation.key_id)
@@ -901,40 +938,73 @@ impl Store {
             .map(|done| done.rows_affected()),
             // Setting the hold's actual cost fires a trigger (migration 5)
             // that releases it, adds the cost and deletes the row, all in
-            // this statement. No row: the hold was released as expired,
-            // so only the cost is added.
-            Pool::Sqlite(pool) => {
-                async {
-                    let settled = sqlx::query(
-                        "UPDATE freehold_reservations SET settled_micros = $2 \
-                         WHERE id = $1 AND settled_micros IS NULL",
-                    )
-                    .bind(&reservation.id)
-                    .bind(actual)
-                    .execute(pool)
-                    .await?
-                    .rows_affected();
-                    if settled == 1 {
-                        return Ok(1);
-                    }
-                    sqlx::query(
-                        "UPDATE freehold_keys SET spent_micros = spent_micros + $2 WHERE id = $1",
-                    )
-                    .bind(&reservation.key_id)
-                    .bind(actual)
-                    .execute(pool)
-                    .await
-                    .map(|done| done.rows_affected())
-                }
-                .await
-            }
+            // this statement.
+            Pool::Sqlite(pool) => sqlx::query(
+                "UPDATE freehold_reservations SET settled_micros = $3 \
+                 WHERE id = $1 AND key_id = $2 AND settled_micros IS NULL",
+            )
+            .bind(&reservation.id)
+            .bind(&reservation.key_id)
+            .bind(actual)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()),
         }
         .map_err(db("cannot settle the reservation"))?;
-        if done == 0 {
+        if settled == 1 {
+            return Ok(());
+        }
+        // No hold: the sweep released it, or an earlier try of this
+        // settlement took it already (its answer lost). Only a hold the
+        // sweep released and nobody charged yet takes the cost. (A
+        // separate statement on PostgreSQL: the release may have been
+        // committed while the statement above waited for the hold's row,
+        // and rows committed since a statement began are not in its view.)
+        let charged = match &self.pool {
+            Pool::Postgres(pool) => sqlx::query(
+                "WITH charged AS ( \
+                     UPDATE freehold_released_holds SET charged_micros = $3 \
+                     WHERE reservation_id = $1 AND key_id = $2 AND charged_micros IS NULL \
+                     RETURNING key_id) \
+                 UPDATE freehold_keys SET spent_micros = spent_micros + $3 \
+                 WHERE id = $2 AND EXISTS (SELECT 1 FROM charged)",
+            )
+            .bind(&reservation.id)
+            .bind(&reservation.key_id)
+            .bind(actual)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()),
+            // A trigger (migration 6) adds the cost in this statement.
+            Pool::Sqlite(pool) => sqlx::query(
+                "UPDATE freehold_released_holds SET charged_micros = $3 \
+                 WHERE reservation_id = $1 AND key_id = $2 AND charged_micros IS NULL",
+            )
+            .bind(&reservation.id)
+            .bind(&reservation.key_id)
+            .bind(actual)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()),
+        }
+        .map_err(db("cannot settle the reservation"))?;
+        if charged == 1 {
+            return Ok(());
+        }
+        if self.key_by_id(&reservation.key_id).await?.is_none() {
             return Err(StoreError::UnknownKey(reservation.key_id.clone()));
         }
+        tracing::debug!(
+            reservation = %reservation.id,
+            "the reservation was settled already; not settled again"
+        );
         Ok(())
     }
+
+    /// How long past a released hold's own expiry its record is kept, so
+    /// that its late settlement adds its cost once: no request outlives
+    /// its hold's expiry, and a settlement is retried for a minute at most.
+    const RELEASED_HOLDS_KEPT: Duration = Duration::from_secs(3600);
 
     /// Releases the holds of requests whose gateway died before settling
     /// them: holds past their own expiry, and the holds of gateways whose
@@ -949,11 +1019,11 @@ impl Store {
         // subquery so that the planner can use them.
         let now = format!("(SELECT {})", self.now_ms_sql());
         let past_expiry = format!(
-            "SELECT id, key_id, micros FROM freehold_reservations \
+            "SELECT id, key_id, micros, expires_at_ms FROM freehold_reservations \
              WHERE expires_at_ms < {now} ORDER BY expires_at_ms LIMIT 1000"
         );
         let of_dead_gateways = format!(
-            "SELECT id, key_id, micros FROM freehold_reservations \
+            "SELECT id, key_id, micros, expires_at_ms FROM freehold_reservations \
              WHERE gateway_id IN (SELECT id FROM freehold_gateways WHERE alive_until_ms < {now}) \
              LIMIT 1000"
         );
@@ -964,18 +1034,18 @@ impl Store {
              OR gateway_id IN (SELECT id FROM freehold_gateways WHERE alive_until_ms < {now}))"
         );
         let released = with_pool!(self, pool => async {
-            let mut expired: Vec<(String, String, i64)> = sqlx::query_as(&past_expiry)
+            let mut expired: Vec<(String, String, i64, i64)> = sqlx::query_as(&past_expiry)
                 .fetch_all(pool)
                 .await?;
             // A hold in both lists is released once: the second delete
             // finds nothing.
             expired.extend(
-                sqlx::query_as::<_, (String, String, i64)>(&of_dead_gateways)
+                sqlx::query_as::<_, (String, String, i64, i64)>(&of_dead_gateways)
                     .fetch_all(pool)
                     .await?,
             );
             let mut released = 0;
-            for (id, key_id, micros) in expired {
+            for (id, key_id, micros, expires_at_ms) in expired {
                 let mut tx = pool.begin().await?;
                 // Another gateway (or the settlement, just in time) may
                 // have taken it since: only the one that deletes the row
@@ -996,6 +1066,18 @@ impl Store {
                     .bind(micros)
                     .execute(&mut *tx)
                     .await?;
+                    // Remembered, so that its request's settlement, if it
+                    // comes after all, adds its cost once.
+                    sqlx::query(
+                        "INSERT INTO freehold_released_holds \
+                             (reservation_id, key_id, expires_at_ms) VALUES ($1, $2, $3) \
+                         ON CONFLICT (reservation_id) DO NOTHING",
+                    )
+                    .bind(&id)
+                    .bind(&key_id)
+                    .bind(expires_at_ms)
+                    .execute(&mut *tx)
+                    .await?;
                     released += 1;
                 }
                 tx.commit().await?;
@@ -1007,7 +1089,27 @@ impl Store {
         if let Err(error) = self.forget_dead_gateways().await {
             tracing::warn!(%error, "forgetting gateways whose lease ended long ago");
         }
+        if let Err(error) = self.forget_old_released_holds().await {
+            tracing::warn!(%error, "forgetting released holds long past their expiry");
+        }
         Ok(released)
+    }
+
+    /// Deletes the records of released holds whose expiry is
+    /// [`Store::RELEASED_HOLDS_KEPT`] past: no settlement of them comes now.
+    async fn forget_old_released_holds(&self) -> Result<(), StoreError> {
+        let forget = format!(
+            "DELETE FROM freehold_released_holds WHERE expires_at_ms < (SELECT {}) - $1",
+            self.now_ms_sql()
+        );
+        with_pool!(self, pool => {
+            sqlx::query(&forget)
+                .bind(duration_ms(Self::RELEASED_HOLDS_KEPT))
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+        .map_err(db("cannot forget old released holds"))
     }
 
     /// Appends `records` to the ledger in one transaction: all or none.
