@@ -287,6 +287,43 @@ fn is_busy(error: &sqlx::Error) -> bool {
 /// SQLite's clock in Unix milliseconds: `julianday('now')` counts days
 /// with millisecond precision, 2440587.5 being the Unix epoch's. It stays
 /// the same for the whole of one statement.
+/// One statement, as each backend writes it.
+struct BackendSql {
+    postgres: &'static str,
+    sqlite: &'static str,
+}
+
+/// Settles a hold still held: deletes it and moves its amount from the
+/// key's reserved total to the actual cost spent; changes nothing (and
+/// counts no row) if the hold is not there.
+const SETTLE_HOLD: BackendSql = BackendSql {
+    postgres: "WITH released AS ( \
+                   DELETE FROM freehold_reservations WHERE id = $1 AND key_id = $2 \
+                   RETURNING micros) \
+               UPDATE freehold_keys SET \
+               reserved_micros = GREATEST(reserved_micros - (SELECT micros FROM released), 0), \
+               spent_micros = spent_micros + $3 \
+               WHERE id = $2 AND EXISTS (SELECT 1 FROM released)",
+    // Setting the hold's actual cost fires a trigger (migration 5) that
+    // releases it, adds the cost and deletes the row, in this statement.
+    sqlite: "UPDATE freehold_reservations SET settled_micros = $3 \
+             WHERE id = $1 AND key_id = $2 AND settled_micros IS NULL",
+};
+
+/// Charges the actual cost of a hold the sweep released, if nobody did
+/// yet; changes nothing (and counts no row) otherwise.
+const CHARGE_RELEASED_HOLD: BackendSql = BackendSql {
+    postgres: "WITH charged AS ( \
+                   UPDATE freehold_released_holds SET charged_micros = $3 \
+                   WHERE reservation_id = $1 AND key_id = $2 AND charged_micros IS NULL \
+                   RETURNING key_id) \
+               UPDATE freehold_keys SET spent_micros = spent_micros + $3 \
+               WHERE id = $2 AND EXISTS (SELECT 1 FROM charged)",
+    // A trigger (migration 6) adds the cost in this statement.
+    sqlite: "UPDATE freehold_released_holds SET charged_micros = $3 \
+             WHERE reservation_id = $1 AND key_id = $2 AND charged_micros IS NULL",
+};
+
 const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
 /// Durations are added to the database's clock in SQL, where an overflow
@@ -918,40 +955,11 @@ impl Store {
         actual_usd: f64,
     ) -> Result<(), StoreError> {
         let actual = clamped_micros(actual_usd);
-        let settled = match &self.pool {
-            // The hold deleted, if it still is held, and the key updated
-            // by what it held; nothing if it is not.
-            Pool::Postgres(pool) => sqlx::query(
-                "WITH released AS ( \
-                     DELETE FROM freehold_reservations WHERE id = $1 AND key_id = $2 \
-                     RETURNING micros) \
-                 UPDATE freehold_keys SET \
-                 reserved_micros = GREATEST(reserved_micros - (SELECT micros FROM released), 0), \
-                 spent_micros = spent_micros + $3 \
-                 WHERE id = $2 AND EXISTS (SELECT 1 FROM released)",
-            )
-            .bind(&reservation.id)
-            .bind(&reservation.key_id)
-            .bind(actual)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()),
-            // Setting the hold's actual cost fires a trigger (migration 5)
-            // that releases it, adds the cost and deletes the row, all in
-            // this statement.
-            Pool::Sqlite(pool) => sqlx::query(
-                "UPDATE freehold_reservations SET settled_micros = $3 \
-                 WHERE id = $1 AND key_id = $2 AND settled_micros IS NULL",
-            )
-            .bind(&reservation.id)
-            .bind(&reservation.key_id)
-            .bind(actual)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()),
-        }
-        .map_err(db("cannot settle the reservation"))?;
-        if settled == 1 {
+        if self
+            .run_settlement(SETTLE_HOLD, reservation, actual)
+            .await?
+            == 1
+        {
             return Ok(());
         }
         // No hold: the sweep released it, or an earlier try of this
@@ -960,35 +968,11 @@ impl Store {
         // separate statement on PostgreSQL: the release may have been
         // committed while the statement above waited for the hold's row,
         // and rows committed since a statement began are not in its view.)
-        let charged = match &self.pool {
-            Pool::Postgres(pool) => sqlx::query(
-                "WITH charged AS ( \
-                     UPDATE freehold_released_holds SET charged_micros = $3 \
-                     WHERE reservation_id = $1 AND key_id = $2 AND charged_micros IS NULL \
-                     RETURNING key_id) \
-                 UPDATE freehold_keys SET spent_micros = spent_micros + $3 \
-                 WHERE id = $2 AND EXISTS (SELECT 1 FROM charged)",
-            )
-            .bind(&reservation.id)
-            .bind(&reservation.key_id)
-            .bind(actual)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()),
-            // A trigger (migration 6) adds the cost in this statement.
-            Pool::Sqlite(pool) => sqlx::query(
-                "UPDATE freehold_released_holds SET charged_micros = $3 \
-                 WHERE reservation_id = $1 AND key_id = $2 AND charged_micros IS NULL",
-            )
-            .bind(&reservation.id)
-            .bind(&reservation.key_id)
-            .bind(actual)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()),
-        }
-        .map_err(db("cannot settle the reservation"))?;
-        if charged == 1 {
+        if self
+            .run_settlement(CHARGE_RELEASED_HOLD, reservation, actual)
+            .await?
+            == 1
+        {
             return Ok(());
         }
         if self.key_by_id(&reservation.key_id).await?.is_none() {
@@ -999,6 +983,32 @@ impl Store {
             "the reservation was settled already; not settled again"
         );
         Ok(())
+    }
+
+    /// Runs one of the settlement's statements, in this backend's dialect,
+    /// with the reservation's id (`$1`), its key (`$2`) and the cost in
+    /// micro-dollars (`$3`). Returns the rows it changed itself (not those
+    /// its triggers did).
+    async fn run_settlement(
+        &self,
+        statement: BackendSql,
+        reservation: &Reservation,
+        actual_micros: i64,
+    ) -> Result<u64, StoreError> {
+        let sql = match &self.pool {
+            Pool::Postgres(_) => statement.postgres,
+            Pool::Sqlite(_) => statement.sqlite,
+        };
+        with_pool!(self, pool => {
+            sqlx::query(sql)
+                .bind(&reservation.id)
+                .bind(&reservation.key_id)
+                .bind(actual_micros)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(db("cannot settle the reservation"))
     }
 
     /// How long past a released hold's own expiry its record is kept, so
