@@ -787,8 +787,15 @@ async fn a_settlement_tried_again_is_applied_once(db: &TestDb) {
         "{now:?}"
     );
 
-    // Another key's reservation id does not settle this key's hold.
+    // Another key's reservation id does not settle this key's hold, held
+    // or released.
     let mine = store.reserve(&key.id, 0.1).await.unwrap();
+    let mine_released = store
+        .reserve_for(&key.id, 0.1, Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.release_expired_reservations().await.unwrap(), 1);
     let (other, _) = store
         .create_key(NewKey {
             name: "other".into(),
@@ -801,6 +808,11 @@ async fn a_settlement_tried_again_is_applied_once(db: &TestDb) {
         ..mine.clone()
     };
     store.settle(&forged, 0.5).await.unwrap();
+    let forged_released = Reservation {
+        key_id: other.id.clone(),
+        ..mine_released.clone()
+    };
+    store.settle(&forged_released, 0.5).await.unwrap();
     let now = store.key_by_id(&key.id).await.unwrap().unwrap();
     assert!(
         close(now.reserved_usd, 0.1) && close(now.spent_usd, 0.4),
@@ -812,6 +824,13 @@ async fn a_settlement_tried_again_is_applied_once(db: &TestDb) {
         "{theirs:?}"
     );
     store.settle(&mine, 0.0).await.unwrap();
+    // The released one is still there to be charged, by its own key.
+    store.settle(&mine_released, 0.05).await.unwrap();
+    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.reserved_usd, 0.0) && close(now.spent_usd, 0.45),
+        "{now:?}"
+    );
 
     let unknown = Reservation {
         id: "res_unknown".into(),
@@ -1084,6 +1103,11 @@ async fn statements_whose_answers_were_lost() {
     relay.lose_the_answer_to("SET charged_micros");
     let error = relayed.settle(&late, 0.1).await.unwrap_err();
     assert!(!error.is_retryable(), "{error}");
+    let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(
+        close(now.spent_usd, 0.4),
+        "the lost charge was not applied: {now:?}"
+    );
     relayed.settle(&late, 0.1).await.unwrap();
     let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
     assert!(

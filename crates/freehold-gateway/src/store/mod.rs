@@ -284,9 +284,6 @@ fn is_busy(error: &sqlx::Error) -> bool {
         .is_some_and(|code| code & 0xff == 5)
 }
 
-/// SQLite's clock in Unix milliseconds: `julianday('now')` counts days
-/// with millisecond precision, 2440587.5 being the Unix epoch's. It stays
-/// the same for the whole of one statement.
 /// One statement, as each backend writes it.
 struct BackendSql {
     postgres: &'static str,
@@ -324,6 +321,9 @@ const CHARGE_RELEASED_HOLD: BackendSql = BackendSql {
              WHERE reservation_id = $1 AND key_id = $2 AND charged_micros IS NULL",
 };
 
+/// SQLite's clock in Unix milliseconds: `julianday('now')` counts days
+/// with millisecond precision, 2440587.5 being the Unix epoch's. It stays
+/// the same for the whole of one statement.
 const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
 /// Durations are added to the database's clock in SQL, where an overflow
@@ -835,7 +835,9 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::BudgetExhausted`], [`StoreError::UnknownKey`], an
-    /// amount out of range, or a database failure.
+    /// amount out of range, or a database failure:
+    /// [`StoreError::HoldUnanswered`] when the hold may have been taken
+    /// all the same, which the caller releases by settling it at nothing.
     pub async fn reserve_for(
         &self,
         key_id: &str,
@@ -894,10 +896,11 @@ impl Store {
         };
         let inserted = match inserted {
             Ok(inserted) => inserted,
-            // The server's refusal (an error with a code) means that the
-            // statement, its own transaction, took nothing; anything else
-            // (the connection lost) leaves it unknown.
-            Err(error @ sqlx::Error::Database(_)) => {
+            // The database's refusal of the statement (an error with a
+            // code) means that it, its own transaction, took nothing; a
+            // connection lost or a server stopped mid-statement leaves it
+            // unknown.
+            Err(error) if !may_have_applied(&error) => {
                 return Err(db("cannot reserve budget")(error));
             }
             Err(error) => {
@@ -1365,6 +1368,21 @@ fn wrote_nothing(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a failed statement may have been applied all the same: no
+/// answer came (the connection lost, or a protocol or driver failure), or
+/// the answer says the connection failed rather than refusing the
+/// statement (SQLSTATE class 08, which a pooler such as PgBouncer sends
+/// when it lost the server mid-statement, and 57P: the server stopping).
+fn may_have_applied(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        sqlx::Error::PoolTimedOut => false,
+        _ => true,
+    }
+}
+
 impl StoreError {
     /// Whether the operation wrote nothing and may be tried again.
     pub fn is_retryable(&self) -> bool {
@@ -1563,5 +1581,15 @@ mod tests {
         assert!(db("x")(sqlx::Error::PoolTimedOut).is_retryable());
         assert!(!db("x")(sqlx::Error::RowNotFound).is_retryable());
         assert!(!db("x")(sqlx::Error::PoolClosed).is_retryable());
+    }
+
+    #[test]
+    fn statements_that_got_no_answer_may_have_been_applied() {
+        // Nothing was sent: no connection was had.
+        assert!(!may_have_applied(&sqlx::Error::PoolTimedOut));
+        let lost = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection lost");
+        assert!(may_have_applied(&sqlx::Error::Io(lost)));
+        assert!(may_have_applied(&sqlx::Error::Protocol("garbled".into())));
+        assert!(may_have_applied(&sqlx::Error::WorkerCrashed));
     }
 }
