@@ -224,6 +224,15 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
 
+/// Asserts a key's spent and reserved totals, in USD.
+async fn assert_totals(store: &Store, key_id: &str, spent: f64, reserved: f64) {
+    let key = store.key_by_id(key_id).await.unwrap().unwrap();
+    assert!(
+        close(key.spent_usd, spent) && close(key.reserved_usd, reserved),
+        "expected ${spent} spent and ${reserved} reserved: {key:?}"
+    );
+}
+
 async fn keys_lifecycle(db: &TestDb) {
     let store = Store::open(db.url()).await.unwrap();
     let expected_backend = match db {
@@ -671,11 +680,7 @@ async fn two_tries_of_one_settlement_at_once_apply_it_once(db: &TestDb) {
     for result in [a, b, c, d] {
         result.unwrap();
     }
-    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
-        "{now:?}"
-    );
+    assert_totals(&store, &key.id, 0.4, 0.0).await;
     store.close().await;
 }
 
@@ -711,11 +716,7 @@ async fn a_settlement_racing_a_release_takes_the_hold_off_once(db: &TestDb) {
     );
     settled.unwrap();
     assert!(released.unwrap() <= 1);
-    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.reserved_usd, 0.5) && close(now.spent_usd, 0.1),
-        "{now:?}"
-    );
+    assert_totals(&store, &key.id, 0.1, 0.5).await;
     store.settle(&live, 0.0).await.unwrap();
     store.close().await;
 }
@@ -739,11 +740,7 @@ async fn a_settlement_tried_again_is_applied_once(db: &TestDb) {
     let held = store.reserve(&key.id, 0.4).await.unwrap();
     store.settle(&held, 0.3).await.unwrap();
     store.settle(&held, 0.3).await.unwrap();
-    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.spent_usd, 0.3) && close(now.reserved_usd, 0.0),
-        "{now:?}"
-    );
+    assert_totals(&store, &key.id, 0.3, 0.0).await;
 
     let released = store
         .reserve_for(&key.id, 0.2, Duration::ZERO)
@@ -753,11 +750,7 @@ async fn a_settlement_tried_again_is_applied_once(db: &TestDb) {
     assert_eq!(store.release_expired_reservations().await.unwrap(), 1);
     store.settle(&released, 0.1).await.unwrap();
     store.settle(&released, 0.1).await.unwrap();
-    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
-        "{now:?}"
-    );
+    assert_totals(&store, &key.id, 0.4, 0.0).await;
 
     let records = "SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_released_holds";
     assert_eq!(db.scalar(records).await, 1);
@@ -781,11 +774,7 @@ async fn a_settlement_tried_again_is_applied_once(db: &TestDb) {
     ))
     .await;
     store.settle(&by_older, 0.05).await.unwrap();
-    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
-        "{now:?}"
-    );
+    assert_totals(&store, &key.id, 0.4, 0.0).await;
 
     // Another key's reservation id does not settle this key's hold, held
     // or released.
@@ -813,11 +802,7 @@ async fn a_settlement_tried_again_is_applied_once(db: &TestDb) {
         ..mine_released.clone()
     };
     store.settle(&forged_released, 0.5).await.unwrap();
-    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.reserved_usd, 0.1) && close(now.spent_usd, 0.4),
-        "{now:?}"
-    );
+    assert_totals(&store, &key.id, 0.4, 0.1).await;
     let theirs = store.key_by_id(&other.id).await.unwrap().unwrap();
     assert!(
         close(theirs.spent_usd, 0.0) && close(theirs.reserved_usd, 0.0),
@@ -826,11 +811,7 @@ async fn a_settlement_tried_again_is_applied_once(db: &TestDb) {
     store.settle(&mine, 0.0).await.unwrap();
     // The released one is still there to be charged, by its own key.
     store.settle(&mine_released, 0.05).await.unwrap();
-    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.reserved_usd, 0.0) && close(now.spent_usd, 0.45),
-        "{now:?}"
-    );
+    assert_totals(&store, &key.id, 0.45, 0.0).await;
 
     let unknown = Reservation {
         id: "res_unknown".into(),
@@ -907,18 +888,10 @@ async fn a_settlement_cut_off_mid_statement_is_applied_when_tried_again() {
         .unwrap();
     locker.close().await.unwrap();
 
-    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.spent_usd, 0.0) && close(now.reserved_usd, 0.4),
-        "{now:?}"
-    );
+    assert_totals(&store, &key.id, 0.0, 0.4).await;
     store.settle(&hold, 0.3).await.unwrap();
     store.settle(&hold, 0.3).await.unwrap();
-    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.spent_usd, 0.3) && close(now.reserved_usd, 0.0),
-        "{now:?}"
-    );
+    assert_totals(&store, &key.id, 0.3, 0.0).await;
     store.close().await;
     db.finish().await;
 }
@@ -1084,11 +1057,7 @@ async fn statements_whose_answers_were_lost() {
         "the lost settlement was not applied: {now:?}"
     );
     relayed.settle(&hold, 0.3).await.unwrap();
-    let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.spent_usd, 0.3) && close(now.reserved_usd, 0.0),
-        "{now:?}"
-    );
+    assert_totals(&direct, &key.id, 0.3, 0.0).await;
     relayed.close().await;
 
     // The late settlement of a hold the sweep released: its charge is
@@ -1109,11 +1078,7 @@ async fn statements_whose_answers_were_lost() {
         "the lost charge was not applied: {now:?}"
     );
     relayed.settle(&late, 0.1).await.unwrap();
-    let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
-        "{now:?}"
-    );
+    assert_totals(&direct, &key.id, 0.4, 0.0).await;
     relayed.close().await;
 
     let relayed = Store::open(&relay.url).await.unwrap();
@@ -1128,11 +1093,7 @@ async fn statements_whose_answers_were_lost() {
     let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
     assert!(close(now.reserved_usd, 0.5), "{now:?}");
     relayed.settle(&reservation, 0.0).await.unwrap();
-    let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
-        "{now:?}"
-    );
+    assert_totals(&direct, &key.id, 0.4, 0.0).await;
     assert_eq!(db.scalar(holds).await, 0);
     // A hold never taken (an id the database never saw): settling it at
     // nothing changes nothing.
@@ -1141,11 +1102,7 @@ async fn statements_whose_answers_were_lost() {
         ..reservation
     };
     relayed.settle(&never, 0.0).await.unwrap();
-    let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.spent_usd, 0.4) && close(now.reserved_usd, 0.0),
-        "{now:?}"
-    );
+    assert_totals(&direct, &key.id, 0.4, 0.0).await;
     relayed.close().await;
     direct.close().await;
     db.finish().await;
@@ -1180,11 +1137,7 @@ async fn holds_of_a_gateway_whose_lease_ran_out_are_released(db: &TestDb) {
     // The dead gateway's request settles after all: only its cost counts,
     // its hold is not taken off a second time.
     dying.settle(&lost, 0.05).await.unwrap();
-    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.reserved_usd, 0.4) && close(now.spent_usd, 0.05),
-        "{now:?}"
-    );
+    assert_totals(&store, &key.id, 0.05, 0.4).await;
 
     // A gateway that stops cleanly ends its lease: what it still holds is
     // released at once.
@@ -1198,11 +1151,7 @@ async fn holds_of_a_gateway_whose_lease_ran_out_are_released(db: &TestDb) {
     assert_eq!(store.release_expired_reservations().await.unwrap(), 0);
     dying.settle(&again, 0.0).await.unwrap();
     store.settle(&plain, 0.0).await.unwrap();
-    let now = store.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.reserved_usd, 0.0) && close(now.spent_usd, 0.05),
-        "{now:?}"
-    );
+    assert_totals(&store, &key.id, 0.05, 0.0).await;
 
     // Gateways dead for over an hour are forgotten; the others stay.
     assert_eq!(db.scalar("SELECT COUNT(*) FROM freehold_gateways").await, 2);
@@ -1716,11 +1665,7 @@ async fn expired_reservations_are_released_once(db: &TestDb) {
     );
     assert_eq!(a.unwrap() + b.unwrap(), 1);
     assert_eq!(second.release_expired_reservations().await.unwrap(), 0);
-    let now = first.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.reserved_usd, 0.3) && close(now.spent_usd, 0.0),
-        "{now:?}"
-    );
+    assert_totals(&first, &key.id, 0.0, 0.3).await;
     // The budget has room again for what the dead request held.
     let again = second.reserve(&key.id, 0.7).await.unwrap();
     second.settle(&again, 0.0).await.unwrap();
@@ -1735,11 +1680,7 @@ async fn expired_reservations_are_released_once(db: &TestDb) {
         .await
         .unwrap();
     first.settle(&forever, 0.0).await.unwrap();
-    let now = first.key_by_id(&key.id).await.unwrap().unwrap();
-    assert!(
-        close(now.reserved_usd, 0.0) && close(now.spent_usd, 0.3),
-        "{now:?}"
-    );
+    assert_totals(&first, &key.id, 0.3, 0.0).await;
     first.close().await;
     second.close().await;
 }

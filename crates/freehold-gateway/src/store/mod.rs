@@ -896,21 +896,17 @@ impl Store {
         };
         let inserted = match inserted {
             Ok(inserted) => inserted,
-            // The database's refusal of the statement (an error with a
-            // code) means that it, its own transaction, took nothing; a
-            // connection lost or a server stopped mid-statement leaves it
-            // unknown.
-            Err(error) if !may_have_applied(&error) => {
-                return Err(db("cannot reserve budget")(error));
-            }
-            Err(error) => {
-                return Err(match db("cannot reserve budget")(error) {
-                    StoreError::Database(error) => {
-                        StoreError::HoldUnanswered { reservation, error }
-                    }
-                    wrote_nothing => wrote_nothing,
+            // A connection lost or a server stopped mid-statement leaves
+            // unknown whether the hold was taken; the database's refusal
+            // of the statement (an error with a code) means that it, its
+            // own transaction, took nothing.
+            Err(error) if may_have_applied(&error) => {
+                return Err(StoreError::HoldUnanswered {
+                    reservation,
+                    error: format!("cannot reserve budget: {error}"),
                 });
             }
+            Err(error) => return Err(db("cannot reserve budget")(error)),
         };
         if inserted == 1 {
             return Ok(reservation);
