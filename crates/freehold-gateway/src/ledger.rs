@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{Store, UsageRecord};
+use crate::store::{BatchId, Recorded, Store, StoreError, UsageRecord};
 
 /// The most lines written in one transaction.
 const BATCH: usize = 512;
@@ -130,26 +130,43 @@ async fn write_batches(
     }
 }
 
-/// Writes `batch` in one transaction and empties it. A failure that wrote
-/// nothing (the database busy or out of reach: [`StoreError::is_retryable`])
-/// is retried for up to [`WRITE_PATIENCE`], so an outage of that length
-/// loses no line (lines arriving meanwhile wait in the bounded queue);
-/// another failure is retried twice.
+/// Writes `batch` in one transaction and empties it. The batch has an id
+/// ([`BatchId`]), so a try whose answer was lost and that was committed all
+/// the same is not written again by the next. A failure of the database
+/// rather than of the batch (busy, out of reach, or a connection lost
+/// mid-write: [`StoreError::Busy`], [`StoreError::Unanswered`]) is retried
+/// for up to [`WRITE_PATIENCE`], so an outage of that length loses no line
+/// (lines arriving meanwhile wait in the bounded queue); a refusal of the
+/// batch itself is tried twice more, then given up.
 async fn write_batch(store: &Store, batch: &mut Vec<UsageRecord>) {
     if batch.is_empty() {
         return;
     }
+    let id = BatchId::new();
     let started = std::time::Instant::now();
     let mut attempt = 0u32;
-    while let Err(error) = store.record(batch).await {
-        attempt += 1;
-        let patient = error.is_retryable() && started.elapsed() < WRITE_PATIENCE;
-        if !patient && attempt >= 3 {
-            tracing::error!(%error, lines = batch.len(), "usage ledger lines lost");
-            break;
+    loop {
+        match store.record(&id, batch).await {
+            Ok(Recorded::Written) => break,
+            Ok(Recorded::AlreadyWritten) => {
+                tracing::info!(
+                    lines = batch.len(),
+                    "usage ledger lines whose write went unanswered had been written; not writing them again"
+                );
+                break;
+            }
+            Err(error) => {
+                attempt += 1;
+                let outage = matches!(error, StoreError::Busy(_) | StoreError::Unanswered(_));
+                let patient = outage && started.elapsed() < WRITE_PATIENCE;
+                if !patient && attempt >= 3 {
+                    tracing::error!(%error, lines = batch.len(), "usage ledger lines lost");
+                    break;
+                }
+                tracing::warn!(%error, "writing the usage ledger; retrying");
+                tokio::time::sleep(retry_delay(attempt)).await;
+            }
         }
-        tracing::warn!(%error, "writing the usage ledger; retrying");
-        tokio::time::sleep(retry_delay(attempt)).await;
     }
     batch.clear();
 }

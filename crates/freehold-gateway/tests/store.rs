@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use freehold_gateway::store::{
-    GroupBy, KeyState, NewKey, Reservation, Store, StoreError, UsageRecord, unix_now,
+    BatchId, GroupBy, KeyState, NewKey, Recorded, Reservation, Store, StoreError, UsageRecord,
+    unix_now,
 };
 use sqlx::Connection;
 
@@ -218,6 +219,7 @@ on_both!(
     a_cost_out_of_range_is_held_to_the_range,
     a_settlement_tried_again_is_applied_once,
     two_tries_of_one_settlement_at_once_apply_it_once,
+    a_ledger_batch_tried_again_is_written_once,
 );
 
 fn close(a: f64, b: f64) -> bool {
@@ -1027,7 +1029,8 @@ impl AnswerLosingRelay {
 /// A settlement the database applied but whose answer was lost is not
 /// applied again when tried again; a reservation whose answer was lost
 /// says so, with the hold it may have taken, which settling at nothing
-/// releases. Each on a store of its own, so that the
+/// releases; a ledger batch is written once, whether its lost answer was
+/// to its lines or to its COMMIT. Each on a store of its own, so that the
 /// statement's text is sent (a connection that prepared it already would
 /// send only its name).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1103,6 +1106,39 @@ async fn statements_whose_answers_were_lost() {
     };
     relayed.settle(&never, 0.0).await.unwrap();
     assert_totals(&direct, &key.id, 0.4, 0.0).await;
+    relayed.close().await;
+
+    // A ledger batch whose COMMIT was answered, the answer lost: it was
+    // written, and the writer's next try writes nothing.
+    let lines = [line(5_000, Some(&key.id), "gpt", Some(0.01), 200)];
+    let ledger = "SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_usage";
+    let batch = BatchId::new();
+    let relayed = Store::open(&relay.url).await.unwrap();
+    // The simple query's text ends with a NUL: `READ COMMITTED`, which
+    // each new connection sets, does not match.
+    relay.lose_the_answer_to("COMMIT\0");
+    let error = relayed.record(&batch, &lines).await.unwrap_err();
+    assert!(matches!(error, StoreError::Unanswered(_)), "{error}");
+    assert_eq!(db.scalar(ledger).await, 1);
+    assert_eq!(
+        relayed.record(&batch, &lines).await.unwrap(),
+        Recorded::AlreadyWritten
+    );
+    assert_eq!(db.scalar(ledger).await, 1);
+    relayed.close().await;
+    // One whose lines' answer was lost, before its COMMIT: the server
+    // rolled it back when the connection closed, and the next try writes
+    // it (waiting, if need be, until the server has).
+    let batch = BatchId::new();
+    let relayed = Store::open(&relay.url).await.unwrap();
+    relay.lose_the_answer_to("INSERT INTO freehold_usage");
+    let error = relayed.record(&batch, &lines).await.unwrap_err();
+    assert!(matches!(error, StoreError::Unanswered(_)), "{error}");
+    assert_eq!(
+        relayed.record(&batch, &lines).await.unwrap(),
+        Recorded::Written
+    );
+    assert_eq!(db.scalar(ledger).await, 2);
     relayed.close().await;
     direct.close().await;
     db.finish().await;
@@ -1379,7 +1415,7 @@ fn line(
 async fn usage_by_key_model_and_day(db: &TestDb) {
     let store = Store::open(db.url()).await.unwrap();
     assert!(store.usage(GroupBy::Key, None).await.unwrap().is_empty());
-    store.record(&[]).await.unwrap();
+    store.record(&BatchId::new(), &[]).await.unwrap();
 
     let (a, _) = store
         .create_key(NewKey {
@@ -1399,13 +1435,16 @@ async fn usage_by_key_model_and_day(db: &TestDb) {
     let day1 = 20_454 * 86_400_000;
     let day2 = day1 + 86_400_000;
     store
-        .record(&[
-            line(day1 + 1000, Some(&a.id), "gpt", Some(0.25), 200),
-            line(day1 + 2000, Some(&a.id), "claude", Some(0.5), 200),
-            line(day2 + 5, Some(&b.id), "gpt", Some(1.0), 200),
-            line(day2 + 6, Some(&b.id), "gpt", None, 502),
-            line(day2 + 7, None, "claude", Some(0.125), 200),
-        ])
+        .record(
+            &BatchId::new(),
+            &[
+                line(day1 + 1000, Some(&a.id), "gpt", Some(0.25), 200),
+                line(day1 + 2000, Some(&a.id), "claude", Some(0.5), 200),
+                line(day2 + 5, Some(&b.id), "gpt", Some(1.0), 200),
+                line(day2 + 6, Some(&b.id), "gpt", None, 502),
+                line(day2 + 7, None, "claude", Some(0.125), 200),
+            ],
+        )
         .await
         .unwrap();
 
@@ -1447,10 +1486,13 @@ async fn usage_by_key_model_and_day(db: &TestDb) {
 
     // A batch is all or nothing: an unknown key fails it whole.
     let bad = store
-        .record(&[
-            line(day2 + 8, Some(&a.id), "gpt", Some(1.0), 200),
-            line(day2 + 9, Some("key_missing"), "gpt", Some(1.0), 200),
-        ])
+        .record(
+            &BatchId::new(),
+            &[
+                line(day2 + 8, Some(&a.id), "gpt", Some(1.0), 200),
+                line(day2 + 9, Some("key_missing"), "gpt", Some(1.0), 200),
+            ],
+        )
         .await;
     assert!(bad.is_err());
     assert_eq!(store.usage(GroupBy::Model, None).await.unwrap(), by_model);
@@ -1465,7 +1507,10 @@ async fn usage_by_key_model_and_day(db: &TestDb) {
         .await
         .unwrap();
     store
-        .record(&[line(day2 + 10, Some(&a2.id), "gpt", Some(0.01), 200)])
+        .record(
+            &BatchId::new(),
+            &[line(day2 + 10, Some(&a2.id), "gpt", Some(0.01), 200)],
+        )
         .await
         .unwrap();
     let by_key = store.usage(GroupBy::Key, None).await.unwrap();
@@ -1489,11 +1534,14 @@ async fn requests_list_the_latest_lines(db: &TestDb) {
     private.privacy = Some("redacted trigger=content detectors=email:1".into());
     private.body = Some("kept in the database, not listed".into());
     store
-        .record(&[
-            line(1_000, None, "claude", None, 502),
-            line(2_000, Some(&key.id), "gpt", Some(0.5), 200),
-            private.clone(),
-        ])
+        .record(
+            &BatchId::new(),
+            &[
+                line(1_000, None, "claude", None, 502),
+                line(2_000, Some(&key.id), "gpt", Some(0.5), 200),
+                private.clone(),
+            ],
+        )
         .await
         .unwrap();
     let lines = store.requests(None, 2).await.unwrap();
@@ -1536,7 +1584,7 @@ async fn large_batches_are_written_whole(db: &TestDb) {
             record
         })
         .collect();
-    store.record(&lines).await.unwrap();
+    store.record(&BatchId::new(), &lines).await.unwrap();
     let by_key = store.usage(GroupBy::Key, None).await.unwrap();
     assert_eq!(by_key.len(), 1);
     assert_eq!(by_key[0].requests, 300);
@@ -1552,10 +1600,72 @@ async fn large_batches_are_written_whole(db: &TestDb) {
         .map(|i| line(20_000 + i, Some(&key.id), "claude", Some(1.0), 200))
         .collect();
     failing[199].key_id = Some("key_missing".into());
-    assert!(store.record(&failing).await.is_err());
+    let batch = BatchId::new();
+    assert!(store.record(&batch, &failing).await.is_err());
     let by_model = store.usage(GroupBy::Model, None).await.unwrap();
     assert_eq!(by_model.len(), 1, "{by_model:?}");
     assert_eq!(by_model[0].requests, 300);
+    // The failed batch's id went with it: mended, it is written.
+    failing[199].key_id = Some(key.id.clone());
+    assert_eq!(
+        store.record(&batch, &failing).await.unwrap(),
+        Recorded::Written
+    );
+    let by_model = store.usage(GroupBy::Model, None).await.unwrap();
+    assert_eq!(by_model.len(), 2, "{by_model:?}");
+    store.close().await;
+}
+
+/// A ledger batch written twice (the writer tries again when a write's
+/// answer was lost) is kept once; another batch of the same lines is
+/// another batch. Batch ids are forgotten an hour after they were written.
+async fn a_ledger_batch_tried_again_is_written_once(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let lines = [
+        line(1_000, None, "gpt", Some(0.25), 200),
+        line(1_001, None, "gpt", None, 502),
+    ];
+    let requests = async || {
+        let by_model = store.usage(GroupBy::Model, None).await.unwrap();
+        by_model.iter().map(|row| row.requests).sum::<u64>()
+    };
+    let first = BatchId::new();
+    assert_eq!(
+        store.record(&first, &lines).await.unwrap(),
+        Recorded::Written
+    );
+    assert_eq!(
+        store.record(&first, &lines).await.unwrap(),
+        Recorded::AlreadyWritten
+    );
+    assert_eq!(requests().await, 2);
+    let second = BatchId::new();
+    assert_ne!(first, second);
+    assert_eq!(
+        store.record(&second, &lines).await.unwrap(),
+        Recorded::Written
+    );
+    assert_eq!(requests().await, 4);
+
+    let ids = "SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_ledger_batches";
+    assert_eq!(db.scalar(ids).await, 2);
+    // The sweep keeps an id written within the hour, and forgets one
+    // written before.
+    store.release_expired_reservations().await.unwrap();
+    assert_eq!(db.scalar(ids).await, 2);
+    db.execute(&format!(
+        "UPDATE freehold_ledger_batches SET written_at_ms = written_at_ms - 3601000 \
+         WHERE batch_id = '{}'",
+        first.as_str()
+    ))
+    .await;
+    store.release_expired_reservations().await.unwrap();
+    assert_eq!(db.scalar(ids).await, 1);
+    assert_eq!(
+        store.record(&second, &lines).await.unwrap(),
+        Recorded::AlreadyWritten
+    );
+    assert_eq!(requests().await, 4);
     store.close().await;
 }
 
@@ -1576,7 +1686,7 @@ async fn a_cost_out_of_range_is_held_to_the_range(db: &TestDb) {
         line(2_000, Some(&key.id), "gpt", Some(0.25), 200),
         line(3_000, Some(&key.id), "gpt", Some(f64::NAN), 200),
     ];
-    store.record(&lines).await.unwrap();
+    store.record(&BatchId::new(), &lines).await.unwrap();
     let by_key = store.usage(GroupBy::Key, None).await.unwrap();
     assert_eq!(by_key[0].requests, 3);
     assert!(close(by_key[0].cost_usd, 1e9 + 0.25), "{by_key:?}");
@@ -1603,7 +1713,10 @@ async fn reopening_keeps_data_and_migrates_once(db: &TestDb) {
     let hold = first.reserve(&key.id, 1.0).await.unwrap();
     first.settle(&hold, 0.75).await.unwrap();
     first
-        .record(&[line(1_000, Some(&key.id), "gpt", Some(0.75), 200)])
+        .record(
+            &BatchId::new(),
+            &[line(1_000, Some(&key.id), "gpt", Some(0.75), 200)],
+        )
         .await
         .unwrap();
     first.close().await;

@@ -56,6 +56,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite_0006_released_holds.sql"),
         postgres: include_str!("migrations/postgres_0006_released_holds.sql"),
     },
+    Migration {
+        version: 7,
+        description: "ledger batches are remembered, so that a batch tried again is written once",
+        sqlite: include_str!("migrations/sqlite_0007_ledger_batches.sql"),
+        postgres: include_str!("migrations/postgres_0007_ledger_batches.sql"),
+    },
 ];
 
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS freehold_migrations (\

@@ -62,6 +62,13 @@ pub enum StoreError {
         /// What failed.
         error: String,
     },
+    /// The statement was sent but its answer was lost (the connection
+    /// dropped, or the server stopped, mid-statement), so it may have been
+    /// applied. Returned only where trying the same operation again is
+    /// safe: by [`Store::record`], which writes a batch once however often
+    /// it is tried.
+    #[error("gateway database (no answer came; it may have been written): {0}")]
+    Unanswered(String),
     /// No key has that id or prefix.
     #[error("no virtual key matches `{0}`; `freehold keys list` shows them")]
     UnknownKey(String),
@@ -154,6 +161,53 @@ pub struct Reservation {
     pub key_id: String,
     /// The amount held, in USD.
     pub amount_usd: f64,
+}
+
+/// Names one batch of ledger lines ([`Store::record`]), so that a batch
+/// tried again after a failure whose answer was lost is written once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchId(String);
+
+impl BatchId {
+    /// A new id: `bat_` and 32 random hex digits.
+    pub fn new() -> Self {
+        match random_hex(16) {
+            Ok(hex) => Self(format!("bat_{hex}")),
+            // No random bytes (not seen on a working system): the process,
+            // the moment and a count still keep apart the batches of the
+            // gateways sharing a database, and a ledger line is not worth
+            // losing over it.
+            Err(_) => {
+                static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let nanos = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Self(format!("bat_{}_{nanos}_{count}", std::process::id()))
+            }
+        }
+    }
+
+    /// The id as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for BatchId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What [`Store::record`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Its lines were written now.
+    Written,
+    /// An earlier try had written them (its answer was lost); nothing was
+    /// written now.
+    AlreadyWritten,
 }
 
 /// One line of the usage ledger.
@@ -1101,6 +1155,9 @@ impl Store {
         if let Err(error) = self.forget_old_released_holds().await {
             tracing::warn!(%error, "forgetting released holds long past their expiry");
         }
+        if let Err(error) = self.forget_old_ledger_batches().await {
+            tracing::warn!(%error, "forgetting the ids of ledger batches written long ago");
+        }
         Ok(released)
     }
 
@@ -1121,12 +1178,19 @@ impl Store {
         .map_err(db("cannot forget old released holds"))
     }
 
-    /// Appends `records` to the ledger in one transaction: all or none.
-    /// A record's `key_id`, when set, must name an existing key. The ledger
-    /// is for reports: it does not touch budgets ([`Store::settle`] does).
-    pub async fn record(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+    /// Appends `records` to the ledger in one transaction, all or none, as
+    /// the batch `batch`: a batch already written is not written again, so
+    /// a write whose answer was lost ([`StoreError::Unanswered`]) can be
+    /// tried again with the same `batch`. A record's `key_id`, when set,
+    /// must name an existing key. The ledger is for reports: it does not
+    /// touch budgets ([`Store::settle`] does).
+    pub async fn record(
+        &self,
+        batch: &BatchId,
+        records: &[UsageRecord],
+    ) -> Result<Recorded, StoreError> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(Recorded::Written);
         }
         // A cost out of range (an upstream reporting absurd token counts)
         // is held to the range, rather than failing the lines batched with it.
@@ -1134,12 +1198,30 @@ impl Store {
             .iter()
             .map(|r| r.cost_usd.map(clamped_micros))
             .collect();
+        let claim_batch = format!(
+            "INSERT INTO freehold_ledger_batches (batch_id, written_at_ms) VALUES ($1, {}) \
+             ON CONFLICT (batch_id) DO NOTHING",
+            self.now_ms_sql()
+        );
         // One multi-row INSERT per chunk instead of one per line: each
         // statement is a round trip to the database (for SQLite, a wake-up
         // of its worker thread), which is what a busy gateway paid per
         // request before.
         with_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
+            // The batch's row first. A try before this one that was
+            // committed left it, and then this one writes nothing; on
+            // PostgreSQL, a try still under way holds it until that try
+            // ends, so this one waits to see whether it was committed.
+            let claimed = sqlx::query(&claim_batch)
+                .bind(batch.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if claimed == 0 {
+                tx.rollback().await?;
+                return Ok(Recorded::AlreadyWritten);
+            }
             for (chunk, chunk_costs) in records
                 .chunks(LINES_PER_INSERT)
                 .zip(costs.chunks(LINES_PER_INSERT))
@@ -1168,10 +1250,38 @@ impl Store {
                 });
                 insert.build().execute(&mut *tx).await?;
             }
-            tx.commit().await
+            tx.commit().await?;
+            Ok(Recorded::Written)
         }
         .await)
-        .map_err(db("cannot record usage"))
+        .map_err(|error| {
+            if may_have_applied(&error) {
+                StoreError::Unanswered(format!("cannot record usage: {error}"))
+            } else {
+                db("cannot record usage")(error)
+            }
+        })
+    }
+
+    /// How long a written ledger batch's id is kept: far longer than the
+    /// ledger writer tries a batch again.
+    const LEDGER_BATCHES_KEPT: Duration = Duration::from_secs(3600);
+
+    /// Deletes the ids of ledger batches written
+    /// [`Store::LEDGER_BATCHES_KEPT`] ago or more: no try of them comes now.
+    async fn forget_old_ledger_batches(&self) -> Result<(), StoreError> {
+        let forget = format!(
+            "DELETE FROM freehold_ledger_batches WHERE written_at_ms < (SELECT {}) - $1",
+            self.now_ms_sql()
+        );
+        with_pool!(self, pool => {
+            sqlx::query(&forget)
+                .bind(duration_ms(Self::LEDGER_BATCHES_KEPT))
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+        .map_err(db("cannot forget old ledger batches"))
     }
 
     /// Sums the ledger by key, model or UTC day, from `since_ms` (Unix
