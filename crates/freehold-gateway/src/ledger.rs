@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{BatchId, Recorded, Store, StoreError, UsageRecord};
+use crate::store::{BatchId, Recorded, Store, UsageRecord};
 
 /// The most lines written in one transaction.
 const BATCH: usize = 512;
@@ -134,10 +134,11 @@ async fn write_batches(
 /// ([`BatchId`]), so a try whose answer was lost and that was committed all
 /// the same is not written again by the next. A failure of the database
 /// rather than of the batch (busy, out of reach, or a connection lost
-/// mid-write: [`StoreError::Busy`], [`StoreError::Unanswered`]) is retried
-/// for up to [`WRITE_PATIENCE`], so an outage of that length loses no line
-/// (lines arriving meanwhile wait in the bounded queue); a refusal of the
-/// batch itself is tried twice more, then given up.
+/// mid-write: [`crate::store::StoreError::is_outage`]) is retried for up to
+/// [`WRITE_PATIENCE`], so an outage of that length loses no line (lines
+/// arriving meanwhile wait in the bounded queue); a refusal of the batch
+/// itself is tried twice more, then given up, as is every batch once the
+/// store is closed.
 async fn write_batch(store: &Store, batch: &mut Vec<UsageRecord>) {
     if batch.is_empty() {
         return;
@@ -157,9 +158,8 @@ async fn write_batch(store: &Store, batch: &mut Vec<UsageRecord>) {
             }
             Err(error) => {
                 attempt += 1;
-                let outage = matches!(error, StoreError::Busy(_) | StoreError::Unanswered(_));
-                let patient = outage && started.elapsed() < WRITE_PATIENCE;
-                if !patient && attempt >= 3 {
+                let patient = error.is_outage() && started.elapsed() < WRITE_PATIENCE;
+                if store.is_closed() || (!patient && attempt >= 3) {
                     tracing::error!(%error, lines = batch.len(), "usage ledger lines lost");
                     break;
                 }

@@ -898,16 +898,28 @@ async fn a_settlement_cut_off_mid_statement_is_applied_when_tried_again() {
     db.finish().await;
 }
 
-/// A TCP relay on 127.0.0.1 in front of the test's PostgreSQL that loses
-/// one answer when armed: the first statement sent whose text contains the
-/// armed marker runs, and the relay withholds the server's answer to it
-/// from its CommandComplete on. Once the server has said it is ready for
-/// the next statement (so this one was committed), the relay closes the
-/// connection, as a network failing at that moment would.
+/// A TCP relay on 127.0.0.1 in front of the test's PostgreSQL that, when
+/// armed with a marker, fails the first statement sent whose text contains
+/// it, in one of two ways ([`Loss`]).
 struct AnswerLosingRelay {
     /// The test server's URL, through the relay.
     url: String,
-    armed: std::sync::Arc<std::sync::Mutex<Option<&'static str>>>,
+    armed: std::sync::Arc<std::sync::Mutex<Option<(&'static str, Loss)>>>,
+}
+
+/// How the relay fails a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// The statement runs, and the server's answer to it is withheld from
+    /// its CommandComplete on. Once the server has said it is ready for the
+    /// next statement (so this one was committed), the relay closes the
+    /// connection, as a network failing at that moment would.
+    Answer,
+    /// The statement never reaches the server. The relay closes the
+    /// client's side of the connection but keeps the server's open, as a
+    /// NAT or a proxy that dropped the connection would: the server sees a
+    /// session idle (in its transaction, if one was open) with no client.
+    Statement,
 }
 
 impl AnswerLosingRelay {
@@ -925,7 +937,7 @@ impl AnswerLosingRelay {
         let server = server.to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let armed = std::sync::Arc::new(std::sync::Mutex::new(None::<&'static str>));
+        let armed = std::sync::Arc::new(std::sync::Mutex::new(None::<(&'static str, Loss)>));
         let relay_armed = armed.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -933,7 +945,9 @@ impl AnswerLosingRelay {
                 let (mut from_client, mut to_client) = client.into_split();
                 let (mut from_server, mut to_server) = upstream.into_split();
                 let doomed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let (armed, client_doomed) = (relay_armed.clone(), doomed.clone());
+                let severed = std::sync::Arc::new(tokio::sync::Notify::new());
+                let (armed, client_doomed, client_severed) =
+                    (relay_armed.clone(), doomed.clone(), severed.clone());
                 tokio::spawn(async move {
                     let mut buffer = vec![0; 64 * 1024];
                     // The end of what was sent before, so that a marker
@@ -945,20 +959,33 @@ impl AnswerLosingRelay {
                         }
                         let sent = &buffer[..read];
                         seen.extend_from_slice(sent);
-                        {
+                        let fired = {
                             let mut armed = armed.lock().unwrap();
                             match *armed {
-                                Some(marker)
+                                Some((marker, loss))
                                     if seen
                                         .windows(marker.len())
                                         .any(|w| w == marker.as_bytes()) =>
                                 {
                                     *armed = None;
-                                    client_doomed.store(true, Ordering::SeqCst);
+                                    Some(loss)
                                 }
-                                Some(_) => {}
-                                None => seen.clear(),
+                                Some(_) => None,
+                                None => {
+                                    seen.clear();
+                                    None
+                                }
                             }
+                        };
+                        if fired == Some(Loss::Statement) {
+                            // The client's side closes; the server's is
+                            // held open, idle, long past the test.
+                            client_severed.notify_one();
+                            tokio::time::sleep(Duration::from_secs(120)).await;
+                            return;
+                        }
+                        if fired == Some(Loss::Answer) {
+                            client_doomed.store(true, Ordering::SeqCst);
                         }
                         let keep = seen.len().min(256);
                         seen.drain(..seen.len() - keep);
@@ -974,10 +1001,15 @@ impl AnswerLosingRelay {
                     // (the answer to preparing it), the rest are withheld.
                     let mut unread = Vec::new();
                     let mut completed = false;
-                    while let Ok(read) = from_server.read(&mut buffer).await {
-                        if read == 0 {
-                            break;
-                        }
+                    loop {
+                        let read = tokio::select! {
+                            read = from_server.read(&mut buffer) => match read {
+                                Ok(read) if read > 0 => read,
+                                _ => break,
+                            },
+                            // Returning drops the client's side.
+                            () = severed.notified() => return,
+                        };
                         if !doomed.load(Ordering::SeqCst) {
                             if to_client.write_all(&buffer[..read]).await.is_err() {
                                 break;
@@ -1022,7 +1054,13 @@ impl AnswerLosingRelay {
 
     /// Loses the answer to the next statement whose text has `marker`.
     fn lose_the_answer_to(&self, marker: &'static str) {
-        *self.armed.lock().unwrap() = Some(marker);
+        *self.armed.lock().unwrap() = Some((marker, Loss::Answer));
+    }
+
+    /// Cuts the client off before the next statement whose text has
+    /// `marker`, leaving the server's side of its connection open.
+    fn cut_off_before(&self, marker: &'static str) {
+        *self.armed.lock().unwrap() = Some((marker, Loss::Statement));
     }
 }
 
@@ -1139,6 +1177,105 @@ async fn statements_whose_answers_were_lost() {
         Recorded::Written
     );
     assert_eq!(db.scalar(ledger).await, 2);
+    relayed.close().await;
+    direct.close().await;
+    db.finish().await;
+}
+
+/// A try of a ledger batch waits for another try of it still under way:
+/// when that one commits, this one writes nothing; when it rolls back,
+/// this one writes the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ledger_batch_waits_for_another_try_of_it() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = Store::open(db.url()).await.unwrap();
+    let lines = [line(6_000, None, "gpt", Some(0.01), 200)];
+    let ledger = "SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_usage";
+    let waiting = "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    for (end, expected, written) in [
+        ("COMMIT", Recorded::AlreadyWritten, 1),
+        ("ROLLBACK", Recorded::Written, 2),
+    ] {
+        let batch = BatchId::new();
+        // The other try: its id claimed, its lines written, not committed.
+        let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        sqlx::raw_sql("BEGIN").execute(&mut other).await.unwrap();
+        sqlx::query("INSERT INTO freehold_ledger_batches (batch_id, written_at_ms) VALUES ($1, 0)")
+            .bind(batch.as_str())
+            .execute(&mut other)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO freehold_usage (at_ms, model, provider, provider_model, endpoint, \
+             input_tokens, cached_input_tokens, output_tokens, latency_ms, status) \
+             VALUES (6000, 'gpt', 'openai', 'gpt-2024', '/v1/chat/completions', 1, 0, 1, 1, 200)",
+        )
+        .execute(&mut other)
+        .await
+        .unwrap();
+        let task_store = store.clone();
+        let (task_batch, task_lines) = (batch.clone(), lines.clone());
+        let this_try =
+            tokio::spawn(async move { task_store.record(&task_batch, &task_lines).await.unwrap() });
+        let mut seen = 0;
+        for _ in 0..300 {
+            seen = db.scalar(waiting).await;
+            if seen >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen, 1, "the try did not wait for the other");
+        sqlx::raw_sql(end).execute(&mut other).await.unwrap();
+        assert_eq!(this_try.await.unwrap(), expected, "after {end}");
+        assert_eq!(db.scalar(ledger).await, written, "after {end}");
+    }
+    store.close().await;
+    db.finish().await;
+}
+
+/// A ledger batch whose client was cut off before its COMMIT reached the
+/// server (a NAT dropping the connection) leaves its transaction open on
+/// the server, holding the batch's id. The next try does not wait on it
+/// for hours: it gives up after the lock timeout (busy, so the writer
+/// tries again later), and once the server has ended the idle
+/// transaction (`idle_in_transaction_session_timeout`), the batch is
+/// written, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ledger_batch_cut_off_before_its_commit_is_written_once_the_server_ends_it() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let relay = AnswerLosingRelay::start(db.url()).await;
+    let relayed = Store::open(&relay.url).await.unwrap();
+    let direct = Store::open(db.url()).await.unwrap();
+    let lines = [line(7_000, None, "gpt", Some(0.01), 200)];
+    let batch = BatchId::new();
+    relay.cut_off_before("COMMIT\0");
+    let error = relayed.record(&batch, &lines).await.unwrap_err();
+    assert!(matches!(error, StoreError::Unanswered(_)), "{error}");
+
+    let started = std::time::Instant::now();
+    let error = direct.record(&batch, &lines).await.unwrap_err();
+    assert!(error.is_retryable() && error.is_outage(), "{error}");
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(4)..Duration::from_secs(10)).contains(&waited),
+        "gave up on the id after {waited:?}"
+    );
+    let recorded = loop {
+        match direct.record(&batch, &lines).await {
+            Ok(recorded) => break recorded,
+            Err(error) if error.is_retryable() && started.elapsed() < Duration::from_secs(60) => {}
+            Err(error) => panic!("after {:?}: {error}", started.elapsed()),
+        }
+    };
+    assert_eq!(recorded, Recorded::Written);
+    let ledger = "SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_usage";
+    assert_eq!(db.scalar(ledger).await, 1);
     relayed.close().await;
     direct.close().await;
     db.finish().await;

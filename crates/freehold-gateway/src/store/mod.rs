@@ -62,11 +62,11 @@ pub enum StoreError {
         /// What failed.
         error: String,
     },
-    /// The statement was sent but its answer was lost (the connection
-    /// dropped, or the server stopped, mid-statement), so it may have been
-    /// applied. Returned only where trying the same operation again is
-    /// safe: by [`Store::record`], which writes a batch once however often
-    /// it is tried.
+    /// No answer came: the connection failed (or the server stopped)
+    /// while the operation was under way, or while connecting for it, so
+    /// it may have been applied. Returned only where trying the same
+    /// operation again is safe: by [`Store::record`], which writes a batch
+    /// once however often it is tried.
     #[error("gateway database (no answer came; it may have been written): {0}")]
     Unanswered(String),
     /// No key has that id or prefix.
@@ -169,7 +169,8 @@ pub struct Reservation {
 pub struct BatchId(String);
 
 impl BatchId {
-    /// A new id: `bat_` and 32 random hex digits.
+    /// A new id: `bat_` and 32 random hex digits (or, should the system
+    /// give no random bytes, the process id, the time and a count).
     pub fn new() -> Self {
         match random_hex(16) {
             Ok(hex) => Self(format!("bat_{hex}")),
@@ -397,6 +398,18 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for a PostgreSQL server to answer, or for a pooled
 /// connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What each PostgreSQL connection sets when it opens (see
+/// [`Store::open`]'s pool).
+const POSTGRES_SESSION: &[&str] = &[
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    "SET idle_in_transaction_session_timeout = '15s'",
+];
+
+/// How long a ledger batch waits for the id it claims to be released by
+/// another try of it, on PostgreSQL (`lock_timeout`); past it the try
+/// fails as [`StoreError::Busy`], and the writer tries again later.
+const LEDGER_CLAIM_WAIT: &str = "SET LOCAL lock_timeout = '5s'";
 
 /// The key columns, in the order of [`KeyRow`].
 macro_rules! key_columns {
@@ -626,14 +639,19 @@ impl Store {
             // serialization failure), whatever the server's default. Set
             // on each new connection rather than as a startup option, which
             // connection poolers (PgBouncer) refuse.
+            //
+            // A transaction left idle (its client gone without the server
+            // seeing it: a connection reset by a NAT or a proxy) is ended
+            // by the server, so that the rows it holds (a ledger batch's
+            // id, a key's row during a sweep) do not block the next try
+            // for the hours TCP takes to notice. No transaction of the
+            // store waits between its statements.
             .after_connect(|connection, _| {
                 Box::pin(async move {
-                    sqlx::Executor::execute(
-                        &mut *connection,
-                        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
-                    )
-                    .await
-                    .map(|_| ())
+                    for setting in POSTGRES_SESSION {
+                        sqlx::Executor::execute(&mut *connection, *setting).await?;
+                    }
+                    Ok(())
                 })
             })
             .connect_lazy_with(options);
@@ -1198,6 +1216,10 @@ impl Store {
             .iter()
             .map(|r| r.cost_usd.map(clamped_micros))
             .collect();
+        let claim_wait = match self.pool {
+            Pool::Postgres(_) => Some(LEDGER_CLAIM_WAIT),
+            Pool::Sqlite(_) => None,
+        };
         let claim_batch = format!(
             "INSERT INTO freehold_ledger_batches (batch_id, written_at_ms) VALUES ($1, {}) \
              ON CONFLICT (batch_id) DO NOTHING",
@@ -1212,14 +1234,23 @@ impl Store {
             // The batch's row first. A try before this one that was
             // committed left it, and then this one writes nothing; on
             // PostgreSQL, a try still under way holds it until that try
-            // ends, so this one waits to see whether it was committed.
+            // ends, so this one waits to see whether it was committed (for
+            // a while: a try whose client is gone is ended by the server
+            // only after `idle_in_transaction_session_timeout`).
+            if let Some(wait) = claim_wait {
+                sqlx::query(wait).execute(&mut *tx).await?;
+            }
             let claimed = sqlx::query(&claim_batch)
                 .bind(batch.as_str())
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
             if claimed == 0 {
-                tx.rollback().await?;
+                // Nothing was written in this transaction: however its
+                // rollback goes, the batch is in the ledger once.
+                if let Err(error) = tx.rollback().await {
+                    tracing::debug!(%error, "rolling back a ledger batch already written");
+                }
                 return Ok(Recorded::AlreadyWritten);
             }
             for (chunk, chunk_costs) in records
@@ -1484,7 +1515,8 @@ fn may_have_applied(error: &sqlx::Error) -> bool {
         sqlx::Error::Database(error) => error
             .code()
             .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-        sqlx::Error::PoolTimedOut => false,
+        // Nothing was sent: no connection in time, or the store closed.
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => false,
         _ => true,
     }
 }
@@ -1493,6 +1525,14 @@ impl StoreError {
     /// Whether the operation wrote nothing and may be tried again.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Busy(_))
+    }
+
+    /// Whether the failure is the database's state rather than the
+    /// operation's (busy, out of reach, a connection lost), so that an
+    /// operation safe to try again ([`Store::record`]) is worth trying
+    /// again for a while.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, StoreError::Busy(_) | StoreError::Unanswered(_))
     }
 }
 
@@ -1693,6 +1733,7 @@ mod tests {
     fn statements_that_got_no_answer_may_have_been_applied() {
         // Nothing was sent: no connection was had.
         assert!(!may_have_applied(&sqlx::Error::PoolTimedOut));
+        assert!(!may_have_applied(&sqlx::Error::PoolClosed));
         let lost = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection lost");
         assert!(may_have_applied(&sqlx::Error::Io(lost)));
         assert!(may_have_applied(&sqlx::Error::Protocol("garbled".into())));
