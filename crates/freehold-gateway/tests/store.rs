@@ -1220,13 +1220,12 @@ async fn a_ledger_batch_waits_for_another_try_of_it() {
         let (task_batch, task_lines) = (batch.clone(), lines.clone());
         let this_try =
             tokio::spawn(async move { task_store.record(&task_batch, &task_lines).await.unwrap() });
+        // Well within the try's 5 s lock timeout.
+        let looking = std::time::Instant::now();
         let mut seen = 0;
-        for _ in 0..300 {
-            seen = db.scalar(waiting).await;
-            if seen >= 1 {
-                break;
-            }
+        while seen == 0 && looking.elapsed() < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_millis(10)).await;
+            seen = db.scalar(waiting).await;
         }
         assert_eq!(seen, 1, "the try did not wait for the other");
         sqlx::raw_sql(end).execute(&mut other).await.unwrap();
@@ -1269,7 +1268,9 @@ async fn a_ledger_batch_cut_off_before_its_commit_is_written_once_the_server_end
     let recorded = loop {
         match direct.record(&batch, &lines).await {
             Ok(recorded) => break recorded,
-            Err(error) if error.is_retryable() && started.elapsed() < Duration::from_secs(60) => {}
+            Err(error) if error.is_retryable() && started.elapsed() < Duration::from_secs(60) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             Err(error) => panic!("after {:?}: {error}", started.elapsed()),
         }
     };

@@ -399,17 +399,20 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What each PostgreSQL connection sets when it opens (see
-/// [`Store::open`]'s pool).
-const POSTGRES_SESSION: &[&str] = &[
-    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
-    "SET idle_in_transaction_session_timeout = '15s'",
-];
-
-/// How long a ledger batch waits for the id it claims to be released by
-/// another try of it, on PostgreSQL (`lock_timeout`); past it the try
-/// fails as [`StoreError::Busy`], and the writer tries again later.
-const LEDGER_CLAIM_WAIT: &str = "SET LOCAL lock_timeout = '5s'";
+/// How the store's transactions of several statements begin on
+/// PostgreSQL (the ledger's batches, the sweep's releases), in one round
+/// trip. Each waits at most 5 seconds for a lock (`lock_timeout`): a row
+/// held by another try of the same batch, say; past that it fails as
+/// [`StoreError::Busy`] and is tried again later. And the server ends it
+/// if it is left idle for 15 seconds (`idle_in_transaction_session_timeout`):
+/// a try whose client vanished without the server noticing (a NAT or a
+/// proxy dropping the connection) would otherwise hold its rows, and block
+/// the next try, for the hours TCP takes to notice. No transaction of the
+/// store waits between its statements. `SET LOCAL`, so that the limits end
+/// with the transaction, also behind PgBouncer's transaction pooling.
+/// Both are well inside the ledger writer's minute of retries.
+const POSTGRES_BEGIN_BOUNDED: &str = "BEGIN; SET LOCAL lock_timeout = '5s'; \
+     SET LOCAL idle_in_transaction_session_timeout = '15s'";
 
 /// The key columns, in the order of [`KeyRow`].
 macro_rules! key_columns {
@@ -639,19 +642,14 @@ impl Store {
             // serialization failure), whatever the server's default. Set
             // on each new connection rather than as a startup option, which
             // connection poolers (PgBouncer) refuse.
-            //
-            // A transaction left idle (its client gone without the server
-            // seeing it: a connection reset by a NAT or a proxy) is ended
-            // by the server, so that the rows it holds (a ledger batch's
-            // id, a key's row during a sweep) do not block the next try
-            // for the hours TCP takes to notice. No transaction of the
-            // store waits between its statements.
             .after_connect(|connection, _| {
                 Box::pin(async move {
-                    for setting in POSTGRES_SESSION {
-                        sqlx::Executor::execute(&mut *connection, *setting).await?;
-                    }
-                    Ok(())
+                    sqlx::Executor::execute(
+                        &mut *connection,
+                        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                    )
+                    .await
+                    .map(|_| ())
                 })
             })
             .connect_lazy_with(options);
@@ -681,6 +679,15 @@ impl Store {
         match self.pool {
             Pool::Sqlite(_) => SQLITE_NOW_MS,
             Pool::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
+    /// The statement that begins a transaction of several statements
+    /// ([`POSTGRES_BEGIN_BOUNDED`] on PostgreSQL).
+    fn begin_bounded(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "BEGIN",
+            Pool::Postgres(_) => POSTGRES_BEGIN_BOUNDED,
         }
     }
 
@@ -1114,6 +1121,7 @@ impl Store {
             "DELETE FROM freehold_reservations WHERE id = $1 AND (expires_at_ms < {now} \
              OR gateway_id IN (SELECT id FROM freehold_gateways WHERE alive_until_ms < {now}))"
         );
+        let begin = self.begin_bounded();
         let released = with_pool!(self, pool => async {
             let mut expired: Vec<(String, String, i64, i64)> = sqlx::query_as(&past_expiry)
                 .fetch_all(pool)
@@ -1127,7 +1135,7 @@ impl Store {
             );
             let mut released = 0;
             for (id, key_id, micros, expires_at_ms) in expired {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_with(begin).await?;
                 // Another gateway (or the settlement, just in time) may
                 // have taken it since: only the one that deletes the row
                 // releases the hold.
@@ -1216,10 +1224,7 @@ impl Store {
             .iter()
             .map(|r| r.cost_usd.map(clamped_micros))
             .collect();
-        let claim_wait = match self.pool {
-            Pool::Postgres(_) => Some(LEDGER_CLAIM_WAIT),
-            Pool::Sqlite(_) => None,
-        };
+        let begin = self.begin_bounded();
         let claim_batch = format!(
             "INSERT INTO freehold_ledger_batches (batch_id, written_at_ms) VALUES ($1, {}) \
              ON CONFLICT (batch_id) DO NOTHING",
@@ -1230,16 +1235,12 @@ impl Store {
         // of its worker thread), which is what a busy gateway paid per
         // request before.
         with_pool!(self, pool => async {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(begin).await?;
             // The batch's row first. A try before this one that was
             // committed left it, and then this one writes nothing; on
             // PostgreSQL, a try still under way holds it until that try
             // ends, so this one waits to see whether it was committed (for
-            // a while: a try whose client is gone is ended by the server
-            // only after `idle_in_transaction_session_timeout`).
-            if let Some(wait) = claim_wait {
-                sqlx::query(wait).execute(&mut *tx).await?;
-            }
+            // a while: see POSTGRES_BEGIN_BOUNDED).
             let claimed = sqlx::query(&claim_batch)
                 .bind(batch.as_str())
                 .execute(&mut *tx)
@@ -1496,8 +1497,9 @@ fn wrote_nothing(error: &sqlx::Error) -> bool {
         sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(error) => matches!(
             error.code().as_deref(),
-            // PostgreSQL: serialization failure, deadlock, lock not available.
-            Some("40001" | "40P01" | "55P03")
+            // PostgreSQL: serialization failure, deadlock, lock not
+            // available, a transaction ended for idling.
+            Some("40001" | "40P01" | "55P03" | "25P03")
             // SQLite: busy and locked, with their extended codes.
             | Some("5" | "6" | "261" | "262" | "517")
         ),
