@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{BatchId, Recorded, Store, StoreError, UsageRecord};
+use crate::store::{BatchId, Recorded, Store, UsageRecord};
 
 /// The most lines written in one transaction.
 const BATCH: usize = 512;
@@ -134,11 +134,11 @@ async fn write_batches(
 /// ([`BatchId`]), so a try whose answer was lost and that was committed all
 /// the same is not written again by the next. A failure of the database
 /// rather than of the batch (busy, out of reach, a connection lost
-/// mid-write, or no answer in [`WRITE_TIME_LIMIT`]:
-/// [`StoreError::is_outage`]) is retried for up to [`WRITE_PATIENCE`], so
-/// an outage of that length loses no line (lines arriving meanwhile wait in
-/// the bounded queue); a refusal of the batch itself is tried twice more,
-/// then given up, as is every batch once the store is closed.
+/// mid-write, or no answer in time: [`crate::store::StoreError::is_outage`])
+/// is retried for up to [`WRITE_PATIENCE`], so an outage of that length
+/// loses no line (lines arriving meanwhile wait in the bounded queue); a
+/// refusal of the batch itself is tried twice more, then given up, as is
+/// every batch once the store is closed.
 async fn write_batch(store: &Store, batch: &mut Vec<UsageRecord>) {
     if batch.is_empty() {
         return;
@@ -147,18 +147,7 @@ async fn write_batch(store: &Store, batch: &mut Vec<UsageRecord>) {
     let started = std::time::Instant::now();
     let mut attempt = 0u32;
     loop {
-        // A write that hangs (a connection dropped without a word, which
-        // TCP takes minutes to notice) is given up and tried again, as
-        // safely as one that failed.
-        let written = tokio::time::timeout(WRITE_TIME_LIMIT, store.record(&id, batch))
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unanswered(format!(
-                    "writing usage lines: no answer in {} s",
-                    WRITE_TIME_LIMIT.as_secs()
-                )))
-            });
-        match written {
+        match store.record(&id, batch).await {
             Ok(Recorded::Written) => break,
             Ok(Recorded::AlreadyWritten) => {
                 tracing::info!(
@@ -181,10 +170,6 @@ async fn write_batch(store: &Store, batch: &mut Vec<UsageRecord>) {
     }
     batch.clear();
 }
-
-/// How long one try of a batch may take before it is given up and tried
-/// again.
-const WRITE_TIME_LIMIT: Duration = Duration::from_secs(20);
 
 /// How long a write that found the database busy or out of reach is
 /// retried before its lines are given up.

@@ -920,6 +920,11 @@ enum Loss {
     /// NAT or a proxy that dropped the connection would: the server sees a
     /// session idle (in its transaction, if one was open) with no client.
     Statement,
+    /// The statement, and whatever the client sends after it, never
+    /// reaches the server, and both sides of the connection are kept open:
+    /// the client waits for an answer that never comes, as behind a
+    /// network that went silent without a reset.
+    Silence,
 }
 
 impl AnswerLosingRelay {
@@ -946,16 +951,25 @@ impl AnswerLosingRelay {
                 let (mut from_server, mut to_server) = upstream.into_split();
                 let doomed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let severed = std::sync::Arc::new(tokio::sync::Notify::new());
-                let (armed, client_doomed, client_severed) =
-                    (relay_armed.clone(), doomed.clone(), severed.clone());
+                let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (armed, client_doomed, client_severed, client_silent) = (
+                    relay_armed.clone(),
+                    doomed.clone(),
+                    severed.clone(),
+                    silent.clone(),
+                );
                 tokio::spawn(async move {
                     let mut buffer = vec![0; 64 * 1024];
                     // The end of what was sent before, so that a marker
                     // split between two reads is found.
                     let mut seen = Vec::new();
+                    let mut silenced = false;
                     while let Ok(read) = from_client.read(&mut buffer).await {
                         if read == 0 {
                             break;
+                        }
+                        if silenced {
+                            continue;
                         }
                         let sent = &buffer[..read];
                         seen.extend_from_slice(sent);
@@ -984,6 +998,12 @@ impl AnswerLosingRelay {
                             tokio::time::sleep(Duration::from_secs(120)).await;
                             return;
                         }
+                        if fired == Some(Loss::Silence) {
+                            // Held open while the client keeps it.
+                            silenced = true;
+                            client_silent.store(true, Ordering::SeqCst);
+                            continue;
+                        }
                         if fired == Some(Loss::Answer) {
                             client_doomed.store(true, Ordering::SeqCst);
                         }
@@ -1010,6 +1030,11 @@ impl AnswerLosingRelay {
                             // Returning drops the client's side.
                             () = severed.notified() => return,
                         };
+                        if silent.load(Ordering::SeqCst) {
+                            // Nothing from the server reaches the client
+                            // any more, its error and its closing included.
+                            continue;
+                        }
                         if !doomed.load(Ordering::SeqCst) {
                             if to_client.write_all(&buffer[..read]).await.is_err() {
                                 break;
@@ -1042,6 +1067,10 @@ impl AnswerLosingRelay {
                             break;
                         }
                     }
+                    if silent.load(Ordering::SeqCst) {
+                        // The client's side is held open, long past the test.
+                        tokio::time::sleep(Duration::from_secs(120)).await;
+                    }
                     // Dropping both halves closes the client's connection.
                 });
             }
@@ -1061,6 +1090,12 @@ impl AnswerLosingRelay {
     /// `marker`, leaving the server's side of its connection open.
     fn cut_off_before(&self, marker: &'static str) {
         *self.armed.lock().unwrap() = Some((marker, Loss::Statement));
+    }
+
+    /// Never sends the next statement whose text has `marker`, nor
+    /// anything after it on that connection, and keeps the connection open.
+    fn go_silent_before(&self, marker: &'static str) {
+        *self.armed.lock().unwrap() = Some((marker, Loss::Silence));
     }
 }
 
@@ -1279,6 +1314,48 @@ async fn a_ledger_batch_cut_off_before_its_commit_is_written_once_the_server_end
     assert_eq!(db.scalar(ledger).await, 1);
     relayed.close().await;
     direct.close().await;
+    db.finish().await;
+}
+
+/// The ledger writer whose write gets no answer at all (the network gone
+/// silent before its COMMIT, the connection still open on both ends as far
+/// as either can tell) does not wait for ever: it gives the try up after
+/// its time limit, closes that connection, tries again, and the batch is
+/// written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ledger_write_without_an_answer_is_given_up_and_written_once() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let relay = AnswerLosingRelay::start(db.url()).await;
+    let relayed = Store::open(&relay.url).await.unwrap();
+    let (ledger, writer) = freehold_gateway::ledger::Ledger::start(relayed.clone());
+    let metrics = freehold_gateway::metrics::Metrics::default();
+    relay.go_silent_before("COMMIT\0");
+    let started = std::time::Instant::now();
+    ledger.try_record(line(8_000, None, "gpt", Some(0.01), 200), &metrics);
+    let lines = "SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_usage";
+    while db.scalar(lines).await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the line was not written in a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Not before the try's time limit (20 s) gave it up.
+    assert!(
+        started.elapsed() > Duration::from_secs(19),
+        "{:?}",
+        started.elapsed()
+    );
+    ledger.close();
+    tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("the writer stopped when closed")
+        .unwrap();
+    assert_eq!(db.scalar(lines).await, 1);
+    assert_eq!(metrics.ledger_dropped.get(), 0);
+    relayed.close().await;
     db.finish().await;
 }
 

@@ -399,20 +399,25 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How the store's transactions of several statements begin on
-/// PostgreSQL (the ledger's batches, the sweep's releases), in one round
-/// trip. Each waits at most 5 seconds for a lock (`lock_timeout`): a row
+/// How a ledger batch's transaction begins on PostgreSQL, in one round
+/// trip. It waits at most 5 seconds for a lock (`lock_timeout`): the id
 /// held by another try of the same batch, say; past that it fails as
 /// [`StoreError::Busy`] and is tried again later. And the server ends it
-/// if it is left idle for 15 seconds (`idle_in_transaction_session_timeout`):
-/// a try whose client vanished without the server noticing (a NAT or a
-/// proxy dropping the connection) would otherwise hold its rows, and block
-/// the next try, for the hours TCP takes to notice. No transaction of the
-/// store waits between its statements. `SET LOCAL`, so that the limits end
-/// with the transaction, also behind PgBouncer's transaction pooling.
-/// Both are well inside the ledger writer's minute of retries.
-const POSTGRES_BEGIN_BOUNDED: &str = "BEGIN; SET LOCAL lock_timeout = '5s'; \
+/// if it is left idle for 15 seconds ([`POSTGRES_BEGIN_IDLE_LIMITED`]).
+/// `SET LOCAL`, so that the limits end with the transaction, also behind
+/// PgBouncer's transaction pooling. Both are well inside
+/// [`Store::RECORD_TIME_LIMIT`] and the ledger writer's minute of retries.
+const POSTGRES_BEGIN_LEDGER_BATCH: &str = "BEGIN; SET LOCAL lock_timeout = '5s'; \
      SET LOCAL idle_in_transaction_session_timeout = '15s'";
+
+/// How the sweep's transactions begin on PostgreSQL: the server ends one
+/// left idle for 15 seconds. A transaction whose client vanished without
+/// the server noticing (a NAT or a proxy dropping the connection) would
+/// otherwise hold its rows (a key's, a batch's id), and block whoever
+/// needs them next, for the hours TCP takes to notice. No transaction of
+/// the store waits between its statements.
+const POSTGRES_BEGIN_IDLE_LIMITED: &str =
+    "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '15s'";
 
 /// The key columns, in the order of [`KeyRow`].
 macro_rules! key_columns {
@@ -682,12 +687,11 @@ impl Store {
         }
     }
 
-    /// The statement that begins a transaction of several statements
-    /// ([`POSTGRES_BEGIN_BOUNDED`] on PostgreSQL).
-    fn begin_bounded(&self) -> &'static str {
+    /// `begin` on PostgreSQL; `None` (sqlx's own `BEGIN`) on SQLite.
+    fn on_postgres(&self, begin: &'static str) -> Option<&'static str> {
         match self.pool {
-            Pool::Sqlite(_) => "BEGIN",
-            Pool::Postgres(_) => POSTGRES_BEGIN_BOUNDED,
+            Pool::Sqlite(_) => None,
+            Pool::Postgres(_) => Some(begin),
         }
     }
 
@@ -1121,7 +1125,7 @@ impl Store {
             "DELETE FROM freehold_reservations WHERE id = $1 AND (expires_at_ms < {now} \
              OR gateway_id IN (SELECT id FROM freehold_gateways WHERE alive_until_ms < {now}))"
         );
-        let begin = self.begin_bounded();
+        let begin = self.on_postgres(POSTGRES_BEGIN_IDLE_LIMITED);
         let released = with_pool!(self, pool => async {
             let mut expired: Vec<(String, String, i64, i64)> = sqlx::query_as(&past_expiry)
                 .fetch_all(pool)
@@ -1135,7 +1139,10 @@ impl Store {
             );
             let mut released = 0;
             for (id, key_id, micros, expires_at_ms) in expired {
-                let mut tx = pool.begin_with(begin).await?;
+                let mut tx = match begin {
+                    Some(begin) => pool.begin_with(begin).await?,
+                    None => pool.begin().await?,
+                };
                 // Another gateway (or the settlement, just in time) may
                 // have taken it since: only the one that deletes the row
                 // releases the hold.
@@ -1224,7 +1231,7 @@ impl Store {
             .iter()
             .map(|r| r.cost_usd.map(clamped_micros))
             .collect();
-        let begin = self.begin_bounded();
+        let begin = self.on_postgres(POSTGRES_BEGIN_LEDGER_BATCH);
         let claim_batch = format!(
             "INSERT INTO freehold_ledger_batches (batch_id, written_at_ms) VALUES ($1, {}) \
              ON CONFLICT (batch_id) DO NOTHING",
@@ -1234,66 +1241,90 @@ impl Store {
         // statement is a round trip to the database (for SQLite, a wake-up
         // of its worker thread), which is what a busy gateway paid per
         // request before.
-        with_pool!(self, pool => async {
-            let mut tx = pool.begin_with(begin).await?;
-            // The batch's row first. A try before this one that was
-            // committed left it, and then this one writes nothing; on
-            // PostgreSQL, a try still under way holds it until that try
-            // ends, so this one waits to see whether it was committed (for
-            // a while: see POSTGRES_BEGIN_BOUNDED).
-            let claimed = sqlx::query(&claim_batch)
-                .bind(batch.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if claimed == 0 {
-                // Nothing was written in this transaction: however its
-                // rollback goes, the batch is in the ledger once.
-                if let Err(error) = tx.rollback().await {
-                    tracing::debug!(%error, "rolling back a ledger batch already written");
+        let written = with_pool!(self, pool => async {
+            let mut connection = pool.acquire().await?;
+            let write = async {
+                let mut tx = match begin {
+                    Some(begin) => sqlx::Connection::begin_with(&mut *connection, begin).await?,
+                    None => sqlx::Connection::begin(&mut *connection).await?,
+                };
+                // The batch's row first. A try before this one that was
+                // committed left it, and then this one writes nothing; on
+                // PostgreSQL, a try still under way holds it until that
+                // try ends, so this one waits to see whether it was
+                // committed (for a while: see POSTGRES_BEGIN_LEDGER_BATCH).
+                let claimed = sqlx::query(&claim_batch)
+                    .bind(batch.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if claimed == 0 {
+                    // Nothing was written in this transaction: however its
+                    // rollback goes, the batch is in the ledger once.
+                    if let Err(error) = tx.rollback().await {
+                        tracing::debug!(%error, "rolling back a ledger batch already written");
+                    }
+                    return Ok(Recorded::AlreadyWritten);
                 }
-                return Ok(Recorded::AlreadyWritten);
+                for (chunk, chunk_costs) in records
+                    .chunks(LINES_PER_INSERT)
+                    .zip(costs.chunks(LINES_PER_INSERT))
+                {
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO freehold_usage (at_ms, key_id, model, provider, \
+                         provider_model, endpoint, input_tokens, cached_input_tokens, \
+                         output_tokens, cost_micros, latency_ms, status, error, privacy, body) ",
+                    );
+                    insert.push_values(chunk.iter().zip(chunk_costs), |mut row, (r, cost)| {
+                        row.push_bind(r.at_ms)
+                            .push_bind(r.key_id.as_deref())
+                            .push_bind(r.model.as_str())
+                            .push_bind(r.provider.as_str())
+                            .push_bind(r.provider_model.as_str())
+                            .push_bind(r.endpoint.as_str())
+                            .push_bind(to_i64(r.input_tokens))
+                            .push_bind(to_i64(r.cached_input_tokens))
+                            .push_bind(to_i64(r.output_tokens))
+                            .push_bind(*cost)
+                            .push_bind(to_i64(r.latency_ms))
+                            .push_bind(i32::from(r.status))
+                            .push_bind(r.error.as_deref())
+                            .push_bind(r.privacy.as_deref())
+                            .push_bind(r.body.as_deref());
+                    });
+                    insert.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(Recorded::Written)
+            };
+            let written = tokio::time::timeout(Self::RECORD_TIME_LIMIT, write).await;
+            if written.is_err() {
+                // Cut off somewhere in its transaction (a connection gone
+                // silent: TCP takes minutes to notice), the connection may
+                // still be in it: closed rather than reused, so the server
+                // rolls back whatever it had not committed.
+                connection.close_on_drop();
             }
-            for (chunk, chunk_costs) in records
-                .chunks(LINES_PER_INSERT)
-                .zip(costs.chunks(LINES_PER_INSERT))
-            {
-                let mut insert = sqlx::QueryBuilder::new(
-                    "INSERT INTO freehold_usage (at_ms, key_id, model, provider, \
-                     provider_model, endpoint, input_tokens, cached_input_tokens, \
-                     output_tokens, cost_micros, latency_ms, status, error, privacy, body) ",
-                );
-                insert.push_values(chunk.iter().zip(chunk_costs), |mut row, (r, cost)| {
-                    row.push_bind(r.at_ms)
-                        .push_bind(r.key_id.as_deref())
-                        .push_bind(r.model.as_str())
-                        .push_bind(r.provider.as_str())
-                        .push_bind(r.provider_model.as_str())
-                        .push_bind(r.endpoint.as_str())
-                        .push_bind(to_i64(r.input_tokens))
-                        .push_bind(to_i64(r.cached_input_tokens))
-                        .push_bind(to_i64(r.output_tokens))
-                        .push_bind(*cost)
-                        .push_bind(to_i64(r.latency_ms))
-                        .push_bind(i32::from(r.status))
-                        .push_bind(r.error.as_deref())
-                        .push_bind(r.privacy.as_deref())
-                        .push_bind(r.body.as_deref());
-                });
-                insert.build().execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(Recorded::Written)
+            Ok(written)
         }
-        .await)
-        .map_err(|error| {
-            if may_have_applied(&error) {
+        .await);
+        match written {
+            Ok(Ok(Ok(recorded))) => Ok(recorded),
+            Ok(Err(_)) => Err(StoreError::Unanswered(format!(
+                "cannot record usage: no answer in {} s",
+                Self::RECORD_TIME_LIMIT.as_secs()
+            ))),
+            Ok(Ok(Err(error))) | Err(error) => Err(if may_have_applied(&error) {
                 StoreError::Unanswered(format!("cannot record usage: {error}"))
             } else {
                 db("cannot record usage")(error)
-            }
-        })
+            }),
+        }
     }
+
+    /// How long one try of [`Store::record`] may take, once it has a
+    /// connection, before it is given up as [`StoreError::Unanswered`].
+    const RECORD_TIME_LIMIT: Duration = Duration::from_secs(20);
 
     /// How long a written ledger batch's id is kept: far longer than the
     /// ledger writer tries a batch again.
