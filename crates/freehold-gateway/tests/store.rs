@@ -900,11 +900,13 @@ async fn a_settlement_cut_off_mid_statement_is_applied_when_tried_again() {
 
 /// A TCP relay on 127.0.0.1 in front of the test's PostgreSQL that, when
 /// armed with a marker, fails the first statement sent whose text contains
-/// it, in one of two ways ([`Loss`]).
+/// it, in one of three ways ([`Loss`]).
 struct AnswerLosingRelay {
     /// The test server's URL, through the relay.
     url: String,
     armed: std::sync::Arc<std::sync::Mutex<Option<(&'static str, Loss)>>>,
+    /// Whether the client closed a connection gone silent ([`Loss::Silence`]).
+    silent_closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How the relay fails a statement.
@@ -944,6 +946,8 @@ impl AnswerLosingRelay {
         let port = listener.local_addr().unwrap().port();
         let armed = std::sync::Arc::new(std::sync::Mutex::new(None::<(&'static str, Loss)>));
         let relay_armed = armed.clone();
+        let silent_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let relay_silent_closed = silent_closed.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
@@ -952,11 +956,12 @@ impl AnswerLosingRelay {
                 let doomed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let severed = std::sync::Arc::new(tokio::sync::Notify::new());
                 let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let (armed, client_doomed, client_severed, client_silent) = (
+                let (armed, client_doomed, client_severed, client_silent, closed) = (
                     relay_armed.clone(),
                     doomed.clone(),
                     severed.clone(),
                     silent.clone(),
+                    relay_silent_closed.clone(),
                 );
                 tokio::spawn(async move {
                     let mut buffer = vec![0; 64 * 1024];
@@ -966,6 +971,9 @@ impl AnswerLosingRelay {
                     let mut silenced = false;
                     while let Ok(read) = from_client.read(&mut buffer).await {
                         if read == 0 {
+                            if silenced {
+                                closed.store(true, Ordering::SeqCst);
+                            }
                             break;
                         }
                         if silenced {
@@ -1078,6 +1086,7 @@ impl AnswerLosingRelay {
         AnswerLosingRelay {
             url: format!("{scheme_and_user}@127.0.0.1:{port}/{database}"),
             armed,
+            silent_closed,
         }
     }
 
@@ -1342,12 +1351,21 @@ async fn a_ledger_write_without_an_answer_is_given_up_and_written_once() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Not before the try's time limit (20 s) gave it up.
+    // Not before the try's time limit (20 s) gave it up, and the
+    // connection that went silent was closed, not handed back to the pool.
     assert!(
         started.elapsed() > Duration::from_secs(19),
         "{:?}",
         started.elapsed()
     );
+    let closing = std::time::Instant::now();
+    while !relay.silent_closed.load(Ordering::SeqCst) {
+        assert!(
+            closing.elapsed() < Duration::from_secs(5),
+            "the connection gone silent was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     ledger.close();
     tokio::time::timeout(Duration::from_secs(30), writer)
         .await

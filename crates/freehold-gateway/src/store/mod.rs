@@ -403,21 +403,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// trip. It waits at most 5 seconds for a lock (`lock_timeout`): the id
 /// held by another try of the same batch, say; past that it fails as
 /// [`StoreError::Busy`] and is tried again later. And the server ends it
-/// if it is left idle for 15 seconds ([`POSTGRES_BEGIN_IDLE_LIMITED`]).
-/// `SET LOCAL`, so that the limits end with the transaction, also behind
-/// PgBouncer's transaction pooling. Both are well inside
-/// [`Store::RECORD_TIME_LIMIT`] and the ledger writer's minute of retries.
+/// if it is left idle for 15 seconds (`idle_in_transaction_session_timeout`):
+/// a try whose client vanished without the server noticing (a NAT or a
+/// proxy dropping the connection) would otherwise hold the batch's id, and
+/// block the next try, for the hours TCP takes to notice; the batch's
+/// transaction never waits between its statements. `SET LOCAL`, so that
+/// the limits end with the transaction, also behind PgBouncer's
+/// transaction pooling. Both are well inside [`Store::RECORD_TIME_LIMIT`]
+/// and the ledger writer's minute of retries.
 const POSTGRES_BEGIN_LEDGER_BATCH: &str = "BEGIN; SET LOCAL lock_timeout = '5s'; \
      SET LOCAL idle_in_transaction_session_timeout = '15s'";
-
-/// How the sweep's transactions begin on PostgreSQL: the server ends one
-/// left idle for 15 seconds. A transaction whose client vanished without
-/// the server noticing (a NAT or a proxy dropping the connection) would
-/// otherwise hold its rows (a key's, a batch's id), and block whoever
-/// needs them next, for the hours TCP takes to notice. No transaction of
-/// the store waits between its statements.
-const POSTGRES_BEGIN_IDLE_LIMITED: &str =
-    "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '15s'";
 
 /// The key columns, in the order of [`KeyRow`].
 macro_rules! key_columns {
@@ -684,14 +679,6 @@ impl Store {
         match self.pool {
             Pool::Sqlite(_) => SQLITE_NOW_MS,
             Pool::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-        }
-    }
-
-    /// `begin` on PostgreSQL; `None` (sqlx's own `BEGIN`) on SQLite.
-    fn on_postgres(&self, begin: &'static str) -> Option<&'static str> {
-        match self.pool {
-            Pool::Sqlite(_) => None,
-            Pool::Postgres(_) => Some(begin),
         }
     }
 
@@ -1125,7 +1112,6 @@ impl Store {
             "DELETE FROM freehold_reservations WHERE id = $1 AND (expires_at_ms < {now} \
              OR gateway_id IN (SELECT id FROM freehold_gateways WHERE alive_until_ms < {now}))"
         );
-        let begin = self.on_postgres(POSTGRES_BEGIN_IDLE_LIMITED);
         let released = with_pool!(self, pool => async {
             let mut expired: Vec<(String, String, i64, i64)> = sqlx::query_as(&past_expiry)
                 .fetch_all(pool)
@@ -1139,10 +1125,7 @@ impl Store {
             );
             let mut released = 0;
             for (id, key_id, micros, expires_at_ms) in expired {
-                let mut tx = match begin {
-                    Some(begin) => pool.begin_with(begin).await?,
-                    None => pool.begin().await?,
-                };
+                let mut tx = pool.begin().await?;
                 // Another gateway (or the settlement, just in time) may
                 // have taken it since: only the one that deletes the row
                 // releases the hold.
@@ -1231,22 +1214,22 @@ impl Store {
             .iter()
             .map(|r| r.cost_usd.map(clamped_micros))
             .collect();
-        let begin = self.on_postgres(POSTGRES_BEGIN_LEDGER_BATCH);
+        // SQLite begins as sqlx does (deferred).
+        let begin = match self.pool {
+            Pool::Sqlite(_) => None,
+            Pool::Postgres(_) => Some(POSTGRES_BEGIN_LEDGER_BATCH),
+        };
         let claim_batch = format!(
             "INSERT INTO freehold_ledger_batches (batch_id, written_at_ms) VALUES ($1, {}) \
              ON CONFLICT (batch_id) DO NOTHING",
             self.now_ms_sql()
         );
-        // One multi-row INSERT per chunk instead of one per line: each
-        // statement is a round trip to the database (for SQLite, a wake-up
-        // of its worker thread), which is what a busy gateway paid per
-        // request before.
-        let written = with_pool!(self, pool => async {
-            let mut connection = pool.acquire().await?;
+        with_pool!(self, pool => async {
+            let mut connection = ClosedUnlessKept::new(pool.acquire().await.map_err(record_failed)?);
             let write = async {
                 let mut tx = match begin {
-                    Some(begin) => sqlx::Connection::begin_with(&mut *connection, begin).await?,
-                    None => sqlx::Connection::begin(&mut *connection).await?,
+                    Some(begin) => sqlx::Connection::begin_with(&mut **connection, begin).await?,
+                    None => sqlx::Connection::begin(&mut **connection).await?,
                 };
                 // The batch's row first. A try before this one that was
                 // committed left it, and then this one writes nothing; on
@@ -1260,12 +1243,18 @@ impl Store {
                     .rows_affected();
                 if claimed == 0 {
                     // Nothing was written in this transaction: however its
-                    // rollback goes, the batch is in the ledger once.
-                    if let Err(error) = tx.rollback().await {
+                    // rollback goes, the batch is in the ledger once (and
+                    // the connection, if it failed, is not reused).
+                    let rolled_back = tx.rollback().await;
+                    if let Err(error) = &rolled_back {
                         tracing::debug!(%error, "rolling back a ledger batch already written");
                     }
-                    return Ok(Recorded::AlreadyWritten);
+                    return Ok((Recorded::AlreadyWritten, rolled_back.is_ok()));
                 }
+                // One multi-row INSERT per chunk instead of one per line:
+                // each statement is a round trip to the database (for
+                // SQLite, a wake-up of its worker thread), which is what a
+                // busy gateway paid per request before.
                 for (chunk, chunk_costs) in records
                     .chunks(LINES_PER_INSERT)
                     .zip(costs.chunks(LINES_PER_INSERT))
@@ -1295,31 +1284,23 @@ impl Store {
                     insert.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
-                Ok::<_, sqlx::Error>(Recorded::Written)
+                Ok::<_, sqlx::Error>((Recorded::Written, true))
             };
-            let written = tokio::time::timeout(Self::RECORD_TIME_LIMIT, write).await;
-            if written.is_err() {
-                // Cut off somewhere in its transaction (a connection gone
-                // silent: TCP takes minutes to notice), the connection may
-                // still be in it: closed rather than reused, so the server
-                // rolls back whatever it had not committed.
-                connection.close_on_drop();
+            match tokio::time::timeout(Self::RECORD_TIME_LIMIT, write).await {
+                Ok(Ok((recorded, clean))) => {
+                    if clean {
+                        connection.keep();
+                    }
+                    Ok(recorded)
+                }
+                Ok(Err(error)) => Err(record_failed(error)),
+                Err(_) => Err(StoreError::Unanswered(format!(
+                    "cannot record usage: no answer in {} s",
+                    Self::RECORD_TIME_LIMIT.as_secs()
+                ))),
             }
-            Ok(written)
         }
-        .await);
-        match written {
-            Ok(Ok(Ok(recorded))) => Ok(recorded),
-            Ok(Err(_)) => Err(StoreError::Unanswered(format!(
-                "cannot record usage: no answer in {} s",
-                Self::RECORD_TIME_LIMIT.as_secs()
-            ))),
-            Ok(Ok(Err(error))) | Err(error) => Err(if may_have_applied(&error) {
-                StoreError::Unanswered(format!("cannot record usage: {error}"))
-            } else {
-                db("cannot record usage")(error)
-            }),
-        }
+        .await)
     }
 
     /// How long one try of [`Store::record`] may take, once it has a
@@ -1551,6 +1532,66 @@ fn may_have_applied(error: &sqlx::Error) -> bool {
         // Nothing was sent: no connection in time, or the store closed.
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => false,
         _ => true,
+    }
+}
+
+/// A failed ledger write as the caller sees it: [`StoreError::Unanswered`]
+/// when it may have been written (so that it is tried again, as safely as
+/// one that was not).
+fn record_failed(error: sqlx::Error) -> StoreError {
+    if may_have_applied(&error) {
+        StoreError::Unanswered(format!("cannot record usage: {error}"))
+    } else {
+        db("cannot record usage")(error)
+    }
+}
+
+/// A pooled connection that is closed, not handed back to the pool, unless
+/// [`ClosedUnlessKept::keep`] was called: after a failed try, or one cut
+/// off (its time limit, its caller gone), the connection may be left in a
+/// transaction, or in an aborted one (a `BEGIN` whose settings the server
+/// refused, which sqlx does not track), that would fail whatever ran on it
+/// next. Closing it makes the server roll back whatever it had not
+/// committed.
+struct ClosedUnlessKept<DB: sqlx::Database> {
+    connection: sqlx::pool::PoolConnection<DB>,
+    kept: bool,
+}
+
+impl<DB: sqlx::Database> ClosedUnlessKept<DB> {
+    fn new(connection: sqlx::pool::PoolConnection<DB>) -> Self {
+        Self {
+            connection,
+            kept: false,
+        }
+    }
+
+    /// Hands the connection back to the pool when dropped: its last use
+    /// ended cleanly.
+    fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for ClosedUnlessKept<DB> {
+    type Target = sqlx::pool::PoolConnection<DB>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.connection
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for ClosedUnlessKept<DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.connection
+    }
+}
+
+impl<DB: sqlx::Database> Drop for ClosedUnlessKept<DB> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.connection.close_on_drop();
+        }
     }
 }
 
