@@ -16,7 +16,7 @@ use super::{Pool, Store, StoreError, db, duration_ms, random_hex};
 
 /// How long after its lease ended a gateway's row is forgotten (its
 /// reservations were released when the lease ended).
-const FORGET_AFTER: Duration = Duration::from_secs(3600);
+pub(super) const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 impl Store {
     /// Registers this process as a gateway, alive for `lease` from now, and
@@ -85,21 +85,5 @@ impl Store {
                 .map(|_| ())
         })
         .map_err(db("cannot end the gateway's lease"))
-    }
-
-    /// Forgets gateways whose lease ended long ago.
-    pub(super) async fn forget_dead_gateways(&self) -> Result<(), StoreError> {
-        let forget = format!(
-            "DELETE FROM freehold_gateways WHERE alive_until_ms < {} - $1",
-            self.now_ms_sql()
-        );
-        with_pool!(self, pool => {
-            sqlx::query(&forget)
-                .bind(duration_ms(FORGET_AFTER))
-                .execute(pool)
-                .await
-                .map(|_| ())
-        })
-        .map_err(db("cannot forget dead gateways"))
     }
 }

@@ -1165,33 +1165,56 @@ impl Store {
         }
         .await)
         .map_err(db("cannot release expired reservations"))?;
-        if let Err(error) = self.forget_dead_gateways().await {
-            tracing::warn!(%error, "forgetting gateways whose lease ended long ago");
-        }
-        if let Err(error) = self.forget_old_released_holds().await {
-            tracing::warn!(%error, "forgetting released holds long past their expiry");
-        }
-        if let Err(error) = self.forget_old_ledger_batches().await {
-            tracing::warn!(%error, "forgetting the ids of ledger batches written long ago");
+        // Records kept for a while only: each table, the time its rows are
+        // dated by, how long they are kept past it, and what they are.
+        let kept_for_a_while = [
+            (
+                "freehold_gateways",
+                "alive_until_ms",
+                lease::FORGET_AFTER,
+                "gateways whose lease ended long ago",
+            ),
+            (
+                "freehold_released_holds",
+                "expires_at_ms",
+                Self::RELEASED_HOLDS_KEPT,
+                "released holds long past their expiry",
+            ),
+            (
+                "freehold_ledger_batches",
+                "written_at_ms",
+                Self::LEDGER_BATCHES_KEPT,
+                "the ids of ledger batches written long ago",
+            ),
+        ];
+        for (table, dated_by, kept, what) in kept_for_a_while {
+            if let Err(error) = self.forget_older_than(table, dated_by, kept).await {
+                tracing::warn!(%error, "forgetting {what}");
+            }
         }
         Ok(released)
     }
 
-    /// Deletes the records of released holds whose expiry is
-    /// [`Store::RELEASED_HOLDS_KEPT`] past: no settlement of them comes now.
-    async fn forget_old_released_holds(&self) -> Result<(), StoreError> {
+    /// Deletes the rows of `table` whose `dated_by` column (Unix
+    /// milliseconds) is `kept` or more before the database's clock.
+    async fn forget_older_than(
+        &self,
+        table: &str,
+        dated_by: &str,
+        kept: Duration,
+    ) -> Result<(), StoreError> {
         let forget = format!(
-            "DELETE FROM freehold_released_holds WHERE expires_at_ms < (SELECT {}) - $1",
+            "DELETE FROM {table} WHERE {dated_by} < (SELECT {}) - $1",
             self.now_ms_sql()
         );
         with_pool!(self, pool => {
             sqlx::query(&forget)
-                .bind(duration_ms(Self::RELEASED_HOLDS_KEPT))
+                .bind(duration_ms(kept))
                 .execute(pool)
                 .await
                 .map(|_| ())
         })
-        .map_err(db("cannot forget old released holds"))
+        .map_err(db("cannot forget old records"))
     }
 
     /// Appends `records` to the ledger in one transaction, all or none, as
@@ -1310,23 +1333,6 @@ impl Store {
     /// How long a written ledger batch's id is kept: far longer than the
     /// ledger writer tries a batch again.
     const LEDGER_BATCHES_KEPT: Duration = Duration::from_secs(3600);
-
-    /// Deletes the ids of ledger batches written
-    /// [`Store::LEDGER_BATCHES_KEPT`] ago or more: no try of them comes now.
-    async fn forget_old_ledger_batches(&self) -> Result<(), StoreError> {
-        let forget = format!(
-            "DELETE FROM freehold_ledger_batches WHERE written_at_ms < (SELECT {}) - $1",
-            self.now_ms_sql()
-        );
-        with_pool!(self, pool => {
-            sqlx::query(&forget)
-                .bind(duration_ms(Self::LEDGER_BATCHES_KEPT))
-                .execute(pool)
-                .await
-                .map(|_| ())
-        })
-        .map_err(db("cannot forget old ledger batches"))
-    }
 
     /// Sums the ledger by key, model or UTC day, from `since_ms` (Unix
     /// milliseconds) on when given. Days come newest first; keys and models
