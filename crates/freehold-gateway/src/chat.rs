@@ -477,7 +477,8 @@ async fn take_hold(
     tokio::spawn(gateway.settling.track_future(async move {
         let taken = task_store.reserve_for(&key_id, usd, hold).await;
         // The request is refused at once; the hold, if the database took
-        // it after all, is released here, with a settlement's retries.
+        // it or is still taking it, is released here, with a settlement's
+        // retries.
         let unanswered = match &taken {
             Err(StoreError::HoldUnanswered { reservation, .. }) => Some(reservation.clone()),
             _ => None,
@@ -486,7 +487,7 @@ async fn take_hold(
             settle(&task_store, &orphan, 0.0).await;
         }
         if let Some(reservation) = unanswered {
-            settle(&task_store, &reservation, 0.0).await;
+            write_budget(&task_store, &reservation, BudgetWrite::ReleaseUnanswered).await;
         }
     }));
     let mut pending = PendingHold {
@@ -1049,17 +1050,41 @@ impl Accounting {
     }
 }
 
-/// Settles `reservation` at `actual` USD. A failure is retried for up to a
-/// minute, whether or not the database may have applied it (a connection
-/// lost mid-statement): a reservation is settled once however often it is
-/// tried ([`Store::settle`]). Given up, the hold would be released by the
-/// sweep, and the request's cost never counted. Not retried: an unknown
-/// key, or a store closed (the gateway has stopped).
+/// Settles `reservation` at `actual` USD, retried as [`write_budget`]
+/// says: a reservation is settled once however often it is tried
+/// ([`Store::settle`]). Given up, the hold would be released by the sweep,
+/// and the request's cost never counted.
 async fn settle(store: &Store, reservation: &Reservation, actual: f64) {
+    write_budget(store, reservation, BudgetWrite::Settle(actual)).await;
+}
+
+/// What [`write_budget`] does with a reservation.
+#[derive(Clone, Copy)]
+enum BudgetWrite {
+    /// Settle it at this many USD ([`Store::settle`]).
+    Settle(f64),
+    /// Release the hold of a reservation whose answer was lost, whatever
+    /// became of it ([`Store::release_unanswered`]).
+    ReleaseUnanswered,
+}
+
+/// Does `write` to `reservation`, which is applied once however often it
+/// is tried. A failure is retried for up to a minute, whether or not the
+/// database may have applied it (a connection lost mid-statement). Not
+/// retried: an unknown key, or a store closed (the gateway has stopped).
+async fn write_budget(store: &Store, reservation: &Reservation, write: BudgetWrite) {
+    let (doing, usd) = match write {
+        BudgetWrite::Settle(actual) => ("settling a budget reservation", actual),
+        BudgetWrite::ReleaseUnanswered => ("releasing an unanswered budget reservation", 0.0),
+    };
     let started = Instant::now();
     let mut attempt = 0;
     loop {
-        match store.settle(reservation, actual).await {
+        let written = match write {
+            BudgetWrite::Settle(actual) => store.settle(reservation, actual).await,
+            BudgetWrite::ReleaseUnanswered => store.release_unanswered(reservation).await,
+        };
+        match written {
             Ok(()) => return,
             Err(error)
                 if !matches!(error, StoreError::UnknownKey(_))
@@ -1067,11 +1092,11 @@ async fn settle(store: &Store, reservation: &Reservation, actual: f64) {
                     && started.elapsed() < crate::ledger::WRITE_PATIENCE =>
             {
                 attempt += 1;
-                tracing::warn!(%error, "settling a budget reservation; retrying");
+                tracing::warn!(%error, "{doing}; retrying");
                 tokio::time::sleep(crate::ledger::retry_delay(attempt)).await;
             }
             Err(error) => {
-                tracing::error!(%error, usd = actual, "settling a budget reservation");
+                tracing::error!(%error, usd, "{doing}");
                 return;
             }
         }

@@ -220,6 +220,7 @@ on_both!(
     a_settlement_tried_again_is_applied_once,
     two_tries_of_one_settlement_at_once_apply_it_once,
     a_ledger_batch_tried_again_is_written_once,
+    an_unanswered_reservation_is_released_whatever_became_of_it,
 );
 
 fn close(a: f64, b: f64) -> bool {
@@ -598,7 +599,9 @@ impl KeyLock {
             TestDb::Postgres { url, .. } => {
                 let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
                 sqlx::raw_sql("BEGIN").execute(&mut conn).await.unwrap();
-                sqlx::query("SELECT id FROM freehold_keys WHERE id = $1 FOR UPDATE")
+                // The lock a budget's UPDATE takes: it does not stop the
+                // foreign-key checks of rows naming the key.
+                sqlx::query("SELECT id FROM freehold_keys WHERE id = $1 FOR NO KEY UPDATE")
                     .bind(key_id)
                     .execute(&mut conn)
                     .await
@@ -900,13 +903,16 @@ async fn a_settlement_cut_off_mid_statement_is_applied_when_tried_again() {
 
 /// A TCP relay on 127.0.0.1 in front of the test's PostgreSQL that, when
 /// armed with a marker, fails the first statement sent whose text contains
-/// it, in one of three ways ([`Loss`]).
+/// it, in one of four ways ([`Loss`]).
 struct AnswerLosingRelay {
     /// The test server's URL, through the relay.
     url: String,
     armed: std::sync::Arc<std::sync::Mutex<Option<(&'static str, Loss)>>>,
     /// Whether the client closed a connection gone silent ([`Loss::Silence`]).
     silent_closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// What cuts off the client of the connection that sent a statement
+    /// marked for [`Loss::Client`].
+    client_cut: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<tokio::sync::Notify>>>>,
 }
 
 /// How the relay fails a statement.
@@ -927,6 +933,11 @@ enum Loss {
     /// the client waits for an answer that never comes, as behind a
     /// network that went silent without a reset.
     Silence,
+    /// The statement reaches the server, and the relay closes the
+    /// client's side of its connection when told to
+    /// ([`AnswerLosingRelay::cut_off_client`]): the statement runs on
+    /// (waiting on a lock, say) after its client got an error.
+    Client,
 }
 
 impl AnswerLosingRelay {
@@ -948,6 +959,8 @@ impl AnswerLosingRelay {
         let relay_armed = armed.clone();
         let silent_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let relay_silent_closed = silent_closed.clone();
+        let client_cut = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let relay_client_cut = client_cut.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
@@ -956,12 +969,13 @@ impl AnswerLosingRelay {
                 let doomed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let severed = std::sync::Arc::new(tokio::sync::Notify::new());
                 let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let (armed, client_doomed, client_severed, client_silent, closed) = (
+                let (armed, client_doomed, client_severed, client_silent, closed, cut) = (
                     relay_armed.clone(),
                     doomed.clone(),
                     severed.clone(),
                     silent.clone(),
                     relay_silent_closed.clone(),
+                    relay_client_cut.clone(),
                 );
                 tokio::spawn(async move {
                     let mut buffer = vec![0; 64 * 1024];
@@ -999,6 +1013,9 @@ impl AnswerLosingRelay {
                                 }
                             }
                         };
+                        if fired == Some(Loss::Client) {
+                            *cut.lock().unwrap() = Some(client_severed.clone());
+                        }
                         if fired == Some(Loss::Statement) {
                             // The client's side closes; the server's is
                             // held open, idle, long past the test.
@@ -1087,6 +1104,7 @@ impl AnswerLosingRelay {
             url: format!("{scheme_and_user}@127.0.0.1:{port}/{database}"),
             armed,
             silent_closed,
+            client_cut,
         }
     }
 
@@ -1099,6 +1117,18 @@ impl AnswerLosingRelay {
     /// `marker`, leaving the server's side of its connection open.
     fn cut_off_before(&self, marker: &'static str) {
         *self.armed.lock().unwrap() = Some((marker, Loss::Statement));
+    }
+
+    /// Marks the connection of the next statement whose text has
+    /// `marker`, for [`AnswerLosingRelay::cut_off_client`].
+    fn mark_client_of(&self, marker: &'static str) {
+        *self.armed.lock().unwrap() = Some((marker, Loss::Client));
+    }
+
+    /// Closes the client's side of the marked connection, now.
+    fn cut_off_client(&self) {
+        let cut = self.client_cut.lock().unwrap().take();
+        cut.expect("a connection was marked").notify_one();
     }
 
     /// Never sends the next statement whose text has `marker`, nor
@@ -1374,6 +1404,114 @@ async fn a_ledger_write_without_an_answer_is_given_up_and_written_once() {
     assert_eq!(db.scalar(lines).await, 1);
     assert_eq!(metrics.ledger_dropped.get(), 0);
     relayed.close().await;
+    db.finish().await;
+}
+
+/// A reservation whose answer was lost is released whether its hold was
+/// taken or never came: a hold taken is released, charging nothing; in
+/// place of one never taken a placeholder of nothing stays, under its id,
+/// until its expiry; trying again changes nothing.
+async fn an_unanswered_reservation_is_released_whatever_became_of_it(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "unanswered".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let taken = store.reserve(&key.id, 0.4).await.unwrap();
+    assert_totals(&store, &key.id, 0.0, 0.4).await;
+    store.release_unanswered(&taken).await.unwrap();
+    assert_totals(&store, &key.id, 0.0, 0.0).await;
+    store.release_unanswered(&taken).await.unwrap();
+    assert_totals(&store, &key.id, 0.0, 0.0).await;
+
+    let never = Reservation {
+        id: "res_never_taken".into(),
+        key_id: key.id.clone(),
+        amount_usd: 0.3,
+    };
+    let placeholder = "SELECT micros FROM freehold_reservations WHERE id = 'res_never_taken'";
+    store.release_unanswered(&never).await.unwrap();
+    assert_eq!(db.scalar(placeholder).await, 0);
+    store.release_unanswered(&never).await.unwrap();
+    assert_eq!(db.scalar(placeholder).await, 0);
+    assert_totals(&store, &key.id, 0.0, 0.0).await;
+    // It goes at its expiry, and is not counted as a hold released.
+    db.execute("UPDATE freehold_reservations SET expires_at_ms = expires_at_ms - 7200000")
+        .await;
+    assert_eq!(store.release_expired_reservations().await.unwrap(), 0);
+    let holds = "SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_reservations";
+    assert_eq!(db.scalar(holds).await, 0);
+    assert_totals(&store, &key.id, 0.0, 0.0).await;
+    store.close().await;
+}
+
+/// A reservation whose statement is still waiting on the key's row when
+/// its client got an error, and when the gateway released it, takes no
+/// hold once the row is free: it fails on the placeholder's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reservation_still_waiting_when_released_takes_no_hold() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let direct = Store::open(db.url()).await.unwrap();
+    let (key, _) = direct
+        .create_key(NewKey {
+            name: "waiting".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let relay = AnswerLosingRelay::start(db.url()).await;
+    let relayed = Store::open(&relay.url).await.unwrap();
+    let lock = KeyLock::take(&db, &key.id).await;
+    relay.mark_client_of("INSERT INTO freehold_reservations");
+    let reserving = {
+        let (relayed, key_id) = (relayed.clone(), key.id.clone());
+        tokio::spawn(async move { relayed.reserve(&key_id, 0.5).await })
+    };
+    // The statement is on the server, waiting for the key's row, when its
+    // client is cut off.
+    let waiting = "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let looking = std::time::Instant::now();
+    while db.scalar(waiting).await == 0 {
+        assert!(
+            looking.elapsed() < Duration::from_secs(5),
+            "no statement waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.cut_off_client();
+    let error = reserving.await.unwrap().unwrap_err();
+    let StoreError::HoldUnanswered { reservation, .. } = error else {
+        panic!("expected HoldUnanswered, got {error}");
+    };
+    assert_eq!(db.scalar(waiting).await, 1, "the statement still waits");
+    direct.release_unanswered(&reservation).await.unwrap();
+    lock.release().await;
+    // Let the statement run to its end.
+    let running = "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND state = 'active' \
+                   AND query LIKE '%INSERT INTO freehold_reservations%' \
+                   AND pid <> pg_backend_pid()";
+    let looking = std::time::Instant::now();
+    while db.scalar(running).await > 0 {
+        assert!(
+            looking.elapsed() < Duration::from_secs(5),
+            "the statement did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_totals(&direct, &key.id, 0.0, 0.0).await;
+    let held = "SELECT CAST(COALESCE(SUM(micros), 0) AS BIGINT) FROM freehold_reservations";
+    assert_eq!(db.scalar(held).await, 0);
+    relayed.close().await;
+    direct.close().await;
     db.finish().await;
 }
 

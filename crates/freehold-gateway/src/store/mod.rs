@@ -53,8 +53,9 @@ pub enum StoreError {
     Busy(String),
     /// The statement taking a budget hold failed in a way that leaves
     /// unknown whether the database took the hold (its answer was lost:
-    /// the connection dropped mid-statement). Settling `reservation` at
-    /// nothing releases the hold if it was taken, and does nothing if not.
+    /// the connection dropped mid-statement). [`Store::release_unanswered`]
+    /// releases it, whether it was taken, is still being taken or never
+    /// will be.
     #[error("gateway database: {error} (whether the budget hold was taken is unknown)")]
     HoldUnanswered {
         /// The hold that may have been taken.
@@ -360,6 +361,23 @@ const SETTLE_HOLD: BackendSql = BackendSql {
     // releases it, adds the cost and deletes the row, in this statement.
     sqlite: "UPDATE freehold_reservations SET settled_micros = $3 \
              WHERE id = $1 AND key_id = $2 AND settled_micros IS NULL",
+};
+
+/// [`SETTLE_HOLD`] for a hold that holds something; changes nothing (and
+/// counts no row) for a hold of nothing, such as the placeholder
+/// [`Store::release_unanswered`] leaves.
+const SETTLE_HOLD_OF_SOMETHING: BackendSql = BackendSql {
+    postgres: "WITH released AS ( \
+                   DELETE FROM freehold_reservations \
+                   WHERE id = $1 AND key_id = $2 AND micros > 0 \
+                   RETURNING micros) \
+               UPDATE freehold_keys SET \
+               reserved_micros = GREATEST(reserved_micros - (SELECT micros FROM released), 0), \
+               spent_micros = spent_micros + $3 \
+               WHERE id = $2 AND EXISTS (SELECT 1 FROM released)",
+    // The settlement's trigger (migration 5) releases it.
+    sqlite: "UPDATE freehold_reservations SET settled_micros = $3 \
+             WHERE id = $1 AND key_id = $2 AND settled_micros IS NULL AND micros > 0",
 };
 
 /// Charges the actual cost of a hold the sweep released, if nobody did
@@ -907,7 +925,8 @@ impl Store {
     /// [`StoreError::BudgetExhausted`], [`StoreError::UnknownKey`], an
     /// amount out of range, or a database failure:
     /// [`StoreError::HoldUnanswered`] when the hold may have been taken
-    /// all the same, which the caller releases by settling it at nothing.
+    /// all the same, which the caller releases with
+    /// [`Store::release_unanswered`].
     pub async fn reserve_for(
         &self,
         key_id: &str,
@@ -1080,6 +1099,46 @@ impl Store {
         .map_err(db("cannot settle the reservation"))
     }
 
+    /// Releases the hold of a reservation whose answer was lost
+    /// ([`StoreError::HoldUnanswered`]), whichever of three things
+    /// happened to it: the database took the hold, is still taking it (its
+    /// statement waiting on the key's row, say), or never got it. A row of
+    /// nothing is put in the hold's place first, under its id: a
+    /// reservation statement still to come then fails on that id instead of
+    /// taking the hold after this release. If the hold is there already, it
+    /// is released, charging nothing. Safe to try again: a placeholder is
+    /// never released by this (it holds nothing), and it goes at its
+    /// expiry, an hour on, long after any statement waiting to take the
+    /// hold.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn release_unanswered(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        let placeholder = format!(
+            "INSERT INTO freehold_reservations (id, key_id, micros, expires_at_ms, gateway_id) \
+             VALUES ($1, $2, 0, {} + $3, NULL) ON CONFLICT (id) DO NOTHING",
+            self.now_ms_sql()
+        );
+        let placed = with_pool!(self, pool => {
+            sqlx::query(&placeholder)
+                .bind(&reservation.id)
+                .bind(&reservation.key_id)
+                .bind(duration_ms(Self::PLACEHOLDER_KEPT))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(db("cannot release an unanswered reservation"))?;
+        if placed == 0 {
+            self.run_settlement(SETTLE_HOLD_OF_SOMETHING, reservation, 0)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// How long the placeholder of [`Store::release_unanswered`] stays.
+    const PLACEHOLDER_KEPT: Duration = Duration::from_secs(3600);
+
     /// How long past a released hold's own expiry its record is kept, so
     /// that its late settlement adds its cost once: no request outlives
     /// its hold's expiry, and a settlement is retried for a minute at most.
@@ -1089,7 +1148,8 @@ impl Store {
     /// them: holds past their own expiry, and the holds of gateways whose
     /// lease has run out ([`Store::as_gateway`]). Each is released once,
     /// whichever of the gateways sharing the database gets to it first.
-    /// Returns how many it released.
+    /// Returns how many holds of something it released (not the placeholders
+    /// of [`Store::release_unanswered`], which hold nothing).
     ///
     /// # Errors
     /// A database failure (the holds then stay, for the next call).
@@ -1157,7 +1217,11 @@ impl Store {
                     .bind(expires_at_ms)
                     .execute(&mut *tx)
                     .await?;
-                    released += 1;
+                    // A placeholder of release_unanswered holds nothing:
+                    // its going is not a hold released.
+                    if micros > 0 {
+                        released += 1;
+                    }
                 }
                 tx.commit().await?;
             }
