@@ -1068,15 +1068,21 @@ enum BudgetWrite {
     ReleaseUnanswered,
 }
 
+impl BudgetWrite {
+    /// What it is doing, for the log.
+    fn doing(self) -> &'static str {
+        match self {
+            BudgetWrite::Settle(_) => "settling a budget reservation",
+            BudgetWrite::ReleaseUnanswered => "releasing an unanswered budget reservation",
+        }
+    }
+}
+
 /// Does `write` to `reservation`, which is applied once however often it
 /// is tried. A failure is retried for up to a minute, whether or not the
 /// database may have applied it (a connection lost mid-statement). Not
 /// retried: an unknown key, or a store closed (the gateway has stopped).
 async fn write_budget(store: &Store, reservation: &Reservation, write: BudgetWrite) {
-    let (doing, usd) = match write {
-        BudgetWrite::Settle(actual) => ("settling a budget reservation", actual),
-        BudgetWrite::ReleaseUnanswered => ("releasing an unanswered budget reservation", 0.0),
-    };
     let started = Instant::now();
     let mut attempt = 0;
     loop {
@@ -1092,11 +1098,18 @@ async fn write_budget(store: &Store, reservation: &Reservation, write: BudgetWri
                     && started.elapsed() < crate::ledger::WRITE_PATIENCE =>
             {
                 attempt += 1;
-                tracing::warn!(%error, "{doing}; retrying");
+                tracing::warn!(%error, reservation = %reservation.id, "{}; retrying", write.doing());
                 tokio::time::sleep(crate::ledger::retry_delay(attempt)).await;
             }
             Err(error) => {
-                tracing::error!(%error, usd, "{doing}");
+                match write {
+                    BudgetWrite::Settle(usd) => {
+                        tracing::error!(%error, reservation = %reservation.id, usd, "{}", write.doing());
+                    }
+                    BudgetWrite::ReleaseUnanswered => {
+                        tracing::error!(%error, reservation = %reservation.id, "{}", write.doing());
+                    }
+                }
                 return;
             }
         }

@@ -1202,7 +1202,8 @@ async fn statements_whose_answers_were_lost() {
     let StoreError::HoldUnanswered { reservation, .. } = error else {
         panic!("expected HoldUnanswered, got {error}");
     };
-    // It was taken; settling it at nothing, as the gateway does, frees it.
+    // It was taken; settling it at nothing frees it (the gateway uses
+    // release_unanswered, tested below, which does this too).
     let holds = "SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_reservations";
     assert_eq!(db.scalar(holds).await, 1);
     let now = direct.key_by_id(&key.id).await.unwrap().unwrap();
@@ -1512,6 +1513,75 @@ async fn a_reservation_still_waiting_when_released_takes_no_hold() {
     assert_eq!(db.scalar(held).await, 0);
     relayed.close().await;
     direct.close().await;
+    db.finish().await;
+}
+
+/// A reservation whose statement has taken its hold, not yet committed,
+/// when the gateway releases it: the placeholder waits for it, finds the
+/// hold once it is committed, and releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reservation_committing_when_released_is_released() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "committing".into(),
+            budget_usd: Some(1.0),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    // What the reservation's statement does, left uncommitted.
+    let mut reserving = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql("BEGIN")
+        .execute(&mut reserving)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE freehold_keys SET reserved_micros = reserved_micros + 300000 WHERE id = $1",
+    )
+    .bind(&key.id)
+    .execute(&mut reserving)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO freehold_reservations (id, key_id, micros, expires_at_ms) \
+         VALUES ('res_committing', $1, 300000, 9999999999999)",
+    )
+    .bind(&key.id)
+    .execute(&mut reserving)
+    .await
+    .unwrap();
+    let reservation = Reservation {
+        id: "res_committing".into(),
+        key_id: key.id.clone(),
+        amount_usd: 0.3,
+    };
+    let releasing = {
+        let (store, reservation) = (store.clone(), reservation.clone());
+        tokio::spawn(async move { store.release_unanswered(&reservation).await })
+    };
+    let waiting = "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let looking = std::time::Instant::now();
+    while db.scalar(waiting).await == 0 {
+        assert!(
+            looking.elapsed() < Duration::from_secs(5),
+            "the release did not wait"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut reserving)
+        .await
+        .unwrap();
+    releasing.await.unwrap().unwrap();
+    assert_totals(&store, &key.id, 0.0, 0.0).await;
+    let holds = "SELECT CAST(COUNT(*) AS BIGINT) FROM freehold_reservations";
+    assert_eq!(db.scalar(holds).await, 0);
+    store.close().await;
     db.finish().await;
 }
 

@@ -363,10 +363,10 @@ const SETTLE_HOLD: BackendSql = BackendSql {
              WHERE id = $1 AND key_id = $2 AND settled_micros IS NULL",
 };
 
-/// [`SETTLE_HOLD`] for a hold that holds something; changes nothing (and
-/// counts no row) for a hold of nothing, such as the placeholder
+/// [`SETTLE_HOLD`] for a hold of more than 0 micros; changes nothing (and
+/// counts no row) for a hold of 0, such as the placeholder
 /// [`Store::release_unanswered`] leaves.
-const SETTLE_HOLD_OF_SOMETHING: BackendSql = BackendSql {
+const SETTLE_NONEMPTY_HOLD: BackendSql = BackendSql {
     postgres: "WITH released AS ( \
                    DELETE FROM freehold_reservations \
                    WHERE id = $1 AND key_id = $2 AND micros > 0 \
@@ -1130,7 +1130,7 @@ impl Store {
         })
         .map_err(db("cannot release an unanswered reservation"))?;
         if placed == 0 {
-            self.run_settlement(SETTLE_HOLD_OF_SOMETHING, reservation, 0)
+            self.run_settlement(SETTLE_NONEMPTY_HOLD, reservation, 0)
                 .await?;
         }
         Ok(())
@@ -1148,8 +1148,9 @@ impl Store {
     /// them: holds past their own expiry, and the holds of gateways whose
     /// lease has run out ([`Store::as_gateway`]). Each is released once,
     /// whichever of the gateways sharing the database gets to it first.
-    /// Returns how many holds of something it released (not the placeholders
-    /// of [`Store::release_unanswered`], which hold nothing).
+    /// Returns how many holds of more than 0 it released (not the
+    /// placeholders of [`Store::release_unanswered`], nor a free model's
+    /// holds, which hold nothing).
     ///
     /// # Errors
     /// A database failure (the holds then stay, for the next call).
@@ -1217,8 +1218,9 @@ impl Store {
                     .bind(expires_at_ms)
                     .execute(&mut *tx)
                     .await?;
-                    // A placeholder of release_unanswered holds nothing:
-                    // its going is not a hold released.
+                    // A hold of 0 (the placeholder of release_unanswered,
+                    // or a free model's hold) holds nothing: its going is
+                    // not counted, nor logged, as a hold released.
                     if micros > 0 {
                         released += 1;
                     }
