@@ -8,8 +8,10 @@ Each scenario asserts what a real client relies on and prints one JSON line
 with what it saw; a failed assertion exits non-zero with the reason.
 """
 
+import base64
 import json
 import os
+import struct
 import sys
 
 import anthropic
@@ -173,8 +175,18 @@ def openai_models():
 
 
 def openai_embeddings():
-    reply = oai().embeddings.create(model=MODEL, input=["one", "two"])
+    client = oai()
+    # The SDK asks for base64 unless told otherwise, and decodes it itself.
+    reply = client.embeddings.create(model=MODEL, input=["one", "two"])
     assert len(reply.data) == 2 and len(reply.data[0].embedding) > 0, reply
+    floats = client.embeddings.create(model=MODEL, input=["one", "two"], encoding_format="float")
+    packed = client.embeddings.create(model=MODEL, input=["one", "two"], encoding_format="base64")
+    for default, plain, raw in zip(reply.data, floats.data, packed.data):
+        assert isinstance(raw.embedding, str), raw
+        unpacked = struct.unpack(f"<{len(plain.embedding)}f", base64.b64decode(raw.embedding))
+        for vector in (list(default.embedding), list(unpacked)):
+            assert len(vector) == len(plain.embedding), (len(vector), len(plain.embedding))
+            assert all(abs(a - b) < 1e-5 for a, b in zip(vector, plain.embedding)), vector[:4]
     return {"dimension": len(reply.data[0].embedding)}
 
 
@@ -420,6 +432,29 @@ def rate_limited():
     return seen
 
 
+def budget_spent():
+    """A key whose budget cannot pay for the request: each SDK raises at once
+    (the gateway says not to retry), with each API's own status."""
+    hello = [{"role": "user", "content": "hi"}]
+    seen = {}
+    try:
+        oai().with_options(max_retries=2).chat.completions.create(
+            model=MODEL, max_tokens=8, messages=hello)
+        raise AssertionError("a request over the budget was served")
+    except openai.RateLimitError as error:
+        seen["openai"] = error.status_code
+        assert error.code == "insufficient_quota", error.body
+        assert error.response.headers["x-should-retry"] == "false", error.response.headers
+    try:
+        ant().with_options(max_retries=2).messages.create(
+            model=MODEL, max_tokens=8, messages=hello)
+        raise AssertionError("a request over the budget was served")
+    except anthropic.APIStatusError as error:
+        seen["anthropic"] = error.status_code
+        assert error.body["error"]["type"] == "billing_error", error.body
+    return seen
+
+
 def long_prompts():
     """What coding agents send: a system prompt and tool list of tens of
     thousands of tokens, streamed. The answer is either complete or the
@@ -499,7 +534,7 @@ def silent_upstream():
 
 
 SCENARIOS = {f.__name__: f for f in [
-    long_prompts, rate_limited, gateway_errors,
+    long_prompts, rate_limited, budget_spent, gateway_errors,
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
     openai_responses, responses_custom_tools, anthropic_messages, anthropic_tools,
     anthropic_errors, silent_upstream,

@@ -462,7 +462,7 @@ async fn official_sdks_against_a_mock_upstream() {
     assert_eq!(errors["model_not_found"], 404);
     // Every chat, tool and embedding call reached the upstream
     // (count_tokens was estimated by the gateway itself).
-    assert_eq!(upstream.requests(), 15);
+    assert_eq!(upstream.requests(), 17);
     // A coding agent's request (a system prompt and tools of about 100,000
     // tokens) goes through whole when the upstream takes it.
     let long = served.scenario(&python, "long_prompts", &[]).await;
@@ -524,6 +524,54 @@ async fn official_sdks_against_a_mock_upstream() {
     assert!((1..=60).contains(&retry_after), "{limited}");
 }
 
+/// A key whose budget cannot pay for a request: each SDK raises its own
+/// error at once, with each API's status, and does not retry it.
+#[tokio::test]
+async fn official_sdks_stop_at_a_spent_budget() {
+    let Some(python) = test_python() else { return };
+    let upstream = MockUpstream::start().await.unwrap();
+    // Hosted and priced, so that a request costs something.
+    let config = format!(
+        "[providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\nlocal = false\n\n\
+         [aliases]\nmock = \"mock:mock-model\"\n\n\
+         [models.\"mock:mock-model\"]\ninput = 1000.0\noutput = 1000.0\n",
+        upstream.base_url()
+    );
+    let served = Served::start(&config, &[]).await;
+    let created: Value = serde_json::from_str(
+        &served
+            .freehold(&[
+                "keys", "create", "--name", "poor", "--budget", "0.001", "--json",
+            ])
+            .await,
+    )
+    .unwrap();
+    let spent = served
+        .scenario(
+            &python,
+            "budget_spent",
+            &[("FREEHOLD_KEY", created["secret"].as_str().unwrap())],
+        )
+        .await;
+    assert_eq!(spent["openai"], 429, "{spent}");
+    assert_eq!(spent["anthropic"], 402, "{spent}");
+    // Refused before any upstream was asked.
+    assert_eq!(upstream.requests(), 0);
+    let mut row = None;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        row = served.usage_row("key", "poor").await;
+        if row.as_ref().is_some_and(|row| row["requests"] == 2) {
+            break;
+        }
+    }
+    let row = row.expect("usage for key poor");
+    // Each SDK asked once, although both retry a 429 (and the scenario
+    // lets them retry twice).
+    assert_eq!(row["requests"], 2, "{row}");
+    assert_eq!(row["errors"], 2, "{row}");
+}
+
 /// An upstream that says nothing for 4 s (a local model reading a long
 /// prompt), behind a gateway sending keepalives every second: each SDK,
 /// stream helpers included, reads through the begun answer and its
@@ -562,6 +610,10 @@ async fn official_sdks_against_smollm2_in_process() {
         let result = served.scenario(&python, scenario, &env).await;
         eprintln!("{scenario}: {result}");
     }
+    // The engine's own vectors, as numbers and in base64 (what the SDKs ask
+    // for unless told otherwise), are the same.
+    let embedded = served.scenario(&python, "openai_embeddings", &env).await;
+    assert_eq!(embedded["dimension"], 576, "{embedded}");
     // count_tokens counts with the model's own tokenizer: what the model
     // read for the same messages.
     let messages = served.scenario(&python, "anthropic_messages", &env).await;

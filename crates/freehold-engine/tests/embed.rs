@@ -169,3 +169,24 @@ async fn a_context_cap_bounds_inputs_too() {
         "{error}"
     );
 }
+
+/// The engine gives a model's vectors whole: `dimensions` is taken only
+/// when it is the model's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dimensions_other_than_the_models_own_are_refused() {
+    let Some(model) = model() else { return };
+    let ask = |dimensions: u32| {
+        let mut request = EmbedRequest::new(model.clone(), vec!["a cat".to_owned()]);
+        request.dimensions = Some(dimensions);
+        provider().embed(request)
+    };
+    let own = ask(SMOLLM2_DIMENSION as u32).await.unwrap();
+    assert_eq!(own.dimension(), SMOLLM2_DIMENSION);
+    let error = ask(256).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest, "{error}");
+    assert!(
+        error.message.contains("576 dimensions")
+            && error.message.contains("leave out `dimensions`"),
+        "{error}"
+    );
+}

@@ -66,23 +66,26 @@ impl Caller {
     }
 }
 
-/// The credential a request carries: `x-api-key` (Anthropic clients) or
-/// `Authorization: Bearer` (OpenAI clients; Anthropic's SDK with an auth
-/// token too).
-pub fn credential(headers: &HeaderMap) -> Option<&str> {
-    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        let key = key.trim();
-        if !key.is_empty() {
-            return Some(key);
-        }
-    }
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// The credentials a request carries, in the order they are tried:
+/// `x-api-key` (Anthropic clients), then `Authorization: Bearer` (OpenAI
+/// clients; Anthropic's SDK with an auth token too). Anthropic's SDK sends
+/// both when it has both, an `ANTHROPIC_API_KEY` from the environment
+/// beside the token it was given, so either may be the gateway's.
+pub fn credentials(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    let api_key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|key| !key.is_empty());
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|value| value.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty());
+    let other_bearer = bearer.filter(|token| api_key != Some(*token));
+    api_key.into_iter().chain(other_bearer)
 }
 
 /// Checks credentials against the master key and the key store.
@@ -125,31 +128,62 @@ impl Authenticator {
     /// 401 with the reason: no key, a wrong one, a revoked or expired one;
     /// 500 when the key store cannot be read.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
-        let Some(secret) = credential(headers) else {
-            if !self.require_key {
-                return Ok(Caller::Open);
-            }
+        let mut secrets = credentials(headers).peekable();
+        if secrets.peek().is_none() && self.require_key {
             return Err(GatewayError::unauthorized(
                 "no API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY` \
                  (`freehold keys create` makes one)",
             ));
-        };
+        }
+        // The first credential that is the gateway's decides; a refusal
+        // stands only when no other credential is the gateway's either.
+        let mut refusal = None;
+        for secret in secrets {
+            match self.caller_for(secret).await? {
+                Some(Ok(caller)) => return Ok(caller),
+                Some(Err(refused)) => {
+                    refusal.get_or_insert(refused);
+                }
+                None => {}
+            }
+        }
+        if let Some(refused) = refusal {
+            return Err(refused);
+        }
+        if !self.require_key {
+            // An open gateway ignores keys it does not know (clients
+            // often send a placeholder).
+            return Ok(Caller::Open);
+        }
+        Err(GatewayError::unauthorized(
+            "invalid API key: it is neither the master key nor a virtual key of this \
+             gateway (`freehold keys list` shows the keys)",
+        ))
+    }
+
+    /// Who `secret` makes the caller: `None` for a secret that is not the
+    /// gateway's, `Some(Err)` for a key of the gateway's that is refused
+    /// (revoked or expired).
+    ///
+    /// # Errors
+    /// 500 when the key store cannot be read.
+    async fn caller_for(
+        &self,
+        secret: &str,
+    ) -> Result<Option<Result<Caller, GatewayError>>, GatewayError> {
         if let Some(master) = &self.master_key
             && bool::from(secret.as_bytes().ct_eq(master.as_bytes()))
         {
-            return Ok(Caller::Master);
+            return Ok(Some(Ok(Caller::Master)));
         }
         let Some(key) = self.lookup(secret).await? else {
-            if !self.require_key {
-                // An open gateway ignores keys it does not know (clients
-                // often send a placeholder).
-                return Ok(Caller::Open);
-            }
-            return Err(GatewayError::unauthorized(
-                "invalid API key: it is neither the master key nor a virtual key of this \
-                 gateway (`freehold keys list` shows the keys)",
-            ));
+            return Ok(None);
         };
+        Ok(Some(Self::admit(key)))
+    }
+
+    /// A virtual key of the gateway's, unless it is revoked or expired.
+    fn admit(key: Arc<KeyRecord>) -> Result<Caller, GatewayError> {
         let now = now_secs();
         if key.revoked_at.is_some() {
             return Err(GatewayError::unauthorized(format!(
@@ -223,19 +257,31 @@ mod tests {
         map
     }
 
+    fn found(pairs: &[(&'static str, &str)]) -> Vec<String> {
+        credentials(&headers(pairs)).map(str::to_owned).collect()
+    }
+
     #[test]
     fn credentials_come_from_either_header() {
-        assert_eq!(credential(&headers(&[("x-api-key", "a")])), Some("a"));
+        assert_eq!(found(&[("x-api-key", "a")]), ["a"]);
+        assert_eq!(found(&[("authorization", "Bearer b")]), ["b"]);
+        assert_eq!(found(&[("authorization", "bearer  c ")]), ["c"]);
+        assert!(found(&[("authorization", "Basic x")]).is_empty());
+        assert!(found(&[]).is_empty());
+        // Both, as Anthropic's SDK sends them with a key and a token:
+        // tried in this order, the same one once.
         assert_eq!(
-            credential(&headers(&[("authorization", "Bearer b")])),
-            Some("b")
+            found(&[("x-api-key", "a"), ("authorization", "Bearer b")]),
+            ["a", "b"]
         );
         assert_eq!(
-            credential(&headers(&[("authorization", "bearer  c ")])),
-            Some("c")
+            found(&[("x-api-key", "a"), ("authorization", "Bearer a")]),
+            ["a"]
         );
-        assert_eq!(credential(&headers(&[("authorization", "Basic x")])), None);
-        assert_eq!(credential(&headers(&[])), None);
+        assert_eq!(
+            found(&[("x-api-key", " "), ("authorization", "Bearer b")]),
+            ["b"]
+        );
     }
 
     #[test]
@@ -264,6 +310,34 @@ mod tests {
             wrong.message.contains("invalid API key"),
             "{}",
             wrong.message
+        );
+        // A key beside the master key, either way round: the master key
+        // decides (Anthropic's SDK sends a key from the environment beside
+        // the token it was given).
+        for pair in [
+            [
+                ("x-api-key", "sk-ant-elsewhere"),
+                ("authorization", "Bearer sekrit"),
+            ],
+            [
+                ("x-api-key", "sekrit"),
+                ("authorization", "Bearer sk-ant-elsewhere"),
+            ],
+        ] {
+            let caller = auth.authenticate(&headers(&pair)).await.unwrap();
+            assert!(matches!(caller, Caller::Master), "{pair:?}");
+        }
+        let neither = auth
+            .authenticate(&headers(&[
+                ("x-api-key", "sekrix"),
+                ("authorization", "Bearer sekriy"),
+            ]))
+            .await
+            .unwrap_err();
+        assert!(
+            neither.message.contains("invalid API key"),
+            "{}",
+            neither.message
         );
         // An open gateway lets anyone in.
         let open = Authenticator::new(false, None, None);

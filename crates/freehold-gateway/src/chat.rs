@@ -13,7 +13,7 @@ use freehold_protocol::{
 use futures::StreamExt;
 
 use crate::auth::Caller;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Protocol};
 use crate::metrics::{LabelText, LatencyLabels, RequestLabels, TokenLabels};
 use crate::privacy::{Decision, Reasons};
 use crate::state::{Gateway, Routes};
@@ -121,12 +121,14 @@ async fn admit_inner(
     accounting: &mut Accounting,
 ) -> Result<(Arc<Routes>, Vec<Target>), GatewayError> {
     let privacy_header = privacy_header(gateway, headers)?;
-    let asked = request.model.clone();
+    // Keys allow models by the name the client asked for, checked before
+    // routing, so that a key learns nothing of models outside its list
+    // (not even whether they exist).
+    check_model_name(&request.model)?;
+    caller.check_model(&request.model)?;
     let routes = gateway.routes();
     let targets = route(gateway, &routes, request)?;
     accounting.routed = true;
-    // Keys allow models by the name the client asked for.
-    caller.check_model(&asked)?;
     if let Some(key) = caller.key() {
         gateway
             .limits
@@ -356,10 +358,11 @@ pub(crate) async fn count_input_tokens(
     let asked = request.model.clone();
     let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, started);
     let checked = async {
+        check_model_name(&asked)?;
+        caller.check_model(&asked)?;
         let routes = gateway.routes();
         let targets = route(gateway, &routes, &mut request)?;
         accounting.routed = true;
-        caller.check_model(&asked)?;
         let privacy_header = privacy_header(gateway, headers)?;
         let narrowed = apply_privacy(
             gateway,
@@ -430,7 +433,7 @@ pub(crate) async fn reserve_budget(
             .cost_of(&target.provider, &target.model, usage)
         {
             Some(cost) => estimate = estimate.max(cost),
-            None if routes.local_providers.contains(&target.provider) => {}
+            None if routes.runs_locally(target) => {}
             None => {
                 return Err(GatewayError::forbidden(format!(
                     "key `{}` has a budget, but `{target}` has no price, so what it spends \
@@ -557,9 +560,7 @@ pub(crate) fn blocked(reasons: &Reasons) -> GatewayError {
 
 /// Whether any target of a route is a provider off this machine.
 pub(crate) fn leaves_the_machine(targets: &[Target], routes: &Routes) -> bool {
-    targets
-        .iter()
-        .any(|t| !routes.local_providers.contains(&t.provider))
+    targets.iter().any(|t| !routes.runs_locally(t))
 }
 
 /// Narrows a local-only request for `model` to the local targets of its
@@ -572,7 +573,7 @@ pub(crate) fn keep_local(
 ) -> Result<Option<Vec<Target>>, GatewayError> {
     let local: Vec<Target> = targets
         .iter()
-        .filter(|t| routes.local_providers.contains(&t.provider))
+        .filter(|t| routes.runs_locally(t))
         .cloned()
         .collect();
     match local.first() {
@@ -582,12 +583,12 @@ pub(crate) fn keep_local(
             Ok(Some(local))
         }
         None => Err(GatewayError::forbidden(format!(
-            "this request must stay on this machine, but model `{}` only routes to hosted \
-             providers ({}); ask for a local model",
+            "this request must stay on this machine, but model `{}` only routes to models \
+             that run off it ({}); ask for a local model",
             model,
             targets
                 .iter()
-                .map(|t| t.provider.as_str())
+                .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),
@@ -926,7 +927,8 @@ impl Accounting {
             self.caller.label(),
             error.kind,
         );
-        self.finish(error.status.as_u16(), Some(error.kind));
+        let sent = error.status_for(Protocol::of_endpoint(self.endpoint));
+        self.finish(sent.as_u16(), Some(error.kind));
     }
 
     fn finish(&mut self, status: u16, error: Option<&'static str>) {

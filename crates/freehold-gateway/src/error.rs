@@ -23,10 +23,28 @@ pub enum Protocol {
     Anthropic,
 }
 
+impl Protocol {
+    /// The protocol of the gateway's endpoint `endpoint` (`/v1/messages`…).
+    pub fn of_endpoint(endpoint: &str) -> Self {
+        if endpoint.starts_with("/v1/messages") {
+            Protocol::Anthropic
+        } else {
+            Protocol::OpenAi
+        }
+    }
+}
+
+/// Anthropic's status for an overloaded server.
+const ANTHROPIC_OVERLOADED: StatusCode = match StatusCode::from_u16(529) {
+    Ok(status) => status,
+    Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+};
+
 /// A failed request, ready to be sent in either protocol.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewayError {
-    /// The HTTP status.
+    /// The HTTP status (an Anthropic client may get another one:
+    /// [`GatewayError::status_for`]).
     pub status: StatusCode,
     /// What the client is told.
     pub message: String,
@@ -38,8 +56,16 @@ pub struct GatewayError {
     openai_code: Option<&'static str>,
     /// Anthropic's `error.type`.
     anthropic_type: &'static str,
+    /// The status Anthropic's API documents for this error, where it is not
+    /// [`GatewayError::status`] (OpenAI's).
+    anthropic_status: Option<StatusCode>,
     /// Sent as `Retry-After` (whole seconds, at least 1).
     pub retry_after: Option<Duration>,
+    /// Whether the answer tells the client's SDK not to retry
+    /// (`x-should-retry: false`, which the official OpenAI and Anthropic
+    /// SDKs obey): for a refusal that the same request would get again, under
+    /// a status that SDKs otherwise retry.
+    no_retry: bool,
 }
 
 impl GatewayError {
@@ -57,7 +83,22 @@ impl GatewayError {
             openai_type,
             openai_code: None,
             anthropic_type,
+            anthropic_status: None,
             retry_after: None,
+            no_retry: false,
+        }
+    }
+
+    fn anthropic_status(mut self, status: StatusCode) -> Self {
+        self.anthropic_status = Some(status);
+        self
+    }
+
+    /// The status a client speaking `protocol` gets.
+    pub fn status_for(&self, protocol: Protocol) -> StatusCode {
+        match protocol {
+            Protocol::Anthropic => self.anthropic_status.unwrap_or(self.status),
+            Protocol::OpenAi => self.status,
         }
     }
 
@@ -169,10 +210,12 @@ impl GatewayError {
         error
     }
 
-    /// 402 (Anthropic's billing error) / 429 `insufficient_quota` (what
-    /// OpenAI sends for an exhausted quota): the key's budget is spent.
+    /// 429 `insufficient_quota` (what OpenAI sends for an exhausted quota),
+    /// 402 `billing_error` to Anthropic clients (what Anthropic documents):
+    /// the key's budget is spent. Not to be retried: SDKs retry a 429 at
+    /// once, and would only be refused again.
     pub fn budget_exhausted(message: impl Into<String>) -> Self {
-        Self::new(
+        let mut error = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "budget",
             "insufficient_quota",
@@ -180,6 +223,9 @@ impl GatewayError {
             message,
         )
         .code("insufficient_quota")
+        .anthropic_status(StatusCode::PAYMENT_REQUIRED);
+        error.no_retry = true;
+        error
     }
 
     /// 408: the client stopped sending its request's body.
@@ -215,7 +261,7 @@ impl GatewayError {
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
             "server_error",
-            "api_error",
+            "timeout_error",
             format!(
                 "no answer from the model within {} s ([gateway] request_timeout_secs)",
                 timeout.as_secs()
@@ -296,19 +342,31 @@ impl GatewayError {
                 };
                 Self::bad_request(message).code("context_length_exceeded")
             }
+            // An upstream's own size limit, as the client would see it
+            // from that API.
+            ErrorKind::InvalidRequest if error.status == Some(413) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "invalid_request_error",
+                "request_too_large",
+                error.message.clone(),
+            ),
             ErrorKind::InvalidRequest => Self::bad_request(error.message.clone()),
+            // 529 is Anthropic's status for it, which its SDKs know as
+            // overloaded (and retry); OpenAI's clients know 503.
             ErrorKind::Overloaded => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 "server_error",
                 "overloaded_error",
                 format!("provider `{provider}` is overloaded; retry later"),
-            ),
+            )
+            .anthropic_status(ANTHROPIC_OVERLOADED),
             ErrorKind::Timeout => Self::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 "server_error",
-                "api_error",
+                "timeout_error",
                 format!("provider `{provider}` did not answer in time"),
             ),
             ErrorKind::Server | ErrorKind::Connection => Self::new(
@@ -348,7 +406,13 @@ impl GatewayError {
 
     /// The HTTP response in `protocol`'s shape.
     pub fn into_response(self, protocol: Protocol) -> Response {
-        let mut response = (self.status, axum::Json(self.body(protocol))).into_response();
+        let mut response =
+            (self.status_for(protocol), axum::Json(self.body(protocol))).into_response();
+        if self.no_retry {
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
         if let Some(wait) = self.retry_after {
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
@@ -429,6 +493,54 @@ mod tests {
         let sent = GatewayError::upstream(&error);
         assert_eq!(sent.status, StatusCode::BAD_GATEWAY);
         assert!(!sent.message.contains("10.1.2.3"), "{}", sent.message);
+    }
+
+    #[test]
+    fn statuses_and_types_follow_each_protocols_documentation() {
+        let spent = GatewayError::budget_exhausted("spent");
+        for (protocol, status, kind) in [
+            (Protocol::OpenAi, 429, "insufficient_quota"),
+            (Protocol::Anthropic, 402, "billing_error"),
+        ] {
+            let response = spent.clone().into_response(protocol);
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers()["x-should-retry"], "false");
+            let body = spent.body(protocol);
+            let sent = if protocol == Protocol::OpenAi {
+                &body["error"]["code"]
+            } else {
+                &body["error"]["type"]
+            };
+            assert_eq!(sent, kind);
+        }
+        let busy = GatewayError::upstream(&LlmError::new(ErrorKind::Overloaded, "vllm", "busy"));
+        assert_eq!(busy.status_for(Protocol::OpenAi).as_u16(), 503);
+        assert_eq!(busy.status_for(Protocol::Anthropic).as_u16(), 529);
+        assert!(
+            !busy
+                .into_response(Protocol::Anthropic)
+                .headers()
+                .contains_key("x-should-retry")
+        );
+        let late = GatewayError::upstream(&LlmError::new(ErrorKind::Timeout, "vllm", "late"));
+        assert_eq!(late.status_for(Protocol::Anthropic).as_u16(), 504);
+        assert_eq!(
+            late.body(Protocol::Anthropic)["error"]["type"],
+            "timeout_error"
+        );
+        let whole = GatewayError::request_timeout(Duration::from_secs(5));
+        assert_eq!(
+            whole.body(Protocol::Anthropic)["error"]["type"],
+            "timeout_error"
+        );
+        let too_big = GatewayError::upstream(
+            &LlmError::new(ErrorKind::InvalidRequest, "vllm", "too big").with_status(413),
+        );
+        assert_eq!(too_big.status.as_u16(), 413);
+        assert_eq!(
+            too_big.body(Protocol::Anthropic)["error"]["type"],
+            "request_too_large"
+        );
     }
 
     #[test]

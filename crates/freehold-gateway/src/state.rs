@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use freehold_llm::Router;
+use freehold_llm::router::Target;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
@@ -24,7 +25,8 @@ pub struct Routes {
     /// Providers, aliases, fallbacks and replicas.
     pub router: Router,
     /// Names of providers that run on this machine (the embedded engine, or
-    /// servers on loopback): the only ones a local-only request may use.
+    /// servers on loopback): the only ones a local-only request may use,
+    /// for the models they run themselves ([`Routes::runs_locally`]).
     pub local_providers: BTreeSet<String>,
     /// Providers whose models `GET /v1/models` lists (the configured ones:
     /// built-in presets nobody set up would only time out).
@@ -33,6 +35,31 @@ pub struct Routes {
     /// load a model from any file path they are given: clients may name
     /// their models only by store name ([`crate::chat`] refuses paths).
     pub engine_providers: BTreeSet<String>,
+}
+
+impl Routes {
+    /// Whether a request sent to `target` stays on this machine: its
+    /// provider is local, and the model is not one that such a server
+    /// passes on to a hosted service. A signed-in Ollama serves its cloud
+    /// models (`gpt-oss:120b-cloud`, `gemma4:cloud`) from ollama.com under
+    /// the same API as the models it runs itself, so a model whose tag is
+    /// `cloud` or ends in `-cloud` counts as hosted on any local server but
+    /// the embedded engine, whatever kind of server it is configured as
+    /// (Ollama also speaks the OpenAI protocol).
+    pub fn runs_locally(&self, target: &Target) -> bool {
+        self.local_providers.contains(&target.provider)
+            && (self.engine_providers.contains(&target.provider)
+                || !is_cloud_model_name(&target.model))
+    }
+}
+
+/// Whether `model` is named as one of Ollama's cloud models: its tag (what
+/// follows the last `:`) is `cloud` or ends in `-cloud`.
+fn is_cloud_model_name(model: &str) -> bool {
+    model.rsplit_once(':').is_some_and(|(_, tag)| {
+        let tag = tag.to_ascii_lowercase();
+        tag == "cloud" || tag.ends_with("-cloud")
+    })
 }
 
 /// Everything a request handler needs.
@@ -128,5 +155,32 @@ impl Gateway {
     /// The metrics, rendered for Prometheus.
     pub fn metrics_text(&self) -> String {
         self.metrics.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_cloud_model_name;
+
+    #[test]
+    fn ollama_cloud_models_are_told_by_their_tag() {
+        for cloud in [
+            "gpt-oss:120b-cloud",
+            "qwen3-coder:480b-cloud",
+            "gemma4:cloud",
+            "library/kimi-k2:1T-CLOUD",
+        ] {
+            assert!(is_cloud_model_name(cloud), "{cloud}");
+        }
+        for own in [
+            "qwen3:8b",
+            "cloud",
+            "cloud-model",
+            "word-cloud:7b",
+            "gpt-oss:120b-cloudy",
+            "Qwen/Qwen2.5-Coder-32B-Instruct",
+        ] {
+            assert!(!is_cloud_model_name(own), "{own}");
+        }
     }
 }

@@ -250,6 +250,41 @@ async fn keys_missing_wrong_revoked_expired_and_model_not_allowed() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["type"], "error");
     assert_eq!(body["error"]["type"], "permission_error");
+    // A name outside the list is refused before it is looked up: the key
+    // learns neither whether it exists nor what the gateway serves.
+    for (path, body) in [
+        ("/v1/chat/completions", chat_body("nope")),
+        ("/v1/embeddings", json!({"model": "nope", "input": "x"})),
+    ] {
+        let (status, answer, _) = post(&gw.url, path, Some(&secret), &body).await;
+        assert_eq!(status, 403, "{path}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("may not use model `nope`"),
+            "{path}: {message}"
+        );
+    }
+    // The list of models is the key's.
+    let (status, listed) = get(&format!("{}/v1/models", gw.url), Some(&secret)).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["data"][0]["id"], "mock", "{listed}");
+    let (_, everything) = get(&format!("{}/v1/models", gw.url), Some(MASTER)).await;
+    assert!(
+        everything["data"].as_array().unwrap().len() > 1,
+        "{everything}"
+    );
+    // Anthropic's SDK sends a key from the environment beside the token it
+    // was given: the gateway's own key of the two is the caller.
+    let both = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("x-api-key", "sk-ant-not-this-gateways")
+        .bearer_auth(&secret)
+        .json(&chat_body("mock"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), 200);
 
     // Revoked: refused once the key cache (one second) has expired.
     gw.store.revoke_key("narrow").await.unwrap();
@@ -1761,6 +1796,72 @@ async fn malformed_requests_get_the_protocols_own_errors() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// `encoding_format` and `dimensions` as OpenAI's SDKs send them: the
+/// vectors come back in base64 when asked (the Node SDK's default), the
+/// dimensions reach the upstream, and what the gateway cannot serve is
+/// refused by name.
+#[tokio::test]
+async fn embeddings_honour_encoding_format_and_dimensions() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let answer = json!({
+        "object": "list", "model": "m",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -1.0]}],
+        "usage": {"prompt_tokens": 2, "total_tokens": 2},
+    });
+    let upstream = MockServer::start(vec![
+        Scripted::json(200, answer.clone()),
+        Scripted::json(200, answer),
+    ])
+    .await;
+    let gw = start(
+        routes(vec![format!("{}/v1", upstream.url())]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let url = gw.url.as_str();
+    let embed = |body: Value| async move { post(url, "/v1/embeddings", Some(MASTER), &body).await };
+    let (status, body, _) = embed(json!({
+        "model": "mock", "input": "hi", "encoding_format": "base64", "dimensions": 2
+    }))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["embedding"], "AAAAPwAAgL8=", "{body}");
+    let (status, body, _) = embed(json!({"model": "mock", "input": "hi"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["embedding"], json!([0.5, -1.0]), "{body}");
+    let sent: Vec<Value> = upstream.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(sent[0]["dimensions"], 2, "{sent:?}");
+    // The upstream is asked for numbers, whatever the client wants.
+    assert!(
+        sent.iter().all(|r| r.get("encoding_format").is_none()),
+        "{sent:?}"
+    );
+    assert!(sent[1].get("dimensions").is_none(), "{sent:?}");
+
+    for (body, names) in [
+        (
+            json!({"model": "mock", "input": [[9906, 1917]]}),
+            "token ids",
+        ),
+        (
+            json!({"model": "mock", "input": "hi", "encoding_format": "int8"}),
+            "encoding_format",
+        ),
+        (
+            json!({"model": "mock", "input": "hi", "dimensions": 0}),
+            "dimensions",
+        ),
+    ] {
+        let (status, answer, _) = embed(body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(names), "{body}: {message}");
+    }
+    assert_eq!(upstream.requests().len(), 2);
+}
+
 #[tokio::test]
 async fn default_model_catches_unknown_names_and_metrics_count_them() {
     let upstream = MockUpstream::start().await.unwrap();
@@ -1966,6 +2067,72 @@ async fn a_local_only_request_keeps_its_local_fallbacks() {
     assert_eq!(hosted.requests(), 0);
     let lines = ledger_lines(&gw.store, 2).await;
     assert!(lines.iter().all(|l| l.record.provider == "up"), "{lines:?}");
+}
+
+/// A local server may run some of its models elsewhere: a signed-in
+/// Ollama passes its cloud models (`…:…-cloud`, `…:cloud`) on to
+/// ollama.com. A local-only request for one is refused, and nothing reaches
+/// the server; the same server's own models are served.
+#[tokio::test]
+async fn a_local_servers_cloud_models_are_not_local() {
+    use freehold_gateway::privacy::PrivacySettings;
+
+    let ollama = MockUpstream::start().await.unwrap();
+    let provider = ProviderConfig {
+        kind: Some(ProviderKind::Openai),
+        base_url: Some(ollama.base_url()),
+        ..ProviderConfig::default()
+    }
+    .resolve("ollama")
+    .unwrap()
+    .build(&HealthSettings::default())
+    .unwrap();
+    let routes = Routes {
+        router: Router::new(
+            BTreeMap::from([("ollama".to_owned(), provider)]),
+            BTreeMap::from([(
+                "big".to_owned(),
+                AliasTarget::Chain(vec![
+                    "ollama:gpt-oss:120b-cloud".into(),
+                    "ollama:qwen3:8b".into(),
+                ]),
+            )]),
+            Catalog::new(),
+        ),
+        local_providers: BTreeSet::from(["ollama".to_owned()]),
+        listed_providers: BTreeSet::new(),
+        engine_providers: BTreeSet::new(),
+    };
+    let settings = GatewaySettings {
+        privacy: Some(PrivacySettings::default()),
+        ..GatewaySettings::default()
+    };
+    let gw = start(routes, settings, None).await;
+    let local_only = |model: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(MASTER)
+            .header("x-freehold-privacy", "local-only")
+            .json(&chat_body(model))
+            .send()
+    };
+    for cloud in ["ollama:gpt-oss:120b-cloud", "ollama:gemma4:cloud"] {
+        let response = local_only(cloud).await.unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, 403, "{cloud}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("({cloud})")), "{message}");
+    }
+    assert_eq!(ollama.requests(), 0);
+    // A chain that starts with a cloud model keeps the local one.
+    let response = local_only("big").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(ollama.requests(), 1);
+    let lines = ledger_lines(&gw.store, 3).await;
+    let served: Vec<_> = lines.iter().filter(|l| l.record.status == 200).collect();
+    assert_eq!(served.len(), 1, "{lines:?}");
+    assert_eq!(served[0].record.provider_model, "qwen3:8b", "{lines:?}");
 }
 
 #[tokio::test]

@@ -997,7 +997,7 @@ async fn complete_decodes_a_non_streamed_answer_and_encodes_every_option() {
             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
             {"type": "reasoning", "id": "rs_9", "summary": [{"type": "summary_text", "text": "Need the file."}],
              "encrypted_content": "gAAAAAB-secret"},
-            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Reading it."}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Reading it.", "annotations": []}]},
             {"type": "function_call", "call_id": "call_9", "name": "read", "arguments": "{\"path\":\"x\"}"},
             {"type": "function_call_output", "call_id": "call_9", "output": "data"},
         ])
@@ -1132,7 +1132,7 @@ async fn the_request_body_is_encoded_field_by_field() {
                     {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo=", "detail": "auto"},
                     {"type": "input_image", "image_url": "https://example.com/cat.jpg", "detail": "auto"},
                 ]},
-                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me check."}]},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me check.", "annotations": []}]},
                 {"type": "function_call", "call_id": "c1", "name": "read", "arguments": "{\"path\":\"a\"}"},
                 {"type": "function_call", "call_id": "c2", "name": "grep", "arguments": "{}"},
                 {"type": "function_call_output", "call_id": "c1", "output": "fn main() {}"},

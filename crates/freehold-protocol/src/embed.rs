@@ -12,6 +12,12 @@ pub struct EmbedRequest {
     pub model: String,
     /// The texts to embed, each on its own; the answer keeps their order.
     pub inputs: Vec<String>,
+    /// How many dimensions the vectors should have, for models trained to
+    /// be cut short (OpenAI's `text-embedding-3-*`, many Matryoshka
+    /// models); `None` for the model's own. A provider that cannot give
+    /// that many refuses the request rather than answering otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
 }
 
 impl EmbedRequest {
@@ -20,6 +26,7 @@ impl EmbedRequest {
         Self {
             model: model.into(),
             inputs,
+            dimensions: None,
         }
     }
 

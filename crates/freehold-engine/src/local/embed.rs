@@ -85,6 +85,22 @@ impl Job {
         context_cap: Option<u32>,
     ) -> Result<Self, LlmError> {
         let pooling = pooling(model, &request.model)?;
+        // The engine gives a model's vectors whole: cutting them short is
+        // right only for models trained for it, which a GGUF file does not
+        // say.
+        if let Some(dimensions) = request.dimensions {
+            let own = model.n_embd_out();
+            if i64::from(dimensions) != i64::from(own) {
+                return Err(error(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "`{}` gives vectors of {own} dimensions, and the embedded engine does \
+                         not shorten them; leave out `dimensions` (or ask for {own})",
+                        request.model
+                    ),
+                ));
+            }
+        }
         let trained = model.n_ctx_train().max(1);
         let allowed = context_cap.map_or(trained, |cap| cap.min(trained));
         let vocab = model.vocab();

@@ -478,7 +478,7 @@ fn stream_error(error: &GatewayError) -> LlmError {
                 allowed: None,
             }
         }
-        400 => ErrorKind::InvalidRequest,
+        400 | 413 => ErrorKind::InvalidRequest,
         401 => ErrorKind::Authentication,
         403 => ErrorKind::Permission,
         404 => ErrorKind::NotFound,

@@ -144,17 +144,34 @@ pub(crate) fn speaks_anthropic(headers: &HeaderMap) -> bool {
 }
 
 /// `GET /v1/models`: the aliases and every provider's models, in OpenAI's
-/// shape, or Anthropic's when asked with Anthropic headers.
+/// shape, or Anthropic's when asked with Anthropic headers; for a key with a
+/// list of models, only those of them.
 pub(crate) async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let protocol = if speaks_anthropic(&headers) {
         Protocol::Anthropic
     } else {
         Protocol::OpenAi
     };
-    if let Err(error) = gateway.auth.authenticate(&headers).await {
-        return error.into_response(protocol);
+    let caller = match gateway.auth.authenticate(&headers).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(protocol),
+    };
+    let mut ids = model_ids(&gateway).await;
+    if let Some(key) = caller.key()
+        && !key.allowed_models.is_empty()
+    {
+        ids.retain(|id| key.allowed_models.contains(id));
+        // A name the key allows that routes without being listed (a model
+        // of a provider that lists none, a name the default model takes).
+        let routes = gateway.routes();
+        for allowed in &key.allowed_models {
+            let routed =
+                gateway.settings.default_model.is_some() || routes.router.resolve(allowed).is_ok();
+            if routed && !ids.contains(allowed) {
+                ids.push(allowed.clone());
+            }
+        }
     }
-    let ids = model_ids(&gateway).await;
     match protocol {
         Protocol::Anthropic => {
             let data: Vec<WireModel> = ids
@@ -295,11 +312,11 @@ pub(crate) async fn embeddings(
     let decoded = async {
         let body = read_body(body, &gateway.settings).await?;
         let wire: OpenAiEmbeddingsRequest = parse_body(&headers, &body)?;
-        Ok::<_, GatewayError>(decode_openai_request(wire))
+        decode_openai_request(wire).map_err(|error| GatewayError::bad_request(error.to_string()))
     }
     .await;
-    let mut request = match decoded {
-        Ok(request) => request,
+    let (mut request, encoding) = match decoded {
+        Ok(decoded) => decoded,
         Err(error) => {
             Accounting::new(&gateway, caller, ENDPOINT, "", started).fail(&error);
             return error.into_response(Protocol::OpenAi);
@@ -329,7 +346,11 @@ pub(crate) async fn embeddings(
         Ok((target, response)) => {
             accounting.answered(target, response.usage);
             accounting.succeed();
-            (StatusCode::OK, Json(encode_openai_response(&response))).into_response()
+            (
+                StatusCode::OK,
+                Json(encode_openai_response(&response, encoding)),
+            )
+                .into_response()
         }
         Err(error) => error.into_response(Protocol::OpenAi),
     }
@@ -348,13 +369,14 @@ async fn admit_embeddings(
     accounting: &mut Accounting,
 ) -> Result<Vec<freehold_llm::router::Target>, GatewayError> {
     crate::chat::check_model_name(&request.model)?;
+    // The key's list first, as for chat.
+    caller.check_model(&request.model)?;
     let targets = routes
         .router
         .resolve(&request.model)
         .map_err(|error| GatewayError::upstream(&error))?;
     crate::chat::refuse_engine_paths(&request.model, &targets, routes, &gateway.settings)?;
     accounting.routed = true;
-    caller.check_model(&request.model)?;
     if let Some(key) = caller.key() {
         gateway
             .limits

@@ -327,6 +327,7 @@ impl Provider for OllamaClient {
             request.inputs.len(),
             response,
         )
+        .and_then(|answer| embeddings::check_dimensions(&self.options.name, &request, answer))
         .map_err(|error| self.transport.redact_error(error))
     }
 }

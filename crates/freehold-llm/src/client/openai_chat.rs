@@ -404,6 +404,7 @@ pub(crate) async fn openai_embed(
         request.inputs.len(),
         response,
     )
+    .and_then(|answer| embeddings::check_dimensions(&options.name, &request, answer))
     .map_err(|error| transport.redact_error(error))
 }
 

@@ -10,11 +10,17 @@
 //! context: [`encode_ollama_request`] always sends `"truncate": false`, so an
 //! overlong input is an error rather than the embedding of part of it.
 
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
 use freehold_protocol::{EmbedRequest, EmbedResponse, ErrorKind, LlmError, Usage};
 use serde::{Deserialize, Serialize};
 
-/// What `input` holds in an OpenAI embeddings request: one text or several.
-/// Clients always send [`OpenAiInput::Many`]; a server accepts both.
+use super::serve::DecodeError;
+
+/// What `input` holds in an OpenAI embeddings request: one text or several,
+/// or token ids, which OpenAI also takes but the gateway refuses by name
+/// ([`decode_openai_request`]): the models behind it have tokenizers of
+/// their own. Clients send [`OpenAiInput::Many`]; a server accepts all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum OpenAiInput {
@@ -22,16 +28,21 @@ pub enum OpenAiInput {
     One(String),
     /// Several texts, each embedded on its own.
     Many(Vec<String>),
+    /// One input as token ids.
+    TokenIds(Vec<i64>),
+    /// Several inputs as token ids.
+    TokenIdLists(Vec<Vec<i64>>),
 }
 
-impl OpenAiInput {
-    /// The texts, in order.
-    pub fn into_texts(self) -> Vec<String> {
-        match self {
-            Self::One(text) => vec![text],
-            Self::Many(texts) => texts,
-        }
-    }
+/// How the vectors of an answer are written: OpenAI's `encoding_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VectorEncoding {
+    /// A JSON array of numbers (`float`, the default).
+    #[default]
+    Float,
+    /// The vector's 32-bit floats, little-endian, in base64 (`base64`,
+    /// which OpenAI's Node SDK asks for unless told otherwise).
+    Base64,
 }
 
 /// The body of `POST /embeddings`.
@@ -41,7 +52,7 @@ pub struct OpenAiEmbeddingsRequest {
     pub model: String,
     /// The texts.
     pub input: OpenAiInput,
-    /// `float` (the default) or `base64`; only `float` is decoded.
+    /// `float` (the default) or `base64` ([`VectorEncoding`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding_format: Option<String>,
     /// A shorter output dimension, for models that allow it.
@@ -82,7 +93,52 @@ pub struct OpenAiEmbedding {
     /// The index of the input it embeds.
     pub index: usize,
     /// The vector.
-    pub embedding: Vec<f32>,
+    pub embedding: OpenAiVector,
+}
+
+/// A vector as an answer writes it ([`VectorEncoding`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OpenAiVector {
+    /// Numbers.
+    Floats(Vec<f32>),
+    /// Little-endian 32-bit floats in base64.
+    Base64(String),
+}
+
+impl OpenAiVector {
+    /// `vector` written as `encoding` says.
+    pub fn encode(vector: &[f32], encoding: VectorEncoding) -> Self {
+        match encoding {
+            VectorEncoding::Float => Self::Floats(vector.to_vec()),
+            VectorEncoding::Base64 => {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Self::Base64(BASE64_STANDARD.encode(bytes))
+            }
+        }
+    }
+
+    /// The numbers, or why a base64 vector cannot be read.
+    pub fn decode(self) -> Result<Vec<f32>, String> {
+        match self {
+            Self::Floats(vector) => Ok(vector),
+            Self::Base64(text) => {
+                let bytes = BASE64_STANDARD
+                    .decode(text.as_bytes())
+                    .map_err(|e| format!("a base64 vector is not base64: {e}"))?;
+                if bytes.len() % 4 != 0 {
+                    return Err(format!(
+                        "a base64 vector has {} bytes, not a whole number of 32-bit floats",
+                        bytes.len()
+                    ));
+                }
+                Ok(bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect())
+            }
+        }
+    }
 }
 
 /// The `usage` of an [`OpenAiEmbeddingsResponse`].
@@ -102,16 +158,52 @@ pub fn encode_openai_request(request: &EmbedRequest) -> OpenAiEmbeddingsRequest 
         model: request.model.clone(),
         input: OpenAiInput::Many(request.inputs.clone()),
         encoding_format: None,
-        dimensions: None,
+        dimensions: request.dimensions,
     }
 }
 
-/// An OpenAI request as Freehold's (for the gateway).
-pub fn decode_openai_request(request: OpenAiEmbeddingsRequest) -> EmbedRequest {
-    EmbedRequest {
-        model: request.model,
-        inputs: request.input.into_texts(),
+/// An OpenAI request as Freehold's (for the gateway), with the encoding its
+/// answer's vectors are to have.
+///
+/// # Errors
+/// Token ids as input, an `encoding_format` other than `float` or
+/// `base64`, or `dimensions` of 0, each naming the field.
+pub fn decode_openai_request(
+    request: OpenAiEmbeddingsRequest,
+) -> Result<(EmbedRequest, VectorEncoding), DecodeError> {
+    let inputs = match request.input {
+        OpenAiInput::One(text) => vec![text],
+        OpenAiInput::Many(texts) => texts,
+        OpenAiInput::TokenIds(_) | OpenAiInput::TokenIdLists(_) => {
+            return Err(DecodeError::unsupported(
+                "input",
+                "input as token ids (each model behind the gateway has its own tokenizer; \
+                 send the text, a string or a list of strings)",
+            ));
+        }
+    };
+    let encoding = match request.encoding_format.as_deref() {
+        None | Some("float") => VectorEncoding::Float,
+        Some("base64") => VectorEncoding::Base64,
+        Some(other) => {
+            return Err(DecodeError::invalid(
+                "encoding_format",
+                format!("`{other}` is not an encoding; use `float` or `base64`"),
+            ));
+        }
+    };
+    if request.dimensions == Some(0) {
+        return Err(DecodeError::invalid(
+            "dimensions",
+            "must be at least 1 (or left out for the model's own)",
+        ));
     }
+    let embed = EmbedRequest {
+        model: request.model,
+        inputs,
+        dimensions: request.dimensions,
+    };
+    Ok((embed, encoding))
 }
 
 /// An OpenAI answer to a request of `inputs` texts, as Freehold's: vectors
@@ -138,7 +230,14 @@ pub fn decode_openai_response(
                 ),
             ));
         };
-        if slot.replace(entry.embedding).is_some() {
+        let vector = entry.embedding.decode().map_err(|reason| {
+            LlmError::new(
+                ErrorKind::Server,
+                provider,
+                format!("the answer's vector for input {}: {reason}", entry.index),
+            )
+        })?;
+        if slot.replace(vector).is_some() {
             return Err(LlmError::new(
                 ErrorKind::Server,
                 provider,
@@ -172,8 +271,45 @@ pub fn decode_openai_response(
     })
 }
 
-/// Freehold's answer in OpenAI's shape (for the gateway).
-pub fn encode_openai_response(response: &EmbedResponse) -> OpenAiEmbeddingsResponse {
+/// `answer`, unless `request` asked for `dimensions` that its vectors do not
+/// have: a server that does not shorten vectors (an older Ollama, a model
+/// vLLM serves without it) answers with whole ones instead of refusing.
+///
+/// # Errors
+/// [`ErrorKind::InvalidRequest`] naming both sizes.
+pub fn check_dimensions(
+    provider: &str,
+    request: &EmbedRequest,
+    answer: EmbedResponse,
+) -> Result<EmbedResponse, LlmError> {
+    let Some(asked) = request.dimensions else {
+        return Ok(answer);
+    };
+    match answer
+        .embeddings
+        .iter()
+        .find(|vector| vector.len() != asked as usize)
+    {
+        None => Ok(answer),
+        Some(vector) => Err(LlmError::new(
+            ErrorKind::InvalidRequest,
+            provider,
+            format!(
+                "`{}` answered with vectors of {} dimensions, not the {asked} asked for: the \
+                 server does not shorten them; leave out `dimensions`",
+                request.model,
+                vector.len()
+            ),
+        )),
+    }
+}
+
+/// Freehold's answer in OpenAI's shape (for the gateway), its vectors
+/// written as `encoding` says.
+pub fn encode_openai_response(
+    response: &EmbedResponse,
+    encoding: VectorEncoding,
+) -> OpenAiEmbeddingsResponse {
     OpenAiEmbeddingsResponse {
         object: list(),
         data: response
@@ -183,7 +319,7 @@ pub fn encode_openai_response(response: &EmbedResponse) -> OpenAiEmbeddingsRespo
             .map(|(index, vector)| OpenAiEmbedding {
                 object: embedding(),
                 index,
-                embedding: vector.clone(),
+                embedding: OpenAiVector::encode(vector, encoding),
             })
             .collect(),
         model: response.model.clone(),
@@ -208,6 +344,9 @@ pub struct OllamaEmbedRequest {
     /// How long the model stays loaded afterwards (`"5m"`, `"-1"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<String>,
+    /// How many dimensions the vectors should have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
 }
 
 /// The answer to `POST /api/embed`.
@@ -239,6 +378,7 @@ pub fn encode_ollama_request(
         input: request.inputs.clone(),
         truncate: Some(false),
         keep_alive,
+        dimensions: request.dimensions,
     }
 }
 
@@ -291,10 +431,86 @@ mod tests {
             serde_json::to_value(&wire).unwrap(),
             json!({"model": "text-embedding-3-small", "input": ["a", "b"]})
         );
-        assert_eq!(decode_openai_request(wire), request);
+        assert_eq!(
+            decode_openai_request(wire).unwrap(),
+            (request, VectorEncoding::Float)
+        );
         let one: OpenAiEmbeddingsRequest =
             serde_json::from_value(json!({"model": "m", "input": "just one"})).unwrap();
-        assert_eq!(decode_openai_request(one).inputs, vec!["just one"]);
+        assert_eq!(
+            decode_openai_request(one).unwrap().0.inputs,
+            vec!["just one"]
+        );
+    }
+
+    #[test]
+    fn openai_request_options_are_kept_or_refused_by_name() {
+        let decode =
+            |body: serde_json::Value| decode_openai_request(serde_json::from_value(body).unwrap());
+        let (request, encoding) = decode(json!({
+            "model": "m", "input": ["a"], "encoding_format": "base64", "dimensions": 256
+        }))
+        .unwrap();
+        assert_eq!(encoding, VectorEncoding::Base64);
+        assert_eq!(request.dimensions, Some(256));
+        // Passed on to the upstream, which the gateway asks for numbers.
+        assert_eq!(
+            serde_json::to_value(encode_openai_request(&request)).unwrap(),
+            json!({"model": "m", "input": ["a"], "dimensions": 256})
+        );
+        assert_eq!(
+            decode(json!({"model": "m", "input": "a", "encoding_format": "float"}))
+                .unwrap()
+                .1,
+            VectorEncoding::Float
+        );
+        for (body, field) in [
+            (json!({"model": "m", "input": [9906, 1917]}), "input"),
+            (json!({"model": "m", "input": [[9906], [1917]]}), "input"),
+            (
+                json!({"model": "m", "input": "a", "encoding_format": "int8"}),
+                "encoding_format",
+            ),
+            (
+                json!({"model": "m", "input": "a", "dimensions": 0}),
+                "dimensions",
+            ),
+        ] {
+            let error = decode(body.clone()).unwrap_err();
+            assert_eq!(error.field(), field, "{body}: {error}");
+        }
+    }
+
+    #[test]
+    fn vectors_of_another_size_than_asked_are_refused() {
+        let answer = EmbedResponse {
+            model: "m".into(),
+            embeddings: vec![vec![0.0; 4], vec![0.0; 4]],
+            usage: Usage::default(),
+        };
+        let mut request = EmbedRequest::new("m", vec!["a".into(), "b".into()]);
+        assert!(check_dimensions("p", &request, answer.clone()).is_ok());
+        request.dimensions = Some(4);
+        assert!(check_dimensions("p", &request, answer.clone()).is_ok());
+        request.dimensions = Some(2);
+        let error = check_dimensions("p", &request, answer).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::InvalidRequest);
+        assert!(error.message.contains("4 dimensions, not the 2"), "{error}");
+    }
+
+    #[test]
+    fn base64_vectors_are_little_endian_floats() {
+        // 0.5 is 0x3f000000 and -1.0 is 0xbf800000, each written
+        // least significant byte first.
+        let encoded = OpenAiVector::encode(&[0.5, -1.0], VectorEncoding::Base64);
+        assert_eq!(encoded, OpenAiVector::Base64("AAAAPwAAgL8=".into()));
+        assert_eq!(encoded.decode().unwrap(), vec![0.5, -1.0]);
+        assert_eq!(
+            OpenAiVector::Base64("AACAPw==".into()).decode().unwrap(),
+            vec![1.0]
+        );
+        let ragged = OpenAiVector::Base64("AAA=".into()).decode().unwrap_err();
+        assert!(ragged.contains("2 bytes"), "{ragged}");
     }
 
     #[test]
@@ -312,8 +528,11 @@ mod tests {
         assert_eq!(decoded.embeddings, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
         assert_eq!(decoded.usage.input_tokens, 7);
         // Back to the wire, in order, and decoded again to the same thing.
-        let again = decode_openai_response("p", "m", 2, encode_openai_response(&decoded)).unwrap();
-        assert_eq!(again, decoded);
+        for encoding in [VectorEncoding::Float, VectorEncoding::Base64] {
+            let encoded = encode_openai_response(&decoded, encoding);
+            let again = decode_openai_response("p", "m", 2, encoded).unwrap();
+            assert_eq!(again, decoded);
+        }
 
         let missing = decode_openai_response("p", "m", 3, response.clone()).unwrap_err();
         assert_eq!(missing.kind, ErrorKind::Server);
@@ -327,10 +546,15 @@ mod tests {
 
     #[test]
     fn ollama_never_truncates_and_counts_vectors() {
-        let request = EmbedRequest::new("nomic-embed-text", vec!["a".into()]);
+        let mut request = EmbedRequest::new("nomic-embed-text", vec!["a".into()]);
         assert_eq!(
             serde_json::to_value(encode_ollama_request(&request, None)).unwrap(),
             json!({"model": "nomic-embed-text", "input": ["a"], "truncate": false})
+        );
+        request.dimensions = Some(64);
+        assert_eq!(
+            serde_json::to_value(encode_ollama_request(&request, None)).unwrap()["dimensions"],
+            64
         );
         let response: OllamaEmbedResponse = serde_json::from_value(json!({
             "model": "nomic-embed-text", "embeddings": [[0.5, 0.5]], "prompt_eval_count": 3

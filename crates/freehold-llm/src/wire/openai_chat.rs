@@ -52,9 +52,10 @@ pub struct CompletionRequest {
     /// Top-k (an extension vLLM, SGLang and llama.cpp accept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<u32>,
-    /// Sampling seed.
+    /// Sampling seed, a signed 64-bit integer in OpenAI's reference (some
+    /// clients send -1 for "random").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
+    pub seed: Option<i64>,
     /// Presence penalty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence_penalty: Option<f32>,
@@ -85,6 +86,26 @@ pub struct CompletionRequest {
     /// End-user id, passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// How many answers to write. Read from clients only, to refuse more
+    /// than one by name; never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// Whether to return the tokens' log probabilities. Read from clients
+    /// only, to refuse it by name; never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    /// How many likely tokens to return at each position, with `logprobs`.
+    /// Read from clients only; never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    /// The functions of OpenAI's API before tools. Read from clients only,
+    /// to refuse them by name instead of answering without them; never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<Value>,
+    /// The choice among [`CompletionRequest::functions`]. Read from clients
+    /// only; never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<Value>,
 }
 
 /// `stop` may be one string or a list.
@@ -546,7 +567,12 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
         temperature: request.sampling.temperature,
         top_p: request.sampling.top_p,
         top_k: request.sampling.top_k,
-        seed: request.sampling.seed,
+        // A signed integer on the wire: the top bit is dropped, so that
+        // equal seeds stay equal.
+        seed: request
+            .sampling
+            .seed
+            .map(|seed| i64::try_from(seed & (i64::MAX as u64)).unwrap_or_default()),
         presence_penalty: request.sampling.presence_penalty,
         frequency_penalty: request.sampling.frequency_penalty,
         max_tokens,
@@ -559,6 +585,11 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
         response_format: request.response_format.as_ref().map(encode_response_format),
         reasoning_effort: request.reasoning.map(|effort| effort.as_str().to_owned()),
         user: None,
+        n: None,
+        logprobs: None,
+        top_logprobs: None,
+        functions: None,
+        function_call: None,
     }
 }
 

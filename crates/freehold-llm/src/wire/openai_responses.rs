@@ -310,8 +310,9 @@ pub enum ContentItem {
     OutputText {
         /// The text.
         text: String,
-        /// Citations and other annotations.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        /// Citations and other annotations; always written, even empty, as
+        /// OpenAI does (its SDKs' types require the list).
+        #[serde(default)]
         annotations: Vec<Value>,
     },
     /// The model's refusal to answer.

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
-    ReasoningEffort, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult,
-    ToolSpec, Usage,
+    ReasoningEffort, ResponseFormat, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice,
+    ToolResult, ToolSpec, Usage,
 };
 use serde_json::Value;
 
@@ -179,6 +179,23 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
             .and_then(|config| config.effort.clone()),
         _ => None,
     };
+    // Structured output: `output_config.format`, or `output_format` as the
+    // beta before it named it.
+    let format = match wire
+        .output_config
+        .as_ref()
+        .and_then(|config| config.extra.get("format"))
+    {
+        Some(format) => Some(("output_config.format", format)),
+        None => wire
+            .extra
+            .get("output_format")
+            .map(|format| ("output_format", format)),
+    };
+    let response_format = match format {
+        None | Some((_, Value::Null)) => None,
+        Some((field, format)) => Some(decode_output_format(format, field)?),
+    };
     let request = ChatRequest {
         model: wire.model,
         messages,
@@ -193,7 +210,7 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         },
         max_tokens: Some(wire.max_tokens),
         stop: wire.stop_sequences.unwrap_or_default(),
-        response_format: None,
+        response_format,
         reasoning,
         reasoning_budget,
         reasoning_effort_name,
@@ -205,6 +222,39 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
             stream: wire.stream,
         },
     ))
+}
+
+/// A structured-output format (`{"type": "json_schema", "schema": {…}}`, the
+/// only type the Messages API has) as the schema the answer must match.
+fn decode_output_format(format: &Value, field: &str) -> Result<ResponseFormat, DecodeError> {
+    match format.get("type").and_then(Value::as_str) {
+        Some("json_schema") => {}
+        Some(other) => {
+            return Err(DecodeError::invalid(
+                format!("{field}.type"),
+                format!("`{other}` is not a format; the Messages API has `json_schema`"),
+            ));
+        }
+        None => {
+            return Err(DecodeError::missing(
+                format!("{field}.type"),
+                "a format needs a type (`json_schema`)",
+            ));
+        }
+    }
+    match format.get("schema") {
+        // Not strict: OpenAI's strict mode wants every property required,
+        // which a schema written for Anthropic need not say.
+        Some(schema) if schema.is_object() => Ok(ResponseFormat::JsonSchema {
+            name: "output".to_owned(),
+            schema: schema.clone(),
+            strict: false,
+        }),
+        _ => Err(DecodeError::missing(
+            format!("{field}.schema"),
+            "a `json_schema` format needs its schema, a JSON Schema object",
+        )),
+    }
 }
 
 /// The `type` of a block, for error messages.

@@ -911,3 +911,50 @@ fn keepalives_begin_the_answer_then_ping_until_it_ends() {
         response
     );
 }
+
+/// Structured output as the Python SDK's `messages.parse` sends it
+/// (`output_config.format`), and as the beta before it did
+/// (`output_format`): the schema the answer must match.
+#[test]
+fn structured_output_formats_become_the_requests_schema() {
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
+                        "required": ["city"], "additionalProperties": false});
+    let body = |format_field: &str| {
+        let mut body = json!({"model": "m", "max_tokens": 64,
+                              "messages": [{"role": "user", "content": "Where?"}]});
+        let format = json!({"type": "json_schema", "schema": schema});
+        match format_field {
+            "output_config" => body["output_config"] = json!({"format": format}),
+            _ => body["output_format"] = format,
+        }
+        body
+    };
+    for field in ["output_config", "output_format"] {
+        let (request, _) = decode_json(body(field)).unwrap();
+        assert_eq!(
+            request.response_format,
+            Some(ResponseFormat::JsonSchema {
+                name: "output".into(),
+                schema: schema.clone(),
+                strict: false
+            }),
+            "{field}"
+        );
+    }
+    // Effort beside a format is still read.
+    let mut both = body("output_config");
+    both["output_config"]["effort"] = json!("low");
+    both["thinking"] = json!({"type": "adaptive"});
+    let (request, _) = decode_json(both).unwrap();
+    assert_eq!(request.reasoning, Some(ReasoningEffort::Low));
+    assert!(request.response_format.is_some());
+
+    let mut wrong = body("output_config");
+    wrong["output_config"]["format"]["type"] = json!("json_object");
+    let error = decode_json(wrong).unwrap_err();
+    assert_eq!(error.field(), "output_config.format.type", "{error}");
+    let mut no_schema = body("output_format");
+    no_schema["output_format"] = json!({"type": "json_schema"});
+    let error = decode_json(no_schema).unwrap_err();
+    assert_eq!(error.field(), "output_format.schema", "{error}");
+}

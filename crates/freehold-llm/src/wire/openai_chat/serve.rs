@@ -45,6 +45,7 @@ pub struct ServeOptions {
 /// # Errors
 /// A [`DecodeError`] naming the field at fault.
 pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOptions), DecodeError> {
+    refuse_unserved_fields(&wire)?;
     let options = ServeOptions {
         stream: wire.stream,
         include_usage: wire.stream
@@ -115,7 +116,9 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
             temperature: wire.temperature,
             top_p: wire.top_p,
             top_k: wire.top_k,
-            seed: wire.seed,
+            // A negative seed is how some clients ask for a random one,
+            // which is what no seed gets.
+            seed: wire.seed.and_then(|seed| u64::try_from(seed).ok()),
             presence_penalty: wire.presence_penalty,
             frequency_penalty: wire.frequency_penalty,
         },
@@ -131,6 +134,44 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
         forwarded_headers: Vec::new(),
     };
     Ok((request, options))
+}
+
+/// Refuses, by name, what a client asks for that the gateway's answer would
+/// leave out: one answer without the others asked for, no log
+/// probabilities, or a plain text answer instead of a function call would
+/// each look like success to the client and fail later, or never.
+fn refuse_unserved_fields(wire: &CompletionRequest) -> Result<(), DecodeError> {
+    if let Some(n) = wire.n
+        && n != 1
+    {
+        return Err(DecodeError::unsupported(
+            "n",
+            format!("{n} answers to one request (the gateway writes one; send {n} requests)"),
+        ));
+    }
+    if wire.logprobs == Some(true) || wire.top_logprobs.is_some_and(|top| top > 0) {
+        return Err(DecodeError::unsupported(
+            if wire.logprobs == Some(true) {
+                "logprobs"
+            } else {
+                "top_logprobs"
+            },
+            "log probabilities (leave out `logprobs` and `top_logprobs`)",
+        ));
+    }
+    for (field, present) in [
+        ("functions", wire.functions.is_some()),
+        ("function_call", wire.function_call.is_some()),
+    ] {
+        if present {
+            return Err(DecodeError::unsupported(
+                field,
+                "the API before tools (send `tools` with `type: \"function\"` and \
+                 `tool_choice` instead)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn decode_message(message: WireMessage, field: &str) -> Result<Message, DecodeError> {

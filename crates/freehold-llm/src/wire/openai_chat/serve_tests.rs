@@ -367,6 +367,47 @@ fn decode_json(body: Value) -> Result<(ChatRequest, ServeOptions), DecodeError> 
     decode_request(serde_json::from_value::<CompletionRequest>(body).unwrap())
 }
 
+/// What the answer would leave out is refused by name, rather than
+/// answered as if it had been done.
+#[test]
+fn fields_the_answer_cannot_honour_are_refused_by_name() {
+    let with = |extra: Value| {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+        for (name, value) in extra.as_object().unwrap() {
+            body[name] = value.clone();
+        }
+        decode_json(body)
+    };
+    for (extra, field) in [
+        (json!({"n": 3}), "n"),
+        (json!({"logprobs": true}), "logprobs"),
+        (json!({"logprobs": true, "top_logprobs": 5}), "logprobs"),
+        (json!({"top_logprobs": 2}), "top_logprobs"),
+        (
+            json!({"functions": [{"name": "f", "parameters": {"type": "object"}}]}),
+            "functions",
+        ),
+        (json!({"function_call": "auto"}), "function_call"),
+    ] {
+        let error = with(extra.clone()).unwrap_err();
+        assert_eq!(error.field(), field, "{extra}: {error}");
+        assert!(error.to_string().contains("not supported"), "{error}");
+    }
+    // What asks for nothing more is served.
+    for extra in [
+        json!({"n": 1}),
+        json!({"logprobs": false, "top_logprobs": 0}),
+        json!({"functions": null, "function_call": null}),
+    ] {
+        assert!(with(extra.clone()).is_ok(), "{extra}");
+    }
+    // A negative seed asks for a random one; a seed is signed on the wire.
+    let (request, _) = with(json!({"seed": -1})).unwrap();
+    assert_eq!(request.sampling.seed, None);
+    let (request, _) = with(json!({"seed": 42})).unwrap();
+    assert_eq!(request.sampling.seed, Some(42));
+}
+
 #[test]
 fn bad_requests_name_the_field() {
     let error = decode_json(json!({"model": "m", "messages": [

@@ -170,6 +170,8 @@ fn responses_round_trip_through_the_client_decoder() {
     assert_eq!(json["output"][0]["type"], "reasoning");
     assert_eq!(json["output"][1]["type"], "message");
     assert_eq!(json["output"][1]["content"][0]["type"], "output_text");
+    // Always there, as OpenAI writes it: the SDKs' types require it.
+    assert_eq!(json["output"][1]["content"][0]["annotations"], json!([]));
     assert_eq!(json["output"][2]["type"], "function_call");
     assert_eq!(json["output"][2]["call_id"], "call_1");
     assert_eq!(json["usage"]["input_tokens_details"]["cached_tokens"], 300);
@@ -266,6 +268,14 @@ fn streams_round_trip_through_the_client_decoder() {
     assert_eq!(completed["response"]["status"], "completed");
     assert_eq!(completed["response"]["output"].as_array().unwrap().len(), 4);
     assert_eq!(completed["response"]["usage"]["output_tokens"], 80);
+    for index in [9, 12, 13] {
+        let frame = json_of(&frames[index]);
+        let part = frame
+            .get("part")
+            .or_else(|| frame["item"]["content"].get(0))
+            .unwrap_or_else(|| panic!("no content part in {frame}"));
+        assert_eq!(part["annotations"], json!([]), "{frame}");
+    }
     let reasoning_done = json_of(&frames[7]);
     assert_eq!(reasoning_done["item"]["encrypted_content"], "gAAAA");
     assert_eq!(reasoning_done["item"]["id"], "rs_1");
