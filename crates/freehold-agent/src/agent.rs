@@ -593,6 +593,11 @@ impl Agent {
         request.tool_choice = tool_choice;
         request.max_tokens = Some(self.options.max_output_tokens);
         request.sampling.temperature = self.options.temperature;
+        // The conversation is sent again every turn: a provider that caches
+        // only what it is told to (Anthropic) then reads all but the newest
+        // turn from its cache, at a tenth of the input price; the others
+        // ignore this.
+        request.prompt_cache = Some(serde_json::json!({"type": "ephemeral"}));
         request
     }
 

@@ -157,6 +157,15 @@ async fn read_edit_shell_answer() {
         assert_eq!(request.messages[0], requests[0].messages[0]);
         assert_eq!(request.tools, requests[0].tools);
     }
+    // Every call asks a provider that caches only what it is told to
+    // (Anthropic) to cache the conversation.
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.prompt_cache == Some(json!({"type": "ephemeral"}))),
+        "{:?}",
+        requests[0].prompt_cache
+    );
     // The first user message carries the environment, then the task.
     let first_user = requests[0].messages[1].text();
     assert!(first_user.starts_with("<env>"), "{first_user}");

@@ -2368,6 +2368,72 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
     assert_ne!(sent.header("x-api-key").as_deref(), Some(MASTER));
 }
 
+/// Claude Code marks its prompt for Anthropic's cache: an Anthropic
+/// upstream gets the prompt's stable points marked with the client's mark,
+/// and the cache's usage comes back; a client that marked nothing gets no
+/// marks (a cache write costs more than a plain read).
+#[tokio::test]
+async fn a_clients_cache_marks_reach_anthropic_upstreams() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let answer = json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+        "stop_sequence": null,
+        "usage": {"input_tokens": 3, "output_tokens": 1,
+                  "cache_read_input_tokens": 2000, "cache_creation_input_tokens": 100},
+    });
+    let upstream = MockServer::start(vec![
+        Scripted::json(200, answer.clone()),
+        Scripted::json(200, answer),
+    ])
+    .await;
+    let gw = start(
+        anthropic_routes(&upstream.url()),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let mark = json!({"type": "ephemeral"});
+    let marked = json!({
+        "model": "claude:claude-x", "max_tokens": 100,
+        "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": mark}],
+        "tools": [{"name": "read", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Read main.rs.", "cache_control": mark}]}],
+    });
+    let mut unmarked = marked.clone();
+    unmarked["system"] = json!("You are a coding agent.");
+    unmarked["messages"][0]["content"] = json!("Read main.rs.");
+    for body in [&marked, &unmarked] {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/messages", gw.url))
+            .header("x-api-key", MASTER)
+            .header("anthropic-version", "2023-06-01")
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["usage"]["cache_read_input_tokens"], 2000, "{answer}");
+    }
+    let sent: Vec<Value> = upstream.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(sent[0]["tools"][0]["cache_control"], mark, "{}", sent[0]);
+    assert_eq!(sent[0]["system"][0]["cache_control"], mark, "{}", sent[0]);
+    assert_eq!(
+        sent[0]["messages"][0]["content"][0]["cache_control"], mark,
+        "{}",
+        sent[0]
+    );
+    assert!(
+        !sent[1].to_string().contains("cache_control"),
+        "{}",
+        sent[1]
+    );
+}
+
 /// `POST /v1/messages/count_tokens` with the master key and `headers`:
 /// the status, the body, and the `x-freehold-token-count` header.
 async fn count_tokens(url: &str, headers: &[(&str, &str)], body: &Value) -> (u16, Value, String) {

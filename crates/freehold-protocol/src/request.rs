@@ -55,6 +55,13 @@ pub struct ChatRequest {
     /// features); clients of other protocols ignore them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forwarded_headers: Vec<(String, String)>,
+    /// The mark of a client that asked for its prompt to be cached
+    /// (Anthropic's `cache_control` object: `{"type": "ephemeral"}`, with
+    /// the `ttl` it gave): a provider that caches only where it is told
+    /// (Anthropic) marks the prompt's stable points with it. `None` when the
+    /// client marked nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache: Option<serde_json::Value>,
 }
 
 impl ChatRequest {
@@ -74,6 +81,7 @@ impl ChatRequest {
             reasoning_budget: None,
             reasoning_effort_name: None,
             forwarded_headers: Vec::new(),
+            prompt_cache: None,
         }
     }
 

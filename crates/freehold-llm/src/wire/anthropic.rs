@@ -874,7 +874,7 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
         )
     };
 
-    MessagesRequest {
+    let mut wire = MessagesRequest {
         model: request.model.clone(),
         messages: encode_messages(&request.messages),
         system: (!system.is_empty()).then_some(SystemPrompt::Text(system)),
@@ -890,6 +890,64 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
         output_config,
         metadata: None,
         extra: serde_json::Map::new(),
+    };
+    if let Some(mark) = &request.prompt_cache {
+        place_cache_marks(&mut wire, mark);
+    }
+    wire
+}
+
+/// How many `cache_control` marks a request may carry.
+const MAX_CACHE_MARKS: usize = 4;
+
+/// Marks the stable points of `wire`'s prompt for Anthropic's prompt cache
+/// with `mark`, as a client that caches marks them: the end of the tools,
+/// the end of the system prompt, and the last block of each of the last two
+/// messages (four marks, the API's most). A later request that extends the
+/// conversation then reads all of it up to its previous end from the cache
+/// (the API looks for a cached prefix up to 20 blocks before each mark, so
+/// the second-to-last message's mark covers turns that added more). A
+/// thinking block cannot carry a mark: the last block before it does.
+pub fn place_cache_marks(wire: &mut MessagesRequest, mark: &Value) {
+    let mut placed = 0;
+    if let Some(tool) = wire.tools.as_mut().and_then(|tools| tools.last_mut()) {
+        tool.cache_control = Some(mark.clone());
+        placed += 1;
+    }
+    if let Some(system) = wire.system.take() {
+        let mut blocks = match system {
+            SystemPrompt::Text(text) => vec![ContentBlock::text(text)],
+            SystemPrompt::Blocks(blocks) => blocks,
+        };
+        if let Some(ContentBlock::Text { cache_control, .. }) = blocks.last_mut() {
+            *cache_control = Some(mark.clone());
+            placed += 1;
+        }
+        wire.system = Some(SystemPrompt::Blocks(blocks));
+    }
+    for message in wire.messages.iter_mut().rev().take(2) {
+        if placed == MAX_CACHE_MARKS {
+            break;
+        }
+        // The encoder writes every message as blocks.
+        let MessageContent::Blocks(blocks) = &mut message.content else {
+            continue;
+        };
+        let markable = blocks.iter_mut().rev().find_map(|block| match block {
+            ContentBlock::Text {
+                text,
+                cache_control,
+                ..
+            } if !text.is_empty() => Some(cache_control),
+            ContentBlock::Image { cache_control, .. }
+            | ContentBlock::ToolUse { cache_control, .. }
+            | ContentBlock::ToolResult { cache_control, .. } => Some(cache_control),
+            _ => None,
+        });
+        if let Some(cache_control) = markable {
+            *cache_control = Some(mark.clone());
+            placed += 1;
+        }
     }
 }
 
@@ -1700,5 +1758,76 @@ mod tests {
         assert!(encoded.thinking.is_some());
         let turn = serde_json::to_value(&encoded.messages[1]).unwrap();
         assert_eq!(turn["content"][0]["type"], "thinking", "{turn}");
+    }
+
+    /// Counts the `cache_control` marks anywhere in `value`.
+    fn marks(value: &Value) -> usize {
+        match value {
+            Value::Object(map) => map
+                .iter()
+                .map(|(key, inner)| usize::from(key == "cache_control") + marks(inner))
+                .sum(),
+            Value::Array(items) => items.iter().map(marks).sum(),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn a_client_that_caches_gets_its_prompts_stable_points_marked() {
+        let mark = json!({"type": "ephemeral", "ttl": "1h"});
+        let mut request = thinking_request(ToolChoice::Auto, Some(4096));
+        request
+            .messages
+            .insert(0, Message::system("You are terse."));
+        let signed = Reasoning {
+            text: "plan".into(),
+            signature: Some("sig".into()),
+            ..Reasoning::default()
+        };
+        request.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentPart::Text {
+                    text: "Reading.".into(),
+                },
+                ContentPart::ToolCall(ToolCall::new("toolu_1", "read", "{}")),
+                ContentPart::Reasoning(signed),
+            ],
+        });
+        request
+            .messages
+            .push(Message::tool_result("toolu_1", "done"));
+        // Without the client's mark, none: caching costs a write first.
+        let plain = serde_json::to_value(encode_request(&request, options())).unwrap();
+        assert_eq!(marks(&plain), 0, "{plain}");
+
+        request.prompt_cache = Some(mark.clone());
+        let wire = serde_json::to_value(encode_request(&request, options())).unwrap();
+        assert_eq!(marks(&wire), 4, "{wire}");
+        assert_eq!(wire["tools"][0]["cache_control"], mark);
+        assert_eq!(wire["system"][0]["text"], "You are terse.");
+        assert_eq!(wire["system"][0]["cache_control"], mark);
+        let messages = wire["messages"].as_array().unwrap();
+        let last = messages.last().unwrap();
+        assert_eq!(last["content"][0]["type"], "tool_result", "{last}");
+        assert_eq!(last["content"][0]["cache_control"], mark);
+        // The assistant turn's thinking block is last there: the tool call
+        // before it carries the mark.
+        let turn = &messages[messages.len() - 2]["content"];
+        let marked: Vec<&str> = turn
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|block| block.get("cache_control").is_some())
+            .map(|block| block["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(marked, ["tool_use"], "{turn}");
+
+        // A short conversation: one mark.
+        let mut short = ChatRequest::new("claude", vec![Message::user("hi")]);
+        short.prompt_cache = Some(mark.clone());
+        let wire = serde_json::to_value(encode_request(&short, options())).unwrap();
+        assert_eq!(marks(&wire), 1, "{wire}");
+        assert_eq!(wire["messages"][0]["content"][0]["cache_control"], mark);
     }
 }

@@ -79,6 +79,7 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 /// # Errors
 /// A [`DecodeError`] naming the field at fault.
 pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOptions), DecodeError> {
+    let prompt_cache = last_cache_mark(&wire);
     let mut messages = Vec::new();
     if let Some(system) = &wire.system {
         if let super::SystemPrompt::Blocks(blocks) = system {
@@ -215,6 +216,7 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         reasoning_budget,
         reasoning_effort_name,
         forwarded_headers: Vec::new(),
+        prompt_cache,
     };
     Ok((
         request,
@@ -222,6 +224,66 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
             stream: wire.stream,
         },
     ))
+}
+
+/// The mark the gateway caches a request's prompt with, when the client
+/// marked any of it with `cache_control` (or marked the whole request, at
+/// its top level): the client's last mark, in the order the API reads the
+/// prompt (tools, system, messages), reduced to its `type` and `ttl`. Marks
+/// are not kept where the client put them: the conversation's blocks are
+/// merged and split on their way to Freehold's messages, so a provider that
+/// takes marks places its own ([`super::place_cache_marks`]), all alike.
+/// The last mark, because it is the one on the conversation, which changes
+/// every turn: a longer `ttl` a client gave its system prompt would make
+/// each turn's write of the conversation cost twice the input price
+/// instead of 1.25 times.
+fn last_cache_mark(wire: &MessagesRequest) -> Option<Value> {
+    let tools = wire
+        .tools
+        .iter()
+        .flatten()
+        .filter_map(|tool| tool.cache_control.as_ref());
+    let system = match &wire.system {
+        Some(super::SystemPrompt::Blocks(blocks)) => blocks.as_slice(),
+        _ => &[],
+    };
+    let blocks = wire
+        .messages
+        .iter()
+        .flat_map(|message| match &message.content {
+            MessageContent::Blocks(blocks) => blocks.as_slice(),
+            MessageContent::Text(_) => &[],
+        });
+    let mark = tools
+        .chain(system.iter().chain(blocks).filter_map(block_cache_mark))
+        .chain(wire.extra.get("cache_control"))
+        .last()?;
+    let mut kept = serde_json::Map::new();
+    for field in ["type", "ttl"] {
+        if let Some(value) = mark.get(field) {
+            kept.insert(field.to_owned(), value.clone());
+        }
+    }
+    Some(Value::Object(kept))
+}
+
+/// A block's `cache_control`, where its type has one (a tool result's own
+/// blocks included).
+fn block_cache_mark(block: &ContentBlock) -> Option<&Value> {
+    match block {
+        ContentBlock::Text { cache_control, .. }
+        | ContentBlock::Image { cache_control, .. }
+        | ContentBlock::ToolUse { cache_control, .. } => cache_control.as_ref(),
+        ContentBlock::ToolResult {
+            cache_control,
+            content,
+            ..
+        } => cache_control.as_ref().or_else(|| match content {
+            Some(ToolResultContent::Blocks(inner)) => inner.iter().find_map(block_cache_mark),
+            _ => None,
+        }),
+        _ => None,
+    }
 }
 
 /// A structured-output format (`{"type": "json_schema", "schema": {…}}`, the

@@ -107,6 +107,7 @@ fn requests_round_trip_through_the_client_encoder() {
         reasoning_budget: None,
         reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
+        prompt_cache: None,
     };
     let options = EncodeOptions {
         stream: true,
@@ -957,4 +958,56 @@ fn structured_output_formats_become_the_requests_schema() {
     no_schema["output_format"] = json!({"type": "json_schema"});
     let error = decode_json(no_schema).unwrap_err();
     assert_eq!(error.field(), "output_format.schema", "{error}");
+}
+
+/// A client's `cache_control` marks, wherever it put them, say it wants its
+/// prompt cached, with which settings; a request without marks says nothing.
+#[test]
+fn a_clients_cache_marks_are_kept_as_the_requests_prompt_cache() {
+    let mark = json!({"type": "ephemeral", "ttl": "1h"});
+    // What else a mark holds stays with the client.
+    let sent_mark = json!({"type": "ephemeral", "ttl": "1h", "scope": "global"});
+    let base = json!({"model": "m", "max_tokens": 64,
+    "system": [{"type": "text", "text": "Be terse."}],
+    "tools": [{"name": "read", "input_schema": {"type": "object"}}],
+    "messages": [
+        {"role": "user", "content": "Read it."},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1",
+             "content": [{"type": "text", "text": "done"}]}]}
+    ]});
+    let (request, _) = decode_json(base.clone()).unwrap();
+    assert_eq!(request.prompt_cache, None);
+    let places: [&[&str]; 4] = [
+        &["system", "0"],
+        &["tools", "0"],
+        &["messages", "1", "content", "0"],
+        &["messages", "2", "content", "0", "content", "0"],
+    ];
+    for place in places {
+        let mut body = base.clone();
+        let mut target = &mut body;
+        for step in place {
+            target = match step.parse::<usize>() {
+                Ok(index) => &mut target[index],
+                Err(_) => &mut target[*step],
+            };
+        }
+        target["cache_control"] = sent_mark.clone();
+        let (request, _) = decode_json(body).unwrap();
+        assert_eq!(request.prompt_cache, Some(mark.clone()), "{place:?}");
+    }
+    // A mark of the whole request, at its top level.
+    let mut body = base.clone();
+    body["cache_control"] = json!({"type": "ephemeral"});
+    let (request, _) = decode_json(body).unwrap();
+    assert_eq!(request.prompt_cache, Some(json!({"type": "ephemeral"})));
+    // Of several, the last: the one on the conversation.
+    let mut body = base.clone();
+    body["system"][0]["cache_control"] = json!({"type": "ephemeral", "ttl": "1h"});
+    body["messages"][2]["content"][0]["cache_control"] = json!({"type": "ephemeral"});
+    let (request, _) = decode_json(body).unwrap();
+    assert_eq!(request.prompt_cache, Some(json!({"type": "ephemeral"})));
 }

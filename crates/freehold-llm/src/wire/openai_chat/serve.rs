@@ -132,6 +132,7 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
         reasoning_budget: None,
         reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
+        prompt_cache: None,
     };
     Ok((request, options))
 }

@@ -232,6 +232,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         reasoning_budget: None,
         reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
+        prompt_cache: None,
     };
     Ok((
         request,

@@ -101,6 +101,7 @@ fn full_request() -> ChatRequest {
         reasoning_budget: None,
         reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
+        prompt_cache: None,
     }
 }
 
