@@ -83,6 +83,7 @@ fn routes_priced(
                     cached_input: None,
                     cache_write: None,
                     output: usd_per_million,
+                    long_prompt: None,
                 }),
                 max_output_tokens,
                 ..ModelEntry::default()

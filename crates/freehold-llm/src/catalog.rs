@@ -57,6 +57,18 @@ pub enum CatalogError {
         /// The value given.
         value: f64,
     },
+    /// A long-prompt price for a model without prices of its own, or one
+    /// that starts at no prompt size.
+    #[error(
+        "model `{key}` has a `long_prompt` price {reason}; give the model's own `input` and \
+         `output`, and `long_prompt.above` (the input tokens past which it applies)"
+    )]
+    InvalidLongPrompt {
+        /// The model's key.
+        key: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// USD prices per million tokens.
@@ -70,15 +82,53 @@ pub struct Pricing {
     pub cache_write: Option<f64>,
     /// Output tokens, reasoning included.
     pub output: f64,
+    /// Higher prices for every token of a request whose prompt is longer
+    /// than a size (Gemini 2.5 Pro's, and Claude's with the 1M-token
+    /// context, past 200,000 input tokens); `None`: one price whatever the
+    /// size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_prompt: Option<LongPromptPricing>,
+}
+
+/// The prices of [`Pricing::long_prompt`], USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LongPromptPricing {
+    /// They apply to requests of more input tokens than this (cached and
+    /// cache-write tokens included).
+    pub above_input_tokens: u64,
+    /// Uncached input tokens.
+    pub input: f64,
+    /// Input tokens read from the prompt cache (`None`: charged as `input`).
+    pub cached_input: Option<f64>,
+    /// Input tokens written to the prompt cache (`None`: charged as `input`).
+    pub cache_write: Option<f64>,
+    /// Output tokens, reasoning included.
+    pub output: f64,
 }
 
 impl Pricing {
+    /// The prices a request of `input_tokens` input tokens is charged:
+    /// the long-prompt ones past their size, these otherwise.
+    pub fn for_input_tokens(&self, input_tokens: u64) -> Pricing {
+        match self.long_prompt {
+            Some(long) if input_tokens > long.above_input_tokens => Pricing {
+                input: long.input,
+                cached_input: long.cached_input,
+                cache_write: long.cache_write,
+                output: long.output,
+                long_prompt: None,
+            },
+            _ => *self,
+        }
+    }
+
     /// Free: every price zero (local models).
     pub const FREE: Pricing = Pricing {
         input: 0.0,
         cached_input: Some(0.0),
         cache_write: Some(0.0),
         output: 0.0,
+        long_prompt: None,
     };
 }
 
@@ -125,11 +175,40 @@ pub struct ModelOverride {
     /// USD per million output tokens.
     #[serde(default)]
     pub output: Option<f64>,
+    /// Higher prices past a prompt size, replacing any the model had.
+    #[serde(default)]
+    pub long_prompt: Option<LongPromptOverride>,
     /// Whether to recover tool calls this model prints as text (overrides
     /// the provider's `recover_text_tool_calls`). Not a catalog field: the
     /// provider factory reads it.
     #[serde(default)]
     pub recover_text_tool_calls: Option<bool>,
+}
+
+/// `[models."provider:model".long_prompt]`: the prices of requests whose
+/// prompt is longer than `above` input tokens.
+///
+/// ```toml
+/// [models."gemini:gemini-2.5-pro".long_prompt]
+/// above = 200_000
+/// input = 2.50
+/// output = 15.0
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongPromptOverride {
+    /// Input tokens past which these prices apply.
+    pub above: u64,
+    /// USD per million uncached input tokens.
+    pub input: f64,
+    /// USD per million cached input tokens.
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    /// USD per million tokens written to the prompt cache.
+    #[serde(default)]
+    pub cache_write: Option<f64>,
+    /// USD per million output tokens.
+    pub output: f64,
 }
 
 /// Known models by `provider:model` key.
@@ -238,9 +317,32 @@ impl Catalog {
                     .cache_write
                     .or(base.and_then(|price| price.cache_write)),
                 output,
+                long_prompt: base.and_then(|price| price.long_prompt),
             };
             validate_pricing(key, &pricing)?;
             entry.pricing = Some(pricing);
+        }
+        if let Some(long) = changes.long_prompt {
+            let Some(pricing) = &mut entry.pricing else {
+                return Err(CatalogError::InvalidLongPrompt {
+                    key: key.to_owned(),
+                    reason: "but no prices of its own",
+                });
+            };
+            if long.above == 0 {
+                return Err(CatalogError::InvalidLongPrompt {
+                    key: key.to_owned(),
+                    reason: "from 0 input tokens",
+                });
+            }
+            pricing.long_prompt = Some(LongPromptPricing {
+                above_input_tokens: long.above,
+                input: long.input,
+                cached_input: long.cached_input,
+                cache_write: long.cache_write,
+                output: long.output,
+            });
+            validate_pricing(key, pricing)?;
         }
         self.entries.insert(key.to_owned(), entry);
         Ok(())
@@ -332,11 +434,22 @@ fn incomplete(key: &str, present: &'static str, missing: &'static str) -> Catalo
 }
 
 fn validate_pricing(key: &str, pricing: &Pricing) -> Result<(), CatalogError> {
+    let long = pricing.long_prompt;
     let fields = [
         ("input", Some(pricing.input)),
         ("cached_input", pricing.cached_input),
         ("cache_write", pricing.cache_write),
         ("output", Some(pricing.output)),
+        ("long_prompt.input", long.map(|long| long.input)),
+        (
+            "long_prompt.cached_input",
+            long.and_then(|long| long.cached_input),
+        ),
+        (
+            "long_prompt.cache_write",
+            long.and_then(|long| long.cache_write),
+        ),
+        ("long_prompt.output", long.map(|long| long.output)),
     ];
     for (field, value) in fields {
         match value {
@@ -372,6 +485,7 @@ mod tests {
                     cached_input: Some(0.125),
                     cache_write: None,
                     output: 10.0,
+                    long_prompt: None,
                 }),
             }
         );
@@ -486,6 +600,7 @@ mod tests {
                     cached_input: Some(0.125),
                     cache_write: None,
                     output: 10.0,
+                    long_prompt: None,
                 }),
             })
         );
@@ -518,6 +633,7 @@ mod tests {
                 cached_input: None,
                 cache_write: None,
                 output: 2.0,
+                long_prompt: None,
             })
         );
     }
@@ -544,5 +660,59 @@ mod tests {
         let catalog = Catalog::from_toml("[models.\"a:b\"]\ninput = 3\noutput = 15").unwrap();
         let price = catalog.get("a:b").unwrap().pricing.unwrap();
         assert_eq!((price.input, price.output), (3.0, 15.0));
+    }
+
+    #[test]
+    fn long_prompt_prices_come_from_the_catalog_and_configuration() {
+        let catalog = Catalog::builtin().unwrap();
+        let pro = catalog.lookup("gemini", "gemini-2.5-pro").unwrap();
+        let long = pro.pricing.unwrap().long_prompt.unwrap();
+        assert_eq!(long.above_input_tokens, 200_000);
+        assert_eq!((long.input, long.output), (2.50, 15.0));
+        let sonnet = catalog.lookup("anthropic", "claude-sonnet-4-5").unwrap();
+        assert!(sonnet.pricing.unwrap().long_prompt.is_some());
+
+        let mut configured = Catalog::from_toml(
+            "[models.\"vllm:big\"]\ninput = 1.0\noutput = 2.0\n\
+             long_prompt = { above = 1000, input = 3.0, output = 4.0 }\n",
+        )
+        .unwrap();
+        let price = configured.get("vllm:big").unwrap().pricing.unwrap();
+        assert_eq!(price.for_input_tokens(1000).input, 1.0);
+        assert_eq!(price.for_input_tokens(1001).input, 3.0);
+        assert_eq!(price.for_input_tokens(1001).output, 4.0);
+        // Changing the usual prices keeps the long-prompt ones.
+        configured
+            .apply_override(
+                "vllm:big",
+                &ModelOverride {
+                    input: Some(1.5),
+                    ..ModelOverride::default()
+                },
+            )
+            .unwrap();
+        let price = configured.get("vllm:big").unwrap().pricing.unwrap();
+        assert_eq!(price.input, 1.5);
+        assert_eq!(price.for_input_tokens(5000).input, 3.0);
+
+        for (toml, says) in [
+            (
+                "[models.\"a:b\"]\nlong_prompt = { above = 10, input = 1.0, output = 1.0 }\n",
+                "no prices of its own",
+            ),
+            (
+                "[models.\"a:b\"]\ninput = 1.0\noutput = 1.0\n\
+                 long_prompt = { above = 0, input = 1.0, output = 1.0 }\n",
+                "from 0 input tokens",
+            ),
+            (
+                "[models.\"a:b\"]\ninput = 1.0\noutput = 1.0\n\
+                 long_prompt = { above = 10, input = -1.0, output = 1.0 }\n",
+                "long_prompt.input",
+            ),
+        ] {
+            let error = Catalog::from_toml(toml).unwrap_err().to_string();
+            assert!(error.contains(says), "{toml}: {error}");
+        }
     }
 }

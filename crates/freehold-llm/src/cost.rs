@@ -5,7 +5,9 @@
 //! use freehold_llm::cost::{CostDisplay, cost};
 //! use freehold_protocol::Usage;
 //!
-//! let pricing = Pricing { input: 1.25, cached_input: Some(0.125), cache_write: None, output: 10.0 };
+//! let pricing = Pricing {
+//!     input: 1.25, cached_input: Some(0.125), cache_write: None, output: 10.0, long_prompt: None,
+//! };
 //! let usage = Usage { input_tokens: 10_000, cached_input_tokens: 4_000, output_tokens: 1_000, ..Usage::default() };
 //! assert_eq!(CostDisplay(cost(&usage, Some(&pricing))).to_string(), "$0.0180");
 //! assert_eq!(CostDisplay(cost(&usage, None)).to_string(), "unknown");
@@ -19,12 +21,14 @@ use crate::catalog::Pricing;
 
 /// The cost of `usage` in USD, or `None` when the price is unknown.
 ///
+/// A request of more input tokens than a long-prompt price starts at is
+/// charged at those prices ([`Pricing::for_input_tokens`]), all its tokens.
 /// `usage.input_tokens` includes cached and cache-write tokens: the rest is
 /// charged at `input`, cached tokens at `cached_input` and cache writes at
 /// `cache_write` (each falling back to `input` when the provider has no
 /// separate price), and output tokens (reasoning included) at `output`.
 pub fn cost(usage: &Usage, pricing: Option<&Pricing>) -> Option<f64> {
-    let pricing = pricing?;
+    let pricing = pricing?.for_input_tokens(usage.input_tokens);
     let uncached = usage
         .input_tokens
         .saturating_sub(usage.cached_input_tokens)
@@ -72,6 +76,7 @@ impl fmt::Display for CostDisplay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::LongPromptPricing;
 
     fn usage(input: u64, cached: u64, write: u64, output: u64) -> Usage {
         Usage {
@@ -88,6 +93,7 @@ mod tests {
         cached_input: Some(0.125),
         cache_write: None,
         output: 10.0,
+        long_prompt: None,
     };
 
     const SONNET: Pricing = Pricing {
@@ -95,6 +101,7 @@ mod tests {
         cached_input: Some(0.30),
         cache_write: Some(3.75),
         output: 15.0,
+        long_prompt: None,
     };
 
     #[test]
@@ -125,12 +132,36 @@ mod tests {
             cached_input: None,
             cache_write: None,
             output: 8.0,
+            long_prompt: None,
         };
         // Every input token at 2.0: 3,000 × 2 + 1,000 × 8 = 14,000 µ$.
         assert_eq!(
             cost(&usage(3_000, 1_000, 1_000, 1_000), Some(&flat)),
             Some(0.014)
         );
+    }
+
+    #[test]
+    fn a_long_prompt_is_charged_its_own_prices_for_every_token() {
+        let tiered = Pricing {
+            long_prompt: Some(LongPromptPricing {
+                above_input_tokens: 200_000,
+                input: 6.0,
+                cached_input: Some(0.60),
+                cache_write: Some(7.50),
+                output: 22.50,
+            }),
+            ..SONNET
+        };
+        // At the limit, the usual prices: 200,000 × 3 + 1,000 × 15.
+        assert_eq!(
+            cost(&usage(200_000, 0, 0, 1_000), Some(&tiered)),
+            Some(0.615)
+        );
+        // Past it, every token at the long-prompt prices: 150,000 × 6 +
+        // 50,001 × 0.60 + 1,000 × 22.50 = 900,000 + 30,000.6 + 22,500 µ$.
+        let long = cost(&usage(200_001, 50_001, 0, 1_000), Some(&tiered)).unwrap();
+        assert!((long - 0.9525006).abs() < 1e-12, "{long}");
     }
 
     #[test]
