@@ -172,7 +172,7 @@ async fn admit_inner(
 
 /// The targets `request`'s model routes to. A model without a route goes
 /// to `[gateway] default_model` when one is set, and `request.model`
-/// becomes it.
+/// becomes it. The caller has checked the name ([`check_model_name`]).
 ///
 /// # Errors
 /// 404 for a model without a route when there is no default; the router's
@@ -182,7 +182,6 @@ fn route(
     routes: &Routes,
     request: &mut ChatRequest,
 ) -> Result<Vec<Target>, GatewayError> {
-    check_model_name(&request.model)?;
     match routes.router.resolve(&request.model) {
         Ok(targets) => {
             refuse_engine_paths(&request.model, &targets, routes, &gateway.settings)?;

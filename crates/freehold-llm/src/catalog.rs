@@ -59,14 +59,11 @@ pub enum CatalogError {
     },
     /// A long-prompt price for a model without prices of its own, or one
     /// that starts at no prompt size.
-    #[error(
-        "model `{key}` has a `long_prompt` price {reason}; give the model's own `input` and \
-         `output`, and `long_prompt.above` (the input tokens past which it applies)"
-    )]
+    #[error("model `{key}` has an invalid `long_prompt`: {reason}")]
     InvalidLongPrompt {
         /// The model's key.
         key: String,
-        /// What is wrong.
+        /// What is wrong, and what to give instead.
         reason: &'static str,
     },
 }
@@ -326,15 +323,9 @@ impl Catalog {
             let Some(pricing) = &mut entry.pricing else {
                 return Err(CatalogError::InvalidLongPrompt {
                     key: key.to_owned(),
-                    reason: "but no prices of its own",
+                    reason: "the model has no prices of its own; give its `input` and `output` too",
                 });
             };
-            if long.above == 0 {
-                return Err(CatalogError::InvalidLongPrompt {
-                    key: key.to_owned(),
-                    reason: "from 0 input tokens",
-                });
-            }
             pricing.long_prompt = Some(LongPromptPricing {
                 above_input_tokens: long.above,
                 input: long.input,
@@ -435,6 +426,12 @@ fn incomplete(key: &str, present: &'static str, missing: &'static str) -> Catalo
 
 fn validate_pricing(key: &str, pricing: &Pricing) -> Result<(), CatalogError> {
     let long = pricing.long_prompt;
+    if long.is_some_and(|long| long.above_input_tokens == 0) {
+        return Err(CatalogError::InvalidLongPrompt {
+            key: key.to_owned(),
+            reason: "`above` must be more than 0 (the input tokens past which its prices apply)",
+        });
+    }
     let fields = [
         ("input", Some(pricing.input)),
         ("cached_input", pricing.cached_input),
@@ -698,12 +695,12 @@ mod tests {
         for (toml, says) in [
             (
                 "[models.\"a:b\"]\nlong_prompt = { above = 10, input = 1.0, output = 1.0 }\n",
-                "no prices of its own",
+                "has no prices of its own",
             ),
             (
                 "[models.\"a:b\"]\ninput = 1.0\noutput = 1.0\n\
                  long_prompt = { above = 0, input = 1.0, output = 1.0 }\n",
-                "from 0 input tokens",
+                "`above` must be more than 0",
             ),
             (
                 "[models.\"a:b\"]\ninput = 1.0\noutput = 1.0\n\
