@@ -859,14 +859,18 @@ async fn a_settlement_cut_off_mid_statement_is_applied_when_tried_again() {
         async move { store.settle(&hold, 0.3).await }
     });
     // The settling statement's server process, once it waits on the lock.
+    // Asked on a connection of its own, outside the locker's transaction:
+    // a transaction sees the server's activity as it was when first asked,
+    // so asking inside it would never see a statement that began later.
     let waiting = "SELECT pid FROM pg_stat_activity \
                    WHERE datname = current_database() AND wait_event_type = 'Lock' \
                    AND query LIKE '%RETURNING micros%'";
+    let mut watcher = sqlx::PgConnection::connect(db.url()).await.unwrap();
     // (Up to 30 s: the whole suite runs at once on as few as two cores.)
     let mut pid: Option<i32> = None;
     for _ in 0..3000 {
         pid = sqlx::query_scalar(waiting)
-            .fetch_optional(&mut locker)
+            .fetch_optional(&mut watcher)
             .await
             .unwrap();
         if pid.is_some() {
@@ -892,6 +896,7 @@ async fn a_settlement_cut_off_mid_statement_is_applied_when_tried_again() {
         .await
         .unwrap();
     locker.close().await.unwrap();
+    watcher.close().await.unwrap();
 
     assert_totals(&store, &key.id, 0.0, 0.4).await;
     store.settle(&hold, 0.3).await.unwrap();
