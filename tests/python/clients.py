@@ -67,6 +67,8 @@ def openai_chat():
     )
     text = reply.choices[0].message.content
     check_text(text)
+    # The SDK reads the gateway's x-request-id (the ledger line's id).
+    assert (reply._request_id or "").startswith("req_"), reply._request_id
     assert reply.choices[0].finish_reason in ("stop", "length"), reply.choices[0].finish_reason
     assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0, reply.usage
     return {"text": text, "usage": reply.usage.model_dump()}
@@ -152,6 +154,7 @@ def openai_errors():
     except openai.NotFoundError as error:
         seen["not_found"] = error.status_code
         assert "no-such-model" in str(error), str(error)
+        assert (error.request_id or "").startswith("req_"), error.request_id
     try:
         oai().chat.completions.create(model=MODEL, messages="not a list")
         raise AssertionError("a malformed body was accepted")
@@ -280,6 +283,7 @@ def anthropic_messages():
         messages=[{"role": "user", "content": "Say hello."}],
     )
     assert reply.type == "message" and reply.role == "assistant", reply
+    assert (reply._request_id or "").startswith("req_"), reply._request_id
     text = "".join(b.text for b in reply.content if b.type == "text")
     check_text(text)
     assert reply.stop_reason in ("end_turn", "max_tokens"), reply.stop_reason
@@ -350,6 +354,7 @@ def anthropic_errors():
         raise AssertionError("an unknown model was accepted")
     except anthropic.NotFoundError as error:
         seen["not_found"] = error.status_code
+        assert (error.request_id or "").startswith("req_"), error.request_id
     try:
         ant().messages.create(model=MODEL, max_tokens=8, messages=[{"role": "robot",
                                                                     "content": "hi"}])
@@ -429,6 +434,16 @@ def rate_limited():
     except anthropic.RateLimitError as error:
         seen["anthropic"] = error.status_code
         assert error.body["error"]["type"] == "rate_limit_error", error.body
+    # A streamed Responses request gets it inside the stream, where OpenAI
+    # sends it and Codex reads how long to wait.
+    events = list(oai().responses.create(model=MODEL, input="hi", max_output_tokens=8,
+                                         stream=True))
+    assert events[0].type == "response.created", events
+    assert events[-1].type == "response.failed", events
+    error = events[-1].response.error
+    assert error.code == "rate_limit_exceeded", error
+    assert "try again in" in error.message, error.message
+    seen["responses_stream"] = error.code
     return seen
 
 

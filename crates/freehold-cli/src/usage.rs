@@ -26,6 +26,11 @@ pub(crate) struct UsageArgs {
     #[arg(long, value_name = "N")]
     requests: Option<u32>,
 
+    /// List the request whose id is ID (the `request-id` or `x-request-id`
+    /// header its client got back, `req_…`), as `--requests` lists lines.
+    #[arg(long, value_name = "ID", conflicts_with = "requests")]
+    request_id: Option<String>,
+
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -50,8 +55,8 @@ pub(crate) async fn run(
         .as_deref()
         .map(|when| parse_since(when, unix_now()))
         .transpose()?;
-    if let Some(limit) = args.requests {
-        return list_requests(&args, since_ms, limit, config).await;
+    if args.requests.is_some() || args.request_id.is_some() {
+        return list_requests(&args, since_ms, config).await;
     }
     let (by, title) = match args.by {
         By::Key => (GroupBy::Key, "KEY"),
@@ -104,15 +109,26 @@ pub(crate) async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `freehold usage --requests N`: the latest lines of the ledger.
+/// How many lines `--request-id` lists at most: a client may have sent the
+/// same `x-request-id` with several requests (its retries, say).
+const LINES_PER_REQUEST_ID: u32 = 100;
+
+/// `freehold usage --requests N` (the latest lines of the ledger) and
+/// `--request-id ID` (one request's).
 async fn list_requests(
     args: &UsageArgs,
     since_ms: Option<i64>,
-    limit: u32,
     config: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
     let store = args.database.open(config).await?;
-    let lines = store.requests(since_ms, limit).await;
+    let lines = match (&args.request_id, args.requests) {
+        (Some(id), _) => {
+            store
+                .requests_with_id(id.trim(), since_ms, LINES_PER_REQUEST_ID)
+                .await
+        }
+        (None, limit) => store.requests(since_ms, limit.unwrap_or(0)).await,
+    };
     store.close().await;
     let lines = lines?;
     if args.json {
@@ -120,7 +136,17 @@ async fn list_requests(
         return Ok(ExitCode::SUCCESS);
     }
     if lines.is_empty() {
-        println!("no requests recorded yet (`freehold serve` records them)");
+        match &args.request_id {
+            Some(id) => println!(
+                "no request {id} in the ledger{} (lines written before freehold kept request ids \
+                 have none)",
+                args.since
+                    .as_ref()
+                    .map(|since| format!(" since {since}"))
+                    .unwrap_or_default()
+            ),
+            None => println!("no requests recorded yet (`freehold serve` records them)"),
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let header = [
@@ -134,9 +160,10 @@ async fn list_requests(
         "COST",
         "MS",
         "PRIVACY",
+        "REQUEST ID",
     ]
     .map(str::to_owned);
-    let table: Vec<[String; 10]> = lines
+    let table: Vec<[String; 11]> = lines
         .iter()
         .map(|line| {
             let r = &line.record;
@@ -166,6 +193,7 @@ async fn list_requests(
                     .map_or("-".to_owned(), |usd| format!("${usd:.4}")),
                 r.latency_ms.to_string(),
                 r.privacy.clone().unwrap_or_default(),
+                r.request_id.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })
         .collect();

@@ -520,6 +520,10 @@ async fn official_sdks_against_a_mock_upstream() {
         .await;
     assert_eq!(limited["openai"], 429, "{limited}");
     assert_eq!(limited["anthropic"], 429, "{limited}");
+    assert_eq!(
+        limited["responses_stream"], "rate_limit_exceeded",
+        "{limited}"
+    );
     let retry_after = limited["openai_retry_after"].as_u64().unwrap();
     assert!((1..=60).contains(&retry_after), "{limited}");
 }
@@ -860,9 +864,36 @@ async fn sigterm_with_nothing_in_flight_exits_at_once_with_the_ledger_written() 
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
+    let request_id = answer.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     served.terminate(Duration::from_secs(10)).await;
     let row = served.usage_row("model", "mock").await;
     assert_eq!(row.expect("usage for model mock")["requests"], 1);
+    // The request is found by the id its client got back, as a table and
+    // as JSON; an id the ledger does not have is said to be missing.
+    let table = served
+        .freehold(&["usage", "--request-id", &request_id])
+        .await;
+    assert!(
+        table.contains("REQUEST ID") && table.contains(&request_id),
+        "{table}"
+    );
+    let lines: Value = serde_json::from_str(
+        &served
+            .freehold(&["usage", "--request-id", &request_id, "--json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(lines.as_array().map(Vec::len), Some(1), "{lines}");
+    assert_eq!(lines[0]["request_id"], request_id.as_str());
+    assert_eq!(lines[0]["model"], "mock");
+    assert_eq!(lines[0]["status"], 200);
+    let missing = served
+        .freehold(&["usage", "--request-id", "req_not_there"])
+        .await;
+    assert!(missing.contains("no request req_not_there"), "{missing}");
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ use crate::auth::Caller;
 use crate::error::{GatewayError, Protocol};
 use crate::metrics::{LabelText, LatencyLabels, RequestLabels, TokenLabels};
 use crate::privacy::{Decision, Reasons};
+use crate::request_id::{Arrival, RequestId};
 use crate::state::{Gateway, Routes};
 use crate::store::{Reservation, Store, StoreError, UsageRecord};
 
@@ -31,20 +32,28 @@ pub(crate) struct Admitted {
     targets: Vec<Target>,
 }
 
+/// A request [`admit`] refused: the error, and the request back, for a
+/// protocol that reports the refusal inside a stream it begins.
+pub(crate) struct Refused {
+    pub(crate) error: GatewayError,
+    pub(crate) request: ChatRequest,
+}
+
 /// Checks a request before any provider sees it.
 ///
 /// # Errors
-/// The first check that fails, as the client should see it.
+/// The first check that fails, as the client should see it, with the
+/// request.
 pub(crate) async fn admit(
     gateway: &Arc<Gateway>,
     headers: &HeaderMap,
     caller: Caller,
     endpoint: &'static str,
     mut request: ChatRequest,
-    started: Instant,
-) -> Result<Admitted, GatewayError> {
+    arrival: &Arrival,
+) -> Result<Admitted, Refused> {
     let asked = request.model.clone();
-    let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, started);
+    let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, arrival);
     let result = admit_inner(gateway, headers, &caller, &mut request, &mut accounting).await;
     match result {
         Ok((routes, targets)) => Ok(Admitted {
@@ -55,7 +64,7 @@ pub(crate) async fn admit(
         }),
         Err(error) => {
             accounting.fail(&error);
-            Err(error)
+            Err(Refused { error, request })
         }
     }
 }
@@ -301,7 +310,7 @@ fn apply_privacy(
     let decision = gateway
         .privacy
         .decide(request, privacy_header, local_only_key);
-    decision.log();
+    decision.log(&accounting.request_id);
     accounting.privacy = decision.audit_line();
     accounting.body_has_findings = decision
         .reasons()
@@ -352,10 +361,10 @@ pub(crate) async fn count_input_tokens(
     caller: Caller,
     endpoint: &'static str,
     mut request: ChatRequest,
-    started: Instant,
+    arrival: &Arrival,
 ) -> Result<TokenCount, GatewayError> {
     let asked = request.model.clone();
-    let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, started);
+    let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, arrival);
     let checked = async {
         check_model_name(&asked)?;
         caller.check_model(&asked)?;
@@ -658,7 +667,7 @@ pub(crate) async fn call_upstream<T>(
             // The provider failed (a timeout of its own included): it
             // answered nothing to pay for.
             accounting.dispatched = false;
-            log_upstream_failure(&accounting.gateway, &error, "upstream failed");
+            log_upstream_failure(accounting, &error, "upstream failed");
             GatewayError::upstream(&error)
         }
         Err(_) => GatewayError::request_timeout(timeout),
@@ -675,18 +684,20 @@ pub(crate) async fn call_upstream<T>(
 /// log. Failures of the gateway's own providers (the local engine's, which
 /// carry no status) and other statuses are logged whole: they are the
 /// operator's to fix.
-pub(crate) fn log_upstream_failure(gateway: &Gateway, error: &LlmError, what: &'static str) {
+pub(crate) fn log_upstream_failure(accounting: &Accounting, error: &LlmError, what: &'static str) {
+    let request_id = &accounting.request_id;
     let may_echo_the_request = matches!(error.status, Some(400 | 413 | 422));
-    if may_echo_the_request && !gateway.settings.log_bodies {
+    if may_echo_the_request && !accounting.gateway.settings.log_bodies {
         tracing::warn!(
+            %request_id,
             provider = %error.provider,
             kind = error.kind.name(),
             status = ?error.status,
             "{what} (what it said is logged at debug level)"
         );
-        tracing::debug!(error = %error, "{what}");
+        tracing::debug!(%request_id, error = %error, "{what}");
     } else {
-        tracing::warn!(error = %error, "{what}");
+        tracing::warn!(%request_id, error = %error, "{what}");
     }
 }
 
@@ -740,7 +751,7 @@ impl AccountedStream {
                 Some(Ok(event))
             }
             Some(Err(error)) => {
-                log_upstream_failure(&self.accounting.gateway, &error, "upstream stream failed");
+                log_upstream_failure(&self.accounting, &error, "upstream stream failed");
                 let sent = GatewayError::upstream(&error);
                 if self.accounting.first_byte.is_none() {
                     // Refused before it answered anything (a stream that
@@ -768,6 +779,8 @@ pub(crate) struct Accounting {
     caller: Caller,
     endpoint: &'static str,
     model: String,
+    /// The request's id, for its ledger and log lines.
+    pub(crate) request_id: RequestId,
     started: Instant,
     at_ms: i64,
     first_byte: Option<std::time::Duration>,
@@ -810,7 +823,7 @@ impl Accounting {
         caller: Caller,
         endpoint: &'static str,
         model: &str,
-        started: Instant,
+        arrival: &Arrival,
     ) -> Self {
         gateway.metrics.in_flight.inc();
         Self {
@@ -818,7 +831,8 @@ impl Accounting {
             caller,
             endpoint,
             model: recorded_name(model),
-            started,
+            request_id: arrival.id.clone(),
+            started: arrival.started,
             at_ms: now_ms(),
             first_byte: None,
             reservation: None,
@@ -1008,6 +1022,7 @@ impl Accounting {
         }
         let record = UsageRecord {
             at_ms: self.at_ms,
+            request_id: Some(self.request_id.as_str().to_owned()),
             key_id,
             model: self.model.clone(),
             provider,
@@ -1024,6 +1039,7 @@ impl Accounting {
             body: self.body.take(),
         };
         tracing::info!(
+            request_id = %self.request_id,
             endpoint = self.endpoint,
             model = %self.model,
             key = %key.0,

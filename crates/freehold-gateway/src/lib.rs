@@ -26,6 +26,7 @@ pub mod listen;
 pub mod metrics;
 pub mod mock;
 pub mod privacy;
+pub mod request_id;
 pub mod routes;
 pub mod settings;
 pub mod state;

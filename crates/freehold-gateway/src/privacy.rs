@@ -525,10 +525,14 @@ impl Decision {
 
     /// Writes the decision to the log: [`Decision::Pass`] at debug level,
     /// the others at info, as the secret-free line of [`fmt::Display`].
-    pub fn log(&self) {
+    /// `request_id` names the request it was made for, as its answer's
+    /// headers and its ledger line do.
+    pub fn log(&self, request_id: &crate::request_id::RequestId) {
         match self {
-            Decision::Pass => tracing::debug!(outcome = self.outcome(), "{self}"),
-            _ => tracing::info!(outcome = self.outcome(), "{self}"),
+            Decision::Pass => {
+                tracing::debug!(%request_id, outcome = self.outcome(), "{self}")
+            }
+            _ => tracing::info!(%request_id, outcome = self.outcome(), "{self}"),
         }
     }
 }

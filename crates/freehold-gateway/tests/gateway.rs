@@ -946,6 +946,132 @@ async fn refused_and_unreached_requests_are_not_charged() {
     }
 }
 
+/// The `data` of each event of a server-sent event stream, as JSON.
+fn sse_data(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|event| event.lines().find_map(|line| line.strip_prefix("data: ")))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect()
+}
+
+/// A streamed Responses request refused for a full context window, a rate
+/// limit or a spent budget gets `response.created` then `response.failed`
+/// with OpenAI's code, as OpenAI sends them and as Codex needs them (it
+/// compacts, waits "try again in" seconds, or reports the quota; an HTTP
+/// status it gives up on). Other protocols, and whole answers, keep their
+/// HTTP statuses.
+#[tokio::test]
+async fn streamed_responses_get_their_refusals_as_response_failed() {
+    use freehold_test_support::{MockServer, Scripted, Split};
+
+    async fn stream_response(url: &str, secret: &str) -> (u16, Vec<Value>) {
+        let body = json!({"model": "mock", "input": "hi", "stream": true,
+                          "max_output_tokens": 100});
+        let response = reqwest::Client::new()
+            .post(format!("{url}/v1/responses"))
+            .bearer_auth(secret)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, sse_data(&response.text().await.unwrap()))
+    }
+    /// The failed response's error, after checking the events' order.
+    fn failure(events: &[Value]) -> Value {
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds.first(), Some(&"response.created"), "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&"response.failed"), "{kinds:?}");
+        let failed = &events[events.len() - 1]["response"];
+        assert_eq!(failed["status"], "failed", "{failed}");
+        failed["error"].clone()
+    }
+
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+
+    // The key's rate limit: in the stream, with how long to wait.
+    let (_, limited) = gw
+        .key(NewKey {
+            name: "one-a-minute".into(),
+            rpm: Some(1),
+            ..NewKey::default()
+        })
+        .await;
+    let (status, events) = stream_response(&gw.url, &limited).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+    let (status, events) = stream_response(&gw.url, &limited).await;
+    assert_eq!(status, 200);
+    let error = failure(&events);
+    assert_eq!(error["code"], "rate_limit_exceeded", "{error}");
+    let message = error["message"].as_str().unwrap();
+    let wait = message
+        .split("try again in ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("s."))
+        .and_then(|seconds| seconds.parse::<f64>().ok());
+    assert!(wait.is_some_and(|s| s > 0.0 && s <= 60.0), "{message}");
+    // Whole answers and the other protocols keep the status.
+    let (status, body, retry_after) = post(
+        &gw.url,
+        "/v1/responses",
+        Some(&limited),
+        &json!({"model": "mock", "input": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(!retry_after.is_empty());
+    let mut streamed_chat = chat_body("mock");
+    streamed_chat["stream"] = json!(true);
+    let (status, _, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(&limited),
+        &streamed_chat,
+    )
+    .await;
+    assert_eq!(status, 429);
+
+    // A spent budget: OpenAI's code for a spent quota.
+    let (_, poor) = gw
+        .key(NewKey {
+            name: "poor".into(),
+            budget_usd: Some(0.000_001),
+            ..NewKey::default()
+        })
+        .await;
+    let (status, events) = stream_response(&gw.url, &poor).await;
+    assert_eq!(status, 200);
+    let error = failure(&events);
+    assert_eq!(error["code"], "insufficient_quota", "{error}");
+    assert_eq!(error["type"], "insufficient_quota", "{error}");
+
+    // A provider refusing the prompt as too long before its first event.
+    let refusal = "data: {\"error\": {\"message\": \"prompt too long\", \"type\": \
+                   \"invalid_request_error\", \"code\": \"context_length_exceeded\"}}\n\n";
+    let full = MockServer::start(vec![Scripted::sse(refusal, Split::Whole)]).await;
+    let gw = start(
+        routes(vec![format!("{}/v1", full.url())]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (status, events) = stream_response(&gw.url, MASTER).await;
+    assert_eq!(status, 200, "{events:?}");
+    let error = failure(&events);
+    assert_eq!(error["code"], "context_length_exceeded", "{error}");
+    // The ledger has the refusal's own status.
+    let lines = ledger_lines(&gw.store, 1).await;
+    assert_eq!(lines[0].record.status, 400);
+}
+
 #[tokio::test]
 async fn max_tokens_are_capped_and_slow_upstreams_time_out() {
     use freehold_test_support::{MockServer, Scripted};
@@ -1925,6 +2051,111 @@ async fn default_model_catches_unknown_names_and_metrics_count_them() {
         ),
         "{metrics}"
     );
+}
+
+/// Every answer carries its request id in both SDKs' headers (refusals,
+/// streams and unknown routes too), and the ledger line of a request has
+/// the id its client got, so that a client's error can be looked up; a
+/// client's own plain `x-request-id` is kept, anything else replaced.
+#[tokio::test]
+async fn answers_carry_their_request_id_and_the_ledger_keeps_it() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let ids_of = |response: &reqwest::Response| {
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let id = header("request-id").expect("a request-id header");
+        assert_eq!(header("x-request-id").as_deref(), Some(id.as_str()));
+        id
+    };
+    let send = |path: &str, body: Value, client_id: Option<&str>| {
+        let mut request = client
+            .post(format!("{}{path}", gw.url))
+            .bearer_auth(MASTER)
+            .json(&body);
+        if let Some(id) = client_id {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+
+    // A whole answer, a stream and a refusal, each with an id of its own.
+    let answered = send("/v1/chat/completions", chat_body("mock"), None)
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    let answered_id = ids_of(&answered);
+    assert!(answered_id.starts_with("req_"), "{answered_id}");
+    let mut streamed_body = chat_body("mock");
+    streamed_body["stream"] = json!(true);
+    let streamed = send("/v1/messages", streamed_body, None).await.unwrap();
+    assert_eq!(streamed.status(), 200);
+    let streamed_id = ids_of(&streamed);
+    let text = streamed.text().await.unwrap();
+    assert!(text.contains("message_stop"), "{text}");
+    let refused = send("/v1/chat/completions", chat_body("no-such-model"), None)
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404);
+    let refused_id = ids_of(&refused);
+    let unrouted = client
+        .get(format!("{}/v2/nothing", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unrouted.status(), 404);
+    ids_of(&unrouted);
+    let ids = [&answered_id, &streamed_id, &refused_id];
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:?}"
+    );
+
+    // A client's plain id is kept; one that is not plain is replaced.
+    let kept = send(
+        "/v1/chat/completions",
+        chat_body("mock"),
+        Some("trace-42.a:b_c"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids_of(&kept), "trace-42.a:b_c");
+    let odd = "has spaces and \"quotes\"";
+    let replaced = send("/v1/chat/completions", chat_body("mock"), Some(odd))
+        .await
+        .unwrap();
+    let replaced_id = ids_of(&replaced);
+    assert!(replaced_id.starts_with("req_"), "{replaced_id}");
+
+    // The ledger: one line for each chat request, under the id it got.
+    let lines = ledger_lines(&gw.store, 5).await;
+    let recorded: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.record.request_id.as_deref())
+        .collect();
+    for id in [&answered_id, &streamed_id, &refused_id, &replaced_id] {
+        assert!(recorded.contains(&id.as_str()), "{id} not in {recorded:?}");
+    }
+    assert!(recorded.contains(&"trace-42.a:b_c"), "{recorded:?}");
+    let found = gw
+        .store
+        .requests_with_id(&refused_id, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].record.status, 404);
+    assert_eq!(found[0].record.model, "no-such-model");
 }
 
 /// The ledger's `body` column for every request, oldest first.

@@ -1841,6 +1841,7 @@ fn line(
 ) -> UsageRecord {
     UsageRecord {
         at_ms,
+        request_id: Some(format!("req_{at_ms}")),
         key_id: key_id.map(str::to_owned),
         model: model.into(),
         provider: "openai".into(),
@@ -2008,6 +2009,34 @@ async fn requests_list_the_latest_lines(db: &TestDb) {
     assert_eq!(last.record.cost_usd, None);
     assert_eq!(last.record.error.as_deref(), Some("upstream"));
     assert_eq!(store.requests(Some(2_500), 10).await.unwrap().len(), 1);
+
+    // One request found by the id its client got back.
+    let found = store.requests_with_id("req_2000", None, 10).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].record.at_ms, 2_000);
+    assert_eq!(found[0].key_name.as_deref(), Some("ci"));
+    assert!(
+        store
+            .requests_with_id("req_2000", Some(2_500), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .requests_with_id("req_unknown", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Lines written before the ledger kept ids have none, and are listed.
+    let mut old = line(4_000, None, "gpt", None, 200);
+    old.request_id = None;
+    store.record(&BatchId::new(), &[old]).await.unwrap();
+    assert_eq!(
+        store.requests(None, 1).await.unwrap()[0].record.request_id,
+        None
+    );
     store.close().await;
 }
 

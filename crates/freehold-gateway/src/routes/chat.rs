@@ -4,11 +4,10 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use freehold_llm::wire::serve::{DecodeError, SseFrame};
@@ -18,9 +17,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::chat::{
-    AccountedStream, Accounting, Admitted, admit, authenticate, count_input_tokens, parse_body,
+    AccountedStream, Accounting, Admitted, Refused, admit, authenticate, count_input_tokens,
+    parse_body,
 };
 use crate::error::{GatewayError, Protocol};
+use crate::request_id::Arrival;
 use crate::routes::read_body;
 use crate::state::Gateway;
 
@@ -28,7 +29,8 @@ use crate::state::Gateway;
 trait StreamEncoder: Send + 'static {
     fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame>;
     fn finish(&mut self) -> Vec<SseFrame>;
-    fn error(&mut self, error: &LlmError) -> Vec<SseFrame>;
+    /// The protocol's error event for `error`, which ends the stream.
+    fn error(&mut self, error: &GatewayError) -> Vec<SseFrame>;
     fn keepalive(&mut self) -> Vec<SseFrame>;
 }
 
@@ -41,8 +43,8 @@ macro_rules! stream_encoder {
             fn finish(&mut self) -> Vec<SseFrame> {
                 <$type>::finish(self)
             }
-            fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
-                <$type>::error(self, error)
+            fn error(&mut self, error: &GatewayError) -> Vec<SseFrame> {
+                <$type>::error(self, &stream_error(error))
             }
             fn keepalive(&mut self) -> Vec<SseFrame> {
                 <$type>::keepalive(self)
@@ -53,7 +55,28 @@ macro_rules! stream_encoder {
 
 stream_encoder!(openai_chat::ChunkEncoder);
 stream_encoder!(anthropic::MessageStreamEncoder);
-stream_encoder!(openai_responses::ResponseStreamEncoder);
+
+impl StreamEncoder for openai_responses::ResponseStreamEncoder {
+    fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
+        Self::push(self, event)
+    }
+    fn finish(&mut self) -> Vec<SseFrame> {
+        Self::finish(self)
+    }
+    fn error(&mut self, error: &GatewayError) -> Vec<SseFrame> {
+        match error.openai_code() {
+            // A spent budget: OpenAI's code for a spent quota, which Codex
+            // reports as such instead of retrying.
+            Some(code @ "insufficient_quota") => {
+                Self::fail(self, error.openai_type(), code, &error.message)
+            }
+            _ => Self::error(self, &stream_error(error)),
+        }
+    }
+    fn keepalive(&mut self) -> Vec<SseFrame> {
+        Self::keepalive(self)
+    }
+}
 
 /// What differs between the chat protocols.
 trait ChatProtocol {
@@ -75,6 +98,15 @@ trait ChatProtocol {
     fn streams(options: &Self::Options) -> bool;
     fn encode(response: &ChatResponse, model: &str, options: &Self::Options) -> Self::Response;
     fn encoder(model: &str, options: Self::Options, request: &ChatRequest) -> Self::Encoder;
+
+    /// Whether a streamed request refused with `error` once decoded (by
+    /// its key's limits or budget, or by the provider before its first
+    /// event) gets the refusal inside a stream the gateway begins (status
+    /// 200, then the protocol's failure event) rather than as an HTTP
+    /// error.
+    fn refuses_in_stream(_error: &GatewayError) -> bool {
+        false
+    }
 }
 
 struct ChatCompletions;
@@ -151,33 +183,48 @@ impl ChatProtocol for Responses {
             .with_freeform_tools(options.freeform_tools)
             .with_namespaced_tools(options.namespaced_tools)
     }
+
+    /// A full context window and rate limits (the key's, its budget, the
+    /// provider's): OpenAI reports these in `response.failed`, and Codex
+    /// acts on them only there. It compacts its history on
+    /// `context_length_exceeded`, waits as long as the message's "try
+    /// again in" says on `rate_limit_exceeded`, and reports
+    /// `insufficient_quota`; sent as HTTP statuses, it gives up on all
+    /// three.
+    fn refuses_in_stream(error: &GatewayError) -> bool {
+        error.status == StatusCode::TOO_MANY_REQUESTS
+            || error.openai_code() == Some("context_length_exceeded")
+    }
 }
 
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
+    Extension(arrival): Extension<Arrival>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve::<ChatCompletions>(gateway, headers, body).await
+    serve::<ChatCompletions>(gateway, arrival, headers, body).await
 }
 
 /// `POST /v1/messages` (also with `?beta=true`, as Claude Code sends it).
 pub(crate) async fn messages(
     State(gateway): State<Arc<Gateway>>,
+    Extension(arrival): Extension<Arrival>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve::<Messages>(gateway, headers, body).await
+    serve::<Messages>(gateway, arrival, headers, body).await
 }
 
 /// `POST /v1/responses`.
 pub(crate) async fn responses(
     State(gateway): State<Arc<Gateway>>,
+    Extension(arrival): Extension<Arrival>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve::<Responses>(gateway, headers, body).await
+    serve::<Responses>(gateway, arrival, headers, body).await
 }
 
 /// `POST /v1/messages/count_tokens`: the request's input tokens, counted
@@ -186,11 +233,11 @@ pub(crate) async fn responses(
 /// header says which: `tokenizer` or `estimate`.
 pub(crate) async fn count_tokens(
     State(gateway): State<Arc<Gateway>>,
+    Extension(arrival): Extension<Arrival>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     const ENDPOINT: &str = "/v1/messages/count_tokens";
-    let started = Instant::now();
     let protocol = Protocol::Anthropic;
     let caller = match authenticate(&gateway, &headers, ENDPOINT).await {
         Ok(caller) => caller,
@@ -222,12 +269,12 @@ pub(crate) async fn count_tokens(
     let mut request = match decoded {
         Ok(request) => request,
         Err(error) => {
-            Accounting::new(&gateway, caller, ENDPOINT, "", started).fail(&error);
+            Accounting::new(&gateway, caller, ENDPOINT, "", &arrival).fail(&error);
             return error.into_response(protocol);
         }
     };
     forward_anthropic_headers(&headers, &mut request);
-    match count_input_tokens(&gateway, &headers, caller, ENDPOINT, request, started).await {
+    match count_input_tokens(&gateway, &headers, caller, ENDPOINT, request, &arrival).await {
         Ok(count) => {
             let source = if count.exact { "tokenizer" } else { "estimate" };
             (
@@ -263,8 +310,12 @@ fn decode_error(error: DecodeError) -> GatewayError {
 }
 
 /// The whole path of one chat request in protocol `P`.
-async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
+async fn serve<P: ChatProtocol>(
+    gateway: Arc<Gateway>,
+    arrival: Arrival,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     // Authenticate before reading the body: an unauthenticated client
     // cannot make the gateway parse megabytes.
     let caller = match authenticate(&gateway, &headers, P::ENDPOINT).await {
@@ -282,7 +333,7 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
         Ok(decoded) => decoded,
         Err(error) => {
             // A key's malformed requests are in its ledger too.
-            Accounting::new(&gateway, caller, P::ENDPOINT, "", started).fail(&error);
+            Accounting::new(&gateway, caller, P::ENDPOINT, "", &arrival).fail(&error);
             return error.into_response(P::PROTOCOL);
         }
     };
@@ -290,15 +341,20 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
         forward_anthropic_headers(&headers, &mut request);
     }
     let model = request.model.clone();
-    let mut admitted = match admit(&gateway, &headers, caller, P::ENDPOINT, request, started).await
+    let streams = P::streams(&options);
+    let mut admitted = match admit(&gateway, &headers, caller, P::ENDPOINT, request, &arrival).await
     {
         Ok(admitted) => admitted,
-        Err(error) => return error.into_response(P::PROTOCOL),
+        Err(Refused { error, request }) if streams && P::refuses_in_stream(&error) => {
+            let encoder = P::encoder(&model, options, &request);
+            return sse_response(Upstream::refused(error), encoder, None, false);
+        }
+        Err(Refused { error, .. }) => return error.into_response(P::PROTOCOL),
     };
     admitted
         .accounting
         .log_body(&String::from_utf8_lossy(&body));
-    if P::streams(&options) {
+    if streams {
         let encoder = P::encoder(&model, options, &admitted.request);
         let keepalive = gateway.settings.stream_keepalive();
         // The status line waits for the provider's first event, so that a
@@ -315,6 +371,9 @@ async fn serve<P: ChatProtocol>(gateway: Arc<Gateway>, headers: HeaderMap, body:
             None => Some((&mut opening).await),
         };
         match waited {
+            Some(Err(error)) if P::refuses_in_stream(&error) => {
+                sse_response(Upstream::refused(error), encoder, keepalive, false)
+            }
             Some(Err(error)) => error.into_response(P::PROTOCOL),
             Some(Ok((first, stream))) => {
                 sse_response(Upstream::Open { first, stream }, encoder, keepalive, false)
@@ -369,6 +428,11 @@ enum Upstream {
 }
 
 impl Upstream {
+    /// A stream whose only event is `error`.
+    fn refused(error: GatewayError) -> Self {
+        Self::Opening(Box::pin(std::future::ready(Err(error))))
+    }
+
     /// The next event, or `Err(Silent)` when `deadline` passes first.
     async fn next(
         &mut self,
@@ -440,7 +504,7 @@ fn sse_response<E: StreamEncoder>(
                     (encoder.keepalive(), true)
                 }
                 Ok(Some(Ok(event))) => (encoder.push(&event), true),
-                Ok(Some(Err(error))) => (encoder.error(&stream_error(&error)), false),
+                Ok(Some(Err(error))) => (encoder.error(&error), false),
                 Ok(None) => (encoder.finish(), false),
             };
             if frames.is_empty() && more {
@@ -513,7 +577,7 @@ mod tests {
         fn finish(&mut self) -> Vec<SseFrame> {
             Vec::new()
         }
-        fn error(&mut self, _: &LlmError) -> Vec<SseFrame> {
+        fn error(&mut self, _: &GatewayError) -> Vec<SseFrame> {
             vec![SseFrame::comment("error")]
         }
         fn keepalive(&mut self) -> Vec<SseFrame> {

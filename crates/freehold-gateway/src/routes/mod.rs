@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use http_body_util::BodyExt;
 
 use crate::error::{GatewayError, Protocol};
+use crate::request_id::{Arrival, RESPONSE_HEADERS};
 use crate::settings::GatewaySettings;
 use crate::state::Gateway;
 
@@ -38,6 +39,8 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
             Arc::clone(&gateway),
             refuse_web_pages,
         ))
+        // Outermost: every answer, refusals included, carries its id.
+        .layer(axum::middleware::from_fn(stamp_request))
         // Bodies are read (and limited) by the handlers themselves, so
         // that an oversized one gets the protocol's own error shape.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -88,6 +91,23 @@ pub(crate) async fn read_body(
             pieces.push(data);
         }
     }
+}
+
+/// Gives each request its [`Arrival`] (id and start time) and sends the id
+/// back in the answer's headers.
+async fn stamp_request(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let arrival = Arrival::now(request.headers());
+    let id = arrival.id.header_value().clone();
+    request.extensions_mut().insert(arrival);
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for name in RESPONSE_HEADERS {
+        headers.insert(name, id.clone());
+    }
+    response
 }
 
 /// Refuses requests that only a web page in a browser would send, so that

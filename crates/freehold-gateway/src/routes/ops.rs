@@ -3,11 +3,11 @@
 //! `/api/hello` (Claude Code probes them before its first request).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use freehold_llm::wire::anthropic::{ModelList, WireModel};
@@ -22,6 +22,7 @@ use crate::chat::{
 };
 use crate::error::{GatewayError, Protocol};
 use crate::privacy::Decision;
+use crate::request_id::Arrival;
 use crate::routes::read_body;
 use crate::state::Gateway;
 use freehold_protocol::{ChatRequest, EmbedRequest, Message, Usage};
@@ -299,11 +300,11 @@ async fn model_ids(gateway: &Gateway) -> Vec<String> {
 /// timeout.
 pub(crate) async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
+    Extension(arrival): Extension<Arrival>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     const ENDPOINT: &str = "/v1/embeddings";
-    let started = Instant::now();
     // Authenticate before reading the body, as chat does.
     let caller = match authenticate(&gateway, &headers, ENDPOINT).await {
         Ok(caller) => caller,
@@ -318,12 +319,12 @@ pub(crate) async fn embeddings(
     let (mut request, encoding) = match decoded {
         Ok(decoded) => decoded,
         Err(error) => {
-            Accounting::new(&gateway, caller, ENDPOINT, "", started).fail(&error);
+            Accounting::new(&gateway, caller, ENDPOINT, "", &arrival).fail(&error);
             return error.into_response(Protocol::OpenAi);
         }
     };
     let mut accounting =
-        Accounting::new(&gateway, caller.clone(), ENDPOINT, &request.model, started);
+        Accounting::new(&gateway, caller.clone(), ENDPOINT, &request.model, &arrival);
     let routes = gateway.routes();
     let admitted = admit_embeddings(
         &gateway,
@@ -393,7 +394,7 @@ async fn admit_embeddings(
         gateway
             .privacy
             .decide(&as_chat, privacy_header(gateway, headers)?, local_only_key);
-    decision.log();
+    decision.log(&accounting.request_id);
     accounting.privacy = decision.audit_line();
     let mut narrowed = None;
     match decision {

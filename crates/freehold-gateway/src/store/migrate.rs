@@ -62,6 +62,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite_0007_ledger_batches.sql"),
         postgres: include_str!("migrations/postgres_0007_ledger_batches.sql"),
     },
+    Migration {
+        version: 8,
+        description: "each ledger line names its request by the id its client got back",
+        sqlite: include_str!("migrations/sqlite_0008_request_ids.sql"),
+        postgres: include_str!("migrations/postgres_0008_request_ids.sql"),
+    },
 ];
 
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS freehold_migrations (\

@@ -217,6 +217,9 @@ pub enum Recorded {
 pub struct UsageRecord {
     /// Unix milliseconds when the request arrived.
     pub at_ms: i64,
+    /// The id the client got back in `request-id` and `x-request-id`;
+    /// `None` on lines written before ledgers kept it.
+    pub request_id: Option<String>,
     /// The virtual key id; `None` for the master key or an open gateway.
     pub key_id: Option<String>,
     /// The model the client asked for.
@@ -1349,12 +1352,14 @@ impl Store {
                     .zip(costs.chunks(LINES_PER_INSERT))
                 {
                     let mut insert = sqlx::QueryBuilder::new(
-                        "INSERT INTO freehold_usage (at_ms, key_id, model, provider, \
-                         provider_model, endpoint, input_tokens, cached_input_tokens, \
-                         output_tokens, cost_micros, latency_ms, status, error, privacy, body) ",
+                        "INSERT INTO freehold_usage (at_ms, request_id, key_id, model, \
+                         provider, provider_model, endpoint, input_tokens, \
+                         cached_input_tokens, output_tokens, cost_micros, latency_ms, status, \
+                         error, privacy, body) ",
                     );
                     insert.push_values(chunk.iter().zip(chunk_costs), |mut row, (r, cost)| {
                         row.push_bind(r.at_ms)
+                            .push_bind(r.request_id.as_deref())
                             .push_bind(r.key_id.as_deref())
                             .push_bind(r.model.as_str())
                             .push_bind(r.provider.as_str())
@@ -1501,8 +1506,31 @@ impl Store {
         since_ms: Option<i64>,
         limit: u32,
     ) -> Result<Vec<LedgerLine>, StoreError> {
+        self.ledger_lines(since_ms, None, limit).await
+    }
+
+    /// The ledger's lines for the request whose id is `request_id` (the
+    /// `request-id` its client got back), from `since_ms` on when given,
+    /// newest first, at most `limit`: usually one, more when clients gave
+    /// the same `x-request-id` to several requests.
+    pub async fn requests_with_id(
+        &self,
+        request_id: &str,
+        since_ms: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<LedgerLine>, StoreError> {
+        self.ledger_lines(since_ms, Some(request_id), limit).await
+    }
+
+    async fn ledger_lines(
+        &self,
+        since_ms: Option<i64>,
+        request_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LedgerLine>, StoreError> {
         type Row = (
             i64,
+            Option<String>,
             Option<String>,
             Option<String>,
             String,
@@ -1518,38 +1546,52 @@ impl Store {
             Option<String>,
             Option<String>,
         );
-        const SQL: &str = "SELECT u.at_ms, u.key_id, k.name, u.model, u.provider, \
-             u.provider_model, u.endpoint, u.input_tokens, u.cached_input_tokens, \
-             u.output_tokens, u.cost_micros, u.latency_ms, u.status, u.error, u.privacy \
-             FROM freehold_usage u LEFT JOIN freehold_keys k ON k.id = u.key_id \
-             WHERE u.at_ms >= $1 ORDER BY u.at_ms DESC, u.id DESC LIMIT $2";
+        const SELECT: &str = "SELECT u.at_ms, u.request_id, u.key_id, k.name, u.model, \
+             u.provider, u.provider_model, u.endpoint, u.input_tokens, \
+             u.cached_input_tokens, u.output_tokens, u.cost_micros, u.latency_ms, u.status, \
+             u.error, u.privacy \
+             FROM freehold_usage u LEFT JOIN freehold_keys k ON k.id = u.key_id ";
+        const LATEST: &str = "WHERE u.at_ms >= $1 ORDER BY u.at_ms DESC, u.id DESC LIMIT $2";
+        const WITH_ID: &str = "WHERE u.at_ms >= $1 AND u.request_id = $3 \
+             ORDER BY u.at_ms DESC, u.id DESC LIMIT $2";
+        let sql = format!(
+            "{SELECT}{}",
+            if request_id.is_some() {
+                WITH_ID
+            } else {
+                LATEST
+            }
+        );
         let rows: Vec<Row> = with_pool!(self, pool => {
-            sqlx::query_as(SQL)
+            let mut query = sqlx::query_as(&sql)
                 .bind(since_ms.unwrap_or(i64::MIN))
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await
+                .bind(i64::from(limit));
+            if let Some(id) = request_id {
+                query = query.bind(id);
+            }
+            query.fetch_all(pool).await
         })
         .map_err(db("cannot read the ledger"))?;
         Ok(rows
             .into_iter()
             .map(|row| LedgerLine {
-                key_name: row.2,
+                key_name: row.3,
                 record: UsageRecord {
                     at_ms: row.0,
-                    key_id: row.1,
-                    model: row.3,
-                    provider: row.4,
-                    provider_model: row.5,
-                    endpoint: row.6,
-                    input_tokens: to_u64(row.7),
-                    cached_input_tokens: to_u64(row.8),
-                    output_tokens: to_u64(row.9),
-                    cost_usd: row.10.map(micros_to_usd),
-                    latency_ms: to_u64(row.11),
-                    status: u16::try_from(row.12).unwrap_or(0),
-                    error: row.13,
-                    privacy: row.14,
+                    request_id: row.1,
+                    key_id: row.2,
+                    model: row.4,
+                    provider: row.5,
+                    provider_model: row.6,
+                    endpoint: row.7,
+                    input_tokens: to_u64(row.8),
+                    cached_input_tokens: to_u64(row.9),
+                    output_tokens: to_u64(row.10),
+                    cost_usd: row.11.map(micros_to_usd),
+                    latency_ms: to_u64(row.12),
+                    status: u16::try_from(row.13).unwrap_or(0),
+                    error: row.14,
+                    privacy: row.15,
                     body: None,
                 },
             })

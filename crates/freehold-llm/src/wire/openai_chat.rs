@@ -955,13 +955,21 @@ fn stream_error(provider: &str, error: &Value) -> LlmError {
         .and_then(Value::as_u64)
         .and_then(|code| u16::try_from(code).ok())
         .filter(|code| (400..600).contains(code));
+    // OpenAI's own codes are words, and say what the status would.
+    let named = error.get("code").and_then(Value::as_str);
     let kind = if is_context_length_message(&message) {
         context_length_kind(&message)
     } else {
-        match code {
-            Some(429) => ErrorKind::RateLimited { retry_after: None },
-            Some(503) | Some(529) => ErrorKind::Overloaded,
-            Some(400) => ErrorKind::InvalidRequest,
+        match (code, named) {
+            (_, Some("context_length_exceeded")) => ErrorKind::ContextLengthExceeded {
+                needed: None,
+                allowed: None,
+            },
+            (Some(429), _) | (_, Some("rate_limit_exceeded")) => {
+                ErrorKind::RateLimited { retry_after: None }
+            }
+            (Some(503) | Some(529), _) | (_, Some("server_is_overloaded")) => ErrorKind::Overloaded,
+            (Some(400), _) => ErrorKind::InvalidRequest,
             _ => ErrorKind::Server,
         }
     };
@@ -975,4 +983,51 @@ fn stream_error(provider: &str, error: &Value) -> LlmError {
 
 fn preview(text: &str) -> String {
     text.chars().take(120).collect()
+}
+
+#[cfg(test)]
+mod stream_error_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Errors sent inside a stream are read by OpenAI's worded codes as
+    /// well as by the numeric statuses vLLM sends.
+    #[test]
+    fn worded_and_numeric_codes_are_both_read() {
+        let kind = |error: Value| stream_error("p", &error).kind;
+        let cases = [
+            (
+                json!({"message": "prompt too long", "code": "context_length_exceeded"}),
+                ErrorKind::ContextLengthExceeded {
+                    needed: None,
+                    allowed: None,
+                },
+            ),
+            (
+                json!({"message": "slow down", "code": "rate_limit_exceeded"}),
+                ErrorKind::RateLimited { retry_after: None },
+            ),
+            (
+                json!({"message": "busy", "code": "server_is_overloaded"}),
+                ErrorKind::Overloaded,
+            ),
+            (
+                json!({"message": "slow down", "code": 429}),
+                ErrorKind::RateLimited { retry_after: None },
+            ),
+            (
+                json!({"message": "bad", "code": 400}),
+                ErrorKind::InvalidRequest,
+            ),
+            (
+                json!({"message": "broke", "code": "whatever"}),
+                ErrorKind::Server,
+            ),
+            (json!({"message": "broke"}), ErrorKind::Server),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(kind(error.clone()), expected, "{error}");
+        }
+    }
 }
