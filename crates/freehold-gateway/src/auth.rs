@@ -155,8 +155,10 @@ impl Authenticator {
             // often send a placeholder).
             return Ok(Caller::Open);
         }
+        // OpenAI's own opening words for a wrong key, which clients
+        // (litellm, and so Aider) look for to say the key is wrong.
         Err(GatewayError::unauthorized(
-            "invalid API key: it is neither the master key nor a virtual key of this \
+            "Incorrect API key provided: it is neither the master key nor a virtual key of this \
              gateway (`freehold keys list` shows the keys)",
         ))
     }
@@ -307,7 +309,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            wrong.message.contains("invalid API key"),
+            wrong.message.starts_with("Incorrect API key provided"),
             "{}",
             wrong.message
         );
@@ -335,7 +337,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            neither.message.contains("invalid API key"),
+            neither.message.starts_with("Incorrect API key provided"),
             "{}",
             neither.message
         );

@@ -735,11 +735,28 @@ impl AccountedStream {
         };
         match next {
             Some(Ok(event)) => {
-                if self.accounting.first_byte.is_none() {
+                // The provider's opening is not an answer yet: a refusal
+                // right after it costs nothing, like one before it.
+                if self.accounting.first_byte.is_none()
+                    && !matches!(
+                        event,
+                        StreamEvent::Start { .. } | StreamEvent::UsageSoFar(_)
+                    )
+                {
                     self.accounting.first_byte = Some(self.accounting.started.elapsed());
                 }
                 match &event {
                     StreamEvent::Usage(usage) => self.accounting.usage = *usage,
+                    // The prompt as the provider counted it, for a stream
+                    // cut off before its end. Not its output count: stale
+                    // by then, and the bytes received estimate it.
+                    StreamEvent::UsageSoFar(usage) => {
+                        self.accounting.usage = Usage {
+                            output_tokens: 0,
+                            reasoning_tokens: 0,
+                            ..*usage
+                        };
+                    }
                     StreamEvent::TextDelta { text } | StreamEvent::ReasoningDelta { text, .. } => {
                         self.accounting.output_bytes += text.len() as u64;
                     }

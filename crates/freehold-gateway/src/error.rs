@@ -335,6 +335,14 @@ impl GatewayError {
                 // is too long"), and an engine's message may name a model
                 // file's path on this machine.
                 let message = match (needed, allowed) {
+                    // Anthropic's refusal of a prompt that fits but whose
+                    // max_tokens does not, which Claude Code answers by
+                    // lowering max_tokens: kept as it is (numbers only).
+                    _ if freehold_llm::http::input_and_output_over_context(&error.message)
+                        .is_some() =>
+                    {
+                        error.message.clone()
+                    }
                     (Some(needed), Some(allowed)) => format!(
                         "prompt is too long: {needed} tokens > {allowed} maximum (this model's \
                          maximum context length is {allowed} tokens)"
@@ -343,7 +351,11 @@ impl GatewayError {
                         "prompt is too long: this model's maximum context length is {allowed} \
                          tokens"
                     ),
-                    _ => "prompt is too long for this model's context window".to_owned(),
+                    // Both phrases matter: Claude Code looks for the
+                    // first, litellm (Aider) for the second.
+                    _ => "prompt is too long: this model's maximum context length is exceeded \
+                          by this request"
+                        .to_owned(),
                 };
                 Self::bad_request(message).code("context_length_exceeded")
             }
@@ -486,6 +498,35 @@ mod tests {
             sent.body(Protocol::OpenAi)["error"]["code"],
             "context_length_exceeded"
         );
+
+        // Without the numbers: still what Claude Code and litellm look for.
+        let unknown = LlmError::new(
+            ErrorKind::ContextLengthExceeded {
+                needed: None,
+                allowed: None,
+            },
+            "openai",
+            "Your input exceeds the context window of this model.",
+        );
+        let sent = GatewayError::upstream(&unknown).message;
+        assert!(sent.starts_with("prompt is too long"), "{sent}");
+        assert!(
+            sent.contains("this model's maximum context length is"),
+            "{sent}"
+        );
+
+        // Anthropic's prompt-plus-max_tokens refusal goes on in its own
+        // words, which Claude Code answers by lowering max_tokens.
+        let words = "input length and `max_tokens` exceed context limit: 198096 + 8192 > 200000, \
+                     decrease input length or `max_tokens` and try again";
+        let over = LlmError::new(
+            freehold_llm::http::context_length_kind(words),
+            "anthropic",
+            words,
+        );
+        let sent = GatewayError::upstream(&over);
+        assert_eq!(sent.message, words);
+        assert_eq!(sent.openai_code(), Some("context_length_exceeded"));
     }
 
     #[test]

@@ -2526,6 +2526,34 @@ async fn ledger_lines(store: &Store, count: usize) -> Vec<LedgerLine> {
 
 /// A routing table over one Anthropic provider, `claude`, at `url`.
 fn anthropic_routes(url: &str) -> Routes {
+    anthropic_routes_with(url, Catalog::new())
+}
+
+/// [`anthropic_routes`] with `claude:claude-x` priced at Claude Sonnet's
+/// prices (input $3, cache reads $0.30, cache writes $3.75, output $15 per
+/// million tokens).
+fn priced_anthropic_routes(url: &str) -> Routes {
+    let mut catalog = Catalog::new();
+    catalog
+        .insert(
+            "claude:claude-x",
+            ModelEntry {
+                pricing: Some(Pricing {
+                    input: 3.0,
+                    cached_input: Some(0.3),
+                    cache_write: Some(3.75),
+                    output: 15.0,
+                    long_prompt: None,
+                }),
+                ..ModelEntry::default()
+            },
+        )
+        .unwrap();
+    anthropic_routes_with(url, catalog)
+}
+
+/// [`anthropic_routes`] with `catalog`.
+fn anthropic_routes_with(url: &str, catalog: Catalog) -> Routes {
     let provider: Arc<dyn Provider> = ProviderConfig {
         kind: Some(ProviderKind::Anthropic),
         base_url: Some(format!("{url}/v1")),
@@ -2539,12 +2567,158 @@ fn anthropic_routes(url: &str) -> Routes {
         router: Router::new(
             BTreeMap::from([("claude".to_owned(), provider)]),
             BTreeMap::new(),
-            Catalog::new(),
+            catalog,
         ),
         local_providers: BTreeSet::new(),
         listed_providers: BTreeSet::new(),
         engine_providers: BTreeSet::new(),
     }
+}
+
+/// Anthropic's `message_start`, with the usage of a prompt read mostly
+/// from the cache.
+const CACHED_MESSAGE_START: &str = r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":10,"cache_read_input_tokens":100000,"cache_creation_input_tokens":0,"output_tokens":1}}}"#;
+
+/// A provider that opens its stream and then refuses (Anthropic's
+/// `message_start`, then an overloaded error) has answered nothing: the
+/// client gets the refusal's own status, which its SDK retries, and the
+/// key is charged nothing.
+#[tokio::test]
+async fn a_refusal_right_after_the_providers_opening_keeps_its_status() {
+    use freehold_test_support::{MockServer, Scripted, Split, sse_text};
+
+    let text = sse_text(&[
+        ("message_start", CACHED_MESSAGE_START),
+        (
+            "error",
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        ),
+    ]);
+    let upstream = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
+    let gw = start(
+        priced_anthropic_routes(&upstream.url()),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (key, secret) = gw
+        .key(NewKey {
+            name: "cc".into(),
+            budget_usd: Some(10.0),
+            ..NewKey::default()
+        })
+        .await;
+    let body = json!({"model": "claude:claude-x", "stream": true, "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "y".repeat(4_000)}]});
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", &secret)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 529);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["type"], "overloaded_error", "{answer}");
+    assert!(
+        gw.gateway
+            .settlements_written(Duration::from_secs(10))
+            .await
+    );
+    let now = gw.store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!(now.spent_usd.abs() < 1e-12, "{now:?}");
+    assert!(now.reserved_usd.abs() < 1e-12, "{now:?}");
+}
+
+/// A client that leaves mid-answer (Claude Code's Esc) is charged the
+/// prompt as the provider counted it at the start of its stream: cache
+/// reads at the cache's price, not the whole prompt estimated as fresh
+/// input, which costs ten times as much.
+#[tokio::test]
+async fn a_stream_cut_off_is_charged_the_prompt_the_provider_counted() {
+    use freehold_test_support::{MockServer, Scripted, Split, sse_text};
+
+    let head = sse_text(&[
+        ("message_start", CACHED_MESSAGE_START),
+        (
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        ),
+        (
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+        ),
+    ]);
+    let tail = sse_text(&[
+        (
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":0}"#,
+        ),
+        (
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":2}}"#,
+        ),
+        ("message_stop", r#"{"type":"message_stop"}"#),
+    ]);
+    let upstream = MockServer::start(vec![
+        Scripted::sse(&format!("{head}{tail}"), Split::At(vec![head.len()]))
+            .stall_after(1, Duration::from_secs(30)),
+    ])
+    .await;
+    let gw = start(
+        priced_anthropic_routes(&upstream.url()),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (key, secret) = gw
+        .key(NewKey {
+            name: "cc".into(),
+            budget_usd: Some(10.0),
+            ..NewKey::default()
+        })
+        .await;
+    // About 100,000 tokens of prompt by its size, as the cached one is.
+    let body = json!({"model": "claude:claude-x", "stream": true, "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "y".repeat(400_000)}]});
+    let mut response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", &secret)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("Hello") {
+        let piece = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&piece));
+    }
+    drop(response);
+    let lines = ledger_lines(&gw.store, 1).await;
+    let line = &lines[0].record;
+    assert_eq!(line.status, 499, "{line:?}");
+    assert_eq!(line.cached_input_tokens, 100_000, "{line:?}");
+    assert!(
+        gw.gateway
+            .settlements_written(Duration::from_secs(10))
+            .await
+    );
+    let now = gw.store.key_by_id(&key.id).await.unwrap().unwrap();
+    // 10 fresh tokens at $3, 100,000 cache reads at $0.30 and the answer's
+    // two tokens (estimated from "Hello") at $15 per million: about
+    // $0.03, where the prompt estimated as fresh input costs $0.30.
+    let provider_count = (10.0 * 3.0 + 100_000.0 * 0.3 + 2.0 * 15.0) / 1e6;
+    assert!(
+        (now.spent_usd - provider_count).abs() < 0.001,
+        "spent {} against {provider_count}",
+        now.spent_usd
+    );
+    assert!(now.reserved_usd.abs() < 1e-12, "{now:?}");
 }
 
 #[tokio::test]

@@ -22,6 +22,10 @@ pub struct StreamAssembler {
     open_calls: BTreeMap<u32, ()>,
     next_call_index: u32,
     usage: Option<Usage>,
+    /// The prompt's side of the last [`StreamEvent::UsageSoFar`] sent (input,
+    /// cached and cache-written tokens), so that one goes out only when
+    /// that changes.
+    input_so_far: Option<(u64, u64, u64)>,
     stop: Option<StopReason>,
     finished: bool,
     origin: Option<&'static str>,
@@ -141,6 +145,31 @@ impl StreamAssembler {
         self.usage = Some(usage);
     }
 
+    /// Adds the usage counted so far as [`StreamEvent::UsageSoFar`] while
+    /// the answer is under way, when its prompt side is new: a stream cut
+    /// off before its end (a client leaving, say) is then charged the
+    /// prompt as the provider counted it (cache reads at their price, not
+    /// estimated as fresh input). Done as the events are taken, after the
+    /// whole of a provider's item is read, so that an item that both counts
+    /// and ends the answer (a final chunk) adds none: the usage that ends
+    /// the answer goes out from [`Self::finish`].
+    fn report_so_far(&mut self) {
+        let Some(usage) = self.usage else { return };
+        if !self.started || self.stop.is_some() || self.finished {
+            return;
+        }
+        let prompt = (
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.cache_write_tokens,
+        );
+        if prompt == (0, 0, 0) || self.input_so_far == Some(prompt) {
+            return;
+        }
+        self.input_so_far = Some(prompt);
+        self.ready.push(StreamEvent::UsageSoFar(usage));
+    }
+
     /// Merges a partial usage report: fields that are non-zero replace the
     /// earlier ones (Anthropic sends input counts at the start and output
     /// counts at the end).
@@ -168,6 +197,7 @@ impl StreamAssembler {
 
     /// The events completed so far.
     pub fn take(&mut self) -> Vec<StreamEvent> {
+        self.report_so_far();
         std::mem::take(&mut self.ready)
     }
 
@@ -288,6 +318,61 @@ fn finish<T, D: WireDecoder<T>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_counted_mid_stream_is_reported_once_until_the_prompt_changes() {
+        let prompt = Usage {
+            input_tokens: 100_010,
+            cached_input_tokens: 100_000,
+            output_tokens: 1,
+            ..Usage::default()
+        };
+        let mut assembler = StreamAssembler::new();
+        // Not before the answer's start: Start stays first.
+        assembler.merge_usage(prompt);
+        assert!(assembler.take().is_empty());
+        assembler.start(None, None);
+        assembler.merge_usage(prompt);
+        assert_eq!(
+            assembler.take(),
+            [
+                StreamEvent::Start {
+                    id: None,
+                    model: None
+                },
+                StreamEvent::UsageSoFar(prompt)
+            ]
+        );
+        // More output, the same prompt: nothing new to report.
+        assembler.text("Hi");
+        assembler.merge_usage(Usage {
+            output_tokens: 5,
+            ..Usage::default()
+        });
+        assert_eq!(
+            assembler.take(),
+            [StreamEvent::TextDelta { text: "Hi".into() }]
+        );
+        // The usage that ends the answer is the final one only.
+        assembler.stop(StopReason::EndTurn);
+        assembler.usage(Usage {
+            output_tokens: 6,
+            ..prompt
+        });
+        let end = assembler.finish().unwrap();
+        assert_eq!(
+            end,
+            [
+                StreamEvent::Usage(Usage {
+                    output_tokens: 6,
+                    ..prompt
+                }),
+                StreamEvent::Stop {
+                    reason: StopReason::EndTurn
+                }
+            ]
+        );
+    }
 
     #[test]
     fn usage_after_stop_still_precedes_stop_and_calls_are_closed() {

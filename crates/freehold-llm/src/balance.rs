@@ -532,7 +532,10 @@ pub(crate) async fn first_content(
     loop {
         match stream.next().await {
             Some(Ok(event)) => {
-                let started = !matches!(event, StreamEvent::Start { .. });
+                let started = !matches!(
+                    event,
+                    StreamEvent::Start { .. } | StreamEvent::UsageSoFar(_)
+                );
                 read.push(Ok(event));
                 if started {
                     return Ok(Box::pin(futures::stream::iter(read).chain(stream)));

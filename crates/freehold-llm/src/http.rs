@@ -816,9 +816,21 @@ fn is_template_refusal(message: &str) -> bool {
 }
 
 /// Whether an error message says the prompt does not fit the context.
+///
+/// Not a refusal of `max_tokens` alone (vLLM's "'max_tokens' or
+/// 'max_completion_tokens' is too large: 4000. This model's maximum
+/// context length is 4096 tokens…"): the prompt fits, and a client that
+/// shortened its conversation would be refused again. That stays an
+/// invalid request, in the server's words.
 pub fn is_context_length_message(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();
+    if lower.contains("max_tokens") && lower.contains("is too large") {
+        return false;
+    }
     [
+        // llama.cpp: "request (9000 tokens) exceeds the available context
+        // size (8192 tokens)", and "… exceeds context size …" since.
+        "context size",
         "context length",
         "context_length",
         "context window",
@@ -835,9 +847,18 @@ pub fn is_context_length_message(message: &str) -> bool {
     .any(|needle| lower.contains(needle))
 }
 
-/// A context-length kind with the token counts a message mentions, when it
-/// mentions two (`… 9000 tokens … maximum context length is 8192 …`).
+/// A context-length kind with the token counts a message mentions: the
+/// sum and the limit of Anthropic's `198096 + 8192 > 200000` (see
+/// [`input_and_output_over_context`]), or else the larger and the smaller
+/// of the first two numbers (`… 9000 tokens … maximum context length is
+/// 8192 …`).
 pub fn context_length_kind(message: &str) -> ErrorKind {
+    if let Some((input, output, limit)) = input_and_output_over_context(message) {
+        return ErrorKind::ContextLengthExceeded {
+            needed: Some(input.saturating_add(output)),
+            allowed: Some(limit),
+        };
+    }
     let numbers: Vec<u64> = message
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| s.len() >= 3)
@@ -848,6 +869,29 @@ pub fn context_length_kind(message: &str) -> ErrorKind {
         _ => (None, None),
     };
     ErrorKind::ContextLengthExceeded { needed, allowed }
+}
+
+/// The prompt's tokens, `max_tokens` and the context window in Anthropic's
+/// refusal of a request whose prompt fits but whose `max_tokens` does not:
+/// `input length and `max_tokens` exceed context limit: 198096 + 8192 >
+/// 200000, decrease input length or `max_tokens` and try again`. Claude
+/// Code answers that one by asking again with a smaller `max_tokens`, not
+/// by compacting its conversation, so the gateway passes it on as it is.
+pub fn input_and_output_over_context(message: &str) -> Option<(u64, u64, u64)> {
+    let (_, rest) = message.split_once("exceed context limit:")?;
+    let mut words = rest.split_whitespace();
+    let mut number = |after: Option<&str>| {
+        if let Some(expected) = after
+            && words.next()? != expected
+        {
+            return None;
+        }
+        words.next()?.trim_end_matches(',').parse::<u64>().ok()
+    };
+    let input = number(None)?;
+    let output = number(Some("+"))?;
+    let limit = number(Some(">"))?;
+    Some((input, output, limit))
 }
 
 /// Google's `RetryInfo` in an error body:
@@ -941,6 +985,48 @@ mod tests {
         );
         assert_eq!(
             classify_status(400, &none, "bad field"),
+            ErrorKind::InvalidRequest
+        );
+        // llama.cpp's wordings, old and new.
+        for message in [
+            "request (9000 tokens) exceeds the available context size (8192 tokens), try \
+             increasing it",
+            "request (9000 tokens) exceeds context size (8192 tokens)",
+        ] {
+            assert_eq!(
+                classify_status(400, &none, message),
+                ErrorKind::ContextLengthExceeded {
+                    needed: Some(9000),
+                    allowed: Some(8192)
+                },
+                "{message}"
+            );
+        }
+        // Anthropic's prompt plus max_tokens over the window: the sum and
+        // the window, not the first two numbers.
+        let over = "input length and `max_tokens` exceed context limit: 198096 + 8192 > 200000, \
+                    decrease input length or `max_tokens` and try again";
+        assert_eq!(
+            classify_status(400, &none, over),
+            ErrorKind::ContextLengthExceeded {
+                needed: Some(206_288),
+                allowed: Some(200_000)
+            }
+        );
+        assert_eq!(
+            input_and_output_over_context(over),
+            Some((198_096, 8192, 200_000))
+        );
+        assert_eq!(
+            input_and_output_over_context("exceed context limit: 5 > 4"),
+            None
+        );
+        // vLLM's refusal of max_tokens alone: the prompt fits.
+        let max_tokens = "'max_tokens' or 'max_completion_tokens' is too large: 4000. This \
+                          model's maximum context length is 4096 tokens and your request has \
+                          100 input tokens (4000 > 4096 - 100).";
+        assert_eq!(
+            classify_status(400, &none, max_tokens),
             ErrorKind::InvalidRequest
         );
         // A template's refusal of a late system message, which llama.cpp

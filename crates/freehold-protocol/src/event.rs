@@ -30,9 +30,10 @@ pub enum StopReason {
 /// One event of a streamed answer.
 ///
 /// Every stream a client returns follows this order: at most one
-/// [`StreamEvent::Start`] first; then text, reasoning and tool-call events; then
-/// at most one [`StreamEvent::Usage`]; and exactly one [`StreamEvent::Stop`]
-/// last. Tool-call events carry an `index` that is unique within the answer:
+/// [`StreamEvent::Start`] first; then text, reasoning and tool-call events
+/// (with, anywhere among them, any number of [`StreamEvent::UsageSoFar`]);
+/// then at most one [`StreamEvent::Usage`]; and exactly one
+/// [`StreamEvent::Stop`] last. Tool-call events carry an `index` that is unique within the answer:
 /// `ToolCallStart` comes before the call's argument deltas and `ToolCallEnd`
 /// after them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +103,14 @@ pub enum StreamEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signature: Option<String>,
     },
+    /// What the provider has counted so far, before the answer's end: sent
+    /// when a count comes mid-stream (Anthropic's `message_start` gives the
+    /// prompt's tokens, cache reads and writes included; vLLM's continuous
+    /// usage), so that a stream cut off before its [`StreamEvent::Usage`]
+    /// can still be charged what the provider counted. Its output count is
+    /// whatever the provider had reached when it sent it. A final `Usage`
+    /// replaces it.
+    UsageSoFar(Usage),
     /// Token usage of the whole answer.
     Usage(Usage),
     /// How long the answer took (providers that measure it; before `Stop`).
@@ -278,7 +287,7 @@ impl ResponseBuilder {
                     call.signature = Some(signature.clone());
                 }
             }
-            StreamEvent::Usage(usage) => self.usage = *usage,
+            StreamEvent::UsageSoFar(usage) | StreamEvent::Usage(usage) => self.usage = *usage,
             StreamEvent::Timings(timings) => self.timings = Some(*timings),
             StreamEvent::Stop { reason } => self.stop_reason = Some(reason.clone()),
         }

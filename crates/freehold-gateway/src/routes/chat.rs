@@ -2,6 +2,7 @@
 //! and `/v1/messages` (Anthropic). Each protocol only decodes its request
 //! and encodes the answer; everything between is [`crate::chat`].
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -397,17 +398,34 @@ async fn serve<P: ChatProtocol>(
     }
 }
 
-/// A provider's open stream and its first event (`None`: it ended
-/// without one, and has nothing more to give).
-type Opened = (Option<StreamEvent>, AccountedStream);
+/// A provider's open stream and the events read from it so far: its
+/// opening (`Start`) and its first event of the answer itself (none when
+/// it ended without one, and has nothing more to give).
+type Opened = (VecDeque<StreamEvent>, AccountedStream);
 
-/// Opens the provider's stream and waits for its first event; a failure
-/// before that is the error.
+/// Opens the provider's stream and waits for the first event of the answer
+/// itself; a failure before that is the error. The provider's opening
+/// (Anthropic's `message_start`, a Responses `response.created`, and the
+/// usage they may carry) does not count: a provider that opens and then refuses (overloaded, say) has
+/// answered nothing, and the client gets the refusal's own status.
 async fn open_stream(admitted: Admitted) -> Result<Opened, GatewayError> {
     let mut stream = admitted.stream().await?;
-    match stream.next().await {
-        Some(Err(error)) => Err(error),
-        first => Ok((first.and_then(Result::ok), stream)),
+    let mut read = VecDeque::new();
+    loop {
+        match stream.next().await {
+            Some(Err(error)) => return Err(error),
+            Some(Ok(event)) => {
+                let opening = matches!(
+                    event,
+                    StreamEvent::Start { .. } | StreamEvent::UsageSoFar(_)
+                );
+                read.push_back(event);
+                if !opening {
+                    return Ok((read, stream));
+                }
+            }
+            None => return Ok((read, stream)),
+        }
     }
 }
 
@@ -420,9 +438,10 @@ async fn open_stream(admitted: Admitted) -> Result<Opened, GatewayError> {
 enum Upstream {
     /// The provider has sent nothing yet.
     Opening(Pin<Box<dyn Future<Output = Result<Opened, GatewayError>> + Send>>),
-    /// Its stream is open; `first` is its first event, not yet encoded.
+    /// Its stream is open; `first` holds the events read while it was
+    /// opened, not yet encoded.
     Open {
-        first: Option<StreamEvent>,
+        first: VecDeque<StreamEvent>,
         stream: AccountedStream,
     },
 }
@@ -445,7 +464,7 @@ impl Upstream {
                     Err(error) => return Ok(Some(Err(error))),
                 },
                 Self::Open { first, stream } => {
-                    if let Some(first) = first.take() {
+                    if let Some(first) = first.pop_front() {
                         return Ok(Some(Ok(first)));
                     }
                     return until(deadline, stream.next()).await;

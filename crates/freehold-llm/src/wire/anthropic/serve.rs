@@ -829,6 +829,7 @@ impl MessageStreamEncoder {
                 StreamEvent::ToolCallArgsDelta { index, .. }
                 | StreamEvent::ToolCallEnd { index, .. } => *index == call,
                 StreamEvent::Usage(_)
+                | StreamEvent::UsageSoFar(_)
                 | StreamEvent::Timings(_)
                 | StreamEvent::Start { .. }
                 | StreamEvent::Stop { .. } => true,
@@ -916,7 +917,7 @@ impl MessageStreamEncoder {
                 }
             }
             StreamEvent::Usage(usage) => self.usage = Some(*usage),
-            StreamEvent::Timings(_) => {}
+            StreamEvent::Timings(_) | StreamEvent::UsageSoFar(_) => {}
             StreamEvent::Stop { reason } => {
                 out.extend(self.drain());
                 if !self.finished {

@@ -672,6 +672,7 @@ impl ChunkEncoder {
             StreamEvent::Stop { reason } => out.extend(self.stop(reason)),
             StreamEvent::ReasoningSignature { .. }
             | StreamEvent::ToolCallEnd { .. }
+            | StreamEvent::UsageSoFar(_)
             | StreamEvent::Timings(_) => {}
         }
         out

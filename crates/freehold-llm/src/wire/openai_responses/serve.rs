@@ -1207,6 +1207,7 @@ impl ResponseStreamEncoder {
                 StreamEvent::ToolCallArgsDelta { index, .. }
                 | StreamEvent::ToolCallEnd { index, .. } => index == open,
                 StreamEvent::Usage(_)
+                | StreamEvent::UsageSoFar(_)
                 | StreamEvent::Timings(_)
                 | StreamEvent::Start { .. }
                 | StreamEvent::Stop { .. } => true,
@@ -1368,7 +1369,7 @@ impl ResponseStreamEncoder {
                 }
             }
             StreamEvent::Usage(usage) => self.usage = Some(*usage),
-            StreamEvent::Timings(_) => {}
+            StreamEvent::Timings(_) | StreamEvent::UsageSoFar(_) => {}
             StreamEvent::Stop { reason } => {
                 out.extend(self.drain());
                 if !self.finished {
