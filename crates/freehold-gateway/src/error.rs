@@ -165,6 +165,18 @@ impl GatewayError {
         .code("model_not_found")
     }
 
+    /// 404: no such endpoint. Without a `code`, as OpenAI answers one:
+    /// `model_not_found` would send a client looking at its model name.
+    pub fn no_route(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            "invalid_request_error",
+            "not_found_error",
+            message,
+        )
+    }
+
     /// 405: the route exists, but not for this method.
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(

@@ -2116,6 +2116,13 @@ async fn answers_carry_their_request_id_and_the_ledger_keeps_it() {
         .unwrap();
     assert_eq!(unrouted.status(), 404);
     ids_of(&unrouted);
+    // No such endpoint is not a missing model: no `model_not_found`.
+    let unrouted: Value = unrouted.json().await.unwrap();
+    assert!(unrouted["error"]["code"].is_null(), "{unrouted}");
+    assert_eq!(
+        unrouted["error"]["type"], "invalid_request_error",
+        "{unrouted}"
+    );
     let ids = [&answered_id, &streamed_id, &refused_id];
     assert!(
         ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],

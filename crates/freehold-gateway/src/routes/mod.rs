@@ -199,14 +199,14 @@ fn protocol_of(headers: &HeaderMap) -> Protocol {
 
 async fn unknown_route(headers: HeaderMap, uri: Uri) -> Response {
     let protocol = protocol_of(&headers);
-    let mut error = GatewayError::not_found(format!(
+    GatewayError::no_route(format!(
         "no such endpoint: {}; this gateway serves /v1/chat/completions, /v1/responses, \
          /v1/messages, /v1/messages/count_tokens, /v1/models, /v1/models/MODEL, /v1/embeddings, \
          /health and /metrics",
         uri.path()
-    ));
-    error.kind = "no_route";
-    error.into_response(protocol).into_response()
+    ))
+    .into_response(protocol)
+    .into_response()
 }
 
 /// A known route asked with the wrong method (`GET /v1/chat/completions`):

@@ -106,6 +106,17 @@ pub struct CompletionRequest {
     /// only; never sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function_call: Option<Value>,
+    /// The kinds of output asked for (`["text", "audio"]`). Read from
+    /// clients only, to refuse audio by name; never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modalities: Option<Vec<String>>,
+    /// Spoken output's settings. Read from clients only; never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<Value>,
+    /// OpenAI's hosted web search for its search models. Read from clients
+    /// only; never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_search_options: Option<Value>,
 }
 
 /// `stop` may be one string or a list.
@@ -590,6 +601,9 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
         top_logprobs: None,
         functions: None,
         function_call: None,
+        modalities: None,
+        audio: None,
+        web_search_options: None,
     }
 }
 

@@ -55,15 +55,44 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
                 .is_some_and(|options| options.include_usage),
     };
     let mut messages: Vec<Message> = Vec::new();
+    // Images a tool returned: tool results carry text only (as most
+    // providers take them), so they open the user message that follows the
+    // results, or one of their own when the next message is not the user's
+    // (as the Anthropic decoder does with a `tool_result`'s images).
+    let mut tool_images: Vec<ContentPart> = Vec::new();
     for (index, message) in wire.messages.into_iter().enumerate() {
         let field = format!("messages[{index}]");
-        let decoded = decode_message(message, &field)?;
-        match (messages.last_mut(), decoded.role) {
-            (Some(last), Role::Tool) if last.role == Role::Tool => {
-                last.content.extend(decoded.content)
+        let (decoded, images) = decode_message(message, &field)?;
+        tool_images.extend(images);
+        if decoded.role == Role::Tool {
+            match messages.last_mut() {
+                Some(last) if last.role == Role::Tool => last.content.extend(decoded.content),
+                _ => messages.push(decoded),
             }
-            _ => messages.push(decoded),
+            continue;
         }
+        if !tool_images.is_empty() {
+            let mut content = std::mem::take(&mut tool_images);
+            if decoded.role == Role::User {
+                content.extend(decoded.content);
+                messages.push(Message {
+                    role: Role::User,
+                    content,
+                });
+                continue;
+            }
+            messages.push(Message {
+                role: Role::User,
+                content,
+            });
+        }
+        messages.push(decoded);
+    }
+    if !tool_images.is_empty() {
+        messages.push(Message {
+            role: Role::User,
+            content: tool_images,
+        });
     }
     let tools = wire
         .tools
@@ -172,19 +201,46 @@ fn refuse_unserved_fields(wire: &CompletionRequest) -> Result<(), DecodeError> {
             ));
         }
     }
+    let audio_asked = wire
+        .modalities
+        .as_ref()
+        .is_some_and(|kinds| kinds.iter().any(|kind| kind != "text"));
+    if audio_asked || wire.audio.is_some() {
+        return Err(DecodeError::unsupported(
+            if audio_asked { "modalities" } else { "audio" },
+            "spoken output (ask for text only)",
+        ));
+    }
+    if wire.web_search_options.is_some() {
+        return Err(DecodeError::unsupported(
+            "web_search_options",
+            "OpenAI's hosted web search (the gateway has no search to run)",
+        ));
+    }
     Ok(())
 }
 
-fn decode_message(message: WireMessage, field: &str) -> Result<Message, DecodeError> {
+/// One message, and the images of a tool message (which go to the user
+/// message after the results).
+fn decode_message(
+    message: WireMessage,
+    field: &str,
+) -> Result<(Message, Vec<ContentPart>), DecodeError> {
     match message.role.as_str() {
-        "system" | "developer" => Ok(Message {
-            role: Role::System,
-            content: decode_content(message.content, field, false)?,
-        }),
-        "user" => Ok(Message {
-            role: Role::User,
-            content: decode_content(message.content, field, true)?,
-        }),
+        "system" | "developer" => Ok((
+            Message {
+                role: Role::System,
+                content: decode_content(message.content, field, false)?,
+            },
+            Vec::new(),
+        )),
+        "user" => Ok((
+            Message {
+                role: Role::User,
+                content: decode_content(message.content, field, true)?,
+            },
+            Vec::new(),
+        )),
         "assistant" => {
             let mut content = Vec::new();
             if let Some(reasoning) = message
@@ -198,6 +254,11 @@ fn decode_message(message: WireMessage, field: &str) -> Result<Message, DecodeEr
                 }));
             }
             content.extend(decode_content(message.content, field, false)?);
+            // An earlier refusal, as the Agents SDK replays it: what the
+            // model said, kept as its text.
+            if let Some(refusal) = message.refusal.filter(|text| !text.is_empty()) {
+                content.push(ContentPart::Text { text: refusal });
+            }
             for (index, call) in message
                 .tool_calls
                 .unwrap_or_default()
@@ -220,10 +281,13 @@ fn decode_message(message: WireMessage, field: &str) -> Result<Message, DecodeEr
                     arguments_text(&call.function.arguments),
                 )));
             }
-            Ok(Message {
-                role: Role::Assistant,
-                content,
-            })
+            Ok((
+                Message {
+                    role: Role::Assistant,
+                    content,
+                },
+                Vec::new(),
+            ))
         }
         "tool" => {
             let call_id = message
@@ -235,26 +299,28 @@ fn decode_message(message: WireMessage, field: &str) -> Result<Message, DecodeEr
                         "a tool message needs tool_call_id (the id of the call it answers)",
                     )
                 })?;
-            let content = match message.content {
-                None => String::new(),
-                Some(WireContent::Text(text)) => text,
-                Some(WireContent::Parts(parts)) => parts
-                    .into_iter()
-                    .filter_map(|part| match part {
-                        WirePart::Text { text } => Some(text),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            };
-            Ok(Message {
-                role: Role::Tool,
-                content: vec![ContentPart::ToolResult(ToolResult {
-                    call_id,
-                    content,
-                    is_error: false,
-                })],
-            })
+            // Text parts are the result; images go to the user message
+            // after the results (see `decode_request`); anything else is
+            // refused by name.
+            let mut images = Vec::new();
+            let mut texts = Vec::new();
+            for part in decode_content(message.content, field, true)? {
+                match part {
+                    ContentPart::Text { text } => texts.push(text),
+                    image => images.push(image),
+                }
+            }
+            Ok((
+                Message {
+                    role: Role::Tool,
+                    content: vec![ContentPart::ToolResult(ToolResult {
+                        call_id,
+                        content: texts.join("\n"),
+                        is_error: false,
+                    })],
+                },
+                images,
+            ))
         }
         "function" => Err(DecodeError::unsupported(
             format!("{field}.role"),
@@ -310,6 +376,12 @@ fn decode_content(
                                 text: text.to_owned(),
                             });
                             continue;
+                        }
+                        if kind == "image_url" {
+                            return Err(DecodeError::invalid(
+                                format!("{part_field}.image_url"),
+                                "an image part's `image_url` is an object with a `url`",
+                            ));
                         }
                         return Err(DecodeError::unsupported(
                             part_field,

@@ -389,6 +389,12 @@ fn fields_the_answer_cannot_honour_are_refused_by_name() {
             "functions",
         ),
         (json!({"function_call": "auto"}), "function_call"),
+        (json!({"modalities": ["text", "audio"]}), "modalities"),
+        (
+            json!({"audio": {"voice": "alloy", "format": "wav"}}),
+            "audio",
+        ),
+        (json!({"web_search_options": {}}), "web_search_options"),
     ] {
         let error = with(extra.clone()).unwrap_err();
         assert_eq!(error.field(), field, "{extra}: {error}");
@@ -399,6 +405,7 @@ fn fields_the_answer_cannot_honour_are_refused_by_name() {
         json!({"n": 1}),
         json!({"logprobs": false, "top_logprobs": 0}),
         json!({"functions": null, "function_call": null}),
+        json!({"modalities": ["text"]}),
     ] {
         assert!(with(extra.clone()).is_ok(), "{extra}");
     }
@@ -407,6 +414,89 @@ fn fields_the_answer_cannot_honour_are_refused_by_name() {
     assert_eq!(request.sampling.seed, None);
     let (request, _) = with(json!({"seed": 42})).unwrap();
     assert_eq!(request.sampling.seed, Some(42));
+}
+
+/// Images a tool returned (the Agents SDK, LangChain) open the user
+/// message after the results, or one of their own; other parts are
+/// refused by name, not dropped.
+#[test]
+fn images_in_tool_messages_go_to_the_user_message_after_the_results() {
+    let png = "data:image/png;base64,iVBORw0KGgo=";
+    let call = |id: &str| {
+        json!({"id": id, "type": "function",
+        "function": {"name": "shot", "arguments": "{}"}})
+    };
+    let (request, _) = decode_json(json!({"model": "m", "messages": [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": null, "tool_calls": [call("a"), call("b")]},
+        {"role": "tool", "tool_call_id": "a", "content": [
+            {"type": "text", "text": "screenshot taken"},
+            {"type": "image_url", "image_url": {"url": png}}]},
+        {"role": "tool", "tool_call_id": "b", "content": "no image"},
+        {"role": "user", "content": "what do you see?"}
+    ]}))
+    .unwrap();
+    let roles: Vec<Role> = request.messages.iter().map(|m| m.role).collect();
+    assert_eq!(roles, [Role::User, Role::Assistant, Role::Tool, Role::User]);
+    match &request.messages[2].content[..] {
+        [ContentPart::ToolResult(a), ContentPart::ToolResult(b)] => {
+            assert_eq!(
+                (a.content.as_str(), b.content.as_str()),
+                ("screenshot taken", "no image")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        &request.messages[3].content[..],
+        [ContentPart::Image { .. }, ContentPart::Text { text }] if text == "what do you see?"
+    ));
+    // Results last in the conversation: the images in a message of their own.
+    let (request, _) = decode_json(json!({"model": "m", "messages": [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": null, "tool_calls": [call("a")]},
+        {"role": "tool", "tool_call_id": "a", "content": [
+            {"type": "image_url", "image_url": {"url": png}}]}
+    ]}))
+    .unwrap();
+    assert_eq!(request.messages.len(), 4);
+    assert!(matches!(
+        &request.messages[3].content[..],
+        [ContentPart::Image { .. }]
+    ));
+    // A file in a tool message is refused by name.
+    let error = decode_json(json!({"model": "m", "messages": [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": null, "tool_calls": [call("a")]},
+        {"role": "tool", "tool_call_id": "a", "content": [
+            {"type": "file", "file": {"file_data": "data:application/pdf;base64,AA=="}}]}
+    ]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "messages[2].content[0]");
+    // An image_url that is not an object says so.
+    let error = decode_json(json!({"model": "m", "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": png}]}
+    ]}))
+    .unwrap_err();
+    assert_eq!(error.field(), "messages[0].content[0].image_url");
+}
+
+/// An assistant message that was a refusal, as the Agents SDK sends it
+/// back in the conversation, keeps what the model said.
+#[test]
+fn an_earlier_refusal_is_kept_as_the_assistants_text() {
+    let (request, _) = decode_json(json!({"model": "m", "messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": null, "refusal": "I can't help with that."},
+        {"role": "user", "content": "y"}
+    ]}))
+    .unwrap();
+    assert_eq!(
+        request.messages[1].content,
+        [ContentPart::Text {
+            text: "I can't help with that.".into()
+        }]
+    );
 }
 
 #[test]

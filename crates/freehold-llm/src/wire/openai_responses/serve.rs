@@ -65,13 +65,16 @@ const FREEFORM_ARGUMENT: &str = "input";
 ///   which Codex offers `gpt-5…` models in every request, is left out: the
 ///   gateway has no search to run, and the model answers without one (a
 ///   request that must search, its `tool_choice` naming the search or
-///   `required` with no other tool, is still refused);
+///   `required` with no other tool, is still refused); so is Codex's
+///   `tool_search`, with which it lets a model look up an MCP server's
+///   deferred tools;
 /// - the tools of a `namespace` tool (as Codex groups an MCP server's
 ///   tools) become tools named `{namespace}__{name}` (shortened with a hash
 ///   past 63 bytes), the namespace's description added to its first
 ///   tool's, and call items with a `namespace` calls of them (see
 ///   [`ServeOptions::namespaced_tools`]);
-/// - other tools (`file_search`, `local_shell`, `image_generation`…) are
+/// - other tools (`file_search`, `image_generation`, which OpenAI runs,
+///   and `local_shell`, whose calls come back in an item of its own) are
 ///   rejected, and so is
 ///   `previous_response_id`: the gateway keeps no responses, the client must
 ///   send the whole conversation (as Codex does, with `store: false`);
@@ -105,8 +108,12 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
     for (index, tool) in wire.tools.unwrap_or_default().into_iter().enumerate() {
         let field = format!("tools[{index}]");
         match tool.kind.as_str() {
-            kind if kind.starts_with("web_search") => {
-                tracing::debug!(kind, "leaving out a hosted web search tool");
+            // Codex's `tool_search` (its search over an MCP server's
+            // deferred tools, which it runs itself) is left out too: no
+            // provider behind the gateway answers with its own item type,
+            // and Codex works with the tools it declared in full.
+            kind if kind.starts_with("web_search") || kind == "tool_search" => {
+                tracing::debug!(kind, "leaving out a search tool");
                 left_out.get_or_insert((field, tool.kind));
             }
             "function" | "custom" => tools.push(names.decode(tool, &field, None)?),

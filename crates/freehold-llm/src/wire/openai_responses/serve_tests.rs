@@ -856,6 +856,9 @@ fn hosted_web_search_is_left_out_unless_forced() {
         {"type": "web_search", "external_web_access": false},
         {"type": "function", "name": "shell", "parameters": {"type": "object"}},
         {"type": "web_search_preview"},
+        // Codex's search of an MCP server's deferred tools, run by Codex.
+        {"type": "tool_search", "execution": "client", "description": "Find tools",
+         "parameters": {"type": "object"}},
     ]}))
     .unwrap();
     let names: Vec<&str> = request
@@ -865,10 +868,12 @@ fn hosted_web_search_is_left_out_unless_forced() {
         .collect();
     assert_eq!(names, ["shell"]);
     // A request that insists on searching cannot be served.
-    let error = decode_json(json!({"model": "m", "input": "hi",
-        "tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}))
-    .unwrap_err();
-    assert_eq!(error.field(), "tool_choice.type");
+    for kind in ["web_search", "tool_search"] {
+        let error = decode_json(json!({"model": "m", "input": "hi",
+            "tools": [{"type": kind}], "tool_choice": {"type": kind}}))
+        .unwrap_err();
+        assert_eq!(error.field(), "tool_choice.type", "{kind}");
+    }
     // So does one that must call a tool when searching was its only one.
     let error = decode_json(json!({"model": "m", "input": "hi",
         "tools": [{"type": "web_search"}], "tool_choice": "required"}))
