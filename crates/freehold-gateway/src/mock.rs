@@ -161,7 +161,9 @@ impl Drop for MockUpstream {
 async fn models() -> Response {
     axum::Json(json!({
         "object": "list",
-        "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}],
+        // With its context window, as vLLM lists one.
+        "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock",
+                  "max_model_len": 8192}],
     }))
     .into_response()
 }

@@ -275,6 +275,17 @@ async fn keys_missing_wrong_revoked_expired_and_model_not_allowed() {
         everything["data"].as_array().unwrap().len() > 1,
         "{everything}"
     );
+    // A listed model carries the context window its server gave, under
+    // the names clients read; an alias names none.
+    let listed_model = everything["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "mock:mock-model")
+        .unwrap_or_else(|| panic!("{everything}"));
+    assert_eq!(listed_model["max_model_len"], 8192, "{listed_model}");
+    assert_eq!(listed_model["context_length"], 8192, "{listed_model}");
+    assert!(listed["data"][0].get("max_model_len").is_none(), "{listed}");
     // Anthropic's SDK sends a key from the environment beside the token it
     // was given: the gateway's own key of the two is the caller.
     let both = reqwest::Client::new()

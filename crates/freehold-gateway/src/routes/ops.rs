@@ -157,7 +157,8 @@ pub(crate) async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderM
         Ok(caller) => caller,
         Err(error) => return error.into_response(protocol),
     };
-    let mut ids = model_ids(&gateway).await;
+    let listed = listed_models(&gateway).await;
+    let mut ids: Vec<String> = listed.iter().map(|(id, _)| id.clone()).collect();
     if let Some(key) = caller.key()
         && !key.allowed_models.is_empty()
     {
@@ -192,13 +193,30 @@ pub(crate) async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderM
             })
             .into_response()
         }
-        Protocol::OpenAi => Json(json!({
-            "object": "list",
-            "data": ids.iter().map(|id| json!({
-                "id": id, "object": "model", "created": 0, "owned_by": "freehold",
-            })).collect::<Vec<_>>(),
-        }))
-        .into_response(),
+        Protocol::OpenAi => {
+            let context_windows: std::collections::HashMap<&str, u32> = listed
+                .iter()
+                .filter_map(|(id, window)| Some((id.as_str(), (*window)?)))
+                .collect();
+            Json(json!({
+                "object": "list",
+                "data": ids.iter().map(|id| {
+                    let mut entry = json!({
+                        "id": id, "object": "model", "created": 0, "owned_by": "freehold",
+                    });
+                    // The context window where its provider's listing says
+                    // (vLLM's and llama.cpp's do), under the names clients
+                    // read: vLLM's `max_model_len` (Continue), and the
+                    // `context_length` of OpenRouter and LM Studio.
+                    if let Some(window) = context_windows.get(id.as_str()) {
+                        entry["max_model_len"] = json!(window);
+                        entry["context_length"] = json!(window);
+                    }
+                    entry
+                }).collect::<Vec<_>>(),
+            }))
+            .into_response()
+        }
     }
 }
 
@@ -259,14 +277,20 @@ pub(crate) async fn model(
 }
 
 /// Aliases first, then `provider:model` for what each provider lists
-/// (providers that cannot answer quickly are left out).
-async fn model_ids(gateway: &Gateway) -> Vec<String> {
+/// (providers that cannot answer quickly are left out), each with its
+/// context window where the provider's listing gives one.
+async fn listed_models(gateway: &Gateway) -> Vec<(String, Option<u32>)> {
     let routes = gateway.routes();
-    let mut ids: Vec<String> = routes.router.aliases().keys().cloned().collect();
+    let mut ids: Vec<(String, Option<u32>)> = routes
+        .router
+        .aliases()
+        .keys()
+        .map(|alias| (alias.clone(), None))
+        .collect();
     if let Some(default) = &gateway.settings.default_model
-        && !ids.contains(default)
+        && !ids.iter().any(|(id, _)| id == default)
     {
-        ids.push(default.clone());
+        ids.push((default.clone(), None));
     }
     let listed = routes
         .router
@@ -279,16 +303,16 @@ async fn model_ids(gateway: &Gateway) -> Vec<String> {
             match tokio::time::timeout(LIST_TIMEOUT, provider.list_models()).await {
                 Ok(Ok(models)) => models
                     .into_iter()
-                    .map(|m| format!("{name}:{}", m.id))
+                    .map(|m| (format!("{name}:{}", m.id), m.context_window))
                     .collect(),
                 _ => Vec::new(),
             }
         }
     });
     for listed in futures::future::join_all(listings).await {
-        for id in listed {
-            if !ids.contains(&id) {
-                ids.push(id);
+        for (id, window) in listed {
+            if !ids.iter().any(|(known, _)| *known == id) {
+                ids.push((id, window));
             }
         }
     }
