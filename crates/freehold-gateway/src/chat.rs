@@ -772,9 +772,13 @@ impl AccountedStream {
                 let sent = GatewayError::upstream(&error);
                 if self.accounting.first_byte.is_none() {
                     // Refused before it answered anything (a stream that
-                    // opens with an error): nothing to estimate, as for
-                    // the same refusal of a whole answer.
+                    // opens with an error, or with its opening and then
+                    // one): nothing to count, as for the same refusal of a
+                    // whole answer, not even the prompt its opening
+                    // counted (which would spend the key's token limit).
                     self.accounting.target = None;
+                    self.accounting.usage = Usage::default();
+                    self.accounting.output_bytes = 0;
                 }
                 self.accounting.fail(&sent);
                 Some(Err(sent))

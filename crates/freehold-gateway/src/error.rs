@@ -346,15 +346,16 @@ impl GatewayError {
                 // phrasing of the real APIs (Claude Code looks for "prompt
                 // is too long"), and an engine's message may name a model
                 // file's path on this machine.
+                let over = freehold_llm::http::input_and_output_over_context(&error.message);
                 let message = match (needed, allowed) {
                     // Anthropic's refusal of a prompt that fits but whose
                     // max_tokens does not, which Claude Code answers by
-                    // lowering max_tokens: kept as it is (numbers only).
-                    _ if freehold_llm::http::input_and_output_over_context(&error.message)
-                        .is_some() =>
-                    {
-                        error.message.clone()
-                    }
+                    // lowering max_tokens: in Anthropic's words, from the
+                    // numbers only.
+                    _ if let Some((input, output, limit)) = over => format!(
+                        "input length and `max_tokens` exceed context limit: {input} + {output} \
+                         > {limit}, decrease input length or `max_tokens` and try again"
+                    ),
                     (Some(needed), Some(allowed)) => format!(
                         "prompt is too long: {needed} tokens > {allowed} maximum (this model's \
                          maximum context length is {allowed} tokens)"

@@ -27,8 +27,9 @@ const MAX_CLIENT_ID_BYTES: usize = 128;
 pub struct RequestId(HeaderValue);
 
 impl RequestId {
-    /// A new id: `req_` and 32 hex digits (128 random bits), unique across
-    /// gateways sharing a ledger without any coordination.
+    /// A new id: `req_` and 32 random hex digits (from a fast per-thread
+    /// generator, not a secret), unique in practice across gateways sharing
+    /// a ledger without any coordination.
     pub fn generate() -> Self {
         let id = format!("req_{:032x}", fastrand::u128(..));
         // Only ASCII letters, digits and `_`: always a valid header value.

@@ -2646,6 +2646,19 @@ async fn a_refusal_right_after_the_providers_opening_keeps_its_status() {
     let now = gw.store.key_by_id(&key.id).await.unwrap().unwrap();
     assert!(now.spent_usd.abs() < 1e-12, "{now:?}");
     assert!(now.reserved_usd.abs() < 1e-12, "{now:?}");
+    // Nor are the tokens its opening counted: none are the key's.
+    let lines = ledger_lines(&gw.store, 1).await;
+    let line = &lines[0].record;
+    assert_eq!(line.status, 529, "{line:?}");
+    assert_eq!(
+        (
+            line.input_tokens,
+            line.cached_input_tokens,
+            line.output_tokens
+        ),
+        (0, 0, 0),
+        "{line:?}"
+    );
 }
 
 /// A client that leaves mid-answer (Claude Code's Esc) is charged the

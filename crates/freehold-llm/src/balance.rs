@@ -1079,7 +1079,9 @@ impl Stream for Tracked {
         let item = ready!(this.inner.as_mut().poll_next(cx));
         if let Some(lease) = this.lease.as_mut() {
             match &item {
-                Some(Ok(StreamEvent::Start { .. })) => {}
+                // The opening, and the usage it may carry, are not an
+                // answer yet (as for `first_content`).
+                Some(Ok(StreamEvent::Start { .. } | StreamEvent::UsageSoFar(_))) => {}
                 Some(Ok(event)) => {
                     lease.success();
                     this.stopped |= matches!(event, StreamEvent::Stop { .. });

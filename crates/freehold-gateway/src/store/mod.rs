@@ -460,9 +460,9 @@ type KeyRow = (
     bool,
 );
 
-/// Ledger lines per INSERT statement: 15 parameters each, so a full
-/// statement stays under SQLite's oldest limit of 999 parameters.
-const LINES_PER_INSERT: usize = 64;
+/// Ledger lines per INSERT statement: 16 parameters each, so a full
+/// statement (992) stays under SQLite's oldest limit of 999 parameters.
+const LINES_PER_INSERT: usize = 62;
 
 /// Runs the same code against whichever pool the store holds: the SQL is
 /// written once, the compiler checks it against both drivers' types.
