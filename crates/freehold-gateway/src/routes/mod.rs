@@ -35,12 +35,12 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(ops::embeddings))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
+        // One layer, not two: each costs every request a boxed future and
+        // a clone of the routes behind it.
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&gateway),
-            refuse_web_pages,
+            front_door,
         ))
-        // Outermost: every answer, refusals included, carries its id.
-        .layer(axum::middleware::from_fn(stamp_request))
         // Bodies are read (and limited) by the handlers themselves, so
         // that an oversized one gets the protocol's own error shape.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -93,16 +93,24 @@ pub(crate) async fn read_body(
     }
 }
 
-/// Gives each request its [`Arrival`] (id and start time) and sends the id
-/// back in the answer's headers.
-async fn stamp_request(
+/// What every request goes through first: it gets its [`Arrival`] (id and
+/// start time), a request only a web page would send is refused
+/// ([`web_page_refusal`]), and the answer, refusals included, carries the
+/// request's id in its headers.
+async fn front_door(
+    axum::extract::State(gateway): axum::extract::State<Arc<Gateway>>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let arrival = Arrival::now(request.headers());
     let id = arrival.id.header_value().clone();
-    request.extensions_mut().insert(arrival);
-    let mut response = next.run(request).await;
+    let mut response = match web_page_refusal(&gateway, &request) {
+        Some(refusal) => refusal,
+        None => {
+            request.extensions_mut().insert(arrival);
+            next.run(request).await
+        }
+    };
     let headers = response.headers_mut();
     for name in RESPONSE_HEADERS {
         headers.insert(name, id.clone());
@@ -110,7 +118,7 @@ async fn stamp_request(
     response
 }
 
-/// Refuses requests that only a web page in a browser would send, so that
+/// The refusal of a request that only a web page in a browser would send, so that
 /// a page the user visits cannot use a gateway on their machine where no
 /// key protects it (`require_key = false`, or the status pages open on
 /// loopback); where a key is needed, a page has none, and reverse proxies
@@ -122,16 +130,12 @@ async fn stamp_request(
 ///   name loopback: a page whose own name was made to resolve to this
 ///   machine (DNS rebinding), which would otherwise count as the same
 ///   origin and read the answers too.
-async fn refuse_web_pages(
-    axum::extract::State(gateway): axum::extract::State<Arc<Gateway>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+fn web_page_refusal(gateway: &Gateway, request: &axum::extract::Request) -> Option<Response> {
     let settings = gateway.settings();
     let status_page = matches!(request.uri().path(), "/health" | "/metrics");
     let unprotected = !settings.require_key || (status_page && settings.status_is_open());
     if !unprotected {
-        return next.run(request).await;
+        return None;
     }
     let headers = request.headers();
     let host = headers
@@ -156,12 +160,11 @@ async fn refuse_web_pages(
                 )
             })
     };
-    match refusal {
-        Some(message) => GatewayError::forbidden(message)
+    refusal.map(|message| {
+        GatewayError::forbidden(message)
             .into_response(protocol_of(headers))
-            .into_response(),
-        None => next.run(request).await,
-    }
+            .into_response()
+    })
 }
 
 /// Whether a `Host` header names this machine's loopback: `localhost` (or
