@@ -1335,3 +1335,42 @@ async fn the_memory_of_models_that_need_folding_is_bounded() {
     ));
     assert_eq!(server.requests().len(), 133);
 }
+
+/// A refusal (structured outputs) is the answer's text and ends it as a
+/// refusal, whole or streamed, so that the gateway can hand it to OpenAI
+/// clients as `refusal` and to Anthropic clients as `stop_reason: refusal`.
+#[tokio::test]
+async fn refusals_end_the_answer_as_refusals() {
+    let words = "I'm sorry, I can't help with that.";
+    let whole = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-test",
+        "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": null, "refusal": words}}]});
+    let server = MockServer::start(vec![Scripted::json(200, whole)]).await;
+    let response = client(&server).complete(request()).await.unwrap();
+    assert_eq!(response.stop_reason, StopReason::Refusal);
+    assert_eq!(response.message.text(), words);
+
+    let streamed = sse_text(&[
+        (
+            "",
+            &chunk(json!({"role": "assistant", "refusal": ""}), None),
+        ),
+        ("", &chunk(json!({"refusal": "I'm sorry, "}), None)),
+        (
+            "",
+            &chunk(json!({"refusal": "I can't help with that."}), None),
+        ),
+        ("", &chunk(json!({}), Some("stop"))),
+        ("", "[DONE]"),
+    ]);
+    let server = MockServer::start(vec![Scripted::sse(&streamed, Split::Whole)]).await;
+    let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text_of(&events), words);
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Stop {
+            reason: StopReason::Refusal
+        })
+    );
+}

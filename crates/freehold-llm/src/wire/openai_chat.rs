@@ -782,8 +782,12 @@ pub fn decode_response(
             .collect(),
         None => String::new(),
     };
-    let text = if text.is_empty() {
-        message.refusal.unwrap_or_default()
+    // A refusal (structured outputs) comes instead of the content: its
+    // words are the answer's text, and the answer ends as a refusal.
+    let refusal = message.refusal.filter(|text| !text.is_empty());
+    let refused = text.is_empty() && refusal.is_some();
+    let text = if refused {
+        refusal.unwrap_or_default()
     } else {
         text
     };
@@ -801,6 +805,7 @@ pub fn decode_response(
         .iter()
         .any(|part| matches!(part, ContentPart::ToolCall(_)));
     let stop_reason = match choice.finish_reason.as_deref().map(stop_reason) {
+        Some(StopReason::EndTurn) | None if refused => StopReason::Refusal,
         Some(StopReason::EndTurn) | None if has_calls => StopReason::ToolUse,
         Some(reason) => reason,
         None => StopReason::EndTurn,
@@ -824,6 +829,9 @@ pub struct ChunkDecoder {
     provider: String,
     /// The wire index of each open call → (our index, its id).
     calls: HashMap<u32, (u32, String)>,
+    /// Whether the answer was a refusal (`delta.refusal`): it then ends as
+    /// one, not as an ordinary `stop`.
+    refused: bool,
 }
 
 impl ChunkDecoder {
@@ -831,6 +839,7 @@ impl ChunkDecoder {
     pub fn new(provider: impl Into<String>) -> Self {
         Self {
             provider: provider.into(),
+            refused: false,
             calls: HashMap::new(),
         }
     }
@@ -935,14 +944,18 @@ impl WireDecoder<SseEvent> for ChunkDecoder {
             if let Some(text) = &delta.content {
                 out.text(text);
             }
-            if let Some(refusal) = &delta.refusal {
+            if let Some(refusal) = delta.refusal.as_deref().filter(|text| !text.is_empty()) {
                 out.text(refusal);
+                self.refused = true;
             }
             for call in delta.tool_calls.unwrap_or_default() {
                 self.tool_delta(call, out);
             }
             if let Some(reason) = choice.finish_reason.as_deref() {
-                out.stop(stop_reason(reason));
+                out.stop(match stop_reason(reason) {
+                    StopReason::EndTurn if self.refused => StopReason::Refusal,
+                    reason => reason,
+                });
             }
         }
         Ok(Decoded::More)

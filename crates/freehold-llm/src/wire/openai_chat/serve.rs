@@ -565,7 +565,10 @@ pub fn encode_response(response: &ChatResponse, model: &str) -> CompletionRespon
             index: 0,
             message: WireMessage {
                 role: "assistant".into(),
-                content: (!text.is_empty() || calls.is_empty())
+                // A refusal is `refusal` with `content: null`, as OpenAI
+                // sends it: the SDK's `parse()` reads the refusal instead of
+                // parsing its words as the answer.
+                content: (!refusal && (!text.is_empty() || calls.is_empty()))
                     .then(|| WireContent::Text(text.clone())),
                 reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
                 tool_calls: (!calls.is_empty()).then_some(calls),

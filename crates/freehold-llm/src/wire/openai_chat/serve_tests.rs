@@ -188,6 +188,19 @@ fn responses_round_trip_through_the_client_decoder() {
     let back = decode_response("p", wire).unwrap();
     assert_eq!(back.message, plain.message);
     assert_eq!(back.stop_reason, StopReason::MaxTokens);
+
+    // A refusal: `refusal` with `content: null`, as OpenAI sends it (the
+    // SDK's `parse()` reads it instead of parsing the words), and back.
+    let mut refused = full_response();
+    refused.message = Message::assistant("I can't help with that.");
+    refused.stop_reason = StopReason::Refusal;
+    let json = serde_json::to_value(encode_response(&refused, "gpt-x")).unwrap();
+    let message = &json["choices"][0]["message"];
+    assert!(message["content"].is_null(), "{message}");
+    assert_eq!(message["refusal"], "I can't help with that.");
+    let back = decode_response("p", serde_json::from_value(json).unwrap()).unwrap();
+    assert_eq!(back.stop_reason, StopReason::Refusal);
+    assert_eq!(back.message, refused.message);
 }
 
 fn encode_stream(events: &[StreamEvent], include_usage: bool) -> Vec<SseFrame> {
