@@ -32,18 +32,10 @@ pub(crate) struct Admitted {
     targets: Vec<Target>,
 }
 
-/// A request [`admit`] refused: the error, and the request back, for a
-/// protocol that reports the refusal inside a stream it begins.
-pub(crate) struct Refused {
-    pub(crate) error: GatewayError,
-    pub(crate) request: ChatRequest,
-}
-
 /// Checks a request before any provider sees it.
 ///
 /// # Errors
-/// The first check that fails, as the client should see it, with the
-/// request.
+/// The first check that fails, as the client should see it.
 pub(crate) async fn admit(
     gateway: &Arc<Gateway>,
     headers: &HeaderMap,
@@ -51,7 +43,7 @@ pub(crate) async fn admit(
     endpoint: &'static str,
     mut request: ChatRequest,
     arrival: &Arrival,
-) -> Result<Admitted, Refused> {
+) -> Result<Admitted, GatewayError> {
     let asked = request.model.clone();
     let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, arrival);
     let result = admit_inner(gateway, headers, &caller, &mut request, &mut accounting).await;
@@ -64,7 +56,7 @@ pub(crate) async fn admit(
         }),
         Err(error) => {
             accounting.fail(&error);
-            Err(Refused { error, request })
+            Err(error)
         }
     }
 }

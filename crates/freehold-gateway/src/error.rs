@@ -107,11 +107,6 @@ impl GatewayError {
         self
     }
 
-    /// OpenAI's `error.type`.
-    pub fn openai_type(&self) -> &'static str {
-        self.openai_type
-    }
-
     /// OpenAI's `error.code`, where the error has one
     /// (`context_length_exceeded`, `insufficient_quota`…).
     pub fn openai_code(&self) -> Option<&'static str> {

@@ -18,8 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::chat::{
-    AccountedStream, Accounting, Admitted, Refused, admit, authenticate, count_input_tokens,
-    parse_body,
+    AccountedStream, Accounting, Admitted, admit, authenticate, count_input_tokens, parse_body,
 };
 use crate::error::{GatewayError, Protocol};
 use crate::request_id::Arrival;
@@ -56,28 +55,7 @@ macro_rules! stream_encoder {
 
 stream_encoder!(openai_chat::ChunkEncoder);
 stream_encoder!(anthropic::MessageStreamEncoder);
-
-impl StreamEncoder for openai_responses::ResponseStreamEncoder {
-    fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
-        Self::push(self, event)
-    }
-    fn finish(&mut self) -> Vec<SseFrame> {
-        Self::finish(self)
-    }
-    fn error(&mut self, error: &GatewayError) -> Vec<SseFrame> {
-        match error.openai_code() {
-            // A spent budget: OpenAI's code for a spent quota, which Codex
-            // reports as such instead of retrying.
-            Some(code @ "insufficient_quota") => {
-                Self::fail(self, error.openai_type(), code, &error.message)
-            }
-            _ => Self::error(self, &stream_error(error)),
-        }
-    }
-    fn keepalive(&mut self) -> Vec<SseFrame> {
-        Self::keepalive(self)
-    }
-}
+stream_encoder!(openai_responses::ResponseStreamEncoder);
 
 /// What differs between the chat protocols.
 trait ChatProtocol {
@@ -99,15 +77,6 @@ trait ChatProtocol {
     fn streams(options: &Self::Options) -> bool;
     fn encode(response: &ChatResponse, model: &str, options: &Self::Options) -> Self::Response;
     fn encoder(model: &str, options: Self::Options, request: &ChatRequest) -> Self::Encoder;
-
-    /// Whether a streamed request refused with `error` once decoded (by
-    /// its key's limits or budget, or by the provider before its first
-    /// event) gets the refusal inside a stream the gateway begins (status
-    /// 200, then the protocol's failure event) rather than as an HTTP
-    /// error.
-    fn refuses_in_stream(_error: &GatewayError) -> bool {
-        false
-    }
 }
 
 struct ChatCompletions;
@@ -183,18 +152,6 @@ impl ChatProtocol for Responses {
         openai_responses::ResponseStreamEncoder::new(model, None)
             .with_freeform_tools(options.freeform_tools)
             .with_namespaced_tools(options.namespaced_tools)
-    }
-
-    /// A full context window and rate limits (the key's, its budget, the
-    /// provider's): OpenAI reports these in `response.failed`, and Codex
-    /// acts on them only there. It compacts its history on
-    /// `context_length_exceeded`, waits as long as the message's "try
-    /// again in" says on `rate_limit_exceeded`, and reports
-    /// `insufficient_quota`; sent as HTTP statuses, it gives up on all
-    /// three.
-    fn refuses_in_stream(error: &GatewayError) -> bool {
-        error.status == StatusCode::TOO_MANY_REQUESTS
-            || error.openai_code() == Some("context_length_exceeded")
     }
 }
 
@@ -342,20 +299,15 @@ async fn serve<P: ChatProtocol>(
         forward_anthropic_headers(&headers, &mut request);
     }
     let model = request.model.clone();
-    let streams = P::streams(&options);
     let mut admitted = match admit(&gateway, &headers, caller, P::ENDPOINT, request, &arrival).await
     {
         Ok(admitted) => admitted,
-        Err(Refused { error, request }) if streams && P::refuses_in_stream(&error) => {
-            let encoder = P::encoder(&model, options, &request);
-            return sse_response(Upstream::refused(error), encoder, None, false);
-        }
-        Err(Refused { error, .. }) => return error.into_response(P::PROTOCOL),
+        Err(error) => return error.into_response(P::PROTOCOL),
     };
     admitted
         .accounting
         .log_body(&String::from_utf8_lossy(&body));
-    if streams {
+    if P::streams(&options) {
         let encoder = P::encoder(&model, options, &admitted.request);
         let keepalive = gateway.settings.stream_keepalive();
         // The status line waits for the provider's first event, so that a
@@ -372,9 +324,6 @@ async fn serve<P: ChatProtocol>(
             None => Some((&mut opening).await),
         };
         match waited {
-            Some(Err(error)) if P::refuses_in_stream(&error) => {
-                sse_response(Upstream::refused(error), encoder, keepalive, false)
-            }
             Some(Err(error)) => error.into_response(P::PROTOCOL),
             Some(Ok((first, stream))) => {
                 sse_response(Upstream::Open { first, stream }, encoder, keepalive, false)
@@ -447,11 +396,6 @@ enum Upstream {
 }
 
 impl Upstream {
-    /// A stream whose only event is `error`.
-    fn refused(error: GatewayError) -> Self {
-        Self::Opening(Box::pin(std::future::ready(Err(error))))
-    }
-
     /// The next event, or `Err(Silent)` when `deadline` passes first.
     async fn next(
         &mut self,
