@@ -2471,6 +2471,28 @@ fn anthropic_routes_with(url: &str, catalog: Catalog) -> Routes {
 /// from the cache.
 const CACHED_MESSAGE_START: &str = r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":10,"cache_read_input_tokens":100000,"cache_creation_input_tokens":0,"output_tokens":1}}}"#;
 
+/// A gateway before an Anthropic upstream at `upstream` (see
+/// [`priced_anthropic_routes`]), with a virtual key of $10 of budget: the
+/// gateway, the key and its secret.
+async fn budgeted_gateway_before_anthropic(
+    upstream: &freehold_test_support::MockServer,
+) -> (Running, KeyRecord, String) {
+    let gw = start(
+        priced_anthropic_routes(&upstream.url()),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (key, secret) = gw
+        .key(NewKey {
+            name: "cc".into(),
+            budget_usd: Some(10.0),
+            ..NewKey::default()
+        })
+        .await;
+    (gw, key, secret)
+}
+
 /// A provider that opens its stream and then refuses (Anthropic's
 /// `message_start`, then an overloaded error) has answered nothing: the
 /// client gets the refusal's own status, which its SDK retries, and the
@@ -2487,19 +2509,7 @@ async fn a_refusal_right_after_the_providers_opening_keeps_its_status() {
         ),
     ]);
     let upstream = MockServer::start(vec![Scripted::sse(&text, Split::Whole)]).await;
-    let gw = start(
-        priced_anthropic_routes(&upstream.url()),
-        GatewaySettings::default(),
-        None,
-    )
-    .await;
-    let (key, secret) = gw
-        .key(NewKey {
-            name: "cc".into(),
-            budget_usd: Some(10.0),
-            ..NewKey::default()
-        })
-        .await;
+    let (gw, key, secret) = budgeted_gateway_before_anthropic(&upstream).await;
     let body = json!({"model": "claude:claude-x", "stream": true, "max_tokens": 1000,
         "messages": [{"role": "user", "content": "y".repeat(4_000)}]});
     let response = reqwest::Client::new()
@@ -2570,19 +2580,7 @@ async fn a_stream_cut_off_is_charged_the_prompt_the_provider_counted() {
             .stall_after(1, Duration::from_secs(30)),
     ])
     .await;
-    let gw = start(
-        priced_anthropic_routes(&upstream.url()),
-        GatewaySettings::default(),
-        None,
-    )
-    .await;
-    let (key, secret) = gw
-        .key(NewKey {
-            name: "cc".into(),
-            budget_usd: Some(10.0),
-            ..NewKey::default()
-        })
-        .await;
+    let (gw, key, secret) = budgeted_gateway_before_anthropic(&upstream).await;
     // About 100,000 tokens of prompt by its size, as the cached one is.
     let body = json!({"model": "claude:claude-x", "stream": true, "max_tokens": 1000,
         "messages": [{"role": "user", "content": "y".repeat(400_000)}]});

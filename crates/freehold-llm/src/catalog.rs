@@ -87,17 +87,30 @@ pub struct Pricing {
     pub long_prompt: Option<LongPromptPricing>,
 }
 
-/// The prices of [`Pricing::long_prompt`], USD per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// The prices of [`Pricing::long_prompt`], USD per million tokens; also
+/// how they are given, as `[models."provider:model".long_prompt]` in the
+/// catalog or the configuration:
+///
+/// ```toml
+/// [models."gemini:gemini-2.5-pro".long_prompt]
+/// above = 200_000
+/// input = 2.50
+/// output = 15.0
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LongPromptPricing {
     /// They apply to requests of more input tokens than this (cached and
     /// cache-write tokens included).
+    #[serde(rename(deserialize = "above"))]
     pub above_input_tokens: u64,
     /// Uncached input tokens.
     pub input: f64,
     /// Input tokens read from the prompt cache (`None`: charged as `input`).
+    #[serde(default)]
     pub cached_input: Option<f64>,
     /// Input tokens written to the prompt cache (`None`: charged as `input`).
+    #[serde(default)]
     pub cache_write: Option<f64>,
     /// Output tokens, reasoning included.
     pub output: f64,
@@ -174,38 +187,12 @@ pub struct ModelOverride {
     pub output: Option<f64>,
     /// Higher prices past a prompt size, replacing any the model had.
     #[serde(default)]
-    pub long_prompt: Option<LongPromptOverride>,
+    pub long_prompt: Option<LongPromptPricing>,
     /// Whether to recover tool calls this model prints as text (overrides
     /// the provider's `recover_text_tool_calls`). Not a catalog field: the
     /// provider factory reads it.
     #[serde(default)]
     pub recover_text_tool_calls: Option<bool>,
-}
-
-/// `[models."provider:model".long_prompt]`: the prices of requests whose
-/// prompt is longer than `above` input tokens.
-///
-/// ```toml
-/// [models."gemini:gemini-2.5-pro".long_prompt]
-/// above = 200_000
-/// input = 2.50
-/// output = 15.0
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LongPromptOverride {
-    /// Input tokens past which these prices apply.
-    pub above: u64,
-    /// USD per million uncached input tokens.
-    pub input: f64,
-    /// USD per million cached input tokens.
-    #[serde(default)]
-    pub cached_input: Option<f64>,
-    /// USD per million tokens written to the prompt cache.
-    #[serde(default)]
-    pub cache_write: Option<f64>,
-    /// USD per million output tokens.
-    pub output: f64,
 }
 
 /// Known models by `provider:model` key.
@@ -326,13 +313,7 @@ impl Catalog {
                     reason: "the model has no prices of its own; give its `input` and `output` too",
                 });
             };
-            pricing.long_prompt = Some(LongPromptPricing {
-                above_input_tokens: long.above,
-                input: long.input,
-                cached_input: long.cached_input,
-                cache_write: long.cache_write,
-                output: long.output,
-            });
+            pricing.long_prompt = Some(long);
             validate_pricing(key, pricing)?;
         }
         self.entries.insert(key.to_owned(), entry);

@@ -29,8 +29,7 @@ use crate::state::Gateway;
 trait StreamEncoder: Send + 'static {
     fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame>;
     fn finish(&mut self) -> Vec<SseFrame>;
-    /// The protocol's error event for `error`, which ends the stream.
-    fn error(&mut self, error: &GatewayError) -> Vec<SseFrame>;
+    fn error(&mut self, error: &LlmError) -> Vec<SseFrame>;
     fn keepalive(&mut self) -> Vec<SseFrame>;
 }
 
@@ -43,8 +42,8 @@ macro_rules! stream_encoder {
             fn finish(&mut self) -> Vec<SseFrame> {
                 <$type>::finish(self)
             }
-            fn error(&mut self, error: &GatewayError) -> Vec<SseFrame> {
-                <$type>::error(self, &stream_error(error))
+            fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
+                <$type>::error(self, error)
             }
             fn keepalive(&mut self) -> Vec<SseFrame> {
                 <$type>::keepalive(self)
@@ -467,7 +466,7 @@ fn sse_response<E: StreamEncoder>(
                     (encoder.keepalive(), true)
                 }
                 Ok(Some(Ok(event))) => (encoder.push(&event), true),
-                Ok(Some(Err(error))) => (encoder.error(&error), false),
+                Ok(Some(Err(error))) => (encoder.error(&stream_error(&error)), false),
                 Ok(None) => (encoder.finish(), false),
             };
             if frames.is_empty() && more {
@@ -540,7 +539,7 @@ mod tests {
         fn finish(&mut self) -> Vec<SseFrame> {
             Vec::new()
         }
-        fn error(&mut self, _: &GatewayError) -> Vec<SseFrame> {
+        fn error(&mut self, _: &LlmError) -> Vec<SseFrame> {
             vec![SseFrame::comment("error")]
         }
         fn keepalive(&mut self) -> Vec<SseFrame> {

@@ -1465,25 +1465,17 @@ impl ResponseStreamEncoder {
     /// `rate_limit_exceeded`…) and message (see [`encode_error`]). The
     /// encoder emits nothing more afterwards.
     pub fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
-        let (_, kind, code) = openai_error_parts(error);
-        self.fail(kind, code.unwrap_or(kind), &openai_error_message(error))
-    }
-
-    /// The `response.failed` event with an error of OpenAI's `type`
-    /// `kind` and `code` (`insufficient_quota`, say, which no
-    /// [`LlmError`] kind stands for), after `response.created` when the
-    /// stream has not begun. The encoder emits nothing more afterwards.
-    pub fn fail(&mut self, kind: &str, code: &str, message: &str) -> Vec<SseFrame> {
         let mut out = Vec::new();
         if self.finished {
             return out;
         }
         self.start(None, &mut out);
         self.finished = true;
+        let (_, kind, code) = openai_error_parts(error);
         let mut snapshot = self.snapshot("failed");
         snapshot.response.error = Some(ResponseError {
-            code: Some(code.to_owned()),
-            message: Some(message.to_owned()),
+            code: Some(code.unwrap_or(kind).to_owned()),
+            message: Some(openai_error_message(error)),
             kind: Some(kind.to_owned()),
             param: None,
         });
