@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use freehold_test_support::{MockServer, Scripted, Split, sse_text, test_model};
+use freehold_test_support::{
+    MockServer, Scripted, Split, one_model_at_a_time, sse_text, test_model,
+};
 use serde_json::{Value, json};
 
 struct Run {
@@ -459,6 +461,8 @@ async fn qwen_coder_edits_a_file_with_real_tool_calls() {
     let Some(model) = test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
         return;
     };
+    // Alone on the cores: see one_model_at_a_time.
+    let _model_turn = one_model_at_a_time().await;
     let sandbox = Sandbox::new();
     sandbox.write("config.ini", "port = 80\nhost = localhost\n");
     // Greedy decoding: the same prompt gives the same calls on every run.
@@ -544,6 +548,8 @@ async fn smollm2_smoke_test_runs_the_loop_end_to_end() {
     let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
+    // Alone on the cores: see one_model_at_a_time.
+    let _model_turn = one_model_at_a_time().await;
     let sandbox = Sandbox::new();
     sandbox.write("README.md", "# Demo\nA demo project.\n");
     let run = sandbox
@@ -581,6 +587,8 @@ async fn eval_runs_suite_tasks_on_the_real_model_and_writes_its_report() {
     let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
+    // Alone on the cores: see one_model_at_a_time.
+    let _model_turn = one_model_at_a_time().await;
     let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../eval/tasks");
     let sandbox = Sandbox::new();
     let report = sandbox.project().join("report.json");
@@ -597,8 +605,9 @@ async fn eval_runs_suite_tasks_on_the_real_model_and_writes_its_report() {
                 "03-answer-default-port",
                 "--max-turns",
                 "2",
+                // Generous: a slow CI machine must not turn into a failure.
                 "--timeout",
-                "120",
+                "300",
                 "--report",
                 report.to_str().unwrap(),
             ],

@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use freehold_test_support::{FileServer, MockServer, Scripted, Split, sse_text, test_model};
+use freehold_test_support::{
+    FileServer, MockServer, Scripted, Split, one_model_at_a_time, sse_text, test_model,
+};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -515,6 +517,8 @@ async fn embed_runs_a_gguf_file_in_process() {
     let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
+    // Alone on the cores: see one_model_at_a_time.
+    let _model_turn = one_model_at_a_time().await;
     // A bare path to a .gguf file means `local:PATH`.
     let run = freehold(
         &[
@@ -550,6 +554,8 @@ async fn model_local_pulls_a_model_when_none_is_installed_and_answers() {
     let Some(model) = test_model(FILE) else {
         return;
     };
+    // Alone on the cores: see one_model_at_a_time.
+    let _model_turn = one_model_at_a_time().await;
     let bytes = std::fs::read(model).unwrap();
     // The mirror has SmolLM2 only: whatever this machine's recommended
     // model is, it is not there (unless it is SmolLM2 itself), and its pip
@@ -1060,6 +1066,8 @@ async fn bench_engine_measures_the_real_test_model() {
     let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
+    // Alone on the cores: see one_model_at_a_time.
+    let _model_turn = one_model_at_a_time().await;
     let model = model.to_str().unwrap();
     let args = [
         "bench",
@@ -1114,6 +1122,8 @@ async fn bench_conversation_reuses_the_prefix_from_the_second_turn() {
     let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
+    // Alone on the cores: see one_model_at_a_time.
+    let _model_turn = one_model_at_a_time().await;
     let args = [
         "bench",
         "conversation",

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use freehold_gateway::mock::{MOCK_TEXT, MockUpstream};
-use freehold_test_support::{test_model, test_postgres, test_python};
+use freehold_test_support::{one_model_at_a_time, test_model, test_postgres, test_python};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -601,6 +601,8 @@ async fn official_sdks_against_smollm2_in_process() {
     let Some(model) = test_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
+    // Alone on the cores: see one_model_at_a_time.
+    let _model_turn = one_model_at_a_time().await;
     let config = format!(
         "[aliases]\nsmol = \"local:{}\"\n\n[providers.local]\nkind = \"local\"\nthreads = 2\n",
         model.display()
@@ -635,6 +637,8 @@ async fn tool_calls_round_trip_through_qwen_in_every_protocol() {
     let Some(model) = test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
         return;
     };
+    // Alone on the cores: see one_model_at_a_time.
+    let _model_turn = one_model_at_a_time().await;
     let config = format!(
         "[aliases]\nqwen = \"local:{}\"\n\n[providers.local]\nkind = \"local\"\nthreads = 2\n",
         model.display()

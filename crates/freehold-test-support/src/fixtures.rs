@@ -30,6 +30,21 @@ pub fn test_model(file: &str) -> Option<PathBuf> {
     ))
 }
 
+/// Waits until no other test in this test binary runs a real model, and
+/// holds that turn until the guard is dropped.
+///
+/// llama.cpp gives each model every core, and its threads spin while they
+/// wait for each other. Two or three models decoding at once on a 2-core
+/// machine therefore slow each other down by far more than half: a CI run
+/// once saw a 135M model produce no token in two minutes beside a 0.5B one.
+/// Tests that make a model generate (directly or through a `freehold`
+/// process they start) take this turn first. Cargo runs test binaries one
+/// after another, so a lock per binary is enough.
+pub async fn one_model_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static MODEL_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    MODEL_TURN.lock().await
+}
+
 /// The Python interpreter of a virtual environment holding the official
 /// `openai` and `anthropic` SDKs (`FREEHOLD_TEST_PYTHON`, made by
 /// `scripts/python-sdks`).

@@ -21,7 +21,8 @@
 mod fixtures;
 
 pub use fixtures::{
-    self_signed_certificate, test_agent_clients, test_model, test_postgres, test_python,
+    one_model_at_a_time, self_signed_certificate, test_agent_clients, test_model, test_postgres,
+    test_python,
 };
 
 use std::collections::VecDeque;
