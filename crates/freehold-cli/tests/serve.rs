@@ -325,6 +325,42 @@ async fn an_upstream_error_that_echoes_the_prompt_keeps_it_out_of_the_log() {
     }
 }
 
+/// A line the router writes while it handles a request (here: the first
+/// target of a fallback chain failed) names the request by the id its
+/// client got back.
+#[tokio::test]
+async fn the_routers_fallback_line_names_the_request() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let failing = MockServer::start(vec![Scripted::json(
+        503,
+        serde_json::json!({"error": {"message": "overloaded", "type": "server_error"}}),
+    )])
+    .await;
+    let upstream = MockUpstream::start().await.unwrap();
+    let config = format!(
+        "[providers.first]\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmax_retries = 0\n\n\
+         [providers.second]\nkind = \"openai\"\nbase_url = \"{}\"\n\n\
+         [aliases]\nchain = [\"first:a\", \"second:mock-model\"]\n",
+        failing.url(),
+        upstream.base_url()
+    );
+    let served = Served::start(&config, &[]).await;
+    let response = chat(&reqwest::Client::new(), &served.url, "chain")
+        .header("x-request-id", "trace-4711")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "trace-4711");
+    let log = served.log_with("falling back").await;
+    let line = log
+        .lines()
+        .find(|line| line.contains("falling back"))
+        .unwrap();
+    assert!(line.contains("request_id=trace-4711"), "{line}");
+}
+
 /// `freehold serve` raises its soft limit on open files to the hard one:
 /// each connection, client or upstream, is a file.
 #[tokio::test]

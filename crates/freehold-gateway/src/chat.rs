@@ -302,7 +302,7 @@ fn apply_privacy(
     let decision = gateway
         .privacy
         .decide(request, privacy_header, local_only_key);
-    decision.log(&accounting.request_id);
+    decision.log();
     accounting.privacy = decision.audit_line();
     accounting.body_has_findings = decision
         .reasons()

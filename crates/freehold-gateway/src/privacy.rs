@@ -525,14 +525,13 @@ impl Decision {
 
     /// Writes the decision to the log: [`Decision::Pass`] at debug level,
     /// the others at info, as the secret-free line of [`fmt::Display`].
-    /// `request_id` names the request it was made for, as its answer's
-    /// headers and its ledger line do.
-    pub fn log(&self, request_id: &crate::request_id::RequestId) {
+    /// The gateway calls it inside the request's `request` span, whose
+    /// `request_id` names the request as its answer's headers and its
+    /// ledger line do.
+    pub fn log(&self) {
         match self {
-            Decision::Pass => {
-                tracing::debug!(%request_id, outcome = self.outcome(), "{self}")
-            }
-            _ => tracing::info!(%request_id, outcome = self.outcome(), "{self}"),
+            Decision::Pass => tracing::debug!(outcome = self.outcome(), "{self}"),
+            _ => tracing::info!(outcome = self.outcome(), "{self}"),
         }
     }
 }

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
+use tracing::Instrument;
 
 use crate::error::{GatewayError, Protocol};
 use crate::request_id::{Arrival, RESPONSE_HEADERS};
@@ -107,8 +108,13 @@ async fn front_door(
     let mut response = match web_page_refusal(&gateway, &request) {
         Some(refusal) => refusal,
         None => {
+            // What is logged while the handler runs (the router's
+            // fallbacks, a replica taken out, a privacy decision) names
+            // the request. At warn level so that it is there at the
+            // default log level; a span costs no line of its own.
+            let span = tracing::warn_span!("request", request_id = %arrival.id);
             request.extensions_mut().insert(arrival);
-            next.run(request).await
+            next.run(request).instrument(span).await
         }
     };
     let headers = response.headers_mut();

@@ -418,7 +418,7 @@ async fn admit_embeddings(
         gateway
             .privacy
             .decide(&as_chat, privacy_header(gateway, headers)?, local_only_key);
-    decision.log(&accounting.request_id);
+    decision.log();
     accounting.privacy = decision.audit_line();
     let mut narrowed = None;
     match decision {
