@@ -52,6 +52,7 @@ fn weather_tool() -> ToolSpec {
             },
             "required": ["city"]
         }),
+        strict: false,
     }
 }
 
@@ -67,6 +68,7 @@ fn read_tool() -> ToolSpec {
             },
             "required": ["path"]
         }),
+        strict: false,
     }
 }
 

@@ -45,6 +45,7 @@ fn read_tool() -> ToolSpec {
         name: "read".into(),
         description: "Read a file".into(),
         parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+        strict: false,
     }
 }
 
@@ -612,7 +613,9 @@ async fn structured_output_streams_the_forced_tool_input_as_text() {
         sent["tools"],
         json!([{"name": "answer",
                 "description": "Give the final answer by calling this tool; its input is the answer.",
-                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}])
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+                // The format was strict, so the tool is too.
+                "strict": true}])
     );
     assert_eq!(
         sent["tool_choice"],

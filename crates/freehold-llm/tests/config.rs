@@ -362,6 +362,7 @@ fn tool_request(model: &str) -> ChatRequest {
         name: "read".into(),
         description: "Read a file".into(),
         parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+        strict: false,
     }];
     request
 }

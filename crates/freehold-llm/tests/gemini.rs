@@ -54,6 +54,7 @@ fn read_tool() -> ToolSpec {
             "properties": {"path": {"type": "string", "default": "."}},
             "required": ["path"]
         }),
+        strict: false,
     }
 }
 
@@ -405,11 +406,13 @@ async fn request_body_is_encoded_field_by_field() {
             name: "grep".into(),
             description: String::new(),
             parameters: json!({"type": "object", "properties": {"q": {"type": "string", "format": "regex"}}}),
+            strict: false,
         },
         ToolSpec {
             name: "now".into(),
             description: "The time".into(),
             parameters: json!({"type": "object", "properties": {}}),
+            strict: false,
         },
     ];
     req.tool_choice = ToolChoice::Tool {

@@ -58,6 +58,7 @@ fn tool(name: &str) -> ToolSpec {
         name: name.into(),
         description: format!("The {name} tool"),
         parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+        strict: false,
     }
 }
 

@@ -37,6 +37,7 @@ fn read_tool() -> ToolSpec {
         name: "read".into(),
         description: "Read a file".into(),
         parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+        strict: false,
     }
 }
 

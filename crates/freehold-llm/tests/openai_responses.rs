@@ -40,6 +40,7 @@ fn read_tool() -> ToolSpec {
         name: "read".into(),
         description: "Read a file".into(),
         parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+        strict: false,
     }
 }
 
@@ -48,6 +49,7 @@ fn grep_tool() -> ToolSpec {
         name: "grep".into(),
         description: String::new(),
         parameters: json!({"type": "object", "properties": {"pattern": {"type": "string"}}}),
+        strict: false,
     }
 }
 

@@ -23,6 +23,7 @@ fn tool(name: &str, properties: Value) -> ToolSpec {
         name: name.into(),
         description: format!("The {name} tool."),
         parameters: json!({"type": "object", "properties": properties}),
+        strict: false,
     }
 }
 

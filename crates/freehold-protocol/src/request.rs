@@ -119,6 +119,11 @@ pub struct ToolSpec {
     pub description: String,
     /// A JSON Schema (an `object` schema) for its arguments.
     pub parameters: serde_json::Value,
+    /// The client asked the provider to hold the model's arguments to
+    /// `parameters` exactly (`strict` in OpenAI's and Anthropic's tool
+    /// definitions). Providers that have no such mode leave it aside.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
 }
 
 /// Whether and which tool the model must call.

@@ -34,7 +34,7 @@ impl Tool for ApplyPatch {
                 "properties": {"patch": {"type": "string"}},
                 "required": ["patch"],
                 "additionalProperties": false
-            }),
+            }), strict: false,
         }
     }
 

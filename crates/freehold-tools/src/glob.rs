@@ -41,7 +41,7 @@ impl Tool for Glob {
                 },
                 "required": ["pattern"],
                 "additionalProperties": false
-            }),
+            }), strict: false,
         }
     }
 

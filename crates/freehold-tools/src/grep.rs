@@ -68,7 +68,7 @@ impl Tool for Grep {
                 },
                 "required": ["pattern"],
                 "additionalProperties": false
-            }),
+            }), strict: false,
         }
     }
 

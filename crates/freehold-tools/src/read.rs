@@ -53,7 +53,7 @@ impl Tool for Read {
                 },
                 "required": ["path"],
                 "additionalProperties": false
-            }),
+            }), strict: false,
         }
     }
 

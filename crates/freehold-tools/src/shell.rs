@@ -61,7 +61,7 @@ impl Tool for Shell {
                 },
                 "required": ["command"],
                 "additionalProperties": false
-            }),
+            }), strict: false,
         }
     }
 

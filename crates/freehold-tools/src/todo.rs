@@ -42,7 +42,7 @@ impl Tool for Todo {
                 },
                 "required": ["todos"],
                 "additionalProperties": false
-            }),
+            }), strict: false,
         }
     }
 

@@ -34,7 +34,7 @@ impl Tool for Write {
                 },
                 "required": ["path", "content"],
                 "additionalProperties": false
-            }),
+            }), strict: false,
         }
     }
 

@@ -771,6 +771,7 @@ mod tests {
                 name: "read".into(),
                 description: String::new(),
                 parameters: serde_json::json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+                strict: false,
             }],
         };
         let mut output = Output::new(&stop, &constraint);
@@ -798,6 +799,7 @@ mod tests {
                 name: "read".into(),
                 description: String::new(),
                 parameters: serde_json::json!({"type": "object"}),
+                strict: false,
             }],
         };
         let stop: Vec<String> = Vec::new();

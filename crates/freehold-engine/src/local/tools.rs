@@ -442,6 +442,7 @@ mod tests {
                 "properties": {"path": {"type": "string"}},
                 "required": ["path"]
             }),
+            strict: false,
         }
     }
 

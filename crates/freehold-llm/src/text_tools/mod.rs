@@ -27,6 +27,7 @@
 //!     name: "read".into(),
 //!     description: "Reads a file".into(),
 //!     parameters: serde_json::json!({"type": "object"}),
+//!     strict: false,
 //! }];
 //! let text = "Let me look.\n<tool_call>\n{\"name\": \"read\", \"arguments\": {\"path\": \"a.rs\"}}\n</tool_call>";
 //! let recovered = recover(text, &tools).unwrap();
@@ -133,6 +134,7 @@ mod tests {
             name: "read".into(),
             description: "Reads a file".into(),
             parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+            strict: false,
         }]
     }
 

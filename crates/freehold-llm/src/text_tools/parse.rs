@@ -578,6 +578,7 @@ mod tests {
             name: name.into(),
             description: String::new(),
             parameters: json!({"type": "object", "properties": properties}),
+            strict: false,
         }
     }
 

@@ -430,6 +430,7 @@ mod tests {
                 name: name.into(),
                 description: String::new(),
                 parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+                strict: false,
             })
             .collect()
     }

@@ -302,6 +302,9 @@ pub struct WireTool {
     /// A prompt-caching breakpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<Value>,
+    /// Strict tool use: the input is held to `input_schema` exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
     /// Other fields (the parameters of Anthropic-defined tools, such as
     /// `max_uses`), passed through.
     #[serde(flatten)]
@@ -785,6 +788,7 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
             description: (!tool.description.is_empty()).then(|| tool.description.clone()),
             input_schema: tool.parameters.clone(),
             cache_control: None,
+            strict: tool.strict.then_some(true),
             extra: serde_json::Map::new(),
         })
         .collect();
@@ -812,14 +816,16 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
     });
 
     if let (Some(name), Some(format)) = (&structured, &request.response_format) {
-        let (schema, description) = match format {
-            ResponseFormat::JsonSchema { schema, .. } => (
+        let (schema, description, strict) = match format {
+            ResponseFormat::JsonSchema { schema, strict, .. } => (
                 schema.clone(),
                 "Give the final answer by calling this tool; its input is the answer.",
+                *strict,
             ),
             ResponseFormat::JsonObject => (
                 json!({"type": "object"}),
                 "Give the final answer by calling this tool with the answer as a JSON object.",
+                false,
             ),
         };
         tools.push(WireTool {
@@ -828,6 +834,8 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
             description: Some(description.to_owned()),
             input_schema: schema,
             cache_control: None,
+            // A strict schema stays strict: the answer is the tool's input.
+            strict: strict.then_some(true),
             extra: serde_json::Map::new(),
         });
         let caller_tools = !request.tools.is_empty();
@@ -1579,6 +1587,7 @@ mod tests {
             name: "read".into(),
             description: String::new(),
             parameters: json!({"type": "object"}),
+            strict: false,
         }];
         request.tool_choice = choice;
         request

@@ -554,7 +554,7 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
                     name: tool.name.clone(),
                     description: (!tool.description.is_empty()).then(|| tool.description.clone()),
                     parameters: Some(tool.parameters.clone()),
-                    strict: None,
+                    strict: tool.strict.then_some(true),
                 },
             })
             .collect()

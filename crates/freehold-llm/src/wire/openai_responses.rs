@@ -971,7 +971,9 @@ pub fn encode_request(request: &ChatRequest, stream: bool) -> ResponsesRequest {
                 name: tool.name.clone(),
                 description: (!tool.description.is_empty()).then(|| tool.description.clone()),
                 parameters: Some(tool.parameters.clone()),
-                strict: Some(false),
+                // Said either way: left out, the Responses API takes a
+                // function as strict, which Chat Completions does not.
+                strict: Some(tool.strict),
                 format: None,
                 tools: None,
             })

@@ -141,6 +141,7 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
                 name: tool.name,
                 description: tool.description.unwrap_or_default(),
                 parameters: tool.input_schema,
+                strict: tool.strict == Some(true),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

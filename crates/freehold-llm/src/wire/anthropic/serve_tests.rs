@@ -18,6 +18,7 @@ fn tool(name: &str) -> ToolSpec {
         name: name.into(),
         description: format!("The {name} tool"),
         parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+        strict: false,
     }
 }
 
@@ -1010,4 +1011,20 @@ fn a_clients_cache_marks_are_kept_as_the_requests_prompt_cache() {
     body["messages"][2]["content"][0]["cache_control"] = json!({"type": "ephemeral"});
     let (request, _) = decode_json(body).unwrap();
     assert_eq!(request.prompt_cache, Some(json!({"type": "ephemeral"})));
+}
+
+/// Strict tool use is read from an Anthropic client's tool definitions.
+#[test]
+fn strict_tools_are_read() {
+    let (request, _) = decode_json(json!({
+        "model": "claude-x", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "x"}],
+        "tools": [
+            {"name": "weather", "input_schema": {"type": "object"}, "strict": true},
+            {"name": "time", "input_schema": {"type": "object"}},
+        ],
+    }))
+    .unwrap();
+    let strict: Vec<bool> = request.tools.iter().map(|tool| tool.strict).collect();
+    assert_eq!(strict, [true, false]);
 }

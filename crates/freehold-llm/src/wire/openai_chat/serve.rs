@@ -120,6 +120,7 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
                     .function
                     .parameters
                     .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+                strict: tool.function.strict == Some(true),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

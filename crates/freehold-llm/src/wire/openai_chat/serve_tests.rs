@@ -16,6 +16,7 @@ fn tool(name: &str) -> ToolSpec {
         name: name.into(),
         description: format!("The {name} tool"),
         parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+        strict: false,
     }
 }
 
@@ -637,4 +638,43 @@ fn keepalives_are_comments_that_clients_skip() {
     assert!(frames.last().unwrap().is_done());
     let back = replay(&frames, ChunkDecoder::new("p")).unwrap();
     assert_eq!(back, response);
+}
+
+/// A client's `strict` reaches the providers that have the mode, in their
+/// own field, and a tool the client did not mark stays as it was.
+#[test]
+fn a_strict_tool_stays_strict_in_every_protocol_that_has_the_mode() {
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
+        "required": ["city"], "additionalProperties": false});
+    let (request, _) = decode_json(json!({
+        "model": "m", "messages": [{"role": "user", "content": "x"}],
+        "tools": [
+            {"type": "function", "function": {"name": "weather", "parameters": schema, "strict": true}},
+            {"type": "function", "function": {"name": "time", "parameters": schema}},
+        ],
+    }))
+    .unwrap();
+    let strict: Vec<bool> = request.tools.iter().map(|tool| tool.strict).collect();
+    assert_eq!(strict, [true, false]);
+
+    let chat = serde_json::to_value(encode_request(&request, Dialect::default(), false)).unwrap();
+    assert_eq!(chat["tools"][0]["function"]["strict"], true);
+    assert!(chat["tools"][1]["function"].get("strict").is_none());
+
+    let responses = serde_json::to_value(crate::wire::openai_responses::encode_request(
+        &request, false,
+    ))
+    .unwrap();
+    assert_eq!(responses["tools"][0]["strict"], true);
+    // Said, since the Responses API takes a function as strict when it is
+    // left out.
+    assert_eq!(responses["tools"][1]["strict"], false);
+
+    let anthropic = serde_json::to_value(crate::wire::anthropic::encode_request(
+        &request,
+        crate::wire::anthropic::EncodeOptions::default(),
+    ))
+    .unwrap();
+    assert_eq!(anthropic["tools"][0]["strict"], true);
+    assert!(anthropic["tools"][1].get("strict").is_none());
 }

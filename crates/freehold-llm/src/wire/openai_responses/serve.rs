@@ -301,6 +301,7 @@ impl ToolNames {
                 ),
                 name,
                 parameters: freeform_parameters(),
+                strict: false,
             });
         }
         Ok(ToolSpec {
@@ -309,6 +310,10 @@ impl ToolNames {
             parameters: tool
                 .parameters
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            // Left out, OpenAI's own default is strict; taken as not strict
+            // here, so that a schema strict mode would refuse still works
+            // on every provider (as it did before the flag was carried).
+            strict: tool.strict == Some(true),
         })
     }
 }

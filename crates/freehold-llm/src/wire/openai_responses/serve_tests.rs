@@ -18,6 +18,7 @@ fn tool(name: &str) -> ToolSpec {
         name: name.into(),
         description: format!("The {name} tool"),
         parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+        strict: false,
     }
 }
 
@@ -1321,4 +1322,23 @@ fn keepalives_begin_the_answer_then_repeat_in_progress_until_it_ends() {
         },
         response
     );
+}
+
+/// A Responses function is strict only when the client says so: OpenAI's
+/// own default (strict) would refuse schemas that every other provider
+/// takes.
+#[test]
+fn functions_are_strict_only_when_the_client_says_so() {
+    let strict_of = |strict: Value| {
+        let mut tool = json!({"type": "function", "name": "f", "parameters": {"type": "object"}});
+        if !strict.is_null() {
+            tool["strict"] = strict;
+        }
+        let (request, _) =
+            decode_json(json!({"model": "m", "input": "x", "tools": [tool]})).unwrap();
+        request.tools[0].strict
+    };
+    assert!(strict_of(json!(true)));
+    assert!(!strict_of(json!(false)));
+    assert!(!strict_of(Value::Null));
 }
