@@ -788,6 +788,15 @@ pub fn classify_status(status: u16, headers: &HeaderMap, message: &str) -> Error
         // messages, which llama.cpp's server reports as its own failure:
         // asking again, or another replica of the same model, cannot help.
         500 if is_template_refusal(message) => ErrorKind::InvalidRequest,
+        // Ollama refuses a prompt longer than `num_ctx` (when told not to
+        // cut it) as its own failure: "the input length exceeds the context
+        // length". Asking again as it is cannot help.
+        500 if message
+            .to_ascii_lowercase()
+            .contains("input length exceeds the context length") =>
+        {
+            context_length_kind(message)
+        }
         401 => ErrorKind::Authentication,
         402 | 403 => ErrorKind::Permission,
         404 => ErrorKind::NotFound,
@@ -1038,6 +1047,14 @@ mod tests {
             ErrorKind::InvalidRequest
         );
         assert_eq!(classify_status(502, &none, refusal), ErrorKind::Server);
+        // Ollama's refusal of a prompt over num_ctx with truncation off.
+        assert_eq!(
+            classify_status(500, &none, "the input length exceeds the context length"),
+            ErrorKind::ContextLengthExceeded {
+                needed: None,
+                allowed: None
+            }
+        );
         assert_eq!(
             classify_status(500, &none, "failed to load the system message cache"),
             ErrorKind::Server

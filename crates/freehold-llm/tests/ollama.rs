@@ -310,7 +310,7 @@ async fn a_line_that_is_not_json_is_a_server_error() {
 }
 
 #[tokio::test]
-async fn num_ctx_grows_with_the_request() {
+async fn num_ctx_grows_with_the_request_and_never_shrinks() {
     let server = MockServer::start(vec![Scripted::ndjson(&text_stream(), Split::Whole)]).await;
     let client = client(&server);
 
@@ -321,17 +321,23 @@ async fn num_ctx_grows_with_the_request() {
     let long = ChatRequest::new(MODEL, vec![Message::user("x".repeat(200_000 - 8))]);
     assert_eq!(long.estimated_input_tokens(), 50_000);
     let _ = drain(client.stream(long.clone()).await.unwrap()).await;
-    // With max_tokens 1000: 62_500 + 1000 = 63_500, rounded up to 65_536.
+    // With max_tokens 1000: 62_500 + 1000 = 63_500 would need 65_536, but
+    // a smaller num_ctx than the last one would make Ollama reload the
+    // model: it stays at 131_072, and so does a short request after it.
     let mut limited = long;
     limited.max_tokens = Some(1000);
     let _ = drain(client.stream(limited).await.unwrap()).await;
+    let _ = drain(client.stream(request()).await.unwrap()).await;
 
     let bodies: Vec<Value> = server.requests().iter().map(|r| r.json()).collect();
     assert_eq!(bodies[0]["options"]["num_ctx"], 8192);
     assert_eq!(bodies[1]["options"]["num_ctx"], 131_072);
     assert_eq!(bodies[1]["options"]["num_predict"], 4096);
-    assert_eq!(bodies[2]["options"]["num_ctx"], 65_536);
+    assert_eq!(bodies[2]["options"]["num_ctx"], 131_072);
     assert_eq!(bodies[2]["options"]["num_predict"], 1000);
+    assert_eq!(bodies[3]["options"]["num_ctx"], 131_072);
+    // Never truncated silently: a prompt that does not fit is an error.
+    assert!(bodies.iter().all(|body| body["truncate"] == false));
 }
 
 #[tokio::test]
@@ -610,7 +616,15 @@ async fn every_error_status_maps_to_its_kind() {
         assert_eq!(error.message, message);
         let error = client.complete(request()).await.unwrap_err();
         assert_eq!(error.kind, kind, "status {status} (complete)");
-        assert_eq!(server.requests().len(), 2, "no retry without a policy");
+        // A prompt that did not fit is asked once more at the model's
+        // limit (here the policy's 131_072), where the next request then
+        // starts; nothing else is retried.
+        let sends = if matches!(kind, ErrorKind::ContextLengthExceeded { .. }) {
+            3
+        } else {
+            2
+        };
+        assert_eq!(server.requests().len(), sends, "no retry without a policy");
     }
 }
 
@@ -959,4 +973,60 @@ async fn defaults_and_capabilities() {
     assert_eq!(client.settings().num_ctx, NumCtxPolicy::default());
     let caps = client.capabilities(MODEL);
     assert!(caps.streaming && caps.tools && caps.structured_output && caps.reasoning);
+}
+
+/// `think` goes only to models that can think (Ollama refuses it with a 400
+/// elsewhere, and clients such as Claude Code ask for thinking whatever the
+/// model), as an effort level for gpt-oss.
+#[tokio::test]
+async fn think_is_sent_as_each_model_takes_it() {
+    let gpt_oss = Scripted::json(
+        200,
+        json!({
+            "details": {"format": "gguf", "family": "gptoss"},
+            "model_info": {"general.architecture": "gptoss", "gptoss.context_length": 131_072},
+            "capabilities": ["completion", "tools", "thinking"]
+        }),
+    );
+    let cases = [(show(32_768), None), (gpt_oss, Some(json!("high")))];
+    for (show, think) in cases {
+        let server =
+            MockServer::start(vec![show, Scripted::ndjson(&text_stream(), Split::Whole)]).await;
+        let client = probing_client(&server);
+        let mut thinking = request();
+        thinking.reasoning = Some(ReasoningEffort::High);
+        let _ = drain(client.stream(thinking).await.unwrap()).await;
+        let chat = server.requests()[1].json();
+        assert_eq!(chat.get("think"), think.as_ref(), "{chat}");
+    }
+}
+
+/// The context is sized from an estimate; when Ollama still finds the
+/// prompt too long (`truncate` is off, so it says so instead of cutting the
+/// conversation), the request is sent once more at the model's limit, and
+/// later requests stay at that size.
+#[tokio::test]
+async fn a_prompt_ollama_finds_too_long_is_asked_again_at_the_models_limit() {
+    let too_long = Scripted::json(
+        500,
+        json!({"error": "the input length exceeds the context length"}),
+    );
+    let server = MockServer::start(vec![
+        show(32_768),
+        too_long,
+        Scripted::ndjson(&text_stream(), Split::Whole),
+    ])
+    .await;
+    let client = probing_client(&server);
+    let (events, error) = drain(client.stream(request()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert!(!events.is_empty());
+    let _ = drain(client.stream(request()).await.unwrap()).await;
+
+    let requests = server.requests();
+    let num_ctx: Vec<Value> = requests[1..]
+        .iter()
+        .map(|request| request.json()["options"]["num_ctx"].clone())
+        .collect();
+    assert_eq!(num_ctx, [json!(8192), json!(32_768), json!(32_768)]);
 }

@@ -16,8 +16,8 @@ use crate::http::Transport;
 use crate::provider::{EventStream, Provider, check_embed_request};
 use crate::wire::embeddings::{self, OllamaEmbedResponse};
 use crate::wire::ollama::{
-    self, ChatLineDecoder, ContextSize, KeepAlive, NumCtxPolicy, ShowRequest, ShowResponse,
-    TagsResponse, WireChatResponse,
+    self, ChatLineDecoder, ContextSize, KeepAlive, ModelFacts, NumCtxPolicy, ShowRequest,
+    ShowResponse, TagsResponse, WireChatResponse,
 };
 
 /// What an [`OllamaClient`] does beyond the HTTP options.
@@ -61,9 +61,14 @@ pub struct OllamaClient {
     settings: OllamaSettings,
     transport: Transport,
     headers: HeaderMap,
-    /// Trained context of each model asked about (`None`: the server did
-    /// not say), shared by clones.
-    contexts: Arc<Mutex<HashMap<String, Option<u32>>>>,
+    /// What `/api/show` said about each model asked about, shared by
+    /// clones.
+    facts: Arc<Mutex<HashMap<String, ModelFacts>>>,
+    /// The largest `num_ctx` sent for each model, shared by clones: a
+    /// smaller one would make Ollama reload the model (it does whenever
+    /// `num_ctx` changes), so a short request after a long one is sent at
+    /// the long one's size.
+    largest_num_ctx: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl OllamaClient {
@@ -99,7 +104,8 @@ impl OllamaClient {
             settings,
             transport,
             headers,
-            contexts: Arc::new(Mutex::new(HashMap::new())),
+            facts: Arc::new(Mutex::new(HashMap::new())),
+            largest_num_ctx: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -116,7 +122,17 @@ impl OllamaClient {
     /// The request failed (unknown model, server unreachable…); failures are
     /// not cached.
     pub async fn context_length(&self, model: &str) -> Result<Option<u32>, LlmError> {
-        if let Some(known) = self.cached_context(model) {
+        Ok(self.model_facts(model).await?.context_length)
+    }
+
+    /// What `POST /api/show` says about `model` ([`ModelFacts`]). Each model
+    /// is asked about once; answers are cached.
+    ///
+    /// # Errors
+    /// The request failed (unknown model, server unreachable…); failures are
+    /// not cached.
+    pub async fn model_facts(&self, model: &str) -> Result<ModelFacts, LlmError> {
+        if let Some(known) = self.cached_facts(model) {
             return Ok(known);
         }
         let body = serde_json::to_value(ShowRequest {
@@ -137,18 +153,30 @@ impl OllamaClient {
                 format!("unexpected /api/show answer: {error}"),
             )
         })?;
-        let context = show.context_length();
-        if let Ok(mut contexts) = self.contexts.lock() {
-            contexts.insert(model.to_owned(), context);
+        let facts = show.facts();
+        if let Ok(mut known) = self.facts.lock() {
+            known.insert(model.to_owned(), facts);
         }
-        Ok(context)
+        Ok(facts)
     }
 
-    fn cached_context(&self, model: &str) -> Option<Option<u32>> {
-        self.contexts
+    fn cached_facts(&self, model: &str) -> Option<ModelFacts> {
+        self.facts
             .lock()
             .ok()
-            .and_then(|contexts| contexts.get(model).copied())
+            .and_then(|known| known.get(model).copied())
+    }
+
+    /// `num_ctx` raised to the largest sent for `model` so far, within
+    /// `limit`; remembered as the largest when it is.
+    fn never_smaller(&self, model: &str, num_ctx: u32, limit: u32) -> u32 {
+        let Ok(mut largest) = self.largest_num_ctx.lock() else {
+            return num_ctx;
+        };
+        let sent = largest.entry(model.to_owned()).or_insert(num_ctx);
+        let num_ctx = num_ctx.max((*sent).min(limit));
+        *sent = (*sent).max(num_ctx);
+        num_ctx
     }
 
     /// The `num_ctx` and `num_predict` this client sends with `request`: see
@@ -188,28 +216,88 @@ impl OllamaClient {
         } else {
             None
         };
-        ollama::size_context(request, &self.settings.num_ctx, model_context).map_err(|overflow| {
-            self.transport
-                .error(overflow.kind(), format!("`{}`: {overflow}", request.model))
-        })
+        let mut size = ollama::size_context(request, &self.settings.num_ctx, model_context)
+            .map_err(|overflow| {
+                self.transport
+                    .error(overflow.kind(), format!("`{}`: {overflow}", request.model))
+            })?;
+        let limit = self.context_limit(model_context);
+        size.num_ctx = self.never_smaller(&request.model, size.num_ctx, limit);
+        Ok(size)
     }
 
-    /// Sizes the context, then encodes the body.
-    async fn body(
+    /// The most `num_ctx` may be: the model's trained context, else the
+    /// policy's cap.
+    fn context_limit(&self, model_context: Option<u32>) -> u32 {
+        model_context
+            .filter(|context| *context > 0)
+            .unwrap_or(self.settings.num_ctx.max)
+    }
+
+    fn encode(
         &self,
         request: &ChatRequest,
+        size: ContextSize,
         stream: bool,
     ) -> Result<serde_json::Value, LlmError> {
-        let size = self.size_context(request).await?;
         let mut body = ollama::encode_request(request, size, stream).map_err(|error| {
             self.transport
                 .error(ErrorKind::InvalidRequest, error.to_string())
         })?;
         body.keep_alive = self.settings.keep_alive.clone().map(KeepAlive::Duration);
+        // Known only when `/api/show` was asked (probe_context): otherwise
+        // `think` is sent as the request asks.
+        if let Some(facts) = self.cached_facts(&request.model) {
+            body.think = facts.think(request.reasoning);
+        }
         serde_json::to_value(&body).map_err(|error| {
             self.transport
                 .error(ErrorKind::InvalidRequest, error.to_string())
         })
+    }
+
+    /// Sends a chat body; when Ollama says the prompt does not fit a
+    /// `num_ctx` below the model's limit (the size is an estimate, and
+    /// `truncate` is off), sends it once more at the limit.
+    async fn send(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<crate::http::Response, LlmError> {
+        let size = self.size_context(request).await?;
+        let chat_url = self.options.url("/api/chat");
+        let url = &chat_url;
+        let post = |body: serde_json::Value| async move {
+            if stream {
+                self.transport.post_json(url, &self.headers, &body).await
+            } else {
+                self.transport
+                    .post_json_whole(url, &self.headers, &body)
+                    .await
+            }
+        };
+        let first = post(self.encode(request, size, stream)?).await;
+        let model_context = self
+            .cached_facts(&request.model)
+            .and_then(|facts| facts.context_length);
+        let limit = self.context_limit(model_context);
+        match first {
+            Err(error)
+                if matches!(error.kind, ErrorKind::ContextLengthExceeded { .. })
+                    && size.num_ctx < limit =>
+            {
+                tracing::debug!(
+                    provider = %self.options.name,
+                    model = %request.model,
+                    num_ctx = size.num_ctx,
+                    limit,
+                    "the prompt did not fit the estimated context; asking at the model's limit"
+                );
+                let num_ctx = self.never_smaller(&request.model, limit, limit);
+                post(self.encode(request, ContextSize { num_ctx, ..size }, stream)?).await
+            }
+            other => other,
+        }
     }
 }
 
@@ -231,11 +319,7 @@ impl Provider for OllamaClient {
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        let body = self.body(&request, true).await?;
-        let response = self
-            .transport
-            .post_json(&self.options.url("/api/chat"), &self.headers, &body)
-            .await?;
+        let response = self.send(&request, true).await?;
         let lines = self.transport.ndjson_stream(response);
         Ok(self
             .transport
@@ -243,11 +327,7 @@ impl Provider for OllamaClient {
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = self.body(&request, false).await?;
-        let response = self
-            .transport
-            .post_json_whole(&self.options.url("/api/chat"), &self.headers, &body)
-            .await?;
+        let response = self.send(&request, false).await?;
         let json = self.transport.read_json(response).await?;
         if let Some(error) = ollama::error_in(&self.options.name, &json) {
             return Err(self.transport.redact_error(error));
@@ -289,7 +369,9 @@ impl Provider for OllamaClient {
                 ModelInfo {
                     // Known only for models already asked about: one
                     // /api/show per model would make listing slow.
-                    context_window: self.cached_context(&id).flatten(),
+                    context_window: self
+                        .cached_facts(&id)
+                        .and_then(|facts| facts.context_length),
                     id,
                     provider: self.options.name.clone(),
                     max_output_tokens: None,

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
-    ResponseFormat, Role, StopReason, ToolCall, ToolChoice, ToolSpec, Usage,
+    ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice, ToolSpec, Usage,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -83,11 +83,7 @@ const INPUT_MARGIN_NUM: u64 = 5;
 const INPUT_MARGIN_DEN: u64 = 4;
 
 /// A request that does not fit the model's context, found before sending it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the request needs about {needed} tokens (its estimated prompt with a 25% margin, plus room \
-     for the answer) but the context allows at most {allowed}"
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContextOverflow {
     /// Tokens the request needs: estimated prompt with its margin plus the
     /// answer's room (`max_tokens` when the request sets it, else the
@@ -95,6 +91,33 @@ pub struct ContextOverflow {
     pub needed: u64,
     /// Tokens the model (or the policy's cap) allows.
     pub allowed: u64,
+    /// The request's `max_tokens`, when it set one.
+    pub max_tokens: Option<u64>,
+}
+
+impl std::error::Error for ContextOverflow {}
+
+impl std::fmt::Display for ContextOverflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (needed, allowed) = (self.needed, self.allowed);
+        match self.max_tokens {
+            // The prompt fits and the answer's room does not: in Anthropic's
+            // words, which Claude Code answers by asking again with a
+            // smaller max_tokens (compacting would not help).
+            Some(answer) if needed - answer <= allowed => write!(
+                f,
+                "input length and `max_tokens` exceed context limit: {} + {answer} > {allowed}, \
+                 decrease input length or `max_tokens` and try again (the input length is an \
+                 estimate with a 25% margin)",
+                needed - answer
+            ),
+            _ => write!(
+                f,
+                "the request needs about {needed} tokens (its estimated prompt with a 25% margin, \
+                 plus room for the answer) but the context allows at most {allowed}"
+            ),
+        }
+    }
 }
 
 impl ContextOverflow {
@@ -153,7 +176,11 @@ pub fn size_context(
         Some(max_tokens) => {
             let needed = input.saturating_add(u64::from(max_tokens));
             if needed > allowed {
-                return Err(ContextOverflow { needed, allowed });
+                return Err(ContextOverflow {
+                    needed,
+                    allowed,
+                    max_tokens: Some(u64::from(max_tokens)),
+                });
             }
             u64::from(max_tokens)
         }
@@ -164,6 +191,7 @@ pub fn size_context(
                 return Err(ContextOverflow {
                     needed: input.saturating_add(floor),
                     allowed,
+                    max_tokens: None,
                 });
             }
             room.min(u64::from(policy.default_output))
@@ -217,6 +245,13 @@ pub struct WireChatRequest {
     /// `"high"` for models that take one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub think: Option<Think>,
+    /// Whether Ollama may drop the start of a prompt longer than `num_ctx`
+    /// (its default). Always sent as `false`: the context is sized for the
+    /// request, so a prompt that still does not fit (the size is an
+    /// estimate) must be an error, not a conversation silently cut.
+    /// Servers older than the field ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<bool>,
 }
 
 fn default_stream() -> bool {
@@ -471,7 +506,64 @@ pub struct ShowResponse {
     pub parameters: Option<String>,
 }
 
+/// What `/api/show` says about a model that changes how it is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelFacts {
+    /// The context it was trained with ([`ShowResponse::context_length`]).
+    pub context_length: Option<u32>,
+    /// Whether it can think: `capabilities` lists `thinking`. `None` when
+    /// the server lists no capabilities (older servers).
+    pub can_think: Option<bool>,
+    /// Whether its `think` takes a level (`"low"`…`"high"`) instead of a
+    /// boolean: gpt-oss, the one family Ollama lets (and needs to) choose
+    /// its effort. Ollama refuses a level for any other model.
+    pub takes_think_level: bool,
+}
+
+impl ModelFacts {
+    /// The `think` to send for `effort` (the request's reasoning): none for a
+    /// model that cannot think (Ollama refuses `think` with a 400 there, and
+    /// clients such as Claude Code ask for thinking whatever the model), the
+    /// effort's level for gpt-oss, else `true`.
+    pub fn think(&self, effort: Option<ReasoningEffort>) -> Option<Think> {
+        let effort = effort?;
+        if self.can_think == Some(false) {
+            return None;
+        }
+        if self.takes_think_level {
+            let level = match effort {
+                ReasoningEffort::Minimal | ReasoningEffort::Low => "low",
+                ReasoningEffort::Medium => "medium",
+                ReasoningEffort::High => "high",
+            };
+            return Some(Think::Level(level.to_owned()));
+        }
+        Some(Think::Enabled(true))
+    }
+}
+
 impl ShowResponse {
+    /// What changes how the model is asked.
+    pub fn facts(&self) -> ModelFacts {
+        let architecture = self
+            .model_info
+            .as_ref()
+            .and_then(|info| info.get("general.architecture"))
+            .and_then(Value::as_str);
+        let family = self
+            .details
+            .as_ref()
+            .and_then(|details| details.family.as_deref());
+        ModelFacts {
+            context_length: self.context_length(),
+            can_think: self
+                .capabilities
+                .as_ref()
+                .map(|capabilities| capabilities.iter().any(|c| c == "thinking")),
+            takes_think_level: [architecture, family].contains(&Some("gptoss")),
+        }
+    }
+
     /// The context the model was trained with: `<arch>.context_length`,
     /// where `<arch>` is `general.architecture`, else any
     /// `*.context_length` entry.
@@ -566,6 +658,7 @@ pub fn encode_request(
         stream,
         keep_alive: None,
         think: request.reasoning.map(|_| Think::Enabled(true)),
+        truncate: Some(false),
     })
 }
 
@@ -1071,7 +1164,8 @@ mod tests {
             size_context(&request, &policy, Some(12_700)),
             Err(ContextOverflow {
                 needed: 12_756,
-                allowed: 12_700
+                allowed: 12_700,
+                max_tokens: None,
             })
         );
         // Exactly the floor is enough.
@@ -1084,7 +1178,8 @@ mod tests {
             size_context(&request, &policy, Some(8192)),
             Err(ContextOverflow {
                 needed: 12_756,
-                allowed: 8192
+                allowed: 8192,
+                max_tokens: None,
             })
         );
         // A default answer under the floor is the floor.
@@ -1100,7 +1195,8 @@ mod tests {
             size_context(&request, &small, Some(12_599)),
             Err(ContextOverflow {
                 needed: 12_600,
-                allowed: 12_599
+                allowed: 12_599,
+                max_tokens: None,
             })
         );
     }
@@ -1115,7 +1211,8 @@ mod tests {
             size_context(&request, &policy, Some(16_384)),
             Err(ContextOverflow {
                 needed: 16_596,
-                allowed: 16_384
+                allowed: 16_384,
+                max_tokens: Some(4096),
             })
         );
         assert_eq!(
@@ -1140,7 +1237,8 @@ mod tests {
             size_context(&request, &policy, None),
             Err(ContextOverflow {
                 needed: 16_596,
-                allowed: 16_384
+                allowed: 16_384,
+                max_tokens: Some(4096),
             })
         );
         assert_eq!(
@@ -1152,6 +1250,7 @@ mod tests {
         let error = ContextOverflow {
             needed: 2,
             allowed: 1,
+            max_tokens: None,
         };
         assert_eq!(
             error.kind(),
@@ -1163,6 +1262,71 @@ mod tests {
         assert!(
             error.to_string().contains("needs about 2 tokens"),
             "{error}"
+        );
+    }
+
+    /// A prompt that fits with a max_tokens that does not is refused in
+    /// Anthropic's words, with the numbers the gateway and Claude Code read.
+    #[test]
+    fn a_max_tokens_that_does_not_fit_is_said_to_be_the_cause() {
+        let mut request = request_of_bytes(40_000);
+        request.max_tokens = Some(32_000);
+        let error = size_context(&request, &NumCtxPolicy::default(), Some(32_768)).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with(
+                "input length and `max_tokens` exceed context limit: 12500 + 32000 > 32768"
+            ),
+            "{message}"
+        );
+        assert_eq!(
+            crate::http::input_and_output_over_context(&message),
+            Some((12_500, 32_000, 32_768))
+        );
+        // The prompt alone too long: the usual words.
+        let error = size_context(&request, &NumCtxPolicy::default(), Some(8192)).unwrap_err();
+        assert!(error.to_string().contains("needs about"), "{error}");
+    }
+
+    #[test]
+    fn think_is_sent_as_the_model_takes_it() {
+        let show = |json: Value| {
+            serde_json::from_value::<ShowResponse>(json)
+                .unwrap()
+                .facts()
+        };
+        let plain = show(json!({"capabilities": ["completion", "tools"],
+            "model_info": {"general.architecture": "llama", "llama.context_length": 131072}}));
+        assert_eq!(plain.context_length, Some(131_072));
+        assert_eq!(plain.can_think, Some(false));
+        assert_eq!(plain.think(Some(ReasoningEffort::High)), None);
+        let qwen3 = show(json!({"capabilities": ["completion", "thinking"],
+            "model_info": {"general.architecture": "qwen3"}}));
+        assert_eq!(
+            qwen3.think(Some(ReasoningEffort::High)),
+            Some(Think::Enabled(true))
+        );
+        assert_eq!(qwen3.think(None), None);
+        let gpt_oss = show(json!({"capabilities": ["completion", "tools", "thinking"],
+            "model_info": {"general.architecture": "gptoss"}, "details": {"family": "gptoss"}}));
+        let level = |effort| gpt_oss.think(Some(effort));
+        assert_eq!(
+            level(ReasoningEffort::Minimal),
+            Some(Think::Level("low".into()))
+        );
+        assert_eq!(
+            level(ReasoningEffort::Medium),
+            Some(Think::Level("medium".into()))
+        );
+        assert_eq!(
+            level(ReasoningEffort::High),
+            Some(Think::Level("high".into()))
+        );
+        // A server that lists no capabilities: asked as before.
+        let old = show(json!({"model_info": {"general.architecture": "llama"}}));
+        assert_eq!(
+            old.think(Some(ReasoningEffort::Low)),
+            Some(Think::Enabled(true))
         );
     }
 
