@@ -241,6 +241,18 @@ impl SseDecoder {
                 self.has_data = true;
             }
             b"id" if !value.contains('\0') => self.id = Some(value.into_owned()),
+            // Not a field of the standard, but llama.cpp's server sent its
+            // in-stream errors so until late 2025 (`error: {…}`, then
+            // `data: [DONE]`): read as an `error` event, rather than lost
+            // and the stream taken for one cut short.
+            b"error" => {
+                self.event = "error".to_owned();
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(&value);
+                self.has_data = true;
+            }
             _ => {} // `retry:` and unknown fields are ignored.
         }
         Ok(())

@@ -497,6 +497,28 @@ async fn error_object_mid_stream_is_reported() {
     assert!(error.message.contains("upstream overloaded"));
 }
 
+/// llama.cpp's server wrote its in-stream errors as an `error:` line of
+/// their own, then `data: [DONE]`, until late 2025: still read as the
+/// error it is (here, a prompt over the context), not as a stream cut off.
+#[tokio::test]
+async fn an_older_llama_server_error_line_is_read() {
+    let error = json!({"code": 400, "type": "exceed_context_size_error",
+        "message": "the request exceeds the available context size, try increasing it"});
+    let text = format!(
+        "{}error: {error}\n\ndata: [DONE]\n\n",
+        sse_text(&[("", &chunk(json!({"content": "par"}), None))])
+    );
+    let server = MockServer::start(vec![Scripted::sse(&text, Split::Every(7))]).await;
+    let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    assert_eq!(text_of(&events), "par");
+    let error = error.unwrap();
+    assert!(
+        matches!(error.kind, ErrorKind::ContextLengthExceeded { .. }),
+        "{error:?}"
+    );
+    assert!(error.message.contains("available context size"), "{error}");
+}
+
 #[tokio::test]
 async fn text_that_mentions_error_is_text_and_a_finish_reason_of_error_is_read() {
     // The decoder reads chunks straight into their type unless the text may

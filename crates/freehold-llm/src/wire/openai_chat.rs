@@ -918,6 +918,15 @@ impl WireDecoder<SseEvent> for ChunkDecoder {
         if data.is_empty() {
             return Ok(Decoded::More);
         }
+        if event.event == "error" {
+            // An error event's data is the error itself, or wraps it.
+            let value: Value =
+                serde_json::from_str(data).unwrap_or_else(|_| json!({"message": data}));
+            return Err(stream_error(
+                &self.provider,
+                value.get("error").unwrap_or(&value),
+            ));
+        }
         // Most chunks are straight into the typed form. Only text that may
         // hold an `"error"` key (a quote inside a JSON string is escaped,
         // so content cannot fake one) goes through a `Value` first to look.
