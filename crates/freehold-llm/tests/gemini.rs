@@ -437,10 +437,14 @@ async fn request_body_is_encoded_field_by_field() {
     client(&server).complete(req).await.unwrap();
     let body = server.requests()[0].json();
 
-    // All system messages go to systemInstruction, in order.
+    // All system messages go to systemInstruction, in order; Gemini 2.5
+    // refuses a JSON answer beside tools, so it is asked for there too.
     assert_eq!(
         body["systemInstruction"],
-        json!({"parts": [{"text": "Rule one."}, {"text": "Rule two."}]})
+        json!({"parts": [{"text": "Rule one."}, {"text": "Rule two."}, {"text":
+            "Give your final answer as one JSON value that matches this JSON Schema, and nothing \
+             else:\n{\"additionalProperties\":false,\"properties\":{\"a\":{\"type\":\"integer\"}},\
+             \"required\":[\"a\"],\"type\":\"object\"}"}]})
     );
     let contents = body["contents"].as_array().unwrap();
     assert_eq!(contents.len(), 3, "{contents:#?}");
@@ -461,8 +465,10 @@ async fn request_body_is_encoded_field_by_field() {
         json!({"role": "model", "parts": [
             {"text": "Two files.", "thought": true},
             {"text": "Reading."},
-            {"functionCall": {"name": "read", "args": {"path": "a.json"}}, "thoughtSignature": "U0lHLTE="},
-            {"functionCall": {"name": "grep", "args": {"q": "fn"}}}
+            // Ids not made up here go back (Gemini 3 gives each call one).
+            {"functionCall": {"id": "call_0_x", "name": "read", "args": {"path": "a.json"}},
+             "thoughtSignature": "U0lHLTE="},
+            {"functionCall": {"id": "call_1_y", "name": "grep", "args": {"q": "fn"}}}
         ]})
     );
     // Both results and the next user text share one user turn; results are
@@ -470,8 +476,8 @@ async fn request_body_is_encoded_field_by_field() {
     assert_eq!(
         contents[2],
         json!({"role": "user", "parts": [
-            {"functionResponse": {"name": "read", "response": {"lines": 3}}},
-            {"functionResponse": {"name": "grep", "response": {"error": "no such file"}}},
+            {"functionResponse": {"id": "call_0_x", "name": "read", "response": {"lines": 3}}},
+            {"functionResponse": {"id": "call_1_y", "name": "grep", "response": {"error": "no such file"}}},
             {"text": "And now?"}
         ]})
     );
@@ -494,15 +500,12 @@ async fn request_body_is_encoded_field_by_field() {
         body["generationConfig"],
         json!({
             "stopSequences": ["END"],
-            "responseMimeType": "application/json",
-            "responseSchema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
             "maxOutputTokens": 256,
             "temperature": 0.5,
             "topP": 0.9,
             "topK": 40,
             "seed": 42,
-            "presencePenalty": 0.25,
-            "frequencyPenalty": 0.5,
+            // Penalties: Gemini 2.5 refuses them.
             "thinkingConfig": {"thinkingBudget": 8192, "includeThoughts": true}
         })
     );
@@ -529,6 +532,8 @@ async fn tool_choice_modes_and_json_object_format() {
         );
     }
     req.response_format = Some(ResponseFormat::JsonObject);
+    // Gemini 3 takes a JSON answer beside tools (2.5 gets it in words).
+    req.model = "gemini-3-flash-preview".into();
     let body = serde_json::to_value(encode_request(&req)).unwrap();
     assert_eq!(
         body["generationConfig"],

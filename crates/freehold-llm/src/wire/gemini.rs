@@ -33,7 +33,7 @@ use crate::sse::SseEvent;
 
 mod schema;
 
-pub use schema::sanitize_schema;
+pub use schema::{fits_the_dialect, sanitize_schema};
 
 /// The public endpoint of the Gemini API.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
@@ -156,7 +156,8 @@ pub struct FileData {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionCall {
-    /// An id, which the Gemini API leaves out (the Live API sets it).
+    /// An id: Gemini 3 gives every call one, and wants it back on the call
+    /// and on its result; earlier models leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// The function's name.
@@ -523,22 +524,31 @@ pub fn model_resource(model: &str) -> String {
 ///
 /// Knowing deviations: `parallel_tool_calls` is not sent (Gemini has no such
 /// switch); the seed is folded into Gemini's int32 range; schemas are
-/// sanitized ([`sanitize_schema`]); a tool without parameters gets no
-/// `parameters` (Gemini rejects an object schema with no properties).
+/// sanitized ([`sanitize_schema`]), or sent in JSON Schema form when the
+/// sanitized one would still be refused ([`fits_the_dialect`]); a tool
+/// without parameters gets no `parameters` (Gemini rejects an object schema
+/// with no properties); presence and frequency penalties reach Gemini 1.x
+/// and 2.0 only (later models refuse any but zero); a JSON answer asked for
+/// beside tools is asked for in the system instruction before Gemini 3
+/// (earlier models refuse the two together).
 pub fn encode_request(request: &ChatRequest) -> GenerateContentRequest {
-    let (system_instruction, contents) = encode_contents(&request.messages, &request.model);
+    let (mut system_instruction, contents) = encode_contents(&request.messages, &request.model);
     let tools = (!request.tools.is_empty()).then(|| {
         vec![Tool {
             function_declarations: Some(
                 request
                     .tools
                     .iter()
-                    .map(|tool| FunctionDeclaration {
-                        name: tool.name.clone(),
-                        description: (!tool.description.is_empty())
-                            .then(|| tool.description.clone()),
-                        parameters: function_parameters(&tool.parameters),
-                        parameters_json_schema: None,
+                    .map(|tool| {
+                        let (parameters, parameters_json_schema) =
+                            function_parameters(&tool.parameters);
+                        FunctionDeclaration {
+                            name: tool.name.clone(),
+                            description: (!tool.description.is_empty())
+                                .then(|| tool.description.clone()),
+                            parameters,
+                            parameters_json_schema,
+                        }
                     })
                     .collect(),
             ),
@@ -559,20 +569,50 @@ pub fn encode_request(request: &ChatRequest) -> GenerateContentRequest {
             }),
         }
     });
-    let (response_mime_type, response_schema) = match &request.response_format {
-        None => (None, None),
-        Some(ResponseFormat::JsonObject) => (Some("application/json".to_owned()), None),
-        Some(ResponseFormat::JsonSchema { schema, .. }) => (
-            Some("application/json".to_owned()),
-            Some(sanitize_schema(schema)),
-        ),
+    let generation = Generation::of(&request.model);
+    let json_beside_tools = tools.is_some() && !generation.json_with_tools;
+    let (response_mime_type, response_schema, response_json_schema) = match &request.response_format
+    {
+        None => (None, None, None),
+        Some(format) if json_beside_tools => {
+            // Asked for in words: the model still sees the tools.
+            let instruction = json_answer_instruction(format);
+            let system = system_instruction.get_or_insert_with(|| Content {
+                role: None,
+                parts: Vec::new(),
+            });
+            system.parts.push(Part::text(&instruction));
+            (None, None, None)
+        }
+        Some(ResponseFormat::JsonObject) => (Some("application/json".to_owned()), None, None),
+        Some(ResponseFormat::JsonSchema { schema, .. }) => {
+            let sanitized = sanitize_schema(schema);
+            let (dialect, json) = if fits_the_dialect(&sanitized) {
+                (Some(sanitized), None)
+            } else {
+                (None, Some(schema::json_schema_form(schema)))
+            };
+            (Some("application/json".to_owned()), dialect, json)
+        }
     };
     let sampling = &request.sampling;
+    let penalty = |value: Option<f32>| match value {
+        Some(value) if generation.penalties || value == 0.0 => Some(widen(value)),
+        Some(value) => {
+            tracing::debug!(
+                model = %request.model,
+                value,
+                "this Gemini model refuses penalties; left out"
+            );
+            None
+        }
+        None => None,
+    };
     let generation_config = GenerationConfig {
         stop_sequences: (!request.stop.is_empty()).then(|| request.stop.clone()),
         response_mime_type,
         response_schema,
-        response_json_schema: None,
+        response_json_schema,
         candidate_count: None,
         max_output_tokens: request.max_tokens,
         temperature: sampling.temperature.map(widen),
@@ -583,8 +623,8 @@ pub fn encode_request(request: &ChatRequest) -> GenerateContentRequest {
         seed: sampling
             .seed
             .map(|seed| i64::try_from(seed & 0x7fff_ffff).unwrap_or_default()),
-        presence_penalty: sampling.presence_penalty.map(widen),
-        frequency_penalty: sampling.frequency_penalty.map(widen),
+        presence_penalty: penalty(sampling.presence_penalty),
+        frequency_penalty: penalty(sampling.frequency_penalty),
         thinking_config: request.reasoning.map(|effort| ThinkingConfig {
             thinking_budget: Some(
                 i32::try_from(request.reasoning_budget.unwrap_or(effort.budget_tokens()))
@@ -611,8 +651,52 @@ fn widen(value: f32) -> f64 {
     value.to_string().parse().unwrap_or(f64::from(value))
 }
 
-/// A tool's `parameters`: sanitized, and left out when the tool takes none.
-fn function_parameters(schema: &Value) -> Option<Value> {
+/// What a Gemini model accepts that others of the family do not, from its
+/// name. Names that say no version (`gemini-flash-latest`) are taken as
+/// the newest: aliases move forward.
+#[derive(Debug, Clone, Copy)]
+struct Generation {
+    /// Presence and frequency penalties (1.x and 2.0; later models refuse
+    /// any but zero: "Penalty is not enabled for models/…").
+    penalties: bool,
+    /// A JSON answer (`responseMimeType`) together with tools (Gemini 3;
+    /// earlier models refuse "Function calling with a response mime type").
+    json_with_tools: bool,
+    /// Each turn's function calls must carry a thought signature (Gemini 3;
+    /// a conversation without one is refused).
+    signed_calls: bool,
+}
+
+impl Generation {
+    fn of(model: &str) -> Self {
+        let model = model.to_ascii_lowercase();
+        let before_3 = model.contains("gemini-1") || model.contains("gemini-2");
+        let penalties = model.contains("gemini-1") || model.contains("gemini-2.0");
+        Self {
+            penalties,
+            json_with_tools: !before_3,
+            signed_calls: !before_3 && model.contains("gemini"),
+        }
+    }
+}
+
+/// The system instruction's words for a JSON answer asked for beside tools.
+fn json_answer_instruction(format: &ResponseFormat) -> String {
+    match format {
+        ResponseFormat::JsonObject => {
+            "Give your final answer as one JSON object and nothing else.".to_owned()
+        }
+        ResponseFormat::JsonSchema { schema, .. } => format!(
+            "Give your final answer as one JSON value that matches this JSON Schema, and \
+             nothing else:\n{schema}"
+        ),
+    }
+}
+
+/// A tool's `parameters` (sanitized) or `parametersJsonSchema` (when the
+/// sanitized form would be refused), both left out when the tool takes
+/// none.
+fn function_parameters(schema: &Value) -> (Option<Value>, Option<Value>) {
     let sanitized = sanitize_schema(schema);
     let no_properties = sanitized
         .get("properties")
@@ -623,9 +707,11 @@ fn function_parameters(schema: &Value) -> Option<Value> {
         .and_then(Value::as_str)
         .is_none_or(|kind| kind.eq_ignore_ascii_case("object"));
     if is_object && no_properties && sanitized.get("anyOf").is_none() {
-        None
+        (None, None)
+    } else if fits_the_dialect(&sanitized) {
+        (Some(sanitized), None)
     } else {
-        Some(sanitized)
+        (None, Some(schema::json_schema_form(schema)))
     }
 }
 
@@ -637,7 +723,7 @@ fn encode_contents(messages: &[Message], model: &str) -> (Option<Content>, Vec<C
         .flat_map(|message| message.tool_calls())
         .map(|call| (call.id.as_str(), call.name.as_str()))
         .collect();
-    let needs_signatures = model.contains("gemini-3");
+    let needs_signatures = Generation::of(model).signed_calls;
     let mut system = Vec::new();
     let mut contents: Vec<Content> = Vec::new();
     for message in messages {
@@ -685,7 +771,7 @@ fn user_parts(content: &[ContentPart], names: &HashMap<&str, &str>) -> Vec<Part>
             ContentPart::Image { source } => Some(image_part(source)),
             ContentPart::ToolResult(result) => Some(Part {
                 function_response: Some(FunctionResponse {
-                    id: None,
+                    id: issued_id(&result.call_id),
                     // A result whose call is not in the conversation keeps
                     // its id as the name: the best guess left.
                     name: names
@@ -723,7 +809,7 @@ fn model_parts(content: &[ContentPart], needs_signatures: bool) -> Vec<Part> {
             ContentPart::Image { source } => parts.push(image_part(source)),
             ContentPart::ToolCall(call) => parts.push(Part {
                 function_call: Some(FunctionCall {
-                    id: None,
+                    id: issued_id(&call.id),
                     name: call.name.clone(),
                     args: Some(call_args(&call.arguments)),
                 }),
@@ -779,6 +865,28 @@ fn model_parts(content: &[ContentPart], needs_signatures: bool) -> Vec<Part> {
         first.thought_signature = Some(SKIP_SIGNATURE_VALIDATION.into());
     }
     parts
+}
+
+/// A call's id to send back: Gemini 3 gives each call one and wants it on
+/// the call and on its result (which is how two results of one function
+/// are told apart). Ids made up here for calls that came without one
+/// ([`generated_call_id`]) are not sent.
+fn issued_id(id: &str) -> Option<String> {
+    (!id.is_empty() && !is_generated_call_id(id)).then(|| id.to_owned())
+}
+
+/// Whether `id` has the shape of [`generated_call_id`]'s ids.
+fn is_generated_call_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("call_") else {
+        return false;
+    };
+    let Some((index, suffix)) = rest.split_once('_') else {
+        return false;
+    };
+    !index.is_empty()
+        && index.bytes().all(|byte| byte.is_ascii_digit())
+        && suffix.len() == 12
+        && suffix.bytes().all(|byte| byte.is_ascii_alphanumeric())
 }
 
 /// A call's arguments as the object Gemini wants. Arguments that are not a
@@ -1088,6 +1196,7 @@ fn preview(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use freehold_protocol::{ToolCall, ToolSpec};
 
     #[test]
     fn a_named_thinking_budget_is_sent_as_asked() {
@@ -1110,15 +1219,147 @@ mod tests {
     fn tools_without_parameters_send_none() {
         assert_eq!(
             function_parameters(&json!({"type": "object", "properties": {}})),
-            None
+            (None, None)
         );
-        assert_eq!(function_parameters(&json!({})), None);
+        assert_eq!(function_parameters(&json!({})), (None, None));
         assert!(
             function_parameters(
                 &json!({"type": "object", "properties": {"a": {"type": "string"}}})
             )
+            .0
             .is_some()
         );
+    }
+
+    /// Schemas the dialect cannot say (a dictionary, an array without
+    /// `items`, a tuple) go as JSON Schema, whole; the others as before.
+    #[test]
+    fn schemas_the_dialect_cannot_say_go_as_json_schema() {
+        let plain = json!({"type": "object", "properties": {
+            "paths": {"type": "array", "items": {"type": "string"}}}, "required": ["paths"]});
+        let (dialect, json_form) = function_parameters(&plain);
+        assert!(dialect.is_some() && json_form.is_none());
+        for property in [
+            json!({"type": "object", "additionalProperties": {"type": "string"}}),
+            json!({"type": "array"}),
+            json!({"type": "array", "prefixItems": [{"type": "string"}, {"type": "number"}]}),
+            json!({"type": ["string", "array"]}),
+        ] {
+            let schema = json!({"$schema": "http://json-schema.org/draft-07/schema#",
+                "type": "object", "properties": {"x": property}});
+            let (dialect, json_form) = function_parameters(&schema);
+            assert_eq!(dialect, None, "{schema}");
+            let json_form = json_form.unwrap();
+            assert_eq!(json_form["properties"]["x"], property);
+            assert!(json_form.get("$schema").is_none());
+        }
+        // The same for a response schema.
+        let mut request = ChatRequest::new("gemini-2.5-flash", vec![Message::user("Hi")]);
+        request.response_format = Some(ResponseFormat::JsonSchema {
+            name: "answer".into(),
+            schema: json!({"type": "object", "properties": {
+                "scores": {"type": "object", "additionalProperties": {"type": "number"}}}}),
+            strict: false,
+        });
+        let config = encode_request(&request).generation_config.unwrap();
+        assert!(config.response_schema.is_none());
+        assert!(config.response_json_schema.is_some());
+    }
+
+    /// What each generation refuses is left out or said otherwise.
+    #[test]
+    fn penalties_and_json_beside_tools_follow_the_models_generation() {
+        let mut request = ChatRequest::new("gemini-2.5-flash", vec![Message::user("Hi")]);
+        request.sampling.presence_penalty = Some(0.5);
+        request.sampling.frequency_penalty = Some(0.0);
+        request.tools = vec![ToolSpec {
+            name: "read".into(),
+            description: String::new(),
+            parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+            strict: false,
+        }];
+        request.response_format = Some(ResponseFormat::JsonObject);
+        let body = serde_json::to_value(encode_request(&request)).unwrap();
+        let config = &body["generationConfig"];
+        assert!(config.get("presencePenalty").is_none(), "{config}");
+        assert_eq!(config["frequencyPenalty"], 0.0);
+        assert!(config.get("responseMimeType").is_none(), "{config}");
+        let system = body["systemInstruction"]["parts"].to_string();
+        assert!(system.contains("one JSON object"), "{system}");
+
+        request.model = "gemini-2.0-flash".into();
+        let body = serde_json::to_value(encode_request(&request)).unwrap();
+        assert_eq!(body["generationConfig"]["presencePenalty"], 0.5);
+
+        request.model = "gemini-3-pro-preview".into();
+        let body = serde_json::to_value(encode_request(&request)).unwrap();
+        assert_eq!(
+            body["generationConfig"]["responseMimeType"],
+            "application/json"
+        );
+        assert!(body.get("systemInstruction").is_none());
+    }
+
+    /// Gemini 3's call ids go back on the call and on its result; ids made
+    /// up for calls that had none do not.
+    #[test]
+    fn call_ids_gemini_gave_are_sent_back() {
+        let made_up = generated_call_id(0);
+        let request = ChatRequest::new(
+            "gemini-3-flash-preview",
+            vec![
+                Message::user("Read both"),
+                Message {
+                    role: Role::Assistant,
+                    content: vec![
+                        ContentPart::ToolCall(ToolCall::new("k3x9q2", "read", r#"{"path":"a"}"#)),
+                        ContentPart::ToolCall(ToolCall::new(&made_up, "read", r#"{"path":"b"}"#)),
+                    ],
+                },
+                Message::tool_result(&made_up, "b's text"),
+                Message::tool_result("k3x9q2", "a's text"),
+            ],
+        );
+        let body = serde_json::to_value(encode_request(&request)).unwrap();
+        let calls = &body["contents"][1]["parts"];
+        assert_eq!(calls[0]["functionCall"]["id"], "k3x9q2");
+        assert!(calls[1]["functionCall"].get("id").is_none());
+        let results = &body["contents"][2]["parts"];
+        assert!(results[0]["functionResponse"].get("id").is_none());
+        assert_eq!(results[1]["functionResponse"]["id"], "k3x9q2");
+        assert!(!is_generated_call_id("call_abc"));
+        assert!(is_generated_call_id(&made_up));
+    }
+
+    /// Names without a version are aliases of the newest models, whose
+    /// calls must be signed.
+    #[test]
+    fn unversioned_names_get_signed_calls() {
+        for (model, signed) in [
+            ("gemini-flash-latest", true),
+            ("gemini-3-pro-preview", true),
+            ("gemini-2.5-flash", false),
+            ("gemini-1.5-pro", false),
+        ] {
+            let request = ChatRequest::new(
+                model,
+                vec![
+                    Message::user("Read"),
+                    Message {
+                        role: Role::Assistant,
+                        content: vec![ContentPart::ToolCall(ToolCall::new("c1", "read", "{}"))],
+                    },
+                    Message::tool_result("c1", "text"),
+                ],
+            );
+            let body = serde_json::to_value(encode_request(&request)).unwrap();
+            let call = &body["contents"][1]["parts"][0];
+            assert_eq!(
+                call.get("thoughtSignature").is_some(),
+                signed,
+                "{model}: {call}"
+            );
+        }
     }
 
     #[test]

@@ -36,6 +36,57 @@ const SCHEMA_FORMATS: &[&str] = &["enum", "date-time", "float", "double", "int32
 /// How many `$ref`s deep a recursive schema is expanded.
 const MAX_REF_DEPTH: usize = 3;
 
+/// Whether a sanitized schema is one Gemini's dialect takes: no array
+/// without `items` (a bare `"type": "array"`, a tuple's `prefixItems`, the
+/// array member of `"type": ["string", "array"]`) and, below the top, no
+/// object without `properties` (a dictionary's `additionalProperties`, a
+/// recursion cut short). Gemini refuses the whole request for either
+/// ("items: missing field", "properties: should be non-empty for OBJECT
+/// type"); such a schema is sent in JSON Schema form instead.
+pub fn fits_the_dialect(sanitized: &Value) -> bool {
+    fits(sanitized, true)
+}
+
+fn fits(node: &Value, top: bool) -> bool {
+    let Value::Object(node) = node else {
+        return true;
+    };
+    let kind = node.get("type").and_then(Value::as_str);
+    let properties = node.get("properties").and_then(Value::as_object);
+    match kind {
+        Some(kind) if kind.eq_ignore_ascii_case("array") && node.get("items").is_none() => {
+            return false;
+        }
+        Some(kind)
+            if kind.eq_ignore_ascii_case("object")
+                && !top
+                && properties.is_none_or(Map::is_empty)
+                && node.get("anyOf").is_none() =>
+        {
+            return false;
+        }
+        _ => {}
+    }
+    let children_fit =
+        properties.is_none_or(|properties| properties.values().all(|schema| fits(schema, false)));
+    let items_fit = node.get("items").is_none_or(|items| fits(items, false));
+    let members_fit = node
+        .get("anyOf")
+        .and_then(Value::as_array)
+        .is_none_or(|members| members.iter().all(|member| fits(member, top)));
+    children_fit && items_fit && members_fit
+}
+
+/// A client's JSON Schema as Gemini's `parametersJsonSchema` and
+/// `responseJsonSchema` take it: as it is, without the `$schema` key.
+pub(crate) fn json_schema_form(schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    if let Value::Object(object) = &mut schema {
+        object.remove("$schema");
+    }
+    schema
+}
+
 /// Rewrites a JSON Schema into the subset Gemini accepts:
 /// - local `$ref`s (`#/$defs/…`, `#/definitions/…`) are inlined, recursive
 ///   ones three levels deep (then an untyped object);
