@@ -341,7 +341,8 @@ impl GatewayError {
                 // phrasing of the real APIs (Claude Code looks for "prompt
                 // is too long"), and an engine's message may name a model
                 // file's path on this machine.
-                let over = freehold_llm::http::input_and_output_over_context(&error.message);
+                let over = freehold_llm::http::input_and_output_over_context(&error.message)
+                    .or_else(|| freehold_llm::http::max_tokens_over_context(&error.message));
                 let message = match (needed, allowed) {
                     // Anthropic's refusal of a prompt that fits but whose
                     // max_tokens does not, which Claude Code answers by
@@ -376,6 +377,20 @@ impl GatewayError {
                 "request_too_large",
                 error.message.clone(),
             ),
+            // A prompt that fits with a max_tokens that does not (vLLM's
+            // "'max_tokens' … is too large"): in Anthropic's words, which
+            // Claude Code, sending 32,000 by default, answers by asking
+            // again with less. Not a context-length error: a shorter
+            // conversation would be refused again.
+            ErrorKind::InvalidRequest
+                if let Some((input, output, limit)) =
+                    freehold_llm::http::max_tokens_over_context(&error.message) =>
+            {
+                Self::bad_request(format!(
+                    "input length and `max_tokens` exceed context limit: {input} + {output} > \
+                     {limit}, decrease input length or `max_tokens` and try again"
+                ))
+            }
             ErrorKind::InvalidRequest => Self::bad_request(error.message.clone()),
             // 529 is Anthropic's status for it, which its SDKs know as
             // overloaded (and retry); OpenAI's clients know 503.
@@ -522,6 +537,24 @@ mod tests {
             sent.contains("this model's maximum context length is"),
             "{sent}"
         );
+
+        // vLLM's refusal of a max_tokens that does not fit goes on in
+        // Anthropic's words, still an invalid request (not a full context).
+        let vllm = "'max_tokens' or 'max_completion_tokens' is too large: 32000. This model's \
+                    maximum context length is 40960 tokens and your request has 12000 input \
+                    tokens (32000 > 40960 - 12000). (parameter=max_tokens, value=32000)";
+        let refused = LlmError::new(
+            freehold_llm::http::classify_status(400, &Default::default(), vllm),
+            "vllm",
+            vllm,
+        );
+        let sent = GatewayError::upstream(&refused);
+        assert_eq!(
+            sent.message,
+            "input length and `max_tokens` exceed context limit: 12000 + 32000 > 40960, \
+             decrease input length or `max_tokens` and try again"
+        );
+        assert_eq!(sent.openai_code(), None);
 
         // Anthropic's prompt-plus-max_tokens refusal goes on in its own
         // words, which Claude Code answers by lowering max_tokens.

@@ -903,6 +903,49 @@ pub fn input_and_output_over_context(message: &str) -> Option<(u64, u64, u64)> {
     Some((input, output, limit))
 }
 
+/// The prompt, answer and context sizes of an OpenAI-compatible server's
+/// refusal of a request whose prompt fits but whose `max_tokens` does not:
+/// vLLM's "'max_tokens' or 'max_completion_tokens' is too large: 16384.
+/// This model's maximum context length is 32768 tokens and your request has
+/// 20000 input tokens (16384 > 32768 - 20000)", or the older "This model's
+/// maximum context length is 32768 tokens. However, you requested 36384
+/// tokens (20000 in the messages, 16384 in the completion)". `None` when
+/// the message is neither, or when the prompt alone is over the limit
+/// (then only a shorter conversation helps).
+pub fn max_tokens_over_context(message: &str) -> Option<(u64, u64, u64)> {
+    let number_after = |needle: &str| -> Option<u64> {
+        let (_, rest) = message.split_once(needle)?;
+        let digits: String = rest
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let limit = number_after("maximum context length is")?;
+    let (input, output) = if let Some(output) = number_after("is too large:") {
+        (number_after("your request has")?, output)
+    } else {
+        let (_, counts) = message.split_once("tokens (")?;
+        let input: u64 = counts
+            .split_once(" in the messages")?
+            .0
+            .trim()
+            .parse()
+            .ok()?;
+        let output: u64 = counts
+            .split_once("in the messages, ")?
+            .1
+            .split_once(" in the completion")?
+            .0
+            .trim()
+            .parse()
+            .ok()?;
+        (input, output)
+    };
+    (input <= limit && input.saturating_add(output) > limit).then_some((input, output, limit))
+}
+
 /// Google's `RetryInfo` in an error body:
 /// `{"error":{"details":[{"@type":"…RetryInfo","retryDelay":"37s"}]}}`.
 pub fn retry_delay_in_body(body: &str) -> Option<Duration> {
@@ -1047,6 +1090,32 @@ mod tests {
             ErrorKind::InvalidRequest
         );
         assert_eq!(classify_status(502, &none, refusal), ErrorKind::Server);
+        // vLLM's refusal of a max_tokens that does not fit, new and old.
+        assert_eq!(
+            max_tokens_over_context(
+                "'max_tokens' or 'max_completion_tokens' is too large: 16384. This model's \
+                 maximum context length is 65536 tokens and your request has 52189 input tokens \
+                 (16384 > 65536 - 52189). (parameter=max_tokens, value=16384)"
+            ),
+            Some((52_189, 16_384, 65_536))
+        );
+        assert_eq!(
+            max_tokens_over_context(
+                "This model's maximum context length is 32768 tokens. However, you requested \
+                 36384 tokens (20000 in the messages, 16384 in the completion). Please reduce \
+                 the length of the messages or completion."
+            ),
+            Some((20_000, 16_384, 32_768))
+        );
+        // The prompt alone too long: not a max_tokens problem.
+        assert_eq!(
+            max_tokens_over_context(
+                "This model's maximum context length is 32768 tokens. However, you requested \
+                 40384 tokens (40000 in the messages, 384 in the completion)."
+            ),
+            None
+        );
+        assert_eq!(max_tokens_over_context("prompt is too long"), None);
         // Ollama's refusal of a prompt over num_ctx with truncation off.
         assert_eq!(
             classify_status(500, &none, "the input length exceeds the context length"),
