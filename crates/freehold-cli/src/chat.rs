@@ -189,7 +189,8 @@ struct Style {
 
 impl Style {
     fn detect() -> Self {
-        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let color = std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
         Self { color }
     }
 

@@ -138,7 +138,7 @@ fn init_logging(verbose: u8, serving: bool) {
     // Colours only for a person at a terminal: a log piped to a file or to
     // journald must not be full of escape codes.
     let colours = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colours)

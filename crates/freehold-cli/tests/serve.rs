@@ -325,11 +325,11 @@ async fn an_upstream_error_that_echoes_the_prompt_keeps_it_out_of_the_log() {
     }
 }
 
-/// A line the router writes while it handles a request (here: the first
-/// target of a fallback chain failed) names the request by the id its
+/// The lines of a request, the router's (here: the first target of a
+/// fallback chain failed) and the one it ends with, name it by the id its
 /// client got back.
 #[tokio::test]
-async fn the_routers_fallback_line_names_the_request() {
+async fn a_requests_log_lines_name_it() {
     use freehold_test_support::{MockServer, Scripted};
 
     let failing = MockServer::start(vec![Scripted::json(
@@ -345,7 +345,8 @@ async fn the_routers_fallback_line_names_the_request() {
         failing.url(),
         upstream.base_url()
     );
-    let served = Served::start(&config, &[]).await;
+    // At info level, for the `request` line each request ends with.
+    let served = Served::start(&config, &["-v"]).await;
     let response = chat(&reqwest::Client::new(), &served.url, "chain")
         .header("x-request-id", "trace-4711")
         .send()
@@ -353,12 +354,11 @@ async fn the_routers_fallback_line_names_the_request() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-request-id"], "trace-4711");
-    let log = served.log_with("falling back").await;
-    let line = log
-        .lines()
-        .find(|line| line.contains("falling back"))
-        .unwrap();
-    assert!(line.contains("request_id=trace-4711"), "{line}");
+    let log = served.log_with(" request ").await;
+    for needle in ["falling back", " request "] {
+        let line = log.lines().find(|line| line.contains(needle)).unwrap();
+        assert!(line.contains("request{request_id=trace-4711}"), "{line}");
+    }
 }
 
 /// `freehold serve` raises its soft limit on open files to the hard one:

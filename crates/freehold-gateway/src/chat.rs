@@ -11,6 +11,7 @@ use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, StreamEvent, Usage,
 };
 use futures::StreamExt;
+use tracing::Instrument;
 
 use crate::auth::Caller;
 use crate::error::{GatewayError, Protocol};
@@ -677,19 +678,17 @@ pub(crate) async fn call_upstream<T>(
 /// carry no status) and other statuses are logged whole: they are the
 /// operator's to fix.
 pub(crate) fn log_upstream_failure(accounting: &Accounting, error: &LlmError, what: &'static str) {
-    let request_id = &accounting.request_id;
     let may_echo_the_request = matches!(error.status, Some(400 | 413 | 422));
     if may_echo_the_request && !accounting.gateway.settings.log_bodies {
         tracing::warn!(
-            %request_id,
             provider = %error.provider,
             kind = error.kind.name(),
             status = ?error.status,
             "{what} (what it said is logged at debug level)"
         );
-        tracing::debug!(%request_id, error = %error, "{what}");
+        tracing::debug!(error = %error, "{what}");
     } else {
-        tracing::warn!(%request_id, error = %error, "{what}");
+        tracing::warn!(error = %error, "{what}");
     }
 }
 
@@ -715,7 +714,10 @@ impl AccountedStream {
             return None;
         }
         let remaining = self.deadline.saturating_duration_since(Instant::now());
-        let next = match tokio::time::timeout(remaining, self.inner.next()).await {
+        // In the request's span: a provider may log while it streams (a
+        // replica taken out of rotation, say).
+        let in_request = self.inner.next().instrument(self.accounting.span.clone());
+        let next = match tokio::time::timeout(remaining, in_request).await {
             Ok(next) => next,
             Err(_) => {
                 let error = GatewayError::request_timeout(
@@ -760,7 +762,9 @@ impl AccountedStream {
                 Some(Ok(event))
             }
             Some(Err(error)) => {
-                log_upstream_failure(&self.accounting, &error, "upstream stream failed");
+                self.accounting.span.in_scope(|| {
+                    log_upstream_failure(&self.accounting, &error, "upstream stream failed");
+                });
                 let sent = GatewayError::upstream(&error);
                 if self.accounting.first_byte.is_none() {
                     // Refused before it answered anything (a stream that
@@ -792,8 +796,12 @@ pub(crate) struct Accounting {
     caller: Caller,
     endpoint: &'static str,
     model: String,
-    /// The request's id, for its ledger and log lines.
+    /// The request's id, for its ledger line.
     pub(crate) request_id: RequestId,
+    /// The request's span (`request{request_id=…}`, opened by the routes'
+    /// front door), entered for what is logged after the handler returned:
+    /// a stream's failures, its providers' lines, the `request` line.
+    span: tracing::Span,
     started: Instant,
     at_ms: i64,
     first_byte: Option<std::time::Duration>,
@@ -845,6 +853,7 @@ impl Accounting {
             endpoint,
             model: recorded_name(model),
             request_id: arrival.id.clone(),
+            span: tracing::Span::current(),
             started: arrival.started,
             at_ms: now_ms(),
             first_byte: None,
@@ -962,6 +971,8 @@ impl Accounting {
             return;
         }
         self.finished = true;
+        let span = self.span.clone();
+        let _in_request = span.enter();
         let gateway = &self.gateway;
         let metrics = &gateway.metrics;
         metrics.in_flight.dec();
@@ -1052,7 +1063,6 @@ impl Accounting {
             body: self.body.take(),
         };
         tracing::info!(
-            request_id = %self.request_id,
             endpoint = self.endpoint,
             model = %self.model,
             key = %key.0,

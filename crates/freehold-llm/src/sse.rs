@@ -227,19 +227,7 @@ impl SseDecoder {
         let value = String::from_utf8_lossy(value);
         match field {
             b"event" => self.event = value.into_owned(),
-            b"data" => {
-                let separator = usize::from(self.has_data);
-                if self.data.len() + separator + value.len() > self.max_event_bytes {
-                    return Err(SseLimitError::EventTooLarge {
-                        limit: self.max_event_bytes,
-                    });
-                }
-                if self.has_data {
-                    self.data.push('\n');
-                }
-                self.data.push_str(&value);
-                self.has_data = true;
-            }
+            b"data" => self.append_data(&value)?,
             b"id" if !value.contains('\0') => self.id = Some(value.into_owned()),
             // Not a field of the standard, but llama.cpp's server sent its
             // in-stream errors so until late 2025 (`error: {…}`, then
@@ -247,14 +235,26 @@ impl SseDecoder {
             // and the stream taken for one cut short.
             b"error" => {
                 self.event = "error".to_owned();
-                if self.has_data {
-                    self.data.push('\n');
-                }
-                self.data.push_str(&value);
-                self.has_data = true;
+                self.append_data(&value)?;
             }
             _ => {} // `retry:` and unknown fields are ignored.
         }
+        Ok(())
+    }
+
+    /// Adds a `data` line to the event, within the size limit.
+    fn append_data(&mut self, value: &str) -> Result<(), SseLimitError> {
+        let separator = usize::from(self.has_data);
+        if self.data.len() + separator + value.len() > self.max_event_bytes {
+            return Err(SseLimitError::EventTooLarge {
+                limit: self.max_event_bytes,
+            });
+        }
+        if self.has_data {
+            self.data.push('\n');
+        }
+        self.data.push_str(value);
+        self.has_data = true;
         Ok(())
     }
 

@@ -465,10 +465,9 @@ async fn request_body_is_encoded_field_by_field() {
         json!({"role": "model", "parts": [
             {"text": "Two files.", "thought": true},
             {"text": "Reading."},
-            // Ids not made up here go back (Gemini 3 gives each call one).
-            {"functionCall": {"id": "call_0_x", "name": "read", "args": {"path": "a.json"}},
-             "thoughtSignature": "U0lHLTE="},
-            {"functionCall": {"id": "call_1_y", "name": "grep", "args": {"q": "fn"}}}
+            // No ids: Gemini 2.5 gives calls none.
+            {"functionCall": {"name": "read", "args": {"path": "a.json"}}, "thoughtSignature": "U0lHLTE="},
+            {"functionCall": {"name": "grep", "args": {"q": "fn"}}}
         ]})
     );
     // Both results and the next user text share one user turn; results are
@@ -476,8 +475,8 @@ async fn request_body_is_encoded_field_by_field() {
     assert_eq!(
         contents[2],
         json!({"role": "user", "parts": [
-            {"functionResponse": {"id": "call_0_x", "name": "read", "response": {"lines": 3}}},
-            {"functionResponse": {"id": "call_1_y", "name": "grep", "response": {"error": "no such file"}}},
+            {"functionResponse": {"name": "read", "response": {"lines": 3}}},
+            {"functionResponse": {"name": "grep", "response": {"error": "no such file"}}},
             {"text": "And now?"}
         ]})
     );

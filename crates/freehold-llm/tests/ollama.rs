@@ -616,15 +616,15 @@ async fn every_error_status_maps_to_its_kind() {
         assert_eq!(error.message, message);
         let error = client.complete(request()).await.unwrap_err();
         assert_eq!(error.kind, kind, "status {status} (complete)");
-        // A prompt that did not fit is asked once more at the model's
-        // limit (here the policy's 131_072), where the next request then
-        // starts; nothing else is retried.
+        // A prompt that did not fit is asked once more with more context
+        // (refused again here, so the next request starts where the first
+        // did); nothing is retried by the transport without a policy.
         let sends = if matches!(kind, ErrorKind::ContextLengthExceeded { .. }) {
-            3
+            4
         } else {
             2
         };
-        assert_eq!(server.requests().len(), sends, "no retry without a policy");
+        assert_eq!(server.requests().len(), sends, "status {status}");
     }
 }
 
@@ -1003,8 +1003,8 @@ async fn think_is_sent_as_each_model_takes_it() {
 
 /// The context is sized from an estimate; when Ollama still finds the
 /// prompt too long (`truncate` is off, so it says so instead of cutting the
-/// conversation), the request is sent once more at the model's limit, and
-/// later requests stay at that size.
+/// conversation), the request is sent once more with four times the
+/// context, within the model's limit, and later requests stay at that size.
 #[tokio::test]
 async fn a_prompt_ollama_finds_too_long_is_asked_again_at_the_models_limit() {
     let too_long = Scripted::json(

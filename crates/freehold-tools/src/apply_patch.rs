@@ -34,7 +34,8 @@ impl Tool for ApplyPatch {
                 "properties": {"patch": {"type": "string"}},
                 "required": ["patch"],
                 "additionalProperties": false
-            }), strict: false,
+            }),
+            strict: false,
         }
     }
 

@@ -39,7 +39,8 @@ impl Tool for Edit {
                 },
                 "required": ["path", "old_string", "new_string"],
                 "additionalProperties": false
-            }), strict: false,
+            }),
+            strict: false,
         }
     }
 

@@ -41,7 +41,8 @@ impl Tool for Glob {
                 },
                 "required": ["pattern"],
                 "additionalProperties": false
-            }), strict: false,
+            }),
+            strict: false,
         }
     }
 

@@ -68,7 +68,8 @@ impl Tool for Grep {
                 },
                 "required": ["pattern"],
                 "additionalProperties": false
-            }), strict: false,
+            }),
+            strict: false,
         }
     }
 

@@ -53,7 +53,8 @@ impl Tool for Read {
                 },
                 "required": ["path"],
                 "additionalProperties": false
-            }), strict: false,
+            }),
+            strict: false,
         }
     }
 

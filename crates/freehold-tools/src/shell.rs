@@ -61,7 +61,8 @@ impl Tool for Shell {
                 },
                 "required": ["command"],
                 "additionalProperties": false
-            }), strict: false,
+            }),
+            strict: false,
         }
     }
 

@@ -42,7 +42,8 @@ impl Tool for Todo {
                 },
                 "required": ["todos"],
                 "additionalProperties": false
-            }), strict: false,
+            }),
+            strict: false,
         }
     }
 

@@ -34,7 +34,8 @@ impl Tool for Write {
                 },
                 "required": ["path", "content"],
                 "additionalProperties": false
-            }), strict: false,
+            }),
+            strict: false,
         }
     }
 

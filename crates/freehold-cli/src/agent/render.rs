@@ -11,7 +11,7 @@ const RESULT_LINES: usize = 4;
 /// Lines of a diff shown.
 const DIFF_LINES: usize = 40;
 
-/// ANSI styling, on when the stream is a terminal and `NO_COLOR` is unset.
+/// ANSI styling, on when the stream is a terminal and `NO_COLOR` is unset or empty.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Painter {
     color: bool,
@@ -21,14 +21,16 @@ impl Painter {
     /// Styling for standard output.
     pub(crate) fn stdout() -> Self {
         Self {
-            color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            color: std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
         }
     }
 
     /// Styling for standard error.
     pub(crate) fn stderr() -> Self {
         Self {
-            color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            color: std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
         }
     }
 

@@ -258,7 +258,10 @@ impl OllamaClient {
 
     /// Sends a chat body; when Ollama says the prompt does not fit a
     /// `num_ctx` below the model's limit (the size is an estimate, and
-    /// `truncate` is off), sends it once more at the limit.
+    /// `truncate` is off), sends it once more with four times the context
+    /// (an estimate of four bytes a token is off by at most that much, for
+    /// text of a byte a token), within the limit. The larger size is kept
+    /// for the model only once it has been answered.
     async fn send(
         &self,
         request: &ChatRequest,
@@ -286,15 +289,20 @@ impl OllamaClient {
                 if matches!(error.kind, ErrorKind::ContextLengthExceeded { .. })
                     && size.num_ctx < limit =>
             {
+                let num_ctx = size.num_ctx.saturating_mul(4).min(limit);
                 tracing::debug!(
                     provider = %self.options.name,
                     model = %request.model,
-                    num_ctx = size.num_ctx,
-                    limit,
-                    "the prompt did not fit the estimated context; asking at the model's limit"
+                    from = size.num_ctx,
+                    to = num_ctx,
+                    "the prompt did not fit the estimated context; asking again with more"
                 );
-                let num_ctx = self.never_smaller(&request.model, limit, limit);
-                post(self.encode(request, ContextSize { num_ctx, ..size }, stream)?).await
+                let answer =
+                    post(self.encode(request, ContextSize { num_ctx, ..size }, stream)?).await;
+                if answer.is_ok() {
+                    self.never_smaller(&request.model, num_ctx, limit);
+                }
+                answer
             }
             other => other,
         }

@@ -788,7 +788,11 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
             description: (!tool.description.is_empty()).then(|| tool.description.clone()),
             input_schema: tool.parameters.clone(),
             cache_control: None,
-            strict: tool.strict.then_some(true),
+            // Not sent: older Claude models and Anthropic-protocol servers
+            // of others refuse it, and a request does not say whether an
+            // Anthropic client asked (an OpenAI SDK's `parse()` asks for
+            // strict on every schema).
+            strict: None,
             extra: serde_json::Map::new(),
         })
         .collect();
@@ -816,16 +820,14 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
     });
 
     if let (Some(name), Some(format)) = (&structured, &request.response_format) {
-        let (schema, description, strict) = match format {
-            ResponseFormat::JsonSchema { schema, strict, .. } => (
+        let (schema, description) = match format {
+            ResponseFormat::JsonSchema { schema, .. } => (
                 schema.clone(),
                 "Give the final answer by calling this tool; its input is the answer.",
-                *strict,
             ),
             ResponseFormat::JsonObject => (
                 json!({"type": "object"}),
                 "Give the final answer by calling this tool with the answer as a JSON object.",
-                false,
             ),
         };
         tools.push(WireTool {
@@ -834,8 +836,7 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
             description: Some(description.to_owned()),
             input_schema: schema,
             cache_control: None,
-            // A strict schema stays strict: the answer is the tool's input.
-            strict: strict.then_some(true),
+            strict: None,
             extra: serde_json::Map::new(),
         });
         let caller_tools = !request.tools.is_empty();

@@ -587,7 +587,7 @@ pub fn encode_request(request: &ChatRequest) -> GenerateContentRequest {
         Some(ResponseFormat::JsonObject) => (Some("application/json".to_owned()), None, None),
         Some(ResponseFormat::JsonSchema { schema, .. }) => {
             let sanitized = sanitize_schema(schema);
-            let (dialect, json) = if fits_the_dialect(&sanitized) {
+            let (dialect, json) = if fits_the_dialect(&sanitized) && !is_empty_object(&sanitized) {
                 (Some(sanitized), None)
             } else {
                 (None, Some(schema::json_schema_form(schema)))
@@ -652,9 +652,10 @@ fn widen(value: f32) -> f64 {
 }
 
 /// What a Gemini model accepts that others of the family do not, from its
-/// name. Names that say no version (`gemini-flash-latest`) are taken as
-/// the newest: aliases move forward.
-#[derive(Debug, Clone, Copy)]
+/// name ([`gemini_version`]). A Gemini name that says no version
+/// (`gemini-flash-latest`) is taken as the newest: aliases move forward.
+/// Other models of the API (Gemma, LearnLM) are asked as the request says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Generation {
     /// Presence and frequency penalties (1.x and 2.0; later models refuse
     /// any but zero: "Penalty is not enabled for models/…").
@@ -662,22 +663,47 @@ struct Generation {
     /// A JSON answer (`responseMimeType`) together with tools (Gemini 3;
     /// earlier models refuse "Function calling with a response mime type").
     json_with_tools: bool,
-    /// Each turn's function calls must carry a thought signature (Gemini 3;
-    /// a conversation without one is refused).
-    signed_calls: bool,
+    /// Each call has an id to send back, and each turn's calls must carry a
+    /// thought signature (Gemini 3; a conversation without one is refused).
+    gemini_3: bool,
 }
 
 impl Generation {
     fn of(model: &str) -> Self {
         let model = model.to_ascii_lowercase();
-        let before_3 = model.contains("gemini-1") || model.contains("gemini-2");
-        let penalties = model.contains("gemini-1") || model.contains("gemini-2.0");
-        Self {
-            penalties,
-            json_with_tools: !before_3,
-            signed_calls: !before_3 && model.contains("gemini"),
+        let model = model.strip_prefix("models/").unwrap_or(&model);
+        let Some(name) = model.strip_prefix("gemini-") else {
+            return Self {
+                penalties: true,
+                json_with_tools: true,
+                gemini_3: false,
+            };
+        };
+        match gemini_version(name) {
+            Some((major, minor)) => Self {
+                penalties: major < 2 || (major, minor) == (2, 0),
+                json_with_tools: major >= 3,
+                gemini_3: major >= 3,
+            },
+            None => Self {
+                penalties: false,
+                json_with_tools: true,
+                gemini_3: true,
+            },
         }
     }
+}
+
+/// The version in a Gemini model's name after `gemini-`: its first part
+/// that reads as one (`2.5` in `2.5-flash` and `live-2.5-flash-preview`,
+/// `3` in `3-pro-preview`). Dates (`exp-1206`) are not versions.
+fn gemini_version(name: &str) -> Option<(u32, u32)> {
+    name.split('-').find_map(|part| {
+        let (major, minor) = part.split_once('.').unwrap_or((part, "0"));
+        let major: u32 = major.parse().ok()?;
+        let minor: u32 = minor.parse().ok()?;
+        (major < 100).then_some((major, minor))
+    })
 }
 
 /// The system instruction's words for a JSON answer asked for beside tools.
@@ -698,6 +724,24 @@ fn json_answer_instruction(format: &ResponseFormat) -> String {
 /// none.
 fn function_parameters(schema: &Value) -> (Option<Value>, Option<Value>) {
     let sanitized = sanitize_schema(schema);
+    if is_empty_object(&sanitized) {
+        // Arguments whose names are not known beforehand (a dictionary)
+        // still need their schema; none at all need nothing.
+        if is_dictionary(schema) {
+            (None, Some(schema::json_schema_form(schema)))
+        } else {
+            (None, None)
+        }
+    } else if fits_the_dialect(&sanitized) {
+        (Some(sanitized), None)
+    } else {
+        (None, Some(schema::json_schema_form(schema)))
+    }
+}
+
+/// Whether a sanitized schema is an object without properties (which
+/// Gemini's dialect refuses) and without alternatives.
+fn is_empty_object(sanitized: &Value) -> bool {
     let no_properties = sanitized
         .get("properties")
         .and_then(Value::as_object)
@@ -706,13 +750,16 @@ fn function_parameters(schema: &Value) -> (Option<Value>, Option<Value>) {
         .get("type")
         .and_then(Value::as_str)
         .is_none_or(|kind| kind.eq_ignore_ascii_case("object"));
-    if is_object && no_properties && sanitized.get("anyOf").is_none() {
-        (None, None)
-    } else if fits_the_dialect(&sanitized) {
-        (Some(sanitized), None)
-    } else {
-        (None, Some(schema::json_schema_form(schema)))
-    }
+    is_object && no_properties && sanitized.get("anyOf").is_none()
+}
+
+/// Whether a JSON Schema allows properties of any name
+/// (`additionalProperties` a schema, or `true`).
+fn is_dictionary(schema: &Value) -> bool {
+    matches!(
+        schema.get("additionalProperties"),
+        Some(Value::Object(_) | Value::Bool(true))
+    )
 }
 
 /// The system instruction and the turns of a conversation.
@@ -723,7 +770,7 @@ fn encode_contents(messages: &[Message], model: &str) -> (Option<Content>, Vec<C
         .flat_map(|message| message.tool_calls())
         .map(|call| (call.id.as_str(), call.name.as_str()))
         .collect();
-    let needs_signatures = Generation::of(model).signed_calls;
+    let gemini_3 = Generation::of(model).gemini_3;
     let mut system = Vec::new();
     let mut contents: Vec<Content> = Vec::new();
     for message in messages {
@@ -741,8 +788,8 @@ fn encode_contents(messages: &[Message], model: &str) -> (Option<Content>, Vec<C
                 );
                 continue;
             }
-            Role::User | Role::Tool => ("user", user_parts(&message.content, &names)),
-            Role::Assistant => ("model", model_parts(&message.content, needs_signatures)),
+            Role::User | Role::Tool => ("user", user_parts(&message.content, &names, gemini_3)),
+            Role::Assistant => ("model", model_parts(&message.content, gemini_3)),
         };
         if parts.is_empty() {
             continue;
@@ -763,7 +810,7 @@ fn encode_contents(messages: &[Message], model: &str) -> (Option<Content>, Vec<C
 }
 
 /// The parts of a user (or tool) message: text, images and function results.
-fn user_parts(content: &[ContentPart], names: &HashMap<&str, &str>) -> Vec<Part> {
+fn user_parts(content: &[ContentPart], names: &HashMap<&str, &str>, gemini_3: bool) -> Vec<Part> {
     content
         .iter()
         .filter_map(|part| match part {
@@ -771,7 +818,7 @@ fn user_parts(content: &[ContentPart], names: &HashMap<&str, &str>) -> Vec<Part>
             ContentPart::Image { source } => Some(image_part(source)),
             ContentPart::ToolResult(result) => Some(Part {
                 function_response: Some(FunctionResponse {
-                    id: issued_id(&result.call_id),
+                    id: issued_id(&result.call_id, gemini_3),
                     // A result whose call is not in the conversation keeps
                     // its id as the name: the best guess left.
                     name: names
@@ -800,7 +847,7 @@ pub fn function_response(result: &ToolResult) -> Value {
 
 /// The parts of an assistant message, signatures put back where they came
 /// from.
-fn model_parts(content: &[ContentPart], needs_signatures: bool) -> Vec<Part> {
+fn model_parts(content: &[ContentPart], gemini_3: bool) -> Vec<Part> {
     let mut parts: Vec<Part> = Vec::new();
     for part in content {
         match part {
@@ -809,7 +856,7 @@ fn model_parts(content: &[ContentPart], needs_signatures: bool) -> Vec<Part> {
             ContentPart::Image { source } => parts.push(image_part(source)),
             ContentPart::ToolCall(call) => parts.push(Part {
                 function_call: Some(FunctionCall {
-                    id: issued_id(&call.id),
+                    id: issued_id(&call.id, gemini_3),
                     name: call.name.clone(),
                     args: Some(call_args(&call.arguments)),
                 }),
@@ -858,7 +905,7 @@ fn model_parts(content: &[ContentPart], needs_signatures: bool) -> Vec<Part> {
     let has_signed_call = parts
         .iter()
         .any(|part| part.function_call.is_some() && part.thought_signature.is_some());
-    if needs_signatures
+    if gemini_3
         && !has_signed_call
         && let Some(first) = parts.iter_mut().find(|part| part.function_call.is_some())
     {
@@ -867,12 +914,12 @@ fn model_parts(content: &[ContentPart], needs_signatures: bool) -> Vec<Part> {
     parts
 }
 
-/// A call's id to send back: Gemini 3 gives each call one and wants it on
-/// the call and on its result (which is how two results of one function
+/// A call's id to send to Gemini 3, which gives each call one and wants it
+/// on the call and on its result (which is how two results of one function
 /// are told apart). Ids made up here for calls that came without one
-/// ([`generated_call_id`]) are not sent.
-fn issued_id(id: &str) -> Option<String> {
-    (!id.is_empty() && !is_generated_call_id(id)).then(|| id.to_owned())
+/// ([`generated_call_id`]) are not sent, nor any to earlier models.
+fn issued_id(id: &str, gemini_3: bool) -> Option<String> {
+    (gemini_3 && !id.is_empty() && !is_generated_call_id(id)).then(|| id.to_owned())
 }
 
 /// Whether `id` has the shape of [`generated_call_id`]'s ids.
@@ -1239,6 +1286,12 @@ mod tests {
             "paths": {"type": "array", "items": {"type": "string"}}}, "required": ["paths"]});
         let (dialect, json_form) = function_parameters(&plain);
         assert!(dialect.is_some() && json_form.is_none());
+        // A dictionary at the top too.
+        let dictionary = json!({"type": "object", "additionalProperties": {"type": "number"}});
+        assert_eq!(
+            function_parameters(&dictionary),
+            (None, Some(dictionary.clone()))
+        );
         for property in [
             json!({"type": "object", "additionalProperties": {"type": "string"}}),
             json!({"type": "array"}),
@@ -1329,6 +1382,44 @@ mod tests {
         assert_eq!(results[1]["functionResponse"]["id"], "k3x9q2");
         assert!(!is_generated_call_id("call_abc"));
         assert!(is_generated_call_id(&made_up));
+    }
+
+    #[test]
+    fn the_generation_is_read_from_the_models_name() {
+        let newest = Generation {
+            penalties: false,
+            json_with_tools: true,
+            gemini_3: true,
+        };
+        let as_asked = Generation {
+            penalties: true,
+            json_with_tools: true,
+            gemini_3: false,
+        };
+        let gemini_2_5 = Generation {
+            penalties: false,
+            json_with_tools: false,
+            gemini_3: false,
+        };
+        let gemini_2_0 = Generation {
+            penalties: true,
+            ..gemini_2_5
+        };
+        for (model, generation) in [
+            ("gemini-3-pro-preview", newest),
+            ("models/gemini-3.1-flash", newest),
+            ("gemini-flash-latest", newest),
+            ("gemini-exp-1206", newest),
+            ("gemini-2.5-flash", gemini_2_5),
+            ("gemini-live-2.5-flash-preview", gemini_2_5),
+            ("gemini-robotics-er-1.5-preview", gemini_2_0),
+            ("gemini-2.0-flash", gemini_2_0),
+            ("gemini-1.5-pro", gemini_2_0),
+            ("gemma-3-27b-it", as_asked),
+            ("learnlm-2.0-flash-experimental", as_asked),
+        ] {
+            assert_eq!(Generation::of(model), generation, "{model}");
+        }
     }
 
     /// Names without a version are aliases of the newest models, whose

@@ -100,16 +100,18 @@ impl std::error::Error for ContextOverflow {}
 impl std::fmt::Display for ContextOverflow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (needed, allowed) = (self.needed, self.allowed);
-        match self.max_tokens {
+        let prompt = self
+            .max_tokens
+            .and_then(|answer| Some((needed.checked_sub(answer)?, answer)));
+        match prompt {
             // The prompt fits and the answer's room does not: in Anthropic's
             // words, which Claude Code answers by asking again with a
             // smaller max_tokens (compacting would not help).
-            Some(answer) if needed - answer <= allowed => write!(
+            Some((prompt, answer)) if prompt <= allowed => write!(
                 f,
-                "input length and `max_tokens` exceed context limit: {} + {answer} > {allowed}, \
-                 decrease input length or `max_tokens` and try again (the input length is an \
-                 estimate with a 25% margin)",
-                needed - answer
+                "input length and `max_tokens` exceed context limit: {prompt} + {answer} > \
+                 {allowed}, decrease input length or `max_tokens` and try again (the input length \
+                 is an estimate with a 25% margin)"
             ),
             _ => write!(
                 f,
