@@ -290,6 +290,25 @@ impl Transport {
         self.post(url, headers, body, wait).await
     }
 
+    /// POSTs a JSON body for a model's answer: [`Self::post_json`] when it
+    /// is streamed, [`Self::post_json_whole`] when it comes whole.
+    ///
+    /// # Errors
+    /// The mapped [`LlmError`] of the last attempt.
+    pub async fn post_json_answer(
+        &self,
+        url: impl RequestUrl,
+        headers: &HeaderMap,
+        body: &(impl Serialize + ?Sized),
+        stream: bool,
+    ) -> Result<Response, LlmError> {
+        if stream {
+            self.post_json(url, headers, body).await
+        } else {
+            self.post_json_whole(url, headers, body).await
+        }
+    }
+
     async fn post(
         &self,
         url: impl RequestUrl,

@@ -271,13 +271,9 @@ impl OllamaClient {
         let chat_url = self.options.url("/api/chat");
         let url = &chat_url;
         let post = |body: serde_json::Value| async move {
-            if stream {
-                self.transport.post_json(url, &self.headers, &body).await
-            } else {
-                self.transport
-                    .post_json_whole(url, &self.headers, &body)
-                    .await
-            }
+            self.transport
+                .post_json_answer(url, &self.headers, &body, stream)
+                .await
         };
         let first = post(self.encode(request, size, stream)?).await;
         let model_context = self

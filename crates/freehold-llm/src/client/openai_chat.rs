@@ -80,13 +80,9 @@ impl OpenAiChatClient {
     async fn post(&self, request: &ChatRequest, stream: bool) -> Result<Response, LlmError> {
         let body = openai_chat::encode_request(request, self.dialect, stream);
         let url = self.completions_url()?;
-        if stream {
-            self.transport.post_json(url, &self.headers, &body).await
-        } else {
-            self.transport
-                .post_json_whole(url, &self.headers, &body)
-                .await
-        }
+        self.transport
+            .post_json_answer(url, &self.headers, &body, stream)
+            .await
     }
 
     /// [`Self::post`], folding the conversation's system messages when the

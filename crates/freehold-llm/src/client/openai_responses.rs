@@ -61,13 +61,9 @@ impl OpenAiResponsesClient {
                 .error(ErrorKind::InvalidRequest, error.to_string())
         })?;
         let url = self.options.url("/responses");
-        if stream {
-            self.transport.post_json(&url, &self.headers, &body).await
-        } else {
-            self.transport
-                .post_json_whole(&url, &self.headers, &body)
-                .await
-        }
+        self.transport
+            .post_json_answer(&url, &self.headers, &body, stream)
+            .await
     }
 }
 
