@@ -348,10 +348,9 @@ impl GatewayError {
                     // max_tokens does not, which Claude Code answers by
                     // lowering max_tokens: in Anthropic's words, from the
                     // numbers only.
-                    _ if let Some((input, output, limit)) = over => format!(
-                        "input length and `max_tokens` exceed context limit: {input} + {output} \
-                         > {limit}, decrease input length or `max_tokens` and try again"
-                    ),
+                    _ if let Some((input, output, limit)) = over => {
+                        freehold_llm::http::max_tokens_overflow_words(input, output, limit)
+                    }
                     (Some(needed), Some(allowed)) => format!(
                         "prompt is too long: {needed} tokens > {allowed} maximum (this model's \
                          maximum context length is {allowed} tokens)"
@@ -386,9 +385,8 @@ impl GatewayError {
                 if let Some((input, output, limit)) =
                     freehold_llm::http::max_tokens_over_context(&error.message) =>
             {
-                Self::bad_request(format!(
-                    "input length and `max_tokens` exceed context limit: {input} + {output} > \
-                     {limit}, decrease input length or `max_tokens` and try again"
+                Self::bad_request(freehold_llm::http::max_tokens_overflow_words(
+                    input, output, limit,
                 ))
             }
             ErrorKind::InvalidRequest => Self::bad_request(error.message.clone()),

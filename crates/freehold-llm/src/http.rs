@@ -922,6 +922,16 @@ pub fn input_and_output_over_context(message: &str) -> Option<(u64, u64, u64)> {
     Some((input, output, limit))
 }
 
+/// Anthropic's words for a request whose prompt fits but whose `max_tokens`
+/// does not, which [`input_and_output_over_context`] reads back and
+/// Claude Code answers by asking again with a smaller `max_tokens`.
+pub fn max_tokens_overflow_words(input: u64, output: u64, limit: u64) -> String {
+    format!(
+        "input length and `max_tokens` exceed context limit: {input} + {output} > {limit}, \
+         decrease input length or `max_tokens` and try again"
+    )
+}
+
 /// The prompt, answer and context sizes of an OpenAI-compatible server's
 /// refusal of a request whose prompt fits but whose `max_tokens` does not:
 /// vLLM's "'max_tokens' or 'max_completion_tokens' is too large: 16384.
@@ -942,25 +952,12 @@ pub fn max_tokens_over_context(message: &str) -> Option<(u64, u64, u64)> {
         digits.parse().ok()
     };
     let limit = number_after("maximum context length is")?;
-    let (input, output) = if let Some(output) = number_after("is too large:") {
-        (number_after("your request has")?, output)
-    } else {
-        let (_, counts) = message.split_once("tokens (")?;
-        let input: u64 = counts
-            .split_once(" in the messages")?
-            .0
-            .trim()
-            .parse()
-            .ok()?;
-        let output: u64 = counts
-            .split_once("in the messages, ")?
-            .1
-            .split_once(" in the completion")?
-            .0
-            .trim()
-            .parse()
-            .ok()?;
-        (input, output)
+    let (input, output) = match number_after("is too large:") {
+        Some(output) => (number_after("your request has")?, output),
+        None => (
+            number_after("tokens (")?,
+            number_after("in the messages, ")?,
+        ),
     };
     (input <= limit && input.saturating_add(output) > limit).then_some((input, output, limit))
 }

@@ -221,17 +221,9 @@ impl OllamaClient {
                 self.transport
                     .error(overflow.kind(), format!("`{}`: {overflow}", request.model))
             })?;
-        let limit = self.context_limit(model_context);
+        let limit = self.settings.num_ctx.limit(model_context);
         size.num_ctx = self.never_smaller(&request.model, size.num_ctx, limit);
         Ok(size)
-    }
-
-    /// The most `num_ctx` may be: the model's trained context, else the
-    /// policy's cap.
-    fn context_limit(&self, model_context: Option<u32>) -> u32 {
-        model_context
-            .filter(|context| *context > 0)
-            .unwrap_or(self.settings.num_ctx.max)
     }
 
     fn encode(
@@ -279,7 +271,7 @@ impl OllamaClient {
         let model_context = self
             .cached_facts(&request.model)
             .and_then(|facts| facts.context_length);
-        let limit = self.context_limit(model_context);
+        let limit = self.settings.num_ctx.limit(model_context);
         match first {
             Err(error)
                 if matches!(error.kind, ErrorKind::ContextLengthExceeded { .. })

@@ -532,7 +532,8 @@ pub fn model_resource(model: &str) -> String {
 /// beside tools is asked for in the system instruction before Gemini 3
 /// (earlier models refuse the two together).
 pub fn encode_request(request: &ChatRequest) -> GenerateContentRequest {
-    let (mut system_instruction, contents) = encode_contents(&request.messages, &request.model);
+    let generation = Generation::of(&request.model);
+    let (mut system_instruction, contents) = encode_contents(&request.messages, generation);
     let tools = (!request.tools.is_empty()).then(|| {
         vec![Tool {
             function_declarations: Some(
@@ -569,7 +570,6 @@ pub fn encode_request(request: &ChatRequest) -> GenerateContentRequest {
             }),
         }
     });
-    let generation = Generation::of(&request.model);
     let json_beside_tools = tools.is_some() && !generation.json_with_tools;
     let (response_mime_type, response_schema, response_json_schema) = match &request.response_format
     {
@@ -763,14 +763,17 @@ fn is_dictionary(schema: &Value) -> bool {
 }
 
 /// The system instruction and the turns of a conversation.
-fn encode_contents(messages: &[Message], model: &str) -> (Option<Content>, Vec<Content>) {
+fn encode_contents(
+    messages: &[Message],
+    generation: Generation,
+) -> (Option<Content>, Vec<Content>) {
     // Gemini answers a call by function name: remember each call's name.
     let names: HashMap<&str, &str> = messages
         .iter()
         .flat_map(|message| message.tool_calls())
         .map(|call| (call.id.as_str(), call.name.as_str()))
         .collect();
-    let gemini_3 = Generation::of(model).gemini_3;
+    let gemini_3 = generation.gemini_3;
     let mut system = Vec::new();
     let mut contents: Vec<Content> = Vec::new();
     for message in messages {

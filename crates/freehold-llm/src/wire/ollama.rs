@@ -28,7 +28,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
-use crate::http::{context_length_kind, is_context_length_message};
+use crate::http::{context_length_kind, is_context_length_message, max_tokens_overflow_words};
 use crate::wire::openai_chat::generated_call_id;
 
 /// Where a local Ollama listens unless told otherwise.
@@ -58,6 +58,16 @@ pub struct NumCtxPolicy {
     /// (default 4096). Less is allowed when the prompt leaves less room in
     /// the context, down to [`MIN_ANSWER_TOKENS`].
     pub default_output: u32,
+}
+
+impl NumCtxPolicy {
+    /// The most `num_ctx` may be: the model's trained context
+    /// (`model_context`, from `/api/show`), else [`NumCtxPolicy::max`].
+    pub fn limit(&self, model_context: Option<u32>) -> u32 {
+        model_context
+            .filter(|context| *context > 0)
+            .unwrap_or(self.max)
+    }
 }
 
 impl Default for NumCtxPolicy {
@@ -109,9 +119,8 @@ impl std::fmt::Display for ContextOverflow {
             // smaller max_tokens (compacting would not help).
             Some((prompt, answer)) if prompt <= allowed => write!(
                 f,
-                "input length and `max_tokens` exceed context limit: {prompt} + {answer} > \
-                 {allowed}, decrease input length or `max_tokens` and try again (the input length \
-                 is an estimate with a 25% margin)"
+                "{} (the input length is an estimate with a 25% margin)",
+                max_tokens_overflow_words(prompt, answer, allowed)
             ),
             _ => write!(
                 f,
@@ -169,11 +178,7 @@ pub fn size_context(
         .estimated_input_tokens()
         .saturating_mul(INPUT_MARGIN_NUM)
         .div_ceil(INPUT_MARGIN_DEN);
-    let allowed = u64::from(
-        model_context
-            .filter(|context| *context > 0)
-            .unwrap_or(policy.max),
-    );
+    let allowed = u64::from(policy.limit(model_context));
     let output = match request.max_tokens {
         Some(max_tokens) => {
             let needed = input.saturating_add(u64::from(max_tokens));
