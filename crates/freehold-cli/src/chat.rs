@@ -42,7 +42,8 @@ pub(crate) struct ChatArgs {
     #[arg(long)]
     temperature: Option<f32>,
 
-    /// Reasoning effort for models that think: minimal, low, medium, high.
+    /// Reasoning effort for models that think: none, minimal, low, medium,
+    /// high (none turns thinking off where the model allows it).
     #[arg(long, value_parser = parse_effort)]
     reasoning: Option<ReasoningEffort>,
 
@@ -53,12 +54,13 @@ pub(crate) struct ChatArgs {
 
 fn parse_effort(text: &str) -> Result<ReasoningEffort, String> {
     match text {
+        "none" => Ok(ReasoningEffort::Off),
         "minimal" => Ok(ReasoningEffort::Minimal),
         "low" => Ok(ReasoningEffort::Low),
         "medium" => Ok(ReasoningEffort::Medium),
         "high" => Ok(ReasoningEffort::High),
         other => Err(format!(
-            "`{other}` is not one of minimal, low, medium, high"
+            "`{other}` is not one of none, minimal, low, medium, high"
         )),
     }
 }

@@ -957,6 +957,64 @@ async fn refused_and_unreached_requests_are_not_charged() {
     }
 }
 
+/// A client asking for no reasoning (Chat Completions' `none`, the Anthropic
+/// `disabled` that Claude Code sends for its subagents) reaches a server
+/// whose chat templates take the switch (vLLM, SGLang, llama.cpp) as
+/// `enable_thinking: false`, and as no effort at all.
+#[tokio::test]
+async fn a_request_for_no_reasoning_turns_a_templates_thinking_off() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let completion = json!({
+        "id": "c", "object": "chat.completion", "created": 0, "model": "qwen3",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    });
+    let upstream = MockServer::start(vec![Scripted::json(200, completion)]).await;
+    let provider: Arc<dyn Provider> = ProviderConfig {
+        kind: Some(ProviderKind::Openai),
+        base_url: Some(format!("{}/v1", upstream.url())),
+        enable_thinking_kwarg: Some(true),
+        ..ProviderConfig::default()
+    }
+    .resolve("vllm")
+    .unwrap()
+    .build(&HealthSettings::default())
+    .unwrap();
+    let routes = Routes {
+        router: Router::new(
+            BTreeMap::from([("vllm".to_owned(), provider)]),
+            BTreeMap::new(),
+            Catalog::new(),
+        ),
+        local_providers: BTreeSet::new(),
+        listed_providers: BTreeSet::new(),
+        engine_providers: BTreeSet::new(),
+    };
+    let gw = start(routes, GatewaySettings::default(), None).await;
+    let chat = json!({"model": "vllm:qwen3", "reasoning_effort": "none",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, body, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &chat).await;
+    assert_eq!(status, 200, "{body}");
+    let subagent = json!({"model": "vllm:qwen3", "max_tokens": 1000,
+        "thinking": {"type": "disabled"}, "output_config": {"effort": "high"},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &subagent).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 2);
+    for request in sent {
+        let sent = request.json();
+        assert_eq!(
+            sent["chat_template_kwargs"],
+            json!({"enable_thinking": false}),
+            "{sent}"
+        );
+        assert_eq!(sent.get("reasoning_effort"), None, "{sent}");
+    }
+}
+
 #[tokio::test]
 async fn max_tokens_are_capped_and_slow_upstreams_time_out() {
     use freehold_test_support::{MockServer, Scripted};

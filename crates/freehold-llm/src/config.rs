@@ -98,6 +98,11 @@ pub struct ProviderConfig {
     /// llama.cpp and OpenAI).
     #[serde(default)]
     pub token_count: Option<TokenCountName>,
+    /// Chat Completions only: send `chat_template_kwargs: {"enable_thinking":
+    /// false}` for a request that asks for no reasoning (presets turn it on
+    /// for vLLM, SGLang and llama.cpp, whose templates read it).
+    #[serde(default)]
+    pub enable_thinking_kwarg: Option<bool>,
     /// Anthropic only: `max_tokens` when a request sets none (the API
     /// requires one; default 8192).
     #[serde(default)]
@@ -390,6 +395,9 @@ impl ProviderConfig {
         if let Some(endpoint) = self.token_count {
             dialect.token_count = endpoint.into();
         }
+        if let Some(switch) = self.enable_thinking_kwarg {
+            dialect.enable_thinking_kwarg = switch;
+        }
         let engine = EngineSettings {
             threads: self.threads,
             max_context: self.max_context,
@@ -413,6 +421,11 @@ impl ProviderConfig {
                 "token_count",
                 ProviderKind::Openai,
                 self.token_count.is_some(),
+            ),
+            (
+                "enable_thinking_kwarg",
+                ProviderKind::Openai,
+                self.enable_thinking_kwarg.is_some(),
             ),
             (
                 "default_max_tokens",

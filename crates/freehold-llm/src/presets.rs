@@ -63,6 +63,15 @@ const COMPATIBLE: Dialect = Dialect {
     max_tokens_field: MaxTokensField::MaxTokens,
     stream_usage: true,
     token_count: TokenCountEndpoint::None,
+    enable_thinking_kwarg: false,
+};
+
+/// Servers that hand `chat_template_kwargs` to the model's chat template
+/// (vLLM, SGLang, llama.cpp's `llama-server`), so that a request for no
+/// reasoning can turn a thinking template's `enable_thinking` off.
+const TEMPLATE_SERVER: Dialect = Dialect {
+    enable_thinking_kwarg: true,
+    ..COMPATIBLE
 };
 
 const fn hosted(
@@ -112,7 +121,7 @@ pub const PRESETS: &[Preset] = &[
         // Anthropic's count endpoint, which it also serves.
         dialect: Dialect {
             token_count: TokenCountEndpoint::MessagesCountTokens,
-            ..COMPATIBLE
+            ..TEMPLATE_SERVER
         },
         ..local(
             "llamacpp",
@@ -131,7 +140,7 @@ pub const PRESETS: &[Preset] = &[
         // vLLM counts a chat's tokens, tools included, at `/tokenize`.
         dialect: Dialect {
             token_count: TokenCountEndpoint::Tokenize,
-            ..COMPATIBLE
+            ..TEMPLATE_SERVER
         },
         ..local(
             "vllm",
@@ -140,12 +149,15 @@ pub const PRESETS: &[Preset] = &[
             Some("VLLM_API_KEY"),
         )
     },
-    local(
-        "sglang",
-        ProviderKind::Openai,
-        "http://127.0.0.1:30000/v1",
-        Some("SGLANG_API_KEY"),
-    ),
+    Preset {
+        dialect: TEMPLATE_SERVER,
+        ..local(
+            "sglang",
+            ProviderKind::Openai,
+            "http://127.0.0.1:30000/v1",
+            Some("SGLANG_API_KEY"),
+        )
+    },
     Preset {
         dialect: Dialect {
             max_tokens_field: MaxTokensField::MaxCompletionTokens,
@@ -153,6 +165,7 @@ pub const PRESETS: &[Preset] = &[
             // OpenAI counts a request's tokens for the Responses API, which
             // sees the same conversation.
             token_count: TokenCountEndpoint::ResponsesInputTokens,
+            enable_thinking_kwarg: false,
         },
         ..hosted(
             "openai",
@@ -186,6 +199,7 @@ pub const PRESETS: &[Preset] = &[
             max_tokens_field: MaxTokensField::MaxTokens,
             stream_usage: false,
             token_count: TokenCountEndpoint::None,
+            enable_thinking_kwarg: false,
         },
         ..hosted(
             "mistral",
@@ -256,5 +270,17 @@ mod tests {
             assert!(!preset.base_url.ends_with('/'), "{}", preset.name);
         }
         assert_eq!(preset("groq").map(|p| p.kind), Some(ProviderKind::Openai));
+    }
+
+    /// Only servers known to hand `chat_template_kwargs` to the template
+    /// get the thinking switch: hosted APIs may refuse unknown fields.
+    #[test]
+    fn the_thinking_switch_goes_to_template_servers_only() {
+        let switched: Vec<&str> = PRESETS
+            .iter()
+            .filter(|preset| preset.dialect.enable_thinking_kwarg)
+            .map(|preset| preset.name)
+            .collect();
+        assert_eq!(switched, ["llamacpp", "vllm", "sglang"]);
     }
 }

@@ -977,24 +977,40 @@ async fn defaults_and_capabilities() {
 
 /// `think` goes only to models that can think (Ollama refuses it with a 400
 /// elsewhere, and clients such as Claude Code ask for thinking whatever the
-/// model), as an effort level for gpt-oss.
+/// model), as an effort level for gpt-oss; asked for no reasoning, a
+/// thinking model is told not to think (Ollama's default is to think).
 #[tokio::test]
 async fn think_is_sent_as_each_model_takes_it() {
-    let gpt_oss = Scripted::json(
+    let gpt_oss = || {
+        Scripted::json(
+            200,
+            json!({
+                "details": {"format": "gguf", "family": "gptoss"},
+                "model_info": {"general.architecture": "gptoss", "gptoss.context_length": 131_072},
+                "capabilities": ["completion", "tools", "thinking"]
+            }),
+        )
+    };
+    let qwen3 = Scripted::json(
         200,
         json!({
-            "details": {"format": "gguf", "family": "gptoss"},
-            "model_info": {"general.architecture": "gptoss", "gptoss.context_length": 131_072},
+            "model_info": {"general.architecture": "qwen3", "qwen3.context_length": 40_960},
             "capabilities": ["completion", "tools", "thinking"]
         }),
     );
-    let cases = [(show(32_768), None), (gpt_oss, Some(json!("high")))];
-    for (show, think) in cases {
+    let cases = [
+        (show(32_768), ReasoningEffort::High, None),
+        (gpt_oss(), ReasoningEffort::High, Some(json!("high"))),
+        (gpt_oss(), ReasoningEffort::Off, Some(json!("low"))),
+        (qwen3, ReasoningEffort::Off, Some(json!(false))),
+        (show(32_768), ReasoningEffort::Off, None),
+    ];
+    for (show, effort, think) in cases {
         let server =
             MockServer::start(vec![show, Scripted::ndjson(&text_stream(), Split::Whole)]).await;
         let client = probing_client(&server);
         let mut thinking = request();
-        thinking.reasoning = Some(ReasoningEffort::High);
+        thinking.reasoning = Some(effort);
         let _ = drain(client.stream(thinking).await.unwrap()).await;
         let chat = server.requests()[1].json();
         assert_eq!(chat.get("think"), think.as_ref(), "{chat}");

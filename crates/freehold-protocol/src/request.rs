@@ -189,6 +189,13 @@ pub enum ResponseFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasoningEffort {
+    /// No reasoning: the caller asked for none (OpenAI's `none`, Anthropic's
+    /// `disabled`). Models that reason unless told otherwise are told not
+    /// to where their API has a way (Gemini 2.5 Flash's budget of 0,
+    /// Ollama's `think: false`, a chat template's `enable_thinking`), and
+    /// get the least it allows where it has none (Gemini 2.5 Pro and 3).
+    #[serde(rename = "none")]
+    Off,
     /// As little as the model allows.
     Minimal,
     /// A little.
@@ -203,6 +210,7 @@ impl ReasoningEffort {
     /// The lowercase name used by OpenAI-style APIs.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Off => "none",
             Self::Minimal => "minimal",
             Self::Low => "low",
             Self::Medium => "medium",
@@ -211,8 +219,11 @@ impl ReasoningEffort {
     }
 
     /// A thinking-token budget for APIs that take one (Anthropic, Gemini).
+    /// [`Off`](Self::Off) has none: it turns thinking off rather than
+    /// budgeting it.
     pub fn budget_tokens(self) -> u32 {
         match self {
+            Self::Off => 0,
             Self::Minimal => 1_024,
             Self::Low => 2_048,
             Self::Medium => 8_192,

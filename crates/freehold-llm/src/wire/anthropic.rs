@@ -370,7 +370,7 @@ pub struct OutputConfig {
 /// The `output_config.effort` for an effort level.
 pub fn effort_name(effort: ReasoningEffort) -> &'static str {
     match effort {
-        ReasoningEffort::Minimal | ReasoningEffort::Low => "low",
+        ReasoningEffort::Off | ReasoningEffort::Minimal | ReasoningEffort::Low => "low",
         ReasoningEffort::Medium => "medium",
         ReasoningEffort::High => "high",
     }
@@ -963,14 +963,18 @@ pub fn place_cache_marks(wire: &mut MessagesRequest, mark: &Value) {
 /// The smallest thinking budget the API accepts.
 const MIN_THINKING_BUDGET: u32 = 1024;
 
-/// The request's reasoning effort, unless thinking cannot be on: with
+/// The request's reasoning effort, unless it asks for none
+/// ([`ReasoningEffort::Off`]: thinking is off when not asked for) or
+/// thinking cannot be on: with
 /// thinking on, the API requires the last assistant turn, when it called
 /// tools, to start with a signed `thinking` block ("Expected `thinking` or
 /// `redacted_thinking`, but found `tool_use`"). A turn another protocol's
 /// client handed back carries no Anthropic signature, so for that
 /// request thinking is left off rather than refused.
 fn reasoning_for(request: &ChatRequest) -> Option<ReasoningEffort> {
-    let effort = request.reasoning?;
+    let effort = request
+        .reasoning
+        .filter(|effort| *effort != ReasoningEffort::Off)?;
     let last_assistant = request
         .messages
         .iter()
@@ -1730,6 +1734,17 @@ mod tests {
         let encoded = serde_json::to_value(encode_request(&request, options())).unwrap();
         assert_eq!(encoded["thinking"]["type"], "enabled");
         assert!(encoded.get("output_config").is_none(), "{encoded}");
+        // No reasoning asked for: thinking left off (Claude's default), on
+        // either kind of model, and sampling kept.
+        request.reasoning = Some(ReasoningEffort::Off);
+        request.sampling.temperature = Some(0.5);
+        for model in ["claude-sonnet-4-5", "claude-opus-4-7"] {
+            request.model = model.into();
+            let encoded = serde_json::to_value(encode_request(&request, options())).unwrap();
+            assert!(encoded.get("thinking").is_none(), "{encoded}");
+            assert!(encoded.get("output_config").is_none(), "{encoded}");
+            assert!(encoded.get("temperature").is_some(), "{encoded}");
+        }
     }
 
     /// The API refuses thinking when the last assistant turn called tools

@@ -22,7 +22,8 @@ use std::collections::HashMap;
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message,
-    ResponseBuilder, ResponseFormat, Role, StopReason, ToolChoice, ToolResult, Usage,
+    ReasoningEffort, ResponseBuilder, ResponseFormat, Role, StopReason, ToolChoice, ToolResult,
+    Usage,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -625,14 +626,9 @@ pub fn encode_request(request: &ChatRequest) -> GenerateContentRequest {
             .map(|seed| i64::try_from(seed & 0x7fff_ffff).unwrap_or_default()),
         presence_penalty: penalty(sampling.presence_penalty),
         frequency_penalty: penalty(sampling.frequency_penalty),
-        thinking_config: request.reasoning.map(|effort| ThinkingConfig {
-            thinking_budget: Some(
-                i32::try_from(request.reasoning_budget.unwrap_or(effort.budget_tokens()))
-                    .unwrap_or(i32::MAX),
-            ),
-            include_thoughts: Some(true),
-            thinking_level: None,
-        }),
+        thinking_config: request
+            .reasoning
+            .and_then(|effort| generation.thinking.config(effort, request.reasoning_budget)),
     };
     GenerateContentRequest {
         contents,
@@ -666,6 +662,60 @@ struct Generation {
     /// Each call has an id to send back, and each turn's calls must carry a
     /// thought signature (Gemini 3; a conversation without one is refused).
     gemini_3: bool,
+    /// How its thinking is set.
+    thinking: ThinkingControl,
+}
+
+/// How a Gemini model's thinking is set: by a budget of tokens (2.5 and
+/// before) or by a level (Gemini 3, for which Google says a budget may cost
+/// quality; a request with both is refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ThinkingControl {
+    /// `thinkingBudget`. `least` is the budget sent for no reasoning: 0
+    /// turns thinking off on 2.5 Flash and Flash-Lite, 2.5 Pro's least is
+    /// 128 ("this model only works in thinking mode"), and `None` for models
+    /// that do not think unasked (before 2.5, and other models of the API),
+    /// which are then sent no thinking settings.
+    Budget { least: Option<i32> },
+    /// `thinkingLevel`: every model of the generation takes `low` and
+    /// `high`; Flash also `minimal` and `medium`, Pro `medium` from 3.1 on.
+    /// None turns thinking off.
+    Levels { minimal: bool, medium: bool },
+}
+
+impl ThinkingControl {
+    /// The `thinkingConfig` for a request's effort, and its budget when the
+    /// client named one (Anthropic's `budget_tokens`: sent as asked where a
+    /// budget is taken; Gemini 3 gets the effort's level).
+    fn config(self, effort: ReasoningEffort, named_budget: Option<u32>) -> Option<ThinkingConfig> {
+        let thoughts = effort != ReasoningEffort::Off;
+        let (thinking_budget, thinking_level) = match self {
+            Self::Budget { least } if !thoughts => (Some(least?), None),
+            Self::Budget { .. } => (
+                Some(
+                    i32::try_from(named_budget.unwrap_or(effort.budget_tokens()))
+                        .unwrap_or(i32::MAX),
+                ),
+                None,
+            ),
+            Self::Levels { minimal, medium } => {
+                let level = match effort {
+                    ReasoningEffort::Off | ReasoningEffort::Minimal if minimal => "minimal",
+                    ReasoningEffort::Off | ReasoningEffort::Minimal | ReasoningEffort::Low => "low",
+                    ReasoningEffort::Medium if medium => "medium",
+                    ReasoningEffort::Medium | ReasoningEffort::High => "high",
+                };
+                (None, Some(level.to_owned()))
+            }
+        };
+        Some(ThinkingConfig {
+            thinking_budget,
+            // Summaries of thinking asked not to happen would be of the
+            // least a model insists on: not what the client wants to read.
+            include_thoughts: thoughts.then_some(true),
+            thinking_level,
+        })
+    }
 }
 
 impl Generation {
@@ -677,18 +727,37 @@ impl Generation {
                 penalties: true,
                 json_with_tools: true,
                 gemini_3: false,
+                thinking: ThinkingControl::Budget { least: None },
             };
         };
+        let flash = name.contains("flash");
+        let pro = name.contains("pro");
         match gemini_version(name) {
             Some((major, minor)) => Self {
                 penalties: major < 2 || (major, minor) == (2, 0),
                 json_with_tools: major >= 3,
                 gemini_3: major >= 3,
+                thinking: if major >= 3 {
+                    ThinkingControl::Levels {
+                        minimal: flash,
+                        medium: flash || (pro && (major, minor) >= (3, 1)),
+                    }
+                } else if (major, minor) >= (2, 5) {
+                    ThinkingControl::Budget {
+                        least: Some(if pro { 128 } else { 0 }),
+                    }
+                } else {
+                    ThinkingControl::Budget { least: None }
+                },
             },
             None => Self {
                 penalties: false,
                 json_with_tools: true,
                 gemini_3: true,
+                thinking: ThinkingControl::Levels {
+                    minimal: flash,
+                    medium: flash || pro,
+                },
             },
         }
     }
@@ -1389,26 +1458,12 @@ mod tests {
 
     #[test]
     fn the_generation_is_read_from_the_models_name() {
-        let newest = Generation {
-            penalties: false,
-            json_with_tools: true,
-            gemini_3: true,
-        };
-        let as_asked = Generation {
-            penalties: true,
-            json_with_tools: true,
-            gemini_3: false,
-        };
-        let gemini_2_5 = Generation {
-            penalties: false,
-            json_with_tools: false,
-            gemini_3: false,
-        };
-        let gemini_2_0 = Generation {
-            penalties: true,
-            ..gemini_2_5
-        };
-        for (model, generation) in [
+        // (penalties, JSON beside tools, Gemini 3)
+        let newest = (false, true, true);
+        let as_asked = (true, true, false);
+        let gemini_2_5 = (false, false, false);
+        let gemini_2_0 = (true, false, false);
+        for (model, expected) in [
             ("gemini-3-pro-preview", newest),
             ("models/gemini-3.1-flash", newest),
             ("gemini-flash-latest", newest),
@@ -1421,7 +1476,80 @@ mod tests {
             ("gemma-3-27b-it", as_asked),
             ("learnlm-2.0-flash-experimental", as_asked),
         ] {
-            assert_eq!(Generation::of(model), generation, "{model}");
+            let generation = Generation::of(model);
+            assert_eq!(
+                (
+                    generation.penalties,
+                    generation.json_with_tools,
+                    generation.gemini_3
+                ),
+                expected,
+                "{model}"
+            );
+        }
+    }
+
+    /// Gemini 3 gets a level each model takes; 2.5 a budget, 0 (off) where
+    /// the model allows it; models that do not think unasked get nothing
+    /// when asked for no reasoning.
+    #[test]
+    fn thinking_is_set_as_each_generation_takes_it() {
+        let thinking = |model: &str, effort| {
+            let mut request = ChatRequest::new(model, vec![Message::user("Hi")]);
+            request.reasoning = Some(effort);
+            let body = serde_json::to_value(encode_request(&request)).unwrap();
+            body["generationConfig"]["thinkingConfig"].clone()
+        };
+        use ReasoningEffort::{High, Low, Medium, Minimal, Off};
+        for (model, effort, expected) in [
+            (
+                "gemini-3-flash-preview",
+                Off,
+                json!({"thinkingLevel": "minimal"}),
+            ),
+            (
+                "gemini-3-flash-preview",
+                Medium,
+                json!({"thinkingLevel": "medium", "includeThoughts": true}),
+            ),
+            ("gemini-3-pro-preview", Off, json!({"thinkingLevel": "low"})),
+            (
+                "gemini-3-pro-preview",
+                Minimal,
+                json!({"thinkingLevel": "low", "includeThoughts": true}),
+            ),
+            (
+                "gemini-3-pro-preview",
+                Medium,
+                json!({"thinkingLevel": "high", "includeThoughts": true}),
+            ),
+            (
+                "gemini-3.1-pro-preview",
+                Medium,
+                json!({"thinkingLevel": "medium", "includeThoughts": true}),
+            ),
+            (
+                "gemini-pro-latest",
+                High,
+                json!({"thinkingLevel": "high", "includeThoughts": true}),
+            ),
+            (
+                "gemini-flash-lite-latest",
+                Off,
+                json!({"thinkingLevel": "minimal"}),
+            ),
+            ("gemini-2.5-flash", Off, json!({"thinkingBudget": 0})),
+            ("gemini-2.5-flash-lite", Off, json!({"thinkingBudget": 0})),
+            ("gemini-2.5-pro", Off, json!({"thinkingBudget": 128})),
+            (
+                "gemini-2.5-pro",
+                Low,
+                json!({"thinkingBudget": 2048, "includeThoughts": true}),
+            ),
+            ("gemini-2.0-flash", Off, Value::Null),
+            ("gemma-3-27b-it", Off, Value::Null),
+        ] {
+            assert_eq!(thinking(model, effort), expected, "{model} {effort:?}");
         }
     }
 

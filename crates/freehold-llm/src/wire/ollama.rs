@@ -529,9 +529,11 @@ pub struct ModelFacts {
 
 impl ModelFacts {
     /// The `think` to send for `effort` (the request's reasoning): none for a
-    /// model that cannot think (Ollama refuses `think` with a 400 there, and
-    /// clients such as Claude Code ask for thinking whatever the model), the
-    /// effort's level for gpt-oss, else `true`.
+    /// model that cannot think (Ollama refuses `think: true` with a 400 there,
+    /// and clients such as Claude Code ask for thinking whatever the model),
+    /// the effort's level for gpt-oss (whose least is `low`: it cannot be
+    /// turned off), else `true`, or `false` for [`ReasoningEffort::Off`]
+    /// (Ollama's thinking models think unless told not to).
     pub fn think(&self, effort: Option<ReasoningEffort>) -> Option<Think> {
         let effort = effort?;
         if self.can_think == Some(false) {
@@ -539,13 +541,13 @@ impl ModelFacts {
         }
         if self.takes_think_level {
             let level = match effort {
-                ReasoningEffort::Minimal | ReasoningEffort::Low => "low",
+                ReasoningEffort::Off | ReasoningEffort::Minimal | ReasoningEffort::Low => "low",
                 ReasoningEffort::Medium => "medium",
                 ReasoningEffort::High => "high",
             };
             return Some(Think::Level(level.to_owned()));
         }
-        Some(Think::Enabled(true))
+        Some(Think::Enabled(effort != ReasoningEffort::Off))
     }
 }
 
@@ -664,7 +666,9 @@ pub fn encode_request(
         options: Some(options),
         stream,
         keep_alive: None,
-        think: request.reasoning.map(|_| Think::Enabled(true)),
+        think: request
+            .reasoning
+            .map(|effort| Think::Enabled(effort != ReasoningEffort::Off)),
         truncate: Some(false),
     })
 }
@@ -1334,6 +1338,22 @@ mod tests {
         assert_eq!(
             old.think(Some(ReasoningEffort::Low)),
             Some(Think::Enabled(true))
+        );
+        // Asked for no reasoning: thinking models are told not to think,
+        // gpt-oss thinks least, and a model that cannot think is told
+        // nothing.
+        assert_eq!(
+            qwen3.think(Some(ReasoningEffort::Off)),
+            Some(Think::Enabled(false))
+        );
+        assert_eq!(
+            level(ReasoningEffort::Off),
+            Some(Think::Level("low".into()))
+        );
+        assert_eq!(plain.think(Some(ReasoningEffort::Off)), None);
+        assert_eq!(
+            old.think(Some(ReasoningEffort::Off)),
+            Some(Think::Enabled(false))
         );
     }
 

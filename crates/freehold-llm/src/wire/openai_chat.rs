@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
-    ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
+    ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -83,6 +83,12 @@ pub struct CompletionRequest {
     /// Reasoning effort for reasoning models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_effort: Option<String>,
+    /// Arguments for the server's chat template (vLLM, SGLang and llama.cpp
+    /// take them). Sent only as `{"enable_thinking": false}`, for a request
+    /// that asks for no reasoning, where [`Dialect::enable_thinking_kwarg`]
+    /// says so; read from clients for that switch alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_kwargs: Option<Value>,
     /// End-user id, passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -509,6 +515,15 @@ pub struct Dialect {
     pub stream_usage: bool,
     /// Where the server counts a request's input tokens, if anywhere.
     pub token_count: TokenCountEndpoint,
+    /// Whether a request for no reasoning ([`ReasoningEffort::Off`]) sends
+    /// `chat_template_kwargs: {"enable_thinking": false}`, the switch that
+    /// the chat templates of models which think unless told not to (Qwen3,
+    /// GLM-4.5 and others) read. vLLM, SGLang and llama.cpp's server hand
+    /// it to the template (a template without the switch ignores it); a
+    /// server that refuses unknown fields would refuse the request, so it
+    /// is off unless a preset or the configuration turns it on. Without
+    /// it, such a request sends no effort at all: the model's default.
+    pub enable_thinking_kwarg: bool,
 }
 
 /// Where a Chat Completions server counts a request's input tokens without
@@ -538,6 +553,7 @@ impl Default for Dialect {
             max_tokens_field: MaxTokensField::MaxTokens,
             stream_usage: true,
             token_count: TokenCountEndpoint::None,
+            enable_thinking_kwarg: false,
         }
     }
 }
@@ -594,7 +610,16 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
             include_usage: true,
         }),
         response_format: request.response_format.as_ref().map(encode_response_format),
-        reasoning_effort: request.reasoning.map(|effort| effort.as_str().to_owned()),
+        // OpenAI's `none` is refused by its models before gpt-5.1 (and by
+        // other servers), and is gpt-5.1's default: no reasoning is asked
+        // for by leaving the effort out.
+        reasoning_effort: request
+            .reasoning
+            .filter(|effort| *effort != ReasoningEffort::Off)
+            .map(|effort| effort.as_str().to_owned()),
+        chat_template_kwargs: (dialect.enable_thinking_kwarg
+            && request.reasoning == Some(ReasoningEffort::Off))
+        .then(|| json!({"enable_thinking": false})),
         user: None,
         n: None,
         logprobs: None,

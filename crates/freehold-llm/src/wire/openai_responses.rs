@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, Message, Reasoning,
-    ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
+    ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
@@ -982,10 +982,15 @@ pub fn encode_request(request: &ChatRequest, stream: bool) -> ResponsesRequest {
     let tool_choice = tools
         .as_ref()
         .map(|_| encode_tool_choice(&request.tool_choice));
-    let reasoning = request.reasoning.map(|effort| ReasoningConfig {
-        effort: Some(effort.as_str().to_owned()),
-        summary: Some("auto".into()),
-    });
+    // No reasoning is asked for by leaving it out, as for Chat Completions
+    // (OpenAI's `none` is refused before gpt-5.1 and is its default since).
+    let reasoning = request
+        .reasoning
+        .filter(|effort| *effort != ReasoningEffort::Off)
+        .map(|effort| ReasoningConfig {
+            effort: Some(effort.as_str().to_owned()),
+            summary: Some("auto".into()),
+        });
     ResponsesRequest {
         model: request.model.clone(),
         instructions: (!instructions.is_empty()).then(|| instructions.join("\n\n")),

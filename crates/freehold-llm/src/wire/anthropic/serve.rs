@@ -68,7 +68,8 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 ///   sent, whichever provider made it;
 /// - `thinking.budget_tokens` becomes the nearest [`ReasoningEffort`]
 ///   ([`effort_for_budget`]), adaptive thinking the effort of
-///   `output_config.effort` ([`effort_for_name`]); `disable_parallel_tool_use: true` becomes
+///   `output_config.effort` ([`effort_for_name`]), and `{"type":
+///   "disabled"}` [`ReasoningEffort::Off`]; `disable_parallel_tool_use: true` becomes
 ///   `parallel_tool_calls: Some(false)`;
 /// - tools with a `type` other than `custom` (server tools such as
 ///   `web_search_20250305`, and Anthropic-defined client tools such as
@@ -166,7 +167,9 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
                 .as_ref()
                 .and_then(|config| config.effort.as_deref()),
         )),
-        Some(ThinkingConfig::Disabled {}) | None => None,
+        // Claude Code turns thinking off this way for its subagents.
+        Some(ThinkingConfig::Disabled {}) => Some(ReasoningEffort::Off),
+        None => None,
     };
     let reasoning_budget = match wire.thinking {
         Some(ThinkingConfig::Enabled { budget_tokens }) => Some(budget_tokens),

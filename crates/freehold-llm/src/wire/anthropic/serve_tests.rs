@@ -534,6 +534,17 @@ fn adaptive_thinking_decodes_to_its_effort() {
         "messages": [{"role": "user", "content": "hi"}]}))
     .unwrap();
     assert_eq!(request.reasoning, None);
+    // Thinking turned off (as Claude Code asks for its subagents, effort
+    // and all) asks for no reasoning; an adaptive request carrying a
+    // budget of 0 (as later Claude Code sends) is adaptive.
+    assert_eq!(
+        effort(json!({"thinking": {"type": "disabled"}, "output_config": {"effort": "high"}})),
+        Some(ReasoningEffort::Off)
+    );
+    assert_eq!(
+        effort(json!({"thinking": {"type": "adaptive", "budget_tokens": 0}})),
+        Some(ReasoningEffort::High)
+    );
 }
 
 #[test]

@@ -38,8 +38,9 @@ pub struct ServeOptions {
 /// - an assistant's `reasoning_content` (or `reasoning`) becomes a
 ///   reasoning part before its text;
 /// - `max_completion_tokens` wins over `max_tokens`;
-/// - `reasoning_effort` `none` means no reasoning setting, `xhigh` is
-///   [`ReasoningEffort::High`];
+/// - `reasoning_effort` `none` is [`ReasoningEffort::Off`], and so is
+///   `chat_template_kwargs.enable_thinking: false` (vLLM's and SGLang's
+///   switch) when no effort is named; `xhigh` is [`ReasoningEffort::High`];
 /// - tools other than `function` are rejected.
 ///
 /// # Errors
@@ -132,8 +133,14 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
         None | Some(Value::Null) => None,
         Some(value) => decode_response_format(&value)?,
     };
+    let thinking_switched_off = wire
+        .chat_template_kwargs
+        .as_ref()
+        .and_then(|kwargs| kwargs.get("enable_thinking"))
+        .and_then(Value::as_bool)
+        == Some(false);
     let reasoning = match wire.reasoning_effort.as_deref() {
-        None => None,
+        None => thinking_switched_off.then_some(ReasoningEffort::Off),
         Some(effort) => decode_effort(effort, "reasoning_effort")?,
     };
     let request = ChatRequest {
@@ -485,14 +492,14 @@ fn decode_response_format(value: &Value) -> Result<Option<ResponseFormat>, Decod
     }
 }
 
-/// Decodes an OpenAI reasoning effort: `none` is no setting, `xhigh` is
-/// [`ReasoningEffort::High`].
+/// Decodes an OpenAI reasoning effort: `none` is [`ReasoningEffort::Off`],
+/// `xhigh` is [`ReasoningEffort::High`].
 pub(crate) fn decode_effort(
     effort: &str,
     field: &str,
 ) -> Result<Option<ReasoningEffort>, DecodeError> {
     match effort {
-        "none" => Ok(None),
+        "none" => Ok(Some(ReasoningEffort::Off)),
         "minimal" => Ok(Some(ReasoningEffort::Minimal)),
         "low" => Ok(Some(ReasoningEffort::Low)),
         "medium" => Ok(Some(ReasoningEffort::Medium)),

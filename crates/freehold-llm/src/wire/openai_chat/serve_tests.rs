@@ -679,3 +679,58 @@ fn a_strict_tool_stays_strict_for_openai_protocol_upstreams() {
     // refuse it.
     assert!(anthropic["tools"][0].get("strict").is_none());
 }
+
+/// `none`, and vLLM's `enable_thinking: false` switch, ask for no
+/// reasoning; a named effort wins over the switch.
+#[test]
+fn no_reasoning_is_asked_for_by_none_or_the_template_switch() {
+    let reasoning = |extra: Value| {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        decode_json(body).unwrap().0.reasoning
+    };
+    assert_eq!(reasoning(json!({})), None);
+    assert_eq!(
+        reasoning(json!({"reasoning_effort": "none"})),
+        Some(ReasoningEffort::Off)
+    );
+    let switched_off = json!({"chat_template_kwargs": {"enable_thinking": false}});
+    assert_eq!(reasoning(switched_off), Some(ReasoningEffort::Off));
+    assert_eq!(
+        reasoning(json!({"chat_template_kwargs": {"enable_thinking": true}})),
+        None
+    );
+    assert_eq!(
+        reasoning(json!({"chat_template_kwargs": {"enable_thinking": false},
+                         "reasoning_effort": "low"})),
+        Some(ReasoningEffort::Low)
+    );
+}
+
+/// No reasoning reaches a server whose templates take the switch as
+/// `enable_thinking: false`, and no server as an effort (OpenAI's models
+/// before gpt-5.1 refuse `none`).
+#[test]
+fn no_reasoning_is_sent_as_the_dialect_takes_it() {
+    let mut request = ChatRequest::new("m", vec![Message::user("hi")]);
+    request.reasoning = Some(ReasoningEffort::Off);
+    let template_server = Dialect {
+        enable_thinking_kwarg: true,
+        ..Dialect::default()
+    };
+    let body = serde_json::to_value(encode_request(&request, template_server, false)).unwrap();
+    assert_eq!(
+        body["chat_template_kwargs"],
+        json!({"enable_thinking": false})
+    );
+    assert_eq!(body.get("reasoning_effort"), None, "{body}");
+    let body = serde_json::to_value(encode_request(&request, Dialect::default(), false)).unwrap();
+    assert_eq!(body.get("chat_template_kwargs"), None, "{body}");
+    assert_eq!(body.get("reasoning_effort"), None, "{body}");
+    request.reasoning = Some(ReasoningEffort::Low);
+    let body = serde_json::to_value(encode_request(&request, template_server, false)).unwrap();
+    assert_eq!(body.get("chat_template_kwargs"), None, "{body}");
+    assert_eq!(body["reasoning_effort"], "low");
+}

@@ -1342,3 +1342,18 @@ fn functions_are_strict_only_when_the_client_says_so() {
     assert!(!strict_of(json!(false)));
     assert!(!strict_of(Value::Null));
 }
+
+/// `reasoning.effort: "none"` asks for no reasoning, which an upstream of
+/// the same protocol is asked for by leaving `reasoning` out.
+#[test]
+fn effort_none_asks_for_no_reasoning() {
+    let body = json!({"model": "m", "input": "hi", "reasoning": {"effort": "none"}});
+    let (request, _) =
+        decode_request(serde_json::from_value::<ResponsesRequest>(body).unwrap()).unwrap();
+    assert_eq!(request.reasoning, Some(ReasoningEffort::Off));
+    let sent = serde_json::to_value(crate::wire::openai_responses::encode_request(
+        &request, false,
+    ))
+    .unwrap();
+    assert_eq!(sent.get("reasoning"), None, "{sent}");
+}
