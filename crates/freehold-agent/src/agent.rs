@@ -1081,6 +1081,9 @@ fn subtract(usage: &mut Usage, before: &Usage) {
     usage.input_tokens -= before.input_tokens.min(usage.input_tokens);
     usage.cached_input_tokens -= before.cached_input_tokens.min(usage.cached_input_tokens);
     usage.cache_write_tokens -= before.cache_write_tokens.min(usage.cache_write_tokens);
+    usage.cache_write_1h_tokens -= before
+        .cache_write_1h_tokens
+        .min(usage.cache_write_1h_tokens);
     usage.output_tokens -= before.output_tokens.min(usage.output_tokens);
     usage.reasoning_tokens -= before.reasoning_tokens.min(usage.reasoning_tokens);
 }

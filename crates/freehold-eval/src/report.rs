@@ -114,11 +114,7 @@ impl SuiteTotals {
         let passed = tasks.iter().filter(|t| t.passed).count();
         let mut usage = Usage::default();
         for task in tasks {
-            usage.input_tokens += task.usage.input_tokens;
-            usage.cached_input_tokens += task.usage.cached_input_tokens;
-            usage.cache_write_tokens += task.usage.cache_write_tokens;
-            usage.output_tokens += task.usage.output_tokens;
-            usage.reasoning_tokens += task.usage.reasoning_tokens;
+            usage.add(&task.usage);
         }
         Self {
             tasks: tasks.len(),

@@ -971,20 +971,27 @@ async fn a_request_for_no_reasoning_turns_a_templates_thinking_off() {
                      "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     });
-    let upstream = MockServer::start(vec![Scripted::json(200, completion)]).await;
-    let provider: Arc<dyn Provider> = ProviderConfig {
-        kind: Some(ProviderKind::Openai),
-        base_url: Some(format!("{}/v1", upstream.url())),
-        enable_thinking_kwarg: Some(true),
-        ..ProviderConfig::default()
-    }
-    .resolve("vllm")
-    .unwrap()
-    .build(&HealthSettings::default())
-    .unwrap();
+    let template_server = MockServer::start(vec![Scripted::json(200, completion.clone())]).await;
+    let other_server = MockServer::start(vec![Scripted::json(200, completion)]).await;
+    // `vllm` takes the preset of that name, which turns the switch on; a
+    // server known by another name is not sent it.
+    let build = |name: &str, server: &MockServer| -> Arc<dyn Provider> {
+        ProviderConfig {
+            kind: Some(ProviderKind::Openai),
+            base_url: Some(format!("{}/v1", server.url())),
+            ..ProviderConfig::default()
+        }
+        .resolve(name)
+        .unwrap()
+        .build(&HealthSettings::default())
+        .unwrap()
+    };
     let routes = Routes {
         router: Router::new(
-            BTreeMap::from([("vllm".to_owned(), provider)]),
+            BTreeMap::from([
+                ("vllm".to_owned(), build("vllm", &template_server)),
+                ("box".to_owned(), build("box", &other_server)),
+            ]),
             BTreeMap::new(),
             Catalog::new(),
         ),
@@ -993,16 +1000,18 @@ async fn a_request_for_no_reasoning_turns_a_templates_thinking_off() {
         engine_providers: BTreeSet::new(),
     };
     let gw = start(routes, GatewaySettings::default(), None).await;
-    let chat = json!({"model": "vllm:qwen3", "reasoning_effort": "none",
-        "messages": [{"role": "user", "content": "hi"}]});
-    let (status, body, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &chat).await;
-    assert_eq!(status, 200, "{body}");
-    let subagent = json!({"model": "vllm:qwen3", "max_tokens": 1000,
-        "thinking": {"type": "disabled"}, "output_config": {"effort": "high"},
-        "messages": [{"role": "user", "content": "hi"}]});
-    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &subagent).await;
-    assert_eq!(status, 200, "{body}");
-    let sent = upstream.requests();
+    for model in ["vllm:qwen3", "box:qwen3"] {
+        let chat = json!({"model": model, "reasoning_effort": "none",
+            "messages": [{"role": "user", "content": "hi"}]});
+        let (status, body, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &chat).await;
+        assert_eq!(status, 200, "{body}");
+        let subagent = json!({"model": model, "max_tokens": 1000,
+            "thinking": {"type": "disabled"}, "output_config": {"effort": "high"},
+            "messages": [{"role": "user", "content": "hi"}]});
+        let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &subagent).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let sent = template_server.requests();
     assert_eq!(sent.len(), 2);
     for request in sent {
         let sent = request.json();
@@ -1011,6 +1020,13 @@ async fn a_request_for_no_reasoning_turns_a_templates_thinking_off() {
             json!({"enable_thinking": false}),
             "{sent}"
         );
+        assert_eq!(sent.get("reasoning_effort"), None, "{sent}");
+    }
+    let sent = other_server.requests();
+    assert_eq!(sent.len(), 2);
+    for request in sent {
+        let sent = request.json();
+        assert_eq!(sent.get("chat_template_kwargs"), None, "{sent}");
         assert_eq!(sent.get("reasoning_effort"), None, "{sent}");
     }
 }
@@ -2549,6 +2565,55 @@ async fn budgeted_gateway_before_anthropic(
         })
         .await;
     (gw, key, secret)
+}
+
+/// Cache writes kept for an hour cost twice the input price, not the
+/// five-minute price: Anthropic's usage says which were which, and the key
+/// is charged and the client told accordingly.
+#[tokio::test]
+async fn hour_long_cache_writes_are_charged_their_own_price() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let answer = json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": [{"type": "text", "text": "Done."}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 10, "cache_read_input_tokens": 0,
+                  "cache_creation_input_tokens": 1000, "output_tokens": 100,
+                  "cache_creation": {"ephemeral_5m_input_tokens": 200,
+                                     "ephemeral_1h_input_tokens": 800}},
+    });
+    let upstream = MockServer::start(vec![Scripted::json(200, answer)]).await;
+    let (gw, key, secret) = budgeted_gateway_before_anthropic(&upstream).await;
+    let mark = json!({"type": "ephemeral", "ttl": "1h"});
+    let body = json!({"model": "claude:claude-x", "max_tokens": 1000,
+        "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": mark}],
+        "messages": [{"role": "user", "content": "Read main.rs."}]});
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", &secret)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        answer["usage"]["cache_creation"],
+        json!({"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 800}),
+        "{answer}"
+    );
+    assert!(
+        gw.gateway
+            .settlements_written(Duration::from_secs(10))
+            .await
+    );
+    // 10 × $3 + 200 × $3.75 + 800 × $6 + 100 × $15 per million
+    // = 30 + 750 + 4,800 + 1,500 = 7,080 µ$ (all at $3.75: 5,280 µ$).
+    let now = gw.store.key_by_id(&key.id).await.unwrap().unwrap();
+    assert!((now.spent_usd - 0.00708).abs() < 1e-9, "{now:?}");
+    let sent = upstream.requests()[0].json();
+    assert_eq!(sent["system"][0]["cache_control"], mark, "{sent}");
 }
 
 /// A provider that opens its stream and then refuses (Anthropic's

@@ -180,6 +180,7 @@ impl StreamAssembler {
             input_tokens: pick(usage.input_tokens, current.input_tokens),
             cached_input_tokens: pick(usage.cached_input_tokens, current.cached_input_tokens),
             cache_write_tokens: pick(usage.cache_write_tokens, current.cache_write_tokens),
+            cache_write_1h_tokens: pick(usage.cache_write_1h_tokens, current.cache_write_1h_tokens),
             output_tokens: pick(usage.output_tokens, current.output_tokens),
             reasoning_tokens: pick(usage.reasoning_tokens, current.reasoning_tokens),
         };

@@ -19,6 +19,10 @@ use freehold_protocol::Usage;
 
 use crate::catalog::Pricing;
 
+/// What a cache write kept for an hour costs, in input prices (Anthropic's
+/// published multiplier; five-minute writes cost 1.25).
+const ONE_HOUR_WRITE_MULTIPLIER: f64 = 2.0;
+
 /// The cost of `usage` in USD, or `None` when the price is unknown.
 ///
 /// A request of more input tokens than a long-prompt price starts at is
@@ -26,7 +30,9 @@ use crate::catalog::Pricing;
 /// `usage.input_tokens` includes cached and cache-write tokens: the rest is
 /// charged at `input`, cached tokens at `cached_input` and cache writes at
 /// `cache_write` (each falling back to `input` when the provider has no
-/// separate price), and output tokens (reasoning included) at `output`.
+/// separate price), except writes kept for an hour, which Anthropic (the
+/// one provider with them) charges at twice `input`; output tokens
+/// (reasoning included) at `output`.
 pub fn cost(usage: &Usage, pricing: Option<&Pricing>) -> Option<f64> {
     let pricing = pricing?.for_input_tokens(usage.input_tokens);
     let uncached = usage
@@ -35,10 +41,13 @@ pub fn cost(usage: &Usage, pricing: Option<&Pricing>) -> Option<f64> {
         .saturating_sub(usage.cache_write_tokens);
     let cached_price = pricing.cached_input.unwrap_or(pricing.input);
     let write_price = pricing.cache_write.unwrap_or(pricing.input);
+    let hour_writes = usage.cache_write_1h_tokens.min(usage.cache_write_tokens);
+    let short_writes = usage.cache_write_tokens - hour_writes;
     // Token counts fit f64 exactly far beyond any real answer (2^53).
     let micro_dollars = uncached as f64 * pricing.input
         + usage.cached_input_tokens as f64 * cached_price
-        + usage.cache_write_tokens as f64 * write_price
+        + short_writes as f64 * write_price
+        + hour_writes as f64 * ONE_HOUR_WRITE_MULTIPLIER * pricing.input
         + usage.output_tokens as f64 * pricing.output;
     Some(micro_dollars / 1_000_000.0)
 }
@@ -83,6 +92,7 @@ mod tests {
             input_tokens: input,
             cached_input_tokens: cached,
             cache_write_tokens: write,
+            cache_write_1h_tokens: 0,
             output_tokens: output,
             reasoning_tokens: 0,
         }
@@ -123,6 +133,41 @@ mod tests {
         let total = cost(&usage(7_000, 2_000, 4_000, 500), Some(&SONNET)).unwrap();
         assert!((total - 0.0261).abs() < 1e-15, "{total}");
         assert_eq!(CostDisplay(Some(total)).to_string(), "$0.0261");
+    }
+
+    #[test]
+    fn writes_kept_for_an_hour_cost_twice_the_input_price() {
+        // Of 4,000 written, 1,000 for an hour: 1,000 uncached × 3 + 2,000
+        // cached × 0.30 + 3,000 × 3.75 + 1,000 × 6 + 500 out × 15
+        // = 3,000 + 600 + 11,250 + 6,000 + 7,500 = 28,350 µ$.
+        let usage = Usage {
+            cache_write_1h_tokens: 1_000,
+            ..usage(7_000, 2_000, 4_000, 500)
+        };
+        let total = cost(&usage, Some(&SONNET)).unwrap();
+        assert!((total - 0.02835).abs() < 1e-15, "{total}");
+        // Past a long prompt's size, twice its input price.
+        let tiered = Pricing {
+            long_prompt: Some(LongPromptPricing {
+                above_input_tokens: 200_000,
+                input: 6.0,
+                cached_input: Some(0.60),
+                cache_write: Some(7.50),
+                output: 22.50,
+            }),
+            ..SONNET
+        };
+        let long = Usage {
+            cache_write_1h_tokens: 1_000,
+            ..usage_of(201_000, 0, 1_000, 0)
+        };
+        // 200,000 × 6 + 1,000 × 12 = 1,212,000 µ$.
+        let total = cost(&long, Some(&tiered)).unwrap();
+        assert!((total - 1.212).abs() < 1e-12, "{total}");
+    }
+
+    fn usage_of(input: u64, cached: u64, write: u64, output: u64) -> Usage {
+        usage(input, cached, write, output)
     }
 
     #[test]

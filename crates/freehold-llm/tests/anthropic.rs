@@ -154,6 +154,7 @@ async fn streams_text_and_cache_usage_split_at_every_byte() {
                 input_tokens: 142,
                 cached_input_tokens: 100,
                 cache_write_tokens: 30,
+                cache_write_1h_tokens: 0,
                 output_tokens: 7,
                 reasoning_tokens: 0,
             }),
@@ -722,6 +723,7 @@ async fn complete_decodes_a_non_streamed_answer_and_encodes_options() {
             input_tokens: 1025,
             cached_input_tokens: 1000,
             cache_write_tokens: 5,
+            cache_write_1h_tokens: 0,
             output_tokens: 9,
             reasoning_tokens: 0,
         }
@@ -1180,7 +1182,8 @@ async fn a_refused_count_is_the_apis_own_error() {
 
 mod wire {
     use freehold_llm::wire::anthropic::{
-        self, ContentBlock, MessageStreamEvent, MessagesRequest, MessagesResponse, WireUsage,
+        self, CacheCreation, ContentBlock, MessageStreamEvent, MessagesRequest, MessagesResponse,
+        WireUsage,
     };
     use freehold_llm::wire::openai_chat;
     use freehold_protocol::{StopReason, Usage};
@@ -1260,6 +1263,10 @@ mod wire {
             output_tokens: 4,
             cache_creation_input_tokens: Some(20),
             cache_read_input_tokens: Some(300),
+            cache_creation: Some(CacheCreation {
+                ephemeral_5m_input_tokens: 8,
+                ephemeral_1h_input_tokens: 12,
+            }),
         };
         let usage = Usage::from(&wire);
         assert_eq!(
@@ -1268,6 +1275,7 @@ mod wire {
                 input_tokens: 330,
                 cached_input_tokens: 300,
                 cache_write_tokens: 20,
+                cache_write_1h_tokens: 12,
                 output_tokens: 4,
                 reasoning_tokens: 0,
             }

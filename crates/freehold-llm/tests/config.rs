@@ -232,6 +232,12 @@ fn a_protocols_settings_are_refused_on_another_kind() {
             "ollama",
             "anthropic",
         ),
+        (
+            "preset = \"ollama\"",
+            "enable_thinking_kwarg = true",
+            "openai",
+            "ollama",
+        ),
     ] {
         let error = config(&format!("{table}\n{key}"))
             .resolve("team")
@@ -252,6 +258,7 @@ fn a_protocols_settings_are_refused_on_another_kind() {
     // On their own kind they are taken.
     for (table, key) in [
         ("preset = \"vllm\"", "token_count = \"none\""),
+        ("preset = \"lmstudio\"", "enable_thinking_kwarg = true"),
         ("preset = \"anthropic\"", "default_max_tokens = 100"),
         ("preset = \"ollama\"", "keep_alive = \"5m\""),
     ] {

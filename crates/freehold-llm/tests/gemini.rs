@@ -223,6 +223,7 @@ async fn parallel_function_calls_in_one_chunk_survive_any_split() {
                 input_tokens: 40,
                 cached_input_tokens: 32,
                 cache_write_tokens: 0,
+                cache_write_1h_tokens: 0,
                 output_tokens: 43,
                 reasoning_tokens: 25,
             }

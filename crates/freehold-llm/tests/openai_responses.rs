@@ -431,6 +431,7 @@ async fn reasoning_summary_and_encrypted_content_round_trip_into_the_next_reques
             input_tokens: 2000,
             cached_input_tokens: 1536,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             output_tokens: 300,
             reasoning_tokens: 256,
         }
@@ -957,6 +958,7 @@ async fn complete_decodes_a_non_streamed_answer_and_encodes_every_option() {
                 input_tokens: 2048,
                 cached_input_tokens: 1024,
                 cache_write_tokens: 0,
+                cache_write_1h_tokens: 0,
                 output_tokens: 200,
                 reasoning_tokens: 128,
             },

@@ -19,6 +19,11 @@ pub struct Usage {
     /// extra for them).
     #[serde(default)]
     pub cache_write_tokens: u64,
+    /// Of `cache_write_tokens`, those written to be kept for an hour
+    /// (Anthropic's `"ttl": "1h"`), which cost more than the five-minute
+    /// writes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_1h_tokens: u64,
     /// Output (completion) tokens, including reasoning tokens.
     pub output_tokens: u64,
     /// Output tokens spent on reasoning.
@@ -37,9 +42,14 @@ impl Usage {
         self.input_tokens += other.input_tokens;
         self.cached_input_tokens += other.cached_input_tokens;
         self.cache_write_tokens += other.cache_write_tokens;
+        self.cache_write_1h_tokens += other.cache_write_1h_tokens;
         self.output_tokens += other.output_tokens;
         self.reasoning_tokens += other.reasoning_tokens;
     }
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 /// How long an answer took, where the provider measures it (the embedded

@@ -356,7 +356,8 @@ impl OpenAiChatClient {
         Ok(answer.get("count").and_then(serde_json::Value::as_u64))
     }
 
-    /// Sends `request`'s conversation and tools to `POST /tokenize`;
+    /// Sends `request`'s conversation and tools to `POST /tokenize` (and
+    /// the template's arguments: thinking switched off renders differently);
     /// `None` when the server has no such endpoint.
     async fn post_tokenize(&self, request: &ChatRequest) -> Result<Option<Response>, LlmError> {
         let encoded = openai_chat::encode_request(request, self.dialect, false);
@@ -365,7 +366,12 @@ impl OpenAiChatClient {
                 .error(ErrorKind::InvalidRequest, error.to_string())
         })?;
         if let Some(fields) = body.as_object_mut() {
-            fields.retain(|name, _| matches!(name.as_str(), "model" | "messages" | "tools"));
+            fields.retain(|name, _| {
+                matches!(
+                    name.as_str(),
+                    "model" | "messages" | "tools" | "chat_template_kwargs"
+                )
+            });
             fields.insert("add_generation_prompt".into(), true.into());
         }
         let url = format!("{}/tokenize", self.server_root());

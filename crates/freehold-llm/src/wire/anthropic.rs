@@ -460,6 +460,21 @@ pub struct WireUsage {
     /// Input tokens read from the prompt cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_read_input_tokens: Option<u64>,
+    /// The cache writes by how long they are kept, which sets their price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_creation: Option<CacheCreation>,
+}
+
+/// `usage.cache_creation`: [`WireUsage::cache_creation_input_tokens`] by
+/// how long the writes are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheCreation {
+    /// Written for five minutes (1.25 times the input price).
+    #[serde(default)]
+    pub ephemeral_5m_input_tokens: u64,
+    /// Written for an hour (twice the input price).
+    #[serde(default)]
+    pub ephemeral_1h_input_tokens: u64,
 }
 
 impl From<&WireUsage> for Usage {
@@ -470,6 +485,9 @@ impl From<&WireUsage> for Usage {
             input_tokens: wire.input_tokens + read + write,
             cached_input_tokens: read,
             cache_write_tokens: write,
+            cache_write_1h_tokens: wire
+                .cache_creation
+                .map_or(0, |creation| creation.ephemeral_1h_input_tokens.min(write)),
             output_tokens: wire.output_tokens,
             reasoning_tokens: 0,
         }
@@ -486,6 +504,12 @@ impl From<&Usage> for WireUsage {
             output_tokens: usage.output_tokens,
             cache_creation_input_tokens: Some(usage.cache_write_tokens),
             cache_read_input_tokens: Some(usage.cached_input_tokens),
+            cache_creation: Some(CacheCreation {
+                ephemeral_5m_input_tokens: usage
+                    .cache_write_tokens
+                    .saturating_sub(usage.cache_write_1h_tokens),
+                ephemeral_1h_input_tokens: usage.cache_write_1h_tokens,
+            }),
         }
     }
 }

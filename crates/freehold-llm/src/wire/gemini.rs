@@ -391,6 +391,7 @@ impl From<&UsageMetadata> for Usage {
             input_tokens: wire.prompt_token_count + wire.tool_use_prompt_token_count,
             cached_input_tokens: wire.cached_content_token_count,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             output_tokens: wire.candidates_token_count + wire.thoughts_token_count,
             reasoning_tokens: wire.thoughts_token_count,
         }
@@ -666,38 +667,71 @@ struct Generation {
     thinking: ThinkingControl,
 }
 
-/// How a Gemini model's thinking is set: by a budget of tokens (2.5 and
-/// before) or by a level (Gemini 3, for which Google says a budget may cost
-/// quality; a request with both is refused).
+/// How a Gemini model's thinking is set: by a budget of tokens (2.5) or by
+/// a level (Gemini 3, for which Google says a budget may cost quality; a
+/// request with both is refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ThinkingControl {
-    /// `thinkingBudget`. `least` is the budget sent for no reasoning: 0
-    /// turns thinking off on 2.5 Flash and Flash-Lite, 2.5 Pro's least is
-    /// 128 ("this model only works in thinking mode"), and `None` for models
-    /// that do not think unasked (before 2.5, and other models of the API),
-    /// which are then sent no thinking settings.
-    Budget { least: Option<i32> },
+    /// Not at all: models that do not think (before 2.5, and other models
+    /// of the API) refuse `thinkingConfig`.
+    Unset,
+    /// `thinkingBudget`, within the model's `min..=max` (Flash 1–24,576,
+    /// Flash-Lite 512–24,576, Pro 128–32,768; a budget outside is
+    /// refused). `off` is the budget sent for no reasoning: 0 turns thinking
+    /// off on Flash and Flash-Lite; Pro cannot stop ("this model only works
+    /// in thinking mode") and gets its least.
+    Budget { off: i32, min: i32, max: i32 },
     /// `thinkingLevel`: every model of the generation takes `low` and
-    /// `high`; Flash also `minimal` and `medium`, Pro `medium` from 3.1 on.
-    /// None turns thinking off.
+    /// `high`; `minimal` Flash-Lite and Flash before 3.7 (later Flash
+    /// refuses it), `medium` Flash and Pro from 3.1 on.
     Levels { minimal: bool, medium: bool },
 }
 
 impl ThinkingControl {
+    /// The control for a Gemini model named `name` (after `gemini-`) of
+    /// `version`, or the newest generation when its name says none.
+    fn of(name: &str, version: Option<(u32, u32)>) -> Self {
+        let lite = name.contains("flash-lite");
+        let flash = name.contains("flash");
+        let pro = name.contains("pro");
+        match version {
+            Some(version) if version >= (3, 0) => Self::Levels {
+                minimal: lite || (flash && version < (3, 7)),
+                medium: flash || (pro && version >= (3, 1)),
+            },
+            Some(version) if version >= (2, 5) && pro => Self::Budget {
+                off: 128,
+                min: 128,
+                max: 32_768,
+            },
+            Some(version) if version >= (2, 5) => Self::Budget {
+                off: 0,
+                min: if lite { 512 } else { 1 },
+                max: 24_576,
+            },
+            Some(_) => Self::Unset,
+            // An alias of the newest models: the levels all of them take.
+            None => Self::Levels {
+                minimal: lite,
+                medium: flash || pro,
+            },
+        }
+    }
+
     /// The `thinkingConfig` for a request's effort, and its budget when the
-    /// client named one (Anthropic's `budget_tokens`: sent as asked where a
-    /// budget is taken; Gemini 3 gets the effort's level).
+    /// client named one (Anthropic's `budget_tokens`): sent as asked, within
+    /// the model's range, where a budget is taken; Gemini 3 gets the level
+    /// of the effort nearest to it.
     fn config(self, effort: ReasoningEffort, named_budget: Option<u32>) -> Option<ThinkingConfig> {
         let thoughts = effort != ReasoningEffort::Off;
         let (thinking_budget, thinking_level) = match self {
-            Self::Budget { least } if !thoughts => (Some(least?), None),
-            Self::Budget { .. } => (
-                Some(
-                    i32::try_from(named_budget.unwrap_or(effort.budget_tokens()))
-                        .unwrap_or(i32::MAX),
-                ),
-                None,
-            ),
+            Self::Unset => return None,
+            Self::Budget { off, .. } if !thoughts => (Some(off), None),
+            Self::Budget { min, max, .. } => {
+                let asked = named_budget.unwrap_or(effort.budget_tokens());
+                let asked = i32::try_from(asked).unwrap_or(i32::MAX);
+                (Some(asked.clamp(min, max)), None)
+            }
             Self::Levels { minimal, medium } => {
                 let level = match effort {
                     ReasoningEffort::Off | ReasoningEffort::Minimal if minimal => "minimal",
@@ -727,37 +761,23 @@ impl Generation {
                 penalties: true,
                 json_with_tools: true,
                 gemini_3: false,
-                thinking: ThinkingControl::Budget { least: None },
+                thinking: ThinkingControl::Unset,
             };
         };
-        let flash = name.contains("flash");
-        let pro = name.contains("pro");
-        match gemini_version(name) {
+        let version = gemini_version(name);
+        let thinking = ThinkingControl::of(name, version);
+        match version {
             Some((major, minor)) => Self {
                 penalties: major < 2 || (major, minor) == (2, 0),
                 json_with_tools: major >= 3,
                 gemini_3: major >= 3,
-                thinking: if major >= 3 {
-                    ThinkingControl::Levels {
-                        minimal: flash,
-                        medium: flash || (pro && (major, minor) >= (3, 1)),
-                    }
-                } else if (major, minor) >= (2, 5) {
-                    ThinkingControl::Budget {
-                        least: Some(if pro { 128 } else { 0 }),
-                    }
-                } else {
-                    ThinkingControl::Budget { least: None }
-                },
+                thinking,
             },
             None => Self {
                 penalties: false,
                 json_with_tools: true,
                 gemini_3: true,
-                thinking: ThinkingControl::Levels {
-                    minimal: flash,
-                    medium: flash || pro,
-                },
+                thinking,
             },
         }
     }
@@ -1538,6 +1558,14 @@ mod tests {
                 Off,
                 json!({"thinkingLevel": "minimal"}),
             ),
+            // Flash from 3.7 on, and its alias, refuse `minimal`.
+            ("gemini-3.8-flash", Off, json!({"thinkingLevel": "low"})),
+            ("gemini-flash-latest", Off, json!({"thinkingLevel": "low"})),
+            (
+                "gemini-3.5-flash-lite",
+                Off,
+                json!({"thinkingLevel": "minimal"}),
+            ),
             ("gemini-2.5-flash", Off, json!({"thinkingBudget": 0})),
             ("gemini-2.5-flash-lite", Off, json!({"thinkingBudget": 0})),
             ("gemini-2.5-pro", Off, json!({"thinkingBudget": 128})),
@@ -1548,9 +1576,44 @@ mod tests {
             ),
             ("gemini-2.0-flash", Off, Value::Null),
             ("gemma-3-27b-it", Off, Value::Null),
+            // Models that do not think refuse any thinking settings.
+            ("gemini-2.0-flash", High, Value::Null),
+            ("gemma-3-27b-it", Low, Value::Null),
         ] {
             assert_eq!(thinking(model, effort), expected, "{model} {effort:?}");
         }
+    }
+
+    /// A budget the client named goes as asked within the model's range;
+    /// Gemini 3 gets the level of the nearest effort, never a budget beside
+    /// it (Gemini refuses both together).
+    #[test]
+    fn a_named_budget_stays_within_the_models_range() {
+        let thinking = |model: &str, budget: u32| {
+            let mut request = ChatRequest::new(model, vec![Message::user("Hi")]);
+            request.reasoning = Some(ReasoningEffort::High);
+            request.reasoning_budget = Some(budget);
+            let body = serde_json::to_value(encode_request(&request)).unwrap();
+            body["generationConfig"]["thinkingConfig"].clone()
+        };
+        for (model, budget, expected) in [
+            ("gemini-2.5-flash", 31_999, json!(24_576)),
+            ("gemini-2.5-pro", 31_999, json!(31_999)),
+            ("gemini-2.5-pro", 40_000, json!(32_768)),
+            ("gemini-2.5-flash-lite", 100, json!(512)),
+            ("gemini-2.5-flash", 5_000, json!(5_000)),
+        ] {
+            assert_eq!(
+                thinking(model, budget)["thinkingBudget"],
+                expected,
+                "{model}"
+            );
+        }
+        let level = thinking("gemini-3-pro-preview", 31_999);
+        assert_eq!(
+            level,
+            json!({"thinkingLevel": "high", "includeThoughts": true})
+        );
     }
 
     /// Names without a version are aliases of the newest models, whose
@@ -1697,6 +1760,7 @@ mod tests {
                 input_tokens: 100,
                 cached_input_tokens: 60,
                 cache_write_tokens: 0,
+                cache_write_1h_tokens: 0,
                 output_tokens: 50,
                 reasoning_tokens: 30
             }

@@ -1355,6 +1355,21 @@ mod tests {
             old.think(Some(ReasoningEffort::Off)),
             Some(Think::Enabled(false))
         );
+        // Before the model's facts are known, `think` goes as asked.
+        let size = ContextSize {
+            num_ctx: 4096,
+            num_predict: 1024,
+        };
+        let mut request = ChatRequest::new("qwen3", vec![Message::user("hi")]);
+        for (effort, think) in [
+            (None, None),
+            (Some(ReasoningEffort::Off), Some(Think::Enabled(false))),
+            (Some(ReasoningEffort::Low), Some(Think::Enabled(true))),
+        ] {
+            request.reasoning = effort;
+            let body = encode_request(&request, size, false).unwrap();
+            assert_eq!(body.think, think, "{effort:?}");
+        }
     }
 
     #[test]

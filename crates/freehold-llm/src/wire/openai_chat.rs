@@ -468,6 +468,7 @@ impl From<&WireUsage> for Usage {
             input_tokens: wire.prompt_tokens,
             cached_input_tokens: cached,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             output_tokens: wire.completion_tokens,
             reasoning_tokens: wire
                 .completion_tokens_details

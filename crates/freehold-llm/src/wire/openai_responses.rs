@@ -644,6 +644,7 @@ impl From<&ResponseUsage> for Usage {
                 .as_ref()
                 .map_or(0, |details| details.cached_tokens),
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             output_tokens: wire.output_tokens,
             reasoning_tokens: wire
                 .output_tokens_details

@@ -742,6 +742,7 @@ impl MessageStreamEncoder {
                     output_tokens: 0,
                     cache_creation_input_tokens: None,
                     cache_read_input_tokens: None,
+                    cache_creation: None,
                 },
             },
         }));

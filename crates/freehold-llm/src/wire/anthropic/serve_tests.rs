@@ -178,6 +178,7 @@ fn full_response() -> ChatResponse {
             input_tokens: 1000,
             cached_input_tokens: 600,
             cache_write_tokens: 100,
+            cache_write_1h_tokens: 0,
             output_tokens: 50,
             reasoning_tokens: 0,
         },

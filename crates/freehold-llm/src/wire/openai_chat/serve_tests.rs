@@ -154,6 +154,7 @@ fn full_response() -> ChatResponse {
             input_tokens: 120,
             cached_input_tokens: 100,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             output_tokens: 30,
             reasoning_tokens: 12,
         },

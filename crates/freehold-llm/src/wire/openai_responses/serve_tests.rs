@@ -154,6 +154,7 @@ fn full_response() -> ChatResponse {
             input_tokens: 500,
             cached_input_tokens: 300,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             output_tokens: 80,
             reasoning_tokens: 40,
         },
