@@ -620,9 +620,9 @@ async fn probe(shared: Weak<Shared>, replica: Arc<dyn Provider>, due: DueProbe) 
     };
     // A provider that panics fails its probe rather than leaving the
     // replica marked as being probed for ever.
-    let listing = AssertUnwindSafe(replica.list_models()).catch_unwind();
+    let listing = AssertUnwindSafe(replica.check_ready()).catch_unwind();
     let outcome = match tokio::time::timeout(limit, listing).await {
-        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(error))) => Err(error),
         Ok(Err(_)) => Err(LlmError::new(
             ErrorKind::Server,

@@ -103,6 +103,11 @@ pub struct ProviderConfig {
     /// for vLLM, SGLang and llama.cpp, whose templates read it).
     #[serde(default)]
     pub enable_thinking_kwarg: Option<bool>,
+    /// Chat Completions only: the health probes also ask `GET /health`
+    /// beside the `/v1` root, where a server error means not ready
+    /// (presets turn it on for vLLM, SGLang and llama.cpp).
+    #[serde(default)]
+    pub probe_health: Option<bool>,
     /// Anthropic only: `max_tokens` when a request sets none (the API
     /// requires one; default 8192).
     #[serde(default)]
@@ -398,6 +403,9 @@ impl ProviderConfig {
         if let Some(switch) = self.enable_thinking_kwarg {
             dialect.enable_thinking_kwarg = switch;
         }
+        if let Some(probe) = self.probe_health {
+            dialect.probe_health = probe;
+        }
         let engine = EngineSettings {
             threads: self.threads,
             max_context: self.max_context,
@@ -426,6 +434,11 @@ impl ProviderConfig {
                 "enable_thinking_kwarg",
                 ProviderKind::Openai,
                 self.enable_thinking_kwarg.is_some(),
+            ),
+            (
+                "probe_health",
+                ProviderKind::Openai,
+                self.probe_health.is_some(),
             ),
             (
                 "default_max_tokens",

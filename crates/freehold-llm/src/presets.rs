@@ -64,13 +64,16 @@ const COMPATIBLE: Dialect = Dialect {
     stream_usage: true,
     token_count: TokenCountEndpoint::None,
     enable_thinking_kwarg: false,
+    probe_health: false,
 };
 
 /// Servers that hand `chat_template_kwargs` to the model's chat template
 /// (vLLM, SGLang, llama.cpp's `llama-server`), so that a request for no
-/// reasoning can turn a thinking template's `enable_thinking` off.
-const TEMPLATE_SERVER: Dialect = Dialect {
+/// reasoning can turn a thinking template's `enable_thinking` off, and
+/// that say at `GET /health` whether they can answer.
+const INFERENCE_SERVER: Dialect = Dialect {
     enable_thinking_kwarg: true,
+    probe_health: true,
     ..COMPATIBLE
 };
 
@@ -121,7 +124,7 @@ pub const PRESETS: &[Preset] = &[
         // Anthropic's count endpoint, which it also serves.
         dialect: Dialect {
             token_count: TokenCountEndpoint::MessagesCountTokens,
-            ..TEMPLATE_SERVER
+            ..INFERENCE_SERVER
         },
         ..local(
             "llamacpp",
@@ -140,7 +143,7 @@ pub const PRESETS: &[Preset] = &[
         // vLLM counts a chat's tokens, tools included, at `/tokenize`.
         dialect: Dialect {
             token_count: TokenCountEndpoint::Tokenize,
-            ..TEMPLATE_SERVER
+            ..INFERENCE_SERVER
         },
         ..local(
             "vllm",
@@ -150,7 +153,7 @@ pub const PRESETS: &[Preset] = &[
         )
     },
     Preset {
-        dialect: TEMPLATE_SERVER,
+        dialect: INFERENCE_SERVER,
         ..local(
             "sglang",
             ProviderKind::Openai,
@@ -166,6 +169,7 @@ pub const PRESETS: &[Preset] = &[
             // sees the same conversation.
             token_count: TokenCountEndpoint::ResponsesInputTokens,
             enable_thinking_kwarg: false,
+            probe_health: false,
         },
         ..hosted(
             "openai",
@@ -200,6 +204,7 @@ pub const PRESETS: &[Preset] = &[
             stream_usage: false,
             token_count: TokenCountEndpoint::None,
             enable_thinking_kwarg: false,
+            probe_health: false,
         },
         ..hosted(
             "mistral",
@@ -273,14 +278,24 @@ mod tests {
     }
 
     /// Only servers known to hand `chat_template_kwargs` to the template
-    /// get the thinking switch: hosted APIs may refuse unknown fields.
+    /// get the thinking switch (hosted APIs may refuse unknown fields), and
+    /// only they are asked `GET /health` (a hosted API has no such path).
     #[test]
-    fn the_thinking_switch_goes_to_template_servers_only() {
-        let switched: Vec<&str> = PRESETS
-            .iter()
-            .filter(|preset| preset.dialect.enable_thinking_kwarg)
-            .map(|preset| preset.name)
-            .collect();
-        assert_eq!(switched, ["llamacpp", "vllm", "sglang"]);
+    fn the_thinking_switch_and_health_go_to_inference_servers_only() {
+        let with = |flag: fn(&Dialect) -> bool| -> Vec<&str> {
+            PRESETS
+                .iter()
+                .filter(|preset| flag(&preset.dialect))
+                .map(|preset| preset.name)
+                .collect()
+        };
+        assert_eq!(
+            with(|dialect| dialect.enable_thinking_kwarg),
+            ["llamacpp", "vllm", "sglang"]
+        );
+        assert_eq!(
+            with(|dialect| dialect.probe_health),
+            ["llamacpp", "vllm", "sglang"]
+        );
     }
 }

@@ -47,6 +47,17 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The provider is unreachable or refuses the key.
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError>;
 
+    /// Whether the provider is ready for requests, as the health probes of
+    /// a replica set ask it: by default, that it lists its models (it is up
+    /// and takes the key). A server that lists them before it can answer
+    /// (llama.cpp's while its model loads) says more where it can.
+    ///
+    /// # Errors
+    /// What keeps it from answering.
+    async fn check_ready(&self) -> Result<(), LlmError> {
+        self.list_models().await.map(|_| ())
+    }
+
     /// The embeddings of `request.inputs`, one vector per input in their
     /// order. Providers without embeddings keep this default, which refuses.
     ///

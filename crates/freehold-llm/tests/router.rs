@@ -1634,3 +1634,112 @@ async fn a_request_sent_while_every_replica_is_out_moves_once_one_is_back() {
         .unwrap();
     assert_eq!(answer.message.text(), "back");
 }
+
+/// llama.cpp's server lists its models while it is still loading one, and
+/// answers 503 "Loading model" at `GET /health` until it can answer: a
+/// replica of a `llamacpp` pool whose health says so is taken out by the
+/// probes and gets no client request, and comes back once it is ready.
+#[tokio::test]
+async fn a_llama_server_still_loading_its_model_is_kept_out_until_ready() {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    use freehold_llm::config::ProviderConfig;
+    use freehold_llm::presets::ProviderKind;
+    use freehold_test_support::{MockServer, Scripted};
+
+    let completion = |text: &str| {
+        Scripted::json(
+            200,
+            serde_json::json!({
+                "id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+            }),
+        )
+    };
+    let llama_server = |name: &'static str, loading: Arc<AtomicBool>| {
+        move |request: &freehold_test_support::Recorded| match request.uri.as_str() {
+            "/v1/models" => Scripted::json(200, serde_json::json!({"data": [{"id": "m"}]})),
+            "/health" if loading.load(Ordering::SeqCst) => Scripted::json(
+                503,
+                serde_json::json!({"error": {"code": 503, "message": "Loading model",
+                                             "type": "unavailable_error"}}),
+            ),
+            "/health" => Scripted::json(200, serde_json::json!({"status": "ok"})),
+            _ => completion(name),
+        }
+    };
+    let loading = Arc::new(AtomicBool::new(true));
+    let slow = MockServer::answering(llama_server("slow", Arc::clone(&loading))).await;
+    let ready =
+        MockServer::answering(llama_server("ready", Arc::new(AtomicBool::new(false)))).await;
+    let health = HealthSettings {
+        eject_after_failures: 1,
+        cooldown: Duration::from_millis(50),
+        probe: true,
+        probe_interval: Some(Duration::from_millis(50)),
+    };
+    let pool = ProviderConfig {
+        kind: Some(ProviderKind::Openai),
+        base_urls: vec![format!("{}/v1", slow.url()), format!("{}/v1", ready.url())],
+        max_retries: Some(0),
+        ..ProviderConfig::default()
+    }
+    .resolve("llamacpp")
+    .unwrap()
+    .build(&health)
+    .unwrap();
+    // The probes find it loading: out of rotation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pool
+        .replica_health()
+        .first()
+        .is_some_and(|replica| replica.ejected)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never taken out: {:?}",
+            pool.replica_health()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked_while_loading = slow.requests().len();
+    for _ in 0..6 {
+        let answer = pool.complete(request("m")).await.unwrap();
+        assert_eq!(answer.message.text(), "ready");
+    }
+    let chats = |server: &MockServer| {
+        server
+            .requests()
+            .iter()
+            .filter(|request| request.uri == "/v1/chat/completions")
+            .count()
+    };
+    assert_eq!(chats(&slow), 0, "a client request went to a loading server");
+    assert!(slow.requests().len() >= asked_while_loading);
+    // Loaded: readmitted, and answering again.
+    loading.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool
+        .replica_health()
+        .first()
+        .is_some_and(|replica| replica.ejected)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never readmitted: {:?}",
+            pool.replica_health()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answered_by = Vec::new();
+    for _ in 0..6 {
+        answered_by.push(pool.complete(request("m")).await.unwrap().message.text());
+    }
+    assert!(
+        answered_by.iter().any(|text| text == "slow"),
+        "{answered_by:?}"
+    );
+}

@@ -271,6 +271,28 @@ impl Provider for OpenAiChatClient {
         list_openai_models(&self.transport, &self.options, &self.headers).await
     }
 
+    /// The model list, and where the dialect says the server has one
+    /// ([`Dialect::probe_health`]), `GET /health` beside the `/v1` root:
+    /// llama.cpp's server lists its models while it is still loading one
+    /// (and answers 503 "Loading model" there), vLLM's API process while
+    /// its engine is dead. A server error or no answer there means not
+    /// ready; a refusal (404, 401…) says nothing, and the list decides.
+    async fn check_ready(&self) -> Result<(), LlmError> {
+        self.list_models().await?;
+        if !self.dialect.probe_health {
+            return Ok(());
+        }
+        let url = format!("{}/health", self.server_root());
+        match self.transport.get(&url, &self.headers).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.status.is_some_and(|status| status < 500) => {
+                tracing::debug!(provider = %self.options.name, %error, "no health endpoint");
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// `POST {base_url}/embeddings`.
     async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, LlmError> {
         openai_embed(&self.transport, &self.options, &self.headers, request).await

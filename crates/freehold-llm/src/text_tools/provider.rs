@@ -91,6 +91,10 @@ impl Provider for RecoveringProvider {
         self.inner.usable()
     }
 
+    async fn check_ready(&self) -> Result<(), LlmError> {
+        self.inner.check_ready().await
+    }
+
     async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
         if !self.wants_recovery(&request) {
             return self.inner.stream(request).await;

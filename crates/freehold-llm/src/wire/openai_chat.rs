@@ -525,6 +525,11 @@ pub struct Dialect {
     /// is off unless a preset or the configuration turns it on. Without
     /// it, such a request sends no effort at all: the model's default.
     pub enable_thinking_kwarg: bool,
+    /// Whether the server has `GET /health` beside its `/v1` root, which
+    /// says whether it can answer (llama.cpp's server: 503 while its model
+    /// loads; vLLM and SGLang: an error while the engine is down), asked by
+    /// the health probes after the model list.
+    pub probe_health: bool,
 }
 
 /// Where a Chat Completions server counts a request's input tokens without
@@ -555,6 +560,7 @@ impl Default for Dialect {
             stream_usage: true,
             token_count: TokenCountEndpoint::None,
             enable_thinking_kwarg: false,
+            probe_health: false,
         }
     }
 }
