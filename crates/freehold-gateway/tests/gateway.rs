@@ -960,7 +960,8 @@ async fn refused_and_unreached_requests_are_not_charged() {
 /// A client asking for no reasoning (Chat Completions' `none`, the Anthropic
 /// `disabled` that Claude Code sends for its subagents) reaches a server
 /// whose chat templates take the switch (vLLM, SGLang, llama.cpp) as
-/// `enable_thinking: false`, and as no effort at all.
+/// `enable_thinking: false`, and as no effort at all; such a server also
+/// gets earlier reasoning back.
 #[tokio::test]
 async fn a_request_for_no_reasoning_turns_a_templates_thinking_off() {
     use freehold_test_support::{MockServer, Scripted};
@@ -1029,6 +1030,28 @@ async fn a_request_for_no_reasoning_turns_a_templates_thinking_off() {
         assert_eq!(sent.get("chat_template_kwargs"), None, "{sent}");
         assert_eq!(sent.get("reasoning_effort"), None, "{sent}");
     }
+
+    // The thinking an Anthropic client hands back goes to the server
+    // whose template may show it (Qwen3's, within a chain of tool calls).
+    let tool_chain = json!({"model": "vllm:qwen3", "max_tokens": 1000,
+        "messages": [
+            {"role": "user", "content": "Fix the test."},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "The test reads a.rs first.", "signature": ""},
+                {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {"path": "a.rs"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "fn a() {}"}]}],
+        "tools": [{"name": "read", "input_schema": {"type": "object",
+                   "properties": {"path": {"type": "string"}}}}]});
+    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &tool_chain).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = template_server.requests()[2].json();
+    let calls = &sent["messages"][1];
+    assert_eq!(
+        calls["reasoning_content"], "The test reads a.rs first.",
+        "{sent}"
+    );
+    assert_eq!(calls["reasoning"], "The test reads a.rs first.", "{sent}");
 }
 
 #[tokio::test]

@@ -108,6 +108,12 @@ pub struct ProviderConfig {
     /// (presets turn it on for vLLM, SGLang and llama.cpp).
     #[serde(default)]
     pub probe_health: Option<bool>,
+    /// Chat Completions only: send an assistant message's earlier
+    /// reasoning back (`reasoning_content` and `reasoning`), for chat
+    /// templates that show it (presets turn it on for vLLM, SGLang and
+    /// llama.cpp).
+    #[serde(default)]
+    pub reasoning_in_history: Option<bool>,
     /// Anthropic only: `max_tokens` when a request sets none (the API
     /// requires one; default 8192).
     #[serde(default)]
@@ -406,6 +412,9 @@ impl ProviderConfig {
         if let Some(probe) = self.probe_health {
             dialect.probe_health = probe;
         }
+        if let Some(send) = self.reasoning_in_history {
+            dialect.reasoning_in_history = send;
+        }
         let engine = EngineSettings {
             threads: self.threads,
             max_context: self.max_context,
@@ -439,6 +448,11 @@ impl ProviderConfig {
                 "probe_health",
                 ProviderKind::Openai,
                 self.probe_health.is_some(),
+            ),
+            (
+                "reasoning_in_history",
+                ProviderKind::Openai,
+                self.reasoning_in_history.is_some(),
             ),
             (
                 "default_max_tokens",

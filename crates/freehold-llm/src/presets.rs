@@ -65,15 +65,18 @@ const COMPATIBLE: Dialect = Dialect {
     token_count: TokenCountEndpoint::None,
     enable_thinking_kwarg: false,
     probe_health: false,
+    reasoning_in_history: false,
 };
 
 /// Servers that hand `chat_template_kwargs` to the model's chat template
 /// (vLLM, SGLang, llama.cpp's `llama-server`), so that a request for no
 /// reasoning can turn a thinking template's `enable_thinking` off, and
-/// that say at `GET /health` whether they can answer.
+/// earlier reasoning reaches templates that show it; they also say at
+/// `GET /health` whether they can answer.
 const INFERENCE_SERVER: Dialect = Dialect {
     enable_thinking_kwarg: true,
     probe_health: true,
+    reasoning_in_history: true,
     ..COMPATIBLE
 };
 
@@ -170,6 +173,7 @@ pub const PRESETS: &[Preset] = &[
             token_count: TokenCountEndpoint::ResponsesInputTokens,
             enable_thinking_kwarg: false,
             probe_health: false,
+            reasoning_in_history: false,
         },
         ..hosted(
             "openai",
@@ -205,6 +209,7 @@ pub const PRESETS: &[Preset] = &[
             token_count: TokenCountEndpoint::None,
             enable_thinking_kwarg: false,
             probe_health: false,
+            reasoning_in_history: false,
         },
         ..hosted(
             "mistral",
@@ -295,6 +300,10 @@ mod tests {
         );
         assert_eq!(
             with(|dialect| dialect.probe_health),
+            ["llamacpp", "vllm", "sglang"]
+        );
+        assert_eq!(
+            with(|dialect| dialect.reasoning_in_history),
             ["llamacpp", "vllm", "sglang"]
         );
     }

@@ -260,6 +260,7 @@ fn a_protocols_settings_are_refused_on_another_kind() {
         ("preset = \"vllm\"", "token_count = \"none\""),
         ("preset = \"lmstudio\"", "enable_thinking_kwarg = true"),
         ("preset = \"lmstudio\"", "probe_health = false"),
+        ("preset = \"vllm\"", "reasoning_in_history = false"),
         ("preset = \"anthropic\"", "default_max_tokens = 100"),
         ("preset = \"ollama\"", "keep_alive = \"5m\""),
     ] {

@@ -530,6 +530,13 @@ pub struct Dialect {
     /// loads; vLLM and SGLang: an error while the engine is down), asked by
     /// the health probes after the model list.
     pub probe_health: bool,
+    /// Whether an assistant message's earlier reasoning is sent back (as
+    /// `reasoning_content`, which llama.cpp's and SGLang's servers read, and
+    /// `reasoning`, which vLLM's does), for chat templates that show it to
+    /// the model: Qwen3's keeps the reasoning of the turns since the last
+    /// user message (a chain of tool calls), gpt-oss's that of its last
+    /// tool call. Off elsewhere: DeepSeek's API refuses it in input.
+    pub reasoning_in_history: bool,
 }
 
 /// Where a Chat Completions server counts a request's input tokens without
@@ -561,6 +568,7 @@ impl Default for Dialect {
             token_count: TokenCountEndpoint::None,
             enable_thinking_kwarg: false,
             probe_health: false,
+            reasoning_in_history: false,
         }
     }
 }
@@ -594,7 +602,7 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
     };
     CompletionRequest {
         model: request.model.clone(),
-        messages: encode_messages(&request.messages),
+        messages: encode_messages(&request.messages, dialect.reasoning_in_history),
         parallel_tool_calls: tools.as_ref().and(request.parallel_tool_calls),
         tools,
         tool_choice,
@@ -654,7 +662,7 @@ pub fn encode_response_format(format: &ResponseFormat) -> Value {
     }
 }
 
-fn encode_messages(messages: &[Message]) -> Vec<WireMessage> {
+fn encode_messages(messages: &[Message], reasoning_in_history: bool) -> Vec<WireMessage> {
     let mut out = Vec::new();
     for message in messages {
         match message.role {
@@ -697,12 +705,18 @@ fn encode_messages(messages: &[Message]) -> Vec<WireMessage> {
                         },
                     })
                     .collect();
-                // Reasoning is not sent back: DeepSeek rejects
-                // `reasoning_content` in input, and OpenAI ignores it.
+                // Reasoning goes back only where the dialect says so:
+                // DeepSeek refuses `reasoning_content` in input, and
+                // OpenAI keeps its reasoning to itself.
+                let reasoning = reasoning_in_history
+                    .then(|| readable_reasoning(&message.content))
+                    .flatten();
                 out.push(WireMessage {
                     role: "assistant".into(),
                     content: (!text.is_empty() || calls.is_empty())
                         .then_some(WireContent::Text(text)),
+                    reasoning_content: reasoning.clone(),
+                    reasoning,
                     tool_calls: (!calls.is_empty()).then_some(calls),
                     ..WireMessage::default()
                 });
@@ -711,6 +725,23 @@ fn encode_messages(messages: &[Message]) -> Vec<WireMessage> {
         }
     }
     out
+}
+
+/// The readable reasoning of an assistant message, its parts joined by a
+/// blank line; `None` when it has none (redacted reasoning is opaque to
+/// another server).
+fn readable_reasoning(parts: &[ContentPart]) -> Option<String> {
+    let texts: Vec<&str> = parts
+        .iter()
+        .filter_map(|part| match part {
+            ContentPart::Reasoning(reasoning) if !reasoning.redacted => {
+                Some(reasoning.text.as_str())
+            }
+            _ => None,
+        })
+        .filter(|text| !text.trim().is_empty())
+        .collect();
+    (!texts.is_empty()).then(|| texts.join("\n\n"))
 }
 
 fn push_tool_results(parts: &[ContentPart], out: &mut Vec<WireMessage>) {

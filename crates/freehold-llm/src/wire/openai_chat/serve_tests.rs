@@ -735,3 +735,55 @@ fn no_reasoning_is_sent_as_the_dialect_takes_it() {
     assert_eq!(body.get("chat_template_kwargs"), None, "{body}");
     assert_eq!(body["reasoning_effort"], "low");
 }
+
+/// Earlier reasoning goes back to servers whose templates show it, under
+/// both names servers read, and to no other; redacted reasoning never.
+#[test]
+fn earlier_reasoning_goes_back_where_the_dialect_says() {
+    let thought = |text: &str, redacted: bool| {
+        ContentPart::Reasoning(Reasoning {
+            text: text.into(),
+            redacted,
+            ..Reasoning::default()
+        })
+    };
+    let request = ChatRequest::new(
+        "qwen3",
+        vec![
+            Message::user("Fix the test."),
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    thought("The test reads a file.", false),
+                    thought("", true),
+                    ContentPart::ToolCall(ToolCall::new("call_1", "read", r#"{"path":"a"}"#)),
+                ],
+            },
+            Message::tool_result("call_1", "fn a() {}"),
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    thought("opaque", true),
+                    ContentPart::Text {
+                        text: "Done.".into(),
+                    },
+                ],
+            },
+        ],
+    );
+    let server = Dialect {
+        reasoning_in_history: true,
+        ..Dialect::default()
+    };
+    let body = serde_json::to_value(encode_request(&request, server, false)).unwrap();
+    let calls = &body["messages"][1];
+    assert_eq!(
+        calls["reasoning_content"], "The test reads a file.",
+        "{body}"
+    );
+    assert_eq!(calls["reasoning"], "The test reads a file.", "{body}");
+    let done = &body["messages"][3];
+    assert_eq!(done.get("reasoning_content"), None, "{body}");
+    let body = serde_json::to_value(encode_request(&request, Dialect::default(), false)).unwrap();
+    assert!(!body.to_string().contains("reads a file"), "{body}");
+}
