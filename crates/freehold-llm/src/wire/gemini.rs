@@ -1305,9 +1305,12 @@ pub fn error_kind(error: &WireError) -> ErrorKind {
             retry_after: retry_delay(&error.details),
         },
         ("UNAVAILABLE", _) | (_, 503) => ErrorKind::Overloaded,
-        ("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE", _) | (_, 400) => {
-            ErrorKind::InvalidRequest
-        }
+        // Google's 400 for an account the API will not serve ("User
+        // location is not supported for the API use", "free tier is not
+        // available in your country. Please enable billing"): no change to
+        // the request helps, so the caller is told it is not allowed.
+        ("FAILED_PRECONDITION", _) => ErrorKind::Permission,
+        ("INVALID_ARGUMENT" | "OUT_OF_RANGE", _) | (_, 400) => ErrorKind::InvalidRequest,
         ("UNAUTHENTICATED", _) | (_, 401) => ErrorKind::Authentication,
         ("PERMISSION_DENIED", _) | (_, 403) => ErrorKind::Permission,
         ("NOT_FOUND", _) | (_, 404) => ErrorKind::NotFound,
@@ -1740,6 +1743,18 @@ mod tests {
         assert_eq!(
             error_kind(&error(500, "INTERNAL", "boom")),
             ErrorKind::Server
+        );
+        assert_eq!(
+            error_kind(&error(
+                400,
+                "FAILED_PRECONDITION",
+                "User location is not supported for the API use."
+            )),
+            ErrorKind::Permission
+        );
+        assert_eq!(
+            error_kind(&error(400, "INVALID_ARGUMENT", "bad schema")),
+            ErrorKind::InvalidRequest
         );
     }
 
