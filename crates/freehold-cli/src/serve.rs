@@ -165,7 +165,8 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
     let app = freehold_gateway::routes::app(Arc::clone(&gateway));
     // On Ctrl-C or SIGTERM the server stops accepting; requests in flight
     // (a long stream, say) get the grace period to finish, then are cut off.
-    let limits = gateway.settings().time_limits();
+    let limits = gateway.time_limits();
+    let grace = limits.grace;
     let cut_off = if gateway.settings().runtime == ServeRuntime::PerCore {
         serve_per_core(
             listener,
@@ -183,15 +184,14 @@ pub(crate) async fn run(args: ServeArgs, config: Option<&Path>) -> anyhow::Resul
     if cut_off > 0 {
         eprintln!(
             "freehold serve: {cut_off} connections still answering requests after the \
-             {:?} grace period ([gateway] shutdown_grace_secs) were cut off",
-            limits.grace
+             {grace:?} grace period ([gateway] shutdown_grace_secs) were cut off"
         );
     }
     // Stopped before the lease ends, so that a renewal cannot take it
     // again afterwards.
     lease.abort();
     let _ = lease.await;
-    finish(gateway, &store, &ledger_writer, ledger_task, limits.grace).await
+    finish(gateway, &store, &ledger_writer, ledger_task, grace).await
 }
 
 /// Once serving has stopped: has the ledger writer write what is queued and
@@ -329,9 +329,10 @@ async fn serve_one_core(
     gateway: Arc<Gateway>,
     stopped: impl Future<Output = ()>,
 ) -> usize {
-    let limits = gateway.settings().time_limits();
+    let limits = gateway.time_limits();
+    let grace = limits.grace;
     let cut_off = freehold_gateway::listen::serve(listener, app, tls, limits, stopped).await;
-    let _ = gateway.settlements_written(limits.grace).await;
+    let _ = gateway.settlements_written(grace).await;
     cut_off
 }
 

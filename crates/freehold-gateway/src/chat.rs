@@ -717,7 +717,19 @@ impl AccountedStream {
         // In the request's span: a provider may log while it streams (a
         // replica taken out of rotation, say).
         let in_request = self.inner.next().instrument(self.accounting.span.clone());
-        let next = match tokio::time::timeout(remaining, in_request).await {
+        let stopping = self.accounting.gateway.streams_ending.clone();
+        let next = tokio::select! {
+            next = tokio::time::timeout(remaining, in_request) => next,
+            // The gateway is stopping and its grace period is nearly over:
+            // end with an error the client reads (and retries) rather than
+            // a connection cut mid-event.
+            () = stopping.cancelled() => {
+                let error = GatewayError::shutting_down();
+                self.accounting.fail(&error);
+                return Some(Err(error));
+            }
+        };
+        let next = match next {
             Ok(next) => next,
             Err(_) => {
                 let error = GatewayError::request_timeout(

@@ -281,6 +281,19 @@ impl GatewayError {
         )
     }
 
+    /// 503 (Anthropic's 529, overloaded): a stream still open when the
+    /// gateway's grace period for stopping ran out. Clients retry it.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "server_error",
+            "overloaded_error",
+            "the gateway is stopping and ended this answer before its end; ask again",
+        )
+        .anthropic_status(ANTHROPIC_OVERLOADED)
+    }
+
     /// 500: the gateway itself failed (its database, most likely).
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(

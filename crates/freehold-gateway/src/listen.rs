@@ -34,7 +34,7 @@ pub fn prepare_accepted(stream: &TcpStream) {
 }
 
 /// The time limits [`serve`] holds clients and its own stop to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TimeLimits {
     /// How long a client may take to send a request's head (its request
     /// line and headers), counted from when the gateway starts waiting for
@@ -46,7 +46,17 @@ pub struct TimeLimits {
     /// Once told to stop, how long connections have to finish the requests
     /// they are answering before they are cut off.
     pub grace: Duration,
+    /// Cancelled [`STREAM_NOTICE`] before the grace period ends (halfway
+    /// through a shorter one), so that streams still open end with their
+    /// protocol's error event, which clients read as a failure to retry,
+    /// rather than with a connection cut mid-event. `None`: they are cut
+    /// off.
+    pub stream_notice: Option<CancellationToken>,
 }
+
+/// How long before the grace period ends streams still open are told to
+/// end: time for their error event to reach the client.
+pub const STREAM_NOTICE: Duration = Duration::from_secs(1);
 
 /// Serves `app` on `listener` over HTTP/1.1, in TLS when `tls` is given,
 /// until `shutdown` completes. Then it stops accepting, asks every
@@ -110,8 +120,7 @@ pub async fn serve(
     // New connections are refused from here on.
     drop(listener);
     closing.cancel();
-    let all_closed = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(limits.grace, all_closed).await.is_ok() {
+    if finished_within_grace(&mut connections, &limits).await {
         return 0;
     }
     let cut_off = connections.len();
@@ -120,6 +129,30 @@ pub async fn serve(
     // with the requests it was serving.
     while connections.join_next().await.is_some() {}
     cut_off
+}
+
+/// Waits up to the grace period for `connections` to finish, giving streams
+/// still open their notice ([`TimeLimits::stream_notice`]) near its end;
+/// says whether they all did.
+async fn finished_within_grace(connections: &mut JoinSet<()>, limits: &TimeLimits) -> bool {
+    let all_closed = async { while connections.join_next().await.is_some() {} };
+    let mut all_closed = std::pin::pin!(all_closed);
+    let Some(notice) = &limits.stream_notice else {
+        return tokio::time::timeout(limits.grace, all_closed).await.is_ok();
+    };
+    let before_notice = limits
+        .grace
+        .saturating_sub(STREAM_NOTICE.min(limits.grace / 2));
+    if tokio::time::timeout(before_notice, all_closed.as_mut())
+        .await
+        .is_ok()
+    {
+        return true;
+    }
+    notice.cancel();
+    tokio::time::timeout(limits.grace - before_notice, all_closed)
+        .await
+        .is_ok()
 }
 
 /// One client connection and what serving it needs.

@@ -244,11 +244,14 @@ impl GatewaySettings {
         self.request_timeout() + limits.client + limits.grace + Duration::from_secs(300)
     }
 
-    /// The time limits of the gateway's HTTP server.
+    /// The time limits of the gateway's HTTP server, without a notice for
+    /// the streams open at its end ([`crate::Gateway::time_limits`] has
+    /// its gateway's).
     pub fn time_limits(&self) -> crate::listen::TimeLimits {
         crate::listen::TimeLimits {
             client: self.client_timeout(),
             grace: Duration::from_secs(self.shutdown_grace_secs),
+            stream_notice: None,
         }
     }
 

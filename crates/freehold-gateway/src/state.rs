@@ -8,6 +8,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use freehold_llm::Router;
 use freehold_llm::router::Target;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
@@ -77,6 +78,9 @@ pub struct Gateway {
     /// response), which shutdown waits for: one cut off would hold its
     /// reservation for good. Shared token counts are written here too.
     pub(crate) settling: TaskTracker,
+    /// Cancelled just before a stopping server's grace period ends: the
+    /// streams still open then end with their protocol's error event.
+    pub(crate) streams_ending: CancellationToken,
 }
 
 /// Where rate limits are counted: in a PostgreSQL database the gateway
@@ -117,6 +121,7 @@ impl Gateway {
             ledger,
             privacy,
             settling: TaskTracker::new(),
+            streams_ending: CancellationToken::new(),
         })
     }
 
@@ -134,6 +139,16 @@ impl Gateway {
     /// The settings it runs with.
     pub fn settings(&self) -> &GatewaySettings {
         &self.settings
+    }
+
+    /// The time limits to serve it with ([`crate::listen::serve`]): its
+    /// settings', with the notice that ends its streams still open near the
+    /// end of a stop's grace period.
+    pub fn time_limits(&self) -> crate::listen::TimeLimits {
+        crate::listen::TimeLimits {
+            stream_notice: Some(self.streams_ending.clone()),
+            ..self.settings.time_limits()
+        }
     }
 
     /// Requests being served now (streams until their last event).

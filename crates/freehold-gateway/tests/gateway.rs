@@ -3357,6 +3357,105 @@ async fn a_trickling_body_is_cut_off_at_the_request_time_limit() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// At shutdown, a stream still open near the end of the grace period ends
+/// with its protocol's error event (which clients retry), not with a cut
+/// connection; the ledger says why it ended.
+#[tokio::test]
+async fn a_stream_open_when_the_grace_period_ends_gets_an_error_event() {
+    use freehold_test_support::{MockServer, Scripted, Split, sse_text};
+
+    let head = sse_text(&[
+        ("message_start", CACHED_MESSAGE_START),
+        (
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        ),
+        (
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+        ),
+    ]);
+    let upstream = MockServer::start(vec![
+        Scripted::sse(&format!("{head}{head}"), Split::At(vec![head.len()]))
+            .stall_after(1, Duration::from_secs(30)),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite:{}", dir.path().join("g.db").display()))
+        .await
+        .unwrap();
+    let (ledger, _task) = Ledger::start(store.clone());
+    let gateway = Arc::new(
+        Gateway::new(
+            GatewaySettings {
+                shutdown_grace_secs: 2,
+                ..GatewaySettings::default()
+            },
+            anthropic_routes(&upstream.url()),
+            Some(MASTER.into()),
+            Some(store.clone()),
+            ledger,
+        )
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let serving = tokio::spawn(freehold_gateway::listen::serve(
+        listener,
+        freehold_gateway::routes::app(Arc::clone(&gateway)),
+        None,
+        gateway.time_limits(),
+        {
+            let stop = Arc::clone(&stop);
+            async move { stop.notified().await }
+        },
+    ));
+    let body = json!({"model": "claude:claude-x", "stream": true, "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let mut response = reqwest::Client::new()
+        .post(format!("{url}/v1/messages"))
+        .header("x-api-key", MASTER)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut received = String::new();
+    while !received.contains("Hello") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("the first words within 10 s")
+            .unwrap()
+            .expect("the stream open");
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let stopped = std::time::Instant::now();
+    stop.notify_one();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+        .await
+        .expect("the stream ends within the grace period")
+        .unwrap()
+    {
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopped.elapsed()
+    );
+    assert!(received.contains("event: error"), "{received}");
+    assert!(received.contains("overloaded_error"), "{received}");
+    assert!(received.contains("gateway is stopping"), "{received}");
+    let cut_off = tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("serve returned")
+        .unwrap();
+    assert_eq!(cut_off, 0, "the stream ended itself, in time");
+    let lines = ledger_lines(&store, 1).await;
+    assert_eq!(lines[0].record.status, 529, "{:?}", lines[0].record);
+}
+
 /// At shutdown, a request still running after the grace period is cut
 /// off, and its budget reservation is released all the same.
 #[tokio::test]
