@@ -2,6 +2,7 @@
 //! admission (key, model, rate limit, caps, route, budget), the call, and
 //! the accounting afterwards (budget settled, ledger line, metrics).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, StreamEvent, Usage,
 };
 use futures::StreamExt;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 
 use crate::auth::Caller;
@@ -622,10 +624,18 @@ impl Admitted {
         let call = self.routes.router.stream_on(self.targets, self.request);
         let (target, stream) = call_upstream(&mut self.accounting, call).await?;
         self.accounting.target = Some(target);
+        let stopping = Box::pin(
+            self.accounting
+                .gateway
+                .streams_ending
+                .clone()
+                .cancelled_owned(),
+        );
         Ok(AccountedStream {
             inner: stream,
             accounting: self.accounting,
             deadline,
+            stopping,
         })
     }
 }
@@ -698,6 +708,10 @@ pub(crate) struct AccountedStream {
     inner: EventStream,
     accounting: Accounting,
     deadline: Instant,
+    /// Ready once the gateway is stopping and its grace period nearly over
+    /// ([`Gateway::time_limits`]); one future for the whole stream, so that
+    /// each event does not register a waiter anew.
+    stopping: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl AccountedStream {
@@ -717,13 +731,12 @@ impl AccountedStream {
         // In the request's span: a provider may log while it streams (a
         // replica taken out of rotation, say).
         let in_request = self.inner.next().instrument(self.accounting.span.clone());
-        let stopping = self.accounting.gateway.streams_ending.clone();
         let next = tokio::select! {
             next = tokio::time::timeout(remaining, in_request) => next,
             // The gateway is stopping and its grace period is nearly over:
             // end with an error the client reads (and retries) rather than
             // a connection cut mid-event.
-            () = stopping.cancelled() => {
+            () = self.stopping.as_mut() => {
                 let error = GatewayError::shutting_down();
                 self.accounting.fail(&error);
                 return Some(Err(error));
