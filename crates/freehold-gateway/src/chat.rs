@@ -160,18 +160,39 @@ async fn admit_inner(
         &routes,
         accounting,
     )?;
-    // The most the request can cost: the prompt's estimate and every output
-    // token it may ask for (the cap when it names no limit).
+    // The most the request can cost: the prompt's estimate (all of it
+    // written to the cache, when the client asks for caching) and every
+    // output token it may ask for (the cap when it names no limit).
     let usage = Usage {
-        input_tokens: request.estimated_input_tokens(),
         output_tokens: u64::from(request.max_tokens.unwrap_or(cap)),
-        ..Usage::default()
+        ..dearest_input(request)
     };
     // Priced on what the request will be sent on.
     let sent_to = narrowed.as_deref().unwrap_or(&targets);
-    accounting.expect_input(usage.input_tokens, sent_to, &routes);
+    accounting.expect_input(dearest_input(request), sent_to, &routes);
     reserve_budget(gateway, caller, &routes, sent_to, &usage, accounting).await?;
     Ok((routes, narrowed.unwrap_or(targets)))
+}
+
+/// The most `request`'s prompt can cost, by its estimated size: every token
+/// of it written to the provider's cache when the client marked it for
+/// caching (Anthropic charges writes 1.25 times the input price, and twice
+/// for a `"ttl": "1h"` mark), plain input otherwise.
+fn dearest_input(request: &ChatRequest) -> Usage {
+    let input_tokens = request.estimated_input_tokens();
+    let Some(mark) = &request.prompt_cache else {
+        return Usage {
+            input_tokens,
+            ..Usage::default()
+        };
+    };
+    let kept_an_hour = mark.get("ttl").and_then(serde_json::Value::as_str) == Some("1h");
+    Usage {
+        input_tokens,
+        cache_write_tokens: input_tokens,
+        cache_write_1h_tokens: if kept_an_hour { input_tokens } else { 0 },
+        ..Usage::default()
+    }
 }
 
 /// The targets `request`'s model routes to. A model without a route goes
@@ -917,25 +938,17 @@ impl Accounting {
         }
     }
 
-    /// Notes the request's estimated input tokens, and what they cost on
-    /// the dearest of `targets` (the route it is sent on: any of them may
-    /// be the one it waits on), for a request that ends without the
-    /// provider's count ([`Self::billed_usage`]).
+    /// Notes the request's estimated input (`input`: its tokens, and those
+    /// that may be written to a cache), and what it costs on the dearest of
+    /// `targets` (the route it is sent on: any of them may be the one it
+    /// waits on), for a request that ends without the provider's count
+    /// ([`Self::billed_usage`]).
     ///
     /// `routes` is the table the request runs on: it is priced on it when
     /// it ends, even if a reload has replaced it meanwhile.
-    pub(crate) fn expect_input(
-        &mut self,
-        input_tokens: u64,
-        targets: &[Target],
-        routes: &Arc<Routes>,
-    ) {
+    pub(crate) fn expect_input(&mut self, input: Usage, targets: &[Target], routes: &Arc<Routes>) {
         self.routes = Some(Arc::clone(routes));
-        self.input_estimate = input_tokens;
-        let input = Usage {
-            input_tokens,
-            ..Usage::default()
-        };
+        self.input_estimate = input.input_tokens;
         // The dearest: a fallback may be what the request is waiting on.
         self.unanswered_cost = targets
             .iter()

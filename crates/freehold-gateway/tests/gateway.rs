@@ -2639,6 +2639,77 @@ async fn hour_long_cache_writes_are_charged_their_own_price() {
     assert_eq!(sent["system"][0]["cache_control"], mark, "{sent}");
 }
 
+/// A request whose client asks for caching may write its whole prompt to
+/// the cache, at 1.25 times the input price, or twice for an hour: its
+/// budget reservation holds that much, so a key cannot overspend by it.
+#[tokio::test]
+async fn a_cached_prompt_reserves_the_price_of_writing_it() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let answer = json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": [{"type": "text", "text": "Done."}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 10, "output_tokens": 2},
+    });
+    let upstream = MockServer::start(vec![Scripted::json(200, answer)]).await;
+    let gw = start(
+        priced_anthropic_routes(&upstream.url()),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    // About 10,000 tokens of prompt by its size: $0.030 as input, $0.0375
+    // written for five minutes, $0.060 for an hour (and 10 output tokens at
+    // most, $0.00015). A key with $0.045 can afford all but the last.
+    let (_, secret) = gw
+        .key(NewKey {
+            name: "cc".into(),
+            budget_usd: Some(0.045),
+            ..NewKey::default()
+        })
+        .await;
+    let ask = |mark: Option<Value>| {
+        let mut system = json!({"type": "text", "text": "x".repeat(40_000)});
+        if let Some(mark) = mark {
+            system["cache_control"] = mark;
+        }
+        let body = json!({"model": "claude:claude-x", "max_tokens": 10, "system": [system],
+            "messages": [{"role": "user", "content": "hi"}]});
+        let url = gw.url.clone();
+        let secret = secret.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .post(format!("{url}/v1/messages"))
+                .header("x-api-key", &secret)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }
+    };
+    // Each asked once the one before has settled, so that only its own
+    // reservation counts against the budget.
+    assert_eq!(ask(None).await, 200);
+    assert!(
+        gw.gateway
+            .settlements_written(Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(ask(Some(json!({"type": "ephemeral"}))).await, 200);
+    assert!(
+        gw.gateway
+            .settlements_written(Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(
+        ask(Some(json!({"type": "ephemeral", "ttl": "1h"}))).await,
+        402
+    );
+    assert_eq!(upstream.requests().len(), 2);
+}
+
 /// A provider that opens its stream and then refuses (Anthropic's
 /// `message_start`, then an overloaded error) has answered nothing: the
 /// client gets the refusal's own status, which its SDK retries, and the

@@ -633,7 +633,7 @@ async fn probe(shared: Weak<Shared>, replica: Arc<dyn Provider>, due: DueProbe) 
             ErrorKind::Timeout,
             replica.name(),
             format!(
-                "no model list within {:.1} s of asking",
+                "no answer to its health probe within {:.1} s of asking",
                 limit.as_secs_f64()
             ),
         )),

@@ -831,16 +831,18 @@ pub fn classify_status(status: u16, headers: &HeaderMap, message: &str) -> Error
     }
 }
 
-/// Whether an error message is a chat template's own refusal of where
-/// the conversation's system messages are (its `raise_exception`, as
-/// llama.cpp words it: `Jinja Exception: System message must be at the
-/// beginning.`), rather than a fault of the server. Only that refusal:
-/// folding the system messages answers it, and any other template
+/// Whether an error message is a chat template's own refusal of the
+/// conversation (its `raise_exception`, as llama.cpp words it), rather than
+/// a fault of the server: of where its system messages are (`Jinja
+/// Exception: System message must be at the beginning.`, which folding the
+/// system messages answers), or gpt-oss's of an assistant message with
+/// text, tool calls and reasoning together. Only those: any other template
 /// failure (a broken template, roles that must alternate) stays the
 /// server's, so that the router can still fall back to another provider.
 fn is_template_refusal(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();
-    lower.contains("jinja exception") && lower.contains("system message")
+    (lower.contains("jinja exception") && lower.contains("system message"))
+        || lower.contains("cannot pass both content and thinking")
 }
 
 /// Whether an error message says the prompt does not fit the context.
@@ -1151,6 +1153,17 @@ mod tests {
                 "Jinja Exception: Conversation roles must alternate user/assistant"
             ),
             ErrorKind::Server
+        );
+        // gpt-oss's template refuses an assistant message's reasoning beside
+        // its text and calls: the request's fault, not the server's.
+        assert_eq!(
+            classify_status(
+                500,
+                &none,
+                "Cannot pass both content and thinking in an assistant message with tool calls! \
+                 Put the final response in the content field."
+            ),
+            ErrorKind::InvalidRequest
         );
     }
 

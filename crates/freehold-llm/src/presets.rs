@@ -71,8 +71,8 @@ const COMPATIBLE: Dialect = Dialect {
 /// Servers that hand `chat_template_kwargs` to the model's chat template
 /// (vLLM, SGLang, llama.cpp's `llama-server`), so that a request for no
 /// reasoning can turn a thinking template's `enable_thinking` off, and
-/// earlier reasoning reaches templates that show it; they also say at
-/// `GET /health` whether they can answer.
+/// earlier reasoning reaches templates that show it; most also say at
+/// `GET /health`, cheaply, whether they can answer.
 const INFERENCE_SERVER: Dialect = Dialect {
     enable_thinking_kwarg: true,
     probe_health: true,
@@ -156,7 +156,12 @@ pub const PRESETS: &[Preset] = &[
         )
     },
     Preset {
-        dialect: INFERENCE_SERVER,
+        // SGLang's `/health` generates a token, which can take longer than
+        // a probe may wait while the server is busy: not asked.
+        dialect: Dialect {
+            probe_health: false,
+            ..INFERENCE_SERVER
+        },
         ..local(
             "sglang",
             ProviderKind::Openai,
@@ -298,10 +303,7 @@ mod tests {
             with(|dialect| dialect.enable_thinking_kwarg),
             ["llamacpp", "vllm", "sglang"]
         );
-        assert_eq!(
-            with(|dialect| dialect.probe_health),
-            ["llamacpp", "vllm", "sglang"]
-        );
+        assert_eq!(with(|dialect| dialect.probe_health), ["llamacpp", "vllm"]);
         assert_eq!(
             with(|dialect| dialect.reasoning_in_history),
             ["llamacpp", "vllm", "sglang"]

@@ -13,8 +13,8 @@ use freehold_llm::secret::ApiKey;
 use freehold_llm::wire::openai_chat::{Dialect, MaxTokensField, TokenCountEndpoint};
 use freehold_llm::{Provider, collect_stream};
 use freehold_protocol::{
-    ChatRequest, ErrorKind, Message, ResponseFormat, StopReason, StreamEvent, ToolCall, ToolChoice,
-    ToolSpec, Usage,
+    ChatRequest, ContentPart, ErrorKind, Message, Reasoning, ResponseFormat, Role, StopReason,
+    StreamEvent, ToolCall, ToolChoice, ToolSpec, Usage,
 };
 use freehold_test_support::{MockServer, Scripted, Split, sse_text};
 use serde_json::json;
@@ -857,6 +857,32 @@ async fn llama_cpp_counts_a_chat_at_anthropics_count_endpoint() {
     for refused in ["max_tokens", "stream"] {
         assert_eq!(body.get(refused), None, "{body}");
     }
+
+    // Earlier reasoning, which the chat sends back, is counted: as a
+    // thinking block, which llama-server reads as its reasoning.
+    let server = MockServer::start(vec![Scripted::json(200, json!({"input_tokens": 60}))]).await;
+    let llama = configured("preset = \"llamacpp\"", &server);
+    let mut chain = count_request();
+    chain.messages.push(Message {
+        role: Role::Assistant,
+        content: vec![
+            ContentPart::Reasoning(Reasoning {
+                text: "Read the file first.".into(),
+                ..Reasoning::default()
+            }),
+            ContentPart::ToolCall(ToolCall::new("call_1", "read", r#"{"path":"a"}"#)),
+        ],
+    });
+    chain
+        .messages
+        .push(Message::tool_result("call_1", "fn a() {}"));
+    assert_eq!(llama.count_input_tokens(chain).await.unwrap(), Some(60));
+    let body = server.requests()[0].json();
+    assert_eq!(
+        body["messages"][1]["content"][0],
+        json!({"type": "thinking", "thinking": "Read the file first.", "signature": ""}),
+        "{body}"
+    );
 
     // Configured without `/v1`, as llama-server also serves its chat: the
     // count still goes where llama-server has it.

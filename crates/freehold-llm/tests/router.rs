@@ -1684,7 +1684,6 @@ async fn a_llama_server_still_loading_its_model_is_kept_out_until_ready() {
     let pool = ProviderConfig {
         kind: Some(ProviderKind::Openai),
         base_urls: vec![format!("{}/v1", slow.url()), format!("{}/v1", ready.url())],
-        max_retries: Some(0),
         ..ProviderConfig::default()
     }
     .resolve("llamacpp")
@@ -1705,7 +1704,14 @@ async fn a_llama_server_still_loading_its_model_is_kept_out_until_ready() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let asked_while_loading = slow.requests().len();
+    let asked_health = |server: &MockServer| {
+        server
+            .requests()
+            .iter()
+            .filter(|request| request.uri == "/health")
+            .count()
+    };
+    assert!(asked_health(&slow) > 0);
     for _ in 0..6 {
         let answer = pool.complete(request("m")).await.unwrap();
         assert_eq!(answer.message.text(), "ready");
@@ -1718,7 +1724,6 @@ async fn a_llama_server_still_loading_its_model_is_kept_out_until_ready() {
             .count()
     };
     assert_eq!(chats(&slow), 0, "a client request went to a loading server");
-    assert!(slow.requests().len() >= asked_while_loading);
     // Loaded: readmitted, and answering again.
     loading.store(false, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1742,4 +1747,51 @@ async fn a_llama_server_still_loading_its_model_is_kept_out_until_ready() {
         answered_by.iter().any(|text| text == "slow"),
         "{answered_by:?}"
     );
+}
+
+/// Only servers whose dialect says so are asked their health, and one
+/// without a health endpoint (404) is ready when it lists its models.
+#[tokio::test]
+async fn health_is_asked_only_of_servers_that_have_it() {
+    use freehold_llm::config::ProviderConfig;
+    use freehold_llm::presets::ProviderKind;
+    use freehold_test_support::{MockServer, Scripted};
+
+    let server = |health: u16| {
+        move |request: &freehold_test_support::Recorded| match request.uri.as_str() {
+            "/v1/models" => Scripted::json(200, serde_json::json!({"data": [{"id": "m"}]})),
+            _ => Scripted::json(health, serde_json::json!({"error": "no"})),
+        }
+    };
+    let probe = |name: &str, url: String| {
+        ProviderConfig {
+            kind: Some(ProviderKind::Openai),
+            base_url: Some(format!("{url}/v1")),
+            // As a replica's: a probe is not retried.
+            max_retries: Some(0),
+            ..ProviderConfig::default()
+        }
+        .resolve(name)
+        .unwrap()
+        .build(&HealthSettings::default())
+        .unwrap()
+    };
+    // A llama.cpp server without the endpoint (an older one, a proxy).
+    let without = MockServer::answering(server(404)).await;
+    probe("llamacpp", without.url())
+        .check_ready()
+        .await
+        .unwrap();
+    assert_eq!(without.requests().len(), 2, "the list, then /health");
+    // Another server is not asked, whatever its health would say.
+    let other = MockServer::answering(server(503)).await;
+    probe("box", other.url()).check_ready().await.unwrap();
+    assert_eq!(other.requests().len(), 1, "only the list");
+    // A llama.cpp server whose health fails is not ready.
+    let failing = MockServer::answering(server(500)).await;
+    let error = probe("llamacpp", failing.url())
+        .check_ready()
+        .await
+        .unwrap_err();
+    assert_eq!(error.status, Some(500), "{error}");
 }

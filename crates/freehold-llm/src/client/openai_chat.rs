@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use freehold_protocol::{
-    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
-    ModelInfo, fold_system_messages,
+    Capabilities, ChatRequest, ChatResponse, ContentPart, EmbedRequest, EmbedResponse, ErrorKind,
+    LlmError, ModelInfo, Reasoning, Role, fold_system_messages,
 };
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
@@ -276,7 +276,7 @@ impl Provider for OpenAiChatClient {
     /// llama.cpp's server lists its models while it is still loading one
     /// (and answers 503 "Loading model" there), vLLM's API process while
     /// its engine is dead. A server error or no answer there means not
-    /// ready; a refusal (404, 401…) says nothing, and the list decides.
+    /// ready; a refusal (404, 501, 401…) says nothing, and the list decides.
     async fn check_ready(&self) -> Result<(), LlmError> {
         self.list_models().await?;
         if !self.dialect.probe_health {
@@ -285,7 +285,12 @@ impl Provider for OpenAiChatClient {
         let url = format!("{}/health", self.server_root());
         match self.transport.get(&url, &self.headers).await {
             Ok(_) => Ok(()),
-            Err(error) if error.status.is_some_and(|status| status < 500) => {
+            // 501: no such endpoint, like a 404.
+            Err(error)
+                if error
+                    .status
+                    .is_some_and(|status| status < 500 || status == 501) =>
+            {
                 tracing::debug!(provider = %self.options.name, %error, "no health endpoint");
                 Ok(())
             }
@@ -310,6 +315,11 @@ impl Provider for OpenAiChatClient {
             TokenCountEndpoint::None => return Ok(None),
             TokenCountEndpoint::Tokenize => self.count_with_tokenize(request).await,
             TokenCountEndpoint::MessagesCountTokens => {
+                let request = if self.dialect.reasoning_in_history {
+                    with_reasoning_as_sent(request)
+                } else {
+                    request
+                };
                 super::anthropic::count_with_messages_endpoint(
                     &self.transport,
                     &self.options.name,
@@ -399,6 +409,34 @@ impl OpenAiChatClient {
         let url = format!("{}/tokenize", self.server_root());
         post_to_optional_endpoint(&self.transport, &url, &self.headers, &body, &request.model).await
     }
+}
+
+/// The request as an Anthropic count endpoint (llama.cpp's) should see it
+/// when the chat sends earlier reasoning back: what the chat would send
+/// ([`openai_chat::reasoning_sent_back`]) as a thinking block with an empty
+/// signature, which llama.cpp reads as `reasoning_content`, and no other
+/// reasoning (the Anthropic encoding drops what another provider signed).
+fn with_reasoning_as_sent(mut request: ChatRequest) -> ChatRequest {
+    for message in &mut request.messages {
+        if message.role != Role::Assistant {
+            continue;
+        }
+        let sent = openai_chat::reasoning_sent_back(&message.content);
+        message
+            .content
+            .retain(|part| !matches!(part, ContentPart::Reasoning(_)));
+        if let Some(text) = sent {
+            message.content.insert(
+                0,
+                ContentPart::Reasoning(Reasoning {
+                    text,
+                    signature: Some(String::new()),
+                    ..Reasoning::default()
+                }),
+            );
+        }
+    }
+    request
 }
 
 /// `POST {base_url}/embeddings` as OpenAI and compatible servers answer it;

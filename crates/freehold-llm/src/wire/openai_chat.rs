@@ -709,7 +709,7 @@ fn encode_messages(messages: &[Message], reasoning_in_history: bool) -> Vec<Wire
                 // DeepSeek refuses `reasoning_content` in input, and
                 // OpenAI keeps its reasoning to itself.
                 let reasoning = reasoning_in_history
-                    .then(|| readable_reasoning(&message.content))
+                    .then(|| reasoning_sent_back(&message.content))
                     .flatten();
                 out.push(WireMessage {
                     role: "assistant".into(),
@@ -727,10 +727,23 @@ fn encode_messages(messages: &[Message], reasoning_in_history: bool) -> Vec<Wire
     out
 }
 
-/// The readable reasoning of an assistant message, its parts joined by a
-/// blank line; `None` when it has none (redacted reasoning is opaque to
-/// another server).
-fn readable_reasoning(parts: &[ContentPart]) -> Option<String> {
+/// The reasoning of an assistant message that goes back to a server whose
+/// dialect takes it ([`Dialect::reasoning_in_history`]): its readable
+/// reasoning, parts joined by a blank line. `None` when it has none
+/// (redacted reasoning is opaque to another server), and for a message with
+/// both text and tool calls: gpt-oss's chat template refuses reasoning
+/// beside both ("Cannot pass both content and thinking in an assistant
+/// message with tool calls"), failing the whole request.
+pub fn reasoning_sent_back(parts: &[ContentPart]) -> Option<String> {
+    let calls = parts
+        .iter()
+        .any(|part| matches!(part, ContentPart::ToolCall(_)));
+    let text = parts
+        .iter()
+        .any(|part| matches!(part, ContentPart::Text { text } if !text.is_empty()));
+    if calls && text {
+        return None;
+    }
     let texts: Vec<&str> = parts
         .iter()
         .filter_map(|part| match part {
