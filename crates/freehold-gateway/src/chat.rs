@@ -169,7 +169,16 @@ async fn admit_inner(
     };
     // Priced on what the request will be sent on.
     let sent_to = narrowed.as_deref().unwrap_or(&targets);
-    accounting.expect_input(dearest_input(request), sent_to, &routes);
+    // A request cut off before any answer pays for its prompt as input:
+    // nothing says it was written to a cache.
+    accounting.expect_input(
+        Usage {
+            input_tokens: usage.input_tokens,
+            ..Usage::default()
+        },
+        sent_to,
+        &routes,
+    );
     reserve_budget(gateway, caller, &routes, sent_to, &usage, accounting).await?;
     Ok((routes, narrowed.unwrap_or(targets)))
 }
@@ -177,7 +186,9 @@ async fn admit_inner(
 /// The most `request`'s prompt can cost, by its estimated size: every token
 /// of it written to the provider's cache when the client marked it for
 /// caching (Anthropic charges writes 1.25 times the input price, and twice
-/// for a `"ttl": "1h"` mark), plain input otherwise.
+/// for a `"ttl": "1h"` mark; on a model without a cache-write price, and
+/// so on every provider but Anthropic, that is the input price), plain
+/// input otherwise.
 fn dearest_input(request: &ChatRequest) -> Usage {
     let input_tokens = request.estimated_input_tokens();
     let Some(mark) = &request.prompt_cache else {
@@ -680,9 +691,22 @@ pub(crate) async fn call_upstream<T>(
         return Err(sent);
     }
     // From here a provider may have the prompt: a request cut off now,
-    // by the client leaving or the gateway's time limit, pays for it.
+    // by the client leaving, the gateway's time limit or its stop, pays
+    // for it.
     accounting.dispatched = true;
-    let sent = match tokio::time::timeout(left, call).await {
+    let gateway = Arc::clone(&accounting.gateway);
+    let answered = tokio::select! {
+        answered = tokio::time::timeout(left, call) => answered,
+        // The gateway is stopping and its grace period nearly over: the
+        // client is told so (a status its SDK retries, or an error event
+        // after a stream's keepalives) rather than cut off.
+        () = gateway.streams_ending.cancelled() => {
+            let sent = GatewayError::shutting_down();
+            accounting.fail(&sent);
+            return Err(sent);
+        }
+    };
+    let sent = match answered {
         Ok(Ok(answer)) => {
             accounting.dispatched = false;
             return Ok(answer);
@@ -1066,11 +1090,13 @@ impl Accounting {
         let cost = match &self.target {
             Some(t) => routes.router.cost_of(&t.provider, &t.model, &usage),
             // Cut off before any answer while a provider had the prompt:
-            // the client gone (499) or the gateway's time limit (504).
-            // (Also while the gateway is still retrying a provider that
-            // does not answer: it cannot tell that from one that is
-            // reading the prompt.)
-            None if self.dispatched && matches!(status, 499 | 504) => self.unanswered_cost,
+            // the client gone (499), the gateway's time limit (504) or its
+            // stop (503, Anthropic's 529). (Also while the gateway is
+            // still retrying a provider that does not answer: it cannot
+            // tell that from one that is reading the prompt.)
+            None if self.dispatched && matches!(status, 499 | 503 | 504 | 529) => {
+                self.unanswered_cost
+            }
             None => None,
         };
         let key_id = self.caller.key().map(|k| k.id.clone());

@@ -46,17 +46,19 @@ pub struct TimeLimits {
     /// Once told to stop, how long connections have to finish the requests
     /// they are answering before they are cut off.
     pub grace: Duration,
-    /// Cancelled [`STREAM_NOTICE`] before the grace period ends (halfway
-    /// through a shorter one), so that streams still open end with their
-    /// protocol's error event, which clients read as a failure to retry,
-    /// rather than with a connection cut mid-event. `None`: they are cut
-    /// off.
+    /// Cancelled before the grace period ends (by a quarter of it, at most
+    /// [`LONGEST_STREAM_NOTICE`]), so that the requests still waiting on a
+    /// provider end with an error their client reads (a 503, or in a
+    /// stream their protocol's error event) rather than with a connection
+    /// cut mid-event. `None`: they are cut off. Once cancelled, it stays
+    /// so: a gateway whose stop it announced is not served again.
     pub stream_notice: Option<CancellationToken>,
 }
 
-/// How long before the grace period ends streams still open are told to
-/// end: time for their error event to reach the client.
-pub const STREAM_NOTICE: Duration = Duration::from_secs(1);
+/// The most time before the grace period ends that requests still waiting
+/// on a provider are told to end: time for their error to reach a client
+/// on a slow link.
+pub const LONGEST_STREAM_NOTICE: Duration = Duration::from_secs(5);
 
 /// Serves `app` on `listener` over HTTP/1.1, in TLS when `tls` is given,
 /// until `shutdown` completes. Then it stops accepting, asks every
@@ -142,7 +144,7 @@ async fn finished_within_grace(connections: &mut JoinSet<()>, limits: &TimeLimit
     };
     let before_notice = limits
         .grace
-        .saturating_sub(STREAM_NOTICE.min(limits.grace / 2));
+        .saturating_sub((limits.grace / 4).min(LONGEST_STREAM_NOTICE));
     if tokio::time::timeout(before_notice, all_closed.as_mut())
         .await
         .is_ok()

@@ -3429,10 +3429,11 @@ async fn a_trickling_body_is_cut_off_at_the_request_time_limit() {
 }
 
 /// At shutdown, a stream still open near the end of the grace period ends
-/// with its protocol's error event (which clients retry), not with a cut
-/// connection; the ledger says why it ended.
+/// with its protocol's error event, not with a cut connection, and a
+/// request still waiting for its answer gets a status its SDK retries; the
+/// ledger says why they ended.
 #[tokio::test]
-async fn a_stream_open_when_the_grace_period_ends_gets_an_error_event() {
+async fn requests_open_when_the_grace_period_ends_are_told_why() {
     use freehold_test_support::{MockServer, Scripted, Split, sse_text};
 
     let head = sse_text(&[
@@ -3459,7 +3460,7 @@ async fn a_stream_open_when_the_grace_period_ends_gets_an_error_event() {
     let gateway = Arc::new(
         Gateway::new(
             GatewaySettings {
-                shutdown_grace_secs: 2,
+                shutdown_grace_secs: 4,
                 ..GatewaySettings::default()
             },
             anthropic_routes(&upstream.url()),
@@ -3501,6 +3502,29 @@ async fn a_stream_open_when_the_grace_period_ends_gets_an_error_event() {
             .expect("the stream open");
         received.push_str(&String::from_utf8_lossy(&chunk));
     }
+    // A whole answer, which the provider never finishes.
+    let whole = tokio::spawn({
+        let url = url.clone();
+        let mut body = body.clone();
+        body["stream"] = json!(false);
+        async move {
+            let response = reqwest::Client::new()
+                .post(format!("{url}/v1/messages"))
+                .header("x-api-key", MASTER)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    });
+    while upstream.requests().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let stopped = std::time::Instant::now();
     stop.notify_one();
     while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), response.chunk())
@@ -3510,21 +3534,27 @@ async fn a_stream_open_when_the_grace_period_ends_gets_an_error_event() {
     {
         received.push_str(&String::from_utf8_lossy(&chunk));
     }
+    // Told a quarter of the grace period before its end.
     assert!(
-        stopped.elapsed() < Duration::from_secs(2),
+        stopped.elapsed() < Duration::from_secs(4),
         "{:?}",
         stopped.elapsed()
     );
     assert!(received.contains("event: error"), "{received}");
     assert!(received.contains("overloaded_error"), "{received}");
     assert!(received.contains("gateway is stopping"), "{received}");
+    let (status, answer) = whole.await.unwrap();
+    assert_eq!(status, 529, "{answer}");
+    assert_eq!(answer["error"]["type"], "overloaded_error", "{answer}");
     let cut_off = tokio::time::timeout(Duration::from_secs(10), serving)
         .await
         .expect("serve returned")
         .unwrap();
-    assert_eq!(cut_off, 0, "the stream ended itself, in time");
-    let lines = ledger_lines(&store, 1).await;
-    assert_eq!(lines[0].record.status, 529, "{:?}", lines[0].record);
+    assert_eq!(cut_off, 0, "both ended themselves, in time");
+    let lines = ledger_lines(&store, 2).await;
+    for line in &lines {
+        assert_eq!(line.record.status, 529, "{:?}", line.record);
+    }
 }
 
 /// At shutdown, a request still running after the grace period is cut

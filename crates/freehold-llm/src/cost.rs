@@ -31,8 +31,9 @@ const ONE_HOUR_WRITE_MULTIPLIER: f64 = 2.0;
 /// charged at `input`, cached tokens at `cached_input` and cache writes at
 /// `cache_write` (each falling back to `input` when the provider has no
 /// separate price), except writes kept for an hour, which Anthropic (the
-/// one provider with them) charges at twice `input`; output tokens
-/// (reasoning included) at `output`.
+/// one provider with them) charges at twice `input` (where the model has a
+/// `cache_write` price: a provider without one charges no writes); output
+/// tokens (reasoning included) at `output`.
 pub fn cost(usage: &Usage, pricing: Option<&Pricing>) -> Option<f64> {
     let pricing = pricing?.for_input_tokens(usage.input_tokens);
     let uncached = usage
@@ -41,13 +42,16 @@ pub fn cost(usage: &Usage, pricing: Option<&Pricing>) -> Option<f64> {
         .saturating_sub(usage.cache_write_tokens);
     let cached_price = pricing.cached_input.unwrap_or(pricing.input);
     let write_price = pricing.cache_write.unwrap_or(pricing.input);
+    let hour_price = pricing
+        .cache_write
+        .map_or(pricing.input, |_| ONE_HOUR_WRITE_MULTIPLIER * pricing.input);
     let hour_writes = usage.cache_write_1h_tokens.min(usage.cache_write_tokens);
     let short_writes = usage.cache_write_tokens - hour_writes;
     // Token counts fit f64 exactly far beyond any real answer (2^53).
     let micro_dollars = uncached as f64 * pricing.input
         + usage.cached_input_tokens as f64 * cached_price
         + short_writes as f64 * write_price
-        + hour_writes as f64 * ONE_HOUR_WRITE_MULTIPLIER * pricing.input
+        + hour_writes as f64 * hour_price
         + usage.output_tokens as f64 * pricing.output;
     Some(micro_dollars / 1_000_000.0)
 }
@@ -184,6 +188,13 @@ mod tests {
             cost(&usage(3_000, 1_000, 1_000, 1_000), Some(&flat)),
             Some(0.014)
         );
+        // Writes said to be kept an hour too: a provider without a write
+        // price charges none.
+        let hour = Usage {
+            cache_write_1h_tokens: 1_000,
+            ..usage(3_000, 1_000, 1_000, 1_000)
+        };
+        assert_eq!(cost(&hour, Some(&flat)), Some(0.014));
     }
 
     #[test]

@@ -1423,3 +1423,60 @@ async fn refusals_end_the_answer_as_refusals() {
         })
     );
 }
+
+/// gpt-oss served under a name that does not say so: its template refuses
+/// reasoning beside an assistant message's text and tool calls (llama.cpp
+/// reports it as a 500), and the request is sent once more without it.
+#[tokio::test]
+async fn a_template_refusing_reasoning_beside_text_is_asked_again_without() {
+    let refusal = Scripted::json(
+        500,
+        json!({"error": {"code": 500, "type": "server_error", "message":
+            "Cannot pass both content and thinking in an assistant message with tool calls! \
+             Put the final response in the content field."}}),
+    );
+    let answer = Scripted::json(
+        200,
+        json!({"id": "c", "object": "chat.completion", "created": 0, "model": "local",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Done."},
+                         "finish_reason": "stop"}]}),
+    );
+    let server = MockServer::start(vec![refusal, answer]).await;
+    let llama = configured("preset = \"llamacpp\"", &server);
+    let mut chain = ChatRequest::new(
+        "local",
+        vec![
+            Message::user("Fix the test."),
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    ContentPart::Reasoning(Reasoning {
+                        text: "Read the file first.".into(),
+                        ..Reasoning::default()
+                    }),
+                    ContentPart::Text {
+                        text: "Reading it.".into(),
+                    },
+                    ContentPart::ToolCall(ToolCall::new("call_1", "read", r#"{"path":"a"}"#)),
+                ],
+            },
+            Message::tool_result("call_1", "fn a() {}"),
+        ],
+    );
+    chain.tools = vec![read_tool()];
+    let answer = llama.complete(chain).await.unwrap();
+    assert_eq!(answer.message.text(), "Done.");
+    let sent = server.requests();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[0].json()["messages"][1]["reasoning_content"],
+        "Read the file first."
+    );
+    let again = sent[1].json();
+    assert_eq!(
+        again["messages"][1].get("reasoning_content"),
+        None,
+        "{again}"
+    );
+    assert_eq!(again["messages"][1]["content"], "Reading it.", "{again}");
+}

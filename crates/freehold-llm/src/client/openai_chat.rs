@@ -118,6 +118,19 @@ impl OpenAiChatClient {
             return self.post(&request, stream).await;
         }
         let refused = match self.post(&request, stream).await {
+            // gpt-oss by a name not known as its own: its template refused
+            // the reasoning beside a message's text and calls.
+            Err(refused)
+                if openai_chat::refuses_reasoning_beside_text(&refused)
+                    && openai_chat::strip_reasoning_beside_text(&mut request.messages) =>
+            {
+                tracing::debug!(
+                    provider = %self.options.name,
+                    "the template refused reasoning beside text and tool calls; sending again \
+                     without it"
+                );
+                return second_try(refused, self.post(&request, stream).await);
+            }
             Err(refused) if self.fold_for_second_try(&refused, &mut request) => refused,
             answered => return answered,
         };
@@ -421,7 +434,7 @@ fn with_reasoning_as_sent(mut request: ChatRequest) -> ChatRequest {
         if message.role != Role::Assistant {
             continue;
         }
-        let sent = openai_chat::reasoning_sent_back(&message.content);
+        let sent = openai_chat::reasoning_sent_back(&message.content, &request.model);
         message
             .content
             .retain(|part| !matches!(part, ContentPart::Reasoning(_)));

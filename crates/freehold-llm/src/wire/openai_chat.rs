@@ -602,7 +602,12 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
     };
     CompletionRequest {
         model: request.model.clone(),
-        messages: encode_messages(&request.messages, dialect.reasoning_in_history),
+        messages: encode_messages(
+            &request.messages,
+            dialect
+                .reasoning_in_history
+                .then_some(request.model.as_str()),
+        ),
         parallel_tool_calls: tools.as_ref().and(request.parallel_tool_calls),
         tools,
         tool_choice,
@@ -662,7 +667,9 @@ pub fn encode_response_format(format: &ResponseFormat) -> Value {
     }
 }
 
-fn encode_messages(messages: &[Message], reasoning_in_history: bool) -> Vec<WireMessage> {
+/// The wire messages; `reasoning_for`, when earlier reasoning goes back, is
+/// the model it goes to ([`reasoning_sent_back`]).
+fn encode_messages(messages: &[Message], reasoning_for: Option<&str>) -> Vec<WireMessage> {
     let mut out = Vec::new();
     for message in messages {
         match message.role {
@@ -708,9 +715,8 @@ fn encode_messages(messages: &[Message], reasoning_in_history: bool) -> Vec<Wire
                 // Reasoning goes back only where the dialect says so:
                 // DeepSeek refuses `reasoning_content` in input, and
                 // OpenAI keeps its reasoning to itself.
-                let reasoning = reasoning_in_history
-                    .then(|| reasoning_sent_back(&message.content))
-                    .flatten();
+                let reasoning =
+                    reasoning_for.and_then(|model| reasoning_sent_back(&message.content, model));
                 out.push(WireMessage {
                     role: "assistant".into(),
                     content: (!text.is_empty() || calls.is_empty())
@@ -727,21 +733,16 @@ fn encode_messages(messages: &[Message], reasoning_in_history: bool) -> Vec<Wire
     out
 }
 
-/// The reasoning of an assistant message that goes back to a server whose
-/// dialect takes it ([`Dialect::reasoning_in_history`]): its readable
-/// reasoning, parts joined by a blank line. `None` when it has none
-/// (redacted reasoning is opaque to another server), and for a message with
-/// both text and tool calls: gpt-oss's chat template refuses reasoning
-/// beside both ("Cannot pass both content and thinking in an assistant
-/// message with tool calls"), failing the whole request.
-pub fn reasoning_sent_back(parts: &[ContentPart]) -> Option<String> {
-    let calls = parts
-        .iter()
-        .any(|part| matches!(part, ContentPart::ToolCall(_)));
-    let text = parts
-        .iter()
-        .any(|part| matches!(part, ContentPart::Text { text } if !text.is_empty()));
-    if calls && text {
+/// The reasoning of an assistant message that goes back to `model` on a
+/// server whose dialect takes it ([`Dialect::reasoning_in_history`]): its
+/// readable reasoning, parts joined by a blank line. `None` when it has
+/// none (redacted reasoning is opaque to another server), and for a gpt-oss
+/// message with both text and tool calls, which its chat template refuses
+/// ("Cannot pass both content and thinking in an assistant message with
+/// tool calls"). A gpt-oss model by another name is asked again without
+/// ([`strip_reasoning_beside_text`]).
+pub fn reasoning_sent_back(parts: &[ContentPart], model: &str) -> Option<String> {
+    if has_text_and_calls(parts) && is_gpt_oss(model) {
         return None;
     }
     let texts: Vec<&str> = parts
@@ -755,6 +756,53 @@ pub fn reasoning_sent_back(parts: &[ContentPart]) -> Option<String> {
         .filter(|text| !text.trim().is_empty())
         .collect();
     (!texts.is_empty()).then(|| texts.join("\n\n"))
+}
+
+/// Whether an assistant message has both text and tool calls.
+fn has_text_and_calls(parts: &[ContentPart]) -> bool {
+    let calls = parts
+        .iter()
+        .any(|part| matches!(part, ContentPart::ToolCall(_)));
+    calls
+        && parts
+            .iter()
+            .any(|part| matches!(part, ContentPart::Text { text } if !text.is_empty()))
+}
+
+/// Whether `model` names gpt-oss (`openai/gpt-oss-120b`, `gpt-oss:20b`,
+/// a GGUF's `gpt_oss` file name).
+fn is_gpt_oss(model: &str) -> bool {
+    let model = model.to_ascii_lowercase();
+    ["gpt-oss", "gpt_oss", "gptoss"]
+        .iter()
+        .any(|name| model.contains(name))
+}
+
+/// Whether `error` is gpt-oss's chat template refusing an assistant
+/// message's reasoning beside its text and tool calls.
+pub fn refuses_reasoning_beside_text(error: &LlmError) -> bool {
+    error.kind == ErrorKind::InvalidRequest
+        && error
+            .message
+            .to_ascii_lowercase()
+            .contains("cannot pass both content and thinking")
+}
+
+/// Removes the reasoning of every assistant message with both text and tool
+/// calls, for a second try after [`refuses_reasoning_beside_text`]; whether
+/// any was removed.
+pub fn strip_reasoning_beside_text(messages: &mut [Message]) -> bool {
+    let mut stripped = false;
+    for message in messages {
+        if message.role == Role::Assistant && has_text_and_calls(&message.content) {
+            let before = message.content.len();
+            message
+                .content
+                .retain(|part| !matches!(part, ContentPart::Reasoning(_)));
+            stripped |= message.content.len() != before;
+        }
+    }
+    stripped
 }
 
 fn push_tool_results(parts: &[ContentPart], out: &mut Vec<WireMessage>) {

@@ -784,11 +784,18 @@ fn earlier_reasoning_goes_back_where_the_dialect_says() {
     assert_eq!(calls["reasoning"], "The test reads a file.", "{body}");
     let done = &body["messages"][3];
     assert_eq!(done.get("reasoning_content"), None, "{body}");
-    // Beside both text and calls, gpt-oss's template refuses reasoning.
+    // Beside both text and calls, Qwen3's template takes reasoning, and
+    // gpt-oss's refuses it.
     let mut both = request.clone();
     both.messages[1].content.push(ContentPart::Text {
         text: "Reading it.".into(),
     });
+    let body = serde_json::to_value(encode_request(&both, server, false)).unwrap();
+    assert_eq!(
+        body["messages"][1]["reasoning"], "The test reads a file.",
+        "{body}"
+    );
+    both.model = "openai/gpt-oss-20b".into();
     let body = serde_json::to_value(encode_request(&both, server, false)).unwrap();
     assert_eq!(body["messages"][1].get("reasoning_content"), None, "{body}");
     let body = serde_json::to_value(encode_request(&request, Dialect::default(), false)).unwrap();
