@@ -2568,6 +2568,22 @@ fn anthropic_routes_with(url: &str, catalog: Catalog) -> Routes {
 /// from the cache.
 const CACHED_MESSAGE_START: &str = r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":10,"cache_read_input_tokens":100000,"cache_creation_input_tokens":0,"output_tokens":1}}}"#;
 
+/// The start of an Anthropic stream whose prompt was read mostly from the
+/// cache: `message_start`, a text block, and its first words, "Hello".
+fn anthropic_stream_head() -> String {
+    freehold_test_support::sse_text(&[
+        ("message_start", CACHED_MESSAGE_START),
+        (
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        ),
+        (
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+        ),
+    ])
+}
+
 /// A gateway before an Anthropic upstream at `upstream` (see
 /// [`priced_anthropic_routes`]), with a virtual key of $10 of budget: the
 /// gateway, the key and its secret.
@@ -2770,17 +2786,7 @@ async fn a_refusal_right_after_the_providers_opening_keeps_its_status() {
 async fn a_stream_cut_off_is_charged_the_prompt_the_provider_counted() {
     use freehold_test_support::{MockServer, Scripted, Split, sse_text};
 
-    let head = sse_text(&[
-        ("message_start", CACHED_MESSAGE_START),
-        (
-            "content_block_start",
-            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
-        ),
-        (
-            "content_block_delta",
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
-        ),
-    ]);
+    let head = anthropic_stream_head();
     let tail = sse_text(&[
         (
             "content_block_stop",
@@ -3428,61 +3434,96 @@ async fn a_trickling_body_is_cut_off_at_the_request_time_limit() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// Whether a [`Stoppable`] gateway tells its requests still waiting near
+/// the end of its grace period ([`Gateway::time_limits`]), or cuts them
+/// off ([`GatewaySettings::time_limits`]).
+enum Notice {
+    Given,
+    None,
+}
+
+/// A gateway on a SQLite store with a ledger, served until `stop` is
+/// notified; `serving` says how many connections it cut off.
+struct Stoppable {
+    url: String,
+    store: Store,
+    gateway: Arc<Gateway>,
+    stop: Arc<tokio::sync::Notify>,
+    serving: tokio::task::JoinHandle<usize>,
+    _dir: tempfile::TempDir,
+}
+
+impl Stoppable {
+    async fn start(routes: Routes, grace_secs: u64, notice: Notice) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite:{}", dir.path().join("g.db").display()))
+            .await
+            .unwrap();
+        let (ledger, _task) = Ledger::start(store.clone());
+        let gateway = Arc::new(
+            Gateway::new(
+                GatewaySettings {
+                    shutdown_grace_secs: grace_secs,
+                    ..GatewaySettings::default()
+                },
+                routes,
+                Some(MASTER.into()),
+                Some(store.clone()),
+                ledger,
+            )
+            .unwrap(),
+        );
+        let limits = match notice {
+            Notice::Given => gateway.time_limits(),
+            Notice::None => gateway.settings().time_limits(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let serving = tokio::spawn(freehold_gateway::listen::serve(
+            listener,
+            freehold_gateway::routes::app(Arc::clone(&gateway)),
+            None,
+            limits,
+            {
+                let stop = Arc::clone(&stop);
+                async move { stop.notified().await }
+            },
+        ));
+        Self {
+            url,
+            store,
+            gateway,
+            stop,
+            serving,
+            _dir: dir,
+        }
+    }
+}
+
 /// At shutdown, a stream still open near the end of the grace period ends
 /// with its protocol's error event, not with a cut connection, and a
 /// request still waiting for its answer gets a status its SDK retries; the
 /// ledger says why they ended.
 #[tokio::test]
 async fn requests_open_when_the_grace_period_ends_are_told_why() {
-    use freehold_test_support::{MockServer, Scripted, Split, sse_text};
+    use freehold_test_support::{MockServer, Scripted, Split};
 
-    let head = sse_text(&[
-        ("message_start", CACHED_MESSAGE_START),
-        (
-            "content_block_start",
-            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
-        ),
-        (
-            "content_block_delta",
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
-        ),
-    ]);
+    let head = anthropic_stream_head();
     let upstream = MockServer::start(vec![
         Scripted::sse(&format!("{head}{head}"), Split::At(vec![head.len()]))
             .stall_after(1, Duration::from_secs(30)),
     ])
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite:{}", dir.path().join("g.db").display()))
-        .await
-        .unwrap();
-    let (ledger, _task) = Ledger::start(store.clone());
-    let gateway = Arc::new(
-        Gateway::new(
-            GatewaySettings {
-                shutdown_grace_secs: 4,
-                ..GatewaySettings::default()
-            },
-            anthropic_routes(&upstream.url()),
-            Some(MASTER.into()),
-            Some(store.clone()),
-            ledger,
-        )
-        .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let serving = tokio::spawn(freehold_gateway::listen::serve(
-        listener,
-        freehold_gateway::routes::app(Arc::clone(&gateway)),
-        None,
-        gateway.time_limits(),
-        {
-            let stop = Arc::clone(&stop);
-            async move { stop.notified().await }
-        },
-    ));
+    // `_dir` bound, not dropped: it holds the database.
+    let Stoppable {
+        url,
+        store,
+        stop,
+        serving,
+        _dir,
+        ..
+    } = Stoppable::start(anthropic_routes(&upstream.url()), 4, Notice::Given).await;
     let body = json!({"model": "claude:claude-x", "stream": true, "max_tokens": 100,
         "messages": [{"role": "user", "content": "hi"}]});
     let mut response = reqwest::Client::new()
@@ -3564,10 +3605,15 @@ async fn a_request_cut_off_at_shutdown_releases_its_reservation() {
     let upstream = MockUpstream::start_slow(Duration::from_secs(30))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite:{}", dir.path().join("g.db").display()))
-        .await
-        .unwrap();
+    // Without the notice: cut off at the end of the grace period.
+    let Stoppable {
+        url,
+        store,
+        gateway,
+        stop,
+        serving,
+        _dir,
+    } = Stoppable::start(routes(vec![upstream.base_url()]), 1, Notice::None).await;
     let (key, secret) = store
         .create_key(NewKey {
             name: "in-flight".into(),
@@ -3576,32 +3622,6 @@ async fn a_request_cut_off_at_shutdown_releases_its_reservation() {
         })
         .await
         .unwrap();
-    let gateway = Arc::new(
-        Gateway::new(
-            GatewaySettings {
-                shutdown_grace_secs: 1,
-                ..GatewaySettings::default()
-            },
-            routes(vec![upstream.base_url()]),
-            Some(MASTER.into()),
-            Some(store.clone()),
-            Ledger::disabled(),
-        )
-        .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let serving = tokio::spawn(freehold_gateway::listen::serve(
-        listener,
-        freehold_gateway::routes::app(Arc::clone(&gateway)),
-        None,
-        gateway.settings().time_limits(),
-        {
-            let stop = Arc::clone(&stop);
-            async move { stop.notified().await }
-        },
-    ));
     let in_flight = tokio::spawn({
         let url = url.clone();
         async move {

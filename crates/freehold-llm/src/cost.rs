@@ -144,14 +144,26 @@ mod tests {
         // Of 4,000 written, 1,000 for an hour: 1,000 uncached × 3 + 2,000
         // cached × 0.30 + 3,000 × 3.75 + 1,000 × 6 + 500 out × 15
         // = 3,000 + 600 + 11,250 + 6,000 + 7,500 = 28,350 µ$.
-        let usage = Usage {
+        let short = Usage {
             cache_write_1h_tokens: 1_000,
             ..usage(7_000, 2_000, 4_000, 500)
         };
-        let total = cost(&usage, Some(&SONNET)).unwrap();
+        let total = cost(&short, Some(&SONNET)).unwrap();
         assert!((total - 0.02835).abs() < 1e-15, "{total}");
         // Past a long prompt's size, twice its input price.
-        let tiered = Pricing {
+        let tiered = sonnet_with_a_long_prompt_price();
+        let long = Usage {
+            cache_write_1h_tokens: 1_000,
+            ..usage(201_000, 0, 1_000, 0)
+        };
+        // 200,000 × 6 + 1,000 × 12 = 1,212,000 µ$.
+        let total = cost(&long, Some(&tiered)).unwrap();
+        assert!((total - 1.212).abs() < 1e-12, "{total}");
+    }
+
+    /// Claude Sonnet's prices, doubled past 200,000 input tokens.
+    fn sonnet_with_a_long_prompt_price() -> Pricing {
+        Pricing {
             long_prompt: Some(LongPromptPricing {
                 above_input_tokens: 200_000,
                 input: 6.0,
@@ -160,18 +172,7 @@ mod tests {
                 output: 22.50,
             }),
             ..SONNET
-        };
-        let long = Usage {
-            cache_write_1h_tokens: 1_000,
-            ..usage_of(201_000, 0, 1_000, 0)
-        };
-        // 200,000 × 6 + 1,000 × 12 = 1,212,000 µ$.
-        let total = cost(&long, Some(&tiered)).unwrap();
-        assert!((total - 1.212).abs() < 1e-12, "{total}");
-    }
-
-    fn usage_of(input: u64, cached: u64, write: u64, output: u64) -> Usage {
-        usage(input, cached, write, output)
+        }
     }
 
     #[test]
@@ -199,16 +200,7 @@ mod tests {
 
     #[test]
     fn a_long_prompt_is_charged_its_own_prices_for_every_token() {
-        let tiered = Pricing {
-            long_prompt: Some(LongPromptPricing {
-                above_input_tokens: 200_000,
-                input: 6.0,
-                cached_input: Some(0.60),
-                cache_write: Some(7.50),
-                output: 22.50,
-            }),
-            ..SONNET
-        };
+        let tiered = sonnet_with_a_long_prompt_price();
         // At the limit, the usual prices: 200,000 × 3 + 1,000 × 15.
         assert_eq!(
             cost(&usage(200_000, 0, 0, 1_000), Some(&tiered)),
