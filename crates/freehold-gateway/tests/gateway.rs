@@ -3502,9 +3502,9 @@ impl Stoppable {
 }
 
 /// At shutdown, a stream still open near the end of the grace period ends
-/// with its protocol's error event, not with a cut connection, and a
-/// request still waiting for its answer gets a status its SDK retries; the
-/// ledger says why they ended.
+/// with its protocol's error event, not with a cut connection, and one
+/// still waiting for its provider's first event gets a status its SDK
+/// retries; the ledger says why they ended.
 #[tokio::test]
 async fn requests_open_when_the_grace_period_ends_are_told_why() {
     use freehold_test_support::{MockServer, Scripted, Split};
@@ -3513,6 +3513,7 @@ async fn requests_open_when_the_grace_period_ends_are_told_why() {
     let upstream = MockServer::start(vec![
         Scripted::sse(&format!("{head}{head}"), Split::At(vec![head.len()]))
             .stall_after(1, Duration::from_secs(30)),
+        Scripted::sse(&head, Split::Whole).delay(Duration::from_secs(30)),
     ])
     .await;
     // `_dir` bound, not dropped: it holds the database.
@@ -3543,11 +3544,10 @@ async fn requests_open_when_the_grace_period_ends_are_told_why() {
             .expect("the stream open");
         received.push_str(&String::from_utf8_lossy(&chunk));
     }
-    // A whole answer, which the provider never finishes.
-    let whole = tokio::spawn({
+    // A stream whose provider has not begun to answer.
+    let waiting = tokio::spawn({
         let url = url.clone();
-        let mut body = body.clone();
-        body["stream"] = json!(false);
+        let body = body.clone();
         async move {
             let response = reqwest::Client::new()
                 .post(format!("{url}/v1/messages"))
@@ -3584,7 +3584,7 @@ async fn requests_open_when_the_grace_period_ends_are_told_why() {
     assert!(received.contains("event: error"), "{received}");
     assert!(received.contains("overloaded_error"), "{received}");
     assert!(received.contains("gateway is stopping"), "{received}");
-    let (status, answer) = whole.await.unwrap();
+    let (status, answer) = waiting.await.unwrap();
     assert_eq!(status, 529, "{answer}");
     assert_eq!(answer["error"]["type"], "overloaded_error", "{answer}");
     let cut_off = tokio::time::timeout(Duration::from_secs(10), serving)
