@@ -171,14 +171,7 @@ async fn admit_inner(
     let sent_to = narrowed.as_deref().unwrap_or(&targets);
     // A request cut off before any answer pays for its prompt as input:
     // nothing says it was written to a cache.
-    accounting.expect_input(
-        Usage {
-            input_tokens: usage.input_tokens,
-            ..Usage::default()
-        },
-        sent_to,
-        &routes,
-    );
+    accounting.expect_input(usage.input_tokens, sent_to, &routes);
     reserve_budget(gateway, caller, &routes, sent_to, &usage, accounting).await?;
     Ok((routes, narrowed.unwrap_or(targets)))
 }
@@ -797,7 +790,7 @@ impl AccountedStream {
         let next = tokio::select! {
             next = tokio::time::timeout(remaining, in_request) => next,
             // The gateway is stopping and its grace period is nearly over:
-            // end with an error the client reads (and retries) rather than
+            // end with the protocol's error event rather than
             // a connection cut mid-event.
             () = self.stopping.as_mut() => {
                 let error = GatewayError::shutting_down();
@@ -980,17 +973,25 @@ impl Accounting {
         }
     }
 
-    /// Notes the request's estimated input (`input`: its tokens, and those
-    /// that may be written to a cache), and what it costs on the dearest of
-    /// `targets` (the route it is sent on: any of them may be the one it
-    /// waits on), for a request that ends without the provider's count
-    /// ([`Self::billed_usage`]).
+    /// Notes the request's estimated input tokens, and what they cost on
+    /// the dearest of `targets` (the route it is sent on: any of them may
+    /// be the one it waits on), for a request that ends without the
+    /// provider's count ([`Self::billed_usage`]).
     ///
     /// `routes` is the table the request runs on: it is priced on it when
     /// it ends, even if a reload has replaced it meanwhile.
-    pub(crate) fn expect_input(&mut self, input: Usage, targets: &[Target], routes: &Arc<Routes>) {
+    pub(crate) fn expect_input(
+        &mut self,
+        input_tokens: u64,
+        targets: &[Target],
+        routes: &Arc<Routes>,
+    ) {
         self.routes = Some(Arc::clone(routes));
-        self.input_estimate = input.input_tokens;
+        self.input_estimate = input_tokens;
+        let input = Usage {
+            input_tokens,
+            ..Usage::default()
+        };
         // The dearest: a fallback may be what the request is waiting on.
         self.unanswered_cost = targets
             .iter()

@@ -281,10 +281,10 @@ impl GatewayError {
         )
     }
 
-    /// 503 (Anthropic's 529, overloaded): a request still waiting on its
-    /// provider when the gateway's grace period for stopping nearly ran
-    /// out. SDKs retry the status; in a stream it is the protocol's error
-    /// event, which ends the answer as failed.
+    /// 503 (Anthropic's 529, overloaded): a stream still open when the
+    /// gateway's grace period for stopping nearly ran out. SDKs retry the
+    /// status, sent when the stream had not begun; after that it is the
+    /// protocol's error event, which ends the answer as failed.
     pub fn shutting_down() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

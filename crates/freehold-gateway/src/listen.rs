@@ -47,17 +47,17 @@ pub struct TimeLimits {
     /// they are answering before they are cut off.
     pub grace: Duration,
     /// Cancelled before the grace period ends (by a quarter of it, at most
-    /// [`LONGEST_STREAM_NOTICE`]), so that the requests still waiting on a
-    /// provider end with an error their client reads (a 503, or in a
-    /// stream their protocol's error event) rather than with a connection
-    /// cut mid-event. `None`: they are cut off. Once cancelled, it stays
-    /// so: a gateway whose stop it announced is not served again.
+    /// [`LONGEST_STREAM_NOTICE`]), so that the streams still open end with
+    /// an error their client reads (a 503 before their first event, their
+    /// protocol's error event after it) rather than with a connection cut
+    /// mid-event; whole answers are still cut off. `None`: streams are cut
+    /// off too. Once cancelled, it stays so: a gateway whose stop it
+    /// announced is not served again.
     pub stream_notice: Option<CancellationToken>,
 }
 
-/// The most time before the grace period ends that requests still waiting
-/// on a provider are told to end: time for their error to reach a client
-/// on a slow link.
+/// The most time before the grace period ends that streams still open are
+/// told to end: time for their error to reach a client on a slow link.
 pub const LONGEST_STREAM_NOTICE: Duration = Duration::from_secs(5);
 
 /// Serves `app` on `listener` over HTTP/1.1, in TLS when `tls` is given,

@@ -142,9 +142,9 @@ impl Gateway {
     }
 
     /// The time limits to serve it with ([`crate::listen::serve`]): its
-    /// settings', with the notice that ends its requests still waiting on a
-    /// provider near the end of a stop's grace period. A gateway is served
-    /// once: after that notice, its requests end at once.
+    /// settings', with the notice that ends its streams still open near the
+    /// end of a stop's grace period. A gateway is served once: after that
+    /// notice, its streams end at once.
     pub fn time_limits(&self) -> crate::listen::TimeLimits {
         crate::listen::TimeLimits {
             stream_notice: Some(self.streams_ending.clone()),

@@ -156,6 +156,21 @@ async fn start(routes: Routes, settings: GatewaySettings, database: Option<Strin
     }
 }
 
+/// Reads a streamed answer until what it received contains `needle`
+/// (within 10 s a piece); returns what it received.
+async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
+    let mut received = String::new();
+    while !received.contains(needle) {
+        let piece = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("`{needle}` within 10 s: {received}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended before `{needle}`: {received}"));
+        received.push_str(&String::from_utf8_lossy(&piece));
+    }
+    received
+}
+
 fn chat_body(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100})
 }
@@ -890,15 +905,7 @@ async fn a_stream_cut_off_before_its_usage_is_charged_an_estimate() {
         .unwrap();
     assert_eq!(response.status(), 200);
     // The first piece of the answer, then the client hangs up.
-    let mut seen = String::new();
-    while !seen.contains("xxxx") {
-        let piece = tokio::time::timeout(Duration::from_secs(5), response.chunk())
-            .await
-            .expect("the first piece of the answer")
-            .unwrap()
-            .expect("more of the stream");
-        seen.push_str(&String::from_utf8_lossy(&piece));
-    }
+    read_until(&mut response, "xxxx").await;
     drop(response);
     // The gateway sees the connection close at its next write, or when
     // the upstream's stall ends: poll for the settlement.
@@ -2815,15 +2822,7 @@ async fn a_stream_cut_off_is_charged_the_prompt_the_provider_counted() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut seen = String::new();
-    while !seen.contains("Hello") {
-        let piece = tokio::time::timeout(Duration::from_secs(10), response.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&piece));
-    }
+    read_until(&mut response, "Hello").await;
     drop(response);
     let lines = ledger_lines(&gw.store, 1).await;
     let line = &lines[0].record;
@@ -3535,15 +3534,7 @@ async fn requests_open_when_the_grace_period_ends_are_told_why() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut received = String::new();
-    while !received.contains("Hello") {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
-            .await
-            .expect("the first words within 10 s")
-            .unwrap()
-            .expect("the stream open");
-        received.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let mut received = read_until(&mut response, "Hello").await;
     // A stream whose provider has not begun to answer.
     let waiting = tokio::spawn({
         let url = url.clone();

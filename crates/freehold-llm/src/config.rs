@@ -105,7 +105,7 @@ pub struct ProviderConfig {
     pub enable_thinking_kwarg: Option<bool>,
     /// Chat Completions only: the health probes also ask `GET /health`
     /// beside the `/v1` root, where a server error means not ready
-    /// (presets turn it on for vLLM, SGLang and llama.cpp).
+    /// (presets turn it on for vLLM and llama.cpp).
     #[serde(default)]
     pub probe_health: Option<bool>,
     /// Chat Completions only: send an assistant message's earlier

@@ -842,8 +842,13 @@ pub fn classify_status(status: u16, headers: &HeaderMap, message: &str) -> Error
 fn is_template_refusal(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();
     (lower.contains("jinja exception") && lower.contains("system message"))
-        || lower.contains("cannot pass both content and thinking")
+        || lower.contains(GPT_OSS_REASONING_REFUSAL)
 }
+
+/// gpt-oss's chat template's refusal of an assistant message with text,
+/// tool calls and reasoning together, lowercased ("Cannot pass both
+/// content and thinking in an assistant message with tool calls!").
+pub(crate) const GPT_OSS_REASONING_REFUSAL: &str = "cannot pass both content and thinking";
 
 /// Whether an error message says the prompt does not fit the context.
 ///

@@ -172,13 +172,10 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         dialect: Dialect {
             max_tokens_field: MaxTokensField::MaxCompletionTokens,
-            stream_usage: true,
             // OpenAI counts a request's tokens for the Responses API, which
             // sees the same conversation.
             token_count: TokenCountEndpoint::ResponsesInputTokens,
-            enable_thinking_kwarg: false,
-            probe_health: false,
-            reasoning_in_history: false,
+            ..COMPATIBLE
         },
         ..hosted(
             "openai",
@@ -209,12 +206,8 @@ pub const PRESETS: &[Preset] = &[
         // Mistral rejects fields it does not know, `stream_options` among
         // them; it sends usage on the last chunk unasked.
         dialect: Dialect {
-            max_tokens_field: MaxTokensField::MaxTokens,
             stream_usage: false,
-            token_count: TokenCountEndpoint::None,
-            enable_thinking_kwarg: false,
-            probe_health: false,
-            reasoning_in_history: false,
+            ..COMPATIBLE
         },
         ..hosted(
             "mistral",

@@ -444,7 +444,7 @@ async fn admit_embeddings(
     };
     // Priced on what the texts will be sent on.
     let sent_to = narrowed.as_deref().unwrap_or(&targets);
-    accounting.expect_input(usage, sent_to, routes);
+    accounting.expect_input(usage.input_tokens, sent_to, routes);
     reserve_budget(gateway, caller, routes, sent_to, &usage, accounting).await?;
     Ok(narrowed.unwrap_or(targets))
 }

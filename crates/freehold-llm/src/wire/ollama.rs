@@ -666,9 +666,9 @@ pub fn encode_request(
         options: Some(options),
         stream,
         keep_alive: None,
-        think: request
-            .reasoning
-            .map(|effort| Think::Enabled(effort != ReasoningEffort::Off)),
+        // As for a server that lists no capabilities; the client narrows it
+        // once the model's facts are known.
+        think: ModelFacts::default().think(request.reasoning),
         truncate: Some(false),
     })
 }

@@ -785,7 +785,7 @@ pub fn refuses_reasoning_beside_text(error: &LlmError) -> bool {
         && error
             .message
             .to_ascii_lowercase()
-            .contains("cannot pass both content and thinking")
+            .contains(crate::http::GPT_OSS_REASONING_REFUSAL)
 }
 
 /// Removes the reasoning of every assistant message with both text and tool
