@@ -964,6 +964,94 @@ async fn refused_and_unreached_requests_are_not_charged() {
     }
 }
 
+/// Codex's settings that only OpenAI's API reads (`prompt_cache_key`,
+/// `text.verbosity`, `service_tier`, the `xhigh` effort) reach an upstream
+/// configured as OpenAI's API; and a model whose reasoning that API's Chat
+/// Completions refuses beside tools (as Claude Code's every request has
+/// them) is answered through its Responses API.
+#[tokio::test]
+async fn codex_settings_and_tool_turns_reach_openais_api_as_it_takes_them() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let completion = json!({
+        "id": "c", "object": "chat.completion", "created": 0, "model": "gpt-5.2",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    });
+    let refused = json!({"error": {"message": "Function tools with reasoning_effort are not \
+        supported for gpt-5.5 in /v1/chat/completions. Please use /v1/responses instead.",
+        "type": "invalid_request_error", "param": "reasoning_effort", "code": null}});
+    let through_responses = json!({
+        "id": "resp_1", "object": "response", "created_at": 1, "status": "completed",
+        "model": "gpt-5.5", "output": [{"id": "msg_1", "type": "message", "status": "completed",
+        "role": "assistant", "content": [{"type": "output_text", "text": "via responses",
+        "annotations": []}]}],
+        "usage": {"input_tokens": 30, "output_tokens": 2, "total_tokens": 32}});
+    let server = MockServer::start(vec![
+        Scripted::json(200, completion),
+        Scripted::json(400, refused),
+        Scripted::json(200, through_responses),
+    ])
+    .await;
+    let provider: Arc<dyn Provider> = ProviderConfig {
+        kind: Some(ProviderKind::Openai),
+        base_url: Some(format!("{}/v1", server.url())),
+        openai_api: Some(true),
+        ..ProviderConfig::default()
+    }
+    .resolve("up")
+    .unwrap()
+    .build(&HealthSettings::default())
+    .unwrap();
+    let routes = Routes {
+        router: Router::new(
+            BTreeMap::from([("up".to_owned(), provider)]),
+            BTreeMap::new(),
+            Catalog::new(),
+        ),
+        local_providers: BTreeSet::new(),
+        listed_providers: BTreeSet::new(),
+        engine_providers: BTreeSet::new(),
+    };
+    let gw = start(routes, GatewaySettings::default(), None).await;
+
+    let codex = json!({"model": "up:gpt-5.2", "instructions": "You are Codex.",
+        "input": [{"type": "message", "role": "user",
+                   "content": [{"type": "input_text", "text": "hi"}]}],
+        "reasoning": {"effort": "xhigh", "summary": "auto"},
+        "text": {"verbosity": "low"}, "prompt_cache_key": "019a-thread",
+        "service_tier": "flex", "store": false, "stream": false});
+    let (status, body, _) = post(&gw.url, "/v1/responses", Some(MASTER), &codex).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = server.requests()[0].json();
+    assert_eq!(sent["prompt_cache_key"], "019a-thread", "{sent}");
+    assert_eq!(sent["verbosity"], "low", "{sent}");
+    assert_eq!(sent["service_tier"], "flex", "{sent}");
+    assert_eq!(sent["reasoning_effort"], "xhigh", "{sent}");
+
+    let claude_code = json!({"model": "up:gpt-5.5", "max_tokens": 4000,
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "messages": [{"role": "user", "content": "Read a.rs."}],
+        "tools": [{"name": "read", "input_schema": {"type": "object",
+                   "properties": {"path": {"type": "string"}}}}]});
+    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &claude_code).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["content"][0]["text"], "via responses", "{body}");
+    let paths: Vec<String> = server.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/responses"
+        ]
+    );
+    let through = server.requests()[2].json();
+    assert_eq!(through["reasoning"]["effort"], "low", "{through}");
+    assert_eq!(through["tools"][0]["name"], "read", "{through}");
+}
+
 /// A client asking for no reasoning (Chat Completions' `none`, the Anthropic
 /// `disabled` that Claude Code sends for its subagents) reaches a server
 /// whose chat templates take the switch (vLLM, SGLang, llama.cpp) as

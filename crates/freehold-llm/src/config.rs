@@ -114,6 +114,15 @@ pub struct ProviderConfig {
     /// llama.cpp).
     #[serde(default)]
     pub reasoning_in_history: Option<bool>,
+    /// Chat Completions and Responses: the server is OpenAI's own API (or
+    /// takes what it takes, as Azure's does): no reasoning asks each model
+    /// for its least effort, `xhigh` and the settings only OpenAI reads
+    /// (`prompt_cache_key`, `verbosity`, `service_tier`) are sent, and
+    /// Chat Completions sends through the Responses API the requests with
+    /// tools of a model that refuses reasoning beside them (presets turn it
+    /// on for `openai` and `openai-responses`).
+    #[serde(default)]
+    pub openai_api: Option<bool>,
     /// Anthropic only: `max_tokens` when a request sets none (the API
     /// requires one; default 8192).
     #[serde(default)]
@@ -415,6 +424,9 @@ impl ProviderConfig {
         if let Some(send) = self.reasoning_in_history {
             dialect.reasoning_in_history = send;
         }
+        if let Some(openai_api) = self.openai_api {
+            dialect.openai_api = openai_api;
+        }
         let engine = EngineSettings {
             threads: self.threads,
             max_context: self.max_context,
@@ -475,6 +487,16 @@ impl ProviderConfig {
                 self.keep_alive.is_some(),
             ),
         ];
+        if self.openai_api.is_some()
+            && !matches!(kind, ProviderKind::Openai | ProviderKind::OpenaiResponses)
+        {
+            return Err(ConfigError::OtherKindOnly {
+                provider: name.to_owned(),
+                key: "openai_api",
+                applies_to: "openai or openai-responses",
+                kind: kind.as_str(),
+            });
+        }
         if let Some((key, applies_to, _)) = protocol_settings
             .iter()
             .find(|(_, applies_to, set)| *set && *applies_to != kind)
@@ -684,9 +706,11 @@ impl ResolvedProvider {
             ProviderKind::Openai => {
                 Arc::new(OpenAiChatClient::new(options, self.dialect).map_err(client_error)?)
             }
-            ProviderKind::OpenaiResponses => {
-                Arc::new(crate::client::OpenAiResponsesClient::new(options).map_err(client_error)?)
-            }
+            ProviderKind::OpenaiResponses => Arc::new(
+                crate::client::OpenAiResponsesClient::new(options)
+                    .map_err(client_error)?
+                    .with_openai_api(self.dialect.openai_api),
+            ),
             ProviderKind::Anthropic => {
                 let client = crate::client::AnthropicClient::new(options).map_err(client_error)?;
                 Arc::new(match self.default_max_tokens {

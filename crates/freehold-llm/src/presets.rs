@@ -66,6 +66,7 @@ const COMPATIBLE: Dialect = Dialect {
     enable_thinking_kwarg: false,
     probe_health: false,
     reasoning_in_history: false,
+    openai_api: false,
 };
 
 /// Servers that hand `chat_template_kwargs` to the model's chat template
@@ -175,6 +176,7 @@ pub const PRESETS: &[Preset] = &[
             // OpenAI counts a request's tokens for the Responses API, which
             // sees the same conversation.
             token_count: TokenCountEndpoint::ResponsesInputTokens,
+            openai_api: true,
             ..COMPATIBLE
         },
         ..hosted(
@@ -184,12 +186,18 @@ pub const PRESETS: &[Preset] = &[
             "OPENAI_API_KEY",
         )
     },
-    hosted(
-        "openai-responses",
-        ProviderKind::OpenaiResponses,
-        "https://api.openai.com/v1",
-        "OPENAI_API_KEY",
-    ),
+    Preset {
+        dialect: Dialect {
+            openai_api: true,
+            ..COMPATIBLE
+        },
+        ..hosted(
+            "openai-responses",
+            ProviderKind::OpenaiResponses,
+            "https://api.openai.com/v1",
+            "OPENAI_API_KEY",
+        )
+    },
     hosted(
         "anthropic",
         ProviderKind::Anthropic,
@@ -300,6 +308,11 @@ mod tests {
         assert_eq!(
             with(|dialect| dialect.reasoning_in_history),
             ["llamacpp", "vllm", "sglang"]
+        );
+        // Only OpenAI's own API gets what only it takes.
+        assert_eq!(
+            with(|dialect| dialect.openai_api),
+            ["openai", "openai-responses"]
         );
     }
 }

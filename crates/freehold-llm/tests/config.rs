@@ -238,6 +238,12 @@ fn a_protocols_settings_are_refused_on_another_kind() {
             "openai",
             "ollama",
         ),
+        (
+            "preset = \"anthropic\"",
+            "openai_api = true",
+            "openai or openai-responses",
+            "anthropic",
+        ),
     ] {
         let error = config(&format!("{table}\n{key}"))
             .resolve("team")
@@ -263,6 +269,11 @@ fn a_protocols_settings_are_refused_on_another_kind() {
         ("preset = \"vllm\"", "reasoning_in_history = false"),
         ("preset = \"anthropic\"", "default_max_tokens = 100"),
         ("preset = \"ollama\"", "keep_alive = \"5m\""),
+        ("preset = \"vllm\"", "openai_api = true"),
+        (
+            "kind = \"openai-responses\"\nbase_url = \"http://127.0.0.1:1/v1\"",
+            "openai_api = true",
+        ),
     ] {
         config(&format!("{table}\n{key}")).resolve("team").unwrap();
     }

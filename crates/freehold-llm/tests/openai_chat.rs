@@ -13,8 +13,8 @@ use freehold_llm::secret::ApiKey;
 use freehold_llm::wire::openai_chat::{Dialect, MaxTokensField, TokenCountEndpoint};
 use freehold_llm::{Provider, collect_stream};
 use freehold_protocol::{
-    ChatRequest, ContentPart, ErrorKind, Message, Reasoning, ResponseFormat, Role, StopReason,
-    StreamEvent, ToolCall, ToolChoice, ToolSpec, Usage,
+    ChatRequest, ContentPart, ErrorKind, Message, Reasoning, ReasoningEffort, ResponseFormat, Role,
+    StopReason, StreamEvent, ToolCall, ToolChoice, ToolSpec, Usage,
 };
 use freehold_test_support::{MockServer, Scripted, Split, sse_text};
 use serde_json::json;
@@ -1479,4 +1479,268 @@ async fn a_template_refusing_reasoning_beside_text_is_asked_again_without() {
         "{again}"
     );
     assert_eq!(again["messages"][1]["content"], "Reading it.", "{again}");
+}
+
+/// A client of OpenAI's own API ([`Dialect::openai_api`]), as the `openai`
+/// preset makes it.
+fn openai_api_client(server: &MockServer) -> OpenAiChatClient {
+    let options = options("openai", format!("{}/v1", server.url()))
+        .with_key(ApiKey::new("sk-test-key-0123456789"));
+    let dialect = Dialect {
+        max_tokens_field: MaxTokensField::MaxCompletionTokens,
+        openai_api: true,
+        ..Dialect::default()
+    };
+    OpenAiChatClient::new(options, dialect).unwrap()
+}
+
+/// OpenAI's 400 for an effort the model does not take.
+fn unsupported_effort(sent: &str, model: &str, takes: &str) -> Scripted {
+    Scripted::json(
+        400,
+        json!({"error": {
+            "message": format!(
+                "Unsupported value: '{sent}' is not supported with the '{model}' model. \
+                 Supported values are: {takes}."
+            ),
+            "type": "invalid_request_error", "param": "reasoning_effort",
+            "code": "unsupported_value"}}),
+    )
+}
+
+fn asking_for(model: &str, effort: ReasoningEffort) -> ChatRequest {
+    let mut request = ChatRequest::new(model, vec![Message::user("Hi")]);
+    request.reasoning = Some(effort);
+    request
+}
+
+/// No reasoning asks each of OpenAI's models for its least effort: `none`
+/// first (gpt-5.1 and later), then, once a model refuses it and names what
+/// it takes, the nearest of those, from then on without a refusal.
+#[tokio::test]
+async fn no_reasoning_asks_openai_models_for_the_least_they_take() {
+    let server = MockServer::start(vec![
+        unsupported_effort("none", "gpt-5.1-codex", "'low', 'medium', and 'high'"),
+        answered("one"),
+        answered("two"),
+        answered("three"),
+        answered("four"),
+    ])
+    .await;
+    let openai = openai_api_client(&server);
+    for expected in ["one", "two"] {
+        let answer = openai
+            .complete(asking_for("gpt-5.1-codex", ReasoningEffort::Off))
+            .await
+            .unwrap();
+        assert_eq!(answer.message.text(), expected);
+    }
+    // An effort above what it takes comes down to its most.
+    let mut xhigh = asking_for("gpt-5.1-codex", ReasoningEffort::High);
+    xhigh.reasoning_effort_name = Some("xhigh".into());
+    openai.complete(xhigh).await.unwrap();
+    // gpt-5 takes `minimal`, asked at once.
+    openai
+        .complete(asking_for("gpt-5-mini", ReasoningEffort::Off))
+        .await
+        .unwrap();
+    let efforts: Vec<serde_json::Value> = server
+        .requests()
+        .iter()
+        .map(|r| r.json()["reasoning_effort"].clone())
+        .collect();
+    assert_eq!(
+        efforts,
+        [
+            json!("none"),
+            json!("low"),
+            json!("low"),
+            json!("high"),
+            json!("minimal")
+        ]
+    );
+
+    // Other servers get no effort for no reasoning, as before.
+    let server = MockServer::start(vec![answered("plain")]).await;
+    client(&server)
+        .complete(asking_for("qwen3", ReasoningEffort::Off))
+        .await
+        .unwrap();
+    assert!(
+        server.requests()[0]
+            .json()
+            .get("reasoning_effort")
+            .is_none()
+    );
+}
+
+/// A model that takes no effort at all is then sent none; a refusal that
+/// names another parameter is the answer, not tried again.
+#[tokio::test]
+async fn a_model_that_takes_no_effort_is_sent_none_and_other_refusals_stand() {
+    let server = MockServer::start(vec![
+        Scripted::json(
+            400,
+            json!({"error": {"message": "Unsupported parameter: 'reasoning_effort' is not \
+                   supported with this model.", "type": "invalid_request_error",
+                   "param": "reasoning_effort", "code": "unsupported_parameter"}}),
+        ),
+        answered("without"),
+        Scripted::json(
+            400,
+            json!({"error": {"message": "Unsupported value: 'temperature' does not support 0.5 \
+                   with this model. Only the default (1) value is supported.",
+                   "type": "invalid_request_error", "param": "temperature",
+                   "code": "unsupported_value"}}),
+        ),
+    ])
+    .await;
+    let openai = openai_api_client(&server);
+    let answer = openai
+        .complete(asking_for("gpt-4.1-2025", ReasoningEffort::Low))
+        .await
+        .unwrap();
+    assert_eq!(answer.message.text(), "without");
+    let error = openai
+        .complete(asking_for("gpt-5.1", ReasoningEffort::Low))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest, "{error:?}");
+    let sent: Vec<serde_json::Value> = server.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[0]["reasoning_effort"], "low");
+    assert!(sent[1].get("reasoning_effort").is_none(), "{}", sent[1]);
+    assert_eq!(sent[2]["reasoning_effort"], "low");
+}
+
+/// OpenAI's refusal of reasoning beside function tools in Chat Completions.
+fn not_beside_tools(model: &str) -> Scripted {
+    Scripted::json(
+        400,
+        json!({"error": {"message": format!(
+            "Function tools with reasoning_effort are not supported for {model} in \
+             /v1/chat/completions. Please use /v1/responses instead."),
+            "type": "invalid_request_error", "param": "reasoning_effort", "code": null}}),
+    )
+}
+
+/// A non-streamed Responses API answer with `text`.
+fn responses_answer(text: &str) -> Scripted {
+    Scripted::json(
+        200,
+        json!({"id": "resp_1", "object": "response", "created_at": 1, "status": "completed",
+               "model": "gpt-5.4", "output": [{"id": "msg_1", "type": "message",
+               "status": "completed", "role": "assistant", "content": [{"type": "output_text",
+               "text": text, "annotations": []}]}],
+               "usage": {"input_tokens": 12, "output_tokens": 3, "total_tokens": 15}}),
+    )
+}
+
+/// OpenAI's newer models refuse reasoning beside function tools in Chat
+/// Completions (even their default effort): on OpenAI's own API such a
+/// model's requests with tools go through the Responses API, with the
+/// effort asked, from then on; those without tools stay.
+#[tokio::test]
+async fn a_model_refusing_reasoning_beside_tools_is_asked_through_the_responses_api() {
+    let server = MockServer::start(vec![
+        not_beside_tools("gpt-5.4"),
+        responses_answer("through responses"),
+        responses_answer("again"),
+        answered("plain chat"),
+    ])
+    .await;
+    let openai = openai_api_client(&server);
+    let mut with_tools = asking_for("gpt-5.4", ReasoningEffort::High);
+    with_tools.tools = vec![read_tool()];
+    let answer = openai.complete(with_tools.clone()).await.unwrap();
+    assert_eq!(answer.message.text(), "through responses");
+    let answer = openai.complete(with_tools).await.unwrap();
+    assert_eq!(answer.message.text(), "again");
+    let answer = openai
+        .complete(asking_for("gpt-5.4", ReasoningEffort::High))
+        .await
+        .unwrap();
+    assert_eq!(answer.message.text(), "plain chat");
+
+    let sent = server.requests();
+    let paths: Vec<&str> = sent.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/chat/completions",
+            "/v1/responses",
+            "/v1/responses",
+            "/v1/chat/completions"
+        ]
+    );
+    let through = sent[1].json();
+    assert_eq!(through["reasoning"]["effort"], "high", "{through}");
+    assert_eq!(through["tools"][0]["name"], "read", "{through}");
+    assert_eq!(through["store"], false);
+    assert_eq!(sent[3].json()["reasoning_effort"], "high");
+}
+
+/// Elsewhere (an OpenAI-compatible server that words its refusal as
+/// OpenAI does), such a model's requests with tools are sent with `none`.
+#[tokio::test]
+async fn elsewhere_a_model_refusing_reasoning_beside_tools_gets_none_with_tools() {
+    let server = MockServer::start(vec![
+        not_beside_tools("gpt-5.4"),
+        answered("with none"),
+        answered("again"),
+    ])
+    .await;
+    let compatible = client(&server);
+    let mut with_tools = asking_for("gpt-5.4", ReasoningEffort::Medium);
+    with_tools.tools = vec![read_tool()];
+    for expected in ["with none", "again"] {
+        let answer = compatible.complete(with_tools.clone()).await.unwrap();
+        assert_eq!(answer.message.text(), expected);
+    }
+    let efforts: Vec<serde_json::Value> = server
+        .requests()
+        .iter()
+        .map(|r| r.json()["reasoning_effort"].clone())
+        .collect();
+    assert_eq!(efforts, [json!("medium"), json!("none"), json!("none")]);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.uri == "/v1/chat/completions")
+    );
+}
+
+/// The settings only OpenAI's API reads reach it, and no other server.
+#[tokio::test]
+async fn prompt_cache_key_verbosity_and_service_tier_reach_openai_only() {
+    let mut request = asking_for("gpt-5.1", ReasoningEffort::Low);
+    request.cache_key = Some("019a-conversation".into());
+    request.verbosity = Some(freehold_protocol::Verbosity::Low);
+    request.service_tier = Some("flex".into());
+
+    let server = MockServer::start(vec![answered("a"), answered("b"), answered("c")]).await;
+    let openai = openai_api_client(&server);
+    openai.complete(request.clone()).await.unwrap();
+    // Not to a model before gpt-5 (verbosity), nor a tier priced above the
+    // catalog's.
+    let mut older = request.clone();
+    older.model = "gpt-4.1".into();
+    older.reasoning = None;
+    older.service_tier = Some("priority".into());
+    openai.complete(older).await.unwrap();
+    let sent: Vec<serde_json::Value> = server.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(sent[0]["prompt_cache_key"], "019a-conversation");
+    assert_eq!(sent[0]["verbosity"], "low");
+    assert_eq!(sent[0]["service_tier"], "flex");
+    assert_eq!(sent[1]["prompt_cache_key"], "019a-conversation");
+    assert!(sent[1].get("verbosity").is_none(), "{}", sent[1]);
+    assert!(sent[1].get("service_tier").is_none(), "{}", sent[1]);
+
+    let server = MockServer::start(vec![answered("d")]).await;
+    client(&server).complete(request).await.unwrap();
+    let body = server.requests()[0].json();
+    for field in ["prompt_cache_key", "verbosity", "service_tier"] {
+        assert!(body.get(field).is_none(), "{field}: {body}");
+    }
 }

@@ -1262,3 +1262,135 @@ async fn the_openai_preset_counts_chat_completions_with_the_responses_endpoint()
     assert_eq!(chat.count_input_tokens(request()).await.unwrap(), Some(12));
     assert_eq!(server.requests()[0].uri, "/v1/responses/input_tokens");
 }
+
+/// A client of OpenAI's own API, as the `openai-responses` preset makes it.
+fn openai_api_client(server: &MockServer) -> OpenAiResponsesClient {
+    client(server).with_openai_api(true)
+}
+
+fn answer(text: &str) -> Scripted {
+    Scripted::json(
+        200,
+        snapshot(
+            "completed",
+            json!([message_item("msg_1", "completed", Some(text))]),
+            usage_json(12, 0, 3, 0),
+        ),
+    )
+}
+
+/// A model that takes no effort is asked again without `reasoning` (and
+/// without the encrypted reasoning it would refuse too), and from then on
+/// at once; one that takes other efforts gets the nearest.
+#[tokio::test]
+async fn efforts_a_model_refuses_are_replaced_by_what_it_takes() {
+    let server = MockServer::start(vec![
+        Scripted::json(
+            400,
+            json!({"error": {"message": "Unsupported parameter: 'reasoning.effort' is not \
+                   supported with this model.", "type": "invalid_request_error",
+                   "param": "reasoning.effort", "code": "unsupported_parameter"}}),
+        ),
+        answer("one"),
+        answer("two"),
+        Scripted::json(
+            400,
+            json!({"error": {"message": "Unsupported value: 'minimal' is not supported with the \
+                   'gpt-5-pro' model. Supported values are: 'high'.",
+                   "type": "invalid_request_error", "param": "reasoning.effort",
+                   "code": "unsupported_value"}}),
+        ),
+        answer("three"),
+    ])
+    .await;
+    let openai = openai_api_client(&server);
+    let mut request = request();
+    request.model = "gpt-4.1".into();
+    request.reasoning = Some(ReasoningEffort::Medium);
+    for expected in ["one", "two"] {
+        let answer = openai.complete(request.clone()).await.unwrap();
+        assert_eq!(answer.message.text(), expected);
+    }
+    request.model = "gpt-5-pro".into();
+    request.reasoning = Some(ReasoningEffort::Off);
+    let answer = openai.complete(request).await.unwrap();
+    assert_eq!(answer.message.text(), "three");
+
+    let sent: Vec<Value> = server.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(sent.len(), 5);
+    assert_eq!(sent[0]["reasoning"]["effort"], "medium");
+    assert_eq!(sent[0]["include"], json!(["reasoning.encrypted_content"]));
+    for retried in &sent[1..3] {
+        assert!(retried.get("reasoning").is_none(), "{retried}");
+        assert!(retried.get("include").is_none(), "{retried}");
+    }
+    // gpt-5's least is `minimal`; its pro takes `high` alone.
+    assert_eq!(sent[3]["reasoning"]["effort"], "minimal");
+    assert_eq!(sent[4]["reasoning"]["effort"], "high");
+}
+
+/// Codex's settings that only OpenAI reads reach OpenAI's Responses API:
+/// `prompt_cache_key`, `text.verbosity` beside a format, `service_tier`.
+/// A server not known as OpenAI's gets none of them, and no effort for no
+/// reasoning.
+#[tokio::test]
+async fn codex_settings_reach_openai_responses() {
+    let mut request = request();
+    request.model = "gpt-5.1-codex".into();
+    request.cache_key = Some("019a-thread".into());
+    request.verbosity = Some(freehold_protocol::Verbosity::High);
+    request.service_tier = Some("auto".into());
+    request.reasoning = Some(ReasoningEffort::Off);
+    request.response_format = Some(ResponseFormat::JsonObject);
+
+    let server = MockServer::start(vec![answer("a"), answer("b")]).await;
+    openai_api_client(&server)
+        .complete(request.clone())
+        .await
+        .unwrap();
+    client(&server).complete(request).await.unwrap();
+    let sent: Vec<Value> = server.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(sent[0]["prompt_cache_key"], "019a-thread");
+    assert_eq!(sent[0]["service_tier"], "auto");
+    assert_eq!(
+        sent[0]["text"],
+        json!({"format": {"type": "json_object"}, "verbosity": "high"})
+    );
+    assert_eq!(sent[0]["reasoning"]["effort"], "none");
+    for field in ["prompt_cache_key", "service_tier", "reasoning"] {
+        assert!(sent[1].get(field).is_none(), "{field}: {}", sent[1]);
+    }
+    assert_eq!(sent[1]["text"], json!({"format": {"type": "json_object"}}));
+}
+
+/// Through the Chat Completions client of OpenAI's API, a streamed request
+/// with tools of a model that refuses reasoning beside them is streamed
+/// from the Responses API.
+#[tokio::test]
+async fn a_chat_stream_refused_beside_tools_streams_from_the_responses_api() {
+    let server = MockServer::start(vec![
+        Scripted::json(
+            400,
+            json!({"error": {"message": "Function tools with reasoning_effort are not supported \
+                   for gpt-5.5 in /v1/chat/completions. Please use /v1/responses instead.",
+                   "type": "invalid_request_error", "param": "reasoning_effort", "code": null}}),
+        ),
+        streamed(&text_stream(), Split::Whole),
+    ])
+    .await;
+    let options = options("openai", format!("{}/v1", server.url())).with_key(ApiKey::new(KEY));
+    let dialect = freehold_llm::wire::openai_chat::Dialect {
+        openai_api: true,
+        ..Default::default()
+    };
+    let chat = freehold_llm::client::OpenAiChatClient::new(options, dialect).unwrap();
+    let mut request = request();
+    request.model = "gpt-5.5".into();
+    request.tools = vec![read_tool()];
+    let (events, error) = drain(chat.stream(request).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text_of(&events), "Héllo, wörld ✓");
+    let paths: Vec<String> = server.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(paths, ["/v1/chat/completions", "/v1/responses"]);
+    assert_eq!(server.requests()[1].json()["stream"], true);
+}

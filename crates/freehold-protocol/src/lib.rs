@@ -47,6 +47,6 @@ pub use message::{
 };
 pub use request::{
     Capabilities, ChatRequest, ModelInfo, ReasoningEffort, ResponseFormat, Sampling, ToolChoice,
-    ToolSpec,
+    ToolSpec, Verbosity,
 };
 pub use usage::{Timings, Usage};

@@ -62,6 +62,42 @@ pub struct ChatRequest {
     /// client marked nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_cache: Option<serde_json::Value>,
+    /// The key a client groups its requests by, so that a provider sends
+    /// those sharing a prompt to the same cache (OpenAI's
+    /// `prompt_cache_key`, which Codex sets to its conversation's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
+    /// How long the answer's text should be (OpenAI's `verbosity`, for the
+    /// gpt-5 family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verbosity: Option<Verbosity>,
+    /// The processing tier the client asked for (OpenAI's `service_tier`:
+    /// `auto`, `default`, `flex`, `priority`), as it spelled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
+}
+
+/// How long an answer's text should be, for models that take a hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verbosity {
+    /// Terse.
+    Low,
+    /// The model's usual length.
+    Medium,
+    /// Thorough.
+    High,
+}
+
+impl Verbosity {
+    /// The lowercase name OpenAI's APIs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+        }
+    }
 }
 
 impl ChatRequest {
@@ -82,6 +118,9 @@ impl ChatRequest {
             reasoning_effort_name: None,
             forwarded_headers: Vec::new(),
             prompt_cache: None,
+            cache_key: None,
+            verbosity: None,
+            service_tier: None,
         }
     }
 

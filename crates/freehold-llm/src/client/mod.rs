@@ -1,6 +1,7 @@
 //! One client per wire protocol, each a [`crate::Provider`].
 
 mod anthropic;
+mod effort;
 mod gemini;
 mod ollama;
 mod openai_chat;

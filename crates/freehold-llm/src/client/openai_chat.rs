@@ -12,10 +12,13 @@ use freehold_protocol::{
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
+use crate::client::effort::EffortMemory;
+use crate::client::openai_responses::{EFFORT_RETRIES, OpenAiResponsesClient};
 use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::{Response, Transport};
 use crate::provider::{EventStream, Provider, check_embed_request};
 use crate::wire::embeddings::{self, OpenAiEmbeddingsResponse};
+use crate::wire::openai_api;
 use crate::wire::openai_chat::{
     self, ChunkDecoder, CompletionResponse, Dialect, TokenCountEndpoint,
 };
@@ -38,6 +41,14 @@ pub struct OpenAiChatClient {
     /// server that takes any model name would otherwise let its clients
     /// grow it.
     folded_models: Arc<FoldingMemory>,
+    /// The reasoning efforts the server's models were found to take,
+    /// shared with [`Self::responses`].
+    efforts: Arc<EffortMemory>,
+    /// For OpenAI's own API ([`Dialect::openai_api`]): a Responses client
+    /// of the same server, which takes the requests with function tools of
+    /// a model whose reasoning Chat Completions refuses beside them
+    /// (gpt-5.4 and later: "Please use /v1/responses instead").
+    responses: Option<OpenAiResponsesClient>,
 }
 
 /// How many models [`OpenAiChatClient`] remembers as needing their
@@ -58,6 +69,16 @@ impl OpenAiChatClient {
         )?;
         let headers = options.headers(KeyHeader::Bearer, &[])?;
         let completions_url = options.parsed_url("/chat/completions");
+        let efforts = Arc::<EffortMemory>::default();
+        let responses = if dialect.openai_api {
+            Some(
+                OpenAiResponsesClient::new(options.clone())?
+                    .with_openai_api(true)
+                    .with_efforts(Arc::clone(&efforts)),
+            )
+        } else {
+            None
+        };
         Ok(Self {
             options,
             dialect,
@@ -65,6 +86,8 @@ impl OpenAiChatClient {
             headers,
             completions_url,
             folded_models: Arc::default(),
+            efforts,
+            responses,
         })
     }
 }
@@ -76,13 +99,55 @@ impl OpenAiChatClient {
             .map_err(|error| self.transport.error(ErrorKind::InvalidRequest, error))
     }
 
-    /// Sends `request` to the completions endpoint, as a stream or whole.
+    /// Sends `request` to the completions endpoint, as a stream or whole,
+    /// with the reasoning effort its model takes: when the server refuses
+    /// the one sent and names those the model takes (OpenAI's API does), it
+    /// is sent again with the nearest, which is remembered for the model's
+    /// later requests. A refusal of reasoning beside function tools is sent
+    /// again with `none`, unless [`Self::responses`] should take it.
     async fn post(&self, request: &ChatRequest, stream: bool) -> Result<Response, LlmError> {
-        let body = openai_chat::encode_request(request, self.dialect, stream);
-        let url = self.completions_url()?;
-        self.transport
-            .post_json_answer(url, &self.headers, &body, stream)
-            .await
+        let mut body = openai_chat::encode_request(request, self.dialect, stream);
+        let asked = openai_api::effort_name(request, self.dialect.openai_api);
+        let tools_in_chat = !request.tools.is_empty();
+        let mut effort = self
+            .efforts
+            .effort_for(&request.model, asked, tools_in_chat);
+        let mut retries = 0;
+        loop {
+            body.reasoning_effort = effort.map(str::to_owned);
+            let url = self.completions_url()?;
+            match self
+                .transport
+                .post_json_answer(url, &self.headers, &body, stream)
+                .await
+            {
+                Err(refused) if retries < EFFORT_RETRIES => {
+                    retries += 1;
+                    let next = self.efforts.learn(
+                        &self.options.name,
+                        &request.model,
+                        asked,
+                        effort,
+                        tools_in_chat,
+                        &refused,
+                    );
+                    match next {
+                        Some(next) if self.responses_for(request).is_none() => effort = next,
+                        _ => return Err(refused),
+                    }
+                }
+                answered => return answered,
+            }
+        }
+    }
+
+    /// The Responses client that takes `request` instead of Chat
+    /// Completions: for OpenAI's own API, a request with function tools for
+    /// a model whose reasoning Chat Completions refuses beside them.
+    fn responses_for(&self, request: &ChatRequest) -> Option<&OpenAiResponsesClient> {
+        self.responses.as_ref().filter(|_| {
+            !request.tools.is_empty() && self.efforts.refuses_beside_tools(&request.model)
+        })
     }
 
     /// [`Self::post`], folding the conversation's system messages when the
@@ -111,13 +176,16 @@ impl OpenAiChatClient {
     /// retries and fallbacks still apply.
     async fn post_folding(
         &self,
-        mut request: ChatRequest,
+        request: &mut ChatRequest,
         stream: bool,
     ) -> Result<Response, LlmError> {
-        if self.fold_if_known(&mut request) {
-            return self.post(&request, stream).await;
+        if self.fold_if_known(request) {
+            return self.post(request, stream).await;
         }
-        let refused = match self.post(&request, stream).await {
+        let refused = match self.post(request, stream).await {
+            // To be sent through the Responses API instead: not a
+            // template's refusal.
+            Err(refused) if self.responses_for(request).is_some() => return Err(refused),
             // gpt-oss by a name not known as its own: its template refused
             // the reasoning beside a message's text and calls.
             Err(refused)
@@ -129,12 +197,12 @@ impl OpenAiChatClient {
                     "the template refused reasoning beside text and tool calls; sending again \
                      without it"
                 );
-                return second_try(refused, self.post(&request, stream).await);
+                return second_try(refused, self.post(request, stream).await);
             }
-            Err(refused) if self.fold_for_second_try(&refused, &mut request) => refused,
+            Err(refused) if self.fold_for_second_try(&refused, request) => refused,
             answered => return answered,
         };
-        let again = self.post(&request, stream).await;
+        let again = self.post(request, stream).await;
         if again.is_ok() {
             self.remember_folding(&request.model);
         }
@@ -266,16 +334,34 @@ impl Provider for OpenAiChatClient {
         }
     }
 
-    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        let response = self.post_folding(request, true).await?;
+    async fn stream(&self, mut request: ChatRequest) -> Result<EventStream, LlmError> {
+        if let Some(responses) = self.responses_for(&request) {
+            return responses.stream(request).await;
+        }
+        let response = match self.post_folding(&mut request, true).await {
+            Ok(response) => response,
+            Err(refused) => match self.responses_for(&request) {
+                Some(responses) => return responses.stream(request).await,
+                None => return Err(refused),
+            },
+        };
         let events = self.transport.sse_stream(response);
         Ok(self
             .transport
             .decode_stream(events, ChunkDecoder::new(self.options.name.clone())))
     }
 
-    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let response = self.post_folding(request, false).await?;
+    async fn complete(&self, mut request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        if let Some(responses) = self.responses_for(&request) {
+            return responses.complete(request).await;
+        }
+        let response = match self.post_folding(&mut request, false).await {
+            Ok(response) => response,
+            Err(refused) => match self.responses_for(&request) {
+                Some(responses) => return responses.complete(request).await,
+                None => return Err(refused),
+            },
+        };
         let response: CompletionResponse = self.transport.read_json_as(response).await?;
         openai_chat::decode_response(&self.options.name, response)
     }
@@ -350,6 +436,8 @@ impl Provider for OpenAiChatClient {
                     &self.options,
                     &self.headers,
                     &request,
+                    self.dialect.openai_api,
+                    &self.efforts,
                 )
                 .await;
             }

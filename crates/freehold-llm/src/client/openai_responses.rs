@@ -2,6 +2,8 @@
 //! statelessly: the whole conversation goes with every request and nothing
 //! is stored at the provider.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use freehold_protocol::{
     Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
@@ -9,9 +11,11 @@ use freehold_protocol::{
 };
 use reqwest::header::HeaderMap;
 
+use crate::client::effort::EffortMemory;
 use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
+use crate::wire::openai_api;
 use crate::wire::openai_responses::{self, ResponseObject, ResponsesDecoder};
 
 /// A client of the OpenAI Responses API.
@@ -26,7 +30,16 @@ pub struct OpenAiResponsesClient {
     options: ClientOptions,
     transport: Transport,
     headers: HeaderMap,
+    /// Whether the server is OpenAI's own API
+    /// ([`crate::wire::openai_chat::Dialect::openai_api`]).
+    openai_api: bool,
+    /// The efforts its models were found to take.
+    efforts: Arc<EffortMemory>,
 }
+
+/// How many times a request is sent again with another reasoning effort
+/// after the server names the ones its model takes.
+pub(crate) const EFFORT_RETRIES: usize = 2;
 
 impl OpenAiResponsesClient {
     /// OpenAI's base URL, for [`ClientOptions::new`].
@@ -47,23 +60,72 @@ impl OpenAiResponsesClient {
             options,
             transport,
             headers,
+            openai_api: false,
+            efforts: Arc::default(),
         })
     }
 
+    /// The same client, told whether its server is OpenAI's own API: a
+    /// request for no reasoning then asks each model for its least effort,
+    /// and `prompt_cache_key`, `verbosity` and `service_tier` are sent
+    /// (see [`crate::wire::openai_api`]).
+    pub fn with_openai_api(mut self, openai_api: bool) -> Self {
+        self.openai_api = openai_api;
+        self
+    }
+
+    /// The same client, learning into (and from) `efforts`.
+    pub(crate) fn with_efforts(mut self, efforts: Arc<EffortMemory>) -> Self {
+        self.efforts = efforts;
+        self
+    }
+
+    /// Sends `request`, with the reasoning effort its model takes: when
+    /// the server refuses the one sent and names those the model takes
+    /// (OpenAI's API does), it is sent again with the nearest, which is
+    /// remembered for the model's later requests.
     async fn post(
         &self,
         request: &ChatRequest,
         stream: bool,
     ) -> Result<crate::http::Response, LlmError> {
-        let body = openai_responses::encode_request(request, stream);
-        let body = serde_json::to_value(&body).map_err(|error| {
-            self.transport
-                .error(ErrorKind::InvalidRequest, error.to_string())
-        })?;
-        let url = self.options.url("/responses");
-        self.transport
-            .post_json_answer(&url, &self.headers, &body, stream)
-            .await
+        let mut body = openai_responses::encode_request(request, stream, self.openai_api);
+        let asked = openai_api::effort_name(request, self.openai_api);
+        // The Responses API takes reasoning beside function tools.
+        let tools_in_chat = false;
+        let mut effort = self
+            .efforts
+            .effort_for(&request.model, asked, tools_in_chat);
+        let mut retries = 0;
+        loop {
+            body.set_effort(effort);
+            let json = serde_json::to_value(&body).map_err(|error| {
+                self.transport
+                    .error(ErrorKind::InvalidRequest, error.to_string())
+            })?;
+            let url = self.options.url("/responses");
+            match self
+                .transport
+                .post_json_answer(&url, &self.headers, &json, stream)
+                .await
+            {
+                Err(refused) if retries < EFFORT_RETRIES => {
+                    retries += 1;
+                    match self.efforts.learn(
+                        &self.options.name,
+                        &request.model,
+                        asked,
+                        effort,
+                        tools_in_chat,
+                        &refused,
+                    ) {
+                        Some(next) => effort = next,
+                        None => return Err(refused),
+                    }
+                }
+                answered => return answered,
+            }
+        }
     }
 }
 
@@ -123,7 +185,15 @@ impl Provider for OpenAiResponsesClient {
 
     /// OpenAI's own count: `POST {base_url}/responses/input_tokens`.
     async fn count_input_tokens(&self, request: ChatRequest) -> Result<Option<u64>, LlmError> {
-        count_with_input_tokens(&self.transport, &self.options, &self.headers, &request).await
+        count_with_input_tokens(
+            &self.transport,
+            &self.options,
+            &self.headers,
+            &request,
+            self.openai_api,
+            &self.efforts,
+        )
+        .await
     }
 }
 
@@ -146,14 +216,22 @@ const INPUT_TOKENS_FIELDS: [&str; 9] = [
 /// takes a Responses request and answers `{"input_tokens": N}`; shared with
 /// the Chat Completions client for OpenAI's own API. A server without the
 /// endpoint (404, 405 or 501 that does not name the model), or an answer
-/// without `input_tokens`, gives `None`: the caller estimates.
+/// without `input_tokens`, gives `None`: the caller estimates. The effort
+/// sent is the one the model was found to take (`efforts`).
 pub(crate) async fn count_with_input_tokens(
     transport: &Transport,
     options: &ClientOptions,
     headers: &HeaderMap,
     request: &ChatRequest,
+    openai_api: bool,
+    efforts: &EffortMemory,
 ) -> Result<Option<u64>, LlmError> {
-    let encoded = openai_responses::encode_request(request, false);
+    let mut encoded = openai_responses::encode_request(request, false, openai_api);
+    encoded.set_effort(efforts.effort_for(
+        &request.model,
+        openai_api::effort_name(request, openai_api),
+        false,
+    ));
     let mut body = serde_json::to_value(&encoded)
         .map_err(|error| transport.error(ErrorKind::InvalidRequest, error.to_string()))?;
     if let Some(fields) = body.as_object_mut() {

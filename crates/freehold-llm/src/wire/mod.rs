@@ -14,6 +14,7 @@ pub mod anthropic;
 pub mod embeddings;
 pub mod gemini;
 pub mod ollama;
+pub mod openai_api;
 pub mod openai_chat;
 pub mod openai_responses;
 pub mod serve;

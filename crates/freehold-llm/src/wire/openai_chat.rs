@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
 use crate::http::{context_length_kind, is_context_length_message};
 use crate::sse::SseEvent;
+use crate::wire::openai_api;
 
 mod serve;
 #[cfg(test)]
@@ -24,7 +25,8 @@ pub use serve::{
     encode_response, finish_reason_name,
 };
 pub(crate) use serve::{
-    decode_effort, decode_tool_choice, openai_error_message, openai_error_parts,
+    decode_effort, decode_tool_choice, decode_verbosity, effort_name_above_high,
+    openai_error_message, openai_error_parts,
 };
 
 /// A request body.
@@ -92,6 +94,16 @@ pub struct CompletionRequest {
     /// End-user id, passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The key that groups requests onto one prompt cache (OpenAI's API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache_key: Option<String>,
+    /// How long the answer's text should be (`low`, `medium`, `high`;
+    /// OpenAI's gpt-5 family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verbosity: Option<String>,
+    /// The processing tier (OpenAI's API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
     /// How many answers to write. Read from clients only, to refuse more
     /// than one by name; never sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -537,6 +549,15 @@ pub struct Dialect {
     /// user message (a chain of tool calls), gpt-oss's that of its last
     /// tool call. Off elsewhere: DeepSeek's API refuses it in input.
     pub reasoning_in_history: bool,
+    /// Whether the server is OpenAI's own API (or one that takes what it
+    /// takes, as Azure's does): a request for no reasoning asks each model
+    /// for its least effort, `xhigh` goes as named, and the settings only
+    /// OpenAI reads go too (`prompt_cache_key`, `verbosity`,
+    /// `service_tier`; see [`super::openai_api`]). Also read by the
+    /// Responses client, and by the Chat Completions client to send a
+    /// model's requests with tools through the Responses API once it
+    /// refuses reasoning beside them.
+    pub openai_api: bool,
 }
 
 /// Where a Chat Completions server counts a request's input tokens without
@@ -569,6 +590,7 @@ impl Default for Dialect {
             enable_thinking_kwarg: false,
             probe_health: false,
             reasoning_in_history: false,
+            openai_api: false,
         }
     }
 }
@@ -630,17 +652,20 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
             include_usage: true,
         }),
         response_format: request.response_format.as_ref().map(encode_response_format),
-        // OpenAI's `none` is refused by its models before gpt-5.1 (and by
-        // other servers), and is gpt-5.1's default: no reasoning is asked
-        // for by leaving the effort out.
-        reasoning_effort: request
-            .reasoning
-            .filter(|effort| *effort != ReasoningEffort::Off)
-            .map(|effort| effort.as_str().to_owned()),
+        reasoning_effort: openai_api::effort_name(request, dialect.openai_api).map(str::to_owned),
         chat_template_kwargs: (dialect.enable_thinking_kwarg
             && request.reasoning == Some(ReasoningEffort::Off))
         .then(|| json!({"enable_thinking": false})),
         user: None,
+        prompt_cache_key: request.cache_key.clone().filter(|_| dialect.openai_api),
+        verbosity: dialect
+            .openai_api
+            .then(|| openai_api::verbosity(request).map(str::to_owned))
+            .flatten(),
+        service_tier: dialect
+            .openai_api
+            .then(|| openai_api::service_tier(request))
+            .flatten(),
         n: None,
         logprobs: None,
         top_logprobs: None,

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, Message, Reasoning,
-    ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
+    ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
@@ -40,6 +40,7 @@ use serde_json::{Value, json};
 use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
 use crate::http::{context_length_kind, is_context_length_message};
 use crate::sse::SseEvent;
+use crate::wire::openai_api;
 use crate::wire::openai_chat::{generated_call_id, image_url};
 
 mod serve;
@@ -107,6 +108,12 @@ pub struct ResponsesRequest {
     /// End-user id, passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The key that groups requests onto one prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache_key: Option<String>,
+    /// The processing tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
 }
 
 /// `input`: one user text, or a list of items.
@@ -953,8 +960,10 @@ fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<S
     })
 }
 
-/// Encodes a request. `stream` selects a streamed answer.
-pub fn encode_request(request: &ChatRequest, stream: bool) -> ResponsesRequest {
+/// Encodes a request. `stream` selects a streamed answer; `for_openai`
+/// says the server is OpenAI's own API (see
+/// [`crate::wire::openai_chat::Dialect::openai_api`]).
+pub fn encode_request(request: &ChatRequest, stream: bool, for_openai: bool) -> ResponsesRequest {
     log_unsupported(request);
     let instructions: Vec<String> = request
         .messages
@@ -983,16 +992,9 @@ pub fn encode_request(request: &ChatRequest, stream: bool) -> ResponsesRequest {
     let tool_choice = tools
         .as_ref()
         .map(|_| encode_tool_choice(&request.tool_choice));
-    // No reasoning is asked for by leaving it out, as for Chat Completions
-    // (OpenAI's `none` is refused before gpt-5.1 and is its default since).
-    let reasoning = request
-        .reasoning
-        .filter(|effort| *effort != ReasoningEffort::Off)
-        .map(|effort| ReasoningConfig {
-            effort: Some(effort.as_str().to_owned()),
-            summary: Some("auto".into()),
-        });
-    ResponsesRequest {
+    let effort = openai_api::effort_name(request, for_openai);
+    let verbosity = for_openai.then(|| openai_api::verbosity(request)).flatten();
+    let mut encoded = ResponsesRequest {
         model: request.model.clone(),
         instructions: (!instructions.is_empty()).then(|| instructions.join("\n\n")),
         input: ResponseInput::Items(encode_input(&request.messages)),
@@ -1002,20 +1004,39 @@ pub fn encode_request(request: &ChatRequest, stream: bool) -> ResponsesRequest {
         max_output_tokens: request.max_tokens,
         temperature: request.sampling.temperature,
         top_p: request.sampling.top_p,
-        text: request.response_format.as_ref().map(|format| TextConfig {
-            format: Some(encode_text_format(format)),
-            verbosity: None,
+        text: (request.response_format.is_some() || verbosity.is_some()).then(|| TextConfig {
+            format: request.response_format.as_ref().map(encode_text_format),
+            verbosity: verbosity.map(str::to_owned),
         }),
-        include: if reasoning.is_some() {
-            vec![INCLUDE_ENCRYPTED_REASONING.to_owned()]
-        } else {
-            Vec::new()
-        },
-        reasoning,
+        include: Vec::new(),
+        reasoning: None,
         store: Some(false),
         stream,
         previous_response_id: None,
         user: None,
+        prompt_cache_key: request.cache_key.clone().filter(|_| for_openai),
+        service_tier: for_openai
+            .then(|| openai_api::service_tier(request))
+            .flatten(),
+    };
+    encoded.set_effort(effort);
+    encoded
+}
+
+impl ResponsesRequest {
+    /// Asks for `effort` (`None`: for no `reasoning` at all), with the
+    /// reasoning's summary and, so that it can be sent back, its encrypted
+    /// content: a model that does not reason refuses that `include`.
+    pub fn set_effort(&mut self, effort: Option<&str>) {
+        self.reasoning = effort.map(|effort| ReasoningConfig {
+            effort: Some(effort.to_owned()),
+            summary: Some("auto".into()),
+        });
+        self.include
+            .retain(|name| name != INCLUDE_ENCRYPTED_REASONING);
+        if self.reasoning.is_some() {
+            self.include.push(INCLUDE_ENCRYPTED_REASONING.to_owned());
+        }
     }
 }
 

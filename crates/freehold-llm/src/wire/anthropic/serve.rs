@@ -221,6 +221,9 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         reasoning_effort_name,
         forwarded_headers: Vec::new(),
         prompt_cache,
+        cache_key: None,
+        verbosity: None,
+        service_tier: None,
     };
     Ok((
         request,

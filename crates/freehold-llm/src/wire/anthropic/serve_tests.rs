@@ -109,6 +109,9 @@ fn requests_round_trip_through_the_client_encoder() {
         reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
         prompt_cache: None,
+        cache_key: None,
+        verbosity: None,
+        service_tier: None,
     };
     let options = EncodeOptions {
         stream: true,

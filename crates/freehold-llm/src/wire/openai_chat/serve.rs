@@ -4,7 +4,7 @@
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, Message, ReasoningEffort,
     ResponseFormat, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult,
-    ToolSpec, Usage,
+    ToolSpec, Usage, Verbosity,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -40,7 +40,10 @@ pub struct ServeOptions {
 /// - `max_completion_tokens` wins over `max_tokens`;
 /// - `reasoning_effort` `none` is [`ReasoningEffort::Off`], and so is
 ///   `chat_template_kwargs.enable_thinking: false` (vLLM's and SGLang's
-///   switch) when no effort is named; `xhigh` is [`ReasoningEffort::High`];
+///   switch) when no effort is named; `xhigh` is [`ReasoningEffort::High`]
+///   with its name kept for upstreams that take it;
+/// - `prompt_cache_key`, `verbosity` and `service_tier` are kept for
+///   OpenAI's own API (see [`crate::wire::openai_api`]);
 /// - tools other than `function` are rejected.
 ///
 /// # Errors
@@ -167,9 +170,16 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
         response_format,
         reasoning,
         reasoning_budget: None,
-        reasoning_effort_name: None,
+        reasoning_effort_name: effort_name_above_high(wire.reasoning_effort.as_deref()),
         forwarded_headers: Vec::new(),
         prompt_cache: None,
+        cache_key: wire.prompt_cache_key,
+        verbosity: wire
+            .verbosity
+            .as_deref()
+            .map(|verbosity| decode_verbosity(verbosity, "verbosity"))
+            .transpose()?,
+        service_tier: wire.service_tier,
     };
     Ok((request, options))
 }
@@ -507,6 +517,27 @@ pub(crate) fn decode_effort(
         other => Err(DecodeError::invalid(
             field,
             format!("unknown effort `{other}` (expected none, minimal, low, medium or high)"),
+        )),
+    }
+}
+
+/// The name of an effort above [`ReasoningEffort::High`] (`xhigh`), kept
+/// for upstreams that take it ([`ChatRequest::reasoning_effort_name`]).
+pub(crate) fn effort_name_above_high(effort: Option<&str>) -> Option<String> {
+    effort
+        .filter(|effort| *effort == "xhigh")
+        .map(str::to_owned)
+}
+
+/// Decodes OpenAI's `verbosity`.
+pub(crate) fn decode_verbosity(verbosity: &str, field: &str) -> Result<Verbosity, DecodeError> {
+    match verbosity {
+        "low" => Ok(Verbosity::Low),
+        "medium" => Ok(Verbosity::Medium),
+        "high" => Ok(Verbosity::High),
+        other => Err(DecodeError::invalid(
+            field,
+            format!("unknown verbosity `{other}` (expected low, medium or high)"),
         )),
     }
 }

@@ -3,7 +3,7 @@
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
     ReasoningEffort, ResponseFormat, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice,
-    ToolResult, ToolSpec, Usage,
+    ToolResult, ToolSpec, Usage, Verbosity,
 };
 use serde_json::{Value, json};
 
@@ -22,7 +22,7 @@ fn tool(name: &str) -> ToolSpec {
 
 fn full_request() -> ChatRequest {
     ChatRequest {
-        model: "gpt-x".into(),
+        model: "gpt-5.1".into(),
         messages: vec![
             Message::system("Be brief."),
             Message {
@@ -97,6 +97,9 @@ fn full_request() -> ChatRequest {
         reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
         prompt_cache: None,
+        cache_key: Some("conversation-1".into()),
+        verbosity: Some(Verbosity::Low),
+        service_tier: Some("flex".into()),
     }
 }
 
@@ -109,6 +112,7 @@ fn requests_round_trip_through_the_client_encoder() {
     ] {
         let dialect = Dialect {
             max_tokens_field: field,
+            openai_api: true,
             ..Dialect::default()
         };
         let wire = encode_request(&request, dialect, true);
@@ -663,7 +667,7 @@ fn a_strict_tool_stays_strict_for_openai_protocol_upstreams() {
     assert!(chat["tools"][1]["function"].get("strict").is_none());
 
     let responses = serde_json::to_value(crate::wire::openai_responses::encode_request(
-        &request, false,
+        &request, false, false,
     ))
     .unwrap();
     assert_eq!(responses["tools"][0]["strict"], true);

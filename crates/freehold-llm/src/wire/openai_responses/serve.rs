@@ -17,7 +17,8 @@ use super::{
     SummaryPartEvent, TextDoneEvent, TextFormat, TextPart, WireTool,
 };
 use crate::wire::openai_chat::{
-    self, ErrorBody, decode_effort, decode_tool_choice, openai_error_message, openai_error_parts,
+    self, ErrorBody, decode_effort, decode_tool_choice, decode_verbosity, effort_name_above_high,
+    openai_error_message, openai_error_parts,
 };
 use crate::wire::serve::{DecodeError, SseFrame, generated_id, image_from_url, unix_now};
 
@@ -195,7 +196,15 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
     {
         return Err(DecodeError::UnsupportedTool { field, kind });
     }
-    let response_format = match wire.text.and_then(|text| text.format) {
+    let (format, verbosity) = wire
+        .text
+        .map(|text| (text.format, text.verbosity))
+        .unwrap_or_default();
+    let verbosity = verbosity
+        .as_deref()
+        .map(|verbosity| decode_verbosity(verbosity, "text.verbosity"))
+        .transpose()?;
+    let response_format = match format {
         None | Some(TextFormat::Text) => None,
         Some(TextFormat::JsonObject) => Some(ResponseFormat::JsonObject),
         Some(TextFormat::JsonSchema {
@@ -217,9 +226,10 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             })
         }
     };
-    let reasoning = match wire.reasoning.and_then(|reasoning| reasoning.effort) {
+    let effort = wire.reasoning.and_then(|reasoning| reasoning.effort);
+    let reasoning = match &effort {
         None => None,
-        Some(effort) => decode_effort(&effort, "reasoning.effort")?,
+        Some(effort) => decode_effort(effort, "reasoning.effort")?,
     };
     let request = ChatRequest {
         model: wire.model,
@@ -237,9 +247,12 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         response_format,
         reasoning,
         reasoning_budget: None,
-        reasoning_effort_name: None,
+        reasoning_effort_name: effort_name_above_high(effort.as_deref()),
         forwarded_headers: Vec::new(),
         prompt_cache: None,
+        cache_key: wire.prompt_cache_key,
+        verbosity,
+        service_tier: wire.service_tier,
     };
     Ok((
         request,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
     ReasoningEffort, ResponseFormat, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice,
-    ToolResult, ToolSpec, Usage,
+    ToolResult, ToolSpec, Usage, Verbosity,
 };
 use serde_json::{Value, json};
 
@@ -103,13 +103,16 @@ fn full_request() -> ChatRequest {
         reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
         prompt_cache: None,
+        cache_key: Some("conversation-1".into()),
+        verbosity: Some(Verbosity::Low),
+        service_tier: Some("flex".into()),
     }
 }
 
 #[test]
 fn requests_round_trip_through_the_client_encoder() {
     let request = full_request();
-    let wire = encode_request(&request, true);
+    let wire = encode_request(&request, true, true);
     let wire: ResponsesRequest =
         serde_json::from_value(serde_json::to_value(&wire).unwrap()).unwrap();
     let (decoded, options) = decode_request(wire).unwrap();
@@ -123,7 +126,7 @@ fn requests_round_trip_through_the_client_encoder() {
             reasoning: None,
             ..full_request()
         };
-        let (decoded, options) = decode_request(encode_request(&request, false)).unwrap();
+        let (decoded, options) = decode_request(encode_request(&request, false, true)).unwrap();
         assert_eq!(decoded, request);
         assert!(!options.stream);
     }
@@ -1353,7 +1356,7 @@ fn effort_none_asks_for_no_reasoning() {
         decode_request(serde_json::from_value::<ResponsesRequest>(body).unwrap()).unwrap();
     assert_eq!(request.reasoning, Some(ReasoningEffort::Off));
     let sent = serde_json::to_value(crate::wire::openai_responses::encode_request(
-        &request, false,
+        &request, false, false,
     ))
     .unwrap();
     assert_eq!(sent.get("reasoning"), None, "{sent}");

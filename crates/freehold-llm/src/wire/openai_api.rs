@@ -1,0 +1,314 @@
+//! What OpenAI's own API takes beyond the protocol that compatible servers
+//! share, for both of its protocols (Chat Completions and Responses):
+//! reasoning efforts per model, and the settings only it reads
+//! (`prompt_cache_key`, `verbosity`, `service_tier`).
+//!
+//! Which `reasoning_effort` values a model takes changes with every model
+//! (gpt-5 takes `minimal` to `high`; gpt-5.1 `none` to `high`; gpt-5.1-codex
+//! `low` to `high`; gpt-5-pro `high` alone; o3 `low` to `high`; gpt-4.1 no
+//! effort at all), so no table here tries to know them all. A request
+//! carries the effort asked, or for "no reasoning" a first guess from the
+//! model's name ([`no_reasoning_effort`]); when the API refuses it, its
+//! error names what the model takes ([`read_effort_refusal`]), and the
+//! client remembers that (`client::effort`).
+
+use freehold_protocol::{ChatRequest, ReasoningEffort};
+
+/// OpenAI's effort levels, least first.
+pub const EFFORT_LEVELS: [&str; 6] = ["none", "minimal", "low", "medium", "high", "xhigh"];
+
+/// The `reasoning_effort` a request asks an OpenAI-protocol server for:
+/// its effort by name, where `openai_api` (the server is OpenAI's own API,
+/// or one that takes the same values) also `xhigh` (named by the client, or
+/// Anthropic's `max`) and, for no reasoning, [`no_reasoning_effort`].
+/// Elsewhere no reasoning sends no effort: other servers refuse `none`, or
+/// read nothing into it.
+pub fn effort_name(request: &ChatRequest, openai_api: bool) -> Option<&'static str> {
+    match request.reasoning? {
+        ReasoningEffort::Off if openai_api => no_reasoning_effort(&request.model),
+        ReasoningEffort::Off => None,
+        effort => {
+            let above_high = matches!(
+                request.reasoning_effort_name.as_deref(),
+                Some("xhigh" | "max")
+            );
+            Some(if openai_api && above_high {
+                "xhigh"
+            } else {
+                effort.as_str()
+            })
+        }
+    }
+}
+
+/// The first effort to ask one of OpenAI's models for when a client asks
+/// for no reasoning: nothing to a model that does not reason (gpt-4o,
+/// gpt-4.1: they refuse the field), `low` to the o-series (their least),
+/// `minimal` to gpt-5 and its mini and nano (their least), and `none` to
+/// the rest (gpt-5.1 and later, where it is the default). A model that
+/// takes other values says so when refused, and is asked for its least.
+pub fn no_reasoning_effort(model: &str) -> Option<&'static str> {
+    let name = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
+    let is_o_series = name
+        .strip_prefix('o')
+        .is_some_and(|rest| rest.chars().next().is_some_and(|c| c.is_ascii_digit()));
+    if ["gpt-4", "gpt-3", "chatgpt-"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+    {
+        None
+    } else if is_o_series {
+        Some("low")
+    } else if name == "gpt-5" || name.starts_with("gpt-5-") {
+        Some("minimal")
+    } else {
+        Some("none")
+    }
+}
+
+/// Whether `model` takes `verbosity` (OpenAI's gpt-5 family; the models
+/// before it refuse any value but `medium`).
+pub fn takes_verbosity(model: &str) -> bool {
+    let name = model.rsplit('/').next().unwrap_or(model);
+    name.to_ascii_lowercase().starts_with("gpt-5")
+}
+
+/// The `verbosity` sent for `request`, to a model that takes it.
+pub fn verbosity(request: &ChatRequest) -> Option<&'static str> {
+    request
+        .verbosity
+        .filter(|_| takes_verbosity(&request.model))
+        .map(|verbosity| verbosity.as_str())
+}
+
+/// The `service_tier` sent for `request`: the client's `auto`, `default`
+/// or `flex`. `priority` is not sent: OpenAI bills it above the standard
+/// prices the gateway's catalog has, so a key's budget would be charged
+/// less than it spent.
+pub fn service_tier(request: &ChatRequest) -> Option<String> {
+    let tier = request.service_tier.as_deref()?;
+    if matches!(tier, "auto" | "default" | "flex") {
+        Some(tier.to_owned())
+    } else {
+        tracing::debug!(tier, "a service tier priced above the catalog's: not sent");
+        None
+    }
+}
+
+/// What an OpenAI-protocol server's refusal says about reasoning efforts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EffortRefusal {
+    /// The effort sent is not one the model takes; these are (least
+    /// first, as [`EFFORT_LEVELS`] orders them).
+    Takes(Vec<&'static str>),
+    /// The model takes no effort at all.
+    TakesNone,
+    /// Chat Completions refuses the model's reasoning beside function
+    /// tools (gpt-5.4 and later): "use /v1/responses instead, or set
+    /// reasoning_effort to 'none'".
+    NotBesideTools,
+}
+
+/// Reads OpenAI's refusal of a request that sent `sent` as its effort
+/// (`None`: no effort), from the error's message:
+/// - "Unsupported value: 'none' is not supported with the 'gpt-5.1-codex'
+///   model. Supported values are: 'low', 'medium', and 'high'.";
+/// - "Unsupported parameter: 'reasoning_effort' is not supported with this
+///   model." (`reasoning.effort` in the Responses API);
+/// - "Function tools with reasoning_effort are not supported for gpt-5.4
+///   in /v1/chat/completions. …".
+///
+/// `None` for any other refusal: one naming another parameter, or a value
+/// other than the one sent.
+pub fn read_effort_refusal(message: &str, sent: Option<&str>) -> Option<EffortRefusal> {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("function tools with reasoning_effort are not supported") {
+        return Some(EffortRefusal::NotBesideTools);
+    }
+    if lower.starts_with("unsupported parameter")
+        && ["'reasoning_effort'", "'reasoning.effort'", "'reasoning'"]
+            .iter()
+            .any(|name| lower.contains(name))
+    {
+        return sent.map(|_| EffortRefusal::TakesNone);
+    }
+    // "Unsupported value: '<the value refused>' is not supported…"
+    let refused_value = lower
+        .strip_prefix("unsupported value:")?
+        .split('\'')
+        .nth(1)?;
+    if Some(refused_value) != sent {
+        return None;
+    }
+    let listed = lower.split_once("supported values are:")?.1;
+    // The quoted words are every other piece between single quotes.
+    let mut takes: Vec<&'static str> = Vec::new();
+    for word in listed.split('\'').skip(1).step_by(2) {
+        // A word that is no effort: the message is about another
+        // parameter. (Verbosity's values are effort names too: the client
+        // does not learn from a refusal when it sent the same word for
+        // both.)
+        let level = EFFORT_LEVELS.iter().find(|level| **level == word)?;
+        takes.push(level);
+    }
+    takes.sort_by_key(|level| level_index(level));
+    takes.dedup();
+    (!takes.is_empty()).then_some(EffortRefusal::Takes(takes))
+}
+
+/// The position of an effort in [`EFFORT_LEVELS`].
+pub fn level_index(level: &str) -> usize {
+    EFFORT_LEVELS
+        .iter()
+        .position(|known| *known == level)
+        .unwrap_or(EFFORT_LEVELS.len())
+}
+
+/// The level of `takes` nearest to `asked`; between two as near, the
+/// higher (an answer should not reason less than asked for, when it can be
+/// helped).
+pub fn nearest_level(asked: &str, takes: &[&'static str]) -> Option<&'static str> {
+    let asked = level_index(asked);
+    takes.iter().copied().min_by_key(|level| {
+        let index = level_index(level);
+        (index.abs_diff(asked), std::cmp::Reverse(index))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freehold_protocol::{Message, Verbosity};
+
+    fn asking(model: &str, effort: ReasoningEffort, name: Option<&str>) -> ChatRequest {
+        let mut request = ChatRequest::new(model, vec![Message::user("hi")]);
+        request.reasoning = Some(effort);
+        request.reasoning_effort_name = name.map(str::to_owned);
+        request
+    }
+
+    #[test]
+    fn no_reasoning_asks_each_family_for_its_least() {
+        let cases = [
+            ("gpt-5.1", Some("none")),
+            ("gpt-5.2-codex", Some("none")),
+            ("gpt-5", Some("minimal")),
+            ("gpt-5-mini", Some("minimal")),
+            ("gpt-5-nano-2025-08-07", Some("minimal")),
+            ("o3", Some("low")),
+            ("o4-mini", Some("low")),
+            ("openai/o1", Some("low")),
+            ("gpt-4.1", None),
+            ("gpt-4o-mini", None),
+            ("chatgpt-4o-latest", None),
+        ];
+        for (model, expected) in cases {
+            assert_eq!(no_reasoning_effort(model), expected, "{model}");
+            assert_eq!(
+                effort_name(&asking(model, ReasoningEffort::Off, None), true),
+                expected,
+                "{model}"
+            );
+            // Other servers get no effort for no reasoning.
+            assert_eq!(
+                effort_name(&asking(model, ReasoningEffort::Off, None), false),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn efforts_above_high_reach_openai_by_name() {
+        for name in ["xhigh", "max"] {
+            let request = asking("gpt-5.2", ReasoningEffort::High, Some(name));
+            assert_eq!(effort_name(&request, true), Some("xhigh"));
+            assert_eq!(effort_name(&request, false), Some("high"));
+        }
+        let request = asking("gpt-5.2", ReasoningEffort::Minimal, None);
+        assert_eq!(effort_name(&request, true), Some("minimal"));
+        let mut unasked = asking("gpt-5.2", ReasoningEffort::Low, None);
+        unasked.reasoning = None;
+        assert_eq!(effort_name(&unasked, true), None);
+    }
+
+    #[test]
+    fn reads_what_each_refusal_says() {
+        let codex = "Unsupported value: 'none' is not supported with the 'gpt-5.1-codex' model. \
+                     Supported values are: 'low', 'medium', and 'high'.";
+        assert_eq!(
+            read_effort_refusal(codex, Some("none")),
+            Some(EffortRefusal::Takes(vec!["low", "medium", "high"]))
+        );
+        // The value refused must be the effort sent.
+        assert_eq!(read_effort_refusal(codex, Some("low")), None);
+        assert_eq!(read_effort_refusal(codex, None), None);
+        let pro = "Unsupported value: 'medium' is not supported with the 'gpt-5-pro' model. \
+                   Supported values are: 'high'.";
+        assert_eq!(
+            read_effort_refusal(pro, Some("medium")),
+            Some(EffortRefusal::Takes(vec!["high"]))
+        );
+        for message in [
+            "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+            "Unsupported parameter: 'reasoning.effort' is not supported with this model.",
+        ] {
+            assert_eq!(
+                read_effort_refusal(message, Some("none")),
+                Some(EffortRefusal::TakesNone)
+            );
+            assert_eq!(read_effort_refusal(message, None), None);
+        }
+        let tools = "Function tools with reasoning_effort are not supported for gpt-5.4 in \
+                     /v1/chat/completions. Please use /v1/responses instead.";
+        assert_eq!(
+            read_effort_refusal(tools, None),
+            Some(EffortRefusal::NotBesideTools)
+        );
+        // Other refusals say nothing about efforts.
+        for message in [
+            "Unsupported value: 'temperature' does not support 0.5 with this model. Only the \
+             default (1) value is supported.",
+            "Unsupported parameter: 'max_tokens' is not supported with this model.",
+            "Invalid value for 'tool_choice'",
+        ] {
+            assert_eq!(read_effort_refusal(message, Some("low")), None, "{message}");
+        }
+    }
+
+    #[test]
+    fn the_nearest_level_leans_up() {
+        let gpt_5_1 = ["none", "low", "medium", "high"];
+        assert_eq!(nearest_level("minimal", &gpt_5_1), Some("low"));
+        assert_eq!(nearest_level("xhigh", &gpt_5_1), Some("high"));
+        assert_eq!(
+            nearest_level("none", &["low", "medium", "high"]),
+            Some("low")
+        );
+        assert_eq!(nearest_level("none", &["minimal", "low"]), Some("minimal"));
+        assert_eq!(nearest_level("low", &["high"]), Some("high"));
+        assert_eq!(nearest_level("low", &[]), None);
+    }
+
+    #[test]
+    fn settings_only_openai_reads_are_kept_to_what_it_takes() {
+        let mut request = ChatRequest::new("gpt-5.1", vec![Message::user("hi")]);
+        request.verbosity = Some(Verbosity::Low);
+        assert_eq!(verbosity(&request), Some("low"));
+        request.model = "gpt-4.1".into();
+        assert_eq!(verbosity(&request), None);
+        for (tier, sent) in [
+            ("flex", Some("flex")),
+            ("auto", Some("auto")),
+            ("default", Some("default")),
+            ("priority", None),
+            ("scale", None),
+        ] {
+            request.service_tier = Some(tier.into());
+            assert_eq!(service_tier(&request).as_deref(), sent, "{tier}");
+        }
+    }
+}
