@@ -965,7 +965,7 @@ async fn refused_and_unreached_requests_are_not_charged() {
 }
 
 /// Codex's settings that only OpenAI's API reads (`prompt_cache_key`,
-/// `text.verbosity`, `service_tier`, the `xhigh` effort) reach an upstream
+/// `text.verbosity`, `service_tier`) reach an upstream
 /// configured as OpenAI's API; and a model whose reasoning that API's Chat
 /// Completions refuses beside tools (as Claude Code's every request has
 /// them) is answered through its Responses API.
@@ -1019,7 +1019,7 @@ async fn codex_settings_and_tool_turns_reach_openais_api_as_it_takes_them() {
     let codex = json!({"model": "up:gpt-5.2", "instructions": "You are Codex.",
         "input": [{"type": "message", "role": "user",
                    "content": [{"type": "input_text", "text": "hi"}]}],
-        "reasoning": {"effort": "xhigh", "summary": "auto"},
+        "reasoning": {"effort": "medium", "summary": "auto"},
         "text": {"verbosity": "low"}, "prompt_cache_key": "019a-thread",
         "service_tier": "flex", "store": false, "stream": false});
     let (status, body, _) = post(&gw.url, "/v1/responses", Some(MASTER), &codex).await;
@@ -1028,7 +1028,7 @@ async fn codex_settings_and_tool_turns_reach_openais_api_as_it_takes_them() {
     assert_eq!(sent["prompt_cache_key"], "019a-thread", "{sent}");
     assert_eq!(sent["verbosity"], "low", "{sent}");
     assert_eq!(sent["service_tier"], "flex", "{sent}");
-    assert_eq!(sent["reasoning_effort"], "xhigh", "{sent}");
+    assert_eq!(sent["reasoning_effort"], "medium", "{sent}");
 
     let claude_code = json!({"model": "up:gpt-5.5", "max_tokens": 4000,
         "thinking": {"type": "enabled", "budget_tokens": 2048},
@@ -1050,6 +1050,146 @@ async fn codex_settings_and_tool_turns_reach_openais_api_as_it_takes_them() {
     let through = server.requests()[2].json();
     assert_eq!(through["reasoning"]["effort"], "low", "{through}");
     assert_eq!(through["tools"][0]["name"], "read", "{through}");
+}
+
+/// Gemini 3's thought signatures on function calls reach the gateway's
+/// clients inside the calls' ids, and come back to Gemini where they
+/// belong when the clients hand the conversation back: a Chat Completions
+/// client's whole and streamed answers, and an Anthropic client's.
+#[tokio::test]
+async fn gemini_call_signatures_round_trip_through_every_clients_call_ids() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    const SIGNATURE: &str = "Q0FM+/TAxw==";
+    let call = json!({"functionCall": {"name": "read", "args": {"path": "a.rs"}},
+                      "thoughtSignature": SIGNATURE});
+    let answer = |parts: Value| {
+        json!({"candidates": [{"content": {"role": "model", "parts": parts},
+                               "finishReason": "STOP"}],
+               "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5,
+                                 "totalTokenCount": 15},
+               "modelVersion": "gemini-3-pro-preview"})
+    };
+    let text = answer(json!([{"text": "It is empty."}]));
+    let streamed_call = format!("data: {}\n\n", answer(json!([call])));
+    let server = MockServer::start(vec![
+        Scripted::json(200, answer(json!([call]))),
+        Scripted::json(200, text.clone()),
+        Scripted::sse(&streamed_call, freehold_test_support::Split::Whole),
+        Scripted::json(200, text.clone()),
+        Scripted::json(200, answer(json!([call]))),
+        Scripted::json(200, text),
+    ])
+    .await;
+    let provider: Arc<dyn Provider> = ProviderConfig {
+        kind: Some(ProviderKind::Gemini),
+        base_url: Some(format!("{}/v1beta", server.url())),
+        ..ProviderConfig::default()
+    }
+    .resolve("g")
+    .unwrap()
+    .build(&HealthSettings::default())
+    .unwrap();
+    let routes = Routes {
+        router: Router::new(
+            BTreeMap::from([("g".to_owned(), provider)]),
+            BTreeMap::new(),
+            Catalog::new(),
+        ),
+        local_providers: BTreeSet::new(),
+        listed_providers: BTreeSet::new(),
+        engine_providers: BTreeSet::new(),
+    };
+    let gw = start(routes, GatewaySettings::default(), None).await;
+    let tools = json!([{"type": "function", "function": {"name": "read", "parameters":
+        {"type": "object", "properties": {"path": {"type": "string"}}}}}]);
+    let ask = json!({"model": "g:gemini-3-pro-preview", "tools": tools,
+        "messages": [{"role": "user", "content": "Read a.rs."}]});
+    // The conversation handed back with the call's id as the client got it.
+    let hand_back = |id: &str| {
+        json!({"model": "g:gemini-3-pro-preview", "tools": tools, "messages": [
+            {"role": "user", "content": "Read a.rs."},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function",
+             "function": {"name": "read", "arguments": "{\"path\":\"a.rs\"}"}}]},
+            {"role": "tool", "tool_call_id": id, "content": ""}]})
+    };
+    // What Gemini received when the conversation came back: the signature
+    // on the call, and no trace of it in any id.
+    let assert_signature_came_back = |request: &freehold_test_support::Recorded| {
+        let sent = request.json();
+        let model_turn = &sent["contents"][1];
+        assert_eq!(model_turn["role"], "model", "{sent}");
+        assert_eq!(
+            model_turn["parts"][0]["thoughtSignature"], SIGNATURE,
+            "{sent}"
+        );
+        assert!(!sent.to_string().contains("__sig_"), "{sent}");
+    };
+
+    // Chat Completions, whole.
+    let (status, body, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &ask).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["choices"][0]["message"]["tool_calls"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(id.ends_with("__sig_Q0FM-_TAxw"), "{id}");
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &hand_back(&id),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_signature_came_back(&server.requests()[1]);
+
+    // Chat Completions, streamed.
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let mut response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(MASTER)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let received = read_until(&mut response, "[DONE]").await;
+    assert!(received.contains("__sig_Q0FM-_TAxw\""), "{received}");
+    let id = received
+        .split("\"id\":\"")
+        .find_map(|rest| rest.split('"').next().filter(|id| id.contains("__sig_")))
+        .unwrap()
+        .to_owned();
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &hand_back(&id),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_signature_came_back(&server.requests()[3]);
+
+    // Anthropic Messages.
+    let messages = json!({"model": "g:gemini-3-pro-preview", "max_tokens": 1000,
+        "tools": [{"name": "read", "input_schema": {"type": "object",
+                   "properties": {"path": {"type": "string"}}}}],
+        "messages": [{"role": "user", "content": "Read a.rs."}]});
+    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &messages).await;
+    assert_eq!(status, 200, "{body}");
+    let tool_use = &body["content"][0];
+    assert_eq!(tool_use["type"], "tool_use", "{body}");
+    let id = tool_use["id"].as_str().unwrap().to_owned();
+    assert!(id.ends_with("__sig_Q0FM-_TAxw"), "{id}");
+    let mut back = messages.clone();
+    back["messages"] = json!([
+        {"role": "user", "content": "Read a.rs."},
+        {"role": "assistant", "content": [tool_use]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": ""}]}]);
+    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &back).await;
+    assert_eq!(status, 200, "{body}");
+    assert_signature_came_back(&server.requests()[5]);
 }
 
 /// A client asking for no reasoning (Chat Completions' `none`, the Anthropic

@@ -98,6 +98,12 @@ impl StreamAssembler {
     /// Opens a tool call and returns its index in the answer (indexes are
     /// assigned in order of starts, whatever the provider numbered them).
     pub fn tool_start(&mut self, id: &str, name: &str) -> u32 {
+        self.tool_start_signed(id, name, None)
+    }
+
+    /// [`Self::tool_start`] for a call whose signature comes with it
+    /// (Gemini's); the decoder gives it to [`Self::tool_end`] too.
+    pub fn tool_start_signed(&mut self, id: &str, name: &str, signature: Option<String>) -> u32 {
         let index = self.next_call_index;
         self.next_call_index += 1;
         self.open_calls.insert(index, ());
@@ -105,6 +111,7 @@ impl StreamAssembler {
             index,
             id: id.to_owned(),
             name: name.to_owned(),
+            signature,
         });
         index
     }
@@ -398,7 +405,8 @@ mod tests {
                 StreamEvent::ToolCallStart {
                     index: 0,
                     id: "c1".into(),
-                    name: "read".into()
+                    name: "read".into(),
+                    signature: None,
                 },
                 StreamEvent::ToolCallArgsDelta {
                     index: 0,

@@ -265,7 +265,8 @@ async fn parallel_tool_calls_stream_their_arguments_under_any_split() {
             }) < position(&StreamEvent::ToolCallStart {
                 index: 1,
                 id: "toolu_01B".into(),
-                name: "read".into()
+                name: "read".into(),
+                signature: None,
             })
         );
 

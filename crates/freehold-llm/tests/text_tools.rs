@@ -586,7 +586,10 @@ fn recovered_calls_are_emitted_as_call_events_before_usage_and_stop() {
             text: "Let me look.".into()
         }
     );
-    let StreamEvent::ToolCallStart { index: 0, id, name } = call_start else {
+    let StreamEvent::ToolCallStart {
+        index: 0, id, name, ..
+    } = call_start
+    else {
         panic!("not a call start: {call_start:?}");
     };
     assert!(is_call_id(id));
@@ -724,6 +727,7 @@ fn streams_with_structured_calls_are_not_recovered() {
             index: 0,
             id: "call_1".into(),
             name: "list_dir".into(),
+            signature: None,
         }),
         Ok(StreamEvent::ToolCallArgsDelta {
             index: 0,

@@ -87,6 +87,12 @@ pub enum StreamEvent {
         id: String,
         /// The tool's name.
         name: String,
+        /// The call's opaque signature, when the provider gives it with the
+        /// call's start (Gemini sends each call whole, its thought signature
+        /// on it): a gateway can then hand it to its client inside the
+        /// call's id. The same signature comes on [`StreamEvent::ToolCallEnd`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
     },
     /// More of a tool call's JSON arguments.
     ToolCallArgsDelta {
@@ -177,6 +183,7 @@ impl ChatResponse {
                         index,
                         id: call.id.clone(),
                         name: call.name.clone(),
+                        signature: call.signature.clone(),
                     });
                     if !call.arguments.is_empty() {
                         events.push(StreamEvent::ToolCallArgsDelta {
@@ -269,13 +276,17 @@ impl ResponseBuilder {
                     origin: origin.clone(),
                 })),
             },
-            StreamEvent::ToolCallStart { index, id, name } => {
+            StreamEvent::ToolCallStart {
+                index,
+                id,
+                name,
+                signature,
+            } => {
                 self.open_calls.push((*index, self.parts.len()));
-                self.parts.push(ContentPart::ToolCall(ToolCall::new(
-                    id.clone(),
-                    name.clone(),
-                    "",
-                )));
+                self.parts.push(ContentPart::ToolCall(ToolCall {
+                    signature: signature.clone(),
+                    ..ToolCall::new(id.clone(), name.clone(), "")
+                }));
             }
             StreamEvent::ToolCallArgsDelta { index, delta } => {
                 if let Some(call) = self.call_mut(*index) {
@@ -369,11 +380,13 @@ mod tests {
                 index: 0,
                 id: "c0".into(),
                 name: "read".into(),
+                signature: None,
             },
             StreamEvent::ToolCallStart {
                 index: 1,
                 id: "c1".into(),
                 name: "grep".into(),
+                signature: None,
             },
             StreamEvent::ToolCallArgsDelta {
                 index: 1,
@@ -446,6 +459,7 @@ mod tests {
             index: 0,
             id: "x".into(),
             name: "t".into(),
+            signature: None,
         });
         assert_eq!(builder.finish().stop_reason, StopReason::ToolUse);
         assert_eq!(

@@ -327,6 +327,7 @@ fn generate(p: &Prepared, slot: &mut Slot, tx: &Sender, started: Instant) -> Res
                 index,
                 id: call.id,
                 name: call.name,
+                signature: None,
             },
             StreamEvent::ToolCallArgsDelta {
                 index,

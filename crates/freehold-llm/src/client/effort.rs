@@ -101,24 +101,31 @@ impl EffortMemory {
     }
 
     /// Reads `refused`, the server's answer to a request for `model` that
-    /// asked for `asked` and sent `sent` (`tools_in_chat` as for
-    /// [`Self::effort_for`]): when
-    /// it says what the model takes, remembers that and returns the effort
-    /// to send instead (`Some(None)`: none at all). `None` when the refusal
+    /// asked for `asked` and sent the effort `sent` and the verbosity
+    /// `verbosity` (`tools_in_chat` as for [`Self::effort_for`]): when it
+    /// says what the model takes, remembers that and returns it with the
+    /// effort to send instead (`None`: none at all). `None` when the refusal
     /// is about something else, or leaves nothing else to try.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn learn(
         &self,
         provider: &str,
         model: &str,
         asked: Option<&'static str>,
         sent: Option<&str>,
+        verbosity: Option<&str>,
         tools_in_chat: bool,
         refused: &LlmError,
-    ) -> Option<Option<&'static str>> {
+    ) -> Option<Lesson> {
         if refused.kind != ErrorKind::InvalidRequest || refused.status != Some(400) {
             return None;
         }
         let refusal = read_effort_refusal(&refused.message, sent)?;
+        // A refusal of a value sent both as the effort and as the verbosity
+        // (`low`…) may be about either: OpenAI words both alike.
+        if matches!(refusal, EffortRefusal::Takes(_)) && verbosity.is_some() && verbosity == sent {
+            return None;
+        }
         let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
         let kept = learned.models.len() < MODELS_KEPT || learned.models.contains_key(model);
         let mut efforts = learned.models.get(model).cloned().unwrap_or_default();
@@ -131,13 +138,24 @@ impl EffortMemory {
             learned.models.insert(model.to_owned(), efforts);
             drop(learned);
             self.any.store(true, Ordering::Release);
-            tracing::info!(
-                provider,
-                model,
-                refused = sent.unwrap_or("(none)"),
-                sending = next.unwrap_or("(none)"),
-                "the model refused the reasoning effort sent; sending what it takes from now on"
-            );
+            if refusal == EffortRefusal::NotBesideTools {
+                tracing::info!(
+                    provider,
+                    model,
+                    "Chat Completions refused the model's reasoning beside function tools: its \
+                     requests with tools go through the Responses API from now on (OpenAI's \
+                     own API), or elsewhere with no reasoning"
+                );
+            } else {
+                tracing::info!(
+                    provider,
+                    model,
+                    refused = sent.unwrap_or("(none)"),
+                    sending = next.unwrap_or("(none)"),
+                    "the model refused the reasoning effort sent; sending what it takes from \
+                     now on"
+                );
+            }
         } else if !std::mem::replace(&mut learned.full_logged, true) {
             drop(learned);
             tracing::warn!(
@@ -148,8 +166,17 @@ impl EffortMemory {
                  they take is sent (logged once)"
             );
         }
-        Some(next)
+        Some(Lesson { refusal, next })
     }
+}
+
+/// What [`EffortMemory::learn`] read in a refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lesson {
+    /// What the refusal said.
+    pub(crate) refusal: EffortRefusal,
+    /// The effort to send instead (`None`: none at all).
+    pub(crate) next: Option<&'static str>,
 }
 
 #[cfg(test)]
@@ -175,10 +202,11 @@ mod tests {
             "gpt-5.1-codex",
             Some("none"),
             Some("none"),
+            None,
             false,
             &refusal(CODEX),
         );
-        assert_eq!(next, Some(Some("low")));
+        assert_eq!(next.map(|lesson| lesson.next), Some(Some("low")));
         assert_eq!(
             memory.effort_for("gpt-5.1-codex", Some("none"), false),
             Some("low")
@@ -204,6 +232,7 @@ mod tests {
                 "gpt-5.1-codex",
                 Some("none"),
                 Some("low"),
+                None,
                 false,
                 &again
             ),
@@ -217,14 +246,17 @@ mod tests {
         let no_effort =
             refusal("Unsupported parameter: 'reasoning_effort' is not supported with this model.");
         assert_eq!(
-            memory.learn(
-                "openai",
-                "gpt-4.1",
-                Some("none"),
-                Some("none"),
-                false,
-                &no_effort
-            ),
+            memory
+                .learn(
+                    "openai",
+                    "gpt-4.1",
+                    Some("none"),
+                    Some("none"),
+                    None,
+                    false,
+                    &no_effort
+                )
+                .map(|lesson| lesson.next),
             Some(None)
         );
         assert_eq!(memory.effort_for("gpt-4.1", Some("high"), false), None);
@@ -234,7 +266,9 @@ mod tests {
              /v1/chat/completions. Please use /v1/responses instead.",
         );
         assert_eq!(
-            memory.learn("openai", "gpt-5.4", None, None, true, &tools),
+            memory
+                .learn("openai", "gpt-5.4", None, None, None, true, &tools)
+                .map(|lesson| lesson.next),
             Some(Some("none"))
         );
         assert!(memory.refuses_beside_tools("gpt-5.4"));
@@ -249,6 +283,33 @@ mod tests {
         );
     }
 
+    /// OpenAI refuses a verbosity's value in the same words as an effort's:
+    /// a value sent as both teaches nothing.
+    #[test]
+    fn a_refused_value_sent_as_both_effort_and_verbosity_teaches_nothing() {
+        let memory = EffortMemory::default();
+        let verbosity = refusal(
+            "Unsupported value: 'low' is not supported with the 'gpt-5.1-codex-max' model. \
+             Supported values are: 'medium'.",
+        );
+        assert_eq!(
+            memory.learn(
+                "openai",
+                "gpt-5.1-codex-max",
+                Some("low"),
+                Some("low"),
+                Some("low"),
+                false,
+                &verbosity
+            ),
+            None
+        );
+        assert_eq!(
+            memory.effort_for("gpt-5.1-codex-max", Some("high"), false),
+            Some("high")
+        );
+    }
+
     #[test]
     fn other_refusals_teach_nothing() {
         let memory = EffortMemory::default();
@@ -258,7 +319,15 @@ mod tests {
             LlmError::new(ErrorKind::InvalidRequest, "openai", CODEX).with_status(422),
         ] {
             assert_eq!(
-                memory.learn("openai", "m", Some("none"), Some("none"), false, &error),
+                memory.learn(
+                    "openai",
+                    "m",
+                    Some("none"),
+                    Some("none"),
+                    None,
+                    false,
+                    &error
+                ),
                 None
             );
         }
@@ -275,11 +344,12 @@ mod tests {
                 &model,
                 Some("none"),
                 Some("none"),
+                None,
                 false,
                 &refusal(CODEX),
             );
             // Past the bound the retry still gets what the model takes.
-            assert_eq!(next, Some(Some("low")), "{model}");
+            assert_eq!(next.map(|lesson| lesson.next), Some(Some("low")), "{model}");
         }
         let learned = memory
             .learned

@@ -107,14 +107,17 @@ impl OpenAiChatClient {
     /// again with `none`, unless [`Self::responses`] should take it.
     async fn post(&self, request: &ChatRequest, stream: bool) -> Result<Response, LlmError> {
         let mut body = openai_chat::encode_request(request, self.dialect, stream);
+        // What the encoder put in the body.
         let asked = openai_api::effort_name(request, self.dialect.openai_api);
         let tools_in_chat = !request.tools.is_empty();
         let mut effort = self
             .efforts
             .effort_for(&request.model, asked, tools_in_chat);
+        if effort != asked {
+            body.reasoning_effort = effort.map(str::to_owned);
+        }
         let mut retries = 0;
         loop {
-            body.reasoning_effort = effort.map(str::to_owned);
             let url = self.completions_url()?;
             match self
                 .transport
@@ -123,18 +126,25 @@ impl OpenAiChatClient {
             {
                 Err(refused) if retries < EFFORT_RETRIES => {
                     retries += 1;
-                    let next = self.efforts.learn(
+                    let lesson = self.efforts.learn(
                         &self.options.name,
                         &request.model,
                         asked,
                         effort,
+                        body.verbosity.as_deref(),
                         tools_in_chat,
                         &refused,
                     );
-                    match next {
-                        Some(next) if self.responses_for(request).is_none() => effort = next,
-                        _ => return Err(refused),
+                    // The caller sends a request for the Responses API
+                    // there.
+                    if self.redirect_for(request, &refused).is_some() {
+                        return Err(refused);
                     }
+                    match lesson {
+                        Some(lesson) => effort = lesson.next,
+                        None => return Err(refused),
+                    }
+                    body.reasoning_effort = effort.map(str::to_owned);
                 }
                 answered => return answered,
             }
@@ -143,10 +153,27 @@ impl OpenAiChatClient {
 
     /// The Responses client that takes `request` instead of Chat
     /// Completions: for OpenAI's own API, a request with function tools for
-    /// a model whose reasoning Chat Completions refuses beside them.
+    /// a model whose reasoning Chat Completions was found to refuse beside
+    /// them.
     fn responses_for(&self, request: &ChatRequest) -> Option<&OpenAiResponsesClient> {
         self.responses.as_ref().filter(|_| {
             !request.tools.is_empty() && self.efforts.refuses_beside_tools(&request.model)
+        })
+    }
+
+    /// The Responses client that takes `request` after `refused`: for
+    /// OpenAI's own API, a request with function tools refused for its
+    /// reasoning beside them (whether or not the model could be remembered).
+    fn redirect_for(
+        &self,
+        request: &ChatRequest,
+        refused: &LlmError,
+    ) -> Option<&OpenAiResponsesClient> {
+        self.responses.as_ref().filter(|_| {
+            !request.tools.is_empty()
+                && refused.status == Some(400)
+                && openai_api::read_effort_refusal(&refused.message, None)
+                    == Some(openai_api::EffortRefusal::NotBesideTools)
         })
     }
 
@@ -185,7 +212,7 @@ impl OpenAiChatClient {
         let refused = match self.post(request, stream).await {
             // To be sent through the Responses API instead: not a
             // template's refusal.
-            Err(refused) if self.responses_for(request).is_some() => return Err(refused),
+            Err(refused) if self.redirect_for(request, &refused).is_some() => return Err(refused),
             // gpt-oss by a name not known as its own: its template refused
             // the reasoning beside a message's text and calls.
             Err(refused)
@@ -340,7 +367,7 @@ impl Provider for OpenAiChatClient {
         }
         let response = match self.post_folding(&mut request, true).await {
             Ok(response) => response,
-            Err(refused) => match self.responses_for(&request) {
+            Err(refused) => match self.redirect_for(&request, &refused) {
                 Some(responses) => return responses.stream(request).await,
                 None => return Err(refused),
             },
@@ -357,7 +384,7 @@ impl Provider for OpenAiChatClient {
         }
         let response = match self.post_folding(&mut request, false).await {
             Ok(response) => response,
-            Err(refused) => match self.responses_for(&request) {
+            Err(refused) => match self.redirect_for(&request, &refused) {
                 Some(responses) => return responses.complete(request).await,
                 None => return Err(refused),
             },

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use freehold_protocol::{
     Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
-    ModelInfo,
+    ModelInfo, ReasoningEffort,
 };
 use reqwest::header::HeaderMap;
 
@@ -96,9 +96,11 @@ impl OpenAiResponsesClient {
         let mut effort = self
             .efforts
             .effort_for(&request.model, asked, tools_in_chat);
+        let summary = asked_for_reasoning(request);
+        let verbosity = body.text.as_ref().and_then(|text| text.verbosity.clone());
         let mut retries = 0;
         loop {
-            body.set_effort(effort);
+            body.set_effort(effort, summary);
             let json = serde_json::to_value(&body).map_err(|error| {
                 self.transport
                     .error(ErrorKind::InvalidRequest, error.to_string())
@@ -116,10 +118,11 @@ impl OpenAiResponsesClient {
                         &request.model,
                         asked,
                         effort,
+                        verbosity.as_deref(),
                         tools_in_chat,
                         &refused,
                     ) {
-                        Some(next) => effort = next,
+                        Some(lesson) => effort = lesson.next,
                         None => return Err(refused),
                     }
                 }
@@ -127,6 +130,16 @@ impl OpenAiResponsesClient {
             }
         }
     }
+}
+
+/// Whether `request` asks for reasoning, rather than for none or nothing:
+/// only then is a summary of it asked for (OpenAI refuses summaries to
+/// organisations it has not verified, so a request for no reasoning must not
+/// fail for one).
+fn asked_for_reasoning(request: &ChatRequest) -> bool {
+    request
+        .reasoning
+        .is_some_and(|effort| effort != ReasoningEffort::Off)
 }
 
 /// Whether `model` is one of OpenAI's reasoning models.
@@ -227,11 +240,11 @@ pub(crate) async fn count_with_input_tokens(
     efforts: &EffortMemory,
 ) -> Result<Option<u64>, LlmError> {
     let mut encoded = openai_responses::encode_request(request, false, openai_api);
-    encoded.set_effort(efforts.effort_for(
-        &request.model,
-        openai_api::effort_name(request, openai_api),
-        false,
-    ));
+    // An effort the model was found to take; none for no reasoning, as a
+    // count learns nothing from a refusal.
+    let asked =
+        openai_api::effort_name(request, openai_api).filter(|_| asked_for_reasoning(request));
+    encoded.set_effort(efforts.effort_for(&request.model, asked, false), false);
     let mut body = serde_json::to_value(&encoded)
         .map_err(|error| transport.error(ErrorKind::InvalidRequest, error.to_string()))?;
     if let Some(fields) = body.as_object_mut() {

@@ -360,6 +360,7 @@ impl RecoverStream {
                 index,
                 id: call.id,
                 name: call.name,
+                signature: None,
             }));
             self.ready.push_back(Ok(StreamEvent::ToolCallArgsDelta {
                 index,

@@ -1214,7 +1214,7 @@ impl ChunkDecoder {
                 None | Some(Value::Null) => "{}".to_owned(),
                 Some(args) => args.to_string(),
             };
-            let index = out.tool_start(&id, &call.name);
+            let index = out.tool_start_signed(&id, &call.name, signature.clone());
             out.tool_args(index, &arguments);
             out.tool_end(index, signature);
             return;

@@ -45,20 +45,20 @@ pub fn effort_name(request: &ChatRequest, openai_api: bool) -> Option<&'static s
 /// for no reasoning: nothing to a model that does not reason (gpt-4o,
 /// gpt-4.1: they refuse the field), `low` to the o-series (their least),
 /// `minimal` to gpt-5 and its mini and nano (their least), and `none` to
-/// the rest (gpt-5.1 and later, where it is the default). A model that
-/// takes other values says so when refused, and is asked for its least.
+/// the rest (gpt-5.1 and later, where it is the default). The chat and
+/// search models of the gpt-5 family take no effort, and get none. A model
+/// that takes other values says so when refused, and is asked for its
+/// least.
 pub fn no_reasoning_effort(model: &str) -> Option<&'static str> {
-    let name = model
-        .rsplit('/')
-        .next()
-        .unwrap_or(model)
-        .to_ascii_lowercase();
+    let name = base_name(model);
     let is_o_series = name
         .strip_prefix('o')
         .is_some_and(|rest| rest.chars().next().is_some_and(|c| c.is_ascii_digit()));
     if ["gpt-4", "gpt-3", "chatgpt-"]
         .iter()
         .any(|prefix| name.starts_with(prefix))
+        || name.contains("-chat")
+        || name.contains("search")
     {
         None
     } else if is_o_series {
@@ -70,11 +70,23 @@ pub fn no_reasoning_effort(model: &str) -> Option<&'static str> {
     }
 }
 
-/// Whether `model` takes `verbosity` (OpenAI's gpt-5 family; the models
-/// before it refuse any value but `medium`).
-pub fn takes_verbosity(model: &str) -> bool {
+/// `model` as OpenAI's model list names it: lowercase, without a
+/// provider's `openai/` or a fine-tune's `ft:`.
+fn base_name(model: &str) -> String {
     let name = model.rsplit('/').next().unwrap_or(model);
-    name.to_ascii_lowercase().starts_with("gpt-5")
+    let name = name.strip_prefix("ft:").unwrap_or(name);
+    name.to_ascii_lowercase()
+}
+
+/// Whether `model` takes every `verbosity` (OpenAI's gpt-5 family; the
+/// models before it, and its codex models, refuse any value but `medium`,
+/// and its search models the field).
+pub fn takes_verbosity(model: &str) -> bool {
+    let name = base_name(model);
+    name.starts_with("gpt-5")
+        && !["codex", "search", "-chat"]
+            .iter()
+            .any(|part| name.contains(part))
 }
 
 /// The `verbosity` sent for `request`, to a model that takes it.
@@ -116,31 +128,46 @@ pub enum EffortRefusal {
 /// Reads OpenAI's refusal of a request that sent `sent` as its effort
 /// (`None`: no effort), from the error's message:
 /// - "Unsupported value: 'none' is not supported with the 'gpt-5.1-codex'
-///   model. Supported values are: 'low', 'medium', and 'high'.";
+///   model. Supported values are: 'low', 'medium', and 'high'.", or
+///   "Unsupported value: 'reasoning_effort' does not support 'minimal' with
+///   this model. Supported values are: …";
 /// - "Unsupported parameter: 'reasoning_effort' is not supported with this
-///   model." (`reasoning.effort` in the Responses API);
+///   model." (`reasoning.effort` in the Responses API), "Unrecognized
+///   request argument supplied: reasoning_effort", and, with an effort
+///   sent to the Responses API, "Encrypted content is not supported with
+///   this model." (the reasoning a model without it cannot return);
 /// - "Function tools with reasoning_effort are not supported for gpt-5.4
 ///   in /v1/chat/completions. …".
 ///
 /// `None` for any other refusal: one naming another parameter, or a value
-/// other than the one sent.
+/// other than the one sent. OpenAI words a refusal of `verbosity`'s value
+/// the same way, and its values are effort names too: the caller does not
+/// read a refusal of a value it sent as both.
 pub fn read_effort_refusal(message: &str, sent: Option<&str>) -> Option<EffortRefusal> {
     let lower = message.to_ascii_lowercase();
     if lower.contains("function tools with reasoning_effort are not supported") {
         return Some(EffortRefusal::NotBesideTools);
     }
-    if lower.starts_with("unsupported parameter")
+    let takes_none = (lower.starts_with("unsupported parameter")
         && ["'reasoning_effort'", "'reasoning.effort'", "'reasoning'"]
             .iter()
-            .any(|name| lower.contains(name))
-    {
+            .any(|name| lower.contains(name)))
+        || lower.starts_with("unrecognized request argument supplied: reasoning")
+        || lower.starts_with("encrypted content is not supported with this model");
+    if takes_none {
         return sent.map(|_| EffortRefusal::TakesNone);
     }
-    // "Unsupported value: '<the value refused>' is not supported…"
-    let refused_value = lower
+    // "Unsupported value: '<the value refused>' is not supported…", or
+    // "Unsupported value: '<the parameter>' does not support '<value>'…"
+    let mut quoted = lower
         .strip_prefix("unsupported value:")?
         .split('\'')
-        .nth(1)?;
+        .skip(1)
+        .step_by(2);
+    let mut refused_value = quoted.next()?;
+    if matches!(refused_value, "reasoning_effort" | "reasoning.effort") {
+        refused_value = quoted.next()?;
+    }
     if Some(refused_value) != sent {
         return None;
     }
@@ -205,6 +232,11 @@ mod tests {
             ("gpt-4.1", None),
             ("gpt-4o-mini", None),
             ("chatgpt-4o-latest", None),
+            ("gpt-5-chat-latest", None),
+            ("gpt-5.1-chat-latest", None),
+            ("gpt-5-search-api", None),
+            ("ft:gpt-4.1-mini-2025-04-14:acme::B1x2", None),
+            ("ft:o4-mini-2025-04-16:acme::C3", Some("low")),
         ];
         for (model, expected) in cases {
             assert_eq!(no_reasoning_effort(model), expected, "{model}");
@@ -262,6 +294,26 @@ mod tests {
             );
             assert_eq!(read_effort_refusal(message, None), None);
         }
+        let worded_by_parameter = "Unsupported value: 'reasoning_effort' does not support \
+                                   'minimal' with this model. Supported values are: 'none', \
+                                   'low', 'medium', 'high', 'xhigh'.";
+        assert_eq!(
+            read_effort_refusal(worded_by_parameter, Some("minimal")),
+            Some(EffortRefusal::Takes(vec![
+                "none", "low", "medium", "high", "xhigh"
+            ]))
+        );
+        assert_eq!(read_effort_refusal(worded_by_parameter, Some("low")), None);
+        for message in [
+            "Unrecognized request argument supplied: reasoning_effort",
+            "Encrypted content is not supported with this model.",
+        ] {
+            assert_eq!(
+                read_effort_refusal(message, Some("minimal")),
+                Some(EffortRefusal::TakesNone)
+            );
+            assert_eq!(read_effort_refusal(message, None), None);
+        }
         let tools = "Function tools with reasoning_effort are not supported for gpt-5.4 in \
                      /v1/chat/completions. Please use /v1/responses instead.";
         assert_eq!(
@@ -298,8 +350,16 @@ mod tests {
         let mut request = ChatRequest::new("gpt-5.1", vec![Message::user("hi")]);
         request.verbosity = Some(Verbosity::Low);
         assert_eq!(verbosity(&request), Some("low"));
-        request.model = "gpt-4.1".into();
-        assert_eq!(verbosity(&request), None);
+        for model in [
+            "gpt-4.1",
+            "gpt-5.1-codex",
+            "gpt-5-search-api",
+            "gpt-5-chat-latest",
+        ] {
+            request.model = model.into();
+            assert_eq!(verbosity(&request), None, "{model}");
+        }
+        request.model = "gpt-5.1".into();
         for (tier, sent) in [
             ("flex", Some("flex")),
             ("auto", Some("auto")),

@@ -25,8 +25,7 @@ pub use serve::{
     encode_response, finish_reason_name,
 };
 pub(crate) use serve::{
-    decode_effort, decode_tool_choice, decode_verbosity, effort_name_above_high,
-    openai_error_message, openai_error_parts,
+    decode_effort, decode_tool_choice, decode_verbosity, openai_error_message, openai_error_parts,
 };
 
 /// A request body.
@@ -657,7 +656,10 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
             && request.reasoning == Some(ReasoningEffort::Off))
         .then(|| json!({"enable_thinking": false})),
         user: None,
-        prompt_cache_key: request.cache_key.clone().filter(|_| dialect.openai_api),
+        prompt_cache_key: dialect
+            .openai_api
+            .then(|| request.cache_key.clone())
+            .flatten(),
         verbosity: dialect
             .openai_api
             .then(|| openai_api::verbosity(request).map(str::to_owned))

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, Message, Reasoning,
-    ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
+    ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
@@ -1014,23 +1014,29 @@ pub fn encode_request(request: &ChatRequest, stream: bool, for_openai: bool) -> 
         stream,
         previous_response_id: None,
         user: None,
-        prompt_cache_key: request.cache_key.clone().filter(|_| for_openai),
+        prompt_cache_key: for_openai.then(|| request.cache_key.clone()).flatten(),
         service_tier: for_openai
             .then(|| openai_api::service_tier(request))
             .flatten(),
     };
-    encoded.set_effort(effort);
+    // A summary of the reasoning only when reasoning was asked for, not for
+    // the least effort a request for none gets.
+    let summary = request
+        .reasoning
+        .is_some_and(|effort| effort != ReasoningEffort::Off);
+    encoded.set_effort(effort, summary);
     encoded
 }
 
 impl ResponsesRequest {
-    /// Asks for `effort` (`None`: for no `reasoning` at all), with the
-    /// reasoning's summary and, so that it can be sent back, its encrypted
-    /// content: a model that does not reason refuses that `include`.
-    pub fn set_effort(&mut self, effort: Option<&str>) {
+    /// Asks for `effort` (`None`: for no `reasoning` at all), with a
+    /// summary of the reasoning if `summary` and, so that it can be sent
+    /// back, its encrypted content: a model that does not reason refuses
+    /// that `include`.
+    pub fn set_effort(&mut self, effort: Option<&str>, summary: bool) {
         self.reasoning = effort.map(|effort| ReasoningConfig {
             effort: Some(effort.to_owned()),
-            summary: Some("auto".into()),
+            summary: summary.then(|| "auto".into()),
         });
         self.include
             .retain(|name| name != INCLUDE_ENCRYPTED_REASONING);

@@ -233,6 +233,66 @@ pub(crate) fn generated_id(prefix: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
+/// What separates a call's id from its signature in the id a gateway gives
+/// its client ([`call_id_for_client`]).
+const CALL_SIGNATURE_MARK: &str = "__sig_";
+
+/// The id a gateway gives its client for a tool call: the provider's `id`,
+/// followed, when the call carries a signature that must come back with it
+/// (Gemini's thought signature), by that signature. Clients hand a call's
+/// id back unchanged, on the call and on its result, and none of the three
+/// protocols has another place for it, so a conversation through the
+/// gateway brings Gemini its signatures as a direct one would. The
+/// signature (base64) is written in the URL-safe alphabet without padding,
+/// so the id keeps to letters, digits, `_` and `-`, as Anthropic's ids do.
+/// A signature that is not base64 is left out.
+pub fn call_id_for_client(id: &str, signature: Option<&str>) -> String {
+    let Some(signature) = signature.filter(|signature| is_base64(signature)) else {
+        return id.to_owned();
+    };
+    let mut out = String::with_capacity(id.len() + CALL_SIGNATURE_MARK.len() + signature.len());
+    out.push_str(id);
+    out.push_str(CALL_SIGNATURE_MARK);
+    out.extend(signature.chars().filter(|c| *c != '=').map(|c| match c {
+        '+' => '-',
+        '/' => '_',
+        c => c,
+    }));
+    out
+}
+
+/// A tool call's id from a client: the provider's id and the signature
+/// [`call_id_for_client`] put inside, in the standard base64 alphabet with
+/// its padding.
+pub fn split_client_call_id(id: &str) -> (String, Option<String>) {
+    match id.split_once(CALL_SIGNATURE_MARK) {
+        Some((id, signature)) if !id.is_empty() && !signature.is_empty() => {
+            let mut standard: String = signature
+                .chars()
+                .map(|c| match c {
+                    '-' => '+',
+                    '_' => '/',
+                    c => c,
+                })
+                .collect();
+            while !standard.len().is_multiple_of(4) {
+                standard.push('=');
+            }
+            (id.to_owned(), Some(standard))
+        }
+        _ => (id.to_owned(), None),
+    }
+}
+
+/// Whether `text` is base64, in either alphabet.
+fn is_base64(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .trim_end_matches('=')
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
+}
+
 /// An image URL as an [`ImageSource`]: `data:<type>;base64,<data>` URLs
 /// become [`ImageSource::Base64`], anything else [`ImageSource::Url`].
 pub(crate) fn image_from_url(url: &str) -> ImageSource {
@@ -301,6 +361,41 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_signature_travels_inside_the_clients_call_id() {
+        for signature in ["CiQBcsjafE+/x9Q=", "Cg==", "EjQKMgEB/w", "a+b/c"] {
+            let id = call_id_for_client("call_0", Some(signature));
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')),
+                "{id}"
+            );
+            let (call, back) = split_client_call_id(&id);
+            assert_eq!(call, "call_0");
+            // Standard base64 comes back as it was, padding included.
+            let padded = format!(
+                "{}{}",
+                signature.trim_end_matches('='),
+                "=".repeat((4 - signature.trim_end_matches('=').len() % 4) % 4)
+            );
+            assert_eq!(back.as_deref(), Some(padded.as_str()), "{signature}");
+        }
+        assert_eq!(
+            split_client_call_id("call_0__sig_CiQ-_w"),
+            ("call_0".to_owned(), Some("CiQ+/w==".to_owned()))
+        );
+        // No signature, or one that is not base64: the id as it is.
+        assert_eq!(call_id_for_client("toolu_01", None), "toolu_01");
+        assert_eq!(
+            call_id_for_client("toolu_01", Some("not base64!")),
+            "toolu_01"
+        );
+        assert_eq!(call_id_for_client("toolu_01", Some("")), "toolu_01");
+        for plain in ["toolu_01", "call_abc", "__sig_", "x__sig_"] {
+            assert_eq!(split_client_call_id(plain), (plain.to_owned(), None));
+        }
+    }
 
     #[test]
     fn frames_render_as_event_stream_text() {

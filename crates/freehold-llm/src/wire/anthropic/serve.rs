@@ -15,7 +15,9 @@ use super::{
     MessageStreamEvent, MessagesRequest, MessagesResponse, ThinkingConfig, ToolResultContent,
     WireImageSource, WireToolChoice, WireUsage, arguments_object, input_text, stop_reason_name,
 };
-use crate::wire::serve::{DecodeError, SseFrame, client_message, generated_id};
+use crate::wire::serve::{
+    DecodeError, SseFrame, call_id_for_client, client_message, generated_id, split_client_call_id,
+};
 
 /// What a Messages request asks of the answer's delivery, beyond the
 /// [`ChatRequest`].
@@ -460,7 +462,7 @@ fn decode_user(
                     }
                 };
                 results.push(ContentPart::ToolResult(ToolResult {
-                    call_id: tool_use_id,
+                    call_id: split_client_call_id(&tool_use_id).0,
                     content: text,
                     is_error: is_error.unwrap_or(false),
                 }));
@@ -507,11 +509,11 @@ fn decode_assistant(content: MessageContent, field: &str) -> Result<Message, Dec
                         "assistant",
                     ));
                 }
-                parts.push(ContentPart::ToolCall(ToolCall::new(
-                    id,
-                    name,
-                    input_text(&input),
-                )));
+                let (id, signature) = split_client_call_id(&id);
+                parts.push(ContentPart::ToolCall(ToolCall {
+                    signature,
+                    ..ToolCall::new(id, name, input_text(&input))
+                }));
             }
             ContentBlock::Thinking {
                 thinking,
@@ -563,7 +565,7 @@ fn encode_blocks(parts: &[ContentPart]) -> Vec<ContentBlock> {
                 signature: reasoning.signature.clone().unwrap_or_default(),
             }),
             ContentPart::ToolCall(call) => Some(ContentBlock::ToolUse {
-                id: call.id.clone(),
+                id: call_id_for_client(&call.id, call.signature.as_deref()),
                 name: call.name.clone(),
                 input: arguments_object(&call.arguments),
                 cache_control: None,
@@ -897,13 +899,18 @@ impl MessageStreamEncoder {
                 );
                 self.close(&mut out);
             }
-            StreamEvent::ToolCallStart { index, id, name } => {
+            StreamEvent::ToolCallStart {
+                index,
+                id,
+                name,
+                signature,
+            } => {
                 self.start(None, &mut out);
                 self.has_calls = true;
                 self.open(
                     OpenBlock::Tool(*index),
                     ContentBlock::ToolUse {
-                        id: id.clone(),
+                        id: call_id_for_client(id, signature.as_deref()),
                         name: name.clone(),
                         input: Value::Object(serde_json::Map::new()),
                         cache_control: None,

@@ -313,6 +313,7 @@ fn calls_closed_only_at_the_end_are_sent_one_block_at_a_time() {
             index: 0,
             id: "c0".into(),
             name: "read".into(),
+            signature: None,
         },
         StreamEvent::ToolCallArgsDelta {
             index: 0,
@@ -322,6 +323,7 @@ fn calls_closed_only_at_the_end_are_sent_one_block_at_a_time() {
             index: 1,
             id: "c1".into(),
             name: "grep".into(),
+            signature: None,
         },
         StreamEvent::ToolCallArgsDelta {
             index: 1,
@@ -722,6 +724,7 @@ fn tool_call_events(arguments: &str, reason: StopReason) -> Vec<StreamEvent> {
             index: 0,
             id: "c0".into(),
             name: "write".into(),
+            signature: None,
         },
     ];
     let bytes: Vec<char> = arguments.chars().collect();
@@ -831,11 +834,13 @@ fn keepalives_go_out_while_arguments_are_gathered_or_held_back() {
             index: 0,
             id: "c0".into(),
             name: "read".into(),
+            signature: None,
         },
         StreamEvent::ToolCallStart {
             index: 1,
             id: "c1".into(),
             name: "write".into(),
+            signature: None,
         },
         StreamEvent::ToolCallArgsDelta {
             index: 1,

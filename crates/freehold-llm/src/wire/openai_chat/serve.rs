@@ -15,7 +15,8 @@ use super::{
     WireToolCall, WireUsage, arguments_text,
 };
 use crate::wire::serve::{
-    DecodeError, SseFrame, client_message, generated_id, image_from_url, unix_now,
+    DecodeError, SseFrame, call_id_for_client, client_message, generated_id, image_from_url,
+    split_client_call_id, unix_now,
 };
 
 /// What a Chat Completions request asks of the answer's delivery, beyond
@@ -40,8 +41,7 @@ pub struct ServeOptions {
 /// - `max_completion_tokens` wins over `max_tokens`;
 /// - `reasoning_effort` `none` is [`ReasoningEffort::Off`], and so is
 ///   `chat_template_kwargs.enable_thinking: false` (vLLM's and SGLang's
-///   switch) when no effort is named; `xhigh` is [`ReasoningEffort::High`]
-///   with its name kept for upstreams that take it;
+///   switch) when no effort is named; `xhigh` is [`ReasoningEffort::High`];
 /// - `prompt_cache_key`, `verbosity` and `service_tier` are kept for
 ///   OpenAI's own API (see [`crate::wire::openai_api`]);
 /// - tools other than `function` are rejected.
@@ -170,7 +170,7 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
         response_format,
         reasoning,
         reasoning_budget: None,
-        reasoning_effort_name: effort_name_above_high(wire.reasoning_effort.as_deref()),
+        reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
         prompt_cache: None,
         cache_key: wire.prompt_cache_key,
@@ -293,11 +293,15 @@ fn decode_message(
                         "a tool call needs the tool's name",
                     ));
                 }
-                content.push(ContentPart::ToolCall(ToolCall::new(
-                    call.id,
-                    call.function.name,
-                    arguments_text(&call.function.arguments),
-                )));
+                let (id, signature) = split_client_call_id(&call.id);
+                content.push(ContentPart::ToolCall(ToolCall {
+                    signature,
+                    ..ToolCall::new(
+                        id,
+                        call.function.name,
+                        arguments_text(&call.function.arguments),
+                    )
+                }));
             }
             Ok((
                 Message {
@@ -311,6 +315,7 @@ fn decode_message(
             let call_id = message
                 .tool_call_id
                 .filter(|id| !id.is_empty())
+                .map(|id| split_client_call_id(&id).0)
                 .ok_or_else(|| {
                     DecodeError::missing(
                         field,
@@ -521,14 +526,6 @@ pub(crate) fn decode_effort(
     }
 }
 
-/// The name of an effort above [`ReasoningEffort::High`] (`xhigh`), kept
-/// for upstreams that take it ([`ChatRequest::reasoning_effort_name`]).
-pub(crate) fn effort_name_above_high(effort: Option<&str>) -> Option<String> {
-    effort
-        .filter(|effort| *effort == "xhigh")
-        .map(str::to_owned)
-}
-
 /// Decodes OpenAI's `verbosity`.
 pub(crate) fn decode_verbosity(verbosity: &str, field: &str) -> Result<Verbosity, DecodeError> {
     match verbosity {
@@ -583,7 +580,7 @@ pub fn encode_response(response: &ChatResponse, model: &str) -> CompletionRespon
         .message
         .tool_calls()
         .map(|call| WireToolCall {
-            id: call.id.clone(),
+            id: call_id_for_client(&call.id, call.signature.as_deref()),
             kind: "function".into(),
             function: WireCallFunction {
                 name: call.name.clone(),
@@ -745,14 +742,19 @@ impl ChunkEncoder {
                     None,
                 ));
             }
-            StreamEvent::ToolCallStart { index, id, name } => {
+            StreamEvent::ToolCallStart {
+                index,
+                id,
+                name,
+                signature,
+            } => {
                 self.start(None, &mut out);
                 self.has_calls = true;
                 out.push(self.delta(
                     Delta {
                         tool_calls: Some(vec![ToolCallDelta {
                             index: *index,
-                            id: Some(id.clone()),
+                            id: Some(call_id_for_client(id, signature.as_deref())),
                             kind: Some("function".into()),
                             function: Some(FunctionDelta {
                                 name: Some(name.clone()),

@@ -245,11 +245,13 @@ fn interleaved_parallel_calls_keep_their_indexes() {
             index: 0,
             id: "c0".into(),
             name: "read".into(),
+            signature: None,
         },
         StreamEvent::ToolCallStart {
             index: 1,
             id: "c1".into(),
             name: "grep".into(),
+            signature: None,
         },
         StreamEvent::ToolCallArgsDelta {
             index: 1,

@@ -17,10 +17,13 @@ use super::{
     SummaryPartEvent, TextDoneEvent, TextFormat, TextPart, WireTool,
 };
 use crate::wire::openai_chat::{
-    self, ErrorBody, decode_effort, decode_tool_choice, decode_verbosity, effort_name_above_high,
-    openai_error_message, openai_error_parts,
+    self, ErrorBody, decode_effort, decode_tool_choice, decode_verbosity, openai_error_message,
+    openai_error_parts,
 };
-use crate::wire::serve::{DecodeError, SseFrame, generated_id, image_from_url, unix_now};
+use crate::wire::serve::{
+    DecodeError, SseFrame, call_id_for_client, generated_id, image_from_url, split_client_call_id,
+    unix_now,
+};
 
 /// What a Responses request asks of the answer's delivery, beyond the
 /// [`ChatRequest`].
@@ -226,10 +229,9 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             })
         }
     };
-    let effort = wire.reasoning.and_then(|reasoning| reasoning.effort);
-    let reasoning = match &effort {
+    let reasoning = match wire.reasoning.and_then(|reasoning| reasoning.effort) {
         None => None,
-        Some(effort) => decode_effort(effort, "reasoning.effort")?,
+        Some(effort) => decode_effort(&effort, "reasoning.effort")?,
     };
     let request = ChatRequest {
         model: wire.model,
@@ -247,7 +249,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         response_format,
         reasoning,
         reasoning_budget: None,
-        reasoning_effort_name: effort_name_above_high(effort.as_deref()),
+        reasoning_effort_name: None,
         forwarded_headers: Vec::new(),
         prompt_cache: None,
         cache_key: wire.prompt_cache_key,
@@ -522,7 +524,7 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
             push_part(
                 messages,
                 Role::Assistant,
-                ContentPart::ToolCall(ToolCall::new(call_id, name, call.arguments)),
+                ContentPart::ToolCall(client_call(&call_id, name, call.arguments)),
             );
         }
         Item::CustomToolCall(call) => {
@@ -538,7 +540,7 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
             push_part(
                 messages,
                 Role::Assistant,
-                ContentPart::ToolCall(ToolCall::new(call_id, name, arguments)),
+                ContentPart::ToolCall(client_call(&call_id, name, arguments)),
             );
         }
         Item::FunctionCallOutput(output) => {
@@ -612,6 +614,16 @@ fn call_identity(
     Ok((call_id, name))
 }
 
+/// A call a client hands back, its signature taken out of its id
+/// ([`split_client_call_id`]).
+fn client_call(call_id: &str, name: String, arguments: String) -> ToolCall {
+    let (id, signature) = split_client_call_id(call_id);
+    ToolCall {
+        signature,
+        ..ToolCall::new(id, name, arguments)
+    }
+}
+
 /// A `function_call_output` or `custom_tool_call_output` item (`kind`):
 /// a tool result, joining the last [`Role::Tool`] message; its images go
 /// in a user message after it.
@@ -653,7 +665,7 @@ fn decode_call_output(
         messages,
         Role::Tool,
         ContentPart::ToolResult(ToolResult {
-            call_id: output.call_id,
+            call_id: split_client_call_id(&output.call_id).0,
             content,
             is_error: false,
         }),
@@ -798,7 +810,7 @@ fn custom_call_item(
     let (namespace, name) = split_name(call, namespaced);
     Item::CustomToolCall(CustomToolCallItem {
         id: Some(id),
-        call_id: call.id.clone(),
+        call_id: call_id_for_client(&call.id, call.signature.as_deref()),
         name,
         input,
         status: Some(status.into()),
@@ -828,7 +840,7 @@ fn call_item(
     let (namespace, name) = split_name(call, namespaced);
     Item::FunctionCall(FunctionCallItem {
         id: Some(id),
-        call_id: call.id.clone(),
+        call_id: call_id_for_client(&call.id, call.signature.as_deref()),
         name,
         arguments: call.arguments.clone(),
         status: Some(status.into()),
@@ -1323,12 +1335,20 @@ impl ResponseStreamEncoder {
                     &mut out,
                 );
             }
-            StreamEvent::ToolCallStart { index, id, name } => {
+            StreamEvent::ToolCallStart {
+                index,
+                id,
+                name,
+                signature,
+            } => {
                 self.start(None, &mut out);
                 self.close(&mut out);
                 self.has_calls = true;
                 let freeform = self.freeform_tools.contains(name);
-                let call = ToolCall::new(id.clone(), name.clone(), "");
+                let call = ToolCall {
+                    signature: signature.clone(),
+                    ..ToolCall::new(id.clone(), name.clone(), "")
+                };
                 let (item_id, item) = if freeform {
                     let item_id = generated_id("ctc_");
                     let item = custom_call_item(

@@ -320,11 +320,13 @@ fn calls_closed_only_at_the_end_are_sent_one_item_at_a_time() {
             index: 0,
             id: "c0".into(),
             name: "read".into(),
+            signature: None,
         },
         StreamEvent::ToolCallStart {
             index: 1,
             id: "c1".into(),
             name: "grep".into(),
+            signature: None,
         },
         StreamEvent::ToolCallArgsDelta {
             index: 1,
@@ -806,6 +808,7 @@ fn streamed_calls_of_freeform_tools_send_their_input_whole() {
             index: 0,
             id: "call_1".into(),
             name: "apply_patch".into(),
+            signature: None,
         },
         StreamEvent::ToolCallArgsDelta {
             index: 0,
@@ -1154,6 +1157,7 @@ fn calls_of_namespaced_functions_go_back_under_their_namespace() {
             index: 0,
             id: call.id.clone(),
             name: call.name.clone(),
+            signature: None,
         },
         StreamEvent::ToolCallArgsDelta {
             index: 0,
@@ -1252,6 +1256,7 @@ fn a_streamed_call_of_a_namespaced_freeform_tool_keeps_its_namespace() {
             index: 0,
             id: "call_1".into(),
             name: "code_mode__exec".into(),
+            signature: None,
         },
         StreamEvent::ToolCallArgsDelta {
             index: 0,
@@ -1360,4 +1365,51 @@ fn effort_none_asks_for_no_reasoning() {
     ))
     .unwrap();
     assert_eq!(sent.get("reasoning"), None, "{sent}");
+}
+
+/// A call's signature (Gemini's) goes to the client inside its `call_id`,
+/// whole and streamed, and comes back out of it, on the call and on its
+/// output, when the client hands the conversation back.
+#[test]
+fn a_calls_signature_travels_inside_its_call_id() {
+    let mut response = full_response();
+    response.message.content = vec![ContentPart::ToolCall(ToolCall {
+        signature: Some("Q0FMTA==".into()),
+        ..ToolCall::new("call_1", "read", r#"{"path":"a"}"#)
+    })];
+    let wire = serde_json::to_value(encode_response(&response, "gemini-3-pro-preview")).unwrap();
+    let call_id = wire["output"][0]["call_id"].as_str().unwrap().to_owned();
+    assert_eq!(call_id, "call_1__sig_Q0FMTA");
+
+    let mut encoder = ResponseStreamEncoder::new("gemini-3-pro-preview", None);
+    let mut frames: Vec<SseFrame> = response
+        .to_events()
+        .iter()
+        .flat_map(|event| encoder.push(event))
+        .collect();
+    frames.extend(encoder.finish());
+    let streamed: String = frames.iter().map(SseFrame::to_sse_text).collect();
+    assert!(
+        streamed.contains(r#""call_id":"call_1__sig_Q0FMTA""#),
+        "{streamed}"
+    );
+
+    let wire: ResponsesRequest = serde_json::from_value(json!({
+        "model": "gemini-3-pro-preview",
+        "input": [
+            {"type": "message", "role": "user", "content": "Read a."},
+            {"type": "function_call", "call_id": call_id, "name": "read",
+             "arguments": "{\"path\":\"a\"}"},
+            {"type": "function_call_output", "call_id": call_id, "output": "fn a() {}"}
+        ]
+    }))
+    .unwrap();
+    let (request, _) = decode_request(wire).unwrap();
+    let call = request.messages[1].tool_calls().next().unwrap();
+    assert_eq!(call.id, "call_1");
+    assert_eq!(call.signature.as_deref(), Some("Q0FMTA=="));
+    let ContentPart::ToolResult(result) = &request.messages[2].content[0] else {
+        panic!("{:?}", request.messages[2]);
+    };
+    assert_eq!(result.call_id, "call_1");
 }
