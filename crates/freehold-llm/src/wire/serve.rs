@@ -284,6 +284,39 @@ pub fn split_client_call_id(id: &str) -> (String, Option<String>) {
     }
 }
 
+/// What marks, in a reasoning signature a gateway gives its client, the
+/// protocol whose provider made it ([`signature_for_client`]).
+const ORIGIN_MARK: &str = "freehold-origin:";
+
+/// The signature a client of `protocol` gets for reasoning signed by a
+/// provider of `origin` (a protocol's `ORIGIN`: `anthropic`, `gemini`,
+/// `openai-responses`): the signature itself when `origin` is `protocol`'s
+/// own or unknown, so that a conversation handed straight to that protocol's
+/// API still works; else `freehold-origin:{origin}:{signature}`, so that it
+/// comes back knowing its origin ([`split_client_signature`]) and goes to no
+/// provider of another protocol, which would refuse it.
+pub fn signature_for_client(signature: &str, origin: Option<&str>, protocol: &str) -> String {
+    match origin {
+        Some(origin) if origin != protocol => format!("{ORIGIN_MARK}{origin}:{signature}"),
+        _ => signature.to_owned(),
+    }
+}
+
+/// A reasoning signature from a client of `protocol`, and its origin: the
+/// one [`signature_for_client`] marked, or else `protocol`'s own (the
+/// client's own API made it, or the gateway before it marked signatures).
+pub fn split_client_signature(signature: String, protocol: &str) -> (String, Option<String>) {
+    let marked = signature
+        .strip_prefix(ORIGIN_MARK)
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(origin, _)| !origin.is_empty())
+        .map(|(origin, signature)| (signature.to_owned(), origin.to_owned()));
+    match marked {
+        Some((signature, origin)) => (signature, Some(origin)),
+        None => (signature, Some(protocol.to_owned())),
+    }
+}
+
 /// Whether `text` is base64, in either alphabet.
 fn is_base64(text: &str) -> bool {
     !text.is_empty()
@@ -361,6 +394,25 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signature_from_another_protocols_provider_comes_back_with_its_origin() {
+        // A client's own protocol's signatures go as they are.
+        for origin in [Some("anthropic"), None] {
+            let sent = signature_for_client("EqQBCkgIARAB", origin, "anthropic");
+            assert_eq!(sent, "EqQBCkgIARAB");
+        }
+        let sent = signature_for_client("CiQBcsjafE+/x9Q=", Some("gemini"), "anthropic");
+        assert_eq!(sent, "freehold-origin:gemini:CiQBcsjafE+/x9Q=");
+        assert_eq!(
+            split_client_signature(sent, "anthropic"),
+            ("CiQBcsjafE+/x9Q=".to_owned(), Some("gemini".to_owned()))
+        );
+        assert_eq!(
+            split_client_signature("gAAAAABo".into(), "openai-responses"),
+            ("gAAAAABo".to_owned(), Some("openai-responses".to_owned()))
+        );
+    }
 
     #[test]
     fn a_call_signature_travels_inside_the_clients_call_id() {

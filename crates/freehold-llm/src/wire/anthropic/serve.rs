@@ -12,11 +12,13 @@ use serde_json::Value;
 
 use super::{
     ApiError, BlockDelta, ContentBlock, ErrorResponse, MessageContent, MessageDeltaBody,
-    MessageStreamEvent, MessagesRequest, MessagesResponse, ThinkingConfig, ToolResultContent,
-    WireImageSource, WireToolChoice, WireUsage, arguments_object, input_text, stop_reason_name,
+    MessageStreamEvent, MessagesRequest, MessagesResponse, ORIGIN, ThinkingConfig,
+    ToolResultContent, WireImageSource, WireToolChoice, WireUsage, arguments_object, input_text,
+    stop_reason_name,
 };
 use crate::wire::serve::{
-    DecodeError, SseFrame, call_id_for_client, client_message, generated_id, split_client_call_id,
+    DecodeError, SseFrame, call_id_for_client, client_message, generated_id, signature_for_client,
+    split_client_call_id, split_client_signature,
 };
 
 /// What a Messages request asks of the answer's delivery, beyond the
@@ -66,8 +68,11 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 ///   them move to the user message that follows;
 /// - `thinking` blocks become reasoning with their signature, and
 ///   `redacted_thinking` blocks redacted reasoning; the signature's origin
-///   is left unknown (`None`): the client only hands back what the gateway
-///   sent, whichever provider made it;
+///   is Anthropic's, unless the gateway marked another provider's when it
+///   sent it ([`crate::wire::serve::signature_for_client`]), so that it
+///   goes back to no provider of another protocol;
+/// - a `tool_use` block's id carries its call's signature when the gateway
+///   put one there ([`crate::wire::serve::call_id_for_client`]);
 /// - `thinking.budget_tokens` becomes the nearest [`ReasoningEffort`]
 ///   ([`effort_for_budget`]), adaptive thinking the effort of
 ///   `output_config.effort` ([`effort_for_name`]), and `{"type":
@@ -518,15 +523,26 @@ fn decode_assistant(content: MessageContent, field: &str) -> Result<Message, Dec
             ContentBlock::Thinking {
                 thinking,
                 signature,
-            } => parts.push(ContentPart::Reasoning(Reasoning {
-                text: thinking,
-                signature: (!signature.is_empty()).then_some(signature),
-                ..Reasoning::default()
-            })),
+            } => {
+                let (signature, origin) = if signature.is_empty() {
+                    (None, None)
+                } else {
+                    let (signature, origin) = split_client_signature(signature, ORIGIN);
+                    (Some(signature), origin)
+                };
+                parts.push(ContentPart::Reasoning(Reasoning {
+                    text: thinking,
+                    signature,
+                    origin,
+                    ..Reasoning::default()
+                }))
+            }
             ContentBlock::RedactedThinking { data } => {
+                let (data, origin) = split_client_signature(data, ORIGIN);
                 parts.push(ContentPart::Reasoning(Reasoning {
                     signature: Some(data),
                     redacted: true,
+                    origin,
                     ..Reasoning::default()
                 }))
             }
@@ -558,11 +574,19 @@ fn encode_blocks(parts: &[ContentPart]) -> Vec<ContentBlock> {
             ContentPart::Text { text } => Some(ContentBlock::text(text.clone())),
             ContentPart::Reasoning(reasoning) if reasoning.redacted => reasoning
                 .signature
-                .clone()
-                .map(|data| ContentBlock::RedactedThinking { data }),
+                .as_deref()
+                .map(|data| ContentBlock::RedactedThinking {
+                    data: signature_for_client(data, reasoning.origin.as_deref(), ORIGIN),
+                }),
             ContentPart::Reasoning(reasoning) => Some(ContentBlock::Thinking {
                 thinking: reasoning.text.clone(),
-                signature: reasoning.signature.clone().unwrap_or_default(),
+                signature: reasoning
+                    .signature
+                    .as_deref()
+                    .map(|signature| {
+                        signature_for_client(signature, reasoning.origin.as_deref(), ORIGIN)
+                    })
+                    .unwrap_or_default(),
             }),
             ContentPart::ToolCall(call) => Some(ContentBlock::ToolUse {
                 id: call_id_for_client(&call.id, call.signature.as_deref()),
@@ -874,26 +898,29 @@ impl MessageStreamEncoder {
             StreamEvent::ReasoningSignature {
                 signature,
                 redacted: true,
+                origin,
                 ..
             } => {
                 self.start(None, &mut out);
                 self.open(
                     OpenBlock::Thinking,
                     ContentBlock::RedactedThinking {
-                        data: signature.clone(),
+                        data: signature_for_client(signature, origin.as_deref(), ORIGIN),
                     },
                     &mut out,
                 );
                 self.close(&mut out);
             }
-            StreamEvent::ReasoningSignature { signature, .. } => {
+            StreamEvent::ReasoningSignature {
+                signature, origin, ..
+            } => {
                 self.start(None, &mut out);
                 if self.open != Some(OpenBlock::Thinking) {
                     self.open(OpenBlock::Thinking, empty_thinking(), &mut out);
                 }
                 self.delta(
                     BlockDelta::SignatureDelta {
-                        signature: signature.clone(),
+                        signature: signature_for_client(signature, origin.as_deref(), ORIGIN),
                     },
                     &mut out,
                 );

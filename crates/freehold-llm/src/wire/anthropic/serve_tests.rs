@@ -50,11 +50,13 @@ fn conversation() -> Vec<Message> {
                 ContentPart::Reasoning(Reasoning {
                     text: "Need to read a.".into(),
                     signature: Some("sig-1".into()),
+                    origin: Some(ORIGIN.into()),
                     ..Reasoning::default()
                 }),
                 ContentPart::Reasoning(Reasoning {
                     signature: Some("opaque".into()),
                     redacted: true,
+                    origin: Some(ORIGIN.into()),
                     ..Reasoning::default()
                 }),
                 ContentPart::Text {
@@ -466,6 +468,8 @@ fn claude_code_requests_decode() {
                     ContentPart::Reasoning(Reasoning {
                         text: "Use Read.".into(),
                         signature: Some("EqQB".into()),
+                        // Unmarked: Anthropic's own.
+                        origin: Some(ORIGIN.into()),
                         ..Reasoning::default()
                     }),
                     ContentPart::ToolCall(ToolCall::new(
@@ -1047,4 +1051,60 @@ fn strict_tools_are_read() {
     .unwrap();
     let strict: Vec<bool> = request.tools.iter().map(|tool| tool.strict).collect();
     assert_eq!(strict, [true, false]);
+}
+
+/// Reasoning a provider of another protocol signed (Gemini, here) reaches
+/// an Anthropic client marked with its origin, comes back knowing it, and
+/// so goes back to Gemini but never to Anthropic, which would refuse the
+/// whole request for it; Anthropic's own signatures go unmarked.
+#[test]
+fn another_protocols_signature_comes_back_with_its_origin() {
+    let mut response = full_response();
+    response.message.content = vec![
+        ContentPart::Reasoning(Reasoning {
+            text: "Check a first.".into(),
+            signature: Some("CiQBcsjafE".into()),
+            origin: Some("gemini".into()),
+            ..Reasoning::default()
+        }),
+        ContentPart::Text { text: "Ok.".into() },
+    ];
+    let wire = serde_json::to_value(encode_response(&response, "gemini-3-pro-preview")).unwrap();
+    let block = wire["content"][0].clone();
+    assert_eq!(block["signature"], "freehold-origin:gemini:CiQBcsjafE");
+    // The stream marks it the same way.
+    let mut encoder = MessageStreamEncoder::new("gemini-3-pro-preview", None, 0);
+    let mut frames: Vec<SseFrame> = response
+        .to_events()
+        .iter()
+        .flat_map(|event| encoder.push(event))
+        .collect();
+    frames.extend(encoder.finish());
+    let text: String = frames.iter().map(SseFrame::to_sse_text).collect();
+    assert!(text.contains("freehold-origin:gemini:CiQBcsjafE"), "{text}");
+
+    let wire: MessagesRequest = serde_json::from_value(json!({
+        "model": "m", "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [block, {"type": "text", "text": "Ok."}]},
+            {"role": "user", "content": "and b?"}
+        ]
+    }))
+    .unwrap();
+    let (request, _) = decode_request(wire).unwrap();
+    let ContentPart::Reasoning(reasoning) = &request.messages[1].content[0] else {
+        panic!("{:?}", request.messages[1]);
+    };
+    assert_eq!(reasoning.signature.as_deref(), Some("CiQBcsjafE"));
+    assert_eq!(reasoning.origin.as_deref(), Some("gemini"));
+    let to_anthropic =
+        serde_json::to_value(encode_request(&request, EncodeOptions::default())).unwrap();
+    assert_eq!(
+        to_anthropic["messages"][1]["content"],
+        json!([{"type": "text", "text": "Ok."}]),
+        "{to_anthropic}"
+    );
+    let to_gemini = serde_json::to_value(crate::wire::gemini::encode_request(&request)).unwrap();
+    assert!(to_gemini.to_string().contains("CiQBcsjafE"), "{to_gemini}");
 }

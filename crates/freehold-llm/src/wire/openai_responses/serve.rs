@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{
     ArgumentsDoneEvent, ContentItem, CustomToolCallItem, DeltaEvent, FunctionCallItem,
     FunctionCallOutputItem, IncompleteDetails, InputDoneEvent, Item, ItemContent, ItemEvent,
-    MessageItem, PartEvent, ReasoningItem, ResponseError, ResponseEvent, ResponseInput,
+    MessageItem, ORIGIN, PartEvent, ReasoningItem, ResponseError, ResponseEvent, ResponseInput,
     ResponseObject, ResponseSnapshot, ResponseUsage, ResponsesRequest, ServerEvent,
     SummaryPartEvent, TextDoneEvent, TextFormat, TextPart, WireTool,
 };
@@ -21,8 +21,8 @@ use crate::wire::openai_chat::{
     openai_error_parts,
 };
 use crate::wire::serve::{
-    DecodeError, SseFrame, call_id_for_client, generated_id, image_from_url, split_client_call_id,
-    unix_now,
+    DecodeError, SseFrame, call_id_for_client, generated_id, image_from_url, signature_for_client,
+    split_client_call_id, split_client_signature, unix_now,
 };
 
 /// What a Responses request asks of the answer's delivery, beyond the
@@ -52,8 +52,10 @@ const FREEFORM_ARGUMENT: &str = "input";
 ///   user message;
 /// - `function_call` items (which need a `call_id` or an `id`) and
 ///   `reasoning` items join the assistant message around them (the
-///   encrypted content is the reasoning's signature, its origin left unknown
-///   as the client only hands back what the gateway sent); consecutive
+///   encrypted content is the reasoning's signature, OpenAI's unless the
+///   gateway marked another provider's when it sent it:
+///   [`crate::wire::serve::signature_for_client`]; a call's `call_id`
+///   carries its signature when the gateway put one there); consecutive
 ///   `function_call_output` items become one [`Role::Tool`] message, their
 ///   text parts joined by newlines and their images moved to a user message
 ///   after them;
@@ -559,6 +561,13 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
                 },
                 None => (None, false),
             };
+            let (signature, origin) = match signature {
+                Some(signature) => {
+                    let (signature, origin) = split_client_signature(signature, ORIGIN);
+                    (Some(signature), origin)
+                }
+                None => (None, None),
+            };
             if !text.is_empty() || signature.is_some() {
                 push_part(
                     messages,
@@ -568,7 +577,7 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
                         signature,
                         redacted,
                         id: reasoning.id,
-                        origin: None,
+                        origin,
                     }),
                 );
             }
@@ -774,12 +783,15 @@ fn message_item(id: String, text: &str, refusal: bool, status: &str) -> Item {
 /// data must then go back as redacted thinking, not as a signature.
 const REDACTED_MARK: &str = "freehold-redacted:";
 
-/// The `encrypted_content` for a reasoning's signature.
-fn encrypted_content(signature: &str, redacted: bool) -> String {
+/// The `encrypted_content` for a reasoning's signature, made by a provider
+/// of `origin`'s protocol (marked when that is not this one's:
+/// [`signature_for_client`]).
+fn encrypted_content(signature: &str, redacted: bool, origin: Option<&str>) -> String {
+    let signature = signature_for_client(signature, origin, ORIGIN);
     if redacted {
         format!("{REDACTED_MARK}{signature}")
     } else {
-        signature.to_owned()
+        signature
     }
 }
 
@@ -892,10 +904,13 @@ pub fn encode_response_for(
                 output.push(reasoning_item(
                     reasoning.id.clone().unwrap_or_else(|| generated_id("rs_")),
                     &reasoning.text,
-                    reasoning
-                        .signature
-                        .as_deref()
-                        .map(|signature| encrypted_content(signature, reasoning.redacted)),
+                    reasoning.signature.as_deref().map(|signature| {
+                        encrypted_content(
+                            signature,
+                            reasoning.redacted,
+                            reasoning.origin.as_deref(),
+                        )
+                    }),
                 ));
             }
             ContentPart::ToolCall(call) if options.freeform_tools.contains(&call.name) => {
@@ -1324,13 +1339,13 @@ impl ResponseStreamEncoder {
                 signature,
                 redacted,
                 id,
-                ..
+                origin,
             } => {
                 self.start(None, &mut out);
                 self.close_other_reasoning(id.as_deref(), &mut out);
                 self.open_reasoning(id.as_deref(), &mut out);
                 self.close_with(
-                    Some(encrypted_content(signature, *redacted)),
+                    Some(encrypted_content(signature, *redacted, origin.as_deref())),
                     id.clone(),
                     &mut out,
                 );

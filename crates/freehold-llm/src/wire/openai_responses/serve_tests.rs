@@ -53,6 +53,7 @@ fn full_request() -> ChatRequest {
                         text: "Plan: read a.".into(),
                         signature: Some("gAAAA".into()),
                         id: Some("rs_1".into()),
+                        origin: Some(ORIGIN.into()),
                         ..Reasoning::default()
                     }),
                     ContentPart::Text {
@@ -405,6 +406,8 @@ fn codex_requests_decode() {
                         text: "**Listing**".into(),
                         signature: Some("gAAA".into()),
                         id: Some("rs_1".into()),
+                        // Unmarked: OpenAI's own.
+                        origin: Some(ORIGIN.into()),
                         ..Reasoning::default()
                     }),
                     ContentPart::ToolCall(ToolCall::new(
