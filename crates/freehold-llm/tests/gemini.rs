@@ -970,3 +970,68 @@ async fn capabilities_reflect_the_model() {
     assert!(flash.reasoning && flash.vision && flash.tools && flash.structured_output);
     assert!(!gemini.capabilities("gemini-2.0-flash").reasoning);
 }
+
+/// A signature Gemini refuses (made for another model or key, or damaged
+/// on its way through a client) costs one refusal: the conversation is
+/// sent again with its calls under the documented placeholder, whole and
+/// streamed.
+#[tokio::test]
+async fn a_refused_signature_is_sent_again_without_signatures() {
+    let corrupted = || {
+        Scripted::json(
+            400,
+            google_error(400, "INVALID_ARGUMENT", "Corrupted thought signature."),
+        )
+    };
+    let answer = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]},
+                        "finishReason": "STOP"}]});
+    let server = MockServer::start(vec![
+        corrupted(),
+        Scripted::json(200, answer),
+        corrupted(),
+        Scripted::sse(&text_stream(), Split::Whole),
+    ])
+    .await;
+    let gemini = client(&server);
+    let req = ChatRequest::new(
+        "gemini-3-pro-preview",
+        vec![
+            Message::user("Hi"),
+            Message {
+                role: Role::Assistant,
+                content: vec![ContentPart::ToolCall(ToolCall {
+                    signature: Some("Q0FMTA==".into()),
+                    ..ToolCall::new("a", "read", "{}")
+                })],
+            },
+            Message::tool_result("a", "1"),
+        ],
+    );
+    let answer = gemini.complete(req.clone()).await.unwrap();
+    assert_eq!(answer.message.text(), "ok");
+    let (events, error) = drain(gemini.stream(req).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert!(!text_of(&events).is_empty());
+    let sent: Vec<Value> = server.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(sent.len(), 4);
+    for (first, again) in [(&sent[0], &sent[1]), (&sent[2], &sent[3])] {
+        assert_eq!(
+            first["contents"][1]["parts"][0]["thoughtSignature"],
+            "Q0FMTA=="
+        );
+        assert_eq!(
+            again["contents"][1]["parts"][0]["thoughtSignature"],
+            SKIP_SIGNATURE_VALIDATION
+        );
+    }
+
+    // Other refusals are the answer.
+    let server = MockServer::start(vec![Scripted::json(
+        400,
+        google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received."),
+    )])
+    .await;
+    let error = client(&server).complete(request()).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest);
+    assert_eq!(server.requests().len(), 1);
+}

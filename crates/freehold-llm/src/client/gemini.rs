@@ -6,7 +6,9 @@
 use std::fmt::Write as _;
 
 use async_trait::async_trait;
-use freehold_protocol::{Capabilities, ChatRequest, ChatResponse, ErrorKind, LlmError, ModelInfo};
+use freehold_protocol::{
+    Capabilities, ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, ModelInfo,
+};
 use reqwest::header::HeaderMap;
 
 use crate::client::{ClientOptions, KeyHeader};
@@ -76,6 +78,28 @@ impl GeminiClient {
         Ok(json)
     }
 
+    /// `streamGenerateContent` with `request`.
+    async fn post_stream(&self, request: &ChatRequest) -> Result<crate::http::Response, LlmError> {
+        let body = self.body(request)?;
+        let url = self.options.url(&format!(
+            "{}?alt=sse",
+            model_path(&request.model, "streamGenerateContent")
+        ));
+        self.transport
+            .post_json(&url, &self.headers, &body)
+            .await
+            .map_err(refine)
+    }
+
+    /// `generateContent` with `request`, the answer as JSON.
+    async fn post_generate(&self, request: &ChatRequest) -> Result<serde_json::Value, LlmError> {
+        let body = self.body(request)?;
+        let url = self
+            .options
+            .url(&model_path(&request.model, "generateContent"));
+        self.post_for_json(&url, &body, true).await
+    }
+
     fn body(&self, request: &ChatRequest) -> Result<serde_json::Value, LlmError> {
         serde_json::to_value(gemini::encode_request(request)).map_err(|error| {
             self.transport
@@ -102,29 +126,34 @@ impl Provider for GeminiClient {
         }
     }
 
-    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
-        let body = self.body(&request)?;
-        let url = self.options.url(&format!(
-            "{}?alt=sse",
-            model_path(&request.model, "streamGenerateContent")
-        ));
-        let response = self
-            .transport
-            .post_json(&url, &self.headers, &body)
-            .await
-            .map_err(refine)?;
+    async fn stream(&self, mut request: ChatRequest) -> Result<EventStream, LlmError> {
+        let response = match self.post_stream(&request).await {
+            Err(refused) if refuses_signatures(&refused) && drop_signatures(&mut request) => {
+                tracing::debug!(
+                    provider = %self.options.name,
+                    "a thought signature was refused; sending again without signatures"
+                );
+                self.post_stream(&request).await?
+            }
+            sent => sent?,
+        };
         let events = self.transport.sse_stream(response);
         Ok(self
             .transport
             .decode_stream(events, ChunkDecoder::new(self.options.name.clone())))
     }
 
-    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = self.body(&request)?;
-        let url = self
-            .options
-            .url(&model_path(&request.model, "generateContent"));
-        let json = self.post_for_json(&url, &body, true).await?;
+    async fn complete(&self, mut request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let json = match self.post_generate(&request).await {
+            Err(refused) if refuses_signatures(&refused) && drop_signatures(&mut request) => {
+                tracing::debug!(
+                    provider = %self.options.name,
+                    "a thought signature was refused; sending again without signatures"
+                );
+                self.post_generate(&request).await?
+            }
+            answered => answered?,
+        };
         let response: GenerateContentResponse = serde_json::from_value(json).map_err(|error| {
             self.transport.error(
                 ErrorKind::Server,
@@ -215,6 +244,44 @@ fn refine(error: LlmError) -> LlmError {
     } else {
         error
     }
+}
+
+/// Whether Gemini refused a thought signature the conversation carries
+/// ("Corrupted thought signature.", "Invalid thought signature"): one made
+/// for another model, key or deployment (a conversation moved by a fallback
+/// or an alias), or damaged on its way through a client.
+fn refuses_signatures(error: &LlmError) -> bool {
+    error.kind == ErrorKind::InvalidRequest
+        && error
+            .message
+            .to_ascii_lowercase()
+            .contains("thought signature")
+}
+
+/// Takes every thought signature out of `request`'s conversation, so that
+/// its calls go with the placeholder that skips Gemini's check, which
+/// Google documents for conversations from elsewhere; whether any was.
+fn drop_signatures(request: &mut ChatRequest) -> bool {
+    let mut dropped = false;
+    for part in request
+        .messages
+        .iter_mut()
+        .flat_map(|message| message.content.iter_mut())
+    {
+        match part {
+            ContentPart::ToolCall(call) => dropped |= call.signature.take().is_some(),
+            ContentPart::Reasoning(reasoning)
+                if reasoning
+                    .origin
+                    .as_deref()
+                    .is_none_or(|origin| origin == gemini::ORIGIN) =>
+            {
+                dropped |= reasoning.signature.take().is_some();
+            }
+            _ => {}
+        }
+    }
+    dropped
 }
 
 /// `text` with everything but RFC 3986 unreserved characters percent-encoded.

@@ -239,49 +239,73 @@ const CALL_SIGNATURE_MARK: &str = "__sig_";
 
 /// The id a gateway gives its client for a tool call: the provider's `id`,
 /// followed, when the call carries a signature that must come back with it
-/// (Gemini's thought signature), by that signature. Clients hand a call's
-/// id back unchanged, on the call and on its result, and none of the three
-/// protocols has another place for it, so a conversation through the
-/// gateway brings Gemini its signatures as a direct one would. The
-/// signature (base64) is written in the URL-safe alphabet without padding,
-/// so the id keeps to letters, digits, `_` and `-`, as Anthropic's ids do.
-/// A signature that is not base64 is left out.
+/// (Gemini's thought signature), by that signature and a check of it:
+/// `{id}__sig_{check}{signature}`. Clients hand a call's id back unchanged,
+/// on the call and on its result, and none of the three protocols has
+/// another place for it, so a conversation through the gateway brings
+/// Gemini its signatures as a direct one would. The signature (base64) is
+/// written in the URL-safe alphabet without padding, so the id keeps to
+/// letters, digits, `_` and `-`, as Anthropic's ids do; the check (8 hex
+/// digits of its FNV-1a hash) tells a signature that came back whole from
+/// one a client cut (some shorten long ids and add a hash of their own),
+/// which would make Gemini refuse the conversation. A signature that is not
+/// base64 is left out.
 pub fn call_id_for_client(id: &str, signature: Option<&str>) -> String {
     let Some(signature) = signature.filter(|signature| is_base64(signature)) else {
         return id.to_owned();
     };
-    let mut out = String::with_capacity(id.len() + CALL_SIGNATURE_MARK.len() + signature.len());
-    out.push_str(id);
-    out.push_str(CALL_SIGNATURE_MARK);
-    out.extend(signature.chars().filter(|c| *c != '=').map(|c| match c {
-        '+' => '-',
-        '/' => '_',
-        c => c,
-    }));
-    out
+    let encoded: String = signature
+        .chars()
+        .filter(|c| *c != '=')
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    format!(
+        "{id}{CALL_SIGNATURE_MARK}{:08x}{encoded}",
+        fnv1a(encoded.as_bytes())
+    )
 }
 
 /// A tool call's id from a client: the provider's id and the signature
 /// [`call_id_for_client`] put inside, in the standard base64 alphabet with
-/// its padding.
+/// its padding. An id whose signature fails its check (a client cut or
+/// changed it) is taken whole, without a signature: the call then goes to
+/// Gemini with the placeholder that skips the check.
 pub fn split_client_call_id(id: &str) -> (String, Option<String>) {
-    match id.split_once(CALL_SIGNATURE_MARK) {
-        Some((id, signature)) if !id.is_empty() && !signature.is_empty() => {
-            let mut standard: String = signature
-                .chars()
-                .map(|c| match c {
-                    '-' => '+',
-                    '_' => '/',
-                    c => c,
-                })
-                .collect();
-            while !standard.len().is_multiple_of(4) {
-                standard.push('=');
-            }
-            (id.to_owned(), Some(standard))
-        }
-        _ => (id.to_owned(), None),
+    let Some((call, rest)) = id.split_once(CALL_SIGNATURE_MARK) else {
+        return (id.to_owned(), None);
+    };
+    let check = rest
+        .get(..8)
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+    let encoded = rest.get(8..).unwrap_or_default();
+    let whole = !call.is_empty() && is_base64(encoded) && check == Some(fnv1a(encoded.as_bytes()));
+    if !whole {
+        tracing::debug!("a call id whose signature fails its check: taken as it is");
+        return (id.to_owned(), None);
     }
+    let mut standard: String = encoded
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while !standard.len().is_multiple_of(4) {
+        standard.push('=');
+    }
+    (call.to_owned(), Some(standard))
+}
+
+/// The 32-bit FNV-1a hash of `bytes`.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// What marks, in a reasoning signature a gateway gives its client, the
@@ -317,11 +341,12 @@ pub fn split_client_signature(signature: String, protocol: &str) -> (String, Opt
     }
 }
 
-/// Whether `text` is base64, in either alphabet.
+/// Whether `text` is base64, in either alphabet, padded or not.
 fn is_base64(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .trim_end_matches('=')
+    let data = text.trim_end_matches('=');
+    !data.is_empty()
+        && data.len() % 4 != 1
+        && data
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
 }
@@ -416,7 +441,7 @@ mod tests {
 
     #[test]
     fn a_call_signature_travels_inside_the_clients_call_id() {
-        for signature in ["CiQBcsjafE+/x9Q=", "Cg==", "EjQKMgEB/w", "a+b/c"] {
+        for signature in ["CiQBcsjafE+/x9Q=", "Cg==", "EjQKMgEB/w", "a+b/cw"] {
             let id = call_id_for_client("call_0", Some(signature));
             assert!(
                 id.bytes()
@@ -426,25 +451,30 @@ mod tests {
             let (call, back) = split_client_call_id(&id);
             assert_eq!(call, "call_0");
             // Standard base64 comes back as it was, padding included.
-            let padded = format!(
-                "{}{}",
-                signature.trim_end_matches('='),
-                "=".repeat((4 - signature.trim_end_matches('=').len() % 4) % 4)
-            );
+            let data = signature.trim_end_matches('=');
+            let padded = format!("{data}{}", "=".repeat((4 - data.len() % 4) % 4));
             assert_eq!(back.as_deref(), Some(padded.as_str()), "{signature}");
         }
-        assert_eq!(
-            split_client_call_id("call_0__sig_CiQ-_w"),
-            ("call_0".to_owned(), Some("CiQ+/w==".to_owned()))
-        );
+        let id = call_id_for_client("call_0", Some("CiQ+/w=="));
+        assert_eq!(id, format!("call_0__sig_{:08x}CiQ-_w", fnv1a(b"CiQ-_w")));
+        // A signature a client cut, or whose check it changed, is no
+        // signature: the id is taken whole.
+        let long = call_id_for_client("call_0_abcdefghijkl", Some(&"QUJD".repeat(30)));
+        let shortened = format!("{}_deadbeef", &long[..55]);
+        let changed = long.replacen("__sig_", "__sig_0", 1);
+        for id in [
+            shortened.as_str(),
+            changed.as_str(),
+            &long[..long.len() - 1],
+        ] {
+            assert_eq!(split_client_call_id(id), (id.to_owned(), None), "{id}");
+        }
         // No signature, or one that is not base64: the id as it is.
         assert_eq!(call_id_for_client("toolu_01", None), "toolu_01");
-        assert_eq!(
-            call_id_for_client("toolu_01", Some("not base64!")),
-            "toolu_01"
-        );
-        assert_eq!(call_id_for_client("toolu_01", Some("")), "toolu_01");
-        for plain in ["toolu_01", "call_abc", "__sig_", "x__sig_"] {
+        for not_base64 in ["not base64!", "", "a+b/c"] {
+            assert_eq!(call_id_for_client("toolu_01", Some(not_base64)), "toolu_01");
+        }
+        for plain in ["toolu_01", "call_abc", "__sig_", "x__sig_", "x__sig_é"] {
             assert_eq!(split_client_call_id(plain), (plain.to_owned(), None));
         }
     }

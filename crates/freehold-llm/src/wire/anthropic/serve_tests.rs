@@ -1108,3 +1108,43 @@ fn another_protocols_signature_comes_back_with_its_origin() {
     let to_gemini = serde_json::to_value(crate::wire::gemini::encode_request(&request)).unwrap();
     assert!(to_gemini.to_string().contains("CiQBcsjafE"), "{to_gemini}");
 }
+
+/// A streamed call's signature (Gemini's, given with the call's start)
+/// reaches an Anthropic client inside the `tool_use` block's id, which
+/// comes back split.
+#[test]
+fn a_streamed_calls_signature_travels_inside_its_tool_use_id() {
+    let frames = encode_stream(
+        &[
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "call_0".into(),
+                name: "read".into(),
+                signature: Some("Q0FMTA==".into()),
+            },
+            StreamEvent::ToolCallArgsDelta {
+                index: 0,
+                delta: "{}".into(),
+            },
+            StreamEvent::ToolCallEnd {
+                index: 0,
+                signature: Some("Q0FMTA==".into()),
+            },
+            StreamEvent::Stop {
+                reason: StopReason::ToolUse,
+            },
+        ],
+        0,
+    );
+    let expected = crate::wire::serve::call_id_for_client("call_0", Some("Q0FMTA=="));
+    let start = frames
+        .iter()
+        .map(json_of)
+        .find(|event| event["type"] == "content_block_start")
+        .unwrap();
+    assert_eq!(start["content_block"]["id"], expected.as_str(), "{start}");
+    assert_eq!(
+        crate::wire::serve::split_client_call_id(&expected),
+        ("call_0".to_owned(), Some("Q0FMTA==".to_owned()))
+    );
+}
