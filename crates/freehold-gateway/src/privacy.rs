@@ -27,8 +27,9 @@
 //! ```
 //!
 //! What is inspected: text parts, tool-call arguments, tool results and
-//! reasoning text of every message. Images, tool definitions, the model name
-//! and stop sequences are not.
+//! reasoning text of every message. Images, documents (PDFs, whose bytes
+//! would need a PDF reader), tool definitions, the model name and stop
+//! sequences are not.
 //!
 //! Cost: one [`RegexSet`] pass over each inspected text; the individual
 //! detectors run only on texts the set matched, so a clean request costs one
@@ -922,7 +923,7 @@ impl Privacy {
                             reasoning.origin = None;
                         }
                     }
-                    ContentPart::Image { .. } => {}
+                    ContentPart::Image { .. } | ContentPart::Document(_) => {}
                 }
             }
         }
@@ -1211,7 +1212,7 @@ fn part_text(part: &ContentPart) -> Option<(Field, &str)> {
         ContentPart::ToolCall(call) => Some((Field::ToolArguments, &call.arguments)),
         ContentPart::ToolResult(result) => Some((Field::ToolResult, &result.content)),
         ContentPart::Reasoning(reasoning) => Some((Field::Reasoning, &reasoning.text)),
-        ContentPart::Image { .. } => None,
+        ContentPart::Image { .. } | ContentPart::Document(_) => None,
     }
 }
 

@@ -1192,6 +1192,77 @@ async fn gemini_call_signatures_round_trip_through_every_clients_call_ids() {
     assert_signature_came_back(&server.requests()[5]);
 }
 
+/// A PDF Claude Code read (a `document` block in a tool result) reaches a
+/// provider that reads documents as a file, and one that reads text only
+/// as a note saying it is there: the conversation goes on either way.
+#[tokio::test]
+async fn a_pdf_claude_code_read_reaches_each_provider_as_it_can_take_it() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let completion = json!({
+        "id": "c", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "A spec."},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    });
+    let openai = MockServer::start(vec![Scripted::json(200, completion.clone())]).await;
+    let local = MockServer::start(vec![Scripted::json(200, completion)]).await;
+    let build = |server: &MockServer, openai_api: bool| -> Arc<dyn Provider> {
+        ProviderConfig {
+            kind: Some(ProviderKind::Openai),
+            base_url: Some(format!("{}/v1", server.url())),
+            openai_api: Some(openai_api),
+            ..ProviderConfig::default()
+        }
+        .resolve("p")
+        .unwrap()
+        .build(&HealthSettings::default())
+        .unwrap()
+    };
+    let routes = Routes {
+        router: Router::new(
+            BTreeMap::from([
+                ("up".to_owned(), build(&openai, true)),
+                ("box".to_owned(), build(&local, false)),
+            ]),
+            BTreeMap::new(),
+            Catalog::new(),
+        ),
+        local_providers: BTreeSet::new(),
+        listed_providers: BTreeSet::new(),
+        engine_providers: BTreeSet::new(),
+    };
+    let gw = start(routes, GatewaySettings::default(), None).await;
+    for model in ["up:gpt-5.1", "box:qwen3"] {
+        let read_pdf = json!({"model": model, "max_tokens": 1000,
+            "tools": [{"name": "Read", "input_schema": {"type": "object",
+                       "properties": {"file_path": {"type": "string"}}}}],
+            "messages": [
+                {"role": "user", "content": "Summarise spec.pdf."},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
+                    "name": "Read", "input": {"file_path": "spec.pdf"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                    "content": [{"type": "document", "source": {"type": "base64",
+                        "media_type": "application/pdf", "data": "JVBERi0xLjQK"}}]}]}]});
+        let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &read_pdf).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        assert_eq!(body["content"][0]["text"], "A spec.", "{body}");
+    }
+    let sent = openai.requests()[0].json();
+    let after_results = sent["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(after_results["role"], "user", "{sent}");
+    assert_eq!(
+        after_results["content"][0],
+        json!({"type": "file", "file": {"filename": "document.pdf",
+               "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}}),
+        "{sent}"
+    );
+    let sent = local.requests()[0].json();
+    let after_results = sent["messages"].as_array().unwrap().last().unwrap().clone();
+    let note = after_results["content"].as_str().unwrap();
+    assert!(note.contains("cannot read documents"), "{sent}");
+}
+
 /// A client asking for no reasoning (Chat Completions' `none`, the Anthropic
 /// `disabled` that Claude Code sends for its subagents) reaches a server
 /// whose chat templates take the switch (vLLM, SGLang, llama.cpp) as

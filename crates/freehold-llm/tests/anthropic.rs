@@ -1226,9 +1226,20 @@ mod wire {
             "stream": true
         }));
         assert_eq!(request.system.unwrap().text(), "You are terse.");
-        // An unknown block (a document) is kept as it came.
+        // A document is read as one.
         assert!(matches!(
             request.messages[2].content.clone().into_blocks()[1],
+            ContentBlock::Document { .. }
+        ));
+        // An unknown block is kept as it came.
+        let request: MessagesRequest = round_trip(json!({
+            "model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": [
+                {"type": "search_result", "source": "https://example.com", "title": "t",
+                 "content": [{"type": "text", "text": "x"}]}]}]
+        }));
+        assert!(matches!(
+            request.messages[0].content.clone().into_blocks()[0],
             ContentBlock::Other(_)
         ));
     }

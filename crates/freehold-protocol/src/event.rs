@@ -197,7 +197,9 @@ impl ChatResponse {
                     });
                     index += 1;
                 }
-                ContentPart::Image { .. } | ContentPart::ToolResult(_) => {}
+                ContentPart::Image { .. }
+                | ContentPart::Document(_)
+                | ContentPart::ToolResult(_) => {}
             }
         }
         events.push(StreamEvent::Usage(self.usage));

@@ -43,7 +43,8 @@ pub use embed::{EmbedRequest, EmbedResponse};
 pub use error::{ErrorKind, LlmError};
 pub use event::{ChatResponse, ResponseBuilder, StopReason, StreamEvent};
 pub use message::{
-    ContentPart, ImageSource, Message, Reasoning, Role, ToolCall, ToolResult, fold_system_messages,
+    ContentPart, Document, DocumentSource, ImageSource, Message, Reasoning, Role, ToolCall,
+    ToolResult, fold_system_messages, text_with_document_notes,
 };
 pub use request::{
     Capabilities, ChatRequest, ModelInfo, ReasoningEffort, ResponseFormat, Sampling, ToolChoice,

@@ -171,6 +171,13 @@ impl Message {
             .collect()
     }
 
+    /// [`Message::text_content`] with each document's [`Document::note`]
+    /// in its place, on its own line: what a provider that reads no
+    /// documents gets.
+    pub fn text_with_document_notes(&self) -> String {
+        text_with_document_notes(&self.content)
+    }
+
     /// Alias of [`Message::text_content`], reads better on responses.
     pub fn text(&self) -> String {
         self.text_content()
@@ -206,6 +213,77 @@ pub enum ContentPart {
     /// The model's reasoning ("thinking"), with the opaque signature some
     /// providers require to be sent back unchanged on the next turn.
     Reasoning(Reasoning),
+    /// A document the model reads, such as a PDF.
+    Document(Document),
+}
+
+/// The text of `parts` with each document's [`Document::note`] in its
+/// place ([`Message::text_with_document_notes`]).
+pub fn text_with_document_notes(parts: &[ContentPart]) -> String {
+    let mut out = String::new();
+    for part in parts {
+        match part {
+            ContentPart::Text { text } => out.push_str(text),
+            ContentPart::Document(document) => {
+                if !out.is_empty() && !out.ends_with('\n') {
+                    out.push('\n');
+                }
+                out.push_str(&document.note());
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A document the model reads as a whole (a PDF: its text and its pages'
+/// images), inline or by URL. Providers that read documents (Anthropic,
+/// Gemini, OpenAI's API) get it in their own form; the others get
+/// [`Document::note`] in its place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Document {
+    /// Where its bytes are, with their MIME type (`application/pdf`).
+    pub source: DocumentSource,
+    /// Its name or title, where the client gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// Where a document's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DocumentSource {
+    /// Base64-encoded bytes with their media type.
+    Base64 {
+        /// The MIME type, such as `application/pdf`.
+        media_type: String,
+        /// The base64 text (no `data:` prefix).
+        data: String,
+    },
+    /// An `https://` URL the provider fetches.
+    Url {
+        /// The URL.
+        url: String,
+    },
+}
+
+impl Document {
+    /// What a model that cannot read documents is told in the document's
+    /// place, so that it can say so or turn to a tool (`pdftotext`).
+    pub fn note(&self) -> String {
+        let title = self.title.as_deref().unwrap_or("untitled");
+        let what = match &self.source {
+            DocumentSource::Base64 { media_type, data } => {
+                format!("{media_type}, about {} KB", data.len() * 3 / 4 / 1024)
+            }
+            DocumentSource::Url { url } => format!("at {url}"),
+        };
+        format!(
+            "[A document was attached here ({title}: {what}), but this model cannot read \
+             documents; ask for its text, or extract it with a tool.]"
+        )
+    }
 }
 
 /// Where an image comes from.

@@ -138,6 +138,13 @@ impl ChatRequest {
                     crate::ContentPart::ToolCall(call) => call.name.len() + call.arguments.len(),
                     crate::ContentPart::ToolResult(result) => result.content.len(),
                     crate::ContentPart::Reasoning(reasoning) => reasoning.text.len(),
+                    // A PDF costs its pages' text and an image of each page:
+                    // about a token for each 30 bytes of the file, and at
+                    // least a page's worth.
+                    crate::ContentPart::Document(document) => match &document.source {
+                        crate::DocumentSource::Base64 { data, .. } => (data.len() / 10).max(8_000),
+                        crate::DocumentSource::Url { .. } => 8_000,
+                    },
                 };
             }
         }

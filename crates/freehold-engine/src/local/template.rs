@@ -107,6 +107,9 @@ impl TemplateMessage {
                         tool_call_id: Some(result.call_id.clone()),
                         name: call_names.get(&result.call_id).cloned(),
                     }),
+                    // The engine reads text: a document is named, for the
+                    // model to say so or turn to a tool.
+                    ContentPart::Document(document) => text.push_str(&document.note()),
                     ContentPart::Reasoning(_) | ContentPart::Image { .. } => {}
                 }
             }

@@ -398,6 +398,7 @@ fn written_out(message: &Message) -> Message {
                     result.content
                 ));
             }
+            ContentPart::Document(document) => text.push_str(&document.note()),
             ContentPart::Reasoning(_) | ContentPart::Image { .. } => {}
         }
     }

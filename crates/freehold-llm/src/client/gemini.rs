@@ -246,16 +246,15 @@ fn refine(error: LlmError) -> LlmError {
     }
 }
 
-/// Whether Gemini refused a thought signature the conversation carries
-/// ("Corrupted thought signature.", "Invalid thought signature"): one made
+/// Whether Gemini refused a thought signature the conversation carries, or
+/// the lack of one ("Corrupted thought signature.", "Function call is
+/// missing a `thought_signature`…"): one made
 /// for another model, key or deployment (a conversation moved by a fallback
 /// or an alias), or damaged on its way through a client.
 fn refuses_signatures(error: &LlmError) -> bool {
+    let message = error.message.to_ascii_lowercase();
     error.kind == ErrorKind::InvalidRequest
-        && error
-            .message
-            .to_ascii_lowercase()
-            .contains("thought signature")
+        && (message.contains("thought signature") || message.contains("thought_signature"))
 }
 
 /// Takes every thought signature out of `request`'s conversation, so that

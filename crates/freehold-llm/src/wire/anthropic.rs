@@ -21,8 +21,9 @@
 use std::collections::HashMap;
 
 use freehold_protocol::{
-    ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
-    ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
+    ChatRequest, ChatResponse, ContentPart, DocumentSource, ErrorKind, ImageSource, LlmError,
+    Message, Reasoning, ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice,
+    Usage,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -223,10 +224,61 @@ pub enum ContentBlock {
         /// The opaque data.
         data: String,
     },
-    /// Any other block (documents, server tools, search results…), kept as it
-    /// came.
+    /// A document the model reads: a PDF, or plain text.
+    Document {
+        /// Where its content is.
+        source: WireDocumentSource,
+        /// Its title.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+        /// What it is about, for the model (not cited).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<String>,
+        /// Whether answers may cite it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        citations: Option<Value>,
+        /// A prompt-caching breakpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+    },
+    /// Any other block (server tools, search results…), kept as it came.
     #[serde(untagged)]
     Other(Value),
+}
+
+/// `source` of a document block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WireDocumentSource {
+    /// Inline bytes: a PDF (`application/pdf`).
+    Base64 {
+        /// The MIME type.
+        media_type: String,
+        /// The base64 bytes.
+        data: String,
+    },
+    /// A PDF at a URL the API fetches.
+    Url {
+        /// The URL.
+        url: String,
+    },
+    /// Plain text.
+    Text {
+        /// `text/plain`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media_type: Option<String>,
+        /// The text.
+        data: String,
+    },
+    /// Content blocks (text and images) as one document.
+    Content {
+        /// The blocks.
+        content: Value,
+    },
+    /// A file of Anthropic's Files API, or any other source: Freehold has
+    /// no copy of it.
+    #[serde(other)]
+    Unsupported,
 }
 
 impl ContentBlock {
@@ -1087,6 +1139,20 @@ fn encode_part(part: &ContentPart, assistant: bool) -> Option<ContentBlock> {
         ContentPart::ToolResult(_) => None,
         ContentPart::Reasoning(reasoning) if assistant => encode_reasoning(reasoning),
         ContentPart::Reasoning(_) => None,
+        ContentPart::Document(document) if !assistant => Some(ContentBlock::Document {
+            source: match &document.source {
+                DocumentSource::Base64 { media_type, data } => WireDocumentSource::Base64 {
+                    media_type: media_type.clone(),
+                    data: data.clone(),
+                },
+                DocumentSource::Url { url } => WireDocumentSource::Url { url: url.clone() },
+            },
+            title: document.title.clone(),
+            context: None,
+            citations: None,
+            cache_control: None,
+        }),
+        ContentPart::Document(_) => None,
     }
 }
 
@@ -1229,6 +1295,7 @@ pub fn decode_response(response: MessagesResponse, structured_tool: Option<&str>
                 }))
             }
             ContentBlock::Image { .. }
+            | ContentBlock::Document { .. }
             | ContentBlock::ToolResult { .. }
             | ContentBlock::Other(_) => {}
         }
@@ -1430,6 +1497,7 @@ impl EventDecoder {
                 }
             }
             ContentBlock::Image { .. }
+            | ContentBlock::Document { .. }
             | ContentBlock::ToolResult { .. }
             | ContentBlock::Other(_) => Block::Other,
         };

@@ -21,9 +21,9 @@
 use std::collections::HashMap;
 
 use freehold_protocol::{
-    ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message,
-    ReasoningEffort, ResponseBuilder, ResponseFormat, Role, StopReason, ToolChoice, ToolResult,
-    Usage,
+    ChatRequest, ChatResponse, ContentPart, Document, DocumentSource, ErrorKind, ImageSource,
+    LlmError, Message, ReasoningEffort, ResponseBuilder, ResponseFormat, Role, StopReason,
+    ToolChoice, ToolResult, Usage,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -908,6 +908,7 @@ fn user_parts(content: &[ContentPart], names: &HashMap<&str, &str>, gemini_3: bo
         .filter_map(|part| match part {
             ContentPart::Text { text } if !text.is_empty() => Some(Part::text(text)),
             ContentPart::Image { source } => Some(image_part(source)),
+            ContentPart::Document(document) => Some(document_part(document)),
             ContentPart::ToolResult(result) => Some(Part {
                 function_response: Some(FunctionResponse {
                     id: issued_id(&result.call_id, gemini_3),
@@ -944,7 +945,7 @@ fn model_parts(content: &[ContentPart], gemini_3: bool) -> Vec<Part> {
     for part in content {
         match part {
             ContentPart::Text { text } if !text.is_empty() => parts.push(Part::text(text)),
-            ContentPart::Text { .. } | ContentPart::ToolResult(_) => {}
+            ContentPart::Text { .. } | ContentPart::ToolResult(_) | ContentPart::Document(_) => {}
             ContentPart::Image { source } => parts.push(image_part(source)),
             ContentPart::ToolCall(call) => parts.push(Part {
                 function_call: Some(FunctionCall {
@@ -955,16 +956,18 @@ fn model_parts(content: &[ContentPart], gemini_3: bool) -> Vec<Part> {
                 thought_signature: call.signature.clone(),
                 ..Part::default()
             }),
-            // Redacted reasoning, reasoning with an item id, and reasoning
-            // signed by another protocol come from other providers
-            // (Anthropic, OpenAI Responses): Gemini cannot read them.
+            // Redacted reasoning and reasoning signed by another protocol
+            // come from other providers (Anthropic, OpenAI Responses):
+            // Gemini cannot read them. Of reasoning whose origin is unknown,
+            // that with an item id is the Responses API's. (A gateway's
+            // Responses client hands Gemini's back with an item id the
+            // gateway gave it, and its origin.)
             ContentPart::Reasoning(reasoning)
                 if reasoning.redacted
-                    || reasoning.id.is_some()
-                    || reasoning
-                        .origin
-                        .as_deref()
-                        .is_some_and(|origin| origin != ORIGIN) => {}
+                    || match reasoning.origin.as_deref() {
+                        Some(origin) => origin != ORIGIN,
+                        None => reasoning.id.is_some(),
+                    } => {}
             ContentPart::Reasoning(reasoning) if !reasoning.text.is_empty() => parts.push(Part {
                 text: Some(reasoning.text.clone()),
                 thought: Some(true),
@@ -1076,6 +1079,27 @@ pub fn image_part(source: &ImageSource) -> Part {
     }
 }
 
+/// A document as Gemini reads it: its bytes inline, or its URL as file
+/// data.
+fn document_part(document: &Document) -> Part {
+    match &document.source {
+        DocumentSource::Base64 { media_type, data } => Part {
+            inline_data: Some(Blob {
+                mime_type: media_type.clone(),
+                data: data.clone(),
+            }),
+            ..Part::default()
+        },
+        DocumentSource::Url { url } => Part {
+            file_data: Some(FileData {
+                mime_type: Some("application/pdf".into()),
+                file_uri: url.clone(),
+            }),
+            ..Part::default()
+        },
+    }
+}
+
 /// The MIME type of a URL's file, guessed from its extension
 /// (`image/jpeg` when unknown).
 pub fn mime_from_url(url: &str) -> &'static str {
@@ -1139,6 +1163,7 @@ pub fn decode_response(
     // The same decoder as for streams, so that both give the same answer.
     let mut decoder = ChunkDecoder::new(provider);
     let mut assembler = StreamAssembler::new();
+    assembler.set_origin(ORIGIN);
     decoder.chunk(response, &mut assembler);
     if !assembler.is_stopped() {
         assembler.stop(StopReason::EndTurn);

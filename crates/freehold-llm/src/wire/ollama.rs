@@ -705,7 +705,8 @@ fn encode_messages(messages: &[Message]) -> Result<Vec<WireMessage>, EncodeError
                 // the preceding assistant calls.
                 push_tool_results(&message.content, &tool_names, &mut out);
                 let images = encode_images(&message.content)?;
-                let text = message.text_content();
+                // Ollama's models read no documents: each is named.
+                let text = message.text_with_document_notes();
                 let only_results = message
                     .content
                     .iter()

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 
 use freehold_protocol::{
-    ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
-    ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
+    ChatRequest, ChatResponse, ContentPart, DocumentSource, ErrorKind, ImageSource, LlmError,
+    Message, Reasoning, ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice,
+    Usage, text_with_document_notes,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -15,6 +16,7 @@ use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
 use crate::http::{context_length_kind, is_context_length_message};
 use crate::sse::SseEvent;
 use crate::wire::openai_api;
+use crate::wire::openai_responses::document_filename;
 
 mod serve;
 #[cfg(test)]
@@ -216,9 +218,28 @@ pub enum WirePart {
         /// The image.
         image_url: ImageUrl,
     },
-    /// Anything else (audio, files…), kept as it came.
+    /// A file (a PDF), as OpenAI's API takes it.
+    File {
+        /// The file.
+        file: WireFile,
+    },
+    /// Anything else (audio…), kept as it came.
     #[serde(untagged)]
     Other(Value),
+}
+
+/// `file` of a file part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireFile {
+    /// Its name (OpenAI requires one with inline bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// Its bytes as a `data:` URL (`data:application/pdf;base64,…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_data: Option<String>,
+    /// An uploaded file's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
 }
 
 /// `image_url` of an image part.
@@ -628,6 +649,7 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
             dialect
                 .reasoning_in_history
                 .then_some(request.model.as_str()),
+            dialect.openai_api,
         ),
         parallel_tool_calls: tools.as_ref().and(request.parallel_tool_calls),
         tools,
@@ -695,8 +717,14 @@ pub fn encode_response_format(format: &ResponseFormat) -> Value {
 }
 
 /// The wire messages; `reasoning_for`, when earlier reasoning goes back, is
-/// the model it goes to ([`reasoning_sent_back`]).
-fn encode_messages(messages: &[Message], reasoning_for: Option<&str>) -> Vec<WireMessage> {
+/// the model it goes to ([`reasoning_sent_back`]); `documents`, whether the
+/// server reads documents (OpenAI's API: `file` parts), else each is named
+/// in the text ([`freehold_protocol::Document::note`]).
+fn encode_messages(
+    messages: &[Message],
+    reasoning_for: Option<&str>,
+    documents: bool,
+) -> Vec<WireMessage> {
     let mut out = Vec::new();
     for message in messages {
         match message.role {
@@ -707,7 +735,12 @@ fn encode_messages(messages: &[Message], reasoning_for: Option<&str>) -> Vec<Wir
                 // assistant message that made the calls.
                 push_tool_results(&message.content, &mut out);
                 let has_content = message.content.iter().any(|part| {
-                    matches!(part, ContentPart::Text { .. } | ContentPart::Image { .. })
+                    matches!(
+                        part,
+                        ContentPart::Text { .. }
+                            | ContentPart::Image { .. }
+                            | ContentPart::Document(_)
+                    )
                 });
                 if has_content {
                     let role = if message.role == Role::System {
@@ -717,7 +750,7 @@ fn encode_messages(messages: &[Message], reasoning_for: Option<&str>) -> Vec<Wir
                     };
                     out.push(WireMessage {
                         role: role.into(),
-                        content: Some(encode_content(&message.content)),
+                        content: Some(encode_content(&message.content, documents)),
                         ..WireMessage::default()
                     });
                 }
@@ -845,19 +878,26 @@ fn push_tool_results(parts: &[ContentPart], out: &mut Vec<WireMessage>) {
     }
 }
 
-fn encode_content(parts: &[ContentPart]) -> WireContent {
-    let has_image = parts
+fn encode_content(parts: &[ContentPart], documents: bool) -> WireContent {
+    // A document goes as a `file` part where the server reads them and its
+    // bytes are at hand (Chat Completions takes no file URL); else it is
+    // named in the text.
+    let as_file = |part: &ContentPart| match part {
+        ContentPart::Document(document) if documents => match &document.source {
+            DocumentSource::Base64 { media_type, data } => Some(WireFile {
+                filename: Some(document_filename(document)),
+                file_data: Some(format!("data:{media_type};base64,{data}")),
+                file_id: None,
+            }),
+            DocumentSource::Url { .. } => None,
+        },
+        _ => None,
+    };
+    let needs_parts = parts
         .iter()
-        .any(|part| matches!(part, ContentPart::Image { .. }));
-    if !has_image {
-        let text: String = parts
-            .iter()
-            .filter_map(|part| match part {
-                ContentPart::Text { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect();
-        return WireContent::Text(text);
+        .any(|part| matches!(part, ContentPart::Image { .. }) || as_file(part).is_some());
+    if !needs_parts {
+        return WireContent::Text(text_with_document_notes(parts));
     }
     WireContent::Parts(
         parts
@@ -868,6 +908,12 @@ fn encode_content(parts: &[ContentPart]) -> WireContent {
                     image_url: ImageUrl {
                         url: image_url(source),
                         detail: None,
+                    },
+                }),
+                ContentPart::Document(document) => Some(match as_file(part) {
+                    Some(file) => WirePart::File { file },
+                    None => WirePart::Text {
+                        text: document.note(),
                     },
                 }),
                 _ => None,

@@ -31,8 +31,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use freehold_protocol::{
-    ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, Message, Reasoning,
-    ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
+    ChatRequest, ChatResponse, ContentPart, Document, DocumentSource, ErrorKind, LlmError, Message,
+    Reasoning, ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice, Usage,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
@@ -327,9 +327,52 @@ pub enum ContentItem {
         /// Why it refused.
         refusal: String,
     },
-    /// Any other part (audio, files…).
+    /// A file sent by the user (a PDF).
+    InputFile {
+        /// Its bytes as a `data:` URL (`data:application/pdf;base64,…`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_data: Option<String>,
+        /// Its name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filename: Option<String>,
+        /// A URL OpenAI fetches it from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_url: Option<String>,
+        /// An uploaded file's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_id: Option<String>,
+    },
+    /// Any other part (audio…).
     #[serde(other)]
     Other,
+}
+
+impl ContentItem {
+    /// A document as an `input_file` part.
+    pub fn input_file(document: &Document) -> Self {
+        let (file_data, file_url) = match &document.source {
+            DocumentSource::Base64 { media_type, data } => {
+                (Some(format!("data:{media_type};base64,{data}")), None)
+            }
+            DocumentSource::Url { url } => (None, Some(url.clone())),
+        };
+        Self::InputFile {
+            filename: file_data.as_ref().map(|_| document_filename(document)),
+            file_data,
+            file_url,
+            file_id: None,
+        }
+    }
+}
+
+/// The file name a document is sent under (OpenAI requires one with inline
+/// bytes): its title, or `document.pdf`.
+pub fn document_filename(document: &Document) -> String {
+    document
+        .title
+        .clone()
+        .filter(|title| !title.is_empty())
+        .unwrap_or_else(|| "document.pdf".into())
 }
 
 /// A `function_call` item.
@@ -1125,6 +1168,7 @@ pub fn encode_input(messages: &[Message]) -> Vec<Item> {
                             file_id: None,
                             detail: Some("auto".into()),
                         }),
+                        ContentPart::Document(document) => Some(ContentItem::input_file(document)),
                         _ => None,
                     })
                     .collect();
@@ -1200,7 +1244,7 @@ fn encode_assistant(parts: &[ContentPart], items: &mut Vec<Item>) {
                     namespace: None,
                 }));
             }
-            ContentPart::Image { .. } | ContentPart::ToolResult(_) => {}
+            ContentPart::Image { .. } | ContentPart::Document(_) | ContentPart::ToolResult(_) => {}
         }
     }
     flush(&mut text, items);

@@ -23,7 +23,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use freehold_protocol::{ErrorKind, ImageSource, LlmError};
+use freehold_protocol::{Document, DocumentSource, ErrorKind, ImageSource, LlmError};
 use serde_json::Value;
 
 /// The provider name an [`LlmError`] made from a [`DecodeError`] carries.
@@ -275,18 +275,24 @@ pub fn call_id_for_client(id: &str, signature: Option<&str>) -> String {
 /// changed it) is taken whole, without a signature: the call then goes to
 /// Gemini with the placeholder that skips the check.
 pub fn split_client_call_id(id: &str) -> (String, Option<String>) {
-    let Some((call, rest)) = id.split_once(CALL_SIGNATURE_MARK) else {
+    // The first mark whose signature checks: a provider's id may hold the
+    // mark's text itself.
+    let split = id.match_indices(CALL_SIGNATURE_MARK).find_map(|(at, _)| {
+        let call = &id[..at];
+        let rest = &id[at + CALL_SIGNATURE_MARK.len()..];
+        let check = rest
+            .get(..8)
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+        let encoded = rest.get(8..).unwrap_or_default();
+        (!call.is_empty() && is_base64(encoded) && check == Some(fnv1a(encoded.as_bytes())))
+            .then_some((call, encoded))
+    });
+    let Some((call, encoded)) = split else {
+        if id.contains(CALL_SIGNATURE_MARK) {
+            tracing::debug!("a call id whose signature fails its check: taken as it is");
+        }
         return (id.to_owned(), None);
     };
-    let check = rest
-        .get(..8)
-        .and_then(|hex| u32::from_str_radix(hex, 16).ok());
-    let encoded = rest.get(8..).unwrap_or_default();
-    let whole = !call.is_empty() && is_base64(encoded) && check == Some(fnv1a(encoded.as_bytes()));
-    if !whole {
-        tracing::debug!("a call id whose signature fails its check: taken as it is");
-        return (id.to_owned(), None);
-    }
     let mut standard: String = encoded
         .chars()
         .map(|c| match c {
@@ -321,7 +327,9 @@ const ORIGIN_MARK: &str = "freehold-origin:";
 /// provider of another protocol, which would refuse it.
 pub fn signature_for_client(signature: &str, origin: Option<&str>, protocol: &str) -> String {
     match origin {
-        Some(origin) if origin != protocol => format!("{ORIGIN_MARK}{origin}:{signature}"),
+        Some(origin) if origin != protocol && !signature.is_empty() => {
+            format!("{ORIGIN_MARK}{origin}:{signature}")
+        }
         _ => signature.to_owned(),
     }
 }
@@ -368,6 +376,44 @@ pub(crate) fn image_from_url(url: &str) -> ImageSource {
             url: url.to_owned(),
         },
     }
+}
+
+/// A file a client sent in OpenAI's shape (Chat Completions' `file` part,
+/// the Responses API's `input_file`): its bytes as a `data:` URL, or a URL;
+/// `filename` its title. `None` when it has neither (an uploaded file's
+/// id: the gateway has no copy of it).
+pub(crate) fn document_from_file(
+    file_data: Option<String>,
+    file_url: Option<String>,
+    filename: Option<String>,
+) -> Option<Document> {
+    let source = match (file_data.filter(|data| !data.is_empty()), file_url) {
+        (Some(data), _) => match data
+            .strip_prefix("data:")
+            .and_then(|rest| rest.split_once(','))
+            .and_then(|(header, data)| Some((header.strip_suffix(";base64")?, data)))
+        {
+            Some((media_type, data)) => DocumentSource::Base64 {
+                media_type: if media_type.is_empty() {
+                    "application/pdf".into()
+                } else {
+                    media_type.to_owned()
+                },
+                data: data.to_owned(),
+            },
+            // Bare base64, as some clients send it.
+            None => DocumentSource::Base64 {
+                media_type: "application/pdf".into(),
+                data,
+            },
+        },
+        (None, Some(url)) if !url.is_empty() => DocumentSource::Url { url },
+        _ => return None,
+    };
+    Some(Document {
+        source,
+        title: filename.filter(|name| !name.is_empty()),
+    })
 }
 
 /// The message of an error as a client should see it: the provider, kind and
@@ -427,6 +473,8 @@ mod tests {
             let sent = signature_for_client("EqQBCkgIARAB", origin, "anthropic");
             assert_eq!(sent, "EqQBCkgIARAB");
         }
+        // An empty signature stays empty (it signs nothing).
+        assert_eq!(signature_for_client("", Some("gemini"), "anthropic"), "");
         let sent = signature_for_client("CiQBcsjafE+/x9Q=", Some("gemini"), "anthropic");
         assert_eq!(sent, "freehold-origin:gemini:CiQBcsjafE+/x9Q=");
         assert_eq!(
@@ -474,9 +522,22 @@ mod tests {
         for not_base64 in ["not base64!", "", "a+b/c"] {
             assert_eq!(call_id_for_client("toolu_01", Some(not_base64)), "toolu_01");
         }
-        for plain in ["toolu_01", "call_abc", "__sig_", "x__sig_", "x__sig_é"] {
+        for plain in [
+            "toolu_01",
+            "call_abc",
+            "__sig_",
+            "x__sig_",
+            "x__sig_é",
+            "é__sig_x",
+        ] {
             assert_eq!(split_client_call_id(plain), (plain.to_owned(), None));
         }
+        // A provider's id that holds the mark itself.
+        let id = call_id_for_client("a__sig_b", Some("Q0FMTA=="));
+        assert_eq!(
+            split_client_call_id(&id),
+            ("a__sig_b".to_owned(), Some("Q0FMTA==".to_owned()))
+        );
     }
 
     #[test]

@@ -4,17 +4,17 @@
 use std::time::{Duration, Instant};
 
 use freehold_protocol::{
-    ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
-    ReasoningEffort, ResponseFormat, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice,
-    ToolResult, ToolSpec, Usage,
+    ChatRequest, ChatResponse, ContentPart, Document, DocumentSource, ErrorKind, ImageSource,
+    LlmError, Message, Reasoning, ReasoningEffort, ResponseFormat, Role, Sampling, StopReason,
+    StreamEvent, ToolCall, ToolChoice, ToolResult, ToolSpec, Usage,
 };
 use serde_json::Value;
 
 use super::{
     ApiError, BlockDelta, ContentBlock, ErrorResponse, MessageContent, MessageDeltaBody,
     MessageStreamEvent, MessagesRequest, MessagesResponse, ORIGIN, ThinkingConfig,
-    ToolResultContent, WireImageSource, WireToolChoice, WireUsage, arguments_object, input_text,
-    stop_reason_name,
+    ToolResultContent, WireDocumentSource, WireImageSource, WireToolChoice, WireUsage,
+    arguments_object, input_text, stop_reason_name,
 };
 use crate::wire::serve::{
     DecodeError, SseFrame, call_id_for_client, client_message, generated_id, signature_for_client,
@@ -342,6 +342,7 @@ fn block_type(block: &ContentBlock) -> String {
         ContentBlock::ToolResult { .. } => "tool_result".into(),
         ContentBlock::Thinking { .. } => "thinking".into(),
         ContentBlock::RedactedThinking { .. } => "redacted_thinking".into(),
+        ContentBlock::Document { .. } => "document".into(),
         ContentBlock::Other(value) => value
             .get("type")
             .and_then(Value::as_str)
@@ -425,6 +426,9 @@ fn decode_user(
             ContentBlock::Image { source, .. } => parts.push(ContentPart::Image {
                 source: decode_image(source),
             }),
+            ContentBlock::Document { source, title, .. } => {
+                parts.push(decode_document(source, title, &block_field)?)
+            }
             ContentBlock::ToolResult {
                 tool_use_id,
                 content,
@@ -451,12 +455,21 @@ fn decode_user(
                                         source: decode_image(source),
                                     })
                                 }
+                                // As images: in the user message after the
+                                // results, which every provider takes.
+                                ContentBlock::Document { source, title, .. } => {
+                                    result_images.push(decode_document(
+                                        source,
+                                        title,
+                                        &format!("{block_field}.content[{inner}]"),
+                                    )?)
+                                }
                                 other => {
                                     return Err(DecodeError::unsupported(
                                         format!("{block_field}.content[{inner}]"),
                                         format!(
-                                            "a `{}` block in a tool result (only text and \
-                                             image are)",
+                                            "a `{}` block in a tool result (only text, image \
+                                             and document are)",
                                             block_type(&other)
                                         ),
                                     ));
@@ -495,6 +508,49 @@ fn decode_user(
         });
     }
     Ok(())
+}
+
+/// A `document` block: a PDF (inline or by URL) as a document; plain text
+/// (or content blocks' text) as text, headed by its title.
+fn decode_document(
+    source: WireDocumentSource,
+    title: Option<String>,
+    field: &str,
+) -> Result<ContentPart, DecodeError> {
+    let headed = |text: String| match &title {
+        Some(title) if !title.is_empty() => format!("{title}\n\n{text}"),
+        _ => text,
+    };
+    Ok(match source {
+        WireDocumentSource::Base64 { media_type, data } => ContentPart::Document(Document {
+            source: DocumentSource::Base64 { media_type, data },
+            title,
+        }),
+        WireDocumentSource::Url { url } => ContentPart::Document(Document {
+            source: DocumentSource::Url { url },
+            title,
+        }),
+        WireDocumentSource::Text { data, .. } => ContentPart::Text { text: headed(data) },
+        WireDocumentSource::Content { content } => {
+            let text = match content {
+                Value::String(text) => text,
+                Value::Array(blocks) => blocks
+                    .iter()
+                    .filter_map(|block| block.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => String::new(),
+            };
+            ContentPart::Text { text: headed(text) }
+        }
+        WireDocumentSource::Unsupported => {
+            return Err(DecodeError::unsupported(
+                format!("{field}.source"),
+                "a document source other than base64, url, text or content (a Files API \
+                 file: the gateway has no copy of it; send its bytes instead)",
+            ));
+        }
+    })
 }
 
 fn decode_assistant(content: MessageContent, field: &str) -> Result<Message, DecodeError> {
@@ -594,7 +650,9 @@ fn encode_blocks(parts: &[ContentPart]) -> Vec<ContentBlock> {
                 input: arguments_object(&call.arguments),
                 cache_control: None,
             }),
-            ContentPart::Image { .. } | ContentPart::ToolResult(_) => None,
+            ContentPart::Image { .. } | ContentPart::Document(_) | ContentPart::ToolResult(_) => {
+                None
+            }
         })
         .collect()
 }

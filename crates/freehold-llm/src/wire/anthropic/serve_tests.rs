@@ -584,12 +584,13 @@ fn bad_requests_name_the_field() {
     .unwrap_err();
     assert_eq!(error.field(), "tools[0].input_schema");
 
+    // A document from Anthropic's Files API: the gateway has no copy.
     let error = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [
-        {"role": "user", "content": [{"type": "document", "source": {"type": "text", "data": "x", "media_type": "text/plain"}}]}
+        {"role": "user", "content": [{"type": "document", "source": {"type": "file", "file_id": "file_011"}}]}
     ]}))
     .unwrap_err();
-    assert_eq!(error.field(), "messages[0].content[0]");
-    assert!(error.to_string().contains("`document`"), "{error}");
+    assert_eq!(error.field(), "messages[0].content[0].source");
+    assert!(error.to_string().contains("Files API"), "{error}");
 
     let error = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [
         {"role": "developer", "content": "x"}

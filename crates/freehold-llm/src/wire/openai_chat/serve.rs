@@ -15,8 +15,8 @@ use super::{
     WireToolCall, WireUsage, arguments_text,
 };
 use crate::wire::serve::{
-    DecodeError, SseFrame, call_id_for_client, client_message, generated_id, image_from_url,
-    split_client_call_id, unix_now,
+    DecodeError, SseFrame, call_id_for_client, client_message, document_from_file, generated_id,
+    image_from_url, split_client_call_id, unix_now,
 };
 
 /// What a Chat Completions request asks of the answer's delivery, beyond
@@ -389,6 +389,24 @@ fn decode_content(
                             "an image outside a user message",
                         ));
                     }
+                    WirePart::File { file } if images => {
+                        match document_from_file(file.file_data, None, file.filename) {
+                            Some(document) => out.push(ContentPart::Document(document)),
+                            None => {
+                                return Err(DecodeError::unsupported(
+                                    format!("{part_field}.file"),
+                                    "a file without file_data (an uploaded file's id: the \
+                                     gateway has no copy of it; send its bytes instead)",
+                                ));
+                            }
+                        }
+                    }
+                    WirePart::File { .. } => {
+                        return Err(DecodeError::unsupported(
+                            part_field,
+                            "a file outside a user message",
+                        ));
+                    }
                     WirePart::Other(value) => {
                         let kind = value.get("type").and_then(Value::as_str).unwrap_or("?");
                         // A refusal part of an assistant message is its text.
@@ -408,7 +426,7 @@ fn decode_content(
                         }
                         return Err(DecodeError::unsupported(
                             part_field,
-                            format!("a `{kind}` content part (only text and image_url are)"),
+                            format!("a `{kind}` content part (only text, image_url and file are)"),
                         ));
                     }
                 }

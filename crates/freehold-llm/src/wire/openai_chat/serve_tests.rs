@@ -485,15 +485,32 @@ fn images_in_tool_messages_go_to_the_user_message_after_the_results() {
         &request.messages[3].content[..],
         [ContentPart::Image { .. }]
     ));
-    // A file in a tool message is refused by name.
-    let error = decode_json(json!({"model": "m", "messages": [
+    // So does a file: the user message after the results is where every
+    // provider takes documents.
+    let (request, _) = decode_json(json!({"model": "m", "messages": [
         {"role": "user", "content": "look"},
         {"role": "assistant", "content": null, "tool_calls": [call("a")]},
         {"role": "tool", "tool_call_id": "a", "content": [
-            {"type": "file", "file": {"file_data": "data:application/pdf;base64,AA=="}}]}
+            {"type": "file", "file": {"file_data": "data:application/pdf;base64,AA==",
+                                      "filename": "a.pdf"}}]}
+    ]}))
+    .unwrap();
+    assert_eq!(
+        request.messages[3].content,
+        [ContentPart::Document(freehold_protocol::Document {
+            source: freehold_protocol::DocumentSource::Base64 {
+                media_type: "application/pdf".into(),
+                data: "AA==".into()
+            },
+            title: Some("a.pdf".into()),
+        })]
+    );
+    // An uploaded file's id is refused by name: the gateway has no copy.
+    let error = decode_json(json!({"model": "m", "messages": [
+        {"role": "user", "content": [{"type": "file", "file": {"file_id": "file-abc"}}]}
     ]}))
     .unwrap_err();
-    assert_eq!(error.field(), "messages[2].content[0]");
+    assert_eq!(error.field(), "messages[0].content[0].file");
     // An image_url that is not an object says so.
     let error = decode_json(json!({"model": "m", "messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": png}]}

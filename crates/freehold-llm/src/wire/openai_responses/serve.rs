@@ -21,8 +21,8 @@ use crate::wire::openai_chat::{
     openai_error_parts,
 };
 use crate::wire::serve::{
-    DecodeError, SseFrame, call_id_for_client, generated_id, image_from_url, signature_for_client,
-    split_client_call_id, split_client_signature, unix_now,
+    DecodeError, SseFrame, call_id_for_client, document_from_file, generated_id, image_from_url,
+    signature_for_client, split_client_call_id, split_client_signature, unix_now,
 };
 
 /// What a Responses request asks of the answer's delivery, beyond the
@@ -727,11 +727,33 @@ fn decode_parts(
                     "an image outside a user message",
                 ));
             }
+            ContentItem::InputFile {
+                file_data,
+                filename,
+                file_url,
+                ..
+            } if images => match document_from_file(file_data, file_url, filename) {
+                Some(document) => out.push(ContentPart::Document(document)),
+                None => {
+                    return Err(DecodeError::unsupported(
+                        part_field,
+                        "an input_file without file_data or file_url (an uploaded file's id: \
+                         the gateway has no copy of it; send its bytes instead)",
+                    ));
+                }
+            },
+            ContentItem::InputFile { .. } => {
+                return Err(DecodeError::unsupported(
+                    part_field,
+                    "a file outside a user message",
+                ));
+            }
             ContentItem::Other if assistant => {}
             ContentItem::Other => {
                 return Err(DecodeError::unsupported(
                     part_field,
-                    "a content part of this type (only input_text and input_image are)",
+                    "a content part of this type (only input_text, input_image and input_file \
+                     are)",
                 ));
             }
         }
@@ -932,7 +954,7 @@ pub fn encode_response_for(
                     &options.namespaced_tools,
                 ));
             }
-            ContentPart::Image { .. } | ContentPart::ToolResult(_) => {}
+            ContentPart::Image { .. } | ContentPart::Document(_) | ContentPart::ToolResult(_) => {}
         }
     }
     flush(&mut text, &mut output);

@@ -1,0 +1,178 @@
+//! A document (a PDF) a client attached reaches each provider in the form
+//! it reads, and those that read none are told it is there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use freehold_llm::wire::openai_chat::Dialect;
+use freehold_llm::wire::{anthropic, gemini, ollama, openai_chat, openai_responses};
+use freehold_protocol::{ChatRequest, ContentPart, Document, DocumentSource, Message, Role};
+use serde_json::{Value, json};
+
+const PDF: &str = "JVBERi0xLjQK";
+
+/// A conversation whose user message carries a PDF, as Claude Code's Read
+/// of a `.pdf` arrives once decoded.
+fn with_pdf(source: DocumentSource) -> ChatRequest {
+    ChatRequest::new(
+        "m",
+        vec![Message {
+            role: Role::User,
+            content: vec![
+                ContentPart::Text {
+                    text: "Summarise it.".into(),
+                },
+                ContentPart::Document(Document {
+                    source,
+                    title: Some("spec.pdf".into()),
+                }),
+            ],
+        }],
+    )
+}
+
+fn inline() -> DocumentSource {
+    DocumentSource::Base64 {
+        media_type: "application/pdf".into(),
+        data: PDF.into(),
+    }
+}
+
+fn json_of<T: serde::Serialize>(value: T) -> Value {
+    serde_json::to_value(value).unwrap()
+}
+
+#[test]
+fn anthropic_gets_a_document_block() {
+    let body = json_of(anthropic::encode_request(
+        &with_pdf(inline()),
+        anthropic::EncodeOptions::default(),
+    ));
+    assert_eq!(
+        body["messages"][0]["content"][1],
+        json!({"type": "document", "title": "spec.pdf",
+               "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}})
+    );
+    let by_url = json_of(anthropic::encode_request(
+        &with_pdf(DocumentSource::Url {
+            url: "https://example.com/spec.pdf".into(),
+        }),
+        anthropic::EncodeOptions::default(),
+    ));
+    assert_eq!(
+        by_url["messages"][0]["content"][1]["source"],
+        json!({"type": "url", "url": "https://example.com/spec.pdf"})
+    );
+}
+
+#[test]
+fn gemini_gets_the_bytes_inline() {
+    let body = json_of(gemini::encode_request(&with_pdf(inline())));
+    assert_eq!(
+        body["contents"][0]["parts"][1],
+        json!({"inlineData": {"mimeType": "application/pdf", "data": PDF}})
+    );
+}
+
+#[test]
+fn openais_api_gets_a_file_and_other_servers_a_note() {
+    let openai = Dialect {
+        openai_api: true,
+        ..Dialect::default()
+    };
+    let body = json_of(openai_chat::encode_request(
+        &with_pdf(inline()),
+        openai,
+        false,
+    ));
+    assert_eq!(
+        body["messages"][0]["content"],
+        json!([{"type": "text", "text": "Summarise it."},
+               {"type": "file", "file": {"filename": "spec.pdf",
+                                         "file_data": format!("data:application/pdf;base64,{PDF}")}}])
+    );
+    // A compatible server (vLLM, llama.cpp…) reads text: it is told.
+    let body = json_of(openai_chat::encode_request(
+        &with_pdf(inline()),
+        Dialect::default(),
+        false,
+    ));
+    let text = body["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        text.starts_with("Summarise it.\n[A document was attached here (spec.pdf: application/pdf"),
+        "{text}"
+    );
+    assert!(text.contains("cannot read documents"), "{text}");
+    // Chat Completions takes no file URL: named, even to OpenAI.
+    let body = json_of(openai_chat::encode_request(
+        &with_pdf(DocumentSource::Url {
+            url: "https://example.com/spec.pdf".into(),
+        }),
+        openai,
+        false,
+    ));
+    assert!(
+        body["messages"][0]["content"]
+            .to_string()
+            .contains("at https://example.com/spec.pdf"),
+        "{body}"
+    );
+
+    let body = json_of(openai_responses::encode_request(
+        &with_pdf(inline()),
+        false,
+        true,
+    ));
+    assert_eq!(
+        body["input"][0]["content"][1],
+        json!({"type": "input_file", "filename": "spec.pdf",
+               "file_data": format!("data:application/pdf;base64,{PDF}")})
+    );
+}
+
+#[test]
+fn ollama_is_told_a_document_is_there() {
+    let size = ollama::ContextSize {
+        num_ctx: 8192,
+        num_predict: 512,
+    };
+    let body = json_of(ollama::encode_request(&with_pdf(inline()), size, false).unwrap());
+    let text = body["messages"][0]["content"].as_str().unwrap();
+    assert!(text.contains("spec.pdf"), "{text}");
+    assert!(text.contains("cannot read documents"), "{text}");
+    assert!(body["messages"][0].get("images").is_none(), "{body}");
+}
+
+/// What Claude Code sends after reading a PDF: the document inside the
+/// tool result. It reaches providers after the results, as images do; a
+/// plain-text document is text.
+#[test]
+fn a_document_in_an_anthropic_tool_result_follows_the_results() {
+    let wire: anthropic::MessagesRequest = serde_json::from_value(json!({
+        "model": "m", "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "Read spec.pdf."},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "spec.pdf"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                    {"type": "text", "text": "PDF file read: spec.pdf"},
+                    {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}}]},
+                {"type": "document", "title": "notes", "source": {"type": "text", "media_type": "text/plain", "data": "Ship it."}}]}
+        ]
+    }))
+    .unwrap();
+    let (request, _) = anthropic::decode_request(wire).unwrap();
+    assert_eq!(request.messages[2].role, Role::Tool);
+    assert_eq!(
+        request.messages[3].content,
+        [
+            ContentPart::Document(Document {
+                source: inline(),
+                title: None
+            }),
+            ContentPart::Text {
+                text: "notes\n\nShip it.".into()
+            }
+        ]
+    );
+}
