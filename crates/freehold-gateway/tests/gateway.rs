@@ -156,6 +156,42 @@ async fn start(routes: Routes, settings: GatewaySettings, database: Option<Strin
     }
 }
 
+/// A gateway with the default settings in front of `providers`, each a
+/// `[providers.NAME]` table as the configuration file would give it.
+async fn start_configured(providers: Vec<(&str, ProviderConfig)>) -> Running {
+    let built = providers
+        .into_iter()
+        .map(|(name, config)| {
+            let provider: Arc<dyn Provider> = config
+                .resolve(name)
+                .unwrap()
+                .build(&HealthSettings::default())
+                .unwrap();
+            (name.to_owned(), provider)
+        })
+        .collect();
+    let routes = Routes {
+        router: Router::new(built, BTreeMap::new(), Catalog::new()),
+        local_providers: BTreeSet::new(),
+        listed_providers: BTreeSet::new(),
+        engine_providers: BTreeSet::new(),
+    };
+    start(routes, GatewaySettings::default(), None).await
+}
+
+/// An `openai`-kind provider at `server` (`openai_api` as given).
+fn openai_kind(
+    server: &freehold_test_support::MockServer,
+    openai_api: Option<bool>,
+) -> ProviderConfig {
+    ProviderConfig {
+        kind: Some(ProviderKind::Openai),
+        base_url: Some(format!("{}/v1", server.url())),
+        openai_api,
+        ..ProviderConfig::default()
+    }
+}
+
 /// Reads a streamed answer until what it received contains `needle`
 /// (within 10 s a piece); returns what it received.
 async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
@@ -994,27 +1030,7 @@ async fn codex_settings_and_tool_turns_reach_openais_api_as_it_takes_them() {
         Scripted::json(200, through_responses),
     ])
     .await;
-    let provider: Arc<dyn Provider> = ProviderConfig {
-        kind: Some(ProviderKind::Openai),
-        base_url: Some(format!("{}/v1", server.url())),
-        openai_api: Some(true),
-        ..ProviderConfig::default()
-    }
-    .resolve("up")
-    .unwrap()
-    .build(&HealthSettings::default())
-    .unwrap();
-    let routes = Routes {
-        router: Router::new(
-            BTreeMap::from([("up".to_owned(), provider)]),
-            BTreeMap::new(),
-            Catalog::new(),
-        ),
-        local_providers: BTreeSet::new(),
-        listed_providers: BTreeSet::new(),
-        engine_providers: BTreeSet::new(),
-    };
-    let gw = start(routes, GatewaySettings::default(), None).await;
+    let gw = start_configured(vec![("up", openai_kind(&server, Some(true)))]).await;
 
     let codex = json!({"model": "up:gpt-5.2", "instructions": "You are Codex.",
         "input": [{"type": "message", "role": "user",
@@ -1081,26 +1097,12 @@ async fn gemini_call_signatures_round_trip_through_every_clients_call_ids() {
         Scripted::json(200, text),
     ])
     .await;
-    let provider: Arc<dyn Provider> = ProviderConfig {
+    let gemini = ProviderConfig {
         kind: Some(ProviderKind::Gemini),
         base_url: Some(format!("{}/v1beta", server.url())),
         ..ProviderConfig::default()
-    }
-    .resolve("g")
-    .unwrap()
-    .build(&HealthSettings::default())
-    .unwrap();
-    let routes = Routes {
-        router: Router::new(
-            BTreeMap::from([("g".to_owned(), provider)]),
-            BTreeMap::new(),
-            Catalog::new(),
-        ),
-        local_providers: BTreeSet::new(),
-        listed_providers: BTreeSet::new(),
-        engine_providers: BTreeSet::new(),
     };
-    let gw = start(routes, GatewaySettings::default(), None).await;
+    let gw = start_configured(vec![("g", gemini)]).await;
     let tools = json!([{"type": "function", "function": {"name": "read", "parameters":
         {"type": "object", "properties": {"path": {"type": "string"}}}}}]);
     let ask = json!({"model": "g:gemini-3-pro-preview", "tools": tools,
@@ -1207,32 +1209,11 @@ async fn a_pdf_claude_code_read_reaches_each_provider_as_it_can_take_it() {
     });
     let openai = MockServer::start(vec![Scripted::json(200, completion.clone())]).await;
     let local = MockServer::start(vec![Scripted::json(200, completion)]).await;
-    let build = |server: &MockServer, openai_api: bool| -> Arc<dyn Provider> {
-        ProviderConfig {
-            kind: Some(ProviderKind::Openai),
-            base_url: Some(format!("{}/v1", server.url())),
-            openai_api: Some(openai_api),
-            ..ProviderConfig::default()
-        }
-        .resolve("p")
-        .unwrap()
-        .build(&HealthSettings::default())
-        .unwrap()
-    };
-    let routes = Routes {
-        router: Router::new(
-            BTreeMap::from([
-                ("up".to_owned(), build(&openai, true)),
-                ("box".to_owned(), build(&local, false)),
-            ]),
-            BTreeMap::new(),
-            Catalog::new(),
-        ),
-        local_providers: BTreeSet::new(),
-        listed_providers: BTreeSet::new(),
-        engine_providers: BTreeSet::new(),
-    };
-    let gw = start(routes, GatewaySettings::default(), None).await;
+    let gw = start_configured(vec![
+        ("up", openai_kind(&openai, Some(true))),
+        ("box", openai_kind(&local, Some(false))),
+    ])
+    .await;
     for model in ["up:gpt-5.1", "box:qwen3"] {
         let read_pdf = json!({"model": model, "max_tokens": 1000,
             "tools": [{"name": "Read", "input_schema": {"type": "object",
@@ -1282,31 +1263,11 @@ async fn a_request_for_no_reasoning_turns_a_templates_thinking_off() {
     let other_server = MockServer::start(vec![Scripted::json(200, completion)]).await;
     // `vllm` takes the preset of that name, which turns the switch on; a
     // server known by another name is not sent it.
-    let build = |name: &str, server: &MockServer| -> Arc<dyn Provider> {
-        ProviderConfig {
-            kind: Some(ProviderKind::Openai),
-            base_url: Some(format!("{}/v1", server.url())),
-            ..ProviderConfig::default()
-        }
-        .resolve(name)
-        .unwrap()
-        .build(&HealthSettings::default())
-        .unwrap()
-    };
-    let routes = Routes {
-        router: Router::new(
-            BTreeMap::from([
-                ("vllm".to_owned(), build("vllm", &template_server)),
-                ("box".to_owned(), build("box", &other_server)),
-            ]),
-            BTreeMap::new(),
-            Catalog::new(),
-        ),
-        local_providers: BTreeSet::new(),
-        listed_providers: BTreeSet::new(),
-        engine_providers: BTreeSet::new(),
-    };
-    let gw = start(routes, GatewaySettings::default(), None).await;
+    let gw = start_configured(vec![
+        ("vllm", openai_kind(&template_server, None)),
+        ("box", openai_kind(&other_server, None)),
+    ])
+    .await;
     for model in ["vllm:qwen3", "box:qwen3"] {
         let chat = json!({"model": model, "reasoning_effort": "none",
             "messages": [{"role": "user", "content": "hi"}]});
