@@ -179,6 +179,17 @@ async fn start_configured(providers: Vec<(&str, ProviderConfig)>) -> Running {
     start(routes, GatewaySettings::default(), None).await
 }
 
+/// A whole Chat Completions answer of `model` saying `text`, as an
+/// upstream sends it.
+fn chat_completion(model: &str, text: &str) -> Value {
+    json!({
+        "id": "c", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    })
+}
+
 /// An `openai`-kind provider at `server` (`openai_api` as given).
 fn openai_kind(
     server: &freehold_test_support::MockServer,
@@ -1009,12 +1020,7 @@ async fn refused_and_unreached_requests_are_not_charged() {
 async fn codex_settings_and_tool_turns_reach_openais_api_as_it_takes_them() {
     use freehold_test_support::{MockServer, Scripted};
 
-    let completion = json!({
-        "id": "c", "object": "chat.completion", "created": 0, "model": "gpt-5.2",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    });
+    let completion = chat_completion("gpt-5.2", "ok");
     let refused = json!({"error": {"message": "Function tools with reasoning_effort are not \
         supported for gpt-5.5 in /v1/chat/completions. Please use /v1/responses instead.",
         "type": "invalid_request_error", "param": "reasoning_effort", "code": null}});
@@ -1201,12 +1207,7 @@ async fn gemini_call_signatures_round_trip_through_every_clients_call_ids() {
 async fn a_pdf_claude_code_read_reaches_each_provider_as_it_can_take_it() {
     use freehold_test_support::{MockServer, Scripted};
 
-    let completion = json!({
-        "id": "c", "object": "chat.completion", "created": 0, "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "A spec."},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    });
+    let completion = chat_completion("m", "A spec.");
     let openai = MockServer::start(vec![Scripted::json(200, completion.clone())]).await;
     let local = MockServer::start(vec![Scripted::json(200, completion)]).await;
     let gw = start_configured(vec![
@@ -1253,12 +1254,7 @@ async fn a_pdf_claude_code_read_reaches_each_provider_as_it_can_take_it() {
 async fn a_request_for_no_reasoning_turns_a_templates_thinking_off() {
     use freehold_test_support::{MockServer, Scripted};
 
-    let completion = json!({
-        "id": "c", "object": "chat.completion", "created": 0, "model": "qwen3",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    });
+    let completion = chat_completion("qwen3", "ok");
     let template_server = MockServer::start(vec![Scripted::json(200, completion.clone())]).await;
     let other_server = MockServer::start(vec![Scripted::json(200, completion)]).await;
     // `vllm` takes the preset of that name, which turns the switch on; a
@@ -1325,12 +1321,7 @@ async fn a_request_for_no_reasoning_turns_a_templates_thinking_off() {
 async fn max_tokens_are_capped_and_slow_upstreams_time_out() {
     use freehold_test_support::{MockServer, Scripted};
 
-    let completion = json!({
-        "id": "c", "object": "chat.completion", "created": 0, "model": "mock-model",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    });
+    let completion = chat_completion("mock-model", "ok");
     let upstream = MockServer::start(vec![Scripted::json(200, completion)]).await;
     let settings = GatewaySettings {
         max_tokens_cap: 50,
@@ -2628,12 +2619,7 @@ async fn privacy_keeps_requests_local_or_redacts_them() {
     use freehold_gateway::privacy::{Action, PrivacySettings};
     use freehold_test_support::{MockServer, Scripted};
 
-    let completion = json!({
-        "id": "c", "object": "chat.completion", "created": 0, "model": "mock-model",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    });
+    let completion = chat_completion("mock-model", "ok");
     let upstream = MockServer::start(vec![Scripted::json(200, completion.clone())]).await;
     let settings = GatewaySettings {
         privacy: Some(PrivacySettings {
