@@ -1142,13 +1142,8 @@ async fn gemini_call_signatures_round_trip_through_every_clients_call_ids() {
         .unwrap()
         .to_owned();
     assert!(id.contains("__sig_") && id.ends_with("Q0FM-_TAxw"), "{id}");
-    let (status, body, _) = post(
-        &gw.url,
-        "/v1/chat/completions",
-        Some(MASTER),
-        &hand_back(&id),
-    )
-    .await;
+    let back = hand_back(&id);
+    let (status, body, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &back).await;
     assert_eq!(status, 200, "{body}");
     assert_signature_came_back(&server.requests()[1]);
 
@@ -1169,13 +1164,8 @@ async fn gemini_call_signatures_round_trip_through_every_clients_call_ids() {
         .find_map(|rest| rest.split('"').next().filter(|id| id.contains("__sig_")))
         .unwrap()
         .to_owned();
-    let (status, body, _) = post(
-        &gw.url,
-        "/v1/chat/completions",
-        Some(MASTER),
-        &hand_back(&id),
-    )
-    .await;
+    let back = hand_back(&id);
+    let (status, body, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &back).await;
     assert_eq!(status, 200, "{body}");
     assert_signature_came_back(&server.requests()[3]);
 
