@@ -35,9 +35,7 @@ pub fn estimate_message(message: &Message) -> u64 {
             ContentPart::ToolResult(result) => estimate_text(&result.content) + 4,
             ContentPart::Reasoning(reasoning) => estimate_text(&reasoning.text),
             ContentPart::Image { .. } => 800,
-            // The agent sends no documents; the request's own estimate of
-            // one's size holds if it ever does.
-            ContentPart::Document(_) => 2_000,
+            ContentPart::Document(document) => document.estimated_tokens(),
         })
         .sum();
     parts + PER_MESSAGE_TOKENS

@@ -176,3 +176,125 @@ fn a_document_in_an_anthropic_tool_result_follows_the_results() {
         ]
     );
 }
+
+/// A provider that reads no documents is sized by what it gets, the note,
+/// not by the PDF's bytes: a 2 MB PDF fits a small Ollama context.
+#[test]
+fn a_text_only_provider_is_sized_by_the_note() {
+    let mut request = with_pdf(DocumentSource::Base64 {
+        media_type: "application/pdf".into(),
+        data: "A".repeat(2_800_000),
+    });
+    request.max_tokens = Some(1_000);
+    let size =
+        ollama::size_context(&request, &ollama::NumCtxPolicy::default(), Some(40_960)).unwrap();
+    assert_eq!(size.num_ctx, 8_192);
+    // A provider that reads it counts it.
+    assert!(request.estimated_input_tokens() > 60_000);
+}
+
+/// A Responses server that is not OpenAI's is told a document is there;
+/// a file of another type than PDF reaches Anthropic named, not as a
+/// document it would refuse.
+#[test]
+fn documents_go_only_where_they_are_read() {
+    let body = json_of(openai_responses::encode_request(
+        &with_pdf(inline()),
+        false,
+        false,
+    ));
+    let part = &body["input"][0]["content"][1];
+    assert_eq!(part["type"], "input_text", "{body}");
+    assert!(
+        part["text"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read documents")
+    );
+
+    let docx = with_pdf(DocumentSource::Base64 {
+        media_type: "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+            .into(),
+        data: PDF.into(),
+    });
+    let body = json_of(anthropic::encode_request(
+        &docx,
+        anthropic::EncodeOptions::default(),
+    ));
+    assert_eq!(body["messages"][0]["content"][1]["type"], "text", "{body}");
+}
+
+/// A prompt cached through the gateway is cached up to and with the PDF:
+/// the mark goes on the document, the conversation's last block.
+#[test]
+fn the_cache_mark_covers_the_document() {
+    let mut request = with_pdf(inline());
+    request.prompt_cache = Some(json!({"type": "ephemeral"}));
+    let body = json_of(anthropic::encode_request(
+        &request,
+        anthropic::EncodeOptions::default(),
+    ));
+    assert_eq!(
+        body["messages"][0]["content"][1]["cache_control"],
+        json!({"type": "ephemeral"}),
+        "{body}"
+    );
+}
+
+/// OpenAI-shaped files: an image file is an image, a text file its text, a
+/// PDF a document, in Chat Completions parts and in a Responses tool
+/// output alike.
+#[test]
+fn openai_shaped_files_are_read_by_their_type() {
+    let text = "bm90ZXM="; // "notes"
+    let wire: openai_chat::CompletionRequest = serde_json::from_value(json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"file_data": format!("data:image/png;base64,{PDF}")}},
+            {"type": "file", "file": {"file_data": format!("data:text/plain;base64,{text}"),
+                                      "filename": "n.txt"}},
+            {"type": "file", "file": {"file_data": PDF, "filename": "spec.pdf"}}]}]
+    }))
+    .unwrap();
+    let (request, _) = openai_chat::decode_request(wire).unwrap();
+    let content = &request.messages[0].content;
+    assert!(
+        matches!(content[0], ContentPart::Image { .. }),
+        "{content:?}"
+    );
+    assert_eq!(
+        content[1],
+        ContentPart::Text {
+            text: "n.txt\n\nnotes".into()
+        }
+    );
+    assert_eq!(
+        content[2],
+        ContentPart::Document(Document {
+            source: inline(),
+            title: Some("spec.pdf".into())
+        })
+    );
+
+    let wire: openai_responses::ResponsesRequest = serde_json::from_value(json!({
+        "model": "m",
+        "input": [
+            {"type": "message", "role": "user", "content": "Read it."},
+            {"type": "function_call", "call_id": "c1", "name": "read", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": [
+                {"type": "input_text", "text": "read"},
+                {"type": "input_file", "filename": "spec.pdf",
+                 "file_data": format!("data:application/pdf;base64,{PDF}")}]}
+        ]
+    }))
+    .unwrap();
+    let (request, _) = openai_responses::decode_request(wire).unwrap();
+    assert_eq!(request.messages[2].role, Role::Tool);
+    assert_eq!(
+        request.messages[3].content,
+        [ContentPart::Document(Document {
+            source: inline(),
+            title: Some("spec.pdf".into())
+        })]
+    );
+}

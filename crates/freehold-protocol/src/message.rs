@@ -178,6 +178,31 @@ impl Message {
         text_with_document_notes(&self.content)
     }
 
+    /// The same message with each document replaced by its
+    /// [`Document::note`], as a provider that reads no documents gets it.
+    pub fn with_document_notes(&self) -> Message {
+        Message {
+            role: self.role,
+            content: self
+                .content
+                .iter()
+                .map(|part| match part {
+                    ContentPart::Document(document) => ContentPart::Text {
+                        text: format!("\n{}\n", document.note()),
+                    },
+                    other => other.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the message carries a document.
+    pub fn has_document(&self) -> bool {
+        self.content
+            .iter()
+            .any(|part| matches!(part, ContentPart::Document(_)))
+    }
+
     /// Alias of [`Message::text_content`], reads better on responses.
     pub fn text(&self) -> String {
         self.text_content()
@@ -269,13 +294,27 @@ pub enum DocumentSource {
 }
 
 impl Document {
+    /// A rough count of the tokens a provider that reads the document
+    /// spends on it: a PDF costs its pages' text and an image of each page,
+    /// about a token for each 30 bytes of the file, and at least a page's
+    /// worth (2,000).
+    pub fn estimated_tokens(&self) -> u64 {
+        match &self.source {
+            DocumentSource::Base64 { data, .. } => ((data.len() as u64) * 3 / 4 / 30).max(2_000),
+            DocumentSource::Url { .. } => 2_000,
+        }
+    }
+
     /// What a model that cannot read documents is told in the document's
     /// place, so that it can say so or turn to a tool (`pdftotext`).
     pub fn note(&self) -> String {
         let title = self.title.as_deref().unwrap_or("untitled");
         let what = match &self.source {
             DocumentSource::Base64 { media_type, data } => {
-                format!("{media_type}, about {} KB", data.len() * 3 / 4 / 1024)
+                format!(
+                    "{media_type}, about {} KB",
+                    (data.len() * 3 / 4).div_ceil(1024)
+                )
             }
             DocumentSource::Url { url } => format!("at {url}"),
         };

@@ -124,6 +124,24 @@ impl ChatRequest {
         }
     }
 
+    /// The same request with each document replaced by its note
+    /// ([`crate::Document::note`]), as a provider that reads no documents
+    /// gets it: what to size its context and count its tokens by. Borrowed
+    /// when there is none.
+    pub fn with_document_notes(&self) -> std::borrow::Cow<'_, ChatRequest> {
+        if !self.messages.iter().any(Message::has_document) {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        std::borrow::Cow::Owned(ChatRequest {
+            messages: self
+                .messages
+                .iter()
+                .map(Message::with_document_notes)
+                .collect(),
+            ..self.clone()
+        })
+    }
+
     /// A rough count of the request's tokens (about four bytes a token), for
     /// sizing contexts and budgets before a tokenizer is at hand.
     pub fn estimated_input_tokens(&self) -> u64 {
@@ -138,13 +156,10 @@ impl ChatRequest {
                     crate::ContentPart::ToolCall(call) => call.name.len() + call.arguments.len(),
                     crate::ContentPart::ToolResult(result) => result.content.len(),
                     crate::ContentPart::Reasoning(reasoning) => reasoning.text.len(),
-                    // A PDF costs its pages' text and an image of each page:
-                    // about a token for each 30 bytes of the file, and at
-                    // least a page's worth.
-                    crate::ContentPart::Document(document) => match &document.source {
-                        crate::DocumentSource::Base64 { data, .. } => (data.len() / 10).max(8_000),
-                        crate::DocumentSource::Url { .. } => 8_000,
-                    },
+                    // In bytes of text: four a token.
+                    crate::ContentPart::Document(document) => {
+                        usize::try_from(document.estimated_tokens() * 4).unwrap_or(usize::MAX)
+                    }
                 };
             }
         }

@@ -398,7 +398,11 @@ fn written_out(message: &Message) -> Message {
                     result.content
                 ));
             }
-            ContentPart::Document(document) => text.push_str(&document.note()),
+            ContentPart::Document(document) => {
+                text.push('\n');
+                text.push_str(&document.note());
+                text.push('\n');
+            }
             ContentPart::Reasoning(_) | ContentPart::Image { .. } => {}
         }
     }

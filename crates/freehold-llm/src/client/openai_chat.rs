@@ -441,6 +441,13 @@ impl Provider for OpenAiChatClient {
             TokenCountEndpoint::None => return Ok(None),
             TokenCountEndpoint::Tokenize => self.count_with_tokenize(request).await,
             TokenCountEndpoint::MessagesCountTokens => {
+                // The chat sends a document as a line of text, unless the
+                // server is OpenAI's.
+                let request = if self.dialect.openai_api {
+                    request
+                } else {
+                    request.with_document_notes().into_owned()
+                };
                 let request = if self.dialect.reasoning_in_history {
                     with_reasoning_as_sent(request)
                 } else {

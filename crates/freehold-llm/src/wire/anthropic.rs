@@ -1025,6 +1025,7 @@ pub fn place_cache_marks(wire: &mut MessagesRequest, mark: &Value) {
                 ..
             } if !text.is_empty() => Some(cache_control),
             ContentBlock::Image { cache_control, .. }
+            | ContentBlock::Document { cache_control, .. }
             | ContentBlock::ToolUse { cache_control, .. }
             | ContentBlock::ToolResult { cache_control, .. } => Some(cache_control),
             _ => None,
@@ -1139,6 +1140,14 @@ fn encode_part(part: &ContentPart, assistant: bool) -> Option<ContentBlock> {
         ContentPart::ToolResult(_) => None,
         ContentPart::Reasoning(reasoning) if assistant => encode_reasoning(reasoning),
         ContentPart::Reasoning(_) => None,
+        // Anthropic reads PDFs from bytes; any other type is named.
+        ContentPart::Document(document)
+            if !assistant
+                && matches!(&document.source, DocumentSource::Base64 { media_type, .. }
+                    if media_type != "application/pdf") =>
+        {
+            Some(ContentBlock::text(document.note()))
+        }
         ContentPart::Document(document) if !assistant => Some(ContentBlock::Document {
             source: match &document.source {
                 DocumentSource::Base64 { media_type, data } => WireDocumentSource::Base64 {

@@ -174,7 +174,9 @@ pub fn size_context(
     policy: &NumCtxPolicy,
     model_context: Option<u32>,
 ) -> Result<ContextSize, ContextOverflow> {
+    // Ollama's models read no documents: each goes as a line of text.
     let input = request
+        .with_document_notes()
         .estimated_input_tokens()
         .saturating_mul(INPUT_MARGIN_NUM)
         .div_ceil(INPUT_MARGIN_DEN);

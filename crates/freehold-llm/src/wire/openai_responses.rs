@@ -1040,7 +1040,7 @@ pub fn encode_request(request: &ChatRequest, stream: bool, for_openai: bool) -> 
     let mut encoded = ResponsesRequest {
         model: request.model.clone(),
         instructions: (!instructions.is_empty()).then(|| instructions.join("\n\n")),
-        input: ResponseInput::Items(encode_input(&request.messages)),
+        input: ResponseInput::Items(encode_input(&request.messages, for_openai)),
         parallel_tool_calls: tools.as_ref().and(request.parallel_tool_calls),
         tools,
         tool_choice,
@@ -1145,8 +1145,9 @@ pub fn encode_text_format(format: &ResponseFormat) -> TextFormat {
 }
 
 /// The conversation as input items (system messages excluded: they become
-/// `instructions`).
-pub fn encode_input(messages: &[Message]) -> Vec<Item> {
+/// `instructions`); documents as `input_file`s where the server reads them
+/// (`documents`: OpenAI's API), else as a line naming each.
+pub fn encode_input(messages: &[Message], documents: bool) -> Vec<Item> {
     let mut items = Vec::new();
     for message in messages {
         match message.role {
@@ -1168,7 +1169,14 @@ pub fn encode_input(messages: &[Message]) -> Vec<Item> {
                             file_id: None,
                             detail: Some("auto".into()),
                         }),
-                        ContentPart::Document(document) => Some(ContentItem::input_file(document)),
+                        // OpenAI's API reads files; another server is told
+                        // one is there.
+                        ContentPart::Document(document) if documents => {
+                            Some(ContentItem::input_file(document))
+                        }
+                        ContentPart::Document(document) => Some(ContentItem::InputText {
+                            text: document.note(),
+                        }),
                         _ => None,
                     })
                     .collect();

@@ -23,7 +23,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use freehold_protocol::{Document, DocumentSource, ErrorKind, ImageSource, LlmError};
+use base64::Engine as _;
+use freehold_protocol::{ContentPart, Document, DocumentSource, ErrorKind, ImageSource, LlmError};
 use serde_json::Value;
 
 /// The provider name an [`LlmError`] made from a [`DecodeError`] carries.
@@ -379,14 +380,17 @@ pub(crate) fn image_from_url(url: &str) -> ImageSource {
 }
 
 /// A file a client sent in OpenAI's shape (Chat Completions' `file` part,
-/// the Responses API's `input_file`): its bytes as a `data:` URL, or a URL;
-/// `filename` its title. `None` when it has neither (an uploaded file's
+/// the Responses API's `input_file`): its bytes as a `data:` URL (or bare
+/// base64, a PDF), or a URL; `filename` its title. An image file is an
+/// image, a text file (`text/…`, UTF-8) its text; anything else a
+/// document. `None` when it has neither bytes nor URL (an uploaded file's
 /// id: the gateway has no copy of it).
 pub(crate) fn document_from_file(
     file_data: Option<String>,
     file_url: Option<String>,
     filename: Option<String>,
-) -> Option<Document> {
+) -> Option<ContentPart> {
+    let title = filename.filter(|name| !name.is_empty());
     let source = match (file_data.filter(|data| !data.is_empty()), file_url) {
         (Some(data), _) => match data
             .strip_prefix("data:")
@@ -401,7 +405,7 @@ pub(crate) fn document_from_file(
                 },
                 data: data.to_owned(),
             },
-            // Bare base64, as some clients send it.
+            // Bare base64, as some clients send a PDF.
             None => DocumentSource::Base64 {
                 media_type: "application/pdf".into(),
                 data,
@@ -410,10 +414,30 @@ pub(crate) fn document_from_file(
         (None, Some(url)) if !url.is_empty() => DocumentSource::Url { url },
         _ => return None,
     };
-    Some(Document {
-        source,
-        title: filename.filter(|name| !name.is_empty()),
-    })
+    if let DocumentSource::Base64 { media_type, data } = &source {
+        if media_type.starts_with("image/") {
+            return Some(ContentPart::Image {
+                source: ImageSource::Base64 {
+                    media_type: media_type.clone(),
+                    data: data.clone(),
+                },
+            });
+        }
+        if media_type.starts_with("text/")
+            && let Some(text) = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+        {
+            return Some(ContentPart::Text {
+                text: match &title {
+                    Some(title) => format!("{title}\n\n{text}"),
+                    None => text,
+                },
+            });
+        }
+    }
+    Some(ContentPart::Document(Document { source, title }))
 }
 
 /// The message of an error as a client should see it: the provider, kind and

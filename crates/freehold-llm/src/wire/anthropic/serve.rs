@@ -457,12 +457,16 @@ fn decode_user(
                                 }
                                 // As images: in the user message after the
                                 // results, which every provider takes.
+                                // (A plain-text one is the result's text.)
                                 ContentBlock::Document { source, title, .. } => {
-                                    result_images.push(decode_document(
+                                    match decode_document(
                                         source,
                                         title,
                                         &format!("{block_field}.content[{inner}]"),
-                                    )?)
+                                    )? {
+                                        ContentPart::Text { text } => texts.push(text),
+                                        document => result_images.push(document),
+                                    }
                                 }
                                 other => {
                                     return Err(DecodeError::unsupported(

@@ -391,7 +391,7 @@ fn decode_content(
                     }
                     WirePart::File { file } if images => {
                         match document_from_file(file.file_data, None, file.filename) {
-                            Some(document) => out.push(ContentPart::Document(document)),
+                            Some(part) => out.push(part),
                             None => {
                                 return Err(DecodeError::unsupported(
                                     format!("{part_field}.file"),

@@ -664,6 +664,24 @@ fn decode_call_output(
                     } => images.push(ContentPart::Image {
                         source: image_from_url(&url),
                     }),
+                    // As images: in the user message after the outputs.
+                    ContentItem::InputFile {
+                        file_data,
+                        filename,
+                        file_url,
+                        ..
+                    } => match document_from_file(file_data, file_url, filename) {
+                        Some(ContentPart::Text { text }) => texts.push(text),
+                        Some(part) => images.push(part),
+                        None => {
+                            return Err(DecodeError::unsupported(
+                                format!("{field}.output"),
+                                "an input_file without file_data or file_url (an uploaded \
+                                 file's id: the gateway has no copy of it; send its bytes \
+                                 instead)",
+                            ));
+                        }
+                    },
                     _ => {}
                 }
             }
@@ -733,7 +751,7 @@ fn decode_parts(
                 file_url,
                 ..
             } if images => match document_from_file(file_data, file_url, filename) {
-                Some(document) => out.push(ContentPart::Document(document)),
+                Some(part) => out.push(part),
                 None => {
                     return Err(DecodeError::unsupported(
                         part_field,
