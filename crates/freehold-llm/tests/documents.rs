@@ -298,3 +298,81 @@ fn openai_shaped_files_are_read_by_their_type() {
         })]
     );
 }
+
+/// Two parallel calls whose outputs both carry a file: the results stay one
+/// tool message, the files one user message after them (a message between
+/// two results would part them from their calls).
+#[test]
+fn the_files_of_parallel_outputs_follow_the_run_of_results() {
+    let file = || {
+        json!({"type": "input_file", "filename": "a.pdf",
+               "file_data": format!("data:Application/PDF;name=a.pdf;base64,{PDF}")})
+    };
+    let wire: openai_responses::ResponsesRequest = serde_json::from_value(json!({
+        "model": "m",
+        "input": [
+            {"type": "message", "role": "user", "content": "Read both."},
+            {"type": "function_call", "call_id": "c1", "name": "read", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "read", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": [file()]},
+            {"type": "function_call_output", "call_id": "c2", "output": [file()]},
+            {"type": "message", "role": "user", "content": "Compare them."}
+        ]
+    }))
+    .unwrap();
+    let (request, _) = openai_responses::decode_request(wire).unwrap();
+    let roles: Vec<Role> = request.messages.iter().map(|m| m.role).collect();
+    assert_eq!(
+        roles,
+        [
+            Role::User,
+            Role::Assistant,
+            Role::Tool,
+            Role::User,
+            Role::User
+        ]
+    );
+    assert_eq!(request.messages[2].content.len(), 2, "both results");
+    // The media type as written (case, parameters) is read as PDF.
+    assert_eq!(
+        request.messages[3].content,
+        vec![
+            ContentPart::Document(Document {
+                source: inline(),
+                title: Some("a.pdf".into())
+            });
+            2
+        ]
+    );
+    let body = json_of(openai_chat::encode_request(
+        &request,
+        Dialect::default(),
+        false,
+    ));
+    let sent_roles: Vec<&str> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sent_roles,
+        ["user", "assistant", "tool", "tool", "user", "user"]
+    );
+}
+
+/// A file Anthropic cannot read is named by its type, not as "documents".
+#[test]
+fn anthropic_is_told_the_type_it_cannot_read() {
+    let docx = with_pdf(DocumentSource::Base64 {
+        media_type: "application/msword".into(),
+        data: PDF.into(),
+    });
+    let body = json_of(anthropic::encode_request(
+        &docx,
+        anthropic::EncodeOptions::default(),
+    ));
+    let text = body["messages"][0]["content"][1]["text"].as_str().unwrap();
+    assert!(text.contains("application/msword"), "{text}");
+    assert!(!text.contains("cannot read documents"), "{text}");
+}

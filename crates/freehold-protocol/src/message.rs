@@ -323,6 +323,20 @@ impl Document {
              documents; ask for its text, or extract it with a tool.]"
         )
     }
+
+    /// What a model that reads documents of other types is told in the
+    /// place of one whose type it cannot read (Anthropic reads PDFs only).
+    pub fn type_note(&self) -> String {
+        let title = self.title.as_deref().unwrap_or("untitled");
+        let media_type = match &self.source {
+            DocumentSource::Base64 { media_type, .. } => media_type.as_str(),
+            DocumentSource::Url { .. } => "a file by URL",
+        };
+        format!(
+            "[A file was attached here ({title}: {media_type}), a type this model cannot read; \
+             ask for it as PDF or text, or convert it with a tool.]"
+        )
+    }
 }
 
 /// Where an image comes from.

@@ -132,13 +132,30 @@ impl ChatRequest {
         if !self.messages.iter().any(Message::has_document) {
             return std::borrow::Cow::Borrowed(self);
         }
+        // Every field but the messages, which are rebuilt: a clone of them
+        // would copy each document only to drop it.
         std::borrow::Cow::Owned(ChatRequest {
+            model: self.model.clone(),
             messages: self
                 .messages
                 .iter()
                 .map(Message::with_document_notes)
                 .collect(),
-            ..self.clone()
+            tools: self.tools.clone(),
+            tool_choice: self.tool_choice.clone(),
+            parallel_tool_calls: self.parallel_tool_calls,
+            sampling: self.sampling.clone(),
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            response_format: self.response_format.clone(),
+            reasoning: self.reasoning,
+            reasoning_budget: self.reasoning_budget,
+            reasoning_effort_name: self.reasoning_effort_name.clone(),
+            forwarded_headers: self.forwarded_headers.clone(),
+            prompt_cache: self.prompt_cache.clone(),
+            cache_key: self.cache_key.clone(),
+            verbosity: self.verbosity,
+            service_tier: self.service_tier.clone(),
         })
     }
 

@@ -1140,13 +1140,13 @@ fn encode_part(part: &ContentPart, assistant: bool) -> Option<ContentBlock> {
         ContentPart::ToolResult(_) => None,
         ContentPart::Reasoning(reasoning) if assistant => encode_reasoning(reasoning),
         ContentPart::Reasoning(_) => None,
-        // Anthropic reads PDFs from bytes; any other type is named.
+        // Anthropic reads PDFs; any other type is named.
         ContentPart::Document(document)
             if !assistant
                 && matches!(&document.source, DocumentSource::Base64 { media_type, .. }
                     if media_type != "application/pdf") =>
         {
-            Some(ContentBlock::text(document.note()))
+            Some(ContentBlock::text(document.type_note()))
         }
         ContentPart::Document(document) if !assistant => Some(ContentBlock::Document {
             source: match &document.source {

@@ -397,11 +397,11 @@ pub(crate) fn document_from_file(
             .and_then(|rest| rest.split_once(','))
             .and_then(|(header, data)| Some((header.strip_suffix(";base64")?, data)))
         {
-            Some((media_type, data)) => DocumentSource::Base64 {
-                media_type: if media_type.is_empty() {
-                    "application/pdf".into()
-                } else {
-                    media_type.to_owned()
+            // `application/PDF;name=a.pdf` is `application/pdf`.
+            Some((header, data)) => DocumentSource::Base64 {
+                media_type: match header.split(';').next().unwrap_or_default().trim() {
+                    "" => "application/pdf".into(),
+                    media_type => media_type.to_ascii_lowercase(),
                 },
                 data: data.to_owned(),
             },
@@ -424,10 +424,8 @@ pub(crate) fn document_from_file(
             });
         }
         if media_type.starts_with("text/")
-            && let Some(text) = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
+            && let Some(text) =
+                decode_base64_leniently(data).and_then(|bytes| String::from_utf8(bytes).ok())
         {
             return Some(ContentPart::Text {
                 text: match &title {
@@ -438,6 +436,20 @@ pub(crate) fn document_from_file(
         }
     }
     Some(ContentPart::Document(Document { source, title }))
+}
+
+/// Base64 as clients write it: either alphabet, padded or not, wrapped in
+/// lines or not.
+fn decode_base64_leniently(data: &str) -> Option<Vec<u8>> {
+    use base64::alphabet::{STANDARD, URL_SAFE};
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let compact: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    GeneralPurpose::new(&STANDARD, config)
+        .decode(&compact)
+        .or_else(|_| GeneralPurpose::new(&URL_SAFE, config).decode(&compact))
+        .ok()
 }
 
 /// The message of an error as a client should see it: the provider, kind and

@@ -103,9 +103,26 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
     match wire.input {
         ResponseInput::Text(text) => messages.push(Message::user(text)),
         ResponseInput::Items(items) => {
+            // The images and files of a run of tool outputs, which go in one
+            // user message after the run: a message between two results
+            // would part them from their calls.
+            let mut attachments = Vec::new();
             for (index, item) in items.into_iter().enumerate() {
-                decode_item(item, &format!("input[{index}]"), &mut messages)?;
+                let is_output = matches!(
+                    item,
+                    Item::FunctionCallOutput(_) | Item::CustomToolCallOutput(_)
+                );
+                if !is_output {
+                    push_attachments(&mut messages, &mut attachments);
+                }
+                decode_item(
+                    item,
+                    &format!("input[{index}]"),
+                    &mut messages,
+                    &mut attachments,
+                )?;
             }
+            push_attachments(&mut messages, &mut attachments);
         }
     }
     let mut names = ToolNames::default();
@@ -485,7 +502,22 @@ fn push_part(messages: &mut Vec<Message>, role: Role, part: ContentPart) {
     }
 }
 
-fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(), DecodeError> {
+/// The images and files of the tool outputs before, as one user message.
+fn push_attachments(messages: &mut Vec<Message>, attachments: &mut Vec<ContentPart>) {
+    if !attachments.is_empty() {
+        messages.push(Message {
+            role: Role::User,
+            content: std::mem::take(attachments),
+        });
+    }
+}
+
+fn decode_item(
+    item: Item,
+    field: &str,
+    messages: &mut Vec<Message>,
+    attachments: &mut Vec<ContentPart>,
+) -> Result<(), DecodeError> {
     match item {
         Item::Message(message) => {
             let (role, images) = match message.role.as_str() {
@@ -546,10 +578,16 @@ fn decode_item(item: Item, field: &str, messages: &mut Vec<Message>) -> Result<(
             );
         }
         Item::FunctionCallOutput(output) => {
-            decode_call_output(output, field, "function_call_output", messages)?;
+            decode_call_output(output, field, "function_call_output", messages, attachments)?;
         }
         Item::CustomToolCallOutput(output) => {
-            decode_call_output(output, field, "custom_tool_call_output", messages)?;
+            decode_call_output(
+                output,
+                field,
+                "custom_tool_call_output",
+                messages,
+                attachments,
+            )?;
         }
         Item::Reasoning(reasoning) => {
             let text = reasoning.text();
@@ -634,13 +672,14 @@ fn client_call(call_id: &str, name: String, arguments: String) -> ToolCall {
 }
 
 /// A `function_call_output` or `custom_tool_call_output` item (`kind`):
-/// a tool result, joining the last [`Role::Tool`] message; its images go
-/// in a user message after it.
+/// a tool result, joining the last [`Role::Tool`] message; its images and
+/// files join `attachments`, the user message after the run of outputs.
 fn decode_call_output(
     output: FunctionCallOutputItem,
     field: &str,
     kind: &str,
     messages: &mut Vec<Message>,
+    attachments: &mut Vec<ContentPart>,
 ) -> Result<(), DecodeError> {
     if output.call_id.is_empty() {
         return Err(DecodeError::missing(
@@ -697,12 +736,7 @@ fn decode_call_output(
             is_error: false,
         }),
     );
-    if !images.is_empty() {
-        messages.push(Message {
-            role: Role::User,
-            content: images,
-        });
-    }
+    attachments.extend(images);
     Ok(())
 }
 
