@@ -411,7 +411,7 @@ pub(crate) async fn count_input_tokens(
             return Err(error);
         }
     };
-    let estimate = request.estimated_input_tokens();
+    let estimate = estimated_input_tokens(&routes, &targets, &request);
     let call = routes.router.count_input_tokens_on(targets, request);
     let (target, counted) = call_upstream(&mut accounting, call).await?;
     // Only a provider that counted is named in the ledger; an estimate
@@ -430,6 +430,32 @@ pub(crate) async fn count_input_tokens(
             exact: false,
         },
     })
+}
+
+/// The gateway's estimate of `request`'s input tokens at the first of
+/// `targets`: a provider that reads no documents gets each as a line naming
+/// it, and is estimated on that (a PDF's bytes would make Claude Code
+/// compact a conversation a local model has room for).
+fn estimated_input_tokens(routes: &Routes, targets: &[Target], request: &ChatRequest) -> u64 {
+    if !request
+        .messages
+        .iter()
+        .any(freehold_protocol::Message::has_document)
+    {
+        return request.estimated_input_tokens();
+    }
+    let reads_documents = targets
+        .first()
+        .and_then(|target| {
+            let provider = routes.router.providers().get(&target.provider)?;
+            Some(provider.capabilities(&target.model).documents)
+        })
+        .unwrap_or(true);
+    if reads_documents {
+        request.estimated_input_tokens()
+    } else {
+        request.with_document_notes().estimated_input_tokens()
+    }
 }
 
 /// Holds the most a request can cost (`usage` priced on the dearest of its

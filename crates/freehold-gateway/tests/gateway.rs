@@ -1233,6 +1233,37 @@ async fn a_pdf_claude_code_read_reaches_each_provider_as_it_can_take_it() {
     let after_results = sent["messages"].as_array().unwrap().last().unwrap().clone();
     let note = after_results["content"].as_str().unwrap();
     assert!(note.contains("cannot read documents"), "{sent}");
+
+    // Counted as each gets it (neither server counts: the gateway
+    // estimates): a 400 KB PDF is some 10,000 tokens to one that reads it,
+    // a line to one that does not, so Claude Code does not compact a
+    // conversation a local model has room for.
+    let count = |model: &str| {
+        json!({"model": model, "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+             "data": "A".repeat(400_000)}},
+            {"type": "text", "text": "Summarise it."}]}]})
+    };
+    let (status, read, _) = post(
+        &gw.url,
+        "/v1/messages/count_tokens",
+        Some(MASTER),
+        &count("up:gpt-5.1"),
+    )
+    .await;
+    assert_eq!(status, 200, "{read}");
+    let (status, named, _) = post(
+        &gw.url,
+        "/v1/messages/count_tokens",
+        Some(MASTER),
+        &count("box:qwen3"),
+    )
+    .await;
+    assert_eq!(status, 200, "{named}");
+    let read = read["input_tokens"].as_u64().unwrap();
+    let named = named["input_tokens"].as_u64().unwrap();
+    assert!(read > 9_000, "{read}");
+    assert!(named < 200, "{named}");
 }
 
 /// A client asking for no reasoning (Chat Completions' `none`, the Anthropic

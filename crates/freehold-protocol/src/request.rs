@@ -340,6 +340,9 @@ pub struct Capabilities {
     pub reasoning: bool,
     /// Enforces a JSON Schema on the answer.
     pub structured_output: bool,
+    /// Reads documents (PDFs); without, each is sent as a line naming it
+    /// ([`crate::Document::note`]).
+    pub documents: bool,
 }
 
 impl Default for Capabilities {
@@ -351,6 +354,7 @@ impl Default for Capabilities {
             vision: false,
             reasoning: false,
             structured_output: false,
+            documents: false,
         }
     }
 }

@@ -314,6 +314,8 @@ impl Provider for LocalProvider {
             vision: false,
             reasoning: false,
             structured_output: true,
+            // Each document is named in the text it reads.
+            documents: false,
         }
     }
 

@@ -219,6 +219,7 @@ impl Provider for AnthropicClient {
             reasoning: !old,
             // Emulated with a forced tool call (see `structured_output_tool`).
             structured_output: true,
+            documents: true,
         }
     }
 

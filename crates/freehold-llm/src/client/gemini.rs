@@ -122,6 +122,7 @@ impl Provider for GeminiClient {
             reasoning: model.contains("2.5")
                 || model.contains("gemini-3")
                 || model.contains("thinking"),
+            documents: true,
             ..Capabilities::default()
         }
     }

@@ -357,6 +357,8 @@ impl Provider for OpenAiChatClient {
         Capabilities {
             structured_output: true,
             vision: true,
+            // OpenAI's API reads PDFs sent as `file` parts.
+            documents: self.dialect.openai_api,
             ..Capabilities::default()
         }
     }

@@ -161,6 +161,7 @@ impl Provider for OpenAiResponsesClient {
             vision: true,
             reasoning: is_reasoning_model(model),
             structured_output: true,
+            documents: self.openai_api,
             ..Capabilities::default()
         }
     }
