@@ -234,9 +234,13 @@ NOTE_PROMPT = "Write a note that says: buy milk. Use the write_note tool."
 
 def responses_custom_tools():
     client = oai()
+    # Greedy, so that the small model's call does not depend on the draw
+    # (sampled, it once copied the tool's description into the input and ran
+    # out of tokens before closing the call).
     reply = client.responses.create(
         model=MODEL, input=NOTE_PROMPT, tools=[NOTE_TOOL],
         tool_choice={"type": "custom", "name": "write_note"}, max_output_tokens=64,
+        temperature=0,
     )
     calls = [item for item in reply.output if item.type == "custom_tool_call"]
     assert len(calls) == 1, reply.output
