@@ -163,12 +163,12 @@ async fn admit_inner(
     // The most the request can cost: the prompt's estimate (all of it
     // written to the cache, when the client asks for caching) and every
     // output token it may ask for (the cap when it names no limit).
-    let usage = Usage {
-        output_tokens: u64::from(request.max_tokens.unwrap_or(cap)),
-        ..dearest_input(request)
-    };
     // Priced on what the request will be sent on.
     let sent_to = narrowed.as_deref().unwrap_or(&targets);
+    let usage = Usage {
+        output_tokens: u64::from(request.max_tokens.unwrap_or(cap)),
+        ..dearest_input(request, reads_documents(&routes, sent_to.iter(), request))
+    };
     // A request cut off before any answer pays for its prompt as input:
     // nothing says it was written to a cache.
     accounting.expect_input(usage.input_tokens, sent_to, &routes);
@@ -181,9 +181,14 @@ async fn admit_inner(
 /// caching (Anthropic charges writes 1.25 times the input price, and twice
 /// for a `"ttl": "1h"` mark; on a model without a cache-write price, and
 /// so on every provider but Anthropic, that is the input price), plain
-/// input otherwise.
-fn dearest_input(request: &ChatRequest) -> Usage {
-    let input_tokens = request.estimated_input_tokens();
+/// input otherwise. Its documents count whole when a target would read
+/// them (`reads_documents`), as the note sent in their place otherwise.
+fn dearest_input(request: &ChatRequest, reads_documents: bool) -> Usage {
+    let input_tokens = if reads_documents {
+        request.estimated_input_tokens()
+    } else {
+        request.estimated_input_tokens_as_notes()
+    };
     let Some(mark) = &request.prompt_cache else {
         return Usage {
             input_tokens,
@@ -437,25 +442,32 @@ pub(crate) async fn count_input_tokens(
 /// it, and is estimated on that (a PDF's bytes would make Claude Code
 /// compact a conversation a local model has room for).
 fn estimated_input_tokens(routes: &Routes, targets: &[Target], request: &ChatRequest) -> u64 {
-    if !request
+    if reads_documents(routes, targets.first().into_iter(), request) {
+        request.estimated_input_tokens()
+    } else {
+        request.estimated_input_tokens_as_notes()
+    }
+}
+
+/// Whether any of `targets` would be sent `request`'s documents as they
+/// are: false when it has none (both estimates then agree); true for a
+/// target whose provider is not found, as the larger estimate.
+fn reads_documents<'a>(
+    routes: &Routes,
+    mut targets: impl Iterator<Item = &'a Target>,
+    request: &ChatRequest,
+) -> bool {
+    request
         .messages
         .iter()
         .any(freehold_protocol::Message::has_document)
-    {
-        return request.estimated_input_tokens();
-    }
-    let reads_documents = targets
-        .first()
-        .and_then(|target| {
-            let provider = routes.router.providers().get(&target.provider)?;
-            Some(provider.capabilities(&target.model).documents)
+        && targets.any(|target| {
+            routes
+                .router
+                .providers()
+                .get(&target.provider)
+                .is_none_or(|provider| provider.capabilities(&target.model).documents)
         })
-        .unwrap_or(true);
-    if reads_documents {
-        request.estimated_input_tokens()
-    } else {
-        request.with_document_notes().estimated_input_tokens()
-    }
 }
 
 /// Holds the most a request can cost (`usage` priced on the dearest of its

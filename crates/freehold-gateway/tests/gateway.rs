@@ -1266,6 +1266,81 @@ async fn a_pdf_claude_code_read_reaches_each_provider_as_it_can_take_it() {
     assert!(named < 200, "{named}");
 }
 
+/// A budget holds a PDF's cost only where a provider reads it: to a hosted
+/// server that reads text only, the PDF goes as a line, and is held as one.
+#[tokio::test]
+async fn a_budget_holds_a_pdf_as_the_provider_gets_it() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let mut routes = routes(vec![upstream.base_url()]);
+    // The same server, said to be OpenAI's API, which reads PDFs.
+    let reader: Arc<dyn Provider> = ProviderConfig {
+        kind: Some(ProviderKind::Openai),
+        base_url: Some(upstream.base_url()),
+        openai_api: Some(true),
+        ..ProviderConfig::default()
+    }
+    .resolve("reader")
+    .unwrap()
+    .build(&HealthSettings::default())
+    .unwrap();
+    let mut providers = routes.router.providers().clone();
+    providers.insert("reader".to_owned(), reader);
+    let mut catalog = Catalog::new();
+    for model in ["mock:mock-model", "reader:mock-model"] {
+        catalog
+            .insert(
+                model,
+                ModelEntry {
+                    pricing: Some(Pricing {
+                        input: 1.0,
+                        cached_input: None,
+                        cache_write: None,
+                        output: 1.0,
+                        long_prompt: None,
+                    }),
+                    ..ModelEntry::default()
+                },
+            )
+            .unwrap();
+    }
+    routes.router = Router::new(providers, BTreeMap::new(), catalog);
+    routes.listed_providers.insert("reader".to_owned());
+    let gw = start(routes, GatewaySettings::default(), None).await;
+    // $0.002 is 2,000 tokens at $1 a million: room for the note and 100
+    // tokens of answer, not for a 300 KB PDF (some 10,000 tokens).
+    let (_, budgeted) = gw
+        .key(NewKey {
+            name: "budgeted".into(),
+            budget_usd: Some(0.002),
+            ..NewKey::default()
+        })
+        .await;
+    let with_pdf = |model: &str| {
+        json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+             "data": "A".repeat(400_000)}},
+            {"type": "text", "text": "Summarise it."}]}]})
+    };
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/messages",
+        Some(&budgeted),
+        &with_pdf("mock:mock-model"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/messages",
+        Some(&budgeted),
+        &with_pdf("reader:mock-model"),
+    )
+    .await;
+    // Anthropic's shape for a spent budget.
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["type"], "billing_error", "{body}");
+}
+
 /// A client asking for no reasoning (Chat Completions' `none`, the Anthropic
 /// `disabled` that Claude Code sends for its subagents) reaches a server
 /// whose chat templates take the switch (vLLM, SGLang, llama.cpp) as

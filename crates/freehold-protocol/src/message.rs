@@ -180,20 +180,15 @@ impl Message {
 
     /// The same message with each document replaced by its
     /// [`Document::note`], as a provider that reads no documents gets it.
-    pub fn with_document_notes(&self) -> Message {
-        Message {
-            role: self.role,
-            content: self
-                .content
-                .iter()
-                .map(|part| match part {
-                    ContentPart::Document(document) => ContentPart::Text {
-                        text: format!("\n{}\n", document.note()),
-                    },
-                    other => other.clone(),
-                })
-                .collect(),
+    pub fn into_document_notes(mut self) -> Message {
+        for part in &mut self.content {
+            if let ContentPart::Document(document) = part {
+                *part = ContentPart::Text {
+                    text: format!("\n{}\n", document.note()),
+                };
+            }
         }
+        self
     }
 
     /// Whether the message carries a document.

@@ -126,42 +126,34 @@ impl ChatRequest {
 
     /// The same request with each document replaced by its note
     /// ([`crate::Document::note`]), as a provider that reads no documents
-    /// gets it: what to size its context and count its tokens by. Borrowed
-    /// when there is none.
-    pub fn with_document_notes(&self) -> std::borrow::Cow<'_, ChatRequest> {
-        if !self.messages.iter().any(Message::has_document) {
-            return std::borrow::Cow::Borrowed(self);
-        }
-        // Every field but the messages, which are rebuilt: a clone of them
-        // would copy each document only to drop it.
-        std::borrow::Cow::Owned(ChatRequest {
-            model: self.model.clone(),
-            messages: self
+    /// gets it.
+    pub fn into_document_notes(mut self) -> ChatRequest {
+        if self.messages.iter().any(Message::has_document) {
+            self.messages = self
                 .messages
-                .iter()
-                .map(Message::with_document_notes)
-                .collect(),
-            tools: self.tools.clone(),
-            tool_choice: self.tool_choice.clone(),
-            parallel_tool_calls: self.parallel_tool_calls,
-            sampling: self.sampling.clone(),
-            max_tokens: self.max_tokens,
-            stop: self.stop.clone(),
-            response_format: self.response_format.clone(),
-            reasoning: self.reasoning,
-            reasoning_budget: self.reasoning_budget,
-            reasoning_effort_name: self.reasoning_effort_name.clone(),
-            forwarded_headers: self.forwarded_headers.clone(),
-            prompt_cache: self.prompt_cache.clone(),
-            cache_key: self.cache_key.clone(),
-            verbosity: self.verbosity,
-            service_tier: self.service_tier.clone(),
-        })
+                .into_iter()
+                .map(Message::into_document_notes)
+                .collect();
+        }
+        self
     }
 
     /// A rough count of the request's tokens (about four bytes a token), for
-    /// sizing contexts and budgets before a tokenizer is at hand.
+    /// sizing contexts and budgets before a tokenizer is at hand, by a
+    /// provider that reads documents ([`crate::Document::estimated_tokens`]
+    /// each).
     pub fn estimated_input_tokens(&self) -> u64 {
+        self.estimate_input_tokens(DocumentsRead::Whole)
+    }
+
+    /// [`Self::estimated_input_tokens`] by a provider that reads no
+    /// documents: each counts as the note sent in its place
+    /// ([`Self::into_document_notes`]), not as the file.
+    pub fn estimated_input_tokens_as_notes(&self) -> u64 {
+        self.estimate_input_tokens(DocumentsRead::AsNotes)
+    }
+
+    fn estimate_input_tokens(&self, documents: DocumentsRead) -> u64 {
         let mut bytes = 0usize;
         for message in &self.messages {
             bytes += 8;
@@ -174,9 +166,13 @@ impl ChatRequest {
                     crate::ContentPart::ToolResult(result) => result.content.len(),
                     crate::ContentPart::Reasoning(reasoning) => reasoning.text.len(),
                     // In bytes of text: four a token.
-                    crate::ContentPart::Document(document) => {
-                        usize::try_from(document.estimated_tokens() * 4).unwrap_or(usize::MAX)
-                    }
+                    crate::ContentPart::Document(document) => match documents {
+                        DocumentsRead::Whole => {
+                            usize::try_from(document.estimated_tokens() * 4).unwrap_or(usize::MAX)
+                        }
+                        // The note and the two line breaks around it.
+                        DocumentsRead::AsNotes => document.note().len() + 2,
+                    },
                 };
             }
         }
@@ -185,6 +181,15 @@ impl ChatRequest {
         }
         (bytes as u64).div_ceil(4)
     }
+}
+
+/// How [`ChatRequest::estimate_input_tokens`] counts a document.
+#[derive(Debug, Clone, Copy)]
+enum DocumentsRead {
+    /// As the provider reads it.
+    Whole,
+    /// As the note a provider that reads none gets in its place.
+    AsNotes,
 }
 
 /// A tool the model may call.
@@ -356,5 +361,51 @@ impl Default for Capabilities {
             structured_output: false,
             documents: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ContentPart, Document, DocumentSource, Role};
+
+    /// A request whose user message carries a 300 KB PDF beside its text.
+    fn with_pdf() -> ChatRequest {
+        let pdf = ContentPart::Document(Document {
+            source: DocumentSource::Base64 {
+                media_type: "application/pdf".into(),
+                data: "A".repeat(400_000),
+            },
+            title: Some("spec.pdf".into()),
+        });
+        let ask = ContentPart::Text {
+            text: "Summarise it.".into(),
+        };
+        ChatRequest::new(
+            "m",
+            vec![Message {
+                role: Role::User,
+                content: vec![pdf, ask],
+            }],
+        )
+    }
+
+    #[test]
+    fn a_document_counts_whole_or_as_the_note_sent_in_its_place() {
+        let request = with_pdf();
+        // 300 KB at a token for each 30 bytes.
+        assert!(request.estimated_input_tokens() > 10_000);
+        let as_notes = request.estimated_input_tokens_as_notes();
+        assert!(as_notes < 100, "{as_notes}");
+
+        let noted = request.into_document_notes();
+        assert!(!noted.messages[0].has_document());
+        assert_eq!(noted.estimated_input_tokens(), as_notes);
+        let text = noted.messages[0].text_content();
+        assert!(
+            text.contains("spec.pdf: application/pdf, about 293 KB"),
+            "{text}"
+        );
+        assert!(text.ends_with("Summarise it."), "{text}");
     }
 }

@@ -448,7 +448,7 @@ impl Provider for OpenAiChatClient {
                 let request = if self.dialect.openai_api {
                     request
                 } else {
-                    request.with_document_notes().into_owned()
+                    request.into_document_notes()
                 };
                 let request = if self.dialect.reasoning_in_history {
                     with_reasoning_as_sent(request)

@@ -176,8 +176,7 @@ pub fn size_context(
 ) -> Result<ContextSize, ContextOverflow> {
     // Ollama's models read no documents: each goes as a line of text.
     let input = request
-        .with_document_notes()
-        .estimated_input_tokens()
+        .estimated_input_tokens_as_notes()
         .saturating_mul(INPUT_MARGIN_NUM)
         .div_ceil(INPUT_MARGIN_DEN);
     let allowed = u64::from(policy.limit(model_context));
