@@ -43,9 +43,9 @@ struct ModelEfforts {
 }
 
 impl ModelEfforts {
-    /// What to send instead of `asked`.
-    fn effort_for(&self, asked: Option<&'static str>, tools_in_chat: bool) -> Option<&'static str> {
-        if tools_in_chat && self.not_beside_tools {
+    /// What to send instead of `asked` to `endpoint`.
+    fn effort_for(&self, asked: Option<&'static str>, endpoint: Endpoint) -> Option<&'static str> {
+        if endpoint.has_function_tools_in_chat() && self.not_beside_tools {
             return Some("none");
         }
         match (&self.takes, asked) {
@@ -64,25 +64,54 @@ impl ModelEfforts {
     }
 }
 
+/// The OpenAI endpoint a request goes to: Chat Completions refuses some
+/// models' reasoning beside function tools, the Responses API takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// `POST /chat/completions`.
+    ChatCompletions {
+        /// Whether the request carries function tools.
+        with_tools: bool,
+    },
+    /// `POST /responses`.
+    Responses,
+}
+
+impl Endpoint {
+    /// Whether the request carries function tools to Chat Completions.
+    fn has_function_tools_in_chat(self) -> bool {
+        self == Endpoint::ChatCompletions { with_tools: true }
+    }
+}
+
+/// What one request asks of an [`EffortMemory`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EffortAsk<'a> {
+    /// The provider's name, for the log.
+    pub(crate) provider: &'a str,
+    /// The model the request is for.
+    pub(crate) model: &'a str,
+    /// The effort the request names
+    /// ([`crate::wire::openai_api::effort_name`]).
+    pub(crate) asked: Option<&'static str>,
+    /// The verbosity it sends, if any: OpenAI refuses a verbosity's value
+    /// in the same words as an effort's.
+    pub(crate) verbosity: Option<&'a str>,
+    /// Where it goes.
+    pub(crate) endpoint: Endpoint,
+}
+
 impl EffortMemory {
-    /// The effort to send `model` for `asked` (the effort the request names,
-    /// [`crate::wire::openai_api::effort_name`]); `tools_in_chat`: the
-    /// request carries function tools to Chat Completions (the Responses
-    /// API takes reasoning beside them).
-    pub(crate) fn effort_for(
-        &self,
-        model: &str,
-        asked: Option<&'static str>,
-        tools_in_chat: bool,
-    ) -> Option<&'static str> {
+    /// The effort to send for `ask`.
+    pub(crate) fn effort_for(&self, ask: &EffortAsk<'_>) -> Option<&'static str> {
         // Most servers never refuse: their requests take no lock.
         if !self.any.load(Ordering::Acquire) {
-            return asked;
+            return ask.asked;
         }
         let learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
-        match learned.models.get(model) {
-            Some(efforts) => efforts.effort_for(asked, tools_in_chat),
-            None => asked,
+        match learned.models.get(ask.model) {
+            Some(efforts) => efforts.effort_for(ask.asked, ask.endpoint),
+            None => ask.asked,
         }
     }
 
@@ -100,21 +129,15 @@ impl EffortMemory {
             .is_some_and(|efforts| efforts.not_beside_tools)
     }
 
-    /// Reads `refused`, the server's answer to a request for `model` that
-    /// asked for `asked` and sent the effort `sent` and the verbosity
-    /// `verbosity` (`tools_in_chat` as for [`Self::effort_for`]): when it
-    /// says what the model takes, remembers that and returns it with the
-    /// effort to send instead (`None`: none at all). `None` when the refusal
-    /// is about something else, or leaves nothing else to try.
-    #[allow(clippy::too_many_arguments)]
+    /// Reads `refused`, the server's answer to `ask` sent with the effort
+    /// `sent`: when it says what the model takes, remembers that and
+    /// returns it with the effort to send instead (`None`: none at all).
+    /// `None` when the refusal is about something else, or leaves nothing
+    /// else to try.
     pub(crate) fn learn(
         &self,
-        provider: &str,
-        model: &str,
-        asked: Option<&'static str>,
+        ask: &EffortAsk<'_>,
         sent: Option<&str>,
-        verbosity: Option<&str>,
-        tools_in_chat: bool,
         refused: &LlmError,
     ) -> Option<Lesson> {
         if refused.kind != ErrorKind::InvalidRequest || refused.status != Some(400) {
@@ -123,14 +146,18 @@ impl EffortMemory {
         let refusal = read_effort_refusal(&refused.message, sent)?;
         // A refusal of a value sent both as the effort and as the verbosity
         // (`low`…) may be about either: OpenAI words both alike.
-        if matches!(refusal, EffortRefusal::Takes(_)) && verbosity.is_some() && verbosity == sent {
+        if matches!(refusal, EffortRefusal::Takes(_))
+            && ask.verbosity.is_some()
+            && ask.verbosity == sent
+        {
             return None;
         }
+        let (provider, model) = (ask.provider, ask.model);
         let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
         let kept = learned.models.len() < MODELS_KEPT || learned.models.contains_key(model);
         let mut efforts = learned.models.get(model).cloned().unwrap_or_default();
         efforts.learn(&refusal);
-        let next = efforts.effort_for(asked, tools_in_chat);
+        let next = efforts.effort_for(ask.asked, ask.endpoint);
         if next == sent {
             return None;
         }
@@ -179,9 +206,81 @@ pub(crate) struct Lesson {
     pub(crate) next: Option<&'static str>,
 }
 
+/// How many times a request is sent again with another reasoning effort
+/// after the server names the ones its model takes.
+const EFFORT_RETRIES: usize = 2;
+
+/// One request's tries at an effort its model takes, shared by both OpenAI
+/// clients: send [`Self::effort`]; after a refusal, [`Self::retry_after`]
+/// says whether to send again, with the effort it learned.
+#[derive(Debug)]
+pub(crate) struct EffortTries<'a> {
+    memory: &'a EffortMemory,
+    ask: EffortAsk<'a>,
+    effort: Option<&'static str>,
+    retries: usize,
+}
+
+impl<'a> EffortTries<'a> {
+    /// The first try of `ask`: what `memory` learned of the model, or what
+    /// was asked.
+    pub(crate) fn new(memory: &'a EffortMemory, ask: EffortAsk<'a>) -> Self {
+        Self {
+            effort: memory.effort_for(&ask),
+            memory,
+            ask,
+            retries: 0,
+        }
+    }
+
+    /// The effort to send now.
+    pub(crate) fn effort(&self) -> Option<&'static str> {
+        self.effort
+    }
+
+    /// Whether the effort to send differs from what the request named (and
+    /// the encoder put in the body).
+    pub(crate) fn differs_from_asked(&self) -> bool {
+        self.effort != self.ask.asked
+    }
+
+    /// Learns from `refused`, the answer to [`Self::effort`]: true when the
+    /// request should be sent again with the new [`Self::effort`]; false
+    /// when the refusal is the answer (about something else, nothing left
+    /// to try, or the tries spent).
+    pub(crate) fn retry_after(&mut self, refused: &LlmError) -> bool {
+        if self.retries >= EFFORT_RETRIES {
+            return false;
+        }
+        self.retries += 1;
+        match self.memory.learn(&self.ask, self.effort, refused) {
+            Some(lesson) => {
+                self.effort = lesson.next;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request with no function tools to Chat Completions.
+    const PLAIN: Endpoint = Endpoint::ChatCompletions { with_tools: false };
+    /// A request with function tools to Chat Completions.
+    const TOOLS: Endpoint = Endpoint::ChatCompletions { with_tools: true };
+
+    fn ask<'a>(model: &'a str, asked: Option<&'static str>, endpoint: Endpoint) -> EffortAsk<'a> {
+        EffortAsk {
+            provider: "openai",
+            model,
+            asked,
+            verbosity: None,
+            endpoint,
+        }
+    }
 
     fn refusal(message: &str) -> LlmError {
         LlmError::new(ErrorKind::InvalidRequest, "openai", message).with_status(400)
@@ -194,31 +293,31 @@ mod tests {
     fn a_refused_effort_is_replaced_by_the_nearest_the_model_takes() {
         let memory = EffortMemory::default();
         assert_eq!(
-            memory.effort_for("gpt-5.1-codex", Some("none"), false),
+            memory.effort_for(&ask("gpt-5.1-codex", Some("none"), PLAIN)),
             Some("none")
         );
         let next = memory.learn(
-            "openai",
-            "gpt-5.1-codex",
+            &EffortAsk {
+                provider: "openai",
+                verbosity: None,
+                ..ask("gpt-5.1-codex", Some("none"), PLAIN)
+            },
             Some("none"),
-            Some("none"),
-            None,
-            false,
             &refusal(CODEX),
         );
         assert_eq!(next.map(|lesson| lesson.next), Some(Some("low")));
         assert_eq!(
-            memory.effort_for("gpt-5.1-codex", Some("none"), false),
+            memory.effort_for(&ask("gpt-5.1-codex", Some("none"), PLAIN)),
             Some("low")
         );
         assert_eq!(
-            memory.effort_for("gpt-5.1-codex", Some("xhigh"), true),
+            memory.effort_for(&ask("gpt-5.1-codex", Some("xhigh"), TOOLS)),
             Some("high")
         );
-        assert_eq!(memory.effort_for("gpt-5.1-codex", None, false), None);
+        assert_eq!(memory.effort_for(&ask("gpt-5.1-codex", None, PLAIN)), None);
         // Other models are untouched.
         assert_eq!(
-            memory.effort_for("gpt-5.1", Some("none"), false),
+            memory.effort_for(&ask("gpt-5.1", Some("none"), PLAIN)),
             Some("none")
         );
         // The same refusal of what is already sent leaves nothing to try.
@@ -228,12 +327,12 @@ mod tests {
         );
         assert_eq!(
             memory.learn(
-                "openai",
-                "gpt-5.1-codex",
-                Some("none"),
+                &EffortAsk {
+                    provider: "openai",
+                    verbosity: None,
+                    ..ask("gpt-5.1-codex", Some("none"), PLAIN)
+                },
                 Some("low"),
-                None,
-                false,
                 &again
             ),
             None
@@ -248,18 +347,21 @@ mod tests {
         assert_eq!(
             memory
                 .learn(
-                    "openai",
-                    "gpt-4.1",
+                    &EffortAsk {
+                        provider: "openai",
+                        verbosity: None,
+                        ..ask("gpt-4.1", Some("none"), PLAIN)
+                    },
                     Some("none"),
-                    Some("none"),
-                    None,
-                    false,
                     &no_effort
                 )
                 .map(|lesson| lesson.next),
             Some(None)
         );
-        assert_eq!(memory.effort_for("gpt-4.1", Some("high"), false), None);
+        assert_eq!(
+            memory.effort_for(&ask("gpt-4.1", Some("high"), PLAIN)),
+            None
+        );
 
         let tools = refusal(
             "Function tools with reasoning_effort are not supported for gpt-5.4 in \
@@ -267,20 +369,49 @@ mod tests {
         );
         assert_eq!(
             memory
-                .learn("openai", "gpt-5.4", None, None, None, true, &tools)
+                .learn(&ask("gpt-5.4", None, TOOLS), None, &tools)
                 .map(|lesson| lesson.next),
             Some(Some("none"))
         );
         assert!(memory.refuses_beside_tools("gpt-5.4"));
         assert!(!memory.refuses_beside_tools("gpt-4.1"));
         assert_eq!(
-            memory.effort_for("gpt-5.4", Some("high"), true),
+            memory.effort_for(&ask("gpt-5.4", Some("high"), TOOLS)),
             Some("none")
         );
         assert_eq!(
-            memory.effort_for("gpt-5.4", Some("high"), false),
+            memory.effort_for(&ask("gpt-5.4", Some("high"), PLAIN)),
             Some("high")
         );
+        // The Responses API takes reasoning beside tools.
+        assert_eq!(
+            memory.effort_for(&ask("gpt-5.4", Some("high"), Endpoint::Responses)),
+            Some("high")
+        );
+    }
+
+    #[test]
+    fn tries_send_what_was_learned_and_stop_when_nothing_is_left_to_try() {
+        let memory = EffortMemory::default();
+        let mut tries = EffortTries::new(&memory, ask("gpt-5.1-codex", Some("none"), PLAIN));
+        assert_eq!(tries.effort(), Some("none"));
+        assert!(!tries.differs_from_asked());
+        assert!(tries.retry_after(&refusal(CODEX)));
+        assert_eq!(tries.effort(), Some("low"));
+        assert!(tries.differs_from_asked());
+        // The model refuses `low` as well, taking nothing at all.
+        let none_at_all =
+            refusal("Unsupported parameter: 'reasoning_effort' is not supported with this model.");
+        assert!(tries.retry_after(&none_at_all));
+        assert_eq!(tries.effort(), None);
+        // Two retries spent: the refusal is the answer.
+        assert!(!tries.retry_after(&refusal(CODEX)));
+
+        // A later request starts from what was learned, and another
+        // refusal is the answer.
+        let mut later = EffortTries::new(&memory, ask("gpt-5.1-codex", Some("high"), PLAIN));
+        assert_eq!(later.effort(), None);
+        assert!(!later.retry_after(&refusal("Invalid value for 'tool_choice'")));
     }
 
     /// OpenAI refuses a verbosity's value in the same words as an effort's:
@@ -294,18 +425,18 @@ mod tests {
         );
         assert_eq!(
             memory.learn(
-                "openai",
-                "gpt-5.1-codex-max",
+                &EffortAsk {
+                    provider: "openai",
+                    verbosity: Some("low"),
+                    ..ask("gpt-5.1-codex-max", Some("low"), PLAIN)
+                },
                 Some("low"),
-                Some("low"),
-                Some("low"),
-                false,
                 &verbosity
             ),
             None
         );
         assert_eq!(
-            memory.effort_for("gpt-5.1-codex-max", Some("high"), false),
+            memory.effort_for(&ask("gpt-5.1-codex-max", Some("high"), PLAIN)),
             Some("high")
         );
     }
@@ -320,12 +451,12 @@ mod tests {
         ] {
             assert_eq!(
                 memory.learn(
-                    "openai",
-                    "m",
+                    &EffortAsk {
+                        provider: "openai",
+                        verbosity: None,
+                        ..ask("m", Some("none"), PLAIN)
+                    },
                     Some("none"),
-                    Some("none"),
-                    None,
-                    false,
                     &error
                 ),
                 None
@@ -340,12 +471,12 @@ mod tests {
         for n in 0..MODELS_KEPT + 3 {
             let model = format!("m{n}");
             let next = memory.learn(
-                "p",
-                &model,
+                &EffortAsk {
+                    provider: "p",
+                    verbosity: None,
+                    ..ask(&model, Some("none"), PLAIN)
+                },
                 Some("none"),
-                Some("none"),
-                None,
-                false,
                 &refusal(CODEX),
             );
             // Past the bound the retry still gets what the model takes.

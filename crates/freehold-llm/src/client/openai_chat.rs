@@ -12,8 +12,8 @@ use freehold_protocol::{
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
-use crate::client::effort::EffortMemory;
-use crate::client::openai_responses::{EFFORT_RETRIES, OpenAiResponsesClient};
+use crate::client::effort::{EffortAsk, EffortMemory, EffortTries, Endpoint};
+use crate::client::openai_responses::OpenAiResponsesClient;
 use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::{Response, Transport};
 use crate::provider::{EventStream, Provider, check_embed_request};
@@ -107,16 +107,22 @@ impl OpenAiChatClient {
     /// again with `none`, unless [`Self::responses`] should take it.
     async fn post(&self, request: &ChatRequest, stream: bool) -> Result<Response, LlmError> {
         let mut body = openai_chat::encode_request(request, self.dialect, stream);
-        // What the encoder put in the body.
-        let asked = openai_api::effort_name(request, self.dialect.openai_api);
-        let tools_in_chat = !request.tools.is_empty();
-        let mut effort = self
-            .efforts
-            .effort_for(&request.model, asked, tools_in_chat);
-        if effort != asked {
-            body.reasoning_effort = effort.map(str::to_owned);
+        let mut tries = EffortTries::new(
+            &self.efforts,
+            EffortAsk {
+                provider: &self.options.name,
+                model: &request.model,
+                // What the encoder put in the body.
+                asked: openai_api::effort_name(request, self.dialect.openai_api),
+                verbosity: body.verbosity.as_deref(),
+                endpoint: Endpoint::ChatCompletions {
+                    with_tools: !request.tools.is_empty(),
+                },
+            },
+        );
+        if tries.differs_from_asked() {
+            body.reasoning_effort = tries.effort().map(str::to_owned);
         }
-        let mut retries = 0;
         loop {
             let url = self.completions_url()?;
             match self
@@ -124,27 +130,15 @@ impl OpenAiChatClient {
                 .post_json_answer(url, &self.headers, &body, stream)
                 .await
             {
-                Err(refused) if retries < EFFORT_RETRIES => {
-                    retries += 1;
-                    let lesson = self.efforts.learn(
-                        &self.options.name,
-                        &request.model,
-                        asked,
-                        effort,
-                        body.verbosity.as_deref(),
-                        tools_in_chat,
-                        &refused,
-                    );
-                    // The caller sends a request for the Responses API
-                    // there.
-                    if self.redirect_for(request, &refused).is_some() {
+                Err(refused) => {
+                    // A request the caller sends to the Responses API
+                    // instead is not sent here again.
+                    if !tries.retry_after(&refused)
+                        || self.redirect_for(request, &refused).is_some()
+                    {
                         return Err(refused);
                     }
-                    match lesson {
-                        Some(lesson) => effort = lesson.next,
-                        None => return Err(refused),
-                    }
-                    body.reasoning_effort = effort.map(str::to_owned);
+                    body.reasoning_effort = tries.effort().map(str::to_owned);
                 }
                 answered => return answered,
             }

@@ -11,7 +11,7 @@ use freehold_protocol::{
 };
 use reqwest::header::HeaderMap;
 
-use crate::client::effort::EffortMemory;
+use crate::client::effort::{EffortAsk, EffortMemory, EffortTries, Endpoint};
 use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
@@ -36,10 +36,6 @@ pub struct OpenAiResponsesClient {
     /// The efforts its models were found to take.
     efforts: Arc<EffortMemory>,
 }
-
-/// How many times a request is sent again with another reasoning effort
-/// after the server names the ones its model takes.
-pub(crate) const EFFORT_RETRIES: usize = 2;
 
 impl OpenAiResponsesClient {
     /// OpenAI's base URL, for [`ClientOptions::new`].
@@ -90,17 +86,20 @@ impl OpenAiResponsesClient {
         stream: bool,
     ) -> Result<crate::http::Response, LlmError> {
         let mut body = openai_responses::encode_request(request, stream, self.openai_api);
-        let asked = openai_api::effort_name(request, self.openai_api);
-        // The Responses API takes reasoning beside function tools.
-        let tools_in_chat = false;
-        let mut effort = self
-            .efforts
-            .effort_for(&request.model, asked, tools_in_chat);
-        let summary = asked_for_reasoning(request);
         let verbosity = body.text.as_ref().and_then(|text| text.verbosity.clone());
-        let mut retries = 0;
+        let mut tries = EffortTries::new(
+            &self.efforts,
+            EffortAsk {
+                provider: &self.options.name,
+                model: &request.model,
+                asked: openai_api::effort_name(request, self.openai_api),
+                verbosity: verbosity.as_deref(),
+                endpoint: Endpoint::Responses,
+            },
+        );
+        let summary = asked_for_reasoning(request);
         loop {
-            body.set_effort(effort, summary);
+            body.set_effort(tries.effort(), summary);
             let json = serde_json::to_value(&body).map_err(|error| {
                 self.transport
                     .error(ErrorKind::InvalidRequest, error.to_string())
@@ -111,21 +110,7 @@ impl OpenAiResponsesClient {
                 .post_json_answer(&url, &self.headers, &json, stream)
                 .await
             {
-                Err(refused) if retries < EFFORT_RETRIES => {
-                    retries += 1;
-                    match self.efforts.learn(
-                        &self.options.name,
-                        &request.model,
-                        asked,
-                        effort,
-                        verbosity.as_deref(),
-                        tools_in_chat,
-                        &refused,
-                    ) {
-                        Some(lesson) => effort = lesson.next,
-                        None => return Err(refused),
-                    }
-                }
+                Err(refused) if tries.retry_after(&refused) => {}
                 answered => return answered,
             }
         }
@@ -245,7 +230,14 @@ pub(crate) async fn count_with_input_tokens(
     // count learns nothing from a refusal.
     let asked =
         openai_api::effort_name(request, openai_api).filter(|_| asked_for_reasoning(request));
-    encoded.set_effort(efforts.effort_for(&request.model, asked, false), false);
+    let effort = efforts.effort_for(&EffortAsk {
+        provider: &options.name,
+        model: &request.model,
+        asked,
+        verbosity: None,
+        endpoint: Endpoint::Responses,
+    });
+    encoded.set_effort(effort, false);
     let mut body = serde_json::to_value(&encoded)
         .map_err(|error| transport.error(ErrorKind::InvalidRequest, error.to_string()))?;
     if let Some(fields) = body.as_object_mut() {
