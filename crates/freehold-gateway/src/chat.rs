@@ -35,6 +35,17 @@ pub(crate) struct Admitted {
     targets: Vec<Target>,
 }
 
+impl Admitted {
+    /// The request's input tokens, estimated as its first target gets it
+    /// (see [`InputEstimate`]).
+    pub(crate) fn input_estimate(&self) -> u64 {
+        match self.targets.first() {
+            Some(first) => self.accounting.input_estimate_for(first),
+            None => self.request.estimated_input_tokens(),
+        }
+    }
+}
+
 /// Checks a request before any provider sees it.
 ///
 /// # Errors
@@ -165,13 +176,14 @@ async fn admit_inner(
     // output token it may ask for (the cap when it names no limit).
     // Priced on what the request will be sent on.
     let sent_to = narrowed.as_deref().unwrap_or(&targets);
+    let estimate = InputEstimate::of(request);
     let usage = Usage {
         output_tokens: u64::from(request.max_tokens.unwrap_or(cap)),
-        ..dearest_input(request, reads_documents(&routes, sent_to.iter(), request))
+        ..dearest_input(request, estimate.largest(&routes, sent_to))
     };
     // A request cut off before any answer pays for its prompt as input:
     // nothing says it was written to a cache.
-    accounting.expect_input(usage.input_tokens, sent_to, &routes);
+    accounting.expect_input(estimate, sent_to, &routes);
     reserve_budget(gateway, caller, &routes, sent_to, &usage, accounting).await?;
     Ok((routes, narrowed.unwrap_or(targets)))
 }
@@ -181,14 +193,9 @@ async fn admit_inner(
 /// caching (Anthropic charges writes 1.25 times the input price, and twice
 /// for a `"ttl": "1h"` mark; on a model without a cache-write price, and
 /// so on every provider but Anthropic, that is the input price), plain
-/// input otherwise. Its documents count whole when a target would read
-/// them (`reads_documents`), as the note sent in their place otherwise.
-fn dearest_input(request: &ChatRequest, reads_documents: bool) -> Usage {
-    let input_tokens = if reads_documents {
-        request.estimated_input_tokens()
-    } else {
-        request.estimated_input_tokens_as_notes()
-    };
+/// input otherwise; `input_tokens` is the prompt's estimate
+/// ([`InputEstimate::largest`]).
+fn dearest_input(request: &ChatRequest, input_tokens: u64) -> Usage {
     let Some(mark) = &request.prompt_cache else {
         return Usage {
             input_tokens,
@@ -416,7 +423,10 @@ pub(crate) async fn count_input_tokens(
             return Err(error);
         }
     };
-    let estimate = estimated_input_tokens(&routes, &targets, &request);
+    let estimate = match targets.first() {
+        Some(first) => InputEstimate::of(&request).for_target(&routes, first),
+        None => request.estimated_input_tokens(),
+    };
     let call = routes.router.count_input_tokens_on(targets, request);
     let (target, counted) = call_upstream(&mut accounting, call).await?;
     // Only a provider that counted is named in the ledger; an estimate
@@ -437,37 +447,75 @@ pub(crate) async fn count_input_tokens(
     })
 }
 
-/// The gateway's estimate of `request`'s input tokens at the first of
-/// `targets`: a provider that reads no documents gets each as a line naming
-/// it, and is estimated on that (a PDF's bytes would make Claude Code
-/// compact a conversation a local model has room for).
-fn estimated_input_tokens(routes: &Routes, targets: &[Target], request: &ChatRequest) -> u64 {
-    if reads_documents(routes, targets.first().into_iter(), request) {
-        request.estimated_input_tokens()
-    } else {
-        request.estimated_input_tokens_as_notes()
-    }
+/// A request's input tokens, estimated from its size, as each provider
+/// gets it: whole, or with each document's note in its place for a
+/// provider that reads no documents (a 300 KB PDF is some 10,000 tokens to
+/// the first and a line to the second; counted whole, it would make Claude
+/// Code compact a conversation a local model has room for, and a budget
+/// hold and charge for a file the server never got).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct InputEstimate {
+    /// Its documents read whole ([`ChatRequest::estimated_input_tokens`]).
+    whole: u64,
+    /// Its documents as notes
+    /// ([`ChatRequest::estimated_input_tokens_as_notes`]); `whole` when it
+    /// has none.
+    as_notes: u64,
 }
 
-/// Whether any of `targets` would be sent `request`'s documents as they
-/// are: false when it has none (both estimates then agree); true for a
-/// target whose provider is not found, as the larger estimate.
-fn reads_documents<'a>(
-    routes: &Routes,
-    mut targets: impl Iterator<Item = &'a Target>,
-    request: &ChatRequest,
-) -> bool {
-    request
-        .messages
-        .iter()
-        .any(freehold_protocol::Message::has_document)
-        && targets.any(|target| {
-            routes
-                .router
-                .providers()
-                .get(&target.provider)
-                .is_none_or(|provider| provider.capabilities(&target.model).documents)
-        })
+impl InputEstimate {
+    /// `request`'s estimate.
+    pub(crate) fn of(request: &ChatRequest) -> Self {
+        let whole = request.estimated_input_tokens();
+        let has_documents = request
+            .messages
+            .iter()
+            .any(freehold_protocol::Message::has_document);
+        Self {
+            whole,
+            as_notes: if has_documents {
+                request.estimated_input_tokens_as_notes()
+            } else {
+                whole
+            },
+        }
+    }
+
+    /// An estimate of `input_tokens` for every provider (a request without
+    /// documents, such as texts to embed).
+    pub(crate) fn plain(input_tokens: u64) -> Self {
+        Self {
+            whole: input_tokens,
+            as_notes: input_tokens,
+        }
+    }
+
+    /// The estimate as `target` gets the request: whole when its provider
+    /// reads documents (`Capabilities::documents`) or is not found.
+    pub(crate) fn for_target(&self, routes: &Routes, target: &Target) -> u64 {
+        if self.whole == self.as_notes {
+            return self.whole;
+        }
+        let reads_documents = routes
+            .router
+            .providers()
+            .get(&target.provider)
+            .is_none_or(|provider| provider.capabilities(&target.model).documents);
+        if reads_documents {
+            self.whole
+        } else {
+            self.as_notes
+        }
+    }
+
+    /// The largest estimate of any of `targets` (whole when there is none).
+    fn largest(&self, routes: &Routes, targets: &[Target]) -> u64 {
+        targets
+            .iter()
+            .map(|target| self.for_target(routes, target))
+            .max()
+            .unwrap_or(self.whole)
+    }
 }
 
 /// Holds the most a request can cost (`usage` priced on the dearest of its
@@ -931,7 +979,7 @@ pub(crate) struct Accounting {
     usage: Usage,
     /// The request's input tokens, estimated from its size: what is
     /// counted when a provider reports no usage.
-    input_estimate: u64,
+    input_estimate: InputEstimate,
     /// The bytes of answer (text, reasoning, tool arguments) received.
     output_bytes: u64,
     /// What the request's input costs on the dearest target of its route:
@@ -980,7 +1028,7 @@ impl Accounting {
             routes: None,
             target: None,
             usage: Usage::default(),
-            input_estimate: 0,
+            input_estimate: InputEstimate::default(),
             output_bytes: 0,
             unanswered_cost: None,
             dispatched: false,
@@ -1020,21 +1068,31 @@ impl Accounting {
     /// it ends, even if a reload has replaced it meanwhile.
     pub(crate) fn expect_input(
         &mut self,
-        input_tokens: u64,
+        estimate: InputEstimate,
         targets: &[Target],
         routes: &Arc<Routes>,
     ) {
         self.routes = Some(Arc::clone(routes));
-        self.input_estimate = input_tokens;
-        let input = Usage {
-            input_tokens,
-            ..Usage::default()
-        };
+        self.input_estimate = estimate;
         // The dearest: a fallback may be what the request is waiting on.
         self.unanswered_cost = targets
             .iter()
-            .filter_map(|t| routes.router.cost_of(&t.provider, &t.model, &input))
+            .filter_map(|t| {
+                let input = Usage {
+                    input_tokens: estimate.for_target(routes, t),
+                    ..Usage::default()
+                };
+                routes.router.cost_of(&t.provider, &t.model, &input)
+            })
             .reduce(f64::max);
+    }
+
+    /// The request's estimated input tokens as `target` gets it.
+    pub(crate) fn input_estimate_for(&self, target: &Target) -> u64 {
+        match &self.routes {
+            Some(routes) => self.input_estimate.for_target(routes, target),
+            None => self.input_estimate.whole,
+        }
     }
 
     /// The usage to account, so that a budget, a token limit and the
@@ -1047,14 +1105,14 @@ impl Accounting {
     ///   side the provider did not count;
     /// - nothing when no provider answered.
     fn billed_usage(&self, reported: Usage) -> Usage {
-        if self.target.is_none() {
+        let Some(target) = &self.target else {
             return reported;
-        }
+        };
         // Each side on its own: a provider may count one and not the other
         // (Ollama leaves out the input of a prompt it had cached).
         let mut usage = reported;
         if usage.input_tokens == 0 {
-            usage.input_tokens = self.input_estimate;
+            usage.input_tokens = self.input_estimate_for(target);
         }
         if usage.output_tokens == 0 {
             usage.output_tokens = self.output_bytes.div_ceil(4);

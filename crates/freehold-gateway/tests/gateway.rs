@@ -1199,7 +1199,15 @@ async fn a_pdf_claude_code_read_reaches_each_provider_as_it_can_take_it() {
 
     let completion = chat_completion("m", "A spec.");
     let openai = MockServer::start(vec![Scripted::json(200, completion.clone())]).await;
-    let local = MockServer::start(vec![Scripted::json(200, completion)]).await;
+    // The text-only server streams its second answer, without usage.
+    let streamed = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\
+                    \"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A spec.\"},\
+                    \"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    let local = MockServer::start(vec![
+        Scripted::json(200, completion),
+        Scripted::sse(streamed, freehold_test_support::Split::Whole),
+    ])
+    .await;
     let gw = start_configured(vec![
         ("up", openai_kind(&openai, Some(true))),
         ("box", openai_kind(&local, Some(false))),
@@ -1264,51 +1272,91 @@ async fn a_pdf_claude_code_read_reaches_each_provider_as_it_can_take_it() {
     let named = named["input_tokens"].as_u64().unwrap();
     assert!(read > 9_000, "{read}");
     assert!(named < 200, "{named}");
+
+    // A streamed answer's estimate, in `message_start` and (the server
+    // counting nothing) in `message_delta`, goes by the note too.
+    let mut streamed = count("box:qwen3");
+    streamed["max_tokens"] = json!(100);
+    streamed["stream"] = json!(true);
+    let mut response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", MASTER)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let received = read_until(&mut response, "message_stop").await;
+    let input_counts: Vec<u64> = received
+        .split("\"input_tokens\":")
+        .skip(1)
+        .map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().unwrap()
+        })
+        .collect();
+    assert_eq!(input_counts.len(), 2, "{received}");
+    assert!(
+        input_counts.iter().all(|&count| (1..200).contains(&count)),
+        "{received}"
+    );
 }
 
-/// A budget holds a PDF's cost only where a provider reads it: to a hosted
-/// server that reads text only, the PDF goes as a line, and is held as one.
+/// A budget holds and charges a PDF's cost only where a provider reads it:
+/// to a hosted server that reads text only, the PDF goes as a line, and is
+/// held (and, when the server reports no usage, charged) as one.
 #[tokio::test]
-async fn a_budget_holds_a_pdf_as_the_provider_gets_it() {
+async fn a_budget_holds_and_charges_a_pdf_as_the_provider_gets_it() {
+    use freehold_test_support::{MockServer, Scripted};
+
     let upstream = MockUpstream::start().await.unwrap();
+    // A text-only server that reports no usage: the gateway estimates it.
+    let mut no_usage = chat_completion("m", "A spec.");
+    no_usage.as_object_mut().unwrap().remove("usage");
+    let quiet = MockServer::start(vec![Scripted::json(200, no_usage)]).await;
     let mut routes = routes(vec![upstream.base_url()]);
-    // The same server, said to be OpenAI's API, which reads PDFs.
-    let reader: Arc<dyn Provider> = ProviderConfig {
-        kind: Some(ProviderKind::Openai),
-        base_url: Some(upstream.base_url()),
-        openai_api: Some(true),
-        ..ProviderConfig::default()
-    }
-    .resolve("reader")
-    .unwrap()
-    .build(&HealthSettings::default())
-    .unwrap();
     let mut providers = routes.router.providers().clone();
-    providers.insert("reader".to_owned(), reader);
-    let mut catalog = Catalog::new();
-    for model in ["mock:mock-model", "reader:mock-model"] {
-        catalog
-            .insert(
-                model,
-                ModelEntry {
-                    pricing: Some(Pricing {
-                        input: 1.0,
-                        cached_input: None,
-                        cache_write: None,
-                        output: 1.0,
-                        long_prompt: None,
-                    }),
-                    ..ModelEntry::default()
-                },
-            )
+    // The mock again, said to be OpenAI's API, which reads PDFs.
+    let reader = ProviderConfig {
+        openai_api: Some(true),
+        base_url: Some(upstream.base_url()),
+        ..openai_kind(&quiet, None)
+    };
+    for (name, config) in [("reader", reader), ("quiet", openai_kind(&quiet, None))] {
+        let provider: Arc<dyn Provider> = config
+            .resolve(name)
+            .unwrap()
+            .build(&HealthSettings::default())
             .unwrap();
+        providers.insert(name.to_owned(), provider);
     }
-    routes.router = Router::new(providers, BTreeMap::new(), catalog);
-    routes.listed_providers.insert("reader".to_owned());
+    let mut catalog = Catalog::new();
+    for model in ["mock:mock-model", "reader:mock-model", "quiet:m"] {
+        let pricing = Pricing {
+            input: 1.0,
+            cached_input: None,
+            cache_write: None,
+            output: 1.0,
+            long_prompt: None,
+        };
+        let entry = ModelEntry {
+            pricing: Some(pricing),
+            ..ModelEntry::default()
+        };
+        catalog.insert(model, entry).unwrap();
+    }
+    // A fallback from a server that reads text only to one that reads PDFs.
+    let aliases = BTreeMap::from([(
+        "either".to_owned(),
+        AliasTarget::Chain(vec!["mock:mock-model".into(), "reader:mock-model".into()]),
+    )]);
+    routes.router = Router::new(providers, aliases, catalog);
+    routes
+        .listed_providers
+        .extend(["reader".into(), "quiet".into()]);
     let gw = start(routes, GatewaySettings::default(), None).await;
     // $0.002 is 2,000 tokens at $1 a million: room for the note and 100
     // tokens of answer, not for a 300 KB PDF (some 10,000 tokens).
-    let (_, budgeted) = gw
+    let (key, budgeted) = gw
         .key(NewKey {
             name: "budgeted".into(),
             budget_usd: Some(0.002),
@@ -1321,24 +1369,44 @@ async fn a_budget_holds_a_pdf_as_the_provider_gets_it() {
              "data": "A".repeat(400_000)}},
             {"type": "text", "text": "Summarise it."}]}]})
     };
-    let (status, body, _) = post(
-        &gw.url,
-        "/v1/messages",
-        Some(&budgeted),
-        &with_pdf("mock:mock-model"),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body, _) = post(
-        &gw.url,
-        "/v1/messages",
-        Some(&budgeted),
-        &with_pdf("reader:mock-model"),
-    )
-    .await;
-    // Anthropic's shape for a spent budget.
-    assert_eq!(status, 402, "{body}");
-    assert_eq!(body["error"]["type"], "billing_error", "{body}");
+    // Where any provider of the route reads it, the PDF is held whole:
+    // refused before anything was spent, in Anthropic's shape.
+    for model in ["reader:mock-model", "either"] {
+        let (status, body, _) =
+            post(&gw.url, "/v1/messages", Some(&budgeted), &with_pdf(model)).await;
+        assert_eq!(status, 402, "{model}: {body}");
+        assert_eq!(body["error"]["type"], "billing_error", "{body}");
+    }
+    for model in ["mock:mock-model", "quiet:m"] {
+        let (status, body, _) =
+            post(&gw.url, "/v1/messages", Some(&budgeted), &with_pdf(model)).await;
+        assert_eq!(status, 200, "{model}: {body}");
+    }
+    assert!(
+        gw.gateway
+            .settlements_written(Duration::from_secs(10))
+            .await
+    );
+    // The two refusals and the two answers.
+    let lines = ledger_lines(&gw.store, 4).await;
+    let quiet_line = lines
+        .iter()
+        .find(|line| line.record.provider == "quiet")
+        .unwrap();
+    // Charged the note's estimate, not the file's.
+    assert!(
+        (1..200).contains(&quiet_line.record.input_tokens),
+        "{quiet_line:?}"
+    );
+    let key = gw
+        .store
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.id == key.id)
+        .unwrap();
+    assert!(key.spent_usd < 0.001, "spent {}", key.spent_usd);
 }
 
 /// A client asking for no reasoning (Chat Completions' `none`, the Anthropic

@@ -73,7 +73,9 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// size their context before they send (Anthropic's `count_tokens`).
     /// `Ok(None)` when the provider has no way to count, which is this
     /// default; the caller then estimates
-    /// ([`ChatRequest::estimated_input_tokens`]).
+    /// ([`ChatRequest::estimated_input_tokens`], or
+    /// [`ChatRequest::estimated_input_tokens_as_notes`] for a provider that
+    /// reads no documents).
     ///
     /// # Errors
     /// The provider refused the request or could not be reached.

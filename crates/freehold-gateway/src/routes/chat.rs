@@ -75,7 +75,10 @@ trait ChatProtocol {
     fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError>;
     fn streams(options: &Self::Options) -> bool;
     fn encode(response: &ChatResponse, model: &str, options: &Self::Options) -> Self::Response;
-    fn encoder(model: &str, options: Self::Options, request: &ChatRequest) -> Self::Encoder;
+    /// `input_estimate`: the request's input tokens, estimated as its
+    /// first target gets it, for a protocol that reports them before the
+    /// provider does.
+    fn encoder(model: &str, options: Self::Options, input_estimate: u64) -> Self::Encoder;
 }
 
 struct ChatCompletions;
@@ -97,7 +100,7 @@ impl ChatProtocol for ChatCompletions {
     fn encode(response: &ChatResponse, model: &str, _: &Self::Options) -> Self::Response {
         openai_chat::encode_response(response, model)
     }
-    fn encoder(model: &str, options: Self::Options, _: &ChatRequest) -> Self::Encoder {
+    fn encoder(model: &str, options: Self::Options, _: u64) -> Self::Encoder {
         openai_chat::ChunkEncoder::new(model, None, options.include_usage)
     }
 }
@@ -121,10 +124,10 @@ impl ChatProtocol for Messages {
     fn encode(response: &ChatResponse, model: &str, _: &Self::Options) -> Self::Response {
         anthropic::encode_response(response, model)
     }
-    fn encoder(model: &str, _: Self::Options, request: &ChatRequest) -> Self::Encoder {
+    fn encoder(model: &str, _: Self::Options, input_estimate: u64) -> Self::Encoder {
         // message_start goes out before the provider reports usage: it
         // carries the estimate, and message_delta the real count.
-        anthropic::MessageStreamEncoder::new(model, None, request.estimated_input_tokens())
+        anthropic::MessageStreamEncoder::new(model, None, input_estimate)
     }
 }
 
@@ -147,7 +150,7 @@ impl ChatProtocol for Responses {
     fn encode(response: &ChatResponse, model: &str, options: &Self::Options) -> Self::Response {
         openai_responses::encode_response_for(response, model, options)
     }
-    fn encoder(model: &str, options: Self::Options, _: &ChatRequest) -> Self::Encoder {
+    fn encoder(model: &str, options: Self::Options, _: u64) -> Self::Encoder {
         openai_responses::ResponseStreamEncoder::new(model, None)
             .with_freeform_tools(options.freeform_tools)
             .with_namespaced_tools(options.namespaced_tools)
@@ -307,7 +310,7 @@ async fn serve<P: ChatProtocol>(
         .accounting
         .log_body(&String::from_utf8_lossy(&body));
     if P::streams(&options) {
-        let encoder = P::encoder(&model, options, &admitted.request);
+        let encoder = P::encoder(&model, options, admitted.input_estimate());
         let keepalive = gateway.settings.stream_keepalive();
         // The status line waits for the provider's first event, so that a
         // request failing at once (a prompt over the context window) gets

@@ -17,8 +17,8 @@ use freehold_llm::wire::embeddings::{
 use serde_json::{Value, json};
 
 use crate::chat::{
-    Accounting, authenticate, blocked, call_upstream, keep_local, leaves_the_machine, parse_body,
-    privacy_header, reserve_budget,
+    Accounting, InputEstimate, authenticate, blocked, call_upstream, keep_local,
+    leaves_the_machine, parse_body, privacy_header, reserve_budget,
 };
 use crate::error::{GatewayError, Protocol};
 use crate::privacy::Decision;
@@ -444,7 +444,7 @@ async fn admit_embeddings(
     };
     // Priced on what the texts will be sent on.
     let sent_to = narrowed.as_deref().unwrap_or(&targets);
-    accounting.expect_input(usage.input_tokens, sent_to, routes);
+    accounting.expect_input(InputEstimate::plain(usage.input_tokens), sent_to, routes);
     reserve_budget(gateway, caller, routes, sent_to, &usage, accounting).await?;
     Ok(narrowed.unwrap_or(targets))
 }

@@ -297,11 +297,7 @@ mod tests {
             Some("none")
         );
         let next = memory.learn(
-            &EffortAsk {
-                provider: "openai",
-                verbosity: None,
-                ..ask("gpt-5.1-codex", Some("none"), PLAIN)
-            },
+            &ask("gpt-5.1-codex", Some("none"), PLAIN),
             Some("none"),
             &refusal(CODEX),
         );
@@ -327,11 +323,7 @@ mod tests {
         );
         assert_eq!(
             memory.learn(
-                &EffortAsk {
-                    provider: "openai",
-                    verbosity: None,
-                    ..ask("gpt-5.1-codex", Some("none"), PLAIN)
-                },
+                &ask("gpt-5.1-codex", Some("none"), PLAIN),
                 Some("low"),
                 &again
             ),
@@ -347,11 +339,7 @@ mod tests {
         assert_eq!(
             memory
                 .learn(
-                    &EffortAsk {
-                        provider: "openai",
-                        verbosity: None,
-                        ..ask("gpt-4.1", Some("none"), PLAIN)
-                    },
+                    &ask("gpt-4.1", Some("none"), PLAIN),
                     Some("none"),
                     &no_effort
                 )
@@ -450,15 +438,7 @@ mod tests {
             LlmError::new(ErrorKind::InvalidRequest, "openai", CODEX).with_status(422),
         ] {
             assert_eq!(
-                memory.learn(
-                    &EffortAsk {
-                        provider: "openai",
-                        verbosity: None,
-                        ..ask("m", Some("none"), PLAIN)
-                    },
-                    Some("none"),
-                    &error
-                ),
+                memory.learn(&ask("m", Some("none"), PLAIN), Some("none"), &error),
                 None
             );
         }
