@@ -549,11 +549,60 @@ def silent_upstream():
     return seen
 
 
+def refusals():
+    """A model's refusal (the mock refuses when asked to) reaches each SDK as
+    its own: `refusal` in Chat Completions, whole and streamed, so that
+    `parse()` and `stream()` return it rather than parse it; a `refusal`
+    part in the Responses API; `stop_reason: "refusal"` in Anthropic's.
+    FREEHOLD_EXPECT_REFUSAL is the refusal's text."""
+    import pydantic
+
+    refusal = os.environ["FREEHOLD_EXPECT_REFUSAL"]
+    class Answer(pydantic.BaseModel):
+        answer: str
+
+    ask = [{"role": "user", "content": "Please refuse this."}]
+    client = oai()
+    parsed = client.chat.completions.parse(
+        model=MODEL, messages=ask, max_tokens=32, response_format=Answer)
+    message = parsed.choices[0].message
+    assert message.refusal == refusal, message
+    assert message.content is None and message.parsed is None, message
+    with client.chat.completions.stream(
+            model=MODEL, messages=ask, max_tokens=32, response_format=Answer) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    kinds = [event.type for event in events]
+    # The stream opens with empty content, before the provider's first
+    # words say they are a refusal.
+    contents = [event.delta for event in events if event.type == "content.delta"]
+    assert "refusal.delta" in kinds and not "".join(contents), kinds
+    assert final.choices[0].message.refusal == refusal, final
+    assert final.choices[0].message.parsed is None, final
+    with client.responses.stream(
+            model=MODEL, input="Please refuse this.", max_output_tokens=32,
+            text_format=Answer) as stream:
+        response_kinds = [event.type for event in stream]
+        response = stream.get_final_response()
+    assert "response.refusal.delta" in response_kinds, response_kinds
+    assert "response.output_text.delta" not in response_kinds, response_kinds
+    part = response.output[0].content[0]
+    assert part.type == "refusal" and part.refusal == refusal, response
+    whole = ant().messages.create(model=MODEL, max_tokens=32, messages=ask)
+    assert whole.stop_reason == "refusal", whole
+    assert whole.content[0].text == refusal, whole
+    with ant().messages.stream(model=MODEL, max_tokens=32, messages=ask) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.stop_reason == "refusal", streamed
+    assert streamed.content[0].text == refusal, streamed
+    return {"chat_stream_events": len(kinds), "responses_events": len(response_kinds)}
+
+
 SCENARIOS = {f.__name__: f for f in [
     long_prompts, rate_limited, budget_spent, gateway_errors,
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
     openai_responses, responses_custom_tools, anthropic_messages, anthropic_tools,
-    anthropic_errors, silent_upstream,
+    anthropic_errors, silent_upstream, refusals,
 ]}
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use freehold_gateway::mock::{MOCK_TEXT, MockUpstream};
+use freehold_gateway::mock::{MOCK_REFUSAL, MOCK_TEXT, MockUpstream};
 use freehold_test_support::{one_model_at_a_time, test_model, test_postgres, test_python};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -499,6 +499,10 @@ async fn official_sdks_against_a_mock_upstream() {
     // Every chat, tool and embedding call reached the upstream
     // (count_tokens was estimated by the gateway itself).
     assert_eq!(upstream.requests(), 17);
+    // A refusal reaches each SDK as its own (the mock refuses when asked
+    // to), whole and streamed.
+    let refusal = [("FREEHOLD_EXPECT_REFUSAL", MOCK_REFUSAL)];
+    served.scenario(&python, "refusals", &refusal).await;
     // A coding agent's request (a system prompt and tools of about 100,000
     // tokens) goes through whole when the upstream takes it.
     let long = served.scenario(&python, "long_prompts", &[]).await;

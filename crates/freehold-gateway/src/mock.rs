@@ -4,7 +4,9 @@
 //!
 //! It answers every chat request with the same short text, or, when the
 //! request offers tools and its last message contains `call`, with a call
-//! of the first tool; usage counts are derived from the body's size. It can
+//! of the first tool, and when its last message contains `refuse`, with a
+//! refusal (OpenAI's `refusal` in place of the content, as structured
+//! outputs send it); usage counts are derived from the body's size. It can
 //! be slowed down (requests are then in flight for a while) and killed
 //! (every connection, open ones included, is closed at once), to stand for
 //! a replica that dies.
@@ -28,6 +30,9 @@ use tokio::task::{JoinHandle, JoinSet};
 
 /// The answer text.
 pub const MOCK_TEXT: &str = "Hello from the mock upstream.";
+
+/// The refusal's text.
+pub const MOCK_REFUSAL: &str = "I can't help with that.";
 
 /// A running mock upstream.
 #[derive(Debug)]
@@ -217,6 +222,7 @@ async fn chat(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
         .as_str()
         .filter(|_| last.contains("call"))
         .map(str::to_owned);
+    let refuses = tool.is_none() && last.contains("refuse");
     let completion_tokens = 7;
     let usage = json!({
         "prompt_tokens": prompt_tokens,
@@ -243,6 +249,12 @@ async fn chat(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
                     Value::Null,
                 ));
                 events.push(chunk(json!({}), json!("tool_calls")));
+            }
+            None if refuses => {
+                for word in MOCK_REFUSAL.split_inclusive(' ') {
+                    events.push(chunk(json!({"refusal": word}), Value::Null));
+                }
+                events.push(chunk(json!({}), json!("stop")));
             }
             None => {
                 for word in MOCK_TEXT.split_inclusive(' ') {
@@ -276,6 +288,7 @@ async fn chat(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
             "tool_calls": [{"id": "call_mock", "type": "function",
                 "function": {"name": name, "arguments": "{\"city\": \"Paris\"}"}}],
         }),
+        None if refuses => json!({"role": "assistant", "content": null, "refusal": MOCK_REFUSAL}),
         None => json!({"role": "assistant", "content": MOCK_TEXT}),
     };
     let finish = if tool.is_some() { "tool_calls" } else { "stop" };

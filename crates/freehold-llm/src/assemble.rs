@@ -29,6 +29,8 @@ pub struct StreamAssembler {
     stop: Option<StopReason>,
     finished: bool,
     origin: Option<&'static str>,
+    /// Whether [`StreamEvent::RefusalStart`] went out.
+    refusing: bool,
 }
 
 impl StreamAssembler {
@@ -52,6 +54,18 @@ impl StreamAssembler {
                 text: text.to_owned(),
             });
         }
+    }
+
+    /// The model's refusal to answer (OpenAI's `refusal`): text, after a
+    /// [`StreamEvent::RefusalStart`] (once) that marks it as a refusal.
+    pub fn refusal(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        if !std::mem::replace(&mut self.refusing, true) {
+            self.ready.push(StreamEvent::RefusalStart);
+        }
+        self.text(text);
     }
 
     /// Reasoning text.

@@ -31,6 +31,8 @@ pub enum StopReason {
 ///
 /// Every stream a client returns follows this order: at most one
 /// [`StreamEvent::Start`] first; then text, reasoning and tool-call events
+/// (at most one [`StreamEvent::RefusalStart`] among them, before the text
+/// it marks)
 /// (with, anywhere among them, any number of [`StreamEvent::UsageSoFar`]);
 /// then at most one [`StreamEvent::Usage`]; and exactly one
 /// [`StreamEvent::Stop`] last. Tool-call events carry an `index` that is unique within the answer:
@@ -53,6 +55,12 @@ pub enum StreamEvent {
         /// The new text.
         text: String,
     },
+    /// The text that follows is the model's refusal to answer, not an
+    /// answer (OpenAI's `refusal`, which structured outputs send in place of
+    /// the content): an encoder for such a protocol sends it as a refusal.
+    /// The answer ends with [`StopReason::Refusal`]. Consumers that show
+    /// text show it as any other.
+    RefusalStart,
     /// More reasoning text.
     ReasoningDelta {
         /// The new reasoning text.
@@ -157,9 +165,14 @@ impl ChatResponse {
             model: self.model.clone(),
         }];
         let mut index = 0u32;
+        // A refusal's text is marked as one before it starts.
+        let mut refusal = self.stop_reason == StopReason::Refusal;
         for part in &self.message.content {
             match part {
                 ContentPart::Text { text } => {
+                    if std::mem::take(&mut refusal) {
+                        events.push(StreamEvent::RefusalStart);
+                    }
                     events.push(StreamEvent::TextDelta { text: text.clone() })
                 }
                 ContentPart::Reasoning(reasoning) => {
@@ -241,6 +254,8 @@ impl ResponseBuilder {
                 Some(ContentPart::Text { text: last }) => last.push_str(text),
                 _ => self.parts.push(ContentPart::Text { text: text.clone() }),
             },
+            // The stop reason says the answer was a refusal.
+            StreamEvent::RefusalStart => {}
             StreamEvent::ReasoningDelta { text, id } => match self.parts.last_mut() {
                 // The same reasoning block: unsigned yet, and not another of
                 // the provider's items.

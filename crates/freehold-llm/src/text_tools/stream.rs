@@ -324,6 +324,13 @@ impl RecoverStream {
                     self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
                 }
             }
+            // A refusal is no tool call: the text held goes out before it.
+            StreamEvent::RefusalStart => {
+                if let Some(text) = self.holder.give_up() {
+                    self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
+                }
+                self.ready.push_back(Ok(event));
+            }
             StreamEvent::ToolCallStart { index, .. } => {
                 // Structured calls: the model calls tools properly, leave its
                 // text alone.

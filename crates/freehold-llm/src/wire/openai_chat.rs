@@ -1151,7 +1151,7 @@ impl WireDecoder<SseEvent> for ChunkDecoder {
                 out.text(text);
             }
             if let Some(refusal) = delta.refusal.as_deref().filter(|text| !text.is_empty()) {
-                out.text(refusal);
+                out.refusal(refusal);
                 self.refused = true;
             }
             for call in delta.tool_calls.unwrap_or_default() {

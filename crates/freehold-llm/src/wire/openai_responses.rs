@@ -1618,7 +1618,7 @@ impl ResponsesDecoder {
                             ContentItem::Refusal { refusal } => {
                                 self.refused = true;
                                 if !streamed {
-                                    out.text(refusal);
+                                    out.refusal(refusal);
                                 }
                             }
                             _ => {}
@@ -1734,7 +1734,7 @@ impl ResponsesDecoder {
                 self.refused = true;
                 self.item_mut(delta.output_index, &delta.item_id, ItemKind::Message)
                     .streamed = true;
-                out.text(&delta.delta);
+                out.refusal(&delta.delta);
             }
             ResponseEvent::FunctionCallArgumentsDelta(delta) => {
                 let index = self.call_index(delta.output_index, &delta.item_id)?;

@@ -465,7 +465,7 @@ pub(crate) fn client_message(error: &LlmError) -> String {
 /// Helpers for the protocol modules' tests.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use freehold_protocol::{ChatResponse, LlmError, ResponseBuilder};
+    use freehold_protocol::{ChatResponse, LlmError, ResponseBuilder, StreamEvent};
 
     use super::SseFrame;
     use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
@@ -475,8 +475,20 @@ pub(crate) mod test_support {
     /// decoder, one byte at a time.
     pub(crate) fn replay<D: WireDecoder<SseEvent>>(
         frames: &[SseFrame],
-        mut decoder: D,
+        decoder: D,
     ) -> Result<ChatResponse, LlmError> {
+        let mut builder = ResponseBuilder::default();
+        for event in &replay_events(frames, decoder)? {
+            builder.push(event);
+        }
+        Ok(builder.finish())
+    }
+
+    /// [`replay`]'s events, before they are put together.
+    pub(crate) fn replay_events<D: WireDecoder<SseEvent>>(
+        frames: &[SseFrame],
+        mut decoder: D,
+    ) -> Result<Vec<StreamEvent>, LlmError> {
         let text: String = frames.iter().map(SseFrame::to_sse_text).collect();
         let mut sse = SseDecoder::new();
         let mut assembler = StreamAssembler::new();
@@ -490,11 +502,7 @@ pub(crate) mod test_support {
             }
         }
         events.extend(assembler.finish().ok_or_else(|| decoder.truncated())?);
-        let mut builder = ResponseBuilder::default();
-        for event in &events {
-            builder.push(event);
-        }
-        Ok(builder.finish())
+        Ok(events)
     }
 }
 

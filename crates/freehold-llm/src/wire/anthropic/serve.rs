@@ -81,8 +81,9 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 /// - tools with a `type` other than `custom` (server tools such as
 ///   `web_search_20250305`, and Anthropic-defined client tools such as
 ///   `bash_20250124`) are rejected; so are content blocks other than text,
-///   image, tool_use, tool_result, thinking and redacted_thinking
-///   (documents, server tool results…).
+///   image, document, tool_use, tool_result, thinking and
+///   redacted_thinking (server tool results…), and documents given only by
+///   a file's id.
 ///
 /// # Errors
 /// A [`DecodeError`] naming the field at fault.
@@ -945,6 +946,9 @@ impl MessageStreamEncoder {
                 }
                 self.delta(BlockDelta::TextDelta { text: text.clone() }, &mut out);
             }
+            // A refusal's text is text here, and its stop reason
+            // `refusal`.
+            StreamEvent::RefusalStart => {}
             StreamEvent::ReasoningDelta { text, .. } => {
                 self.start(None, &mut out);
                 if self.open != Some(OpenBlock::Thinking) {

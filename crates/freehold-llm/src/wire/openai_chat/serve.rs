@@ -639,7 +639,8 @@ pub fn encode_response(response: &ChatResponse, model: &str) -> CompletionRespon
 ///
 /// What it emits, in order:
 /// 1. on the first event, a chunk with `delta: {"role":"assistant","content":""}`;
-/// 2. text as `delta.content`, reasoning as `delta.reasoning_content`;
+/// 2. text as `delta.content` (as `delta.refusal` after a
+///    [`StreamEvent::RefusalStart`]), reasoning as `delta.reasoning_content`;
 /// 3. a tool call's start as `delta.tool_calls: [{index, id, type:
 ///    "function", function: {name, arguments: ""}}]`, then its argument
 ///    fragments as `delta.tool_calls: [{index, function: {arguments}}]`
@@ -661,6 +662,8 @@ pub struct ChunkEncoder {
     include_usage: bool,
     started: bool,
     has_calls: bool,
+    /// Whether the text is the model's refusal ([`StreamEvent::RefusalStart`]).
+    refusing: bool,
     usage: Option<Usage>,
     finished: bool,
 }
@@ -677,6 +680,7 @@ impl ChunkEncoder {
             include_usage,
             started: false,
             has_calls: false,
+            refusing: false,
             usage: None,
             finished: false,
         }
@@ -742,14 +746,20 @@ impl ChunkEncoder {
             StreamEvent::Start { id, .. } => self.start(id.as_ref(), &mut out),
             StreamEvent::TextDelta { text } => {
                 self.start(None, &mut out);
-                out.push(self.delta(
+                let delta = if self.refusing {
+                    Delta {
+                        refusal: Some(text.clone()),
+                        ..Delta::default()
+                    }
+                } else {
                     Delta {
                         content: Some(text.clone()),
                         ..Delta::default()
-                    },
-                    None,
-                ));
+                    }
+                };
+                out.push(self.delta(delta, None));
             }
+            StreamEvent::RefusalStart => self.refusing = true,
             StreamEvent::ReasoningDelta { text, .. } => {
                 self.start(None, &mut out);
                 out.push(self.delta(

@@ -8,7 +8,7 @@ use freehold_protocol::{
 use serde_json::{Value, json};
 
 use super::*;
-use crate::wire::serve::test_support::replay;
+use crate::wire::serve::test_support::{replay, replay_events};
 use crate::wire::serve::{DecodeError, SseFrame};
 
 fn tool(name: &str) -> ToolSpec {
@@ -236,6 +236,51 @@ fn streams_round_trip_through_the_client_decoder() {
     let back = replay(&frames, ChunkDecoder::new("p")).unwrap();
     assert_eq!(back.usage, Usage::default());
     assert_eq!(back.message, response.message);
+}
+
+/// A refusal streams as `delta.refusal`, and the client decoder reads it
+/// back as a refusal (marked, and ending as one).
+#[test]
+fn a_streamed_refusal_goes_as_refusal_deltas() {
+    let mut refused = full_response();
+    refused.message = Message::assistant("I can't help with that.");
+    refused.stop_reason = StopReason::Refusal;
+    let events = refused.to_events();
+    assert!(events.contains(&StreamEvent::RefusalStart), "{events:?}");
+    let frames = encode_stream(&events, true);
+    let deltas: Vec<Value> = frames
+        .iter()
+        .filter_map(|frame| match &frame.data {
+            crate::wire::serve::SseData::Json(value) => Some(value["choices"][0].clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        deltas
+            .iter()
+            .any(|choice| choice["delta"]["refusal"] == "I can't help with that."),
+        "{deltas:?}"
+    );
+    // Nothing but the opening chunk's empty content.
+    assert!(
+        deltas.iter().all(|choice| choice["delta"]["content"]
+            .as_str()
+            .is_none_or(str::is_empty)),
+        "{deltas:?}"
+    );
+    let back = replay(&frames, ChunkDecoder::new("p")).unwrap();
+    assert_eq!(back.stop_reason, StopReason::Refusal);
+    assert_eq!(back.message, refused.message);
+    // The decoder marks the refusal for the next encoder.
+    let decoded = replay_events(&frames, ChunkDecoder::new("p")).unwrap();
+    let marked = decoded
+        .iter()
+        .position(|event| *event == StreamEvent::RefusalStart)
+        .unwrap();
+    assert!(
+        matches!(&decoded[marked + 1], StreamEvent::TextDelta { text } if text == "I can't help with that."),
+        "{decoded:?}"
+    );
 }
 
 #[test]

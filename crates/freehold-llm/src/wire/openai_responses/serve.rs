@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use super::{
     ArgumentsDoneEvent, ContentItem, CustomToolCallItem, DeltaEvent, FunctionCallItem,
     FunctionCallOutputItem, IncompleteDetails, InputDoneEvent, Item, ItemContent, ItemEvent,
-    MessageItem, ORIGIN, PartEvent, ReasoningItem, ResponseError, ResponseEvent, ResponseInput,
-    ResponseObject, ResponseSnapshot, ResponseUsage, ResponsesRequest, ServerEvent,
+    MessageItem, ORIGIN, PartEvent, ReasoningItem, RefusalDoneEvent, ResponseError, ResponseEvent,
+    ResponseInput, ResponseObject, ResponseSnapshot, ResponseUsage, ResponsesRequest, ServerEvent,
     SummaryPartEvent, TextDoneEvent, TextFormat, TextPart, WireTool,
 };
 use crate::wire::openai_chat::{
@@ -1027,9 +1027,12 @@ pub fn encode_response_for(
 /// The output item the stream encoder has open.
 #[derive(Debug)]
 enum OpenItem {
+    /// A message item, whose one part is text or, when `refusal`, the
+    /// model's refusal.
     Message {
         id: String,
         text: String,
+        refusal: bool,
     },
     Reasoning {
         id: String,
@@ -1088,6 +1091,8 @@ pub struct ResponseStreamEncoder {
     output: Vec<Item>,
     held: Vec<StreamEvent>,
     has_calls: bool,
+    /// Whether the text is the model's refusal ([`StreamEvent::RefusalStart`]).
+    refusing: bool,
     usage: Option<Usage>,
     freeform_tools: BTreeSet<String>,
     namespaced_tools: BTreeMap<String, (String, String)>,
@@ -1109,6 +1114,7 @@ impl ResponseStreamEncoder {
             output: Vec::new(),
             held: Vec::new(),
             has_calls: false,
+            refusing: false,
             usage: None,
             freeform_tools: BTreeSet::new(),
             namespaced_tools: BTreeMap::new(),
@@ -1208,7 +1214,34 @@ impl ResponseStreamEncoder {
         };
         let output_index = self.output_index();
         let item = match open {
-            OpenItem::Message { id, text } => {
+            OpenItem::Message {
+                id,
+                text,
+                refusal: true,
+            } => {
+                let done = ResponseEvent::RefusalDone(RefusalDoneEvent {
+                    item_id: id.clone(),
+                    output_index,
+                    content_index: 0,
+                    refusal: text.clone(),
+                });
+                out.push(self.frame(done));
+                let part = ResponseEvent::ContentPartDone(PartEvent {
+                    item_id: id.clone(),
+                    output_index,
+                    content_index: 0,
+                    part: ContentItem::Refusal {
+                        refusal: text.clone(),
+                    },
+                });
+                out.push(self.frame(part));
+                message_item(id, &text, true, "completed")
+            }
+            OpenItem::Message {
+                id,
+                text,
+                refusal: false,
+            } => {
                 let done = ResponseEvent::OutputTextDone(TextDoneEvent {
                     item_id: id.clone(),
                     output_index,
@@ -1354,19 +1387,27 @@ impl ResponseStreamEncoder {
                         self.close(&mut out);
                         let id = generated_id("msg_");
                         self.added(message_item(id.clone(), "", false, "in_progress"), &mut out);
+                        let part = if self.refusing {
+                            ContentItem::Refusal {
+                                refusal: String::new(),
+                            }
+                        } else {
+                            ContentItem::OutputText {
+                                text: String::new(),
+                                annotations: Vec::new(),
+                            }
+                        };
                         let part = ResponseEvent::ContentPartAdded(PartEvent {
                             item_id: id.clone(),
                             output_index: self.output_index(),
                             content_index: 0,
-                            part: ContentItem::OutputText {
-                                text: String::new(),
-                                annotations: Vec::new(),
-                            },
+                            part,
                         });
                         out.push(self.frame(part));
                         self.open = Some(OpenItem::Message {
                             id: id.clone(),
                             text: String::new(),
+                            refusal: self.refusing,
                         });
                         id
                     }
@@ -1374,14 +1415,26 @@ impl ResponseStreamEncoder {
                 if let Some(OpenItem::Message { text: all, .. }) = &mut self.open {
                     all.push_str(text);
                 }
-                let delta = ResponseEvent::OutputTextDelta(DeltaEvent {
+                let delta = DeltaEvent {
                     item_id: id,
                     output_index: self.output_index(),
                     content_index: Some(0),
                     summary_index: None,
                     delta: text.clone(),
-                });
+                };
+                let delta = if self.refusing {
+                    ResponseEvent::RefusalDelta(delta)
+                } else {
+                    ResponseEvent::OutputTextDelta(delta)
+                };
                 out.push(self.frame(delta));
+            }
+            // The refusal's text goes in a message of its own.
+            StreamEvent::RefusalStart => {
+                if matches!(self.open, Some(OpenItem::Message { refusal: false, .. })) {
+                    self.close(&mut out);
+                }
+                self.refusing = true;
             }
             StreamEvent::ReasoningDelta { text, id } => {
                 self.start(None, &mut out);

@@ -10,7 +10,7 @@ use freehold_protocol::{
 use serde_json::{Value, json};
 
 use super::*;
-use crate::wire::serve::test_support::replay;
+use crate::wire::serve::test_support::{replay, replay_events};
 use crate::wire::serve::{DecodeError, SseData, SseFrame};
 
 fn tool(name: &str) -> ToolSpec {
@@ -236,6 +236,44 @@ fn types(frames: &[SseFrame]) -> Vec<String> {
             kind
         })
         .collect()
+}
+
+/// A refusal streams as a message item with a `refusal` part
+/// (`response.refusal.delta`s and `.done`), and the client decoder reads it
+/// back as a refusal, marked for the next encoder.
+#[test]
+fn a_streamed_refusal_goes_as_a_refusal_part() {
+    let refused = ChatResponse {
+        message: Message::assistant("I can't help with that."),
+        stop_reason: StopReason::Refusal,
+        ..full_response()
+    };
+    let frames = encode_stream(&refused.to_events());
+    assert_eq!(
+        types(&frames),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.refusal.delta",
+            "response.refusal.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let done = json_of(&frames[7]);
+    assert_eq!(
+        done["item"]["content"][0],
+        json!({"type": "refusal", "refusal": "I can't help with that."}),
+        "{done}"
+    );
+    let back = replay(&frames, ResponsesDecoder::new("p")).unwrap();
+    assert_eq!(back.stop_reason, StopReason::Refusal);
+    assert_eq!(back.message, refused.message);
+    let events = replay_events(&frames, ResponsesDecoder::new("p")).unwrap();
+    assert!(events.contains(&StreamEvent::RefusalStart), "{events:?}");
 }
 
 #[test]
