@@ -4,7 +4,7 @@
 //!
 //! It answers every chat request with the same short text, or, when the
 //! request offers tools and its last message contains `call`, with a call
-//! of the first tool, and when its last message contains `refuse`, with a
+//! of the first tool, and when its last message contains `Please refuse`, with a
 //! refusal (OpenAI's `refusal` in place of the content, as structured
 //! outputs send it); usage counts are derived from the body's size. It can
 //! be slowed down (requests are then in flight for a while) and killed
@@ -222,7 +222,7 @@ async fn chat(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
         .as_str()
         .filter(|_| last.contains("call"))
         .map(str::to_owned);
-    let refuses = tool.is_none() && last.contains("refuse");
+    let refuses = tool.is_none() && last.contains("Please refuse");
     let completion_tokens = 7;
     let usage = json!({
         "prompt_tokens": prompt_tokens,

@@ -1416,6 +1416,16 @@ async fn refusals_end_the_answer_as_refusals() {
     let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text_of(&events), words);
+    // Marked as a refusal before its first words, for the gateway's
+    // encoders (OpenAI clients get it as `refusal`).
+    let marked = events
+        .iter()
+        .position(|event| *event == StreamEvent::RefusalStart)
+        .unwrap();
+    assert!(
+        matches!(&events[marked + 1], StreamEvent::TextDelta { text } if text == "I'm sorry, "),
+        "{events:?}"
+    );
     assert_eq!(
         events.last(),
         Some(&StreamEvent::Stop {

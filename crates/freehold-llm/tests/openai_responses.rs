@@ -613,17 +613,39 @@ async fn a_refusal_is_text_with_a_refusal_stop() {
             usage_json(5, 0, 7, 0),
         )}),
     ]);
-    let server = MockServer::start(vec![Scripted::sse(&sse(&events), Split::Every(11))]).await;
-    let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
-    assert!(error.is_none(), "{error:?}");
-    assert_well_ordered(&events);
-    assert_eq!(text_of(&events), refusal);
-    assert_eq!(
-        events.last(),
-        Some(&StreamEvent::Stop {
-            reason: StopReason::Refusal
+    // Streamed, and known only from the finished item (no deltas).
+    let whole_item: Vec<Value> = events
+        .iter()
+        .filter(|event| {
+            !matches!(
+                event["type"].as_str(),
+                Some("response.refusal.delta" | "response.refusal.done")
+            )
         })
-    );
+        .cloned()
+        .collect();
+    for script in [events, whole_item] {
+        let server = MockServer::start(vec![Scripted::sse(&sse(&script), Split::Every(11))]).await;
+        let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+        assert!(error.is_none(), "{error:?}");
+        assert_well_ordered(&events);
+        assert_eq!(text_of(&events), refusal);
+        // Marked as a refusal before its words, for the gateway's encoders.
+        let marked = events
+            .iter()
+            .position(|event| *event == StreamEvent::RefusalStart)
+            .unwrap();
+        assert!(
+            matches!(&events[marked + 1], StreamEvent::TextDelta { .. }),
+            "{events:?}"
+        );
+        assert_eq!(
+            events.last(),
+            Some(&StreamEvent::Stop {
+                reason: StopReason::Refusal
+            })
+        );
+    }
 }
 
 fn failed_stream(error: Value) -> String {

@@ -938,3 +938,45 @@ fn recover_in_response_matches_recover() {
         }
     }
 }
+
+/// A refusal is no tool call: text held back for a possible call goes out
+/// before the refusal's mark, and the refusal passes unchanged.
+#[test]
+fn a_refusal_passes_after_the_text_held_before_it() {
+    let events = vec![
+        Ok(StreamEvent::Start {
+            id: None,
+            model: None,
+        }),
+        Ok(StreamEvent::TextDelta {
+            text: "ok <".into(),
+        }),
+        Ok(StreamEvent::RefusalStart),
+        Ok(StreamEvent::TextDelta {
+            text: "<tool_call> no".into(),
+        }),
+        Ok(StreamEvent::Stop {
+            reason: StopReason::Refusal,
+        }),
+    ];
+    let adapted = adapt(events, tools());
+    assert_eq!(
+        adapted,
+        [
+            StreamEvent::Start {
+                id: None,
+                model: None,
+            },
+            StreamEvent::TextDelta { text: "ok".into() },
+            // Held as the start of a possible call.
+            StreamEvent::TextDelta { text: " <".into() },
+            StreamEvent::RefusalStart,
+            StreamEvent::TextDelta {
+                text: "<tool_call> no".into()
+            },
+            StreamEvent::Stop {
+                reason: StopReason::Refusal
+            },
+        ]
+    );
+}

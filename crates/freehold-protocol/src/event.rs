@@ -31,9 +31,9 @@ pub enum StopReason {
 ///
 /// Every stream a client returns follows this order: at most one
 /// [`StreamEvent::Start`] first; then text, reasoning and tool-call events
-/// (at most one [`StreamEvent::RefusalStart`] among them, before the text
-/// it marks)
-/// (with, anywhere among them, any number of [`StreamEvent::UsageSoFar`]);
+/// (with at most one [`StreamEvent::RefusalStart`] among them, before the
+/// text it marks, and anywhere among them any number of
+/// [`StreamEvent::UsageSoFar`]);
 /// then at most one [`StreamEvent::Usage`]; and exactly one
 /// [`StreamEvent::Stop`] last. Tool-call events carry an `index` that is unique within the answer:
 /// `ToolCallStart` comes before the call's argument deltas and `ToolCallEnd`

@@ -1058,7 +1058,10 @@ enum OpenItem {
 ///    `message` item), `response.content_part.added` (an empty
 ///    `output_text`), `response.output_text.delta`s, then
 ///    `response.output_text.done`, `response.content_part.done` and
-///    `response.output_item.done` with the whole text;
+///    `response.output_item.done` with the whole text; after a
+///    [`StreamEvent::RefusalStart`], the part is a `refusal` instead, with
+///    `response.refusal.delta`s and `response.refusal.done` (a text message
+///    open then is closed first, so that the refusal has its own item);
 /// 3. one per run of reasoning: a `reasoning` item with one summary part
 ///    (`response.reasoning_summary_part.added`,
 ///    `response.reasoning_summary_text.delta`s, `….done`s), whose

@@ -274,6 +274,39 @@ fn a_streamed_refusal_goes_as_a_refusal_part() {
     assert_eq!(back.message, refused.message);
     let events = replay_events(&frames, ResponsesDecoder::new("p")).unwrap();
     assert!(events.contains(&StreamEvent::RefusalStart), "{events:?}");
+
+    // Text before the refusal keeps its own item; the refusal gets the next.
+    let frames = encode_stream(&[
+        StreamEvent::TextDelta {
+            text: "Well. ".into(),
+        },
+        StreamEvent::RefusalStart,
+        StreamEvent::TextDelta { text: "No.".into() },
+        StreamEvent::Stop {
+            reason: StopReason::Refusal,
+        },
+    ]);
+    let kinds = types(&frames);
+    let refusal_added = kinds
+        .iter()
+        .position(|kind| kind == "response.refusal.delta")
+        .unwrap();
+    assert!(
+        kinds[..refusal_added].contains(&"response.output_text.done".to_owned()),
+        "{kinds:?}"
+    );
+    let completed = json_of(frames.last().unwrap());
+    assert_eq!(completed["type"], "response.completed", "{completed}");
+    let output = &completed["response"]["output"];
+    assert_eq!(
+        output[0]["content"][0]["type"], "output_text",
+        "{completed}"
+    );
+    assert_eq!(
+        output[1]["content"][0],
+        json!({"type": "refusal", "refusal": "No."}),
+        "{completed}"
+    );
 }
 
 #[test]
