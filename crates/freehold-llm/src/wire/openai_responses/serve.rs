@@ -828,17 +828,20 @@ fn final_status(reason: &StopReason) -> (&'static str, Option<IncompleteDetails>
     }
 }
 
-fn message_item(id: String, text: &str, refusal: bool, status: &str) -> Item {
-    let part = if refusal {
-        ContentItem::Refusal {
-            refusal: text.to_owned(),
-        }
+/// A message's one part: `text` as output text, or as the model's refusal.
+fn message_part(text: String, refusal: bool) -> ContentItem {
+    if refusal {
+        ContentItem::Refusal { refusal: text }
     } else {
         ContentItem::OutputText {
-            text: text.to_owned(),
+            text,
             annotations: Vec::new(),
         }
-    };
+    }
+}
+
+fn message_item(id: String, text: &str, refusal: bool, status: &str) -> Item {
+    let part = message_part(text.to_owned(), refusal);
     Item::Message(MessageItem {
         id: Some(id),
         role: "assistant".into(),
@@ -1217,53 +1220,32 @@ impl ResponseStreamEncoder {
         };
         let output_index = self.output_index();
         let item = match open {
-            OpenItem::Message {
-                id,
-                text,
-                refusal: true,
-            } => {
-                let done = ResponseEvent::RefusalDone(RefusalDoneEvent {
-                    item_id: id.clone(),
-                    output_index,
-                    content_index: 0,
-                    refusal: text.clone(),
-                });
-                out.push(self.frame(done));
-                let part = ResponseEvent::ContentPartDone(PartEvent {
-                    item_id: id.clone(),
-                    output_index,
-                    content_index: 0,
-                    part: ContentItem::Refusal {
+            OpenItem::Message { id, text, refusal } => {
+                let done = if refusal {
+                    ResponseEvent::RefusalDone(RefusalDoneEvent {
+                        item_id: id.clone(),
+                        output_index,
+                        content_index: 0,
                         refusal: text.clone(),
-                    },
-                });
-                out.push(self.frame(part));
-                message_item(id, &text, true, "completed")
-            }
-            OpenItem::Message {
-                id,
-                text,
-                refusal: false,
-            } => {
-                let done = ResponseEvent::OutputTextDone(TextDoneEvent {
-                    item_id: id.clone(),
-                    output_index,
-                    content_index: Some(0),
-                    summary_index: None,
-                    text: text.clone(),
-                });
+                    })
+                } else {
+                    ResponseEvent::OutputTextDone(TextDoneEvent {
+                        item_id: id.clone(),
+                        output_index,
+                        content_index: Some(0),
+                        summary_index: None,
+                        text: text.clone(),
+                    })
+                };
                 out.push(self.frame(done));
                 let part = ResponseEvent::ContentPartDone(PartEvent {
                     item_id: id.clone(),
                     output_index,
                     content_index: 0,
-                    part: ContentItem::OutputText {
-                        text: text.clone(),
-                        annotations: Vec::new(),
-                    },
+                    part: message_part(text.clone(), refusal),
                 });
                 out.push(self.frame(part));
-                message_item(id, &text, false, "completed")
+                message_item(id, &text, refusal, "completed")
             }
             OpenItem::Reasoning { id, text } => {
                 if !text.is_empty() {
@@ -1390,21 +1372,11 @@ impl ResponseStreamEncoder {
                         self.close(&mut out);
                         let id = generated_id("msg_");
                         self.added(message_item(id.clone(), "", false, "in_progress"), &mut out);
-                        let part = if self.refusing {
-                            ContentItem::Refusal {
-                                refusal: String::new(),
-                            }
-                        } else {
-                            ContentItem::OutputText {
-                                text: String::new(),
-                                annotations: Vec::new(),
-                            }
-                        };
                         let part = ResponseEvent::ContentPartAdded(PartEvent {
                             item_id: id.clone(),
                             output_index: self.output_index(),
                             content_index: 0,
-                            part,
+                            part: message_part(String::new(), self.refusing),
                         });
                         out.push(self.frame(part));
                         self.open = Some(OpenItem::Message {
