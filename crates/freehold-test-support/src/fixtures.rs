@@ -60,7 +60,8 @@ pub fn test_python() -> Option<PathBuf> {
 }
 
 /// A folder holding the coding agents that the gateway's tests drive, as
-/// `codex` (OpenAI's Codex CLI) and `claude` (Anthropic's Claude Code)
+/// `codex` (OpenAI's Codex CLI), `claude` (Anthropic's Claude Code) and
+/// `aider` (Aider)
 /// (`FREEHOLD_TEST_AGENT_CLIENTS`, made by `scripts/agent-clients`).
 ///
 /// # Panics
@@ -68,7 +69,7 @@ pub fn test_python() -> Option<PathBuf> {
 pub fn test_agent_clients() -> Option<PathBuf> {
     fixture(
         "FREEHOLD_TEST_AGENT_CLIENTS",
-        "a folder with the codex and claude programs (scripts/agent-clients prints it)",
+        "a folder with the codex, claude and aider programs (scripts/agent-clients prints it)",
     )
     .map(PathBuf::from)
 }

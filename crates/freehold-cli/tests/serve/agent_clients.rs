@@ -1,12 +1,15 @@
 //! The real coding agents against `freehold serve`: OpenAI's Codex CLI
-//! (`codex exec`, the Responses API) and Anthropic's Claude Code
-//! (`claude -p`, the Messages API), the versions pinned by
+//! (`codex exec`, the Responses API), Anthropic's Claude Code
+//! (`claude -p`, the Messages API) and Aider (`aider --message`, Chat
+//! Completions through LiteLLM), the versions pinned by
 //! `scripts/agent-clients`.
 //!
 //! Behind the gateway is an OpenAI-compatible upstream on 127.0.0.1 that
 //! plays a model deterministically: asked for the task below, it calls the
 //! agent's shell tool once to write a file; given the tool's output, it
-//! answers with a line quoting it. So each test proves the whole round trip
+//! answers with a line quoting it. (Aider calls no tools: asked to fix a
+//! file, the model answers with an edit in Aider's SEARCH/REPLACE form,
+//! which Aider applies.) So each test proves the whole round trip
 //! through two translations (the agent's protocol to Chat Completions and
 //! back): the agent read the gateway's stream, ran the call it carried, sent
 //! the result back in its own shape, and printed the final answer. The
@@ -47,6 +50,16 @@ const CALL_ID: &str = "call_proof_1";
 const VERIFIED: &str = "verified the tool output:";
 /// How long the upstream is silent after opening its streamed tool call.
 const SILENCE: Duration = Duration::from_secs(8);
+
+/// The task Aider is given; the upstream answers it with [`AIDER_EDIT`].
+const AIDER_TASK: &str = "Fix add in calc.py: it subtracts.";
+/// The file Aider edits, before and after.
+const CALC_BEFORE: &str = "def add(a, b):\n    return a - b\n";
+const CALC_AFTER: &str = "def add(a, b):\n    return a + b\n";
+/// The scripted model's answer to [`AIDER_TASK`]: an edit in the form
+/// Aider's `diff` edit format asks for.
+const AIDER_EDIT: &str = "calc.py\n```python\n<<<<<<< SEARCH\n    return a - b\n=======\n    \
+                          return a + b\n>>>>>>> REPLACE\n```\n";
 
 /// The shell command the upstream asks the agent to run, in the agent's
 /// working directory.
@@ -112,9 +125,15 @@ fn play_model(request: &Recorded) -> Scripted {
         let reply = Reply::Text(format!("{VERIFIED} {}", output.trim()));
         return completion(stream, reply);
     }
-    let asked = messages
-        .iter()
-        .any(|message| message["role"] == "user" && message_text(message).contains(TASK));
+    let asked_of = |task: &str| {
+        messages
+            .iter()
+            .any(|message| message["role"] == "user" && message_text(message).contains(task))
+    };
+    if asked_of(AIDER_TASK) {
+        return completion(stream, Reply::Text(AIDER_EDIT.into()));
+    }
+    let asked = asked_of(TASK);
     let tools: Vec<&str> = body["tools"]
         .as_array()
         .into_iter()
@@ -411,4 +430,68 @@ async fn claude_code_runs_a_tool_call_through_the_gateway() {
     assert_ledger_has_both_turns(&served, "coder").await;
     let _ = std::fs::remove_dir_all(&home);
     let _ = std::fs::remove_dir_all(&workdir);
+}
+
+#[tokio::test]
+async fn aider_applies_an_edit_through_the_gateway() {
+    let Some(agents) = test_agent_clients() else {
+        return;
+    };
+    let (upstream, served) = gateway_before_scripted_model().await;
+    let home = scratch("aider-home");
+    let workdir = scratch("aider-work");
+    // A fresh (empty) copy of the model list Aider would otherwise fetch
+    // from GitHub: nothing but the gateway to talk to.
+    let caches = home.join(".aider").join("caches");
+    std::fs::create_dir_all(&caches).unwrap();
+    std::fs::write(caches.join("model_prices_and_context_window.json"), "{}").unwrap();
+    std::fs::write(workdir.join("calc.py"), CALC_BEFORE).unwrap();
+    let api_base = format!("{}/v1", served.url);
+    let mut command = tokio::process::Command::new(agents.join("aider"));
+    command
+        .args(["--model", "openai/coder", "--openai-api-base", &api_base])
+        .args(["--openai-api-key", MASTER, "--edit-format", "diff"])
+        .args([
+            "--yes-always",
+            "--no-git",
+            "--map-tokens",
+            "0",
+            "--no-pretty",
+        ])
+        .args(["--no-check-update", "--no-show-release-notes"])
+        .args(["--no-show-model-warnings", "--analytics-disable"])
+        .args(["--message", AIDER_TASK, "calc.py"])
+        .current_dir(&workdir)
+        .env_clear()
+        .env("HOME", &home)
+        // LiteLLM's own model list, read from its package, not fetched.
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let stdout = run_agent(command, "aider --message").await;
+
+    assert_eq!(
+        std::fs::read_to_string(workdir.join("calc.py")).unwrap(),
+        CALC_AFTER,
+        "Aider applied the model's edit: {stdout}"
+    );
+    assert!(stdout.contains("Applied edit to calc.py"), "{stdout}");
+    // LiteLLM asked for a stream with usage, which the gateway translated.
+    let asked: Vec<Value> = upstream
+        .requests()
+        .iter()
+        .map(Recorded::json)
+        .filter(|body| body.to_string().contains(AIDER_TASK))
+        .collect();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0]["stream"], true, "{}", asked[0]);
+    for _ in 0..50 {
+        let row = served.usage_row("model", "coder").await;
+        if row.is_some_and(|row| row["requests"].as_u64() >= Some(1)) {
+            let _ = std::fs::remove_dir_all(&home);
+            let _ = std::fs::remove_dir_all(&workdir);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the ledger lacks Aider's request");
 }
