@@ -9,7 +9,8 @@
 //! agent's shell tool once to write a file; given the tool's output, it
 //! answers with a line quoting it. (Aider calls no tools: asked to fix a
 //! file, the model answers with an edit in Aider's SEARCH/REPLACE form,
-//! which Aider applies.) So each test proves the whole round trip
+//! which Aider applies; its test checks the edit and the request.) So each
+//! tool-calling agent's test proves the whole round trip
 //! through two translations (the agent's protocol to Chat Completions and
 //! back): the agent read the gateway's stream, ran the call it carried, sent
 //! the result back in its own shape, and printed the final answer. The
@@ -440,11 +441,12 @@ async fn aider_applies_an_edit_through_the_gateway() {
     let (upstream, served) = gateway_before_scripted_model().await;
     let home = scratch("aider-home");
     let workdir = scratch("aider-work");
-    // A fresh (empty) copy of the model list Aider would otherwise fetch
-    // from GitHub: nothing but the gateway to talk to.
-    let caches = home.join(".aider").join("caches");
-    std::fs::create_dir_all(&caches).unwrap();
-    std::fs::write(caches.join("model_prices_and_context_window.json"), "{}").unwrap();
+    // The model's metadata, which Aider would otherwise look up in a list
+    // it fetches from GitHub: nothing but the gateway to talk to.
+    let metadata = home.join("models.json");
+    let coder = json!({"openai/coder": {"max_input_tokens": 32768, "max_output_tokens": 4096,
+        "litellm_provider": "openai", "mode": "chat"}});
+    std::fs::write(&metadata, coder.to_string()).unwrap();
     std::fs::write(workdir.join("calc.py"), CALC_BEFORE).unwrap();
     let api_base = format!("{}/v1", served.url);
     let mut command = tokio::process::Command::new(agents.join("aider"));
@@ -460,12 +462,19 @@ async fn aider_applies_an_edit_through_the_gateway() {
         ])
         .args(["--no-check-update", "--no-show-release-notes"])
         .args(["--no-show-model-warnings", "--analytics-disable"])
+        .arg("--model-metadata-file")
+        .arg(&metadata)
         .args(["--message", AIDER_TASK, "calc.py"])
         .current_dir(&workdir)
         .env_clear()
         .env("HOME", &home)
         // LiteLLM's own model list, read from its package, not fetched.
         .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        // Anything else it would fetch fails at once, and no browser opens
+        // a link in an error.
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("BROWSER", "true")
         .env("PATH", std::env::var("PATH").unwrap_or_default());
     let stdout = run_agent(command, "aider --message").await;
 
@@ -475,7 +484,8 @@ async fn aider_applies_an_edit_through_the_gateway() {
         "Aider applied the model's edit: {stdout}"
     );
     assert!(stdout.contains("Applied edit to calc.py"), "{stdout}");
-    // LiteLLM asked for a stream with usage, which the gateway translated.
+    // One streamed request (no retries, no summaries), which reached the
+    // model as Aider wrote it: its system prompt first, the file, greedy.
     let asked: Vec<Value> = upstream
         .requests()
         .iter()
@@ -483,7 +493,18 @@ async fn aider_applies_an_edit_through_the_gateway() {
         .filter(|body| body.to_string().contains(AIDER_TASK))
         .collect();
     assert_eq!(asked.len(), 1, "{asked:?}");
-    assert_eq!(asked[0]["stream"], true, "{}", asked[0]);
+    let body = &asked[0];
+    assert_eq!(body["stream"], true, "{body}");
+    assert_eq!(body["temperature"], 0.0, "{body}");
+    assert_eq!(body["messages"][0]["role"], "system", "{body}");
+    assert!(
+        body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|message| message_text(message).contains("return a - b")),
+        "{body}"
+    );
     for _ in 0..50 {
         let row = served.usage_row("model", "coder").await;
         if row.is_some_and(|row| row["requests"].as_u64() >= Some(1)) {
