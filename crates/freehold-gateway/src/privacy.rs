@@ -199,6 +199,12 @@ pub struct PrivacySettings {
     /// Patterns of your own, checked with the built-in detectors.
     #[serde(default)]
     pub patterns: Vec<CustomPattern>,
+    /// What a document does, whose bytes the detectors cannot read (a PDF
+    /// by its bytes or URL): `off` (the default) lets it go where the
+    /// request is routed; `local_only` keeps the request on this machine;
+    /// `block` refuses it. `redact` is refused: there is no text to redact.
+    #[serde(default = "documents_off")]
+    pub documents: Action,
 }
 
 impl Default for PrivacySettings {
@@ -209,9 +215,18 @@ impl Default for PrivacySettings {
             actions: BTreeMap::new(),
             header: default_header(),
             patterns: Vec::new(),
+            documents: documents_off(),
         }
     }
 }
+
+fn documents_off() -> Action {
+    Action::Off
+}
+
+/// The name documents are found under ([`PrivacySettings::documents`]):
+/// `local_only trigger=content detectors=document:1`.
+const DOCUMENT: &str = "document";
 
 fn all_detectors() -> Vec<Detector> {
     Detector::ALL.to_vec()
@@ -287,6 +302,11 @@ pub enum PrivacyError {
     /// The patterns together are too large to compile into one set.
     #[error("[gateway.privacy] the detectors and patterns together are too large: {0}")]
     TooLarge(String),
+    /// `documents = "redact"`: a document's bytes hold no text to redact.
+    #[error(
+        "[gateway.privacy] documents = \"redact\" cannot work: the detectors cannot read a document's bytes, so nothing in them can be redacted; use \"local_only\" or \"block\" (or \"off\")"
+    )]
+    DocumentsRedact,
 }
 
 /// Where in a request a finding is.
@@ -317,6 +337,9 @@ pub enum Field {
     ToolResult,
     /// The text of a [`ContentPart::Reasoning`].
     Reasoning,
+    /// A [`ContentPart::Document`], which the detectors cannot read
+    /// ([`PrivacySettings::documents`]).
+    Document,
 }
 
 impl Field {
@@ -327,6 +350,7 @@ impl Field {
             Field::ToolArguments => "tool_arguments",
             Field::ToolResult => "tool_result",
             Field::Reasoning => "reasoning",
+            Field::Document => "document",
         }
     }
 }
@@ -561,6 +585,8 @@ pub struct Privacy {
     /// Object keys whose string value is a secret in JSON tool arguments
     /// (present when `password_assignment` is on).
     secret_key: Option<Regex>,
+    /// What a document does ([`PrivacySettings::documents`]).
+    documents: Action,
 }
 
 #[derive(Debug)]
@@ -699,6 +725,9 @@ impl Privacy {
     /// name the bad pattern.
     pub fn new(settings: PrivacySettings) -> Result<Self, PrivacyError> {
         let header = header_name(&settings.header)?;
+        if settings.documents == Action::Redact {
+            return Err(PrivacyError::DocumentsRedact);
+        }
         if let Some(&detector) = settings
             .actions
             .keys()
@@ -774,6 +803,7 @@ impl Privacy {
             rules,
             header,
             secret_key,
+            documents: settings.documents,
         })
     }
 
@@ -791,18 +821,36 @@ impl Privacy {
                 active.push((&rule.name, rule.action));
             }
         }
+        if self.documents != Action::Off {
+            active.push((DOCUMENT, self.documents));
+        }
         active
     }
 
-    /// Runs the detectors over the request's texts. The findings say which
-    /// detector matched where and how often, never what.
+    /// Runs the detectors over the request's texts, and notes each
+    /// document when [`PrivacySettings::documents`] is on (as `document`).
+    /// The findings say which detector matched where and how often, never
+    /// what.
     pub fn inspect(&self, request: &ChatRequest) -> Findings {
         let mut findings = Findings::default();
-        if self.rules.is_empty() {
+        if self.rules.is_empty() && self.documents == Action::Off {
             return findings;
         }
         for (message_index, message) in request.messages.iter().enumerate() {
             for (part_index, part) in message.content.iter().enumerate() {
+                if matches!(part, ContentPart::Document(_)) && self.documents != Action::Off {
+                    findings.items.push(Finding {
+                        detector: Arc::from(DOCUMENT),
+                        action: self.documents,
+                        location: Location {
+                            message: message_index,
+                            part: part_index,
+                            field: Field::Document,
+                        },
+                        count: 1,
+                    });
+                    continue;
+                }
                 let Some((field, text)) = part_text(part) else {
                     continue;
                 };
@@ -1278,7 +1326,7 @@ fn check_pattern_name(name: &str, earlier: &[CustomPattern]) -> Result<(), Priva
             "may only hold lowercase ASCII letters, digits, `_` and `-`",
         ));
     }
-    if Detector::ALL.iter().any(|detector| detector.name() == name) {
+    if Detector::ALL.iter().any(|detector| detector.name() == name) || name == DOCUMENT {
         return Err(invalid("is a built-in detector's name"));
     }
     if earlier.iter().any(|pattern| pattern.name == name) {
@@ -2258,6 +2306,84 @@ mod tests {
             decision.to_string(),
             "privacy=local_only trigger=key detectors=jwt:1"
         );
+    }
+
+    /// A request whose user message carries a PDF beside its text.
+    fn with_pdf(text: &str) -> ChatRequest {
+        let mut request = request(text);
+        request.messages[1]
+            .content
+            .push(ContentPart::Document(freehold_protocol::Document {
+                source: freehold_protocol::DocumentSource::Base64 {
+                    media_type: "application/pdf".into(),
+                    data: "JVBERi0xLjQK".into(),
+                },
+                title: None,
+            }));
+        request
+    }
+
+    #[test]
+    fn documents_the_detectors_cannot_read_follow_their_own_action() {
+        // Off by default: a PDF passes, whatever the action for text.
+        let default = with(serde_json::json!({}));
+        assert_eq!(
+            default.decide(&with_pdf("Summarise it."), None, false),
+            Decision::Pass
+        );
+        assert!(!default.active().iter().any(|(name, _)| *name == DOCUMENT));
+
+        let local = with(serde_json::json!({ "documents": "local_only" }));
+        assert!(local.active().contains(&(DOCUMENT, Action::LocalOnly)));
+        let decision = local.decide(&with_pdf("Summarise it."), None, false);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=local_only trigger=content detectors=document:1"
+        );
+        let finding = local
+            .inspect(&with_pdf("Summarise it."))
+            .iter()
+            .next()
+            .cloned();
+        assert_eq!(
+            finding.map(|finding| finding.location),
+            Some(Location {
+                message: 1,
+                part: 1,
+                field: Field::Document,
+            })
+        );
+        // A request without a document is the detectors' alone.
+        assert_eq!(
+            local.decide(&request("Summarise it."), None, false),
+            Decision::Pass
+        );
+        // With detectors off as well, documents are still looked for.
+        let only_documents = with(serde_json::json!({ "detectors": [], "documents": "block" }));
+        let decision = only_documents.decide(&with_pdf("hi"), None, false);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=block trigger=content detectors=document:1"
+        );
+        // The stricter of a document and a text finding decides.
+        let both = with(serde_json::json!({ "documents": "local_only", "action": "redact" }));
+        let decision = both.decide(&with_pdf(&jwt()), None, false);
+        assert!(decision.is_local_only(), "{decision}");
+
+        let error = Privacy::new(
+            serde_json::from_value(serde_json::json!({ "documents": "redact" })).unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(error, PrivacyError::DocumentsRedact);
+        assert!(error.to_string().contains("\"local_only\""), "{error}");
+        let error = Privacy::new(
+            serde_json::from_value(serde_json::json!({
+                "patterns": [{"name": "document", "regex": "x+"}]
+            }))
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("built-in"), "{error}");
     }
 
     #[test]

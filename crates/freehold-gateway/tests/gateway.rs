@@ -1409,6 +1409,48 @@ async fn a_budget_holds_and_charges_a_pdf_as_the_provider_gets_it() {
     assert!(key.spent_usd < 0.001, "spent {}", key.spent_usd);
 }
 
+/// A privacy policy that cannot read a PDF can still decide on it:
+/// `documents = "block"` refuses a request carrying one, in the client's
+/// error shape, and says so in the ledger; a request without one passes.
+#[tokio::test]
+async fn a_privacy_policy_can_block_documents_it_cannot_read() {
+    use freehold_gateway::privacy::{Action, PrivacySettings};
+
+    let upstream = MockUpstream::start().await.unwrap();
+    let settings = GatewaySettings {
+        privacy: Some(PrivacySettings {
+            documents: Action::Block,
+            ..PrivacySettings::default()
+        }),
+        ..GatewaySettings::default()
+    };
+    let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
+    let read_pdf = json!({"model": "mock", "max_tokens": 100, "messages": [{"role": "user",
+        "content": [{"type": "document", "source": {"type": "base64",
+            "media_type": "application/pdf", "data": "JVBERi0xLjQK"}},
+        {"type": "text", "text": "Summarise it."}]}]});
+    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &read_pdf).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["type"], "permission_error", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("document:1"), "{message}");
+    assert_eq!(upstream.requests(), 0);
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &chat_body("mock"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let lines = ledger_lines(&gw.store, 2).await;
+    assert!(
+        lines.iter().any(|line| line.record.privacy.as_deref()
+            == Some("block trigger=content detectors=document:1")),
+        "{lines:?}"
+    );
+}
+
 /// A client asking for no reasoning (Chat Completions' `none`, the Anthropic
 /// `disabled` that Claude Code sends for its subagents) reaches a server
 /// whose chat templates take the switch (vLLM, SGLang, llama.cpp) as
