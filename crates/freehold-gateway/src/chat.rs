@@ -344,9 +344,10 @@ fn apply_privacy(
         .decide(request, privacy_header, local_only_key);
     decision.log();
     accounting.privacy = decision.audit_line();
+    // A document alone leaves nothing for the log's redaction to find.
     accounting.body_has_findings = decision
         .reasons()
-        .is_some_and(|reasons| reasons.findings.total() > 0);
+        .is_some_and(|reasons| reasons.findings.in_text());
     match decision {
         Decision::Pass => {}
         Decision::LocalOnly { .. } => return keep_local(&request.model, targets, routes),
@@ -665,9 +666,20 @@ fn output_bound(targets: &[Target], routes: &Routes, cap: u32) -> u32 {
 
 /// The refusal of a request the privacy policy blocks.
 pub(crate) fn blocked(reasons: &Reasons) -> GatewayError {
+    // Clients send a conversation's documents again with every turn.
+    let what = match (reasons.findings.has_document(), reasons.findings.in_text()) {
+        (true, false) => {
+            "remove the document (a conversation that carries one stays blocked) and send it \
+             again"
+        }
+        (true, true) => {
+            "remove the document (a conversation that carries one stays blocked) and the \
+             sensitive data, and send it again"
+        }
+        _ => "remove the sensitive data and send it again",
+    };
     GatewayError::forbidden(format!(
-        "this request was blocked by the gateway's privacy policy ({}); remove the sensitive \
-         data and send it again",
+        "this request was blocked by the gateway's privacy policy ({}); {what}",
         reasons.findings
     ))
 }

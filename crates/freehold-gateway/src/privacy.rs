@@ -13,6 +13,9 @@
 //! # A client sending `x-freehold-privacy: local-only` forces local routing
 //! # ("" turns the header off).
 //! header = "x-freehold-privacy"
+//! # What a document does, which no detector can read (a PDF):
+//! # off (default) | local_only | block.
+//! documents = "off"
 //!
 //! # Per-detector overrides of `action`.
 //! [gateway.privacy.actions]
@@ -29,7 +32,8 @@
 //! What is inspected: text parts, tool-call arguments, tool results and
 //! reasoning text of every message. Images, documents (PDFs, whose bytes
 //! would need a PDF reader), tool definitions, the model name and stop
-//! sequences are not.
+//! sequences are not; `documents` decides on a request that carries a
+//! document, as a finding named `document`.
 //!
 //! Cost: one [`RegexSet`] pass over each inspected text; the individual
 //! detectors run only on texts the set matched, so a clean request costs one
@@ -416,6 +420,21 @@ impl Findings {
 
     fn has(&self, action: Action) -> bool {
         self.items.iter().any(|finding| finding.action == action)
+    }
+
+    /// Whether any finding is in text (a detector's or pattern's match),
+    /// not a document the detectors cannot read.
+    pub fn in_text(&self) -> bool {
+        self.items
+            .iter()
+            .any(|finding| finding.location.field != Field::Document)
+    }
+
+    /// Whether any finding is a document ([`PrivacySettings::documents`]).
+    pub fn has_document(&self) -> bool {
+        self.items
+            .iter()
+            .any(|finding| finding.location.field == Field::Document)
     }
 }
 
@@ -849,6 +868,9 @@ impl Privacy {
                         },
                         count: 1,
                     });
+                    continue;
+                }
+                if self.rules.is_empty() {
                     continue;
                 }
                 let Some((field, text)) = part_text(part) else {
@@ -1326,8 +1348,13 @@ fn check_pattern_name(name: &str, earlier: &[CustomPattern]) -> Result<(), Priva
             "may only hold lowercase ASCII letters, digits, `_` and `-`",
         ));
     }
-    if Detector::ALL.iter().any(|detector| detector.name() == name) || name == DOCUMENT {
+    if Detector::ALL.iter().any(|detector| detector.name() == name) {
         return Err(invalid("is a built-in detector's name"));
+    }
+    if name == DOCUMENT {
+        return Err(invalid(
+            "is reserved: documents are found under it (`documents = …`)",
+        ));
     }
     if earlier.iter().any(|pattern| pattern.name == name) {
         return Err(invalid("is used by two patterns"));
@@ -2368,7 +2395,10 @@ mod tests {
         // The stricter of a document and a text finding decides.
         let both = with(serde_json::json!({ "documents": "local_only", "action": "redact" }));
         let decision = both.decide(&with_pdf(&jwt()), None, false);
-        assert!(decision.is_local_only(), "{decision}");
+        assert_eq!(
+            decision.to_string(),
+            "privacy=local_only trigger=content detectors=document:1,jwt:1"
+        );
 
         let error = Privacy::new(
             serde_json::from_value(serde_json::json!({ "documents": "redact" })).unwrap(),
@@ -2383,7 +2413,7 @@ mod tests {
             .unwrap(),
         )
         .unwrap_err();
-        assert!(error.to_string().contains("built-in"), "{error}");
+        assert!(error.to_string().contains("reserved"), "{error}");
     }
 
     #[test]

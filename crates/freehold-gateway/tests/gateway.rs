@@ -1410,45 +1410,83 @@ async fn a_budget_holds_and_charges_a_pdf_as_the_provider_gets_it() {
 }
 
 /// A privacy policy that cannot read a PDF can still decide on it:
-/// `documents = "block"` refuses a request carrying one, in the client's
-/// error shape, and says so in the ledger; a request without one passes.
+/// `documents = "block"` refuses a request carrying one, from an Anthropic
+/// or an OpenAI client, in the client's error shape, and says so in the
+/// ledger; `"local_only"` keeps it off hosted models (`mock` is hosted
+/// here). A plain-text file is text to the detectors, and passes.
 #[tokio::test]
-async fn a_privacy_policy_can_block_documents_it_cannot_read() {
+async fn a_privacy_policy_can_keep_or_block_documents_it_cannot_read() {
     use freehold_gateway::privacy::{Action, PrivacySettings};
 
-    let upstream = MockUpstream::start().await.unwrap();
-    let settings = GatewaySettings {
-        privacy: Some(PrivacySettings {
-            documents: Action::Block,
-            ..PrivacySettings::default()
-        }),
-        ..GatewaySettings::default()
-    };
-    let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
     let read_pdf = json!({"model": "mock", "max_tokens": 100, "messages": [{"role": "user",
         "content": [{"type": "document", "source": {"type": "base64",
             "media_type": "application/pdf", "data": "JVBERi0xLjQK"}},
         {"type": "text", "text": "Summarise it."}]}]});
-    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &read_pdf).await;
-    assert_eq!(status, 403, "{body}");
-    assert_eq!(body["error"]["type"], "permission_error", "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("document:1"), "{message}");
-    assert_eq!(upstream.requests(), 0);
-    let (status, body, _) = post(
-        &gw.url,
-        "/v1/chat/completions",
-        Some(MASTER),
-        &chat_body("mock"),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let lines = ledger_lines(&gw.store, 2).await;
-    assert!(
-        lines.iter().any(|line| line.record.privacy.as_deref()
-            == Some("block trigger=content detectors=document:1")),
-        "{lines:?}"
-    );
+    let chat_file = |media_type: &str| {
+        json!({"model": "mock", "max_tokens": 100, "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"filename": "spec",
+                "file_data": format!("data:{media_type};base64,SGVsbG8uCg==")}},
+            {"type": "text", "text": "Summarise it."}]}]})
+    };
+    for documents in [Action::Block, Action::LocalOnly] {
+        let upstream = MockUpstream::start().await.unwrap();
+        let settings = GatewaySettings {
+            privacy: Some(PrivacySettings {
+                documents,
+                ..PrivacySettings::default()
+            }),
+            ..GatewaySettings::default()
+        };
+        let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
+        let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &read_pdf).await;
+        assert_eq!(status, 403, "{documents:?}: {body}");
+        assert_eq!(body["error"]["type"], "permission_error", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        let (status, body, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(MASTER),
+            &chat_file("application/pdf"),
+        )
+        .await;
+        assert_eq!(status, 403, "{documents:?}: {body}");
+        assert_eq!(body["error"]["type"], "permission_error", "{body}");
+        assert_eq!(upstream.requests(), 0);
+        // A text file and a request without a file pass.
+        let (status, body, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(MASTER),
+            &chat_file("text/plain"),
+        )
+        .await;
+        assert_eq!(status, 200, "{documents:?}: {body}");
+        let (status, body, _) = post(
+            &gw.url,
+            "/v1/chat/completions",
+            Some(MASTER),
+            &chat_body("mock"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let lines = ledger_lines(&gw.store, 4).await;
+        let expected = match documents {
+            Action::Block => {
+                assert!(message.contains("document:1"), "{message}");
+                assert!(message.contains("remove the document"), "{message}");
+                "block trigger=content detectors=document:1"
+            }
+            _ => {
+                assert!(message.contains("must stay on this machine"), "{message}");
+                "local_only trigger=content detectors=document:1"
+            }
+        };
+        let audited = lines
+            .iter()
+            .filter(|line| line.record.privacy.as_deref() == Some(expected))
+            .count();
+        assert_eq!(audited, 2, "{lines:?}");
+    }
 }
 
 /// A client asking for no reasoning (Chat Completions' `none`, the Anthropic
