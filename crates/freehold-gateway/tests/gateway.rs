@@ -1190,6 +1190,15 @@ async fn gemini_call_signatures_round_trip_through_every_clients_call_ids() {
     assert_signature_came_back(&server.requests()[5]);
 }
 
+/// An Anthropic request for `model` (100 tokens at most) to summarise a
+/// PDF whose base64 bytes are `data`.
+fn asked_to_summarise_a_pdf(model: &str, data: &str) -> Value {
+    json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+         "data": data}},
+        {"type": "text", "text": "Summarise it."}]}]})
+}
+
 /// A PDF Claude Code read (a `document` block in a tool result) reaches a
 /// provider that reads documents as a file, and one that reads text only
 /// as a note saying it is there: the conversation goes on either way.
@@ -1247,10 +1256,9 @@ async fn a_pdf_claude_code_read_reaches_each_provider_as_it_can_take_it() {
     // a line to one that does not, so Claude Code does not compact a
     // conversation a local model has room for.
     let count = |model: &str| {
-        json!({"model": model, "messages": [{"role": "user", "content": [
-            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
-             "data": "A".repeat(400_000)}},
-            {"type": "text", "text": "Summarise it."}]}]})
+        let mut count = asked_to_summarise_a_pdf(model, &"A".repeat(400_000));
+        count.as_object_mut().unwrap().remove("max_tokens");
+        count
     };
     let (status, read, _) = post(
         &gw.url,
@@ -1363,12 +1371,7 @@ async fn a_budget_holds_and_charges_a_pdf_as_the_provider_gets_it() {
             ..NewKey::default()
         })
         .await;
-    let with_pdf = |model: &str| {
-        json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": [
-            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
-             "data": "A".repeat(400_000)}},
-            {"type": "text", "text": "Summarise it."}]}]})
-    };
+    let with_pdf = |model: &str| asked_to_summarise_a_pdf(model, &"A".repeat(400_000));
     // Where any provider of the route reads it, the PDF is held whole:
     // refused before anything was spent, in Anthropic's shape.
     for model in ["reader:mock-model", "either"] {
@@ -1418,10 +1421,7 @@ async fn a_budget_holds_and_charges_a_pdf_as_the_provider_gets_it() {
 async fn a_privacy_policy_can_keep_or_block_documents_it_cannot_read() {
     use freehold_gateway::privacy::{Action, PrivacySettings};
 
-    let read_pdf = json!({"model": "mock", "max_tokens": 100, "messages": [{"role": "user",
-        "content": [{"type": "document", "source": {"type": "base64",
-            "media_type": "application/pdf", "data": "JVBERi0xLjQK"}},
-        {"type": "text", "text": "Summarise it."}]}]});
+    let read_pdf = asked_to_summarise_a_pdf("mock", "JVBERi0xLjQK");
     let chat_file = |media_type: &str| {
         json!({"model": "mock", "max_tokens": 100, "messages": [{"role": "user", "content": [
             {"type": "file", "file": {"filename": "spec",
