@@ -30,10 +30,12 @@
 //! ```
 //!
 //! What is inspected: text parts, tool-call arguments, tool results and
-//! reasoning text of every message. Images, documents (PDFs, whose bytes
-//! would need a PDF reader), tool definitions, the model name and stop
-//! sequences are not; `documents` decides on a request that carries a
-//! document, as a finding named `document`.
+//! reasoning text of every message, and a document's title and URL (a
+//! match there is not redacted, so `redact` keeps the request local).
+//! Images, documents' bytes (PDFs, which would need a PDF reader), tool
+//! definitions, the model name and stop sequences are not; `documents`
+//! decides on a request that carries a document, as a finding named
+//! `document`.
 //!
 //! Cost: one [`RegexSet`] pass over each inspected text; the individual
 //! detectors run only on texts the set matched, so a clean request costs one
@@ -344,6 +346,10 @@ pub enum Field {
     /// A [`ContentPart::Document`], which the detectors cannot read
     /// ([`PrivacySettings::documents`]).
     Document,
+    /// A document's title and URL, which they can; a match there is not
+    /// redacted (the URL would no longer lead to the file), so a `redact`
+    /// action keeps the request local instead.
+    DocumentName,
 }
 
 impl Field {
@@ -355,6 +361,7 @@ impl Field {
             Field::ToolResult => "tool_result",
             Field::Reasoning => "reasoning",
             Field::Document => "document",
+            Field::DocumentName => "document_name",
         }
     }
 }
@@ -857,17 +864,30 @@ impl Privacy {
         }
         for (message_index, message) in request.messages.iter().enumerate() {
             for (part_index, part) in message.content.iter().enumerate() {
-                if matches!(part, ContentPart::Document(_)) && self.documents != Action::Off {
-                    findings.items.push(Finding {
-                        detector: Arc::from(DOCUMENT),
-                        action: self.documents,
-                        location: Location {
+                if let ContentPart::Document(document) = part {
+                    if self.documents != Action::Off {
+                        findings.items.push(Finding {
+                            detector: Arc::from(DOCUMENT),
+                            action: self.documents,
+                            location: Location {
+                                message: message_index,
+                                part: part_index,
+                                field: Field::Document,
+                            },
+                            count: 1,
+                        });
+                    }
+                    // Its title and URL are text the detectors can read.
+                    if !self.rules.is_empty() {
+                        let location = Location {
                             message: message_index,
                             part: part_index,
-                            field: Field::Document,
-                        },
-                        count: 1,
-                    });
+                            field: Field::DocumentName,
+                        };
+                        for text in document_names(document) {
+                            self.inspect_text(text, location, &mut findings);
+                        }
+                    }
                     continue;
                 }
                 if self.rules.is_empty() {
@@ -1276,6 +1296,15 @@ fn unescaped_view(json: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// The part's inspected text, if it has one.
+/// A document's title and URL (when it is given by one).
+fn document_names(document: &freehold_protocol::Document) -> impl Iterator<Item = &str> {
+    let url = match &document.source {
+        freehold_protocol::DocumentSource::Url { url } => Some(url.as_str()),
+        freehold_protocol::DocumentSource::Base64 { .. } => None,
+    };
+    document.title.as_deref().into_iter().chain(url)
+}
+
 fn part_text(part: &ContentPart) -> Option<(Field, &str)> {
     match part {
         ContentPart::Text { text } => Some((Field::Text, text)),
@@ -2414,6 +2443,53 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("reserved"), "{error}");
+    }
+
+    /// A document's title and URL are text: a secret there is found, and,
+    /// as the URL cannot be rewritten, kept local rather than redacted.
+    #[test]
+    fn a_documents_title_and_url_are_inspected() {
+        let by_url = |url: String, title: Option<&str>| {
+            let mut request = request("Summarise it.");
+            request.messages[1]
+                .content
+                .push(ContentPart::Document(freehold_protocol::Document {
+                    source: freehold_protocol::DocumentSource::Url { url },
+                    title: title.map(str::to_owned),
+                }));
+            request
+        };
+        let signed = by_url(
+            format!("https://files.corp.test/spec.pdf?key={}", aws_key()),
+            None,
+        );
+        let local = with(serde_json::json!({}));
+        let decision = local.decide(&signed, None, false);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=local_only trigger=content detectors=aws_access_key:1"
+        );
+        assert_eq!(
+            local
+                .inspect(&signed)
+                .iter()
+                .next()
+                .map(|f| f.location.field),
+            Some(Field::DocumentName)
+        );
+        let redacting = with(redact_settings());
+        let decision = redacting.decide(&signed, None, false);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=local_only trigger=content detectors=aws_access_key:1 redaction=incomplete"
+        );
+        let titled = by_url(
+            "https://files.corp.test/spec.pdf".into(),
+            Some(&format!("keys {}", aws_key())),
+        );
+        assert!(local.decide(&titled, None, false).is_local_only());
+        let clean = by_url("https://files.corp.test/spec.pdf".into(), Some("Spec"));
+        assert_eq!(local.decide(&clean, None, false), Decision::Pass);
     }
 
     #[test]
