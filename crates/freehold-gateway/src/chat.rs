@@ -667,7 +667,15 @@ fn output_bound(targets: &[Target], routes: &Routes, cap: u32) -> u32 {
 /// The refusal of a request the privacy policy blocks.
 pub(crate) fn blocked(reasons: &Reasons) -> GatewayError {
     // Clients send a conversation's documents again with every turn.
-    let what = match (reasons.findings.has_document(), reasons.findings.in_text()) {
+    let findings = &reasons.findings;
+    if findings.in_document_name() {
+        return GatewayError::forbidden(format!(
+            "this request was blocked by the gateway's privacy policy ({findings}): a \
+             document's title or URL holds sensitive data; remove the document (a conversation \
+             that carries one stays blocked) and send it again"
+        ));
+    }
+    let what = match (findings.has_document(), findings.in_text()) {
         (true, false) => {
             "remove the document (a conversation that carries one stays blocked) and send it \
              again"

@@ -347,13 +347,15 @@ pub enum Field {
     /// ([`PrivacySettings::documents`]).
     Document,
     /// A document's title and URL, which they can; a match there is not
-    /// redacted (the URL would no longer lead to the file), so a `redact`
-    /// action keeps the request local instead.
+    /// redacted (the URL would no longer lead to the file, and the title is
+    /// the file's name to some providers), so a `redact` action keeps the
+    /// request local instead.
     DocumentName,
 }
 
 impl Field {
-    /// A short name (`text`, `tool_arguments`, `tool_result`, `reasoning`).
+    /// A short name (`text`, `tool_arguments`, `tool_result`, `reasoning`,
+    /// `document`, `document_name`).
     pub fn as_str(self) -> &'static str {
         match self {
             Field::Text => "text",
@@ -442,6 +444,13 @@ impl Findings {
         self.items
             .iter()
             .any(|finding| finding.location.field == Field::Document)
+    }
+
+    /// Whether any finding is in a document's title or URL.
+    pub fn in_document_name(&self) -> bool {
+        self.items
+            .iter()
+            .any(|finding| finding.location.field == Field::DocumentName)
     }
 }
 
@@ -985,7 +994,8 @@ impl Privacy {
     /// `[REDACTED:<detector>]`: in text, tool results and reasoning text
     /// (whose signature is then dropped, as it no longer signs the text);
     /// in tool-call arguments inside JSON strings only, so valid JSON stays
-    /// valid.
+    /// valid. Documents are left as they are: a match in a title or URL is
+    /// found again, and the request kept local ([`Field::DocumentName`]).
     fn redact(&self, request: &ChatRequest) -> ChatRequest {
         let mut request = request.clone();
         for message in &mut request.messages {
@@ -1295,7 +1305,6 @@ fn unescaped_view(json: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// The part's inspected text, if it has one.
 /// A document's title and URL (when it is given by one).
 fn document_names(document: &freehold_protocol::Document) -> impl Iterator<Item = &str> {
     let url = match &document.source {
@@ -1305,6 +1314,7 @@ fn document_names(document: &freehold_protocol::Document) -> impl Iterator<Item 
     document.title.as_deref().into_iter().chain(url)
 }
 
+/// The part's inspected text, if it has one.
 fn part_text(part: &ContentPart) -> Option<(Field, &str)> {
     match part {
         ContentPart::Text { text } => Some((Field::Text, text)),
@@ -1584,9 +1594,12 @@ fn email(candidate: &str) -> bool {
 /// An address whose user is not `git` (SSH remotes) and whose top-level
 /// domain is not a file extension (`icon@2x.png`).
 fn not_a_file_or_remote(user: &str, domain: &str) -> bool {
-    const EXTENSIONS: [&str; 20] = [
+    // Documents' names too (`Scan@2024-01-05.pdf`), which are read as a
+    // document's title.
+    const EXTENSIONS: [&str; 31] = [
         "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "css", "js", "mjs", "ts", "tsx",
-        "jsx", "json", "md", "txt", "html", "lock", "yaml",
+        "jsx", "json", "md", "txt", "html", "lock", "yaml", "pdf", "doc", "docx", "xls", "xlsx",
+        "ppt", "pptx", "csv", "odt", "rtf", "epub",
     ];
     let tld = domain.rsplit('.').next().unwrap_or_default();
     !user.eq_ignore_ascii_case("git") && !EXTENSIONS.iter().any(|ext| tld.eq_ignore_ascii_case(ext))
@@ -2490,6 +2503,31 @@ mod tests {
         assert!(local.decide(&titled, None, false).is_local_only());
         let clean = by_url("https://files.corp.test/spec.pdf".into(), Some("Spec"));
         assert_eq!(local.decide(&clean, None, false), Decision::Pass);
+        // A file's name with an `@` is no email address.
+        let scan = by_url(
+            "https://files.corp.test/scan.pdf".into(),
+            Some("Scan@2024-01-05.pdf"),
+        );
+        assert_eq!(local.decide(&scan, None, false), Decision::Pass);
+        // A title on a document given by its bytes, blocked.
+        let mut titled_bytes = with_pdf("Summarise it.");
+        if let ContentPart::Document(document) = &mut titled_bytes.messages[1].content[1] {
+            document.title = Some(format!("keys {}", aws_key()));
+        }
+        let blocking = with(serde_json::json!({ "action": "block" }));
+        let decision = blocking.decide(&titled_bytes, None, false);
+        let reasons = decision.reasons().unwrap();
+        assert_eq!(decision.outcome(), "block");
+        assert!(reasons.findings.in_document_name() && reasons.findings.in_text());
+        assert!(!reasons.findings.has_document());
+        // A match in the text beside a clean document is still redacted:
+        // the document does not make redaction look incomplete.
+        let mut beside = by_url("https://files.corp.test/spec.pdf".into(), Some("Spec"));
+        beside.messages[1].content[0] = ContentPart::Text {
+            text: format!("deploy with {}", aws_key()),
+        };
+        let decision = redacting.decide(&beside, None, false);
+        assert_eq!(decision.outcome(), "redacted", "{decision}");
     }
 
     #[test]
