@@ -184,7 +184,7 @@ impl Message {
         for part in &mut self.content {
             if let ContentPart::Document(document) = part {
                 *part = ContentPart::Text {
-                    text: format!("\n{}\n", document.note()),
+                    text: document.note_paragraph(),
                 };
             }
         }
@@ -317,6 +317,12 @@ impl Document {
             "[A document was attached here ({title}: {what}), but this model cannot read \
              documents; ask for its text, or extract it with a tool.]"
         )
+    }
+
+    /// [`Document::note`] on a line of its own, as it goes among a
+    /// message's text.
+    pub fn note_paragraph(&self) -> String {
+        format!("\n{}\n", self.note())
     }
 
     /// What a model that reads documents of other types is told in the

@@ -170,8 +170,7 @@ impl ChatRequest {
                         DocumentsRead::Whole => {
                             usize::try_from(document.estimated_tokens() * 4).unwrap_or(usize::MAX)
                         }
-                        // The note and the two line breaks around it.
-                        DocumentsRead::AsNotes => document.note().len() + 2,
+                        DocumentsRead::AsNotes => document.note_paragraph().len(),
                     },
                 };
             }

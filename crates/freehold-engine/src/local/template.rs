@@ -109,11 +109,7 @@ impl TemplateMessage {
                     }),
                     // The engine reads text: a document is named, for the
                     // model to say so or turn to a tool.
-                    ContentPart::Document(document) => {
-                        text.push('\n');
-                        text.push_str(&document.note());
-                        text.push('\n');
-                    }
+                    ContentPart::Document(document) => text.push_str(&document.note_paragraph()),
                     ContentPart::Reasoning(_) | ContentPart::Image { .. } => {}
                 }
             }

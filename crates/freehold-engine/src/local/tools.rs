@@ -398,11 +398,7 @@ fn written_out(message: &Message) -> Message {
                     result.content
                 ));
             }
-            ContentPart::Document(document) => {
-                text.push('\n');
-                text.push_str(&document.note());
-                text.push('\n');
-            }
+            ContentPart::Document(document) => text.push_str(&document.note_paragraph()),
             ContentPart::Reasoning(_) | ContentPart::Image { .. } => {}
         }
     }
