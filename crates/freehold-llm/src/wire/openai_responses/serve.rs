@@ -687,7 +687,6 @@ fn decode_call_output(
             format!("a {kind} needs call_id (the call it answers)"),
         ));
     }
-    let mut images = Vec::new();
     let content = match output.output {
         ItemContent::Text(text) => text,
         ItemContent::Parts(parts) => {
@@ -700,7 +699,7 @@ fn decode_call_output(
                     ContentItem::InputImage {
                         image_url: Some(url),
                         ..
-                    } => images.push(ContentPart::Image {
+                    } => attachments.push(ContentPart::Image {
                         source: image_from_url(&url),
                     }),
                     // As images: in the user message after the outputs.
@@ -711,7 +710,7 @@ fn decode_call_output(
                         ..
                     } => match document_from_file(file_data, file_url, filename) {
                         Some(ContentPart::Text { text }) => texts.push(text),
-                        Some(part) => images.push(part),
+                        Some(part) => attachments.push(part),
                         None => {
                             return Err(DecodeError::unsupported(
                                 format!("{field}.output"),
@@ -736,7 +735,6 @@ fn decode_call_output(
             is_error: false,
         }),
     );
-    attachments.extend(images);
     Ok(())
 }
 
