@@ -1190,6 +1190,62 @@ async fn gemini_call_signatures_round_trip_through_every_clients_call_ids() {
     assert_signature_came_back(&server.requests()[5]);
 }
 
+/// An Anthropic client's stop sequences reach a server that takes fewer
+/// (`max_stop_sequences`) as far as it takes them; the gateway ends the
+/// answer at the others, and the client gets `stop_sequence` as its stop
+/// reason, whole or streamed.
+#[tokio::test]
+async fn stop_sequences_past_an_upstreams_limit_end_the_answer_at_the_gateway() {
+    use freehold_test_support::{MockServer, Scripted, Split, sse_text};
+
+    let chunk = |content: &str| {
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+               "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]})
+        .to_string()
+    };
+    let pieces = [chunk("Thought: add\nObserv"), chunk("ation: 5\nmore")];
+    let streamed = sse_text(&[("", &pieces[0]), ("", &pieces[1]), ("", "[DONE]")]);
+    let server = MockServer::start(vec![
+        Scripted::json(200, chat_completion("m", "Thought: add\nObservation: 5")),
+        Scripted::sse(&streamed, Split::Whole),
+    ])
+    .await;
+    let mut config = openai_kind(&server, None);
+    config.max_stop_sequences = Some(4);
+    let gw = start_configured(vec![("u", config)]).await;
+    let stops = ["S1", "S2", "S3", "S4", "\nObservation:"];
+    let mut ask = json!({"model": "u:m", "max_tokens": 100, "stop_sequences": stops,
+        "messages": [{"role": "user", "content": "What is 2 + 3?"}]});
+
+    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &ask).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["content"],
+        json!([{"type": "text", "text": "Thought: add"}])
+    );
+    assert_eq!(body["stop_reason"], "stop_sequence");
+
+    ask["stream"] = json!(true);
+    let mut response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gw.url))
+        .bearer_auth(MASTER)
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    let received = read_until(&mut response, "event: message_stop").await;
+    assert!(received.contains(r#""text":"Thought: add""#), "{received}");
+    assert!(!received.contains("Observ"), "{received}");
+    assert!(
+        received.contains(r#""stop_reason":"stop_sequence""#),
+        "{received}"
+    );
+
+    for sent in server.requests() {
+        assert_eq!(sent.json()["stop"], json!(["S1", "S2", "S3", "S4"]));
+    }
+}
+
 /// An Anthropic request for `model` (100 tokens at most) to summarise a
 /// PDF whose base64 bytes are `data`.
 fn asked_to_summarise_a_pdf(model: &str, data: &str) -> Value {

@@ -123,6 +123,12 @@ pub struct ProviderConfig {
     /// on for `openai` and `openai-responses`).
     #[serde(default)]
     pub openai_api: Option<bool>,
+    /// Chat Completions only: the most stop sequences the server takes in
+    /// one request; a request's others are applied to the answer by
+    /// Freehold (presets set 4 for `openai`, `groq` and `openrouter`; 0
+    /// sends none).
+    #[serde(default)]
+    pub max_stop_sequences: Option<usize>,
     /// Anthropic only: `max_tokens` when a request sets none (the API
     /// requires one; default 8192).
     #[serde(default)]
@@ -427,6 +433,9 @@ impl ProviderConfig {
         if let Some(openai_api) = self.openai_api {
             dialect.openai_api = openai_api;
         }
+        if let Some(limit) = self.max_stop_sequences {
+            dialect.max_stop_sequences = Some(limit);
+        }
         let engine = EngineSettings {
             threads: self.threads,
             max_context: self.max_context,
@@ -465,6 +474,11 @@ impl ProviderConfig {
                 "reasoning_in_history",
                 ProviderKind::Openai,
                 self.reasoning_in_history.is_some(),
+            ),
+            (
+                "max_stop_sequences",
+                ProviderKind::Openai,
+                self.max_stop_sequences.is_some(),
             ),
             (
                 "default_max_tokens",

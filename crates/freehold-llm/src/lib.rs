@@ -9,6 +9,8 @@
 //!   `http://` servers are reached through [`inline::InlineClient`], which
 //!   drives each connection in the calling task;
 //! - the SSE and NDJSON decoders ([`sse`], [`ndjson`]);
+//! - stop sequences a provider cannot be sent, applied to its answer
+//!   ([`stop`]);
 //! - [`secret::ApiKey`], which never prints itself.
 //!
 //! What it must not do: know about agents, terminals or HTTP servers. The
@@ -38,6 +40,7 @@ pub mod router;
 pub mod scripted;
 pub mod secret;
 pub mod sse;
+pub mod stop;
 pub mod text_tools;
 pub mod wire;
 

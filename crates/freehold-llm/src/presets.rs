@@ -67,6 +67,14 @@ const COMPATIBLE: Dialect = Dialect {
     probe_health: false,
     reasoning_in_history: false,
     openai_api: false,
+    max_stop_sequences: None,
+};
+
+/// A hosted server that takes at most 4 stop sequences, as OpenAI's API
+/// does.
+const FOUR_STOPS: Dialect = Dialect {
+    max_stop_sequences: Some(4),
+    ..COMPATIBLE
 };
 
 /// Servers that hand `chat_template_kwargs` to the model's chat template
@@ -177,7 +185,7 @@ pub const PRESETS: &[Preset] = &[
             // sees the same conversation.
             token_count: TokenCountEndpoint::ResponsesInputTokens,
             openai_api: true,
-            ..COMPATIBLE
+            ..FOUR_STOPS
         },
         ..hosted(
             "openai",
@@ -224,12 +232,15 @@ pub const PRESETS: &[Preset] = &[
             "MISTRAL_API_KEY",
         )
     },
-    hosted(
-        "groq",
-        ProviderKind::Openai,
-        "https://api.groq.com/openai/v1",
-        "GROQ_API_KEY",
-    ),
+    Preset {
+        dialect: FOUR_STOPS,
+        ..hosted(
+            "groq",
+            ProviderKind::Openai,
+            "https://api.groq.com/openai/v1",
+            "GROQ_API_KEY",
+        )
+    },
     hosted(
         "together",
         ProviderKind::Openai,
@@ -242,12 +253,15 @@ pub const PRESETS: &[Preset] = &[
         "https://api.deepseek.com/v1",
         "DEEPSEEK_API_KEY",
     ),
-    hosted(
-        "openrouter",
-        ProviderKind::Openai,
-        "https://openrouter.ai/api/v1",
-        "OPENROUTER_API_KEY",
-    ),
+    Preset {
+        dialect: FOUR_STOPS,
+        ..hosted(
+            "openrouter",
+            ProviderKind::Openai,
+            "https://openrouter.ai/api/v1",
+            "OPENROUTER_API_KEY",
+        )
+    },
     hosted(
         "fireworks",
         ProviderKind::Openai,
@@ -308,6 +322,10 @@ mod tests {
         assert_eq!(
             with(|dialect| dialect.reasoning_in_history),
             ["llamacpp", "vllm", "sglang"]
+        );
+        assert_eq!(
+            with(|dialect| dialect.max_stop_sequences == Some(4)),
+            ["openai", "groq", "openrouter"]
         );
         // Only OpenAI's own API gets what only it takes.
         assert_eq!(

@@ -1035,3 +1035,51 @@ async fn a_refused_signature_is_sent_again_without_signatures() {
     assert_eq!(error.kind, ErrorKind::InvalidRequest);
     assert_eq!(server.requests().len(), 1);
 }
+
+/// Gemini takes 5 stop sequences: a request with more sends the first 5
+/// and the client ends the answer at the others, streamed or whole.
+#[tokio::test]
+async fn stop_sequences_past_five_are_applied_to_the_answer() {
+    let stream = sse(&[
+        chunk(json!([{"text": "Thought: add\nObs"}]), None, None),
+        chunk(json!([{"text": "ervation: 5\nThought: done"}]), None, None),
+        chunk(json!([{"text": "."}]), Some("STOP"), None),
+    ]);
+    let whole = json!({
+        "candidates": [{"content": {"parts": [{"text": "1, 2, 3\nObservation: 4"}], "role": "model"},
+                        "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 8, "totalTokenCount": 17}
+    });
+    let server = MockServer::start(vec![
+        Scripted::sse(&stream, Split::Every(7)),
+        Scripted::json(200, whole),
+    ])
+    .await;
+    let mut asked = request();
+    asked.stop = ["a1", "a2", "a3", "a4", "a5", "\nObservation:"]
+        .map(String::from)
+        .to_vec();
+
+    let (events, error) = drain(client(&server).stream(asked.clone()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_well_ordered(&events);
+    assert_eq!(text_of(&events), "Thought: add");
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Stop {
+            reason: StopReason::StopSequence
+        })
+    );
+
+    let answer = client(&server).complete(asked).await.unwrap();
+    assert_eq!(answer.message.text(), "1, 2, 3");
+    assert_eq!(answer.stop_reason, StopReason::StopSequence);
+    assert_eq!(answer.usage.output_tokens, 8);
+
+    for sent in server.requests() {
+        assert_eq!(
+            sent.json()["generationConfig"]["stopSequences"],
+            json!(["a1", "a2", "a3", "a4", "a5"])
+        );
+    }
+}

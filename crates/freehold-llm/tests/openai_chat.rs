@@ -1754,3 +1754,122 @@ async fn prompt_cache_key_verbosity_and_service_tier_reach_openai_only() {
         assert!(body.get(field).is_none(), "{field}: {body}");
     }
 }
+
+/// A server that takes 4 stop sequences (OpenAI's, Groq's) gets the first
+/// 4; the client ends the answer at the others as it streams, and drops
+/// the request there, so the server stops generating.
+#[tokio::test]
+async fn stop_sequences_past_the_servers_limit_end_the_stream_here() {
+    let mut deltas = vec![
+        chunk(
+            json!({"role": "assistant", "content": "Thought: add them\nObs"}),
+            None,
+        ),
+        chunk(json!({"content": "ervation: 5"}), None),
+    ];
+    // A long rest (6 s at 20 ms a chunk) that must never be waited for.
+    deltas.extend((0..300).map(|i| chunk(json!({"content": format!(" w{i}")}), None)));
+    let events: Vec<(&str, &str)> = deltas.iter().map(|d| ("", d.as_str())).collect();
+    let mut script = Scripted::sse(&sse_text(&events), Split::Every(deltas[0].len() + 8));
+    script.chunk_delay = Duration::from_millis(20);
+    let server = MockServer::start(vec![script, answered("1, 2, 3 END 4")]).await;
+    let options = options("test-openai", format!("{}/v1", server.url()));
+    let dialect = Dialect {
+        max_stop_sequences: Some(4),
+        ..Dialect::default()
+    };
+    let client = OpenAiChatClient::new(options, dialect).unwrap();
+    let mut asked = request();
+    asked.stop = ["s1", "s2", "s3", "s4", "\nObservation:", "END"]
+        .map(String::from)
+        .to_vec();
+
+    let started = Instant::now();
+    let (events, error) = drain(client.stream(asked.clone()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_well_ordered(&events);
+    assert_eq!(text_of(&events), "Thought: add them");
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Stop {
+            reason: StopReason::StopSequence
+        })
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    while server.aborted() == 0 && started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.aborted(), 1, "the server never saw the cancellation");
+
+    let answer = client.complete(asked).await.unwrap();
+    assert_eq!(answer.message.text(), "1, 2, 3 ");
+    assert_eq!(answer.stop_reason, StopReason::StopSequence);
+
+    for sent in server.requests() {
+        assert_eq!(sent.json()["stop"], json!(["s1", "s2", "s3", "s4"]));
+    }
+}
+
+/// A model refused for its stop sequences (OpenAI's reasoning models take
+/// none; vLLM refuses more than `VLLM_MAX_STOP_STRINGS`) is asked again
+/// without them and they end its answer here; its later requests go
+/// without them at once, other models' still with them.
+#[tokio::test]
+async fn a_model_that_refuses_stop_sequences_gets_them_applied_from_then_on() {
+    let openai_refusal = json!({"error": {
+        "message": "Unsupported parameter: 'stop' is not supported with this model.",
+        "type": "invalid_request_error", "param": "stop", "code": "unsupported_parameter"}});
+    let vllm_refusal = json!({"object": "error", "type": "BadRequestError", "param": null, "code": 400,
+        "message": "1 validation error for ChatCompletionRequest\nstop\n  List should have at most 4 items after validation, not 5"});
+    let server = MockServer::start(vec![
+        Scripted::json(400, openai_refusal),
+        answered("Step one. Step two."),
+        answered("Again. And again."),
+        Scripted::json(400, vllm_refusal),
+        answered("Other model. More."),
+    ])
+    .await;
+    let client = client(&server);
+    let asking = |model: &str| {
+        let mut asked = request();
+        asked.model = model.into();
+        asked.stop = vec![". ".into()];
+        asked
+    };
+    let answer = client.complete(asking("o3")).await.unwrap();
+    assert_eq!(answer.message.text(), "Step one");
+    assert_eq!(answer.stop_reason, StopReason::StopSequence);
+    let answer = client.complete(asking("o3")).await.unwrap();
+    assert_eq!(answer.message.text(), "Again");
+    let answer = client.complete(asking("qwen")).await.unwrap();
+    assert_eq!(answer.message.text(), "Other model");
+
+    let stops: Vec<serde_json::Value> = server
+        .requests()
+        .iter()
+        .map(|sent| sent.json()["stop"].clone())
+        .collect();
+    let null = serde_json::Value::Null;
+    assert_eq!(
+        stops,
+        [
+            json!([". "]),
+            null.clone(),
+            null.clone(),
+            json!([". "]),
+            null
+        ]
+    );
+}
+
+/// A refusal for another reason is not taken for one of the stop
+/// sequences: with none in the request, it is the answer.
+#[tokio::test]
+async fn other_refusals_are_not_sent_again_without_stop_sequences() {
+    let refusal = json!({"error": {"message": "Invalid 'max_tokens': stop at 4096.",
+        "type": "invalid_request_error", "param": "max_tokens", "code": null}});
+    let server = MockServer::start(vec![Scripted::json(400, refusal), answered("never")]).await;
+    let error = client(&server).complete(request()).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest);
+    assert_eq!(server.requests().len(), 1);
+}

@@ -1422,3 +1422,28 @@ async fn a_chat_stream_refused_beside_tools_streams_from_the_responses_api() {
     assert_eq!(paths, ["/v1/chat/completions", "/v1/responses"]);
     assert_eq!(server.requests()[1].json()["stream"], true);
 }
+
+/// The Responses API has no stop sequences: none is sent, and the client
+/// ends the answer at them, as a Chat Completions server would have.
+#[tokio::test]
+async fn stop_sequences_are_applied_to_the_answer_not_sent() {
+    let server = MockServer::start(vec![streamed(
+        &sse(&text_events(&["Para one.\n", "\nPara two."])),
+        Split::Every(5),
+    )])
+    .await;
+    let mut asked = request();
+    asked.stop = vec!["\n\n".into()];
+    let (events, error) = drain(client(&server).stream(asked).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_well_ordered(&events);
+    assert_eq!(text_of(&events), "Para one.");
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Stop {
+            reason: StopReason::StopSequence
+        })
+    );
+    let sent = server.requests()[0].json();
+    assert!(sent.get("stop").is_none(), "{sent}");
+}

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use freehold_llm::EventStream;
+use freehold_llm::stop::{first_match, held_prefix};
 use freehold_protocol::{
     ChatRequest, ErrorKind, LlmError, Message, StopReason, StreamEvent, Timings, ToolCall, Usage,
     fold_system_messages,
@@ -599,11 +600,7 @@ impl<'a> TextBuffer<'a> {
         let done: Vec<u8> = self.bytes.drain(..valid).collect();
         self.pending.push_str(&String::from_utf8_lossy(&done));
 
-        let stop_at = self
-            .stop
-            .iter()
-            .filter_map(|stop| self.pending.find(stop.as_str()))
-            .min();
+        let stop_at = first_match(&self.pending, self.stop);
         let marker_at = self.marker_position();
         match (stop_at, marker_at) {
             (Some(stop), marker) if marker.is_none_or(|m| stop < m) => {
@@ -677,17 +674,6 @@ impl<'a> TextBuffer<'a> {
         self.bytes.clear();
         out
     }
-}
-
-/// The length of the longest suffix of `text` that is a proper prefix of
-/// `stop` (ending on a char boundary of `text`).
-fn held_prefix(text: &str, stop: &str) -> usize {
-    (1..stop.len().min(text.len() + 1))
-        .rev()
-        .find(|&n| {
-            text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..])
-        })
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use reqwest::header::HeaderMap;
 use crate::client::{ClientOptions, KeyHeader};
 use crate::http::{Transport, clip};
 use crate::provider::{EventStream, Provider};
+use crate::stop::LocalStops;
 use crate::wire::gemini::{
     self, ChunkDecoder, GenerateContentResponse, ModelList, model_path, model_resource,
     stream_error,
@@ -128,6 +129,7 @@ impl Provider for GeminiClient {
     }
 
     async fn stream(&self, mut request: ChatRequest) -> Result<EventStream, LlmError> {
+        let stops = LocalStops::split_off(&mut request, Some(gemini::MAX_STOP_SEQUENCES));
         let response = match self.post_stream(&request).await {
             Err(refused) if refuses_signatures(&refused) && drop_signatures(&mut request) => {
                 tracing::debug!(
@@ -139,12 +141,14 @@ impl Provider for GeminiClient {
             sent => sent?,
         };
         let events = self.transport.sse_stream(response);
-        Ok(self
+        let events = self
             .transport
-            .decode_stream(events, ChunkDecoder::new(self.options.name.clone())))
+            .decode_stream(events, ChunkDecoder::new(self.options.name.clone()));
+        Ok(stops.apply_to_stream(events))
     }
 
     async fn complete(&self, mut request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let stops = LocalStops::split_off(&mut request, Some(gemini::MAX_STOP_SEQUENCES));
         let json = match self.post_generate(&request).await {
             Err(refused) if refuses_signatures(&refused) && drop_signatures(&mut request) => {
                 tracing::debug!(
@@ -161,7 +165,9 @@ impl Provider for GeminiClient {
                 format!("unexpected response shape: {error}"),
             )
         })?;
-        gemini::decode_response(&self.options.name, response)
+        let mut answer = gemini::decode_response(&self.options.name, response)?;
+        stops.apply_to_response(&mut answer);
+        Ok(answer)
     }
 
     /// Google's own count: `models/{model}:countTokens` with the whole

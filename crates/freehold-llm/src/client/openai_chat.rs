@@ -17,6 +17,7 @@ use crate::client::openai_responses::OpenAiResponsesClient;
 use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::{Response, Transport};
 use crate::provider::{EventStream, Provider, check_embed_request};
+use crate::stop::LocalStops;
 use crate::wire::embeddings::{self, OpenAiEmbeddingsResponse};
 use crate::wire::openai_api;
 use crate::wire::openai_chat::{
@@ -37,10 +38,13 @@ pub struct OpenAiChatClient {
     /// conversation that it then took folded ([`Self::post_folding`]):
     /// their conversations are folded before they are sent. Shared by the
     /// clones of this client, lost with it (a reload that changes the
-    /// provider builds a new one), and at most [`FOLDED_MODELS_KEPT`], as a
-    /// server that takes any model name would otherwise let its clients
-    /// grow it.
-    folded_models: Arc<FoldingMemory>,
+    /// provider builds a new one), and at most [`LEARNED_MODELS_KEPT`].
+    folded_models: Arc<ModelMemory>,
+    /// The models (as the server names them) whose requests were refused
+    /// for their stop sequences and answered without them
+    /// ([`Self::post_with_stops`]): their stop sequences are applied to
+    /// the answer here. Kept like [`Self::folded_models`].
+    stopless_models: Arc<ModelMemory>,
     /// The reasoning efforts the server's models were found to take,
     /// shared with [`Self::responses`].
     efforts: Arc<EffortMemory>,
@@ -52,9 +56,9 @@ pub struct OpenAiChatClient {
 }
 
 /// How many models [`OpenAiChatClient`] remembers as needing their
-/// conversations folded; past that, the others are still folded, but only
-/// after each refusal.
-const FOLDED_MODELS_KEPT: usize = 64;
+/// conversations folded, or as refusing stop sequences; past that, the
+/// others are still sent as they must be, but only after each refusal.
+const LEARNED_MODELS_KEPT: usize = 64;
 
 impl OpenAiChatClient {
     /// A client speaking `dialect` to `options.base_url`.
@@ -86,6 +90,7 @@ impl OpenAiChatClient {
             headers,
             completions_url,
             folded_models: Arc::default(),
+            stopless_models: Arc::default(),
             efforts,
             responses,
         })
@@ -263,72 +268,169 @@ impl OpenAiChatClient {
 
     /// Whether `model`'s conversations are folded before they are sent.
     fn folds_first(&self, model: &str) -> bool {
+        self.folded_models.knows(model)
+    }
+
+    /// Remembers that `model`'s template took a conversation only folded.
+    fn remember_folding(&self, model: &str) {
+        match self.folded_models.learn(model) {
+            // The refusal's text is not logged: a server may echo the
+            // prompt in it.
+            Learned::New => tracing::warn!(
+                provider = %self.options.name,
+                model,
+                "the server refused a conversation whose system messages are not one and \
+                 first (as its model's chat template may require) and answered it folded; this \
+                 model's conversations are folded from now on"
+            ),
+            Learned::Known | Learned::Full { first: false } => {}
+            // Once: past the limit this would come with every request.
+            Learned::Full { first: true } => tracing::warn!(
+                provider = %self.options.name,
+                model,
+                "the server answered a conversation only with its system messages folded; \
+                 {LEARNED_MODELS_KEPT} models are remembered as needing that already, so this \
+                 one's conversations, and those of any other model past them, will each be \
+                 refused once before they are folded (logged once)"
+            ),
+        }
+    }
+
+    /// How many stop sequences a request for `model` may carry: none for a
+    /// model whose requests were refused for them, the dialect's limit
+    /// otherwise.
+    fn stop_limit(&self, model: &str) -> Option<usize> {
+        if self.stopless_models.knows(model) {
+            Some(0)
+        } else {
+            self.dialect.max_stop_sequences
+        }
+    }
+
+    /// [`Self::post_folding`] with no more stop sequences than the server
+    /// takes ([`Self::stop_limit`]); the others are returned, to be applied
+    /// to the answer. A request refused for its stop sequences (a 400 or
+    /// 422 that names them: OpenAI's reasoning models take none, and vLLM
+    /// past `VLLM_MAX_STOP_STRINGS` refuses more) is sent again without
+    /// any, and its model remembered as taking none. On failure the request
+    /// gets its stop sequences back (for the Responses client, which may
+    /// take it).
+    async fn post_with_stops(
+        &self,
+        request: &mut ChatRequest,
+        stream: bool,
+    ) -> Result<(Response, LocalStops), LlmError> {
+        let mut local = LocalStops::split_off(request, self.stop_limit(&request.model));
+        let sent = match self.post_folding(request, stream).await {
+            Err(refused) if !request.stop.is_empty() && refuses_stop_sequences(&refused) => {
+                local.take_all_from(request);
+                let again = self.post_folding(request, stream).await;
+                if again.is_ok() {
+                    self.remember_stopless(&request.model);
+                }
+                again
+            }
+            sent => sent,
+        };
+        match sent {
+            Ok(response) => Ok((response, local)),
+            Err(error) => {
+                local.restore(request);
+                Err(error)
+            }
+        }
+    }
+
+    /// Remembers that `model` was answered only without stop sequences.
+    fn remember_stopless(&self, model: &str) {
+        match self.stopless_models.learn(model) {
+            Learned::New => tracing::info!(
+                provider = %self.options.name,
+                model,
+                "the server refused a request for its stop sequences and answered it without \
+                 them; this model's stop sequences are applied to its answers from now on"
+            ),
+            Learned::Known | Learned::Full { .. } => {}
+        }
+    }
+}
+
+/// Whether `refused` is a refusal of a request's stop sequences: an
+/// invalid request (400 or 422) whose message names them, as OpenAI's
+/// (`Unsupported parameter: 'stop'`, `Invalid 'stop': array too long`) and
+/// vLLM's validation errors do. A refusal for another reason that mentions
+/// a stop costs one more try: applied here, the sequences end the answer
+/// the same way.
+fn refuses_stop_sequences(refused: &LlmError) -> bool {
+    refused.kind == ErrorKind::InvalidRequest
+        && matches!(refused.status, Some(400 | 422))
+        && refused
+            .message
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .any(|word| matches!(word, "stop" | "stop_sequences" | "stopSequences"))
+}
+
+/// Models an [`OpenAiChatClient`] learned something about from its
+/// server's refusals (that their templates want one system message first;
+/// that they refuse stop sequences), so that their later requests are sent
+/// as the server takes them. At most [`LEARNED_MODELS_KEPT`]: a server that
+/// takes any model name would otherwise let its clients grow it.
+#[derive(Debug, Default)]
+struct ModelMemory {
+    /// Whether any model was learned: until then, no request locks.
+    any: AtomicBool,
+    learned: Mutex<LearnedModels>,
+}
+
+/// The models of [`ModelMemory`].
+#[derive(Debug, Default)]
+struct LearnedModels {
+    models: BTreeSet<String>,
+    /// Whether it was logged that [`LEARNED_MODELS_KEPT`] were reached.
+    full_logged: bool,
+}
+
+/// What [`ModelMemory::learn`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Learned {
+    /// The model is remembered from now on.
+    New,
+    /// It already was.
+    Known,
+    /// It could not be: the memory is full. `first` the first time.
+    Full { first: bool },
+}
+
+impl ModelMemory {
+    /// Whether `model` was learned.
+    fn knows(&self, model: &str) -> bool {
         // Most servers never refuse: their requests take no lock.
-        if !self.folded_models.any.load(Ordering::Acquire) {
+        if !self.any.load(Ordering::Acquire) {
             return false;
         }
-        self.folded_models
-            .learned
+        self.learned
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .models
             .contains(model)
     }
 
-    /// Remembers that `model`'s template took a conversation only folded.
-    fn remember_folding(&self, model: &str) {
-        let mut learned = self
-            .folded_models
-            .learned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+    /// Remembers `model`, if there is room.
+    fn learn(&self, model: &str) -> Learned {
+        let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
         if learned.models.contains(model) {
-            return;
+            return Learned::Known;
         }
-        if learned.models.len() < FOLDED_MODELS_KEPT {
+        if learned.models.len() < LEARNED_MODELS_KEPT {
             learned.models.insert(model.to_owned());
             drop(learned);
-            self.folded_models.any.store(true, Ordering::Release);
-            // The refusal's text is not logged: a server may echo the
-            // prompt in it.
-            tracing::warn!(
-                provider = %self.options.name,
-                model,
-                "the server refused a conversation whose system messages are not one and \
-                 first (as its model's chat template may require) and answered it folded; this \
-                 model's conversations are folded from now on"
-            );
-        } else if !std::mem::replace(&mut learned.full_logged, true) {
-            drop(learned);
-            // Once: past the limit this would come with every request.
-            tracing::warn!(
-                provider = %self.options.name,
-                model,
-                "the server answered a conversation only with its system messages folded; \
-                 {FOLDED_MODELS_KEPT} models are remembered as needing that already, so this \
-                 one's conversations, and those of any other model past them, will each be \
-                 refused once before they are folded (logged once)"
-            );
+            self.any.store(true, Ordering::Release);
+            return Learned::New;
+        }
+        Learned::Full {
+            first: !std::mem::replace(&mut learned.full_logged, true),
         }
     }
-}
-
-/// What an [`OpenAiChatClient`] learned about its server's models'
-/// templates.
-#[derive(Debug, Default)]
-struct FoldingMemory {
-    /// Whether any model was learned: until then, no request locks.
-    any: AtomicBool,
-    learned: Mutex<FoldedModels>,
-}
-
-/// The models of [`FoldingMemory`].
-#[derive(Debug, Default)]
-struct FoldedModels {
-    /// The models whose conversations are folded before they are sent.
-    models: BTreeSet<String>,
-    /// Whether it was logged that [`FOLDED_MODELS_KEPT`] were reached.
-    full_logged: bool,
 }
 
 /// The outcome of a folded second try after `refused`: its answer; the
@@ -361,32 +463,35 @@ impl Provider for OpenAiChatClient {
         if let Some(responses) = self.responses_for(&request) {
             return responses.stream(request).await;
         }
-        let response = match self.post_folding(&mut request, true).await {
-            Ok(response) => response,
+        let (response, stops) = match self.post_with_stops(&mut request, true).await {
+            Ok(sent) => sent,
             Err(refused) => match self.redirect_for(&request, &refused) {
                 Some(responses) => return responses.stream(request).await,
                 None => return Err(refused),
             },
         };
         let events = self.transport.sse_stream(response);
-        Ok(self
+        let events = self
             .transport
-            .decode_stream(events, ChunkDecoder::new(self.options.name.clone())))
+            .decode_stream(events, ChunkDecoder::new(self.options.name.clone()));
+        Ok(stops.apply_to_stream(events))
     }
 
     async fn complete(&self, mut request: ChatRequest) -> Result<ChatResponse, LlmError> {
         if let Some(responses) = self.responses_for(&request) {
             return responses.complete(request).await;
         }
-        let response = match self.post_folding(&mut request, false).await {
-            Ok(response) => response,
+        let (response, stops) = match self.post_with_stops(&mut request, false).await {
+            Ok(sent) => sent,
             Err(refused) => match self.redirect_for(&request, &refused) {
                 Some(responses) => return responses.complete(request).await,
                 None => return Err(refused),
             },
         };
         let response: CompletionResponse = self.transport.read_json_as(response).await?;
-        openai_chat::decode_response(&self.options.name, response)
+        let mut answer = openai_chat::decode_response(&self.options.name, response)?;
+        stops.apply_to_response(&mut answer);
+        Ok(answer)
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {

@@ -15,6 +15,7 @@ use crate::client::effort::{EffortAsk, EffortMemory, EffortTries, Endpoint};
 use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::Transport;
 use crate::provider::{EventStream, Provider};
+use crate::stop::LocalStops;
 use crate::wire::openai_api;
 use crate::wire::openai_responses::{self, ResponseObject, ResponsesDecoder};
 
@@ -22,9 +23,10 @@ use crate::wire::openai_responses::{self, ResponseObject, ResponsesDecoder};
 ///
 /// Requests carry `store: false` and the full conversation as `input`;
 /// reasoning items come back with their `encrypted_content` (when reasoning
-/// is requested) and are sent back on the next turn. Stop sequences, top-k,
-/// seed and penalties have no field in this API and are ignored (logged at
-/// debug level).
+/// is requested) and are sent back on the next turn. Stop sequences have
+/// no field in this API: they are applied to the answer here
+/// ([`crate::stop`]). Top-k, seed and penalties have none either and are
+/// ignored (logged at debug level).
 #[derive(Debug, Clone)]
 pub struct OpenAiResponsesClient {
     options: ClientOptions,
@@ -151,15 +153,18 @@ impl Provider for OpenAiResponsesClient {
         }
     }
 
-    async fn stream(&self, request: ChatRequest) -> Result<EventStream, LlmError> {
+    async fn stream(&self, mut request: ChatRequest) -> Result<EventStream, LlmError> {
+        let stops = LocalStops::split_off(&mut request, Some(0));
         let response = self.post(&request, true).await?;
         let events = self.transport.sse_stream(response);
-        Ok(self
+        let events = self
             .transport
-            .decode_stream(events, ResponsesDecoder::new(self.options.name.clone())))
+            .decode_stream(events, ResponsesDecoder::new(self.options.name.clone()));
+        Ok(stops.apply_to_stream(events))
     }
 
-    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+    async fn complete(&self, mut request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let stops = LocalStops::split_off(&mut request, Some(0));
         let response = self.post(&request, false).await?;
         let json = self.transport.read_json(response).await?;
         let response: ResponseObject = serde_json::from_value(json).map_err(|error| {
@@ -168,8 +173,10 @@ impl Provider for OpenAiResponsesClient {
                 format!("unexpected response shape: {error}"),
             )
         })?;
-        openai_responses::decode_response(&self.options.name, response)
-            .map_err(|error| self.transport.redact_error(error))
+        let mut answer = openai_responses::decode_response(&self.options.name, response)
+            .map_err(|error| self.transport.redact_error(error))?;
+        stops.apply_to_response(&mut answer);
+        Ok(answer)
     }
 
     async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {

@@ -42,6 +42,10 @@ pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1
 /// The origin stamped on reasoning signatures this protocol produces.
 pub const ORIGIN: &str = "gemini";
 
+/// The most stop sequences `generateContent` takes in one request
+/// (`generationConfig.stopSequences`); a request with more is refused.
+pub const MAX_STOP_SEQUENCES: usize = 5;
+
 /// The signature Google documents for function calls that Gemini 3 did not
 /// produce itself (carried over from another model, or written by hand); it
 /// tells Gemini 3's strict validation to let them through.
@@ -244,7 +248,7 @@ pub struct FunctionCallingConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GenerationConfig {
-    /// Up to five stop sequences.
+    /// Up to [`MAX_STOP_SEQUENCES`] stop sequences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_sequences: Option<Vec<String>>,
     /// `application/json` for structured output.

@@ -578,6 +578,12 @@ pub struct Dialect {
     /// model's requests with tools through the Responses API once it
     /// refuses reasoning beside them.
     pub openai_api: bool,
+    /// The most stop sequences the server takes in one request, `None`
+    /// for no limit: the rest are applied to the answer by the client
+    /// ([`crate::stop`]). OpenAI, Groq and OpenRouter take 4; a server that
+    /// refuses more, or any (OpenAI's reasoning models, vLLM past its
+    /// `VLLM_MAX_STOP_STRINGS`), is learned from its refusal.
+    pub max_stop_sequences: Option<usize>,
 }
 
 /// Where a Chat Completions server counts a request's input tokens without
@@ -611,6 +617,7 @@ impl Default for Dialect {
             probe_health: false,
             reasoning_in_history: false,
             openai_api: false,
+            max_stop_sequences: None,
         }
     }
 }

@@ -1096,7 +1096,7 @@ fn log_unsupported(request: &ChatRequest) {
         tracing::debug!(
             model = %request.model,
             stop = ?request.stop,
-            "the Responses API has no stop sequences; ignoring them"
+            "the Responses API has no stop sequences; not sent"
         );
     }
     let sampling = &request.sampling;

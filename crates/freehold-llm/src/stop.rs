@@ -1,0 +1,509 @@
+//! Stop sequences a provider cannot be sent, applied here to its answer.
+//!
+//! APIs differ in how many stop sequences a request may carry: OpenAI's
+//! Chat Completions takes 4 (its reasoning models none), Gemini 5, the
+//! Responses API none at all, while Anthropic's clients may send more. A
+//! client of such an API sends what the API takes
+//! ([`LocalStops::split_off`]) and applies the rest to the answer: the text
+//! ends where one of them begins, the stop sequence itself is not shown,
+//! and the answer's stop reason is [`StopReason::StopSequence`], as if the
+//! provider had stopped there. A streamed answer is cut as it comes (and
+//! the request dropped, so the provider stops generating): text that could
+//! be the start of a stop sequence waits for the next piece.
+//!
+//! Only answer text is matched, as providers do: reasoning and tool-call
+//! arguments are not, and neither is a refusal's text.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, LlmError, StopReason, StreamEvent,
+};
+use futures::{Stream, StreamExt};
+
+use crate::provider::EventStream;
+
+/// The stop sequences of a request that its provider was not sent, to be
+/// applied to the answer here. Empty (and then free) for most requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalStops {
+    sequences: Vec<String>,
+}
+
+impl LocalStops {
+    /// Leaves at most `limit` of `request`'s stop sequences in it (the
+    /// first ones, which a provider honours itself) and returns the rest.
+    /// `None` takes no limit: every sequence stays in the request. Empty
+    /// sequences, which would end every answer before it began, are
+    /// dropped.
+    pub fn split_off(request: &mut ChatRequest, limit: Option<usize>) -> Self {
+        request.stop.retain(|sequence| !sequence.is_empty());
+        let Some(limit) = limit else {
+            return Self::default();
+        };
+        let sequences = if request.stop.len() > limit {
+            request.stop.split_off(limit)
+        } else {
+            Vec::new()
+        };
+        if !sequences.is_empty() {
+            tracing::debug!(
+                sent = request.stop.len(),
+                applied_here = sequences.len(),
+                "more stop sequences than the provider takes; the rest are applied to the answer"
+            );
+        }
+        Self { sequences }
+    }
+
+    /// Takes every stop sequence still in `request` as well, in front of
+    /// those already here: for a provider found to refuse them.
+    pub fn take_all_from(&mut self, request: &mut ChatRequest) {
+        let mut sequences = std::mem::take(&mut request.stop);
+        sequences.append(&mut self.sequences);
+        self.sequences = sequences;
+    }
+
+    /// Puts these sequences back at the end of `request`'s, undoing
+    /// [`Self::split_off`] (and [`Self::take_all_from`]): for a request
+    /// that goes to another client after all.
+    pub fn restore(self, request: &mut ChatRequest) {
+        request.stop.extend(self.sequences);
+    }
+
+    /// Whether there is nothing to apply.
+    pub fn is_empty(&self) -> bool {
+        self.sequences.is_empty()
+    }
+
+    /// The sequences applied here.
+    pub fn sequences(&self) -> &[String] {
+        &self.sequences
+    }
+
+    /// Ends `response` at the first of these sequences in its text, if one
+    /// is there: the text before it stays, everything after it (more text,
+    /// tool calls) goes, and the stop reason becomes
+    /// [`StopReason::StopSequence`]. A refusal is left whole.
+    pub fn apply_to_response(&self, response: &mut ChatResponse) {
+        if self.is_empty() || response.stop_reason == StopReason::Refusal {
+            return;
+        }
+        let content = &mut response.message.content;
+        let found = content
+            .iter()
+            .enumerate()
+            .find_map(|(index, part)| match part {
+                ContentPart::Text { text } => {
+                    first_match(text, &self.sequences).map(|at| (index, at))
+                }
+                _ => None,
+            });
+        let Some((index, at)) = found else {
+            return;
+        };
+        content.truncate(index + 1);
+        if let Some(ContentPart::Text { text }) = content.last_mut() {
+            text.truncate(at);
+            if text.is_empty() {
+                content.pop();
+            }
+        }
+        response.stop_reason = StopReason::StopSequence;
+    }
+
+    /// `stream` with these sequences applied as it comes; `stream` itself
+    /// when there are none.
+    pub fn apply_to_stream(self, stream: EventStream) -> EventStream {
+        if self.is_empty() {
+            return stream;
+        }
+        Box::pin(StopStream {
+            inner: Some(stream),
+            matcher: Matcher::new(self.sequences),
+            ready: VecDeque::new(),
+            refusal: false,
+        })
+    }
+}
+
+/// Where the first of `sequences` begins in `text`, if any is there.
+pub fn first_match(text: &str, sequences: &[String]) -> Option<usize> {
+    sequences
+        .iter()
+        .filter_map(|sequence| text.find(sequence.as_str()))
+        .min()
+}
+
+/// The length of the longest end of `text` that is the start (and not the
+/// whole) of `sequence`, ending on a character boundary: the text that
+/// must wait for what follows before it can be shown.
+pub fn held_prefix(text: &str, sequence: &str) -> usize {
+    (1..sequence.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && sequence.starts_with(&text[text.len() - n..])
+        })
+        .unwrap_or(0)
+}
+
+/// What [`Matcher::push`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Matched {
+    /// Text that can be shown (possibly empty: all of it waits).
+    Text(String),
+    /// A stop sequence, after this text: the answer ends.
+    Stop(String),
+}
+
+/// Finds stop sequences in text that comes in pieces.
+#[derive(Debug)]
+struct Matcher {
+    sequences: Vec<String>,
+    /// Text that may be the start of a sequence.
+    held: String,
+}
+
+impl Matcher {
+    fn new(sequences: Vec<String>) -> Self {
+        Self {
+            sequences,
+            held: String::new(),
+        }
+    }
+
+    fn push(&mut self, text: &str) -> Matched {
+        self.held.push_str(text);
+        if let Some(at) = first_match(&self.held, &self.sequences) {
+            self.held.truncate(at);
+            return Matched::Stop(std::mem::take(&mut self.held));
+        }
+        let hold = self
+            .sequences
+            .iter()
+            .map(|sequence| held_prefix(&self.held, sequence))
+            .max()
+            .unwrap_or(0);
+        let rest = self.held.split_off(self.held.len() - hold);
+        Matched::Text(std::mem::replace(&mut self.held, rest))
+    }
+
+    /// The text held, shown after all: what follows it is no text.
+    fn release(&mut self) -> Option<String> {
+        (!self.held.is_empty()).then(|| std::mem::take(&mut self.held))
+    }
+}
+
+/// An [`EventStream`] cut at the first stop sequence in its text; see
+/// [`LocalStops::apply_to_stream`].
+struct StopStream {
+    /// The provider's stream; `None` once it is cut (dropping it ends the
+    /// request) or over.
+    inner: Option<EventStream>,
+    matcher: Matcher,
+    ready: VecDeque<Result<StreamEvent, LlmError>>,
+    /// Whether the text is a refusal's, which is not matched.
+    refusal: bool,
+}
+
+impl StopStream {
+    fn handle(&mut self, item: Result<StreamEvent, LlmError>) {
+        let event = match item {
+            Ok(StreamEvent::TextDelta { text }) if !self.refusal => {
+                match self.matcher.push(&text) {
+                    Matched::Text(text) => {
+                        if !text.is_empty() {
+                            self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
+                        }
+                    }
+                    Matched::Stop(text) => self.cut(text),
+                }
+                return;
+            }
+            other => other,
+        };
+        if let Some(text) = self.matcher.release() {
+            self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
+        }
+        if matches!(event, Ok(StreamEvent::RefusalStart)) {
+            self.refusal = true;
+        }
+        self.ready.push_back(event);
+    }
+
+    /// Ends the answer after `text`: the provider's stream is dropped,
+    /// which cancels its request. What the provider counted so far went by
+    /// as [`StreamEvent::UsageSoFar`]; the rest of its usage never comes.
+    fn cut(&mut self, text: String) {
+        self.inner = None;
+        if !text.is_empty() {
+            self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
+        }
+        self.ready.push_back(Ok(StreamEvent::Stop {
+            reason: StopReason::StopSequence,
+        }));
+    }
+}
+
+impl Stream for StopStream {
+    type Item = Result<StreamEvent, LlmError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(item) = this.ready.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(item)) => this.handle(item),
+                Poll::Ready(None) => {
+                    this.inner = None;
+                    if let Some(text) = this.matcher.release() {
+                        this.ready.push_back(Ok(StreamEvent::TextDelta { text }));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use freehold_protocol::{Message, Role, ToolCall, Usage};
+
+    use super::*;
+
+    fn stops(sequences: &[&str]) -> LocalStops {
+        LocalStops {
+            sequences: sequences.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    fn text(text: &str) -> StreamEvent {
+        StreamEvent::TextDelta { text: text.into() }
+    }
+
+    async fn run(local: LocalStops, events: Vec<StreamEvent>) -> Vec<StreamEvent> {
+        let inner: EventStream = Box::pin(futures::stream::iter(events.into_iter().map(Ok)));
+        local
+            .apply_to_stream(inner)
+            .map(|item| item.unwrap())
+            .collect()
+            .await
+    }
+
+    #[test]
+    fn split_off_keeps_what_the_provider_takes() {
+        let mut request = ChatRequest::new("m", vec![Message::user("hi")]);
+        request.stop = ["a", "", "b", "c", "d", "e", "f"]
+            .map(String::from)
+            .to_vec();
+        let local = LocalStops::split_off(&mut request, Some(4));
+        assert_eq!(request.stop, ["a", "b", "c", "d"]);
+        assert_eq!(local.sequences(), ["e", "f"]);
+
+        let mut request = ChatRequest::new("m", vec![Message::user("hi")]);
+        request.stop = ["a", "b"].map(String::from).to_vec();
+        assert!(LocalStops::split_off(&mut request, Some(4)).is_empty());
+        assert_eq!(request.stop, ["a", "b"]);
+        assert!(LocalStops::split_off(&mut request, None).is_empty());
+        assert_eq!(request.stop, ["a", "b"]);
+        let local = LocalStops::split_off(&mut request, Some(0));
+        assert!(request.stop.is_empty());
+        assert_eq!(local.sequences(), ["a", "b"]);
+        local.restore(&mut request);
+        assert_eq!(request.stop, ["a", "b"]);
+
+        // A provider that refuses stop sequences: all of them here, in
+        // their order, and back again.
+        request.stop = ["a", "b", "c"].map(String::from).to_vec();
+        let mut local = LocalStops::split_off(&mut request, Some(2));
+        local.take_all_from(&mut request);
+        assert!(request.stop.is_empty());
+        assert_eq!(local.sequences(), ["a", "b", "c"]);
+        local.restore(&mut request);
+        assert_eq!(request.stop, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_sequence_split_across_pieces_is_never_shown() {
+        let mut matcher = Matcher::new(vec!["END".into()]);
+        assert_eq!(matcher.push("hello E"), Matched::Text("hello ".into()));
+        assert_eq!(matcher.push("N"), Matched::Text(String::new()));
+        assert_eq!(matcher.push("D and more"), Matched::Stop(String::new()));
+    }
+
+    #[test]
+    fn held_text_goes_out_once_it_cannot_be_a_sequence() {
+        let mut matcher = Matcher::new(vec!["END".into(), "\nObservation:".into()]);
+        assert_eq!(matcher.push("a E"), Matched::Text("a ".into()));
+        assert_eq!(matcher.push("x\n"), Matched::Text("Ex".into()));
+        assert_eq!(matcher.push("Obs"), Matched::Text(String::new()));
+        assert_eq!(matcher.push("cure"), Matched::Text("\nObscure".into()));
+        assert_eq!(matcher.release(), None);
+        assert_eq!(matcher.push("é\nObservation: 4"), Matched::Stop("é".into()));
+    }
+
+    #[test]
+    fn the_earliest_sequence_wins() {
+        let sequences = ["world".to_owned(), "lo".to_owned()];
+        assert_eq!(first_match("hello world", &sequences), Some(3));
+        assert_eq!(first_match("hi", &sequences), None);
+        // A held end starts on a character boundary.
+        assert_eq!(held_prefix("naïv", "ïve"), "ïv".len());
+        assert_eq!(held_prefix("café", "ét"), "é".len());
+        assert_eq!(held_prefix("café", "x"), 0);
+        assert_eq!(held_prefix("end", "end"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_at_the_sequence_and_the_provider_is_dropped() {
+        let events = vec![
+            StreamEvent::Start {
+                id: None,
+                model: None,
+            },
+            StreamEvent::UsageSoFar(Usage {
+                input_tokens: 7,
+                ..Usage::default()
+            }),
+            text("Thought: add them\nObs"),
+            text("ervation: 5\nmore"),
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "c".into(),
+                name: "t".into(),
+                signature: None,
+            },
+            StreamEvent::Stop {
+                reason: StopReason::EndTurn,
+            },
+        ];
+        let out = run(stops(&["\nObservation:"]), events).await;
+        assert_eq!(
+            out,
+            vec![
+                StreamEvent::Start {
+                    id: None,
+                    model: None
+                },
+                StreamEvent::UsageSoFar(Usage {
+                    input_tokens: 7,
+                    ..Usage::default()
+                }),
+                text("Thought: add them"),
+                StreamEvent::Stop {
+                    reason: StopReason::StopSequence
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn held_text_goes_out_before_other_events_and_at_the_end() {
+        let events = vec![
+            text("done E"),
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "c".into(),
+                name: "END".into(),
+                signature: None,
+            },
+            StreamEvent::ToolCallArgsDelta {
+                index: 0,
+                delta: "{\"a\": \"END\"}".into(),
+            },
+            StreamEvent::ToolCallEnd {
+                index: 0,
+                signature: None,
+            },
+            StreamEvent::ReasoningDelta {
+                text: "END".into(),
+                id: None,
+            },
+            text("tail E"),
+            StreamEvent::Usage(Usage::default()),
+            StreamEvent::Stop {
+                reason: StopReason::ToolUse,
+            },
+        ];
+        let out = run(stops(&["END"]), events.clone()).await;
+        let mut expected = events;
+        expected[0] = text("done ");
+        expected.insert(1, text("E"));
+        expected[6] = text("tail ");
+        expected.insert(7, text("E"));
+        assert_eq!(out, expected);
+
+        // A stream that ends without its stop still shows what was held.
+        let out = run(stops(&["END"]), vec![text("a"), text("EN")]).await;
+        assert_eq!(out, vec![text("a"), text("EN")]);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_not_cut() {
+        let events = vec![
+            StreamEvent::RefusalStart,
+            text("I can't END that"),
+            StreamEvent::Stop {
+                reason: StopReason::Refusal,
+            },
+        ];
+        assert_eq!(run(stops(&["END"]), events.clone()).await, events);
+    }
+
+    #[test]
+    fn a_whole_answer_ends_at_the_sequence() {
+        let call = ToolCall {
+            id: "c".into(),
+            name: "t".into(),
+            arguments: "{}".into(),
+            signature: None,
+        };
+        let mut response = ChatResponse {
+            id: None,
+            model: None,
+            message: Message {
+                role: Role::Assistant,
+                content: vec![
+                    ContentPart::Text {
+                        text: "1, 2, 3".into(),
+                    },
+                    ContentPart::ToolCall(call.clone()),
+                ],
+            },
+            usage: Usage::default(),
+            stop_reason: StopReason::ToolUse,
+            timings: None,
+        };
+        let untouched = response.clone();
+        stops(&["4"]).apply_to_response(&mut response);
+        assert_eq!(response, untouched);
+
+        stops(&["4", ", 3"]).apply_to_response(&mut response);
+        assert_eq!(
+            response.message.content,
+            vec![ContentPart::Text {
+                text: "1, 2".into()
+            }]
+        );
+        assert_eq!(response.stop_reason, StopReason::StopSequence);
+
+        // A sequence at the very start leaves no text part.
+        let mut response = untouched.clone();
+        stops(&["1"]).apply_to_response(&mut response);
+        assert!(response.message.content.is_empty());
+
+        let mut refusal = untouched;
+        refusal.stop_reason = StopReason::Refusal;
+        let kept = refusal.clone();
+        stops(&["2"]).apply_to_response(&mut refusal);
+        assert_eq!(refusal, kept);
+    }
+}
