@@ -675,6 +675,14 @@ pub(crate) fn blocked(reasons: &Reasons) -> GatewayError {
              that carries one stays blocked) and send it again"
         ));
     }
+    if findings.in_image_url() {
+        return GatewayError::forbidden(format!(
+            "this request was blocked by the gateway's privacy policy ({findings}): an image's \
+             URL holds sensitive data (a credential or a link's signature); send the image's \
+             bytes instead of its URL, or remove it (a conversation that carries it stays \
+             blocked), and send it again"
+        ));
+    }
     let what = match (findings.has_document(), findings.in_text()) {
         (true, false) => {
             "remove the document (a conversation that carries one stays blocked) and send it \

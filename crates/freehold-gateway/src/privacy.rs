@@ -30,9 +30,10 @@
 //! ```
 //!
 //! What is inspected: text parts, tool-call arguments, tool results and
-//! reasoning text of every message, and a document's title and URL (a
-//! match there is not redacted, so `redact` keeps the request local).
-//! Images, documents' bytes (PDFs, which would need a PDF reader), tool
+//! reasoning text of every message, a document's title and URL and an
+//! image's URL (a match there is not redacted, so `redact` keeps the
+//! request local). Images' bytes, documents' bytes (PDFs, which would need
+//! a PDF reader), tool
 //! definitions, the model name and stop sequences are not; `documents`
 //! decides on a request that carries a document, as a finding named
 //! `document`.
@@ -79,7 +80,9 @@ pub enum Detector {
     /// a value that is not a placeholder, a variable or a type; tokens
     /// (`HF_TOKEN=…`, `.npmrc`'s `_authToken=…`) with a random-looking value;
     /// `Authorization: Bearer …` / `Basic …`; a password in a URL
-    /// (`postgres://user:pass@db/x`).
+    /// (`postgres://user:pass@db/x`); a signature in a URL's query (`sig=`,
+    /// `X-Amz-Signature=`, `X-Goog-Signature=`: a presigned or shared
+    /// access link).
     PasswordAssignment,
     /// JSON Web Tokens (`eyJ….eyJ….…`).
     Jwt,
@@ -351,11 +354,15 @@ pub enum Field {
     /// the file's name to some providers), so a `redact` action keeps the
     /// request local instead.
     DocumentName,
+    /// An image's URL (an `https://` one: a `data:` URL is the image's
+    /// bytes, which are not read), not redacted either: the image would no
+    /// longer be found.
+    ImageUrl,
 }
 
 impl Field {
     /// A short name (`text`, `tool_arguments`, `tool_result`, `reasoning`,
-    /// `document`, `document_name`).
+    /// `document`, `document_name`, `image_url`).
     pub fn as_str(self) -> &'static str {
         match self {
             Field::Text => "text",
@@ -364,6 +371,7 @@ impl Field {
             Field::Reasoning => "reasoning",
             Field::Document => "document",
             Field::DocumentName => "document_name",
+            Field::ImageUrl => "image_url",
         }
     }
 }
@@ -451,6 +459,13 @@ impl Findings {
         self.items
             .iter()
             .any(|finding| finding.location.field == Field::DocumentName)
+    }
+
+    /// Whether any finding is in an image's URL.
+    pub fn in_image_url(&self) -> bool {
+        self.items
+            .iter()
+            .any(|finding| finding.location.field == Field::ImageUrl)
     }
 }
 
@@ -728,6 +743,14 @@ const BUILTIN_RULES: &[(Detector, &str, Check)] = &[
         r#"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@"<>{}\\`]+:(?P<secret>[^/\s@"<>{}\\`]{3,200})@"#,
         Check::QuotedValue,
     ),
+    // A link's own signature, which grants whoever holds the link access:
+    // an Azure shared access signature (`sig=`), S3's and Google Cloud
+    // Storage's presigned URLs (`X-Amz-Signature=`, `X-Goog-Signature=`).
+    (
+        Detector::PasswordAssignment,
+        r"(?i)[?&](?:sig|signature|x-amz-signature|x-goog-signature)=(?P<secret>[A-Za-z0-9%+/=_.~-]{16,1024})",
+        Check::HeaderCredential,
+    ),
     (
         Detector::Jwt,
         r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}",
@@ -902,6 +925,15 @@ impl Privacy {
                 if self.rules.is_empty() {
                     continue;
                 }
+                if let Some(url) = image_url(part) {
+                    let location = Location {
+                        message: message_index,
+                        part: part_index,
+                        field: Field::ImageUrl,
+                    };
+                    self.inspect_text(url, location, &mut findings);
+                    continue;
+                }
                 let Some((field, text)) = part_text(part) else {
                     continue;
                 };
@@ -994,8 +1026,9 @@ impl Privacy {
     /// `[REDACTED:<detector>]`: in text, tool results and reasoning text
     /// (whose signature is then dropped, as it no longer signs the text);
     /// in tool-call arguments inside JSON strings only, so valid JSON stays
-    /// valid. Documents are left as they are: a match in a title or URL is
-    /// found again, and the request kept local ([`Field::DocumentName`]).
+    /// valid. Documents and images are left as they are: a match in a
+    /// title or URL is found again, and the request kept local
+    /// ([`Field::DocumentName`], [`Field::ImageUrl`]).
     fn redact(&self, request: &ChatRequest) -> ChatRequest {
         let mut request = request.clone();
         for message in &mut request.messages {
@@ -1312,6 +1345,23 @@ fn document_names(document: &freehold_protocol::Document) -> impl Iterator<Item 
         freehold_protocol::DocumentSource::Base64 { .. } => None,
     };
     document.title.as_deref().into_iter().chain(url)
+}
+
+/// The URL of an image given by one that is not its bytes (`https://`,
+/// not `data:`).
+fn image_url(part: &ContentPart) -> Option<&str> {
+    match part {
+        ContentPart::Image {
+            source: freehold_protocol::ImageSource::Url { url },
+        } if !url
+            .trim_start()
+            .get(..5)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("data:")) =>
+        {
+            Some(url)
+        }
+        _ => None,
+    }
 }
 
 /// The part's inspected text, if it has one.
@@ -2108,6 +2158,32 @@ mod tests {
         }
     }
 
+    /// A link's signature grants whoever holds the link access: Azure's
+    /// shared access signatures, S3's and Google Cloud Storage's presigned
+    /// URLs.
+    #[test]
+    fn signed_links() {
+        for text in [
+            "https://acct.blob.core.windows.net/c/report.pdf?sv=2022-11-02&ss=b&srt=o&sp=r\
+             &se=2026-12-08T00:00:00Z&spr=https&sig=Xo5%2BzRk8Yt3qLm9Pw2vN7bC4dF6gH1jK0sA%3D",
+            "https://bucket.s3.amazonaws.com/k.png?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+             &X-Amz-Date=20261207T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host\
+             &X-Amz-Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",
+            "https://storage.googleapis.com/b/o.pdf?X-Goog-Algorithm=GOOG4-RSA-SHA256\
+             &X-Goog-Expires=900&X-Goog-Signature=8a2b9c3d4e5f60718293a4b5c6d7e8f90a1b2c3d",
+        ] {
+            assert_detects(text, Detector::PasswordAssignment);
+        }
+        for text in [
+            // Not a query, or no signature's value.
+            "sig=Xo5zRk8Yt3qLm9Pw2vN7 in a shell script",
+            "https://example.org/search?q=signature&signature=none",
+            "https://example.org/a?sig=${SIGNATURE}",
+        ] {
+            assert_clean(text);
+        }
+    }
+
     #[test]
     fn emails() {
         assert_detects(
@@ -2528,6 +2604,44 @@ mod tests {
         };
         let decision = redacting.decide(&beside, None, false);
         assert_eq!(decision.outcome(), "redacted", "{decision}");
+    }
+
+    /// An image's URL is text as well (a presigned link, a key in its
+    /// query); its bytes, and a `data:` URL, are not read.
+    #[test]
+    fn an_images_url_is_inspected() {
+        let with_image = |url: String| {
+            let mut request = request("What is in it?");
+            request.messages[1].content.push(ContentPart::Image {
+                source: freehold_protocol::ImageSource::Url { url },
+            });
+            request
+        };
+        let presigned = with_image(
+            "https://bucket.s3.amazonaws.com/k.png?X-Amz-Expires=3600\
+             &X-Amz-Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+                .into(),
+        );
+        let local = with(serde_json::json!({}));
+        let findings = local.inspect(&presigned);
+        assert!(findings.in_image_url(), "{findings}");
+        assert!(local.decide(&presigned, None, false).is_local_only());
+        // Not rewritten: under `redact`, kept local.
+        let decision = with(redact_settings()).decide(&presigned, None, false);
+        assert_eq!(
+            decision.to_string(),
+            "privacy=local_only trigger=content detectors=password_assignment:1 \
+             redaction=incomplete"
+        );
+        let blocked = with(serde_json::json!({ "action": "block" }));
+        let reasons = blocked.decide(&presigned, None, false);
+        assert!(reasons.reasons().unwrap().findings.in_image_url());
+
+        let clean = with_image("https://upload.wikimedia.org/cat.png".into());
+        assert_eq!(local.decide(&clean, None, false), Decision::Pass);
+        // A data: URL is the image's bytes, which may spell anything.
+        let bytes = with_image(format!("data:image/png;base64,{}", aws_key()));
+        assert_eq!(local.decide(&bytes, None, false), Decision::Pass);
     }
 
     #[test]

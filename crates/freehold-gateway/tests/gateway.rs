@@ -1545,6 +1545,53 @@ async fn a_privacy_policy_can_keep_or_block_documents_it_cannot_read() {
     }
 }
 
+/// An image's URL is read like text: a presigned link is a credential, and
+/// a blocking policy refuses it with a message saying where it was (the
+/// URL is never rewritten, so it is no use redacting it).
+#[tokio::test]
+async fn a_presigned_image_link_is_found_and_blocked() {
+    use freehold_gateway::privacy::{Action, PrivacySettings};
+
+    let upstream = MockUpstream::start().await.unwrap();
+    let settings = GatewaySettings {
+        privacy: Some(PrivacySettings {
+            action: Action::Block,
+            ..PrivacySettings::default()
+        }),
+        ..GatewaySettings::default()
+    };
+    let gw = start(routes(vec![upstream.base_url()]), settings, None).await;
+    let with_image = |url: &str| {
+        json!({"model": "mock", "max_tokens": 100, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": "What is in it?"}]}]})
+    };
+    let presigned = "https://acct.blob.core.windows.net/c/cat.png?sv=2022-11-02&sp=r\
+                     &se=2026-12-08T00:00:00Z&sig=Xo5%2BzRk8Yt3qLm9Pw2vN7bC4dF6gH1jK0sA%3D";
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &with_image(presigned),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("password_assignment:1"), "{message}");
+    assert!(message.contains("an image's URL"), "{message}");
+    assert!(!message.contains("Xo5"), "{message}");
+    assert_eq!(upstream.requests(), 0);
+
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &with_image("https://upload.wikimedia.org/cat.png"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// A client asking for no reasoning (Chat Completions' `none`, the Anthropic
 /// `disabled` that Claude Code sends for its subagents) reaches a server
 /// whose chat templates take the switch (vLLM, SGLang, llama.cpp) as
