@@ -152,9 +152,12 @@ pub const PRESETS: &[Preset] = &[
         None,
     ),
     Preset {
-        // vLLM counts a chat's tokens, tools included, at `/tokenize`.
+        // vLLM counts a chat's tokens, tools included, at `/tokenize`,
+        // and takes 4 stop sequences unless `VLLM_MAX_STOP_STRINGS` says
+        // otherwise (older releases take any number).
         dialect: Dialect {
             token_count: TokenCountEndpoint::Tokenize,
+            max_stop_sequences: Some(4),
             ..INFERENCE_SERVER
         },
         ..local(
@@ -325,7 +328,7 @@ mod tests {
         );
         assert_eq!(
             with(|dialect| dialect.max_stop_sequences == Some(4)),
-            ["openai", "groq", "openrouter"]
+            ["vllm", "openai", "groq", "openrouter"]
         );
         // Only OpenAI's own API gets what only it takes.
         assert_eq!(

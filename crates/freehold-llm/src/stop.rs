@@ -66,6 +66,15 @@ impl LocalStops {
         self.sequences = sequences;
     }
 
+    /// Moves the first `count` of these sequences (at most all of them)
+    /// back to `request`, for a provider that takes that many.
+    pub fn give_back_first(&mut self, request: &mut ChatRequest, count: usize) {
+        let count = count.min(self.sequences.len());
+        let rest = self.sequences.split_off(count);
+        request.stop.append(&mut self.sequences);
+        self.sequences = rest;
+    }
+
     /// Puts these sequences back at the end of `request`'s, undoing
     /// [`Self::split_off`] (and [`Self::take_all_from`]): for a request
     /// that goes to another client after all.
@@ -124,6 +133,8 @@ impl LocalStops {
             inner: Some(stream),
             matcher: Matcher::new(self.sequences),
             ready: VecDeque::new(),
+            waiting: Vec::new(),
+            open_calls: Vec::new(),
             refusal: false,
         })
     }
@@ -190,6 +201,11 @@ impl Matcher {
         Matched::Text(std::mem::replace(&mut self.held, rest))
     }
 
+    /// Whether no text is held.
+    fn holds_nothing(&self) -> bool {
+        self.held.is_empty()
+    }
+
     /// The text held, shown after all: what follows it is no text.
     fn release(&mut self) -> Option<String> {
         (!self.held.is_empty()).then(|| std::mem::take(&mut self.held))
@@ -204,6 +220,13 @@ struct StopStream {
     inner: Option<EventStream>,
     matcher: Matcher,
     ready: VecDeque<Result<StreamEvent, LlmError>>,
+    /// Events that came while text was held and say nothing of the text
+    /// (usage so far, timings, a signature): they wait behind it, so that
+    /// a stop sequence split across two pieces of text is still found
+    /// (Gemini sends its usage with every piece).
+    waiting: Vec<StreamEvent>,
+    /// The tool calls begun and not yet ended, to end if the answer is cut.
+    open_calls: Vec<u32>,
     /// Whether the text is a refusal's, which is not matched.
     refusal: bool,
 }
@@ -217,29 +240,60 @@ impl StopStream {
                         if !text.is_empty() {
                             self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
                         }
+                        if self.matcher.holds_nothing() {
+                            self.ready.extend(self.waiting.drain(..).map(Ok));
+                        }
                     }
                     Matched::Stop(text) => self.cut(text),
                 }
                 return;
             }
+            Ok(
+                event @ (StreamEvent::UsageSoFar(_)
+                | StreamEvent::Timings(_)
+                | StreamEvent::ReasoningSignature { .. }),
+            ) if !self.matcher.holds_nothing() => {
+                self.waiting.push(event);
+                return;
+            }
             other => other,
         };
-        if let Some(text) = self.matcher.release() {
-            self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
-        }
-        if matches!(event, Ok(StreamEvent::RefusalStart)) {
-            self.refusal = true;
+        self.release();
+        match &event {
+            Ok(StreamEvent::RefusalStart) => self.refusal = true,
+            Ok(StreamEvent::ToolCallStart { index, .. }) => self.open_calls.push(*index),
+            Ok(StreamEvent::ToolCallEnd { index, .. }) => {
+                self.open_calls.retain(|open| open != index);
+            }
+            _ => {}
         }
         self.ready.push_back(event);
     }
 
+    /// Shows the text held, and what waited behind it.
+    fn release(&mut self) {
+        if let Some(text) = self.matcher.release() {
+            self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
+        }
+        self.ready.extend(self.waiting.drain(..).map(Ok));
+    }
+
     /// Ends the answer after `text`: the provider's stream is dropped,
-    /// which cancels its request. What the provider counted so far went by
-    /// as [`StreamEvent::UsageSoFar`]; the rest of its usage never comes.
+    /// which cancels its request, and the tool calls still open are ended.
+    /// What the provider counted so far went by as
+    /// [`StreamEvent::UsageSoFar`] where it sends that (Gemini); the rest
+    /// of its usage never comes (OpenAI's comes at the end).
     fn cut(&mut self, text: String) {
         self.inner = None;
         if !text.is_empty() {
             self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
+        }
+        self.ready.extend(self.waiting.drain(..).map(Ok));
+        for index in std::mem::take(&mut self.open_calls) {
+            self.ready.push_back(Ok(StreamEvent::ToolCallEnd {
+                index,
+                signature: None,
+            }));
         }
         self.ready.push_back(Ok(StreamEvent::Stop {
             reason: StopReason::StopSequence,
@@ -264,9 +318,7 @@ impl Stream for StopStream {
                 Poll::Ready(Some(item)) => this.handle(item),
                 Poll::Ready(None) => {
                     this.inner = None;
-                    if let Some(text) = this.matcher.release() {
-                        this.ready.push_back(Ok(StreamEvent::TextDelta { text }));
-                    }
+                    this.release();
                 }
             }
         }
@@ -329,6 +381,15 @@ mod tests {
         assert_eq!(local.sequences(), ["a", "b", "c"]);
         local.restore(&mut request);
         assert_eq!(request.stop, ["a", "b", "c"]);
+
+        // A server found to take 1 of them.
+        let mut local = LocalStops::split_off(&mut request, Some(0));
+        local.give_back_first(&mut request, 1);
+        assert_eq!(request.stop, ["a"]);
+        assert_eq!(local.sequences(), ["b", "c"]);
+        local.give_back_first(&mut request, 9);
+        assert_eq!(request.stop, ["a", "b", "c"]);
+        assert!(local.is_empty());
     }
 
     #[test]
@@ -444,6 +505,99 @@ mod tests {
         // A stream that ends without its stop still shows what was held.
         let out = run(stops(&["END"]), vec![text("a"), text("EN")]).await;
         assert_eq!(out, vec![text("a"), text("EN")]);
+    }
+
+    /// Gemini sends its usage with every piece, and may sign a text part:
+    /// such events wait behind held text, so that a sequence split across
+    /// two pieces is still found, and come before the end.
+    #[tokio::test]
+    async fn usage_and_signatures_between_pieces_do_not_hide_a_sequence() {
+        let usage = StreamEvent::UsageSoFar(Usage {
+            input_tokens: 9,
+            ..Usage::default()
+        });
+        let signature = StreamEvent::ReasoningSignature {
+            signature: "sig".into(),
+            redacted: false,
+            id: None,
+            origin: None,
+        };
+        let events = vec![
+            text("Thought: add\nObs"),
+            usage.clone(),
+            signature.clone(),
+            text("ervation: 5"),
+            StreamEvent::Stop {
+                reason: StopReason::EndTurn,
+            },
+        ];
+        let out = run(stops(&["\nObservation:"]), events).await;
+        assert_eq!(
+            out,
+            vec![
+                text("Thought: add"),
+                usage.clone(),
+                signature.clone(),
+                StreamEvent::Stop {
+                    reason: StopReason::StopSequence
+                },
+            ]
+        );
+        // Released with the text once it is no sequence's start.
+        let events = vec![
+            text("a\nObs"),
+            usage.clone(),
+            text("cure"),
+            text(" b"),
+            StreamEvent::Stop {
+                reason: StopReason::EndTurn,
+            },
+        ];
+        let out = run(stops(&["\nObservation:"]), events).await;
+        assert_eq!(
+            out,
+            vec![
+                text("a"),
+                text("\nObscure"),
+                usage,
+                text(" b"),
+                StreamEvent::Stop {
+                    reason: StopReason::EndTurn
+                },
+            ]
+        );
+    }
+
+    /// Text after a call has begun (servers that interleave them): a cut
+    /// there ends the call, so that every call begun is ended.
+    #[tokio::test]
+    async fn a_cut_ends_the_calls_still_open() {
+        let events = vec![
+            StreamEvent::ToolCallStart {
+                index: 3,
+                id: "c".into(),
+                name: "t".into(),
+                signature: None,
+            },
+            StreamEvent::ToolCallArgsDelta {
+                index: 3,
+                delta: "{}".into(),
+            },
+            text("and END"),
+        ];
+        let out = run(stops(&["END"]), events.clone()).await;
+        let mut expected = events[..2].to_vec();
+        expected.extend([
+            text("and "),
+            StreamEvent::ToolCallEnd {
+                index: 3,
+                signature: None,
+            },
+            StreamEvent::Stop {
+                reason: StopReason::StopSequence,
+            },
+        ]);
+        assert_eq!(out, expected);
     }
 
     #[tokio::test]

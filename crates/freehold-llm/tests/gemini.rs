@@ -1040,10 +1040,21 @@ async fn a_refused_signature_is_sent_again_without_signatures() {
 /// and the client ends the answer at the others, streamed or whole.
 #[tokio::test]
 async fn stop_sequences_past_five_are_applied_to_the_answer() {
+    // Usage comes with every chunk, as Gemini sends it.
+    let usage = |output: u64| {
+        Some(
+            json!({"promptTokenCount": 9, "candidatesTokenCount": output,
+                    "totalTokenCount": 9 + output}),
+        )
+    };
     let stream = sse(&[
-        chunk(json!([{"text": "Thought: add\nObs"}]), None, None),
-        chunk(json!([{"text": "ervation: 5\nThought: done"}]), None, None),
-        chunk(json!([{"text": "."}]), Some("STOP"), None),
+        chunk(json!([{"text": "Thought: add\nObs"}]), None, usage(4)),
+        chunk(
+            json!([{"text": "ervation: 5\nThought: done"}]),
+            None,
+            usage(10),
+        ),
+        chunk(json!([{"text": "."}]), Some("STOP"), usage(11)),
     ]);
     let whole = json!({
         "candidates": [{"content": {"parts": [{"text": "1, 2, 3\nObservation: 4"}], "role": "model"},

@@ -1810,39 +1810,69 @@ async fn stop_sequences_past_the_servers_limit_end_the_stream_here() {
     }
 }
 
-/// A model refused for its stop sequences (OpenAI's reasoning models take
-/// none; vLLM refuses more than `VLLM_MAX_STOP_STRINGS`) is asked again
-/// without them and they end its answer here; its later requests go
-/// without them at once, other models' still with them.
+/// A model refused for its stop sequences is asked again with as many as
+/// the refusal says the server takes (OpenAI's reasoning models: none;
+/// vLLM: 4 by default), the others end its answer here, and its later
+/// requests go that way at once; other models' still as asked.
 #[tokio::test]
-async fn a_model_that_refuses_stop_sequences_gets_them_applied_from_then_on() {
+async fn a_model_refused_for_its_stop_sequences_gets_them_applied_from_then_on() {
     let openai_refusal = json!({"error": {
         "message": "Unsupported parameter: 'stop' is not supported with this model.",
         "type": "invalid_request_error", "param": "stop", "code": "unsupported_parameter"}});
     let vllm_refusal = json!({"object": "error", "type": "BadRequestError", "param": null, "code": 400,
         "message": "1 validation error for ChatCompletionRequest\nstop\n  List should have at most 4 items after validation, not 5"});
+    let streamed = sse_text(&[
+        (
+            "",
+            &chunk(
+                json!({"role": "assistant", "content": "Other model. E"}),
+                None,
+            ),
+        ),
+        ("", &chunk(json!({"content": "ND more"}), None)),
+        ("", &chunk(json!({}), Some("stop"))),
+        ("", "[DONE]"),
+    ]);
     let server = MockServer::start(vec![
         Scripted::json(400, openai_refusal),
         answered("Step one. Step two."),
         answered("Again. And again."),
         Scripted::json(400, vllm_refusal),
-        answered("Other model. More."),
+        Scripted::sse(&streamed, Split::Every(9)),
+        answered("Once more END"),
+        answered("Unlearned. Yes."),
     ])
     .await;
     let client = client(&server);
-    let asking = |model: &str| {
+    let asking = |model: &str, stop: &[&str]| {
         let mut asked = request();
         asked.model = model.into();
-        asked.stop = vec![". ".into()];
+        asked.stop = stop.iter().map(|s| (*s).to_owned()).collect();
         asked
     };
-    let answer = client.complete(asking("o3")).await.unwrap();
+    let answer = client.complete(asking("o3", &[". "])).await.unwrap();
     assert_eq!(answer.message.text(), "Step one");
     assert_eq!(answer.stop_reason, StopReason::StopSequence);
-    let answer = client.complete(asking("o3")).await.unwrap();
+    let answer = client.complete(asking("o3", &[". "])).await.unwrap();
     assert_eq!(answer.message.text(), "Again");
-    let answer = client.complete(asking("qwen")).await.unwrap();
-    assert_eq!(answer.message.text(), "Other model");
+
+    let five = ["s1", "s2", "s3", "s4", "END"];
+    let stream = client.stream(asking("qwen", &five)).await.unwrap();
+    let (events, error) = drain(stream).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_well_ordered(&events);
+    assert_eq!(text_of(&events), "Other model. ");
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Stop {
+            reason: StopReason::StopSequence
+        })
+    );
+    let answer = client.complete(asking("qwen", &five)).await.unwrap();
+    assert_eq!(answer.message.text(), "Once more ");
+    // A model that was never refused gets its stop sequences.
+    let answer = client.complete(asking("llama", &[". "])).await.unwrap();
+    assert_eq!(answer.message.text(), "Unlearned. Yes.");
 
     let stops: Vec<serde_json::Value> = server
         .requests()
@@ -1850,14 +1880,17 @@ async fn a_model_that_refuses_stop_sequences_gets_them_applied_from_then_on() {
         .map(|sent| sent.json()["stop"].clone())
         .collect();
     let null = serde_json::Value::Null;
+    let four = json!(["s1", "s2", "s3", "s4"]);
     assert_eq!(
         stops,
         [
             json!([". "]),
             null.clone(),
-            null.clone(),
-            json!([". "]),
-            null
+            null,
+            json!(five),
+            four.clone(),
+            four,
+            json!([". "])
         ]
     );
 }

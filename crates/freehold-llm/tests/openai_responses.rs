@@ -1446,4 +1446,19 @@ async fn stop_sequences_are_applied_to_the_answer_not_sent() {
     );
     let sent = server.requests()[0].json();
     assert!(sent.get("stop").is_none(), "{sent}");
+
+    // A whole answer too.
+    let whole = snapshot(
+        "completed",
+        json!([message_item("msg_1", "completed", Some("One.\n\nTwo."))]),
+        usage_json(12, 0, 5, 0),
+    );
+    let server = MockServer::start(vec![Scripted::json(200, whole)]).await;
+    let mut asked = request();
+    asked.stop = vec!["\n\n".into()];
+    let answer = client(&server).complete(asked).await.unwrap();
+    assert_eq!(answer.message.text(), "One.");
+    assert_eq!(answer.stop_reason, StopReason::StopSequence);
+    assert_eq!(answer.usage.output_tokens, 5);
+    assert!(server.requests()[0].json().get("stop").is_none());
 }

@@ -1,6 +1,6 @@
 //! The OpenAI Chat Completions client, for OpenAI and every compatible server.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -39,12 +39,12 @@ pub struct OpenAiChatClient {
     /// their conversations are folded before they are sent. Shared by the
     /// clones of this client, lost with it (a reload that changes the
     /// provider builds a new one), and at most [`LEARNED_MODELS_KEPT`].
-    folded_models: Arc<ModelMemory>,
+    folded_models: Arc<ModelMemory<()>>,
     /// The models (as the server names them) whose requests were refused
-    /// for their stop sequences and answered without them
-    /// ([`Self::post_with_stops`]): their stop sequences are applied to
-    /// the answer here. Kept like [`Self::folded_models`].
-    stopless_models: Arc<ModelMemory>,
+    /// for their stop sequences and answered with fewer
+    /// ([`Self::post_with_stops`]), with how many they take: the others are
+    /// applied to the answer here. Kept like [`Self::folded_models`].
+    stop_limits: Arc<ModelMemory<usize>>,
     /// The reasoning efforts the server's models were found to take,
     /// shared with [`Self::responses`].
     efforts: Arc<EffortMemory>,
@@ -90,7 +90,7 @@ impl OpenAiChatClient {
             headers,
             completions_url,
             folded_models: Arc::default(),
-            stopless_models: Arc::default(),
+            stop_limits: Arc::default(),
             efforts,
             responses,
         })
@@ -212,6 +212,9 @@ impl OpenAiChatClient {
             // To be sent through the Responses API instead: not a
             // template's refusal.
             Err(refused) if self.redirect_for(request, &refused).is_some() => return Err(refused),
+            // Refused for its stop sequences: [`Self::post_with_stops`]
+            // sends it again with fewer, not folded.
+            Err(refused) if self.refused_for_stops(request, &refused) => return Err(refused),
             // gpt-oss by a name not known as its own: its template refused
             // the reasoning beside a message's text and calls.
             Err(refused)
@@ -268,12 +271,12 @@ impl OpenAiChatClient {
 
     /// Whether `model`'s conversations are folded before they are sent.
     fn folds_first(&self, model: &str) -> bool {
-        self.folded_models.knows(model)
+        self.folded_models.get(model).is_some()
     }
 
     /// Remembers that `model`'s template took a conversation only folded.
     fn remember_folding(&self, model: &str) {
-        match self.folded_models.learn(model) {
+        match self.folded_models.learn(model, ()) {
             // The refusal's text is not logged: a server may echo the
             // prompt in it.
             Learned::New => tracing::warn!(
@@ -296,25 +299,22 @@ impl OpenAiChatClient {
         }
     }
 
-    /// How many stop sequences a request for `model` may carry: none for a
-    /// model whose requests were refused for them, the dialect's limit
-    /// otherwise.
+    /// How many stop sequences a request for `model` may carry: as many
+    /// as the server was found to take for it, or the dialect's limit.
     fn stop_limit(&self, model: &str) -> Option<usize> {
-        if self.stopless_models.knows(model) {
-            Some(0)
-        } else {
-            self.dialect.max_stop_sequences
-        }
+        self.stop_limits
+            .get(model)
+            .or(self.dialect.max_stop_sequences)
     }
 
     /// [`Self::post_folding`] with no more stop sequences than the server
     /// takes ([`Self::stop_limit`]); the others are returned, to be applied
     /// to the answer. A request refused for its stop sequences (a 400 or
-    /// 422 that names them: OpenAI's reasoning models take none, and vLLM
-    /// past `VLLM_MAX_STOP_STRINGS` refuses more) is sent again without
-    /// any, and its model remembered as taking none. On failure the request
-    /// gets its stop sequences back (for the Responses client, which may
-    /// take it).
+    /// 422 that names them: OpenAI's reasoning models take none, vLLM 4 by
+    /// default) is sent again with as many as the refusal says the server
+    /// takes (none when it names no number), and that is remembered for
+    /// its model. On failure the request gets its stop sequences back (for
+    /// the Responses client, which may take it).
     async fn post_with_stops(
         &self,
         request: &mut ChatRequest,
@@ -322,11 +322,15 @@ impl OpenAiChatClient {
     ) -> Result<(Response, LocalStops), LlmError> {
         let mut local = LocalStops::split_off(request, self.stop_limit(&request.model));
         let sent = match self.post_folding(request, stream).await {
-            Err(refused) if !request.stop.is_empty() && refuses_stop_sequences(&refused) => {
+            Err(refused) if self.refused_for_stops(request, &refused) => {
+                let limit = stop_limit_in(&refused.message)
+                    .unwrap_or(0)
+                    .min(request.stop.len().saturating_sub(1));
                 local.take_all_from(request);
+                local.give_back_first(request, limit);
                 let again = self.post_folding(request, stream).await;
                 if again.is_ok() {
-                    self.remember_stopless(&request.model);
+                    self.remember_stop_limit(&request.model, limit);
                 }
                 again
             }
@@ -341,14 +345,23 @@ impl OpenAiChatClient {
         }
     }
 
-    /// Remembers that `model` was answered only without stop sequences.
-    fn remember_stopless(&self, model: &str) {
-        match self.stopless_models.learn(model) {
+    /// Whether `refused` refuses `request` for its stop sequences: it
+    /// carries some, and the refusal names them
+    /// ([`refuses_stop_sequences`]).
+    fn refused_for_stops(&self, request: &ChatRequest, refused: &LlmError) -> bool {
+        !request.stop.is_empty() && refuses_stop_sequences(refused)
+    }
+
+    /// Remembers that `model` was answered with `limit` stop sequences.
+    fn remember_stop_limit(&self, model: &str, limit: usize) {
+        match self.stop_limits.learn(model, limit) {
             Learned::New => tracing::info!(
                 provider = %self.options.name,
                 model,
-                "the server refused a request for its stop sequences and answered it without \
-                 them; this model's stop sequences are applied to its answers from now on"
+                limit,
+                "the server refused a request for its stop sequences and answered it with \
+                 fewer; this model's stop sequences past the limit are applied to its answers \
+                 from now on"
             ),
             Learned::Known | Learned::Full { .. } => {}
         }
@@ -370,22 +383,46 @@ fn refuses_stop_sequences(refused: &LlmError) -> bool {
             .any(|word| matches!(word, "stop" | "stop_sequences" | "stopSequences"))
 }
 
-/// Models an [`OpenAiChatClient`] learned something about from its
-/// server's refusals (that their templates want one system message first;
-/// that they refuse stop sequences), so that their later requests are sent
-/// as the server takes them. At most [`LEARNED_MODELS_KEPT`]: a server that
-/// takes any model name would otherwise let its clients grow it.
-#[derive(Debug, Default)]
-struct ModelMemory {
-    /// Whether any model was learned: until then, no request locks.
-    any: AtomicBool,
-    learned: Mutex<LearnedModels>,
+/// The most stop sequences a refusal says the server takes: OpenAI's
+/// "Expected an array with maximum length 4", vLLM's "List should have at
+/// most 4 items". `None` when it names no limit (OpenAI's reasoning models:
+/// "Unsupported parameter").
+fn stop_limit_in(message: &str) -> Option<usize> {
+    ["maximum length ", "at most "].iter().find_map(|words| {
+        let (_, after) = message.split_once(words)?;
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
 }
 
-/// The models of [`ModelMemory`].
-#[derive(Debug, Default)]
-struct LearnedModels {
-    models: BTreeSet<String>,
+/// What an [`OpenAiChatClient`] learned about its server's models from
+/// their refusals (that their templates want one system message first; how
+/// many stop sequences they take), so that their later requests are sent as
+/// the server takes them. At most [`LEARNED_MODELS_KEPT`] models: a server
+/// that takes any model name would otherwise let its clients grow it.
+#[derive(Debug)]
+struct ModelMemory<T> {
+    /// Whether any model was learned: until then, no request locks.
+    any: AtomicBool,
+    learned: Mutex<LearnedModels<T>>,
+}
+
+impl<T> Default for ModelMemory<T> {
+    fn default() -> Self {
+        Self {
+            any: AtomicBool::new(false),
+            learned: Mutex::new(LearnedModels {
+                models: BTreeMap::new(),
+                full_logged: false,
+            }),
+        }
+    }
+}
+
+/// The models of [`ModelMemory`], with what was learned of each.
+#[derive(Debug)]
+struct LearnedModels<T> {
+    models: BTreeMap<String, T>,
     /// Whether it was logged that [`LEARNED_MODELS_KEPT`] were reached.
     full_logged: bool,
 }
@@ -393,36 +430,42 @@ struct LearnedModels {
 /// What [`ModelMemory::learn`] did.
 #[derive(Debug, PartialEq, Eq)]
 enum Learned {
-    /// The model is remembered from now on.
+    /// The model is remembered from now on (or what it was remembered
+    /// with has changed).
     New,
-    /// It already was.
+    /// It already was, as it is.
     Known,
     /// It could not be: the memory is full. `first` the first time.
     Full { first: bool },
 }
 
-impl ModelMemory {
-    /// Whether `model` was learned.
-    fn knows(&self, model: &str) -> bool {
+impl<T: Copy + PartialEq> ModelMemory<T> {
+    /// What was learned of `model`, if anything.
+    fn get(&self, model: &str) -> Option<T> {
         // Most servers never refuse: their requests take no lock.
         if !self.any.load(Ordering::Acquire) {
-            return false;
+            return None;
         }
         self.learned
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .models
-            .contains(model)
+            .get(model)
+            .copied()
     }
 
-    /// Remembers `model`, if there is room.
-    fn learn(&self, model: &str) -> Learned {
+    /// Remembers `value` for `model`, if there is room.
+    fn learn(&self, model: &str, value: T) -> Learned {
         let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
-        if learned.models.contains(model) {
-            return Learned::Known;
+        if let Some(known) = learned.models.get_mut(model) {
+            if *known == value {
+                return Learned::Known;
+            }
+            *known = value;
+            return Learned::New;
         }
         if learned.models.len() < LEARNED_MODELS_KEPT {
-            learned.models.insert(model.to_owned());
+            learned.models.insert(model.to_owned(), value);
             drop(learned);
             self.any.store(true, Ordering::Release);
             return Learned::New;
@@ -742,4 +785,41 @@ pub(crate) async fn list_openai_models(
             max_output_tokens: None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16, message: &str) -> LlmError {
+        LlmError::new(ErrorKind::InvalidRequest, "p", message).with_status(status)
+    }
+
+    #[test]
+    fn refusals_of_stop_sequences_are_told_and_their_limit_read() {
+        let openai_unsupported = "Unsupported parameter: 'stop' is not supported with this model.";
+        let openai_too_many = "Invalid 'stop': array too long. Expected an array with maximum \
+                               length 4, but got an array with length 9 instead.";
+        let vllm = "1 validation error for ChatCompletionRequest\nstop\n  List should have at \
+                    most 4 items after validation, not 5";
+        for message in [openai_unsupported, openai_too_many, vllm] {
+            assert!(refuses_stop_sequences(&refused(400, message)), "{message}");
+        }
+        assert!(refuses_stop_sequences(&refused(422, vllm)));
+        assert_eq!(stop_limit_in(openai_unsupported), None);
+        assert_eq!(stop_limit_in(openai_too_many), Some(4));
+        assert_eq!(stop_limit_in(vllm), Some(4));
+
+        // Other refusals, and words that only contain "stop".
+        for message in [
+            "Invalid 'max_tokens': integer above maximum value.",
+            "stopwatch and nonstop are not the parameter",
+        ] {
+            assert!(!refuses_stop_sequences(&refused(400, message)), "{message}");
+        }
+        // Not an invalid request: the server's failure, or another status.
+        assert!(!refuses_stop_sequences(&refused(500, openai_unsupported)));
+        let failure = LlmError::new(ErrorKind::Server, "p", openai_unsupported).with_status(400);
+        assert!(!refuses_stop_sequences(&failure));
+    }
 }

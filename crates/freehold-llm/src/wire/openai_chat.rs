@@ -580,9 +580,9 @@ pub struct Dialect {
     pub openai_api: bool,
     /// The most stop sequences the server takes in one request, `None`
     /// for no limit: the rest are applied to the answer by the client
-    /// ([`crate::stop`]). OpenAI, Groq and OpenRouter take 4; a server that
-    /// refuses more, or any (OpenAI's reasoning models, vLLM past its
-    /// `VLLM_MAX_STOP_STRINGS`), is learned from its refusal.
+    /// ([`crate::stop`]). OpenAI, Groq, OpenRouter and vLLM take 4; a
+    /// model refused for them (OpenAI's reasoning models take none) is
+    /// learned from its refusal.
     pub max_stop_sequences: Option<usize>,
 }
 
