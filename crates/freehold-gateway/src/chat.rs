@@ -666,24 +666,26 @@ fn output_bound(targets: &[Target], routes: &Routes, cap: u32) -> u32 {
 
 /// The refusal of a request the privacy policy blocks.
 pub(crate) fn blocked(reasons: &Reasons) -> GatewayError {
-    // Clients send a conversation's documents again with every turn.
+    // Clients send a conversation's documents again with every turn. The
+    // advice is for what blocked the request, not what would only have
+    // kept it local.
     let findings = &reasons.findings;
-    if findings.in_document_name() {
+    let blocking = findings.blocking();
+    if blocking.in_document_name() {
         return GatewayError::forbidden(format!(
             "this request was blocked by the gateway's privacy policy ({findings}): a \
              document's title or URL holds sensitive data; remove the document (a conversation \
              that carries one stays blocked) and send it again"
         ));
     }
-    if findings.in_image_url() {
+    if blocking.in_image_url() {
         return GatewayError::forbidden(format!(
             "this request was blocked by the gateway's privacy policy ({findings}): an image's \
-             URL holds sensitive data (a credential or a link's signature); send the image's \
-             bytes instead of its URL, or remove it (a conversation that carries it stays \
-             blocked), and send it again"
+             URL holds sensitive data; send the image's bytes instead of its URL, or remove it \
+             (a conversation that carries it stays blocked), and send it again"
         ));
     }
-    let what = match (findings.has_document(), findings.in_text()) {
+    let what = match (blocking.has_document(), blocking.in_text()) {
         (true, false) => {
             "remove the document (a conversation that carries one stays blocked) and send it \
              again"
@@ -1442,4 +1444,52 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
             GatewayError::bad_request(format!("invalid request body at `{path}`: {inner}"))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use freehold_protocol::{
+        ChatRequest, ContentPart, Document, DocumentSource, ImageSource, Message,
+    };
+
+    use super::blocked;
+    use crate::privacy::Privacy;
+
+    /// A refusal's advice is for what blocked the request: a presigned
+    /// image link that would only have kept it local does not take the
+    /// place of the document that blocked it, and is named when it blocks.
+    #[test]
+    fn a_refusal_names_what_blocked_the_request() {
+        let mut request = ChatRequest::new("m", vec![Message::user("What are these?")]);
+        request.messages[0].content.extend([
+            ContentPart::Image {
+                source: ImageSource::Url {
+                    url: "https://b.s3.amazonaws.com/k.png?X-Amz-Expires=60&X-Amz-Signature=\
+                          5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+                        .into(),
+                },
+            },
+            ContentPart::Document(Document {
+                source: DocumentSource::Base64 {
+                    media_type: "application/pdf".into(),
+                    data: "JVBERi0xLjQK".into(),
+                },
+                title: None,
+            }),
+        ]);
+        let policy = |settings: serde_json::Value| {
+            Privacy::new(serde_json::from_value(settings).unwrap()).unwrap()
+        };
+        let documents_block = policy(serde_json::json!({ "documents": "block" }));
+        let decision = documents_block.decide(&request, None, false);
+        let message = blocked(decision.reasons().unwrap()).message;
+        assert!(message.contains("remove the document"), "{message}");
+        assert!(!message.contains("image"), "{message}");
+
+        let all_block = policy(serde_json::json!({ "action": "block" }));
+        let decision = all_block.decide(&request, None, false);
+        let message = blocked(decision.reasons().unwrap()).message;
+        assert!(message.contains("an image's URL"), "{message}");
+        assert!(!message.contains("5d672d79"), "{message}");
+    }
 }

@@ -33,10 +33,9 @@
 //! reasoning text of every message, a document's title and URL and an
 //! image's URL (a match there is not redacted, so `redact` keeps the
 //! request local). Images' bytes, documents' bytes (PDFs, which would need
-//! a PDF reader), tool
-//! definitions, the model name and stop sequences are not; `documents`
-//! decides on a request that carries a document, as a finding named
-//! `document`.
+//! a PDF reader), tool definitions, the model name and stop sequences are
+//! not; `documents` decides on a request that carries a document, as a
+//! finding named `document`.
 //!
 //! Cost: one [`RegexSet`] pass over each inspected text; the individual
 //! detectors run only on texts the set matched, so a clean request costs one
@@ -354,9 +353,8 @@ pub enum Field {
     /// the file's name to some providers), so a `redact` action keeps the
     /// request local instead.
     DocumentName,
-    /// An image's URL (an `https://` one: a `data:` URL is the image's
-    /// bytes, which are not read), not redacted either: the image would no
-    /// longer be found.
+    /// An image's URL (any but a `data:` URL, which is the image's bytes,
+    /// not read), not redacted either: the image would no longer be found.
     ImageUrl,
 }
 
@@ -459,6 +457,19 @@ impl Findings {
         self.items
             .iter()
             .any(|finding| finding.location.field == Field::DocumentName)
+    }
+
+    /// The findings whose action is to block the request: what a refusal
+    /// must name.
+    pub fn blocking(&self) -> Findings {
+        Findings {
+            items: self
+                .items
+                .iter()
+                .filter(|finding| finding.action == Action::Block)
+                .cloned()
+                .collect(),
+        }
     }
 
     /// Whether any finding is in an image's URL.
@@ -745,10 +756,12 @@ const BUILTIN_RULES: &[(Detector, &str, Check)] = &[
     ),
     // A link's own signature, which grants whoever holds the link access:
     // an Azure shared access signature (`sig=`), S3's and Google Cloud
-    // Storage's presigned URLs (`X-Amz-Signature=`, `X-Goog-Signature=`).
+    // Storage's presigned URLs (`X-Amz-Signature=`, `X-Goog-Signature=`),
+    // also with the `&` escaped as HTML and JSON write it, or the link
+    // percent-encoded inside another.
     (
         Detector::PasswordAssignment,
-        r"(?i)[?&](?:sig|signature|x-amz-signature|x-goog-signature)=(?P<secret>[A-Za-z0-9%+/=_.~-]{16,1024})",
+        r"(?i)(?:[?&]|&amp;|\\u0026|%26|%3f)(?:sig|signature|x-amz-signature|x-goog-signature)(?:=|%3d)(?P<secret>[A-Za-z0-9%+/=_.~-]{16,1024})",
         Check::HeaderCredential,
     ),
     (
@@ -1347,8 +1360,8 @@ fn document_names(document: &freehold_protocol::Document) -> impl Iterator<Item 
     document.title.as_deref().into_iter().chain(url)
 }
 
-/// The URL of an image given by one that is not its bytes (`https://`,
-/// not `data:`).
+/// The URL of an image given by one that is not its bytes (any but a
+/// `data:` URL).
 fn image_url(part: &ContentPart) -> Option<&str> {
     match part {
         ContentPart::Image {
@@ -2171,6 +2184,14 @@ mod tests {
              &X-Amz-Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",
             "https://storage.googleapis.com/b/o.pdf?X-Goog-Algorithm=GOOG4-RSA-SHA256\
              &X-Goog-Expires=900&X-Goog-Signature=8a2b9c3d4e5f60718293a4b5c6d7e8f90a1b2c3d",
+            // Escaped by HTML and JSON, and percent-encoded inside another
+            // link.
+            "<a href=\"https://b.s3.amazonaws.com/k?X-Amz-Expires=60&amp;X-Amz-Signature=\
+             5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7\">",
+            "{\"url\": \"https://b.s3.amazonaws.com/k?X-Amz-Expires=60\\u0026X-Amz-Signature=\
+             5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7\"}",
+            "https://login.example/?next=https%3A%2F%2Facct.blob.core.windows.net%2Fc%3Fsv%3D1\
+             %26sig%3DXo5%252BzRk8Yt3qLm9Pw2vN7bC4dF6gH1jK0sA%253D",
         ] {
             assert_detects(text, Detector::PasswordAssignment);
         }
