@@ -598,11 +598,42 @@ def refusals():
     return {"chat_stream_events": len(kinds), "responses_events": len(response_kinds)}
 
 
+def stop_sequences():
+    """Stop sequences past what the upstream takes (the mock's provider takes
+    one) end the answer at the gateway: each SDK gets the text before the
+    sequence, without it, and its own stop reason, whole and streamed.
+    FREEHOLD_EXPECT_TEXT is the upstream's whole answer."""
+    stop = " the mock"
+    before = EXPECT[:EXPECT.index(stop)]
+    stops = ["\n\nHuman:", stop]
+    ask = [{"role": "user", "content": "hello"}]
+    whole = ant().messages.create(
+        model=MODEL, max_tokens=32, messages=ask, stop_sequences=stops)
+    assert whole.stop_reason == "stop_sequence", whole
+    assert [block.text for block in whole.content] == [before], whole
+    with ant().messages.stream(
+            model=MODEL, max_tokens=32, messages=ask, stop_sequences=stops) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.stop_reason == "stop_sequence", streamed
+    assert [block.text for block in streamed.content] == [before], streamed
+    reply = oai().chat.completions.create(
+        model=MODEL, messages=ask, max_tokens=32, stop=stops)
+    assert reply.choices[0].message.content == before, reply
+    assert reply.choices[0].finish_reason == "stop", reply
+    chunks = list(oai().chat.completions.create(
+        model=MODEL, messages=ask, max_tokens=32, stop=stops, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks
+                if c.choices and c.choices[0].finish_reason]
+    assert text == before and finishes == ["stop"], chunks
+    return {"anthropic": whole.stop_reason, "openai": reply.choices[0].finish_reason}
+
+
 SCENARIOS = {f.__name__: f for f in [
     long_prompts, rate_limited, budget_spent, gateway_errors,
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
     openai_responses, responses_custom_tools, anthropic_messages, anthropic_tools,
-    anthropic_errors, silent_upstream, refusals,
+    anthropic_errors, silent_upstream, refusals, stop_sequences,
 ]}
 
 if __name__ == "__main__":

@@ -268,9 +268,14 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The gateway's configuration for `upstream`, as provider `mock` and the
+/// alias `mock`. Its provider takes one stop sequence, as some servers
+/// take few: the gateway applies a request's others to the answer (the
+/// `stop_sequences` scenario).
 fn mock_config(upstream: &MockUpstream) -> String {
     format!(
-        "[providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\n\n[aliases]\nmock = \"mock:mock-model\"\n",
+        "[providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\nmax_stop_sequences = 1\n\n\
+         [aliases]\nmock = \"mock:mock-model\"\n",
         upstream.base_url()
     )
 }
@@ -503,6 +508,13 @@ async fn official_sdks_against_a_mock_upstream() {
     // to), whole and streamed.
     let refusal = [("FREEHOLD_EXPECT_REFUSAL", MOCK_REFUSAL)];
     served.scenario(&python, "refusals", &refusal).await;
+    // Stop sequences past what the upstream takes end the answer at the
+    // gateway, with each SDK's own stop reason.
+    let stopped = served.scenario(&python, "stop_sequences", &expect).await;
+    assert_eq!(
+        stopped,
+        serde_json::json!({"anthropic": "stop_sequence", "openai": "stop"})
+    );
     // A coding agent's request (a system prompt and tools of about 100,000
     // tokens) goes through whole when the upstream takes it.
     let long = served.scenario(&python, "long_prompts", &[]).await;

@@ -206,6 +206,11 @@ impl Matcher {
         self.held.is_empty()
     }
 
+    /// How much text is held, in bytes.
+    fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
     /// The text held, shown after all: what follows it is no text.
     fn release(&mut self) -> Option<String> {
         (!self.held.is_empty()).then(|| std::mem::take(&mut self.held))
@@ -220,11 +225,12 @@ struct StopStream {
     inner: Option<EventStream>,
     matcher: Matcher,
     ready: VecDeque<Result<StreamEvent, LlmError>>,
-    /// Events that came while text was held and say nothing of the text
-    /// (usage so far, timings, a signature): they wait behind it, so that
-    /// a stop sequence split across two pieces of text is still found
-    /// (Gemini sends its usage with every piece).
-    waiting: Vec<StreamEvent>,
+    /// Signatures that came while text was held, each with the length of
+    /// the held text it came after: they wait to go out at that place in
+    /// the text, so that a stop sequence split across two signed pieces
+    /// (Gemini signs a text part) is still found, and the signature stays
+    /// on the piece it came with.
+    waiting: Vec<(usize, StreamEvent)>,
     /// The tool calls begun and not yet ended, to end if the answer is cut.
     open_calls: Vec<u32>,
     /// Whether the text is a refusal's, which is not matched.
@@ -236,24 +242,18 @@ impl StopStream {
         let event = match item {
             Ok(StreamEvent::TextDelta { text }) if !self.refusal => {
                 match self.matcher.push(&text) {
-                    Matched::Text(text) => {
-                        if !text.is_empty() {
-                            self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
-                        }
-                        if self.matcher.holds_nothing() {
-                            self.ready.extend(self.waiting.drain(..).map(Ok));
-                        }
-                    }
-                    Matched::Stop(text) => self.cut(text),
+                    Matched::Text(text) => self.show(&text),
+                    Matched::Stop(text) => self.cut(&text),
                 }
                 return;
             }
-            Ok(
-                event @ (StreamEvent::UsageSoFar(_)
-                | StreamEvent::Timings(_)
-                | StreamEvent::ReasoningSignature { .. }),
-            ) if !self.matcher.holds_nothing() => {
-                self.waiting.push(event);
+            // Counts say nothing of the text: they go out as they come.
+            Ok(event @ (StreamEvent::UsageSoFar(_) | StreamEvent::Timings(_))) => {
+                self.ready.push_back(Ok(event));
+                return;
+            }
+            Ok(event @ StreamEvent::ReasoningSignature { .. }) if !self.matcher.holds_nothing() => {
+                self.waiting.push((self.matcher.held_len(), event));
                 return;
             }
             other => other,
@@ -270,25 +270,53 @@ impl StopStream {
         self.ready.push_back(event);
     }
 
-    /// Shows the text held, and what waited behind it.
-    fn release(&mut self) {
-        if let Some(text) = self.matcher.release() {
-            self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
+    /// Shows `text`, the start of what was held, with the signatures that
+    /// came within it in their places; the others wait on.
+    fn show(&mut self, text: &str) {
+        let mut shown = 0;
+        let mut still_waiting = Vec::new();
+        for (at, event) in std::mem::take(&mut self.waiting) {
+            if at > text.len() {
+                still_waiting.push((at - text.len(), event));
+                continue;
+            }
+            if at > shown {
+                self.ready.push_back(Ok(StreamEvent::TextDelta {
+                    text: text[shown..at].to_owned(),
+                }));
+                shown = at;
+            }
+            self.ready.push_back(Ok(event));
         }
-        self.ready.extend(self.waiting.drain(..).map(Ok));
+        if shown < text.len() {
+            self.ready.push_back(Ok(StreamEvent::TextDelta {
+                text: text[shown..].to_owned(),
+            }));
+        }
+        self.waiting = still_waiting;
+    }
+
+    /// Shows the text held, and the signatures that came within it.
+    fn release(&mut self) {
+        let held = self.matcher.release().unwrap_or_default();
+        self.show(&held);
+        // Nothing is held now: every signature came within what was shown.
+        debug_assert!(self.waiting.is_empty());
     }
 
     /// Ends the answer after `text`: the provider's stream is dropped,
     /// which cancels its request, and the tool calls still open are ended.
-    /// What the provider counted so far went by as
-    /// [`StreamEvent::UsageSoFar`] where it sends that (Gemini); the rest
-    /// of its usage never comes (OpenAI's comes at the end).
-    fn cut(&mut self, text: String) {
+    /// Usage the provider counts as it goes went by as
+    /// [`StreamEvent::UsageSoFar`]; the rest never comes (OpenAI's comes at
+    /// the end).
+    fn cut(&mut self, text: &str) {
         self.inner = None;
-        if !text.is_empty() {
-            self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
-        }
-        self.ready.extend(self.waiting.drain(..).map(Ok));
+        self.show(text);
+        // Signatures that came after the stop sequence began: kept, after
+        // the text, as the provider sent them.
+        let late = std::mem::take(&mut self.waiting);
+        self.ready
+            .extend(late.into_iter().map(|(_, event)| Ok(event)));
         for index in std::mem::take(&mut self.open_calls) {
             self.ready.push_back(Ok(StreamEvent::ToolCallEnd {
                 index,
@@ -507,9 +535,10 @@ mod tests {
         assert_eq!(out, vec![text("a"), text("EN")]);
     }
 
-    /// Gemini sends its usage with every piece, and may sign a text part:
-    /// such events wait behind held text, so that a sequence split across
-    /// two pieces is still found, and come before the end.
+    /// Gemini sends its usage with pieces of text, and may sign a text
+    /// part: usage goes out as it comes, a signature waits at its place in
+    /// the held text, and a sequence split across two pieces is still
+    /// found.
     #[tokio::test]
     async fn usage_and_signatures_between_pieces_do_not_hide_a_sequence() {
         let usage = StreamEvent::UsageSoFar(Usage {
@@ -558,9 +587,31 @@ mod tests {
             out,
             vec![
                 text("a"),
-                text("\nObscure"),
                 usage,
+                text("\nObscure"),
                 text(" b"),
+                StreamEvent::Stop {
+                    reason: StopReason::EndTurn
+                },
+            ]
+        );
+        // A signature that came with held text goes out at its place in it.
+        let events = vec![
+            text("x\n"),
+            signature.clone(),
+            text("y"),
+            StreamEvent::Stop {
+                reason: StopReason::EndTurn,
+            },
+        ];
+        let out = run(stops(&["\n\n"]), events).await;
+        assert_eq!(
+            out,
+            vec![
+                text("x"),
+                text("\n"),
+                signature,
+                text("y"),
                 StreamEvent::Stop {
                     reason: StopReason::EndTurn
                 },

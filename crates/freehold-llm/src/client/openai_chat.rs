@@ -312,8 +312,8 @@ impl OpenAiChatClient {
     /// to the answer. A request refused for its stop sequences (a 400 or
     /// 422 that names them: OpenAI's reasoning models take none, vLLM 4 by
     /// default) is sent again with as many as the refusal says the server
-    /// takes (none when it names no number), and that is remembered for
-    /// its model. On failure the request gets its stop sequences back (for
+    /// takes (none when it names no number, or when that is refused too),
+    /// and that is remembered for its model. On failure the request gets its stop sequences back (for
     /// the Responses client, which may take it).
     async fn post_with_stops(
         &self,
@@ -321,21 +321,29 @@ impl OpenAiChatClient {
         stream: bool,
     ) -> Result<(Response, LocalStops), LlmError> {
         let mut local = LocalStops::split_off(request, self.stop_limit(&request.model));
-        let sent = match self.post_folding(request, stream).await {
-            Err(refused) if self.refused_for_stops(request, &refused) => {
-                let limit = stop_limit_in(&refused.message)
-                    .unwrap_or(0)
-                    .min(request.stop.len().saturating_sub(1));
-                local.take_all_from(request);
-                local.give_back_first(request, limit);
-                let again = self.post_folding(request, stream).await;
-                if again.is_ok() {
-                    self.remember_stop_limit(&request.model, limit);
-                }
-                again
+        let mut sent = self.post_folding(request, stream).await;
+        // Once with the limit the refusal names, and if that is refused as
+        // well (a limit misread), once with none.
+        for retry in 0..2 {
+            let Err(refused) = &sent else {
+                break;
+            };
+            if !self.refused_for_stops(request, refused) {
+                break;
             }
-            sent => sent,
-        };
+            let limit = match retry {
+                0 => stop_limit_in(&refused.message)
+                    .unwrap_or(0)
+                    .min(request.stop.len() - 1),
+                _ => 0,
+            };
+            local.take_all_from(request);
+            local.give_back_first(request, limit);
+            sent = self.post_folding(request, stream).await;
+            if sent.is_ok() {
+                self.remember_stop_limit(&request.model, limit);
+            }
+        }
         match sent {
             Ok(response) => Ok((response, local)),
             Err(error) => {
@@ -369,28 +377,54 @@ impl OpenAiChatClient {
 }
 
 /// Whether `refused` is a refusal of a request's stop sequences: an
-/// invalid request (400 or 422) whose message names them, as OpenAI's
-/// (`Unsupported parameter: 'stop'`, `Invalid 'stop': array too long`) and
-/// vLLM's validation errors do. A refusal for another reason that mentions
-/// a stop costs one more try: applied here, the sequences end the answer
-/// the same way.
+/// invalid request (400 or 422) that names the field as servers do, quoted
+/// (OpenAI's `Unsupported parameter: 'stop'` and `Invalid 'stop': array too
+/// long`, vLLM's `('body', 'stop')`), or alone on a line of a validation
+/// error (pydantic's, as vLLM words it), or as Anthropic and Gemini call
+/// it. A prompt echoed in the message that merely says "stop" is not one.
 fn refuses_stop_sequences(refused: &LlmError) -> bool {
     refused.kind == ErrorKind::InvalidRequest
         && matches!(refused.status, Some(400 | 422))
-        && refused
-            .message
-            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-            .any(|word| matches!(word, "stop" | "stop_sequences" | "stopSequences"))
+        && stop_field_at(&refused.message).is_some()
 }
 
-/// The most stop sequences a refusal says the server takes: OpenAI's
-/// "Expected an array with maximum length 4", vLLM's "List should have at
-/// most 4 items". `None` when it names no limit (OpenAI's reasoning models:
+/// Where a refusal's message names the stop field (see
+/// [`refuses_stop_sequences`]).
+fn stop_field_at(message: &str) -> Option<usize> {
+    let quoted = [
+        "'stop'",
+        "\"stop\"",
+        "`stop`",
+        "stop_sequences",
+        "stopSequences",
+    ]
+    .iter()
+    .filter_map(|name| message.find(name))
+    .min();
+    let on_a_line = message
+        .split_inclusive('\n')
+        .scan(0, |start, line| {
+            let at = *start;
+            *start += line.len();
+            Some((at, line))
+        })
+        .find(|(_, line)| line.trim() == "stop")
+        .map(|(at, _)| at);
+    quoted.into_iter().chain(on_a_line).min()
+}
+
+/// The most stop sequences a refusal says the server takes, read after
+/// where it names the field: OpenAI's "Invalid 'stop': … Expected an array
+/// with maximum length 4", vLLM's "stop\n  List should have at most 4
+/// items". `None` when it names no limit there (OpenAI's reasoning models:
 /// "Unsupported parameter").
 fn stop_limit_in(message: &str) -> Option<usize> {
+    let after = &message[stop_field_at(message)?..];
+    // The limit is the field's own, in the sentence that names it.
+    let sentence = after.split(". ").take(2).collect::<Vec<_>>().join(". ");
     ["maximum length ", "at most "].iter().find_map(|words| {
-        let (_, after) = message.split_once(words)?;
-        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        let (_, rest) = sentence.split_once(words)?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().ok()
     })
 }
@@ -810,10 +844,21 @@ mod tests {
         assert_eq!(stop_limit_in(openai_too_many), Some(4));
         assert_eq!(stop_limit_in(vllm), Some(4));
 
-        // Other refusals, and words that only contain "stop".
+        // A limit that is another field's is not read as the stop field's.
+        let two_fields = "2 validation errors\nmessages.0.name\n  String should have at most 64 \
+                          characters\nstop\n  Input should be a valid list";
+        assert!(refuses_stop_sequences(&refused(422, two_fields)));
+        assert_eq!(stop_limit_in(two_fields), None);
+        let vllm_old = "[{'type': 'too_long', 'loc': ('body', 'stop'), 'msg': 'List should have \
+                        at most 4 items after validation, not 6'}]";
+        assert_eq!(stop_limit_in(vllm_old), Some(4));
+
+        // Other refusals, words that only contain "stop", and a prompt
+        // echoed in a refusal that says it.
         for message in [
             "Invalid 'max_tokens': integer above maximum value.",
             "stopwatch and nonstop are not the parameter",
+            "This model's chat template refused: please stop asking",
         ] {
             assert!(!refuses_stop_sequences(&refused(400, message)), "{message}");
         }
