@@ -313,8 +313,9 @@ impl OpenAiChatClient {
     /// 422 that names them: OpenAI's reasoning models take none, vLLM 4 by
     /// default) is sent again with as many as the refusal says the server
     /// takes (none when it names no number, or when that is refused too),
-    /// and that is remembered for its model. On failure the request gets its stop sequences back (for
-    /// the Responses client, which may take it).
+    /// and that is remembered for its model. On failure the request gets
+    /// its stop sequences back (for the Responses client, which may take
+    /// it).
     async fn post_with_stops(
         &self,
         request: &mut ChatRequest,
@@ -420,7 +421,9 @@ fn stop_field_at(message: &str) -> Option<usize> {
 /// "Unsupported parameter").
 fn stop_limit_in(message: &str) -> Option<usize> {
     let after = &message[stop_field_at(message)?..];
-    // The limit is the field's own, in the sentence that names it.
+    // The field's own limit: in the sentence that names the field or the
+    // next (OpenAI: "Invalid 'stop': array too long. Expected an array
+    // with maximum length 4"), not another field's further on.
     let sentence = after.split(". ").take(2).collect::<Vec<_>>().join(". ");
     ["maximum length ", "at most "].iter().find_map(|words| {
         let (_, rest) = sentence.split_once(words)?;
