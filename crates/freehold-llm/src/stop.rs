@@ -95,22 +95,15 @@ impl LocalStops {
     /// Ends `response` at the first of these sequences in its text, if one
     /// is there: the text before it stays, everything after it (more text,
     /// tool calls) goes, and the stop reason becomes
-    /// [`StopReason::StopSequence`]. A refusal is left whole.
+    /// [`StopReason::StopSequence`]. Text split into parts (Gemini signs a
+    /// text part, which puts a signature between two pieces of text) is
+    /// matched as the one text it is. A refusal is left whole.
     pub fn apply_to_response(&self, response: &mut ChatResponse) {
         if self.is_empty() || response.stop_reason == StopReason::Refusal {
             return;
         }
         let content = &mut response.message.content;
-        let found = content
-            .iter()
-            .enumerate()
-            .find_map(|(index, part)| match part {
-                ContentPart::Text { text } => {
-                    first_match(text, &self.sequences).map(|at| (index, at))
-                }
-                _ => None,
-            });
-        let Some((index, at)) = found else {
+        let Some((index, at)) = self.first_in_parts(content) else {
             return;
         };
         content.truncate(index + 1);
@@ -121,6 +114,38 @@ impl LocalStops {
             }
         }
         response.stop_reason = StopReason::StopSequence;
+    }
+
+    /// Where the first of these sequences begins in `parts`: the index of
+    /// the text part and the byte in it. Consecutive text parts, and those
+    /// with only a signature between them, are one text.
+    fn first_in_parts(&self, parts: &[ContentPart]) -> Option<(usize, usize)> {
+        // The run of text so far, and where each of its parts starts in it.
+        let mut text = String::new();
+        let mut starts: Vec<(usize, usize)> = Vec::new();
+        let found_in = |text: &str, starts: &[(usize, usize)]| {
+            let at = first_match(text, &self.sequences)?;
+            let &(part, start) = starts.iter().rev().find(|(_, start)| *start <= at)?;
+            Some((part, at - start))
+        };
+        for (index, part) in parts.iter().enumerate() {
+            match part {
+                ContentPart::Text { text: piece } => {
+                    starts.push((index, text.len()));
+                    text.push_str(piece);
+                }
+                // A signature between two pieces of text does not end it.
+                ContentPart::Reasoning(reasoning) if reasoning.text.is_empty() => {}
+                _ => {
+                    if let Some(found) = found_in(&text, &starts) {
+                        return Some(found);
+                    }
+                    text.clear();
+                    starts.clear();
+                }
+            }
+        }
+        found_in(&text, &starts)
     }
 
     /// `stream` with these sequences applied as it comes; `stream` itself
@@ -704,6 +729,36 @@ mod tests {
         let mut response = untouched.clone();
         stops(&["1"]).apply_to_response(&mut response);
         assert!(response.message.content.is_empty());
+
+        // Text in signed parts is one text: a sequence across two parts is
+        // found, and the cut keeps what came before it, signature included.
+        let signature = ContentPart::Reasoning(freehold_protocol::Reasoning {
+            signature: Some("sig".into()),
+            ..freehold_protocol::Reasoning::default()
+        });
+        let piece = |text: &str| ContentPart::Text { text: text.into() };
+        let mut signed = untouched.clone();
+        signed.message.content = vec![
+            piece("Thought: add\nObs"),
+            signature.clone(),
+            piece("ervation: 5"),
+            ContentPart::ToolCall(call.clone()),
+        ];
+        stops(&["\nObservation:"]).apply_to_response(&mut signed);
+        assert_eq!(signed.message.content, vec![piece("Thought: add")]);
+        let mut later = untouched.clone();
+        later.message.content = vec![piece("a"), signature.clone(), piece("b END c")];
+        stops(&["END"]).apply_to_response(&mut later);
+        assert_eq!(
+            later.message.content,
+            vec![piece("a"), signature, piece("b ")]
+        );
+        // A tool call ends a run of text: no sequence across it.
+        let mut apart = untouched.clone();
+        apart.message.content = vec![piece("E"), ContentPart::ToolCall(call), piece("ND")];
+        let kept = apart.clone();
+        stops(&["END"]).apply_to_response(&mut apart);
+        assert_eq!(apart, kept);
 
         let mut refusal = untouched;
         refusal.stop_reason = StopReason::Refusal;
