@@ -604,6 +604,7 @@ def stop_sequences():
     sequence, without it, and its own stop reason, whole and streamed.
     FREEHOLD_EXPECT_TEXT is the upstream's whole answer."""
     stop = " the mock"
+    assert EXPECT and stop in EXPECT, f"FREEHOLD_EXPECT_TEXT must hold {stop!r}: {EXPECT!r}"
     before = EXPECT[:EXPECT.index(stop)]
     stops = ["\n\nHuman:", stop]
     ask = [{"role": "user", "content": "hello"}]

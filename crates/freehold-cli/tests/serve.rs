@@ -515,6 +515,8 @@ async fn official_sdks_against_a_mock_upstream() {
         stopped,
         serde_json::json!({"anthropic": "stop_sequence", "openai": "stop"})
     );
+    // The one it takes went to the upstream; the other was applied here.
+    assert_eq!(upstream.last_stop_count(), 1);
     // A coding agent's request (a system prompt and tools of about 100,000
     // tokens) goes through whole when the upstream takes it.
     let long = served.scenario(&python, "long_prompts", &[]).await;

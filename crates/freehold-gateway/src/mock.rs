@@ -51,6 +51,9 @@ struct MockState {
     /// The `max_tokens` (or `max_completion_tokens`) of the last chat
     /// request, [`NO_MAX_TOKENS`] when it had neither.
     last_max_tokens: AtomicU64,
+    /// How many stop sequences the last chat request sent (the mock does
+    /// not apply them).
+    last_stop_count: AtomicU64,
 }
 
 /// [`MockState::last_max_tokens`] before any request, or after one without
@@ -96,6 +99,7 @@ impl MockUpstream {
             requests: AtomicU64::new(0),
             delay,
             last_max_tokens: AtomicU64::new(NO_MAX_TOKENS),
+            last_stop_count: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -141,6 +145,12 @@ impl MockUpstream {
     /// Chat and embedding requests answered so far.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// How many stop sequences the last chat request carried: what the
+    /// gateway sent on of a client's.
+    pub fn last_stop_count(&self) -> u64 {
+        self.state.last_stop_count.load(Ordering::Relaxed)
     }
 
     /// The `max_tokens` the last chat request asked for, if it had one: what
@@ -204,6 +214,12 @@ async fn chat(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
         )
             .into_response();
     };
+    let stop_count = match &request["stop"] {
+        Value::Array(stops) => stops.len() as u64,
+        Value::String(_) => 1,
+        _ => 0,
+    };
+    state.last_stop_count.store(stop_count, Ordering::Relaxed);
     state.last_max_tokens.store(
         request["max_tokens"]
             .as_u64()

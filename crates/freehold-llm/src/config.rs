@@ -125,8 +125,8 @@ pub struct ProviderConfig {
     pub openai_api: Option<bool>,
     /// Chat Completions only: the most stop sequences the server takes in
     /// one request; a request's others are applied to the answer by
-    /// Freehold (presets set 4 for `openai`, `groq` and `openrouter`; 0
-    /// sends none).
+    /// Freehold (presets set 4 for `openai`, `vllm`, `groq` and
+    /// `openrouter`; 0 sends none).
     #[serde(default)]
     pub max_stop_sequences: Option<usize>,
     /// Anthropic only: `max_tokens` when a request sets none (the API

@@ -103,30 +103,55 @@ impl LocalStops {
             return;
         }
         let content = &mut response.message.content;
-        let Some((index, at)) = self.first_in_parts(content) else {
+        let Some(cut) = self.first_in_parts(content) else {
             return;
         };
-        content.truncate(index + 1);
+        // Signatures between the parts the sequence spans stay, as a
+        // stream keeps those that came while its start was held.
+        let signatures: Vec<ContentPart> = content[cut.part + 1..=cut.end_part]
+            .iter()
+            .filter(|part| matches!(part, ContentPart::Reasoning(_)))
+            .cloned()
+            .collect();
+        content.truncate(cut.part + 1);
         if let Some(ContentPart::Text { text }) = content.last_mut() {
-            text.truncate(at);
+            text.truncate(cut.at);
             if text.is_empty() {
                 content.pop();
             }
         }
+        content.extend(signatures);
         response.stop_reason = StopReason::StopSequence;
     }
 
-    /// Where the first of these sequences begins in `parts`: the index of
-    /// the text part and the byte in it. Consecutive text parts, and those
-    /// with only a signature between them, are one text.
-    fn first_in_parts(&self, parts: &[ContentPart]) -> Option<(usize, usize)> {
+    /// Where the first of these sequences is in `parts`. Consecutive text
+    /// parts, and those with only a signature between them, are one text.
+    fn first_in_parts(&self, parts: &[ContentPart]) -> Option<Cut> {
         // The run of text so far, and where each of its parts starts in it.
         let mut text = String::new();
         let mut starts: Vec<(usize, usize)> = Vec::new();
         let found_in = |text: &str, starts: &[(usize, usize)]| {
             let at = first_match(text, &self.sequences)?;
-            let &(part, start) = starts.iter().rev().find(|(_, start)| *start <= at)?;
-            Some((part, at - start))
+            let length = self
+                .sequences
+                .iter()
+                .filter(|sequence| text[at..].starts_with(sequence.as_str()))
+                .map(String::len)
+                .min()?;
+            let part_of = |byte: usize| {
+                starts
+                    .iter()
+                    .rev()
+                    .find(|(_, start)| *start <= byte)
+                    .copied()
+            };
+            let (part, start) = part_of(at)?;
+            let (end_part, _) = part_of(at + length - 1)?;
+            Some(Cut {
+                part,
+                at: at - start,
+                end_part,
+            })
         };
         for (index, part) in parts.iter().enumerate() {
             match part {
@@ -163,6 +188,17 @@ impl LocalStops {
             refusal: false,
         })
     }
+}
+
+/// Where a whole answer is cut ([`LocalStops::apply_to_response`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cut {
+    /// The text part the sequence begins in.
+    part: usize,
+    /// The byte in that part where it begins.
+    at: usize,
+    /// The text part it ends in.
+    end_part: usize,
 }
 
 /// Where the first of `sequences` begins in `text`, if any is there.
@@ -745,14 +781,36 @@ mod tests {
             ContentPart::ToolCall(call.clone()),
         ];
         stops(&["\nObservation:"]).apply_to_response(&mut signed);
-        assert_eq!(signed.message.content, vec![piece("Thought: add")]);
+        // The signature within the sequence stays, as a stream keeps it.
+        assert_eq!(
+            signed.message.content,
+            vec![piece("Thought: add"), signature.clone()]
+        );
         let mut later = untouched.clone();
         later.message.content = vec![piece("a"), signature.clone(), piece("b END c")];
         stops(&["END"]).apply_to_response(&mut later);
         assert_eq!(
             later.message.content,
-            vec![piece("a"), signature, piece("b ")]
+            vec![piece("a"), signature.clone(), piece("b ")]
         );
+        // A sequence at the start of a later part, and after empty parts.
+        let mut at_start = untouched.clone();
+        at_start.message.content = vec![piece("a"), signature.clone(), piece(""), piece("END")];
+        stops(&["END"]).apply_to_response(&mut at_start);
+        assert_eq!(
+            at_start.message.content,
+            vec![piece("a"), signature.clone(), piece("")]
+        );
+        // Reasoning with text ends a run, as it does in a stream.
+        let thought = ContentPart::Reasoning(freehold_protocol::Reasoning {
+            text: "hmm".into(),
+            ..freehold_protocol::Reasoning::default()
+        });
+        let mut thinking = untouched.clone();
+        thinking.message.content = vec![piece("E"), thought, piece("ND")];
+        let kept = thinking.clone();
+        stops(&["END"]).apply_to_response(&mut thinking);
+        assert_eq!(thinking, kept);
         // A tool call ends a run of text: no sequence across it.
         let mut apart = untouched.clone();
         apart.message.content = vec![piece("E"), ContentPart::ToolCall(call), piece("ND")];
