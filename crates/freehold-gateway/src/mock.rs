@@ -147,8 +147,8 @@ impl MockUpstream {
         self.state.requests.load(Ordering::Relaxed)
     }
 
-    /// How many stop sequences the last chat request carried: what the
-    /// gateway sent on of a client's.
+    /// How many stop sequences the last chat request carried: how many of
+    /// a client's the gateway passed on.
     pub fn last_stop_count(&self) -> u64 {
         self.state.last_stop_count.load(Ordering::Relaxed)
     }
