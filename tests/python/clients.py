@@ -601,7 +601,8 @@ def refusals():
 def stop_sequences():
     """Stop sequences past what the upstream takes (the mock's provider takes
     one) end the answer at the gateway: each SDK gets the text before the
-    sequence, without it, and its own stop reason, whole and streamed.
+    sequence, without it, and its own stop reason (Anthropic's also names the
+    sequence), whole and streamed.
     FREEHOLD_EXPECT_TEXT is the upstream's whole answer."""
     stop = " the mock"
     assert EXPECT and stop in EXPECT, f"FREEHOLD_EXPECT_TEXT must hold {stop!r}: {EXPECT!r}"
@@ -611,11 +612,13 @@ def stop_sequences():
     whole = ant().messages.create(
         model=MODEL, max_tokens=32, messages=ask, stop_sequences=stops)
     assert whole.stop_reason == "stop_sequence", whole
+    assert whole.stop_sequence == stop, whole
     assert [block.text for block in whole.content] == [before], whole
     with ant().messages.stream(
             model=MODEL, max_tokens=32, messages=ask, stop_sequences=stops) as stream:
         streamed = stream.get_final_message()
     assert streamed.stop_reason == "stop_sequence", streamed
+    assert streamed.stop_sequence == stop, streamed
     assert [block.text for block in streamed.content] == [before], streamed
     reply = oai().chat.completions.create(
         model=MODEL, messages=ask, max_tokens=32, stop=stops)

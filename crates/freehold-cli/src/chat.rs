@@ -123,7 +123,7 @@ pub(crate) async fn run(args: ChatArgs, config: Option<&Path>) -> anyhow::Result
         };
         let speed = response.timings.map(describe_timings).unwrap_or_default();
         eprintln!(
-            "{}[{} · {} in{} · {} out · {} · stop: {:?}{}]{}",
+            "{}[{} · {} in{} · {} out · {} · stop: {}{}]{}",
             style.dim_on(),
             target,
             usage.input_tokens,

@@ -113,7 +113,7 @@ async fn a_stop_sequence_ends_the_answer_without_its_text() {
     assert_eq!(
         events.last(),
         Some(&StreamEvent::Stop {
-            reason: StopReason::StopSequence
+            reason: StopReason::StopSequence(Some(stop))
         })
     );
 }

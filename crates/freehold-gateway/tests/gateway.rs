@@ -1193,7 +1193,7 @@ async fn gemini_call_signatures_round_trip_through_every_clients_call_ids() {
 /// An Anthropic client's stop sequences reach a server that takes fewer
 /// (`max_stop_sequences`) as far as it takes them; the gateway ends the
 /// answer at the others, and the client gets `stop_sequence` as its stop
-/// reason, whole or streamed.
+/// reason and the sequence as its `stop_sequence`, whole or streamed.
 #[tokio::test]
 async fn stop_sequences_past_an_upstreams_limit_end_the_answer_at_the_gateway() {
     use freehold_test_support::{MockServer, Scripted, Split, sse_text};
@@ -1224,6 +1224,7 @@ async fn stop_sequences_past_an_upstreams_limit_end_the_answer_at_the_gateway() 
         json!([{"type": "text", "text": "Thought: add"}])
     );
     assert_eq!(body["stop_reason"], "stop_sequence");
+    assert_eq!(body["stop_sequence"], "\nObservation:");
 
     ask["stream"] = json!(true);
     let mut response = reqwest::Client::new()
@@ -1235,9 +1236,10 @@ async fn stop_sequences_past_an_upstreams_limit_end_the_answer_at_the_gateway() 
         .unwrap();
     let received = read_until(&mut response, "event: message_stop").await;
     assert!(received.contains(r#""text":"Thought: add""#), "{received}");
-    assert!(!received.contains("Observ"), "{received}");
+    // The sequence is named once, as the stop sequence, and never shown.
+    assert_eq!(received.matches("Observ").count(), 1, "{received}");
     assert!(
-        received.contains(r#""stop_reason":"stop_sequence""#),
+        received.contains(r#""stop_reason":"stop_sequence","stop_sequence":"\nObservation:""#),
         "{received}"
     );
 

@@ -6,8 +6,8 @@
 //! client of such an API sends what the API takes
 //! ([`LocalStops::split_off`]) and applies the rest to the answer: the text
 //! ends where one of them begins, the stop sequence itself is not shown,
-//! and the answer's stop reason is [`StopReason::StopSequence`], as if the
-//! provider had stopped there. A streamed answer is cut as it comes (and
+//! and the answer's stop reason is [`StopReason::StopSequence`] naming it,
+//! as if the provider had stopped there. A streamed answer is cut as it comes (and
 //! the request dropped, so the provider stops generating): text that could
 //! be the start of a stop sequence waits for the next piece.
 //!
@@ -121,7 +121,7 @@ impl LocalStops {
             }
         }
         content.extend(signatures);
-        response.stop_reason = StopReason::StopSequence;
+        response.stop_reason = StopReason::StopSequence(Some(cut.sequence));
     }
 
     /// Where the first of these sequences is in `parts`. Consecutive text
@@ -131,13 +131,8 @@ impl LocalStops {
         let mut text = String::new();
         let mut starts: Vec<(usize, usize)> = Vec::new();
         let found_in = |text: &str, starts: &[(usize, usize)]| {
-            let at = first_match(text, &self.sequences)?;
-            let length = self
-                .sequences
-                .iter()
-                .filter(|sequence| text[at..].starts_with(sequence.as_str()))
-                .map(String::len)
-                .min()?;
+            let (at, sequence) = first_match(text, &self.sequences)?;
+            let length = sequence.len();
             let part_of = |byte: usize| {
                 starts
                     .iter()
@@ -151,6 +146,7 @@ impl LocalStops {
                 part,
                 at: at - start,
                 end_part,
+                sequence: sequence.to_owned(),
             })
         };
         for (index, part) in parts.iter().enumerate() {
@@ -191,7 +187,7 @@ impl LocalStops {
 }
 
 /// Where a whole answer is cut ([`LocalStops::apply_to_response`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Cut {
     /// The text part the sequence begins in.
     part: usize,
@@ -199,14 +195,18 @@ struct Cut {
     at: usize,
     /// The text part it ends in.
     end_part: usize,
+    /// The sequence.
+    sequence: String,
 }
 
-/// Where the first of `sequences` begins in `text`, if any is there.
-pub fn first_match(text: &str, sequences: &[String]) -> Option<usize> {
+/// The first of `sequences` in `text`, if any is there: where it begins,
+/// and which it is (the shortest, when several begin there: it is the one
+/// a stream completes first).
+pub fn first_match<'s>(text: &str, sequences: &'s [String]) -> Option<(usize, &'s str)> {
     sequences
         .iter()
-        .filter_map(|sequence| text.find(sequence.as_str()))
-        .min()
+        .filter_map(|sequence| Some((text.find(sequence.as_str())?, sequence.as_str())))
+        .min_by_key(|&(at, sequence)| (at, sequence.len()))
 }
 
 /// The length of the longest end of `text` that is the start (and not the
@@ -226,8 +226,8 @@ pub fn held_prefix(text: &str, sequence: &str) -> usize {
 enum Matched {
     /// Text that can be shown (possibly empty: all of it waits).
     Text(String),
-    /// A stop sequence, after this text: the answer ends.
-    Stop(String),
+    /// A stop sequence (the second), after this text: the answer ends.
+    Stop(String, String),
 }
 
 /// Finds stop sequences in text that comes in pieces.
@@ -248,9 +248,10 @@ impl Matcher {
 
     fn push(&mut self, text: &str) -> Matched {
         self.held.push_str(text);
-        if let Some(at) = first_match(&self.held, &self.sequences) {
+        if let Some((at, sequence)) = first_match(&self.held, &self.sequences) {
+            let sequence = sequence.to_owned();
             self.held.truncate(at);
-            return Matched::Stop(std::mem::take(&mut self.held));
+            return Matched::Stop(std::mem::take(&mut self.held), sequence);
         }
         let hold = self
             .sequences
@@ -304,7 +305,7 @@ impl StopStream {
             Ok(StreamEvent::TextDelta { text }) if !self.refusal => {
                 match self.matcher.push(&text) {
                     Matched::Text(text) => self.show(&text),
-                    Matched::Stop(text) => self.cut(&text),
+                    Matched::Stop(text, sequence) => self.cut(&text, sequence),
                 }
                 return;
             }
@@ -370,7 +371,7 @@ impl StopStream {
     /// Usage the provider counts as it goes went by as
     /// [`StreamEvent::UsageSoFar`]; the rest never comes (OpenAI's comes at
     /// the end).
-    fn cut(&mut self, text: &str) {
+    fn cut(&mut self, text: &str, sequence: String) {
         self.inner = None;
         self.show(text);
         // Signatures that came after the stop sequence began: kept, after
@@ -385,7 +386,7 @@ impl StopStream {
             }));
         }
         self.ready.push_back(Ok(StreamEvent::Stop {
-            reason: StopReason::StopSequence,
+            reason: StopReason::StopSequence(Some(sequence)),
         }));
     }
 }
@@ -486,7 +487,10 @@ mod tests {
         let mut matcher = Matcher::new(vec!["END".into()]);
         assert_eq!(matcher.push("hello E"), Matched::Text("hello ".into()));
         assert_eq!(matcher.push("N"), Matched::Text(String::new()));
-        assert_eq!(matcher.push("D and more"), Matched::Stop(String::new()));
+        assert_eq!(
+            matcher.push("D and more"),
+            Matched::Stop(String::new(), "END".into())
+        );
     }
 
     #[test]
@@ -497,14 +501,20 @@ mod tests {
         assert_eq!(matcher.push("Obs"), Matched::Text(String::new()));
         assert_eq!(matcher.push("cure"), Matched::Text("\nObscure".into()));
         assert_eq!(matcher.release(), None);
-        assert_eq!(matcher.push("é\nObservation: 4"), Matched::Stop("é".into()));
+        assert_eq!(
+            matcher.push("é\nObservation: 4"),
+            Matched::Stop("é".into(), "\nObservation:".into())
+        );
     }
 
     #[test]
     fn the_earliest_sequence_wins() {
         let sequences = ["world".to_owned(), "lo".to_owned()];
-        assert_eq!(first_match("hello world", &sequences), Some(3));
+        assert_eq!(first_match("hello world", &sequences), Some((3, "lo")));
         assert_eq!(first_match("hi", &sequences), None);
+        // Of two that begin at one place, the shorter (a stream's first).
+        let sequences = ["abc".to_owned(), "ab".to_owned()];
+        assert_eq!(first_match("xabcd", &sequences), Some((1, "ab")));
         // A held end starts on a character boundary.
         assert_eq!(held_prefix("naïv", "ïve"), "ïv".len());
         assert_eq!(held_prefix("café", "ét"), "é".len());
@@ -549,7 +559,7 @@ mod tests {
                 }),
                 text("Thought: add them"),
                 StreamEvent::Stop {
-                    reason: StopReason::StopSequence
+                    reason: StopReason::StopSequence(Some("\nObservation:".into()))
                 },
             ]
         );
@@ -629,7 +639,7 @@ mod tests {
                 usage.clone(),
                 signature.clone(),
                 StreamEvent::Stop {
-                    reason: StopReason::StopSequence
+                    reason: StopReason::StopSequence(Some("\nObservation:".into()))
                 },
             ]
         );
@@ -706,7 +716,7 @@ mod tests {
                 signature: None,
             },
             StreamEvent::Stop {
-                reason: StopReason::StopSequence,
+                reason: StopReason::StopSequence(Some("END".into())),
             },
         ]);
         assert_eq!(out, expected);
@@ -759,7 +769,10 @@ mod tests {
                 text: "1, 2".into()
             }]
         );
-        assert_eq!(response.stop_reason, StopReason::StopSequence);
+        assert_eq!(
+            response.stop_reason,
+            StopReason::StopSequence(Some(", 3".into()))
+        );
 
         // A sequence at the very start leaves no text part.
         let mut response = untouched.clone();

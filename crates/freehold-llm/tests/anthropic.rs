@@ -1016,7 +1016,7 @@ async fn stop_reasons_map() {
     let cases = [
         ("end_turn", StopReason::EndTurn),
         ("max_tokens", StopReason::MaxTokens),
-        ("stop_sequence", StopReason::StopSequence),
+        ("stop_sequence", StopReason::StopSequence(None)),
         ("refusal", StopReason::Refusal),
         ("pause_turn", StopReason::Other("pause_turn".into())),
     ];
@@ -1035,6 +1035,44 @@ async fn stop_reasons_map() {
             .unwrap();
         assert_eq!(response.stop_reason, reason, "{wire}");
     }
+}
+
+/// The stop sequence Anthropic names, streamed and whole, is the one the
+/// answer says it stopped at.
+#[tokio::test]
+async fn the_stop_sequence_that_ended_an_answer_is_kept() {
+    let text = sse(&[
+        message_start(json!({"input_tokens": 5, "output_tokens": 1})),
+        block_start(0, json!({"type": "text", "text": ""})),
+        text_delta(0, "Thought: add"),
+        block_stop(0),
+        json!({"type": "message_delta",
+               "delta": {"stop_reason": "stop_sequence", "stop_sequence": "\nObservation:"},
+               "usage": {"output_tokens": 3}}),
+        message_stop(),
+    ]);
+    let whole = json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+        "content": [{"type": "text", "text": "Thought: add"}],
+        "stop_reason": "stop_sequence", "stop_sequence": "\nObservation:",
+        "usage": {"input_tokens": 5, "output_tokens": 3}
+    });
+    let server = MockServer::start(vec![
+        Scripted::sse(&text, Split::Whole),
+        Scripted::json(200, whole),
+    ])
+    .await;
+    let stopped = StopReason::StopSequence(Some("\nObservation:".into()));
+    let (events, error) = drain(client(&server).stream(request()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Stop {
+            reason: stopped.clone()
+        })
+    );
+    let response = client(&server).complete(request()).await.unwrap();
+    assert_eq!(response.stop_reason, stopped);
 }
 
 #[tokio::test]
@@ -1306,12 +1344,12 @@ mod wire {
             "pause_turn",
         ] {
             assert_eq!(
-                anthropic::stop_reason_name(&anthropic::stop_reason(name)),
+                anthropic::stop_reason_name(&anthropic::stop_reason(name, None)),
                 name
             );
         }
         assert_eq!(
-            anthropic::stop_reason("pause_turn"),
+            anthropic::stop_reason("pause_turn", None),
             StopReason::Other("pause_turn".into())
         );
         // Other providers' reasons are outside what Anthropic's SDKs know.

@@ -1075,16 +1075,17 @@ async fn stop_sequences_past_five_are_applied_to_the_answer() {
     assert!(error.is_none(), "{error:?}");
     assert_well_ordered(&events);
     assert_eq!(text_of(&events), "Thought: add");
+    let stopped = StopReason::StopSequence(Some("\nObservation:".into()));
     assert_eq!(
         events.last(),
         Some(&StreamEvent::Stop {
-            reason: StopReason::StopSequence
+            reason: stopped.clone()
         })
     );
 
     let answer = client(&server).complete(asked).await.unwrap();
     assert_eq!(answer.message.text(), "1, 2, 3");
-    assert_eq!(answer.stop_reason, StopReason::StopSequence);
+    assert_eq!(answer.stop_reason, stopped);
     assert_eq!(answer.usage.output_tokens, 8);
 
     for sent in server.requests() {

@@ -1792,7 +1792,7 @@ async fn stop_sequences_past_the_servers_limit_end_the_stream_here() {
     assert_eq!(
         events.last(),
         Some(&StreamEvent::Stop {
-            reason: StopReason::StopSequence
+            reason: StopReason::StopSequence(Some("\nObservation:".into()))
         })
     );
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -1803,11 +1803,72 @@ async fn stop_sequences_past_the_servers_limit_end_the_stream_here() {
 
     let answer = client.complete(asked).await.unwrap();
     assert_eq!(answer.message.text(), "1, 2, 3 ");
-    assert_eq!(answer.stop_reason, StopReason::StopSequence);
+    assert_eq!(
+        answer.stop_reason,
+        StopReason::StopSequence(Some("END".into()))
+    );
 
     for sent in server.requests() {
         assert_eq!(sent.json()["stop"], json!(["s1", "s2", "s3", "s4"]));
     }
+}
+
+/// vLLM names the stop string that ended an answer in `stop_reason`, SGLang
+/// in `matched_stop`: that answer stopped at a stop sequence, and which one
+/// is kept. A number there is a stop token, and a plain `stop` is the end
+/// of the answer.
+#[tokio::test]
+async fn the_stop_string_a_server_names_is_the_stop_sequence() {
+    let named = |field: &str, value: serde_json::Value| {
+        let mut body = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "Thought: add"}}]});
+        body["choices"][0][field] = value;
+        Scripted::json(200, body)
+    };
+    let last_chunk =
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop",
+                     "stop_reason": "\nObservation:"}]})
+        .to_string();
+    let streamed = sse_text(&[
+        (
+            "",
+            &chunk(
+                json!({"role": "assistant", "content": "Thought: add"}),
+                None,
+            ),
+        ),
+        ("", &last_chunk),
+        ("", "[DONE]"),
+    ]);
+    let server = MockServer::start(vec![
+        named("stop_reason", json!("\nObservation:")),
+        named("matched_stop", json!("END")),
+        named("stop_reason", json!(128009)),
+        named("stop_reason", serde_json::Value::Null),
+        Scripted::sse(&streamed, Split::Every(11)),
+    ])
+    .await;
+    let client = client(&server);
+    let reasons = [
+        StopReason::StopSequence(Some("\nObservation:".into())),
+        StopReason::StopSequence(Some("END".into())),
+        StopReason::EndTurn,
+        StopReason::EndTurn,
+    ];
+    for expected in reasons {
+        let answer = client.complete(request()).await.unwrap();
+        assert_eq!(answer.stop_reason, expected);
+    }
+    let (events, error) = drain(client.stream(request()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Stop {
+            reason: StopReason::StopSequence(Some("\nObservation:".into()))
+        })
+    );
 }
 
 /// A model refused for its stop sequences is asked again with as many as
@@ -1852,7 +1913,10 @@ async fn a_model_refused_for_its_stop_sequences_gets_them_applied_from_then_on()
     };
     let answer = client.complete(asking("o3", &[". "])).await.unwrap();
     assert_eq!(answer.message.text(), "Step one");
-    assert_eq!(answer.stop_reason, StopReason::StopSequence);
+    assert_eq!(
+        answer.stop_reason,
+        StopReason::StopSequence(Some(". ".into()))
+    );
     let answer = client.complete(asking("o3", &[". "])).await.unwrap();
     assert_eq!(answer.message.text(), "Again");
 
@@ -1865,7 +1929,7 @@ async fn a_model_refused_for_its_stop_sequences_gets_them_applied_from_then_on()
     assert_eq!(
         events.last(),
         Some(&StreamEvent::Stop {
-            reason: StopReason::StopSequence
+            reason: StopReason::StopSequence(Some("END".into()))
         })
     );
     let answer = client.complete(asking("qwen", &five)).await.unwrap();

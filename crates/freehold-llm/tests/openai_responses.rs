@@ -1441,7 +1441,7 @@ async fn stop_sequences_are_applied_to_the_answer_not_sent() {
     assert_eq!(
         events.last(),
         Some(&StreamEvent::Stop {
-            reason: StopReason::StopSequence
+            reason: StopReason::StopSequence(Some("\n\n".into()))
         })
     );
     let sent = server.requests()[0].json();
@@ -1458,7 +1458,10 @@ async fn stop_sequences_are_applied_to_the_answer_not_sent() {
     asked.stop = vec!["\n\n".into()];
     let answer = client(&server).complete(asked).await.unwrap();
     assert_eq!(answer.message.text(), "One.");
-    assert_eq!(answer.stop_reason, StopReason::StopSequence);
+    assert_eq!(
+        answer.stop_reason,
+        StopReason::StopSequence(Some("\n\n".into()))
+    );
     assert_eq!(answer.usage.output_tokens, 5);
     assert!(server.requests()[0].json().get("stop").is_none());
 }

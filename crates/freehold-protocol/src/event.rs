@@ -6,15 +6,25 @@ use crate::message::{ContentPart, Message, Reasoning, Role, ToolCall};
 use crate::usage::{Timings, Usage};
 
 /// Why the model stopped.
+///
+/// Serialized as its snake_case name (`"end_turn"`), or as a one-key object
+/// for a variant that carries text (`{"stop_sequence": "\nObservation:"}`,
+/// `{"other": "…"}`); a stop sequence whose text is unknown is the plain
+/// name `"stop_sequence"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(
+    from = "serde_repr::StopReasonRepr",
+    into = "serde_repr::StopReasonRepr"
+)]
 pub enum StopReason {
     /// It finished its answer.
     EndTurn,
     /// It reached `max_tokens`.
     MaxTokens,
-    /// It produced one of the stop sequences.
-    StopSequence,
+    /// It produced one of the stop sequences: which one, where that is
+    /// known (Anthropic says, vLLM and SGLang say, and Freehold knows the
+    /// ones it applies itself; OpenAI and Gemini end with a plain "stop").
+    StopSequence(Option<String>),
     /// It called one or more tools and waits for their results.
     ToolUse,
     /// The provider's safety filter stopped it.
@@ -25,6 +35,96 @@ pub enum StopReason {
     Cancelled,
     /// A reason this crate does not know, as the provider spelled it.
     Other(String),
+}
+
+/// The reason as a person reads it: its serialized name (`end_turn`), and
+/// the stop sequence quoted where it is known (`stop_sequence "\n\n"`).
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Self::EndTurn => "end_turn",
+            Self::MaxTokens => "max_tokens",
+            Self::StopSequence(None) => "stop_sequence",
+            Self::StopSequence(Some(sequence)) => return write!(f, "stop_sequence {sequence:?}"),
+            Self::ToolUse => "tool_use",
+            Self::ContentFilter => "content_filter",
+            Self::Refusal => "refusal",
+            Self::Cancelled => "cancelled",
+            Self::Other(other) => other,
+        };
+        f.write_str(name)
+    }
+}
+
+/// How [`StopReason`] is written: plain names for the variants without
+/// text, one-key objects for those with it. A separate shape because serde's
+/// derive cannot write one variant both ways.
+mod serde_repr {
+    use serde::{Deserialize, Serialize};
+
+    use super::StopReason;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub(super) enum Named {
+        EndTurn,
+        MaxTokens,
+        StopSequence,
+        ToolUse,
+        ContentFilter,
+        Refusal,
+        Cancelled,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub(super) enum WithText {
+        StopSequence(String),
+        Other(String),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum StopReasonRepr {
+        Named(Named),
+        WithText(WithText),
+    }
+
+    impl From<StopReason> for StopReasonRepr {
+        fn from(reason: StopReason) -> Self {
+            match reason {
+                StopReason::EndTurn => Self::Named(Named::EndTurn),
+                StopReason::MaxTokens => Self::Named(Named::MaxTokens),
+                StopReason::StopSequence(None) => Self::Named(Named::StopSequence),
+                StopReason::StopSequence(Some(sequence)) => {
+                    Self::WithText(WithText::StopSequence(sequence))
+                }
+                StopReason::ToolUse => Self::Named(Named::ToolUse),
+                StopReason::ContentFilter => Self::Named(Named::ContentFilter),
+                StopReason::Refusal => Self::Named(Named::Refusal),
+                StopReason::Cancelled => Self::Named(Named::Cancelled),
+                StopReason::Other(other) => Self::WithText(WithText::Other(other)),
+            }
+        }
+    }
+
+    impl From<StopReasonRepr> for StopReason {
+        fn from(repr: StopReasonRepr) -> Self {
+            match repr {
+                StopReasonRepr::Named(Named::EndTurn) => Self::EndTurn,
+                StopReasonRepr::Named(Named::MaxTokens) => Self::MaxTokens,
+                StopReasonRepr::Named(Named::StopSequence) => Self::StopSequence(None),
+                StopReasonRepr::Named(Named::ToolUse) => Self::ToolUse,
+                StopReasonRepr::Named(Named::ContentFilter) => Self::ContentFilter,
+                StopReasonRepr::Named(Named::Refusal) => Self::Refusal,
+                StopReasonRepr::Named(Named::Cancelled) => Self::Cancelled,
+                StopReasonRepr::WithText(WithText::StopSequence(sequence)) => {
+                    Self::StopSequence(Some(sequence))
+                }
+                StopReasonRepr::WithText(WithText::Other(other)) => Self::Other(other),
+            }
+        }
+    }
 }
 
 /// One event of a streamed answer.
@@ -483,5 +583,29 @@ mod tests {
             ResponseBuilder::default().finish().stop_reason,
             StopReason::EndTurn
         );
+    }
+
+    #[test]
+    fn stop_reasons_are_written_as_names_or_one_key_objects() {
+        let written = [
+            (StopReason::EndTurn, r#""end_turn""#),
+            (StopReason::StopSequence(None), r#""stop_sequence""#),
+            (
+                StopReason::StopSequence(Some("\nObservation:".into())),
+                r#"{"stop_sequence":"\nObservation:"}"#,
+            ),
+            (StopReason::Other("pause".into()), r#"{"other":"pause"}"#),
+            (StopReason::Cancelled, r#""cancelled""#),
+        ];
+        for (reason, json) in written {
+            assert_eq!(serde_json::to_string(&reason).unwrap(), json);
+            assert_eq!(serde_json::from_str::<StopReason>(json).unwrap(), reason);
+        }
+        assert!(serde_json::from_str::<StopReason>(r#""stopped""#).is_err());
+        assert_eq!(
+            StopReason::StopSequence(Some("\n\n".into())).to_string(),
+            r#"stop_sequence "\n\n""#
+        );
+        assert_eq!(StopReason::MaxTokens.to_string(), "max_tokens");
     }
 }

@@ -297,12 +297,12 @@ fn generate(p: &Prepared, slot: &mut Slot, tx: &Sender, started: Instant) -> Res
         // Special tokens are text only where they can start a tool call
         // (`<tool_call>` is one in Qwen's vocabulary).
         let piece = vocab.token_to_piece(token, output.has_tools(), None);
-        let (delta, stopped) = output.push(&piece);
+        let (delta, stopped_by) = output.push(&piece);
         if !delta.is_empty() && !send(StreamEvent::TextDelta { text: delta }) {
             return Ok(());
         }
-        if stopped {
-            break StopReason::StopSequence;
+        if let Some(sequence) = stopped_by {
+            break StopReason::StopSequence(Some(sequence));
         }
         if tx.is_closed() {
             return Ok(());
@@ -316,7 +316,7 @@ fn generate(p: &Prepared, slot: &mut Slot, tx: &Sender, started: Instant) -> Res
     };
     let generation_us = first_token.map_or(0, elapsed_us);
 
-    let (rest, calls) = output.finish(reason == StopReason::StopSequence);
+    let (rest, calls) = output.finish(matches!(reason, StopReason::StopSequence(_)));
     if !rest.is_empty() && !send(StreamEvent::TextDelta { text: rest }) {
         return Ok(());
     }
@@ -510,19 +510,19 @@ impl<'a> Output<'a> {
         self.tools.is_some()
     }
 
-    /// Adds a token's bytes; returns the text to emit and whether a stop
-    /// sequence ended the answer.
-    fn push(&mut self, piece: &[u8]) -> (String, bool) {
+    /// Adds a token's bytes; returns the text to emit and the stop
+    /// sequence that ended the answer, if one did.
+    fn push(&mut self, piece: &[u8]) -> (String, Option<String>) {
         if let Some(call) = &mut self.call {
             call.extend_from_slice(piece);
-            return (String::new(), false);
+            return (String::new(), None);
         }
         match self.text.push(piece) {
-            Pushed::Text(text) => (text, false),
-            Pushed::Stop(text) => (text, true),
+            Pushed::Text(text) => (text, None),
+            Pushed::Stop { before, sequence } => (before, Some(sequence)),
             Pushed::Marker(text, rest) => {
                 self.call = Some(rest.into_bytes());
-                (text, false)
+                (text, None)
             }
         }
     }
@@ -555,8 +555,13 @@ impl<'a> Output<'a> {
 enum Pushed {
     /// Text safe to emit.
     Text(String),
-    /// A stop sequence: the text before it; the answer ends.
-    Stop(String),
+    /// A stop sequence: the answer ends.
+    Stop {
+        /// The text before it.
+        before: String,
+        /// The sequence.
+        sequence: String,
+    },
     /// The tool-call marker: the text before it, and the text from it on.
     Marker(String, String),
 }
@@ -603,10 +608,13 @@ impl<'a> TextBuffer<'a> {
         let stop_at = first_match(&self.pending, self.stop);
         let marker_at = self.marker_position();
         match (stop_at, marker_at) {
-            (Some(stop), marker) if marker.is_none_or(|m| stop < m) => {
-                let out = self.pending[..stop].to_string();
+            (Some((stop, sequence)), marker) if marker.is_none_or(|m| stop < m) => {
+                let before = self.pending[..stop].to_string();
                 self.pending.clear();
-                return Pushed::Stop(out);
+                return Pushed::Stop {
+                    before,
+                    sequence: sequence.to_owned(),
+                };
             }
             (_, Some(at)) => {
                 let rest = self.pending.split_off(at);
@@ -695,7 +703,13 @@ mod tests {
         let mut buf = TextBuffer::new(&stop, &[]);
         assert_eq!(buf.push(b"hello E"), Pushed::Text("hello ".to_string()));
         assert_eq!(buf.push(b"N"), Pushed::Text(String::new()));
-        assert_eq!(buf.push(b"D more"), Pushed::Stop(String::new()));
+        assert_eq!(
+            buf.push(b"D more"),
+            Pushed::Stop {
+                before: String::new(),
+                sequence: "END".into()
+            }
+        );
     }
 
     #[test]
@@ -791,8 +805,8 @@ mod tests {
         };
         let stop: Vec<String> = Vec::new();
         let mut output = Output::new(&stop, &constraint);
-        assert_eq!(output.push(b"{\"a\": "), (String::new(), false));
-        assert_eq!(output.push(b"1}"), (String::new(), false));
+        assert_eq!(output.push(b"{\"a\": "), (String::new(), None));
+        assert_eq!(output.push(b"1}"), (String::new(), None));
         assert_eq!(output.finish(false), ("{\"a\": 1}".to_string(), Vec::new()));
 
         let mut output = Output::new(&stop, &constraint);
@@ -805,6 +819,12 @@ mod tests {
     fn a_stop_before_the_marker_wins() {
         let stop = vec!["END".to_string()];
         let mut buf = TextBuffer::new(&stop, &[("<tool_call>", false)]);
-        assert_eq!(buf.push(b"a END <tool_call>"), Pushed::Stop("a ".into()));
+        assert_eq!(
+            buf.push(b"a END <tool_call>"),
+            Pushed::Stop {
+                before: "a ".into(),
+                sequence: "END".into()
+            }
+        );
     }
 }

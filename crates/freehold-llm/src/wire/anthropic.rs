@@ -1215,12 +1215,13 @@ fn parse_data_url(url: &str) -> Option<(&str, &str)> {
     Some((media_type, data))
 }
 
-/// Maps `stop_reason`.
-pub fn stop_reason(reason: &str) -> StopReason {
+/// Maps `stop_reason`, with the `stop_sequence` that ended the answer where
+/// it says.
+pub fn stop_reason(reason: &str, stop_sequence: Option<&str>) -> StopReason {
     match reason {
         "end_turn" => StopReason::EndTurn,
         "max_tokens" => StopReason::MaxTokens,
-        "stop_sequence" => StopReason::StopSequence,
+        "stop_sequence" => StopReason::StopSequence(stop_sequence.map(str::to_owned)),
         "tool_use" => StopReason::ToolUse,
         "refusal" => StopReason::Refusal,
         other => StopReason::Other(other.to_owned()),
@@ -1237,7 +1238,7 @@ pub fn stop_reason_name(reason: &StopReason) -> String {
     match reason {
         StopReason::EndTurn | StopReason::Cancelled => "end_turn".into(),
         StopReason::MaxTokens => "max_tokens".into(),
-        StopReason::StopSequence => "stop_sequence".into(),
+        StopReason::StopSequence(_) => "stop_sequence".into(),
         StopReason::ToolUse => "tool_use".into(),
         StopReason::ContentFilter | StopReason::Refusal => "refusal".into(),
         StopReason::Other(other)
@@ -1312,7 +1313,12 @@ pub fn decode_response(response: MessagesResponse, structured_tool: Option<&str>
     let has_calls = content
         .iter()
         .any(|part| matches!(part, ContentPart::ToolCall(_)));
-    let stop_reason = match response.stop_reason.as_deref().map(stop_reason) {
+    let stop_sequence = response.stop_sequence.as_deref();
+    let stop_reason = match response
+        .stop_reason
+        .as_deref()
+        .map(|reason| stop_reason(reason, stop_sequence))
+    {
         Some(StopReason::ToolUse) if !has_calls => StopReason::EndTurn,
         Some(reason) => reason,
         None if has_calls => StopReason::ToolUse,
@@ -1580,7 +1586,7 @@ impl EventDecoder {
             out.merge_usage(Usage::from(usage));
         }
         if let Some(reason) = delta.stop_reason.as_deref() {
-            self.stop = Some(match stop_reason(reason) {
+            self.stop = Some(match stop_reason(reason, delta.stop_sequence.as_deref()) {
                 // Only the structured-output tool was called: that is the answer.
                 StopReason::ToolUse if !out.has_tool_calls() => StopReason::EndTurn,
                 other => other,

@@ -358,6 +358,13 @@ pub struct Choice {
     /// Why it ended.
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// vLLM: the stop string that ended the answer (a number when a stop
+    /// token did); see [`matched_stop_string`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<Value>,
+    /// SGLang: the same, under its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_stop: Option<Value>,
 }
 
 /// A streamed chunk.
@@ -396,6 +403,13 @@ pub struct ChunkChoice {
     /// Set on the answer's last delta.
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// vLLM: the stop string that ended the answer, on the last delta; see
+    /// [`matched_stop_string`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<Value>,
+    /// SGLang: the same, under its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_stop: Option<Value>,
 }
 
 /// What a chunk adds.
@@ -937,15 +951,34 @@ pub fn image_url(source: &ImageSource) -> String {
     }
 }
 
-/// Maps `finish_reason`.
-pub fn stop_reason(finish_reason: &str) -> StopReason {
+/// Maps `finish_reason`, with the stop string that ended the answer where
+/// the server names it ([`matched_stop_string`]): OpenAI's `stop` means
+/// both "finished" and "reached a stop sequence", and only vLLM and SGLang
+/// say which.
+pub fn stop_reason(finish_reason: &str, matched_stop: Option<&str>) -> StopReason {
     match finish_reason {
+        "stop" if matched_stop.is_some() => {
+            StopReason::StopSequence(matched_stop.map(str::to_owned))
+        }
         "stop" | "eos" | "end_turn" => StopReason::EndTurn,
         "length" | "max_tokens" => StopReason::MaxTokens,
         "tool_calls" | "function_call" | "tool_use" => StopReason::ToolUse,
         "content_filter" => StopReason::ContentFilter,
         other => StopReason::Other(other.to_owned()),
     }
+}
+
+/// The stop string a choice says ended it: vLLM's `stop_reason` or SGLang's
+/// `matched_stop` when it is text. A number is a stop token's id, which is
+/// no stop sequence of the client's; `null` is an end of any other kind.
+pub fn matched_stop_string<'a>(
+    vllm_stop_reason: &'a Option<Value>,
+    sglang_matched_stop: &'a Option<Value>,
+) -> Option<&'a str> {
+    vllm_stop_reason
+        .as_ref()
+        .and_then(Value::as_str)
+        .or_else(|| sglang_matched_stop.as_ref().and_then(Value::as_str))
 }
 
 /// Decodes a complete response.
@@ -1008,7 +1041,12 @@ pub fn decode_response(
     let has_calls = content
         .iter()
         .any(|part| matches!(part, ContentPart::ToolCall(_)));
-    let stop_reason = match choice.finish_reason.as_deref().map(stop_reason) {
+    let matched_stop = matched_stop_string(&choice.stop_reason, &choice.matched_stop);
+    let stop_reason = match choice
+        .finish_reason
+        .as_deref()
+        .map(|reason| stop_reason(reason, matched_stop))
+    {
         Some(StopReason::EndTurn) | None if refused => StopReason::Refusal,
         Some(StopReason::EndTurn) | None if has_calls => StopReason::ToolUse,
         Some(reason) => reason,
@@ -1165,7 +1203,8 @@ impl WireDecoder<SseEvent> for ChunkDecoder {
                 self.tool_delta(call, out);
             }
             if let Some(reason) = choice.finish_reason.as_deref() {
-                out.stop(match stop_reason(reason) {
+                let matched_stop = matched_stop_string(&choice.stop_reason, &choice.matched_stop);
+                out.stop(match stop_reason(reason, matched_stop) {
                     StopReason::EndTurn if self.refused => StopReason::Refusal,
                     reason => reason,
                 });

@@ -671,6 +671,16 @@ fn final_reason(reason: &StopReason, has_calls: bool) -> String {
     }
 }
 
+/// The `stop_sequence` that goes with a stop reason: the sequence's text
+/// where it is known, else `null` (as Anthropic's own answers have for
+/// every other reason).
+fn stop_sequence(reason: &StopReason) -> Option<String> {
+    match reason {
+        StopReason::StopSequence(sequence) => sequence.clone(),
+        _ => None,
+    }
+}
+
 /// Encodes a complete answer as a `message` object.
 ///
 /// The id is the response's, else a new `msg_…`; `model` is the name the
@@ -685,7 +695,7 @@ pub fn encode_response(response: &ChatResponse, model: &str) -> MessagesResponse
         model: model.to_owned(),
         content: encode_blocks(&response.message.content),
         stop_reason: Some(final_reason(&response.stop_reason, has_calls)),
-        stop_sequence: None,
+        stop_sequence: stop_sequence(&response.stop_reason),
         usage: WireUsage::from(&response.usage),
     }
 }
@@ -714,7 +724,8 @@ enum OpenBlock {
 ///    `content_block_start`, deltas, `content_block_stop`, indexes counting
 ///    from 0;
 /// 3. `message_delta` with the stop reason (`tool_use` when calls were
-///    made), `stop_sequence: null` and the cumulative usage (input and
+///    made), the `stop_sequence` where one ended the answer and is known
+///    (else `null`), and the cumulative usage (input and
 ///    cache counts included, so that SDKs that merge it get the real
 ///    numbers; input falls back to the estimate when the provider gave
 ///    none), then `message_stop`.
@@ -1070,7 +1081,7 @@ impl MessageStreamEncoder {
         out.push(Self::frame(MessageStreamEvent::MessageDelta {
             delta: MessageDeltaBody {
                 stop_reason: Some(final_reason(reason, self.has_calls)),
-                stop_sequence: None,
+                stop_sequence: stop_sequence(reason),
             },
             usage: Some(WireUsage::from(&usage)),
         }));

@@ -218,6 +218,39 @@ fn responses_round_trip_through_the_client_decoder() {
     assert_eq!(wire.stop_reason.as_deref(), Some("max_tokens"));
 }
 
+/// An answer ended by a known stop sequence names it in `stop_sequence`,
+/// whole and streamed; one whose sequence is unknown has `null` there.
+#[test]
+fn the_stop_sequence_that_ended_an_answer_is_named() {
+    let stopped = ChatResponse {
+        message: Message::assistant("Thought: add"),
+        stop_reason: StopReason::StopSequence(Some("\nObservation:".into())),
+        ..full_response()
+    };
+    let wire = encode_response(&stopped, "claude-x");
+    assert_eq!(wire.stop_reason.as_deref(), Some("stop_sequence"));
+    assert_eq!(wire.stop_sequence.as_deref(), Some("\nObservation:"));
+    let back = decode_response(wire, None);
+    assert_eq!(back.stop_reason, stopped.stop_reason);
+
+    let unknown = ChatResponse {
+        stop_reason: StopReason::StopSequence(None),
+        ..stopped.clone()
+    };
+    assert_eq!(encode_response(&unknown, "claude-x").stop_sequence, None);
+
+    let frames = encode_stream(&stopped.to_events(), 0);
+    let delta = frames
+        .iter()
+        .map(json_of)
+        .find(|frame| frame["type"] == "message_delta")
+        .expect("a message_delta");
+    assert_eq!(
+        delta["delta"],
+        json!({"stop_reason": "stop_sequence", "stop_sequence": "\nObservation:"})
+    );
+}
+
 fn encode_stream(events: &[StreamEvent], estimate: u64) -> Vec<SseFrame> {
     let mut encoder = MessageStreamEncoder::new("claude-x", None, estimate);
     let mut frames: Vec<SseFrame> = events.iter().flat_map(|e| encoder.push(e)).collect();

@@ -563,7 +563,7 @@ pub(crate) fn decode_verbosity(verbosity: &str, field: &str) -> Result<Verbosity
 pub fn finish_reason_name(reason: &StopReason) -> String {
     match reason {
         StopReason::EndTurn
-        | StopReason::StopSequence
+        | StopReason::StopSequence(_)
         | StopReason::Cancelled
         | StopReason::Refusal => "stop".into(),
         StopReason::MaxTokens => "length".into(),
@@ -630,6 +630,8 @@ pub fn encode_response(response: &ChatResponse, model: &str) -> CompletionRespon
                 ..WireMessage::default()
             },
             finish_reason: Some(finish_reason_name(&response.stop_reason)),
+            stop_reason: None,
+            matched_stop: None,
         }],
         usage: Some(WireUsage::from(&response.usage)),
     }
@@ -709,6 +711,8 @@ impl ChunkEncoder {
                 index: 0,
                 delta,
                 finish_reason,
+                stop_reason: None,
+                matched_stop: None,
             }],
             None,
         )
