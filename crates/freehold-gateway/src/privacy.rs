@@ -80,8 +80,10 @@ pub enum Detector {
     /// (`HF_TOKEN=…`, `.npmrc`'s `_authToken=…`) with a random-looking value;
     /// `Authorization: Bearer …` / `Basic …`; a password in a URL
     /// (`postgres://user:pass@db/x`); a signature in a URL's query (`sig=`,
-    /// `X-Amz-Signature=`, `X-Goog-Signature=`: a presigned or shared
-    /// access link).
+    /// `Signature=`, `X-Amz-Signature=`, `X-Goog-Signature=`,
+    /// `q-signature=`, Backblaze's `Authorization=`, a presigned link's
+    /// `X-Amz-Security-Token=`: a presigned or shared access link) or among
+    /// a presigned POST form's fields.
     PasswordAssignment,
     /// JSON Web Tokens (`eyJ….eyJ….…`).
     Jwt,
@@ -755,13 +757,27 @@ const BUILTIN_RULES: &[(Detector, &str, Check)] = &[
         Check::QuotedValue,
     ),
     // A link's own signature, which grants whoever holds the link access:
-    // an Azure shared access signature (`sig=`), S3's and Google Cloud
-    // Storage's presigned URLs (`X-Amz-Signature=`, `X-Goog-Signature=`),
+    // an Azure shared access signature (`sig=`), CloudFront's and Alibaba
+    // OSS's `Signature=`, Backblaze B2's download token (`Authorization=`),
     // also with the `&` escaped as HTML and JSON write it, or the link
-    // percent-encoded inside another.
+    // percent-encoded inside another. These names are common words, so
+    // only a query's parameter counts.
     (
         Detector::PasswordAssignment,
-        r"(?i)(?:[?&]|&amp;|\\u0026|%26|%3f)(?:sig|signature|x-amz-signature|x-goog-signature)(?:=|%3d)(?P<secret>[A-Za-z0-9%+/=_.~-]{16,1024})",
+        r"(?i)(?:[?&]|&amp;|\\u0026|%26|%3f)(?:sig|signature|authorization)(?:=|%3d)(?P<secret>[A-Za-z0-9%+/=_.~-]{16,1024})",
+        Check::HeaderCredential,
+    ),
+    // Names no other text uses, so they count anywhere (whatever comes
+    // before them: `&`, `\u0026`, a percent-encoded `%26` or `%2526`, a
+    // quote): in a presigned URL
+    // (S3's and Google Cloud Storage's `X-Amz-Signature=` and
+    // `X-Goog-Signature=`, the session token of one made with temporary
+    // credentials, Tencent COS's `q-signature=`) and among the fields of a
+    // presigned POST form (`"x-amz-signature": "…"`, as boto3's
+    // `generate_presigned_post` returns them).
+    (
+        Detector::PasswordAssignment,
+        r#"(?i)(?:x-amz-signature|x-goog-signature|x-amz-security-token|q-signature)\\?["']?\s*(?::|=|%3d)\s*\\?["']?(?P<secret>[A-Za-z0-9%+/=_.~-]{16,1024})"#,
         Check::HeaderCredential,
     ),
     (
@@ -2192,6 +2208,27 @@ mod tests {
              5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7\"}",
             "https://login.example/?next=https%3A%2F%2Facct.blob.core.windows.net%2Fc%3Fsv%3D1\
              %26sig%3DXo5%252BzRk8Yt3qLm9Pw2vN7bC4dF6gH1jK0sA%253D",
+            "https://login.example/?next=https%3A%2F%2Fb.s3.amazonaws.com%2Fk%3FX-Amz-Expires%3D60\
+             %26X-Amz-Signature%3D5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",
+            // CloudFront, Tencent COS, Backblaze B2.
+            "https://d111111abcdef8.cloudfront.net/v.mp4?Expires=1765000000\
+             &Signature=Nql641NHEUkUaXQHZINK1FZ~SYeUSoBJMxjdgqrzIdzV2gyEXPDNv0pYdWJkflDKJ3xIu7lbwRpSkG98NBlgPi4ZJpRRnVX4kXAJK6tdNx6FucDB7OVqzcxkxHsGFd8VCG1BkC-Afh9~lOCMIYHIaiOB6~5jt9w2EOwi6sIIqrg_&Key-Pair-Id=K2JCJMDEHXQW5F",
+            "https://b-1250000000.cos.ap-guangzhou.myqcloud.com/a.pdf?q-sign-algorithm=sha1\
+             &q-ak=AKIDxxxxxxxx&q-sign-time=1765000000;1765003600&q-key-time=1765000000;1765003600\
+             &q-header-list=host&q-url-param-list=&q-signature=3a1f0c9b2d4e5f60718293a4b5c6d7e8f90a1b2c",
+            "https://f002.backblazeb2.com/file/bucket/report.pdf?Authorization=\
+             3_20261207000000_4a3b2c1d0e9f8a7b6c5d4e3f_a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0_002_20261208000000_0024_dnld",
+            // A presigned link made with temporary credentials carries
+            // their session token.
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=ASIAEXAMPLE%2F20261207%2Fus-east-1%2Fs3%2Faws4_request\
+             &X-Amz-Security-Token=IQoJb3JpZ2luX2VjEJr%2F%2F%2F%2F%2F%2F%2F%2F%2F%2FwEaCXVzLWVhc3QtMSJHMEUCIQD",
+            // A presigned POST's form fields, as boto3 returns them and
+            // as a form or `curl -F` sends them.
+            "{'url': 'https://b.s3.amazonaws.com/', 'fields': {'key': 'up/a.csv', \
+             'x-amz-algorithm': 'AWS4-HMAC-SHA256', 'policy': 'eyJleHBpcmF0aW9uIjoi', \
+             'x-amz-signature': '9f0c8b1d2e3a4f5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b'}}",
+            "{\"fields\": {\"X-Amz-Signature\": \"9f0c8b1d2e3a4f5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f\"}}",
+            "curl -F x-amz-signature=9f0c8b1d2e3a4f5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f -F file=@a.csv",
         ] {
             assert_detects(text, Detector::PasswordAssignment);
         }
@@ -2200,6 +2237,10 @@ mod tests {
             "sig=Xo5zRk8Yt3qLm9Pw2vN7 in a shell script",
             "https://example.org/search?q=signature&signature=none",
             "https://example.org/a?sig=${SIGNATURE}",
+            // The names in prose and code, without a value.
+            "Send X-Amz-Signature: it is computed from the policy.",
+            "let q_signature = sign(&key); // the q-signature parameter",
+            "the OAuth server returns ?authorization_code=abc123def456ghi789",
         ] {
             assert_clean(text);
         }
