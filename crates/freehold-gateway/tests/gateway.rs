@@ -2963,6 +2963,60 @@ async fn a_local_servers_cloud_models_are_not_local() {
     assert_eq!(served[0].record.provider_model, "qwen3:8b", "{lines:?}");
 }
 
+/// A text file sent as bytes (a JSON file attached in either protocol) is
+/// read as its text, so the detectors look into it and a key there is
+/// redacted before the request leaves, as one typed in a message is.
+#[tokio::test]
+async fn a_key_in_an_attached_text_file_is_redacted() {
+    use base64::Engine as _;
+    use freehold_gateway::privacy::{Action, PrivacySettings};
+    use freehold_test_support::{MockServer, Scripted};
+
+    let completion = chat_completion("mock-model", "ok");
+    let upstream = MockServer::start(vec![
+        Scripted::json(200, completion.clone()),
+        Scripted::json(200, completion),
+    ])
+    .await;
+    let settings = GatewaySettings {
+        privacy: Some(PrivacySettings {
+            action: Action::Redact,
+            ..PrivacySettings::default()
+        }),
+        ..GatewaySettings::default()
+    };
+    let gw = start(
+        routes(vec![format!("{}/v1", upstream.url())]),
+        settings,
+        None,
+    )
+    .await;
+    // An AWS key id, assembled so this file holds none.
+    let secret = format!("AKIA{}", "Q7XZ2LMN4PRT8VWY");
+    let file = base64::engine::general_purpose::STANDARD
+        .encode(format!("{{\"aws_access_key_id\": \"{secret}\"}}"));
+    let openai = json!({"model": "mock", "max_tokens": 100, "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"filename": "creds.json",
+            "file_data": format!("data:application/json;base64,{file}")}},
+        {"type": "text", "text": "Which region is this for?"}]}]});
+    let anthropic = json!({"model": "mock", "max_tokens": 100, "messages": [{"role": "user", "content": [
+        {"type": "document", "title": "creds.json",
+         "source": {"type": "base64", "media_type": "application/json", "data": file}},
+        {"type": "text", "text": "Which region is this for?"}]}]});
+    let (status, answer, _) = post(&gw.url, "/v1/chat/completions", Some(MASTER), &openai).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer, _) = post(&gw.url, "/v1/messages", Some(MASTER), &anthropic).await;
+    assert_eq!(status, 200, "{answer}");
+    for sent in upstream.requests() {
+        let sent = sent.json().to_string();
+        assert!(!sent.contains(&secret), "{sent}");
+        assert!(!sent.contains(&file), "{sent}");
+        assert!(sent.contains("creds.json"), "{sent}");
+        assert!(sent.contains("[REDACTED:aws_access_key]"), "{sent}");
+    }
+    assert_eq!(upstream.requests().len(), 2);
+}
+
 #[tokio::test]
 async fn privacy_keeps_requests_local_or_redacts_them() {
     use freehold_gateway::privacy::{Action, PrivacySettings};

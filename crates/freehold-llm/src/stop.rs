@@ -199,14 +199,16 @@ struct Cut {
     sequence: String,
 }
 
-/// The first of `sequences` in `text`, if any is there: where it begins,
-/// and which it is (the shortest, when several begin there: it is the one
-/// a stream completes first).
+/// The first of `sequences` to be completed in `text`, if any is there:
+/// where it begins, and which it is. First completed, as generation meets
+/// them: with `["abcd", "bc"]`, `"abcd"` stops at `"bc"`, whether it came
+/// whole or in pieces. Of two that end at one place, the one that begins
+/// first.
 pub fn first_match<'s>(text: &str, sequences: &'s [String]) -> Option<(usize, &'s str)> {
     sequences
         .iter()
         .filter_map(|sequence| Some((text.find(sequence.as_str())?, sequence.as_str())))
-        .min_by_key(|&(at, sequence)| (at, sequence.len()))
+        .min_by_key(|&(at, sequence)| (at + sequence.len(), at))
 }
 
 /// The length of the longest end of `text` that is the start (and not the
@@ -512,9 +514,15 @@ mod tests {
         let sequences = ["world".to_owned(), "lo".to_owned()];
         assert_eq!(first_match("hello world", &sequences), Some((3, "lo")));
         assert_eq!(first_match("hi", &sequences), None);
-        // Of two that begin at one place, the shorter (a stream's first).
+        // The first completed: of two that begin at one place, the
+        // shorter; of two that overlap, the one that ends first, as a
+        // stream meets them; of two that end at one place, the longer.
         let sequences = ["abc".to_owned(), "ab".to_owned()];
         assert_eq!(first_match("xabcd", &sequences), Some((1, "ab")));
+        let sequences = ["abcd".to_owned(), "bc".to_owned()];
+        assert_eq!(first_match("xabcde", &sequences), Some((2, "bc")));
+        let sequences = ["c".to_owned(), "abc".to_owned()];
+        assert_eq!(first_match("xabcd", &sequences), Some((1, "abc")));
         // A held end starts on a character boundary.
         assert_eq!(held_prefix("naïv", "ïve"), "ïv".len());
         assert_eq!(held_prefix("café", "ét"), "é".len());

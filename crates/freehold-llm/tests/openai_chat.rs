@@ -1815,60 +1815,86 @@ async fn stop_sequences_past_the_servers_limit_end_the_stream_here() {
 
 /// vLLM names the stop string that ended an answer in `stop_reason`, SGLang
 /// in `matched_stop`: that answer stopped at a stop sequence, and which one
-/// is kept. A number there is a stop token, and a plain `stop` is the end
-/// of the answer.
+/// is kept. A number there is a stop token, text that is none of the
+/// request's stop sequences the server's own (SGLang adds its chat
+/// template's), and a plain `stop` the end of the answer; calls made are
+/// the answer's end whatever stopped its text.
 #[tokio::test]
 async fn the_stop_string_a_server_names_is_the_stop_sequence() {
-    let named = |field: &str, value: serde_json::Value| {
+    let named = |fields: serde_json::Value| {
         let mut body = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": "Thought: add"}}]});
-        body["choices"][0][field] = value;
+        for (field, value) in fields.as_object().unwrap() {
+            body["choices"][0][field] = value.clone();
+        }
         Scripted::json(200, body)
     };
-    let last_chunk =
-        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop",
-                     "stop_reason": "\nObservation:"}]})
-        .to_string();
-    let streamed = sse_text(&[
-        (
-            "",
-            &chunk(
-                json!({"role": "assistant", "content": "Thought: add"}),
-                None,
+    let with_call = Scripted::json(
+        200,
+        json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "stop_reason": "END",
+                         "message": {"role": "assistant", "content": null, "tool_calls": [
+                            {"id": "call_1", "type": "function",
+                             "function": {"name": "read", "arguments": "{}"}}]}}]}),
+    );
+    let last_chunk = |field: &str| {
+        let mut chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
+            "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+        chunk["choices"][0][field] = json!("\nObservation:");
+        chunk.to_string()
+    };
+    let streamed = |field: &str| {
+        sse_text(&[
+            (
+                "",
+                &chunk(
+                    json!({"role": "assistant", "content": "Thought: add"}),
+                    None,
+                ),
             ),
-        ),
-        ("", &last_chunk),
-        ("", "[DONE]"),
-    ]);
+            ("", &last_chunk(field)),
+            ("", "[DONE]"),
+        ])
+    };
     let server = MockServer::start(vec![
-        named("stop_reason", json!("\nObservation:")),
-        named("matched_stop", json!("END")),
-        named("stop_reason", json!(128009)),
-        named("stop_reason", serde_json::Value::Null),
-        Scripted::sse(&streamed, Split::Every(11)),
+        named(json!({"stop_reason": "\nObservation:"})),
+        named(json!({"matched_stop": "END"})),
+        named(json!({"stop_reason": null, "matched_stop": "END"})),
+        named(json!({"stop_reason": 128009})),
+        named(json!({"stop_reason": null})),
+        named(json!({"matched_stop": "<|im_end|>"})),
+        with_call,
+        Scripted::sse(&streamed("stop_reason"), Split::Every(11)),
+        Scripted::sse(&streamed("matched_stop"), Split::Every(11)),
     ])
     .await;
     let client = client(&server);
+    let mut asked = request();
+    asked.stop = vec!["\nObservation:".into(), "END".into()];
     let reasons = [
         StopReason::StopSequence(Some("\nObservation:".into())),
         StopReason::StopSequence(Some("END".into())),
+        StopReason::StopSequence(Some("END".into())),
         StopReason::EndTurn,
         StopReason::EndTurn,
+        StopReason::EndTurn,
+        StopReason::ToolUse,
     ];
-    for expected in reasons {
-        let answer = client.complete(request()).await.unwrap();
-        assert_eq!(answer.stop_reason, expected);
+    for (turn, expected) in reasons.into_iter().enumerate() {
+        let answer = client.complete(asked.clone()).await.unwrap();
+        assert_eq!(answer.stop_reason, expected, "answer {turn}");
     }
-    let (events, error) = drain(client.stream(request()).await.unwrap()).await;
-    assert!(error.is_none(), "{error:?}");
-    assert_eq!(
-        events.last(),
-        Some(&StreamEvent::Stop {
-            reason: StopReason::StopSequence(Some("\nObservation:".into()))
-        })
-    );
+    for _ in ["vLLM", "SGLang"] {
+        let (events, error) = drain(client.stream(asked.clone()).await.unwrap()).await;
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(
+            events.last(),
+            Some(&StreamEvent::Stop {
+                reason: StopReason::StopSequence(Some("\nObservation:".into()))
+            })
+        );
+    }
 }
 
 /// A model refused for its stop sequences is asked again with as many as

@@ -589,6 +589,10 @@ mod tests {
     fn stop_reasons_are_written_as_names_or_one_key_objects() {
         let written = [
             (StopReason::EndTurn, r#""end_turn""#),
+            (StopReason::MaxTokens, r#""max_tokens""#),
+            (StopReason::ToolUse, r#""tool_use""#),
+            (StopReason::ContentFilter, r#""content_filter""#),
+            (StopReason::Refusal, r#""refusal""#),
             (StopReason::StopSequence(None), r#""stop_sequence""#),
             (
                 StopReason::StopSequence(Some("\nObservation:".into())),
@@ -601,7 +605,12 @@ mod tests {
             assert_eq!(serde_json::to_string(&reason).unwrap(), json);
             assert_eq!(serde_json::from_str::<StopReason>(json).unwrap(), reason);
         }
-        assert!(serde_json::from_str::<StopReason>(r#""stopped""#).is_err());
+        for unknown in [r#""stopped""#, r#""other""#, r#"{"end_turn": "x"}"#] {
+            assert!(
+                serde_json::from_str::<StopReason>(unknown).is_err(),
+                "{unknown}"
+            );
+        }
         assert_eq!(
             StopReason::StopSequence(Some("\n\n".into())).to_string(),
             r#"stop_sequence "\n\n""#

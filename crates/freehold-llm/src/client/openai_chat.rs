@@ -551,9 +551,9 @@ impl Provider for OpenAiChatClient {
             },
         };
         let events = self.transport.sse_stream(response);
-        let events = self
-            .transport
-            .decode_stream(events, ChunkDecoder::new(self.options.name.clone()));
+        // `request.stop` is what was sent: `stops` are the others.
+        let decoder = ChunkDecoder::new(self.options.name.clone()).with_sent_stops(request.stop);
+        let events = self.transport.decode_stream(events, decoder);
         Ok(stops.apply_to_stream(events))
     }
 
@@ -569,7 +569,7 @@ impl Provider for OpenAiChatClient {
             },
         };
         let response: CompletionResponse = self.transport.read_json_as(response).await?;
-        let mut answer = openai_chat::decode_response(&self.options.name, response)?;
+        let mut answer = openai_chat::decode_response(&self.options.name, response, &request.stop)?;
         stops.apply_to_response(&mut answer);
         Ok(answer)
     }

@@ -968,26 +968,32 @@ pub fn stop_reason(finish_reason: &str, matched_stop: Option<&str>) -> StopReaso
     }
 }
 
-/// The stop string a choice says ended it: vLLM's `stop_reason` or SGLang's
-/// `matched_stop` when it is text. A number is a stop token's id, which is
-/// no stop sequence of the client's; `null` is an end of any other kind.
+/// The stop sequence a choice says ended it: vLLM's `stop_reason` or
+/// SGLang's `matched_stop` when it is text and one of `sent_stops`, the
+/// request's. A number is a stop token's id, and text of the server's own
+/// (SGLang adds its chat template's stop strings to the request's) is the
+/// model's end of turn, no stop sequence of the client's; `null` is an end
+/// of any other kind.
 pub fn matched_stop_string<'a>(
     vllm_stop_reason: &'a Option<Value>,
     sglang_matched_stop: &'a Option<Value>,
+    sent_stops: &[String],
 ) -> Option<&'a str> {
-    vllm_stop_reason
-        .as_ref()
-        .and_then(Value::as_str)
-        .or_else(|| sglang_matched_stop.as_ref().and_then(Value::as_str))
+    [vllm_stop_reason, sglang_matched_stop]
+        .into_iter()
+        .filter_map(|named| named.as_ref().and_then(Value::as_str))
+        .find(|named| sent_stops.iter().any(|sent| sent == named))
 }
 
-/// Decodes a complete response.
+/// Decodes a complete response to a request sent with `sent_stops` as its
+/// stop sequences (see [`matched_stop_string`]).
 ///
 /// # Errors
 /// A response without choices.
 pub fn decode_response(
     provider: &str,
     response: CompletionResponse,
+    sent_stops: &[String],
 ) -> Result<ChatResponse, LlmError> {
     let Some(choice) = response.choices.into_iter().next() else {
         return Err(LlmError::new(
@@ -1041,14 +1047,18 @@ pub fn decode_response(
     let has_calls = content
         .iter()
         .any(|part| matches!(part, ContentPart::ToolCall(_)));
-    let matched_stop = matched_stop_string(&choice.stop_reason, &choice.matched_stop);
+    let matched_stop = matched_stop_string(&choice.stop_reason, &choice.matched_stop, sent_stops);
     let stop_reason = match choice
         .finish_reason
         .as_deref()
         .map(|reason| stop_reason(reason, matched_stop))
     {
         Some(StopReason::EndTurn) | None if refused => StopReason::Refusal,
-        Some(StopReason::EndTurn) | None if has_calls => StopReason::ToolUse,
+        // Calls to run matter more than where the text stopped (vLLM
+        // finishes a forced tool call with `stop`).
+        Some(StopReason::EndTurn | StopReason::StopSequence(_)) | None if has_calls => {
+            StopReason::ToolUse
+        }
         Some(reason) => reason,
         None => StopReason::EndTurn,
     };
@@ -1069,6 +1079,9 @@ pub fn decode_response(
 #[derive(Debug)]
 pub struct ChunkDecoder {
     provider: String,
+    /// The stop sequences the request was sent with, the only ones a
+    /// server's named stop string can be ([`matched_stop_string`]).
+    sent_stops: Vec<String>,
     /// The wire index of each open call → (our index, its id).
     calls: HashMap<u32, (u32, String)>,
     /// Whether the answer was a refusal (`delta.refusal`): it then ends as
@@ -1081,9 +1094,18 @@ impl ChunkDecoder {
     pub fn new(provider: impl Into<String>) -> Self {
         Self {
             provider: provider.into(),
+            sent_stops: Vec::new(),
             refused: false,
             calls: HashMap::new(),
         }
+    }
+
+    /// The stop sequences the request was sent with: a stop string the
+    /// server names is the answer's stop sequence only when it is one of
+    /// them.
+    pub fn with_sent_stops(mut self, stops: Vec<String>) -> Self {
+        self.sent_stops = stops;
+        self
     }
 
     fn tool_delta(&mut self, delta: ToolCallDelta, out: &mut StreamAssembler) {
@@ -1203,9 +1225,14 @@ impl WireDecoder<SseEvent> for ChunkDecoder {
                 self.tool_delta(call, out);
             }
             if let Some(reason) = choice.finish_reason.as_deref() {
-                let matched_stop = matched_stop_string(&choice.stop_reason, &choice.matched_stop);
+                let matched_stop = matched_stop_string(
+                    &choice.stop_reason,
+                    &choice.matched_stop,
+                    &self.sent_stops,
+                );
                 out.stop(match stop_reason(reason, matched_stop) {
                     StopReason::EndTurn if self.refused => StopReason::Refusal,
+                    StopReason::StopSequence(_) if out.has_tool_calls() => StopReason::ToolUse,
                     reason => reason,
                 });
             }

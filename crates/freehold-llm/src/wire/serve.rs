@@ -382,7 +382,7 @@ pub(crate) fn image_from_url(url: &str) -> ImageSource {
 /// A file a client sent in OpenAI's shape (Chat Completions' `file` part,
 /// the Responses API's `input_file`): its bytes as a `data:` URL (or bare
 /// base64, a PDF), or a URL; `filename` its title. An image file is an
-/// image, a text file (`text/…`, UTF-8) its text; anything else a
+/// image, a text file ([`text_of_file`]) its text; anything else a
 /// document. `None` when it has neither bytes nor URL (an uploaded file's
 /// id: the gateway has no copy of it).
 pub(crate) fn document_from_file(
@@ -423,10 +423,7 @@ pub(crate) fn document_from_file(
                 },
             });
         }
-        if media_type.starts_with("text/")
-            && let Some(text) =
-                decode_base64_leniently(data).and_then(|bytes| String::from_utf8(bytes).ok())
-        {
+        if let Some(text) = text_of_file(media_type, data) {
             return Some(ContentPart::Text {
                 text: match &title {
                     Some(title) => format!("{title}\n\n{text}"),
@@ -436,6 +433,59 @@ pub(crate) fn document_from_file(
         }
     }
     Some(ContentPart::Document(Document { source, title }))
+}
+
+/// The text of a file sent as base64, when its media type says it is text
+/// and its bytes are UTF-8: `text/…`, JSON, XML, YAML, TOML, scripts and
+/// other source code, and the structured-syntax suffixes (`…+json`,
+/// `…+xml`, `…+yaml`). As text, every model reads it (few providers take a
+/// document that is not a PDF) and the privacy detectors can look into it.
+pub(crate) fn text_of_file(media_type: &str, data: &str) -> Option<String> {
+    if !is_text_media_type(media_type) {
+        return None;
+    }
+    decode_base64_leniently(data).and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+/// Whether a media type (lowercase, without parameters) names text.
+fn is_text_media_type(media_type: &str) -> bool {
+    const TEXT_APPLICATIONS: &[&str] = &[
+        "json",
+        "x-ndjson",
+        "jsonl",
+        "xml",
+        "yaml",
+        "x-yaml",
+        "toml",
+        "x-toml",
+        "javascript",
+        "x-javascript",
+        "ecmascript",
+        "typescript",
+        "x-typescript",
+        "x-sh",
+        "x-shellscript",
+        "x-python",
+        "x-python-code",
+        "sql",
+        "graphql",
+        "x-httpd-php",
+        "x-tex",
+        "x-latex",
+        "csv",
+        "x-csv",
+        "rtf",
+    ];
+    if media_type.starts_with("text/") {
+        return true;
+    }
+    let Some(subtype) = media_type.strip_prefix("application/") else {
+        return false;
+    };
+    TEXT_APPLICATIONS.contains(&subtype)
+        || ["+json", "+xml", "+yaml"]
+            .iter()
+            .any(|suffix| subtype.ends_with(suffix))
 }
 
 /// Base64 as clients write it: either alphabet, padded or not, wrapped in
@@ -509,6 +559,37 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_files_are_known_by_their_media_type() {
+        for text in [
+            "text/plain",
+            "text/markdown",
+            "application/json",
+            "application/ld+json",
+            "application/vnd.api+json",
+            "application/xml",
+            "application/atom+xml",
+            "application/x-yaml",
+            "application/toml",
+            "application/x-sh",
+            "application/sql",
+        ] {
+            assert!(is_text_media_type(text), "{text}");
+        }
+        for binary in [
+            "application/pdf",
+            "application/octet-stream",
+            "application/zip",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ] {
+            assert!(!is_text_media_type(binary), "{binary}");
+        }
+        // Text in a text file's media type, but not UTF-8: no text.
+        assert_eq!(text_of_file("text/plain", "//4A"), None);
+        assert_eq!(text_of_file("application/json", "e30"), Some("{}".into()));
+        assert_eq!(text_of_file("application/pdf", "e30="), None);
+    }
 
     #[test]
     fn a_signature_from_another_protocols_provider_comes_back_with_its_origin() {

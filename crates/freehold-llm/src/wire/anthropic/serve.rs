@@ -18,7 +18,7 @@ use super::{
 };
 use crate::wire::serve::{
     DecodeError, SseFrame, call_id_for_client, client_message, generated_id, signature_for_client,
-    split_client_call_id, split_client_signature,
+    split_client_call_id, split_client_signature, text_of_file,
 };
 
 /// What a Messages request asks of the answer's delivery, beyond the
@@ -516,7 +516,8 @@ fn decode_user(
 }
 
 /// A `document` block: a PDF (inline or by URL) as a document; plain text
-/// (or content blocks' text) as text, headed by its title.
+/// (or content blocks' text, or a text file's base64 bytes: see
+/// [`text_of_file`]) as text, headed by its title.
 fn decode_document(
     source: WireDocumentSource,
     title: Option<String>,
@@ -527,10 +528,16 @@ fn decode_document(
         _ => text,
     };
     Ok(match source {
-        WireDocumentSource::Base64 { media_type, data } => ContentPart::Document(Document {
-            source: DocumentSource::Base64 { media_type, data },
-            title,
-        }),
+        WireDocumentSource::Base64 { media_type, data } => {
+            let media_type = media_type.to_ascii_lowercase();
+            match text_of_file(&media_type, &data) {
+                Some(text) => ContentPart::Text { text: headed(text) },
+                None => ContentPart::Document(Document {
+                    source: DocumentSource::Base64 { media_type, data },
+                    title,
+                }),
+            }
+        }
         WireDocumentSource::Url { url } => ContentPart::Document(Document {
             source: DocumentSource::Url { url },
             title,

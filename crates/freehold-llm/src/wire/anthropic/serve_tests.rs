@@ -249,6 +249,16 @@ fn the_stop_sequence_that_ended_an_answer_is_named() {
         delta["delta"],
         json!({"stop_reason": "stop_sequence", "stop_sequence": "\nObservation:"})
     );
+    let frames = encode_stream(&unknown.to_events(), 0);
+    let delta = frames
+        .iter()
+        .map(json_of)
+        .find(|frame| frame["type"] == "message_delta")
+        .expect("a message_delta");
+    assert_eq!(
+        delta["delta"],
+        json!({"stop_reason": "stop_sequence", "stop_sequence": null})
+    );
 }
 
 fn encode_stream(events: &[StreamEvent], estimate: u64) -> Vec<SseFrame> {
@@ -644,6 +654,47 @@ fn bad_requests_name_the_field() {
     .unwrap_err();
     assert_eq!(error.field(), "messages[1].content[0]");
     assert!(error.to_string().contains("only text is"), "{error}");
+}
+
+/// A document of text sent as base64 bytes (a JSON or YAML file) is its
+/// text, headed by its title, which every model reads and the privacy
+/// detectors can look into; a PDF, or bytes that are not UTF-8, stay a
+/// document.
+#[test]
+fn a_text_files_bytes_are_its_text() {
+    use base64::Engine as _;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let document = |media_type: &str, data: String| {
+        json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": [
+            {"type": "document", "title": "config",
+             "source": {"type": "base64", "media_type": media_type, "data": data}}]}]})
+    };
+    for media_type in [
+        "application/json",
+        "text/csv",
+        "application/x-yaml",
+        "Application/JSON",
+    ] {
+        let (request, _) = decode_json(document(media_type, encode(b"{\"port\": 8080}"))).unwrap();
+        assert_eq!(
+            request.messages[0].content,
+            vec![ContentPart::Text {
+                text: "config\n\n{\"port\": 8080}".into()
+            }],
+            "{media_type}"
+        );
+    }
+    for (media_type, bytes) in [
+        ("application/pdf", &b"%PDF-1.4"[..]),
+        ("text/plain", &[0xff, 0xfe, 0x00][..]),
+    ] {
+        let (request, _) = decode_json(document(media_type, encode(bytes))).unwrap();
+        assert!(
+            matches!(request.messages[0].content[0], ContentPart::Document(_)),
+            "{media_type}: {:?}",
+            request.messages[0].content
+        );
+    }
 }
 
 /// Claude Code (2.1.3xx) sends `role: "system"` messages inside `messages`

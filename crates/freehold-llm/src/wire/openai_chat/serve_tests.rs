@@ -180,7 +180,7 @@ fn responses_round_trip_through_the_client_decoder() {
     );
     assert_eq!(json["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
     assert_eq!(json["usage"]["total_tokens"], 150);
-    let back = decode_response("p", serde_json::from_value(json).unwrap()).unwrap();
+    let back = decode_response("p", serde_json::from_value(json).unwrap(), &[]).unwrap();
     assert_eq!(back, response);
 
     // Text only; no id: one is generated.
@@ -191,7 +191,7 @@ fn responses_round_trip_through_the_client_decoder() {
     let wire = encode_response(&plain, "gpt-x");
     assert!(wire.id.starts_with("chatcmpl-"), "{}", wire.id);
     assert!(wire.created > 1_600_000_000);
-    let back = decode_response("p", wire).unwrap();
+    let back = decode_response("p", wire, &[]).unwrap();
     assert_eq!(back.message, plain.message);
     assert_eq!(back.stop_reason, StopReason::MaxTokens);
 
@@ -204,7 +204,7 @@ fn responses_round_trip_through_the_client_decoder() {
     let message = &json["choices"][0]["message"];
     assert!(message["content"].is_null(), "{message}");
     assert_eq!(message["refusal"], "I can't help with that.");
-    let back = decode_response("p", serde_json::from_value(json).unwrap()).unwrap();
+    let back = decode_response("p", serde_json::from_value(json).unwrap(), &[]).unwrap();
     assert_eq!(back.stop_reason, StopReason::Refusal);
     assert_eq!(back.message, refused.message);
 }
