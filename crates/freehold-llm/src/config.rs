@@ -129,6 +129,11 @@ pub struct ProviderConfig {
     /// `openrouter`; 0 sends none).
     #[serde(default)]
     pub max_stop_sequences: Option<usize>,
+    /// Chat Completions only: send `reasoning_effort: "none"` when a client
+    /// asks for no reasoning (presets set it for `groq` and `openrouter`);
+    /// a model that takes other values is sent what its refusal names.
+    #[serde(default)]
+    pub none_for_off: Option<bool>,
     /// Anthropic only: `max_tokens` when a request sets none (the API
     /// requires one; default 8192).
     #[serde(default)]
@@ -436,6 +441,9 @@ impl ProviderConfig {
         if let Some(limit) = self.max_stop_sequences {
             dialect.max_stop_sequences = Some(limit);
         }
+        if let Some(none_for_off) = self.none_for_off {
+            dialect.none_for_off = none_for_off;
+        }
         let engine = EngineSettings {
             threads: self.threads,
             max_context: self.max_context,
@@ -479,6 +487,11 @@ impl ProviderConfig {
                 "max_stop_sequences",
                 ProviderKind::Openai,
                 self.max_stop_sequences.is_some(),
+            ),
+            (
+                "none_for_off",
+                ProviderKind::Openai,
+                self.none_for_off.is_some(),
             ),
             (
                 "default_max_tokens",

@@ -68,6 +68,7 @@ const COMPATIBLE: Dialect = Dialect {
     reasoning_in_history: false,
     openai_api: false,
     max_stop_sequences: None,
+    none_for_off: false,
 };
 
 /// A hosted server that takes at most 4 stop sequences, as OpenAI's API
@@ -75,6 +76,14 @@ const COMPATIBLE: Dialect = Dialect {
 const FOUR_STOPS: Dialect = Dialect {
     max_stop_sequences: Some(4),
     ..COMPATIBLE
+};
+
+/// Groq and OpenRouter: 4 stop sequences, and `reasoning_effort: "none"`
+/// for no reasoning (OpenRouter takes it for every model; Groq's models
+/// that take other values say which when refused).
+const FOUR_STOPS_NONE_FOR_OFF: Dialect = Dialect {
+    none_for_off: true,
+    ..FOUR_STOPS
 };
 
 /// Servers that hand `chat_template_kwargs` to the model's chat template
@@ -236,7 +245,7 @@ pub const PRESETS: &[Preset] = &[
         )
     },
     Preset {
-        dialect: FOUR_STOPS,
+        dialect: FOUR_STOPS_NONE_FOR_OFF,
         ..hosted(
             "groq",
             ProviderKind::Openai,
@@ -257,7 +266,7 @@ pub const PRESETS: &[Preset] = &[
         "DEEPSEEK_API_KEY",
     ),
     Preset {
-        dialect: FOUR_STOPS,
+        dialect: FOUR_STOPS_NONE_FOR_OFF,
         ..hosted(
             "openrouter",
             ProviderKind::Openai,

@@ -1623,6 +1623,73 @@ async fn a_model_that_takes_no_effort_is_sent_none_and_other_refusals_stand() {
     assert_eq!(sent[2]["reasoning_effort"], "low");
 }
 
+/// Groq's refusal of an effort, in its words.
+fn groq_refusal(message: &str) -> Scripted {
+    Scripted::json(
+        400,
+        json!({"error": {"message": message, "type": "invalid_request_error"}}),
+    )
+}
+
+/// Groq's models take different efforts, and say which when refused: its
+/// Qwen models `none` and `default` (an effort asked becomes `default`,
+/// reasoning at the model's measure), gpt-oss `low` to `high` (no reasoning
+/// becomes `low`, its least), and the models that do not reason none at
+/// all. Each is refused once, then sent what it takes. The preset sends
+/// `none` for no reasoning, as OpenRouter takes it.
+#[tokio::test]
+async fn groqs_models_are_sent_the_efforts_their_refusals_name() {
+    let server = MockServer::start(vec![
+        groq_refusal("`reasoning_effort` must be one of `none` or `default`"),
+        answered("qwen thought"),
+        answered("qwen again"),
+        answered("qwen without"),
+        groq_refusal("`reasoning_effort` must be one of `low`, `medium`, or `high`"),
+        answered("gpt-oss at its least"),
+        groq_refusal("`reasoning_effort` is not supported with this model"),
+        answered("llama"),
+    ])
+    .await;
+    let preset = freehold_llm::presets::preset("groq").unwrap();
+    assert!(preset.dialect.none_for_off);
+    let options = options("groq", format!("{}/v1", server.url()));
+    let groq = OpenAiChatClient::new(options, preset.dialect).unwrap();
+    let asks = [
+        ("qwen/qwen3.6-27b", ReasoningEffort::High, "qwen thought"),
+        ("qwen/qwen3.6-27b", ReasoningEffort::Medium, "qwen again"),
+        ("qwen/qwen3.6-27b", ReasoningEffort::Off, "qwen without"),
+        (
+            "openai/gpt-oss-120b",
+            ReasoningEffort::Off,
+            "gpt-oss at its least",
+        ),
+        ("llama-3.3-70b-versatile", ReasoningEffort::Low, "llama"),
+    ];
+    for (model, effort, expected) in asks {
+        let answer = groq.complete(asking_for(model, effort)).await.unwrap();
+        assert_eq!(answer.message.text(), expected, "{model}");
+    }
+    let sent: Vec<Option<String>> = server
+        .requests()
+        .iter()
+        .map(|r| r.json()["reasoning_effort"].as_str().map(str::to_owned))
+        .collect();
+    let expected = [
+        Some("high"),
+        Some("default"),
+        Some("default"),
+        Some("none"),
+        Some("none"),
+        Some("low"),
+        Some("low"),
+        None,
+    ];
+    assert_eq!(
+        sent,
+        expected.map(|effort| effort.map(str::to_owned)).to_vec()
+    );
+}
+
 /// OpenAI's refusal of reasoning beside function tools in Chat Completions.
 fn not_beside_tools(model: &str) -> Scripted {
     Scripted::json(

@@ -118,7 +118,7 @@ impl OpenAiChatClient {
                 provider: &self.options.name,
                 model: &request.model,
                 // What the encoder put in the body.
-                asked: openai_api::effort_name(request, self.dialect.openai_api),
+                asked: self.dialect.effort_name(request),
                 verbosity: body.verbosity.as_deref(),
                 endpoint: Endpoint::ChatCompletions {
                     with_tools: !request.tools.is_empty(),

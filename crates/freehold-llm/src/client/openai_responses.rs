@@ -94,7 +94,7 @@ impl OpenAiResponsesClient {
             EffortAsk {
                 provider: &self.options.name,
                 model: &request.model,
-                asked: openai_api::effort_name(request, self.openai_api),
+                asked: openai_api::effort_name(request, self.openai_api, false),
                 verbosity: verbosity.as_deref(),
                 endpoint: Endpoint::Responses,
             },
@@ -235,8 +235,8 @@ pub(crate) async fn count_with_input_tokens(
     let mut encoded = openai_responses::encode_request(request, false, openai_api);
     // An effort the model was found to take; none for no reasoning, as a
     // count learns nothing from a refusal.
-    let asked =
-        openai_api::effort_name(request, openai_api).filter(|_| asked_for_reasoning(request));
+    let asked = openai_api::effort_name(request, openai_api, false)
+        .filter(|_| asked_for_reasoning(request));
     let effort = efforts.effort_for(&EffortAsk {
         provider: &options.name,
         model: &request.model,

@@ -17,15 +17,27 @@ use freehold_protocol::{ChatRequest, ReasoningEffort};
 /// OpenAI's effort levels, least first.
 pub const EFFORT_LEVELS: [&str; 6] = ["none", "minimal", "low", "medium", "high", "xhigh"];
 
+/// Groq's Qwen models take `none` and `default` alone: `default` is
+/// reasoning at the model's own measure, ranked as `medium` when the
+/// nearest level to an effort asked is chosen.
+pub const DEFAULT_LEVEL: &str = "default";
+
 /// The `reasoning_effort` a request asks an OpenAI-protocol server for:
 /// its effort by name, where `openai_api` (the server is OpenAI's own API,
 /// or one that takes the same values) also `xhigh` (named by the client, or
 /// Anthropic's `max`) and, for no reasoning, [`no_reasoning_effort`].
-/// Elsewhere no reasoning sends no effort: other servers refuse `none`, or
-/// read nothing into it.
-pub fn effort_name(request: &ChatRequest, openai_api: bool) -> Option<&'static str> {
+/// Elsewhere no reasoning sends `none` where `none_for_off` (the server
+/// takes it, or says what its model takes instead: OpenRouter, Groq), and
+/// no effort at all on other servers, which refuse `none` or read nothing
+/// into it.
+pub fn effort_name(
+    request: &ChatRequest,
+    openai_api: bool,
+    none_for_off: bool,
+) -> Option<&'static str> {
     match request.reasoning? {
         ReasoningEffort::Off if openai_api => no_reasoning_effort(&request.model),
+        ReasoningEffort::Off if none_for_off => Some("none"),
         ReasoningEffort::Off => None,
         effort => {
             let above_high = matches!(
@@ -125,8 +137,8 @@ pub enum EffortRefusal {
     NotBesideTools,
 }
 
-/// Reads OpenAI's refusal of a request that sent `sent` as its effort
-/// (`None`: no effort), from the error's message:
+/// Reads the refusal of a request that sent `sent` as its effort (`None`:
+/// no effort), from the error's message. OpenAI's:
 /// - "Unsupported value: 'none' is not supported with the 'gpt-5.1-codex'
 ///   model. Supported values are: 'low', 'medium', and 'high'.", or
 ///   "Unsupported value: 'reasoning_effort' does not support 'minimal' with
@@ -138,6 +150,14 @@ pub enum EffortRefusal {
 ///   this model." (the reasoning a model without it cannot return);
 /// - "Function tools with reasoning_effort are not supported for gpt-5.4
 ///   in /v1/chat/completions. …".
+///
+/// Groq's, with the names in backticks (also read in single quotes, or
+/// bare):
+/// - "`reasoning_effort` must be one of `none` or `default`" (its Qwen
+///   models; `default` is [`DEFAULT_LEVEL`]), or "… one of `low`,
+///   `medium`, `high`" (gpt-oss);
+/// - "`reasoning_effort` is not supported with this model" (its models
+///   that do not reason).
 ///
 /// `None` for any other refusal: one naming another parameter, or a value
 /// other than the one sent. OpenAI words a refusal of `verbosity`'s value
@@ -156,6 +176,9 @@ pub fn read_effort_refusal(message: &str, sent: Option<&str>) -> Option<EffortRe
         || lower.starts_with("encrypted content is not supported with this model");
     if takes_none {
         return sent.map(|_| EffortRefusal::TakesNone);
+    }
+    if let Some(refusal) = read_groq_style_refusal(&lower) {
+        return sent.and(refusal);
     }
     // "Unsupported value: '<the value refused>' is not supported…", or
     // "Unsupported value: '<the parameter>' does not support '<value>'…"
@@ -187,8 +210,47 @@ pub fn read_effort_refusal(message: &str, sent: Option<&str>) -> Option<EffortRe
     (!takes.is_empty()).then_some(EffortRefusal::Takes(takes))
 }
 
-/// The position of an effort in [`EFFORT_LEVELS`].
+/// A refusal in Groq's words (`lower`, lowercased): the parameter named
+/// first, then "must be one of" and the values it takes, or "is not
+/// supported" with the model. `None` for any other message.
+fn read_groq_style_refusal(lower: &str) -> Option<Option<EffortRefusal>> {
+    let name = lower
+        .trim_start_matches(['`', '\'', '"'])
+        .strip_prefix("reasoning_effort")?
+        .trim_start_matches(['`', '\'', '"']);
+    if name.trim_start().starts_with("is not supported") {
+        return Some(Some(EffortRefusal::TakesNone));
+    }
+    let listed = name.trim_start().strip_prefix("must be one of")?;
+    // The list ends with its sentence ("… or `high`. Got `none`.").
+    let listed = listed.split(['.', '\n']).next().unwrap_or_default();
+    let mut takes: Vec<&'static str> = Vec::new();
+    for word in listed.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(level) = EFFORT_LEVELS
+            .iter()
+            .copied()
+            .chain([DEFAULT_LEVEL])
+            .find(|level| *level == word)
+        {
+            takes.push(level);
+        } else if !matches!(word, "" | "or" | "and") {
+            // A word that is no effort: not a list of efforts.
+            return Some(None);
+        }
+    }
+    takes.sort_by_key(|level| level_index(level));
+    takes.dedup();
+    Some((!takes.is_empty()).then_some(EffortRefusal::Takes(takes)))
+}
+
+/// The position of an effort in [`EFFORT_LEVELS`]; [`DEFAULT_LEVEL`]
+/// stands at `medium`'s.
 pub fn level_index(level: &str) -> usize {
+    let level = if level == DEFAULT_LEVEL {
+        "medium"
+    } else {
+        level
+    };
     EFFORT_LEVELS
         .iter()
         .position(|known| *known == level)
@@ -240,16 +302,11 @@ mod tests {
         ];
         for (model, expected) in cases {
             assert_eq!(no_reasoning_effort(model), expected, "{model}");
-            assert_eq!(
-                effort_name(&asking(model, ReasoningEffort::Off, None), true),
-                expected,
-                "{model}"
-            );
-            // Other servers get no effort for no reasoning.
-            assert_eq!(
-                effort_name(&asking(model, ReasoningEffort::Off, None), false),
-                None
-            );
+            let off = asking(model, ReasoningEffort::Off, None);
+            assert_eq!(effort_name(&off, true, false), expected, "{model}");
+            // Other servers get `none` where they take it, else nothing.
+            assert_eq!(effort_name(&off, false, true), Some("none"));
+            assert_eq!(effort_name(&off, false, false), None);
         }
     }
 
@@ -257,14 +314,15 @@ mod tests {
     fn efforts_above_high_reach_openai_by_name() {
         for name in ["xhigh", "max"] {
             let request = asking("gpt-5.2", ReasoningEffort::High, Some(name));
-            assert_eq!(effort_name(&request, true), Some("xhigh"));
-            assert_eq!(effort_name(&request, false), Some("high"));
+            assert_eq!(effort_name(&request, true, false), Some("xhigh"));
+            assert_eq!(effort_name(&request, false, true), Some("high"));
         }
         let request = asking("gpt-5.2", ReasoningEffort::Minimal, None);
-        assert_eq!(effort_name(&request, true), Some("minimal"));
+        assert_eq!(effort_name(&request, true, false), Some("minimal"));
         let mut unasked = asking("gpt-5.2", ReasoningEffort::Low, None);
         unasked.reasoning = None;
-        assert_eq!(effort_name(&unasked, true), None);
+        assert_eq!(effort_name(&unasked, true, false), None);
+        assert_eq!(effort_name(&unasked, false, true), None);
     }
 
     #[test]
@@ -329,6 +387,52 @@ mod tests {
         ] {
             assert_eq!(read_effort_refusal(message, Some("low")), None, "{message}");
         }
+    }
+
+    /// Groq words its refusals with the names in backticks; DashScope's in
+    /// single quotes.
+    #[test]
+    fn reads_groq_style_refusals() {
+        let qwen = "`reasoning_effort` must be one of `none` or `default`";
+        assert_eq!(
+            read_effort_refusal(qwen, Some("high")),
+            Some(EffortRefusal::Takes(vec!["none", "default"]))
+        );
+        assert_eq!(read_effort_refusal(qwen, None), None);
+        let gpt_oss = "`reasoning_effort` must be one of `low`, `medium`, or `high`. Got `none`.";
+        assert_eq!(
+            read_effort_refusal(gpt_oss, Some("none")),
+            Some(EffortRefusal::Takes(vec!["low", "medium", "high"]))
+        );
+        let quoted = "'reasoning_effort' must be one of: 'none', 'minimal', 'low', 'medium', \
+                      'high', 'xhigh'";
+        assert_eq!(
+            read_effort_refusal(quoted, Some("max")),
+            Some(EffortRefusal::Takes(EFFORT_LEVELS.to_vec()))
+        );
+        for llama in [
+            "`reasoning_effort` is not supported with this model",
+            "reasoning_effort is not supported with this model",
+        ] {
+            assert_eq!(
+                read_effort_refusal(llama, Some("low")),
+                Some(EffortRefusal::TakesNone)
+            );
+        }
+        // Other parameters, and lists of other things, are not efforts.
+        for message in [
+            "`temperature` must be one of `0` or `1`",
+            "`reasoning_effort` must be one of `fast` or `slow`",
+            "`reasoning_format` must be one of `hidden`, `raw` or `parsed`",
+            "`service_tier` is not supported with this model",
+        ] {
+            assert_eq!(read_effort_refusal(message, Some("low")), None, "{message}");
+        }
+        // `default` counts as `medium` when the nearest is chosen.
+        let takes = ["none", DEFAULT_LEVEL];
+        assert_eq!(nearest_level("high", &takes), Some("default"));
+        assert_eq!(nearest_level("low", &takes), Some("default"));
+        assert_eq!(nearest_level("none", &takes), Some("none"));
     }
 
     #[test]

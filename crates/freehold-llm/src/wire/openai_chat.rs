@@ -598,6 +598,20 @@ pub struct Dialect {
     /// model refused for them (OpenAI's reasoning models take none) is
     /// learned from its refusal.
     pub max_stop_sequences: Option<usize>,
+    /// Whether a request for no reasoning sends `reasoning_effort:
+    /// "none"` (OpenRouter takes it for every model; Groq's Qwen models
+    /// take it, and its other models say what they take when refused: see
+    /// [`openai_api::read_effort_refusal`]). Off: no effort is sent for
+    /// no reasoning, which most servers refuse or ignore.
+    pub none_for_off: bool,
+}
+
+impl Dialect {
+    /// The `reasoning_effort` to send for `request`
+    /// ([`openai_api::effort_name`]).
+    pub fn effort_name(&self, request: &ChatRequest) -> Option<&'static str> {
+        openai_api::effort_name(request, self.openai_api, self.none_for_off)
+    }
 }
 
 /// Where a Chat Completions server counts a request's input tokens without
@@ -632,6 +646,7 @@ impl Default for Dialect {
             reasoning_in_history: false,
             openai_api: false,
             max_stop_sequences: None,
+            none_for_off: false,
         }
     }
 }
@@ -694,7 +709,7 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
             include_usage: true,
         }),
         response_format: request.response_format.as_ref().map(encode_response_format),
-        reasoning_effort: openai_api::effort_name(request, dialect.openai_api).map(str::to_owned),
+        reasoning_effort: dialect.effort_name(request).map(str::to_owned),
         chat_template_kwargs: (dialect.enable_thinking_kwarg
             && request.reasoning == Some(ReasoningEffort::Off))
         .then(|| json!({"enable_thinking": false})),

@@ -1035,7 +1035,7 @@ pub fn encode_request(request: &ChatRequest, stream: bool, for_openai: bool) -> 
     let tool_choice = tools
         .as_ref()
         .map(|_| encode_tool_choice(&request.tool_choice));
-    let effort = openai_api::effort_name(request, for_openai);
+    let effort = openai_api::effort_name(request, for_openai, false);
     let verbosity = for_openai.then(|| openai_api::verbosity(request)).flatten();
     let mut encoded = ResponsesRequest {
         model: request.model.clone(),
