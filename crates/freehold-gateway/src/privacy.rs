@@ -760,24 +760,25 @@ const BUILTIN_RULES: &[(Detector, &str, Check)] = &[
     // an Azure shared access signature (`sig=`), CloudFront's and Alibaba
     // OSS's `Signature=`, Backblaze B2's download token (`Authorization=`),
     // also with the `&` escaped as HTML and JSON write it, or the link
-    // percent-encoded inside another. These names are common words, so
-    // only a query's parameter counts.
+    // percent-encoded inside another (once or more: `%26`, `%2526`). These
+    // names are common words, so only a query's parameter counts. A value
+    // has no upper bound, so that a long one is redacted whole.
     (
         Detector::PasswordAssignment,
-        r"(?i)(?:[?&]|&amp;|\\u0026|%26|%3f)(?:sig|signature|authorization)(?:=|%3d)(?P<secret>[A-Za-z0-9%+/=_.~-]{16,1024})",
+        r"(?i)(?:[?&]|&amp;|\\u0026|%(?:25)*(?:26|3f))(?:sig|signature|authorization)(?:=|%(?:25)*3d)(?P<secret>[A-Za-z0-9%+/=_.~-]{16,})",
         Check::HeaderCredential,
     ),
     // Names no other text uses, so they count anywhere (whatever comes
     // before them: `&`, `\u0026`, a percent-encoded `%26` or `%2526`, a
-    // quote): in a presigned URL
-    // (S3's and Google Cloud Storage's `X-Amz-Signature=` and
-    // `X-Goog-Signature=`, the session token of one made with temporary
+    // quote): in a presigned URL (S3's and Google Cloud Storage's
+    // `X-Amz-Signature=` and `X-Goog-Signature=`, Alibaba OSS's V4
+    // `x-oss-signature=`, the session token of a link made with temporary
     // credentials, Tencent COS's `q-signature=`) and among the fields of a
     // presigned POST form (`"x-amz-signature": "…"`, as boto3's
     // `generate_presigned_post` returns them).
     (
         Detector::PasswordAssignment,
-        r#"(?i)(?:x-amz-signature|x-goog-signature|x-amz-security-token|q-signature)\\?["']?\s*(?::|=|%3d)\s*\\?["']?(?P<secret>[A-Za-z0-9%+/=_.~-]{16,1024})"#,
+        r#"(?i)(?:x-amz-signature|x-goog-signature|x-oss-signature|x-amz-security-token|q-signature)\\?["']?\s*(?::|=|%(?:25)*3d)\s*\\?["']?(?P<secret>[A-Za-z0-9%+/=_.~-]{16,})"#,
         Check::HeaderCredential,
     ),
     (
@@ -2210,6 +2211,15 @@ mod tests {
              %26sig%3DXo5%252BzRk8Yt3qLm9Pw2vN7bC4dF6gH1jK0sA%253D",
             "https://login.example/?next=https%3A%2F%2Fb.s3.amazonaws.com%2Fk%3FX-Amz-Expires%3D60\
              %26X-Amz-Signature%3D5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",
+            // Encoded twice, as a link inside a link inside a link.
+            "https://a.example/?to=https%253A%252F%252Fb.s3.amazonaws.com%252Fk%253FX-Amz-Expires%253D60\
+             %2526X-Amz-Signature%253D5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",
+            "https://a.example/?to=https%253A%252F%252Facct.blob.core.windows.net%252Fc%253Fsv%253D1\
+             %2526sig%253DXo5zRk8Yt3qLm9Pw2vN7bC4dF6gH1jK0sA",
+            // Alibaba OSS's V4 signature.
+            "https://b.oss-cn-hangzhou.aliyuncs.com/a.pdf?x-oss-signature-version=OSS4-HMAC-SHA256\
+             &x-oss-date=20261207T000000Z&x-oss-expires=3600\
+             &x-oss-signature=2f2b8c0e5d6a7f8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b",
             // CloudFront, Tencent COS, Backblaze B2.
             "https://d111111abcdef8.cloudfront.net/v.mp4?Expires=1765000000\
              &Signature=Nql641NHEUkUaXQHZINK1FZ~SYeUSoBJMxjdgqrzIdzV2gyEXPDNv0pYdWJkflDKJ3xIu7lbwRpSkG98NBlgPi4ZJpRRnVX4kXAJK6tdNx6FucDB7OVqzcxkxHsGFd8VCG1BkC-Afh9~lOCMIYHIaiOB6~5jt9w2EOwi6sIIqrg_&Key-Pair-Id=K2JCJMDEHXQW5F",
@@ -2244,6 +2254,14 @@ mod tests {
         ] {
             assert_clean(text);
         }
+        // A session token of any length is redacted whole.
+        let token = "IQoJb3JpZ2luX2VjEJr".repeat(80);
+        let link = format!("https://b.s3.amazonaws.com/k?X-Amz-Security-Token={token}&x=1");
+        let redacted = privacy().redacted_for_log(&link);
+        assert_eq!(
+            redacted,
+            "https://b.s3.amazonaws.com/k?X-Amz-Security-Token=[REDACTED:password_assignment]&x=1"
+        );
     }
 
     #[test]

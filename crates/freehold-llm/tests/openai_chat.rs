@@ -1905,13 +1905,13 @@ async fn the_stop_string_a_server_names_is_the_stop_sequence() {
                             {"id": "call_1", "type": "function",
                              "function": {"name": "read", "arguments": "{}"}}]}}]}),
     );
-    let last_chunk = |field: &str| {
+    let last_chunk = |field: &str, named: &str| {
         let mut chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
             "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
-        chunk["choices"][0][field] = json!("\nObservation:");
+        chunk["choices"][0][field] = json!(named);
         chunk.to_string()
     };
-    let streamed = |field: &str| {
+    let streamed = |field: &str, named: &str| {
         sse_text(&[
             (
                 "",
@@ -1920,7 +1920,7 @@ async fn the_stop_string_a_server_names_is_the_stop_sequence() {
                     None,
                 ),
             ),
-            ("", &last_chunk(field)),
+            ("", &last_chunk(field, named)),
             ("", "[DONE]"),
         ])
     };
@@ -1932,8 +1932,12 @@ async fn the_stop_string_a_server_names_is_the_stop_sequence() {
         named(json!({"stop_reason": null})),
         named(json!({"matched_stop": "<|im_end|>"})),
         with_call,
-        Scripted::sse(&streamed("stop_reason"), Split::Every(11)),
-        Scripted::sse(&streamed("matched_stop"), Split::Every(11)),
+        Scripted::sse(&streamed("stop_reason", "\nObservation:"), Split::Every(11)),
+        Scripted::sse(
+            &streamed("matched_stop", "\nObservation:"),
+            Split::Every(11),
+        ),
+        Scripted::sse(&streamed("matched_stop", "<|im_end|>"), Split::Every(11)),
     ])
     .await;
     let client = client(&server);
@@ -1952,15 +1956,15 @@ async fn the_stop_string_a_server_names_is_the_stop_sequence() {
         let answer = client.complete(asked.clone()).await.unwrap();
         assert_eq!(answer.stop_reason, expected, "answer {turn}");
     }
-    for _ in ["vLLM", "SGLang"] {
+    let streamed_reasons = [
+        StopReason::StopSequence(Some("\nObservation:".into())),
+        StopReason::StopSequence(Some("\nObservation:".into())),
+        StopReason::EndTurn,
+    ];
+    for expected in streamed_reasons {
         let (events, error) = drain(client.stream(asked.clone()).await.unwrap()).await;
         assert!(error.is_none(), "{error:?}");
-        assert_eq!(
-            events.last(),
-            Some(&StreamEvent::Stop {
-                reason: StopReason::StopSequence(Some("\nObservation:".into()))
-            })
-        );
+        assert_eq!(events.last(), Some(&StreamEvent::Stop { reason: expected }));
     }
 }
 

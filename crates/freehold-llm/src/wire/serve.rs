@@ -436,23 +436,44 @@ pub(crate) fn document_from_file(
 }
 
 /// The text of a file sent as base64, when its media type says it is text
-/// and its bytes are UTF-8: `text/…`, JSON, XML, YAML, TOML, scripts and
-/// other source code, and the structured-syntax suffixes (`…+json`,
-/// `…+xml`, `…+yaml`). As text, every model reads it (few providers take a
-/// document that is not a PDF) and the privacy detectors can look into it.
+/// ([`is_text_media_type`]; parameters such as `; charset=utf-8` aside)
+/// and its bytes are UTF-8 without a NUL (UTF-16 without a byte-order mark
+/// is valid UTF-8 full of NULs). A byte-order mark is dropped. As text,
+/// every model reads it (few providers take a document that is not a PDF)
+/// and the privacy detectors can look into it.
 pub(crate) fn text_of_file(media_type: &str, data: &str) -> Option<String> {
-    if !is_text_media_type(media_type) {
+    let media_type = media_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if !is_text_media_type(&media_type) {
         return None;
     }
-    decode_base64_leniently(data).and_then(|bytes| String::from_utf8(bytes).ok())
+    let text = String::from_utf8(decode_base64_leniently(data)?).ok()?;
+    if text.contains('\0') {
+        return None;
+    }
+    Some(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    })
 }
 
-/// Whether a media type (lowercase, without parameters) names text.
+/// Whether a media type (lowercase, without parameters) names text:
+/// `text/…`; JSON, XML, YAML, TOML, CSV, SQL and source code; keys and
+/// certificates in PEM; the structured-syntax suffixes (`…+json`, `…+xml`,
+/// `…+yaml`); and `application/octet-stream`, what a file of no known type
+/// (`.env`, `id_rsa`, `credentials`) is sent as, read as text only when its
+/// bytes are ([`text_of_file`]).
 fn is_text_media_type(media_type: &str) -> bool {
     const TEXT_APPLICATIONS: &[&str] = &[
         "json",
         "x-ndjson",
+        "ndjson",
         "jsonl",
+        "x-jsonlines",
         "xml",
         "yaml",
         "x-yaml",
@@ -466,15 +487,21 @@ fn is_text_media_type(media_type: &str) -> bool {
         "x-sh",
         "x-shellscript",
         "x-python",
-        "x-python-code",
+        "x-ruby",
+        "x-perl",
+        "x-php",
+        "x-httpd-php",
         "sql",
         "graphql",
-        "x-httpd-php",
         "x-tex",
         "x-latex",
         "csv",
         "x-csv",
         "rtf",
+        "x-pem-file",
+        "pgp-keys",
+        "x-x509-ca-cert",
+        "octet-stream",
     ];
     if media_type.starts_with("text/") {
         return true;
@@ -579,14 +606,27 @@ mod tests {
         }
         for binary in [
             "application/pdf",
-            "application/octet-stream",
             "application/zip",
             "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
         ] {
             assert!(!is_text_media_type(binary), "{binary}");
         }
-        // Text in a text file's media type, but not UTF-8: no text.
+        // Text in a text file's media type, but not UTF-8, or UTF-16
+        // (NULs): no text.
         assert_eq!(text_of_file("text/plain", "//4A"), None);
+        assert_eq!(text_of_file("text/plain", "YQBiAA=="), None);
+        // Parameters aside, any case; a byte-order mark dropped.
+        assert_eq!(
+            text_of_file("Application/JSON; charset=utf-8", "e30="),
+            Some("{}".into())
+        );
+        assert_eq!(text_of_file("text/csv", "77u/YSxi"), Some("a,b".into()));
+        // A file of no known type is text when its bytes are.
+        assert_eq!(
+            text_of_file("application/octet-stream", "S0VZPTE="),
+            Some("KEY=1".into())
+        );
+        assert_eq!(text_of_file("application/octet-stream", "UEsDBAAA"), None);
         assert_eq!(text_of_file("application/json", "e30"), Some("{}".into()));
         assert_eq!(text_of_file("application/pdf", "e30="), None);
     }
