@@ -79,8 +79,8 @@ const FOUR_STOPS: Dialect = Dialect {
 };
 
 /// Groq and OpenRouter: 4 stop sequences, and `reasoning_effort: "none"`
-/// for no reasoning (OpenRouter takes it for every model; Groq's models
-/// that take other values say which when refused).
+/// for no reasoning (OpenRouter maps it to each provider's switch; the
+/// models of either that take other values say so when refused).
 const FOUR_STOPS_NONE_FOR_OFF: Dialect = Dialect {
     none_for_off: true,
     ..FOUR_STOPS

@@ -1690,6 +1690,62 @@ async fn groqs_models_are_sent_the_efforts_their_refusals_name() {
     );
 }
 
+/// OpenRouter takes `none` for no reasoning, but a model it marks as always
+/// reasoning refuses it: that model is sent `minimal` from then on,
+/// streamed or not, and an effort asked of it still goes as asked.
+#[tokio::test]
+async fn openrouters_models_that_must_reason_are_sent_their_least() {
+    let streamed = sse_text(&[
+        (
+            "",
+            &chunk(json!({"role": "assistant", "content": "streamed"}), None),
+        ),
+        ("", &chunk(json!({}), Some("stop"))),
+        ("", "[DONE]"),
+    ]);
+    let server = MockServer::start(vec![
+        groq_refusal("Reasoning is mandatory for this endpoint and cannot be disabled."),
+        Scripted::sse(&streamed, Split::Every(13)),
+        answered("whole"),
+        answered("high"),
+    ])
+    .await;
+    let preset = freehold_llm::presets::preset("openrouter").unwrap();
+    let options = options("openrouter", format!("{}/v1", server.url()));
+    let openrouter = OpenAiChatClient::new(options, preset.dialect).unwrap();
+    let model = "openai/gpt-5.1";
+    let (events, error) = drain(
+        openrouter
+            .stream(asking_for(model, ReasoningEffort::Off))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text_of(&events), "streamed");
+    let whole = openrouter
+        .complete(asking_for(model, ReasoningEffort::Off))
+        .await
+        .unwrap();
+    assert_eq!(whole.message.text(), "whole");
+    let high = openrouter
+        .complete(asking_for(model, ReasoningEffort::High))
+        .await
+        .unwrap();
+    assert_eq!(high.message.text(), "high");
+    let sent: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| {
+            r.json()["reasoning_effort"]
+                .as_str()
+                .unwrap_or("-")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(sent, ["none", "minimal", "minimal", "high"]);
+}
+
 /// OpenAI's refusal of reasoning beside function tools in Chat Completions.
 fn not_beside_tools(model: &str) -> Scripted {
     Scripted::json(

@@ -159,6 +159,10 @@ pub enum EffortRefusal {
 /// - "`reasoning_effort` is not supported with this model" (its models
 ///   that do not reason).
 ///
+/// OpenRouter's, for `none` sent to a model that cannot stop reasoning:
+/// "Reasoning is mandatory for this endpoint and cannot be disabled." (it
+/// takes every other effort).
+///
 /// `None` for any other refusal: one naming another parameter, or a value
 /// other than the one sent. OpenAI words a refusal of `verbosity`'s value
 /// the same way, and its values are effort names too: the caller does not
@@ -179,6 +183,10 @@ pub fn read_effort_refusal(message: &str, sent: Option<&str>) -> Option<EffortRe
     }
     if let Some(refusal) = read_groq_style_refusal(&lower) {
         return sent.and(refusal);
+    }
+    // OpenRouter, for a model that always reasons: every effort but `none`.
+    if lower.starts_with("reasoning is mandatory for this endpoint") {
+        return (sent == Some("none")).then(|| EffortRefusal::Takes(EFFORT_LEVELS[1..].to_vec()));
     }
     // "Unsupported value: '<the value refused>' is not supported…", or
     // "Unsupported value: '<the parameter>' does not support '<value>'…"
@@ -218,7 +226,10 @@ fn read_groq_style_refusal(lower: &str) -> Option<Option<EffortRefusal>> {
         .trim_start_matches(['`', '\'', '"'])
         .strip_prefix("reasoning_effort")?
         .trim_start_matches(['`', '\'', '"']);
-    if name.trim_start().starts_with("is not supported") {
+    if name
+        .trim_start()
+        .starts_with("is not supported with this model")
+    {
         return Some(Some(EffortRefusal::TakesNone));
     }
     let listed = name.trim_start().strip_prefix("must be one of")?;
@@ -261,11 +272,19 @@ pub fn level_index(level: &str) -> usize {
 /// higher (an answer should not reason less than asked for, when it can be
 /// helped).
 pub fn nearest_level(asked: &str, takes: &[&'static str]) -> Option<&'static str> {
+    // Reasoning asked for is never turned off while the model takes any.
+    let off_only_if_asked = |level: &&'static str| {
+        *level != "none" || asked == "none" || takes.iter().all(|taken| *taken == "none")
+    };
     let asked = level_index(asked);
-    takes.iter().copied().min_by_key(|level| {
-        let index = level_index(level);
-        (index.abs_diff(asked), std::cmp::Reverse(index))
-    })
+    takes
+        .iter()
+        .copied()
+        .filter(off_only_if_asked)
+        .min_by_key(|level| {
+            let index = level_index(level);
+            (index.abs_diff(asked), std::cmp::Reverse(index))
+        })
 }
 
 #[cfg(test)]
@@ -428,11 +447,31 @@ mod tests {
         ] {
             assert_eq!(read_effort_refusal(message, Some("low")), None, "{message}");
         }
-        // `default` counts as `medium` when the nearest is chosen.
+        // Not a refusal of the model, but of its use.
+        assert_eq!(
+            read_effort_refusal(
+                "`reasoning_effort` is not supported with `tool_choice` required",
+                Some("low")
+            ),
+            None
+        );
+        // `default` counts as `medium` when the nearest is chosen, and
+        // reasoning asked for is never turned off.
         let takes = ["none", DEFAULT_LEVEL];
         assert_eq!(nearest_level("high", &takes), Some("default"));
         assert_eq!(nearest_level("low", &takes), Some("default"));
+        assert_eq!(nearest_level("minimal", &takes), Some("default"));
         assert_eq!(nearest_level("none", &takes), Some("none"));
+        assert_eq!(nearest_level("low", &["none"]), Some("none"));
+        // OpenRouter's model that must reason takes anything but `none`.
+        let mandatory = "Reasoning is mandatory for this endpoint and cannot be disabled.";
+        assert_eq!(
+            read_effort_refusal(mandatory, Some("none")),
+            Some(EffortRefusal::Takes(vec![
+                "minimal", "low", "medium", "high", "xhigh"
+            ]))
+        );
+        assert_eq!(read_effort_refusal(mandatory, Some("low")), None);
     }
 
     #[test]

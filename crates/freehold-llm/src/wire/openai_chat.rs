@@ -599,8 +599,9 @@ pub struct Dialect {
     /// learned from its refusal.
     pub max_stop_sequences: Option<usize>,
     /// Whether a request for no reasoning sends `reasoning_effort:
-    /// "none"` (OpenRouter takes it for every model; Groq's Qwen models
-    /// take it, and its other models say what they take when refused: see
+    /// "none"` (OpenRouter maps it to each provider's switch, Groq's Qwen
+    /// models take it, and the models of either that cannot stop reasoning
+    /// or take no effort say so when refused: see
     /// [`openai_api::read_effort_refusal`]). Off: no effort is sent for
     /// no reasoning, which most servers refuse or ignore.
     pub none_for_off: bool,

@@ -526,7 +526,8 @@ fn decode_response_format(value: &Value) -> Result<Option<ResponseFormat>, Decod
 }
 
 /// Decodes an OpenAI reasoning effort: `none` is [`ReasoningEffort::Off`],
-/// `xhigh` is [`ReasoningEffort::High`].
+/// `xhigh` (and OpenRouter's `max`) is [`ReasoningEffort::High`], and
+/// Groq's `default` is no effort asked: the model's own.
 pub(crate) fn decode_effort(
     effort: &str,
     field: &str,
@@ -536,10 +537,14 @@ pub(crate) fn decode_effort(
         "minimal" => Ok(Some(ReasoningEffort::Minimal)),
         "low" => Ok(Some(ReasoningEffort::Low)),
         "medium" => Ok(Some(ReasoningEffort::Medium)),
-        "high" | "xhigh" => Ok(Some(ReasoningEffort::High)),
+        "high" | "xhigh" | "max" => Ok(Some(ReasoningEffort::High)),
+        "default" => Ok(None),
         other => Err(DecodeError::invalid(
             field,
-            format!("unknown effort `{other}` (expected none, minimal, low, medium or high)"),
+            format!(
+                "unknown effort `{other}` (expected none, minimal, low, medium, high, xhigh or \
+                 default)"
+            ),
         )),
     }
 }

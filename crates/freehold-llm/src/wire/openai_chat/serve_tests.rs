@@ -611,8 +611,8 @@ fn bad_requests_name_the_field() {
         decode_json(json!({"model": "m", "messages": [], "tool_choice": "sometimes"})).unwrap_err();
     assert_eq!(error.field(), "tool_choice");
 
-    let error =
-        decode_json(json!({"model": "m", "messages": [], "reasoning_effort": "max"})).unwrap_err();
+    let error = decode_json(json!({"model": "m", "messages": [], "reasoning_effort": "maximal"}))
+        .unwrap_err();
     assert_eq!(error.field(), "reasoning_effort");
 
     let error = decode_json(json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}))
@@ -775,6 +775,13 @@ fn no_reasoning_is_asked_for_by_none_or_the_template_switch() {
         reasoning(json!({"chat_template_kwargs": {"enable_thinking": false},
                          "reasoning_effort": "low"})),
         Some(ReasoningEffort::Low)
+    );
+    // Groq's `default` is the model's own effort; OpenRouter's `max` the
+    // highest.
+    assert_eq!(reasoning(json!({"reasoning_effort": "default"})), None);
+    assert_eq!(
+        reasoning(json!({"reasoning_effort": "max"})),
+        Some(ReasoningEffort::High)
     );
 }
 

@@ -608,8 +608,9 @@ fn bad_requests_name_the_field() {
     .unwrap_err();
     assert_eq!(error.field(), "input[0].content[0]");
 
-    let error = decode_json(json!({"model": "m", "input": "x", "reasoning": {"effort": "max"}}))
-        .unwrap_err();
+    let error =
+        decode_json(json!({"model": "m", "input": "x", "reasoning": {"effort": "maximal"}}))
+            .unwrap_err();
     assert_eq!(error.field(), "reasoning.effort");
 }
 
