@@ -230,9 +230,13 @@ impl StreamAssembler {
         let reason = self.stop.take()?;
         self.finished = true;
         self.close_tool_calls();
-        // Providers that report "stop" after a tool call mean "tool use".
+        // Providers that report "stop" after a tool call mean "tool use",
+        // also when they name a stop string (vLLM finishes a forced call
+        // with `stop`): the calls are what the caller must act on.
         let reason = match reason {
-            StopReason::EndTurn if self.has_tool_calls() => StopReason::ToolUse,
+            StopReason::EndTurn | StopReason::StopSequence(_) if self.has_tool_calls() => {
+                StopReason::ToolUse
+            }
             other => other,
         };
         if let Some(usage) = self.usage.take() {
@@ -439,6 +443,37 @@ mod tests {
                     reason: StopReason::ToolUse
                 },
             ]
+        );
+    }
+
+    /// A stop string named beside calls (vLLM finishes a forced call with
+    /// `stop`): the answer is the calls'.
+    #[test]
+    fn calls_end_the_answer_whatever_stopped_its_text() {
+        for reason in [
+            StopReason::EndTurn,
+            StopReason::StopSequence(Some("END".into())),
+        ] {
+            let mut assembler = StreamAssembler::new();
+            let call = assembler.tool_start("c1", "read");
+            assembler.tool_args(call, "{}");
+            assembler.stop(reason);
+            let events = assembler.finish().unwrap();
+            assert_eq!(
+                events.last(),
+                Some(&StreamEvent::Stop {
+                    reason: StopReason::ToolUse
+                })
+            );
+        }
+        let mut assembler = StreamAssembler::new();
+        assembler.text("Thought: add");
+        assembler.stop(StopReason::StopSequence(Some("END".into())));
+        assert_eq!(
+            assembler.finish().unwrap().last(),
+            Some(&StreamEvent::Stop {
+                reason: StopReason::StopSequence(Some("END".into()))
+            })
         );
     }
 

@@ -1246,9 +1246,10 @@ impl WireDecoder<SseEvent> for ChunkDecoder {
                     &choice.matched_stop,
                     &self.sent_stops,
                 );
+                // With calls made, [`StreamAssembler::finish`] makes it
+                // `ToolUse`.
                 out.stop(match stop_reason(reason, matched_stop) {
                     StopReason::EndTurn if self.refused => StopReason::Refusal,
-                    StopReason::StopSequence(_) if out.has_tool_calls() => StopReason::ToolUse,
                     reason => reason,
                 });
             }
