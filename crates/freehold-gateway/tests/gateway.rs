@@ -2963,13 +2963,32 @@ async fn a_local_servers_cloud_models_are_not_local() {
     assert_eq!(served[0].record.provider_model, "qwen3:8b", "{lines:?}");
 }
 
+/// A gateway in front of `upstream` (hosted, as `mock`) whose privacy
+/// policy redacts what the detectors find.
+async fn redacting_gateway(upstream: &freehold_test_support::MockServer) -> Running {
+    use freehold_gateway::privacy::{Action, PrivacySettings};
+
+    let settings = GatewaySettings {
+        privacy: Some(PrivacySettings {
+            action: Action::Redact,
+            ..PrivacySettings::default()
+        }),
+        ..GatewaySettings::default()
+    };
+    start(
+        routes(vec![format!("{}/v1", upstream.url())]),
+        settings,
+        None,
+    )
+    .await
+}
+
 /// A text file sent as bytes (a JSON file attached in either protocol) is
 /// read as its text, so the detectors look into it and a key there is
 /// redacted before the request leaves, as one typed in a message is.
 #[tokio::test]
 async fn a_key_in_an_attached_text_file_is_redacted() {
     use base64::Engine as _;
-    use freehold_gateway::privacy::{Action, PrivacySettings};
     use freehold_test_support::{MockServer, Scripted};
 
     let completion = chat_completion("mock-model", "ok");
@@ -2978,19 +2997,7 @@ async fn a_key_in_an_attached_text_file_is_redacted() {
         Scripted::json(200, completion),
     ])
     .await;
-    let settings = GatewaySettings {
-        privacy: Some(PrivacySettings {
-            action: Action::Redact,
-            ..PrivacySettings::default()
-        }),
-        ..GatewaySettings::default()
-    };
-    let gw = start(
-        routes(vec![format!("{}/v1", upstream.url())]),
-        settings,
-        None,
-    )
-    .await;
+    let gw = redacting_gateway(&upstream).await;
     // An AWS key id, assembled so this file holds none.
     let secret = format!("AKIA{}", "Q7XZ2LMN4PRT8VWY");
     let file = base64::engine::general_purpose::STANDARD
@@ -3019,24 +3026,11 @@ async fn a_key_in_an_attached_text_file_is_redacted() {
 
 #[tokio::test]
 async fn privacy_keeps_requests_local_or_redacts_them() {
-    use freehold_gateway::privacy::{Action, PrivacySettings};
     use freehold_test_support::{MockServer, Scripted};
 
     let completion = chat_completion("mock-model", "ok");
     let upstream = MockServer::start(vec![Scripted::json(200, completion.clone())]).await;
-    let settings = GatewaySettings {
-        privacy: Some(PrivacySettings {
-            action: Action::Redact,
-            ..PrivacySettings::default()
-        }),
-        ..GatewaySettings::default()
-    };
-    let gw = start(
-        routes(vec![format!("{}/v1", upstream.url())]),
-        settings,
-        None,
-    )
-    .await;
+    let gw = redacting_gateway(&upstream).await;
     // An AWS key id, assembled so this file holds none.
     let secret = format!("AKIA{}", "Q7XZ2LMN4PRT8VWY");
     let mut body = chat_body("mock");

@@ -239,24 +239,20 @@ fn the_stop_sequence_that_ended_an_answer_is_named() {
     };
     assert_eq!(encode_response(&unknown, "claude-x").stop_sequence, None);
 
-    let frames = encode_stream(&stopped.to_events(), 0);
-    let delta = frames
-        .iter()
-        .map(json_of)
-        .find(|frame| frame["type"] == "message_delta")
-        .expect("a message_delta");
+    let streamed_delta = |response: &ChatResponse| {
+        encode_stream(&response.to_events(), 0)
+            .iter()
+            .map(json_of)
+            .find(|frame| frame["type"] == "message_delta")
+            .expect("a message_delta")["delta"]
+            .clone()
+    };
     assert_eq!(
-        delta["delta"],
+        streamed_delta(&stopped),
         json!({"stop_reason": "stop_sequence", "stop_sequence": "\nObservation:"})
     );
-    let frames = encode_stream(&unknown.to_events(), 0);
-    let delta = frames
-        .iter()
-        .map(json_of)
-        .find(|frame| frame["type"] == "message_delta")
-        .expect("a message_delta");
     assert_eq!(
-        delta["delta"],
+        streamed_delta(&unknown),
         json!({"stop_reason": "stop_sequence", "stop_sequence": null})
     );
 }
