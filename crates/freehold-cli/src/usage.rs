@@ -138,8 +138,9 @@ async fn list_requests(
     if lines.is_empty() {
         match &args.request_id {
             Some(id) => println!(
-                "no request {id} in the ledger{} (lines written before freehold kept request ids \
-                 have none)",
+                "no request {id} in the ledger{} (a request refused before its key was accepted, \
+                 or sent to no endpoint, is not recorded; lines written before freehold kept \
+                 request ids have none)",
                 args.since
                     .as_ref()
                     .map(|since| format!(" since {since}"))

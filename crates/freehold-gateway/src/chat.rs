@@ -1436,7 +1436,8 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        if path.is_empty() || path == "." {
+        // `?` is the path of an error before any field (the body ended).
+        if path.is_empty() || path == "." || path == "?" {
             GatewayError::bad_request(format!(
                 "the body is not valid JSON for this endpoint: {inner}"
             ))

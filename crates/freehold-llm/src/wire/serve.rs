@@ -438,7 +438,8 @@ pub(crate) fn document_from_file(
 /// The text of a file sent as base64, when its media type says it is text
 /// ([`is_text_media_type`]; parameters such as `; charset=utf-8` aside)
 /// and its bytes are UTF-8 without a NUL (UTF-16 without a byte-order mark
-/// is valid UTF-8 full of NULs). A byte-order mark is dropped. As text,
+/// is valid UTF-8 full of NULs). A byte-order mark is dropped, and a
+/// newline ends it if none does. As text,
 /// every model reads it (few providers take a document that is not a PDF)
 /// and the privacy detectors can look into it.
 pub(crate) fn text_of_file(media_type: &str, data: &str) -> Option<String> {
@@ -455,10 +456,16 @@ pub(crate) fn text_of_file(media_type: &str, data: &str) -> Option<String> {
     if text.contains('\0') {
         return None;
     }
-    Some(match text.strip_prefix('\u{feff}') {
+    let mut text = match text.strip_prefix('\u{feff}') {
         Some(rest) => rest.to_owned(),
         None => text,
-    })
+    };
+    // Its own paragraph: servers that take a message as one string get the
+    // text after it on a line of its own, not glued to its last line.
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Some(text)
 }
 
 /// Whether a media type (lowercase, without parameters) names text:
@@ -618,16 +625,17 @@ mod tests {
         // Parameters aside, any case; a byte-order mark dropped.
         assert_eq!(
             text_of_file("Application/JSON; charset=utf-8", "e30="),
-            Some("{}".into())
+            Some("{}\n".into())
         );
-        assert_eq!(text_of_file("text/csv", "77u/YSxi"), Some("a,b".into()));
+        assert_eq!(text_of_file("text/csv", "77u/YSxi"), Some("a,b\n".into()));
         // A file of no known type is text when its bytes are.
         assert_eq!(
             text_of_file("application/octet-stream", "S0VZPTE="),
-            Some("KEY=1".into())
+            Some("KEY=1\n".into())
         );
         assert_eq!(text_of_file("application/octet-stream", "UEsDBAAA"), None);
-        assert_eq!(text_of_file("application/json", "e30"), Some("{}".into()));
+        assert_eq!(text_of_file("application/json", "e30"), Some("{}\n".into()));
+        assert_eq!(text_of_file("text/plain", "YQo="), Some("a\n".into()));
         assert_eq!(text_of_file("application/pdf", "e30="), None);
     }
 

@@ -675,7 +675,7 @@ fn a_text_files_bytes_are_its_text() {
         assert_eq!(
             request.messages[0].content,
             vec![ContentPart::Text {
-                text: "config\n\n{\"port\": 8080}".into()
+                text: "config\n\n{\"port\": 8080}\n".into()
             }],
             "{media_type}"
         );
