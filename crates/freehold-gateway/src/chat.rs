@@ -350,7 +350,9 @@ fn apply_privacy(
         .is_some_and(|reasons| reasons.findings.in_text());
     match decision {
         Decision::Pass => {}
-        Decision::LocalOnly { .. } => return keep_local(&request.model, targets, routes),
+        Decision::LocalOnly { reasons } => {
+            return keep_local(&request.model, targets, routes, Some(&reasons));
+        }
         Decision::Redacted {
             request: redacted, ..
         } => {
@@ -709,11 +711,14 @@ pub(crate) fn leaves_the_machine(targets: &[Target], routes: &Routes) -> bool {
 
 /// Narrows a local-only request for `model` to the local targets of its
 /// route, in their order (a fallback chain keeps its local fallbacks):
-/// returns them when that left some out.
+/// returns them when that left some out. `reasons`, the policy's, say in
+/// the 403 of a route with no local target why a request the policy would
+/// have redacted stays local.
 pub(crate) fn keep_local(
     model: &str,
     targets: &[Target],
     routes: &Routes,
+    reasons: Option<&Reasons>,
 ) -> Result<Option<Vec<Target>>, GatewayError> {
     let local: Vec<Target> = targets
         .iter()
@@ -727,8 +732,9 @@ pub(crate) fn keep_local(
             Ok(Some(local))
         }
         None => Err(GatewayError::forbidden(format!(
-            "this request must stay on this machine, but model `{}` only routes to models \
+            "this request must stay on this machine{}, but model `{}` only routes to models \
              that run off it ({}); ask for a local model",
+            unredactable(reasons),
             model,
             targets
                 .iter()
@@ -737,6 +743,25 @@ pub(crate) fn keep_local(
                 .join(", ")
         ))),
     }
+}
+
+/// Why a request under a `redact` policy stays local: what was found where
+/// redaction cannot reach (an image's URL, a document's title or URL, which
+/// would no longer lead to the file if rewritten). Empty otherwise.
+fn unredactable(reasons: Option<&Reasons>) -> String {
+    let Some(reasons) = reasons.filter(|reasons| reasons.redaction_incomplete) else {
+        return String::new();
+    };
+    let findings = &reasons.findings;
+    let where_and_what = if findings.in_image_url() {
+        "an image's URL, which is not rewritten: send the image's bytes instead of its URL"
+    } else if findings.in_document_name() {
+        "a document's title or URL, which is not rewritten: rename the document, or send its \
+         bytes"
+    } else {
+        "a place it cannot be redacted"
+    };
+    format!(" (the privacy policy found sensitive data, {findings}, in {where_and_what})")
 }
 
 impl Admitted {

@@ -1592,6 +1592,24 @@ async fn a_presigned_image_link_is_found_and_blocked() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+
+    // Under `redact`, the link cannot be rewritten: the request stays
+    // local, and a model with no local route says why.
+    let redacting = redacting_gateway_for(upstream.base_url()).await;
+    let (status, body, _) = post(
+        &redacting.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &with_image(presigned),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("must stay on this machine"), "{message}");
+    assert!(message.contains("in an image's URL"), "{message}");
+    assert!(message.contains("send the image's bytes"), "{message}");
+    assert!(!message.contains("Xo5"), "{message}");
+    assert_eq!(upstream.requests(), 1);
 }
 
 /// A client asking for no reasoning (Chat Completions' `none`, the Anthropic
@@ -2979,6 +2997,11 @@ async fn a_local_servers_cloud_models_are_not_local() {
 /// A gateway in front of `upstream` (hosted, as `mock`) whose privacy
 /// policy redacts what the detectors find.
 async fn redacting_gateway(upstream: &freehold_test_support::MockServer) -> Running {
+    redacting_gateway_for(format!("{}/v1", upstream.url())).await
+}
+
+/// [`redacting_gateway`] in front of the upstream at `base_url`.
+async fn redacting_gateway_for(base_url: String) -> Running {
     use freehold_gateway::privacy::{Action, PrivacySettings};
 
     let settings = GatewaySettings {
@@ -2988,12 +3011,7 @@ async fn redacting_gateway(upstream: &freehold_test_support::MockServer) -> Runn
         }),
         ..GatewaySettings::default()
     };
-    start(
-        routes(vec![format!("{}/v1", upstream.url())]),
-        settings,
-        None,
-    )
-    .await
+    start(routes(vec![base_url]), settings, None).await
 }
 
 /// A text file sent as bytes (a JSON file attached in either protocol) is

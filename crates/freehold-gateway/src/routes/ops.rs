@@ -423,8 +423,8 @@ async fn admit_embeddings(
     let mut narrowed = None;
     match decision {
         Decision::Pass => {}
-        Decision::LocalOnly { .. } => {
-            narrowed = keep_local(&request.model, &targets, routes)?;
+        Decision::LocalOnly { reasons } => {
+            narrowed = keep_local(&request.model, &targets, routes, Some(&reasons))?;
         }
         Decision::Redacted {
             request: redacted, ..
