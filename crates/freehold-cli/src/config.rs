@@ -1,8 +1,9 @@
 //! Loading the configuration file(s): layering, merging and errors that name
 //! the file, the line and the key.
 //!
-//! Layers, later winning: `~/.config/freehold/config.toml` (or
-//! `$FREEHOLD_HOME/config.toml`), then the nearest `.freehold/config.toml`
+//! Layers, later winning: the user's file ([`config_dir`]:
+//! `$FREEHOLD_HOME`, else `$XDG_CONFIG_HOME/freehold`, else
+//! `~/.config/freehold`), then the nearest `.freehold/config.toml`
 //! from the working directory up; then `FREEHOLD_*` variables; then flags.
 //! `--config FILE` or `FREEHOLD_CONFIG=FILE` replaces the two file layers
 //! with that one file.
@@ -191,7 +192,7 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
 
 /// The user's configuration directory.
 pub(crate) fn config_dir() -> Option<PathBuf> {
-    if let Some(home) = std::env::var_os("FREEHOLD_HOME") {
+    if let Some(home) = std::env::var_os("FREEHOLD_HOME").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(home));
     }
     if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {

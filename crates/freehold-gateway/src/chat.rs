@@ -351,7 +351,7 @@ fn apply_privacy(
     match decision {
         Decision::Pass => {}
         Decision::LocalOnly { reasons } => {
-            return keep_local(&request.model, targets, routes, Some(&reasons));
+            return keep_local(&request.model, targets, routes, &reasons);
         }
         Decision::Redacted {
             request: redacted, ..
@@ -718,7 +718,7 @@ pub(crate) fn keep_local(
     model: &str,
     targets: &[Target],
     routes: &Routes,
-    reasons: Option<&Reasons>,
+    reasons: &Reasons,
 ) -> Result<Option<Vec<Target>>, GatewayError> {
     let local: Vec<Target> = targets
         .iter()
@@ -748,20 +748,30 @@ pub(crate) fn keep_local(
 /// Why a request under a `redact` policy stays local: what was found where
 /// redaction cannot reach (an image's URL, a document's title or URL, which
 /// would no longer lead to the file if rewritten). Empty otherwise.
-fn unredactable(reasons: Option<&Reasons>) -> String {
-    let Some(reasons) = reasons.filter(|reasons| reasons.redaction_incomplete) else {
+fn unredactable(reasons: &Reasons) -> String {
+    if !reasons.redaction_incomplete {
         return String::new();
-    };
-    let findings = &reasons.findings;
-    let where_and_what = if findings.in_image_url() {
-        "an image's URL, which is not rewritten: send the image's bytes instead of its URL"
-    } else if findings.in_document_name() {
-        "a document's title or URL, which is not rewritten: rename the document, or send its \
-         bytes"
-    } else {
-        "a place it cannot be redacted"
-    };
-    format!(" (the privacy policy found sensitive data, {findings}, in {where_and_what})")
+    }
+    let found = reasons.findings.unredactable();
+    let mut places = Vec::new();
+    if found.in_image_url() {
+        places.push(
+            "an image's URL, which is not rewritten: send the image's bytes instead of its URL",
+        );
+    }
+    if found.in_document_name() {
+        places.push(
+            "a document's title or URL, which is not rewritten: rename the document, or send \
+             its bytes",
+        );
+    }
+    if places.is_empty() {
+        return " (the privacy policy found sensitive data it could not redact)".to_owned();
+    }
+    format!(
+        " (the privacy policy found sensitive data, {found}, in {})",
+        places.join("; and in ")
+    )
 }
 
 impl Admitted {
@@ -1459,9 +1469,11 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        // `?` stands for a field not reached (the body ended): the path is
+        // the fields around it.
         let path = error.path().to_string();
+        let path = path.strip_suffix(".?").unwrap_or(&path).to_owned();
         let inner = error.into_inner();
-        // `?` is the path of an error before any field (the body ended).
         if path.is_empty() || path == "." || path == "?" {
             GatewayError::bad_request(format!(
                 "the body is not valid JSON for this endpoint: {inner}"

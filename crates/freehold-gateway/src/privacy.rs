@@ -454,6 +454,24 @@ impl Findings {
             .any(|finding| finding.location.field == Field::Document)
     }
 
+    /// The findings where redaction does not reach: an image's URL, a
+    /// document's title or URL (neither is rewritten).
+    pub fn unredactable(&self) -> Findings {
+        Findings {
+            items: self
+                .items
+                .iter()
+                .filter(|finding| {
+                    matches!(
+                        finding.location.field,
+                        Field::ImageUrl | Field::DocumentName
+                    )
+                })
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// Whether any finding is in a document's title or URL.
     pub fn in_document_name(&self) -> bool {
         self.items

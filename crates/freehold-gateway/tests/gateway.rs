@@ -2432,19 +2432,30 @@ async fn malformed_requests_get_the_protocols_own_errors() {
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
-    // A body cut short names no field it never reached.
-    let response = client
-        .post(format!("{}/v1/messages", gw.url))
-        .header("x-api-key", MASTER)
-        .header("content-type", "application/json")
-        .body(r#"{"model": "mock""#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let body: Value = response.json().await.unwrap();
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.starts_with("the body is not valid JSON"), "{body}");
+    // A body cut short names no field it never reached: at the top, none;
+    // inside a message, the message.
+    let cut_short = [
+        (r#"{"model": "mock""#, "the body is not valid JSON"),
+        (
+            r#"{"model": "mock", "messages": [{"role": "user", "#,
+            "invalid request body at `messages[0]`",
+        ),
+    ];
+    for (cut, expected) in cut_short {
+        let response = client
+            .post(format!("{}/v1/messages", gw.url))
+            .header("x-api-key", MASTER)
+            .header("content-type", "application/json")
+            .body(cut)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(expected), "{body}");
+        assert!(!message.contains('?'), "{body}");
+    }
     // The wrong content type.
     let response = client
         .post(format!("{}/v1/chat/completions", gw.url))

@@ -265,7 +265,7 @@ fn openai_shaped_files_are_read_by_their_type() {
     assert_eq!(
         content[1],
         ContentPart::Text {
-            text: "n.txt\n\nnotes".into()
+            text: "n.txt\n\nnotes\n".into()
         }
     );
     assert_eq!(

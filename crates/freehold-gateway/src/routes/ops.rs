@@ -424,7 +424,7 @@ async fn admit_embeddings(
     match decision {
         Decision::Pass => {}
         Decision::LocalOnly { reasons } => {
-            narrowed = keep_local(&request.model, &targets, routes, Some(&reasons))?;
+            narrowed = keep_local(&request.model, &targets, routes, &reasons)?;
         }
         Decision::Redacted {
             request: redacted, ..

@@ -462,7 +462,7 @@ pub(crate) fn text_of_file(media_type: &str, data: &str) -> Option<String> {
     };
     // Its own paragraph: servers that take a message as one string get the
     // text after it on a line of its own, not glued to its last line.
-    if !text.ends_with('\n') {
+    if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
     Some(text)
@@ -636,6 +636,7 @@ mod tests {
         assert_eq!(text_of_file("application/octet-stream", "UEsDBAAA"), None);
         assert_eq!(text_of_file("application/json", "e30"), Some("{}\n".into()));
         assert_eq!(text_of_file("text/plain", "YQo="), Some("a\n".into()));
+        assert_eq!(text_of_file("text/plain", ""), Some(String::new()));
         assert_eq!(text_of_file("application/pdf", "e30="), None);
     }
 
