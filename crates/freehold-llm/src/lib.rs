@@ -11,6 +11,8 @@
 //! - the SSE and NDJSON decoders ([`sse`], [`ndjson`]);
 //! - stop sequences a provider cannot be sent, applied to its answer
 //!   ([`stop`]);
+//! - reasoning a model writes into its text between `<think>` tags, moved
+//!   to reasoning where the server left it there ([`think`]);
 //! - [`secret::ApiKey`], which never prints itself.
 //!
 //! What it must not do: know about agents, terminals or HTTP servers. The
@@ -42,6 +44,7 @@ pub mod secret;
 pub mod sse;
 pub mod stop;
 pub mod text_tools;
+pub mod think;
 pub mod wire;
 
 pub use balance::{HealthSettings, ReplicaSet};

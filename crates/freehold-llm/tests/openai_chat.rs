@@ -1623,6 +1623,55 @@ async fn a_model_that_takes_no_effort_is_sent_none_and_other_refusals_stand() {
     assert_eq!(sent[2]["reasoning_effort"], "low");
 }
 
+/// A server that leaves a reasoning model's thinking in its text (vLLM
+/// without a reasoning parser, Groq's `raw` format) has it moved to
+/// reasoning, streamed and whole; OpenAI's own API is taken at its word.
+#[tokio::test]
+async fn thinking_left_in_the_text_is_reasoning() {
+    let streamed = sse_text(&[
+        (
+            "",
+            &chunk(
+                json!({"role": "assistant", "content": "<think>\nAdd th"}),
+                None,
+            ),
+        ),
+        ("", &chunk(json!({"content": "em.</thi"}), None)),
+        ("", &chunk(json!({"content": "nk>\n\nIt is 5."}), None)),
+        ("", &chunk(json!({}), Some("stop"))),
+        ("", "[DONE]"),
+    ]);
+    let thought = "<think>\nAdd them.</think>\n\nIt is 5.";
+    let server = MockServer::start(vec![
+        Scripted::sse(&streamed, Split::Every(17)),
+        answered(thought),
+        answered(thought),
+    ])
+    .await;
+    let client = client(&server);
+    let (events, error) = drain(client.stream(request()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_well_ordered(&events);
+    let answer = collect_stream(
+        "t",
+        Box::pin(futures::stream::iter(events.into_iter().map(Ok))),
+    )
+    .await
+    .unwrap();
+    let whole = client.complete(request()).await.unwrap();
+    for answer in [answer, whole] {
+        assert_eq!(answer.message.text(), "It is 5.");
+        assert!(
+            matches!(&answer.message.content[0], ContentPart::Reasoning(r) if r.text == "Add them."),
+            "{:?}",
+            answer.message.content
+        );
+    }
+    let openai = openai_api_client(&server);
+    let answer = openai.complete(request()).await.unwrap();
+    assert_eq!(answer.message.text(), thought);
+}
+
 /// Groq's refusal of an effort, in its words.
 fn groq_refusal(message: &str) -> Scripted {
     Scripted::json(

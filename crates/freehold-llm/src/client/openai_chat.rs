@@ -18,6 +18,7 @@ use crate::client::{ClientOptions, KeyHeader, post_to_optional_endpoint};
 use crate::http::{Response, Transport};
 use crate::provider::{EventStream, Provider, check_embed_request};
 use crate::stop::LocalStops;
+use crate::think;
 use crate::wire::embeddings::{self, OpenAiEmbeddingsResponse};
 use crate::wire::openai_api;
 use crate::wire::openai_chat::{
@@ -553,7 +554,11 @@ impl Provider for OpenAiChatClient {
         let events = self.transport.sse_stream(response);
         // `request.stop` is what was sent: `stops` are the others.
         let decoder = ChunkDecoder::new(self.options.name.clone()).with_sent_stops(request.stop);
-        let events = self.transport.decode_stream(events, decoder);
+        let mut events = self.transport.decode_stream(events, decoder);
+        // OpenAI's models never write their reasoning into the text.
+        if !self.dialect.openai_api {
+            events = think::split_stream(events);
+        }
         Ok(stops.apply_to_stream(events))
     }
 
@@ -570,6 +575,10 @@ impl Provider for OpenAiChatClient {
         };
         let response: CompletionResponse = self.transport.read_json_as(response).await?;
         let mut answer = openai_chat::decode_response(&self.options.name, response, &request.stop)?;
+        // OpenAI's models never write their reasoning into the text.
+        if !self.dialect.openai_api {
+            think::split_response(&mut answer);
+        }
         stops.apply_to_response(&mut answer);
         Ok(answer)
     }
