@@ -1,12 +1,12 @@
 //! Reasoning a model writes into its answer's text between `<think>` and
 //! `</think>`, moved to reasoning.
 //!
-//! Reasoning models (Qwen3, DeepSeek-R1 and their distills, QwQ) open their
-//! answer with their thinking in these tags. Servers that know the model
-//! take it out and send it as reasoning (llama.cpp's server by default,
-//! vLLM and SGLang with a reasoning parser, Ollama's own API); others leave
-//! it in the text (vLLM without a parser, Groq's `raw` format, some hosted
-//! APIs), and so does the embedded engine. A client of the gateway would
+//! Reasoning models whose chat template leaves the tag to them (Qwen3's
+//! hybrid models) open their answer with their thinking in these tags.
+//! Servers that know the model take it out and send it as reasoning
+//! (llama.cpp's server by default, vLLM and SGLang with a reasoning parser,
+//! Ollama's own API); others leave it in the text (vLLM without a parser,
+//! Groq's `raw` format, some hosted APIs). A client of the gateway would
 //! then show the model's thinking as its answer, and a coding agent would
 //! read it as one. Here the tags are read only where such a model writes
 //! them: at the very start of the answer (after blanks), before any
@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use freehold_protocol::{ChatResponse, ContentPart, LlmError, Reasoning, StreamEvent};
+use freehold_protocol::{ChatResponse, ContentPart, LlmError, Reasoning, StopReason, StreamEvent};
 use futures::{Stream, StreamExt};
 
 use crate::provider::EventStream;
@@ -30,6 +30,10 @@ const CLOSE: &str = "</think>";
 /// reasoning part before it. An answer with reasoning of its own is left
 /// as it is.
 pub fn split_response(response: &mut ChatResponse) {
+    // A refusal's text is left whole, as the stream leaves it.
+    if response.stop_reason == StopReason::Refusal {
+        return;
+    }
     let content = &mut response.message.content;
     if content
         .iter()
@@ -47,23 +51,27 @@ pub fn split_response(response: &mut ChatResponse) {
         Some((thinking, answer)) => (thinking, answer.trim_start()),
         None => (inside, ""),
     };
-    let reasoning = ContentPart::Reasoning(Reasoning {
-        text: thinking.trim_start().to_owned(),
-        ..Reasoning::default()
+    // Empty thinking (Qwen3 told `/no_think`) is no reasoning, as the
+    // stream sends none for it.
+    let thinking = thinking.trim_start();
+    let reasoning = (!thinking.is_empty()).then(|| {
+        ContentPart::Reasoning(Reasoning {
+            text: thinking.to_owned(),
+            ..Reasoning::default()
+        })
     });
     let answer = answer.to_owned();
-    if answer.is_empty() {
-        content[0] = reasoning;
-    } else {
-        content[0] = ContentPart::Text { text: answer };
-        content.insert(0, reasoning);
+    let mut parts: Vec<ContentPart> = reasoning.into_iter().collect();
+    if !answer.is_empty() {
+        parts.push(ContentPart::Text { text: answer });
     }
+    content.splice(0..1, parts);
 }
 
 /// `stream` with the reasoning at the start of its text sent as reasoning.
 pub fn split_stream(stream: EventStream) -> EventStream {
     Box::pin(ThinkStream {
-        inner: stream,
+        inner: Some(stream),
         phase: Phase::Start,
         held: String::new(),
         reasoning_started: false,
@@ -86,7 +94,8 @@ enum Phase {
 }
 
 struct ThinkStream {
-    inner: EventStream,
+    /// The answer's events; `None` once they ended.
+    inner: Option<EventStream>,
     phase: Phase,
     /// Text not yet sent on.
     held: String,
@@ -100,7 +109,11 @@ impl ThinkStream {
     fn handle(&mut self, event: StreamEvent) {
         match event {
             StreamEvent::TextDelta { text } if self.phase != Phase::Answer => {
-                self.held.push_str(&text);
+                if self.held.is_empty() {
+                    self.held = text;
+                } else {
+                    self.held.push_str(&text);
+                }
                 self.advance();
             }
             // Counts so far and the answer's start say nothing of the text.
@@ -210,16 +223,26 @@ impl Stream for ThinkStream {
             if let Some(item) = this.ready.pop_front() {
                 return Poll::Ready(Some(item));
             }
-            match this.inner.poll_next_unpin(cx) {
+            let Some(inner) = &mut this.inner else {
+                return Poll::Ready(None);
+            };
+            // The answer's text goes on as it comes: nothing is held then.
+            if this.phase == Phase::Answer {
+                let next = std::task::ready!(inner.poll_next_unpin(cx));
+                if next.is_none() {
+                    this.inner = None;
+                }
+                return Poll::Ready(next);
+            }
+            match inner.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(event))) => this.handle(event),
                 Poll::Ready(Some(Err(error))) => {
                     this.flush();
                     this.ready.push_back(Err(error));
                 }
                 Poll::Ready(None) => {
+                    this.inner = None;
                     this.flush();
-                    this.phase = Phase::Answer;
-                    return Poll::Ready(this.ready.pop_front());
                 }
                 Poll::Pending => return Poll::Pending,
             }
@@ -291,6 +314,32 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn byte_by_byte_pieces_and_the_end_of_the_stream() {
+        let whole = "<think>é</think>ok";
+        let mut events: Vec<StreamEvent> = whole.chars().map(|c| text(&c.to_string())).collect();
+        events.push(StreamEvent::UsageSoFar(Usage::default()));
+        events.push(stop());
+        assert_eq!(
+            joined(run(events).await),
+            vec![
+                reasoning("é"),
+                text("ok"),
+                StreamEvent::UsageSoFar(Usage::default()),
+                stop()
+            ]
+        );
+        // A stream that ended is not polled again.
+        let stream: EventStream = Box::pin(futures::stream::iter(vec![Ok(text("<thi"))]));
+        let mut split = split_stream(stream);
+        assert!(matches!(
+            split.next().await,
+            Some(Ok(StreamEvent::TextDelta { .. }))
+        ));
+        assert!(split.next().await.is_none());
+        assert!(split.next().await.is_none());
     }
 
     #[tokio::test]
@@ -377,6 +426,18 @@ mod tests {
         let mut cut_off = answer(vec![said("<think>Let me")]);
         split_response(&mut cut_off);
         assert_eq!(cut_off.message.content, vec![thinking("Let me")]);
+
+        // Empty thinking is no reasoning.
+        let mut no_think = answer(vec![said("<think>\n\n</think>\n\nHi")]);
+        split_response(&mut no_think);
+        assert_eq!(no_think.message.content, vec![said("Hi")]);
+
+        // A refusal is left whole.
+        let mut refused = answer(vec![said("<think>no</think>No.")]);
+        refused.stop_reason = StopReason::Refusal;
+        let untouched = refused.clone();
+        split_response(&mut refused);
+        assert_eq!(refused, untouched);
 
         for content in [
             vec![said("The <think> tag")],

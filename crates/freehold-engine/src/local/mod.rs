@@ -328,17 +328,14 @@ impl Provider for LocalProvider {
         })
         .await
         .map_err(|e| error(ErrorKind::Server, e))??;
-        let generated = generate::spawn(
+        Ok(generate::spawn(
             prepared,
             generate::Shared {
                 backend: backend()?,
                 slots: Arc::clone(&self.inner.slots),
                 active: Arc::clone(&self.inner.active),
             },
-        );
-        // Reasoning models (Qwen3, DeepSeek-R1's distills) think in
-        // `<think>` tags at the start of their text.
-        Ok(freehold_llm::think::split_stream(generated))
+        ))
     }
 
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
