@@ -228,8 +228,13 @@ pub fn held_prefix(text: &str, sequence: &str) -> usize {
 enum Matched {
     /// Text that can be shown (possibly empty: all of it waits).
     Text(String),
-    /// A stop sequence (the second), after this text: the answer ends.
-    Stop(String, String),
+    /// A stop sequence: the answer ends.
+    Stop {
+        /// The text before it, still to be shown.
+        before: String,
+        /// The sequence.
+        sequence: String,
+    },
 }
 
 /// Finds stop sequences in text that comes in pieces.
@@ -253,7 +258,10 @@ impl Matcher {
         if let Some((at, sequence)) = first_match(&self.held, &self.sequences) {
             let sequence = sequence.to_owned();
             self.held.truncate(at);
-            return Matched::Stop(std::mem::take(&mut self.held), sequence);
+            return Matched::Stop {
+                before: std::mem::take(&mut self.held),
+                sequence,
+            };
         }
         let hold = self
             .sequences
@@ -307,7 +315,7 @@ impl StopStream {
             Ok(StreamEvent::TextDelta { text }) if !self.refusal => {
                 match self.matcher.push(&text) {
                     Matched::Text(text) => self.show(&text),
-                    Matched::Stop(text, sequence) => self.cut(&text, sequence),
+                    Matched::Stop { before, sequence } => self.cut(&before, sequence),
                 }
                 return;
             }
@@ -491,7 +499,10 @@ mod tests {
         assert_eq!(matcher.push("N"), Matched::Text(String::new()));
         assert_eq!(
             matcher.push("D and more"),
-            Matched::Stop(String::new(), "END".into())
+            Matched::Stop {
+                before: String::new(),
+                sequence: "END".into()
+            }
         );
     }
 
@@ -505,7 +516,10 @@ mod tests {
         assert_eq!(matcher.release(), None);
         assert_eq!(
             matcher.push("é\nObservation: 4"),
-            Matched::Stop("é".into(), "\nObservation:".into())
+            Matched::Stop {
+                before: "é".into(),
+                sequence: "\nObservation:".into()
+            }
         );
     }
 
