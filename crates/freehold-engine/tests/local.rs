@@ -211,3 +211,123 @@ async fn counts_the_prompt_as_a_generation_reads_it() {
     .unwrap_err();
     assert_eq!(error.kind, ErrorKind::NotFound);
 }
+
+/// A thinking template of the kind DeepSeek-R1's distilled models and QwQ
+/// have, in short: the generation prompt opens `<think>`; told
+/// `enable_thinking` false, it closes it again (Qwen3's switch); an
+/// assistant turn shows the reasoning sent back with it.
+const THINKING_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n\
+{% if m.reasoning_content is string %}<think>{{ m.reasoning_content }}</think>{% endif %}\
+{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n<think>\n\
+{% if enable_thinking is defined and enable_thinking is false %}</think>\n{% endif %}";
+
+/// A copy of SmolLM2 whose chat template is `template`, written over the
+/// old one in place (padded with a Jinja comment to the same length, so
+/// the tensors' offsets do not move).
+fn with_template(path: &std::path::Path, template: &str) -> PathBuf {
+    const KEY: &[u8] = b"tokenizer.chat_template";
+    const STRING_TYPE: u32 = 8;
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes
+        .windows(KEY.len())
+        .position(|window| window == KEY)
+        .expect("SmolLM2 has a chat template")
+        + KEY.len();
+    let value_type = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    assert_eq!(value_type, STRING_TYPE);
+    let length = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap()) as usize;
+    let padding = length
+        .checked_sub(template.len() + 4)
+        .expect("the new template fits in the old one's place");
+    let new = format!("{template}{{#{}#}}", " ".repeat(padding));
+    bytes[at + 12..at + 12 + length].copy_from_slice(new.as_bytes());
+    let copy = std::env::temp_dir().join(format!("freehold-thinking-{}.gguf", std::process::id()));
+    std::fs::write(&copy, bytes).unwrap();
+    copy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thinking_in_tags_is_reasoning_and_reasoning_reaches_the_template() {
+    let Some(path) = model_path() else { return };
+    let thinking_model = with_template(&path, THINKING_TEMPLATE);
+    let is_reasoning = |event: &StreamEvent| matches!(event, StreamEvent::ReasoningDelta { .. });
+
+    // The prompt opened `<think>`: what the model writes is its thinking
+    // (SmolLM2 never closes it, so all of it).
+    let thinking = bounded(events(request(&thinking_model, "What is 2 + 2?"))).await;
+    let reasoning: String = thinking
+        .iter()
+        .filter_map(|event| match event {
+            StreamEvent::ReasoningDelta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(!reasoning.trim().is_empty(), "{thinking:?}");
+    assert!(!reasoning.contains("<think>"), "{reasoning:?}");
+    assert_eq!(text_of(&thinking), "", "{thinking:?}");
+    assert!(
+        matches!(
+            thinking.last(),
+            Some(StreamEvent::Stop {
+                reason: StopReason::EndTurn | StopReason::MaxTokens
+            })
+        ),
+        "{thinking:?}"
+    );
+
+    // Reasoning turned off: the template closes the thinking, and the
+    // model's text is its answer.
+    let mut off = request(&thinking_model, "What is 2 + 2?");
+    off.reasoning = Some(freehold_protocol::ReasoningEffort::Off);
+    let answered = bounded(events(off)).await;
+    assert!(!text_of(&answered).trim().is_empty(), "{answered:?}");
+    assert!(!answered.iter().any(is_reasoning), "{answered:?}");
+
+    // A whole answer is split the same way.
+    let whole = bounded(provider().complete(request(&thinking_model, "What is 2 + 2?")))
+        .await
+        .unwrap();
+    let whole_reasoning: String = whole
+        .message
+        .content
+        .iter()
+        .filter_map(|part| match part {
+            freehold_protocol::ContentPart::Reasoning(thought) => Some(thought.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(whole_reasoning.trim(), reasoning.trim());
+    assert_eq!(whole.message.text(), "");
+
+    // Reasoning sent back with an earlier turn is rendered: the prompt
+    // grows by it.
+    let conversation = |reasoning: &str| {
+        let mut earlier = Message::assistant("4");
+        earlier.content.insert(
+            0,
+            freehold_protocol::ContentPart::Reasoning(freehold_protocol::Reasoning {
+                text: reasoning.into(),
+                ..Default::default()
+            }),
+        );
+        let mut asked = request(&thinking_model, "What is 2 + 2?");
+        asked.messages.push(earlier);
+        asked.messages.push(Message::user("And 3 + 3?"));
+        asked
+    };
+    let without = bounded(provider().count_input_tokens(conversation("")))
+        .await
+        .unwrap()
+        .unwrap();
+    let with = bounded(provider().count_input_tokens(conversation(
+        "Two and two make four, as counting on fingers shows.",
+    )))
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        with > without + 8,
+        "{with} tokens with reasoning, {without} without"
+    );
+    let _ = std::fs::remove_file(&thinking_model);
+}

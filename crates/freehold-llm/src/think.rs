@@ -12,6 +12,12 @@
 //! them: at the very start of the answer (after blanks), before any
 //! reasoning the server sent itself. An answer cut off inside the tags
 //! (`max_tokens`) is all reasoning, as the server's parsers make it.
+//!
+//! Some templates open the tag themselves, at the end of the prompt
+//! (DeepSeek-R1's distilled models, QwQ, Qwen3's thinking-only models): the
+//! answer then starts inside the thinking and shows only `</think>`. Only
+//! a caller that sees the prompt knows this (the embedded engine), and it
+//! says so with [`split_stream_opened`].
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -70,9 +76,20 @@ pub fn split_response(response: &mut ChatResponse) {
 
 /// `stream` with the reasoning at the start of its text sent as reasoning.
 pub fn split_stream(stream: EventStream) -> EventStream {
+    split(stream, Phase::Start)
+}
+
+/// `stream` of an answer whose prompt ended with `<think>`: its text is
+/// reasoning up to `</think>` (a `<think>` the model writes again at the
+/// start is dropped), then the answer.
+pub fn split_stream_opened(stream: EventStream) -> EventStream {
+    split(stream, Phase::StartInside)
+}
+
+fn split(stream: EventStream, phase: Phase) -> EventStream {
     Box::pin(ThinkStream {
         inner: Some(stream),
-        phase: Phase::Start,
+        phase,
         held: String::new(),
         reasoning_started: false,
         ready: VecDeque::new(),
@@ -84,6 +101,9 @@ pub fn split_stream(stream: EventStream) -> EventStream {
 enum Phase {
     /// No text yet but blanks, or the start of `<think>`: held.
     Start,
+    /// As `Start`, but the prompt opened the tag: whatever is not `<think>`
+    /// is thinking.
+    StartInside,
     /// Inside the tags: text is reasoning; the end of it that may be the
     /// start of `</think>` is held.
     Thinking,
@@ -149,6 +169,15 @@ impl ThinkStream {
                         return;
                     }
                 }
+                Phase::StartInside => {
+                    let trimmed = self.held.trim_start();
+                    if let Some(rest) = trimmed.strip_prefix(OPEN) {
+                        self.held = rest.to_owned();
+                    } else if OPEN.starts_with(trimmed) {
+                        return;
+                    }
+                    self.phase = Phase::Thinking;
+                }
                 Phase::Thinking => match self.held.find(CLOSE) {
                     Some(at) => {
                         let rest = self.held.split_off(at + CLOSE.len());
@@ -188,7 +217,7 @@ impl ThinkStream {
     /// answer cut off there), else text.
     fn flush(&mut self) {
         match self.phase {
-            Phase::Thinking => self.send_reasoning(),
+            Phase::StartInside | Phase::Thinking => self.send_reasoning(),
             Phase::AfterThinking => self.held.clear(),
             Phase::Start | Phase::Answer => self.send_text(),
         }
@@ -356,6 +385,59 @@ mod tests {
             joined(run(events.clone()).await),
             vec![reasoning("hm"), text("<think>x</think>y"), stop()]
         );
+    }
+
+    async fn run_opened(events: Vec<StreamEvent>) -> Vec<StreamEvent> {
+        let stream: EventStream = Box::pin(futures::stream::iter(events.into_iter().map(Ok)));
+        split_stream_opened(stream)
+            .map(|item| item.unwrap())
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_prompt_that_opened_the_tag_starts_in_the_thinking() {
+        // What DeepSeek-R1's distilled models write after a prompt ending
+        // in `<think>\n`, and the same with the tag written again.
+        for whole in [
+            "Add them: 5.\n</think>\n\nThe sum is 5.",
+            "\n<think>\nAdd them: 5.\n</think>\n\nThe sum is 5.",
+        ] {
+            for cut in 1..whole.len() {
+                let events = vec![text(&whole[..cut]), text(&whole[cut..]), stop()];
+                assert_eq!(
+                    joined(run_opened(events).await),
+                    vec![reasoning("Add them: 5.\n"), text("The sum is 5."), stop()],
+                    "{whole:?} cut at {cut}"
+                );
+            }
+        }
+        // Cut off while thinking, or with nothing but blanks: reasoning
+        // only, or nothing.
+        let events = vec![text("<thi"), stop()];
+        assert_eq!(
+            joined(run_opened(events).await),
+            vec![reasoning("<thi"), stop()]
+        );
+        let events = vec![text("Hmm, the"), text(" user"), stop()];
+        assert_eq!(
+            joined(run_opened(events).await),
+            vec![reasoning("Hmm, the user"), stop()]
+        );
+        assert_eq!(
+            joined(run_opened(vec![text("\n"), stop()]).await),
+            vec![stop()]
+        );
+        // A call made without closing the thinking (a grammar that forced
+        // it) is still a call.
+        let call = StreamEvent::ToolCallStart {
+            index: 0,
+            id: "c".into(),
+            name: "read".into(),
+            signature: None,
+        };
+        let events = vec![text("\n"), call.clone(), stop()];
+        assert_eq!(joined(run_opened(events).await), vec![call, stop()]);
     }
 
     #[tokio::test]

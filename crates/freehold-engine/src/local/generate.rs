@@ -6,11 +6,11 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use freehold_llm::EventStream;
 use freehold_llm::stop::{first_match, held_prefix};
+use freehold_llm::{EventStream, think};
 use freehold_protocol::{
-    ChatRequest, ErrorKind, LlmError, Message, StopReason, StreamEvent, Timings, ToolCall, Usage,
-    fold_system_messages,
+    ChatRequest, ErrorKind, LlmError, Message, ReasoningEffort, StopReason, StreamEvent, Timings,
+    ToolCall, Usage, fold_system_messages,
 };
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -22,7 +22,7 @@ use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use tokio::sync::mpsc;
 
 use super::slots::{BATCH, ContextSpec, Slot, SlotPool};
-use super::template::{self, CHATML_TEMPLATE, TemplateMessage};
+use super::template::{self, CHATML_TEMPLATE, TemplateMessage, ThinkingTags};
 use super::tools::{self, CallFormat, Constraint};
 use super::{DEFAULT_TEMPERATURE, default_max_tokens, error};
 
@@ -40,6 +40,7 @@ pub(super) struct Prepared {
     sampling: freehold_protocol::Sampling,
     stop: Vec<String>,
     constraint: Constraint,
+    thinking: ThinkingTags,
 }
 
 /// Renders and tokenizes the prompt and sizes the context.
@@ -54,7 +55,11 @@ pub(super) fn prepare(
     threads: usize,
     context_cap: Option<u32>,
 ) -> Result<Prepared, LlmError> {
-    let (tokens, constraint) = prompt_tokens(model, request)?;
+    let Prompt {
+        tokens,
+        constraint,
+        thinking,
+    } = prompt_tokens(model, request)?;
     let trained = model.n_ctx_train().max(1);
     let allowed = context_cap.map_or(trained, |cap| cap.min(trained));
     let prompt_len = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
@@ -90,24 +95,37 @@ pub(super) fn prepare(
             .cloned()
             .collect(),
         constraint,
+        thinking,
         model,
     })
 }
 
-/// The request's prompt as the model reads it: the conversation and tools
-/// rendered by the model's chat template, then tokenized; and how the
-/// answer must be constrained (tool calls, JSON).
+/// A request's prompt as the model reads it.
+pub(super) struct Prompt {
+    /// The conversation and tools rendered by the model's chat template,
+    /// tokenized.
+    pub(super) tokens: Vec<LlamaToken>,
+    /// How the answer must be constrained (tool calls, JSON).
+    pub(super) constraint: Constraint,
+    /// Where the answer may hold the model's thinking.
+    pub(super) thinking: ThinkingTags,
+}
+
+/// The request's prompt as the model reads it (see [`Prompt`]).
 ///
 /// # Errors
 /// A template that fails, or a tool choice or schema that cannot be
 /// honoured.
-pub(super) fn prompt_tokens(
-    model: &LlamaModel,
-    request: &ChatRequest,
-) -> Result<(Vec<LlamaToken>, Constraint), LlmError> {
+pub(super) fn prompt_tokens(model: &LlamaModel, request: &ChatRequest) -> Result<Prompt, LlmError> {
     let template = chat_template(model);
     let plan = tools::plan(&template, request)?;
-    let prompt = render_prompt(model, &template, &plan)?;
+    // Reasoning asked for or turned off is the template's switch, as vLLM
+    // and llama.cpp's server pass it; unasked, the template's default.
+    let enable_thinking = request
+        .reasoning
+        .map(|effort| effort != ReasoningEffort::Off);
+    let prompt = render_prompt(model, &template, &plan, enable_thinking)?;
+    let thinking = ThinkingTags::of(&template, &prompt);
     tracing::trace!(prompt = %prompt, "rendered prompt");
     let vocab = model.vocab();
     let bos = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
@@ -116,7 +134,11 @@ pub(super) fn prompt_tokens(
         tokens.push(vocab.bos());
     }
     tokens.extend(vocab.tokenize(prompt.as_bytes(), false, true));
-    Ok((tokens, plan.constraint))
+    Ok(Prompt {
+        tokens,
+        constraint: plan.constraint,
+        thinking,
+    })
 }
 
 /// The model's own chat template, or ChatML when it has none.
@@ -138,6 +160,7 @@ fn render_prompt(
     model: &LlamaModel,
     template: &str,
     plan: &tools::Plan,
+    enable_thinking: Option<bool>,
 ) -> Result<String, LlmError> {
     let vocab = model.vocab();
     let piece =
@@ -154,6 +177,7 @@ fn render_prompt(
             &tools,
             &piece(vocab.bos()),
             &piece(vocab.eos()),
+            enable_thinking,
         )
     };
     render(&plan.messages)
@@ -188,8 +212,11 @@ pub(super) struct Shared {
     pub(super) active: Arc<AtomicUsize>,
 }
 
-/// Starts the generation thread; the stream ends it when dropped.
+/// Starts the generation thread; the stream ends it when dropped. Thinking
+/// the model writes in `<think>` tags is sent as reasoning, as llama.cpp's
+/// server sends it.
 pub(super) fn spawn(prepared: Prepared, shared: Shared) -> EventStream {
+    let thinking = prepared.thinking;
     let (tx, rx) = mpsc::channel(64);
     shared.active.fetch_add(1, Ordering::SeqCst);
     std::thread::spawn(move || {
@@ -198,9 +225,14 @@ pub(super) fn spawn(prepared: Prepared, shared: Shared) -> EventStream {
             let _ = tx.blocking_send(Err(e));
         }
     });
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+    let events: EventStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
-    }))
+    }));
+    match thinking {
+        ThinkingTags::None => events,
+        ThinkingTags::MayOpen => think::split_stream(events),
+        ThinkingTags::Opened => think::split_stream_opened(events),
+    }
 }
 
 struct ActiveGuard(Arc<AtomicUsize>);

@@ -357,8 +357,8 @@ impl Provider for LocalProvider {
         tokio::task::spawn_blocking(move || {
             let path = this.resolve(&request.model)?;
             let model = this.load(&path)?;
-            let (tokens, _) = generate::prompt_tokens(model, &request)?;
-            Ok(Some(u64::try_from(tokens.len()).unwrap_or(u64::MAX)))
+            let prompt = generate::prompt_tokens(model, &request)?;
+            Ok(Some(u64::try_from(prompt.tokens.len()).unwrap_or(u64::MAX)))
         })
         .await
         .map_err(|e| error(ErrorKind::Server, e))?

@@ -31,6 +31,13 @@ pub struct TemplateMessage {
     /// For a `tool` message: the name of the tool that was called.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// For an assistant message: the model's reasoning, where the client
+    /// sent it back (the field vLLM's and llama.cpp's servers give
+    /// templates). Templates of thinking models (Qwen3's) render it in the
+    /// turns of an agent's tool loop, so the prompt reads as the model
+    /// wrote it, and the cached prefix still matches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 /// A tool call inside an assistant [`TemplateMessage`].
@@ -64,6 +71,7 @@ impl TemplateMessage {
             tool_calls: Vec::new(),
             tool_call_id: None,
             name: None,
+            reasoning_content: None,
         }
     }
 
@@ -81,10 +89,15 @@ impl TemplateMessage {
                 Role::Tool => "tool",
             };
             let mut text = String::new();
+            let mut reasoning = String::new();
             let mut calls = Vec::new();
             for part in &message.content {
                 match part {
                     ContentPart::Text { text: t } => text.push_str(t),
+                    // Redacted reasoning is opaque to a template.
+                    ContentPart::Reasoning(thought) if !thought.redacted => {
+                        reasoning.push_str(&thought.text);
+                    }
                     ContentPart::ToolCall(call) => {
                         call_names.insert(call.id.clone(), call.name.clone());
                         // Arguments that are not JSON are passed as a string
@@ -106,6 +119,7 @@ impl TemplateMessage {
                         tool_calls: Vec::new(),
                         tool_call_id: Some(result.call_id.clone()),
                         name: call_names.get(&result.call_id).cloned(),
+                        reasoning_content: None,
                     }),
                     // The engine reads text: a document is named, for the
                     // model to say so or turn to a tool.
@@ -123,6 +137,8 @@ impl TemplateMessage {
                     tool_calls: calls,
                     tool_call_id: None,
                     name: None,
+                    reasoning_content: (role == "assistant" && !reasoning.is_empty())
+                        .then_some(reasoning),
                 });
             }
         }
@@ -150,6 +166,9 @@ pub fn supports_tools(template: &str) -> bool {
 }
 
 /// Renders `template` for `messages`, ending with the generation prompt.
+/// `enable_thinking`, where set, is given to the template under that name
+/// (Qwen3's switch, which vLLM's and llama.cpp's servers pass the same way);
+/// unset, the template does what it does by default.
 ///
 /// # Errors
 /// A template that does not parse, or that fails (`raise_exception`).
@@ -159,6 +178,7 @@ pub fn render(
     tools: &[serde_json::Value],
     bos_token: &str,
     eos_token: &str,
+    enable_thinking: Option<bool>,
 ) -> Result<String, Error> {
     let mut env = Environment::new();
     minijinja_contrib::add_to_environment(&mut env);
@@ -167,6 +187,12 @@ pub fn render(
     env.add_filter("tojson", tojson);
     env.add_template("chat", template)?;
     let tmpl = env.get_template("chat")?;
+    // Left undefined when unset: templates test `enable_thinking is defined`,
+    // and some read a `none` as off.
+    let thinking_switch = match enable_thinking {
+        Some(on) => context! { enable_thinking => on },
+        None => context! {},
+    };
     tmpl.render(context! {
         messages => Value::from_serialize(messages),
         // `none` rather than an empty list when there are none: templates
@@ -175,7 +201,36 @@ pub fn render(
         add_generation_prompt => true,
         bos_token => bos_token,
         eos_token => eos_token,
+        ..thinking_switch
     })
+}
+
+/// Where an answer's text may hold the model's thinking in `<think>` tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThinkingTags {
+    /// The template knows no such tags: the text is all answer, whatever
+    /// it says.
+    None,
+    /// The template knows them and leaves opening them to the model
+    /// (Qwen3's hybrid models).
+    MayOpen,
+    /// The prompt ends inside an opened `<think>` (DeepSeek-R1's distilled
+    /// models, QwQ, Qwen3's thinking-only models): the answer starts in the
+    /// thinking.
+    Opened,
+}
+
+impl ThinkingTags {
+    /// What `template`, rendered as `prompt`, leaves to the model.
+    pub fn of(template: &str, prompt: &str) -> Self {
+        if !template.contains("</think>") {
+            ThinkingTags::None
+        } else if prompt.trim_end().ends_with("<think>") {
+            ThinkingTags::Opened
+        } else {
+            ThinkingTags::MayOpen
+        }
+    }
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {
@@ -258,7 +313,7 @@ mod tests {
 
     #[test]
     fn chatml_fallback_renders() {
-        let out = render(CHATML_TEMPLATE, &messages(), &[], "", "").unwrap();
+        let out = render(CHATML_TEMPLATE, &messages(), &[], "", "", None).unwrap();
         assert_eq!(
             out,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -273,6 +328,7 @@ mod tests {
             &[],
             "",
             "",
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -299,7 +355,7 @@ mod tests {
             Message::system("Now in Go."),
         ];
         let as_sent = TemplateMessage::from_messages(&conversation);
-        assert!(render(ALTERNATING, &as_sent, &[], "", "").is_err());
+        assert!(render(ALTERNATING, &as_sent, &[], "", "", None).is_err());
         let folded = freehold_protocol::fold_system_messages(&conversation).unwrap();
         assert_eq!(
             render(
@@ -307,7 +363,8 @@ mod tests {
                 &TemplateMessage::from_messages(&folded),
                 &[],
                 "",
-                ""
+                "",
+                None
             )
             .unwrap(),
             "<system>Top.<user>hi\n\nEnv.<assistant>hello<user>go\n\nNow in Go."
@@ -316,7 +373,15 @@ mod tests {
 
     #[test]
     fn raise_exception_fails_the_render() {
-        let err = render("{{ raise_exception('no') }}", &messages(), &[], "", "").unwrap_err();
+        let err = render(
+            "{{ raise_exception('no') }}",
+            &messages(),
+            &[],
+            "",
+            "",
+            None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("no"));
     }
 
@@ -329,11 +394,111 @@ mod tests {
         let gguf = crate::gguf::read_metadata(&path).unwrap();
         let template = gguf.chat_template().unwrap();
         let user = [TemplateMessage::text("user", "Hello there")];
-        let out = render(template, &user, &[], "", "").unwrap();
+        let out = render(template, &user, &[], "", "", None).unwrap();
         assert!(
             out.ends_with("<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"),
             "{out:?}"
         );
         assert!(out.starts_with("<|im_start|>system\n"), "{out:?}");
+    }
+
+    /// A thinking template in short, as Qwen3's hybrid models have it: an
+    /// assistant turn after the last user message shows its reasoning (from
+    /// `reasoning_content`) in `<think>` tags; earlier turns do not; the
+    /// switch `enable_thinking` false closes an empty thinking in the
+    /// generation prompt.
+    const HYBRID: &str = "{% set ns = namespace(last_user=0) %}\
+{% for m in messages %}{% if m.role == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}\
+{% for m in messages %}<{{ m.role }}>\
+{% if m.role == 'assistant' and loop.index0 > ns.last_user and m.reasoning_content is string %}\
+<think>{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}{% endfor %}\
+<assistant>{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}";
+
+    #[test]
+    fn reasoning_sent_back_reaches_the_template() {
+        use freehold_protocol::{ContentPart, Reasoning, ToolCall, ToolResult};
+        let thought = |text: &str, redacted: bool| {
+            ContentPart::Reasoning(Reasoning {
+                text: text.into(),
+                redacted,
+                ..Reasoning::default()
+            })
+        };
+        let conversation = [
+            Message::user("Read a.txt"),
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    thought("I should read ", false),
+                    thought("it.", false),
+                    thought("", true),
+                    ContentPart::ToolCall(ToolCall::new("c1", "read", "{}")),
+                ],
+            },
+            Message {
+                role: Role::Tool,
+                content: vec![ContentPart::ToolResult(ToolResult {
+                    call_id: "c1".into(),
+                    content: "hi".into(),
+                    is_error: false,
+                })],
+            },
+        ];
+        let messages = TemplateMessage::from_messages(&conversation);
+        assert_eq!(
+            messages[1].reasoning_content.as_deref(),
+            Some("I should read it.")
+        );
+        assert_eq!(messages[2].reasoning_content, None);
+        let out = render(HYBRID, &messages, &[], "", "", None).unwrap();
+        assert_eq!(
+            out,
+            "<user>Read a.txt<assistant><think>I should read it.</think><tool>hi<assistant>"
+        );
+        // A message without reasoning has no such field at all.
+        let plain = TemplateMessage::from_messages(&[Message::assistant("ok")]);
+        assert_eq!(plain[0].reasoning_content, None);
+        assert!(
+            !serde_json::to_string(&plain[0])
+                .unwrap()
+                .contains("reasoning")
+        );
+    }
+
+    #[test]
+    fn enable_thinking_is_given_only_when_asked() {
+        let user = [TemplateMessage::text("user", "Hi")];
+        let shown =
+            "{% if enable_thinking is defined %}{{ enable_thinking }}{% else %}unset{% endif %}";
+        assert_eq!(render(shown, &user, &[], "", "", None).unwrap(), "unset");
+        // Printed as Python prints it, as Hugging Face's renderer does.
+        assert_eq!(
+            render(shown, &user, &[], "", "", Some(false)).unwrap(),
+            "False"
+        );
+        assert_eq!(
+            render(shown, &user, &[], "", "", Some(true)).unwrap(),
+            "True"
+        );
+        assert_eq!(
+            render(HYBRID, &user, &[], "", "", Some(false)).unwrap(),
+            "<user>Hi<assistant><think></think>"
+        );
+    }
+
+    #[test]
+    fn thinking_tags_are_read_from_the_template_and_the_prompt() {
+        let user = [TemplateMessage::text("user", "Hi")];
+        let opened = "{% for m in messages %}<{{ m.role }}>{{ m.content.split('</think>')[-1] }}\
+{% endfor %}<assistant><think>\n";
+        for (template, thinking, expected) in [
+            (CHATML_TEMPLATE, None, ThinkingTags::None),
+            (HYBRID, None, ThinkingTags::MayOpen),
+            (HYBRID, Some(false), ThinkingTags::MayOpen),
+            (opened, None, ThinkingTags::Opened),
+        ] {
+            let prompt = render(template, &user, &[], "", "", thinking).unwrap();
+            assert_eq!(ThinkingTags::of(template, &prompt), expected, "{prompt:?}");
+        }
     }
 }
