@@ -449,7 +449,7 @@ pub(crate) fn text_of_file(media_type: &str, data: &str) -> Option<String> {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    if !is_text_media_type(&media_type) {
+    if !is_text_media_type(&media_type) || !starts_like_text(data) {
         return None;
     }
     let text = String::from_utf8(decode_base64_leniently(data)?).ok()?;
@@ -466,6 +466,31 @@ pub(crate) fn text_of_file(media_type: &str, data: &str) -> Option<String> {
         text.push('\n');
     }
     Some(text)
+}
+
+/// Whether the first few kilobytes of a base64 payload can be the start of
+/// a text: no NUL, and UTF-8 but for a character cut at the end. A binary
+/// file sent as `application/octet-stream` (an archive, an image) fails
+/// here on its first bytes, without the whole of it being decoded on the
+/// request's path.
+fn starts_like_text(data: &str) -> bool {
+    // Base64 characters, a multiple of 4: 3 KiB of bytes.
+    const SNIFFED: usize = 4096;
+    let mut head: String = data
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .take(SNIFFED)
+        .collect();
+    head.truncate(head.len() / 4 * 4);
+    // What does not decode is left to the whole payload's decoding.
+    let Some(bytes) = decode_base64_leniently(&head) else {
+        return true;
+    };
+    !bytes.contains(&0)
+        && match std::str::from_utf8(&bytes) {
+            Ok(_) => true,
+            Err(error) => error.error_len().is_none(),
+        }
 }
 
 /// Whether a media type (lowercase, without parameters) names text:
@@ -638,6 +663,31 @@ mod tests {
         assert_eq!(text_of_file("text/plain", "YQo="), Some("a\n".into()));
         assert_eq!(text_of_file("text/plain", ""), Some(String::new()));
         assert_eq!(text_of_file("application/pdf", "e30="), None);
+
+        // Longer than what is sniffed: a text, a character of which is cut
+        // at the sniff's end, is still text; a binary file is found on its
+        // first bytes.
+        use base64::Engine;
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let long_text = format!("{}€ and more", "a".repeat(3071));
+        assert_eq!(
+            text_of_file("application/octet-stream", &encode(long_text.as_bytes())),
+            Some(format!("{long_text}\n"))
+        );
+        let mut archive = b"PK\x03\x04\x14\x00".to_vec();
+        archive.resize(100_000, b'a');
+        assert!(!starts_like_text(&encode(&archive)));
+        assert_eq!(
+            text_of_file("application/octet-stream", &encode(&archive)),
+            None
+        );
+        let mut late_nul = vec![b'a'; 100_000];
+        late_nul[90_000] = 0;
+        assert!(starts_like_text(&encode(&late_nul)));
+        assert_eq!(
+            text_of_file("application/octet-stream", &encode(&late_nul)),
+            None
+        );
     }
 
     #[test]
