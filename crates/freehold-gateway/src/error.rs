@@ -183,6 +183,19 @@ impl GatewayError {
         )
     }
 
+    /// 426: a WebSocket asked for where the gateway speaks plain HTTP
+    /// (Codex tries one for `/v1/responses` first, and takes this status,
+    /// and only this one, as the sign to use HTTP at once).
+    pub fn websocket_not_supported(path: &str) -> Self {
+        Self::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_not_supported",
+            "invalid_request_error",
+            "invalid_request_error",
+            format!("{path} does not take a WebSocket; send each request with POST"),
+        )
+    }
+
     /// 413: the body is over the configured limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(

@@ -2537,6 +2537,24 @@ async fn malformed_requests_get_the_protocols_own_errors() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["type"], "error");
     assert_eq!(body["error"]["type"], "invalid_request_error");
+    // A WebSocket asked for (Codex's first try on `/v1/responses`): 426,
+    // on which Codex turns to HTTP at once.
+    let response = client
+        .get(format!("{}/v1/responses", gw.url))
+        .bearer_auth(MASTER)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 426);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "/v1/responses does not take a WebSocket; send each request with POST"
+    );
     // Embeddings: the key is checked before the body is read, and the body
     // is held to the same limit.
     let large = json!({"model": "mock", "input": ["x".repeat(10_000)]});

@@ -30,6 +30,12 @@
 //! margins are wide: with 2 s of them, one run in a few failed on CI's two
 //! cores while both agents started.
 //!
+//! Both agents hold tools back from models they know to have a tool search
+//! (Codex an MCP server's from gpt-5.5, Claude Code most of its own from
+//! Claude Opus 4.7), offering the search instead: a test of each has the
+//! model search, then call the tool found. Codex's "lite" mode (gpt-5.6),
+//! which declares its tools in the input, has a test of its own.
+//!
 //! A real model behind the gateway is in docs/gateway.md; it is too slow on
 //! CI's cores for the agents' prompts of 10,000 tokens and more.
 
@@ -118,6 +124,12 @@ fn play_model(request: &Recorded) -> Scripted {
     }
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let stream = body["stream"] == true;
+    let asked_for_a_note = messages
+        .iter()
+        .any(|message| message["role"] == "user" && message_text(message).contains(NOTE_TASK));
+    if asked_for_a_note {
+        return completion(stream, play_note_task(&body, &messages));
+    }
     let tool_output = messages
         .iter()
         .find(|message| message["role"] == "tool")
@@ -143,11 +155,101 @@ fn play_model(request: &Recorded) -> Scripted {
         .collect();
     match shell_call(&tools) {
         Some((name, arguments)) if asked => {
-            after_a_silence(completion(stream, Reply::Call(name, arguments)))
+            after_a_silence(completion(stream, Reply::Call(CALL_ID, name, arguments)))
         }
         _ => completion(stream, Reply::Text("ok".into())),
     }
 }
+
+/// The task that needs a tool the agent holds back until its tool search
+/// finds it (for Codex the MCP server's, for Claude Code one of its own).
+const NOTE_TASK: &str = "Write the proof note with the notes server.";
+/// The ids of the scripted model's search and of its call of the tool found.
+const SEARCH_ID: &str = "call_search_1";
+const NOTE_ID: &str = "call_note_1";
+/// The name the gateway gives providers for the MCP server's tool.
+const NOTE_TOOL: &str = "mcp__notes__write_note";
+/// The tool Claude Code holds back that its search is asked for (one with
+/// no side effect).
+const FOUND_TOOL: &str = "TaskList";
+
+/// The scripted model on [`NOTE_TASK`]: it searches for the tool (Codex's
+/// MCP tool, or one of Claude Code's own), calls what the search found,
+/// then quotes the tool's output.
+fn play_note_task(body: &Value, messages: &[Value]) -> Reply {
+    let result_of = |id: &str| {
+        messages
+            .iter()
+            .find(|message| message["role"] == "tool" && message["tool_call_id"] == id)
+            .map(message_text)
+    };
+    let offered = |name: &str| {
+        body["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|tool| tool["function"]["name"] == name)
+    };
+    if let Some(output) = result_of(NOTE_ID) {
+        return Reply::Text(format!("{VERIFIED} {}", output.trim()));
+    }
+    if result_of(SEARCH_ID).is_some() {
+        return if offered(NOTE_TOOL) {
+            Reply::Call(NOTE_ID, NOTE_TOOL, json!({"text": PROOF}))
+        } else if offered(FOUND_TOOL) {
+            Reply::Call(NOTE_ID, FOUND_TOOL, json!({}))
+        } else {
+            Reply::Text("the search found no tool".into())
+        };
+    }
+    // Codex's search, then Claude Code's.
+    if offered("tool_search") {
+        return Reply::Call(SEARCH_ID, "tool_search", json!({"query": "write note"}));
+    }
+    if offered("ToolSearch") {
+        return Reply::Call(
+            SEARCH_ID,
+            "ToolSearch",
+            json!({"query": format!("select:{FOUND_TOOL}")}),
+        );
+    }
+    Reply::Text("no tool search was offered".into())
+}
+
+/// An MCP server on stdio with one tool, `write_note`, which writes its
+/// `text` to the file named by the server's one argument and says so.
+const NOTES_MCP_SERVER: &str = r#"
+import json, sys
+note_path = sys.argv[1]
+def send(message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        continue
+    method, ident = message.get("method"), message.get("id")
+    if ident is None:
+        continue
+    if method == "initialize":
+        version = message.get("params", {}).get("protocolVersion", "2025-06-18")
+        result = {"protocolVersion": version, "capabilities": {"tools": {}},
+                  "serverInfo": {"name": "notes", "version": "1"}}
+    elif method == "tools/list":
+        result = {"tools": [{"name": "write_note", "description": "Write a note to the notes file",
+                             "inputSchema": {"type": "object",
+                                             "properties": {"text": {"type": "string"}},
+                                             "required": ["text"]}}]}
+    elif method == "tools/call":
+        text = message["params"]["arguments"]["text"]
+        with open(note_path, "w") as note:
+            note.write(text)
+        result = {"content": [{"type": "text", "text": "wrote " + text}]}
+    else:
+        result = {}
+    send({"jsonrpc": "2.0", "id": ident, "result": result})
+"#;
 
 /// `answer`, silent for [`SILENCE`] after its first chunk when it is a
 /// stream (the role, from [`completion`]).
@@ -177,7 +279,8 @@ fn message_text(message: &Value) -> String {
 
 enum Reply {
     Text(String),
-    Call(&'static str, Value),
+    /// A call: its id, the tool's name and the arguments.
+    Call(&'static str, &'static str, Value),
 }
 
 /// A Chat Completions answer, whole or as an SSE stream with usage.
@@ -188,9 +291,9 @@ fn completion(stream: bool, reply: Reply) -> Scripted {
             json!({"role": "assistant", "content": text}),
             "stop",
         ),
-        Reply::Call(name, arguments) => {
+        Reply::Call(id, name, arguments) => {
             let call = json!([{
-                "index": 0, "id": CALL_ID, "type": "function",
+                "index": 0, "id": id, "type": "function",
                 "function": {"name": name, "arguments": arguments.to_string()},
             }]);
             (
@@ -389,6 +492,148 @@ async fn codex_runs_a_tool_call_through_the_gateway() {
     let _ = std::fs::remove_dir_all(&workdir);
 }
 
+/// Codex holds an MCP server's tools back from models whose metadata has
+/// its tool search (gpt-5.5's), offering `tool_search` instead: the search's
+/// call goes to Codex as a `tool_search_call`, Codex runs it and sends what
+/// it found, the gateway offers the found tool, and its call reaches the
+/// MCP server under its namespace.
+#[tokio::test]
+async fn codex_finds_an_mcp_tool_with_its_tool_search_through_the_gateway() {
+    let Some(agents) = test_agent_clients() else {
+        return;
+    };
+    let upstream = MockServer::answering(play_model).await;
+    let config = format!(
+        "[providers.scripted]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
+         [aliases]\n\"gpt-5.5\" = \"scripted:scripted\"\n",
+        upstream.url()
+    );
+    let served = Served::start(&config, &[]).await;
+    let home = scratch("codex-search-home");
+    let workdir = scratch("codex-search-work");
+    let server = home.join("notes_server.py");
+    std::fs::write(&server, NOTES_MCP_SERVER).unwrap();
+    let note = workdir.join("note.txt");
+    let python = std::env::var("FREEHOLD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "model = \"gpt-5.5\"\nmodel_provider = \"freehold\"\n\n\
+             [model_providers.freehold]\nname = \"Freehold\"\nbase_url = \"{}/v1\"\n\
+             env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n\
+             stream_max_retries = 0\n\n\
+             [mcp_servers.notes]\ncommand = {python:?}\nargs = [{:?}, {:?}]\n",
+            served.url,
+            server.display().to_string(),
+            note.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut command = tokio::process::Command::new(agents.join("codex"));
+    command
+        .args(["exec", "--skip-git-repo-check"])
+        .arg("--dangerously-bypass-approvals-and-sandbox")
+        .arg("-C")
+        .arg(&workdir)
+        .arg(NOTE_TASK)
+        .env_clear()
+        .env("HOME", &home)
+        .env("CODEX_HOME", &home)
+        .env("FREEHOLD_KEY", MASTER)
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let stdout = run_agent(command, "codex exec").await;
+
+    let written = std::fs::read_to_string(&note)
+        .expect("Codex ran the MCP tool its search found, and the server wrote the note");
+    assert_eq!(written, PROOF);
+    assert!(
+        stdout.contains(VERIFIED) && stdout.contains(PROOF),
+        "Codex printed the final answer: {stdout}"
+    );
+    // The MCP tool was not among the first request's tools: the search
+    // found it.
+    let bodies: Vec<Value> = upstream.requests().iter().map(Recorded::json).collect();
+    let offers_note_tool = |body: &Value| {
+        body["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|tool| tool["function"]["name"] == NOTE_TOOL)
+    };
+    let first = bodies
+        .iter()
+        .find(|body| {
+            body["messages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|message| message_text(message).contains(NOTE_TASK))
+        })
+        .expect("the task reached the upstream");
+    assert!(!offers_note_tool(first), "{first}");
+    assert!(bodies.iter().any(offers_note_tool));
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&workdir);
+}
+
+/// Codex's "lite" mode (the gpt-5.6 models) declares its tools in an
+/// `additional_tools` input item instead of `tools`: they reach the
+/// provider all the same.
+#[tokio::test]
+async fn codex_lite_modes_tools_reach_the_provider() {
+    let Some(agents) = test_agent_clients() else {
+        return;
+    };
+    let upstream = MockServer::answering(play_model).await;
+    let config = format!(
+        "[providers.scripted]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
+         [aliases]\n\"gpt-5.6-sol\" = \"scripted:scripted\"\n",
+        upstream.url()
+    );
+    let served = Served::start(&config, &[]).await;
+    let home = scratch("codex-lite-home");
+    let workdir = scratch("codex-lite-work");
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "model = \"gpt-5.6-sol\"\nmodel_provider = \"freehold\"\n\n\
+             [model_providers.freehold]\nname = \"Freehold\"\nbase_url = \"{}/v1\"\n\
+             env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n\
+             stream_max_retries = 0\n",
+            served.url
+        ),
+    )
+    .unwrap();
+    let mut command = tokio::process::Command::new(agents.join("codex"));
+    command
+        .args(["exec", "--skip-git-repo-check"])
+        .arg("--dangerously-bypass-approvals-and-sandbox")
+        .arg("-C")
+        .arg(&workdir)
+        .arg("Say hello.")
+        .env_clear()
+        .env("HOME", &home)
+        .env("CODEX_HOME", &home)
+        .env("FREEHOLD_KEY", MASTER)
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    run_agent(command, "codex exec").await;
+
+    let bodies: Vec<Value> = upstream.requests().iter().map(Recorded::json).collect();
+    let tools: Vec<String> = bodies
+        .iter()
+        .filter(|body| !has_late_system_message(body))
+        .flat_map(|body| body["tools"].as_array().cloned().unwrap_or_default())
+        .filter_map(|tool| tool["function"]["name"].as_str().map(str::to_owned))
+        .collect();
+    // Its code-mode tool, in the `functions` namespace Codex puts it in.
+    assert!(
+        tools.iter().any(|name| name == "functions__exec"),
+        "{tools:?}"
+    );
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&workdir);
+}
+
 #[tokio::test]
 async fn claude_code_runs_a_tool_call_through_the_gateway() {
     let Some(agents) = test_agent_clients() else {
@@ -429,6 +674,82 @@ async fn claude_code_runs_a_tool_call_through_the_gateway() {
         "no request carried a system message after a user message"
     );
     assert_ledger_has_both_turns(&served, "coder").await;
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&workdir);
+}
+
+/// Claude Code holds most of its tools back from Claude models that have
+/// tool search (`claude-opus-4-7` here, as 2.1.332 decides by the name),
+/// offering `ToolSearch`: its result names the tools found in
+/// `tool_reference` blocks, which the gateway once refused, and the found
+/// tool is offered from the next request on.
+#[tokio::test]
+async fn claude_code_finds_a_deferred_tool_with_its_tool_search_through_the_gateway() {
+    let Some(agents) = test_agent_clients() else {
+        return;
+    };
+    let upstream = MockServer::answering(play_model).await;
+    let config = format!(
+        "[providers.scripted]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
+         [aliases]\n\"claude-opus-4-7\" = \"scripted:scripted\"\n",
+        upstream.url()
+    );
+    let served = Served::start(&config, &[]).await;
+    let home = scratch("claude-search-home");
+    let workdir = scratch("claude-search-work");
+    let mut command = tokio::process::Command::new(agents.join("claude"));
+    command
+        .args(["-p", NOTE_TASK, "--model", "claude-opus-4-7"])
+        .current_dir(&workdir)
+        .env_clear()
+        .env("HOME", &home)
+        .env("ANTHROPIC_BASE_URL", &served.url)
+        .env("ANTHROPIC_API_KEY", MASTER)
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let stdout = run_agent(command, "claude -p").await;
+
+    assert!(
+        stdout.contains(VERIFIED),
+        "Claude Code printed the final answer: {stdout}"
+    );
+    let bodies: Vec<Value> = upstream.requests().iter().map(Recorded::json).collect();
+    let offers = |body: &Value, name: &str| {
+        body["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|tool| tool["function"]["name"] == name)
+    };
+    let result_of = |body: &Value, id: &str| {
+        body["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|message| message["role"] == "tool" && message["tool_call_id"] == id)
+            .map(message_text)
+    };
+    let asked: Vec<&Value> = bodies
+        .iter()
+        .filter(|body| offers(body, "ToolSearch"))
+        .collect();
+    assert!(
+        asked
+            .first()
+            .is_some_and(|first| !offers(first, FOUND_TOOL)),
+        "the first request holds the tool back"
+    );
+    let found = asked
+        .iter()
+        .find_map(|body| result_of(body, SEARCH_ID))
+        .expect("the search's result reached the model");
+    assert_eq!(found, format!("Tool `{FOUND_TOOL}` is available."));
+    assert!(
+        asked
+            .iter()
+            .any(|body| offers(body, FOUND_TOOL) && result_of(body, NOTE_ID).is_some()),
+        "the tool found was offered, called, and its result sent back"
+    );
     let _ = std::fs::remove_dir_all(&home);
     let _ = std::fs::remove_dir_all(&workdir);
 }

@@ -154,6 +154,7 @@ impl ChatProtocol for Responses {
         openai_responses::ResponseStreamEncoder::new(model, None)
             .with_freeform_tools(options.freeform_tools)
             .with_namespaced_tools(options.namespaced_tools)
+            .with_tool_search(options.tool_search)
     }
 }
 

@@ -220,9 +220,19 @@ async fn unknown_route(headers: HeaderMap, uri: Uri) -> Response {
 
 /// A known route asked with the wrong method (`GET /v1/chat/completions`):
 /// 405 in the protocol's shape, naming the method to use, instead of an
-/// empty body.
+/// empty body; 426 for a WebSocket asked for (Codex tries one for
+/// `/v1/responses` first, and uses HTTP at once on a 426).
 async fn wrong_method(headers: HeaderMap, method: Method, uri: Uri) -> Response {
     let path = uri.path();
+    let websocket = headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.eq_ignore_ascii_case("websocket"));
+    if websocket && method == Method::GET {
+        return GatewayError::websocket_not_supported(path)
+            .into_response(protocol_of(&headers))
+            .into_response();
+    }
     let allowed = match path {
         "/" => "GET or HEAD",
         "/health" | "/metrics" | "/v1/models" => "GET",

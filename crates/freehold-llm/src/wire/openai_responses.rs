@@ -189,8 +189,60 @@ pub enum Item {
     CustomToolCallOutput(FunctionCallOutputItem),
     /// The model's reasoning.
     Reasoning(ReasoningItem),
+    /// Tools declared in the input rather than in `tools`: Codex sends its
+    /// tools this way, first in `input`, to models it runs in its "lite"
+    /// mode (gpt-5.6's), with `tools` left out.
+    AdditionalTools(AdditionalToolsItem),
+    /// A call of Codex's `tool_search` (its search over the tools it holds
+    /// back from `tools`, which it runs itself).
+    ToolSearchCall(ToolSearchCallItem),
+    /// What a `tool_search` found: the tools, declared as in `tools`.
+    ToolSearchOutput(ToolSearchOutputItem),
     /// Any other item (web search, file search, computer use…).
     Other,
+}
+
+/// A `tool_search_call` item.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolSearchCallItem {
+    /// The item id (`tsc_…`), on output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The call id that the output refers to.
+    #[serde(default)]
+    pub call_id: String,
+    /// `client`: the client runs the search (the only kind the gateway
+    /// serves).
+    #[serde(default)]
+    pub execution: String,
+    /// The search's arguments, a JSON object (`query`, `limit`).
+    #[serde(default)]
+    pub arguments: Value,
+    /// `in_progress` or `completed`, on output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// A `tool_search_output` item.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolSearchOutputItem {
+    /// The item id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The call it answers.
+    #[serde(default)]
+    pub call_id: String,
+    /// The tools found (functions, or `namespace` tools holding them).
+    #[serde(default)]
+    pub tools: Vec<WireTool>,
+}
+
+/// An `additional_tools` item: tools as `tools` declares them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdditionalToolsItem {
+    /// The tools.
+    #[serde(default)]
+    pub tools: Vec<WireTool>,
 }
 
 /// [`Item`] as it is read when it has a `type`.
@@ -203,6 +255,9 @@ enum TypedItem {
     CustomToolCall(CustomToolCallItem),
     CustomToolCallOutput(FunctionCallOutputItem),
     Reasoning(ReasoningItem),
+    AdditionalTools(AdditionalToolsItem),
+    ToolSearchCall(ToolSearchCallItem),
+    ToolSearchOutput(ToolSearchOutputItem),
     #[serde(other)]
     Other,
 }
@@ -216,6 +271,9 @@ impl From<TypedItem> for Item {
             TypedItem::CustomToolCall(call) => Self::CustomToolCall(call),
             TypedItem::CustomToolCallOutput(output) => Self::CustomToolCallOutput(output),
             TypedItem::Reasoning(reasoning) => Self::Reasoning(reasoning),
+            TypedItem::AdditionalTools(tools) => Self::AdditionalTools(tools),
+            TypedItem::ToolSearchCall(call) => Self::ToolSearchCall(call),
+            TypedItem::ToolSearchOutput(output) => Self::ToolSearchOutput(output),
             TypedItem::Other => Self::Other,
         }
     }
@@ -526,6 +584,9 @@ pub struct WireTool {
     /// A `namespace` tool's functions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<WireTool>>,
+    /// A `tool_search` tool's `client` (Codex runs the search) or `server`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
 }
 
 /// `text`: the output format.
@@ -1029,6 +1090,7 @@ pub fn encode_request(request: &ChatRequest, stream: bool, for_openai: bool) -> 
                 strict: Some(tool.strict),
                 format: None,
                 tools: None,
+                execution: None,
             })
             .collect()
     });
@@ -1436,6 +1498,9 @@ pub fn decode_response(provider: &str, response: ResponseObject) -> Result<ChatR
             Item::FunctionCallOutput(_)
             | Item::CustomToolCall(_)
             | Item::CustomToolCallOutput(_)
+            | Item::AdditionalTools(_)
+            | Item::ToolSearchCall(_)
+            | Item::ToolSearchOutput(_)
             | Item::Other => {}
         }
     }
@@ -1578,6 +1643,9 @@ impl ResponsesDecoder {
             Item::FunctionCallOutput(_)
             | Item::CustomToolCall(_)
             | Item::CustomToolCallOutput(_)
+            | Item::AdditionalTools(_)
+            | Item::ToolSearchCall(_)
+            | Item::ToolSearchOutput(_)
             | Item::Other => (ItemKind::Other, None),
         };
         let streamed = matches!(item, Item::FunctionCall(call) if !call.arguments.is_empty());
@@ -1603,6 +1671,9 @@ impl ResponsesDecoder {
             Item::FunctionCallOutput(_)
             | Item::CustomToolCall(_)
             | Item::CustomToolCallOutput(_)
+            | Item::AdditionalTools(_)
+            | Item::ToolSearchCall(_)
+            | Item::ToolSearchOutput(_)
             | Item::Other => None,
         };
         let slot = self.find(output_index, id.unwrap_or_default());
@@ -1654,6 +1725,9 @@ impl ResponsesDecoder {
             Item::FunctionCallOutput(_)
             | Item::CustomToolCall(_)
             | Item::CustomToolCallOutput(_)
+            | Item::AdditionalTools(_)
+            | Item::ToolSearchCall(_)
+            | Item::ToolSearchOutput(_)
             | Item::Other => {}
         }
         let done = OpenItem {

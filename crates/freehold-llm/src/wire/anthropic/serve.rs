@@ -61,10 +61,13 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 ///   becomes one leading [`Role::System`] message, blocks joined by a blank
 ///   line; a `system` message inside `messages` (the API's mid-conversation
 ///   system messages, which Claude Code sends) becomes a [`Role::System`]
-///   message at its place, likewise from text only;
+///   message at its place, likewise from text only (its `tool_addition` and
+///   `tool_removal` blocks are left out: `tools` says which tools there
+///   are);
 /// - a user message's `tool_result` blocks (which need `tool_use_id`)
 ///   become a [`Role::Tool`] message placed before the rest of the user
-///   message; their text blocks are joined by newlines, and images inside
+///   message; their text blocks are joined by newlines (a `tool_reference`,
+///   a tool search's find, is a line naming the tool), and images inside
 ///   them move to the user message that follows;
 /// - `thinking` blocks become reasoning with their signature, and
 ///   `redacted_thinking` blocks redacted reasoning; the signature's origin
@@ -78,7 +81,8 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 ///   `output_config.effort` ([`effort_for_name`]), and `{"type":
 ///   "disabled"}` [`ReasoningEffort::Off`]; `disable_parallel_tool_use: true` becomes
 ///   `parallel_tool_calls: Some(false)`;
-/// - tools with a `type` other than `custom` (server tools such as
+/// - Claude Code's advisor tool (`advisor_…`) is left out; other tools with
+///   a `type` other than `custom` (server tools such as
 ///   `web_search_20250305`, and Anthropic-defined client tools such as
 ///   `bash_20250124`) are rejected; so are content blocks other than text,
 ///   image, document, tool_use, tool_result, thinking and
@@ -129,6 +133,20 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         .unwrap_or_default()
         .into_iter()
         .enumerate()
+        .filter(|(_, tool)| {
+            // Claude Code's advisor (a server tool that asks a larger
+            // Claude model for advice, offered in every request when it is
+            // set up): no provider behind the gateway runs it, and the
+            // model works without it.
+            let advisor = tool
+                .kind
+                .as_deref()
+                .is_some_and(|kind| kind.starts_with("advisor_"));
+            if advisor {
+                tracing::debug!("leaving out the advisor tool");
+            }
+            !advisor
+        })
         .map(|(index, tool)| {
             let field = format!("tools[{index}]");
             if let Some(kind) = tool.kind.filter(|kind| kind != "custom") {
@@ -382,13 +400,40 @@ fn decode_image(source: WireImageSource) -> ImageSource {
     }
 }
 
+/// Whether a block is a `tool_addition` or `tool_removal` (the
+/// mid-conversation tool changes of Anthropic's beta).
+fn is_tool_change(block: &Value) -> bool {
+    matches!(
+        block.get("type").and_then(Value::as_str),
+        Some("tool_addition" | "tool_removal")
+    )
+}
+
+/// The text a `tool_reference` block in a tool result (a tool search's
+/// answer, naming a tool it found) reads as: the gateway sends every tool in
+/// full, so the tool is already among the model's. `None` for other blocks.
+fn tool_reference_text(block: &Value) -> Option<String> {
+    if block.get("type").and_then(Value::as_str) != Some("tool_reference") {
+        return None;
+    }
+    let name = block.get("tool_name").and_then(Value::as_str)?;
+    Some(format!("Tool `{name}` is available."))
+}
+
 /// A mid-conversation `system` message: its text blocks joined by a blank
-/// line, as the top-level `system` field's are; `None` when it has no text.
+/// line, as the top-level `system` field's are (tool changes left out);
+/// `None` when it has no text.
 fn decode_system(content: MessageContent, field: &str) -> Result<Option<Message>, DecodeError> {
     let mut texts = Vec::new();
     for (index, block) in content.into_blocks().into_iter().enumerate() {
         match block {
             ContentBlock::Text { text, .. } => texts.push(text),
+            // Tools added or removed in the middle of a conversation (Claude
+            // Code's, when an MCP server connects late): the request's
+            // `tools` already says which tools there are now.
+            ContentBlock::Other(value) if is_tool_change(&value) => {
+                tracing::debug!("leaving out a tool change in a system message");
+            }
             ContentBlock::Other(value) => {
                 return Err(bad_block(
                     &value,
@@ -469,12 +514,17 @@ fn decode_user(
                                         document => result_images.push(document),
                                     }
                                 }
+                                ContentBlock::Other(value)
+                                    if let Some(text) = tool_reference_text(&value) =>
+                                {
+                                    texts.push(text)
+                                }
                                 other => {
                                     return Err(DecodeError::unsupported(
                                         format!("{block_field}.content[{inner}]"),
                                         format!(
-                                            "a `{}` block in a tool result (only text, image \
-                                             and document are)",
+                                            "a `{}` block in a tool result (only text, image, \
+                                             document and tool_reference are)",
                                             block_type(&other)
                                         ),
                                     ));

@@ -1229,3 +1229,63 @@ fn a_streamed_calls_signature_travels_inside_its_tool_use_id() {
         ("call_0".to_owned(), Some("Q0FMTA==".to_owned()))
     );
 }
+
+/// What Claude Code sends with its advisor set up, with MCP servers that
+/// connect late (the mid-conversation tool changes beta), and with tool
+/// search on: none of it is refused.
+#[test]
+fn claude_codes_advisor_tool_changes_and_tool_references_decode() {
+    let (request, _) = decode_json(json!({"model": "m", "max_tokens": 10,
+    "tools": [
+        {"name": "Read", "input_schema": {"type": "object"}},
+        {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-7"},
+        {"name": "mcp__docs__search", "input_schema": {"type": "object"}, "defer_loading": true}
+    ],
+    "messages": [
+        {"role": "user", "content": "Find the docs tool."},
+        {"role": "system", "content": [
+            {"type": "text", "text": "The docs server connected."},
+            {"type": "tool_addition", "tool": {"type": "tool_definition", "definition": {
+                "name": "mcp__docs__search", "input_schema": {"type": "object"}}}},
+            {"type": "tool_removal", "tool_name": "mcp__old__gone"}
+        ]},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "ToolSearch", "input": {"query": "docs"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                {"type": "tool_reference", "tool_name": "mcp__docs__search"}]}]}
+    ]}))
+    .unwrap();
+    let names: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["Read", "mcp__docs__search"]);
+    assert_eq!(
+        request.messages[1],
+        Message::system("The docs server connected.")
+    );
+    let Some(ContentPart::ToolResult(result)) = request.messages[3].content.first() else {
+        panic!("{:?}", request.messages[3]);
+    };
+    assert_eq!(result.content, "Tool `mcp__docs__search` is available.");
+
+    // A system message of tool changes alone is no message.
+    let (request, _) = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "tool_removal", "tool_name": "x"}]}]}))
+    .unwrap();
+    assert_eq!(request.messages, vec![Message::user("hi")]);
+    // Other server tools are still refused, and other blocks in a result.
+    let error = decode_json(json!({"model": "m", "max_tokens": 10,
+        "tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}],
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .unwrap_err();
+    assert!(
+        matches!(error, DecodeError::UnsupportedTool { .. }),
+        "{error:?}"
+    );
+    let error = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "x", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [
+            {"type": "search_result", "source": "s", "title": "t", "content": []}]}]}]}))
+    .unwrap_err();
+    assert!(error.to_string().contains("tool_reference"), "{error}");
+}

@@ -526,8 +526,9 @@ fn decode_response_format(value: &Value) -> Result<Option<ResponseFormat>, Decod
 }
 
 /// Decodes an OpenAI reasoning effort: `none` is [`ReasoningEffort::Off`],
-/// `xhigh` (and OpenRouter's `max`) is [`ReasoningEffort::High`], and
-/// Groq's `default` is no effort asked: the model's own.
+/// the levels above `high` (`xhigh`, OpenRouter's `max`, Codex's `ultra`)
+/// are [`ReasoningEffort::High`], and Groq's `default` is no effort asked:
+/// the model's own.
 pub(crate) fn decode_effort(
     effort: &str,
     field: &str,
@@ -537,13 +538,13 @@ pub(crate) fn decode_effort(
         "minimal" => Ok(Some(ReasoningEffort::Minimal)),
         "low" => Ok(Some(ReasoningEffort::Low)),
         "medium" => Ok(Some(ReasoningEffort::Medium)),
-        "high" | "xhigh" | "max" => Ok(Some(ReasoningEffort::High)),
+        "high" | "xhigh" | "max" | "ultra" => Ok(Some(ReasoningEffort::High)),
         "default" => Ok(None),
         other => Err(DecodeError::invalid(
             field,
             format!(
-                "unknown effort `{other}` (expected none, minimal, low, medium, high, xhigh or \
-                 default)"
+                "unknown effort `{other}` (expected none, minimal, low, medium, high, xhigh, \
+                 max, ultra or default)"
             ),
         )),
     }

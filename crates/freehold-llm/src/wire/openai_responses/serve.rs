@@ -14,7 +14,7 @@ use super::{
     FunctionCallOutputItem, IncompleteDetails, InputDoneEvent, Item, ItemContent, ItemEvent,
     MessageItem, ORIGIN, PartEvent, ReasoningItem, RefusalDoneEvent, ResponseError, ResponseEvent,
     ResponseInput, ResponseObject, ResponseSnapshot, ResponseUsage, ResponsesRequest, ServerEvent,
-    SummaryPartEvent, TextDoneEvent, TextFormat, TextPart, WireTool,
+    SummaryPartEvent, TextDoneEvent, TextFormat, TextPart, ToolSearchCallItem, WireTool,
 };
 use crate::wire::openai_chat::{
     self, ErrorBody, decode_effort, decode_tool_choice, decode_verbosity, openai_error_message,
@@ -40,10 +40,40 @@ pub struct ServeOptions {
     /// providers see them under (`{namespace}__{name}`): their namespace
     /// and their own name, which calls of them go back to the client with.
     pub namespaced_tools: BTreeMap<String, (String, String)>,
+    /// Whether the request offered Codex's `tool_search` (run by the
+    /// client): providers see it as a function tool of that name, and
+    /// calls of it go back as `tool_search_call` items.
+    pub tool_search: bool,
 }
 
 /// The one argument of the function tool a freeform tool becomes.
 const FREEFORM_ARGUMENT: &str = "input";
+
+/// The name providers see Codex's `tool_search` under.
+const TOOL_SEARCH: &str = "tool_search";
+
+/// A tool of a request, with the field it was declared at.
+struct DeclaredTool {
+    field: String,
+    tool: WireTool,
+    /// Found by a tool search (in a `tool_search_output` item): a tool found
+    /// again, or already offered, is the same tool.
+    found: bool,
+}
+
+impl DeclaredTool {
+    /// The tools of a list (`tools`, or an item's) at `field`.
+    fn all(tools: Vec<WireTool>, field: &str, found: bool) -> impl Iterator<Item = Self> + '_ {
+        tools
+            .into_iter()
+            .enumerate()
+            .map(move |(index, tool)| DeclaredTool {
+                field: format!("{field}[{index}]"),
+                tool,
+                found,
+            })
+    }
+}
 
 /// Decodes a client's request.
 ///
@@ -61,6 +91,9 @@ const FREEFORM_ARGUMENT: &str = "input";
 ///   after them;
 /// - `text.format` becomes the response format; `reasoning.effort` the
 ///   reasoning effort (`none`: none);
+/// - the tools of an `additional_tools` input item (where Codex declares
+///   its tools to the models it runs in its "lite" mode, gpt-5.6's, with
+///   no `tools`) are read as if they were in `tools`, after them;
 /// - `custom` (freeform) tools become function tools with one string
 ///   argument, `input`, their description saying so and giving the
 ///   input's grammar when they have one (no provider other than OpenAI
@@ -71,9 +104,15 @@ const FREEFORM_ARGUMENT: &str = "input";
 ///   which Codex offers `gpt-5…` models in every request, is left out: the
 ///   gateway has no search to run, and the model answers without one (a
 ///   request that must search, its `tool_choice` naming the search or
-///   `required` with no other tool, is still refused); so is Codex's
-///   `tool_search`, with which it lets a model look up an MCP server's
-///   deferred tools;
+///   `required` with no other tool, is still refused), and so is a
+///   `tool_search` the server would run;
+/// - Codex's own `tool_search` (`"execution": "client"`, its search over
+///   the tools it holds back, an MCP server's) is a function tool named
+///   `tool_search` whose calls go back as `tool_search_call` items (see
+///   [`ServeOptions::tool_search`]); `tool_search_call` items in the input
+///   are its calls, and `tool_search_output` items its results, a line
+///   naming the tools found, which join the request's tools (a tool found
+///   again, or already offered, once);
 /// - the tools of a `namespace` tool (as Codex groups an MCP server's
 ///   tools) become tools named `{namespace}__{name}` (shortened with a hash
 ///   past 63 bytes), the namespace's description added to its first
@@ -100,6 +139,10 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
     if let Some(instructions) = wire.instructions.filter(|text| !text.is_empty()) {
         messages.push(Message::system(instructions));
     }
+    // The tools of `tools`, then those declared or found by a tool search
+    // in `input`.
+    let mut declared_tools: Vec<DeclaredTool> =
+        DeclaredTool::all(wire.tools.unwrap_or_default(), "tools", false).collect();
     match wire.input {
         ResponseInput::Text(text) => messages.push(Message::user(text)),
         ResponseInput::Items(items) => {
@@ -108,9 +151,26 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             // would part them from their calls.
             let mut attachments = Vec::new();
             for (index, item) in items.into_iter().enumerate() {
+                let field = format!("input[{index}].tools");
+                match &item {
+                    Item::AdditionalTools(declared) => {
+                        declared_tools.extend(DeclaredTool::all(
+                            declared.tools.clone(),
+                            &field,
+                            false,
+                        ));
+                        continue;
+                    }
+                    Item::ToolSearchOutput(output) => {
+                        declared_tools.extend(DeclaredTool::all(output.tools.clone(), &field, true))
+                    }
+                    _ => {}
+                }
                 let is_output = matches!(
                     item,
-                    Item::FunctionCallOutput(_) | Item::CustomToolCallOutput(_)
+                    Item::FunctionCallOutput(_)
+                        | Item::CustomToolCallOutput(_)
+                        | Item::ToolSearchOutput(_)
                 );
                 if !is_output {
                     push_attachments(&mut messages, &mut attachments);
@@ -128,17 +188,31 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
     let mut names = ToolNames::default();
     let mut tools = Vec::new();
     let mut left_out = None;
-    for (index, tool) in wire.tools.unwrap_or_default().into_iter().enumerate() {
-        let field = format!("tools[{index}]");
+    for DeclaredTool { field, tool, found } in declared_tools {
         match tool.kind.as_str() {
-            // Codex's `tool_search` (its search over an MCP server's
-            // deferred tools, which it runs itself) is left out too: no
-            // provider behind the gateway answers with its own item type,
-            // and Codex works with the tools it declared in full.
+            // Codex's search over the tools it holds back (an MCP server's),
+            // which it runs itself: a function to providers, whose calls go
+            // back as `tool_search_call` items.
+            "tool_search" if tool.execution.as_deref() == Some("client") => {
+                if names.taken.insert(TOOL_SEARCH.to_owned()) {
+                    names.tool_search = true;
+                    tools.push(ToolSpec {
+                        name: TOOL_SEARCH.to_owned(),
+                        description: tool.description.unwrap_or_default(),
+                        parameters: tool
+                            .parameters
+                            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                        strict: false,
+                    });
+                }
+            }
+            // A search the server runs (OpenAI's) is left out: the gateway
+            // has none to run.
             kind if kind.starts_with("web_search") || kind == "tool_search" => {
                 tracing::debug!(kind, "leaving out a search tool");
                 left_out.get_or_insert((field, tool.kind));
             }
+            "function" | "custom" if found && names.taken.contains(&tool.name) => {}
             "function" | "custom" => tools.push(names.decode(tool, &field, None)?),
             "namespace" => {
                 if tool.name.is_empty() {
@@ -147,6 +221,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
                         "a namespace tool needs a name",
                     ));
                 }
+                let mut first = true;
                 for (inner, function) in tool.tools.unwrap_or_default().into_iter().enumerate() {
                     let field = format!("{field}.tools[{inner}]");
                     if !matches!(function.kind.as_str(), "function" | "custom") {
@@ -155,11 +230,18 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
                             kind: function.kind,
                         });
                     }
+                    if found
+                        && names
+                            .taken
+                            .contains(&namespaced_name(&tool.name, &function.name))
+                    {
+                        continue;
+                    }
                     let mut spec = names.decode(function, &field, Some(&tool.name))?;
                     // Providers have no namespaces: what the namespace is
                     // for goes with its first tool, once rather than with
                     // each of an MCP server's tens of tools.
-                    if inner == 0
+                    if std::mem::take(&mut first)
                         && let Some(about) = tool.description.as_deref().map(str::trim)
                         && !about.is_empty()
                     {
@@ -281,6 +363,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             stream: wire.stream,
             freeform_tools: names.freeform,
             namespaced_tools: names.namespaced,
+            tool_search: names.tool_search,
         },
     ))
 }
@@ -292,6 +375,7 @@ struct ToolNames {
     taken: BTreeSet<String>,
     freeform: BTreeSet<String>,
     namespaced: BTreeMap<String, (String, String)>,
+    tool_search: bool,
 }
 
 impl ToolNames {
@@ -620,6 +704,45 @@ fn decode_item(
                 );
             }
         }
+        Item::ToolSearchCall(call) => {
+            let (call_id, name) = call_identity(
+                field,
+                "tool_search_call",
+                &call.call_id,
+                call.id.as_deref(),
+                TOOL_SEARCH.to_owned(),
+                None,
+            )?;
+            let arguments = match call.arguments {
+                Value::String(text) => text,
+                Value::Null => "{}".to_owned(),
+                arguments => arguments.to_string(),
+            };
+            push_part(
+                messages,
+                Role::Assistant,
+                ContentPart::ToolCall(client_call(&call_id, name, arguments)),
+            );
+        }
+        Item::ToolSearchOutput(output) => {
+            if output.call_id.is_empty() {
+                return Err(DecodeError::missing(
+                    format!("{field}.call_id"),
+                    "a tool_search_output needs call_id (the call it answers)",
+                ));
+            }
+            push_part(
+                messages,
+                Role::Tool,
+                ContentPart::ToolResult(ToolResult {
+                    call_id: split_client_call_id(&output.call_id).0,
+                    content: found_tools_text(&output.tools),
+                    is_error: false,
+                }),
+            );
+        }
+        // Read with the request's tools.
+        Item::AdditionalTools(_) => {}
         Item::Other => {
             tracing::debug!(field, "skipping an input item of an unsupported type");
         }
@@ -668,6 +791,37 @@ fn client_call(call_id: &str, name: String, arguments: String) -> ToolCall {
     ToolCall {
         signature,
         ..ToolCall::new(id, name, arguments)
+    }
+}
+
+/// A tool search's result as a provider reads it: the names the tools it
+/// found have now among the request's tools (they are offered from the
+/// next request on, as Codex's search makes them).
+fn found_tools_text(tools: &[WireTool]) -> String {
+    let names: Vec<String> = tools
+        .iter()
+        .flat_map(|tool| match tool.kind.as_str() {
+            "namespace" => tool
+                .tools
+                .iter()
+                .flatten()
+                .map(|inner| namespaced_name(&tool.name, &inner.name))
+                .collect(),
+            _ => vec![tool.name.clone()],
+        })
+        .filter(|name| !name.is_empty())
+        .collect();
+    if names.is_empty() {
+        "No tools matched the search.".to_owned()
+    } else {
+        format!(
+            "Found, and now among your tools: {}.",
+            names
+                .iter()
+                .map(|name| format!("`{name}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 
@@ -905,6 +1059,24 @@ fn custom_call_item(
     })
 }
 
+/// A `tool_search_call` item for `call`: its arguments as a JSON object
+/// (Codex reads nothing else; text a model wrote instead is the query).
+fn tool_search_item(id: String, call: &ToolCall, status: &str) -> Item {
+    let arguments = match serde_json::from_str::<Value>(&call.arguments) {
+        Ok(Value::Object(arguments)) => Value::Object(arguments),
+        Ok(Value::String(query)) => json!({ "query": query }),
+        _ if call.arguments.trim().is_empty() => json!({}),
+        _ => json!({ "query": call.arguments }),
+    };
+    Item::ToolSearchCall(ToolSearchCallItem {
+        id: Some(id),
+        call_id: call_id_for_client(&call.id, call.signature.as_deref()),
+        execution: "client".into(),
+        arguments,
+        status: Some(status.into()),
+    })
+}
+
 /// The namespace and own name of `call`'s tool, as the client declared it.
 fn split_name(
     call: &ToolCall,
@@ -952,7 +1124,8 @@ pub fn encode_response(response: &ChatResponse, model: &str) -> ResponseObject {
 
 /// [`encode_response`] for a request decoded with `options`: calls of its
 /// freeform tools become `custom_tool_call` items (id `ctc_…`), their input
-/// the call's `input` argument.
+/// the call's `input` argument, and calls of Codex's `tool_search`
+/// `tool_search_call` items (id `tsc_…`).
 pub fn encode_response_for(
     response: &ChatResponse,
     model: &str,
@@ -987,6 +1160,10 @@ pub fn encode_response_for(
                         )
                     }),
                 ));
+            }
+            ContentPart::ToolCall(call) if options.tool_search && call.name == TOOL_SEARCH => {
+                flush(&mut text, &mut output);
+                output.push(tool_search_item(generated_id("tsc_"), call, "completed"));
             }
             ContentPart::ToolCall(call) if options.freeform_tools.contains(&call.name) => {
                 flush(&mut text, &mut output);
@@ -1040,13 +1217,26 @@ enum OpenItem {
         text: String,
     },
     /// A function call, with its [`StreamEvent`] index; a freeform tool's
-    /// call gathers its arguments and sends its input when it closes.
+    /// call gathers its arguments and sends its input when it closes, a
+    /// tool search's sends the whole item then.
     Call {
         index: u32,
         id: String,
         call: ToolCall,
-        freeform: bool,
+        kind: CallKind,
     },
+}
+
+/// The item a tool call goes to the client as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    /// `function_call`, its arguments streamed.
+    Function,
+    /// `custom_tool_call` (a freeform tool), its input sent whole.
+    Freeform,
+    /// `tool_search_call`, sent whole when it is complete: Codex acts on
+    /// the item as it is announced, and its arguments must be whole then.
+    ToolSearch,
 }
 
 /// Encodes a streamed answer as Responses events, each with its `event:`
@@ -1076,6 +1266,8 @@ enum OpenItem {
 ///    arguments once they are complete, goes out in one
 ///    `response.custom_tool_call_input.delta`, then
 ///    `response.custom_tool_call_input.done` and `response.output_item.done`;
+///    for a call of Codex's `tool_search`, a `tool_search_call` item
+///    (`tsc_…`), announced and done together once its arguments are whole;
 /// 5. `response.completed` with the whole response and its usage, or
 ///    `response.incomplete` (max tokens, content filter).
 ///
@@ -1100,6 +1292,7 @@ pub struct ResponseStreamEncoder {
     usage: Option<Usage>,
     freeform_tools: BTreeSet<String>,
     namespaced_tools: BTreeMap<String, (String, String)>,
+    tool_search: bool,
 }
 
 impl ResponseStreamEncoder {
@@ -1122,7 +1315,15 @@ impl ResponseStreamEncoder {
             usage: None,
             freeform_tools: BTreeSet::new(),
             namespaced_tools: BTreeMap::new(),
+            tool_search: false,
         }
+    }
+
+    /// Encodes calls of `tool_search` as `tool_search_call` items, when the
+    /// request offered Codex's ([`ServeOptions::tool_search`]).
+    pub fn with_tool_search(mut self, offered: bool) -> Self {
+        self.tool_search = offered;
+        self
     }
 
     /// Encodes calls of these tools (the request's freeform tools,
@@ -1268,7 +1469,17 @@ impl ResponseStreamEncoder {
             OpenItem::Call {
                 id,
                 call,
-                freeform: true,
+                kind: CallKind::ToolSearch,
+                ..
+            } => {
+                // Announced only now, whole.
+                self.added(tool_search_item(id.clone(), &call, "in_progress"), out);
+                tool_search_item(id, &call, "completed")
+            }
+            OpenItem::Call {
+                id,
+                call,
+                kind: CallKind::Freeform,
                 ..
             } => {
                 let input = freeform_input(&call.arguments);
@@ -1459,37 +1670,48 @@ impl ResponseStreamEncoder {
                 self.start(None, &mut out);
                 self.close(&mut out);
                 self.has_calls = true;
-                let freeform = self.freeform_tools.contains(name);
+                let kind = if self.tool_search && name == TOOL_SEARCH {
+                    CallKind::ToolSearch
+                } else if self.freeform_tools.contains(name) {
+                    CallKind::Freeform
+                } else {
+                    CallKind::Function
+                };
                 let call = ToolCall {
                     signature: signature.clone(),
                     ..ToolCall::new(id.clone(), name.clone(), "")
                 };
-                let (item_id, item) = if freeform {
-                    let item_id = generated_id("ctc_");
-                    let item = custom_call_item(
-                        item_id.clone(),
-                        &call,
-                        String::new(),
-                        "in_progress",
-                        &self.namespaced_tools,
-                    );
-                    (item_id, item)
-                } else {
-                    let item_id = generated_id("fc_");
-                    let item = call_item(
-                        item_id.clone(),
-                        &call,
-                        "in_progress",
-                        &self.namespaced_tools,
-                    );
-                    (item_id, item)
+                let item_id = match kind {
+                    CallKind::ToolSearch => generated_id("tsc_"),
+                    CallKind::Freeform => {
+                        let item_id = generated_id("ctc_");
+                        let item = custom_call_item(
+                            item_id.clone(),
+                            &call,
+                            String::new(),
+                            "in_progress",
+                            &self.namespaced_tools,
+                        );
+                        self.added(item, &mut out);
+                        item_id
+                    }
+                    CallKind::Function => {
+                        let item_id = generated_id("fc_");
+                        let item = call_item(
+                            item_id.clone(),
+                            &call,
+                            "in_progress",
+                            &self.namespaced_tools,
+                        );
+                        self.added(item, &mut out);
+                        item_id
+                    }
                 };
-                self.added(item, &mut out);
                 self.open = Some(OpenItem::Call {
                     index: *index,
                     id: item_id,
                     call,
-                    freeform,
+                    kind,
                 });
             }
             StreamEvent::ToolCallArgsDelta { index, delta } => {
@@ -1497,7 +1719,7 @@ impl ResponseStreamEncoder {
                 match &mut self.open {
                     Some(OpenItem::Call {
                         index: open,
-                        freeform: true,
+                        kind: CallKind::Freeform | CallKind::ToolSearch,
                         call,
                         ..
                     }) if open == index => call.arguments.push_str(delta),
@@ -1505,7 +1727,7 @@ impl ResponseStreamEncoder {
                         index: open,
                         id,
                         call,
-                        freeform: false,
+                        kind: CallKind::Function,
                     }) if open == index => {
                         call.arguments.push_str(delta);
                         let event = ResponseEvent::FunctionCallArgumentsDelta(DeltaEvent {

@@ -1,6 +1,6 @@
 //! Tests of the gateway direction: round trips through the client side.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, ImageSource, LlmError, Message, Reasoning,
@@ -828,7 +828,7 @@ fn freeform_options() -> ServeOptions {
     ServeOptions {
         stream: false,
         freeform_tools: BTreeSet::from(["apply_patch".to_owned()]),
-        namespaced_tools: BTreeMap::new(),
+        ..ServeOptions::default()
     }
 }
 
@@ -939,8 +939,8 @@ fn hosted_web_search_is_left_out_unless_forced() {
         {"type": "web_search", "external_web_access": false},
         {"type": "function", "name": "shell", "parameters": {"type": "object"}},
         {"type": "web_search_preview"},
-        // Codex's search of an MCP server's deferred tools, run by Codex.
-        {"type": "tool_search", "execution": "client", "description": "Find tools",
+        // A search of deferred tools that OpenAI would run.
+        {"type": "tool_search", "description": "Find tools",
          "parameters": {"type": "object"}},
     ]}))
     .unwrap();
@@ -1491,4 +1491,253 @@ fn a_calls_signature_travels_inside_its_call_id() {
         panic!("{:?}", request.messages[2]);
     };
     assert_eq!(result.call_id, "call_1");
+}
+
+/// Codex's "lite" mode (the gpt-5.6 models): empty `instructions`, no
+/// `tools`, and the tools in an `additional_tools` item opening `input`.
+#[test]
+fn tools_declared_in_the_input_are_the_requests_tools() {
+    let (request, options) = decode_json(json!({
+        "model": "gpt-5.6-sol",
+        "instructions": "",
+        "input": [
+            {"type": "additional_tools", "role": "developer", "tools": [
+                {"type": "namespace", "name": "functions", "tools": [
+                    {"type": "function", "name": "shell", "parameters": {"type": "object"}}]},
+                {"type": "custom", "name": "apply_patch", "format": {"type": "text"}}]},
+            {"role": "developer", "content": "You are Codex."},
+            {"role": "user", "content": "List the files."},
+        ],
+    }))
+    .unwrap();
+    let names: Vec<&str> = request
+        .tools
+        .iter()
+        .map(|tool| tool.name.as_str())
+        .collect();
+    assert_eq!(names, ["functions__shell", "apply_patch"]);
+    assert!(options.freeform_tools.contains("apply_patch"));
+    let roles: Vec<Role> = request.messages.iter().map(|m| m.role).collect();
+    assert_eq!(roles, [Role::System, Role::User]);
+    assert_eq!(request.messages[0].text(), "You are Codex.");
+
+    // After the request's own `tools`, and with the same checks, naming
+    // where a tool was.
+    let (request, _) = decode_json(json!({"model": "m",
+        "tools": [{"type": "function", "name": "first"}],
+        "input": [{"type": "additional_tools", "tools": [{"type": "function", "name": "second"}]},
+                  {"role": "user", "content": "hi"}]}))
+    .unwrap();
+    let names: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["first", "second"]);
+    let error = decode_json(json!({"model": "m", "input": [
+        {"type": "additional_tools", "tools": [{"type": "file_search"}]}]}))
+    .unwrap_err();
+    assert!(
+        matches!(&error, DecodeError::UnsupportedTool { field, kind }
+            if field == "input[0].tools[0]" && kind == "file_search"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn efforts_above_high_are_high() {
+    // Codex's `ultra` too: it is `high` to every upstream, as an OpenAI
+    // client's `xhigh` is (see docs/gateway.md, translation gaps).
+    for asked in ["high", "xhigh", "max", "ultra"] {
+        let (request, _) =
+            decode_json(json!({"model": "gpt-5.5", "input": "hi", "reasoning": {"effort": asked}}))
+                .unwrap();
+        assert_eq!(request.reasoning, Some(ReasoningEffort::High), "{asked}");
+        assert_eq!(request.reasoning_effort_name, None, "{asked}");
+    }
+    let error = decode_json(json!({"model": "m", "input": "hi", "reasoning": {"effort": "huge"}}))
+        .unwrap_err();
+    assert!(error.to_string().contains("ultra"), "{error}");
+}
+
+/// Codex's `tool_search` as Codex 0.171.0 declares it (with an MCP server
+/// set up, for a model whose metadata has the search, gpt-5.5).
+fn tool_search_tool() -> Value {
+    json!({"type": "tool_search", "execution": "client",
+           "description": "# Tool discovery\n\nSearches over deferred tool metadata.",
+           "parameters": {"type": "object", "properties": {
+               "limit": {"type": "number"}, "query": {"type": "string"}},
+               "required": ["query"], "additionalProperties": false}})
+}
+
+/// What Codex's search found: an MCP server's tools, grouped by namespace.
+fn found_notes_tools() -> Value {
+    json!([{"type": "namespace", "name": "mcp__notes",
+            "description": "Tools in the mcp__notes namespace.",
+            "tools": [
+                {"type": "function", "name": "create_note", "description": "Create a note",
+                 "strict": false, "defer_loading": true,
+                 "parameters": {"type": "object", "properties": {"text": {"type": "string"}}}},
+                {"type": "function", "name": "list_notes", "description": "List notes",
+                 "strict": false, "defer_loading": true,
+                 "parameters": {"type": "object", "properties": {}}}]}])
+}
+
+#[test]
+fn codexs_tool_search_is_a_function_and_the_tools_it_found_join_the_request() {
+    let (request, options) = decode_json(json!({
+        "model": "gpt-5.5",
+        "tools": [
+            {"type": "function", "name": "exec_command", "parameters": {"type": "object"}},
+            tool_search_tool(),
+            {"type": "web_search", "external_web_access": true},
+        ],
+        "input": [
+            {"role": "user", "content": "Make a note."},
+            {"type": "tool_search_call", "call_id": "call_s1", "execution": "client",
+             "status": "completed", "arguments": {"query": "notes", "limit": 8}},
+            {"type": "tool_search_output", "call_id": "call_s1", "status": "completed",
+             "execution": "client", "tools": found_notes_tools()},
+            // Found again by a second search: the same tools, once.
+            {"type": "tool_search_call", "call_id": "call_s2", "execution": "client",
+             "arguments": {"query": "create note"}},
+            {"type": "tool_search_output", "call_id": "call_s2", "tools": [
+                found_notes_tools()[0].clone()]},
+        ],
+    }))
+    .unwrap();
+    let names: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "exec_command",
+            "tool_search",
+            "mcp__notes__create_note",
+            "mcp__notes__list_notes"
+        ]
+    );
+    assert!(options.tool_search);
+    assert_eq!(request.tools[1].parameters["required"], json!(["query"]));
+    assert!(request.tools[1].description.starts_with("# Tool discovery"));
+    assert_eq!(
+        options.namespaced_tools["mcp__notes__create_note"],
+        ("mcp__notes".to_owned(), "create_note".to_owned())
+    );
+    // The search's call and result, as a provider reads them.
+    let call = request.messages[1].tool_calls().next().unwrap();
+    assert_eq!(call.name, "tool_search");
+    assert_eq!(call.id, "call_s1");
+    assert_eq!(
+        serde_json::from_str::<Value>(&call.arguments).unwrap(),
+        json!({"query": "notes", "limit": 8})
+    );
+    let Some(ContentPart::ToolResult(result)) = request.messages[2].content.first() else {
+        panic!("{:?}", request.messages[2]);
+    };
+    assert_eq!(result.call_id, "call_s1");
+    assert_eq!(
+        result.content,
+        "Found, and now among your tools: `mcp__notes__create_note`, `mcp__notes__list_notes`."
+    );
+
+    // A search the server runs is still left out, and a search output
+    // needs its call.
+    let (request, options) = decode_json(json!({"model": "m", "input": "hi",
+        "tools": [{"type": "tool_search", "execution": "server"},
+                  {"type": "function", "name": "f"}]}))
+    .unwrap();
+    assert_eq!(request.tools.len(), 1);
+    assert!(!options.tool_search);
+    let error = decode_json(json!({"model": "m", "input": [
+        {"type": "tool_search_output", "tools": []}]}))
+    .unwrap_err();
+    assert!(error.to_string().contains("call_id"), "{error}");
+}
+
+#[test]
+fn calls_of_tool_search_go_back_as_tool_search_calls() {
+    let (_, options) = decode_json(json!({"model": "gpt-5.5", "input": "hi",
+        "tools": [tool_search_tool()]}))
+    .unwrap();
+    let called = |arguments: &str| ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            content: vec![ContentPart::ToolCall(ToolCall::new(
+                "call_7",
+                "tool_search",
+                arguments,
+            ))],
+        },
+        stop_reason: StopReason::ToolUse,
+        ..full_response()
+    };
+    let wire = serde_json::to_value(encode_response_for(
+        &called(r#"{"query": "notes"}"#),
+        "gpt-5.5",
+        &options,
+    ))
+    .unwrap();
+    let item = &wire["output"][0];
+    assert_eq!(item["type"], "tool_search_call", "{item}");
+    assert_eq!(item["execution"], "client");
+    assert_eq!(item["call_id"], "call_7");
+    assert_eq!(item["status"], "completed");
+    assert_eq!(item["arguments"], json!({"query": "notes"}));
+    assert!(item["id"].as_str().unwrap().starts_with("tsc_"));
+    // What a small model may write instead of an object is the query.
+    for (written, arguments) in [
+        (r#""notes""#, json!({"query": "notes"})),
+        ("notes please", json!({"query": "notes please"})),
+        ("", json!({})),
+    ] {
+        let wire =
+            serde_json::to_value(encode_response_for(&called(written), "m", &options)).unwrap();
+        assert_eq!(wire["output"][0]["arguments"], arguments, "{written:?}");
+    }
+    // Without Codex's search in the request, a tool of that name is a
+    // function like any other.
+    let wire = serde_json::to_value(encode_response(&called("{}"), "m")).unwrap();
+    assert_eq!(wire["output"][0]["type"], "function_call");
+
+    // Streamed: announced and done together, its arguments whole.
+    let events = [
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: "call_7".into(),
+            name: "tool_search".into(),
+            signature: None,
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: r#"{"query": "#.into(),
+        },
+        StreamEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: r#""notes"}"#.into(),
+        },
+        StreamEvent::ToolCallEnd {
+            index: 0,
+            signature: None,
+        },
+        StreamEvent::Stop {
+            reason: StopReason::ToolUse,
+        },
+    ];
+    let mut encoder = ResponseStreamEncoder::new("gpt-5.5", None).with_tool_search(true);
+    let mut frames: Vec<SseFrame> = events.iter().flat_map(|e| encoder.push(e)).collect();
+    frames.extend(encoder.finish());
+    assert_eq!(
+        types(&frames),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let added = json_of(&frames[2]);
+    let done = json_of(&frames[3]);
+    assert_eq!(added["item"]["type"], "tool_search_call");
+    assert_eq!(added["item"]["arguments"], json!({"query": "notes"}));
+    assert_eq!(added["item"]["status"], "in_progress");
+    assert_eq!(done["item"]["status"], "completed");
+    assert_eq!(done["item"]["id"], added["item"]["id"]);
+    assert_eq!(json_of(&frames[4])["response"]["output"][0], done["item"]);
 }
