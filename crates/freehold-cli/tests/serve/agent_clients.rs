@@ -130,6 +130,12 @@ fn play_model(request: &Recorded) -> Scripted {
     if asked_for_a_note {
         return completion(stream, play_note_task(&body, &messages));
     }
+    let asked_for_a_patch = messages
+        .iter()
+        .any(|message| message["role"] == "user" && message_text(message).contains(PATCH_TASK));
+    if asked_for_a_patch {
+        return completion(stream, play_patch_task(&body, &messages));
+    }
     let tool_output = messages
         .iter()
         .find(|message| message["role"] == "tool")
@@ -214,6 +220,36 @@ fn play_note_task(body: &Value, messages: &[Value]) -> Reply {
         );
     }
     Reply::Text("no tool search was offered".into())
+}
+
+/// The task Codex is given to edit with its freeform `apply_patch` tool.
+const PATCH_TASK: &str = "Add the proof file with a patch.";
+/// The id of the scripted model's patch.
+const PATCH_ID: &str = "call_patch_1";
+/// The patch: in Codex's own format, not JSON (the tool is freeform).
+const PATCH: &str =
+    "*** Begin Patch\n*** Add File: patched.txt\n+freehold-proof-4141\n*** End Patch\n";
+
+/// The scripted model on [`PATCH_TASK`]: it calls `apply_patch` (a
+/// function with one `input` argument to the provider, the gateway's form
+/// of a freeform tool), then quotes the tool's output.
+fn play_patch_task(body: &Value, messages: &[Value]) -> Reply {
+    let patched = messages
+        .iter()
+        .find(|message| message["role"] == "tool" && message["tool_call_id"] == PATCH_ID);
+    if let Some(result) = patched {
+        return Reply::Text(format!("{VERIFIED} {}", message_text(result).trim()));
+    }
+    let offered = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|tool| tool["function"]["name"] == "apply_patch");
+    if offered {
+        Reply::Call(PATCH_ID, "apply_patch", json!({ "input": PATCH }))
+    } else {
+        Reply::Text("no apply_patch was offered".into())
+    }
 }
 
 /// An MCP server on stdio with one tool, `write_note`, which writes its
@@ -572,6 +608,72 @@ async fn codex_finds_an_mcp_tool_with_its_tool_search_through_the_gateway() {
         .expect("the task reached the upstream");
     assert!(!offers_note_tool(first), "{first}");
     assert!(bodies.iter().any(offers_note_tool));
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&workdir);
+}
+
+/// Codex offers gpt-5.5 its `apply_patch` as a freeform tool, whose input
+/// is a patch in its own format rather than JSON: the provider sees a
+/// function with one `input` argument, the call goes back to Codex as a
+/// `custom_tool_call`, Codex applies the patch and answers with a
+/// `custom_tool_call_output`.
+#[tokio::test]
+async fn codex_applies_a_freeform_patch_through_the_gateway() {
+    let Some(agents) = test_agent_clients() else {
+        return;
+    };
+    let upstream = MockServer::answering(play_model).await;
+    let config = format!(
+        "[providers.scripted]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
+         [aliases]\n\"gpt-5.5\" = \"scripted:scripted\"\n",
+        upstream.url()
+    );
+    let served = Served::start(&config, &[]).await;
+    let home = scratch("codex-patch-home");
+    let workdir = scratch("codex-patch-work");
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "model = \"gpt-5.5\"\nmodel_provider = \"freehold\"\n\n\
+             [model_providers.freehold]\nname = \"Freehold\"\nbase_url = \"{}/v1\"\n\
+             env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n\
+             stream_max_retries = 0\n",
+            served.url
+        ),
+    )
+    .unwrap();
+    let mut command = tokio::process::Command::new(agents.join("codex"));
+    command
+        .args(["exec", "--skip-git-repo-check"])
+        .arg("--dangerously-bypass-approvals-and-sandbox")
+        .arg("-C")
+        .arg(&workdir)
+        .arg(PATCH_TASK)
+        .env_clear()
+        .env("HOME", &home)
+        .env("CODEX_HOME", &home)
+        .env("FREEHOLD_KEY", MASTER)
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let stdout = run_agent(command, "codex exec").await;
+
+    let written = std::fs::read_to_string(workdir.join("patched.txt"))
+        .expect("Codex applied the patch the model wrote");
+    assert_eq!(written.trim_end(), PROOF);
+    assert!(
+        stdout.contains(VERIFIED),
+        "Codex printed the final answer: {stdout}"
+    );
+    // The tool reached the provider as a function of one text argument.
+    let bodies: Vec<Value> = upstream.requests().iter().map(Recorded::json).collect();
+    let patch_tool = bodies
+        .iter()
+        .flat_map(|body| body["tools"].as_array().cloned().unwrap_or_default())
+        .find(|tool| tool["function"]["name"] == "apply_patch")
+        .expect("apply_patch was offered");
+    assert_eq!(
+        patch_tool["function"]["parameters"]["required"],
+        json!(["input"])
+    );
     let _ = std::fs::remove_dir_all(&home);
     let _ = std::fs::remove_dir_all(&workdir);
 }
