@@ -9,8 +9,8 @@ use std::time::Instant;
 use freehold_llm::router::Router;
 use freehold_protocol::{
     AgentEvent, AgentStop, AgentSummary, ChatRequest, ContentPart, ErrorKind, LlmError, Message,
-    ResponseBuilder, Role, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult, ToolSpec,
-    Usage,
+    ReasoningEffort, ResponseBuilder, Role, StopReason, StreamEvent, ToolCall, ToolChoice,
+    ToolResult, ToolSpec, Usage,
 };
 use freehold_tools::{Tool, ToolContext, ToolError, ToolKind, ToolOutput, Toolbox};
 use futures::StreamExt;
@@ -563,6 +563,9 @@ impl Agent {
         );
         request.max_tokens = Some(self.options.max_output_tokens.min(768));
         request.sampling.temperature = Some(0.2);
+        // A summary needs no reasoning, and a thinking model would spend
+        // the few tokens it has on it (the answer then has no text).
+        request.reasoning = Some(ReasoningEffort::Off);
         let routed = tokio::select! {
             routed = self.router.complete_routed(request) => routed?,
             () = cancel.cancelled() => return Err(LlmError::new(ErrorKind::Cancelled, "agent", "cancelled")),

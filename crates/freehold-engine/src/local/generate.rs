@@ -125,7 +125,7 @@ pub(super) fn prompt_tokens(model: &LlamaModel, request: &ChatRequest) -> Result
         .reasoning
         .map(|effort| effort != ReasoningEffort::Off);
     let prompt = render_prompt(model, &template, &plan, enable_thinking)?;
-    let thinking = ThinkingTags::of(&template, &prompt);
+    let thinking = thinking_tags(&plan.constraint, &template, &prompt);
     tracing::trace!(prompt = %prompt, "rendered prompt");
     let vocab = model.vocab();
     let bos = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
@@ -139,6 +139,19 @@ pub(super) fn prompt_tokens(model: &LlamaModel, request: &ChatRequest) -> Result
         constraint: plan.constraint,
         thinking,
     })
+}
+
+/// Where the answer to `prompt`, rendered by `template`, may hold thinking.
+/// A grammar that applies from the first token (JSON output, a forced
+/// call) leaves the model no room to think: what it writes is the answer
+/// the grammar allows, even after a prompt that opened `<think>`.
+fn thinking_tags(constraint: &Constraint, template: &str, prompt: &str) -> ThinkingTags {
+    match constraint {
+        Constraint::Json { .. } | Constraint::Tools { lazy: false, .. } => ThinkingTags::None,
+        Constraint::None | Constraint::Tools { lazy: true, .. } => {
+            ThinkingTags::of(template, prompt)
+        }
+    }
 }
 
 /// The model's own chat template, or ChatML when it has none.
@@ -719,6 +732,35 @@ impl<'a> TextBuffer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grammar_from_the_first_token_leaves_no_thinking() {
+        let template = "{{ messages[0].content }}<think>\n{# </think> #}";
+        let prompt = "hi<think>\n";
+        let json = Constraint::Json {
+            grammar: String::new(),
+        };
+        let tools = |lazy| Constraint::Tools {
+            format: CallFormat::Hermes,
+            grammar: String::new(),
+            trigger_patterns: Vec::new(),
+            lazy,
+            tools: Vec::new(),
+        };
+        assert_eq!(thinking_tags(&json, template, prompt), ThinkingTags::None);
+        assert_eq!(
+            thinking_tags(&tools(false), template, prompt),
+            ThinkingTags::None
+        );
+        assert_eq!(
+            thinking_tags(&tools(true), template, prompt),
+            ThinkingTags::Opened
+        );
+        assert_eq!(
+            thinking_tags(&Constraint::None, template, prompt),
+            ThinkingTags::Opened
+        );
+    }
 
     #[test]
     fn utf8_split_across_tokens_is_held() {

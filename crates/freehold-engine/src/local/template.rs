@@ -94,8 +94,17 @@ impl TemplateMessage {
             for part in &message.content {
                 match part {
                     ContentPart::Text { text: t } => text.push_str(t),
-                    // Redacted reasoning is opaque to a template.
-                    ContentPart::Reasoning(thought) if !thought.redacted => {
+                    // Reasoning that another provider signed (Claude's, an
+                    // OpenAI model's, Gemini's) or redacted was not this
+                    // model's: it is left out, as it is for every
+                    // provider of another protocol. What the engine (or an
+                    // open model's server) wrote has no signature.
+                    ContentPart::Reasoning(thought)
+                        if thought.signature.is_none() && !thought.redacted =>
+                    {
+                        if !reasoning.is_empty() && !thought.text.is_empty() {
+                            reasoning.push_str("\n\n");
+                        }
                         reasoning.push_str(&thought.text);
                     }
                     ContentPart::ToolCall(call) => {
@@ -429,9 +438,15 @@ mod tests {
             Message {
                 role: Role::Assistant,
                 content: vec![
-                    thought("I should read ", false),
-                    thought("it.", false),
+                    thought("I should read it.", false),
+                    thought("Then answer.", false),
                     thought("", true),
+                    ContentPart::Reasoning(Reasoning {
+                        text: "Claude's own thinking.".into(),
+                        signature: Some("sig".into()),
+                        origin: Some("anthropic".into()),
+                        ..Reasoning::default()
+                    }),
                     ContentPart::ToolCall(ToolCall::new("c1", "read", "{}")),
                 ],
             },
@@ -447,13 +462,13 @@ mod tests {
         let messages = TemplateMessage::from_messages(&conversation);
         assert_eq!(
             messages[1].reasoning_content.as_deref(),
-            Some("I should read it.")
+            Some("I should read it.\n\nThen answer.")
         );
         assert_eq!(messages[2].reasoning_content, None);
         let out = render(HYBRID, &messages, &[], "", "", None).unwrap();
         assert_eq!(
             out,
-            "<user>Read a.txt<assistant><think>I should read it.</think><tool>hi<assistant>"
+            "<user>Read a.txt<assistant><think>I should read it.\n\nThen answer.</think><tool>hi<assistant>"
         );
         // A message without reasoning has no such field at all.
         let plain = TemplateMessage::from_messages(&[Message::assistant("ok")]);
