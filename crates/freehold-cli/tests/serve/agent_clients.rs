@@ -558,7 +558,8 @@ async fn codex_finds_an_mcp_tool_with_its_tool_search_through_the_gateway() {
              [model_providers.freehold]\nname = \"Freehold\"\nbase_url = \"{}/v1\"\n\
              env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n\
              stream_max_retries = 0\n\n\
-             [mcp_servers.notes]\ncommand = {python:?}\nargs = [{:?}, {:?}]\n",
+             [mcp_servers.notes]\ncommand = {python:?}\nargs = [{:?}, {:?}]\n\
+             startup_timeout_sec = 60\n",
             served.url,
             server.display().to_string(),
             note.display().to_string(),

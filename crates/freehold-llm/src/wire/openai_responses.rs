@@ -208,13 +208,14 @@ pub struct ToolSearchCallItem {
     /// The item id (`tsc_…`), on output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// The call id that the output refers to.
-    #[serde(default)]
-    pub call_id: String,
+    /// The call id that the output refers to (Codex may send `null` for a
+    /// search the server ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
     /// `client`: the client runs the search (the only kind the gateway
-    /// serves).
-    #[serde(default)]
-    pub execution: String,
+    /// serves); `server`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
     /// The search's arguments, a JSON object (`query`, `limit`).
     #[serde(default)]
     pub arguments: Value,
@@ -229,9 +230,12 @@ pub struct ToolSearchOutputItem {
     /// The item id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// The call it answers.
-    #[serde(default)]
-    pub call_id: String,
+    /// The call it answers (`null` for a search the server ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// `client` or `server`: who ran the search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
     /// The tools found (functions, or `namespace` tools holding them).
     #[serde(default)]
     pub tools: Vec<WireTool>,

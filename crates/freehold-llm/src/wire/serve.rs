@@ -476,14 +476,19 @@ pub(crate) fn text_of_file(media_type: &str, data: &str) -> Option<String> {
 fn starts_like_text(data: &str) -> bool {
     // Base64 characters, a multiple of 4: 3 KiB of bytes.
     const SNIFFED: usize = 4096;
-    let mut head: String = data
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
+    // Bytes, not characters: what is not base64 (a non-ASCII character)
+    // fails the decoding below rather than splitting a character.
+    let head: Vec<u8> = data
+        .bytes()
+        .filter(|byte| !byte.is_ascii_whitespace())
         .take(SNIFFED)
         .collect();
-    head.truncate(head.len() / 4 * 4);
+    let head = &head[..head.len() / 4 * 4];
     // What does not decode is left to the whole payload's decoding.
-    let Some(bytes) = decode_base64_leniently(&head) else {
+    let Some(bytes) = std::str::from_utf8(head)
+        .ok()
+        .and_then(decode_base64_leniently)
+    else {
         return true;
     };
     !bytes.contains(&0)
@@ -688,6 +693,10 @@ mod tests {
             text_of_file("application/octet-stream", &encode(&late_nul)),
             None
         );
+        // Not base64 at all, a character across the sniff's cut: no text,
+        // and no panic.
+        assert_eq!(text_of_file("text/plain", "ab€"), None);
+        assert_eq!(text_of_file("text/plain", "abc€"), None);
     }
 
     #[test]

@@ -61,9 +61,9 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 ///   becomes one leading [`Role::System`] message, blocks joined by a blank
 ///   line; a `system` message inside `messages` (the API's mid-conversation
 ///   system messages, which Claude Code sends) becomes a [`Role::System`]
-///   message at its place, likewise from text only (its `tool_addition` and
-///   `tool_removal` blocks are left out: `tools` says which tools there
-///   are);
+///   message at its place, likewise from text only; its `tool_addition`
+///   blocks that define a tool add it to the request's tools, and its
+///   `tool_removal` blocks take the tool they name out;
 /// - a user message's `tool_result` blocks (which need `tool_use_id`)
 ///   become a [`Role::Tool`] message placed before the rest of the user
 ///   message; their text blocks are joined by newlines (a `tool_reference`,
@@ -110,13 +110,15 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
             messages.push(Message::system(text));
         }
     }
+    // Tools added or removed mid-conversation, in order.
+    let mut tool_changes = Vec::new();
     for (index, message) in wire.messages.into_iter().enumerate() {
         let field = format!("messages[{index}]");
         match message.role.as_str() {
             "user" => decode_user(message.content, &field, &mut messages)?,
             "assistant" => messages.push(decode_assistant(message.content, &field)?),
             "system" => {
-                if let Some(system) = decode_system(message.content, &field)? {
+                if let Some(system) = decode_system(message.content, &field, &mut tool_changes)? {
                     messages.push(system);
                 }
             }
@@ -172,6 +174,7 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let tools = apply_tool_changes(tools, tool_changes);
     let (tool_choice, disable_parallel) = match wire.tool_choice {
         None => (ToolChoice::Auto, None),
         Some(WireToolChoice::Auto {
@@ -400,13 +403,72 @@ fn decode_image(source: WireImageSource) -> ImageSource {
     }
 }
 
-/// Whether a block is a `tool_addition` or `tool_removal` (the
-/// mid-conversation tool changes of Anthropic's beta).
-fn is_tool_change(block: &Value) -> bool {
-    matches!(
-        block.get("type").and_then(Value::as_str),
-        Some("tool_addition" | "tool_removal")
-    )
+/// A tool added or removed in the middle of a conversation (a
+/// `tool_addition` or `tool_removal` block of Anthropic's beta).
+#[derive(Debug)]
+enum ToolChange {
+    /// A tool defined in the block itself (the `inline-tools` beta); one
+    /// added by name is in `tools` already.
+    Add(ToolSpec),
+    /// A tool no longer offered, by name.
+    Remove(String),
+}
+
+/// The change a block makes, if it is a tool change: `Some(None)` for one
+/// with nothing to apply (a tool added by name, a shape not understood).
+fn tool_change(block: &Value) -> Option<Option<ToolChange>> {
+    let tool = block.get("tool");
+    // Where a tool's name may be: on the block, or on its `tool`.
+    let name = || {
+        ["tool_name", "name"].iter().find_map(|key| {
+            block
+                .get(key)
+                .or_else(|| tool.and_then(|tool| tool.get(key)))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+    };
+    match block.get("type").and_then(Value::as_str)? {
+        "tool_addition" => {
+            let definition = tool
+                .filter(|tool| tool.get("type").and_then(Value::as_str) == Some("tool_definition"))
+                .and_then(|tool| tool.get("definition"));
+            let added = definition.and_then(|definition| {
+                let name = definition.get("name").and_then(Value::as_str)?;
+                let schema = definition.get("input_schema")?;
+                Some(ToolChange::Add(ToolSpec {
+                    name: name.to_owned(),
+                    description: definition
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    parameters: schema.clone(),
+                    strict: definition.get("strict").and_then(Value::as_bool) == Some(true),
+                }))
+            });
+            Some(added)
+        }
+        "tool_removal" => Some(name().map(ToolChange::Remove)),
+        _ => None,
+    }
+}
+
+/// `tools` as the conversation's tool changes leave them: a tool defined
+/// mid-conversation joins them (unless one of its name is there), a tool
+/// removed is no longer offered, each change in the conversation's order.
+fn apply_tool_changes(mut tools: Vec<ToolSpec>, changes: Vec<ToolChange>) -> Vec<ToolSpec> {
+    for change in changes {
+        match change {
+            ToolChange::Add(spec) => {
+                if !tools.iter().any(|tool| tool.name == spec.name) {
+                    tools.push(spec);
+                }
+            }
+            ToolChange::Remove(name) => tools.retain(|tool| tool.name != name),
+        }
+    }
+    tools
 }
 
 /// The text a `tool_reference` block in a tool result (a tool search's
@@ -421,18 +483,22 @@ fn tool_reference_text(block: &Value) -> Option<String> {
 }
 
 /// A mid-conversation `system` message: its text blocks joined by a blank
-/// line, as the top-level `system` field's are (tool changes left out);
-/// `None` when it has no text.
-fn decode_system(content: MessageContent, field: &str) -> Result<Option<Message>, DecodeError> {
+/// line, as the top-level `system` field's are; `None` when it has no
+/// text. Its tool changes join `tool_changes`.
+fn decode_system(
+    content: MessageContent,
+    field: &str,
+    tool_changes: &mut Vec<ToolChange>,
+) -> Result<Option<Message>, DecodeError> {
     let mut texts = Vec::new();
     for (index, block) in content.into_blocks().into_iter().enumerate() {
         match block {
             ContentBlock::Text { text, .. } => texts.push(text),
             // Tools added or removed in the middle of a conversation (Claude
-            // Code's, when an MCP server connects late): the request's
-            // `tools` already says which tools there are now.
-            ContentBlock::Other(value) if is_tool_change(&value) => {
-                tracing::debug!("leaving out a tool change in a system message");
+            // Code's, when an MCP server connects late): applied to the
+            // request's tools, as the model would see them now.
+            ContentBlock::Other(value) if let Some(change) = tool_change(&value) => {
+                tool_changes.extend(change);
             }
             ContentBlock::Other(value) => {
                 return Err(bad_block(

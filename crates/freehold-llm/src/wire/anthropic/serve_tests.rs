@@ -1245,8 +1245,15 @@ fn claude_codes_advisor_tool_changes_and_tool_references_decode() {
         {"role": "user", "content": "Find the docs tool."},
         {"role": "system", "content": [
             {"type": "text", "text": "The docs server connected."},
+            // Defined here and in `tools`: one tool.
             {"type": "tool_addition", "tool": {"type": "tool_definition", "definition": {
                 "name": "mcp__docs__search", "input_schema": {"type": "object"}}}},
+            // Defined here only (the inline-tools beta): it joins them.
+            {"type": "tool_addition", "tool": {"type": "tool_definition", "definition": {
+                "name": "mcp__docs__fetch", "description": "Fetch a page",
+                "input_schema": {"type": "object", "properties": {"url": {"type": "string"}}}}}},
+            // Named: it is in `tools` already.
+            {"type": "tool_addition", "tool": {"type": "tool_reference", "tool_name": "Read"}},
             {"type": "tool_removal", "tool_name": "mcp__old__gone"}
         ]},
         {"role": "assistant", "content": [
@@ -1257,7 +1264,8 @@ fn claude_codes_advisor_tool_changes_and_tool_references_decode() {
     ]}))
     .unwrap();
     let names: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["Read", "mcp__docs__search"]);
+    assert_eq!(names, ["Read", "mcp__docs__search", "mcp__docs__fetch"]);
+    assert_eq!(request.tools[2].description, "Fetch a page");
     assert_eq!(
         request.messages[1],
         Message::system("The docs server connected.")
@@ -1267,12 +1275,18 @@ fn claude_codes_advisor_tool_changes_and_tool_references_decode() {
     };
     assert_eq!(result.content, "Tool `mcp__docs__search` is available.");
 
-    // A system message of tool changes alone is no message.
-    let (request, _) = decode_json(json!({"model": "m", "max_tokens": 10, "messages": [
+    // A tool removed is no longer offered; a system message of tool
+    // changes alone is no message.
+    let (request, _) = decode_json(json!({"model": "m", "max_tokens": 10,
+        "tools": [{"name": "x", "input_schema": {"type": "object"}},
+                  {"name": "y", "input_schema": {"type": "object"}}],
+        "messages": [
         {"role": "user", "content": "hi"},
         {"role": "system", "content": [{"type": "tool_removal", "tool_name": "x"}]}]}))
     .unwrap();
     assert_eq!(request.messages, vec![Message::user("hi")]);
+    let names: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["y"]);
     // Other server tools are still refused, and other blocks in a result.
     let error = decode_json(json!({"model": "m", "max_tokens": 10,
         "tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}],

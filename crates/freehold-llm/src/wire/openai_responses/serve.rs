@@ -194,17 +194,23 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             // which it runs itself: a function to providers, whose calls go
             // back as `tool_search_call` items.
             "tool_search" if tool.execution.as_deref() == Some("client") => {
-                if names.taken.insert(TOOL_SEARCH.to_owned()) {
-                    names.tool_search = true;
-                    tools.push(ToolSpec {
-                        name: TOOL_SEARCH.to_owned(),
-                        description: tool.description.unwrap_or_default(),
-                        parameters: tool
-                            .parameters
-                            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-                        strict: false,
-                    });
+                // A function of that name too would take its calls, which
+                // Codex must get as searches.
+                if !names.taken.insert(TOOL_SEARCH.to_owned()) {
+                    return Err(DecodeError::invalid(
+                        field,
+                        format!("another tool is also named `{TOOL_SEARCH}`"),
+                    ));
                 }
+                names.tool_search = true;
+                tools.push(ToolSpec {
+                    name: TOOL_SEARCH.to_owned(),
+                    description: tool.description.unwrap_or_default(),
+                    parameters: tool
+                        .parameters
+                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                    strict: false,
+                });
             }
             // A search the server runs (OpenAI's) is left out: the gateway
             // has none to run.
@@ -288,6 +294,15 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
                         "a forced tool choice needs the tool's name",
                     ));
                 }
+            }
+        }
+        // Codex's own search, forced.
+        Some(Value::Object(choice))
+            if names.tool_search
+                && choice.get("type").and_then(Value::as_str) == Some(TOOL_SEARCH) =>
+        {
+            freehold_protocol::ToolChoice::Tool {
+                name: TOOL_SEARCH.to_owned(),
             }
         }
         Some(value) => decode_tool_choice(value, "tool_choice")?,
@@ -704,11 +719,23 @@ fn decode_item(
                 );
             }
         }
+        // A search the server ran (OpenAI's), or one without a call id:
+        // no call of the client's to pair it with (the tools it found
+        // still joined the request's).
+        Item::ToolSearchCall(call) if !runs_on_client(call.execution.as_deref()) => {}
+        Item::ToolSearchOutput(output)
+            if !runs_on_client(output.execution.as_deref()) || output.call_id.is_none() =>
+        {
+            tracing::debug!(
+                field,
+                "skipping the output of a search the client did not run"
+            );
+        }
         Item::ToolSearchCall(call) => {
             let (call_id, name) = call_identity(
                 field,
                 "tool_search_call",
-                &call.call_id,
+                call.call_id.as_deref().unwrap_or_default(),
                 call.id.as_deref(),
                 TOOL_SEARCH.to_owned(),
                 None,
@@ -725,17 +752,12 @@ fn decode_item(
             );
         }
         Item::ToolSearchOutput(output) => {
-            if output.call_id.is_empty() {
-                return Err(DecodeError::missing(
-                    format!("{field}.call_id"),
-                    "a tool_search_output needs call_id (the call it answers)",
-                ));
-            }
+            let call_id = output.call_id.as_deref().unwrap_or_default();
             push_part(
                 messages,
                 Role::Tool,
                 ContentPart::ToolResult(ToolResult {
-                    call_id: split_client_call_id(&output.call_id).0,
+                    call_id: split_client_call_id(call_id).0,
                     content: found_tools_text(&output.tools),
                     is_error: false,
                 }),
@@ -792,6 +814,12 @@ fn client_call(call_id: &str, name: String, arguments: String) -> ToolCall {
         signature,
         ..ToolCall::new(id, name, arguments)
     }
+}
+
+/// Whether a tool search item's `execution` is the client's (Codex's, or
+/// not said).
+fn runs_on_client(execution: Option<&str>) -> bool {
+    execution.is_none_or(|execution| execution == "client")
 }
 
 /// A tool search's result as a provider reads it: the names the tools it
@@ -1062,19 +1090,46 @@ fn custom_call_item(
 /// A `tool_search_call` item for `call`: its arguments as a JSON object
 /// (Codex reads nothing else; text a model wrote instead is the query).
 fn tool_search_item(id: String, call: &ToolCall, status: &str) -> Item {
-    let arguments = match serde_json::from_str::<Value>(&call.arguments) {
-        Ok(Value::Object(arguments)) => Value::Object(arguments),
-        Ok(Value::String(query)) => json!({ "query": query }),
-        _ if call.arguments.trim().is_empty() => json!({}),
-        _ => json!({ "query": call.arguments }),
-    };
     Item::ToolSearchCall(ToolSearchCallItem {
         id: Some(id),
-        call_id: call_id_for_client(&call.id, call.signature.as_deref()),
-        execution: "client".into(),
-        arguments,
+        call_id: Some(call_id_for_client(&call.id, call.signature.as_deref())),
+        execution: Some("client".into()),
+        arguments: tool_search_arguments(&call.arguments),
         status: Some(status.into()),
     })
+}
+
+/// A model's arguments for Codex's search as Codex reads them: an object
+/// with a string `query` and, if any, a numeric `limit`. What a small model
+/// writes instead (bare text, the query under another name, the limit as
+/// a string) is put in that shape.
+fn tool_search_arguments(written: &str) -> Value {
+    let mut arguments = match serde_json::from_str::<Value>(written) {
+        Ok(Value::Object(arguments)) => arguments,
+        Ok(Value::String(query)) => return json!({ "query": query }),
+        _ if written.trim().is_empty() => return json!({ "query": "" }),
+        _ => return json!({ "query": written }),
+    };
+    if !arguments.get("query").is_some_and(Value::is_string) {
+        let query = arguments
+            .iter()
+            .find(|(key, value)| *key != "limit" && value.is_string())
+            .and_then(|(_, value)| value.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        arguments.insert("query".into(), Value::String(query));
+    }
+    if let Some(Value::String(limit)) = arguments.get("limit")
+        && let Ok(limit) = limit.trim().parse::<u64>()
+    {
+        arguments.insert("limit".into(), limit.into());
+    }
+    arguments.retain(|key, value| match key.as_str() {
+        "query" => true,
+        "limit" => value.is_number(),
+        _ => false,
+    });
+    Value::Object(arguments)
 }
 
 /// The namespace and own name of `call`'s tool, as the client declared it.

@@ -1636,18 +1636,44 @@ fn codexs_tool_search_is_a_function_and_the_tools_it_found_join_the_request() {
         "Found, and now among your tools: `mcp__notes__create_note`, `mcp__notes__list_notes`."
     );
 
-    // A search the server runs is still left out, and a search output
-    // needs its call.
-    let (request, options) = decode_json(json!({"model": "m", "input": "hi",
-        "tools": [{"type": "tool_search", "execution": "server"},
-                  {"type": "function", "name": "f"}]}))
+    // A search the server runs is still left out; its items in the input
+    // (or an output with no call id) pair with no call of the client's, and
+    // are skipped, though what they found joins the tools.
+    let (request, options) = decode_json(json!({"model": "m",
+    "tools": [{"type": "tool_search", "execution": "server"},
+              {"type": "function", "name": "f"}],
+    "input": [
+        {"role": "user", "content": "hi"},
+        {"type": "tool_search_call", "call_id": null, "execution": "server",
+         "arguments": {"query": "notes"}},
+        {"type": "tool_search_output", "call_id": null, "execution": "server",
+         "status": "completed", "tools": found_notes_tools()},
+        {"type": "tool_search_output", "tools": []},
+    ]}))
     .unwrap();
-    assert_eq!(request.tools.len(), 1);
+    let names: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["f", "mcp__notes__create_note", "mcp__notes__list_notes"]
+    );
     assert!(!options.tool_search);
-    let error = decode_json(json!({"model": "m", "input": [
-        {"type": "tool_search_output", "tools": []}]}))
+    assert_eq!(request.messages, vec![Message::user("hi")]);
+
+    // Forced by its type; refused beside a function of its name, whose
+    // calls Codex would get as plain function calls.
+    let (request, _) = decode_json(json!({"model": "m", "input": "hi",
+        "tools": [tool_search_tool()], "tool_choice": {"type": "tool_search"}}))
+    .unwrap();
+    assert_eq!(
+        request.tool_choice,
+        ToolChoice::Tool {
+            name: "tool_search".into()
+        }
+    );
+    let error = decode_json(json!({"model": "m", "input": "hi",
+        "tools": [{"type": "function", "name": "tool_search"}, tool_search_tool()]}))
     .unwrap_err();
-    assert!(error.to_string().contains("call_id"), "{error}");
+    assert!(error.to_string().contains("tool_search"), "{error}");
 }
 
 #[test]
@@ -1684,7 +1710,16 @@ fn calls_of_tool_search_go_back_as_tool_search_calls() {
     for (written, arguments) in [
         (r#""notes""#, json!({"query": "notes"})),
         ("notes please", json!({"query": "notes please"})),
-        ("", json!({})),
+        ("", json!({"query": ""})),
+        (r#"{"q": "notes", "extra": 1}"#, json!({"query": "notes"})),
+        (
+            r#"{"query": "notes", "limit": "5"}"#,
+            json!({"query": "notes", "limit": 5}),
+        ),
+        (
+            r#"{"query": "notes", "limit": 3}"#,
+            json!({"query": "notes", "limit": 3}),
+        ),
     ] {
         let wire =
             serde_json::to_value(encode_response_for(&called(written), "m", &options)).unwrap();
@@ -1740,4 +1775,55 @@ fn calls_of_tool_search_go_back_as_tool_search_calls() {
     assert_eq!(done["item"]["status"], "completed");
     assert_eq!(done["item"]["id"], added["item"]["id"]);
     assert_eq!(json_of(&frames[4])["response"]["output"][0], done["item"]);
+}
+
+/// A search beside a function call in one streamed answer: each its own
+/// item, in order, the function's events held while the search is open.
+#[test]
+fn a_streamed_search_beside_a_function_call_keeps_the_items_apart() {
+    let start = |index: u32, id: &str, name: &str| StreamEvent::ToolCallStart {
+        index,
+        id: id.into(),
+        name: name.into(),
+        signature: None,
+    };
+    let delta = |index: u32, delta: &str| StreamEvent::ToolCallArgsDelta {
+        index,
+        delta: delta.into(),
+    };
+    let end = |index: u32| StreamEvent::ToolCallEnd {
+        index,
+        signature: None,
+    };
+    let events = [
+        start(0, "call_s", "tool_search"),
+        delta(0, r#"{"query""#),
+        start(1, "call_f", "exec_command"),
+        delta(1, r#"{"cmd": "ls"}"#),
+        delta(0, r#": "notes"}"#),
+        end(0),
+        end(1),
+        StreamEvent::Stop {
+            reason: StopReason::ToolUse,
+        },
+    ];
+    let mut encoder = ResponseStreamEncoder::new("gpt-5.5", None).with_tool_search(true);
+    let mut frames: Vec<SseFrame> = events.iter().flat_map(|e| encoder.push(e)).collect();
+    frames.extend(encoder.finish());
+    let kinds = types(&frames);
+    let done: Vec<Value> = frames
+        .iter()
+        .map(json_of)
+        .filter(|frame| frame["type"] == "response.output_item.done")
+        .collect();
+    assert_eq!(done.len(), 2, "{kinds:?}");
+    assert_eq!(done[0]["output_index"], 0);
+    assert_eq!(done[0]["item"]["type"], "tool_search_call");
+    assert_eq!(done[0]["item"]["arguments"], json!({"query": "notes"}));
+    assert_eq!(done[1]["output_index"], 1);
+    assert_eq!(done[1]["item"]["type"], "function_call");
+    assert_eq!(done[1]["item"]["arguments"], r#"{"cmd": "ls"}"#);
+    let completed = json_of(frames.last().unwrap());
+    assert_eq!(completed["response"]["output"][0], done[0]["item"]);
+    assert_eq!(completed["response"]["output"][1], done[1]["item"]);
 }
