@@ -183,19 +183,8 @@ const FOUND_TOOL: &str = "TaskList";
 /// MCP tool, or one of Claude Code's own), calls what the search found,
 /// then quotes the tool's output.
 fn play_note_task(body: &Value, messages: &[Value]) -> Reply {
-    let result_of = |id: &str| {
-        messages
-            .iter()
-            .find(|message| message["role"] == "tool" && message["tool_call_id"] == id)
-            .map(message_text)
-    };
-    let offered = |name: &str| {
-        body["tools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|tool| tool["function"]["name"] == name)
-    };
+    let result_of = |id: &str| result_of(messages, id);
+    let offered = |name: &str| offers(body, name);
     if let Some(output) = result_of(NOTE_ID) {
         return Reply::Text(format!("{VERIFIED} {}", output.trim()));
     }
@@ -234,18 +223,10 @@ const PATCH: &str =
 /// function with one `input` argument to the provider, the gateway's form
 /// of a freeform tool), then quotes the tool's output.
 fn play_patch_task(body: &Value, messages: &[Value]) -> Reply {
-    let patched = messages
-        .iter()
-        .find(|message| message["role"] == "tool" && message["tool_call_id"] == PATCH_ID);
-    if let Some(result) = patched {
-        return Reply::Text(format!("{VERIFIED} {}", message_text(result).trim()));
+    if let Some(result) = result_of(messages, PATCH_ID) {
+        return Reply::Text(format!("{VERIFIED} {}", result.trim()));
     }
-    let offered = body["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|tool| tool["function"]["name"] == "apply_patch");
-    if offered {
+    if offers(body, "apply_patch") {
         Reply::Call(PATCH_ID, "apply_patch", json!({ "input": PATCH }))
     } else {
         Reply::Text("no apply_patch was offered".into())
@@ -298,6 +279,23 @@ fn after_a_silence(answer: Scripted) -> Scripted {
         stall_for: SILENCE,
         ..answer
     }
+}
+
+/// Whether a Chat Completions body offers a tool named `name`.
+fn offers(body: &Value, name: &str) -> bool {
+    body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|tool| tool["function"]["name"] == name)
+}
+
+/// The text of the result of call `id` among a body's messages.
+fn result_of(messages: &[Value], id: &str) -> Option<String> {
+    messages
+        .iter()
+        .find(|message| message["role"] == "tool" && message["tool_call_id"] == id)
+        .map(message_text)
 }
 
 /// A message's text, whether its content is a string or a list of parts.
@@ -381,17 +379,81 @@ fn completion(stream: bool, reply: Reply) -> Scripted {
     Scripted::sse(&sse_text(&pairs), Split::At(vec![role]))
 }
 
-/// A gateway whose model `coder` is the scripted upstream.
-async fn gateway_before_scripted_model() -> (MockServer, Served) {
+/// A gateway whose model `model` (an alias) is the scripted upstream.
+async fn gateway_before_scripted_model(model: &str) -> (MockServer, Served) {
     let upstream = MockServer::answering(play_model).await;
     let config = format!(
         "[providers.scripted]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
-         [aliases]\ncoder = \"scripted:scripted\"\n\n\
+         [aliases]\n\"{model}\" = \"scripted:scripted\"\n\n\
          [gateway]\nstream_keepalive_secs = 1\n",
         upstream.url()
     );
     let served = Served::start(&config, &[]).await;
     (upstream, served)
+}
+
+/// `codex exec` of `task` in `workdir`, its home `home`, configured to ask
+/// the gateway for `model` (its own provider, no retries), then `more`
+/// (more of the provider's settings, then other sections).
+fn codex_exec(
+    agents: &Path,
+    served: &Served,
+    home: &Path,
+    workdir: &Path,
+    model: &str,
+    more: &str,
+    task: &str,
+) -> tokio::process::Command {
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "model = \"{model}\"\nmodel_provider = \"freehold\"\n\n\
+             [model_providers.freehold]\nname = \"Freehold\"\nbase_url = \"{}/v1\"\n\
+             env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n\
+             stream_max_retries = 0\n{more}",
+            served.url
+        ),
+    )
+    .unwrap();
+    let mut command = tokio::process::Command::new(agents.join("codex"));
+    command
+        .args(["exec", "--skip-git-repo-check"])
+        // The test is of the protocol, not of Codex's sandbox (which needs
+        // namespaces a CI container may not grant).
+        .arg("--dangerously-bypass-approvals-and-sandbox")
+        .arg("-C")
+        .arg(workdir)
+        .arg(task)
+        .env_clear()
+        .env("HOME", home)
+        .env("CODEX_HOME", home)
+        .env("FREEHOLD_KEY", MASTER)
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+}
+
+/// `claude -p` with `args` in `workdir`, its home `home`, on the gateway.
+fn claude_p(
+    agents: &Path,
+    served: &Served,
+    home: &Path,
+    workdir: &Path,
+    args: &[&str],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(agents.join("claude"));
+    command
+        .arg("-p")
+        .args(args)
+        .current_dir(workdir)
+        .env_clear()
+        .env("HOME", home)
+        .env("ANTHROPIC_BASE_URL", &served.url)
+        .env("ANTHROPIC_API_KEY", MASTER)
+        // No update checks, telemetry or error reports: nothing but the
+        // gateway to talk to.
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
 }
 
 /// A fresh, empty folder for one agent run.
@@ -492,34 +554,18 @@ async fn codex_runs_a_tool_call_through_the_gateway() {
     let Some(agents) = test_agent_clients() else {
         return;
     };
-    let (upstream, served) = gateway_before_scripted_model().await;
+    let (upstream, served) = gateway_before_scripted_model("coder").await;
     let home = scratch("codex-home");
     let workdir = scratch("codex-work");
-    std::fs::write(
-        home.join("config.toml"),
-        format!(
-            "model = \"coder\"\nmodel_provider = \"freehold\"\n\n\
-             [model_providers.freehold]\nname = \"Freehold\"\nbase_url = \"{}/v1\"\n\
-             env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n\
-             stream_idle_timeout_ms = 5000\nstream_max_retries = 0\n",
-            served.url
-        ),
-    )
-    .unwrap();
-    let mut command = tokio::process::Command::new(agents.join("codex"));
-    command
-        .args(["exec", "--skip-git-repo-check"])
-        // The test is of the protocol, not of Codex's sandbox (which needs
-        // namespaces a CI container may not grant).
-        .arg("--dangerously-bypass-approvals-and-sandbox")
-        .arg("-C")
-        .arg(&workdir)
-        .arg(TASK)
-        .env_clear()
-        .env("HOME", &home)
-        .env("CODEX_HOME", &home)
-        .env("FREEHOLD_KEY", MASTER)
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let command = codex_exec(
+        &agents,
+        &served,
+        &home,
+        &workdir,
+        "coder",
+        "stream_idle_timeout_ms = 5000\n",
+        TASK,
+    );
     let stdout = run_agent(command, "codex exec").await;
 
     assert_round_trip(&upstream, &workdir, &stdout);
@@ -538,46 +584,28 @@ async fn codex_finds_an_mcp_tool_with_its_tool_search_through_the_gateway() {
     let Some(agents) = test_agent_clients() else {
         return;
     };
-    let upstream = MockServer::answering(play_model).await;
-    let config = format!(
-        "[providers.scripted]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
-         [aliases]\n\"gpt-5.5\" = \"scripted:scripted\"\n",
-        upstream.url()
-    );
-    let served = Served::start(&config, &[]).await;
+    let (upstream, served) = gateway_before_scripted_model("gpt-5.5").await;
     let home = scratch("codex-search-home");
     let workdir = scratch("codex-search-work");
     let server = home.join("notes_server.py");
     std::fs::write(&server, NOTES_MCP_SERVER).unwrap();
     let note = workdir.join("note.txt");
     let python = std::env::var("FREEHOLD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    std::fs::write(
-        home.join("config.toml"),
-        format!(
-            "model = \"gpt-5.5\"\nmodel_provider = \"freehold\"\n\n\
-             [model_providers.freehold]\nname = \"Freehold\"\nbase_url = \"{}/v1\"\n\
-             env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n\
-             stream_max_retries = 0\n\n\
-             [mcp_servers.notes]\ncommand = {python:?}\nargs = [{:?}, {:?}]\n\
-             startup_timeout_sec = 60\n",
-            served.url,
-            server.display().to_string(),
-            note.display().to_string(),
-        ),
-    )
-    .unwrap();
-    let mut command = tokio::process::Command::new(agents.join("codex"));
-    command
-        .args(["exec", "--skip-git-repo-check"])
-        .arg("--dangerously-bypass-approvals-and-sandbox")
-        .arg("-C")
-        .arg(&workdir)
-        .arg(NOTE_TASK)
-        .env_clear()
-        .env("HOME", &home)
-        .env("CODEX_HOME", &home)
-        .env("FREEHOLD_KEY", MASTER)
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let notes_server = format!(
+        "\n[mcp_servers.notes]\ncommand = {python:?}\nargs = [{:?}, {:?}]\n\
+         startup_timeout_sec = 60\n",
+        server.display().to_string(),
+        note.display().to_string(),
+    );
+    let command = codex_exec(
+        &agents,
+        &served,
+        &home,
+        &workdir,
+        "gpt-5.5",
+        &notes_server,
+        NOTE_TASK,
+    );
     let stdout = run_agent(command, "codex exec").await;
 
     let written = std::fs::read_to_string(&note)
@@ -590,13 +618,7 @@ async fn codex_finds_an_mcp_tool_with_its_tool_search_through_the_gateway() {
     // The MCP tool was not among the first request's tools: the search
     // found it.
     let bodies: Vec<Value> = upstream.requests().iter().map(Recorded::json).collect();
-    let offers_note_tool = |body: &Value| {
-        body["tools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|tool| tool["function"]["name"] == NOTE_TOOL)
-    };
+    let offers_note_tool = |body: &Value| offers(body, NOTE_TOOL);
     let first = bodies
         .iter()
         .find(|body| {
@@ -623,38 +645,10 @@ async fn codex_applies_a_freeform_patch_through_the_gateway() {
     let Some(agents) = test_agent_clients() else {
         return;
     };
-    let upstream = MockServer::answering(play_model).await;
-    let config = format!(
-        "[providers.scripted]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
-         [aliases]\n\"gpt-5.5\" = \"scripted:scripted\"\n",
-        upstream.url()
-    );
-    let served = Served::start(&config, &[]).await;
+    let (upstream, served) = gateway_before_scripted_model("gpt-5.5").await;
     let home = scratch("codex-patch-home");
     let workdir = scratch("codex-patch-work");
-    std::fs::write(
-        home.join("config.toml"),
-        format!(
-            "model = \"gpt-5.5\"\nmodel_provider = \"freehold\"\n\n\
-             [model_providers.freehold]\nname = \"Freehold\"\nbase_url = \"{}/v1\"\n\
-             env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n\
-             stream_max_retries = 0\n",
-            served.url
-        ),
-    )
-    .unwrap();
-    let mut command = tokio::process::Command::new(agents.join("codex"));
-    command
-        .args(["exec", "--skip-git-repo-check"])
-        .arg("--dangerously-bypass-approvals-and-sandbox")
-        .arg("-C")
-        .arg(&workdir)
-        .arg(PATCH_TASK)
-        .env_clear()
-        .env("HOME", &home)
-        .env("CODEX_HOME", &home)
-        .env("FREEHOLD_KEY", MASTER)
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let command = codex_exec(&agents, &served, &home, &workdir, "gpt-5.5", "", PATCH_TASK);
     let stdout = run_agent(command, "codex exec").await;
 
     let written = std::fs::read_to_string(workdir.join("patched.txt"))
@@ -687,38 +681,18 @@ async fn codex_lite_modes_tools_reach_the_provider() {
     let Some(agents) = test_agent_clients() else {
         return;
     };
-    let upstream = MockServer::answering(play_model).await;
-    let config = format!(
-        "[providers.scripted]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
-         [aliases]\n\"gpt-5.6-sol\" = \"scripted:scripted\"\n",
-        upstream.url()
-    );
-    let served = Served::start(&config, &[]).await;
+    let (upstream, served) = gateway_before_scripted_model("gpt-5.6-sol").await;
     let home = scratch("codex-lite-home");
     let workdir = scratch("codex-lite-work");
-    std::fs::write(
-        home.join("config.toml"),
-        format!(
-            "model = \"gpt-5.6-sol\"\nmodel_provider = \"freehold\"\n\n\
-             [model_providers.freehold]\nname = \"Freehold\"\nbase_url = \"{}/v1\"\n\
-             env_key = \"FREEHOLD_KEY\"\nwire_api = \"responses\"\n\
-             stream_max_retries = 0\n",
-            served.url
-        ),
-    )
-    .unwrap();
-    let mut command = tokio::process::Command::new(agents.join("codex"));
-    command
-        .args(["exec", "--skip-git-repo-check"])
-        .arg("--dangerously-bypass-approvals-and-sandbox")
-        .arg("-C")
-        .arg(&workdir)
-        .arg("Say hello.")
-        .env_clear()
-        .env("HOME", &home)
-        .env("CODEX_HOME", &home)
-        .env("FREEHOLD_KEY", MASTER)
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let command = codex_exec(
+        &agents,
+        &served,
+        &home,
+        &workdir,
+        "gpt-5.6-sol",
+        "",
+        "Say hello.",
+    );
     run_agent(command, "codex exec").await;
 
     let bodies: Vec<Value> = upstream.requests().iter().map(Recorded::json).collect();
@@ -742,21 +716,11 @@ async fn claude_code_runs_a_tool_call_through_the_gateway() {
     let Some(agents) = test_agent_clients() else {
         return;
     };
-    let (upstream, served) = gateway_before_scripted_model().await;
+    let (upstream, served) = gateway_before_scripted_model("coder").await;
     let home = scratch("claude-home");
     let workdir = scratch("claude-work");
-    let mut command = tokio::process::Command::new(agents.join("claude"));
-    command
-        .args(["-p", TASK, "--model", "coder", "--allowedTools", "Bash"])
-        .current_dir(&workdir)
-        .env_clear()
-        .env("HOME", &home)
-        .env("ANTHROPIC_BASE_URL", &served.url)
-        .env("ANTHROPIC_API_KEY", MASTER)
-        // No update checks, telemetry or error reports: nothing but the
-        // gateway to talk to.
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let args = [TASK, "--model", "coder", "--allowedTools", "Bash"];
+    let command = claude_p(&agents, &served, &home, &workdir, &args);
     let stdout = run_agent(command, "claude -p").await;
 
     assert_round_trip(&upstream, &workdir, &stdout);
@@ -791,25 +755,11 @@ async fn claude_code_finds_a_deferred_tool_with_its_tool_search_through_the_gate
     let Some(agents) = test_agent_clients() else {
         return;
     };
-    let upstream = MockServer::answering(play_model).await;
-    let config = format!(
-        "[providers.scripted]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
-         [aliases]\n\"claude-opus-4-7\" = \"scripted:scripted\"\n",
-        upstream.url()
-    );
-    let served = Served::start(&config, &[]).await;
+    let (upstream, served) = gateway_before_scripted_model("claude-opus-4-7").await;
     let home = scratch("claude-search-home");
     let workdir = scratch("claude-search-work");
-    let mut command = tokio::process::Command::new(agents.join("claude"));
-    command
-        .args(["-p", NOTE_TASK, "--model", "claude-opus-4-7"])
-        .current_dir(&workdir)
-        .env_clear()
-        .env("HOME", &home)
-        .env("ANTHROPIC_BASE_URL", &served.url)
-        .env("ANTHROPIC_API_KEY", MASTER)
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let args = [NOTE_TASK, "--model", "claude-opus-4-7"];
+    let command = claude_p(&agents, &served, &home, &workdir, &args);
     let stdout = run_agent(command, "claude -p").await;
 
     assert!(
@@ -817,20 +767,11 @@ async fn claude_code_finds_a_deferred_tool_with_its_tool_search_through_the_gate
         "Claude Code printed the final answer: {stdout}"
     );
     let bodies: Vec<Value> = upstream.requests().iter().map(Recorded::json).collect();
-    let offers = |body: &Value, name: &str| {
-        body["tools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|tool| tool["function"]["name"] == name)
-    };
     let result_of = |body: &Value, id: &str| {
-        body["messages"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|message| message["role"] == "tool" && message["tool_call_id"] == id)
-            .map(message_text)
+        result_of(
+            body["messages"].as_array().map_or(&[][..], Vec::as_slice),
+            id,
+        )
     };
     let asked: Vec<&Value> = bodies
         .iter()
@@ -862,7 +803,7 @@ async fn aider_applies_an_edit_through_the_gateway() {
     let Some(agents) = test_agent_clients() else {
         return;
     };
-    let (upstream, served) = gateway_before_scripted_model().await;
+    let (upstream, served) = gateway_before_scripted_model("coder").await;
     let home = scratch("aider-home");
     let workdir = scratch("aider-work");
     // The model's metadata, which Aider would otherwise look up in a list
