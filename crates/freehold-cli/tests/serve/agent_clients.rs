@@ -783,6 +783,14 @@ async fn claude_code_finds_a_deferred_tool_with_its_tool_search_through_the_gate
             .is_some_and(|first| !offers(first, FOUND_TOOL)),
         "the first request holds the tool back"
     );
+    // Claude Code's placeholder for its deferred tools is deferred itself,
+    // and loaded by nothing: the model never sees it.
+    assert!(
+        !bodies
+            .iter()
+            .any(|body| offers(body, "DeferredToolPlaceholder")),
+        "the placeholder was offered"
+    );
     let found = asked
         .iter()
         .find_map(|body| result_of(body, SEARCH_ID))

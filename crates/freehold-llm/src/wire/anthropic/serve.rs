@@ -1,6 +1,7 @@
 //! The gateway direction of the Messages API: decode a client's request,
 //! encode the answer (whole or streamed) and errors.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use freehold_protocol::{
@@ -13,7 +14,7 @@ use serde_json::Value;
 use super::{
     ApiError, BlockDelta, ContentBlock, ErrorResponse, MessageContent, MessageDeltaBody,
     MessageStreamEvent, MessagesRequest, MessagesResponse, ORIGIN, ThinkingConfig,
-    ToolResultContent, WireDocumentSource, WireImageSource, WireToolChoice, WireUsage,
+    ToolResultContent, WireDocumentSource, WireImageSource, WireMessage, WireToolChoice, WireUsage,
     arguments_object, input_text, stop_reason_name,
 };
 use crate::wire::serve::{
@@ -81,6 +82,10 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 ///   `output_config.effort` ([`effort_for_name`]), and `{"type":
 ///   "disabled"}` [`ReasoningEffort::Off`]; `disable_parallel_tool_use: true` becomes
 ///   `parallel_tool_calls: Some(false)`;
+/// - a deferred tool (`defer_loading: true`) is offered once the
+///   conversation has loaded it (a `tool_reference` naming it in a tool
+///   result, or a `tool_addition` naming it), or when `tool_choice` forces
+///   it, as Anthropic's API offers it;
 /// - Claude Code's advisor tool (`advisor_…`) is left out; other tools with
 ///   a `type` other than `custom` (server tools such as
 ///   `web_search_20250305`, and Anthropic-defined client tools such as
@@ -110,6 +115,8 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
             messages.push(Message::system(text));
         }
     }
+    // Deferred tools (`defer_loading`) the conversation has loaded.
+    let loaded = loaded_tools(&wire.messages);
     // Tools added or removed mid-conversation, in order.
     let mut tool_changes = Vec::new();
     for (index, message) in wire.messages.into_iter().enumerate() {
@@ -147,7 +154,14 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
             if advisor {
                 tracing::debug!("leaving out the advisor tool");
             }
-            !advisor
+            // A deferred tool is the model's once the conversation loads
+            // it, as Anthropic's API has it (Claude Code's tools found by
+            // its `ToolSearch`, and never its `DeferredToolPlaceholder`).
+            let forced = forced_tool(wire.tool_choice.as_ref()) == Some(tool.name.as_str());
+            let deferred = tool.extra.get("defer_loading") == Some(&Value::Bool(true))
+                && !loaded.contains(&tool.name)
+                && !forced;
+            !advisor && !deferred
         })
         .map(|(index, tool)| {
             let field = format!("tools[{index}]");
@@ -400,6 +414,57 @@ fn decode_image(source: WireImageSource) -> ImageSource {
     match source {
         WireImageSource::Base64 { media_type, data } => ImageSource::Base64 { media_type, data },
         WireImageSource::Url { url } => ImageSource::Url { url },
+    }
+}
+
+/// The names of the deferred tools a conversation has loaded: those a
+/// `tool_reference` in a tool result names (a tool search's finds), and
+/// those a `tool_addition` in a system message adds by name.
+fn loaded_tools(messages: &[WireMessage]) -> BTreeSet<String> {
+    let mut loaded = BTreeSet::new();
+    let mut note = |block: &Value| {
+        let kind = block.get("type").and_then(Value::as_str);
+        let named = match kind {
+            Some("tool_reference") => block.get("tool_name"),
+            Some("tool_addition") => block
+                .get("tool")
+                .filter(|tool| tool.get("type").and_then(Value::as_str) == Some("tool_reference"))
+                .and_then(|tool| tool.get("tool_name").or_else(|| tool.get("name"))),
+            _ => None,
+        };
+        if let Some(name) = named.and_then(Value::as_str) {
+            loaded.insert(name.to_owned());
+        }
+    };
+    for message in messages {
+        let MessageContent::Blocks(blocks) = &message.content else {
+            continue;
+        };
+        for block in blocks {
+            match block {
+                ContentBlock::Other(value) => note(value),
+                ContentBlock::ToolResult {
+                    content: Some(ToolResultContent::Blocks(inner)),
+                    ..
+                } => {
+                    for block in inner {
+                        if let ContentBlock::Other(value) = block {
+                            note(value);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    loaded
+}
+
+/// The tool a `tool_choice` forces by name, if it does.
+fn forced_tool(choice: Option<&WireToolChoice>) -> Option<&str> {
+    match choice {
+        Some(WireToolChoice::Tool { name, .. }) => Some(name),
+        _ => None,
     }
 }
 

@@ -1239,7 +1239,13 @@ fn claude_codes_advisor_tool_changes_and_tool_references_decode() {
     "tools": [
         {"name": "Read", "input_schema": {"type": "object"}},
         {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-7"},
-        {"name": "mcp__docs__search", "input_schema": {"type": "object"}, "defer_loading": true}
+        // Deferred, and loaded by the tool search below.
+        {"name": "mcp__docs__search", "input_schema": {"type": "object"}, "defer_loading": true},
+        // Deferred, and never loaded: not offered.
+        {"name": "DeferredToolPlaceholder", "input_schema": {"type": "object"},
+         "defer_loading": true},
+        // Deferred, loaded by name in a tool change.
+        {"name": "mcp__docs__list", "input_schema": {"type": "object"}, "defer_loading": true}
     ],
     "messages": [
         {"role": "user", "content": "Find the docs tool."},
@@ -1252,8 +1258,9 @@ fn claude_codes_advisor_tool_changes_and_tool_references_decode() {
             {"type": "tool_addition", "tool": {"type": "tool_definition", "definition": {
                 "name": "mcp__docs__fetch", "description": "Fetch a page",
                 "input_schema": {"type": "object", "properties": {"url": {"type": "string"}}}}}},
-            // Named: it is in `tools` already.
-            {"type": "tool_addition", "tool": {"type": "tool_reference", "tool_name": "Read"}},
+            // Named: it is in `tools` already (and loaded, if deferred).
+            {"type": "tool_addition", "tool": {"type": "tool_reference",
+                                               "tool_name": "mcp__docs__list"}},
             {"type": "tool_removal", "tool_name": "mcp__old__gone"}
         ]},
         {"role": "assistant", "content": [
@@ -1264,8 +1271,16 @@ fn claude_codes_advisor_tool_changes_and_tool_references_decode() {
     ]}))
     .unwrap();
     let names: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["Read", "mcp__docs__search", "mcp__docs__fetch"]);
-    assert_eq!(request.tools[2].description, "Fetch a page");
+    assert_eq!(
+        names,
+        [
+            "Read",
+            "mcp__docs__search",
+            "mcp__docs__list",
+            "mcp__docs__fetch"
+        ]
+    );
+    assert_eq!(request.tools[3].description, "Fetch a page");
     assert_eq!(
         request.messages[1],
         Message::system("The docs server connected.")
@@ -1275,6 +1290,13 @@ fn claude_codes_advisor_tool_changes_and_tool_references_decode() {
     };
     assert_eq!(result.content, "Tool `mcp__docs__search` is available.");
 
+    // A deferred tool that `tool_choice` forces is offered.
+    let (request, _) = decode_json(json!({"model": "m", "max_tokens": 10,
+        "tools": [{"name": "late", "input_schema": {"type": "object"}, "defer_loading": true}],
+        "tool_choice": {"type": "tool", "name": "late"},
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .unwrap();
+    assert_eq!(request.tools.len(), 1);
     // A tool removed is no longer offered; a system message of tool
     // changes alone is no message.
     let (request, _) = decode_json(json!({"model": "m", "max_tokens": 10,
