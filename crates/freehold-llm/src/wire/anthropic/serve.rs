@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::{
     ApiError, BlockDelta, ContentBlock, ErrorResponse, MessageContent, MessageDeltaBody,
     MessageStreamEvent, MessagesRequest, MessagesResponse, ORIGIN, ThinkingConfig,
-    ToolResultContent, WireDocumentSource, WireImageSource, WireMessage, WireToolChoice, WireUsage,
+    ToolResultContent, WireDocumentSource, WireImageSource, WireToolChoice, WireUsage,
     arguments_object, input_text, stop_reason_name,
 };
 use crate::wire::serve::{
@@ -115,14 +115,14 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
             messages.push(Message::system(text));
         }
     }
-    // Deferred tools (`defer_loading`) the conversation has loaded.
-    let loaded = loaded_tools(&wire.messages);
-    // Tools added or removed mid-conversation, in order.
+    // Tools added, removed or loaded mid-conversation, in order, and the
+    // deferred tools (`defer_loading`) a tool search's result loaded.
     let mut tool_changes = Vec::new();
+    let mut loaded = BTreeSet::new();
     for (index, message) in wire.messages.into_iter().enumerate() {
         let field = format!("messages[{index}]");
         match message.role.as_str() {
-            "user" => decode_user(message.content, &field, &mut messages)?,
+            "user" => decode_user(message.content, &field, &mut messages, &mut loaded)?,
             "assistant" => messages.push(decode_assistant(message.content, &field)?),
             "system" => {
                 if let Some(system) = decode_system(message.content, &field, &mut tool_changes)? {
@@ -137,6 +137,10 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
             }
         }
     }
+    loaded.extend(tool_changes.iter().filter_map(|change| match change {
+        ToolChange::Load(name) => Some(name.clone()),
+        ToolChange::Add(_) | ToolChange::Remove(_) => None,
+    }));
     let tools = wire
         .tools
         .unwrap_or_default()
@@ -417,49 +421,6 @@ fn decode_image(source: WireImageSource) -> ImageSource {
     }
 }
 
-/// The names of the deferred tools a conversation has loaded: those a
-/// `tool_reference` in a tool result names (a tool search's finds), and
-/// those a `tool_addition` in a system message adds by name.
-fn loaded_tools(messages: &[WireMessage]) -> BTreeSet<String> {
-    let mut loaded = BTreeSet::new();
-    let mut note = |block: &Value| {
-        let kind = block.get("type").and_then(Value::as_str);
-        let named = match kind {
-            Some("tool_reference") => block.get("tool_name"),
-            Some("tool_addition") => block
-                .get("tool")
-                .filter(|tool| tool.get("type").and_then(Value::as_str) == Some("tool_reference"))
-                .and_then(|tool| tool.get("tool_name").or_else(|| tool.get("name"))),
-            _ => None,
-        };
-        if let Some(name) = named.and_then(Value::as_str) {
-            loaded.insert(name.to_owned());
-        }
-    };
-    for message in messages {
-        let MessageContent::Blocks(blocks) = &message.content else {
-            continue;
-        };
-        for block in blocks {
-            match block {
-                ContentBlock::Other(value) => note(value),
-                ContentBlock::ToolResult {
-                    content: Some(ToolResultContent::Blocks(inner)),
-                    ..
-                } => {
-                    for block in inner {
-                        if let ContentBlock::Other(value) = block {
-                            note(value);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    loaded
-}
-
 /// The tool a `tool_choice` forces by name, if it does.
 fn forced_tool(choice: Option<&WireToolChoice>) -> Option<&str> {
     match choice {
@@ -472,15 +433,17 @@ fn forced_tool(choice: Option<&WireToolChoice>) -> Option<&str> {
 /// `tool_addition` or `tool_removal` block of Anthropic's beta).
 #[derive(Debug)]
 enum ToolChange {
-    /// A tool defined in the block itself (the `inline-tools` beta); one
-    /// added by name is in `tools` already.
+    /// A tool defined in the block itself (the `inline-tools` beta).
     Add(ToolSpec),
+    /// A tool added by name: it is in `tools` already, deferred, and is
+    /// loaded from here on.
+    Load(String),
     /// A tool no longer offered, by name.
     Remove(String),
 }
 
 /// The change a block makes, if it is a tool change: `Some(None)` for one
-/// with nothing to apply (a tool added by name, a shape not understood).
+/// with nothing to apply (a shape not understood).
 fn tool_change(block: &Value) -> Option<Option<ToolChange>> {
     let tool = block.get("tool");
     // Where a tool's name may be: on the block, or on its `tool`.
@@ -498,6 +461,9 @@ fn tool_change(block: &Value) -> Option<Option<ToolChange>> {
             let definition = tool
                 .filter(|tool| tool.get("type").and_then(Value::as_str) == Some("tool_definition"))
                 .and_then(|tool| tool.get("definition"));
+            if let Some(name) = tool.and_then(tool_reference_name) {
+                return Some(Some(ToolChange::Load(name.to_owned())));
+            }
             let added = definition.and_then(|definition| {
                 let name = definition.get("name").and_then(Value::as_str)?;
                 let schema = definition.get("input_schema")?;
@@ -531,20 +497,19 @@ fn apply_tool_changes(mut tools: Vec<ToolSpec>, changes: Vec<ToolChange>) -> Vec
                 }
             }
             ToolChange::Remove(name) => tools.retain(|tool| tool.name != name),
+            ToolChange::Load(_) => {}
         }
     }
     tools
 }
 
-/// The text a `tool_reference` block in a tool result (a tool search's
-/// answer, naming a tool it found) reads as: the gateway sends every tool in
-/// full, so the tool is already among the model's. `None` for other blocks.
-fn tool_reference_text(block: &Value) -> Option<String> {
+/// The tool a `tool_reference` block names (a tool search's find in a
+/// tool result, or a tool added by name); `None` for other blocks.
+fn tool_reference_name(block: &Value) -> Option<&str> {
     if block.get("type").and_then(Value::as_str) != Some("tool_reference") {
         return None;
     }
-    let name = block.get("tool_name").and_then(Value::as_str)?;
-    Some(format!("Tool `{name}` is available."))
+    block.get("tool_name").and_then(Value::as_str)
 }
 
 /// A mid-conversation `system` message: its text blocks joined by a blank
@@ -591,6 +556,7 @@ fn decode_user(
     content: MessageContent,
     field: &str,
     messages: &mut Vec<Message>,
+    loaded: &mut BTreeSet<String>,
 ) -> Result<(), DecodeError> {
     let mut results = Vec::new();
     let mut result_images = Vec::new();
@@ -645,10 +611,14 @@ fn decode_user(
                                         document => result_images.push(document),
                                     }
                                 }
-                                ContentBlock::Other(value)
-                                    if let Some(text) = tool_reference_text(&value) =>
+                                // A tool search's find: the tool is the
+                                // model's from here on (the gateway
+                                // offers it, `defer_loading` or not).
+                                ContentBlock::Other(ref value)
+                                    if let Some(name) = tool_reference_name(value) =>
                                 {
-                                    texts.push(text)
+                                    texts.push(format!("Tool `{name}` is available."));
+                                    loaded.insert(name.to_owned());
                                 }
                                 other => {
                                     return Err(DecodeError::unsupported(

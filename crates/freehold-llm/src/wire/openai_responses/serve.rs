@@ -151,28 +151,16 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             // would part them from their calls.
             let mut attachments = Vec::new();
             for (index, item) in items.into_iter().enumerate() {
-                let field = format!("input[{index}].tools");
-                match &item {
-                    Item::AdditionalTools(declared) => {
-                        declared_tools.extend(DeclaredTool::all(
-                            declared.tools.clone(),
-                            &field,
-                            false,
-                        ));
-                        continue;
-                    }
-                    Item::ToolSearchOutput(output) => {
-                        declared_tools.extend(DeclaredTool::all(output.tools.clone(), &field, true))
-                    }
-                    _ => {}
-                }
-                let is_output = matches!(
+                // Outputs keep the run's attachments for after the run, and
+                // so do declared tools, which are no message.
+                let keeps_attachments = matches!(
                     item,
                     Item::FunctionCallOutput(_)
                         | Item::CustomToolCallOutput(_)
                         | Item::ToolSearchOutput(_)
+                        | Item::AdditionalTools(_)
                 );
-                if !is_output {
+                if !keeps_attachments {
                     push_attachments(&mut messages, &mut attachments);
                 }
                 decode_item(
@@ -180,6 +168,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
                     &format!("input[{index}]"),
                     &mut messages,
                     &mut attachments,
+                    &mut declared_tools,
                 )?;
             }
             push_attachments(&mut messages, &mut attachments);
@@ -611,11 +600,15 @@ fn push_attachments(messages: &mut Vec<Message>, attachments: &mut Vec<ContentPa
     }
 }
 
+/// One input item (at `field`) into `messages`; its images and files go to
+/// `attachments`, and the tools it declares or a tool search found to
+/// `declared_tools`.
 fn decode_item(
     item: Item,
     field: &str,
     messages: &mut Vec<Message>,
     attachments: &mut Vec<ContentPart>,
+    declared_tools: &mut Vec<DeclaredTool>,
 ) -> Result<(), DecodeError> {
     match item {
         Item::Message(message) => {
@@ -720,16 +713,18 @@ fn decode_item(
             }
         }
         // A search the server ran (OpenAI's), or one without a call id:
-        // no call of the client's to pair it with (the tools it found
-        // still joined the request's).
+        // no call of the client's to pair it with; the tools it found
+        // still join the request's.
         Item::ToolSearchCall(call) if !runs_on_client(call.execution.as_deref()) => {}
         Item::ToolSearchOutput(output)
             if !runs_on_client(output.execution.as_deref()) || output.call_id.is_none() =>
         {
             tracing::debug!(
                 field,
-                "skipping the output of a search the client did not run"
+                "keeping only the tools of a search the client did not run"
             );
+            let field = format!("{field}.tools");
+            declared_tools.extend(DeclaredTool::all(output.tools, &field, true));
         }
         Item::ToolSearchCall(call) => {
             let (call_id, name) = call_identity(
@@ -762,9 +757,13 @@ fn decode_item(
                     is_error: false,
                 }),
             );
+            let field = format!("{field}.tools");
+            declared_tools.extend(DeclaredTool::all(output.tools, &field, true));
         }
-        // Read with the request's tools.
-        Item::AdditionalTools(_) => {}
+        Item::AdditionalTools(declared) => {
+            let field = format!("{field}.tools");
+            declared_tools.extend(DeclaredTool::all(declared.tools, &field, false));
+        }
         Item::Other => {
             tracing::debug!(field, "skipping an input item of an unsupported type");
         }
