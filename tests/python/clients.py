@@ -261,9 +261,12 @@ def responses_custom_tools():
     check_text(final.output_text)
     # Streamed: the call's item is announced, its input comes in the
     # custom tool's own events, and the finished item carries it whole.
+    # Greedy too: sampled, it twice ran out of tokens before closing the
+    # call, which then came back as text with `response.incomplete`.
     stream = client.responses.create(
         model=MODEL, input=NOTE_PROMPT, tools=[NOTE_TOOL],
         tool_choice={"type": "custom", "name": "write_note"}, max_output_tokens=64, stream=True,
+        temperature=0,
     )
     kinds, deltas, done_input, done_item = [], [], None, None
     for event in stream:
@@ -278,6 +281,67 @@ def responses_custom_tools():
     assert done_input == done_item.input == "".join(deltas), (done_input, done_item, deltas)
     assert done_item.input.strip(), done_item
     return {"input": call.input, "final": final.output_text, "streamed": done_item.input}
+
+
+COMPACTION_CONVERSATION = [
+    {"role": "user", "content": "My name is Ada and I am fixing add() in calc.py."},
+    {"role": "assistant", "content": "Noted: add() subtracts, so I will change - to +."},
+    {"role": "user", "content": "Good. Keep going."},
+]
+# What starts the gateway's compaction content; the summary follows in base64.
+COMPACTION_MARK = "freehold-compaction-v1:"
+
+
+def read_summary(item):
+    assert item.type == "compaction", item
+    content = item.encrypted_content
+    assert content.startswith(COMPACTION_MARK), content
+    return base64.b64decode(content[len(COMPACTION_MARK):]).decode()
+
+
+def responses_compaction():
+    """Compaction as OpenAI's API does it: /v1/responses/compact answers with
+    the conversation's user messages and one compaction item; a
+    compaction_trigger ending the input gets the item alone, whole and
+    streamed; a later request reads the item back. The summary is bounded
+    with max_output_tokens, which the gateway takes on /compact too.
+    FREEHOLD_EXPECT_TEXT, when set, is what the model writes."""
+    client = oai()
+    bound = {"max_output_tokens": 96}
+    compacted = client.responses.compact(model=MODEL, input=COMPACTION_CONVERSATION,
+                                         extra_body=bound)
+    assert compacted.object == "response.compaction", compacted
+    kinds = [(item.type, getattr(item, "role", None)) for item in compacted.output]
+    assert kinds == [("message", "user"), ("message", "user"), ("compaction", None)], kinds
+    summary = read_summary(compacted.output[-1])
+    check_text(summary)
+    assert compacted.usage.output_tokens > 0, compacted.usage
+    # The conversation goes on from what the compaction kept.
+    go_on = [item.model_dump(exclude_none=True) for item in compacted.output]
+    go_on.append({"role": "user", "content": "What is my name?"})
+    reply = client.responses.create(model=MODEL, input=go_on, max_output_tokens=32)
+    check_text(reply.output_text)
+    # A trigger ending the input: the compaction item alone.
+    trigger = COMPACTION_CONVERSATION + [{"type": "compaction_trigger"}]
+    whole = client.responses.create(model=MODEL, input=trigger, **bound)
+    assert [item.type for item in whole.output] == ["compaction"], whole.output
+    check_text(read_summary(whole.output[0]))
+    with client.responses.stream(model=MODEL, input=trigger, **bound) as stream:
+        events = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert [item.type for item in final.output] == ["compaction"], final.output
+    check_text(read_summary(final.output[0]))
+    assert "response.output_text.delta" not in events, events
+    # A compaction the gateway did not make (OpenAI's, encrypted) cannot be
+    # read, and the error says where it is.
+    try:
+        client.responses.create(model=MODEL, max_output_tokens=8, input=[
+            {"type": "compaction", "encrypted_content": "gAAAAABo-encrypted-by-openai"},
+            {"role": "user", "content": "hi"}])
+        raise AssertionError("a compaction made elsewhere was accepted")
+    except openai.BadRequestError as error:
+        assert "input[0].encrypted_content" in str(error), str(error)
+    return {"summary": summary, "streamed_events": events}
 
 
 def anthropic_messages():
@@ -636,7 +700,8 @@ def stop_sequences():
 SCENARIOS = {f.__name__: f for f in [
     long_prompts, rate_limited, budget_spent, gateway_errors,
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
-    openai_responses, responses_custom_tools, anthropic_messages, anthropic_tools,
+    openai_responses, responses_custom_tools, responses_compaction, anthropic_messages,
+    anthropic_tools,
     anthropic_errors, silent_upstream, refusals, stop_sequences,
 ]}
 

@@ -481,6 +481,7 @@ async fn official_sdks_against_a_mock_upstream() {
         "openai_models",
         "openai_embeddings",
         "openai_responses",
+        "responses_compaction",
         "anthropic_tools",
     ] {
         let result = served.scenario(&python, scenario, &expect).await;
@@ -503,7 +504,7 @@ async fn official_sdks_against_a_mock_upstream() {
     assert_eq!(errors["model_not_found"], 404);
     // Every chat, tool and embedding call reached the upstream
     // (count_tokens was estimated by the gateway itself).
-    assert_eq!(upstream.requests(), 17);
+    assert_eq!(upstream.requests(), 21);
     // A refusal reaches each SDK as its own (the mock refuses when asked
     // to), whole and streamed.
     let refusal = [("FREEHOLD_EXPECT_REFUSAL", MOCK_REFUSAL)];
@@ -663,7 +664,12 @@ async fn official_sdks_against_smollm2_in_process() {
     );
     let served = Served::start(&config, &[]).await;
     let env = [("FREEHOLD_MODEL", "smol")];
-    for scenario in ["openai_chat", "openai_stream", "openai_responses"] {
+    for scenario in [
+        "openai_chat",
+        "openai_stream",
+        "openai_responses",
+        "responses_compaction",
+    ] {
         let result = served.scenario(&python, scenario, &env).await;
         eprintln!("{scenario}: {result}");
     }

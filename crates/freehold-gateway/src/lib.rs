@@ -3,9 +3,9 @@
 //! [`freehold_llm::Router`] to the configured providers.
 //!
 //! What it owns:
-//! - the axum application: `/v1/chat/completions`, `/v1/responses`,
-//!   `/v1/messages` (+ `count_tokens`), `/v1/models` (+ `/v1/models/{model}`),
-//!   `/v1/embeddings`, `/health`, `/metrics`;
+//! - the axum application: `/v1/chat/completions`, `/v1/responses` (+
+//!   `/compact`), `/v1/messages` (+ `count_tokens`), `/v1/models` (+
+//!   `/v1/models/{model}`), `/v1/embeddings`, `/health`, `/metrics`;
 //! - access control: the master key and virtual keys ([`store`]), per-key
 //!   rate limits ([`limits`]: in memory, or shared through PostgreSQL);
 //! - the usage ledger and budgets ([`store`]), on SQLite or PostgreSQL, with

@@ -130,6 +130,9 @@ fn play_model(request: &Recorded) -> Scripted {
     if asked_for_a_note {
         return completion(stream, play_note_task(&body, &messages));
     }
+    if asked_for(&messages, COMPACT_TASK) {
+        return completion(stream, play_compact_task(&body, &messages));
+    }
     let asked_for_a_patch = messages
         .iter()
         .any(|message| message["role"] == "user" && message_text(message).contains(PATCH_TASK));
@@ -230,6 +233,53 @@ fn play_patch_task(body: &Value, messages: &[Value]) -> Reply {
         Reply::Call(PATCH_ID, "apply_patch", json!({ "input": PATCH }))
     } else {
         Reply::Text("no apply_patch was offered".into())
+    }
+}
+
+/// The task Codex runs with a context so small that it compacts the
+/// conversation after the tool's call.
+const COMPACT_TASK: &str = "Run the proof command; the conversation will be compacted.";
+/// What the gateway's request for a summary says (its first line).
+const SUMMARY_ASKED: &str = "replaced by a summary that you write";
+/// The summary the scripted model writes when asked for one.
+const SUMMARY: &str = "Summary so far: the proof command ran and printed freehold-proof-4141.";
+
+/// Whether a user message among `messages` holds `text`.
+fn asked_for(messages: &[Value], text: &str) -> bool {
+    messages
+        .iter()
+        .any(|message| message["role"] == "user" && message_text(message).contains(text))
+}
+
+/// The scripted model on [`COMPACT_TASK`]: it calls the shell tool, writes
+/// [`SUMMARY`] when the gateway asks for one, and answers from the summary
+/// once the conversation is compacted (the call and its result gone).
+fn play_compact_task(body: &Value, messages: &[Value]) -> Reply {
+    let last_asks_for_a_summary = messages
+        .last()
+        .is_some_and(|last| last["role"] == "user" && message_text(last).contains(SUMMARY_ASKED));
+    if last_asks_for_a_summary {
+        return Reply::Text(SUMMARY.into());
+    }
+    if asked_for(messages, SUMMARY) {
+        return Reply::Text(format!("{VERIFIED} {PROOF}, read from the summary"));
+    }
+    if let Some(output) = messages
+        .iter()
+        .find(|message| message["role"] == "tool")
+        .map(message_text)
+    {
+        return Reply::Text(format!("{VERIFIED} {}, not compacted", output.trim()));
+    }
+    let tools: Vec<&str> = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|tool| tool["function"]["name"].as_str())
+        .collect();
+    match shell_call(&tools) {
+        Some((name, arguments)) => Reply::Call(CALL_ID, name, arguments),
+        None => Reply::Text("no shell tool was offered".into()),
     }
 }
 
@@ -415,6 +465,18 @@ fn codex_exec(
         ),
     )
     .unwrap();
+    codex_command(agents, home, workdir, task)
+}
+
+/// `codex exec` of `task` in `workdir`, with the configuration in `home`
+/// (and the key in `FREEHOLD_KEY`, for a provider of its own, and in
+/// `CODEX_API_KEY`, which `codex exec` takes for its built-in `openai` one).
+fn codex_command(
+    agents: &Path,
+    home: &Path,
+    workdir: &Path,
+    task: &str,
+) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(agents.join("codex"));
     command
         .args(["exec", "--skip-git-repo-check"])
@@ -428,6 +490,7 @@ fn codex_exec(
         .env("HOME", home)
         .env("CODEX_HOME", home)
         .env("FREEHOLD_KEY", MASTER)
+        .env("CODEX_API_KEY", MASTER)
         .env("PATH", std::env::var("PATH").unwrap_or_default());
     command
 }
@@ -707,6 +770,75 @@ async fn codex_lite_modes_tools_reach_the_provider() {
         tools.iter().any(|name| name == "functions__exec"),
         "{tools:?}"
     );
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&workdir);
+}
+
+/// Codex's built-in `openai` provider pointed at the gateway compacts a
+/// full context the way OpenAI's API does: a request ending in a
+/// `compaction_trigger`, answered with one `compaction` item. The gateway
+/// asks the model for a summary, and reads the item back as that summary
+/// when Codex sends it in place of the conversation it replaced.
+#[tokio::test]
+async fn codex_compacts_its_conversation_through_the_gateway() {
+    let Some(agents) = test_agent_clients() else {
+        return;
+    };
+    let (upstream, served) = gateway_before_scripted_model("gpt-5.5").await;
+    let home = scratch("codex-compact-home");
+    let workdir = scratch("codex-compact-work");
+    // Each answer reports 110 tokens: past this limit after the first.
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "model = \"gpt-5.5\"\nopenai_base_url = \"{}/v1\"\n\
+             model_auto_compact_token_limit = 100\n",
+            served.url
+        ),
+    )
+    .unwrap();
+    let command = codex_command(&agents, &home, &workdir, COMPACT_TASK);
+    let stdout = run_agent(command, "codex exec").await;
+
+    let written = std::fs::read_to_string(workdir.join("proof.txt"))
+        .expect("Codex ran the tool call before compacting");
+    assert_eq!(written, PROOF);
+    assert!(
+        stdout.contains("read from the summary"),
+        "Codex went on from the compacted conversation: {stdout}"
+    );
+    let bodies: Vec<Value> = upstream
+        .requests()
+        .iter()
+        .map(Recorded::json)
+        .filter(|body| !has_late_system_message(body))
+        .collect();
+    let asked_for_summary = bodies
+        .iter()
+        .find(|body| {
+            body["messages"]
+                .as_array()
+                .and_then(|messages| messages.last())
+                .is_some_and(|last| message_text(last).contains(SUMMARY_ASKED))
+        })
+        .expect("the gateway asked the model for a summary");
+    assert_eq!(asked_for_summary["tool_choice"], "none");
+    let messages = asked_for_summary["messages"].as_array().unwrap();
+    assert!(
+        result_of(messages, CALL_ID).is_some_and(|output| output.contains(PROOF)),
+        "the conversation to summarise held the call's result"
+    );
+    // After it, the summary stands for the call and its result.
+    let compacted = bodies
+        .iter()
+        .find(|body| {
+            let messages = body["messages"].as_array().cloned().unwrap_or_default();
+            asked_for(&messages, SUMMARY)
+        })
+        .expect("a request went on from the summary");
+    let messages = compacted["messages"].as_array().unwrap();
+    assert!(asked_for(messages, COMPACT_TASK), "{compacted}");
+    assert!(result_of(messages, CALL_ID).is_none(), "{compacted}");
     let _ = std::fs::remove_dir_all(&home);
     let _ = std::fs::remove_dir_all(&workdir);
 }

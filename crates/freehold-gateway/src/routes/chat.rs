@@ -1,5 +1,5 @@
-//! The chat endpoints: `/v1/chat/completions`, `/v1/responses` (OpenAI)
-//! and `/v1/messages` (Anthropic). Each protocol only decodes its request
+//! The chat endpoints: `/v1/chat/completions`, `/v1/responses` and
+//! `/v1/responses/compact` (OpenAI) and `/v1/messages` (Anthropic). Each protocol only decodes its request
 //! and encodes the answer; everything between is [`crate::chat`].
 
 use std::collections::VecDeque;
@@ -74,7 +74,13 @@ trait ChatProtocol {
 
     fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError>;
     fn streams(options: &Self::Options) -> bool;
-    fn encode(response: &ChatResponse, model: &str, options: &Self::Options) -> Self::Response;
+    /// The answer's body; an error when the answer cannot be what the
+    /// request asked for (a compaction without a summary).
+    fn encode(
+        response: &ChatResponse,
+        model: &str,
+        options: &Self::Options,
+    ) -> Result<Self::Response, LlmError>;
     /// `input_estimate`: the request's input tokens, estimated as its
     /// first target gets it, for a protocol that reports them before the
     /// provider does.
@@ -97,8 +103,12 @@ impl ChatProtocol for ChatCompletions {
     fn streams(options: &Self::Options) -> bool {
         options.stream
     }
-    fn encode(response: &ChatResponse, model: &str, _: &Self::Options) -> Self::Response {
-        openai_chat::encode_response(response, model)
+    fn encode(
+        response: &ChatResponse,
+        model: &str,
+        _: &Self::Options,
+    ) -> Result<Self::Response, LlmError> {
+        Ok(openai_chat::encode_response(response, model))
     }
     fn encoder(model: &str, options: Self::Options, _: u64) -> Self::Encoder {
         openai_chat::ChunkEncoder::new(model, None, options.include_usage)
@@ -121,8 +131,12 @@ impl ChatProtocol for Messages {
     fn streams(options: &Self::Options) -> bool {
         options.stream
     }
-    fn encode(response: &ChatResponse, model: &str, _: &Self::Options) -> Self::Response {
-        anthropic::encode_response(response, model)
+    fn encode(
+        response: &ChatResponse,
+        model: &str,
+        _: &Self::Options,
+    ) -> Result<Self::Response, LlmError> {
+        Ok(anthropic::encode_response(response, model))
     }
     fn encoder(model: &str, _: Self::Options, input_estimate: u64) -> Self::Encoder {
         // message_start goes out before the provider reports usage: it
@@ -147,14 +161,58 @@ impl ChatProtocol for Responses {
     fn streams(options: &Self::Options) -> bool {
         options.stream
     }
-    fn encode(response: &ChatResponse, model: &str, options: &Self::Options) -> Self::Response {
-        openai_responses::encode_response_for(response, model, options)
+    fn encode(
+        response: &ChatResponse,
+        model: &str,
+        options: &Self::Options,
+    ) -> Result<Self::Response, LlmError> {
+        if options.compaction {
+            openai_responses::encode_compaction(response, model)
+        } else {
+            Ok(openai_responses::encode_response_for(
+                response, model, options,
+            ))
+        }
     }
     fn encoder(model: &str, options: Self::Options, _: u64) -> Self::Encoder {
         openai_responses::ResponseStreamEncoder::new(model, None)
             .with_freeform_tools(options.freeform_tools)
             .with_namespaced_tools(options.namespaced_tools)
             .with_tool_search(options.tool_search)
+            .with_compaction(options.compaction)
+    }
+}
+
+/// `POST /v1/responses/compact`: a Responses request's conversation,
+/// answered with its user messages and one `compaction` item, never
+/// streamed.
+struct ResponsesCompact;
+
+impl ChatProtocol for ResponsesCompact {
+    const ENDPOINT: &'static str = "/v1/responses/compact";
+    const PROTOCOL: Protocol = Protocol::OpenAi;
+    type Wire = openai_responses::ResponsesRequest;
+    /// With the items the answer keeps before its compaction.
+    type Options = (openai_responses::ServeOptions, Vec<openai_responses::Item>);
+    type Response = openai_responses::ResponseObject;
+    type Encoder = openai_responses::ResponseStreamEncoder;
+
+    fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError> {
+        let (request, options, kept) = openai_responses::decode_compact_request(wire)?;
+        Ok((request, (options, kept)))
+    }
+    fn streams(_: &Self::Options) -> bool {
+        false
+    }
+    fn encode(
+        response: &ChatResponse,
+        model: &str,
+        (_, kept): &Self::Options,
+    ) -> Result<Self::Response, LlmError> {
+        openai_responses::encode_compacted(response, model, kept.clone())
+    }
+    fn encoder(model: &str, (options, _): Self::Options, input_estimate: u64) -> Self::Encoder {
+        Responses::encoder(model, options, input_estimate)
     }
 }
 
@@ -186,6 +244,16 @@ pub(crate) async fn responses(
     body: Body,
 ) -> Response {
     serve::<Responses>(gateway, arrival, headers, body).await
+}
+
+/// `POST /v1/responses/compact`.
+pub(crate) async fn responses_compact(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(arrival): Extension<Arrival>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve::<ResponsesCompact>(gateway, arrival, headers, body).await
 }
 
 /// `POST /v1/messages/count_tokens`: the request's input tokens, counted
@@ -336,7 +404,14 @@ async fn serve<P: ChatProtocol>(
     } else {
         match admitted.complete().await {
             Ok((response, mut accounting)) => {
-                let encoded = P::encode(&response, &model, &options);
+                let encoded = match P::encode(&response, &model, &options) {
+                    Ok(encoded) => encoded,
+                    Err(error) => {
+                        let error = GatewayError::upstream(&error);
+                        accounting.fail(&error);
+                        return error.into_response(P::PROTOCOL);
+                    }
+                };
                 if gateway.settings.log_bodies
                     && let Ok(text) = serde_json::to_string(&encoded)
                 {

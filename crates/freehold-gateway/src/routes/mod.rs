@@ -28,6 +28,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/responses", post(chat::responses))
+        .route("/v1/responses/compact", post(chat::responses_compact))
         .route("/v1/messages", post(chat::messages))
         .route("/v1/messages/count_tokens", post(chat::count_tokens))
         .route("/v1/models", get(ops::models))
@@ -210,7 +211,7 @@ async fn unknown_route(headers: HeaderMap, uri: Uri) -> Response {
     let protocol = protocol_of(&headers);
     GatewayError::no_route(format!(
         "no such endpoint: {}; this gateway serves /v1/chat/completions, /v1/responses, \
-         /v1/messages, /v1/messages/count_tokens, /v1/models, /v1/models/MODEL, /v1/embeddings, \
+         /v1/responses/compact, /v1/messages, /v1/messages/count_tokens, /v1/models, /v1/models/MODEL, /v1/embeddings, \
          /health and /metrics",
         uri.path()
     ))

@@ -43,13 +43,15 @@ use crate::sse::SseEvent;
 use crate::wire::openai_api;
 use crate::wire::openai_chat::{generated_call_id, image_url};
 
+mod compaction;
 mod serve;
 #[cfg(test)]
 mod serve_tests;
 
+pub use compaction::{compaction_content, kept_by_compaction};
 pub use serve::{
-    ResponseStreamEncoder, ServeOptions, decode_request, encode_error, encode_response,
-    encode_response_for,
+    ResponseStreamEncoder, ServeOptions, decode_compact_request, decode_request, encode_compacted,
+    encode_compaction, encode_error, encode_response, encode_response_for,
 };
 
 /// What `include` must name for reasoning items to carry `encrypted_content`.
@@ -198,8 +200,36 @@ pub enum Item {
     ToolSearchCall(ToolSearchCallItem),
     /// What a `tool_search` found: the tools, declared as in `tools`.
     ToolSearchOutput(ToolSearchOutputItem),
+    /// A request to compact the conversation before it, in place of an
+    /// answer: OpenAI's, which Codex sends to a provider named `OpenAI`
+    /// when the context fills. It must be the last input item.
+    CompactionTrigger(CompactionTriggerItem),
+    /// A compacted conversation: what came before it, in one opaque
+    /// `encrypted_content`.
+    Compaction(CompactionItem),
     /// Any other item (web search, file search, computer use…).
     Other,
+}
+
+/// A `compaction_trigger` item.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompactionTriggerItem {
+    /// The item id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// A `compaction` item.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompactionItem {
+    /// The item id (`cmp_…`), on output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The compacted conversation, opaque to the client: OpenAI's is
+    /// encrypted, the gateway's is marked as its own (see
+    /// [`compaction_content`]).
+    #[serde(default)]
+    pub encrypted_content: String,
 }
 
 /// A `tool_search_call` item.
@@ -262,6 +292,8 @@ enum TypedItem {
     AdditionalTools(AdditionalToolsItem),
     ToolSearchCall(ToolSearchCallItem),
     ToolSearchOutput(ToolSearchOutputItem),
+    CompactionTrigger(CompactionTriggerItem),
+    Compaction(CompactionItem),
     #[serde(other)]
     Other,
 }
@@ -278,6 +310,8 @@ impl From<TypedItem> for Item {
             TypedItem::AdditionalTools(tools) => Self::AdditionalTools(tools),
             TypedItem::ToolSearchCall(call) => Self::ToolSearchCall(call),
             TypedItem::ToolSearchOutput(output) => Self::ToolSearchOutput(output),
+            TypedItem::CompactionTrigger(trigger) => Self::CompactionTrigger(trigger),
+            TypedItem::Compaction(compaction) => Self::Compaction(compaction),
             TypedItem::Other => Self::Other,
         }
     }
@@ -1505,6 +1539,8 @@ pub fn decode_response(provider: &str, response: ResponseObject) -> Result<ChatR
             | Item::AdditionalTools(_)
             | Item::ToolSearchCall(_)
             | Item::ToolSearchOutput(_)
+            | Item::CompactionTrigger(_)
+            | Item::Compaction(_)
             | Item::Other => {}
         }
     }
@@ -1650,6 +1686,8 @@ impl ResponsesDecoder {
             | Item::AdditionalTools(_)
             | Item::ToolSearchCall(_)
             | Item::ToolSearchOutput(_)
+            | Item::CompactionTrigger(_)
+            | Item::Compaction(_)
             | Item::Other => (ItemKind::Other, None),
         };
         let streamed = matches!(item, Item::FunctionCall(call) if !call.arguments.is_empty());
@@ -1678,6 +1716,8 @@ impl ResponsesDecoder {
             | Item::AdditionalTools(_)
             | Item::ToolSearchCall(_)
             | Item::ToolSearchOutput(_)
+            | Item::CompactionTrigger(_)
+            | Item::Compaction(_)
             | Item::Other => None,
         };
         let slot = self.find(output_index, id.unwrap_or_default());
@@ -1732,6 +1772,8 @@ impl ResponsesDecoder {
             | Item::AdditionalTools(_)
             | Item::ToolSearchCall(_)
             | Item::ToolSearchOutput(_)
+            | Item::CompactionTrigger(_)
+            | Item::Compaction(_)
             | Item::Other => {}
         }
         let done = OpenItem {

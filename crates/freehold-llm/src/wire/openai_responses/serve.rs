@@ -9,12 +9,14 @@ use freehold_protocol::{
 };
 use serde_json::{Value, json};
 
+use super::compaction::{self, SUMMARY_MAX_TOKENS, SUMMARY_REQUEST, kept_by_compaction};
 use super::{
-    ArgumentsDoneEvent, ContentItem, CustomToolCallItem, DeltaEvent, FunctionCallItem,
-    FunctionCallOutputItem, IncompleteDetails, InputDoneEvent, Item, ItemContent, ItemEvent,
-    MessageItem, ORIGIN, PartEvent, ReasoningItem, RefusalDoneEvent, ResponseError, ResponseEvent,
-    ResponseInput, ResponseObject, ResponseSnapshot, ResponseUsage, ResponsesRequest, ServerEvent,
-    SummaryPartEvent, TextDoneEvent, TextFormat, TextPart, ToolSearchCallItem, WireTool,
+    ArgumentsDoneEvent, CompactionTriggerItem, ContentItem, CustomToolCallItem, DeltaEvent,
+    FunctionCallItem, FunctionCallOutputItem, IncompleteDetails, InputDoneEvent, Item, ItemContent,
+    ItemEvent, MessageItem, ORIGIN, PartEvent, ReasoningItem, RefusalDoneEvent, ResponseError,
+    ResponseEvent, ResponseInput, ResponseObject, ResponseSnapshot, ResponseUsage,
+    ResponsesRequest, ServerEvent, SummaryPartEvent, TextDoneEvent, TextFormat, TextPart,
+    ToolSearchCallItem, WireTool,
 };
 use crate::wire::openai_chat::{
     self, ErrorBody, decode_effort, decode_tool_choice, decode_verbosity, openai_error_message,
@@ -44,6 +46,10 @@ pub struct ServeOptions {
     /// client): providers see it as a function tool of that name, and
     /// calls of it go back as `tool_search_call` items.
     pub tool_search: bool,
+    /// Whether the request asked for the conversation to be compacted (a
+    /// `compaction_trigger` item ends its input): the model is asked for a
+    /// summary, and the answer is one `compaction` item holding it.
+    pub compaction: bool,
 }
 
 /// The one argument of the function tool a freeform tool becomes.
@@ -123,6 +129,13 @@ impl DeclaredTool {
 ///   rejected, and so is
 ///   `previous_response_id`: the gateway keeps no responses, the client must
 ///   send the whole conversation (as Codex does, with `store: false`);
+/// - a `compaction_trigger` item, which must end the input, asks for the
+///   conversation to be compacted: a user message after it asks the model
+///   for a summary, no tool may be called, and the answer is at most
+///   [`SUMMARY_MAX_TOKENS`] tokens unless `max_output_tokens` says
+///   otherwise (see [`ServeOptions::compaction`]); a `compaction` item the
+///   gateway made is a user message carrying its summary, and one it did
+///   not make (OpenAI's, encrypted) is refused;
 /// - input items of other types (`web_search_call`, `item_reference`…) are
 ///   skipped, as are content parts of unknown types in assistant messages.
 ///
@@ -143,6 +156,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
     // in `input`.
     let mut declared_tools: Vec<DeclaredTool> =
         DeclaredTool::all(wire.tools.unwrap_or_default(), "tools", false).collect();
+    let mut compaction = false;
     match wire.input {
         ResponseInput::Text(text) => messages.push(Message::user(text)),
         ResponseInput::Items(items) => {
@@ -150,6 +164,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             // user message after the run: a message between two results
             // would part them from their calls.
             let mut attachments = Vec::new();
+            let last = items.len().saturating_sub(1);
             for (index, item) in items.into_iter().enumerate() {
                 // Outputs keep the run's attachments for after the run, and
                 // so do declared tools, which are no message.
@@ -163,6 +178,18 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
                 if !keeps_attachments {
                     push_attachments(&mut messages, &mut attachments);
                 }
+                if let Item::CompactionTrigger(_) = item {
+                    // What comes after the trigger would be neither
+                    // summarised nor answered.
+                    if index != last {
+                        return Err(DecodeError::invalid(
+                            format!("input[{index}]"),
+                            "a `compaction_trigger` must be the last input item",
+                        ));
+                    }
+                    compaction = true;
+                    continue;
+                }
                 decode_item(
                     item,
                     &format!("input[{index}]"),
@@ -173,6 +200,9 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             }
             push_attachments(&mut messages, &mut attachments);
         }
+    }
+    if compaction {
+        messages.push(Message::user(SUMMARY_REQUEST));
     }
     let mut names = ToolNames::default();
     let mut tools = Vec::new();
@@ -296,6 +326,13 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         }
         Some(value) => decode_tool_choice(value, "tool_choice")?,
     };
+    // A summary is text: the tools stay declared (providers want them when
+    // the conversation has calls), but none may be called.
+    let tool_choice = if compaction {
+        freehold_protocol::ToolChoice::None
+    } else {
+        tool_choice
+    };
     // A request that must call a tool, whose only tools were searches the
     // gateway cannot run, cannot be served as asked.
     if tools.is_empty()
@@ -334,6 +371,11 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             })
         }
     };
+    let (response_format, max_tokens) = if compaction {
+        (None, wire.max_output_tokens.or(Some(SUMMARY_MAX_TOKENS)))
+    } else {
+        (response_format, wire.max_output_tokens)
+    };
     let reasoning = match wire.reasoning.and_then(|reasoning| reasoning.effort) {
         None => None,
         Some(effort) => decode_effort(&effort, "reasoning.effort")?,
@@ -349,7 +391,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             top_p: wire.top_p,
             ..Sampling::default()
         },
-        max_tokens: wire.max_output_tokens,
+        max_tokens,
         stop: Vec::new(),
         response_format,
         reasoning,
@@ -368,8 +410,39 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             freeform_tools: names.freeform,
             namespaced_tools: names.namespaced,
             tool_search: names.tool_search,
+            compaction,
         },
     ))
+}
+
+/// Decodes a `POST /v1/responses/compact` request (the fields of a
+/// Responses request; `stream` is ignored): the request that asks the model
+/// for the summary, as a `compaction_trigger` ending the input would, and
+/// the items the answer keeps before its `compaction` item (the input's
+/// user messages, [`kept_by_compaction`]).
+///
+/// # Errors
+/// As [`decode_request`].
+pub fn decode_compact_request(
+    mut wire: ResponsesRequest,
+) -> Result<(ChatRequest, ServeOptions, Vec<Item>), DecodeError> {
+    let kept = kept_by_compaction(&wire.input);
+    let mut items = match std::mem::take(&mut wire.input) {
+        ResponseInput::Text(text) => vec![Item::Message(MessageItem {
+            id: None,
+            role: "user".into(),
+            content: ItemContent::Text(text),
+            status: None,
+        })],
+        ResponseInput::Items(items) => items,
+    };
+    if !matches!(items.last(), Some(Item::CompactionTrigger(_))) {
+        items.push(Item::CompactionTrigger(CompactionTriggerItem::default()));
+    }
+    wire.input = ResponseInput::Items(items);
+    wire.stream = false;
+    let (request, options) = decode_request(wire)?;
+    Ok((request, options, kept))
 }
 
 /// The names of a request's tools, as they are decoded.
@@ -764,6 +837,9 @@ fn decode_item(
             let field = format!("{field}.tools");
             declared_tools.extend(DeclaredTool::all(declared.tools, &field, false));
         }
+        Item::Compaction(compaction) => messages.push(compaction::message_for(&compaction, field)?),
+        // Read where the input's items are (it must be the last).
+        Item::CompactionTrigger(_) => {}
         Item::Other => {
             tracing::debug!(field, "skipping an input item of an unsupported type");
         }
@@ -1256,6 +1332,68 @@ pub fn encode_response_for(
     }
 }
 
+/// Encodes the answer to a request that asked for a compaction
+/// ([`ServeOptions::compaction`]): one `compaction` item holding the
+/// model's text, its summary; reasoning and any tool call the model made
+/// are left out. The status is `completed` even when the summary was cut at
+/// the length bound: the item is whole, and holds what the model wrote
+/// (see [`summary_cut_short`]).
+///
+/// # Errors
+/// The model wrote no text: a compaction without a summary would lose the
+/// conversation it replaces.
+pub fn encode_compaction(response: &ChatResponse, model: &str) -> Result<ResponseObject, LlmError> {
+    let summary: String = response
+        .message
+        .content
+        .iter()
+        .filter_map(|part| match part {
+            ContentPart::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let output = vec![compaction::item_for(&summary)?];
+    summary_cut_short(&response.stop_reason);
+    Ok(ResponseObject {
+        id: response.id.clone().unwrap_or_else(|| generated_id("resp_")),
+        object: "response".into(),
+        created_at: Some(unix_now().into()),
+        status: Some("completed".into()),
+        model: model.to_owned(),
+        output,
+        error: None,
+        incomplete_details: None,
+        usage: Some(ResponseUsage::from(&response.usage)),
+    })
+}
+
+/// Notes a summary that the length bound cut short. It is kept, not
+/// failed: a compaction's client (Codex) cannot go on from an incomplete
+/// answer, and a summary cut short still carries most of what it would.
+fn summary_cut_short(reason: &StopReason) {
+    if *reason == StopReason::MaxTokens {
+        tracing::warn!("a compaction's summary reached its length bound and was cut short");
+    }
+}
+
+/// Encodes the answer to `POST /v1/responses/compact` (decoded by
+/// [`decode_compact_request`]): a `response.compaction` object whose output
+/// is the `kept` items (the input's user messages), then the `compaction`
+/// item.
+///
+/// # Errors
+/// As [`encode_compaction`].
+pub fn encode_compacted(
+    response: &ChatResponse,
+    model: &str,
+    kept: Vec<Item>,
+) -> Result<ResponseObject, LlmError> {
+    let mut compacted = encode_compaction(response, model)?;
+    compacted.object = "response.compaction".into();
+    compacted.output.splice(0..0, kept);
+    Ok(compacted)
+}
+
 /// The output item the stream encoder has open.
 #[derive(Debug)]
 enum OpenItem {
@@ -1347,6 +1485,9 @@ pub struct ResponseStreamEncoder {
     freeform_tools: BTreeSet<String>,
     namespaced_tools: BTreeMap<String, (String, String)>,
     tool_search: bool,
+    /// The summary written so far, when the request asked for a compaction
+    /// ([`ServeOptions::compaction`]).
+    compaction: Option<String>,
 }
 
 impl ResponseStreamEncoder {
@@ -1370,7 +1511,21 @@ impl ResponseStreamEncoder {
             freeform_tools: BTreeSet::new(),
             namespaced_tools: BTreeMap::new(),
             tool_search: false,
+            compaction: None,
         }
+    }
+
+    /// Encodes the answer as one `compaction` item, when the request asked
+    /// for a compaction ([`ServeOptions::compaction`]): the model's text is
+    /// gathered as the summary (reasoning and tool calls are left out), and
+    /// the item is announced and done together when the answer ends, after
+    /// `response.in_progress` keepalives while the model writes, then
+    /// `response.completed` (also for a summary cut at the length bound, as
+    /// [`encode_compaction`]). A model that wrote no text gets
+    /// `response.failed` instead.
+    pub fn with_compaction(mut self, asked: bool) -> Self {
+        self.compaction = asked.then(String::new);
+        self
     }
 
     /// Encodes calls of `tool_search` as `tool_search_call` items, when the
@@ -1609,6 +1764,9 @@ impl ResponseStreamEncoder {
         if self.finished {
             return out;
         }
+        if self.compaction.is_some() {
+            return self.push_compacting(event);
+        }
         if let Some(OpenItem::Call { index: open, .. }) = &self.open {
             let belongs = match event {
                 StreamEvent::ToolCallArgsDelta { index, .. }
@@ -1816,6 +1974,50 @@ impl ResponseStreamEncoder {
         out
     }
 
+    /// [`Self::push`] for a compaction: text is the summary, the rest of
+    /// the answer (reasoning, calls) is not kept.
+    fn push_compacting(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        match event {
+            StreamEvent::Start { id, .. } => self.start(id.as_ref(), &mut out),
+            StreamEvent::TextDelta { text } => {
+                if let Some(summary) = &mut self.compaction {
+                    summary.push_str(text);
+                }
+            }
+            StreamEvent::Usage(usage) => self.usage = Some(*usage),
+            StreamEvent::Stop { reason } => out.extend(self.end_compaction(reason)),
+            _ => {}
+        }
+        out
+    }
+
+    /// The compaction's item, then the response's end.
+    fn end_compaction(&mut self, reason: &StopReason) -> Vec<SseFrame> {
+        let summary = self
+            .compaction
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let item = match compaction::item_for(&summary) {
+            Ok(item) => item,
+            Err(error) => return self.error(&error),
+        };
+        let mut out = Vec::new();
+        self.start(None, &mut out);
+        // Announced whole: clients (Codex) read the announced item too.
+        self.added(item.clone(), &mut out);
+        let done = ResponseEvent::OutputItemDone(ItemEvent {
+            output_index: self.output_index(),
+            item: item.clone(),
+        });
+        out.push(self.frame(done));
+        self.output.push(item);
+        summary_cut_short(reason);
+        out.extend(self.end(&StopReason::EndTurn));
+        out
+    }
+
     fn replay(&mut self) -> Vec<SseFrame> {
         let held = std::mem::take(&mut self.held);
         held.iter().flat_map(|event| self.push(event)).collect()
@@ -1859,6 +2061,9 @@ impl ResponseStreamEncoder {
     /// call and replaying what it held back), with `response.completed`;
     /// nothing when the stream already ended.
     pub fn finish(&mut self) -> Vec<SseFrame> {
+        if self.compaction.is_some() && !self.finished {
+            return self.end_compaction(&StopReason::EndTurn);
+        }
         let mut out = self.drain();
         if !self.finished {
             out.extend(self.end(&StopReason::EndTurn));

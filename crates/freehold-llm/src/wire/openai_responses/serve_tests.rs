@@ -1827,3 +1827,262 @@ fn a_streamed_search_beside_a_function_call_keeps_the_items_apart() {
     assert_eq!(completed["response"]["output"][0], done[0]["item"]);
     assert_eq!(completed["response"]["output"][1], done[1]["item"]);
 }
+
+/// A conversation Codex compacts as it does for a provider named `OpenAI`:
+/// its history with a call, then the trigger.
+fn compaction_request() -> Value {
+    json!({"model": "gpt-5.5", "stream": true, "instructions": "You are Codex.",
+        "tools": [{"type": "function", "name": "exec_command", "parameters": {"type": "object"}}],
+        "tool_choice": "auto",
+        "input": [
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "Fix add in calc.py."}]},
+            {"type": "function_call", "call_id": "call_1", "name": "exec_command",
+             "arguments": "{\"cmd\": \"cat calc.py\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "return a - b"},
+            {"type": "compaction_trigger"}]})
+}
+
+/// A `compaction_trigger` asks for a summary: the model gets the
+/// conversation, then the request for one, with its tools but no call
+/// allowed, and a bound on its length.
+#[test]
+fn a_compaction_trigger_asks_the_model_for_a_summary() {
+    let (request, options) = decode_json(compaction_request()).unwrap();
+    assert!(options.compaction && options.stream);
+    let last = request.messages.last().unwrap();
+    assert_eq!(last.role, Role::User);
+    assert_eq!(last.text(), compaction::SUMMARY_REQUEST);
+    // The conversation before it is whole: the call and its result.
+    assert!(request.messages.iter().any(|m| m.role == Role::Tool));
+    assert_eq!(request.tools.len(), 1);
+    assert_eq!(request.tool_choice, ToolChoice::None);
+    assert_eq!(request.max_tokens, Some(compaction::SUMMARY_MAX_TOKENS));
+    let mut with_limit = compaction_request();
+    with_limit["max_output_tokens"] = json!(300);
+    assert_eq!(decode_json(with_limit).unwrap().0.max_tokens, Some(300));
+    // An ordinary request is no compaction.
+    let (_, plain) = decode_json(json!({"model": "m", "input": "hi"})).unwrap();
+    assert!(!plain.compaction);
+    // A trigger anywhere but last would leave what follows it unanswered.
+    let mut early = compaction_request();
+    early["input"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "user", "content": "and then?"}));
+    let error = decode_json(early).unwrap_err().to_string();
+    assert!(
+        error.contains("input[3]") && error.contains("last"),
+        "{error}"
+    );
+}
+
+/// The summary goes back as one `compaction` item, whole or streamed
+/// (announced and done at once, after the model finished), and the next
+/// request reads the item back as a user message carrying it.
+#[test]
+fn the_summary_goes_back_as_a_compaction_item_that_later_requests_read() {
+    let summary = "The user wants add() fixed; calc.py subtracts.";
+    let response = ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentPart::Reasoning(Reasoning {
+                    text: "Let me summarise.".into(),
+                    ..Reasoning::default()
+                }),
+                ContentPart::Text {
+                    text: summary.into(),
+                },
+            ],
+        },
+        stop_reason: StopReason::EndTurn,
+        ..full_response()
+    };
+    let whole = serde_json::to_value(encode_compaction(&response, "gpt-5.5").unwrap()).unwrap();
+    assert_eq!(whole["object"], "response");
+    assert_eq!(whole["status"], "completed");
+    let output = whole["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1, "{whole}");
+    assert_eq!(output[0]["type"], "compaction");
+    assert!(output[0]["id"].as_str().unwrap().starts_with("cmp_"));
+    assert_eq!(
+        output[0]["encrypted_content"],
+        compaction_content(summary).as_str()
+    );
+
+    let mut encoder = ResponseStreamEncoder::new("gpt-5.5", None).with_compaction(true);
+    let events = [
+        StreamEvent::Start {
+            id: Some("resp_9".into()),
+            model: None,
+        },
+        StreamEvent::ReasoningDelta {
+            text: "thinking".into(),
+            id: None,
+        },
+        StreamEvent::TextDelta {
+            text: "The user wants add() fixed; ".into(),
+        },
+        StreamEvent::TextDelta {
+            text: "calc.py subtracts.".into(),
+        },
+        StreamEvent::Usage(Usage {
+            input_tokens: 900,
+            output_tokens: 12,
+            ..Usage::default()
+        }),
+        StreamEvent::Stop {
+            reason: StopReason::EndTurn,
+        },
+    ];
+    let mut frames: Vec<SseFrame> = events.iter().flat_map(|e| encoder.push(e)).collect();
+    frames.extend(encoder.finish());
+    assert_eq!(
+        types(&frames),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let done = json_of(&frames[3]);
+    assert_eq!(done["item"], output_without_id(&output[0], &done["item"]));
+    let completed = json_of(&frames[4]);
+    assert_eq!(completed["response"]["output"], json!([done["item"]]));
+    assert_eq!(completed["response"]["usage"]["input_tokens"], 900);
+
+    // Codex then sends its user messages and the item.
+    let (next, options) = decode_json(json!({"model": "gpt-5.5", "input": [
+        {"role": "user", "content": "Fix add in calc.py."},
+        done["item"],
+        {"role": "user", "content": "Go on."}]}))
+    .unwrap();
+    assert!(!options.compaction);
+    let texts: Vec<String> = next.messages.iter().map(Message::text).collect();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert_eq!(next.messages[1].role, Role::User);
+    assert!(texts[1].ends_with(&format!("\n\n{summary}")), "{texts:?}");
+}
+
+/// The streamed item's id is made when it is encoded: the same item as the
+/// whole answer's, but for that.
+fn output_without_id(whole: &Value, streamed: &Value) -> Value {
+    let mut expected = whole.clone();
+    expected["id"] = streamed["id"].clone();
+    expected
+}
+
+/// A model that writes no summary fails the compaction, rather than
+/// answering with an empty one that would lose the conversation.
+#[test]
+fn a_compaction_without_a_summary_fails() {
+    let called = ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            content: vec![ContentPart::ToolCall(ToolCall::new(
+                "c",
+                "exec_command",
+                "{}",
+            ))],
+        },
+        stop_reason: StopReason::ToolUse,
+        ..full_response()
+    };
+    let error = encode_compaction(&called, "gpt-5.5").unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Server);
+    let mut encoder = ResponseStreamEncoder::new("gpt-5.5", None).with_compaction(true);
+    let mut frames: Vec<SseFrame> = [
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: "c".into(),
+            name: "exec_command".into(),
+            signature: None,
+        },
+        StreamEvent::ToolCallEnd {
+            index: 0,
+            signature: None,
+        },
+    ]
+    .iter()
+    .flat_map(|e| encoder.push(e))
+    .collect();
+    frames.extend(encoder.finish());
+    assert_eq!(
+        types(&frames),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.failed"
+        ]
+    );
+    let failed = json_of(&frames[2]);
+    let message = failed["response"]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no summary"), "{message}");
+}
+
+/// `/v1/responses/compact`: the conversation's user messages, then the
+/// compaction item.
+#[test]
+fn the_compact_endpoint_keeps_the_user_messages_then_the_compaction() {
+    let mut body = compaction_request();
+    body["input"].as_array_mut().unwrap().pop();
+    body["input"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "assistant", "content": "Fixed."}));
+    let wire: ResponsesRequest = serde_json::from_value(body).unwrap();
+    let (request, options, kept) = decode_compact_request(wire).unwrap();
+    assert!(options.compaction && !options.stream);
+    assert_eq!(
+        request.messages.last().unwrap().text(),
+        compaction::SUMMARY_REQUEST
+    );
+    let response = ChatResponse {
+        message: Message::assistant("Summary."),
+        ..full_response()
+    };
+    let compacted =
+        serde_json::to_value(encode_compacted(&response, "gpt-5.5", kept).unwrap()).unwrap();
+    assert_eq!(compacted["object"], "response.compaction");
+    let output = compacted["output"].as_array().unwrap();
+    assert_eq!(output.len(), 2, "{compacted}");
+    assert_eq!(output[0]["role"], "user");
+    assert_eq!(output[0]["content"][0]["text"], "Fix add in calc.py.");
+    assert_eq!(output[1]["type"], "compaction");
+    // A plain-text input is one user message, kept as such.
+    let wire: ResponsesRequest =
+        serde_json::from_value(json!({"model": "m", "input": "Remember 42."})).unwrap();
+    let (_, _, kept) = decode_compact_request(wire).unwrap();
+    let kept = serde_json::to_value(kept).unwrap();
+    assert_eq!(kept[0]["content"][0]["text"], "Remember 42.");
+}
+
+/// A summary cut at the length bound is kept, and the response completed:
+/// Codex cannot go on from an incomplete one.
+#[test]
+fn a_summary_cut_at_the_length_bound_still_completes_the_compaction() {
+    let cut = ChatResponse {
+        message: Message::assistant("The user wants add() fi"),
+        stop_reason: StopReason::MaxTokens,
+        ..full_response()
+    };
+    let whole = encode_compaction(&cut, "gpt-5.5").unwrap();
+    assert_eq!(whole.status.as_deref(), Some("completed"));
+    assert_eq!(whole.incomplete_details, None);
+    let mut encoder = ResponseStreamEncoder::new("gpt-5.5", None).with_compaction(true);
+    let frames: Vec<SseFrame> = [
+        StreamEvent::TextDelta {
+            text: "The user wants add() fi".into(),
+        },
+        StreamEvent::Stop {
+            reason: StopReason::MaxTokens,
+        },
+    ]
+    .iter()
+    .flat_map(|e| encoder.push(e))
+    .collect();
+    assert_eq!(types(&frames).last().unwrap(), "response.completed");
+}
