@@ -230,9 +230,9 @@ impl Drop for TempModel {
     }
 }
 
-/// A copy of SmolLM2 whose chat template is `template`, written over the
-/// old one in place (padded with a Jinja comment to the same length, so
-/// the tensors' offsets do not move).
+/// A copy of the model at `path` whose chat template is `template`, written
+/// over the old one in place (padded with a Jinja comment to the same
+/// length, so the tensors' offsets do not move).
 fn with_template(path: &std::path::Path, template: &str) -> TempModel {
     const KEY: &[u8] = b"tokenizer.chat_template";
     const STRING_TYPE: u32 = 8;
@@ -240,7 +240,7 @@ fn with_template(path: &std::path::Path, template: &str) -> TempModel {
     let at = bytes
         .windows(KEY.len())
         .position(|window| window == KEY)
-        .expect("SmolLM2 has a chat template")
+        .expect("the model has a chat template")
         + KEY.len();
     let value_type = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
     assert_eq!(value_type, STRING_TYPE);
@@ -250,7 +250,11 @@ fn with_template(path: &std::path::Path, template: &str) -> TempModel {
         .expect("the new template fits in the old one's place");
     let new = format!("{template}{{#{}#}}", " ".repeat(padding));
     bytes[at + 12..at + 12 + length].copy_from_slice(new.as_bytes());
-    let copy = std::env::temp_dir().join(format!("freehold-thinking-{}.gguf", std::process::id()));
+    let copy = std::env::temp_dir().join(format!(
+        "freehold-thinking-{}-{}.gguf",
+        std::process::id(),
+        path.file_stem().unwrap_or_default().to_string_lossy()
+    ));
     std::fs::write(&copy, bytes).unwrap();
     TempModel(copy)
 }
@@ -352,4 +356,84 @@ async fn thinking_in_tags_is_reasoning_and_reasoning_reaches_the_template() {
         with > without + 8,
         "{with} tokens with reasoning, {without} without"
     );
+}
+
+/// A Hermes tool template (as Qwen's) that shows earlier turns' reasoning
+/// in `<think>` tags and opens one at the end of the prompt, as Qwen3's
+/// thinking models do, unless thinking is turned off: the model may then
+/// open its own.
+const THINKING_TOOLS_TEMPLATE: &str = "{% if tools %}<|im_start|>system\n\
+Tools you may call, one JSON signature a line:\n<tools>\n\
+{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}</tools>\n\
+To call one, answer with <tool_call>\n{\"name\": NAME, \"arguments\": ARGUMENTS}\n\
+</tool_call><|im_end|>\n{% endif %}\
+{% for m in messages %}<|im_start|>{{ m.role }}\n\
+{% if m.reasoning_content is string %}<think>{{ m.reasoning_content }}</think>{% endif %}\
+{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n\
+{% if not (enable_thinking is defined and enable_thinking is false) %}<think>\n{% endif %}";
+
+/// A call written inside the thinking is thinking: neither the engine's
+/// scanner nor the tool-call grammar takes it for a call. When the model
+/// may open its thinking but writes a call instead, the tokens held while
+/// that was undecided reach the grammar, and the call is a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_drafted_while_thinking_is_no_call() {
+    let Some(qwen) = freehold_test_support::test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    else {
+        return;
+    };
+    let copy = with_template(&qwen, THINKING_TOOLS_TEMPLATE);
+    let weather = freehold_protocol::ToolSpec {
+        name: "get_weather".into(),
+        description: "Gets the current weather in a city.".into(),
+        parameters: serde_json::json!({
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"]
+        }),
+        strict: false,
+    };
+    let ask = |reasoning| {
+        let mut asked = request(&copy.0, "What is the weather in Paris? Call the tool.");
+        asked.tools = vec![weather.clone()];
+        asked.max_tokens = Some(64);
+        asked.reasoning = reasoning;
+        asked
+    };
+
+    // The prompt opened `<think>`, and Qwen2.5, which does not know the
+    // tag, writes its call at once: inside the thinking, never closed.
+    let drafted = bounded(events(ask(None))).await;
+    let reasoning: String = drafted
+        .iter()
+        .filter_map(|event| match event {
+            StreamEvent::ReasoningDelta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(reasoning.contains("get_weather"), "{drafted:?}");
+    assert!(
+        !drafted
+            .iter()
+            .any(|event| matches!(event, StreamEvent::ToolCallStart { .. })),
+        "{drafted:?}"
+    );
+
+    // Thinking off: the model may open it (the template knows the tags),
+    // and writes its call instead.
+    let answered = bounded(provider().complete(ask(Some(freehold_protocol::ReasoningEffort::Off))))
+        .await
+        .unwrap();
+    let calls: Vec<&freehold_protocol::ToolCall> = answered
+        .message
+        .content
+        .iter()
+        .filter_map(|part| match part {
+            freehold_protocol::ContentPart::ToolCall(call) => Some(call),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "{answered:?}");
+    assert_eq!(calls[0].name, "get_weather");
+    assert_eq!(answered.stop_reason, StopReason::ToolUse);
 }

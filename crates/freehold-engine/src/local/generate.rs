@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::slots::{BATCH, ContextSpec, Slot, SlotPool};
 use super::template::{self, CHATML_TEMPLATE, TemplateMessage, ThinkingTags};
+use super::thinking::{GrammarGate, Place, ThinkingScan};
 use super::tools::{self, CallFormat, Constraint};
 use super::{DEFAULT_TEMPERATURE, default_max_tokens, error};
 
@@ -316,7 +317,7 @@ fn generate(p: &Prepared, slot: &mut Slot, tx: &Sender, started: Instant) -> Res
 
     let mut sampler = Sampler::new(p)?;
     let vocab = p.model.vocab();
-    let mut output = Output::new(&p.stop, &p.constraint);
+    let mut output = Output::new(&p.stop, &p.constraint, p.thinking);
     let mut generated: u32 = 0;
     let mut first_token: Option<Instant> = None;
     let mut first_token_us = 0;
@@ -337,12 +338,14 @@ fn generate(p: &Prepared, slot: &mut Slot, tx: &Sender, started: Instant) -> Res
         if vocab.is_eog(token) || vocab.is_control(token) {
             break StopReason::EndTurn;
         }
-        sampler.accept(token)?;
         generated += 1;
         // Special tokens are text only where they can start a tool call
         // (`<tool_call>` is one in Qwen's vocabulary).
         let piece = vocab.token_to_piece(token, output.has_tools(), None);
         let (delta, stopped_by) = output.push(&piece);
+        // After the text: whether the grammar sees the token depends on
+        // whether it was the thinking's.
+        sampler.accept(token, output.thinking())?;
         if !delta.is_empty() && !send(StreamEvent::TextDelta { text: delta }) {
             return Ok(());
         }
@@ -421,6 +424,8 @@ fn elapsed_us(since: Instant) -> u64 {
 struct Sampler {
     chain: LlamaSampler,
     grammar: Option<LlamaSampler>,
+    /// Which tokens the grammar sees: none of a thinking model's thinking.
+    gate: GrammarGate,
 }
 
 impl Sampler {
@@ -458,6 +463,7 @@ impl Sampler {
         Ok(Self {
             chain: chain(&p.sampling),
             grammar,
+            gate: GrammarGate::new(p.thinking),
         })
     }
 
@@ -471,7 +477,7 @@ impl Sampler {
         idx: i32,
     ) -> Result<LlamaToken, LlmError> {
         let token = self.chain.sample(ctx, idx);
-        let Some(grammar) = &mut self.grammar else {
+        let Some(grammar) = self.grammar.as_mut().filter(|_| self.gate.open()) else {
             return Ok(token);
         };
         let mut single =
@@ -491,15 +497,21 @@ impl Sampler {
         })
     }
 
-    /// Records a chosen (non end-of-generation) token in the grammar.
-    fn accept(&mut self, token: LlamaToken) -> Result<(), LlmError> {
+    /// Records a chosen (non end-of-generation) token in the grammar, if
+    /// it is the answer's: `thinking` says where the text got to with it,
+    /// and whether it closed the thinking.
+    fn accept(&mut self, token: LlamaToken, thinking: (Place, bool)) -> Result<(), LlmError> {
+        let (place, closed) = thinking;
+        let fed = self.gate.after(token, place, closed);
         if let Some(grammar) = &mut self.grammar {
-            grammar.try_accept(token).map_err(|e| {
-                error(
-                    ErrorKind::Server,
-                    format!("the grammar refused a sampled token: {e}"),
-                )
-            })?;
+            for token in fed {
+                grammar.try_accept(token).map_err(|e| {
+                    error(
+                        ErrorKind::Server,
+                        format!("the grammar refused a sampled token: {e}"),
+                    )
+                })?;
+            }
         }
         Ok(())
     }
@@ -537,14 +549,14 @@ struct Output<'a> {
 }
 
 impl<'a> Output<'a> {
-    fn new(stop: &'a [String], constraint: &'a Constraint) -> Self {
+    fn new(stop: &'a [String], constraint: &'a Constraint, thinking: ThinkingTags) -> Self {
         let tools = match constraint {
             Constraint::Tools { format, tools, .. } => Some((*format, tools.as_slice())),
             _ => None,
         };
         let markers = tools.map_or(&[][..], |(format, _)| format.markers());
         Self {
-            text: TextBuffer::new(stop, markers),
+            text: TextBuffer::new(stop, markers, thinking),
             tools,
             call: None,
         }
@@ -553,6 +565,15 @@ impl<'a> Output<'a> {
     /// Whether tools are offered.
     fn has_tools(&self) -> bool {
         self.tools.is_some()
+    }
+
+    /// Where the text got to with the last piece (a call is the answer's),
+    /// and whether that piece closed the thinking.
+    fn thinking(&self) -> (Place, bool) {
+        if self.call.is_some() {
+            return (Place::Answer, false);
+        }
+        (self.text.thinking.place(), self.text.thinking.closed())
     }
 
     /// Adds a token's bytes; returns the text to emit and the stop
@@ -613,26 +634,36 @@ enum Pushed {
 
 /// Turns token bytes into text deltas: holds back partial UTF-8 sequences
 /// and any tail that could be the start of a stop sequence or of the
-/// tool-call marker.
+/// tool-call marker. A thinking model's thinking goes through as it is
+/// written, held only where it may be writing its tags: neither markers nor
+/// stop sequences count in it (a call it drafts there is no call, and a
+/// stop sequence ends the answer, not the thinking).
 struct TextBuffer<'a> {
     bytes: Vec<u8>,
     pending: String,
     stop: &'a [String],
     /// The tool-call markers, each with whether it counts only at the start.
     markers: &'static [(&'static str, bool)],
-    /// Whether anything but whitespace was emitted (a start-only marker can
-    /// no longer appear).
+    /// Whether anything but whitespace was emitted in the answer (a
+    /// start-only marker can no longer appear).
     started: bool,
+    /// Where the thinking ends.
+    thinking: ThinkingScan,
 }
 
 impl<'a> TextBuffer<'a> {
-    fn new(stop: &'a [String], markers: &'static [(&'static str, bool)]) -> Self {
+    fn new(
+        stop: &'a [String],
+        markers: &'static [(&'static str, bool)],
+        thinking: ThinkingTags,
+    ) -> Self {
         Self {
             bytes: Vec::new(),
             pending: String::new(),
             stop,
             markers,
             started: false,
+            thinking: ThinkingScan::new(thinking),
         }
     }
 
@@ -650,6 +681,22 @@ impl<'a> TextBuffer<'a> {
         let done: Vec<u8> = self.bytes.drain(..valid).collect();
         self.pending.push_str(&String::from_utf8_lossy(&done));
 
+        let thought = self.thinking.take_thinking(&mut self.pending);
+        if self.thinking.place() != Place::Answer {
+            return Pushed::Text(thought);
+        }
+        match self.push_answer() {
+            Pushed::Text(text) => Pushed::Text(thought + &text),
+            Pushed::Stop { before, sequence } => Pushed::Stop {
+                before: thought + &before,
+                sequence,
+            },
+            Pushed::Marker(text, rest) => Pushed::Marker(thought + &text, rest),
+        }
+    }
+
+    /// [`Self::push`] for the answer's text, in `pending`.
+    fn push_answer(&mut self) -> Pushed {
         let stop_at = first_match(&self.pending, self.stop);
         let marker_at = self.marker_position();
         match (stop_at, marker_at) {
@@ -765,7 +812,7 @@ mod tests {
     #[test]
     fn utf8_split_across_tokens_is_held() {
         let stop: Vec<String> = Vec::new();
-        let mut buf = TextBuffer::new(&stop, &[]);
+        let mut buf = TextBuffer::new(&stop, &[], ThinkingTags::None);
         let euro = "€".as_bytes();
         assert_eq!(buf.push(&euro[..1]), Pushed::Text(String::new()));
         assert_eq!(buf.push(&euro[1..]), Pushed::Text("€".to_string()));
@@ -774,7 +821,7 @@ mod tests {
     #[test]
     fn stop_sequence_split_across_tokens_is_never_emitted() {
         let stop = vec!["END".to_string()];
-        let mut buf = TextBuffer::new(&stop, &[]);
+        let mut buf = TextBuffer::new(&stop, &[], ThinkingTags::None);
         assert_eq!(buf.push(b"hello E"), Pushed::Text("hello ".to_string()));
         assert_eq!(buf.push(b"N"), Pushed::Text(String::new()));
         assert_eq!(
@@ -789,7 +836,7 @@ mod tests {
     #[test]
     fn held_text_is_released_when_it_does_not_match() {
         let stop = vec!["END".to_string()];
-        let mut buf = TextBuffer::new(&stop, &[]);
+        let mut buf = TextBuffer::new(&stop, &[], ThinkingTags::None);
         assert_eq!(buf.push(b"a E"), Pushed::Text("a ".to_string()));
         assert_eq!(buf.push(b"x"), Pushed::Text("Ex".to_string()));
         assert_eq!(buf.push(b"E"), Pushed::Text(String::new()));
@@ -799,7 +846,7 @@ mod tests {
     #[test]
     fn a_marker_split_across_tokens_switches_to_the_call() {
         let stop: Vec<String> = Vec::new();
-        let mut buf = TextBuffer::new(&stop, &[("<tool_call>", false)]);
+        let mut buf = TextBuffer::new(&stop, &[("<tool_call>", false)], ThinkingTags::None);
         assert_eq!(
             buf.push(b"Let me look. <tool"),
             Pushed::Text("Let me look. ".into())
@@ -813,13 +860,13 @@ mod tests {
     #[test]
     fn a_start_only_marker_counts_only_at_the_start() {
         let stop: Vec<String> = Vec::new();
-        let mut buf = TextBuffer::new(&stop, &[("{", true)]);
+        let mut buf = TextBuffer::new(&stop, &[("{", true)], ThinkingTags::None);
         assert_eq!(buf.push(b" \n"), Pushed::Text(String::new()));
         assert_eq!(
             buf.push(b"{\"name\""),
             Pushed::Marker(String::new(), " \n{\"name\"".into())
         );
-        let mut buf = TextBuffer::new(&stop, &[("{", true)]);
+        let mut buf = TextBuffer::new(&stop, &[("{", true)], ThinkingTags::None);
         assert_eq!(buf.push(b"Use {x}"), Pushed::Text("Use {x}".into()));
     }
 
@@ -827,14 +874,14 @@ mod tests {
     fn a_fenced_call_opening_the_answer_is_a_call_and_other_fences_stay_text() {
         let stop: Vec<String> = Vec::new();
         let markers: &[(&str, bool)] = &[("{", true), ("```", true)];
-        let mut buf = TextBuffer::new(&stop, markers);
+        let mut buf = TextBuffer::new(&stop, markers, ThinkingTags::None);
         assert_eq!(buf.push(b"``"), Pushed::Text(String::new()));
         assert_eq!(
             buf.push(b"`json\n{"),
             Pushed::Marker(String::new(), "```json\n{".into())
         );
         // A back-tick in prose is no fence.
-        let mut buf = TextBuffer::new(&stop, markers);
+        let mut buf = TextBuffer::new(&stop, markers, ThinkingTags::None);
         assert_eq!(buf.push(b"`x` is"), Pushed::Text("`x` is".into()));
 
         let constraint = Constraint::Tools {
@@ -849,13 +896,13 @@ mod tests {
                 strict: false,
             }],
         };
-        let mut output = Output::new(&stop, &constraint);
+        let mut output = Output::new(&stop, &constraint, ThinkingTags::None);
         output.push(b"```json\n{\"name\": \"read\", \"arguments\": {\"path\": \"a\"}}");
         let (text, calls) = output.finish(false);
         assert_eq!(text, "");
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].name, "read");
-        let mut output = Output::new(&stop, &constraint);
+        let mut output = Output::new(&stop, &constraint, ThinkingTags::None);
         output.push(b"```python\nprint(1)\n```");
         assert_eq!(
             output.finish(false),
@@ -878,21 +925,73 @@ mod tests {
             }],
         };
         let stop: Vec<String> = Vec::new();
-        let mut output = Output::new(&stop, &constraint);
+        let mut output = Output::new(&stop, &constraint, ThinkingTags::None);
         assert_eq!(output.push(b"{\"a\": "), (String::new(), None));
         assert_eq!(output.push(b"1}"), (String::new(), None));
         assert_eq!(output.finish(false), ("{\"a\": 1}".to_string(), Vec::new()));
 
-        let mut output = Output::new(&stop, &constraint);
+        let mut output = Output::new(&stop, &constraint, ThinkingTags::None);
         output.push(b"{\"name\": \"read\", \"arguments\": {}}");
         let (text, calls) = output.finish(false);
         assert_eq!((text.as_str(), calls[0].name.as_str()), ("", "read"));
     }
 
+    /// A call a thinking model drafts in its thinking is thinking (sent on
+    /// as text, which the think adapter makes reasoning); after
+    /// `</think>`, the answer's call is a call, a bare one opening the
+    /// answer too; a stop sequence ends the answer, not the thinking.
+    #[test]
+    fn calls_and_stops_count_only_after_the_thinking() {
+        let stop = vec!["STOP".to_string()];
+        let constraint = Constraint::Tools {
+            format: CallFormat::Hermes,
+            grammar: String::new(),
+            trigger_patterns: Vec::new(),
+            lazy: true,
+            tools: vec![freehold_protocol::ToolSpec {
+                name: "read".into(),
+                description: String::new(),
+                parameters: serde_json::json!({"type": "object"}),
+                strict: false,
+            }],
+        };
+        let call = "{\"name\": \"read\", \"arguments\": {}}";
+        let mut output = Output::new(&stop, &constraint, ThinkingTags::Opened);
+        let drafted = format!("Maybe <tool_call>{call}</tool_call> STOP or not.");
+        assert_eq!(output.push(drafted.as_bytes()), (drafted.clone(), None));
+        assert_eq!(output.thinking(), (Place::Thinking, false));
+        assert_eq!(output.push(b"</think>"), ("</think>".into(), None));
+        assert_eq!(output.thinking(), (Place::Answer, true));
+        let (text, _) = output.push(format!("\n{call}").as_bytes());
+        assert_eq!(text, "");
+        assert_eq!(output.thinking(), (Place::Answer, false));
+        let (text, calls) = output.finish(false);
+        assert_eq!((text.as_str(), calls.len()), ("", 1));
+
+        // Opened by the model: the same, and an answer without the tags is
+        // read as before.
+        let mut output = Output::new(&stop, &constraint, ThinkingTags::MayOpen);
+        let (text, _) = output.push(b"<think>I'll <tool_call> it</think>\n\n<tool_call>");
+        assert_eq!(text, "<think>I'll <tool_call> it</think>\n\n");
+        output.push(format!("{call}</tool_call>").as_bytes());
+        assert_eq!(output.finish(false).1.len(), 1);
+        let mut output = Output::new(&stop, &constraint, ThinkingTags::MayOpen);
+        assert_eq!(output.push(b" "), (String::new(), None));
+        assert_eq!(output.thinking(), (Place::Undecided, false));
+        output.push(call.as_bytes());
+        assert_eq!(output.thinking(), (Place::Answer, false));
+        assert_eq!(output.finish(false).1.len(), 1);
+        let mut output = Output::new(&stop, &constraint, ThinkingTags::MayOpen);
+        assert_eq!(
+            output.push(b"Hi.STOPBye"),
+            ("Hi.".into(), Some("STOP".into()))
+        );
+    }
+
     #[test]
     fn a_stop_before_the_marker_wins() {
         let stop = vec!["END".to_string()];
-        let mut buf = TextBuffer::new(&stop, &[("<tool_call>", false)]);
+        let mut buf = TextBuffer::new(&stop, &[("<tool_call>", false)], ThinkingTags::None);
         assert_eq!(
             buf.push(b"a END <tool_call>"),
             Pushed::Stop {

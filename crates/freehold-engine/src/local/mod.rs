@@ -21,6 +21,7 @@ mod embed;
 mod generate;
 mod slots;
 pub mod template;
+mod thinking;
 mod tools;
 
 use std::collections::HashMap;
