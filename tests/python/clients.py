@@ -304,7 +304,8 @@ def responses_compaction():
     the conversation's user messages and one compaction item; a
     compaction_trigger ending the input gets the item alone, whole and
     streamed; a later request reads the item back. The summary is bounded
-    with max_output_tokens, which the gateway takes on /compact too.
+    with max_output_tokens (for SmolLM2's sake), which the gateway takes on
+    /compact too.
     FREEHOLD_EXPECT_TEXT, when set, is what the model writes."""
     client = oai()
     bound = {"max_output_tokens": 96}
@@ -332,6 +333,8 @@ def responses_compaction():
     assert [item.type for item in final.output] == ["compaction"], final.output
     check_text(read_summary(final.output[0]))
     assert "response.output_text.delta" not in events, events
+    for kind in ("response.output_item.added", "response.output_item.done", "response.completed"):
+        assert kind in events, events
     # A compaction the gateway did not make (OpenAI's, encrypted) cannot be
     # read, and the error says where it is.
     try:

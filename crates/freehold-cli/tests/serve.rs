@@ -366,6 +366,116 @@ async fn a_requests_log_lines_name_it() {
     }
 }
 
+/// A compaction whose model writes no summary fails rather than replace
+/// the conversation with nothing: a 502 in the gateway's words on
+/// `/v1/responses/compact`, `response.failed` in a streamed trigger, and
+/// the ledger records both as failed.
+#[tokio::test]
+async fn a_compaction_without_a_summary_fails_and_is_recorded() {
+    use freehold_test_support::{MockServer, Recorded, Scripted, Split, sse_text};
+    use serde_json::json;
+
+    // The model answers every request with empty text.
+    let upstream = MockServer::answering(|request: &Recorded| {
+        let message = json!({"role": "assistant", "content": ""});
+        if request.json()["stream"] != true {
+            return Scripted::json(
+                200,
+                json!({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                       "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 40, "completion_tokens": 1,
+                                 "total_tokens": 41}}),
+            );
+        }
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            .to_string()
+        };
+        let events = [
+            chunk(message, Value::Null),
+            chunk(json!({}), json!("stop")),
+            "[DONE]".to_owned(),
+        ];
+        let pairs: Vec<(&str, &str)> = events.iter().map(|event| ("", event.as_str())).collect();
+        Scripted::sse(&sse_text(&pairs), Split::Whole)
+    })
+    .await;
+    let config = format!(
+        "[providers.quiet]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
+         [aliases]\nquiet = \"quiet:m\"\n",
+        upstream.url()
+    );
+    let served = Served::start(&config, &[]).await;
+    let client = reqwest::Client::new();
+    let conversation = json!([{"role": "user", "content": "Fix add in calc.py."}]);
+
+    let compacted = client
+        .post(format!("{}/v1/responses/compact", served.url))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "quiet", "input": conversation}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(compacted.status(), 502);
+    let body: Value = compacted.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no summary"), "{body}");
+    assert!(
+        !message.contains("provider `"),
+        "no provider to blame: {body}"
+    );
+
+    let mut triggered = conversation.clone();
+    triggered
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "compaction_trigger"}));
+    let streamed = client
+        .post(format!("{}/v1/responses", served.url))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "quiet", "input": triggered, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    let events = streamed.text().await.unwrap();
+    assert!(events.contains("event: response.failed"), "{events}");
+    assert!(!events.contains("response.completed"), "{events}");
+    assert!(events.contains("no summary"), "{events}");
+
+    // Both in the ledger as failed (it writes in batches: wait for them).
+    let mut lines = Value::Null;
+    for _ in 0..50 {
+        lines = serde_json::from_str(
+            &served
+                .freehold(&["usage", "--requests", "5", "--json"])
+                .await,
+        )
+        .unwrap();
+        if lines.as_array().is_some_and(|lines| lines.len() >= 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let statuses: Vec<(&str, u64)> = lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| {
+            (
+                line["endpoint"].as_str().unwrap(),
+                line["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        statuses.contains(&("/v1/responses/compact", 502))
+            && statuses.contains(&("/v1/responses", 502)),
+        "{lines}"
+    );
+}
+
 /// `freehold serve` raises its soft limit on open files to the hard one:
 /// each connection, client or upstream, is a file.
 #[tokio::test]

@@ -7,7 +7,7 @@
 //! implements `freehold_llm::Provider` (freehold-llm must never depend on
 //! this crate; the CLI wires the two together), for chat and embeddings.
 //! [`default_model`] decides which local model runs when none is named;
-//! [`bench`] measures the engine's prompt and generation throughput the
+//! [`mod@bench`] measures the engine's prompt and generation throughput the
 //! way llama.cpp's `llama-bench` does.
 //!
 //! It must not block an async runtime: long work (downloads, hashing,

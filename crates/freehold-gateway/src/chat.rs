@@ -922,6 +922,11 @@ pub(crate) struct AccountedStream {
 }
 
 impl AccountedStream {
+    /// Records the request as failed with `error`; the stream ends.
+    pub(crate) fn fail(&mut self, error: &GatewayError) {
+        self.accounting.fail(error);
+    }
+
     /// The next event; `None` at the end. An error ends the stream (the
     /// protocol encoder turns it into the protocol's in-stream error).
     ///

@@ -435,6 +435,18 @@ impl GatewayError {
                 "timeout_error",
                 format!("provider `{provider}` did not answer in time"),
             ),
+            // The provider answered, but not with what the request asked
+            // for (a compaction without a summary): the gateway's own
+            // words, which name no provider or address.
+            ErrorKind::Server if provider == freehold_llm::wire::serve::GATEWAY_PROVIDER => {
+                Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    "unusable_answer",
+                    "server_error",
+                    "api_error",
+                    error.message.clone(),
+                )
+            }
             ErrorKind::Server | ErrorKind::Connection => Self::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream",

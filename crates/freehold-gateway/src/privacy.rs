@@ -1190,11 +1190,18 @@ impl Privacy {
         self.redact_text(&text).unwrap_or_else(|| text.into_owned())
     }
 
-    /// Redacts every string in `value` (object keys are names, not data).
+    /// Redacts every string in `value` (object keys are names, not data),
+    /// and the summary inside a compaction the gateway made (base64, which
+    /// the detectors would not read).
     fn redact_json_strings(&self, value: &mut serde_json::Value) {
+        use freehold_llm::wire::openai_responses::{compaction_content, compaction_summary};
         match value {
             serde_json::Value::String(text) => {
-                if let Some(redacted) = self.redact_text(text) {
+                if let Some(summary) = compaction_summary(text) {
+                    if let Some(redacted) = self.redact_text(&summary) {
+                        *text = compaction_content(&redacted);
+                    }
+                } else if let Some(redacted) = self.redact_text(text) {
                     *text = redacted;
                 }
             }
@@ -2444,6 +2451,24 @@ mod tests {
         ));
         assert!(!logged.contains(&aws_key()), "{logged}");
         assert!(!logged.contains("hunter2!x"), "{logged}");
+    }
+
+    /// A compaction's summary is base64 in the body: a logged body has it
+    /// redacted inside, still a compaction the gateway reads back.
+    #[test]
+    fn a_secret_in_a_compactions_summary_is_redacted_in_the_log() {
+        use freehold_llm::wire::openai_responses::{compaction_content, compaction_summary};
+        let privacy = with(redact_settings());
+        let content = compaction_content(&format!("The deploy key is {}.", aws_key()));
+        assert!(!content.contains(&aws_key()));
+        let logged = privacy.redacted_for_log(
+            &serde_json::json!({"input": [{"type": "compaction", "encrypted_content": content}]})
+                .to_string(),
+        );
+        let logged: serde_json::Value = serde_json::from_str(&logged).unwrap();
+        let summary =
+            compaction_summary(logged["input"][0]["encrypted_content"].as_str().unwrap()).unwrap();
+        assert_eq!(summary, "The deploy key is [REDACTED:aws_access_key].");
     }
 
     #[test]

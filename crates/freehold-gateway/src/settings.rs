@@ -245,7 +245,7 @@ impl GatewaySettings {
     }
 
     /// The time limits of the gateway's HTTP server, without a notice for
-    /// the streams open at its end ([`crate::Gateway::time_limits`] has
+    /// the streams open at its end ([`crate::state::Gateway::time_limits`] has
     /// its gateway's).
     pub fn time_limits(&self) -> crate::listen::TimeLimits {
         crate::listen::TimeLimits {

@@ -34,7 +34,7 @@ pub struct Routes {
     pub listed_providers: BTreeSet<String>,
     /// Names of embedded-engine providers (`kind = "local"`), which would
     /// load a model from any file path they are given: clients may name
-    /// their models only by store name ([`crate::chat`] refuses paths).
+    /// their models only by store name (the chat routes refuse paths).
     pub engine_providers: BTreeSet<String>,
 }
 

@@ -1,6 +1,7 @@
 //! The chat endpoints: `/v1/chat/completions`, `/v1/responses` and
-//! `/v1/responses/compact` (OpenAI) and `/v1/messages` (Anthropic). Each protocol only decodes its request
-//! and encodes the answer; everything between is [`crate::chat`].
+//! `/v1/responses/compact` (OpenAI) and `/v1/messages` (Anthropic). Each
+//! protocol only decodes its request and encodes the answer; everything
+//! between is [`crate::chat`].
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -31,6 +32,11 @@ trait StreamEncoder: Send + 'static {
     fn finish(&mut self) -> Vec<SseFrame>;
     fn error(&mut self, error: &LlmError) -> Vec<SseFrame>;
     fn keepalive(&mut self) -> Vec<SseFrame>;
+    /// The error the encoder ended the stream with itself, once (the
+    /// provider's stream does not know the answer failed).
+    fn take_failure(&mut self) -> Option<LlmError> {
+        None
+    }
 }
 
 macro_rules! stream_encoder {
@@ -54,7 +60,26 @@ macro_rules! stream_encoder {
 
 stream_encoder!(openai_chat::ChunkEncoder);
 stream_encoder!(anthropic::MessageStreamEncoder);
-stream_encoder!(openai_responses::ResponseStreamEncoder);
+
+/// The Responses encoder may fail an answer itself (a compaction without a
+/// summary).
+impl StreamEncoder for openai_responses::ResponseStreamEncoder {
+    fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
+        Self::push(self, event)
+    }
+    fn finish(&mut self) -> Vec<SseFrame> {
+        Self::finish(self)
+    }
+    fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
+        Self::error(self, error)
+    }
+    fn keepalive(&mut self) -> Vec<SseFrame> {
+        Self::keepalive(self)
+    }
+    fn take_failure(&mut self) -> Option<LlmError> {
+        Self::take_failure(self)
+    }
+}
 
 /// What differs between the chat protocols.
 trait ChatProtocol {
@@ -192,14 +217,13 @@ impl ChatProtocol for ResponsesCompact {
     const ENDPOINT: &'static str = "/v1/responses/compact";
     const PROTOCOL: Protocol = Protocol::OpenAi;
     type Wire = openai_responses::ResponsesRequest;
-    /// With the items the answer keeps before its compaction.
-    type Options = (openai_responses::ServeOptions, Vec<openai_responses::Item>);
+    type Options = CompactOptions;
     type Response = openai_responses::ResponseObject;
     type Encoder = openai_responses::ResponseStreamEncoder;
 
     fn decode(wire: Self::Wire) -> Result<(ChatRequest, Self::Options), DecodeError> {
-        let (request, options, kept) = openai_responses::decode_compact_request(wire)?;
-        Ok((request, (options, kept)))
+        let (request, serve, kept) = openai_responses::decode_compact_request(wire)?;
+        Ok((request, CompactOptions { serve, kept }))
     }
     fn streams(_: &Self::Options) -> bool {
         false
@@ -207,13 +231,21 @@ impl ChatProtocol for ResponsesCompact {
     fn encode(
         response: &ChatResponse,
         model: &str,
-        (_, kept): &Self::Options,
+        options: &Self::Options,
     ) -> Result<Self::Response, LlmError> {
-        openai_responses::encode_compacted(response, model, kept.clone())
+        openai_responses::encode_compacted(response, model, options.kept.clone())
     }
-    fn encoder(model: &str, (options, _): Self::Options, input_estimate: u64) -> Self::Encoder {
-        Responses::encoder(model, options, input_estimate)
+    fn encoder(model: &str, options: Self::Options, input_estimate: u64) -> Self::Encoder {
+        Responses::encoder(model, options.serve, input_estimate)
     }
+}
+
+/// What a `/v1/responses/compact` request asks of its answer.
+struct CompactOptions {
+    /// As a Responses request's (a compaction).
+    serve: openai_responses::ServeOptions,
+    /// The items the answer keeps before its compaction item.
+    kept: Vec<openai_responses::Item>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -407,6 +439,7 @@ async fn serve<P: ChatProtocol>(
                 let encoded = match P::encode(&response, &model, &options) {
                     Ok(encoded) => encoded,
                     Err(error) => {
+                        tracing::warn!(%error, "the provider's answer could not be sent");
                         let error = GatewayError::upstream(&error);
                         accounting.fail(&error);
                         return error.into_response(P::PROTOCOL);
@@ -474,6 +507,14 @@ enum Upstream {
 }
 
 impl Upstream {
+    /// Records the answer as failed (the stream then ends): the encoder
+    /// could not send what the provider answered.
+    fn fail(&mut self, error: &GatewayError) {
+        if let Self::Open { stream, .. } = self {
+            stream.fail(error);
+        }
+    }
+
     /// The next event, or `Err(Silent)` when `deadline` passes first.
     async fn next(
         &mut self,
@@ -548,6 +589,10 @@ fn sse_response<E: StreamEncoder>(
                 Ok(Some(Err(error))) => (encoder.error(&stream_error(&error)), false),
                 Ok(None) => (encoder.finish(), false),
             };
+            if let Some(error) = encoder.take_failure() {
+                tracing::warn!(%error, "the provider's answer could not be sent");
+                upstream.fail(&GatewayError::upstream(&error));
+            }
             if frames.is_empty() && more {
                 continue;
             }

@@ -211,8 +211,8 @@ async fn unknown_route(headers: HeaderMap, uri: Uri) -> Response {
     let protocol = protocol_of(&headers);
     GatewayError::no_route(format!(
         "no such endpoint: {}; this gateway serves /v1/chat/completions, /v1/responses, \
-         /v1/responses/compact, /v1/messages, /v1/messages/count_tokens, /v1/models, /v1/models/MODEL, /v1/embeddings, \
-         /health and /metrics",
+         /v1/responses/compact, /v1/messages, /v1/messages/count_tokens, /v1/models, \
+         /v1/models/MODEL, /v1/embeddings, /health and /metrics",
         uri.path()
     ))
     .into_response(protocol)

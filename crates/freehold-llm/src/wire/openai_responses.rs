@@ -48,7 +48,7 @@ mod serve;
 #[cfg(test)]
 mod serve_tests;
 
-pub use compaction::{compaction_content, kept_by_compaction};
+pub use compaction::{compaction_content, compaction_summary};
 pub use serve::{
     ResponseStreamEncoder, ServeOptions, decode_compact_request, decode_request, encode_compacted,
     encode_compaction, encode_error, encode_response, encode_response_for,

@@ -15,20 +15,13 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use freehold_protocol::{LlmError, Message};
+use freehold_protocol::{ErrorKind, LlmError, Message, StopReason};
 
 use super::{CompactionItem, ContentItem, Item, ItemContent, MessageItem, ResponseInput};
-use crate::wire::serve::DecodeError;
+use crate::wire::serve::{DecodeError, GATEWAY_PROVIDER};
 
 /// What starts the `encrypted_content` of a compaction the gateway made.
 const MARK: &str = "freehold-compaction-v1:";
-
-/// The provider named in errors about compaction.
-const GATEWAY: &str = "freehold";
-
-/// The summary's length when the request sets none: enough for a detailed
-/// handoff, and a bound on a model that does not stop.
-pub(super) const SUMMARY_MAX_TOKENS: u32 = 4096;
 
 /// What the model is asked, after the conversation, to write the summary.
 pub(super) const SUMMARY_REQUEST: &str = "\
@@ -56,6 +49,15 @@ pub fn compaction_content(summary: &str) -> String {
     format!("{MARK}{}", STANDARD.encode(summary.trim()))
 }
 
+/// The summary in a compaction's `encrypted_content`, if the gateway made
+/// it and it is whole (the gateway's log redacts what the detectors find
+/// in it, as in any text).
+pub fn compaction_summary(content: &str) -> Option<String> {
+    let encoded = content.strip_prefix(MARK)?;
+    let bytes = STANDARD.decode(encoded.trim()).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// The user message that stands for a compaction item (at `field`) in a
 /// conversation.
 ///
@@ -64,42 +66,64 @@ pub fn compaction_content(summary: &str) -> String {
 /// key) or whose content is damaged.
 pub(super) fn message_for(item: &CompactionItem, field: &str) -> Result<Message, DecodeError> {
     let field = format!("{field}.encrypted_content");
-    let Some(encoded) = item.encrypted_content.strip_prefix(MARK) else {
+    let content = &item.encrypted_content;
+    if content.is_empty() {
+        return Err(DecodeError::missing(
+            field,
+            "a compaction item needs the `encrypted_content` it was returned with",
+        ));
+    }
+    if !content.starts_with(MARK) {
         return Err(DecodeError::invalid(
             field,
             "this compaction was not made by the gateway (OpenAI encrypts its own \
              with a key only it holds), so no provider here can read it: go on from \
              the conversation before it was compacted, or start a new one",
         ));
-    };
-    let summary = STANDARD
-        .decode(encoded.trim())
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| {
-            DecodeError::invalid(
-                field,
-                "the compaction's content is damaged (not the base64 of a summary); send \
-                 the item as the gateway returned it",
-            )
-        })?;
+    }
+    let summary = compaction_summary(content).ok_or_else(|| {
+        DecodeError::invalid(
+            field,
+            "the compaction's content is damaged (not the base64 of a summary); send \
+             the item as the gateway returned it",
+        )
+    })?;
     Ok(Message::user(format!("{SUMMARY_INTRO}\n\n{summary}")))
 }
 
-/// The `compaction` output item for a summary the model wrote.
+/// The `compaction` output item for the summary the model wrote, which
+/// ended for `reason`. A summary cut at the length bound is kept, with a
+/// warning: a compaction's client (Codex) cannot go on from an incomplete
+/// answer, and a summary cut short still carries most of what it would.
 ///
 /// # Errors
-/// The model wrote no summary (only whitespace, or only tool calls and
-/// reasoning): an item without one would lose the conversation.
-pub(super) fn item_for(summary: &str) -> Result<Item, LlmError> {
-    if summary.trim().is_empty() {
-        return Err(LlmError::new(
-            freehold_protocol::ErrorKind::Server,
-            GATEWAY,
-            "the model wrote no summary of the conversation, so it was not compacted; \
-             try again, or compact with another model",
+/// No summary to keep, which would lose the conversation the item stands
+/// for: the model wrote none (only whitespace, or only tool calls and
+/// reasoning), refused, or was stopped by the provider's content filter.
+pub(super) fn item_for(summary: &str, reason: &StopReason) -> Result<Item, LlmError> {
+    let failed = |why: &str| {
+        Err(LlmError::new(
+            ErrorKind::Server,
+            GATEWAY_PROVIDER,
+            format!(
+                "{why}, so the conversation was not compacted; try again, or compact with \
+                 another model"
+            ),
         )
-        .with_status(502));
+        .with_status(502))
+    };
+    match reason {
+        StopReason::Refusal => return failed("the model refused to summarise the conversation"),
+        StopReason::ContentFilter => {
+            return failed("the provider's content filter stopped the model's summary");
+        }
+        _ if summary.trim().is_empty() => {
+            return failed("the model wrote no summary of the conversation");
+        }
+        StopReason::MaxTokens => {
+            tracing::warn!("a compaction's summary reached its length bound and was cut short");
+        }
+        _ => {}
     }
     Ok(Item::Compaction(CompactionItem {
         id: Some(crate::wire::serve::generated_id("cmp_")),
@@ -108,19 +132,31 @@ pub(super) fn item_for(summary: &str) -> Result<Item, LlmError> {
 }
 
 /// The items a compaction keeps, in order: the input's user messages
-/// (`/v1/responses/compact` answers with them, then the compaction item).
-pub fn kept_by_compaction(input: &ResponseInput) -> Vec<Item> {
-    match input {
-        ResponseInput::Text(text) => vec![Item::Message(MessageItem {
+/// (`/v1/responses/compact` answers with them, then the compaction item),
+/// their text as `input_text` parts however it was sent.
+pub(super) fn kept_by_compaction(input: &ResponseInput) -> Vec<Item> {
+    let user_message = |content: ItemContent| {
+        let content = match content {
+            ItemContent::Text(text) => ItemContent::Parts(vec![ContentItem::InputText { text }]),
+            parts => parts,
+        };
+        Item::Message(MessageItem {
             id: None,
             role: "user".into(),
-            content: ItemContent::Parts(vec![ContentItem::InputText { text: text.clone() }]),
+            content,
             status: None,
-        })],
+        })
+    };
+    match input {
+        ResponseInput::Text(text) => vec![user_message(ItemContent::Text(text.clone()))],
         ResponseInput::Items(items) => items
             .iter()
-            .filter(|item| matches!(item, Item::Message(message) if message.role == "user"))
-            .cloned()
+            .filter_map(|item| match item {
+                Item::Message(message) if message.role == "user" => {
+                    Some(user_message(message.content.clone()))
+                }
+                _ => None,
+            })
             .collect(),
     }
 }
@@ -164,12 +200,51 @@ mod tests {
 
     #[test]
     fn no_summary_is_an_error_not_an_empty_compaction() {
-        let error = item_for(" \n").unwrap_err();
+        let error = item_for(" \n", &StopReason::EndTurn).unwrap_err();
         assert_eq!(error.status, Some(502));
+        assert_eq!(error.provider, GATEWAY_PROVIDER);
         assert!(error.message.contains("no summary"), "{error}");
-        let Item::Compaction(item) = item_for("notes").unwrap() else {
-            panic!("a compaction item");
-        };
-        assert!(item.id.is_some_and(|id| id.starts_with("cmp_")));
+        let refused = item_for("I can't help with that.", &StopReason::Refusal).unwrap_err();
+        assert!(refused.message.contains("refused"), "{refused}");
+        let filtered = item_for("The user", &StopReason::ContentFilter).unwrap_err();
+        assert!(filtered.message.contains("content filter"), "{filtered}");
+        for reason in [StopReason::EndTurn, StopReason::MaxTokens] {
+            let Item::Compaction(item) = item_for("notes", &reason).unwrap() else {
+                panic!("a compaction item");
+            };
+            assert!(item.id.is_some_and(|id| id.starts_with("cmp_")));
+            assert_eq!(
+                compaction_summary(&item.encrypted_content).unwrap(),
+                "notes"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_compaction_item_is_refused_as_missing_its_content() {
+        let error = message_for(&CompactionItem::default(), "input[1]")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("input[1].encrypted_content"), "{error}");
+        assert!(!error.contains("not made by the gateway"), "{error}");
+    }
+
+    #[test]
+    fn the_user_messages_kept_carry_their_text_as_parts() {
+        let input: ResponseInput = serde_json::from_value(serde_json::json!([
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": "two"},
+            {"type": "message", "role": "user",
+             "content": [{"type": "input_text", "text": "three"}]}]))
+        .unwrap();
+        let kept = serde_json::to_value(kept_by_compaction(&input)).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!([
+                {"type": "message", "role": "user",
+                 "content": [{"type": "input_text", "text": "one"}]},
+                {"type": "message", "role": "user",
+                 "content": [{"type": "input_text", "text": "three"}]}])
+        );
     }
 }

@@ -9,7 +9,7 @@ use freehold_protocol::{
 };
 use serde_json::{Value, json};
 
-use super::compaction::{self, SUMMARY_MAX_TOKENS, SUMMARY_REQUEST, kept_by_compaction};
+use super::compaction::{self, SUMMARY_REQUEST, kept_by_compaction};
 use super::{
     ArgumentsDoneEvent, CompactionTriggerItem, ContentItem, CustomToolCallItem, DeltaEvent,
     FunctionCallItem, FunctionCallOutputItem, IncompleteDetails, InputDoneEvent, Item, ItemContent,
@@ -131,9 +131,8 @@ impl DeclaredTool {
 ///   send the whole conversation (as Codex does, with `store: false`);
 /// - a `compaction_trigger` item, which must end the input, asks for the
 ///   conversation to be compacted: a user message after it asks the model
-///   for a summary, no tool may be called, and the answer is at most
-///   [`SUMMARY_MAX_TOKENS`] tokens unless `max_output_tokens` says
-///   otherwise (see [`ServeOptions::compaction`]); a `compaction` item the
+///   for a summary, in text (no tool may be called, and `text.format` is
+///   left out; see [`ServeOptions::compaction`]); a `compaction` item the
 ///   gateway made is a user message carrying its summary, and one it did
 ///   not make (OpenAI's, encrypted) is refused;
 /// - input items of other types (`web_search_call`, `item_reference`…) are
@@ -371,11 +370,8 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             })
         }
     };
-    let (response_format, max_tokens) = if compaction {
-        (None, wire.max_output_tokens.or(Some(SUMMARY_MAX_TOKENS)))
-    } else {
-        (response_format, wire.max_output_tokens)
-    };
+    // A summary is text, whatever format the conversation's answers had.
+    let response_format = response_format.filter(|_| !compaction);
     let reasoning = match wire.reasoning.and_then(|reasoning| reasoning.effort) {
         None => None,
         Some(effort) => decode_effort(&effort, "reasoning.effort")?,
@@ -391,7 +387,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             top_p: wire.top_p,
             ..Sampling::default()
         },
-        max_tokens,
+        max_tokens: wire.max_output_tokens,
         stop: Vec::new(),
         response_format,
         reasoning,
@@ -419,7 +415,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
 /// Responses request; `stream` is ignored): the request that asks the model
 /// for the summary, as a `compaction_trigger` ending the input would, and
 /// the items the answer keeps before its `compaction` item (the input's
-/// user messages, [`kept_by_compaction`]).
+/// user messages, their text as `input_text` parts).
 ///
 /// # Errors
 /// As [`decode_request`].
@@ -838,7 +834,8 @@ fn decode_item(
             declared_tools.extend(DeclaredTool::all(declared.tools, &field, false));
         }
         Item::Compaction(compaction) => messages.push(compaction::message_for(&compaction, field)?),
-        // Read where the input's items are (it must be the last).
+        // Taken by decode_request's loop over the input, which checks that
+        // it is last; it never reaches here.
         Item::CompactionTrigger(_) => {}
         Item::Other => {
             tracing::debug!(field, "skipping an input item of an unsupported type");
@@ -1334,26 +1331,24 @@ pub fn encode_response_for(
 
 /// Encodes the answer to a request that asked for a compaction
 /// ([`ServeOptions::compaction`]): one `compaction` item holding the
-/// model's text, its summary; reasoning and any tool call the model made
-/// are left out. The status is `completed` even when the summary was cut at
-/// the length bound: the item is whole, and holds what the model wrote
-/// (see [`summary_cut_short`]).
+/// model's text, its summary (runs of text parted by reasoning or a call
+/// joined by a blank line); reasoning and any tool call the model made are
+/// left out. The status is `completed` even when the summary was cut at the
+/// length bound: the item is whole, and holds what the model wrote.
 ///
 /// # Errors
-/// The model wrote no text: a compaction without a summary would lose the
+/// No summary: the model wrote no text, refused, or was stopped by a
+/// content filter. A compaction without a summary would lose the
 /// conversation it replaces.
 pub fn encode_compaction(response: &ChatResponse, model: &str) -> Result<ResponseObject, LlmError> {
-    let summary: String = response
-        .message
-        .content
-        .iter()
-        .filter_map(|part| match part {
-            ContentPart::Text { text } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
-    let output = vec![compaction::item_for(&summary)?];
-    summary_cut_short(&response.stop_reason);
+    let mut summary = Summary::default();
+    for part in &response.message.content {
+        match part {
+            ContentPart::Text { text } => summary.push(text),
+            _ => summary.part(),
+        }
+    }
+    let output = vec![compaction::item_for(&summary.text, &response.stop_reason)?];
     Ok(ResponseObject {
         id: response.id.clone().unwrap_or_else(|| generated_id("resp_")),
         object: "response".into(),
@@ -1367,12 +1362,25 @@ pub fn encode_compaction(response: &ChatResponse, model: &str) -> Result<Respons
     })
 }
 
-/// Notes a summary that the length bound cut short. It is kept, not
-/// failed: a compaction's client (Codex) cannot go on from an incomplete
-/// answer, and a summary cut short still carries most of what it would.
-fn summary_cut_short(reason: &StopReason) {
-    if *reason == StopReason::MaxTokens {
-        tracing::warn!("a compaction's summary reached its length bound and was cut short");
+/// A compaction's summary as the model writes it: its runs of text, a
+/// blank line between two that something else (reasoning, a call) parted.
+#[derive(Debug, Default)]
+struct Summary {
+    text: String,
+    parted: bool,
+}
+
+impl Summary {
+    fn push(&mut self, text: &str) {
+        if std::mem::take(&mut self.parted) && !self.text.is_empty() && !text.is_empty() {
+            self.text.push_str("\n\n");
+        }
+        self.text.push_str(text);
+    }
+
+    /// Something other than text came.
+    fn part(&mut self) {
+        self.parted = true;
     }
 }
 
@@ -1487,7 +1495,9 @@ pub struct ResponseStreamEncoder {
     tool_search: bool,
     /// The summary written so far, when the request asked for a compaction
     /// ([`ServeOptions::compaction`]).
-    compaction: Option<String>,
+    compaction: Option<Summary>,
+    /// Why the compaction failed, when it did ([`Self::take_failure`]).
+    failure: Option<LlmError>,
 }
 
 impl ResponseStreamEncoder {
@@ -1512,6 +1522,7 @@ impl ResponseStreamEncoder {
             namespaced_tools: BTreeMap::new(),
             tool_search: false,
             compaction: None,
+            failure: None,
         }
     }
 
@@ -1524,8 +1535,15 @@ impl ResponseStreamEncoder {
     /// [`encode_compaction`]). A model that wrote no text gets
     /// `response.failed` instead.
     pub fn with_compaction(mut self, asked: bool) -> Self {
-        self.compaction = asked.then(String::new);
+        self.compaction = asked.then(Summary::default);
         self
+    }
+
+    /// The error the encoder itself ended the stream with, once: a
+    /// compaction without a summary, which the provider's stream does not
+    /// know failed (the gateway records it in its ledger).
+    pub fn take_failure(&mut self) -> Option<LlmError> {
+        self.failure.take()
     }
 
     /// Encodes calls of `tool_search` as `tool_search_call` items, when the
@@ -1982,12 +2000,18 @@ impl ResponseStreamEncoder {
             StreamEvent::Start { id, .. } => self.start(id.as_ref(), &mut out),
             StreamEvent::TextDelta { text } => {
                 if let Some(summary) = &mut self.compaction {
-                    summary.push_str(text);
+                    summary.push(text);
                 }
             }
             StreamEvent::Usage(usage) => self.usage = Some(*usage),
             StreamEvent::Stop { reason } => out.extend(self.end_compaction(reason)),
-            _ => {}
+            StreamEvent::Timings(_) | StreamEvent::UsageSoFar(_) => {}
+            // Reasoning, a call or a refusal's start part the text.
+            _ => {
+                if let Some(summary) = &mut self.compaction {
+                    summary.part();
+                }
+            }
         }
         out
     }
@@ -1997,11 +2021,15 @@ impl ResponseStreamEncoder {
         let summary = self
             .compaction
             .as_mut()
-            .map(std::mem::take)
+            .map(|summary| std::mem::take(&mut summary.text))
             .unwrap_or_default();
-        let item = match compaction::item_for(&summary) {
+        let item = match compaction::item_for(&summary, reason) {
             Ok(item) => item,
-            Err(error) => return self.error(&error),
+            Err(error) => {
+                let out = self.error(&error);
+                self.failure = Some(error);
+                return out;
+            }
         };
         let mut out = Vec::new();
         self.start(None, &mut out);
@@ -2013,7 +2041,6 @@ impl ResponseStreamEncoder {
         });
         out.push(self.frame(done));
         self.output.push(item);
-        summary_cut_short(reason);
         out.extend(self.end(&StopReason::EndTurn));
         out
     }

@@ -1845,10 +1845,12 @@ fn compaction_request() -> Value {
 
 /// A `compaction_trigger` asks for a summary: the model gets the
 /// conversation, then the request for one, with its tools but no call
-/// allowed, and a bound on its length.
+/// allowed, in text whatever format the request named.
 #[test]
 fn a_compaction_trigger_asks_the_model_for_a_summary() {
-    let (request, options) = decode_json(compaction_request()).unwrap();
+    let mut body = compaction_request();
+    body["text"] = json!({"format": {"type": "json_object"}, "verbosity": "low"});
+    let (request, options) = decode_json(body).unwrap();
     assert!(options.compaction && options.stream);
     let last = request.messages.last().unwrap();
     assert_eq!(last.role, Role::User);
@@ -1857,7 +1859,9 @@ fn a_compaction_trigger_asks_the_model_for_a_summary() {
     assert!(request.messages.iter().any(|m| m.role == Role::Tool));
     assert_eq!(request.tools.len(), 1);
     assert_eq!(request.tool_choice, ToolChoice::None);
-    assert_eq!(request.max_tokens, Some(compaction::SUMMARY_MAX_TOKENS));
+    assert_eq!(request.response_format, None);
+    assert_eq!(request.verbosity, Some(Verbosity::Low));
+    assert_eq!(request.max_tokens, None);
     let mut with_limit = compaction_request();
     with_limit["max_output_tokens"] = json!(300);
     assert_eq!(decode_json(with_limit).unwrap().0.max_tokens, Some(300));
@@ -1948,8 +1952,18 @@ fn the_summary_goes_back_as_a_compaction_item_that_later_requests_read() {
             "response.completed",
         ]
     );
+    let added = json_of(&frames[2]);
     let done = json_of(&frames[3]);
     assert_eq!(done["item"], output_without_id(&output[0], &done["item"]));
+    assert_eq!(added["item"], done["item"], "announced whole");
+    assert_eq!(
+        (
+            added["output_index"].as_u64(),
+            done["output_index"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert!(encoder.take_failure().is_none());
     let completed = json_of(&frames[4]);
     assert_eq!(completed["response"]["output"], json!([done["item"]]));
     assert_eq!(completed["response"]["usage"]["input_tokens"], 900);
@@ -2021,6 +2035,83 @@ fn a_compaction_without_a_summary_fails() {
     let failed = json_of(&frames[2]);
     let message = failed["response"]["error"]["message"].as_str().unwrap();
     assert!(message.contains("no summary"), "{message}");
+    // The gateway learns of it once, to record it.
+    assert!(encoder.take_failure().is_some());
+    assert!(encoder.take_failure().is_none());
+
+    // A refusal is no summary either, whatever it says.
+    let mut encoder = ResponseStreamEncoder::new("gpt-5.5", None).with_compaction(true);
+    let frames: Vec<SseFrame> = [
+        StreamEvent::RefusalStart,
+        StreamEvent::TextDelta {
+            text: "I can't help with that.".into(),
+        },
+        StreamEvent::Stop {
+            reason: StopReason::Refusal,
+        },
+    ]
+    .iter()
+    .flat_map(|e| encoder.push(e))
+    .collect();
+    assert_eq!(types(&frames).last().unwrap(), "response.failed");
+    assert!(encoder.take_failure().unwrap().message.contains("refused"));
+}
+
+/// Text the model wrote in two runs, reasoning between, is one summary
+/// with a blank line between them, whole and streamed.
+#[test]
+fn runs_of_summary_are_joined_by_a_blank_line() {
+    let response = ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentPart::Text {
+                    text: "Done: a.".into(),
+                },
+                ContentPart::Reasoning(Reasoning {
+                    text: "more".into(),
+                    ..Reasoning::default()
+                }),
+                ContentPart::Text {
+                    text: "Next: b.".into(),
+                },
+            ],
+        },
+        ..full_response()
+    };
+    let whole = encode_compaction(&response, "m").unwrap();
+    let summary_of = |item: &Item| match item {
+        Item::Compaction(item) => compaction_summary(&item.encrypted_content).unwrap(),
+        other => panic!("not a compaction: {other:?}"),
+    };
+    assert_eq!(summary_of(&whole.output[0]), "Done: a.\n\nNext: b.");
+    let mut encoder = ResponseStreamEncoder::new("m", None).with_compaction(true);
+    let frames: Vec<SseFrame> = [
+        StreamEvent::ReasoningDelta {
+            text: "first".into(),
+            id: None,
+        },
+        StreamEvent::TextDelta {
+            text: "Done: ".into(),
+        },
+        StreamEvent::TextDelta { text: "a.".into() },
+        StreamEvent::ReasoningDelta {
+            text: "more".into(),
+            id: None,
+        },
+        StreamEvent::TextDelta {
+            text: "Next: b.".into(),
+        },
+        StreamEvent::Stop {
+            reason: StopReason::EndTurn,
+        },
+    ]
+    .iter()
+    .flat_map(|e| encoder.push(e))
+    .collect();
+    let done = json_of(&frames[frames.len() - 2]);
+    let item: Item = serde_json::from_value(done["item"].clone()).unwrap();
+    assert_eq!(summary_of(&item), "Done: a.\n\nNext: b.");
 }
 
 /// `/v1/responses/compact`: the conversation's user messages, then the
@@ -2084,5 +2175,16 @@ fn a_summary_cut_at_the_length_bound_still_completes_the_compaction() {
     .iter()
     .flat_map(|e| encoder.push(e))
     .collect();
-    assert_eq!(types(&frames).last().unwrap(), "response.completed");
+    assert_eq!(
+        types(&frames)[2..],
+        [
+            "response.output_item.added",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    let completed = json_of(frames.last().unwrap());
+    assert_eq!(completed["response"]["status"], "completed");
+    assert_eq!(completed["response"]["incomplete_details"], Value::Null);
+    assert_eq!(completed["response"]["output"][0]["type"], "compaction");
 }
