@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::slots::{BATCH, ContextSpec, Slot, SlotPool};
 use super::template::{self, CHATML_TEMPLATE, TemplateMessage, ThinkingTags};
-use super::thinking::{GrammarGate, Place, ThinkingScan};
+use super::thinking::{Feed, GrammarGate, Place, Step, ThinkingScan};
 use super::tools::{self, CallFormat, Constraint};
 use super::{DEFAULT_TEMPERATURE, default_max_tokens, error};
 
@@ -345,7 +345,7 @@ fn generate(p: &Prepared, slot: &mut Slot, tx: &Sender, started: Instant) -> Res
         let (delta, stopped_by) = output.push(&piece);
         // After the text: whether the grammar sees the token depends on
         // whether it was the thinking's.
-        sampler.accept(token, output.thinking())?;
+        sampler.accept(token, output.step())?;
         if !delta.is_empty() && !send(StreamEvent::TextDelta { text: delta }) {
             return Ok(());
         }
@@ -426,6 +426,8 @@ struct Sampler {
     grammar: Option<LlamaSampler>,
     /// Which tokens the grammar sees: none of a thinking model's thinking.
     gate: GrammarGate,
+    /// To spell text for the grammar in tokens.
+    model: &'static LlamaModel,
 }
 
 impl Sampler {
@@ -464,6 +466,7 @@ impl Sampler {
             chain: chain(&p.sampling),
             grammar,
             gate: GrammarGate::new(p.thinking),
+            model: p.model,
         })
     }
 
@@ -498,20 +501,23 @@ impl Sampler {
     }
 
     /// Records a chosen (non end-of-generation) token in the grammar, if
-    /// it is the answer's: `thinking` says where the text got to with it,
-    /// and whether it closed the thinking.
-    fn accept(&mut self, token: LlamaToken, thinking: (Place, bool)) -> Result<(), LlmError> {
-        let (place, closed) = thinking;
-        let fed = self.gate.after(token, place, closed);
-        if let Some(grammar) = &mut self.grammar {
-            for token in fed {
-                grammar.try_accept(token).map_err(|e| {
-                    error(
-                        ErrorKind::Server,
-                        format!("the grammar refused a sampled token: {e}"),
-                    )
-                })?;
-            }
+    /// it is the answer's: `step` says what its text did to the thinking.
+    fn accept(&mut self, token: LlamaToken, step: &Step) -> Result<(), LlmError> {
+        let Some(grammar) = &mut self.grammar else {
+            return Ok(());
+        };
+        let tokens = match self.gate.after(token, step) {
+            Feed::Nothing => return Ok(()),
+            Feed::Tokens(tokens) => tokens,
+            Feed::Text(text) => self.model.vocab().tokenize(text.as_bytes(), false, true),
+        };
+        for token in tokens {
+            grammar.try_accept(token).map_err(|e| {
+                error(
+                    ErrorKind::Server,
+                    format!("the grammar refused a sampled token: {e}"),
+                )
+            })?;
         }
         Ok(())
     }
@@ -567,13 +573,10 @@ impl<'a> Output<'a> {
         self.tools.is_some()
     }
 
-    /// Where the text got to with the last piece (a call is the answer's),
-    /// and whether that piece closed the thinking.
-    fn thinking(&self) -> (Place, bool) {
-        if self.call.is_some() {
-            return (Place::Answer, false);
-        }
-        (self.text.thinking.place(), self.text.thinking.closed())
+    /// What the last piece did to the thinking (once a call began, the
+    /// rest is the answer's).
+    fn step(&self) -> &Step {
+        &self.text.step
     }
 
     /// Adds a token's bytes; returns the text to emit and the stop
@@ -581,6 +584,7 @@ impl<'a> Output<'a> {
     fn push(&mut self, piece: &[u8]) -> (String, Option<String>) {
         if let Some(call) = &mut self.call {
             call.extend_from_slice(piece);
+            self.text.step = Step::at(Place::Answer);
             return (String::new(), None);
         }
         match self.text.push(piece) {
@@ -649,6 +653,8 @@ struct TextBuffer<'a> {
     started: bool,
     /// Where the thinking ends.
     thinking: ThinkingScan,
+    /// What the last piece did to the thinking.
+    step: Step,
 }
 
 impl<'a> TextBuffer<'a> {
@@ -664,6 +670,7 @@ impl<'a> TextBuffer<'a> {
             markers,
             started: false,
             thinking: ThinkingScan::new(thinking),
+            step: Step::at(Place::at_start(thinking)),
         }
     }
 
@@ -681,9 +688,14 @@ impl<'a> TextBuffer<'a> {
         let done: Vec<u8> = self.bytes.drain(..valid).collect();
         self.pending.push_str(&String::from_utf8_lossy(&done));
 
-        let thought = self.thinking.take_thinking(&mut self.pending);
-        if self.thinking.place() != Place::Answer {
+        let (thought, step) = self.thinking.take_thinking(&mut self.pending);
+        let answer = step.place == Place::Answer;
+        self.step = step;
+        if !answer {
             return Pushed::Text(thought);
+        }
+        if thought.is_empty() {
+            return self.push_answer();
         }
         match self.push_answer() {
             Pushed::Text(text) => Pushed::Text(thought + &text),
@@ -959,12 +971,12 @@ mod tests {
         let mut output = Output::new(&stop, &constraint, ThinkingTags::Opened);
         let drafted = format!("Maybe <tool_call>{call}</tool_call> STOP or not.");
         assert_eq!(output.push(drafted.as_bytes()), (drafted.clone(), None));
-        assert_eq!(output.thinking(), (Place::Thinking, false));
+        assert_eq!(output.step(), &Step::at(Place::Thinking));
         assert_eq!(output.push(b"</think>"), ("</think>".into(), None));
-        assert_eq!(output.thinking(), (Place::Answer, true));
+        assert_eq!(output.step().closed_before.as_deref(), Some(""));
         let (text, _) = output.push(format!("\n{call}").as_bytes());
         assert_eq!(text, "");
-        assert_eq!(output.thinking(), (Place::Answer, false));
+        assert_eq!(output.step(), &Step::at(Place::Answer));
         let (text, calls) = output.finish(false);
         assert_eq!((text.as_str(), calls.len()), ("", 1));
 
@@ -977,15 +989,100 @@ mod tests {
         assert_eq!(output.finish(false).1.len(), 1);
         let mut output = Output::new(&stop, &constraint, ThinkingTags::MayOpen);
         assert_eq!(output.push(b" "), (String::new(), None));
-        assert_eq!(output.thinking(), (Place::Undecided, false));
+        assert_eq!(output.step(), &Step::at(Place::Undecided));
         output.push(call.as_bytes());
-        assert_eq!(output.thinking(), (Place::Answer, false));
+        assert_eq!(output.step(), &Step::at(Place::Answer));
         assert_eq!(output.finish(false).1.len(), 1);
         let mut output = Output::new(&stop, &constraint, ThinkingTags::MayOpen);
         assert_eq!(
             output.push(b"Hi.STOPBye"),
             ("Hi.".into(), Some("STOP".into()))
         );
+    }
+
+    /// The gate on llama.cpp's own lazy grammar, with Qwen2.5-Coder's
+    /// vocabulary and tool-call grammar: a `<tool_call>` drafted while
+    /// thinking leaves the grammar waiting (it would trigger it were the
+    /// thinking fed), one in the answer triggers it, and so does one whose
+    /// start was held while it was undecided whether the model opens its
+    /// thinking.
+    #[test]
+    fn the_lazy_grammar_sees_only_the_answer() {
+        let Some(path) =
+            freehold_test_support::test_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+        else {
+            return;
+        };
+        let provider = super::super::LocalProvider::new(super::super::LocalSettings::default());
+        let model = provider.load(&path).unwrap();
+        let vocab = model.vocab();
+        let mut request = ChatRequest::new("qwen", vec![Message::user("Weather in Paris?")]);
+        request.tools = vec![freehold_protocol::ToolSpec {
+            name: "get_weather".into(),
+            description: "Gets the weather.".into(),
+            parameters: serde_json::json!({"type": "object",
+                "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+            strict: false,
+        }];
+        let plan = tools::plan(&chat_template(model), &request).unwrap();
+        let sampler_for = |thinking| {
+            let prepared = Prepared {
+                model,
+                model_name: "qwen".into(),
+                tokens: Vec::new(),
+                needed: 0,
+                allowed: 0,
+                max_new: 0,
+                threads: 1,
+                sampling: freehold_protocol::Sampling::default(),
+                stop: Vec::new(),
+                constraint: plan.constraint.clone(),
+                thinking,
+            };
+            Sampler::new(&prepared).unwrap()
+        };
+        // Writes `text` as tokens (special ones parsed when `special`), as
+        // the decoding loop does: the text first, then the grammar.
+        let write = |sampler: &mut Sampler, output: &mut Output<'_>, text: &str, special| {
+            for token in vocab.tokenize(text.as_bytes(), false, special) {
+                output.push(&vocab.token_to_piece(token, true, None));
+                sampler.accept(token, output.step()).unwrap();
+            }
+        };
+        let prose = vocab.tokenize(b" hello", false, false)[0];
+        // Whether the grammar lets the model write prose next: it does
+        // until its trigger.
+        let allows_prose = |sampler: &mut Sampler| {
+            let grammar = sampler.grammar.as_mut().unwrap();
+            let mut one =
+                LlamaTokenDataArray::from_iter([LlamaTokenData::new(prose, 1.0, 0.0)], false);
+            grammar.apply(&mut one);
+            one.data[0].logit().is_finite()
+        };
+        let stop: Vec<String> = Vec::new();
+
+        let mut sampler = sampler_for(ThinkingTags::Opened);
+        let mut output = Output::new(&stop, &plan.constraint, ThinkingTags::Opened);
+        write(&mut sampler, &mut output, "Maybe <tool_call> it", true);
+        assert!(allows_prose(&mut sampler), "the drafted call triggered it");
+        write(&mut sampler, &mut output, "</think>\n<tool_call>", true);
+        assert!(!allows_prose(&mut sampler), "the answer's call did not");
+
+        // The same text with no thinking to gate: the draft triggers it.
+        let mut ungated = sampler_for(ThinkingTags::None);
+        let mut output = Output::new(&stop, &plan.constraint, ThinkingTags::None);
+        write(&mut ungated, &mut output, "Maybe <tool_call>", true);
+        assert!(!allows_prose(&mut ungated));
+
+        // Held while undecided: ` <t` (the start of `<think>`), then the
+        // rest of a `<tool_call>` spelled as plain text.
+        let mut sampler = sampler_for(ThinkingTags::MayOpen);
+        let mut output = Output::new(&stop, &plan.constraint, ThinkingTags::MayOpen);
+        write(&mut sampler, &mut output, " <t", false);
+        assert_eq!(output.step(), &Step::at(Place::Undecided));
+        assert!(allows_prose(&mut sampler));
+        write(&mut sampler, &mut output, "ool_call>", false);
+        assert!(!allows_prose(&mut sampler), "the held start was not fed");
     }
 
     #[test]
