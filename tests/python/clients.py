@@ -408,7 +408,15 @@ def anthropic_tools():
         streamed = stream.get_final_message()
     use = next(b for b in streamed.content if b.type == "tool_use")
     assert use.name == "get_weather" and isinstance(use.input.get("city"), str), streamed
-    return {"input": use.input}
+    # Beside the tool search Anthropic's API runs itself, which no model
+    # behind the gateway has, the deferred tool is offered as it is.
+    searched = client.messages.create(
+        model=MODEL, max_tokens=64, tool_choice={"type": "any"}, messages=messages[:1],
+        tools=[{"type": "tool_search_tool_regex_20251119", "name": "tool_search_tool_regex"},
+               {**WEATHER_ANTHROPIC, "defer_loading": True}])
+    found = next(b for b in searched.content if b.type == "tool_use")
+    assert found.name == "get_weather", searched
+    return {"input": use.input, "searched": found.input}
 
 
 def anthropic_errors():

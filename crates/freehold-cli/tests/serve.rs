@@ -614,7 +614,7 @@ async fn official_sdks_against_a_mock_upstream() {
     assert_eq!(errors["model_not_found"], 404);
     // Every chat, tool and embedding call reached the upstream
     // (count_tokens was estimated by the gateway itself).
-    assert_eq!(upstream.requests(), 21);
+    assert_eq!(upstream.requests(), 22);
     // A refusal reaches each SDK as its own (the mock refuses when asked
     // to), whole and streamed.
     let refusal = [("FREEHOLD_EXPECT_REFUSAL", MOCK_REFUSAL)];

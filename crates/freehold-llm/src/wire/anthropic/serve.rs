@@ -85,7 +85,11 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 /// - a deferred tool (`defer_loading: true`) is offered once the
 ///   conversation has loaded it (a `tool_reference` naming it in a tool
 ///   result, or a `tool_addition` naming it), or when `tool_choice` forces
-///   it, as Anthropic's API offers it;
+///   it, as Anthropic's API offers it; beside a tool search that
+///   Anthropic's API runs itself (`tool_search_tool_regex_…`,
+///   `tool_search_tool_bm25_…`), which no provider here runs, every
+///   deferred tool is offered and the search is left out, so that the
+///   model can call any of them directly;
 /// - Claude Code's advisor tool (`advisor_…`) is left out; other tools with
 ///   a `type` other than `custom` (server tools such as
 ///   `web_search_20250305`, and Anthropic-defined client tools such as
@@ -141,9 +145,11 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         ToolChange::Load(name) => Some(name.clone()),
         ToolChange::Add(_) | ToolChange::Remove(_) => None,
     }));
-    let tools = wire
-        .tools
-        .unwrap_or_default()
+    let tools = wire.tools.unwrap_or_default();
+    // A search the server would run over the deferred tools: the model gets
+    // them all instead.
+    let server_search = tools.iter().any(is_server_tool_search);
+    let tools = tools
         .into_iter()
         .enumerate()
         .filter(|(_, tool)| {
@@ -164,8 +170,9 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
             let forced = forced_tool(wire.tool_choice.as_ref()) == Some(tool.name.as_str());
             let deferred = tool.extra.get("defer_loading") == Some(&Value::Bool(true))
                 && !loaded.contains(&tool.name)
-                && !forced;
-            !advisor && !deferred
+                && !forced
+                && !server_search;
+            !advisor && !deferred && !is_server_tool_search(tool)
         })
         .map(|(index, tool)| {
             let field = format!("tools[{index}]");
@@ -550,6 +557,14 @@ fn decode_system(
     }
     texts.retain(|text| !text.is_empty());
     Ok((!texts.is_empty()).then(|| Message::system(texts.join("\n\n"))))
+}
+
+/// Whether `tool` is a tool search Anthropic's API runs itself over the
+/// request's deferred tools (its regex and BM25 variants).
+fn is_server_tool_search(tool: &super::WireTool) -> bool {
+    tool.kind
+        .as_deref()
+        .is_some_and(|kind| kind.starts_with("tool_search_tool_"))
 }
 
 fn decode_user(

@@ -1290,6 +1290,19 @@ fn claude_codes_advisor_tool_changes_and_tool_references_decode() {
     };
     assert_eq!(result.content, "Tool `mcp__docs__search` is available.");
 
+    // Beside a tool search Anthropic's API would run, the model gets every
+    // deferred tool, and no search.
+    let (request, _) = decode_json(json!({"model": "m", "max_tokens": 10,
+        "tools": [
+            {"type": "tool_search_tool_regex_20251119", "name": "tool_search_tool_regex"},
+            {"name": "get_weather", "input_schema": {"type": "object"}, "defer_loading": true},
+            {"name": "get_time", "input_schema": {"type": "object"}, "defer_loading": true},
+            {"name": "Read", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "Weather in Paris?"}]}))
+    .unwrap();
+    let names: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["get_weather", "get_time", "Read"]);
+
     // A deferred tool that `tool_choice` forces is offered.
     let (request, _) = decode_json(json!({"model": "m", "max_tokens": 10,
         "tools": [{"name": "late", "input_schema": {"type": "object"}, "defer_loading": true}],
