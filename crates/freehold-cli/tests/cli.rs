@@ -730,7 +730,8 @@ async fn bench_gateway_runs_serve_and_the_relay_as_child_processes() {
             "gateway",
             "direct stream",
             "gateway stream",
-            "gateway messages"
+            "gateway messages",
+            "gateway responses"
         ]
     );
     for phase in report["phases"].as_array().unwrap() {

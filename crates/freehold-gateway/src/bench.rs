@@ -25,8 +25,9 @@
 //!   achieved rate falls short of the offered one and the report shows it.
 //!
 //! Paced phases: non-streaming `/v1/chat/completions`, streaming (time to
-//! first byte and to the end), and `/v1/messages` (Anthropic) through the
-//! gateway against the direct non-streaming reference.
+//! first byte and to the end), `/v1/messages` (Anthropic) and
+//! `/v1/responses` (OpenAI's, which Codex speaks) through the gateway
+//! against the direct non-streaming reference.
 //!
 //! Each phase runs `warmup` unmeasured, then `duration` measured. The
 //! generator, the mock and the gateway share the machine's cores, so the
@@ -166,6 +167,8 @@ pub enum Call {
     ChatStream,
     /// `POST /v1/messages` (Anthropic), a whole answer.
     Messages,
+    /// `POST /v1/responses` (what Codex speaks), a whole answer.
+    Responses,
 }
 
 impl Call {
@@ -173,6 +176,7 @@ impl Call {
         match self {
             Self::Chat | Self::ChatStream => "/v1/chat/completions",
             Self::Messages => "/v1/messages",
+            Self::Responses => "/v1/responses",
         }
     }
 
@@ -192,6 +196,7 @@ impl Call {
                 json!({"model": model, "messages": messages, "max_tokens": 32, "stream": true})
             }
             Self::Messages => json!({"model": model, "messages": messages, "max_tokens": 32}),
+            Self::Responses => json!({"model": model, "input": messages, "max_output_tokens": 32}),
         };
         Bytes::from(body.to_string())
     }
@@ -498,6 +503,12 @@ pub async fn run(
             phase("direct stream", Via::Direct, Call::ChatStream, Some(rate)),
             phase("gateway stream", Via::Gateway, Call::ChatStream, Some(rate)),
             phase("gateway messages", Via::Gateway, Call::Messages, Some(rate)),
+            phase(
+                "gateway responses",
+                Via::Gateway,
+                Call::Responses,
+                Some(rate),
+            ),
         ]);
     }
     let idle_rss = gateway
@@ -548,6 +559,7 @@ pub async fn run(
         ("gateway stream", "direct stream", "latency"),
         ("gateway stream", "direct stream", "first byte"),
         ("gateway messages", "direct", "latency"),
+        ("gateway responses", "direct", "latency"),
     ]
     .into_iter()
     .filter_map(|(phase, reference, metric)| added(&report, phase, reference, metric))
@@ -844,7 +856,7 @@ async fn one_request(
             Call::Messages => request
                 .header("x-api-key", key)
                 .header("anthropic-version", "2023-06-01"),
-            Call::Chat | Call::ChatStream => request.bearer_auth(key),
+            Call::Chat | Call::ChatStream | Call::Responses => request.bearer_auth(key),
         };
     }
     let mut response = request.send().await.map_err(|error| error.to_string())?;

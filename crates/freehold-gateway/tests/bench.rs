@@ -70,7 +70,8 @@ async fn a_short_run_reports_every_phase() {
             "gateway",
             "direct stream",
             "gateway stream",
-            "gateway messages"
+            "gateway messages",
+            "gateway responses"
         ]
     );
     assert_eq!(*phases.lock().unwrap(), names);
@@ -102,8 +103,9 @@ async fn a_short_run_reports_every_phase() {
             .is_none()
     );
     // Against direct calls: gateway max, gateway, relay, gateway stream
-    // (latency and first byte), gateway messages; and gateway against relay.
-    assert_eq!(report.added.len(), 7);
+    // (latency and first byte), gateway messages, gateway responses; and
+    // gateway against relay.
+    assert_eq!(report.added.len(), 8);
     let over_relay = report
         .added
         .iter()
