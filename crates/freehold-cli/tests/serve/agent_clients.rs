@@ -156,13 +156,7 @@ fn play_model(request: &Recorded) -> Scripted {
         return completion(stream, Reply::Text(AIDER_EDIT.into()));
     }
     let asked = asked_of(TASK);
-    let tools: Vec<&str> = body["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|tool| tool["function"]["name"].as_str())
-        .collect();
-    match shell_call(&tools) {
+    match shell_call(&tool_names(&body)) {
         Some((name, arguments)) if asked => {
             after_a_silence(completion(stream, Reply::Call(CALL_ID, name, arguments)))
         }
@@ -271,13 +265,7 @@ fn play_compact_task(body: &Value, messages: &[Value]) -> Reply {
     {
         return Reply::Text(format!("{VERIFIED} {}, not compacted", output.trim()));
     }
-    let tools: Vec<&str> = body["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|tool| tool["function"]["name"].as_str())
-        .collect();
-    match shell_call(&tools) {
+    match shell_call(&tool_names(body)) {
         Some((name, arguments)) => Reply::Call(CALL_ID, name, arguments),
         None => Reply::Text("no shell tool was offered".into()),
     }
@@ -331,13 +319,19 @@ fn after_a_silence(answer: Scripted) -> Scripted {
     }
 }
 
-/// Whether a Chat Completions body offers a tool named `name`.
-fn offers(body: &Value, name: &str) -> bool {
+/// The names of the tools a Chat Completions body offers.
+fn tool_names(body: &Value) -> Vec<&str> {
     body["tools"]
         .as_array()
         .into_iter()
         .flatten()
-        .any(|tool| tool["function"]["name"] == name)
+        .filter_map(|tool| tool["function"]["name"].as_str())
+        .collect()
+}
+
+/// Whether a Chat Completions body offers a tool named `name`.
+fn offers(body: &Value, name: &str) -> bool {
+    tool_names(body).contains(&name)
 }
 
 /// The text of the result of call `id` among a body's messages.

@@ -922,9 +922,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_answer_that_is_json_but_no_call_stays_text() {
-        let constraint = Constraint::Tools {
+    /// Hermes calls of one tool, `read`, as the output scanner sees them
+    /// (no grammar: these tests feed the text themselves).
+    fn read_tool_calls() -> Constraint {
+        Constraint::Tools {
             format: CallFormat::Hermes,
             grammar: String::new(),
             trigger_patterns: Vec::new(),
@@ -935,7 +936,12 @@ mod tests {
                 parameters: serde_json::json!({"type": "object"}),
                 strict: false,
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn an_answer_that_is_json_but_no_call_stays_text() {
+        let constraint = read_tool_calls();
         let stop: Vec<String> = Vec::new();
         let mut output = Output::new(&stop, &constraint, ThinkingTags::None);
         assert_eq!(output.push(b"{\"a\": "), (String::new(), None));
@@ -955,18 +961,7 @@ mod tests {
     #[test]
     fn calls_and_stops_count_only_after_the_thinking() {
         let stop = vec!["STOP".to_string()];
-        let constraint = Constraint::Tools {
-            format: CallFormat::Hermes,
-            grammar: String::new(),
-            trigger_patterns: Vec::new(),
-            lazy: true,
-            tools: vec![freehold_protocol::ToolSpec {
-                name: "read".into(),
-                description: String::new(),
-                parameters: serde_json::json!({"type": "object"}),
-                strict: false,
-            }],
-        };
+        let constraint = read_tool_calls();
         let call = "{\"name\": \"read\", \"arguments\": {}}";
         let mut output = Output::new(&stop, &constraint, ThinkingTags::Opened);
         let drafted = format!("Maybe <tool_call>{call}</tool_call> STOP or not.");
