@@ -977,6 +977,7 @@ impl AccountedStream {
                     self.accounting.first_byte = Some(self.accounting.started.elapsed());
                 }
                 match &event {
+                    StreamEvent::Stop { .. } => self.accounting.answered = true,
                     StreamEvent::Usage(usage) => self.accounting.usage = *usage,
                     // The prompt as the provider counted it, for a stream
                     // cut off before its end. Not its output count: stale
@@ -1026,7 +1027,8 @@ impl AccountedStream {
 
 /// What a finished request must leave behind: settled budget, a ledger
 /// line, metrics and rate-limit tokens. Runs once, on success, on failure,
-/// or when dropped unfinished (the client went away: status 499).
+/// or when dropped unfinished (the client went away: status 499, unless
+/// the provider had ended its answer).
 #[derive(Debug)]
 pub(crate) struct Accounting {
     gateway: Arc<Gateway>,
@@ -1042,6 +1044,12 @@ pub(crate) struct Accounting {
     started: Instant,
     at_ms: i64,
     first_byte: Option<std::time::Duration>,
+    /// Whether the provider's stream ended its answer (its stop event
+    /// passed). A client that closes the connection once it has read the
+    /// answer's last event, without waiting for the stream's end, was
+    /// answered (Codex closes at once, before the embedded engine's stream
+    /// ends): its request succeeded, not a 499.
+    answered: bool,
     reservation: Option<Reservation>,
     /// The routing table the request was admitted on, which prices it.
     routes: Option<Arc<Routes>>,
@@ -1094,6 +1102,7 @@ impl Accounting {
             started: arrival.started,
             at_ms: now_ms(),
             first_byte: None,
+            answered: false,
             reservation: None,
             routes: None,
             target: None,
@@ -1426,7 +1435,12 @@ pub(crate) const UNROUTED: &str = "(none)";
 
 impl Drop for Accounting {
     fn drop(&mut self) {
-        if !self.finished {
+        if self.finished {
+            return;
+        }
+        if self.answered {
+            self.succeed();
+        } else {
             self.finish(499, Some("client_closed"));
         }
     }

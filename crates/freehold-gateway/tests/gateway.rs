@@ -3488,6 +3488,107 @@ async fn a_refusal_right_after_the_providers_opening_keeps_its_status() {
     );
 }
 
+/// A provider that answers in full, then holds its stream open a while
+/// before ending it (as the embedded engine does while it puts its context
+/// away).
+#[derive(Debug)]
+struct AnswersThenLingers(freehold_llm::scripted::ScriptedProvider);
+
+#[async_trait::async_trait]
+impl Provider for AnswersThenLingers {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn capabilities(&self, model: &str) -> freehold_protocol::Capabilities {
+        self.0.capabilities(model)
+    }
+    async fn stream(
+        &self,
+        request: freehold_protocol::ChatRequest,
+    ) -> Result<freehold_llm::EventStream, freehold_protocol::LlmError> {
+        use futures::StreamExt;
+        let answer = self.0.stream(request).await?;
+        Ok(Box::pin(answer.chain(futures::stream::pending())))
+    }
+    async fn complete(
+        &self,
+        request: freehold_protocol::ChatRequest,
+    ) -> Result<freehold_protocol::ChatResponse, freehold_protocol::LlmError> {
+        self.0.complete(request).await
+    }
+    async fn list_models(
+        &self,
+    ) -> Result<Vec<freehold_protocol::ModelInfo>, freehold_protocol::LlmError> {
+        self.0.list_models().await
+    }
+}
+
+/// A client that closes the connection as soon as it has read the answer's
+/// last event (Codex does), before the provider's stream has ended, was
+/// answered: its ledger line says 200, not 499, whatever the protocol.
+#[tokio::test]
+async fn a_client_that_leaves_after_the_last_event_was_answered() {
+    use freehold_llm::scripted::{ScriptedAnswer, ScriptedProvider};
+
+    let answers = (0..3).map(|_| ScriptedAnswer::text("Hello")).collect();
+    let provider: Arc<dyn Provider> = Arc::new(AnswersThenLingers(ScriptedProvider::new(
+        "lingering",
+        answers,
+    )));
+    let routes = Routes {
+        router: Router::new(
+            BTreeMap::from([("lingering".to_owned(), provider)]),
+            BTreeMap::new(),
+            Catalog::new(),
+        ),
+        local_providers: BTreeSet::new(),
+        listed_providers: BTreeSet::new(),
+        engine_providers: BTreeSet::new(),
+    };
+    let gw = start(routes, GatewaySettings::default(), None).await;
+    let model = "lingering:m";
+    let asks = [
+        (
+            "/v1/responses",
+            json!({"model": model, "input": "hi", "stream": true}),
+            "event: response.completed",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": model, "stream": true,
+                   "messages": [{"role": "user", "content": "hi"}]}),
+            "\"finish_reason\":\"stop\"",
+        ),
+        (
+            "/v1/messages",
+            json!({"model": model, "stream": true, "max_tokens": 8,
+                   "messages": [{"role": "user", "content": "hi"}]}),
+            "event: message_stop",
+        ),
+    ];
+    for (path, body, last_event) in asks {
+        let mut response = reqwest::Client::new()
+            .post(format!("{}{path}", gw.url))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        read_until(&mut response, last_event).await;
+        // Gone at once: the stream has not ended.
+        drop(response);
+    }
+    let lines = ledger_lines(&gw.store, 3).await;
+    let statuses: Vec<(&str, u16)> = lines
+        .iter()
+        .map(|line| (line.record.endpoint.as_str(), line.record.status))
+        .collect();
+    for path in ["/v1/responses", "/v1/chat/completions", "/v1/messages"] {
+        assert!(statuses.contains(&(path, 200)), "{statuses:?}");
+    }
+}
+
 /// A client that leaves mid-answer (Claude Code's Esc) is charged the
 /// prompt as the provider counted it at the start of its stream: cache
 /// reads at the cache's price, not the whole prompt estimated as fresh
