@@ -29,8 +29,10 @@ use futures::{Stream, StreamExt};
 use crate::provider::EventStream;
 use crate::stop::held_prefix;
 
-const OPEN: &str = "<think>";
-const CLOSE: &str = "</think>";
+/// The tag that opens a model's thinking.
+pub const OPEN: &str = "<think>";
+/// The tag that closes it.
+pub const CLOSE: &str = "</think>";
 
 /// `response` with the reasoning at the start of its text moved to a
 /// reasoning part before it. An answer with reasoning of its own is left

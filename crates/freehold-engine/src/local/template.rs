@@ -232,9 +232,9 @@ pub enum ThinkingTags {
 impl ThinkingTags {
     /// What `template`, rendered as `prompt`, leaves to the model.
     pub fn of(template: &str, prompt: &str) -> Self {
-        if !template.contains("</think>") {
+        if !template.contains(freehold_llm::think::CLOSE) {
             ThinkingTags::None
-        } else if prompt.trim_end().ends_with("<think>") {
+        } else if prompt.trim_end().ends_with(freehold_llm::think::OPEN) {
             ThinkingTags::Opened
         } else {
             ThinkingTags::MayOpen

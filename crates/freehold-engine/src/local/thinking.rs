@@ -17,12 +17,10 @@
 //! blanks), or from the first token when the prompt opened them.
 
 use freehold_llm::stop::held_prefix;
+use freehold_llm::think::{CLOSE, OPEN};
 use llama_cpp_2::token::LlamaToken;
 
 use super::template::ThinkingTags;
-
-const OPEN: &str = "<think>";
-const CLOSE: &str = "</think>";
 
 /// Where the text written so far has got to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,8 +39,11 @@ trait StreamEncoder: Send + 'static {
     }
 }
 
+/// Implements [`StreamEncoder`] by the encoder's own methods, and
+/// `take_failure` too when named (an encoder that may fail an answer
+/// itself).
 macro_rules! stream_encoder {
-    ($type:ty) => {
+    ($type:ty $(, $take_failure:ident)?) => {
         impl StreamEncoder for $type {
             fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
                 <$type>::push(self, event)
@@ -54,32 +57,19 @@ macro_rules! stream_encoder {
             fn keepalive(&mut self) -> Vec<SseFrame> {
                 <$type>::keepalive(self)
             }
+            $(
+                fn take_failure(&mut self) -> Option<LlmError> {
+                    <$type>::$take_failure(self)
+                }
+            )?
         }
     };
 }
 
 stream_encoder!(openai_chat::ChunkEncoder);
 stream_encoder!(anthropic::MessageStreamEncoder);
-
-/// The Responses encoder may fail an answer itself (a compaction without a
-/// summary).
-impl StreamEncoder for openai_responses::ResponseStreamEncoder {
-    fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
-        Self::push(self, event)
-    }
-    fn finish(&mut self) -> Vec<SseFrame> {
-        Self::finish(self)
-    }
-    fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
-        Self::error(self, error)
-    }
-    fn keepalive(&mut self) -> Vec<SseFrame> {
-        Self::keepalive(self)
-    }
-    fn take_failure(&mut self) -> Option<LlmError> {
-        Self::take_failure(self)
-    }
-}
+// It may fail an answer itself (a compaction without a summary).
+stream_encoder!(openai_responses::ResponseStreamEncoder, take_failure);
 
 /// What differs between the chat protocols.
 trait ChatProtocol {

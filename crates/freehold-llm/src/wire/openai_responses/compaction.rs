@@ -91,6 +91,34 @@ pub(super) fn message_for(item: &CompactionItem, field: &str) -> Result<Message,
     Ok(Message::user(format!("{SUMMARY_INTRO}\n\n{summary}")))
 }
 
+/// A compaction's summary as the model writes it: its runs of text, a
+/// blank line between two that something else (reasoning, a call) parted.
+#[derive(Debug, Default)]
+pub(super) struct Summary {
+    text: String,
+    parted: bool,
+}
+
+impl Summary {
+    /// More of the model's text.
+    pub(super) fn push(&mut self, text: &str) {
+        if std::mem::take(&mut self.parted) && !self.text.is_empty() && !text.is_empty() {
+            self.text.push_str("\n\n");
+        }
+        self.text.push_str(text);
+    }
+
+    /// Something other than text came.
+    pub(super) fn part(&mut self) {
+        self.parted = true;
+    }
+
+    /// The summary written so far, taken.
+    pub(super) fn take(&mut self) -> String {
+        std::mem::take(&mut self.text)
+    }
+}
+
 /// The `compaction` output item for the summary the model wrote, which
 /// ended for `reason`. A summary cut at the length bound is kept, with a
 /// warning: a compaction's client (Codex) cannot go on from an incomplete

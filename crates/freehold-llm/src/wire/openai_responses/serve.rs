@@ -9,7 +9,7 @@ use freehold_protocol::{
 };
 use serde_json::{Value, json};
 
-use super::compaction::{self, SUMMARY_REQUEST, kept_by_compaction};
+use super::compaction::{self, SUMMARY_REQUEST, Summary, kept_by_compaction};
 use super::{
     ArgumentsDoneEvent, CompactionTriggerItem, ContentItem, CustomToolCallItem, DeltaEvent,
     FunctionCallItem, FunctionCallOutputItem, IncompleteDetails, InputDoneEvent, Item, ItemContent,
@@ -1316,6 +1316,17 @@ pub fn encode_response_for(
     }
     flush(&mut text, &mut output);
     let (status, incomplete_details) = final_status(&response.stop_reason);
+    whole_response(response, model, output, status, incomplete_details)
+}
+
+/// The `response` object of a whole answer, with its `output` items.
+fn whole_response(
+    response: &ChatResponse,
+    model: &str,
+    output: Vec<Item>,
+    status: &str,
+    incomplete_details: Option<IncompleteDetails>,
+) -> ResponseObject {
     ResponseObject {
         id: response.id.clone().unwrap_or_else(|| generated_id("resp_")),
         object: "response".into(),
@@ -1348,40 +1359,11 @@ pub fn encode_compaction(response: &ChatResponse, model: &str) -> Result<Respons
             _ => summary.part(),
         }
     }
-    let output = vec![compaction::item_for(&summary.text, &response.stop_reason)?];
-    Ok(ResponseObject {
-        id: response.id.clone().unwrap_or_else(|| generated_id("resp_")),
-        object: "response".into(),
-        created_at: Some(unix_now().into()),
-        status: Some("completed".into()),
-        model: model.to_owned(),
-        output,
-        error: None,
-        incomplete_details: None,
-        usage: Some(ResponseUsage::from(&response.usage)),
-    })
-}
-
-/// A compaction's summary as the model writes it: its runs of text, a
-/// blank line between two that something else (reasoning, a call) parted.
-#[derive(Debug, Default)]
-struct Summary {
-    text: String,
-    parted: bool,
-}
-
-impl Summary {
-    fn push(&mut self, text: &str) {
-        if std::mem::take(&mut self.parted) && !self.text.is_empty() && !text.is_empty() {
-            self.text.push_str("\n\n");
-        }
-        self.text.push_str(text);
-    }
-
-    /// Something other than text came.
-    fn part(&mut self) {
-        self.parted = true;
-    }
+    let output = vec![compaction::item_for(
+        &summary.take(),
+        &response.stop_reason,
+    )?];
+    Ok(whole_response(response, model, output, "completed", None))
 }
 
 /// Encodes the answer to `POST /v1/responses/compact` (decoded by
@@ -2021,7 +2003,7 @@ impl ResponseStreamEncoder {
         let summary = self
             .compaction
             .as_mut()
-            .map(|summary| std::mem::take(&mut summary.text))
+            .map(Summary::take)
             .unwrap_or_default();
         let item = match compaction::item_for(&summary, reason) {
             Ok(item) => item,
