@@ -347,6 +347,67 @@ def responses_compaction():
     return {"summary": summary, "streamed_events": events}
 
 
+CONTEXT_MANAGEMENT_BETA = "context-management-2025-06-27"
+
+
+def weather_conversation():
+    """Three get_weather calls, one a turn, each with a long report."""
+    messages = [{"role": "user", "content": "What is the weather in Paris, Rome and Oslo?"}]
+    for index, city in enumerate(["Paris", "Rome", "Oslo"]):
+        messages.append({"role": "assistant", "content": [
+            {"type": "tool_use", "id": f"toolu_{index}", "name": "get_weather",
+             "input": {"city": city}}]})
+        report = f"{city}: 18 degrees, a light wind from the west. " * 30
+        messages.append({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": f"toolu_{index}", "content": report}]})
+    return messages
+
+
+def read_tokens(usage):
+    """The prompt's tokens, cached or not (Anthropic counts cache reads and
+    writes apart from input_tokens)."""
+    return (usage.input_tokens + (usage.cache_read_input_tokens or 0)
+            + (usage.cache_creation_input_tokens or 0))
+
+
+def anthropic_context_editing():
+    """Anthropic's context editing through the SDK's beta API: past the
+    trigger, all tool results but the last are cleared before the model
+    reads the conversation, and the answer says so in the SDK's own types,
+    whole and streamed; under it nothing is cleared and the answer says
+    that too; count_tokens counts the conversation as the model reads it."""
+    client = ant()
+    edits = {"edits": [{"type": "clear_tool_uses_20250919",
+                        "trigger": {"type": "input_tokens", "value": 200},
+                        "keep": {"type": "tool_uses", "value": 1}}]}
+    asked = dict(model=MODEL, max_tokens=16, tools=[WEATHER_ANTHROPIC],
+                 messages=weather_conversation(), betas=[CONTEXT_MANAGEMENT_BETA])
+    plain = client.beta.messages.create(**asked)
+    assert plain.context_management is None, plain.context_management
+    edited = client.beta.messages.create(**asked, context_management=edits)
+    applied = edited.context_management.applied_edits
+    assert [edit.type for edit in applied] == ["clear_tool_uses_20250919"], applied
+    assert applied[0].cleared_tool_uses == 2, applied
+    assert applied[0].cleared_input_tokens > 0, applied
+    with client.beta.messages.stream(**asked, context_management=edits) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.context_management.applied_edits == applied, streamed.context_management
+    high = {"edits": [dict(edits["edits"][0],
+                           trigger={"type": "input_tokens", "value": 1_000_000})]}
+    untouched = client.beta.messages.create(**asked, context_management=high)
+    assert untouched.context_management.applied_edits == [], untouched.context_management
+    counting = {name: asked[name] for name in ("model", "tools", "messages", "betas")}
+    counted_whole = client.beta.messages.count_tokens(**counting).input_tokens
+    counted_edited = client.beta.messages.count_tokens(
+        **counting, context_management=edits).input_tokens
+    assert counted_edited < counted_whole, (counted_edited, counted_whole)
+    return {
+        "input_tokens": {"plain": read_tokens(plain.usage), "edited": read_tokens(edited.usage)},
+        "counted": {"plain": counted_whole, "edited": counted_edited},
+        "cleared_input_tokens": applied[0].cleared_input_tokens,
+    }
+
+
 def anthropic_messages():
     client = ant()
     reply = client.messages.create(
@@ -712,7 +773,7 @@ SCENARIOS = {f.__name__: f for f in [
     long_prompts, rate_limited, budget_spent, gateway_errors,
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
     openai_responses, responses_custom_tools, responses_compaction, anthropic_messages,
-    anthropic_tools,
+    anthropic_tools, anthropic_context_editing,
     anthropic_errors, silent_upstream, refusals, stop_sequences,
 ]}
 

@@ -593,6 +593,7 @@ async fn official_sdks_against_a_mock_upstream() {
         "openai_responses",
         "responses_compaction",
         "anthropic_tools",
+        "anthropic_context_editing",
     ] {
         let result = served.scenario(&python, scenario, &expect).await;
         eprintln!("{scenario}: {result}");
@@ -614,7 +615,7 @@ async fn official_sdks_against_a_mock_upstream() {
     assert_eq!(errors["model_not_found"], 404);
     // Every chat, tool and embedding call reached the upstream
     // (count_tokens was estimated by the gateway itself).
-    assert_eq!(upstream.requests(), 22);
+    assert_eq!(upstream.requests(), 26);
     // A refusal reaches each SDK as its own (the mock refuses when asked
     // to), whole and streamed.
     let refusal = [("FREEHOLD_EXPECT_REFUSAL", MOCK_REFUSAL)];
@@ -819,6 +820,17 @@ async fn tool_calls_round_trip_through_qwen_in_every_protocol() {
         let result = served.scenario(&python, scenario, &env).await;
         eprintln!("{scenario}: {result}");
     }
+    // Anthropic's context editing made by the router for the engine: the
+    // model reads fewer tokens with the old results cleared, and
+    // count_tokens, asked with the same edits, counts what it read.
+    let edited = served
+        .scenario(&python, "anthropic_context_editing", &env)
+        .await;
+    eprintln!("anthropic_context_editing: {edited}");
+    let read = &edited["input_tokens"];
+    assert!(read["edited"].as_u64() < read["plain"].as_u64(), "{edited}");
+    assert_eq!(edited["counted"]["edited"], read["edited"], "{edited}");
+    assert_eq!(edited["counted"]["plain"], read["plain"], "{edited}");
 }
 
 /// A chat completion streamed slowly: ten words, 300 ms apart.

@@ -426,9 +426,12 @@ pub(crate) async fn count_input_tokens(
             return Err(error);
         }
     };
+    // Estimated as the model would read it: after the context edits.
+    let edited = edited_for_estimate(&request);
+    let estimated = edited.as_ref().unwrap_or(&request);
     let estimate = match targets.first() {
-        Some(first) => InputEstimate::of(&request).for_target(&routes, first),
-        None => request.estimated_input_tokens(),
+        Some(first) => InputEstimate::of(estimated).for_target(&routes, first),
+        None => estimated.estimated_input_tokens(),
     };
     let call = routes.router.count_input_tokens_on(targets, request);
     let (target, counted) = call_upstream(&mut accounting, call).await?;
@@ -448,6 +451,21 @@ pub(crate) async fn count_input_tokens(
             exact: false,
         },
     })
+}
+
+/// `request` with the context edits it asks for made, as a provider that
+/// does not make them itself gets it, its size estimated for their
+/// trigger; `None` when it asks for none, or asks for one only Anthropic
+/// makes.
+fn edited_for_estimate(request: &ChatRequest) -> Option<ChatRequest> {
+    let asked = request.context_management.as_ref()?;
+    let edits = freehold_llm::context_edit::ContextEdits::parse(asked).ok()?;
+    let mut edited = request.clone();
+    edited.context_management = None;
+    edits
+        .apply(&mut edited, request.estimated_input_tokens())
+        .ok()?;
+    Some(edited)
 }
 
 /// A request's input tokens, estimated from its size, as each provider

@@ -26,6 +26,9 @@ use serde_json::{Value, json};
 #[path = "gateway/keepalive.rs"]
 mod keepalive;
 
+#[path = "gateway/context_edits.rs"]
+mod context_edits;
+
 const MASTER: &str = "fh-master-for-tests";
 
 /// A routing table over one provider `mock` with the given replicas; the
@@ -3256,6 +3259,8 @@ fn anthropic_routes_with(url: &str, catalog: Catalog) -> Routes {
     let provider: Arc<dyn Provider> = ProviderConfig {
         kind: Some(ProviderKind::Anthropic),
         base_url: Some(format!("{url}/v1")),
+        // The mock stands for Anthropic's own API.
+        anthropic_api: Some(true),
         ..ProviderConfig::default()
     }
     .resolve("claude")

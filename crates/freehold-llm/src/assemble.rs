@@ -47,6 +47,14 @@ impl StreamAssembler {
         }
     }
 
+    /// Context edits the provider made before its model read the
+    /// conversation (Anthropic's `context_management.applied_edits`).
+    pub fn context_edited(&mut self, edits: Vec<freehold_protocol::AppliedContextEdit>) {
+        if !edits.is_empty() {
+            self.ready.push(StreamEvent::ContextEdited { edits });
+        }
+    }
+
     /// Answer text.
     pub fn text(&mut self, text: &str) {
         if !text.is_empty() {

@@ -383,6 +383,12 @@ impl Provider for ReplicaSet {
         self.health()
     }
 
+    fn makes_context_edits(&self) -> bool {
+        self.replicas
+            .first()
+            .is_some_and(|replica| replica.makes_context_edits())
+    }
+
     fn capabilities(&self, model: &str) -> Capabilities {
         self.replicas
             .first()

@@ -138,6 +138,13 @@ pub struct ProviderConfig {
     /// requires one; default 8192).
     #[serde(default)]
     pub default_max_tokens: Option<u32>,
+    /// Anthropic only: the server is Anthropic's own API, which makes the
+    /// context edits a client asks for (`context_management`) itself: they
+    /// are sent as asked. Otherwise Freehold makes them before the request
+    /// leaves, since a server that only speaks the protocol may not
+    /// (default: on when the base URL is `api.anthropic.com`).
+    #[serde(default)]
+    pub anthropic_api: Option<bool>,
     /// Ollama only: the smallest `num_ctx` requested (default 8192).
     #[serde(default)]
     pub num_ctx_min: Option<u32>,
@@ -337,6 +344,9 @@ pub struct ResolvedProvider {
     pub headers_env: Vec<(String, String)>,
     /// Anthropic's default `max_tokens`.
     pub default_max_tokens: Option<u32>,
+    /// Whether the Anthropic server is Anthropic's own API (`None`: judged
+    /// by its base URL).
+    pub anthropic_api: Option<bool>,
     /// Ollama's settings.
     pub ollama: OllamaSettings,
     /// The embedded engine's settings (`kind = "local"`).
@@ -499,6 +509,11 @@ impl ProviderConfig {
                 self.default_max_tokens.is_some(),
             ),
             (
+                "anthropic_api",
+                ProviderKind::Anthropic,
+                self.anthropic_api.is_some(),
+            ),
+            (
                 "num_ctx_min",
                 ProviderKind::Ollama,
                 self.num_ctx_min.is_some(),
@@ -591,6 +606,7 @@ impl ProviderConfig {
             headers: self.headers.clone().into_iter().collect(),
             headers_env: self.headers_env.clone().into_iter().collect(),
             default_max_tokens: self.default_max_tokens,
+            anthropic_api: self.anthropic_api,
             ollama: self.ollama_settings(),
             engine,
         })
@@ -739,11 +755,15 @@ impl ResolvedProvider {
                     .with_openai_api(self.dialect.openai_api),
             ),
             ProviderKind::Anthropic => {
-                let client = crate::client::AnthropicClient::new(options).map_err(client_error)?;
-                Arc::new(match self.default_max_tokens {
-                    Some(max) => client.with_default_max_tokens(max),
-                    None => client,
-                })
+                let mut client =
+                    crate::client::AnthropicClient::new(options).map_err(client_error)?;
+                if let Some(max) = self.default_max_tokens {
+                    client = client.with_default_max_tokens(max);
+                }
+                if let Some(anthropic_api) = self.anthropic_api {
+                    client = client.with_anthropic_api(anthropic_api);
+                }
+                Arc::new(client)
             }
             ProviderKind::Gemini => {
                 Arc::new(crate::client::GeminiClient::new(options).map_err(client_error)?)

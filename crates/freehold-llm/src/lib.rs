@@ -13,6 +13,8 @@
 //!   ([`stop`]);
 //! - reasoning a model writes into its text between `<think>` tags, moved
 //!   to reasoning where the server left it there ([`think`]);
+//! - Anthropic's context editing, made by the router for providers that do
+//!   not make it themselves ([`context_edit`]);
 //! - [`secret::ApiKey`], which never prints itself.
 //!
 //! What it must not do: know about agents, terminals or HTTP servers. The
@@ -31,6 +33,7 @@ pub mod balance;
 pub mod catalog;
 pub mod client;
 pub mod config;
+pub mod context_edit;
 pub mod cost;
 pub mod http;
 pub mod inline;

@@ -27,6 +27,14 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// What `model` can do on this provider.
     fn capabilities(&self, model: &str) -> Capabilities;
 
+    /// Whether the provider makes Anthropic's context edits
+    /// ([`ChatRequest::context_management`]) itself, as Anthropic's API
+    /// does; for one that does not (this default), the router makes them
+    /// before the request reaches it ([`crate::context_edit`]).
+    fn makes_context_edits(&self) -> bool {
+        false
+    }
+
     /// Starts a streamed answer. The stream follows the order documented on
     /// [`StreamEvent`].
     ///

@@ -37,13 +37,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use freehold_protocol::{
-    Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, ErrorKind, LlmError,
-    ModelInfo, Usage,
+    AppliedContextEdit, Capabilities, ChatRequest, ChatResponse, EmbedRequest, EmbedResponse,
+    ErrorKind, LlmError, ModelInfo, StreamEvent, Usage,
 };
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::balance::{HealthSettings, first_content};
 use crate::catalog::{Catalog, Pricing};
+use crate::context_edit::ContextEdits;
 use crate::cost::cost;
 use crate::provider::{EventStream, Provider};
 
@@ -318,7 +320,12 @@ impl Router {
         let mut last_error = None;
         for (attempt, target) in targets.into_iter().enumerate() {
             let provider = self.provider(&target)?;
-            let call = provider.stream(target_request(&request, &target));
+            let call = async {
+                let (request, edits) =
+                    with_context_edits(provider, target_request(&request, &target)).await?;
+                let stream = provider.stream(request).await?;
+                Ok(report_context_edits(stream, edits))
+            };
             let result = match with_fallback_after(attempt < last, call).await {
                 Ok(stream) if attempt < last => first_content(stream, &target.provider).await,
                 other => other,
@@ -363,7 +370,14 @@ impl Router {
     ) -> Result<(Target, ChatResponse), LlmError> {
         self.whole(&request.model, targets, |provider, target| {
             let request = target_request(&request, target);
-            async move { provider.complete(request).await }
+            async move {
+                let (request, edits) = with_context_edits(&provider, request).await?;
+                let mut response = provider.complete(request).await?;
+                if !edits.is_empty() {
+                    response.context_edits = edits;
+                }
+                Ok(response)
+            }
         })
         .await
     }
@@ -428,7 +442,11 @@ impl Router {
     ) -> Result<(Target, Option<u64>), LlmError> {
         self.whole(&request.model, targets, |provider, target| {
             let request = target_request(&request, target);
-            async move { provider.count_input_tokens(request).await }
+            // Counted as the model would read it: after the context edits.
+            async move {
+                let (request, _) = with_context_edits(&provider, request).await?;
+                provider.count_input_tokens(request).await
+            }
         })
         .await
     }
@@ -667,6 +685,78 @@ fn target_request(request: &ChatRequest, target: &Target) -> ChatRequest {
     let mut request = request.clone();
     request.model.clone_from(&target.model);
     request
+}
+
+/// `request` as `provider` gets it: when it asks for Anthropic's context
+/// edits and the provider does not make them itself, made here first
+/// ([`crate::context_edit`]), and what they cleared. A trigger in input
+/// tokens is measured by the provider's own count where it has one, and
+/// estimated otherwise.
+///
+/// # Errors
+/// An edit that cannot be made here (a server-side compaction), or a
+/// `context_management` that is not what the API takes, as an invalid
+/// request.
+async fn with_context_edits(
+    provider: &Arc<dyn Provider>,
+    mut request: ChatRequest,
+) -> Result<(ChatRequest, Vec<AppliedContextEdit>), LlmError> {
+    if provider.makes_context_edits() {
+        return Ok((request, Vec::new()));
+    }
+    // The provider is not sent what it would not understand.
+    let Some(asked) = request.context_management.take() else {
+        return Ok((request, Vec::new()));
+    };
+    let invalid = |error: crate::context_edit::ContextEditError| {
+        LlmError::new(
+            ErrorKind::InvalidRequest,
+            provider.name(),
+            error.to_string(),
+        )
+    };
+    let edits = ContextEdits::parse(&asked).map_err(invalid)?;
+    let input_tokens = if edits.needs_input_tokens() {
+        match provider.count_input_tokens(request.clone()).await {
+            Ok(Some(count)) => count,
+            Ok(None) => estimated_input_tokens(provider.as_ref(), &request),
+            Err(error) => {
+                tracing::debug!(error = %error, "cannot count for context edits; estimating");
+                estimated_input_tokens(provider.as_ref(), &request)
+            }
+        }
+    } else {
+        0
+    };
+    let edits = edits.apply(&mut request, input_tokens).map_err(invalid)?;
+    if !edits.is_empty() {
+        tracing::debug!(edits = ?edits, "context edited");
+    }
+    Ok((request, edits))
+}
+
+/// `request`'s input tokens estimated as `provider` reads them.
+fn estimated_input_tokens(provider: &dyn Provider, request: &ChatRequest) -> u64 {
+    if provider.capabilities(&request.model).documents {
+        request.estimated_input_tokens()
+    } else {
+        request.estimated_input_tokens_as_notes()
+    }
+}
+
+/// `stream` with the context edits made for it reported after its first
+/// event ([`StreamEvent::ContextEdited`]).
+fn report_context_edits(stream: EventStream, edits: Vec<AppliedContextEdit>) -> EventStream {
+    if edits.is_empty() {
+        return stream;
+    }
+    let mut edits = Some(edits);
+    Box::pin(stream.flat_map(move |event| {
+        let report = edits
+            .take()
+            .map(|edits| Ok(StreamEvent::ContextEdited { edits }));
+        futures::stream::iter(std::iter::once(event).chain(report))
+    }))
 }
 
 fn answered(requested: &str, target: &Target, attempt: usize) {

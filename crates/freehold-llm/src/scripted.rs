@@ -83,6 +83,7 @@ impl ScriptedAnswer {
                 usage: Usage::default(),
                 stop_reason,
                 timings: None,
+                context_edits: Vec::new(),
             },
             delay: Duration::ZERO,
             error: None,

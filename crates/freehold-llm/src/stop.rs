@@ -320,7 +320,11 @@ impl StopStream {
                 return;
             }
             // Counts say nothing of the text: they go out as they come.
-            Ok(event @ (StreamEvent::UsageSoFar(_) | StreamEvent::Timings(_))) => {
+            Ok(
+                event @ (StreamEvent::UsageSoFar(_)
+                | StreamEvent::Timings(_)
+                | StreamEvent::ContextEdited { .. }),
+            ) => {
                 self.ready.push_back(Ok(event));
                 return;
             }
@@ -779,6 +783,7 @@ mod tests {
             usage: Usage::default(),
             stop_reason: StopReason::ToolUse,
             timings: None,
+            context_edits: Vec::new(),
         };
         let untouched = response.clone();
         stops(&["4"]).apply_to_response(&mut response);

@@ -141,6 +141,7 @@ impl ThinkStream {
             // Counts so far and the answer's start say nothing of the text.
             event @ (StreamEvent::Start { .. }
             | StreamEvent::UsageSoFar(_)
+            | StreamEvent::ContextEdited { .. }
             | StreamEvent::Timings(_)) => self.ready.push_back(Ok(event)),
             event => {
                 // Anything else before the text (the server's own
@@ -491,6 +492,7 @@ mod tests {
             usage: Usage::default(),
             stop_reason: StopReason::EndTurn,
             timings: None,
+            context_edits: Vec::new(),
         };
         let thinking = |text: &str| {
             ContentPart::Reasoning(Reasoning {

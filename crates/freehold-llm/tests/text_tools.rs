@@ -816,6 +816,7 @@ impl Canned {
             usage: Usage::default(),
             stop_reason: StopReason::EndTurn,
             timings: None,
+            context_edits: Vec::new(),
         }
     }
 }
@@ -925,6 +926,7 @@ fn recover_in_response_matches_recover() {
             usage: Usage::default(),
             stop_reason: StopReason::EndTurn,
             timings: None,
+            context_edits: Vec::new(),
         };
         let changed = recover_in_response(&mut response, &tools);
         assert_eq!(changed, sample.expected.is_some(), "{}", sample.name);

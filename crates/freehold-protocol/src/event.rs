@@ -229,11 +229,37 @@ pub enum StreamEvent {
     Usage(Usage),
     /// How long the answer took (providers that measure it; before `Stop`).
     Timings(Timings),
+    /// Context edits made to the conversation before the model read it
+    /// (Anthropic's context editing, `context_management`): an encoder of a
+    /// protocol that reports them does so at the answer's end.
+    ContextEdited {
+        /// The edits, in the order they were made.
+        edits: Vec<AppliedContextEdit>,
+    },
     /// The answer is complete.
     Stop {
         /// Why it ended.
         reason: StopReason,
     },
+}
+
+/// A context edit made to a conversation before the model read it, as
+/// Anthropic's API reports one (`context_management.applied_edits`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedContextEdit {
+    /// The strategy, as Anthropic names it (`clear_tool_uses_20250919`,
+    /// `clear_thinking_20251015`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The input tokens the edit took out.
+    #[serde(default)]
+    pub cleared_input_tokens: u64,
+    /// The tool uses it cleared (tool-use edits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_tool_uses: Option<u64>,
+    /// The assistant turns whose thinking it cleared (thinking edits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_thinking_turns: Option<u64>,
 }
 
 /// A complete (non-streamed) answer.
@@ -254,6 +280,10 @@ pub struct ChatResponse {
     /// How long it took, where the provider measured it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timings: Option<Timings>,
+    /// Context edits made to the conversation before the model read it
+    /// ([`StreamEvent::ContextEdited`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context_edits: Vec<AppliedContextEdit>,
 }
 
 impl ChatResponse {
@@ -264,6 +294,11 @@ impl ChatResponse {
             id: self.id.clone(),
             model: self.model.clone(),
         }];
+        if !self.context_edits.is_empty() {
+            events.push(StreamEvent::ContextEdited {
+                edits: self.context_edits.clone(),
+            });
+        }
         let mut index = 0u32;
         // A refusal's text is marked as one before it starts.
         let mut refusal = self.stop_reason == StopReason::Refusal;
@@ -340,6 +375,7 @@ pub struct ResponseBuilder {
     usage: Usage,
     timings: Option<Timings>,
     stop_reason: Option<StopReason>,
+    context_edits: Vec<AppliedContextEdit>,
 }
 
 impl ResponseBuilder {
@@ -417,6 +453,7 @@ impl ResponseBuilder {
             }
             StreamEvent::UsageSoFar(usage) | StreamEvent::Usage(usage) => self.usage = *usage,
             StreamEvent::Timings(timings) => self.timings = Some(*timings),
+            StreamEvent::ContextEdited { edits } => self.context_edits.extend_from_slice(edits),
             StreamEvent::Stop { reason } => self.stop_reason = Some(reason.clone()),
         }
     }
@@ -462,6 +499,7 @@ impl ResponseBuilder {
             usage: self.usage,
             stop_reason,
             timings: self.timings,
+            context_edits: self.context_edits,
         }
     }
 }

@@ -75,6 +75,12 @@ pub struct ChatRequest {
     /// `auto`, `default`, `flex`, `priority`), as it spelled it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_tier: Option<String>,
+    /// Anthropic's context editing (`context_management`), as the client
+    /// sent it: an Anthropic upstream gets it as it is and edits the
+    /// conversation itself; for any other provider the router makes the
+    /// edits first (`freehold_llm::context_edit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_management: Option<serde_json::Value>,
 }
 
 /// How long an answer's text should be, for models that take a hint.
@@ -121,6 +127,7 @@ impl ChatRequest {
             cache_key: None,
             verbosity: None,
             service_tier: None,
+            context_management: None,
         }
     }
 

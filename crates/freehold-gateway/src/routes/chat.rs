@@ -149,14 +149,19 @@ impl ChatProtocol for Messages {
     fn encode(
         response: &ChatResponse,
         model: &str,
-        _: &Self::Options,
+        options: &Self::Options,
     ) -> Result<Self::Response, LlmError> {
-        Ok(anthropic::encode_response(response, model))
+        Ok(anthropic::encode_response_for(response, model, options))
     }
-    fn encoder(model: &str, _: Self::Options, input_estimate: u64) -> Self::Encoder {
+    fn encoder(model: &str, options: Self::Options, input_estimate: u64) -> Self::Encoder {
         // message_start goes out before the provider reports usage: it
         // carries the estimate, and message_delta the real count.
-        anthropic::MessageStreamEncoder::new(model, None, input_estimate)
+        let encoder = anthropic::MessageStreamEncoder::new(model, None, input_estimate);
+        if options.context_management {
+            encoder.reporting_context_edits()
+        } else {
+            encoder
+        }
     }
 }
 

@@ -31,6 +31,8 @@ pub struct AnthropicClient {
     transport: Transport,
     headers: HeaderMap,
     default_max_tokens: u32,
+    /// The server is Anthropic's own API, which makes context edits itself.
+    anthropic_api: bool,
 }
 
 impl AnthropicClient {
@@ -83,12 +85,22 @@ impl AnthropicClient {
             KeyHeader::Named("x-api-key"),
             &[("anthropic-version", ANTHROPIC_VERSION)],
         )?;
+        let anthropic_api = is_anthropics_own(&options.base_url);
         Ok(Self {
             options,
             transport,
             headers,
             default_max_tokens: DEFAULT_MAX_TOKENS,
+            anthropic_api,
         })
+    }
+
+    /// The same client, saying whether its server is Anthropic's own API
+    /// (which makes the context edits a request asks for itself) rather
+    /// than judging by the base URL.
+    pub fn with_anthropic_api(mut self, anthropic_api: bool) -> Self {
+        self.anthropic_api = anthropic_api;
+        self
     }
 
     /// The same client, sending `max_tokens: n` when a request sets none.
@@ -188,6 +200,14 @@ pub(crate) async fn count_with_messages_endpoint(
     }
 }
 
+/// Whether `base_url` is Anthropic's own API (`api.anthropic.com`).
+fn is_anthropics_own(base_url: &str) -> bool {
+    reqwest::Url::parse(base_url)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_ascii_lowercase))
+        .is_some_and(|host| host == "api.anthropic.com")
+}
+
 fn to_json(transport: &Transport, body: &impl Serialize) -> Result<serde_json::Value, LlmError> {
     serde_json::to_value(body)
         .map_err(|error| transport.error(ErrorKind::InvalidRequest, error.to_string()))
@@ -197,6 +217,14 @@ fn to_json(transport: &Transport, body: &impl Serialize) -> Result<serde_json::V
 impl Provider for AnthropicClient {
     fn name(&self) -> &str {
         &self.options.name
+    }
+
+    /// Anthropic's own API edits the context itself: the request's
+    /// `context_management` goes to it as the client sent it. Another
+    /// server that speaks the protocol may ignore it, or refuse it: the
+    /// router makes the edits for it.
+    fn makes_context_edits(&self) -> bool {
+        self.anthropic_api
     }
 
     fn capabilities(&self, model: &str) -> Capabilities {
@@ -308,5 +336,24 @@ impl Provider for AnthropicClient {
             }
         }
         Ok(models)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_anthropics_own_api_is_taken_for_it() {
+        assert!(is_anthropics_own("https://api.anthropic.com"));
+        assert!(is_anthropics_own("https://API.anthropic.com/v1"));
+        for other in [
+            "https://api.deepseek.com/anthropic",
+            "http://127.0.0.1:8080",
+            "https://api.anthropic.com.example.org",
+            "not a url",
+        ] {
+            assert!(!is_anthropics_own(other), "{other}");
+        }
     }
 }

@@ -149,6 +149,7 @@ mod tests {
             usage: Usage::default(),
             stop_reason: StopReason::EndTurn,
             timings: None,
+            context_edits: Vec::new(),
         }
     }
 

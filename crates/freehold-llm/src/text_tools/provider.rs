@@ -83,6 +83,10 @@ impl Provider for RecoveringProvider {
         self.inner.capabilities(model)
     }
 
+    fn makes_context_edits(&self) -> bool {
+        self.inner.makes_context_edits()
+    }
+
     fn replica_health(&self) -> Vec<crate::balance::ReplicaHealth> {
         self.inner.replica_health()
     }

@@ -21,9 +21,9 @@
 use std::collections::HashMap;
 
 use freehold_protocol::{
-    ChatRequest, ChatResponse, ContentPart, DocumentSource, ErrorKind, ImageSource, LlmError,
-    Message, Reasoning, ReasoningEffort, ResponseFormat, Role, StopReason, ToolCall, ToolChoice,
-    Usage,
+    AppliedContextEdit, ChatRequest, ChatResponse, ContentPart, DocumentSource, ErrorKind,
+    ImageSource, LlmError, Message, Reasoning, ReasoningEffort, ResponseFormat, Role, StopReason,
+    ToolCall, ToolChoice, Usage,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -38,7 +38,7 @@ mod serve_tests;
 
 pub use serve::{
     MessageStreamEncoder, ServeOptions, decode_request, effort_for_budget, effort_for_name,
-    encode_error, encode_response,
+    encode_error, encode_response, encode_response_for,
 };
 
 /// The API's public base URL (the client appends `/v1/messages`).
@@ -485,6 +485,32 @@ pub struct MessagesResponse {
     /// Tokens used.
     #[serde(default)]
     pub usage: WireUsage,
+    /// The context edits the API made (`{"applied_edits": [...]}`), where
+    /// the request asked for context editing; kept as it came, since the
+    /// API may report kinds of edit this crate does not know
+    /// ([`applied_context_edits`] reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_management: Option<Value>,
+}
+
+/// The edits of an answer's `context_management` that this crate can read
+/// (those with a `type`; counts it lacks are zero).
+pub fn applied_context_edits(context_management: Option<&Value>) -> Vec<AppliedContextEdit> {
+    context_management
+        .and_then(|report| report.get("applied_edits"))
+        .and_then(Value::as_array)
+        .map(|edits| {
+            edits
+                .iter()
+                .filter_map(|edit| serde_json::from_value(edit.clone()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An answer's `context_management` reporting `edits`.
+pub fn context_management_report(edits: &[AppliedContextEdit]) -> Value {
+    serde_json::json!({ "applied_edits": edits })
 }
 
 fn message_type() -> String {
@@ -602,6 +628,10 @@ pub enum MessageStreamEvent {
         /// Cumulative usage (`output_tokens` at least).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<WireUsage>,
+        /// The context edits the API made, where the request asked for
+        /// context editing ([`MessagesResponse::context_management`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context_management: Option<Value>,
     },
     /// The answer is complete.
     MessageStop {},
@@ -685,7 +715,8 @@ fn error_type() -> String {
 
 /// The fields of a Messages request that `POST /v1/messages/count_tokens`
 /// accepts; it refuses the others (`max_tokens`, `stream`, sampling).
-pub const COUNT_TOKENS_FIELDS: [&str; 7] = [
+pub const COUNT_TOKENS_FIELDS: [&str; 8] = [
+    "context_management",
     "model",
     "messages",
     "system",
@@ -976,6 +1007,10 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
         metadata: None,
         extra: serde_json::Map::new(),
     };
+    if let Some(context_management) = &request.context_management {
+        wire.extra
+            .insert("context_management".into(), context_management.clone());
+    }
     if let Some(mark) = &request.prompt_cache {
         place_cache_marks(&mut wire, mark);
     }
@@ -1334,6 +1369,7 @@ pub fn decode_response(response: MessagesResponse, structured_tool: Option<&str>
         usage: Usage::from(&response.usage),
         stop_reason,
         timings: None,
+        context_edits: applied_context_edits(response.context_management.as_ref()),
     }
 }
 
@@ -1647,7 +1683,12 @@ impl WireDecoder<SseEvent> for EventDecoder {
                 self.block_delta(index, delta, out)
             }
             MessageStreamEvent::ContentBlockStop { index } => self.block_stop(index, out),
-            MessageStreamEvent::MessageDelta { delta, usage } => {
+            MessageStreamEvent::MessageDelta {
+                delta,
+                usage,
+                context_management,
+            } => {
+                out.context_edited(applied_context_edits(context_management.as_ref()));
                 self.message_delta(delta, usage, out)
             }
             MessageStreamEvent::MessageStop {} => {

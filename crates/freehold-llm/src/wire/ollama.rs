@@ -952,6 +952,7 @@ pub fn decode_response(response: WireChatResponse) -> ChatResponse {
         usage,
         stop_reason,
         timings: None,
+        context_edits: Vec::new(),
     }
 }
 

@@ -1088,6 +1088,7 @@ pub fn decode_response(
         usage: response.usage.as_ref().map(Usage::from).unwrap_or_default(),
         stop_reason,
         timings: None,
+        context_edits: Vec::new(),
     })
 }
 

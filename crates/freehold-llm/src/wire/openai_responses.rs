@@ -1565,6 +1565,7 @@ pub fn decode_response(provider: &str, response: ResponseObject) -> Result<ChatR
         usage: response.usage.as_ref().map(Usage::from).unwrap_or_default(),
         stop_reason,
         timings: None,
+        context_edits: Vec::new(),
     })
 }
 

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use freehold_protocol::{
-    ChatRequest, ChatResponse, ContentPart, Document, DocumentSource, ErrorKind, ImageSource,
-    LlmError, Message, Reasoning, ReasoningEffort, ResponseFormat, Role, Sampling, StopReason,
-    StreamEvent, ToolCall, ToolChoice, ToolResult, ToolSpec, Usage,
+    AppliedContextEdit, ChatRequest, ChatResponse, ContentPart, Document, DocumentSource,
+    ErrorKind, ImageSource, LlmError, Message, Reasoning, ReasoningEffort, ResponseFormat, Role,
+    Sampling, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult, ToolSpec, Usage,
 };
 use serde_json::Value;
 
@@ -15,8 +15,9 @@ use super::{
     ApiError, BlockDelta, ContentBlock, ErrorResponse, MessageContent, MessageDeltaBody,
     MessageStreamEvent, MessagesRequest, MessagesResponse, ORIGIN, ThinkingConfig,
     ToolResultContent, WireDocumentSource, WireImageSource, WireToolChoice, WireUsage,
-    arguments_object, input_text, stop_reason_name,
+    arguments_object, context_management_report, input_text, stop_reason_name,
 };
+use crate::context_edit::ContextEdits;
 use crate::wire::serve::{
     DecodeError, SseFrame, call_id_for_client, client_message, generated_id, signature_for_client,
     split_client_call_id, split_client_signature, text_of_file,
@@ -28,6 +29,9 @@ use crate::wire::serve::{
 pub struct ServeOptions {
     /// Answer as a stream of named events.
     pub stream: bool,
+    /// The request asked for context editing (`context_management`): the
+    /// answer says which edits were made, even when none were.
+    pub context_management: bool,
 }
 
 /// The reasoning effort whose budget ([`ReasoningEffort::budget_tokens`]) is
@@ -96,12 +100,25 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 ///   `bash_20250124`) are rejected; so are content blocks other than text,
 ///   image, document, tool_use, tool_result, thinking and
 ///   redacted_thinking (server tool results…), and documents given only by
-///   a file's id.
+///   a file's id;
+/// - `context_management` (Anthropic's context editing) is checked
+///   ([`ContextEdits::parse`]) and kept as sent, for an Anthropic upstream
+///   to make or the router to make ([`ChatRequest::context_management`]).
 ///
 /// # Errors
 /// A [`DecodeError`] naming the field at fault.
 pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOptions), DecodeError> {
     let prompt_cache = last_cache_mark(&wire);
+    let context_management = match wire.extra.get("context_management") {
+        None | Some(Value::Null) => None,
+        Some(asked) => {
+            // Checked here, so that a mistake is a 400 whichever provider
+            // would answer; made by the provider or the router.
+            ContextEdits::parse(asked)
+                .map_err(|error| DecodeError::invalid(error.field, error.message))?;
+            Some(asked.clone())
+        }
+    };
     let mut messages = Vec::new();
     if let Some(system) = &wire.system {
         if let super::SystemPrompt::Blocks(blocks) = system {
@@ -278,13 +295,13 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         cache_key: None,
         verbosity: None,
         service_tier: None,
+        context_management,
     };
-    Ok((
-        request,
-        ServeOptions {
-            stream: wire.stream,
-        },
-    ))
+    let options = ServeOptions {
+        stream: wire.stream,
+        context_management: request.context_management.is_some(),
+    };
+    Ok((request, options))
 }
 
 /// The mark the gateway caches a request's prompt with, when the client
@@ -870,7 +887,24 @@ pub fn encode_response(response: &ChatResponse, model: &str) -> MessagesResponse
         stop_reason: Some(final_reason(&response.stop_reason, has_calls)),
         stop_sequence: stop_sequence(&response.stop_reason),
         usage: WireUsage::from(&response.usage),
+        context_management: (!response.context_edits.is_empty())
+            .then(|| context_management_report(&response.context_edits)),
     }
+}
+
+/// [`encode_response`] for a request decoded with `options`: one that asked
+/// for context editing is told which edits were made, even when none were.
+pub fn encode_response_for(
+    response: &ChatResponse,
+    model: &str,
+    options: &ServeOptions,
+) -> MessagesResponse {
+    let mut wire = encode_response(response, model);
+    if options.context_management {
+        wire.context_management
+            .get_or_insert_with(|| context_management_report(&[]));
+    }
+    wire
 }
 
 /// The kind of the content block the encoder has open.
@@ -941,6 +975,9 @@ pub struct MessageStreamEncoder {
     /// keepalives while its arguments are gathered.
     last_frame: Instant,
     keepalive_every: Duration,
+    /// The context edits to report on `message_delta`: `Some` once one is
+    /// made, or from the start when the request asked for context editing.
+    context_edits: Option<Vec<AppliedContextEdit>>,
 }
 
 impl MessageStreamEncoder {
@@ -967,7 +1004,16 @@ impl MessageStreamEncoder {
             arguments: String::new(),
             last_frame: Instant::now(),
             keepalive_every: Self::KEEPALIVE_EVERY,
+            context_edits: None,
         }
+    }
+
+    /// Reports the context edits made on `message_delta` even when there
+    /// are none, for a request that asked for context editing
+    /// ([`ServeOptions::context_management`]).
+    pub fn reporting_context_edits(mut self) -> Self {
+        self.context_edits.get_or_insert_with(Vec::new);
+        self
     }
 
     /// Sends keepalives every `every` (instead of
@@ -1020,6 +1066,7 @@ impl MessageStreamEncoder {
                     cache_read_input_tokens: None,
                     cache_creation: None,
                 },
+                context_management: None,
             },
         }));
     }
@@ -1112,6 +1159,7 @@ impl MessageStreamEncoder {
                 StreamEvent::Usage(_)
                 | StreamEvent::UsageSoFar(_)
                 | StreamEvent::Timings(_)
+                | StreamEvent::ContextEdited { .. }
                 | StreamEvent::Start { .. }
                 | StreamEvent::Stop { .. } => true,
                 _ => false,
@@ -1209,6 +1257,10 @@ impl MessageStreamEncoder {
                 }
             }
             StreamEvent::Usage(usage) => self.usage = Some(*usage),
+            StreamEvent::ContextEdited { edits } => self
+                .context_edits
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(edits),
             StreamEvent::Timings(_) | StreamEvent::UsageSoFar(_) => {}
             StreamEvent::Stop { reason } => {
                 out.extend(self.drain());
@@ -1257,6 +1309,7 @@ impl MessageStreamEncoder {
                 stop_sequence: stop_sequence(reason),
             },
             usage: Some(WireUsage::from(&usage)),
+            context_management: self.context_edits.as_deref().map(context_management_report),
         }));
         out.push(Self::frame(MessageStreamEvent::MessageStop {}));
         out

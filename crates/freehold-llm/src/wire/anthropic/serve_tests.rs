@@ -114,6 +114,7 @@ fn requests_round_trip_through_the_client_encoder() {
         cache_key: None,
         verbosity: None,
         service_tier: None,
+        context_management: None,
     };
     let options = EncodeOptions {
         stream: true,
@@ -189,6 +190,7 @@ fn full_response() -> ChatResponse {
         },
         stop_reason: StopReason::ToolUse,
         timings: None,
+        context_edits: Vec::new(),
     }
 }
 

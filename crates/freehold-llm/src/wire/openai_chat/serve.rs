@@ -180,6 +180,7 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
             .map(|verbosity| decode_verbosity(verbosity, "verbosity"))
             .transpose()?,
         service_tier: wire.service_tier,
+        context_management: None,
     };
     Ok((request, options))
 }
@@ -827,6 +828,7 @@ impl ChunkEncoder {
             StreamEvent::ReasoningSignature { .. }
             | StreamEvent::ToolCallEnd { .. }
             | StreamEvent::UsageSoFar(_)
+            | StreamEvent::ContextEdited { .. }
             | StreamEvent::Timings(_) => {}
         }
         out

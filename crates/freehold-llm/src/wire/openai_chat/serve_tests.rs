@@ -100,6 +100,7 @@ fn full_request() -> ChatRequest {
         cache_key: Some("conversation-1".into()),
         verbosity: Some(Verbosity::Low),
         service_tier: Some("flex".into()),
+        context_management: None,
     }
 }
 
@@ -164,6 +165,7 @@ fn full_response() -> ChatResponse {
         },
         stop_reason: StopReason::ToolUse,
         timings: None,
+        context_edits: Vec::new(),
     }
 }
 

@@ -398,6 +398,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         cache_key: wire.prompt_cache_key,
         verbosity,
         service_tier: wire.service_tier,
+        context_management: None,
     };
     Ok((
         request,
@@ -1774,6 +1775,7 @@ impl ResponseStreamEncoder {
                 StreamEvent::Usage(_)
                 | StreamEvent::UsageSoFar(_)
                 | StreamEvent::Timings(_)
+                | StreamEvent::ContextEdited { .. }
                 | StreamEvent::Start { .. }
                 | StreamEvent::Stop { .. } => true,
                 _ => false,
@@ -1963,7 +1965,9 @@ impl ResponseStreamEncoder {
                 }
             }
             StreamEvent::Usage(usage) => self.usage = Some(*usage),
-            StreamEvent::Timings(_) | StreamEvent::UsageSoFar(_) => {}
+            StreamEvent::Timings(_)
+            | StreamEvent::UsageSoFar(_)
+            | StreamEvent::ContextEdited { .. } => {}
             StreamEvent::Stop { reason } => {
                 out.extend(self.drain());
                 if !self.finished {
@@ -1987,7 +1991,9 @@ impl ResponseStreamEncoder {
             }
             StreamEvent::Usage(usage) => self.usage = Some(*usage),
             StreamEvent::Stop { reason } => out.extend(self.end_compaction(reason)),
-            StreamEvent::Timings(_) | StreamEvent::UsageSoFar(_) => {}
+            StreamEvent::Timings(_)
+            | StreamEvent::UsageSoFar(_)
+            | StreamEvent::ContextEdited { .. } => {}
             // Reasoning, a call or a refusal's start part the text.
             _ => {
                 if let Some(summary) = &mut self.compaction {

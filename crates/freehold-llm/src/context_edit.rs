@@ -1,0 +1,800 @@
+//! Anthropic's context editing (`context_management.edits`), made by
+//! Freehold for providers that do not make it themselves.
+//!
+//! A Messages client can ask for old tool results and old thinking to be
+//! cleared from the conversation before the model reads it, while the
+//! client keeps the whole history. Anthropic's API does it on its side; for
+//! every other provider (the embedded engine, OpenAI-compatible servers…)
+//! the router does it here, with the same settings and defaults, and
+//! reports what it cleared the way Anthropic does
+//! ([`AppliedContextEdit`]).
+//!
+//! - `clear_tool_uses_20250919`: once the conversation is past its trigger
+//!   (100,000 input tokens unless told otherwise, or a number of tool
+//!   uses), every tool result but the last `keep` (3) is replaced by a
+//!   short note, and the call's input too where `clear_tool_inputs` says
+//!   so. Tools named in `exclude_tools` are left alone and not counted.
+//!   With `clear_at_least`, nothing is cleared unless that many tokens
+//!   would be.
+//! - `clear_thinking_20251015`: the reasoning of all but the last `keep`
+//!   assistant messages that have some (1 unless told otherwise; `"all"`
+//!   keeps every one) is taken out.
+//! - `compact_20260112` (a summary made by the server) is Anthropic's own:
+//!   another provider refuses the request rather than let the conversation
+//!   grow past what the client expected.
+//!
+//! This module parses and applies; it does not count tokens. The caller
+//! gives the conversation's input tokens when a trigger needs them
+//! ([`ContextEdits::needs_input_tokens`]); what an edit cleared is
+//! estimated at four bytes a token.
+
+use std::collections::BTreeSet;
+
+use freehold_protocol::{AppliedContextEdit, ChatRequest, ContentPart, Role};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The note a cleared tool result is replaced by.
+pub const CLEARED_RESULT: &str =
+    "[This tool result was cleared to save context. Call the tool again if you need it.]";
+
+/// What a cleared tool call's input becomes.
+const CLEARED_INPUT: &str = "{}";
+
+/// `clear_tool_uses_20250919`'s trigger when none is given, in input tokens.
+pub const DEFAULT_TRIGGER_INPUT_TOKENS: u64 = 100_000;
+
+/// The tool uses `clear_tool_uses_20250919` keeps when not told.
+pub const DEFAULT_KEEP_TOOL_USES: u64 = 3;
+
+/// The assistant messages whose thinking `clear_thinking_20251015` keeps
+/// when not told.
+pub const DEFAULT_KEEP_THINKING_TURNS: u64 = 1;
+
+/// The strategy names, as the API spells them.
+const CLEAR_TOOL_USES: &str = "clear_tool_uses_20250919";
+const CLEAR_THINKING: &str = "clear_thinking_20251015";
+const COMPACT: &str = "compact_20260112";
+
+/// A `context_management` object, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextEdits {
+    edits: Vec<Edit>,
+}
+
+/// One edit of `context_management.edits`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Edit {
+    ClearToolUses(ClearToolUses),
+    ClearThinking {
+        /// `None`: keep every assistant message's thinking.
+        keep_turns: Option<u64>,
+    },
+    /// Anthropic's server-side compaction, which no other provider makes.
+    Compact,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClearToolUses {
+    trigger: Trigger,
+    keep: u64,
+    clear_at_least: u64,
+    exclude_tools: BTreeSet<String>,
+    clear_inputs: ClearInputs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    InputTokens(u64),
+    ToolUses(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ClearInputs {
+    None,
+    All,
+    Of(BTreeSet<String>),
+}
+
+/// A `context_management` that cannot be parsed or applied: `field` is the
+/// path of the value at fault, from `context_management` down.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ContextEditError {
+    /// Where, from `context_management` down (`context_management.edits[1].keep`).
+    pub field: String,
+    /// What is wrong, and how to put it right.
+    pub message: String,
+}
+
+impl ContextEditError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An edit as the API takes it.
+#[derive(Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+enum WireEdit {
+    #[serde(rename = "clear_tool_uses_20250919")]
+    ClearToolUses {
+        #[serde(default)]
+        trigger: Option<WireCount>,
+        #[serde(default)]
+        keep: Option<WireCount>,
+        #[serde(default)]
+        clear_at_least: Option<WireCount>,
+        #[serde(default)]
+        exclude_tools: Option<Vec<String>>,
+        #[serde(default)]
+        clear_tool_inputs: Option<WireClearInputs>,
+    },
+    #[serde(rename = "clear_thinking_20251015")]
+    ClearThinking {
+        #[serde(default)]
+        keep: Option<WireThinkingKeep>,
+    },
+    // Its settings are Anthropic's to read.
+    #[serde(rename = "compact_20260112")]
+    Compact {
+        #[serde(default, rename = "trigger")]
+        _trigger: Option<Value>,
+        #[serde(default, rename = "instructions")]
+        _instructions: Option<Value>,
+        #[serde(default, rename = "pause_after_compaction")]
+        _pause_after_compaction: Option<Value>,
+    },
+}
+
+/// `{"type": "input_tokens" | "tool_uses", "value": N}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireCount {
+    #[serde(rename = "type")]
+    kind: String,
+    value: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireClearInputs {
+    All(bool),
+    Of(Vec<String>),
+}
+
+/// `"all"`, `{"type": "all"}` or `{"type": "thinking_turns", "value": N}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireThinkingKeep {
+    Name(String),
+    Count(WireThinkingCount),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireThinkingCount {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    value: Option<u64>,
+}
+
+impl ContextEdits {
+    /// Parses a `context_management` object as the Messages API takes it.
+    ///
+    /// # Errors
+    /// The first value that is not what the API takes, named by its path.
+    pub fn parse(value: &Value) -> Result<Self, ContextEditError> {
+        let object = value.as_object().ok_or_else(|| {
+            ContextEditError::new(
+                "context_management",
+                "expected an object such as {\"edits\": [{\"type\": \"clear_tool_uses_20250919\"}]}",
+            )
+        })?;
+        if let Some(name) = object.keys().find(|name| name.as_str() != "edits") {
+            return Err(ContextEditError::new(
+                format!("context_management.{name}"),
+                "unknown field (expected only `edits`)",
+            ));
+        }
+        let edits = match object.get("edits") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(edits)) => edits
+                .iter()
+                .enumerate()
+                .map(|(index, edit)| parse_edit(index, edit))
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(ContextEditError::new(
+                    "context_management.edits",
+                    "expected an array of edits",
+                ));
+            }
+        };
+        Ok(Self { edits })
+    }
+
+    /// Whether applying the edits needs the conversation's input tokens (a
+    /// tool-use edit triggered by them).
+    pub fn needs_input_tokens(&self) -> bool {
+        self.edits.iter().any(|edit| {
+            matches!(
+                edit,
+                Edit::ClearToolUses(ClearToolUses {
+                    trigger: Trigger::InputTokens(_),
+                    ..
+                })
+            )
+        })
+    }
+
+    /// Makes the edits on `request`'s conversation, in order, and says what
+    /// each that cleared something cleared. `input_tokens` is the
+    /// conversation's size before the edits, when
+    /// [`Self::needs_input_tokens`]; an earlier edit's clearing counts
+    /// against it for the edits after.
+    ///
+    /// # Errors
+    /// A server-side compaction (`compact_20260112`), which only Anthropic
+    /// makes.
+    pub fn apply(
+        &self,
+        request: &mut ChatRequest,
+        input_tokens: u64,
+    ) -> Result<Vec<AppliedContextEdit>, ContextEditError> {
+        let mut applied = Vec::new();
+        let mut input_tokens = input_tokens;
+        for (index, edit) in self.edits.iter().enumerate() {
+            let done = match edit {
+                Edit::ClearToolUses(settings) => settings.apply(request, input_tokens),
+                Edit::ClearThinking { keep_turns } => clear_thinking(request, *keep_turns),
+                Edit::Compact => {
+                    return Err(ContextEditError::new(
+                        format!("context_management.edits[{index}].type"),
+                        format!(
+                            "`{COMPACT}` (a summary made by Anthropic's API) is served only by \
+                             Anthropic upstreams, and this model's provider is not one; leave it \
+                             out, or route the model to Anthropic"
+                        ),
+                    ));
+                }
+            };
+            if let Some(done) = done {
+                input_tokens = input_tokens.saturating_sub(done.cleared_input_tokens);
+                applied.push(done);
+            }
+        }
+        Ok(applied)
+    }
+}
+
+fn parse_edit(index: usize, edit: &Value) -> Result<Edit, ContextEditError> {
+    let field = format!("context_management.edits[{index}]");
+    let wire: WireEdit = serde_json::from_value(edit.clone()).map_err(|error| {
+        ContextEditError::new(
+            &field,
+            format!(
+                "{error} (the edits served are `{CLEAR_TOOL_USES}`, `{CLEAR_THINKING}` and, by \
+                 Anthropic upstreams only, `{COMPACT}`)"
+            ),
+        )
+    })?;
+    Ok(match wire {
+        WireEdit::ClearToolUses {
+            trigger,
+            keep,
+            clear_at_least,
+            exclude_tools,
+            clear_tool_inputs,
+        } => {
+            let trigger = match trigger {
+                None => Trigger::InputTokens(DEFAULT_TRIGGER_INPUT_TOKENS),
+                Some(count) => match count.kind.as_str() {
+                    "input_tokens" => Trigger::InputTokens(count.value),
+                    "tool_uses" => Trigger::ToolUses(count.value),
+                    other => {
+                        return Err(wrong_count(
+                            &field,
+                            "trigger",
+                            other,
+                            "input_tokens` or `tool_uses",
+                        ));
+                    }
+                },
+            };
+            let keep = match keep {
+                None => DEFAULT_KEEP_TOOL_USES,
+                Some(count) if count.kind == "tool_uses" => count.value,
+                Some(count) => return Err(wrong_count(&field, "keep", &count.kind, "tool_uses")),
+            };
+            let clear_at_least = match clear_at_least {
+                None => 0,
+                Some(count) if count.kind == "input_tokens" => count.value,
+                Some(count) => {
+                    return Err(wrong_count(
+                        &field,
+                        "clear_at_least",
+                        &count.kind,
+                        "input_tokens",
+                    ));
+                }
+            };
+            let clear_inputs = match clear_tool_inputs {
+                None | Some(WireClearInputs::All(false)) => ClearInputs::None,
+                Some(WireClearInputs::All(true)) => ClearInputs::All,
+                Some(WireClearInputs::Of(names)) => ClearInputs::Of(names.into_iter().collect()),
+            };
+            Edit::ClearToolUses(ClearToolUses {
+                trigger,
+                keep,
+                clear_at_least,
+                exclude_tools: exclude_tools.unwrap_or_default().into_iter().collect(),
+                clear_inputs,
+            })
+        }
+        WireEdit::ClearThinking { keep } => {
+            let keep_turns = match keep {
+                None => Some(DEFAULT_KEEP_THINKING_TURNS),
+                Some(WireThinkingKeep::Name(name)) if name == "all" => None,
+                Some(WireThinkingKeep::Count(count)) if count.kind == "all" => None,
+                Some(WireThinkingKeep::Count(WireThinkingCount {
+                    kind,
+                    value: Some(value),
+                })) if kind == "thinking_turns" && value >= 1 => Some(value),
+                Some(_) => {
+                    return Err(ContextEditError::new(
+                        format!("{field}.keep"),
+                        "expected \"all\", {\"type\": \"all\"} or {\"type\": \"thinking_turns\", \
+                         \"value\": N} with N at least 1",
+                    ));
+                }
+            };
+            Edit::ClearThinking { keep_turns }
+        }
+        WireEdit::Compact { .. } => Edit::Compact,
+    })
+}
+
+fn wrong_count(field: &str, name: &str, kind: &str, expected: &str) -> ContextEditError {
+    ContextEditError::new(
+        format!("{field}.{name}.type"),
+        format!("`{kind}` is not a kind of count here (expected `{expected}`)"),
+    )
+}
+
+/// The tokens `text` is estimated to take: four bytes each.
+fn estimated_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
+}
+
+/// One tool call of the conversation: where it is, and where its result is.
+struct ToolUse {
+    name: String,
+    /// (message, part) of the call.
+    call: (usize, usize),
+    /// (message, part) of its result, when the conversation has it.
+    result: Option<(usize, usize)>,
+}
+
+/// The conversation's tool calls in order, each with its result.
+fn tool_uses(request: &ChatRequest) -> Vec<ToolUse> {
+    let mut uses: Vec<ToolUse> = Vec::new();
+    let mut by_id = std::collections::HashMap::new();
+    for (message_index, message) in request.messages.iter().enumerate() {
+        for (part_index, part) in message.content.iter().enumerate() {
+            match part {
+                ContentPart::ToolCall(call) if message.role == Role::Assistant => {
+                    by_id.insert(call.id.as_str(), uses.len());
+                    uses.push(ToolUse {
+                        name: call.name.clone(),
+                        call: (message_index, part_index),
+                        result: None,
+                    });
+                }
+                ContentPart::ToolResult(result) => {
+                    if let Some(&position) = by_id.get(result.call_id.as_str()) {
+                        uses[position].result = Some((message_index, part_index));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    uses
+}
+
+impl ClearToolUses {
+    fn apply(&self, request: &mut ChatRequest, input_tokens: u64) -> Option<AppliedContextEdit> {
+        let uses = tool_uses(request);
+        let triggered = match self.trigger {
+            Trigger::InputTokens(limit) => input_tokens > limit,
+            Trigger::ToolUses(limit) => uses.len() as u64 > limit,
+        };
+        if !triggered {
+            return None;
+        }
+        let clearable: Vec<&ToolUse> = uses
+            .iter()
+            .filter(|tool_use| !self.exclude_tools.contains(&tool_use.name))
+            .collect();
+        let keep = usize::try_from(self.keep).unwrap_or(usize::MAX);
+        let cleared = &clearable[..clearable.len().saturating_sub(keep)];
+        // What clearing would save, before anything is cleared, for
+        // `clear_at_least`.
+        let mut saved = 0u64;
+        let mut to_clear = Vec::new();
+        for tool_use in cleared {
+            let mut saves = 0;
+            if let Some((message, part)) = tool_use.result
+                && let ContentPart::ToolResult(result) = &request.messages[message].content[part]
+                && result.content != CLEARED_RESULT
+            {
+                saves += estimated_tokens(&result.content)
+                    .saturating_sub(estimated_tokens(CLEARED_RESULT));
+            }
+            let clear_input = match &self.clear_inputs {
+                ClearInputs::None => false,
+                ClearInputs::All => true,
+                ClearInputs::Of(names) => names.contains(&tool_use.name),
+            };
+            if clear_input {
+                let (message, part) = tool_use.call;
+                if let ContentPart::ToolCall(call) = &request.messages[message].content[part] {
+                    saves += estimated_tokens(&call.arguments)
+                        .saturating_sub(estimated_tokens(CLEARED_INPUT));
+                }
+            }
+            saved += saves;
+            to_clear.push((tool_use, clear_input));
+        }
+        if to_clear.is_empty() || saved < self.clear_at_least {
+            return None;
+        }
+        for (tool_use, clear_input) in &to_clear {
+            if let Some((message, part)) = tool_use.result
+                && let ContentPart::ToolResult(result) =
+                    &mut request.messages[message].content[part]
+            {
+                result.content = CLEARED_RESULT.to_owned();
+            }
+            if *clear_input {
+                let (message, part) = tool_use.call;
+                if let ContentPart::ToolCall(call) = &mut request.messages[message].content[part] {
+                    call.arguments = CLEARED_INPUT.to_owned();
+                }
+            }
+        }
+        Some(AppliedContextEdit {
+            kind: CLEAR_TOOL_USES.to_owned(),
+            cleared_input_tokens: saved,
+            cleared_tool_uses: Some(to_clear.len() as u64),
+            cleared_thinking_turns: None,
+        })
+    }
+}
+
+/// Takes the reasoning out of all but the last `keep_turns` assistant
+/// messages that have some (`None`: keeps it all).
+fn clear_thinking(
+    request: &mut ChatRequest,
+    keep_turns: Option<u64>,
+) -> Option<AppliedContextEdit> {
+    let keep = usize::try_from(keep_turns?).unwrap_or(usize::MAX);
+    let thinking_turns: Vec<usize> = request
+        .messages
+        .iter()
+        .enumerate()
+        .filter(|(_, message)| {
+            message.role == Role::Assistant
+                && message
+                    .content
+                    .iter()
+                    .any(|part| matches!(part, ContentPart::Reasoning(_)))
+        })
+        .map(|(index, _)| index)
+        .collect();
+    let cleared = &thinking_turns[..thinking_turns.len().saturating_sub(keep)];
+    if cleared.is_empty() {
+        return None;
+    }
+    let mut cleared_input_tokens = 0;
+    for &index in cleared {
+        request.messages[index].content.retain(|part| match part {
+            ContentPart::Reasoning(reasoning) => {
+                cleared_input_tokens += estimated_tokens(&reasoning.text);
+                false
+            }
+            _ => true,
+        });
+    }
+    Some(AppliedContextEdit {
+        kind: CLEAR_THINKING.to_owned(),
+        cleared_input_tokens,
+        cleared_tool_uses: None,
+        cleared_thinking_turns: Some(cleared.len() as u64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use freehold_protocol::{Message, Reasoning, ToolCall, ToolResult};
+    use serde_json::json;
+
+    use super::*;
+
+    /// A conversation with `calls` tool uses, one per assistant message, each
+    /// with a 4,000-byte result, and reasoning on every assistant message.
+    fn conversation(calls: usize) -> ChatRequest {
+        let mut messages = vec![Message::user("read the files")];
+        for index in 0..calls {
+            let name = if index == 0 { "memory" } else { "read" };
+            messages.push(Message {
+                role: Role::Assistant,
+                content: vec![
+                    ContentPart::Reasoning(Reasoning {
+                        text: format!("thinking about step {index}"),
+                        ..Reasoning::default()
+                    }),
+                    ContentPart::ToolCall(ToolCall::new(
+                        format!("call_{index}"),
+                        name,
+                        format!("{{\"path\": \"file_{index}.rs\"}}"),
+                    )),
+                ],
+            });
+            messages.push(Message {
+                role: Role::Tool,
+                content: vec![ContentPart::ToolResult(ToolResult {
+                    call_id: format!("call_{index}"),
+                    content: "x".repeat(4_000),
+                    is_error: false,
+                })],
+            });
+        }
+        ChatRequest::new("m", messages)
+    }
+
+    fn edits(value: Value) -> ContextEdits {
+        match ContextEdits::parse(&json!({ "edits": [value] })) {
+            Ok(edits) => edits,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    fn results(request: &ChatRequest) -> Vec<&str> {
+        request
+            .messages
+            .iter()
+            .flat_map(|message| &message.content)
+            .filter_map(|part| match part {
+                ContentPart::ToolResult(result) => Some(result.content.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn arguments(request: &ChatRequest) -> Vec<&str> {
+        request
+            .messages
+            .iter()
+            .flat_map(|message| &message.content)
+            .filter_map(|part| match part {
+                ContentPart::ToolCall(call) => Some(call.arguments.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reasoning_turns(request: &ChatRequest) -> usize {
+        request
+            .messages
+            .iter()
+            .filter(|message| {
+                message
+                    .content
+                    .iter()
+                    .any(|part| matches!(part, ContentPart::Reasoning(_)))
+            })
+            .count()
+    }
+
+    #[test]
+    fn tool_results_are_cleared_past_the_trigger_but_the_last_few() {
+        let edits = edits(json!({"type": "clear_tool_uses_20250919"}));
+        assert!(edits.needs_input_tokens());
+        let mut request = conversation(5);
+        // Under the default trigger of 100,000 tokens: untouched.
+        let untouched = request.clone();
+        assert_eq!(edits.apply(&mut request, 100_000), Ok(Vec::new()));
+        assert_eq!(request, untouched);
+
+        let applied = edits.apply(&mut request, 100_001).unwrap();
+        assert_eq!(applied.len(), 1);
+        assert_eq!(applied[0].kind, "clear_tool_uses_20250919");
+        assert_eq!(applied[0].cleared_tool_uses, Some(2));
+        let per_result = 1_000 - estimated_tokens(CLEARED_RESULT);
+        assert_eq!(applied[0].cleared_input_tokens, 2 * per_result);
+        let kept = results(&request);
+        assert_eq!(&kept[..2], [CLEARED_RESULT, CLEARED_RESULT]);
+        assert!(kept[2..].iter().all(|result| result.len() == 4_000));
+        // The calls' inputs stay unless asked.
+        assert!(
+            arguments(&request)
+                .iter()
+                .all(|arguments| arguments.contains("file_"))
+        );
+    }
+
+    #[test]
+    fn keep_exclusions_inputs_and_a_tool_use_trigger() {
+        let edits = edits(json!({
+            "type": "clear_tool_uses_20250919",
+            "trigger": {"type": "tool_uses", "value": 4},
+            "keep": {"type": "tool_uses", "value": 1},
+            "exclude_tools": ["memory"],
+            "clear_tool_inputs": true,
+        }));
+        assert!(!edits.needs_input_tokens());
+        let mut four = conversation(4);
+        assert_eq!(
+            edits.apply(&mut four, 0),
+            Ok(Vec::new()),
+            "4 uses is not past 4"
+        );
+
+        let mut request = conversation(5);
+        let applied = edits.apply(&mut request, 0).unwrap();
+        // `memory` (the first) is neither cleared nor counted; of the four
+        // `read`s the last is kept.
+        assert_eq!(applied[0].cleared_tool_uses, Some(3));
+        let kept = results(&request);
+        assert_eq!(kept[0].len(), 4_000);
+        assert_eq!(&kept[1..4], [CLEARED_RESULT; 3]);
+        assert_eq!(kept[4].len(), 4_000);
+        let inputs = arguments(&request);
+        assert_eq!(&inputs[1..4], [CLEARED_INPUT; 3]);
+        assert!(inputs[0].contains("file_0") && inputs[4].contains("file_4"));
+
+        // Inputs of the named tools only.
+        let edits = edits_with_inputs(json!(["memory"]));
+        let mut request = conversation(5);
+        edits.apply(&mut request, 0).unwrap();
+        assert_eq!(arguments(&request)[0], CLEARED_INPUT);
+        assert!(arguments(&request)[1].contains("file_1"));
+    }
+
+    fn edits_with_inputs(inputs: Value) -> ContextEdits {
+        edits(json!({
+            "type": "clear_tool_uses_20250919",
+            "trigger": {"type": "tool_uses", "value": 0},
+            "keep": {"type": "tool_uses", "value": 0},
+            "clear_tool_inputs": inputs,
+        }))
+    }
+
+    #[test]
+    fn nothing_is_cleared_unless_at_least_the_minimum_would_be() {
+        let edits_asking = |minimum: u64| {
+            edits(json!({
+                "type": "clear_tool_uses_20250919",
+                "trigger": {"type": "tool_uses", "value": 0},
+                "keep": {"type": "tool_uses", "value": 2},
+                "clear_at_least": {"type": "input_tokens", "value": minimum},
+            }))
+        };
+        let saved = 1_000 - estimated_tokens(CLEARED_RESULT);
+        let mut request = conversation(3);
+        let untouched = request.clone();
+        assert_eq!(
+            edits_asking(saved + 1).apply(&mut request, 0),
+            Ok(Vec::new())
+        );
+        assert_eq!(request, untouched);
+        let applied = edits_asking(saved).apply(&mut request, 0).unwrap();
+        assert_eq!(applied[0].cleared_input_tokens, saved);
+    }
+
+    #[test]
+    fn thinking_is_cleared_from_all_but_the_last_turns() {
+        let mut request = conversation(4);
+        let applied = edits(json!({"type": "clear_thinking_20251015"}))
+            .apply(&mut request, 0)
+            .unwrap();
+        assert_eq!(applied[0].kind, "clear_thinking_20251015");
+        assert_eq!(applied[0].cleared_thinking_turns, Some(3));
+        assert!(applied[0].cleared_input_tokens > 0);
+        assert_eq!(reasoning_turns(&request), 1);
+        // The calls stay where the thinking was taken out.
+        assert_eq!(arguments(&request).len(), 4);
+
+        let mut request = conversation(4);
+        let two = json!({"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 2}});
+        edits(two).apply(&mut request, 0).unwrap();
+        assert_eq!(reasoning_turns(&request), 2);
+
+        // Claude Code's setting: keep it all.
+        for keep in [json!("all"), json!({"type": "all"})] {
+            let mut request = conversation(4);
+            let untouched = request.clone();
+            let edits = edits(json!({"type": "clear_thinking_20251015", "keep": keep}));
+            assert_eq!(edits.apply(&mut request, 0), Ok(Vec::new()));
+            assert_eq!(request, untouched);
+        }
+    }
+
+    #[test]
+    fn edits_apply_in_order_and_count_what_came_before() {
+        // The thinking cleared first brings the conversation under the tool
+        // edit's trigger.
+        let parsed = ContextEdits::parse(&json!({"edits": [
+            {"type": "clear_thinking_20251015"},
+            {"type": "clear_tool_uses_20250919", "trigger": {"type": "input_tokens", "value": 5_000}},
+        ]}))
+        .unwrap();
+        let mut request = conversation(5);
+        let thinking = estimated_tokens("thinking about step 0") * 4;
+        let applied = parsed.apply(&mut request, 5_000 + thinking).unwrap();
+        assert_eq!(applied.len(), 1);
+        assert_eq!(applied[0].kind, "clear_thinking_20251015");
+    }
+
+    #[test]
+    fn a_server_compaction_is_refused_when_applied_here() {
+        let parsed = edits(
+            json!({"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 150000}}),
+        );
+        let error = parsed.apply(&mut conversation(1), 0).unwrap_err();
+        assert_eq!(error.field, "context_management.edits[0].type");
+        assert!(
+            error.message.contains("only by Anthropic upstreams"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named_by_their_path() {
+        let cases = [
+            (json!([]), "context_management"),
+            (json!({"edits": {}}), "context_management.edits"),
+            (json!({"edit": []}), "context_management.edit"),
+            (
+                json!({"edits": [{"type": "clear_everything"}]}),
+                "context_management.edits[0]",
+            ),
+            (
+                json!({"edits": [{"type": "clear_tool_uses_20250919", "keep": {"type": "input_tokens", "value": 3}}]}),
+                "context_management.edits[0].keep.type",
+            ),
+            (
+                json!({"edits": [{"type": "clear_tool_uses_20250919", "trigger": {"type": "turns", "value": 3}}]}),
+                "context_management.edits[0].trigger.type",
+            ),
+            (
+                json!({"edits": [{"type": "clear_tool_uses_20250919", "clear_at_least": {"type": "tool_uses", "value": 3}}]}),
+                "context_management.edits[0].clear_at_least.type",
+            ),
+            (
+                json!({"edits": [{"type": "clear_tool_uses_20250919", "keeps": 3}]}),
+                "context_management.edits[0]",
+            ),
+            (
+                json!({"edits": [{"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 0}}]}),
+                "context_management.edits[0].keep",
+            ),
+        ];
+        for (value, field) in cases {
+            let error = ContextEdits::parse(&value).unwrap_err();
+            assert_eq!(error.field, field, "{value}: {error}");
+        }
+        let error =
+            ContextEdits::parse(&json!({"edits": [{"type": "clear_everything"}]})).unwrap_err();
+        assert!(
+            error.message.contains("clear_tool_uses_20250919"),
+            "{error}"
+        );
+    }
+}
