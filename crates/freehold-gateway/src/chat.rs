@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::HeaderMap;
+use freehold_llm::context_edit::ContextEdits;
 use freehold_llm::{EventStream, Target};
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, StreamEvent, Usage,
@@ -426,12 +427,10 @@ pub(crate) async fn count_input_tokens(
             return Err(error);
         }
     };
-    // Estimated as the model would read it: after the context edits.
-    let edited = edited_for_estimate(&request);
-    let estimated = edited.as_ref().unwrap_or(&request);
+    let estimate = InputEstimate::of(&request);
     let estimate = match targets.first() {
-        Some(first) => InputEstimate::of(estimated).for_target(&routes, first),
-        None => estimated.estimated_input_tokens(),
+        Some(first) => estimate.for_target(&routes, first),
+        None => estimate.whole,
     };
     let call = routes.router.count_input_tokens_on(targets, request);
     let (target, counted) = call_upstream(&mut accounting, call).await?;
@@ -453,21 +452,6 @@ pub(crate) async fn count_input_tokens(
     })
 }
 
-/// `request` with the context edits it asks for made, as a provider that
-/// does not make them itself gets it, its size estimated for their
-/// trigger; `None` when it asks for none, or asks for one only Anthropic
-/// makes.
-fn edited_for_estimate(request: &ChatRequest) -> Option<ChatRequest> {
-    let asked = request.context_management.as_ref()?;
-    let edits = freehold_llm::context_edit::ContextEdits::parse(asked).ok()?;
-    let mut edited = request.clone();
-    edited.context_management = None;
-    edits
-        .apply(&mut edited, request.estimated_input_tokens())
-        .ok()?;
-    Some(edited)
-}
-
 /// A request's input tokens, estimated from its size, as each provider
 /// gets it: whole, or with each document's note in its place for a
 /// provider that reads no documents (a 300 KB PDF is some 10,000 tokens to
@@ -485,20 +469,28 @@ pub(crate) struct InputEstimate {
 }
 
 impl InputEstimate {
-    /// `request`'s estimate.
+    /// `request`'s estimate, as the model reads it: less what the context
+    /// edits it asks for would clear (Anthropic's `context_management`),
+    /// whether the provider or the router makes them.
     pub(crate) fn of(request: &ChatRequest) -> Self {
         let whole = request.estimated_input_tokens();
         let has_documents = request
             .messages
             .iter()
             .any(freehold_protocol::Message::has_document);
+        let as_notes = if has_documents {
+            request.estimated_input_tokens_as_notes()
+        } else {
+            whole
+        };
+        let cleared = request
+            .context_management
+            .as_ref()
+            .and_then(|asked| ContextEdits::parse(asked).ok())
+            .map_or(0, |edits| edits.estimated_savings(request, whole));
         Self {
-            whole,
-            as_notes: if has_documents {
-                request.estimated_input_tokens_as_notes()
-            } else {
-                whole
-            },
+            whole: whole.saturating_sub(cleared),
+            as_notes: as_notes.saturating_sub(cleared),
         }
     }
 

@@ -383,10 +383,13 @@ impl Provider for ReplicaSet {
         self.health()
     }
 
+    /// Only when every replica does: a request may go to any of them.
     fn makes_context_edits(&self) -> bool {
-        self.replicas
-            .first()
-            .is_some_and(|replica| replica.makes_context_edits())
+        !self.replicas.is_empty()
+            && self
+                .replicas
+                .iter()
+                .all(|replica| replica.makes_context_edits())
     }
 
     fn capabilities(&self, model: &str) -> Capabilities {

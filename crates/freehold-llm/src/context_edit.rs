@@ -19,13 +19,16 @@
 //! - `clear_thinking_20251015`: the reasoning of all but the last `keep`
 //!   assistant messages that have some (1 unless told otherwise; `"all"`
 //!   keeps every one) is taken out.
-//! - `compact_20260112` (a summary made by the server) is Anthropic's own:
-//!   another provider refuses the request rather than let the conversation
-//!   grow past what the client expected.
+//! - `compact_20260112` (a summary made by the server, returned in a
+//!   `compaction` block that no provider here can make and the gateway
+//!   does not pass on) is refused when parsed.
+//! - An edit of a kind this version does not know passes the parse, for
+//!   Anthropic's API to make, and is refused when it would have to be made
+//!   here.
 //!
-//! This module parses and applies; it does not count tokens. The caller
-//! gives the conversation's input tokens when a trigger needs them
-//! ([`ContextEdits::needs_input_tokens`]); what an edit cleared is
+//! This module parses, plans and applies; it does not count tokens. The
+//! caller gives the conversation's input tokens when a trigger needs them
+//! ([`ContextEdits::needs_input_tokens`]); what an edit clears is
 //! estimated at four bytes a token.
 
 use std::collections::BTreeSet;
@@ -70,8 +73,9 @@ enum Edit {
         /// `None`: keep every assistant message's thinking.
         keep_turns: Option<u64>,
     },
-    /// Anthropic's server-side compaction, which no other provider makes.
-    Compact,
+    /// A kind this version does not know, by its `type`: Anthropic's API
+    /// may make it; nothing here can.
+    Unknown(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +120,8 @@ impl ContextEditError {
     }
 }
 
-/// An edit as the API takes it.
+/// An edit of a known kind as the API takes it (the API refuses fields it
+/// does not know, and so does this).
 #[derive(Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
 enum WireEdit {
@@ -137,16 +142,6 @@ enum WireEdit {
     ClearThinking {
         #[serde(default)]
         keep: Option<WireThinkingKeep>,
-    },
-    // Its settings are Anthropic's to read.
-    #[serde(rename = "compact_20260112")]
-    Compact {
-        #[serde(default, rename = "trigger")]
-        _trigger: Option<Value>,
-        #[serde(default, rename = "instructions")]
-        _instructions: Option<Value>,
-        #[serde(default, rename = "pause_after_compaction")]
-        _pause_after_compaction: Option<Value>,
     },
 }
 
@@ -187,7 +182,8 @@ impl ContextEdits {
     /// Parses a `context_management` object as the Messages API takes it.
     ///
     /// # Errors
-    /// The first value that is not what the API takes, named by its path.
+    /// The first value that is not what the API takes, named by its path,
+    /// and a server-side compaction (`compact_20260112`).
     pub fn parse(value: &Value) -> Result<Self, ContextEditError> {
         let object = value.as_object().ok_or_else(|| {
             ContextEditError::new(
@@ -218,18 +214,38 @@ impl ContextEdits {
         Ok(Self { edits })
     }
 
-    /// Whether applying the edits needs the conversation's input tokens (a
-    /// tool-use edit triggered by them).
-    pub fn needs_input_tokens(&self) -> bool {
-        self.edits.iter().any(|edit| {
-            matches!(
-                edit,
-                Edit::ClearToolUses(ClearToolUses {
-                    trigger: Trigger::InputTokens(_),
-                    ..
-                })
-            )
+    /// Whether applying the edits to `request` needs its input tokens: a
+    /// tool-use edit triggered by them that would clear something once
+    /// triggered (so that a conversation with nothing to clear is not
+    /// counted).
+    pub fn needs_input_tokens(&self, request: &ChatRequest) -> bool {
+        self.edits.iter().any(|edit| match edit {
+            Edit::ClearToolUses(settings) => {
+                matches!(settings.trigger, Trigger::InputTokens(_))
+                    && settings.plan(request, u64::MAX).is_some()
+            }
+            Edit::ClearThinking { .. } | Edit::Unknown(_) => false,
         })
+    }
+
+    /// The input tokens the edits would take out of `request`, estimated,
+    /// without making them: for sizing a request (a budget's hold, a
+    /// count) before it is sent. `input_tokens` is the request's size, for
+    /// the triggers.
+    pub fn estimated_savings(&self, request: &ChatRequest, input_tokens: u64) -> u64 {
+        let mut saved = 0u64;
+        for edit in &self.edits {
+            saved += match edit {
+                Edit::ClearToolUses(settings) => settings
+                    .plan(request, input_tokens.saturating_sub(saved))
+                    .map_or(0, |plan| plan.saved),
+                Edit::ClearThinking { keep_turns } => {
+                    thinking_plan(request, *keep_turns).map_or(0, |plan| plan.saved)
+                }
+                Edit::Unknown(_) => 0,
+            };
+        }
+        saved
     }
 
     /// Makes the edits on `request`'s conversation, in order, and says what
@@ -239,29 +255,42 @@ impl ContextEdits {
     /// against it for the edits after.
     ///
     /// # Errors
-    /// A server-side compaction (`compact_20260112`), which only Anthropic
-    /// makes.
+    /// An edit of a kind this version does not know, which only Anthropic's
+    /// API can make.
     pub fn apply(
         &self,
         request: &mut ChatRequest,
         input_tokens: u64,
     ) -> Result<Vec<AppliedContextEdit>, ContextEditError> {
+        if let Some((index, kind)) =
+            self.edits
+                .iter()
+                .enumerate()
+                .find_map(|(index, edit)| match edit {
+                    Edit::Unknown(kind) => Some((index, kind)),
+                    _ => None,
+                })
+        {
+            return Err(ContextEditError::new(
+                format!("context_management.edits[{index}].type"),
+                format!(
+                    "`{kind}` is not an edit Freehold can make (it makes `{CLEAR_TOOL_USES}` and \
+                     `{CLEAR_THINKING}`), and this model's provider is not Anthropic's API, which \
+                     could; leave it out, or route the model to Anthropic"
+                ),
+            ));
+        }
         let mut applied = Vec::new();
         let mut input_tokens = input_tokens;
-        for (index, edit) in self.edits.iter().enumerate() {
+        for edit in &self.edits {
             let done = match edit {
-                Edit::ClearToolUses(settings) => settings.apply(request, input_tokens),
-                Edit::ClearThinking { keep_turns } => clear_thinking(request, *keep_turns),
-                Edit::Compact => {
-                    return Err(ContextEditError::new(
-                        format!("context_management.edits[{index}].type"),
-                        format!(
-                            "`{COMPACT}` (a summary made by Anthropic's API) is served only by \
-                             Anthropic upstreams, and this model's provider is not one; leave it \
-                             out, or route the model to Anthropic"
-                        ),
-                    ));
+                Edit::ClearToolUses(settings) => settings
+                    .plan(request, input_tokens)
+                    .map(|plan| plan.apply(request)),
+                Edit::ClearThinking { keep_turns } => {
+                    thinking_plan(request, *keep_turns).map(|plan| plan.apply(request))
                 }
+                Edit::Unknown(_) => None,
             };
             if let Some(done) = done {
                 input_tokens = input_tokens.saturating_sub(done.cleared_input_tokens);
@@ -274,15 +303,24 @@ impl ContextEdits {
 
 fn parse_edit(index: usize, edit: &Value) -> Result<Edit, ContextEditError> {
     let field = format!("context_management.edits[{index}]");
-    let wire: WireEdit = serde_json::from_value(edit.clone()).map_err(|error| {
-        ContextEditError::new(
-            &field,
+    let kind = edit
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ContextEditError::new(&field, "expected an object with a `type`"))?;
+    if kind == COMPACT {
+        return Err(ContextEditError::new(
+            format!("{field}.type"),
             format!(
-                "{error} (the edits served are `{CLEAR_TOOL_USES}`, `{CLEAR_THINKING}` and, by \
-                 Anthropic upstreams only, `{COMPACT}`)"
+                "`{COMPACT}` (a summary made by Anthropic's API) is not served: its `compaction` \
+                 blocks cannot pass through the gateway; compact on the client instead"
             ),
-        )
-    })?;
+        ));
+    }
+    if ![CLEAR_TOOL_USES, CLEAR_THINKING].contains(&kind) {
+        return Ok(Edit::Unknown(kind.to_owned()));
+    }
+    let wire: WireEdit = serde_json::from_value(edit.clone())
+        .map_err(|error| ContextEditError::new(&field, error.to_string()))?;
     Ok(match wire {
         WireEdit::ClearToolUses {
             trigger,
@@ -355,7 +393,6 @@ fn parse_edit(index: usize, edit: &Value) -> Result<Edit, ContextEditError> {
             };
             Edit::ClearThinking { keep_turns }
         }
-        WireEdit::Compact { .. } => Edit::Compact,
     })
 }
 
@@ -371,13 +408,15 @@ fn estimated_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
+/// A part of a message: (message, part) indexes.
+type At = (usize, usize);
+
 /// One tool call of the conversation: where it is, and where its result is.
 struct ToolUse {
     name: String,
-    /// (message, part) of the call.
-    call: (usize, usize),
-    /// (message, part) of its result, when the conversation has it.
-    result: Option<(usize, usize)>,
+    call: At,
+    /// Where its result is, when the conversation has it.
+    result: Option<At>,
 }
 
 /// The conversation's tool calls in order, each with its result.
@@ -407,8 +446,23 @@ fn tool_uses(request: &ChatRequest) -> Vec<ToolUse> {
     uses
 }
 
+/// What a tool-use edit would clear.
+struct ToolUsesPlan {
+    /// The results to replace by the note.
+    results: Vec<At>,
+    /// The calls whose input becomes `{}`.
+    inputs: Vec<At>,
+    /// The tool uses with something cleared.
+    uses: u64,
+    saved: u64,
+}
+
 impl ClearToolUses {
-    fn apply(&self, request: &mut ChatRequest, input_tokens: u64) -> Option<AppliedContextEdit> {
+    /// What the edit would clear of `request` (`input_tokens` long): `None`
+    /// when it is not triggered, or would clear nothing, or less than
+    /// `clear_at_least`. A result or an input already cleared (by an
+    /// earlier edit, or in the client's own history) is not cleared again.
+    fn plan(&self, request: &ChatRequest, input_tokens: u64) -> Option<ToolUsesPlan> {
         let uses = tool_uses(request);
         let triggered = match self.trigger {
             Trigger::InputTokens(limit) => input_tokens > limit,
@@ -422,101 +476,114 @@ impl ClearToolUses {
             .filter(|tool_use| !self.exclude_tools.contains(&tool_use.name))
             .collect();
         let keep = usize::try_from(self.keep).unwrap_or(usize::MAX);
-        let cleared = &clearable[..clearable.len().saturating_sub(keep)];
-        // What clearing would save, before anything is cleared, for
-        // `clear_at_least`.
-        let mut saved = 0u64;
-        let mut to_clear = Vec::new();
-        for tool_use in cleared {
-            let mut saves = 0;
-            if let Some((message, part)) = tool_use.result
-                && let ContentPart::ToolResult(result) = &request.messages[message].content[part]
+        let mut plan = ToolUsesPlan {
+            results: Vec::new(),
+            inputs: Vec::new(),
+            uses: 0,
+            saved: 0,
+        };
+        for tool_use in &clearable[..clearable.len().saturating_sub(keep)] {
+            let mut cleared = false;
+            if let Some(at) = tool_use.result
+                && let ContentPart::ToolResult(result) = &request.messages[at.0].content[at.1]
                 && result.content != CLEARED_RESULT
             {
-                saves += estimated_tokens(&result.content)
+                plan.saved += estimated_tokens(&result.content)
                     .saturating_sub(estimated_tokens(CLEARED_RESULT));
+                plan.results.push(at);
+                cleared = true;
             }
             let clear_input = match &self.clear_inputs {
                 ClearInputs::None => false,
                 ClearInputs::All => true,
                 ClearInputs::Of(names) => names.contains(&tool_use.name),
             };
-            if clear_input {
-                let (message, part) = tool_use.call;
-                if let ContentPart::ToolCall(call) = &request.messages[message].content[part] {
-                    saves += estimated_tokens(&call.arguments)
-                        .saturating_sub(estimated_tokens(CLEARED_INPUT));
-                }
-            }
-            saved += saves;
-            to_clear.push((tool_use, clear_input));
-        }
-        if to_clear.is_empty() || saved < self.clear_at_least {
-            return None;
-        }
-        for (tool_use, clear_input) in &to_clear {
-            if let Some((message, part)) = tool_use.result
-                && let ContentPart::ToolResult(result) =
-                    &mut request.messages[message].content[part]
+            if clear_input
+                && let ContentPart::ToolCall(call) =
+                    &request.messages[tool_use.call.0].content[tool_use.call.1]
+                && call.arguments != CLEARED_INPUT
             {
-                result.content = CLEARED_RESULT.to_owned();
+                plan.saved += estimated_tokens(&call.arguments)
+                    .saturating_sub(estimated_tokens(CLEARED_INPUT));
+                plan.inputs.push(tool_use.call);
+                cleared = true;
             }
-            if *clear_input {
-                let (message, part) = tool_use.call;
-                if let ContentPart::ToolCall(call) = &mut request.messages[message].content[part] {
-                    call.arguments = CLEARED_INPUT.to_owned();
-                }
-            }
+            plan.uses += u64::from(cleared);
         }
-        Some(AppliedContextEdit {
-            kind: CLEAR_TOOL_USES.to_owned(),
-            cleared_input_tokens: saved,
-            cleared_tool_uses: Some(to_clear.len() as u64),
-            cleared_thinking_turns: None,
-        })
+        (plan.uses > 0 && plan.saved >= self.clear_at_least).then_some(plan)
     }
 }
 
-/// Takes the reasoning out of all but the last `keep_turns` assistant
-/// messages that have some (`None`: keeps it all).
-fn clear_thinking(
-    request: &mut ChatRequest,
-    keep_turns: Option<u64>,
-) -> Option<AppliedContextEdit> {
+impl ToolUsesPlan {
+    fn apply(self, request: &mut ChatRequest) -> AppliedContextEdit {
+        for (message, part) in self.results {
+            if let ContentPart::ToolResult(result) = &mut request.messages[message].content[part] {
+                CLEARED_RESULT.clone_into(&mut result.content);
+            }
+        }
+        for (message, part) in self.inputs {
+            if let ContentPart::ToolCall(call) = &mut request.messages[message].content[part] {
+                CLEARED_INPUT.clone_into(&mut call.arguments);
+            }
+        }
+        AppliedContextEdit {
+            kind: CLEAR_TOOL_USES.to_owned(),
+            cleared_input_tokens: self.saved,
+            cleared_tool_uses: Some(self.uses),
+            cleared_thinking_turns: None,
+        }
+    }
+}
+
+/// What a thinking edit would clear: the assistant messages whose
+/// reasoning goes.
+struct ThinkingPlan {
+    turns: Vec<usize>,
+    saved: u64,
+}
+
+/// The reasoning of all but the last `keep_turns` assistant messages that
+/// have some (`None`: keeps it all); `None` when nothing would go.
+fn thinking_plan(request: &ChatRequest, keep_turns: Option<u64>) -> Option<ThinkingPlan> {
     let keep = usize::try_from(keep_turns?).unwrap_or(usize::MAX);
-    let thinking_turns: Vec<usize> = request
-        .messages
-        .iter()
-        .enumerate()
-        .filter(|(_, message)| {
-            message.role == Role::Assistant
-                && message
-                    .content
-                    .iter()
-                    .any(|part| matches!(part, ContentPart::Reasoning(_)))
-        })
-        .map(|(index, _)| index)
-        .collect();
-    let cleared = &thinking_turns[..thinking_turns.len().saturating_sub(keep)];
-    if cleared.is_empty() {
+    let has_reasoning = |index: &usize| {
+        let message = &request.messages[*index];
+        message.role == Role::Assistant
+            && message
+                .content
+                .iter()
+                .any(|part| matches!(part, ContentPart::Reasoning(_)))
+    };
+    let thinking_turns: Vec<usize> = (0..request.messages.len()).filter(has_reasoning).collect();
+    let turns = thinking_turns[..thinking_turns.len().saturating_sub(keep)].to_vec();
+    if turns.is_empty() {
         return None;
     }
-    let mut cleared_input_tokens = 0;
-    for &index in cleared {
-        request.messages[index].content.retain(|part| match part {
-            ContentPart::Reasoning(reasoning) => {
-                cleared_input_tokens += estimated_tokens(&reasoning.text);
-                false
-            }
-            _ => true,
-        });
+    let saved = turns
+        .iter()
+        .flat_map(|&index| &request.messages[index].content)
+        .map(|part| match part {
+            ContentPart::Reasoning(reasoning) => estimated_tokens(&reasoning.text),
+            _ => 0,
+        })
+        .sum();
+    Some(ThinkingPlan { turns, saved })
+}
+
+impl ThinkingPlan {
+    fn apply(self, request: &mut ChatRequest) -> AppliedContextEdit {
+        for &index in &self.turns {
+            request.messages[index]
+                .content
+                .retain(|part| !matches!(part, ContentPart::Reasoning(_)));
+        }
+        AppliedContextEdit {
+            kind: CLEAR_THINKING.to_owned(),
+            cleared_input_tokens: self.saved,
+            cleared_tool_uses: None,
+            cleared_thinking_turns: Some(self.turns.len() as u64),
+        }
     }
-    Some(AppliedContextEdit {
-        kind: CLEAR_THINKING.to_owned(),
-        cleared_input_tokens,
-        cleared_tool_uses: None,
-        cleared_thinking_turns: Some(cleared.len() as u64),
-    })
 }
 
 #[cfg(test)]
@@ -558,7 +625,7 @@ mod tests {
         ChatRequest::new("m", messages)
     }
 
-    fn edits(value: Value) -> ContextEdits {
+    fn parsed(value: Value) -> ContextEdits {
         match ContextEdits::parse(&json!({ "edits": [value] })) {
             Ok(edits) => edits,
             Err(error) => panic!("{error}"),
@@ -604,16 +671,20 @@ mod tests {
 
     #[test]
     fn tool_results_are_cleared_past_the_trigger_but_the_last_few() {
-        let edits = edits(json!({"type": "clear_tool_uses_20250919"}));
-        assert!(edits.needs_input_tokens());
+        let edits = parsed(json!({"type": "clear_tool_uses_20250919"}));
+        // Three uses, all kept: nothing to count the conversation for.
+        assert!(!edits.needs_input_tokens(&conversation(3)));
+        assert!(edits.needs_input_tokens(&conversation(5)));
         let mut request = conversation(5);
         // Under the default trigger of 100,000 tokens: untouched.
         let untouched = request.clone();
         assert_eq!(edits.apply(&mut request, 100_000), Ok(Vec::new()));
         assert_eq!(request, untouched);
 
+        let estimated = edits.estimated_savings(&request, 100_001);
         let applied = edits.apply(&mut request, 100_001).unwrap();
         assert_eq!(applied.len(), 1);
+        assert_eq!(applied[0].cleared_input_tokens, estimated);
         assert_eq!(applied[0].kind, "clear_tool_uses_20250919");
         assert_eq!(applied[0].cleared_tool_uses, Some(2));
         let per_result = 1_000 - estimated_tokens(CLEARED_RESULT);
@@ -627,18 +698,24 @@ mod tests {
                 .iter()
                 .all(|arguments| arguments.contains("file_"))
         );
+        // What is cleared already is not cleared again, nor counted.
+        let again = parsed(json!({
+            "type": "clear_tool_uses_20250919",
+            "trigger": {"type": "tool_uses", "value": 0},
+        }));
+        assert_eq!(again.apply(&mut request, 0), Ok(Vec::new()));
     }
 
     #[test]
     fn keep_exclusions_inputs_and_a_tool_use_trigger() {
-        let edits = edits(json!({
+        let edits = parsed(json!({
             "type": "clear_tool_uses_20250919",
             "trigger": {"type": "tool_uses", "value": 4},
             "keep": {"type": "tool_uses", "value": 1},
             "exclude_tools": ["memory"],
             "clear_tool_inputs": true,
         }));
-        assert!(!edits.needs_input_tokens());
+        assert!(!edits.needs_input_tokens(&conversation(5)));
         let mut four = conversation(4);
         assert_eq!(
             edits.apply(&mut four, 0),
@@ -668,7 +745,7 @@ mod tests {
     }
 
     fn edits_with_inputs(inputs: Value) -> ContextEdits {
-        edits(json!({
+        parsed(json!({
             "type": "clear_tool_uses_20250919",
             "trigger": {"type": "tool_uses", "value": 0},
             "keep": {"type": "tool_uses", "value": 0},
@@ -679,7 +756,7 @@ mod tests {
     #[test]
     fn nothing_is_cleared_unless_at_least_the_minimum_would_be() {
         let edits_asking = |minimum: u64| {
-            edits(json!({
+            parsed(json!({
                 "type": "clear_tool_uses_20250919",
                 "trigger": {"type": "tool_uses", "value": 0},
                 "keep": {"type": "tool_uses", "value": 2},
@@ -701,7 +778,7 @@ mod tests {
     #[test]
     fn thinking_is_cleared_from_all_but_the_last_turns() {
         let mut request = conversation(4);
-        let applied = edits(json!({"type": "clear_thinking_20251015"}))
+        let applied = parsed(json!({"type": "clear_thinking_20251015"}))
             .apply(&mut request, 0)
             .unwrap();
         assert_eq!(applied[0].kind, "clear_thinking_20251015");
@@ -713,14 +790,14 @@ mod tests {
 
         let mut request = conversation(4);
         let two = json!({"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 2}});
-        edits(two).apply(&mut request, 0).unwrap();
+        parsed(two).apply(&mut request, 0).unwrap();
         assert_eq!(reasoning_turns(&request), 2);
 
         // Claude Code's setting: keep it all.
         for keep in [json!("all"), json!({"type": "all"})] {
             let mut request = conversation(4);
             let untouched = request.clone();
-            let edits = edits(json!({"type": "clear_thinking_20251015", "keep": keep}));
+            let edits = parsed(json!({"type": "clear_thinking_20251015", "keep": keep}));
             assert_eq!(edits.apply(&mut request, 0), Ok(Vec::new()));
             assert_eq!(request, untouched);
         }
@@ -743,14 +820,26 @@ mod tests {
     }
 
     #[test]
-    fn a_server_compaction_is_refused_when_applied_here() {
-        let parsed = edits(
-            json!({"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 150000}}),
-        );
-        let error = parsed.apply(&mut conversation(1), 0).unwrap_err();
+    fn a_server_compaction_is_refused() {
+        let compact = json!({"edits": [{"type": "compact_20260112"}]});
+        let error = ContextEdits::parse(&compact).unwrap_err();
+        assert_eq!(error.field, "context_management.edits[0].type");
+        assert!(error.message.contains("not served"), "{error}");
+    }
+
+    #[test]
+    fn an_edit_of_an_unknown_kind_is_left_to_anthropic() {
+        let unknown = parsed(json!({"type": "clear_everything_20270101", "keep": 1}));
+        let mut request = conversation(2);
+        assert_eq!(unknown.estimated_savings(&request, 1_000_000), 0);
+        let error = unknown.apply(&mut request, 0).unwrap_err();
         assert_eq!(error.field, "context_management.edits[0].type");
         assert!(
-            error.message.contains("only by Anthropic upstreams"),
+            error.message.contains("clear_tool_uses_20250919"),
+            "{error}"
+        );
+        assert!(
+            error.message.contains("route the model to Anthropic"),
             "{error}"
         );
     }
@@ -762,7 +851,7 @@ mod tests {
             (json!({"edits": {}}), "context_management.edits"),
             (json!({"edit": []}), "context_management.edit"),
             (
-                json!({"edits": [{"type": "clear_everything"}]}),
+                json!({"edits": [{"keep": 1}]}),
                 "context_management.edits[0]",
             ),
             (
@@ -790,11 +879,5 @@ mod tests {
             let error = ContextEdits::parse(&value).unwrap_err();
             assert_eq!(error.field, field, "{value}: {error}");
         }
-        let error =
-            ContextEdits::parse(&json!({"edits": [{"type": "clear_everything"}]})).unwrap_err();
-        assert!(
-            error.message.contains("clear_tool_uses_20250919"),
-            "{error}"
-        );
     }
 }

@@ -716,7 +716,7 @@ async fn with_context_edits(
         )
     };
     let edits = ContextEdits::parse(&asked).map_err(invalid)?;
-    let input_tokens = if edits.needs_input_tokens() {
+    let input_tokens = if edits.needs_input_tokens(&request) {
         match provider.count_input_tokens(request.clone()).await {
             Ok(Some(count)) => count,
             Ok(None) => estimated_input_tokens(provider.as_ref(), &request),
@@ -744,18 +744,24 @@ fn estimated_input_tokens(provider: &dyn Provider, request: &ChatRequest) -> u64
     }
 }
 
-/// `stream` with the context edits made for it reported after its first
-/// event ([`StreamEvent::ContextEdited`]).
+/// `stream` with the context edits made for it reported just before its
+/// [`StreamEvent::Stop`] ([`StreamEvent::ContextEdited`]), where
+/// Anthropic's API reports its own: an event earlier would look like the
+/// answer's first content to what waits for that (a fallback, a stream's
+/// status line).
 fn report_context_edits(stream: EventStream, edits: Vec<AppliedContextEdit>) -> EventStream {
     if edits.is_empty() {
         return stream;
     }
     let mut edits = Some(edits);
     Box::pin(stream.flat_map(move |event| {
-        let report = edits
-            .take()
-            .map(|edits| Ok(StreamEvent::ContextEdited { edits }));
-        futures::stream::iter(std::iter::once(event).chain(report))
+        let report = match &event {
+            Ok(StreamEvent::Stop { .. }) => edits
+                .take()
+                .map(|edits| Ok(StreamEvent::ContextEdited { edits })),
+            _ => None,
+        };
+        futures::stream::iter(report.into_iter().chain(std::iter::once(event)))
     }))
 }
 

@@ -134,7 +134,8 @@ mod serde_repr {
 /// (with at most one [`StreamEvent::RefusalStart`] among them, before the
 /// text it marks, and anywhere among them any number of
 /// [`StreamEvent::UsageSoFar`]);
-/// then at most one [`StreamEvent::Usage`]; and exactly one
+/// then at most one [`StreamEvent::Usage`] and at most one
+/// [`StreamEvent::ContextEdited`], in either order; and exactly one
 /// [`StreamEvent::Stop`] last. Tool-call events carry an `index` that is unique within the answer:
 /// `ToolCallStart` comes before the call's argument deltas and `ToolCallEnd`
 /// after them.
@@ -230,8 +231,9 @@ pub enum StreamEvent {
     /// How long the answer took (providers that measure it; before `Stop`).
     Timings(Timings),
     /// Context edits made to the conversation before the model read it
-    /// (Anthropic's context editing, `context_management`): an encoder of a
-    /// protocol that reports them does so at the answer's end.
+    /// (Anthropic's context editing, `context_management`), reported just
+    /// before [`StreamEvent::Stop`], as Anthropic's API reports them; an
+    /// encoder of a protocol that has no place for them ignores them.
     ContextEdited {
         /// The edits, in the order they were made.
         edits: Vec<AppliedContextEdit>,
@@ -294,11 +296,6 @@ impl ChatResponse {
             id: self.id.clone(),
             model: self.model.clone(),
         }];
-        if !self.context_edits.is_empty() {
-            events.push(StreamEvent::ContextEdited {
-                edits: self.context_edits.clone(),
-            });
-        }
         let mut index = 0u32;
         // A refusal's text is marked as one before it starts.
         let mut refusal = self.stop_reason == StopReason::Refusal;
@@ -353,6 +350,11 @@ impl ChatResponse {
         events.push(StreamEvent::Usage(self.usage));
         if let Some(timings) = self.timings {
             events.push(StreamEvent::Timings(timings));
+        }
+        if !self.context_edits.is_empty() {
+            events.push(StreamEvent::ContextEdited {
+                edits: self.context_edits.clone(),
+            });
         }
         events.push(StreamEvent::Stop {
             reason: self.stop_reason.clone(),

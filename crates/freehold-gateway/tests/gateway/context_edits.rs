@@ -195,7 +195,9 @@ async fn an_anthropic_upstream_gets_the_edits_and_reports_them() {
         messages(&gw.url, &conversation_with_edits("claude:claude-x", true)).await;
     assert_eq!(status, 200, "{streamed}");
 
-    for request in upstream.requests() {
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 2);
+    for request in sent {
         let body = request.json();
         // Anthropic gets the edits as the client asked, and the whole
         // conversation: it makes them itself.
@@ -246,6 +248,19 @@ async fn another_messages_server_gets_the_edits_made() {
     let body = upstream.requests()[0].json();
     assert!(body.get("context_management").is_none(), "{body}");
     assert_eq!(body["messages"][2]["content"][0]["content"], CLEARED);
+    assert_eq!(
+        body["messages"][8]["content"][0]["content"],
+        "3".repeat(2_000)
+    );
+    // The thinking of the last assistant turn alone is kept.
+    let first_blocks: Vec<&Value> = [1, 3, 5, 7]
+        .iter()
+        .map(|&index| &body["messages"][index]["content"][0]["type"])
+        .collect();
+    assert_eq!(
+        first_blocks,
+        ["tool_use", "tool_use", "tool_use", "thinking"]
+    );
     let whole: Value = serde_json::from_str(&whole).unwrap();
     assert_eq!(
         whole["context_management"]["applied_edits"][1]["cleared_tool_uses"],
@@ -284,10 +299,20 @@ async fn context_editing_mistakes_and_a_compaction_it_cannot_make_are_400s() {
         "{message}"
     );
 
-    // A summary made by Anthropic's API: no other provider makes one.
+    // A summary made by Anthropic's API, whose block could not come
+    // through: refused for every provider.
     let (status, body) =
         messages(&gw.url, &with_edits(json!([{"type": "compact_20260112"}]))).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("only by Anthropic upstreams"), "{body}");
+    assert!(body.contains("is not served"), "{body}");
+    // A kind of edit Freehold does not know is left to Anthropic's API; this
+    // provider is not it.
+    let (status, body) = messages(
+        &gw.url,
+        &with_edits(json!([{"type": "clear_everything_20270101"}])),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("route the model to Anthropic"), "{body}");
     assert!(upstream.requests().is_empty());
 }
