@@ -694,9 +694,8 @@ fn target_request(request: &ChatRequest, target: &Target) -> ChatRequest {
 /// estimated otherwise.
 ///
 /// # Errors
-/// An edit that cannot be made here (a server-side compaction), or a
-/// `context_management` that is not what the API takes, as an invalid
-/// request.
+/// An edit of a kind this version cannot make, or a `context_management`
+/// that is not what the API takes, as an invalid request.
 async fn with_context_edits(
     provider: &Arc<dyn Provider>,
     mut request: ChatRequest,
