@@ -3708,6 +3708,50 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
     assert_ne!(sent.header("x-api-key").as_deref(), Some(MASTER));
 }
 
+/// Claude Code asks for its thinking without the text (`thinking.display:
+/// "omitted"`, its signature alone): an Anthropic upstream is asked the
+/// same, with budgeted and adaptive thinking alike.
+#[tokio::test]
+async fn how_thinking_is_shown_is_asked_of_anthropic_upstreams() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let answer = json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+        "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1},
+    });
+    let upstream = MockServer::start(vec![
+        Scripted::json(200, answer.clone()),
+        Scripted::json(200, answer),
+    ])
+    .await;
+    let gw = start(
+        anthropic_routes(&upstream.url()),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let mut budgeted = chat_body("claude:claude-x");
+    budgeted["max_tokens"] = json!(4096);
+    budgeted["thinking"] = json!({"type": "enabled", "budget_tokens": 2048, "display": "omitted"});
+    // A name Anthropic's API gives adaptive thinking.
+    let mut adaptive = chat_body("claude:claude-opus-4-7");
+    adaptive["thinking"] = json!({"type": "adaptive", "display": "omitted"});
+    for body in [&budgeted, &adaptive] {
+        let (status, answer, _) = post(&gw.url, "/v1/messages", Some(MASTER), body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let sent: Vec<Value> = upstream.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(
+        sent[0]["thinking"],
+        json!({"type": "enabled", "budget_tokens": 2048, "display": "omitted"})
+    );
+    assert_eq!(
+        sent[1]["thinking"],
+        json!({"type": "adaptive", "display": "omitted"})
+    );
+}
+
 /// Claude Code marks its prompt for Anthropic's cache: an Anthropic
 /// upstream gets the prompt's stable points marked with the client's mark,
 /// and the cache's usage comes back; a client that marked nothing gets no

@@ -81,6 +81,13 @@ pub struct ChatRequest {
     /// edits first (`freehold_llm::context_edit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_management: Option<serde_json::Value>,
+    /// How the client asked to see the reasoning, as its protocol names
+    /// it (Anthropic's `thinking.display`: `summarized`, or `omitted` for
+    /// its signature alone, which Claude Code asks for): an Anthropic
+    /// upstream gets it as asked; other providers send the reasoning they
+    /// have. Only read when `reasoning` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_display: Option<String>,
 }
 
 /// How long an answer's text should be, for models that take a hint.
@@ -128,6 +135,7 @@ impl ChatRequest {
             verbosity: None,
             service_tier: None,
             context_management: None,
+            reasoning_display: None,
         }
     }
 

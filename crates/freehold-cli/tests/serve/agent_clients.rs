@@ -871,6 +871,109 @@ async fn claude_code_runs_a_tool_call_through_the_gateway() {
     let _ = std::fs::remove_dir_all(&workdir);
 }
 
+/// Anthropic's answer "hello", streamed or whole as `request` asks, for
+/// a Messages upstream that stands for Anthropic's API.
+fn anthropic_hello(request: &Recorded) -> Scripted {
+    let body = request.json();
+    let model = body["model"].as_str().unwrap_or("claude").to_owned();
+    if request.uri.contains("count_tokens") {
+        return Scripted::json(200, json!({"input_tokens": 100}));
+    }
+    let usage = json!({"input_tokens": 10, "output_tokens": 2});
+    if body["stream"] != true {
+        return Scripted::json(
+            200,
+            json!({"id": "msg_1", "type": "message", "role": "assistant", "model": model,
+                   "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn",
+                   "stop_sequence": null, "usage": usage}),
+        );
+    }
+    let events = [
+        json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+               "role": "assistant", "model": model, "content": [], "stop_reason": null,
+               "stop_sequence": null, "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0,
+               "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 0,
+               "delta": {"type": "text_delta", "text": "hello"}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+               "usage": {"output_tokens": 2},
+               "context_management": {"applied_edits": []}}),
+        json!({"type": "message_stop"}),
+    ];
+    let pairs: Vec<(String, String)> = events
+        .iter()
+        .map(|event| {
+            (
+                event["type"].as_str().unwrap_or("").to_owned(),
+                event.to_string(),
+            )
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(name, data)| (name.as_str(), data.as_str()))
+        .collect();
+    Scripted::sse(&sse_text(&pairs), Split::Whole)
+}
+
+/// Claude Code asks a Claude model to keep all its thinking
+/// (`context_management` with `clear_thinking_20251015`, beta
+/// `context-management-2025-06-27`) and to send it back without its text
+/// (`thinking.display: "omitted"`), in every request (2.1.332 does, for
+/// `claude-opus-4-7` with adaptive thinking). An upstream that is
+/// Anthropic's API gets both as Claude Code sent them, where the gateway
+/// used to drop them.
+#[tokio::test]
+async fn claude_codes_context_editing_reaches_anthropics_api() {
+    let Some(agents) = test_agent_clients() else {
+        return;
+    };
+    let upstream = MockServer::answering(anthropic_hello).await;
+    let config = format!(
+        "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\n\
+         api_key_env = \"FREEHOLD_TEST_ANTHROPIC_KEY\"\nanthropic_api = true\n\n\
+         [aliases]\n\"claude-opus-4-7\" = \"claude:claude-opus-4-7\"\n",
+        upstream.url()
+    );
+    let served = Served::start_with_env(
+        &config,
+        &[],
+        &[("FREEHOLD_TEST_ANTHROPIC_KEY", "sk-ant-test")],
+    )
+    .await;
+    let home = scratch("claude-context-home");
+    let workdir = scratch("claude-context-work");
+    let args = ["Say hello.", "--model", "claude-opus-4-7"];
+    let command = claude_p(&agents, &served, &home, &workdir, &args);
+    let stdout = run_agent(command, "claude -p").await;
+    assert!(stdout.contains("hello"), "{stdout}");
+
+    let turns: Vec<Recorded> = upstream
+        .requests()
+        .into_iter()
+        .filter(|request| !request.uri.contains("count_tokens"))
+        .collect();
+    assert!(!turns.is_empty(), "Claude Code's turn reached the upstream");
+    for turn in &turns {
+        let body = turn.json();
+        let edits = &body["context_management"]["edits"];
+        assert!(
+            edits.as_array().is_some_and(|edits| edits
+                .iter()
+                .any(|edit| edit["type"] == "clear_thinking_20251015")),
+            "{body}"
+        );
+        let betas = turn.header("anthropic-beta").unwrap_or_default();
+        assert!(betas.contains("context-management-2025-06-27"), "{betas}");
+        assert_eq!(body["thinking"]["type"], "adaptive", "{body}");
+        assert_eq!(body["thinking"]["display"], "omitted", "{body}");
+    }
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&workdir);
+}
+
 /// Claude Code holds most of its tools back from Claude models that have
 /// tool search (`claude-opus-4-7` here, as 2.1.332 decides by the name),
 /// offering `ToolSearch`: its result names the tools found in

@@ -400,10 +400,18 @@ pub enum ThinkingConfig {
     Enabled {
         /// Tokens the model may spend thinking.
         budget_tokens: u32,
+        /// How the thinking comes back: `summarized`, or `omitted` (only
+        /// its signature; Claude Code asks for that).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        display: Option<String>,
     },
     /// The model thinks as much as it sees fit, guided by
     /// `output_config.effort` (Claude 4.6 and later).
-    Adaptive {},
+    Adaptive {
+        /// As for [`ThinkingConfig::Enabled`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        display: Option<String>,
+    },
     /// No thinking.
     Disabled {},
 }
@@ -845,7 +853,9 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
             if request.max_tokens.is_none() && max_tokens <= budget {
                 max_tokens = budget.saturating_add(options.default_max_tokens);
             }
-            return Some(ThinkingConfig::Adaptive {});
+            return Some(ThinkingConfig::Adaptive {
+                display: request.reasoning_display.clone(),
+            });
         }
         if max_tokens <= budget {
             match request.max_tokens {
@@ -861,12 +871,13 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
         }
         Some(ThinkingConfig::Enabled {
             budget_tokens: budget,
+            display: request.reasoning_display.clone(),
         })
     });
     let thinking_on = thinking.is_some();
     let output_config = request
         .reasoning
-        .filter(|_| thinking == Some(ThinkingConfig::Adaptive {}))
+        .filter(|_| matches!(thinking, Some(ThinkingConfig::Adaptive { .. })))
         .map(|effort| OutputConfig {
             effort: Some(
                 request

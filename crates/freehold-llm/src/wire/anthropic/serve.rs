@@ -231,9 +231,11 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         }) => (ToolChoice::Tool { name }, disable_parallel_tool_use),
         Some(WireToolChoice::None {}) => (ToolChoice::None, None),
     };
-    let reasoning = match wire.thinking {
-        Some(ThinkingConfig::Enabled { budget_tokens }) => Some(effort_for_budget(budget_tokens)),
-        Some(ThinkingConfig::Adaptive {}) => Some(effort_for_name(
+    let reasoning = match &wire.thinking {
+        Some(ThinkingConfig::Enabled { budget_tokens, .. }) => {
+            Some(effort_for_budget(*budget_tokens))
+        }
+        Some(ThinkingConfig::Adaptive { .. }) => Some(effort_for_name(
             wire.output_config
                 .as_ref()
                 .and_then(|config| config.effort.as_deref()),
@@ -242,14 +244,20 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         Some(ThinkingConfig::Disabled {}) => Some(ReasoningEffort::Off),
         None => None,
     };
-    let reasoning_budget = match wire.thinking {
-        Some(ThinkingConfig::Enabled { budget_tokens }) => Some(budget_tokens),
+    let reasoning_budget = match &wire.thinking {
+        Some(ThinkingConfig::Enabled { budget_tokens, .. }) => Some(*budget_tokens),
+        _ => None,
+    };
+    let reasoning_display = match &wire.thinking {
+        Some(ThinkingConfig::Enabled { display, .. } | ThinkingConfig::Adaptive { display }) => {
+            display.clone()
+        }
         _ => None,
     };
     // The effort's own name, for an Anthropic upstream (`xhigh` and `max`
     // have no level of their own).
-    let reasoning_effort_name = match wire.thinking {
-        Some(ThinkingConfig::Adaptive {}) => wire
+    let reasoning_effort_name = match &wire.thinking {
+        Some(ThinkingConfig::Adaptive { .. }) => wire
             .output_config
             .as_ref()
             .and_then(|config| config.effort.clone()),
@@ -296,6 +304,7 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
         verbosity: None,
         service_tier: None,
         context_management,
+        reasoning_display,
     };
     let options = ServeOptions {
         stream: wire.stream,

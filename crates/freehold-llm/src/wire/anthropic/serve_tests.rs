@@ -115,6 +115,7 @@ fn requests_round_trip_through_the_client_encoder() {
         verbosity: None,
         service_tier: None,
         context_management: None,
+        reasoning_display: None,
     };
     let options = EncodeOptions {
         stream: true,

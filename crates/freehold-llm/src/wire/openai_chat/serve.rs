@@ -181,6 +181,7 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
             .transpose()?,
         service_tier: wire.service_tier,
         context_management: None,
+        reasoning_display: None,
     };
     Ok((request, options))
 }

@@ -101,6 +101,7 @@ fn full_request() -> ChatRequest {
         verbosity: Some(Verbosity::Low),
         service_tier: Some("flex".into()),
         context_management: None,
+        reasoning_display: None,
     }
 }
 

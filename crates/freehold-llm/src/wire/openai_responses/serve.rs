@@ -399,6 +399,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         verbosity,
         service_tier: wire.service_tier,
         context_management: None,
+        reasoning_display: None,
     };
     Ok((
         request,
