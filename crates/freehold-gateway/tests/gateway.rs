@@ -193,6 +193,16 @@ fn chat_completion(model: &str, text: &str) -> Value {
     })
 }
 
+/// A whole Messages answer of `model` saying `text`, as Anthropic's API
+/// sends it.
+fn anthropic_message(model: &str, text: &str) -> Value {
+    json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+        "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1},
+    })
+}
+
 /// An `openai`-kind provider at `server` (`openai_api` as given).
 fn openai_kind(
     server: &freehold_test_support::MockServer,
@@ -3661,11 +3671,7 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
 
     let upstream = MockServer::start(vec![Scripted::json(
         200,
-        json!({
-            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
-            "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
-            "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1},
-        }),
+        anthropic_message("claude-x", "hi"),
     )])
     .await;
     let gw = start(
@@ -3715,11 +3721,7 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
 async fn how_thinking_is_shown_is_asked_of_anthropic_upstreams() {
     use freehold_test_support::{MockServer, Scripted};
 
-    let answer = json!({
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
-        "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
-        "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1},
-    });
+    let answer = anthropic_message("claude-x", "hi");
     let upstream = MockServer::start(vec![
         Scripted::json(200, answer.clone()),
         Scripted::json(200, answer),

@@ -168,16 +168,10 @@ async fn an_anthropic_upstream_gets_the_edits_and_reports_them() {
         ),
         ("message_stop", r#"{"type":"message_stop"}"#),
     ]);
+    let mut whole = anthropic_message("claude-x", "done");
+    whole["context_management"] = report.clone();
     let upstream = MockServer::start(vec![
-        Scripted::json(
-            200,
-            json!({
-                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
-                "content": [{"type": "text", "text": "done"}], "stop_reason": "end_turn",
-                "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1},
-                "context_management": report,
-            }),
-        ),
+        Scripted::json(200, whole),
         Scripted::sse(&stream, Split::Whole),
     ])
     .await;
@@ -226,11 +220,7 @@ async fn an_anthropic_upstream_gets_the_edits_and_reports_them() {
 async fn another_messages_server_gets_the_edits_made() {
     let upstream = MockServer::start(vec![Scripted::json(
         200,
-        json!({
-            "id": "msg_1", "type": "message", "role": "assistant", "model": "glm-x",
-            "content": [{"type": "text", "text": "done"}], "stop_reason": "end_turn",
-            "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1},
-        }),
+        anthropic_message("glm-x", "done"),
     )])
     .await;
     let gw = start_configured(vec![(
