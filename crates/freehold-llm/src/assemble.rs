@@ -31,6 +31,8 @@ pub struct StreamAssembler {
     origin: Option<&'static str>,
     /// Whether [`StreamEvent::RefusalStart`] went out.
     refusing: bool,
+    /// Context edits reported, held for the end.
+    context_edits: Vec<freehold_protocol::AppliedContextEdit>,
 }
 
 impl StreamAssembler {
@@ -48,11 +50,10 @@ impl StreamAssembler {
     }
 
     /// Context edits the provider made before its model read the
-    /// conversation (Anthropic's `context_management.applied_edits`).
+    /// conversation (Anthropic's `context_management.applied_edits`);
+    /// emitted by [`StreamAssembler::finish`], with the usage.
     pub fn context_edited(&mut self, edits: Vec<freehold_protocol::AppliedContextEdit>) {
-        if !edits.is_empty() {
-            self.ready.push(StreamEvent::ContextEdited { edits });
-        }
+        self.context_edits.extend(edits);
     }
 
     /// Answer text.
@@ -249,6 +250,10 @@ impl StreamAssembler {
         };
         if let Some(usage) = self.usage.take() {
             self.ready.push(StreamEvent::Usage(usage));
+        }
+        if !self.context_edits.is_empty() {
+            let edits = std::mem::take(&mut self.context_edits);
+            self.ready.push(StreamEvent::ContextEdited { edits });
         }
         self.ready.push(StreamEvent::Stop { reason });
         Some(self.take())

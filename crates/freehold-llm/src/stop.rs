@@ -320,11 +320,7 @@ impl StopStream {
                 return;
             }
             // Counts say nothing of the text: they go out as they come.
-            Ok(
-                event @ (StreamEvent::UsageSoFar(_)
-                | StreamEvent::Timings(_)
-                | StreamEvent::ContextEdited { .. }),
-            ) => {
+            Ok(event @ (StreamEvent::UsageSoFar(_) | StreamEvent::Timings(_))) => {
                 self.ready.push_back(Ok(event));
                 return;
             }

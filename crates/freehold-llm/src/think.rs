@@ -141,7 +141,6 @@ impl ThinkStream {
             // Counts so far and the answer's start say nothing of the text.
             event @ (StreamEvent::Start { .. }
             | StreamEvent::UsageSoFar(_)
-            | StreamEvent::ContextEdited { .. }
             | StreamEvent::Timings(_)) => self.ready.push_back(Ok(event)),
             event => {
                 // Anything else before the text (the server's own

@@ -57,7 +57,8 @@ struct Fake {
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Reply>,
     calls: AtomicUsize,
-    models: Mutex<Vec<String>>,
+    /// The requests it was sent.
+    requests: Mutex<Vec<ChatRequest>>,
     listing: Option<Vec<&'static str>>,
     /// Whether it counts tokens (answering 7, or failing as scripted);
     /// otherwise it cannot count, like an OpenAI-compatible server.
@@ -75,7 +76,7 @@ impl Fake {
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(default),
             calls: AtomicUsize::new(0),
-            models: Mutex::new(Vec::new()),
+            requests: Mutex::new(Vec::new()),
             listing: None,
             counts: Default::default(),
             listings: AtomicUsize::new(0),
@@ -95,7 +96,7 @@ impl Fake {
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(answer(name)),
             calls: AtomicUsize::new(0),
-            models: Mutex::new(Vec::new()),
+            requests: Mutex::new(Vec::new()),
             listing,
             counts: Default::default(),
             listings: AtomicUsize::new(0),
@@ -126,12 +127,15 @@ impl Fake {
     }
 
     fn models_seen(&self) -> Vec<String> {
-        lock(&self.models).clone()
+        lock(&self.requests)
+            .iter()
+            .map(|request| request.model.clone())
+            .collect()
     }
 
     fn next(&self, request: &ChatRequest) -> Reply {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        lock(&self.models).push(request.model.clone());
+        lock(&self.requests).push(request.clone());
         let scripted = lock(&self.script).pop_front();
         scripted.unwrap_or_else(|| lock(&self.default).clone())
     }
@@ -291,6 +295,106 @@ async fn chain_falls_back_on_overloaded_and_connection_before_the_first_token() 
     assert_eq!(a.models_seen(), ["m1"]);
     assert_eq!(b.models_seen(), ["m2"]);
     assert_eq!(c.models_seen(), ["m3"]);
+}
+
+/// A conversation with two tool uses, asking for Anthropic's context
+/// editing to clear all tool results but the last.
+fn asking_for_context_edits(model: &str) -> ChatRequest {
+    let mut messages = vec![Message::user("read both files")];
+    for index in 0..2 {
+        messages.push(Message {
+            role: freehold_protocol::Role::Assistant,
+            content: vec![freehold_protocol::ContentPart::ToolCall(
+                freehold_protocol::ToolCall::new(format!("call_{index}"), "read", "{}"),
+            )],
+        });
+        messages.push(Message::tool_result(
+            format!("call_{index}"),
+            "x".repeat(400),
+        ));
+    }
+    let mut request = ChatRequest::new(model, messages);
+    request.context_management = Some(serde_json::json!({"edits": [{
+        "type": "clear_tool_uses_20250919",
+        "trigger": {"type": "tool_uses", "value": 0},
+        "keep": {"type": "tool_uses", "value": 1},
+    }]}));
+    request
+}
+
+/// The tool results `request` carries.
+fn tool_results(request: &ChatRequest) -> Vec<String> {
+    request
+        .messages
+        .iter()
+        .flat_map(|message| &message.content)
+        .filter_map(|part| match part {
+            freehold_protocol::ContentPart::ToolResult(result) => Some(result.content.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The router makes the edits for each target that does not make them
+/// itself, and reports them just before the stop: a target that opens
+/// and then fails has shown nothing, so the chain still falls back.
+#[tokio::test]
+async fn context_edits_are_made_per_target_and_reported_before_the_stop() {
+    let a = Fake::new(
+        "a",
+        Reply::Events(vec![
+            Ok(StreamEvent::Start {
+                id: None,
+                model: None,
+            }),
+            Err(ErrorKind::Overloaded),
+        ]),
+    );
+    let b = Fake::new("b", answer("from b"));
+    let router = router(
+        &[("a", &a), ("b", &b)],
+        &[("smart", chain(&["a:m1", "b:m2"]))],
+    );
+
+    let (answered_by, stream) = router
+        .stream_routed(asking_for_context_edits("smart"))
+        .await
+        .unwrap();
+    assert_eq!(answered_by, target("b", "m2"));
+    let events: Vec<StreamEvent> = stream.map(Result::unwrap).collect().await;
+    let names: Vec<&str> = events
+        .iter()
+        .map(|event| match event {
+            StreamEvent::Start { .. } => "start",
+            StreamEvent::TextDelta { .. } => "text",
+            StreamEvent::Usage(_) => "usage",
+            StreamEvent::ContextEdited { .. } => "edited",
+            StreamEvent::Stop { .. } => "stop",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(names, ["start", "text", "usage", "edited", "stop"]);
+    let StreamEvent::ContextEdited { edits } = &events[3] else {
+        unreachable!()
+    };
+    assert_eq!(edits[0].kind, "clear_tool_uses_20250919");
+    assert_eq!(edits[0].cleared_tool_uses, Some(1));
+    // Each target got the edited conversation, and no `context_management`.
+    for fake in [&a, &b] {
+        let sent = lock(&fake.requests).clone();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].context_management, None);
+        let results = tool_results(&sent[0]);
+        assert_eq!(results[0], freehold_llm::context_edit::CLEARED_RESULT);
+        assert_eq!(results[1], "x".repeat(400));
+    }
+
+    // A whole answer carries them too.
+    let (_, response) = router
+        .complete_routed(asking_for_context_edits("b:m2"))
+        .await
+        .unwrap();
+    assert_eq!(response.context_edits.len(), 1);
 }
 
 #[tokio::test]

@@ -129,6 +129,7 @@ impl AnthropicClient {
             EncodeOptions {
                 default_max_tokens: self.default_max_tokens,
                 stream,
+                thinking_display: self.anthropic_api,
             },
         );
         to_json(&self.transport, &body)

@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use freehold_protocol::{LlmError, StopReason, StreamEvent, ToolCall, ToolSpec, Usage};
+use freehold_protocol::{
+    AppliedContextEdit, LlmError, StopReason, StreamEvent, ToolCall, ToolSpec, Usage,
+};
 use futures::{Stream, StreamExt};
 
 use super::parse::{self, Event, FenceContent, MARKERS, WholeJson};
@@ -291,6 +293,8 @@ pub(super) struct RecoverStream {
     ready: VecDeque<Result<StreamEvent, LlmError>>,
     /// Usage is held until the stop, so that recovered events precede it.
     usage: Option<Usage>,
+    /// Context edits, held with the usage.
+    context_edits: Vec<AppliedContextEdit>,
     /// The index the next recovered call gets.
     next_index: u32,
     ended: bool,
@@ -304,6 +308,7 @@ impl RecoverStream {
             holder: Holder::new(tools),
             ready: VecDeque::new(),
             usage: None,
+            context_edits: Vec::new(),
             next_index: 0,
             ended: false,
         }
@@ -346,6 +351,7 @@ impl RecoverStream {
                 self.ready.push_back(Ok(event));
             }
             StreamEvent::Usage(usage) => self.usage = Some(usage),
+            StreamEvent::ContextEdited { edits } => self.context_edits.extend(edits),
             StreamEvent::Stop { reason } => self.stop(reason),
             other => self.ready.push_back(Ok(other)),
         }
@@ -378,9 +384,7 @@ impl RecoverStream {
                 signature: None,
             }));
         }
-        if let Some(usage) = self.usage.take() {
-            self.ready.push_back(Ok(StreamEvent::Usage(usage)));
-        }
+        self.end_counts();
         let reason = if recovered {
             StopReason::ToolUse
         } else {
@@ -394,8 +398,18 @@ impl RecoverStream {
         if let Some(text) = self.holder.give_up() {
             self.ready.push_back(Ok(StreamEvent::TextDelta { text }));
         }
+        self.end_counts();
+    }
+
+    /// The usage and the context edits held for the answer's end.
+    fn end_counts(&mut self) {
         if let Some(usage) = self.usage.take() {
             self.ready.push_back(Ok(StreamEvent::Usage(usage)));
+        }
+        if !self.context_edits.is_empty() {
+            let edits = std::mem::take(&mut self.context_edits);
+            self.ready
+                .push_back(Ok(StreamEvent::ContextEdited { edits }));
         }
     }
 }

@@ -781,6 +781,10 @@ pub struct EncodeOptions {
     pub default_max_tokens: u32,
     /// Whether to stream.
     pub stream: bool,
+    /// Whether to send how the client asked to see the thinking
+    /// (`thinking.display`): Anthropic's own API takes it; a server that
+    /// only speaks the protocol may refuse a field it does not know.
+    pub thinking_display: bool,
 }
 
 impl Default for EncodeOptions {
@@ -788,6 +792,7 @@ impl Default for EncodeOptions {
         Self {
             default_max_tokens: DEFAULT_MAX_TOKENS,
             stream: false,
+            thinking_display: false,
         }
     }
 }
@@ -839,6 +844,10 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
     let structured = structured_output_tool(request);
     let mut max_tokens = request.max_tokens.unwrap_or(options.default_max_tokens);
     let adaptive = takes_adaptive_thinking(&request.model);
+    let display = request
+        .reasoning_display
+        .clone()
+        .filter(|_| options.thinking_display);
     let thinking = reasoning_for(request).and_then(|effort| {
         // The client's own budget when it named one (a client of the
         // Anthropic protocol), else its level's.
@@ -853,9 +862,7 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
             if request.max_tokens.is_none() && max_tokens <= budget {
                 max_tokens = budget.saturating_add(options.default_max_tokens);
             }
-            return Some(ThinkingConfig::Adaptive {
-                display: request.reasoning_display.clone(),
-            });
+            return Some(ThinkingConfig::Adaptive { display });
         }
         if max_tokens <= budget {
             match request.max_tokens {
@@ -871,7 +878,7 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
         }
         Some(ThinkingConfig::Enabled {
             budget_tokens: budget,
-            display: request.reasoning_display.clone(),
+            display,
         })
     });
     let thinking_on = thinking.is_some();
@@ -1758,10 +1765,7 @@ mod tests {
     }
 
     fn options() -> EncodeOptions {
-        EncodeOptions {
-            default_max_tokens: DEFAULT_MAX_TOKENS,
-            stream: false,
-        }
+        EncodeOptions::default()
     }
 
     #[test]
