@@ -375,7 +375,8 @@ def anthropic_context_editing():
     trigger, all tool results but the last are cleared before the model
     reads the conversation, and the answer says so in the SDK's own types,
     whole and streamed; under it nothing is cleared and the answer says
-    that too; count_tokens counts the conversation as the model reads it."""
+    that too; count_tokens counts the conversation as the model reads it,
+    and says what it was before the edits."""
     client = ant()
     edits = {"edits": [{"type": "clear_tool_uses_20250919",
                         "trigger": {"type": "input_tokens", "value": 200},
@@ -397,10 +398,14 @@ def anthropic_context_editing():
     untouched = client.beta.messages.create(**asked, context_management=high)
     assert untouched.context_management.applied_edits == [], untouched.context_management
     counting = {name: asked[name] for name in ("model", "tools", "messages", "betas")}
-    counted_whole = client.beta.messages.count_tokens(**counting).input_tokens
-    counted_edited = client.beta.messages.count_tokens(
-        **counting, context_management=edits).input_tokens
+    counted_whole = client.beta.messages.count_tokens(**counting)
+    assert counted_whole.context_management is None, counted_whole
+    counted_whole = counted_whole.input_tokens
+    counted = client.beta.messages.count_tokens(**counting, context_management=edits)
+    counted_edited = counted.input_tokens
     assert counted_edited < counted_whole, (counted_edited, counted_whole)
+    # The count before the edits comes with it, as Anthropic's API gives it.
+    assert counted.context_management.original_input_tokens == counted_whole, counted
     return {
         "input_tokens": {"plain": read_tokens(plain.usage), "edited": read_tokens(edited.usage)},
         "counted": {"plain": counted_whole, "edited": counted_edited},

@@ -377,6 +377,9 @@ pub(crate) struct TokenCount {
     /// Whether the provider that would answer counted it with its own
     /// tokenizer; `false` for the gateway's estimate.
     pub(crate) exact: bool,
+    /// For a request that asked for context editing, the count before the
+    /// edits, taken the same way (`None` when a second count failed).
+    pub(crate) original_input_tokens: Option<u64>,
 }
 
 /// Counts a request's input tokens. It is routed, and checked against the
@@ -427,13 +430,34 @@ pub(crate) async fn count_input_tokens(
             return Err(error);
         }
     };
-    let estimate = InputEstimate::of(&request);
-    let estimate = match targets.first() {
-        Some(first) => estimate.for_target(&routes, first),
-        None => estimate.whole,
+    let estimate_for = |request: &ChatRequest| {
+        let estimate = InputEstimate::of(request);
+        match targets.first() {
+            Some(first) => estimate.for_target(&routes, first),
+            None => estimate.whole,
+        }
     };
+    let estimate = estimate_for(&request);
+    // Anthropic's answer to a request that asked for context editing also
+    // gives the count before the edits: the same request without them.
+    let original = request.context_management.is_some().then(|| ChatRequest {
+        context_management: None,
+        ..request.clone()
+    });
+    let original_estimate = original.as_ref().map(estimate_for);
     let call = routes.router.count_input_tokens_on(targets, request);
     let (target, counted) = call_upstream(&mut accounting, call).await?;
+    let original_input_tokens = match (original, counted) {
+        (None, _) => None,
+        (Some(_), None) => original_estimate,
+        // Counted by the provider that counted the request, or not at all.
+        (Some(original), Some(_)) => routes
+            .router
+            .count_input_tokens_on(vec![target.clone()], original)
+            .await
+            .ok()
+            .and_then(|(_, count)| count),
+    };
     // Only a provider that counted is named in the ledger; an estimate
     // is the gateway's own.
     if counted.is_some() {
@@ -444,10 +468,12 @@ pub(crate) async fn count_input_tokens(
         Some(input_tokens) => TokenCount {
             input_tokens,
             exact: true,
+            original_input_tokens,
         },
         None => TokenCount {
             input_tokens: estimate,
             exact: false,
+            original_input_tokens,
         },
     })
 }

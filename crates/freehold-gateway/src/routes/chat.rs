@@ -337,6 +337,11 @@ pub(crate) async fn count_tokens(
                 [("x-freehold-token-count", source)],
                 Json(anthropic::CountTokensResponse {
                     input_tokens: count.input_tokens,
+                    context_management: count.original_input_tokens.map(|original_input_tokens| {
+                        anthropic::CountedBeforeEdits {
+                            original_input_tokens,
+                        }
+                    }),
                 }),
             )
                 .into_response()

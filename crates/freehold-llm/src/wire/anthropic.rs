@@ -739,6 +739,17 @@ pub const COUNT_TOKENS_FIELDS: [&str; 8] = [
 pub struct CountTokensResponse {
     /// The request's input tokens: system prompt, messages and tools.
     pub input_tokens: u64,
+    /// For a request that asked for context editing, the count before the
+    /// edits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_management: Option<CountedBeforeEdits>,
+}
+
+/// `context_management` of a `count_tokens` response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountedBeforeEdits {
+    /// The request's input tokens before its context edits.
+    pub original_input_tokens: u64,
 }
 
 /// `GET /v1/models` response.
