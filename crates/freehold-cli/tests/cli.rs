@@ -731,6 +731,7 @@ async fn bench_gateway_runs_serve_and_the_relay_as_child_processes() {
             "direct stream",
             "gateway stream",
             "gateway messages",
+            "gateway messages editing",
             "gateway responses"
         ]
     );

@@ -167,6 +167,9 @@ pub enum Call {
     ChatStream,
     /// `POST /v1/messages` (Anthropic), a whole answer.
     Messages,
+    /// The same, asking to keep all thinking with Anthropic's context
+    /// editing, as Claude Code does in every request.
+    MessagesEditing,
     /// `POST /v1/responses` (what Codex speaks), a whole answer.
     Responses,
 }
@@ -175,7 +178,7 @@ impl Call {
     fn path(self) -> &'static str {
         match self {
             Self::Chat | Self::ChatStream => "/v1/chat/completions",
-            Self::Messages => "/v1/messages",
+            Self::Messages | Self::MessagesEditing => "/v1/messages",
             Self::Responses => "/v1/responses",
         }
     }
@@ -196,6 +199,10 @@ impl Call {
                 json!({"model": model, "messages": messages, "max_tokens": 32, "stream": true})
             }
             Self::Messages => json!({"model": model, "messages": messages, "max_tokens": 32}),
+            Self::MessagesEditing => json!({
+                "model": model, "messages": messages, "max_tokens": 32,
+                "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+            }),
             Self::Responses => json!({"model": model, "input": messages, "max_output_tokens": 32}),
         };
         Bytes::from(body.to_string())
@@ -504,6 +511,12 @@ pub async fn run(
             phase("gateway stream", Via::Gateway, Call::ChatStream, Some(rate)),
             phase("gateway messages", Via::Gateway, Call::Messages, Some(rate)),
             phase(
+                "gateway messages editing",
+                Via::Gateway,
+                Call::MessagesEditing,
+                Some(rate),
+            ),
+            phase(
                 "gateway responses",
                 Via::Gateway,
                 Call::Responses,
@@ -559,6 +572,7 @@ pub async fn run(
         ("gateway stream", "direct stream", "latency"),
         ("gateway stream", "direct stream", "first byte"),
         ("gateway messages", "direct", "latency"),
+        ("gateway messages editing", "direct", "latency"),
         ("gateway responses", "direct", "latency"),
     ]
     .into_iter()
@@ -853,7 +867,7 @@ async fn one_request(
         .body(shared.body.clone());
     if let Some(key) = &shared.key {
         request = match shared.call {
-            Call::Messages => request
+            Call::Messages | Call::MessagesEditing => request
                 .header("x-api-key", key)
                 .header("anthropic-version", "2023-06-01"),
             Call::Chat | Call::ChatStream | Call::Responses => request.bearer_auth(key),

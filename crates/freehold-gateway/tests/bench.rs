@@ -71,6 +71,7 @@ async fn a_short_run_reports_every_phase() {
             "direct stream",
             "gateway stream",
             "gateway messages",
+            "gateway messages editing",
             "gateway responses"
         ]
     );
@@ -103,9 +104,9 @@ async fn a_short_run_reports_every_phase() {
             .is_none()
     );
     // Against direct calls: gateway max, gateway, relay, gateway stream
-    // (latency and first byte), gateway messages, gateway responses; and
-    // gateway against relay.
-    assert_eq!(report.added.len(), 8);
+    // (latency and first byte), gateway messages (plain and with context
+    // editing), gateway responses; and gateway against relay.
+    assert_eq!(report.added.len(), 9);
     let over_relay = report
         .added
         .iter()
