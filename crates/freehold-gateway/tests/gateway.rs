@@ -159,6 +159,12 @@ async fn start(routes: Routes, settings: GatewaySettings, database: Option<Strin
     }
 }
 
+/// A gateway with the default settings in front of an Anthropic upstream
+/// at `url` ([`anthropic_routes`]).
+async fn start_anthropic(url: &str) -> Running {
+    start(anthropic_routes(url), GatewaySettings::default(), None).await
+}
+
 /// A gateway with the default settings in front of `providers`, each a
 /// `[providers.NAME]` table as the configuration file would give it.
 async fn start_configured(providers: Vec<(&str, ProviderConfig)>) -> Running {
@@ -3674,12 +3680,7 @@ async fn anthropic_beta_headers_reach_anthropic_upstreams() {
         anthropic_message("claude-x", "hi"),
     )])
     .await;
-    let gw = start(
-        anthropic_routes(&upstream.url()),
-        GatewaySettings::default(),
-        None,
-    )
-    .await;
+    let gw = start_anthropic(&upstream.url()).await;
     let response = reqwest::Client::new()
         .post(format!("{}/v1/messages?beta=true", gw.url))
         .header("x-api-key", MASTER)
@@ -3727,12 +3728,7 @@ async fn how_thinking_is_shown_is_asked_of_anthropic_upstreams() {
         Scripted::json(200, answer),
     ])
     .await;
-    let gw = start(
-        anthropic_routes(&upstream.url()),
-        GatewaySettings::default(),
-        None,
-    )
-    .await;
+    let gw = start_anthropic(&upstream.url()).await;
     let mut budgeted = chat_body("claude:claude-x");
     budgeted["max_tokens"] = json!(4096);
     budgeted["thinking"] = json!({"type": "enabled", "budget_tokens": 2048, "display": "omitted"});
@@ -3774,12 +3770,7 @@ async fn a_clients_cache_marks_reach_anthropic_upstreams() {
         Scripted::json(200, answer),
     ])
     .await;
-    let gw = start(
-        anthropic_routes(&upstream.url()),
-        GatewaySettings::default(),
-        None,
-    )
-    .await;
+    let gw = start_anthropic(&upstream.url()).await;
     let mark = json!({"type": "ephemeral"});
     let marked = json!({
         "model": "claude:claude-x", "max_tokens": 100,
@@ -4075,12 +4066,7 @@ async fn openai_clients_call_tools_through_an_anthropic_upstream() {
         Scripted::sse(ANTHROPIC_TOOL_STREAM, Split::Every(37)),
     ])
     .await;
-    let gw = start(
-        anthropic_routes(&upstream.url()),
-        GatewaySettings::default(),
-        None,
-    )
-    .await;
+    let gw = start_anthropic(&upstream.url()).await;
     let mut request = json!({
         "model": "claude:claude-x",
         "max_tokens": 100,
@@ -4581,12 +4567,7 @@ async fn codex_namespaces_with_long_names_reach_a_provider_that_limits_names() {
         }),
     )])
     .await;
-    let gw = start(
-        anthropic_routes(&upstream.url()),
-        GatewaySettings::default(),
-        None,
-    )
-    .await;
+    let gw = start_anthropic(&upstream.url()).await;
     let namespace = "mcp__github_enterprise_server_for_the_platform_team";
     let request = json!({
         "model": "claude:claude-x",

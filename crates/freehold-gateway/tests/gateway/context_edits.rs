@@ -175,12 +175,7 @@ async fn an_anthropic_upstream_gets_the_edits_and_reports_them() {
         Scripted::sse(&stream, Split::Whole),
     ])
     .await;
-    let gw = start(
-        anthropic_routes(&upstream.url()),
-        GatewaySettings::default(),
-        None,
-    )
-    .await;
+    let gw = start_anthropic(&upstream.url()).await;
 
     let asked = conversation_with_edits("claude:claude-x", false);
     let (status, whole) = messages(&gw.url, &asked).await;
