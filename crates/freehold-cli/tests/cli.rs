@@ -732,7 +732,9 @@ async fn bench_gateway_runs_serve_and_the_relay_as_child_processes() {
             "gateway stream",
             "gateway messages",
             "gateway messages editing",
-            "gateway responses"
+            "gateway responses",
+            "direct large",
+            "gateway messages large"
         ]
     );
     for phase in report["phases"].as_array().unwrap() {

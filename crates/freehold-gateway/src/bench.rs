@@ -27,7 +27,10 @@
 //! Paced phases: non-streaming `/v1/chat/completions`, streaming (time to
 //! first byte and to the end), `/v1/messages` (Anthropic) and
 //! `/v1/responses` (OpenAI's, which Codex speaks) through the gateway
-//! against the direct non-streaming reference.
+//! against the direct non-streaming reference; and a coding agent's
+//! request (some 95 KB, in Claude Code's shape) to `/v1/messages` against
+//! the same conversation sent directly, at a lower rate
+//! ([`LARGE_RATE_DIVISOR`]).
 //!
 //! Each phase runs `warmup` unmeasured, then `duration` measured. The
 //! generator, the mock and the gateway share the machine's cores, so the
@@ -52,12 +55,22 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ledger::Ledger;
 use crate::mock::{MOCK_TEXT, MockUpstream};
+
+mod agent_request;
 use crate::settings::GatewaySettings;
 use crate::state::{Gateway, Routes};
 use crate::store::Store;
 
 /// Concurrent clients by default.
 pub const DEFAULT_CLIENTS: usize = 64;
+
+/// The `large` phases (a coding agent's request, some 95 KB) are paced at
+/// the run's rate divided by this: 200/s by default. Each such request
+/// costs the gateway, the mock and the load generator tens of times what
+/// a one-line chat costs, and the phases must stay below what the
+/// machine's 2 cores can do, for their latency to be what one request
+/// pays rather than queueing.
+pub const LARGE_RATE_DIVISOR: f64 = 25.0;
 /// Measured time per phase by default.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// Unmeasured time before each phase by default.
@@ -172,13 +185,20 @@ pub enum Call {
     MessagesEditing,
     /// `POST /v1/responses` (what Codex speaks), a whole answer.
     Responses,
+    /// `POST /v1/chat/completions` with a coding agent's request (some
+    /// 95 KB of system prompt, tool schemas and conversation): the direct
+    /// reference for [`Call::MessagesLarge`].
+    ChatLarge,
+    /// `POST /v1/messages` with the same conversation as Claude Code sends
+    /// it.
+    MessagesLarge,
 }
 
 impl Call {
     fn path(self) -> &'static str {
         match self {
-            Self::Chat | Self::ChatStream => "/v1/chat/completions",
-            Self::Messages | Self::MessagesEditing => "/v1/messages",
+            Self::Chat | Self::ChatStream | Self::ChatLarge => "/v1/chat/completions",
+            Self::Messages | Self::MessagesEditing | Self::MessagesLarge => "/v1/messages",
             Self::Responses => "/v1/responses",
         }
     }
@@ -204,6 +224,8 @@ impl Call {
                 "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
             }),
             Self::Responses => json!({"model": model, "input": messages, "max_output_tokens": 32}),
+            Self::ChatLarge => agent_request::chat_body(model),
+            Self::MessagesLarge => agent_request::messages_body(model),
         };
         Bytes::from(body.to_string())
     }
@@ -522,6 +544,18 @@ pub async fn run(
                 Call::Responses,
                 Some(rate),
             ),
+            phase(
+                "direct large",
+                Via::Direct,
+                Call::ChatLarge,
+                Some(rate / LARGE_RATE_DIVISOR),
+            ),
+            phase(
+                "gateway messages large",
+                Via::Gateway,
+                Call::MessagesLarge,
+                Some(rate / LARGE_RATE_DIVISOR),
+            ),
         ]);
     }
     let idle_rss = gateway
@@ -574,6 +608,7 @@ pub async fn run(
         ("gateway messages", "direct", "latency"),
         ("gateway messages editing", "direct", "latency"),
         ("gateway responses", "direct", "latency"),
+        ("gateway messages large", "direct large", "latency"),
     ]
     .into_iter()
     .filter_map(|(phase, reference, metric)| added(&report, phase, reference, metric))
@@ -867,10 +902,12 @@ async fn one_request(
         .body(shared.body.clone());
     if let Some(key) = &shared.key {
         request = match shared.call {
-            Call::Messages | Call::MessagesEditing => request
+            Call::Messages | Call::MessagesEditing | Call::MessagesLarge => request
                 .header("x-api-key", key)
                 .header("anthropic-version", "2023-06-01"),
-            Call::Chat | Call::ChatStream | Call::Responses => request.bearer_auth(key),
+            Call::Chat | Call::ChatStream | Call::Responses | Call::ChatLarge => {
+                request.bearer_auth(key)
+            }
         };
     }
     let mut response = request.send().await.map_err(|error| error.to_string())?;

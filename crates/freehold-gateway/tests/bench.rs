@@ -72,7 +72,9 @@ async fn a_short_run_reports_every_phase() {
             "gateway stream",
             "gateway messages",
             "gateway messages editing",
-            "gateway responses"
+            "gateway responses",
+            "direct large",
+            "gateway messages large"
         ]
     );
     assert_eq!(*phases.lock().unwrap(), names);
@@ -105,8 +107,15 @@ async fn a_short_run_reports_every_phase() {
     );
     // Against direct calls: gateway max, gateway, relay, gateway stream
     // (latency and first byte), gateway messages (plain and with context
-    // editing), gateway responses; and gateway against relay.
-    assert_eq!(report.added.len(), 9);
+    // editing), gateway responses, and the large request against its own
+    // direct reference; and gateway against relay.
+    assert_eq!(report.added.len(), 10);
+    let large = report
+        .added
+        .iter()
+        .find(|a| a.phase == "gateway messages large")
+        .unwrap();
+    assert_eq!(large.reference, "direct large");
     let over_relay = report
         .added
         .iter()
