@@ -1155,10 +1155,14 @@ impl Accounting {
         }
     }
 
-    /// Keeps `text` (a request or response body) for the ledger, when the
-    /// gateway logs bodies.
-    pub(crate) fn log_body(&mut self, text: &str) {
+    /// Keeps `body` (a request or response body) for the ledger, when the
+    /// gateway logs bodies. It is read as text only then: a coding agent's
+    /// request is tens of kilobytes, and checking that much UTF-8 for a
+    /// switched-off log was a seventh of the gateway's work on it.
+    pub(crate) fn log_body(&mut self, body: &[u8]) {
         if self.gateway.settings.log_bodies {
+            let text = String::from_utf8_lossy(body);
+            let text = text.as_ref();
             let redacted;
             let text = if self.body_has_findings {
                 redacted = self.gateway.privacy.redacted_for_log(text);

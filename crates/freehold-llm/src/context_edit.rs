@@ -35,6 +35,7 @@ use std::collections::BTreeSet;
 
 use freehold_protocol::{AppliedContextEdit, ChatRequest, ContentPart, Role};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 /// The note a cleared tool result is replaced by.
@@ -120,29 +121,35 @@ impl ContextEditError {
     }
 }
 
-/// An edit of a known kind as the API takes it (the API refuses fields it
-/// does not know, and so does this).
+/// `clear_tool_uses_20250919` as the API takes it (the API refuses fields
+/// it does not know, and so does this). Each kind is read on its own, from
+/// the parsed value in place: a `#[serde(tag = "type")]` enum would copy it
+/// into an intermediate tree first.
 #[derive(Deserialize)]
-#[serde(tag = "type", deny_unknown_fields)]
-enum WireEdit {
-    #[serde(rename = "clear_tool_uses_20250919")]
-    ClearToolUses {
-        #[serde(default)]
-        trigger: Option<WireCount>,
-        #[serde(default)]
-        keep: Option<WireCount>,
-        #[serde(default)]
-        clear_at_least: Option<WireCount>,
-        #[serde(default)]
-        exclude_tools: Option<Vec<String>>,
-        #[serde(default)]
-        clear_tool_inputs: Option<WireClearInputs>,
-    },
-    #[serde(rename = "clear_thinking_20251015")]
-    ClearThinking {
-        #[serde(default)]
-        keep: Option<WireThinkingKeep>,
-    },
+#[serde(deny_unknown_fields)]
+struct WireClearToolUses {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    trigger: Option<WireCount>,
+    #[serde(default)]
+    keep: Option<WireCount>,
+    #[serde(default)]
+    clear_at_least: Option<WireCount>,
+    #[serde(default)]
+    exclude_tools: Option<Vec<String>>,
+    #[serde(default)]
+    clear_tool_inputs: Option<WireClearInputs>,
+}
+
+/// `clear_thinking_20251015` as the API takes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireClearThinking {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    keep: Option<WireThinkingKeep>,
 }
 
 /// `{"type": "input_tokens" | "tool_uses", "value": N}`.
@@ -302,79 +309,22 @@ impl ContextEdits {
 }
 
 fn parse_edit(index: usize, edit: &Value) -> Result<Edit, ContextEditError> {
-    let field = format!("context_management.edits[{index}]");
+    // Built only for an error: Claude Code sends an edit with every request.
+    let field = || format!("context_management.edits[{index}]");
     let kind = edit
         .get("type")
         .and_then(Value::as_str)
-        .ok_or_else(|| ContextEditError::new(&field, "expected an object with a `type`"))?;
-    if kind == COMPACT {
-        return Err(ContextEditError::new(
-            format!("{field}.type"),
-            format!(
-                "`{COMPACT}` (a summary made by Anthropic's API) is not served: its `compaction` \
-                 blocks cannot pass through the gateway; compact on the client instead"
-            ),
-        ));
-    }
-    if ![CLEAR_TOOL_USES, CLEAR_THINKING].contains(&kind) {
-        return Ok(Edit::Unknown(kind.to_owned()));
-    }
-    let wire: WireEdit = serde_json::from_value(edit.clone())
-        .map_err(|error| ContextEditError::new(&field, error.to_string()))?;
-    Ok(match wire {
-        WireEdit::ClearToolUses {
-            trigger,
-            keep,
-            clear_at_least,
-            exclude_tools,
-            clear_tool_inputs,
-        } => {
-            let trigger = match trigger {
-                None => Trigger::InputTokens(DEFAULT_TRIGGER_INPUT_TOKENS),
-                Some(count) => match count.kind.as_str() {
-                    "input_tokens" => Trigger::InputTokens(count.value),
-                    "tool_uses" => Trigger::ToolUses(count.value),
-                    other => {
-                        return Err(wrong_count(
-                            &field,
-                            "trigger",
-                            other,
-                            "input_tokens` or `tool_uses",
-                        ));
-                    }
-                },
-            };
-            let keep = match keep {
-                None => DEFAULT_KEEP_TOOL_USES,
-                Some(count) if count.kind == "tool_uses" => count.value,
-                Some(count) => return Err(wrong_count(&field, "keep", &count.kind, "tool_uses")),
-            };
-            let clear_at_least = match clear_at_least {
-                None => 0,
-                Some(count) if count.kind == "input_tokens" => count.value,
-                Some(count) => {
-                    return Err(wrong_count(
-                        &field,
-                        "clear_at_least",
-                        &count.kind,
-                        "input_tokens",
-                    ));
-                }
-            };
-            let clear_inputs = match clear_tool_inputs {
-                None | Some(WireClearInputs::All(false)) => ClearInputs::None,
-                Some(WireClearInputs::All(true)) => ClearInputs::All,
-                Some(WireClearInputs::Of(names)) => ClearInputs::Of(names.into_iter().collect()),
-            };
-            Edit::ClearToolUses(ClearToolUses {
-                trigger,
-                keep,
-                clear_at_least,
-                exclude_tools: exclude_tools.unwrap_or_default().into_iter().collect(),
-                clear_inputs,
-            })
-        }
-        WireEdit::ClearThinking { keep } => {
+        .ok_or_else(|| ContextEditError::new(field(), "expected an object with a `type`"))?;
+    let wrong = |error: serde_json::Error| ContextEditError::new(field(), error.to_string());
+    match kind {
+        CLEAR_TOOL_USES => parse_clear_tool_uses(
+            WireClearToolUses::deserialize(edit).map_err(wrong)?,
+            &field(),
+        )
+        .map(Edit::ClearToolUses),
+        CLEAR_THINKING => {
+            let WireClearThinking { keep, .. } =
+                WireClearThinking::deserialize(edit).map_err(wrong)?;
             let keep_turns = match keep {
                 None => Some(DEFAULT_KEEP_THINKING_TURNS),
                 Some(WireThinkingKeep::Name(name)) if name == "all" => None,
@@ -385,14 +335,82 @@ fn parse_edit(index: usize, edit: &Value) -> Result<Edit, ContextEditError> {
                 })) if kind == "thinking_turns" && value >= 1 => Some(value),
                 Some(_) => {
                     return Err(ContextEditError::new(
-                        format!("{field}.keep"),
+                        format!("{}.keep", field()),
                         "expected \"all\", {\"type\": \"all\"} or {\"type\": \"thinking_turns\", \
                          \"value\": N} with N at least 1",
                     ));
                 }
             };
-            Edit::ClearThinking { keep_turns }
+            Ok(Edit::ClearThinking { keep_turns })
         }
+        COMPACT => Err(ContextEditError::new(
+            format!("{}.type", field()),
+            format!(
+                "`{COMPACT}` (a summary made by Anthropic's API) is not served: its `compaction` \
+                 blocks cannot pass through the gateway; compact on the client instead"
+            ),
+        )),
+        other => Ok(Edit::Unknown(other.to_owned())),
+    }
+}
+
+/// A `clear_tool_uses_20250919` edit's settings, with the API's defaults;
+/// `field` is the edit's path, for errors.
+fn parse_clear_tool_uses(
+    wire: WireClearToolUses,
+    field: &str,
+) -> Result<ClearToolUses, ContextEditError> {
+    let WireClearToolUses {
+        trigger,
+        keep,
+        clear_at_least,
+        exclude_tools,
+        clear_tool_inputs,
+        ..
+    } = wire;
+    let trigger = match trigger {
+        None => Trigger::InputTokens(DEFAULT_TRIGGER_INPUT_TOKENS),
+        Some(count) => match count.kind.as_str() {
+            "input_tokens" => Trigger::InputTokens(count.value),
+            "tool_uses" => Trigger::ToolUses(count.value),
+            other => {
+                return Err(wrong_count(
+                    field,
+                    "trigger",
+                    other,
+                    "input_tokens` or `tool_uses",
+                ));
+            }
+        },
+    };
+    let keep = match keep {
+        None => DEFAULT_KEEP_TOOL_USES,
+        Some(count) if count.kind == "tool_uses" => count.value,
+        Some(count) => return Err(wrong_count(field, "keep", &count.kind, "tool_uses")),
+    };
+    let clear_at_least = match clear_at_least {
+        None => 0,
+        Some(count) if count.kind == "input_tokens" => count.value,
+        Some(count) => {
+            return Err(wrong_count(
+                field,
+                "clear_at_least",
+                &count.kind,
+                "input_tokens",
+            ));
+        }
+    };
+    let clear_inputs = match clear_tool_inputs {
+        None | Some(WireClearInputs::All(false)) => ClearInputs::None,
+        Some(WireClearInputs::All(true)) => ClearInputs::All,
+        Some(WireClearInputs::Of(names)) => ClearInputs::Of(names.into_iter().collect()),
+    };
+    Ok(ClearToolUses {
+        trigger,
+        keep,
+        clear_at_least,
+        exclude_tools: exclude_tools.unwrap_or_default().into_iter().collect(),
+        clear_inputs,
     })
 }
 

@@ -316,13 +316,13 @@ impl Router {
         targets: Vec<Target>,
         request: ChatRequest,
     ) -> Result<(Target, EventStream), LlmError> {
+        let name = request.model.clone();
         let last = targets.len().saturating_sub(1);
         let mut last_error = None;
-        for (attempt, target) in targets.into_iter().enumerate() {
+        for (attempt, (target, request)) in TargetRequests::new(targets, request).enumerate() {
             let provider = self.provider(&target)?;
             let call = async {
-                let (request, edits) =
-                    with_context_edits(provider, target_request(&request, &target)).await?;
+                let (request, edits) = with_context_edits(provider, request).await?;
                 let stream = provider.stream(request).await?;
                 Ok(report_context_edits(stream, edits))
             };
@@ -332,17 +332,17 @@ impl Router {
             };
             match result {
                 Ok(stream) => {
-                    answered(&request.model, &target, attempt);
+                    answered(&name, &target, attempt);
                     return Ok((target, stream));
                 }
                 Err(error) if error.is_retryable() && attempt < last => {
-                    falling_back(&request.model, &target, &error);
+                    falling_back(&name, &target, &error);
                     last_error = Some(error);
                 }
                 Err(error) => return Err(error),
             }
         }
-        Err(last_error.unwrap_or_else(|| self.unknown(&request.model)))
+        Err(last_error.unwrap_or_else(|| self.unknown(&name)))
     }
 
     /// A complete answer like [`Provider::complete`], and the target that
@@ -368,16 +368,14 @@ impl Router {
         targets: Vec<Target>,
         request: ChatRequest,
     ) -> Result<(Target, ChatResponse), LlmError> {
-        self.whole(&request.model, targets, |provider, target| {
-            let request = target_request(&request, target);
-            async move {
-                let (request, edits) = with_context_edits(&provider, request).await?;
-                let mut response = provider.complete(request).await?;
-                if !edits.is_empty() {
-                    response.context_edits = edits;
-                }
-                Ok(response)
+        let name = request.model.clone();
+        self.whole(&name, targets, request, |provider, request| async move {
+            let (request, edits) = with_context_edits(&provider, request).await?;
+            let mut response = provider.complete(request).await?;
+            if !edits.is_empty() {
+                response.context_edits = edits;
             }
+            Ok(response)
         })
         .await
     }
@@ -407,10 +405,9 @@ impl Router {
         targets: Vec<Target>,
         request: EmbedRequest,
     ) -> Result<(Target, EmbedResponse), LlmError> {
-        self.whole(&request.model, targets, |provider, target| {
-            let mut request = request.clone();
-            request.model.clone_from(&target.model);
-            async move { provider.embed(request).await }
+        let name = request.model.clone();
+        self.whole(&name, targets, request, |provider, request| async move {
+            provider.embed(request).await
         })
         .await
     }
@@ -440,8 +437,8 @@ impl Router {
         targets: Vec<Target>,
         request: ChatRequest,
     ) -> Result<(Target, Option<u64>), LlmError> {
-        self.whole(&request.model, targets, |provider, target| {
-            let request = target_request(&request, target);
+        let name = request.model.clone();
+        self.whole(&name, targets, request, |provider, request| {
             // Counted as the model would read it: after the context edits.
             async move {
                 let (request, _) = with_context_edits(&provider, request).await?;
@@ -451,23 +448,26 @@ impl Router {
         .await
     }
 
-    /// Tries `targets` (those of the model `name`) in order with a request
-    /// whose answer comes whole, falling back on retryable errors.
-    async fn whole<T, F, Fut>(
+    /// Tries `targets` (those of the model `name`) in order with `request`,
+    /// addressed to each in turn, for an answer that comes whole, falling
+    /// back on retryable errors.
+    async fn whole<R, T, F, Fut>(
         &self,
         name: &str,
         targets: Vec<Target>,
+        request: R,
         call: F,
     ) -> Result<(Target, T), LlmError>
     where
-        F: Fn(Arc<dyn Provider>, &Target) -> Fut,
+        R: Addressed,
+        F: Fn(Arc<dyn Provider>, R) -> Fut,
         Fut: std::future::Future<Output = Result<T, LlmError>>,
     {
         let last = targets.len().saturating_sub(1);
         let mut last_error = None;
-        for (attempt, target) in targets.into_iter().enumerate() {
+        for (attempt, (target, request)) in TargetRequests::new(targets, request).enumerate() {
             let provider = Arc::clone(self.provider(&target)?);
-            match with_fallback_after(attempt < last, call(provider, &target)).await {
+            match with_fallback_after(attempt < last, call(provider, request)).await {
                 Ok(answer) => {
                     answered(name, &target, attempt);
                     return Ok((target, answer));
@@ -681,10 +681,55 @@ async fn with_fallback_after<F: std::future::Future>(follows: bool, call: F) -> 
     crate::http::FALLBACK_FOLLOWS.scope(follows, call).await
 }
 
-fn target_request(request: &ChatRequest, target: &Target) -> ChatRequest {
-    let mut request = request.clone();
-    request.model.clone_from(&target.model);
-    request
+/// A request that names its model, and so can be addressed to a target's.
+trait Addressed: Clone {
+    fn set_model(&mut self, model: &str);
+}
+
+impl Addressed for ChatRequest {
+    fn set_model(&mut self, model: &str) {
+        model.clone_into(&mut self.model);
+    }
+}
+
+impl Addressed for EmbedRequest {
+    fn set_model(&mut self, model: &str) {
+        model.clone_into(&mut self.model);
+    }
+}
+
+/// A caller's request, addressed to each target of a route in turn: a copy
+/// for every target a fallback may follow, the request itself for the last
+/// one (a coding agent's request is tens of kilobytes of conversation and
+/// tool schemas, and most routes have one target). Copies are made as the
+/// targets are tried, not before.
+struct TargetRequests<R> {
+    targets: std::vec::IntoIter<Target>,
+    request: Option<R>,
+}
+
+impl<R: Addressed> TargetRequests<R> {
+    fn new(targets: Vec<Target>, request: R) -> Self {
+        Self {
+            targets: targets.into_iter(),
+            request: Some(request),
+        }
+    }
+}
+
+impl<R: Addressed> Iterator for TargetRequests<R> {
+    type Item = (Target, R);
+
+    fn next(&mut self) -> Option<(Target, R)> {
+        let target = self.targets.next()?;
+        let mut request = if self.targets.len() == 0 {
+            self.request.take()?
+        } else {
+            self.request.clone()?
+        };
+        request.set_model(&target.model);
+        Some((target, request))
+    }
 }
 
 /// `request` as `provider` gets it: when it asks for Anthropic's context

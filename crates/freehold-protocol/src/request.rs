@@ -191,9 +191,52 @@ impl ChatRequest {
             }
         }
         for tool in &self.tools {
-            bytes += tool.name.len() + tool.description.len() + tool.parameters.to_string().len();
+            bytes += tool.name.len() + tool.description.len() + json_text_len(&tool.parameters);
         }
         (bytes as u64).div_ceil(4)
+    }
+}
+
+/// How long `value` is as compact JSON text, escapes aside: what
+/// `value.to_string().len()` gives for text without quotes or control
+/// characters, measured without writing it (a coding agent's tool schemas
+/// are tens of kilobytes, and writing them out only to take their length
+/// cost more than the rest of the estimate).
+fn json_text_len(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::Null => 4,
+        Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(number) => {
+            let mut counter = LenCounter(0);
+            // A `fmt::Write` that only counts cannot fail.
+            let _ = std::fmt::Write::write_fmt(&mut counter, format_args!("{number}"));
+            counter.0
+        }
+        Value::String(text) => text.len() + 2,
+        // `[`, `]` and a comma between items.
+        Value::Array(items) => {
+            2 + items.len().saturating_sub(1) + items.iter().map(json_text_len).sum::<usize>()
+        }
+        // `{`, `}`, a comma between entries, and each key's quotes and colon.
+        Value::Object(entries) => {
+            2 + entries.len().saturating_sub(1)
+                + entries
+                    .iter()
+                    .map(|(key, value)| key.len() + 3 + json_text_len(value))
+                    .sum::<usize>()
+        }
+    }
+}
+
+/// A `fmt::Write` that counts the bytes written to it.
+struct LenCounter(usize);
+
+impl std::fmt::Write for LenCounter {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.0 += text.len();
+        Ok(())
     }
 }
 
@@ -382,6 +425,31 @@ impl Default for Capabilities {
 mod tests {
     use super::*;
     use crate::{ContentPart, Document, DocumentSource, Role};
+
+    #[test]
+    fn a_schemas_length_is_measured_as_its_compact_text() {
+        let schemas = [
+            serde_json::json!({}),
+            serde_json::json!([]),
+            serde_json::json!(null),
+            serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "Où lire — a UTF-8 path"},
+                    "limit": {"type": "integer", "minimum": -1, "maximum": 1.5e300},
+                    "flags": {"type": "array", "items": [true, false, null, 0.25]},
+                },
+                "required": ["path"],
+                "additionalProperties": false,
+            }),
+        ];
+        for schema in schemas {
+            assert_eq!(json_text_len(&schema), schema.to_string().len(), "{schema}");
+        }
+        // Escapes are left out of the measure: a quote is one byte, not two.
+        let quoted = serde_json::json!({"description": "say \"hi\""});
+        assert_eq!(json_text_len(&quoted), quoted.to_string().len() - 2);
+    }
 
     /// A request whose user message carries a 300 KB PDF beside its text.
     fn with_pdf() -> ChatRequest {

@@ -407,9 +407,7 @@ async fn serve<P: ChatProtocol>(
         Ok(admitted) => admitted,
         Err(error) => return error.into_response(P::PROTOCOL),
     };
-    admitted
-        .accounting
-        .log_body(&String::from_utf8_lossy(&body));
+    admitted.accounting.log_body(&body);
     if P::streams(&options) {
         let encoder = P::encoder(&model, options, admitted.input_estimate());
         let keepalive = gateway.settings.stream_keepalive();
@@ -448,7 +446,7 @@ async fn serve<P: ChatProtocol>(
                 if gateway.settings.log_bodies
                     && let Ok(text) = serde_json::to_string(&encoded)
                 {
-                    accounting.log_body(&text);
+                    accounting.log_body(text.as_bytes());
                 }
                 accounting.succeed();
                 (StatusCode::OK, Json(encoded)).into_response()

@@ -122,6 +122,38 @@ pub fn recover_in_stream(stream: EventStream, tools: Vec<ToolSpec>) -> EventStre
     Box::pin(stream::RecoverStream::new(stream, tools))
 }
 
+/// What recovery reads of the offered `tools`, kept while the request is
+/// away at the provider: each tool's name and its properties' `type`s. A
+/// coding agent's tool schemas are tens of kilobytes of descriptions that
+/// recovery never reads: copying them whole cost some 270,000
+/// instructions a Claude Code request, the view 120,000.
+pub fn recovery_view(tools: &[ToolSpec]) -> Vec<ToolSpec> {
+    use serde_json::{Map, Value};
+    tools
+        .iter()
+        .map(|tool| {
+            let mut properties = Map::new();
+            if let Some(Value::Object(offered)) = tool.parameters.get("properties") {
+                for (name, schema) in offered {
+                    let mut kept = Map::new();
+                    if let Some(kind) = schema.get("type") {
+                        kept.insert("type".to_owned(), kind.clone());
+                    }
+                    properties.insert(name.clone(), Value::Object(kept));
+                }
+            }
+            let mut parameters = Map::new();
+            parameters.insert("properties".to_owned(), Value::Object(properties));
+            ToolSpec {
+                name: tool.name.clone(),
+                description: String::new(),
+                parameters: Value::Object(parameters),
+                strict: tool.strict,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use freehold_protocol::{Message, Reasoning, Role, Usage};
@@ -155,6 +187,66 @@ mod tests {
 
     fn text(text: &str) -> ContentPart {
         ContentPart::Text { text: text.into() }
+    }
+
+    #[test]
+    fn the_recovery_view_recovers_what_the_whole_tools_do() {
+        let tools = vec![ToolSpec {
+            name: "search".into(),
+            description: "Searches files. ".repeat(100),
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "pattern": {"type": "string", "description": "A regex. ".repeat(50)},
+                    "limit": {"type": ["integer", "null"], "minimum": 1},
+                    "glob": {"anyOf": [{"type": "string"}]},
+                },
+                "required": ["pattern"],
+            }),
+            strict: true,
+        }];
+        let view = recovery_view(&tools);
+        assert_eq!(view[0].name, "search");
+        assert!(view[0].strict);
+        assert_eq!(
+            view[0].parameters,
+            json!({"properties": {
+                "pattern": {"type": "string"},
+                "limit": {"type": ["integer", "null"]},
+                "glob": {},
+            }})
+        );
+        let printed = [
+            "<tool_call>\n<function=search>\n<parameter=pattern>\nfn main\n</parameter>\n\
+             <parameter=limit>\n5\n</parameter>\n<parameter=glob>*.rs</parameter>\n\
+             </function>\n</tool_call>",
+            r#"{"name": "search", "arguments": {"pattern": "x", "limit": 2}}"#,
+            "Nothing to call.",
+        ];
+        for text in printed {
+            let whole = recover(text, &tools).map(|found| {
+                let calls: Vec<_> = found
+                    .calls
+                    .into_iter()
+                    .map(|call| (call.name, call.arguments))
+                    .collect();
+                (found.text, calls)
+            });
+            let viewed = recover(text, &view).map(|found| {
+                let calls: Vec<_> = found
+                    .calls
+                    .into_iter()
+                    .map(|call| (call.name, call.arguments))
+                    .collect();
+                (found.text, calls)
+            });
+            assert_eq!(whole, viewed, "{text}");
+        }
+        let found = recover(printed[0], &view).expect("the XML call is recovered");
+        assert_eq!(
+            found.calls[0].arguments,
+            r#"{"glob":"*.rs","limit":5,"pattern":"fn main"}"#
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use freehold_protocol::{
     ToolChoice,
 };
 
-use super::{recover_in_response, recover_in_stream};
+use super::{recover_in_response, recover_in_stream, recovery_view};
 use crate::provider::{EventStream, Provider};
 
 /// A [`Provider`] that recovers tool calls its inner provider's model
@@ -103,7 +103,7 @@ impl Provider for RecoveringProvider {
         if !self.wants_recovery(&request) {
             return self.inner.stream(request).await;
         }
-        let tools = request.tools.clone();
+        let tools = recovery_view(&request.tools);
         let stream = self.inner.stream(request).await?;
         Ok(recover_in_stream(stream, tools))
     }
@@ -112,7 +112,7 @@ impl Provider for RecoveringProvider {
         if !self.wants_recovery(&request) {
             return self.inner.complete(request).await;
         }
-        let tools = request.tools.clone();
+        let tools = recovery_view(&request.tools);
         let mut response = self.inner.complete(request).await?;
         recover_in_response(&mut response, &tools);
         Ok(response)
