@@ -1255,12 +1255,14 @@ mod wire {
             ],
             "tools": [
                 {"name": "read", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}},
-                {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+                {"type": "web_search_20250305", "name": "web_search"},
+                {"name": "grep", "input_schema": {"type": "object"}, "defer_loading": true}
             ],
             "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
             "thinking": {"type": "enabled", "budget_tokens": 2048},
             "metadata": {"user_id": "u-1"},
-            "service_tier": "auto",
+            "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+            "cache_control": {"type": "ephemeral"},
             "stream": true
         }));
         assert_eq!(request.system.unwrap().text(), "You are terse.");
@@ -1269,6 +1271,19 @@ mod wire {
             request.messages[2].content.clone().into_blocks()[1],
             ContentBlock::Document { .. }
         ));
+        // Fields Freehold does not read are left out when a request is
+        // read (they are not gathered, which would cost a copy of the whole
+        // body): a tool's server-side settings, the request's tier.
+        let read: MessagesRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 10, "messages": [], "service_tier": "auto",
+            "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]
+        }))
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&read).unwrap(),
+            json!({"model": "m", "max_tokens": 10, "messages": [],
+                   "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+        );
         // An unknown block is kept as it came.
         let request: MessagesRequest = round_trip(json!({
             "model": "m", "max_tokens": 10,

@@ -32,6 +32,7 @@ use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
 use crate::http::{context_length_kind, is_context_length_message};
 use crate::sse::SseEvent;
 
+mod read_block;
 mod serve;
 #[cfg(test)]
 mod serve_tests;
@@ -100,13 +101,26 @@ pub struct MessagesRequest {
     /// Request metadata (`user_id`), passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
-    /// Other fields (`service_tier`, `container`…), passed through.
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, Value>,
+    /// Anthropic's context editing (`{"edits": [...]}`), as the client
+    /// sent it ([`crate::context_edit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_management: Option<Value>,
+    /// A prompt-caching mark for the whole request (automatic caching).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<Value>,
+    /// Structured output as the beta before `output_config.format` named
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<Value>,
+    // Fields Freehold does not read (`service_tier`, `container`…) are
+    // left out when a request is read. They are not gathered into a map:
+    // serde reads a struct with such a map (`#[serde(flatten)]`) by first
+    // copying the whole body into an intermediate tree: for a coding
+    // agent's request, tens of kilobytes, one more copy of all of it.
 }
 
 /// `system`: the API takes a string or an array of text blocks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum SystemPrompt {
     /// Plain text (what Freehold sends).
@@ -132,6 +146,89 @@ impl SystemPrompt {
     }
 }
 
+impl<'de> Deserialize<'de> for SystemPrompt {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(
+            match TextOrBlocks::read(deserializer, "a string or an array of text blocks")? {
+                TextOrBlocks::Text(text) => Self::Text(text),
+                TextOrBlocks::Blocks(blocks) => Self::Blocks(blocks),
+            },
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageContent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(
+            match TextOrBlocks::read(deserializer, "a string or an array of content blocks")? {
+                TextOrBlocks::Text(text) => Self::Text(text),
+                TextOrBlocks::Blocks(blocks) => Self::Blocks(blocks),
+            },
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for ToolResultContent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(
+            match TextOrBlocks::read(deserializer, "a string or an array of content blocks")? {
+                TextOrBlocks::Text(text) => Self::Text(text),
+                TextOrBlocks::Blocks(blocks) => Self::Blocks(blocks),
+            },
+        )
+    }
+}
+
+/// A value the API takes as a string or as an array of content blocks
+/// (`system`, a message's `content`, a tool result's `content`), read in
+/// one pass. serde's `untagged` would first copy the value into an
+/// intermediate tree and then try each variant on it: for a coding
+/// agent's request, whose system prompt and messages are tens of
+/// kilobytes, that is a copy of most of it.
+enum TextOrBlocks {
+    Text(String),
+    Blocks(Vec<ContentBlock>),
+}
+
+impl TextOrBlocks {
+    /// Reads one; `expecting` names what was expected, for the error.
+    fn read<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+        expecting: &'static str,
+    ) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TextOrBlocksVisitor { expecting })
+    }
+}
+
+struct TextOrBlocksVisitor {
+    expecting: &'static str,
+}
+
+impl<'de> serde::de::Visitor<'de> for TextOrBlocksVisitor {
+    type Value = TextOrBlocks;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str(self.expecting)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(TextOrBlocks::Text(text.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Self::Value, E> {
+        Ok(TextOrBlocks::Text(text))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        // A size hint comes from the sender: trust it only so far.
+        let mut blocks = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(block) = seq.next_element()? {
+            blocks.push(block);
+        }
+        Ok(TextOrBlocks::Blocks(blocks))
+    }
+}
+
 /// A message on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireMessage {
@@ -142,7 +239,7 @@ pub struct WireMessage {
 }
 
 /// Message content: plain text or blocks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum MessageContent {
     /// Plain text.
@@ -161,8 +258,9 @@ impl MessageContent {
     }
 }
 
-/// A content block, in requests and responses alike.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A content block, in requests and responses alike. It is read by hand
+/// (`read_block`), in one pass where `type` comes first; written by serde.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentBlock {
     /// Text.
@@ -293,7 +391,7 @@ impl ContentBlock {
 }
 
 /// `content` of a tool result: a string or blocks (text and images).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ToolResultContent {
     /// Plain text.
@@ -357,10 +455,14 @@ pub struct WireTool {
     /// Strict tool use: the input is held to `input_schema` exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
-    /// Other fields (the parameters of Anthropic-defined tools, such as
-    /// `max_uses`), passed through.
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, Value>,
+    /// Whether the tool is offered only once the conversation loads it
+    /// (`true`), with tool search. Anything but `true` is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defer_loading: Option<Value>,
+    // Other fields (the parameters of Anthropic-defined tools, such as
+    // `max_uses`) are left out when read: such tools are not served. They
+    // are not gathered into a map, for the reason given on
+    // `MessagesRequest`.
 }
 
 /// `tool_choice`.
@@ -422,9 +524,9 @@ pub struct OutputConfig {
     /// `low`, `medium`, `high` (the API's default), `xhigh` or `max`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effort: Option<String>,
-    /// Other settings, kept as they came.
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, Value>,
+    /// Structured output (`{"type": "json_schema", "schema": {...}}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Value>,
 }
 
 /// The `output_config.effort` for an effort level.
@@ -903,7 +1005,7 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
                     .clone()
                     .unwrap_or_else(|| effort_name(effort).to_owned()),
             ),
-            extra: serde_json::Map::new(),
+            format: None,
         });
 
     let mut system = request
@@ -929,7 +1031,7 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
             // Anthropic client asked (an OpenAI SDK's `parse()` asks for
             // strict on every schema).
             strict: None,
-            extra: serde_json::Map::new(),
+            defer_loading: None,
         })
         .collect();
     let disable_parallel = (request.parallel_tool_calls == Some(false)).then_some(true);
@@ -973,7 +1075,7 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
             input_schema: schema,
             cache_control: None,
             strict: None,
-            extra: serde_json::Map::new(),
+            defer_loading: None,
         });
         let caller_tools = !request.tools.is_empty();
         tool_choice = Some(match (&request.tool_choice, caller_tools) {
@@ -1034,12 +1136,10 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
         thinking,
         output_config,
         metadata: None,
-        extra: serde_json::Map::new(),
+        context_management: request.context_management.clone(),
+        cache_control: None,
+        output_format: None,
     };
-    if let Some(context_management) = &request.context_management {
-        wire.extra
-            .insert("context_management".into(), context_management.clone());
-    }
     if let Some(mark) = &request.prompt_cache {
         place_cache_marks(&mut wire, mark);
     }

@@ -107,16 +107,18 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 ///
 /// # Errors
 /// A [`DecodeError`] naming the field at fault.
-pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOptions), DecodeError> {
+pub fn decode_request(
+    mut wire: MessagesRequest,
+) -> Result<(ChatRequest, ServeOptions), DecodeError> {
     let prompt_cache = last_cache_mark(&wire);
-    let context_management = match wire.extra.get("context_management") {
+    let context_management = match wire.context_management.take() {
         None | Some(Value::Null) => None,
         Some(asked) => {
             // Checked here, so that a mistake is a 400 whichever provider
             // would answer; made by the provider or the router.
-            ContextEdits::parse(asked)
+            ContextEdits::parse(&asked)
                 .map_err(|error| DecodeError::invalid(error.field, error.message))?;
-            Some(asked.clone())
+            Some(asked)
         }
     };
     let mut messages = Vec::new();
@@ -185,7 +187,7 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
             // it, as Anthropic's API has it (Claude Code's tools found by
             // its `ToolSearch`, and never its `DeferredToolPlaceholder`).
             let forced = forced_tool(wire.tool_choice.as_ref()) == Some(tool.name.as_str());
-            let deferred = tool.extra.get("defer_loading") == Some(&Value::Bool(true))
+            let deferred = tool.defer_loading == Some(Value::Bool(true))
                 && !loaded.contains(&tool.name)
                 && !forced
                 && !server_search;
@@ -268,12 +270,12 @@ pub fn decode_request(wire: MessagesRequest) -> Result<(ChatRequest, ServeOption
     let format = match wire
         .output_config
         .as_ref()
-        .and_then(|config| config.extra.get("format"))
+        .and_then(|config| config.format.as_ref())
     {
         Some(format) => Some(("output_config.format", format)),
         None => wire
-            .extra
-            .get("output_format")
+            .output_format
+            .as_ref()
             .map(|format| ("output_format", format)),
     };
     let response_format = match format {
@@ -343,7 +345,7 @@ fn last_cache_mark(wire: &MessagesRequest) -> Option<Value> {
         });
     let mark = tools
         .chain(system.iter().chain(blocks).filter_map(block_cache_mark))
-        .chain(wire.extra.get("cache_control"))
+        .chain(wire.cache_control.as_ref())
         .last()?;
     let mut kept = serde_json::Map::new();
     for field in ["type", "ttl"] {
