@@ -55,11 +55,11 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ledger::Ledger;
 use crate::mock::{MOCK_TEXT, MockUpstream};
-
-mod agent_request;
 use crate::settings::GatewaySettings;
 use crate::state::{Gateway, Routes};
 use crate::store::Store;
+
+mod agent_request;
 
 /// Concurrent clients by default.
 pub const DEFAULT_CLIENTS: usize = 64;
@@ -68,9 +68,18 @@ pub const DEFAULT_CLIENTS: usize = 64;
 /// the run's rate divided by this: 200/s by default. Each such request
 /// costs the gateway, the mock and the load generator tens of times what
 /// a one-line chat costs, and the phases must stay below what the
-/// machine's 2 cores can do, for their latency to be what one request
-/// pays rather than queueing.
+/// machine's cores can do, for their latency to be what one request pays
+/// rather than queueing. At a low rate they are paced faster, so that
+/// clients still send in the measured time (see `large_rate`).
 pub const LARGE_RATE_DIVISOR: f64 = 25.0;
+
+/// The rate of the `large` phases for a run paced at `rate`: a 25th of it,
+/// but not so low that a client would send nothing in the measured time,
+/// nor above `rate`.
+fn large_rate(rate: f64, options: &LoadOptions) -> f64 {
+    let every_client_once = options.clients as f64 / options.duration.as_secs_f64();
+    (rate / LARGE_RATE_DIVISOR).max(every_client_once).min(rate)
+}
 /// Measured time per phase by default.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// Unmeasured time before each phase by default.
@@ -548,13 +557,13 @@ pub async fn run(
                 "direct large",
                 Via::Direct,
                 Call::ChatLarge,
-                Some(rate / LARGE_RATE_DIVISOR),
+                Some(large_rate(rate, options)),
             ),
             phase(
                 "gateway messages large",
                 Via::Gateway,
                 Call::MessagesLarge,
-                Some(rate / LARGE_RATE_DIVISOR),
+                Some(large_rate(rate, options)),
             ),
         ]);
     }
@@ -1148,6 +1157,21 @@ impl Drop for InProcessGateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_phases_are_paced_at_a_25th_but_every_client_still_sends() {
+        let options = LoadOptions {
+            clients: 64,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            rate: Some(5_000.0),
+        };
+        assert_eq!(large_rate(5_000.0, &options), 200.0);
+        // A 25th of 100/s would leave most clients silent for 10 s.
+        assert_eq!(large_rate(100.0, &options), 6.4);
+        // Never above the run's own rate.
+        assert_eq!(large_rate(2.0, &options), 2.0);
+    }
 
     #[test]
     fn percentiles_by_nearest_rank() {

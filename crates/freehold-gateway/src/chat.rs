@@ -1158,7 +1158,8 @@ impl Accounting {
     /// Keeps `body` (a request or response body) for the ledger, when the
     /// gateway logs bodies. It is read as text only then: a coding agent's
     /// request is tens of kilobytes, and checking that much UTF-8 for a
-    /// switched-off log was a seventh of the gateway's work on it.
+    /// switched-off log was a seventh of the instructions the gateway spent
+    /// on one (`bench/gateway-instructions`).
     pub(crate) fn log_body(&mut self, body: &[u8]) {
         if self.gateway.settings.log_bodies {
             let text = String::from_utf8_lossy(body);

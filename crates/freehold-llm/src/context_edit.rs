@@ -35,7 +35,6 @@ use std::collections::BTreeSet;
 
 use freehold_protocol::{AppliedContextEdit, ChatRequest, ContentPart, Role};
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::Value;
 
 /// The note a cleared tool result is replaced by.
@@ -121,15 +120,12 @@ impl ContextEditError {
     }
 }
 
-/// `clear_tool_uses_20250919` as the API takes it (the API refuses fields
-/// it does not know, and so does this). Each kind is read on its own, from
-/// the parsed value in place: a `#[serde(tag = "type")]` enum would copy it
-/// into an intermediate tree first.
+/// `clear_tool_uses_20250919` as the API takes it. Each kind is read on
+/// its own, from the parsed value in place (a `#[serde(tag = "type")]` enum
+/// would copy it into an intermediate tree first); the API refuses fields
+/// it does not know, and so does [`parse_edit`].
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WireClearToolUses {
-    #[serde(rename = "type")]
-    _kind: IgnoredAny,
     #[serde(default)]
     trigger: Option<WireCount>,
     #[serde(default)]
@@ -142,15 +138,24 @@ struct WireClearToolUses {
     clear_tool_inputs: Option<WireClearInputs>,
 }
 
+/// The fields of `clear_tool_uses_20250919` beside its `type`.
+const CLEAR_TOOL_USES_FIELDS: &[&str] = &[
+    "trigger",
+    "keep",
+    "clear_at_least",
+    "exclude_tools",
+    "clear_tool_inputs",
+];
+
 /// `clear_thinking_20251015` as the API takes it.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WireClearThinking {
-    #[serde(rename = "type")]
-    _kind: IgnoredAny,
     #[serde(default)]
     keep: Option<WireThinkingKeep>,
 }
+
+/// The fields of `clear_thinking_20251015` beside its `type`.
+const CLEAR_THINKING_FIELDS: &[&str] = &["keep"];
 
 /// `{"type": "input_tokens" | "tool_uses", "value": N}`.
 #[derive(Deserialize)]
@@ -317,14 +322,16 @@ fn parse_edit(index: usize, edit: &Value) -> Result<Edit, ContextEditError> {
         .ok_or_else(|| ContextEditError::new(field(), "expected an object with a `type`"))?;
     let wrong = |error: serde_json::Error| ContextEditError::new(field(), error.to_string());
     match kind {
-        CLEAR_TOOL_USES => parse_clear_tool_uses(
-            WireClearToolUses::deserialize(edit).map_err(wrong)?,
-            &field(),
-        )
-        .map(Edit::ClearToolUses),
+        CLEAR_TOOL_USES => {
+            only_fields(edit, CLEAR_TOOL_USES_FIELDS)
+                .map_err(|message| ContextEditError::new(field(), message))?;
+            let wire = WireClearToolUses::deserialize(edit).map_err(wrong)?;
+            parse_clear_tool_uses(wire, index).map(Edit::ClearToolUses)
+        }
         CLEAR_THINKING => {
-            let WireClearThinking { keep, .. } =
-                WireClearThinking::deserialize(edit).map_err(wrong)?;
+            only_fields(edit, CLEAR_THINKING_FIELDS)
+                .map_err(|message| ContextEditError::new(field(), message))?;
+            let WireClearThinking { keep } = WireClearThinking::deserialize(edit).map_err(wrong)?;
             let keep_turns = match keep {
                 None => Some(DEFAULT_KEEP_THINKING_TURNS),
                 Some(WireThinkingKeep::Name(name)) if name == "all" => None,
@@ -354,11 +361,36 @@ fn parse_edit(index: usize, edit: &Value) -> Result<Edit, ContextEditError> {
     }
 }
 
+/// Refuses a field of `edit` other than its `type` and `fields`, as the
+/// API does, in serde's words.
+fn only_fields(edit: &Value, fields: &[&str]) -> Result<(), String> {
+    let Some(object) = edit.as_object() else {
+        return Ok(());
+    };
+    match object
+        .keys()
+        .find(|name| name.as_str() != "type" && !fields.contains(&name.as_str()))
+    {
+        None => Ok(()),
+        Some(name) => {
+            let expected = fields
+                .iter()
+                .map(|field| format!("`{field}`"))
+                .collect::<Vec<_>>();
+            let expected = match expected.as_slice() {
+                [one] => format!("expected {one}"),
+                many => format!("expected one of {}", many.join(", ")),
+            };
+            Err(format!("unknown field `{name}`, {expected}"))
+        }
+    }
+}
+
 /// A `clear_tool_uses_20250919` edit's settings, with the API's defaults;
-/// `field` is the edit's path, for errors.
+/// `index` is the edit's place, for errors.
 fn parse_clear_tool_uses(
     wire: WireClearToolUses,
-    field: &str,
+    index: usize,
 ) -> Result<ClearToolUses, ContextEditError> {
     let WireClearToolUses {
         trigger,
@@ -366,7 +398,6 @@ fn parse_clear_tool_uses(
         clear_at_least,
         exclude_tools,
         clear_tool_inputs,
-        ..
     } = wire;
     let trigger = match trigger {
         None => Trigger::InputTokens(DEFAULT_TRIGGER_INPUT_TOKENS),
@@ -375,7 +406,7 @@ fn parse_clear_tool_uses(
             "tool_uses" => Trigger::ToolUses(count.value),
             other => {
                 return Err(wrong_count(
-                    field,
+                    index,
                     "trigger",
                     other,
                     "input_tokens` or `tool_uses",
@@ -386,14 +417,14 @@ fn parse_clear_tool_uses(
     let keep = match keep {
         None => DEFAULT_KEEP_TOOL_USES,
         Some(count) if count.kind == "tool_uses" => count.value,
-        Some(count) => return Err(wrong_count(field, "keep", &count.kind, "tool_uses")),
+        Some(count) => return Err(wrong_count(index, "keep", &count.kind, "tool_uses")),
     };
     let clear_at_least = match clear_at_least {
         None => 0,
         Some(count) if count.kind == "input_tokens" => count.value,
         Some(count) => {
             return Err(wrong_count(
-                field,
+                index,
                 "clear_at_least",
                 &count.kind,
                 "input_tokens",
@@ -414,9 +445,9 @@ fn parse_clear_tool_uses(
     })
 }
 
-fn wrong_count(field: &str, name: &str, kind: &str, expected: &str) -> ContextEditError {
+fn wrong_count(index: usize, name: &str, kind: &str, expected: &str) -> ContextEditError {
     ContextEditError::new(
-        format!("{field}.{name}.type"),
+        format!("context_management.edits[{index}].{name}.type"),
         format!("`{kind}` is not a kind of count here (expected `{expected}`)"),
     )
 }
@@ -897,5 +928,21 @@ mod tests {
             let error = ContextEdits::parse(&value).unwrap_err();
             assert_eq!(error.field, field, "{value}: {error}");
         }
+        // An unknown field is named with those the kind takes (its `type`
+        // aside), in serde's words.
+        let message = |value: Value| ContextEdits::parse(&value).unwrap_err().message;
+        assert_eq!(
+            message(json!({"edits": [{"type": "clear_tool_uses_20250919", "keeps": 3}]})),
+            "unknown field `keeps`, expected one of `trigger`, `keep`, `clear_at_least`, \
+             `exclude_tools`, `clear_tool_inputs`"
+        );
+        assert_eq!(
+            message(json!({"edits": [{"type": "clear_thinking_20251015", "kept": "all"}]})),
+            "unknown field `kept`, expected `keep`"
+        );
+        assert!(
+            message(json!({"edits": [{"type": "clear_tool_uses_20250919", "keep": 3}]}))
+                .contains("invalid type: integer `3`"),
+        );
     }
 }

@@ -825,3 +825,67 @@ fn falling_back(requested: &str, target: &Target, error: &LlmError) {
         "target failed before its first token; falling back"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// A request that counts its copies.
+    struct Counted {
+        model: String,
+        copies: Rc<Cell<usize>>,
+    }
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.copies.set(self.copies.get() + 1);
+            Self {
+                model: self.model.clone(),
+                copies: Rc::clone(&self.copies),
+            }
+        }
+    }
+
+    impl Addressed for Counted {
+        fn set_model(&mut self, model: &str) {
+            model.clone_into(&mut self.model);
+        }
+    }
+
+    fn targets(models: &[&str]) -> Vec<Target> {
+        models
+            .iter()
+            .map(|model| Target {
+                provider: "p".into(),
+                model: (*model).into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn targets_a_fallback_may_follow_get_copies_and_the_last_the_request() {
+        let copies = Rc::new(Cell::new(0));
+        let request = Counted {
+            model: "alias".into(),
+            copies: Rc::clone(&copies),
+        };
+        let mut addressed = TargetRequests::new(targets(&["a", "b", "c"]), request);
+        let (target, first) = addressed.next().unwrap();
+        assert_eq!((target.model.as_str(), first.model.as_str()), ("a", "a"));
+        assert_eq!(copies.get(), 1);
+        // Copies are made as targets are tried: none for `c` yet.
+        let (_, second) = addressed.next().unwrap();
+        assert_eq!((second.model.as_str(), copies.get()), ("b", 2));
+        let (_, last) = addressed.next().unwrap();
+        assert_eq!((last.model.as_str(), copies.get()), ("c", 2));
+        assert!(addressed.next().is_none());
+
+        // One target: the request itself, never copied.
+        let alone = TargetRequests::new(targets(&["only"]), last).collect::<Vec<_>>();
+        assert_eq!(alone[0].1.model, "only");
+        assert_eq!(copies.get(), 2);
+    }
+}

@@ -126,8 +126,9 @@ pub fn recover_in_stream(stream: EventStream, tools: Vec<ToolSpec>) -> EventStre
 /// away at the provider: each tool's name and its properties' `type`s. A
 /// coding agent's tool schemas are tens of kilobytes of descriptions that
 /// recovery never reads: copying them whole cost some 270,000
-/// instructions a Claude Code request, the view 120,000.
-pub fn recovery_view(tools: &[ToolSpec]) -> Vec<ToolSpec> {
+/// instructions a Claude Code request, the view 120,000
+/// (`bench/gateway-instructions`).
+pub(crate) fn recovery_view(tools: &[ToolSpec]) -> Vec<ToolSpec> {
     use serde_json::{Map, Value};
     tools
         .iter()

@@ -113,10 +113,9 @@ pub struct MessagesRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_format: Option<Value>,
     // Fields Freehold does not read (`service_tier`, `container`…) are
-    // left out when a request is read. They are not gathered into a map:
-    // serde reads a struct with such a map (`#[serde(flatten)]`) by first
-    // copying the whole body into an intermediate tree: for a coding
-    // agent's request, tens of kilobytes, one more copy of all of it.
+    // left out when a request is read: nothing sent them on, and a struct
+    // with a `#[serde(flatten)]` map of them is read through serde's
+    // intermediate copy of each such field.
 }
 
 /// `system`: the API takes a string or an array of text blocks.
@@ -260,6 +259,8 @@ impl MessageContent {
 
 /// A content block, in requests and responses alike. It is read by hand
 /// (`read_block`), in one pass where `type` comes first; written by serde.
+/// In a request, a field of the wrong type is an error; in an answer, the
+/// block is kept as it came ([`MessagesResponse::content`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentBlock {
@@ -339,7 +340,10 @@ pub enum ContentBlock {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cache_control: Option<Value>,
     },
-    /// Any other block (server tools, search results…), kept as it came.
+    /// Any other block (server tools, search results…), kept as it came;
+    /// also a block of a known kind without a field that kind needs (then
+    /// with the fields it had that the kind has), for the decoder to say
+    /// what is missing.
     #[serde(untagged)]
     Other(Value),
 }
@@ -460,9 +464,8 @@ pub struct WireTool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defer_loading: Option<Value>,
     // Other fields (the parameters of Anthropic-defined tools, such as
-    // `max_uses`) are left out when read: such tools are not served. They
-    // are not gathered into a map, for the reason given on
-    // `MessagesRequest`.
+    // `max_uses`) are left out when read: such tools are not served, and
+    // nothing sent them on.
 }
 
 /// `tool_choice`.
@@ -583,8 +586,10 @@ pub struct MessagesResponse {
     /// The model that answered.
     #[serde(default)]
     pub model: String,
-    /// The answer's blocks.
-    #[serde(default)]
+    /// The answer's blocks. A block that cannot be read is kept as it came
+    /// ([`ContentBlock::Other`]), not an error: servers that speak the
+    /// protocol are not all strict about its field types.
+    #[serde(default, deserialize_with = "read_block::leniently_all")]
     pub content: Vec<ContentBlock>,
     /// Why it ended (`null` in `message_start`).
     #[serde(default)]
@@ -716,7 +721,9 @@ pub enum MessageStreamEvent {
     ContentBlockStart {
         /// The block's position in the answer.
         index: u32,
-        /// The block, empty (`text: ""`, `input: {}`).
+        /// The block, empty (`text: ""`, `input: {}`); kept as it came when
+        /// it cannot be read, as in [`MessagesResponse::content`].
+        #[serde(deserialize_with = "read_block::leniently")]
         content_block: ContentBlock,
     },
     /// More of a block.

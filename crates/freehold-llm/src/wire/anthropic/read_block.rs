@@ -10,12 +10,22 @@
 //! whose `type` comes later is gathered into a [`Value`] first, as the
 //! derive would, and read from that.
 //!
-//! The outcome is the derive's, but for one case. An unknown `type`, or
-//! none, or a known one without a field it needs, keeps the block whole as
-//! [`ContentBlock::Other`], for the decoder to say what is wrong. A field
-//! of the wrong type is an error naming what was expected, where the
-//! derive kept such a block whole too: covering that would take the copy
-//! of every block that this avoids.
+//! The outcome is the derive's for a well-formed block, and for an unknown
+//! `type`, or none: the block is kept whole as [`ContentBlock::Other`]. It
+//! differs for a malformed block of a known kind, which the derive kept
+//! whole as `Other` in every case (and the gateway's decoder then refused
+//! with the field's path):
+//!
+//! - without a field its kind needs, it is `Other` holding the fields it
+//!   had that the kind has (unknown fields and nulls left out);
+//! - a field of the wrong type, a duplicate field where `type` comes
+//!   first, or an element that is not an object, is an error naming what
+//!   was expected: in a request, a 400 either way. Keeping such a block
+//!   whole would take the copy of every block that this avoids.
+//!
+//! Answers from a server, which may be less strict than Anthropic's, are
+//! read with [`leniently`]: a block that cannot be read is kept whole, as
+//! before.
 
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Error as _, MapAccess, Visitor};
@@ -65,6 +75,27 @@ impl<'de> Visitor<'de> for BlockVisitor {
             None => Ok(ContentBlock::Other(Value::Object(object))),
         }
     }
+}
+
+/// Reads a block of a server's answer: as a value first, then as a
+/// block, kept as it came when it cannot be read (answers are small; the
+/// copy costs little there).
+pub(super) fn leniently<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<ContentBlock, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    Ok(ContentBlock::deserialize(&value).unwrap_or(ContentBlock::Other(value)))
+}
+
+/// [`leniently`] for each block of an answer's `content`.
+pub(super) fn leniently_all<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ContentBlock>, D::Error> {
+    let values = Vec::<Value>::deserialize(deserializer)?;
+    Ok(values
+        .into_iter()
+        .map(|value| ContentBlock::deserialize(&value).unwrap_or(ContentBlock::Other(value)))
+        .collect())
 }
 
 /// Adds the rest of `map`'s entries to `object`.
@@ -172,7 +203,7 @@ impl Kind {
                 match read.thinking {
                     Some(thinking) => Ok(ContentBlock::Thinking {
                         thinking,
-                        signature: read.signature,
+                        signature: read.signature.unwrap_or_default(),
                     }),
                     None => Err(self.whole(&read)),
                 }
@@ -263,8 +294,9 @@ struct ToolResultFields {
 struct ThinkingFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     thinking: Option<String>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    signature: String,
+    // Null taken for none: some servers write it so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -333,6 +365,47 @@ mod tests {
             // And it is written back as it came.
             assert_eq!(serde_json::to_value(&first).unwrap(), block);
         }
+    }
+
+    #[test]
+    fn a_servers_malformed_blocks_are_kept_whole() {
+        use crate::wire::anthropic::{MessageStreamEvent, MessagesResponse};
+        // A signature of null, a number for text, a string for a block.
+        let blocks = json!([
+            {"type": "thinking", "thinking": "hm", "signature": null},
+            {"type": "text", "text": 5},
+            "loose text",
+            {"type": "text", "text": "fine"},
+        ]);
+        let response: MessagesResponse = serde_json::from_value(json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+            "content": blocks, "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        }))
+        .unwrap();
+        assert_eq!(
+            response.content,
+            [
+                ContentBlock::Thinking {
+                    thinking: "hm".into(),
+                    signature: String::new()
+                },
+                ContentBlock::Other(blocks[1].clone()),
+                ContentBlock::Other(blocks[2].clone()),
+                ContentBlock::text("fine"),
+            ]
+        );
+        let event: MessageStreamEvent = serde_json::from_str(
+            r#"{"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": 5}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            event,
+            MessageStreamEvent::ContentBlockStart {
+                index: 0,
+                content_block: ContentBlock::Other(json!({"type": "text", "text": 5})),
+            }
+        );
     }
 
     #[test]
