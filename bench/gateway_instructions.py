@@ -2,16 +2,21 @@
 
 Used by bench/gateway-instructions (see there). Time on a shared 2-vCPU VM
 moves by tens of percent from run to run; the instructions a request costs
-move by well under one, so two builds can be compared on one run each.
+move by up to about 2 % (the ledger's batches), so two builds can be compared
+on one run each.
 
 Subcommands:
-  mock PORT                  an OpenAI-compatible upstream answering every
-                             chat request at once with a fixed text
-  drive PORT N KIND[,KIND]   sends N requests of each KIND to the gateway on
-                             PORT over one keep-alive connection, zeroing
-                             callgrind's counters before each kind and dumping
-                             them after it (callgrind_control)
-  report OUT_DIR N           instructions per request for each dump in OUT_DIR
+  mock PORT_FILE             an OpenAI-compatible upstream on a free port of
+                             127.0.0.1 (written to PORT_FILE once it listens),
+                             answering every chat request at once with a
+                             fixed text
+  drive PORT PID N KIND[,KIND]
+                             sends N requests of each KIND to the gateway on
+                             PORT over one keep-alive connection, zeroing the
+                             counters of callgrind process PID before each
+                             kind and dumping them after it
+  report OUT_DIR N KINDS     instructions per request for each dump in
+                             OUT_DIR; fails unless there is one per kind
   request KIND               prints the body of one request of KIND
 
 KINDs: chat (a one-line chat, /v1/chat/completions), messages (the same on
@@ -58,7 +63,8 @@ def schema(properties):
             fields[name] = {"type": "integer", "minimum": 0, "description": prose(name, 60)}
         else:
             fields[name] = {"type": "boolean", "default": False, "description": prose(name, 40)}
-    return {"type": "object", "properties": fields, "required": [properties[0]],
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object", "properties": fields, "required": [properties[0]],
             "additionalProperties": False}
 
 
@@ -142,7 +148,18 @@ class Mock(BaseHTTPRequestHandler):
         self.wfile.write(answer)
 
 
-def drive(port, count, kinds):
+KINDS = ("chat", "messages", "editing", "agent")
+
+
+def callgrind(pid, *arguments):
+    """Runs callgrind_control on the gateway's process; it says on its
+    standard output, not in its status, when there was none."""
+    done = subprocess.run(["callgrind_control", *arguments, str(pid)], capture_output=True, text=True)
+    if done.returncode != 0 or "No active callgrind" in done.stdout:
+        sys.exit(f"callgrind_control {' '.join(arguments)} {pid}: {done.stdout}{done.stderr}")
+
+
+def drive(port, pid, count, kinds):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
 
     def send(path, body):
@@ -159,30 +176,39 @@ def drive(port, count, kinds):
         body = json.dumps(body)
         for _ in range(20):  # warm up: connections, caches, lazy statics
             send(path, body)
-        subprocess.run(["callgrind_control", "--zero"], check=True, capture_output=True)
+        callgrind(pid, "--zero")
         for _ in range(count):
             send(path, body)
-        subprocess.run(["callgrind_control", f"--dump={kind}"], check=True, capture_output=True)
+        callgrind(pid, f"--dump={kind}")
 
 
-def report(out_dir, count):
+def report(out_dir, count, kinds):
+    found = []
     for dump in sorted(glob.glob(os.path.join(out_dir, "callgrind.out.*.*")),
                        key=lambda name: int(name.rsplit(".", 1)[1])):
         text = open(dump, encoding="utf-8", errors="replace").read()
         kind = re.search(r"^desc: Trigger: .*dump (\S+)", text, re.M)
         total = re.search(r"^summary: (\d+)", text, re.M)
         if kind and total:
-            print(f"{kind.group(1)}\t{int(total.group(1)) // count}")
+            found.append((kind.group(1), int(total.group(1)) // count))
+    if [kind for kind, _ in found] != kinds:
+        sys.exit(f"expected a count for each of {kinds} in {out_dir}, found {found}")
+    for kind, per_request in found:
+        print(f"{kind}\t{per_request}")
 
 
 def main():
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "mock":
-        ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Mock).serve_forever()
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Mock)
+        with open(sys.argv[2] + ".new", "w", encoding="utf-8") as port_file:
+            port_file.write(str(server.server_address[1]))
+        os.replace(sys.argv[2] + ".new", sys.argv[2])
+        server.serve_forever()
     elif command == "drive":
-        drive(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(","))
+        drive(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5].split(","))
     elif command == "report":
-        report(sys.argv[2], int(sys.argv[3]))
+        report(sys.argv[2], int(sys.argv[3]), sys.argv[4].split(","))
     elif command == "request":
         print(json.dumps(request(sys.argv[2])[1]))
     else:

@@ -127,6 +127,16 @@ fn rounds() -> Vec<(String, &'static str, Value, String)> {
         .collect()
 }
 
+/// The first user message's text blocks (text parts, to OpenAI: the same
+/// JSON): reminders and context as Claude Code sends them, then the task.
+fn first_message() -> Value {
+    json!([
+        {"type": "text", "text": prose("reminder", 6_000)},
+        {"type": "text", "text": prose("context", 4_500)},
+        {"type": "text", "text": "Look at the modules under src/ and tell me what they do."},
+    ])
+}
+
 /// The last question: the mock answers with its text (it calls a tool
 /// only when the last message says "call").
 const LAST_QUESTION: &str = "Now summarise what these modules do, in three sentences.";
@@ -145,14 +155,7 @@ pub(super) fn messages_body(model: &str) -> Value {
         .enumerate()
         .map(|(index, bytes)| json!({"type": "text", "text": prose(&format!("system {index}"), *bytes)}))
         .collect();
-    let mut messages = vec![json!({
-        "role": "user",
-        "content": [
-            {"type": "text", "text": prose("reminder", 6_000)},
-            {"type": "text", "text": prose("context", 4_500)},
-            {"type": "text", "text": "Look at the modules under src/ and tell me what they do."},
-        ],
-    })];
+    let mut messages = vec![json!({"role": "user", "content": first_message()})];
     for (id, name, input, result) in rounds() {
         messages.push(json!({
             "role": "assistant",
@@ -198,11 +201,7 @@ pub(super) fn chat_body(model: &str) -> Value {
         .join("\n\n");
     let mut messages = vec![
         json!({"role": "system", "content": system}),
-        json!({"role": "user", "content": [
-            {"type": "text", "text": prose("reminder", 6_000)},
-            {"type": "text", "text": prose("context", 4_500)},
-            {"type": "text", "text": "Look at the modules under src/ and tell me what they do."},
-        ]}),
+        json!({"role": "user", "content": first_message()}),
     ];
     for (id, name, input, result) in rounds() {
         messages.push(json!({

@@ -24,8 +24,8 @@
 //!   whole would take the copy of every block that this avoids.
 //!
 //! Answers from a server, which may be less strict than Anthropic's, are
-//! read with [`leniently`]: a block that cannot be read is kept whole, as
-//! before.
+//! read with [`leniently`]: a block that cannot be read as a known kind is
+//! kept whole, every field as it came, as before.
 
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Error as _, MapAccess, Visitor};
@@ -83,8 +83,7 @@ impl<'de> Visitor<'de> for BlockVisitor {
 pub(super) fn leniently<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<ContentBlock, D::Error> {
-    let value = Value::deserialize(deserializer)?;
-    Ok(ContentBlock::deserialize(&value).unwrap_or(ContentBlock::Other(value)))
+    Ok(block_or_whole(Value::deserialize(deserializer)?))
 }
 
 /// [`leniently`] for each block of an answer's `content`.
@@ -92,10 +91,17 @@ pub(super) fn leniently_all<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<ContentBlock>, D::Error> {
     let values = Vec::<Value>::deserialize(deserializer)?;
-    Ok(values
-        .into_iter()
-        .map(|value| ContentBlock::deserialize(&value).unwrap_or(ContentBlock::Other(value)))
-        .collect())
+    Ok(values.into_iter().map(block_or_whole).collect())
+}
+
+/// `value` as a block, or whole as [`ContentBlock::Other`] when it is not
+/// one of a known kind, with every field it came with (where reading a
+/// known kind without a field it needs keeps only the kind's fields).
+fn block_or_whole(value: Value) -> ContentBlock {
+    match ContentBlock::deserialize(&value) {
+        Ok(ContentBlock::Other(_)) | Err(_) => ContentBlock::Other(value),
+        Ok(block) => block,
+    }
 }
 
 /// Adds the rest of `map`'s entries to `object`.
@@ -375,6 +381,7 @@ mod tests {
             {"type": "thinking", "thinking": "hm", "signature": null},
             {"type": "text", "text": 5},
             "loose text",
+            {"type": "tool_use", "id": "toolu_1", "server_field": 1},
             {"type": "text", "text": "fine"},
         ]);
         let response: MessagesResponse = serde_json::from_value(json!({
@@ -392,6 +399,8 @@ mod tests {
                 },
                 ContentBlock::Other(blocks[1].clone()),
                 ContentBlock::Other(blocks[2].clone()),
+                // Without its name, and with a field of the server's own.
+                ContentBlock::Other(blocks[3].clone()),
                 ContentBlock::text("fine"),
             ]
         );
