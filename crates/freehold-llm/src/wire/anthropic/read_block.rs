@@ -5,10 +5,11 @@
 //! intermediate tree, to find the tag wherever it is, and then reads the
 //! variant from that copy. A coding agent's request is mostly blocks (its
 //! system prompt, its messages' text, tool calls and tool results, tens of
-//! kilobytes to megabytes), so that was a copy of most of it. The SDKs and agents write `type` first: this reads it,
-//! then the rest of the object straight into the variant's fields. A block
-//! whose `type` comes later is gathered into a [`Value`] first, as the
-//! derive would, and read from that.
+//! kilobytes to megabytes), so that was a copy of most of it. The SDKs and
+//! agents write `type` first: this reads it, then the rest of the object
+//! straight into the variant's fields. A block whose `type` comes later is
+//! gathered into a [`Value`] first, as the derive would, and read from
+//! that.
 //!
 //! The outcome is the derive's for a well-formed block, and for an unknown
 //! `type`, or none: the block is kept whole as [`ContentBlock::Other`]. It
