@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use crate::assemble::{Decoded, StreamAssembler, WireDecoder};
 use crate::http::{context_length_kind, is_context_length_message};
 use crate::sse::SseEvent;
+use crate::wire::text_or::TextOr;
 
 mod read_block;
 mod serve;
@@ -148,9 +149,9 @@ impl SystemPrompt {
 impl<'de> Deserialize<'de> for SystemPrompt {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(
-            match TextOrBlocks::read(deserializer, "a string or an array of text blocks")? {
-                TextOrBlocks::Text(text) => Self::Text(text),
-                TextOrBlocks::Blocks(blocks) => Self::Blocks(blocks),
+            match TextOr::read(deserializer, "a string or an array of text blocks")? {
+                TextOr::Text(text) => Self::Text(text),
+                TextOr::Parts(blocks) => Self::Blocks(blocks),
             },
         )
     }
@@ -159,9 +160,9 @@ impl<'de> Deserialize<'de> for SystemPrompt {
 impl<'de> Deserialize<'de> for MessageContent {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(
-            match TextOrBlocks::read(deserializer, "a string or an array of content blocks")? {
-                TextOrBlocks::Text(text) => Self::Text(text),
-                TextOrBlocks::Blocks(blocks) => Self::Blocks(blocks),
+            match TextOr::read(deserializer, "a string or an array of content blocks")? {
+                TextOr::Text(text) => Self::Text(text),
+                TextOr::Parts(blocks) => Self::Blocks(blocks),
             },
         )
     }
@@ -170,61 +171,11 @@ impl<'de> Deserialize<'de> for MessageContent {
 impl<'de> Deserialize<'de> for ToolResultContent {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(
-            match TextOrBlocks::read(deserializer, "a string or an array of content blocks")? {
-                TextOrBlocks::Text(text) => Self::Text(text),
-                TextOrBlocks::Blocks(blocks) => Self::Blocks(blocks),
+            match TextOr::read(deserializer, "a string or an array of content blocks")? {
+                TextOr::Text(text) => Self::Text(text),
+                TextOr::Parts(blocks) => Self::Blocks(blocks),
             },
         )
-    }
-}
-
-/// A value the API takes as a string or as an array of content blocks
-/// (`system`, a message's `content`, a tool result's `content`), read in
-/// one pass. serde's `untagged` would first copy the value into an
-/// intermediate tree and then try each variant on it: for a coding
-/// agent's request, whose system prompt and messages are tens of
-/// kilobytes, that is a copy of most of it.
-enum TextOrBlocks {
-    Text(String),
-    Blocks(Vec<ContentBlock>),
-}
-
-impl TextOrBlocks {
-    /// Reads one; `expecting` names what was expected, for the error.
-    fn read<'de, D: serde::Deserializer<'de>>(
-        deserializer: D,
-        expecting: &'static str,
-    ) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(TextOrBlocksVisitor { expecting })
-    }
-}
-
-struct TextOrBlocksVisitor {
-    expecting: &'static str,
-}
-
-impl<'de> serde::de::Visitor<'de> for TextOrBlocksVisitor {
-    type Value = TextOrBlocks;
-
-    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-        formatter.write_str(self.expecting)
-    }
-
-    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
-        Ok(TextOrBlocks::Text(text.to_owned()))
-    }
-
-    fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Self::Value, E> {
-        Ok(TextOrBlocks::Text(text))
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        // A size hint comes from the sender: trust it only so far.
-        let mut blocks = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(block) = seq.next_element()? {
-            blocks.push(block);
-        }
-        Ok(TextOrBlocks::Blocks(blocks))
     }
 }
 

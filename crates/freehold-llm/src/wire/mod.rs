@@ -18,3 +18,4 @@ pub mod openai_api;
 pub mod openai_chat;
 pub mod openai_responses;
 pub mod serve;
+mod text_or;

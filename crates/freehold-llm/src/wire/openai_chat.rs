@@ -17,6 +17,7 @@ use crate::http::{context_length_kind, is_context_length_message};
 use crate::sse::SseEvent;
 use crate::wire::openai_api;
 use crate::wire::openai_responses::document_filename;
+use crate::wire::text_or::TextOr;
 
 mod serve;
 #[cfg(test)]
@@ -194,14 +195,26 @@ pub struct WireMessage {
     pub refusal: Option<String>,
 }
 
-/// Message content: plain text or typed parts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Message content: plain text or typed parts (read in one pass, not
+/// through serde's copy for `untagged`: see `wire::text_or`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum WireContent {
     /// Plain text.
     Text(String),
     /// Typed parts.
     Parts(Vec<WirePart>),
+}
+
+impl<'de> Deserialize<'de> for WireContent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(
+            match TextOr::read(deserializer, "a string or an array of content parts")? {
+                TextOr::Text(text) => Self::Text(text),
+                TextOr::Parts(parts) => Self::Parts(parts),
+            },
+        )
+    }
 }
 
 /// A typed content part.
