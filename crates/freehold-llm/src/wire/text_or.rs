@@ -89,14 +89,19 @@ mod tests {
 
     #[test]
     fn strings_and_arrays_are_read_and_anything_else_named() {
-        // Escaped text (owned by the reader) and plain text (borrowed).
+        // Text with escapes (read through the parser's scratch buffer),
+        // without (borrowed from the input), and from an owned value.
         assert_eq!(
             serde_json::from_str::<Read>(r#""a \"quoted\"\nline""#).unwrap(),
             Read::Text("a \"quoted\"\nline".into())
         );
         assert_eq!(
-            serde_json::from_value::<Read>(json!("plain")).unwrap(),
+            serde_json::from_str::<Read>(r#""plain""#).unwrap(),
             Read::Text("plain".into())
+        );
+        assert_eq!(
+            serde_json::from_value::<Read>(json!("owned")).unwrap(),
+            Read::Text("owned".into())
         );
         assert_eq!(
             serde_json::from_str::<Read>("[1, 2, 3]").unwrap(),
