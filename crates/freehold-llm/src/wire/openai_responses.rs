@@ -42,6 +42,7 @@ use crate::http::{context_length_kind, is_context_length_message};
 use crate::sse::SseEvent;
 use crate::wire::openai_api;
 use crate::wire::openai_chat::{generated_call_id, image_url};
+use crate::wire::text_or::TextOr;
 
 mod compaction;
 mod serve;
@@ -134,40 +135,16 @@ impl Default for ResponseInput {
     }
 }
 
-/// Read by hand rather than untagged, so that a bad item's error reaches
-/// the client instead of "did not match any variant".
+/// Read by hand rather than untagged (`wire::text_or`), so that a bad item's
+/// error reaches the client instead of "did not match any variant".
 impl<'de> Deserialize<'de> for ResponseInput {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct InputVisitor;
-
-        impl<'de> serde::de::Visitor<'de> for InputVisitor {
-            type Value = ResponseInput;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string or a list of input items")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ResponseInput, E> {
-                Ok(ResponseInput::Text(text.to_owned()))
-            }
-
-            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<ResponseInput, E> {
-                Ok(ResponseInput::Text(text))
-            }
-
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<ResponseInput, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-                while let Some(item) = seq.next_element()? {
-                    items.push(item);
-                }
-                Ok(ResponseInput::Items(items))
-            }
-        }
-
-        deserializer.deserialize_any(InputVisitor)
+        Ok(
+            match TextOr::read(deserializer, "a string or a list of input items")? {
+                TextOr::Text(text) => Self::Text(text),
+                TextOr::Parts(items) => Self::Items(items),
+            },
+        )
     }
 }
 

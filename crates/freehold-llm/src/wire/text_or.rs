@@ -1,6 +1,6 @@
 //! Reading a value the APIs take as a string or as an array of typed parts
-//! (Anthropic's `system` and contents, OpenAI's message content) in one
-//! pass.
+//! (Anthropic's `system` and contents, Chat Completions' message content,
+//! the Responses API's `input`) in one pass.
 //!
 //! serde's `untagged` enums read such a value by first copying it into an
 //! intermediate tree and then trying each variant on that copy. A coding
