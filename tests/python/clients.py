@@ -347,6 +347,69 @@ def responses_compaction():
     return {"summary": summary, "streamed_events": events}
 
 
+def responses_server_compaction():
+    """Server-side compaction (context_management with a compact_threshold),
+    as the SDK asks for it: a conversation past the threshold is compacted
+    before it is answered, the compaction item first in the output, whole
+    and streamed, the answer after it. Appended to the conversation, as
+    OpenAI's guide says, the output leaves it under the threshold (what the
+    item replaced is left out), so the next turn is answered without one.
+    FREEHOLD_EXPECT_TEXT, when set, is what the model writes."""
+    client = oai()
+    manage = [{"type": "compaction", "compact_threshold": 400}]
+    listing = "def add(a, b):\n    return a - b  # the bug: it subtracts\n" * 50
+    conversation = [
+        {"role": "user", "content": "My name is Ada. Show me calc.py."},
+        {"role": "assistant", "content": "Here is calc.py:\n" + listing},
+        {"role": "user", "content": "Fix add() in it."},
+    ]
+    bound = {"max_output_tokens": 64}
+    whole = client.responses.create(model=MODEL, input=conversation,
+                                    context_management=manage, **bound)
+    kinds = [item.type for item in whole.output]
+    assert kinds[0] == "compaction" and kinds[1:] == ["message"], kinds
+    summary = read_summary(whole.output[0])
+    check_text(summary)
+    check_text(whole.output_text)
+    # Both calls' tokens: the summary read the whole conversation.
+    assert whole.usage.input_tokens > 400, whole.usage
+    with client.responses.stream(model=MODEL, input=conversation,
+                                 context_management=manage, **bound) as stream:
+        events = list(stream)
+    # Completed, or incomplete when the answer reached the bound (SmolLM2
+    # often does), which the SDK's get_final_response() does not return.
+    final = events[-1].response
+    assert events[-1].type in ("response.completed", "response.incomplete"), events[-1]
+    assert [item.type for item in final.output][0] == "compaction", final.output
+    added = [event for event in events if event.type == "response.output_item.added"]
+    assert added[0].output_index == 0 and added[0].item.type == "compaction", added
+    assert added[1].output_index == 1 and added[1].item.type == "message", added
+    check_text(read_summary(final.output[0]))
+    check_text(final.output_text)
+    go_on = conversation + [item.model_dump(exclude_none=True) for item in whole.output]
+    go_on.append({"role": "user", "content": "What is my name?"})
+    # A threshold above what the compaction left (the user's messages, the
+    # summary, the answer: however long the model wrote them) and below the
+    # whole conversation, which still holds the listing the item replaced.
+    left = sum(len(message["content"]) for message in conversation if message["role"] == "user")
+    left += len(summary) + len(whole.output_text) + 200
+    still_there = left + len(listing)
+    assert left // 4 + 300 < still_there // 4, (left, still_there)
+    reply = client.responses.create(
+        model=MODEL, input=go_on, max_output_tokens=32,
+        context_management=[{"type": "compaction", "compact_threshold": left // 4 + 300}])
+    assert [item.type for item in reply.output] == ["message"], reply.output
+    check_text(reply.output_text)
+    # Only `compaction` is a kind of context management.
+    try:
+        client.responses.create(model=MODEL, input="hi", max_output_tokens=8,
+                                context_management=[{"type": "truncation"}])
+        raise AssertionError("an unknown kind of context management was accepted")
+    except openai.BadRequestError as error:
+        assert "context_management[0].type" in str(error), str(error)
+    return {"summary": summary, "answer": whole.output_text, "next": reply.output_text}
+
+
 CONTEXT_MANAGEMENT_BETA = "context-management-2025-06-27"
 
 
@@ -777,7 +840,8 @@ def stop_sequences():
 SCENARIOS = {f.__name__: f for f in [
     long_prompts, rate_limited, budget_spent, gateway_errors,
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
-    openai_responses, responses_custom_tools, responses_compaction, anthropic_messages,
+    openai_responses, responses_custom_tools, responses_compaction, responses_server_compaction,
+    anthropic_messages,
     anthropic_tools, anthropic_context_editing,
     anthropic_errors, silent_upstream, refusals, stop_sequences,
 ]}

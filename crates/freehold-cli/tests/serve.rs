@@ -368,8 +368,9 @@ async fn a_requests_log_lines_name_it() {
 
 /// A compaction whose model writes no summary fails rather than replace
 /// the conversation with nothing: a 502 in the gateway's words on
-/// `/v1/responses/compact`, `response.failed` in a streamed trigger, and
-/// the ledger records both as failed.
+/// `/v1/responses/compact` and for a server-side compaction (whose answer
+/// is then not asked for), `response.failed` in a streamed trigger, and
+/// the ledger records each as failed.
 #[tokio::test]
 async fn a_compaction_without_a_summary_fails_and_is_recorded() {
     use freehold_test_support::{MockServer, Recorded, Scripted, Split, sse_text};
@@ -426,6 +427,27 @@ async fn a_compaction_without_a_summary_fails_and_is_recorded() {
         "no provider to blame: {body}"
     );
 
+    // Server-side compaction: the summary's call fails the request, and
+    // the answer's is never made.
+    let compacted = client
+        .post(format!("{}/v1/responses", served.url))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "quiet", "input": conversation,
+                      "context_management": [{"type": "compaction", "compact_threshold": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(compacted.status(), 502);
+    let body: Value = compacted.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no summary"),
+        "{body}"
+    );
+    assert_eq!(upstream.requests().len(), 2);
+
     let mut triggered = conversation.clone();
     triggered
         .as_array_mut()
@@ -453,7 +475,7 @@ async fn a_compaction_without_a_summary_fails_and_is_recorded() {
                 .await,
         )
         .unwrap();
-        if lines.as_array().is_some_and(|lines| lines.len() >= 2) {
+        if lines.as_array().is_some_and(|lines| lines.len() >= 3) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -469,10 +491,228 @@ async fn a_compaction_without_a_summary_fails_and_is_recorded() {
             )
         })
         .collect();
+    assert_eq!(statuses.len(), 3, "{lines}");
     assert!(
-        statuses.contains(&("/v1/responses/compact", 502))
-            && statuses.contains(&("/v1/responses", 502)),
+        statuses.contains(&("/v1/responses/compact", 502)),
         "{lines}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|line| **line == ("/v1/responses", 502))
+            .count(),
+        2,
+        "{lines}"
+    );
+}
+
+/// Server-side compaction (`context_management` with a
+/// `compact_threshold`): a conversation past the threshold is summarised in
+/// one call and answered from the summary in a second; the compaction item
+/// leads the output, whole and streamed, and the usage adds both calls. The
+/// upstream sees the whole conversation with the request for a summary,
+/// then the user's and developer's messages and the summary without the
+/// model's turns and the tool's output. Appended and sent again, the
+/// conversation is read as the compaction left it (under the threshold, so
+/// answered at once); under the threshold nothing is compacted; and both
+/// calls are in the ledger.
+#[tokio::test]
+async fn a_server_side_compaction_summarises_then_answers_from_the_summary() {
+    use freehold_test_support::{MockServer, Recorded, Scripted, Split, sse_text};
+    use serde_json::json;
+
+    const SUMMARY: &str = "The user wants add() fixed; it subtracts.";
+    const ANSWER: &str = "Changed - to + in add().";
+    // The summary for a request that asks for one (its last message), the
+    // answer otherwise.
+    let upstream = MockServer::answering(|request: &Recorded| {
+        let body = request.json();
+        let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+        let asks_for_summary = last["content"]
+            .as_str()
+            .is_some_and(|text| text.contains("replaced by a summary"));
+        let text = if asks_for_summary { SUMMARY } else { ANSWER };
+        let usage = json!({"prompt_tokens": 700, "completion_tokens": 20, "total_tokens": 720});
+        if body["stream"] != true {
+            return Scripted::json(
+                200,
+                json!({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": text}}],
+                       "usage": usage}),
+            );
+        }
+        let chunk = |delta: Value, finish: Value, usage: Value| {
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                   "usage": usage})
+            .to_string()
+        };
+        let events = [
+            chunk(
+                json!({"role": "assistant", "content": text}),
+                Value::Null,
+                Value::Null,
+            ),
+            chunk(json!({}), json!("stop"), usage),
+            "[DONE]".to_owned(),
+        ];
+        let pairs: Vec<(&str, &str)> = events.iter().map(|event| ("", event.as_str())).collect();
+        Scripted::sse(&sse_text(&pairs), Split::Whole)
+    })
+    .await;
+    let config = format!(
+        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
+         [aliases]\nagent = \"up:m\"\n",
+        upstream.url()
+    );
+    let served = Served::start(&config, &[]).await;
+    let client = reqwest::Client::new();
+    // Some 1,000 tokens by the gateway's estimate, nearly all of it the
+    // tool's output.
+    let file = "    return a - b  # subtracts\n".repeat(140);
+    let conversation = json!([
+        {"role": "developer", "content": "Sandbox: workspace-write."},
+        {"role": "user", "content": "Fix add in calc.py."},
+        {"type": "function_call", "call_id": "call_1", "name": "exec_command",
+         "arguments": "{\"cmd\": \"cat calc.py\"}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": file},
+    ]);
+    let request = |stream: bool, input: &Value| {
+        json!({"model": "agent", "instructions": "You are a coding agent.", "stream": stream,
+               "tools": [{"type": "function", "name": "exec_command",
+                          "parameters": {"type": "object",
+                                         "properties": {"cmd": {"type": "string"}}}}],
+               "context_management": [{"type": "compaction", "compact_threshold": 500}],
+               "input": input})
+    };
+    let post = |body: Value| {
+        client
+            .post(format!("{}/v1/responses", served.url))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+    };
+
+    // Whole.
+    let response = post(request(false, &conversation)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let whole: Value = response.json().await.unwrap();
+    let output = whole["output"].as_array().unwrap();
+    assert_eq!(output.len(), 2, "{whole}");
+    assert_eq!(output[0]["type"], "compaction");
+    assert_eq!(
+        freehold_llm::wire::openai_responses::compaction_summary(
+            output[0]["encrypted_content"].as_str().unwrap()
+        )
+        .as_deref(),
+        Some(SUMMARY)
+    );
+    assert_eq!(output[1]["content"][0]["text"], ANSWER);
+    assert_eq!(whole["usage"]["input_tokens"], 1400, "{whole}");
+    assert_eq!(whole["usage"]["output_tokens"], 40, "{whole}");
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 2);
+    let roles = |recorded: &Recorded| -> Vec<String> {
+        recorded.json()["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // The summary's call: the conversation whole, then the request.
+    assert_eq!(
+        roles(&sent[0]),
+        ["system", "system", "user", "assistant", "tool", "user"]
+    );
+    assert_eq!(sent[0].json()["tool_choice"], "none");
+    // The answer's: the tool's output is gone, the summary is last.
+    assert_eq!(roles(&sent[1]), ["system", "system", "user", "user"]);
+    let answered_from = sent[1].json()["messages"][3]["content"].to_string();
+    assert!(answered_from.contains(SUMMARY), "{answered_from}");
+    assert!(!sent[1].json().to_string().contains("subtracts\\n"));
+    assert!(
+        sent[1].json()["tools"]
+            .as_array()
+            .is_some_and(|t| t.len() == 1)
+    );
+
+    // Streamed: the item first, announced and done at once.
+    let response = post(request(true, &conversation)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let events = response.text().await.unwrap();
+    let data: Vec<Value> = events
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let added: Vec<&Value> = data
+        .iter()
+        .filter(|event| event["type"] == "response.output_item.added")
+        .collect();
+    assert_eq!(added[0]["output_index"], 0, "{events}");
+    assert_eq!(added[0]["item"]["type"], "compaction");
+    assert_eq!(added[1]["output_index"], 1);
+    assert_eq!(added[1]["item"]["type"], "message");
+    let completed = data.last().unwrap();
+    assert_eq!(completed["type"], "response.completed", "{events}");
+    assert_eq!(completed["response"]["output"][0]["type"], "compaction");
+    assert_eq!(completed["response"]["usage"]["input_tokens"], 1400);
+    assert_eq!(upstream.requests().len(), 4);
+
+    // The client appends the output, as OpenAI's guide says, and goes on:
+    // what the compaction replaced is left out, so the conversation is
+    // under the threshold and answered in one call.
+    let mut go_on = conversation.as_array().unwrap().clone();
+    go_on.extend(output.iter().cloned());
+    go_on.push(json!({"role": "user", "content": "Now run the tests."}));
+    let response = post(request(false, &Value::Array(go_on))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let next: Value = response.json().await.unwrap();
+    assert_eq!(next["output"].as_array().unwrap().len(), 1, "{next}");
+    assert_eq!(next["output"][0]["type"], "message");
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 5);
+    assert_eq!(
+        roles(&sent[4]),
+        ["system", "system", "user", "user", "assistant", "user"]
+    );
+
+    // Five calls, five ledger lines (it writes in batches: wait for them).
+    let mut lines = Value::Null;
+    for _ in 0..50 {
+        lines = serde_json::from_str(
+            &served
+                .freehold(&["usage", "--requests", "10", "--json"])
+                .await,
+        )
+        .unwrap();
+        if lines.as_array().is_some_and(|lines| lines.len() >= 5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = lines.as_array().unwrap();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    // Each call's own tokens (the client was told their sum), the two
+    // calls of a compacted request under one request id.
+    for line in lines {
+        assert_eq!(line["endpoint"], "/v1/responses", "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["input_tokens"], 700, "{line}");
+        assert_eq!(line["output_tokens"], 20, "{line}");
+    }
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .map(|line| line["request_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        3,
+        "two compacted requests and one plain: {lines:?}"
     );
 }
 
@@ -592,6 +832,7 @@ async fn official_sdks_against_a_mock_upstream() {
         "openai_embeddings",
         "openai_responses",
         "responses_compaction",
+        "responses_server_compaction",
         "anthropic_tools",
         "anthropic_context_editing",
     ] {
@@ -614,8 +855,9 @@ async fn official_sdks_against_a_mock_upstream() {
     assert_eq!(errors["bad_request"], 400);
     assert_eq!(errors["model_not_found"], 404);
     // Every chat, tool and embedding call reached the upstream
-    // (count_tokens was estimated by the gateway itself).
-    assert_eq!(upstream.requests(), 26);
+    // (count_tokens was estimated by the gateway itself), a server-side
+    // compaction's two calls each.
+    assert_eq!(upstream.requests(), 31);
     // A refusal reaches each SDK as its own (the mock refuses when asked
     // to), whole and streamed.
     let refusal = [("FREEHOLD_EXPECT_REFUSAL", MOCK_REFUSAL)];
@@ -780,6 +1022,7 @@ async fn official_sdks_against_smollm2_in_process() {
         "openai_stream",
         "openai_responses",
         "responses_compaction",
+        "responses_server_compaction",
     ] {
         let result = served.scenario(&python, scenario, &env).await;
         eprintln!("{scenario}: {result}");

@@ -24,6 +24,7 @@ use crate::chat::{
 use crate::error::{GatewayError, Protocol};
 use crate::request_id::Arrival;
 use crate::routes::read_body;
+use crate::routes::server_compaction::{self, Compacted, Pending};
 use crate::state::Gateway;
 
 /// A stream encoder of one protocol.
@@ -37,13 +38,16 @@ trait StreamEncoder: Send + 'static {
     fn take_failure(&mut self) -> Option<LlmError> {
         None
     }
+    /// Puts a compaction run before the answer first in it (see
+    /// [`server_compaction`]); called before the answer's first event.
+    fn compacted(&mut self, _compacted: Compacted) -> Vec<SseFrame> {
+        Vec::new()
+    }
 }
 
-/// Implements [`StreamEncoder`] by the encoder's own methods, and
-/// `take_failure` too when named (an encoder that may fail an answer
-/// itself).
+/// Implements [`StreamEncoder`] by the encoder's own methods.
 macro_rules! stream_encoder {
-    ($type:ty $(, $take_failure:ident)?) => {
+    ($type:ty) => {
         impl StreamEncoder for $type {
             fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
                 <$type>::push(self, event)
@@ -57,19 +61,34 @@ macro_rules! stream_encoder {
             fn keepalive(&mut self) -> Vec<SseFrame> {
                 <$type>::keepalive(self)
             }
-            $(
-                fn take_failure(&mut self) -> Option<LlmError> {
-                    <$type>::$take_failure(self)
-                }
-            )?
         }
     };
 }
 
 stream_encoder!(openai_chat::ChunkEncoder);
 stream_encoder!(anthropic::MessageStreamEncoder);
-// It may fail an answer itself (a compaction without a summary).
-stream_encoder!(openai_responses::ResponseStreamEncoder, take_failure);
+
+impl StreamEncoder for openai_responses::ResponseStreamEncoder {
+    fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
+        Self::push(self, event)
+    }
+    fn finish(&mut self) -> Vec<SseFrame> {
+        Self::finish(self)
+    }
+    fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
+        Self::error(self, error)
+    }
+    fn keepalive(&mut self) -> Vec<SseFrame> {
+        Self::keepalive(self)
+    }
+    // It may fail an answer itself (a compaction without a summary).
+    fn take_failure(&mut self) -> Option<LlmError> {
+        Self::take_failure(self)
+    }
+    fn compacted(&mut self, compacted: Compacted) -> Vec<SseFrame> {
+        Self::compacted(self, compacted.item, &compacted.usage)
+    }
+}
 
 /// What differs between the chat protocols.
 trait ChatProtocol {
@@ -100,6 +119,14 @@ trait ChatProtocol {
     /// first target gets it, for a protocol that reports them before the
     /// provider does.
     fn encoder(model: &str, options: Self::Options, input_estimate: u64) -> Self::Encoder;
+    /// The input tokens at which the request asked for its conversation to
+    /// be compacted before it is answered (the Responses API's server-side
+    /// compaction, [`server_compaction`]).
+    fn compact_threshold(_options: &Self::Options) -> Option<u64> {
+        None
+    }
+    /// Puts a compaction run before the answer first in it.
+    fn put_compaction_first(_response: &mut Self::Response, _item: openai_responses::Item) {}
 }
 
 struct ChatCompletions;
@@ -200,6 +227,12 @@ impl ChatProtocol for Responses {
             .with_namespaced_tools(options.namespaced_tools)
             .with_tool_search(options.tool_search)
             .with_compaction(options.compaction)
+    }
+    fn compact_threshold(options: &Self::Options) -> Option<u64> {
+        options.compact_threshold
+    }
+    fn put_compaction_first(response: &mut Self::Response, item: openai_responses::Item) {
+        server_compaction::put_first(response, item);
     }
 }
 
@@ -402,6 +435,14 @@ async fn serve<P: ChatProtocol>(
         forward_anthropic_headers(&headers, &mut request);
     }
     let model = request.model.clone();
+    // A conversation to compact first. Boxed, so that the futures of
+    // every other request do not grow by its size.
+    if server_compaction::due(&request, P::compact_threshold(&options)) {
+        let compacted = compact_then_answer::<P>(
+            &gateway, &headers, caller, request, options, &body, &arrival,
+        );
+        return Box::pin(compacted).await;
+    }
     let mut admitted = match admit(&gateway, &headers, caller, P::ENDPOINT, request, &arrival).await
     {
         Ok(admitted) => admitted,
@@ -419,47 +460,160 @@ async fn serve<P: ChatProtocol>(
         // most: a provider still silent then (a local model reading a long
         // prompt) gets the answer begun, so that clients which give up on
         // silent streams keep waiting.
-        let mut opening = Box::pin(open_stream(admitted));
-        let waited = match keepalive {
-            Some(every) => tokio::time::timeout(every, &mut opening).await.ok(),
-            None => Some((&mut opening).await),
-        };
-        match waited {
-            Some(Err(error)) => error.into_response(P::PROTOCOL),
-            Some(Ok((first, stream))) => {
-                sse_response(Upstream::Open { first, stream }, encoder, keepalive, false)
-            }
-            None => sse_response(Upstream::Opening(opening), encoder, keepalive, true),
-        }
+        streamed(
+            P::PROTOCOL,
+            Box::pin(open_stream(admitted)),
+            encoder,
+            keepalive,
+        )
+        .await
     } else {
         match admitted.complete().await {
-            Ok((response, mut accounting)) => {
-                let encoded = match P::encode(&response, &model, &options) {
-                    Ok(encoded) => encoded,
-                    Err(error) => {
-                        tracing::warn!(%error, "the provider's answer could not be sent");
-                        let error = GatewayError::upstream(&error);
-                        accounting.fail(&error);
-                        return error.into_response(P::PROTOCOL);
-                    }
-                };
-                if gateway.settings.log_bodies
-                    && let Ok(text) = serde_json::to_string(&encoded)
-                {
-                    accounting.log_body(text.as_bytes());
-                }
-                accounting.succeed();
-                (StatusCode::OK, Json(encoded)).into_response()
+            Ok((response, accounting)) => {
+                whole::<P>(&gateway, response, accounting, &model, &options, None)
             }
             Err(error) => error.into_response(P::PROTOCOL),
         }
     }
 }
 
-/// A provider's open stream and the events read from it so far: its
-/// opening (`Start`) and its first event of the answer itself (none when
-/// it ended without one, and has nothing more to give).
-type Opened = (VecDeque<StreamEvent>, AccountedStream);
+/// The streamed answer's response, `opening` the provider's stream being
+/// opened: the status line waits for its first event, one keepalive
+/// interval at most (see [`serve`]).
+async fn streamed<E: StreamEncoder>(
+    protocol: Protocol,
+    mut opening: Pin<Box<dyn Future<Output = Result<Opened, GatewayError>> + Send>>,
+    encoder: E,
+    keepalive: Option<std::time::Duration>,
+) -> Response {
+    let waited = match keepalive {
+        Some(every) => tokio::time::timeout(every, &mut opening).await.ok(),
+        None => Some((&mut opening).await),
+    };
+    match waited {
+        Some(Err(error)) => error.into_response(protocol),
+        Some(Ok(opened)) => sse_response(Upstream::Open(opened), encoder, keepalive, false),
+        None => sse_response(Upstream::Opening(opening), encoder, keepalive, true),
+    }
+}
+
+/// A whole answer's response (`compacted`: the compaction run before it,
+/// put first).
+fn whole<P: ChatProtocol>(
+    gateway: &Gateway,
+    mut response: ChatResponse,
+    mut accounting: Accounting,
+    model: &str,
+    options: &P::Options,
+    compacted: Option<Compacted>,
+) -> Response {
+    // The client is told what both calls used; each call's ledger line
+    // has its own.
+    if let Some(compacted) = &compacted {
+        response.usage.add(&compacted.usage);
+    }
+    let mut encoded = match P::encode(&response, model, options) {
+        Ok(encoded) => encoded,
+        Err(error) => {
+            tracing::warn!(%error, "the provider's answer could not be sent");
+            let error = GatewayError::upstream(&error);
+            accounting.fail(&error);
+            return error.into_response(P::PROTOCOL);
+        }
+    };
+    if let Some(compacted) = compacted {
+        P::put_compaction_first(&mut encoded, compacted.item);
+    }
+    if gateway.settings.log_bodies
+        && let Ok(text) = serde_json::to_string(&encoded)
+    {
+        accounting.log_body(text.as_bytes());
+    }
+    accounting.succeed();
+    (StatusCode::OK, Json(encoded)).into_response()
+}
+
+/// Answers a request whose conversation is compacted first (see
+/// [`server_compaction`]): the summary's call is admitted at once, so that
+/// a refusal gets its own status; then it runs, and the answer's call
+/// after it, whole or streamed. Streamed, the compaction runs while the
+/// stream is opened, so that the client gets keepalives while the model
+/// writes the summary.
+async fn compact_then_answer<P: ChatProtocol>(
+    gateway: &Arc<Gateway>,
+    headers: &HeaderMap,
+    caller: crate::auth::Caller,
+    request: ChatRequest,
+    options: P::Options,
+    body: &Bytes,
+    arrival: &Arrival,
+) -> Response {
+    let model = request.model.clone();
+    let model = model.as_str();
+    let pending = match Pending::admit(
+        gateway,
+        headers,
+        caller,
+        P::ENDPOINT,
+        request,
+        body,
+        arrival,
+    )
+    .await
+    {
+        Ok(pending) => pending,
+        Err(error) => return error.into_response(P::PROTOCOL),
+    };
+    if P::streams(&options) {
+        let body = body.clone();
+        let opening = async move {
+            let (mut admitted, compacted) = pending.run().await?;
+            admitted.accounting.log_body(&body);
+            let mut opened = open_stream(admitted).await?;
+            opened.compacted = Some(compacted);
+            Ok(opened)
+        };
+        // The answer's estimate is not known before the summary is
+        // written: Responses streams do not report one.
+        let encoder = P::encoder(model, options, 0);
+        streamed(
+            P::PROTOCOL,
+            Box::pin(opening),
+            encoder,
+            gateway.settings.stream_keepalive(),
+        )
+        .await
+    } else {
+        let answered = async {
+            let (mut admitted, compacted) = pending.run().await?;
+            admitted.accounting.log_body(body);
+            let (response, accounting) = admitted.complete().await?;
+            Ok::<_, GatewayError>((response, accounting, compacted))
+        };
+        match answered.await {
+            Ok((response, accounting, compacted)) => whole::<P>(
+                gateway,
+                response,
+                accounting,
+                model,
+                &options,
+                Some(compacted),
+            ),
+            Err(error) => error.into_response(P::PROTOCOL),
+        }
+    }
+}
+
+/// A provider's open stream and the events read from it so far.
+struct Opened {
+    /// Its opening (`Start`) and its first event of the answer itself (none
+    /// when it ended without one, and has nothing more to give), not yet
+    /// encoded.
+    first: VecDeque<StreamEvent>,
+    stream: AccountedStream,
+    /// A compaction run before the answer, not yet encoded.
+    compacted: Option<Compacted>,
+}
 
 /// Opens the provider's stream and waits for the first event of the answer
 /// itself; a failure before that is the error. The provider's opening
@@ -479,12 +633,17 @@ async fn open_stream(admitted: Admitted) -> Result<Opened, GatewayError> {
                 );
                 read.push_back(event);
                 if !opening {
-                    return Ok((read, stream));
+                    break;
                 }
             }
-            None => return Ok((read, stream)),
+            None => break,
         }
     }
+    Ok(Opened {
+        first: read,
+        stream,
+        compacted: None,
+    })
 }
 
 /// Where a streamed answer's events come from.
@@ -496,20 +655,25 @@ async fn open_stream(admitted: Admitted) -> Result<Opened, GatewayError> {
 enum Upstream {
     /// The provider has sent nothing yet.
     Opening(Pin<Box<dyn Future<Output = Result<Opened, GatewayError>> + Send>>),
-    /// Its stream is open; `first` holds the events read while it was
-    /// opened, not yet encoded.
-    Open {
-        first: VecDeque<StreamEvent>,
-        stream: AccountedStream,
-    },
+    /// Its stream is open.
+    Open(Opened),
 }
 
 impl Upstream {
     /// Records the answer as failed (the stream then ends): the encoder
     /// could not send what the provider answered.
     fn fail(&mut self, error: &GatewayError) {
-        if let Self::Open { stream, .. } = self {
-            stream.fail(error);
+        if let Self::Open(opened) = self {
+            opened.stream.fail(error);
+        }
+    }
+
+    /// The compaction run before the answer, once, when the stream is
+    /// open.
+    fn take_compacted(&mut self) -> Option<Compacted> {
+        match self {
+            Self::Open(opened) => opened.compacted.take(),
+            Self::Opening(_) => None,
         }
     }
 
@@ -521,10 +685,10 @@ impl Upstream {
         loop {
             match self {
                 Self::Opening(opening) => match until(deadline, opening.as_mut()).await? {
-                    Ok((first, stream)) => *self = Self::Open { first, stream },
+                    Ok(opened) => *self = Self::Open(opened),
                     Err(error) => return Ok(Some(Err(error))),
                 },
-                Self::Open { first, stream } => {
+                Self::Open(Opened { first, stream, .. }) => {
                     if let Some(first) = first.pop_front() {
                         return Ok(Some(Ok(first)));
                     }
@@ -583,9 +747,15 @@ fn sse_response<E: StreamEncoder>(
                     deadline = next_deadline();
                     (encoder.keepalive(), true)
                 }
-                Ok(Some(Ok(event))) => (encoder.push(&event), true),
+                Ok(Some(Ok(event))) => (
+                    compaction_first(&mut upstream, &mut encoder, |encoder| encoder.push(&event)),
+                    true,
+                ),
                 Ok(Some(Err(error))) => (encoder.error(&stream_error(&error)), false),
-                Ok(None) => (encoder.finish(), false),
+                Ok(None) => (
+                    compaction_first(&mut upstream, &mut encoder, E::finish),
+                    false,
+                ),
             };
             if let Some(error) = encoder.take_failure() {
                 tracing::warn!(%error, "the provider's answer could not be sent");
@@ -612,6 +782,23 @@ fn sse_response<E: StreamEncoder>(
     // Proxies such as nginx must pass events on as they come.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// `frames`, after the compaction run before the answer when the stream it
+/// was run for has just opened (its first event, or its end).
+fn compaction_first<E: StreamEncoder>(
+    upstream: &mut Upstream,
+    encoder: &mut E,
+    frames: impl FnOnce(&mut E) -> Vec<SseFrame>,
+) -> Vec<SseFrame> {
+    match upstream.take_compacted() {
+        Some(compacted) => {
+            let mut first = encoder.compacted(compacted);
+            first.extend(frames(encoder));
+            first
+        }
+        None => frames(encoder),
+    }
 }
 
 /// The error an encoder writes into a stream, from the sanitised one.

@@ -2,6 +2,7 @@
 
 mod chat;
 mod ops;
+mod server_compaction;
 
 use std::sync::Arc;
 

@@ -49,7 +49,10 @@ mod serve;
 #[cfg(test)]
 mod serve_tests;
 
-pub use compaction::{compaction_content, compaction_summary};
+pub use compaction::{
+    compaction_content, compaction_item, compaction_summary, messages_after_compaction,
+    summary_request,
+};
 pub use serve::{
     ResponseStreamEncoder, ServeOptions, decode_compact_request, decode_request, encode_compacted,
     encode_compaction, encode_error, encode_response, encode_response_for,
@@ -117,6 +120,22 @@ pub struct ResponsesRequest {
     /// The processing tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_tier: Option<String>,
+    /// Server-side context management: a `compaction` entry asks for the
+    /// conversation to be compacted before it is answered once it reaches
+    /// `compact_threshold` tokens (never sent by Freehold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_management: Option<Vec<ContextManagementEntry>>,
+}
+
+/// An entry of a request's `context_management`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContextManagementEntry {
+    /// `compaction`, the only kind the API has.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The input tokens past which the conversation is compacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact_threshold: Option<u64>,
 }
 
 /// `input`: one user text, or a list of items.
@@ -1138,6 +1157,7 @@ pub fn encode_request(request: &ChatRequest, stream: bool, for_openai: bool) -> 
         service_tier: for_openai
             .then(|| openai_api::service_tier(request))
             .flatten(),
+        context_management: None,
     };
     // A summary of the reasoning only when reasoning was asked for, not for
     // the least effort a request for none gets.

@@ -11,13 +11,25 @@
 //! summary the model wrote, marked as the gateway's and base64-encoded
 //! (opaque to clients, not secret: the client holds the conversation
 //! anyway). A later request reads it back as a user message carrying the
-//! summary, so any provider can continue the conversation.
+//! summary, so any provider can continue the conversation, and leaves out
+//! what the item replaced ([`kept_before_compaction`]).
+//!
+//! A third way is server-side compaction: a request's `context_management`
+//! names a threshold, and the server compacts the conversation once it
+//! reaches it, before answering. The gateway does that in two calls, with
+//! what this module gives it: the summary ([`summary_request`],
+//! [`compaction_item`]), then the answer from the conversation the item
+//! stands for ([`messages_after_compaction`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use freehold_protocol::{ErrorKind, LlmError, Message, StopReason};
+use freehold_protocol::{
+    ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, Message, StopReason, ToolChoice,
+};
 
-use super::{CompactionItem, ContentItem, Item, ItemContent, MessageItem, ResponseInput};
+use super::{
+    CompactionItem, ContentItem, Item, ItemContent, MessageItem, ResponseInput, ResponsesRequest,
+};
 use crate::wire::serve::{DecodeError, GATEWAY_PROVIDER};
 
 /// What starts the `encrypted_content` of a compaction the gateway made.
@@ -157,6 +169,111 @@ pub(super) fn item_for(summary: &str, reason: &StopReason) -> Result<Item, LlmEr
         id: Some(crate::wire::serve::generated_id("cmp_")),
         encrypted_content: compaction_content(summary),
     }))
+}
+
+/// The `compaction` item for a model's answer to a [`summary_request`] (or
+/// to a request that ended with a `compaction_trigger`): its text, runs
+/// that reasoning or a call parted joined by a blank line, is the summary;
+/// reasoning and calls are left out.
+///
+/// # Errors
+/// As [`item_for`]: the model wrote no summary, refused, or was stopped by
+/// a content filter.
+pub fn compaction_item(response: &ChatResponse) -> Result<Item, LlmError> {
+    let mut summary = Summary::default();
+    for part in &response.message.content {
+        match part {
+            ContentPart::Text { text } => summary.push(text),
+            _ => summary.part(),
+        }
+    }
+    item_for(&summary.take(), &response.stop_reason)
+}
+
+/// The request that asks the model for a summary of `request`'s
+/// conversation before it is answered (server-side compaction), as a
+/// `compaction_trigger` ending its input would: the conversation, then a
+/// user message asking for the summary. The tools stay declared, since
+/// providers want them beside a conversation with calls, but none may be
+/// called, and no output format is asked: a summary is text. Unlike a
+/// trigger's, it has no output bound of the client's: the request's
+/// `max_output_tokens` bounds its answer, not the summary.
+pub fn summary_request(request: &ChatRequest) -> ChatRequest {
+    let mut summary = request.clone();
+    summary.messages.push(Message::user(SUMMARY_REQUEST));
+    summary.tool_choice = ToolChoice::None;
+    summary.response_format = None;
+    // The client's bound is the answer's: a summary cut at it would lose
+    // the conversation it replaces. The gateway's cap still applies.
+    summary.max_tokens = None;
+    summary
+}
+
+/// The conversation of a Responses request (`wire`, as the client sent it)
+/// once `compaction` has replaced it, as the model sees it: what
+/// [`kept_before_compaction`] keeps of it, then the user message carrying
+/// the summary. The server-side compaction's answer is made from it, and it
+/// is what the client's next request, with the compaction and the answer
+/// appended, reads as.
+///
+/// # Errors
+/// As [`super::decode_request`] (the request was decoded once already, so
+/// none is expected).
+pub fn messages_after_compaction(
+    mut wire: ResponsesRequest,
+    compaction: Item,
+) -> Result<Vec<Message>, DecodeError> {
+    let mut items = match std::mem::take(&mut wire.input) {
+        ResponseInput::Text(text) => vec![Item::Message(MessageItem {
+            id: None,
+            role: "user".into(),
+            content: ItemContent::Text(text),
+            status: None,
+        })],
+        ResponseInput::Items(items) => items,
+    };
+    items.push(compaction);
+    wire.input = ResponseInput::Items(items);
+    wire.context_management = None;
+    wire.stream = false;
+    let (request, _) = super::decode_request(wire)?;
+    Ok(request.messages)
+}
+
+/// The index of a conversation's last `compaction` item: what comes before
+/// it is what it replaced ([`kept_before_compaction`]).
+pub(super) fn last_compaction(items: &[Item]) -> Option<usize> {
+    items
+        .iter()
+        .rposition(|item| matches!(item, Item::Compaction(_)))
+}
+
+/// What is kept of an item that comes before a conversation's last
+/// `compaction` item, which replaced the rest: the model's turns and the
+/// tools' traffic (assistant messages, reasoning, calls and their outputs)
+/// go; the user's messages, the system and developer messages and the
+/// tools declared in the input stay, as `/v1/responses/compact` keeps them.
+/// A client that appends a server-side compaction's output to its
+/// conversation, as OpenAI's guide says to, sends all of it again; without
+/// this the conversation would keep its full length and be compacted anew
+/// on every turn.
+///
+/// A search the client ran keeps the tools it found (the model may call
+/// them), without its call, which is gone.
+pub(super) fn kept_before_compaction(item: Item) -> Option<Item> {
+    match item {
+        Item::Message(message)
+            if matches!(message.role.as_str(), "user" | "system" | "developer") =>
+        {
+            Some(Item::Message(message))
+        }
+        Item::AdditionalTools(tools) => Some(Item::AdditionalTools(tools)),
+        Item::ToolSearchOutput(mut output) => {
+            output.call_id = None;
+            Some(Item::ToolSearchOutput(output))
+        }
+        _ => None,
+    }
 }
 
 /// The items a compaction keeps, in order: the input's user messages

@@ -9,14 +9,16 @@ use freehold_protocol::{
 };
 use serde_json::{Value, json};
 
-use super::compaction::{self, SUMMARY_REQUEST, Summary, kept_by_compaction};
+use super::compaction::{
+    self, SUMMARY_REQUEST, Summary, kept_before_compaction, kept_by_compaction, last_compaction,
+};
 use super::{
-    ArgumentsDoneEvent, CompactionTriggerItem, ContentItem, CustomToolCallItem, DeltaEvent,
-    FunctionCallItem, FunctionCallOutputItem, IncompleteDetails, InputDoneEvent, Item, ItemContent,
-    ItemEvent, MessageItem, ORIGIN, PartEvent, ReasoningItem, RefusalDoneEvent, ResponseError,
-    ResponseEvent, ResponseInput, ResponseObject, ResponseSnapshot, ResponseUsage,
-    ResponsesRequest, ServerEvent, SummaryPartEvent, TextDoneEvent, TextFormat, TextPart,
-    ToolSearchCallItem, WireTool,
+    ArgumentsDoneEvent, CompactionTriggerItem, ContentItem, ContextManagementEntry,
+    CustomToolCallItem, DeltaEvent, FunctionCallItem, FunctionCallOutputItem, IncompleteDetails,
+    InputDoneEvent, Item, ItemContent, ItemEvent, MessageItem, ORIGIN, PartEvent, ReasoningItem,
+    RefusalDoneEvent, ResponseError, ResponseEvent, ResponseInput, ResponseObject,
+    ResponseSnapshot, ResponseUsage, ResponsesRequest, ServerEvent, SummaryPartEvent,
+    TextDoneEvent, TextFormat, TextPart, ToolSearchCallItem, WireTool,
 };
 use crate::wire::openai_chat::{
     self, ErrorBody, decode_effort, decode_tool_choice, decode_verbosity, openai_error_message,
@@ -50,6 +52,16 @@ pub struct ServeOptions {
     /// `compaction_trigger` item ends its input): the model is asked for a
     /// summary, and the answer is one `compaction` item holding it.
     pub compaction: bool,
+    /// The input tokens at which the request asked for its conversation to
+    /// be compacted before it is answered (`context_management`'s
+    /// `compact_threshold`, OpenAI's server-side compaction): the gateway
+    /// then asks the model for a summary first
+    /// ([`super::summary_request`]), and answers from the conversation it
+    /// stands for ([`super::messages_after_compaction`]), the `compaction`
+    /// item first in the
+    /// output. `None` when not asked, and for a request that is itself a
+    /// compaction.
+    pub compact_threshold: Option<u64>,
 }
 
 /// The one argument of the function tool a freeform tool becomes.
@@ -134,7 +146,12 @@ impl DeclaredTool {
 ///   for a summary, in text (no tool may be called, and `text.format` is
 ///   left out; see [`ServeOptions::compaction`]); a `compaction` item the
 ///   gateway made is a user message carrying its summary, and one it did
-///   not make (OpenAI's, encrypted) is refused;
+///   not make (OpenAI's, encrypted) is refused; before the last compaction
+///   item, only the user's, system and developer messages and the tools
+///   declared in the input are kept: the rest is what it replaced;
+/// - `context_management`'s `compaction` entry (server-side compaction)
+///   gives [`ServeOptions::compact_threshold`]; an entry of another kind is
+///   refused;
 /// - input items of other types (`web_search_call`, `item_reference`…) are
 ///   skipped, as are content parts of unknown types in assistant messages.
 ///
@@ -159,12 +176,23 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
     match wire.input {
         ResponseInput::Text(text) => messages.push(Message::user(text)),
         ResponseInput::Items(items) => {
+            // What the last compaction replaced is left out; each item
+            // keeps its index, for the errors.
+            let replaced = last_compaction(&items).unwrap_or(0);
             // The images and files of a run of tool outputs, which go in one
             // user message after the run: a message between two results
             // would part them from their calls.
             let mut attachments = Vec::new();
             let last = items.len().saturating_sub(1);
             for (index, item) in items.into_iter().enumerate() {
+                let item = if index < replaced {
+                    match kept_before_compaction(item) {
+                        Some(item) => item,
+                        None => continue,
+                    }
+                } else {
+                    item
+                };
                 // Outputs keep the run's attachments for after the run, and
                 // so do declared tools, which are no message.
                 let keeps_attachments = matches!(
@@ -372,6 +400,9 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
     };
     // A summary is text, whatever format the conversation's answers had.
     let response_format = response_format.filter(|_| !compaction);
+    // A compaction is not compacted first.
+    let compact_threshold =
+        decode_context_management(wire.context_management.as_deref())?.filter(|_| !compaction);
     let reasoning = match wire.reasoning.and_then(|reasoning| reasoning.effort) {
         None => None,
         Some(effort) => decode_effort(&effort, "reasoning.effort")?,
@@ -409,8 +440,54 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
             namespaced_tools: names.namespaced,
             tool_search: names.tool_search,
             compaction,
+            compact_threshold,
         },
     ))
+}
+
+/// The threshold of a request's `context_management` (the lowest, should
+/// it have several `compaction` entries). An entry without a threshold is
+/// ignored: the gateway knows no default for a model.
+///
+/// # Errors
+/// An entry of another kind, or a threshold of 0.
+fn decode_context_management(
+    entries: Option<&[ContextManagementEntry]>,
+) -> Result<Option<u64>, DecodeError> {
+    let mut lowest: Option<u64> = None;
+    for (index, entry) in entries.unwrap_or_default().iter().enumerate() {
+        if entry.kind.is_empty() {
+            return Err(DecodeError::missing(
+                format!("context_management[{index}].type"),
+                "a context management entry needs a `type`: `compaction`",
+            ));
+        }
+        if entry.kind != "compaction" {
+            return Err(DecodeError::invalid(
+                format!("context_management[{index}].type"),
+                format!(
+                    "`{}` is not a kind of context management: the Responses API has \
+                     `compaction`",
+                    entry.kind
+                ),
+            ));
+        }
+        match entry.compact_threshold {
+            Some(0) => {
+                return Err(DecodeError::invalid(
+                    format!("context_management[{index}].compact_threshold"),
+                    "a compaction threshold is a number of input tokens above 0",
+                ));
+            }
+            Some(threshold) => lowest = Some(lowest.map_or(threshold, |low| low.min(threshold))),
+            None => tracing::debug!(
+                index,
+                "a compaction entry without a threshold is ignored: the gateway knows no \
+                 default"
+            ),
+        }
+    }
+    Ok(lowest)
 }
 
 /// Decodes a `POST /v1/responses/compact` request (the fields of a
@@ -1354,17 +1431,7 @@ fn whole_response(
 /// content filter. A compaction without a summary would lose the
 /// conversation it replaces.
 pub fn encode_compaction(response: &ChatResponse, model: &str) -> Result<ResponseObject, LlmError> {
-    let mut summary = Summary::default();
-    for part in &response.message.content {
-        match part {
-            ContentPart::Text { text } => summary.push(text),
-            _ => summary.part(),
-        }
-    }
-    let output = vec![compaction::item_for(
-        &summary.take(),
-        &response.stop_reason,
-    )?];
+    let output = vec![compaction::compaction_item(response)?];
     Ok(whole_response(response, model, output, "completed", None))
 }
 
@@ -1482,6 +1549,9 @@ pub struct ResponseStreamEncoder {
     compaction: Option<Summary>,
     /// Why the compaction failed, when it did ([`Self::take_failure`]).
     failure: Option<LlmError>,
+    /// The usage of a compaction run before this answer
+    /// ([`Self::compacted`]), added to the answer's.
+    earlier_usage: Usage,
 }
 
 impl ResponseStreamEncoder {
@@ -1507,7 +1577,31 @@ impl ResponseStreamEncoder {
             tool_search: false,
             compaction: None,
             failure: None,
+            earlier_usage: Usage::default(),
         }
+    }
+
+    /// Puts a compaction that was run before this answer (server-side
+    /// compaction, [`ServeOptions::compact_threshold`]) first in the
+    /// response: the item is announced and done at once, as OpenAI's
+    /// stream does, and `usage`, the summary's, is added to the answer's in
+    /// the final event. Call it before the answer's first event.
+    pub fn compacted(&mut self, item: Item, usage: &Usage) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        if self.finished {
+            return out;
+        }
+        self.start(None, &mut out);
+        self.close(&mut out);
+        self.added(item.clone(), &mut out);
+        let done = ResponseEvent::OutputItemDone(ItemEvent {
+            output_index: self.output_index(),
+            item: item.clone(),
+        });
+        out.push(self.frame(done));
+        self.output.push(item);
+        self.earlier_usage.add(usage);
+        out
     }
 
     /// Encodes the answer as one `compaction` item, when the request asked
@@ -2063,7 +2157,9 @@ impl ResponseStreamEncoder {
         let (status, incomplete_details) = final_status(reason);
         let mut snapshot = self.snapshot(status);
         snapshot.response.incomplete_details = incomplete_details;
-        snapshot.response.usage = Some(ResponseUsage::from(&self.usage.unwrap_or_default()));
+        let mut usage = self.usage.unwrap_or_default();
+        usage.add(&self.earlier_usage);
+        snapshot.response.usage = Some(ResponseUsage::from(&usage));
         let event = if status == "incomplete" {
             ResponseEvent::Incomplete(snapshot)
         } else {

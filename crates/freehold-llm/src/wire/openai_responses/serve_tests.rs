@@ -2191,3 +2191,239 @@ fn a_summary_cut_at_the_length_bound_still_completes_the_compaction() {
     assert_eq!(completed["response"]["incomplete_details"], Value::Null);
     assert_eq!(completed["response"]["output"][0]["type"], "compaction");
 }
+
+/// Server-side compaction: `context_management`'s threshold is read, the
+/// lowest of several; an entry of another kind or a threshold of 0 is
+/// refused by field; an entry without one is ignored; a request that is
+/// itself a compaction is not compacted first.
+#[test]
+fn context_management_gives_the_compaction_threshold() {
+    let with = |entries: Value| {
+        decode_json(json!({"model": "m", "input": "hi", "context_management": entries}))
+    };
+    let (_, options) = with(json!([{"type": "compaction", "compact_threshold": 2000}])).unwrap();
+    assert_eq!(options.compact_threshold, Some(2000));
+    let (_, options) = with(json!([
+        {"type": "compaction", "compact_threshold": 9000},
+        {"type": "compaction", "compact_threshold": 3000}]))
+    .unwrap();
+    assert_eq!(options.compact_threshold, Some(3000));
+    let (_, options) = with(json!([{"type": "compaction"}])).unwrap();
+    assert_eq!(options.compact_threshold, None);
+    let (_, plain) = decode_json(json!({"model": "m", "input": "hi"})).unwrap();
+    assert_eq!(plain.compact_threshold, None);
+    let error = with(json!([{"type": "truncation"}]))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("context_management[0].type"), "{error}");
+    assert!(error.contains("`truncation`"), "{error}");
+    let error = with(json!([{"type": "compaction", "compact_threshold": 0}]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("context_management[0].compact_threshold"),
+        "{error}"
+    );
+    let mut trigger = compaction_request();
+    trigger["context_management"] = json!([{"type": "compaction", "compact_threshold": 1}]);
+    let (_, options) = decode_json(trigger).unwrap();
+    assert!(options.compaction);
+    assert_eq!(options.compact_threshold, None);
+}
+
+/// What a compaction replaced is left out of a later request: before the
+/// last compaction item, the user's, system and developer messages and the
+/// tools declared in the input stay, and a search's tools without its
+/// call; after it, everything.
+#[test]
+fn a_compaction_replaces_the_model_turns_before_it() {
+    let summary = compaction_content("The user wants add() fixed; calc.py read.");
+    let (request, _) = decode_json(json!({"model": "m", "instructions": "Be brief.",
+        "input": [
+            {"type": "additional_tools", "tools": [
+                {"type": "function", "name": "exec_command", "parameters": {"type": "object"}}]},
+            {"role": "developer", "content": "Sandbox: read-only."},
+            {"role": "user", "content": "Fix add in calc.py."},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "function_call", "call_id": "call_1", "name": "exec_command",
+             "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "return a - b"},
+            {"type": "tool_search_call", "call_id": "ts_1", "execution": "client",
+             "arguments": {"query": "notes"}},
+            {"type": "tool_search_output", "call_id": "ts_1", "execution": "client",
+             "tools": [{"type": "function", "name": "notes", "parameters": {"type": "object"}}]},
+            {"role": "assistant", "content": "Reading it."},
+            {"type": "compaction", "encrypted_content": summary},
+            {"role": "assistant", "content": "Fixed it."},
+            {"type": "function_call", "call_id": "call_2", "name": "exec_command",
+             "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_2", "output": "ok"},
+            {"role": "user", "content": "Thanks; now the tests."}]}))
+    .unwrap();
+    let roles: Vec<(Role, String)> = request
+        .messages
+        .iter()
+        .map(|m| (m.role, m.text().chars().take(20).collect()))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            (Role::System, "Be brief.".into()),
+            (Role::System, "Sandbox: read-only.".into()),
+            (Role::User, "Fix add in calc.py.".into()),
+            (Role::User, "The earlier part of ".into()),
+            (Role::Assistant, "Fixed it.".into()),
+            // A tool result has no text of its own (`Message::text`).
+            (Role::Tool, String::new()),
+            (Role::User, "Thanks; now the test".into()),
+        ]
+    );
+    let tools: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(tools, ["exec_command", "notes"]);
+}
+
+/// The two calls of a server-side compaction: the summary's request is the
+/// conversation and the request for a summary, nothing callable; the
+/// answer's conversation is what the compaction stands for, the summary
+/// last; its item is the model's text.
+#[test]
+fn a_server_side_compaction_asks_for_a_summary_then_answers_from_it() {
+    let body = json!({"model": "m", "instructions": "Be brief.",
+        "tools": [{"type": "function", "name": "exec_command", "parameters": {"type": "object"}}],
+        "text": {"format": {"type": "json_object"}},
+        "context_management": [{"type": "compaction", "compact_threshold": 10}],
+        "input": [
+            {"role": "user", "content": "Fix add in calc.py."},
+            {"type": "function_call", "call_id": "call_1", "name": "exec_command",
+             "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "return a - b"}]});
+    let (request, options) = decode_json(body.clone()).unwrap();
+    assert_eq!(options.compact_threshold, Some(10));
+    let summary = summary_request(&request);
+    assert_eq!(summary.messages.len(), request.messages.len() + 1);
+    assert_eq!(
+        summary.messages.last().unwrap().text(),
+        compaction::SUMMARY_REQUEST
+    );
+    assert_eq!(summary.tool_choice, ToolChoice::None);
+    assert_eq!(summary.tools, request.tools);
+    assert_eq!(summary.response_format, None);
+    assert_eq!(request.response_format, Some(ResponseFormat::JsonObject));
+
+    let answered = ChatResponse {
+        message: Message::assistant("Add subtracts; fix it."),
+        stop_reason: StopReason::EndTurn,
+        ..full_response()
+    };
+    let item = compaction_item(&answered).unwrap();
+    let Item::Compaction(compaction) = &item else {
+        panic!("a compaction item: {item:?}");
+    };
+    assert_eq!(
+        compaction_summary(&compaction.encrypted_content).unwrap(),
+        "Add subtracts; fix it."
+    );
+    let wire: ResponsesRequest = serde_json::from_value(body).unwrap();
+    let messages = messages_after_compaction(wire, item).unwrap();
+    let texts: Vec<(Role, String)> = messages.iter().map(|m| (m.role, m.text())).collect();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert_eq!(texts[0], (Role::System, "Be brief.".into()));
+    assert_eq!(texts[1], (Role::User, "Fix add in calc.py.".into()));
+    assert!(texts[2].1.ends_with("Add subtracts; fix it."), "{texts:?}");
+    // A model that wrote nothing compacts nothing.
+    let silent = ChatResponse {
+        message: Message::assistant(""),
+        ..answered
+    };
+    assert_eq!(compaction_item(&silent).unwrap_err().status, Some(502));
+}
+
+/// Streamed, a compaction run before the answer is the first output item,
+/// announced and done at once; the answer's items follow it, and the final
+/// usage adds both calls'.
+#[test]
+fn a_compaction_run_first_leads_the_streamed_answer() {
+    let mut encoder = ResponseStreamEncoder::new("m", None);
+    let item = Item::Compaction(CompactionItem {
+        id: Some("cmp_1".into()),
+        encrypted_content: compaction_content("Notes."),
+    });
+    let summary_usage = Usage {
+        input_tokens: 900,
+        output_tokens: 40,
+        ..Usage::default()
+    };
+    let mut frames = encoder.compacted(item.clone(), &summary_usage);
+    frames.extend(
+        [
+            StreamEvent::Start {
+                id: Some("resp_up".into()),
+                model: None,
+            },
+            StreamEvent::TextDelta {
+                text: "Done.".into(),
+            },
+            StreamEvent::Usage(Usage {
+                input_tokens: 100,
+                output_tokens: 5,
+                ..Usage::default()
+            }),
+            StreamEvent::Stop {
+                reason: StopReason::EndTurn,
+            },
+        ]
+        .iter()
+        .flat_map(|e| encoder.push(e)),
+    );
+    let kinds = types(&frames);
+    assert_eq!(
+        kinds[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.output_item.done"
+        ],
+        "{kinds:?}"
+    );
+    let added = json_of(&frames[2]);
+    assert_eq!(added["output_index"], 0);
+    assert_eq!(added["item"]["type"], "compaction");
+    let text_added = frames
+        .iter()
+        .map(json_of)
+        .find(|f| f["type"] == "response.output_item.added" && f["item"]["type"] == "message")
+        .unwrap();
+    assert_eq!(text_added["output_index"], 1);
+    let completed = json_of(frames.last().unwrap());
+    assert_eq!(completed["type"], "response.completed");
+    let output = completed["response"]["output"].as_array().unwrap();
+    assert_eq!(output.len(), 2);
+    assert_eq!(output[0], serde_json::to_value(&item).unwrap());
+    assert_eq!(output[1]["content"][0]["text"], "Done.");
+    assert_eq!(completed["response"]["usage"]["input_tokens"], 1000);
+    assert_eq!(completed["response"]["usage"]["output_tokens"], 45);
+}
+
+/// Items left out as replaced by a compaction still count for the index an
+/// error names: it is the client's own.
+#[test]
+fn errors_after_a_compaction_name_the_item_as_sent() {
+    let error = decode_json(json!({"model": "m", "input": [
+        {"role": "user", "content": "Fix it."},
+        {"role": "assistant", "content": "Reading."},
+        {"type": "compaction", "encrypted_content": "gAAAAABo-encrypted-by-openai"}]}))
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("input[2].encrypted_content"), "{error}");
+    let summary = compaction_content("Notes.");
+    let error = decode_json(json!({"model": "m", "input": [
+        {"role": "assistant", "content": "Reading."},
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"type": "compaction", "encrypted_content": summary},
+        {"type": "compaction_trigger"},
+        {"role": "user", "content": "Go on."}]}))
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("input[3]"), "{error}");
+}
