@@ -1093,6 +1093,81 @@ async fn codex_settings_and_tool_turns_reach_openais_api_as_it_takes_them() {
     assert_eq!(through["tools"][0]["name"], "read", "{through}");
 }
 
+/// The end user a client names for the provider's abuse monitoring reaches
+/// the provider in its own field, whatever protocol the client spoke:
+/// Claude Code's `metadata.user_id` (longer than OpenAI takes: hashed) as
+/// OpenAI's `safety_identifier`, an OpenAI client's `user` as Anthropic's
+/// `metadata.user_id`; a server that only speaks OpenAI's protocol gets
+/// none.
+#[tokio::test]
+async fn the_end_user_reaches_each_provider_in_its_own_field() {
+    use freehold_test_support::{MockServer, Scripted};
+
+    let openai = MockServer::start(vec![
+        Scripted::json(200, chat_completion("gpt-5.2", "ok")),
+        Scripted::json(200, chat_completion("m", "ok")),
+    ])
+    .await;
+    let anthropic = MockServer::start(vec![Scripted::json(
+        200,
+        anthropic_message("claude-x", "hi"),
+    )])
+    .await;
+    let claude = ProviderConfig {
+        kind: Some(ProviderKind::Anthropic),
+        base_url: Some(anthropic.url()),
+        ..ProviderConfig::default()
+    };
+    let gw = start_configured(vec![
+        ("up", openai_kind(&openai, Some(true))),
+        ("other", openai_kind(&openai, None)),
+        ("claude", claude),
+    ])
+    .await;
+    let session = format!(
+        "user_{}_account__session_{}",
+        "a1".repeat(32),
+        "0f".repeat(16)
+    );
+    let claude_code = json!({"model": "up:gpt-5.2", "max_tokens": 100,
+        "metadata": {"user_id": session},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &claude_code).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = openai.requests()[0].json();
+    let id = sent["safety_identifier"].as_str().unwrap();
+    assert_eq!(id, freehold_llm::wire::hashed_end_user(&session), "{sent}");
+    assert!(sent.get("user").is_none(), "{sent}");
+
+    let mut elsewhere = claude_code.clone();
+    elsewhere["model"] = json!("other:m");
+    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &elsewhere).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = openai.requests()[1].json();
+    assert!(sent.get("safety_identifier").is_none(), "{sent}");
+
+    let openai_client = json!({"model": "claude:claude-x", "user": "user-7",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &openai_client,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = anthropic.requests()[0].json();
+    assert_eq!(sent["metadata"], json!({"user_id": "user-7"}), "{sent}");
+
+    // A `metadata` of another shape is the client's mistake, named.
+    let mut wrong = claude_code;
+    wrong["metadata"] = json!({"user_id": 7});
+    let (status, body, _) = post(&gw.url, "/v1/messages", Some(MASTER), &wrong).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("metadata.user_id"), "{message}");
+}
+
 /// Gemini 3's thought signatures on function calls reach the gateway's
 /// clients inside the calls' ids, and come back to Gemini where they
 /// belong when the clients hand the conversation back: a Chat Completions

@@ -88,6 +88,13 @@ pub struct ChatRequest {
     /// have. Only read when `reasoning` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_display: Option<String>,
+    /// The end user the client sends the request for, as it names them to a
+    /// provider for abuse monitoring (Anthropic's `metadata.user_id`,
+    /// OpenAI's `safety_identifier`, or its older `user`): a provider that
+    /// takes such an id gets it in its own field, so that what it monitors
+    /// is one user's and not the whole gateway's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<String>,
 }
 
 /// How long an answer's text should be, for models that take a hint.
@@ -136,6 +143,7 @@ impl ChatRequest {
             service_tier: None,
             context_management: None,
             reasoning_display: None,
+            end_user: None,
         }
     }
 

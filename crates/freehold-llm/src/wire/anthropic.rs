@@ -55,6 +55,9 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// The `max_tokens` sent when a request sets none (the API requires one).
 pub const DEFAULT_MAX_TOKENS: u32 = 8192;
 
+/// The most Anthropic's API takes of `metadata.user_id`.
+const USER_ID_MAX: usize = 256;
+
 /// The name of the structured-output tool when the format's own name cannot
 /// be used (invalid characters, or a clash with a caller's tool).
 pub const STRUCTURED_OUTPUT_TOOL: &str = "structured_output";
@@ -99,7 +102,8 @@ pub struct MessagesRequest {
     /// Output settings: `effort`, which guides adaptive thinking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_config: Option<OutputConfig>,
-    /// Request metadata (`user_id`), passed through.
+    /// Request metadata: `user_id`, the end user's id
+    /// ([`ChatRequest::end_user`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
     /// Anthropic's context editing (`{"edits": [...]}`), as the client
@@ -1093,7 +1097,10 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
         tool_choice,
         thinking,
         output_config,
-        metadata: None,
+        metadata: request
+            .end_user
+            .as_deref()
+            .map(|id| serde_json::json!({"user_id": super::end_user_within(id, USER_ID_MAX)})),
         context_management: request.context_management.clone(),
         cache_control: None,
         output_format: None,

@@ -1,7 +1,7 @@
 //! What OpenAI's own API takes beyond the protocol that compatible servers
 //! share, for both of its protocols (Chat Completions and Responses):
 //! reasoning efforts per model, and the settings only it reads
-//! (`prompt_cache_key`, `verbosity`, `service_tier`).
+//! (`prompt_cache_key`, `verbosity`, `service_tier`, `safety_identifier`).
 //!
 //! Which `reasoning_effort` values a model takes changes with every model
 //! (gpt-5 takes `minimal` to `high`; gpt-5.1 `none` to `high`; gpt-5.1-codex
@@ -13,6 +13,17 @@
 //! client remembers that (`client::effort`).
 
 use freehold_protocol::{ChatRequest, ReasoningEffort};
+
+/// The most OpenAI's API takes of a `safety_identifier`.
+const SAFETY_IDENTIFIER_MAX: usize = 64;
+
+/// The `safety_identifier` a request's end user gets on OpenAI's API
+/// ([`ChatRequest::end_user`]; hashed past 64 characters, which the API
+/// refuses).
+pub fn safety_identifier(request: &ChatRequest) -> Option<String> {
+    let id = request.end_user.as_deref()?;
+    Some(super::end_user_within(id, SAFETY_IDENTIFIER_MAX))
+}
 
 /// OpenAI's effort levels, least first.
 pub const EFFORT_LEVELS: [&str; 6] = ["none", "minimal", "low", "medium", "high", "xhigh"];

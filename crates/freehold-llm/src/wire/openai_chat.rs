@@ -93,9 +93,14 @@ pub struct CompletionRequest {
     /// says so; read from clients for that switch alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template_kwargs: Option<Value>,
-    /// End-user id, passed through.
+    /// End-user id (OpenAI's older field for it; read from clients, never
+    /// sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The end user's id, for OpenAI's abuse monitoring (at most 64
+    /// characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_identifier: Option<String>,
     /// The key that groups requests onto one prompt cache (OpenAI's API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_cache_key: Option<String>,
@@ -728,6 +733,10 @@ pub fn encode_request(request: &ChatRequest, dialect: Dialect, stream: bool) -> 
             && request.reasoning == Some(ReasoningEffort::Off))
         .then(|| json!({"enable_thinking": false})),
         user: None,
+        safety_identifier: dialect
+            .openai_api
+            .then(|| openai_api::safety_identifier(request))
+            .flatten(),
         prompt_cache_key: dialect
             .openai_api
             .then(|| request.cache_key.clone())

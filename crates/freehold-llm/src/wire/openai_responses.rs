@@ -111,9 +111,14 @@ pub struct ResponsesRequest {
     /// A stored response to continue from (never sent by Freehold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_response_id: Option<String>,
-    /// End-user id, passed through.
+    /// End-user id (OpenAI's older field for it; read from clients, never
+    /// sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The end user's id, for OpenAI's abuse monitoring (at most 64
+    /// characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_identifier: Option<String>,
     /// The key that groups requests onto one prompt cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_cache_key: Option<String>,
@@ -1153,6 +1158,9 @@ pub fn encode_request(request: &ChatRequest, stream: bool, for_openai: bool) -> 
         stream,
         previous_response_id: None,
         user: None,
+        safety_identifier: for_openai
+            .then(|| openai_api::safety_identifier(request))
+            .flatten(),
         prompt_cache_key: for_openai.then(|| request.cache_key.clone()).flatten(),
         service_tier: for_openai
             .then(|| openai_api::service_tier(request))

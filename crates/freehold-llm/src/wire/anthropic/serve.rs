@@ -282,6 +282,7 @@ pub fn decode_request(
         None | Some((_, Value::Null)) => None,
         Some((field, format)) => Some(decode_output_format(format, field)?),
     };
+    let end_user = decode_user_id(wire.metadata.as_ref())?;
     let request = ChatRequest {
         model: wire.model,
         messages,
@@ -307,12 +308,38 @@ pub fn decode_request(
         service_tier: None,
         context_management,
         reasoning_display,
+        end_user,
     };
     let options = ServeOptions {
         stream: wire.stream,
         context_management: request.context_management.is_some(),
     };
     Ok((request, options))
+}
+
+/// The end user's id in a request's `metadata` (`user_id`).
+///
+/// # Errors
+/// `metadata` that is not an object, or a `user_id` that is not a string.
+fn decode_user_id(metadata: Option<&Value>) -> Result<Option<String>, DecodeError> {
+    let fields = match metadata {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(fields)) => fields,
+        Some(_) => {
+            return Err(DecodeError::invalid(
+                "metadata",
+                "metadata is an object, such as `{\"user_id\": \"…\"}`",
+            ));
+        }
+    };
+    match fields.get("user_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) => Ok((!id.is_empty()).then(|| id.clone())),
+        Some(_) => Err(DecodeError::invalid(
+            "metadata.user_id",
+            "the end user's id is a string",
+        )),
+    }
 }
 
 /// The mark the gateway caches a request's prompt with, when the client

@@ -116,6 +116,7 @@ fn requests_round_trip_through_the_client_encoder() {
         service_tier: None,
         context_management: None,
         reasoning_display: None,
+        end_user: Some("user-7".into()),
     };
     let options = EncodeOptions {
         stream: true,
@@ -1340,4 +1341,43 @@ fn claude_codes_advisor_tool_changes_and_tool_references_decode() {
             {"type": "search_result", "source": "s", "title": "t", "content": []}]}]}]}))
     .unwrap_err();
     assert!(error.to_string().contains("tool_reference"), "{error}");
+}
+
+/// The end user's id: `metadata.user_id` in and out (hashed past the 256
+/// characters Anthropic takes); a `metadata` of the wrong shape is refused
+/// by field.
+#[test]
+fn the_end_user_is_metadata_user_id() {
+    let decode = |metadata: Value| {
+        let body = json!({"model": "m", "max_tokens": 10, "metadata": metadata,
+                          "messages": [{"role": "user", "content": "hi"}]});
+        decode_request(serde_json::from_value::<MessagesRequest>(body).unwrap())
+            .map(|(request, _)| request.end_user)
+    };
+    assert_eq!(
+        decode(json!({"user_id": "user_abc"})).unwrap(),
+        Some("user_abc".into())
+    );
+    assert_eq!(decode(json!({})).unwrap(), None);
+    assert_eq!(decode(json!({"user_id": null})).unwrap(), None);
+    let error = decode(json!({"user_id": 42})).unwrap_err().to_string();
+    assert!(error.contains("metadata.user_id"), "{error}");
+    let error = decode(json!("user_abc")).unwrap_err().to_string();
+    assert!(error.contains("metadata"), "{error}");
+
+    let request = ChatRequest {
+        end_user: Some("x".repeat(300)),
+        ..ChatRequest::new("claude-sonnet-4-5", vec![Message::user("hi")])
+    };
+    let sent = encode_request(&request, EncodeOptions::default());
+    let id = sent.metadata.unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 64);
+    let plain = ChatRequest::new("claude-sonnet-4-5", vec![Message::user("hi")]);
+    assert_eq!(
+        encode_request(&plain, EncodeOptions::default()).metadata,
+        None
+    );
 }

@@ -182,6 +182,7 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
         service_tier: wire.service_tier,
         context_management: None,
         reasoning_display: None,
+        end_user: wire.safety_identifier.or(wire.user),
     };
     Ok((request, options))
 }

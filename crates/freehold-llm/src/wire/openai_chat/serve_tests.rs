@@ -102,6 +102,7 @@ fn full_request() -> ChatRequest {
         service_tier: Some("flex".into()),
         context_management: None,
         reasoning_display: None,
+        end_user: Some("user-7".into()),
     }
 }
 
@@ -878,4 +879,56 @@ fn earlier_reasoning_goes_back_where_the_dialect_says() {
     assert_eq!(body["messages"][1].get("reasoning_content"), None, "{body}");
     let body = serde_json::to_value(encode_request(&request, Dialect::default(), false)).unwrap();
     assert!(!body.to_string().contains("reads a file"), "{body}");
+}
+
+/// The end user's id: read from `safety_identifier`, else `user`; sent to
+/// OpenAI's own API alone, as `safety_identifier`, hashed past the 64
+/// characters it takes; other servers get none.
+#[test]
+fn the_end_user_reaches_openai_as_its_safety_identifier() {
+    let decode = |body: serde_json::Value| {
+        decode_request(serde_json::from_value::<CompletionRequest>(body).unwrap())
+            .unwrap()
+            .0
+            .end_user
+    };
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    assert_eq!(
+        decode(json!({"model": "m", "messages": messages, "user": "old",
+                      "safety_identifier": "new"})),
+        Some("new".into())
+    );
+    assert_eq!(
+        decode(json!({"model": "m", "messages": messages, "user": "old"})),
+        Some("old".into())
+    );
+    assert_eq!(decode(json!({"model": "m", "messages": messages})), None);
+
+    let long = format!("user_{}_account_{}", "a".repeat(64), "b".repeat(36));
+    let request = ChatRequest {
+        end_user: Some(long.clone()),
+        ..ChatRequest::new("gpt-5", vec![Message::user("hi")])
+    };
+    let openai = Dialect {
+        openai_api: true,
+        ..Dialect::default()
+    };
+    let sent = encode_request(&request, openai, false);
+    let id = sent.safety_identifier.unwrap();
+    assert_eq!(id.len(), 64);
+    assert_ne!(id, long[..64]);
+    assert_eq!(sent.user, None);
+    let short = ChatRequest {
+        end_user: Some("user-7".into()),
+        ..request.clone()
+    };
+    assert_eq!(
+        encode_request(&short, openai, false).safety_identifier,
+        Some("user-7".into())
+    );
+    // A server that only speaks the protocol gets no id.
+    let elsewhere =
+        serde_json::to_value(encode_request(&short, Dialect::default(), false)).unwrap();
+    assert!(elsewhere.get("safety_identifier").is_none(), "{elsewhere}");
+    assert!(elsewhere.get("user").is_none(), "{elsewhere}");
 }

@@ -431,6 +431,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         service_tier: wire.service_tier,
         context_management: None,
         reasoning_display: None,
+        end_user: wire.safety_identifier.or(wire.user),
     };
     Ok((
         request,

@@ -109,6 +109,7 @@ fn full_request() -> ChatRequest {
         service_tier: Some("flex".into()),
         context_management: None,
         reasoning_display: None,
+        end_user: Some("user-7".into()),
     }
 }
 
