@@ -340,15 +340,28 @@ fn apply_privacy(
     accounting: &mut Accounting,
 ) -> Result<Option<Vec<Target>>, GatewayError> {
     let local_only_key = caller.key().is_some_and(|key| key.local_only);
+    // The end user's id is for the provider's abuse monitoring, not part of
+    // the conversation: one the detectors find anything in (an email
+    // address) is left out, whatever the policy does with the rest.
+    let sensitive_end_user = request
+        .end_user
+        .as_deref()
+        .is_some_and(|id| gateway.privacy.finds_anything_in(id));
+    if sensitive_end_user {
+        tracing::debug!("the end user's id holds what a detector matches: not sent");
+        request.end_user = None;
+    }
     let decision = gateway
         .privacy
         .decide(request, privacy_header, local_only_key);
     decision.log();
     accounting.privacy = decision.audit_line();
-    // A document alone leaves nothing for the log's redaction to find.
-    accounting.body_has_findings = decision
-        .reasons()
-        .is_some_and(|reasons| reasons.findings.in_text());
+    // A document alone leaves nothing for the log's redaction to find; the
+    // end user's id, in the body as the client sent it, does.
+    accounting.body_has_findings = sensitive_end_user
+        || decision
+            .reasons()
+            .is_some_and(|reasons| reasons.findings.in_text());
     match decision {
         Decision::Pass => {}
         Decision::LocalOnly { reasons } => {

@@ -32,8 +32,7 @@
 //! What is inspected: text parts, tool-call arguments, tool results and
 //! reasoning text of every message, a document's title and URL and an
 //! image's URL (a match there is not redacted, so `redact` keeps the
-//! request local), and the end user's id the client gave for the provider
-//! (redacted as its SHA-256). Images' bytes, documents' bytes (PDFs, which would need
+//! request local). Images' bytes, documents' bytes (PDFs, which would need
 //! a PDF reader), tool definitions, the model name and stop sequences are
 //! not; `documents` decides on a request that carries a document, as a
 //! finding named `document`.
@@ -333,10 +332,7 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.field {
-            Field::EndUser => write!(f, "{}", self.field),
-            _ => write!(f, "m{}.p{}.{}", self.message, self.part, self.field),
-        }
+        write!(f, "m{}.p{}.{}", self.message, self.part, self.field)
     }
 }
 
@@ -362,16 +358,11 @@ pub enum Field {
     /// An image's URL (any but a `data:` URL, which is the image's bytes,
     /// not read), not redacted either: the image would no longer be found.
     ImageUrl,
-    /// The end user's id the client gave for the provider
-    /// ([`ChatRequest::end_user`]; its location's message and part are 0),
-    /// redacted as its SHA-256, so that the provider still tells users
-    /// apart.
-    EndUser,
 }
 
 impl Field {
     /// A short name (`text`, `tool_arguments`, `tool_result`, `reasoning`,
-    /// `document`, `document_name`, `image_url`, `end_user`).
+    /// `document`, `document_name`, `image_url`).
     pub fn as_str(self) -> &'static str {
         match self {
             Field::Text => "text",
@@ -381,7 +372,6 @@ impl Field {
             Field::Document => "document",
             Field::DocumentName => "document_name",
             Field::ImageUrl => "image_url",
-            Field::EndUser => "end_user",
         }
     }
 }
@@ -943,6 +933,22 @@ impl Privacy {
         active
     }
 
+    /// Whether any detector finds anything in `text`, whatever its action:
+    /// for an end user's id a client gave for the provider
+    /// ([`ChatRequest::end_user`]), which is not the request's content and
+    /// so never the reason to keep a request local. The gateway leaves such
+    /// an id out instead (an email address, say).
+    pub fn finds_anything_in(&self, text: &str) -> bool {
+        let mut findings = Findings::default();
+        let location = Location {
+            message: 0,
+            part: 0,
+            field: Field::Text,
+        };
+        self.inspect_text(text, location, &mut findings);
+        !findings.is_empty()
+    }
+
     /// Runs the detectors over the request's texts, and notes each
     /// document when [`PrivacySettings::documents`] is on (as `document`).
     /// The findings say which detector matched where and how often, never
@@ -1009,16 +1015,6 @@ impl Privacy {
                 };
                 self.inspect_text(&text, location, &mut findings);
             }
-        }
-        if let Some(id) = &request.end_user
-            && !self.rules.is_empty()
-        {
-            let location = Location {
-                message: 0,
-                part: 0,
-                field: Field::EndUser,
-            };
-            self.inspect_text(id, location, &mut findings);
         }
         findings
     }
@@ -1127,11 +1123,6 @@ impl Privacy {
                     ContentPart::Image { .. } | ContentPart::Document(_) => {}
                 }
             }
-        }
-        if let Some(id) = &mut request.end_user
-            && self.redact_text(id).is_some()
-        {
-            *id = freehold_llm::wire::hashed_end_user(id);
         }
         request
     }
@@ -3166,40 +3157,5 @@ mod tests {
                 times[times.len() * 99 / 100]
             );
         }
-    }
-
-    /// The end user's id is read too: an email there keeps the request
-    /// local by default, and under `redact` goes as its SHA-256, the rest
-    /// of the request untouched; the audit names where it was found.
-    #[test]
-    fn an_end_user_id_is_inspected_and_redacted_as_its_hash() {
-        let with_user = |id: &str| ChatRequest {
-            end_user: Some(id.to_owned()),
-            ..request("Fix the build.")
-        };
-        let email = "ada.lovelace@corp.io";
-        let found = privacy().inspect(&with_user(email));
-        assert_eq!(found.by_detector(), vec![("email", 1)]);
-        assert_eq!(
-            found.iter().next().unwrap().location.to_string(),
-            "end_user"
-        );
-        assert!(
-            privacy()
-                .decide(&with_user(email), None, false)
-                .is_local_only()
-        );
-        let Decision::Redacted { request: sent, .. } =
-            with(redact_settings()).decide(&with_user(email), None, false)
-        else {
-            panic!("redacted");
-        };
-        assert_eq!(
-            sent.end_user.as_deref(),
-            Some(freehold_llm::wire::hashed_end_user(email).as_str())
-        );
-        assert_eq!(sent.messages, request("Fix the build.").messages);
-        // An opaque id is no finding.
-        assert!(privacy().inspect(&with_user("user_7f3a")).is_empty());
     }
 }

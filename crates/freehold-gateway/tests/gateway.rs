@@ -168,6 +168,14 @@ async fn start_anthropic(url: &str) -> Running {
 /// A gateway with the default settings in front of `providers`, each a
 /// `[providers.NAME]` table as the configuration file would give it.
 async fn start_configured(providers: Vec<(&str, ProviderConfig)>) -> Running {
+    start_configured_with(providers, GatewaySettings::default()).await
+}
+
+/// [`start_configured`] with `settings`.
+async fn start_configured_with(
+    providers: Vec<(&str, ProviderConfig)>,
+    settings: GatewaySettings,
+) -> Running {
     let built = providers
         .into_iter()
         .map(|(name, config)| {
@@ -185,7 +193,7 @@ async fn start_configured(providers: Vec<(&str, ProviderConfig)>) -> Running {
         listed_providers: BTreeSet::new(),
         engine_providers: BTreeSet::new(),
     };
-    start(routes, GatewaySettings::default(), None).await
+    start(routes, settings, None).await
 }
 
 /// A whole Chat Completions answer of `model` saying `text`, as an
@@ -1097,32 +1105,45 @@ async fn codex_settings_and_tool_turns_reach_openais_api_as_it_takes_them() {
 /// the provider in its own field, whatever protocol the client spoke:
 /// Claude Code's `metadata.user_id` (longer than OpenAI takes: hashed) as
 /// OpenAI's `safety_identifier`, an OpenAI client's `user` as Anthropic's
-/// `metadata.user_id`; a server that only speaks OpenAI's protocol gets
-/// none.
+/// `metadata.user_id`; servers that only speak either protocol get none;
+/// and with the privacy detectors on, an id they find anything in (an
+/// email address) is left out, the request still answered by the hosted
+/// provider.
 #[tokio::test]
 async fn the_end_user_reaches_each_provider_in_its_own_field() {
+    use freehold_gateway::privacy::PrivacySettings;
     use freehold_test_support::{MockServer, Scripted};
 
     let openai = MockServer::start(vec![
         Scripted::json(200, chat_completion("gpt-5.2", "ok")),
         Scripted::json(200, chat_completion("m", "ok")),
+        Scripted::json(200, chat_completion("gpt-5.2", "ok")),
     ])
     .await;
-    let anthropic = MockServer::start(vec![Scripted::json(
-        200,
-        anthropic_message("claude-x", "hi"),
-    )])
+    let anthropic = MockServer::start(vec![
+        Scripted::json(200, anthropic_message("claude-x", "hi")),
+        Scripted::json(200, anthropic_message("claude-x", "hi")),
+    ])
     .await;
-    let claude = ProviderConfig {
+    let anthropic_kind = |anthropic_api| ProviderConfig {
         kind: Some(ProviderKind::Anthropic),
         base_url: Some(anthropic.url()),
+        anthropic_api: Some(anthropic_api),
         ..ProviderConfig::default()
     };
-    let gw = start_configured(vec![
-        ("up", openai_kind(&openai, Some(true))),
-        ("other", openai_kind(&openai, None)),
-        ("claude", claude),
-    ])
+    let settings = GatewaySettings {
+        privacy: Some(PrivacySettings::default()),
+        ..GatewaySettings::default()
+    };
+    let gw = start_configured_with(
+        vec![
+            ("up", openai_kind(&openai, Some(true))),
+            ("other", openai_kind(&openai, None)),
+            ("claude", anthropic_kind(true)),
+            ("compatible", anthropic_kind(false)),
+        ],
+        settings,
+    )
     .await;
     let session = format!(
         "user_{}_account__session_{}",
@@ -1146,18 +1167,40 @@ async fn the_end_user_reaches_each_provider_in_its_own_field() {
     let sent = openai.requests()[1].json();
     assert!(sent.get("safety_identifier").is_none(), "{sent}");
 
-    let openai_client = json!({"model": "claude:claude-x", "user": "user-7",
-        "messages": [{"role": "user", "content": "hi"}]});
+    let openai_client = |model: &str, user: &str| json!({"model": model, "user": user, "messages": [{"role": "user", "content": "hi"}]});
     let (status, body, _) = post(
         &gw.url,
         "/v1/chat/completions",
         Some(MASTER),
-        &openai_client,
+        &openai_client("claude:claude-x", "user-7"),
     )
     .await;
     assert_eq!(status, 200, "{body}");
     let sent = anthropic.requests()[0].json();
     assert_eq!(sent["metadata"], json!({"user_id": "user-7"}), "{sent}");
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &openai_client("compatible:claude-x", "user-7"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = anthropic.requests()[1].json();
+    assert!(sent.get("metadata").is_none(), "{sent}");
+
+    // An email address as the id: left out, and the request not kept local
+    // for it (no local route here: that would be a 403).
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &openai_client("up:gpt-5.2", "ada.lovelace@corp.io"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = openai.requests()[2].json();
+    assert!(sent.get("safety_identifier").is_none(), "{sent}");
 
     // A `metadata` of another shape is the client's mistake, named.
     let mut wrong = claude_code;

@@ -117,7 +117,8 @@ pub struct ProviderConfig {
     /// Chat Completions and Responses: the server is OpenAI's own API (or
     /// takes what it takes, as Azure's does): no reasoning asks each model
     /// for its least effort, `xhigh` and the settings only OpenAI reads
-    /// (`prompt_cache_key`, `verbosity`, `service_tier`) are sent, and
+    /// (`prompt_cache_key`, `verbosity`, `service_tier`,
+    /// `safety_identifier`) are sent, and
     /// Chat Completions sends through the Responses API the requests with
     /// tools of a model that refuses reasoning beside them (presets turn it
     /// on for `openai` and `openai-responses`).

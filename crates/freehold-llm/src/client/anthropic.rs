@@ -130,6 +130,7 @@ impl AnthropicClient {
                 default_max_tokens: self.default_max_tokens,
                 stream,
                 thinking_display: self.anthropic_api,
+                end_user: self.anthropic_api,
             },
         );
         to_json(&self.transport, &body)

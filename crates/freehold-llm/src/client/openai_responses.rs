@@ -65,7 +65,8 @@ impl OpenAiResponsesClient {
 
     /// The same client, told whether its server is OpenAI's own API: a
     /// request for no reasoning then asks each model for its least effort,
-    /// and `prompt_cache_key`, `verbosity` and `service_tier` are sent
+    /// and `prompt_cache_key`, `verbosity`, `service_tier` and
+    /// `safety_identifier` are sent
     /// (see [`crate::wire::openai_api`]).
     pub fn with_openai_api(mut self, openai_api: bool) -> Self {
         self.openai_api = openai_api;

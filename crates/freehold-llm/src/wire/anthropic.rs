@@ -860,6 +860,10 @@ pub struct EncodeOptions {
     /// (`thinking.display`): Anthropic's own API takes it; a server that
     /// only speaks the protocol may refuse a field it does not know.
     pub thinking_display: bool,
+    /// Whether to send the end user's id (`metadata.user_id`,
+    /// [`ChatRequest::end_user`]): Anthropic's own API takes it for its
+    /// abuse monitoring; another server of the protocol has no use for it.
+    pub end_user: bool,
 }
 
 impl Default for EncodeOptions {
@@ -868,6 +872,7 @@ impl Default for EncodeOptions {
             default_max_tokens: DEFAULT_MAX_TOKENS,
             stream: false,
             thinking_display: false,
+            end_user: false,
         }
     }
 }
@@ -1100,6 +1105,7 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
         metadata: request
             .end_user
             .as_deref()
+            .filter(|_| options.end_user)
             .map(|id| serde_json::json!({"user_id": super::end_user_within(id, USER_ID_MAX)})),
         context_management: request.context_management.clone(),
         cache_control: None,

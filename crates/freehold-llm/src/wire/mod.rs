@@ -32,9 +32,8 @@ pub(crate) fn end_user_within(id: &str, max: usize) -> String {
 }
 
 /// An end user's id as its SHA-256 in hex (64 characters): what a provider
-/// gets in its place when it is too long for it, or when the gateway's
-/// privacy policy redacts it (an email address, say, which OpenAI too
-/// advises hashing). The provider still tells one user from another.
+/// gets in its place when it is too long for it. The provider still tells
+/// one user from another.
 pub fn hashed_end_user(id: &str) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(id.as_bytes())

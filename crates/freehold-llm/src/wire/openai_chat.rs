@@ -28,7 +28,8 @@ pub use serve::{
     encode_response, finish_reason_name,
 };
 pub(crate) use serve::{
-    decode_effort, decode_tool_choice, decode_verbosity, openai_error_message, openai_error_parts,
+    decode_effort, decode_tool_choice, decode_verbosity, end_user, openai_error_message,
+    openai_error_parts,
 };
 
 /// A request body.
@@ -605,7 +606,7 @@ pub struct Dialect {
     /// takes, as Azure's does): a request for no reasoning asks each model
     /// for its least effort, `xhigh` goes as named, and the settings only
     /// OpenAI reads go too (`prompt_cache_key`, `verbosity`,
-    /// `service_tier`; see [`super::openai_api`]). Also read by the
+    /// `service_tier`, `safety_identifier`; see [`super::openai_api`]). Also read by the
     /// Responses client, and by the Chat Completions client to send a
     /// model's requests with tools through the Responses API once it
     /// refuses reasoning beside them.

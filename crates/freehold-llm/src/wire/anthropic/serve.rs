@@ -328,7 +328,7 @@ fn decode_user_id(metadata: Option<&Value>) -> Result<Option<String>, DecodeErro
         Some(_) => {
             return Err(DecodeError::invalid(
                 "metadata",
-                "metadata is an object, such as `{\"user_id\": \"…\"}`",
+                "must be an object, such as `{\"user_id\": \"…\"}`",
             ));
         }
     };
@@ -337,7 +337,7 @@ fn decode_user_id(metadata: Option<&Value>) -> Result<Option<String>, DecodeErro
         Some(Value::String(id)) => Ok((!id.is_empty()).then(|| id.clone())),
         Some(_) => Err(DecodeError::invalid(
             "metadata.user_id",
-            "the end user's id is a string",
+            "must be a string: the end user's id",
         )),
     }
 }

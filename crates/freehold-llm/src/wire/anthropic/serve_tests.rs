@@ -120,6 +120,7 @@ fn requests_round_trip_through_the_client_encoder() {
     };
     let options = EncodeOptions {
         stream: true,
+        end_user: true,
         ..EncodeOptions::default()
     };
     let wire = encode_request(&request, options);
@@ -146,9 +147,11 @@ fn requests_round_trip_through_the_client_encoder() {
         };
         let (decoded, serve) =
             decode_request(encode_request(&request, EncodeOptions::default())).unwrap();
-        // The level's budget comes back as the budget asked for.
+        // The level's budget comes back as the budget asked for; the end
+        // user goes to Anthropic's own API alone.
         let expected = ChatRequest {
             reasoning_budget: Some(effort.budget_tokens()),
+            end_user: None,
             ..request.clone()
         };
         assert_eq!(decoded, expected);
@@ -1369,15 +1372,21 @@ fn the_end_user_is_metadata_user_id() {
         end_user: Some("x".repeat(300)),
         ..ChatRequest::new("claude-sonnet-4-5", vec![Message::user("hi")])
     };
-    let sent = encode_request(&request, EncodeOptions::default());
+    let anthropics_own = EncodeOptions {
+        end_user: true,
+        ..EncodeOptions::default()
+    };
+    let sent = encode_request(&request, anthropics_own);
     let id = sent.metadata.unwrap()["user_id"]
         .as_str()
         .unwrap()
         .to_owned();
     assert_eq!(id.len(), 64);
     let plain = ChatRequest::new("claude-sonnet-4-5", vec![Message::user("hi")]);
+    assert_eq!(encode_request(&plain, anthropics_own).metadata, None);
+    // Another server of the protocol gets no id.
     assert_eq!(
-        encode_request(&plain, EncodeOptions::default()).metadata,
+        encode_request(&request, EncodeOptions::default()).metadata,
         None
     );
 }

@@ -43,7 +43,9 @@ pub struct ServeOptions {
 ///   `chat_template_kwargs.enable_thinking: false` (vLLM's and SGLang's
 ///   switch) when no effort is named; `xhigh` is [`ReasoningEffort::High`];
 /// - `prompt_cache_key`, `verbosity` and `service_tier` are kept for
-///   OpenAI's own API (see [`crate::wire::openai_api`]);
+///   OpenAI's own API (see [`crate::wire::openai_api`]), and so is the end
+///   user (`safety_identifier`, else `user`; an empty one is none), which
+///   Anthropic's API takes too;
 /// - tools other than `function` are rejected.
 ///
 /// # Errors
@@ -182,9 +184,20 @@ pub fn decode_request(wire: CompletionRequest) -> Result<(ChatRequest, ServeOpti
         service_tier: wire.service_tier,
         context_management: None,
         reasoning_display: None,
-        end_user: wire.safety_identifier.or(wire.user),
+        end_user: end_user(wire.safety_identifier, wire.user),
     };
     Ok((request, options))
+}
+
+/// The end user a client names (OpenAI's `safety_identifier`, else its
+/// older `user`), an empty one being none.
+pub(crate) fn end_user(safety_identifier: Option<String>, user: Option<String>) -> Option<String> {
+    let named = |id: &Option<String>| id.as_deref().is_some_and(|id| !id.is_empty());
+    match (named(&safety_identifier), named(&user)) {
+        (true, _) => safety_identifier,
+        (false, true) => user,
+        (false, false) => None,
+    }
 }
 
 /// Refuses, by name, what a client asks for that the gateway's answer would

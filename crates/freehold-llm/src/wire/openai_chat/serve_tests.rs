@@ -903,6 +903,16 @@ fn the_end_user_reaches_openai_as_its_safety_identifier() {
         Some("old".into())
     );
     assert_eq!(decode(json!({"model": "m", "messages": messages})), None);
+    // An empty id is none, and hides no other.
+    assert_eq!(
+        decode(json!({"model": "m", "messages": messages, "user": "old",
+                      "safety_identifier": ""})),
+        Some("old".into())
+    );
+    assert_eq!(
+        decode(json!({"model": "m", "messages": messages, "user": ""})),
+        None
+    );
 
     let long = format!("user_{}_account_{}", "a".repeat(64), "b".repeat(36));
     let request = ChatRequest {

@@ -431,7 +431,7 @@ pub fn decode_request(wire: ResponsesRequest) -> Result<(ChatRequest, ServeOptio
         service_tier: wire.service_tier,
         context_management: None,
         reasoning_display: None,
-        end_user: wire.safety_identifier.or(wire.user),
+        end_user: openai_chat::end_user(wire.safety_identifier, wire.user),
     };
     Ok((
         request,

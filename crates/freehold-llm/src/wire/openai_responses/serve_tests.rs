@@ -2428,3 +2428,22 @@ fn errors_after_a_compaction_name_the_item_as_sent() {
     .to_string();
     assert!(error.contains("input[3]"), "{error}");
 }
+
+/// The end user reaches OpenAI's own Responses API as its
+/// `safety_identifier` (hashed past 64 characters), and no other server.
+#[test]
+fn the_end_user_reaches_openais_responses_api_alone() {
+    let request = ChatRequest {
+        end_user: Some("u".repeat(80)),
+        ..ChatRequest::new("gpt-5", vec![Message::user("hi")])
+    };
+    let sent = encode_request(&request, false, true);
+    assert_eq!(sent.safety_identifier.as_deref().map(str::len), Some(64));
+    assert_eq!(sent.user, None);
+    let elsewhere = serde_json::to_value(encode_request(&request, false, false)).unwrap();
+    assert!(elsewhere.get("safety_identifier").is_none(), "{elsewhere}");
+    let (decoded, _) = decode_json(json!({"model": "m", "input": "hi", "user": "",
+        "safety_identifier": "user-7"}))
+    .unwrap();
+    assert_eq!(decoded.end_user.as_deref(), Some("user-7"));
+}
