@@ -159,6 +159,21 @@ impl Default for ResponseInput {
     }
 }
 
+impl ResponseInput {
+    /// The input as items: a plain string is one user message.
+    pub fn into_items(self) -> Vec<Item> {
+        match self {
+            Self::Text(text) => vec![Item::Message(MessageItem {
+                id: None,
+                role: "user".into(),
+                content: ItemContent::Text(text),
+                status: None,
+            })],
+            Self::Items(items) => items,
+        }
+    }
+}
+
 /// Read by hand rather than untagged (`wire::text_or`), so that a bad item's
 /// error reaches the client instead of "did not match any variant".
 impl<'de> Deserialize<'de> for ResponseInput {

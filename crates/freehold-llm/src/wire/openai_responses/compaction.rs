@@ -223,15 +223,7 @@ pub fn messages_after_compaction(
     mut wire: ResponsesRequest,
     compaction: Item,
 ) -> Result<Vec<Message>, DecodeError> {
-    let mut items = match std::mem::take(&mut wire.input) {
-        ResponseInput::Text(text) => vec![Item::Message(MessageItem {
-            id: None,
-            role: "user".into(),
-            content: ItemContent::Text(text),
-            status: None,
-        })],
-        ResponseInput::Items(items) => items,
-    };
+    let mut items = std::mem::take(&mut wire.input).into_items();
     items.push(compaction);
     wire.input = ResponseInput::Items(items);
     wire.context_management = None;

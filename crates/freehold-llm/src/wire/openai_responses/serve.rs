@@ -503,15 +503,7 @@ pub fn decode_compact_request(
     mut wire: ResponsesRequest,
 ) -> Result<(ChatRequest, ServeOptions, Vec<Item>), DecodeError> {
     let kept = kept_by_compaction(&wire.input);
-    let mut items = match std::mem::take(&mut wire.input) {
-        ResponseInput::Text(text) => vec![Item::Message(MessageItem {
-            id: None,
-            role: "user".into(),
-            content: ItemContent::Text(text),
-            status: None,
-        })],
-        ResponseInput::Items(items) => items,
-    };
+    let mut items = std::mem::take(&mut wire.input).into_items();
     if !matches!(items.last(), Some(Item::CompactionTrigger(_))) {
         items.push(Item::CompactionTrigger(CompactionTriggerItem::default()));
     }
@@ -1594,13 +1586,7 @@ impl ResponseStreamEncoder {
         }
         self.start(None, &mut out);
         self.close(&mut out);
-        self.added(item.clone(), &mut out);
-        let done = ResponseEvent::OutputItemDone(ItemEvent {
-            output_index: self.output_index(),
-            item: item.clone(),
-        });
-        out.push(self.frame(done));
-        self.output.push(item);
+        self.whole_item(item, &mut out);
         self.earlier_usage.add(usage);
         out
     }
@@ -2117,16 +2103,21 @@ impl ResponseStreamEncoder {
         };
         let mut out = Vec::new();
         self.start(None, &mut out);
-        // Announced whole: clients (Codex) read the announced item too.
-        self.added(item.clone(), &mut out);
+        self.whole_item(item, &mut out);
+        out.extend(self.end(&StopReason::EndTurn));
+        out
+    }
+
+    /// An item announced and done at once, whole (a compaction): clients
+    /// (Codex) read the announced item too.
+    fn whole_item(&mut self, item: Item, out: &mut Vec<SseFrame>) {
+        self.added(item.clone(), out);
         let done = ResponseEvent::OutputItemDone(ItemEvent {
             output_index: self.output_index(),
             item: item.clone(),
         });
         out.push(self.frame(done));
         self.output.push(item);
-        out.extend(self.end(&StopReason::EndTurn));
-        out
     }
 
     fn replay(&mut self) -> Vec<SseFrame> {
