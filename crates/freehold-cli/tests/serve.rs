@@ -534,13 +534,21 @@ async fn a_server_side_compaction_summarises_then_answers_from_the_summary() {
         let text = if asks_for_summary { SUMMARY } else { ANSWER };
         let usage = json!({"prompt_tokens": 700, "completion_tokens": 20, "total_tokens": 720});
         if body["stream"] != true {
-            return Scripted::json(
+            let whole = Scripted::json(
                 200,
                 json!({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
                        "choices": [{"index": 0, "finish_reason": "stop",
                                     "message": {"role": "assistant", "content": text}}],
                        "usage": usage}),
             );
+            // A summary takes longer than the gateway's keepalive interval,
+            // as a model writing one does: a streamed answer has begun by
+            // the time it comes.
+            return if asks_for_summary {
+                whole.delay(Duration::from_millis(1500))
+            } else {
+                whole
+            };
         }
         let chunk = |delta: Value, finish: Value, usage: Value| {
             json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
@@ -562,7 +570,8 @@ async fn a_server_side_compaction_summarises_then_answers_from_the_summary() {
     })
     .await;
     let config = format!(
-        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
+        "[gateway]\nstream_keepalive_secs = 1\n\n\
+         [providers.up]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\n\
          [aliases]\nagent = \"up:m\"\n",
         upstream.url()
     );
@@ -638,7 +647,8 @@ async fn a_server_side_compaction_summarises_then_answers_from_the_summary() {
             .is_some_and(|t| t.len() == 1)
     );
 
-    // Streamed: the item first, announced and done at once.
+    // Streamed: begun (with a keepalive) while the summary is written, then
+    // the item first, announced and done at once, then the answer.
     let response = post(request(true, &conversation)).await.unwrap();
     assert_eq!(response.status(), 200);
     let events = response.text().await.unwrap();
@@ -647,6 +657,25 @@ async fn a_server_side_compaction_summarises_then_answers_from_the_summary() {
         .filter_map(|line| line.strip_prefix("data: "))
         .map(|data| serde_json::from_str(data).unwrap())
         .collect();
+    let kinds: Vec<&str> = data.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.output_item.done"
+        ],
+        "{events}"
+    );
+    let sequence: Vec<u64> = data
+        .iter()
+        .map(|e| e["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert!(
+        sequence.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "{events}"
+    );
     let added: Vec<&Value> = data
         .iter()
         .filter(|event| event["type"] == "response.output_item.added")
