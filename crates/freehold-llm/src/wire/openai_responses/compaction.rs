@@ -177,8 +177,8 @@ pub(super) fn item_for(summary: &str, reason: &StopReason) -> Result<Item, LlmEr
 /// reasoning and calls are left out.
 ///
 /// # Errors
-/// As [`item_for`]: the model wrote no summary, refused, or was stopped by
-/// a content filter.
+/// The model wrote no summary, refused, or was stopped by a content
+/// filter (a 502 in the gateway's words).
 pub fn compaction_item(response: &ChatResponse) -> Result<Item, LlmError> {
     let mut summary = Summary::default();
     for part in &response.message.content {
@@ -210,11 +210,12 @@ pub fn summary_request(request: &ChatRequest) -> ChatRequest {
 }
 
 /// The conversation of a Responses request (`wire`, as the client sent it)
-/// once `compaction` has replaced it, as the model sees it: what
-/// [`kept_before_compaction`] keeps of it, then the user message carrying
-/// the summary. The server-side compaction's answer is made from it, and it
-/// is what the client's next request, with the compaction and the answer
-/// appended, reads as.
+/// once `compaction` has replaced it, as the model sees it: what a
+/// compaction item keeps of what came before it (the user's, system and
+/// developer messages, the tools declared in the input), then the user
+/// message carrying the summary. The server-side compaction's answer is
+/// made from it, and it is what the client's next request, with the
+/// compaction and the answer appended, reads as.
 ///
 /// # Errors
 /// As [`super::decode_request`] (the request was decoded once already, so
