@@ -56,12 +56,58 @@ pub(crate) async fn admit(
     headers: &HeaderMap,
     caller: Caller,
     endpoint: &'static str,
+    request: ChatRequest,
+    arrival: &Arrival,
+) -> Result<Admitted, GatewayError> {
+    admit_call(
+        gateway,
+        headers,
+        caller,
+        endpoint,
+        request,
+        arrival,
+        RateLimit::Counted,
+    )
+    .await
+}
+
+/// Whether a provider call is a client request of its own for the key's
+/// requests-per-minute limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RateLimit {
+    /// It is: it counts, and is refused past the limit.
+    Counted,
+    /// It is the second call of a request already counted (the answer
+    /// after a server-side compaction's summary): neither counted nor
+    /// refused for the requests per minute. Its tokens count, as every
+    /// call's do.
+    CountedBefore,
+}
+
+/// [`admit`], for a call that `rate_limit` says how to count.
+///
+/// # Errors
+/// As [`admit`].
+pub(crate) async fn admit_call(
+    gateway: &Arc<Gateway>,
+    headers: &HeaderMap,
+    caller: Caller,
+    endpoint: &'static str,
     mut request: ChatRequest,
     arrival: &Arrival,
+    rate_limit: RateLimit,
 ) -> Result<Admitted, GatewayError> {
     let asked = request.model.clone();
     let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, arrival);
-    let result = admit_inner(gateway, headers, &caller, &mut request, &mut accounting).await;
+    let result = admit_inner(
+        gateway,
+        headers,
+        &caller,
+        &mut request,
+        &mut accounting,
+        rate_limit,
+    )
+    .await;
     match result {
         Ok((routes, targets)) => Ok(Admitted {
             request,
@@ -135,6 +181,7 @@ async fn admit_inner(
     caller: &Caller,
     request: &mut ChatRequest,
     accounting: &mut Accounting,
+    rate_limit: RateLimit,
 ) -> Result<(Arc<Routes>, Vec<Target>), GatewayError> {
     let privacy_header = privacy_header(gateway, headers)?;
     // Keys allow models by the name the client asked for, checked before
@@ -145,7 +192,9 @@ async fn admit_inner(
     let routes = gateway.routes();
     let targets = route(gateway, &routes, request)?;
     accounting.routed = true;
-    if let Some(key) = caller.key() {
+    if let Some(key) = caller.key()
+        && rate_limit == RateLimit::Counted
+    {
         gateway
             .limits
             .admit(&key.id, key.rpm, key.tpm)

@@ -695,6 +695,43 @@ async fn one_model_is_retrieved_in_either_protocol() {
     assert!(response.text().await.unwrap().contains("use GET"));
 }
 
+/// A request compacted before it is answered (the Responses API's
+/// server-side compaction) is one request to its key's rate limit, though
+/// it makes two provider calls: a key allowed one a minute gets its answer,
+/// and is refused the next request.
+#[tokio::test]
+async fn a_compacted_request_counts_once_against_the_rate_limit() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let gw = start(
+        routes(vec![upstream.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (_, secret) = gw
+        .key(NewKey {
+            name: "one-a-minute".into(),
+            rpm: Some(1),
+            ..NewKey::default()
+        })
+        .await;
+    let compacted = json!({"model": "mock", "input": "Summarise, then answer.",
+        "context_management": [{"type": "compaction", "compact_threshold": 1}]});
+    let (status, body, _) = post(&gw.url, "/v1/responses", Some(&secret), &compacted).await;
+    assert_eq!(status, 200, "{body}");
+    let kinds: Vec<&str> = body["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["compaction", "message"], "{body}");
+    assert_eq!(upstream.requests(), 2);
+    let (status, body, _) = post(&gw.url, "/v1/responses", Some(&secret), &compacted).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(upstream.requests(), 2);
+}
+
 #[tokio::test]
 async fn rate_limited_keys_get_429_with_retry_after() {
     let upstream = MockUpstream::start().await.unwrap();

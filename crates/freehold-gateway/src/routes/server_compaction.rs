@@ -7,10 +7,11 @@
 //! response's output, and the two calls' usage is added up in it.
 //!
 //! Each call is admitted and accounted on its own (two ledger lines under
-//! the request's id, each with its own budget hold, and two requests of the
-//! key's rate limit), so that a budget cannot be overspent by the summary,
-//! and a summary the model fails to write ends the request before the
-//! second call. Both share the request's time limit, counted from its
+//! the request's id, each with its own budget hold; the key's requests per
+//! minute count the client's one request, its tokens per minute both
+//! calls'), so that a budget cannot be overspent by the summary, and a
+//! summary the model fails to write ends the request before the second
+//! call. Both share the request's time limit, counted from its
 //! arrival. A conversation still past the threshold after it was compacted
 //! is answered as it is: the gateway compacts once per request.
 
@@ -22,7 +23,7 @@ use freehold_llm::wire::openai_responses::{
 use freehold_protocol::{ChatRequest, Usage};
 
 use crate::auth::Caller;
-use crate::chat::{Accounting, Admitted, admit, parse_body};
+use crate::chat::{Accounting, Admitted, RateLimit, admit, admit_call, parse_body};
 use crate::error::GatewayError;
 use crate::request_id::Arrival;
 use crate::state::Gateway;
@@ -144,13 +145,16 @@ impl Pending {
                 return Err(error);
             }
         };
-        let admitted = admit(
+        // The client sent one request: its rate limit counted it when the
+        // summary's call was admitted.
+        let admitted = admit_call(
             &self.gateway,
             &self.headers,
             self.caller,
             self.endpoint,
             request,
             &self.arrival,
+            RateLimit::CountedBefore,
         )
         .await?;
         Ok((
