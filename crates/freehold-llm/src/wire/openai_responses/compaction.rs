@@ -204,7 +204,8 @@ pub fn summary_request(request: &ChatRequest) -> ChatRequest {
     summary.tool_choice = ToolChoice::None;
     summary.response_format = None;
     // The client's bound is the answer's: a summary cut at it would lose
-    // the conversation it replaces. The gateway's cap still applies.
+    // the conversation it replaces. The provider's default bounds it (or,
+    // for a key with a budget on a hosted model, the gateway's bound).
     summary.max_tokens = None;
     summary
 }
