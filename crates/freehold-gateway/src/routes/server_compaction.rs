@@ -18,7 +18,7 @@
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use freehold_llm::wire::openai_responses::{
-    self, Item, ResponsesRequest, compaction_item, messages_after_compaction, summary_request,
+    self, Item, ResponsesRequest, compaction_item, request_after_compaction, summary_request,
 };
 use freehold_protocol::{ChatRequest, Usage};
 
@@ -46,11 +46,8 @@ pub(super) fn due(request: &ChatRequest, threshold: Option<u64>) -> bool {
 /// admitted.
 pub(super) struct Pending {
     summary: Admitted,
-    /// The request as decoded, to be answered with its conversation
-    /// replaced.
-    request: ChatRequest,
-    /// The client's request as sent, from which the conversation after
-    /// the compaction is made.
+    /// The client's request as sent, from which the request after the
+    /// compaction is made.
     wire: ResponsesRequest,
     gateway: std::sync::Arc<Gateway>,
     headers: HeaderMap,
@@ -60,9 +57,9 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    /// Admits the summary's call for `request` (decoded from `body`):
-    /// the key, the model, the rate limit and the budget are checked before
-    /// anything is sent.
+    /// Admits the summary's call for `request` (decoded from `body`, whose
+    /// conversation the summary replaces): the key, the model, the rate
+    /// limit and the budget are checked before anything is sent.
     ///
     /// # Errors
     /// What admission refused, as the client should see it.
@@ -90,14 +87,13 @@ impl Pending {
             headers,
             caller.clone(),
             endpoint,
-            summary_request(&request),
+            summary_request(request),
             arrival,
         )
         .await?;
         summary.accounting.log_body(body);
         Ok(Self {
             summary,
-            request,
             wire,
             gateway: std::sync::Arc::clone(gateway),
             headers: headers.clone(),
@@ -127,9 +123,9 @@ impl Pending {
             }
         };
         accounting.succeed();
-        let mut request = self.request;
-        request.messages = match messages_after_compaction(self.wire, item.clone()) {
-            Ok(messages) => messages,
+        let model = self.wire.model.clone();
+        let request = match request_after_compaction(self.wire, item.clone()) {
+            Ok(request) => request,
             // Decoded once already, so not expected; in the ledger if it
             // happens.
             Err(error) => {
@@ -138,7 +134,7 @@ impl Pending {
                     &self.gateway,
                     self.caller,
                     self.endpoint,
-                    &request.model,
+                    &model,
                     &self.arrival,
                 )
                 .fail(&error);

@@ -50,7 +50,7 @@ mod serve;
 mod serve_tests;
 
 pub use compaction::{
-    compaction_content, compaction_item, compaction_summary, messages_after_compaction,
+    compaction_content, compaction_item, compaction_summary, request_after_compaction,
     summary_request,
 };
 pub use serve::{

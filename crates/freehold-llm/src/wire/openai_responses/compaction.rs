@@ -19,7 +19,7 @@
 //! reaches it, before answering. The gateway does that in two calls, with
 //! what this module gives it: the summary ([`summary_request`],
 //! [`compaction_item`]), then the answer from the conversation the item
-//! stands for ([`messages_after_compaction`]).
+//! stands for ([`request_after_compaction`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -198,8 +198,7 @@ pub fn compaction_item(response: &ChatResponse) -> Result<Item, LlmError> {
 /// called, and no output format is asked: a summary is text. Unlike a
 /// trigger's, it has no output bound of the client's: the request's
 /// `max_output_tokens` bounds its answer, not the summary.
-pub fn summary_request(request: &ChatRequest) -> ChatRequest {
-    let mut summary = request.clone();
+pub fn summary_request(mut summary: ChatRequest) -> ChatRequest {
     summary.messages.push(Message::user(SUMMARY_REQUEST));
     summary.tool_choice = ToolChoice::None;
     summary.response_format = None;
@@ -210,28 +209,28 @@ pub fn summary_request(request: &ChatRequest) -> ChatRequest {
     summary
 }
 
-/// The conversation of a Responses request (`wire`, as the client sent it)
-/// once `compaction` has replaced it, as the model sees it: what a
-/// compaction item keeps of what came before it (the user's, system and
-/// developer messages, the tools declared in the input), then the user
-/// message carrying the summary. The server-side compaction's answer is
-/// made from it, and it is what the client's next request, with the
-/// compaction and the answer appended, reads as.
+/// A Responses request (`wire`, as the client sent it) once `compaction`
+/// has replaced its conversation: its tools and settings, and as its
+/// conversation what a compaction item keeps of what came before it (the
+/// user's, system and developer messages, the tools declared in the
+/// input), then the user message carrying the summary. The server-side
+/// compaction's answer is asked with it, and it is what the client's next
+/// request, with the compaction and the answer appended, reads as.
 ///
 /// # Errors
 /// As [`super::decode_request`] (the request was decoded once already, so
 /// none is expected).
-pub fn messages_after_compaction(
+pub fn request_after_compaction(
     mut wire: ResponsesRequest,
     compaction: Item,
-) -> Result<Vec<Message>, DecodeError> {
+) -> Result<ChatRequest, DecodeError> {
     let mut items = std::mem::take(&mut wire.input).into_items();
     items.push(compaction);
     wire.input = ResponseInput::Items(items);
+    // Compacted now: not again.
     wire.context_management = None;
-    wire.stream = false;
     let (request, _) = super::decode_request(wire)?;
-    Ok(request.messages)
+    Ok(request)
 }
 
 /// The index of a conversation's last `compaction` item: what comes before

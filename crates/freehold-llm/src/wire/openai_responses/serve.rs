@@ -57,7 +57,7 @@ pub struct ServeOptions {
     /// `compact_threshold`, OpenAI's server-side compaction): the gateway
     /// then asks the model for a summary first
     /// ([`super::summary_request`]), and answers from the conversation it
-    /// stands for ([`super::messages_after_compaction`]), the `compaction`
+    /// stands for ([`super::request_after_compaction`]), the `compaction`
     /// item first in the
     /// output. `None` when not asked, and for a request that is itself a
     /// compaction.

@@ -2300,7 +2300,7 @@ fn a_server_side_compaction_asks_for_a_summary_then_answers_from_it() {
             {"type": "function_call_output", "call_id": "call_1", "output": "return a - b"}]});
     let (request, options) = decode_json(body.clone()).unwrap();
     assert_eq!(options.compact_threshold, Some(10));
-    let summary = summary_request(&request);
+    let summary = summary_request(request.clone());
     assert_eq!(summary.messages.len(), request.messages.len() + 1);
     assert_eq!(
         summary.messages.last().unwrap().text(),
@@ -2325,8 +2325,11 @@ fn a_server_side_compaction_asks_for_a_summary_then_answers_from_it() {
         "Add subtracts; fix it."
     );
     let wire: ResponsesRequest = serde_json::from_value(body).unwrap();
-    let messages = messages_after_compaction(wire, item).unwrap();
-    let texts: Vec<(Role, String)> = messages.iter().map(|m| (m.role, m.text())).collect();
+    let after = request_after_compaction(wire, item).unwrap();
+    // The request's own tools and settings, the conversation replaced.
+    assert_eq!(after.tools, request.tools);
+    assert_eq!(after.response_format, request.response_format);
+    let texts: Vec<(Role, String)> = after.messages.iter().map(|m| (m.role, m.text())).collect();
     assert_eq!(texts.len(), 3, "{texts:?}");
     assert_eq!(texts[0], (Role::System, "Be brief.".into()));
     assert_eq!(texts[1], (Role::User, "Fix add in calc.py.".into()));
