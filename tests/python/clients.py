@@ -476,6 +476,77 @@ def anthropic_context_editing():
     }
 
 
+COMPACTION_BETA = "compact-2026-01-12"
+
+
+def anthropic_server_compaction():
+    """Server-side compaction in the Messages API through the SDK's beta
+    client: with the compact_20260112 edit, a conversation past its trigger
+    is answered after a compaction block holding the model's summary, whole
+    and streamed, the summary's call in usage.iterations; with
+    pause_after_compaction, or the compaction parameter, the block alone
+    (stop_reason "compaction"). Sent back, the block stands for everything
+    before it, so the next turn is under the trigger. A trigger counted in
+    tool uses is refused by name. FREEHOLD_EXPECT_TEXT, when set, is what
+    the model writes."""
+    client = ant()
+    listing = "def add(a, b):\n    return a - b  # the bug: it subtracts\n" * 100
+    conversation = [
+        {"role": "user", "content": "My name is Ada. Show me calc.py."},
+        {"role": "assistant", "content": "Here is calc.py:\n" + listing},
+        {"role": "user", "content": "Fix add() in it."},
+    ]
+    compact = {"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 400}}
+    asked = dict(model=MODEL, max_tokens=64, messages=conversation, betas=[COMPACTION_BETA])
+    whole = client.beta.messages.create(**asked, context_management={"edits": [compact]})
+    kinds = [block.type for block in whole.content]
+    assert kinds[0] == "compaction" and "compaction" not in kinds[1:], kinds
+    summary = whole.content[0].content
+    check_text(summary)
+    assert [step.type for step in whole.usage.iterations] == ["compaction", "message"], whole.usage
+    # The summary read the whole conversation; the answer only the summary.
+    assert whole.usage.iterations[0].input_tokens > whole.usage.iterations[1].input_tokens, \
+        whole.usage
+    with client.beta.messages.stream(**asked, context_management={"edits": [compact]}) as stream:
+        events = [event.type for event in stream]
+        streamed = stream.get_final_message()
+    assert streamed.content[0].type == "compaction", streamed.content
+    check_text(streamed.content[0].content)
+    assert "compaction" in events, events
+    assert streamed.usage.iterations[0].type == "compaction", streamed.usage
+    paused = client.beta.messages.create(
+        **asked, context_management={"edits": [dict(compact, pause_after_compaction=True)]})
+    assert paused.stop_reason == "compaction", paused
+    assert [block.type for block in paused.content] == ["compaction"], paused.content
+    alone = client.beta.messages.create(**asked, compaction={"type": "summarize"})
+    assert alone.stop_reason == "compaction", alone
+    check_text(alone.content[0].content)
+    # Sent back: what the block stands for is left out, so a trigger above
+    # the summary and the new message, and below the whole conversation,
+    # is not reached.
+    go_on = conversation + [
+        {"role": "assistant", "content": [block.model_dump(exclude_none=True)
+                                          for block in paused.content]},
+        {"role": "user", "content": "What is my name?"}]
+    left = len(paused.content[0].content) + 200
+    still_there = left + len(listing)
+    assert left // 4 + 300 < still_there // 4, (left, still_there)
+    trigger = {"type": "input_tokens", "value": left // 4 + 300}
+    reply = client.beta.messages.create(
+        model=MODEL, max_tokens=32, messages=go_on, betas=[COMPACTION_BETA],
+        context_management={"edits": [dict(compact, trigger=trigger)]})
+    assert "compaction" not in [block.type for block in reply.content], reply.content
+    assert reply.usage.iterations is None, reply.usage
+    try:
+        client.beta.messages.create(**asked, context_management={"edits": [
+            dict(compact, trigger={"type": "tool_uses", "value": 2})]})
+        raise AssertionError("a trigger in tool uses was accepted")
+    except anthropic.BadRequestError as error:
+        assert "context_management.edits[0].trigger.type" in str(error), str(error)
+    return {"summary": summary, "streamed_events": sorted(set(events)),
+            "usage": [step.model_dump() for step in whole.usage.iterations]}
+
+
 def anthropic_messages():
     client = ant()
     reply = client.messages.create(
@@ -842,7 +913,7 @@ SCENARIOS = {f.__name__: f for f in [
     openai_chat, openai_stream, openai_tools, openai_errors, openai_models, openai_embeddings,
     openai_responses, responses_custom_tools, responses_compaction, responses_server_compaction,
     anthropic_messages,
-    anthropic_tools, anthropic_context_editing,
+    anthropic_tools, anthropic_context_editing, anthropic_server_compaction,
     anthropic_errors, silent_upstream, refusals, stop_sequences,
 ]}
 

@@ -864,6 +864,7 @@ async fn official_sdks_against_a_mock_upstream() {
         "responses_server_compaction",
         "anthropic_tools",
         "anthropic_context_editing",
+        "anthropic_server_compaction",
     ] {
         let result = served.scenario(&python, scenario, &expect).await;
         eprintln!("{scenario}: {result}");
@@ -885,8 +886,8 @@ async fn official_sdks_against_a_mock_upstream() {
     assert_eq!(errors["model_not_found"], 404);
     // Every chat, tool and embedding call reached the upstream
     // (count_tokens was estimated by the gateway itself), a server-side
-    // compaction's two calls each.
-    assert_eq!(upstream.requests(), 31);
+    // compaction's two calls each (one when it stops at the compaction).
+    assert_eq!(upstream.requests(), 38);
     // A refusal reaches each SDK as its own (the mock refuses when asked
     // to), whole and streamed.
     let refusal = [("FREEHOLD_EXPECT_REFUSAL", MOCK_REFUSAL)];
@@ -1052,6 +1053,7 @@ async fn official_sdks_against_smollm2_in_process() {
         "openai_responses",
         "responses_compaction",
         "responses_server_compaction",
+        "anthropic_server_compaction",
     ] {
         let result = served.scenario(&python, scenario, &env).await;
         eprintln!("{scenario}: {result}");

@@ -19,9 +19,11 @@
 //! - `clear_thinking_20251015`: the reasoning of all but the last `keep`
 //!   assistant messages that have some (1 unless told otherwise; `"all"`
 //!   keeps every one) is taken out.
-//! - `compact_20260112` (a summary made by the server, returned in a
-//!   `compaction` block that no provider here can make and the gateway
-//!   does not pass on) is refused when parsed.
+//! - `compact_20260112` (a summary of the conversation, made before the
+//!   answer once the conversation reaches a trigger) is parsed here
+//!   ([`ContextEdits::compaction`]) and made by the gateway, for every
+//!   provider: it takes the edit out of what it sends
+//!   ([`without_compaction`]), so the router never sees one.
 //! - An edit of a kind this version does not know passes the parse, for
 //!   Anthropic's API to make, and is refused when it would have to be made
 //!   here.
@@ -54,6 +56,9 @@ pub const DEFAULT_KEEP_TOOL_USES: u64 = 3;
 /// when not told.
 pub const DEFAULT_KEEP_THINKING_TURNS: u64 = 1;
 
+/// `compact_20260112`'s trigger when none is given, in input tokens.
+pub const DEFAULT_COMPACT_TRIGGER_INPUT_TOKENS: u64 = 150_000;
+
 /// The strategy names, as the API spells them.
 const CLEAR_TOOL_USES: &str = "clear_tool_uses_20250919";
 const CLEAR_THINKING: &str = "clear_thinking_20251015";
@@ -73,9 +78,55 @@ enum Edit {
         /// `None`: keep every assistant message's thinking.
         keep_turns: Option<u64>,
     },
+    /// A server-side compaction, which the gateway makes before the
+    /// request reaches a provider; never applied here.
+    Compact(CompactEdit),
     /// A kind this version does not know, by its `type`: Anthropic's API
     /// may make it; nothing here can.
     Unknown(String),
+}
+
+/// `compact_20260112`, parsed: when to compact the conversation, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactEdit {
+    /// The conversation's input tokens at which it is compacted
+    /// (`trigger.value`; [`DEFAULT_COMPACT_TRIGGER_INPUT_TOKENS`] when not
+    /// given).
+    pub trigger_input_tokens: u64,
+    /// Answer with the compaction alone (`stop_reason: "compaction"`),
+    /// rather than go on to answer from it.
+    pub pause_after_compaction: bool,
+    /// What the model is asked to write, in place of the default
+    /// summary's prompt.
+    pub instructions: Option<String>,
+}
+
+/// `compact_20260112` as the API takes it.
+#[derive(Deserialize)]
+struct WireCompact {
+    #[serde(default)]
+    trigger: Option<WireCount>,
+    #[serde(default)]
+    pause_after_compaction: Option<bool>,
+    #[serde(default)]
+    instructions: Option<String>,
+}
+
+/// The fields of `compact_20260112` beside its `type`.
+const COMPACT_FIELDS: &[&str] = &["trigger", "pause_after_compaction", "instructions"];
+
+/// Takes every `compact_20260112` edit out of a `context_management`
+/// object (as sent, already parsed by [`ContextEdits::parse`]), so that
+/// what is left can go to a provider: the gateway makes the compaction
+/// itself. `None` when nothing is left to edit.
+pub fn without_compaction(mut asked: Value) -> Option<Value> {
+    if let Some(Value::Array(edits)) = asked.get_mut("edits") {
+        edits.retain(|edit| edit.get("type").and_then(Value::as_str) != Some(COMPACT));
+        if edits.is_empty() {
+            return None;
+        }
+    }
+    Some(asked)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +246,7 @@ impl ContextEdits {
     ///
     /// # Errors
     /// The first value that is not what the API takes, named by its path,
-    /// and a server-side compaction (`compact_20260112`).
+    /// and a second `compact_20260112`.
     pub fn parse(value: &Value) -> Result<Self, ContextEditError> {
         let object = value.as_object().ok_or_else(|| {
             ContextEditError::new(
@@ -215,7 +266,7 @@ impl ContextEdits {
                 .iter()
                 .enumerate()
                 .map(|(index, edit)| parse_edit(index, edit))
-                .collect::<Result<_, _>>()?,
+                .collect::<Result<Vec<_>, _>>()?,
             Some(_) => {
                 return Err(ContextEditError::new(
                     "context_management.edits",
@@ -223,7 +274,26 @@ impl ContextEdits {
                 ));
             }
         };
+        if let Some(second) = edits
+            .iter()
+            .enumerate()
+            .filter(|(_, edit)| matches!(edit, Edit::Compact(_)))
+            .nth(1)
+        {
+            return Err(ContextEditError::new(
+                format!("context_management.edits[{}]", second.0),
+                format!("a second `{COMPACT}` edit: give one"),
+            ));
+        }
         Ok(Self { edits })
+    }
+
+    /// The server-side compaction asked for (`compact_20260112`), if any.
+    pub fn compaction(&self) -> Option<&CompactEdit> {
+        self.edits.iter().find_map(|edit| match edit {
+            Edit::Compact(compact) => Some(compact),
+            _ => None,
+        })
     }
 
     /// Whether applying the edits to `request` needs its input tokens: a
@@ -236,7 +306,7 @@ impl ContextEdits {
                 matches!(settings.trigger, Trigger::InputTokens(_))
                     && settings.plan(request, u64::MAX).is_some()
             }
-            Edit::ClearThinking { .. } | Edit::Unknown(_) => false,
+            Edit::ClearThinking { .. } | Edit::Compact(_) | Edit::Unknown(_) => false,
         })
     }
 
@@ -254,7 +324,7 @@ impl ContextEdits {
                 Edit::ClearThinking { keep_turns } => {
                     thinking_plan(request, *keep_turns).map_or(0, |plan| plan.saved)
                 }
-                Edit::Unknown(_) => 0,
+                Edit::Compact(_) | Edit::Unknown(_) => 0,
             };
         }
         saved
@@ -279,7 +349,9 @@ impl ContextEdits {
                 .iter()
                 .enumerate()
                 .find_map(|(index, edit)| match edit {
-                    Edit::Unknown(kind) => Some((index, kind)),
+                    Edit::Unknown(kind) => Some((index, kind.as_str())),
+                    // The gateway takes it out before a request is sent.
+                    Edit::Compact(_) => Some((index, COMPACT)),
                     _ => None,
                 })
         {
@@ -302,7 +374,7 @@ impl ContextEdits {
                 Edit::ClearThinking { keep_turns } => {
                     thinking_plan(request, *keep_turns).map(|plan| plan.apply(request))
                 }
-                Edit::Unknown(_) => None,
+                Edit::Compact(_) | Edit::Unknown(_) => None,
             };
             if let Some(done) = done {
                 input_tokens = input_tokens.saturating_sub(done.cleared_input_tokens);
@@ -350,13 +422,31 @@ fn parse_edit(index: usize, edit: &Value) -> Result<Edit, ContextEditError> {
             };
             Ok(Edit::ClearThinking { keep_turns })
         }
-        COMPACT => Err(ContextEditError::new(
-            format!("{}.type", field()),
-            format!(
-                "`{COMPACT}` (a summary made by Anthropic's API) is not served: its `compaction` \
-                 blocks cannot pass through the gateway; compact on the client instead"
-            ),
-        )),
+        COMPACT => {
+            only_fields(edit, COMPACT_FIELDS)
+                .map_err(|message| ContextEditError::new(field(), message))?;
+            let wire = WireCompact::deserialize(edit).map_err(wrong)?;
+            let trigger_input_tokens = match wire.trigger {
+                None => DEFAULT_COMPACT_TRIGGER_INPUT_TOKENS,
+                Some(count) if count.kind != "input_tokens" => {
+                    return Err(wrong_count(index, "trigger", &count.kind, "input_tokens"));
+                }
+                Some(count) if count.value == 0 => {
+                    return Err(ContextEditError::new(
+                        format!("{}.trigger.value", field()),
+                        "expected a number of input tokens of at least 1",
+                    ));
+                }
+                Some(count) => count.value,
+            };
+            Ok(Edit::Compact(CompactEdit {
+                trigger_input_tokens,
+                pause_after_compaction: wire.pause_after_compaction.unwrap_or(false),
+                instructions: wire
+                    .instructions
+                    .filter(|instructions| !instructions.trim().is_empty()),
+            }))
+        }
         other => Ok(Edit::Unknown(other.to_owned())),
     }
 }
@@ -869,11 +959,70 @@ mod tests {
     }
 
     #[test]
-    fn a_server_compaction_is_refused() {
+    fn a_server_compaction_is_parsed_and_never_applied_here() {
         let compact = json!({"edits": [{"type": "compact_20260112"}]});
-        let error = ContextEdits::parse(&compact).unwrap_err();
+        let parsed = ContextEdits::parse(&compact).unwrap();
+        assert_eq!(
+            parsed.compaction(),
+            Some(&CompactEdit {
+                trigger_input_tokens: DEFAULT_COMPACT_TRIGGER_INPUT_TOKENS,
+                pause_after_compaction: false,
+                instructions: None,
+            })
+        );
+        // The gateway takes it out before the router sees the request.
+        let error = parsed.apply(&mut conversation(2), 0).unwrap_err();
         assert_eq!(error.field, "context_management.edits[0].type");
-        assert!(error.message.contains("not served"), "{error}");
+        assert_eq!(without_compaction(compact), None);
+
+        let asked = json!({"edits": [
+            {"type": "clear_thinking_20251015", "keep": "all"},
+            {"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 2_000},
+             "pause_after_compaction": true, "instructions": "Keep the file names."},
+        ]});
+        let parsed = ContextEdits::parse(&asked).unwrap();
+        assert_eq!(
+            parsed.compaction(),
+            Some(&CompactEdit {
+                trigger_input_tokens: 2_000,
+                pause_after_compaction: true,
+                instructions: Some("Keep the file names.".into()),
+            })
+        );
+        assert_eq!(
+            without_compaction(asked),
+            Some(json!({"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}))
+        );
+    }
+
+    #[test]
+    fn a_server_compaction_s_mistakes_are_named() {
+        let cases = [
+            (
+                json!([{"type": "compact_20260112", "trigger": {"type": "tool_uses", "value": 3}}]),
+                "context_management.edits[0].trigger.type",
+            ),
+            (
+                json!([{"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 0}}]),
+                "context_management.edits[0].trigger.value",
+            ),
+            (
+                json!([{"type": "compact_20260112", "pause_after_compaction": "yes"}]),
+                "context_management.edits[0]",
+            ),
+            (
+                json!([{"type": "compact_20260112", "keep": 1}]),
+                "context_management.edits[0]",
+            ),
+            (
+                json!([{"type": "compact_20260112"}, {"type": "compact_20260112"}]),
+                "context_management.edits[1]",
+            ),
+        ];
+        for (edits, field) in cases {
+            let error = ContextEdits::parse(&json!({ "edits": edits })).unwrap_err();
+            assert_eq!(error.field, field, "{edits}: {error}");
+        }
     }
 
     #[test]

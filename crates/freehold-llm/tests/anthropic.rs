@@ -1332,6 +1332,7 @@ mod wire {
                 ephemeral_5m_input_tokens: 8,
                 ephemeral_1h_input_tokens: 12,
             }),
+            iterations: None,
         };
         let usage = Usage::from(&wire);
         assert_eq!(

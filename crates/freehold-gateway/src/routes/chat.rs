@@ -24,7 +24,7 @@ use crate::chat::{
 use crate::error::{GatewayError, Protocol};
 use crate::request_id::Arrival;
 use crate::routes::read_body;
-use crate::routes::server_compaction::{self, Compacted, Pending};
+use crate::routes::server_compaction::{self, Compacted, Pending, Plan};
 use crate::state::Gateway;
 
 /// A stream encoder of one protocol.
@@ -66,7 +66,24 @@ macro_rules! stream_encoder {
 }
 
 stream_encoder!(openai_chat::ChunkEncoder);
-stream_encoder!(anthropic::MessageStreamEncoder);
+
+impl StreamEncoder for anthropic::MessageStreamEncoder {
+    fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
+        Self::push(self, event)
+    }
+    fn finish(&mut self) -> Vec<SseFrame> {
+        Self::finish(self)
+    }
+    fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
+        Self::error(self, error)
+    }
+    fn keepalive(&mut self) -> Vec<SseFrame> {
+        Self::keepalive(self)
+    }
+    fn compacted(&mut self, compacted: Compacted) -> Vec<SseFrame> {
+        Self::compacted(self, &compacted.summary, &compacted.usage)
+    }
+}
 
 impl StreamEncoder for openai_responses::ResponseStreamEncoder {
     fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
@@ -86,7 +103,8 @@ impl StreamEncoder for openai_responses::ResponseStreamEncoder {
         Self::take_failure(self)
     }
     fn compacted(&mut self, compacted: Compacted) -> Vec<SseFrame> {
-        Self::compacted(self, compacted.item, &compacted.usage)
+        let item = openai_responses::compaction_item_for(&compacted.summary);
+        Self::compacted(self, item, &compacted.usage)
     }
 }
 
@@ -119,14 +137,20 @@ trait ChatProtocol {
     /// first target gets it, for a protocol that reports them before the
     /// provider does.
     fn encoder(model: &str, options: Self::Options, input_estimate: u64) -> Self::Encoder;
-    /// The input tokens at which the request asked for its conversation to
-    /// be compacted before it is answered (the Responses API's server-side
-    /// compaction, [`server_compaction`]).
-    fn compact_threshold(_options: &Self::Options) -> Option<u64> {
+    /// The compaction the request asked for before it is answered, once
+    /// its conversation reaches a threshold ([`server_compaction`]).
+    fn compaction(_options: &Self::Options) -> Option<Plan> {
         None
     }
+    /// Whether the answer's usage counts a compaction run before it (else
+    /// the protocol reports the compaction's apart).
+    const USAGE_COUNTS_COMPACTION: bool = true;
     /// Puts a compaction run before the answer first in it.
-    fn put_compaction_first(_response: &mut Self::Response, _item: openai_responses::Item) {}
+    fn put_compaction_first(_response: &mut Self::Response, _compacted: &Compacted) {}
+    /// The answer to a request that asked for the compaction alone.
+    fn compaction_alone(_compacted: &Compacted, _model: &str) -> Option<Self::Response> {
+        None
+    }
 }
 
 struct ChatCompletions;
@@ -183,12 +207,31 @@ impl ChatProtocol for Messages {
     fn encoder(model: &str, options: Self::Options, input_estimate: u64) -> Self::Encoder {
         // message_start goes out before the provider reports usage: it
         // carries the estimate, and message_delta the real count.
-        let encoder = anthropic::MessageStreamEncoder::new(model, None, input_estimate);
+        let mut encoder = anthropic::MessageStreamEncoder::new(model, None, input_estimate);
         if options.context_management {
-            encoder.reporting_context_edits()
-        } else {
-            encoder
+            encoder = encoder.reporting_context_edits();
         }
+        if options
+            .compaction
+            .is_some_and(|compaction| compaction.pause_after_compaction)
+        {
+            encoder = encoder.pausing_after_compaction();
+        }
+        encoder
+    }
+    fn compaction(options: &Self::Options) -> Option<Plan> {
+        options.compaction.clone().map(Plan::Messages)
+    }
+    const USAGE_COUNTS_COMPACTION: bool = false;
+    fn put_compaction_first(response: &mut Self::Response, compacted: &Compacted) {
+        anthropic::put_compaction_first(response, &compacted.summary, &compacted.usage);
+    }
+    fn compaction_alone(compacted: &Compacted, model: &str) -> Option<Self::Response> {
+        Some(anthropic::encode_compaction_alone(
+            &compacted.summary,
+            &compacted.usage,
+            model,
+        ))
     }
 }
 
@@ -228,11 +271,11 @@ impl ChatProtocol for Responses {
             .with_tool_search(options.tool_search)
             .with_compaction(options.compaction)
     }
-    fn compact_threshold(options: &Self::Options) -> Option<u64> {
-        options.compact_threshold
+    fn compaction(options: &Self::Options) -> Option<Plan> {
+        options.compact_threshold.map(Plan::Responses)
     }
-    fn put_compaction_first(response: &mut Self::Response, item: openai_responses::Item) {
-        server_compaction::put_first(response, item);
+    fn put_compaction_first(response: &mut Self::Response, compacted: &Compacted) {
+        server_compaction::put_first(response, compacted);
     }
 }
 
@@ -437,9 +480,11 @@ async fn serve<P: ChatProtocol>(
     let model = request.model.clone();
     // A conversation to compact first. Boxed, so that the futures of
     // every other request do not grow by its size.
-    if server_compaction::due(&request, P::compact_threshold(&options)) {
+    if let Some(plan) = P::compaction(&options)
+        && server_compaction::due(&request, Some(&plan))
+    {
         let compacted = compact_then_answer::<P>(
-            &gateway, &headers, caller, request, options, &body, &arrival,
+            &gateway, &headers, caller, request, plan, options, &body, &arrival,
         );
         return Box::pin(compacted).await;
     }
@@ -507,9 +552,11 @@ fn whole<P: ChatProtocol>(
     options: &P::Options,
     compacted: Option<Compacted>,
 ) -> Response {
-    // The client is told what both calls used; each call's ledger line
-    // has its own.
-    if let Some(compacted) = &compacted {
+    // The client is told what both calls used (in the answer's usage, or
+    // apart); each call's ledger line has its own.
+    if let Some(compacted) = &compacted
+        && P::USAGE_COUNTS_COMPACTION
+    {
         response.usage.add(&compacted.usage);
     }
     let mut encoded = match P::encode(&response, model, options) {
@@ -521,9 +568,15 @@ fn whole<P: ChatProtocol>(
             return error.into_response(P::PROTOCOL);
         }
     };
-    if let Some(compacted) = compacted {
-        P::put_compaction_first(&mut encoded, compacted.item);
+    if let Some(compacted) = &compacted {
+        P::put_compaction_first(&mut encoded, compacted);
     }
+    sent_whole(gateway, &encoded, accounting)
+}
+
+/// The 200 response carrying `encoded`, logged when bodies are, and its
+/// call recorded as answered.
+fn sent_whole(gateway: &Gateway, encoded: &impl Serialize, mut accounting: Accounting) -> Response {
     if gateway.settings.log_bodies
         && let Ok(text) = serde_json::to_string(&encoded)
     {
@@ -539,11 +592,16 @@ fn whole<P: ChatProtocol>(
 /// after it, whole or streamed. Streamed, the compaction runs while the
 /// stream is opened, so that the client gets keepalives while the model
 /// writes the summary.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the request and its context, as `serve` holds them"
+)]
 async fn compact_then_answer<P: ChatProtocol>(
     gateway: &Arc<Gateway>,
     headers: &HeaderMap,
     caller: crate::auth::Caller,
     request: ChatRequest,
+    plan: Plan,
     options: P::Options,
     body: &Bytes,
     arrival: &Arrival,
@@ -556,6 +614,7 @@ async fn compact_then_answer<P: ChatProtocol>(
         caller,
         P::ENDPOINT,
         request,
+        plan,
         body,
         arrival,
     )
@@ -567,9 +626,19 @@ async fn compact_then_answer<P: ChatProtocol>(
     if P::streams(&options) {
         let body = body.clone();
         let opening = async move {
-            let (mut admitted, compacted) = pending.run().await?;
-            admitted.accounting.log_body(&body);
-            let mut opened = open_stream(admitted).await?;
+            let (admitted, compacted) = pending.run().await?;
+            let mut opened = match admitted {
+                Some(mut admitted) => {
+                    admitted.accounting.log_body(&body);
+                    open_stream(admitted).await?
+                }
+                // The compaction alone: the stream ends after it.
+                None => Opened {
+                    first: VecDeque::new(),
+                    stream: None,
+                    compacted: None,
+                },
+            };
             opened.compacted = Some(compacted);
             Ok(opened)
         };
@@ -585,13 +654,16 @@ async fn compact_then_answer<P: ChatProtocol>(
         .await
     } else {
         let answered = async {
-            let (mut admitted, compacted) = pending.run().await?;
+            let (admitted, compacted) = pending.run().await?;
+            let Some(mut admitted) = admitted else {
+                return Ok::<_, GatewayError>((None, compacted));
+            };
             admitted.accounting.log_body(body);
-            let (response, accounting) = admitted.complete().await?;
-            Ok::<_, GatewayError>((response, accounting, compacted))
+            let answer = admitted.complete().await?;
+            Ok((Some(answer), compacted))
         };
         match answered.await {
-            Ok((response, accounting, compacted)) => whole::<P>(
+            Ok((Some((response, accounting)), compacted)) => whole::<P>(
                 gateway,
                 response,
                 accounting,
@@ -599,6 +671,16 @@ async fn compact_then_answer<P: ChatProtocol>(
                 &options,
                 Some(compacted),
             ),
+            Ok((None, compacted)) => match P::compaction_alone(&compacted, model) {
+                // Its call is in the ledger already.
+                Some(encoded) => (StatusCode::OK, Json(encoded)).into_response(),
+                None => GatewayError::upstream(&LlmError::new(
+                    ErrorKind::Server,
+                    "gateway",
+                    "this protocol has no answer made of a compaction alone",
+                ))
+                .into_response(P::PROTOCOL),
+            },
             Err(error) => error.into_response(P::PROTOCOL),
         }
     }
@@ -610,7 +692,8 @@ struct Opened {
     /// when it ended without one, and has nothing more to give), not yet
     /// encoded.
     first: VecDeque<StreamEvent>,
-    stream: AccountedStream,
+    /// `None` when there is no answer to stream: the compaction alone.
+    stream: Option<AccountedStream>,
     /// A compaction run before the answer, not yet encoded.
     compacted: Option<Compacted>,
 }
@@ -641,7 +724,7 @@ async fn open_stream(admitted: Admitted) -> Result<Opened, GatewayError> {
     }
     Ok(Opened {
         first: read,
-        stream,
+        stream: Some(stream),
         compacted: None,
     })
 }
@@ -663,8 +746,12 @@ impl Upstream {
     /// Records the answer as failed (the stream then ends): the encoder
     /// could not send what the provider answered.
     fn fail(&mut self, error: &GatewayError) {
-        if let Self::Open(opened) = self {
-            opened.stream.fail(error);
+        if let Self::Open(Opened {
+            stream: Some(stream),
+            ..
+        }) = self
+        {
+            stream.fail(error);
         }
     }
 
@@ -692,7 +779,10 @@ impl Upstream {
                     if let Some(first) = first.pop_front() {
                         return Ok(Some(Ok(first)));
                     }
-                    return until(deadline, stream.next()).await;
+                    return match stream {
+                        Some(stream) => until(deadline, stream.next()).await,
+                        None => Ok(None),
+                    };
                 }
             }
         }

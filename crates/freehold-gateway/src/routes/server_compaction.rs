@@ -1,10 +1,19 @@
-//! Server-side compaction in the Responses API: a request whose
-//! `context_management` names a `compact_threshold`, and whose conversation
-//! has reached it, is answered in two provider calls. The first asks the
-//! model for a summary of the conversation (the `compaction` item); the
-//! second answers from what the item stands for (the user's messages, the
-//! system and developer messages, the summary). The item goes first in the
-//! response's output, and the two calls' usage is added up in it.
+//! Server-side compaction: a request that asks for its conversation to be
+//! compacted once it reaches a threshold, and has reached it, is answered
+//! in two provider calls. The first asks the model for a summary of the
+//! conversation; the second answers from what the summary stands for. The
+//! summary goes first in the answer. Two protocols ask for it:
+//!
+//! - the Responses API, with `context_management`'s `compact_threshold`:
+//!   the summary is a `compaction` item, standing for everything but the
+//!   user's messages, the system and developer messages, which stay; the
+//!   two calls' usage is added up in the response's;
+//! - the Messages API, with the `compact_20260112` edit: the summary is a
+//!   `compaction` block, standing for the whole conversation (the system
+//!   prompt and tools stay); the answer's usage is the response's, the
+//!   summary's is in `usage.iterations`. With `pause_after_compaction`, or
+//!   the `compaction` parameter (which always compacts), the answer is the
+//!   block alone and there is no second call.
 //!
 //! Each call is admitted and accounted on its own (two ledger lines under
 //! the request's id, each with its own budget hold; the key's requests per
@@ -17,8 +26,11 @@
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
+use freehold_llm::context_edit::CompactEdit;
+use freehold_llm::wire::anthropic;
+use freehold_llm::wire::compaction::summary_of;
 use freehold_llm::wire::openai_responses::{
-    self, Item, ResponsesRequest, compaction_item, request_after_compaction, summary_request,
+    self, ResponsesRequest, compaction_item_for, request_after_compaction, summary_request,
 };
 use freehold_protocol::{ChatRequest, Usage};
 
@@ -28,27 +40,54 @@ use crate::error::GatewayError;
 use crate::request_id::Arrival;
 use crate::state::Gateway;
 
-/// A compaction the gateway ran before the answer: its item and the usage
-/// of the call that wrote it.
+/// A compaction the gateway ran before the answer: the summary the model
+/// wrote and the usage of the call that wrote it.
 pub(super) struct Compacted {
-    pub(super) item: Item,
+    pub(super) summary: String,
     pub(super) usage: Usage,
 }
 
-/// Whether `request`, asking to be compacted at `threshold` input tokens,
-/// has reached it. The gateway's estimate (about four bytes a token), as
+/// The compaction a request asked for, by the protocol that asked.
+pub(super) enum Plan {
+    /// A Responses request's, at this many input tokens.
+    Responses(u64),
+    /// A Messages request's.
+    Messages(CompactEdit),
+}
+
+impl Plan {
+    fn threshold(&self) -> u64 {
+        match self {
+            Self::Responses(threshold) => *threshold,
+            Self::Messages(edit) => edit.trigger_input_tokens,
+        }
+    }
+}
+
+/// Whether `request`, asking to be compacted as `plan` says, has reached
+/// its threshold. The gateway's estimate (about four bytes a token), as
 /// for every check it makes before a provider counts.
-pub(super) fn due(request: &ChatRequest, threshold: Option<u64>) -> bool {
-    threshold.is_some_and(|threshold| request.estimated_input_tokens() >= threshold)
+pub(super) fn due(request: &ChatRequest, plan: Option<&Plan>) -> bool {
+    plan.is_some_and(|plan| request.estimated_input_tokens() >= plan.threshold())
+}
+
+/// What the answer's request is made from, once the summary is written.
+enum After {
+    /// The client's Responses request as sent, with the `compaction` item
+    /// appended.
+    Responses(ResponsesRequest),
+    /// A Messages request without its conversation, to which the summary
+    /// is added.
+    Messages(ChatRequest),
+    /// Nothing: the answer is the compaction alone.
+    Pause,
 }
 
 /// A request to compact before it is answered, whose summary's call was
 /// admitted.
 pub(super) struct Pending {
     summary: Admitted,
-    /// The client's request as sent, from which the request after the
-    /// compaction is made.
-    wire: ResponsesRequest,
+    after: After,
     gateway: std::sync::Arc<Gateway>,
     headers: HeaderMap,
     caller: Caller,
@@ -58,43 +97,57 @@ pub(super) struct Pending {
 
 impl Pending {
     /// Admits the summary's call for `request` (decoded from `body`, whose
-    /// conversation the summary replaces): the key, the model, the rate
-    /// limit and the budget are checked before anything is sent.
+    /// conversation the summary replaces, compacted as `plan` says): the
+    /// key, the model, the rate limit and the budget are checked before
+    /// anything is sent.
     ///
     /// # Errors
     /// What admission refused, as the client should see it.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the request and its context, as the gateway's other admissions take them"
+    )]
     pub(super) async fn admit(
         gateway: &std::sync::Arc<Gateway>,
         headers: &HeaderMap,
         caller: Caller,
         endpoint: &'static str,
         request: ChatRequest,
+        plan: Plan,
         body: &Bytes,
         arrival: &Arrival,
     ) -> Result<Self, GatewayError> {
-        // Read again rather than kept from the first reading: only a
-        // request that is compacted pays for it. (It was read once, so this
-        // is not expected to fail; if it does, it is in the key's ledger.)
-        let wire: ResponsesRequest = match parse_body(headers, body) {
-            Ok(wire) => wire,
-            Err(error) => {
-                Accounting::new(gateway, caller, endpoint, &request.model, arrival).fail(&error);
-                return Err(error);
+        let (summary, after) = match plan {
+            Plan::Responses(_) => {
+                // Read again rather than kept from the first reading: only
+                // a request that is compacted pays for it. (It was read
+                // once, so this is not expected to fail; if it does, it is
+                // in the key's ledger.)
+                let wire: ResponsesRequest = match parse_body(headers, body) {
+                    Ok(wire) => wire,
+                    Err(error) => {
+                        Accounting::new(gateway, caller, endpoint, &request.model, arrival)
+                            .fail(&error);
+                        return Err(error);
+                    }
+                };
+                (summary_request(request), After::Responses(wire))
+            }
+            Plan::Messages(edit) => {
+                let (summary, answer) = anthropic::split_for_compaction(request, &edit);
+                let after = match edit.pause_after_compaction {
+                    true => After::Pause,
+                    false => After::Messages(answer),
+                };
+                (summary, after)
             }
         };
-        let mut summary = admit(
-            gateway,
-            headers,
-            caller.clone(),
-            endpoint,
-            summary_request(request),
-            arrival,
-        )
-        .await?;
+        let mut summary =
+            admit(gateway, headers, caller.clone(), endpoint, summary, arrival).await?;
         summary.accounting.log_body(body);
         Ok(Self {
             summary,
-            wire,
+            after,
             gateway: std::sync::Arc::clone(gateway),
             headers: headers.clone(),
             caller,
@@ -105,16 +158,17 @@ impl Pending {
 
     /// Runs the summary's call, then admits the answer's request: the
     /// conversation the compaction stands for, with the request's tools and
-    /// settings.
+    /// settings. `None` in its place when the request asked for the
+    /// compaction alone.
     ///
     /// # Errors
     /// The summary's call failed, or the model wrote no summary (a 502 in
     /// the gateway's words, as for a `compaction_trigger`), or the answer's
     /// request was not admitted.
-    pub(super) async fn run(self) -> Result<(Admitted, Compacted), GatewayError> {
-        let (summary, mut accounting) = self.summary.complete().await?;
-        let item = match compaction_item(&summary) {
-            Ok(item) => item,
+    pub(super) async fn run(self) -> Result<(Option<Admitted>, Compacted), GatewayError> {
+        let (response, mut accounting) = self.summary.complete().await?;
+        let summary = match summary_of(&response) {
+            Ok(summary) => summary,
             Err(error) => {
                 tracing::warn!(%error, "the conversation could not be compacted");
                 let error = GatewayError::upstream(&error);
@@ -123,22 +177,35 @@ impl Pending {
             }
         };
         accounting.succeed();
-        let model = self.wire.model.clone();
-        let request = match request_after_compaction(self.wire, item.clone()) {
-            Ok(request) => request,
-            // Decoded once already, so not expected; in the ledger if it
-            // happens.
-            Err(error) => {
-                let error = GatewayError::bad_request(error.to_string());
-                Accounting::new(
-                    &self.gateway,
-                    self.caller,
-                    self.endpoint,
-                    &model,
-                    &self.arrival,
-                )
-                .fail(&error);
-                return Err(error);
+        let compacted = Compacted {
+            summary,
+            usage: response.usage,
+        };
+        let request = match self.after {
+            After::Pause => return Ok((None, compacted)),
+            After::Messages(answer) => {
+                anthropic::answer_after_compaction(answer, &compacted.summary)
+            }
+            After::Responses(wire) => {
+                let model = wire.model.clone();
+                let item = compaction_item_for(&compacted.summary);
+                match request_after_compaction(wire, item) {
+                    Ok(request) => request,
+                    // Decoded once already, so not expected; in the ledger
+                    // if it happens.
+                    Err(error) => {
+                        let error = GatewayError::bad_request(error.to_string());
+                        Accounting::new(
+                            &self.gateway,
+                            self.caller,
+                            self.endpoint,
+                            &model,
+                            &self.arrival,
+                        )
+                        .fail(&error);
+                        return Err(error);
+                    }
+                }
             }
         };
         // The client sent one request: its rate limit counted it when the
@@ -153,17 +220,13 @@ impl Pending {
             RateLimit::CountedBefore,
         )
         .await?;
-        Ok((
-            admitted,
-            Compacted {
-                item,
-                usage: summary.usage,
-            },
-        ))
+        Ok((Some(admitted), compacted))
     }
 }
 
-/// Puts the compaction first in a whole answer's output.
-pub(super) fn put_first(response: &mut openai_responses::ResponseObject, item: Item) {
-    response.output.insert(0, item);
+/// Puts the compaction first in a whole Responses answer's output.
+pub(super) fn put_first(response: &mut openai_responses::ResponseObject, compacted: &Compacted) {
+    response
+        .output
+        .insert(0, compaction_item_for(&compacted.summary));
 }

@@ -254,7 +254,7 @@ async fn another_messages_server_gets_the_edits_made() {
 }
 
 #[tokio::test]
-async fn context_editing_mistakes_and_a_compaction_it_cannot_make_are_400s() {
+async fn context_editing_mistakes_and_edits_it_cannot_make_are_400s() {
     let upstream = MockServer::start(Vec::new()).await;
     let gw = start(
         routes(vec![format!("{}/v1", upstream.url())]),
@@ -284,12 +284,18 @@ async fn context_editing_mistakes_and_a_compaction_it_cannot_make_are_400s() {
         "{message}"
     );
 
-    // A summary made by Anthropic's API, whose block could not come
-    // through: refused for every provider.
-    let (status, body) =
-        messages(&gw.url, &with_edits(json!([{"type": "compact_20260112"}]))).await;
+    // A compaction is the gateway's to make; its mistakes are named too.
+    let (status, body) = messages(
+        &gw.url,
+        &with_edits(json!([{"type": "compact_20260112",
+                            "trigger": {"type": "tool_uses", "value": 3}}])),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("is not served"), "{body}");
+    assert!(
+        body.contains("context_management.edits[0].trigger.type"),
+        "{body}"
+    );
     // A kind of edit Freehold does not know is left to Anthropic's API; this
     // provider is not it.
     let (status, body) = messages(
@@ -300,4 +306,235 @@ async fn context_editing_mistakes_and_a_compaction_it_cannot_make_are_400s() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("route the model to Anthropic"), "{body}");
     assert!(upstream.requests().is_empty());
+}
+
+/// A Messages request asking for `compact_20260112` (trigger 1 token, so
+/// that it is due) with a tool, a system prompt and two turns.
+fn asking_for_compaction(model: &str, stream: bool, pause: bool) -> Value {
+    json!({
+        "model": model, "max_tokens": 100, "stream": stream,
+        "system": "You fix code.",
+        "tools": [{"name": "read", "description": "Reads a file.",
+                   "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}],
+        "messages": [
+            {"role": "user", "content": "Fix add() in calc.py."},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {"path": "calc.py"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "def add(a, b): return a - b"}]},
+        ],
+        "context_management": {"edits": [
+            {"type": "clear_thinking_20251015", "keep": "all"},
+            {"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 1},
+             "pause_after_compaction": pause}]},
+    })
+}
+
+/// The text of each message an OpenAI-compatible upstream was sent, by role.
+fn roles_and_texts(body: &Value) -> Vec<(String, String)> {
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| {
+            (
+                message["role"].as_str().unwrap().to_owned(),
+                message["content"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `compact_20260112` made by the gateway, for a provider that has never
+/// heard of it: the summary's call, then the answer's from the summary;
+/// the answer begins with the `compaction` block, whose call's usage is in
+/// `usage.iterations`; paused, the block alone; sent back, it stands for
+/// everything before it, and nothing is compacted again until the
+/// conversation reaches the trigger anew.
+#[tokio::test]
+async fn a_compaction_is_made_by_the_gateway_then_sent_back() {
+    let summary = "The user wants add() in calc.py fixed: it subtracts.";
+    let mut summary_answer = chat_completion("mock-model", summary);
+    summary_answer["usage"] =
+        json!({"prompt_tokens": 700, "completion_tokens": 20, "total_tokens": 720});
+    let mut answer = chat_completion("mock-model", "Fixed: add() now adds.");
+    answer["usage"] = json!({"prompt_tokens": 40, "completion_tokens": 6, "total_tokens": 46});
+    let stream = sse_text(&[
+        (
+            "",
+            &json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "mock-model",
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Streamed fix."},
+                                 "finish_reason": "stop"}]})
+            .to_string(),
+        ),
+        ("", "[DONE]"),
+    ]);
+    let upstream = MockServer::start(vec![
+        Scripted::json(200, summary_answer.clone()),
+        Scripted::json(200, answer.clone()),
+        Scripted::json(200, summary_answer.clone()),
+        Scripted::sse(&stream, Split::Whole),
+        Scripted::json(200, summary_answer.clone()),
+        Scripted::json(200, summary_answer),
+        Scripted::json(200, answer),
+    ])
+    .await;
+    let gw = start(
+        routes(vec![format!("{}/v1", upstream.url())]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+
+    // Whole.
+    let (status, whole) = messages(&gw.url, &asking_for_compaction("mock", false, false)).await;
+    assert_eq!(status, 200, "{whole}");
+    let whole: Value = serde_json::from_str(&whole).unwrap();
+    assert_eq!(
+        whole["content"],
+        json!([{"type": "compaction", "content": summary},
+               {"type": "text", "text": "Fixed: add() now adds."}])
+    );
+    assert_eq!(whole["stop_reason"], "end_turn");
+    assert_eq!(whole["usage"]["input_tokens"], 40);
+    assert_eq!(whole["usage"]["output_tokens"], 6);
+    let iterations = whole["usage"]["iterations"].as_array().unwrap();
+    assert_eq!(iterations[0]["type"], "compaction");
+    assert_eq!(iterations[0]["input_tokens"], 700);
+    assert_eq!(iterations[0]["output_tokens"], 20);
+    assert_eq!(iterations[1]["type"], "message");
+    assert_eq!(iterations[1]["input_tokens"], 40);
+    assert_eq!(whole["context_management"], json!({"applied_edits": []}));
+
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 2);
+    // The summary's call: the whole conversation, then the ask; the tool
+    // declared, none to be called.
+    let first = sent[0].json();
+    let texts = roles_and_texts(&first);
+    assert_eq!(texts.len(), 5, "{first}");
+    assert!(
+        texts[4].1.contains("Nothing else of it will be kept"),
+        "{first}"
+    );
+    assert_eq!(first["tool_choice"], "none");
+    assert!(first.get("max_tokens").is_none() && first.get("max_completion_tokens").is_none());
+    // The answer's: the system prompt and the summary, with the tool.
+    let second = sent[1].json();
+    let texts = roles_and_texts(&second);
+    assert_eq!(texts.len(), 2, "{second}");
+    assert_eq!(texts[0], ("system".to_owned(), "You fix code.".to_owned()));
+    assert_eq!(texts[1].0, "user");
+    assert!(texts[1].1.ends_with(summary), "{second}");
+    assert_eq!(second["tools"][0]["function"]["name"], "read");
+
+    // Streamed: the block at index 0, the answer's text at 1.
+    let (status, streamed) = messages(&gw.url, &asking_for_compaction("mock", true, false)).await;
+    assert_eq!(status, 200, "{streamed}");
+    assert!(
+        streamed.contains(r#""content_block":{"content":null,"type":"compaction"}"#)
+            || streamed.contains(r#""content_block":{"type":"compaction","content":null}"#),
+        "{streamed}"
+    );
+    assert!(
+        streamed.contains(&format!(
+            r#""delta":{{"content":"{summary}","type":"compaction_delta"}}"#
+        )) || streamed.contains(&format!(
+            r#""delta":{{"type":"compaction_delta","content":"{summary}"}}"#
+        )),
+        "{streamed}"
+    );
+    assert!(streamed.contains(r#""index":1,"#), "{streamed}");
+    let delta = message_delta(&streamed);
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    assert_eq!(delta["usage"]["iterations"][0]["input_tokens"], 700);
+
+    // Paused: the block alone, from one call.
+    let (status, paused) = messages(&gw.url, &asking_for_compaction("mock", false, true)).await;
+    assert_eq!(status, 200, "{paused}");
+    let paused: Value = serde_json::from_str(&paused).unwrap();
+    assert_eq!(
+        paused["content"],
+        json!([{"type": "compaction", "content": summary}])
+    );
+    assert_eq!(paused["stop_reason"], "compaction");
+    assert_eq!(paused["usage"]["output_tokens"], 20);
+    assert_eq!(upstream.requests().len(), 5);
+
+    // The `compaction` parameter: the same, asked at once.
+    let mut parameter = asking_for_compaction("mock", false, false);
+    parameter
+        .as_object_mut()
+        .unwrap()
+        .remove("context_management");
+    parameter["compaction"] = json!({"type": "summarize"});
+    let (status, alone) = messages(&gw.url, &parameter).await;
+    assert_eq!(status, 200, "{alone}");
+    let alone: Value = serde_json::from_str(&alone).unwrap();
+    assert_eq!(alone["stop_reason"], "compaction");
+    assert_eq!(upstream.requests().len(), 6);
+
+    // Sent back with the paused block, asking again at a trigger the
+    // conversation after the block has not reached: one call, which reads
+    // the summary in place of what it stands for.
+    let mut back = asking_for_compaction("mock", false, false);
+    back["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "assistant", "content": paused["content"]}));
+    back["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "user", "content": "Go on."}));
+    back["context_management"]["edits"][1]["trigger"]["value"] = json!(10_000);
+    let (status, body) = messages(&gw.url, &back).await;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["content"][0]["type"], "text", "{body}");
+    assert!(body["usage"].get("iterations").is_none(), "{body}");
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 7);
+    let texts = roles_and_texts(&sent[6].json());
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert_eq!(texts[0].0, "system");
+    assert!(texts[1].1.ends_with(summary), "{texts:?}");
+    assert_eq!(texts[2], ("user".to_owned(), "Go on.".to_owned()));
+
+    // Each call has its line in the ledger: 2 + 2 + 1 + 1 + 1.
+    let lines = super::ledger_lines(&gw.store, 7).await;
+    assert_eq!(lines.len(), 7);
+}
+
+/// Anthropic's API is sent the edits it makes without the compaction, which
+/// the gateway makes for it as for any provider.
+#[tokio::test]
+async fn an_anthropic_upstream_gets_the_other_edits_and_the_gateways_compaction() {
+    let upstream = MockServer::start(vec![
+        Scripted::json(200, anthropic_message("claude-x", "Notes.")),
+        Scripted::json(200, anthropic_message("claude-x", "done")),
+    ])
+    .await;
+    let gw = start_anthropic(&upstream.url()).await;
+    let (status, body) = messages(
+        &gw.url,
+        &asking_for_compaction("claude:claude-x", false, false),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body["content"][0],
+        json!({"type": "compaction", "content": "Notes."})
+    );
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 2);
+    for request in &sent {
+        assert_eq!(
+            request.json()["context_management"],
+            json!({"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]})
+        );
+    }
+    let answer = sent[1].json();
+    assert_eq!(answer["system"], "You fix code.", "{answer}");
+    assert_eq!(answer["messages"].as_array().unwrap().len(), 1, "{answer}");
 }

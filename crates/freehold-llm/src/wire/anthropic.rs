@@ -33,11 +33,15 @@ use crate::http::{context_length_kind, is_context_length_message};
 use crate::sse::SseEvent;
 use crate::wire::text_or::TextOr;
 
+mod compaction;
 mod read_block;
 mod serve;
 #[cfg(test)]
 mod serve_tests;
 
+pub use compaction::{
+    answer_after_compaction, encode_compaction_alone, put_compaction_first, split_for_compaction,
+};
 pub use serve::{
     MessageStreamEncoder, ServeOptions, decode_request, effort_for_budget, effort_for_name,
     encode_error, encode_response, encode_response_for,
@@ -110,6 +114,11 @@ pub struct MessagesRequest {
     /// sent it ([`crate::context_edit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_management: Option<Value>,
+    /// A compaction request (`{"type": "summarize"}`): the conversation is
+    /// answered with one `compaction` block that stands for it. The gateway
+    /// serves it ([`compaction`]); it is never sent to a provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<Value>,
     /// A prompt-caching mark for the whole request (automatic caching).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<Value>,
@@ -611,6 +620,44 @@ pub struct WireUsage {
     /// The cache writes by how long they are kept, which sets their price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_creation: Option<CacheCreation>,
+    /// The usage of each call that made the answer, when there were several:
+    /// a server-side compaction's (`"compaction"`, not counted in the
+    /// fields above) and the answer's (`"message"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<Vec<IterationUsage>>,
+}
+
+/// One entry of `usage.iterations`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IterationUsage {
+    /// `compaction` or `message` (others, such as an advisor's, may come).
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// As [`WireUsage::input_tokens`].
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// As [`WireUsage::output_tokens`].
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// As [`WireUsage::cache_creation_input_tokens`].
+    #[serde(default)]
+    pub cache_creation_input_tokens: u64,
+    /// As [`WireUsage::cache_read_input_tokens`].
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+}
+
+impl IterationUsage {
+    /// The entry of kind `kind` for a call that used `usage`.
+    pub fn of(kind: &str, usage: &WireUsage) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_creation_input_tokens: usage.cache_creation_input_tokens.unwrap_or(0),
+            cache_read_input_tokens: usage.cache_read_input_tokens.unwrap_or(0),
+        }
+    }
 }
 
 /// `usage.cache_creation`: [`WireUsage::cache_creation_input_tokens`] by
@@ -658,6 +705,7 @@ impl From<&Usage> for WireUsage {
                     .saturating_sub(usage.cache_write_1h_tokens),
                 ephemeral_1h_input_tokens: usage.cache_write_1h_tokens,
             }),
+            iterations: None,
         }
     }
 }
@@ -743,6 +791,11 @@ pub enum BlockDelta {
     InputJsonDelta {
         /// The next piece of the JSON text.
         partial_json: String,
+    },
+    /// A `compaction` block's content, whole.
+    CompactionDelta {
+        /// The summary.
+        content: String,
     },
     /// Any other delta (citations…), kept as it came.
     #[serde(untagged)]
@@ -1108,6 +1161,7 @@ pub fn encode_request(request: &ChatRequest, options: EncodeOptions) -> Messages
             .filter(|_| options.end_user)
             .map(|id| serde_json::json!({"user_id": super::end_user_within(id, USER_ID_MAX)})),
         context_management: request.context_management.clone(),
+        compaction: None,
         cache_control: None,
         output_format: None,
     };

@@ -11,6 +11,7 @@
 //! [`openai_responses`]) is described in [`serve`].
 
 pub mod anthropic;
+pub mod compaction;
 pub mod embeddings;
 pub mod gemini;
 pub mod ollama;

@@ -50,8 +50,8 @@ mod serve;
 mod serve_tests;
 
 pub use compaction::{
-    compaction_content, compaction_item, compaction_summary, request_after_compaction,
-    summary_request,
+    compaction_content, compaction_item, compaction_item_for, compaction_summary,
+    request_after_compaction, summary_request,
 };
 pub use serve::{
     ResponseStreamEncoder, ServeOptions, decode_compact_request, decode_request, encode_compacted,

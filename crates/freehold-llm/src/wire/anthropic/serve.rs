@@ -11,13 +11,17 @@ use freehold_protocol::{
 };
 use serde_json::Value;
 
+use super::compaction::{
+    compaction_block, compaction_parameter, iterations, last_compaction, summary_in,
+};
 use super::{
     ApiError, BlockDelta, ContentBlock, ErrorResponse, MessageContent, MessageDeltaBody,
     MessageStreamEvent, MessagesRequest, MessagesResponse, ORIGIN, ThinkingConfig,
     ToolResultContent, WireDocumentSource, WireImageSource, WireToolChoice, WireUsage,
     arguments_object, context_management_report, input_text, stop_reason_name,
 };
-use crate::context_edit::ContextEdits;
+use crate::context_edit::{CompactEdit, ContextEdits, without_compaction};
+use crate::wire::compaction::summary_message;
 use crate::wire::serve::{
     DecodeError, SseFrame, call_id_for_client, client_message, generated_id, signature_for_client,
     split_client_call_id, split_client_signature, text_of_file,
@@ -25,13 +29,17 @@ use crate::wire::serve::{
 
 /// What a Messages request asks of the answer's delivery, beyond the
 /// [`ChatRequest`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServeOptions {
     /// Answer as a stream of named events.
     pub stream: bool,
     /// The request asked for context editing (`context_management`): the
     /// answer says which edits were made, even when none were.
     pub context_management: bool,
+    /// The server-side compaction the request asked for (the
+    /// `compact_20260112` edit, or the `compaction` parameter), which the
+    /// gateway makes ([`super::compaction`]).
+    pub compaction: Option<CompactEdit>,
 }
 
 /// The reasoning effort whose budget ([`ReasoningEffort::budget_tokens`]) is
@@ -103,7 +111,14 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 ///   a file's id;
 /// - `context_management` (Anthropic's context editing) is checked
 ///   ([`ContextEdits::parse`]) and kept as sent, for an Anthropic upstream
-///   to make or the router to make ([`ChatRequest::context_management`]).
+///   to make or the router to make ([`ChatRequest::context_management`]),
+///   but for a `compact_20260112` edit: that and the `compaction`
+///   parameter are [`ServeOptions::compaction`], for the gateway to make;
+/// - the conversation before its last `compaction` block (in an assistant
+///   message, with a summary) is what the block stands for: it is left
+///   out, and a user message carrying the summary takes its place, after
+///   the system prompt ([`super::compaction`]); a compaction block that
+///   failed (`content: null`) stands for nothing.
 ///
 /// # Errors
 /// A [`DecodeError`] naming the field at fault.
@@ -111,16 +126,30 @@ pub fn decode_request(
     mut wire: MessagesRequest,
 ) -> Result<(ChatRequest, ServeOptions), DecodeError> {
     let prompt_cache = last_cache_mark(&wire);
+    let asked_context_management = !matches!(wire.context_management, None | Some(Value::Null));
+    let mut compaction = match wire.compaction.take() {
+        None | Some(Value::Null) => None,
+        Some(asked) => Some(compaction_parameter(&asked, asked_context_management)?),
+    };
     let context_management = match wire.context_management.take() {
         None | Some(Value::Null) => None,
         Some(asked) => {
             // Checked here, so that a mistake is a 400 whichever provider
-            // would answer; made by the provider or the router.
-            ContextEdits::parse(&asked)
+            // would answer; made by the provider or the router, but for a
+            // compaction, which the gateway makes.
+            let edits = ContextEdits::parse(&asked)
                 .map_err(|error| DecodeError::invalid(error.field, error.message))?;
-            Some(asked)
+            match edits.compaction() {
+                Some(compact) => {
+                    compaction = Some(compact.clone());
+                    without_compaction(asked)
+                }
+                None => Some(asked),
+            }
         }
     };
+    // What a compaction block sent back stands for is left out.
+    let compacted = last_compaction(&wire.messages);
     let mut messages = Vec::new();
     if let Some(system) = &wire.system {
         if let super::SystemPrompt::Blocks(blocks) = system {
@@ -142,11 +171,23 @@ pub fn decode_request(
     // deferred tools (`defer_loading`) a tool search's result loaded.
     let mut tool_changes = Vec::new();
     let mut loaded = BTreeSet::new();
+    let conversation_start = messages.len();
+    // Where the message holding the last compaction begins in `messages`.
+    let mut compacted_from = None;
     for (index, message) in wire.messages.into_iter().enumerate() {
         let field = format!("messages[{index}]");
+        if compacted.as_ref().is_some_and(|(at, _)| *at == index) {
+            compacted_from = Some(messages.len());
+        }
         match message.role.as_str() {
             "user" => decode_user(message.content, &field, &mut messages, &mut loaded)?,
-            "assistant" => messages.push(decode_assistant(message.content, &field)?),
+            "assistant" => {
+                let message = decode_assistant(message.content, &field)?;
+                // A message that held only its compaction block.
+                if !message.content.is_empty() || compacted_from != Some(messages.len()) {
+                    messages.push(message);
+                }
+            }
             "system" => {
                 if let Some(system) = decode_system(message.content, &field, &mut tool_changes)? {
                     messages.push(system);
@@ -159,6 +200,11 @@ pub fn decode_request(
                 ));
             }
         }
+    }
+    if let (Some((_, summary)), Some(from)) = (&compacted, compacted_from) {
+        // Decoded all the same: the tools its system messages added, and
+        // the deferred tools its searches loaded, are still the model's.
+        messages.splice(conversation_start..from, [summary_message(summary)]);
     }
     loaded.extend(tool_changes.iter().filter_map(|change| match change {
         ToolChange::Load(name) => Some(name.clone()),
@@ -313,6 +359,7 @@ pub fn decode_request(
     let options = ServeOptions {
         stream: wire.stream,
         context_management: request.context_management.is_some(),
+        compaction,
     };
     Ok((request, options))
 }
@@ -835,9 +882,14 @@ fn decode_assistant(content: MessageContent, field: &str) -> Result<Message, Dec
                     ..Reasoning::default()
                 }))
             }
-            ContentBlock::Other(value) => {
-                return Err(bad_block(&value, &block_field, "assistant"));
-            }
+            ContentBlock::Other(value) => match summary_in(&value, &block_field) {
+                // What came before it is what it stands for.
+                Some(Ok(Some(_))) => parts.clear(),
+                // A compaction that failed: nothing.
+                Some(Ok(None)) => {}
+                Some(Err(error)) => return Err(error),
+                None => return Err(bad_block(&value, &block_field, "assistant")),
+            },
             other => {
                 return Err(DecodeError::unsupported(
                     block_field,
@@ -950,6 +1002,7 @@ pub fn encode_response_for(
 enum OpenBlock {
     Text,
     Thinking,
+    Compaction,
     /// A `tool_use` block, with the [`StreamEvent`] index of its call.
     Tool(u32),
 }
@@ -1016,6 +1069,11 @@ pub struct MessageStreamEncoder {
     /// The context edits to report on `message_delta`: `Some` once one is
     /// made, or from the start when the request asked for context editing.
     context_edits: Option<Vec<AppliedContextEdit>>,
+    /// The usage of a compaction run before the answer
+    /// ([`Self::compacted`]), reported in `usage.iterations`.
+    compaction_usage: Option<Usage>,
+    /// The answer is the compaction alone ([`Self::pausing_after_compaction`]).
+    pause_after_compaction: bool,
 }
 
 impl MessageStreamEncoder {
@@ -1043,7 +1101,40 @@ impl MessageStreamEncoder {
             last_frame: Instant::now(),
             keepalive_every: Self::KEEPALIVE_EVERY,
             context_edits: None,
+            compaction_usage: None,
+            pause_after_compaction: false,
         }
+    }
+
+    /// Ends the answer after its compaction ([`Self::compacted`]) with
+    /// `stop_reason: "compaction"` and the compaction's usage, for a
+    /// request that asked to stop there (`pause_after_compaction`, or the
+    /// `compaction` parameter).
+    pub fn pausing_after_compaction(mut self) -> Self {
+        self.pause_after_compaction = true;
+        self
+    }
+
+    /// Puts a compaction run before the answer first in it: a `compaction`
+    /// block (`content: null`, then the summary whole in one
+    /// `compaction_delta`), whose call's usage (`usage`) is reported in
+    /// `message_delta`'s `usage.iterations`. The answer's blocks follow it.
+    pub fn compacted(&mut self, summary: &str, usage: &Usage) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        if self.finished {
+            return out;
+        }
+        self.start(None, &mut out);
+        self.open(OpenBlock::Compaction, compaction_block(None), &mut out);
+        self.delta(
+            BlockDelta::CompactionDelta {
+                content: summary.to_owned(),
+            },
+            &mut out,
+        );
+        self.close(&mut out);
+        self.compaction_usage = Some(*usage);
+        out
     }
 
     /// Reports the context edits made on `message_delta` even when there
@@ -1103,6 +1194,7 @@ impl MessageStreamEncoder {
                     cache_creation_input_tokens: None,
                     cache_read_input_tokens: None,
                     cache_creation: None,
+                    iterations: None,
                 },
                 context_management: None,
             },
@@ -1341,12 +1433,27 @@ impl MessageStreamEncoder {
         if usage.input_tokens == 0 {
             usage.input_tokens = self.input_estimate;
         }
+        let mut stop_reason = final_reason(reason, self.has_calls);
+        let mut stop_sequence = stop_sequence(reason);
+        let mut wire_usage = WireUsage::from(&usage);
+        match self.compaction_usage {
+            Some(compaction) if self.pause_after_compaction => {
+                stop_reason = "compaction".into();
+                stop_sequence = None;
+                wire_usage = WireUsage::from(&compaction);
+                wire_usage.iterations = Some(iterations(&compaction, None));
+            }
+            Some(compaction) => {
+                wire_usage.iterations = Some(iterations(&compaction, Some(&wire_usage)));
+            }
+            None => {}
+        }
         out.push(Self::frame(MessageStreamEvent::MessageDelta {
             delta: MessageDeltaBody {
-                stop_reason: Some(final_reason(reason, self.has_calls)),
-                stop_sequence: stop_sequence(reason),
+                stop_reason: Some(stop_reason),
+                stop_sequence,
             },
-            usage: Some(WireUsage::from(&usage)),
+            usage: Some(wire_usage),
             context_management: self.context_edits.as_deref().map(context_management_report),
         }));
         out.push(Self::frame(MessageStreamEvent::MessageStop {}));

@@ -10,6 +10,7 @@ use freehold_protocol::{
 use serde_json::{Value, json};
 
 use super::*;
+use crate::context_edit::CompactEdit;
 use crate::wire::serve::test_support::replay;
 use crate::wire::serve::{DecodeError, SseData, SseFrame};
 
@@ -1389,4 +1390,333 @@ fn the_end_user_is_metadata_user_id() {
         encode_request(&request, EncodeOptions::default()).metadata,
         None
     );
+}
+
+/// `compact_20260112` is the gateway's to make: decoded into the options,
+/// and taken out of what goes on to the provider (other edits stay).
+#[test]
+fn a_compaction_edit_is_the_gateways_and_the_rest_goes_on() {
+    let (request, options) = decode_json(json!({
+        "model": "claude-x", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi"}],
+        "context_management": {"edits": [
+            {"type": "clear_thinking_20251015", "keep": "all"},
+            {"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 60000},
+             "instructions": "Keep paths."}]}}))
+    .unwrap();
+    assert_eq!(
+        options.compaction,
+        Some(CompactEdit {
+            trigger_input_tokens: 60_000,
+            pause_after_compaction: false,
+            instructions: Some("Keep paths.".into()),
+        })
+    );
+    assert_eq!(
+        request.context_management,
+        Some(json!({"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}))
+    );
+    assert!(options.context_management);
+
+    // Alone, nothing is left for the provider.
+    let (request, options) = decode_json(json!({
+        "model": "claude-x", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi"}],
+        "context_management": {"edits": [
+            {"type": "compact_20260112", "pause_after_compaction": true}]}}))
+    .unwrap();
+    assert_eq!(request.context_management, None);
+    let compaction = options.compaction.unwrap();
+    assert!(compaction.pause_after_compaction);
+    assert_eq!(compaction.trigger_input_tokens, 150_000);
+}
+
+/// The `compaction` parameter compacts at once and answers with the
+/// compaction alone; it cannot come with `context_management`.
+#[test]
+fn the_compaction_parameter_asks_for_the_compaction_alone() {
+    let body = |compaction: Value, context_management: Option<Value>| {
+        let mut body = json!({"model": "claude-x", "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hi"}], "compaction": compaction});
+        if let Some(edits) = context_management {
+            body["context_management"] = edits;
+        }
+        decode_json(body)
+    };
+    let (_, options) = body(json!({"type": "summarize", "instructions": "Short."}), None).unwrap();
+    assert_eq!(
+        options.compaction,
+        Some(CompactEdit {
+            trigger_input_tokens: 0,
+            pause_after_compaction: true,
+            instructions: Some("Short.".into()),
+        })
+    );
+    let field = |result: Result<(ChatRequest, ServeOptions), DecodeError>| {
+        let error = result.unwrap_err().to_string();
+        error.split(':').next().unwrap().to_owned()
+    };
+    assert_eq!(
+        field(body(json!({"type": "shorten"}), None)),
+        "compaction.type"
+    );
+    assert_eq!(field(body(json!("summarize"), None)), "compaction");
+    assert_eq!(
+        field(body(json!({"type": "summarize", "effort": 1}), None)),
+        "compaction.effort"
+    );
+    assert_eq!(
+        field(body(json!({"type": "summarize", "instructions": 3}), None)),
+        "compaction.instructions"
+    );
+    let both = body(
+        json!({"type": "summarize"}),
+        Some(json!({"edits": [{"type": "clear_thinking_20251015"}]})),
+    );
+    assert_eq!(field(both), "compaction");
+}
+
+/// A compaction block sent back stands for everything before it: the
+/// conversation reads as the system prompt, the summary, then what came
+/// after the block. The tools a system message added before it stay; a
+/// failed compaction (`content: null`) stands for nothing.
+#[test]
+fn what_a_compaction_block_stands_for_is_left_out() {
+    let (request, _) = decode_json(json!({
+        "model": "claude-x", "max_tokens": 100,
+        "system": "You are terse.",
+        "messages": [
+            {"role": "user", "content": "Fix add() in calc.py."},
+            {"role": "assistant", "content": [
+                {"type": "compaction", "content": null},
+                {"type": "text", "text": "Reading it."},
+                {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {"path": "calc.py"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "def add(a, b): return a - b"}]},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Before the summary."},
+                {"type": "compaction", "content": "The user wants add() fixed; it subtracts.",
+                 "encrypted_content": "opaque", "signature": "sig"},
+                {"type": "text", "text": "Fixing it now."}]},
+            {"role": "user", "content": "Go on."}]}))
+    .unwrap();
+    let summary = format!(
+        "{}\n\nThe user wants add() fixed; it subtracts.",
+        crate::wire::compaction::SUMMARY_INTRO
+    );
+    assert_eq!(
+        request.messages,
+        vec![
+            Message::system("You are terse."),
+            Message::user(summary.as_str()),
+            Message::assistant("Fixing it now."),
+            Message::user("Go on."),
+        ]
+    );
+
+    // An assistant message holding only the block is left out whole.
+    let (request, _) = decode_json(json!({
+        "model": "claude-x", "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "Fix add()."},
+            {"role": "assistant", "content": [{"type": "compaction", "content": "Notes."}]}]}))
+    .unwrap();
+    assert_eq!(request.messages.len(), 1);
+    assert_eq!(request.messages[0].role, Role::User);
+    assert!(request.messages[0].text().ends_with("Notes."));
+
+    // An empty summary is a mistake, named by its place.
+    let error = decode_json(json!({
+        "model": "claude-x", "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "compaction", "content": ""}]},
+            {"role": "user", "content": "again"}]}))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.starts_with("messages[1].content[0].content"),
+        "{error}"
+    );
+}
+
+/// Split for compaction: the summary's request is the conversation then
+/// the ask (the request's instructions where given), with no tool to call
+/// and no bound of the client's; the answer's keeps the system prompt,
+/// tools and settings, and reads the summary.
+#[test]
+fn a_request_splits_into_the_summarys_and_the_answers() {
+    let (request, options) = decode_json(json!({
+        "model": "claude-x", "max_tokens": 100, "system": "Be brief.",
+        "tools": [{"name": "read", "input_schema": {"type": "object"}}],
+        "messages": [
+            {"role": "user", "content": "Fix add()."},
+            {"role": "assistant", "content": "Done."},
+            {"role": "user", "content": "Now sub()."}],
+        "context_management": {"edits": [{"type": "compact_20260112"}]}}))
+    .unwrap();
+    let compaction = options.compaction.unwrap();
+    let (summary, answer) = split_for_compaction(request.clone(), &compaction);
+    assert_eq!(summary.messages.len(), 5);
+    assert_eq!(
+        summary.messages.last().unwrap().text(),
+        super::compaction::SUMMARY_REQUEST
+    );
+    assert_eq!(summary.tool_choice, ToolChoice::None);
+    assert_eq!(summary.max_tokens, None);
+    assert_eq!(summary.tools, request.tools);
+    let answer = answer_after_compaction(answer, "Notes.");
+    assert_eq!(answer.messages[0], Message::system("Be brief."));
+    assert_eq!(answer.messages.len(), 2);
+    assert!(answer.messages[1].text().ends_with("\n\nNotes."));
+    assert_eq!(answer.tools, request.tools);
+    assert_eq!(answer.max_tokens, Some(100));
+
+    let asked = CompactEdit {
+        instructions: Some("List the files only.".into()),
+        ..compaction
+    };
+    let (summary, _) = split_for_compaction(request, &asked);
+    assert_eq!(
+        summary.messages.last().unwrap().text(),
+        "List the files only."
+    );
+}
+
+/// Whole: the compaction block first, the answer's usage at the top and
+/// each call's in `usage.iterations`; alone, the block and
+/// `stop_reason: "compaction"`.
+#[test]
+fn a_compaction_goes_first_in_a_whole_answer_or_alone() {
+    let summary_usage = Usage {
+        input_tokens: 700,
+        output_tokens: 20,
+        ..Usage::default()
+    };
+    let response = ChatResponse {
+        stop_reason: StopReason::EndTurn,
+        message: Message::assistant("Fixed."),
+        ..full_response()
+    };
+    let mut wire = encode_response(&response, "claude-x");
+    put_compaction_first(&mut wire, "Notes.", &summary_usage);
+    let wire = serde_json::to_value(&wire).unwrap();
+    assert_eq!(
+        wire["content"],
+        json!([{"type": "compaction", "content": "Notes."}, {"type": "text", "text": "Fixed."}])
+    );
+    assert_eq!(wire["usage"]["input_tokens"], 300);
+    assert_eq!(wire["usage"]["iterations"][0]["type"], "compaction");
+    assert_eq!(wire["usage"]["iterations"][0]["input_tokens"], 700);
+    assert_eq!(wire["usage"]["iterations"][0]["output_tokens"], 20);
+    assert_eq!(wire["usage"]["iterations"][1]["type"], "message");
+    assert_eq!(
+        wire["usage"]["iterations"][1]["cache_read_input_tokens"],
+        600
+    );
+    assert_eq!(wire["stop_reason"], "end_turn");
+
+    let alone = serde_json::to_value(encode_compaction_alone(
+        "Notes.",
+        &summary_usage,
+        "claude-x",
+    ))
+    .unwrap();
+    assert_eq!(
+        alone["content"],
+        json!([{"type": "compaction", "content": "Notes."}])
+    );
+    assert_eq!(alone["stop_reason"], "compaction");
+    assert_eq!(alone["usage"]["output_tokens"], 20);
+    assert_eq!(alone["usage"]["iterations"].as_array().unwrap().len(), 1);
+    // What a client sends back reads as the summary.
+    let (request, _) = decode_json(json!({
+        "model": "claude-x", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Fix add()."},
+                     {"role": "assistant", "content": alone["content"]}]}))
+    .unwrap();
+    assert!(request.messages[0].text().ends_with("Notes."));
+}
+
+/// Streamed: the compaction block (its content in one `compaction_delta`)
+/// at index 0, the answer's blocks after it, and the iterations on
+/// `message_delta`; paused, the stream ends after the block with
+/// `stop_reason: "compaction"`.
+#[test]
+fn a_compaction_goes_first_in_a_stream_or_alone() {
+    let summary_usage = Usage {
+        input_tokens: 700,
+        output_tokens: 20,
+        ..Usage::default()
+    };
+    let mut encoder = MessageStreamEncoder::new("claude-x", None, 0);
+    let mut frames = encoder.keepalive();
+    frames.extend(encoder.compacted("Notes.", &summary_usage));
+    for event in [
+        StreamEvent::Start {
+            id: Some("msg_up".into()),
+            model: None,
+        },
+        StreamEvent::TextDelta {
+            text: "Fixed.".into(),
+        },
+        StreamEvent::Usage(Usage {
+            input_tokens: 40,
+            output_tokens: 3,
+            ..Usage::default()
+        }),
+        StreamEvent::Stop {
+            reason: StopReason::EndTurn,
+        },
+    ] {
+        frames.extend(encoder.push(&event));
+    }
+    frames.extend(encoder.finish());
+    assert_eq!(
+        types(&frames),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let json: Vec<Value> = frames.iter().map(json_of).collect();
+    assert_eq!(
+        json[1]["content_block"],
+        json!({"type": "compaction", "content": null})
+    );
+    assert_eq!(
+        json[2]["delta"],
+        json!({"type": "compaction_delta", "content": "Notes."})
+    );
+    assert_eq!(json[4]["index"], 1);
+    let usage = &json[7]["usage"];
+    assert_eq!(usage["input_tokens"], 40);
+    assert_eq!(usage["iterations"][0]["input_tokens"], 700);
+    assert_eq!(usage["iterations"][1]["output_tokens"], 3);
+    assert_eq!(json[7]["delta"]["stop_reason"], "end_turn");
+
+    let mut paused = MessageStreamEncoder::new("claude-x", None, 0).pausing_after_compaction();
+    let mut frames = paused.compacted("Notes.", &summary_usage);
+    frames.extend(paused.finish());
+    assert_eq!(
+        types(&frames),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let delta = json_of(&frames[4]);
+    assert_eq!(delta["delta"]["stop_reason"], "compaction");
+    assert_eq!(delta["usage"]["output_tokens"], 20);
 }

@@ -23,14 +23,15 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use freehold_protocol::{
-    ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, Message, StopReason, ToolChoice,
-};
+use freehold_protocol::{ChatRequest, ChatResponse, LlmError, Message, StopReason};
 
 use super::{
     CompactionItem, ContentItem, Item, ItemContent, MessageItem, ResponseInput, ResponsesRequest,
 };
-use crate::wire::serve::{DecodeError, GATEWAY_PROVIDER};
+use crate::wire::compaction::{
+    checked_summary, summary_message, summary_of, summary_request_asking,
+};
+use crate::wire::serve::DecodeError;
 
 /// What starts the `encrypted_content` of a compaction the gateway made.
 const MARK: &str = "freehold-compaction-v1:";
@@ -49,12 +50,6 @@ they showed, decisions made and why;
 - the exact names, paths, values and error messages needed to go on.
 Be complete but brief. Write only the summary: no greeting, and call no \
 tool.";
-
-/// What introduces a compaction's summary to the model, in the user
-/// message that stands for it.
-const SUMMARY_INTRO: &str = "\
-The earlier part of this conversation was compacted into this summary, \
-written then:";
 
 /// The `encrypted_content` of a compaction whose summary is `summary`.
 pub fn compaction_content(summary: &str) -> String {
@@ -100,75 +95,24 @@ pub(super) fn message_for(item: &CompactionItem, field: &str) -> Result<Message,
              the item as the gateway returned it",
         )
     })?;
-    Ok(Message::user(format!("{SUMMARY_INTRO}\n\n{summary}")))
-}
-
-/// A compaction's summary as the model writes it: its runs of text, a
-/// blank line between two that something else (reasoning, a call) parted.
-#[derive(Debug, Default)]
-pub(super) struct Summary {
-    text: String,
-    parted: bool,
-}
-
-impl Summary {
-    /// More of the model's text.
-    pub(super) fn push(&mut self, text: &str) {
-        if std::mem::take(&mut self.parted) && !self.text.is_empty() && !text.is_empty() {
-            self.text.push_str("\n\n");
-        }
-        self.text.push_str(text);
-    }
-
-    /// Something other than text came.
-    pub(super) fn part(&mut self) {
-        self.parted = true;
-    }
-
-    /// The summary written so far, taken.
-    pub(super) fn take(&mut self) -> String {
-        std::mem::take(&mut self.text)
-    }
+    Ok(summary_message(&summary))
 }
 
 /// The `compaction` output item for the summary the model wrote, which
-/// ended for `reason`. A summary cut at the length bound is kept, with a
-/// warning: a compaction's client (Codex) cannot go on from an incomplete
-/// answer, and a summary cut short still carries most of what it would.
+/// ended for `reason`.
 ///
 /// # Errors
-/// No summary to keep, which would lose the conversation the item stands
-/// for: the model wrote none (only whitespace, or only tool calls and
-/// reasoning), refused, or was stopped by the provider's content filter.
-pub(super) fn item_for(summary: &str, reason: &StopReason) -> Result<Item, LlmError> {
-    let failed = |why: &str| {
-        Err(LlmError::new(
-            ErrorKind::Server,
-            GATEWAY_PROVIDER,
-            format!(
-                "{why}, so the conversation was not compacted; try again, or compact with \
-                 another model"
-            ),
-        )
-        .with_status(502))
-    };
-    match reason {
-        StopReason::Refusal => return failed("the model refused to summarise the conversation"),
-        StopReason::ContentFilter => {
-            return failed("the provider's content filter stopped the model's summary");
-        }
-        _ if summary.trim().is_empty() => {
-            return failed("the model wrote no summary of the conversation");
-        }
-        StopReason::MaxTokens => {
-            tracing::warn!("a compaction's summary reached its length bound and was cut short");
-        }
-        _ => {}
-    }
-    Ok(Item::Compaction(CompactionItem {
+/// No summary to keep ([`checked_summary`]).
+pub(super) fn item_for(summary: String, reason: &StopReason) -> Result<Item, LlmError> {
+    checked_summary(summary, reason).map(|summary| compaction_item_for(&summary))
+}
+
+/// A new `compaction` output item carrying `summary`.
+pub fn compaction_item_for(summary: &str) -> Item {
+    Item::Compaction(CompactionItem {
         id: Some(crate::wire::serve::generated_id("cmp_")),
         encrypted_content: compaction_content(summary),
-    }))
+    })
 }
 
 /// The `compaction` item for a model's answer to a [`summary_request`] (or
@@ -180,33 +124,15 @@ pub(super) fn item_for(summary: &str, reason: &StopReason) -> Result<Item, LlmEr
 /// The model wrote no summary, refused, or was stopped by a content
 /// filter (a 502 in the gateway's words).
 pub fn compaction_item(response: &ChatResponse) -> Result<Item, LlmError> {
-    let mut summary = Summary::default();
-    for part in &response.message.content {
-        match part {
-            ContentPart::Text { text } => summary.push(text),
-            _ => summary.part(),
-        }
-    }
-    item_for(&summary.take(), &response.stop_reason)
+    summary_of(response).map(|summary| compaction_item_for(&summary))
 }
 
 /// The request that asks the model for a summary of `request`'s
 /// conversation before it is answered (server-side compaction), as a
 /// `compaction_trigger` ending its input would: the conversation, then a
-/// user message asking for the summary. The tools stay declared, since
-/// providers want them beside a conversation with calls, but none may be
-/// called, and no output format is asked: a summary is text. Unlike a
-/// trigger's, it has no output bound of the client's: the request's
-/// `max_output_tokens` bounds its answer, not the summary.
-pub fn summary_request(mut summary: ChatRequest) -> ChatRequest {
-    summary.messages.push(Message::user(SUMMARY_REQUEST));
-    summary.tool_choice = ToolChoice::None;
-    summary.response_format = None;
-    // The client's bound is the answer's: a summary cut at it would lose
-    // the conversation it replaces. The provider's default bounds it (or,
-    // for a key with a budget on a hosted model, the gateway's bound).
-    summary.max_tokens = None;
-    summary
+/// user message asking for the summary ([`summary_request_asking`]).
+pub fn summary_request(request: ChatRequest) -> ChatRequest {
+    summary_request_asking(request, SUMMARY_REQUEST)
 }
 
 /// A Responses request (`wire`, as the client sent it) once `compaction`
@@ -315,7 +241,10 @@ mod tests {
         assert_eq!(message.role, freehold_protocol::Role::User);
         assert_eq!(
             message.text(),
-            format!("{SUMMARY_INTRO}\n\nThe user wants add() fixed.\nNext: run tests.")
+            format!(
+                "{}\n\nThe user wants add() fixed.\nNext: run tests.",
+                crate::wire::compaction::SUMMARY_INTRO
+            )
         );
     }
 
@@ -337,17 +266,9 @@ mod tests {
     }
 
     #[test]
-    fn no_summary_is_an_error_not_an_empty_compaction() {
-        let error = item_for(" \n", &StopReason::EndTurn).unwrap_err();
-        assert_eq!(error.status, Some(502));
-        assert_eq!(error.provider, GATEWAY_PROVIDER);
-        assert!(error.message.contains("no summary"), "{error}");
-        let refused = item_for("I can't help with that.", &StopReason::Refusal).unwrap_err();
-        assert!(refused.message.contains("refused"), "{refused}");
-        let filtered = item_for("The user", &StopReason::ContentFilter).unwrap_err();
-        assert!(filtered.message.contains("content filter"), "{filtered}");
+    fn a_summary_becomes_a_new_compaction_item() {
         for reason in [StopReason::EndTurn, StopReason::MaxTokens] {
-            let Item::Compaction(item) = item_for("notes", &reason).unwrap() else {
+            let Item::Compaction(item) = item_for("notes".into(), &reason).unwrap() else {
                 panic!("a compaction item");
             };
             assert!(item.id.is_some_and(|id| id.starts_with("cmp_")));
@@ -356,6 +277,8 @@ mod tests {
                 "notes"
             );
         }
+        let error = item_for(" \n".into(), &StopReason::EndTurn).unwrap_err();
+        assert_eq!(error.status, Some(502));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use freehold_protocol::{
 use serde_json::{Value, json};
 
 use super::compaction::{
-    self, SUMMARY_REQUEST, Summary, kept_before_compaction, kept_by_compaction, last_compaction,
+    self, SUMMARY_REQUEST, kept_before_compaction, kept_by_compaction, last_compaction,
 };
 use super::{
     ArgumentsDoneEvent, CompactionTriggerItem, ContentItem, ContextManagementEntry,
@@ -20,6 +20,7 @@ use super::{
     ResponseSnapshot, ResponseUsage, ResponsesRequest, ServerEvent, SummaryPartEvent,
     TextDoneEvent, TextFormat, TextPart, ToolSearchCallItem, WireTool,
 };
+use crate::wire::compaction::Summary;
 use crate::wire::openai_chat::{
     self, ErrorBody, decode_effort, decode_tool_choice, decode_verbosity, openai_error_message,
     openai_error_parts,
@@ -2093,7 +2094,7 @@ impl ResponseStreamEncoder {
             .as_mut()
             .map(Summary::take)
             .unwrap_or_default();
-        let item = match compaction::item_for(&summary, reason) {
+        let item = match compaction::item_for(summary, reason) {
             Ok(item) => item,
             Err(error) => {
                 let out = self.error(&error);
