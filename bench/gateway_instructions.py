@@ -22,7 +22,9 @@ Subcommands:
 KINDs: chat (a one-line chat, /v1/chat/completions), messages (the same on
 /v1/messages), editing (messages with Claude Code's context_management),
 agent (a coding agent's request to /v1/messages, some 95 KB in Claude Code's
-shape: system prompt blocks, 12 tools, a conversation with tool calls).
+shape: system prompt blocks, 12 tools, a conversation with tool calls), codex
+(the same work as a request to /v1/responses in Codex's shape: instructions,
+input items with function calls and their outputs, function tools).
 """
 
 import glob
@@ -115,6 +117,44 @@ def agent_request():
     }
 
 
+def codex_request():
+    """The agent's request as Codex sends it: the system prompt as
+    `instructions`, the context as developer and user messages of
+    `input_text` parts, each tool call a `function_call` item and its result
+    a `function_call_output` item, the tools as function tools."""
+    def message(role, *texts):
+        return {"type": "message", "role": role,
+                "content": [{"type": "input_text", "text": text} for text in texts]}
+
+    items = [
+        message("developer", prose("permissions", 3000)),
+        message("user", prose("reminder", 6000), prose("context", 4500)),
+        message("user", "Look at the modules under src/ and tell me what they do."),
+    ]
+    for round_ in range(3):
+        call_id = f"call_bench_{round_}"
+        items.append({"type": "message", "role": "assistant",
+                      "content": [{"type": "output_text", "text": "I will read the next module.",
+                                   "annotations": []}]})
+        items.append({"type": "function_call", "name": "Read", "call_id": call_id,
+                      "arguments": json.dumps({"file_path": f"/work/project/src/module_{round_}.rs"})})
+        items.append({"type": "function_call_output", "call_id": call_id,
+                      "output": prose(f"module_{round_}.rs", 2000)})
+    items.append(message("user", "Now summarise what these modules do, in three sentences."))
+    return {
+        "model": "mock", "max_output_tokens": 32, "store": False, "stream": False,
+        "instructions": "\n\n".join(prose(f"system {i}", size)
+                                     for i, size in enumerate([2900, 13000, 13000])),
+        "input": items,
+        "tools": [{"type": "function", "name": name, "description": prose(name, size),
+                   "strict": False, "parameters": schema(properties)}
+                  for name, size, properties in TOOLS],
+        "tool_choice": "auto", "parallel_tool_calls": False,
+        "reasoning": {"effort": "medium", "summary": "auto"}, "include": [],
+        "prompt_cache_key": "bench-session",
+    }
+
+
 def request(kind):
     editing = {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}
     return {
@@ -123,6 +163,7 @@ def request(kind):
         "editing": ("/v1/messages", {"model": "mock", "messages": QUESTION, "max_tokens": 32,
                                      "context_management": editing}),
         "agent": ("/v1/messages", agent_request()),
+        "codex": ("/v1/responses", codex_request()),
     }[kind]
 
 
@@ -148,7 +189,7 @@ class Mock(BaseHTTPRequestHandler):
         self.wfile.write(answer)
 
 
-KINDS = ("chat", "messages", "editing", "agent")
+KINDS = ("chat", "messages", "editing", "agent", "codex")
 
 
 def callgrind(pid, *arguments):

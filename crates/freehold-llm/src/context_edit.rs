@@ -96,9 +96,12 @@ pub struct CompactEdit {
     /// Answer with the compaction alone (`stop_reason: "compaction"`),
     /// rather than go on to answer from it.
     pub pause_after_compaction: bool,
-    /// What the model is asked to write, in place of the default
-    /// summary's prompt.
+    /// What the model is also asked to write its summary by.
     pub instructions: Option<String>,
+    /// The instructions replace the default summary's prompt, rather than
+    /// follow it (the `compaction` request parameter's; the edit's follow
+    /// it, "additional instructions" in the SDK's words).
+    pub instructions_replace_prompt: bool,
 }
 
 /// `compact_20260112` as the API takes it.
@@ -445,6 +448,7 @@ fn parse_edit(index: usize, edit: &Value) -> Result<Edit, ContextEditError> {
                 instructions: wire
                     .instructions
                     .filter(|instructions| !instructions.trim().is_empty()),
+                instructions_replace_prompt: false,
             }))
         }
         other => Ok(Edit::Unknown(other.to_owned())),
@@ -968,6 +972,7 @@ mod tests {
                 trigger_input_tokens: DEFAULT_COMPACT_TRIGGER_INPUT_TOKENS,
                 pause_after_compaction: false,
                 instructions: None,
+                instructions_replace_prompt: false,
             })
         );
         // The gateway takes it out before the router sees the request.
@@ -987,6 +992,7 @@ mod tests {
                 trigger_input_tokens: 2_000,
                 pause_after_compaction: true,
                 instructions: Some("Keep the file names.".into()),
+                instructions_replace_prompt: false,
             })
         );
         assert_eq!(

@@ -148,7 +148,11 @@ trait ChatProtocol {
     /// Puts a compaction run before the answer first in it.
     fn put_compaction_first(_response: &mut Self::Response, _compacted: &Compacted) {}
     /// The answer to a request that asked for the compaction alone.
-    fn compaction_alone(_compacted: &Compacted, _model: &str) -> Option<Self::Response> {
+    fn compaction_alone(
+        _compacted: &Compacted,
+        _model: &str,
+        _options: &Self::Options,
+    ) -> Option<Self::Response> {
         None
     }
 }
@@ -226,11 +230,16 @@ impl ChatProtocol for Messages {
     fn put_compaction_first(response: &mut Self::Response, compacted: &Compacted) {
         anthropic::put_compaction_first(response, &compacted.summary, &compacted.usage);
     }
-    fn compaction_alone(compacted: &Compacted, model: &str) -> Option<Self::Response> {
+    fn compaction_alone(
+        compacted: &Compacted,
+        model: &str,
+        options: &Self::Options,
+    ) -> Option<Self::Response> {
         Some(anthropic::encode_compaction_alone(
             &compacted.summary,
             &compacted.usage,
             model,
+            options.context_management,
         ))
     }
 }
@@ -671,7 +680,7 @@ async fn compact_then_answer<P: ChatProtocol>(
                 &options,
                 Some(compacted),
             ),
-            Ok((None, compacted)) => match P::compaction_alone(&compacted, model) {
+            Ok((None, compacted)) => match P::compaction_alone(&compacted, model, &options) {
                 // Its call is in the ledger already.
                 Some(encoded) => (StatusCode::OK, Json(encoded)).into_response(),
                 None => GatewayError::upstream(&LlmError::new(

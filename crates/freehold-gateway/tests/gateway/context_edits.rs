@@ -375,6 +375,7 @@ async fn a_compaction_is_made_by_the_gateway_then_sent_back() {
         Scripted::json(200, summary_answer.clone()),
         Scripted::sse(&stream, Split::Whole),
         Scripted::json(200, summary_answer.clone()),
+        Scripted::json(200, summary_answer.clone()),
         Scripted::json(200, summary_answer),
         Scripted::json(200, answer),
     ])
@@ -458,8 +459,35 @@ async fn a_compaction_is_made_by_the_gateway_then_sent_back() {
         json!([{"type": "compaction", "content": summary}])
     );
     assert_eq!(paused["stop_reason"], "compaction");
-    assert_eq!(paused["usage"]["output_tokens"], 20);
+    assert_eq!(paused["usage"]["output_tokens"], 0);
+    assert_eq!(paused["usage"]["iterations"][0]["output_tokens"], 20);
+    assert_eq!(paused["context_management"], json!({"applied_edits": []}));
     assert_eq!(upstream.requests().len(), 5);
+
+    // Paused and streamed: the block, then the end, from one call.
+    let (status, streamed) = messages(&gw.url, &asking_for_compaction("mock", true, true)).await;
+    assert_eq!(status, 200, "{streamed}");
+    let events: Vec<&str> = streamed
+        .lines()
+        .filter_map(|line| line.strip_prefix("event: "))
+        .filter(|event| *event != "ping")
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ],
+        "{streamed}"
+    );
+    let delta = message_delta(&streamed);
+    assert_eq!(delta["delta"]["stop_reason"], "compaction");
+    assert_eq!(delta["usage"]["iterations"][0]["input_tokens"], 700);
+    assert_eq!(upstream.requests().len(), 6);
 
     // The `compaction` parameter: the same, asked at once.
     let mut parameter = asking_for_compaction("mock", false, false);
@@ -472,7 +500,7 @@ async fn a_compaction_is_made_by_the_gateway_then_sent_back() {
     assert_eq!(status, 200, "{alone}");
     let alone: Value = serde_json::from_str(&alone).unwrap();
     assert_eq!(alone["stop_reason"], "compaction");
-    assert_eq!(upstream.requests().len(), 6);
+    assert_eq!(upstream.requests().len(), 7);
 
     // Sent back with the paused block, asking again at a trigger the
     // conversation after the block has not reached: one call, which reads
@@ -493,16 +521,16 @@ async fn a_compaction_is_made_by_the_gateway_then_sent_back() {
     assert_eq!(body["content"][0]["type"], "text", "{body}");
     assert!(body["usage"].get("iterations").is_none(), "{body}");
     let sent = upstream.requests();
-    assert_eq!(sent.len(), 7);
-    let texts = roles_and_texts(&sent[6].json());
+    assert_eq!(sent.len(), 8);
+    let texts = roles_and_texts(&sent[7].json());
     assert_eq!(texts.len(), 3, "{texts:?}");
     assert_eq!(texts[0].0, "system");
     assert!(texts[1].1.ends_with(summary), "{texts:?}");
     assert_eq!(texts[2], ("user".to_owned(), "Go on.".to_owned()));
 
-    // Each call has its line in the ledger: 2 + 2 + 1 + 1 + 1.
-    let lines = super::ledger_lines(&gw.store, 7).await;
-    assert_eq!(lines.len(), 7);
+    // Each call has its line in the ledger: 2 + 2 + 1 + 1 + 1 + 1.
+    let lines = super::ledger_lines(&gw.store, 8).await;
+    assert_eq!(lines.len(), 8);
 }
 
 /// Anthropic's API is sent the edits it makes without the compaction, which

@@ -20,7 +20,9 @@
 use freehold_protocol::{ChatRequest, Role, Usage};
 use serde_json::{Value, json};
 
-use super::{ContentBlock, IterationUsage, MessagesResponse, WireMessage, WireUsage};
+use super::{
+    ContentBlock, IterationUsage, MessageContent, MessagesResponse, WireMessage, WireUsage,
+};
 use crate::context_edit::CompactEdit;
 use crate::wire::compaction::{summary_message, summary_request_asking};
 use crate::wire::serve::{DecodeError, generated_id};
@@ -71,18 +73,31 @@ pub(super) fn summary_in(
     })
 }
 
-/// Where a conversation's last compaction is: the index of its assistant
-/// message, and its summary. What comes before it is what it stands for.
+/// Whether `content` holds a compaction block.
+pub(super) fn holds_compaction(content: &MessageContent) -> bool {
+    let MessageContent::Blocks(blocks) = content else {
+        return false;
+    };
+    blocks.iter().any(|block| match block {
+        ContentBlock::Other(value) => summary_in(value, "").is_some(),
+        _ => false,
+    })
+}
+
+/// Where a conversation's last compaction is: the index of its message (an
+/// assistant's, as it was answered, or a user's, where a client that sent
+/// it first in a new conversation put it), and its summary. What comes
+/// before it is what it stands for.
 pub(super) fn last_compaction(messages: &[WireMessage]) -> Option<(usize, String)> {
     messages
         .iter()
         .enumerate()
         .rev()
         .find_map(|(index, message)| {
-            let super::MessageContent::Blocks(blocks) = &message.content else {
+            let MessageContent::Blocks(blocks) = &message.content else {
                 return None;
             };
-            if message.role != "assistant" {
+            if !matches!(message.role.as_str(), "assistant" | "user") {
                 return None;
             }
             blocks.iter().rev().find_map(|block| match block {
@@ -147,14 +162,17 @@ pub(super) fn compaction_parameter(
         trigger_input_tokens: 0,
         pause_after_compaction: true,
         instructions,
+        instructions_replace_prompt: true,
     })
 }
 
 /// Splits a request to be compacted into the summary's request (the
-/// conversation, then the ask for a summary: the request's `instructions`,
-/// else [`SUMMARY_REQUEST`]) and the answer's request without its
-/// conversation: its system prompt, tools and settings, to which
-/// [`answer_after_compaction`] adds the summary.
+/// conversation, then the ask for a summary: [`SUMMARY_REQUEST`], with the
+/// edit's `instructions` after it, or the `compaction` parameter's in its
+/// place, as the SDK describes each) and the answer's request without its
+/// conversation: its system prompt (and system messages before the first
+/// turn), tools and settings, to which [`answer_after_compaction`] adds the
+/// summary.
 pub fn split_for_compaction(
     mut request: ChatRequest,
     compaction: &CompactEdit,
@@ -167,11 +185,15 @@ pub fn split_for_compaction(
         .cloned()
         .collect();
     request.messages = messages;
-    let prompt = compaction
-        .instructions
-        .as_deref()
-        .unwrap_or(SUMMARY_REQUEST);
-    (summary_request_asking(request, prompt), answer)
+    let prompt = match (
+        &compaction.instructions,
+        compaction.instructions_replace_prompt,
+    ) {
+        (None, _) => SUMMARY_REQUEST.to_owned(),
+        (Some(instructions), true) => instructions.clone(),
+        (Some(instructions), false) => format!("{SUMMARY_REQUEST}\n\n{instructions}"),
+    };
+    (summary_request_asking(request, &prompt), answer)
 }
 
 /// The answer's request once the conversation is compacted into
@@ -208,10 +230,18 @@ pub fn put_compaction_first(response: &mut MessagesResponse, summary: &str, usag
 
 /// The answer to a request that asked to stop at the compaction
 /// (`pause_after_compaction`, or the `compaction` parameter): its block
-/// alone, `stop_reason: "compaction"`, and the usage of the call that
-/// wrote it.
-pub fn encode_compaction_alone(summary: &str, usage: &Usage, model: &str) -> MessagesResponse {
-    let mut wire_usage = WireUsage::from(usage);
+/// alone, `stop_reason: "compaction"`. The usage of the call that wrote it
+/// is its one iteration; the top-level usage, which counts the answer's
+/// calls only, is zero, as Anthropic's API reports it. `context_edits`:
+/// the request asked for context editing, which is reported (as nothing
+/// done) as for any answer.
+pub fn encode_compaction_alone(
+    summary: &str,
+    usage: &Usage,
+    model: &str,
+    context_edits: bool,
+) -> MessagesResponse {
+    let mut wire_usage = WireUsage::from(&Usage::default());
     wire_usage.iterations = Some(iterations(usage, None));
     MessagesResponse {
         id: generated_id("msg_"),
@@ -222,6 +252,6 @@ pub fn encode_compaction_alone(summary: &str, usage: &Usage, model: &str) -> Mes
         stop_reason: Some(COMPACTION.into()),
         stop_sequence: None,
         usage: wire_usage,
-        context_management: None,
+        context_management: context_edits.then(|| super::context_management_report(&[])),
     }
 }

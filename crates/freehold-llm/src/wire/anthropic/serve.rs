@@ -12,7 +12,8 @@ use freehold_protocol::{
 use serde_json::Value;
 
 use super::compaction::{
-    compaction_block, compaction_parameter, iterations, last_compaction, summary_in,
+    compaction_block, compaction_parameter, holds_compaction, iterations, last_compaction,
+    summary_in,
 };
 use super::{
     ApiError, BlockDelta, ContentBlock, ErrorResponse, MessageContent, MessageDeltaBody,
@@ -171,7 +172,6 @@ pub fn decode_request(
     // deferred tools (`defer_loading`) a tool search's result loaded.
     let mut tool_changes = Vec::new();
     let mut loaded = BTreeSet::new();
-    let conversation_start = messages.len();
     // Where the message holding the last compaction begins in `messages`.
     let mut compacted_from = None;
     for (index, message) in wire.messages.into_iter().enumerate() {
@@ -182,9 +182,11 @@ pub fn decode_request(
         match message.role.as_str() {
             "user" => decode_user(message.content, &field, &mut messages, &mut loaded)?,
             "assistant" => {
+                let held_compaction = holds_compaction(&message.content);
                 let message = decode_assistant(message.content, &field)?;
-                // A message that held only its compaction block.
-                if !message.content.is_empty() || compacted_from != Some(messages.len()) {
+                // A message that held only compaction blocks stands for
+                // nothing more.
+                if !message.content.is_empty() || !held_compaction {
                     messages.push(message);
                 }
             }
@@ -202,9 +204,17 @@ pub fn decode_request(
         }
     }
     if let (Some((_, summary)), Some(from)) = (&compacted, compacted_from) {
-        // Decoded all the same: the tools its system messages added, and
-        // the deferred tools its searches loaded, are still the model's.
-        messages.splice(conversation_start..from, [summary_message(summary)]);
+        // The system prompt stays (and system messages before the first
+        // turn, as when the compaction was made:
+        // `compaction::split_for_compaction`). What the compaction stands
+        // for was decoded all the same: the tools its system messages
+        // added, and the deferred tools its searches loaded, are still the
+        // model's.
+        let start = messages[..from]
+            .iter()
+            .position(|message| message.role != Role::System)
+            .unwrap_or(from);
+        messages.splice(start..from, [summary_message(summary)]);
     }
     loaded.extend(tool_changes.iter().filter_map(|change| match change {
         ToolChange::Load(name) => Some(name.clone()),
@@ -758,7 +768,18 @@ fn decode_user(
                     is_error: is_error.unwrap_or(false),
                 }));
             }
-            ContentBlock::Other(value) => return Err(bad_block(&value, &block_field, "user")),
+            ContentBlock::Other(value) => match summary_in(&value, &block_field) {
+                // A compaction sent back first in a conversation: what came
+                // before it is what it stands for.
+                Some(Ok(Some(_))) => {
+                    results.clear();
+                    result_images.clear();
+                    parts.clear();
+                }
+                Some(Ok(None)) => {}
+                Some(Err(error)) => return Err(error),
+                None => return Err(bad_block(&value, &block_field, "user")),
+            },
             other => {
                 return Err(DecodeError::unsupported(
                     block_field,
@@ -1440,7 +1461,9 @@ impl MessageStreamEncoder {
             Some(compaction) if self.pause_after_compaction => {
                 stop_reason = "compaction".into();
                 stop_sequence = None;
-                wire_usage = WireUsage::from(&compaction);
+                // No answer: the compaction's tokens are in its iteration
+                // only, as Anthropic's API reports them.
+                wire_usage = WireUsage::from(&Usage::default());
                 wire_usage.iterations = Some(iterations(&compaction, None));
             }
             Some(compaction) => {

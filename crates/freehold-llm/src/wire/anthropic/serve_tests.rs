@@ -1410,6 +1410,7 @@ fn a_compaction_edit_is_the_gateways_and_the_rest_goes_on() {
             trigger_input_tokens: 60_000,
             pause_after_compaction: false,
             instructions: Some("Keep paths.".into()),
+            instructions_replace_prompt: false,
         })
     );
     assert_eq!(
@@ -1450,6 +1451,7 @@ fn the_compaction_parameter_asks_for_the_compaction_alone() {
             trigger_input_tokens: 0,
             pause_after_compaction: true,
             instructions: Some("Short.".into()),
+            instructions_replace_prompt: true,
         })
     );
     let field = |result: Result<(ChatRequest, ServeOptions), DecodeError>| {
@@ -1525,6 +1527,36 @@ fn what_a_compaction_block_stands_for_is_left_out() {
     assert_eq!(request.messages[0].role, Role::User);
     assert!(request.messages[0].text().ends_with("Notes."));
 
+    // A failed compaction alone in its message leaves nothing of it.
+    let (request, _) = decode_json(json!({
+        "model": "claude-x", "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "Fix add()."},
+            {"role": "assistant", "content": [{"type": "compaction", "content": null}]},
+            {"role": "user", "content": "Again."}]}))
+    .unwrap();
+    assert_eq!(
+        request.messages,
+        vec![Message::user("Fix add()."), Message::user("Again.")]
+    );
+
+    // Sent first in a new conversation, in a user message, with system
+    // messages before it that stay.
+    let (request, _) = decode_json(json!({
+        "model": "claude-x", "max_tokens": 100, "system": "Be brief.",
+        "messages": [
+            {"role": "system", "content": "Tools may change."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Left out."},
+                {"type": "compaction", "content": "Notes."},
+                {"type": "text", "text": "Go on."}]}]}))
+    .unwrap();
+    assert_eq!(request.messages.len(), 4, "{:?}", request.messages);
+    assert_eq!(request.messages[0], Message::system("Be brief."));
+    assert_eq!(request.messages[1], Message::system("Tools may change."));
+    assert!(request.messages[2].text().ends_with("\n\nNotes."));
+    assert_eq!(request.messages[3], Message::user("Go on."));
+
     // An empty summary is a mistake, named by its place.
     let error = decode_json(json!({
         "model": "claude-x", "max_tokens": 100,
@@ -1572,11 +1604,25 @@ fn a_request_splits_into_the_summarys_and_the_answers() {
     assert_eq!(answer.tools, request.tools);
     assert_eq!(answer.max_tokens, Some(100));
 
+    // The edit's instructions follow the prompt; the parameter's replace
+    // it.
     let asked = CompactEdit {
         instructions: Some("List the files only.".into()),
         ..compaction
     };
-    let (summary, _) = split_for_compaction(request, &asked);
+    let (summary, _) = split_for_compaction(request.clone(), &asked);
+    assert_eq!(
+        summary.messages.last().unwrap().text(),
+        format!(
+            "{}\n\nList the files only.",
+            super::compaction::SUMMARY_REQUEST
+        )
+    );
+    let replacing = CompactEdit {
+        instructions_replace_prompt: true,
+        ..asked
+    };
+    let (summary, _) = split_for_compaction(request, &replacing);
     assert_eq!(
         summary.messages.last().unwrap().text(),
         "List the files only."
@@ -1620,6 +1666,7 @@ fn a_compaction_goes_first_in_a_whole_answer_or_alone() {
         "Notes.",
         &summary_usage,
         "claude-x",
+        true,
     ))
     .unwrap();
     assert_eq!(
@@ -1627,8 +1674,15 @@ fn a_compaction_goes_first_in_a_whole_answer_or_alone() {
         json!([{"type": "compaction", "content": "Notes."}])
     );
     assert_eq!(alone["stop_reason"], "compaction");
-    assert_eq!(alone["usage"]["output_tokens"], 20);
-    assert_eq!(alone["usage"]["iterations"].as_array().unwrap().len(), 1);
+    // The compaction's tokens are in its iteration, not the top level.
+    assert_eq!(alone["usage"]["output_tokens"], 0);
+    assert_eq!(alone["usage"]["input_tokens"], 0);
+    assert_eq!(
+        alone["usage"]["iterations"],
+        json!([{"type": "compaction", "input_tokens": 700, "output_tokens": 20,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}])
+    );
+    assert_eq!(alone["context_management"], json!({"applied_edits": []}));
     // What a client sends back reads as the summary.
     let (request, _) = decode_json(json!({
         "model": "claude-x", "max_tokens": 100,
@@ -1718,5 +1772,6 @@ fn a_compaction_goes_first_in_a_stream_or_alone() {
     );
     let delta = json_of(&frames[4]);
     assert_eq!(delta["delta"]["stop_reason"], "compaction");
-    assert_eq!(delta["usage"]["output_tokens"], 20);
+    assert_eq!(delta["usage"]["output_tokens"], 0);
+    assert_eq!(delta["usage"]["iterations"][0]["output_tokens"], 20);
 }
