@@ -45,6 +45,7 @@ use crate::wire::openai_chat::{generated_call_id, image_url};
 use crate::wire::text_or::TextOr;
 
 mod compaction;
+mod read_item;
 mod serve;
 #[cfg(test)]
 mod serve_tests;
@@ -191,7 +192,8 @@ impl<'de> Deserialize<'de> for ResponseInput {
 ///
 /// A message may come without its `type`, as `{"role": "user", "content":
 /// "…"}`: OpenAI accepts that shape in `input` (its documentation's own
-/// examples use it), so it reads as a `message` here too.
+/// examples use it), so it reads as a `message` here too. Read by hand
+/// (`read_item`), in one pass.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Item {
@@ -295,65 +297,6 @@ pub struct AdditionalToolsItem {
     pub tools: Vec<WireTool>,
 }
 
-/// [`Item`] as it is read when it has a `type`.
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum TypedItem {
-    Message(MessageItem),
-    FunctionCall(FunctionCallItem),
-    FunctionCallOutput(FunctionCallOutputItem),
-    CustomToolCall(CustomToolCallItem),
-    CustomToolCallOutput(FunctionCallOutputItem),
-    Reasoning(ReasoningItem),
-    AdditionalTools(AdditionalToolsItem),
-    ToolSearchCall(ToolSearchCallItem),
-    ToolSearchOutput(ToolSearchOutputItem),
-    CompactionTrigger(CompactionTriggerItem),
-    Compaction(CompactionItem),
-    #[serde(other)]
-    Other,
-}
-
-impl From<TypedItem> for Item {
-    fn from(item: TypedItem) -> Self {
-        match item {
-            TypedItem::Message(message) => Self::Message(message),
-            TypedItem::FunctionCall(call) => Self::FunctionCall(call),
-            TypedItem::FunctionCallOutput(output) => Self::FunctionCallOutput(output),
-            TypedItem::CustomToolCall(call) => Self::CustomToolCall(call),
-            TypedItem::CustomToolCallOutput(output) => Self::CustomToolCallOutput(output),
-            TypedItem::Reasoning(reasoning) => Self::Reasoning(reasoning),
-            TypedItem::AdditionalTools(tools) => Self::AdditionalTools(tools),
-            TypedItem::ToolSearchCall(call) => Self::ToolSearchCall(call),
-            TypedItem::ToolSearchOutput(output) => Self::ToolSearchOutput(output),
-            TypedItem::CompactionTrigger(trigger) => Self::CompactionTrigger(trigger),
-            TypedItem::Compaction(compaction) => Self::Compaction(compaction),
-            TypedItem::Other => Self::Other,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Item {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let mut value = Value::deserialize(deserializer)?;
-        if let Value::Object(fields) = &mut value
-            && !fields.contains_key("type")
-        {
-            if !fields.contains_key("role") {
-                return Err(D::Error::custom(
-                    "an input item needs a `type` (`message`, `function_call`, \
-                     `function_call_output`, `reasoning`…), or a `role` for a message",
-                ));
-            }
-            fields.insert("type".into(), Value::String("message".into()));
-        }
-        TypedItem::deserialize(value)
-            .map(Item::from)
-            .map_err(D::Error::custom)
-    }
-}
-
 /// A `message` item.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MessageItem {
@@ -370,8 +313,9 @@ pub struct MessageItem {
     pub status: Option<String>,
 }
 
-/// Message (or function output) content: plain text or typed parts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Message (or function output) content: plain text or typed parts (read
+/// by its first token, `read_item`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ItemContent {
     /// Plain text.
