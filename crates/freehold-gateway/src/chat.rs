@@ -878,7 +878,10 @@ impl Admitted {
     /// # Errors
     /// The provider's error, mapped for the client (and accounted).
     pub(crate) async fn complete(mut self) -> Result<(ChatResponse, Accounting), GatewayError> {
-        let call = self.routes.router.complete_on(self.targets, self.request);
+        // Boxed: the router's future is some 20 KB, which every future
+        // holding it inline (this one, the handler's) would make each of
+        // their moves copy.
+        let call = Box::pin(self.routes.router.complete_on(self.targets, self.request));
         let (target, response) = call_upstream(&mut self.accounting, call).await?;
         self.accounting.target = Some(target);
         self.accounting.usage = response.usage;
@@ -895,7 +898,8 @@ impl Admitted {
         // One deadline for the whole request, the wait for the first event
         // included.
         let deadline = self.accounting.started + self.accounting.gateway.settings.request_timeout();
-        let call = self.routes.router.stream_on(self.targets, self.request);
+        // Boxed, as in `complete`.
+        let call = Box::pin(self.routes.router.stream_on(self.targets, self.request));
         // One stop future for the whole stream, its wait for the first
         // event included.
         let mut stopping = Box::pin(
