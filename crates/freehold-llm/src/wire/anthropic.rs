@@ -116,7 +116,7 @@ pub struct MessagesRequest {
     pub context_management: Option<Value>,
     /// A compaction request (`{"type": "summarize"}`): the conversation is
     /// answered with one `compaction` block that stands for it. The gateway
-    /// serves it ([`compaction`]); it is never sent to a provider.
+    /// serves it ([`split_for_compaction`]); it is never sent to a provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compaction: Option<Value>,
     /// A prompt-caching mark for the whole request (automatic caching).

@@ -6,7 +6,8 @@
 //! Each protocol hands the summary to its client its own way: the Responses
 //! API in a `compaction` item ([`super::openai_responses`]), the Messages
 //! API in a `compaction` block ([`super::anthropic`]). Each reads it back
-//! as [`summary_message`], so that any provider can go on from it.
+//! as the same user message (`summary_message`), so that any provider can
+//! go on from it.
 
 use freehold_protocol::{
     ChatRequest, ChatResponse, ContentPart, ErrorKind, LlmError, Message, StopReason, ToolChoice,
@@ -97,7 +98,9 @@ pub(crate) fn checked_summary(summary: String, reason: &StopReason) -> Result<St
 /// calls are left out.
 ///
 /// # Errors
-/// As [`checked_summary`].
+/// No summary to keep: the model wrote none (only whitespace, or only tool
+/// calls and reasoning), refused, or was stopped by the provider's content
+/// filter (a 502 in the gateway's words).
 pub fn summary_of(response: &ChatResponse) -> Result<String, LlmError> {
     let mut summary = Summary::default();
     for part in &response.message.content {

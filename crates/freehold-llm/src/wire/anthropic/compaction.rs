@@ -167,7 +167,7 @@ pub(super) fn compaction_parameter(
 }
 
 /// Splits a request to be compacted into the summary's request (the
-/// conversation, then the ask for a summary: [`SUMMARY_REQUEST`], with the
+/// conversation, then the ask for a summary: the default prompt, with the
 /// edit's `instructions` after it, or the `compaction` parameter's in its
 /// place, as the SDK describes each) and the answer's request without its
 /// conversation: its system prompt (and system messages before the first

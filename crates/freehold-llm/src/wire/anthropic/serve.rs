@@ -39,7 +39,7 @@ pub struct ServeOptions {
     pub context_management: bool,
     /// The server-side compaction the request asked for (the
     /// `compact_20260112` edit, or the `compaction` parameter), which the
-    /// gateway makes ([`super::compaction`]).
+    /// gateway makes ([`super::split_for_compaction`]).
     pub compaction: Option<CompactEdit>,
 }
 
@@ -118,7 +118,7 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 /// - the conversation before its last `compaction` block (in an assistant
 ///   message, with a summary) is what the block stands for: it is left
 ///   out, and a user message carrying the summary takes its place, after
-///   the system prompt ([`super::compaction`]); a compaction block that
+///   the system prompt (`anthropic::compaction`); a compaction block that
 ///   failed (`content: null`) stands for nothing.
 ///
 /// # Errors

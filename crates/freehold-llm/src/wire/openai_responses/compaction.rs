@@ -130,7 +130,8 @@ pub fn compaction_item(response: &ChatResponse) -> Result<Item, LlmError> {
 /// The request that asks the model for a summary of `request`'s
 /// conversation before it is answered (server-side compaction), as a
 /// `compaction_trigger` ending its input would: the conversation, then a
-/// user message asking for the summary ([`summary_request_asking`]).
+/// user message asking for the summary, with no tool to call and no
+/// output bound of the client's (the bound is the answer's).
 pub fn summary_request(request: ChatRequest) -> ChatRequest {
     summary_request_asking(request, SUMMARY_REQUEST)
 }
