@@ -45,9 +45,10 @@ trait StreamEncoder: Send + 'static {
     }
 }
 
-/// Implements [`StreamEncoder`] by the encoder's own methods.
+/// Implements [`StreamEncoder`] by the encoder's own methods, and the
+/// protocol's own hooks (`compacted`…) given after the type.
 macro_rules! stream_encoder {
-    ($type:ty) => {
+    ($type:ty $(; $($hooks:item)*)?) => {
         impl StreamEncoder for $type {
             fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
                 <$type>::push(self, event)
@@ -61,43 +62,22 @@ macro_rules! stream_encoder {
             fn keepalive(&mut self) -> Vec<SseFrame> {
                 <$type>::keepalive(self)
             }
+            $($($hooks)*)?
         }
     };
 }
 
 stream_encoder!(openai_chat::ChunkEncoder);
 
-impl StreamEncoder for anthropic::MessageStreamEncoder {
-    fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
-        Self::push(self, event)
-    }
-    fn finish(&mut self) -> Vec<SseFrame> {
-        Self::finish(self)
-    }
-    fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
-        Self::error(self, error)
-    }
-    fn keepalive(&mut self) -> Vec<SseFrame> {
-        Self::keepalive(self)
-    }
+stream_encoder! {
+    anthropic::MessageStreamEncoder;
     fn compacted(&mut self, compacted: Compacted) -> Vec<SseFrame> {
         Self::compacted(self, &compacted.summary, &compacted.usage)
     }
 }
 
-impl StreamEncoder for openai_responses::ResponseStreamEncoder {
-    fn push(&mut self, event: &StreamEvent) -> Vec<SseFrame> {
-        Self::push(self, event)
-    }
-    fn finish(&mut self) -> Vec<SseFrame> {
-        Self::finish(self)
-    }
-    fn error(&mut self, error: &LlmError) -> Vec<SseFrame> {
-        Self::error(self, error)
-    }
-    fn keepalive(&mut self) -> Vec<SseFrame> {
-        Self::keepalive(self)
-    }
+stream_encoder! {
+    openai_responses::ResponseStreamEncoder;
     // It may fail an answer itself (a compaction without a summary).
     fn take_failure(&mut self) -> Option<LlmError> {
         Self::take_failure(self)
