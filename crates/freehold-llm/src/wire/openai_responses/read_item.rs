@@ -11,14 +11,20 @@
 //! that was several copies of most of it.
 //!
 //! This reads the fields before `type` (none in what Codex and the SDKs
-//! send; an `id`, in OpenAI's answers) into values, then the variant's
-//! fields straight from the rest of the object, the buffered ones first.
-//! A message without a `type` is buffered whole and read from that. Content
-//! is read by its first token ([`TextOr`]).
+//! send) into values, then the variant's fields straight from the rest of
+//! the object, the buffered ones first. A message without a `type` is
+//! buffered whole and read from that. Content is read by its first token
+//! ([`TextOr`]). (Answers from OpenAI's API are read from a `Value` whose
+//! keys are sorted, so `type` comes late and most of an item is buffered:
+//! correct, if not in one pass.)
 //!
-//! The outcome is the derive's: the same variants, an unknown `type` read
-//! as [`Item::Other`], and a missing or mistyped field an error, now naming
-//! the field inside the item where the derive named the item.
+//! The outcome is the derive's for a well-formed item: the same variants,
+//! an unknown `type` read as [`Item::Other`], a message without a `type`
+//! read by its `role`, a missing or mistyped field an error (naming the
+//! field inside the item where it comes after `type`). It differs for
+//! malformed ones: a field given twice is an error (the derive's copy kept
+//! the last), a second `type` is ignored (the derive kept the last), and an
+//! item written as an array is refused.
 
 use serde::de::value::{MapAccessDeserializer, StringDeserializer};
 use serde::de::{DeserializeSeed, Error as _, IgnoredAny, IntoDeserializer, MapAccess, Visitor};
@@ -163,8 +169,11 @@ mod tests {
 
     use super::*;
 
+    /// Reads `value` from its text, as a request is read. (A `json!`
+    /// value writes its keys sorted, which puts `type` after most fields:
+    /// these exercise the buffered path; `type` first is tested from raw
+    /// text below.)
     fn read(value: Value) -> Result<Item, String> {
-        // From text, as a request is read (a `Value` reads another way).
         serde_json::from_str(&value.to_string()).map_err(|error| error.to_string())
     }
 
@@ -270,6 +279,50 @@ mod tests {
                 "{value} read as {item:?}"
             );
         }
+    }
+
+    /// From text as the SDKs and Codex write it, `type` first (a `json!`
+    /// value sorts its keys, which puts `type` last), alone or after
+    /// other fields: the same items as from a `Value`.
+    #[test]
+    fn type_first_reads_straight_into_the_variant() {
+        let texts = [
+            r#"{"type":"function_call","call_id":"c","name":"f","arguments":"{}"}"#,
+            r#"{"id":"fc_1","type":"function_call","call_id":"c","name":"f","arguments":"{}"}"#,
+            r#"{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}]}"#,
+            r#"{"role":"user","type":"message","content":"hi","status":"completed"}"#,
+            r#"{"type":"function_call_output","call_id":"c","output":"done"}"#,
+            r#"{"type":"web_search_call","action":{"query":"q"},"status":"completed"}"#,
+        ];
+        for text in texts {
+            let from_text: Item = serde_json::from_str(text).unwrap();
+            let value: Value = serde_json::from_str(text).unwrap();
+            let from_value: Item = serde_json::from_value(value).unwrap();
+            assert_eq!(from_text, from_value, "{text}");
+        }
+        let Item::FunctionCall(call) = serde_json::from_str::<Item>(texts[1]).unwrap() else {
+            panic!("a function call");
+        };
+        assert_eq!(
+            (call.id.as_deref(), call.name.as_str()),
+            (Some("fc_1"), "f")
+        );
+        // A field after `type` of the wrong type, and one given twice.
+        let wrong = serde_json::from_str::<Item>(
+            r#"{"id":"fc","type":"function_call_output","call_id":"c","output":3}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            wrong.contains("a string, or a list of content parts"),
+            "{wrong}"
+        );
+        let twice = serde_json::from_str::<Item>(
+            r#"{"type":"function_call","call_id":"a","call_id":"b","name":"f"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(twice.contains("duplicate field `call_id`"), "{twice}");
     }
 
     #[test]
