@@ -470,7 +470,7 @@ async fn serve<P: ChatProtocol>(
     // A conversation to compact first. Boxed, so that the futures of
     // every other request do not grow by its size.
     if let Some(plan) = P::compaction(&options)
-        && server_compaction::due(&request, Some(&plan))
+        && server_compaction::due(&request, &plan)
     {
         let compacted = compact_then_answer::<P>(
             &gateway, &headers, caller, request, plan, options, &body, &arrival,

@@ -67,8 +67,8 @@ impl Plan {
 /// Whether `request`, asking to be compacted as `plan` says, has reached
 /// its threshold. The gateway's estimate (about four bytes a token), as
 /// for every check it makes before a provider counts.
-pub(super) fn due(request: &ChatRequest, plan: Option<&Plan>) -> bool {
-    plan.is_some_and(|plan| request.estimated_input_tokens() >= plan.threshold())
+pub(super) fn due(request: &ChatRequest, plan: &Plan) -> bool {
+    request.estimated_input_tokens() >= plan.threshold()
 }
 
 /// What the answer's request is made from, once the summary is written.

@@ -115,11 +115,12 @@ pub fn effort_for_name(effort: Option<&str>) -> ReasoningEffort {
 ///   to make or the router to make ([`ChatRequest::context_management`]),
 ///   but for a `compact_20260112` edit: that and the `compaction`
 ///   parameter are [`ServeOptions::compaction`], for the gateway to make;
-/// - the conversation before its last `compaction` block (in an assistant
-///   message, with a summary) is what the block stands for: it is left
-///   out, and a user message carrying the summary takes its place, after
-///   the system prompt (`anthropic::compaction`); a compaction block that
-///   failed (`content: null`) stands for nothing.
+/// - the conversation before its last `compaction` block with a summary
+///   (in an assistant message, or sent first in a user message) is what
+///   the block stands for: it is left out, and a user message carrying the
+///   summary takes its place, after the system prompt and any system
+///   messages before the first turn (`anthropic::compaction`); a
+///   compaction block that failed (`content: null`) stands for nothing.
 ///
 /// # Errors
 /// A [`DecodeError`] naming the field at fault.
