@@ -560,12 +560,6 @@ fn whole<P: ChatProtocol>(
     if let Some(compacted) = &compacted {
         P::put_compaction_first(&mut encoded, compacted);
     }
-    sent_whole(gateway, &encoded, accounting)
-}
-
-/// The 200 response carrying `encoded`, logged when bodies are, and its
-/// call recorded as answered.
-fn sent_whole(gateway: &Gateway, encoded: &impl Serialize, mut accounting: Accounting) -> Response {
     if gateway.settings.log_bodies
         && let Ok(text) = serde_json::to_string(&encoded)
     {
