@@ -64,6 +64,8 @@ def openai_chat():
             {"role": "user", "content": "Say hello."},
         ],
         max_tokens=32,
+        # The end user, for the provider's abuse monitoring and the ledger.
+        safety_identifier="sdk-user",
     )
     text = reply.choices[0].message.content
     check_text(text)
@@ -552,6 +554,7 @@ def anthropic_messages():
     reply = client.messages.create(
         model=MODEL, max_tokens=32, system="Answer briefly.",
         messages=[{"role": "user", "content": "Say hello."}],
+        metadata={"user_id": "sdk-user"},
     )
     assert reply.type == "message" and reply.role == "assistant", reply
     assert (reply._request_id or "").startswith("req_"), reply._request_id

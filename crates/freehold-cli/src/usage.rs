@@ -11,7 +11,9 @@ use crate::keys::{DatabaseArg, parse_date, parse_duration, print_table};
 /// Arguments of `freehold usage`.
 #[derive(Debug, Args)]
 pub(crate) struct UsageArgs {
-    /// Group requests by virtual key, by model asked for, or by UTC day.
+    /// Group requests by virtual key, by model asked for, by UTC day, or by
+    /// the end user the client named (`metadata.user_id`,
+    /// `safety_identifier`, `user`).
     #[arg(long, value_enum, default_value_t = By::Key)]
     by: By,
 
@@ -20,9 +22,9 @@ pub(crate) struct UsageArgs {
     #[arg(long, value_name = "WHEN")]
     since: Option<String>,
 
-    /// List the latest N requests, one a line (time, key, model, what
-    /// answered, status, tokens, cost, latency, privacy decision), instead
-    /// of totals.
+    /// List the latest N requests, one a line (time, key, end user, model,
+    /// what answered, status, tokens, cost, latency, privacy decision),
+    /// instead of totals.
     #[arg(long, value_name = "N")]
     requests: Option<u32>,
 
@@ -44,6 +46,7 @@ enum By {
     Key,
     Model,
     Day,
+    User,
 }
 
 pub(crate) async fn run(
@@ -62,6 +65,7 @@ pub(crate) async fn run(
         By::Key => (GroupBy::Key, "KEY"),
         By::Model => (GroupBy::Model, "MODEL"),
         By::Day => (GroupBy::Day, "DAY"),
+        By::User => (GroupBy::User, "END USER"),
     };
     let store = args.database.open(config).await?;
     let rows = store.usage(by, since_ms).await;
@@ -153,6 +157,7 @@ async fn list_requests(
     let header = [
         "TIME (UTC)",
         "KEY",
+        "END USER",
         "MODEL",
         "ANSWERED BY",
         "STATUS",
@@ -164,7 +169,7 @@ async fn list_requests(
         "REQUEST ID",
     ]
     .map(str::to_owned);
-    let table: Vec<[String; 11]> = lines
+    let table: Vec<[String; 12]> = lines
         .iter()
         .map(|line| {
             let r = &line.record;
@@ -185,6 +190,9 @@ async fn list_requests(
             [
                 timestamp(r.at_ms),
                 key,
+                r.end_user
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), shortened_end_user),
                 r.model.clone(),
                 answered,
                 status,
@@ -198,8 +206,25 @@ async fn list_requests(
             ]
         })
         .collect();
-    print_table(&header, &table, &[5, 6, 7, 8]);
+    print_table(&header, &table, &[6, 7, 8, 9]);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The most characters of an end user's id the `--requests` table shows.
+const SHOWN_END_USER: usize = 32;
+
+/// An end user's id as the `--requests` table shows it: whole when short,
+/// else its start and its end around an ellipsis (Claude Code's ids, some
+/// 120 characters, differ in their session at the end). `--json` and
+/// `--by user` give it whole.
+fn shortened_end_user(id: &str) -> String {
+    let count = id.chars().count();
+    if count <= SHOWN_END_USER {
+        return id.to_owned();
+    }
+    let head: String = id.chars().take(SHOWN_END_USER / 2).collect();
+    let tail: String = id.chars().skip(count - (SHOWN_END_USER / 2 - 1)).collect();
+    format!("{head}…{tail}")
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of Unix milliseconds.
@@ -232,6 +257,23 @@ mod tests {
         assert_eq!(parse_since("1d", 86_400 * 3).unwrap(), 86_400_000 * 2);
         assert_eq!(parse_since("1970-01-02", 0).unwrap(), 86_400_000);
         assert!(parse_since("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn long_end_users_are_shortened_in_the_middle() {
+        assert_eq!(shortened_end_user("user-7"), "user-7");
+        let claude_code = format!(
+            "user_{}_account__session_{}",
+            "a1".repeat(32),
+            "0f".repeat(16)
+        );
+        let shown = shortened_end_user(&claude_code);
+        assert_eq!(shown.chars().count(), SHOWN_END_USER);
+        assert!(shown.starts_with("user_a1a1a1"), "{shown}");
+        assert!(shown.ends_with("0f0f0f0f"), "{shown}");
+        assert!(shown.contains('…'), "{shown}");
+        let exact = "x".repeat(SHOWN_END_USER);
+        assert_eq!(shortened_end_user(&exact), exact);
     }
 
     #[test]

@@ -940,6 +940,10 @@ async fn official_sdks_against_a_mock_upstream() {
     let row = row.expect("usage for key sdk");
     assert_eq!(row["requests"], 1, "{row}");
     assert!(row["input_tokens"].as_u64().unwrap() > 0, "{row}");
+    // Each SDK named its end user (`safety_identifier`, Anthropic's
+    // `metadata.user_id`): the two chats and the first message.
+    let row = served.usage_row("user", "sdk-user").await;
+    assert_eq!(row.expect("usage for end user sdk-user")["requests"], 3);
 
     // A key over its requests per minute: each SDK raises its own
     // rate-limit error.
@@ -1354,6 +1358,79 @@ async fn sigterm_with_nothing_in_flight_exits_at_once_with_the_ledger_written() 
         .freehold(&["usage", "--request-id", "req_not_there"])
         .await;
     assert!(missing.contains("no request req_not_there"), "{missing}");
+}
+
+/// `freehold usage --by user` sums the requests by the end user each
+/// client named, in either protocol, and `--requests` shows it (a long id
+/// shortened in the table, whole in JSON).
+#[tokio::test]
+async fn usage_is_summed_by_the_end_user_clients_name() {
+    use serde_json::json;
+
+    let upstream = MockUpstream::start().await.unwrap();
+    let mut served = Served::start(&mock_config(&upstream), &[]).await;
+    let client = reqwest::Client::new();
+    let claude_code = format!(
+        "user_{}_account__session_{}",
+        "a1".repeat(32),
+        "0f".repeat(16)
+    );
+    let bodies = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "mock", "user": "user-7",
+            "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "mock", "safety_identifier": "user-7",
+            "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "mock", "max_tokens": 10,
+            "metadata": {"user_id": claude_code},
+            "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "mock",
+            "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ];
+    for (path, body) in bodies {
+        let response = client
+            .post(format!("{}{path}", served.url))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    served.terminate(Duration::from_secs(10)).await;
+    let row = served.usage_row("user", "user-7").await;
+    assert_eq!(row.expect("usage for user-7")["requests"], 2);
+    let row = served.usage_row("user", &claude_code).await;
+    assert_eq!(row.expect("usage for Claude Code's id")["requests"], 1);
+    let row = served.usage_row("user", "(none)").await;
+    assert_eq!(row.expect("usage without an end user")["requests"], 1);
+    let table = served.freehold(&["usage", "--by", "user"]).await;
+    assert!(table.starts_with("END USER"), "{table}");
+    let listed = served.freehold(&["usage", "--requests", "4"]).await;
+    assert!(
+        listed.contains("END USER") && listed.contains("user-7"),
+        "{listed}"
+    );
+    assert!(listed.contains("user_a1a1a1a1a1a…"), "{listed}");
+    let lines: Value = serde_json::from_str(
+        &served
+            .freehold(&["usage", "--requests", "4", "--json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(lines[1]["end_user"], claude_code.as_str(), "{lines}");
+    assert_eq!(lines[0]["end_user"], Value::Null, "{lines}");
 }
 
 #[tokio::test]

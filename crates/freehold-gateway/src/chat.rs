@@ -22,7 +22,7 @@ use crate::metrics::{LabelText, LatencyLabels, RequestLabels, TokenLabels};
 use crate::privacy::{Decision, Reasons};
 use crate::request_id::{Arrival, RequestId};
 use crate::state::{Gateway, Routes};
-use crate::store::{Reservation, Store, StoreError, UsageRecord};
+use crate::store::{Reservation, Store, StoreError, UsageRecord, recorded_end_user};
 
 /// A request that passed admission, with what its accounting needs.
 #[derive(Debug)]
@@ -396,6 +396,12 @@ fn apply_privacy(
         .end_user
         .as_deref()
         .is_some_and(|id| gateway.privacy.finds_anything_in(id));
+    // The ledger keeps it (hashed when sensitive), so that usage can be
+    // told apart by end user whatever the provider was sent.
+    accounting.end_user = request
+        .end_user
+        .as_deref()
+        .map(|id| recorded_end_user(id, sensitive_end_user));
     if sensitive_end_user {
         tracing::debug!("the end user's id holds what a detector matches: not sent");
         request.end_user = None;
@@ -1176,6 +1182,9 @@ pub(crate) struct Accounting {
     pub(crate) routed: bool,
     /// The privacy decision's audit line, when it did anything.
     pub(crate) privacy: Option<String>,
+    /// The end user the client named, as the ledger keeps it
+    /// ([`recorded_end_user`]).
+    end_user: Option<String>,
     /// The request (and a whole answer) when `log_bodies` is on.
     body: Option<String>,
     /// Whether the privacy policy found anything in the request: the
@@ -1215,6 +1224,7 @@ impl Accounting {
             dispatched: false,
             routed: false,
             privacy: None,
+            end_user: None,
             body: None,
             body_has_findings: false,
             finished: false,
@@ -1412,6 +1422,7 @@ impl Accounting {
         let record = UsageRecord {
             at_ms: self.at_ms,
             request_id: Some(self.request_id.as_str().to_owned()),
+            end_user: self.end_user.take(),
             key_id,
             model: self.model.clone(),
             provider,

@@ -1145,7 +1145,7 @@ async fn codex_settings_and_tool_turns_reach_openais_api_as_it_takes_them() {
 /// `metadata.user_id`; servers that only speak either protocol get none;
 /// and with the privacy detectors on, an id they find anything in (an
 /// email address) is left out, the request still answered by the hosted
-/// provider.
+/// provider. The ledger names each request's end user.
 #[tokio::test]
 async fn the_end_user_reaches_each_provider_in_its_own_field() {
     use freehold_gateway::privacy::PrivacySettings;
@@ -1246,6 +1246,29 @@ async fn the_end_user_reaches_each_provider_in_its_own_field() {
     assert_eq!(status, 400, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("metadata.user_id"), "{message}");
+
+    // The ledger keeps whom each request was for, whatever the provider
+    // got: the id as sent, or its SHA-256 where the detectors found
+    // something in it (none for the request refused before it was read).
+    let lines = ledger_lines(&gw.store, 6).await;
+    let users: Vec<_> = lines
+        .iter()
+        .rev()
+        .map(|line| line.record.end_user.clone())
+        .collect();
+    let hashed_email = freehold_gateway::store::recorded_end_user("ada.lovelace@corp.io", true);
+    assert_eq!(
+        users,
+        [
+            Some(session.clone()),
+            Some(session),
+            Some("user-7".to_owned()),
+            Some("user-7".to_owned()),
+            Some(hashed_email),
+            None,
+        ],
+        "{lines:#?}"
+    );
 }
 
 /// Gemini 3's thought signatures on function calls reach the gateway's

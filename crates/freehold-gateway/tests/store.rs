@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use freehold_gateway::store::{
-    BatchId, GroupBy, KeyState, NewKey, Recorded, Reservation, Store, StoreError, UsageRecord,
-    unix_now,
+    BatchId, GroupBy, KeyState, MAX_RECORDED_END_USER, NO_END_USER, NewKey, Recorded, Reservation,
+    Store, StoreError, UsageRecord, recorded_end_user, unix_now,
 };
 use sqlx::Connection;
 
@@ -206,6 +206,7 @@ on_both!(
     concurrent_reservations_never_exceed_the_budget,
     two_stores_share_one_budget,
     usage_by_key_model_and_day,
+    usage_by_end_user,
     requests_list_the_latest_lines,
     large_batches_are_written_whole,
     reopening_keeps_data_and_migrates_once,
@@ -1842,6 +1843,7 @@ fn line(
     UsageRecord {
         at_ms,
         request_id: Some(format!("req_{at_ms}")),
+        end_user: None,
         key_id: key_id.map(str::to_owned),
         model: model.into(),
         provider: "openai".into(),
@@ -1965,6 +1967,105 @@ async fn usage_by_key_model_and_day(db: &TestDb) {
     assert!(groups.contains(&format!("a ({})", a.id)), "{groups:?}");
     assert!(groups.contains(&format!("a ({})", a2.id)), "{groups:?}");
     store.close().await;
+}
+
+/// `--by user` sums the lines by the end user their clients named, with
+/// those that named none as one group, largest cost first; `--since` and
+/// the keys do not change who a line is for.
+async fn usage_by_end_user(db: &TestDb) {
+    let store = Store::open(db.url()).await.unwrap();
+    let (key, _) = store
+        .create_key(NewKey {
+            name: "team".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    let for_user = |at_ms, user: Option<&str>, cost| UsageRecord {
+        end_user: user.map(str::to_owned),
+        ..line(at_ms, Some(&key.id), "gpt", Some(cost), 200)
+    };
+    let hashed = recorded_end_user("ada@example.com", true);
+    store
+        .record(
+            &BatchId::new(),
+            &[
+                for_user(1_000, Some("user-7"), 0.25),
+                for_user(2_000, Some("user-8"), 1.0),
+                for_user(3_000, Some("user-7"), 0.5),
+                for_user(4_000, None, 0.125),
+                for_user(5_000, Some(&hashed), 0.0625),
+                line(6_000, None, "claude", Some(0.03125), 502),
+            ],
+        )
+        .await
+        .unwrap();
+    let by_user = store.usage(GroupBy::User, None).await.unwrap();
+    let groups: Vec<_> = by_user
+        .iter()
+        .map(|r| (r.group.as_str(), r.requests, r.errors))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("user-8", 1, 0),
+            ("user-7", 2, 0),
+            (NO_END_USER, 2, 1),
+            (hashed.as_str(), 1, 0),
+        ]
+    );
+    assert!(close(by_user[1].cost_usd, 0.75));
+    assert!(close(by_user[2].cost_usd, 0.15625));
+    assert_eq!(by_user[1].input_tokens, 200);
+    let since = store.usage(GroupBy::User, Some(2_500)).await.unwrap();
+    let groups: Vec<_> = since
+        .iter()
+        .map(|r| (r.group.as_str(), r.requests))
+        .collect();
+    assert_eq!(
+        groups,
+        [("user-7", 1), (NO_END_USER, 2), (hashed.as_str(), 1)]
+    );
+    // Each line lists the end user it was recorded with.
+    let lines = store.requests(None, 10).await.unwrap();
+    let users: Vec<_> = lines.iter().map(|l| l.record.end_user.as_deref()).collect();
+    assert_eq!(
+        users,
+        [
+            None,
+            Some(hashed.as_str()),
+            None,
+            Some("user-7"),
+            Some("user-8"),
+            Some("user-7")
+        ]
+    );
+    store.close().await;
+}
+
+/// What the ledger keeps of an end user's id: the id, unless it is too
+/// long, holds control characters or what the detectors find, which are
+/// kept as their SHA-256, the same for the same id.
+#[test]
+fn end_users_are_recorded_as_sent_or_hashed() {
+    assert_eq!(recorded_end_user("user-7", false), "user-7");
+    let longest = "u".repeat(MAX_RECORDED_END_USER);
+    assert_eq!(recorded_end_user(&longest, false), longest);
+    let hashed = |id: &str, sensitive| {
+        let recorded = recorded_end_user(id, sensitive);
+        let hex = recorded
+            .strip_prefix("sha256:")
+            .unwrap_or_else(|| panic!("{recorded}"));
+        assert_eq!(hex.len(), 64, "{recorded}");
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{recorded}");
+        assert_eq!(hex, freehold_llm::wire::hashed_end_user(id));
+        recorded
+    };
+    let too_long = format!("{longest}u");
+    assert_eq!(hashed(&too_long, false), hashed(&too_long, false));
+    assert_ne!(hashed(&too_long, false), hashed(&longest, true));
+    hashed("user\n2026-01-01 forged line", false);
+    hashed("ada@example.com", true);
 }
 
 async fn requests_list_the_latest_lines(db: &TestDb) {

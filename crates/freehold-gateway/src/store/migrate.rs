@@ -68,6 +68,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite_0008_request_ids.sql"),
         postgres: include_str!("migrations/postgres_0008_request_ids.sql"),
     },
+    Migration {
+        version: 9,
+        description: "each ledger line names the end user its client sent the request for",
+        sqlite: include_str!("migrations/sqlite_0009_end_users.sql"),
+        postgres: include_str!("migrations/postgres_0009_end_users.sql"),
+    },
 ];
 
 const CREATE_HISTORY: &str = "CREATE TABLE IF NOT EXISTS freehold_migrations (\

@@ -220,6 +220,11 @@ pub struct UsageRecord {
     /// The id the client got back in `request-id` and `x-request-id`;
     /// `None` on lines written before ledgers kept it.
     pub request_id: Option<String>,
+    /// The end user the client sent the request for (Anthropic's
+    /// `metadata.user_id`, OpenAI's `safety_identifier` or `user`), as
+    /// [`recorded_end_user`] keeps it; `None` when it named none, and on
+    /// lines written before ledgers kept it.
+    pub end_user: Option<String>,
     /// The virtual key id; `None` for the master key or an open gateway.
     pub key_id: Option<String>,
     /// The model the client asked for.
@@ -272,12 +277,45 @@ pub enum GroupBy {
     Model,
     /// Per UTC day.
     Day,
+    /// Per end user the clients named ([`UsageRecord::end_user`]); requests
+    /// that named none are grouped as `(none)`.
+    User,
+}
+
+/// The group of `freehold usage --by user` for requests that named no end
+/// user.
+pub const NO_END_USER: &str = "(none)";
+
+/// The longest end user's id the ledger keeps as it was sent: Anthropic's
+/// limit for `metadata.user_id`, the longest any provider takes.
+pub const MAX_RECORDED_END_USER: usize = 256;
+
+/// An end user's id as the ledger keeps it ([`UsageRecord::end_user`]): as
+/// the client sent it, unless it is longer than [`MAX_RECORDED_END_USER`]
+/// bytes, holds control characters (which would forge lines in
+/// `freehold usage`'s tables), or `sensitive` (the privacy detectors found
+/// something in it, an email address say). Those are kept as `sha256:` and
+/// the id's SHA-256 in hex: one user still has one line in a report, and
+/// what the detectors found stays out of the ledger. (A provider that gets
+/// a hashed id, one longer than it takes, gets the same hex without the
+/// prefix.)
+pub fn recorded_end_user(id: &str, sensitive: bool) -> String {
+    if !sensitive && id.len() <= MAX_RECORDED_END_USER && !id.chars().any(char::is_control) {
+        return id.to_owned();
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let mut recorded = String::with_capacity(7 + 2 * digest.len());
+    recorded.push_str("sha256:");
+    for byte in digest {
+        recorded.push_str(&format!("{byte:02x}"));
+    }
+    recorded
 }
 
 /// One row of a usage report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRow {
-    /// The key name, model or day.
+    /// The key name, model, day or end user.
     pub group: String,
     /// Requests.
     pub requests: u64,
@@ -460,9 +498,12 @@ type KeyRow = (
     bool,
 );
 
-/// Ledger lines per INSERT statement: 16 parameters each, so a full
-/// statement (992) stays under SQLite's oldest limit of 999 parameters.
-const LINES_PER_INSERT: usize = 62;
+/// The columns each ledger line binds in its INSERT.
+const LEDGER_COLUMNS: usize = 17;
+
+/// Ledger lines per INSERT statement, so that a full statement stays under
+/// SQLite's oldest limit of 999 parameters.
+const LINES_PER_INSERT: usize = 999 / LEDGER_COLUMNS;
 
 /// Runs the same code against whichever pool the store holds: the SQL is
 /// written once, the compiler checks it against both drivers' types.
@@ -1352,14 +1393,15 @@ impl Store {
                     .zip(costs.chunks(LINES_PER_INSERT))
                 {
                     let mut insert = sqlx::QueryBuilder::new(
-                        "INSERT INTO freehold_usage (at_ms, request_id, key_id, model, \
-                         provider, provider_model, endpoint, input_tokens, \
+                        "INSERT INTO freehold_usage (at_ms, request_id, end_user, key_id, \
+                         model, provider, provider_model, endpoint, input_tokens, \
                          cached_input_tokens, output_tokens, cost_micros, latency_ms, status, \
                          error, privacy, body) ",
                     );
                     insert.push_values(chunk.iter().zip(chunk_costs), |mut row, (r, cost)| {
                         row.push_bind(r.at_ms)
                             .push_bind(r.request_id.as_deref())
+                            .push_bind(r.end_user.as_deref())
                             .push_bind(r.key_id.as_deref())
                             .push_bind(r.model.as_str())
                             .push_bind(r.provider.as_str())
@@ -1405,10 +1447,11 @@ impl Store {
     /// ledger writer tries a batch again.
     const LEDGER_BATCHES_KEPT: Duration = Duration::from_secs(3600);
 
-    /// Sums the ledger by key, model or UTC day, from `since_ms` (Unix
-    /// milliseconds) on when given. Days come newest first; keys and models
-    /// by cost, largest first. Requests without a key are grouped as
-    /// `(no key)`; two keys sharing a name show their ids.
+    /// Sums the ledger by key, model, UTC day or end user, from `since_ms`
+    /// (Unix milliseconds) on when given. Days come newest first; keys,
+    /// models and end users by cost, largest first. Requests without a key
+    /// are grouped as `(no key)`, those that named no end user as
+    /// [`NO_END_USER`]; two keys sharing a name show their ids.
     pub async fn usage(
         &self,
         by: GroupBy,
@@ -1418,11 +1461,13 @@ impl Store {
             GroupBy::Key => "u.key_id, k.name, CAST(NULL AS BIGINT)",
             GroupBy::Model => "u.model, CAST(NULL AS TEXT), CAST(NULL AS BIGINT)",
             GroupBy::Day => "CAST(NULL AS TEXT), CAST(NULL AS TEXT), u.at_ms / 86400000",
+            GroupBy::User => "u.end_user, CAST(NULL AS TEXT), CAST(NULL AS BIGINT)",
         };
         let group_by = match by {
             GroupBy::Key => "u.key_id, k.name",
             GroupBy::Model => "u.model",
             GroupBy::Day => "u.at_ms / 86400000",
+            GroupBy::User => "u.end_user",
         };
         let sql = format!(
             "SELECT {group}, COUNT(*), \
@@ -1476,6 +1521,7 @@ impl Store {
                     },
                     GroupBy::Model => a.clone().unwrap_or_default(),
                     GroupBy::Day => day_label(day.unwrap_or(0)),
+                    GroupBy::User => a.clone().unwrap_or_else(|| NO_END_USER.to_owned()),
                 };
                 let row = UsageRow {
                     group,
@@ -1490,7 +1536,7 @@ impl Store {
             .collect();
         match by {
             GroupBy::Day => sorted.sort_by_key(|row| std::cmp::Reverse(row.0)),
-            GroupBy::Key | GroupBy::Model => sorted.sort_by(|a, b| {
+            GroupBy::Key | GroupBy::Model | GroupBy::User => sorted.sort_by(|a, b| {
                 b.1.cmp(&a.1)
                     .then(b.2.requests.cmp(&a.2.requests))
                     .then_with(|| a.2.group.cmp(&b.2.group))
@@ -1528,28 +1574,10 @@ impl Store {
         request_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<LedgerLine>, StoreError> {
-        type Row = (
-            i64,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            i64,
-            Option<i64>,
-            i64,
-            i32,
-            Option<String>,
-            Option<String>,
-        );
-        const SELECT: &str = "SELECT u.at_ms, u.request_id, u.key_id, k.name, u.model, \
-             u.provider, u.provider_model, u.endpoint, u.input_tokens, \
-             u.cached_input_tokens, u.output_tokens, u.cost_micros, u.latency_ms, u.status, \
-             u.error, u.privacy \
+        const SELECT: &str = "SELECT u.at_ms, u.request_id, u.end_user, u.key_id, \
+             k.name AS key_name, u.model, u.provider, u.provider_model, u.endpoint, \
+             u.input_tokens, u.cached_input_tokens, u.output_tokens, u.cost_micros, \
+             u.latency_ms, u.status, u.error, u.privacy \
              FROM freehold_usage u LEFT JOIN freehold_keys k ON k.id = u.key_id ";
         const LATEST: &str = "WHERE u.at_ms >= $1 ORDER BY u.at_ms DESC, u.id DESC LIMIT $2";
         const WITH_ID: &str = "WHERE u.at_ms >= $1 AND u.request_id = $3 \
@@ -1562,7 +1590,7 @@ impl Store {
                 LATEST
             }
         );
-        let rows: Vec<Row> = with_pool!(self, pool => {
+        let rows: Vec<LedgerRow> = with_pool!(self, pool => {
             let mut query = sqlx::query_as(&sql)
                 .bind(since_ms.unwrap_or(i64::MIN))
                 .bind(i64::from(limit));
@@ -1572,30 +1600,48 @@ impl Store {
             query.fetch_all(pool).await
         })
         .map_err(db("cannot read the ledger"))?;
-        Ok(rows
-            .into_iter()
-            .map(|row| LedgerLine {
-                key_name: row.3,
-                record: UsageRecord {
-                    at_ms: row.0,
-                    request_id: row.1,
-                    key_id: row.2,
-                    model: row.4,
-                    provider: row.5,
-                    provider_model: row.6,
-                    endpoint: row.7,
-                    input_tokens: to_u64(row.8),
-                    cached_input_tokens: to_u64(row.9),
-                    output_tokens: to_u64(row.10),
-                    cost_usd: row.11.map(micros_to_usd),
-                    latency_ms: to_u64(row.12),
-                    status: u16::try_from(row.13).unwrap_or(0),
-                    error: row.14,
-                    privacy: row.15,
-                    body: None,
-                },
-            })
-            .collect())
+        Ok(rows.into_iter().map(|row| row.0).collect())
+    }
+}
+
+/// A ledger line as [`Store::ledger_lines`] selects it, read by column
+/// name: more columns than sqlx reads into a tuple (16).
+struct LedgerRow(LedgerLine);
+
+impl<'r, R> sqlx::FromRow<'r, R> for LedgerRow
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        let count = |column: &'static str| row.try_get::<i64, _>(column).map(to_u64);
+        Ok(Self(LedgerLine {
+            key_name: row.try_get("key_name")?,
+            record: UsageRecord {
+                at_ms: row.try_get("at_ms")?,
+                request_id: row.try_get("request_id")?,
+                end_user: row.try_get("end_user")?,
+                key_id: row.try_get("key_id")?,
+                model: row.try_get("model")?,
+                provider: row.try_get("provider")?,
+                provider_model: row.try_get("provider_model")?,
+                endpoint: row.try_get("endpoint")?,
+                input_tokens: count("input_tokens")?,
+                cached_input_tokens: count("cached_input_tokens")?,
+                output_tokens: count("output_tokens")?,
+                cost_usd: row
+                    .try_get::<Option<i64>, _>("cost_micros")?
+                    .map(micros_to_usd),
+                latency_ms: count("latency_ms")?,
+                status: u16::try_from(row.try_get::<i32, _>("status")?).unwrap_or(0),
+                error: row.try_get("error")?,
+                privacy: row.try_get("privacy")?,
+                body: None,
+            },
+        }))
     }
 }
 

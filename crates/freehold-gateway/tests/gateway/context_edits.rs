@@ -387,8 +387,10 @@ async fn a_compaction_is_made_by_the_gateway_then_sent_back() {
     )
     .await;
 
-    // Whole.
-    let (status, whole) = messages(&gw.url, &asking_for_compaction("mock", false, false)).await;
+    // Whole, for an end user.
+    let mut for_user = asking_for_compaction("mock", false, false);
+    for_user["metadata"] = json!({"user_id": "user-7"});
+    let (status, whole) = messages(&gw.url, &for_user).await;
     assert_eq!(status, 200, "{whole}");
     let whole: Value = serde_json::from_str(&whole).unwrap();
     assert_eq!(
@@ -528,9 +530,13 @@ async fn a_compaction_is_made_by_the_gateway_then_sent_back() {
     assert!(texts[1].1.ends_with(summary), "{texts:?}");
     assert_eq!(texts[2], ("user".to_owned(), "Go on.".to_owned()));
 
-    // Each call has its line in the ledger: 2 + 2 + 1 + 1 + 1 + 1.
+    // Each call has its line in the ledger: 2 + 2 + 1 + 1 + 1 + 1. Both of
+    // the first request's (the oldest) name its end user.
     let lines = super::ledger_lines(&gw.store, 8).await;
     assert_eq!(lines.len(), 8);
+    let users: Vec<_> = lines.iter().map(|l| l.record.end_user.as_deref()).collect();
+    assert_eq!(users[6..], [Some("user-7"), Some("user-7")], "{users:?}");
+    assert!(users[..6].iter().all(Option::is_none), "{users:?}");
 }
 
 /// Anthropic's API is sent the edits it makes without the compaction, which
