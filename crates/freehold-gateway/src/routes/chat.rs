@@ -24,7 +24,7 @@ use crate::chat::{
 use crate::error::{GatewayError, Protocol};
 use crate::request_id::Arrival;
 use crate::routes::read_body;
-use crate::routes::server_compaction::{self, Compacted, Pending, Plan};
+use crate::routes::server_compaction::{self, Compacted, Pending, Plan, Then};
 use crate::state::Gateway;
 
 /// A stream encoder of one protocol.
@@ -560,6 +560,12 @@ fn whole<P: ChatProtocol>(
     if let Some(compacted) = &compacted {
         P::put_compaction_first(&mut encoded, compacted);
     }
+    send_whole(gateway, accounting, encoded)
+}
+
+/// Sends a whole answer, its body logged first when the gateway logs
+/// bodies, and ends its request's accounting.
+fn send_whole(gateway: &Gateway, mut accounting: Accounting, encoded: impl Serialize) -> Response {
     if gateway.settings.log_bodies
         && let Ok(text) = serde_json::to_string(&encoded)
     {
@@ -567,6 +573,28 @@ fn whole<P: ChatProtocol>(
     }
     accounting.succeed();
     (StatusCode::OK, Json(encoded)).into_response()
+}
+
+/// Answers with the compaction alone, as a request that asked only for it
+/// is answered whole; `accounting` is the summary's call's, still open,
+/// which logs the answer (with `log_bodies`) and ends.
+fn compaction_alone<P: ChatProtocol>(
+    gateway: &Gateway,
+    mut accounting: Accounting,
+    compacted: &Compacted,
+    model: &str,
+    options: &P::Options,
+) -> Response {
+    let Some(encoded) = P::compaction_alone(compacted, model, options) else {
+        let error = GatewayError::upstream(&LlmError::new(
+            ErrorKind::Server,
+            "gateway",
+            "this protocol has no answer made of a compaction alone",
+        ));
+        accounting.fail(&error);
+        return error.into_response(P::PROTOCOL);
+    };
+    send_whole(gateway, accounting, encoded)
 }
 
 /// Answers a request whose conversation is compacted first (see
@@ -609,18 +637,22 @@ async fn compact_then_answer<P: ChatProtocol>(
     if P::streams(&options) {
         let body = body.clone();
         let opening = async move {
-            let (admitted, compacted) = pending.run().await?;
-            let mut opened = match admitted {
-                Some(mut admitted) => {
+            let (then, compacted) = pending.run().await?;
+            let mut opened = match then {
+                Then::Answer(mut admitted) => {
                     admitted.accounting.log_body(&body);
                     open_stream(admitted).await?
                 }
-                // The compaction alone: the stream ends after it.
-                None => Opened {
-                    first: VecDeque::new(),
-                    stream: None,
-                    compacted: None,
-                },
+                // The compaction alone: the stream ends after it. (A
+                // streamed answer's body is not logged.)
+                Then::Alone(mut accounting) => {
+                    accounting.succeed();
+                    Opened {
+                        first: VecDeque::new(),
+                        stream: None,
+                        compacted: None,
+                    }
+                }
             };
             opened.compacted = Some(compacted);
             Ok(opened)
@@ -637,16 +669,19 @@ async fn compact_then_answer<P: ChatProtocol>(
         .await
     } else {
         let answered = async {
-            let (admitted, compacted) = pending.run().await?;
-            let Some(mut admitted) = admitted else {
-                return Ok::<_, GatewayError>((None, compacted));
+            let (then, compacted) = pending.run().await?;
+            let mut admitted = match then {
+                Then::Answer(admitted) => admitted,
+                Then::Alone(accounting) => {
+                    return Ok::<_, GatewayError>((Err(accounting), compacted));
+                }
             };
             admitted.accounting.log_body(body);
             let answer = admitted.complete().await?;
-            Ok((Some(answer), compacted))
+            Ok((Ok(answer), compacted))
         };
         match answered.await {
-            Ok((Some((response, accounting)), compacted)) => whole::<P>(
+            Ok((Ok((response, accounting)), compacted)) => whole::<P>(
                 gateway,
                 response,
                 accounting,
@@ -654,16 +689,9 @@ async fn compact_then_answer<P: ChatProtocol>(
                 &options,
                 Some(compacted),
             ),
-            Ok((None, compacted)) => match P::compaction_alone(&compacted, model, &options) {
-                // Its call is in the ledger already.
-                Some(encoded) => (StatusCode::OK, Json(encoded)).into_response(),
-                None => GatewayError::upstream(&LlmError::new(
-                    ErrorKind::Server,
-                    "gateway",
-                    "this protocol has no answer made of a compaction alone",
-                ))
-                .into_response(P::PROTOCOL),
-            },
+            Ok((Err(accounting), compacted)) => {
+                compaction_alone::<P>(gateway, accounting, &compacted, model, &options)
+            }
             Err(error) => error.into_response(P::PROTOCOL),
         }
     }

@@ -83,6 +83,20 @@ enum After {
     Pause,
 }
 
+/// What follows a compaction's summary, once it is written.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per compacted request, returned once: boxing would save nothing"
+)]
+pub(super) enum Then {
+    /// The answer's request, admitted.
+    Answer(Admitted),
+    /// Nothing more: the request asked for the compaction alone. The
+    /// summary's call is left unfinished in its ledger line, so that the
+    /// route that sends the answer logs it (with `log_bodies`) and ends it.
+    Alone(Accounting),
+}
+
 /// A request to compact before it is answered, whose summary's call was
 /// admitted.
 pub(super) struct Pending {
@@ -158,14 +172,14 @@ impl Pending {
 
     /// Runs the summary's call, then admits the answer's request: the
     /// conversation the compaction stands for, with the request's tools and
-    /// settings. `None` in its place when the request asked for the
-    /// compaction alone.
+    /// settings. [`Then::Alone`] in its place when the request asked for
+    /// the compaction alone.
     ///
     /// # Errors
     /// The summary's call failed, or the model wrote no summary (a 502 in
     /// the gateway's words, as for a `compaction_trigger`), or the answer's
     /// request was not admitted.
-    pub(super) async fn run(self) -> Result<(Option<Admitted>, Compacted), GatewayError> {
+    pub(super) async fn run(self) -> Result<(Then, Compacted), GatewayError> {
         let (response, mut accounting) = self.summary.complete().await?;
         let summary = match summary_of(&response) {
             Ok(summary) => summary,
@@ -176,17 +190,18 @@ impl Pending {
                 return Err(error);
             }
         };
-        accounting.succeed();
         let compacted = Compacted {
             summary,
             usage: response.usage,
         };
         let request = match self.after {
-            After::Pause => return Ok((None, compacted)),
+            After::Pause => return Ok((Then::Alone(accounting), compacted)),
             After::Messages(answer) => {
+                accounting.succeed();
                 anthropic::answer_after_compaction(answer, &compacted.summary)
             }
             After::Responses(wire) => {
+                accounting.succeed();
                 let model = wire.model.clone();
                 let item = compaction_item_for(&compacted.summary);
                 match request_after_compaction(wire, item) {
@@ -220,7 +235,7 @@ impl Pending {
             RateLimit::CountedBefore,
         )
         .await?;
-        Ok((Some(admitted), compacted))
+        Ok((Then::Answer(admitted), compacted))
     }
 }
 

@@ -539,6 +539,39 @@ async fn a_compaction_is_made_by_the_gateway_then_sent_back() {
     assert!(users[..6].iter().all(Option::is_none), "{users:?}");
 }
 
+/// With `log_bodies` on, a request answered with its compaction alone has
+/// its request and its answer (the block) in its one ledger line, as any
+/// whole answer has.
+#[tokio::test]
+async fn a_paused_compactions_answer_is_logged_with_its_request() {
+    let summary = "The user wants add() in calc.py fixed.";
+    let upstream = MockServer::start(vec![Scripted::json(
+        200,
+        chat_completion("mock-model", summary),
+    )])
+    .await;
+    let settings = GatewaySettings {
+        log_bodies: true,
+        ..GatewaySettings::default()
+    };
+    let gw = start(
+        routes(vec![format!("{}/v1", upstream.url())]),
+        settings,
+        None,
+    )
+    .await;
+    let (status, paused) = messages(&gw.url, &asking_for_compaction("mock", false, true)).await;
+    assert_eq!(status, 200, "{paused}");
+    let lines = super::ledger_lines(&gw.store, 1).await;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].record.status, 200);
+    let bodies = super::ledger_bodies(&gw._dir.path().join("g.db")).await;
+    let body = bodies[0].as_deref().expect("the body was logged");
+    assert!(body.contains("Fix add() in calc.py."), "{body}");
+    assert!(body.contains(summary), "{body}");
+    assert!(body.contains("\"stop_reason\":\"compaction\""), "{body}");
+}
+
 /// Anthropic's API is sent the edits it makes without the compaction, which
 /// the gateway makes for it as for any provider.
 #[tokio::test]
