@@ -79,7 +79,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// The gateway's virtual keys: create, list, revoke.
     Keys(keys::KeysArgs),
-    /// What the gateway's requests cost, by key, model or day.
+    /// What the gateway's requests cost, by key, model, day or end user.
     Usage(usage::UsageArgs),
 }
 

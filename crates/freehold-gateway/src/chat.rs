@@ -183,6 +183,7 @@ async fn admit_inner(
     accounting: &mut Accounting,
     rate_limit: RateLimit,
 ) -> Result<(Arc<Routes>, Vec<Target>), GatewayError> {
+    take_end_user(gateway, request, accounting);
     let privacy_header = privacy_header(gateway, headers)?;
     // Keys allow models by the name the client asked for, checked before
     // routing, so that a key learns nothing of models outside its list
@@ -332,6 +333,39 @@ fn recorded_name(model: &str) -> String {
         .collect()
 }
 
+/// Notes the end user the client named on the request's ledger line, first,
+/// so that a request refused later (its model, its rate limit) is counted
+/// for that user too.
+///
+/// The id is for the provider's abuse monitoring, not part of the
+/// conversation: one the privacy detectors find anything in (an email
+/// address) is not sent, whatever the policy does with the rest, and the
+/// ledger keeps it hashed ([`recorded_end_user`]); the body the ledger may
+/// log, which holds it as sent, is then redacted.
+fn take_end_user(gateway: &Gateway, request: &mut ChatRequest, accounting: &mut Accounting) {
+    if note_end_user(gateway, request.end_user.as_deref(), accounting) {
+        tracing::debug!("the end user's id holds what a detector matches: not sent");
+        request.end_user = None;
+    }
+}
+
+/// Notes the end user `id` on the request's ledger line (hashed when the
+/// privacy detectors find anything in it, which then also redacts the body
+/// the ledger may log); returns whether they did.
+pub(crate) fn note_end_user(
+    gateway: &Gateway,
+    id: Option<&str>,
+    accounting: &mut Accounting,
+) -> bool {
+    let Some(id) = id.filter(|id| !id.is_empty()) else {
+        return false;
+    };
+    let sensitive = gateway.privacy.finds_anything_in(id);
+    accounting.end_user = Some(recorded_end_user(id, sensitive));
+    accounting.body_has_findings |= sensitive;
+    sensitive
+}
+
 /// Refuses a client's `provider:path` for the embedded engine, which loads
 /// a model from any file path it is given: a client could otherwise load
 /// any GGUF file the gateway can read, learn which files exist, and fill
@@ -379,6 +413,8 @@ pub(crate) fn refuse_engine_paths(
 /// # Errors
 /// 403 when the policy blocks the request, or keeps it local and its
 /// route has no local target.
+///
+/// [`take_end_user`] comes first.
 fn apply_privacy(
     gateway: &Gateway,
     caller: &Caller,
@@ -389,31 +425,15 @@ fn apply_privacy(
     accounting: &mut Accounting,
 ) -> Result<Option<Vec<Target>>, GatewayError> {
     let local_only_key = caller.key().is_some_and(|key| key.local_only);
-    // The end user's id is for the provider's abuse monitoring, not part of
-    // the conversation: one the detectors find anything in (an email
-    // address) is left out, whatever the policy does with the rest.
-    let sensitive_end_user = request
-        .end_user
-        .as_deref()
-        .is_some_and(|id| gateway.privacy.finds_anything_in(id));
-    // The ledger keeps it (hashed when sensitive), so that usage can be
-    // told apart by end user whatever the provider was sent.
-    accounting.end_user = request
-        .end_user
-        .as_deref()
-        .map(|id| recorded_end_user(id, sensitive_end_user));
-    if sensitive_end_user {
-        tracing::debug!("the end user's id holds what a detector matches: not sent");
-        request.end_user = None;
-    }
     let decision = gateway
         .privacy
         .decide(request, privacy_header, local_only_key);
     decision.log();
     accounting.privacy = decision.audit_line();
     // A document alone leaves nothing for the log's redaction to find; the
-    // end user's id, in the body as the client sent it, does.
-    accounting.body_has_findings = sensitive_end_user
+    // end user's id, in the body as the client sent it, does
+    // ([`take_end_user`]).
+    accounting.body_has_findings = accounting.body_has_findings
         || decision
             .reasons()
             .is_some_and(|reasons| reasons.findings.in_text());
@@ -472,6 +492,7 @@ pub(crate) async fn count_input_tokens(
 ) -> Result<TokenCount, GatewayError> {
     let asked = request.model.clone();
     let mut accounting = Accounting::new(gateway, caller.clone(), endpoint, &asked, arrival);
+    take_end_user(gateway, &mut request, &mut accounting);
     let checked = async {
         check_model_name(&asked)?;
         caller.check_model(&asked)?;

@@ -1239,6 +1239,16 @@ async fn the_end_user_reaches_each_provider_in_its_own_field() {
     let sent = openai.requests()[2].json();
     assert!(sent.get("safety_identifier").is_none(), "{sent}");
 
+    // A request refused for its model still counts for its end user.
+    let (status, body, _) = post(
+        &gw.url,
+        "/v1/chat/completions",
+        Some(MASTER),
+        &openai_client("nowhere:m", "user-9"),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+
     // A `metadata` of another shape is the client's mistake, named.
     let mut wrong = claude_code;
     wrong["metadata"] = json!({"user_id": 7});
@@ -1250,7 +1260,7 @@ async fn the_end_user_reaches_each_provider_in_its_own_field() {
     // The ledger keeps whom each request was for, whatever the provider
     // got: the id as sent, or its SHA-256 where the detectors found
     // something in it (none for the request refused before it was read).
-    let lines = ledger_lines(&gw.store, 6).await;
+    let lines = ledger_lines(&gw.store, 7).await;
     let users: Vec<_> = lines
         .iter()
         .rev()
@@ -1265,6 +1275,7 @@ async fn the_end_user_reaches_each_provider_in_its_own_field() {
             Some("user-7".to_owned()),
             Some("user-7".to_owned()),
             Some(hashed_email),
+            Some("user-9".to_owned()),
             None,
         ],
         "{lines:#?}"
@@ -2773,7 +2784,7 @@ async fn malformed_requests_get_the_protocols_own_errors() {
 /// `encoding_format` and `dimensions` as OpenAI's SDKs send them: the
 /// vectors come back in base64 when asked (the Node SDK's default), the
 /// dimensions reach the upstream, and what the gateway cannot serve is
-/// refused by name.
+/// refused by name. The `user` a client names is on the ledger's line.
 #[tokio::test]
 async fn embeddings_honour_encoding_format_and_dimensions() {
     use freehold_test_support::{MockServer, Scripted};
@@ -2802,11 +2813,16 @@ async fn embeddings_honour_encoding_format_and_dimensions() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"][0]["embedding"], "AAAAPwAAgL8=", "{body}");
-    let (status, body, _) = embed(json!({"model": "mock", "input": "hi"})).await;
+    let (status, body, _) = embed(json!({"model": "mock", "input": "hi", "user": "user-7"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"][0]["embedding"], json!([0.5, -1.0]), "{body}");
     let sent: Vec<Value> = upstream.requests().iter().map(|r| r.json()).collect();
     assert_eq!(sent[0]["dimensions"], 2, "{sent:?}");
+    // The end user is the ledger's, not the provider's.
+    assert!(sent[1].get("user").is_none(), "{sent:?}");
+    let lines = ledger_lines(&gw.store, 2).await;
+    assert_eq!(lines[0].record.end_user.as_deref(), Some("user-7"));
+    assert_eq!(lines[1].record.end_user, None);
     // The upstream is asked for numbers, whatever the client wants.
     assert!(
         sent.iter().all(|r| r.get("encoding_format").is_none()),

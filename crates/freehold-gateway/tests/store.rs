@@ -2065,7 +2065,13 @@ fn end_users_are_recorded_as_sent_or_hashed() {
     assert_eq!(hashed(&too_long, false), hashed(&too_long, false));
     assert_ne!(hashed(&too_long, false), hashed(&longest, true));
     hashed("user\n2026-01-01 forged line", false);
+    hashed("user-\u{202E}7-resu", false);
+    hashed("user\u{200B}-7", false);
     hashed("ada@example.com", true);
+    // Nothing passes for one of the ledger's own labels.
+    hashed(NO_END_USER, false);
+    hashed("sha256:0000", false);
+    assert_eq!(recorded_end_user("ünïcode-user", false), "ünïcode-user");
 }
 
 async fn requests_list_the_latest_lines(db: &TestDb) {
@@ -2157,6 +2163,7 @@ async fn large_batches_are_written_whole(db: &TestDb) {
         .map(|i| {
             let mut record = line(10_000 + i, Some(&key.id), "gpt", Some(0.001), 200);
             record.privacy = (i % 7 == 0).then(|| format!("redacted line={i}"));
+            record.end_user = (i % 3 == 0).then(|| format!("user-{i}"));
             record
         })
         .collect();
@@ -2171,6 +2178,8 @@ async fn large_batches_are_written_whole(db: &TestDb) {
     assert_eq!(listed[0].record, lines[299]);
     assert_eq!(listed[299].record, lines[0]);
     assert_eq!(listed[160].record, lines[139]);
+    assert_eq!(listed[161].record.end_user.as_deref(), Some("user-138"));
+    assert_eq!(listed[161].record, lines[138]);
 
     let mut failing: Vec<UsageRecord> = (0..200)
         .map(|i| line(20_000 + i, Some(&key.id), "claude", Some(1.0), 200))

@@ -336,11 +336,14 @@ pub(crate) async fn embeddings(
     };
     let decoded = async {
         let body = read_body(body, &gateway.settings).await?;
-        let wire: OpenAiEmbeddingsRequest = parse_body(&headers, &body)?;
-        decode_openai_request(wire).map_err(|error| GatewayError::bad_request(error.to_string()))
+        let mut wire: OpenAiEmbeddingsRequest = parse_body(&headers, &body)?;
+        let end_user = wire.user.take();
+        decode_openai_request(wire)
+            .map(|(request, encoding)| (request, encoding, end_user))
+            .map_err(|error| GatewayError::bad_request(error.to_string()))
     }
     .await;
-    let (mut request, encoding) = match decoded {
+    let (mut request, encoding, end_user) = match decoded {
         Ok(decoded) => decoded,
         Err(error) => {
             Accounting::new(&gateway, caller, ENDPOINT, "", &arrival).fail(&error);
@@ -349,6 +352,8 @@ pub(crate) async fn embeddings(
     };
     let mut accounting =
         Accounting::new(&gateway, caller.clone(), ENDPOINT, &request.model, &arrival);
+    // The ledger names the end user; no provider is sent it.
+    crate::chat::note_end_user(&gateway, end_user.as_deref(), &mut accounting);
     let routes = gateway.routes();
     let admitted = admit_embeddings(
         &gateway,

@@ -292,24 +292,42 @@ pub const MAX_RECORDED_END_USER: usize = 256;
 
 /// An end user's id as the ledger keeps it ([`UsageRecord::end_user`]): as
 /// the client sent it, unless it is longer than [`MAX_RECORDED_END_USER`]
-/// bytes, holds control characters (which would forge lines in
-/// `freehold usage`'s tables), or `sensitive` (the privacy detectors found
-/// something in it, an email address say). Those are kept as `sha256:` and
-/// the id's SHA-256 in hex: one user still has one line in a report, and
-/// what the detectors found stays out of the ledger. (A provider that gets
-/// a hashed id, one longer than it takes, gets the same hex without the
-/// prefix.)
+/// bytes, holds control or invisible formatting characters (which would
+/// forge or disguise lines in `freehold usage`'s tables), could be taken
+/// for one of the ledger's own labels ([`NO_END_USER`], a hash), or is
+/// `sensitive` (the privacy detectors found something in it, an email
+/// address say). Those are kept as `sha256:` and the id's SHA-256 in hex:
+/// one user still has one line in a report, and what the detectors found
+/// is not written out. (A provider that gets a hashed id, one longer than
+/// it takes, gets the same hex without the prefix.)
 pub fn recorded_end_user(id: &str, sensitive: bool) -> String {
-    if !sensitive && id.len() <= MAX_RECORDED_END_USER && !id.chars().any(char::is_control) {
+    let kept_as_sent = !sensitive
+        && id.len() <= MAX_RECORDED_END_USER
+        && !id.chars().any(hides_or_breaks_lines)
+        && id != NO_END_USER
+        && !id.starts_with(HASHED_END_USER);
+    if kept_as_sent {
         return id.to_owned();
     }
-    let digest = Sha256::digest(id.as_bytes());
-    let mut recorded = String::with_capacity(7 + 2 * digest.len());
-    recorded.push_str("sha256:");
-    for byte in digest {
-        recorded.push_str(&format!("{byte:02x}"));
-    }
-    recorded
+    format!(
+        "{HASHED_END_USER}{}",
+        freehold_llm::wire::hashed_end_user(id)
+    )
+}
+
+/// What begins an end user's id that the ledger keeps hashed.
+const HASHED_END_USER: &str = "sha256:";
+
+/// Whether `c` is a control character, or one that changes how the text
+/// around it is shown without being seen itself: zero-width characters and
+/// the bidirectional overrides and isolates, which can make one id look
+/// like another in a table.
+fn hides_or_breaks_lines(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        )
 }
 
 /// One row of a usage report.
@@ -1574,10 +1592,15 @@ impl Store {
         request_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<LedgerLine>, StoreError> {
-        const SELECT: &str = "SELECT u.at_ms, u.request_id, u.end_user, u.key_id, \
-             k.name AS key_name, u.model, u.provider, u.provider_model, u.endpoint, \
-             u.input_tokens, u.cached_input_tokens, u.output_tokens, u.cost_micros, \
-             u.latency_ms, u.status, u.error, u.privacy \
+        // Every column named with AS: `LedgerRow` reads them by name, and
+        // SQLite does not promise the names of columns it was not given.
+        const SELECT: &str = "SELECT u.at_ms AS at_ms, u.request_id AS request_id, \
+             u.end_user AS end_user, u.key_id AS key_id, k.name AS key_name, u.model AS model, \
+             u.provider AS provider, u.provider_model AS provider_model, \
+             u.endpoint AS endpoint, u.input_tokens AS input_tokens, \
+             u.cached_input_tokens AS cached_input_tokens, u.output_tokens AS output_tokens, \
+             u.cost_micros AS cost_micros, u.latency_ms AS latency_ms, u.status AS status, \
+             u.error AS error, u.privacy AS privacy \
              FROM freehold_usage u LEFT JOIN freehold_keys k ON k.id = u.key_id ";
         const LATEST: &str = "WHERE u.at_ms >= $1 ORDER BY u.at_ms DESC, u.id DESC LIMIT $2";
         const WITH_ID: &str = "WHERE u.at_ms >= $1 AND u.request_id = $3 \

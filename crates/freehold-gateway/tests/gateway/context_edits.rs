@@ -534,6 +534,7 @@ async fn a_compaction_is_made_by_the_gateway_then_sent_back() {
     // the first request's (the oldest) name its end user.
     let lines = super::ledger_lines(&gw.store, 8).await;
     assert_eq!(lines.len(), 8);
+    assert!(lines.iter().all(|l| l.record.status == 200), "{lines:#?}");
     let users: Vec<_> = lines.iter().map(|l| l.record.end_user.as_deref()).collect();
     assert_eq!(users[6..], [Some("user-7"), Some("user-7")], "{users:?}");
     assert!(users[..6].iter().all(Option::is_none), "{users:?}");
@@ -541,14 +542,15 @@ async fn a_compaction_is_made_by_the_gateway_then_sent_back() {
 
 /// With `log_bodies` on, a request answered with its compaction alone has
 /// its request and its answer (the block) in its one ledger line, as any
-/// whole answer has.
+/// whole answer has; streamed, its request (a stream's body is not
+/// logged). Each is one line, a success.
 #[tokio::test]
 async fn a_paused_compactions_answer_is_logged_with_its_request() {
     let summary = "The user wants add() in calc.py fixed.";
-    let upstream = MockServer::start(vec![Scripted::json(
-        200,
-        chat_completion("mock-model", summary),
-    )])
+    let upstream = MockServer::start(vec![
+        Scripted::json(200, chat_completion("mock-model", summary)),
+        Scripted::json(200, chat_completion("mock-model", summary)),
+    ])
     .await;
     let settings = GatewaySettings {
         log_bodies: true,
@@ -570,6 +572,20 @@ async fn a_paused_compactions_answer_is_logged_with_its_request() {
     assert!(body.contains("Fix add() in calc.py."), "{body}");
     assert!(body.contains(summary), "{body}");
     assert!(body.contains("\"stop_reason\":\"compaction\""), "{body}");
+
+    let (status, streamed) = messages(&gw.url, &asking_for_compaction("mock", true, true)).await;
+    assert_eq!(status, 200, "{streamed}");
+    assert!(streamed.contains("compaction_delta"), "{streamed}");
+    let lines = super::ledger_lines(&gw.store, 2).await;
+    // Nothing else comes late: one line a request.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines_later = super::ledger_lines(&gw.store, 2).await;
+    assert_eq!(lines_later.len(), 2, "{lines_later:#?}");
+    assert!(lines.iter().all(|l| l.record.status == 200), "{lines:#?}");
+    let bodies = super::ledger_bodies(&gw._dir.path().join("g.db")).await;
+    let body = bodies[1].as_deref().expect("the body was logged");
+    assert!(body.contains("Fix add() in calc.py."), "{body}");
+    assert!(!body.contains(summary), "{body}");
 }
 
 /// Anthropic's API is sent the edits it makes without the compaction, which

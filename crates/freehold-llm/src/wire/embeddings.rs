@@ -58,6 +58,10 @@ pub struct OpenAiEmbeddingsRequest {
     /// A shorter output dimension, for models that allow it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dimensions: Option<u32>,
+    /// The end user the client sent the request for (the gateway's ledger
+    /// records it); never sent to a provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// The answer to `POST /embeddings`.
@@ -159,6 +163,7 @@ pub fn encode_openai_request(request: &EmbedRequest) -> OpenAiEmbeddingsRequest 
         input: OpenAiInput::Many(request.inputs.clone()),
         encoding_format: None,
         dimensions: request.dimensions,
+        user: None,
     }
 }
 
