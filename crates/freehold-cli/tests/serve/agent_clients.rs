@@ -921,7 +921,7 @@ fn anthropic_hello(request: &Recorded) -> Scripted {
 /// Claude Code asks a Claude model to keep all its thinking
 /// (`context_management` with `clear_thinking_20251015`, beta
 /// `context-management-2025-06-27`) and to send it back without its text
-/// (`thinking.display: "omitted"`), in every request (2.1.332 does, for
+/// (`thinking.display: "omitted"`), in every request (2.1.332 and 2.1.337 do, for
 /// `claude-opus-4-7` with adaptive thinking). An upstream that is
 /// Anthropic's API gets both as Claude Code sent them, where the gateway
 /// used to drop them.
@@ -975,7 +975,8 @@ async fn claude_codes_context_editing_reaches_anthropics_api() {
 }
 
 /// Claude Code holds most of its tools back from Claude models that have
-/// tool search (`claude-opus-4-7` here, as 2.1.332 decides by the name),
+/// tool search (`claude-opus-4-7` here, as 2.1.332 and 2.1.337 decide by the
+/// name),
 /// offering `ToolSearch`: its result names the tools found in
 /// `tool_reference` blocks, which the gateway once refused, and the found
 /// tool is offered from the next request on.
