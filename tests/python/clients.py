@@ -207,6 +207,10 @@ def openai_responses():
         kinds.append(event.type)
         if event.type == "response.output_text.delta":
             deltas.append(event.delta)
+        # The SDK's types require a list of log probabilities on text
+        # events (OpenAI sends an empty one unless they are asked for).
+        if event.type in ("response.output_text.delta", "response.output_text.done"):
+            assert event.logprobs == [], event
         # A real model may stop at max_output_tokens: `incomplete`.
         if event.type in ("response.completed", "response.incomplete"):
             completed = event.response
@@ -214,6 +218,9 @@ def openai_responses():
     assert completed is not None, kinds
     check_text("".join(deltas))
     assert completed.output_text == "".join(deltas), completed
+    details = completed.usage.input_tokens_details
+    assert isinstance(details.cached_tokens, int), details
+    assert isinstance(details.cache_write_tokens, int), details
     # Messages without a `type`, as in OpenAI's own examples.
     untyped = client.responses.create(model=MODEL, max_output_tokens=32, input=[
         {"role": "developer", "content": "Answer in one short sentence."},

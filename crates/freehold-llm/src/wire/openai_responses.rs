@@ -734,6 +734,9 @@ pub struct InputTokensDetails {
     /// Input served from the prompt cache.
     #[serde(default)]
     pub cached_tokens: u64,
+    /// Input written to the prompt cache (every lifetime).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
 }
 
 /// `output_tokens_details`.
@@ -769,6 +772,7 @@ impl From<&Usage> for ResponseUsage {
             input_tokens: usage.input_tokens,
             input_tokens_details: Some(InputTokensDetails {
                 cached_tokens: usage.cached_input_tokens,
+                cache_write_tokens: usage.cache_write_tokens,
             }),
             output_tokens: usage.output_tokens,
             output_tokens_details: Some(OutputTokensDetails {
@@ -922,6 +926,10 @@ pub struct DeltaEvent {
     /// The summary part's position (reasoning summaries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary_index: Option<u32>,
+    /// The text's log probabilities: `output_text` events only, which
+    /// carry a list (empty: the gateway serves none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<Value>>,
     /// The new text.
     #[serde(default)]
     pub delta: String,
@@ -943,6 +951,9 @@ pub struct TextDoneEvent {
     /// The summary part's position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary_index: Option<u32>,
+    /// The text's log probabilities, as on [`DeltaEvent::logprobs`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<Value>>,
     /// The whole text.
     #[serde(default)]
     pub text: String,
@@ -1968,6 +1979,7 @@ mod tests {
                 output_index: 1,
                 content_index: Some(0),
                 summary_index: None,
+                logprobs: None,
                 delta: "Hi".into(),
             })
         );

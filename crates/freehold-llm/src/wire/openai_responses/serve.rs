@@ -1726,6 +1726,7 @@ impl ResponseStreamEncoder {
                         output_index,
                         content_index: Some(0),
                         summary_index: None,
+                        logprobs: Some(Vec::new()),
                         text: text.clone(),
                     })
                 };
@@ -1746,6 +1747,7 @@ impl ResponseStreamEncoder {
                         output_index,
                         content_index: None,
                         summary_index: Some(0),
+                        logprobs: None,
                         text: text.clone(),
                     });
                     out.push(self.frame(done));
@@ -1782,6 +1784,7 @@ impl ResponseStreamEncoder {
                         output_index,
                         content_index: None,
                         summary_index: None,
+                        logprobs: None,
                         delta: input.clone(),
                     });
                     out.push(self.frame(delta));
@@ -1901,6 +1904,9 @@ impl ResponseStreamEncoder {
                     output_index: self.output_index(),
                     content_index: Some(0),
                     summary_index: None,
+                    // No log probabilities are served; text events carry
+                    // the empty list OpenAI's do (the SDK's types want it).
+                    logprobs: (!self.refusing).then(Vec::new),
                     delta: text.clone(),
                 };
                 let delta = if self.refusing {
@@ -1939,6 +1945,7 @@ impl ResponseStreamEncoder {
                     output_index: self.output_index(),
                     content_index: None,
                     summary_index: Some(0),
+                    logprobs: None,
                     delta: text.clone(),
                 });
                 out.push(self.frame(delta));
@@ -2032,6 +2039,7 @@ impl ResponseStreamEncoder {
                             output_index,
                             content_index: None,
                             summary_index: None,
+                            logprobs: None,
                             delta: delta.clone(),
                         });
                         out.push(self.frame(event));
