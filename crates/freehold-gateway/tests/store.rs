@@ -2067,6 +2067,16 @@ fn end_users_are_recorded_as_sent_or_hashed() {
     hashed("user\n2026-01-01 forged line", false);
     hashed("user-\u{202E}7-resu", false);
     hashed("user\u{200B}-7", false);
+    for invisible in [
+        '\u{00AD}',
+        '\u{061C}',
+        '\u{2028}',
+        '\u{2029}',
+        '\u{180E}',
+        '\u{E0041}',
+    ] {
+        hashed(&format!("user-{invisible}7"), false);
+    }
     hashed("ada@example.com", true);
     // Nothing passes for one of the ledger's own labels.
     hashed(NO_END_USER, false);

@@ -318,15 +318,36 @@ pub fn recorded_end_user(id: &str, sensitive: bool) -> String {
 /// What begins an end user's id that the ledger keeps hashed.
 const HASHED_END_USER: &str = "sha256:";
 
-/// Whether `c` is a control character, or one that changes how the text
-/// around it is shown without being seen itself: zero-width characters and
-/// the bidirectional overrides and isolates, which can make one id look
-/// like another in a table.
+/// Whether `c` is a control character, a line or paragraph separator, or
+/// a format character (Unicode's category Cf: zero-width characters, the
+/// bidirectional marks, overrides and isolates, the soft hyphen, tags),
+/// which changes how the text around it is shown without being seen
+/// itself and can make one id look like another in a table.
 fn hides_or_breaks_lines(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+            '\u{00AD}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061C}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0001}'
+                | '\u{E0020}'..='\u{E007F}'
         )
 }
 
