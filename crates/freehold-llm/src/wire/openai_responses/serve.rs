@@ -1153,6 +1153,19 @@ fn final_status(reason: &StopReason) -> (&'static str, Option<IncompleteDetails>
     }
 }
 
+/// Marks an output item `incomplete` (reasoning, which has no status of
+/// its own here, is left as it is).
+fn mark_incomplete(item: &mut Item) {
+    let status = match item {
+        Item::Message(message) => &mut message.status,
+        Item::FunctionCall(call) => &mut call.status,
+        Item::CustomToolCall(call) => &mut call.status,
+        Item::ToolSearchCall(call) => &mut call.status,
+        _ => return,
+    };
+    *status = Some("incomplete".into());
+}
+
 /// A message's one part: `text` as output text, or as the model's refusal.
 fn message_part(text: String, refusal: bool) -> ContentItem {
     if refusal {
@@ -1389,6 +1402,12 @@ pub fn encode_response_for(
     }
     flush(&mut text, &mut output);
     let (status, incomplete_details) = final_status(&response.stop_reason);
+    // The item the answer's end cut off is incomplete, as OpenAI marks it.
+    if status == "incomplete"
+        && let Some(last) = output.last_mut()
+    {
+        mark_incomplete(last);
+    }
     whole_response(response, model, output, status, incomplete_details)
 }
 
@@ -1543,6 +1562,9 @@ pub struct ResponseStreamEncoder {
     compaction: Option<Summary>,
     /// Why the compaction failed, when it did ([`Self::take_failure`]).
     failure: Option<LlmError>,
+    /// Whether the answer ended incomplete (max tokens, a content filter):
+    /// the item still open then is closed `incomplete`.
+    cut_off: bool,
     /// The usage of a compaction run before this answer
     /// ([`Self::compacted`]), added to the answer's.
     earlier_usage: Usage,
@@ -1571,6 +1593,7 @@ impl ResponseStreamEncoder {
             tool_search: false,
             compaction: None,
             failure: None,
+            cut_off: false,
             earlier_usage: Usage::default(),
         }
     }
@@ -1710,6 +1733,13 @@ impl ResponseStreamEncoder {
         let Some(open) = self.open.take() else {
             return;
         };
+        // An item the answer's end cut off is incomplete, as OpenAI marks
+        // it; any other is closed complete.
+        let status = if self.cut_off {
+            "incomplete"
+        } else {
+            "completed"
+        };
         let output_index = self.output_index();
         let item = match open {
             OpenItem::Message { id, text, refusal } => {
@@ -1738,7 +1768,7 @@ impl ResponseStreamEncoder {
                     part: message_part(text.clone(), refusal),
                 });
                 out.push(self.frame(part));
-                message_item(id, &text, refusal, "completed")
+                message_item(id, &text, refusal, status)
             }
             OpenItem::Reasoning { id, text } => {
                 if !text.is_empty() {
@@ -1769,7 +1799,7 @@ impl ResponseStreamEncoder {
             } => {
                 // Announced only now, whole.
                 self.added(tool_search_item(id.clone(), &call, "in_progress"), out);
-                tool_search_item(id, &call, "completed")
+                tool_search_item(id, &call, status)
             }
             OpenItem::Call {
                 id,
@@ -1795,7 +1825,7 @@ impl ResponseStreamEncoder {
                     input: input.clone(),
                 });
                 out.push(self.frame(done));
-                custom_call_item(id, &call, input, "completed", &self.namespaced_tools)
+                custom_call_item(id, &call, input, status, &self.namespaced_tools)
             }
             OpenItem::Call { id, call, .. } => {
                 let done = ResponseEvent::FunctionCallArgumentsDone(ArgumentsDoneEvent {
@@ -1804,7 +1834,7 @@ impl ResponseStreamEncoder {
                     arguments: call.arguments.clone(),
                 });
                 out.push(self.frame(done));
-                call_item(id, &call, "completed", &self.namespaced_tools)
+                call_item(id, &call, status, &self.namespaced_tools)
             }
         };
         let done = ResponseEvent::OutputItemDone(ItemEvent {
@@ -2153,9 +2183,10 @@ impl ResponseStreamEncoder {
     fn end(&mut self, reason: &StopReason) -> Vec<SseFrame> {
         let mut out = Vec::new();
         self.start(None, &mut out);
+        let (status, incomplete_details) = final_status(reason);
+        self.cut_off = status == "incomplete";
         self.close(&mut out);
         self.finished = true;
-        let (status, incomplete_details) = final_status(reason);
         let mut snapshot = self.snapshot(status);
         snapshot.response.incomplete_details = incomplete_details;
         let mut usage = self.usage.unwrap_or_default();

@@ -198,6 +198,9 @@ fn responses_round_trip_through_the_client_decoder() {
     let wire = encode_response(&cut, "gpt-5");
     assert!(wire.id.starts_with("resp_"), "{}", wire.id);
     assert_eq!(wire.status.as_deref(), Some("incomplete"));
+    // The message the end cut off is incomplete too, as OpenAI marks it.
+    let cut_item = serde_json::to_value(&wire.output).unwrap();
+    assert_eq!(cut_item[0]["status"], "incomplete", "{cut_item}");
     let back = decode_response("p", wire).unwrap();
     assert_eq!(back.stop_reason, StopReason::MaxTokens);
     assert_eq!(back.message, cut.message);
@@ -384,6 +387,14 @@ fn max_tokens_ends_with_response_incomplete() {
         last["response"]["incomplete_details"]["reason"],
         "max_output_tokens"
     );
+    // The message open when the answer was cut off is done `incomplete`.
+    let done = frames
+        .iter()
+        .map(json_of)
+        .find(|event| event["type"] == "response.output_item.done")
+        .unwrap();
+    assert_eq!(done["item"]["status"], "incomplete", "{done}");
+    assert_eq!(last["response"]["output"][0]["status"], "incomplete");
     let back = replay(&frames, ResponsesDecoder::new("p")).unwrap();
     assert_eq!(back.message, Message::assistant("partial"));
     assert_eq!(back.stop_reason, StopReason::MaxTokens);
