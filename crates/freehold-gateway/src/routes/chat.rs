@@ -668,20 +668,19 @@ async fn compact_then_answer<P: ChatProtocol>(
         )
         .await
     } else {
-        let answered = async {
-            let (then, compacted) = pending.run().await?;
-            let mut admitted = match then {
-                Then::Answer(admitted) => admitted,
-                Then::Alone(accounting) => {
-                    return Ok::<_, GatewayError>((Err(accounting), compacted));
-                }
-            };
-            admitted.accounting.log_body(body);
-            let answer = admitted.complete().await?;
-            Ok((Ok(answer), compacted))
+        let (then, compacted) = match pending.run().await {
+            Ok(ran) => ran,
+            Err(error) => return error.into_response(P::PROTOCOL),
         };
-        match answered.await {
-            Ok((Ok((response, accounting)), compacted)) => whole::<P>(
+        let mut admitted = match then {
+            Then::Answer(admitted) => admitted,
+            Then::Alone(accounting) => {
+                return compaction_alone::<P>(gateway, accounting, &compacted, model, &options);
+            }
+        };
+        admitted.accounting.log_body(body);
+        match admitted.complete().await {
+            Ok((response, accounting)) => whole::<P>(
                 gateway,
                 response,
                 accounting,
@@ -689,9 +688,6 @@ async fn compact_then_answer<P: ChatProtocol>(
                 &options,
                 Some(compacted),
             ),
-            Ok((Err(accounting), compacted)) => {
-                compaction_alone::<P>(gateway, accounting, &compacted, model, &options)
-            }
             Err(error) => error.into_response(P::PROTOCOL),
         }
     }
