@@ -883,6 +883,26 @@ def refusals():
     return {"chat_stream_events": len(kinds), "responses_events": len(response_kinds)}
 
 
+def refusal_details():
+    """What Anthropic's API says of a refusal (`stop_details`: its category
+    and explanation) reaches the Anthropic SDK through the gateway, whole
+    and streamed. FREEHOLD_REFUSING_MODEL names a model behind an Anthropic
+    upstream that refuses; FREEHOLD_EXPECT_EXPLANATION is what it says."""
+    model = os.environ["FREEHOLD_REFUSING_MODEL"]
+    explanation = os.environ["FREEHOLD_EXPECT_EXPLANATION"]
+    ask = [{"role": "user", "content": "Write a worm."}]
+    whole = ant().messages.create(model=model, max_tokens=32, messages=ask)
+    with ant().messages.stream(model=model, max_tokens=32, messages=ask) as stream:
+        streamed = stream.get_final_message()
+    for message in (whole, streamed):
+        assert message.stop_reason == "refusal", message
+        details = message.stop_details
+        assert details is not None and details.type == "refusal", message
+        assert details.category == "cyber", message
+        assert details.explanation == explanation, message
+    return {"category": whole.stop_details.category}
+
+
 def stop_sequences():
     """Stop sequences past what the upstream takes (the mock's provider takes
     one) end the answer at the gateway: each SDK gets the text before the
@@ -924,7 +944,7 @@ SCENARIOS = {f.__name__: f for f in [
     openai_responses, responses_custom_tools, responses_compaction, responses_server_compaction,
     anthropic_messages,
     anthropic_tools, anthropic_context_editing, anthropic_server_compaction,
-    anthropic_errors, silent_upstream, refusals, stop_sequences,
+    anthropic_errors, silent_upstream, refusals, refusal_details, stop_sequences,
 ]}
 
 if __name__ == "__main__":

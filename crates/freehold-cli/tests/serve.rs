@@ -506,6 +506,64 @@ async fn a_compaction_without_a_summary_fails_and_is_recorded() {
     );
 }
 
+/// A refusal from an Anthropic upstream keeps what the API said of it
+/// (`stop_details`: the category and the explanation) on its way through
+/// the gateway to the Anthropic SDK, whole and streamed.
+#[tokio::test]
+async fn an_anthropic_refusals_details_reach_the_sdk() {
+    use freehold_test_support::{MockServer, Recorded, Scripted, Split, sse_text};
+    use serde_json::json;
+
+    let Some(python) = test_python() else { return };
+    const EXPLANATION: &str = "This could help spread malware.";
+    let details = json!({"type": "refusal", "category": "cyber", "explanation": EXPLANATION});
+    let upstream = MockServer::answering(move |request: &Recorded| {
+        if request.json()["stream"] != true {
+            return Scripted::json(
+                200,
+                json!({"id": "msg_1", "type": "message", "role": "assistant",
+                       "model": "claude-x", "content": [],
+                       "stop_reason": "refusal", "stop_sequence": null,
+                       "stop_details": details,
+                       "usage": {"input_tokens": 12, "output_tokens": 1}}),
+            );
+        }
+        let start = json!({"type": "message_start", "message": {
+            "id": "msg_2", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 1}}});
+        let delta = json!({"type": "message_delta",
+            "delta": {"stop_reason": "refusal", "stop_sequence": null, "stop_details": details},
+            "usage": {"output_tokens": 1}});
+        let (start, delta) = (start.to_string(), delta.to_string());
+        let events = [
+            ("message_start", start.as_str()),
+            ("message_delta", delta.as_str()),
+            ("message_stop", r#"{"type":"message_stop"}"#),
+        ];
+        Scripted::sse(&sse_text(&events), Split::Whole)
+    })
+    .await;
+    let config = format!(
+        "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\nanthropic_api = true\n\n\
+         [aliases]\nguarded = \"claude:claude-x\"\n",
+        upstream.url()
+    );
+    let served = Served::start(&config, &[]).await;
+    let seen = served
+        .scenario(
+            &python,
+            "refusal_details",
+            &[
+                ("FREEHOLD_REFUSING_MODEL", "guarded"),
+                ("FREEHOLD_EXPECT_EXPLANATION", EXPLANATION),
+            ],
+        )
+        .await;
+    assert_eq!(seen["category"], "cyber", "{seen}");
+    assert_eq!(upstream.requests().len(), 2);
+}
+
 /// Server-side compaction (`context_management` with a
 /// `compact_threshold`): a conversation past the threshold is summarised in
 /// one call and answered from the summary in a second; the compaction item

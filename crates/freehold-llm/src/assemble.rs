@@ -33,6 +33,8 @@ pub struct StreamAssembler {
     refusing: bool,
     /// Context edits reported, held for the end.
     context_edits: Vec<freehold_protocol::AppliedContextEdit>,
+    /// What the provider said of its refusal, held for the end.
+    refusal_details: Option<freehold_protocol::RefusalDetails>,
 }
 
 impl StreamAssembler {
@@ -54,6 +56,13 @@ impl StreamAssembler {
     /// emitted by [`StreamAssembler::finish`], with the usage.
     pub fn context_edited(&mut self, edits: Vec<freehold_protocol::AppliedContextEdit>) {
         self.context_edits.extend(edits);
+    }
+
+    /// What the provider says of its refusal to answer (Anthropic's
+    /// `stop_details`); emitted by [`StreamAssembler::finish`] when the
+    /// answer ends as a refusal.
+    pub fn refusal_details(&mut self, details: freehold_protocol::RefusalDetails) {
+        self.refusal_details = Some(details);
     }
 
     /// Answer text.
@@ -254,6 +263,11 @@ impl StreamAssembler {
         if !self.context_edits.is_empty() {
             let edits = std::mem::take(&mut self.context_edits);
             self.ready.push(StreamEvent::ContextEdited { edits });
+        }
+        if let Some(details) = self.refusal_details.take()
+            && reason == StopReason::Refusal
+        {
+            self.ready.push(StreamEvent::RefusalDetails(details));
         }
         self.ready.push(StreamEvent::Stop { reason });
         Some(self.take())

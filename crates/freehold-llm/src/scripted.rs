@@ -84,6 +84,7 @@ impl ScriptedAnswer {
                 stop_reason,
                 timings: None,
                 context_edits: Vec::new(),
+                refusal_details: None,
             },
             delay: Duration::ZERO,
             error: None,

@@ -780,6 +780,7 @@ mod tests {
             stop_reason: StopReason::ToolUse,
             timings: None,
             context_edits: Vec::new(),
+            refusal_details: None,
         };
         let untouched = response.clone();
         stops(&["4"]).apply_to_response(&mut response);

@@ -492,6 +492,7 @@ mod tests {
             stop_reason: StopReason::EndTurn,
             timings: None,
             context_edits: Vec::new(),
+            refusal_details: None,
         };
         let thinking = |text: &str| {
             ContentPart::Reasoning(Reasoning {

@@ -14,8 +14,8 @@ use freehold_llm::secret::ApiKey;
 use freehold_llm::{Provider, collect_stream};
 use freehold_protocol::{
     ChatRequest, ContentPart, ErrorKind, ImageSource, Message, Reasoning, ReasoningEffort,
-    ResponseFormat, Role, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult, ToolSpec,
-    Usage,
+    RefusalDetails, ResponseFormat, Role, StopReason, StreamEvent, ToolCall, ToolChoice,
+    ToolResult, ToolSpec, Usage,
 };
 use freehold_test_support::{MockServer, Scripted, Split, sse_text};
 use serde_json::{Value, json};
@@ -1035,6 +1035,90 @@ async fn stop_reasons_map() {
             .unwrap();
         assert_eq!(response.stop_reason, reason, "{wire}");
     }
+}
+
+/// What Anthropic says of a refusal (`stop_details`) is read, streamed and
+/// whole: the stream carries it just before its stop, the answer holds it;
+/// a category the API leaves `null` is none. Details on an answer that is
+/// not a refusal, or of a kind this crate does not know, are not read.
+#[tokio::test]
+async fn a_refusals_details_are_read_streamed_and_whole() {
+    let details = json!({"type": "refusal", "category": "cyber",
+                         "explanation": "This could help write malware."});
+    let expected = RefusalDetails {
+        category: Some("cyber".into()),
+        explanation: Some("This could help write malware.".into()),
+    };
+    let refusal_stream = |details: Value, reason: &str| {
+        sse(&[
+            message_start(json!({"input_tokens": 5, "output_tokens": 1})),
+            block_start(0, json!({"type": "text", "text": ""})),
+            text_delta(0, "I can't help with that."),
+            block_stop(0),
+            json!({"type": "message_delta",
+                   "delta": {"stop_reason": reason, "stop_sequence": null, "stop_details": details},
+                   "usage": {"output_tokens": 7}}),
+            message_stop(),
+        ])
+    };
+    let whole = |details: Value, reason: &str| {
+        json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [{"type": "text", "text": "I can't help with that."}],
+            "stop_reason": reason, "stop_sequence": null, "stop_details": details,
+            "usage": {"input_tokens": 5, "output_tokens": 7},
+        })
+    };
+    let uncategorised = json!({"type": "refusal", "category": null, "explanation": null});
+    let server = MockServer::start(vec![
+        Scripted::sse(&refusal_stream(details.clone(), "refusal"), Split::Every(1)),
+        Scripted::json(200, whole(details.clone(), "refusal")),
+        Scripted::sse(
+            &refusal_stream(uncategorised.clone(), "refusal"),
+            Split::Whole,
+        ),
+        Scripted::json(200, whole(uncategorised, "refusal")),
+        Scripted::sse(&refusal_stream(details.clone(), "end_turn"), Split::Whole),
+        Scripted::json(
+            200,
+            whole(json!({"type": "something_new", "x": 1}), "refusal"),
+        ),
+    ])
+    .await;
+    let client = client(&server);
+
+    let (events, error) = drain(client.stream(request()).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_well_ordered(&events);
+    assert_eq!(
+        &events[events.len() - 2..],
+        &[
+            StreamEvent::RefusalDetails(expected.clone()),
+            StreamEvent::Stop {
+                reason: StopReason::Refusal
+            },
+        ]
+    );
+    let response = client.complete(request()).await.unwrap();
+    assert_eq!(response.stop_reason, StopReason::Refusal);
+    assert_eq!(response.refusal_details, Some(expected));
+
+    let streamed = collect_stream("t", client.stream(request()).await.unwrap())
+        .await
+        .unwrap();
+    let whole = client.complete(request()).await.unwrap();
+    for response in [streamed, whole] {
+        assert_eq!(response.refusal_details, Some(RefusalDetails::default()));
+    }
+
+    let not_a_refusal = collect_stream("t", client.stream(request()).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(not_a_refusal.stop_reason, StopReason::EndTurn);
+    assert_eq!(not_a_refusal.refusal_details, None);
+    let unknown_kind = client.complete(request()).await.unwrap();
+    assert_eq!(unknown_kind.stop_reason, StopReason::Refusal);
+    assert_eq!(unknown_kind.refusal_details, None);
 }
 
 /// The stop sequence Anthropic names, streamed and whole, is the one the

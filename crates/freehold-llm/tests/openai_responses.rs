@@ -990,6 +990,7 @@ async fn complete_decodes_a_non_streamed_answer_and_encodes_every_option() {
             stop_reason: StopReason::ToolUse,
             timings: None,
             context_edits: Vec::new(),
+            refusal_details: None,
         }
     );
 

@@ -817,6 +817,7 @@ impl Canned {
             stop_reason: StopReason::EndTurn,
             timings: None,
             context_edits: Vec::new(),
+            refusal_details: None,
         }
     }
 }
@@ -927,6 +928,7 @@ fn recover_in_response_matches_recover() {
             stop_reason: StopReason::EndTurn,
             timings: None,
             context_edits: Vec::new(),
+            refusal_details: None,
         };
         let changed = recover_in_response(&mut response, &tools);
         assert_eq!(changed, sample.expected.is_some(), "{}", sample.name);

@@ -134,8 +134,9 @@ mod serde_repr {
 /// (with at most one [`StreamEvent::RefusalStart`] among them, before the
 /// text it marks, and anywhere among them any number of
 /// [`StreamEvent::UsageSoFar`]);
-/// then at most one [`StreamEvent::Usage`] and at most one
-/// [`StreamEvent::ContextEdited`], in either order; and exactly one
+/// then at most one [`StreamEvent::Usage`], at most one
+/// [`StreamEvent::ContextEdited`] and, after a refusal, at most one
+/// [`StreamEvent::RefusalDetails`], in any order; and exactly one
 /// [`StreamEvent::Stop`] last. Tool-call events carry an `index` that is unique within the answer:
 /// `ToolCallStart` comes before the call's argument deltas and `ToolCallEnd`
 /// after them.
@@ -238,11 +239,32 @@ pub enum StreamEvent {
         /// The edits, in the order they were made.
         edits: Vec<AppliedContextEdit>,
     },
+    /// Why the provider refused to answer, where it says (Anthropic's
+    /// `stop_details`): sent just before a [`StreamEvent::Stop`] with
+    /// [`StopReason::Refusal`]; an encoder of a protocol that has no place
+    /// for it ignores it.
+    RefusalDetails(RefusalDetails),
     /// The answer is complete.
     Stop {
         /// Why it ended.
         reason: StopReason,
     },
+}
+
+/// What a provider says about its refusal to answer (Anthropic's
+/// `stop_details` of `"type": "refusal"`). Either field may be missing:
+/// a refusal outside the provider's named categories has no category, and
+/// one without an explanation none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalDetails {
+    /// The policy category that triggered the refusal, as the provider
+    /// names it (Anthropic: `cyber`, `bio`, `frontier_llm`,
+    /// `reasoning_extraction`, `general_harms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// The provider's explanation, for people to read; not stable text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
 }
 
 /// A context edit made to a conversation before the model read it, as
@@ -286,6 +308,10 @@ pub struct ChatResponse {
     /// ([`StreamEvent::ContextEdited`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub context_edits: Vec<AppliedContextEdit>,
+    /// Why the provider refused, where it says
+    /// ([`StreamEvent::RefusalDetails`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal_details: Option<RefusalDetails>,
 }
 
 impl ChatResponse {
@@ -356,6 +382,9 @@ impl ChatResponse {
                 edits: self.context_edits.clone(),
             });
         }
+        if let Some(details) = &self.refusal_details {
+            events.push(StreamEvent::RefusalDetails(details.clone()));
+        }
         events.push(StreamEvent::Stop {
             reason: self.stop_reason.clone(),
         });
@@ -378,6 +407,7 @@ pub struct ResponseBuilder {
     timings: Option<Timings>,
     stop_reason: Option<StopReason>,
     context_edits: Vec<AppliedContextEdit>,
+    refusal_details: Option<RefusalDetails>,
 }
 
 impl ResponseBuilder {
@@ -456,6 +486,7 @@ impl ResponseBuilder {
             StreamEvent::UsageSoFar(usage) | StreamEvent::Usage(usage) => self.usage = *usage,
             StreamEvent::Timings(timings) => self.timings = Some(*timings),
             StreamEvent::ContextEdited { edits } => self.context_edits.extend_from_slice(edits),
+            StreamEvent::RefusalDetails(details) => self.refusal_details = Some(details.clone()),
             StreamEvent::Stop { reason } => self.stop_reason = Some(reason.clone()),
         }
     }
@@ -502,6 +533,7 @@ impl ResponseBuilder {
             stop_reason,
             timings: self.timings,
             context_edits: self.context_edits,
+            refusal_details: self.refusal_details,
         }
     }
 }

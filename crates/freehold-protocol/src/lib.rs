@@ -41,7 +41,9 @@ mod usage;
 pub use agent::{AgentEvent, AgentStop, AgentSummary};
 pub use embed::{EmbedRequest, EmbedResponse};
 pub use error::{ErrorKind, LlmError};
-pub use event::{AppliedContextEdit, ChatResponse, ResponseBuilder, StopReason, StreamEvent};
+pub use event::{
+    AppliedContextEdit, ChatResponse, RefusalDetails, ResponseBuilder, StopReason, StreamEvent,
+};
 pub use message::{
     ContentPart, Document, DocumentSource, ImageSource, Message, Reasoning, Role, ToolCall,
     ToolResult, fold_system_messages, text_with_document_notes,

@@ -22,8 +22,8 @@ use std::collections::HashMap;
 
 use freehold_protocol::{
     AppliedContextEdit, ChatRequest, ChatResponse, ContentPart, DocumentSource, ErrorKind,
-    ImageSource, LlmError, Message, Reasoning, ReasoningEffort, ResponseFormat, Role, StopReason,
-    ToolCall, ToolChoice, Usage,
+    ImageSource, LlmError, Message, Reasoning, ReasoningEffort, RefusalDetails, ResponseFormat,
+    Role, StopReason, ToolCall, ToolChoice, Usage,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -561,6 +561,11 @@ pub struct MessagesResponse {
     /// The stop sequence that ended it, if one did.
     #[serde(default)]
     pub stop_sequence: Option<String>,
+    /// Why it stopped, beyond the reason (a refusal's category and
+    /// explanation); kept as it came, since the API may add kinds this
+    /// crate does not know ([`refusal_details`] reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_details: Option<Value>,
     /// Tokens used.
     #[serde(default)]
     pub usage: WireUsage,
@@ -585,6 +590,30 @@ pub fn applied_context_edits(context_management: Option<&Value>) -> Vec<AppliedC
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// What an answer's `stop_details` says of a refusal: `None` unless it is
+/// one (`"type": "refusal"`). Fields that are not strings are left out.
+pub fn refusal_details(stop_details: Option<&Value>) -> Option<RefusalDetails> {
+    let details = stop_details?;
+    if details.get("type").and_then(Value::as_str) != Some("refusal") {
+        return None;
+    }
+    let text = |name: &str| details.get(name).and_then(Value::as_str).map(str::to_owned);
+    Some(RefusalDetails {
+        category: text("category"),
+        explanation: text("explanation"),
+    })
+}
+
+/// The `stop_details` of a refusal, as Anthropic's API writes it (`null`
+/// for what is not known).
+pub fn stop_details(details: &RefusalDetails) -> Value {
+    json!({
+        "type": "refusal",
+        "category": details.category,
+        "explanation": details.explanation,
+    })
 }
 
 /// An answer's `context_management` reporting `edits`.
@@ -811,6 +840,10 @@ pub struct MessageDeltaBody {
     /// The stop sequence that ended it.
     #[serde(default)]
     pub stop_sequence: Option<String>,
+    /// Why it stopped, beyond the reason
+    /// ([`MessagesResponse::stop_details`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_details: Option<Value>,
 }
 
 /// The `error` object of an error body or event.
@@ -1521,9 +1554,11 @@ pub fn decode_response(response: MessagesResponse, structured_tool: Option<&str>
             content,
         },
         usage: Usage::from(&response.usage),
-        stop_reason,
         timings: None,
         context_edits: applied_context_edits(response.context_management.as_ref()),
+        refusal_details: refusal_details(response.stop_details.as_ref())
+            .filter(|_| stop_reason == StopReason::Refusal),
+        stop_reason,
     }
 }
 
@@ -1774,6 +1809,9 @@ impl EventDecoder {
         }
         if let Some(usage) = &usage {
             out.merge_usage(Usage::from(usage));
+        }
+        if let Some(details) = refusal_details(delta.stop_details.as_ref()) {
+            out.refusal_details(details);
         }
         if let Some(reason) = delta.stop_reason.as_deref() {
             self.stop = Some(match stop_reason(reason, delta.stop_sequence.as_deref()) {

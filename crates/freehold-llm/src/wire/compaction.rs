@@ -158,6 +158,7 @@ mod tests {
             stop_reason: StopReason::EndTurn,
             timings: None,
             context_edits: Vec::new(),
+            refusal_details: None,
         };
         response
             .message

@@ -953,6 +953,7 @@ pub fn decode_response(response: WireChatResponse) -> ChatResponse {
         stop_reason,
         timings: None,
         context_edits: Vec::new(),
+        refusal_details: None,
     }
 }
 

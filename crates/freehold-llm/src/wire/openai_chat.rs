@@ -1112,6 +1112,7 @@ pub fn decode_response(
         stop_reason,
         timings: None,
         context_edits: Vec::new(),
+        refusal_details: None,
     })
 }
 

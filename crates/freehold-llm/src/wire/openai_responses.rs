@@ -1541,6 +1541,7 @@ pub fn decode_response(provider: &str, response: ResponseObject) -> Result<ChatR
         stop_reason,
         timings: None,
         context_edits: Vec::new(),
+        refusal_details: None,
     })
 }
 

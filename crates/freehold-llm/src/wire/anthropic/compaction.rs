@@ -251,6 +251,7 @@ pub fn encode_compaction_alone(
         content: vec![compaction_block(Some(summary))],
         stop_reason: Some(COMPACTION.into()),
         stop_sequence: None,
+        stop_details: None,
         usage: wire_usage,
         context_management: context_edits.then(|| super::context_management_report(&[])),
     }

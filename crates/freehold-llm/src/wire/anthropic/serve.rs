@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use freehold_protocol::{
     AppliedContextEdit, ChatRequest, ChatResponse, ContentPart, Document, DocumentSource,
-    ErrorKind, ImageSource, LlmError, Message, Reasoning, ReasoningEffort, ResponseFormat, Role,
-    Sampling, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult, ToolSpec, Usage,
+    ErrorKind, ImageSource, LlmError, Message, Reasoning, ReasoningEffort, RefusalDetails,
+    ResponseFormat, Role, Sampling, StopReason, StreamEvent, ToolCall, ToolChoice, ToolResult,
+    ToolSpec, Usage,
 };
 use serde_json::Value;
 
@@ -19,7 +20,7 @@ use super::{
     ApiError, BlockDelta, ContentBlock, ErrorResponse, MessageContent, MessageDeltaBody,
     MessageStreamEvent, MessagesRequest, MessagesResponse, ORIGIN, ThinkingConfig,
     ToolResultContent, WireDocumentSource, WireImageSource, WireToolChoice, WireUsage,
-    arguments_object, context_management_report, input_text, stop_reason_name,
+    arguments_object, context_management_report, input_text, stop_details, stop_reason_name,
 };
 use crate::context_edit::{CompactEdit, ContextEdits, without_compaction};
 use crate::wire::compaction::summary_message;
@@ -998,6 +999,11 @@ pub fn encode_response(response: &ChatResponse, model: &str) -> MessagesResponse
         content: encode_blocks(&response.message.content),
         stop_reason: Some(final_reason(&response.stop_reason, has_calls)),
         stop_sequence: stop_sequence(&response.stop_reason),
+        stop_details: response
+            .refusal_details
+            .as_ref()
+            .filter(|_| response.stop_reason == StopReason::Refusal)
+            .map(stop_details),
         usage: WireUsage::from(&response.usage),
         context_management: (!response.context_edits.is_empty())
             .then(|| context_management_report(&response.context_edits)),
@@ -1091,6 +1097,9 @@ pub struct MessageStreamEncoder {
     /// The context edits to report on `message_delta`: `Some` once one is
     /// made, or from the start when the request asked for context editing.
     context_edits: Option<Vec<AppliedContextEdit>>,
+    /// What the provider said of its refusal, for `message_delta`'s
+    /// `stop_details`.
+    refusal_details: Option<RefusalDetails>,
     /// The usage of a compaction run before the answer
     /// ([`Self::compacted`]), reported in `usage.iterations`.
     compaction_usage: Option<Usage>,
@@ -1123,6 +1132,7 @@ impl MessageStreamEncoder {
             last_frame: Instant::now(),
             keepalive_every: Self::KEEPALIVE_EVERY,
             context_edits: None,
+            refusal_details: None,
             compaction_usage: None,
             pause_after_compaction: false,
         }
@@ -1210,6 +1220,7 @@ impl MessageStreamEncoder {
                 content: Vec::new(),
                 stop_reason: None,
                 stop_sequence: None,
+                stop_details: None,
                 usage: WireUsage {
                     input_tokens: self.input_estimate,
                     output_tokens: 0,
@@ -1312,6 +1323,7 @@ impl MessageStreamEncoder {
                 | StreamEvent::UsageSoFar(_)
                 | StreamEvent::Timings(_)
                 | StreamEvent::ContextEdited { .. }
+                | StreamEvent::RefusalDetails(_)
                 | StreamEvent::Start { .. }
                 | StreamEvent::Stop { .. } => true,
                 _ => false,
@@ -1413,6 +1425,7 @@ impl MessageStreamEncoder {
                 .context_edits
                 .get_or_insert_with(Vec::new)
                 .extend_from_slice(edits),
+            StreamEvent::RefusalDetails(details) => self.refusal_details = Some(details.clone()),
             StreamEvent::Timings(_) | StreamEvent::UsageSoFar(_) => {}
             StreamEvent::Stop { reason } => {
                 out.extend(self.drain());
@@ -1457,6 +1470,10 @@ impl MessageStreamEncoder {
         }
         let mut stop_reason = final_reason(reason, self.has_calls);
         let mut stop_sequence = stop_sequence(reason);
+        let refusal_details = self
+            .refusal_details
+            .take()
+            .filter(|_| *reason == StopReason::Refusal);
         let mut wire_usage = WireUsage::from(&usage);
         match self.compaction_usage {
             Some(compaction) if self.pause_after_compaction => {
@@ -1476,6 +1493,7 @@ impl MessageStreamEncoder {
             delta: MessageDeltaBody {
                 stop_reason: Some(stop_reason),
                 stop_sequence,
+                stop_details: refusal_details.as_ref().map(stop_details),
             },
             usage: Some(wire_usage),
             context_management: self.context_edits.as_deref().map(context_management_report),

@@ -197,6 +197,7 @@ fn full_response() -> ChatResponse {
         stop_reason: StopReason::ToolUse,
         timings: None,
         context_edits: Vec::new(),
+        refusal_details: None,
     }
 }
 
@@ -263,6 +264,53 @@ fn the_stop_sequence_that_ended_an_answer_is_named() {
         streamed_delta(&unknown),
         json!({"stop_reason": "stop_sequence", "stop_sequence": null})
     );
+}
+
+/// What a provider said of its refusal reaches an Anthropic client as
+/// `stop_details`, whole and on the stream's `message_delta`, as Anthropic's
+/// API sends it (`null` for what is not known); an answer that is not a
+/// refusal has none, whatever the response holds.
+#[test]
+fn a_refusals_details_are_its_stop_details() {
+    let refused = ChatResponse {
+        message: Message::assistant("I can't help with that."),
+        stop_reason: StopReason::Refusal,
+        refusal_details: Some(RefusalDetails {
+            category: Some("bio".into()),
+            explanation: None,
+        }),
+        ..full_response()
+    };
+    let expected = json!({"type": "refusal", "category": "bio", "explanation": null});
+    let wire = encode_response(&refused, "claude-x");
+    assert_eq!(wire.stop_reason.as_deref(), Some("refusal"));
+    assert_eq!(wire.stop_details, Some(expected.clone()));
+    let back = decode_response(wire, None);
+    assert_eq!(back.refusal_details, refused.refusal_details);
+
+    let frames = encode_stream(&refused.to_events(), 0);
+    let delta = frames
+        .iter()
+        .map(json_of)
+        .find(|frame| frame["type"] == "message_delta")
+        .expect("a message_delta");
+    assert_eq!(
+        delta["delta"],
+        json!({"stop_reason": "refusal", "stop_sequence": null, "stop_details": expected})
+    );
+
+    let answered = ChatResponse {
+        stop_reason: StopReason::EndTurn,
+        ..refused.clone()
+    };
+    let json = serde_json::to_value(encode_response(&answered, "claude-x")).unwrap();
+    assert!(json.get("stop_details").is_none(), "{json}");
+    let delta = encode_stream(&answered.to_events(), 0)
+        .iter()
+        .map(json_of)
+        .find(|frame| frame["type"] == "message_delta")
+        .expect("a message_delta");
+    assert!(delta["delta"].get("stop_details").is_none(), "{delta}");
 }
 
 fn encode_stream(events: &[StreamEvent], estimate: u64) -> Vec<SseFrame> {

@@ -844,6 +844,7 @@ impl ChunkEncoder {
             | StreamEvent::ToolCallEnd { .. }
             | StreamEvent::UsageSoFar(_)
             | StreamEvent::ContextEdited { .. }
+            | StreamEvent::RefusalDetails(_)
             | StreamEvent::Timings(_) => {}
         }
         out

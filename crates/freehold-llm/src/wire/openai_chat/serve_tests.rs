@@ -168,6 +168,7 @@ fn full_response() -> ChatResponse {
         stop_reason: StopReason::ToolUse,
         timings: None,
         context_edits: Vec::new(),
+        refusal_details: None,
     }
 }
 

@@ -1892,6 +1892,7 @@ impl ResponseStreamEncoder {
                 | StreamEvent::UsageSoFar(_)
                 | StreamEvent::Timings(_)
                 | StreamEvent::ContextEdited { .. }
+                | StreamEvent::RefusalDetails(_)
                 | StreamEvent::Start { .. }
                 | StreamEvent::Stop { .. } => true,
                 _ => false,
@@ -2088,7 +2089,8 @@ impl ResponseStreamEncoder {
             StreamEvent::Usage(usage) => self.usage = Some(*usage),
             StreamEvent::Timings(_)
             | StreamEvent::UsageSoFar(_)
-            | StreamEvent::ContextEdited { .. } => {}
+            | StreamEvent::ContextEdited { .. }
+            | StreamEvent::RefusalDetails(_) => {}
             StreamEvent::Stop { reason } => {
                 out.extend(self.drain());
                 if !self.finished {
@@ -2114,7 +2116,8 @@ impl ResponseStreamEncoder {
             StreamEvent::Stop { reason } => out.extend(self.end_compaction(reason)),
             StreamEvent::Timings(_)
             | StreamEvent::UsageSoFar(_)
-            | StreamEvent::ContextEdited { .. } => {}
+            | StreamEvent::ContextEdited { .. }
+            | StreamEvent::RefusalDetails(_) => {}
             // Reasoning, a call or a refusal's start part the text.
             _ => {
                 if let Some(summary) = &mut self.compaction {
