@@ -506,6 +506,56 @@ async fn a_compaction_without_a_summary_fails_and_is_recorded() {
     );
 }
 
+/// A proxy named in the environment (`HTTP_PROXY`) carries the requests of
+/// hosted providers only: a provider counted as local is reached directly,
+/// so that what the privacy policy keeps on this machine never crosses a
+/// proxy that may be elsewhere. Both providers here are on 127.0.0.1; one
+/// is marked hosted (`local = false`).
+#[tokio::test]
+async fn a_proxy_in_the_environment_carries_only_hosted_providers_requests() {
+    use freehold_test_support::{MockServer, Scripted};
+    use serde_json::json;
+
+    let upstream = MockUpstream::start().await.unwrap();
+    let answer = json!({
+        "id": "c", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "via the proxy"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
+    });
+    let proxy = MockServer::start(vec![Scripted::json(200, answer)]).await;
+    let config = format!(
+        "{}hosted = \"hosted:m\"\n\n\
+         [providers.hosted]\nkind = \"openai\"\nbase_url = \"{}\"\nlocal = false\n",
+        mock_config(&upstream),
+        upstream.base_url()
+    );
+    let served = Served::start_with_env(&config, &[], &[("HTTP_PROXY", &proxy.url())]).await;
+    let client = reqwest::Client::new();
+
+    let local = chat(&client, &served.url, "mock").send().await.unwrap();
+    assert_eq!(local.status(), 200);
+    assert_eq!(upstream.requests(), 1);
+    assert!(
+        proxy.requests().is_empty(),
+        "a local request crossed the proxy"
+    );
+
+    let hosted = chat(&client, &served.url, "hosted").send().await.unwrap();
+    assert_eq!(hosted.status(), 200);
+    let body: Value = hosted.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "via the proxy");
+    let proxied = proxy.requests();
+    assert_eq!(proxied.len(), 1);
+    // A forward proxy is asked for the whole URL.
+    assert!(
+        proxied[0].uri.ends_with("/chat/completions"),
+        "{}",
+        proxied[0].uri
+    );
+    assert_eq!(upstream.requests(), 1);
+}
+
 /// A refusal from an Anthropic upstream keeps what the API said of it
 /// (`stop_details`: the category and the explanation) on its way through
 /// the gateway to the Anthropic SDK, whole and streamed.

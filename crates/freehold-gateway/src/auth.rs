@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::GatewayError;
@@ -16,7 +17,9 @@ use crate::store::{KeyRecord, KeyState, Store};
 const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Looked-up secrets: when, and the key (or `None`: no such key).
-type KeyCache = HashMap<String, (Instant, Option<Arc<KeyRecord>>)>;
+/// Lookups by the SHA-256 of the secret: the cache holds no secret, and
+/// its entries are the same size whatever a client sends.
+type KeyCache = HashMap<[u8; 32], (Instant, Option<Arc<KeyRecord>>)>;
 
 /// The identity a request runs under.
 #[derive(Debug, Clone)]
@@ -91,7 +94,9 @@ pub fn credentials(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Checks credentials against the master key and the key store.
 pub struct Authenticator {
     require_key: bool,
-    master_key: Option<String>,
+    /// The SHA-256 of the master key: digests of equal length are
+    /// compared, so the comparison's time says nothing of the key's length.
+    master_key: Option<[u8; 32]>,
     store: Option<Store>,
     cache: Mutex<KeyCache>,
 }
@@ -116,7 +121,9 @@ impl Authenticator {
     pub fn new(require_key: bool, master_key: Option<String>, store: Option<Store>) -> Self {
         Self {
             require_key,
-            master_key: master_key.filter(|key| !key.is_empty()),
+            master_key: master_key
+                .filter(|key| !key.is_empty())
+                .map(|key| Sha256::digest(key.as_bytes()).into()),
             store,
             cache: Mutex::new(HashMap::new()),
         }
@@ -174,7 +181,7 @@ impl Authenticator {
         secret: &str,
     ) -> Result<Option<Result<Caller, GatewayError>>, GatewayError> {
         if let Some(master) = &self.master_key
-            && bool::from(secret.as_bytes().ct_eq(master.as_bytes()))
+            && bool::from(Sha256::digest(secret.as_bytes()).as_slice().ct_eq(master))
         {
             return Ok(Some(Ok(Caller::Master)));
         }
@@ -208,7 +215,14 @@ impl Authenticator {
         let Some(store) = &self.store else {
             return Ok(None);
         };
-        if let Some((at, key)) = self.lock().get(secret)
+        // What cannot be one of the gateway's keys is neither looked up
+        // nor cached: a client sending huge or random headers costs no
+        // query and no memory.
+        if !crate::store::could_be_key_secret(secret) {
+            return Ok(None);
+        }
+        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        if let Some((at, key)) = self.lock().get(&digest)
             && at.elapsed() < KEY_CACHE_TTL
         {
             return Ok(key.clone());
@@ -227,7 +241,7 @@ impl Authenticator {
         if cache.len() > 10_000 {
             cache.clear();
         }
-        cache.insert(secret.to_owned(), (Instant::now(), key.clone()));
+        cache.insert(digest, (Instant::now(), key.clone()));
         Ok(key)
     }
 
@@ -286,6 +300,46 @@ mod tests {
         );
     }
 
+    /// Virtual keys are looked up by their hash and cached by it; what
+    /// cannot be a key (too long, another vendor's) is refused without a
+    /// lookup and is not cached, so a flood of huge headers holds no memory.
+    #[tokio::test]
+    async fn only_what_could_be_a_key_is_looked_up_and_cached() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let (_, secret) = store
+            .create_key(crate::store::NewKey {
+                name: "k".into(),
+                ..crate::store::NewKey::default()
+            })
+            .await
+            .unwrap();
+        let auth = Authenticator::new(true, None, Some(store));
+        let caller = auth
+            .authenticate(&headers(&[("x-api-key", &secret)]))
+            .await
+            .unwrap();
+        assert!(matches!(caller, Caller::Virtual(key) if key.name == "k"));
+        let huge = format!("fh-{}", "x".repeat(200_000));
+        for wrong in [huge.as_str(), "sk-ant-elsewhere"] {
+            let refused = auth
+                .authenticate(&headers(&[("x-api-key", wrong)]))
+                .await
+                .unwrap_err();
+            assert_eq!(refused.status, 401);
+        }
+        // A secret of the right shape that is no key is cached, as "none".
+        let unknown = format!("fh-{}", "y".repeat(48));
+        assert!(
+            auth.authenticate(&headers(&[("x-api-key", &unknown)]))
+                .await
+                .is_err()
+        );
+        let cache = auth.lock();
+        assert_eq!(cache.len(), 2);
+        assert!(cache.contains_key(&<[u8; 32]>::from(Sha256::digest(secret.as_bytes()))));
+        assert!(cache.values().any(|(_, key)| key.is_none()));
+    }
+
     #[test]
     fn debug_output_holds_no_secret() {
         let auth = Authenticator::new(true, Some("sekrit".into()), None);
@@ -341,6 +395,12 @@ mod tests {
             "{}",
             neither.message
         );
+        // A master key's length is not told by the comparison: one that
+        // begins like it, or holds it, is no better than any other.
+        for near in ["sekri", "sekrit-", "sekritsekrit"] {
+            let refused = auth.authenticate(&headers(&[("x-api-key", near)])).await;
+            assert!(refused.is_err(), "{near}");
+        }
         // An open gateway lets anyone in.
         let open = Authenticator::new(false, None, None);
         assert!(matches!(

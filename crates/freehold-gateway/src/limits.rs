@@ -50,7 +50,8 @@ impl std::fmt::Display for Limited {
             f,
             "rate limit of {} {what} per minute reached for this key; retry in {} s",
             self.per_minute,
-            self.retry_after.as_secs().max(1)
+            // Rounded up, as the Retry-After header is.
+            self.retry_after.as_secs_f64().ceil().max(1.0) as u64
         )
     }
 }

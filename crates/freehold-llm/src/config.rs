@@ -592,6 +592,9 @@ impl ProviderConfig {
                 max_retries: self.max_retries.unwrap_or(3),
                 ..RetryPolicy::default()
             },
+            // A local server is reached directly: the privacy policy counts
+            // on its requests not leaving for a proxy.
+            direct: local,
         };
         Ok(ResolvedProvider {
             name: name.to_owned(),

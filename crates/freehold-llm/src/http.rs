@@ -53,6 +53,12 @@ pub struct HttpSettings {
     pub response_timeout: Duration,
     /// Retries of failed requests, before any byte of the answer was read.
     pub retry: RetryPolicy,
+    /// Connect straight to the server, never through a proxy the
+    /// environment names (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`): set
+    /// for providers counted as local, so that a request the privacy
+    /// policy keeps on this machine or its private network does not cross
+    /// a proxy that may be elsewhere.
+    pub direct: bool,
 }
 
 impl Default for HttpSettings {
@@ -62,6 +68,7 @@ impl Default for HttpSettings {
             idle_timeout: Duration::from_secs(120),
             response_timeout: Duration::from_secs(600),
             retry: RetryPolicy::default(),
+            direct: false,
         }
     }
 }
@@ -182,7 +189,7 @@ impl Transport {
         secrets: Vec<ApiKey>,
     ) -> Result<Self, LlmError> {
         let mut transport = Self::through_reqwest(provider, settings, secrets)?;
-        if !proxy_for_http_in_environment() {
+        if transport.settings.direct || !proxy_for_http_in_environment() {
             transport.inline = Some(InlineClient::new(
                 transport.settings.connect_timeout,
                 HeaderValue::from_static(USER_AGENT),
@@ -192,7 +199,8 @@ impl Transport {
     }
 
     /// A transport that sends every request through reqwest, `http://`
-    /// ones too (as it does when a proxy is set).
+    /// ones too (as it does when a proxy is set for a provider that is not
+    /// [`HttpSettings::direct`]).
     ///
     /// # Errors
     /// Fails when the TLS backend cannot be initialised.
@@ -202,7 +210,11 @@ impl Transport {
         secrets: Vec<ApiKey>,
     ) -> Result<Self, LlmError> {
         let provider = provider.into();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if settings.direct {
+            builder = builder.no_proxy();
+        }
+        let client = builder
             .connect_timeout(settings.connect_timeout)
             .user_agent(USER_AGENT)
             // No model API needs redirects, and following one could carry a

@@ -25,6 +25,7 @@ pub fn options(name: &str, base_url: String) -> ClientOptions {
             max_delay: Duration::from_millis(50),
             max_retry_after: Duration::from_secs(5),
         },
+        direct: false,
     };
     options
 }

@@ -1940,19 +1940,35 @@ fn random_hex(bytes: usize) -> Result<String, StoreError> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// How a virtual key's secret begins.
+const SECRET_PREFIX: &str = "fh-";
+/// How many base-62 characters follow [`SECRET_PREFIX`].
+const SECRET_RANDOM_CHARS: usize = 48;
+
+/// Whether `secret` has the shape of a virtual key's secret (`fh-` and 48
+/// letters and digits), so that anything else is refused without a
+/// lookup.
+pub fn could_be_key_secret(secret: &str) -> bool {
+    secret.len() == SECRET_PREFIX.len() + SECRET_RANDOM_CHARS
+        && secret.starts_with(SECRET_PREFIX)
+        && secret[SECRET_PREFIX.len()..]
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric())
+}
+
 /// `fh-` and 48 base-62 characters (about 285 bits).
 fn random_secret() -> Result<String, StoreError> {
     const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    const LEN: usize = 48;
-    let mut secret = String::with_capacity(3 + LEN);
-    secret.push_str("fh-");
+    const LEN: usize = SECRET_RANDOM_CHARS;
+    let mut secret = String::with_capacity(SECRET_PREFIX.len() + LEN);
+    secret.push_str(SECRET_PREFIX);
     let mut buf = [0u8; 64];
-    while secret.len() < 3 + LEN {
+    while secret.len() < SECRET_PREFIX.len() + LEN {
         random_bytes(&mut buf)?;
         // 248 = 4 × 62: bytes above it are dropped so that every character
         // is equally likely.
         for &b in buf.iter().filter(|&&b| b < 248) {
-            if secret.len() == 3 + LEN {
+            if secret.len() == SECRET_PREFIX.len() + LEN {
                 break;
             }
             secret.push(char::from(ALPHABET[usize::from(b % 62)]));
@@ -1986,6 +2002,19 @@ mod tests {
         assert!(a.starts_with("fh-"));
         assert!(a[3..].bytes().all(|c| c.is_ascii_alphanumeric()));
         assert_eq!(sha256_hex("abc").len(), 64);
+        // What the gateway looks up: its own secrets, nothing shaped otherwise.
+        assert!(could_be_key_secret(&a));
+        for other in [
+            "fh-short",
+            "sk-ant-api03-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRST",
+            &format!("fh-{}", "x".repeat(47)),
+            &format!("fh-{}", "x".repeat(49)),
+            &format!("fh-{}-", "x".repeat(47)),
+            &format!("fh-{}é", "x".repeat(46)),
+            &format!("xx-{}", "x".repeat(48)),
+        ] {
+            assert!(!could_be_key_secret(other), "{other}");
+        }
     }
 
     #[test]
