@@ -150,6 +150,17 @@ impl Setup {
             // without the engine, a key with characters HTTP forbids) stays
             // routable: requests to it fail saying why.
             let (provider, usable) = match build(resolved, &health) {
+                // Built, but unable to send: its key's variable is not set
+                // (the environment cannot change under a running gateway, so
+                // a reload that named a missing one is refused).
+                Ok(provider) if !provider.usable() => {
+                    let why = match resolved.missing_key() {
+                        Some(variable) => format!("the environment variable {variable} is not set"),
+                        None => "it cannot send requests".to_owned(),
+                    };
+                    unusable.insert(resolved.name.clone(), why);
+                    (provider, false)
+                }
                 Ok(provider) => (provider, true),
                 Err(error) => {
                     unusable.insert(resolved.name.clone(), error.to_string());

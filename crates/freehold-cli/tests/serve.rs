@@ -1326,6 +1326,31 @@ async fn sighup_reloads_routes_without_dropping_requests_in_flight() {
     assert!(log.contains("[providers.up]"), "{log}");
     let answer = chat_answer(&client, &served.url, "m").await;
     assert_eq!(answer["choices"][0]["message"]["content"], MOCK_TEXT);
+
+    // So is one naming a key variable the gateway's environment lacks: the
+    // environment of a running process cannot change, so no request to the
+    // provider could ever be sent.
+    let keyless = format!(
+        "[providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         api_key_env = \"FREEHOLD_TEST_UNSET_KEY\"\n\n[aliases]\nm = \"up:m\"\n",
+        second.base_url()
+    );
+    std::fs::write(served.base.join("config.toml"), &keyless).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let log = served
+        .log_with("FREEHOLD_TEST_UNSET_KEY is not set")
+        .await;
+    let refusal = log
+        .lines()
+        .rfind(|line| line.contains("FREEHOLD_TEST_UNSET_KEY"))
+        .unwrap();
+    assert!(refusal.contains("NOT reloaded"), "{log}");
+    let answer = chat_answer(&client, &served.url, "m").await;
+    assert_eq!(answer["choices"][0]["message"]["content"], MOCK_TEXT);
 }
 
 #[tokio::test]

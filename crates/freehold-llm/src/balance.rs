@@ -21,7 +21,8 @@
 //! failed requests would eject it: this is what finds a replica that
 //! accepts connections but never answers, whose client requests end by the
 //! caller's time limit and so count as nothing. Rate limits move a request to another replica
-//! but say nothing about health. When every replica is ejected the one
+//! but say nothing about health. When every replica left to try is ejected
+//! (all of them, or all but those the request has failed on), the one
 //! ejected longest ago is used rather than failing outright.
 //!
 //! A retryable failure before the first answer event (anything but
@@ -281,7 +282,7 @@ impl ReplicaSet {
 
     /// Picks the replica for attempt `attempt`, skipping those in `tried`.
     fn acquire(&self, tried: &[bool], attempt: usize) -> Option<Lease> {
-        let lease = self.shared.acquire(tried, attempt == 0)?;
+        let lease = self.shared.acquire(tried)?;
         if attempt > 0 {
             tracing::info!(
                 replica_set = %self.name,
@@ -956,9 +957,10 @@ impl Shared {
     }
 
     /// Takes a lease on the available untried replica with the fewest
-    /// requests outstanding; with none available, and `first`, on the untried
-    /// replica ejected longest ago.
-    fn acquire(self: &Arc<Self>, tried: &[bool], first: bool) -> Option<Lease> {
+    /// requests outstanding; with none available, on the untried replica
+    /// ejected longest ago: a request that a replica back since its
+    /// ejection could answer is not failed for want of trying it.
+    fn acquire(self: &Arc<Self>, tried: &[bool]) -> Option<Lease> {
         let now = Instant::now();
         let mut inner = self.lock();
         let count = inner.replicas.len();
@@ -980,17 +982,16 @@ impl Shared {
         }
         let (index, probe) = match best {
             Some((index, _)) => (index, inner.replicas[index].ejected_at.is_some()),
-            None if first => {
+            None => {
                 let index = (0..count)
                     .filter(|index| !tried[*index])
                     .min_by_key(|index| inner.replicas[*index].ejected_at)?;
                 tracing::warn!(
                     replica = index,
-                    "every replica is ejected; using the one ejected longest ago"
+                    "every replica left to try is ejected; using the one ejected longest ago"
                 );
                 (index, false)
             }
-            None => return None,
         };
         let state = &mut inner.replicas[index];
         state.outstanding += 1;

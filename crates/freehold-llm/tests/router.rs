@@ -962,6 +962,29 @@ async fn all_ejected_still_serves_starting_with_the_longest_ejected() {
     assert_eq!(calls(&[&a, &b]), [3, 1]);
 }
 
+/// A request that fails on the one replica left in rotation moves on to
+/// the ejected ones, longest ejected first, rather than failing while a
+/// replica that has come back could answer it.
+#[tokio::test]
+async fn a_failed_request_moves_on_to_ejected_replicas() {
+    let (a, b, set) = two_unreachable_replicas();
+    let error = stream_error(&set, request("m")).await;
+    assert_eq!(error.kind, ErrorKind::Connection);
+    assert!(set.health().iter().all(|health| health.ejected));
+    // `b` is back; `a`, ejected longest ago, is asked first and fails.
+    b.set_default(answer("b is back"));
+    let response = set.complete(request("m")).await.unwrap();
+    assert_eq!(response.message.text(), "b is back");
+    assert_eq!(calls(&[&a, &b]), [2, 2]);
+    assert!(!set.health()[1].ejected);
+    // Streamed too, now with `b` in rotation and `a` failing first or not
+    // asked at all.
+    let streamed = collect_stream("m", set.stream(request("m")).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(streamed.message.text(), "b is back");
+}
+
 #[tokio::test]
 async fn all_ejected_rotates_through_the_dead() {
     let only = Fake::new("only", Reply::Fail(ErrorKind::Server));
