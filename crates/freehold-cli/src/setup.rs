@@ -139,9 +139,14 @@ impl Setup {
         let mut built = BuiltProviders::new();
         let mut unusable = BTreeMap::new();
         for (resolved, _) in &providers {
+            // Health settings matter only to a set of replicas: a single
+            // endpoint (and the engine) keeps its connections and its
+            // engine's slots when only `[router]` changed.
+            let same_health =
+                |old: &BuiltProvider| resolved.base_urls.len() <= 1 || old.health == health;
             if let Some(same) = previous
                 .get(&resolved.name)
-                .filter(|old| old.usable && old.resolved == *resolved && old.health == health)
+                .filter(|old| old.usable && old.resolved == *resolved && same_health(old))
             {
                 built.insert(resolved.name.clone(), same.clone());
                 continue;

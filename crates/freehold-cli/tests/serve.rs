@@ -1341,9 +1341,7 @@ async fn sighup_reloads_routes_without_dropping_requests_in_flight() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let log = served
-        .log_with("FREEHOLD_TEST_UNSET_KEY is not set")
-        .await;
+    let log = served.log_with("FREEHOLD_TEST_UNSET_KEY is not set").await;
     let refusal = log
         .lines()
         .rfind(|line| line.contains("FREEHOLD_TEST_UNSET_KEY"))

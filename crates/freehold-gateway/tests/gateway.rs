@@ -2356,12 +2356,15 @@ async fn a_killed_replica_fails_no_request() {
     assert_eq!(health["providers"]["mock"]["state"], "up", "{health}");
     let replicas_health = health["providers"]["mock"]["replicas"].as_array().unwrap();
     assert_eq!(replicas_health.len(), 3);
+    // The one out of rotation is the killed one, named by its address.
+    let unhealthy: Vec<&Value> = replicas_health
+        .iter()
+        .filter(|r| r["healthy"] == false)
+        .map(|r| &r["address"])
+        .collect();
     assert_eq!(
-        replicas_health
-            .iter()
-            .filter(|r| r["healthy"] == false)
-            .count(),
-        1,
+        unhealthy,
+        [&json!(replicas[1].base_url().trim_end_matches('/'))],
         "{health}"
     );
 }

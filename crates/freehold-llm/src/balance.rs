@@ -131,6 +131,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ReplicaHealth {
     /// The replica's provider name.
     pub name: String,
+    /// Where it is (its base URL, without credentials), where the set was
+    /// told ([`ReplicaSet::with_addresses`]): replicas share their name.
+    pub address: Option<String>,
     /// Requests in flight on it.
     pub outstanding: usize,
     /// Failures since its last success: of requests, or of its probes in
@@ -146,6 +149,8 @@ pub struct ReplicaHealth {
 pub struct ReplicaSet {
     name: String,
     replicas: Vec<Arc<dyn Provider>>,
+    /// Each replica's address, for [`ReplicaHealth::address`].
+    addresses: Vec<Option<String>>,
     shared: Arc<Shared>,
 }
 
@@ -183,10 +188,20 @@ impl ReplicaSet {
             runtime.spawn(probe_replicas(Arc::downgrade(&shared), replicas.clone()));
         }
         Self {
+            addresses: vec![None; replicas.len()],
             replicas,
             shared,
             name,
         }
+    }
+
+    /// Names where each replica is, in the order of the replicas, for
+    /// status pages ([`ReplicaHealth::address`]); give addresses without
+    /// credentials.
+    pub fn with_addresses(mut self, addresses: Vec<String>) -> Self {
+        self.addresses = addresses.into_iter().map(Some).collect();
+        self.addresses.resize(self.replicas.len(), None);
+        self
     }
 
     /// The replicas, in the order given.
@@ -206,8 +221,10 @@ impl ReplicaSet {
         self.replicas
             .iter()
             .zip(&inner.replicas)
-            .map(|(provider, state)| ReplicaHealth {
+            .zip(&self.addresses)
+            .map(|((provider, state), address)| ReplicaHealth {
                 name: provider.name().to_owned(),
+                address: address.clone(),
                 outstanding: state.outstanding,
                 consecutive_failures: state.failures.max(state.probe_failures),
                 ejected: !self.shared.available(state, now),

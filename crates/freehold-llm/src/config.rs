@@ -400,6 +400,17 @@ impl ProviderConfig {
             }
             *url = url.trim_end_matches('/').to_owned();
         }
+        // The same server listed twice would get twice the share, and a
+        // request moved off it could land on it again.
+        let listed = base_urls.len();
+        let mut seen = std::collections::BTreeSet::new();
+        base_urls.retain(|url| seen.insert(url.clone()));
+        if base_urls.len() < listed {
+            tracing::warn!(
+                provider = name,
+                "a base URL is listed more than once in [providers.{name}]; each is used once"
+            );
+        }
         // Where the requests go decides, not the preset or the kind: a
         // local preset pointed at a hosted server (`ollama` at
         // https://ollama.com) is hosted.
@@ -629,6 +640,19 @@ impl ProviderConfig {
     }
 }
 
+/// `url` without a user name or password in it, for status pages.
+fn without_credentials(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            // Only fails for URLs that cannot have credentials at all.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.as_str().trim_end_matches('/').to_owned()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Whether a URL points at this machine or a private network.
 fn is_private_url(url: &str) -> bool {
     // Parsed, not matched as text: `https://127.0.0.1@api.example.com` is
@@ -723,7 +747,14 @@ impl ResolvedProvider {
         let provider = if replicas.len() == 1 {
             replicas.remove(0)
         } else {
-            Arc::new(ReplicaSet::new(self.name.clone(), replicas, health.clone()))
+            Arc::new(
+                ReplicaSet::new(self.name.clone(), replicas, health.clone()).with_addresses(
+                    self.base_urls
+                        .iter()
+                        .map(|url| without_credentials(url))
+                        .collect(),
+                ),
+            )
         };
         let recovers_somewhere =
             self.recover_text_tool_calls || self.recover_per_model.values().any(|on| *on);

@@ -62,6 +62,49 @@ fn a_preset_can_be_pointed_elsewhere_and_tuned() {
     );
 }
 
+/// A server listed twice is used once; replicas are named in their health
+/// by their addresses, without the credentials a URL may hold; and a local
+/// server is reached without a proxy, a hosted one through any the
+/// environment names.
+#[tokio::test]
+async fn replicas_are_listed_once_and_named_by_address() {
+    let resolved = config(
+        r#"
+        kind = "openai"
+        base_url = "http://user:secret@10.0.0.5:8000/v1"
+        base_urls = ["http://10.0.0.6:8000/v1/", "http://user:secret@10.0.0.5:8000/v1",
+                     "http://10.0.0.6:8000/v1"]
+        "#,
+    )
+    .resolve("pool")
+    .unwrap();
+    assert_eq!(
+        resolved.base_urls,
+        vec![
+            "http://user:secret@10.0.0.5:8000/v1",
+            "http://10.0.0.6:8000/v1"
+        ]
+    );
+    assert!(resolved.http.direct, "a local pool goes around proxies");
+    let built = resolved.build(&HealthSettings::default()).unwrap();
+    let addresses: Vec<Option<String>> = built
+        .replica_health()
+        .into_iter()
+        .map(|replica| replica.address)
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            Some("http://10.0.0.5:8000/v1".to_owned()),
+            Some("http://10.0.0.6:8000/v1".to_owned())
+        ]
+    );
+    let hosted = config("kind = \"openai\"\nbase_url = \"https://llm.example.com/v1\"")
+        .resolve("corp")
+        .unwrap();
+    assert!(!hosted.http.direct);
+}
+
 #[test]
 fn a_custom_server_on_a_private_address_counts_as_local() {
     let resolved = config("kind = \"openai\"\nbase_url = \"http://192.168.1.20:8080/v1\"")

@@ -838,6 +838,7 @@ async fn replicas_are_ejected_after_three_failures_and_readmitted_after_cooldown
         set.health()[0],
         ReplicaHealth {
             name: "flaky".into(),
+            address: None,
             outstanding: 0,
             consecutive_failures: 3,
             ejected: true,

@@ -61,6 +61,7 @@ pub(crate) async fn health(State(gateway): State<Arc<Gateway>>, headers: HeaderM
             .map(|replica| {
                 json!({
                     "name": replica.name,
+                    "address": replica.address,
                     "healthy": !replica.ejected,
                     "outstanding": replica.outstanding,
                     "consecutive_failures": replica.consecutive_failures,
