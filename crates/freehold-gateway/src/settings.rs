@@ -244,13 +244,19 @@ impl GatewaySettings {
         self.request_timeout() + limits.client + limits.grace + Duration::from_secs(300)
     }
 
+    /// How long requests in flight are given to finish at shutdown
+    /// (`shutdown_grace_secs`, at most a year, as every time limit here).
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs.min(LONGEST_LIMIT_SECS))
+    }
+
     /// The time limits of the gateway's HTTP server, without a notice for
     /// the streams open at its end ([`crate::state::Gateway::time_limits`] has
     /// its gateway's).
     pub fn time_limits(&self) -> crate::listen::TimeLimits {
         crate::listen::TimeLimits {
             client: self.client_timeout(),
-            grace: Duration::from_secs(self.shutdown_grace_secs),
+            grace: self.shutdown_grace(),
             stream_notice: None,
         }
     }
@@ -280,7 +286,7 @@ impl GatewaySettings {
     /// How long a client may leave a connection silent while the gateway
     /// waits for its request (`client_timeout_secs`, at least a second).
     pub fn client_timeout(&self) -> Duration {
-        Duration::from_secs(self.client_timeout_secs.max(1))
+        Duration::from_secs(self.client_timeout_secs.clamp(1, LONGEST_LIMIT_SECS))
     }
 }
 
@@ -336,6 +342,27 @@ mod tests {
         };
         let error = too_long.busy_poll_window().unwrap_err();
         assert!(error.contains("1000001 is above the maximum"), "{error}");
+    }
+
+    /// Time limits set absurdly high are a year at most: each is added to
+    /// the time now, which would overflow and panic on every request.
+    #[test]
+    fn every_time_limit_is_at_most_a_year() {
+        let settings: GatewaySettings = serde_json::from_value(serde_json::json!({
+            "request_timeout_secs": u64::MAX,
+            "client_timeout_secs": u64::MAX,
+            "shutdown_grace_secs": u64::MAX,
+            "stream_keepalive_secs": u64::MAX,
+        }))
+        .unwrap();
+        let year = Duration::from_secs(LONGEST_LIMIT_SECS);
+        let limits = settings.time_limits();
+        assert_eq!(limits.client, year);
+        assert_eq!(limits.grace, year);
+        assert_eq!(settings.request_timeout(), year);
+        assert_eq!(settings.stream_keepalive(), Some(year));
+        let now = std::time::Instant::now();
+        assert!(now.checked_add(settings.reservation_hold()).is_some());
     }
 
     #[test]
