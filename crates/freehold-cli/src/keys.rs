@@ -227,13 +227,17 @@ async fn list_keys(store: &Store, json: bool) -> anyhow::Result<()> {
             if key.local_only {
                 limits.push("local-only".to_owned());
             }
-            let budget = key
-                .budget_usd
-                .map_or_else(|| "unlimited".to_owned(), |b| format!("${b:.2}"));
-            let mut spent = format!("${:.2} / {budget}", key.spent_usd);
-            if key.reserved_usd > 0.0 {
-                spent.push_str(&format!(" (${:.2} held)", key.reserved_usd));
-            }
+            // Spend is kept against a budget only: a key without one is not
+            // charged request by request (`freehold usage --by key` sums
+            // every key's spend from the ledger).
+            let spent = match key.budget_usd {
+                None => "unlimited".to_owned(),
+                Some(budget) if key.reserved_usd > 0.0 => format!(
+                    "${:.2} / ${budget:.2} (${:.2} held)",
+                    key.spent_usd, key.reserved_usd
+                ),
+                Some(budget) => format!("${:.2} / ${budget:.2}", key.spent_usd),
+            };
             [
                 key.id.clone(),
                 key.name.clone(),

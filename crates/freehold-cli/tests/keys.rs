@@ -121,6 +121,10 @@ fn create_list_revoke() {
     ok(&list);
     let ci_line = list.stdout.lines().find(|l| l.contains(" ci ")).unwrap();
     assert!(ci_line.contains("revoked"), "{}", list.stdout);
+    // A key without a budget has no spend kept against one.
+    let bot_line = list.stdout.lines().find(|l| l.contains(" bot ")).unwrap();
+    assert!(bot_line.contains("unlimited"), "{}", list.stdout);
+    assert!(!bot_line.contains('$'), "{}", list.stdout);
 
     let json = freehold(home, &["keys", "list", "--json"], &[]);
     ok(&json);

@@ -999,8 +999,8 @@ impl Store {
     /// outlast the longest request.
     ///
     /// Succeeds only if spent + reserved + amount stays within the budget
-    /// (keys without a budget always succeed, and still count what they
-    /// reserve). One conditional statement: concurrent callers, in this
+    /// (keys without a budget always succeed; the gateway does not reserve
+    /// for them). One conditional statement: concurrent callers, in this
     /// process or another sharing the database, can never together exceed
     /// the budget. Amounts are rounded to the micro-dollar.
     ///
@@ -1107,7 +1107,7 @@ impl Store {
     /// Releases `reservation` and adds `actual_usd` to the key's spend, in
     /// one statement. The actual cost may exceed the reservation (a longer
     /// answer than estimated): spend then goes over the budget by that
-    /// much, and later reservations fail until the budget is raised.
+    /// much, and later reservations fail.
     /// Settling with `0.0` just releases the hold (a failed request).
     ///
     /// A hold already released by [`Store::release_expired_reservations`]
