@@ -196,9 +196,11 @@ async fn admit_inner(
     if let Some(key) = caller.key()
         && rate_limit == RateLimit::Counted
     {
-        gateway
+        // Only a token limit needs the prompt's size at once.
+        let input_tokens = key.tpm.map_or(0, |_| request.estimated_input_tokens());
+        accounting.rate_tokens_counted = gateway
             .limits
-            .admit(&key.id, key.rpm, key.tpm)
+            .admit(&key.id, key.rpm, key.tpm, input_tokens)
             .await
             .map_err(|limited| GatewayError::rate_limited(&limited))?;
     }
@@ -1187,6 +1189,10 @@ pub(crate) struct Accounting {
     /// The request's input tokens, estimated from its size: what is
     /// counted when a provider reports no usage.
     input_estimate: InputEstimate,
+    /// The tokens its key's rate limit counted when it was admitted (the
+    /// prompt's estimate, for a key with a token limit): only the rest is
+    /// counted when it ends.
+    pub(crate) rate_tokens_counted: u64,
     /// The bytes of answer (text, reasoning, tool arguments) received.
     output_bytes: u64,
     /// What the request's input costs on the dearest target of its route:
@@ -1240,6 +1246,7 @@ impl Accounting {
             target: None,
             usage: Usage::default(),
             input_estimate: InputEstimate::default(),
+            rate_tokens_counted: 0,
             output_bytes: 0,
             unanswered_cost: None,
             dispatched: false,
@@ -1436,6 +1443,7 @@ impl Accounting {
             gateway.limits.record_tokens(
                 id,
                 usage.input_tokens + usage.output_tokens,
+                self.rate_tokens_counted,
                 self.caller.key().and_then(|key| key.tpm),
                 &gateway.settling,
             );

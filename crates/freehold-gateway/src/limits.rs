@@ -182,7 +182,13 @@ impl RateLimiter {
         self.shared.is_some()
     }
 
-    /// Admits a request for `key` if it is under both limits, counting it.
+    /// Admits a request for `key` if it is under both limits, counting it,
+    /// and, for a key with a token limit, its `input_tokens` (the prompt's
+    /// estimate) at once: requests sent together then cannot all pass
+    /// before any of them has finished and been counted. Returns the tokens
+    /// counted, which [`RateLimiter::record_tokens`] is told when the
+    /// request ends, so that only the rest is added then.
+    ///
     /// When the shared database fails, requests are counted in this
     /// process's memory instead for the next few seconds (and a warning
     /// logged): a rate limit is not worth refusing service over, unlike a
@@ -195,16 +201,22 @@ impl RateLimiter {
         key: &str,
         rpm: Option<u32>,
         tpm: Option<u32>,
-    ) -> Result<(), Limited> {
+        input_tokens: u64,
+    ) -> Result<u64, Limited> {
         if rpm.is_none() && tpm.is_none() {
-            return Ok(());
+            return Ok(0);
         }
+        let counted = if tpm.is_some() { input_tokens } else { 0 };
         if let Some(shared) = &self.shared
-            && let Some(admitted) = shared.admit(key, rpm, tpm).await
+            && let Some(admitted) = shared.admit(key, rpm, tpm, counted).await
         {
-            return admitted;
+            if admitted.is_ok() {
+                self.count_in_memory_window(key, counted);
+            }
+            return admitted.map(|()| counted);
         }
-        self.admit_in_memory(key, rpm, tpm)
+        self.admit_in_memory(key, rpm, tpm, counted)
+            .map(|()| counted)
     }
 
     fn admit_in_memory(
@@ -212,6 +224,7 @@ impl RateLimiter {
         key: &str,
         rpm: Option<u32>,
         tpm: Option<u32>,
+        input_tokens: u64,
     ) -> Result<(), Limited> {
         let now = Instant::now();
         let mut windows = self.lock();
@@ -236,20 +249,39 @@ impl RateLimiter {
             });
         }
         window.requests.add(now, 1);
+        if input_tokens > 0 {
+            window.tokens.add(now, input_tokens);
+        }
         Ok(())
     }
 
+    /// Adds `tokens` to `key`'s window in memory, where it has one: the
+    /// fallback's count, for when the shared database fails.
+    fn count_in_memory_window(&self, key: &str, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let mut windows = self.lock();
+        if let Some(window) = windows.get_mut(key) {
+            window.tokens.add(Instant::now(), tokens);
+        }
+    }
+
     /// Counts `tokens` used by a finished request of `key`, whose token
-    /// limit is `tpm`. In a shared database that is a write, spawned and
-    /// tracked by `writes` (shutdown waits for it), and only for keys with
-    /// a token limit.
+    /// limit is `tpm`, less the `counted_at_admission` that
+    /// [`RateLimiter::admit`] counted already (a request that used fewer
+    /// than its estimate keeps them counted). In a shared database that is
+    /// a write, spawned and tracked by `writes` (shutdown waits for it),
+    /// and only for keys with a token limit.
     pub(crate) fn record_tokens(
         &self,
         key: &str,
         tokens: u64,
+        counted_at_admission: u64,
         tpm: Option<u32>,
         writes: &TaskTracker,
     ) {
+        let tokens = tokens.saturating_sub(counted_at_admission);
         if tokens == 0 {
             return;
         }
@@ -265,10 +297,7 @@ impl RateLimiter {
             }));
         }
         // In memory too: the fallback's window, when the database fails.
-        let mut windows = self.lock();
-        if let Some(window) = windows.get_mut(key) {
-            window.tokens.add(Instant::now(), tokens);
-        }
+        self.count_in_memory_window(key, tokens);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Window>> {
@@ -284,6 +313,7 @@ impl Shared {
         key: &str,
         rpm: Option<u32>,
         tpm: Option<u32>,
+        input_tokens: u64,
     ) -> Option<Result<(), Limited>> {
         let now = Instant::now();
         if lock(&self.unavailable_until).is_some_and(|until| now < until) {
@@ -304,7 +334,7 @@ impl Shared {
                 None => {}
             }
         }
-        match self.store.admit_rate(key, rpm, tpm).await {
+        match self.store.admit_rate(key, rpm, tpm, input_tokens).await {
             Ok(None) => Some(Ok(())),
             Ok(Some(window)) => {
                 let limited = refusal(&window, rpm, tpm);
@@ -410,33 +440,58 @@ mod tests {
     fn requests_per_minute_refuse_the_one_over() {
         let limiter = RateLimiter::default();
         for _ in 0..3 {
-            limiter.admit_in_memory("k", Some(3), None).unwrap();
+            limiter.admit_in_memory("k", Some(3), None, 0).unwrap();
         }
-        let refused = limiter.admit_in_memory("k", Some(3), None).unwrap_err();
+        let refused = limiter.admit_in_memory("k", Some(3), None, 0).unwrap_err();
         assert_eq!(refused.limit, LimitKind::Requests);
         assert!(refused.retry_after > Duration::from_secs(55));
         assert!(refused.to_string().contains("3 requests per minute"));
         // Other keys have their own window.
-        limiter.admit_in_memory("other", Some(3), None).unwrap();
+        limiter.admit_in_memory("other", Some(3), None, 0).unwrap();
     }
 
     #[test]
     fn tokens_per_minute_count_what_was_used() {
         let limiter = RateLimiter::default();
-        limiter.admit_in_memory("k", None, Some(100)).unwrap();
-        limiter.record_tokens("k", 60, Some(100), &TaskTracker::new());
-        limiter.admit_in_memory("k", None, Some(100)).unwrap();
-        limiter.record_tokens("k", 60, Some(100), &TaskTracker::new());
-        let refused = limiter.admit_in_memory("k", None, Some(100)).unwrap_err();
+        limiter.admit_in_memory("k", None, Some(100), 0).unwrap();
+        limiter.record_tokens("k", 60, 0, Some(100), &TaskTracker::new());
+        limiter.admit_in_memory("k", None, Some(100), 0).unwrap();
+        limiter.record_tokens("k", 60, 0, Some(100), &TaskTracker::new());
+        let refused = limiter
+            .admit_in_memory("k", None, Some(100), 0)
+            .unwrap_err();
         assert_eq!(refused.limit, LimitKind::Tokens);
         assert!(refused.retry_after <= WINDOW);
+    }
+
+    /// Requests sent together cannot all pass a token limit before any has
+    /// finished: each counts its prompt's estimate when admitted, and only
+    /// the rest of its tokens when it ends.
+    #[test]
+    fn a_prompts_estimate_counts_when_it_is_admitted() {
+        let limiter = RateLimiter::default();
+        // One larger than the whole limit passes into an empty window...
+        limiter.admit_in_memory("k", None, Some(100), 150).unwrap();
+        // ...and the next waits, though the first has not finished.
+        let refused = limiter
+            .admit_in_memory("k", None, Some(100), 10)
+            .unwrap_err();
+        assert_eq!(refused.limit, LimitKind::Tokens);
+        // Its end adds what it used beyond its estimate (30 here), no more:
+        // 70, then 110 with the next.
+        let other = RateLimiter::default();
+        other.admit_in_memory("k", None, Some(100), 40).unwrap();
+        other.record_tokens("k", 70, 40, Some(100), &TaskTracker::new());
+        other.admit_in_memory("k", None, Some(100), 40).unwrap();
+        let refused = other.admit_in_memory("k", None, Some(100), 1).unwrap_err();
+        assert_eq!(refused.limit, LimitKind::Tokens);
     }
 
     #[tokio::test]
     async fn no_limits_keep_no_state() {
         let limiter = RateLimiter::default();
         for _ in 0..1000 {
-            limiter.admit("k", None, None).await.unwrap();
+            limiter.admit("k", None, None, 0).await.unwrap();
         }
         assert!(limiter.lock().is_empty());
     }
@@ -502,12 +557,12 @@ mod tests {
             .unwrap();
         let limiter = RateLimiter::shared(store.clone());
         assert!(limiter.is_shared());
-        limiter.admit(&key.id, Some(2), None).await.unwrap();
+        limiter.admit(&key.id, Some(2), None, 0).await.unwrap();
         // The database goes away: requests are still limited, by memory.
         store.close().await;
-        limiter.admit(&key.id, Some(2), None).await.unwrap();
-        limiter.admit(&key.id, Some(2), None).await.unwrap();
-        let refused = limiter.admit(&key.id, Some(2), None).await.unwrap_err();
+        limiter.admit(&key.id, Some(2), None, 0).await.unwrap();
+        limiter.admit(&key.id, Some(2), None, 0).await.unwrap();
+        let refused = limiter.admit(&key.id, Some(2), None, 0).await.unwrap_err();
         assert_eq!(refused.limit, LimitKind::Requests);
     }
 
@@ -523,12 +578,12 @@ mod tests {
             .await
             .unwrap();
         let limiter = RateLimiter::shared(store.clone());
-        limiter.admit(&key.id, Some(1), None).await.unwrap();
-        let first = limiter.admit(&key.id, Some(1), None).await.unwrap_err();
+        limiter.admit(&key.id, Some(1), None, 0).await.unwrap();
+        let first = limiter.admit(&key.id, Some(1), None, 0).await.unwrap_err();
         // Without the database the refusal still stands (memory alone, which
         // has counted nothing, would admit): it was not asked again.
         store.close().await;
-        let again = limiter.admit(&key.id, Some(1), None).await.unwrap_err();
+        let again = limiter.admit(&key.id, Some(1), None, 0).await.unwrap_err();
         assert_eq!(again.limit, LimitKind::Requests);
         assert!(again.retry_after <= first.retry_after);
         assert!(again.retry_after > Duration::from_secs(50), "{again:?}");

@@ -797,6 +797,44 @@ async fn rate_limited_keys_get_429_with_retry_after() {
     );
     let seconds: u64 = retry_after.parse().unwrap();
     assert!((1..=60).contains(&seconds), "{retry_after}");
+
+    // Sent together to a slow upstream, requests of a key with a token
+    // limit do not all pass before the first has finished: each counts its
+    // prompt's estimate as it is admitted. Every prompt here is about 10
+    // tokens, so a limit of 25 admits three and refuses the rest.
+    let slow = MockUpstream::start_slow(Duration::from_millis(300))
+        .await
+        .unwrap();
+    let slow_gw = start(
+        routes(vec![slow.base_url()]),
+        GatewaySettings::default(),
+        None,
+    )
+    .await;
+    let (_, secret) = slow_gw
+        .key(NewKey {
+            name: "eager".into(),
+            tpm: Some(25),
+            ..NewKey::default()
+        })
+        .await;
+    let prompt = json!({"model": "mock", "max_tokens": 8,
+                        "messages": [{"role": "user", "content": "x".repeat(40)}]});
+    let results = futures::future::join_all(
+        (0..10).map(|_| post(&slow_gw.url, "/v1/chat/completions", Some(&secret), &prompt)),
+    )
+    .await;
+    let statuses: Vec<u16> = results.iter().map(|(status, _, _)| *status).collect();
+    assert_eq!(
+        statuses.iter().filter(|status| **status == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|status| [200, 429].contains(status)),
+        "{statuses:?}"
+    );
+    assert_eq!(slow.requests(), 3);
 }
 
 #[tokio::test]
@@ -2273,7 +2311,7 @@ async fn two_gateways_sharing_postgres_enforce_one_rate_limit() {
 /// 0 the check admits, and counts, a request (harmless for a key limited
 /// by tokens alone).
 async fn rate_tokens(store: &Store, key_id: &str) -> u64 {
-    let window = store.admit_rate(key_id, None, Some(1)).await.unwrap();
+    let window = store.admit_rate(key_id, None, Some(1), 0).await.unwrap();
     window.map_or(0, |w| w.tokens + w.previous_tokens)
 }
 

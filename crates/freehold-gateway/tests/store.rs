@@ -1665,7 +1665,7 @@ async fn rate_limits_hold_across_stores(db: &TestDb) {
         .map(|i| {
             let store = if i % 2 == 0 { a.clone() } else { b.clone() };
             let id = key.id.clone();
-            tokio::spawn(async move { store.admit_rate(&id, Some(5), None).await.unwrap() })
+            tokio::spawn(async move { store.admit_rate(&id, Some(5), None, 0).await.unwrap() })
         })
         .collect();
     let mut refusals = Vec::new();
@@ -1693,23 +1693,46 @@ async fn rate_limits_hold_across_stores(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(
-        a.admit_rate(&hungry.id, None, Some(100)).await.unwrap(),
+        a.admit_rate(&hungry.id, None, Some(100), 0).await.unwrap(),
         None
     );
     a.add_rate_tokens(&hungry.id, 99).await.unwrap();
     assert_eq!(
-        b.admit_rate(&hungry.id, None, Some(100)).await.unwrap(),
+        b.admit_rate(&hungry.id, None, Some(100), 0).await.unwrap(),
         None
     );
     a.add_rate_tokens(&hungry.id, 21).await.unwrap();
     let refused = b
-        .admit_rate(&hungry.id, None, Some(100))
+        .admit_rate(&hungry.id, None, Some(100), 0)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(refused.tokens + refused.previous_tokens, 120, "{refused:?}");
     // Without limits nothing is refused; the count still goes on.
-    assert_eq!(b.admit_rate(&hungry.id, None, None).await.unwrap(), None);
+    assert_eq!(b.admit_rate(&hungry.id, None, None, 0).await.unwrap(), None);
+
+    // A prompt's estimate is counted when its request is admitted, so that
+    // requests sent together cannot all pass before any has finished: the
+    // first passes into an empty window even when larger than the limit,
+    // and the next is refused at once.
+    let (eager, _) = a
+        .create_key(NewKey {
+            name: "eager".into(),
+            tpm: Some(100),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        a.admit_rate(&eager.id, None, Some(100), 150).await.unwrap(),
+        None
+    );
+    let refused = b
+        .admit_rate(&eager.id, None, Some(100), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refused.tokens + refused.previous_tokens, 150, "{refused:?}");
 
     // Tokens of a key that was never limited are not kept.
     let (free, _) = a
@@ -1720,9 +1743,12 @@ async fn rate_limits_hold_across_stores(db: &TestDb) {
         .await
         .unwrap();
     a.add_rate_tokens(&free.id, 1_000).await.unwrap();
-    assert_eq!(a.admit_rate(&free.id, None, Some(10)).await.unwrap(), None);
+    assert_eq!(
+        a.admit_rate(&free.id, None, Some(10), 0).await.unwrap(),
+        None
+    );
     assert!(matches!(
-        a.admit_rate("key_missing", Some(1), None).await,
+        a.admit_rate("key_missing", Some(1), None, 0).await,
         Err(StoreError::UnknownKey(_))
     ));
     a.close().await;
@@ -1742,7 +1768,7 @@ async fn rate_windows_roll_over_by_the_minute(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(
-        store.admit_rate(&key.id, Some(10), None).await.unwrap(),
+        store.admit_rate(&key.id, Some(10), None, 0).await.unwrap(),
         None
     );
     // Clear of a minute's end, so that "this minute" is the same minute to
@@ -1770,7 +1796,7 @@ async fn rate_windows_roll_over_by_the_minute(db: &TestDb) {
     ))
     .await;
     let refused = store
-        .admit_rate(&key.id, Some(10), None)
+        .admit_rate(&key.id, Some(10), None, 0)
         .await
         .unwrap()
         .unwrap();
@@ -1785,7 +1811,7 @@ async fn rate_windows_roll_over_by_the_minute(db: &TestDb) {
     );
     // ...and the refusal did not count.
     let again = store
-        .admit_rate(&key.id, Some(10), None)
+        .admit_rate(&key.id, Some(10), None, 0)
         .await
         .unwrap()
         .unwrap();
@@ -1799,7 +1825,7 @@ async fn rate_windows_roll_over_by_the_minute(db: &TestDb) {
     ))
     .await;
     assert_eq!(
-        store.admit_rate(&key.id, Some(10), None).await.unwrap(),
+        store.admit_rate(&key.id, Some(10), None, 0).await.unwrap(),
         None
     );
     // A row ahead of the statement's clock (another gateway's statement,
@@ -1813,11 +1839,11 @@ async fn rate_windows_roll_over_by_the_minute(db: &TestDb) {
     ))
     .await;
     assert_eq!(
-        store.admit_rate(&key.id, Some(10), None).await.unwrap(),
+        store.admit_rate(&key.id, Some(10), None, 0).await.unwrap(),
         None
     );
     let refused = store
-        .admit_rate(&key.id, Some(10), None)
+        .admit_rate(&key.id, Some(10), None, 0)
         .await
         .unwrap()
         .unwrap();

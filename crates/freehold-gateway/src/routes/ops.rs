@@ -409,9 +409,10 @@ async fn admit_embeddings(
     crate::chat::refuse_engine_paths(&request.model, &targets, routes, &gateway.settings)?;
     accounting.routed = true;
     if let Some(key) = caller.key() {
-        gateway
+        let input_tokens = key.tpm.map_or(0, |_| request.estimated_input_tokens());
+        accounting.rate_tokens_counted = gateway
             .limits
-            .admit(&key.id, key.rpm, key.tpm)
+            .admit(&key.id, key.rpm, key.tpm, input_tokens)
             .await
             .map_err(|limited| GatewayError::rate_limited(&limited))?;
     }

@@ -93,11 +93,16 @@ impl RateSql {
         // The estimate times WINDOW_MS, so that the comparison stays in
         // integers: previous × (window − elapsed) + current × window.
         // A key's first limited request creates its row, counted.
+        // The prompt's estimate ($4) is counted with the request; the
+        // check is on the tokens counted before it, so that one request
+        // larger than the whole limit still passes into an empty window.
         let admit = format!(
-            "INSERT INTO freehold_rate_windows (key_id, window_start_ms, requests) \
-             VALUES ($1, {minute}, 1) \
+            "INSERT INTO freehold_rate_windows (key_id, window_start_ms, requests, tokens) \
+             VALUES ($1, {minute}, 1, CAST($4 AS BIGINT)) \
              ON CONFLICT (key_id) DO UPDATE SET {roll_over}, \
-             requests = {requests} + 1, tokens = {tokens} \
+             requests = {requests} + 1, \
+             tokens = CASE WHEN {tokens} > {MAX_COUNT} - CAST($4 AS BIGINT) THEN {MAX_COUNT} \
+                      ELSE {tokens} + CAST($4 AS BIGINT) END \
              WHERE (CAST($2 AS BIGINT) IS NULL OR \
                   {prev_requests} * ({WINDOW_MS} - {elapsed}) + ({requests} + 1) * {WINDOW_MS} \
                   <= CAST($2 AS BIGINT) * {WINDOW_MS}) \
@@ -142,8 +147,10 @@ impl Store {
     /// Counts a request of `key_id` against its per-minute limits if it
     /// stays within them: `Ok(None)` when admitted, `Ok(Some(window))`,
     /// with the counts that refused it, when not. `None` limits are not
-    /// checked; a limit of 0 refuses everything. Tokens are counted afterwards, by
-    /// [`Store::add_rate_tokens`]; a key over its token limit is refused
+    /// checked; a limit of 0 refuses everything. An admitted request's
+    /// `input_tokens` (its prompt's estimate; 0 for a key without a token
+    /// limit) are counted with it, and the rest of its tokens afterwards,
+    /// by [`Store::add_rate_tokens`]; a key over its token limit is refused
     /// until enough of them leave the window.
     ///
     /// # Errors
@@ -153,6 +160,7 @@ impl Store {
         key_id: &str,
         rpm: Option<u32>,
         tpm: Option<u32>,
+        input_tokens: u64,
     ) -> Result<Option<RateWindow>, StoreError> {
         // A limit of nothing: no request passes, none is counted.
         if rpm == Some(0) || tpm == Some(0) {
@@ -166,6 +174,7 @@ impl Store {
                 .bind(key_id)
                 .bind(rpm.map(i64::from))
                 .bind(tpm.map(i64::from))
+                .bind(to_i64(input_tokens).min(MAX_COUNT))
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected())
