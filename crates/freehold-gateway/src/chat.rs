@@ -237,8 +237,21 @@ async fn admit_inner(
     // A request cut off before any answer pays for its prompt as input:
     // nothing says it was written to a cache.
     accounting.expect_input(estimate, sent_to, &routes);
+    accounting.most_it_can_cost = dearest_cost(&routes, sent_to, &usage);
     reserve_budget(gateway, caller, &routes, sent_to, &usage, accounting).await?;
     Ok((routes, narrowed.unwrap_or(targets)))
+}
+
+/// What `usage` costs on the dearest of `targets` that has a price.
+fn dearest_cost(routes: &Routes, targets: &[Target], usage: &Usage) -> Option<f64> {
+    targets
+        .iter()
+        .filter_map(|target| {
+            routes
+                .router
+                .cost_of(&target.provider, &target.model, usage)
+        })
+        .reduce(f64::max)
 }
 
 /// The most `request`'s prompt can cost, by its estimated size: every token
@@ -911,6 +924,7 @@ impl Admitted {
         // holding it inline (this one, the handler's) would make each of
         // their moves copy.
         let call = Box::pin(self.routes.router.complete_on(self.targets, self.request));
+        self.accounting.whole_answer = true;
         let (target, response) = call_upstream(&mut self.accounting, call).await?;
         self.accounting.target = Some(target);
         self.accounting.usage = response.usage;
@@ -1196,9 +1210,18 @@ pub(crate) struct Accounting {
     /// The bytes of answer (text, reasoning, tool arguments) received.
     output_bytes: u64,
     /// What the request's input costs on the dearest target of its route:
-    /// charged when it is cut off before any answer while a provider had
-    /// it ([`Self::dispatched`]), as the provider may bill for the prompt.
+    /// charged when a stream is cut off before any answer while a provider
+    /// had it ([`Self::dispatched`]), as the provider may bill for the
+    /// prompt.
     unanswered_cost: Option<f64>,
+    /// The most the request can cost on its route (its prompt and every
+    /// output token it may ask for, on the dearest target): charged
+    /// instead when a whole answer is cut off so, since providers usually
+    /// finish such an answer and bill it, and the gateway cannot see how
+    /// long it was.
+    most_it_can_cost: Option<f64>,
+    /// Whether the answer is asked for whole (not streamed).
+    whole_answer: bool,
     /// Whether a provider call is under way: set while the gateway waits
     /// for a provider's answer, so that a request cut off then (status
     /// 499 or the gateway's 504) is told from one that never left.
@@ -1247,6 +1270,8 @@ impl Accounting {
             usage: Usage::default(),
             input_estimate: InputEstimate::default(),
             rate_tokens_counted: 0,
+            most_it_can_cost: None,
+            whole_answer: false,
             output_bytes: 0,
             unanswered_cost: None,
             dispatched: false,
@@ -1434,7 +1459,11 @@ impl Accounting {
             // still retrying a provider that does not answer: it cannot
             // tell that from one that is reading the prompt.)
             None if self.dispatched && matches!(status, 499 | 503 | 504 | 529) => {
-                self.unanswered_cost
+                if self.whole_answer {
+                    self.most_it_can_cost.or(self.unanswered_cost)
+                } else {
+                    self.unanswered_cost
+                }
             }
             None => None,
         };

@@ -4703,16 +4703,16 @@ async fn a_request_cut_off_at_shutdown_releases_its_reservation() {
         }
     });
     // Wait until its reservation is held.
-    let mut held = false;
+    let mut held = 0.0;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = store.key_by_id(&key.id).await.unwrap().unwrap();
         if now.reserved_usd > 0.0 {
-            held = true;
+            held = now.reserved_usd;
             break;
         }
     }
-    assert!(held, "the request never reserved its budget");
+    assert!(held > 0.0, "the request never reserved its budget");
     stop.notify_one();
     let cut_off = tokio::time::timeout(Duration::from_secs(10), serving)
         .await
@@ -4722,12 +4722,10 @@ async fn a_request_cut_off_at_shutdown_releases_its_reservation() {
     assert!(gateway.settlements_written(Duration::from_secs(10)).await);
     let now = store.key_by_id(&key.id).await.unwrap().unwrap();
     assert!(now.reserved_usd.abs() < 1e-9, "left reserved: {now:?}");
-    // Cut off before any answer, it pays for its input, which the
-    // provider had (a few tokens at $1 per million), and no output.
-    assert!(
-        now.spent_usd > 0.0 && now.spent_usd < 100.0 / 1e6,
-        "{now:?}"
-    );
+    // A whole answer cut off before it came pays the most it could cost,
+    // what it reserved: a provider that had it usually finishes it and
+    // bills it, and the gateway cannot see how long it was.
+    assert!((now.spent_usd - held).abs() < 1e-9, "{now:?} held {held}");
     in_flight.abort();
 }
 
