@@ -186,7 +186,7 @@ struct PriceCache {
 
 impl PriceCache {
     /// Models remembered at most; clients choose model names, so the
-    /// cache must not grow without bound.
+    /// cache must not grow without bound: past it, it starts empty again.
     const MAX_MODELS: usize = 4096;
 
     fn get_or_find(
@@ -211,11 +211,14 @@ impl PriceCache {
             .by_provider
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.values().map(HashMap::len).sum::<usize>() < Self::MAX_MODELS {
-            map.entry(provider.to_owned())
-                .or_default()
-                .insert(model.to_owned(), pricing);
+        // Full (clients inventing names, say): start again rather than stop
+        // remembering, so that the models in use are soon cached again.
+        if map.values().map(HashMap::len).sum::<usize>() >= Self::MAX_MODELS {
+            map.clear();
         }
+        map.entry(provider.to_owned())
+            .or_default()
+            .insert(model.to_owned(), pricing);
         pricing
     }
 }
@@ -832,6 +835,35 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
+
+    /// Names a client invents fill the price cache, which then starts
+    /// again: a model in use is looked up once more, then cached again.
+    #[test]
+    fn the_price_cache_starts_again_when_full() {
+        let cache = PriceCache::default();
+        let lookups = Cell::new(0);
+        let find = || {
+            lookups.set(lookups.get() + 1);
+            None
+        };
+        cache.get_or_find("vllm", "real", find);
+        cache.get_or_find("vllm", "real", find);
+        assert_eq!(lookups.get(), 1);
+        for index in 0..PriceCache::MAX_MODELS {
+            cache.get_or_find("vllm", &format!("junk-{index}"), || None);
+        }
+        let cached: usize = cache
+            .by_provider
+            .read()
+            .unwrap()
+            .values()
+            .map(HashMap::len)
+            .sum();
+        assert!(cached <= PriceCache::MAX_MODELS, "{cached}");
+        cache.get_or_find("vllm", "real", find);
+        cache.get_or_find("vllm", "real", find);
+        assert_eq!(lookups.get(), 2);
+    }
 
     /// A request that counts its copies.
     struct Counted {
