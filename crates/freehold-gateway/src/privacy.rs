@@ -35,11 +35,15 @@
 //! request local). Images' bytes, documents' bytes (PDFs, which would need
 //! a PDF reader), tool definitions, the model name and stop sequences are
 //! not; `documents` decides on a request that carries a document, as a
-//! finding named `document`.
+//! finding named `document`. A text is read with its backslash escapes
+//! undone (`\n`, `\"`, `\u0041`…, however deep), so that a secret in JSON
+//! text held as a string is found, and redacted, as in the string it
+//! encodes.
 //!
 //! Cost: one [`RegexSet`] pass over each inspected text; the individual
 //! detectors run only on texts the set matched, so a clean request costs one
-//! scan and no allocation.
+//! scan and no allocation but a copy of each text with backslash escapes,
+//! which is the one scanned.
 //!
 //! Phone numbers have no detector: their formats are too close to ids,
 //! dates, versions and amounts to match with a low false-positive rate.
@@ -76,7 +80,8 @@ pub enum Detector {
     /// Google API keys (`AIza…`).
     GoogleApiKey,
     /// `password = "…"`, `DB_PASSWORD=…`, `"api_key": "…"` and the like, with
-    /// a value that is not a placeholder, a variable or a type; tokens
+    /// a value that is not a placeholder, a variable, a type or other code
+    /// (`getenv("X")`, `self.password`); tokens
     /// (`HF_TOKEN=…`, `.npmrc`'s `_authToken=…`) with a random-looking value;
     /// `Authorization: Bearer …` / `Basic …`; a password in a URL
     /// (`postgres://user:pass@db/x`); a signature in a URL's query (`sig=`,
@@ -741,12 +746,18 @@ const BUILTIN_RULES: &[(Detector, &str, Check)] = &[
         r"\bAIza[0-9A-Za-z_-]{35}",
         Check::None,
     ),
+    // A quoted value ends at the quote that opened it, so that the other
+    // kind may be in it (`"it's-S3cret9"`); the regex crate has no
+    // backreferences, hence a rule for each kind. The other kind only
+    // inside a word (between letters, digits or `_`): elsewhere it is one end
+    // of a literal of that kind, and the value would run across code
+    // (`"password: '" + pw + "'"`) or JSON (`{"a": "secret: 'x", …}`).
     (
         Detector::PasswordAssignment,
         concat!(
             r"(?i)\b(?:[a-z0-9]+[_-])*(?:",
             secret_keys!(),
-            r#")\b\\?["']?\s*(?::=|=>|[:=])\s*\\?["'](?P<secret>[^"'\\\r\n]{4,200})\\?["']"#
+            r#")\b\\?["']?\s*(?::=|=>|[:=])\s*\\?"(?P<secret>(?:[^"'\r\n]|\b'\b){4,200})\\?""#
         ),
         Check::QuotedValue,
     ),
@@ -755,7 +766,19 @@ const BUILTIN_RULES: &[(Detector, &str, Check)] = &[
         concat!(
             r"(?i)\b(?:[a-z0-9]+[_-])*(?:",
             secret_keys!(),
-            r#")\b\\?["']?\s*(?::=|[:=])\s*(?P<secret>[^\s"'`,;&\\)\]}]{4,200})"#
+            r#")\b\\?["']?\s*(?::=|=>|[:=])\s*\\?'(?P<secret>(?:[^"'\r\n]|\b"\b){4,200})\\?'"#
+        ),
+        Check::QuotedValue,
+    ),
+    // An unquoted value runs to the next whitespace, whatever symbols it
+    // holds (`Tr0ub4dor&3xyz`); [`bare_value`] cuts off what follows it in
+    // code and tells code from a password.
+    (
+        Detector::PasswordAssignment,
+        concat!(
+            r"(?i)\b(?:[a-z0-9]+[_-])*(?:",
+            secret_keys!(),
+            r#")\b\\?["']?\s*(?::=|[:=])\s*(?P<secret>[^\s"'`]{4,200})"#
         ),
         Check::BareValue,
     ),
@@ -1006,14 +1029,7 @@ impl Privacy {
                     part: part_index,
                     field,
                 };
-                // Arguments are JSON: read with their strings' escapes
-                // undone, or `"x\nAKIA…"` hides the key from a rule that
-                // starts at a word boundary.
-                let text = match field {
-                    Field::ToolArguments => unescaped_view(text),
-                    _ => std::borrow::Cow::Borrowed(text),
-                };
-                self.inspect_text(&text, location, &mut findings);
+                self.inspect_text(text, location, &mut findings);
             }
         }
         findings
@@ -1127,7 +1143,11 @@ impl Privacy {
         request
     }
 
+    /// Counts the matches in `text`, read with its escapes undone
+    /// ([`Unescaped`]).
     fn inspect_text(&self, text: &str, location: Location, findings: &mut Findings) {
+        let unescaped = Unescaped::of(text);
+        let text = unescaped.as_ref().map_or(text, |view| view.text.as_str());
         if text.is_empty() || !self.set.is_match(text) {
             return;
         }
@@ -1191,8 +1211,9 @@ impl Privacy {
     /// redacted is not written to a database that may be elsewhere.
     ///
     /// A JSON body is redacted value by value, as the detectors read the
-    /// request: in its raw text an escape (`\nAKIA…`) would hide a secret
-    /// from the rules that start at a word boundary.
+    /// request, each value with its own escapes undone too ([`Unescaped`]):
+    /// OpenAI's tool arguments are JSON in a JSON string, which keeps its
+    /// `\n` before a key once the body is parsed.
     pub fn redacted_for_log(&self, text: &str) -> String {
         // Value by value first (escapes undone), then the whole text again
         // for the rules that read a key with its value (`"password": …`).
@@ -1236,13 +1257,24 @@ impl Privacy {
     }
 
     /// The text with every match replaced, or `None` when nothing matched.
+    /// The detectors read it with its escapes undone ([`Unescaped`]), as
+    /// [`Privacy::inspect`] does; each match is replaced in the text itself,
+    /// with the escapes around it kept (`token:\n[REDACTED:github_token]`).
     fn redact_text(&self, text: &str) -> Option<String> {
-        if text.is_empty() || !self.set.is_match(text) {
+        let unescaped = Unescaped::of(text);
+        let scanned = unescaped.as_ref().map_or(text, |view| view.text.as_str());
+        if scanned.is_empty() || !self.set.is_match(scanned) {
             return None;
         }
         let mut spans: Vec<(Range<usize>, usize)> = Vec::new();
-        for index in self.set.matches(text).iter() {
-            self.each_match(index, text, |span| spans.push((span, index)));
+        for index in self.set.matches(scanned).iter() {
+            self.each_match(index, scanned, |span| {
+                let span = match &unescaped {
+                    Some(view) => view.original(span),
+                    None => span,
+                };
+                spans.push((span, index));
+            });
         }
         if spans.is_empty() {
             return None;
@@ -1276,7 +1308,11 @@ impl Privacy {
     /// a string or number under a password-like key is redacted whole; text
     /// that is not JSON is redacted as text.
     fn redact_arguments(&self, arguments: &str) -> Option<String> {
-        if arguments.is_empty() || !self.set.is_match(&unescaped_view(arguments)) {
+        let unescaped = Unescaped::of(arguments);
+        let scanned = unescaped
+            .as_ref()
+            .map_or(arguments, |view| view.text.as_str());
+        if scanned.is_empty() || !self.set.is_match(scanned) {
             return None;
         }
         if serde_json::from_str::<serde::de::IgnoredAny>(arguments).is_err() {
@@ -1379,34 +1415,120 @@ impl Privacy {
     }
 }
 
-/// JSON text with each string's escapes undone in place (`"a\nb"` becomes
-/// `"a`, a newline, `b"`), keys and structure kept: what the detectors read
-/// of tool arguments. Text without escapes, or not JSON, comes back as it is.
-fn unescaped_view(json: &str) -> std::borrow::Cow<'_, str> {
-    if !json.contains('\\') || serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
-        return std::borrow::Cow::Borrowed(json);
-    }
-    let bytes = json.as_bytes();
-    let mut out = String::with_capacity(json.len());
-    let mut copied = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'"' {
-            i += 1;
-            continue;
-        }
-        let end = string_end(bytes, i);
-        if let Ok(decoded) = serde_json::from_str::<String>(&json[i..end]) {
-            out.push_str(&json[copied..i]);
-            out.push('"');
-            out.push_str(&decoded);
-            out.push('"');
+/// A text as the detectors read it, with its backslash escapes undone
+/// (`\n`, `\t`, `\r`, `\b`, `\f`, `\"`, `\/`, `\u00e9`, a surrogate pair),
+/// however many backslashes deep (`\\n` in a JSON string inside a JSON
+/// string): JSON text held as text (tool arguments, a tool's JSON output,
+/// a body's string that is JSON itself) puts an escape's letter right
+/// before a secret (`token:\nghp_…`), where the rules that start at a
+/// word boundary would not see it; the string it encodes has the boundary.
+/// A backslash that starts no escape (`C:\Users`) is kept.
+struct Unescaped {
+    text: String,
+    /// `(offset in text, offset in the original)` just after each escape
+    /// (and `(0, 0)`): between two, the text is the original's, copied.
+    anchors: Vec<(usize, usize)>,
+    /// The original's length.
+    original_len: usize,
+}
+
+impl Unescaped {
+    /// The view of `text`, or `None` when it has no escape to undo.
+    fn of(text: &str) -> Option<Self> {
+        let mut at = text.find('\\')?;
+        let mut view: Option<Self> = None;
+        let mut copied = 0;
+        while let Some(found) = text[at..].find('\\') {
+            let start = at + found;
+            let Some((decoded, end)) = escape_at(text.as_bytes(), start) else {
+                // Past the whole run of backslashes, which starts no escape.
+                at = start + backslashes_at(text.as_bytes(), start);
+                continue;
+            };
+            let unescaped = view.get_or_insert_with(|| Self {
+                text: String::with_capacity(text.len()),
+                anchors: vec![(0, 0)],
+                original_len: text.len(),
+            });
+            unescaped.text.push_str(&text[copied..start]);
+            unescaped.text.push(decoded);
+            unescaped.anchors.push((unescaped.text.len(), end));
             copied = end;
+            at = end;
         }
-        i = end;
+        let mut view = view?;
+        view.text.push_str(&text[copied..]);
+        Some(view)
     }
-    out.push_str(&json[copied..]);
-    std::borrow::Cow::Owned(out)
+
+    /// The original's span that `span` of the view was read from: an
+    /// escape's character stands for the whole escape.
+    fn original(&self, span: Range<usize>) -> Range<usize> {
+        self.original_offset(span.start)..self.original_offset(span.end)
+    }
+
+    fn original_offset(&self, offset: usize) -> usize {
+        // The last escape that ends at or before `offset`; the text after
+        // it is copied, byte for byte.
+        let after = self
+            .anchors
+            .partition_point(|&(in_view, _)| in_view <= offset)
+            .saturating_sub(1);
+        let (in_view, in_original) = self.anchors.get(after).copied().unwrap_or((0, 0));
+        (in_original + (offset - in_view)).min(self.original_len)
+    }
+}
+
+/// The character of the escape that starts at `start` (a run of
+/// backslashes, then its letter) and the offset just past it, or `None`
+/// when the run starts no escape.
+fn escape_at(bytes: &[u8], start: usize) -> Option<(char, usize)> {
+    let letter = start + backslashes_at(bytes, start);
+    let decoded = match *bytes.get(letter)? {
+        b'n' => '\n',
+        b't' => '\t',
+        b'r' => '\r',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'"' => '"',
+        b'/' => '/',
+        b'u' => return unicode_escape_at(bytes, letter + 1),
+        _ => return None,
+    };
+    Some((decoded, letter + 1))
+}
+
+/// The character of a `\u` escape whose hex digits start at `digits`, a
+/// surrogate pair's two halves (the second as deep as the first) taken
+/// together, and the offset just past it.
+fn unicode_escape_at(bytes: &[u8], digits: usize) -> Option<(char, usize)> {
+    let unit = hex4(bytes, digits)?;
+    let end = digits + 4;
+    if !(0xD800..0xDC00).contains(&unit) {
+        return char::from_u32(unit).map(|c| (c, end));
+    }
+    let letter = end + backslashes_at(bytes, end);
+    if letter == end || bytes.get(letter) != Some(&b'u') {
+        return None;
+    }
+    let low = hex4(bytes, letter + 1).filter(|low| (0xDC00..0xE000).contains(low))?;
+    char::from_u32(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)).map(|c| (c, letter + 5))
+}
+
+/// How many backslashes there are in a row from `at`.
+fn backslashes_at(bytes: &[u8], at: usize) -> usize {
+    bytes
+        .get(at..)
+        .map_or(0, |rest| rest.iter().take_while(|&&b| b == b'\\').count())
+}
+
+/// The value of the four hex digits at `at`.
+fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
+    let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(digits, 16).ok()
 }
 
 /// A document's title and URL (when it is given by one).
@@ -1543,7 +1665,7 @@ impl Check {
             Check::None => true,
             Check::OpenaiKey => openai_key(candidate),
             Check::QuotedValue => quoted_value(candidate),
-            Check::BareValue => bare_value(candidate),
+            Check::BareValue => return bare_value(text, span),
             Check::TokenValue => {
                 token_value(candidate) && !token_context_says_otherwise(text, &span)
             }
@@ -1600,31 +1722,124 @@ fn placeholder(value: &str) -> bool {
 }
 
 /// A quoted value: not a placeholder, and not prose (words without digits
-/// or symbols, such as a label `"Enter your password"`).
+/// or symbols, such as a label `"Enter your password"` or `"Don't share
+/// your password"`).
 fn quoted_value(value: &str) -> bool {
     if placeholder(value) {
         return false;
     }
     let prose = value.contains(' ')
-        && value
-            .chars()
-            .all(|c| c.is_alphabetic() || c == ' ' || matches!(c, '.' | ',' | '!' | '?' | '-'));
+        && value.chars().all(|c| {
+            c.is_alphabetic()
+                || c == ' '
+                || matches!(c, '.' | ',' | '!' | '?' | '-' | '\'' | '\u{2019}' | '"')
+        });
     !prose
 }
 
-/// An unquoted value: not a placeholder, not an expression (calls, indexes,
-/// generics, variables) and not a bare identifier or dotted path without
-/// digits (`password=password`, `secret: String`, `self.password`).
-fn bare_value(value: &str) -> bool {
-    if placeholder(value)
-        || value.contains(['(', ')', '[', ']', '{', '}', '<', '>', '$', '|', '*', '%'])
-    {
-        return false;
+/// The span of an unquoted value that is a password: the value without
+/// what follows it in code ([`bare_value_len`]), when that is not a
+/// placeholder, not code ([`looks_like_code`]) and not a bare identifier or
+/// dotted path without digits (`password=password`, `secret: String`,
+/// `self.password`).
+fn bare_value(text: &str, span: Range<usize>) -> Option<Range<usize>> {
+    let value = &text[span.clone()];
+    let value = &value[..bare_value_len(value)];
+    let password = value.chars().count() >= 4
+        && !placeholder(value)
+        && !looks_like_code(value)
+        && !identifier(value);
+    password.then_some(span.start..span.start + value.len())
+}
+
+/// The length of an unquoted value (which runs to the next whitespace)
+/// without what belongs to the code around it: the next field after a
+/// `&`, `,` or `;` (a URL's query, a call's keyword arguments, a connection
+/// string), then the `,` or `;` and the closing brackets opened before the
+/// value that end it (`f(password=hunter22),`). A `&`, `,` or `;` inside a
+/// password stays in it (`Tr0ub4dor&3xyz`), so that it is redacted whole.
+fn bare_value_len(value: &str) -> usize {
+    let mut end = value
+        .char_indices()
+        .find(|&(at, c)| matches!(c, '&' | ',' | ';') && starts_a_field(&value[at + 1..]))
+        .map_or(value.len(), |(at, _)| at);
+    let bytes = value.as_bytes();
+    while let Some(&last) = bytes[..end].last() {
+        let count = |byte: u8| bytes[..end].iter().filter(|&&b| b == byte).count();
+        // A closing bracket with no opening one in the value was opened
+        // before it.
+        let belongs_to_the_code = match last {
+            b',' | b';' => true,
+            b')' => count(b')') > count(b'('),
+            b']' => count(b']') > count(b'['),
+            b'}' => count(b'}') > count(b'{'),
+            _ => false,
+        };
+        if !belongs_to_the_code {
+            break;
+        }
+        end -= 1;
     }
-    let identifier = value
+    end
+}
+
+/// Whether `rest` starts with another field's `name=` (after HTML's
+/// `&amp;`, whose `amp;` follows the `&`).
+fn starts_a_field(rest: &str) -> bool {
+    let rest = rest.strip_prefix("amp;").unwrap_or(rest);
+    let bytes = rest.as_bytes();
+    let name_len = bytes
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        .count();
+    bytes
+        .first()
+        .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+        && bytes.get(name_len) == Some(&b'=')
+}
+
+/// Whether an unquoted value is code rather than a password: it starts
+/// with a sigil (a variable `$PASS` / `%PASS%`, a pointer or reference
+/// `*ptr` / `&str`, a YAML alias `*name` or anchor `&name`), a bracket (a
+/// literal, `{password}` in JSX or an f-string, `[u8; 32]`), `@` or `!`
+/// before a name (a Ruby or SQL variable, a YAML tag such as `!Ref`); or a
+/// name or path is called, indexed or given type arguments
+/// (`getenv("X")`, `os.environ["X"]`, `Option<String>`, `Config{`,
+/// `env!("X")`).
+/// A password's own symbols elsewhere (`9xK*2mQ!pL`, `S3cr3t$Pa55`) are not
+/// code.
+fn looks_like_code(value: &str) -> bool {
+    if value.starts_with(['$', '%', '*', '&', '(', '[', '{']) {
+        return true;
+    }
+    if value
+        .strip_prefix(['@', '!'])
+        .is_some_and(|name| !name.is_empty() && identifier(name))
+    {
+        return true;
+    }
+    let bytes = value.as_bytes();
+    let path_len = bytes
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-' | b'>'))
+        .count();
+    let starts_like_a_name = bytes
+        .first()
+        .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_');
+    // A Rust macro's `!` may come between (`env!("X")`, `vec![0; 32]`).
+    let bracket = match bytes.get(path_len) {
+        Some(b'!') => path_len + 1,
+        _ => path_len,
+    };
+    starts_like_a_name && matches!(bytes.get(bracket), Some(b'(' | b'[' | b'{' | b'<'))
+}
+
+/// A name or path without digits: letters joined by `_`, `-`, `.`, `::`
+/// or `->` (`password`, `String`, `self.password`, `self->password`).
+fn identifier(value: &str) -> bool {
+    value
         .bytes()
-        .all(|b| b.is_ascii_alphabetic() || matches!(b, b'_' | b'.' | b'-' | b':'));
-    !identifier
+        .all(|b| b.is_ascii_alphabetic() || matches!(b, b'_' | b'.' | b'-' | b':' | b'>'))
 }
 
 /// Whether what surrounds a token's value shows it is not a secret: a call
@@ -2485,6 +2700,264 @@ mod tests {
         let summary =
             compaction_summary(logged["input"][0]["encrypted_content"].as_str().unwrap()).unwrap();
         assert_eq!(summary, "The deploy key is [REDACTED:aws_access_key].");
+    }
+
+    /// The text of the tool result a redacting policy sends instead of
+    /// `content` (it must redact something).
+    fn redacted_tool_result(privacy: &Privacy, content: &str) -> String {
+        let chat = ChatRequest::new("m", vec![Message::tool_result("c1", content)]);
+        let decision = privacy.decide(&chat, None, false);
+        let Decision::Redacted { request, .. } = &decision else {
+            panic!("not redacted: {decision}");
+        };
+        let Some(ContentPart::ToolResult(result)) = request.messages[0].content.first() else {
+            panic!("not a tool result");
+        };
+        result.content.clone()
+    }
+
+    /// Real passwords hold the symbols code uses: an unquoted one is found
+    /// whatever they are, and redacted to the next whitespace.
+    #[test]
+    fn unquoted_passwords_with_symbols_are_found_and_redacted_whole() {
+        for text in [
+            "DB_PASSWORD=9xK*2mQ!pL",
+            "password: S3cr3t$Pa55",
+            "DB_PASSWORD=Tr0ub4dor&3xyz",
+            "secret: 50%off|pipe<>9",
+            "password: p@ss(w0rd)[1]{2}<3>",
+            "api_key=AbC,dEf;9xYz",
+        ] {
+            assert_detects(text, Detector::PasswordAssignment);
+        }
+        let privacy = with(redact_settings());
+        for (text, sent) in [
+            (
+                "DB_PASSWORD=Tr0ub4dor&3xyz",
+                "DB_PASSWORD=[REDACTED:password_assignment]",
+            ),
+            (
+                "DB_PASSWORD=9xK*2mQ!pL ok",
+                "DB_PASSWORD=[REDACTED:password_assignment] ok",
+            ),
+            (
+                "password: S3cr3t$Pa55\nuser: bob",
+                "password: [REDACTED:password_assignment]\nuser: bob",
+            ),
+            (
+                "api_key=AbC,dEf;9xYz",
+                "api_key=[REDACTED:password_assignment]",
+            ),
+            // What closes the call or the statement, or starts the next
+            // field, is not the password's.
+            (
+                "login(user, password=hunter22)",
+                "login(user, password=[REDACTED:password_assignment])",
+            ),
+            (
+                "{password: hunter22, user: bob}",
+                "{password: [REDACTED:password_assignment], user: bob}",
+            ),
+            (
+                "Server=db;Password=S3cret!9;Encrypt=true",
+                "Server=db;Password=[REDACTED:password_assignment];Encrypt=true",
+            ),
+            (
+                "https://a.example/login?user=bob&password=hunter22&next=/home",
+                "https://a.example/login?user=bob&password=[REDACTED:password_assignment]&next=/home",
+            ),
+        ] {
+            assert_eq!(redacted_tool_result(&privacy, text), sent, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_quoted_password_ends_at_the_quote_that_opened_it() {
+        for text in [
+            "password = \"it's-S3cret9\"",
+            "secret: 'Pa\"ss-99'",
+            "{\"password\": \"O'Brien-77\"}",
+        ] {
+            assert_detects(text, Detector::PasswordAssignment);
+        }
+        let privacy = with(redact_settings());
+        assert_eq!(
+            redacted_tool_result(&privacy, "password = \"it's-S3cret9\""),
+            "password = \"[REDACTED:password_assignment]\""
+        );
+        // Labels stay prose with an apostrophe or quotes in them.
+        assert_clean("\"password\": \"Don't share your password\"");
+        assert_clean("password: 'the \"magic\" word'");
+        // Nor does a value run across literals.
+        assert_clean("print(\"password: '\" + pw + \"'\")");
+        assert_clean("{\"a\":\"secret: 'x\",\"b\":\"y'\"}");
+    }
+
+    /// Code, types, variables and placeholders are still not passwords
+    /// now that an unquoted value may hold any symbol.
+    #[test]
+    fn code_around_a_password_key_is_not_a_password() {
+        for text in [
+            "password = getenv(\"X\")",
+            "password: ${DB_PASS}",
+            "password = os.environ[\"X\"]",
+            "password: str",
+            "password = None",
+            "password = '<your password>'",
+            "password: Option<String>,",
+            "password: Box<str>,",
+            "fn f(password: &str, secret: &[u8]) {}",
+            "password: *const u8",
+            "password: [u8; 32],",
+            "password={password}",
+            "password: {type: String, required: true},",
+            "password = self->password;",
+            "password: @password",
+            "password: !Ref DbPassword",
+            "password: *default_password",
+            "password=%DB_PASSWORD%",
+            "password: $(cat /run/secrets/db)",
+            "let password = env!(\"DB_PASSWORD\");",
+            "password: z.string().min(8),",
+            "https://a.example/?password=password&next=1",
+            "https://a.example/?password=&user=bob",
+            "connect(user=user, password=password, host=host)",
+        ] {
+            assert_clean(text);
+        }
+    }
+
+    /// Text that holds JSON text (a tool's JSON-encoded output, a JSON
+    /// string inside a JSON string) puts an escape's letter right before a
+    /// key: `\nghp_…` has no word boundary, but the string it encodes does.
+    #[test]
+    fn a_secret_after_a_json_escape_is_found() {
+        let privacy = privacy();
+        let secrets = [
+            (github_token(), Detector::GithubToken),
+            (aws_key(), Detector::AwsAccessKey),
+            (openai_key(), Detector::OpenaiKey),
+            (google_key(), Detector::GoogleApiKey),
+            (slack_token(), Detector::SlackToken),
+            (jwt(), Detector::Jwt),
+            ("password=hunter22".to_owned(), Detector::PasswordAssignment),
+        ];
+        for (secret, detector) in &secrets {
+            for escape in [
+                r"\n", r"\t", r"\r", r#"\""#, r"\\", r"\/", r"\u000a", r"\\n", r"\\\n",
+            ] {
+                let text = format!(r#"{{"text":"token:{escape}{secret}"}}"#);
+                let chat = ChatRequest::new("m", vec![Message::tool_result("c1", text.clone())]);
+                let findings = privacy.inspect(&chat);
+                let found: Vec<&str> = findings.iter().map(|finding| &*finding.detector).collect();
+                assert!(found.contains(&detector.name()), "{found:?} in {text}");
+            }
+        }
+        // Escapes alone are nothing.
+        assert_clean(
+            r#"{"text":"line one\nline two\t\u00e9t\u00e9 \"quoted\" C:\\Users\\nobody"}"#,
+        );
+        assert_clean(r#"printf(\"%s\\n\", password);"#);
+    }
+
+    /// What is sent upstream keeps no key after an escape, and stays the
+    /// JSON text it was.
+    #[test]
+    fn a_secret_after_a_json_escape_is_redacted_in_what_is_sent() {
+        let privacy = with(redact_settings());
+        let sent = redacted_tool_result(
+            &privacy,
+            &format!(r#"{{"text":"token:\n{}"}}"#, github_token()),
+        );
+        assert_eq!(sent, r#"{"text":"token:\n[REDACTED:github_token]"}"#);
+        let value: serde_json::Value = serde_json::from_str(&sent).unwrap();
+        assert_eq!(value["text"], "token:\n[REDACTED:github_token]");
+        // Escapes of several bytes before the key, a multibyte character
+        // among them, and a password quoted with escaped quotes.
+        let sent = redacted_tool_result(
+            &privacy,
+            &format!(
+                r#"{{"t":"caf\u00e9\u000a{}","cfg":"{{\"password\": \"hunter22!\"}}"}}"#,
+                aws_key()
+            ),
+        );
+        assert_eq!(
+            sent,
+            r#"{"t":"caf\u00e9\u000a[REDACTED:aws_access_key]","cfg":"{\"password\": \"[REDACTED:password_assignment]\"}"}"#
+        );
+        // Two levels deep: a JSON string inside a JSON string.
+        let sent = redacted_tool_result(
+            &privacy,
+            &format!(r#"{{"out":"{{\"text\":\"x\\n{}\"}}"}}"#, slack_token()),
+        );
+        assert_eq!(
+            sent,
+            r#"{"out":"{\"text\":\"x\\n[REDACTED:slack_token]\"}"}"#
+        );
+    }
+
+    #[test]
+    fn escapes_are_undone_and_spans_map_back() {
+        assert!(Unescaped::of("no escape here").is_none());
+        // A backslash that starts no escape is kept, and so is a lone
+        // surrogate's escape.
+        assert!(Unescaped::of(r"C:\Users\x \ud800 \u12").is_none());
+        let original = r"a\nb\\\t\u00e9\ud83d\ude00c\\\ud83d\\\ude00d\x";
+        let Some(view) = Unescaped::of(original) else {
+            panic!("no escape undone in {original}");
+        };
+        assert_eq!(view.text, "a\nb\té\u{1F600}c\u{1F600}d\\x");
+        // Each character of the view back to where it came from.
+        let pieces: Vec<&str> = view
+            .text
+            .char_indices()
+            .map(|(at, c)| &original[view.original(at..at + c.len_utf8())])
+            .collect();
+        assert_eq!(
+            pieces,
+            [
+                "a",
+                r"\n",
+                "b",
+                r"\\\t",
+                r"\u00e9",
+                r"\ud83d\ude00",
+                "c",
+                r"\\\ud83d\\\ude00",
+                "d",
+                r"\",
+                "x"
+            ]
+        );
+        assert_eq!(view.original(0..view.text.len()), 0..original.len());
+    }
+
+    /// OpenAI's `arguments` are JSON inside a JSON string: parsed once,
+    /// the body still holds them escaped, `\n` before the key included.
+    #[test]
+    fn a_secret_in_openai_arguments_is_redacted_in_the_log() {
+        let privacy = privacy();
+        let arguments = serde_json::json!({ "cmd": format!("echo x\n{}", github_token()) });
+        let body = serde_json::json!({
+            "model": "m",
+            "messages": [{
+                "role": "assistant",
+                "tool_calls": [{
+                    "id": "c1",
+                    "type": "function",
+                    "function": { "name": "shell", "arguments": arguments.to_string() },
+                }],
+            }],
+        })
+        .to_string();
+        let logged = privacy.redacted_for_log(&body);
+        assert!(!logged.contains(&github_token()), "{logged}");
+        let logged: serde_json::Value = serde_json::from_str(&logged).unwrap();
+        let arguments = logged["messages"][0]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap();
+        let arguments: serde_json::Value = serde_json::from_str(arguments).unwrap();
+        assert_eq!(arguments["cmd"], "echo x\n[REDACTED:github_token]");
     }
 
     #[test]
