@@ -78,9 +78,12 @@ fn list(setup: &Setup, all: bool) -> anyhow::Result<ExitCode> {
             Origin::Config => "config",
             Origin::Preset => "preset",
         };
+        // A missing key is said already, by "(not set)".
         let key = match setup.unusable.get(&resolved.name) {
-            Some(reason) => format!("{key}  UNUSABLE: {reason}"),
-            None => key,
+            Some(reason) if resolved.missing_key().is_none() => {
+                format!("{key}  UNUSABLE: {reason}")
+            }
+            _ => key,
         };
         println!(
             "{:<18} {:<17} {:<8} {:<44} {key}",

@@ -138,7 +138,7 @@ impl Setup {
         let health = config.router.health(default_probe_interval);
         let mut built = BuiltProviders::new();
         let mut unusable = BTreeMap::new();
-        for (resolved, _) in &providers {
+        for (resolved, origin) in &providers {
             // Health settings matter only to a set of replicas: a single
             // endpoint (and the engine) keeps its connections and its
             // engine's slots when only `[router]` changed.
@@ -155,10 +155,12 @@ impl Setup {
             // without the engine, a key with characters HTTP forbids) stays
             // routable: requests to it fail saying why.
             let (provider, usable) = match build(resolved, &health) {
-                // Built, but unable to send: its key's variable is not set
-                // (the environment cannot change under a running gateway, so
-                // a reload that named a missing one is refused).
-                Ok(provider) if !provider.usable() => {
+                // Configured, built, but unable to send: its key's variable
+                // is not set (the environment cannot change under a running
+                // gateway, so a reload that named a missing one is
+                // refused). Presets nobody configured are left out: most
+                // are never routed, and a missing key is their normal state.
+                Ok(provider) if !provider.usable() && *origin == Origin::Config => {
                     let why = match resolved.missing_key() {
                         Some(variable) => format!("the environment variable {variable} is not set"),
                         None => "it cannot send requests".to_owned(),
@@ -292,5 +294,33 @@ mod tests {
         assert!(same("a"));
         assert!(!same("b"));
         assert!(same(LOCAL) || !first.built[LOCAL].usable);
+    }
+
+    /// Health settings (`[router]`) are a replica set's: a change to them
+    /// rebuilds the sets, and keeps single endpoints with their connections.
+    #[test]
+    fn a_router_change_rebuilds_only_replica_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let write = |cooldown: u64| {
+            std::fs::write(
+                &file,
+                format!(
+                    "[router]\ncooldown_secs = {cooldown}\n\n\
+                     [providers.single]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n\
+                     [providers.pool]\nkind = \"openai\"\n\
+                     base_urls = [\"http://127.0.0.1:9/v1\", \"http://127.0.0.1:10/v1\"]\n"
+                ),
+            )
+            .unwrap();
+        };
+        write(30);
+        let first = Setup::load_for_gateway(Some(&file), &BuiltProviders::new()).unwrap();
+        write(60);
+        let second = Setup::load_for_gateway(Some(&file), &first.built).unwrap();
+        let same =
+            |name: &str| Arc::ptr_eq(&first.built[name].provider, &second.built[name].provider);
+        assert!(same("single"));
+        assert!(!same("pool"));
     }
 }

@@ -313,7 +313,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let auth = Authenticator::new(true, None, Some(store));
+        let auth = Authenticator::new(true, None, Some(store.clone()));
         let caller = auth
             .authenticate(&headers(&[("x-api-key", &secret)]))
             .await
@@ -338,6 +338,23 @@ mod tests {
         assert_eq!(cache.len(), 2);
         assert!(cache.contains_key(&<[u8; 32]>::from(Sha256::digest(secret.as_bytes()))));
         assert!(cache.values().any(|(_, key)| key.is_none()));
+        drop(cache);
+        // Not looked up at all: with the store gone, a lookup would be a
+        // 500; what cannot be a key is still a plain 401.
+        store.close().await;
+        let refused = auth
+            .authenticate(&headers(&[("x-api-key", &huge)]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status, 401);
+        let looked_up = auth
+            .authenticate(&headers(&[(
+                "x-api-key",
+                &format!("fh-{}", "z".repeat(48)),
+            )]))
+            .await
+            .unwrap_err();
+        assert_eq!(looked_up.status, 500);
     }
 
     #[test]

@@ -196,8 +196,12 @@ async fn admit_inner(
     if let Some(key) = caller.key()
         && rate_limit == RateLimit::Counted
     {
-        // Only a token limit needs the prompt's size at once.
-        let input_tokens = key.tpm.map_or(0, |_| request.estimated_input_tokens());
+        // Only a token limit needs the prompt's size at once: as the
+        // providers of its route read it (a document as a note where one
+        // reads none, less what context edits clear).
+        let input_tokens = key
+            .tpm
+            .map_or(0, |_| InputEstimate::of(request).largest(&routes, &targets));
         accounting.rate_tokens_counted = gateway
             .limits
             .admit(&key.id, key.rpm, key.tpm, input_tokens)

@@ -186,8 +186,9 @@ impl RateLimiter {
     /// and, for a key with a token limit, its `input_tokens` (the prompt's
     /// estimate) at once: requests sent together then cannot all pass
     /// before any of them has finished and been counted. Returns the tokens
-    /// counted, which [`RateLimiter::record_tokens`] is told when the
-    /// request ends, so that only the rest is added then.
+    /// counted where the request's end will count the rest (0 when the
+    /// shared database was down and memory counted them), which
+    /// [`RateLimiter::record_tokens`] is told then.
     ///
     /// When the shared database fails, requests are counted in this
     /// process's memory instead for the next few seconds (and a warning
@@ -215,8 +216,11 @@ impl RateLimiter {
             }
             return admitted.map(|()| counted);
         }
-        self.admit_in_memory(key, rpm, tpm, counted)
-            .map(|()| counted)
+        self.admit_in_memory(key, rpm, tpm, counted)?;
+        // Counted in memory alone while the shared database is down: the
+        // request's end writes all of its tokens there (and to memory again,
+        // which only makes the fallback count more).
+        Ok(if self.shared.is_some() { 0 } else { counted })
     }
 
     fn admit_in_memory(

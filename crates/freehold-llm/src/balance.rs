@@ -299,7 +299,7 @@ impl ReplicaSet {
 
     /// Picks the replica for attempt `attempt`, skipping those in `tried`.
     fn acquire(&self, tried: &[bool], attempt: usize) -> Option<Lease> {
-        let lease = self.shared.acquire(tried)?;
+        let lease = self.shared.acquire(tried, attempt == 0)?;
         if attempt > 0 {
             tracing::info!(
                 replica_set = %self.name,
@@ -976,8 +976,11 @@ impl Shared {
     /// Takes a lease on the available untried replica with the fewest
     /// requests outstanding; with none available, on the untried replica
     /// ejected longest ago: a request that a replica back since its
-    /// ejection could answer is not failed for want of trying it.
-    fn acquire(self: &Arc<Self>, tried: &[bool]) -> Option<Lease> {
+    /// ejection could answer is not failed for want of trying it. After
+    /// the `first` attempt, a replica its probes found not answering is
+    /// left out: the request would wait on it until its time limit, where
+    /// the client can have the error it already got.
+    fn acquire(self: &Arc<Self>, tried: &[bool], first: bool) -> Option<Lease> {
         let now = Instant::now();
         let mut inner = self.lock();
         let count = inner.replicas.len();
@@ -1001,7 +1004,9 @@ impl Shared {
             Some((index, _)) => (index, inner.replicas[index].ejected_at.is_some()),
             None => {
                 let index = (0..count)
-                    .filter(|index| !tried[*index])
+                    .filter(|index| {
+                        !tried[*index] && (first || !inner.replicas[*index].stopped_answering)
+                    })
                     .min_by_key(|index| inner.replicas[*index].ejected_at)?;
                 tracing::warn!(
                     replica = index,

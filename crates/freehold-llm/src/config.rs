@@ -83,6 +83,14 @@ pub struct ProviderConfig {
     /// host name (`http://gpu-box:8000/v1`).
     #[serde(default)]
     pub local: Option<bool>,
+    /// Whether requests go through a proxy the environment names
+    /// (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, with `NO_PROXY`).
+    /// Default: yes for hosted providers, no for local ones, so that a
+    /// request the privacy policy keeps local does not cross a proxy that
+    /// may be elsewhere. Set it for a local server reached only through a
+    /// proxy (an SSH tunnel's SOCKS port, say).
+    #[serde(default)]
+    pub env_proxy: Option<bool>,
     /// Recover tool calls that models print as text (default: on for local
     /// providers, off for hosted ones).
     #[serde(default)]
@@ -603,9 +611,9 @@ impl ProviderConfig {
                 max_retries: self.max_retries.unwrap_or(3),
                 ..RetryPolicy::default()
             },
-            // A local server is reached directly: the privacy policy counts
-            // on its requests not leaving for a proxy.
-            direct: local,
+            // A local server is reached directly unless told otherwise: the
+            // privacy policy counts on its requests not leaving for a proxy.
+            direct: !self.env_proxy.unwrap_or(!local),
         };
         Ok(ResolvedProvider {
             name: name.to_owned(),

@@ -103,6 +103,12 @@ async fn replicas_are_listed_once_and_named_by_address() {
         .resolve("corp")
         .unwrap();
     assert!(!hosted.http.direct);
+    // A local server reached only through a proxy says so.
+    let tunnelled =
+        config("kind = \"openai\"\nbase_url = \"http://192.168.1.20:8080/v1\"\nenv_proxy = true")
+            .resolve("home")
+            .unwrap();
+    assert!(tunnelled.local && !tunnelled.http.direct);
 }
 
 #[test]

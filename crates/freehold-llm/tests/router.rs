@@ -963,9 +963,9 @@ async fn all_ejected_still_serves_starting_with_the_longest_ejected() {
     assert_eq!(calls(&[&a, &b]), [3, 1]);
 }
 
-/// A request that fails on the one replica left in rotation moves on to
-/// the ejected ones, longest ejected first, rather than failing while a
-/// replica that has come back could answer it.
+/// With every replica ejected, a request that fails on the one ejected
+/// longest ago moves on to the next ejected one, rather than failing while
+/// a replica that has come back could answer it; whole and streamed.
 #[tokio::test]
 async fn a_failed_request_moves_on_to_ejected_replicas() {
     let (a, b, set) = two_unreachable_replicas();
@@ -978,12 +978,15 @@ async fn a_failed_request_moves_on_to_ejected_replicas() {
     assert_eq!(response.message.text(), "b is back");
     assert_eq!(calls(&[&a, &b]), [2, 2]);
     assert!(!set.health()[1].ejected);
-    // Streamed too, now with `b` in rotation and `a` failing first or not
-    // asked at all.
+
+    let (a, b, set) = two_unreachable_replicas();
+    stream_error(&set, request("m")).await;
+    b.set_default(answer("b is back"));
     let streamed = collect_stream("m", set.stream(request("m")).await.unwrap())
         .await
         .unwrap();
     assert_eq!(streamed.message.text(), "b is back");
+    assert_eq!(calls(&[&a, &b]), [2, 2]);
 }
 
 #[tokio::test]
@@ -1370,6 +1373,14 @@ async fn probes_in_rotation_eject_a_replica_that_never_answers_before_any_client
         assert_eq!(response.message.text(), "good");
     }
     assert_eq!(good.calls(), 6);
+    // Nor does one that fails on the other replica: the replica its probes
+    // found not answering is not tried next, so the error comes at once.
+    good.set_default(Reply::Fail(ErrorKind::Overloaded));
+    let error = tokio::time::timeout(Duration::from_secs(5), set.complete(request("m")))
+        .await
+        .expect("a failed request moved on to the replica that never answers")
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Overloaded);
 
     // Dropping the set (a reload) stops its probes: nothing holds the
     // replica once the last probe has timed out.
