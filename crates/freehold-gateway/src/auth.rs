@@ -334,11 +334,12 @@ mod tests {
                 .await
                 .is_err()
         );
-        let cache = auth.lock();
-        assert_eq!(cache.len(), 2);
-        assert!(cache.contains_key(&<[u8; 32]>::from(Sha256::digest(secret.as_bytes()))));
-        assert!(cache.values().any(|(_, key)| key.is_none()));
-        drop(cache);
+        {
+            let cache = auth.lock();
+            assert_eq!(cache.len(), 2);
+            assert!(cache.contains_key(&<[u8; 32]>::from(Sha256::digest(secret.as_bytes()))));
+            assert!(cache.values().any(|(_, key)| key.is_none()));
+        }
         // Not looked up at all: with the store gone, a lookup would be a
         // 500; what cannot be a key is still a plain 401.
         store.close().await;
