@@ -3590,6 +3590,15 @@ mod tests {
             );
         }
         let prose = request(&prose);
+        // JSON held as a string (a tool's output, say): escapes all along,
+        // which the detectors read undone.
+        let mut escaped = String::new();
+        while escaped.len() < 100_000 {
+            escaped.push_str(
+                r#"{\"path\": \"src/main.rs\", \"content\": \"fn main() {\n    println!(\\\"hi\\\");\n}\n\"} "#,
+            );
+        }
+        let escaped = request(&escaped);
         let redacting = with(redact_settings());
         let mut secret = small.clone();
         secret.messages.push(Message::user(format!(
@@ -3614,6 +3623,7 @@ mod tests {
             ("small", &small, 20_000u32),
             ("100kb prose", &prose, 200),
             ("100kb near misses", &near_misses, 50),
+            ("100kb escaped json", &escaped, 200),
         ] {
             let bytes: usize = chat.estimated_input_tokens() as usize * 4;
             let mut times: Vec<std::time::Duration> = (0..runs)
