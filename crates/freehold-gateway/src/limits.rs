@@ -186,9 +186,9 @@ impl RateLimiter {
     /// and, for a key with a token limit, its `input_tokens` (the prompt's
     /// estimate) at once: requests sent together then cannot all pass
     /// before any of them has finished and been counted. Returns the tokens
-    /// counted where the request's end will count the rest (0 when the
-    /// shared database was down and memory counted them), which
-    /// [`RateLimiter::record_tokens`] is told then.
+    /// counted, for the request's end to leave out when it counts the rest
+    /// (0 when the shared database was down and memory alone counted them:
+    /// the end then writes them all to the database).
     ///
     /// When the shared database fails, requests are counted in this
     /// process's memory instead for the next few seconds (and a warning

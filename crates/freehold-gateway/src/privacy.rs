@@ -1211,7 +1211,8 @@ impl Privacy {
     /// redacted is not written to a database that may be elsewhere.
     ///
     /// A JSON body is redacted value by value, as the detectors read the
-    /// request, each value with its own escapes undone too ([`Unescaped`]):
+    /// request, each value with its own escapes undone too (as the module
+    /// docs say):
     /// OpenAI's tool arguments are JSON in a JSON string, which keeps its
     /// `\n` before a key once the body is parsed.
     pub fn redacted_for_log(&self, text: &str) -> String {
