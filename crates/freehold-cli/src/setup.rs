@@ -158,14 +158,20 @@ impl Setup {
                 // Configured, built, but unable to send: its key's variable
                 // is not set (the environment cannot change under a running
                 // gateway, so a reload that named a missing one is
-                // refused). Presets nobody configured are left out: most
-                // are never routed, and a missing key is their normal state.
-                Ok(provider) if !provider.usable() && *origin == Origin::Config => {
-                    let why = match resolved.missing_key() {
-                        Some(variable) => format!("the environment variable {variable} is not set"),
-                        None => "it cannot send requests".to_owned(),
-                    };
-                    unusable.insert(resolved.name.clone(), why);
+                // refused). Presets nobody configured are not reported (most
+                // are never routed, and a missing key is their normal
+                // state), but are not usable either: configuring one later,
+                // its key still unset, breaks nothing that worked.
+                Ok(provider) if !provider.usable() => {
+                    if *origin == Origin::Config {
+                        let why = match resolved.missing_key() {
+                            Some(variable) => {
+                                format!("the environment variable {variable} is not set")
+                            }
+                            None => "it cannot send requests".to_owned(),
+                        };
+                        unusable.insert(resolved.name.clone(), why);
+                    }
                     (provider, false)
                 }
                 Ok(provider) => (provider, true),

@@ -778,7 +778,7 @@ const BUILTIN_RULES: &[(Detector, &str, Check)] = &[
         concat!(
             r"(?i)\b(?:[a-z0-9]+[_-])*(?:",
             secret_keys!(),
-            r#")\b\\?["']?\s*(?::=|[:=])\s*(?P<secret>[^\s"'`]{4,200})"#
+            r#")\b\\?["']?[ \t]*(?::=|=>|[:=])[ \t]*(?P<secret>[^\s"'`]{4,200})"#
         ),
         Check::BareValue,
     ),
@@ -1749,7 +1749,8 @@ fn bare_value(text: &str, span: Range<usize>) -> Option<Range<usize>> {
     let password = value.chars().count() >= 4
         && !placeholder(value)
         && !looks_like_code(value)
-        && !identifier(value);
+        // A type, required or optional (GraphQL's `String!`, `String?`).
+        && !identifier(value.trim_end_matches(['!', '?']));
     password.then_some(span.start..span.start + value.len())
 }
 
@@ -1764,28 +1765,36 @@ fn bare_value_len(value: &str) -> usize {
         .char_indices()
         .find(|&(at, c)| matches!(c, '&' | ',' | ';') && starts_a_field(&value[at + 1..]))
         .map_or(value.len(), |(at, _)| at);
-    let bytes = value.as_bytes();
-    while let Some(&last) = bytes[..end].last() {
-        let count = |byte: u8| bytes[..end].iter().filter(|&&b| b == byte).count();
-        // A closing bracket with no opening one in the value was opened
-        // before it.
-        let belongs_to_the_code = match last {
-            b',' | b';' => true,
-            b')' => count(b')') > count(b'('),
-            b']' => count(b']') > count(b'['),
-            b'}' => count(b'}') > count(b'{'),
-            _ => false,
+    // A closing bracket with no opening one before it in the value was
+    // opened before the value: the value ends there, and what follows is
+    // the code's (`None):`, `pw).cursor()`).
+    let mut open = [0usize; 3];
+    for (at, byte) in value.bytes().enumerate().take(end) {
+        let kind = match byte {
+            b'(' | b')' => 0,
+            b'[' | b']' => 1,
+            b'{' | b'}' => 2,
+            _ => continue,
         };
-        if !belongs_to_the_code {
+        if matches!(byte, b'(' | b'[' | b'{') {
+            open[kind] += 1;
+        } else if open[kind] == 0 {
+            end = at;
             break;
+        } else {
+            open[kind] -= 1;
         }
+    }
+    let bytes = value.as_bytes();
+    while let Some(b',' | b';' | b':') = bytes[..end].last() {
         end -= 1;
     }
     end
 }
 
-/// Whether `rest` starts with another field's `name=` (after HTML's
-/// `&amp;`, whose `amp;` follows the `&`).
+/// Whether `rest` starts with another field's `name=` or `name:` (a
+/// minified object literal's next key), after HTML's `&amp;`, whose `amp;`
+/// follows the `&`.
 fn starts_a_field(rest: &str) -> bool {
     let rest = rest.strip_prefix("amp;").unwrap_or(rest);
     let bytes = rest.as_bytes();
@@ -1796,7 +1805,7 @@ fn starts_a_field(rest: &str) -> bool {
     bytes
         .first()
         .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
-        && bytes.get(name_len) == Some(&b'=')
+        && matches!(bytes.get(name_len), Some(b'=' | b':'))
 }
 
 /// Whether an unquoted value is code rather than a password: it starts
@@ -1810,7 +1819,9 @@ fn starts_a_field(rest: &str) -> bool {
 /// A password's own symbols elsewhere (`9xK*2mQ!pL`, `S3cr3t$Pa55`) are not
 /// code.
 fn looks_like_code(value: &str) -> bool {
-    if value.starts_with(['$', '%', '*', '&', '(', '[', '{']) {
+    // `>`: the rest of a hash rocket (`=>$password`); a backslash: a
+    // regular expression's class (`\S+`).
+    if value.starts_with(['$', '%', '*', '&', '(', '[', '{', '>', '\\']) {
         return true;
     }
     if value
@@ -2823,6 +2834,20 @@ mod tests {
             "https://a.example/?password=password&next=1",
             "https://a.example/?password=&user=bob",
             "connect(user=user, password=password, host=host)",
+            // Found in review (2026-12-08): what follows a value in code.
+            "def connect(host, password=None):",
+            "setPassword(password: string): void {",
+            "fun login(password: String): Boolean",
+            "psycopg2.connect(password=pw).cursor()",
+            "login({password: pw}).then(r => r.ok)",
+            "{password:t,username:e}",
+            "{password:this.password,remember:!0}",
+            "'password'=>$password,",
+            ":password=>params[:password]",
+            "password:\\s*(\\S+)",
+            "api_key=\\w{32}",
+            "password: String!",
+            "DB_PASSWORD=\n\nSESSION_DRIVER=database",
         ] {
             assert_clean(text);
         }

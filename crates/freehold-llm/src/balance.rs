@@ -1007,7 +1007,12 @@ impl Shared {
                     .filter(|index| {
                         !tried[*index] && (first || !inner.replicas[*index].stopped_answering)
                     })
-                    .min_by_key(|index| inner.replicas[*index].ejected_at)?;
+                    // One its probes found not answering last: a request
+                    // would wait on it until its time limit.
+                    .min_by_key(|index| {
+                        let state = &inner.replicas[*index];
+                        (state.stopped_answering, state.ejected_at)
+                    })?;
                 tracing::warn!(
                     replica = index,
                     "every replica left to try is ejected; using the one ejected longest ago"
