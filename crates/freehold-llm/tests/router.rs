@@ -1395,6 +1395,36 @@ async fn probes_in_rotation_eject_a_replica_that_never_answers_before_any_client
     }
 }
 
+/// With every replica ejected, a request goes first to one ejected for its
+/// failures, not to one its probes found silent, though that one was
+/// ejected longer ago: it would wait there until its time limit.
+#[tokio::test]
+async fn with_every_replica_ejected_a_silent_one_is_tried_last() {
+    let stuck: Arc<dyn Provider> = Arc::new(Unanswering);
+    let flaky = Fake::listing("flaky", Some(vec!["m"]));
+    flaky.set_default(Reply::Fail(ErrorKind::Connection));
+    let set = ReplicaSet::new(
+        "gpu-box",
+        vec![Arc::clone(&stuck), Arc::clone(&flaky) as Arc<dyn Provider>],
+        probing_every(Duration::from_millis(20), 2),
+    );
+    until_ejected(&set, 0).await;
+    // Two failures eject the other one too.
+    for _ in 0..2 {
+        let failed = tokio::time::timeout(Duration::from_secs(5), set.complete(request("m")))
+            .await
+            .expect("a failed request waited on the silent replica");
+        assert_eq!(failed.unwrap_err().kind, ErrorKind::Connection);
+    }
+    assert!(set.health().iter().all(|health| health.ejected));
+    flaky.set_default(answer("back"));
+    let response = tokio::time::timeout(Duration::from_secs(5), set.complete(request("m")))
+        .await
+        .expect("the request waited on the silent replica")
+        .unwrap();
+    assert_eq!(response.message.text(), "back");
+}
+
 #[tokio::test]
 async fn without_a_probe_interval_a_replica_in_rotation_is_not_probed() {
     // Its model list fails, but nobody asks for it: the probes of ejected
