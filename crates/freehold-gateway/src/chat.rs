@@ -241,7 +241,6 @@ async fn admit_inner(
     // A request cut off before any answer pays for its prompt as input:
     // nothing says it was written to a cache.
     accounting.expect_input(estimate, sent_to, &routes);
-    accounting.most_it_can_cost = dearest_cost(&routes, sent_to, &usage);
     reserve_budget(gateway, caller, &routes, sent_to, &usage, accounting).await?;
     Ok((routes, narrowed.unwrap_or(targets)))
 }
@@ -666,7 +665,8 @@ impl InputEstimate {
 }
 
 /// Holds the most a request can cost (`usage` priced on the dearest of its
-/// `targets`) on the caller's budget, when its key has one. Providers on
+/// `targets`, which the accounting keeps for any caller) on the caller's
+/// budget, when its key has one. Providers on
 /// this machine cost nothing; a hosted target without a price would spend
 /// the budget uncounted, so it is refused.
 ///
@@ -681,31 +681,30 @@ pub(crate) async fn reserve_budget(
     usage: &Usage,
     accounting: &mut Accounting,
 ) -> Result<(), GatewayError> {
+    // Kept for every request: a whole answer cut off is charged it
+    // ([`Accounting::most_it_can_cost`]).
+    accounting.most_it_can_cost = dearest_cost(routes, targets, usage);
     let (Some(key), Some(store)) = (caller.key(), &gateway.store) else {
         return Ok(());
     };
     if key.budget_usd.is_none() {
         return Ok(());
     }
-    let mut estimate: f64 = 0.0;
-    for target in targets {
-        match routes
-            .router
-            .cost_of(&target.provider, &target.model, usage)
-        {
-            Some(cost) => estimate = estimate.max(cost),
-            None if routes.runs_locally(target) => {}
-            None => {
-                return Err(GatewayError::forbidden(format!(
-                    "key `{}` has a budget, but `{target}` has no price, so what it spends \
-                     could not be counted; the operator must set its prices in \
-                     [models.\"{target}\"] (input and output, USD per million tokens; 0 for \
-                     a free model)",
-                    key.name
-                )));
-            }
-        }
+    if let Some(target) = targets.iter().find(|target| {
+        !routes.runs_locally(target)
+            && routes
+                .router
+                .cost_of(&target.provider, &target.model, usage)
+                .is_none()
+    }) {
+        return Err(GatewayError::forbidden(format!(
+            "key `{}` has a budget, but `{target}` has no price, so what it spends could not \
+             be counted; the operator must set its prices in [models.\"{target}\"] (input and \
+             output, USD per million tokens; 0 for a free model)",
+            key.name
+        )));
     }
+    let estimate = accounting.most_it_can_cost.unwrap_or(0.0);
     let hold = gateway.settings.reservation_hold();
     let reservation = take_hold(gateway, store, &key.id, estimate, hold)
         .await
